@@ -1,0 +1,575 @@
+"""Review state: the one data-access layer (SQLite in WAL mode by default, PostgreSQL by URL).
+
+Why a database and not Lance: leases, decisions and sessions need transactions and row-level
+updates from many annotators at once. Lance stays the system of record; ``curate review apply``
+merges the decisions back as a new version.
+
+How it stays fast with a million queued items (no per-request scans):
+- leasing is one indexed statement: the ``items_next`` index is ordered the way the queue is
+  served (status, gold, priority desc, id) and carries the lease expiry (no table reads while scanning), so "the best open item nobody holds" is the first
+  index entries after the few currently leased; SQLite runs the statement under its write lock
+  and PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so two annotators never get the same item;
+- queue totals live in a ``counters`` table updated in the same transaction as the change;
+- an annotator's open lease is found through the ``items_lease`` index.
+
+Rules it enforces (the API relies on them, tests check them):
+- an item is leased to one annotator at a time, with an expiry (a closed browser returns it);
+- a decision is accepted only from the annotator holding the lease; one decision per
+  (item, annotator) (a UNIQUE constraint), so a retried submit is idempotent and never counted twice;
+- a share of items needs two annotators (agreement), gold items have a known answer and stay in
+  the queue for every annotator once;
+- every action is written to the audit log in the same transaction.
+
+SQL is written once with ``?`` placeholders and standard syntax both engines accept
+(``ON CONFLICT``, ``RETURNING``, partial indexes); the few differences are in ``_Dialect``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from annotator_ui.security import DUMMY_HASH, hash_password, new_token, token_digest, verify_password
+
+__all__ = ["ReviewDB", "ReviewError", "NotLeased", "Conflict", "NotFound", "DECISIONS", "ROLES", "User"]
+
+DECISIONS = ("keep", "drop")
+ROLES = ("annotator", "admin")
+SCHEMA_VERSION = "1"
+
+
+class ReviewError(Exception):
+    """Base of the errors the API maps to 4xx answers."""
+
+
+class NotFound(ReviewError):
+    pass
+
+
+class NotLeased(ReviewError):
+    """The item is not leased to this annotator (never leased, expired and taken, or done)."""
+
+
+class Conflict(ReviewError):
+    """A different decision by the same annotator already exists for this item."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS users (
+  id {serial}, name TEXT NOT NULL UNIQUE, pw_hash TEXT NOT NULL, role TEXT NOT NULL,
+  active INTEGER NOT NULL DEFAULT 1, created DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+  token_hash TEXT PRIMARY KEY, user_id INTEGER NOT NULL, csrf TEXT NOT NULL,
+  created DOUBLE PRECISION NOT NULL, expires DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+  id {serial}, row_id TEXT NOT NULL UNIQUE, batch TEXT, priority DOUBLE PRECISION NOT NULL,
+  status INTEGER NOT NULL DEFAULT 0, gold INTEGER NOT NULL DEFAULT 0, gold_answer TEXT,
+  needed INTEGER NOT NULL DEFAULT 1, done_count INTEGER NOT NULL DEFAULT 0,
+  lease_user INTEGER, lease_expires DOUBLE PRECISION NOT NULL DEFAULT 0,
+  payload TEXT NOT NULL, created DOUBLE PRECISION NOT NULL);
+DROP INDEX IF EXISTS items_queue;
+CREATE INDEX IF NOT EXISTS items_next ON items (status, gold, priority DESC, id, lease_expires);
+CREATE INDEX IF NOT EXISTS items_lease ON items (lease_user) WHERE lease_user IS NOT NULL;
+CREATE TABLE IF NOT EXISTS decisions (
+  id {serial}, item_id INTEGER NOT NULL, user_id INTEGER NOT NULL, decision TEXT NOT NULL,
+  flag INTEGER NOT NULL DEFAULT 0, caption TEXT, tags TEXT, reasons TEXT,
+  created DOUBLE PRECISION NOT NULL, UNIQUE (item_id, user_id));
+CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);
+CREATE TABLE IF NOT EXISTS skips (
+  item_id INTEGER NOT NULL, user_id INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL,
+  PRIMARY KEY (item_id, user_id));
+CREATE TABLE IF NOT EXISTS audit (
+  id {serial}, ts DOUBLE PRECISION NOT NULL, user_id INTEGER, action TEXT NOT NULL,
+  item_id INTEGER, detail TEXT);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+"""
+
+COUNTERS = ("items_total", "items_open", "items_done", "gold_items", "decisions", "keep", "drop", "flag", "skips")
+
+_ITEM_COLS = "id, row_id, batch, priority, status, gold, needed, done_count, lease_user, lease_expires, payload"
+
+
+class _Dialect:
+    """What differs between SQLite and PostgreSQL, nothing more."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.serial = "INTEGER PRIMARY KEY" if name == "sqlite" else "BIGSERIAL PRIMARY KEY"
+        # PostgreSQL: skip rows another transaction is leasing right now instead of waiting on them
+        self.skip_locked = "" if name == "sqlite" else "FOR UPDATE SKIP LOCKED"
+        self.lock_row = "" if name == "sqlite" else "FOR UPDATE"
+
+    def sql(self, q: str) -> str:
+        return q if self.name == "sqlite" else q.replace("?", "%s")
+
+
+class _Tx:
+    """A transaction's cursor with small helpers (placeholders translated per dialect)."""
+
+    def __init__(self, cur, dialect: _Dialect):
+        self.cur, self.d = cur, dialect
+
+    def exec(self, q: str, params: tuple | list = ()) -> int:
+        self.cur.execute(self.d.sql(q), tuple(params))
+        return self.cur.rowcount
+
+    def many(self, q: str, rows: list[tuple]) -> None:
+        if rows:
+            self.cur.executemany(self.d.sql(q), rows)
+
+    def all(self, q: str, params: tuple | list = ()) -> list[tuple]:
+        self.cur.execute(self.d.sql(q), tuple(params))
+        return list(self.cur.fetchall())
+
+    def one(self, q: str, params: tuple | list = ()) -> tuple | None:
+        self.cur.execute(self.d.sql(q), tuple(params))
+        return self.cur.fetchone()
+
+    def audit(self, user_id: int | None, action: str, item_id: int | None = None, **detail: Any) -> None:
+        self.exec("INSERT INTO audit (ts, user_id, action, item_id, detail) VALUES (?, ?, ?, ?, ?)",
+                  (time.time(), user_id, action, item_id, json.dumps(detail, default=str) if detail else None))
+
+    def bump(self, **deltas: int) -> None:
+        for name, n in deltas.items():
+            if n:
+                self.exec("UPDATE counters SET value = value + ? WHERE name = ?", (int(n), name))
+
+
+def _sqlite_path(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):]
+    if url.startswith("sqlite://"):
+        return url[len("sqlite://"):]
+    return url
+
+
+class ReviewDB:
+    """The review database. ``url``: a file path or ``sqlite:///path`` (default engine), or
+    ``postgresql://user:pass@host/db`` (needs the ``psycopg`` package).
+
+    Thread-safe: each thread gets its own connection (the web server runs handlers in a pool).
+    """
+
+    def __init__(self, url: str | Path, *, create: bool = True):
+        self.url = str(url)
+        self.dialect = _Dialect("postgresql" if self.url.startswith(("postgresql://", "postgres://")) else "sqlite")
+        self._local = threading.local()
+        self._all_conns: list[Any] = []
+        self._lock = threading.Lock()
+        # SQLite has one writer at a time anyway; queueing this process's writers on a lock instead
+        # of SQLite's busy handler (which sleeps 1..100 ms between retries) keeps the latency tail short
+        self._write_lock = threading.Lock()
+        if self.dialect.name == "sqlite":
+            path = Path(_sqlite_path(self.url))
+            if not create and not path.exists():
+                raise FileNotFoundError(f"no review database at {path}; run `curate review mine` first")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.init_schema()
+
+    # --- connections ----------------------------------------------------------------------
+    def _connect(self):
+        if self.dialect.name == "sqlite":
+            conn = sqlite3.connect(_sqlite_path(self.url), timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: the queue index of 1M items stays hot
+            conn.execute("PRAGMA mmap_size=268435456")
+        else:
+            try:
+                import psycopg
+            except ImportError as e:  # pragma: no cover - depends on the install
+                raise RuntimeError("a postgresql:// review database needs `pip install psycopg[binary]`") from e
+            conn = psycopg.connect(self.url, autocommit=True)
+        with self._lock:
+            self._all_conns.append(conn)
+        return conn
+
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    @contextmanager
+    def tx(self, write: bool = True) -> Iterator[_Tx]:
+        """One transaction. SQLite write transactions take the write lock up front
+        (``BEGIN IMMEDIATE``) so two writers never deadlock upgrading a read lock."""
+        conn = self._conn()
+        if self.dialect.name == "sqlite":
+            cur = conn.cursor()
+            if write:
+                self._write_lock.acquire()
+            try:
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield _Tx(cur, self.dialect)
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+            finally:
+                if write:
+                    self._write_lock.release()
+        else:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield _Tx(cur, self.dialect)
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._all_conns:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+            self._all_conns.clear()
+        self._local = threading.local()
+
+    def init_schema(self) -> None:
+        with self.tx() as t:
+            for stmt in _DDL.format(serial=self.dialect.serial).split(";"):
+                if stmt.strip():
+                    t.exec(stmt)
+            for name in COUNTERS:
+                t.exec("INSERT INTO counters (name, value) VALUES (?, 0) ON CONFLICT (name) DO NOTHING", (name,))
+            t.exec("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
+                   (SCHEMA_VERSION,))
+
+    # --- meta -------------------------------------------------------------------------------
+    def set_meta(self, key: str, value: str) -> None:
+        with self.tx() as t:
+            t.exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                   (key, value))
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self.tx(write=False) as t:
+            r = t.one("SELECT value FROM meta WHERE key = ?", (key,))
+        return r[0] if r else default
+
+    # --- users and sessions ------------------------------------------------------------------
+    def add_user(self, name: str, password: str, role: str = "annotator", *, replace: bool = False) -> User:
+        """Create an account (or reset its password and role with ``replace``)."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        name = name.strip()
+        if not name or len(name) > 64 or any(c.isspace() for c in name):
+            raise ValueError("user name must be 1-64 characters without spaces")
+        if len(password) < 8:
+            raise ValueError("password must have at least 8 characters")
+        pw = hash_password(password)
+        with self.tx() as t:
+            row = t.one("SELECT id FROM users WHERE name = ?", (name,))
+            if row and not replace:
+                raise ValueError(f"user {name!r} exists; pass replace=True (--reset) to change the password")
+            if row:
+                t.exec("UPDATE users SET pw_hash = ?, role = ?, active = 1 WHERE id = ?", (pw, role, row[0]))
+                t.exec("DELETE FROM sessions WHERE user_id = ?", (row[0],))  # old sessions end with the password
+                uid = row[0]
+            else:
+                uid = t.one("INSERT INTO users (name, pw_hash, role, created) VALUES (?, ?, ?, ?) RETURNING id",
+                            (name, pw, role, time.time()))[0]
+            t.audit(None, "add_user", name=name, role=role, reset=bool(row))
+        return User(int(uid), name, role)
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        with self.tx(write=False) as t:
+            row = t.one("SELECT id, name, role, pw_hash, active FROM users WHERE name = ?", (name,))
+        ok = verify_password(password, row[3] if row else DUMMY_HASH)  # same cost for unknown names
+        with self.tx() as t:
+            t.audit(row[0] if row else None, "login" if ok and row and row[4] else "login_failed",
+                    name=name[:64])
+        if ok and row and row[4]:
+            return User(int(row[0]), row[1], row[2])
+        return None
+
+    def create_session(self, user: User, ttl_s: float) -> tuple[str, str]:
+        """(session token for the cookie, CSRF token for forms). Only the token's hash is stored."""
+        token, csrf = new_token(), new_token()
+        now = time.time()
+        with self.tx() as t:
+            t.exec("INSERT INTO sessions (token_hash, user_id, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
+                   (token_digest(token), user.id, csrf, now, now + ttl_s))
+            t.exec("DELETE FROM sessions WHERE expires < ?", (now,))  # indexed by PK scan; few rows
+        return token, csrf
+
+    def session(self, token: str | None) -> tuple[User, str] | None:
+        """(user, csrf token) of a live session, else None."""
+        if not token or len(token) > 256:
+            return None
+        with self.tx(write=False) as t:
+            row = t.one(
+                "SELECT u.id, u.name, u.role, s.csrf FROM sessions s JOIN users u ON u.id = s.user_id "
+                "WHERE s.token_hash = ? AND s.expires > ? AND u.active = 1",
+                (token_digest(token), time.time()))
+        return (User(int(row[0]), row[1], row[2]), row[3]) if row else None
+
+    def end_session(self, token: str, user: User | None = None) -> None:
+        with self.tx() as t:
+            t.exec("DELETE FROM sessions WHERE token_hash = ?", (token_digest(token),))
+            t.audit(user.id if user else None, "logout")
+
+    def users(self) -> list[User]:
+        with self.tx(write=False) as t:
+            return [User(int(r[0]), r[1], r[2]) for r in t.all("SELECT id, name, role FROM users ORDER BY id")]
+
+    # --- queue ------------------------------------------------------------------------------
+    def enqueue(self, items: list[dict[str, Any]], batch: str, *, user: str | None = None,
+                chunk: int = 5000) -> dict[str, int]:
+        """Add mined items. Each dict: ``row_id``, ``priority`` (higher first), ``payload`` (JSON-able),
+        optional ``needed`` (1 or 2 annotators), ``gold_answer`` (keep/drop for gold items).
+
+        A row already queued and still open (and not leased) gets the new priority and payload;
+        a row already reviewed is left alone (its decisions stand). Returns counts."""
+        added = updated = kept = 0
+        now = time.time()
+        seen: set[str] = set()
+        items = [it for it in items if not (it["row_id"] in seen or seen.add(it["row_id"]))]  # first wins
+        for start in range(0, len(items), chunk):
+            part = items[start:start + chunk]
+            ids = [it["row_id"] for it in part]
+            with self.tx() as t:
+                existing: dict[str, tuple] = {}
+                for s in range(0, len(ids), 500):
+                    sub = ids[s:s + 500]
+                    marks = ",".join("?" * len(sub))
+                    for r in t.all(f"SELECT row_id, status, done_count, lease_user FROM items WHERE row_id IN ({marks})", sub):
+                        existing[r[0]] = r
+                new_rows, upd_rows = [], []
+                n_gold = 0
+                for it in part:
+                    gold = it.get("gold_answer")
+                    if gold is not None and gold not in DECISIONS:
+                        raise ValueError(f"gold answer must be one of {DECISIONS}, got {gold!r}")
+                    payload = json.dumps(it.get("payload", {}), default=str)
+                    ex = existing.get(it["row_id"])
+                    if ex is None:
+                        n_gold += gold is not None
+                        new_rows.append((it["row_id"], batch, float(it.get("priority", 0.0)), 1 if gold else 0, gold,
+                                         int(it.get("needed", 1)), payload, now))
+                    elif ex[1] == 0 and ex[2] == 0 and ex[3] is None:
+                        upd_rows.append((float(it.get("priority", 0.0)), payload, batch, it["row_id"]))
+                    else:
+                        kept += 1
+                t.many("INSERT INTO items (row_id, batch, priority, gold, gold_answer, needed, payload, created) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
+                t.many("UPDATE items SET priority = ?, payload = ?, batch = ? WHERE row_id = ? AND status = 0", upd_rows)
+                t.bump(items_total=len(new_rows), items_open=len(new_rows), gold_items=n_gold)
+                added += len(new_rows)
+                updated += len(upd_rows)
+        with self.tx() as t:
+            t.audit(None, "enqueue", batch=batch, added=added, updated=updated, unchanged=kept, by=user)
+        return {"added": added, "updated": updated, "unchanged": kept}
+
+    def _item_dict(self, r: tuple) -> dict[str, Any]:
+        return {"id": int(r[0]), "row_id": r[1], "batch": r[2], "priority": r[3], "status": "open" if r[4] == 0 else "done",
+                "gold": bool(r[5]), "needed": int(r[6]), "done_count": int(r[7]), "lease_user": r[8],
+                "lease_expires": r[9], "payload": json.loads(r[10])}
+
+    def next_item(self, user: User, *, lease_s: float = 600.0, gold_rate: float = 0.0,
+                  rng: random.Random | None = None) -> dict[str, Any] | None:
+        """The annotator's current lease (renewed), else a newly leased item, else None (queue empty).
+
+        With probability ``gold_rate`` a gold item this annotator has not answered is tried first."""
+        now = time.time()
+        d = self.dialect
+        with self.tx() as t:
+            cur = t.one(f"SELECT {_ITEM_COLS} FROM items WHERE lease_user = ? AND lease_expires > ? AND status = 0 "
+                        "ORDER BY lease_expires LIMIT 1", (user.id, now))
+            if cur:
+                t.exec("UPDATE items SET lease_expires = ? WHERE id = ?", (now + lease_s, cur[0]))
+                item = self._item_dict(cur)
+                item["lease_expires"] = now + lease_s
+                return item
+            golds = [1, 0] if (rng or random).random() < gold_rate else [0, 1]
+            for gold in golds:
+                row = t.one(
+                    f"UPDATE items SET lease_user = ?, lease_expires = ? WHERE id = ("
+                    f" SELECT i.id FROM items i WHERE i.status = 0 AND i.gold = ? AND i.lease_expires < ?"
+                    f"  AND NOT EXISTS (SELECT 1 FROM decisions x WHERE x.item_id = i.id AND x.user_id = ?)"
+                    f"  AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.item_id = i.id AND k.user_id = ?)"
+                    f"  ORDER BY i.priority DESC, i.id LIMIT 1 {d.skip_locked})"
+                    f" AND lease_expires < ? RETURNING {_ITEM_COLS}",
+                    (user.id, now + lease_s, gold, now, user.id, user.id, now))
+                if row:
+                    t.audit(user.id, "lease", int(row[0]), until=round(now + lease_s, 3))
+                    return self._item_dict(row)
+        return None
+
+    def get_item(self, item_id: int) -> dict[str, Any]:
+        with self.tx(write=False) as t:
+            r = t.one(f"SELECT {_ITEM_COLS} FROM items WHERE id = ?", (item_id,))
+        if not r:
+            raise NotFound(f"no item {item_id}")
+        return self._item_dict(r)
+
+    def leased_item(self, user: User, item_id: int) -> dict[str, Any]:
+        """The item if it is leased to ``user`` right now (what an annotator may look at)."""
+        with self.tx(write=False) as t:
+            r = t.one(f"SELECT {_ITEM_COLS} FROM items WHERE id = ? AND lease_user = ? AND lease_expires > ?",
+                      (item_id, user.id, time.time()))
+        if not r:
+            raise NotLeased(f"item {item_id} is not leased to you")
+        return self._item_dict(r)
+
+    def submit(self, user: User, item_id: int, decision: str, *, flag: bool = False, caption: str | None = None,
+               tags: list[str] | None = None, reasons: list[str] | None = None) -> dict[str, Any]:
+        """Record a decision. Idempotent: the same decision again answers ``duplicate: True``.
+
+        Raises NotFound, NotLeased (no lease held, or it expired and someone else took the item),
+        Conflict (a different decision from this annotator already exists)."""
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {DECISIONS}")
+        tags_j = json.dumps(list(tags or []))
+        reasons_j = json.dumps(list(reasons or []))
+        now = time.time()
+        with self.tx() as t:
+            item = t.one(f"SELECT id, status, gold, needed, done_count, lease_user FROM items WHERE id = ? {self.dialect.lock_row}",
+                         (item_id,))
+            if not item:
+                raise NotFound(f"no item {item_id}")
+            prev = t.one("SELECT decision, flag, caption, tags FROM decisions WHERE item_id = ? AND user_id = ?",
+                         (item_id, user.id))
+            if prev:
+                if (prev[0], bool(prev[1]), prev[2], prev[3]) == (decision, bool(flag), caption, tags_j):
+                    return {"item_id": item_id, "decision": decision, "duplicate": True}
+                t.audit(user.id, "submit_conflict", item_id, decision=decision)
+                raise Conflict(f"item {item_id} already has a different decision from you")
+            if item[5] != user.id:
+                t.audit(user.id, "submit_not_leased", item_id)
+                raise NotLeased(f"item {item_id} is not leased to you")
+            t.exec("INSERT INTO decisions (item_id, user_id, decision, flag, caption, tags, reasons, created) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (item_id, user.id, decision, int(bool(flag)), caption, tags_j, reasons_j, now))
+            done = not item[2] and item[4] + 1 >= item[3]
+            t.exec("UPDATE items SET done_count = done_count + 1, status = ?, lease_user = NULL, lease_expires = 0 "
+                   "WHERE id = ?", (1 if done else 0, item_id))
+            t.bump(decisions=1, flag=int(bool(flag)), items_open=-int(done), items_done=int(done), **{decision: 1})
+            t.audit(user.id, "submit", item_id, decision=decision, flag=bool(flag),
+                    caption_changed=caption is not None, tags=len(tags or []))
+        return {"item_id": item_id, "decision": decision, "duplicate": False, "item_done": done}
+
+    def skip(self, user: User, item_id: int) -> None:
+        """Give the item back without a decision; it is not offered to this annotator again."""
+        with self.tx() as t:
+            n = t.exec("UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE id = ? AND lease_user = ?",
+                       (item_id, user.id))
+            if not n:
+                raise NotLeased(f"item {item_id} is not leased to you")
+            t.exec("INSERT INTO skips (item_id, user_id, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                   (item_id, user.id, time.time()))
+            t.bump(skips=1)
+            t.audit(user.id, "skip", item_id)
+
+    def release_user(self, user: User) -> int:
+        """Return all of an annotator's leases (logout)."""
+        with self.tx() as t:
+            n = t.exec("UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE lease_user = ?", (user.id,))
+            if n:
+                t.audit(user.id, "release", count=n)
+        return n
+
+    # --- reading back ------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        with self.tx(write=False) as t:
+            return {r[0]: int(r[1]) for r in t.all("SELECT name, value FROM counters")}
+
+    def user_decision_count(self, user: User) -> int:
+        with self.tx(write=False) as t:
+            return int(t.one("SELECT COUNT(*) FROM decisions WHERE user_id = ?", (user.id,))[0])
+
+    def decisions(self, *, since_id: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """All decisions joined with their item and annotator, oldest first (export, apply)."""
+        q = ("SELECT d.id, i.id, i.row_id, i.gold, i.gold_answer, i.needed, u.name, d.decision, d.flag, d.caption, "
+             "d.tags, d.reasons, d.created, i.payload FROM decisions d JOIN items i ON i.id = d.item_id "
+             "JOIN users u ON u.id = d.user_id WHERE d.id > ? ORDER BY d.id")
+        params: list[Any] = [since_id]
+        if limit:
+            q += " LIMIT ?"
+            params.append(limit)
+        with self.tx(write=False) as t:
+            rows = t.all(q, params)
+        return [{"decision_id": r[0], "item_id": r[1], "row_id": r[2], "gold": bool(r[3]), "gold_answer": r[4],
+                 "needed": r[5], "user": r[6], "decision": r[7], "flag": bool(r[8]), "caption": r[9],
+                 "tags": json.loads(r[10] or "[]"), "reasons": json.loads(r[11] or "[]"), "time": r[12],
+                 "payload": json.loads(r[13])} for r in rows]
+
+    def flagged_rows(self) -> list[str]:
+        with self.tx(write=False) as t:
+            return [r[0] for r in t.all(
+                "SELECT DISTINCT i.row_id FROM decisions d JOIN items i ON i.id = d.item_id WHERE d.flag = 1")]
+
+    def per_user(self) -> list[dict[str, Any]]:
+        """Decisions and gold accuracy per annotator (admin page)."""
+        with self.tx(write=False) as t:
+            rows = t.all(
+                "SELECT u.name, u.role, COUNT(d.id), "
+                " SUM(CASE WHEN i.gold = 1 THEN 1 ELSE 0 END), "
+                " SUM(CASE WHEN i.gold = 1 AND d.decision = i.gold_answer THEN 1 ELSE 0 END), "
+                " SUM(CASE WHEN d.flag = 1 THEN 1 ELSE 0 END), MAX(d.created) "
+                "FROM users u LEFT JOIN decisions d ON d.user_id = u.id LEFT JOIN items i ON i.id = d.item_id "
+                "GROUP BY u.id, u.name, u.role ORDER BY u.name")
+            leases = dict(t.all("SELECT lease_user, COUNT(*) FROM items WHERE lease_user IS NOT NULL AND lease_expires > ? "
+                                "GROUP BY lease_user", (time.time(),)))
+            names = dict(t.all("SELECT id, name FROM users"))
+        held = {names.get(k): v for k, v in leases.items()}
+        out = []
+        for name, role, n, ng, nok, nflag, last in rows:
+            out.append({"user": name, "role": role, "decisions": int(n or 0), "gold_seen": int(ng or 0),
+                        "gold_correct": int(nok or 0),
+                        "gold_accuracy": (int(nok) / int(ng)) if ng else None,
+                        "flags": int(nflag or 0), "last": last, "leases": int(held.get(name, 0))})
+        return out
+
+    def double_annotated(self) -> list[tuple[str, str]]:
+        """(first, second) decisions of non-gold items that two annotators decided (for kappa)."""
+        with self.tx(write=False) as t:
+            rows = t.all("SELECT d.item_id, d.decision FROM decisions d JOIN items i ON i.id = d.item_id "
+                         "WHERE i.needed >= 2 AND i.gold = 0 AND i.done_count >= 2 ORDER BY d.item_id, d.id")
+        pairs, cur, first = [], None, None
+        for item_id, dec in rows:
+            if item_id != cur:
+                cur, first = item_id, dec
+            elif first is not None:
+                pairs.append((first, dec))
+                first = None
+        return pairs
+
+    def audit_tail(self, n: int = 50) -> list[dict[str, Any]]:
+        with self.tx(write=False) as t:
+            rows = t.all("SELECT a.ts, u.name, a.action, a.item_id, a.detail FROM audit a LEFT JOIN users u "
+                         "ON u.id = a.user_id ORDER BY a.id DESC LIMIT ?", (n,))
+        return [{"time": r[0], "user": r[1], "action": r[2], "item_id": r[3], "detail": r[4]} for r in rows]
+
+    def audit_count(self, action: str | None = None) -> int:
+        with self.tx(write=False) as t:
+            if action:
+                return int(t.one("SELECT COUNT(*) FROM audit WHERE action = ?", (action,))[0])
+            return int(t.one("SELECT COUNT(*) FROM audit")[0])
+
+    def log(self, user: User | None, action: str, item_id: int | None = None, **detail: Any) -> None:
+        """Audit an action that changes no review state (export, page views of admin data, apply)."""
+        with self.tx() as t:
+            t.audit(user.id if user else None, action, item_id, **detail)

@@ -1,0 +1,136 @@
+"""Benchmark: concept graph build (time, memory) and BM25 tagging throughput vs rank-bm25.
+
+    .venv/bin/python bench/graph.py [--repeat 5] [--ref-sample 0]
+
+Tagging: the real COCO-mini captions (400) as documents, every WordNet concept with a query
+(~82k synsets, ~118k English + Chinese terms) as queries. rank-bm25 gets the same token lists
+(tokenisation is *not* counted for it) and scores every concept with ``get_scores``; ours
+tokenises, counts and scores all concepts in one sparse product. Scores are compared for every
+concept (max absolute difference). ``--ref-sample N`` times rank-bm25 on N random concepts and
+extrapolates, for slow machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+COCO = ROOT.parent / "shared" / "data" / "coco-mini"
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    load = os.getloadavg()
+    return (f"{os.cpu_count()} cores, {mem:.0f} GiB, no GPU, Python {platform.python_version()}, "
+            f"load average at start {load[0]:.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5, help="timed repetitions of our tagging (best is reported)")
+    ap.add_argument("--ref-sample", type=int, default=0, help="rank-bm25 on N sampled concepts (0 = all)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench-graph"))
+    args = ap.parse_args()
+    import numpy as np
+
+    print(f"machine: {machine()}")
+    fig: dict = {}
+
+    # --- graph build ------------------------------------------------------------------
+    t0 = time.perf_counter()
+    from graph.wordnet import load_wordnet
+
+    g = load_wordnet()
+    fig["wordnet_parse_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    from graph.chinese import add_zh_labels
+
+    fig["zh_labels"] = add_zh_labels(g)
+    fig["zh_labels_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    g.save(args.out, graphml=False)
+    fig["save_parquet_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    g.write_graphml(args.out / "graph.graphml")
+    fig["write_graphml_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    from graph.concepts import ConceptGraph
+
+    g2 = ConceptGraph.load(args.out)
+    fig["load_parquet_s"] = time.perf_counter() - t0
+    fig["graph_nodes"], fig["graph_edges"] = len(g2), g2.g.number_of_edges()
+    fig["peak_rss_after_build_mb"] = rss_mb()
+    print(f"graph: {fig['graph_nodes']:,} nodes, {fig['graph_edges']:,} edges; parse {fig['wordnet_parse_s']:.2f}s, "
+          f"zh labels {fig['zh_labels']:,} in {fig['zh_labels_s']:.2f}s, save Parquet {fig['save_parquet_s']:.2f}s + GraphML {fig['write_graphml_s']:.2f}s, "
+          f"load {fig['load_parquet_s']:.2f}s, peak RSS {fig['peak_rss_after_build_mb']:.0f} MB")
+
+    # --- tagger ----------------------------------------------------------------------
+    from graph.tagging import Tagger
+
+    t0 = time.perf_counter()
+    tagger = Tagger(g)
+    fig["tagger_build_s"] = time.perf_counter() - t0
+    n_q = sum(1 for q in tagger.queries if q)
+    fig["concept_queries"] = n_q
+    caps = json.loads((COCO / "captions_train2017.json").read_text())
+    texts = [a["caption"].strip() for a in caps["annotations"]]
+    print(f"tagger: {n_q:,} concepts with queries, {len(tagger.scorer.qcol):,} query tokens, built in {fig['tagger_build_s']:.2f}s")
+
+    best = best_rows = float("inf")
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        docs = [tagger.tokenizer.tokens(t) for t in texts]
+        tagger.scorer.fit(docs)
+        S = tagger.scorer.scores(docs)
+        best = min(best, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        tagger.tag_rows([[t] for t in texts])
+        best_rows = min(best_rows, time.perf_counter() - t0)
+    fig["ours_bm25_s"], fig["ours_tag_rows_s"] = best, best_rows
+
+    # --- rank-bm25 reference ------------------------------------------------------------
+    from rank_bm25 import BM25Okapi
+
+    dense = S.toarray()
+    idx = [i for i, q in enumerate(tagger.queries) if q]
+    if args.ref_sample:
+        rng = np.random.default_rng(0)
+        idx = sorted(rng.choice(idx, args.ref_sample, replace=False).tolist())
+    t0 = time.perf_counter()
+    ref = BM25Okapi(docs)
+    max_diff = 0.0
+    for i in idx:
+        max_diff = max(max_diff, float(np.abs(ref.get_scores(tagger.queries[i]) - dense[:, i]).max()))
+    ref_s = (time.perf_counter() - t0) * (n_q / len(idx))
+    fig["rank_bm25_s"] = ref_s
+    fig["max_abs_score_diff"] = max_diff
+    fig["speedup_bm25"] = ref_s / best
+    fig["speedup_with_propagation"] = ref_s / best_rows
+    fig["captions_per_s_ours"] = len(texts) / best
+    fig["captions_per_s_rank_bm25"] = len(texts) / ref_s
+    fig["peak_rss_mb"] = rss_mb()
+    print(f"tagging {len(texts)} real captions x {n_q:,} concepts:")
+    print(f"  ours (tokenise + count + score all concepts): {best * 1000:.1f} ms  -> {fig['captions_per_s_ours']:,.0f} captions/s")
+    print(f"  ours tag_rows (+ best caption, propagation to ancestors, top-64): {best_rows * 1000:.1f} ms")
+    print(f"  rank-bm25 get_scores per concept{' (extrapolated from %d)' % len(idx) if args.ref_sample else ''}: "
+          f"{ref_s:.1f} s -> {fig['captions_per_s_rank_bm25']:.1f} captions/s")
+    print(f"  speed-up {fig['speedup_bm25']:,.0f}x (with propagation {fig['speedup_with_propagation']:,.0f}x); "
+          f"max |score difference| over {len(idx):,} concepts x {len(texts)} captions: {max_diff:.2e}")
+    print(f"peak RSS {fig['peak_rss_mb']:.0f} MB")
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fig.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Annotator API latency with a million items queued: p50/p99 of next-item + submit.
+
+Queues N items (default 1,000,000) in a fresh SQLite review database, starts the real app under
+uvicorn in a separate process on loopback, logs in 50 simulated annotators (asyncio + httpx in
+this process) and has each loop ``GET /api/next`` -> ``POST /api/items/{id}/decision`` for a
+fixed time. Two loads: with a think time between items (annotators read the image; real ones
+take seconds) and with none (a stress test: the server is saturated and latency is queueing).
+
+    .venv/bin/python bench/review.py [--items 1000000] [--annotators 50] [--seconds 20]
+
+Prints a figures table and the machine it ran on. Target (issue 6): p99 <= 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PASSWORD = "bench-password-1"
+
+
+def queue_items(db, n: int, chunk: int = 50_000) -> float:
+    """Queue n items with payloads shaped like ``mine``'s (~600 bytes each)."""
+    rng = random.Random(0)
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        items = []
+        for i in range(start, min(n, start + chunk)):
+            rid = f"{i:024x}"
+            items.append({"row_id": rid, "priority": rng.random(), "needed": 2 if i % 10 == 0 else 1,
+                          "payload": {"row_id": rid, "pos": i, "version": 1, "caption": f"a photo of item {i} on a table",
+                                      "signals": {"prof_quality": 0.44, "prof_clip_sim": 0.21, "prof_aesthetic": 4.6},
+                                      "hard_reasons": ["near threshold: prof_quality=0.44 vs >= 0.45"],
+                                      "pseudo": {"decision": "drop", "reasons": ["low overall quality"], "caption_fix": None,
+                                                 "tags": ["photo", "table"]},
+                                      "verifier": {"verdict": "keep", "p_keep": 0.61, "method": "signal_consensus",
+                                                   "why": "mean margin +0.2 IQR"},
+                                      "neighbours": [{"row_id": f"{i + 1:024x}", "pos": i + 1, "sim": 0.9, "caption": "x"}],
+                                      "concept": "table", "quality_bin": 1}})
+        db.enqueue(items, "bench")
+        print(f"  queued {min(n, start + chunk):,}/{n:,}", end="\r", flush=True)
+    print()
+    return time.perf_counter() - t0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SERVER = """
+import sys, uvicorn
+sys.path.insert(0, {root!r})
+from annotator_ui.app import AppSettings, create_app
+uvicorn.run(create_app(AppSettings(db_url={db!r}, gold_rate=0.0)), host="127.0.0.1", port={port}, log_level="warning",
+            access_log=False, timeout_keep_alive=120)
+"""
+
+
+async def annotator(client, base: str, csrf: str, stop: float, think: float, out: dict, rng: random.Random):
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        r = await client.get(f"{base}/api/next")
+        t1 = time.perf_counter()
+        item = r.json()["item"]
+        if item is None:
+            return
+        dec = "keep" if rng.random() < 0.6 else "drop"
+        r2 = await client.post(f"{base}/api/items/{item['id']}/decision", json={"decision": dec, "tags": ["t"]},
+                               headers={"x-csrf-token": csrf})
+        t2 = time.perf_counter()
+        if r.status_code != 200 or r2.status_code != 200:
+            out["errors"].append((r.status_code, r2.status_code))
+        out["next"].append(t1 - t0)
+        out["submit"].append(t2 - t1)
+        out["pair"].append(t2 - t0)
+        if think:
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * think)
+
+
+async def run_load(base: str, users: list[str], seconds: float, think: float) -> dict:
+    import httpx
+
+    out: dict = {"next": [], "submit": [], "pair": [], "errors": []}
+    clients = []
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+    for name in users:
+        c = httpx.AsyncClient(limits=limits, timeout=30)
+        r = await c.post(f"{base}/api/login", json={"username": name, "password": PASSWORD})
+        r.raise_for_status()
+        clients.append((c, r.json()["csrf"]))
+    stop = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    await asyncio.gather(*(annotator(c, base, csrf, stop, think, out, random.Random(i))
+                           for i, (c, csrf) in enumerate(clients)))
+    out["wall"] = time.perf_counter() - t0
+    # page loads (server-rendered annotator page) for one annotator while idle
+    pages = []
+    c, _ = clients[0]
+    for _ in range(30):
+        t = time.perf_counter()
+        r = await c.get(f"{base}/", headers={"accept": "text/html"})
+        pages.append(time.perf_counter() - t)
+        assert r.status_code == 200
+    out["page"] = pages
+    for c, _ in clients:
+        await c.aclose()
+    return out
+
+
+def pct(xs, q) -> float:
+    return float(np.percentile(np.array(xs) * 1000, q)) if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--annotators", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--think", type=float, default=1.0, help="mean think time (s) of the realistic load")
+    ap.add_argument("--dir", default=None, help="where the review database goes (default: a temp dir)")
+    ap.add_argument("--reuse", action="store_true", help="reuse the queue already in --dir (skip queueing)")
+    args = ap.parse_args()
+
+    from annotator_ui.db import ReviewDB
+
+    work = Path(args.dir or tempfile.mkdtemp(prefix="bench-review-"))
+    dbfile = work / "review.sqlite"
+    users = [f"ann{i:03d}" for i in range(args.annotators)]
+    if args.reuse and dbfile.exists():
+        db = ReviewDB(dbfile)
+        t_queue = float("nan")
+        open_now = db.counters()["items_open"]
+        print(f"reusing {dbfile}: {open_now:,} items open")
+    else:
+        for old in work.glob("review.sqlite*"):
+            old.unlink()
+        print(f"queueing {args.items:,} items in {dbfile}")
+        db = ReviewDB(dbfile)
+        t_queue = queue_items(db, args.items)
+        for u in users:
+            db.add_user(u, PASSWORD)
+    open_items = db.counters()["items_open"]
+    db.close()
+    size_mb = sum(p.stat().st_size for p in work.glob("review.sqlite*")) / 1e6
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-c", SERVER.format(root=str(ROOT), db=str(dbfile), port=port)])
+    try:
+        import httpx
+
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        results = {}
+        for name, think in [(f"think {args.think:g} s", args.think), ("no think time (stress)", 0.0)]:
+            print(f"load: {args.annotators} annotators, {name}, {args.seconds:g} s")
+            results[name] = asyncio.run(run_load(base, users, args.seconds, think))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    print()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"SQLite WAL; server = 1 uvicorn process; load generator in the same machine")
+    print(f"queue: {open_items:,} items open ({size_mb:,.0f} MB database), queued in {t_queue:.1f} s")
+    print("| load | pairs | pairs/s | next p50 / p99 ms | submit p50 / p99 ms | next+submit p50 / p99 ms | page p50 / p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        n = len(r["pair"])
+        print(f"| {args.annotators} annotators, {name} | {n:,} | {n / r['wall']:.0f} | {pct(r['next'], 50):.1f} / "
+              f"{pct(r['next'], 99):.1f} | {pct(r['submit'], 50):.1f} / {pct(r['submit'], 99):.1f} | "
+              f"{pct(r['pair'], 50):.1f} / {pct(r['pair'], 99):.1f} | {pct(r['page'], 50):.1f} / {pct(r['page'], 99):.1f} | "
+              f"{len(r['errors'])} |")
+
+
+if __name__ == "__main__":
+    main()

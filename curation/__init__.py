@@ -1,0 +1,9 @@
+"""zcurate: the shared core (schema, Lance store, configs, stage runner, CLI) of the curation platform."""
+
+import os as _os
+
+# Ray 2.60 turns on token authentication once ~/.ray/auth_token exists, and a client must then
+# know it before `import ray`. Token mode everywhere (Ray generates the token on first start)
+# keeps every process of ours consistent with every local cluster of ours.
+_os.environ.setdefault("RAY_AUTH_MODE", "token")
+_os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

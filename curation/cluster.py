@@ -1,0 +1,67 @@
+"""Ray setup: an embedded local cluster by default, a real cluster by address.
+
+The embedded default is sized for a laptop: a bounded object store (Ray otherwise reserves a
+large share of /dev/shm), and a loopback node address. Ray rewrites 127.0.0.1 to the machine's
+external address, so the node binds to 127.0.0.2, which stays on loopback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["RayConfig", "init_ray"]
+
+LOOPBACK_NODE_IP = "127.0.0.2"
+
+
+class RayConfig(BaseModel):
+    """Where jobs run. ``address`` (or ``RAY_ADDRESS``) joins a cluster; otherwise a local one starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="ray://host:10001, host:6379 or 'auto'; null = embedded")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded cluster (default: all)")
+    num_gpus: int | None = Field(None, ge=0)
+    object_store_memory_mb: int = Field(512, ge=64, description="object store of the embedded cluster")
+    node_ip: str = LOOPBACK_NODE_IP
+
+
+def init_ray(config: RayConfig | None = None) -> None:
+    """Start or join Ray once per process; a second call reuses the running instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    config = config or RayConfig()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray Data's own progress bars would fight with ours (rich); jobs report their own progress.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("LANCE_LOG", "error")  # workers inherit: no "dataset will be created" chatter
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="lance is not fork-safe")
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=config.num_cpus or os.cpu_count(),
+            num_gpus=config.num_gpus,
+            object_store_memory=config.object_store_memory_mb * 1024 * 1024,
+            _node_ip_address=config.node_ip,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            # our jobs report progress and counters themselves; worker exceptions still propagate
+            log_to_driver=False,
+        )
+    from ray.data import DataContext
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset "execution finished" lines
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

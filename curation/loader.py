@@ -1,0 +1,655 @@
+"""Stream training shards into a training loop: sequence-length-aware batches under a token budget.
+
+Usable on its own (PyTorch + Lance, nothing else of the platform)::
+
+    from curation.loader import Loader, LoaderConfig, ShardDataset
+
+    ds = ShardDataset("shards.lance", LoaderConfig(token_budget=16384, seed=0))  # rank/world from torch.distributed
+    loader = Loader(ds, num_workers=2)            # spawned workers: Lance is not fork-safe
+    for epoch in range(start_epoch, epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:                      # dict: ids, images (list of uint8 3xHxW), captions, ...
+            ...
+            ckpt["loader"] = loader.state_dict()  # a few integers; load_state_dict resumes mid-epoch
+
+How an epoch is planned (``plan_epoch``, pure NumPy, identical on every rank and worker):
+
+1. Each row appears ``epoch_size * w / sum(w)`` times, stochastically rounded (weights from the
+   shard's ``weight`` column); with ``weighted=False`` or equal weights, exactly once.
+2. The occurrences are shuffled by (seed, epoch) and cut into pools of ``pool_size``. Inside a
+   pool samples are sorted by sequence length (image tokens + the chosen caption's tokens) and
+   cut greedily into batches whose padded size, batch size x longest sequence, stays within
+   ``token_budget``: long sequences come in small batches, short ones in large batches, and the
+   padding inside a batch is small because its lengths are neighbours in sorted order.
+3. The batch count is made a multiple of the world size by splitting the largest batches (so no
+   sample is dropped or repeated and every rank runs the same number of steps), the batches are
+   grouped in consecutive runs of ``world_size`` (similar lengths, so ranks wait little on each
+   other) and the groups are shuffled. Rank r takes batch r of every group.
+
+Workers then take batches round-robin (worker w of n takes the rank's batches w, w+n, ...), which
+is the order in which the PyTorch DataLoader reads them back, so the stream of a rank does not
+depend on the number of workers, and resuming is skipping the first k planned batches. Workers
+open the Lance dataset lazily after they start, read rows with random-access ``take``, decode and
+crop each image to its bucket (random crop seeded by (seed, epoch, rank, batch), or centre crop).
+A row whose image cannot be decoded is left out of its batch and reported with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from curation.schema import CAPTION_TYPE
+
+__all__ = [
+    "SHARD_SCHEMA",
+    "MANIFEST_KEY",
+    "LoaderConfig",
+    "ShardMeta",
+    "EpochPlan",
+    "plan_epoch",
+    "padded_fraction",
+    "decode_and_crop",
+    "ShardDataset",
+    "Loader",
+    "LoaderMetrics",
+    "to_unit_range",
+]
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the sample id in the source dataset
+        pa.field("image", pa.large_binary()),  # encoded bytes as ingested
+        pa.field("captions", pa.list_(CAPTION_TYPE)),  # caption variants (kinds: short, long, tags, ...)
+        pa.field("caption_tokens", pa.list_(pa.int32())),  # token estimate per caption variant
+        pa.field("width", pa.int32()),  # original size
+        pa.field("height", pa.int32()),
+        pa.field("resolution", pa.int32()),  # training resolution level the bucket belongs to
+        pa.field("bucket_w", pa.int32()),  # crop size, multiples of 16
+        pa.field("bucket_h", pa.int32()),
+        pa.field("image_tokens", pa.int32()),  # bucket_h/16 * bucket_w/16
+        pa.field("weight", pa.float32()),  # sampling weight (1 = as often as any other row)
+        pa.field("curriculum_stage", pa.int32()),  # 0 = first stage; null when the source has no curriculum
+    ]
+)
+"""One row per training sample, written by ``curate export`` and read by the loader."""
+
+MANIFEST_KEY = "curation.manifest"
+"""Schema-metadata key of the shard's provenance manifest (JSON: source URI, version, selection)."""
+
+_META_COLUMNS = ["image_tokens", "caption_tokens", "weight", "bucket_w", "bucket_h"]
+
+
+class LoaderConfig(BaseModel):
+    """How batches are formed. Everything that changes which sample lands in which batch is here,
+    so a state dict is only valid with the same config (checked on resume)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_budget: int = Field(16384, ge=1, description="max padded tokens per batch: batch size x longest sequence")
+    max_batch_size: int = Field(512, ge=1, description="cap on samples per batch, whatever the budget")
+    seed: int = 0
+    weighted: bool = Field(True, description="resample rows by the shard's weight column; False: each row once per epoch")
+    epoch_size: int | None = Field(None, ge=1, description="samples per epoch when weighted (default: number of rows)")
+    pool_size: int = Field(4096, ge=1, description="samples sorted together; larger = less padding, less randomness")
+    same_bucket: bool = Field(False, description="only one crop size per batch, so images can be stacked into one tensor")
+    random_crop: bool = Field(True, description="random crop inside the scaled image; False: centre crop")
+    caption_kind_weights: dict[str, float] | None = Field(
+        None, description="probability weight per caption kind (missing kinds: 1, 0 excludes); None = uniform over variants")
+    filter: str | None = Field(None, description="Lance SQL filter on shard rows, e.g. 'curriculum_stage <= 1'")
+    columns: list[str] = Field(default_factory=list, description="extra shard columns passed through per sample")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+# --- planning (pure NumPy) -------------------------------------------------------------------
+
+
+@dataclass
+class ShardMeta:
+    """What planning needs per row, read once from the light columns (no image bytes)."""
+
+    positions: np.ndarray  # row positions in the Lance dataset (after the config's filter)
+    image_tokens: np.ndarray  # int64
+    cap_offsets: np.ndarray  # caption variants of row i are cap_tokens[cap_offsets[i]:cap_offsets[i+1]]
+    cap_tokens: np.ndarray
+    cap_kinds: np.ndarray | None  # kind per variant (only read when kind weights are configured)
+    weight: np.ndarray  # float64
+    bucket: np.ndarray  # int64 bucket key (w * 65536 + h)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @classmethod
+    def from_table(cls, t: pa.Table, positions: np.ndarray | None = None) -> "ShardMeta":
+        caps = t.column("caption_tokens").combine_chunks()
+        n = t.num_rows
+        offsets = caps.offsets.to_numpy().astype(np.int64) if n else np.zeros(1, np.int64)
+        kinds = None
+        if "captions" in t.column_names:
+            kinds = np.asarray(t.column("captions").combine_chunks().flatten().field("kind").to_pylist(), dtype=object)
+        w = t.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
+        w = np.where(np.isfinite(w) & (w > 0), w, 0.0)
+        return cls(
+            positions=np.arange(n, dtype=np.int64) if positions is None else positions,
+            image_tokens=t.column("image_tokens").to_numpy(zero_copy_only=False).astype(np.int64),
+            cap_offsets=offsets - offsets[0],
+            cap_tokens=caps.values.to_numpy(zero_copy_only=False).astype(np.int64) if n else np.zeros(0, np.int64),
+            cap_kinds=kinds,
+            weight=w,
+            bucket=t.column("bucket_w").to_numpy(zero_copy_only=False).astype(np.int64) * 65536
+            + t.column("bucket_h").to_numpy(zero_copy_only=False).astype(np.int64),
+        )
+
+
+@dataclass
+class EpochPlan:
+    """The batches of one rank for one epoch: batch b is ``rows[bounds[b]:bounds[b+1]]``."""
+
+    epoch: int
+    rank: int
+    world_size: int
+    rows: np.ndarray  # dataset row positions
+    caption_idx: np.ndarray  # chosen caption variant per sample (-1: row has none)
+    seq_lens: np.ndarray  # image tokens + chosen caption tokens
+    bounds: np.ndarray
+    dropped: dict[str, int] = field(default_factory=dict)  # samples left out by planning, by reason
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def batch(self, b: int) -> slice:
+        return slice(int(self.bounds[b]), int(self.bounds[b + 1]))
+
+    def batch_sizes(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+    def padded_fraction(self) -> float:
+        return padded_fraction([self.seq_lens[self.batch(b)] for b in range(len(self))])
+
+
+def padded_fraction(batches: list[np.ndarray]) -> float:
+    """Share of a padded batch that is padding: sum(B x max - sum) / sum(B x max) over batches."""
+    total = sum(len(s) * int(s.max()) for s in batches if len(s))
+    real = sum(int(s.sum()) for s in batches if len(s))
+    return 0.0 if total == 0 else (total - real) / total
+
+
+def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, stream])
+
+
+def _choose_captions(meta: ShardMeta, rows: np.ndarray, cfg: LoaderConfig, rng: np.random.Generator) -> np.ndarray:
+    """A caption variant per sample occurrence, drawn afresh every epoch (caption dropout of
+    variants, as Z-Image trains on short, long and tag captions of the same image)."""
+    start, end = meta.cap_offsets[rows], meta.cap_offsets[rows + 1]
+    n = end - start
+    u = rng.random(len(rows))
+    if cfg.caption_kind_weights is None or meta.cap_kinds is None:
+        idx = np.floor(u * n).astype(np.int64)
+        return np.where(n > 0, idx, -1)
+    kw = cfg.caption_kind_weights
+    w = np.array([max(kw.get(k, 1.0), 0.0) for k in meta.cap_kinds], dtype=np.float64)
+    cum = np.concatenate([[0.0], np.cumsum(w)])
+    lo, hi = cum[start], cum[end]
+    pick = np.searchsorted(cum, lo + u * (hi - lo), side="right") - 1
+    pick = np.clip(pick, start, np.maximum(end - 1, start))
+    return np.where(hi > lo, pick - start, -1)
+
+
+def _repeats(meta: ShardMeta, cfg: LoaderConfig, rng: np.random.Generator) -> np.ndarray:
+    n = len(meta)
+    w = meta.weight
+    if not cfg.weighted or n == 0 or (w.min() == w.max() and (cfg.epoch_size or n) == n and w.max() > 0):
+        return np.ones(n, np.int64)
+    if w.sum() <= 0:
+        raise ValueError("every row has weight 0; nothing to sample (use weighted=False to ignore weights)")
+    expected = (cfg.epoch_size or n) * w / w.sum()
+    base = np.floor(expected)
+    return (base + (rng.random(n) < expected - base)).astype(np.int64)  # stochastic rounding
+
+
+def _form_batches(seq: np.ndarray, bucket: np.ndarray, cfg: LoaderConfig) -> list[np.ndarray]:
+    """Greedy cuts of one pool sorted by (bucket if same_bucket, length): indices into the pool."""
+    order = np.lexsort((seq, bucket)) if cfg.same_bucket else np.argsort(seq, kind="stable")
+    out, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i == len(order):
+            out.append(order[start:i])
+            break
+        n = i - start + 1
+        nxt = order[i]
+        if (n * seq[nxt] > cfg.token_budget or n > cfg.max_batch_size
+                or (cfg.same_bucket and bucket[nxt] != bucket[order[start]])):
+            out.append(order[start:i])
+            start = i
+    return out
+
+
+def _balance(batches: list[np.ndarray], world_size: int) -> tuple[list[np.ndarray], int]:
+    """Make the batch count a multiple of world_size by halving the largest batches; when too few
+    batches can be split, drop the last ones. Returns the batches and the samples dropped."""
+    short = (-len(batches)) % world_size
+    if short == 0:
+        return batches, 0
+    splittable = sorted((i for i, b in enumerate(batches) if len(b) >= 2), key=lambda i: -len(batches[i]))
+    if len(splittable) >= short:
+        to_split = set(splittable[:short])
+        out: list[np.ndarray] = []
+        for i, b in enumerate(batches):
+            if i in to_split:
+                half = len(b) // 2
+                out += [b[:half], b[half:]]
+            else:
+                out.append(b)
+        return out, 0
+    extra = len(batches) % world_size
+    return batches[: len(batches) - extra], int(sum(len(b) for b in batches[len(batches) - extra:]))
+
+
+def plan_epoch(meta: ShardMeta, cfg: LoaderConfig, epoch: int, rank: int = 0, world_size: int = 1) -> EpochPlan:
+    """The batches rank ``rank`` of ``world_size`` reads in ``epoch`` (deterministic; see module doc)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    reps = _repeats(meta, cfg, _rng(cfg.seed, epoch, 0))
+    occ = np.repeat(np.arange(len(meta), dtype=np.int64), reps)
+    occ = occ[_rng(cfg.seed, epoch, 1).permutation(len(occ))]
+    cap = _choose_captions(meta, occ, cfg, _rng(cfg.seed, epoch, 2))
+    cap_tok = np.where(cap >= 0, meta.cap_tokens[np.maximum(meta.cap_offsets[occ] + cap, 0)] if len(meta.cap_tokens) else 0, 0)
+    seq = meta.image_tokens[occ] + cap_tok
+    dropped: dict[str, int] = {}
+    fits = seq <= cfg.token_budget
+    if not fits.all():  # one sample alone would break the budget: leave it out, say so
+        dropped["over_token_budget"] = int((~fits).sum())
+        occ, cap, seq = occ[fits], cap[fits], seq[fits]
+    batches: list[np.ndarray] = []
+    for s in range(0, len(occ), cfg.pool_size):
+        pool = np.arange(s, min(s + cfg.pool_size, len(occ)))
+        batches += [pool[b] for b in _form_batches(seq[pool], meta.bucket[occ[pool]], cfg)]
+    batches, lost = _balance(batches, world_size)
+    if lost:
+        dropped["uneven_tail"] = lost
+    groups = len(batches) // world_size
+    order = _rng(cfg.seed, epoch, 3).permutation(groups)
+    mine = [batches[g * world_size + rank] for g in order]
+    idx = np.concatenate(mine) if mine else np.zeros(0, np.int64)
+    bounds = np.concatenate([[0], np.cumsum([len(b) for b in mine])]).astype(np.int64)
+    return EpochPlan(epoch, rank, world_size, meta.positions[occ[idx]], cap[idx], seq[idx], bounds, dropped)
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def decode_and_crop(data: bytes, width: int, height: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Decode encoded image bytes to an (height, width, 3) uint8 array: apply the EXIF orientation
+    (as profiling does), scale to cover the crop size, then crop (random offset from ``rng``,
+    centre when None). Transparent images are put on white. JPEGs decode at a reduced DCT scale
+    when the crop is much smaller (PIL draft), which is most of a CPU loader's speed."""
+    with Image.open(io.BytesIO(data)) as im:
+        orient = im.getexif().get(0x0112, 1)
+        swap = orient in (5, 6, 7, 8)
+        w, h = im.size[::-1] if swap else im.size
+        s = max(width / w, height / h)
+        req = (math.ceil(w * s), math.ceil(h * s))
+        im.draft("RGB", req[::-1] if swap else req)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            img = im.convert("RGB")
+    if orient in _EXIF_TRANSPOSE:
+        img = img.transpose(_EXIF_TRANSPOSE[orient])
+    w, h = img.size
+    s = max(width / w, height / h)
+    sw, sh = max(width, round(w * s)), max(height, round(h * s))
+    if (sw, sh) != (w, h):
+        img = img.resize((sw, sh), Image.BICUBIC, reducing_gap=3.0)
+    if rng is None:
+        x, y = (sw - width) // 2, (sh - height) // 2
+    else:
+        x, y = int(rng.integers(0, sw - width + 1)), int(rng.integers(0, sh - height + 1))
+    return np.array(img.crop((x, y, x + width, y + height)), dtype=np.uint8)  # a writable copy
+
+
+_T = Image.Transpose
+_EXIF_TRANSPOSE = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
+                   6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90}
+"""EXIF orientation -> transpose, as ``PIL.ImageOps.exif_transpose`` maps them."""
+
+
+def to_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) -> float32 in [-1, 1], what a VAE encoder expects."""
+    return image.float().div_(127.5).sub_(1.0)
+
+
+# --- the dataset -----------------------------------------------------------------------------
+
+
+def _dist_defaults() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShardDataset(IterableDataset):
+    """Yields whole batches (dicts) of one rank's epoch plan; see the module doc for the plan.
+
+    Picklable and cheap to send to spawned workers: the Lance dataset is opened lazily in the
+    process that reads (Lance is not fork-safe), and each worker plans the epoch itself from the
+    light columns (deterministic, so identical to the main process's plan). The epoch and the
+    first batch to read live in a small shared-memory array once ``Loader`` starts workers, so
+    persistent workers follow ``set_epoch`` and ``load_state_dict`` without being respawned.
+    A batch dict holds ``ids``, ``images`` (list of uint8 tensors 3 x bucket_h x bucket_w),
+    ``captions`` (the chosen variant's text), ``caption_kinds``, ``image_tokens``,
+    ``caption_tokens`` and ``seq_lens`` (int64 tensors), ``buckets`` (list of (w, h)),
+    ``curriculum_stage``, any extra ``columns`` (lists of numbers, e.g. pre-encoded latents or
+    text features, as float32 NumPy arrays; anything else as Python values), and ``epoch``,
+    ``batch_index``, ``skipped`` (list of (id, reason) for rows whose image could not be used).
+    """
+
+    def __init__(self, uri: str, config: LoaderConfig | dict | None = None, *, rank: int | None = None,
+                 world_size: int | None = None, version: int | None = None,
+                 storage_options: dict[str, str] | None = None):
+        super().__init__()
+        self.uri = str(uri)
+        self.config = config if isinstance(config, LoaderConfig) else LoaderConfig.model_validate(config or {})
+        r, ws = _dist_defaults()
+        self.rank = r if rank is None else rank
+        self.world_size = ws if world_size is None else world_size
+        self.storage_options = storage_options
+        self.epoch = 0
+        self.start_batch = 0
+        self._ds = None
+        self._meta: ShardMeta | None = None
+        self._plan: EpochPlan | None = None
+        self._shared = None  # [epoch, start_batch] in shared memory, seen by spawned workers
+        self.version = version if version is not None else self._open().version
+        missing = [c for c in [*_META_COLUMNS, *self.config.columns] if c not in self._open().schema.names]
+        if missing:
+            raise ValueError(f"{self.uri} lacks columns {missing}: is it a training shard written by `curate export`?")
+
+    # --- lazy state (not pickled) ---
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_ds"] = None
+        state["_meta"] = None  # workers read the light columns themselves
+        state["_plan"] = None
+        return state
+
+    def share_position(self, mp_context) -> None:
+        """Put (epoch, start batch) in shared memory before workers start (see class doc)."""
+        if self._shared is None:
+            self._shared = mp_context.Array("q", [self.epoch, self.start_batch], lock=False)
+
+    def _position(self) -> tuple[int, int]:
+        if self._shared is not None:
+            return int(self._shared[0]), int(self._shared[1])
+        return self.epoch, self.start_batch
+
+    def _open(self):
+        if self._ds is None:
+            import lance
+
+            self._ds = lance.dataset(self.uri, version=getattr(self, "version", None),
+                                     storage_options=self.storage_options or None)
+        return self._ds
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The provenance manifest export wrote into the shard (source URI, version, selection)."""
+        meta = self._open().schema.metadata or {}
+        raw = meta.get(MANIFEST_KEY.encode())
+        return json.loads(raw) if raw else {}
+
+    def meta(self) -> ShardMeta:
+        if self._meta is None:
+            cols: dict[str, str] = {c: c for c in _META_COLUMNS}
+            if self.config.caption_kind_weights is not None:
+                cols["captions"] = "captions"
+            if self.config.filter:
+                cols["_keep"] = f"({self.config.filter})"
+            t = self._open().to_table(columns=cols)
+            positions = None
+            if self.config.filter:
+                keep = t.column("_keep").to_numpy(zero_copy_only=False)
+                keep = np.asarray([bool(k) if k is not None else False for k in keep]) if keep.dtype == object else keep
+                positions = np.flatnonzero(keep).astype(np.int64)
+                t = t.filter(pa.array(keep, pa.bool_()))
+            self._meta = ShardMeta.from_table(t, positions)
+        return self._meta
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if epoch != self.epoch or self._plan is None or self._plan.epoch != epoch:
+            self._plan = None
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        if self._shared is not None:
+            self._shared[0], self._shared[1] = self.epoch, self.start_batch
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """This rank's plan for an epoch (default: the current one); cached per epoch."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._plan is None or self._plan.epoch != epoch:
+            self._plan = plan_epoch(self.meta(), self.config, epoch, self.rank, self.world_size)
+        return self._plan
+
+    def __len__(self) -> int:
+        return max(0, len(self.plan()) - self.start_batch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch, start = self._position()
+        plan = self.plan(epoch)
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        for b in range(start + wid, len(plan), nw):
+            yield self.load_batch(plan, b)
+
+    def load_batch(self, plan: EpochPlan, b: int) -> dict[str, Any]:
+        sl = plan.batch(b)
+        rows, caps, seqs = plan.rows[sl], plan.caption_idx[sl], plan.seq_lens[sl]
+        cols = list(dict.fromkeys(["id", "image", "captions", "bucket_w", "bucket_h", "image_tokens",
+                                   "curriculum_stage", *self.config.columns]))
+        table = self._open().take(rows, columns=cols)
+        arrays = {c for c in self.config.columns if _numeric_nested(table.schema.field(c).type)}
+        t = table.to_pydict()
+        rng = np.random.default_rng([self.config.seed, plan.epoch, plan.rank, b]) if self.config.random_crop else None
+        out: dict[str, Any] = {k: [] for k in ("ids", "images", "captions", "caption_kinds", "buckets", "curriculum_stage")}
+        out.update({c: [] for c in self.config.columns})
+        keep_i, skipped = [], []
+        for i in range(len(rows)):
+            rid, data = t["id"][i], t["image"][i]
+            bw, bh = t["bucket_w"][i], t["bucket_h"][i]
+            if data is None:
+                skipped.append((rid, "missing_image"))
+                continue
+            try:
+                arr = decode_and_crop(data, bw, bh, rng)
+            except Exception as e:  # corrupt / truncated / hostile bytes: skip this row, never the run
+                skipped.append((rid, f"decode_error: {type(e).__name__}: {str(e)[:120]}"))
+                continue
+            cap = t["captions"][i][caps[i]] if caps[i] >= 0 else {"text": "", "kind": None}
+            out["ids"].append(rid)
+            # HWC -> CHW in NumPy: torch's strided copy is slow on a busy machine (thread spin-up)
+            out["images"].append(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))))
+            out["captions"].append(cap["text"] or "")
+            out["caption_kinds"].append(cap["kind"])
+            out["buckets"].append((bw, bh))
+            out["curriculum_stage"].append(t["curriculum_stage"][i])
+            for c in self.config.columns:
+                v = t[c][i]
+                out[c].append(np.asarray(v, dtype=np.float32) if c in arrays and v is not None else v)
+            keep_i.append(i)
+        k = np.asarray(keep_i, dtype=np.int64)
+        img_tok = np.asarray(t["image_tokens"], dtype=np.int64)[k] if len(k) else np.zeros(0, np.int64)
+        out["image_tokens"] = torch.from_numpy(img_tok)
+        out["seq_lens"] = torch.from_numpy(seqs[k].astype(np.int64))
+        out["caption_tokens"] = out["seq_lens"] - out["image_tokens"]
+        out.update(epoch=plan.epoch, batch_index=b, skipped=skipped)
+        return out
+
+
+def _numeric_nested(t: pa.DataType) -> bool:
+    """(Nested) lists of numbers: pre-encoded latents or text features, handed over as float32 arrays."""
+    if not (pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)):
+        return False
+    while pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return pa.types.is_floating(t) or pa.types.is_integer(t)
+
+
+# --- the loader ------------------------------------------------------------------------------
+
+
+def _passthrough(batch: Any) -> Any:
+    return batch
+
+
+@dataclass
+class LoaderMetrics:
+    """Running figures of what the loader delivered since the last ``set_epoch`` / iteration start."""
+
+    batches: int = 0
+    samples: int = 0
+    padded_tokens: int = 0  # batch size x longest sequence, summed
+    real_tokens: int = 0
+    batch_sizes: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    seconds: float = 0.0  # wall time of the iteration so far
+    wait_seconds: float = 0.0  # of which the consumer waited for a batch
+
+    def update(self, batch: dict[str, Any]) -> None:
+        seq = batch["seq_lens"]
+        n = len(seq)
+        self.batches += 1
+        self.samples += n
+        if n:
+            self.padded_tokens += n * int(seq.max())
+            self.real_tokens += int(seq.sum())
+        self.batch_sizes[n] += 1
+        for _, reason in batch["skipped"]:
+            self.skipped[reason.split(":", 1)[0]] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        sizes = np.repeat(list(self.batch_sizes.keys()), list(self.batch_sizes.values())) if self.batches else np.zeros(1)
+        return {
+            "batches": self.batches,
+            "samples": self.samples,
+            "samples_per_s": round(self.samples / self.seconds, 2) if self.seconds > 0 else None,
+            "seconds": round(self.seconds, 3),
+            "data_wait_fraction": round(self.wait_seconds / self.seconds, 4) if self.seconds > 0 else None,
+            "padded_token_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
+            "tokens_per_batch": round(self.padded_tokens / self.batches, 1) if self.batches else 0.0,
+            "batch_size": {"mean": round(float(sizes.mean()), 2), "min": int(sizes.min()), "max": int(sizes.max()),
+                           "p50": float(np.percentile(sizes, 50)), "histogram": dict(sorted(self.batch_sizes.items()))},
+            "skipped": dict(self.skipped),
+        }
+
+
+class Loader:
+    """A PyTorch DataLoader over a ShardDataset that knows where it is: ``state_dict()`` after any
+    batch, ``load_state_dict()`` before iterating resumes with exactly the batches that were not
+    yet delivered (batches prefetched by workers but not delivered are read again).
+
+    Workers are spawned (not forked): Lance holds threads and file handles that do not survive a
+    fork. They start once and persist across epochs (``persistent_workers``), since a spawned
+    worker takes seconds to import torch and Lance. Batches whose every row was skipped are
+    counted but not yielded.
+    """
+
+    def __init__(self, dataset: ShardDataset, *, num_workers: int = 2, prefetch_factor: int | None = 2,
+                 multiprocessing_context: str = "spawn", persistent_workers: bool = True,
+                 pin_memory: bool = False, timeout: float = 0):
+        import multiprocessing
+
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor if num_workers else None
+        self.mp_context = multiprocessing.get_context(multiprocessing_context) if num_workers else None
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.pin_memory = pin_memory
+        self.timeout = timeout
+        self.batches_done = dataset.start_batch
+        self.metrics = LoaderMetrics()
+        self._dl: DataLoader | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch (call once per epoch, before iterating)."""
+        self.dataset.set_epoch(epoch, 0)
+        self.batches_done = 0
+        self.metrics = LoaderMetrics()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        ds = self.dataset
+        if self.num_workers:
+            ds.share_position(self.mp_context)
+        ds.set_epoch(ds.epoch, self.batches_done)
+        ds.plan()  # the main process's copy: length and order checks
+        if self._dl is None:
+            self._dl = DataLoader(ds, batch_size=None, collate_fn=_passthrough, num_workers=self.num_workers,
+                                  prefetch_factor=self.prefetch_factor, multiprocessing_context=self.mp_context,
+                                  persistent_workers=self.persistent_workers, pin_memory=self.pin_memory,
+                                  timeout=self.timeout)
+        dl = self._dl
+        m = self.metrics
+        t_start = time.perf_counter() - m.seconds
+        it = iter(dl)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            m.wait_seconds += time.perf_counter() - t0
+            if batch["batch_index"] != self.batches_done:  # the stream order is the plan order
+                raise RuntimeError(f"loader out of order: got batch {batch['batch_index']}, expected {self.batches_done}")
+            self.batches_done += 1
+            m.update(batch)
+            m.seconds = time.perf_counter() - t_start
+            if len(batch["ids"]):
+                yield batch
+
+    def close(self) -> None:
+        """Stop the persistent workers now (they also stop when the loader is garbage-collected)."""
+        it = getattr(self._dl, "_iterator", None) if self._dl is not None else None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._dl = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """A few integers: enough to resume mid-epoch on the same shard, config and world size."""
+        ds = self.dataset
+        return {"epoch": ds.epoch, "batches_done": self.batches_done, "rank": ds.rank,
+                "world_size": ds.world_size, "dataset_version": ds.version, "config": ds.config.fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ds = self.dataset
+        for key, have in (("world_size", ds.world_size), ("dataset_version", ds.version), ("config", ds.config.fingerprint())):
+            if state.get(key) != have:
+                raise ValueError(f"cannot resume: the state was saved with {key}={state.get(key)!r}, this loader has "
+                                 f"{have!r}; the batch plan would differ (resume with the same shard version, "
+                                 "loader config and world size)")
+        ds.set_epoch(int(state["epoch"]), int(state["batches_done"]))
+        self.batches_done = int(state["batches_done"])
+        self.metrics = LoaderMetrics()
+
+    def report(self) -> dict[str, Any]:
+        """Metrics so far this epoch: padded-token fraction, batch-size distribution, samples/s, skips."""
+        return self.metrics.to_dict()

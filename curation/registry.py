@@ -1,0 +1,96 @@
+"""Registries: column stages and pipeline steps by name, so configs can name them.
+
+A *stage* adds columns to the samples table and runs through ``curation.runner.run_stage``.
+A *step* is anything a pipeline YAML can list (ingest, a stage, index build, export, train...):
+a function ``run(ctx, config) -> StageResult | dict``. Every registered stage is a step too.
+
+Engines and pipelines register on import; ``load_plugins`` imports the project's own modules and
+any user modules a pipeline names under ``plugins:``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from curation.stage import Stage, StageConfig
+
+__all__ = ["StepSpec", "STEPS", "STAGES", "register_stage", "register_step", "get_stage", "load_plugins", "BUILTIN_MODULES"]
+
+# Modules that register stages, steps and CLI commands. A module not yet written is skipped.
+BUILTIN_MODULES = [
+    "pipelines.demo_data",
+    "pipelines.ingest",
+    "pipelines.basic_stages",
+    "pipelines.profile",
+    "pipelines.report",
+    "pipelines.vector",
+    "pipelines.graph",
+    "pipelines.review",
+    "pipelines.export",
+    "pipelines.train",
+    "pipelines.pipeline",
+]
+
+
+@dataclass
+class StepSpec:
+    name: str
+    config_model: type[BaseModel]
+    run: Callable[[Any, Any], Any]
+    doc: str = ""
+
+
+STAGES: dict[str, type[Stage]] = {}
+STEPS: dict[str, StepSpec] = {}
+
+
+def register_step(name: str, config_model: type[BaseModel] = StageConfig, doc: str = ""):
+    """Decorator: ``@register_step("ingest", IngestConfig)`` on ``def run(ctx, cfg)``."""
+
+    def deco(fn):
+        if name in STEPS and STEPS[name].run is not fn:
+            raise ValueError(f"step {name!r} registered twice")
+        STEPS[name] = StepSpec(name, config_model, fn, doc or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: the stage becomes runnable by name, from the CLI and from pipelines."""
+    STAGES[cls.name] = cls
+
+    def run(ctx, cfg, _cls=cls):
+        from curation.runner import run_stage
+
+        return run_stage(ctx.store, _cls(cfg), overwrite=ctx.overwrite, show_progress=ctx.show_progress)
+
+    STEPS[cls.name] = StepSpec(cls.name, cls.config_model, run, (cls.__doc__ or "").strip().split("\n")[0])
+    return cls
+
+
+def get_stage(name: str) -> type[Stage]:
+    load_plugins()
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; registered: {', '.join(sorted(STAGES)) or 'none'}")
+    return STAGES[name]
+
+
+def load_plugins(extra: list[str] | None = None) -> None:
+    """Import built-in modules (skipping ones not present) and user plugin modules (errors raise)."""
+    for mod in BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    for mod in extra or []:
+        m = importlib.import_module(mod)
+        # user stages travel to Ray workers by value: no need to ship the module to every node
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(m)

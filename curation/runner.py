@@ -1,0 +1,318 @@
+"""The stage runner: a stage over every Lance fragment on Ray, one atomic commit, resumable.
+
+How it works, and why:
+
+- The unit of work is a Lance fragment. A Ray Data pipeline over fragment ids hands each one to
+  a worker actor, which calls ``stage.setup()`` once (models load once per worker) and then
+  ``fragment.merge_columns(stage.run_batch)``: the new columns are written as new data files next
+  to the old ones, never rewriting image bytes.
+- The driver receives each fragment's metadata as it finishes and writes it to a checkpoint file
+  (atomic rename). When all fragments are done it commits one ``Merge`` operation: the dataset
+  moves to a new version with all new columns at once, or not at all.
+- A killed job, re-run, finds the checkpoints of the same stage, config and dataset version and
+  only computes the missing fragments; the commit is then identical to an uninterrupted run.
+- If another job committed in between (a concurrent stage adding other columns), Lance reports a
+  retryable conflict and the runner recomputes against the new version instead of losing either.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from curation.stage import Stage, Stats
+from curation.store import Store
+
+__all__ = ["StageResult", "Checkpoints", "run_stage", "execute_units", "print_summary"]
+
+console = Console(stderr=True)
+
+
+@dataclass
+class StageResult:
+    """What a job did; also written as ``stats/<stage>-v<version>.json`` next to the dataset."""
+
+    stage: str
+    status: str  # "committed", "skipped", "empty"
+    version: int
+    read_version: int
+    fragments: int = 0
+    fragments_resumed: int = 0
+    stats: Stats = field(default_factory=Stats)
+    seconds: float = 0.0
+    stats_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = self.stats.rows
+        return {
+            "stage": self.stage,
+            "status": self.status,
+            "version": self.version,
+            "read_version": self.read_version,
+            "fragments": self.fragments,
+            "fragments_resumed": self.fragments_resumed,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(rows / self.seconds, 1) if self.seconds > 0 else None,
+            **self.stats.to_dict(),
+            **self.extra,
+        }
+
+
+class Checkpoints:
+    """Per-unit results of one job, one JSON file per unit, written by atomic rename.
+
+    The driver saves each unit's result as it arrives; a killed job re-run with the same
+    fingerprint (folder) loads them and only computes the rest. Cleared after the commit."""
+
+    def __init__(self, folder, key: str):
+        self.folder, self.key = folder, key
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[int, dict[str, Any]]:
+        return {rec[self.key]: rec for rec in (json.loads(p.read_text()) for p in self.folder.glob("unit-*.json"))}
+
+    def save(self, rec: dict[str, Any]) -> None:
+        final = self.folder / f"unit-{rec[self.key]}.json"
+        tmp = final.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rec))
+        tmp.replace(final)  # a killed driver never leaves half a checkpoint
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _progress(disable: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+        transient=False,
+    )
+
+
+def _cluster_slots(opts: dict[str, Any]) -> int:
+    import ray
+
+    res = ray.cluster_resources()
+    if opts.get("num_gpus"):
+        slots = max(1, int(res.get("GPU", 0) // opts["num_gpus"]))
+    else:
+        slots = max(1, int(res.get("CPU", 1) // max(opts.get("num_cpus", 1), 1e-3)))
+    # a custom resource (e.g. only some nodes have it) caps the pool: more actors would never start
+    for name, need in (opts.get("resources") or {}).items():
+        slots = min(slots, max(1, int(res.get(name, 0) // max(need, 1e-3))))
+    return slots
+
+
+def execute_units(
+    units: list[dict[str, Any]],
+    worker_cls: type,
+    ctor_kwargs: dict[str, Any],
+    *,
+    ray_options: dict[str, Any],
+    on_result: Callable[[dict[str, Any]], None],
+    description: str,
+    concurrency: int | None = None,
+    show_progress: bool = True,
+) -> None:
+    """Run ``worker_cls(**ctor_kwargs)(unit)`` for every unit on Ray Data actors, streaming results.
+
+    Each unit becomes one block, so finished units reach ``on_result`` (on the driver) while the
+    rest still run: the driver checkpoints as it goes and memory stays bounded by the in-flight units.
+    """
+    import ray
+
+    if not units:
+        return
+    n = min(len(units), concurrency or _cluster_slots(ray_options))
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    out = ds.map_batches(
+        worker_cls,
+        fn_constructor_kwargs=ctor_kwargs,
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=n),
+        max_task_retries=3,  # a killed worker's unit is retried on another actor
+        **ray_options,
+    )
+    with _progress(not show_progress) as progress:
+        task = progress.add_task(description, total=len(units))
+        for batch in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            for row in batch.to_pylist():
+                on_result(row)
+                progress.advance(task)
+
+
+class _FragmentWorker:
+    """A Ray actor: loads the stage once, then computes the stage's columns for whole fragments."""
+
+    def __init__(self, store: Store, stage: Stage, read_version: int):
+        self.stage = stage
+        self.stage.setup()
+        self.dataset = store.open(read_version)
+
+    def _udf(self) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+        """Lance calls the UDF once on a 1-row sample to learn the output schema and discards
+        the result; answer that probe with nulls so models and counters see each row once."""
+        state = {"probed": False}
+
+        def udf(batch: pa.RecordBatch) -> pa.RecordBatch:
+            if not state["probed"]:
+                state["probed"] = True
+                return pa.RecordBatch.from_pylist([{}] * batch.num_rows, schema=self.stage.output_schema)
+            return self.stage.run_batch(batch)
+
+        return udf
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out: dict[str, list] = {"fragment_id": [], "fragment": [], "schema": [], "stats": []}
+        for fid in batch.column("fragment_id").to_pylist():
+            self.stage.stats = Stats()
+            t0 = time.perf_counter()
+            frag = self.dataset.get_fragment(int(fid))
+            meta, schema = frag.merge_columns(
+                self._udf(),
+                columns=self.stage.input_columns or ["id"],
+                batch_size=self.stage.batch_size,
+            )
+            self.stage.stats.seconds = time.perf_counter() - t0
+            import pickle
+
+            out["fragment_id"].append(int(fid))
+            out["fragment"].append(json.dumps(meta.to_json()))
+            out["schema"].append(pickle.dumps(schema))
+            out["stats"].append(json.dumps(self.stage.stats.to_dict()))
+        return pa.table(out)
+
+
+def _checkpoint_dir(store: Store, stage: Stage, read_version: int):
+    return store.state_dir / "checkpoints" / f"{stage.name}-{stage.fingerprint()}-v{read_version}"
+
+
+def run_stage(
+    store: Store,
+    stage: Stage,
+    *,
+    overwrite: bool = False,
+    concurrency: int | None = None,
+    show_progress: bool = True,
+    max_conflict_retries: int = 3,
+) -> StageResult:
+    """Compute ``stage``'s columns for every row and commit them as one new version.
+
+    Already present columns are kept (status "skipped") unless ``overwrite``. Every fragment's
+    result is checkpointed, so a killed run, re-run with the same stage config, resumes.
+    """
+    import pickle
+
+    from lance import LanceDataset, LanceOperation
+    from lance.commit import CommitConflictError
+    from lance.fragment import FragmentMetadata
+
+    t_start = time.perf_counter()
+    cols = stage.output_schema.names
+    for attempt in range(max_conflict_retries + 1):
+        ds = store.open()
+        present = [c for c in cols if c in ds.schema.names]
+        if present and len(present) == len(cols) and not overwrite:
+            console.print(f"[yellow]{stage.name}[/]: columns {cols} already present at v{ds.version}; "
+                          "pass --overwrite to recompute")
+            return StageResult(stage.name, "skipped", ds.version, ds.version)
+        if present:  # partial leftovers or overwrite: drop, then recompute from clean
+            ds.drop_columns(present)
+            ds = store.open()
+        read_version = ds.version
+        stage.prepare(ds)
+        fragments = ds.get_fragments()
+        if not fragments or ds.count_rows() == 0:
+            ds.add_columns(stage.output_schema)
+            new = store.open()
+            return StageResult(stage.name, "empty", new.version, read_version, seconds=time.perf_counter() - t_start)
+
+        ckpt = Checkpoints(_checkpoint_dir(store, stage, read_version), "fragment_id")
+        done = ckpt.load()
+        resumed = len(done)
+        todo = [{"fragment_id": f.fragment_id} for f in fragments if f.fragment_id not in done]
+        if resumed:
+            console.print(f"{stage.name}: resuming, {resumed} of {len(fragments)} fragments already computed")
+
+        def on_result(row: dict[str, Any]) -> None:
+            rec = {
+                "fragment_id": row["fragment_id"],
+                "fragment": row["fragment"],
+                "schema": row["schema"].hex(),
+                "stats": json.loads(row["stats"]),
+            }
+            ckpt.save(rec)
+            done[row["fragment_id"]] = rec
+
+        execute_units(
+            todo,
+            _FragmentWorker,
+            {"store": store, "stage": stage, "read_version": read_version},
+            ray_options=stage.resources.ray_options(),
+            on_result=on_result,
+            description=f"{stage.name} (fragments)",
+            concurrency=concurrency,
+            show_progress=show_progress,
+        )
+        missing = [f.fragment_id for f in fragments if f.fragment_id not in done]
+        if missing:
+            raise RuntimeError(f"{stage.name}: fragments {missing} produced no result")
+        metas = [FragmentMetadata.from_json(done[f.fragment_id]["fragment"]) for f in fragments]
+        schema = pickle.loads(bytes.fromhex(done[fragments[0].fragment_id]["schema"]))
+        stats = Stats()
+        for rec in done.values():
+            stats = stats + Stats.from_dict(rec["stats"])
+        try:
+            new = LanceDataset.commit(
+                store.uri,
+                LanceOperation.Merge(metas, schema),
+                read_version=read_version,
+                storage_options=store.storage_options or None,
+                commit_message=f"stage {stage.name}",
+            )
+        except CommitConflictError:
+            console.print(f"[yellow]{stage.name}[/]: another job committed first; recomputing on the new version")
+            ckpt.clear()
+            continue
+        ckpt.clear()
+        result = StageResult(
+            stage.name, "committed", new.version, read_version, len(fragments), resumed, stats,
+            time.perf_counter() - t_start,
+        )
+        result.stats_path = str(store.write_json(f"stats/{stage.name}-v{new.version}.json", result.to_dict()))
+        return result
+    raise RuntimeError(f"{stage.name}: gave up after {max_conflict_retries} commit conflicts")
+
+
+def print_summary(results: Iterable[StageResult], title: str = "summary") -> None:
+    """One screen: per stage, status, rows and speed; below it every counter with its reason."""
+    results = list(results)
+    table = Table(title=title, show_lines=False)
+    for col in ("stage", "status", "version", "rows", "rows/s", "seconds", "fragments"):
+        table.add_column(col, no_wrap=True)
+    for r in results:
+        d = r.to_dict()
+        table.add_row(
+            r.stage, r.status, f"v{r.version}", str(d["rows"]), str(d["rows_per_second"] or "-"), f"{r.seconds:.1f}",
+            f"{r.fragments} ({r.fragments_resumed} resumed)" if r.fragments_resumed else str(r.fragments),
+        )
+    console.print(table)
+    for r in results:
+        counters = r.stats.to_dict()["counters"]
+        if counters:
+            console.print(f"[bold]{r.stage}[/]: " + ", ".join(f"{k}={v}" for k, v in counters.items()), soft_wrap=True)

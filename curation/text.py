@@ -1,0 +1,48 @@
+"""Small text helpers shared by ingest, profiling and tagging: language and caption decoding."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["detect_lang", "decode_caption", "CaptionDecodeError", "MAX_CAPTION_CHARS"]
+
+MAX_CAPTION_CHARS = 64_000
+"""Longer captions are truncated at ingest (and counted): a 1 MB 'caption' is an attack, not text."""
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+class CaptionDecodeError(ValueError):
+    pass
+
+
+def detect_lang(text: str) -> str:
+    """'zh', 'en', 'mixed' or 'und' from the share of CJK and Latin letters: cheap and script-based,
+    which is what tokenisation (jieba or whitespace) and concept matching need to know."""
+    cjk = len(_CJK.findall(text))
+    latin = len(_LATIN.findall(text))
+    if cjk == 0 and latin == 0:
+        return "und"
+    if cjk and latin:
+        # a few English words in Chinese (brand names) stay zh, and vice versa
+        share = cjk / (cjk + latin / 4)  # ~4 Latin letters per word vs one CJK char per morpheme
+        return "zh" if share > 0.8 else "en" if share < 0.2 else "mixed"
+    return "zh" if cjk else "en"
+
+
+def decode_caption(data: bytes) -> str:
+    """Decode caption bytes: UTF-8 (BOM tolerated), UTF-16 with a BOM; anything else is an error
+    (guessing legacy encodings turns garbage into plausible-looking wrong captions)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16").strip()
+        except UnicodeDecodeError as e:
+            raise CaptionDecodeError(f"invalid UTF-16: {e.reason}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CaptionDecodeError(f"not UTF-8 at byte {e.start}") from None
+    if "\x00" in text:
+        raise CaptionDecodeError("NUL bytes in caption")
+    return text.strip()

@@ -1,0 +1,243 @@
+"""Model-free signals: metadata, perceptual hashes, information entropy, degradation.
+
+Each ``*_columns`` function maps a list of decode results (``Decoded`` or ``DecodeFailure``, one
+per row) to the columns of one group in ``curation.schema``; failed rows get nulls. They are
+pure NumPy/OpenCV and share one decode, so the cheap stages cost about one decode per image.
+
+Pixel signals are measured on the working copy (longest side <= ``DecodeOptions.max_side``,
+1024 by default), which keeps them comparable across resolutions and bounded in cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engines.profiling.decode import Decoded, DecodeFailure
+
+__all__ = [
+    "phash", "dhash", "hamming", "border_variance", "jpeg_bytes_per_pixel", "gray_entropy",
+    "laplacian_sharpness", "noise_sigma", "color_cast", "colorfulness", "watermark_likelihood",
+    "meta_columns", "hash_columns", "entropy_columns", "degradation_columns", "JPEG_QUALITY",
+]
+
+JPEG_QUALITY = 75
+"""Quality of the throwaway re-encode whose size measures complexity (fixed so rows compare)."""
+
+
+# --- hashes ------------------------------------------------------------------------------------
+
+
+def _bits_to_u64(bits: np.ndarray) -> int:
+    v = 0
+    for b in bits.ravel()[:64]:
+        v = (v << 1) | int(bool(b))
+    return v
+
+
+def phash(d: Decoded) -> int:
+    """DCT perceptual hash: 32x32 luma, the 8x8 lowest frequencies compared with their median."""
+    import cv2
+
+    small = cv2.resize(d.gray, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[:8, :8]
+    return _bits_to_u64(low > np.median(low))
+
+
+def dhash(d: Decoded) -> int:
+    """Difference hash: 9x8 luma, is each pixel brighter than its right neighbour."""
+    import cv2
+
+    small = cv2.resize(d.gray, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
+    return _bits_to_u64(small[:, 1:] > small[:, :-1])
+
+
+def hamming(a: int, b: int) -> int:
+    return bin((int(a) ^ int(b)) & 0xFFFFFFFFFFFFFFFF).count("1")
+
+
+# --- entropy -----------------------------------------------------------------------------------
+
+
+def border_variance(gray: np.ndarray, frac: float = 0.05) -> float:
+    """Luma variance of the outer band (``frac`` of the short side, at least 1 px): near 0 for
+    frames, letterboxing and flat studio backgrounds."""
+    h, w = gray.shape
+    b = max(1, int(round(min(h, w) * frac)))
+    if 2 * b >= h or 2 * b >= w:
+        return float(gray.astype(np.float64).var())
+    band = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[b:-b, :b].ravel(), gray[b:-b, -b:].ravel()])
+    return float(band.astype(np.float64).var())
+
+
+def jpeg_bytes_per_pixel(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> float:
+    """Size of a throwaway JPEG re-encode per pixel: more detail, more bytes."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return float(len(buf)) / float(rgb.shape[0] * rgb.shape[1]) if ok else float("nan")
+
+
+def gray_entropy(gray: np.ndarray) -> float:
+    import cv2
+
+    hist = cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+    p = hist[hist > 0] / hist.sum()
+    return float(max(0.0, -(p * np.log2(p)).sum()))
+
+
+# --- degradation -------------------------------------------------------------------------------
+
+
+def laplacian_sharpness(gray: np.ndarray) -> float:
+    """log10(1 + variance of the Laplacian): low for blur, high for crisp edges."""
+    import cv2
+
+    if min(gray.shape) < 3:
+        return 0.0
+    return float(math.log10(1.0 + cv2.Laplacian(gray, cv2.CV_32F).var()))
+
+
+def noise_sigma(gray: np.ndarray) -> float:
+    """Immerkaer (1996) fast noise estimate: a Laplacian-difference mask cancels image structure
+    to first order, so what remains is mostly noise. In luma units (0..255)."""
+    import cv2
+
+    h, w = gray.shape
+    if h < 3 or w < 3:
+        return 0.0
+    m = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    r = cv2.filter2D(gray.astype(np.float32), -1, m, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
+    return float(np.abs(r).sum() * math.sqrt(math.pi / 2) / (6.0 * (w - 2) * (h - 2)))
+
+
+def _subsample(rgb: np.ndarray, target: int = 128) -> np.ndarray:
+    """Every k-th pixel: global colour statistics barely move and cost drops k^2-fold."""
+    k = max(1, max(rgb.shape[:2]) // target)
+    return rgb[::k, ::k]
+
+
+def color_cast(rgb: np.ndarray) -> float:
+    """Colour-cast factor: distance of the mean chroma from neutral (Lab a*, b*) over the chroma
+    spread. > ~1.5 means the whole picture leans to one colour."""
+    import cv2
+
+    lab = cv2.cvtColor(np.ascontiguousarray(_subsample(rgb)), cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+    a, b = lab[:, 1] - 128.0, lab[:, 2] - 128.0
+    d = math.hypot(float(a.mean()), float(b.mean()))
+    m = math.hypot(float(a.std()), float(b.std()))
+    return float(d / (m + 1.0))
+
+
+def colorfulness(rgb: np.ndarray) -> float:
+    """Hasler & Suesstrunk (2003) colourfulness (0 grey, ~100+ very colourful)."""
+    f = _subsample(rgb).reshape(-1, 3).astype(np.float32)
+    rg = f[:, 0] - f[:, 1]
+    yb = 0.5 * (f[:, 0] + f[:, 1]) - f[:, 2]
+    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+
+
+def watermark_likelihood(gray: np.ndarray) -> float:
+    """Heuristic, no model: visible watermarks and logos are dense thin strokes (text) in a small
+    window of the top or bottom band. Score = densest band window's stroke density (top-hat +
+    black-hat > 60) over the band's median window density, squashed to [0, 1] around 5x.
+    Weak on its own (it also fires on busy edges): a ranking signal for review, refined by OCR
+    boxes near the border in the composite scores."""
+    import cv2
+
+    h, w = gray.shape
+    if h < 20 or w < 16:
+        return 0.0
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+    strokes = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, k).astype(np.int16) + cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, k)
+    ii = cv2.integral((strokes > 60).astype(np.float32))
+    wh, ww = max(4, h // 10), max(4, w // 4)
+    ys = list(range(0, h // 5, max(1, wh // 2))) + list(range(h - h // 5, h - wh + 1, max(1, wh // 2)))
+    xs = range(0, w - ww + 1, max(1, ww // 4))
+    dens = np.array([(ii[y + wh, x + ww] - ii[y, x + ww] - ii[y + wh, x] + ii[y, x]) / (wh * ww) for y in ys for x in xs])
+    if dens.size == 0 or dens.max() < 0.01:  # no strokes anywhere near the edges
+        return 0.0
+    ratio = float(dens.max()) / (float(np.median(dens)) + 0.02)
+    return float(1.0 / (1.0 + math.exp(-(ratio - 5.0))))
+
+
+# --- column builders ---------------------------------------------------------------------------
+
+
+def _per_row(results: list, fn, n_out: int):
+    cols: list[list] = [[] for _ in range(n_out)]
+    for r in results:
+        vals = fn(r) if isinstance(r, Decoded) else (None,) * n_out
+        for c, v in zip(cols, vals):
+            c.append(v)
+    return cols
+
+
+def meta_columns(results: list) -> dict[str, list]:
+    """Group prof_meta: header metadata, decode status and the compression ratio."""
+    out: dict[str, list] = {k: [] for k in (
+        "prof_error", "prof_format", "prof_mode", "prof_bit_depth", "prof_channels", "prof_orientation",
+        "prof_width", "prof_height", "prof_megapixels", "prof_aspect", "prof_file_bytes", "prof_frames",
+        "prof_has_alpha", "prof_compression")}
+    for r in results:
+        if isinstance(r, DecodeFailure):
+            for k in out:
+                out[k].append(r.message if k == "prof_error" else None)
+            continue
+        m = r.meta
+        w, h = m["width"], m["height"]
+        ideal = w * h * m["channels"] * m["bit_depth"] / 8.0
+        vals = {
+            "prof_error": None, "prof_format": m["format"], "prof_mode": m["mode"],
+            "prof_bit_depth": m["bit_depth"], "prof_channels": m["channels"],
+            "prof_orientation": m["orientation"], "prof_width": w, "prof_height": h,
+            "prof_megapixels": w * h / 1e6, "prof_aspect": w / h, "prof_file_bytes": m["file_bytes"],
+            "prof_frames": m["frames"], "prof_has_alpha": m["has_alpha"],
+            "prof_compression": ideal / max(1, m["file_bytes"]),
+        }
+        for k in out:
+            out[k].append(vals[k])
+    return out
+
+
+def hash_columns(results: list) -> dict[str, list]:
+    ph, dh = _per_row(results, lambda d: (phash(d), dhash(d)), 2)
+    return {"prof_phash": ph, "prof_dhash": dh}
+
+
+def entropy_columns(results: list, quality: int = JPEG_QUALITY) -> dict[str, list]:
+    bv, bpp, ent = _per_row(
+        results, lambda d: (border_variance(d.gray), jpeg_bytes_per_pixel(d.array, quality), gray_entropy(d.gray)), 3
+    )
+    return {"prof_border_var": bv, "prof_jpeg_bpp": bpp, "prof_gray_entropy": ent}
+
+
+def _degradation(d: Decoded) -> tuple:
+    import cv2
+
+    g = d.gray
+    half = cv2.resize(g, (max(1, g.shape[1] // 2), max(1, g.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+    n = float(g.size)
+    return (
+        laplacian_sharpness(g),
+        laplacian_sharpness(half),
+        noise_sigma(g),
+        color_cast(d.array),
+        float(np.count_nonzero(g <= 2)) / n,
+        float(np.count_nonzero(g >= 253)) / n,
+        float(g.mean()) / 255.0,
+        float(g.std()) / 255.0,
+        colorfulness(d.array),
+        watermark_likelihood(g),
+    )
+
+
+DEGRADATION_COLUMNS = [
+    "prof_sharpness", "prof_sharpness_coarse", "prof_noise", "prof_color_cast", "prof_shadows_clipped",
+    "prof_highlights_clipped", "prof_brightness", "prof_contrast", "prof_colorfulness", "prof_watermark",
+]
+
+
+def degradation_columns(results: list) -> dict[str, list]:
+    return dict(zip(DEGRADATION_COLUMNS, _per_row(results, _degradation, len(DEGRADATION_COLUMNS))))

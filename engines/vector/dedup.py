@@ -1,0 +1,384 @@
+"""Duplicates of three kinds, found as graph communities, with the best row of each group kept.
+
+- exact: same image bytes (SHA-256).
+- near: the same photograph after edits (crop, resize, re-encode, watermark, colour change).
+  Candidates come from the training-free regional descriptors (``descriptor.py``) searched in
+  FAISS and from perceptual-hash neighbours; a candidate pair is accepted when its pHash
+  distance is small and the descriptors agree, or when ORB + RANSAC finds enough geometrically
+  consistent matches spread over the frame, or when the descriptors are all but identical.
+- semantic: the same content in a different shot: cosine similarity of real image embeddings
+  (CLIP-style; only meaningful with real weights) above a threshold, or SemDeDup (k-means, then
+  pairwise cosine within each cluster).
+
+All accepted pairs become edges of one proximity graph; its Leiden (CPM) communities are the
+duplicate groups (see ``graph.py`` for why communities rather than components). Within a group
+the row with the best quality score is kept, not the first seen; ties go to the earlier row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from engines.vector.graph import communities, symmetric_edges
+
+__all__ = [
+    "NearDupConfig", "SemanticConfig", "Pairs", "exact_pairs", "hash_pairs", "region_candidates",
+    "accept_near", "needs_verification", "near_pairs", "semantic_pairs", "semdedup_pairs", "DupResult", "group_duplicates", "popcount64",
+]
+
+REASONS = ("exact", "near", "semantic")  # strongest first
+
+
+class NearDupConfig(BaseModel):
+    """Thresholds of the near-duplicate path (defaults measured on edited real photographs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(8, ge=1, le=1000, description="descriptor candidates per image")
+    min_candidate_sim: float = Field(0.80, ge=-1, le=1, description="regional descriptor cosine to be a candidate")
+    accept_sim: float = Field(0.985, ge=-1, le=1, description="descriptor cosine accepted without local verification")
+    phash_max: int = Field(8, ge=0, le=64, description="pHash Hamming distance that, with min_candidate_sim, accepts a pair")
+    hash_k: int = Field(8, ge=0, le=1000, description="pHash neighbours per image searched as extra candidates")
+    min_inliers: int = Field(15, ge=4, description="RANSAC inliers to accept a pair (with min_coverage)")
+    min_coverage: float = Field(0.12, ge=0, le=1, description="share of 4x4 cells holding inliers (a shared watermark covers few)")
+    strong_inliers: int = Field(60, ge=4, description="inliers that accept a pair whatever the coverage")
+
+
+class SemanticConfig(BaseModel):
+    """Semantic duplicates over an embedding column."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.95, ge=-1, le=1, description="cosine similarity of image embeddings")
+    k: int = Field(10, ge=1, le=1000)
+    method: str = Field("knn", pattern="^(knn|semdedup)$", description="knn graph or SemDeDup (k-means clusters)")
+    n_clusters: int | None = Field(None, ge=1, description="SemDeDup clusters (default ~sqrt(rows))")
+    seed: int = 0
+
+
+@dataclass
+class Pairs:
+    """Candidate or accepted pairs (row positions), with their similarity and kind."""
+
+    i: np.ndarray
+    j: np.ndarray
+    sim: np.ndarray
+    reason: np.ndarray  # index into REASONS per pair
+
+    @classmethod
+    def empty(cls) -> "Pairs":
+        z = np.zeros(0, np.int64)
+        return cls(z, z.copy(), np.zeros(0, np.float32), np.zeros(0, np.int8))
+
+    @classmethod
+    def of(cls, i, j, sim, reason: str) -> "Pairs":
+        i = np.asarray(i, np.int64)
+        return cls(i, np.asarray(j, np.int64), np.asarray(sim, np.float32), np.full(len(i), REASONS.index(reason), np.int8))
+
+    def __len__(self) -> int:
+        return len(self.i)
+
+    def __add__(self, o: "Pairs") -> "Pairs":
+        return Pairs(np.concatenate([self.i, o.i]), np.concatenate([self.j, o.j]),
+                     np.concatenate([self.sim, o.sim]), np.concatenate([self.reason, o.reason]))
+
+    def select(self, mask: np.ndarray) -> "Pairs":
+        return Pairs(self.i[mask], self.j[mask], self.sim[mask], self.reason[mask])
+
+
+def exact_pairs(sha256: list[str | None]) -> Pairs:
+    """Star edges from each row to the first row with the same bytes (rows without a hash skipped)."""
+    first: dict[str, int] = {}
+    i, j = [], []
+    for pos, h in enumerate(sha256):
+        if h is None:
+            continue
+        if h in first:
+            i.append(first[h])
+            j.append(pos)
+        else:
+            first[h] = pos
+    return Pairs.of(i, j, np.ones(len(i)), "exact")
+
+
+_POP8 = np.array([bin(x).count("1") for x in range(256)], np.uint8)
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (vectorised, no Python loop)."""
+    b = np.ascontiguousarray(x, dtype=np.uint64).view(np.uint8).reshape(-1, 8)
+    return _POP8[b].sum(1).astype(np.int32)
+
+
+def hash_pairs(hashes: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` nearest pHashes of each row by Hamming distance (FAISS binary index): (i, j, dist)."""
+    import faiss
+
+    pos = np.flatnonzero(valid)
+    if len(pos) < 2 or k == 0:
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), np.zeros(0, np.int32)
+    codes = np.ascontiguousarray(hashes[pos].astype(">u8")).view(np.uint8).reshape(-1, 8)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(codes)
+    kk = min(k + 1, len(pos))
+    dist, nn = index.search(codes, kk)
+    src = np.repeat(pos, kk)
+    ok = nn.ravel() >= 0
+    dst = pos[np.where(ok, nn.ravel(), 0)]
+    ok &= src != dst
+    return src[ok], dst[ok], dist.ravel()[ok].astype(np.int32)
+
+
+def region_candidates(full: np.ndarray, regions: np.ndarray, valid: np.ndarray, k: int, min_sim: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs whose full-frame descriptor matches a region (or the full frame) of the other.
+
+    Every row contributes its full descriptor and its R regional ones to one FAISS index; each
+    full descriptor is queried for the nearest entries, aggregated to rows by the maximum. A
+    crop of B matches the region of B it was cut from even when B's full frame looks different.
+    Returns (i, j, sim) with i < j, sim = max over both directions.
+    """
+    import faiss
+
+    pos = np.flatnonzero(valid)
+    if len(pos) < 2:
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), np.zeros(0, np.float32)
+    f = np.ascontiguousarray(full[pos], np.float32)
+    r = regions[pos].astype(np.float32)
+    n, R, d = r.shape
+    table = np.concatenate([f[:, None, :], r], axis=1).reshape(-1, d)
+    owner = np.repeat(np.arange(n), R + 1)
+    index = faiss.IndexFlatIP(d)
+    index.add(np.ascontiguousarray(table))
+    kk = min((k + 1) * (R + 1), len(table))
+    src_l, dst_l, sim_l = [], [], []
+    for s in range(0, n, 4096):
+        sims, nn = index.search(f[s:s + 4096], kk)
+        q = np.repeat(np.arange(s, s + len(sims)), kk)
+        o = owner[nn.ravel()]
+        v = sims.ravel()
+        keep = (o != q) & (v >= min_sim) & (nn.ravel() >= 0)
+        q, o, v = q[keep], o[keep], v[keep]
+        # per query, the best entry per owner, then the k best owners
+        order = np.lexsort((-v, o, q))
+        q, o, v = q[order], o[order], v[order]
+        first = np.ones(len(q), bool)
+        first[1:] = (q[1:] != q[:-1]) | (o[1:] != o[:-1])
+        q, o, v = q[first], o[first], v[first]
+        order = np.lexsort((-v, q))
+        q, o, v = q[order], o[order], v[order]
+        start = np.searchsorted(q, q, side="left")
+        rank = np.arange(len(q)) - start
+        top = rank < k
+        src_l.append(q[top]); dst_l.append(o[top]); sim_l.append(v[top])
+    a, b, w = symmetric_edges(np.concatenate(src_l), np.concatenate(dst_l), np.concatenate(sim_l))
+    return pos[a], pos[b], w
+
+
+def accept_near(
+    sim: np.ndarray, ham: np.ndarray, inliers: np.ndarray, coverage: np.ndarray, cfg: NearDupConfig
+) -> np.ndarray:
+    """Which candidate pairs are near duplicates. ``ham`` < 0 = no hash; ``inliers`` < 0 = not verified."""
+    by_hash = (ham >= 0) & (ham <= cfg.phash_max) & (sim >= cfg.min_candidate_sim)
+    by_desc = sim >= cfg.accept_sim
+    by_orb = ((inliers >= cfg.min_inliers) & (coverage >= cfg.min_coverage)) | (inliers >= cfg.strong_inliers)
+    return by_hash | by_desc | by_orb
+
+
+def needs_verification(sim: np.ndarray, ham: np.ndarray, cfg: NearDupConfig) -> np.ndarray:
+    """Candidates that only local features can decide (the cheap signals neither accept them)."""
+    by_hash = (ham >= 0) & (ham <= cfg.phash_max) & (sim >= cfg.min_candidate_sim)
+    return ~(by_hash | (sim >= cfg.accept_sim))
+
+
+def semantic_pairs(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, threshold: float) -> Pairs:
+    """k-NN edges (from the embedding index) above the semantic threshold."""
+    keep = (dst >= 0) & (src != dst) & (sim >= threshold)
+    a, b, w = symmetric_edges(src[keep], dst[keep], sim[keep])
+    return Pairs.of(a, b, w, "semantic")
+
+
+def semdedup_pairs(emb: np.ndarray, valid: np.ndarray, threshold: float, n_clusters: int | None = None, seed: int = 0) -> Pairs:
+    """SemDeDup (Abbas et al. 2023): k-means the embeddings, then within each cluster every pair
+    with cosine >= ``threshold`` is a semantic duplicate. Cost is sum of squared cluster sizes."""
+    import faiss
+
+    pos = np.flatnonzero(valid)
+    if len(pos) < 2:
+        return Pairs.empty()
+    x = np.ascontiguousarray(emb[pos], np.float32)
+    c = int(n_clusters or max(1, round(np.sqrt(len(pos)))))
+    c = min(c, len(pos))
+    km = faiss.Kmeans(x.shape[1], c, niter=20, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1)
+    km.train(x)
+    _, lab = km.index.search(x, 1)
+    lab = lab.ravel()
+    i_l, j_l, s_l = [], [], []
+    for cl in np.unique(lab):
+        m = np.flatnonzero(lab == cl)
+        if len(m) < 2:
+            continue
+        s = x[m] @ x[m].T
+        a, b = np.nonzero(np.triu(s >= threshold, 1))
+        i_l.append(pos[m[a]]); j_l.append(pos[m[b]]); s_l.append(s[a, b])
+    if not i_l:
+        return Pairs.empty()
+    return Pairs.of(np.concatenate(i_l), np.concatenate(j_l), np.concatenate(s_l), "semantic")
+
+
+@dataclass
+class DupResult:
+    """Per row: group id (-1 = no duplicate), keep flag, kept row, reason, similarity to the kept row."""
+
+    group: np.ndarray
+    keep: np.ndarray
+    dup_of: np.ndarray  # row position of the kept row, -1 for kept / unique rows
+    reason: list
+    sim: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+
+def group_duplicates(
+    n: int,
+    pairs: Pairs,
+    quality: np.ndarray,
+    *,
+    method: str = "leiden",
+    resolution: float = 0.1,
+    seed: int = 0,
+    higher_is_better: bool = True,
+    pair_sim=None,
+) -> DupResult:
+    """Communities of the accepted-pair graph; the best-quality row of each is kept.
+
+    ``quality``: one score per row (NaN = unknown, ranks last). ``resolution`` is the CPM
+    density a group must beat: with edge weights ~0.9, 0.1 keeps a star of up to ~17 edits of one
+    original together while two groups joined by a single stray edge stay apart. ``pair_sim(i, j)``, if given,
+    computes a member's similarity to its kept row when the two share no edge.
+    """
+    # exact copies are one node (a star of exact edges is not "dense", and a clique of them
+    # would be quadratic); the other pairs link those nodes, and communities expand back
+    rep = np.arange(n, dtype=np.int64)
+    ex = pairs.reason == REASONS.index("exact")
+    if ex.any():
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        m = coo_matrix((np.ones(int(ex.sum())), (pairs.i[ex], pairs.j[ex])), shape=(n, n))
+        comp = connected_components(m, directed=False)[1]
+        first_of = np.full(comp.max() + 1, n, np.int64)
+        np.minimum.at(first_of, comp, np.arange(n))
+        rep = first_of[comp]
+    other = ~ex
+    a, b, w = symmetric_edges(rep[pairs.i[other]], rep[pairs.j[other]], pairs.sim[other].astype(np.float32))
+    keep_e = a != b
+    lab = communities(n, a[keep_e], b[keep_e], np.clip(w[keep_e], 0.01, 1), method=method, resolution=resolution, seed=seed)
+    lab = lab[rep]
+    q = np.asarray(quality, np.float64).copy()
+    q = q if higher_is_better else -q
+    q[~np.isfinite(q)] = -np.inf
+    order = np.lexsort((np.arange(n), -q, lab))  # by group, best first, then earlier row
+    first = np.ones(n, bool)
+    first[1:] = lab[order][1:] != lab[order][:-1]
+    keeper_of_label = {}
+    for pos in order[first]:
+        keeper_of_label[lab[pos]] = pos
+    sizes = np.bincount(lab)
+    keeper = np.array([keeper_of_label[l] for l in lab], np.int64)
+    in_group = sizes[lab] > 1
+    keep = ~in_group | (keeper == np.arange(n))
+    # reason and similarity of each member to its keeper: the direct edge if any, else its
+    # strongest edge inside the group (the reason is then the kind of that edge)
+    edge = {}
+    kinds = {}
+    if len(pairs):
+        for x, y, s, r in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.sim.tolist(), pairs.reason.tolist()):
+            key = (min(x, y), max(x, y))
+            if key not in edge or r < kinds[key] or (r == kinds[key] and s > edge[key]):
+                edge[key], kinds[key] = s, r
+    best_in_group: dict[int, tuple[int, float]] = {}
+    for (x, y), r in kinds.items():
+        if lab[x] != lab[y]:
+            continue
+        for u in (x, y):
+            cur = best_in_group.get(u)
+            if cur is None or (r, -edge[(x, y)]) < (cur[0], -cur[1]):
+                best_in_group[u] = (r, edge[(x, y)])
+    reason: list = [None] * n
+    sim = np.full(n, np.nan, np.float32)
+    dup_of = np.full(n, -1, np.int64)
+    group = np.full(n, -1, np.int64)
+    gid = {l: k for k, l in enumerate(sorted({int(l) for l in lab[in_group]}, key=lambda l: keeper_of_label[l]))}
+    for u in np.flatnonzero(in_group):
+        group[u] = gid[int(lab[u])]
+        if keep[u]:
+            continue
+        k = int(keeper[u])
+        dup_of[u] = k
+        key = (min(u, k), max(u, k))
+        if rep[u] == rep[k]:
+            reason[u], sim[u] = "exact", 1.0
+        elif key in kinds:
+            reason[u], sim[u] = REASONS[kinds[key]], edge[key]
+        else:
+            r, s = best_in_group.get(int(u), (REASONS.index("semantic"), np.nan))
+            reason[u] = REASONS[r]
+            sim[u] = pair_sim(int(u), k) if pair_sim is not None else s
+    stats = {
+        "rows": n, "groups": len(gid), "rows_in_groups": int(in_group.sum()),
+        "removed": int((~keep).sum()), "removed_fraction": float((~keep).sum() / n) if n else 0.0,
+        "removed_by_reason": {r: sum(1 for u in range(n) if not keep[u] and reason[u] == r) for r in REASONS},
+    }
+    return DupResult(group, keep, dup_of, reason, sim, stats)
+
+
+def near_pairs(
+    full: np.ndarray,
+    regions: np.ndarray,
+    valid: np.ndarray,
+    phash: np.ndarray | None,
+    cfg: NearDupConfig,
+    verify,
+    phash_valid: np.ndarray | None = None,
+) -> tuple[Pairs, dict]:
+    """Accepted near-duplicate pairs and counters.
+
+    ``verify(i, j) -> (inliers, coverage)`` runs local-feature verification of the candidate
+    pairs that the cheap signals cannot decide (a local loop in tests, Ray workers in the job).
+    ``phash`` may be None (no hash column): the descriptor and local features decide alone.
+    """
+    i, j, sim = region_candidates(full, regions, valid, cfg.k, cfg.min_candidate_sim)
+    stats = {"desc_candidates": int(len(i))}
+    if phash is not None:
+        hvalid = valid & (np.ones(len(phash), bool) if phash_valid is None else phash_valid)
+        hi, hj, hd = hash_pairs(phash, hvalid, cfg.hash_k)
+        close = hd <= cfg.phash_max
+        if close.any():  # hash neighbours the descriptor search missed join the candidates
+            a, b, _ = symmetric_edges(hi[close], hj[close], np.ones(int(close.sum()), np.float32))
+            known = set(zip(i.tolist(), j.tolist()))
+            extra = [(x, y) for x, y in zip(a.tolist(), b.tolist()) if (x, y) not in known]
+            if extra:
+                ea = np.array([e[0] for e in extra], np.int64)
+                eb = np.array([e[1] for e in extra], np.int64)
+                es = np.einsum("nd,nd->n", full[ea].astype(np.float32), full[eb].astype(np.float32))
+                i, j, sim = np.concatenate([i, ea]), np.concatenate([j, eb]), np.concatenate([sim, es])
+                stats["hash_only_candidates"] = len(extra)
+        ham = popcount64(np.bitwise_xor(phash[i].astype(np.uint64), phash[j].astype(np.uint64)))
+        ham = np.where(hvalid[i] & hvalid[j], ham, -1)
+    else:
+        ham = np.full(len(i), -1, np.int32)
+    inl = np.full(len(i), -1, np.int32)
+    cov = np.zeros(len(i), np.float32)
+    todo = np.flatnonzero(needs_verification(sim, ham, cfg))
+    stats["verified_pairs"] = int(len(todo))
+    if len(todo):
+        vi, vc = verify(i[todo], j[todo])
+        inl[todo] = np.asarray(vi, np.int32)
+        cov[todo] = np.asarray(vc, np.float32)
+    ok = accept_near(sim, ham, inl, cov, cfg)
+    stats["accepted_pairs"] = int(ok.sum())
+    return Pairs.of(i[ok], j[ok], np.clip(sim[ok], 0, 1), "near"), stats

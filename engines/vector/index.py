@@ -1,0 +1,361 @@
+"""FAISS indexes over an embedding column: checked vectors, build, add, merge, search, manifest.
+
+- Vectors are checked before FAISS sees them (``clean_vectors``): nulls, NaN/Inf and zero
+  vectors are skipped and counted by reason (a NaN in FAISS silently poisons every distance),
+  a wrong dimension is an error. Cosine similarity = inner product of L2-normalised vectors.
+- Index kinds: ``flat`` (exact), ``ivfflat``, ``ivfsq8`` (IVF, 8-bit scalar codes: 4x smaller,
+  recall close to flat), ``ivfpq`` (product quantisation: 16-64x smaller, for 100M+ rows),
+  ``ivfhnsw`` (IVF with an HNSW coarse quantiser, for 64k+ lists). ``auto`` picks flat for
+  small sets and IVF-SQ8 above ``flat_max``. IVF kinds are trained on a sample.
+- Sharded add: every shard starts from the same trained empty index (``empty_like``), adds its
+  rows with their global labels, and the driver merges shards (``merge_shards``). Labels are
+  integers; ``labels.arrow`` next to the index maps them to row ids.
+- The manifest records column, dimension, metric, kind, dataset version and a fingerprint of
+  the column's data files, so an index built on an older version is detected, not trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "VectorError", "StaleIndexError", "IndexConfig", "Manifest", "to_matrix", "clean_vectors",
+    "choose_kind", "factory_string", "train_index", "empty_like", "add_vectors", "merge_shards",
+    "search", "save_index", "load_index", "column_fingerprint", "check_fresh", "serialize", "deserialize",
+    "maybe_gpu",
+]
+
+
+class VectorError(ValueError):
+    """Vectors that cannot be indexed or searched as asked (wrong dimension, nothing valid...)."""
+
+
+class StaleIndexError(VectorError):
+    """The index was built on another state of the dataset than the one being read."""
+
+
+class IndexConfig(BaseModel):
+    """How to build a vector index. Defaults suit up to a few million rows on one machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["auto", "flat", "ivfflat", "ivfsq8", "ivfpq", "ivfhnsw"] = "auto"
+    metric: Literal["ip", "l2"] = Field("ip", description="ip = cosine on normalised vectors")
+    normalize: bool = Field(True, description="L2-normalise vectors before indexing and search")
+    flat_max: int = Field(100_000, ge=0, description="auto: exact search up to this many rows")
+    nlist: int | None = Field(None, ge=1, description="IVF lists (default ~4 sqrt(n), capped by the training sample)")
+    nprobe: int = Field(16, ge=1, description="IVF lists searched per query")
+    pq_m: int = Field(64, ge=1, description="PQ sub-quantisers (must divide the dimension)")
+    pq_bits: int = Field(8, ge=1, le=16)
+    train_size: int = Field(100_000, ge=1000, description="vectors sampled to train IVF/PQ")
+    seed: int = 0
+    use_gpu: bool | None = Field(None, description="null = use faiss-gpu when a GPU is present")
+
+
+@dataclass
+class Manifest:
+    """What an index holds and how it was built; saved as manifest.json next to it."""
+
+    column: str
+    dim: int
+    metric: str
+    kind: str
+    factory: str
+    dataset_uri: str
+    dataset_version: int
+    fingerprint: str
+    ntotal: int
+    rows_seen: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Manifest":
+        return cls(**d)
+
+
+# --- vectors -------------------------------------------------------------------------------
+
+
+def to_matrix(col: pa.Array | pa.ChunkedArray | np.ndarray | list, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding column as an (n, d) float32 matrix plus a null mask (null rows are zeros).
+
+    Accepts Arrow fixed-size or variable lists, NumPy arrays and lists of vectors. Raises
+    ``VectorError`` when rows have different lengths or not ``dim`` values."""
+    if isinstance(col, np.ndarray) and col.ndim == 2:
+        x = col.astype(np.float32, copy=False)
+        null = np.zeros(len(x), bool)
+    else:
+        if not isinstance(col, (pa.Array, pa.ChunkedArray)):
+            col = pa.array(col)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+        n = len(col)
+        null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool) if n else np.zeros(0, bool)
+        t = col.type
+        if pa.types.is_fixed_size_list(t):
+            d = t.list_size
+            # values of null slots are stored too, so slicing the child keeps rows aligned
+            vals = col.values.slice(col.offset * d, n * d)
+            x = np.asarray(vals.to_numpy(zero_copy_only=False), np.float32).reshape(n, d)
+            x[null] = 0
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            lens = np.asarray(col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False))
+            present = lens[~null]
+            if len(present) and (present.min() != present.max()):
+                raise VectorError(f"embedding rows have different lengths ({present.min()}..{present.max()})")
+            d = int(present[0]) if len(present) else (dim or 0)
+            x = np.zeros((n, d), np.float32)
+            ok = np.flatnonzero(~null)
+            if len(ok):
+                x[ok] = np.asarray(col.filter(pa.array(~null)).flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, d)
+        else:
+            raise VectorError(f"not an embedding column: type {t} (expected a list of floats)")
+    if dim is not None and x.shape[1] != dim:
+        raise VectorError(f"vectors have dimension {x.shape[1]}, expected {dim} "
+                          "(another model's embeddings? rebuild the index for this column)")
+    return x, null
+
+
+def clean_vectors(
+    x: np.ndarray, null: np.ndarray | None = None, *, normalize: bool = True
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Valid rows normalised; returns (vectors, valid mask, skipped counts by reason).
+
+    Skipped, never indexed: ``null_vector``, ``nan_vector`` (NaN or Inf anywhere),
+    ``zero_vector`` (norm ~0: no direction, cosine undefined)."""
+    x = np.array(x, np.float32, copy=True)
+    n = len(x)
+    null = np.zeros(n, bool) if null is None else np.asarray(null, bool)
+    finite = np.isfinite(x).all(axis=1) if n else np.zeros(0, bool)
+    x[~finite] = 0
+    norm = np.linalg.norm(x, axis=1) if n else np.zeros(0, np.float32)
+    zero = norm <= 1e-12
+    valid = ~null & finite & ~zero
+    if normalize and valid.any():
+        x[valid] /= norm[valid, None]
+    skipped = {
+        "null_vector": int(null.sum()),
+        "nan_vector": int((~null & ~finite).sum()),
+        "zero_vector": int((~null & finite & zero).sum()),
+    }
+    return x, valid, {k: v for k, v in skipped.items() if v}
+
+
+# --- build ---------------------------------------------------------------------------------
+
+
+def choose_kind(n: int, cfg: IndexConfig) -> str:
+    if cfg.kind != "auto":
+        return cfg.kind
+    return "flat" if n <= cfg.flat_max else "ivfsq8"
+
+
+def factory_string(kind: str, dim: int, n: int, cfg: IndexConfig, n_train: int) -> str:
+    """The FAISS index_factory spec for a kind, with lists sized to the data and training sample."""
+    if kind == "flat":
+        return "IDMap2,Flat"
+    nlist = cfg.nlist or int(4 * math.sqrt(max(n, 1)))
+    nlist = max(1, min(nlist, n_train // 39 or 1))  # FAISS wants >= 39 training points per list
+    if kind == "ivfflat":
+        return f"IVF{nlist},Flat"
+    if kind == "ivfsq8":
+        return f"IVF{nlist},SQ8"
+    if kind == "ivfpq":
+        if dim % cfg.pq_m:
+            raise VectorError(f"pq_m={cfg.pq_m} must divide the dimension {dim}; choose e.g. {dim // 8}")
+        return f"IVF{nlist},PQ{cfg.pq_m}x{cfg.pq_bits}"
+    if kind == "ivfhnsw":
+        return f"IVF{nlist}_HNSW32,SQ8"
+    raise VectorError(f"unknown index kind {kind!r}")
+
+
+def _metric(cfg: IndexConfig) -> int:
+    import faiss
+
+    return faiss.METRIC_INNER_PRODUCT if cfg.metric == "ip" else faiss.METRIC_L2
+
+
+def train_index(sample: np.ndarray, n_expected: int, cfg: IndexConfig) -> tuple[Any, str, str]:
+    """A trained, empty index for ``n_expected`` rows; returns (index, kind, factory string).
+
+    ``sample``: clean vectors (``clean_vectors``) drawn from the data; IVF needs at least ~39 per
+    list, so a small sample shrinks the list count rather than failing."""
+    import faiss
+
+    if len(sample) == 0:
+        raise VectorError("no valid vectors to build an index from (all rows null, NaN or zero?)")
+    dim = sample.shape[1]
+    kind = choose_kind(n_expected, cfg)
+    if kind != "flat" and len(sample) < 256:
+        kind = "flat"  # too few vectors to train lists on: exact search is also the right answer
+    spec = factory_string(kind, dim, n_expected, cfg, len(sample))
+    if kind == "flat":  # explicit class: a factory "Flat" and a deserialised one differ in type, and merge checks it
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim) if cfg.metric == "ip" else faiss.IndexFlatL2(dim))
+    else:
+        index = faiss.index_factory(dim, spec, _metric(cfg))
+    if not index.is_trained:
+        faiss.omp_set_num_threads(faiss.omp_get_max_threads())
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = cfg.seed  # k-means seed: same data + seed -> same index
+        for obj in (index, faiss.downcast_index(ivf)):
+            if hasattr(obj, "do_polysemous_training"):
+                obj.do_polysemous_training = False  # only helps Hamming pre-filtering; costs minutes
+        rng = np.random.default_rng(cfg.seed)
+        tr = sample if len(sample) <= cfg.train_size else sample[rng.choice(len(sample), cfg.train_size, replace=False)]
+        index.train(np.ascontiguousarray(tr, np.float32))
+    _set_nprobe(index, cfg.nprobe)
+    return index, kind, spec
+
+
+def _set_nprobe(index: Any, nprobe: int) -> None:
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except RuntimeError:
+        pass  # not an IVF index
+
+
+def serialize(index: Any) -> bytes:
+    import faiss
+
+    return faiss.serialize_index(index).tobytes()
+
+
+def deserialize(data: bytes) -> Any:
+    import faiss
+
+    return faiss.deserialize_index(np.frombuffer(data, np.uint8))
+
+
+def empty_like(trained: Any) -> Any:
+    """A copy of a trained index with no vectors: the starting point of every shard."""
+    import faiss
+
+    out = faiss.clone_index(trained)
+    out.reset()
+    return out
+
+
+def add_vectors(index: Any, x: np.ndarray, labels: np.ndarray, chunk: int = 65536) -> None:
+    """Add clean vectors with their integer labels, in chunks (bounded temporary memory)."""
+    for s in range(0, len(x), chunk):
+        index.add_with_ids(np.ascontiguousarray(x[s:s + chunk], np.float32), np.asarray(labels[s:s + chunk], np.int64))
+
+
+def merge_shards(base: Any, shards: list[Any]) -> Any:
+    """Merge shard indexes (same trained parent) into ``base``; labels are kept as they are."""
+    for sh in shards:
+        if sh.ntotal:
+            base.merge_from(sh, 0)
+    return base
+
+
+def maybe_gpu(index: Any, use_gpu: bool | None) -> Any:
+    """The index on all GPUs when faiss-gpu and a GPU are present (and not refused), else as is."""
+    import faiss
+
+    n_gpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu is False or n_gpu == 0:
+        if use_gpu:
+            raise VectorError("use_gpu=true but FAISS sees no GPU (install faiss-gpu-cu12 on a GPU node)")
+        return index
+    return faiss.index_cpu_to_all_gpus(index)
+
+
+def search(index: Any, queries: np.ndarray, k: int, *, nprobe: int | None = None, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, labels) of the k nearest, in query chunks; missing neighbours have label -1."""
+    if queries.ndim != 2 or queries.shape[1] != index.d:
+        raise VectorError(f"query dimension {queries.shape[-1] if queries.ndim else '?'} != index dimension {index.d}")
+    if nprobe:
+        _set_nprobe(index, nprobe)
+    k = max(1, int(k))
+    sims = np.empty((len(queries), k), np.float32)
+    labs = np.empty((len(queries), k), np.int64)
+    for s in range(0, len(queries), chunk):
+        d, i = index.search(np.ascontiguousarray(queries[s:s + chunk], np.float32), k)
+        sims[s:s + chunk], labs[s:s + chunk] = d, i
+    return sims, labs
+
+
+# --- storage ---------------------------------------------------------------------------------
+
+
+def save_index(folder: Path, index: Any, manifest: Manifest, labels: pa.Table | None = None) -> None:
+    """Write index.faiss, labels.arrow (label -> row id) and manifest.json; each atomically."""
+    import faiss
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "index.faiss.tmp"
+    faiss.write_index(index, str(tmp))
+    tmp.replace(folder / "index.faiss")
+    if labels is not None:
+        import pyarrow.feather as feather
+
+        feather.write_feather(labels, str(folder / "labels.arrow.tmp"))
+        (folder / "labels.arrow.tmp").replace(folder / "labels.arrow")
+    (folder / "manifest.json.tmp").write_text(json.dumps(asdict(manifest), indent=2))
+    (folder / "manifest.json.tmp").replace(folder / "manifest.json")
+
+
+def load_index(folder: Path, *, with_labels: bool = True) -> tuple[Any, Manifest, pa.Table | None]:
+    import faiss
+
+    if not (folder / "manifest.json").exists():
+        raise VectorError(f"no index at {folder}; build one with `curate index build`")
+    manifest = Manifest.from_json(json.loads((folder / "manifest.json").read_text()))
+    index = faiss.read_index(str(folder / "index.faiss"))
+    _set_nprobe(index, manifest.config.get("nprobe", 16))
+    labels = None
+    if with_labels:
+        import pyarrow.feather as feather
+
+        labels = feather.read_table(str(folder / "labels.arrow"))
+    return index, manifest, labels
+
+
+def column_fingerprint(ds: Any, column: str) -> str:
+    """Identifies the rows and the data of ``column`` in a Lance dataset version: fragment ids,
+    row counts, deletion files and the data files holding ``id`` and ``column``. Adding other
+    columns keeps it; appending rows, deleting rows or rewriting the column changes it."""
+    fields = {f.name(): f.id() for f in _lance_fields(ds)}
+    if column not in fields:
+        raise VectorError(f"column {column!r} not in the dataset")
+    want = {fields[column], fields["id"]}
+    h = hashlib.sha1()
+    for frag in ds.get_fragments():
+        m = frag.metadata
+        files = sorted(df.path for df in m.files if want & set(df.fields))
+        h.update(json.dumps([m.id, m.physical_rows, str(m.deletion_file), files]).encode())
+    return h.hexdigest()[:16]
+
+
+def _lance_fields(ds: Any):
+    return list(ds.lance_schema.fields())
+
+
+def check_fresh(manifest: Manifest, ds: Any) -> None:
+    """Raise ``StaleIndexError`` (with the fix) when the dataset's rows or column changed since
+    the index was built. A newer version that only added other columns is fine."""
+    if manifest.column not in ds.schema.names:
+        raise StaleIndexError(f"index column {manifest.column!r} is gone from dataset v{ds.version}")
+    fp = column_fingerprint(ds, manifest.column)
+    if fp != manifest.fingerprint:
+        raise StaleIndexError(
+            f"index on {manifest.column!r} was built at dataset v{manifest.dataset_version}; dataset is now "
+            f"v{ds.version} with changed rows or {manifest.column!r} data. Run `curate index build --dataset "
+            f"{manifest.dataset_uri} --column {manifest.column}` (adds new rows; --rebuild if rows changed)"
+        )

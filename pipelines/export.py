@@ -1,0 +1,537 @@
+"""``curate export --dataset DS --out SHARDS``: the rows a trainer should see, as a Lance training set.
+
+Selection runs on the driver over light columns only (never image bytes) and gives every excluded
+row one reason, first match wins, in this order:
+
+  error (ingest), decode_error (profiling), exact_duplicate, duplicate: exact|near|semantic (the
+  vector engine's ``dup_keep`` / ``dup_reason``), review_rejected (``rev_decision`` drop),
+  rule:<name> (configured SQL rules), zero_weight (``rs_weight`` 0)
+
+A reviewer's accept overrides the rules (a person looked at it) but not errors or duplicates.
+Checks whose columns do not exist in the dataset are skipped and listed as such in the summary:
+export works on a freshly ingested dataset as well as on a fully profiled, deduplicated,
+tagged and reviewed one.
+
+Ray workers then read the kept rows in chunks (random-access ``take`` on the pinned source
+version), compute the bucket, image tokens and caption token estimates (``curation.buckets``),
+and write Lance fragments; a few more reasons are found there (no_image, unreadable_size,
+too_small, extreme_aspect, no_caption). The driver commits the fragments once, with a provenance
+manifest (source URI and version, config, counts) in the shard's schema metadata and next to it.
+Every source row is accounted for: kept, or in ``_curation/export/excluded.parquet`` with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.buckets import RESOLUTIONS, assign_bucket, choose_resolution, crop_sizes, estimate_caption_tokens, image_tokens
+from curation.registry import register_step
+from curation.runner import Checkpoints, StageResult, console, execute_units, print_summary
+from curation.stage import StageConfig, Stats
+from curation.store import Store
+
+__all__ = ["ExportRule", "ExportConfig", "Roles", "resolve_roles", "select_rows", "shard_rows", "export"]
+
+WEIGHT_COLUMNS = ("rs_weight", "sampling_weight", "weight")
+CURRICULUM_COLUMNS = ("rs_stage", "curriculum_stage", "prof_curriculum")
+
+
+class ExportRule(BaseModel):
+    """Exclude rows matching a SQL condition over the samples table (Lance / DataFusion SQL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="the reason recorded for excluded rows (rule:<name>)")
+    where: str = Field(min_length=1, description="rows for which this is true are excluded, e.g. 'prof_nsfw >= 0.8'")
+
+
+class ExportConfig(StageConfig):
+    out: str = Field(description="path or s3:// URI of the training dataset to write")
+    resolution: Literal[256, 512, 1024] = Field(512, description="target training resolution (side of the square of equal area)")
+    max_upscale: float = Field(1.25, ge=1.0, description="images smaller than the target train at a lower level (256/512) rather than upscaled more than this")
+    max_ratio: float = Field(4.0, ge=1.0, description="most elongated bucket, as in Lumina-Image-2.0")
+    min_side: int = Field(64, ge=1, description="rows with a shorter side are excluded (too_small)")
+    min_kept_fraction: float = Field(0.5, gt=0, le=1, description="rows whose crop to the nearest bucket keeps less of the image are excluded (extreme_aspect)")
+    exclude_errors: bool = Field(True, description="rows with an ingest error or a profiling decode error")
+    exclude_exact_duplicates: bool = Field(True, description="rows with exact_dup_of set")
+    exclude_near_duplicates: bool = Field(True, description="rows the vector engine did not keep in their duplicate group")
+    apply_review: bool = Field(True, description="reviewer rejects are excluded; accepts override rules; reviewed captions are used")
+    rules: list[ExportRule] = Field(
+        default_factory=lambda: [ExportRule(name="nsfw", where="prof_nsfw >= 0.8")],
+        description="SQL exclusion rules; a rule whose columns are absent is skipped (listed in the summary)")
+    weight_column: Optional[str] = Field(None, description=f"sampling weight column; default: first present of {WEIGHT_COLUMNS}, else 1")
+    curriculum_column: Optional[str] = Field(None, description=f"curriculum stage column; default: first present of {CURRICULUM_COLUMNS}")
+    dedup_keep_column: Optional[str] = Field(None, description="boolean keep flag of duplicate groups; default: a dup_*/vec_* column ending in 'keep'")
+    review_decision_column: Optional[str] = Field(None, description="default: a rev_* column named like '*decision*'")
+    review_caption_column: Optional[str] = Field(None, description="default: a rev_* column named like '*caption*'")
+    reject_decisions: list[str] = Field(default_factory=lambda: ["reject", "rejected", "drop"])
+    accept_decisions: list[str] = Field(default_factory=lambda: ["accept", "accepted", "keep"])
+    caption_kinds: Optional[list[str]] = Field(None, description="caption kinds to export (default: all)")
+    max_caption_tokens: int = Field(512, ge=1, description="caption token estimates are capped here (the trainer truncates)")
+    tokenizer: Optional[str] = Field(None, description="local path of a Hugging Face tokenizer for exact caption token counts")
+    version: Optional[int] = Field(None, description="source version to export (default: latest)")
+    rows_per_unit: int = Field(2048, ge=1, le=1_000_000, description="rows per unit of Ray work")
+    overwrite: bool = Field(False, description="replace an existing training dataset at --out (a new version of it)")
+
+
+# --- which column plays which role -----------------------------------------------------------
+
+
+class Roles(BaseModel):
+    """Columns of this dataset that selection and export use (None: absent, check skipped)."""
+
+    error: Optional[str] = None
+    prof_error: Optional[str] = None
+    exact_dup: Optional[str] = None
+    dedup_keep: Optional[str] = None
+    dedup_reason: Optional[str] = None
+    review_decision: Optional[str] = None
+    review_caption: Optional[str] = None
+    weight: Optional[str] = None
+    curriculum: Optional[str] = None
+    oriented_size: bool = False  # prof_width / prof_height (after EXIF orientation) present
+
+
+def _first(schema: pa.Schema, names, pattern: str | None = None, types=None) -> Optional[str]:
+    for n in names:
+        if n in schema.names:
+            return n
+    if pattern:
+        for f in schema:
+            if re.fullmatch(pattern, f.name) and (types is None or types(f.type)):
+                return f.name
+    return None
+
+
+def resolve_roles(schema: pa.Schema, cfg: ExportConfig) -> Roles:
+    def given(name: Optional[str]) -> Optional[str]:
+        if name is not None and name not in schema.names:
+            raise ValueError(f"column {name!r} named in the export config is not in the dataset; columns: {schema.names}")
+        return name
+
+    keep = given(cfg.dedup_keep_column) or _first(schema, ("dup_keep", "vec_dup_keep", "vec_keep"),
+                                                   r"(dup|vec)_\w*keep", pa.types.is_boolean)
+    reason = None
+    if keep:
+        prefix = keep.split("_", 1)[0]
+        reason = _first(schema, (f"{prefix}_reason", f"{prefix}_dup_reason"))
+    return Roles(
+        error="error" if "error" in schema.names else None,
+        prof_error="prof_error" if "prof_error" in schema.names else None,
+        exact_dup="exact_dup_of" if "exact_dup_of" in schema.names else None,
+        dedup_keep=keep,
+        dedup_reason=reason,
+        review_decision=given(cfg.review_decision_column) or _first(schema, ("rev_decision",), r"rev_\w*decision\w*",
+                                                                    lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+        review_caption=given(cfg.review_caption_column) or _first(schema, ("rev_caption",), r"rev_\w*caption\w*",
+                                                                  lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+        weight=given(cfg.weight_column) or _first(schema, WEIGHT_COLUMNS, r"rs_\w*weight\w*",
+                                                  lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+        curriculum=given(cfg.curriculum_column) or _first(schema, CURRICULUM_COLUMNS),
+        oriented_size="prof_width" in schema.names and "prof_height" in schema.names,
+    )
+
+
+# --- selection (driver, light columns) -------------------------------------------------------
+
+
+def _mask(ds, expr: str) -> np.ndarray:
+    """A boolean per row (dataset order) for a SQL expression; null counts as false."""
+    col = ds.to_table(columns={"m": f"({expr})"}).column("m")
+    return pc.fill_null(col, False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def select_rows(ds, cfg: ExportConfig, roles: Roles) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Row positions to export, the reason per row (None = kept) and notes on checks skipped."""
+    n = ds.count_rows()
+    reason = np.full(n, None, dtype=object)
+    notes: list[str] = []
+
+    def apply(mask: np.ndarray, why) -> None:
+        free = (reason == None) & mask  # noqa: E711 (elementwise)
+        if isinstance(why, np.ndarray):
+            reason[free] = why[free]
+        else:
+            reason[free] = why
+
+    def skipped(check: str, why: str) -> None:
+        notes.append(f"{check}: not applied ({why})")
+
+    if cfg.exclude_errors:
+        for col, label in ((roles.error, "error"), (roles.prof_error, "decode_error")):
+            if col:
+                t = ds.to_table(columns=[col]).column(col)
+                mask = pc.is_valid(t).to_numpy(zero_copy_only=False)
+                first = np.array([f"{label}: {(e or '').split(':', 1)[0]}" for e in t.to_pylist()], dtype=object)
+                apply(mask, first if n else label)
+            elif col is None and label == "decode_error":
+                skipped("decode_error", "no profiling columns")
+    if cfg.exclude_exact_duplicates:
+        if roles.exact_dup:
+            # the vector engine's groups include exact copies and keep the best row, not the first:
+            # its flag decides where it has one; exact_dup_of covers rows it has not seen
+            unseen = f" AND {roles.dedup_keep} IS NULL" if (roles.dedup_keep and cfg.exclude_near_duplicates) else ""
+            apply(_mask(ds, f"{roles.exact_dup} IS NOT NULL{unseen}"), "exact_duplicate")
+        else:
+            skipped("exact_duplicate", "no exact_dup_of column; run `curate stage exact_dup`")
+    if cfg.exclude_near_duplicates:
+        if roles.dedup_keep:
+            drop = ~_mask(ds, f"{roles.dedup_keep} IS NULL OR {roles.dedup_keep}")
+            why: Any = "near_duplicate"
+            if roles.dedup_reason:
+                r = ds.to_table(columns=[roles.dedup_reason]).column(roles.dedup_reason).to_pylist()
+                why = np.array([f"duplicate: {x}" if x else "near_duplicate" for x in r], dtype=object)
+            apply(drop, why)
+        else:
+            skipped("near_duplicate", "no dedup keep flag; run `curate dedup`")
+    accepted = np.zeros(n, bool)
+    if cfg.apply_review:
+        if roles.review_decision:
+            dec = pc.utf8_lower(ds.to_table(columns=[roles.review_decision]).column(roles.review_decision))
+            apply(pc.fill_null(pc.is_in(dec, pa.array(cfg.reject_decisions)), False).to_numpy(zero_copy_only=False), "review_rejected")
+            accepted = pc.fill_null(pc.is_in(dec, pa.array(cfg.accept_decisions)), False).to_numpy(zero_copy_only=False)
+        else:
+            skipped("review", "no review decision column")
+    for rule in cfg.rules:
+        try:
+            mask = _mask(ds, rule.where)
+        except Exception as e:  # a column from an engine that has not run: skip the rule, say so
+            msg = str(e).splitlines()[0][:160]
+            missing = re.search(r"No field named ([\w.\"]+)", str(e))
+            if missing or re.search(r"not found|does not exist", str(e), re.I):
+                skipped(f"rule:{rule.name}", f"column {missing.group(1).strip('.')} missing" if missing else msg)
+                continue
+            raise ValueError(f"export rule {rule.name!r} ({rule.where!r}) is not valid SQL here: {msg}") from None
+        apply(mask & ~accepted, f"rule:{rule.name}")
+    if roles.weight:
+        w = ds.to_table(columns=[roles.weight]).column(roles.weight)
+        apply(pc.fill_null(pc.less_equal(w, 0), False).to_numpy(zero_copy_only=False), "zero_weight")
+    keep = np.flatnonzero(reason == None).astype(np.int64)  # noqa: E711
+    return keep, reason, notes
+
+
+# --- shard rows (worker, pure) ---------------------------------------------------------------
+
+
+def _count_tokens_fn(tokenizer_path: Optional[str]):
+    if not tokenizer_path:
+        return estimate_caption_tokens
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    return lambda text: len(tok(text or "", add_special_tokens=False)["input_ids"])
+
+
+def _image_size(row: dict, oriented: bool) -> Optional[tuple[int, int]]:
+    if oriented and row.get("prof_width") and row.get("prof_height"):
+        return int(row["prof_width"]), int(row["prof_height"])
+    if row.get("width") and row.get("height"):
+        return int(row["width"]), int(row["height"])
+    try:  # no size recorded: read the header only
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(row["image"])) as im:
+            return im.size
+    except Exception:
+        return None
+
+
+def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estimate_caption_tokens
+               ) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Samples-table rows -> training rows (``SHARD_SCHEMA``) and (id, reason) of rows left out."""
+    from curation.loader import SHARD_SCHEMA
+
+    out: list[dict] = []
+    excluded: list[tuple[str, str]] = []
+    for row in t.to_pylist():
+        rid = row["id"]
+        if row.get("image") is None:
+            excluded.append((rid, "no_image"))
+            continue
+        size = _image_size(row, roles.oriented_size)
+        if size is None:
+            excluded.append((rid, "unreadable_size"))
+            continue
+        w, h = size
+        if min(w, h) < cfg.min_side:
+            excluded.append((rid, "too_small"))
+            continue
+        res = choose_resolution(w, h, cfg.resolution, max_upscale=cfg.max_upscale)
+        bw, bh = assign_bucket(w, h, crop_sizes(res, max_ratio=cfg.max_ratio))
+        kept = float(np.exp(-abs(np.log((bw / bh) / (w / h)))))
+        if kept < cfg.min_kept_fraction:
+            excluded.append((rid, "extreme_aspect"))
+            continue
+        caps = [c for c in (row.get("captions") or []) if (c.get("text") or "").strip()
+                and (cfg.caption_kinds is None or c.get("kind") in cfg.caption_kinds)]
+        reviewed = row.get(roles.review_caption) if (cfg.apply_review and roles.review_caption) else None
+        if reviewed and reviewed.strip():  # a reviewer's fix replaces the captions it corrects
+            from curation.text import detect_lang
+
+            caps = [{"text": reviewed.strip(), "kind": "reviewed", "lang": detect_lang(reviewed)}]
+        if not caps:
+            excluded.append((rid, "no_caption"))
+            continue
+        weight = row.get(roles.weight) if roles.weight else None
+        stage = row.get(roles.curriculum) if roles.curriculum else None
+        out.append({
+            "id": rid,
+            "image": row["image"],
+            "captions": caps,
+            "caption_tokens": [min(count_tokens(c["text"]), cfg.max_caption_tokens) for c in caps],
+            "width": w,
+            "height": h,
+            "resolution": res,
+            "bucket_w": bw,
+            "bucket_h": bh,
+            "image_tokens": image_tokens(bw, bh),
+            "weight": 1.0 if weight is None else float(weight),
+            "curriculum_stage": None if stage is None else int(stage),
+        })
+    return pa.Table.from_pylist(out, schema=SHARD_SCHEMA), excluded
+
+
+class _ExportWorker:
+    """A Ray actor: reads a chunk of kept rows from the pinned source version, writes shard fragments."""
+
+    def __init__(self, src: Store, version: int, out_uri: str, out_options: dict, cfg: ExportConfig, roles: Roles):
+        self.ds = src.open(version)
+        self.out_uri, self.out_options, self.cfg, self.roles = out_uri, out_options, cfg, roles
+        self.count_tokens = _count_tokens_fn(cfg.tokenizer)
+        names = set(self.ds.schema.names)
+        wanted = ["id", "image", "captions", "width", "height", "prof_width", "prof_height",
+                  roles.review_caption, roles.weight, roles.curriculum]
+        self.columns = [c for c in dict.fromkeys(wanted) if c and c in names]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from lance.fragment import write_fragments
+
+        from curation.loader import SHARD_SCHEMA
+
+        out: dict[str, list] = {"unit": [], "fragments": [], "excluded": [], "stats": []}
+        for unit in batch.to_pylist():
+            t0 = time.perf_counter()
+            rows = self.ds.take(np.asarray(unit["positions"], np.int64), columns=self.columns)
+            table, excluded = shard_rows(rows, self.cfg, self.roles, self.count_tokens)
+            frags = []
+            if table.num_rows:
+                frags = write_fragments(table, self.out_uri, schema=SHARD_SCHEMA, max_rows_per_file=1 << 20,
+                                        storage_options=self.out_options or None)
+            stats = Stats(rows.num_rows, Counter(f"excluded_{r}" for _, r in excluded), time.perf_counter() - t0)
+            out["unit"].append(unit["unit"])
+            out["fragments"].append(json.dumps([f.to_json() for f in frags]))
+            out["excluded"].append(json.dumps(excluded))
+            out["stats"].append(json.dumps(stats.to_dict()))
+        return pa.table(out)
+
+
+# --- the job ---------------------------------------------------------------------------------
+
+
+def _fingerprint(cfg: ExportConfig, src: Store, version: int) -> str:
+    payload = json.dumps({"cfg": cfg.model_dump(mode="json"), "src": src.uri, "v": version}, sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()[:12]
+
+
+def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurrency: int | None = None) -> StageResult:
+    """Select, bucket and write the training dataset at ``cfg.out``; resumable per unit."""
+    from lance import LanceDataset, LanceOperation
+    from lance.fragment import FragmentMetadata
+
+    from curation.loader import MANIFEST_KEY, SHARD_SCHEMA
+
+    t_start = time.perf_counter()
+    out = Store(cfg.out)
+    if out.uri == src.uri:
+        raise ValueError("--out must differ from --dataset: export writes a new dataset")
+    ds = src.open(cfg.version)
+    version = ds.version
+    if out.exists() and not cfg.overwrite:
+        prev = _manifest(out)
+        same = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "overwrite"}
+        if prev.get("source", {}).get("uri") == src.uri and prev["source"].get("version") == version and \
+                {k: v for k, v in prev.get("config", {}).items() if k != "overwrite"} == same:
+            console.print(f"export: {out.uri} already holds this export of v{version}; skipped (pass --overwrite to redo)")
+            return StageResult("export", "skipped", out.open().version, version,
+                               extra={"out": out.uri, "kept": out.open().count_rows(), "excluded": sum(prev["excluded"].values()),
+                                      "report": str(out.state_dir / "export" / "report.html"), "by_resolution": {}})
+        raise ValueError(f"{out.uri} already holds a different export (another source, version or config); "
+                         "pass --overwrite to write a new version of it")
+    roles = resolve_roles(ds.schema, cfg)
+    keep, reason, notes = select_rows(ds, cfg, roles)
+    ids = ds.to_table(columns=["id"]).column("id").to_pylist()
+    console.print(f"export: {len(keep):,} of {len(reason):,} rows selected from {src.uri} v{version}")
+    for note in notes:
+        console.print(f"  [yellow]{note}[/]")
+
+    ckpt = Checkpoints(out.state_dir / "checkpoints" / f"export-{_fingerprint(cfg, src, version)}", "unit")
+    units = [{"unit": i, "positions": keep[s:s + cfg.rows_per_unit].tolist()}
+             for i, s in enumerate(range(0, len(keep), cfg.rows_per_unit))]
+    done = ckpt.load()
+    if done:
+        console.print(f"export: resuming, {len(done)} of {len(units)} units already written")
+
+    def on_result(row: dict[str, Any]) -> None:
+        rec = {"unit": row["unit"], "fragments": json.loads(row["fragments"]),
+               "excluded": json.loads(row["excluded"]), "stats": json.loads(row["stats"])}
+        ckpt.save(rec)
+        done[row["unit"]] = rec
+
+    execute_units(
+        [u for u in units if u["unit"] not in done], _ExportWorker,
+        {"src": src, "version": version, "out_uri": out.uri, "out_options": out.storage_options, "cfg": cfg, "roles": roles},
+        ray_options={"num_cpus": 1}, on_result=on_result, description="export (units)",
+        concurrency=concurrency, show_progress=show_progress,
+    )
+    frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
+    stats = Stats()
+    excluded_ids, excluded_reasons = [], []
+    for i in np.flatnonzero(reason != None):  # noqa: E711
+        excluded_ids.append(ids[i])
+        excluded_reasons.append(reason[i])
+    for u in units:
+        stats = stats + Stats.from_dict(done[u["unit"]]["stats"])
+        for rid, why in done[u["unit"]]["excluded"]:
+            excluded_ids.append(rid)
+            excluded_reasons.append(why)
+    by_reason = Counter(r.split(":", 1)[0] if r.startswith(("error", "decode_error")) else r for r in excluded_reasons)
+    kept_rows = sum(f.physical_rows for f in frags)
+
+    manifest = {
+        "source": {"uri": src.uri, "version": version, "rows": len(reason)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows": kept_rows,
+        "excluded": dict(by_reason.most_common()),
+        "checks_skipped": notes,
+        "columns_used": roles.model_dump(),
+        "config": cfg.model_dump(mode="json"),
+    }
+    schema = SHARD_SCHEMA.with_metadata({MANIFEST_KEY: json.dumps(manifest)})
+    new = LanceDataset.commit(out.uri, LanceOperation.Overwrite(schema, frags),
+                              storage_options=out.storage_options or None)
+    ckpt.clear()
+    summary = _summarise(out, new.version, manifest, excluded_ids, excluded_reasons)
+    stats = Stats(len(reason), Counter({f"excluded_{k}": v for k, v in by_reason.items()}), stats.seconds)
+    result = StageResult("export", "committed", new.version, version, len(frags), 0, stats, time.perf_counter() - t_start,
+                         extra={"out": out.uri, "kept": kept_rows, "excluded": len(excluded_ids), **summary})
+    out.write_json(f"stats/export-v{new.version}.json", result.to_dict())
+    return result
+
+
+def _manifest(out: Store) -> dict[str, Any]:
+    from curation.loader import MANIFEST_KEY
+
+    raw = (out.open().schema.metadata or {}).get(MANIFEST_KEY.encode())
+    return json.loads(raw) if raw else {}
+
+
+def _summarise(out: Store, version: int, manifest: dict, ids: list[str], reasons: list[str]) -> dict[str, Any]:
+    """Write the manifest, the excluded rows with reasons and an HTML report next to the shards."""
+    import pyarrow.parquet as pq
+
+    d = out.state_dir / "export"
+    d.mkdir(parents=True, exist_ok=True)
+    out.write_json("export/manifest.json", manifest)
+    pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "reason": pa.array(reasons, pa.string())}), d / "excluded.parquet")
+    t = out.open(version).to_table(columns=["resolution", "bucket_w", "bucket_h", "image_tokens", "caption_tokens"])
+    res = Counter(t.column("resolution").to_pylist())
+    cap_mean = pc.list_value_length(t.column("caption_tokens"))  # variants per row
+    report = d / "report.html"
+    _write_report(report, manifest, t)
+    return {"by_resolution": {str(k): v for k, v in sorted(res.items())},
+            "caption_variants_mean": round(float(pc.mean(cap_mean).as_py() or 0), 2), "report": str(report)}
+
+
+def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:
+    import base64
+    import html
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.6))
+    ex = manifest["excluded"]
+    ax[0].barh(list(ex.keys())[::-1] or ["none"], list(ex.values())[::-1] or [0], color="#c44")
+    ax[0].set_title(f"excluded rows by reason ({sum(ex.values())})")
+    seq = (t.column("image_tokens").to_numpy() + np.array([max(c) if c else 0 for c in t.column("caption_tokens").to_pylist()],
+                                                          dtype=np.int64)) if t.num_rows else np.zeros(0)
+    ax[1].hist(seq, bins=40, color="#36c")
+    ax[1].set_title("sequence length (image + longest caption tokens)")
+    buckets = Counter(f"{w}x{h}" for w, h in zip(t.column("bucket_w").to_pylist(), t.column("bucket_h").to_pylist()))
+    top = buckets.most_common(15)
+    ax[2].barh([k for k, _ in top][::-1], [v for _, v in top][::-1], color="#3a3")
+    ax[2].set_title(f"top buckets ({len(buckets)} used)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    img = base64.b64encode(buf.getvalue()).decode()
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in ex.items())
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in manifest["checks_skipped"])
+    src = manifest["source"]
+    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>export report</title>
+<style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 10px}}</style></head><body>
+<h1>Training export</h1><p>source <code>{html.escape(src['uri'])}</code> version {src['version']}: {src['rows']} rows;
+exported <b>{manifest['rows']}</b>, excluded {sum(ex.values())}. Created {manifest['created']}.</p>
+<img src="data:image/png;base64,{img}" style="max-width:100%">
+<h2>Excluded rows by reason</h2><table>{rows or '<tr><td>none</td></tr>'}</table>
+<h2>Checks not applied</h2><ul>{notes or '<li>none</li>'}</ul>
+<p>Per-row reasons: <code>excluded.parquet</code> next to this file.</p></body></html>""", encoding="utf-8")
+
+
+@register_step("export", ExportConfig, doc="select training rows, bucket them and write a Lance training dataset")
+def _export_step(ctx, cfg: ExportConfig):
+    if ctx.overwrite and not cfg.overwrite:
+        cfg = cfg.model_copy(update={"overwrite": True})
+    return export(ctx.store, cfg, show_progress=ctx.show_progress)
+
+
+def register_cli(app) -> None:
+    import typer
+
+    from curation.cli import AddressOpt, DatasetOpt, fail, open_store, start_ray
+
+    @app.command("export")
+    def export_cmd(
+        dataset: str = DatasetOpt,
+        out: str = typer.Option(..., "--out", "-o", help="training dataset to write (path or s3:// URI)"),
+        resolution: int = typer.Option(512, help=f"target resolution: one of {', '.join(map(str, RESOLUTIONS))}"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with export params (rules, columns, ...)"),
+        version: Optional[int] = typer.Option(None, help="source version (default: latest)"),
+        overwrite: bool = typer.Option(False, help="write a new version of an existing training dataset"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Export the rows a trainer should see (errors, duplicates, rejects removed) as training shards."""
+        from curation.config import load_yaml, validate
+
+        params = load_yaml(config) if config else {}
+        params.update({"out": out, "resolution": resolution, "overwrite": overwrite or params.get("overwrite", False)})
+        if version is not None:
+            params["version"] = version
+        cfg = validate(ExportConfig, params, where=str(config or "command line"))
+        store = open_store(dataset)
+        start_ray(address)
+        try:
+            result = export(store, cfg)
+        except ValueError as e:
+            fail(str(e))
+        print_summary([result], title="export")
+        console.print(f"training dataset: {result.extra['out']}  (rows {result.extra['kept']}, "
+                      f"by resolution {result.extra['by_resolution']})\nreport: {result.extra['report']}")

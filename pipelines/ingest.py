@@ -1,0 +1,193 @@
+"""``curate ingest SRC... --dataset DS``: sources -> validated rows -> one Lance commit.
+
+Units (folder slices, tars, JSONL byte ranges, Parquet row groups) run as Ray Data actors; each
+writes its rows as Lance fragment files and returns their metadata. The driver checkpoints each
+unit's fragments and commits them all at once in unit order, so the row order and ids are the
+same however the work was scheduled, and a killed ingest re-run only reads the missing units.
+After the commit the ``exact_dup`` stage flags byte-identical images (flagged, never dropped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional
+
+import pyarrow as pa
+from pydantic import Field
+
+from curation.registry import register_step
+from curation.runner import Checkpoints, StageResult, console, execute_units, print_summary
+from curation.schema import SAMPLES_SCHEMA
+from curation.sources import ReadOptions, plan_units, read_unit
+from curation.stage import StageConfig, Stats
+from curation.store import Store
+
+__all__ = ["IngestConfig", "ingest"]
+
+
+class IngestConfig(StageConfig):
+    source: list[str] = Field(min_length=1, description="folders, .tar, .jsonl, .parquet (or a mix)")
+    shard_size: int = Field(256, ge=1, le=100_000, description="images per folder unit and per write batch")
+    max_pixels: int = Field(178_956_970, ge=1, description="larger images are rows with error decompression_bomb")
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    allow_paths_outside_source: bool = False
+    flag_exact_duplicates: bool = True
+    skip_existing: bool = Field(True, description="rows whose id is already in the dataset are not added again")
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(max_pixels=self.max_pixels, max_file_bytes=self.max_file_bytes, shard_size=self.shard_size,
+                           allow_paths_outside_source=self.allow_paths_outside_source)
+
+
+class _IngestWorker:
+    """A Ray actor: reads one unit and writes its rows as fragment files of the dataset."""
+
+    def __init__(self, uri: str, storage_options: dict, opts: ReadOptions, existing_ids: frozenset):
+        self.uri, self.storage_options, self.opts, self.existing = uri, storage_options, opts, existing_ids
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from lance.fragment import write_fragments
+
+        out: dict[str, list] = {"unit": [], "fragments": [], "stats": []}
+        for unit in batch.to_pylist():
+            t0 = time.perf_counter()
+            counters: dict[str, int] = {}
+            rows_total = 0
+
+            def batches():
+                nonlocal rows_total
+                buf = []
+                for row in read_unit(unit, self.opts, counters):
+                    if row["id"] in self.existing:
+                        counters["skipped_existing"] = counters.get("skipped_existing", 0) + 1
+                        continue
+                    buf.append(row)
+                    if len(buf) >= self.opts.shard_size:
+                        rows_total += len(buf)
+                        yield pa.RecordBatch.from_pylist(buf, schema=SAMPLES_SCHEMA)
+                        buf = []
+                if buf:
+                    rows_total += len(buf)
+                    yield pa.RecordBatch.from_pylist(buf, schema=SAMPLES_SCHEMA)
+
+            reader = pa.RecordBatchReader.from_batches(SAMPLES_SCHEMA, batches())
+            frags = write_fragments(reader, self.uri, schema=SAMPLES_SCHEMA, max_rows_per_file=1 << 20,
+                                    storage_options=self.storage_options or None)
+            stats = Stats(rows_total, Counter(counters), time.perf_counter() - t0)
+            out["unit"].append(unit["unit"])
+            out["fragments"].append(json.dumps([f.to_json() for f in frags]))
+            out["stats"].append(json.dumps(stats.to_dict()))
+        return pa.table(out)
+
+
+def _fingerprint(cfg: IngestConfig, units: list[dict], read_version: int | None) -> str:
+    payload = json.dumps({"cfg": cfg.model_dump(mode="json"), "units": units, "v": read_version}, sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()[:12]
+
+
+def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concurrency: int | None = None) -> list[StageResult]:
+    """Ingest sources into the dataset (created if absent); returns the results of ingest and exact_dup."""
+    from lance import LanceDataset, LanceOperation
+    from lance.fragment import FragmentMetadata
+
+    t_start = time.perf_counter()
+    opts = cfg.read_options()
+    units = plan_units(cfg.source, opts)
+    exists = store.exists()
+    read_version = store.open().version if exists else None
+    existing: frozenset = frozenset()
+    if exists and cfg.skip_existing:
+        existing = frozenset(store.to_arrow(columns=["id"]).column("id").to_pylist())
+
+    ckpt = Checkpoints(store.state_dir / "checkpoints" / f"ingest-{_fingerprint(cfg, units, read_version)}", "unit")
+    done = ckpt.load()
+    if done:
+        console.print(f"ingest: resuming, {len(done)} of {len(units)} units already written")
+    todo = [u for u in units if u["unit"] not in done]
+
+    def on_result(row: dict[str, Any]) -> None:
+        rec = {"unit": row["unit"], "fragments": json.loads(row["fragments"]), "stats": json.loads(row["stats"])}
+        ckpt.save(rec)
+        done[row["unit"]] = rec
+
+    execute_units(
+        todo, _IngestWorker,
+        {"uri": store.uri, "storage_options": store.storage_options, "opts": opts, "existing_ids": existing},
+        ray_options={"num_cpus": 1}, on_result=on_result, description="ingest (units)",
+        concurrency=concurrency, show_progress=show_progress,
+    )
+    frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
+    stats = Stats()
+    for rec in done.values():
+        stats = stats + Stats.from_dict(rec["stats"])
+    if exists and stats.rows == 0:  # nothing new (a re-run): no empty version, no recomputation
+        ckpt.clear()
+        console.print(f"ingest: no new rows ({stats.counters.get('skipped_existing', 0)} already in the dataset)")
+        return [StageResult("ingest", "skipped", read_version, read_version, 0, 0, stats, time.perf_counter() - t_start)]
+    if exists:
+        new = LanceDataset.commit(store.uri, LanceOperation.Append(frags), read_version=read_version,
+                                  storage_options=store.storage_options or None)
+    else:
+        new = LanceDataset.commit(store.uri, LanceOperation.Overwrite(SAMPLES_SCHEMA, frags),
+                                  storage_options=store.storage_options or None)
+    ckpt.clear()
+    result = StageResult("ingest", "committed", new.version, read_version or 0, len(frags), 0, stats,
+                         time.perf_counter() - t_start, extra={"units": len(units), "sources": cfg.source})
+    result.stats_path = str(store.write_json(f"stats/ingest-v{new.version}.json", result.to_dict()))
+    results = [result]
+    if cfg.flag_exact_duplicates and new.count_rows() > 0:
+        from curation.runner import run_stage
+        from pipelines.basic_stages import ExactDupStage
+
+        # recomputed over the whole dataset: new rows may duplicate old ones
+        results.append(run_stage(store, ExactDupStage(), overwrite=True, show_progress=show_progress))
+    return results
+
+
+@register_step("ingest", IngestConfig, doc="read folders / WebDataset tars / Parquet / JSONL into the dataset")
+def _ingest_step(ctx, cfg: IngestConfig):
+    results = ingest(ctx.store, cfg, show_progress=ctx.show_progress)
+    return results[0] if len(results) == 1 else _merge_results(results)
+
+
+def _merge_results(results: list[StageResult]) -> StageResult:
+    first, last = results[0], results[-1]
+    stats = Stats(first.stats.rows, first.stats.counters + last.stats.counters, first.stats.seconds)
+    return StageResult("ingest", first.status, last.version, first.read_version, first.fragments, 0,
+                       stats, sum(r.seconds for r in results), first.stats_path, dict(first.extra))
+
+
+def register_cli(app) -> None:
+    import typer
+
+    from curation.cli import AddressOpt, DatasetOpt, fail, start_ray
+
+    @app.command("ingest")
+    def ingest_cmd(
+        source: list[str] = typer.Argument(..., help="folders, WebDataset .tar files, .jsonl or .parquet"),
+        dataset: str = DatasetOpt,
+        shard_size: int = typer.Option(256, help="images per unit of work"),
+        max_pixels: int = typer.Option(178_956_970, help="pixel cap checked before decoding"),
+        allow_paths_outside_source: bool = typer.Option(False, help="let table rows reference files outside their folder"),
+        no_exact_dup: bool = typer.Option(False, "--no-exact-dup", help="skip flagging byte-identical images"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Ingest sources into a Lance dataset (created if absent; appended otherwise). Resumable."""
+        from curation.config import validate
+
+        cfg = validate(IngestConfig, {
+            "source": source, "shard_size": shard_size, "max_pixels": max_pixels,
+            "allow_paths_outside_source": allow_paths_outside_source, "flag_exact_duplicates": not no_exact_dup,
+        }, where="command line")
+        try:
+            units = plan_units(cfg.source, cfg.read_options())
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        console.print(f"ingest: {len(units)} units from {len(cfg.source)} source(s) into {dataset}")
+        start_ray(address)
+        results = ingest(Store(dataset), cfg)
+        print_summary(results, title="ingest")

@@ -1,0 +1,137 @@
+"""``curate run PIPELINE.yaml``: the steps of a pipeline file, in order, with one summary and one report.
+
+Each step is resumable on its own (stages checkpoint per fragment, ingest per shard), so a
+killed pipeline re-run skips finished steps (their columns exist) and resumes the one in flight.
+At the end one HTML page (``<dataset>/_curation/reports/pipeline-v<N>.html``) shows every step's
+status, rows, time and counters, and links every report the steps wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from curation.cluster import init_ray
+from curation.config import RunContext, load_pipeline
+from curation.runner import StageResult, print_summary
+from curation.store import Store
+
+__all__ = ["run_pipeline", "write_pipeline_report"]
+
+console = Console(stderr=True)
+_PATH_PARAMS = ("out", "graph", "out_dir", "db")
+
+
+def run_pipeline(path: str | Path, *, overwrite: bool = False, address: str | None = None, show_progress: bool = True) -> list[StageResult]:
+    """Validate the whole file first (a typo in step 5 fails before step 1 runs), then run it."""
+    from curation.registry import STEPS
+
+    cfg, steps = load_pipeline(path)
+    if address:
+        cfg.ray.address = address
+    init_ray(cfg.ray)
+    ctx = RunContext(store=Store(cfg.dataset), overwrite=overwrite or cfg.overwrite, show_progress=show_progress, pipeline=cfg)
+    results: list[StageResult] = []
+    t_start = time.time()
+    for i, (name, step_cfg) in enumerate(steps, 1):
+        console.rule(f"[bold]step {i}/{len(steps)}: {name}")
+        t0 = time.perf_counter()
+        out = STEPS[name].run(ctx, step_cfg)
+        if isinstance(out, StageResult):
+            out.seconds = out.seconds or time.perf_counter() - t0
+            results.append(out)
+        else:
+            version = ctx.store.open().version if ctx.store.exists() else 0
+            status = out.get("status", "done") if isinstance(out, dict) else "done"
+            results.append(StageResult(name, str(status), version, version, seconds=time.perf_counter() - t0,
+                                       extra=out if isinstance(out, dict) else {}))
+    print_summary(results, title=f"pipeline {Path(path).name}")
+    if ctx.store.exists():
+        report = write_pipeline_report(ctx.store, results, steps, t_start, Path(path).name)
+        console.print(f"[bold]report:[/] {report}  (open file://{report} in a browser)")
+        if any(n == "review_mine" for n, _ in steps):
+            db = next((getattr(c, "db", None) for n, c in steps if n == "review_mine"), None)
+            db_opt = f" --db {db}" if db else ""
+            console.print(f"[bold]review UI:[/] curate review add-user NAME --role admin --dataset {cfg.dataset}{db_opt}, then "
+                          f"curate review serve --dataset {cfg.dataset}{db_opt}  ->  http://127.0.0.1:8600")
+    return results
+
+
+def _step_seconds_plot(results: list[StageResult]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(results) + 1))
+    ax.barh([r.stage for r in results][::-1], [r.seconds for r in results][::-1], color="#4a7ebb")
+    ax.set_xlabel("seconds")
+    ax.set_title("time per step")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _reports_since(store: Store, steps: list[tuple[str, Any]], since: float) -> list[Path]:
+    roots = [store.state_dir]
+    for _, c in steps:
+        for k in _PATH_PARAMS:
+            v = getattr(c, k, None)
+            if isinstance(v, str) and "://" not in v and Path(v).exists():
+                roots.append(Path(v) if Path(v).is_dir() else Path(v).parent)
+    found: dict[Path, None] = {}
+    for root in roots:
+        for p in sorted(root.rglob("*.html")):
+            if p.stat().st_mtime >= since and "reports/pipeline-" not in str(p):
+                found[p.resolve()] = None
+    return list(found)
+
+
+def write_pipeline_report(store: Store, results: list[StageResult], steps: list[tuple[str, Any]], since: float, title: str) -> Path:
+    """One page: the steps with their counters, a time plot, links to every report written, the dataset."""
+    ds = store.open()
+    out = store.state_dir / "reports" / f"pipeline-v{ds.version}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profile_cols = [c for c in ds.schema.names if c.startswith("prof_")]
+    links = _reports_since(store, steps, since)
+    if profile_cols:
+        try:
+            from pipelines.report import build_report
+
+            links.insert(0, build_report(store, store.state_dir / "reports" / f"profile-v{ds.version}.html").resolve())
+        except Exception as e:  # the pipeline's own report must not fail the pipeline
+            console.print(f"[yellow]profile report not written: {e}")
+    rows = []
+    for r in results:
+        d = r.to_dict()
+        counters = "<br>".join(f"{html.escape(k)} = {v}" for k, v in d["counters"].items()) or "-"
+        extra = "<br>".join(f"{html.escape(str(k))}: {html.escape(str(v))[:200]}" for k, v in r.extra.items()
+                            if not isinstance(v, (dict, list))) or ""
+        rows.append(f"<tr><td>{html.escape(r.stage)}</td><td>{r.status}</td><td>v{r.version}</td><td>{d['rows']}</td>"
+                    f"<td>{r.seconds:.1f}</td><td>{counters}</td><td>{extra}</td></tr>")
+    link_items = "".join(f'<li><a href="file://{html.escape(str(p))}">{html.escape(str(p))}</a></li>' for p in links)
+    errs = store.error_counts()
+    err_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in errs.items()) or "<tr><td colspan=2>none</td></tr>"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>pipeline {html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}}th{{background:#eee}}</style></head><body>
+<h1>pipeline {html.escape(title)}</h1>
+<p>dataset <code>{html.escape(store.uri)}</code> at version v{ds.version}: {ds.count_rows():,} rows,
+{len(ds.schema.names)} columns. Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>
+<h2>steps</h2><table><tr><th>step</th><th>status</th><th>version</th><th>rows</th><th>seconds</th><th>counters (reasons)</th><th>notes</th></tr>
+{''.join(rows)}</table>
+<p><img alt="time per step" src="data:image/png;base64,{_step_seconds_plot(results)}"></p>
+<h2>rows with errors, by reason</h2><table><tr><th>reason</th><th>rows</th></tr>{err_rows}</table>
+<h2>reports written by the steps</h2><ul>{link_items or '<li>none</li>'}</ul>
+</body></html>"""
+    out.write_text(page, encoding="utf-8")
+    return out.resolve()

@@ -1,0 +1,624 @@
+"""``curate profile``: every signal of the Data Profiling Engine as a resumable column stage.
+
+Each signal family is a registered stage (runnable alone with ``curate stage prof_ocr``) whose
+columns are declared in ``curation.schema`` (groups ``prof_*``). ``curate profile`` runs the
+configured ones in order through ``run_stage``, each committing one Lance version and resuming
+per fragment after a kill. The model-free families (meta, hash, entropy, degradation) are fused
+into one pass when run together, so an image is decoded once for all of them.
+
+Model stages (``uses_model``) load their model once per Ray actor in ``setup()`` and ask for
+``num_gpus`` when configured. Heavy libraries are imported inside methods only.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.config import ConfigError
+from curation.registry import register_stage, register_step
+from curation.schema import (
+    PROF_AESTHETIC, PROF_BRISQUE, PROF_CAPTION, PROF_CLIP, PROF_DEGRADATION, PROF_ENTROPY, PROF_HASH, PROF_META,
+    PROF_NSFW, PROF_OCR, PROF_SCORES, PROF_TEXT_EMB, embedding_type,
+)
+from curation.stage import Resources, Stage, StageConfig
+from engines.profiling.embed import EmbedModelConfig
+
+__all__ = [
+    "ProfileConfig", "run_profile", "CheapStage", "BrisqueStage", "OcrStage", "NsfwStage", "ClipStage",
+    "TextEmbStage", "AestheticStage", "CaptionStage", "ScoresStage", "STAGE_ORDER",
+]
+
+CHEAP_FAMILIES = ("meta", "hash", "entropy", "degradation")
+_GROUPS = {"meta": PROF_META, "hash": PROF_HASH, "entropy": PROF_ENTROPY, "degradation": PROF_DEGRADATION}
+
+
+# --- shared config and decoding ----------------------------------------------------------------------
+
+
+class ImageStageConfig(StageConfig):
+    max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb cap on width x height, checked before decoding")
+    max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    max_side: Optional[int] = Field(512, ge=16, description="longest side of the working copy signals are measured on")
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per worker (model stages); 0 = CPU")
+    batch_size: int = Field(64, ge=1)
+
+
+class _ImageStage(Stage):
+    """Decodes the batch's images safely; failures become per-row reasons in the stats."""
+
+    input_columns: ClassVar[list[str]] = ["image", "image_uri"]
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+
+    def decode(self, batch: pa.RecordBatch) -> list:
+        from engines.profiling.decode import DecodeFailure, DecodeOptions, decode_rows
+
+        opts = DecodeOptions(self.config.max_pixels, self.config.max_file_bytes, self.config.max_side)
+        uris = batch.column("image_uri").to_pylist() if "image_uri" in batch.schema.names else None
+        results = decode_rows(batch.column("image").to_pylist(), uris, opts)
+        for r in results:
+            if isinstance(r, DecodeFailure):
+                self.stats.count(f"error_{r.reason}")
+        return results
+
+    def device(self) -> str:
+        return "cuda" if self.config.num_gpus > 0 else "cpu"
+
+
+# --- model-free families -----------------------------------------------------------------------------
+
+
+class CheapFamilyConfig(ImageStageConfig):
+    jpeg_quality: int = Field(75, ge=1, le=100, description="quality of the throwaway re-encode (prof_jpeg_bpp)")
+
+
+class CheapConfig(CheapFamilyConfig):
+    families: list[Literal["meta", "hash", "entropy", "degradation"]] = Field(default_factory=lambda: list(CHEAP_FAMILIES))
+
+
+@register_stage
+class CheapStage(_ImageStage):
+    """Model-free signals (metadata, hashes, entropy, degradation) in one decode per image."""
+
+    name = "prof_cheap"
+    config_model = CheapConfig
+    FAMILIES: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        fams = self.FAMILIES or tuple(f for f in CHEAP_FAMILIES if f in self.config.families)
+        self.families = fams
+        self.output_schema = pa.schema([f for fam in fams for f in _GROUPS[fam].schema])
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        from engines.profiling import cheap
+
+        results = self.decode(batch)
+        out: dict[str, list] = {}
+        for fam in self.families:
+            if fam == "meta":
+                out.update(cheap.meta_columns(results))
+            elif fam == "hash":
+                out.update(cheap.hash_columns(results))
+            elif fam == "entropy":
+                out.update(cheap.entropy_columns(results, self.config.jpeg_quality))
+            else:
+                out.update(cheap.degradation_columns(results))
+        return out
+
+
+def _family_stage(fam: str, doc: str) -> type[CheapStage]:
+    cls = type(f"{fam.title()}Stage", (CheapStage,), {
+        "name": f"prof_{fam}", "config_model": CheapFamilyConfig, "FAMILIES": (fam,), "__doc__": doc,
+        "__module__": __name__,
+    })
+    return register_stage(cls)
+
+
+MetaStage = _family_stage("meta", "Image metadata, decode status (prof_error) and compression ratio.")
+HashStage = _family_stage("hash", "64-bit pHash and dHash for near-duplicate search.")
+EntropyStage = _family_stage("entropy", "Border variance, JPEG re-encode bytes/pixel, luma entropy.")
+DegradationStage = _family_stage("degradation", "Sharpness, noise, colour cast, exposure, contrast, colourfulness, watermark.")
+
+
+# --- model stages ------------------------------------------------------------------------------------
+
+
+class BrisqueConfig(ImageStageConfig):
+    max_side: Optional[int] = Field(512, ge=16)
+    batch_size: int = Field(32, ge=1)
+
+
+@register_stage
+class BrisqueStage(_ImageStage):
+    """BRISQUE no-reference quality (its SVM ships in the brisque package)."""
+
+    name = "prof_brisque"
+    config_model = BrisqueConfig
+    output_schema = PROF_BRISQUE.schema
+    uses_model = True
+
+    def setup(self) -> None:
+        from brisque import BRISQUE
+
+        self.model = BRISQUE(url=False)
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        import warnings
+
+        from engines.profiling.decode import Decoded
+
+        out = []
+        for r in self.decode(batch):
+            v = None
+            if isinstance(r, Decoded) and min(r.array.shape[:2]) >= 16:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        v = float(self.model.score(r.array))
+                except Exception as e:  # BRISQUE's fit can fail on flat images
+                    self.stats.count(f"error_brisque_{type(e).__name__}")
+                if v is not None and v != v:  # NaN
+                    v = None
+            elif isinstance(r, Decoded):
+                self.stats.count("skipped_too_small_for_brisque")
+            out.append(v)
+        return {"prof_brisque": out}
+
+
+class OcrConfig(ImageStageConfig):
+    backend: Literal["rapidocr", "paddleocr"] = "rapidocr"
+    model_dirs: dict[str, str] = Field(default_factory=dict, description="paddleocr: {det: DIR, rec: DIR}")
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    max_side: Optional[int] = Field(1536, ge=16)
+    batch_size: int = Field(16, ge=1)
+
+
+@register_stage
+class OcrStage(_ImageStage):
+    """OCR (PaddleOCR models via rapidocr): text, boxes, confidences, text-area ratio, script."""
+
+    name = "prof_ocr"
+    config_model = OcrConfig
+    output_schema = PROF_OCR.schema
+    uses_model = True
+
+    def setup(self) -> None:
+        from engines.profiling.ocr import OcrEngine
+
+        self.engine = OcrEngine(self.config.backend, self.config.model_dirs, self.config.min_confidence)
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        from engines.profiling.ocr import ocr_columns
+
+        out = ocr_columns(self.decode(batch), self.engine, on_error=self.stats.count)
+        self.stats.count("rows_with_text", sum(1 for t in out["prof_ocr_text"] if t))
+        return out
+
+
+class NsfwConfig(ImageStageConfig):
+    model_path: Optional[str] = Field(None, description="nudenet-compatible ONNX file (default: the one in the nudenet wheel)")
+    max_side: Optional[int] = Field(640, ge=16)
+    batch_size: int = Field(32, ge=1)
+
+
+@register_stage
+class NsfwStage(_ImageStage):
+    """NSFW score in [0, 1] from nudenet's exposed-body-part detector."""
+
+    name = "prof_nsfw"
+    config_model = NsfwConfig
+    output_schema = PROF_NSFW.schema
+    uses_model = True
+
+    def setup(self) -> None:
+        from engines.profiling.nsfw import NsfwDetector
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.config.num_gpus > 0 else ["CPUExecutionProvider"]
+        self.detector = NsfwDetector(self.config.model_path, providers)
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        from engines.profiling.nsfw import nsfw_columns
+
+        return nsfw_columns(self.decode(batch), self.detector)
+
+
+def _record_model(dataset: Any, column_group: str, cfg: EmbedModelConfig, dim: int) -> None:
+    """Note which model made an embedding column (the report says so when weights are random)."""
+    import json
+
+    from curation.store import Store
+
+    store = Store(dataset.uri)
+    p = store.state_dir / "profiling" / "models.json"
+    models = json.loads(p.read_text()) if p.exists() else {}
+    models[column_group] = {"model": cfg.describe(), "backend": cfg.backend, "dim": dim, "random_weights": cfg.random_init}
+    store.write_json("profiling/models.json", models)
+
+
+class ClipConfig(ImageStageConfig):
+    model: Optional[EmbedModelConfig] = Field(None, description="image-text model; null = stage skipped by `curate profile`")
+    caption: Literal["first", "longest"] = "first"
+    dtype: Literal["float16", "float32"] = "float16"
+    max_side: Optional[int] = Field(512, ge=16)
+    batch_size: int = Field(32, ge=1)
+
+
+@register_stage
+class ClipStage(_ImageStage):
+    """Image and caption embeddings and their cosine similarity (CLIP / CN-CLIP / open_clip)."""
+
+    name = "prof_clip"
+    config_model = ClipConfig
+    output_schema = PROF_CLIP.schema
+    uses_model = True
+    input_columns = ["image", "image_uri", "captions"]
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        from engines.profiling.embed import BACKENDS, embed_dim
+
+        m = self.config.model
+        if m is None:
+            raise ConfigError("prof_clip: set model, e.g. {backend: hf_clip, path: /models/clip-vit-large-patch14}; "
+                              "random_init: true gives a tiny random model (tests only)")
+        if m.backend == "minilm":
+            raise ConfigError("prof_clip.model.backend: minilm embeds text only; use hf_clip, hf_chinese_clip or open_clip")
+        assert m.backend in BACKENDS
+        self.dim = embed_dim(m)
+        t = embedding_type(self.dim, self.config.dtype)
+        self.output_schema = pa.schema([
+            pa.field("prof_clip_image", t), pa.field("prof_clip_text", t), pa.field("prof_clip_sim", pa.float32()),
+        ])
+
+    def prepare(self, dataset) -> None:
+        _record_model(dataset, "prof_clip", self.config.model, self.dim)
+
+    def setup(self) -> None:
+        from engines.profiling.embed import load_embedder
+
+        self.model = load_embedder(self.config.model.model_copy(update={"device": self.device()} if self.config.num_gpus else {}))
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        import numpy as np
+
+        from engines.profiling.captions import choose_caption
+        from engines.profiling.decode import Decoded
+
+        results = self.decode(batch)
+        n = len(results)
+        ok = [i for i, r in enumerate(results) if isinstance(r, Decoded)]
+        texts = [choose_caption(c, self.config.caption) for c in batch.column("captions").to_pylist()]
+        has_text = [i for i, t in enumerate(texts) if t]
+        img = self.model.embed_images([results[i].rgb for i in ok])
+        txt = self.model.embed_texts([texts[i] for i in has_text])
+        self.stats.count("no_caption", n - len(has_text))
+        img_rows: list = [None] * n
+        txt_rows: list = [None] * n
+        for k, i in enumerate(ok):
+            img_rows[i] = img[k]
+        for k, i in enumerate(has_text):
+            txt_rows[i] = txt[k]
+        sim = [float(np.dot(a, b)) if a is not None and b is not None else None for a, b in zip(img_rows, txt_rows)]
+        return {
+            "prof_clip_image": _fixed_list(img_rows, self.dim, self.config.dtype),
+            "prof_clip_text": _fixed_list(txt_rows, self.dim, self.config.dtype),
+            "prof_clip_sim": pa.array(sim, pa.float32()),
+        }
+
+
+def _fixed_list(rows: list, dim: int, dtype: str) -> pa.Array:
+    """Rows of vectors (or None) -> FixedSizeList array with nulls, without a Python-float detour."""
+    import numpy as np
+
+    np_t = np.float16 if dtype == "float16" else np.float32
+    mat = np.zeros((len(rows), dim), np_t)
+    valid = np.array([r is not None for r in rows], bool)
+    for i, r in enumerate(rows):
+        if r is not None:
+            mat[i] = r
+    values = pa.array(mat.ravel(), type=pa.float16() if dtype == "float16" else pa.float32())
+    mask = pa.array(~valid) if not valid.all() else None
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
+
+
+class TextEmbConfig(StageConfig):
+    model: EmbedModelConfig = Field(default_factory=lambda: EmbedModelConfig(backend="minilm"))
+    caption: Literal["first", "longest"] = "first"
+    dtype: Literal["float16", "float32"] = "float16"
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, ge=1)
+
+
+@register_stage
+class TextEmbStage(Stage):
+    """Caption-only embedding (all-MiniLM-L6-v2, shipped offline, by default)."""
+
+    name = "prof_text_emb"
+    config_model = TextEmbConfig
+    output_schema = PROF_TEXT_EMB.schema
+    uses_model = True
+    input_columns = ["captions"]
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        from engines.profiling.embed import embed_dim
+
+        self.dim = embed_dim(self.config.model)
+        self.output_schema = pa.schema([pa.field("prof_caption_emb", embedding_type(self.dim, self.config.dtype))])
+
+    def prepare(self, dataset) -> None:
+        _record_model(dataset, "prof_text_emb", self.config.model, self.dim)
+
+    def setup(self) -> None:
+        from engines.profiling.embed import load_embedder
+
+        upd = {"device": "cuda"} if self.config.num_gpus else {}
+        self.model = load_embedder(self.config.model.model_copy(update=upd))
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        from engines.profiling.captions import choose_caption
+
+        texts = [choose_caption(c, self.config.caption) for c in batch.column("captions").to_pylist()]
+        idx = [i for i, t in enumerate(texts) if t]
+        emb = self.model.embed_texts([texts[i] for i in idx])
+        rows: list = [None] * len(texts)
+        for k, i in enumerate(idx):
+            rows[i] = emb[k]
+        self.stats.count("no_caption", len(texts) - len(idx))
+        return {"prof_caption_emb": _fixed_list(rows, self.dim, self.config.dtype)}
+
+
+class AestheticConfig(StageConfig):
+    weights: Optional[str] = Field(None, description="LAION-style MLP head (.pth/.safetensors); null = no aesthetic column")
+    num_cpus: float = Field(0.5, gt=0)
+    batch_size: int = Field(1024, ge=1)
+
+
+@register_stage
+class AestheticStage(Stage):
+    """Aesthetic score: a LAION-style MLP head (loaded from a file) over prof_clip_image."""
+
+    name = "prof_aesthetic"
+    config_model = AestheticConfig
+    output_schema = PROF_AESTHETIC.schema
+    uses_model = True
+    input_columns = ["prof_clip_image"]
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        if not self.config.weights:
+            raise ConfigError("prof_aesthetic: set weights to a LAION-style head file; without it there is no aesthetic score")
+        if not Path(self.config.weights).is_file():
+            raise ConfigError(f"prof_aesthetic.weights: file not found: {self.config.weights}")
+
+    def prepare(self, dataset) -> None:
+        from engines.profiling.aesthetics import load_head
+
+        if "prof_clip_image" not in dataset.schema.names:
+            raise ConfigError("prof_aesthetic reads prof_clip_image: run prof_clip first")
+        _, dim = load_head(self.config.weights)
+        have = dataset.schema.field("prof_clip_image").type.list_size
+        if dim != have:
+            raise ConfigError(f"prof_aesthetic.weights expects {dim}-d embeddings but prof_clip_image is {have}-d; "
+                              "use the head trained for the configured CLIP model")
+
+    def setup(self) -> None:
+        from engines.profiling.aesthetics import load_head
+
+        self.head, self.dim = load_head(self.config.weights)
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        import numpy as np
+
+        from engines.profiling.aesthetics import score_embeddings
+
+        col = batch.column("prof_clip_image")
+        valid = np.asarray(col.is_valid())
+        out: list = [None] * len(col)
+        if valid.any():
+            flat = col.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+            scores = score_embeddings(self.head, flat.reshape(-1, self.dim))
+            for k, i in enumerate(np.flatnonzero(valid)):
+                out[int(i)] = float(scores[k])
+        return {"prof_aesthetic": pa.array(out, pa.float32())}
+
+
+class CaptionConfig(StageConfig):
+    caption: Literal["first", "longest"] = "first"
+    batch_size: int = Field(1024, ge=1)
+
+
+@register_stage
+class CaptionStage(Stage):
+    """Caption length in tokens (jieba for Chinese), language, and overlap with OCR text."""
+
+    name = "prof_caption"
+    config_model = CaptionConfig
+    output_schema = PROF_CAPTION.schema
+    input_columns = ["captions"]
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+
+    num_cpus = 0.5
+
+    def prepare(self, dataset) -> None:
+        # OCR overlap only when the OCR stage has run; otherwise that column stays null
+        self.input_columns = ["captions", "prof_ocr_text"] if "prof_ocr_text" in dataset.schema.names else ["captions"]
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        from engines.profiling.captions import caption_columns
+
+        ocr = batch.column("prof_ocr_text").to_pylist() if "prof_ocr_text" in batch.schema.names else None
+        return caption_columns(batch.column("captions").to_pylist(), ocr, self.config.caption)
+
+
+class ScoresConfig(StageConfig):
+    curriculum_bins: int = Field(5, ge=2, le=100, description="number of complexity quantile bins")
+    batch_size: int = Field(4096, ge=1)
+
+
+@register_stage
+class ScoresStage(Stage):
+    """Composite quality and complexity scores and the curriculum bin (complexity quantiles)."""
+
+    name = "prof_scores"
+    config_model = ScoresConfig
+    output_schema = PROF_SCORES.schema
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        self.edges: list[float] = []
+
+    num_cpus = 0.5
+
+    def prepare(self, dataset) -> None:
+        from engines.profiling import scores
+
+        cols = scores.input_columns(dataset.schema.names)
+        if not cols:
+            raise ConfigError("prof_scores needs profile columns: run the cheap stages (prof_cheap) first")
+        self.input_columns = cols
+        t = dataset.to_table(columns=cols)
+        comp = scores.complexity_score({c: t.column(c).to_pylist() for c in cols}, t.num_rows)
+        self.edges = scores.curriculum_edges(comp, self.config.curriculum_bins)
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        from engines.profiling import scores
+
+        cols = {c: batch.column(c).to_pylist() for c in batch.schema.names}
+        n = batch.num_rows
+        comp = scores.complexity_score(cols, n)
+        return {
+            "prof_quality": scores.quality_score(cols, n),
+            "prof_complexity": comp,
+            "prof_curriculum": scores.curriculum_bins(comp, self.edges),
+        }
+
+
+# --- the profile command -----------------------------------------------------------------------------
+
+STAGE_ORDER = ("meta", "hash", "entropy", "degradation", "brisque", "ocr", "nsfw", "clip", "text_emb", "aesthetic",
+               "caption", "scores")
+
+
+class ProfileConfig(BaseModel):
+    """``profile.yaml``: which stages run, in this order, and each stage's params."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[Literal[STAGE_ORDER]] = Field(default_factory=lambda: list(STAGE_ORDER))  # type: ignore[valid-type]
+    cheap: CheapFamilyConfig = Field(default_factory=CheapFamilyConfig)
+    brisque: BrisqueConfig = Field(default_factory=BrisqueConfig)
+    ocr: OcrConfig = Field(default_factory=OcrConfig)
+    nsfw: NsfwConfig = Field(default_factory=NsfwConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    text_emb: TextEmbConfig = Field(default_factory=TextEmbConfig)
+    aesthetic: AestheticConfig = Field(default_factory=AestheticConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    scores: ScoresConfig = Field(default_factory=ScoresConfig)
+
+
+def plan(cfg: ProfileConfig, present: set[str], overwrite: bool = False) -> tuple[list[Stage], list[str]]:
+    """Stages to run (cheap families fused into one pass) and notes on the ones skipped."""
+    notes: list[str] = []
+    stages: list[Stage] = []
+    wanted = [s for s in STAGE_ORDER if s in cfg.stages]
+    cheap = [f for f in wanted if f in CHEAP_FAMILIES and (overwrite or not set(_GROUPS[f].columns) <= present)]
+    if cheap:
+        stages.append(CheapStage(CheapConfig(**cfg.cheap.model_dump(), families=cheap)))
+    for s in wanted:
+        if s in CHEAP_FAMILIES:
+            continue
+        if s == "clip" and cfg.clip.model is None:
+            notes.append("prof_clip skipped: no model configured (clip.model); no image embeddings")
+            continue
+        if s == "aesthetic" and not cfg.aesthetic.weights:
+            notes.append("prof_aesthetic skipped: no head weights configured (aesthetic.weights); no aesthetic score")
+            continue
+        cls = {"brisque": BrisqueStage, "ocr": OcrStage, "nsfw": NsfwStage, "clip": ClipStage, "text_emb": TextEmbStage,
+               "aesthetic": AestheticStage, "caption": CaptionStage, "scores": ScoresStage}[s]
+        stages.append(cls(getattr(cfg, s)))
+    return stages, notes
+
+
+def run_profile(store, cfg: ProfileConfig, *, overwrite: bool = False, show_progress: bool = True) -> list:
+    """Run the configured stages in order; each is resumable and commits its own version."""
+    from rich.console import Console
+
+    from curation.runner import run_stage
+
+    console = Console(stderr=True)
+    stages, notes = plan(cfg, set(store.open().schema.names), overwrite)
+    for n in notes:
+        console.print(f"[yellow]{n}[/]")
+    results = []
+    t0 = time.perf_counter()
+    for st in stages:
+        console.rule(f"[bold]{st.name}" + (f" ({', '.join(st.families)})" if isinstance(st, CheapStage) else ""))
+        results.append(run_stage(store, st, overwrite=overwrite, show_progress=show_progress))
+    store.write_json("profiling/last_run.json", {
+        "seconds": round(time.perf_counter() - t0, 2), "notes": notes,
+        "results": [r.to_dict() for r in results], "config": cfg.model_dump(mode="json"),
+    })
+    return results
+
+
+@register_step("profile", ProfileConfig, doc="Run the profiling stages (profile.yaml) in order")
+def _profile_step(ctx, cfg: ProfileConfig):
+    from curation.runner import StageResult
+
+    results = run_profile(ctx.store, cfg, overwrite=ctx.overwrite, show_progress=ctx.show_progress)
+    v = ctx.store.open().version
+    rows = sum(r.stats.rows for r in results)
+    return StageResult("profile", "committed" if results else "skipped", v, v, extra={"stages": [r.stage for r in results], "rows": rows})
+
+
+def load_profile_config(path: Path | None, only: str | None) -> ProfileConfig:
+    from curation.config import load_yaml, validate
+
+    cfg = validate(ProfileConfig, load_yaml(path) if path else {}, where=str(path or "defaults"))
+    if only:
+        names = [s.strip().removeprefix("prof_") for s in only.split(",") if s.strip()]
+        if "cheap" in names:
+            names = [n for n in names if n != "cheap"] + list(CHEAP_FAMILIES)
+        bad = [n for n in names if n not in STAGE_ORDER]
+        if bad:
+            raise ConfigError(f"--only: unknown stage(s) {bad}; allowed: {', '.join(STAGE_ORDER)} (or cheap)")
+        cfg.stages = [s for s in STAGE_ORDER if s in names]
+    return cfg
+
+
+def register_cli(app) -> None:
+    import typer
+
+    from curation.cli import AddressOpt, DatasetOpt, fail, open_store, start_ray
+
+    @app.command()
+    def profile(
+        dataset: str = DatasetOpt,
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="profile.yaml (stages and their params)"),
+        only: Optional[str] = typer.Option(None, "--only", help="comma-separated stages, e.g. meta,hash,ocr (or cheap)"),
+        overwrite: bool = typer.Option(False, help="recompute columns that already exist"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Profile every row: metadata, hashes, entropy, degradation, BRISQUE, OCR, NSFW, embeddings, scores."""
+        from curation.runner import print_summary
+
+        cfg = load_profile_config(config, only)
+        store = open_store(dataset)
+        start_ray(address)
+        try:
+            results = run_profile(store, cfg, overwrite=overwrite)
+        except ConfigError as e:
+            fail(str(e))
+        print_summary(results, title="profile")

@@ -1,0 +1,468 @@
+"""``curate review mine|serve|add-user|apply``: the active-curation loop around human review.
+
+- ``mine`` reads the dataset's light columns (whatever engines have run), picks hard cases in
+  balanced order with pseudo-labels and an AI verdict (``engines.active.mining``) and queues them
+  in the review database (``annotator_ui.db``; SQLite next to the dataset by default).
+- ``serve`` runs the annotator web app (``annotator_ui.app``) on loopback.
+- ``apply`` merges the decisions into the dataset as one new Lance version (``rev_*`` columns,
+  computed per fragment on Ray by the stage runner), then closes the loop: fits the reward head,
+  recalibrates the rule thresholds the next ``mine`` reads, writes the corrected tags for the
+  concept graph, and reports what changed and how well the machine's proposals matched humans.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pyarrow as pa
+from pydantic import Field
+
+from curation.registry import register_step
+from curation.runner import console
+from curation.schema import REVIEW
+from curation.stage import Resources, Stage, StageConfig
+from curation.store import Store
+from engines.active.mining import MineConfig
+
+__all__ = ["ReviewMineConfig", "ReviewApplyConfig", "ReviewMergeStage", "review_dir", "default_db_url", "mine_queue",
+           "apply_reviews"]
+
+# numeric profile signals the reward head may use (what exists is used; embeddings come on top)
+REWARD_SIGNALS = ["prof_quality", "prof_aesthetic", "prof_clip_sim", "prof_sharpness", "prof_brisque", "prof_noise",
+                  "prof_watermark", "prof_nsfw", "prof_complexity", "prof_megapixels", "prof_compression",
+                  "prof_border_var", "prof_jpeg_bpp", "prof_color_cast", "prof_contrast", "prof_cap_ocr_overlap"]
+
+
+def review_dir(store: Store) -> Path:
+    d = store.state_dir / "review"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def default_db_url(store: Store) -> str:
+    """SQLite next to the dataset's other state (``<dataset>/_curation/review/review.sqlite``)."""
+    return str(review_dir(store) / "review.sqlite")
+
+
+class ReviewMineConfig(MineConfig):
+    db: Optional[str] = Field(None, description="review database (SQLite path or postgresql:// URL); default next to the dataset")
+    gold: Optional[str] = Field(None, description="CSV of row_id,keep|drop: gold items with known answers")
+
+
+class ReviewApplyConfig(StageConfig):
+    db: Optional[str] = Field(None, description="review database; default next to the dataset")
+    prior_n: float = Field(50.0, gt=0, description="labels needed to move a threshold halfway to the best cut")
+    min_labels: int = Field(10, ge=2, description="fewer labels than this change nothing")
+    aesthetic_head: bool = Field(True, description="also train a LAION-shaped aesthetics head when image embeddings exist")
+
+
+# --- mine ------------------------------------------------------------------------------------------
+
+
+def _mine_columns(schema: pa.Schema) -> list[str]:
+    from engines.active.rules import DISPLAY_SIGNALS, DUP_SIM_COLUMNS, EMBEDDING_COLUMNS, GOODNESS
+
+    want = {"id", "captions", "error", "prof_ocr_text", "tag_concepts", "tag_scores", "tag_direct", "rev_decision",
+            "rev_caption", *DISPLAY_SIGNALS, *GOODNESS, *DUP_SIM_COLUMNS}
+    names = schema.names
+    emb = next((c for c in EMBEDDING_COLUMNS if c in names), None)
+
+    return [c for c in names if c in want or c == emb]
+
+
+def _read_gold(path: str) -> dict[str, str]:
+    import csv
+
+    out = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.reader(f)):
+            if not row or row[0].startswith("#") or (i == 0 and row[0] == "row_id"):
+                continue
+            if len(row) < 2 or row[1].strip() not in ("keep", "drop"):
+                raise ValueError(f"{path} line {i + 1}: expected 'row_id,keep|drop', got {row!r}")
+            out[row[0].strip()] = row[1].strip()
+    return out
+
+
+def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = True) -> dict[str, Any]:
+    """Mine hard cases from the latest version and queue them. Returns the mining summary."""
+    import numpy as np
+
+    from annotator_ui.db import ReviewDB
+    from engines.active.loop import aggregate
+    from engines.active.mining import mine
+    from engines.active.rules import load_rules
+
+    t0 = time.perf_counter()
+    ds = store.open()
+    rules = load_rules(review_dir(store) / "thresholds.json")
+    cols = sorted(set(_mine_columns(ds.schema)) | {r.column for r in rules if r.column in ds.schema.names})
+    with console.status(f"reading {len(cols)} columns of {ds.count_rows():,} rows (v{ds.version})",
+                        spinner="dots") if show_progress else _null():
+        table = ds.to_table(columns=cols)
+    table = table.append_column("_pos", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    db = ReviewDB(cfg.db or default_db_url(store))
+    db.set_meta("dataset", store.uri)
+    agg = aggregate(db.decisions())
+    reviewed = {r: a["decision"] for r, a in agg.items() if a["decision"] in ("keep", "drop")}
+    with console.status("mining hard cases", spinner="dots") if show_progress else _null():
+        items, summary = mine(table, rules, cfg, flagged=db.flagged_rows(), reviewed=reviewed)
+    gold = _read_gold(cfg.gold) if cfg.gold else {}
+    if gold:
+        ids = table.column("id").to_pylist()
+        pos = {r: i for i, r in enumerate(ids)}
+        missing = [g for g in gold if g not in pos]
+        if missing:
+            raise ValueError(f"gold rows not in the dataset: {missing[:5]}")
+        gold_items = {it["row_id"]: it for it in items}
+        for rid, ans in gold.items():
+            it = gold_items.get(rid) or {"row_id": rid, "priority": 0.0, "needed": 1, "payload": {
+                "row_id": rid, "pos": pos[rid], "caption": _caption_of(table, pos[rid]), "hard_reasons": ["gold item"]}}
+            it["gold_answer"] = ans
+            gold_items[rid] = it
+        items = [gold_items.pop(it["row_id"]) for it in items if it["row_id"] in gold_items] + list(gold_items.values())
+    for it in items:
+        it["payload"]["version"] = ds.version
+    batch = f"v{ds.version}-{time.strftime('%Y%m%dT%H%M%S')}"
+    counts = db.enqueue(items, batch, user="curate review mine")
+    summary.update({"batch": batch, "version": ds.version, "db": db.url, **counts,
+                    "gold": len(gold), "seconds": round(time.perf_counter() - t0, 2),
+                    "rules": [r.model_dump() for r in rules]})
+    store.write_json(f"review/mine-{batch}.json", summary)
+    db.close()
+    return summary
+
+
+def _caption_of(table: pa.Table, i: int) -> str:
+    from engines.active.pseudo import choose_caption
+
+    caps = table.column("captions")[i].as_py() if "captions" in table.column_names else None
+    return choose_caption(caps)[0]
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+# --- apply -----------------------------------------------------------------------------------------
+
+
+class ReviewMergeStage(Stage):
+    """Write the aggregated review decisions (and the reward head's score) as the ``rev_*`` columns."""
+
+    name = "review_merge"
+    output_schema = REVIEW.schema
+    batch_size = 4096
+
+    def __init__(self, config=None, *, decisions: dict[str, dict] | None = None, head: dict | None = None, **kw):
+        super().__init__(config, **kw)
+        self.decisions = decisions or {}
+        self.head = head
+        cols = ["id"]
+        if head:
+            cols += [c for c in head["columns"]]
+            if head.get("emb_column"):
+                cols.append(head["emb_column"])
+        self.input_columns = list(dict.fromkeys(cols))
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        blob = json.dumps([sorted(self.decisions.items()), self.head], sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    num_cpus = 0.5
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        import numpy as np
+
+        from engines.active.loop import RewardHead
+        from engines.active.rules import column_values, embedding_matrix
+
+        ids = batch.column("id").to_pylist()
+        recs = [self.decisions.get(i) for i in ids]
+        self.stats.count("reviewed", sum(r is not None for r in recs))
+        reward = [None] * len(ids)
+        if self.head:
+            t = pa.Table.from_batches([batch])
+            head = RewardHead.from_json(self.head)
+            vals = {c: v for c in head.columns if (v := column_values(t, c)) is not None}
+            emb = None
+            if head.emb_column:
+                m = embedding_matrix(t, head.emb_column)
+                emb = m[0] if m is not None else np.zeros((len(ids), head.emb_dim), np.float32)
+            reward = head.predict(vals, emb).astype(np.float32).tolist()
+        return {
+            "rev_decision": pa.array([r["decision"] if r else None for r in recs], pa.string()),
+            "rev_flag": pa.array([r["flag"] if r else None for r in recs], pa.bool_()),
+            "rev_caption": pa.array([r["caption"] if r else None for r in recs], pa.string()),
+            "rev_tags": pa.array([r["tags"] if r else None for r in recs], pa.list_(pa.string())),
+            "rev_reviewer": pa.array([r["reviewers"] if r else None for r in recs], pa.string()),
+            "rev_time": pa.array([int(r["time"] * 1e6) if r else None for r in recs], pa.timestamp("us", tz="UTC")),
+            "rev_votes": pa.array([r["votes"] if r else None for r in recs], pa.int16()),
+            "rev_reward": pa.array(reward, pa.float32()),
+        }
+
+
+def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool = True) -> dict[str, Any]:
+    """Merge decisions into a new dataset version and close the loop. Returns the report dict."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from annotator_ui.db import ReviewDB
+    from curation.runner import run_stage
+    from engines.active.loop import agreement, aggregate, fit_reward_head, recalibrate
+    from engines.active.rules import EMBEDDING_COLUMNS, column_values, embedding_matrix, load_rules, save_rules
+
+    t0 = time.perf_counter()
+    rdir = review_dir(store)
+    db = ReviewDB(cfg.db or default_db_url(store), create=False)
+    decisions = db.decisions()
+    agg = aggregate(decisions)
+    ds = store.open()
+    before = ds.version
+    names = ds.schema.names
+    rules = load_rules(rdir / "thresholds.json")
+    labelled = {r: a for r, a in agg.items() if a["decision"] in ("keep", "drop")}
+    emb_col = next((c for c in EMBEDDING_COLUMNS if c in names), None)
+    sig_cols = [c for c in dict.fromkeys(REWARD_SIGNALS + [r.column for r in rules]) if c in names]
+    report: dict[str, Any] = {"version_before": before, "decisions": len(decisions), "rows_reviewed": len(agg),
+                              "labels": len(labelled), "rules_before": [r.model_dump() for r in rules]}
+    head_json = None
+    if labelled:
+        t = ds.to_table(columns=["id", *sig_cols] + ([emb_col] if emb_col else []),
+                        filter=pc.field("id").isin(pa.array(sorted(labelled), pa.string())))
+        y = np.array([1 if labelled[i]["decision"] == "keep" else 0 for i in t.column("id").to_pylist()])
+        vals = {c: v for c in sig_cols if (v := column_values(t, c)) is not None}
+        emb = embedding_matrix(t, emb_col) if emb_col else None
+        head = fit_reward_head(vals, y, [c for c in sig_cols if c != "rev_reward"], emb=emb[0] if emb else None,
+                               emb_column=emb_col, min_labels=cfg.min_labels)
+        if head is not None:
+            head_json = head.to_json()
+            (rdir / "reward_head.json").write_text(json.dumps(head_json))
+            report["reward_head"] = head.meta | {"features": head.columns, "embedding": head.emb_column}
+            if cfg.aesthetic_head and emb is not None and emb_col == "prof_clip_image" and len(y) >= 20:
+                report["aesthetic_head"] = _export_aesthetic_head(emb[0], y, rdir)
+        else:
+            report["reward_head"] = {"skipped": f"needs >= {cfg.min_labels} labels with both keep and drop"}
+        new_rules, rule_report = recalibrate(rules, vals, y, prior_n=cfg.prior_n, min_labels=cfg.min_labels)
+        report["thresholds"] = rule_report
+        save_rules(rdir / "thresholds.json", new_rules, [{"time": time.time(), "version": before,
+                                                          "labels": int(len(y)), "changes": rule_report}])
+        report["plots"] = _threshold_plots(vals, y, rule_report)
+    # how well the machine's proposals matched the humans (the previous loop's quality)
+    rows = list(labelled.values())
+    human = [a["decision"] for a in rows]
+    report["pseudo_label_agreement"] = agreement([a["payload"].get("pseudo", {}).get("decision") for a in rows], human)
+    report["verifier_agreement"] = agreement([a["payload"].get("verifier", {}).get("verdict") for a in rows], human)
+    fixes = [(a["payload"].get("pseudo", {}).get("caption_fix"), a["caption"]) for a in agg.values()]
+    proposed = [(f, c) for f, c in fixes if f]
+    report["caption_fixes"] = {"proposed": len(proposed), "accepted": sum(1 for f, c in proposed if c == f),
+                               "captions_edited": sum(1 for a in agg.values() if a["caption"])}
+    # corrected tags for the concept graph (graph/ reads this file when it rebuilds)
+    tags = {r: a["tags"] for r, a in agg.items() if a["tags"]}
+    store.write_json("review/graph_tags.json", {"version": before, "tags": tags})
+    report["graph_tags_rows"] = len(tags)
+    stage = ReviewMergeStage(decisions={r: {k: v for k, v in a.items() if k != "payload"} for r, a in agg.items()},
+                             head=head_json)
+    result = run_stage(store, stage, overwrite=True, show_progress=show_progress)
+    report.update({"version_after": result.version, "stage": result.to_dict(),
+                   "seconds": round(time.perf_counter() - t0, 2)})
+    report["rules_after"] = json.loads((rdir / "thresholds.json").read_text())["rules"] if (rdir / "thresholds.json").exists() else report["rules_before"]
+    store.write_json(f"review/apply-v{result.version}.json", {k: v for k, v in report.items() if k != "plots"})
+    report["report_html"] = str(_write_report(rdir / f"apply-v{result.version}.html", report))
+    db.log(None, "apply", version=result.version, decisions=len(decisions))
+    db.close()
+    return report
+
+
+def _export_aesthetic_head(emb, y, rdir: Path) -> dict[str, Any]:
+    try:
+        from engines.active.loop import fit_aesthetic_head
+        from engines.profiling.aesthetics import save_head
+
+        head, loss = fit_aesthetic_head(emb, y)
+        path = save_head(head, rdir / "aesthetic_head.safetensors")
+        return {"path": str(path), "train_loss": round(loss, 4)}
+    except ImportError as e:  # torch / the profiling engine not installed: the logistic head still stands
+        return {"skipped": str(e)}
+
+
+def _threshold_plots(vals, y, rule_report) -> dict[str, str]:
+    """Per recalibrated rule: histograms of the signal for human keeps and drops, old and new threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out = {}
+    for r in rule_report:
+        x = vals.get(r["column"])
+        if x is None or "best_cut" not in r:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 2.6))
+        ok = ~np.isnan(x)
+        bins = np.histogram_bin_edges(x[ok], bins=30)
+        ax.hist(x[ok & (y == 1)], bins=bins, alpha=0.6, label="human keep", color="#2e7d32")
+        ax.hist(x[ok & (y == 0)], bins=bins, alpha=0.6, label="human drop", color="#c62828")
+        ax.axvline(r["old"], color="k", ls="--", label=f"old {r['old']:.3g}")
+        ax.axvline(r["new"], color="k", ls="-", label=f"new {r['new']:.3g}")
+        ax.set_title(f"{r['column']} ({r['op']})", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        out[r["column"]] = base64.b64encode(buf.getvalue()).decode()
+    return out
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> Path:
+    from jinja2 import Environment
+
+    tpl = Environment(autoescape=True).from_string("""<!doctype html><html><head><meta charset="utf-8">
+<title>review apply v{{ r.version_after }}</title><style>body{font:14px system-ui;margin:2em;max-width:1100px}
+td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}table{border-collapse:collapse}</style></head><body>
+<h1>Review merged: v{{ r.version_before }} &rarr; v{{ r.version_after }}</h1>
+<p>{{ r.decisions }} decisions on {{ r.rows_reviewed }} rows ({{ r.labels }} with a keep/drop verdict).
+{{ r.caption_fixes.captions_edited }} captions edited; {{ r.caption_fixes.accepted }} of {{ r.caption_fixes.proposed }} proposed caption fixes accepted as is.
+{{ r.graph_tags_rows }} rows with reviewed tags written for the concept graph.</p>
+<h2>How well the machine agreed with the humans</h2>
+<table><tr><th></th><th>n</th><th>accuracy</th><th>kappa</th><th>confusion (machine->human)</th></tr>
+{% for name, a in [("pseudo-labels", r.pseudo_label_agreement), ("AI verifier", r.verifier_agreement)] %}
+<tr><td>{{ name }}</td><td>{{ a.n }}</td><td>{{ '%.3f'|format(a.accuracy) if a.accuracy is not none else '-' }}</td>
+<td>{{ '%.3f'|format(a.kappa) if a.kappa is not none else '-' }}</td><td>{{ a.confusion }}</td></tr>{% endfor %}</table>
+<h2>Reward head</h2><p>{{ r.reward_head }}</p>{% if r.aesthetic_head %}<p>aesthetics head: {{ r.aesthetic_head }}</p>{% endif %}
+<h2>Thresholds</h2><table><tr><th>signal</th><th>rule</th><th>old</th><th>new</th><th>labels</th><th>balanced acc. old &rarr; new</th><th>note</th></tr>
+{% for t in r.thresholds or [] %}<tr><td>{{ t.column }}</td><td>{{ t.op }}</td><td>{{ '%.4g'|format(t.old) }}</td><td>{{ '%.4g'|format(t.new) }}</td>
+<td>{{ t.n or '' }}</td><td>{{ t.balanced_accuracy_old or '' }} &rarr; {{ t.balanced_accuracy_new or '' }}</td><td>{{ t.note or t.subset or '' }}</td></tr>{% endfor %}</table>
+{% for col, png in (r.plots or {}).items() %}<img alt="{{ col }}" src="data:image/png;base64,{{ png }}">{% endfor %}
+</body></html>""")
+    path.write_text(tpl.render(r=report), encoding="utf-8")
+    return path
+
+
+# --- pipeline steps --------------------------------------------------------------------------------
+
+
+@register_step("review_mine", ReviewMineConfig)
+def _mine_step(ctx, cfg: ReviewMineConfig):
+    """Queue hard cases with pseudo-labels for human review."""
+    return mine_queue(ctx.store, cfg, show_progress=ctx.show_progress)
+
+
+@register_step("review_apply", ReviewApplyConfig)
+def _apply_step(ctx, cfg: ReviewApplyConfig):
+    """Merge review decisions into a new version; refit the reward head and thresholds."""
+    rep = apply_reviews(ctx.store, cfg, show_progress=ctx.show_progress)
+    return {k: v for k, v in rep.items() if k != "plots"}
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+
+def register_cli(app) -> None:
+    import typer
+
+    from curation.cli import AddressOpt, DatasetOpt, fail, open_store, start_ray
+
+    review = typer.Typer(help="Human review: mine hard cases, serve the annotator UI, apply decisions.",
+                         no_args_is_help=True)
+    app.add_typer(review, name="review")
+    DbOpt = typer.Option(None, "--db", help="review database: SQLite path or postgresql:// URL "
+                                             "(default: <dataset>/_curation/review/review.sqlite)")
+
+    @review.command("mine")
+    def mine_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt,
+                 n: int = typer.Option(1000, help="items to queue"),
+                 double_share: float = typer.Option(0.1, help="share of items for two annotators"),
+                 band: float = typer.Option(0.25, help="'near a threshold' in IQR units"),
+                 min_hardness: float = typer.Option(0.3, help="skip rows less hard than this"),
+                 gold: Optional[Path] = typer.Option(None, help="CSV row_id,keep|drop of gold items"),
+                 include_reviewed: bool = typer.Option(False, help="also re-mine rows already reviewed")):
+        """Choose hard cases, attach pseudo-labels and the AI verdict, queue them for review."""
+        from curation.config import validate
+
+        store = open_store(dataset)
+        cfg = validate(ReviewMineConfig, {"db": db, "n": n, "double_share": double_share, "band": band,
+                                          "min_hardness": min_hardness, "gold": str(gold) if gold else None,
+                                          "include_reviewed": include_reviewed}, where="command line")
+        try:
+            s = mine_queue(store, cfg)
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        console.print(f"[bold]review mine[/]: {s['rows']:,} rows, {s['candidates']:,} hard, queued {s['queued']:,} "
+                      f"(added {s['added']}, updated {s['updated']}, unchanged {s['unchanged']}) in {s['seconds']} s")
+        for k, v in s["criteria"].items():
+            console.print(f"  {k}: {v:,} rows")
+        for k, v in s["skipped_criteria"].items():
+            console.print(f"  [yellow]{k} off[/]: {v}")
+        console.print(f"database: {s['db']}")
+
+    @review.command("add-user")
+    def add_user_cmd(name: str = typer.Argument(..., help="login name"), dataset: str = DatasetOpt,
+                     db: Optional[str] = DbOpt,
+                     role: str = typer.Option("annotator", help="annotator or admin"),
+                     password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True,
+                                                  help="at least 8 characters (prompted when omitted)"),
+                     reset: bool = typer.Option(False, help="change the password / role of an existing user")):
+        """Create an annotator or admin account (password hashed with scrypt)."""
+        from annotator_ui.db import ReviewDB
+
+        store = open_store(dataset)
+        try:
+            u = ReviewDB(db or default_db_url(store)).add_user(name, password, role, replace=reset)
+        except ValueError as e:
+            fail(str(e))
+        console.print(f"user [bold]{u.name}[/] ({u.role}) ready")
+
+    @review.command("serve")
+    def serve_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt,
+                  host: str = typer.Option("127.0.0.1", help="bind address (loopback by default; put a TLS proxy in front otherwise)"),
+                  port: int = typer.Option(8600),
+                  lease_s: float = typer.Option(600, help="seconds before an idle lease returns to the queue"),
+                  gold_rate: float = typer.Option(0.05, help="chance that the next item is a gold item"),
+                  secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)")):
+        """Run the annotator web app."""
+        import uvicorn
+
+        from annotator_ui.app import AppSettings, create_app
+
+        store = open_store(dataset)
+        url = db or default_db_url(store)
+        app_ = create_app(AppSettings(db_url=url, dataset=store.uri, lease_s=lease_s, gold_rate=gold_rate,
+                                      cookie_secure=secure_cookies))
+        console.print(f"annotator UI on http://{host}:{port}/  (database {url})")
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+    @review.command("apply")
+    def apply_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt, address: Optional[str] = AddressOpt,
+                  prior_n: float = typer.Option(50.0, help="labels needed to move a threshold halfway")):
+        """Merge decisions into a new dataset version; refit reward head and thresholds; write a report."""
+        from curation.config import validate
+
+        store = open_store(dataset)
+        cfg = validate(ReviewApplyConfig, {"db": db, "prior_n": prior_n}, where="command line")
+        start_ray(address)
+        try:
+            rep = apply_reviews(store, cfg)
+        except FileNotFoundError as e:
+            fail(str(e))
+        console.print(f"[bold]review apply[/]: v{rep['version_before']} -> v{rep['version_after']}, "
+                      f"{rep['decisions']} decisions on {rep['rows_reviewed']} rows")
+        for t in rep.get("thresholds", []):
+            console.print(f"  {t['column']} {t['op']} {t['old']:.4g} -> {t['new']:.4g}  {t.get('note', '')}")
+        pa_ = rep["pseudo_label_agreement"]
+        if pa_["accuracy"] is not None:
+            console.print(f"  pseudo-labels agreed with humans on {pa_['accuracy']:.1%} of {pa_['n']} rows")
+        console.print(f"report: {rep['report_html']}")

@@ -1,0 +1,170 @@
+"""``curate train``: S3-DiT on training shards with Ray Train (TorchTrainer; DDP or FSDP2).
+
+Ray Train starts one worker per rank, sets up ``torch.distributed`` (gloo on CPU, NCCL on GPU)
+and calls ``_worker`` on each; the worker opens its rank's slice of the shards with the
+sequence-length-aware loader (``curation.loader``) and runs the plain loop of
+``curation.train.train``. Checkpoints and metrics live in ``out_dir`` (a path every worker can
+reach: local for one machine, a shared filesystem for a cluster); running the same command again
+resumes from the latest checkpoint. Metrics are also reported to Ray Train, so they show in the
+Ray dashboard.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import Field
+
+from curation.registry import register_step
+from curation.train_config import TrainConfig
+
+__all__ = ["TrainRunConfig", "run_training"]
+
+
+class TrainRunConfig(TrainConfig):
+    """The loop's settings plus where the data is and how many workers train."""
+
+    shards: str = Field(description="training shards written by `curate export` (path or s3:// URI)")
+    loader: dict[str, Any] = Field(default_factory=dict, description="curation.loader.LoaderConfig fields (token_budget, ...)")
+    loader_workers: int = Field(2, ge=0, description="decode processes per rank (0: decode in the training process)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers = ranks")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+def _worker(config: dict) -> None:
+    """One rank: loader for this rank, then the loop; metrics reported to Ray Train."""
+    import ray.train
+    import ray.train.torch
+
+    from curation.loader import Loader, ShardDataset
+    from curation.train import train
+
+    cfg = TrainRunConfig.model_validate(config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)
+    loader_cfg = {"seed": cfg.seed, **cfg.loader}
+    ds = ShardDataset(cfg.shards, loader_cfg, rank=rank, world_size=world)
+    data = Loader(ds, num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
+    log = print if rank == 0 else (lambda _msg: None)
+    try:
+        train(TrainConfig.model_validate({k: v for k, v in config.items() if k in TrainConfig.model_fields}), data,
+              device=device, report=lambda m: ray.train.report(m), log=log)
+    finally:
+        data.close()   # stop the persistent decode workers
+
+
+def run_training(cfg: TrainRunConfig, log=None) -> dict:
+    """Run ``cfg.num_workers`` ranks on the current Ray cluster; returns the last metrics."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from curation.config import validate
+    from curation.loader import LoaderConfig, ShardDataset
+    from curation.train import latest_checkpoint
+
+    validate(LoaderConfig, {"seed": cfg.seed, **cfg.loader}, where="loader")
+    if "://" not in cfg.shards and not Path(cfg.shards).exists():
+        raise FileNotFoundError(f"no training shards at {cfg.shards!r}; write them with `curate export --out {cfg.shards}`")
+    ShardDataset(cfg.shards, {"seed": cfg.seed, **cfg.loader}, rank=0, world_size=1)   # fails early on a bad path
+    out = Path(cfg.out_dir).resolve()
+    # Ray Train runs workers in their own working directory: hand them absolute paths
+    shards = cfg.shards if "://" in cfg.shards else str(Path(cfg.shards).resolve())
+    local = {k: str(Path(v).resolve()) for k in ("vae_path", "text_encoder_path")
+             if (v := getattr(cfg, k, None)) and "://" not in v}
+    cfg = cfg.model_copy(update={"out_dir": str(out), "shards": shards, **local})
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config=cfg.model_dump(),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
+        run_config=RunConfig(name="train", storage_path=str(out / "ray")),
+    )
+    metrics_log = out / "metrics.jsonl"
+    result = _fit_showing_metrics(trainer, metrics_log, cfg.steps, log or print)
+    if result.error:
+        raise result.error
+    ckpt = latest_checkpoint(out)
+    lines = metrics_log.read_text().splitlines() if metrics_log.exists() else []
+    return {"out_dir": str(out), "metrics": json.loads(lines[-1]) if lines else {},
+            "checkpoint": str(ckpt) if ckpt else None, "samples": str(out / "samples"), "metrics_log": str(metrics_log)}
+
+
+def _fit_showing_metrics(trainer, metrics_log: Path, steps: int, log):
+    """``trainer.fit()`` in a thread while the driver prints rank 0's new metrics lines (worker
+    stdout does not reach the driver on the embedded cluster)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from curation.train import format_metrics
+
+    pos = metrics_log.stat().st_size if metrics_log.exists() else 0
+
+    def tail() -> None:
+        nonlocal pos
+        if not metrics_log.exists():
+            return
+        with metrics_log.open("rb") as f:
+            f.seek(pos)
+            chunk = f.read()
+        done = chunk[: chunk.rfind(b"\n") + 1]
+        pos += len(done)
+        for line in done.decode().splitlines():
+            log(format_metrics(json.loads(line), steps))
+
+    with ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(trainer.fit)
+        while not fut.done():
+            time.sleep(0.5)
+            tail()
+        result = fut.result()
+    tail()
+    return result
+
+
+@register_step("train", TrainRunConfig, doc="train S3-DiT on training shards (Ray Train; DDP/FSDP2)")
+def _train_step(ctx, cfg: TrainRunConfig):
+    return run_training(cfg, log=print if ctx.show_progress else (lambda _m: None))
+
+
+def register_cli(app) -> None:
+    import typer
+
+    from curation.cli import AddressOpt, console, fail, start_ray
+
+    @app.command("train")
+    def train_cmd(
+        shards: str = typer.Option(..., "--shards", "-s", help="training shards from `curate export`"),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="tiny | small | 6b (default: tiny or the config's)"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="train.yaml: any TrainRunConfig field"),
+        steps: Optional[int] = typer.Option(None, help="optimizer steps (total, counting resumed ones)"),
+        out: Optional[str] = typer.Option(None, "--out", "-o", help="run folder: checkpoints, metrics.jsonl, samples"),
+        workers: Optional[int] = typer.Option(None, help="Ray Train workers (ranks)"),
+        gpu: bool = typer.Option(False, "--gpu", help="one GPU per worker"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Train S3-DiT on training shards; re-running the same command resumes from the last checkpoint."""
+        from curation.config import ConfigError, load_yaml, validate
+
+        params = load_yaml(config) if config else {}
+        given = {"shards": shards, "model": model, "steps": steps, "out_dir": out, "num_workers": workers}
+        params.update({k: v for k, v in given.items() if v is not None})
+        if gpu:
+            params["use_gpu"] = True
+        cfg = validate(TrainRunConfig, params, where=str(config or "command line"))
+        start_ray(address, num_cpus=None)
+        try:
+            res = run_training(cfg, log=console.print)
+        except (ValueError, FileNotFoundError, ConfigError) as e:
+            fail(str(e))
+        m = res["metrics"]
+        console.print(f"[bold]trained[/] to step {m.get('step')}  loss {m.get('loss')}  "
+                      f"checkpoint {res['checkpoint']}\nmetrics {res['metrics_log']}  samples {res['samples']}")

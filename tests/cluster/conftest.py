@@ -1,0 +1,128 @@
+"""Fixtures for cluster tests: a local S3-compatible server, a two-node Ray cluster started with
+``ray start`` (shared by the tests of this package), and a content hash of committed columns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from curation.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def copy_store(store: Store, dst: Path) -> Store:
+    shutil.copytree(store.uri, dst, ignore=shutil.ignore_patterns("_curation"))
+    return Store(dst)
+
+
+def column_hash(store: Store, columns: list[str]) -> str:
+    """sha256 of the given columns, rows ordered by id: equal hashes = identical committed values."""
+    t = store.to_arrow(columns=["id", *columns]).sort_by("id")
+    return hashlib.sha256(json.dumps(t.to_pylist(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ray_env(**extra: str) -> dict[str, str]:
+    """Environment of every Ray process we start: token auth (as the project's core sets it), no
+    usage stats, the venv first on PATH (so ``python`` in a submitted job is the project's)."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """A moto S3 server on loopback and the AWS_* variables that point the store at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 request in the test log
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    yield env, client
+    server.stop()
+
+
+@dataclass
+class Cluster:
+    address: str  # GCS address for drivers (--address)
+    dashboard: str  # http address for `ray job submit` and the state API
+    env: dict[str, str]
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([str(VENV_BIN / "ray"), "start", "--block", "--disable-usage-stats", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """End the nodes we started: their whole process groups (never `ray stop`, which ends everyone's).
+    A head asked politely can take 30 s (graceful dashboard shutdown): after a short wait, SIGKILL."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        for p in procs:  # to the group even when its leader has exited: its children may not have
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="package")
+def ray_cluster():
+    """A head (127.0.0.2, 1 CPU, dashboard on 127.0.0.1) and a worker node (127.0.0.3, 1 CPU,
+    custom resource ``worker_node``), each its own `ray start` process group and temp dir."""
+    port, dport = free_port("127.0.0.2"), free_port()
+    dirs = [tempfile.mkdtemp(prefix="rc", dir="/tmp") for _ in range(2)]  # short: unix socket paths
+    env = ray_env()
+    # the agent's HTTP port is fixed (52365) by default: another Ray on the same address (the
+    # session's embedded one, another engineer's) would leave this node without a job agent
+    mem = ["--memory=2000000000", "--object-store-memory=100000000"]
+    head = _start(["--head", f"--port={port}", "--node-ip-address=127.0.0.2", "--num-cpus=1",
+                   "--resources={\"head_node\": 1}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                   f"--dashboard-port={dport}", f"--dashboard-agent-listen-port={free_port('127.0.0.2')}",
+                   f"--temp-dir={dirs[0]}", *mem], env)
+    nodes = [head]
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([str(VENV_BIN / "ray"), "status", f"--address=127.0.0.2:{port}"], env=env,
+                             capture_output=True).returncode != 0:
+            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        nodes.append(_start([f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
+                             "--resources={\"worker_node\": 1}", f"--dashboard-agent-listen-port={free_port('127.0.0.3')}",
+                             f"--temp-dir={dirs[1]}", *mem], env))
+        while "worker_node" not in subprocess.run([str(VENV_BIN / "ray"), "status", f"--address=127.0.0.2:{port}"],
+                                                  env=env, capture_output=True, text=True).stdout:
+            assert nodes[1].poll() is None and time.monotonic() < deadline, "the Ray worker node did not join"
+            time.sleep(1)
+        yield Cluster(f"127.0.0.2:{port}", f"http://127.0.0.1:{dport}", env)
+    finally:
+        _stop(list(reversed(nodes)))
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,37 @@
+"""`curate info`, `curate diff`, `curate stages` and CLI errors, through the real typer app."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from curation.cli import app
+from curation.store import Store
+
+
+def test_info_diff_stages(coco_store, tmp_path):
+    dst = tmp_path / "i.lance"
+    shutil.copytree(coco_store.uri, dst, ignore=shutil.ignore_patterns("_curation"))
+    store = Store(dst)
+    store.open().add_columns({"exact_dup_of": "CAST(NULL AS STRING)"})
+    runner = CliRunner()
+    out = runner.invoke(app, ["info", "--dataset", str(dst)])
+    assert out.exit_code == 0, out.output
+    assert "rows 80" in out.output and "exact_dup" in out.output and "captions" in out.output
+    assert "rows with errors: 0" in out.output and "v2" in out.output
+    out = runner.invoke(app, ["diff", "--dataset", str(dst), "1", "2"])
+    assert out.exit_code == 0 and json.loads(out.output)["columns_added"] == ["exact_dup_of"]
+    out = runner.invoke(app, ["stages"])
+    assert out.exit_code == 0 and "ingest" in out.output and "caption_stats" in out.output
+
+
+def test_cli_errors_are_clear(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["info", "--dataset", str(tmp_path / "missing.lance")])
+    assert out.exit_code == 2 and "no Lance dataset" in out.output
+    out = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--dataset", str(tmp_path / "x.lance")])
+    assert out.exit_code == 2 and "source not found" in out.output
+    out = runner.invoke(app, ["stage", "nonexistent", "--dataset", str(tmp_path / "x.lance")])
+    assert out.exit_code == 2 and "unknown stage" in out.output

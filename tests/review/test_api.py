@@ -1,0 +1,180 @@
+"""The HTTP API and pages against a real SQLite file and a real Lance dataset (TestClient)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import lance
+import pytest
+from fastapi.testclient import TestClient
+
+from annotator_ui.app import AppSettings, create_app
+from annotator_ui.db import ReviewDB
+from tests.helpers import coco_rows, samples_table
+from tests.review.conftest import PASSWORD
+
+XSS = '<img src=x onerror="alert(1)"><script>alert("x")</script>'
+
+
+@pytest.fixture
+def env(tmp_path, coco_dir):
+    rows = coco_rows(coco_dir, limit=4)
+    rows[1]["captions"][0]["text"] = XSS
+    uri = str(tmp_path / "ds.lance")
+    lance.write_dataset(samples_table(rows), uri)
+    db = ReviewDB(tmp_path / "review.sqlite")
+    db.set_meta("dataset", uri)
+    db.add_user("admin", PASSWORD, "admin")
+    db.add_user("alice", PASSWORD)
+    db.add_user("bob", PASSWORD)
+    items = []
+    for pos, r in enumerate(rows):
+        items.append({"row_id": r["id"], "priority": float(10 - pos),
+                      "payload": {"row_id": r["id"], "pos": pos, "version": 1, "caption": r["captions"][0]["text"],
+                                  "neighbours": [{"row_id": rows[(pos + 1) % 4]["id"], "pos": (pos + 1) % 4,
+                                                  "sim": 0.5, "caption": "nb"}]}})
+    db.enqueue(items, "b1")
+    app = create_app(AppSettings(db_url=str(tmp_path / "review.sqlite"), max_body=16 * 1024), db)
+    yield app, db, rows
+    db.close()
+
+
+def login(app, name):
+    c = TestClient(app)
+    r = c.post("/api/login", json={"username": name, "password": PASSWORD})
+    assert r.status_code == 200
+    c.headers["x-csrf-token"] = r.json()["csrf"]
+    return c
+
+
+def test_everything_but_login_and_health_needs_a_session(env):
+    app, db, rows = env
+    c = TestClient(app)
+    assert c.get("/health").status_code == 200
+    assert c.get("/login").status_code == 200
+    checked = 0
+    for route in app.routes:
+        path = getattr(route, "path", "")
+        if path in ("/health", "/login", "/api/login") or path.startswith("/static"):
+            continue
+        url = path.replace("{item_id}", "1").replace("{row_id}", rows[0]["id"])
+        for m in sorted(getattr(route, "methods", None) or []):
+            if m == "HEAD":
+                continue
+            r = c.request(m, url, data={"csrf": "x", "action": "accept"} if m == "POST" else None)
+            assert r.status_code == 401, (m, url, r.status_code)
+            checked += 1
+    assert checked >= 12
+    html = c.get("/", headers={"accept": "text/html"})
+    assert html.status_code == 401 and 'href="/login"' in html.text
+    assert c.post("/api/login", json={"username": "alice", "password": "nope-nope"}).status_code == 401
+
+
+def test_session_cookie_flags_and_security_headers(env):
+    app, _, _ = env
+    c = TestClient(app)
+    r = c.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    r = c.get("/")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+
+
+def test_login_form_needs_its_double_submit_cookie(env):
+    app, _, _ = env
+    c = TestClient(app)
+    page = c.get("/login")
+    tok = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    bad = TestClient(app).post("/login", data={"username": "alice", "password": PASSWORD, "csrf": tok},
+                               follow_redirects=False)
+    assert bad.status_code == 403  # a forged cross-site login form has no cookie
+    ok = c.post("/login", data={"username": "alice", "password": PASSWORD, "csrf": tok}, follow_redirects=False)
+    assert ok.status_code == 303 and "rev_session" in ok.headers["set-cookie"]
+    wrong = c.post("/login", data={"username": "alice", "password": "bad-password", "csrf": tok})
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+
+
+def test_annotator_boundaries(env):
+    app, db, rows = env
+    alice, bob, admin = login(app, "alice"), login(app, "bob"), login(app, "admin")
+    a = alice.get("/api/next").json()["item"]
+    b = bob.get("/api/next").json()["item"]
+    assert a["id"] != b["id"] and "lease_user" not in a and "gold" not in a
+    assert bob.get(f"/api/items/{a['id']}").status_code == 403  # cannot see alice's lease
+    assert alice.get(f"/api/items/{a['id']}").status_code == 200
+    assert bob.post(f"/api/items/{a['id']}/decision", json={"decision": "keep"}).status_code == 403
+    assert bob.post(f"/api/items/{a['id']}/skip").status_code == 403
+    for path in ("/admin", "/api/admin/stats", "/admin/export.jsonl"):
+        assert alice.get(path).status_code == 403
+        assert admin.get(path).status_code == 200
+    # CSRF: the JSON API needs the header, forms need the field
+    no_csrf = TestClient(app, cookies=dict(alice.cookies))
+    assert no_csrf.post(f"/api/items/{a['id']}/decision", json={"decision": "keep"}).status_code == 403
+    assert alice.post(f"/annotate/{a['id']}", data={"action": "accept", "csrf": "forged"}).status_code == 403
+    # idempotent resubmission, conflicting resubmission
+    body = {"decision": "drop", "caption": "a better caption", "tags": ["dog"], "reasons": ["other"]}
+    r1 = alice.post(f"/api/items/{a['id']}/decision", json=body)
+    r2 = alice.post(f"/api/items/{a['id']}/decision", json=body)
+    assert r1.status_code == r2.status_code == 200 and r2.json()["duplicate"] is True
+    assert alice.post(f"/api/items/{a['id']}/decision", json={**body, "decision": "keep"}).status_code == 409
+    assert db.counters()["decisions"] == 1
+    assert admin.get(f"/api/items/{a['id']}").json()["item"]["done_count"] == 1
+    export = admin.get("/admin/export.jsonl").text.strip().splitlines()
+    assert [json.loads(x)["caption"] for x in export] == ["a better caption"]
+
+
+def test_bad_requests_get_4xx_never_500(env):
+    app, _, _ = env
+    alice = login(app, "alice")
+    it = alice.get("/api/next").json()["item"]
+    url = f"/api/items/{it['id']}/decision"
+    h = {"content-type": "application/json"}
+    cases = [
+        alice.post(url, content=b"{not json", headers=h),
+        alice.post(url, content=b"[]", headers=h),
+        alice.post(url, json={"decision": "maybe"}),
+        alice.post(url, json={"decision": "keep", "extra": 1}),
+        alice.post(url, json={"decision": "keep", "tags": "notalist"}),
+        alice.post(url, json={"decision": "keep", "caption": "x" * 10_001}),
+        alice.post(url, content=b"\xff\xfe\x00garbage", headers=h),
+        alice.post("/api/items/99999999999999999999999/decision", json={"decision": "keep"}),
+        alice.post("/api/items/-1/decision", json={"decision": "keep"}),
+        alice.post("/api/items/abc/decision", json={"decision": "keep"}),
+        alice.post(url, content=b"x" * 20_000, headers=h),
+        alice.post(url, content=(b"x" * 1000 for _ in range(40)), headers=h),  # chunked, no length
+        alice.post("/api/items/424242/decision", json={"decision": "keep"}),
+        alice.get("/image/..%2F..%2Fetc%2Fpasswd"),
+        alice.get("/image/" + "a" * 500),
+        alice.post(f"/annotate/{it['id']}", data={"action": "explode", "csrf": alice.headers["x-csrf-token"]}),
+        alice.post("/login", data={"username": "x"}),
+    ]
+    codes = [r.status_code for r in cases]
+    assert all(400 <= c < 500 for c in codes), codes
+    assert codes[10] == 413 and codes[11] == 413 and codes[12] == 404
+
+
+def test_images_by_row_id_only_for_your_items(env):
+    app, db, rows = env
+    alice, bob, admin = login(app, "alice"), login(app, "bob"), login(app, "admin")
+    a = alice.get("/api/next").json()["item"]
+    r = alice.get(f"/image/{a['row_id']}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.content == next(x["image"] for x in rows if x["id"] == a["row_id"])
+    nb = a["neighbours"][0]["row_id"]
+    assert alice.get(f"/image/{nb}").status_code == 200  # look-alikes of your item
+    assert bob.get(f"/image/{a['row_id']}").status_code == 403  # not bob's item
+    assert admin.get(f"/image/{rows[3]['id']}").status_code == 200
+
+
+def test_xss_caption_is_escaped_on_the_page(env):
+    app, db, rows = env
+    bob = login(app, "bob")
+    alice = login(app, "alice")
+    alice.get("/api/next")  # alice holds the first item, so bob gets the XSS row
+    html = bob.get("/").text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    assert "<script>alert" not in html and 'onerror="alert' not in html
+    assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/app.js" defer>']

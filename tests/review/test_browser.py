@@ -1,0 +1,127 @@
+"""The annotator UI in a real browser (Debian chromium driven by Playwright) against a real server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import lance
+import pytest
+
+from annotator_ui.app import AppSettings, create_app
+from annotator_ui.db import ReviewDB
+from curation.store import Store
+from pipelines.review import ReviewApplyConfig, ReviewMineConfig, apply_reviews, mine_queue
+from tests.helpers import coco_rows, samples_table
+from tests.review.conftest import PASSWORD, add_signals
+
+pytestmark = pytest.mark.browser
+
+XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2;alert(1)</script> a dog'
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, coco_dir):
+    """A dataset with an XSS caption, mined into a review DB, served by uvicorn on loopback."""
+    import uvicorn
+
+    rows = coco_rows(coco_dir, limit=8)
+    rows[3]["captions"] = [{"text": XSS, "kind": "short", "lang": "en"}]
+    uri = str(tmp_path / "ds.lance")
+    lance.write_dataset(samples_table(rows), uri)
+    add_signals(uri)
+    store = Store(uri)
+    dbfile = str(tmp_path / "review.sqlite")
+    mine_queue(store, ReviewMineConfig(n=8, min_hardness=0.0, double_share=0.0, db=dbfile), show_progress=False)
+    db = ReviewDB(dbfile)
+    db.add_user("alice", PASSWORD)
+    # serve the XSS row first
+    with db.tx() as t:
+        t.exec("UPDATE items SET priority = 1000 WHERE row_id = ?", (rows[3]["id"],))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(AppSettings(db_url=dbfile, dataset=uri), db), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "server did not start"
+    yield f"http://127.0.0.1:{port}", store, db, rows, dbfile
+    srv.should_exit = True
+    th.join(timeout=10)
+    db.close()
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        yield b
+        b.close()
+
+
+def test_review_three_items_with_the_keyboard_then_apply(server, browser, ray_session):
+    base, store, db, rows, dbfile = server
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(base + "/login")
+    page.fill("#username", "alice")
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation():
+        page.click("#login-button")
+    assert page.url == base + "/"
+
+    # item 1: the XSS caption is shown as text and never runs; edit it with the keyboard, accept
+    assert page.text_content("#row-id") == rows[3]["id"]
+    assert page.input_value("#caption") == XSS
+    assert page.evaluate("window.__xss === undefined") and dialogs == []
+    assert page.evaluate("document.getElementById('item-image').naturalWidth") > 0  # image by row id
+    page.keyboard.press("e")
+    assert page.evaluate("document.activeElement.id") == "caption"
+    page.keyboard.press("Control+a")
+    page.keyboard.type("A brown dog on a sofa")
+    page.keyboard.press("a")  # typing in the caption: a letter, not a shortcut
+    page.keyboard.press("Escape")
+    with page.expect_navigation():
+        page.keyboard.press("a")
+    # item 2: reject
+    second = page.text_content("#row-id")
+    assert second != rows[3]["id"]
+    with page.expect_navigation():
+        page.keyboard.press("r")
+    # item 3: flag as a failure
+    third = page.text_content("#row-id")
+    assert third not in (second, rows[3]["id"])
+    with page.expect_navigation():
+        page.keyboard.press("f")
+    assert page.text_content("#my-count") == "3"
+    assert page.evaluate("window.__xss === undefined") and dialogs == []
+
+    decided = {d["row_id"]: d for d in db.decisions()}
+    assert decided[rows[3]["id"]]["caption"] == "A brown dog on a sofaa"
+    assert decided[rows[3]["id"]]["decision"] == "keep"
+    assert decided[second]["decision"] == "drop" and not decided[second]["flag"]
+    assert decided[third]["decision"] == "drop" and decided[third]["flag"]
+
+    rep = apply_reviews(store, ReviewApplyConfig(db=dbfile), show_progress=False)
+    t = store.open().to_table(columns=["id", "rev_caption", "rev_decision", "rev_flag"],
+                              filter=f"id = '{rows[3]['id']}'")
+    assert t.column("rev_caption")[0].as_py() == "A brown dog on a sofaa"
+    assert t.column("rev_decision")[0].as_py() == "keep"
+    assert rep["version_after"] == store.open().version
+
+    # reloading the page after apply: the next item shows, the XSS text stayed inert throughout
+    page.goto(base + "/")
+    assert page.evaluate("window.__xss === undefined") and dialogs == []

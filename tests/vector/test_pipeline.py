@@ -1,0 +1,184 @@
+"""Vector jobs end to end on real Ray + Lance: index build / incremental add / stale index,
+k-NN graph with resume, dedup committing dup_* columns, retrieval, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation.store import Store
+from engines.vector.index import StaleIndexError, VectorError, load_index
+from engines.vector.retrieval import Retriever, index_dir
+from engines.vector.synth import make_variant
+from pipelines.vector import DedupConfig, IndexBuildConfig, KnnConfig, build_index, build_knn, knn_path, run_dedup
+from tests.helpers import coco_rows, sample_row, samples_table
+
+
+def _copy(coco_store, tmp_path, name="x.lance") -> Store:
+    dst = tmp_path / name
+    shutil.copytree(Path(coco_store.uri), dst)
+    return Store(str(dst))
+
+
+def test_index_build_incremental_add_stale_and_search(ray_session, coco_store, tmp_path, coco_dir):
+    store = _copy(coco_store, tmp_path)
+    m = build_index(store, IndexBuildConfig(rows_per_shard=30), show_progress=False)  # 3 shards on Ray, merged
+    assert m["column"] == "vec_desc" and m["ntotal"] == 80 and m["kind"] == "flat" and m["dim"] == 252
+    # retrieval: a row's own re-encoded copy finds the row first
+    ids = store.to_arrow(["id"]).column("id").to_pylist()
+    data = store.to_arrow(["image"]).column("image")[5].as_py()
+    r = Retriever(store, "vec_desc")
+    assert r.by_image(make_variant(data, "reencode", 1), k=3)[0]["id"] == ids[5]
+    hits = r.by_id(ids[5], k=5)
+    assert len(hits) == 5 and ids[5] not in [h["id"] for h in hits]
+    with pytest.raises(VectorError, match="text queries"):
+        r.by_text("a dog", k=3)
+    # append rows: the old index is stale for k-NN and search ...
+    extra = [sample_row(make_variant(data, "crop", s), "extra", f"c{s}") for s in range(4)]
+    lance.write_dataset(samples_table(extra), store.uri, mode="append")
+    with pytest.raises(StaleIndexError, match="curate index build"):
+        build_knn(store, KnnConfig(k=5), show_progress=False)
+    with pytest.raises(StaleIndexError):
+        Retriever(store, "vec_desc")
+    # ... and a build only adds the new rows (the descriptor stage computes the new fragment)
+    store.open().drop_columns(["vec_desc", "vec_regions", "vec_error"])
+    with pytest.raises(VectorError, match="rebuild"):
+        build_index(store, IndexBuildConfig(), show_progress=False)  # the column was rewritten: refuse
+    m2 = build_index(store, IndexBuildConfig(rebuild=True), show_progress=False)
+    assert m2["ntotal"] == 84
+
+
+def test_incremental_add_only_new_fragments(ray_session, coco_dir, tmp_path):
+    rows = coco_rows(coco_dir, limit=12)
+    uri = str(tmp_path / "inc.lance")
+    lance.write_dataset(samples_table(rows[:8]), uri, max_rows_per_file=4)
+    store = Store(uri)
+    build_index(store, IndexBuildConfig(), show_progress=False)
+    before = (index_dir(store, "vec_desc") / "labels.arrow").stat().st_mtime
+    # new rows arrive with their descriptors (same stage, appended fragment)
+    from engines.vector.descriptor import visual_columns
+
+    new = samples_table(rows[8:])
+    cols = visual_columns(new.column("image").to_pylist())
+    from curation.schema import VEC_VISUAL
+
+    for name in VEC_VISUAL.schema.names:
+        new = new.append_column(VEC_VISUAL.schema.field(name), pa.array(cols[name], VEC_VISUAL.schema.field(name).type))
+    lance.write_dataset(new, uri, mode="append")
+    m = build_index(store, IndexBuildConfig(), show_progress=False)
+    assert m["ntotal"] == 12 and len(m["history"]) == 2 and m["history"][1]["added"] == 4
+    index, man, labels = load_index(index_dir(store, "vec_desc"))
+    assert labels.num_rows == 12 and set(labels.column("id").to_pylist()) == set(store.to_arrow(["id"]).column("id").to_pylist())
+    assert (index_dir(store, "vec_desc") / "labels.arrow").stat().st_mtime >= before
+    again = build_index(store, IndexBuildConfig(), show_progress=False)  # nothing new: up to date
+    assert again["ntotal"] == 12 and len(again["history"]) == 2
+    knn = build_knn(store, KnnConfig(k=3), show_progress=False)
+    assert knn["edges"] == 36
+
+
+def test_knn_graph_table_and_resume(ray_session, coco_store, tmp_path, monkeypatch):
+    store = _copy(coco_store, tmp_path)
+    build_index(store, IndexBuildConfig(), show_progress=False)
+    import curation.runner as runner
+
+    real = runner.execute_units
+    calls = {"n": 0}
+
+    def dies_after_first(units, *a, on_result, **kw):
+        def once(row):
+            on_result(row)
+            raise KeyboardInterrupt("killed")
+
+        calls["n"] += 1
+        return real(units, *a, on_result=once, **kw)
+
+    monkeypatch.setattr(runner, "execute_units", dies_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        build_knn(store, KnnConfig(k=10, rows_per_unit=20), show_progress=False)
+    ckpts = list((Path(store.state_dir) / "vector").glob("knn-vec_desc-ckpt-*/unit-*.json"))
+    assert len(ckpts) == 1
+    monkeypatch.setattr(runner, "execute_units", real)
+    seen = []
+    monkeypatch.setattr(runner, "execute_units", lambda units, *a, **kw: (seen.append(len(units)), real(units, *a, **kw)))
+    out = build_knn(store, KnnConfig(k=10, rows_per_unit=20), show_progress=False)
+    assert seen == [3]  # 4 units, 1 already done
+    t = lance.dataset(str(knn_path(store, "vec_desc"))).to_table()
+    assert t.num_rows == out["edges"] == 800
+    assert pc_unique(t, "source_id") == 80
+    assert not any(a == b for a, b in zip(t.column("source_id").to_pylist(), t.column("neighbour_id").to_pylist()))
+    sims = np.asarray(t.column("similarity"))
+    assert np.all(sims <= 1.0001) and np.all(np.asarray(t.column("rank")) >= 1)
+
+
+def pc_unique(t: pa.Table, col: str) -> int:
+    return len(set(t.column(col).to_pylist()))
+
+
+def test_dedup_job_commits_groups_and_keeps_best(ray_session, coco_dir, tmp_path):
+    rows = coco_rows(coco_dir, limit=8)
+    truth = {}
+    for g, r in enumerate(list(rows)):
+        truth[r["id"]] = g
+        for kind in ("crop", "watermark", "colour", "resize"):
+            v = sample_row(make_variant(r["image"], kind, g), "edits", f"{g}-{kind}")
+            rows.append(v)
+            truth[v["id"]] = g
+    dup = dict(rows[0], id="exactcopy", source_key="copy")
+    rows.append(dup)
+    truth["exactcopy"] = 0
+    uri = str(tmp_path / "d.lance")
+    lance.write_dataset(samples_table(rows), uri, max_rows_per_file=12)
+    store = Store(uri)
+    dry = run_dedup(store, DedupConfig(dry_run=True), show_progress=False)
+    assert dry["status"] == "dry_run" and "dup_keep" not in store.open().schema.names
+    assert Path(dry["report"]).read_text().count("<img") == 1
+    out = run_dedup(store, DedupConfig(), show_progress=False)
+    t = store.to_arrow(["id", "width", "height", "dup_group", "dup_keep", "dup_of", "dup_reason", "dup_sim"])
+    d = t.to_pylist()
+    assert out["status"] == "committed" and sum(not r["dup_keep"] for r in d) == len(d) - 8
+    # groups match the truth; the kept row is the largest image of its group (default quality = area)
+    by_group: dict[int, list] = {}
+    for r in d:
+        assert r["dup_group"] is not None
+        by_group.setdefault(r["dup_group"], []).append(r)
+    assert len(by_group) == 8
+    for members in by_group.values():
+        assert len({truth[m["id"]] for m in members}) == 1
+        kept = [m for m in members if m["dup_keep"]]
+        assert len(kept) == 1
+        assert kept[0]["width"] * kept[0]["height"] == max(m["width"] * m["height"] for m in members)
+        for m in members:
+            if not m["dup_keep"]:
+                assert m["dup_of"] == kept[0]["id"] and m["dup_reason"] in ("exact", "near") and 0 < m["dup_sim"] <= 1
+    ex = [r for r in d if r["id"] == "exactcopy"][0]
+    assert (ex["dup_reason"] == "exact") or ex["dup_keep"]
+
+
+def test_bad_input_empty_and_one_row(ray_session, coco_dir, tmp_path):
+    empty = Store(str(tmp_path / "e.lance"))
+    lance.write_dataset(samples_table([]), empty.uri)
+    with pytest.raises(VectorError, match="empty"):
+        build_index(empty, IndexBuildConfig(column=None), show_progress=False)
+    one = Store(str(tmp_path / "one.lance"))
+    lance.write_dataset(samples_table(coco_rows(coco_dir, limit=1)), one.uri)
+    m = build_index(one, IndexBuildConfig(), show_progress=False)
+    assert m["ntotal"] == 1
+    with pytest.raises(VectorError, match="at least 2"):
+        build_knn(one, KnnConfig(k=5), show_progress=False)
+    res = run_dedup(one, DedupConfig(), show_progress=False)
+    assert res["removed"] == 0
+    with pytest.raises(VectorError, match="not in the dataset"):
+        build_index(one, IndexBuildConfig(column="prof_clip_image"), show_progress=False)
+    # a corrupt image becomes a row with a reason, and is skipped by the index with a count
+    bad = dict(coco_rows(coco_dir, limit=2)[1], image=b"\xff\xd8\xff not a jpeg", id="bad")
+    lance.write_dataset(samples_table([bad]), one.uri, mode="append")
+    one.open().drop_columns(["vec_desc", "vec_regions", "vec_error"])
+    m = build_index(one, IndexBuildConfig(rebuild=True), show_progress=False)
+    assert m["ntotal"] == 1 and m["skipped"] == {"null_vector": 1}
+    err = one.to_arrow(["id", "vec_error"], filter="id = 'bad'").column("vec_error")[0].as_py()
+    assert err and err.split(":")[0] in ("undecodable", "truncated")
