@@ -5,12 +5,13 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := chromium chromium-driver wordnet-base fonts-wqy-microhei
+APT_PACKAGES := chromium chromium-driver wordnet-base fonts-wqy-microhei postgresql
 DEMO_DIR ?= demo
 
 .PHONY: demo test env system-deps clean bench
 
-# Debian packages: a CJK font (demo text images), WordNet (concept graph), Chromium (UI tests).
+# Debian packages: a CJK font (demo text images), WordNet (concept graph), Chromium (UI tests),
+# PostgreSQL (the review database tests run against a throwaway server as well as SQLite).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

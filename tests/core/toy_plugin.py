@@ -1,6 +1,7 @@
 """A user plugin as a pipeline YAML names it under ``plugins:`` (used by the tests)."""
 
 import os
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,6 +28,9 @@ class ShoutStage(Stage):
         if self.config.fail_marker and os.path.exists(self.config.fail_marker):
             ids = sorted(batch.column("id").to_pylist())
             if os.path.exists(self.config.fail_marker + "." + ids[0]):
+                # give the driver time to receive (and checkpoint) the fragments finished before
+                # this one; otherwise the abort can overtake their results and nothing resumes
+                time.sleep(3)
                 raise RuntimeError("injected failure")
         first = [((c or [{}])[0].get("text") or "").upper() + self.config.suffix for c in batch.column("captions").to_pylist()]
         self.stats.count("shouted", len(first))
