@@ -235,11 +235,12 @@ def _record_model(dataset: Any, column_group: str, cfg: EmbedModelConfig, dim: i
     import json
 
     from curation.store import Store
+    from engines.profiling.embed import weights_are_random
 
     store = Store(dataset.uri)
     p = store.state_dir / "profiling" / "models.json"
     models = json.loads(p.read_text()) if p.exists() else {}
-    models[column_group] = {"model": cfg.describe(), "backend": cfg.backend, "dim": dim, "random_weights": cfg.random_init}
+    models[column_group] = {"model": cfg.describe(), "backend": cfg.backend, "dim": dim, "random_weights": weights_are_random(cfg)}
     store.write_json("profiling/models.json", models)
 
 

@@ -26,7 +26,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["EmbedModelConfig", "Embedder", "BACKENDS", "register_backend", "load_embedder", "embed_dim", "describe", "minilm_path", "import_open_clip"]
+__all__ = ["EmbedModelConfig", "Embedder", "BACKENDS", "register_backend", "load_embedder", "embed_dim", "describe", "minilm_path", "import_open_clip",
+           "save_open_clip", "weights_are_random"]
 
 SEED = 1234
 
@@ -52,6 +53,8 @@ class EmbedModelConfig(BaseModel):
 
     def describe(self) -> str:
         what = "random-init tiny model" if self.random_init else (self.path or self.arch or "packaged default")
+        if not self.random_init and weights_are_random(self):
+            what += " (RANDOM weights saved to a folder)"
         return f"{self.backend}:{what}"
 
 
@@ -211,9 +214,43 @@ TINY_OPEN_CLIP = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # open_clip's own folder layout (as on a model hub)
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+
+
+def _open_clip_dir_config(path: str | None) -> dict | None:
+    """The ``open_clip_config.json`` of a model folder, or None when ``path`` is not such a folder."""
+    if not path or not Path(path).is_dir():
+        return None
+    f = Path(path) / OPEN_CLIP_CONFIG
+    if not f.is_file():
+        raise ValueError(f"open_clip: {path} is a folder without {OPEN_CLIP_CONFIG} (open_clip's model folder layout: "
+                         f"{OPEN_CLIP_CONFIG} + {OPEN_CLIP_WEIGHTS}); or point path at a checkpoint file and set arch")
+    data = json.loads(f.read_text())
+    if "model_cfg" not in data:
+        raise ValueError(f"open_clip: {f} has no model_cfg")
+    return data
+
+
+def weights_are_random(cfg: EmbedModelConfig) -> bool:
+    """True for ``random_init`` and for a saved folder that ``save_open_clip`` marked as random
+    weights, so a random model stays flagged in models.json and the report after a round trip."""
+    if cfg.random_init:
+        return True
+    if cfg.backend == "open_clip":
+        try:
+            data = _open_clip_dir_config(cfg.path)
+        except (ValueError, OSError):
+            return False
+        return bool(data and data.get("zcurate", {}).get("random_weights"))
+    return False
 
 
 class OpenClipEmbedder(Embedder):
+    """open_clip model. ``path`` is either open_clip's model folder (``open_clip_config.json`` +
+    weights, as downloaded from a hub or written by ``save_open_clip``; ``arch`` not needed) or a
+    checkpoint file with ``arch`` naming the architecture (a built-in name or a JSON config)."""
+
     def __init__(self, cfg: EmbedModelConfig):
         import torch
 
@@ -221,26 +258,37 @@ class OpenClipEmbedder(Embedder):
         self.name = cfg.describe()
         self.device = _device(cfg)
         arch = cfg.arch
-        if cfg.random_init and not arch:
-            arch = "curation-tiny"
-            d = Path(tempfile.mkdtemp(prefix="oc-tiny-"))
-            (d / f"{arch}.json").write_text(json.dumps(TINY_OPEN_CLIP))
-            oc.add_model_config(d)
-        elif arch and arch.endswith(".json"):
-            oc.add_model_config(arch)
-            arch = Path(arch).stem
-        if not arch:
-            raise ValueError("open_clip: set arch (an architecture name such as ViT-L-14) and path (checkpoint)")
-        if not cfg.random_init and not cfg.path:
-            raise ValueError("open_clip: set path to a local checkpoint file (or random_init: true)")
+        pretrained = None if cfg.random_init else cfg.path
+        folder = None if cfg.random_init else _open_clip_dir_config(cfg.path)
+        if folder is not None:
+            arch, pretrained = f"local-dir:{Path(cfg.path).resolve()}", None
+            self.model_cfg = folder["model_cfg"]
+        else:
+            if cfg.random_init and not arch:
+                arch = "curation-tiny"
+                d = Path(tempfile.mkdtemp(prefix="oc-tiny-"))
+                (d / f"{arch}.json").write_text(json.dumps(TINY_OPEN_CLIP))
+                oc.add_model_config(d)
+            elif arch and arch.endswith(".json"):
+                oc.add_model_config(arch)
+                arch = Path(arch).stem
+            if not arch:
+                raise ValueError("open_clip: set arch (an architecture name such as ViT-L-14) with path (a checkpoint "
+                                 "file), or point path at an open_clip model folder")
+            if not cfg.random_init and not cfg.path:
+                raise ValueError("open_clip: set path to a local checkpoint file or model folder (or random_init: true)")
+            if pretrained and not Path(pretrained).is_file():
+                raise ValueError(f"open_clip: checkpoint not found: {pretrained}")
+            self.model_cfg = oc.get_model_config(arch)
+            if self.model_cfg is None:
+                raise ValueError(f"open_clip: unknown architecture {arch!r}; use a built-in name "
+                                 f"(open_clip.list_models()) or a JSON model config file")
         torch.manual_seed(SEED)
-        self.model, _, self.preprocess = oc.create_model_and_transforms(
-            arch, pretrained=None if cfg.random_init else cfg.path, device=self.device
-        )
+        self.model, _, self.preprocess = oc.create_model_and_transforms(arch, pretrained=pretrained, device=self.device)
         self.model.eval()
         self.tokenizer = oc.get_tokenizer(arch)
-        self.random_weights = cfg.random_init
-        self.dim = int(oc.get_model_config(arch)["embed_dim"])
+        self.random_weights = weights_are_random(cfg)
+        self.dim = int(self.model_cfg["embed_dim"])
 
     def embed_images(self, images: list) -> np.ndarray:
         import torch
@@ -258,6 +306,22 @@ class OpenClipEmbedder(Embedder):
             return np.zeros((0, self.dim), np.float32)
         with torch.inference_mode():
             return _normalise(self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu().numpy())
+
+
+def save_open_clip(embedder: "OpenClipEmbedder", directory: str | Path) -> Path:
+    """Write an open_clip model as open_clip's model folder (config + safetensors weights), which
+    ``EmbedModelConfig(backend="open_clip", path=directory)`` loads offline. A random model is
+    marked in the config (``zcurate.random_weights``) so whoever loads it is told."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in embedder.model.state_dict().items()}, str(d / OPEN_CLIP_WEIGHTS))
+    visual = embedder.model.visual
+    pre = {"mean": list(visual.image_mean), "std": list(visual.image_std)}
+    meta = {"random_weights": bool(embedder.random_weights), "seed": SEED if embedder.random_weights else None}
+    (d / OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": embedder.model_cfg, "preprocess_cfg": pre, "zcurate": meta}, indent=1))
+    return d
 
 
 @register_backend("open_clip")
@@ -314,9 +378,16 @@ def embed_dim(cfg: EmbedModelConfig) -> int:
     if cfg.backend == "open_clip":
         if cfg.random_init and not cfg.arch:
             return int(TINY_OPEN_CLIP["embed_dim"])
+        folder = None if cfg.random_init else _open_clip_dir_config(cfg.path)
+        if folder is not None:
+            return int(folder["model_cfg"]["embed_dim"])
         if cfg.arch and cfg.arch.endswith(".json"):
             return int(json.loads(Path(cfg.arch).read_text())["embed_dim"])
-        return int(import_open_clip().get_model_config(cfg.arch)["embed_dim"])
+        mc = import_open_clip().get_model_config(cfg.arch) if cfg.arch else None
+        if mc is None:
+            raise ValueError(f"open_clip: unknown architecture {cfg.arch!r}; set arch (a built-in name or a JSON "
+                             "config) with a checkpoint file, or point path at an open_clip model folder")
+        return int(mc["embed_dim"])
     if cfg.backend == "minilm":
         return int(json.loads((Path(cfg.path or minilm_path()) / "config.json").read_text())["hidden_size"])
     return load_embedder(cfg).dim  # a plugin backend: load once to ask
