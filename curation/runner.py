@@ -198,6 +198,31 @@ class _FragmentWorker:
         return pa.table(out)
 
 
+_FINGERPRINTS = "stage_fingerprints.json"
+
+
+def _committed_fingerprints(store: Store) -> dict[str, str]:
+    """Which config computed each stage's committed columns (absent: unknown, e.g. an older run)."""
+    p = store.state_dir / _FINGERPRINTS
+    try:
+        return {k: v["fingerprint"] for k, v in json.loads(p.read_text()).items()}
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _record_fingerprint(store: Store, stage: Stage, version: int) -> None:
+    """Remember the config behind the committed columns, so a re-run with a changed config
+    recomputes instead of silently keeping stale values (and an unchanged one still skips)."""
+    p = store.state_dir / _FINGERPRINTS
+    try:
+        known = json.loads(p.read_text())
+    except (FileNotFoundError, ValueError):
+        known = {}
+    known[stage.name] = {"fingerprint": stage.fingerprint(), "version": version,
+                         "config": stage.config.model_dump(mode="json")}
+    store.write_json(_FINGERPRINTS, known)
+
+
 def _checkpoint_dir(store: Store, stage: Stage, read_version: int):
     return store.state_dir / "checkpoints" / f"{stage.name}-{stage.fingerprint()}-v{read_version}"
 
@@ -213,7 +238,8 @@ def run_stage(
 ) -> StageResult:
     """Compute ``stage``'s columns for every row and commit them as one new version.
 
-    Already present columns are kept (status "skipped") unless ``overwrite``. Every fragment's
+    Already present columns are kept (status "skipped") unless ``overwrite`` or the stage's config
+    changed since they were computed (its fingerprint is recorded at commit). Every fragment's
     result is checkpointed, so a killed run, re-run with the same stage config, resumes.
     """
     import pickle
@@ -228,9 +254,13 @@ def run_stage(
         ds = store.open()
         present = [c for c in cols if c in ds.schema.names]
         if present and len(present) == len(cols) and not overwrite:
-            console.print(f"[yellow]{stage.name}[/]: columns {cols} already present at v{ds.version}; "
-                          "pass --overwrite to recompute")
-            return StageResult(stage.name, "skipped", ds.version, ds.version)
+            made_by = _committed_fingerprints(store).get(stage.name)
+            if made_by is None or made_by == stage.fingerprint():
+                console.print(f"[yellow]{stage.name}[/]: columns {cols} already present at v{ds.version}; "
+                              "pass --overwrite to recompute")
+                return StageResult(stage.name, "skipped", ds.version, ds.version)
+            console.print(f"[yellow]{stage.name}[/]: config changed since its columns were computed "
+                          f"(fingerprint {made_by} -> {stage.fingerprint()}); recomputing")
         if present:  # partial leftovers or overwrite: drop, then recompute from clean
             ds.drop_columns(present)
             ds = store.open()
@@ -290,6 +320,7 @@ def run_stage(
             ckpt.clear()
             continue
         ckpt.clear()
+        _record_fingerprint(store, stage, new.version)
         result = StageResult(
             stage.name, "committed", new.version, read_version, len(fragments), resumed, stats,
             time.perf_counter() - t_start,

@@ -67,6 +67,11 @@ class Stats:
         return cls(int(d.get("rows", 0)), Counter(d.get("counters", {})), float(d.get("seconds", 0.0)))
 
 
+# Config keys that change how a stage is scheduled, not what it computes: a new batch size or CPU
+# count must neither invalidate checkpoints nor trigger a recompute of committed columns.
+SCHEDULING_KEYS = frozenset({"num_cpus", "num_gpus", "batch_size", "concurrency"})
+
+
 class StageConfig(BaseModel):
     """Base of every stage's typed config: unknown keys are errors, not silently ignored."""
 
@@ -116,10 +121,8 @@ class Stage:
     # --- used by the runner --------------------------------------------------------------
     def fingerprint(self) -> str:
         """Identifies the computation: a checkpoint made by another config is not reused."""
-        payload = json.dumps(
-            {"stage": self.name, "cols": self.output_schema.names, "cfg": self.config.model_dump(mode="json")},
-            sort_keys=True,
-        )
+        cfg = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in SCHEDULING_KEYS}
+        payload = json.dumps({"stage": self.name, "cols": self.output_schema.names, "cfg": cfg}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
     def run_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -68,6 +68,17 @@ def test_stage_resumes_after_failure_with_same_values(coco_store, tmp_path, ray_
     assert r.stats.counters["shouted"] == 80
 
 
+def test_changed_config_recomputes_unchanged_skips(coco_store, tmp_path, ray_session):
+    store = _copy(coco_store, tmp_path)
+    assert run_stage(store, toy_plugin.ShoutStage({"suffix": "!"}), show_progress=False).status == "committed"
+    assert run_stage(store, toy_plugin.ShoutStage({"suffix": "!"}), show_progress=False).status == "skipped"
+    r = run_stage(store, toy_plugin.ShoutStage({"suffix": "?"}), show_progress=False)
+    assert r.status == "committed"
+    vals = store.to_arrow(columns=["toy_shout"]).column("toy_shout").to_pylist()
+    assert len(vals) == 80 and all(v.endswith("?") for v in vals)
+    assert run_stage(store, toy_plugin.ShoutStage({"suffix": "?"}), show_progress=False).status == "skipped"
+
+
 def _pipeline(tmp_path, coco_dir, params_extra=None):
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)
