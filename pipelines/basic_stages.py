@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -13,33 +15,46 @@ from curation.text import detect_lang
 __all__ = ["ExactDupStage", "CaptionStatsStage"]
 
 
+def first_of_each_hash(t: pa.Table) -> dict[str, str]:
+    """{id: id of the first row (lowest ``_rowid``) with the same ``image_sha256``} for later rows."""
+    if t.num_rows == 0:
+        return {}
+    t = t.filter(pc.is_valid(t.column("image_sha256"))).sort_by("_rowid")
+    first = t.group_by("image_sha256", use_threads=False).aggregate([("id", "first")])  # ordered
+    j = t.join(first, "image_sha256")
+    dups = j.filter(pc.not_equal(j.column("id"), j.column("id_first")))
+    return dict(zip(dups.column("id").to_pylist(), dups.column("id_first").to_pylist()))
+
+
 @register_stage
 class ExactDupStage(Stage):
     """Flag rows whose image bytes equal an earlier row's (same SHA-256); the first row stays unflagged.
 
-    Needs a global view (which row came first), so ``prepare`` reads the small (id, sha256) table
-    on the driver once; workers only look ids up. Duplicates are flagged, never dropped.
+    Needs a global view (which row came first), so ``prepare`` finds duplicates on the driver with
+    Arrow (sort by row address, first id per hash, join) — no per-row Python, and only the
+    duplicates' (id -> first id) map travels to workers. Large datasets are scanned in hash-prefix
+    partitions (``LIKE '3%'``), so peak memory is one partition's (id, sha256), not the table's.
+    Duplicates are flagged, never dropped.
     """
 
     name = "exact_dup"
     input_columns = ["id", "image_sha256"]
     output_schema = EXACT_DUP.schema
     batch_size = 4096
+    rows_per_partition: ClassVar[int] = 20_000_000
 
     def prepare(self, dataset) -> None:
-        t = dataset.to_table(columns=["id", "image_sha256"], with_row_id=True)
-        first: dict[str, str] = {}
+        n = dataset.count_rows()
+        parts = 1
+        while n / parts > self.rows_per_partition and parts < 4096:
+            parts *= 16
+        width = len(f"{parts - 1:x}") if parts > 1 else 0
+        prefixes = [f"{i:0{width}x}" for i in range(parts)] if parts > 1 else [None]
         self.dup_of: dict[str, str] = {}
-        order = pc.sort_indices(t.column("_rowid"))
-        ids = t.column("id").take(order).to_pylist()
-        shas = t.column("image_sha256").take(order).to_pylist()
-        for i, sha in zip(ids, shas):
-            if sha is None:
-                continue
-            if sha in first:
-                self.dup_of[i] = first[sha]
-            else:
-                first[sha] = i
+        for prefix in prefixes:
+            flt = f"image_sha256 LIKE '{prefix}%'" if prefix else "image_sha256 IS NOT NULL"
+            t = dataset.to_table(columns=["id", "image_sha256"], with_row_id=True, filter=flt)
+            self.dup_of.update(first_of_each_hash(t))
 
     num_cpus = 0.5
 
