@@ -37,16 +37,47 @@ class IngestConfig(StageConfig):
     allow_paths_outside_source: bool = False
     flag_exact_duplicates: bool = True
     skip_existing: bool = Field(True, description="rows whose id is already in the dataset are not added again")
+    existing_ids_in_memory_max: int = Field(
+        5_000_000, ge=0,
+        description="up to this many existing rows, their ids go to workers as a set; above it, workers "
+                    "look ids up in the dataset through a BTREE index on id (memory stays bounded)")
 
     def read_options(self) -> ReadOptions:
         return ReadOptions(max_pixels=self.max_pixels, max_file_bytes=self.max_file_bytes, shard_size=self.shard_size,
                            allow_paths_outside_source=self.allow_paths_outside_source)
 
 
+class ExistingIds:
+    """Which of a batch of ids the dataset already holds (re-ingest must not add a row twice).
+
+    Small datasets ship their ids as a set; large ones are asked per batch with an ``id IN (...)``
+    filter that the BTREE index on ``id`` answers, so neither driver nor workers hold every id."""
+
+    def __init__(self, ids: frozenset | None = None, uri: str | None = None, version: int | None = None,
+                 storage_options: dict | None = None):
+        self.ids, self.uri, self.version, self.storage_options = ids, uri, version, storage_options
+        self._ds = None
+
+    def present(self, ids: list[str]) -> set[str]:
+        if self.ids is not None:
+            return {i for i in ids if i in self.ids}
+        if self.uri is None or not ids:
+            return set()
+        if self._ds is None:
+            import lance
+
+            self._ds = lance.dataset(self.uri, version=self.version, storage_options=self.storage_options or None)
+        quoted = ",".join("'" + i.replace("'", "''") + "'" for i in ids)
+        return set(self._ds.to_table(columns=["id"], filter=f"id IN ({quoted})").column("id").to_pylist())
+
+    def __getstate__(self):
+        return {**self.__dict__, "_ds": None}
+
+
 class _IngestWorker:
     """A Ray actor: reads one unit and writes its rows as fragment files of the dataset."""
 
-    def __init__(self, uri: str, storage_options: dict, opts: ReadOptions, existing_ids: frozenset):
+    def __init__(self, uri: str, storage_options: dict, opts: ReadOptions, existing_ids: ExistingIds):
         self.uri, self.storage_options, self.opts, self.existing = uri, storage_options, opts, existing_ids
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -58,21 +89,25 @@ class _IngestWorker:
             counters: dict[str, int] = {}
             rows_total = 0
 
-            def batches():
+            def new_rows(buf: list[dict]) -> list[dict]:
                 nonlocal rows_total
+                seen = self.existing.present([r["id"] for r in buf])
+                if seen:
+                    counters["skipped_existing"] = counters.get("skipped_existing", 0) + sum(r["id"] in seen for r in buf)
+                    buf = [r for r in buf if r["id"] not in seen]
+                rows_total += len(buf)
+                return buf
+
+            def batches():
                 buf = []
                 for row in read_unit(unit, self.opts, counters):
-                    if row["id"] in self.existing:
-                        counters["skipped_existing"] = counters.get("skipped_existing", 0) + 1
-                        continue
                     buf.append(row)
                     if len(buf) >= self.opts.shard_size:
-                        rows_total += len(buf)
-                        yield pa.RecordBatch.from_pylist(buf, schema=SAMPLES_SCHEMA)
+                        if rows := new_rows(buf):
+                            yield pa.RecordBatch.from_pylist(rows, schema=SAMPLES_SCHEMA)
                         buf = []
-                if buf:
-                    rows_total += len(buf)
-                    yield pa.RecordBatch.from_pylist(buf, schema=SAMPLES_SCHEMA)
+                if buf and (rows := new_rows(buf)):
+                    yield pa.RecordBatch.from_pylist(rows, schema=SAMPLES_SCHEMA)
 
             reader = pa.RecordBatchReader.from_batches(SAMPLES_SCHEMA, batches())
             frags = write_fragments(reader, self.uri, schema=SAMPLES_SCHEMA, max_rows_per_file=1 << 20,
@@ -82,6 +117,19 @@ class _IngestWorker:
             out["fragments"].append(json.dumps([f.to_json() for f in frags]))
             out["stats"].append(json.dumps(stats.to_dict()))
         return pa.table(out)
+
+
+def _ensure_id_index(ds) -> None:
+    """A BTREE index on ``id`` for re-ingest lookups; rows appended since it was built are still
+    found (Lance scans unindexed fragments), so it is rebuilt only when a quarter is unindexed."""
+    stats = None
+    try:
+        stats = ds.index_statistics("id_idx")
+    except Exception:  # no such index yet
+        pass
+    if stats is not None and stats.get("num_unindexed_rows", 0) <= 0.25 * max(1, stats.get("num_indexed_rows", 0)):
+        return
+    ds.create_scalar_index("id", "BTREE", name="id_idx", replace=True)
 
 
 def _fingerprint(cfg: IngestConfig, units: list[dict], read_version: int | None) -> str:
@@ -98,10 +146,15 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
     opts = cfg.read_options()
     units = plan_units(cfg.source, opts)
     exists = store.exists()
-    read_version = store.open().version if exists else None
-    existing: frozenset = frozenset()
+    existing = ExistingIds(frozenset())
     if exists and cfg.skip_existing:
-        existing = frozenset(store.to_arrow(columns=["id"]).column("id").to_pylist())
+        ds = store.open()
+        if ds.count_rows() <= cfg.existing_ids_in_memory_max:
+            existing = ExistingIds(frozenset(ds.to_table(columns=["id"]).column("id").to_pylist()))
+        else:
+            _ensure_id_index(ds)
+            existing = ExistingIds(uri=store.uri, version=store.open().version, storage_options=store.storage_options)
+    read_version = store.open().version if exists else None
 
     ckpt = Checkpoints(store.state_dir / "checkpoints" / f"ingest-{_fingerprint(cfg, units, read_version)}", "unit")
     done = ckpt.load()

@@ -112,17 +112,21 @@ def test_hostile_files_become_rows_with_reasons(tmp_path, coco_dir, ray_session)
     assert store.error_counts()["decompression_bomb"] == 1
 
 
-def test_reingest_skips_existing_rows(tmp_path, coco_dir, ray_session):
+@pytest.mark.parametrize("in_memory_max", [5_000_000, 0], ids=["id-set", "id-index"])
+def test_reingest_skips_existing_rows(tmp_path, coco_dir, ray_session, in_memory_max):
     src = tmp_path / "imgs"
     src.mkdir()
     for p in _photos(coco_dir, 3):
         (src / p.name).write_bytes(p.read_bytes())
     store = Store(tmp_path / "r.lance")
-    ingest(store, IngestConfig(source=[str(src)], flag_exact_duplicates=False), show_progress=False)
+    cfg = IngestConfig(source=[str(src)], flag_exact_duplicates=False, existing_ids_in_memory_max=in_memory_max)
+    ingest(store, cfg, show_progress=False)
     (src / "new.jpg").write_bytes(_photos(coco_dir, 4)[3].read_bytes())
-    res = ingest(store, IngestConfig(source=[str(src)], flag_exact_duplicates=False), show_progress=False)
+    res = ingest(store, cfg, show_progress=False)
     assert res[0].stats.counters["skipped_existing"] == 3
     assert store.open().count_rows() == 4
+    if in_memory_max == 0:  # the large-dataset path looked ids up through the index
+        assert any(i["name"] == "id_idx" for i in store.open().list_indices())
 
 
 def _curate(*args, env=None, **kw):
