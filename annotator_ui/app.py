@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field
 
-from annotator_ui.db import Conflict, NotFound, NotLeased, ReviewDB, ReviewError, User
+from annotator_ui.db import BadInput, Conflict, NotFound, NotLeased, ReviewDB, ReviewError, User
 from annotator_ui.security import CSRF_HEADER, LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token, tokens_equal
 
 __all__ = ["AppSettings", "create_app"]
@@ -57,6 +57,11 @@ class AppSettings(BaseModel):
     title: str = "Review"
 
 
+# text without NUL characters: PostgreSQL cannot store them, and the schema says so (clients and
+# fuzzers see the rule in openapi.json instead of meeting a surprise 422)
+NO_NUL = r"^[^\x00]*$"
+
+
 class DecisionIn(BaseModel):
     """A decision posted as JSON (what the page's form posts carry, as an API)."""
 
@@ -64,9 +69,9 @@ class DecisionIn(BaseModel):
 
     decision: Literal["keep", "drop"]
     flag: bool = False
-    caption: str | None = Field(None, max_length=10_000)
-    tags: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=64)
-    reasons: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=20)
+    caption: str | None = Field(None, max_length=10_000, pattern=NO_NUL)
+    tags: list[Annotated[str, Field(max_length=64, pattern=NO_NUL)]] = Field(default_factory=list, max_length=64)
+    reasons: list[Annotated[str, Field(max_length=200, pattern=NO_NUL)]] = Field(default_factory=list, max_length=20)
 
 
 class LoginIn(BaseModel):
@@ -198,12 +203,20 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
 
     @app.exception_handler(ReviewError)
     async def review_error(request: Request, exc: ReviewError):
-        code = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 403
+        code = (404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict)
+                else 422 if isinstance(exc, BadInput) else 403)
         return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=code)
 
-    @app.exception_handler(sqlite3.OperationalError)
-    async def db_busy(request: Request, exc: sqlite3.OperationalError):
+    async def db_busy(request: Request, exc: Exception):
         return JSONResponse({"detail": "database busy, retry"}, status_code=503, headers={"retry-after": "1"})
+
+    # a locked SQLite file, or a PostgreSQL server that is restarting, deadlocked or out of
+    # connections: the request can be retried, so 503 with Retry-After, never a 500
+    app.add_exception_handler(sqlite3.OperationalError, db_busy)
+    if db.dialect.name != "sqlite":
+        import psycopg
+
+        app.add_exception_handler(psycopg.OperationalError, db_busy)
 
     # --- public -----------------------------------------------------------------------------------
     @app.get("/health")

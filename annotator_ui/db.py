@@ -38,7 +38,7 @@ from typing import Any, Iterator
 
 from annotator_ui.security import DUMMY_HASH, hash_password, new_token, token_digest, verify_password
 
-__all__ = ["ReviewDB", "ReviewError", "NotLeased", "Conflict", "NotFound", "DECISIONS", "ROLES", "User"]
+__all__ = ["ReviewDB", "ReviewError", "NotLeased", "Conflict", "NotFound", "BadInput", "DECISIONS", "ROLES", "User"]
 
 DECISIONS = ("keep", "drop")
 ROLES = ("annotator", "admin")
@@ -51,6 +51,11 @@ class ReviewError(Exception):
 
 class NotFound(ReviewError):
     pass
+
+
+class BadInput(ReviewError, ValueError):
+    """A value no engine can store the same way (text with NUL characters: PostgreSQL refuses
+    them, SQLite would keep them), refused on both so behaviour does not depend on the engine."""
 
 
 class NotLeased(ReviewError):
@@ -78,28 +83,28 @@ CREATE TABLE IF NOT EXISTS users (
   id {serial}, name TEXT NOT NULL UNIQUE, pw_hash TEXT NOT NULL, role TEXT NOT NULL,
   active INTEGER NOT NULL DEFAULT 1, created DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
-  token_hash TEXT PRIMARY KEY, user_id INTEGER NOT NULL, csrf TEXT NOT NULL,
+  token_hash TEXT PRIMARY KEY, user_id BIGINT NOT NULL, csrf TEXT NOT NULL,
   created DOUBLE PRECISION NOT NULL, expires DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
   id {serial}, row_id TEXT NOT NULL UNIQUE, batch TEXT, priority DOUBLE PRECISION NOT NULL,
   status INTEGER NOT NULL DEFAULT 0, gold INTEGER NOT NULL DEFAULT 0, gold_answer TEXT,
   needed INTEGER NOT NULL DEFAULT 1, done_count INTEGER NOT NULL DEFAULT 0,
-  lease_user INTEGER, lease_expires DOUBLE PRECISION NOT NULL DEFAULT 0,
+  lease_user BIGINT, lease_expires DOUBLE PRECISION NOT NULL DEFAULT 0,
   payload TEXT NOT NULL, created DOUBLE PRECISION NOT NULL);
 DROP INDEX IF EXISTS items_queue;
 CREATE INDEX IF NOT EXISTS items_next ON items (status, gold, priority DESC, id, lease_expires);
 CREATE INDEX IF NOT EXISTS items_lease ON items (lease_user) WHERE lease_user IS NOT NULL;
 CREATE TABLE IF NOT EXISTS decisions (
-  id {serial}, item_id INTEGER NOT NULL, user_id INTEGER NOT NULL, decision TEXT NOT NULL,
+  id {serial}, item_id BIGINT NOT NULL, user_id BIGINT NOT NULL, decision TEXT NOT NULL,
   flag INTEGER NOT NULL DEFAULT 0, caption TEXT, tags TEXT, reasons TEXT,
   created DOUBLE PRECISION NOT NULL, UNIQUE (item_id, user_id));
 CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);
 CREATE TABLE IF NOT EXISTS skips (
-  item_id INTEGER NOT NULL, user_id INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL,
+  item_id BIGINT NOT NULL, user_id BIGINT NOT NULL, created DOUBLE PRECISION NOT NULL,
   PRIMARY KEY (item_id, user_id));
 CREATE TABLE IF NOT EXISTS audit (
-  id {serial}, ts DOUBLE PRECISION NOT NULL, user_id INTEGER, action TEXT NOT NULL,
-  item_id INTEGER, detail TEXT);
+  id {serial}, ts DOUBLE PRECISION NOT NULL, user_id BIGINT, action TEXT NOT NULL,
+  item_id BIGINT, detail TEXT);
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 """
@@ -129,20 +134,28 @@ class _Tx:
     def __init__(self, cur, dialect: _Dialect):
         self.cur, self.d = cur, dialect
 
+    @staticmethod
+    def _params(params: tuple | list) -> tuple:
+        params = tuple(params)
+        for p in params:
+            if isinstance(p, str) and "\x00" in p:
+                raise BadInput("text must not contain NUL characters")
+        return params
+
     def exec(self, q: str, params: tuple | list = ()) -> int:
-        self.cur.execute(self.d.sql(q), tuple(params))
+        self.cur.execute(self.d.sql(q), self._params(params))
         return self.cur.rowcount
 
     def many(self, q: str, rows: list[tuple]) -> None:
         if rows:
-            self.cur.executemany(self.d.sql(q), rows)
+            self.cur.executemany(self.d.sql(q), [self._params(r) for r in rows])
 
     def all(self, q: str, params: tuple | list = ()) -> list[tuple]:
-        self.cur.execute(self.d.sql(q), tuple(params))
+        self.cur.execute(self.d.sql(q), self._params(params))
         return list(self.cur.fetchall())
 
     def one(self, q: str, params: tuple | list = ()) -> tuple | None:
-        self.cur.execute(self.d.sql(q), tuple(params))
+        self.cur.execute(self.d.sql(q), self._params(params))
         return self.cur.fetchone()
 
     def audit(self, user_id: int | None, action: str, item_id: int | None = None, **detail: Any) -> None:
@@ -150,7 +163,9 @@ class _Tx:
                   (time.time(), user_id, action, item_id, json.dumps(detail, default=str) if detail else None))
 
     def bump(self, **deltas: int) -> None:
-        for name, n in deltas.items():
+        # counter rows are locked in name order in every transaction, so two transactions that
+        # bump overlapping counters can never wait on each other in a cycle (PostgreSQL deadlock)
+        for name, n in sorted(deltas.items()):
             if n:
                 self.exec("UPDATE counters SET value = value + ? WHERE name = ?", (int(n), name))
 
@@ -202,13 +217,20 @@ class ReviewDB:
                 import psycopg
             except ImportError as e:  # pragma: no cover - depends on the install
                 raise RuntimeError("a postgresql:// review database needs `pip install psycopg[binary]`") from e
-            conn = psycopg.connect(self.url, autocommit=True)
+            # autocommit: transactions are opened explicitly by ``tx`` (``conn.transaction()``)
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         with self._lock:
             self._all_conns.append(conn)
         return conn
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
+        if conn is not None and self.dialect.name != "sqlite" and (conn.closed or conn.broken):
+            # the server restarted or dropped us: this thread reconnects instead of failing forever
+            with self._lock:
+                if conn in self._all_conns:
+                    self._all_conns.remove(conn)
+            conn = None
         if conn is None:
             conn = self._local.conn = self._connect()
         return conn
@@ -250,6 +272,9 @@ class ReviewDB:
 
     def init_schema(self) -> None:
         with self.tx() as t:
+            if self.dialect.name != "sqlite":
+                # two processes creating the schema at once would race on CREATE ... IF NOT EXISTS
+                t.exec("SELECT pg_advisory_xact_lock(?)", (7_260_412,))
             for stmt in _DDL.format(serial=self.dialect.serial).split(";"):
                 if stmt.strip():
                     t.exec(stmt)
@@ -275,8 +300,8 @@ class ReviewDB:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         name = name.strip()
-        if not name or len(name) > 64 or any(c.isspace() for c in name):
-            raise ValueError("user name must be 1-64 characters without spaces")
+        if not name or len(name) > 64 or any(c.isspace() or not c.isprintable() for c in name):
+            raise ValueError("user name must be 1-64 printable characters without spaces")
         if len(password) < 8:
             raise ValueError("password must have at least 8 characters")
         pw = hash_password(password)
@@ -295,12 +320,14 @@ class ReviewDB:
         return User(int(uid), name, role)
 
     def authenticate(self, name: str, password: str) -> User | None:
-        with self.tx(write=False) as t:
-            row = t.one("SELECT id, name, role, pw_hash, active FROM users WHERE name = ?", (name,))
+        row = None
+        if "\x00" not in name:  # no account can have such a name (add_user refuses it)
+            with self.tx(write=False) as t:
+                row = t.one("SELECT id, name, role, pw_hash, active FROM users WHERE name = ?", (name,))
         ok = verify_password(password, row[3] if row else DUMMY_HASH)  # same cost for unknown names
         with self.tx() as t:
             t.audit(row[0] if row else None, "login" if ok and row and row[4] else "login_failed",
-                    name=name[:64])
+                    name=name[:64].replace("\x00", "\ufffd"))
         if ok and row and row[4]:
             return User(int(row[0]), row[1], row[2])
         return None

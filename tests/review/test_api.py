@@ -1,4 +1,5 @@
-"""The HTTP API and pages against a real SQLite file and a real Lance dataset (TestClient)."""
+"""The HTTP API and pages against a real review database (SQLite file and PostgreSQL, see
+``db_url``) and a real Lance dataset (TestClient)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ XSS = '<img src=x onerror="alert(1)"><script>alert("x")</script>'
 
 
 @pytest.fixture
-def env(tmp_path, coco_dir):
+def env(tmp_path, coco_dir, db_url):
     rows = coco_rows(coco_dir, limit=4)
     rows[1]["captions"][0]["text"] = XSS
     uri = str(tmp_path / "ds.lance")
     lance.write_dataset(samples_table(rows), uri)
-    db = ReviewDB(tmp_path / "review.sqlite")
+    db = ReviewDB(db_url)
     db.set_meta("dataset", uri)
     db.add_user("admin", PASSWORD, "admin")
     db.add_user("alice", PASSWORD)
@@ -35,7 +36,7 @@ def env(tmp_path, coco_dir):
                                   "neighbours": [{"row_id": rows[(pos + 1) % 4]["id"], "pos": (pos + 1) % 4,
                                                   "sim": 0.5, "caption": "nb"}]}})
     db.enqueue(items, "b1")
-    app = create_app(AppSettings(db_url=str(tmp_path / "review.sqlite"), max_body=16 * 1024), db)
+    app = create_app(AppSettings(db_url=db_url, max_body=16 * 1024), db)
     yield app, db, rows
     db.close()
 
@@ -150,10 +151,15 @@ def test_bad_requests_get_4xx_never_500(env):
         alice.get("/image/" + "a" * 500),
         alice.post(f"/annotate/{it['id']}", data={"action": "explode", "csrf": alice.headers["x-csrf-token"]}),
         alice.post("/login", data={"username": "x"}),
+        # NUL characters: PostgreSQL cannot store them, so both engines refuse them the same way
+        alice.post(url, json={"decision": "keep", "caption": "a\x00b"}),
+        alice.post(url, json={"decision": "keep", "tags": ["a\x00"]}),
+        alice.post("/api/login", json={"username": "al\x00ice", "password": PASSWORD}),
     ]
     codes = [r.status_code for r in cases]
     assert all(400 <= c < 500 for c in codes), codes
     assert codes[10] == 413 and codes[11] == 413 and codes[12] == 404
+    assert codes[-3:] == [422, 422, 401]
 
 
 def test_images_by_row_id_only_for_your_items(env):

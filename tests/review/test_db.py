@@ -1,9 +1,9 @@
-"""The review database layer against a real SQLite file: leases, decisions, gold, audit, concurrency."""
+"""The review database layer, on a real SQLite file and a real PostgreSQL server (``db_url`` is
+parametrized): leases, decisions, gold, audit, concurrency."""
 
 from __future__ import annotations
 
 import random
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -19,7 +19,7 @@ def _users(db):
     return {u.name: u for u in db.users()}
 
 
-def test_passwords_are_scrypt_hashes_and_sessions_store_only_digests(review_db, tmp_path):
+def test_passwords_are_scrypt_hashes_and_sessions_store_only_digests(review_db):
     h = hash_password("s3cret-pass")
     assert h.startswith("scrypt$") and "s3cret" not in h
     assert verify_password("s3cret-pass", h) and not verify_password("s3cret-pasS", h)
@@ -30,7 +30,10 @@ def test_passwords_are_scrypt_hashes_and_sessions_store_only_digests(review_db, 
     with pytest.raises(ValueError):
         review_db.add_user("alice", PASSWORD)
     token, csrf = review_db.create_session(_users(review_db)["alice"], 60)
-    raw = sqlite3.connect(tmp_path / "review.sqlite").execute("SELECT token_hash, csrf FROM sessions").fetchall()
+    with review_db.tx(write=False) as t:
+        raw = t.all("SELECT token_hash, csrf FROM sessions")
+        stored = t.all("SELECT pw_hash FROM users")
+    assert raw and all(h[0].startswith("scrypt$") for h in stored)
     assert all(token not in row[0] for row in raw)
     assert review_db.session(token)[0].name == "alice" and review_db.session("forged") is None
 
@@ -139,8 +142,8 @@ def test_reenqueue_updates_open_items_and_keeps_reviewed_ones(review_db):
     assert order == ["r000003", "r000002", "r000001"]  # new priorities; r000000 was reviewed already
 
 
-def test_twenty_annotators_in_threads_never_share_a_lease_nor_lose_a_decision(tmp_path):
-    db = ReviewDB(tmp_path / "conc.sqlite")
+def test_twenty_annotators_in_threads_never_share_a_lease_nor_lose_a_decision(db_url):
+    db = ReviewDB(db_url)
     users = [db.add_user(f"ann{i:02d}", PASSWORD) for i in range(20)]
     n = 300
     db.enqueue(make_items(n, double_every=5, gold=0), "b1")

@@ -6,12 +6,15 @@ import json
 import shutil
 from pathlib import Path
 
+import lance
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from annotator_ui.db import ReviewDB
 from curation.store import Store
 from pipelines.review import ReviewApplyConfig, ReviewMineConfig, apply_reviews, mine_queue
+from tests.helpers import coco_rows, samples_table
 from tests.review.conftest import PASSWORD, add_signals
 
 
@@ -86,3 +89,31 @@ def test_mine_review_apply_closes_the_loop(tmp_path, coco_store, ray_session):
     again = mine_queue(store, ReviewMineConfig(n=80, min_hardness=0.0, db=dbfile), show_progress=False)
     assert again["queued"] == 0
     assert {r["column"]: r["threshold"] for r in again["rules"]}["prof_quality"] == rules["prof_quality"]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_mine_and_apply_through_a_postgresql_review_database(tmp_path, coco_dir, db_url, ray_session):
+    """The same mine -> review -> apply code with the review state on a PostgreSQL server
+    (the SQLite path is the test above): decisions land in the new Lance version, apply is audited."""
+    rows = coco_rows(coco_dir, limit=16)
+    uri = str(tmp_path / "ds.lance")
+    lance.write_dataset(samples_table(rows), uri)
+    add_signals(uri)
+    store = Store(uri)
+    summary = mine_queue(store, ReviewMineConfig(n=16, min_hardness=0.0, double_share=0.0, db=db_url),
+                         show_progress=False)
+    assert summary["queued"] == 16
+    db = ReviewDB(db_url)
+    ann = db.add_user("ann1", PASSWORD)
+    truth = {}
+    while (it := db.next_item(ann)) is not None:
+        truth[it["row_id"]] = human_says(it["payload"]["signals"])
+        db.submit(ann, it["id"], truth[it["row_id"]], caption="fixed 'caption' ?" if len(truth) == 1 else None)
+    assert len(truth) == 16
+    rep = apply_reviews(store, ReviewApplyConfig(db=db_url, min_labels=4), show_progress=False)
+    t = store.open().to_table(columns=["id", "rev_decision", "rev_caption", "rev_reviewer"])
+    assert dict(zip(t.column("id").to_pylist(), t.column("rev_decision").to_pylist())) == truth
+    assert [c for c in t.column("rev_caption").to_pylist() if c] == ["fixed 'caption' ?"]
+    assert set(t.column("rev_reviewer").to_pylist()) == {"ann1"}
+    assert rep["version_after"] == store.open().version and db.audit_count("apply") == 1
+    db.close()
