@@ -112,6 +112,9 @@ def test_mixed_batch_equals_samples_alone():
 def test_reference_parity_with_diffusers(tmp_path):
     """diffusers' ZImageTransformer2DModel, tiny config, random weights -> safetensors folder ->
     our loader -> the same outputs on a mixed batch."""
+    from curation.encoders import ensure_hf_importable
+
+    ensure_hf_importable()   # a CUDA torchvision next to CPU torch would break diffusers' import
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     ref = diffusers.ZImageTransformer2DModel(in_channels=16, dim=64, n_layers=2, n_refiner_layers=1, n_heads=2,
