@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Form, HTTPException, Path as PathParam, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +38,7 @@ __all__ = ["AppSettings", "create_app"]
 
 HERE = Path(__file__).resolve().parent
 ROW_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+ROW_ID_PARAM = Annotated[str, PathParam(pattern=ROW_ID.pattern, max_length=128)]
 ITEM_ID = Annotated[int, PathParam(ge=1, le=2**62)]
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -74,10 +77,42 @@ class DecisionIn(BaseModel):
     reasons: list[Annotated[str, Field(max_length=200, pattern=NO_NUL)]] = Field(default_factory=list, max_length=20)
 
 
+class ErrorOut(BaseModel):
+    """Every error answer: ``detail`` is a message (or FastAPI's list of field errors on 422)."""
+
+    detail: Any
+    error: str | None = None
+
+
+def _error(description: str, html: bool = False) -> dict[str, Any]:
+    # explicit JSON content (not ``model=``), so HTML pages document their errors as the JSON they are
+    content: dict[str, Any] = {"application/json": {"schema": ErrorOut.model_json_schema()}}
+    if html:
+        content["text/html"] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
+
+
+# documented on every operation, so a client (or a fuzzer) meets no undocumented status
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("malformed request (e.g. a bad Content-Length)"),
+    401: _error("no valid session (log in first; browsers asking for HTML get the login page)", html=True),
+    403: _error("not allowed: wrong CSRF token, admin only, or not your lease"),
+    404: _error("no such item or image"),
+    409: _error("a different decision from you already exists"),
+    413: _error("request body too large"),
+    415: _error("stored bytes are not a displayable image"),
+    422: _error("invalid input (field errors, NUL characters)"),
+    503: _error("database busy or unavailable; retry after the Retry-After seconds"),
+}
+HTML_PAGE = {200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "an HTML page"}}
+REDIRECT = {303: {"description": "done; the browser follows the Location header"}, **HTML_PAGE}
+PUBLIC = {"security": []}  # operations that need no session
+
+
 class LoginIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=64)
+    username: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -156,7 +191,7 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
     db = db or ReviewDB(settings.db_url)
     dataset = settings.dataset or db.get_meta("dataset")
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
-    app = FastAPI(title="curate review", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="curate review", docs_url=None, redoc_url=None, openapi_url=None, responses=ERRORS)
     app.state.db, app.state.settings = db, settings
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
@@ -195,8 +230,16 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
     CsrfUser = Annotated[User, Depends(json_csrf)]
     Admin = Annotated[User, Depends(admin_dep)]
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:
+            # Starlette's Allow names only the first route with this path; /login has two (GET, POST)
+            methods: set[str] = set()
+            for route in app.router.routes:
+                if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+                    methods |= route.methods
+            return JSONResponse({"detail": exc.detail}, status_code=405,
+                                headers={"allow": ", ".join(sorted(methods))})
         if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
             return page("login.html", 401, error="Please log in.", csrf=None, login_csrf=None)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
@@ -219,11 +262,11 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
         app.add_exception_handler(psycopg.OperationalError, db_busy)
 
     # --- public -----------------------------------------------------------------------------------
-    @app.get("/health")
+    @app.get("/health", openapi_extra=PUBLIC)
     def health():
         return {"ok": True}
 
-    @app.get("/login", response_class=HTMLResponse)
+    @app.get("/login", response_class=HTMLResponse, responses=HTML_PAGE, openapi_extra=PUBLIC)
     def login_page(request: Request):
         token = request.cookies.get(LOGIN_CSRF_COOKIE) or new_token()
         resp = page("login.html", login_csrf=token, error=None, csrf=None)
@@ -231,9 +274,10 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
                         max_age=3600, path="/login")
         return resp
 
-    @app.post("/login")
-    def login_form(request: Request, username: Annotated[str, Form(max_length=64)],
-                   password: Annotated[str, Form(max_length=1024)], csrf: Annotated[str, Form(max_length=128)]):
+    @app.post("/login", responses=REDIRECT, openapi_extra=PUBLIC)
+    def login_form(request: Request, username: Annotated[str, Form(min_length=1, max_length=64)],
+                   password: Annotated[str, Form(min_length=1, max_length=1024)],
+                   csrf: Annotated[str, Form(min_length=1, max_length=128)]):
         if not tokens_equal(csrf, request.cookies.get(LOGIN_CSRF_COOKIE)):
             raise HTTPException(403, "login form expired; reload the page")
         user = db.authenticate(username, password)
@@ -244,7 +288,7 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
         set_session(resp, token)
         return resp
 
-    @app.post("/api/login")
+    @app.post("/api/login", openapi_extra=PUBLIC)
     def login_json(body: LoginIn):
         user = db.authenticate(body.username, body.password)
         if user is None:
@@ -255,17 +299,17 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
         return resp
 
     # --- annotator pages ---------------------------------------------------------------------------
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, responses=HTML_PAGE)
     def annotate_page(s: Annotated[tuple[User, str], Depends(session)]):
         user, csrf = s
         item = db.next_item(user, lease_s=settings.lease_s, gold_rate=settings.gold_rate)
         return page("annotate.html", user=user, csrf=csrf, item=_public_item(item) if item else None,
                     counters=db.counters(), mine=db.user_decision_count(user), reject_reasons=REJECT_REASONS)
 
-    @app.post("/annotate/{item_id}")
+    @app.post("/annotate/{item_id}", responses=REDIRECT)
     def annotate_post(item_id: ITEM_ID, s: Annotated[tuple[User, str], Depends(session)],
                       action: Annotated[Literal["accept", "reject", "flag", "skip"], Form()],
-                      csrf: Annotated[str, Form(max_length=128)],
+                      csrf: Annotated[str, Form(min_length=1, max_length=128)],
                       caption: Annotated[str | None, Form(max_length=10_000)] = None,
                       tags: Annotated[str, Form(max_length=4000)] = "",
                       reasons: Annotated[list[str] | None, Form()] = None):
@@ -286,9 +330,9 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
                   reasons=body.reasons)
         return RedirectResponse("/", status_code=303)
 
-    @app.post("/logout")
+    @app.post("/logout", responses=REDIRECT)
     def logout(request: Request, s: Annotated[tuple[User, str], Depends(session)],
-               csrf: Annotated[str, Form(max_length=128)]):
+               csrf: Annotated[str, Form(min_length=1, max_length=128)]):
         if not tokens_equal(csrf, s[1]):
             raise HTTPException(403, "missing or wrong CSRF token")
         db.release_user(s[0])
@@ -350,8 +394,10 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
                     return p.get("version"), nb.get("pos")
         raise HTTPException(403 if not user.is_admin else 404, "no such image among your items")
 
-    @app.get("/image/{row_id}")
-    def image(row_id: str, user: CurrentUser):
+    @app.get("/image/{row_id}", response_class=Response,
+             responses={200: {"content": {t: {} for t in ("image/jpeg", "image/png", "image/gif", "image/webp")},
+                              "description": "the image bytes"}})
+    def image(row_id: ROW_ID_PARAM, user: CurrentUser):
         if not ROW_ID.match(row_id):
             raise HTTPException(422, "row ids are letters, digits and _.:-")
         version, pos = _row_locator(user, row_id)
@@ -372,7 +418,7 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
         return Response(body, media_type=ctype, headers={"cache-control": "private, max-age=600"})
 
     # --- admin -------------------------------------------------------------------------------------
-    @app.get("/admin", response_class=HTMLResponse)
+    @app.get("/admin", response_class=HTMLResponse, responses=HTML_PAGE)
     def admin_page(s: Annotated[tuple[User, str], Depends(session)]):
         user, csrf = s
         if not user.is_admin:
@@ -383,7 +429,8 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
     def admin_stats(user: Admin):
         return _stats(db)
 
-    @app.get("/admin/export.jsonl")
+    @app.get("/admin/export.jsonl", response_class=StreamingResponse,
+             responses={200: {"content": {"application/x-ndjson": {}}, "description": "one decision per line"}})
     def export(user: Admin):
         db.log(user, "export")
 
@@ -400,6 +447,23 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
 
         return StreamingResponse(lines(), media_type="application/x-ndjson",
                                  headers={"content-disposition": 'attachment; filename="decisions.jsonl"'})
+
+    def openapi_schema() -> dict[str, Any]:
+        """FastAPI's schema plus how to authenticate: the session cookie on every operation but
+        the public ones, and the CSRF header that JSON posts also need."""
+        if app.openapi_schema is None:
+            schema = app.openapi()
+            comps = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            comps["session"] = {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
+                                "description": "from POST /api/login or the login form"}
+            schema["security"] = [{"session": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_json(user: CurrentUser):
+        """The API description, for logged-in users (everything but login and health needs a session)."""
+        return JSONResponse(openapi_schema())
 
     app.add_middleware(_Limits, max_body=settings.max_body)
     return app

@@ -159,7 +159,7 @@ def test_bad_requests_get_4xx_never_500(env):
     codes = [r.status_code for r in cases]
     assert all(400 <= c < 500 for c in codes), codes
     assert codes[10] == 413 and codes[11] == 413 and codes[12] == 404
-    assert codes[-3:] == [422, 422, 401]
+    assert codes[-3:] == [422, 422, 422]
 
 
 def test_images_by_row_id_only_for_your_items(env):
