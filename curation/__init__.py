@@ -7,3 +7,7 @@ import os as _os
 # keeps every process of ours consistent with every local cluster of ours.
 _os.environ.setdefault("RAY_AUTH_MODE", "token")
 _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from curation.compat import install_torchvision_hook as _install_torchvision_hook  # noqa: E402
+
+_install_torchvision_hook()  # a CUDA torchvision next to CPU torch must not break transformers
