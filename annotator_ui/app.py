@@ -18,6 +18,7 @@ import io
 import json
 import re
 import sqlite3
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +58,8 @@ class AppSettings(BaseModel):
     session_ttl_s: float = Field(12 * 3600, gt=0)
     max_body: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
     cookie_secure: bool = Field(False, description="set the Secure flag (when served over HTTPS)")
+    ray_address: str | None = Field(None, description="Ray cluster for the admin's apply action "
+                                    "(default: RAY_ADDRESS or an embedded local one, started on first use)")
     title: str = "Review"
 
 
@@ -425,6 +428,33 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
             raise HTTPException(403, "admins only")
         return page("admin.html", user=user, csrf=csrf, stats=_stats(db), audit=db.audit_tail(30))
 
+    apply_lock = threading.Lock()
+
+    @app.post("/admin/apply", responses=HTML_PAGE)
+    def admin_apply(s: Annotated[tuple[User, str], Depends(session)],
+                    csrf: Annotated[str, Form(min_length=1, max_length=128)]):
+        """"Apply decisions to the dataset": the same ``apply_reviews`` as ``curate review apply``
+        (a new Lance version, refitted reward head and thresholds), run by an admin from the page.
+        One apply at a time; a second click while one runs gets 409."""
+        user, want = s
+        if not user.is_admin:
+            raise HTTPException(403, "admins only")
+        if not tokens_equal(csrf, want):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+        if not dataset:
+            raise HTTPException(409, "this review database names no dataset to apply to")
+        if not apply_lock.acquire(blocking=False):
+            raise HTTPException(409, "an apply is already running")
+        try:
+            report = run_apply(dataset, settings, user)
+        except (FileNotFoundError, ValueError) as e:
+            return page("admin.html", 409, user=user, csrf=csrf, stats=_stats(db), audit=db.audit_tail(30),
+                        apply_error=str(e))
+        finally:
+            apply_lock.release()
+        return page("admin.html", user=user, csrf=csrf, stats=_stats(db), audit=db.audit_tail(30),
+                    applied=_apply_summary(report))
+
     @app.get("/api/admin/stats")
     def admin_stats(user: Admin):
         return _stats(db)
@@ -467,6 +497,30 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
 
     app.add_middleware(_Limits, max_body=settings.max_body)
     return app
+
+
+def run_apply(dataset: str, settings: AppSettings, user: User) -> dict[str, Any]:
+    """Run ``curate review apply`` for the admin page (Ray is joined or started on first use)."""
+    from curation.cluster import RayConfig, init_ray
+    from curation.store import Store
+    from pipelines.review import ReviewApplyConfig, apply_reviews
+
+    init_ray(RayConfig(address=settings.ray_address))
+    return apply_reviews(Store(dataset), ReviewApplyConfig(db=settings.db_url), show_progress=False, by=user)
+
+
+def _apply_summary(rep: dict[str, Any]) -> dict[str, Any]:
+    """What the admin page shows after an apply: what changed, and how good the proposals were."""
+    pa_, va = rep.get("pseudo_label_agreement") or {}, rep.get("verifier_agreement") or {}
+    return {"version_before": rep.get("version_before"), "version_after": rep.get("version_after"),
+            "decisions": rep.get("decisions", 0), "rows_reviewed": rep.get("rows_reviewed", 0),
+            "labels": rep.get("labels", 0), "captions_edited": (rep.get("caption_fixes") or {}).get("captions_edited", 0),
+            "graph_tags_rows": rep.get("graph_tags_rows", 0),
+            "thresholds": [{"column": t.get("column"), "op": t.get("op"), "old": t.get("old"), "new": t.get("new"),
+                            "note": t.get("note", "")} for t in rep.get("thresholds", [])],
+            "reward_head": rep.get("reward_head") or {},
+            "pseudo_accuracy": pa_.get("accuracy"), "verifier_accuracy": va.get("accuracy"), "agreement_n": pa_.get("n"),
+            "report": Path(rep["report_html"]).name if rep.get("report_html") else None}
 
 
 def _public_item(item: dict[str, Any], admin: bool = False) -> dict[str, Any]:

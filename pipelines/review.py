@@ -213,8 +213,10 @@ class ReviewMergeStage(Stage):
         }
 
 
-def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool = True) -> dict[str, Any]:
-    """Merge decisions into a new dataset version and close the loop. Returns the report dict."""
+def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool = True, by: Any = None) -> dict[str, Any]:
+    """Merge decisions into a new dataset version and close the loop. Returns the report dict.
+
+    ``by``: the admin (``annotator_ui.db.User``) who ran it from the web page, for the audit log."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -280,7 +282,7 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     report["rules_after"] = json.loads((rdir / "thresholds.json").read_text())["rules"] if (rdir / "thresholds.json").exists() else report["rules_before"]
     store.write_json(f"review/apply-v{result.version}.json", {k: v for k, v in report.items() if k != "plots"})
     report["report_html"] = str(_write_report(rdir / f"apply-v{result.version}.html", report))
-    db.log(None, "apply", version=result.version, decisions=len(decisions))
+    db.log(by, "apply", version=result.version, decisions=len(decisions), version_before=before)
     db.close()
     return report
 
@@ -432,7 +434,8 @@ def register_cli(app) -> None:
                   port: int = typer.Option(8600),
                   lease_s: float = typer.Option(600, help="seconds before an idle lease returns to the queue"),
                   gold_rate: float = typer.Option(0.05, help="chance that the next item is a gold item"),
-                  secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)")):
+                  secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)"),
+                  address: Optional[str] = AddressOpt):
         """Run the annotator web app."""
         import uvicorn
 
@@ -441,7 +444,7 @@ def register_cli(app) -> None:
         store = open_store(dataset)
         url = db or default_db_url(store)
         app_ = create_app(AppSettings(db_url=url, dataset=store.uri, lease_s=lease_s, gold_rate=gold_rate,
-                                      cookie_secure=secure_cookies))
+                                      cookie_secure=secure_cookies, ray_address=address))
         console.print(f"annotator UI on http://{host}:{port}/  (database {url})")
         uvicorn.run(app_, host=host, port=port, log_level="warning")
 

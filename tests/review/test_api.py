@@ -184,3 +184,29 @@ def test_xss_caption_is_escaped_on_the_page(env):
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
     assert "<script>alert" not in html and 'onerror="alert' not in html
     assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/app.js" defer>']
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # apply on PostgreSQL: test_loop_apply.py
+def test_admin_applies_decisions_from_the_page(env, ray_session):
+    app, db, rows = env
+    alice, admin = login(app, "alice"), login(app, "admin")
+    it = alice.get("/api/next").json()["item"]
+    assert alice.post(f"/api/items/{it['id']}/decision",
+                      json={"decision": "keep", "caption": "<b>a cat</b> on a mat"}).status_code == 200
+    page = admin.get("/admin").text
+    assert 'id="apply-button"' in page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    # annotators cannot apply, nor can a forged form (no or wrong CSRF token)
+    assert alice.post("/admin/apply", data={"csrf": alice.headers["x-csrf-token"]}).status_code == 403
+    assert admin.post("/admin/apply", data={"csrf": "forged"}).status_code == 403
+    assert admin.post("/admin/apply").status_code == 422
+    before = lance.dataset(db.get_meta("dataset")).version
+    r = admin.post("/admin/apply", data={"csrf": csrf})
+    assert r.status_code == 200, r.text[-2000:]
+    ds = lance.dataset(db.get_meta("dataset"))
+    assert ds.version == before + 1
+    assert f'v<span id="apply-version">{ds.version}</span>' in r.text and 'id="apply-captions">1<' in r.text
+    t = ds.to_table(columns=["id", "rev_caption", "rev_decision", "rev_reviewer"], filter=f"id = '{it['row_id']}'")
+    assert t.to_pylist() == [{"id": it["row_id"], "rev_caption": "<b>a cat</b> on a mat", "rev_decision": "keep",
+                              "rev_reviewer": "alice"}]
+    assert [a for a in db.audit_tail(5) if a["action"] == "apply"][0]["user"] == "admin"

@@ -12,7 +12,7 @@ import pytest
 from annotator_ui.app import AppSettings, create_app
 from annotator_ui.db import ReviewDB
 from curation.store import Store
-from pipelines.review import ReviewApplyConfig, ReviewMineConfig, apply_reviews, mine_queue
+from pipelines.review import ReviewMineConfig, mine_queue
 from tests.helpers import coco_rows, samples_table
 from tests.review.conftest import PASSWORD, add_signals
 
@@ -43,6 +43,7 @@ def server(tmp_path, coco_dir):
     mine_queue(store, ReviewMineConfig(n=8, min_hardness=0.0, double_share=0.0, db=dbfile), show_progress=False)
     db = ReviewDB(dbfile)
     db.add_user("alice", PASSWORD)
+    db.add_user("boss", PASSWORD, "admin")
     # serve the XSS row first
     with db.tx() as t:
         t.exec("UPDATE items SET priority = 1000 WHERE row_id = ?", (rows[3]["id"],))
@@ -115,12 +116,23 @@ def test_review_three_items_with_the_keyboard_then_apply(server, browser, ray_se
     assert decided[second]["decision"] == "drop" and not decided[second]["flag"]
     assert decided[third]["decision"] == "drop" and decided[third]["flag"]
 
-    rep = apply_reviews(store, ReviewApplyConfig(db=dbfile), show_progress=False)
+    # an admin applies the decisions from the admin page (the same code as `curate review apply`)
+    before = store.open().version
+    admin = browser.new_context().new_page()
+    admin.goto(base + "/login")
+    admin.fill("#username", "boss")
+    admin.fill("#password", PASSWORD)
+    with admin.expect_navigation():
+        admin.click("#login-button")
+    admin.goto(base + "/admin")
+    with admin.expect_navigation(timeout=180_000):
+        admin.click("#apply-button")
+    assert admin.text_content("#apply-version") == str(store.open().version) and store.open().version == before + 1
+    assert admin.text_content("#apply-captions") == "1"
     t = store.open().to_table(columns=["id", "rev_caption", "rev_decision", "rev_flag"],
                               filter=f"id = '{rows[3]['id']}'")
     assert t.column("rev_caption")[0].as_py() == "A brown dog on a sofaa"
     assert t.column("rev_decision")[0].as_py() == "keep"
-    assert rep["version_after"] == store.open().version
 
     # reloading the page after apply: the next item shows, the XSS text stayed inert throughout
     page.goto(base + "/")
