@@ -120,7 +120,45 @@ def test_dockerfiles_build_what_the_repository_has(name):
         assert group in extras, f"{name}: extra [{group}] is not in pyproject.toml"
     torch = re.search(r"pip install .*torch==([\d.]+)", text)
     assert torch and f"torch=={torch.group(1)}" in extras["train"]  # the same torch as the project pins
-    # the Debian packages the engines need at run time (the Makefile's list, minus the browser for UI tests)
+    # the Debian packages the engines need at run time: the Makefile's list, minus what only the
+    # tests use (the browser for UI tests, a throwaway PostgreSQL server for the review DB tests;
+    # on a cluster the review database is a service of its own, psycopg[binary] brings libpq)
     apt = re.search(r"^APT_PACKAGES := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
     for pkg in apt:
-        assert pkg.startswith("chromium") or pkg in text, f"{name}: Debian package {pkg} is not installed"
+        test_only = pkg.startswith(("chromium", "postgresql"))
+        assert test_only or pkg in text, f"{name}: Debian package {pkg} is not installed"
+        assert not test_only or pkg not in text, f"{name}: {pkg} is only for tests, it does not belong in the image"
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfiles_install_torch_before_the_project(name):
+    """pip resolves the project's extras against what is installed: torch must be there first, or
+    the image gets whatever torch build the index serves by default (the CUDA one, several GB)."""
+    runs = [ln for ln in re.sub(r"\\\n", " ", (DEPLOY / name).read_text()).splitlines() if ln.startswith("RUN ")]
+    torch_at = next(i for i, ln in enumerate(runs) if re.search(r"pip install .*torch==", ln))
+    project_at = next(i for i, ln in enumerate(runs) if 'pip install ".[' in ln)
+    assert torch_at < project_at
+    if name == "Dockerfile":  # the CPU image: the torch index is a build argument (a CPU wheel index)
+        assert "TORCH_INDEX_URL" in runs[torch_at]
+
+
+def test_non_python_files_ship_in_the_installed_package():
+    """The images install the project non-editable (``pip install ".[all]"``), so a template or
+    static file not named in ``package-data`` would be missing there while present in a checkout."""
+    from fnmatch import fnmatch
+
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = py["tool"]["setuptools"]["packages"]["find"]["include"]
+    data = py["tool"]["setuptools"].get("package-data", {})
+    tops = {p.rstrip("*") for p in include}
+    missing = []
+    for top in tops:
+        for f in (ROOT / top).rglob("*"):
+            if not f.is_file() or f.suffix in (".py", ".pyc") or "__pycache__" in f.parts:
+                continue
+            if f.suffix in (".md", ".yaml") and f.parent == ROOT / top:
+                continue  # docs and example pipelines at a package's top are read from the checkout, not imported
+            rel = f.relative_to(ROOT / top).as_posix()
+            if not any(fnmatch(rel, pat) for pat in data.get(top, [])):
+                missing.append(f"{top}/{rel}")
+    assert missing == [], f"not in [tool.setuptools.package-data]: {missing}"
