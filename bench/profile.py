@@ -1,5 +1,10 @@
 """Profiling throughput, measured as ratios within one run (so a busy machine cancels out).
 
+Every pair (stage, its baseline) is timed in interleaved rounds (A, B, A, B, ...) and the median
+of the rounds is reported, wall clock and CPU seconds of this process (the CPU-time ratio does not
+move with other people's load on a shared machine; both sides are single-threaded here, as in a
+Ray actor with ``num_cpus: 1``: OpenCV and ONNX Runtime are limited to one thread).
+
 1. Cheap signals (metadata + hashes + entropy + degradation, one decode) vs a decode-only loop
    over the same images: (a) plain PIL full decode to RGB, (b) our safe decode alone (same
    working-copy size, JPEG DCT scaling). Target: >= 0.5 of (a).
@@ -8,7 +13,7 @@
    forward, no Arrow, no stage). Target: >= 0.85.
 3. Optionally (--ray) the cheap stage through ``run_stage`` (Ray actors + Lance commit).
 
-Usage: .venv/bin/python bench/profile.py [--images 80] [--repeat 2] [--ray]
+Usage: .venv/bin/python bench/profile.py [--images 80] [--repeat 5] [--ray] [--skip ocr,clip,...]
 Images: the 80 COCO photos in ../shared/data/coco-mini (640x480-ish JPEGs), cycled.
 """
 
@@ -29,22 +34,31 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def timed(fn, repeat: int) -> float:
-    best = float("inf")
+def interleaved(fns: dict, repeat: int) -> dict:
+    """Median wall and CPU seconds per function, the functions timed in alternating rounds."""
+    import statistics
+
+    wall: dict = {k: [] for k in fns}
+    cpu: dict = {k: [] for k in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        for k, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=80)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--ray", action="store_true")
+    ap.add_argument("--skip", default="", help="comma-separated: nsfw,clip,text_emb,brisque,ocr")
     args = ap.parse_args()
+    skip = {x.strip() for x in args.skip.split(",") if x.strip()}
 
+    import cv2
     import numpy as np
     import pyarrow as pa
     import torch
@@ -52,7 +66,8 @@ def main() -> None:
 
     from pipelines.profile import BrisqueStage, CheapStage, ClipStage, NsfwStage, OcrStage, TextEmbStage
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(1)  # one CPU per worker, as the stages run in Ray actors with num_cpus: 1
+    cv2.setNumThreads(1)
     files = sorted((ROOT / ".." / "shared" / "data" / "coco-mini" / "images").glob("*.jpg"))
     data = [files[i % len(files)].read_bytes() for i in range(args.images)]
     caps = [[{"text": "a photo of something on a table", "kind": "short", "lang": "en"}]] * len(data)
@@ -61,12 +76,17 @@ def main() -> None:
         "captions": pa.array(caps),
     })
     n = len(data)
-    lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, no GPU; "
-             f"{n} COCO JPEGs (~640x480); best of {args.repeat}", ""]
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), platform.machine())
+    load = os.getloadavg()
+    lines = [f"machine: {cpu_model}, {os.cpu_count()} cores, "
+             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, no GPU, load average "
+             f"{load[0]:.1f} at start (shared); {n} COCO JPEGs (~640x480); median of {args.repeat} interleaved rounds; "
+             "one thread per side", ""]
 
-    def rate(sec: float) -> float:
-        return n / sec
+    def row(label, res, base, target):
+        (ws, cs), (wb, cb) = res, base
+        return (f"| {label} | {n / ws:.1f} / {n / wb:.1f} | **{wb / ws:.2f}** | {cb / cs:.2f} | {target} |")
 
     # 1. cheap signals ----------------------------------------------------------------------------------
     def plain_decode():
@@ -79,77 +99,94 @@ def main() -> None:
         decode_rows(list(data), None, DecodeOptions())
 
     cheap = CheapStage()
-    t_plain, t_safe = timed(plain_decode, args.repeat), timed(safe_decode, args.repeat)
-    t_cheap = timed(lambda: cheap.run_batch(batch), args.repeat)
-    lines += ["| measurement | images/s | ratio |", "|---|---|---|",
-              f"| decode only: PIL full decode to RGB | {rate(t_plain):.1f} | 1.00 |",
-              f"| decode only: safe decode alone (bomb cap, EXIF, working copy 256..512 px) | {rate(t_safe):.1f} | {t_plain / t_safe:.2f} |",
-              f"| cheap stage: meta+hash+entropy+degradation (one decode) | {rate(t_cheap):.1f} | **{t_plain / t_cheap:.2f}** of PIL decode (target >= 0.5) |"]
+    cheap.setup()
+    cheap.run_batch(batch.slice(0, 4))
+    r = interleaved({"plain": plain_decode, "safe": safe_decode, "cheap": lambda: cheap.run_batch(batch)}, args.repeat)
+    lines += ["| measurement | images/s (this / baseline) | wall ratio | CPU-time ratio | target |", "|---|---|---|---|---|",
+              row("decode only: safe decode alone (bomb cap, EXIF, working copy 256..512 px) vs PIL full decode to RGB",
+                  r["safe"], r["plain"], ""),
+              row("cheap stage: meta+hash+entropy+degradation (one decode) vs PIL full decode to RGB",
+                  r["cheap"], r["plain"], ">= 0.5")]
 
     # 2. model stages vs bare batched inference -----------------------------------------------------------
-    def bench_stage(stage, bare, label):
+    def bench_stage(stage, bares: dict, label, target=">= 0.85", rows=None):
         stage.setup()
         stage.run_batch(batch.slice(0, 4))  # warm-up
-        bare(4)
-        t_stage = timed(lambda: stage.run_batch(batch), args.repeat)
-        t_bare = timed(lambda: bare(n), args.repeat)
-        lines.append(f"| {label}: stage / bare batched inference | {rate(t_stage):.1f} / {rate(t_bare):.1f} | **{t_bare / t_stage:.2f}** (target >= 0.85) |")
+        for fn in bares.values():
+            fn(4)
+        k = rows or n
+        sub = batch.slice(0, k)
+        fns = {"stage": lambda: stage.run_batch(sub), **{name: (lambda f=f: f(k)) for name, f in bares.items()}}
+        res = interleaved(fns, args.repeat if rows is None else max(1, args.repeat // 3))
+        for name in bares:
+            (ws, cs), (wb, cb) = res["stage"], res[name]
+            lines.append(f"| {label} vs {name} | {k / ws:.1f} / {k / wb:.1f} | **{wb / ws:.2f}** | {cb / cs:.2f} | {target} |")
 
-    # NSFW: nudenet's own preprocessing on cv2-decoded BGR, one ONNX run per batch of 32
-    nsfw = NsfwStage()
+    lines += ["", "| model stage (`process_batch`) vs bare batched inference | images/s (stage / bare) | wall ratio | CPU-time ratio | target |",
+              "|---|---|---|---|---|"]
 
-    def bare_nsfw(k):
-        import cv2
-        from nudenet.nudenet import _postprocess, _read_image
+    if "nsfw" not in skip:
+        nsfw = NsfwStage()  # num_cpus 1: ONNX Runtime gets one intra-op thread, as in its Ray actor
 
-        det = nsfw.detector
-        for s in range(0, k, 32):
-            pre = [_read_image(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), 320) for b in data[s:s + 32]]
-            out = det.session.run(None, {det.input_name: np.vstack([p[0] for p in pre])})[0]
-            [_postprocess([out[j:j + 1]], p[3], p[4], p[1], p[2], p[5], p[6], 320, 320) for j, p in enumerate(pre)]
+        def nudenet_pipeline(k):
+            """What nudenet itself does: cv2 decode, its preprocessing, one ONNX run per 32, its
+            per-anchor Python post-processing."""
+            from nudenet.nudenet import _postprocess, _read_image
 
-    lines.append("")
-    lines += ["| model stage | images/s | ratio |", "|---|---|---|"]
-    bench_stage(nsfw, bare_nsfw, "prof_nsfw (nudenet 320n ONNX)")
+            det = nsfw.detector
+            for s in range(0, k, 32):
+                pre = [_read_image(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), 320) for b in data[s:s + 32]]
+                out = det.session.run(None, {det.input_name: np.vstack([p[0] for p in pre])})[0]
+                [_postprocess([out[j:j + 1]], p[3], p[4], p[1], p[2], p[5], p[6], 320, 320) for j, p in enumerate(pre)]
 
-    # CLIP (tiny random hf CLIPModel: the model is cheap, so this ratio is a worst case for overhead)
-    clip = ClipStage({"model": {"backend": "hf_clip", "random_init": True}})
+        def model_floor(k):
+            """The least any pipeline must do: cv2 decode, batched letterbox, the ONNX run. No
+            post-processing at all."""
+            det = nsfw.detector
+            for s in range(0, k, 32):
+                arrs = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in data[s:s + 32]]
+                blob, _ = det.preprocess(arrs)
+                det.session.run(None, {det.input_name: blob})
 
-    def bare_clip(k):
-        m = clip.model
-        for s in range(0, k, 32):
-            m.embed_images([Image.open(io.BytesIO(b)).convert("RGB") for b in data[s:s + 32]])
-            m.embed_texts(["a photo of something on a table"] * len(data[s:s + 32]))
+        bench_stage(nsfw, {"nudenet's own pipeline": nudenet_pipeline, "decode + letterbox + ONNX run only": model_floor},
+                    "prof_nsfw (nudenet 320n ONNX)")
 
-    bench_stage(clip, bare_clip, "prof_clip (tiny random CLIPModel, image+text)")
+    if "clip" not in skip:
+        # tiny random hf CLIPModel: the model is cheap, so this ratio is a worst case for overhead
+        clip = ClipStage({"model": {"backend": "hf_clip", "random_init": True}})
 
-    # MiniLM captions: the stage vs encode() on the same strings
-    temb = TextEmbStage()
-    bench_stage(temb, lambda k: temb.model.embed_texts(["a photo of something on a table"] * k), "prof_text_emb (MiniLM, text only)")
+        def bare_clip(k):
+            m = clip.model
+            for s in range(0, k, 32):
+                m.embed_images([Image.open(io.BytesIO(b)).convert("RGB") for b in data[s:s + 32]])
+                m.embed_texts(["a photo of something on a table"] * len(data[s:s + 32]))
 
-    # BRISQUE: per-image model; bare = PIL decode + resize to the same working size + score
-    br = BrisqueStage()
+        bench_stage(clip, {"PIL decode + processor + forward": bare_clip}, "prof_clip (tiny RANDOM-weight CLIPModel, image+text)")
 
-    def bare_brisque(k):
-        for b in data[:k]:
-            im = Image.open(io.BytesIO(b)).convert("RGB")
-            im.thumbnail((512, 512))
-            br.model.score(np.asarray(im))
+    if "text_emb" not in skip:
+        temb = TextEmbStage()
+        bench_stage(temb, {"encode() on the same strings": lambda k: temb.model.embed_texts(["a photo of something on a table"] * k)},
+                    "prof_text_emb (MiniLM, text only)")
 
-    bench_stage(br, bare_brisque, "prof_brisque (SVM)")
+    if "brisque" not in skip:
+        br = BrisqueStage()
 
-    # OCR on a subset (slow on CPU): bare = rapidocr on the PIL-decoded BGR array
-    ocr = OcrStage()
-    sub = min(n, 16)
+        def bare_brisque(k):
+            for b in data[:k]:
+                im = Image.open(io.BytesIO(b)).convert("RGB")
+                im.thumbnail((512, 512))
+                br.model.score(np.asarray(im))
 
-    def bare_ocr(k):
-        for b in data[:k]:
-            ocr.engine._engine(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))[:, :, ::-1].copy())
+        bench_stage(br, {"PIL decode + thumbnail 512 + score": bare_brisque}, "prof_brisque (SVM)")
 
-    ocr.setup()
-    t_stage = timed(lambda: ocr.run_batch(batch.slice(0, sub)), 1)
-    t_bare = timed(lambda: bare_ocr(sub), 1)
-    lines.append(f"| prof_ocr (rapidocr PP-OCR ONNX, {sub} images): stage / bare | {sub / t_stage:.2f} / {sub / t_bare:.2f} | **{t_bare / t_stage:.2f}** (target >= 0.85) |")
+    if "ocr" not in skip:
+        ocr = OcrStage()
+
+        def bare_ocr(k):
+            for b in data[:k]:
+                ocr.engine._engine(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))[:, :, ::-1].copy())
+
+        bench_stage(ocr, {"rapidocr on the PIL-decoded array": bare_ocr}, "prof_ocr (rapidocr PP-OCR ONNX, 16 images)", rows=min(n, 16))
 
     if args.ray:
         import shutil

@@ -71,6 +71,14 @@ class _ImageStage(Stage):
     def device(self) -> str:
         return "cuda" if self.config.num_gpus > 0 else "cpu"
 
+    def setup(self) -> None:
+        """Size OpenCV's thread pool to the CPUs Ray granted this worker: by default it starts one
+        thread per core of the node, and on the small working copies its fork/join costs more than
+        it saves while every other actor's threads compete for the same cores."""
+        import cv2
+
+        cv2.setNumThreads(max(1, round(self.config.num_cpus)))
+
 
 # --- model-free families -----------------------------------------------------------------------------
 
@@ -146,6 +154,7 @@ class BrisqueStage(_ImageStage):
     uses_model = True
 
     def setup(self) -> None:
+        super().setup()
         from brisque import BRISQUE
 
         self.model = BRISQUE(url=False)
@@ -190,7 +199,18 @@ class OcrStage(_ImageStage):
     output_schema = PROF_OCR.schema
     uses_model = True
 
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        if self.config.backend == "paddleocr":
+            from engines.profiling.ocr import check_paddleocr
+
+            try:
+                check_paddleocr(self.config.model_dirs)  # on the driver, before any actor starts
+            except ValueError as e:
+                raise ConfigError(f"prof_ocr: {e}") from None
+
     def setup(self) -> None:
+        super().setup()
         from engines.profiling.ocr import OcrEngine
 
         self.engine = OcrEngine(self.config.backend, self.config.model_dirs, self.config.min_confidence)
@@ -205,7 +225,8 @@ class OcrStage(_ImageStage):
 
 class NsfwConfig(ImageStageConfig):
     model_path: Optional[str] = Field(None, description="nudenet-compatible ONNX file (default: the one in the nudenet wheel)")
-    max_side: Optional[int] = Field(640, ge=16)
+    max_side: Optional[int] = Field(639, ge=16, description="2 x the model's 320 input - 1: JPEGs decode at the smallest "
+                                    "DCT scale that still gives the model at least 320 px")
     batch_size: int = Field(32, ge=1)
 
 
@@ -219,10 +240,14 @@ class NsfwStage(_ImageStage):
     uses_model = True
 
     def setup(self) -> None:
+        super().setup()
         from engines.profiling.nsfw import NsfwDetector
 
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.config.num_gpus > 0 else ["CPUExecutionProvider"]
-        self.detector = NsfwDetector(self.config.model_path, providers)
+        gpu = self.config.num_gpus > 0
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        # intra-op threads = the CPUs Ray granted this actor, not every core of the node
+        threads = None if gpu else max(1, round(self.config.num_cpus))
+        self.detector = NsfwDetector(self.config.model_path, providers, threads=threads)
 
     def process_batch(self, batch: pa.RecordBatch) -> dict:
         from engines.profiling.nsfw import nsfw_columns
@@ -283,6 +308,7 @@ class ClipStage(_ImageStage):
         _record_model(dataset, "prof_clip", self.config.model, self.dim)
 
     def setup(self) -> None:
+        super().setup()
         from engines.profiling.embed import load_embedder
 
         self.model = load_embedder(self.config.model.model_copy(update={"device": self.device()} if self.config.num_gpus else {}))

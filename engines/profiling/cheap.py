@@ -30,10 +30,8 @@ JPEG_QUALITY = 75
 
 
 def _bits_to_u64(bits: np.ndarray) -> int:
-    v = 0
-    for b in bits.ravel()[:64]:
-        v = (v << 1) | int(bool(b))
-    return v
+    """First 64 booleans, most significant first, as an unsigned 64-bit int (one C call)."""
+    return int.from_bytes(np.packbits(np.asarray(bits, bool).ravel()[:64]).tobytes(), "big")
 
 
 def phash(d: Decoded) -> int:
@@ -75,7 +73,7 @@ def jpeg_bytes_per_pixel(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> float:
     """Size of a throwaway JPEG re-encode per pixel: more detail, more bytes."""
     import cv2
 
-    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     return float(len(buf)) / float(rgb.shape[0] * rgb.shape[1]) if ok else float("nan")
 
 
@@ -151,11 +149,14 @@ def watermark_likelihood(gray: np.ndarray) -> float:
         return 0.0
     k = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
     strokes = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, k).astype(np.int16) + cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, k)
-    ii = cv2.integral((strokes > 60).astype(np.float32))
+    ii = cv2.integral((strokes > 60).astype(np.uint8), sdepth=cv2.CV_32S)
     wh, ww = max(4, h // 10), max(4, w // 4)
-    ys = list(range(0, h // 5, max(1, wh // 2))) + list(range(h - h // 5, h - wh + 1, max(1, wh // 2)))
-    xs = range(0, w - ww + 1, max(1, ww // 4))
-    dens = np.array([(ii[y + wh, x + ww] - ii[y, x + ww] - ii[y + wh, x] + ii[y, x]) / (wh * ww) for y in ys for x in xs])
+    ys = np.array(list(range(0, h // 5, max(1, wh // 2))) + list(range(h - h // 5, h - wh + 1, max(1, wh // 2))), int)
+    xs = np.arange(0, w - ww + 1, max(1, ww // 4))
+    if ys.size == 0 or xs.size == 0:
+        return 0.0
+    Y, X = np.meshgrid(ys, xs, indexing="ij")  # every window at once from the integral image
+    dens = ((ii[Y + wh, X + ww] - ii[Y, X + ww] - ii[Y + wh, X] + ii[Y, X]) / (wh * ww)).ravel()
     if dens.size == 0 or dens.max() < 0.01:  # no strokes anywhere near the edges
         return 0.0
     ratio = float(dens.max()) / (float(np.median(dens)) + 0.02)
@@ -217,18 +218,19 @@ def _degradation(d: Decoded) -> tuple:
     import cv2
 
     g = d.gray
+    small = np.ascontiguousarray(_subsample(d.array))  # shared by the colour statistics
     half = cv2.resize(g, (max(1, g.shape[1] // 2), max(1, g.shape[0] // 2)), interpolation=cv2.INTER_AREA)
     n = float(g.size)
     return (
         laplacian_sharpness(g),
         laplacian_sharpness(half),
         noise_sigma(g),
-        color_cast(d.array),
+        color_cast(small),
         float(np.count_nonzero(g <= 2)) / n,
         float(np.count_nonzero(g >= 253)) / n,
         float(g.mean()) / 255.0,
         float(g.std()) / 255.0,
-        colorfulness(d.array),
+        colorfulness(small),
         watermark_likelihood(g),
     )
 

@@ -18,7 +18,6 @@ hub at run time: ``path`` points at local files.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -186,24 +185,13 @@ def _hf_chinese_clip(cfg: EmbedModelConfig) -> Embedder:
 
 
 def import_open_clip():
-    """Import open_clip; if torchvision's compiled ops do not load (a CUDA torchvision next to a
-    CPU torch), declare the two op schemas its Python code registers fakes for, and retry.
-    Transforms and models work; ``torchvision.ops`` stays unusable (open_clip does not need it)."""
-    try:
-        import open_clip
+    """Import open_clip. torchvision is imported first through ``curation.compat``, which
+    declares the two op schemas when the registry's CUDA torchvision build cannot load its compiled
+    ops next to CPU torch (transforms and models work; ``torchvision.ops`` does not, and open_clip
+    does not need it)."""
+    from curation.compat import import_torchvision
 
-        return open_clip
-    except RuntimeError as e:
-        if "torchvision::" not in str(e):
-            raise
-    import torch
-
-    for k in [k for k in sys.modules if k in ("torchvision", "open_clip") or k.startswith(("torchvision.", "open_clip."))]:
-        del sys.modules[k]
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-    globals()["_TV_SHIM"] = lib  # keep the library object alive
+    import_torchvision()
     import open_clip
 
     return open_clip

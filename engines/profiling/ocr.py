@@ -16,7 +16,37 @@ import numpy as np
 from curation.text import detect_lang
 from engines.profiling.decode import Decoded
 
-__all__ = ["OcrLine", "OcrEngine", "ocr_columns", "text_area_ratio"]
+__all__ = ["OcrLine", "OcrEngine", "ocr_columns", "text_area_ratio", "check_paddleocr"]
+
+
+def check_paddleocr(model_dirs: dict[str, str] | None) -> dict[str, str]:
+    """Fail early and say what to do when the ``paddleocr`` backend cannot run: PaddleOCR cannot
+    download models offline, so both model folders must exist locally (each an exported inference
+    model: ``inference.pdiparams`` next to ``inference.json`` or ``inference.pdmodel``), and the
+    package must be installed. Checked on the driver before any worker starts."""
+    import importlib.util
+    from pathlib import Path
+
+    dirs = dict(model_dirs or {})
+    problems = []
+    for key in ("det", "rec"):
+        d = dirs.get(key)
+        if not d:
+            problems.append(f"model_dirs.{key} is not set")
+        elif not Path(d).is_dir():
+            problems.append(f"model_dirs.{key}: {d} is not a directory")
+        elif not (Path(d) / "inference.pdiparams").is_file() or not any((Path(d) / f).is_file() for f in ("inference.json", "inference.pdmodel")):
+            problems.append(f"model_dirs.{key}: {d} has no PaddleOCR inference model (inference.pdiparams + inference.json)")
+    if problems:
+        raise ValueError("paddleocr backend: " + "; ".join(problems) + ". PaddleOCR cannot fetch models offline: export "
+                         "or copy the PP-OCR detection and recognition models to local folders, e.g. ocr: {backend: paddleocr, "
+                         "model_dirs: {det: /models/PP-OCRv5_server_det, rec: /models/PP-OCRv5_server_rec}}, or use "
+                         "backend: rapidocr (the default; the same PP-OCR models ship in its wheel)")
+    if importlib.util.find_spec("paddleocr") is None or importlib.util.find_spec("paddle") is None:
+        raise ValueError("paddleocr backend: the paddleocr package is not installed (pip install paddleocr paddlepaddle, "
+                         "about 1.1 GB; paddlepaddle-gpu for GPUs); or use backend: rapidocr (the default; the same PP-OCR "
+                         "models ship in its wheel)")
+    return dirs
 
 
 @dataclass
@@ -42,11 +72,9 @@ class OcrEngine:
             logging.getLogger("RapidOCR").setLevel(logging.ERROR)  # "no text found" is not a warning here
             self._engine = RapidOCR()
         elif backend == "paddleocr":
-            from paddleocr import PaddleOCR  # optional dependency
+            dirs = check_paddleocr(model_dirs)
+            from paddleocr import PaddleOCR
 
-            dirs = model_dirs or {}
-            if "det" not in dirs or "rec" not in dirs:
-                raise ValueError("paddleocr backend: set model_dirs.det and model_dirs.rec to local model directories")
             self._engine = PaddleOCR(
                 text_detection_model_dir=dirs["det"], text_recognition_model_dir=dirs["rec"],
                 use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
