@@ -18,6 +18,10 @@ Also the 80 real COCO photos exported at 1024 (a 512/256 mix).
 Part 2 (real pixels): the loader over the 80 COCO photos exported at 256, 512 and 1024 (upscaled
 to force 1024 crops), spawned workers, decode + random crop to the bucket, several epochs; next
 to a plain single-process PIL decode + resize + crop loop over the same bytes in the same run.
+
+Part 3 (``--only pre-encoded`` runs just this): the same loader over shards that carry
+pre-encoded latents and caption features (real shapes, random values), float32 and float16,
+against decoding, in the same run.
 """
 
 from __future__ import annotations
@@ -233,20 +237,82 @@ def part1_coco(tmp: Path) -> None:
           f"fixed-size random (batch {bs}) {fixed:.1%}")
 
 
+def pre_encode_synthetic(uri: str, out: Path, dtype: str, cap_dim: int = 2560) -> str:
+    """The shard at ``uri`` plus pre-encoded columns of the real shapes (16 x h/8 x w/8 latents,
+    tokens x 2560 Qwen3-4B features per caption variant) filled with random values: what the loader
+    reads and hands over does not depend on the values, and real encoders are not available here."""
+    import lance
+    import pyarrow as pa
+
+    from curation.loader import shard_schema
+
+    t = lance.dataset(uri).to_table()
+    rng = np.random.default_rng(0)
+    npd = np.float16 if dtype == "float16" else np.float32
+    lat = [rng.standard_normal(16 * (h // 8) * (w // 8)).astype(npd)
+           for w, h in zip(t.column("bucket_w").to_pylist(), t.column("bucket_h").to_pylist())]
+    toks = [[max(8, int(n)) for n in row] for row in t.column("caption_tokens").to_pylist()]
+    feats = [[rng.standard_normal(n * cap_dim).astype(npd) for n in row] for row in toks]
+    schema = shard_schema(True, True, dtype)
+    lat_arr = pa.LargeListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum([len(x) for x in lat])]).astype(np.int64)),
+                                            pa.array(np.concatenate(lat)))
+    flat = [f for row in feats for f in row]
+    inner = pa.LargeListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum([len(f) for f in flat])]).astype(np.int64)),
+                                          pa.array(np.concatenate(flat)))
+    outer = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum([len(r) for r in feats])]).astype(np.int32)), inner)
+    cols = {"latents": lat_arr, "cap_feats": outer, "cap_feat_tokens": pa.array(toks, pa.list_(pa.int32())),
+            "caption_tokens": pa.array(toks, pa.list_(pa.int32()))}
+    table = pa.Table.from_arrays([cols[f.name] if f.name in cols else t.column(f.name) for f in schema], schema=schema)
+    lance.write_dataset(table, str(out), mode="overwrite", max_rows_per_file=20)
+    return str(out)
+
+
+def part3(epochs: int, tmp: Path, repeats: int) -> None:
+    """Pre-encoded shards (latents + caption features) against decoding, same loader, same run."""
+    print(f"\n## Pre-encoded shards vs decode + crop: 80 COCO rows, {epochs} timed epochs after a warm-up, best of "
+          f"{repeats}; latents 16 x h/8 x w/8 and 2560-d caption features of the real shapes (random values)")
+    print("| crops | shard bytes per row | decode + crop, 0 workers | pre-encoded float32, 0 workers | float16, 0 workers "
+          "| decode + crop, 2 workers | pre-encoded float16, 2 workers |")
+    print("|---|---|---|---|---|---|---|")
+    import lance
+
+    for res, up in ((256, 1.25), (1024, 4.0)):
+        uri = export_coco(res, tmp / f"coco-{res}.lance", up)
+        budget = 8 * (res // 16) ** 2
+        pre = {d: pre_encode_synthetic(uri, tmp / f"coco-{res}-pre-{d}.lance", d) for d in ("float32", "float16")}
+
+        def size(u: str) -> str:   # Arrow bytes of the current version's rows (old versions' files excluded)
+            t = lance.dataset(u).to_table()
+            return f"{t.nbytes / t.num_rows / 2**10:.0f} KiB"
+        best: dict = {}
+        for _ in range(repeats):
+            for key, u, w in (("dec0", uri, 0), ("f32_0", pre["float32"], 0), ("f16_0", pre["float16"], 0),
+                              ("dec2", uri, 2), ("f16_2", pre["float16"], 2)):
+                r = loader_rate(u, w, epochs, budget)
+                if key not in best or r["wall"] > best[key]["wall"]:
+                    best[key] = r
+        cell = {k: f"{v['wall']:.0f} /s ({v['per_cpu']:.0f} /CPU-s)" for k, v in best.items()}
+        print(f"| {res}-level | images {size(uri)}, +f32 {size(pre['float32'])}, +f16 {size(pre['float16'])} "
+              f"| {cell['dec0']} | {cell['f32_0']} | {cell['f16_0']} | {cell['dec2']} | {cell['f16_2']} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tmp", default="/tmp/bench-loader")
+    ap.add_argument("--only", choices=["pre-encoded"], help="run only the pre-encoded comparison")
     a = ap.parse_args()
     tmp = Path(a.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LANCE_LOG", "error")
     print(f"# bench/loader.py — {machine()}")
-    part1(a.samples)
-    part1_coco(tmp)
-    part2(a.epochs, tmp, a.repeats)
+    if a.only != "pre-encoded":
+        part1(a.samples)
+        part1_coco(tmp)
+        part2(a.epochs, tmp, a.repeats)
+    part3(a.epochs, tmp, a.repeats)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (other jobs share these 2 cores; throughput moves with it)")
 
 

@@ -547,8 +547,12 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
     if out.exists() and not cfg.overwrite:
         prev = _manifest(out)
         same = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "overwrite"}
+        try:   # an export by an older version lacks newer fields: compare with their defaults filled in
+            prev_cfg = ExportConfig.model_validate(prev.get("config", {})).model_dump(mode="json")
+        except Exception:
+            prev_cfg = prev.get("config", {})
         if prev.get("source", {}).get("uri") == src.uri and prev["source"].get("version") == version and \
-                {k: v for k, v in prev.get("config", {}).items() if k != "overwrite"} == same:
+                {k: v for k, v in prev_cfg.items() if k != "overwrite"} == same:
             console.print(f"export: {out.uri} already holds this export of v{version}; skipped (pass --overwrite to redo)")
             return StageResult("export", "skipped", out.open().version, version,
                                extra={"out": out.uri, "kept": out.open().count_rows(), "excluded": sum(prev["excluded"].values()),

@@ -74,7 +74,8 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
     validate(LoaderConfig, {"seed": cfg.seed, **cfg.loader}, where="loader")
     if "://" not in cfg.shards and not Path(cfg.shards).exists():
         raise FileNotFoundError(f"no training shards at {cfg.shards!r}; write them with `curate export --out {cfg.shards}`")
-    ShardDataset(cfg.shards, {"seed": cfg.seed, **cfg.loader}, rank=0, world_size=1)   # fails early on a bad path
+    probe = ShardDataset(cfg.shards, {"seed": cfg.seed, **cfg.loader}, rank=0, world_size=1)   # fails early on a bad path
+    _check_pre_encoded(cfg, probe, log or print)
     out = Path(cfg.out_dir).resolve()
     # Ray Train runs workers in their own working directory: hand them absolute paths
     shards = cfg.shards if "://" in cfg.shards else str(Path(cfg.shards).resolve())
@@ -97,6 +98,23 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
     lines = metrics_log.read_text().splitlines() if metrics_log.exists() else []
     return {"out_dir": str(out), "metrics": json.loads(lines[-1]) if lines else {},
             "checkpoint": str(ckpt) if ckpt else None, "samples": str(out / "samples"), "metrics_log": str(metrics_log)}
+
+
+def _check_pre_encoded(cfg: TrainRunConfig, ds, log) -> None:
+    """Pre-encoded shards: say which encoders made them, and refuse text features the model cannot take."""
+    from curation.train import model_config
+
+    enc = ds.manifest.get("encoders") or {}
+    if ds.pre_text:
+        dim, want = (enc.get("text_encoder") or {}).get("hidden_size"), model_config(cfg).cap_feat_dim
+        if dim is not None and dim != want:
+            raise ValueError(f"the shards' caption features are {dim}-d ({enc['text_encoder'].get('path')}) but the "
+                             f"{cfg.model} model takes cap_feat_dim={want}: re-export with the matching text encoder, "
+                             "set model_overrides: {cap_feat_dim: ...}, or use loader: {pre_encoded: false}")
+    parts = [f"latents from {enc.get('vae', {}).get('path', '?')}" if ds.pre_latents else "",
+             f"caption features from {enc.get('text_encoder', {}).get('path', '?')}" if ds.pre_text else ""]
+    if any(parts):
+        log("pre-encoded shards: " + ", ".join(p for p in parts if p) + " (those encoders are not run in the loop)")
 
 
 def _fit_showing_metrics(trainer, metrics_log: Path, steps: int, log):

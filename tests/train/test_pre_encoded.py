@@ -127,8 +127,10 @@ def test_curate_train_two_ddp_ranks_on_gloo(pre_encoded, ray_session, tmp_path):
     cfg = validate(TrainRunConfig, {"shards": pre_encoded["out"], "model": "tiny", "steps": 2, "out_dir": str(out),
                                     "num_workers": 2, "cpus_per_worker": 1, "loader_workers": 0, "loader": loader,
                                     "log_every": 1, "ckpt_every": 100, "sample_count": 0, "log_sample_ids": True})
-    res = run_training(cfg, log=lambda _m: None)
+    logs: list[str] = []
+    res = run_training(cfg, log=logs.append)
     assert res["metrics"]["step"] == 2
+    assert any("pre-encoded shards: latents from" in str(m) and "caption features" in str(m) for m in logs)
 
     seen = {r: [json.loads(x) for x in (out / "ranks" / f"rank_{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
     assert [s["step"] for s in seen[0]] == [s["step"] for s in seen[1]] == [1, 2]    # both ranks ran every step
@@ -146,6 +148,15 @@ def test_curate_train_two_ddp_ranks_on_gloo(pre_encoded, ray_session, tmp_path):
 
     assert digests[0] == digests[1] == param_digest(load_safetensors(ckpt / "model.safetensors", tiny()))
     assert seen[0][0]["loss"] != seen[1][0]["loss"]                                  # different data per rank
+
+
+def test_train_refuses_caption_features_of_another_width(pre_encoded, tmp_path):
+    from curation.config import validate
+    from pipelines.train import TrainRunConfig, run_training
+
+    cfg = validate(TrainRunConfig, {"shards": pre_encoded["out"], "model": "small", "steps": 1, "out_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="32-d .* cap_feat_dim=2560"):
+        run_training(cfg, log=lambda _m: None)
 
 
 def test_export_rejects_a_missing_encoder_folder(tmp_path, coco_store):
