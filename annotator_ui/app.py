@@ -192,6 +192,7 @@ async def _plain(send, status: int, text: str) -> None:
 def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
     """The FastAPI app for one review database (and the dataset its images come from)."""
     db = db or ReviewDB(settings.db_url)
+    db.start_background_checkpoints()  # WAL checkpoints off the request path (SQLite)
     dataset = settings.dataset or db.get_meta("dataset")
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
     app = FastAPI(title="curate review", docs_url=None, redoc_url=None, openapi_url=None, responses=ERRORS)

@@ -114,6 +114,9 @@ COUNTERS = ("items_total", "items_open", "items_done", "gold_items", "decisions"
 _ITEM_COLS = "id, row_id, batch, priority, status, gold, needed, done_count, lease_user, lease_expires, payload"
 
 
+_BG_AUTOCHECKPOINT_PAGES = 50_000  # ~200 MiB of WAL: reached only if the background checkpoints stall
+
+
 class _Dialect:
     """What differs between SQLite and PostgreSQL, nothing more."""
 
@@ -194,6 +197,7 @@ class ReviewDB:
         # SQLite has one writer at a time anyway; queueing this process's writers on a lock instead
         # of SQLite's busy handler (which sleeps 1..100 ms between retries) keeps the latency tail short
         self._write_lock = threading.Lock()
+        self._ckpt_stop: threading.Event | None = None
         if self.dialect.name == "sqlite":
             path = Path(_sqlite_path(self.url))
             if not create and not path.exists():
@@ -212,6 +216,9 @@ class ReviewDB:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: the queue index of 1M items stays hot
             conn.execute("PRAGMA mmap_size=268435456")
+            if getattr(self, "_bg_checkpoints", False):
+                # a background thread checkpoints; the automatic one stays only as a safety net
+                conn.execute(f"PRAGMA wal_autocheckpoint={_BG_AUTOCHECKPOINT_PAGES}")
         else:
             try:
                 import psycopg
@@ -260,7 +267,38 @@ class ReviewDB:
                 with conn.cursor() as cur:
                     yield _Tx(cur, self.dialect)
 
+    def start_background_checkpoints(self, every_s: float = 1.0) -> None:
+        """SQLite only (a no-op on PostgreSQL): copy the WAL back into the database file from a
+        background thread, instead of in whichever request's commit crosses the auto-checkpoint
+        size. Why: that checkpoint writes and fsyncs megabytes inside a request (a latency spike
+        for the annotator who happens to commit then, and for everyone queued on the write lock).
+        PASSIVE checkpoints never block readers or the writer; the long-running server calls this,
+        short CLI runs keep SQLite's automatic checkpoints."""
+        if self.dialect.name != "sqlite" or self._ckpt_stop is not None:
+            return
+        self._ckpt_stop = stop = threading.Event()
+        self._bg_checkpoints = True
+
+        def loop():
+            conn = sqlite3.connect(_sqlite_path(self.url), timeout=30, isolation_level=None, check_same_thread=False)
+            try:
+                while not stop.wait(every_s):
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    except sqlite3.Error:
+                        pass  # busy or closing: the next round (or SQLite's safety net) catches up
+            finally:
+                conn.close()
+
+        threading.Thread(target=loop, name="review-wal-checkpoint", daemon=True).start()
+        with self._lock:
+            for c in self._all_conns:  # connections opened before this call
+                c.execute(f"PRAGMA wal_autocheckpoint={_BG_AUTOCHECKPOINT_PAGES}")
+
     def close(self) -> None:
+        if self._ckpt_stop is not None:
+            self._ckpt_stop.set()
+            self._ckpt_stop = None
         with self._lock:
             for c in self._all_conns:
                 try:

@@ -68,7 +68,7 @@ import sys, uvicorn
 sys.path.insert(0, {root!r})
 from annotator_ui.app import AppSettings, create_app
 uvicorn.run(create_app(AppSettings(db_url={db!r}, gold_rate=0.0)), host="127.0.0.1", port={port}, log_level="warning",
-            access_log=False, timeout_keep_alive=120)
+            access_log=False, timeout_keep_alive=120, http={http!r}, loop={loop!r})
 """
 
 
@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--think", type=float, default=1.0, help="mean think time (s) of the realistic load")
     ap.add_argument("--dir", default=None, help="where the review database goes (default: a temp dir)")
     ap.add_argument("--reuse", action="store_true", help="reuse the queue already in --dir (skip queueing)")
+    ap.add_argument("--plain", action="store_true",
+                    help="pure-Python uvicorn (h11 + asyncio loop) instead of httptools + uvloop, to compare")
     args = ap.parse_args()
 
     from annotator_ui.db import ReviewDB
@@ -161,7 +163,9 @@ def main() -> None:
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-c", SERVER.format(root=str(ROOT), db=str(dbfile), port=port)])
+    proc = subprocess.Popen([sys.executable, "-c", SERVER.format(root=str(ROOT), db=str(dbfile), port=port,
+                                                           http="h11" if args.plain else "auto",
+                                                           loop="asyncio" if args.plain else "auto")])
     try:
         import httpx
 
@@ -181,7 +185,8 @@ def main() -> None:
 
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"SQLite WAL; server = 1 uvicorn process; load generator in the same machine")
+          f"SQLite WAL; server = 1 uvicorn process ({'h11 + asyncio' if args.plain else 'httptools + uvloop when installed'}); "
+          f"load generator in the same machine; load average at the end {os.getloadavg()[0]:.1f}")
     print(f"queue: {open_items:,} items open ({size_mb:,.0f} MB database), queued in {t_queue:.1f} s")
     print("| load | pairs | pairs/s | next p50 / p99 ms | submit p50 / p99 ms | next+submit p50 / p99 ms | page p50 / p99 ms | errors |")
     print("|---|---|---|---|---|---|---|---|")
