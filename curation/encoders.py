@@ -27,40 +27,15 @@ VAE_SCALE, VAE_SHIFT = 0.3611, 0.1159
 MAX_TEXT_TOKENS = 512   # the released pipeline's max_sequence_length
 
 
-_TV_SHIM = None
-
-
 def ensure_hf_importable() -> None:
-    """Make ``transformers`` / ``diffusers`` importable next to a broken torchvision.
+    """Make ``transformers`` / ``diffusers`` importable next to a broken (CUDA) torchvision; the
+    hook in ``curation.compat`` already does this process-wide, this only makes it explicit."""
+    import importlib.util
 
-    Both import torchvision when it is installed. The registry's torchvision for torch 2.13 is a
-    CUDA build whose compiled ops do not load on CPU torch, and its import then fails with
-    ``operator torchvision::nms does not exist``, taking transformers' ``PreTrainedModel`` down with
-    it. Declaring the two op schemas its Python code registers fakes for lets it import (its
-    ``ops`` stay unusable; the encoders do not use them). A working torchvision is left alone."""
-    global _TV_SHIM
-    import sys
+    from curation.compat import import_torchvision
 
-    try:
-        import torchvision  # noqa: F401
-
-        return
-    except ImportError:
-        return
-    except RuntimeError as e:
-        if "torchvision::" not in str(e):
-            raise
-    for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-        del sys.modules[k]
-    if _TV_SHIM is None:
-        try:
-            lib = torch.library.Library("torchvision", "DEF")
-            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-            _TV_SHIM = lib
-        except RuntimeError:   # declared already (another module's shim)
-            pass
-    import torchvision  # noqa: F401,F811
+    if importlib.util.find_spec("torchvision") is not None:
+        import_torchvision()
 
 
 def flux_vae_config(width: int = 128, tiny: bool = False) -> dict:
