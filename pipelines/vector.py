@@ -139,6 +139,32 @@ class _AddWorker:
         return pa.table(out)
 
 
+def _check_dims(ds, frags, column: str, dim: int | None) -> None:
+    """Raise ``VectorError`` on the driver, before any work, when the rows to index hold vectors
+    of another dimension than ``dim`` (the index's) or of several dimensions. Free for
+    fixed-size list columns (the type says it); a variable-length column is read once."""
+    from engines.vector.index import VectorError
+
+    t = ds.schema.field(column).type
+    if pa.types.is_fixed_size_list(t):
+        dims = {t.list_size}
+    elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        dims = set()
+        for f in frags:
+            for b in f.to_batches(columns=[column]):
+                lens = b.column(0).value_lengths().drop_null()
+                dims.update(np.unique(np.asarray(lens.to_numpy())).tolist())
+    else:
+        raise VectorError(f"{column!r} is not an embedding column: type {t} (expected a list of floats)")
+    if dim is not None and dims - {dim}:
+        raise VectorError(
+            f"rows to add to the index on {column!r} have vectors of dimension {', '.join(map(str, sorted(dims - {dim})))}, "
+            f"expected {dim} (another model's embeddings?); rebuild with `curate index build --dataset {ds.uri} "
+            f"--column {column} --rebuild`")
+    if len(dims) > 1:
+        raise VectorError(f"{column!r} holds vectors of several dimensions ({sorted(dims)}): one model per column")
+
+
 def _sample_vectors(ds, column: str, n: int, seed: int):
     from engines.vector.index import clean_vectors, to_matrix
 
@@ -159,7 +185,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
     from curation.runner import execute_units
     from engines.vector.index import (
         Manifest, VectorError, add_vectors, clean_vectors, column_fingerprint, deserialize, empty_like,
-        load_index, merge_shards, save_index, serialize, train_index,
+        load_index, merge_shards, save_index, serialize, train_index, train_points,
     )
     from engines.vector.retrieval import index_dir
 
@@ -193,16 +219,16 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
             raise VectorError(
                 f"rows or {column!r} data of fragments {changed[:5]} changed since the index was built at "
                 f"v{manifest_old.dataset_version}; rebuild with `curate index build --dataset {store.uri} --column {column} --rebuild`")
-        if base.d != ds.schema.field(column).type.list_size:
-            raise VectorError(f"column {column!r} now has dimension {ds.schema.field(column).type.list_size}, index has {base.d}; use --rebuild")
         new_frags = [f for f in frags if str(f.fragment_id) not in old]
+        _check_dims(ds, new_frags, column, base.d)
         trained = empty_like(base)
         kind, spec = manifest_old.kind, manifest_old.factory
         label_start = int(manifest_old.config.get("next_label", manifest_old.rows_seen))
         console.print(f"index on {column!r}: adding {sum(f.count_rows() for f in new_frags)} new rows "
                       f"({len(new_frags)} fragments) to {base.ntotal} indexed")
     else:
-        x, null = _sample_vectors(ds, column, cfg.index.train_size, cfg.index.seed)
+        _check_dims(ds, frags, column, None)
+        x, null = _sample_vectors(ds, column, train_points(ds.count_rows(), cfg.index), cfg.index.seed)
         sample, valid, _ = clean_vectors(x, null, normalize=cfg.index.normalize)
         trained, kind, spec = train_index(sample[valid], ds.count_rows(), cfg.index)
         new_frags = frags

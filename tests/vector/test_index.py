@@ -54,8 +54,9 @@ def test_ivf_recall_against_exact_search(vectors):
     r = recall_at_k(approx, exact, 10)
     assert kind == "ivfsq8" and spec.startswith("IVF")
     assert r >= 0.95, f"recall@10 {r:.3f}"
-    # PQ trades recall for 16x smaller codes; it must still find most true neighbours
-    pq, _, _ = train_index(base, len(base), IndexConfig(kind="ivfpq", pq_m=32, nprobe=16, train_size=5000))
+    # PQ trades recall for 16x smaller codes; it must still find most true neighbours. PQ encodes
+    # the residual to the list centroid, so it wants lists finer than the data's clusters
+    pq, _, _ = train_index(base, len(base), IndexConfig(kind="ivfpq", pq_m=32, nlist=512, nprobe=16, train_size=20_000))
     add_vectors(pq, base, np.arange(len(base)))
     assert recall_at_k(search(pq, queries, 10)[1], exact, 10) >= 0.6
     with pytest.raises(VectorError, match="query dimension"):

@@ -182,3 +182,58 @@ def test_bad_input_empty_and_one_row(ray_session, coco_dir, tmp_path):
     assert m["ntotal"] == 1 and m["skipped"] == {"null_vector": 1}
     err = one.to_arrow(["id", "vec_error"], filter="id = 'bad'").column("vec_error")[0].as_py()
     assert err and err.split(":")[0] in ("undecodable", "truncated")
+
+
+def _emb_table(rows: list[dict], vectors: list) -> pa.Table:
+    """Sample rows plus an ``emb`` column of variable-length float lists (as an embedding
+    column written by another tool could be), so any dimension and nulls can be stored."""
+    return samples_table(rows).append_column("emb", pa.array(vectors, pa.list_(pa.float32())))
+
+
+def test_bad_vectors_wrong_dimension_and_deleted_rows_in_jobs(ray_session, coco_dir, tmp_path):
+    """NaN, zero and null vectors are skipped with counts and never reach the graph; a query or
+    appended rows of another dimension, and rows deleted after the build, are clear errors."""
+    rows = coco_rows(coco_dir, limit=12)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((10, 8)).astype(np.float32)
+    v[1] = np.nan
+    v[2] = 0.0
+    vecs = [r.tolist() for r in v]
+    vecs[3] = None
+    uri = str(tmp_path / "emb.lance")
+    lance.write_dataset(_emb_table(rows[:10], vecs), uri, max_rows_per_file=5)
+    store = Store(uri)
+    ids = [r["id"] for r in rows]
+    m = build_index(store, IndexBuildConfig(column="emb"), show_progress=False)
+    assert m["ntotal"] == 7 and m["dim"] == 8
+    assert m["skipped"] == {"nan_vector": 1, "zero_vector": 1, "null_vector": 1}
+    out = build_knn(store, KnnConfig(column="emb", k=3), show_progress=False)
+    t = lance.dataset(out["path"]).to_table()
+    assert out["rows"] == 7 and t.num_rows == 21
+    bad = {ids[1], ids[2], ids[3]}
+    assert not bad & set(t.column("source_id").to_pylist()) and not bad & set(t.column("neighbour_id").to_pylist())
+    r = Retriever(store, "emb")
+    with pytest.raises(VectorError, match="dimension 4"):
+        r.by_vector(np.ones(4), k=3)
+    with pytest.raises(VectorError, match="unusable"):
+        r.by_vector(np.zeros(8), k=3)
+    with pytest.raises(VectorError, match="unusable"):
+        r.by_id(ids[1], k=3)  # its stored vector is NaN: an error, not NaN similarities
+    with pytest.raises(VectorError, match="no emb vector"):
+        r.by_id(ids[3], k=3)
+    # appended rows whose vectors have another dimension: refused before anything is added
+    lance.write_dataset(_emb_table(rows[10:], [[1.0] * 16, [0.5] * 16]), uri, mode="append")
+    with pytest.raises(VectorError, match="dimension 16, expected 8"):
+        build_index(store, IndexBuildConfig(column="emb"), show_progress=False)
+    # rows deleted after the build: the index is older than the dataset
+    ds = lance.dataset(uri)
+    ds.delete(f"id = '{ids[10]}' or id = '{ids[11]}'")
+    ds.delete(f"id = '{ids[0]}'")
+    with pytest.raises(StaleIndexError, match="curate index build"):
+        build_knn(store, KnnConfig(column="emb", k=3), show_progress=False)
+    with pytest.raises(StaleIndexError):
+        Retriever(store, "emb")
+    with pytest.raises(VectorError, match="rebuild"):
+        build_index(store, IndexBuildConfig(column="emb"), show_progress=False)
+    m2 = build_index(store, IndexBuildConfig(column="emb", rebuild=True), show_progress=False)
+    assert m2["ntotal"] == 6 and ids[0] not in [h["id"] for h in Retriever(store, "emb").by_vector(v[0], k=6)]
