@@ -91,8 +91,10 @@ def write_hostile_corpus(out: str | Path, photo: bytes | None = None) -> dict[st
     put("invalid_utf8_caption.jpg", good, "caption_encoding", b"caf\xe9 \xff\xfe broken")
     put("huge_caption.jpg", _jpeg(base, quality=70), "ok", ("word " * 220_000).encode())  # ~1.1 MB
     put("html_caption.jpg", _jpeg(base, quality=60), "ok",
-        b'<img src=x onerror="alert(1)"><script>alert("xss")</script> a cat')
+        b'<img src=x onerror="window.__xss=1;alert(1)"><script>window.__xss=2;alert("xss")</script> a cat')
     put("path_caption.jpg", _jpeg(base, quality=50), "ok", b"../../etc/passwd; DROP TABLE samples;--")
+    put("url_path_caption.jpg", _jpeg(base, quality=45), "ok",
+        b"file:///etc/shadow C:\\Windows\\win.ini /image/../../etc/passwd javascript:alert(1) %2e%2e%2f")
     put("bad_json_sidecar.jpg", _jpeg(base, quality=40), "caption_json_invalid", b"{not json", sidecar="json")
     put("exact_copy.jpg", good, "ok", b"the same bytes as good.jpg")
 

@@ -46,14 +46,15 @@ def test_stage_pinned_to_worker_node(ray_cluster, coco_store, tmp_path):
     assert placed and set(placed) == {"127.0.0.3"}, placed
 
 
-def _submit(cluster, runtime_env: dict, entrypoint: list[str]) -> subprocess.CompletedProcess:
+def _submit(cluster, runtime_env: dict, entrypoint: list[str], *, extra: list[str] = (),
+            timeout: float = 300) -> subprocess.CompletedProcess:
     """`ray job submit` with the repository as working dir; the head's job agent needs a few
     seconds after the cluster is up, so "no available agent" is retried."""
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
-           "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]
+           "--runtime-env-json", json.dumps(runtime_env), *extra, "--", *entrypoint]
     deadline = time.monotonic() + 90
     while True:
-        out = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=timeout)
         if "No available agent" not in out.stderr + out.stdout or time.monotonic() > deadline:
             return out
         time.sleep(3)
