@@ -165,8 +165,10 @@ def decode_image(data: bytes | None, opts: DecodeOptions = DecodeOptions()) -> D
             if opts.max_side and fmt == "JPEG" and max(w, h) > opts.max_side:
                 # DCT scaling (1/2, 1/4, 1/8) is most of the decode cost saved: accept a working
                 # copy between max_side/2 and max_side rather than decode big and shrink
+                # (PIL picks the scale from w // req_w and h // req_h: round the request down, or
+                # a 640x427 image asked for 320x214 gets 427 // 214 = 1, no reduction at all)
                 scale = opts.max_side / 2 / max(w, h)
-                im.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
+                im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
             im.load()
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)

@@ -65,6 +65,7 @@ class NsfwDetector:
         self.input_name = self.session.get_inputs()[0].name
         self.resolution = resolution
         self._buf = np.zeros((0, resolution, resolution, 3), np.uint8)
+        self._blob = np.zeros((0, 3, resolution, resolution), np.float32)
 
     def preprocess(self, rgbs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Letterbox each RGB image (pad right/bottom to a square, as nudenet) into an ``S x S``
@@ -91,9 +92,13 @@ class NsfwDetector:
             mat = np.float32([[k, 0, (k - 1) / 2], [0, k, (k - 1) / 2]])
             cv2.warpAffine(x, mat, (s, s), dst=buf[i], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         # nudenet feeds the network BGR (its cvtColor(RGBA2BGR) on a BGR image swaps to RGB and
-        # blobFromImage(swapRB=True) swaps back): same channel order here
-        blob = buf[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
-        blob *= np.float32(1.0 / 255.0)
+        # blobFromImage(swapRB=True) swaps back): same channel order here. One contiguous plane
+        # per channel into a reused float buffer (a strided astype of the whole batch is 5x slower).
+        if self._blob.shape[0] < n:
+            self._blob = np.empty((n, 3, s, s), np.float32)
+        blob = self._blob[:n]
+        for c in range(3):
+            np.multiply(buf[..., 2 - c], np.float32(1.0 / 255.0), out=blob[:, c], dtype=np.float32, casting="unsafe")
         return blob, sides
 
     def postprocess(self, out: np.ndarray, side: float, width: int, height: int) -> list[dict]:
