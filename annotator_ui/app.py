@@ -350,10 +350,13 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
     def me(user: CurrentUser):
         return {"user": user.name, "role": user.role}
 
+    # the two hot calls answer JSONResponse directly: their dicts are plain JSON already (from the
+    # database), and FastAPI's recursive jsonable_encoder over the item payload costs more CPU than
+    # the lease query itself
     @app.get("/api/next")
     def api_next(user: CurrentUser):
         item = db.next_item(user, lease_s=settings.lease_s, gold_rate=settings.gold_rate)
-        return {"item": _public_item(item) if item else None}
+        return JSONResponse({"item": _public_item(item) if item else None})
 
     @app.get("/api/items/{item_id}")
     def api_item(item_id: ITEM_ID, user: CurrentUser):
@@ -362,8 +365,8 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
 
     @app.post("/api/items/{item_id}/decision")
     def api_decide(item_id: ITEM_ID, body: DecisionIn, user: CsrfUser):
-        return db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags,
-                         reasons=body.reasons)
+        return JSONResponse(db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption,
+                                      tags=body.tags, reasons=body.reasons))
 
     @app.post("/api/items/{item_id}/skip")
     def api_skip(item_id: ITEM_ID, user: CsrfUser):

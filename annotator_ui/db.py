@@ -243,10 +243,18 @@ class ReviewDB:
         return conn
 
     @contextmanager
-    def tx(self, write: bool = True) -> Iterator[_Tx]:
+    def tx(self, write: bool = True, single: bool = False) -> Iterator[_Tx]:
         """One transaction. SQLite write transactions take the write lock up front
-        (``BEGIN IMMEDIATE``) so two writers never deadlock upgrading a read lock."""
+        (``BEGIN IMMEDIATE``) so two writers never deadlock upgrading a read lock.
+        ``single``: a read of one statement, run in autocommit (atomic by itself)."""
         conn = self._conn()
+        if single and not write:
+            cur = conn.cursor()
+            try:
+                yield _Tx(cur, self.dialect)
+            finally:
+                cur.close()
+            return
         if self.dialect.name == "sqlite":
             cur = conn.cursor()
             if write:
@@ -384,7 +392,8 @@ class ReviewDB:
         """(user, csrf token) of a live session, else None."""
         if not token or len(token) > 256:
             return None
-        with self.tx(write=False) as t:
+        # one statement: atomic on its own, no BEGIN/COMMIT round trip (every request does this)
+        with self.tx(write=False, single=True) as t:
             row = t.one(
                 "SELECT u.id, u.name, u.role, s.csrf FROM sessions s JOIN users u ON u.id = s.user_id "
                 "WHERE s.token_hash = ? AND s.expires > ? AND u.active = 1",

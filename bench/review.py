@@ -93,7 +93,7 @@ async def annotator(client, base: str, csrf: str, stop: float, think: float, out
             await asyncio.sleep(rng.uniform(0.5, 1.5) * think)
 
 
-async def run_load(base: str, users: list[str], seconds: float, think: float) -> dict:
+async def run_load(base: str, users: list[str], seconds: float, think: float, pid: int) -> dict:
     import httpx
 
     out: dict = {"next": [], "submit": [], "pair": [], "errors": []}
@@ -106,8 +106,10 @@ async def run_load(base: str, users: list[str], seconds: float, think: float) ->
         clients.append((c, r.json()["csrf"]))
     stop = time.perf_counter() + seconds
     t0 = time.perf_counter()
+    c0 = cpu_seconds(pid)
     await asyncio.gather(*(annotator(c, base, csrf, stop, think, out, random.Random(i))
                            for i, (c, csrf) in enumerate(clients)))
+    out["cpu"] = cpu_seconds(pid) - c0  # the server's CPU for the pairs only (not logins, not pages)
     out["wall"] = time.perf_counter() - t0
     # page loads (server-rendered annotator page) for one annotator while idle
     pages = []
@@ -121,6 +123,13 @@ async def run_load(base: str, users: list[str], seconds: float, think: float) ->
     for c, _ in clients:
         await c.aclose()
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): the server's own cost, which unlike
+    latency hardly depends on what else the shared machine is running."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs, q) -> float:
@@ -178,7 +187,7 @@ def main() -> None:
         results = {}
         for name, think in [(f"think {args.think:g} s", args.think), ("no think time (stress)", 0.0)]:
             print(f"load: {args.annotators} annotators, {name}, {args.seconds:g} s")
-            results[name] = asyncio.run(run_load(base, users, args.seconds, think))
+            results[name] = asyncio.run(run_load(base, users, args.seconds, think, proc.pid))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -188,14 +197,15 @@ def main() -> None:
           f"SQLite WAL; server = 1 uvicorn process ({'h11 + asyncio' if args.plain else 'httptools + uvloop when installed'}); "
           f"load generator in the same machine; load average at the end {os.getloadavg()[0]:.1f}")
     print(f"queue: {open_items:,} items open ({size_mb:,.0f} MB database), queued in {t_queue:.1f} s")
-    print("| load | pairs | pairs/s | next p50 / p99 ms | submit p50 / p99 ms | next+submit p50 / p99 ms | page p50 / p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| load | pairs | pairs/s | next p50 / p99 ms | submit p50 / p99 ms | next+submit p50 / p99 ms | page p50 / p99 ms | "
+          "server CPU ms / pair | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         n = len(r["pair"])
         print(f"| {args.annotators} annotators, {name} | {n:,} | {n / r['wall']:.0f} | {pct(r['next'], 50):.1f} / "
               f"{pct(r['next'], 99):.1f} | {pct(r['submit'], 50):.1f} / {pct(r['submit'], 99):.1f} | "
               f"{pct(r['pair'], 50):.1f} / {pct(r['pair'], 99):.1f} | {pct(r['page'], 50):.1f} / {pct(r['page'], 99):.1f} | "
-              f"{len(r['errors'])} |")
+              f"{1000 * r['cpu'] / max(n, 1):.2f} | {len(r['errors'])} |")
 
 
 if __name__ == "__main__":
