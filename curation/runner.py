@@ -218,7 +218,7 @@ def _record_fingerprint(store: Store, stage: Stage, version: int) -> None:
         known = json.loads(p.read_text())
     except (FileNotFoundError, ValueError):
         known = {}
-    known[stage.name] = {"fingerprint": stage.fingerprint(), "version": version,
+    known[stage.name] = {"fingerprint": stage.config_fingerprint(), "version": version,
                          "config": stage.config.model_dump(mode="json")}
     store.write_json(_FINGERPRINTS, known)
 
@@ -255,12 +255,12 @@ def run_stage(
         present = [c for c in cols if c in ds.schema.names]
         if present and len(present) == len(cols) and not overwrite:
             made_by = _committed_fingerprints(store).get(stage.name)
-            if made_by is None or made_by == stage.fingerprint():
+            if made_by is None or made_by == stage.config_fingerprint():
                 console.print(f"[yellow]{stage.name}[/]: columns {cols} already present at v{ds.version}; "
                               "pass --overwrite to recompute")
                 return StageResult(stage.name, "skipped", ds.version, ds.version)
             console.print(f"[yellow]{stage.name}[/]: config changed since its columns were computed "
-                          f"(fingerprint {made_by} -> {stage.fingerprint()}); recomputing")
+                          f"(fingerprint {made_by} -> {stage.config_fingerprint()}); recomputing")
         if present:  # partial leftovers or overwrite: drop, then recompute from clean
             ds.drop_columns(present)
             ds = store.open()

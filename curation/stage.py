@@ -120,7 +120,13 @@ class Stage:
 
     # --- used by the runner --------------------------------------------------------------
     def fingerprint(self) -> str:
-        """Identifies the computation: a checkpoint made by another config is not reused."""
+        """Identifies the computation: a checkpoint made by another config is not reused. Stages may
+        mix in what ``prepare`` learned (e.g. corpus statistics); the base is the config alone."""
+        return self.config_fingerprint()
+
+    def config_fingerprint(self) -> str:
+        """The stage and its config (scheduling keys excluded): known before ``prepare`` runs, so
+        the runner can tell whether committed columns came from the config asked for now."""
         cfg = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in SCHEDULING_KEYS}
         payload = json.dumps({"stage": self.name, "cols": self.output_schema.names, "cfg": cfg}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:12]

@@ -531,8 +531,14 @@ def _fingerprint(cfg: ExportConfig, src: Store, version: int) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
-def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurrency: int | None = None) -> StageResult:
-    """Select, bucket and write the training dataset at ``cfg.out``; resumable per unit."""
+def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurrency: int | None = None,
+           replace_stale: bool = False) -> StageResult:
+    """Select, bucket and write the training dataset at ``cfg.out``; resumable per unit.
+
+    An existing export of the same source version and config is kept (skipped). A different one is
+    an error unless ``cfg.overwrite`` or ``replace_stale`` (a pipeline re-run after upstream steps
+    changed the dataset): then a new version of the training dataset is written (the old one stays
+    in its Lance history)."""
     from lance import LanceDataset, LanceOperation
     from lance.fragment import FragmentMetadata
 
@@ -557,8 +563,11 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
             return StageResult("export", "skipped", out.open().version, version,
                                extra={"out": out.uri, "kept": out.open().count_rows(), "excluded": sum(prev["excluded"].values()),
                                       "report": str(out.state_dir / "export" / "report.html"), "by_resolution": {}})
-        raise ValueError(f"{out.uri} already holds a different export (another source, version or config); "
-                         "pass --overwrite to write a new version of it")
+        if not replace_stale:
+            raise ValueError(f"{out.uri} already holds a different export (another source, version or config); "
+                             "pass --overwrite to write a new version of it")
+        console.print(f"export: the dataset or export config changed since {out.uri} was written "
+                      f"(source v{prev.get('source', {}).get('version')} -> v{version}); writing a new version")
     encoders = encoder_manifest(cfg)   # checks the encoder folders before any work starts
     roles = resolve_roles(ds.schema, cfg)
     keep, reason, notes = select_rows(ds, cfg, roles)
@@ -702,7 +711,7 @@ exported <b>{manifest['rows']}</b>, excluded {sum(ex.values())}. Created {manife
 def _export_step(ctx, cfg: ExportConfig):
     if ctx.overwrite and not cfg.overwrite:
         cfg = cfg.model_copy(update={"overwrite": True})
-    return export(ctx.store, cfg, show_progress=ctx.show_progress)
+    return export(ctx.store, cfg, show_progress=ctx.show_progress, replace_stale=True)
 
 
 def register_cli(app) -> None:

@@ -96,6 +96,11 @@ def test_export_selects_with_reasons_and_writes_a_training_set(ray_session, cura
     assert again.status == "skipped" and lance.dataset(str(out)).version == shards.version  # a re-run pipeline
     with pytest.raises(ValueError, match="--overwrite"):
         export(store, ExportConfig(out=str(out)), show_progress=False)  # a different config
+    # a pipeline re-run after upstream changes writes a new version instead (history keeps the old)
+    redo = export(store, ExportConfig(out=str(out), resolution=512, rows_per_unit=10), show_progress=False,
+                  replace_stale=True)
+    assert redo.status == "committed" and redo.version == shards.version + 1
+    assert json.loads(lance.dataset(str(out)).schema.metadata[MANIFEST_KEY.encode()])["config"]["resolution"] == 512
 
 
 def test_export_works_on_a_bare_dataset_and_from_the_cli(ray_session, coco_store, tmp_path):
