@@ -32,6 +32,8 @@ from starlette.routing import Match
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.text import MAX_CAPTION_CHARS
+
 from annotator_ui.db import BadInput, Conflict, NotFound, NotLeased, ReviewDB, ReviewError, User
 from annotator_ui.security import CSRF_HEADER, LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token, tokens_equal
 
@@ -56,7 +58,9 @@ class AppSettings(BaseModel):
     lease_s: float = Field(600.0, gt=0, description="seconds an item stays leased without activity")
     gold_rate: float = Field(0.05, ge=0, le=1, description="chance that the next item is a gold item")
     session_ttl_s: float = Field(12 * 3600, gt=0)
-    max_body: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    # a form post carries the caption (up to MAX_CAPTION_CHARS, as ingest keeps them), percent-encoded:
+    # up to 9 bytes per character of multi-byte text
+    max_body: int = Field(1024 * 1024, ge=1024, description="larger request bodies get 413")
     cookie_secure: bool = Field(False, description="set the Secure flag (when served over HTTPS)")
     ray_address: str | None = Field(None, description="Ray cluster for the admin's apply action "
                                     "(default: RAY_ADDRESS or an embedded local one, started on first use)")
@@ -75,7 +79,7 @@ class DecisionIn(BaseModel):
 
     decision: Literal["keep", "drop"]
     flag: bool = False
-    caption: str | None = Field(None, max_length=10_000, pattern=NO_NUL)
+    caption: str | None = Field(None, max_length=MAX_CAPTION_CHARS, pattern=NO_NUL)
     tags: list[Annotated[str, Field(max_length=64, pattern=NO_NUL)]] = Field(default_factory=list, max_length=64)
     reasons: list[Annotated[str, Field(max_length=200, pattern=NO_NUL)]] = Field(default_factory=list, max_length=20)
 
@@ -308,13 +312,14 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
         user, csrf = s
         item = db.next_item(user, lease_s=settings.lease_s, gold_rate=settings.gold_rate)
         return page("annotate.html", user=user, csrf=csrf, item=_public_item(item) if item else None,
-                    counters=db.counters(), mine=db.user_decision_count(user), reject_reasons=REJECT_REASONS)
+                    counters=db.counters(), mine=db.user_decision_count(user), reject_reasons=REJECT_REASONS,
+                    max_caption=MAX_CAPTION_CHARS)
 
     @app.post("/annotate/{item_id}", responses=REDIRECT)
     def annotate_post(item_id: ITEM_ID, s: Annotated[tuple[User, str], Depends(session)],
                       action: Annotated[Literal["accept", "reject", "flag", "skip"], Form()],
                       csrf: Annotated[str, Form(min_length=1, max_length=128)],
-                      caption: Annotated[str | None, Form(max_length=10_000)] = None,
+                      caption: Annotated[str | None, Form(max_length=MAX_CAPTION_CHARS)] = None,
                       tags: Annotated[str, Form(max_length=4000)] = "",
                       reasons: Annotated[list[str] | None, Form()] = None):
         user, want = s

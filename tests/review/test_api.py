@@ -139,7 +139,7 @@ def test_bad_requests_get_4xx_never_500(env):
         alice.post(url, json={"decision": "maybe"}),
         alice.post(url, json={"decision": "keep", "extra": 1}),
         alice.post(url, json={"decision": "keep", "tags": "notalist"}),
-        alice.post(url, json={"decision": "keep", "caption": "x" * 10_001}),
+        alice.post(url, json={"decision": "keep", "tags": ["x" * 65]}),
         alice.post(url, content=b"\xff\xfe\x00garbage", headers=h),
         alice.post("/api/items/99999999999999999999999/decision", json={"decision": "keep"}),
         alice.post("/api/items/-1/decision", json={"decision": "keep"}),
@@ -210,3 +210,27 @@ def test_admin_applies_decisions_from_the_page(env, ray_session):
     assert t.to_pylist() == [{"id": it["row_id"], "rev_caption": "<b>a cat</b> on a mat", "rev_decision": "keep",
                               "rev_reviewer": "alice"}]
     assert [a for a in db.audit_tail(5) if a["action"] == "apply"][0]["user"] == "admin"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_captions_as_long_as_ingest_keeps_can_be_reviewed(env):
+    """Ingest keeps captions up to MAX_CAPTION_CHARS; the form and the API take them (a shorter
+    limit here would leave such items stuck: every action refused)."""
+    from curation.text import MAX_CAPTION_CHARS
+
+    _, db, _ = env
+    app = create_app(AppSettings(db_url=db.url), db)  # default body limit
+    alice = login(app, "alice")
+    a = alice.get("/api/next").json()["item"]
+    page = alice.get("/").text
+    assert f'maxlength="{MAX_CAPTION_CHARS}"' in page
+    long_cap = "ü" * MAX_CAPTION_CHARS  # multi-byte, percent-encoded in the form: ~6 bytes a character
+    r = alice.post(f"/annotate/{a['id']}", data={"action": "accept", "csrf": alice.headers["x-csrf-token"],
+                                                 "caption": long_cap}, follow_redirects=False)
+    assert r.status_code == 303
+    assert db.decisions()[-1]["caption"] == long_cap
+    b = alice.get("/api/next").json()["item"]
+    assert alice.post(f"/api/items/{b['id']}/decision",
+                      json={"decision": "keep", "caption": "x" * (MAX_CAPTION_CHARS + 1)}).status_code == 422
+    assert alice.post(f"/api/items/{b['id']}/decision",
+                      json={"decision": "keep", "caption": "x" * MAX_CAPTION_CHARS}).status_code == 200
