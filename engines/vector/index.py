@@ -55,7 +55,7 @@ class IndexConfig(BaseModel):
     flat_max: int = Field(100_000, ge=0, description="auto: exact search up to this many rows")
     nlist: int | None = Field(None, ge=1, description="IVF lists (default n / list_size, capped by the training sample)")
     list_size: int = Field(256, ge=8, description="default nlist = n / list_size: a constant scan per query as n grows")
-    hnsw_lists: int = Field(32768, ge=1, description="auto: from this many lists on, an HNSW coarse quantiser (ivfhnsw)")
+    hnsw_lists: int = Field(16384, ge=1, description="auto: from this many lists on, an HNSW coarse quantiser (ivfhnsw)")
     nprobe: int = Field(16, ge=1, description="IVF lists searched per query")
     pq_m: int = Field(64, ge=1, description="PQ sub-quantisers (must divide the dimension)")
     pq_bits: int = Field(8, ge=1, le=16)
