@@ -25,6 +25,7 @@ $(BIN)/curate: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-deps torchvision==0.28.0 open-clip-torch==3.3.0 timm==1.0.31 ftfy==6.3.1 wcwidth
 	$(BIN)/pip install -q -e ".[all,dev]"
 	touch $(BIN)/curate
 
