@@ -51,6 +51,55 @@ def storage_options_from_env(uri: str) -> dict[str, str]:
     return opts
 
 
+STATE_MANIFEST = "manifest.json"  # in a pushed state folder: written last, compared on pull
+
+
+def _check_relpath(relpath: str) -> str:
+    rel = str(relpath).strip("/")
+    parts = rel.split("/")
+    if not rel or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
+        raise ValueError(f"state path must be relative, inside the state folder: {relpath!r}")
+    return rel
+
+
+def _remote_exists(fs: Any, key: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return fs.get_file_info(key).type == pafs.FileType.File
+
+
+def _read_remote(fs: Any, key: str) -> bytes:
+    with fs.open_input_stream(key) as f:
+        return f.read()
+
+
+def _tmp_of(path: Path) -> Path:
+    import uuid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # unique: actors may pull at once
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write then rename: a reader (another actor on this node) sees the old file or the new one."""
+    tmp = _tmp_of(path)
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _download(fs: Any, key: str, path: Path) -> None:
+    """Stream one object to ``path`` (bounded memory for a multi-GB index), atomically."""
+    import shutil
+
+    tmp = _tmp_of(path)
+    try:
+        with fs.open_input_stream(key) as f, open(tmp, "wb") as out:
+            shutil.copyfileobj(f, out, 8 << 20)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @dataclass
 class Store:
     """A handle on one samples dataset. Cheap and picklable: Ray workers get a copy."""
@@ -95,6 +144,105 @@ class Store:
             d = root / hashlib.sha1(self.uri.encode()).hexdigest()[:16]
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    # --- state in the object store (remote datasets) -------------------------------------
+    def push_state(self, relpath: str) -> list[str]:
+        """Upload ``state_dir/relpath`` (a file or a folder) to ``<uri>/_curation/relpath``.
+
+        Why: for a remote dataset ``state_dir`` is a local cache on one machine, so what a job
+        leaves there (a FAISS index, ...) is invisible to other nodes; the object store is the
+        copy every node can reach. A folder's ``manifest.json`` is deleted remotely first and
+        uploaded last, so a reader never pairs a manifest with half-uploaded files. A no-op for
+        local datasets (their state dir already lives inside the dataset folder). Returns the
+        object paths written."""
+        if not is_remote(self.uri):
+            return []
+        rel = _check_relpath(relpath)
+        src = self.state_dir / rel
+        if not src.exists():
+            raise FileNotFoundError(f"nothing to push: {src} does not exist")
+        fs, root = self._state_fs()
+        dst = f"{root}/{rel}"
+        if src.is_file():
+            pairs = [(src, dst)]
+        else:
+            files = [q for q in sorted(src.rglob("*")) if q.is_file() and not q.name.endswith(".tmp")]
+            files.sort(key=lambda q: q.name == STATE_MANIFEST)  # stable: manifests last
+            pairs = [(q, f"{dst}/{q.relative_to(src).as_posix()}") for q in files]
+            for _, key in pairs:
+                if key.endswith("/" + STATE_MANIFEST) and _remote_exists(fs, key):
+                    fs.delete_file(key)
+        import shutil
+
+        for q, key in pairs:
+            if fs.type_name != "s3":  # S3 has no folders (create_dir would add marker objects)
+                fs.create_dir(key.rsplit("/", 1)[0], recursive=True)
+            with open(q, "rb") as f, fs.open_output_stream(key) as out:
+                shutil.copyfileobj(f, out, 8 << 20)
+        return [key for _, key in pairs]
+
+    def pull_state(self, relpath: str) -> bool:
+        """Download ``<uri>/_curation/relpath`` into ``state_dir/relpath``; True when files came.
+
+        A folder with a ``manifest.json`` is fetched only when the local copy is missing or its
+        manifest differs from the remote one (so a node downloads an index once, not per job);
+        the local manifest is removed first and written last, so a reader on this node never
+        pairs it with other files. Nothing in the object store (never pushed): False, the local
+        copy is left as it is. A no-op (False) for local datasets."""
+        if not is_remote(self.uri):
+            return False
+        import pyarrow.fs as pafs
+
+        rel = _check_relpath(relpath)
+        fs, root = self._state_fs()
+        src = f"{root}/{rel}"
+        info = fs.get_file_info(src)
+        dst = self.state_dir / rel
+        if info.type == pafs.FileType.NotFound:
+            return False
+        if info.type == pafs.FileType.File:
+            _download(fs, src, dst)
+            return True
+        found = [i.path for i in fs.get_file_info(pafs.FileSelector(src, recursive=True)) if i.type == pafs.FileType.File]
+        man_key = f"{src}/{STATE_MANIFEST}"
+        manifest = _read_remote(fs, man_key) if man_key in found else None
+        if manifest is not None and (dst / STATE_MANIFEST).is_file() and (dst / STATE_MANIFEST).read_bytes() == manifest:
+            return False  # this node already has that version
+        (dst / STATE_MANIFEST).unlink(missing_ok=True)
+        for key in found:
+            if key != man_key:
+                _download(fs, key, dst / key[len(src) + 1:])
+        if manifest is not None:
+            now = _read_remote(fs, man_key) if _remote_exists(fs, man_key) else None
+            if now != manifest:  # a push started meanwhile: these files may not match the manifest
+                raise OSError(f"{self.uri}/_curation/{rel} was replaced while it was downloaded; run again")
+            _atomic_write(dst / STATE_MANIFEST, manifest)
+        return True
+
+    def _state_fs(self):
+        """(pyarrow file system, path of ``<uri>/_curation`` in it), credentials from
+        ``storage_options`` (the same ones Lance uses for the dataset)."""
+        import pyarrow.fs as pafs
+
+        scheme, rest = self.uri.split("://", 1)
+        root = rest.rstrip("/") + "/_curation"
+        if scheme not in ("s3", "s3a"):
+            fs, path = pafs.FileSystem.from_uri(self.uri)
+            return fs, path.rstrip("/") + "/_curation"
+        o = self.storage_options or {}
+        kw: dict[str, Any] = {}
+        endpoint = o.get("aws_endpoint") or o.get("aws_endpoint_url") or o.get("endpoint")
+        if endpoint:
+            sch, _, host = endpoint.partition("://")
+            kw.update(endpoint_override=host or sch, scheme=sch if host else "https")
+        key = o.get("aws_access_key_id") or o.get("access_key_id")
+        if key:
+            kw.update(access_key=key, secret_key=o.get("aws_secret_access_key") or o.get("secret_access_key"),
+                      session_token=o.get("aws_session_token") or o.get("session_token"))
+        region = o.get("aws_region") or o.get("region")
+        if region:
+            kw["region"] = region
+        return pafs.S3FileSystem(**kw), root
 
     # --- inspect --------------------------------------------------------------------------
     def versions(self) -> list[dict[str, Any]]:

@@ -187,7 +187,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
         Manifest, VectorError, add_vectors, clean_vectors, column_fingerprint, deserialize, empty_like,
         load_index, merge_shards, save_index, serialize, train_index, train_points,
     )
-    from engines.vector.retrieval import index_dir
+    from engines.vector.retrieval import index_dir, pull_index, push_index
 
     t0 = time.perf_counter()
     column = cfg.column or default_column(store)
@@ -199,7 +199,8 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
                           f"or pass --column with one of: {', '.join(n for n in ds.schema.names if n.startswith(('prof_', 'vec_')))}")
     if ds.count_rows() == 0:
         raise VectorError("the dataset is empty: nothing to index")
-    folder = index_dir(store, column)
+    # remote dataset: start from the index in the object store (built on another node?), not a stale cache
+    folder = index_dir(store, column) if cfg.rebuild else pull_index(store, column)
     fields = {f.name(): f.id() for f in ds.lance_schema.fields()}
     fids = {fields[column], fields["id"]}
     frags = ds.get_fragments()
@@ -295,10 +296,12 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
         history=history,
     )
     save_index(folder, index, manifest, labels)
+    pushed = push_index(store, column)  # remote dataset: every node finds it there (manifest last)
     shutil.rmtree(shard_dir.parent, ignore_errors=True)
     if skipped:
         console.print(f"[yellow]skipped rows[/] (not indexed): {skipped}")
-    console.print(f"index on {column!r}: {index.ntotal} vectors, {kind}, v{ds.version}, {time.perf_counter() - t0:.1f}s -> {folder}")
+    console.print(f"index on {column!r}: {index.ntotal} vectors, {kind}, v{ds.version}, {time.perf_counter() - t0:.1f}s -> {folder}"
+                  + (f" (uploaded to {store.uri}/_curation/vector/index-{column})" if pushed else ""))
     return asdict(manifest)
 
 
@@ -337,13 +340,38 @@ def knn_path(store, column: str) -> Path:
     return Path(store.state_dir) / "vector" / f"knn-{column}.lance"
 
 
+def _manifest_sha(folder: Path) -> str | None:
+    p = folder / "manifest.json"
+    return hash_bytes(p.read_bytes()) if p.is_file() else None
+
+
+def _worker_index_folder(store, column: str, driver_folder: str, manifest_sha: str) -> Path:
+    """The index folder a k-NN actor loads: the driver's when this node sees it (same machine or
+    a shared file system) with the driver's manifest, else this node's own state dir, fetched
+    from the dataset's object store once per process (``pull_index``). Another manifest than the
+    driver's (the index was rebuilt meanwhile) is an error, never a silently mixed graph."""
+    from engines.vector.index import VectorError
+    from engines.vector.retrieval import pull_index
+
+    if _manifest_sha(Path(driver_folder)) == manifest_sha:
+        return Path(driver_folder)
+    folder = pull_index(store, column)
+    if _manifest_sha(folder) != manifest_sha:
+        raise VectorError(f"the index on {column!r} this node can read ({folder}) is not the one the k-NN job "
+                          f"started with (rebuilt meanwhile, or never uploaded to {store.uri}/_curation/); run again")
+    return folder
+
+
 class _KnnWorker:
     """Ray actor: loads the index once, answers blocks of query rows, writes Lance fragments."""
 
-    def __init__(self, store, version: int, column: str, index_folder: str, out_uri: str, k: int, nprobe):
+    def __init__(self, store, version: int, column: str, index_folder: str, out_uri: str, k: int, nprobe,
+                 manifest_sha: str | None = None):
         from engines.vector.index import load_index
 
         self.ds = store.open(version)
+        if manifest_sha is not None:
+            index_folder = str(_worker_index_folder(store, column, index_folder, manifest_sha))
         self.index, self.manifest, labels = load_index(Path(index_folder))
         self.ids = labels.column("id").to_numpy(zero_copy_only=False)
         lab = labels.column("label").to_numpy()
@@ -393,11 +421,11 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
 
     from curation.runner import execute_units
     from engines.vector.index import VectorError, check_fresh, load_index
-    from engines.vector.retrieval import index_dir
+    from engines.vector.retrieval import pull_index
 
     t0 = time.perf_counter()
     column = cfg.column or default_column(store)
-    folder = index_dir(store, column)
+    folder = pull_index(store, column)  # remote dataset: the index may have been built on another node
     index, manifest, _ = load_index(folder, with_labels=False)
     ds = store.open()
     check_fresh(manifest, ds)  # an index older than the rows would give a silently wrong graph
@@ -438,7 +466,8 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
         done[row["unit"]] = rec
 
     execute_units(todo, _KnnWorker, {"store": store, "version": ds.version, "column": column,
-                                     "index_folder": str(folder), "out_uri": staging, "k": cfg.k, "nprobe": cfg.nprobe},
+                                     "index_folder": str(folder), "out_uri": staging, "k": cfg.k, "nprobe": cfg.nprobe,
+                                     "manifest_sha": _manifest_sha(folder)},
                   ray_options={"num_cpus": 1}, on_result=on_result, description=f"knn k={cfg.k} (units)",
                   show_progress=show_progress)
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]

@@ -113,7 +113,9 @@ def to_matrix(col: pa.Array | pa.ChunkedArray | np.ndarray | list, dim: int | No
             # values of null slots are stored too, so slicing the child keeps rows aligned
             vals = col.values.slice(col.offset * d, n * d)
             x = np.asarray(vals.to_numpy(zero_copy_only=False), np.float32).reshape(n, d)
-            x[null] = 0
+            if null.any():  # float32 columns come zero-copy and read-only: copy only when writing
+                x = x if x.flags.writeable else x.copy()
+                x[null] = 0
         elif pa.types.is_list(t) or pa.types.is_large_list(t):
             lens = np.asarray(col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False))
             present = lens[~null]

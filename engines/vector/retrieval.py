@@ -18,14 +18,33 @@ import numpy as np
 
 from engines.vector.index import VectorError, check_fresh, clean_vectors, load_index, search, to_matrix
 
-__all__ = ["Retriever", "index_dir", "model_record"]
+__all__ = ["Retriever", "index_dir", "index_relpath", "pull_index", "push_index", "model_record"]
 
 log = logging.getLogger(__name__)
 
 
+def index_relpath(column: str) -> str:
+    """The index folder of ``column`` inside the state dir (and under ``<uri>/_curation/``)."""
+    return f"vector/index-{column}"
+
+
 def index_dir(store: Any, column: str) -> Path:
     """Where the index over ``column`` of a dataset lives (next to the dataset's other state)."""
-    return Path(store.state_dir) / "vector" / f"index-{column}"
+    return Path(store.state_dir) / index_relpath(column)
+
+
+def pull_index(store: Any, column: str) -> Path:
+    """The local index folder, first fetched from the dataset's object store when the dataset is
+    remote and this machine's copy is missing or has another manifest (``Store.pull_state``):
+    any node finds an index another node built. Local datasets: just the folder."""
+    if hasattr(store, "pull_state") and store.pull_state(index_relpath(column)):
+        log.info("index on %s fetched from %s/_curation/%s", column, store.uri, index_relpath(column))
+    return index_dir(store, column)
+
+
+def push_index(store: Any, column: str) -> list[str]:
+    """Upload a saved index folder to the dataset's object store (manifest last); no-op locally."""
+    return store.push_state(index_relpath(column)) if hasattr(store, "push_state") else []
 
 
 def model_record(store: Any, column: str) -> dict | None:
@@ -57,7 +76,7 @@ class Retriever:
 
     def __init__(self, store: Any, column: str, *, nprobe: int | None = None, allow_stale: bool = False):
         self.store, self.column = store, column
-        self.index, self.manifest, labels = load_index(index_dir(store, column))
+        self.index, self.manifest, labels = load_index(pull_index(store, column))
         self.ds = store.open()
         if allow_stale:
             try:

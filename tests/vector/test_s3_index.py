@@ -1,0 +1,103 @@
+"""An index built for an s3:// dataset is found by any node: `index build` uploads it to
+``<uri>/_curation/vector/index-<column>/`` (manifest last), and k-NN / search on a machine with an
+empty state cache (another ``CURATE_STATE_DIR``) fetch it from the bucket (a local moto server)
+and answer the same neighbours. A local dataset keeps its index in its own folder, nothing else."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation.store import Store
+from engines.vector.index import VectorError
+from engines.vector.retrieval import Retriever, index_dir
+from engines.vector.synth import clustered_embeddings
+from pipelines.vector import IndexBuildConfig, KnnConfig, _KnnWorker, _manifest_sha, build_index, build_knn, knn_path
+from tests.cluster.conftest import s3_env  # noqa: F401  (the moto server fixture, reused)
+
+DIM = 16
+FILES = ["index.faiss", "labels.arrow", "manifest.json"]
+
+
+def _table(n: int = 60) -> pa.Table:
+    x = next(clustered_embeddings(n, DIM, n_clusters=6, seed=1)).astype(np.float32)
+    return pa.table({"id": pa.array([f"r{i:03d}" for i in range(n)]),
+                     "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)})
+
+
+def _edges(store: Store) -> list[tuple]:
+    t = lance.dataset(str(knn_path(store, "emb"))).to_table().sort_by([("source_id", "ascending"), ("rank", "ascending")])
+    return [(r["source_id"], r["neighbour_id"], r["rank"]) for r in t.to_pylist()]
+
+
+@pytest.fixture
+def s3(s3_env, monkeypatch, tmp_path):  # noqa: F811
+    env, client = s3_env
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    client.create_bucket(Bucket="vec-index")
+    return client
+
+
+def test_index_built_on_one_node_is_found_by_another(s3, ray_session, tmp_path, monkeypatch):
+    uri = "s3://vec-index/emb.lance"
+    node_a, node_b = tmp_path / "node-a", tmp_path / "node-b"
+    monkeypatch.setenv("CURATE_STATE_DIR", str(node_a))
+    store = Store(uri)
+    lance.write_dataset(_table(), uri, max_rows_per_file=20, storage_options=store.storage_options)
+    m = build_index(store, IndexBuildConfig(column="emb", rows_per_shard=30), show_progress=False)
+    assert m["ntotal"] == 60
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="vec-index", Prefix="emb.lance/_curation/")["Contents"]}
+    assert keys == {f"emb.lance/_curation/vector/index-emb/{f}" for f in FILES}
+    assert str(index_dir(store, "emb")).startswith(str(node_a))
+    hits_a = Retriever(store, "emb").by_id("r007", k=5)
+    build_knn(store, KnnConfig(column="emb", k=4), show_progress=False)
+    edges_a = _edges(store)
+
+    # another node: empty state cache; it finds the index in the bucket and answers the same
+    monkeypatch.setenv("CURATE_STATE_DIR", str(node_b))
+    assert not (index_dir(store, "emb") / "manifest.json").exists()
+    hits_b = Retriever(store, "emb").by_id("r007", k=5)
+    assert [h["id"] for h in hits_b] == [h["id"] for h in hits_a] and len(hits_b) == 5
+    assert np.allclose([h["similarity"] for h in hits_b], [h["similarity"] for h in hits_a])
+    assert all((node_b / index_dir(store, "emb").relative_to(node_b) / f).is_file() for f in FILES)
+    assert store.pull_state("vector/index-emb") is False  # same manifest: not downloaded again
+    summary = build_knn(store, KnnConfig(column="emb", k=4), show_progress=False)
+    assert summary["path"].startswith(str(node_b)) and _edges(store) == edges_a and len(edges_a) == 240
+
+    # a k-NN actor on a node that cannot see the driver's folder fetches the index into its own cache
+    wanted = _manifest_sha(index_dir(store, "emb"))
+    monkeypatch.setenv("CURATE_STATE_DIR", str(tmp_path / "node-c"))
+    w = _KnnWorker(store, store.open().version, "emb", str(tmp_path / "elsewhere"), str(tmp_path / "out.lance"), 4, None,
+                   manifest_sha=wanted)
+    assert w.index.ntotal == 60 and (tmp_path / "node-c").is_dir()
+    with pytest.raises(VectorError, match="not the one the k-NN job started with"):
+        _KnnWorker(store, store.open().version, "emb", str(tmp_path / "elsewhere"), str(tmp_path / "o2.lance"), 4, None,
+                   manifest_sha="0" * 12)
+
+    # a rebuild on node B replaces the index in the bucket; node A's stale cache is refreshed on use
+    lance.write_dataset(_table(80).slice(60), uri, mode="append", storage_options=store.storage_options)
+    monkeypatch.setenv("CURATE_STATE_DIR", str(node_b))
+    assert build_index(store, IndexBuildConfig(column="emb"), show_progress=False)["ntotal"] == 80
+    monkeypatch.setenv("CURATE_STATE_DIR", str(node_a))
+    assert Retriever(store, "emb").index.ntotal == 80
+
+
+def test_local_dataset_is_unaffected(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("CURATE_STATE_DIR", str(tmp_path / "cache"))
+    uri = tmp_path / "local.lance"
+    lance.write_dataset(_table(), str(uri), max_rows_per_file=30)
+    store = Store(str(uri))
+    build_index(store, IndexBuildConfig(column="emb"), show_progress=False)
+    assert store.push_state("vector/index-emb") == [] and store.pull_state("vector/index-emb") is False
+    assert sorted(p.name for p in (uri / "_curation" / "vector" / "index-emb").iterdir()) == FILES
+    assert not (tmp_path / "cache").exists()
+    assert len(Retriever(store, "emb").by_id("r001", k=3)) == 3
+    with pytest.raises(ValueError, match="relative"):
+        Store("s3://vec-index/x.lance").push_state("../etc")
+    shutil.rmtree(uri)
