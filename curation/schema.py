@@ -240,8 +240,9 @@ PROF_SCORES = column_group(
         pa.field("prof_quality", pa.float32()),  # composite quality in [0, 1], documented weights
         pa.field("prof_complexity", pa.float32()),  # composite complexity in [0, 1]
         pa.field("prof_curriculum", pa.int16()),  # quantile bin of complexity, 0 = simplest
+        pa.field("prof_watermark_score", pa.float32()),  # [0, 1] from OCR boxes; cheap prof_watermark without OCR
     ],
-    "composite scores and the curriculum bin built from the profile",
+    "composite scores, the curriculum bin and the watermark score built from the profile",
 )
 
 # --- vector (engines/vector) -----------------------------------------------------------------

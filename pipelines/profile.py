@@ -496,7 +496,8 @@ class ScoresConfig(StageConfig):
 
 @register_stage
 class ScoresStage(Stage):
-    """Composite quality and complexity scores and the curriculum bin (complexity quantiles)."""
+    """Composite quality and complexity scores, the curriculum bin (complexity quantiles) and the
+    watermark score (OCR-box layout when prof_ocr ran, else the cheap pixel cue)."""
 
     name = "prof_scores"
     config_model = ScoresConfig
@@ -524,8 +525,12 @@ class ScoresStage(Stage):
 
         cols = {c: batch.column(c).to_pylist() for c in batch.schema.names}
         n = batch.num_rows
+        cols = scores.with_watermark_score(cols, n)
         comp = scores.complexity_score(cols, n)
+        if "prof_ocr_boxes" not in cols and "prof_watermark" in cols:
+            self.stats.count("watermark_from_cheap_cue_only", n)  # prof_ocr not run: the weak pixel heuristic
         return {
+            "prof_watermark_score": cols["prof_watermark_score"],
             "prof_quality": scores.quality_score(cols, n),
             "prof_complexity": comp,
             "prof_curriculum": scores.curriculum_bins(comp, self.edges),

@@ -15,7 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["QUALITY_WEIGHTS", "COMPLEXITY_WEIGHTS", "quality_score", "complexity_score", "curriculum_edges",
-           "curriculum_bins", "input_columns"]
+           "curriculum_bins", "input_columns", "with_watermark_score", "WATERMARK_INPUTS"]
+
+WATERMARK_INPUTS = ("prof_watermark", "prof_ocr_boxes", "prof_ocr_conf", "prof_ocr_text")
+"""Columns ``prof_watermark_score`` is built from (``engines.profiling.watermark``)."""
 
 
 def _clip01(x):
@@ -28,7 +31,7 @@ QUALITY_WEIGHTS: dict[str, tuple[float, callable]] = {
     "prof_brisque": (0.15, lambda v: _clip01(1.0 - v / 100.0)),  # BRISQUE 0 best .. 100 worst
     "prof_megapixels": (0.10, lambda v: _clip01(np.log2(np.maximum(v, 1e-6) / 0.05) / np.log2(20.0))),  # 0.05 MP .. 1 MP
     "prof_noise": (0.10, lambda v: _clip01(1.0 - v / 10.0)),  # sigma 0 .. 10 luma levels
-    "prof_watermark": (0.10, lambda v: 1.0 - _clip01(v)),
+    "prof_watermark_score": (0.10, lambda v: 1.0 - _clip01(v)),  # OCR-box watermark score, else the cheap cue
     "prof_aesthetic": (0.10, lambda v: _clip01((v - 3.0) / 4.0)),  # LAION scale: 3 poor .. 7 great
     "_exposure": (0.10, lambda v: _clip01(1.0 - v / 0.2)),  # shadows + highlights clipped share
     "prof_contrast": (0.05, lambda v: _clip01(v / 0.2)),  # RMS contrast
@@ -47,7 +50,18 @@ COMPLEXITY_WEIGHTS: dict[str, tuple[float, callable]] = {
 
 def input_columns(available: list[str]) -> list[str]:
     want = set(QUALITY_WEIGHTS) | set(COMPLEXITY_WEIGHTS) | {"prof_shadows_clipped", "prof_highlights_clipped"}
+    want |= set(WATERMARK_INPUTS)
     return [c for c in available if c in want]
+
+
+def with_watermark_score(cols: dict[str, list], n: int) -> dict[str, list]:
+    """``cols`` plus ``prof_watermark_score`` (computed from OCR boxes or the cheap cue when absent),
+    so the quality score penalises the better watermark signal wherever it can be had."""
+    if "prof_watermark_score" in cols:
+        return cols
+    from engines.profiling.watermark import watermark_scores
+
+    return {**cols, "prof_watermark_score": watermark_scores(cols, n)}
 
 
 def _column(cols: dict, name: str, n: int) -> np.ndarray:
@@ -73,7 +87,7 @@ def _weighted(cols: dict, weights: dict, n: int) -> list[float | None]:
 
 def quality_score(cols: dict[str, list], n: int) -> list[float | None]:
     """Weighted mean of ``QUALITY_WEIGHTS`` components present per row; 1 = clean, sharp, large."""
-    return _weighted(cols, QUALITY_WEIGHTS, n)
+    return _weighted(with_watermark_score(cols, n), QUALITY_WEIGHTS, n)
 
 
 def complexity_score(cols: dict[str, list], n: int) -> list[float | None]:

@@ -1,0 +1,128 @@
+"""Watermark likelihood on real photos: COCO photos with and without a rendered semi-transparent
+watermark (the demo corpus's own renderer for centre / bottom-right marks, the same style at the
+other corners and edges), COCO photos with real scene text as hard negatives, and the COCO photos
+that carry real photographers' marks (URL overlays, a camera date stamp) as real positives.
+
+The OCR-box score (``prof_watermark_score``) must rank marked above clean; the old pixel
+heuristic (``prof_watermark``) is measured on the same set and must do worse.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
+
+# Neutral texts (no ©, "stock", URL): the score must not lean on the mark-text bonus to pass.
+TEXTS = ["Lorem Studio", "J. Martin 2019", "northlight", "Kestrel Images"]
+# (where, box as fractions of w, h): the corners and edges the demo renderer does not use
+EDGE_BOXES = {"top_left": (.02, .02, .55, .18), "top_right": (.45, .02, .98, .18), "bottom_left": (.02, .82, .55, .98),
+              "bottom_centre": (.2, .84, .8, .98)}
+N_MARKED = 10
+SCENE_TEXT = ["000000000790.jpg", "000000107438.jpg", "000000114174.jpg", "000000121647.jpg"]
+REAL_MARKS = ["000000232357.jpg", "000000284218.jpg"]  # "oldonbaldwin.com", "petitplat.fr" overlays
+MAX_SIDE = 512  # small working copies keep OCR at ~0.4 s per image
+
+
+def _jpeg(im: Image.Image, q: int = 90) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=q)
+    return buf.getvalue()
+
+
+def _edge_mark(im: Image.Image, text: str, box, alpha: int, scale: float) -> Image.Image:
+    """The demo corpus's style (white text at ``alpha``, dark outline at alpha/2, font fitted to a
+    box) in a corner or edge box shrunk by ``scale``."""
+    from curation.demo import _fit_font
+
+    w, h = im.size
+    x0, y0, x1, y1 = box
+    cx, cy, hw, hh = (x0 + x1) / 2 * w, (y0 + y1) / 2 * h, (x1 - x0) * w * scale / 2, (y1 - y0) * h * scale / 2
+    font = _fit_font(CJK_FONT, [text], int(2 * hw * 0.9), int(2 * hh * 0.9), max(14, w // 9))
+    base = im.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    ImageDraw.Draw(layer).text((cx, cy), text, font=font, fill=(255, 255, 255, alpha), anchor="mm",
+                               stroke_width=max(1, w // 300), stroke_fill=(0, 0, 0, alpha // 2))
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def _auc(pos, neg) -> float:
+    pos, neg = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+
+
+@pytest.fixture(scope="module")
+def scored(coco_dir):
+    """Every image through the real path: decode -> OCR columns (as prof_ocr stores them) and the
+    cheap degradation columns -> prof_watermark_score (as prof_scores computes it)."""
+    from curation.demo import _near_dup
+    from engines.profiling.cheap import degradation_columns
+    from engines.profiling.decode import DecodeOptions, decode_image
+    from engines.profiling.ocr import OcrEngine, ocr_columns
+    from engines.profiling.watermark import watermark_scores
+
+    rng = np.random.default_rng(7)
+    files = sorted(p for p in (coco_dir / "images").glob("*.jpg") if p.name not in SCENE_TEXT + REAL_MARKS)[:N_MARKED]
+    items: list[tuple[str, str, bytes]] = []  # (kind, name, jpeg)
+    for k, p in enumerate(files):
+        im = Image.open(p).convert("RGB")
+        im.thumbnail((MAX_SIDE, MAX_SIDE))
+        text = TEXTS[k % len(TEXTS)]
+        if k % 3 == 0:  # the demo corpus's own renderer: centre band or bottom right, alpha 110-170
+            marked, _, q, _ = _near_dup(im, "watermark", rng, CJK_FONT, text)
+        else:
+            where = list(EDGE_BOXES)[k % len(EDGE_BOXES)]
+            marked, q = _edge_mark(im, text, EDGE_BOXES[where], int(rng.integers(90, 171)), float(rng.uniform(0.6, 1.0))), 90
+        items += [("clean", p.name, _jpeg(im)), ("marked", p.name, _jpeg(marked, q))]
+    for kind, names in (("scene_text", SCENE_TEXT), ("real_mark", REAL_MARKS)):
+        for name in names:
+            im = Image.open(coco_dir / "images" / name).convert("RGB")
+            im.thumbnail((MAX_SIDE, MAX_SIDE))
+            items.append((kind, name, _jpeg(im)))
+
+    decoded = [decode_image(b, DecodeOptions(max_side=MAX_SIDE)) for _, _, b in items]
+    cols = ocr_columns(decoded, OcrEngine())
+    cols.update(degradation_columns(decoded))
+    new = watermark_scores(cols, len(items))
+    return [(kind, name, n, o) for (kind, name, _), n, o in zip(items, new, cols["prof_watermark"])]
+
+
+def test_ocr_watermark_score_ranks_marked_photos_above_clean(scored):
+    marked = {name: (n, o) for kind, name, n, o in scored if kind == "marked"}
+    clean = {name: (n, o) for kind, name, n, o in scored if kind == "clean"}
+    negatives = [v for kind, _, *v in scored if kind in ("clean", "scene_text")]
+    auc_new = _auc([n for n, _ in marked.values()], [n for n, _ in negatives])
+    auc_old = _auc([o for _, o in marked.values()], [o for _, o in negatives])
+    pairs = sum(marked[k][0] > clean[k][0] for k in marked)
+    print(f"AUC new {auc_new:.3f} old {auc_old:.3f}; marked above its original in {pairs}/{len(marked)} pairs")
+    assert auc_new >= 0.85 and auc_new > auc_old + 0.15
+    assert pairs >= 0.8 * len(marked)
+
+
+def test_scene_text_is_not_a_watermark_and_real_marks_are(scored):
+    """Photos of signs and menus (wide, confident text, but mid-frame words) score below the median
+    marked photo; COCO's real URL overlays score above every clean photo without text."""
+    marked = sorted(n for kind, _, n, _ in scored if kind == "marked")
+    scene = [n for kind, _, n, _ in scored if kind == "scene_text"]
+    assert np.median(scene) < np.median(marked)
+    plain = [n for kind, _, n, _ in scored if kind == "clean" and n == 0.0]
+    assert len(plain) >= len(marked) // 2  # most clean COCO photos have no OCR line at all
+    assert all(n > 0.3 for kind, _, n, _ in scored if kind == "real_mark")
+
+
+def test_line_score_geometry_and_fallback():
+    from engines.profiling.watermark import line_score, watermark_scores
+
+    strip = [0.1, 0.85, 0.6, 0.85, 0.6, 0.95, 0.1, 0.95]  # wide line along the bottom edge
+    word = [0.4, 0.3, 0.45, 0.3, 0.45, 0.33, 0.4, 0.33]  # a short word mid-frame
+    assert line_score(strip, 0.99) > 0.9 > 0.1 > line_score(word, 0.99)
+    assert line_score(word, 0.99, "www.example.com") > line_score(word, 0.99) + 0.25  # mark-like text
+    cols = {"prof_watermark": [0.7, 0.2, None], "prof_ocr_boxes": [[strip], None, None],
+            "prof_ocr_conf": [[0.99], None, None], "prof_ocr_text": ["Lorem Studio", None, None]}
+    # OCR present -> box score; OCR null for the row -> the cheap cue; neither -> None
+    assert watermark_scores(cols, 3)[1:] == [0.2, None] and watermark_scores(cols, 3)[0] > 0.9
+    assert watermark_scores({"prof_ocr_boxes": [[]], "prof_ocr_conf": [[]]}, 1) == [0.0]
