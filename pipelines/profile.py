@@ -516,8 +516,9 @@ class ScoresStage(Stage):
         if not cols:
             raise ConfigError("prof_scores needs profile columns: run the cheap stages (prof_cheap) first")
         self.input_columns = cols
-        t = dataset.to_table(columns=cols)
-        comp = scores.complexity_score({c: t.column(c).to_pylist() for c in cols}, t.num_rows)
+        comp_cols = [c for c in cols if c in scores.COMPLEXITY_WEIGHTS]  # not the OCR lists: edges need complexity only
+        t = dataset.to_table(columns=comp_cols or ["id"])
+        comp = scores.complexity_score({c: t.column(c).to_pylist() for c in comp_cols}, t.num_rows)
         self.edges = scores.curriculum_edges(comp, self.config.curriculum_bins)
 
     def process_batch(self, batch: pa.RecordBatch) -> dict:
