@@ -116,7 +116,7 @@ def test_training_from_pre_encoded_shards_equals_on_the_fly_encoding(pre_encoded
     assert torch.equal(state, torch.random.get_rng_state())
 
 
-def test_curate_train_two_ddp_ranks_on_gloo(pre_encoded, ray_session, tmp_path):
+def test_curate_train_two_ranks_ddp_and_fsdp2_on_gloo(pre_encoded, ray_session, tmp_path):
     """Ray Train TorchTrainer, 2 CPU workers (gloo): both ranks train on disjoint samples from the
     loader, and DDP keeps their parameters identical (digests per rank in the checkpoint)."""
     from curation.config import validate
@@ -148,6 +148,25 @@ def test_curate_train_two_ddp_ranks_on_gloo(pre_encoded, ray_session, tmp_path):
 
     assert digests[0] == digests[1] == param_digest(load_safetensors(ckpt / "model.safetensors", tiny()))
     assert seen[0][0]["loss"] != seen[1][0]["loss"]                                  # different data per rank
+
+    # FSDP2 (fully_shard per block, gloo on CPU) on the same data and seed trains the same model:
+    # sharded AdamW after reduce-scatter equals DDP's all-reduce, and the sharded checkpoint
+    # (optimizer included) is gathered to one full state, then resumes
+    fsdp_out = tmp_path / "fsdp"
+    fcfg = cfg.model_copy(update={"out_dir": str(fsdp_out), "fsdp": "on", "ckpt_every": 2, "log_sample_ids": False})
+    logs.clear()
+    assert run_training(fcfg, log=logs.append)["metrics"]["step"] == 2
+    f_ckpt = fsdp_out / "checkpoints" / "step_00000002"
+    assert torch.load(f_ckpt / "rank_1.pt", weights_only=False)["param_digest"] is None   # sharded, not DDP
+    fsdp_state = load_safetensors(f_ckpt / "model.safetensors", tiny()).state_dict()
+    ddp_state = load_safetensors(ckpt / "model.safetensors", tiny()).state_dict()
+    assert fsdp_state.keys() == ddp_state.keys()
+    for k in ddp_state:
+        torch.testing.assert_close(fsdp_state[k], ddp_state[k], rtol=1e-4, atol=1e-5, msg=k)
+    logs.clear()
+    assert run_training(fcfg.model_copy(update={"steps": 3}), log=logs.append)["metrics"]["step"] == 3
+    steps = [json.loads(x)["step"] for x in (fsdp_out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    assert steps == [1, 2, 3], steps   # continued from the step-2 checkpoint, not restarted
 
 
 def test_train_refuses_caption_features_of_another_width(pre_encoded, tmp_path):
