@@ -174,6 +174,7 @@ PROF_DEGRADATION = column_group(
         pa.field("prof_contrast", pa.float32()),  # RMS contrast: std luma / 255
         pa.field("prof_colorfulness", pa.float32()),  # Hasler-Suesstrunk colourfulness
         pa.field("prof_watermark", pa.float32()),  # heuristic likelihood [0, 1] of a corner/edge overlay
+        pa.field("prof_watermark_overlay", pa.float32()),  # [0, 1] semi-transparent light overlay strokes
     ],
     "no-model degradation signals",
 )

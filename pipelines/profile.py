@@ -528,8 +528,8 @@ class ScoresStage(Stage):
         n = batch.num_rows
         cols = scores.with_watermark_score(cols, n)
         comp = scores.complexity_score(cols, n)
-        if "prof_ocr_boxes" not in cols and "prof_watermark" in cols:
-            self.stats.count("watermark_from_cheap_cue_only", n)  # prof_ocr not run: the weak pixel heuristic
+        if "prof_ocr_boxes" not in cols and ("prof_watermark" in cols or "prof_watermark_overlay" in cols):
+            self.stats.count("watermark_from_pixel_cue_only", n)  # prof_ocr not run: the weaker pixel cues
         return {
             "prof_watermark_score": cols["prof_watermark_score"],
             "prof_quality": scores.quality_score(cols, n),

@@ -76,9 +76,10 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
         notes.append("No aesthetic score: no aesthetic head weights were configured (aesthetic.weights), "
                      "so the column is absent rather than filled with a made-up value.")
     if "prof_watermark_score" in schema.names and "prof_ocr_boxes" not in schema.names:
-        notes.append("prof_watermark_score comes from the cheap pixel heuristic only (prof_ocr was not run): it ranks "
-                     "watermarked photos above clean ones barely better than chance (AUC ~0.6); run prof_ocr, then "
-                     "prof_scores, for the OCR-box score (AUC ~0.97, docs/profiling.md).")
+        cue = ("the pixel overlay cue (AUC ~0.8)" if "prof_watermark_overlay" in schema.names
+               else "the old stroke heuristic (AUC ~0.65, barely better than chance)")
+        notes.append(f"prof_watermark_score comes from {cue} only: prof_ocr was not run. Run prof_ocr, then "
+                     "prof_scores, for the OCR-box score (AUC ~0.97 on watermarked vs clean photos, docs/profiling.md).")
     if "prof_error" not in schema.names:
         notes.append("The metadata stage (prof_meta) has not run: decode errors are unknown.")
     parts.append("<h2>Models and absent signals</h2><ul>" + "".join(f"<li>{x}</li>" for x in notes) + "</ul>")

@@ -18,7 +18,7 @@ from engines.profiling.decode import Decoded, DecodeFailure
 
 __all__ = [
     "phash", "dhash", "hamming", "border_variance", "jpeg_bytes_per_pixel", "gray_entropy",
-    "laplacian_sharpness", "noise_sigma", "color_cast", "colorfulness", "watermark_likelihood",
+    "laplacian_sharpness", "noise_sigma", "color_cast", "colorfulness", "watermark_likelihood", "overlay_likelihood",
     "meta_columns", "hash_columns", "entropy_columns", "degradation_columns", "JPEG_QUALITY",
 ]
 
@@ -163,6 +163,36 @@ def watermark_likelihood(gray: np.ndarray) -> float:
     return float(1.0 / (1.0 + math.exp(-(ratio - 5.0))))
 
 
+def overlay_likelihood(rgb: np.ndarray) -> float:
+    """Semi-transparent light overlay (the usual visible watermark), no model: compositing white at
+    opacity a gives c' = c(1 - a) + 255a per channel, so the distance to white shrinks by the SAME
+    factor (1 - a) in R, G and B. Per pixel, r_c = (255 - c') / (255 - local background), with the
+    background from a 7 px median (wider than the strokes at the working scale); overlay strokes
+    have all three r_c in (0.3, 0.75) within 0.08 of each other over a background that is not already
+    near white. Score = densest window (1/10 x 1/6 of the image) of such pixels minus the 75th
+    percentile window, squashed to [0, 1] (0.5 at 0.05). Measured on 48 COCO photos clean vs
+    watermarked: AUC 0.83 (the stroke heuristic above: 0.65). Grey backgrounds make any brighter
+    structure pass the channel test, so it also fires on light fabric, sky and signage."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if h < 20 or w < 12 or rgb.ndim != 3:
+        return 0.0
+    inv = 255 - np.ascontiguousarray(rgb[:, :, :3])
+    bg = np.stack([cv2.medianBlur(np.ascontiguousarray(inv[:, :, c]), 7) for c in range(3)], -1).astype(np.float32)
+    r = (inv.astype(np.float32) + 1.0) / (bg + 1.0)
+    rmin, rmax = r.min(-1), r.max(-1)
+    m = (rmin > 0.3) & (rmax < 0.75) & (rmax - rmin < 0.08) & (bg.min(-1) > 40)
+    wh, ww = max(2, h // 10), max(2, w // 6)
+    ii = cv2.integral(m.astype(np.uint8), sdepth=cv2.CV_32S)
+    ys = np.arange(0, h - wh + 1, max(1, wh // 2))
+    xs = np.arange(0, w - ww + 1, max(1, ww // 2))
+    Y, X = np.meshgrid(ys, xs, indexing="ij")
+    dens = ((ii[Y + wh, X + ww] - ii[Y, X + ww] - ii[Y + wh, X] + ii[Y, X]) / float(wh * ww)).ravel()
+    v = float(dens.max() - np.percentile(dens, 75))
+    return float(v / (v + 0.05)) if v > 0 else 0.0
+
+
 # --- column builders ---------------------------------------------------------------------------
 
 
@@ -232,12 +262,14 @@ def _degradation(d: Decoded) -> tuple:
         float(g.std()) / 255.0,
         colorfulness(small),
         watermark_likelihood(g),
+        overlay_likelihood(d.array),
     )
 
 
 DEGRADATION_COLUMNS = [
     "prof_sharpness", "prof_sharpness_coarse", "prof_noise", "prof_color_cast", "prof_shadows_clipped",
     "prof_highlights_clipped", "prof_brightness", "prof_contrast", "prof_colorfulness", "prof_watermark",
+    "prof_watermark_overlay",
 ]
 
 

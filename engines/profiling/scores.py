@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["QUALITY_WEIGHTS", "COMPLEXITY_WEIGHTS", "quality_score", "complexity_score", "curriculum_edges",
            "curriculum_bins", "input_columns", "with_watermark_score", "WATERMARK_INPUTS"]
 
-WATERMARK_INPUTS = ("prof_watermark", "prof_ocr_boxes", "prof_ocr_conf", "prof_ocr_text")
+WATERMARK_INPUTS = ("prof_watermark", "prof_watermark_overlay", "prof_ocr_boxes", "prof_ocr_conf", "prof_ocr_text")
 """Columns ``prof_watermark_score`` is built from (``engines.profiling.watermark``)."""
 
 
