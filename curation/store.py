@@ -187,7 +187,8 @@ class Store:
         A folder with a ``manifest.json`` is fetched only when the local copy is missing or its
         manifest differs from the remote one (so a node downloads an index once, not per job);
         the local manifest is removed first and written last, so a reader on this node never
-        pairs it with other files. Nothing in the object store (never pushed): False, the local
+        pairs it with other files. Nothing in the object store (never pushed), or a remote folder
+        without its manifest while a local copy has one (a push under way): False, the local
         copy is left as it is. A no-op (False) for local datasets."""
         if not is_remote(self.uri):
             return False
@@ -206,9 +207,12 @@ class Store:
         found = [i.path for i in fs.get_file_info(pafs.FileSelector(src, recursive=True)) if i.type == pafs.FileType.File]
         man_key = f"{src}/{STATE_MANIFEST}"
         manifest = _read_remote(fs, man_key) if man_key in found else None
-        if manifest is not None and (dst / STATE_MANIFEST).is_file() and (dst / STATE_MANIFEST).read_bytes() == manifest:
+        local = dst / STATE_MANIFEST
+        if manifest is None and local.is_file():
+            return False  # a push is under way (or died half way): keep the complete local copy
+        if manifest is not None and local.is_file() and local.read_bytes() == manifest:
             return False  # this node already has that version
-        (dst / STATE_MANIFEST).unlink(missing_ok=True)
+        local.unlink(missing_ok=True)
         for key in found:
             if key != man_key:
                 _download(fs, key, dst / key[len(src) + 1:])

@@ -6,7 +6,6 @@ and answer the same neighbours. A local dataset keeps its index in its own folde
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import lance
 import numpy as np
@@ -65,7 +64,8 @@ def test_index_built_on_one_node_is_found_by_another(s3, ray_session, tmp_path, 
     hits_b = Retriever(store, "emb").by_id("r007", k=5)
     assert [h["id"] for h in hits_b] == [h["id"] for h in hits_a] and len(hits_b) == 5
     assert np.allclose([h["similarity"] for h in hits_b], [h["similarity"] for h in hits_a])
-    assert all((node_b / index_dir(store, "emb").relative_to(node_b) / f).is_file() for f in FILES)
+    here = index_dir(store, "emb")
+    assert here.is_relative_to(node_b) and all((here / f).is_file() for f in FILES)
     assert store.pull_state("vector/index-emb") is False  # same manifest: not downloaded again
     summary = build_knn(store, KnnConfig(column="emb", k=4), show_progress=False)
     assert summary["path"].startswith(str(node_b)) and _edges(store) == edges_a and len(edges_a) == 240
@@ -86,6 +86,9 @@ def test_index_built_on_one_node_is_found_by_another(s3, ray_session, tmp_path, 
     assert build_index(store, IndexBuildConfig(column="emb"), show_progress=False)["ntotal"] == 80
     monkeypatch.setenv("CURATE_STATE_DIR", str(node_a))
     assert Retriever(store, "emb").index.ntotal == 80
+    # mid-push (remote manifest gone, files there): a node keeps its complete local copy
+    s3.delete_object(Bucket="vec-index", Key="emb.lance/_curation/vector/index-emb/manifest.json")
+    assert store.pull_state("vector/index-emb") is False and Retriever(store, "emb").index.ntotal == 80
 
 
 def test_local_dataset_is_unaffected(ray_session, tmp_path, monkeypatch):
