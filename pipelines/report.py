@@ -76,7 +76,7 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
         notes.append("No aesthetic score: no aesthetic head weights were configured (aesthetic.weights), "
                      "so the column is absent rather than filled with a made-up value.")
     if "prof_watermark_score" in schema.names and "prof_ocr_boxes" not in schema.names:
-        cue = ("the pixel overlay cue (AUC ~0.8)" if "prof_watermark_overlay" in schema.names
+        cue = ("the pixel overlay cue (AUC 0.7-0.8 on marked vs clean photos, near chance against scene text)" if "prof_watermark_overlay" in schema.names
                else "the old stroke heuristic (AUC ~0.65, barely better than chance)")
         notes.append(f"prof_watermark_score comes from {cue} only: prof_ocr was not run. Run prof_ocr, then "
                      "prof_scores, for the OCR-box score (AUC ~0.97 on watermarked vs clean photos, docs/profiling.md).")

@@ -167,24 +167,29 @@ def overlay_likelihood(rgb: np.ndarray) -> float:
     """Semi-transparent light overlay (the usual visible watermark), no model: compositing white at
     opacity a gives c' = c(1 - a) + 255a per channel, so the distance to white shrinks by the SAME
     factor (1 - a) in R, G and B. Per pixel, r_c = (255 - c') / (255 - local background), with the
-    background from a 7 px median (wider than the strokes at the working scale); overlay strokes
-    have all three r_c in (0.3, 0.75) within 0.08 of each other over a background that is not already
-    near white. Score = densest window (1/10 x 1/6 of the image) of such pixels minus the 75th
-    percentile window, squashed to [0, 1] (0.5 at 0.05). Measured on 48 COCO photos clean vs
-    watermarked: AUC 0.83 (the stroke heuristic above: 0.65). Grey backgrounds make any brighter
-    structure pass the channel test, so it also fires on light fabric, sky and signage."""
+    background from a 5 px median (wider than the strokes at the working scale; OpenCV's 5 px median
+    is ~15x faster than 7 px, which measured AUC 0.83 instead of 0.81); overlay strokes have all
+    three r_c in (0.3, 0.75) within 0.08 of each other over a background not already near white.
+    Score = densest window (1/10 x 1/6 of the image) of such pixels minus the 75th-percentile
+    window, mapped v / (v + 0.05). Measured on 48 COCO photos clean vs watermarked: AUC 0.81 (the
+    stroke heuristic above: 0.65), 0.72-0.80 on 32 held-out ones, near chance against photos of signs.
+    A weak fallback for when OCR has not run, not a detector. Grey backgrounds make any brighter structure pass the channel
+    test, so it also fires on light fabric, sky and signage. ~2 ms on a 512 px working copy."""
     import cv2
 
     h, w = rgb.shape[:2]
-    if h < 20 or w < 12 or rgb.ndim != 3:
+    if h < 20 or w < 12 or rgb.ndim != 3 or rgb.shape[2] < 3:
         return 0.0
-    inv = 255 - np.ascontiguousarray(rgb[:, :, :3])
-    bg = np.stack([cv2.medianBlur(np.ascontiguousarray(inv[:, :, c]), 7) for c in range(3)], -1).astype(np.float32)
-    r = (inv.astype(np.float32) + 1.0) / (bg + 1.0)
-    rmin, rmax = r.min(-1), r.max(-1)
-    m = (rmin > 0.3) & (rmax < 0.75) & (rmax - rmin < 0.08) & (bg.min(-1) > 40)
+    inv = cv2.bitwise_not(np.ascontiguousarray(rgb[:, :, :3]))
+    bg = cv2.medianBlur(inv, 5)
+    # per-channel 2-D planes: OpenCV's element-wise ops, not NumPy reductions over a length-3 axis
+    num = [c.astype(np.float32) + 1.0 for c in cv2.split(inv)]
+    den = [c.astype(np.float32) + 1.0 for c in cv2.split(bg)]
+    r = [cv2.divide(x, y) for x, y in zip(num, den)]
+    rmin, rmax = cv2.min(cv2.min(r[0], r[1]), r[2]), cv2.max(cv2.max(r[0], r[1]), r[2])
+    m = (rmin > 0.3) & (rmax < 0.75) & (rmax - rmin < 0.08) & (cv2.min(cv2.min(den[0], den[1]), den[2]) > 41.0)
     wh, ww = max(2, h // 10), max(2, w // 6)
-    ii = cv2.integral(m.astype(np.uint8), sdepth=cv2.CV_32S)
+    ii = cv2.integral(m.view(np.uint8), sdepth=cv2.CV_32S)
     ys = np.arange(0, h - wh + 1, max(1, wh // 2))
     xs = np.arange(0, w - ww + 1, max(1, ww // 2))
     Y, X = np.meshgrid(ys, xs, indexing="ij")
