@@ -37,7 +37,7 @@ demo: env
 	$(BIN)/curate run pipelines/demo.yaml
 
 test: env
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 bench: env
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -16,14 +16,21 @@ from curation.store import Store
 from tests.cluster.conftest import ROOT, VENV_BIN, copy_store
 
 
-def _actors_by_node(cluster, class_part: str) -> dict[str, int]:
-    """Node IP -> number of actors whose class name contains ``class_part`` (alive or finished)."""
+def _actor_ids(cluster) -> set[str]:
+    from ray.util.state import list_actors
+
+    return {a.actor_id for a in list_actors(address=cluster.dashboard, limit=10_000, raise_on_missing_output=False)}
+
+
+def _actors_by_node(cluster, class_part: str, before: set[str] = frozenset()) -> dict[str, int]:
+    """Node IP -> number of actors whose class name contains ``class_part`` (alive or finished),
+    leaving out those in ``before`` (other tests' jobs share the session's cluster)."""
     from ray.util.state import list_actors, list_nodes
 
     ips = {n.node_id: n.node_ip for n in list_nodes(address=cluster.dashboard)}
     out: dict[str, int] = {}
-    for a in list_actors(address=cluster.dashboard, limit=1000, raise_on_missing_output=False):
-        if class_part in (a.class_name or ""):
+    for a in list_actors(address=cluster.dashboard, limit=10_000, raise_on_missing_output=False):
+        if class_part in (a.class_name or "") and a.actor_id not in before:
             ip = ips.get(a.node_id, "?")
             out[ip] = out.get(ip, 0) + 1
     return out
@@ -37,12 +44,13 @@ def test_stage_pinned_to_worker_node(ray_cluster, coco_store, tmp_path):
         "plugins": ["tests.cluster.slow_plugin"],
         "steps": [{"stage": "toy_slow", "params": {"sleep_s": 0.0, "num_cpus": 1, "resources": {"worker_node": 1}}}],
     }))
+    before = _actor_ids(ray_cluster)
     out = subprocess.run([sys.executable, "-m", "curation.cli", "run", str(pipe), "--address", ray_cluster.address],
                          cwd=ROOT, env=ray_cluster.env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert store.open().count_rows(filter="toy_slow IS NOT NULL") == 80
     # every worker of the stage ran on the node that has the resource, none on the head
-    placed = _actors_by_node(ray_cluster, "_FragmentWorker")
+    placed = _actors_by_node(ray_cluster, "_FragmentWorker", before)
     assert placed and set(placed) == {"127.0.0.3"}, placed
 
 
