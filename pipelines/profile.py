@@ -613,7 +613,8 @@ def _profile_step(ctx, cfg: ProfileConfig):
     results = run_profile(ctx.store, cfg, overwrite=ctx.overwrite, show_progress=ctx.show_progress)
     v = ctx.store.open().version
     rows = sum(r.stats.rows for r in results)
-    return StageResult("profile", "committed" if results else "skipped", v, v, extra={"stages": [r.stage for r in results], "rows": rows})
+    status = "committed" if any(r.status == "committed" for r in results) else "skipped"
+    return StageResult("profile", status, v, v, extra={"stages": [r.stage for r in results], "rows": rows})
 
 
 def load_profile_config(path: Path | None, only: str | None) -> ProfileConfig:
