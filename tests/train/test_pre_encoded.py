@@ -125,7 +125,8 @@ def test_curate_train_two_ranks_ddp_and_fsdp2_on_gloo(pre_encoded, ray_session, 
     out = tmp_path / "ddp"
     loader = {"token_budget": 600, "weighted": False}
     cfg = validate(TrainRunConfig, {"shards": pre_encoded["out"], "model": "tiny", "steps": 2, "out_dir": str(out),
-                                    "num_workers": 2, "cpus_per_worker": 1, "loader_workers": 0, "loader": loader,
+                                    "num_workers": 2, "cpus_per_worker": 0.5, "loader_workers": 0, "loader": loader,  # 1 CPU in all: a
+                                    # Ray Data actor another stage left behind must not starve the pair
                                     "log_every": 1, "ckpt_every": 100, "sample_count": 0, "log_sample_ids": True})
     logs: list[str] = []
     res = run_training(cfg, log=logs.append)
