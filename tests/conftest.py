@@ -49,3 +49,18 @@ def coco_store(tmp_path_factory, coco_dir):
     uri = tmp_path_factory.mktemp("coco") / "coco.lance"
     lance.write_dataset(samples_table(coco_rows(coco_dir)), str(uri), max_rows_per_file=20)
     return Store(str(uri))
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium: no browser download at test time
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium through Playwright, for the UI tests."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        yield b
+        b.close()
+

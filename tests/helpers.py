@@ -47,3 +47,13 @@ def coco_rows(coco_dir: Path, limit: int | None = None) -> list[dict]:
     for p in sorted((coco_dir / "images").glob("*.jpg"))[:limit]:
         rows.append(sample_row(p.read_bytes(), str(coco_dir), p.name, by_image.get(files.get(p.name), []), kind="short"))
     return rows
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on a loopback address (servers of the tests listen on loopback only)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+

@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,15 +19,10 @@ from pathlib import Path
 import pytest
 
 from curation.store import Store
+from tests.helpers import free_port  # noqa: F401  (re-exported for the cluster tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def copy_store(store: Store, dst: Path) -> Store:

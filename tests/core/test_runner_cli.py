@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from curation.runner import run_stage
 from curation.store import Store
 from pipelines.basic_stages import CaptionStatsStage
 from tests.core import toy_plugin
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 cloudpickle.register_pickle_by_value(toy_plugin)
@@ -133,16 +133,11 @@ def test_bad_configs_name_the_field(tmp_path, coco_dir):
         load_pipeline(tmp_path / "nodata.yaml")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.2", 0))
-        return s.getsockname()[1]
-
 
 def test_stage_on_a_ray_cluster_started_by_the_test(coco_store, tmp_path):
     """`ray start --head` as a separate cluster; the CLI joins it by --address and runs a stage."""
     store = _copy(coco_store, tmp_path)
-    port = _free_port()
+    port = free_port("127.0.0.2")
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     head = subprocess.Popen(

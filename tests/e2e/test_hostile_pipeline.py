@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +20,9 @@ import yaml
 
 from curation.hostile import write_hostile_corpus
 from curation.store import Store
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "hostile input, honest reviewer"
 
 
@@ -84,12 +83,6 @@ def test_hostile_corpus_through_every_engine(hostile_run):
 # --- the review UI on the hostile rows --------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _queue_every_row(store: Store, db_path: Path) -> dict[str, str]:
     """Put every row of the dataset in the review queue the way the pipeline does.
 
@@ -132,7 +125,7 @@ def review_server(hostile_run):
     made = subprocess.run([*cli, "add-user", "rita", *db_args, "--password", PASSWORD], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stdout + made.stderr
-    port = _free_port()
+    port = free_port()
     log = hostile_run.tmp / "serve.log"
     with log.open("wb") as f:
         proc = subprocess.Popen([*cli, "serve", *db_args, "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
@@ -158,16 +151,6 @@ def review_server(hostile_run):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-
-
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
-        yield b
-        b.close()
 
 
 @pytest.mark.browser

@@ -11,7 +11,6 @@ import glob
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pytest
 
 from annotator_ui.db import ReviewDB
+from tests.helpers import free_port
 
 PASSWORD = "correct horse battery"
 
@@ -47,11 +47,6 @@ def _pg_bin() -> str | None:
     initdb = shutil.which("initdb")
     return os.path.dirname(initdb) if initdb else None
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +76,7 @@ def pg_server():
         subprocess.run(run_as + [f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8",
                                  "--no-sync", "--no-instructions"], check=True, capture_output=True)
         for attempt in range(3):  # the free port can be taken by someone else before the server binds it
-            port = _free_port()
+            port = free_port()
             # fsync off and small buffers: a throwaway server for tests; listens on loopback only
             opts = f"-h 127.0.0.1 -p {port} -k {root} -F -c max_connections=200 -c shared_buffers=32MB"
             r = subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-o", opts, "-l", log, "-w", "-t", "60",

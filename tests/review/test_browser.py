@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -15,17 +14,11 @@ from curation.store import Store
 from pipelines.review import ReviewMineConfig, mine_queue
 from tests.helpers import coco_rows, samples_table
 from tests.review.conftest import PASSWORD, add_signals
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.browser
 
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2;alert(1)</script> a dog'
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -47,7 +40,7 @@ def server(tmp_path, coco_dir):
     # serve the XSS row first
     with db.tx() as t:
         t.exec("UPDATE items SET priority = 1000 WHERE row_id = ?", (rows[3]["id"],))
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(AppSettings(db_url=dbfile, dataset=uri), db), host="127.0.0.1",
                                         port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
@@ -60,16 +53,6 @@ def server(tmp_path, coco_dir):
     srv.should_exit = True
     th.join(timeout=10)
     db.close()
-
-
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
-        yield b
-        b.close()
 
 
 def test_review_three_items_with_the_keyboard_then_apply(server, browser, ray_session):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,14 +24,10 @@ from annotator_ui.app import AppSettings, create_app
 from annotator_ui.db import ReviewDB
 from tests.helpers import coco_rows, samples_table
 from tests.review.conftest import PASSWORD
+from tests.helpers import free_port
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -48,7 +43,7 @@ def live(tmp_path, coco_dir):
     db.enqueue([{"row_id": r["id"], "priority": float(10 - i),
                  "payload": {"row_id": r["id"], "pos": i, "version": 1, "caption": r["captions"][0]["text"]}}
                 for i, r in enumerate(rows)], "b1")
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(AppSettings(db_url=str(tmp_path / "review.sqlite"), dataset=uri), db),
                                         host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
