@@ -17,6 +17,7 @@ How it works, and why:
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -148,12 +149,49 @@ def execute_units(
         max_task_retries=3,  # a killed worker's unit is retried on another actor
         **ray_options,
     )
-    with _progress(not show_progress) as progress:
-        task = progress.add_task(description, total=len(units))
-        for batch in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-            for row in batch.to_pylist():
-                on_result(row)
-                progress.advance(task)
+    batches = iter(out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
+    failure: BaseException | None = None
+    try:
+        with _progress(not show_progress) as progress:
+            task = progress.add_task(description, total=len(units))
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except Exception as e:  # a unit failed on its actor (after its retries)
+                    failure = e
+                    break
+                for row in batch.to_pylist():
+                    on_result(row)
+                    progress.advance(task)
+    finally:
+        # ``on_result`` raised (the driver's own error): closing the generator shuts the executor
+        # down with force, which kills the actor pool now
+        batches.close()
+    if failure is not None:
+        # Ray Data shuts down after a worker error without killing the pool (``force=False``): the
+        # actors then live as long as their handles. Those are reachable from the error's
+        # traceback (the executor's frames; a caller's ``except ... as e`` or a test's
+        # ``pytest.raises`` keeps it) and otherwise sit in reference cycles until the cycle
+        # collector happens to run. Leaked actors hold their CPUs, and the next job (a training
+        # placement group) can wait for them forever. So: drop the driver-side frames (the
+        # worker's own traceback is in the error's message), collect, then raise.
+        del ds, out, batches
+        _without_frames(failure)
+        gc.collect()
+        raise failure
+
+
+def _without_frames(e: BaseException) -> BaseException:
+    """``e`` and the exceptions it chains, with their (driver-side) tracebacks cleared."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        x.__traceback__ = None
+        x = x.__cause__ or x.__context__
+    return e
 
 
 class _FragmentWorker:

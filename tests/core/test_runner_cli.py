@@ -26,6 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 cloudpickle.register_pickle_by_value(toy_plugin)
 
 
+def _wait_all_cpus_free(timeout_s: float = 30.0) -> None:
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while (free := ray.available_resources().get("CPU", 0.0)) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"only {free} of {ray.cluster_resources()['CPU']} CPUs free: a job left actors behind"
+        time.sleep(0.2)
+
+
 def _copy(store, tmp_path, name="c.lance"):
     dst = tmp_path / name
     shutil.copytree(store.uri, dst, ignore=shutil.ignore_patterns("_curation"))
@@ -56,9 +65,13 @@ def test_stage_resumes_after_failure_with_same_values(coco_store, tmp_path, ray_
     frag_ids = [sorted(f.to_table(columns=["id"]).column("id").to_pylist())[0] for f in store.open().get_fragments()]
     Path(f"{marker}.{frag_ids[2]}").write_text("1")  # the third fragment fails
     stage = toy_plugin.ShoutStage({"fail_marker": str(marker)})
-    with pytest.raises(Exception, match="injected failure"):
+    with pytest.raises(Exception, match="injected failure") as failed:
         run_stage(store, stage, show_progress=False, concurrency=1)
     assert "toy_shout" not in store.open().schema.names  # nothing half-committed
+    # the failed job's actors are gone although its traceback (``failed``) is still alive: a
+    # leaked actor pool would hold CPUs that later jobs (a training placement group) wait for
+    _wait_all_cpus_free()
+    del failed
     marker.unlink()
     r = run_stage(store, toy_plugin.ShoutStage({"fail_marker": str(marker)}), show_progress=False)
     assert r.status == "committed" and 1 <= r.fragments_resumed <= 3
