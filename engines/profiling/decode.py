@@ -56,6 +56,8 @@ class Decoded:
     meta: dict[str, Any] = field(default_factory=dict)
     _gray: np.ndarray | None = None
     _arr: np.ndarray | None = None
+    _half: np.ndarray | None = None
+    _hist: np.ndarray | None = None
 
     @property
     def array(self) -> np.ndarray:
@@ -72,6 +74,27 @@ class Decoded:
 
             self._gray = cv2.cvtColor(self.array, cv2.COLOR_RGB2GRAY)
         return self._gray
+
+    @property
+    def gray_half(self) -> np.ndarray:
+        """Luma at half size (2x2 area average): the coarse sharpness scale and the hashes' input,
+        shared so each image is shrunk once."""
+        if self._half is None:
+            import cv2
+
+            g = self.gray
+            self._half = cv2.resize(g, (max(1, g.shape[1] // 2), max(1, g.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+        return self._half
+
+    @property
+    def gray_hist(self) -> np.ndarray:
+        """256-bin luma histogram (float64): entropy, exposure, brightness and contrast all read
+        it, one pass over the pixels instead of one per statistic."""
+        if self._hist is None:
+            import cv2
+
+            self._hist = cv2.calcHist([self.gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+        return self._hist
 
 
 @dataclass(frozen=True)
