@@ -435,6 +435,8 @@ def register_cli(app) -> None:
                   lease_s: float = typer.Option(600, help="seconds before an idle lease returns to the queue"),
                   gold_rate: float = typer.Option(0.05, help="chance that the next item is a gold item"),
                   secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)"),
+                  threads: int = typer.Option(4, min=1, max=256, help="request-handler threads (few: the handlers are "
+                                              "short database work, and many threads fight over the GIL)"),
                   address: Optional[str] = AddressOpt):
         """Run the annotator web app."""
         import uvicorn
@@ -444,7 +446,7 @@ def register_cli(app) -> None:
         store = open_store(dataset)
         url = db or default_db_url(store)
         app_ = create_app(AppSettings(db_url=url, dataset=store.uri, lease_s=lease_s, gold_rate=gold_rate,
-                                      cookie_secure=secure_cookies, ray_address=address))
+                                      cookie_secure=secure_cookies, ray_address=address, threads=threads))
         console.print(f"annotator UI on http://{host}:{port}/  (database {url})")
         uvicorn.run(app_, host=host, port=port, log_level="warning")
 

@@ -82,6 +82,28 @@ def test_session_cookie_flags_and_security_headers(env):
     csp = r.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    # the app's own time on every response (browsers' network panels and bench/review.py read it)
+    m = re.fullmatch(r"app;dur=(\d+\.\d+)", r.headers["server-timing"])
+    assert m and 0 < float(m.group(1)) < 60_000
+
+
+def test_handler_threads_are_bounded_by_the_setting(tmp_path):
+    """A few handler threads, not Starlette's 40 (see ``create_app``'s lifespan); 0 is refused."""
+    import anyio.to_thread
+    from pydantic import ValidationError
+
+    db_url = str(tmp_path / "r.sqlite")
+    app = create_app(AppSettings(db_url=db_url, threads=3))
+
+    @app.get("/_tokens")
+    async def tokens():
+        return {"tokens": anyio.to_thread.current_default_thread_limiter().total_tokens}
+
+    with TestClient(app) as c:  # as a context manager: runs the lifespan, like uvicorn
+        assert c.get("/_tokens").json() == {"tokens": 3}
+    with pytest.raises(ValidationError, match="threads"):
+        AppSettings(db_url=db_url, threads=0)
+    app.state.db.close()
 
 
 def test_login_form_needs_its_double_submit_cookie(env):
