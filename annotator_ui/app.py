@@ -65,7 +65,7 @@ class AppSettings(BaseModel):
     cookie_secure: bool = Field(False, description="set the Secure flag (when served over HTTPS)")
     ray_address: str | None = Field(None, description="Ray cluster for the admin's apply action "
                                     "(default: RAY_ADDRESS or an embedded local one, started on first use)")
-    threads: int = Field(4, ge=1, le=256, description="worker threads for the request handlers (database work)")
+    threads: int = Field(40, ge=1, le=256, description="worker threads for the request handlers (database work)")
     title: str = "Review"
 
 
@@ -210,12 +210,11 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        # Few handler threads, not Starlette's 40: every handler is short database work behind one
-        # writer lock (SQLite) and the GIL. With 40, a burst of requests makes the lock holder
-        # fight dozens of threads for the GIL between its SQLite calls (a GIL convoy): measured
-        # with 1M items and 50 annotators, waits for the writer lock reached 77 ms at p99 and 125 ms
-        # at worst while it was held 4.5 ms at p99. With 4 threads the same waits are 2-7 ms;
-        # the other requests wait in the event loop, which costs nothing.
+        # Handlers are short database work behind SQLite's single writer lock and the GIL. Fewer
+        # threads move the wait for that lock into the event loop: with 4 instead of 40 the lock
+        # wait during a burst fell from 77 to 2 ms at p99, but end to end the latency was the same
+        # (bench/review.py, 1M items; docs/benchmarks.md), so the default stays Starlette's 40. A
+        # knob for deployments that want it: a PostgreSQL pool size, or a CPU-starved host.
         import anyio.to_thread
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads

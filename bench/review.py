@@ -11,7 +11,7 @@ in for 50 browsers: its pauses would delay them all at once). Besides the client
 the table shows the app's own share of each pair, from the ``Server-Timing`` header.
 
     .venv/bin/python bench/review.py [--items 1000000] [--annotators 50] [--seconds 20]
-        [--dir D [--reuse]] [--threads 4]
+        [--dir D [--reuse]] [--threads 40]
 
 Prints a figures table and the machine it ran on. Target (issue 6): p99 <= 100 ms.
 """
@@ -78,8 +78,9 @@ uvicorn.run(create_app(AppSettings(db_url={db!r}, gold_rate=0.0, threads={thread
 """
 
 
-async def annotator(client, base: str, csrf: str, stop: float, think: float, out: dict, rng: random.Random):
-    if think:  # a team does not click in the same millisecond: each annotator starts within one think time
+async def annotator(client, base: str, csrf: str, stop: float, think: float, out: dict, rng: random.Random,
+                    together: bool = False):
+    if think and not together:  # a team does not click in the same millisecond: each starts within one think time
         await asyncio.sleep(rng.uniform(0, think))
     while time.perf_counter() < stop:
         t0 = time.perf_counter()
@@ -102,7 +103,7 @@ async def annotator(client, base: str, csrf: str, stop: float, think: float, out
             await asyncio.sleep(rng.uniform(0.5, 1.5) * think)
 
 
-async def run_load(base: str, users: list[str], seconds: float, think: float, pid: int) -> dict:
+async def run_load(base: str, users: list[str], seconds: float, think: float, pid: int, together: bool = False) -> dict:
     import httpx
 
     out: dict = {"next": [], "submit": [], "pair": [], "server": [], "errors": []}
@@ -121,7 +122,7 @@ async def run_load(base: str, users: list[str], seconds: float, think: float, pi
     gc.freeze()
     gc.disable()
     c0 = cpu_seconds(pid)
-    await asyncio.gather(*(annotator(c, base, csrf, stop, think, out, random.Random(i))
+    await asyncio.gather(*(annotator(c, base, csrf, stop, think, out, random.Random(i), together)
                            for i, (c, csrf) in enumerate(clients)))
     out["cpu"] = cpu_seconds(pid) - c0  # the server's CPU for the pairs only (not logins, not pages)
     out["wall"] = time.perf_counter() - t0
@@ -166,7 +167,10 @@ def main() -> None:
     ap.add_argument("--think", type=float, default=1.0, help="mean think time (s) of the realistic load")
     ap.add_argument("--dir", default=None, help="where the review database goes (default: a temp dir)")
     ap.add_argument("--reuse", action="store_true", help="reuse the queue already in --dir (skip queueing)")
-    ap.add_argument("--threads", type=int, default=4, help="the server's request-handler threads (Starlette's default: 40)")
+    ap.add_argument("--together", action="store_true",
+                    help="all annotators send their first request at the same moment (a burst test; its p99 then "
+                         "depends on the run's length)")
+    ap.add_argument("--threads", type=int, default=40, help="the server's request-handler threads (the app's default: 40)")
     ap.add_argument("--plain", action="store_true",
                     help="pure-Python uvicorn (h11 + asyncio loop) instead of httptools + uvloop, to compare")
     args = ap.parse_args()
@@ -208,9 +212,10 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.1)
         results = {}
-        for name, think in [(f"think {args.think:g} s", args.think), ("no think time (stress)", 0.0)]:
+        start = ", all starting at once" if args.together else ""
+        for name, think in [(f"think {args.think:g} s{start}", args.think), ("no think time (stress)", 0.0)]:
             print(f"load: {args.annotators} annotators, {name}, {args.seconds:g} s")
-            results[name] = asyncio.run(run_load(base, users, args.seconds, think, proc.pid))
+            results[name] = asyncio.run(run_load(base, users, args.seconds, think, proc.pid, args.together))
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -435,8 +435,7 @@ def register_cli(app) -> None:
                   lease_s: float = typer.Option(600, help="seconds before an idle lease returns to the queue"),
                   gold_rate: float = typer.Option(0.05, help="chance that the next item is a gold item"),
                   secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)"),
-                  threads: int = typer.Option(4, min=1, max=256, help="request-handler threads (few: the handlers are "
-                                              "short database work, and many threads fight over the GIL)"),
+                  threads: int = typer.Option(40, min=1, max=256, help="request-handler threads (database work)"),
                   address: Optional[str] = AddressOpt):
         """Run the annotator web app."""
         import uvicorn

@@ -88,7 +88,7 @@ def test_session_cookie_flags_and_security_headers(env):
 
 
 def test_handler_threads_are_bounded_by_the_setting(tmp_path):
-    """A few handler threads, not Starlette's 40 (see ``create_app``'s lifespan); 0 is refused."""
+    """The handler thread pool follows ``threads`` (see ``create_app``'s lifespan); 0 is refused."""
     import anyio.to_thread
     from pydantic import ValidationError
 
