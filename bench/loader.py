@@ -296,23 +296,69 @@ def part3(epochs: int, tmp: Path, repeats: int) -> None:
               f"| {cell['dec0']} | {cell['f32_0']} | {cell['f16_0']} | {cell['dec2']} | {cell['f16_2']} |")
 
 
+def part4(n: int = 400) -> None:
+    """Rows with only an ``image_uri`` on S3: export's reads, one at a time vs overlapped
+    (``uri_fetch_threads``), against a local S3 server (moto, in this process; an object store
+    over a network has far more latency per GET, where overlapping gains more)."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from pipelines.export import fetch_all, read_uri
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        opts = {"aws_endpoint": f"http://{host}:{port}", "aws_access_key_id": "testing",
+                "aws_secret_access_key": "testing", "aws_region": "us-east-1", "allow_http": "true"}
+        client = boto3.client("s3", endpoint_url=opts["aws_endpoint"], aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        client.create_bucket(Bucket="bench-uri")
+        photos = sorted((COCO / "images").glob("*.jpg"))
+        for k in range(n):
+            client.put_object(Bucket="bench-uri", Key=f"i/{k}.jpg", Body=photos[k % len(photos)].read_bytes())
+        uris = [f"s3://bench-uri/i/{k}.jpg" for k in range(n)]
+        print(f"\n## image_uri reads from S3 (moto on loopback, {n} COCO JPEGs, ~160 KB each)\n")
+        print("| uri_fetch_threads | images/s | speed-up |\n|---:|---:|---:|")
+        base = None
+        for threads in (1, 4, 16):
+            t0 = time.perf_counter()
+            got = fetch_all(uris, lambda u: read_uri(u, opts), threads)
+            dt = time.perf_counter() - t0
+            assert all(isinstance(g, bytes) for g in got)
+            base = base or dt
+            print(f"| {threads} | {n / dt:.0f} | {base / dt:.2f}x |")
+    finally:
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tmp", default="/tmp/bench-loader")
-    ap.add_argument("--only", choices=["pre-encoded"], help="run only the pre-encoded comparison")
+    ap.add_argument("--only", choices=["pre-encoded", "uri"], help="run only the pre-encoded comparison, or only "
+                    "the image_uri reads")
     a = ap.parse_args()
     tmp = Path(a.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LANCE_LOG", "error")
     print(f"# bench/loader.py — {machine()}")
+    if a.only == "uri":
+        part4()
+        return
     if a.only != "pre-encoded":
         part1(a.samples)
         part1_coco(tmp)
         part2(a.epochs, tmp, a.repeats)
     part3(a.epochs, tmp, a.repeats)
+    if a.only is None:
+        part4()
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (other jobs share these 2 cores; throughput moves with it)")
 
 

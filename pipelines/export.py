@@ -28,6 +28,7 @@ import re
 import time
 from collections import Counter
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -91,6 +92,8 @@ class ExportConfig(StageConfig):
                                          "the Ray cluster has GPUs, else 0 = CPU)")
     image_bytes: bool = Field(True, description="also keep the encoded image bytes next to pre-encoded latents")
     max_image_bytes: int = Field(64 << 20, ge=1, description="an image_uri whose file is larger is excluded (unreadable_uri)")
+    uri_fetch_threads: int = Field(16, ge=1, le=256, description="image_uri reads in flight per export worker "
+                                   "(object-store reads are latency-bound: one at a time leaves the link idle)")
     version: Optional[int] = Field(None, description="source version to export (default: latest)")
     rows_per_unit: int = Field(2048, ge=1, le=1_000_000, description="rows per unit of Ray work")
     overwrite: bool = Field(False, description="replace an existing training dataset at --out (a new version of it)")
@@ -266,8 +269,6 @@ def read_uri(uri: str, storage_options: Optional[dict] = None, max_bytes: int = 
     see ``curation.store.storage_options_from_env``) or any scheme pyarrow's filesystems know.
     Raises ``OSError`` / ``ValueError`` with the reason; the export worker turns that into an
     ``unreadable_uri`` exclusion."""
-    from curation.store import storage_options_from_env
-
     if "://" not in uri or uri.startswith("file://"):
         path = Path(uri[7:] if uri.startswith("file://") else uri)
         size = path.stat().st_size
@@ -276,21 +277,7 @@ def read_uri(uri: str, storage_options: Optional[dict] = None, max_bytes: int = 
         return path.read_bytes()
     import pyarrow.fs as pafs
 
-    if uri.startswith(("s3://", "s3a://")):
-        o = {**storage_options_from_env(uri), **(storage_options or {})}
-        endpoint = o.get("aws_endpoint")
-        kw: dict[str, Any] = {}
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-        if o.get("aws_access_key_id"):
-            kw.update(access_key=o["aws_access_key_id"], secret_key=o.get("aws_secret_access_key"),
-                      session_token=o.get("aws_session_token"))
-        if o.get("aws_region"):
-            kw["region"] = o["aws_region"]
-        fs, path = pafs.S3FileSystem(**kw), uri.split("://", 1)[1]
-    else:
-        fs, path = pafs.FileSystem.from_uri(uri)
+    fs, path = _filesystem(uri, tuple(sorted((storage_options or {}).items())))
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
         raise FileNotFoundError(f"no such file: {uri}")
@@ -298,6 +285,59 @@ def read_uri(uri: str, storage_options: Optional[dict] = None, max_bytes: int = 
         raise ValueError(f"{info.size} bytes, over max_image_bytes={max_bytes}")
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def _filesystem(uri: str, options: tuple) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) for a remote URI. S3 clients are made once per options and
+    reused (pyarrow's are thread-safe): building one per image costs more than reading a small
+    object. Other schemes are resolved by pyarrow per call."""
+    scheme, rest = uri.split("://", 1)
+    if scheme in ("s3", "s3a"):
+        from curation.store import storage_options_from_env
+
+        merged = {**storage_options_from_env(uri), **dict(options)}  # the key includes the environment's part
+        return _s3_filesystem(tuple(sorted(merged.items()))), rest
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri)
+
+
+@lru_cache(maxsize=16)
+def _s3_filesystem(options: tuple) -> Any:
+    import pyarrow.fs as pafs
+
+    o = dict(options)
+    kw: dict[str, Any] = {}
+    endpoint = o.get("aws_endpoint")
+    if endpoint:
+        ep_scheme, _, host = endpoint.partition("://")
+        kw.update(endpoint_override=host or ep_scheme, scheme=ep_scheme if host else "https")
+    if o.get("aws_access_key_id"):
+        kw.update(access_key=o["aws_access_key_id"], secret_key=o.get("aws_secret_access_key"),
+                  session_token=o.get("aws_session_token"))
+    if o.get("aws_region"):
+        kw["region"] = o["aws_region"]
+    return pafs.S3FileSystem(**kw)
+
+
+def fetch_all(uris: list[str], fetch, threads: int) -> list[bytes | BaseException]:
+    """``fetch(uri)`` for every URI, up to ``threads`` at a time, in order; a failure is returned
+    in its place (one unreadable image is one row's problem). Object-store reads are latency-bound
+    (tens of ms for a small object, the link idle meanwhile) and pyarrow's reads release the GIL,
+    so threads, not processes, fill the link."""
+
+    def one(u: str) -> bytes | BaseException:
+        try:
+            return fetch(u)
+        except Exception as e:  # missing file, no permission, network
+            return e
+
+    if threads <= 1 or len(uris) <= 1:
+        return [one(u) for u in uris]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(uris)), thread_name_prefix="image-uri") as pool:
+        return list(pool.map(one, uris))
 
 
 def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estimate_caption_tokens, *,
@@ -312,14 +352,17 @@ def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estima
     fetch = fetch or (lambda uri: read_uri(uri, max_bytes=cfg.max_image_bytes))
     out: list[dict] = []
     excluded: list[tuple[str, str]] = []
-    for row in t.to_pylist():
+    rows = t.to_pylist()
+    need = [i for i, row in enumerate(rows) if row.get("image") is None and row.get("image_uri")]
+    fetched = dict(zip(need, fetch_all([rows[i]["image_uri"] for i in need], fetch, cfg.uri_fetch_threads)))
+    for i, row in enumerate(rows):
         rid = row["id"]
-        if row.get("image") is None and row.get("image_uri"):
-            try:
-                row["image"] = fetch(row["image_uri"])
-            except Exception as e:  # missing file, no permission, network: one row's problem
-                excluded.append((rid, f"unreadable_uri: {type(e).__name__}: {str(e)[:160]}"))
+        if i in fetched:
+            got = fetched.pop(i)
+            if isinstance(got, BaseException):
+                excluded.append((rid, f"unreadable_uri: {type(got).__name__}: {str(got)[:160]}"))
                 continue
+            row["image"] = got
         if row.get("image") is None:
             excluded.append((rid, "no_image"))
             continue
