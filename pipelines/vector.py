@@ -37,7 +37,7 @@ from engines.vector.dedup import NearDupConfig, SemanticConfig
 from engines.vector.index import IndexConfig
 
 __all__ = [
-    "VisualStage", "IndexBuildConfig", "KnnConfig", "DedupConfig", "build_index", "build_knn", "run_dedup",
+    "VisualStage", "IndexBuildConfig", "KnnConfig", "DedupConfig", "build_index", "build_knn", "knn_uri", "open_knn", "run_dedup",
     "register_cli",
 ]
 
@@ -336,8 +336,26 @@ class KnnConfig(BaseModel):
     nprobe: Optional[int] = Field(None, ge=1, description="IVF lists per query (default: the index's)")
 
 
-def knn_path(store, column: str) -> Path:
-    return Path(store.state_dir) / "vector" / f"knn-{column}.lance"
+def knn_uri(store, column: str) -> str:
+    """Where the k-NN graph of ``column`` lives, as a URI Lance opens.
+
+    Local dataset: ``<state_dir>/vector/knn-<column>.lance`` (inside the dataset folder, as
+    before). Remote dataset (``s3://``...): ``<dataset_uri>/_curation/vector/knn-<column>.lance``
+    in the object store, not the driver's state dir: that one is a cache on one machine, so
+    k-NN actors on other nodes could not write their fragments there nor readers find the
+    graph. Open it with the dataset's ``storage_options`` (``open_knn``)."""
+    from curation.store import is_remote
+
+    if is_remote(store.uri):
+        return f"{store.uri.rstrip('/')}/_curation/vector/knn-{column}.lance"
+    return str(Path(store.state_dir) / "vector" / f"knn-{column}.lance")
+
+
+def open_knn(store, column: str):
+    """The k-NN graph as a ``lance.LanceDataset``, with the dataset's credentials when remote."""
+    import lance
+
+    return lance.dataset(knn_uri(store, column), storage_options=store.storage_options or None)
 
 
 def _manifest_sha(folder: Path) -> str | None:
@@ -363,7 +381,12 @@ def _worker_index_folder(store, column: str, driver_folder: str, manifest_sha: s
 
 
 class _KnnWorker:
-    """Ray actor: loads the index once, answers blocks of query rows, writes Lance fragments."""
+    """Ray actor: loads the index once, answers blocks of query rows, writes Lance fragments.
+
+    ``out_uri`` is where the fragments' data files go: the local staging folder of a local
+    dataset, or the graph's own URI in the object store for a remote one (written with the
+    dataset's ``storage_options``, so an actor on any node reaches it). Only the fragment
+    metadata goes back to the driver, which commits."""
 
     def __init__(self, store, version: int, column: str, index_folder: str, out_uri: str, k: int, nprobe,
                  manifest_sha: str | None = None):
@@ -378,6 +401,7 @@ class _KnnWorker:
         self.pos_of = np.full(int(lab.max()) + 1 if len(lab) else 0, -1, np.int64)
         self.pos_of[lab] = np.arange(len(lab))
         self.column, self.out_uri, self.k, self.nprobe = column, out_uri, k, nprobe
+        self.storage_options = store.storage_options or None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from lance.fragment import write_fragments
@@ -405,7 +429,8 @@ class _KnnWorker:
                 "similarity": pa.array(e["sim"][ok], pa.float32()),
                 "rank": pa.array(rank[ok], pa.int16()),
             }, schema=KNN_SCHEMA)
-            frags = write_fragments(table, self.out_uri, schema=KNN_SCHEMA, max_rows_per_file=1 << 24) if table.num_rows else []
+            frags = write_fragments(table, self.out_uri, schema=KNN_SCHEMA, max_rows_per_file=1 << 24,
+                                    storage_options=self.storage_options) if table.num_rows else []
             out["unit"].append(unit["unit"])
             out["fragments"].append(json.dumps([f.to_json() for f in frags]))
             out["rows"].append(int(valid.sum()))
@@ -413,8 +438,45 @@ class _KnnWorker:
         return pa.table(out)
 
 
+def _knn_units_without_files(store, column: str, done: dict[int, dict]) -> list[int]:
+    """Checkpointed units (remote graph) whose data files are no longer in the object store.
+
+    Why: a checkpoint only holds fragment metadata; the files sit uncommitted under the graph's
+    URI, and another run's ``cleanup_old_versions`` deletes unreferenced files once they are
+    7 days old. Committing such a fragment would give a graph that fails on read, so those
+    units are computed again instead (one HEAD per file, only when resuming)."""
+    import pyarrow.fs as pafs
+
+    fs, root = store._state_fs()
+    data = f"{root}/vector/knn-{column}.lance/data"
+    gone = []
+    for k, rec in done.items():
+        paths = [f"{data}/{f['path']}" for frag in rec["fragments"] for f in frag["files"]]
+        if paths and any(i.type != pafs.FileType.File for i in fs.get_file_info(paths)):
+            gone.append(k)
+    return gone
+
+
 def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
-    """The k-NN graph of every indexed row, as a Lance table next to the dataset."""
+    """The k-NN graph of every indexed row, as a Lance table next to the dataset (``knn_uri``).
+
+    Actors write one set of fragments per unit and return their metadata; the driver
+    checkpoints it per unit (small JSON in the driver's state dir, so a killed job resumes)
+    and commits all fragments once. Readers see the old graph or the new one, never a mix:
+
+    - local dataset: fragments go to a ``.staging`` dataset next to the graph, committed
+      there, then the folder is renamed over the old graph (a local rename).
+    - remote dataset: S3 has no rename (a copy of a 2 TB graph is not an option), so the
+      fragments are written straight into the graph's own URI and the driver commits them as
+      an ``Overwrite`` of that dataset: Lance's commit is atomic (a new manifest version), so
+      a reader opens either the previous version or the new one, and no pointer file is needed
+      (a reader just opens the URI). Uncommitted data files (a unit still running, or one
+      checkpointed by a killed job) are invisible until that commit. The previous versions'
+      files are then deleted (``cleanup_old_versions``; Lance keeps files younger than 7
+      days that no version references: another run's pending fragments, or a killed run's
+      leftovers, which a later run removes once older); a reader still scanning the old
+      version at that moment gets an error, not a mix of graphs.
+    """
     import lance
     from lance import LanceOperation
     from lance.fragment import FragmentMetadata
@@ -449,11 +511,20 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
         units.append({"fragments": cur, "label_start": labels_of[cur[0]]})
     for k, u in enumerate(units):
         u["unit"] = k
-    out = knn_path(store, column)
-    ckpt = out.parent / f"knn-{column}-ckpt-v{ds.version}-k{cfg.k}"
+    from curation.store import is_remote
+
+    remote = is_remote(store.uri)
+    out = knn_uri(store, column)
+    # checkpoints stay on the driver (remote: its local cache), next to the graph for a local dataset
+    ckpt = Path(store.state_dir) / "vector" / f"knn-{column}-ckpt-v{ds.version}-k{cfg.k}"
     ckpt.mkdir(parents=True, exist_ok=True)
-    staging = str(out) + ".staging"
+    staging = out if remote else out + ".staging"
     done = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in ckpt.glob("unit-*.json")}
+    if remote and done:
+        for k in _knn_units_without_files(store, column, done):  # e.g. removed by a later run's cleanup
+            console.print(f"[yellow]knn: unit {k}'s checkpointed fragments are gone from {out}; computing it again[/]")
+            del done[k]
+            (ckpt / f"unit-{k}.json").unlink(missing_ok=True)
     todo = [u for u in units if u["unit"] not in done]
     if done:
         console.print(f"knn: resuming, {len(done)} of {len(units)} units already computed")
@@ -471,15 +542,23 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
                   ray_options={"num_cpus": 1}, on_result=on_result, description=f"knn k={cfg.k} (units)",
                   show_progress=show_progress)
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
-    # the fragments' files live under the staging dataset; commit them there, then swap it in
-    lance.LanceDataset.commit(staging, LanceOperation.Overwrite(KNN_SCHEMA, frags))
-    if out.exists():
-        shutil.rmtree(out)
-    Path(staging).rename(out)
+    if remote:
+        from datetime import timedelta
+
+        # one atomic commit onto the graph's URI (see the docstring), then drop the old versions' files
+        graph = lance.LanceDataset.commit(out, LanceOperation.Overwrite(KNN_SCHEMA, frags),
+                                          storage_options=store.storage_options or None)
+        graph.cleanup_old_versions(older_than=timedelta(0))
+    else:
+        # the fragments' files live under the staging dataset; commit them there, then swap it in
+        lance.LanceDataset.commit(staging, LanceOperation.Overwrite(KNN_SCHEMA, frags))
+        if Path(out).exists():
+            shutil.rmtree(out)
+        Path(staging).rename(out)
     shutil.rmtree(ckpt, ignore_errors=True)
     edges = sum(done[u["unit"]]["edges"] for u in units)
     summary = {"column": column, "k": cfg.k, "rows": sum(done[u["unit"]]["rows"] for u in units), "edges": edges,
-               "path": str(out), "dataset_version": ds.version, "seconds": round(time.perf_counter() - t0, 2)}
+               "path": out, "dataset_version": ds.version, "seconds": round(time.perf_counter() - t0, 2)}
     store.write_json(f"vector/knn-{column}.json", summary)
     console.print(f"knn graph: {edges} edges (k={cfg.k}) -> {out}")
     return summary

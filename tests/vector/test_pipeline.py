@@ -15,7 +15,7 @@ from curation.store import Store
 from engines.vector.index import StaleIndexError, VectorError, load_index
 from engines.vector.retrieval import Retriever, index_dir
 from engines.vector.synth import make_variant
-from pipelines.vector import DedupConfig, IndexBuildConfig, KnnConfig, build_index, build_knn, knn_path, run_dedup
+from pipelines.vector import DedupConfig, IndexBuildConfig, KnnConfig, build_index, build_knn, knn_uri, run_dedup
 from tests.helpers import coco_rows, sample_row, samples_table
 
 
@@ -107,7 +107,7 @@ def test_knn_graph_table_and_resume(ray_session, coco_store, tmp_path, monkeypat
     monkeypatch.setattr(runner, "execute_units", lambda units, *a, **kw: (seen.append(len(units)), real(units, *a, **kw)))
     out = build_knn(store, KnnConfig(k=10, rows_per_unit=20), show_progress=False)
     assert seen == [3]  # 4 units, 1 already done
-    t = lance.dataset(str(knn_path(store, "vec_desc"))).to_table()
+    t = lance.dataset(knn_uri(store, "vec_desc")).to_table()
     assert t.num_rows == out["edges"] == 800
     assert pc_unique(t, "source_id") == 80
     assert not any(a == b for a, b in zip(t.column("source_id").to_pylist(), t.column("neighbour_id").to_pylist()))
