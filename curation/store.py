@@ -7,6 +7,7 @@ the few operations that are not per-fragment work.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,6 +54,33 @@ def storage_options_from_env(uri: str) -> dict[str, str]:
 
 STATE_MANIFEST = "manifest.json"  # in a pushed state folder: written last, compared on pull
 
+
+def s3_filesystem(options: dict[str, Any]):
+    """A pyarrow ``S3FileSystem`` from Lance-style object-store options (``aws_endpoint``,
+    ``aws_access_key_id``, ...; the unprefixed spellings too). One per distinct options, reused:
+    an S3 client costs more to build than a small object costs to read, and pyarrow's are
+    thread-safe."""
+    return _s3_filesystem(tuple(sorted((k, str(v)) for k, v in options.items() if v is not None)))
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_filesystem(options: tuple) -> Any:
+    import pyarrow.fs as pafs
+
+    o = dict(options)
+    kw: dict[str, Any] = {}
+    endpoint = o.get("aws_endpoint") or o.get("aws_endpoint_url") or o.get("endpoint")
+    if endpoint:
+        sch, _, host = endpoint.partition("://")
+        kw.update(endpoint_override=host or sch, scheme=sch if host else "https")
+    key = o.get("aws_access_key_id") or o.get("access_key_id")
+    if key:
+        kw.update(access_key=key, secret_key=o.get("aws_secret_access_key") or o.get("secret_access_key"),
+                  session_token=o.get("aws_session_token") or o.get("session_token"))
+    region = o.get("aws_region") or o.get("region")
+    if region:
+        kw["region"] = region
+    return pafs.S3FileSystem(**kw)
 
 def _check_relpath(relpath: str) -> str:
     rel = str(relpath).strip("/")
@@ -161,7 +189,7 @@ class Store:
         src = self.state_dir / rel
         if not src.exists():
             raise FileNotFoundError(f"nothing to push: {src} does not exist")
-        fs, root = self._state_fs()
+        fs, root = self.state_fs()
         dst = f"{root}/{rel}"
         if src.is_file():
             pairs = [(src, dst)]
@@ -195,7 +223,7 @@ class Store:
         import pyarrow.fs as pafs
 
         rel = _check_relpath(relpath)
-        fs, root = self._state_fs()
+        fs, root = self.state_fs()
         src = f"{root}/{rel}"
         info = fs.get_file_info(src)
         dst = self.state_dir / rel
@@ -223,30 +251,16 @@ class Store:
             _atomic_write(dst / STATE_MANIFEST, manifest)
         return True
 
-    def _state_fs(self):
+    def state_fs(self):
         """(pyarrow file system, path of ``<uri>/_curation`` in it), credentials from
         ``storage_options`` (the same ones Lance uses for the dataset)."""
         import pyarrow.fs as pafs
 
         scheme, rest = self.uri.split("://", 1)
-        root = rest.rstrip("/") + "/_curation"
         if scheme not in ("s3", "s3a"):
             fs, path = pafs.FileSystem.from_uri(self.uri)
             return fs, path.rstrip("/") + "/_curation"
-        o = self.storage_options or {}
-        kw: dict[str, Any] = {}
-        endpoint = o.get("aws_endpoint") or o.get("aws_endpoint_url") or o.get("endpoint")
-        if endpoint:
-            sch, _, host = endpoint.partition("://")
-            kw.update(endpoint_override=host or sch, scheme=sch if host else "https")
-        key = o.get("aws_access_key_id") or o.get("access_key_id")
-        if key:
-            kw.update(access_key=key, secret_key=o.get("aws_secret_access_key") or o.get("secret_access_key"),
-                      session_token=o.get("aws_session_token") or o.get("session_token"))
-        region = o.get("aws_region") or o.get("region")
-        if region:
-            kw["region"] = region
-        return pafs.S3FileSystem(**kw), root
+        return s3_filesystem(self.storage_options or {}), rest.rstrip("/") + "/_curation"
 
     # --- inspect --------------------------------------------------------------------------
     def versions(self) -> list[dict[str, Any]]:

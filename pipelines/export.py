@@ -28,7 +28,6 @@ import re
 import time
 from collections import Counter
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -288,36 +287,17 @@ def read_uri(uri: str, storage_options: Optional[dict] = None, max_bytes: int = 
 
 
 def _filesystem(uri: str, options: tuple) -> tuple[Any, str]:
-    """(pyarrow filesystem, path) for a remote URI. S3 clients are made once per options and
-    reused (pyarrow's are thread-safe): building one per image costs more than reading a small
-    object. Other schemes are resolved by pyarrow per call."""
+    """(pyarrow filesystem, path) for a remote URI. S3 clients come from
+    ``curation.store.s3_filesystem`` (one per options, reused: building one per image costs more
+    than reading a small object); other schemes are resolved by pyarrow per call."""
     scheme, rest = uri.split("://", 1)
     if scheme in ("s3", "s3a"):
-        from curation.store import storage_options_from_env
+        from curation.store import s3_filesystem, storage_options_from_env
 
-        merged = {**storage_options_from_env(uri), **dict(options)}  # the key includes the environment's part
-        return _s3_filesystem(tuple(sorted(merged.items()))), rest
+        return s3_filesystem({**storage_options_from_env(uri), **dict(options)}), rest
     import pyarrow.fs as pafs
 
     return pafs.FileSystem.from_uri(uri)
-
-
-@lru_cache(maxsize=16)
-def _s3_filesystem(options: tuple) -> Any:
-    import pyarrow.fs as pafs
-
-    o = dict(options)
-    kw: dict[str, Any] = {}
-    endpoint = o.get("aws_endpoint")
-    if endpoint:
-        ep_scheme, _, host = endpoint.partition("://")
-        kw.update(endpoint_override=host or ep_scheme, scheme=ep_scheme if host else "https")
-    if o.get("aws_access_key_id"):
-        kw.update(access_key=o["aws_access_key_id"], secret_key=o.get("aws_secret_access_key"),
-                  session_token=o.get("aws_session_token"))
-    if o.get("aws_region"):
-        kw["region"] = o["aws_region"]
-    return pafs.S3FileSystem(**kw)
 
 
 def fetch_all(uris: list[str], fetch, threads: int) -> list[bytes | BaseException]:

@@ -447,7 +447,7 @@ def _knn_units_without_files(store, column: str, done: dict[int, dict]) -> list[
     units are computed again instead (one HEAD per file, only when resuming)."""
     import pyarrow.fs as pafs
 
-    fs, root = store._state_fs()
+    fs, root = store.state_fs()
     data = f"{root}/vector/knn-{column}.lance/data"
     gone = []
     for k, rec in done.items():
