@@ -208,6 +208,7 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
     db.start_background_checkpoints()  # WAL checkpoints off the request path (SQLite)
     dataset = settings.dataset or db.get_meta("dataset")
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         # Handlers are short database work behind SQLite's single writer lock and the GIL. Fewer

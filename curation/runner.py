@@ -183,15 +183,14 @@ def execute_units(
         raise failure
 
 
-def _without_frames(e: BaseException) -> BaseException:
-    """``e`` and the exceptions it chains, with their (driver-side) tracebacks cleared."""
+def _without_frames(e: BaseException) -> None:
+    """Clear the (driver-side) tracebacks of ``e`` and the exceptions it chains."""
     seen: set[int] = set()
     x: BaseException | None = e
     while x is not None and id(x) not in seen:
         seen.add(id(x))
         x.__traceback__ = None
         x = x.__cause__ or x.__context__
-    return e
 
 
 class _FragmentWorker:

@@ -82,6 +82,7 @@ def _s3_filesystem(options: tuple) -> Any:
         kw["region"] = region
     return pafs.S3FileSystem(**kw)
 
+
 def _check_relpath(relpath: str) -> str:
     rel = str(relpath).strip("/")
     parts = rel.split("/")

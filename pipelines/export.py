@@ -276,7 +276,7 @@ def read_uri(uri: str, storage_options: Optional[dict] = None, max_bytes: int = 
         return path.read_bytes()
     import pyarrow.fs as pafs
 
-    fs, path = _filesystem(uri, tuple(sorted((storage_options or {}).items())))
+    fs, path = _filesystem(uri, storage_options or {})
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
         raise FileNotFoundError(f"no such file: {uri}")
@@ -286,7 +286,7 @@ def read_uri(uri: str, storage_options: Optional[dict] = None, max_bytes: int = 
         return f.read()
 
 
-def _filesystem(uri: str, options: tuple) -> tuple[Any, str]:
+def _filesystem(uri: str, options: dict) -> tuple[Any, str]:
     """(pyarrow filesystem, path) for a remote URI. S3 clients come from
     ``curation.store.s3_filesystem`` (one per options, reused: building one per image costs more
     than reading a small object); other schemes are resolved by pyarrow per call."""
@@ -294,7 +294,7 @@ def _filesystem(uri: str, options: tuple) -> tuple[Any, str]:
     if scheme in ("s3", "s3a"):
         from curation.store import s3_filesystem, storage_options_from_env
 
-        return s3_filesystem({**storage_options_from_env(uri), **dict(options)}), rest
+        return s3_filesystem({**storage_options_from_env(uri), **options}), rest
     import pyarrow.fs as pafs
 
     return pafs.FileSystem.from_uri(uri)

@@ -187,7 +187,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
         Manifest, VectorError, add_vectors, clean_vectors, column_fingerprint, deserialize, empty_like,
         load_index, merge_shards, save_index, serialize, train_index, train_points,
     )
-    from engines.vector.retrieval import index_dir, pull_index, push_index
+    from engines.vector.retrieval import index_dir, index_relpath, pull_index, push_index
 
     t0 = time.perf_counter()
     column = cfg.column or default_column(store)
@@ -301,7 +301,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
     if skipped:
         console.print(f"[yellow]skipped rows[/] (not indexed): {skipped}")
     console.print(f"index on {column!r}: {index.ntotal} vectors, {kind}, v{ds.version}, {time.perf_counter() - t0:.1f}s -> {folder}"
-                  + (f" (uploaded to {store.uri}/_curation/vector/index-{column})" if pushed else ""))
+                  + (f" (uploaded to {store.uri}/_curation/{index_relpath(column)})" if pushed else ""))
     return asdict(manifest)
 
 
@@ -336,6 +336,11 @@ class KnnConfig(BaseModel):
     nprobe: Optional[int] = Field(None, ge=1, description="IVF lists per query (default: the index's)")
 
 
+def knn_relpath(column: str) -> str:
+    """The k-NN graph of ``column`` inside the state dir (local) or under ``<uri>/_curation/`` (remote)."""
+    return f"vector/knn-{column}.lance"
+
+
 def knn_uri(store, column: str) -> str:
     """Where the k-NN graph of ``column`` lives, as a URI Lance opens.
 
@@ -347,8 +352,8 @@ def knn_uri(store, column: str) -> str:
     from curation.store import is_remote
 
     if is_remote(store.uri):
-        return f"{store.uri.rstrip('/')}/_curation/vector/knn-{column}.lance"
-    return str(Path(store.state_dir) / "vector" / f"knn-{column}.lance")
+        return f"{store.uri.rstrip('/')}/_curation/{knn_relpath(column)}"
+    return str(Path(store.state_dir) / knn_relpath(column))
 
 
 def open_knn(store, column: str):
@@ -448,7 +453,7 @@ def _knn_units_without_files(store, column: str, done: dict[int, dict]) -> list[
     import pyarrow.fs as pafs
 
     fs, root = store.state_fs()
-    data = f"{root}/vector/knn-{column}.lance/data"
+    data = f"{root}/{knn_relpath(column)}/data"
     gone = []
     for k, rec in done.items():
         paths = [f"{data}/{f['path']}" for frag in rec["fragments"] for f in frag["files"]]

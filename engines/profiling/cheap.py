@@ -191,8 +191,8 @@ def overlay_likelihood(rgb: np.ndarray) -> float:
     such pixels minus the 75th-percentile window, mapped v / (v + 0.05).
 
     Measured on the 80 coco-mini photos clean vs watermarked (three seeds): AUC 0.78-0.80 (the
-    stroke heuristic above: 0.65);
-    near chance against photos of signs. A weak fallback for when OCR has not run, not a detector:
+    stroke heuristic above: 0.65); near chance against photos of signs. A weak fallback for when
+    OCR has not run, not a detector:
     grey backgrounds make any brighter structure pass the channel test, so it also fires on light
     fabric, sky and signage. Cost: ~0.5 ms on a 320 px working copy (a full-size 5 px median
     measured 0.80-0.83 at twice the cost, float planes at 4x: not worth it for a fallback cue)."""
