@@ -23,7 +23,7 @@ import time
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Path as PathParam, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.text import MAX_CAPTION_CHARS
 
-from annotator_ui.db import BadInput, Conflict, NotFound, NotLeased, ReviewDB, ReviewError, User
-from annotator_ui.security import CSRF_HEADER, LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token, tokens_equal
+from curation.reviewdb import BadInput, Conflict, NotFound, ReviewDB, ReviewError, User
+from curation.security import CSRF_HEADER, LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token, tokens_equal
 
 __all__ = ["AppSettings", "create_app"]
 
@@ -202,8 +202,12 @@ async def _plain(send, status: int, text: str) -> None:
 # --- the app -------------------------------------------------------------------------------------------
 
 
-def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
-    """The FastAPI app for one review database (and the dataset its images come from)."""
+def create_app(settings: AppSettings, db: ReviewDB | None = None, *,
+               apply: Callable[[str, User], dict[str, Any]] | None = None) -> FastAPI:
+    """The FastAPI app for one review database (and the dataset its images come from).
+
+    ``apply`` is the admin page's "apply decisions" action, handed in by the caller (the CLI
+    passes ``pipelines.review.review_apply_action``): the web app never imports a job."""
     db = db or ReviewDB(settings.db_url)
     db.start_background_checkpoints()  # WAL checkpoints off the request path (SQLite)
     dataset = settings.dataset or db.get_meta("dataset")
@@ -475,10 +479,12 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
             raise HTTPException(403, "missing or wrong CSRF token; reload the page")
         if not dataset:
             raise HTTPException(409, "this review database names no dataset to apply to")
+        if apply is None:
+            raise HTTPException(409, "this server was started without the apply action; run `curate review apply`")
         if not apply_lock.acquire(blocking=False):
             raise HTTPException(409, "an apply is already running")
         try:
-            report = run_apply(dataset, settings, user)
+            report = apply(dataset, user)
         except (FileNotFoundError, ValueError) as e:
             return page("admin.html", 409, user=user, csrf=csrf, stats=_stats(db), audit=db.audit_tail(30),
                         apply_error=str(e))
@@ -529,16 +535,6 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None) -> FastAPI:
 
     app.add_middleware(_Limits, max_body=settings.max_body)
     return app
-
-
-def run_apply(dataset: str, settings: AppSettings, user: User) -> dict[str, Any]:
-    """Run ``curate review apply`` for the admin page (Ray is joined or started on first use)."""
-    from curation.cluster import RayConfig, init_ray
-    from curation.store import Store
-    from pipelines.review import ReviewApplyConfig, apply_reviews
-
-    init_ray(RayConfig(address=settings.ray_address))
-    return apply_reviews(Store(dataset), ReviewApplyConfig(db=settings.db_url), show_progress=False, by=user)
 
 
 def _apply_summary(rep: dict[str, Any]) -> dict[str, Any]:

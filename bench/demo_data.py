@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.demo import build_corpus, write_corpus  # noqa: E402
+from democorpus.corpus import build_corpus, write_corpus  # noqa: E402
 
 
 def main(repeats: int = 3) -> None:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 COCO = ROOT.parent / "shared" / "data" / "coco-mini"
 
 from curation.buckets import assign_bucket, choose_resolution, crop_sizes, estimate_caption_tokens, image_tokens  # noqa: E402
-from curation.loader import LoaderConfig, ShardMeta, padded_fraction, plan_epoch  # noqa: E402
+from training.loader import LoaderConfig, ShardMeta, padded_fraction, plan_epoch  # noqa: E402
 
 
 def machine() -> str:
@@ -175,7 +175,7 @@ def loader_rate(uri: str, workers: int, epochs: int, budget: int) -> dict:
     """Epoch 0 warms up (spawn, first reads); epochs 1..N are timed in wall and in CPU seconds of
     the main process plus its workers. Samples per CPU-second does not depend on what else runs
     on the machine; wall-clock samples/s does."""
-    from curation.loader import Loader, ShardDataset
+    from training.loader import Loader, ShardDataset
 
     loader = Loader(ShardDataset(uri, {"token_budget": budget, "weighted": False}), num_workers=workers)
     t0 = time.perf_counter()
@@ -223,7 +223,7 @@ def part1_coco(tmp: Path) -> None:
     import lance
 
     uri = export_coco(1024, tmp / "coco-1024-native.lance")
-    from curation.loader import ShardDataset
+    from training.loader import ShardDataset
 
     ds = ShardDataset(uri, {"token_budget": 16384, "weighted": False})
     plan = ds.plan()
@@ -244,7 +244,7 @@ def pre_encode_synthetic(uri: str, out: Path, dtype: str, cap_dim: int = 2560) -
     import lance
     import pyarrow as pa
 
-    from curation.loader import shard_schema
+    from curation.shards import shard_schema
 
     t = lance.dataset(uri).to_table()
     rng = np.random.default_rng(0)

@@ -175,7 +175,7 @@ def main() -> None:
                     help="pure-Python uvicorn (h11 + asyncio loop) instead of httptools + uvloop, to compare")
     args = ap.parse_args()
 
-    from annotator_ui.db import ReviewDB
+    from curation.reviewdb import ReviewDB
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench-review-"))
     dbfile = work / "review.sqlite"

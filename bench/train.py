@@ -1,4 +1,4 @@
-"""Training throughput of S3-DiT through the real loop (``curation.train.train``).
+"""Training throughput of S3-DiT through the real loop (``training.loop.train``).
 
     .venv/bin/python bench/train.py [--model tiny|small|6b] [--resolution 256 1024] [--steps 30]
                                     [--token-budget 16384] [--cap-tokens 128] [--compile] [--grad-checkpoint]
@@ -39,8 +39,8 @@ def machine() -> str:
 def run(model: str, resolution: int, steps: int, token_budget: int, cap_tokens: int, compile_: bool, ckpt: bool) -> dict:
     import torch
 
-    from curation.s3dit import CONFIGS
-    from curation.train import BatchList, TrainConfig, train
+    from training.model import CONFIGS
+    from training.loop import BatchList, TrainConfig, train
 
     mc = CONFIGS[model]()
     lat_side = resolution // 8

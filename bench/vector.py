@@ -115,7 +115,7 @@ def bench_graph(n: int, dim: int, k: int, threshold: float, tmp: Path, *, kind: 
     with the library defaults for the index (lists of ~``list_size`` rows, HNSW coarse quantiser
     from 2048 lists on). Recall: the graph's neighbours of ``sample`` random rows against brute
     force over all n rows (not timed)."""
-    from engines.vector.index import default_nlist, train_points
+    from engines.vector.index import train_points
 
     x = make_vectors(n, dim, tmp / f"g{n}.npy", seed=2)
     ph = Phases()

@@ -4,8 +4,8 @@ A *stage* adds columns to the samples table and runs through ``curation.runner.r
 A *step* is anything a pipeline YAML can list (ingest, a stage, index build, export, train...):
 a function ``run(ctx, config) -> StageResult | dict``. Every registered stage is a step too.
 
-Engines and pipelines register on import; ``load_plugins`` imports the project's own modules and
-any user modules a pipeline names under ``plugins:``.
+Job modules register on import (``pipelines.load_jobs`` imports them all: the core never names a
+job); ``load_plugins`` imports the user modules a pipeline names under ``plugins:``.
 """
 
 from __future__ import annotations
@@ -18,23 +18,7 @@ from pydantic import BaseModel
 
 from curation.stage import Stage, StageConfig
 
-__all__ = ["StepSpec", "STEPS", "STAGES", "register_stage", "register_step", "get_stage", "load_plugins", "BUILTIN_MODULES"]
-
-# Modules that register stages, steps and CLI commands. A module not yet written is skipped.
-BUILTIN_MODULES = [
-    "pipelines.demo_data",
-    "pipelines.ingest",
-    "pipelines.basic_stages",
-    "pipelines.profile",
-    "pipelines.report",
-    "pipelines.vector",
-    "pipelines.graph",
-    "pipelines.review",
-    "pipelines.export",
-    "pipelines.train",
-    "pipelines.pipeline",
-]
-
+__all__ = ["StepSpec", "STEPS", "STAGES", "register_stage", "register_step", "get_stage", "load_plugins"]
 
 @dataclass
 class StepSpec:
@@ -74,20 +58,13 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def get_stage(name: str) -> type[Stage]:
-    load_plugins()
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; registered: {', '.join(sorted(STAGES)) or 'none'}")
     return STAGES[name]
 
 
 def load_plugins(extra: list[str] | None = None) -> None:
-    """Import built-in modules (skipping ones not present) and user plugin modules (errors raise)."""
-    for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    """Import user plugin modules (errors raise); their stages then travel to Ray workers by value."""
     for mod in extra or []:
         m = importlib.import_module(mod)
         # user stages travel to Ray workers by value: no need to ship the module to every node

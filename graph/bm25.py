@@ -19,6 +19,11 @@ Two parts:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
 import html
 import re
 import unicodedata

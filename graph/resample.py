@@ -25,6 +25,11 @@ that add up to exactly ``target_size``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
 import csv
 import json
 from dataclasses import dataclass, field

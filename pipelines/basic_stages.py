@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from curation.registry import register_stage
 from curation.schema import CAPTION_STATS, EXACT_DUP
-from curation.stage import Resources, Stage
+from curation.stage import Stage
 from curation.text import detect_lang
 
 __all__ = ["ExactDupStage", "CaptionStatsStage"]

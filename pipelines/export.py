@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.buckets import RESOLUTIONS, assign_bucket, choose_resolution, crop_sizes, estimate_caption_tokens, image_tokens
+from curation.buckets import assign_bucket, choose_resolution, crop_sizes, estimate_caption_tokens, image_tokens
 from curation.registry import register_step
-from curation.runner import Checkpoints, StageResult, console, execute_units, print_summary
+from curation.runner import Checkpoints, StageResult, console, execute_units
 from curation.stage import StageConfig, Stats
 from curation.store import Store
 
@@ -327,7 +327,7 @@ def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estima
     A row without inline bytes but with an ``image_uri`` has its bytes read by ``fetch(uri)``
     (default: :func:`read_uri` with options from the environment); a URI that cannot be read
     excludes the row as ``unreadable_uri: <why>``, it never stops the export."""
-    from curation.loader import SHARD_SCHEMA
+    from curation.shards import SHARD_SCHEMA
 
     fetch = fetch or (lambda uri: read_uri(uri, max_bytes=cfg.max_image_bytes))
     out: list[dict] = []
@@ -390,10 +390,10 @@ def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estima
 
 
 def load_encoders(cfg: ExportConfig, device: str = "cpu"):
-    """The export's encoders from their local folders (``curation.encoders``), or None when none is set."""
+    """The export's encoders from their local folders (``training.encoders``), or None when none is set."""
     if not (cfg.vae_path or cfg.text_encoder_path):
         return None
-    from curation.encoders import Encoders, LatentEncoder, TextEncoder
+    from training.encoders import Encoders, LatentEncoder, TextEncoder
 
     return Encoders(LatentEncoder.from_pretrained(cfg.vae_path, device) if cfg.vae_path else None,
                     TextEncoder.from_pretrained(cfg.text_encoder_path, device, max_tokens=cfg.max_caption_tokens)
@@ -414,7 +414,7 @@ def encoder_manifest(cfg: ExportConfig) -> dict[str, Any]:
                              "saved with save_pretrained, or a released repository)")
         c = json.loads((d / "config.json").read_text())
         if key == "vae":
-            from curation.encoders import VAE_SCALE
+            from training.encoders import VAE_SCALE
 
             out[key] = {"path": str(p.resolve()), "class": c.get("_class_name", "AutoencoderKL"),
                         "latent_channels": c.get("latent_channels"), "scaling_factor": c.get("scaling_factor") or VAE_SCALE,
@@ -432,14 +432,15 @@ def encoder_manifest(cfg: ExportConfig) -> dict[str, Any]:
 
 
 def encode_rows(table: pa.Table, encoders, cfg: ExportConfig) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """Add pre-encoded columns to training rows (``curation.loader.shard_schema``): the VAE latent
+    """Add pre-encoded columns to training rows (``training.loader.shard_schema``): the VAE latent
     of each row's centre crop to its bucket (what the loader yields with ``random_crop=False``) and
     the text features of every caption variant, in batches of ``encode_batch_size`` (same-size crops
     together, captions sorted by length). Rows whose image does not decode are returned as
     (id, ``decode_error: ...``) and left out."""
     import torch
 
-    from curation.loader import decode_and_crop, shard_schema
+    from curation.shards import shard_schema
+    from training.loader import decode_and_crop
 
     np_dtype = np.float16 if cfg.feature_dtype == "float16" else np.float32
     excluded: list[tuple[str, str]] = []
@@ -521,7 +522,7 @@ class _ExportWorker:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from lance.fragment import write_fragments
 
-        from curation.loader import SHARD_SCHEMA
+        from curation.shards import SHARD_SCHEMA
 
         out: dict[str, list] = {"unit": [], "fragments": [], "excluded": [], "stats": []}
         for unit in batch.to_pylist():
@@ -565,7 +566,7 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
     from lance import LanceDataset, LanceOperation
     from lance.fragment import FragmentMetadata
 
-    from curation.loader import MANIFEST_KEY, SHARD_SCHEMA, shard_schema
+    from curation.shards import MANIFEST_KEY, SHARD_SCHEMA, shard_schema
 
     t_start = time.perf_counter()
     out = Store(cfg.out)
@@ -667,7 +668,7 @@ def _ray_options(cfg: ExportConfig) -> dict[str, Any]:
 
 
 def _manifest(out: Store) -> dict[str, Any]:
-    from curation.loader import MANIFEST_KEY
+    from curation.shards import MANIFEST_KEY
 
     raw = (out.open().schema.metadata or {}).get(MANIFEST_KEY.encode())
     return json.loads(raw) if raw else {}
@@ -735,43 +736,3 @@ def _export_step(ctx, cfg: ExportConfig):
     if ctx.overwrite and not cfg.overwrite:
         cfg = cfg.model_copy(update={"overwrite": True})
     return export(ctx.store, cfg, show_progress=ctx.show_progress, replace_stale=True)
-
-
-def register_cli(app) -> None:
-    import typer
-
-    from curation.cli import AddressOpt, DatasetOpt, fail, open_store, start_ray
-
-    @app.command("export")
-    def export_cmd(
-        dataset: str = DatasetOpt,
-        out: str = typer.Option(..., "--out", "-o", help="training dataset to write (path or s3:// URI)"),
-        resolution: int = typer.Option(512, help=f"target resolution: one of {', '.join(map(str, RESOLUTIONS))}"),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with export params (rules, columns, ...)"),
-        version: Optional[int] = typer.Option(None, help="source version (default: latest)"),
-        overwrite: bool = typer.Option(False, help="write a new version of an existing training dataset"),
-        vae_path: Optional[str] = typer.Option(None, "--vae-path", help="AutoencoderKL folder: write pre-encoded latents"),
-        text_encoder_path: Optional[str] = typer.Option(None, "--text-encoder-path",
-                                                        help="Qwen3 folder: write pre-encoded caption features"),
-        address: Optional[str] = AddressOpt,
-    ):
-        """Export the rows a trainer should see (errors, duplicates, rejects removed) as training shards."""
-        from curation.config import load_yaml, validate
-
-        params = load_yaml(config) if config else {}
-        params.update({"out": out, "resolution": resolution, "overwrite": overwrite or params.get("overwrite", False)})
-        if version is not None:
-            params["version"] = version
-        for k, v in (("vae_path", vae_path), ("text_encoder_path", text_encoder_path)):
-            if v is not None:
-                params[k] = v
-        cfg = validate(ExportConfig, params, where=str(config or "command line"))
-        store = open_store(dataset)
-        start_ray(address)
-        try:
-            result = export(store, cfg)
-        except ValueError as e:
-            fail(str(e))
-        print_summary([result], title="export")
-        console.print(f"training dataset: {result.extra['out']}  (rows {result.extra['kept']}, "
-                      f"by resolution {result.extra['by_resolution']})\nreport: {result.extra['report']}")

@@ -13,14 +13,13 @@ import hashlib
 import json
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 from pydantic import Field
 
 from curation.registry import register_step
-from curation.runner import Checkpoints, StageResult, console, execute_units, print_summary
+from curation.runner import Checkpoints, StageResult, console, execute_units
 from curation.schema import SAMPLES_SCHEMA
 from curation.sources import ReadOptions, plan_units, read_unit
 from curation.stage import StageConfig, Stats
@@ -212,35 +211,3 @@ def _merge_results(results: list[StageResult]) -> StageResult:
     stats = Stats(first.stats.rows, first.stats.counters + last.stats.counters, first.stats.seconds)
     return StageResult("ingest", first.status, last.version, first.read_version, first.fragments, 0,
                        stats, sum(r.seconds for r in results), first.stats_path, dict(first.extra))
-
-
-def register_cli(app) -> None:
-    import typer
-
-    from curation.cli import AddressOpt, DatasetOpt, fail, start_ray
-
-    @app.command("ingest")
-    def ingest_cmd(
-        source: list[str] = typer.Argument(..., help="folders, WebDataset .tar files, .jsonl or .parquet"),
-        dataset: str = DatasetOpt,
-        shard_size: int = typer.Option(256, help="images per unit of work"),
-        max_pixels: int = typer.Option(178_956_970, help="pixel cap checked before decoding"),
-        allow_paths_outside_source: bool = typer.Option(False, help="let table rows reference files outside their folder"),
-        no_exact_dup: bool = typer.Option(False, "--no-exact-dup", help="skip flagging byte-identical images"),
-        address: Optional[str] = AddressOpt,
-    ):
-        """Ingest sources into a Lance dataset (created if absent; appended otherwise). Resumable."""
-        from curation.config import validate
-
-        cfg = validate(IngestConfig, {
-            "source": source, "shard_size": shard_size, "max_pixels": max_pixels,
-            "allow_paths_outside_source": allow_paths_outside_source, "flag_exact_duplicates": not no_exact_dup,
-        }, where="command line")
-        try:
-            units = plan_units(cfg.source, cfg.read_options())
-        except (FileNotFoundError, ValueError) as e:
-            fail(str(e))
-        console.print(f"ingest: {len(units)} units from {len(cfg.source)} source(s) into {dataset}")
-        start_ray(address)
-        results = ingest(Store(dataset), cfg)
-        print_summary(results, title="ingest")

@@ -32,7 +32,9 @@ _PATH_PARAMS = ("out", "graph", "out_dir", "db")
 def run_pipeline(path: str | Path, *, overwrite: bool = False, address: str | None = None, show_progress: bool = True) -> list[StageResult]:
     """Validate the whole file first (a typo in step 5 fails before step 1 runs), then run it."""
     from curation.registry import STEPS
+    from pipelines import load_jobs
 
+    load_jobs()
     cfg, steps = load_pipeline(path)
     if address:
         cfg.ray.address = address

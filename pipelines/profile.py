@@ -25,7 +25,7 @@ from curation.schema import (
     PROF_AESTHETIC, PROF_BRISQUE, PROF_CAPTION, PROF_CLIP, PROF_DEGRADATION, PROF_ENTROPY, PROF_HASH, PROF_META,
     PROF_NSFW, PROF_OCR, PROF_SCORES, PROF_TEXT_EMB, embedding_type,
 )
-from curation.stage import Resources, Stage, StageConfig
+from curation.stage import Stage, StageConfig
 from engines.profiling.embed import EmbedModelConfig
 
 __all__ = [
@@ -630,29 +630,3 @@ def load_profile_config(path: Path | None, only: str | None) -> ProfileConfig:
             raise ConfigError(f"--only: unknown stage(s) {bad}; allowed: {', '.join(STAGE_ORDER)} (or cheap)")
         cfg.stages = [s for s in STAGE_ORDER if s in names]
     return cfg
-
-
-def register_cli(app) -> None:
-    import typer
-
-    from curation.cli import AddressOpt, DatasetOpt, fail, open_store, start_ray
-
-    @app.command()
-    def profile(
-        dataset: str = DatasetOpt,
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="profile.yaml (stages and their params)"),
-        only: Optional[str] = typer.Option(None, "--only", help="comma-separated stages, e.g. meta,hash,ocr (or cheap)"),
-        overwrite: bool = typer.Option(False, help="recompute columns that already exist"),
-        address: Optional[str] = AddressOpt,
-    ):
-        """Profile every row: metadata, hashes, entropy, degradation, BRISQUE, OCR, NSFW, embeddings, scores."""
-        from curation.runner import print_summary
-
-        cfg = load_profile_config(config, only)
-        store = open_store(dataset)
-        start_ray(address)
-        try:
-            results = run_profile(store, cfg, overwrite=overwrite)
-        except ConfigError as e:
-            fail(str(e))
-        print_summary(results, title="profile")

@@ -13,7 +13,7 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["build_report"]
 
@@ -148,29 +148,3 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
-
-
-def register_cli(app) -> None:
-    import typer
-
-    from curation.cli import DatasetOpt, console, open_store
-
-    @app.command()
-    def report(
-        dataset: str = DatasetOpt,
-        out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write"),
-        examples: int = typer.Option(5, help="thumbnails at each end of every signal"),
-        version: Optional[int] = typer.Option(None, help="report an older version (default: latest)"),
-    ):
-        """HTML report of the profile: histograms, lowest/highest thumbnails, errors by reason."""
-        store = open_store(dataset)
-        if version is not None:
-            from curation.store import Store
-
-            class _At(Store):
-                def open(self, v=None):  # noqa: D401 - pin the version for the report
-                    return super().open(version if v is None else v)
-
-            store = _At(store.uri, store.storage_options)
-        path = build_report(store, out, examples=examples)
-        console.print(f"wrote {path}")

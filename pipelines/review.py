@@ -2,7 +2,7 @@
 
 - ``mine`` reads the dataset's light columns (whatever engines have run), picks hard cases in
   balanced order with pseudo-labels and an AI verdict (``engines.active.mining``) and queues them
-  in the review database (``annotator_ui.db``; SQLite next to the dataset by default).
+  in the review database (``curation.reviewdb``; SQLite next to the dataset by default).
 - ``serve`` runs the annotator web app (``annotator_ui.app``) on loopback.
 - ``apply`` merges the decisions into the dataset as one new Lance version (``rev_*`` columns,
   computed per fragment on Ray by the stage runner), then closes the loop: fits the reward head,
@@ -17,7 +17,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pyarrow as pa
 from pydantic import Field
@@ -25,12 +25,12 @@ from pydantic import Field
 from curation.registry import register_step
 from curation.runner import console
 from curation.schema import REVIEW
-from curation.stage import Resources, Stage, StageConfig
+from curation.stage import Stage, StageConfig
 from curation.store import Store
 from engines.active.mining import MineConfig
 
 __all__ = ["ReviewMineConfig", "ReviewApplyConfig", "ReviewMergeStage", "review_dir", "default_db_url", "mine_queue",
-           "apply_reviews"]
+           "apply_reviews", "review_apply_action"]
 
 # numeric profile signals the reward head may use (what exists is used; embeddings come on top)
 REWARD_SIGNALS = ["prof_quality", "prof_aesthetic", "prof_clip_sim", "prof_sharpness", "prof_brisque", "prof_noise",
@@ -93,7 +93,7 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     """Mine hard cases from the latest version and queue them. Returns the mining summary."""
     import numpy as np
 
-    from annotator_ui.db import ReviewDB
+    from curation.reviewdb import ReviewDB
     from engines.active.loop import aggregate
     from engines.active.mining import mine
     from engines.active.rules import load_rules
@@ -216,11 +216,11 @@ class ReviewMergeStage(Stage):
 def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool = True, by: Any = None) -> dict[str, Any]:
     """Merge decisions into a new dataset version and close the loop. Returns the report dict.
 
-    ``by``: the admin (``annotator_ui.db.User``) who ran it from the web page, for the audit log."""
+    ``by``: the admin (``curation.reviewdb.User``) who ran it from the web page, for the audit log."""
     import numpy as np
     import pyarrow.compute as pc
 
-    from annotator_ui.db import ReviewDB
+    from curation.reviewdb import ReviewDB
     from curation.runner import run_stage
     from engines.active.loop import agreement, aggregate, fit_reward_head, recalibrate
     from engines.active.rules import EMBEDDING_COLUMNS, column_values, embedding_matrix, load_rules, save_rules
@@ -357,6 +357,19 @@ td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}table{borde
 # --- pipeline steps --------------------------------------------------------------------------------
 
 
+def review_apply_action(db_url: str, ray_address: str | None = None) -> Callable[[str, Any], dict[str, Any]]:
+    """The web app's "apply decisions" action (``create_app(..., apply=...)``): the same
+    ``apply_reviews`` as ``curate review apply``, joining or starting Ray on first use."""
+
+    def apply(dataset: str, user: Any) -> dict[str, Any]:
+        from curation.cluster import RayConfig, init_ray
+
+        init_ray(RayConfig(address=ray_address))
+        return apply_reviews(Store(dataset), ReviewApplyConfig(db=db_url), show_progress=False, by=user)
+
+    return apply
+
+
 @register_step("review_mine", ReviewMineConfig)
 def _mine_step(ctx, cfg: ReviewMineConfig):
     """Queue hard cases with pseudo-labels for human review."""
@@ -368,105 +381,3 @@ def _apply_step(ctx, cfg: ReviewApplyConfig):
     """Merge review decisions into a new version; refit the reward head and thresholds."""
     rep = apply_reviews(ctx.store, cfg, show_progress=ctx.show_progress)
     return {k: v for k, v in rep.items() if k != "plots"}
-
-
-# --- CLI -------------------------------------------------------------------------------------------
-
-
-def register_cli(app) -> None:
-    import typer
-
-    from curation.cli import AddressOpt, DatasetOpt, fail, open_store, start_ray
-
-    review = typer.Typer(help="Human review: mine hard cases, serve the annotator UI, apply decisions.",
-                         no_args_is_help=True)
-    app.add_typer(review, name="review")
-    DbOpt = typer.Option(None, "--db", help="review database: SQLite path or postgresql:// URL "
-                                             "(default: <dataset>/_curation/review/review.sqlite)")
-
-    @review.command("mine")
-    def mine_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt,
-                 n: int = typer.Option(1000, help="items to queue"),
-                 double_share: float = typer.Option(0.1, help="share of items for two annotators"),
-                 band: float = typer.Option(0.25, help="'near a threshold' in IQR units"),
-                 min_hardness: float = typer.Option(0.3, help="skip rows less hard than this"),
-                 gold: Optional[Path] = typer.Option(None, help="CSV row_id,keep|drop of gold items"),
-                 include_reviewed: bool = typer.Option(False, help="also re-mine rows already reviewed")):
-        """Choose hard cases, attach pseudo-labels and the AI verdict, queue them for review."""
-        from curation.config import validate
-
-        store = open_store(dataset)
-        cfg = validate(ReviewMineConfig, {"db": db, "n": n, "double_share": double_share, "band": band,
-                                          "min_hardness": min_hardness, "gold": str(gold) if gold else None,
-                                          "include_reviewed": include_reviewed}, where="command line")
-        try:
-            s = mine_queue(store, cfg)
-        except (ValueError, FileNotFoundError) as e:
-            fail(str(e))
-        console.print(f"[bold]review mine[/]: {s['rows']:,} rows, {s['candidates']:,} hard, queued {s['queued']:,} "
-                      f"(added {s['added']}, updated {s['updated']}, unchanged {s['unchanged']}) in {s['seconds']} s")
-        for k, v in s["criteria"].items():
-            console.print(f"  {k}: {v:,} rows")
-        for k, v in s["skipped_criteria"].items():
-            console.print(f"  [yellow]{k} off[/]: {v}")
-        console.print(f"database: {s['db']}")
-
-    @review.command("add-user")
-    def add_user_cmd(name: str = typer.Argument(..., help="login name"), dataset: str = DatasetOpt,
-                     db: Optional[str] = DbOpt,
-                     role: str = typer.Option("annotator", help="annotator or admin"),
-                     password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True,
-                                                  help="at least 8 characters (prompted when omitted)"),
-                     reset: bool = typer.Option(False, help="change the password / role of an existing user")):
-        """Create an annotator or admin account (password hashed with scrypt)."""
-        from annotator_ui.db import ReviewDB
-
-        store = open_store(dataset)
-        try:
-            u = ReviewDB(db or default_db_url(store)).add_user(name, password, role, replace=reset)
-        except ValueError as e:
-            fail(str(e))
-        console.print(f"user [bold]{u.name}[/] ({u.role}) ready")
-
-    @review.command("serve")
-    def serve_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt,
-                  host: str = typer.Option("127.0.0.1", help="bind address (loopback by default; put a TLS proxy in front otherwise)"),
-                  port: int = typer.Option(8600),
-                  lease_s: float = typer.Option(600, help="seconds before an idle lease returns to the queue"),
-                  gold_rate: float = typer.Option(0.05, help="chance that the next item is a gold item"),
-                  secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)"),
-                  threads: int = typer.Option(40, min=1, max=256, help="request-handler threads (database work)"),
-                  address: Optional[str] = AddressOpt):
-        """Run the annotator web app."""
-        import uvicorn
-
-        from annotator_ui.app import AppSettings, create_app
-
-        store = open_store(dataset)
-        url = db or default_db_url(store)
-        app_ = create_app(AppSettings(db_url=url, dataset=store.uri, lease_s=lease_s, gold_rate=gold_rate,
-                                      cookie_secure=secure_cookies, ray_address=address, threads=threads))
-        console.print(f"annotator UI on http://{host}:{port}/  (database {url})")
-        uvicorn.run(app_, host=host, port=port, log_level="warning")
-
-    @review.command("apply")
-    def apply_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt, address: Optional[str] = AddressOpt,
-                  prior_n: float = typer.Option(50.0, help="labels needed to move a threshold halfway")):
-        """Merge decisions into a new dataset version; refit reward head and thresholds; write a report."""
-        from curation.config import validate
-
-        store = open_store(dataset)
-        cfg = validate(ReviewApplyConfig, {"db": db, "prior_n": prior_n}, where="command line")
-        start_ray(address)
-        try:
-            rep = apply_reviews(store, cfg)
-        except FileNotFoundError as e:
-            fail(str(e))
-        console.print(f"[bold]review apply[/]: v{rep['version_before']} -> v{rep['version_after']}, "
-                      f"{rep['decisions']} decisions on {rep['rows_reviewed']} rows")
-        for t in rep.get("thresholds", []):
-            console.print(f"  {t['column']} {t['op']} {t['old']:.4g} -> {t['new']:.4g}  {t.get('note', '')}")
-        pa_ = rep["pseudo_label_agreement"]
-        if pa_["accuracy"] is not None:
-            console.print(f"  pseudo-labels agreed with humans on {pa_['accuracy']:.1%} of {pa_['n']} rows")
-        console.print(f"report: {rep['report_html']}")

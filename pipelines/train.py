@@ -2,8 +2,8 @@
 
 Ray Train starts one worker per rank, sets up ``torch.distributed`` (gloo on CPU, NCCL on GPU)
 and calls ``_worker`` on each; the worker opens its rank's slice of the shards with the
-sequence-length-aware loader (``curation.loader``) and runs the plain loop of
-``curation.train.train``. Checkpoints and metrics live in ``out_dir`` (a path every worker can
+sequence-length-aware loader (``training.loader``) and runs the plain loop of
+``training.loop.train``. Checkpoints and metrics live in ``out_dir`` (a path every worker can
 reach: local for one machine, a shared filesystem for a cluster); running the same command again
 resumes from the latest checkpoint. Metrics are also reported to Ray Train, so they show in the
 Ray dashboard.
@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import Field
 
 from curation.registry import register_step
-from curation.train_config import TrainConfig
+from training.config import TrainConfig
 
 __all__ = ["TrainRunConfig", "run_training"]
 
@@ -28,7 +28,7 @@ class TrainRunConfig(TrainConfig):
     """The loop's settings plus where the data is and how many workers train."""
 
     shards: str = Field(description="training shards written by `curate export` (path or s3:// URI)")
-    loader: dict[str, Any] = Field(default_factory=dict, description="curation.loader.LoaderConfig fields (token_budget, ...)")
+    loader: dict[str, Any] = Field(default_factory=dict, description="training.loader.LoaderConfig fields (token_budget, ...)")
     loader_workers: int = Field(2, ge=0, description="decode processes per rank (0: decode in the training process)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers = ranks")
     use_gpu: bool = Field(False, description="one GPU per worker")
@@ -40,8 +40,8 @@ def _worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from curation.loader import Loader, ShardDataset
-    from curation.train import train
+    from training.loader import Loader, ShardDataset
+    from training.loop import train
 
     cfg = TrainRunConfig.model_validate(config)
     ctx = ray.train.get_context()
@@ -68,8 +68,8 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
     from ray.train.torch import TorchTrainer
 
     from curation.config import validate
-    from curation.loader import LoaderConfig, ShardDataset
-    from curation.train import latest_checkpoint
+    from training.loader import LoaderConfig, ShardDataset
+    from training.loop import latest_checkpoint
 
     validate(LoaderConfig, {"seed": cfg.seed, **cfg.loader}, where="loader")
     if "://" not in cfg.shards and not Path(cfg.shards).exists():
@@ -102,7 +102,7 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
 
 def _check_pre_encoded(cfg: TrainRunConfig, ds, log) -> None:
     """Pre-encoded shards: say which encoders made them, and refuse text features the model cannot take."""
-    from curation.train import model_config
+    from training.loop import model_config
 
     enc = ds.manifest.get("encoders") or {}
     if ds.pre_text:
@@ -122,7 +122,7 @@ def _fit_showing_metrics(trainer, metrics_log: Path, steps: int, log):
     stdout does not reach the driver on the embedded cluster)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from curation.train import format_metrics
+    from training.loop import format_metrics
 
     pos = metrics_log.stat().st_size if metrics_log.exists() else 0
 
@@ -151,38 +151,3 @@ def _fit_showing_metrics(trainer, metrics_log: Path, steps: int, log):
 @register_step("train", TrainRunConfig, doc="train S3-DiT on training shards (Ray Train; DDP/FSDP2)")
 def _train_step(ctx, cfg: TrainRunConfig):
     return run_training(cfg, log=print if ctx.show_progress else (lambda _m: None))
-
-
-def register_cli(app) -> None:
-    import typer
-
-    from curation.cli import AddressOpt, console, fail, start_ray
-
-    @app.command("train")
-    def train_cmd(
-        shards: str = typer.Option(..., "--shards", "-s", help="training shards from `curate export`"),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="tiny | small | 6b (default: tiny or the config's)"),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="train.yaml: any TrainRunConfig field"),
-        steps: Optional[int] = typer.Option(None, help="optimizer steps (total, counting resumed ones)"),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help="run folder: checkpoints, metrics.jsonl, samples"),
-        workers: Optional[int] = typer.Option(None, help="Ray Train workers (ranks)"),
-        gpu: bool = typer.Option(False, "--gpu", help="one GPU per worker"),
-        address: Optional[str] = AddressOpt,
-    ):
-        """Train S3-DiT on training shards; re-running the same command resumes from the last checkpoint."""
-        from curation.config import ConfigError, load_yaml, validate
-
-        params = load_yaml(config) if config else {}
-        given = {"shards": shards, "model": model, "steps": steps, "out_dir": out, "num_workers": workers}
-        params.update({k: v for k, v in given.items() if v is not None})
-        if gpu:
-            params["use_gpu"] = True
-        cfg = validate(TrainRunConfig, params, where=str(config or "command line"))
-        start_ray(address, num_cpus=None)
-        try:
-            res = run_training(cfg, log=console.print)
-        except (ValueError, FileNotFoundError, ConfigError) as e:
-            fail(str(e))
-        m = res["metrics"]
-        console.print(f"[bold]trained[/] to step {m.get('step')}  loss {m.get('loss')}  "
-                      f"checkpoint {res['checkpoint']}\nmetrics {res['metrics_log']}  samples {res['samples']}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
 import re
 import shutil
@@ -17,8 +16,8 @@ import pytest
 from PIL import Image, ImageFilter, ImageOps
 from typer.testing import CliRunner
 
-from curation.cli import app
-from curation.demo import DemoDataError, build_corpus
+from cli.main import app
+from democorpus.corpus import DemoDataError, build_corpus
 from curation.text import detect_lang
 
 CJK = re.compile(r"[\u4e00-\u9fff]")

@@ -39,7 +39,7 @@ def _rewrite_paths(value, shared):
 
 def _small_corpus(out):
     """The demo corpus (folder layout), cut to the first N_IMAGES samples with their sidecars."""
-    from curation.demo import build_corpus, write_corpus
+    from democorpus.corpus import build_corpus, write_corpus
 
     full = out.parent / "full-corpus"
     write_corpus(build_corpus(0, ("folder",)), full)
@@ -86,7 +86,7 @@ def test_demo_pipeline_as_a_ray_job_on_two_nodes(ray_cluster, tmp_path):
     submission = f"demo-{uuid.uuid4().hex[:8]}"
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                                 "CURATE_STATE_DIR": str(shared / "state")}}
-    out = _submit(ray_cluster, runtime_env, ["python", "-m", "curation.cli", "run", str(pipe)],
+    out = _submit(ray_cluster, runtime_env, ["python", "-m", "cli", "run", str(pipe)],
                   extra=["--submission-id", submission], timeout=1400)
     log = out.stdout + out.stderr
     assert out.returncode == 0 and "succeeded" in out.stdout, log[-6000:]
@@ -111,7 +111,7 @@ def test_demo_pipeline_as_a_ray_job_on_two_nodes(ray_cluster, tmp_path):
         assert any(c.startswith(group) for c in cols), (group, sorted(cols))
     assert any("weight" in c for c in cols), sorted(cols)  # resample
     assert (shared / "graph").is_dir() and (shared / "review.db").is_file()
-    from annotator_ui.db import ReviewDB
+    from curation.reviewdb import ReviewDB
 
     db = ReviewDB(str(shared / "review.db"))
     try:

@@ -77,6 +77,9 @@ def test_kuberay_manifests_agree_with_the_project():
 
 def test_cluster_pipeline_validates_against_the_registry():
     from curation.config import load_pipeline
+    from pipelines import load_jobs
+
+    load_jobs()
 
     cfg, steps = load_pipeline(DEPLOY / "pipeline.cluster.yaml")
     assert cfg.dataset.startswith("s3://")

@@ -46,7 +46,7 @@ def _slow_pipeline(tmp_path, store, cluster, **params) -> list[str]:
         "dataset": store.uri, "plugins": ["tests.cluster.slow_plugin"],
         "steps": [{"stage": "toy_slow", "params": {"num_cpus": 1, "resources": {"worker_node": 1}, **params}}],
     }))
-    return [sys.executable, "-m", "curation.cli", "run", str(pipe), "--address", cluster.address]
+    return [sys.executable, "-m", "cli", "run", str(pipe), "--address", cluster.address]
 
 
 def test_killed_worker_is_retried_and_result_is_identical(ray_cluster, coco_store, tmp_path, reference):

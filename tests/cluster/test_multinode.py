@@ -45,7 +45,7 @@ def test_stage_pinned_to_worker_node(ray_cluster, coco_store, tmp_path):
         "steps": [{"stage": "toy_slow", "params": {"sleep_s": 0.0, "num_cpus": 1, "resources": {"worker_node": 1}}}],
     }))
     before = _actor_ids(ray_cluster)
-    out = subprocess.run([sys.executable, "-m", "curation.cli", "run", str(pipe), "--address", ray_cluster.address],
+    out = subprocess.run([sys.executable, "-m", "cli", "run", str(pipe), "--address", ray_cluster.address],
                          cwd=ROOT, env=ray_cluster.env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert store.open().count_rows(filter="toy_slow IS NOT NULL") == 80
@@ -89,7 +89,7 @@ def test_ray_job_submit_runs_the_pipeline_on_s3(ray_cluster, s3_env, coco_dir, t
         ],
     }))
     runtime_env = {"env_vars": {**env, "CURATE_STATE_DIR": str(tmp_path / "state")}}
-    out = _submit(ray_cluster, runtime_env, ["python", "-m", "curation.cli", "run", str(pipe)])
+    out = _submit(ray_cluster, runtime_env, ["python", "-m", "cli", "run", str(pipe)])
     assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     assert "pipeline pipe.yaml" in out.stdout  # the job's summary, tailed by `ray job submit`
     for k, v in env.items():

@@ -63,7 +63,7 @@ def test_ingest_stage_info_versions_on_s3(s3, photo_dir, ray_session):
     con = store.duckdb()
     assert con.sql("SELECT count(*) FROM samples WHERE caption_lang = 'zh'").fetchall() == [(3,)]
 
-    from curation.cli import app
+    from cli.main import app
 
     out = CliRunner().invoke(app, ["info", "--dataset", uri])
     assert out.exit_code == 0, out.output

@@ -7,7 +7,7 @@ import shutil
 
 from typer.testing import CliRunner
 
-from curation.cli import app
+from cli.main import app
 from curation.store import Store
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.hostile import write_hostile_corpus
+from democorpus.hostile import write_hostile_corpus
 from curation.store import Store
 from pipelines.ingest import IngestConfig, ingest
 
@@ -130,7 +130,7 @@ def test_reingest_skips_existing_rows(tmp_path, coco_dir, ray_session, in_memory
 
 
 def _curate(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "curation.cli", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw)
 
 

@@ -4,7 +4,6 @@ import os
 import time
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curation.registry import register_stage
 from curation.stage import Stage, StageConfig

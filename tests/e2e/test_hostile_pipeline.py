@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from curation.hostile import write_hostile_corpus
+from democorpus.hostile import write_hostile_corpus
 from curation.store import Store
 from tests.helpers import free_port
 
@@ -92,7 +92,7 @@ def _queue_every_row(store: Store, db_path: Path) -> dict[str, str]:
     they go in through the database's ``enqueue`` (what ``mine_queue`` calls), with their error as
     the reason shown, so the UI meets their broken image bytes and path-like error messages too.
     Returns {row id: how it was queued}."""
-    from annotator_ui.db import ReviewDB
+    from curation.reviewdb import ReviewDB
     from engines.active.pseudo import choose_caption
     from pipelines.review import ReviewMineConfig, mine_queue
 
@@ -120,7 +120,7 @@ def review_server(hostile_run):
     store = Store(hostile_run.ds)
     how = _queue_every_row(store, hostile_run.db)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cli = [sys.executable, "-m", "curation.cli", "review"]
+    cli = [sys.executable, "-m", "cli", "review"]
     db_args = ["--dataset", str(hostile_run.ds), "--db", str(hostile_run.db)]
     made = subprocess.run([*cli, "add-user", "rita", *db_args, "--password", PASSWORD], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)

@@ -65,7 +65,7 @@ def test_resample_without_tags_or_graph_is_a_clear_error(coco_store, tmp_path):
 
 
 def test_cli_build_show_and_bad_user_file(tmp_path, small_graph_dir):
-    from curation.cli import app
+    from cli.main import app
 
     runner = CliRunner()
     users = tmp_path / "u.csv"

@@ -13,7 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from curation.buckets import PATCH
-from curation.loader import MANIFEST_KEY, Loader, LoaderConfig, ShardDataset
+from curation.shards import MANIFEST_KEY
+from training.loader import Loader, LoaderConfig, ShardDataset
 from curation.store import Store
 from pipelines.export import ExportConfig, export
 from tests.helpers import sample_row, samples_table
@@ -104,7 +105,7 @@ def test_export_selects_with_reasons_and_writes_a_training_set(ray_session, cura
 
 
 def test_export_works_on_a_bare_dataset_and_from_the_cli(ray_session, coco_store, tmp_path):
-    from curation.cli import app
+    from cli.main import app
 
     out = tmp_path / "bare.lance"
     res = CliRunner().invoke(app, ["export", "--dataset", coco_store.uri, "--out", str(out), "--resolution", "1024"])

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from curation.loader import Loader, LoaderConfig, ShardDataset, decode_and_crop, to_unit_range
+from training.loader import Loader, LoaderConfig, ShardDataset, decode_and_crop, to_unit_range
 from tests.loader.conftest import write_shards
 
 BUDGET = 2048  # at 256 a sample is ~250 image + ~12 caption tokens: ~7 per batch

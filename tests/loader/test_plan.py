@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from curation.buckets import RESOLUTIONS, assign_bucket, choose_resolution, crop_sizes, image_tokens
-from curation.loader import LoaderConfig, ShardMeta, padded_fraction, plan_epoch
+from training.loader import LoaderConfig, ShardMeta, padded_fraction, plan_epoch
 
 
 def realistic_meta(n: int, seed: int = 0, weights: np.ndarray | None = None, target: int = 1024) -> ShardMeta:

@@ -133,7 +133,7 @@ def test_ocr_and_caption_stages_on_a_fragment(mixed_store):
 def test_cli_profile_only_and_report(ray_session, mixed_store, tmp_path):
     from typer.testing import CliRunner
 
-    from curation.cli import app
+    from cli.main import app
 
     runner = CliRunner()
     r = runner.invoke(app, ["profile", "--dataset", mixed_store.uri, "--only", "meta,hash,text_emb"])

@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 
@@ -37,7 +37,7 @@ def _jpeg(im: Image.Image, q: int = 90) -> bytes:
 def _edge_mark(im: Image.Image, text: str, box, alpha: int, scale: float) -> Image.Image:
     """The demo corpus's style (white text at ``alpha``, dark outline at alpha/2, font fitted to a
     box) in a corner or edge box shrunk by ``scale``."""
-    from curation.demo import _fit_font
+    from democorpus.corpus import _fit_font
 
     w, h = im.size
     x0, y0, x1, y1 = box
@@ -59,7 +59,7 @@ def _auc(pos, neg) -> float:
 def scored(coco_dir):
     """Every image through the real path: decode -> OCR columns (as prof_ocr stores them) and the
     cheap degradation columns -> prof_watermark_score (as prof_scores computes it)."""
-    from curation.demo import _near_dup
+    from democorpus.corpus import _near_dup
     from engines.profiling.cheap import degradation_columns
     from engines.profiling.decode import DecodeOptions, decode_image
     from engines.profiling.ocr import OcrEngine, ocr_columns

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from annotator_ui.db import ReviewDB
+from curation.reviewdb import ReviewDB
 from tests.helpers import free_port
 
 PASSWORD = "correct horse battery"

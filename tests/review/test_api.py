@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from annotator_ui.app import AppSettings, create_app
-from annotator_ui.db import ReviewDB
+from curation.reviewdb import ReviewDB
+from pipelines.review import review_apply_action
 from tests.helpers import coco_rows, samples_table
 from tests.review.conftest import PASSWORD
 
@@ -36,7 +37,7 @@ def env(tmp_path, coco_dir, db_url):
                                   "neighbours": [{"row_id": rows[(pos + 1) % 4]["id"], "pos": (pos + 1) % 4,
                                                   "sim": 0.5, "caption": "nb"}]}})
     db.enqueue(items, "b1")
-    app = create_app(AppSettings(db_url=db_url, max_body=16 * 1024), db)
+    app = create_app(AppSettings(db_url=db_url, max_body=16 * 1024), db, apply=review_apply_action(db_url))
     yield app, db, rows
     db.close()
 

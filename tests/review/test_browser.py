@@ -9,9 +9,9 @@ import lance
 import pytest
 
 from annotator_ui.app import AppSettings, create_app
-from annotator_ui.db import ReviewDB
+from curation.reviewdb import ReviewDB
 from curation.store import Store
-from pipelines.review import ReviewMineConfig, mine_queue
+from pipelines.review import ReviewMineConfig, mine_queue, review_apply_action
 from tests.helpers import coco_rows, samples_table
 from tests.review.conftest import PASSWORD, add_signals
 from tests.helpers import free_port
@@ -41,7 +41,8 @@ def server(tmp_path, coco_dir):
     with db.tx() as t:
         t.exec("UPDATE items SET priority = 1000 WHERE row_id = ?", (rows[3]["id"],))
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(AppSettings(db_url=dbfile, dataset=uri), db), host="127.0.0.1",
+    srv = uvicorn.Server(uvicorn.Config(create_app(AppSettings(db_url=dbfile, dataset=uri), db,
+                                                   apply=review_apply_action(dbfile)), host="127.0.0.1",
                                         port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from annotator_ui.db import Conflict, NotLeased, ReviewDB
-from annotator_ui.security import hash_password, verify_password
+from curation.reviewdb import Conflict, NotLeased, ReviewDB
+from curation.security import hash_password, verify_password
 from tests.review.conftest import PASSWORD, make_items
 
 

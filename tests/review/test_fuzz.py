@@ -21,7 +21,7 @@ import lance
 import pytest
 
 from annotator_ui.app import AppSettings, create_app
-from annotator_ui.db import ReviewDB
+from curation.reviewdb import ReviewDB
 from tests.helpers import coco_rows, samples_table
 from tests.review.conftest import PASSWORD
 from tests.helpers import free_port

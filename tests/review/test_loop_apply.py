@@ -8,10 +8,9 @@ from pathlib import Path
 
 import lance
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from annotator_ui.db import ReviewDB
+from curation.reviewdb import ReviewDB
 from curation.store import Store
 from pipelines.review import ReviewApplyConfig, ReviewMineConfig, apply_reviews, mine_queue
 from tests.helpers import coco_rows, samples_table

@@ -34,6 +34,6 @@ def coco_small(coco_dir):
 
 @pytest.fixture(scope="session")
 def tiny_encoders():
-    from curation.encoders import Encoders
+    from training.encoders import Encoders
 
     return Encoders.tiny(cap_dim=32, seed=0)

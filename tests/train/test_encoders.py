@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from curation.encoders import VAE_SCALE, VAE_SHIFT, Encoders, to_pixels
+from training.encoders import VAE_SCALE, VAE_SHIFT, Encoders, to_pixels
 
 
 def test_encoders_load_from_local_folders(tmp_path, tiny_encoders, coco_small):
@@ -37,6 +37,6 @@ def test_encoders_load_from_local_folders(tmp_path, tiny_encoders, coco_small):
 def test_to_pixels_accepts_the_loader_layout(coco_small):
     im = coco_small[0][0]
     hwc = to_pixels(np.asarray(im))
-    chw = to_pixels(torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous())   # what curation.loader yields
+    chw = to_pixels(torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous())   # what training.loader yields
     assert hwc.shape == (3, 48, 64) and torch.equal(hwc, chw) and torch.equal(hwc, to_pixels(im))
     assert -1 <= hwc.min() and hwc.max() <= 1

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from curation.flow import TBins, euler_sample, flow_loss, sample_t, shift_mu, timesteps
+from training.flow import TBins, euler_sample, flow_loss, sample_t, shift_mu, timesteps
 
 
 def test_shift_is_linear_in_tokens_from_256_to_4096():

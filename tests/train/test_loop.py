@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from curation.s3dit import load_safetensors, tiny
-from curation.train import BatchList, TrainConfig, latest_checkpoint, train
+from training.model import load_safetensors, tiny
+from training.loop import BatchList, TrainConfig, latest_checkpoint, train
 
 
 def _metrics(out) -> list[dict]:
@@ -18,7 +18,7 @@ def _metrics(out) -> list[dict]:
 
 
 def _chw(im) -> torch.Tensor:
-    return torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous()   # uint8 3xHxW, as curation.loader yields
+    return torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous()   # uint8 3xHxW, as training.loader yields
 
 
 def test_tiny_model_overfits_a_handful_of_real_photos(tmp_path, coco_small, tiny_encoders):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from curation.loader import Loader, LoaderConfig, ShardDataset, decode_and_crop
-from curation.train import TrainConfig, param_digest, train
+from training.loader import Loader, LoaderConfig, ShardDataset, decode_and_crop
+from training.loop import TrainConfig, param_digest, train
 from tests.helpers import coco_rows, samples_table
 
 
@@ -42,7 +42,7 @@ def pre_encoded(tmp_path_factory, ray_session, coco_dir, encoder_dirs):
     lance.write_dataset(samples_table(rows + [gone]), str(src))
     out = d / "shards.lance"
     vae, text = encoder_dirs
-    from curation.cli import app
+    from cli.main import app
 
     res = CliRunner().invoke(app, ["export", "--dataset", str(src), "--out", str(out), "--resolution", "256",
                                    "--vae-path", vae, "--text-encoder-path", text])
@@ -108,7 +108,7 @@ def test_training_from_pre_encoded_shards_equals_on_the_fly_encoding(pre_encoded
     assert pre == pytest.approx(fly, rel=1e-4, abs=1e-5) and len(set(pre)) == 3
 
     # and the encoders are loaded only when a batch needs them
-    from curation.train import LazyEncoders
+    from training.loop import LazyEncoders
 
     lazy = LazyEncoders(TrainConfig(vae_path=vae, text_encoder_path=text), "cpu", torch.float32)
     state = torch.random.get_rng_state()
@@ -145,7 +145,7 @@ def test_curate_train_two_ranks_ddp_and_fsdp2_on_gloo(pre_encoded, ray_session, 
 
     ckpt = out / "checkpoints" / "step_00000002"
     digests = [torch.load(ckpt / f"rank_{r}.pt", weights_only=False)["param_digest"] for r in (0, 1)]
-    from curation.s3dit import load_safetensors, tiny
+    from training.model import load_safetensors, tiny
 
     assert digests[0] == digests[1] == param_digest(load_safetensors(ckpt / "model.safetensors", tiny()))
     assert seen[0][0]["loss"] != seen[1][0]["loss"]                                  # different data per rank

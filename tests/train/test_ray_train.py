@@ -9,8 +9,9 @@ import yaml
 from typer.testing import CliRunner
 
 from curation.config import RunContext, validate
-from curation.registry import STEPS, load_plugins
-from curation.s3dit import load_safetensors, tiny
+from curation.registry import STEPS
+from pipelines import load_jobs
+from training.model import load_safetensors, tiny
 from pipelines.export import ExportConfig, resolve_roles, shard_rows
 from tests.helpers import coco_rows, samples_table
 
@@ -27,7 +28,7 @@ def test_curate_train_then_the_step_resumes(tmp_path, ray_session, coco_dir):
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "run"
 
-    from curation.cli import app
+    from cli.main import app
 
     res = CliRunner().invoke(app, ["train", "--shards", ecfg.out, "--model", "tiny", "--config", str(tmp_path / "train.yaml"),
                                    "--steps", "2", "--out", str(out)])
@@ -39,7 +40,7 @@ def test_curate_train_then_the_step_resumes(tmp_path, ray_session, coco_dir):
     assert 0 <= lines[0]["padded_token_fraction"] < 0.2                     # the loader's sequence-length batching
 
     # the registered pipeline step, same run folder, one more step: resumes from step 2
-    load_plugins()
+    load_jobs()
     cfg = validate(STEPS["train"].config_model, {**params, "shards": ecfg.out, "model": "tiny", "steps": 3,
                                                  "out_dir": str(out)})
     result = STEPS["train"].run(RunContext(store=None, show_progress=False), cfg)
@@ -52,7 +53,7 @@ def test_curate_train_then_the_step_resumes(tmp_path, ray_session, coco_dir):
 
 
 def test_curate_train_rejects_missing_shards(tmp_path, ray_session):
-    from curation.cli import app
+    from cli.main import app
 
     res = CliRunner().invoke(app, ["train", "--shards", str(tmp_path / "nope.lance"), "--steps", "1"])
     assert res.exit_code == 2 and "curate export" in res.output

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from curation.s3dit import (Block, Layout, S3DiT, apply_rope, load_safetensors, make_layout, param_count, patchify,
+from training.model import (Block, Layout, S3DiT, apply_rope, load_safetensors, make_layout, param_count, patchify,
                             rope_cos_sin, small, tiny, unpatchify, z_image_6b)
 
 
@@ -112,7 +112,7 @@ def test_mixed_batch_equals_samples_alone():
 def test_reference_parity_with_diffusers(tmp_path):
     """diffusers' ZImageTransformer2DModel, tiny config, random weights -> safetensors folder ->
     our loader -> the same outputs on a mixed batch."""
-    from curation.encoders import ensure_hf_importable
+    from training.encoders import ensure_hf_importable
 
     ensure_hf_importable()   # a CUDA torchvision next to CPU torch would break diffusers' import
     diffusers = pytest.importorskip("diffusers")

@@ -15,7 +15,9 @@ from curation.store import Store
 from engines.vector.index import StaleIndexError, VectorError, load_index
 from engines.vector.retrieval import Retriever, index_dir
 from engines.vector.synth import make_variant
-from pipelines.vector import DedupConfig, IndexBuildConfig, KnnConfig, build_index, build_knn, knn_uri, run_dedup
+from pipelines.dedup import DedupConfig, run_dedup
+from pipelines.index import IndexBuildConfig, build_index
+from pipelines.knn import KnnConfig, build_knn, knn_uri
 from tests.helpers import coco_rows, sample_row, samples_table
 
 

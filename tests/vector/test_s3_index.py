@@ -19,9 +19,8 @@ from curation.store import Store
 from engines.vector.index import VectorError
 from engines.vector.retrieval import Retriever, index_dir
 from engines.vector.synth import clustered_embeddings
-from pipelines.vector import (
-    IndexBuildConfig, KnnConfig, _KnnWorker, _knn_units_without_files, _manifest_sha, build_index, build_knn, knn_uri, open_knn,
-)
+from pipelines.index import IndexBuildConfig, build_index
+from pipelines.knn import KnnConfig, _KnnWorker, _knn_units_without_files, _manifest_sha, build_knn, knn_uri, open_knn
 from tests.cluster.conftest import s3_env  # noqa: F401  (the moto server fixture, reused)
 
 DIM = 16

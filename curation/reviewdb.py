@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from annotator_ui.security import DUMMY_HASH, hash_password, new_token, token_digest, verify_password
+from curation.security import DUMMY_HASH, hash_password, new_token, token_digest, verify_password
 
 __all__ = ["ReviewDB", "ReviewError", "NotLeased", "Conflict", "NotFound", "BadInput", "DECISIONS", "ROLES", "User"]
 

@@ -1,5 +1,5 @@
 """The settings of a training run (``curate train --config train.yaml``), free of torch imports so
-the CLI can validate them without loading PyTorch. The loop is ``curation.train``."""
+the CLI can validate them without loading PyTorch. The loop is ``training.loop``."""
 
 from __future__ import annotations
 

@@ -1,21 +1,16 @@
-"""``curate demo-data OUT``: write the demo corpus (real package photos, bilingual captions,
-near-duplicates, exact copies, rendered text, degraded copies) in the layouts ``curate ingest`` reads.
-
-The corpus itself is built by ``curation.demo`` (pure, no Ray: it takes about a second); this file
-is only the command: options, a progress bar, and a summary of what was written.
-"""
+"""``curate demo-data``: build the demo corpus (options, progress, summary)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["register_cli"]
+import typer
+
+from cli.common import console, fail
 
 
-def register_cli(app) -> None:
-    import typer
+def register(app) -> None:
 
-    from curation.cli import console, fail
 
     @app.command("demo-data")
     def demo_data_cmd(
@@ -30,7 +25,7 @@ def register_cli(app) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.table import Table
 
-        from curation.demo import DemoDataError, build_corpus, check_out, parse_formats, write_corpus
+        from democorpus.corpus import DemoDataError, build_corpus, check_out, parse_formats, write_corpus
 
         t0 = time.perf_counter()
         try:

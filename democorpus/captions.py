@@ -1,7 +1,7 @@
 """Hand-written facts for the demo corpus: where each source photo comes from, its licence, and
 bilingual captions (English + Chinese: short, long, tags, plus a web-style alt text).
 
-Kept apart from ``curation.demo`` (the code that builds the corpus) because this is data a person
+Kept apart from ``democorpus.corpus`` (the code that builds the corpus) because this is data a person
 reviews line by line: every caption was written while looking at the image and must stay true of
 it. Region crops reuse only the short captions and tags, which were written to stay true of any
 crop the builder takes.

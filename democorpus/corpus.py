@@ -33,7 +33,7 @@ from typing import Callable, Iterable, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from curation.demo_captions import FACES, PHOTOS, TEXT_CARDS, WATERMARKS, Photo, TextCard
+from democorpus.captions import FACES, PHOTOS, TEXT_CARDS, WATERMARKS, Photo, TextCard
 
 __all__ = [
     "FORMATS",

@@ -6,12 +6,12 @@ any iterable of batches. Distribution is whatever ``torch.distributed`` was init
 Train's TorchTrainer does it in ``pipelines/train.py``): DDP, or FSDP2 (``fully_shard`` per
 block) for models too large to replicate. No Ray here.
 
-Batches are dicts. Images come as ``images`` (uint8 3xHxW, what ``curation.loader`` yields) and
+Batches are dicts. Images come as ``images`` (uint8 3xHxW, what ``training.loader`` yields) and
 are VAE-encoded on the fly, or as pre-encoded ``latents`` (16 x H/8 x W/8); captions as
 ``captions`` (strings, encoded by the text encoder) or pre-encoded ``cap_feats`` (L x D).
 
 Checkpoints (``<out>/checkpoints/step_XXXXXXXX/``) hold ``model.safetensors`` and
-``ema.safetensors`` in the released layout (they load with ``curation.s3dit.load_safetensors``),
+``ema.safetensors`` in the released layout (they load with ``training.model.load_safetensors``),
 ``trainer.pt`` (optimizer, schedule, step, sample prompts) and ``rank_<r>.pt`` (that rank's random
 generator and loader state). Resuming restores all of them, so a resumed run continues the same
 loss curve step for step. Metrics go to ``<out>/metrics.jsonl`` and the console; sample images to
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from curation.flow import TBins, euler_sample, flow_loss, sample_t
-from curation.s3dit import CONFIGS, S3DiT, S3DiTConfig, flops_per_sample, load_safetensors, param_count
-from curation.train_config import TrainConfig
+from training.flow import TBins, euler_sample, flow_loss, sample_t
+from training.model import CONFIGS, S3DiT, S3DiTConfig, flops_per_sample, load_safetensors, param_count
+from training.config import TrainConfig
 
 __all__ = ["TrainConfig", "BatchList", "LazyEncoders", "param_digest", "train", "latest_checkpoint", "model_config", "format_metrics"]
 
@@ -47,7 +47,7 @@ def model_config(cfg: TrainConfig) -> S3DiTConfig:
 
 class BatchList:
     """A resumable in-memory batch source (the loader protocol in miniature): iterate, and
-    ``state_dict()`` / ``load_state_dict()`` / ``set_epoch()`` like ``curation.loader.Loader``."""
+    ``state_dict()`` / ``load_state_dict()`` / ``set_epoch()`` like ``training.loader.Loader``."""
 
     def __init__(self, batches: list[dict]):
         self.batches, self.epoch, self.pos = list(batches), 0, 0
@@ -236,7 +236,7 @@ class LazyEncoders:
     @property
     def vae(self):
         if self._vae is None and (self.cfg.vae_path or self.cfg.tiny_encoders):
-            from curation.encoders import LatentEncoder, tiny_vae
+            from training.encoders import LatentEncoder, tiny_vae
 
             with torch.random.fork_rng(devices=[]):
                 self._vae = (LatentEncoder(tiny_vae(self.cfg.seed), self.device) if self.cfg.tiny_encoders and not self.cfg.vae_path
@@ -246,7 +246,7 @@ class LazyEncoders:
     @property
     def text(self):
         if self._text is None and (self.cfg.text_encoder_path or self.cfg.tiny_encoders):
-            from curation.encoders import TextEncoder, tiny_text_encoder
+            from training.encoders import TextEncoder, tiny_text_encoder
 
             with torch.random.fork_rng(devices=[]):
                 self._text = (tiny_text_encoder(model_config(self.cfg).cap_feat_dim, self.cfg.seed, self.device)

@@ -49,7 +49,7 @@ def flux_vae_config(width: int = 128, tiny: bool = False) -> dict:
 
 
 def to_pixels(img) -> torch.Tensor:
-    """A PIL image, a uint8 array/tensor (HxWx3, or 3xHxW as ``curation.loader`` yields) or a CHW
+    """A PIL image, a uint8 array/tensor (HxWx3, or 3xHxW as ``training.loader`` yields) or a CHW
     float tensor already in [-1, 1] -> CHW float32 in [-1, 1]."""
     if torch.is_tensor(img) and img.is_floating_point():
         return img.float()

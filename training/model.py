@@ -23,7 +23,7 @@ Parameter names and shapes follow the released checkpoint (``layers.N.attention.
 released safetensors load with :func:`load_safetensors` and the model matches diffusers'
 ``ZImageTransformer2DModel`` output for the same weights (tested). The timestep convention is the
 released one: ``t = 0`` is pure noise, ``t = 1`` is data; the model predicts the velocity
-``data - noise`` (see ``curation.flow``).
+``data - noise`` (see ``training.flow``).
 
 Two orderings are worth knowing: positions put the text first, but the stream holds the image
 segment first and the text after it, as the released code does (attention does not care about the
@@ -456,7 +456,7 @@ def load_safetensors(path: str | Path, cfg: S3DiTConfig | None = None, device="c
     if cfg is None:
         conf = path / "config.json" if path.is_dir() else path.with_name("config.json")
         if not conf.exists():
-            raise FileNotFoundError(f"{conf} not found: pass cfg= (e.g. curation.s3dit.z_image_6b())")
+            raise FileNotFoundError(f"{conf} not found: pass cfg= (e.g. training.model.z_image_6b())")
         cfg = config_from_diffusers(json.loads(conf.read_text()))
     with torch.device("meta"):
         model = S3DiT(cfg)

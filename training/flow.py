@@ -5,7 +5,7 @@ Convention (the released Z-Image one): ``x0`` is Gaussian noise, ``x1`` is the d
     x_t = t * x1 + (1 - t) * x0,        target velocity  v = dx_t/dt = x1 - x0,
 
 so ``t = 0`` is pure noise and ``t = 1`` is data. Any ``model(latents, t, cap_feats) -> list``
-plugs in (``curation.s3dit.S3DiT`` does).
+plugs in (``training.model.S3DiT`` does).
 
 Timesteps are logit-normal with a resolution-dependent shift: the noise level ``sigma = 1 - t`` is
 ``sigmoid(N(mu, 1))`` where ``mu`` grows linearly with the image token count, from 0.5 at 256

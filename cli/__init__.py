@@ -1,0 +1,1 @@
+"""Entry point layer: the ``curate`` command line (see ``cli.main``)."""

@@ -1,0 +1,5 @@
+"""``python -m cli``: the ``curate`` command line."""
+
+from cli.main import main
+
+main()

@@ -1,0 +1,109 @@
+"""Dataset-level commands: ``info``, ``diff``, ``stage``, ``stages``, ``run``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from cli.common import AddressOpt, DatasetOpt, console, fail, open_store, start_ray
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def info(dataset: str = DatasetOpt, version: Optional[int] = typer.Option(None, help="inspect an older version")):
+        """Rows, columns by group, versions and error counts of a dataset."""
+        store = open_store(dataset)
+        ds = store.open(version)
+        console.print(f"[bold]{store.uri}[/]", soft_wrap=True)
+        console.print(f"version v{ds.version}  rows {ds.count_rows():,}  fragments {len(ds.get_fragments())}")
+        t = Table(title="columns by group")
+        t.add_column("group")
+        t.add_column("columns")
+        for g, cols in store.columns_by_group(version).items():
+            t.add_row(g, ", ".join(cols))
+        console.print(t)
+        errs = store.error_counts(version)
+        if "exact_dup_of" in ds.schema.names:
+            n = ds.count_rows(filter="exact_dup_of IS NOT NULL")
+            console.print(f"exact duplicates flagged: {n}")
+        console.print(f"rows with errors: {sum(errs.values())}")
+        if errs:
+            e = Table(title="errors by reason")
+            e.add_column("reason")
+            e.add_column("rows", justify="right")
+            for k, v in errs.items():
+                e.add_row(k, str(v))
+            console.print(e)
+        v = Table(title="versions")
+        v.add_column("version")
+        v.add_column("time")
+        v.add_column("rows", justify="right")
+        for rec in store.versions()[-10:]:
+            v.add_row(f"v{rec['version']}", str(rec["timestamp"])[:19], rec["metadata"].get("total_rows", ""))
+        console.print(v)
+
+
+    @app.command()
+    def diff(
+        dataset: str = DatasetOpt,
+        v1: int = typer.Argument(..., help="older version"),
+        v2: Optional[int] = typer.Argument(None, help="newer version (default: latest)"),
+    ):
+        """What changed between two versions: columns, rows, values per column."""
+        store = open_store(dataset)
+        v2 = v2 or store.open().version
+        console.print_json(json.dumps(store.diff(v1, v2)))
+
+
+    @app.command()
+    def stage(
+        name: str = typer.Argument(..., help="registered stage name (see `curate stages`)"),
+        dataset: str = DatasetOpt,
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with the stage's params"),
+        overwrite: bool = typer.Option(False, help="recompute columns that already exist"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Run one registered column stage over the dataset (resumable; one commit)."""
+        from curation.config import load_yaml, validate
+        from curation.registry import get_stage
+        from curation.runner import print_summary, run_stage
+
+        try:
+            cls = get_stage(name)
+        except KeyError as e:
+            fail(str(e.args[0]))
+        params = load_yaml(config) if config else {}
+        cfg = validate(cls.config_model, params, where=str(config or "defaults"))
+        store = open_store(dataset)
+        start_ray(address)
+        print_summary([run_stage(store, cls(cfg), overwrite=overwrite)], title=f"stage {name}")
+
+
+    @app.command()
+    def stages():
+        """List registered stages and pipeline steps."""
+        from curation.registry import STAGES, STEPS
+
+        t = Table()
+        t.add_column("step")
+        t.add_column("kind")
+        t.add_column("what it does")
+        for n, spec in sorted(STEPS.items()):
+            t.add_row(n, "stage" if n in STAGES else "step", spec.doc)
+        console.print(t)
+
+
+    @app.command()
+    def run(
+        pipeline: Path = typer.Argument(..., help="pipeline YAML: dataset, ray, steps"),
+        overwrite: bool = typer.Option(False, help="recompute steps whose output exists"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Run the steps of a pipeline file in order; each step is resumable and commits a version."""
+        from pipelines.pipeline import run_pipeline
+
+        run_pipeline(pipeline, overwrite=overwrite, address=address)

@@ -1,0 +1,35 @@
+"""``curate report``: the profiling report (HTML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import DatasetOpt, console, open_store
+from pipelines.report import build_report
+
+
+def register(app) -> None:
+
+
+    @app.command()
+    def report(
+        dataset: str = DatasetOpt,
+        out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write"),
+        examples: int = typer.Option(5, help="thumbnails at each end of every signal"),
+        version: Optional[int] = typer.Option(None, help="report an older version (default: latest)"),
+    ):
+        """HTML report of the profile: histograms, lowest/highest thumbnails, errors by reason."""
+        store = open_store(dataset)
+        if version is not None:
+            from curation.store import Store
+
+            class _At(Store):
+                def open(self, v=None):  # noqa: D401 - pin the version for the report
+                    return super().open(version if v is None else v)
+
+            store = _At(store.uri, store.storage_options)
+        path = build_report(store, out, examples=examples)
+        console.print(f"wrote {path}")

@@ -1,0 +1,44 @@
+"""``curate train``: S3-DiT training on exported shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import AddressOpt, console, fail, start_ray
+from pipelines.train import TrainRunConfig, run_training
+
+
+def register(app) -> None:
+
+
+    @app.command("train")
+    def train_cmd(
+        shards: str = typer.Option(..., "--shards", "-s", help="training shards from `curate export`"),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="tiny | small | 6b (default: tiny or the config's)"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="train.yaml: any TrainRunConfig field"),
+        steps: Optional[int] = typer.Option(None, help="optimizer steps (total, counting resumed ones)"),
+        out: Optional[str] = typer.Option(None, "--out", "-o", help="run folder: checkpoints, metrics.jsonl, samples"),
+        workers: Optional[int] = typer.Option(None, help="Ray Train workers (ranks)"),
+        gpu: bool = typer.Option(False, "--gpu", help="one GPU per worker"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Train S3-DiT on training shards; re-running the same command resumes from the last checkpoint."""
+        from curation.config import ConfigError, load_yaml, validate
+
+        params = load_yaml(config) if config else {}
+        given = {"shards": shards, "model": model, "steps": steps, "out_dir": out, "num_workers": workers}
+        params.update({k: v for k, v in given.items() if v is not None})
+        if gpu:
+            params["use_gpu"] = True
+        cfg = validate(TrainRunConfig, params, where=str(config or "command line"))
+        start_ray(address, num_cpus=None)
+        try:
+            res = run_training(cfg, log=console.print)
+        except (ValueError, FileNotFoundError, ConfigError) as e:
+            fail(str(e))
+        m = res["metrics"]
+        console.print(f"[bold]trained[/] to step {m.get('step')}  loss {m.get('loss')}  "
+                      f"checkpoint {res['checkpoint']}\nmetrics {res['metrics_log']}  samples {res['samples']}")

@@ -1,0 +1,125 @@
+"""``curate index build | knn | dedup | search``: the Cross-modal Vector Engine's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+import typer
+
+from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
+from pipelines.dedup import DedupConfig, run_dedup
+from pipelines.descriptors import default_column
+from pipelines.index import IndexBuildConfig, build_index
+from pipelines.knn import KnnConfig, build_knn
+
+
+def register(app) -> None:
+
+
+    index_app = typer.Typer(help="FAISS vector indexes over embedding columns.", no_args_is_help=True)
+    app.add_typer(index_app, name="index")
+
+    def _guard(fn, *a, **kw):
+        from engines.vector.index import VectorError
+
+        try:
+            return fn(*a, **kw)
+        except VectorError as e:
+            fail(str(e))
+
+    @index_app.command("build")
+    def index_build(
+        dataset: str = DatasetOpt,
+        column: Optional[str] = typer.Option(None, help="embedding column (default prof_clip_image, else vec_desc)"),
+        kind: str = typer.Option("auto", help="auto, flat, ivfflat, ivfsq8, ivfpq, ivfhnsw"),
+        nlist: Optional[int] = typer.Option(None, help="IVF lists"),
+        nprobe: int = typer.Option(16, help="IVF lists searched per query"),
+        rebuild: bool = typer.Option(False, help="start over instead of adding new rows"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Build or extend (new rows only) the FAISS index of an embedding column."""
+        from curation.config import validate
+
+        cfg = validate(IndexBuildConfig, {"column": column, "rebuild": rebuild,
+                                          "index": {"kind": kind, "nlist": nlist, "nprobe": nprobe}}, where="options")
+        store = open_store(dataset)
+        start_ray(address)
+        _guard(build_index, store, cfg)
+
+    @app.command()
+    def knn(
+        dataset: str = DatasetOpt,
+        k: int = typer.Option(100, help="neighbours per row"),
+        column: Optional[str] = typer.Option(None, help="indexed column"),
+        nprobe: Optional[int] = typer.Option(None),
+        address: Optional[str] = AddressOpt,
+    ):
+        """The k-NN graph (source id, neighbour id, similarity) as a Lance table next to the dataset."""
+        from curation.config import validate
+
+        cfg = validate(KnnConfig, {"k": k, "column": column, "nprobe": nprobe}, where="options")
+        store = open_store(dataset)
+        start_ray(address)
+        _guard(build_knn, store, cfg)
+
+    @app.command()
+    def dedup(
+        dataset: str = DatasetOpt,
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with dedup params (DedupConfig)"),
+        quality_column: Optional[str] = typer.Option(None, help="score that picks the kept row"),
+        method: Optional[str] = typer.Option(None, help="leiden, louvain or components"),
+        dry_run: bool = typer.Option(False, help="report the curve and groups; commit nothing"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Exact, near and semantic duplicates; prints the removal curve; commits dup_* columns."""
+        from curation.config import load_yaml, validate
+
+        params = load_yaml(config) if config else {}
+        for key, val in (("quality_column", quality_column), ("method", method)):
+            if val is not None:
+                params[key] = val
+        if dry_run:
+            params["dry_run"] = True
+        cfg = validate(DedupConfig, params, where=str(config or "options"))
+        store = open_store(dataset)
+        start_ray(address)
+        _guard(run_dedup, store, cfg)
+
+    @app.command()
+    def search(
+        dataset: str = DatasetOpt,
+        text: Optional[str] = typer.Option(None, help="text query (needs an image-text or caption embedding index)"),
+        image: Optional[Path] = typer.Option(None, help="image file query"),
+        id: Optional[str] = typer.Option(None, "--id", help="neighbours of this row"),
+        k: int = typer.Option(20, min=1),
+        column: Optional[str] = typer.Option(None, help="indexed column (default as for index build)"),
+    ):
+        """Text-to-image, image-to-image and row-neighbour retrieval over a built index."""
+        from rich.table import Table
+
+        from engines.vector.retrieval import Retriever
+
+        if sum(x is not None for x in (text, image, id)) != 1:
+            fail("give exactly one of --text, --image, --id")
+        store = open_store(dataset)
+        col = column or default_column(store)
+
+        def go():
+            r = Retriever(store, col)
+            if text is not None:
+                return r.by_text(text, k)
+            if image is not None:
+                if not image.is_file():
+                    fail(f"no image file at {image}")
+                return r.by_image(image.read_bytes(), k)
+            return r.by_id(id, k)
+
+        hits = _guard(go)
+        t = Table(title=f"nearest rows by {col}")
+        for c in ("rank", "id", "similarity"):
+            t.add_column(c)
+        for h in hits:
+            t.add_row(str(h["rank"]), h["id"], f"{h['similarity']:.4f}")
+        Console().print(t)

@@ -1,0 +1,84 @@
+"""Vector jobs' shared parts: the ``vec_visual`` descriptor stage and reading vectors by fragment.
+
+- ``vec_visual`` (stage): training-free descriptors per image, for near-duplicate search.
+- ``default_column``: the embedding column the vector jobs use when none is named.
+
+Heavy imports (faiss, cv2, lance, ray) happen inside functions: the CLI imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pyarrow as pa
+from pydantic import Field
+from rich.console import Console
+
+from curation.registry import register_stage
+from curation.schema import VEC_VISUAL
+from curation.stage import Stage, StageConfig
+
+console = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+
+class VisualConfig(StageConfig):
+    batch_size: int = Field(64, ge=1)
+
+
+@register_stage
+class VisualStage(Stage):
+    """Training-free image descriptors (global + 10 regions) for near-duplicate search."""
+
+    name = "vec_visual"
+    config_model = VisualConfig
+    input_columns = ["image", "image_uri"]
+    output_schema = VEC_VISUAL.schema
+    batch_size = 64
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        from engines.vector.descriptor import visual_columns
+
+        out = visual_columns(batch.column("image").to_pylist(), batch.column("image_uri").to_pylist())
+        for e in out["vec_error"]:
+            if e:
+                self.stats.count("error_" + e.split(":", 1)[0])
+        return out
+
+
+def ensure_visual(store, show_progress: bool = True) -> None:
+    """Compute the descriptor columns once (resumable stage) when they are not there yet."""
+    from curation.runner import run_stage
+
+    if "vec_desc" not in store.open().schema.names:
+        console.print("vec_desc missing: computing image descriptors (stage vec_visual)")
+        run_stage(store, VisualStage(), show_progress=show_progress)
+
+
+def default_column(store) -> str:
+    names = store.open().schema.names
+    return "prof_clip_image" if "prof_clip_image" in names else "vec_desc"
+
+
+
+
+def fragment_sig(frag, field_ids: set[int]) -> str:
+    m = frag.metadata
+    return json.dumps([m.physical_rows, str(m.deletion_file), sorted(df.path for df in m.files if field_ids & set(df.fields))])
+
+
+def read_vectors(ds, fragment_ids: list[int], column: str, dim: int | None):
+    from engines.vector.index import to_matrix
+
+    t = pa.concat_tables([ds.get_fragment(f).to_table(columns=["id", column]) for f in fragment_ids])
+    x, null = to_matrix(t.column(column), dim)
+    return t.column("id").to_pylist(), x, null
+
+
+def hash_bytes(b: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(b).hexdigest()[:12]
+
+

@@ -1,0 +1,238 @@
+"""``vector_index`` (step, ``curate index build``): the FAISS index of an embedding column.
+
+Train on a sample on the driver, add the rows in shards on Ray workers (one unit per group of
+fragments, each shard checkpointed on disk so a killed build resumes), merge, save with a
+manifest. A second build only adds the fragments that are new since the last one (rows
+appended); changed rows need ``--rebuild``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+
+from curation.registry import register_step
+from engines.vector.index import IndexConfig
+from pipelines.descriptors import read_vectors, default_column, ensure_visual, hash_bytes, fragment_sig
+
+console = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+
+class IndexBuildConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    column: Optional[str] = Field(None, description="embedding column; default prof_clip_image if present, else vec_desc")
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    rows_per_shard: int = Field(200_000, ge=1, description="rows added per Ray unit (one checkpointed shard each)")
+    rebuild: bool = Field(False, description="start over instead of adding new rows")
+
+
+class _AddWorker:
+    """Ray actor: adds the rows of some fragments to a copy of the trained empty index."""
+
+    def __init__(self, store, version: int, column: str, trained: bytes, normalize: bool):
+        from engines.vector.index import deserialize
+
+        self.ds = store.open(version)
+        self.trained = deserialize(trained)
+        self.column, self.normalize = column, normalize
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from engines.vector.index import add_vectors, clean_vectors, empty_like, serialize
+
+        out: dict[str, list] = {"unit": [], "shard": [], "ids": [], "labels": [], "skipped": []}
+        for unit in batch.to_pylist():
+            ids, x, null = read_vectors(self.ds, unit["fragments"], self.column, self.trained.d)
+            x, valid, skipped = clean_vectors(x, null, normalize=self.normalize)
+            labels = unit["label_start"] + np.arange(len(ids), dtype=np.int64)
+            shard = empty_like(self.trained)
+            add_vectors(shard, x[valid], labels[valid])
+            out["unit"].append(unit["unit"])
+            out["shard"].append(serialize(shard))
+            out["ids"].append([i for i, ok in zip(ids, valid) if ok])
+            out["labels"].append(labels[valid].tolist())
+            out["skipped"].append(json.dumps(skipped))
+        return pa.table(out)
+
+
+def _check_dims(ds, frags, column: str, dim: int | None) -> None:
+    """Raise ``VectorError`` on the driver, before any work, when the rows to index hold vectors
+    of another dimension than ``dim`` (the index's) or of several dimensions. Free for
+    fixed-size list columns (the type says it); a variable-length column is read once."""
+    from engines.vector.index import VectorError
+
+    t = ds.schema.field(column).type
+    if pa.types.is_fixed_size_list(t):
+        dims = {t.list_size}
+    elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        dims = set()
+        for f in frags:
+            for b in f.to_batches(columns=[column]):
+                lens = b.column(0).value_lengths().drop_null()
+                dims.update(np.unique(np.asarray(lens.to_numpy())).tolist())
+    else:
+        raise VectorError(f"{column!r} is not an embedding column: type {t} (expected a list of floats)")
+    if dim is not None and dims - {dim}:
+        raise VectorError(
+            f"rows to add to the index on {column!r} have vectors of dimension {', '.join(map(str, sorted(dims - {dim})))}, "
+            f"expected {dim} (another model's embeddings?); rebuild with `curate index build --dataset {ds.uri} "
+            f"--column {column} --rebuild`")
+    if len(dims) > 1:
+        raise VectorError(f"{column!r} holds vectors of several dimensions ({sorted(dims)}): one model per column")
+
+
+def _sample_vectors(ds, column: str, n: int, seed: int):
+    from engines.vector.index import to_matrix
+
+    total = ds.count_rows()
+    rng = np.random.default_rng(seed)
+    pos = np.sort(rng.choice(total, min(n, total), replace=False))
+    t = ds.take(pos.tolist(), columns=[column])
+    x, null = to_matrix(t.column(column))
+    return x, null
+
+
+def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> dict:
+    """Build (or extend) the FAISS index of ``cfg.column``; returns the manifest as a dict."""
+    from dataclasses import asdict
+
+    import pyarrow.feather as feather
+
+    from curation.runner import execute_units
+    from engines.vector.index import (
+        Manifest, VectorError, clean_vectors, column_fingerprint, deserialize, empty_like,
+        load_index, merge_shards, save_index, serialize, train_index, train_points,
+    )
+    from engines.vector.retrieval import index_dir, index_relpath, pull_index, push_index
+
+    t0 = time.perf_counter()
+    column = cfg.column or default_column(store)
+    if column == "vec_desc":
+        ensure_visual(store, show_progress)
+    ds = store.open()
+    if column not in ds.schema.names:
+        raise VectorError(f"column {column!r} not in the dataset; compute it first (e.g. `curate profile`) "
+                          f"or pass --column with one of: {', '.join(n for n in ds.schema.names if n.startswith(('prof_', 'vec_')))}")
+    if ds.count_rows() == 0:
+        raise VectorError("the dataset is empty: nothing to index")
+    # remote dataset: start from the index in the object store (built on another node?), not a stale cache
+    folder = index_dir(store, column) if cfg.rebuild else pull_index(store, column)
+    fields = {f.name(): f.id() for f in ds.lance_schema.fields()}
+    fids = {fields[column], fields["id"]}
+    frags = ds.get_fragments()
+    sigs = {str(f.fragment_id): fragment_sig(f, fids) for f in frags}
+
+    base = None
+    old_labels = None
+    manifest_old = None
+    if (folder / "manifest.json").exists() and not cfg.rebuild:
+        base, manifest_old, old_labels = load_index(folder)
+        if manifest_old.fingerprint == column_fingerprint(ds, column):
+            console.print(f"index on {column!r} is up to date (built at v{manifest_old.dataset_version}, dataset v{ds.version})")
+            return asdict(manifest_old)
+        old = manifest_old.config.get("fragments", {})
+        changed = [f for f, s in old.items() if sigs.get(f) != s]
+        if changed:
+            raise VectorError(
+                f"rows or {column!r} data of fragments {changed[:5]} changed since the index was built at "
+                f"v{manifest_old.dataset_version}; rebuild with `curate index build --dataset {store.uri} --column {column} --rebuild`")
+        new_frags = [f for f in frags if str(f.fragment_id) not in old]
+        _check_dims(ds, new_frags, column, base.d)
+        trained = empty_like(base)
+        kind, spec = manifest_old.kind, manifest_old.factory
+        label_start = int(manifest_old.config.get("next_label", manifest_old.rows_seen))
+        console.print(f"index on {column!r}: adding {sum(f.count_rows() for f in new_frags)} new rows "
+                      f"({len(new_frags)} fragments) to {base.ntotal} indexed")
+    else:
+        _check_dims(ds, frags, column, None)
+        x, null = _sample_vectors(ds, column, train_points(ds.count_rows(), cfg.index), cfg.index.seed)
+        sample, valid, _ = clean_vectors(x, null, normalize=cfg.index.normalize)
+        trained, kind, spec = train_index(sample[valid], ds.count_rows(), cfg.index)
+        new_frags = frags
+        label_start = 0
+        console.print(f"index on {column!r}: {kind} ({spec}), trained on {int(valid.sum())} vectors")
+
+    # units: consecutive fragments up to rows_per_shard rows, each with its first label
+    units, cur, cur_rows, start = [], [], 0, label_start
+    for f in new_frags:
+        n = f.count_rows()
+        if cur and cur_rows + n > cfg.rows_per_shard:
+            units.append({"fragments": cur, "label_start": start, "rows": cur_rows})
+            start += cur_rows
+            cur, cur_rows = [], 0
+        cur.append(f.fragment_id)
+        cur_rows += n
+    if cur:
+        units.append({"fragments": cur, "label_start": start, "rows": cur_rows})
+    next_label = start + cur_rows
+    trained_bytes = serialize(trained)
+    key = f"v{ds.version}-{hash_bytes(trained_bytes)}"
+    shard_dir = folder.parent / f"shards-{column}" / key
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for k, u in enumerate(units):
+        u["unit"] = k
+    todo = [u for u in units if not (shard_dir / f"unit-{u['unit']}.json").exists()]
+    if len(todo) < len(units):
+        console.print(f"resuming: {len(units) - len(todo)} of {len(units)} shards already added")
+
+    def on_result(row: dict) -> None:
+        k = row["unit"]
+        (shard_dir / f"unit-{k}.faiss.tmp").write_bytes(row["shard"])
+        (shard_dir / f"unit-{k}.faiss.tmp").replace(shard_dir / f"unit-{k}.faiss")
+        feather.write_feather(pa.table({"label": pa.array(row["labels"], pa.int64()), "id": pa.array(row["ids"], pa.string())}),
+                              str(shard_dir / f"unit-{k}.arrow"))
+        (shard_dir / f"unit-{k}.json.tmp").write_text(row["skipped"])
+        (shard_dir / f"unit-{k}.json.tmp").replace(shard_dir / f"unit-{k}.json")
+
+    execute_units(todo, _AddWorker, {"store": store, "version": ds.version, "column": column,
+                                     "trained": trained_bytes, "normalize": cfg.index.normalize},
+                  ray_options={"num_cpus": 1}, on_result=on_result, description=f"index {column} (shards)",
+                  show_progress=show_progress)
+    index = base if base is not None else empty_like(trained)
+    skipped: dict[str, int] = dict(manifest_old.skipped) if manifest_old else {}
+    label_tables = [old_labels] if old_labels is not None else []
+    for u in units:
+        k = u["unit"]
+        shard = deserialize((shard_dir / f"unit-{k}.faiss").read_bytes())
+        merge_shards(index, [shard])
+        label_tables.append(feather.read_table(str(shard_dir / f"unit-{k}.arrow")))
+        for r, v in json.loads((shard_dir / f"unit-{k}.json").read_text()).items():
+            skipped[r] = skipped.get(r, 0) + v
+    labels = pa.concat_tables(label_tables) if label_tables else pa.table({"label": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
+    if index.ntotal == 0:
+        raise VectorError(f"no valid vectors in {column!r} (skipped: {skipped}); nothing was indexed")
+    history = (manifest_old.history if manifest_old else []) + [
+        {"dataset_version": ds.version, "added": int(sum(len(t) for t in label_tables[1 if old_labels is not None else 0:])),
+         "time": time.time()}]
+    manifest = Manifest(
+        column=column, dim=int(index.d), metric=cfg.index.metric, kind=kind, factory=spec, dataset_uri=store.uri,
+        dataset_version=ds.version, fingerprint=column_fingerprint(ds, column), ntotal=int(index.ntotal),
+        rows_seen=next_label, skipped=skipped,
+        config={**cfg.index.model_dump(mode="json"), "fragments": sigs, "next_label": next_label},
+        history=history,
+    )
+    save_index(folder, index, manifest, labels)
+    pushed = push_index(store, column)  # remote dataset: every node finds it there (manifest last)
+    shutil.rmtree(shard_dir.parent, ignore_errors=True)
+    if skipped:
+        console.print(f"[yellow]skipped rows[/] (not indexed): {skipped}")
+    console.print(f"index on {column!r}: {index.ntotal} vectors, {kind}, v{ds.version}, {time.perf_counter() - t0:.1f}s -> {folder}"
+                  + (f" (uploaded to {store.uri}/_curation/{index_relpath(column)})" if pushed else ""))
+    return asdict(manifest)
+
+
+@register_step("vector_index", IndexBuildConfig, doc="FAISS index over an embedding column (sharded add on Ray, manifest)")
+def _index_step(ctx, cfg: IndexBuildConfig) -> dict:
+    m = build_index(ctx.store, cfg, show_progress=ctx.show_progress)
+    return {"column": m["column"], "ntotal": m["ntotal"], "kind": m["kind"]}
+
+
