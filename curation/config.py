@@ -51,7 +51,6 @@ class RunContext:
     overwrite: bool = False
     show_progress: bool = True
     pipeline: PipelineConfig | None = None
-    report_dir: Path | None = None
 
 
 def _format_errors(err: ValidationError, prefix: str = "") -> str:

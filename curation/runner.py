@@ -21,8 +21,9 @@ import gc
 import json
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
@@ -279,25 +280,15 @@ def run_stage(
     changed since they were computed (its fingerprint is recorded at commit). Every fragment's
     result is checkpointed, so a killed run, re-run with the same stage config, resumes.
     """
-    import pickle
-
-    from lance import LanceDataset, LanceOperation
     from lance.commit import CommitConflictError
-    from lance.fragment import FragmentMetadata
 
     t_start = time.perf_counter()
     cols = stage.output_schema.names
-    for attempt in range(max_conflict_retries + 1):
+    for _attempt in range(max_conflict_retries + 1):
         ds = store.open()
         present = [c for c in cols if c in ds.schema.names]
-        if present and len(present) == len(cols) and not overwrite:
-            made_by = _committed_fingerprints(store).get(stage.name)
-            if made_by is None or made_by == stage.config_fingerprint():
-                console.print(f"[yellow]{stage.name}[/]: columns {cols} already present at v{ds.version}; "
-                              "pass --overwrite to recompute")
-                return StageResult(stage.name, "skipped", ds.version, ds.version)
-            console.print(f"[yellow]{stage.name}[/]: config changed since its columns were computed "
-                          f"(fingerprint {made_by} -> {stage.config_fingerprint()}); recomputing")
+        if _up_to_date(store, stage, present, ds.version, overwrite=overwrite):
+            return StageResult(stage.name, "skipped", ds.version, ds.version)
         if present:  # partial leftovers or overwrite: drop, then recompute from clean
             ds.drop_columns(present)
             ds = store.open()
@@ -310,48 +301,13 @@ def run_stage(
             return StageResult(stage.name, "empty", new.version, read_version, seconds=time.perf_counter() - t_start)
 
         ckpt = Checkpoints(_checkpoint_dir(store, stage, read_version), "fragment_id")
-        done = ckpt.load()
-        resumed = len(done)
-        todo = [{"fragment_id": f.fragment_id} for f in fragments if f.fragment_id not in done]
-        if resumed:
-            console.print(f"{stage.name}: resuming, {resumed} of {len(fragments)} fragments already computed")
-
-        def on_result(row: dict[str, Any]) -> None:
-            rec = {
-                "fragment_id": row["fragment_id"],
-                "fragment": row["fragment"],
-                "schema": row["schema"].hex(),
-                "stats": json.loads(row["stats"]),
-            }
-            ckpt.save(rec)
-            done[row["fragment_id"]] = rec
-
-        execute_units(
-            todo,
-            _FragmentWorker,
-            {"store": store, "stage": stage, "read_version": read_version},
-            ray_options=stage.resources.ray_options(),
-            on_result=on_result,
-            description=f"{stage.name} (fragments)",
-            concurrency=concurrency,
-            show_progress=show_progress,
-        )
-        missing = [f.fragment_id for f in fragments if f.fragment_id not in done]
-        if missing:
-            raise RuntimeError(f"{stage.name}: fragments {missing} produced no result")
-        metas = [FragmentMetadata.from_json(done[f.fragment_id]["fragment"]) for f in fragments]
-        schema = pickle.loads(bytes.fromhex(done[fragments[0].fragment_id]["schema"]))
+        done, resumed = _compute_fragments(store, stage, read_version, fragments, ckpt,
+                                           concurrency=concurrency, show_progress=show_progress)
         stats = Stats()
         for rec in done.values():
             stats = stats + Stats.from_dict(rec["stats"])
         try:
-            new = LanceDataset.commit(
-                store.uri,
-                LanceOperation.Merge(metas, schema),
-                read_version=read_version,
-                storage_options=store.storage_options or None,
-                commit_message=f"stage {stage.name}",
-            )
+            new = _commit_merge(store, stage, read_version, fragments, done)
         except CommitConflictError:
             console.print(f"[yellow]{stage.name}[/]: another job committed first; recomputing on the new version")
             ckpt.clear()
@@ -365,6 +321,77 @@ def run_stage(
         result.stats_path = str(store.write_json(f"stats/{stage.name}-v{new.version}.json", result.to_dict()))
         return result
     raise RuntimeError(f"{stage.name}: gave up after {max_conflict_retries} commit conflicts")
+
+
+def _up_to_date(store: Store, stage: Stage, present: list[str], version: int, *, overwrite: bool) -> bool:
+    """All of the stage's columns are present at ``version`` and were made by this config (or by
+    an unknown one, e.g. an older run): nothing to compute."""
+    cols = stage.output_schema.names
+    if not present or len(present) != len(cols) or overwrite:
+        return False
+    made_by = _committed_fingerprints(store).get(stage.name)
+    if made_by is None or made_by == stage.config_fingerprint():
+        console.print(f"[yellow]{stage.name}[/]: columns {cols} already present at v{version}; "
+                      "pass --overwrite to recompute")
+        return True
+    console.print(f"[yellow]{stage.name}[/]: config changed since its columns were computed "
+                  f"(fingerprint {made_by} -> {stage.config_fingerprint()}); recomputing")
+    return False
+
+
+def _compute_fragments(store: Store, stage: Stage, read_version: int, fragments: list, ckpt: Checkpoints, *,
+                       concurrency: int | None, show_progress: bool) -> tuple[dict[int, dict[str, Any]], int]:
+    """Run the stage over every fragment not yet in ``ckpt`` (each result checkpointed as it
+    arrives). Returns every fragment's record by id and how many came from an earlier run."""
+    done = ckpt.load()
+    resumed = len(done)
+    todo = [{"fragment_id": f.fragment_id} for f in fragments if f.fragment_id not in done]
+    if resumed:
+        console.print(f"{stage.name}: resuming, {resumed} of {len(fragments)} fragments already computed")
+
+    def on_result(row: dict[str, Any]) -> None:
+        rec = {
+            "fragment_id": row["fragment_id"],
+            "fragment": row["fragment"],
+            "schema": row["schema"].hex(),
+            "stats": json.loads(row["stats"]),
+        }
+        ckpt.save(rec)
+        done[row["fragment_id"]] = rec
+
+    execute_units(
+        todo,
+        _FragmentWorker,
+        {"store": store, "stage": stage, "read_version": read_version},
+        ray_options=stage.resources.ray_options(),
+        on_result=on_result,
+        description=f"{stage.name} (fragments)",
+        concurrency=concurrency,
+        show_progress=show_progress,
+    )
+    missing = [f.fragment_id for f in fragments if f.fragment_id not in done]
+    if missing:
+        raise RuntimeError(f"{stage.name}: fragments {missing} produced no result")
+    return done, resumed
+
+
+def _commit_merge(store: Store, stage: Stage, read_version: int, fragments: list, done: dict[int, dict[str, Any]]):
+    """One ``Merge`` commit of every fragment's new columns on top of ``read_version``; raises
+    lance's ``CommitConflictError`` when another job committed in between."""
+    import pickle
+
+    from lance import LanceDataset, LanceOperation
+    from lance.fragment import FragmentMetadata
+
+    metas = [FragmentMetadata.from_json(done[f.fragment_id]["fragment"]) for f in fragments]
+    schema = pickle.loads(bytes.fromhex(done[fragments[0].fragment_id]["schema"]))
+    return LanceDataset.commit(
+        store.uri,
+        LanceOperation.Merge(metas, schema),
+        read_version=read_version,
+        storage_options=store.storage_options or None,
+        commit_message=f"stage {stage.name}",
+    )
 
 
 def print_summary(results: Iterable[StageResult], title: str = "summary") -> None:

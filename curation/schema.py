@@ -247,14 +247,18 @@ PROF_SCORES = column_group(
 )
 
 # --- vector (engines/vector) -----------------------------------------------------------------
-# (vector / dedup groups go here)
-# Written by pipelines/vector.py; documented in docs/vector.md.
+# Written by the vector jobs (pipelines/descriptors.py, pipelines/dedup.py); documented in docs/vector.md.
+
+VEC_DESC_DIM = 231
+"""Length of ``vec_desc`` (engines.vector.descriptor.DESC_DIM: 8 bins x 21 cells + 63 DCT terms).
+Was 252 (9 bins) before the descriptor became mirror- and rotation-aware: an older column is
+recomputed by the dedup and index jobs."""
 
 VEC_VISUAL = column_group(
     "vec_visual",
     [
-        pa.field("vec_desc", pa.list_(pa.float16(), 252)),  # training-free global descriptor, L2-normalised
-        pa.field("vec_regions", pa.list_(pa.float16(), 252 * 10)),  # the same for 10 centre/corner crops
+        pa.field("vec_desc", pa.list_(pa.float16(), VEC_DESC_DIM)),  # training-free global descriptor, L2-normalised
+        pa.field("vec_regions", pa.list_(pa.float16(), VEC_DESC_DIM * 10)),  # the same for 10 centre/corner crops
         pa.field("vec_error", pa.string()),  # null = described; else "<reason>: <detail>"
     ],
     "training-free image descriptors (gradient pyramid + DCT tiny image) for near-duplicate search",

@@ -56,14 +56,14 @@ class Stats:
         if n:
             self.counters[key] += n
 
-    def __add__(self, other: "Stats") -> "Stats":
+    def __add__(self, other: Stats) -> Stats:
         return Stats(self.rows + other.rows, self.counters + other.counters, self.seconds + other.seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "seconds": round(self.seconds, 3), "counters": dict(sorted(self.counters.items()))}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Stats":
+    def from_dict(cls, d: dict[str, Any]) -> Stats:
         return cls(int(d.get("rows", 0)), Counter(d.get("counters", {})), float(d.get("seconds", 0.0)))
 
 
@@ -92,7 +92,6 @@ class Stage:
     output_schema: ClassVar[pa.Schema] = pa.schema([])
     batch_size: ClassVar[int] = 256
     num_cpus: ClassVar[float] = 1.0  # CPUs per worker unless the config sets ``num_cpus``
-    uses_model: ClassVar[bool] = False  # True: run as long-lived actors (model loaded once)
 
     def __init__(self, config: StageConfig | dict | None = None, **overrides: Any):
         if config is None or isinstance(config, dict):

@@ -354,3 +354,8 @@ class Store:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
         tmp.replace(p)  # atomic: a killed job never leaves half a checkpoint
         return p
+
+    def read_json(self, relpath: str) -> Any:
+        """A JSON file of the state dir (``write_json``'s), or None when there is none."""
+        p = self.state_dir / relpath
+        return json.loads(p.read_text()) if p.is_file() else None

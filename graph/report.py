@@ -1,47 +1,25 @@
 """HTML reports a person opens: the resampling result (long tail before/after, entropy,
 coverage, head and tail concepts, rows with the largest weights) and graph build statistics.
-Plots are matplotlib PNGs embedded as base64, so one file is the whole report."""
+Plots are matplotlib PNGs embedded as ``data:`` URIs, so one file is the whole report; the markup is
+``curation/templates/graph_report.html`` on the shared report layout (``curation.reports``)."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from curation.reports import png_data_uri, render
+
 __all__ = ["resample_report", "graph_report"]
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}.num{text-align:right}img{max-width:100%}h2{margin-top:1.6em}"""
 
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    h = "".join(f"<th>{html.escape(str(x))}</th>" for x in header)
-    body = "".join(
-        "<tr>" + "".join(
-            f'<td class="num">{x}</td>' if isinstance(x, (int, float)) else f"<td>{html.escape(str(x))}</td>" for x in r
-        ) + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{h}</tr>{body}</table>"
-
-
-def _page(title: str, parts: list[str]) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>")
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """Table data for ``graph_report.html``: the template right-aligns the numbers and escapes the rest
+    (labels and captions come from user files)."""
+    return {"header": [str(h) for h in header], "rows": [list(r) for r in rows]}
 
 
 def resample_report(
@@ -76,7 +54,7 @@ def resample_report(
     ax[1].set_xlabel("expected copies per row")
     ax[1].set_ylabel("rows")
     ax[1].set_title("row weights")
-    plots = _png(fig)
+    plots = png_data_uri(fig)
     summary = _table(
         ["metric", "before", "after"],
         [[k, b[k], a[k]] for k in ("rows", "concepts_present", "coverage", "entropy", "entropy_normalised", "max_over_median")],
@@ -92,18 +70,18 @@ def resample_report(
           ", ".join(label(t) for t in (row_tags[i] or [])[:8])] for i in top],
     )
     sett = _table(["setting", "value"], [[k, v] for k, v in settings.items()])
-    parts = [
-        "<h2>Summary</h2>", summary,
-        "<p>Entropy of the concept marginal (higher = more even), max/median concept frequency "
-        "(lower = flatter), coverage = share of balanced concepts with at least one expected row.</p>",
-        plots, "<h2>Head concepts (most frequent before)</h2>", head,
-        "<h2>Tail concepts (least frequent before)</h2>", tail,
-        f"<h2>Rows with the largest weights (top {top_rows})</h2>", rows,
-        "<h2>Settings</h2>", sett,
+    sections = [
+        {"title": "Summary", "table": summary, "plot": plots,
+         "text": "Entropy of the concept marginal (higher = more even), max/median concept frequency "
+                 "(lower = flatter), coverage = share of balanced concepts with at least one expected row."},
+        {"title": "Head concepts (most frequent before)", "table": head},
+        {"title": "Tail concepts (least frequent before)", "table": tail},
+        {"title": f"Rows with the largest weights (top {top_rows})", "table": rows},
+        {"title": "Settings", "table": sett},
     ]
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(_page("Tagged resampling report", parts), encoding="utf-8")
+    p.write_text(render("graph_report.html", title="Tagged resampling report", sections=sections), encoding="utf-8")
     return p
 
 
@@ -120,8 +98,8 @@ def graph_report(path: str | Path, stats: dict[str, Any], title: str = "Concept 
     ax.set_xlabel("depth (hops from a root)")
     ax.set_ylabel("nodes")
     rows = [[k, v] for k, v in stats.items() if not isinstance(v, (dict, list))]
-    parts = [_table(["statistic", "value"], rows), _png(fig),
-             _table(["source", "nodes"], list(stats.get("nodes_by_source", {}).items()))]
+    sections = [{"table": _table(["statistic", "value"], rows), "plot": png_data_uri(fig)},
+                {"table": _table(["source", "nodes"], list(stats.get("nodes_by_source", {}).items()))}]
     p = Path(path)
-    p.write_text(_page(title, parts), encoding="utf-8")
+    p.write_text(render("graph_report.html", title=title, sections=sections), encoding="utf-8")
     return p

@@ -7,6 +7,7 @@ committed as one version through the stage runner (``--dry-run`` stops before).
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from curation.registry import register_step
 from curation.schema import DUP
 from curation.stage import Stage, StageConfig
 from engines.vector.dedup import NearDupConfig, SemanticConfig
+from engines.vector.index import IndexConfig
 from pipelines.descriptors import ensure_visual
 
 console = Console(stderr=True)
@@ -41,36 +43,11 @@ class DedupConfig(BaseModel):
     seed: int = 0
     thresholds: list[float] = Field(default_factory=lambda: [0.80, 0.85, 0.90, 0.95, 0.98],
                                     description="similarity thresholds of the removal curve")
-    pairs_per_unit: int = Field(2000, ge=1, description="candidate pairs verified per Ray unit")
+    pairs_per_unit: int = Field(2000, ge=1, description="candidate pairs verified per block (images of one block decoded together)")
+    rows_per_unit: int = Field(50_000, ge=1, description="rows per Ray unit of the candidate and verification phases (bounds worker memory)")
+    index: IndexConfig = Field(default_factory=lambda: IndexConfig(nprobe=32),
+                               description="the approximate index over every row's 11 descriptors (candidates)")
     dry_run: bool = Field(False, description="report the curve and groups, commit nothing")
-
-
-class _VerifyWorker:
-    """Ray actor: ORB + RANSAC verification of candidate pairs (decodes each image once per unit)."""
-
-    def __init__(self, store, version: int):
-        self.ds = store.open(version)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from engines.vector.descriptor import decode_gray, orb_features, orb_verify
-
-        out: dict[str, list] = {"unit": [], "inliers": [], "coverage": []}
-        for unit in batch.to_pylist():
-            need = sorted(set(unit["i"]) | set(unit["j"]))
-            t = self.ds.take(need, columns=["image", "image_uri"])
-            feats = {}
-            for p, data, uri in zip(need, t.column("image").to_pylist(), t.column("image_uri").to_pylist()):
-                g = decode_gray(data, uri)
-                feats[p] = orb_features(g) if isinstance(g, np.ndarray) else None
-            inl, cov = [], []
-            for a, b in zip(unit["i"], unit["j"]):
-                if feats[a] is None or feats[b] is None:
-                    inl.append(0); cov.append(0.0)
-                    continue
-                n_in, _, c = orb_verify(feats[a], feats[b])
-                inl.append(n_in); cov.append(c)
-            out["unit"].append(unit["unit"]); out["inliers"].append(inl); out["coverage"].append(cov)
-        return pa.table(out)
 
 
 def _quality(t: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, str]:
@@ -104,126 +81,156 @@ def _semantic_column(store, ds, cfg: DedupConfig) -> tuple[str | None, str]:
     return "prof_clip_image", f"semantic duplicates over prof_clip_image ({rec.get('model')})"
 
 
+def _row_scalars(ds, cfg: DedupConfig) -> pa.Table:
+    """What the driver holds per row: id, hash, size, quality, pHash (no vectors, no images)."""
+    from engines.vector.index import VectorError
+
+    names = ds.schema.names
+    if cfg.quality_column and cfg.quality_column not in names:
+        raise VectorError(f"quality_column {cfg.quality_column!r} not in the dataset; columns: {', '.join(names)}")
+    cols = ["id", "image_sha256", "width", "height"] + [c for c in ("prof_phash",) if c in names]
+    if cfg.quality_column is None and "prof_quality" in names:
+        cols.append("prof_quality")
+    if cfg.quality_column:
+        cols.append(cfg.quality_column)
+    return ds.to_table(columns=list(dict.fromkeys(cols)))
+
+
+def _phash(t: pa.Table, notes: list[str]):
+    if "prof_phash" not in t.column_names:
+        notes.append("prof_phash absent: perceptual-hash signal skipped (descriptors + local features decide)")
+        return None
+    ph = t.column("prof_phash")
+    return (np.asarray(ph.fill_null(0).to_numpy(zero_copy_only=False), np.uint64),
+            np.asarray(ph.is_valid().to_numpy(zero_copy_only=False), bool))
+
+
+def _config_key(cfg: DedupConfig) -> str:
+    """Names the state folder of a run: the same dataset version and near/index settings resume it."""
+    import hashlib
+
+    blob = json.dumps({"near": cfg.near.model_dump(), "index": cfg.index.model_dump(), "rows": cfg.rows_per_unit,
+                       "block": cfg.pairs_per_unit}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
 def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> dict:
-    """Groups, kept rows and the removal curve, without committing. Returns the plan."""
-    from curation.runner import execute_units
-    from engines.vector.dedup import (
-        REASONS, exact_pairs, group_duplicates, near_pairs, semantic_pairs, semdedup_pairs,
-    )
+    """Groups, kept rows and the removal curve, without committing. Returns the plan.
+
+    The driver holds per-row scalars, the accepted pairs and the group table; descriptors, images
+    and candidate pairs stay on Ray workers and in Lance (``pipelines.dedup_candidates``)."""
+    from engines.vector.dedup import REASONS, Pairs, exact_pairs, group_duplicates
     from engines.vector.graph import removal_curve
-    from engines.vector.index import VectorError, clean_vectors, to_matrix
-    from engines.vector.knn import exact_knn
+    from engines.vector.index import VectorError
+    from pipelines.dedup_candidates import near_pairs_on_ray
 
     ensure_visual(store, show_progress)
     ds = store.open()
     n = ds.count_rows()
     if n == 0:
         raise VectorError("the dataset is empty: nothing to deduplicate")
-    names = ds.schema.names
-    cols = ["id", "image_sha256", "vec_desc", "vec_regions", "width", "height"]
-    cols += [c for c in ("prof_phash",) if c in names]
-    q_col = cfg.quality_column
-    if q_col and q_col not in names:
-        raise VectorError(f"quality_column {q_col!r} not in the dataset; columns: {', '.join(names)}")
-    if q_col is None and "prof_quality" in names:
-        cols.append("prof_quality")
-    if q_col:
-        cols.append(q_col)
-    t = ds.to_table(columns=list(dict.fromkeys(cols)))
-    ids = t.column("id").to_pylist()
+    t = _row_scalars(ds, cfg)
+    ids = t.column("id")
     notes: list[str] = []
     stats: dict[str, Any] = {"rows": n}
-
     pairs = exact_pairs(t.column("image_sha256").to_pylist())
     stats["exact_pairs"] = len(pairs)
-    full, null = to_matrix(t.column("vec_desc"))
-    full, valid, skipped = clean_vectors(full, null)
-    if skipped:
-        notes.append(f"rows without a usable descriptor (exact duplicates only): {skipped}")
-    regions, rnull = to_matrix(t.column("vec_regions"))
-    regions = regions.reshape(n, -1, full.shape[1])
-    phash = phash_valid = None
-    if "prof_phash" in t.column_names:
-        ph = t.column("prof_phash")
-        phash_valid = np.asarray(ph.is_valid().to_numpy(zero_copy_only=False), bool)
-        phash = np.asarray(ph.fill_null(0).to_numpy(zero_copy_only=False), np.uint64)
-    else:
-        notes.append("prof_phash absent: perceptual-hash signal skipped (descriptors + local features decide)")
-
-    def verify(i: np.ndarray, j: np.ndarray):
-        order = np.lexsort((j, i))  # pairs of one image together: fewer decodes per unit
-        i, j = i[order], j[order]
-        units = [{"unit": k, "i": i[s:s + cfg.pairs_per_unit].tolist(), "j": j[s:s + cfg.pairs_per_unit].tolist()}
-                 for k, s in enumerate(range(0, len(i), cfg.pairs_per_unit))]
-        inl = np.zeros(len(i), np.int32)
-        cov = np.zeros(len(i), np.float32)
-
-        def on_result(row):
-            s = row["unit"] * cfg.pairs_per_unit
-            inl[s:s + len(row["inliers"])] = row["inliers"]
-            cov[s:s + len(row["coverage"])] = row["coverage"]
-
-        execute_units(units, _VerifyWorker, {"store": store, "version": ds.version}, ray_options={"num_cpus": 1},
-                      on_result=on_result, description="verify near-duplicate candidates (ORB+RANSAC)",
-                      show_progress=show_progress)
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
-        return inl[back], cov[back]
-
-    near, nstats = near_pairs(full, regions, valid, phash, cfg.near, verify, phash_valid=phash_valid)
+    no_desc = ds.count_rows(filter="vec_desc IS NULL")
+    if no_desc:
+        notes.append(f"rows without a usable descriptor (exact duplicates only): {{'null_vector': {no_desc}}}")
+    i, j, sim, nstats, job = near_pairs_on_ray(store, ds, cfg.near, cfg.index, rows_per_unit=cfg.rows_per_unit,
+                                               key=_config_key(cfg), phash=_phash(t, notes), show_progress=show_progress,
+                                               block=cfg.pairs_per_unit)
     stats.update(nstats)
-    pairs = pairs + near
-
-    sem_col, why = _semantic_column(store, ds, cfg)
+    pairs = pairs + Pairs.of(i, j, sim, "near")
+    sem, why = _semantic_pairs(store, ds, cfg, ids, show_progress)
     notes.append(why)
-    if sem_col:
-        e, enull = to_matrix(ds.to_table(columns=[sem_col]).column(sem_col))
-        e, evalid, eskipped = clean_vectors(e, enull)
-        if cfg.semantic.method == "semdedup":
-            sem = semdedup_pairs(e, evalid, cfg.semantic.threshold, cfg.semantic.n_clusters, cfg.semantic.seed)
-        else:
-            pos = np.flatnonzero(evalid)
-            sims, nn = exact_knn(e[pos], e[pos], min(cfg.semantic.k + 1, len(pos))) if len(pos) > 1 else (np.zeros((0, 1)), np.zeros((0, 1), np.int64))
-            src = np.repeat(pos, nn.shape[1])
-            dst = np.where(nn.ravel() >= 0, pos[np.maximum(nn.ravel(), 0)], -1)
-            sem = semantic_pairs(src, dst, sims.ravel(), cfg.semantic.threshold)
+    if sem is not None:
         stats["semantic_pairs"] = len(sem)
         pairs = pairs + sem
-
     quality, q_name = _quality(t, cfg)
     notes.append(f"kept row = best {q_name} ({'higher' if cfg.quality_higher_is_better else 'lower'} is better)")
-
-    def pair_sim(u: int, k: int) -> float:
-        if valid[u] and valid[k]:
-            return float(max(full[u] @ full[k], (regions[k] @ full[u]).max(), (regions[u] @ full[k]).max()))
-        return float("nan")
-
     res = group_duplicates(n, pairs, quality, method=cfg.method, resolution=cfg.resolution, seed=cfg.seed,
-                           higher_is_better=cfg.quality_higher_is_better, pair_sim=pair_sim)
+                           higher_is_better=cfg.quality_higher_is_better)
     exact = pairs.reason == REASONS.index("exact")
     curve = removal_curve(n, np.r_[pairs.i], np.r_[pairs.j], np.where(exact, 1.0, pairs.sim), cfg.thresholds,
                           method=cfg.method, resolution=cfg.resolution, seed=cfg.seed)
     stats.update(res.stats)
-    plan = pa.table({
-        "id": pa.array(ids, pa.string()),
-        "dup_group": pa.array([int(g) if g >= 0 else None for g in res.group], pa.int64()),
-        "dup_keep": pa.array(res.keep.tolist(), pa.bool_()),
-        "dup_of": pa.array([ids[k] if k >= 0 else None for k in res.dup_of], pa.string()),
+    return {"plan": _plan_table(ids, res), "stats": stats, "curve": curve, "notes": notes,
+            "dataset_version": ds.version, "state": str(job.folder)}
+
+
+def _plan_table(ids: pa.ChunkedArray, res) -> pa.Table:
+    """The group table: one row per dataset row (ids taken by position, never as a Python list)."""
+    keepers = np.maximum(res.dup_of, 0)
+    dup_of = ids.take(pa.array(keepers)).combine_chunks() if len(ids) else pa.array([], pa.string())
+    return pa.table({
+        "id": ids.combine_chunks() if len(ids) else pa.array([], pa.string()),
+        "dup_group": pa.array(np.where(res.group >= 0, res.group, 0), pa.int64(), mask=res.group < 0),
+        "dup_keep": pa.array(res.keep, pa.bool_()),
+        "dup_of": pa.compute.if_else(pa.array(res.dup_of >= 0), dup_of, pa.scalar(None, pa.string())),
         "dup_reason": pa.array(res.reason, pa.string()),
-        "dup_sim": pa.array([None if not np.isfinite(s) else float(s) for s in res.sim], pa.float32()),
+        "dup_sim": pa.array(np.nan_to_num(res.sim), pa.float32(), mask=~np.isfinite(res.sim)),
     })
-    return {"plan": plan, "stats": stats, "curve": curve, "notes": notes, "dataset_version": ds.version}
+
+
+def _semantic_pairs(store, ds, cfg: DedupConfig, ids: pa.ChunkedArray, show_progress: bool):
+    """Semantic pairs read from the ``curate knn`` graph of the embedding column (built or brought
+    up to date first when missing, made with a smaller k, or older than the column), or SemDeDup.
+    Returns (Pairs or None, a note for the report)."""
+    from engines.vector.dedup import semantic_pairs, semdedup_pairs
+    from engines.vector.index import clean_vectors, to_matrix
+
+    col, why = _semantic_column(store, ds, cfg)
+    if col is None:
+        return None, why
+    if cfg.semantic.method == "semdedup":
+        e, enull = to_matrix(ds.to_table(columns=[col]).column(col))
+        e, evalid, _ = clean_vectors(e, enull)
+        return semdedup_pairs(e, evalid, cfg.semantic.threshold, cfg.semantic.n_clusters, cfg.semantic.seed), why + " (SemDeDup)"
+    graph = _fresh_knn(store, ds, col, cfg.semantic.k, show_progress)
+    src, dst, sim = [], [], []
+    scan = graph.scanner(columns=["source_id", "neighbour_id", "similarity"],
+                         filter=f"similarity >= {float(cfg.semantic.threshold)!r} AND rank <= {int(cfg.semantic.k)}")
+    for b in scan.to_batches():
+        src.append(pa.compute.index_in(b.column(0), value_set=ids).to_numpy(zero_copy_only=False))
+        dst.append(pa.compute.index_in(b.column(1), value_set=ids).to_numpy(zero_copy_only=False))
+        sim.append(b.column(2).to_numpy())
+    if not src:
+        return semantic_pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 1.0), why + " (k-NN graph)"
+    s, d = (np.nan_to_num(np.concatenate(x).astype(np.float64), nan=-1).astype(np.int64) for x in (src, dst))
+    return semantic_pairs(s, d, np.concatenate(sim), cfg.semantic.threshold), why + f" (k-NN graph, k={cfg.semantic.k})"
+
+
+def _fresh_knn(store, ds, column: str, k: int, show_progress: bool):
+    """The k-NN graph of ``column``, rebuilt (index brought up to date, then the graph) when it is
+    missing, has fewer than ``k`` neighbours per row, or was built from other values of the column."""
+    from engines.vector.index import column_fingerprint
+    from pipelines.index import IndexBuildConfig, build_index
+    from pipelines.knn import KnnConfig, build_knn, open_knn
+
+    summary = store.read_json(f"vector/knn-{column}.json")
+    fp = column_fingerprint(ds, column)
+    if summary and summary.get("fingerprint") == fp and summary.get("k", 0) >= k:
+        return open_knn(store, column)
+    why = "missing" if not summary else ("built with k=%s" % summary.get("k") if summary.get("k", 0) < k
+                                         else "older than the column")
+    console.print(f"dedup: the k-NN graph of {column!r} is {why}; building it (curate index build + curate knn)")
+    build_index(store, IndexBuildConfig(column=column), show_progress=show_progress)
+    build_knn(store, KnnConfig(column=column, k=max(k, (summary or {}).get("k", 0))), show_progress=show_progress)
+    return open_knn(store, column)
 
 
 def _report_html(result: dict, cfg: DedupConfig) -> str:
-    import base64
-    import html
-    import io
-
+    """The dedup report page (``curation/templates/dedup_report.html``): the removal curve as a plot
+    and a table, the notes and the counters. Notes and counter values can quote row ids and
+    captions, so they reach the page only through the autoescaping template."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from curation.reports import png_data_uri, render
 
     curve = result["curve"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -232,24 +239,16 @@ def _report_html(result: dict, cfg: DedupConfig) -> str:
     ax.set_ylabel("rows removed (%)")
     ax.set_title("removal fraction per threshold")
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    img = base64.b64encode(buf.getvalue()).decode()
-    rows = "".join(f"<tr><td>{c['threshold']:.2f}</td><td>{c['edges']}</td><td>{c['groups']}</td><td>{c['removed']}</td>"
-                   f"<td>{100 * c['removed_fraction']:.2f}%</td></tr>" for c in curve)
     s = result["stats"]
-    stat_rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v))}</td></tr>" for k, v in s.items())
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result["notes"])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>dedup report</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 10px;border-bottom:1px solid #ddd}}</style></head>
-<body><h1>Duplicates at dataset v{result['dataset_version']}</h1>
-<p>{s.get('removed', 0)} of {s['rows']} rows ({100 * s.get('removed_fraction', 0):.2f}%) are duplicates of a better row
-in {s.get('groups', 0)} groups (method {html.escape(cfg.method)}, resolution {cfg.resolution}).</p>
-<ul>{notes}</ul><img src="data:image/png;base64,{img}">
-<h2>Removal curve</h2><table><tr><th>threshold</th><th>edges</th><th>groups</th><th>removed</th><th>fraction</th></tr>{rows}</table>
-<h2>Counters</h2><table>{stat_rows}</table></body></html>"""
+    return render(
+        "dedup_report.html", version=result["dataset_version"], removed=s.get("removed", 0), rows=s["rows"],
+        removed_pct=f"{100 * s.get('removed_fraction', 0):.2f}%", groups=s.get("groups", 0), method=cfg.method,
+        resolution=cfg.resolution, notes=list(result["notes"]), curve_plot=png_data_uri(fig, dpi=110),
+        curve=[{"threshold": f"{c['threshold']:.2f}", "edges": c["edges"], "groups": c["groups"], "removed": c["removed"],
+                "fraction": f"{100 * c['removed_fraction']:.2f}%"} for c in curve],
+        counters=[(str(k), json.dumps(v)) for k, v in s.items()],
+    )
 
 
 class _DupApplyConfig(StageConfig):
@@ -314,6 +313,8 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
     plan_path = out_dir / f"dedup-plan-v{v}.arrow"
     feather.write_feather(res["plan"], str(plan_path))
     result = run_stage(store, _DupApplyStage(plan_path=str(plan_path)), overwrite=overwrite, show_progress=show_progress)
+    if result.status == "committed":  # the candidate index and pairs of this version served their purpose
+        shutil.rmtree(res["state"], ignore_errors=True)
     summary.update({"status": result.status, "version": result.version, "seconds": round(time.perf_counter() - t0, 2)})
     return summary
 

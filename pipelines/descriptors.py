@@ -48,19 +48,25 @@ class VisualStage(Stage):
 
 
 def ensure_visual(store, show_progress: bool = True) -> None:
-    """Compute the descriptor columns once (resumable stage) when they are not there yet."""
+    """Compute the descriptor columns once (resumable stage) when they are not there yet, and
+    again when they were made by an older descriptor (another length: 252 before the mirror- and
+    rotation-aware one), whose vectors the dedup job could not compare with its queries."""
     from curation.runner import run_stage
+    from curation.schema import VEC_DESC_DIM
 
-    if "vec_desc" not in store.open().schema.names:
+    schema = store.open().schema
+    if "vec_desc" not in schema.names:
         console.print("vec_desc missing: computing image descriptors (stage vec_visual)")
         run_stage(store, VisualStage(), show_progress=show_progress)
+    elif getattr(schema.field("vec_desc").type, "list_size", None) != VEC_DESC_DIM:
+        console.print(f"vec_desc was made by an older descriptor ({schema.field('vec_desc').type}); "
+                      f"recomputing it ({VEC_DESC_DIM}-d, mirror- and rotation-aware)")
+        run_stage(store, VisualStage(), overwrite=True, show_progress=show_progress)
 
 
 def default_column(store) -> str:
     names = store.open().schema.names
     return "prof_clip_image" if "prof_clip_image" in names else "vec_desc"
-
-
 
 
 def fragment_sig(frag, field_ids: set[int]) -> str:

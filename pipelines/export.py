@@ -27,7 +27,7 @@ import json
 import re
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -563,11 +563,6 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
     an error unless ``cfg.overwrite`` or ``replace_stale`` (a pipeline re-run after upstream steps
     changed the dataset): then a new version of the training dataset is written (the old one stays
     in its Lance history)."""
-    from lance import LanceDataset, LanceOperation
-    from lance.fragment import FragmentMetadata
-
-    from curation.shards import MANIFEST_KEY, SHARD_SCHEMA, shard_schema
-
     t_start = time.perf_counter()
     out = Store(cfg.out)
     if out.uri == src.uri:
@@ -575,23 +570,9 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
     ds = src.open(cfg.version)
     version = ds.version
     if out.exists() and not cfg.overwrite:
-        prev = _manifest(out)
-        same = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "overwrite"}
-        try:   # an export by an older version lacks newer fields: compare with their defaults filled in
-            prev_cfg = ExportConfig.model_validate(prev.get("config", {})).model_dump(mode="json")
-        except Exception:
-            prev_cfg = prev.get("config", {})
-        if prev.get("source", {}).get("uri") == src.uri and prev["source"].get("version") == version and \
-                {k: v for k, v in prev_cfg.items() if k != "overwrite"} == same:
-            console.print(f"export: {out.uri} already holds this export of v{version}; skipped (pass --overwrite to redo)")
-            return StageResult("export", "skipped", out.open().version, version,
-                               extra={"out": out.uri, "kept": out.open().count_rows(), "excluded": sum(prev["excluded"].values()),
-                                      "report": str(out.state_dir / "export" / "report.html"), "by_resolution": {}})
-        if not replace_stale:
-            raise ValueError(f"{out.uri} already holds a different export (another source, version or config); "
-                             "pass --overwrite to write a new version of it")
-        console.print(f"export: the dataset or export config changed since {out.uri} was written "
-                      f"(source v{prev.get('source', {}).get('version')} -> v{version}); writing a new version")
+        kept = _keep_existing(src, out, cfg, version, replace_stale=replace_stale)
+        if kept is not None:
+            return kept
     encoders = encoder_manifest(cfg)   # checks the encoder folders before any work starts
     roles = resolve_roles(ds.schema, cfg)
     keep, reason, notes = select_rows(ds, cfg, roles)
@@ -601,6 +582,58 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
         console.print(f"  [yellow]{note}[/]")
 
     ckpt = Checkpoints(out.state_dir / "checkpoints" / f"export-{_fingerprint(cfg, src, version)}", "unit")
+    done = _write_units(src, out, version, cfg, roles, keep, ckpt, show_progress=show_progress, concurrency=concurrency)
+    frags, seconds, excluded_ids, excluded_reasons = _gather_units(done, ids, reason)
+    by_reason = Counter(r.split(":", 1)[0] if r.startswith(("error", "decode_error", "unreadable_uri")) else r
+                        for r in excluded_reasons)
+    kept_rows = sum(f.physical_rows for f in frags)
+    manifest = {
+        "source": {"uri": src.uri, "version": version, "rows": len(reason)},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rows": kept_rows,
+        "excluded": dict(by_reason.most_common()),
+        "checks_skipped": notes,
+        "columns_used": roles.model_dump(),
+        "config": cfg.model_dump(mode="json"),
+        "encoders": encoders,
+    }
+    new = _commit_export(out, frags, manifest, cfg)
+    ckpt.clear()
+    summary = _summarise(out, new.version, manifest, excluded_ids, excluded_reasons)
+    stats = Stats(len(reason), Counter({f"excluded_{k}": v for k, v in by_reason.items()}), seconds)
+    result = StageResult("export", "committed", new.version, version, len(frags), 0, stats, time.perf_counter() - t_start,
+                         extra={"out": out.uri, "kept": kept_rows, "excluded": len(excluded_ids), **summary})
+    out.write_json(f"stats/export-v{new.version}.json", result.to_dict())
+    return result
+
+
+def _keep_existing(src: Store, out: Store, cfg: ExportConfig, version: int, *, replace_stale: bool) -> StageResult | None:
+    """``out`` already holds an export: a "skipped" result when it is this one (same source version
+    and config), None when a new version should replace it, else an error."""
+    prev = _manifest(out)
+    same = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "overwrite"}
+    try:   # an export by an older version lacks newer fields: compare with their defaults filled in
+        prev_cfg = ExportConfig.model_validate(prev.get("config", {})).model_dump(mode="json")
+    except Exception:
+        prev_cfg = prev.get("config", {})
+    if prev.get("source", {}).get("uri") == src.uri and prev["source"].get("version") == version and \
+            {k: v for k, v in prev_cfg.items() if k != "overwrite"} == same:
+        console.print(f"export: {out.uri} already holds this export of v{version}; skipped (pass --overwrite to redo)")
+        return StageResult("export", "skipped", out.open().version, version,
+                           extra={"out": out.uri, "kept": out.open().count_rows(), "excluded": sum(prev["excluded"].values()),
+                                  "report": str(out.state_dir / "export" / "report.html"), "by_resolution": {}})
+    if not replace_stale:
+        raise ValueError(f"{out.uri} already holds a different export (another source, version or config); "
+                         "pass --overwrite to write a new version of it")
+    console.print(f"export: the dataset or export config changed since {out.uri} was written "
+                  f"(source v{prev.get('source', {}).get('version')} -> v{version}); writing a new version")
+    return None
+
+
+def _write_units(src: Store, out: Store, version: int, cfg: ExportConfig, roles: Roles, keep: np.ndarray,
+                 ckpt: Checkpoints, *, show_progress: bool, concurrency: int | None) -> list[dict[str, Any]]:
+    """Ray workers write the kept rows as shard fragments, ``cfg.rows_per_unit`` rows a unit; units
+    already in ``ckpt`` are not redone. Returns every unit's record, in unit order."""
     units = [{"unit": i, "positions": keep[s:s + cfg.rows_per_unit].tolist()}
              for i, s in enumerate(range(0, len(keep), cfg.rows_per_unit))]
     done = ckpt.load()
@@ -619,42 +652,39 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
         ray_options=_ray_options(cfg), on_result=on_result, description="export (units)",
         concurrency=concurrency, show_progress=show_progress,
     )
-    frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
+    return [done[u["unit"]] for u in units]
+
+
+def _gather_units(records: list[dict[str, Any]], ids: list[str], reason: np.ndarray) -> tuple[list, float, list[str], list[str]]:
+    """(fragments, worker seconds, excluded ids, their reasons): the driver's exclusions first, then
+    the workers', unit by unit."""
+    from lance.fragment import FragmentMetadata
+
+    frags = [FragmentMetadata.from_json(json.dumps(f)) for rec in records for f in rec["fragments"]]
     stats = Stats()
     excluded_ids, excluded_reasons = [], []
     for i in np.flatnonzero(reason != None):  # noqa: E711
         excluded_ids.append(ids[i])
         excluded_reasons.append(reason[i])
-    for u in units:
-        stats = stats + Stats.from_dict(done[u["unit"]]["stats"])
-        for rid, why in done[u["unit"]]["excluded"]:
+    for rec in records:
+        stats = stats + Stats.from_dict(rec["stats"])
+        for rid, why in rec["excluded"]:
             excluded_ids.append(rid)
             excluded_reasons.append(why)
-    by_reason = Counter(r.split(":", 1)[0] if r.startswith(("error", "decode_error", "unreadable_uri")) else r
-                        for r in excluded_reasons)
-    kept_rows = sum(f.physical_rows for f in frags)
+    return frags, stats.seconds, excluded_ids, excluded_reasons
 
-    manifest = {
-        "source": {"uri": src.uri, "version": version, "rows": len(reason)},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rows": kept_rows,
-        "excluded": dict(by_reason.most_common()),
-        "checks_skipped": notes,
-        "columns_used": roles.model_dump(),
-        "config": cfg.model_dump(mode="json"),
-        "encoders": encoders,
-    }
+
+def _commit_export(out: Store, frags: list, manifest: dict[str, Any], cfg: ExportConfig):
+    """One Lance commit of all fragments, the manifest in the schema metadata."""
+    from lance import LanceDataset, LanceOperation
+
+    from curation.shards import MANIFEST_KEY, SHARD_SCHEMA, shard_schema
+
+    encoders = manifest["encoders"]
     schema = shard_schema("vae" in encoders, "text_encoder" in encoders, cfg.feature_dtype) if encoders else SHARD_SCHEMA
     schema = schema.with_metadata({MANIFEST_KEY: json.dumps(manifest)})
-    new = LanceDataset.commit(out.uri, LanceOperation.Overwrite(schema, frags),
-                              storage_options=out.storage_options or None)
-    ckpt.clear()
-    summary = _summarise(out, new.version, manifest, excluded_ids, excluded_reasons)
-    stats = Stats(len(reason), Counter({f"excluded_{k}": v for k, v in by_reason.items()}), stats.seconds)
-    result = StageResult("export", "committed", new.version, version, len(frags), 0, stats, time.perf_counter() - t_start,
-                         extra={"out": out.uri, "kept": kept_rows, "excluded": len(excluded_ids), **summary})
-    out.write_json(f"stats/export-v{new.version}.json", result.to_dict())
-    return result
+    return LanceDataset.commit(out.uri, LanceOperation.Overwrite(schema, frags),
+                               storage_options=out.storage_options or None)
 
 
 def _ray_options(cfg: ExportConfig) -> dict[str, Any]:
@@ -692,14 +722,14 @@ def _summarise(out: Store, version: int, manifest: dict, ids: list[str], reasons
 
 
 def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:
-    import base64
-    import html
-    import io
-
+    """``report.html`` next to the manifest (``curation/templates/export_report.html``): why rows
+    were left out, sequence lengths and buckets in one figure, and the checks that could not run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from curation.reports import png_data_uri, render
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 3.6))
     ex = manifest["excluded"]
@@ -714,21 +744,10 @@ def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:
     ax[2].barh([k for k, _ in top][::-1], [v for _, v in top][::-1], color="#3a3")
     ax[2].set_title(f"top buckets ({len(buckets)} used)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    img = base64.b64encode(buf.getvalue()).decode()
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in ex.items())
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in manifest["checks_skipped"])
-    src = manifest["source"]
-    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>export report</title>
-<style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 10px}}</style></head><body>
-<h1>Training export</h1><p>source <code>{html.escape(src['uri'])}</code> version {src['version']}: {src['rows']} rows;
-exported <b>{manifest['rows']}</b>, excluded {sum(ex.values())}. Created {manifest['created']}.</p>
-<img src="data:image/png;base64,{img}" style="max-width:100%">
-<h2>Excluded rows by reason</h2><table>{rows or '<tr><td>none</td></tr>'}</table>
-<h2>Checks not applied</h2><ul>{notes or '<li>none</li>'}</ul>
-<p>Per-row reasons: <code>excluded.parquet</code> next to this file.</p></body></html>""", encoding="utf-8")
+    page = render("export_report.html", source=manifest["source"], exported=manifest["rows"], excluded_total=sum(ex.values()),
+                  created=manifest["created"], plot=png_data_uri(fig, dpi=80), excluded=list(ex.items()),
+                  checks_skipped=list(manifest["checks_skipped"]))
+    path.write_text(page, encoding="utf-8")
 
 
 @register_step("export", ExportConfig, doc="select training rows, bucket them and write a Lance training dataset")

@@ -83,21 +83,7 @@ def build_graph(cfg: GraphBuildConfig, store=None, log=print):
         report["links"] = r = merge_link_graph(g, cfg.links, quantile=cfg.link_quantile)
         log(f"link graph {cfg.links}: {r}")
     if cfg.mine_from is not None:
-        from curation.store import Store
-        from graph.bm25 import Tokenizer
-        from graph.mined import embed_texts, merge_mined, mine_tags
-        from graph.wordnet import noun_exceptions, noun_lemmas
-
-        src = Store(cfg.mine_from) if cfg.mine_from else store
-        if src is None or not src.exists():
-            raise ValueError(f"mine_from: no dataset at {cfg.mine_from!r}")
-        texts = _captions_of(src)
-        nouns = noun_lemmas(Path(cfg.wordnet_dir))
-        tok = Tokenizer(nouns, exceptions=noun_exceptions(Path(cfg.wordnet_dir)))
-        tags = mine_tags(texts, tok, nouns, min_count=cfg.mine_min_count, max_tags=cfg.mine_max_tags)
-        emb = embed_texts([t for t, _ in tags]) if tags else None
-        report["mined"] = r = merge_mined(g, tags, emb, branching=cfg.mine_branching, leaf_size=cfg.mine_leaf_size)
-        log(f"mined tags from {len(texts):,} captions: {r}")
+        report["mined"] = _merge_mined_tags(g, cfg, store, log)
     g.finalize()
     g.save(cfg.out, graphml=cfg.graphml)
     report["seconds"] = round(time.perf_counter() - t0, 2)
@@ -106,6 +92,26 @@ def build_graph(cfg: GraphBuildConfig, store=None, log=print):
 
     report["report"] = str(graph_report(Path(cfg.out) / "report.html", report["stats"]))
     return g, report
+
+
+def _merge_mined_tags(g, cfg: GraphBuildConfig, store, log) -> dict:
+    """Tags mined from the captions of ``cfg.mine_from`` ('' = ``store``), merged into ``g``."""
+    from curation.store import Store
+    from graph.bm25 import Tokenizer
+    from graph.mined import embed_texts, merge_mined, mine_tags
+    from graph.wordnet import noun_exceptions, noun_lemmas
+
+    src = Store(cfg.mine_from) if cfg.mine_from else store
+    if src is None or not src.exists():
+        raise ValueError(f"mine_from: no dataset at {cfg.mine_from!r}")
+    texts = _captions_of(src)
+    nouns = noun_lemmas(Path(cfg.wordnet_dir))
+    tok = Tokenizer(nouns, exceptions=noun_exceptions(Path(cfg.wordnet_dir)))
+    tags = mine_tags(texts, tok, nouns, min_count=cfg.mine_min_count, max_tags=cfg.mine_max_tags)
+    emb = embed_texts([t for t, _ in tags]) if tags else None
+    r = merge_mined(g, tags, emb, branching=cfg.mine_branching, leaf_size=cfg.mine_leaf_size)
+    log(f"mined tags from {len(texts):,} captions: {r}")
+    return r
 
 
 @register_step("graph_build", GraphBuildConfig)
@@ -142,7 +148,6 @@ class GraphTagStage(Stage):
     input_columns = ["captions"]
     output_schema = CONCEPT_TAGS.schema
     batch_size = 512
-    uses_model = True
 
     @property
     def resources(self) -> Resources:

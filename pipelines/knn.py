@@ -101,12 +101,13 @@ class _KnnWorker:
 
     def __init__(self, store, version: int, column: str, index_folder: str, out_uri: str, k: int, nprobe,
                  manifest_sha: str | None = None):
-        from engines.vector.index import load_index
+        from engines.vector.index import load_index, maybe_gpu
 
         self.ds = store.open(version)
         if manifest_sha is not None:
             index_folder = str(_worker_index_folder(store, column, index_folder, manifest_sha))
         self.index, self.manifest, labels = load_index(Path(index_folder))
+        self.index = maybe_gpu(self.index, self.manifest.config.get("use_gpu"))  # faiss-gpu + a GPU: search there
         self.ids = labels.column("id").to_numpy(zero_copy_only=False)
         lab = labels.column("label").to_numpy()
         self.pos_of = np.full(int(lab.max()) + 1 if len(lab) else 0, -1, np.int64)
@@ -269,7 +270,8 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
     shutil.rmtree(ckpt, ignore_errors=True)
     edges = sum(done[u["unit"]]["edges"] for u in units)
     summary = {"column": column, "k": cfg.k, "rows": sum(done[u["unit"]]["rows"] for u in units), "edges": edges,
-               "path": out, "dataset_version": ds.version, "seconds": round(time.perf_counter() - t0, 2)}
+               "path": out, "dataset_version": ds.version, "fingerprint": manifest.fingerprint,
+               "seconds": round(time.perf_counter() - t0, 2)}
     store.write_json(f"vector/knn-{column}.json", summary)
     console.print(f"knn graph: {edges} edges (k={cfg.k}) -> {out}")
     return summary

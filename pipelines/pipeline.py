@@ -8,11 +8,8 @@ status, rows, time and counters, and links every report the steps wrote.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from rich.console import Console
 
 from curation.cluster import init_ray
 from curation.config import RunContext, load_pipeline
+from curation.reports import png_data_uri, render
 from curation.runner import StageResult, print_summary
 from curation.store import Store
 
@@ -77,10 +75,7 @@ def _step_seconds_plot(results: list[StageResult]) -> str:
     ax.set_xlabel("seconds")
     ax.set_title("time per step")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return png_data_uri(fig, dpi=90)
 
 
 def _reports_since(store: Store, steps: list[tuple[str, Any]], since: float) -> list[Path]:
@@ -112,28 +107,17 @@ def write_pipeline_report(store: Store, results: list[StageResult], steps: list[
             links.insert(0, build_report(store, store.state_dir / "reports" / f"profile-v{ds.version}.html").resolve())
         except Exception as e:  # the pipeline's own report must not fail the pipeline
             console.print(f"[yellow]profile report not written: {e}")
-    rows = []
+    steps_data = []
     for r in results:
         d = r.to_dict()
-        counters = "<br>".join(f"{html.escape(k)} = {v}" for k, v in d["counters"].items()) or "-"
-        extra = "<br>".join(f"{html.escape(str(k))}: {html.escape(str(v))[:200]}" for k, v in r.extra.items()
-                            if not isinstance(v, (dict, list))) or ""
-        rows.append(f"<tr><td>{html.escape(r.stage)}</td><td>{r.status}</td><td>v{r.version}</td><td>{d['rows']}</td>"
-                    f"<td>{r.seconds:.1f}</td><td>{counters}</td><td>{extra}</td></tr>")
-    link_items = "".join(f'<li><a href="file://{html.escape(str(p))}">{html.escape(str(p))}</a></li>' for p in links)
-    errs = store.error_counts()
-    err_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in errs.items()) or "<tr><td colspan=2>none</td></tr>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>pipeline {html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}}th{{background:#eee}}</style></head><body>
-<h1>pipeline {html.escape(title)}</h1>
-<p>dataset <code>{html.escape(store.uri)}</code> at version v{ds.version}: {ds.count_rows():,} rows,
-{len(ds.schema.names)} columns. Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>
-<h2>steps</h2><table><tr><th>step</th><th>status</th><th>version</th><th>rows</th><th>seconds</th><th>counters (reasons)</th><th>notes</th></tr>
-{''.join(rows)}</table>
-<p><img alt="time per step" src="data:image/png;base64,{_step_seconds_plot(results)}"></p>
-<h2>rows with errors, by reason</h2><table><tr><th>reason</th><th>rows</th></tr>{err_rows}</table>
-<h2>reports written by the steps</h2><ul>{link_items or '<li>none</li>'}</ul>
-</body></html>"""
+        steps_data.append({
+            "stage": r.stage, "status": r.status, "version": r.version, "rows": d["rows"], "seconds": f"{r.seconds:.1f}",
+            "counters": [f"{k} = {v}" for k, v in d["counters"].items()],
+            "notes": [f"{k}: {str(v)[:200]}" for k, v in r.extra.items() if not isinstance(v, (dict, list))],
+        })
+    page = render("pipeline_report.html", title=title, uri=store.uri, version=ds.version, rows=f"{ds.count_rows():,}",
+                  columns=len(ds.schema.names), steps=steps_data, time_plot=_step_seconds_plot(results),
+                  errors=list(store.error_counts().items()), links=[str(p) for p in links],
+                  generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}")
     out.write_text(page, encoding="utf-8")
     return out.resolve()

@@ -6,8 +6,8 @@ configured ones in order through ``run_stage``, each committing one Lance versio
 per fragment after a kill. The model-free families (meta, hash, entropy, degradation) are fused
 into one pass when run together, so an image is decoded once for all of them.
 
-Model stages (``uses_model``) load their model once per Ray actor in ``setup()`` and ask for
-``num_gpus`` when configured. Heavy libraries are imported inside methods only.
+Model stages load their model once per Ray actor in ``setup()`` and ask for ``num_gpus`` when
+configured. Heavy libraries are imported inside methods only.
 """
 
 from __future__ import annotations
@@ -22,8 +22,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from curation.config import ConfigError
 from curation.registry import register_stage, register_step
 from curation.schema import (
-    PROF_AESTHETIC, PROF_BRISQUE, PROF_CAPTION, PROF_CLIP, PROF_DEGRADATION, PROF_ENTROPY, PROF_HASH, PROF_META,
-    PROF_NSFW, PROF_OCR, PROF_SCORES, PROF_TEXT_EMB, embedding_type,
+    PROF_AESTHETIC,
+    PROF_BRISQUE,
+    PROF_CAPTION,
+    PROF_CLIP,
+    PROF_DEGRADATION,
+    PROF_ENTROPY,
+    PROF_HASH,
+    PROF_META,
+    PROF_NSFW,
+    PROF_OCR,
+    PROF_SCORES,
+    PROF_TEXT_EMB,
+    embedding_type,
 )
 from curation.stage import Stage, StageConfig
 from engines.profiling.embed import EmbedModelConfig
@@ -151,7 +162,6 @@ class BrisqueStage(_ImageStage):
     name = "prof_brisque"
     config_model = BrisqueConfig
     output_schema = PROF_BRISQUE.schema
-    uses_model = True
 
     def setup(self) -> None:
         super().setup()
@@ -197,7 +207,6 @@ class OcrStage(_ImageStage):
     name = "prof_ocr"
     config_model = OcrConfig
     output_schema = PROF_OCR.schema
-    uses_model = True
 
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
@@ -237,7 +246,6 @@ class NsfwStage(_ImageStage):
     name = "prof_nsfw"
     config_model = NsfwConfig
     output_schema = PROF_NSFW.schema
-    uses_model = True
 
     def setup(self) -> None:
         super().setup()
@@ -260,13 +268,13 @@ def _record_model(dataset: Any, column_group: str, cfg: EmbedModelConfig, dim: i
     import json
 
     from curation.store import Store
-    from engines.profiling.embed import weights_are_random
+    from engines.profiling.embed import MODELS_RECORD, weights_are_random
 
     store = Store(dataset.uri)
-    p = store.state_dir / "profiling" / "models.json"
+    p = store.state_dir / MODELS_RECORD
     models = json.loads(p.read_text()) if p.exists() else {}
     models[column_group] = {"model": cfg.describe(), "backend": cfg.backend, "dim": dim, "random_weights": weights_are_random(cfg)}
-    store.write_json("profiling/models.json", models)
+    store.write_json(MODELS_RECORD, models)
 
 
 class ClipConfig(ImageStageConfig):
@@ -284,7 +292,6 @@ class ClipStage(_ImageStage):
     name = "prof_clip"
     config_model = ClipConfig
     output_schema = PROF_CLIP.schema
-    uses_model = True
     input_columns = ["image", "image_uri", "captions"]
 
     def __init__(self, config=None, **kw):
@@ -316,13 +323,13 @@ class ClipStage(_ImageStage):
     def process_batch(self, batch: pa.RecordBatch) -> dict:
         import numpy as np
 
-        from engines.profiling.captions import choose_caption
+        from engines.profiling.captions import profiled_caption
         from engines.profiling.decode import Decoded
 
         results = self.decode(batch)
         n = len(results)
         ok = [i for i, r in enumerate(results) if isinstance(r, Decoded)]
-        texts = [choose_caption(c, self.config.caption) for c in batch.column("captions").to_pylist()]
+        texts = [profiled_caption(c, self.config.caption) for c in batch.column("captions").to_pylist()]
         has_text = [i for i, t in enumerate(texts) if t]
         img = self.model.embed_images([results[i].rgb for i in ok])
         txt = self.model.embed_texts([texts[i] for i in has_text])
@@ -372,7 +379,6 @@ class TextEmbStage(Stage):
     name = "prof_text_emb"
     config_model = TextEmbConfig
     output_schema = PROF_TEXT_EMB.schema
-    uses_model = True
     input_columns = ["captions"]
 
     def __init__(self, config=None, **kw):
@@ -392,9 +398,9 @@ class TextEmbStage(Stage):
         self.model = load_embedder(self.config.model.model_copy(update=upd))
 
     def process_batch(self, batch: pa.RecordBatch) -> dict:
-        from engines.profiling.captions import choose_caption
+        from engines.profiling.captions import profiled_caption
 
-        texts = [choose_caption(c, self.config.caption) for c in batch.column("captions").to_pylist()]
+        texts = [profiled_caption(c, self.config.caption) for c in batch.column("captions").to_pylist()]
         idx = [i for i, t in enumerate(texts) if t]
         emb = self.model.embed_texts([texts[i] for i in idx])
         rows: list = [None] * len(texts)
@@ -417,7 +423,6 @@ class AestheticStage(Stage):
     name = "prof_aesthetic"
     config_model = AestheticConfig
     output_schema = PROF_AESTHETIC.schema
-    uses_model = True
     input_columns = ["prof_clip_image"]
 
     def __init__(self, config=None, **kw):

@@ -12,17 +12,17 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 from pydantic import Field
 
 from curation.registry import register_step
+from curation.reports import png_data_uri, render
 from curation.runner import console
 from curation.schema import REVIEW
 from curation.stage import Stage, StageConfig
@@ -222,7 +222,7 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
 
     from curation.reviewdb import ReviewDB
     from curation.runner import run_stage
-    from engines.active.loop import agreement, aggregate, fit_reward_head, recalibrate
+    from engines.active.loop import aggregate, agreement, fit_reward_head, recalibrate
     from engines.active.rules import EMBEDDING_COLUMNS, column_values, embedding_matrix, load_rules, save_rules
 
     t0 = time.perf_counter()
@@ -300,7 +300,8 @@ def _export_aesthetic_head(emb, y, rdir: Path) -> dict[str, Any]:
 
 
 def _threshold_plots(vals, y, rule_report) -> dict[str, str]:
-    """Per recalibrated rule: histograms of the signal for human keeps and drops, old and new threshold."""
+    """Per recalibrated rule: histograms of the signal for human keeps and drops, old and new threshold
+    (column -> PNG ``data:`` URI, ready for an ``<img src>``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,35 +323,13 @@ def _threshold_plots(vals, y, rule_report) -> dict[str, str]:
         ax.set_title(f"{r['column']} ({r['op']})", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        plt.close(fig)
-        out[r["column"]] = base64.b64encode(buf.getvalue()).decode()
+        out[r["column"]] = png_data_uri(fig, dpi=90)
     return out
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> Path:
-    from jinja2 import Environment
-
-    tpl = Environment(autoescape=True).from_string("""<!doctype html><html><head><meta charset="utf-8">
-<title>review apply v{{ r.version_after }}</title><style>body{font:14px system-ui;margin:2em;max-width:1100px}
-td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}table{border-collapse:collapse}</style></head><body>
-<h1>Review merged: v{{ r.version_before }} &rarr; v{{ r.version_after }}</h1>
-<p>{{ r.decisions }} decisions on {{ r.rows_reviewed }} rows ({{ r.labels }} with a keep/drop verdict).
-{{ r.caption_fixes.captions_edited }} captions edited; {{ r.caption_fixes.accepted }} of {{ r.caption_fixes.proposed }} proposed caption fixes accepted as is.
-{{ r.graph_tags_rows }} rows with reviewed tags written for the concept graph.</p>
-<h2>How well the machine agreed with the humans</h2>
-<table><tr><th></th><th>n</th><th>accuracy</th><th>kappa</th><th>confusion (machine->human)</th></tr>
-{% for name, a in [("pseudo-labels", r.pseudo_label_agreement), ("AI verifier", r.verifier_agreement)] %}
-<tr><td>{{ name }}</td><td>{{ a.n }}</td><td>{{ '%.3f'|format(a.accuracy) if a.accuracy is not none else '-' }}</td>
-<td>{{ '%.3f'|format(a.kappa) if a.kappa is not none else '-' }}</td><td>{{ a.confusion }}</td></tr>{% endfor %}</table>
-<h2>Reward head</h2><p>{{ r.reward_head }}</p>{% if r.aesthetic_head %}<p>aesthetics head: {{ r.aesthetic_head }}</p>{% endif %}
-<h2>Thresholds</h2><table><tr><th>signal</th><th>rule</th><th>old</th><th>new</th><th>labels</th><th>balanced acc. old &rarr; new</th><th>note</th></tr>
-{% for t in r.thresholds or [] %}<tr><td>{{ t.column }}</td><td>{{ t.op }}</td><td>{{ '%.4g'|format(t.old) }}</td><td>{{ '%.4g'|format(t.new) }}</td>
-<td>{{ t.n or '' }}</td><td>{{ t.balanced_accuracy_old or '' }} &rarr; {{ t.balanced_accuracy_new or '' }}</td><td>{{ t.note or t.subset or '' }}</td></tr>{% endfor %}</table>
-{% for col, png in (r.plots or {}).items() %}<img alt="{{ col }}" src="data:image/png;base64,{{ png }}">{% endfor %}
-</body></html>""")
-    path.write_text(tpl.render(r=report), encoding="utf-8")
+    """The apply report (``curation/templates/review_report.html``): agreement, reward head, thresholds, plots."""
+    path.write_text(render("review_report.html", r=report), encoding="utf-8")
     return path
 
 

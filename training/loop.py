@@ -1,4 +1,4 @@
-"""The S3-DiT training loop: one readable function, single process or one rank of many.
+"""The S3-DiT training loop (``train``), single process or one rank of many.
 
 ``train(cfg, data)`` runs AdamW with linear warm-up, gradient clipping, an EMA of the weights,
 bf16 autocast on GPU, optional ``torch.compile`` of the blocks and gradient checkpointing, over
@@ -25,15 +25,17 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from training.config import TrainConfig
 from training.flow import TBins, euler_sample, flow_loss, sample_t
 from training.model import CONFIGS, S3DiT, S3DiTConfig, flops_per_sample, load_safetensors, param_count
-from training.config import TrainConfig
 
 __all__ = ["TrainConfig", "BatchList", "LazyEncoders", "param_digest", "train", "latest_checkpoint", "model_config", "format_metrics"]
 
@@ -169,45 +171,56 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _save_checkpoint(out: Path, step: int, model, raw, ema, opt, sched, gen, data, extra: dict, use_fsdp: bool,
-                     keep: int) -> Path:
+def _save_checkpoint(run: _Run, step: int, extra: dict) -> Path:
+    """Write ``step_XXXXXXXX/`` through a ``.tmp`` folder (every rank must call: collectives)."""
     from safetensors.torch import save_file
 
-    rank, _ = _dist()
-    root = out / "checkpoints"
+    root = run.out / "checkpoints"
     final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
-    model_sd = _full_state(model, raw, use_fsdp)        # collectives: every rank calls these
-    optim_sd = _full_optim(model, opt, use_fsdp)
-    ema_sd = ema.full() if ema else None
-    if rank == 0:
+    model_sd = _full_state(run.model, run.raw, run.use_fsdp)        # collectives: every rank calls these
+    optim_sd = _full_optim(run.model, run.opt, run.use_fsdp)
+    ema_sd = run.ema.full() if run.ema else None
+    if run.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
         if ema_sd is not None:
             save_file(ema_sd, str(tmp / "ema.safetensors"))
-        torch.save({"optimizer": optim_sd, "scheduler": sched.state_dict(), **extra}, tmp / "trainer.pt.part")
+        torch.save({"optimizer": optim_sd, "scheduler": run.sched.state_dict(), **extra}, tmp / "trainer.pt.part")
     _barrier()
-    digest = None if use_fsdp else param_digest(raw)
-    if digest is not None and _dist()[1] > 1:   # DDP keeps replicas equal; say so loudly if they are not
-        import torch.distributed as dist
-
-        digests: list = [None] * _dist()[1]
-        dist.all_gather_object(digests, digest)
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"DDP replicas diverged at step {step}: parameter digests per rank {digests}")
-    torch.save({"generator": gen.get_state(), "data": data.state_dict() if hasattr(data, "state_dict") else None,
-                "param_digest": digest}, tmp / f"rank_{rank}.pt")
+    digest = None if run.use_fsdp else param_digest(run.raw)
+    _check_replicas(digest, step)
+    torch.save({"generator": run.gen.get_state(), "data": run.data.state_dict() if hasattr(run.data, "state_dict") else None,
+                "param_digest": digest}, tmp / f"rank_{run.rank}.pt")
     _barrier()
-    if rank == 0:
-        os.replace(tmp / "trainer.pt.part", tmp / "trainer.pt")   # trainer.pt last: marks the folder complete
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        (root / "latest.part").write_text(final.name)
-        os.replace(root / "latest.part", root / "latest")
-        for old in sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    if run.rank == 0:
+        _publish_checkpoint(tmp, final, run.cfg.keep_ckpts)
     _barrier()
     return final
+
+
+def _check_replicas(digest: str | None, step: int) -> None:
+    """DDP keeps replicas equal; say so loudly if they are not."""
+    if digest is None or _dist()[1] <= 1:
+        return
+    import torch.distributed as dist
+
+    digests: list = [None] * _dist()[1]
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP replicas diverged at step {step}: parameter digests per rank {digests}")
+
+
+def _publish_checkpoint(tmp: Path, final: Path, keep: int) -> None:
+    """Rank 0: mark ``tmp`` complete, move it to ``final``, point ``latest`` at it, prune old ones."""
+    root = final.parent
+    os.replace(tmp / "trainer.pt.part", tmp / "trainer.pt")   # trainer.pt last: marks the folder complete
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    (root / "latest.part").write_text(final.name)
+    os.replace(root / "latest.part", root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def param_digest(model) -> str:
@@ -316,6 +329,49 @@ def _latent_preview(z: torch.Tensor):
 
 # ----------------------------------------------------------------------------- the loop
 
+@dataclass
+class _Run:
+    """What a training run holds from setup to the last step (the same on every step)."""
+
+    cfg: TrainConfig
+    mcfg: S3DiTConfig
+    data: Iterable[dict]
+    encoders: Any
+    log: Callable[[str], None]
+    out: Path
+    device: torch.device
+    rank: int
+    world: int
+    bf16: bool
+    ckpt: Path | None           # the checkpoint resumed from, if any
+    raw: S3DiT
+    n_params: int
+    model: Any                  # ``raw``, or its DDP / FSDP2 wrapper
+    use_fsdp: bool
+    ema: EMA | None
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator        # noise, t, caption dropout: per rank
+    autocast: Any
+    null: torch.Tensor          # the unconditional caption
+    peak: float | None          # bf16 peak TFLOPS for MFU
+
+
+@dataclass
+class _Progress:
+    """What changes from step to step."""
+
+    step: int
+    epoch: int
+    sample_conds: dict | None
+    it: Iterator[dict]
+    t_last: float = field(default_factory=time.perf_counter)
+    wait: float = 0.0
+    window: list = field(default_factory=list)
+    tbins: TBins = field(default_factory=TBins)
+    last: dict = field(default_factory=dict)
+
+
 def train(cfg: TrainConfig, data: Iterable[dict], *, encoders=None, device: torch.device | str | None = None,
           report: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> dict:
     """Train for ``cfg.steps`` optimizer steps (continuing from the latest checkpoint if any).
@@ -323,27 +379,41 @@ def train(cfg: TrainConfig, data: Iterable[dict], *, encoders=None, device: torc
     ``data`` yields batch dicts; a ``state_dict``/``load_state_dict``/``set_epoch`` protocol makes it
     resumable. ``report(metrics)`` is called at every log step on every rank (Ray Train's report).
     Returns the last metrics and the paths written."""
-    rank, world = _dist()
+    run = _setup(cfg, data, encoders=encoders, device=device, log=log)
+    step, epoch, sample_conds = _resume(run)
+    if run.rank == 0:
+        log(f"S3-DiT {cfg.model}: {run.n_params / 1e6:.1f}M params, world {run.world}, "
+            f"{'FSDP2' if run.use_fsdp else 'DDP' if run.world > 1 else 'single process'}, "
+            f"{'bf16' if run.bf16 else 'fp32'} on {run.device}")
+    prog = _Progress(step=step, epoch=epoch, sample_conds=sample_conds, it=iter(data))
+    run.model.train()
+    while prog.step < cfg.steps:
+        _train_step(run, prog, _next_batch(run, prog))
+        _after_step(run, prog, report)
+    return {"step": prog.step, "metrics": prog.last, "out_dir": str(run.out),
+            "checkpoint": str(latest_checkpoint(run.out) or "")}
+
+
+def _resolve_device(device: torch.device | str | None) -> torch.device:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _setup(cfg: TrainConfig, data: Iterable[dict], *, encoders, device, log) -> _Run:
+    """Model (same initial weights on every rank, then released weights or the checkpoint's),
+    its wrapper, EMA, optimizer, schedule and random generator."""
+    rank, world = _dist()
+    device = _resolve_device(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if encoders is None and (cfg.vae_path or cfg.text_encoder_path or cfg.tiny_encoders):
         encoders = LazyEncoders(cfg, device, torch.bfloat16 if bf16 else torch.float32)
-
-    # model: same initial weights on every rank (same seed), then released weights or a checkpoint
-    torch.manual_seed(cfg.seed)
     mcfg = model_config(cfg)
-    raw = load_safetensors(cfg.init_from, mcfg) if cfg.init_from else S3DiT(mcfg)
     ckpt = latest_checkpoint(out) if cfg.resume else None
-    if ckpt is not None:
-        from safetensors.torch import load_file
-
-        raw.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-    raw.gradient_checkpointing = cfg.grad_checkpoint
-    raw.to(device)
+    raw = _build_model(cfg, mcfg, ckpt, device)
     n_params = param_count(raw)
     use_fsdp = world > 1 and (cfg.fsdp == "on" or (cfg.fsdp == "auto" and n_params > 1e9))
     model = _wrap(raw, use_fsdp, device, bf16) if world > 1 else raw
@@ -351,7 +421,28 @@ def train(cfg: TrainConfig, data: Iterable[dict], *, encoders=None, device: torc
         for blk in raw.blocks():
             blk.compile(dynamic=True)
     ema = EMA(raw, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    opt, sched = _optimizer(cfg, raw, device)
+    return _Run(cfg=cfg, mcfg=mcfg, data=data, encoders=encoders, log=log, out=out, device=device, rank=rank,
+                world=world, bf16=bf16, ckpt=ckpt, raw=raw, n_params=n_params, model=model, use_fsdp=use_fsdp, ema=ema, opt=opt,
+                sched=sched, gen=torch.Generator(device).manual_seed(cfg.seed * 1000 + rank + 1),
+                autocast=torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext(),
+                null=_null_caption(mcfg.cap_feat_dim, device), peak=_peak_tflops(cfg, device))
 
+
+def _build_model(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device) -> S3DiT:
+    torch.manual_seed(cfg.seed)
+    raw = load_safetensors(cfg.init_from, mcfg) if cfg.init_from else S3DiT(mcfg)
+    if ckpt is not None:
+        from safetensors.torch import load_file
+
+        raw.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    raw.gradient_checkpointing = cfg.grad_checkpoint
+    raw.to(device)
+    return raw
+
+
+def _optimizer(cfg: TrainConfig, raw: S3DiT, device: torch.device):
+    """AdamW (no weight decay on biases, norms and pad tokens) and the warm-up (+ cosine) schedule."""
     decay, no_decay = [], []
     for n, p in raw.named_parameters():
         (no_decay if p.ndim < 2 or "pad_token" in n else decay).append(p)
@@ -366,131 +457,154 @@ def train(cfg: TrainConfig, data: Iterable[dict], *, encoders=None, device: torc
             return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
         return 1.0
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    gen = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank + 1)   # noise, t, dropout: per rank
-    step, epoch, sample_conds = 0, 0, None
-    if ckpt is not None:
-        tr = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
-        _load_optim(model, opt, tr["optimizer"], use_fsdp)
-        sched.load_state_dict(tr["scheduler"])
-        step, epoch, sample_conds = tr["step"], tr["epoch"], tr.get("sample_conds")
-        if ema is not None and (ckpt / "ema.safetensors").exists():
-            from safetensors.torch import load_file
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 
-            ema.load(load_file(str(ckpt / "ema.safetensors")))
-        rs = ckpt / f"rank_{rank}.pt"
-        if rs.exists():
-            st = torch.load(rs, map_location="cpu", weights_only=False)
-            gen.set_state(st["generator"])
-            if st["data"] is not None and hasattr(data, "load_state_dict"):
-                data.load_state_dict(st["data"])
-        elif rank == 0:
-            log(f"warning: {rs.name} missing (world size changed?): data and noise restart fresh on this rank")
-        if rank == 0:
-            log(f"resumed from {ckpt} at step {step}")
-    elif hasattr(data, "set_epoch"):
-        data.set_epoch(epoch)
 
-    if rank == 0:
-        log(f"S3-DiT {cfg.model}: {n_params / 1e6:.1f}M params, world {world}, "
-            f"{'FSDP2' if use_fsdp else 'DDP' if world > 1 else 'single process'}, {'bf16' if bf16 else 'fp32'} on {device}")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    null = _null_caption(mcfg.cap_feat_dim, device)
-    peak = cfg.peak_tflops or (next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name(device)),
+def _peak_tflops(cfg: TrainConfig, device: torch.device) -> float | None:
+    return cfg.peak_tflops or (next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name(device)),
                                     None) if device.type == "cuda" else None)
-    metrics_file = out / "metrics.jsonl"
-    tbins, window = TBins(), []
-    t_last, wait, last = time.perf_counter(), 0.0, {}
-    it = iter(data)
-    model.train()
-
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            epoch += 1
-            if hasattr(data, "set_epoch"):
-                data.set_epoch(epoch)
-            it = iter(data)
-            batch = next(it, None)
-            if batch is None:
-                raise RuntimeError("the data source yielded no batches") from None
-        wait += time.perf_counter() - t0
-        lat, feats, caps = _to_inputs(batch, encoders, device, mcfg.cap_feat_dim)
-        if sample_conds is None and cfg.sample_count:
-            k = min(cfg.sample_count, len(lat))
-            sample_conds = {"shapes": [tuple(x.shape) for x in lat[:k]], "feats": [f.cpu() for f in feats[:k]],
-                            "captions": caps[:k]}
-        if cfg.caption_dropout > 0:
-            drop = torch.rand(len(feats), generator=gen, device=gen.device) < cfg.caption_dropout
-            feats = [null if d else f for f, d in zip(feats, drop.tolist())]
-        n_tok = [x.shape[-2] * x.shape[-1] // mcfg.patch_size**2 for x in lat]
-        t = sample_t(torch.tensor(n_tok, device=device), gen, cfg.t_mean, cfg.t_std)
-        with autocast:
-            loss, per = flow_loss(model, lat, feats, t, gen)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm   # FSDP2: a DTensor
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(step)
-        step += 1
-        if cfg.log_sample_ids:
-            ranks_dir = out / "ranks"
-            ranks_dir.mkdir(exist_ok=True)
-            with (ranks_dir / f"rank_{rank}.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, "epoch": epoch, "ids": list(batch.get("ids") or []),
-                                    "loss": round(float(loss.detach()), 6)}) + "\n")
-        window.append((loss.detach(), gnorm.detach(), t.detach(), per, len(lat), sum(n_tok), sum(len(f) for f in feats),
-                       sum(flops_per_sample(mcfg, n, len(f)) for n, f in zip(n_tok, feats))))
-
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            last = _log_window(window, tbins, step, cfg, sched, t_last, wait, world, device, peak, data, epoch)
-            window, wait, t_last = [], 0.0, time.perf_counter()
-            if rank == 0:
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(last) + "\n")
-                log(format_metrics(last, cfg.steps))
-            if report is not None:
-                report(last)
-        save_now = step % cfg.ckpt_every == 0 or (cfg.ckpt_final and step == cfg.steps)
-        if save_now:
-            extra = {"step": step, "epoch": epoch, "sample_conds": sample_conds, "config": cfg.model_dump()}
-            path = _save_checkpoint(out, step, model, raw, ema, opt, sched, gen, data, extra, use_fsdp, cfg.keep_ckpts)
-            if rank == 0:
-                log(f"checkpoint {path}")
-        if sample_conds and ((cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.steps):
-            _sample(raw, sample_conds, encoders, cfg, mcfg, null, device, autocast, out / "samples" / f"step_{step:08d}.png",
-                    rank, use_fsdp)
-            model.train()
-    return {"step": step, "metrics": last, "out_dir": str(out), "checkpoint": str(latest_checkpoint(out) or "")}
 
 
-def _log_window(window, tbins, step, cfg, sched, t_last, wait, world, device, peak, data, epoch) -> dict:
+def _resume(run: _Run) -> tuple[int, int, dict | None]:
+    """Optimizer, schedule, EMA and this rank's generator and data position from ``run.ckpt``.
+    Returns (step, epoch, sample prompts); (0, 0, None) for a fresh run."""
+    ckpt = run.ckpt
+    if ckpt is None:
+        if hasattr(run.data, "set_epoch"):
+            run.data.set_epoch(0)
+        return 0, 0, None
+    tr = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
+    _load_optim(run.model, run.opt, tr["optimizer"], run.use_fsdp)
+    run.sched.load_state_dict(tr["scheduler"])
+    if run.ema is not None and (ckpt / "ema.safetensors").exists():
+        from safetensors.torch import load_file
+
+        run.ema.load(load_file(str(ckpt / "ema.safetensors")))
+    rs = ckpt / f"rank_{run.rank}.pt"
+    if rs.exists():
+        st = torch.load(rs, map_location="cpu", weights_only=False)
+        run.gen.set_state(st["generator"])
+        if st["data"] is not None and hasattr(run.data, "load_state_dict"):
+            run.data.load_state_dict(st["data"])
+    elif run.rank == 0:
+        run.log(f"warning: {rs.name} missing (world size changed?): data and noise restart fresh on this rank")
+    if run.rank == 0:
+        run.log(f"resumed from {ckpt} at step {tr['step']}")
+    return tr["step"], tr["epoch"], tr.get("sample_conds")
+
+
+def _next_batch(run: _Run, prog: _Progress) -> dict:
+    """The next batch, starting a new epoch when the source runs out; the wait is timed."""
+    t0 = time.perf_counter()
+    try:
+        batch = next(prog.it)
+    except StopIteration:
+        prog.epoch += 1
+        if hasattr(run.data, "set_epoch"):
+            run.data.set_epoch(prog.epoch)
+        prog.it = iter(run.data)
+        batch = next(prog.it, None)
+        if batch is None:
+            raise RuntimeError("the data source yielded no batches") from None
+    prog.wait += time.perf_counter() - t0
+    return batch
+
+
+def _train_step(run: _Run, prog: _Progress, batch: dict) -> None:
+    """One optimizer step on ``batch``; its loss and sizes join the log window."""
+    cfg, mcfg, gen = run.cfg, run.mcfg, run.gen
+    lat, feats, caps = _to_inputs(batch, run.encoders, run.device, mcfg.cap_feat_dim)
+    if prog.sample_conds is None and cfg.sample_count:
+        k = min(cfg.sample_count, len(lat))
+        prog.sample_conds = {"shapes": [tuple(x.shape) for x in lat[:k]], "feats": [f.cpu() for f in feats[:k]],
+                             "captions": caps[:k]}
+    if cfg.caption_dropout > 0:
+        drop = torch.rand(len(feats), generator=gen, device=gen.device) < cfg.caption_dropout
+        feats = [run.null if d else f for f, d in zip(feats, drop.tolist())]
+    n_tok = [x.shape[-2] * x.shape[-1] // mcfg.patch_size**2 for x in lat]
+    t = sample_t(torch.tensor(n_tok, device=run.device), gen, cfg.t_mean, cfg.t_std)
+    with run.autocast:
+        loss, per = flow_loss(run.model, lat, feats, t, gen)
+    loss.backward()
+    gnorm = _optimizer_step(run, prog.step)
+    prog.step += 1
+    if cfg.log_sample_ids:
+        _log_sample_ids(run, prog, batch, loss)
+    prog.window.append((loss.detach(), gnorm.detach(), t.detach(), per, len(lat), sum(n_tok), sum(len(f) for f in feats),
+                        sum(flops_per_sample(mcfg, n, len(f)) for n, f in zip(n_tok, feats))))
+
+
+def _optimizer_step(run: _Run, step: int) -> torch.Tensor:
+    """Clip, step, schedule, zero the gradients, update the EMA; returns the gradient norm."""
+    clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
+    gnorm = torch.nn.utils.clip_grad_norm_(run.raw.parameters(), clip)
+    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm   # FSDP2: a DTensor
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update(step)
+    return gnorm
+
+
+def _log_sample_ids(run: _Run, prog: _Progress, batch: dict, loss: torch.Tensor) -> None:
+    ranks_dir = run.out / "ranks"
+    ranks_dir.mkdir(exist_ok=True)
+    with (ranks_dir / f"rank_{run.rank}.jsonl").open("a") as f:
+        f.write(json.dumps({"step": prog.step, "epoch": prog.epoch, "ids": list(batch.get("ids") or []),
+                            "loss": round(float(loss.detach()), 6)}) + "\n")
+
+
+def _after_step(run: _Run, prog: _Progress, report: Callable[[dict], None] | None) -> None:
+    """Log, checkpoint and sample when their step comes."""
+    cfg, step = run.cfg, prog.step
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        _log_metrics(run, prog, report)
+    if step % cfg.ckpt_every == 0 or (cfg.ckpt_final and step == cfg.steps):
+        extra = {"step": step, "epoch": prog.epoch, "sample_conds": prog.sample_conds, "config": cfg.model_dump()}
+        path = _save_checkpoint(run, step, extra)
+        if run.rank == 0:
+            run.log(f"checkpoint {path}")
+    if prog.sample_conds and ((cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.steps):
+        _sample(run, prog.sample_conds, run.out / "samples" / f"step_{step:08d}.png")
+        run.model.train()
+
+
+def _log_metrics(run: _Run, prog: _Progress, report: Callable[[dict], None] | None) -> None:
+    prog.last = _log_window(run, prog)
+    prog.window, prog.wait, prog.t_last = [], 0.0, time.perf_counter()
+    if run.rank == 0:
+        with (run.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(prog.last) + "\n")
+        run.log(format_metrics(prog.last, run.cfg.steps))
+    if report is not None:
+        report(prog.last)
+
+
+def _log_window(run: _Run, prog: _Progress) -> dict:
+    """The metrics record for the steps since the last log line (loss and grad norm averaged over ranks)."""
     import torch.distributed as dist
 
+    window, tbins, world = prog.window, prog.tbins, run.world
     losses = torch.stack([w[0] for w in window]).float()
-    stats = torch.stack([losses.mean(), torch.stack([w[1] for w in window]).float().mean()]).to(device)
+    stats = torch.stack([losses.mean(), torch.stack([w[1] for w in window]).float().mean()]).to(run.device)
     if world > 1:
         dist.all_reduce(stats)
         stats /= world
     for w in window:
         tbins.add(w[2].cpu(), w[3].cpu())
-    dt = max(time.perf_counter() - t_last, 1e-9)
+    dt = max(time.perf_counter() - prog.t_last, 1e-9)
     samples, img_tok, txt_tok, flops = (sum(w[i] for w in window) for i in (4, 5, 6, 7))
-    m = {"step": step, "epoch": epoch, "loss": round(float(stats[0]), 6), "grad_norm": round(float(stats[1]), 4),
-         "lr": sched.get_last_lr()[0], "samples_per_s": round(samples * world / dt, 3),
-         "tokens_per_s": round((img_tok + txt_tok) * world / dt, 1), "data_wait_fraction": round(wait / dt, 4),
+    m = {"step": prog.step, "epoch": prog.epoch, "loss": round(float(stats[0]), 6), "grad_norm": round(float(stats[1]), 4),
+         "lr": run.sched.get_last_lr()[0], "samples_per_s": round(samples * world / dt, 3),
+         "tokens_per_s": round((img_tok + txt_tok) * world / dt, 1), "data_wait_fraction": round(prog.wait / dt, 4),
          **{k: round(v, 6) for k, v in tbins.means().items()}}
-    if peak:
-        m["mfu"] = round(flops / dt / (peak * 1e12), 4)
-    if device.type == "cuda":
-        m["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    if hasattr(data, "report"):
-        rep = data.report()
+    if run.peak:
+        m["mfu"] = round(flops / dt / (run.peak * 1e12), 4)
+    if run.device.type == "cuda":
+        m["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**30, 2)
+    if hasattr(run.data, "report"):
+        rep = run.data.report()
         m["padded_token_fraction"] = rep.get("padded_token_fraction")
     tbins.reset()
     return m
@@ -507,19 +621,20 @@ def format_metrics(m: dict, total: int) -> str:
     return s
 
 
-def _sample(raw, conds, encoders, cfg, mcfg, null, device, autocast, path: Path, rank: int, use_fsdp: bool) -> None:
+def _sample(run: _Run, conds: dict, path: Path) -> None:
     """Euler + CFG from fixed noise for the saved sample prompts; rank 0 writes a PNG grid.
     Under FSDP every rank runs the forward (parameters are gathered collectively)."""
-    if rank != 0 and not use_fsdp:
+    if run.rank != 0 and not run.use_fsdp:
         return
-    raw.eval()
-    g = torch.Generator("cpu").manual_seed(cfg.seed)
-    noise = [torch.randn(s, generator=g).to(device) for s in conds["shapes"]]
-    feats = [f.to(device) for f in conds["feats"]]
-    with autocast:
-        lat = euler_sample(raw, noise, feats, [null] * len(feats), steps=cfg.sample_steps,
-                           guidance=cfg.sample_guidance, patch=mcfg.patch_size)
-    if rank == 0:
+    run.raw.eval()
+    g = torch.Generator("cpu").manual_seed(run.cfg.seed)
+    noise = [torch.randn(s, generator=g).to(run.device) for s in conds["shapes"]]
+    feats = [f.to(run.device) for f in conds["feats"]]
+    with run.autocast:
+        lat = euler_sample(run.raw, noise, feats, [run.null] * len(feats), steps=run.cfg.sample_steps,
+                           guidance=run.cfg.sample_guidance, patch=run.mcfg.patch_size)
+    if run.rank == 0:
+        encoders = run.encoders
         imgs = encoders.vae.decode(lat) if encoders is not None and encoders.vae is not None else \
             [_latent_preview(z) for z in lat]
         _save_samples(path, imgs, conds["captions"])

@@ -22,15 +22,27 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from engines.active.payload import Neighbour, ReviewPayload
 from engines.active.pseudo import choose_caption, ocr_overlap, pseudo_label, verify
-from engines.active.rules import (DISPLAY_SIGNALS, DUP_SIM_COLUMNS, EMBEDDING_COLUMNS, GOODNESS, Rule, column_values,
-                                  embedding_matrix, robust_scale, signed_margin)
+from engines.active.rules import (
+    DISPLAY_SIGNALS,
+    DUP_SIM_COLUMNS,
+    EMBEDDING_COLUMNS,
+    GOODNESS,
+    Rule,
+    column_values,
+    embedding_matrix,
+    robust_scale,
+    signed_margin,
+)
 
 __all__ = ["MineConfig", "mine", "knn", "balanced_order", "quality_bins", "primary_concepts", "hardness"]
 
@@ -156,177 +168,274 @@ def mine(table: pa.Table, rules: list[Rule], config: MineConfig | None = None, *
     ``table``: light columns of the dataset plus ``_pos`` (row offset in the version mined);
     ``flagged``: row ids reviewers flagged as failures; ``reviewed``: row id -> human decision
     (excluded from mining, used for neighbour votes); ``reward``: the reward head's P(keep) per row.
+    Each item's ``payload`` is a ``ReviewPayload`` dumped to a JSON-able dict.
     """
     cfg = config or MineConfig()
-    n = table.num_rows
-    ids = table.column("id").to_pylist()
     reviewed = reviewed or {}
-    flagged = [f for f in (flagged or [])]
-    summary: dict[str, Any] = {"rows": n, "criteria": {}, "signals_used": [], "skipped_criteria": {}}
-    if n == 0:
+    summary: dict[str, Any] = {"rows": table.num_rows, "criteria": {}, "signals_used": [], "skipped_criteria": {}}
+    if table.num_rows == 0:
         return [], summary
+    rows = _read_rows(table, rules, reward)
+    summary["signals_used"] = sorted(rows.vals)
+    hard = _Hardness(rows.n, summary)
+    _near_threshold(rows, cfg, hard)
+    _signals_disagree(rows, hard)
+    _low_similarity(rows, cfg, hard)
+    _ocr_missing(rows, hard)
+    _borderline_duplicate(rows, cfg, hard)
+    _like_flagged(rows, cfg, list(flagged or []), hard)
+    pseudo, verdict = _machine_opinions(rows, reviewed)
+    _verifier_disagrees(pseudo, verdict, hard)
 
+    h = hardness(hard.comps)
+    concepts = primary_concepts(table)
+    cand = _candidates(rows, cfg, h, reviewed)
+    order, qbin, qsig, n_strata = _balanced(rows, cfg, h, cand, concepts)
+    look = _look_alikes(rows, cfg, order)
+    items = []
+    for rank, i in enumerate(order):
+        payload = _payload(rows, i, why=hard.why[i], h=float(h[i]), pseudo=pseudo[i], verdict=verdict[i],
+                           neighbours=look.get(i, []), concept=concepts[i], quality_bin=int(qbin[i]))
+        items.append({"row_id": rows.ids[i], "priority": float(len(order) - rank), "payload": payload,
+                      "needed": 2 if _needs_two(rows.ids[i], cfg.double_share, cfg.seed) else 1})
+    summary.update({"candidates": int(len(cand)), "queued": len(items), "quality_signal": qsig,
+                    "embedding": rows.emb_col, "strata": n_strata})
+    return items, summary
+
+
+@dataclass
+class _Rows:
+    """What the criteria read about the rows, read from the table once."""
+
+    table: pa.Table
+    ids: list[str]
+    vals: dict[str, np.ndarray]  # signal columns (and the reward head's P(keep)) as float64, NaN where missing
+    vrows: list[dict[str, float]]  # per row: its non-missing signals
+    active: list[Rule]  # rules whose signal column has values
+    scales: dict[str, float]  # robust scale (IQR) of each active rule's signal
+    caps: list[Any]
+    rev_caps: list[Any]
+    chosen: list[tuple[str, str]]  # (caption, lang) shown for editing
+    ocr: list[str | None] | None
+    emb_col: str | None
+    emb: tuple[np.ndarray, np.ndarray] | None  # (L2-normalised vectors, has-a-vector mask)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+
+def _column(table: pa.Table, name: str) -> list[Any] | None:
+    return table.column(name).to_pylist() if name in table.column_names else None
+
+
+def _read_rows(table: pa.Table, rules: list[Rule], reward: np.ndarray | None) -> _Rows:
+    """Signals, captions, OCR text and embeddings of the rows; absent columns stay absent."""
+    n = table.num_rows
     vals = {c: v for c in set(DISPLAY_SIGNALS + [r.column for r in rules] + GOODNESS)
             if (v := column_values(table, c)) is not None}
     if reward is not None:
         vals["rev_reward"] = reward.astype(np.float64)
     active = [r for r in rules if r.column in vals and not np.isnan(vals[r.column]).all()]
-    scales = {r.column: robust_scale(vals[r.column]) for r in active}
-    summary["signals_used"] = sorted(vals)
-    comps: dict[str, np.ndarray] = {}
-    why: list[list[str]] = [[] for _ in range(n)]
-
-    def add(name: str, score: np.ndarray, reason_of) -> None:
-        score = np.nan_to_num(np.clip(score, 0, 1))
-        comps[name] = score
-        hits = np.nonzero(score > 0)[0]
-        summary["criteria"][name] = int(len(hits))
-        for i in hits:
-            why[i].append(reason_of(int(i)))
-
-    # near a rule's threshold: closeness in IQR units, the closest rule names the reason
-    if active:
-        close = np.stack([np.exp(-np.square(signed_margin(r, vals[r.column], scales[r.column]) / cfg.band))
-                          for r in active])
-        close = np.nan_to_num(close)
-        near = np.where(close.max(axis=0) > math.exp(-1), close.max(axis=0), 0.0)
-        which = close.argmax(axis=0)
-        add("near_threshold", near, lambda i: f"near threshold: {active[which[i]].column}="
-            f"{vals[active[which[i]].column][i]:.3g} vs {active[which[i]].op} {active[which[i]].threshold:.3g}")
-    else:
-        summary["skipped_criteria"]["near_threshold"] = "no rule's signal column is present"
-
-    # disagreement between goodness signals (ranks, so scales do not matter)
-    good = [c for c in GOODNESS if c in vals and not np.isnan(vals[c]).all()]
-    if len(good) >= 2:
-        ranks = np.stack([_pct_rank(vals[c]) for c in good])
-        spread = np.nanmax(ranks, axis=0) - np.nanmin(ranks, axis=0)
-        hi, lo = np.nanargmax(np.nan_to_num(ranks, nan=-1), axis=0), np.nanargmin(np.nan_to_num(ranks, nan=2), axis=0)
-        score = np.where(spread >= 0.6, (spread - 0.6) / 0.4 * 0.5 + 0.5, 0.0)
-        add("signals_disagree", score, lambda i: f"signals disagree: {good[hi[i]]} ranks {ranks[hi[i], i]:.0%}, "
-            f"{good[lo[i]]} ranks {ranks[lo[i], i]:.0%}")
-    else:
-        summary["skipped_criteria"]["signals_disagree"] = f"needs two of {GOODNESS}"
-
-    if "prof_clip_sim" in vals and not np.isnan(vals["prof_clip_sim"]).all():
-        pr = _pct_rank(vals["prof_clip_sim"])
-        score = np.where(pr <= cfg.low_sim_quantile, 1.0 - pr / cfg.low_sim_quantile * 0.5, 0.0)
-        add("low_similarity", np.nan_to_num(score), lambda i: f"low image-text similarity "
-            f"({vals['prof_clip_sim'][i]:.3f}, bottom {cfg.low_sim_quantile:.0%})")
-    else:
-        summary["skipped_criteria"]["low_similarity"] = "prof_clip_sim absent"
-
-    # captions and OCR
-    caps = table.column("captions").to_pylist() if "captions" in table.column_names else [None] * n
-    rev_caps = table.column("rev_caption").to_pylist() if "rev_caption" in table.column_names else [None] * n
-    chosen = [choose_caption(c, r) for c, r in zip(caps, rev_caps)]
-    ocr = table.column("prof_ocr_text").to_pylist() if "prof_ocr_text" in table.column_names else None
-    overlap = vals.get("prof_cap_ocr_overlap")
-    if ocr is not None:
-        ov = np.array([ocr_overlap(o or "", chosen[i][0]) if overlap is None or np.isnan(overlap[i]) else overlap[i]
-                       for i, o in enumerate(ocr)])
-        has = np.array([len((o or "").strip()) >= 3 for o in ocr])
-        score = np.where(has & (ov < 0.5), 1.0 - ov, 0.0)
-        add("ocr_missing", score, lambda i: f"OCR text missing from caption: {(ocr[i] or '')[:60]!r}")
-    else:
-        summary["skipped_criteria"]["ocr_missing"] = "prof_ocr_text absent"
-
-    # embeddings: borderline duplicates, failure neighbours, look-alikes
+    caps = _column(table, "captions") or [None] * n
+    rev_caps = _column(table, "rev_caption") or [None] * n
     emb_col = next((c for c in EMBEDDING_COLUMNS if c in table.column_names), None)
-    emb = embedding_matrix(table, emb_col) if emb_col else None
+    return _Rows(table=table, ids=table.column("id").to_pylist(), vals=vals,
+                 vrows=[{c: float(v[i]) for c, v in vals.items() if not np.isnan(v[i])} for i in range(n)],
+                 active=active, scales={r.column: robust_scale(vals[r.column]) for r in active},
+                 caps=caps, rev_caps=rev_caps, chosen=[choose_caption(c, r) for c, r in zip(caps, rev_caps)],
+                 ocr=_column(table, "prof_ocr_text"), emb_col=emb_col,
+                 emb=embedding_matrix(table, emb_col) if emb_col else None)
+
+
+class _Hardness:
+    """Each criterion's score per row and each row's reasons; the summary counts the hits."""
+
+    def __init__(self, n: int, summary: dict[str, Any]):
+        self.comps: dict[str, np.ndarray] = {}
+        self.why: list[list[str]] = [[] for _ in range(n)]
+        self.summary = summary
+
+    def add(self, name: str, score: np.ndarray, reason_of: Callable[[int], str]) -> None:
+        score = np.nan_to_num(np.clip(score, 0, 1))
+        self.comps[name] = score
+        hits = np.nonzero(score > 0)[0]
+        self.summary["criteria"][name] = int(len(hits))
+        for i in hits:
+            self.why[i].append(reason_of(int(i)))
+
+    def skip(self, name: str, reason: str) -> None:
+        self.summary["skipped_criteria"][name] = reason
+
+
+def _near_threshold(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
+    """Closeness to a rule's threshold in IQR units; the closest rule names the reason."""
+    active, vals = rows.active, rows.vals
+    if not active:
+        return hard.skip("near_threshold", "no rule's signal column is present")
+    close = np.stack([np.exp(-np.square(signed_margin(r, vals[r.column], rows.scales[r.column]) / cfg.band))
+                      for r in active])
+    close = np.nan_to_num(close)
+    near = np.where(close.max(axis=0) > math.exp(-1), close.max(axis=0), 0.0)
+    which = close.argmax(axis=0)
+
+    def reason(i: int) -> str:
+        r = active[which[i]]
+        return f"near threshold: {r.column}={vals[r.column][i]:.3g} vs {r.op} {r.threshold:.3g}"
+
+    hard.add("near_threshold", near, reason)
+
+
+def _signals_disagree(rows: _Rows, hard: _Hardness) -> None:
+    """Goodness signals that rank the row very differently (ranks, so scales do not matter)."""
+    vals = rows.vals
+    good = [c for c in GOODNESS if c in vals and not np.isnan(vals[c]).all()]
+    if len(good) < 2:
+        return hard.skip("signals_disagree", f"needs two of {GOODNESS}")
+    ranks = np.stack([_pct_rank(vals[c]) for c in good])
+    spread = np.nanmax(ranks, axis=0) - np.nanmin(ranks, axis=0)
+    hi, lo = np.nanargmax(np.nan_to_num(ranks, nan=-1), axis=0), np.nanargmin(np.nan_to_num(ranks, nan=2), axis=0)
+    score = np.where(spread >= 0.6, (spread - 0.6) / 0.4 * 0.5 + 0.5, 0.0)
+    hard.add("signals_disagree", score, lambda i: f"signals disagree: {good[hi[i]]} ranks {ranks[hi[i], i]:.0%}, "
+             f"{good[lo[i]]} ranks {ranks[lo[i], i]:.0%}")
+
+
+def _low_similarity(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
+    """Image-text similarity in the dataset's bottom tail."""
+    sim = rows.vals.get("prof_clip_sim")
+    if sim is None or np.isnan(sim).all():
+        return hard.skip("low_similarity", "prof_clip_sim absent")
+    pr = _pct_rank(sim)
+    score = np.where(pr <= cfg.low_sim_quantile, 1.0 - pr / cfg.low_sim_quantile * 0.5, 0.0)
+    hard.add("low_similarity", np.nan_to_num(score), lambda i: f"low image-text similarity "
+             f"({sim[i]:.3f}, bottom {cfg.low_sim_quantile:.0%})")
+
+
+def _ocr_missing(rows: _Rows, hard: _Hardness) -> None:
+    """Text in the image that the chosen caption does not mention."""
+    ocr = rows.ocr
+    if ocr is None:
+        return hard.skip("ocr_missing", "prof_ocr_text absent")
+    overlap = rows.vals.get("prof_cap_ocr_overlap")
+    ov = np.array([ocr_overlap(o or "", rows.chosen[i][0]) if overlap is None or np.isnan(overlap[i]) else overlap[i]
+                   for i, o in enumerate(ocr)])
+    has = np.array([len((o or "").strip()) >= 3 for o in ocr])
+    score = np.where(has & (ov < 0.5), 1.0 - ov, 0.0)
+    hard.add("ocr_missing", score, lambda i: f"OCR text missing from caption: {(ocr[i] or '')[:60]!r}")
+
+
+def _borderline_duplicate(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
+    """Nearest-neighbour similarity between "distinct" and "duplicate": from a dup_* column, else
+    from the embeddings when the table is small enough for exact k-NN."""
+    n, emb = rows.n, rows.emb
     nn_sim, nn_idx = None, None
-    dup_col = next((c for c in DUP_SIM_COLUMNS if c in vals), None)
+    dup_col = next((c for c in DUP_SIM_COLUMNS if c in rows.vals), None)
     if dup_col:
-        nn_sim = vals[dup_col]
+        nn_sim = rows.vals[dup_col]
     elif emb is not None and n <= cfg.knn_max_rows and n > 1:
         s, ix = knn(emb[0], emb[0], 1, exclude_self=np.arange(n))
         nn_sim, nn_idx = np.where(emb[1], s[:, 0], np.nan), ix[:, 0]
-    if nn_sim is not None:
-        lo, hi = cfg.dup_band
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        score = np.where((nn_sim >= lo) & (nn_sim <= hi), 1.0 - 0.5 * np.abs(nn_sim - mid) / half, 0.0)
-        add("borderline_duplicate", np.nan_to_num(score), lambda i: f"borderline duplicate (nearest similarity "
-            f"{nn_sim[i]:.3f}{'' if nn_idx is None else ' to ' + ids[nn_idx[i]]})")
-    else:
-        summary["skipped_criteria"]["borderline_duplicate"] = "no dup_* column and no embeddings (or too many rows)"
+    if nn_sim is None:
+        return hard.skip("borderline_duplicate", "no dup_* column and no embeddings (or too many rows)")
+    lo, hi = cfg.dup_band
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    score = np.where((nn_sim >= lo) & (nn_sim <= hi), 1.0 - 0.5 * np.abs(nn_sim - mid) / half, 0.0)
+    hard.add("borderline_duplicate", np.nan_to_num(score), lambda i: f"borderline duplicate (nearest similarity "
+             f"{nn_sim[i]:.3f}{'' if nn_idx is None else ' to ' + rows.ids[nn_idx[i]]})")
 
+
+def _like_flagged(rows: _Rows, cfg: MineConfig, flagged: list[str], hard: _Hardness) -> None:
+    """Retrieval neighbours of rows reviewers flagged as failures ("find more like this")."""
+    emb, ids = rows.emb, rows.ids
+    if not (emb is not None and flagged and cfg.like_flagged_k):
+        return hard.skip("like_flagged", "no flagged failures yet" if not flagged else "no embedding column")
     pos_of = {r: i for i, r in enumerate(ids)}
-    if emb is not None and flagged and cfg.like_flagged_k:
-        fi = np.array([pos_of[f] for f in flagged if f in pos_of and emb[1][pos_of[f]]], np.int64)
-        score = np.zeros(n)
-        src = np.full(n, -1)
-        if len(fi):
-            s, ix = knn(emb[0][fi], emb[0], cfg.like_flagged_k, exclude_self=fi)
-            for q in range(len(fi)):
-                for sim, j in zip(s[q], ix[q]):
-                    if j >= 0 and sim > score[j]:
-                        score[j], src[j] = max(float(sim), 0.0), fi[q]
-        add("like_flagged", score, lambda i: f"looks like flagged failure {ids[src[i]]} (similarity {score[i]:.2f})")
-    elif not flagged:
-        summary["skipped_criteria"]["like_flagged"] = "no flagged failures yet"
-    else:
-        summary["skipped_criteria"]["like_flagged"] = "no embedding column"
+    fi = np.array([pos_of[f] for f in flagged if f in pos_of and emb[1][pos_of[f]]], np.int64)
+    score = np.zeros(rows.n)
+    src = np.full(rows.n, -1)
+    if len(fi):
+        s, ix = knn(emb[0][fi], emb[0], cfg.like_flagged_k, exclude_self=fi)
+        for q in range(len(fi)):
+            for sim, j in zip(s[q], ix[q]):
+                if j >= 0 and sim > score[j]:
+                    score[j], src[j] = max(float(sim), 0.0), fi[q]
+    hard.add("like_flagged", score, lambda i: f"looks like flagged failure {ids[src[i]]} (similarity {score[i]:.2f})")
 
-    # pseudo-labels and the verifier for every row (cheap), disagreement is itself a hard case
-    vrows = [{c: float(v[i]) for c, v in vals.items() if not np.isnan(v[i])} for i in range(n)]
-    concepts = primary_concepts(table)
-    tags_all = table.column("tag_concepts").to_pylist() if "tag_concepts" in table.column_names else None
-    tag_direct = table.column("tag_direct").to_pylist() if "tag_direct" in table.column_names else None
+
+def _machine_opinions(rows: _Rows, reviewed: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every row's pseudo-label and verifier verdict (cheap): shown to the reviewer, and their
+    disagreement is itself a hard case. Human-reviewed look-alikes vote where there are enough."""
+    tags_all, tag_direct = _column(rows.table, "tag_concepts"), _column(rows.table, "tag_direct")
     pseudo, verdict = [], []
-    for i in range(n):
+    for i in range(rows.n):
         tags = None
         if tags_all and tags_all[i]:
             d = tag_direct[i] if tag_direct else None
             tags = [t for j, t in enumerate(tags_all[i]) if not d or (j < len(d) and d[j])][:8]
-        pseudo.append(pseudo_label(vrows[i], active, caption=chosen[i][0], lang=chosen[i][1],
-                                   ocr_text=(ocr[i] if ocr else "") or "", tags=tags))
-        verdict.append(verify(vrows[i], active, scales, reward_p=vrows[i].get("rev_reward")))
-    if reviewed and emb is not None:  # neighbour votes from human decisions replace the consensus check
-        verdict = _neighbour_verdicts(emb, ids, reviewed, vrows, active, scales, verdict)
+        pseudo.append(pseudo_label(rows.vrows[i], rows.active, caption=rows.chosen[i][0], lang=rows.chosen[i][1],
+                                   ocr_text=(rows.ocr[i] if rows.ocr else "") or "", tags=tags))
+        verdict.append(verify(rows.vrows[i], rows.active, rows.scales, reward_p=rows.vrows[i].get("rev_reward")))
+    if reviewed and rows.emb is not None:
+        verdict = _neighbour_verdicts(rows.emb, rows.ids, reviewed, rows.vrows, rows.active, rows.scales, verdict)
+    return pseudo, verdict
+
+
+def _verifier_disagrees(pseudo: list[dict[str, Any]], verdict: list[dict[str, Any]], hard: _Hardness) -> None:
     dis = np.array([1.0 if v["verdict"] in ("keep", "drop") and v["verdict"] != p["decision"] else 0.0
                     for p, v in zip(pseudo, verdict)]) * 0.8
-    add("verifier_disagrees", dis, lambda i: f"AI verifier says {verdict[i]['verdict']}, "
-        f"pseudo-label says {pseudo[i]['decision']}")
+    hard.add("verifier_disagrees", dis, lambda i: f"AI verifier says {verdict[i]['verdict']}, "
+             f"pseudo-label says {pseudo[i]['decision']}")
 
-    h = hardness(comps)
+
+def _candidates(rows: _Rows, cfg: MineConfig, h: np.ndarray, reviewed: dict[str, str]) -> np.ndarray:
+    """Indices of rows hard enough to queue: no ingest error, and not reviewed already (unless asked)."""
+    table = rows.table
     eligible = h >= cfg.min_hardness
     if "error" in table.column_names:
         eligible &= np.asarray(table.column("error").is_null().to_numpy(zero_copy_only=False), bool)
     if not cfg.include_reviewed:
-        eligible &= np.array([r not in reviewed for r in ids])
+        eligible &= np.array([r not in reviewed for r in rows.ids])
         if "rev_decision" in table.column_names:
             eligible &= np.asarray(table.column("rev_decision").is_null().to_numpy(zero_copy_only=False), bool)
-    cand = np.nonzero(eligible)[0]
-    qsig = next((c for c in ("rev_reward", "prof_quality", "prof_aesthetic") if c in vals), None)
-    qbin = quality_bins(vals[qsig], cfg.quality_bins) if qsig else np.full(n, -1)
+    return np.nonzero(eligible)[0]
+
+
+def _balanced(rows: _Rows, cfg: MineConfig, h: np.ndarray, cand: np.ndarray,
+              concepts: list[str]) -> tuple[list[int], np.ndarray, str | None, int]:
+    """(serving order, quality bin per row, quality signal used, number of strata): strata are
+    (concept, quality bin), so a common concept cannot fill the batch."""
+    qsig = next((c for c in ("rev_reward", "prof_quality", "prof_aesthetic") if c in rows.vals), None)
+    qbin = quality_bins(rows.vals[qsig], cfg.quality_bins) if qsig else np.full(rows.n, -1)
     strata = [(concepts[i], int(qbin[i])) for i in cand]
     order = [int(cand[j]) for j in balanced_order(strata, h[cand], cfg.n)]
+    return order, qbin, qsig, len(set(strata))
 
-    # look-alikes shown to the annotator (retrieval around the item)
-    look: dict[int, list[dict]] = {}
-    if emb is not None and cfg.neighbours and order:
-        q = np.array(order, np.int64)
-        s, ix = knn(emb[0][q], emb[0], cfg.neighbours, exclude_self=q)
-        for a, i in enumerate(order):
-            look[i] = [{"row_id": ids[j], "pos": int(_pos(table, j)), "sim": round(float(sv), 4),
-                        "caption": choose_caption(caps[j], rev_caps[j])[0][:300]}
-                       for sv, j in zip(s[a], ix[a]) if j >= 0 and emb[1][j]]
-    items = []
-    for rank, i in enumerate(order):
-        payload = {
-            "row_id": ids[i], "pos": int(_pos(table, i)), "caption": chosen[i][0], "lang": chosen[i][1],
-            "other_captions": [c["text"] for c in (caps[i] or []) if c and c.get("text") and c["text"] != chosen[i][0]][:6],
-            "signals": {c: round(v, 4) for c, v in vrows[i].items() if c in DISPLAY_SIGNALS},
-            "ocr_text": (ocr[i] if ocr else None) or None,
-            "hard_reasons": why[i], "hardness": round(float(h[i]), 4),
-            "pseudo": pseudo[i], "verifier": verdict[i], "neighbours": look.get(i, []),
-            "concept": concepts[i], "quality_bin": int(qbin[i]),
-        }
-        items.append({"row_id": ids[i], "priority": float(len(order) - rank), "payload": payload,
-                      "needed": 2 if _needs_two(ids[i], cfg.double_share, cfg.seed) else 1})
-    summary.update({"candidates": int(len(cand)), "queued": len(items), "quality_signal": qsig,
-                    "embedding": emb_col, "strata": len(set(strata))})
-    return items, summary
+
+def _look_alikes(rows: _Rows, cfg: MineConfig, order: list[int]) -> dict[int, list[Neighbour]]:
+    """The nearest rows shown next to each queued item (retrieval around the item)."""
+    emb = rows.emb
+    if emb is None or not cfg.neighbours or not order:
+        return {}
+    q = np.array(order, np.int64)
+    s, ix = knn(emb[0][q], emb[0], cfg.neighbours, exclude_self=q)
+    return {i: [Neighbour(row_id=rows.ids[j], pos=int(_pos(rows.table, j)), sim=round(float(sv), 4),
+                          caption=choose_caption(rows.caps[j], rows.rev_caps[j])[0][:300])
+                for sv, j in zip(s[a], ix[a]) if j >= 0 and emb[1][j]]
+            for a, i in enumerate(order)}
+
+
+def _payload(rows: _Rows, i: int, *, why: list[str], h: float, pseudo: dict[str, Any],
+             verdict: dict[str, Any], neighbours: list[Neighbour], concept: str, quality_bin: int) -> dict[str, Any]:
+    """Row ``i``'s stored review payload. No ``version``: the job that queues the items stamps it."""
+    caption, lang = rows.chosen[i]
+    return ReviewPayload(
+        row_id=rows.ids[i], pos=int(_pos(rows.table, i)), caption=caption, lang=lang,
+        other_captions=[c["text"] for c in (rows.caps[i] or []) if c and c.get("text") and c["text"] != caption][:6],
+        signals={c: round(v, 4) for c, v in rows.vrows[i].items() if c in DISPLAY_SIGNALS},
+        ocr_text=(rows.ocr[i] if rows.ocr else None) or None,
+        hard_reasons=why, hardness=round(h, 4), pseudo=pseudo, verifier=verdict, neighbours=neighbours,
+        concept=concept, quality_bin=quality_bin,
+    ).model_dump(exclude={"version"})
 
 
 def _pos(table: pa.Table, i: int) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from engines.active.rules import Rule
+from engines.profiling.captions import ocr_overlap as _caption_ocr_overlap
 
 __all__ = ["pseudo_label", "verify", "caption_fix", "ocr_overlap", "keyword_tags", "choose_caption"]
 
@@ -35,11 +36,11 @@ def _tokens(text: str) -> list[str]:
 
 
 def ocr_overlap(ocr: str, caption: str) -> float:
-    """Share of the OCR tokens that appear in the caption (1.0 when there is no OCR text)."""
-    o = set(_tokens(ocr))
-    if not o:
-        return 1.0
-    return len(o & set(_tokens(caption))) / len(o)
+    """``engines.profiling.captions.ocr_overlap`` (the ``prof_cap_ocr_overlap`` measure) in the
+    older ``(ocr, caption)`` argument order, with 1.0 when the OCR text has no word (nothing to
+    mention, nothing missing). New code: call the profiling one with keywords."""
+    ov = _caption_ocr_overlap(caption=caption, ocr_text=ocr)
+    return 1.0 if ov is None else ov
 
 
 def caption_fix(caption: str, ocr: str, lang: str = "en") -> str:
@@ -61,7 +62,8 @@ def keyword_tags(caption: str, k: int = 5) -> list[str]:
 
 def choose_caption(captions: list[dict] | None, reviewed: str | None = None) -> tuple[str, str]:
     """(caption text, lang) shown for editing: a previous reviewer's caption, else the longest
-    descriptive caption (long/short/alt), else the first."""
+    descriptive caption (long/short/alt), else the longest of any kind. Not the caption a row is
+    profiled by (``engines.profiling.captions.profiled_caption``)."""
     if reviewed:
         return reviewed, "und"
     caps = [c for c in (captions or []) if c and c.get("text")]
@@ -87,7 +89,7 @@ def pseudo_label(values: dict[str, float], rules: list[Rule], *, caption: str = 
     fix = None
     ocr = (ocr_text or "").strip()
     if len(ocr) >= min_ocr_chars:
-        ov = ocr_overlap(ocr, caption) if overlap is None else overlap
+        ov = ocr_overlap(ocr=ocr, caption=caption) if overlap is None else overlap
         if ov < 0.5:
             fix = caption_fix(caption, ocr, lang)
     return {

@@ -8,15 +8,16 @@ import re
 
 from curation.text import detect_lang
 
-__all__ = ["choose_caption", "tokenize", "ocr_overlap", "caption_columns"]
+__all__ = ["profiled_caption", "tokenize", "ocr_overlap", "caption_columns"]
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
-def choose_caption(captions: list[dict] | None, pick: str = "first") -> str | None:
-    """The caption the model stages embed: the first non-empty one (ingest order puts the main
-    caption first) or the longest."""
+def profiled_caption(captions: list[dict] | None, pick: str = "first") -> str | None:
+    """The caption a row is profiled by (embedded by the model stages, counted by
+    ``caption_columns``): the first non-empty one (ingest order puts the main caption first) or
+    the longest. Not the caption offered for review (``engines.active.pseudo.choose_caption``)."""
     texts = [c["text"] for c in (captions or []) if c and c.get("text") and c["text"].strip()]
     if not texts:
         return None
@@ -34,8 +35,10 @@ def tokenize(text: str) -> list[str]:
 
 
 def ocr_overlap(caption: str, ocr_text: str) -> float | None:
-    """Share of OCR tokens (>= 2 chars, or any CJK word) that appear in the caption; None when
-    the image has no text. Captions of text-rich images should transcribe the visible text."""
+    """How much of the text visible in the image the caption mentions: the share of OCR tokens
+    (``tokenize``; >= 2 chars, or any CJK word) found, case-insensitively, as substrings of the
+    caption. None when the OCR text has no such token. Captions of text-rich images should
+    transcribe the visible text. This is the ``prof_cap_ocr_overlap`` column."""
     toks = [t.lower() for t in tokenize(ocr_text or "") if len(t) >= 2 or _CJK.search(t)]
     if not toks:
         return None
@@ -46,7 +49,7 @@ def ocr_overlap(caption: str, ocr_text: str) -> float | None:
 def caption_columns(captions_col: list, ocr_texts: list | None, pick: str = "first") -> dict[str, list]:
     tokens, langs, overlap = [], [], []
     for i, caps in enumerate(captions_col):
-        text = choose_caption(caps, pick)
+        text = profiled_caption(caps, pick)
         tokens.append(len(tokenize(text)) if text else 0)
         langs.append(detect_lang(text) if text else None)
         ocr = ocr_texts[i] if ocr_texts is not None else None

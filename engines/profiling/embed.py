@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["EmbedModelConfig", "Embedder", "BACKENDS", "register_backend", "load_embedder", "embed_dim", "describe", "minilm_path", "import_open_clip",
-           "save_open_clip", "weights_are_random"]
+           "save_open_clip", "weights_are_random", "MODELS_RECORD"]
 
 SEED = 1234
+
+# Which model made each embedding column group (``{group: {model, backend, dim, random_weights}}``),
+# relative to the dataset's state folder: written by the profiling stages, read by reports and
+# vector search (queries must be encoded by the same model).
+MODELS_RECORD = "profiling/models.json"
 
 
 class EmbedModelConfig(BaseModel):
@@ -296,7 +302,7 @@ class OpenClipEmbedder(Embedder):
             return _normalise(self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu().numpy())
 
 
-def save_open_clip(embedder: "OpenClipEmbedder", directory: str | Path) -> Path:
+def save_open_clip(embedder: OpenClipEmbedder, directory: str | Path) -> Path:
     """Write an open_clip model as open_clip's model folder (config + safetensors weights), which
     ``EmbedModelConfig(backend="open_clip", path=directory)`` loads offline. A random model is
     marked in the config (``zcurate.random_weights``) so whoever loads it is told."""

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.vector.graph import communities, symmetric_edges
 
 __all__ = [
-    "NearDupConfig", "SemanticConfig", "Pairs", "exact_pairs", "hash_pairs", "region_candidates",
+    "NearDupConfig", "SemanticConfig", "Pairs", "exact_pairs", "hash_pairs", "region_candidates", "top_owners",
+    "candidate_queries",
     "accept_near", "needs_verification", "near_pairs", "semantic_pairs", "semdedup_pairs", "DupResult", "group_duplicates", "popcount64",
 ]
 
@@ -37,7 +38,8 @@ class NearDupConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(8, ge=1, le=1000, description="descriptor candidates per image")
+    k: int = Field(16, ge=1, le=1000, description="descriptor candidates per image (a viral photo has many copies: "
+                                                   "each must reach one of them)")
     min_candidate_sim: float = Field(0.80, ge=-1, le=1, description="regional descriptor cosine to be a candidate")
     accept_sim: float = Field(0.985, ge=-1, le=1, description="descriptor cosine accepted without local verification")
     phash_max: int = Field(8, ge=0, le=64, description="pHash Hamming distance that, with min_candidate_sim, accepts a pair")
@@ -45,6 +47,7 @@ class NearDupConfig(BaseModel):
     min_inliers: int = Field(15, ge=4, description="RANSAC inliers to accept a pair (with min_coverage)")
     min_coverage: float = Field(0.12, ge=0, le=1, description="share of 4x4 cells holding inliers (a shared watermark covers few)")
     strong_inliers: int = Field(60, ge=4, description="inliers that accept a pair whatever the coverage")
+    dihedral: bool = Field(True, description="also find mirrored copies and copies turned by 90, 180 or 270 degrees")
 
 
 class SemanticConfig(BaseModel):
@@ -133,13 +136,48 @@ def hash_pairs(hashes: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarra
     return src[ok], dst[ok], dist.ravel()[ok].astype(np.int32)
 
 
-def region_candidates(full: np.ndarray, regions: np.ndarray, valid: np.ndarray, k: int, min_sim: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs whose full-frame descriptor matches a region (or the full frame) of the other.
+def top_owners(q: np.ndarray, owner: np.ndarray, sim: np.ndarray, k: int, min_sim: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Search hits (query row, owner row of the hit entry, similarity) reduced to each query's
+    ``k`` best *other* rows: the best entry per (query, owner) first (a row owns its full frame,
+    its regions, and is queried in 8 orientations), self-hits and hits under ``min_sim`` dropped."""
+    keep = (owner != q) & (sim >= min_sim) & (owner >= 0)
+    q, o, v = q[keep], owner[keep], sim[keep]
+    order = np.lexsort((-v, o, q))
+    q, o, v = q[order], o[order], v[order]
+    first = np.ones(len(q), bool)
+    first[1:] = (q[1:] != q[:-1]) | (o[1:] != o[:-1])
+    q, o, v = q[first], o[first], v[first]
+    order = np.lexsort((-v, q))
+    q, o, v = q[order], o[order], v[order]
+    rank = np.arange(len(q)) - np.searchsorted(q, q, side="left")
+    top = rank < k
+    return q[top], o[top], v[top]
+
+
+def candidate_queries(full: np.ndarray, dihedral: bool = True) -> np.ndarray:
+    """The query vectors of some rows: their full-frame descriptor, and with ``dihedral`` its 7
+    mirrored / rotated variants too (``descriptor.dihedral_descriptors``), as (T * n, d) with
+    transform-major order (row r of transform t at ``t * n + r``)."""
+    from engines.vector.descriptor import dihedral_descriptors
+
+    f = np.ascontiguousarray(full, np.float32)
+    if not dihedral:
+        return f
+    return np.ascontiguousarray(dihedral_descriptors(f).reshape(-1, f.shape[1]))
+
+
+def region_candidates(full: np.ndarray, regions: np.ndarray, valid: np.ndarray, k: int, min_sim: float,
+                      *, dihedral: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs whose full-frame descriptor matches a region (or the full frame) of the other, in
+    any of the 8 orientations when ``dihedral``.
 
     Every row contributes its full descriptor and its R regional ones to one FAISS index; each
-    full descriptor is queried for the nearest entries, aggregated to rows by the maximum. A
-    crop of B matches the region of B it was cut from even when B's full frame looks different.
-    Returns (i, j, sim) with i < j, sim = max over both directions.
+    full descriptor (and its mirrored / rotated variants) is queried for the nearest entries,
+    aggregated to rows by the maximum. A crop of B matches the region of B it was cut from even
+    when B's full frame looks different; a mirrored or rotated copy of B matches B's full frame
+    through the variant that undoes the transform. Returns (i, j, sim) with i < j, sim = max
+    over both directions. Exact search in one process: the dedup job runs the same reduction
+    (``top_owners``) on Ray workers over an approximate index.
     """
     import faiss
 
@@ -156,25 +194,14 @@ def region_candidates(full: np.ndarray, regions: np.ndarray, valid: np.ndarray, 
     index.add(np.ascontiguousarray(table))
     kk = min((k + 1) * (R + 1), len(table))
     src_l, dst_l, sim_l = [], [], []
-    for s in range(0, n, 4096):
-        sims, nn = index.search(f[s:s + 4096], kk)
-        q = np.repeat(np.arange(s, s + len(sims)), kk)
-        o = owner[nn.ravel()]
-        v = sims.ravel()
-        keep = (o != q) & (v >= min_sim) & (nn.ravel() >= 0)
-        q, o, v = q[keep], o[keep], v[keep]
-        # per query, the best entry per owner, then the k best owners
-        order = np.lexsort((-v, o, q))
-        q, o, v = q[order], o[order], v[order]
-        first = np.ones(len(q), bool)
-        first[1:] = (q[1:] != q[:-1]) | (o[1:] != o[:-1])
-        q, o, v = q[first], o[first], v[first]
-        order = np.lexsort((-v, q))
-        q, o, v = q[order], o[order], v[order]
-        start = np.searchsorted(q, q, side="left")
-        rank = np.arange(len(q)) - start
-        top = rank < k
-        src_l.append(q[top]); dst_l.append(o[top]); sim_l.append(v[top])
+    for s in range(0, n, 2048):
+        block = f[s:s + 2048]
+        queries = candidate_queries(block, dihedral)
+        sims, nn = index.search(queries, kk)
+        q = np.tile(np.arange(s, s + len(block)), len(queries) // len(block))
+        hit_owner = np.where(nn.ravel() >= 0, owner[np.maximum(nn.ravel(), 0)], -1)
+        a, b, w = top_owners(np.repeat(q, kk), hit_owner, sims.ravel(), k, min_sim)
+        src_l.append(a); dst_l.append(b); sim_l.append(w)
     a, b, w = symmetric_edges(np.concatenate(src_l), np.concatenate(dst_l), np.concatenate(sim_l))
     return pos[a], pos[b], w
 
@@ -351,7 +378,7 @@ def near_pairs(
     pairs that the cheap signals cannot decide (a local loop in tests, Ray workers in the job).
     ``phash`` may be None (no hash column): the descriptor and local features decide alone.
     """
-    i, j, sim = region_candidates(full, regions, valid, cfg.k, cfg.min_candidate_sim)
+    i, j, sim = region_candidates(full, regions, valid, cfg.k, cfg.min_candidate_sim, dihedral=cfg.dihedral)
     stats = {"desc_candidates": int(len(i))}
     if phash is not None:
         hvalid = valid & (np.ones(len(phash), bool) if phash_valid is None else phash_valid)

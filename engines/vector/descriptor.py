@@ -5,12 +5,19 @@ about duplicates, and even real ones are tuned for "same content", not "same pic
 duplicates are the *same photograph* after edits (crop, resize, re-encode, watermark, colour
 change), which classic signals capture well:
 
-- ``global_descriptor``: a 252-d unit vector for candidate search in FAISS: a spatial pyramid
-  of gradient-orientation histograms (1x1, 2x2, 4x4 cells, 9 unsigned bins; HOG-like) on luma
+- ``global_descriptor``: a 231-d unit vector for candidate search in FAISS: a spatial pyramid
+  of gradient-orientation histograms (1x1, 2x2, 4x4 cells, 8 unsigned bins centred on multiples
+  of 22.5 degrees; HOG-like) on luma
   plus the low 8x8 DCT block of a normalised 32x32 tiny image (the pHash family, but real
   valued, so cosine similarity degrades smoothly). Luma, unsigned gradients and per-image
   normalisation make it insensitive to colour changes and brightness/contrast; the coarse
   pyramid levels tolerate moderate crops; re-encodes and watermarks move it little.
+- ``dihedral_descriptors``: the descriptors of the image mirrored and rotated by 90, 180 and
+  270 degrees, computed from the stored vector alone (no decode). Eight bins on a square grid
+  make every one of the 8 transforms an exact permutation of cells and bins (a mirror maps the
+  gradient angle t to 180 - t, a transpose to 90 - t: bin centres onto bin centres) and a sign
+  change or transpose of the DCT block, so a mirrored or rotated copy is found by querying the
+  8 variants of one descriptor against an index of untransformed ones.
 - ``orb_features`` + ``orb_verify``: local-feature verification of a candidate pair (OpenCV ORB
   keypoints, Hamming ratio-test matching, RANSAC similarity transform). A crop or a watermark
   keeps many geometrically consistent matches; two different photos of the same kind of scene
@@ -26,12 +33,13 @@ import numpy as np
 __all__ = [
     "DESC_DIM", "DescriptorConfig", "global_descriptor", "orb_features", "orb_verify", "OrbFeatures",
     "working_gray", "describe", "region_boxes", "N_REGIONS", "decode_gray", "visual_columns",
+    "DIHEDRAL", "dihedral_images", "dihedral_descriptors", "orb_verify_mirrored", "verify_features", "verify_pairs",
 ]
 
-_BINS = 9
+_BINS = 8
 _LEVELS = (1, 2, 4)
 _DCT = 8
-DESC_DIM = _BINS * sum(l * l for l in _LEVELS) + _DCT * _DCT - 1  # 189 + 63 = 252
+DESC_DIM = _BINS * sum(l * l for l in _LEVELS) + _DCT * _DCT - 1  # 168 + 63 = 231
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,9 @@ def _hog_pyramid(gray: np.ndarray, side: int) -> np.ndarray:
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
     mag = np.sqrt(gx * gx + gy * gy)
     ang = np.mod(np.arctan2(gy, gx), np.pi)  # unsigned: a hue shift may invert luma edges
-    b = np.minimum((ang / np.pi * _BINS).astype(np.int32), _BINS - 1)
+    # bins centred on multiples of 180/8 degrees: an axis-aligned edge sits mid-bin, and mirrors
+    # and quarter turns map bins onto bins (see ``dihedral_descriptors``)
+    b = np.floor(ang / np.pi * _BINS + 0.5).astype(np.int32) % _BINS
     parts = []
     for level in _LEVELS:
         cell = side // level
@@ -126,34 +136,197 @@ def _coverage(pts: np.ndarray, shape: tuple[int, int], grid: int = 4) -> float:
     return len(set(zip(cx.tolist(), cy.tolist()))) / float(grid * grid)
 
 
-def orb_verify(a: OrbFeatures, b: OrbFeatures, ratio: float = 0.8, reproj_px: float = 6.0) -> tuple[int, float, float]:
-    """Geometrically verified matches between two images: (inliers, inliers / tentative matches,
-    spatial coverage of the inliers).
+def _order_key(f: OrbFeatures) -> tuple:
+    return (len(f.points), f.shape, f.descriptors.tobytes()[:64] if f.descriptors is not None else b"")
 
-    Lowe's ratio test on Hamming distances, then RANSAC fits a similarity transform (rotation,
-    uniform scale, translation: covers crops and resizes); only matches consistent with one
-    transform count. Two unrelated photos rarely exceed ~8 inliers; two photos that carry the same
-    watermark can reach ~25, but their inliers cover only a few cells of the frame (coverage).
+
+def _mutual_matches(a: OrbFeatures, b: OrbFeatures, ratio: float) -> list[tuple[int, int]]:
+    """Matches that pass Lowe's ratio test in both directions and are each other's nearest:
+    the same set whichever image comes first (a one-way ratio test is not symmetric)."""
+    import cv2
+
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+
+    def one_way(x, y) -> dict[int, int]:
+        return {p[0].queryIdx: p[0].trainIdx for p in matcher.knnMatch(x.descriptors, y.descriptors, k=2)
+                if len(p) == 2 and p[0].distance < ratio * p[1].distance}
+
+    ab, ba = one_way(a, b), one_way(b, a)
+    return [(q, t) for q, t in ab.items() if ba.get(t) == q]
+
+
+def orb_verify(a: OrbFeatures, b: OrbFeatures, ratio: float = 0.8, reproj_px: float = 6.0,
+               max_shape_change: float = 0.3) -> tuple[int, float, float]:
+    """Geometrically verified matches between two images: (inliers, inliers / tentative matches,
+    spatial coverage of the inliers). Symmetric: ``orb_verify(a, b) == orb_verify(b, a)``.
+
+    Mutual ratio-test matches on Hamming distances, then RANSAC fits a similarity transform
+    (rotation, uniform scale, translation: covers crops, resizes and quarter turns); only matches
+    consistent with one transform count. The pair is put in a canonical order first, so RANSAC
+    sees the same problem either way. Two unrelated photos rarely exceed ~8 inliers; two photos
+    that carry the same watermark can reach ~25, but their inliers cover only a few cells of the
+    frame (coverage). A transform under which the shared part changes the picture's shape by more
+    than ``max_shape_change`` (``shape_change``: a strip cut from a photo) counts as no match.
+    Mirrors need ``orb_verify_mirrored`` (a similarity has no reflection).
     """
     import cv2
 
     if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 4:
         return 0, 0.0, 0.0
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    pairs = matcher.knnMatch(a.descriptors, b.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    if _order_key(a) > _order_key(b):
+        a, b = b, a
+    good = _mutual_matches(a, b, ratio)
     if len(good) < 4:
         return 0, 0.0, 0.0
-    src = a.points[[m.queryIdx for m in good]]
-    dst = b.points[[m.trainIdx for m in good]]
-    _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=reproj_px,
+    src = a.points[[q for q, _ in good]]
+    dst = b.points[[t for _, t in good]]
+    cv2.setRNGSeed(0)  # RANSAC's sampling: the same pair gives the same answer in every process
+    m, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=reproj_px,
                                           maxIters=2000, confidence=0.995, refineIters=10)
-    if mask is None:
+    if mask is None or m is None or shape_change(m, a.shape, b.shape) > max_shape_change:
         return 0, 0.0, 0.0
     keep = mask.ravel().astype(bool)
     inl = int(keep.sum())
     cov = min(_coverage(src[keep], a.shape), _coverage(dst[keep], b.shape))
     return inl, inl / len(good), cov
+
+
+def _overlap_sides(m: np.ndarray, src_shape: tuple[int, int], dst_shape: tuple[int, int]) -> tuple[float, float]:
+    """Width and height fractions of the destination frame covered by the bounding box of the
+    source frame mapped by the 2x3 transform ``m`` (clipped to the destination frame)."""
+    h, w = src_shape
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64) @ np.asarray(m, np.float64).T
+    dh, dw = dst_shape
+    fw = (min(corners[:, 0].max(), dw) - max(corners[:, 0].min(), 0)) / max(dw, 1)
+    fh = (min(corners[:, 1].max(), dh) - max(corners[:, 1].min(), 0)) / max(dh, 1)
+    return max(fw, 1e-3), max(fh, 1e-3)
+
+
+def shape_change(m: np.ndarray, a_shape: tuple[int, int], b_shape: tuple[int, int]) -> float:
+    """How much the shared part of two images changes the picture's shape: |log(width fraction /
+    height fraction)| of the overlap in either image, the larger. A copy, a uniform crop, a
+    screenshot or a quarter turn keep it near 0; a strip cut from a photo (one side kept whole, the
+    other cut to 40%: 0.9) is a new composition, not a copy of the photo."""
+    inv = cv2_invert_affine(m)
+    fa = _overlap_sides(inv, b_shape, a_shape)
+    fb = _overlap_sides(m, a_shape, b_shape)
+    return float(max(abs(np.log(fa[0] / fa[1])), abs(np.log(fb[0] / fb[1]))))
+
+
+def cv2_invert_affine(m: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.invertAffineTransform(np.asarray(m, np.float64))
+
+
+def orb_verify_mirrored(a: OrbFeatures, b: OrbFeatures, b_mirror: OrbFeatures | None, *, enough: int = 60,
+                        **kw) -> tuple[int, float, float]:
+    """``orb_verify`` of a against b and against b mirrored (features of ``np.fliplr`` of b's
+    working image); the better of the two by inliers. ORB itself is rotation-invariant, so with
+    the mirror every one of the 8 dihedral copies can verify. A pair with ``enough`` inliers
+    unmirrored is not tried mirrored (half the cost on the common, unmirrored copies)."""
+    best = orb_verify(a, b, **kw)
+    if b_mirror is not None and best[0] < enough:
+        m = orb_verify(a, b_mirror, **kw)
+        if m[0] > best[0]:
+            best = m
+    return best
+
+
+def verify_features(gray: np.ndarray, mirror: bool = True) -> tuple[OrbFeatures, OrbFeatures | None]:
+    """ORB features of a working image and, with ``mirror``, of its left-right mirror: what
+    ``verify_pairs`` needs per image (computed once per image, whatever its number of pairs)."""
+    return orb_features(gray), (orb_features(np.ascontiguousarray(np.fliplr(gray))) if mirror else None)
+
+
+def verify_pairs(features: dict, i, j) -> tuple[list[int], list[float]]:
+    """(inliers, coverage) of each pair (i[k], j[k]); ``features[row]`` is ``verify_features`` of
+    that row's image or None (undecodable: 0 inliers). Mirror-aware when mirrors were computed."""
+    inl, cov = [], []
+    for a, b in zip(i, j):
+        fa, fb = features.get(a), features.get(b)
+        if fa is None or fb is None:
+            inl.append(0); cov.append(0.0)
+            continue
+        n, _, c = orb_verify_mirrored(fa[0], fb[0], fb[1])
+        inl.append(n); cov.append(c)
+    return inl, cov
+
+
+# --- the dihedral group: mirrors and quarter turns of a stored descriptor -----------------------
+
+DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "mirror", "mirror_rot90", "mirror_rot180", "mirror_rot270")
+"""The 8 transforms ``dihedral_images`` applies, in this order (``mirror`` flips left-right)."""
+
+
+def dihedral_images(g: np.ndarray) -> list[np.ndarray]:
+    """The image under each transform of ``DIHEDRAL`` (``np.rot90`` turns counter-clockwise)."""
+    m = np.fliplr(g)
+    return [np.ascontiguousarray(x) for x in (g, np.rot90(g, 1), np.rot90(g, 2), np.rot90(g, 3),
+                                              m, np.rot90(m, 1), np.rot90(m, 2), np.rot90(m, 3))]
+
+
+def _generator_maps() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(source index, sign) per output coordinate of the descriptor for the two generators:
+    ``fliplr`` (x -> -x: angle t -> 180 - t, cell column j -> L-1-j, DCT coefficient (u, v) times
+    (-1)^v) and ``transpose`` (angle t -> 90 - t, cell (i, j) -> (j, i), DCT (u, v) -> (v, u))."""
+    out = {}
+    for gen in ("fliplr", "transpose"):
+        src = np.zeros(DESC_DIM, np.int64)
+        sign = np.ones(DESC_DIM, np.float32)
+        off = 0
+        for L in _LEVELS:
+            for i in range(L):
+                for j in range(L):
+                    for b in range(_BINS):
+                        if gen == "fliplr":
+                            si, sj, sb = i, L - 1 - j, (_BINS - b) % _BINS
+                        else:
+                            si, sj, sb = j, i, (_BINS // 2 - b) % _BINS
+                        src[off + (i * L + j) * _BINS + b] = off + (si * L + sj) * _BINS + sb
+            off += L * L * _BINS
+        for u in range(_DCT):
+            for v in range(_DCT):
+                if u == v == 0:
+                    continue
+                k = off + u * _DCT + v - 1
+                if gen == "fliplr":
+                    src[k], sign[k] = k, (-1.0) ** v
+                else:
+                    src[k] = off + v * _DCT + u - 1
+        out[gen] = (src, sign)
+    return out
+
+
+def _dihedral_maps() -> np.ndarray:
+    """(8, 2, DESC_DIM): source index and sign of each transform in ``DIHEDRAL``'s order, composed
+    from the generators exactly as ``dihedral_images`` composes the image operations
+    (``np.rot90(g) == fliplr(g).T``, so a quarter turn is fliplr then transpose)."""
+    gens = _generator_maps()
+
+    def compose(ops: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        src, sign = np.arange(DESC_DIM), np.ones(DESC_DIM, np.float32)
+        for op in ops:  # applied to the image in this order: d_new = sign_op * d_old[src_op]
+            s_op, g_op = gens[op]
+            src, sign = src[s_op], sign[s_op] * g_op
+        return src, sign
+
+    rot = ["fliplr", "transpose"]
+    words = [[], rot, rot * 2, rot * 3, ["fliplr"], ["fliplr"] + rot, ["fliplr"] + rot * 2, ["fliplr"] + rot * 3]
+    maps = [compose(w) for w in words]
+    return np.stack([np.stack([s.astype(np.float32), g]) for s, g in maps])
+
+
+_MAPS = _dihedral_maps()
+
+
+def dihedral_descriptors(x: np.ndarray) -> np.ndarray:
+    """(8, n, DESC_DIM): the descriptors (n x DESC_DIM, from ``global_descriptor``) of the images
+    mirrored and turned as in ``DIHEDRAL``, from the vectors alone: no image is decoded. Exact up to
+    pixels on the bin edges and the one-pixel rounding of odd sizes."""
+    x = np.asarray(x, np.float32)
+    src = _MAPS[:, 0].astype(np.int64)
+    return x[:, src].transpose(1, 0, 2) * _MAPS[:, 1][:, None, :]
 
 
 REGION_SCALES = (0.8, 0.7)

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-__all__ = ["VARIANT_KINDS", "make_variant", "near_dup_variants", "encode_jpeg", "clustered_embeddings"]
+__all__ = ["VARIANT_KINDS", "HARD_VARIANT_KINDS", "ALL_VARIANT_KINDS", "make_variant", "near_dup_variants", "encode_jpeg", "clustered_embeddings"]
 
 
 def encode_jpeg(im: Image.Image, quality: int = 90) -> bytes:
@@ -84,6 +84,92 @@ VARIANTS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] =
     "combo": _combo,
 }
 VARIANT_KINDS = tuple(VARIANTS)
+
+
+# --- harder edits: the development set of the dedup job ---------------------------------------
+
+
+def _mirror(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return ImageOps.mirror(im)
+
+
+def _rotate(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return im.rotate(int(rng.choice([90, 180, 270])), expand=True)
+
+
+def _strong_crop(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = im.size
+    f = rng.uniform(0.55, 0.65)  # about 40% of the area left
+    cw, ch = int(w * f), int(h * f)
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return im.crop((x, y, x + cw, y + ch))
+
+
+def _banner(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A meme-style text band added above or below the photo (the canvas grows)."""
+    w, h = im.size
+    band = int(h * rng.uniform(0.12, 0.2))
+    out = Image.new("RGB", (w, h + band), (255, 255, 255) if rng.random() < 0.5 else (0, 0, 0))
+    top = rng.random() < 0.5
+    out.paste(im, (0, band if top else 0))
+    d = ImageDraw.Draw(out)
+    colour = (0, 0, 0) if out.getpixel((0, 0 if top else h + band - 1)) == (255, 255, 255) else (255, 255, 255)
+    d.text((8, 4 if top else h + 4), "WHEN THE PHOTO GOES VIRAL", fill=colour, font_size=max(10, band // 2))
+    return out
+
+
+def _frame(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A screenshot: the photo shrunk inside a window with a title bar, margins and other UI."""
+    w, h = im.size
+    s = rng.uniform(0.65, 0.8)
+    inner = im.resize((int(w * s), int(h * s)), Image.Resampling.BICUBIC)
+    out = Image.new("RGB", (w, h), (236, 236, 236))
+    d = ImageDraw.Draw(out)
+    d.rectangle((0, 0, w, int(h * 0.08)), fill=(60, 60, 70))
+    d.text((10, 4), "photo.jpg - Viewer", fill=(240, 240, 240), font_size=max(9, h // 30))
+    x = int((w - inner.width) * rng.uniform(0.3, 0.7))
+    y = int(h * 0.08) + int((h - int(h * 0.08) - inner.height) * rng.uniform(0.2, 0.8))
+    out.paste(inner, (x, max(int(h * 0.08), y)))
+    d.rectangle((0, h - int(h * 0.05), w, h), fill=(210, 210, 215))
+    return out
+
+
+def _aspect(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = im.size
+    f = rng.uniform(1.3, 1.6)
+    return im.resize((int(w * f), h) if rng.random() < 0.5 else (w, int(h * f)), Image.Resampling.BICUBIC)
+
+
+def _heavy_reencode(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    small = im.resize((max(16, im.width // 2), max(16, im.height // 2)), Image.Resampling.BILINEAR)
+    return Image.open(io.BytesIO(encode_jpeg(small, int(rng.integers(5, 10))))).convert("RGB")
+
+
+def _mirror_combo(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return _reencode(_colour(_crop(ImageOps.mirror(im), rng), rng), rng)
+
+
+def _rotate_combo(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return _watermark(_resize(_rotate(_crop(im, rng), rng), rng), rng)
+
+
+VARIANTS.update({
+    "mirror": _mirror,
+    "rotate": _rotate,
+    "strong_crop": _strong_crop,
+    "banner": _banner,
+    "frame": _frame,
+    "aspect": _aspect,
+    "heavy_reencode": _heavy_reencode,
+    "mirror_combo": _mirror_combo,
+    "rotate_combo": _rotate_combo,
+})
+HARD_VARIANT_KINDS = ("mirror", "rotate", "strong_crop", "banner", "frame", "aspect", "heavy_reencode",
+                      "mirror_combo", "rotate_combo")
+"""Edits beyond ``VARIANT_KINDS`` that scraped data holds and a pixel hash misses: mirrors,
+quarter turns, strong crops, text bands, screenshots inside a window, aspect changes, heavy
+re-encoding, and combinations. With ``VARIANT_KINDS`` they make the dedup development set."""
+ALL_VARIANT_KINDS = VARIANT_KINDS + HARD_VARIANT_KINDS
 
 
 def make_variant(data: bytes, kind: str, seed: int) -> bytes:

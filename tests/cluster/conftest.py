@@ -94,6 +94,9 @@ def ray_cluster():
     port, dport = free_port("127.0.0.2"), free_port()
     dirs = [tempfile.mkdtemp(prefix="rc", dir="/tmp") for _ in range(2)]  # short: unix socket paths
     env = ray_env()
+    # token auth: `ray start` refuses to run without a token, and on a fresh machine none exists
+    # until some Ray process made one (an embedded `ray.init` does; this fixture may run first)
+    subprocess.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
     # the agent's HTTP port is fixed (52365) by default: another Ray on the same address (the
     # session's embedded one, another engineer's) would leave this node without a job agent
     mem = ["--memory=2000000000", "--object-store-memory=100000000"]

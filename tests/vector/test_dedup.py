@@ -140,3 +140,71 @@ def test_louvain_fallback_and_semdedup():
     sem = semdedup_pairs(x, np.ones(len(x), bool), 0.995, n_clusters=20, seed=0)
     assert len(sem) > 50
     assert np.all(np.einsum("nd,nd->n", x[sem.i], x[sem.j]) >= 0.995 - 1e-5)
+
+
+def test_mirrored_and_rotated_descriptors_come_from_the_stored_vector(coco_dir: Path):
+    """The 8 dihedral variants computed from one stored descriptor equal the descriptors of the
+    mirrored / turned images themselves (so no image is decoded to find such copies)."""
+    from engines.vector.descriptor import DIHEDRAL, dihedral_descriptors, dihedral_images, global_descriptor
+
+    for p in sorted((coco_dir / "images").glob("*.jpg"))[:4]:
+        g = working_gray(decode_image(p.read_bytes()).array)
+        truth = np.stack([global_descriptor(x) for x in dihedral_images(g)])
+        pred = dihedral_descriptors(global_descriptor(g)[None])[:, 0]
+        assert pred.shape == (len(DIHEDRAL), truth.shape[1])
+        assert np.all(np.einsum("td,td->t", truth, pred) > 0.999)
+        assert (truth[1:] @ truth[0]).min() < 0.9  # and without them a mirror or a turn looks different
+
+
+def test_verification_is_symmetric_and_sees_mirrors(edited):
+    from engines.vector.descriptor import orb_verify_mirrored, verify_features
+
+    g = edited["grays"]
+    for a, b in [(0, 1), (0, 4), (0, 7), (7, 14), (1, 30)]:  # same photo edited, and different photos
+        fa, fb = orb_features(g[a]), orb_features(g[b])
+        assert orb_verify(fa, fb) == orb_verify(fb, fa)
+    mirrored = working_gray(np.ascontiguousarray(decode_image(edited["images"][0]).array[:, ::-1]))
+    plain = orb_verify(orb_features(g[0]), orb_features(mirrored))[0]
+    a, b = verify_features(g[0]), verify_features(mirrored)
+    assert orb_verify_mirrored(a[0], b[0], b[1])[0] >= NearDupConfig().strong_inliers > plain
+
+
+def test_development_set_all_edit_kinds_precision_recall(coco_dir: Path):
+    """Mirrors, quarter turns, strong crops, text bands, screenshots in a window, aspect changes,
+    heavy re-encodes and combinations of 8 photos, among 12 other COCO photos (hard negatives:
+    the same kinds of scenes). Pairwise precision and recall of the near-duplicate groups."""
+    from engines.vector.descriptor import verify_features, verify_pairs
+    from engines.vector.synth import ALL_VARIANT_KINDS
+
+    files = sorted((coco_dir / "images").glob("*.jpg"))
+    images, group, kind = [], [], []
+    for g, p in enumerate(files[:8]):
+        data = p.read_bytes()
+        images.append(data); group.append(g); kind.append("orig")
+        for k, v in near_dup_variants(data, ALL_VARIANT_KINDS, seed=g):
+            images.append(v); group.append(g); kind.append(k)
+    for g, p in enumerate(files[8:20]):
+        images.append(p.read_bytes()); group.append(100 + g); kind.append("negative")
+    grays = [working_gray(decode_image(b).array) for b in images]
+    fr = [describe(x) for x in grays]
+    n = len(images)
+    feats: dict = {}
+
+    def verify(i, j):
+        for x in set(i.tolist()) | set(j.tolist()):
+            feats.setdefault(x, verify_features(grays[x]))
+        return verify_pairs(feats, i.tolist(), j.tolist())
+
+    hashes = np.array([phash(decode_image(b)) for b in images], np.uint64)
+    pairs, stats = near_pairs(np.stack([f for f, _ in fr]), np.stack([r for _, r in fr]), np.ones(n, bool), hashes,
+                              NearDupConfig(), verify)
+    labels = group_duplicates(n, pairs, np.zeros(n)).group
+    labels = np.where(labels >= 0, labels, -1 - np.arange(n))
+    precision, recall = _pair_scores(labels, np.array(group))
+    kinds, truth = np.array(kind), np.array(group)
+    origs = np.flatnonzero(kinds == "orig")
+    per_kind = {k: float((labels[kinds == k] == labels[origs[truth[kinds == k]]]).mean()) for k in ALL_VARIANT_KINDS}
+    print(f"\ndevelopment set: precision {precision:.3f} recall {recall:.3f}; per kind {per_kind}; {stats}")
+    assert precision >= 0.98 and recall >= 0.95, (precision, recall, per_kind)
+    for k in ("mirror", "rotate", "mirror_combo", "rotate_combo", "strong_crop", "banner", "aspect", "heavy_reencode"):
+        assert per_kind[k] == 1.0, (k, per_kind)

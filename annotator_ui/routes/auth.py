@@ -1,0 +1,85 @@
+"""Logging in and out: the login page and form, the JSON login, logout, and who am I.
+
+The login form carries a double-submit cookie (a cross-site page can post the form, but cannot
+set the cookie); the session cookie is HttpOnly and SameSite=Strict, so a script on the page
+cannot read it and a cross-site request does not carry it.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from annotator_ui.deps import NO_NUL, AppSettings, CurrentUser, DbDep, SessionDep, SettingsDep, check_form_csrf, page
+from annotator_ui.routes import HTML_PAGE, PUBLIC, REDIRECT
+from curation.security import LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token, tokens_equal
+
+__all__ = ["router", "LoginIn"]
+
+router = APIRouter()
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+def set_session(resp: Response, token: str, settings: AppSettings) -> None:
+    resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=settings.cookie_secure,
+                    max_age=int(settings.session_ttl_s), path="/")
+
+
+@router.get("/login", response_class=HTMLResponse, responses=HTML_PAGE, openapi_extra=PUBLIC)
+def login_page(request: Request, settings: SettingsDep):
+    # the double-submit token: kept while the cookie lives, so two open tabs both work
+    token = request.cookies.get(LOGIN_CSRF_COOKIE) or new_token()
+    resp = page(request, "login.html", login_csrf=token, error=None, csrf=None)
+    resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=settings.cookie_secure,
+                    max_age=3600, path="/login")
+    return resp
+
+
+@router.post("/login", responses=REDIRECT, openapi_extra=PUBLIC)
+def login_form(request: Request, username: Annotated[str, Form(min_length=1, max_length=64)],
+               password: Annotated[str, Form(min_length=1, max_length=1024)],
+               csrf: Annotated[str, Form(min_length=1, max_length=128)], db: DbDep, settings: SettingsDep):
+    if not tokens_equal(csrf, request.cookies.get(LOGIN_CSRF_COOKIE)):
+        raise HTTPException(403, "login form expired; reload the page")
+    user = db.authenticate(username, password)
+    if user is None:
+        return page(request, "login.html", 401, login_csrf=csrf, error="Wrong user name or password.", csrf=None)
+    token, _ = db.create_session(user, settings.session_ttl_s)
+    resp = RedirectResponse("/", status_code=303)
+    set_session(resp, token, settings)
+    return resp
+
+
+@router.post("/api/login", openapi_extra=PUBLIC)
+def login_json(body: LoginIn, db: DbDep, settings: SettingsDep):
+    # the CSRF token comes back in the body: a script sends it as X-CSRF-Token on every post
+    user = db.authenticate(body.username, body.password)
+    if user is None:
+        raise HTTPException(401, "wrong user name or password")
+    token, csrf = db.create_session(user, settings.session_ttl_s)
+    resp = JSONResponse({"user": user.name, "role": user.role, "csrf": csrf})
+    set_session(resp, token, settings)
+    return resp
+
+
+@router.post("/logout", responses=REDIRECT)
+def logout(request: Request, s: SessionDep, csrf: Annotated[str, Form(min_length=1, max_length=128)], db: DbDep):
+    # the user's leases go back to the queue at once, not when they expire
+    check_form_csrf(csrf, s)
+    db.release_user(s[0])
+    db.end_session(request.cookies.get(SESSION_COOKIE, ""), s[0])
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+@router.get("/api/me")
+def me(user: CurrentUser):
+    return {"user": user.name, "role": user.role}

@@ -1,0 +1,101 @@
+"""Reviewing: the annotate page and its form, and the same as a JSON API (next item, one item,
+decision, skip).
+
+An annotator sees only items leased to them (``ReviewDB`` checks the lease on every write), and
+an item as ``ReviewItemPublic``: never who else holds or decided it, nor a gold answer. The
+stored payload is parsed with ``ReviewPayload``, so an item queued with fewer keys still serves.
+"""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from annotator_ui.deps import NO_NUL, CsrfUser, CurrentUser, DbDep, ItemId, SessionDep, SettingsDep, check_form_csrf, page
+from annotator_ui.routes import HTML_PAGE, REDIRECT
+from curation.text import MAX_CAPTION_CHARS
+from engines.active.payload import ReviewItemAdmin, ReviewItemPublic, ReviewPayload
+
+__all__ = ["router", "DecisionIn", "REJECT_REASONS"]
+
+router = APIRouter()
+
+REJECT_REASONS = ["low quality", "caption wrong", "watermark / text overlay", "duplicate", "NSFW", "other"]
+
+
+class DecisionIn(BaseModel):
+    """A decision posted as JSON (what the page's form posts carry, as an API)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["keep", "drop"]
+    flag: bool = False
+    caption: str | None = Field(None, max_length=MAX_CAPTION_CHARS, pattern=NO_NUL)
+    tags: list[Annotated[str, Field(max_length=64, pattern=NO_NUL)]] = Field(default_factory=list, max_length=64)
+    reasons: list[Annotated[str, Field(max_length=200, pattern=NO_NUL)]] = Field(default_factory=list, max_length=20)
+
+
+@router.get("/", response_class=HTMLResponse, responses=HTML_PAGE)
+def annotate_page(request: Request, s: SessionDep, db: DbDep, settings: SettingsDep):
+    user, csrf = s
+    item = db.next_item(user, lease_s=settings.lease_s, gold_rate=settings.gold_rate)
+    return page(request, "annotate.html", user=user, csrf=csrf,
+                item=ReviewItemPublic.of(item).model_dump() if item else None, counters=db.counters(),
+                mine=db.user_decision_count(user), reject_reasons=REJECT_REASONS, max_caption=MAX_CAPTION_CHARS)
+
+
+def _form_decision(action: str, caption: str | None, original: str, tags: str, reasons: list[str] | None) -> DecisionIn:
+    """The form's fields as the API's decision: an unchanged or blank caption is no edit, and
+    over-long tags and reasons are cut to the API's limits rather than refused."""
+    cap = caption.replace("\r\n", "\n") if caption is not None else None
+    cap = None if cap is None or cap.strip() == "" or cap == original else cap
+    tag_list = [t.strip() for t in tags.split(",") if t.strip()][:64]
+    return DecisionIn(decision="keep" if action == "accept" else "drop", flag=action == "flag", caption=cap,
+                      tags=[t[:64] for t in tag_list], reasons=[r[:200] for r in (reasons or [])][:20])
+
+
+@router.post("/annotate/{item_id}", responses=REDIRECT)
+def annotate_post(item_id: ItemId, s: SessionDep,
+                  action: Annotated[Literal["accept", "reject", "flag", "skip"], Form()],
+                  csrf: Annotated[str, Form(min_length=1, max_length=128)], db: DbDep,
+                  caption: Annotated[str | None, Form(max_length=MAX_CAPTION_CHARS)] = None,
+                  tags: Annotated[str, Form(max_length=4000)] = "",
+                  reasons: Annotated[list[str] | None, Form()] = None):
+    user = s[0]
+    check_form_csrf(csrf, s, "missing or wrong CSRF token; reload the page")
+    if action == "skip":
+        db.skip(user, item_id)
+        return RedirectResponse("/", status_code=303)
+    original = ReviewPayload.model_validate(db.get_item(item_id)["payload"]).caption
+    body = _form_decision(action, caption, original, tags, reasons)
+    db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags,
+              reasons=body.reasons)
+    return RedirectResponse("/", status_code=303)
+
+
+# the two hot calls answer JSONResponse directly: their dicts are plain JSON already, and FastAPI's
+# recursive jsonable_encoder over the item payload costs more CPU than the lease query itself
+@router.get("/api/next")
+def api_next(user: CurrentUser, db: DbDep, settings: SettingsDep):
+    item = db.next_item(user, lease_s=settings.lease_s, gold_rate=settings.gold_rate)
+    return JSONResponse({"item": ReviewItemPublic.of(item).model_dump() if item else None})
+
+
+@router.get("/api/items/{item_id}")
+def api_item(item_id: ItemId, user: CurrentUser, db: DbDep):
+    # admins see any item and its queue state; annotators only their own lease
+    item = db.get_item(item_id) if user.is_admin else db.leased_item(user, item_id)
+    return {"item": (ReviewItemAdmin if user.is_admin else ReviewItemPublic).of(item).model_dump()}
+
+
+@router.post("/api/items/{item_id}/decision")
+def api_decide(item_id: ItemId, body: DecisionIn, user: CsrfUser, db: DbDep):
+    return JSONResponse(db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption,
+                                  tags=body.tags, reasons=body.reasons))
+
+
+@router.post("/api/items/{item_id}/skip")
+def api_skip(item_id: ItemId, user: CsrfUser, db: DbDep):
+    db.skip(user, item_id)
+    return {"item_id": item_id, "skipped": True}

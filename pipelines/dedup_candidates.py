@@ -1,0 +1,399 @@
+"""The dedup job's near-duplicate phases on Ray: candidates from a sharded approximate index,
+then the pairs accepted (cheap signals or local-feature verification), all on workers.
+
+Why this shape: the in-memory search (``engines.vector.dedup.region_candidates``) holds every
+row's 11 descriptors in one process and searches them exactly: n^2 work and n x 11 x 231 floats
+of memory. Here the driver keeps per-row scalars only (ids, hashes, quality) and what comes
+back is the accepted pairs:
+
+1. index: an IVF (or, for small data, flat) index of every row's full-frame and 10 regional
+   descriptors (label = row position x 11 + slot) is trained on a sample on the driver, filled
+   in shards on workers (one checkpointed shard per unit of fragments), and merged by one Ray
+   task into a file the query actors load once.
+2. candidates: each query unit reads its rows' ``vec_desc``, queries it in the 8 orientations
+   of the dihedral group (``candidate_queries``: mirrors and quarter turns, computed from the
+   stored vector), reduces hits to each row's ``k`` best other rows (``top_owners``) and writes
+   the pairs (i < j, similarity, pHash distance) as fragments of a Lance edge table; the driver
+   commits them once. Checkpointed per unit.
+3. accept: each unit takes the edges whose smaller end lies in its range of rows (a pair found
+   from both ends is verified once), accepts those the cheap signals decide, verifies the rest
+   with mirror-aware ORB + RANSAC on its own images, and returns the accepted pairs.
+   Checkpointed per unit.
+
+Every phase's state lives under ``<state>/vector/dedup-v<version>-<config hash>/``: a killed run,
+re-run, finishes only the missing units.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from rich.console import Console
+
+from engines.vector.dedup import NearDupConfig
+from engines.vector.index import IndexConfig
+
+__all__ = ["EDGE_SCHEMA", "NearJob", "near_pairs_on_ray"]
+
+console = Console(stderr=True)
+
+EDGE_SCHEMA = pa.schema([
+    pa.field("i", pa.int64()),      # row position (fragment order), the smaller end
+    pa.field("j", pa.int64()),
+    pa.field("sim", pa.float32()),  # best descriptor cosine over regions and orientations
+    pa.field("ham", pa.int16()),    # pHash Hamming distance, -1 = no hash on one side
+])
+SLOTS = 11  # full frame + 10 regions per row
+
+
+class NearJob:
+    """Where one dedup run keeps its state, and the units it splits the dataset into."""
+
+    def __init__(self, store, ds, cfg: NearDupConfig, index_cfg: IndexConfig, rows_per_unit: int, key: str):
+        self.store, self.ds, self.cfg, self.index_cfg = store, ds, cfg, index_cfg
+        self.folder = Path(store.state_dir) / "vector" / f"dedup-v{ds.version}-{key}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.units = row_units(ds, rows_per_unit)
+        self.n = int(sum(u["rows"] for u in self.units))
+
+    def done(self, phase: str) -> dict[int, Any]:
+        """Checkpointed results of a phase, by unit."""
+        return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in (self.folder / phase).glob("unit-*.json")}
+
+    def save(self, phase: str, unit: int, rec: Any) -> None:
+        d = self.folder / phase
+        d.mkdir(exist_ok=True)
+        p = d / f"unit-{unit}.json"
+        p.with_suffix(".tmp").write_text(json.dumps(rec))
+        p.with_suffix(".tmp").replace(p)
+
+
+def row_units(ds, rows_per_unit: int) -> list[dict[str, Any]]:
+    """Consecutive fragments up to ``rows_per_unit`` rows, each with the position of its first row
+    (positions count rows in fragment order, as ``ds.take`` does)."""
+    units, cur, rows, start = [], [], 0, 0
+    for f in ds.get_fragments():
+        n = f.count_rows()
+        if cur and rows + n > rows_per_unit:
+            units.append({"unit": len(units), "fragments": cur, "start": start, "rows": rows})
+            start += rows
+            cur, rows = [], 0
+        cur.append(f.fragment_id)
+        rows += n
+    if cur:
+        units.append({"unit": len(units), "fragments": cur, "start": start, "rows": rows})
+    return units
+
+
+def _read_descriptors(ds, fragments: list[int], regions: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(full n x d, regions n x 10 x d or None, valid mask) of some fragments, float32, unit norm."""
+    from engines.vector.index import clean_vectors, to_matrix
+
+    cols = ["vec_desc", "vec_regions"] if regions else ["vec_desc"]
+    t = pa.concat_tables([ds.get_fragment(f).to_table(columns=cols) for f in fragments])
+    full, null = to_matrix(t.column("vec_desc"))
+    full, valid, _ = clean_vectors(full, null)
+    if not regions:
+        return full, None, valid
+    reg, rnull = to_matrix(t.column("vec_regions"))
+    reg = reg.reshape(len(full), -1, full.shape[1])
+    return full, reg, valid & ~rnull
+
+
+def _slot_vectors(full: np.ndarray, reg: np.ndarray, valid: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 11 vectors of each valid row and their labels (position x 11 + slot)."""
+    pos = np.flatnonzero(valid)
+    x = np.concatenate([full[pos, None, :], reg[pos]], axis=1).reshape(-1, full.shape[1])
+    labels = ((start + pos)[:, None] * SLOTS + np.arange(SLOTS)[None, :]).ravel()
+    return np.ascontiguousarray(x, np.float32), labels.astype(np.int64)
+
+
+# --- 1. the index -------------------------------------------------------------------------------
+
+
+class _ShardWorker:
+    """Ray actor: adds the 11 descriptors of each row of some fragments to a copy of the trained index."""
+
+    def __init__(self, store, version: int, trained: bytes):
+        from engines.vector.index import deserialize
+
+        self.ds = store.open(version)
+        self.trained = deserialize(trained)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from engines.vector.index import add_vectors, empty_like, serialize
+
+        out: dict[str, list] = {"unit": [], "shard": []}
+        for unit in batch.to_pylist():
+            full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
+            shard = empty_like(self.trained)
+            add_vectors(shard, *_slot_vectors(full, reg, valid, unit["start"]))
+            out["unit"].append(unit["unit"])
+            out["shard"].append(serialize(shard))
+        return pa.table(out)
+
+
+def _merge_shards(trained: bytes, shard_paths: list[str], out_path: str) -> int:
+    """Ray task: the shards merged into one index file (on a worker: the driver never holds it)."""
+    from engines.vector.index import deserialize, empty_like, merge_shards, serialize
+
+    index = empty_like(deserialize(trained))
+    for p in shard_paths:
+        merge_shards(index, [deserialize(Path(p).read_bytes())])
+    Path(out_path + ".tmp").write_bytes(serialize(index))
+    Path(out_path + ".tmp").replace(out_path)
+    return int(index.ntotal)
+
+
+def _train(job: NearJob) -> bytes:
+    """An empty index trained on a sample of rows' 11 descriptors (the only vectors on the driver)."""
+    from engines.vector.index import serialize, train_index, train_points
+
+    cfg = job.index_cfg
+    want = max(1, train_points(job.n * SLOTS, cfg) // SLOTS + 1)
+    rng = np.random.default_rng(cfg.seed)
+    pos = np.sort(rng.choice(job.n, min(want, job.n), replace=False))
+    t = job.ds.take(pos.tolist(), columns=["vec_desc", "vec_regions"])
+    from engines.vector.index import clean_vectors, to_matrix
+
+    full, null = to_matrix(t.column("vec_desc"))
+    full, valid, _ = clean_vectors(full, null)
+    reg, _ = to_matrix(t.column("vec_regions"))
+    x, _ = _slot_vectors(full, reg.reshape(len(full), -1, full.shape[1]), valid, 0)
+    trained, kind, spec = train_index(x, job.n * SLOTS, cfg)
+    console.print(f"dedup candidates: {kind} index ({spec}) over {job.n * SLOTS:,} descriptors, trained on {len(x):,}")
+    return serialize(trained)
+
+
+def build_region_index(job: NearJob, show_progress: bool) -> Path:
+    """Phase 1: the merged index file of every row's 11 descriptors (resumable per shard)."""
+    import ray
+
+    from curation.runner import execute_units
+
+    out = job.folder / "regions.faiss"
+    if out.exists():
+        return out
+    trained_path = job.folder / "trained.faiss"
+    if not trained_path.exists():
+        trained_path.write_bytes(_train(job))
+    trained = trained_path.read_bytes()
+    shards = job.folder / "shards"
+    shards.mkdir(exist_ok=True)
+    todo = [u for u in job.units if not (shards / f"unit-{u['unit']}.faiss").exists()]
+
+    def on_result(row: dict) -> None:
+        p = shards / f"unit-{row['unit']}.faiss"
+        p.with_suffix(".tmp").write_bytes(row["shard"])
+        p.with_suffix(".tmp").replace(p)
+
+    execute_units(todo, _ShardWorker, {"store": job.store, "version": job.ds.version, "trained": trained},
+                  ray_options={"num_cpus": 1}, on_result=on_result, description="dedup: index descriptors (units)",
+                  show_progress=show_progress)
+    paths = [str(shards / f"unit-{u['unit']}.faiss") for u in job.units]
+    ntotal = ray.get(ray.remote(num_cpus=1)(_merge_shards).remote(trained, paths, str(out)))
+    shutil.rmtree(shards, ignore_errors=True)
+    console.print(f"dedup candidates: index of {ntotal:,} descriptors -> {out}")
+    return out
+
+
+# --- 2. candidate pairs ---------------------------------------------------------------------------
+
+
+class _CandidateWorker:
+    """Ray actor: loads the region index once; per unit, the k best other rows of each of its rows
+    in any orientation, written as Lance fragments of the edge table (metadata back to the driver)."""
+
+    def __init__(self, store, version: int, index_path: str, edges_uri: str, cfg: dict, phash: np.ndarray | None,
+                 nprobe: int, use_gpu: bool | None):
+        from engines.vector.index import deserialize, maybe_gpu
+
+        self.ds = store.open(version)
+        self.index = maybe_gpu(deserialize(Path(index_path).read_bytes()), use_gpu)
+        self.edges_uri, self.cfg, self.phash, self.nprobe = edges_uri, NearDupConfig(**cfg), phash, nprobe
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out: dict[str, list] = {"unit": [], "fragments": [], "edges": []}
+        for unit in batch.to_pylist():
+            edges = self.edges(unit)
+            frags = self.write(edges)
+            out["unit"].append(unit["unit"])
+            out["fragments"].append(json.dumps([f.to_json() for f in frags]))
+            out["edges"].append(edges.num_rows)
+        return pa.table(out)
+
+    def edges(self, unit: dict) -> pa.Table:
+        from engines.vector.dedup import candidate_queries, popcount64, top_owners
+        from engines.vector.graph import symmetric_edges
+        from engines.vector.index import search
+
+        full, _, valid = _read_descriptors(self.ds, unit["fragments"], regions=False)
+        pos = np.flatnonzero(valid)
+        k = self.cfg.k
+        kk = min((k + 1) * SLOTS, self.index.ntotal)
+        queries = candidate_queries(full[pos], self.cfg.dihedral)
+        sims, nn = search(self.index, queries, kk, nprobe=self.nprobe)
+        q = np.repeat(np.tile(unit["start"] + pos, len(queries) // max(len(pos), 1)), kk)
+        owner = np.where(nn.ravel() >= 0, nn.ravel() // SLOTS, -1)
+        a, b, w = symmetric_edges(*top_owners(q, owner, sims.ravel(), k, self.cfg.min_candidate_sim))
+        ham = np.full(len(a), -1, np.int16)
+        if self.phash is not None and len(a):
+            h, hv = self.phash
+            both = hv[a] & hv[b]
+            ham[both] = popcount64(np.bitwise_xor(h[a[both]], h[b[both]]))
+        return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32), "ham": ham}, schema=EDGE_SCHEMA)
+
+    def write(self, edges: pa.Table) -> list:
+        from lance.fragment import write_fragments
+
+        if not edges.num_rows:
+            return []
+        return write_fragments(edges, self.edges_uri, schema=EDGE_SCHEMA, max_rows_per_file=1 << 24)
+
+
+def candidate_edges(job: NearJob, index_path: Path, phash, show_progress: bool) -> str:
+    """Phase 2: the candidate edge table (Lance, committed once after every unit is done)."""
+    import lance
+    from lance import LanceOperation
+    from lance.fragment import FragmentMetadata
+
+    from curation.runner import execute_units
+
+    uri = str(job.folder / "candidates.lance")
+    if (Path(uri) / "_versions").exists() and not (job.folder / "candidates.staging").exists():
+        return uri
+    staging = str(job.folder / "candidates.staging")
+    done = job.done("candidates")
+    todo = [u for u in job.units if u["unit"] not in done]
+
+    def on_result(row: dict) -> None:
+        rec = {"fragments": json.loads(row["fragments"]), "edges": row["edges"]}
+        job.save("candidates", row["unit"], rec)
+        done[row["unit"]] = rec
+
+    execute_units(todo, _CandidateWorker,
+                  {"store": job.store, "version": job.ds.version, "index_path": str(index_path), "edges_uri": staging,
+                   "cfg": job.cfg.model_dump(), "phash": phash, "nprobe": job.index_cfg.nprobe, "use_gpu": job.index_cfg.use_gpu},
+                  ray_options={"num_cpus": 1}, on_result=on_result, description="dedup: candidate pairs (units)",
+                  show_progress=show_progress)
+    frags = [FragmentMetadata.from_json(json.dumps(f)) for u in job.units for f in done[u["unit"]]["fragments"]]
+    lance.LanceDataset.commit(staging, LanceOperation.Overwrite(EDGE_SCHEMA, frags))
+    if Path(uri).exists():
+        shutil.rmtree(uri)
+    Path(staging).rename(uri)
+    return uri
+
+
+# --- 3. accepted pairs ------------------------------------------------------------------------------
+
+
+class _AcceptWorker:
+    """Ray actor: the candidate pairs whose smaller end lies in a unit's row range, each once; the
+    cheap signals accept some, ORB + RANSAC (mirror-aware, symmetric) decides the others."""
+
+    def __init__(self, store, version: int, edges_uri: str, cfg: dict, block: int = 2000):
+        import lance
+
+        self.ds = store.open(version)
+        self.block = block
+        self.edges = lance.dataset(edges_uri)
+        self.cfg = NearDupConfig(**cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out: dict[str, list] = {"unit": [], "i": [], "j": [], "sim": [], "stats": []}
+        for unit in batch.to_pylist():
+            i, j, sim, stats = self.accept(unit["start"], unit["start"] + unit["rows"])
+            out["unit"].append(unit["unit"])
+            out["i"].append(i.tolist()); out["j"].append(j.tolist()); out["sim"].append(sim.tolist())
+            out["stats"].append(json.dumps(stats))
+        return pa.table(out)
+
+    def accept(self, lo: int, hi: int):
+        from engines.vector.dedup import accept_near, needs_verification
+        from engines.vector.graph import symmetric_edges
+
+        t = self.edges.to_table(filter=f"i >= {lo} AND i < {hi}")
+        a, b, sim = symmetric_edges(t.column("i").to_numpy(), t.column("j").to_numpy(), t.column("sim").to_numpy())
+        ham = _ham_of(t, a, b)
+        inl = np.full(len(a), -1, np.int32)
+        cov = np.zeros(len(a), np.float32)
+        todo = np.flatnonzero(needs_verification(sim, ham, self.cfg))
+        if len(todo):
+            inl[todo], cov[todo] = self.verify(a[todo], b[todo])
+        ok = accept_near(sim, ham, inl, cov, self.cfg)
+        stats = {"desc_candidates": int(len(a)), "verified_pairs": int(len(todo)), "accepted_pairs": int(ok.sum())}
+        return a[ok], b[ok], np.clip(sim[ok], 0, 1), stats
+
+    def verify(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from engines.vector.descriptor import decode_gray, verify_features, verify_pairs
+
+        order = np.lexsort((j, i))
+        feats: dict[int, Any] = {}
+        inl = np.zeros(len(i), np.int32)
+        cov = np.zeros(len(i), np.float32)
+        for s in range(0, len(order), self.block):  # bounded memory: features of one block's images at a time
+            blk = order[s:s + self.block]
+            need = sorted(set(i[blk].tolist()) | set(j[blk].tolist()))
+            t = self.ds.take(need, columns=["image", "image_uri"])
+            feats = {}
+            for p, data, uri in zip(need, t.column("image").to_pylist(), t.column("image_uri").to_pylist()):
+                g = decode_gray(data, uri)
+                feats[p] = verify_features(g, self.cfg.dihedral) if isinstance(g, np.ndarray) else None
+            n_in, c = verify_pairs(feats, i[blk].tolist(), j[blk].tolist())
+            inl[blk], cov[blk] = n_in, c
+        return inl, cov
+
+
+def _ham_of(t: pa.Table, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The pHash distance of each de-duplicated pair (the same on every copy of a pair)."""
+    if not t.num_rows:
+        return np.zeros(0, np.int16)
+    i, j, h = t.column("i").to_numpy(), t.column("j").to_numpy(), t.column("ham").to_numpy()
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    key = lo * (int(hi.max()) + 1) + hi
+    order = np.argsort(key, kind="stable")
+    want = a * (int(hi.max()) + 1) + b
+    return h[order][np.searchsorted(key[order], want)].astype(np.int32)
+
+
+def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Phase 3: accepted near-duplicate pairs (i, j, sim) and summed counters."""
+    from curation.runner import execute_units
+
+    done = job.done("accepted")
+    todo = [u for u in job.units if u["unit"] not in done]
+
+    def on_result(row: dict) -> None:
+        rec = {"i": row["i"], "j": row["j"], "sim": row["sim"], "stats": json.loads(row["stats"])}
+        job.save("accepted", row["unit"], rec)
+        done[row["unit"]] = rec
+
+    execute_units(todo, _AcceptWorker, {"store": job.store, "version": job.ds.version, "edges_uri": edges_uri,
+                                        "cfg": job.cfg.model_dump(), "block": block},
+                  ray_options={"num_cpus": 1}, on_result=on_result,
+                  description="dedup: verify candidate pairs (ORB+RANSAC, units)", show_progress=show_progress)
+    recs = [done[u["unit"]] for u in job.units]
+    stats: dict[str, int] = {}
+    for r in recs:
+        for k, v in r["stats"].items():
+            stats[k] = stats.get(k, 0) + v
+    cat = lambda key, dt: np.concatenate([np.asarray(r[key], dt) for r in recs]) if recs else np.zeros(0, dt)  # noqa: E731
+    return cat("i", np.int64), cat("j", np.int64), cat("sim", np.float32), stats
+
+
+def near_pairs_on_ray(store, ds, cfg: NearDupConfig, index_cfg: IndexConfig, *, rows_per_unit: int, key: str,
+                      phash, show_progress: bool = True, block: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, NearJob]:
+    """The three phases; returns accepted pairs (i, j, sim), counters and the job (its folder)."""
+    t0 = time.perf_counter()
+    job = NearJob(store, ds, cfg, index_cfg, rows_per_unit, key)
+    index_path = build_region_index(job, show_progress)
+    edges_uri = candidate_edges(job, index_path, phash, show_progress)
+    i, j, sim, stats = accepted_pairs(job, edges_uri, show_progress, block)
+    stats["near_seconds"] = round(time.perf_counter() - t0, 2)
+    return i, j, sim, stats, job
