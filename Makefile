@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := chromium chromium-driver wordnet-base fonts-wqy-microhei postgresql
 DEMO_DIR ?= demo
 
-.PHONY: demo test env system-deps clean bench
+.PHONY: demo test lint env system-deps clean bench
 
 # Debian packages: a CJK font (demo text images), WordNet (concept graph), Chromium (UI tests),
 # PostgreSQL (the review database tests run against a throwaway server as well as SQLite).
@@ -36,8 +36,13 @@ demo: env
 	$(BIN)/curate demo-data $(DEMO_DIR)/corpus
 	$(BIN)/curate run pipelines/demo.yaml
 
-test: env
+test: env lint
 	$(BIN)/python -m pytest -q --durations=20 tests
+
+# ruff (configured in pyproject.toml; the same checks run as a pre-commit hook)
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: env
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

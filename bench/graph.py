@@ -124,7 +124,7 @@ def main() -> None:
     print(f"tagging {len(texts)} real captions x {n_q:,} concepts:")
     print(f"  ours (tokenise + count + score all concepts): {best * 1000:.1f} ms  -> {fig['captions_per_s_ours']:,.0f} captions/s")
     print(f"  ours tag_rows (+ best caption, propagation to ancestors, top-64): {best_rows * 1000:.1f} ms")
-    print(f"  rank-bm25 get_scores per concept{' (extrapolated from %d)' % len(idx) if args.ref_sample else ''}: "
+    print(f"  rank-bm25 get_scores per concept{f' (extrapolated from {len(idx)})' if args.ref_sample else ''}: "
           f"{ref_s:.1f} s -> {fig['captions_per_s_rank_bm25']:.1f} captions/s")
     print(f"  speed-up {fig['speedup_bm25']:,.0f}x (with propagation {fig['speedup_with_propagation']:,.0f}x); "
           f"max |score difference| over {len(idx):,} concepts x {len(texts)} captions: {max_diff:.2e}")

@@ -39,8 +39,8 @@ def machine() -> str:
 def run(model: str, resolution: int, steps: int, token_budget: int, cap_tokens: int, compile_: bool, ckpt: bool) -> dict:
     import torch
 
-    from training.model import CONFIGS
     from training.loop import BatchList, TrainConfig, train
+    from training.model import CONFIGS
 
     mc = CONFIGS[model]()
     lat_side = resolution // 8

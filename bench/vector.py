@@ -99,8 +99,8 @@ class Phases:
 def exact_blocked(x: np.ndarray, q: np.ndarray, k: int, block: int = 100_000) -> np.ndarray:
     """Brute-force k nearest positions of ``q`` in ``x`` (inner product), block by block of a
     memory-mapped ``x``: memory = one block, never a float32 copy of all of x."""
-    from faiss.contrib.exhaustive_search import knn_ground_truth
     import faiss
+    from faiss.contrib.exhaustive_search import knn_ground_truth
 
     def blocks():
         for s in range(0, len(x), block):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from rich.console import Console
 import typer
+from rich.console import Console
 
 from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
 from pipelines.dedup import DedupConfig, run_dedup

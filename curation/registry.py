@@ -11,8 +11,9 @@ job); ``load_plugins`` imports the user modules a pipeline names under ``plugins
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 

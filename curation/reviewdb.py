@@ -31,10 +31,11 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from curation.security import DUMMY_HASH, hash_password, new_token, token_digest, verify_password
 

@@ -113,6 +113,8 @@ def _cluster_slots(opts: dict[str, Any]) -> int:
         slots = max(1, int(res.get("GPU", 0) // opts["num_gpus"]))
     else:
         slots = max(1, int(res.get("CPU", 1) // max(opts.get("num_cpus", 1), 1e-3)))
+    if opts.get("memory"):  # a memory reservation caps the pool too: more actors would wait forever
+        slots = min(slots, max(1, int(res.get("memory", 0) // max(opts["memory"], 1))))
     # a custom resource (e.g. only some nodes have it) caps the pool: more actors would never start
     for name, need in (opts.get("resources") or {}).items():
         slots = min(slots, max(1, int(res.get(name, 0) // max(need, 1e-3))))

@@ -24,11 +24,12 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
@@ -112,7 +113,7 @@ class DemoItem:
     near_dup_group: str | None = None
     degradations: list[str] = field(default_factory=list)
     text: dict | None = None
-    copy_of: "DemoItem | None" = None
+    copy_of: DemoItem | None = None
     # set by layout assignment
     id: str = ""
     layout: str = ""

@@ -28,8 +28,8 @@ import html
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -174,7 +174,7 @@ class BM25Counts:
     df: Counter = field(default_factory=Counter)
 
     @classmethod
-    def from_tokens(cls, docs: Iterable[Sequence[str]]) -> "BM25Counts":
+    def from_tokens(cls, docs: Iterable[Sequence[str]]) -> BM25Counts:
         c = cls()
         for toks in docs:
             c.n_docs += 1
@@ -182,7 +182,7 @@ class BM25Counts:
             c.df.update(set(toks))
         return c
 
-    def __add__(self, other: "BM25Counts") -> "BM25Counts":
+    def __add__(self, other: BM25Counts) -> BM25Counts:
         return BM25Counts(self.n_docs + other.n_docs, self.total_len + other.total_len, self.df + other.df)
 
 
@@ -210,7 +210,7 @@ class BM25Scorer:
         self.idf = np.zeros(len(self.qcol))
 
     # --- corpus statistics ------------------------------------------------------------
-    def set_counts(self, counts: BM25Counts) -> "BM25Scorer":
+    def set_counts(self, counts: BM25Counts) -> BM25Scorer:
         """idf for every query token from corpus counts, with rank-bm25's epsilon floor."""
         self.n_docs = counts.n_docs
         self.avgdl = counts.total_len / counts.n_docs if counts.n_docs else 0.0
@@ -228,21 +228,21 @@ class BM25Scorer:
                 self.idf[j] = v
         return self
 
-    def fit(self, docs: Sequence[Sequence[str]]) -> "BM25Scorer":
+    def fit(self, docs: Sequence[Sequence[str]]) -> BM25Scorer:
         return self.set_counts(BM25Counts.from_tokens(docs))
 
     def state(self) -> dict:
         """Small picklable statistics (what workers need; not the corpus vocabulary)."""
         return {"n_docs": self.n_docs, "avgdl": self.avgdl, "idf": self.idf, "n_query_tokens": len(self.qcol)}
 
-    def load_state(self, state: dict) -> "BM25Scorer":
+    def load_state(self, state: dict) -> BM25Scorer:
         if state["n_query_tokens"] != len(self.qcol):
             raise ValueError("BM25 statistics were computed for another concept graph; re-run the fit")
         self.n_docs, self.avgdl, self.idf = state["n_docs"], state["avgdl"], np.asarray(state["idf"])
         return self
 
     # --- scoring ----------------------------------------------------------------------
-    def tf_weights(self, docs: Sequence[Sequence[str]]) -> "sp.csr_matrix":
+    def tf_weights(self, docs: Sequence[Sequence[str]]) -> sp.csr_matrix:
         """(docs x query tokens): idf * tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl))."""
         import scipy.sparse as sp
 

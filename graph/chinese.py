@@ -20,7 +20,6 @@ import gzip
 import re
 from functools import lru_cache
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # networkx is slow to import; the CLI imports this module at start
@@ -159,7 +158,7 @@ def add_zh_labels(graph: ConceptGraph, *, synonyms: bool = True, max_synonyms: i
         return 0
     syn = cilin_synonyms() if synonyms else {}
     added = 0
-    for nid, a in graph.g.nodes(data=True):
+    for _nid, a in graph.g.nodes(data=True):
         if a["label_zh"]:
             continue
         zh = next((z for t in a["terms"] if not has_cjk(t) for z in [best_zh(t)] if z), None)

@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import networkx as nx
 import pyarrow as pa
@@ -136,7 +137,7 @@ class ConceptGraph:
             raise GraphCycleError([parent, parent], [self.label(parent)] * 2)
         self.g.add_edge(parent, child)
 
-    def merge(self, other: "ConceptGraph") -> "ConceptGraph":
+    def merge(self, other: ConceptGraph) -> ConceptGraph:
         """Add every node and edge of ``other`` (same-id nodes merge, see :meth:`add_concept`)."""
         for nid, a in other.g.nodes(data=True):
             self.add_concept(nid, a["label_en"], label_zh=a["label_zh"], aliases=a["aliases"],
@@ -172,7 +173,7 @@ class ConceptGraph:
         if cycle:
             raise GraphCycleError(cycle, [self.label(c) for c in cycle])
 
-    def finalize(self) -> "ConceptGraph":
+    def finalize(self) -> ConceptGraph:
         """Check the graph is a DAG and set every node's depth (hops from the nearest root)."""
         self.check_acyclic()
         depth = {n: 0 for n in self.roots()}
@@ -318,7 +319,7 @@ class ConceptGraph:
         nx.write_graphml(flat, str(path))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ConceptGraph":
+    def load(cls, path: str | Path) -> ConceptGraph:
         """Read a graph folder written by :meth:`save` (or the two Parquet files' folder)."""
         p = Path(path)
         if not (p / "nodes.parquet").exists():

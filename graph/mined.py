@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -119,7 +119,7 @@ def merge_mined(
     index = graph.term_index()
     tag_node: list[str] = []
     reused = 0
-    for w, n in tags:
+    for w, _n in tags:
         hit = index.get(w)
         if hit:
             tag_node.append(hit[0])
@@ -127,10 +127,10 @@ def merge_mined(
         else:
             tag_node.append(graph.add_concept(f"mined:{w}", w, terms=[w], source="mined", weight=1.0))
     cluster_id: Callable[[int], str] = lambda c: "mined:root" if c == 0 else f"mined:c{c}"
-    for c, (central, members, children) in enumerate(clusters):
+    for c, (central, _members, _children) in enumerate(clusters):
         label = root_label if c == 0 else words[central]
         graph.add_concept(cluster_id(c), label, terms=[], source="mined-cluster")
-    for c, (central, members, children) in enumerate(clusters):
+    for c, (_central, members, children) in enumerate(clusters):
         for ch in children:
             graph.add_edge(cluster_id(c), cluster_id(ch))
         in_child = {m for ch in children for m in clusters[ch][1]}

@@ -9,14 +9,14 @@ concept ids; ``tag_direct`` tells which were named in a caption and which were i
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from graph.bm25 import BM25Counts, BM25Scorer, Tokenizer
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # networkx is slow to import; the CLI imports this module at start
     from graph.concepts import ConceptGraph
@@ -68,7 +68,7 @@ class Tagger:
         """BM25 corpus counts over captions (empty captions are not documents)."""
         return BM25Counts.from_tokens(self.tokenizer.tokens(x) for x in texts if x and x.strip())
 
-    def fit(self, texts: Iterable[str]) -> "Tagger":
+    def fit(self, texts: Iterable[str]) -> Tagger:
         self.scorer.set_counts(self.count(texts))
         return self
 

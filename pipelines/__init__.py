@@ -10,5 +10,16 @@ __all__ = ["load_jobs"]
 def load_jobs() -> None:
     """Import every job module so that its stages and steps are registered."""
     from pipelines import (  # noqa: F401
-        basic_stages, dedup, descriptors, export, graph, index, ingest, knn, profile, report, review, train,
+        basic_stages,
+        dedup,
+        descriptors,
+        export,
+        graph,
+        index,
+        ingest,
+        knn,
+        profile,
+        report,
+        review,
+        train,
     )

@@ -7,8 +7,8 @@ committed as one version through the stage runner (``--dry-run`` stops before).
 from __future__ import annotations
 
 import json
-import shutil
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -44,9 +44,12 @@ class DedupConfig(BaseModel):
     thresholds: list[float] = Field(default_factory=lambda: [0.80, 0.85, 0.90, 0.95, 0.98],
                                     description="similarity thresholds of the removal curve")
     pairs_per_unit: int = Field(2000, ge=1, description="candidate pairs verified per block (images of one block decoded together)")
+    communities_max_edges: int = Field(2_000_000, ge=0, description="above this many accepted pairs, communities are "
+                                       "found per connected component, batches of components on Ray workers (the same groups)")
     rows_per_unit: int = Field(50_000, ge=1, description="rows per Ray unit of the candidate and verification phases (bounds worker memory)")
-    index: IndexConfig = Field(default_factory=lambda: IndexConfig(nprobe=32),
-                               description="the approximate index over every row's 11 descriptors (candidates)")
+    index: IndexConfig = Field(default_factory=lambda: IndexConfig(nprobe=8, hnsw_lists=4096),
+                               description="the index over every row's 11 descriptors (candidates); kind auto = exact "
+                                           "below flat_max vectors, else IVF-Flat (exact cosines in the lists)")
     dry_run: bool = Field(False, description="report the curve and groups, commit nothing")
 
 
@@ -150,14 +153,25 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
         pairs = pairs + sem
     quality, q_name = _quality(t, cfg)
     notes.append(f"kept row = best {q_name} ({'higher' if cfg.quality_higher_is_better else 'lower'} is better)")
+    split = {"by_component": len(pairs) > cfg.communities_max_edges, "map_fn": _ray_map}
+    if split["by_component"]:
+        notes.append(f"{len(pairs):,} accepted pairs > communities_max_edges: communities per connected component on Ray")
     res = group_duplicates(n, pairs, quality, method=cfg.method, resolution=cfg.resolution, seed=cfg.seed,
-                           higher_is_better=cfg.quality_higher_is_better)
+                           higher_is_better=cfg.quality_higher_is_better, **split)
     exact = pairs.reason == REASONS.index("exact")
     curve = removal_curve(n, np.r_[pairs.i], np.r_[pairs.j], np.where(exact, 1.0, pairs.sim), cfg.thresholds,
-                          method=cfg.method, resolution=cfg.resolution, seed=cfg.seed)
+                          method=cfg.method, resolution=cfg.resolution, seed=cfg.seed, **split)
     stats.update(res.stats)
     return {"plan": _plan_table(ids, res), "stats": stats, "curve": curve, "notes": notes,
             "dataset_version": ds.version, "state": str(job.folder)}
+
+
+def _ray_map(fn, items):
+    """``map`` on Ray: one task per item (a batch of components), results in order."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(fn)
+    return ray.get([task.remote(x) for x in items])
 
 
 def _plan_table(ids: pa.ChunkedArray, res) -> pa.Table:
@@ -189,23 +203,19 @@ def _semantic_pairs(store, ds, cfg: DedupConfig, ids: pa.ChunkedArray, show_prog
         e, evalid, _ = clean_vectors(e, enull)
         return semdedup_pairs(e, evalid, cfg.semantic.threshold, cfg.semantic.n_clusters, cfg.semantic.seed), why + " (SemDeDup)"
     graph = _fresh_knn(store, ds, col, cfg.semantic.k, show_progress)
-    src, dst, sim = [], [], []
-    scan = graph.scanner(columns=["source_id", "neighbour_id", "similarity"],
-                         filter=f"similarity >= {float(cfg.semantic.threshold)!r} AND rank <= {int(cfg.semantic.k)}")
-    for b in scan.to_batches():
-        src.append(pa.compute.index_in(b.column(0), value_set=ids).to_numpy(zero_copy_only=False))
-        dst.append(pa.compute.index_in(b.column(1), value_set=ids).to_numpy(zero_copy_only=False))
-        sim.append(b.column(2).to_numpy())
-    if not src:
-        return semantic_pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 1.0), why + " (k-NN graph)"
-    s, d = (np.nan_to_num(np.concatenate(x).astype(np.float64), nan=-1).astype(np.int64) for x in (src, dst))
-    return semantic_pairs(s, d, np.concatenate(sim), cfg.semantic.threshold), why + f" (k-NN graph, k={cfg.semantic.k})"
+    # only edges above the threshold leave Lance (a filtered scan); ids become row positions once
+    edges = graph.to_table(columns=["source_id", "neighbour_id", "similarity"],
+                           filter=f"similarity >= {float(cfg.semantic.threshold)!r} AND rank <= {int(cfg.semantic.k)}")
+    s, d = (pa.compute.index_in(edges.column(c), value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            for c in ("source_id", "neighbour_id"))
+    sim = edges.column("similarity").to_numpy().astype(np.float32)
+    return semantic_pairs(s, d, sim, cfg.semantic.threshold), why + f" (k-NN graph, k={cfg.semantic.k})"
 
 
 def _fresh_knn(store, ds, column: str, k: int, show_progress: bool):
     """The k-NN graph of ``column``, rebuilt (index brought up to date, then the graph) when it is
     missing, has fewer than ``k`` neighbours per row, or was built from other values of the column."""
-    from engines.vector.index import column_fingerprint
+    from engines.vector.index import StaleIndexError, column_fingerprint
     from pipelines.index import IndexBuildConfig, build_index
     from pipelines.knn import KnnConfig, build_knn, open_knn
 
@@ -213,10 +223,14 @@ def _fresh_knn(store, ds, column: str, k: int, show_progress: bool):
     fp = column_fingerprint(ds, column)
     if summary and summary.get("fingerprint") == fp and summary.get("k", 0) >= k:
         return open_knn(store, column)
-    why = "missing" if not summary else ("built with k=%s" % summary.get("k") if summary.get("k", 0) < k
+    why = "missing" if not summary else (f"built with k={summary.get('k')}" if summary.get("k", 0) < k
                                          else "older than the column")
     console.print(f"dedup: the k-NN graph of {column!r} is {why}; building it (curate index build + curate knn)")
-    build_index(store, IndexBuildConfig(column=column), show_progress=show_progress)
+    try:
+        build_index(store, IndexBuildConfig(column=column), show_progress=show_progress)
+    except StaleIndexError:  # the column was rewritten: an incremental add cannot fix that index
+        console.print(f"dedup: the index of {column!r} predates the column's values; rebuilding it")
+        build_index(store, IndexBuildConfig(column=column, rebuild=True), show_progress=show_progress)
     build_knn(store, KnnConfig(column=column, k=max(k, (summary or {}).get("k", 0))), show_progress=show_progress)
     return open_knn(store, column)
 

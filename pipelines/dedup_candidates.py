@@ -156,6 +156,8 @@ def _train(job: NearJob) -> bytes:
     from engines.vector.index import serialize, train_index, train_points
 
     cfg = job.index_cfg
+    if cfg.kind == "auto":  # near duplicates are decided on these cosines: no lossy codes by default
+        cfg = cfg.model_copy(update={"kind": "flat" if job.n * SLOTS <= cfg.flat_max else "ivfflat"})
     want = max(1, train_points(job.n * SLOTS, cfg) // SLOTS + 1)
     rng = np.random.default_rng(cfg.seed)
     pos = np.sort(rng.choice(job.n, min(want, job.n), replace=False))
@@ -257,6 +259,13 @@ class _CandidateWorker:
         return write_fragments(edges, self.edges_uri, schema=EDGE_SCHEMA, max_rows_per_file=1 << 24)
 
 
+def _actor_memory(index_path: Path) -> int:
+    """Memory to reserve per candidate actor: the index it holds, plus a unit's queries. Ray then
+    runs as many actors as the nodes' memory allows (one on a small machine at a billion-vector
+    scale), instead of as many as there are CPUs and running out of memory."""
+    return int(Path(index_path).stat().st_size * 1.2) + (512 << 20)
+
+
 def candidate_edges(job: NearJob, index_path: Path, phash, show_progress: bool) -> str:
     """Phase 2: the candidate edge table (Lance, committed once after every unit is done)."""
     import lance
@@ -280,7 +289,8 @@ def candidate_edges(job: NearJob, index_path: Path, phash, show_progress: bool) 
     execute_units(todo, _CandidateWorker,
                   {"store": job.store, "version": job.ds.version, "index_path": str(index_path), "edges_uri": staging,
                    "cfg": job.cfg.model_dump(), "phash": phash, "nprobe": job.index_cfg.nprobe, "use_gpu": job.index_cfg.use_gpu},
-                  ray_options={"num_cpus": 1}, on_result=on_result, description="dedup: candidate pairs (units)",
+                  ray_options={"num_cpus": 1, "memory": _actor_memory(index_path)}, on_result=on_result,
+                  description="dedup: candidate pairs (units)",
                   show_progress=show_progress)
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in job.units for f in done[u["unit"]]["fragments"]]
     lance.LanceDataset.commit(staging, LanceOperation.Overwrite(EDGE_SCHEMA, frags))

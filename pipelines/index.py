@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from curation.registry import register_step
-from engines.vector.index import IndexConfig
-from pipelines.descriptors import read_vectors, default_column, ensure_visual, hash_bytes, fragment_sig
+from engines.vector.index import IndexConfig, field_ids
+from pipelines.descriptors import default_column, ensure_visual, fragment_sig, hash_bytes, read_vectors
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
@@ -109,8 +109,19 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
 
     from curation.runner import execute_units
     from engines.vector.index import (
-        Manifest, VectorError, clean_vectors, column_fingerprint, deserialize, empty_like,
-        load_index, merge_shards, save_index, serialize, train_index, train_points,
+        Manifest,
+        StaleIndexError,
+        VectorError,
+        clean_vectors,
+        column_fingerprint,
+        deserialize,
+        empty_like,
+        load_index,
+        merge_shards,
+        save_index,
+        serialize,
+        train_index,
+        train_points,
     )
     from engines.vector.retrieval import index_dir, index_relpath, pull_index, push_index
 
@@ -126,8 +137,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
         raise VectorError("the dataset is empty: nothing to index")
     # remote dataset: start from the index in the object store (built on another node?), not a stale cache
     folder = index_dir(store, column) if cfg.rebuild else pull_index(store, column)
-    fields = {f.name(): f.id() for f in ds.lance_schema.fields()}
-    fids = {fields[column], fields["id"]}
+    fids = field_ids(ds, column) | field_ids(ds, "id")
     frags = ds.get_fragments()
     sigs = {str(f.fragment_id): fragment_sig(f, fids) for f in frags}
 
@@ -142,7 +152,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
         old = manifest_old.config.get("fragments", {})
         changed = [f for f, s in old.items() if sigs.get(f) != s]
         if changed:
-            raise VectorError(
+            raise StaleIndexError(
                 f"rows or {column!r} data of fragments {changed[:5]} changed since the index was built at "
                 f"v{manifest_old.dataset_version}; rebuild with `curate index build --dataset {store.uri} --column {column} --rebuild`")
         new_frags = [f for f in frags if str(f.fragment_id) not in old]

@@ -92,14 +92,14 @@ class _IngestWorker:
                 nonlocal rows_total
                 seen = self.existing.present([r["id"] for r in buf])
                 if seen:
-                    counters["skipped_existing"] = counters.get("skipped_existing", 0) + sum(r["id"] in seen for r in buf)
+                    counters["skipped_existing"] = counters.get("skipped_existing", 0) + sum(r["id"] in seen for r in buf)  # noqa: B023 (called in this iteration)
                     buf = [r for r in buf if r["id"] not in seen]
                 rows_total += len(buf)
                 return buf
 
             def batches():
                 buf = []
-                for row in read_unit(unit, self.opts, counters):
+                for row in read_unit(unit, self.opts, counters):  # noqa: B023 (consumed in this iteration)
                     buf.append(row)
                     if len(buf) >= self.opts.shard_size:
                         if rows := new_rows(buf):

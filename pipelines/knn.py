@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from curation.registry import register_step
-from pipelines.descriptors import read_vectors, default_column, hash_bytes
+from pipelines.descriptors import default_column, hash_bytes, read_vectors
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)

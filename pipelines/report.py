@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.reports import data_uri, png_data_uri, render
+from engines.profiling.embed import MODELS_RECORD
 
 __all__ = ["build_report"]
 
@@ -54,7 +55,7 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
     light = ["id", "error"] + [c for c in ("prof_error", "prof_ocr_lang", "prof_cap_lang", "prof_format") if c in schema.names]
     t = ds.to_table(columns=light + numeric)
     n = t.num_rows
-    models_p = store.state_dir / "profiling" / "models.json"
+    models_p = store.state_dir / MODELS_RECORD
     models = json.loads(models_p.read_text()) if models_p.exists() else {}
 
     # --- notes: models and absent signals --------------------------------------------------------------

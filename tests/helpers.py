@@ -1,7 +1,9 @@
-"""Test data builders: real images into samples-schema Arrow tables (no Ray, no ingest needed)."""
+"""Test data builders: real images into samples-schema Arrow tables (no Ray, no ingest needed),
+training shards written from them, and review-loop data (users' password, queued items, signals)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -57,3 +59,62 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
+
+
+# --- training shards ------------------------------------------------------------------------------
+
+
+def write_shards(rows: list[dict], uri, resolution: int = 256, rows_per_file: int = 20) -> str:
+    """Samples-table rows -> a training shard dataset at ``uri`` (several fragments), written
+    without Ray (export's pure row function)."""
+    import lance
+
+    from pipelines.export import ExportConfig, resolve_roles, shard_rows
+
+    src = samples_table(rows)
+    cfg = ExportConfig(out=str(uri), resolution=resolution)
+    table, excluded = shard_rows(src, cfg, resolve_roles(src.schema, cfg))
+    assert not excluded, excluded
+    lance.write_dataset(table, str(uri), max_rows_per_file=rows_per_file)
+    return str(uri)
+
+
+# --- review loop ----------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery"
+
+
+def make_items(n: int, *, gold: int = 0, double_every: int = 0, prefix: str = "r") -> list[dict]:
+    """``n`` queued items with distinct priorities (the first is served first)."""
+    items = []
+    for i in range(n):
+        it = {"row_id": f"{prefix}{i:06d}", "priority": float(n - i),
+              "payload": {"row_id": f"{prefix}{i:06d}", "caption": f"caption {i}", "pos": i},
+              "needed": 2 if double_every and i % double_every == 0 else 1}
+        if i < gold:
+            it["gold_answer"] = "keep" if i % 2 == 0 else "drop"
+        items.append(it)
+    return items
+
+
+def _u(row_id: str, salt: str) -> float:
+    return int(hashlib.sha1(f"{salt}{row_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def add_signals(uri: str) -> None:
+    """Profile-like columns (deterministic per row) for the loop to learn from."""
+    import lance
+    import numpy as np
+
+    def udf(batch: pa.RecordBatch) -> pa.RecordBatch:
+        ids = batch.column("id").to_pylist()
+        rng = np.random.default_rng(len(ids))
+        emb = rng.normal(size=(len(ids), 32)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        return pa.RecordBatch.from_pydict({
+            "prof_quality": pa.array([_u(i, "q") for i in ids], pa.float32()),
+            "prof_clip_sim": pa.array([0.5 * _u(i, "s") for i in ids], pa.float32()),
+            "prof_clip_image": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float16()), 32),
+        })
+
+    lance.dataset(uri).add_columns(udf, read_columns=["id"])

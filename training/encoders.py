@@ -72,7 +72,7 @@ class LatentEncoder:
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.float32) -> "LatentEncoder":
+    def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.float32) -> LatentEncoder:
         """The released ``vae/`` folder (diffusers layout) or any AutoencoderKL folder."""
         ensure_hf_importable()
         from diffusers import AutoencoderKL
@@ -120,7 +120,7 @@ class TextEncoder:
         self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.float32, **kw) -> "TextEncoder":
+    def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.float32, **kw) -> TextEncoder:
         """The released ``text_encoder/`` + ``tokenizer/`` folders, or one folder holding both."""
         ensure_hf_importable()
         from transformers import AutoModel, AutoTokenizer
@@ -160,12 +160,12 @@ class Encoders:
     text: TextEncoder | None = None
 
     @classmethod
-    def load(cls, vae_path: str | None, text_path: str | None, device="cpu", dtype=torch.float32) -> "Encoders":
+    def load(cls, vae_path: str | None, text_path: str | None, device="cpu", dtype=torch.float32) -> Encoders:
         return cls(LatentEncoder.from_pretrained(vae_path, device, dtype) if vae_path else None,
                    TextEncoder.from_pretrained(text_path, device, dtype) if text_path else None)
 
     @classmethod
-    def tiny(cls, cap_dim: int = 32, seed: int = 0, device="cpu") -> "Encoders":
+    def tiny(cls, cap_dim: int = 32, seed: int = 0, device="cpu") -> Encoders:
         return cls(LatentEncoder(tiny_vae(seed), device), tiny_text_encoder(cap_dim, seed, device))
 
 

@@ -43,8 +43,9 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -116,7 +117,7 @@ class ShardMeta:
         return len(self.positions)
 
     @classmethod
-    def from_table(cls, t: pa.Table, positions: np.ndarray | None = None) -> "ShardMeta":
+    def from_table(cls, t: pa.Table, positions: np.ndarray | None = None) -> ShardMeta:
         caps = t.column("caption_tokens").combine_chunks()
         n = t.num_rows
         offsets = caps.offsets.to_numpy().astype(np.int64) if n else np.zeros(1, np.int64)

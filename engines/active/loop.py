@@ -175,7 +175,7 @@ class RewardHead:
                 "intercept": self.intercept, "emb_column": self.emb_column, "emb_dim": self.emb_dim, "meta": self.meta}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RewardHead":
+    def from_json(cls, d: dict[str, Any]) -> RewardHead:
         return cls(d["columns"], np.array(d["mean"]), np.array(d["std"]), np.array(d["coef"]), d["intercept"],
                    d.get("emb_column"), d.get("emb_dim", 0), d.get("meta"))
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.active.payload import Neighbour, ReviewPayload
-from engines.active.pseudo import choose_caption, ocr_overlap, pseudo_label, verify
+from engines.active.pseudo import choose_caption, pseudo_label, verify
 from engines.active.rules import (
     DISPLAY_SIGNALS,
     DUP_SIM_COLUMNS,
@@ -43,6 +43,7 @@ from engines.active.rules import (
     robust_scale,
     signed_margin,
 )
+from engines.profiling.captions import ocr_overlap
 
 __all__ = ["MineConfig", "mine", "knn", "balanced_order", "quality_bins", "primary_concepts", "hardness"]
 
@@ -317,7 +318,7 @@ def _ocr_missing(rows: _Rows, hard: _Hardness) -> None:
     if ocr is None:
         return hard.skip("ocr_missing", "prof_ocr_text absent")
     overlap = rows.vals.get("prof_cap_ocr_overlap")
-    ov = np.array([ocr_overlap(o or "", rows.chosen[i][0]) if overlap is None or np.isnan(overlap[i]) else overlap[i]
+    ov = np.array([_overlap(rows.chosen[i][0], o) if overlap is None or np.isnan(overlap[i]) else overlap[i]
                    for i, o in enumerate(ocr)])
     has = np.array([len((o or "").strip()) >= 3 for o in ocr])
     score = np.where(has & (ov < 0.5), 1.0 - ov, 0.0)
@@ -470,3 +471,10 @@ def _neighbour_verdicts(emb, ids, reviewed, vrows, rules, scales, verdict, k: in
         votes = [reviewed[ids[lab[j]]] for sv, j in zip(s[i], ix[i]) if sv >= min_sim and ids[lab[j]] != ids[i]]
         out.append(verify(vrows[i], rules, scales, neighbour_votes=votes) if len(votes) >= 3 else v)
     return out
+
+
+def _overlap(caption: str, ocr: str | None) -> float:
+    """``prof_cap_ocr_overlap`` computed here when the column is absent; 1.0 when the OCR text
+    has no word (nothing the caption could miss)."""
+    ov = ocr_overlap(caption=caption, ocr_text=ocr or "")
+    return 1.0 if ov is None else ov

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from engines.active.rules import Rule
-from engines.profiling.captions import ocr_overlap as _caption_ocr_overlap
+from engines.profiling.captions import ocr_overlap
 
-__all__ = ["pseudo_label", "verify", "caption_fix", "ocr_overlap", "keyword_tags", "choose_caption"]
+__all__ = ["pseudo_label", "verify", "caption_fix", "keyword_tags", "choose_caption"]
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{1,}|[\u4e00-\u9fff]")
 _STOP = set("""a an the and or of in on at to for with by from is are was were be been this that these those it its
@@ -33,14 +33,6 @@ their our your while who which what where when has have having stands standing s
 
 def _tokens(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text or "")]
-
-
-def ocr_overlap(ocr: str, caption: str) -> float:
-    """``engines.profiling.captions.ocr_overlap`` (the ``prof_cap_ocr_overlap`` measure) in the
-    older ``(ocr, caption)`` argument order, with 1.0 when the OCR text has no word (nothing to
-    mention, nothing missing). New code: call the profiling one with keywords."""
-    ov = _caption_ocr_overlap(caption=caption, ocr_text=ocr)
-    return 1.0 if ov is None else ov
 
 
 def caption_fix(caption: str, ocr: str, lang: str = "en") -> str:
@@ -89,7 +81,8 @@ def pseudo_label(values: dict[str, float], rules: list[Rule], *, caption: str = 
     fix = None
     ocr = (ocr_text or "").strip()
     if len(ocr) >= min_ocr_chars:
-        ov = ocr_overlap(ocr=ocr, caption=caption) if overlap is None else overlap
+        ov = ocr_overlap(caption=caption, ocr_text=ocr) if overlap is None else overlap
+        ov = 1.0 if ov is None else ov  # no word in the OCR text: nothing the caption could miss
         if ov < 0.5:
             fix = caption_fix(caption, ocr, lang)
     return {

@@ -18,11 +18,12 @@ the row with the best quality score is kept, not the first seen; ties go to the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.vector.graph import communities, symmetric_edges
+from engines.vector.graph import communities, communities_by_component, symmetric_edges
 
 __all__ = [
     "NearDupConfig", "SemanticConfig", "Pairs", "exact_pairs", "hash_pairs", "region_candidates", "top_owners",
@@ -72,23 +73,23 @@ class Pairs:
     reason: np.ndarray  # index into REASONS per pair
 
     @classmethod
-    def empty(cls) -> "Pairs":
+    def empty(cls) -> Pairs:
         z = np.zeros(0, np.int64)
         return cls(z, z.copy(), np.zeros(0, np.float32), np.zeros(0, np.int8))
 
     @classmethod
-    def of(cls, i, j, sim, reason: str) -> "Pairs":
+    def of(cls, i, j, sim, reason: str) -> Pairs:
         i = np.asarray(i, np.int64)
         return cls(i, np.asarray(j, np.int64), np.asarray(sim, np.float32), np.full(len(i), REASONS.index(reason), np.int8))
 
     def __len__(self) -> int:
         return len(self.i)
 
-    def __add__(self, o: "Pairs") -> "Pairs":
+    def __add__(self, o: Pairs) -> Pairs:
         return Pairs(np.concatenate([self.i, o.i]), np.concatenate([self.j, o.j]),
                      np.concatenate([self.sim, o.sim]), np.concatenate([self.reason, o.reason]))
 
-    def select(self, mask: np.ndarray) -> "Pairs":
+    def select(self, mask: np.ndarray) -> Pairs:
         return Pairs(self.i[mask], self.j[mask], self.sim[mask], self.reason[mask])
 
 
@@ -224,7 +225,7 @@ def needs_verification(sim: np.ndarray, ham: np.ndarray, cfg: NearDupConfig) -> 
 
 def semantic_pairs(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, threshold: float) -> Pairs:
     """k-NN edges (from the embedding index) above the semantic threshold."""
-    keep = (dst >= 0) & (src != dst) & (sim >= threshold)
+    keep = (src >= 0) & (dst >= 0) & (src != dst) & (sim >= threshold)
     a, b, w = symmetric_edges(src[keep], dst[keep], sim[keep])
     return Pairs.of(a, b, w, "semantic")
 
@@ -279,13 +280,17 @@ def group_duplicates(
     seed: int = 0,
     higher_is_better: bool = True,
     pair_sim=None,
+    by_component: bool = False,
+    map_fn=map,
 ) -> DupResult:
     """Communities of the accepted-pair graph; the best-quality row of each is kept.
 
     ``quality``: one score per row (NaN = unknown, ranks last). ``resolution`` is the CPM
     density a group must beat: with edge weights ~0.9, 0.1 keeps a star of up to ~17 edits of one
     original together while two groups joined by a single stray edge stay apart. ``pair_sim(i, j)``, if given,
-    computes a member's similarity to its kept row when the two share no edge.
+    computes a member's similarity to its kept row when the two share no edge. ``by_component``:
+    communities per connected component, batches of components through ``map_fn`` (the same
+    groups; see ``graph.communities_by_component``), for graphs too large for one process.
     """
     # exact copies are one node (a star of exact edges is not "dense", and a clique of them
     # would be quadratic); the other pairs link those nodes, and communities expand back
@@ -303,7 +308,8 @@ def group_duplicates(
     other = ~ex
     a, b, w = symmetric_edges(rep[pairs.i[other]], rep[pairs.j[other]], pairs.sim[other].astype(np.float32))
     keep_e = a != b
-    lab = communities(n, a[keep_e], b[keep_e], np.clip(w[keep_e], 0.01, 1), method=method, resolution=resolution, seed=seed)
+    community = partial(communities_by_component, map_fn=map_fn) if by_component else communities
+    lab = community(n, a[keep_e], b[keep_e], np.clip(w[keep_e], 0.01, 1), method=method, resolution=resolution, seed=seed)
     lab = lab[rep]
     q = np.asarray(quality, np.float64).copy()
     q = q if higher_is_better else -q

@@ -85,7 +85,7 @@ class Manifest:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Manifest":
+    def from_json(cls, d: dict[str, Any]) -> Manifest:
         return cls(**d)
 
 
@@ -194,8 +194,8 @@ def factory_string(kind: str, dim: int, n: int, cfg: IndexConfig, n_train: int) 
         return "IDMap2,Flat"
     nlist = default_nlist(n, cfg)
     nlist = max(1, min(nlist, n_train // MIN_POINTS_PER_LIST or 1))  # too small a sample: fewer lists
-    if kind == "ivfflat":
-        return f"IVF{nlist},Flat"
+    if kind == "ivfflat":  # from hnsw_lists lists on, an HNSW quantiser (a flat one would cost more than the lists)
+        return f"IVF{nlist}_HNSW32,Flat" if nlist >= cfg.hnsw_lists else f"IVF{nlist},Flat"
     if kind == "ivfsq8":
         return f"IVF{nlist},SQ8"
     if kind == "ivfpq":
@@ -394,10 +394,9 @@ def column_fingerprint(ds: Any, column: str) -> str:
     """Identifies the rows and the data of ``column`` in a Lance dataset version: fragment ids,
     row counts, deletion files and the data files holding ``id`` and ``column``. Adding other
     columns keeps it; appending rows, deleting rows or rewriting the column changes it."""
-    fields = {f.name(): f.id() for f in _lance_fields(ds)}
-    if column not in fields:
+    if column not in {f.name() for f in _lance_fields(ds)}:
         raise VectorError(f"column {column!r} not in the dataset")
-    want = {fields[column], fields["id"]}
+    want = field_ids(ds, column) | field_ids(ds, "id")
     h = hashlib.sha1()
     for frag in ds.get_fragments():
         m = frag.metadata
@@ -408,6 +407,18 @@ def column_fingerprint(ds: Any, column: str) -> str:
 
 def _lance_fields(ds: Any):
     return list(ds.lance_schema.fields())
+
+
+def field_ids(ds: Any, column: str) -> set[int]:
+    """Lance field ids of a column and of its children: a data file of a variable-length list
+    column names the child (``item``) id, not the list's, so both are needed to find its files."""
+    out: set[int] = set()
+    stack = [f for f in _lance_fields(ds) if f.name() == column]
+    while stack:
+        f = stack.pop()
+        out.add(f.id())
+        stack.extend(f.children())
+    return out
 
 
 def check_fresh(manifest: Manifest, ds: Any) -> None:

@@ -50,8 +50,9 @@ def push_index(store: Any, column: str) -> list[str]:
 def model_record(store: Any, column: str) -> dict | None:
     """The profiling engine's note on the model behind an embedding column, if any."""
     from curation.schema import group_of
+    from engines.profiling.embed import MODELS_RECORD
 
-    p = Path(store.state_dir) / "profiling" / "models.json"
+    p = Path(store.state_dir) / MODELS_RECORD
     if not p.exists():
         return None
     return json.loads(p.read_text()).get(group_of(column))

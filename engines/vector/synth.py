@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import io
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps

@@ -1,11 +1,11 @@
-"""Fixtures for cluster tests: a local S3-compatible server, a two-node Ray cluster started with
-``ray start`` (shared by the tests of this package), and a content hash of committed columns."""
+"""Fixtures for cluster tests: a two-node Ray cluster started with ``ray start`` (shared by the
+tests of this package) and a content hash of committed columns. The local S3-compatible server
+(``s3_env``) is in ``tests/conftest.py``: the S3 index job tests use it too."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -41,24 +41,6 @@ def ray_env(**extra: str) -> dict[str, str]:
     usage stats, the venv first on PATH (so ``python`` in a submitted job is the project's)."""
     return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
-
-
-@pytest.fixture(scope="session")
-def s3_env():
-    """A moto S3 server on loopback and the AWS_* variables that point the store at it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 request in the test log
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    yield env, client
-    server.stop()
 
 
 @dataclass

@@ -13,7 +13,7 @@ from curation.runner import run_stage
 from curation.store import Store, is_remote
 from pipelines.basic_stages import CaptionStatsStage
 from pipelines.ingest import IngestConfig, ingest
-from tests.core import toy_plugin
+from tests.curation import toy_plugin
 
 cloudpickle.register_pickle_by_value(toy_plugin)
 

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from democorpus.hostile import write_hostile_corpus
 from curation.store import Store
+from democorpus.hostile import write_hostile_corpus
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,227 @@
+"""How the dedup job (`curate dedup`) scales: time, driver and worker memory, precision and recall.
+
+    python bench/dedup_scale.py --rows 100000 300000 [1000000 ...] [--out DIR] [--keep]
+
+For each size it builds a Lance dataset of that many rows, runs the real job as users do
+(``python -m cli dedup --dataset DS`` in a subprocess: Ray, the index, candidates, verification,
+communities, the commit) and prints one JSON line: ``rows``, ``seconds`` (the job's wall time,
+Ray start included), ``peak_rss_mib`` of the driver and of the largest Ray worker, ``precision``
+and ``recall`` (pairwise, against the planted groups), the job's own counters; then a last line
+``growth exponent X`` (time from the smallest to the largest size as N^X).
+
+The data: descriptors are synthesised around real ones so that image decoding does not dominate
+(a real photo's descriptor plus noise large enough to make an unrelated "photo"), with planted
+groups of 2-5 near-identical copies (accepted on the descriptor alone) and exact copies (same
+SHA-256); on top, ``--real-groups`` real COCO photos (``../shared/data/coco-mini``) with real
+edits (crops, strong crops, text bands, screenshots, turned and mirrored combinations) whose
+pairs the job must verify with ORB + RANSAC on the real images. What this leaves out, and the
+cost of real verification per pair, is in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import curation  # noqa: E402,F401  (Ray environment defaults)
+from curation.schema import SAMPLES_SCHEMA, VEC_DESC_DIM, VEC_VISUAL  # noqa: E402
+
+COCO = ROOT.parent / "shared" / "data" / "coco-mini" / "images"
+REAL_KINDS = ("crop", "strong_crop", "banner", "frame", "mirror_combo", "rotate_combo")
+NOISE = 0.8  # noise norm around a real descriptor: unrelated rows end up at cosine ~0.6-0.78
+
+
+def real_part(n_groups: int) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Rows of real photos and their real edits (bytes, descriptors), computed once."""
+    from engines.profiling.decode import decode_image
+    from engines.vector.descriptor import describe, working_gray
+    from engines.vector.synth import near_dup_variants
+
+    rows, full, reg = [], [], []
+    for g, p in enumerate(sorted(COCO.glob("*.jpg"))[:n_groups]):
+        data = p.read_bytes()
+        for kind, b in [("orig", data), *near_dup_variants(data, REAL_KINDS, seed=g)]:
+            arr = decode_image(b).array
+            f, r = describe(working_gray(arr))
+            rows.append({"image": b, "width": arr.shape[1], "height": arr.shape[0], "group": f"real-{g}", "kind": kind})
+            full.append(f); reg.append(r.ravel())
+    return rows, np.stack(full), np.stack(reg)
+
+
+def _noisy(base: np.ndarray, rng, scale: float) -> np.ndarray:
+    x = base + rng.standard_normal(base.shape).astype(np.float32) * (scale / np.sqrt(VEC_DESC_DIM))
+    return x
+
+
+def _normed(x: np.ndarray, parts: int) -> np.ndarray:
+    y = x.reshape(len(x), parts, VEC_DESC_DIM)
+    y = y / np.linalg.norm(y, axis=2, keepdims=True)
+    return y.reshape(len(x), -1)
+
+
+def synthetic_batch(start: int, m: int, pool_f: np.ndarray, pool_r: np.ndarray, rng, tiny: bytes) -> tuple[pa.Table, np.ndarray]:
+    """``m`` synthetic rows from position ``start``: unrelated rows, 2% of them near-identical copies
+    of an earlier row of the batch (groups of 2-5), 0.2% exact copies. Returns (table, group labels)."""
+    base = rng.integers(0, len(pool_f), m)
+    full = _normed(_noisy(pool_f[base], rng, NOISE), 1)
+    reg = _normed(_noisy(pool_r[base], rng, NOISE), 10)
+    group = np.arange(start, start + m).astype(np.int64)
+    sha = [hashlib.sha256(str(start + i).encode()).hexdigest() for i in range(m)]
+    n_src = max(1, m // 150)
+    src = rng.choice(m // 2, n_src, replace=False)
+    dst = m // 2 + rng.choice(m - m // 2, min(m - m // 2, n_src * 3), replace=False)
+    owner = src[rng.integers(0, n_src, len(dst))]
+    full[dst] = _normed(_noisy(full[owner], rng, 0.05), 1)
+    reg[dst] = _normed(_noisy(reg[owner].reshape(len(dst), 10, -1).reshape(len(dst), -1), rng, 0.05), 10)
+    group[dst] = group[owner]
+    for k in dst[: max(1, len(dst) // 10)]:  # some copies are byte-identical: the exact path
+        sha[k] = sha[owner[np.flatnonzero(dst == k)[0]]]
+    t = _table([f"s{start + i}" for i in range(m)], [tiny] * m, sha, rng.integers(200, 2000, m), rng.integers(200, 2000, m),
+               full, reg)
+    return t, group
+
+
+def _table(ids, images, sha, w, h, full, reg) -> pa.Table:
+    n = len(ids)
+    cols = {f.name: pa.nulls(n, f.type) for f in SAMPLES_SCHEMA}
+    cols.update({"id": pa.array(ids, pa.string()), "source": pa.array(["bench"] * n), "source_key": pa.array(ids),
+                 "image": pa.array(images, pa.large_binary()), "image_sha256": pa.array(sha, pa.string()),
+                 "width": pa.array(np.asarray(w, np.int32)), "height": pa.array(np.asarray(h, np.int32))})
+    t = pa.table([cols[f.name].cast(f.type) for f in SAMPLES_SCHEMA], schema=SAMPLES_SCHEMA)
+    vt = VEC_VISUAL.schema
+    desc = pa.FixedSizeListArray.from_arrays(pa.array(full.astype(np.float16).ravel()), VEC_DESC_DIM)
+    regs = pa.FixedSizeListArray.from_arrays(pa.array(reg.astype(np.float16).ravel()), VEC_DESC_DIM * 10)
+    return t.append_column(vt.field("vec_desc"), desc).append_column(vt.field("vec_regions"), regs).append_column(
+        vt.field("vec_error"), pa.nulls(n, pa.string()))
+
+
+def build(uri: str, n: int, real, seed: int = 0) -> np.ndarray:
+    """Write the dataset (batches of 50k rows: bounded memory); returns the true group per row."""
+    import io
+
+    import lance
+    from PIL import Image
+
+    rows, rf, rr = real
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 120, 120)).save(buf, "JPEG")
+    tiny = buf.getvalue()
+    groups = []
+
+    def batches():
+        k = len(rows)
+        t = _table([f"r{i}" for i in range(k)], [r["image"] for r in rows],
+                   [hashlib.sha256(r["image"]).hexdigest() for r in rows], [r["width"] for r in rows],
+                   [r["height"] for r in rows], rf, rr)
+        groups.append(np.array([-1 - int(r["group"].split("-")[1]) for r in rows], np.int64))
+        yield from t.to_batches()
+        for s in range(k, n, 50_000):
+            bt, g = synthetic_batch(s, min(50_000, n - s), rf, rr, rng, tiny)
+            groups.append(g)
+            yield from bt.to_batches()
+
+    schema = _table(["x"], [tiny], ["x"], [1], [1], rf[:1], rr[:1]).schema
+    lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), uri, max_rows_per_file=50_000,
+                        max_rows_per_group=10_000)
+    return np.concatenate(groups)
+
+
+def run_job(uri: str) -> dict:
+    """``python -m cli dedup --dataset URI`` with its driver and Ray workers' RSS sampled."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "dedup", "--dataset", uri], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = psutil.Process(proc.pid)
+    peak_driver = peak_worker = 0
+    while proc.poll() is None:
+        try:
+            peak_driver = max(peak_driver, driver.memory_info().rss)
+            for p in psutil.process_iter(["cmdline", "memory_info", "create_time"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith("ray::") and p.info["memory_info"] and p.info["create_time"] >= driver.create_time() - 1:
+                    peak_worker = max(peak_worker, p.info["memory_info"].rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.5)
+    out = proc.stdout.read()
+    if proc.returncode:
+        raise SystemExit(f"dedup failed ({proc.returncode}):\n{out[-4000:]}")
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": {"driver": peak_driver >> 20, "largest_worker": peak_worker >> 20},
+            "log_tail": out[-600:]}
+
+
+def pair_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Pairwise precision and recall from label vectors (counts of pairs per group, no n^2 matrix)."""
+    def pairs(labels):
+        _, c = np.unique(labels, return_counts=True, axis=0)
+        return int((c * (c - 1) // 2).sum())
+
+    both = pairs(np.stack([pred, truth], 1))
+    return both / max(pairs(pred), 1), both / max(pairs(truth), 1)
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000])
+    ap.add_argument("--real-groups", type=int, default=40, help="real COCO photos edited (7 rows each) to verify for real")
+    ap.add_argument("--out", default=None, help="folder for the datasets (default: a temporary one)")
+    ap.add_argument("--keep", action="store_true", help="keep the datasets")
+    a = ap.parse_args()
+    out = Path(a.out or tempfile.mkdtemp(prefix="dedup-scale-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(json.dumps({"machine": machine(), "real_groups": a.real_groups, "real_kinds": REAL_KINDS}), flush=True)
+    t0 = time.perf_counter()
+    real = real_part(a.real_groups)
+    print(json.dumps({"real_rows": len(real[0]), "describe_seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+    results = []
+    for n in a.rows:
+        import lance
+
+        uri = str(out / f"ds-{n}.lance")
+        shutil.rmtree(uri, ignore_errors=True)
+        t1 = time.perf_counter()
+        truth = build(uri, n, real)
+        build_s = round(time.perf_counter() - t1, 1)
+        job = run_job(uri)
+        t = lance.dataset(uri).to_table(columns=["dup_group"]).column("dup_group")
+        pred = np.where(t.is_null().to_numpy(zero_copy_only=False), -(10**12) - np.arange(len(t)),
+                        t.fill_null(0).to_numpy())
+        p, r = pair_scores(pred, truth)
+        stats = json.loads(next(iter(sorted(Path(uri, "_curation", "vector").glob("dedup-v*.json")))).read_text())["stats"]
+        res = {"rows": n, "seconds": job["seconds"], "peak_rss_mib": job["peak_rss_mib"], "precision": round(p, 4),
+               "recall": round(r, 4), "build_dataset_seconds": build_s,
+               "counters": {k: stats.get(k) for k in ("desc_candidates", "verified_pairs", "accepted_pairs", "groups", "removed")}}
+        results.append(res)
+        print(json.dumps(res), flush=True)
+        if not a.keep:
+            shutil.rmtree(uri, ignore_errors=True)
+    if len(results) > 1:
+        a0, a1 = results[0], results[-1]
+        x = np.log(a1["seconds"] / a0["seconds"]) / np.log(a1["rows"] / a0["rows"])
+        print(f"growth exponent {x:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The annotator UI in a real browser (Debian chromium driven by Playwright) against a real server."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import lance
+import pytest
+
+from annotator_ui.app import AppSettings, create_app
+from curation.reviewdb import ReviewDB
+from curation.store import Store
+from pipelines.review import ReviewMineConfig, mine_queue, review_apply_action
+from tests.helpers import PASSWORD, add_signals, coco_rows, free_port, samples_table
+
+pytestmark = pytest.mark.browser
+
+XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2;alert(1)</script> a dog'
+
+
+@pytest.fixture
+def server(tmp_path, coco_dir):
+    """A dataset with an XSS caption, mined into a review DB, served by uvicorn on loopback."""
+    import uvicorn
+
+    rows = coco_rows(coco_dir, limit=8)
+    rows[3]["captions"] = [{"text": XSS, "kind": "short", "lang": "en"}]
+    uri = str(tmp_path / "ds.lance")
+    lance.write_dataset(samples_table(rows), uri)
+    add_signals(uri)
+    store = Store(uri)
+    dbfile = str(tmp_path / "review.sqlite")
+    mine_queue(store, ReviewMineConfig(n=8, min_hardness=0.0, double_share=0.0, db=dbfile), show_progress=False)
+    db = ReviewDB(dbfile)
+    db.add_user("alice", PASSWORD)
+    db.add_user("boss", PASSWORD, "admin")
+    # serve the XSS row first
+    with db.tx() as t:
+        t.exec("UPDATE items SET priority = 1000 WHERE row_id = ?", (rows[3]["id"],))
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(AppSettings(db_url=dbfile, dataset=uri), db,
+                                                   apply=review_apply_action(dbfile)), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "server did not start"
+    yield f"http://127.0.0.1:{port}", store, db, rows, dbfile
+    srv.should_exit = True
+    th.join(timeout=10)
+    db.close()
+
+
+def test_review_three_items_with_the_keyboard_then_apply(server, browser, ray_session):
+    base, store, db, rows, dbfile = server
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(base + "/login")
+    page.fill("#username", "alice")
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation():
+        page.click("#login-button")
+    assert page.url == base + "/"
+
+    # item 1: the XSS caption is shown as text and never runs; edit it with the keyboard, accept
+    assert page.text_content("#row-id") == rows[3]["id"]
+    assert page.input_value("#caption") == XSS
+    assert page.evaluate("window.__xss === undefined") and dialogs == []
+    assert page.evaluate("document.getElementById('item-image').naturalWidth") > 0  # image by row id
+    page.keyboard.press("e")
+    assert page.evaluate("document.activeElement.id") == "caption"
+    page.keyboard.press("Control+a")
+    page.keyboard.type("A brown dog on a sofa")
+    page.keyboard.press("a")  # typing in the caption: a letter, not a shortcut
+    page.keyboard.press("Escape")
+    with page.expect_navigation():
+        page.keyboard.press("a")
+    # item 2: reject
+    second = page.text_content("#row-id")
+    assert second != rows[3]["id"]
+    with page.expect_navigation():
+        page.keyboard.press("r")
+    # item 3: flag as a failure
+    third = page.text_content("#row-id")
+    assert third not in (second, rows[3]["id"])
+    with page.expect_navigation():
+        page.keyboard.press("f")
+    assert page.text_content("#my-count") == "3"
+    assert page.evaluate("window.__xss === undefined") and dialogs == []
+
+    decided = {d["row_id"]: d for d in db.decisions()}
+    assert decided[rows[3]["id"]]["caption"] == "A brown dog on a sofaa"
+    assert decided[rows[3]["id"]]["decision"] == "keep"
+    assert decided[second]["decision"] == "drop" and not decided[second]["flag"]
+    assert decided[third]["decision"] == "drop" and decided[third]["flag"]
+
+    # an admin applies the decisions from the admin page (the same code as `curate review apply`)
+    before = store.open().version
+    admin = browser.new_context().new_page()
+    admin.goto(base + "/login")
+    admin.fill("#username", "boss")
+    admin.fill("#password", PASSWORD)
+    with admin.expect_navigation():
+        admin.click("#login-button")
+    admin.goto(base + "/admin")
+    with admin.expect_navigation(timeout=180_000):
+        admin.click("#apply-button")
+    assert admin.text_content("#apply-version") == str(store.open().version) and store.open().version == before + 1
+    assert admin.text_content("#apply-captions") == "1"
+    t = store.open().to_table(columns=["id", "rev_caption", "rev_decision", "rev_flag"],
+                              filter=f"id = '{rows[3]['id']}'")
+    assert t.column("rev_caption")[0].as_py() == "A brown dog on a sofaa"
+    assert t.column("rev_decision")[0].as_py() == "keep"
+
+    # reloading the page after apply: the next item shows, the XSS text stayed inert throughout
+    page.goto(base + "/")
+    assert page.evaluate("window.__xss === undefined") and dialogs == []

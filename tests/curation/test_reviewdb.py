@@ -1,0 +1,211 @@
+"""The review database layer, on a real SQLite file and a real PostgreSQL server (``db_url`` is
+parametrized): leases, decisions, gold, audit, concurrency."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from curation.reviewdb import Conflict, NotLeased, ReviewDB
+from curation.security import hash_password, verify_password
+from tests.helpers import PASSWORD, make_items
+
+
+def _users(db):
+    return {u.name: u for u in db.users()}
+
+
+def test_passwords_are_scrypt_hashes_and_sessions_store_only_digests(review_db):
+    h = hash_password("s3cret-pass")
+    assert h.startswith("scrypt$") and "s3cret" not in h
+    assert verify_password("s3cret-pass", h) and not verify_password("s3cret-pasS", h)
+    assert not verify_password("x", "garbage$$")
+    assert review_db.authenticate("alice", PASSWORD).name == "alice"
+    assert review_db.authenticate("alice", "wrong password") is None
+    assert review_db.authenticate("nobody", PASSWORD) is None
+    with pytest.raises(ValueError):
+        review_db.add_user("alice", PASSWORD)
+    token, csrf = review_db.create_session(_users(review_db)["alice"], 60)
+    with review_db.tx(write=False) as t:
+        raw = t.all("SELECT token_hash, csrf FROM sessions")
+        stored = t.all("SELECT pw_hash FROM users")
+    assert raw and all(h[0].startswith("scrypt$") for h in stored)
+    assert all(token not in row[0] for row in raw)
+    assert review_db.session(token)[0].name == "alice" and review_db.session("forged") is None
+
+
+def test_lease_order_exclusivity_and_renewal(review_db):
+    u = _users(review_db)
+    review_db.enqueue(make_items(5), "b1")
+    a = review_db.next_item(u["alice"])
+    b = review_db.next_item(u["bob"])
+    assert a["row_id"] == "r000000" and b["row_id"] == "r000001"  # highest priority first, never the same
+    again = review_db.next_item(u["alice"])
+    assert again["id"] == a["id"] and again["lease_expires"] >= a["lease_expires"]  # reload keeps the item
+    with pytest.raises(NotLeased):
+        review_db.submit(u["bob"], a["id"], "keep")  # bob cannot decide alice's item
+    with pytest.raises(NotLeased):
+        review_db.leased_item(u["bob"], a["id"])  # nor look at it
+
+
+def test_submit_is_idempotent_and_conflicts_are_refused(review_db):
+    u = _users(review_db)
+    review_db.enqueue(make_items(3), "b1")
+    it = review_db.next_item(u["alice"])
+    r1 = review_db.submit(u["alice"], it["id"], "drop", caption="fixed", tags=["dog"], reasons=["low quality"])
+    r2 = review_db.submit(u["alice"], it["id"], "drop", caption="fixed", tags=["dog"], reasons=["low quality"])
+    assert not r1["duplicate"] and r2["duplicate"]
+    with pytest.raises(Conflict):
+        review_db.submit(u["alice"], it["id"], "keep")
+    c = review_db.counters()
+    assert c["decisions"] == 1 and c["drop"] == 1 and c["items_done"] == 1 and c["items_open"] == 2
+    assert len(review_db.decisions()) == 1
+
+
+def test_lease_expiry_returns_the_item(review_db):
+    u = _users(review_db)
+    review_db.enqueue(make_items(1), "b1")
+    it = review_db.next_item(u["alice"], lease_s=0.05)
+    assert review_db.next_item(u["bob"]) is None  # the only item is leased
+    time.sleep(0.1)  # alice's browser crashed; the lease runs out
+    again = review_db.next_item(u["bob"])
+    assert again["id"] == it["id"]
+    with pytest.raises(NotLeased):
+        review_db.submit(u["alice"], it["id"], "keep")
+    assert review_db.submit(u["bob"], it["id"], "keep")["duplicate"] is False
+
+
+def test_double_annotation_gold_and_skips(review_db):
+    u = _users(review_db)
+    items = make_items(4, double_every=1)  # every item needs two annotators
+    items[0]["gold_answer"] = "keep"
+    review_db.enqueue(items, "b1")
+    rng = random.Random(0)
+    g = review_db.next_item(u["alice"], gold_rate=1.0, rng=rng)
+    assert g["gold"] and g["row_id"] == "r000000"
+    review_db.submit(u["alice"], g["id"], "drop")  # wrong on gold
+    g2 = review_db.next_item(u["bob"], gold_rate=1.0, rng=rng)
+    assert g2["id"] == g["id"]  # gold stays in the queue for every annotator
+    review_db.submit(u["bob"], g2["id"], "keep")
+    acc = {a["user"]: a["gold_accuracy"] for a in review_db.per_user()}
+    assert acc["alice"] == 0.0 and acc["bob"] == 1.0
+    # a double-annotated item goes to two different people, then is done
+    it = review_db.next_item(u["alice"])
+    review_db.submit(u["alice"], it["id"], "keep")
+    nxt = review_db.next_item(u["alice"])
+    assert nxt["id"] != it["id"]
+    review_db.skip(u["alice"], nxt["id"])
+    assert review_db.next_item(u["alice"])["id"] not in (it["id"], nxt["id"])  # skipped: not offered again to alice
+    b = review_db.next_item(u["bob"])
+    assert b["id"] in (it["id"], nxt["id"])
+    review_db.submit(u["bob"], b["id"], "keep" if b["id"] == it["id"] else "drop")
+    if b["id"] == it["id"]:
+        assert review_db.get_item(it["id"])["status"] == "done"
+        assert review_db.double_annotated() == [("keep", "keep")]
+    actions = Counter(a["action"] for a in review_db.audit_tail(100))
+    assert actions["lease"] >= 4 and actions["submit"] == 4 and actions["skip"] == 1 and actions["enqueue"] == 1
+
+
+def test_sql_metacharacters_are_inert(review_db, tmp_path):
+    u = _users(review_db)
+    nasty = "'); DROP TABLE items; -- \" OR 1=1; /* */ %s ? \\x00"
+    items = make_items(2)
+    items[0]["payload"]["caption"] = nasty
+    review_db.enqueue(items, "b'; DROP TABLE users; --")
+    it = review_db.next_item(u["alice"])
+    assert it["payload"]["caption"] == nasty
+    review_db.submit(u["alice"], it["id"], "keep", caption=nasty + "!", tags=["x'); --"])
+    d = review_db.decisions()[0]
+    assert d["caption"] == nasty + "!" and d["tags"] == ["x'); --"]
+    assert review_db.authenticate("' OR '1'='1", "' OR '1'='1") is None
+    assert review_db.counters()["items_total"] == 2 and len(review_db.users()) == 3
+
+
+def test_reenqueue_updates_open_items_and_keeps_reviewed_ones(review_db):
+    u = _users(review_db)
+    review_db.enqueue(make_items(3), "b1")
+    it = review_db.next_item(u["alice"])
+    review_db.submit(u["alice"], it["id"], "keep")
+    again = make_items(4)
+    for x in again:
+        x["priority"] = -x["priority"]  # reversed order now
+    res = review_db.enqueue(again, "b2")
+    assert res == {"added": 1, "updated": 2, "unchanged": 1}
+    order = []
+    while (x := review_db.next_item(u["bob"])) is not None:
+        order.append(x["row_id"])
+        review_db.submit(u["bob"], x["id"], "keep")
+    assert order == ["r000003", "r000002", "r000001"]  # new priorities; r000000 was reviewed already
+
+
+def test_twenty_annotators_in_threads_never_share_a_lease_nor_lose_a_decision(db_url):
+    db = ReviewDB(db_url)
+    users = [db.add_user(f"ann{i:02d}", PASSWORD) for i in range(20)]
+    n = 300
+    db.enqueue(make_items(n, double_every=5, gold=0), "b1")
+    expected_decisions = sum(2 if i % 5 == 0 else 1 for i in range(n))
+    held: set[int] = set()
+    lock = threading.Lock()
+    problems: list[str] = []
+    made: list[tuple[int, int, str]] = []
+
+    def annotator(user, seed):
+        rng = random.Random(seed)
+        while True:
+            it = db.next_item(user, lease_s=60)
+            if it is None:
+                return
+            with lock:
+                if it["id"] in held:
+                    problems.append(f"item {it['id']} leased twice at once")
+                held.add(it["id"])
+            time.sleep(rng.random() * 0.002)
+            dec = rng.choice(["keep", "drop"])
+            with lock:
+                held.discard(it["id"])  # before submit: the database releases the lease in that transaction
+            r = db.submit(user, it["id"], dec)
+            if r["duplicate"]:
+                problems.append(f"unexpected duplicate on {it['id']}")
+            if rng.random() < 0.2:  # a retried request (network blip): must not count twice
+                if not db.submit(user, it["id"], dec)["duplicate"]:
+                    problems.append("retry was not idempotent")
+            with lock:
+                made.append((it["id"], user.id, dec))
+
+    threads = [threading.Thread(target=annotator, args=(u, i)) for i, u in enumerate(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []
+    stored = {(d["item_id"], d["user"], d["decision"]) for d in db.decisions()}
+    names = {u.id: u.name for u in users}
+    assert len(made) == expected_decisions == len(db.decisions())
+    assert stored == {(i, names[u], d) for i, u, d in made}
+    c = db.counters()
+    assert c["items_done"] == n and c["items_open"] == 0 and c["decisions"] == expected_decisions
+    per_row = Counter(d["row_id"] for d in db.decisions())
+    assert all(per_row[f"r{i:06d}"] == (2 if i % 5 == 0 else 1) for i in range(n))
+    assert all(len({u for i2, u, _ in made if i2 == i}) == k for i, k in Counter(i for i, _, _ in made).items())
+    db.close()
+
+
+def test_background_checkpoints_keep_the_wal_copied_back(tmp_path):
+    """The server checkpoints the SQLite WAL from a background thread (not inside a request's commit):
+    with SQLite's automatic checkpoint pushed out of reach, the pages still reach the database file."""
+    path = tmp_path / "ckpt.sqlite"
+    db = ReviewDB(path)
+    db.start_background_checkpoints(every_s=0.05)
+    with db.tx(write=False) as t:
+        assert t.one("PRAGMA wal_autocheckpoint")[0] == 50_000  # SQLite's own one is only a safety net now
+    size0 = path.stat().st_size
+    db.enqueue(make_items(3000), "b1")  # a few hundred pages, far below the safety net
+    deadline = time.time() + 20
+    while path.stat().st_size <= size0 + 200_000 and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size > size0 + 200_000, "the WAL was not checkpointed into the database file"
+    db.close()

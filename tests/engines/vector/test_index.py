@@ -1,0 +1,105 @@
+"""FAISS index engine: checked vectors, approximate vs exact recall, shards, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from engines.vector.index import (
+    IndexConfig,
+    VectorError,
+    add_vectors,
+    clean_vectors,
+    empty_like,
+    merge_shards,
+    search,
+    to_matrix,
+    train_index,
+)
+from engines.vector.knn import exact_knn, knn_block, recall_at_k
+from engines.vector.synth import clustered_embeddings
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    """The test machine is shared and oversubscribed: OpenMP spin-waits make 2 threads slower than 1."""
+    import faiss
+
+    n = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return next(clustered_embeddings(30_000, 128, n_clusters=300, seed=3))
+
+
+def test_bad_vectors_are_skipped_by_reason_and_wrong_dim_is_an_error():
+    col = pa.array([[1, 2, 3], None, [float("nan"), 1, 1], [0, 0, 0], [3, 4, 0]], pa.list_(pa.float32(), 3))
+    x, null = to_matrix(col)
+    clean, valid, skipped = clean_vectors(x, null)
+    assert valid.tolist() == [True, False, False, False, True]
+    assert skipped == {"null_vector": 1, "nan_vector": 1, "zero_vector": 1}
+    assert np.allclose(np.linalg.norm(clean[valid], axis=1), 1)
+    assert np.isfinite(clean).all()
+    with pytest.raises(VectorError, match="dimension 3, expected 4"):
+        to_matrix(col, dim=4)
+    with pytest.raises(VectorError, match="different lengths"):
+        to_matrix(pa.array([[1.0, 2.0], [1.0, 2.0, 3.0]]))
+    with pytest.raises(VectorError, match="no valid vectors"):
+        train_index(np.zeros((0, 3), np.float32), 10, IndexConfig())
+
+
+def test_ivf_recall_against_exact_search(vectors):
+    base, queries = vectors[:28_000], vectors[28_000:28_500]
+    idx, kind, spec = train_index(base, len(base), IndexConfig(kind="ivfsq8", nprobe=16))
+    add_vectors(idx, base, np.arange(len(base)))
+    _, approx = search(idx, queries, 10)
+    _, exact = exact_knn(base, queries, 10)
+    r = recall_at_k(approx, exact, 10)
+    assert kind == "ivfsq8" and spec.startswith("IVF")
+    assert r >= 0.95, f"recall@10 {r:.3f}"
+    # PQ trades recall for 16x smaller codes; it must still find most true neighbours. PQ encodes
+    # the residual to the list centroid, so it wants lists finer than the data's clusters
+    pq, _, _ = train_index(base, len(base), IndexConfig(kind="ivfpq", pq_m=32, nlist=512, nprobe=16, train_size=20_000))
+    add_vectors(pq, base, np.arange(len(base)))
+    assert recall_at_k(search(pq, queries, 10)[1], exact, 10) >= 0.6
+    with pytest.raises(VectorError, match="query dimension"):
+        search(idx, queries[:, :64], 10)
+
+
+def test_sharded_add_and_merge_equals_one_add_and_seed_is_deterministic(vectors):
+    base = vectors[:20_000]
+    cfg = IndexConfig(kind="ivfflat", nlist=64, seed=7)
+    one, _, _ = train_index(base, len(base), cfg)
+    trained = empty_like(one)
+    add_vectors(one, base, np.arange(len(base)))
+    shards = []
+    for s in range(0, len(base), 6000):
+        sh = empty_like(trained)
+        add_vectors(sh, base[s:s + 6000], np.arange(s, min(s + 6000, len(base))))
+        shards.append(sh)
+    merged = merge_shards(empty_like(trained), shards)
+    assert merged.ntotal == one.ntotal == len(base)
+    q = vectors[25_000:25_200]
+    s1, l1 = search(one, q, 10)
+    s2, l2 = search(merged, q, 10)
+    assert np.array_equal(l1, l2) and np.allclose(s1, s2)
+    again, _, _ = train_index(base, len(base), cfg)  # same data + seed -> same lists -> same answers
+    add_vectors(again, base, np.arange(len(base)))
+    assert np.array_equal(search(again, q, 10)[1], l1)
+
+
+def test_knn_block_drops_self_and_keeps_k():
+    x = next(clustered_embeddings(500, 32, n_clusters=10, seed=1))
+    idx, _, _ = train_index(x, len(x), IndexConfig(kind="flat"))
+    add_vectors(idx, x, np.arange(1000, 1500))
+    e = knn_block(idx, x[:50], np.arange(1000, 1050), 5)
+    assert len(e["src"]) == 250
+    assert not np.any(e["src"] == e["dst"])
+    assert np.all(np.bincount(e["src"] - 1000) == 5)
+    _, ex = exact_knn(x, x[:50], 6)
+    assert set(e["dst"][e["src"] == 1000].tolist()) == set((ex[0][1:] + 1000).tolist())

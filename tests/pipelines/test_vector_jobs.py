@@ -1,0 +1,342 @@
+"""Vector jobs end to end on real Ray + Lance: index build / incremental add / stale index,
+k-NN graph with resume, dedup committing dup_* columns, retrieval, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation.store import Store
+from engines.vector.index import StaleIndexError, VectorError, load_index
+from engines.vector.retrieval import Retriever, index_dir
+from engines.vector.synth import make_variant
+from pipelines.dedup import DedupConfig, find_duplicates, run_dedup
+from pipelines.index import IndexBuildConfig, build_index
+from pipelines.knn import KnnConfig, build_knn, knn_uri
+from tests.helpers import coco_rows, sample_row, samples_table
+
+
+def _copy(coco_store, tmp_path, name="x.lance") -> Store:
+    dst = tmp_path / name
+    shutil.copytree(Path(coco_store.uri), dst)
+    return Store(str(dst))
+
+
+def test_index_build_incremental_add_stale_and_search(ray_session, coco_store, tmp_path, coco_dir):
+    store = _copy(coco_store, tmp_path)
+    m = build_index(store, IndexBuildConfig(rows_per_shard=30), show_progress=False)  # 3 shards on Ray, merged
+    assert m["column"] == "vec_desc" and m["ntotal"] == 80 and m["kind"] == "flat" and m["dim"] == 231
+    # retrieval: a row's own re-encoded copy finds the row first
+    ids = store.to_arrow(["id"]).column("id").to_pylist()
+    data = store.to_arrow(["image"]).column("image")[5].as_py()
+    r = Retriever(store, "vec_desc")
+    assert r.by_image(make_variant(data, "reencode", 1), k=3)[0]["id"] == ids[5]
+    hits = r.by_id(ids[5], k=5)
+    assert len(hits) == 5 and ids[5] not in [h["id"] for h in hits]
+    with pytest.raises(VectorError, match="text queries"):
+        r.by_text("a dog", k=3)
+    # append rows: the old index is stale for k-NN and search ...
+    extra = [sample_row(make_variant(data, "crop", s), "extra", f"c{s}") for s in range(4)]
+    lance.write_dataset(samples_table(extra), store.uri, mode="append")
+    with pytest.raises(StaleIndexError, match="curate index build"):
+        build_knn(store, KnnConfig(k=5), show_progress=False)
+    with pytest.raises(StaleIndexError):
+        Retriever(store, "vec_desc")
+    # ... and a build only adds the new rows (the descriptor stage computes the new fragment)
+    store.open().drop_columns(["vec_desc", "vec_regions", "vec_error"])
+    with pytest.raises(VectorError, match="rebuild"):
+        build_index(store, IndexBuildConfig(), show_progress=False)  # the column was rewritten: refuse
+    m2 = build_index(store, IndexBuildConfig(rebuild=True), show_progress=False)
+    assert m2["ntotal"] == 84
+
+
+def test_incremental_add_only_new_fragments(ray_session, coco_dir, tmp_path):
+    rows = coco_rows(coco_dir, limit=12)
+    uri = str(tmp_path / "inc.lance")
+    lance.write_dataset(samples_table(rows[:8]), uri, max_rows_per_file=4)
+    store = Store(uri)
+    build_index(store, IndexBuildConfig(), show_progress=False)
+    before = (index_dir(store, "vec_desc") / "labels.arrow").stat().st_mtime
+    # new rows arrive with their descriptors (same stage, appended fragment)
+    from engines.vector.descriptor import visual_columns
+
+    new = samples_table(rows[8:])
+    cols = visual_columns(new.column("image").to_pylist())
+    from curation.schema import VEC_VISUAL
+
+    for name in VEC_VISUAL.schema.names:
+        new = new.append_column(VEC_VISUAL.schema.field(name), pa.array(cols[name], VEC_VISUAL.schema.field(name).type))
+    lance.write_dataset(new, uri, mode="append")
+    m = build_index(store, IndexBuildConfig(), show_progress=False)
+    assert m["ntotal"] == 12 and len(m["history"]) == 2 and m["history"][1]["added"] == 4
+    index, man, labels = load_index(index_dir(store, "vec_desc"))
+    assert labels.num_rows == 12 and set(labels.column("id").to_pylist()) == set(store.to_arrow(["id"]).column("id").to_pylist())
+    assert (index_dir(store, "vec_desc") / "labels.arrow").stat().st_mtime >= before
+    again = build_index(store, IndexBuildConfig(), show_progress=False)  # nothing new: up to date
+    assert again["ntotal"] == 12 and len(again["history"]) == 2
+    knn = build_knn(store, KnnConfig(k=3), show_progress=False)
+    assert knn["edges"] == 36
+
+
+def test_knn_graph_table_and_resume(ray_session, coco_store, tmp_path, monkeypatch):
+    store = _copy(coco_store, tmp_path)
+    build_index(store, IndexBuildConfig(), show_progress=False)
+    import curation.runner as runner
+
+    real = runner.execute_units
+    calls = {"n": 0}
+
+    def dies_after_first(units, *a, on_result, **kw):
+        def once(row):
+            on_result(row)
+            raise KeyboardInterrupt("killed")
+
+        calls["n"] += 1
+        return real(units, *a, on_result=once, **kw)
+
+    monkeypatch.setattr(runner, "execute_units", dies_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        build_knn(store, KnnConfig(k=10, rows_per_unit=20), show_progress=False)
+    ckpts = list((Path(store.state_dir) / "vector").glob("knn-vec_desc-ckpt-*/unit-*.json"))
+    assert len(ckpts) == 1
+    monkeypatch.setattr(runner, "execute_units", real)
+    seen = []
+    monkeypatch.setattr(runner, "execute_units", lambda units, *a, **kw: (seen.append(len(units)), real(units, *a, **kw)))
+    out = build_knn(store, KnnConfig(k=10, rows_per_unit=20), show_progress=False)
+    assert seen == [3]  # 4 units, 1 already done
+    t = lance.dataset(knn_uri(store, "vec_desc")).to_table()
+    assert t.num_rows == out["edges"] == 800
+    assert pc_unique(t, "source_id") == 80
+    assert not any(a == b for a, b in zip(t.column("source_id").to_pylist(), t.column("neighbour_id").to_pylist()))
+    sims = np.asarray(t.column("similarity"))
+    assert np.all(sims <= 1.0001) and np.all(np.asarray(t.column("rank")) >= 1)
+
+
+def pc_unique(t: pa.Table, col: str) -> int:
+    return len(set(t.column(col).to_pylist()))
+
+
+def test_dedup_job_commits_groups_and_keeps_best(ray_session, coco_dir, tmp_path):
+    rows = coco_rows(coco_dir, limit=8)
+    truth = {}
+    for g, r in enumerate(list(rows)):
+        truth[r["id"]] = g
+        for kind in ("crop", "watermark", "colour", "resize"):
+            v = sample_row(make_variant(r["image"], kind, g), "edits", f"{g}-{kind}")
+            rows.append(v)
+            truth[v["id"]] = g
+    dup = dict(rows[0], id="exactcopy", source_key="copy")
+    rows.append(dup)
+    truth["exactcopy"] = 0
+    uri = str(tmp_path / "d.lance")
+    lance.write_dataset(samples_table(rows), uri, max_rows_per_file=12)
+    store = Store(uri)
+    dry = run_dedup(store, DedupConfig(dry_run=True), show_progress=False)
+    assert dry["status"] == "dry_run" and "dup_keep" not in store.open().schema.names
+    assert Path(dry["report"]).read_text().count("<img") == 1
+    out = run_dedup(store, DedupConfig(), show_progress=False)
+    t = store.to_arrow(["id", "width", "height", "dup_group", "dup_keep", "dup_of", "dup_reason", "dup_sim"])
+    d = t.to_pylist()
+    assert out["status"] == "committed" and sum(not r["dup_keep"] for r in d) == len(d) - 8
+    # groups match the truth; the kept row is the largest image of its group (default quality = area)
+    by_group: dict[int, list] = {}
+    for r in d:
+        assert r["dup_group"] is not None
+        by_group.setdefault(r["dup_group"], []).append(r)
+    assert len(by_group) == 8
+    for members in by_group.values():
+        assert len({truth[m["id"]] for m in members}) == 1
+        kept = [m for m in members if m["dup_keep"]]
+        assert len(kept) == 1
+        assert kept[0]["width"] * kept[0]["height"] == max(m["width"] * m["height"] for m in members)
+        for m in members:
+            if not m["dup_keep"]:
+                assert m["dup_of"] == kept[0]["id"] and m["dup_reason"] in ("exact", "near") and 0 < m["dup_sim"] <= 1
+    ex = [r for r in d if r["id"] == "exactcopy"][0]
+    assert (ex["dup_reason"] == "exact") or ex["dup_keep"]
+
+
+def test_bad_input_empty_and_one_row(ray_session, coco_dir, tmp_path):
+    empty = Store(str(tmp_path / "e.lance"))
+    lance.write_dataset(samples_table([]), empty.uri)
+    with pytest.raises(VectorError, match="empty"):
+        build_index(empty, IndexBuildConfig(column=None), show_progress=False)
+    one = Store(str(tmp_path / "one.lance"))
+    lance.write_dataset(samples_table(coco_rows(coco_dir, limit=1)), one.uri)
+    m = build_index(one, IndexBuildConfig(), show_progress=False)
+    assert m["ntotal"] == 1
+    with pytest.raises(VectorError, match="at least 2"):
+        build_knn(one, KnnConfig(k=5), show_progress=False)
+    res = run_dedup(one, DedupConfig(), show_progress=False)
+    assert res["removed"] == 0
+    with pytest.raises(VectorError, match="not in the dataset"):
+        build_index(one, IndexBuildConfig(column="prof_clip_image"), show_progress=False)
+    # a corrupt image becomes a row with a reason, and is skipped by the index with a count
+    bad = dict(coco_rows(coco_dir, limit=2)[1], image=b"\xff\xd8\xff not a jpeg", id="bad")
+    lance.write_dataset(samples_table([bad]), one.uri, mode="append")
+    one.open().drop_columns(["vec_desc", "vec_regions", "vec_error"])
+    m = build_index(one, IndexBuildConfig(rebuild=True), show_progress=False)
+    assert m["ntotal"] == 1 and m["skipped"] == {"null_vector": 1}
+    err = one.to_arrow(["id", "vec_error"], filter="id = 'bad'").column("vec_error")[0].as_py()
+    assert err and err.split(":")[0] in ("undecodable", "truncated")
+
+
+def _emb_table(rows: list[dict], vectors: list) -> pa.Table:
+    """Sample rows plus an ``emb`` column of variable-length float lists (as an embedding
+    column written by another tool could be), so any dimension and nulls can be stored."""
+    return samples_table(rows).append_column("emb", pa.array(vectors, pa.list_(pa.float32())))
+
+
+def test_bad_vectors_wrong_dimension_and_deleted_rows_in_jobs(ray_session, coco_dir, tmp_path):
+    """NaN, zero and null vectors are skipped with counts and never reach the graph; a query or
+    appended rows of another dimension, and rows deleted after the build, are clear errors."""
+    rows = coco_rows(coco_dir, limit=12)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((10, 8)).astype(np.float32)
+    v[1] = np.nan
+    v[2] = 0.0
+    vecs = [r.tolist() for r in v]
+    vecs[3] = None
+    uri = str(tmp_path / "emb.lance")
+    lance.write_dataset(_emb_table(rows[:10], vecs), uri, max_rows_per_file=5)
+    store = Store(uri)
+    ids = [r["id"] for r in rows]
+    m = build_index(store, IndexBuildConfig(column="emb"), show_progress=False)
+    assert m["ntotal"] == 7 and m["dim"] == 8
+    assert m["skipped"] == {"nan_vector": 1, "zero_vector": 1, "null_vector": 1}
+    out = build_knn(store, KnnConfig(column="emb", k=3), show_progress=False)
+    t = lance.dataset(out["path"]).to_table()
+    assert out["rows"] == 7 and t.num_rows == 21
+    bad = {ids[1], ids[2], ids[3]}
+    assert not bad & set(t.column("source_id").to_pylist()) and not bad & set(t.column("neighbour_id").to_pylist())
+    r = Retriever(store, "emb")
+    with pytest.raises(VectorError, match="dimension 4"):
+        r.by_vector(np.ones(4), k=3)
+    with pytest.raises(VectorError, match="unusable"):
+        r.by_vector(np.zeros(8), k=3)
+    with pytest.raises(VectorError, match="unusable"):
+        r.by_id(ids[1], k=3)  # its stored vector is NaN: an error, not NaN similarities
+    with pytest.raises(VectorError, match="no emb vector"):
+        r.by_id(ids[3], k=3)
+    # appended rows whose vectors have another dimension: refused before anything is added
+    lance.write_dataset(_emb_table(rows[10:], [[1.0] * 16, [0.5] * 16]), uri, mode="append")
+    with pytest.raises(VectorError, match="dimension 16, expected 8"):
+        build_index(store, IndexBuildConfig(column="emb"), show_progress=False)
+    # rows deleted after the build: the index is older than the dataset
+    ds = lance.dataset(uri)
+    ds.delete(f"id = '{ids[10]}' or id = '{ids[11]}'")
+    ds.delete(f"id = '{ids[0]}'")
+    with pytest.raises(StaleIndexError, match="curate index build"):
+        build_knn(store, KnnConfig(column="emb", k=3), show_progress=False)
+    with pytest.raises(StaleIndexError):
+        Retriever(store, "emb")
+    with pytest.raises(VectorError, match="rebuild"):
+        build_index(store, IndexBuildConfig(column="emb"), show_progress=False)
+    m2 = build_index(store, IndexBuildConfig(column="emb", rebuild=True), show_progress=False)
+    assert m2["ntotal"] == 6 and ids[0] not in [h["id"] for h in Retriever(store, "emb").by_vector(v[0], k=6)]
+
+
+def test_dedup_job_scored_against_the_demo_corpus_manifest(ray_session, tmp_path):
+    """The real job (ingest, descriptors, candidates on Ray, verification, communities) on the
+    demo corpus, scored pairwise against the groups its manifest records (near duplicates: crops,
+    resizes, re-encodes, watermarks, colour shifts, mirrors, frames, degraded copies, exact copies)."""
+    import json
+
+    from democorpus.corpus import build_corpus, write_corpus
+    from pipelines.ingest import IngestConfig, ingest
+
+    corpus = tmp_path / "corpus"
+    write_corpus(build_corpus(0, ("folder", "webdataset", "jsonl")), corpus)
+    manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+    group_of_sha = {i["sha256"]: i["near_dup_group"] for i in manifest["items"]}
+    store = Store(str(tmp_path / "demo.lance"))
+    ingest(store, IngestConfig(source=[str(corpus)], shard_size=32), show_progress=False)
+    out = run_dedup(store, DedupConfig(), show_progress=False)
+    t = store.to_arrow(["image_sha256", "dup_group"]).to_pylist()
+    truth = np.array([group_of_sha.get(r["image_sha256"]) or f"single-{k}" for k, r in enumerate(t)])
+    pred = np.array([r["dup_group"] if r["dup_group"] is not None else -1 - k for k, r in enumerate(t)])
+    iu = np.triu_indices(len(t), 1)
+    same_pred = (pred[:, None] == pred[None, :])[iu]
+    same_true = (truth[:, None] == truth[None, :])[iu]
+    tp = int((same_pred & same_true).sum())
+    precision, recall = tp / max(int(same_pred.sum()), 1), tp / int(same_true.sum())
+    print(f"\ndemo corpus: {len(t)} rows, pairwise precision {precision:.3f} recall {recall:.3f}; {out}")
+    assert precision >= 0.98 and recall >= 0.90, (precision, recall)
+
+
+def test_dedup_killed_in_verification_resumes_the_missing_units_only(ray_session, coco_dir, tmp_path, monkeypatch):
+    """A dedup killed after one verification unit, re-run, redoes neither the index nor the
+    candidates nor that unit, and gives the same groups as a clean run."""
+    rows = coco_rows(coco_dir, limit=24)
+    for g, r in enumerate(list(rows[:8])):
+        for kind in ("crop", "mirror", "rotate"):
+            rows.append(sample_row(make_variant(r["image"], kind, g), "edits", f"{g}-{kind}"))
+    clean, killed = Store(str(tmp_path / "clean.lance")), Store(str(tmp_path / "killed.lance"))
+    for s in (clean, killed):
+        lance.write_dataset(samples_table(rows), s.uri, max_rows_per_file=12)
+    cfg = DedupConfig(rows_per_unit=12, dry_run=True)
+    want = find_duplicates(clean, cfg, show_progress=False)["plan"]
+    import curation.runner as runner
+    from pipelines.descriptors import ensure_visual
+
+    ensure_visual(killed, show_progress=False)  # the descriptor stage is the runner's own resume test
+
+    real = runner.execute_units
+    calls: list[int] = []
+
+    def dies_in_third_phase(units, *a, on_result, **kw):
+        calls.append(len(units))
+        if len(calls) < 3:
+            return real(units, *a, on_result=on_result, **kw)
+
+        def once(row):
+            on_result(row)
+            raise KeyboardInterrupt("killed")
+
+        return real(units, *a, on_result=once, **kw)
+
+    monkeypatch.setattr(runner, "execute_units", dies_in_third_phase)
+    with pytest.raises(KeyboardInterrupt):
+        find_duplicates(killed, cfg, show_progress=False)
+    assert calls == [5, 5, 5]  # 56 rows in units of 12: index shards, candidates, then killed in verification
+    calls.clear()
+    monkeypatch.setattr(runner, "execute_units", lambda units, *a, **kw: (calls.append(len(units)), real(units, *a, **kw)))
+    got = find_duplicates(killed, cfg, show_progress=False)["plan"]
+    assert calls == [4]  # only the 4 verification units not checkpointed
+    assert got.column("dup_group").to_pylist() == want.column("dup_group").to_pylist()
+    assert got.column("dup_keep").to_pylist() == want.column("dup_keep").to_pylist()
+    assert sum(g is not None for g in got.column("dup_group").to_pylist()) == 32  # the 8 photos and their 3 edits each
+
+
+def test_semantic_pairs_come_from_the_knn_graph_which_is_rebuilt_when_too_small_or_stale(ray_session, coco_dir, tmp_path):
+    """Semantic duplicates are read from the `curate knn` graph of the embedding column: a graph
+    built with a smaller k, or from other values of the column, is rebuilt first, never read."""
+    rows = coco_rows(coco_dir, limit=16)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((16, 32)).astype(np.float32)
+    v[1] = v[0] + 0.01 * rng.standard_normal(32)  # two different photos, the same content by this embedding
+    store = Store(str(tmp_path / "s.lance"))
+    lance.write_dataset(_emb_table(rows, v.tolist()), store.uri, max_rows_per_file=8)
+    build_index(store, IndexBuildConfig(column="emb"), show_progress=False)
+    build_knn(store, KnnConfig(column="emb", k=3), show_progress=False)
+    cfg = DedupConfig(semantic_column="emb", dry_run=True)
+    res = find_duplicates(store, cfg, show_progress=False)
+    assert store.read_json("vector/knn-emb.json")["k"] == cfg.semantic.k  # k=3 < 10: rebuilt
+    plan = res["plan"].to_pylist()
+    assert plan[0]["dup_group"] is not None and plan[0]["dup_group"] == plan[1]["dup_group"]
+    assert {plan[0]["dup_reason"], plan[1]["dup_reason"]} == {None, "semantic"}
+    assert res["stats"]["semantic_pairs"] == 1
+    # new values of the column (the same rows): the old graph would be wrong, so it is rebuilt
+    v2 = v.copy()
+    v2[1] = rng.standard_normal(32)
+    store.open().drop_columns(["emb"])
+    store.open().merge(store.to_arrow(["id"]).append_column("emb", pa.array(v2.tolist(), pa.list_(pa.float32()))), "id")
+    before = store.read_json("vector/knn-emb.json")["fingerprint"]
+    res2 = find_duplicates(store, cfg, show_progress=False)
+    assert store.read_json("vector/knn-emb.json")["fingerprint"] != before
+    assert res2["stats"]["semantic_pairs"] == 0
