@@ -1,6 +1,6 @@
 """The annotator web app: server-rendered pages, a small JSON API, images by row id.
 
-Security model, in short (tests in tests/review check each point):
+Security model, in short (tests in tests/annotator_ui check each point):
 - everything but ``/login``, ``/api/login``, ``/health`` and ``/static`` needs a session (401);
 - sessions are HttpOnly, SameSite=Strict cookies; form posts carry the session's CSRF token,
   JSON posts the ``X-CSRF-Token`` header; the login form uses a double-submit cookie;
@@ -41,8 +41,10 @@ from curation.security import SESSION_COOKIE
 __all__ = ["AppSettings", "create_app", "app_routes"]
 
 HERE = Path(__file__).resolve().parent
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 class ErrorOut(BaseModel):
@@ -77,23 +79,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # --- the app -------------------------------------------------------------------------------------------
 
 
-def create_app(settings: AppSettings, db: ReviewDB | None = None, *,
-               apply: Callable[[str, User], dict[str, Any]] | None = None) -> FastAPI:
+def create_app(settings: AppSettings, db: ReviewDB | None = None, *, apply: Callable[[str, User], dict[str, Any]] | None = None) -> FastAPI:
     """The FastAPI app for one review database (and the dataset its images come from).
 
     ``apply`` is the admin page's "apply decisions" action, handed in by the caller (the CLI
     passes ``pipelines.review.review_apply_action``): the web app never imports a job."""
     db = db or ReviewDB(settings.db_url)
     db.start_background_checkpoints()  # WAL checkpoints off the request path (SQLite)
-    app = FastAPI(title="curate review", docs_url=None, redoc_url=None, openapi_url=None, responses=ERRORS,
-                  lifespan=_lifespan)
+    app = FastAPI(title="curate review", docs_url=None, redoc_url=None, openapi_url=None, responses=ERRORS, lifespan=_lifespan)
     # what the dependencies (annotator_ui.deps) and routers read, one set per app
     app.state.settings, app.state.db, app.state.apply = settings, db, apply
     app.state.dataset = settings.dataset or db.get_meta("dataset")
     app.state.open_version = images.dataset_versions(app.state.dataset)
     app.state.apply_lock = threading.Lock()  # one apply at a time; a second click gets 409
-    app.state.templates = Environment(loader=FileSystemLoader(str(HERE / "templates")),
-                                      autoescape=select_autoescape(["html"]))
+    app.state.templates = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     for router in (meta, auth.router, review.router, images.router, admin.router):
         app.include_router(router)
@@ -137,8 +136,12 @@ def _openapi_schema(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = app.openapi()
         comps = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-        comps["session"] = {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
-                            "description": "from POST /api/login or the login form"}
+        comps["session"] = {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": SESSION_COOKIE,
+            "description": "from POST /api/login or the login form",
+        }
         schema["security"] = [{"session": []}]
         app.openapi_schema = schema
     return app.openapi_schema
@@ -186,8 +189,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
 
 async def _review_error(request: Request, exc: ReviewError):
     # the database layer's refusals, as the statuses ERRORS documents
-    code = (404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict)
-            else 422 if isinstance(exc, BadInput) else 403)
+    code = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422 if isinstance(exc, BadInput) else 403
     return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=code)
 
 
@@ -247,10 +249,14 @@ def _secure(send, t0: float):
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
             names = {k.lower() for k, _ in headers}
-            extra = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                     (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
-                     (b"cross-origin-opener-policy", b"same-origin"),
-                     (b"server-timing", b"app;dur=%.2f" % ((time.perf_counter() - t0) * 1000))]
+            extra = [
+                (b"content-security-policy", CSP.encode()),
+                (b"x-content-type-options", b"nosniff"),
+                (b"x-frame-options", b"DENY"),
+                (b"referrer-policy", b"no-referrer"),
+                (b"cross-origin-opener-policy", b"same-origin"),
+                (b"server-timing", b"app;dur=%.2f" % ((time.perf_counter() - t0) * 1000)),
+            ]
             if b"cache-control" not in names:
                 extra.append((b"cache-control", b"no-store"))
             message = {**message, "headers": headers + [h for h in extra if h[0] not in names]}
@@ -275,6 +281,11 @@ def _replay(body: bytes, receive):
 
 async def _plain(send, status: int, text: str) -> None:
     body = json.dumps({"detail": text}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -20,8 +20,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from curation.reviewdb import ReviewDB, User
 from curation.security import CSRF_HEADER, SESSION_COOKIE, tokens_equal
 
-__all__ = ["AppSettings", "DbDep", "SettingsDep", "SessionDep", "CurrentUser", "CsrfUser", "Admin", "AdminSession",
-           "ItemId", "RowId", "ROW_ID_PATTERN", "NO_NUL", "page", "check_form_csrf", "require_admin"]
+__all__ = [
+    "AppSettings",
+    "DbDep",
+    "SettingsDep",
+    "SessionDep",
+    "CurrentUser",
+    "CsrfUser",
+    "Admin",
+    "AdminSession",
+    "ItemId",
+    "RowId",
+    "ROW_ID_PATTERN",
+    "NO_NUL",
+    "page",
+    "check_form_csrf",
+    "require_admin",
+]
 
 ROW_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 # text without NUL characters: PostgreSQL cannot store them, and the schema says so (clients and
@@ -46,8 +61,9 @@ class AppSettings(BaseModel):
     # up to 9 bytes per character of multi-byte text
     max_body: int = Field(1024 * 1024, ge=1024, description="larger request bodies get 413")
     cookie_secure: bool = Field(False, description="set the Secure flag (when served over HTTPS)")
-    ray_address: str | None = Field(None, description="Ray cluster for the admin's apply action "
-                                    "(default: RAY_ADDRESS or an embedded local one, started on first use)")
+    ray_address: str | None = Field(
+        None, description="Ray cluster for the admin's apply action (default: RAY_ADDRESS or an embedded local one, started on first use)"
+    )
     threads: int = Field(40, ge=1, le=256, description="worker threads for the request handlers (database work)")
     title: str = "Review"
 

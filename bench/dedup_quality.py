@@ -43,8 +43,7 @@ PEER_VENV = ROOT / "bench" / ".venv-peers"
 PEER_PACKAGES = [["torch==2.13.0"], ["--no-deps", "torchvision==0.28.0"], ["imagededup==0.3.3", "cleanvision==0.3.7"]]
 """Install order matters: torch first (the CPU build; a bare resolve pulls GBs of CUDA), then
 torchvision without deps (its wheel would pull torch again), then the peers."""
-PEER_RUNS = [("imagededup", m, [10, 4, 16]) for m in ("PHash", "DHash", "WHash", "AHash")] + [
-    ("cleanvision", "phash", [8, 4])]
+PEER_RUNS = [("imagededup", m, [10, 4, 16]) for m in ("PHash", "DHash", "WHash", "AHash")] + [("cleanvision", "phash", [8, 4])]
 """(peer, method, settings): the first setting is the library default (imagededup: Hamming
 distance <= 10 of 64 bits; cleanvision: identical 8x8 pHash), the others are cheap extras."""
 PACKAGE_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field"]
@@ -53,12 +52,19 @@ PACKAGE_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle
 
 def machine() -> dict:
     """nproc, CPU model, RAM and load: the figures only mean something next to these."""
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor() or platform.machine())
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
     mem_kib = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")))
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model, "ram_gib": round(mem_kib / 2**20, 1),
-            "load_avg_1m": round(os.getloadavg()[0], 1), "python": platform.python_version(),
-            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "ram_gib": round(mem_kib / 2**20, 1),
+        "load_avg_1m": round(os.getloadavg()[0], 1),
+        "python": platform.python_version(),
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def ensure_peer_venv() -> Path:
@@ -102,11 +108,17 @@ def build_dev_set(n_coco_originals: int, n_negatives: int, with_packages: bool) 
         originals += [(n, b, "packages") for n, b in package_photos()]
     rows, group, kind = [], [], []
     for g, (name, data, source) in enumerate(originals):
-        rows.append(sample_row(data, source, name)); group.append(g); kind.append("orig")
+        rows.append(sample_row(data, source, name))
+        group.append(g)
+        kind.append("orig")
         for k, v in near_dup_variants(data, ALL_VARIANT_KINDS, seed=g):
-            rows.append(sample_row(v, "edits", f"{g}-{k}")); group.append(g); kind.append(k)
-    for i, p in enumerate(files[n_coco_originals:n_coco_originals + n_negatives]):
-        rows.append(sample_row(p.read_bytes(), "coco-mini", p.name)); group.append(10_000 + i); kind.append("negative")
+            rows.append(sample_row(v, "edits", f"{g}-{k}"))
+            group.append(g)
+            kind.append(k)
+    for i, p in enumerate(files[n_coco_originals : n_coco_originals + n_negatives]):
+        rows.append(sample_row(p.read_bytes(), "coco-mini", p.name))
+        group.append(10_000 + i)
+        kind.append("negative")
     return rows, np.array(group), np.array(kind)
 
 
@@ -135,10 +147,15 @@ def score(labels: np.ndarray, truth: np.ndarray, kinds: np.ndarray) -> dict:
     for a, b in zip(iu[0][pred & ~true], iu[1][pred & ~true]):
         key = "~".join(sorted((str(kinds[a]), str(kinds[b]))))
         false[key] = false.get(key, 0) + 1
-    return {"precision": round(tp / max(int(pred.sum()), 1), 4), "recall": round(tp / int(true.sum()), 4),
-            "true_pairs": int(true.sum()), "predicted_pairs": int(pred.sum()),
-            "false_pairs": int((pred & ~true).sum()), "false_pairs_by_kinds": dict(sorted(false.items(), key=lambda kv: -kv[1])),
-            "per_kind_recall": per_kind}
+    return {
+        "precision": round(tp / max(int(pred.sum()), 1), 4),
+        "recall": round(tp / int(true.sum()), 4),
+        "true_pairs": int(true.sum()),
+        "predicted_pairs": int(pred.sum()),
+        "false_pairs": int((pred & ~true).sum()),
+        "false_pairs_by_kinds": dict(sorted(false.items(), key=lambda kv: -kv[1])),
+        "per_kind_recall": per_kind,
+    }
 
 
 def score_reported_pairs(ids: list[str], pairs: list[list[str]], truth: np.ndarray) -> dict:
@@ -148,8 +165,11 @@ def score_reported_pairs(ids: list[str], pairs: list[list[str]], truth: np.ndarr
     pos = {x: i for i, x in enumerate(ids)}
     same = [truth[pos[a]] == truth[pos[b]] for a, b in pairs]
     n_true = int(sum(c * (c - 1) // 2 for c in np.unique(truth, return_counts=True)[1]))
-    return {"reported_pairs": len(pairs), "reported_precision": round(float(np.mean(same)) if same else 1.0, 4),
-            "reported_recall": round(int(np.sum(same)) / n_true, 4)}
+    return {
+        "reported_pairs": len(pairs),
+        "reported_precision": round(float(np.mean(same)) if same else 1.0, 4),
+        "reported_recall": round(int(np.sum(same)) / n_true, 4),
+    }
 
 
 def misses(labels: np.ndarray, truth: np.ndarray, kinds: np.ndarray, names: list[str]) -> dict[str, list[str]]:
@@ -193,43 +213,64 @@ def run_ours(rows: list[dict], tmp: Path, cpus: int) -> dict:
     for rid, g in zip(plan["id"], plan["dup_group"]):
         if g is not None:
             groups.setdefault(g, []).append(rid)
-    return {"method": "ours: dedup job", "setting": "DedupConfig() defaults", "default": True,
-            "groups": list(groups.values()), "seconds": ray_s + find_s,
-            "detail": {"ray_start_s": round(ray_s, 1), "find_duplicates_s": round(find_s, 1),
-                       "lance_write_s": round(write_s, 1), "stats": res["stats"]}}
+    return {
+        "method": "ours: dedup job",
+        "setting": "DedupConfig() defaults",
+        "default": True,
+        "groups": list(groups.values()),
+        "seconds": ray_s + find_s,
+        "detail": {
+            "ray_start_s": round(ray_s, 1),
+            "find_duplicates_s": round(find_s, 1),
+            "lance_write_s": round(write_s, 1),
+            "stats": res["stats"],
+        },
+    }
 
 
 def run_peer(py: Path, image_dir: Path, peer: str, method: str, settings: list[int]) -> list[dict]:
     """One peer method in its own process over the image folder. Its default setting's cost is the
     whole process (interpreter, imports, hashing, search) less the extra settings' own work; an
     extra setting's cost is the same start-up and shared work plus its own."""
-    cmd = [str(py), str(ROOT / "bench" / "peers_dedup.py"), peer, method, str(image_dir),
-           "--settings", ",".join(map(str, settings))]
+    cmd = [str(py), str(ROOT / "bench" / "peers_dedup.py"), peer, method, str(image_dir), "--settings", ",".join(map(str, settings))]
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t
     out = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode or not out:
-        return [{"method": f"{peer} {method}", "setting": "failed", "default": True, "groups": [], "seconds": wall,
-                 "error": p.stderr[-3000:]}]
+        return [
+            {"method": f"{peer} {method}", "setting": "failed", "default": True, "groups": [], "seconds": wall, "error": p.stderr[-3000:]}
+        ]
     startup = wall - out[0]["shared_s"] - sum(r["setting_s"] for r in out)
-    return [{"method": f"{r['peer']} {r['method']}", "setting": r["setting"] + (" (default)" if i == 0 else ""),
-             "default": i == 0, "groups": r["groups"], "pairs": r["pairs"], "seconds": startup + r["shared_s"] + r["setting_s"],
-             "detail": {"process_s": round(wall, 1), "shared_s": round(r["shared_s"], 2), "setting_s": round(r["setting_s"], 2)}}
-            for i, r in enumerate(out)]
+    return [
+        {
+            "method": f"{r['peer']} {r['method']}",
+            "setting": r["setting"] + (" (default)" if i == 0 else ""),
+            "default": i == 0,
+            "groups": r["groups"],
+            "pairs": r["pairs"],
+            "seconds": startup + r["shared_s"] + r["setting_s"],
+            "detail": {"process_s": round(wall, 1), "shared_s": round(r["shared_s"], 2), "setting_s": round(r["setting_s"], 2)},
+        }
+        for i, r in enumerate(out)
+    ]
 
 
 def print_tables(results: list[dict]) -> None:
     """Markdown: one summary row per method and setting, then recall per edit kind (defaults)."""
-    print("\n| method | setting | precision | recall | false pairs | groups | reported pairs: P / R | seconds |\n"
-          "|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "\n| method | setting | precision | recall | false pairs | groups | reported pairs: P / R | seconds |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|"
+    )
     for r in results:
         if "error" in r:
             print(f"| {r['method']} | failed (see its JSON line) | - | - | - | - | - | {r['seconds']:.1f} |")
             continue
         rep = f"{r['reported_precision']:.3f} / {r['reported_recall']:.3f}" if "reported_pairs" in r else "-"
-        print(f"| {r['method']} | {r['setting']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['false_pairs']} "
-              f"| {len(r['groups'])} | {rep} | {r['seconds']:.1f} |")
+        print(
+            f"| {r['method']} | {r['setting']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['false_pairs']} "
+            f"| {len(r['groups'])} | {rep} | {r['seconds']:.1f} |"
+        )
     cols = [r for r in results if r["default"] and "per_kind_recall" in r]
     print("\nrecall per edit kind (share of the kind's copies grouped with their original), default settings:\n")
     print("| edit kind | " + " | ".join(r["method"] for r in cols) + " |\n|---|" + "---:|" * len(cols))
@@ -272,9 +313,20 @@ def main() -> None:
     t = time.perf_counter()
     rows, truth, kinds = build_dev_set(a.originals, a.negatives, not a.no_packages)
     ids, names = [r["id"] for r in rows], [r["source_key"] for r in rows]
-    print(json.dumps({"dataset": {"images": len(rows), "originals": int((kinds == "orig").sum()),
-                                  "edited_copies": int(np.isin(kinds, ALL_VARIANT_KINDS).sum()),
-                                  "negatives": int((kinds == "negative").sum()), "build_s": round(time.perf_counter() - t, 1)}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "dataset": {
+                    "images": len(rows),
+                    "originals": int((kinds == "orig").sum()),
+                    "edited_copies": int(np.isin(kinds, ALL_VARIANT_KINDS).sum()),
+                    "negatives": int((kinds == "negative").sum()),
+                    "build_s": round(time.perf_counter() - t, 1),
+                }
+            }
+        ),
+        flush=True,
+    )
     results = run_all(rows, a.cpus, not a.no_peers)
     for r in results:
         if "error" not in r:

@@ -60,7 +60,8 @@ def real_part(n_groups: int) -> tuple[list[dict], np.ndarray, np.ndarray]:
             arr = decode_image(b).array
             f, r = describe(working_gray(arr))
             rows.append({"image": b, "width": arr.shape[1], "height": arr.shape[0], "group": f"real-{g}", "kind": kind})
-            full.append(f); reg.append(r.ravel())
+            full.append(f)
+            reg.append(r.ravel())
     return rows, np.stack(full), np.stack(reg)
 
 
@@ -92,23 +93,33 @@ def synthetic_batch(start: int, m: int, pool_f: np.ndarray, pool_r: np.ndarray, 
     group[dst] = group[owner]
     for k in dst[: max(1, len(dst) // 10)]:  # some copies are byte-identical: the exact path
         sha[k] = sha[owner[np.flatnonzero(dst == k)[0]]]
-    t = _table([f"s{start + i}" for i in range(m)], [tiny] * m, sha, rng.integers(200, 2000, m), rng.integers(200, 2000, m),
-               full, reg)
+    t = _table([f"s{start + i}" for i in range(m)], [tiny] * m, sha, rng.integers(200, 2000, m), rng.integers(200, 2000, m), full, reg)
     return t, group
 
 
 def _table(ids, images, sha, w, h, full, reg) -> pa.Table:
     n = len(ids)
     cols = {f.name: pa.nulls(n, f.type) for f in SAMPLES_SCHEMA}
-    cols.update({"id": pa.array(ids, pa.string()), "source": pa.array(["bench"] * n), "source_key": pa.array(ids),
-                 "image": pa.array(images, pa.large_binary()), "image_sha256": pa.array(sha, pa.string()),
-                 "width": pa.array(np.asarray(w, np.int32)), "height": pa.array(np.asarray(h, np.int32))})
+    cols.update(
+        {
+            "id": pa.array(ids, pa.string()),
+            "source": pa.array(["bench"] * n),
+            "source_key": pa.array(ids),
+            "image": pa.array(images, pa.large_binary()),
+            "image_sha256": pa.array(sha, pa.string()),
+            "width": pa.array(np.asarray(w, np.int32)),
+            "height": pa.array(np.asarray(h, np.int32)),
+        }
+    )
     t = pa.table([cols[f.name].cast(f.type) for f in SAMPLES_SCHEMA], schema=SAMPLES_SCHEMA)
     vt = VEC_VISUAL.schema
     desc = pa.FixedSizeListArray.from_arrays(pa.array(full.astype(np.float16).ravel()), VEC_DESC_DIM)
     regs = pa.FixedSizeListArray.from_arrays(pa.array(reg.astype(np.float16).ravel()), VEC_DESC_DIM * 10)
-    return t.append_column(vt.field("vec_desc"), desc).append_column(vt.field("vec_regions"), regs).append_column(
-        vt.field("vec_error"), pa.nulls(n, pa.string()))
+    return (
+        t.append_column(vt.field("vec_desc"), desc)
+        .append_column(vt.field("vec_regions"), regs)
+        .append_column(vt.field("vec_error"), pa.nulls(n, pa.string()))
+    )
 
 
 def build(uri: str, n: int, real, seed: int = 0) -> np.ndarray:
@@ -127,9 +138,15 @@ def build(uri: str, n: int, real, seed: int = 0) -> np.ndarray:
 
     def batches():
         k = len(rows)
-        t = _table([f"r{i}" for i in range(k)], [r["image"] for r in rows],
-                   [hashlib.sha256(r["image"]).hexdigest() for r in rows], [r["width"] for r in rows],
-                   [r["height"] for r in rows], rf, rr)
+        t = _table(
+            [f"r{i}" for i in range(k)],
+            [r["image"] for r in rows],
+            [hashlib.sha256(r["image"]).hexdigest() for r in rows],
+            [r["width"] for r in rows],
+            [r["height"] for r in rows],
+            rf,
+            rr,
+        )
         groups.append(np.array([-1 - int(r["group"].split("-")[1]) for r in rows], np.int64))
         yield from t.to_batches()
         for s in range(k, n, 50_000):
@@ -138,16 +155,16 @@ def build(uri: str, n: int, real, seed: int = 0) -> np.ndarray:
             yield from bt.to_batches()
 
     schema = _table(["x"], [tiny], ["x"], [1], [1], rf[:1], rr[:1]).schema
-    lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), uri, max_rows_per_file=50_000,
-                        max_rows_per_group=10_000)
+    lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), uri, max_rows_per_file=50_000, max_rows_per_group=10_000)
     return np.concatenate(groups)
 
 
 def run_job(uri: str) -> dict:
     """``python -m cli dedup --dataset URI`` with its driver and Ray workers' RSS sampled."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "dedup", "--dataset", uri], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "dedup", "--dataset", uri], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     driver = psutil.Process(proc.pid)
     peak_driver = peak_worker = 0
     while proc.poll() is None:
@@ -163,12 +180,16 @@ def run_job(uri: str) -> dict:
     out = proc.stdout.read()
     if proc.returncode:
         raise SystemExit(f"dedup failed ({proc.returncode}):\n{out[-4000:]}")
-    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": {"driver": peak_driver >> 20, "largest_worker": peak_worker >> 20},
-            "log_tail": out[-600:]}
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_mib": {"driver": peak_driver >> 20, "largest_worker": peak_worker >> 20},
+        "log_tail": out[-600:],
+    }
 
 
 def pair_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Pairwise precision and recall from label vectors (counts of pairs per group, no n^2 matrix)."""
+
     def pairs(labels):
         _, c = np.unique(labels, return_counts=True, axis=0)
         return int((c * (c - 1) // 2).sum())
@@ -206,13 +227,18 @@ def main() -> None:
         build_s = round(time.perf_counter() - t1, 1)
         job = run_job(uri)
         t = lance.dataset(uri).to_table(columns=["dup_group"]).column("dup_group")
-        pred = np.where(t.is_null().to_numpy(zero_copy_only=False), -(10**12) - np.arange(len(t)),
-                        t.fill_null(0).to_numpy())
+        pred = np.where(t.is_null().to_numpy(zero_copy_only=False), -(10**12) - np.arange(len(t)), t.fill_null(0).to_numpy())
         p, r = pair_scores(pred, truth)
         stats = json.loads(next(iter(sorted(Path(uri, "_curation", "vector").glob("dedup-v*.json")))).read_text())["stats"]
-        res = {"rows": n, "seconds": job["seconds"], "peak_rss_mib": job["peak_rss_mib"], "precision": round(p, 4),
-               "recall": round(r, 4), "build_dataset_seconds": build_s,
-               "counters": {k: stats.get(k) for k in ("desc_candidates", "verified_pairs", "accepted_pairs", "groups", "removed")}}
+        res = {
+            "rows": n,
+            "seconds": job["seconds"],
+            "peak_rss_mib": job["peak_rss_mib"],
+            "precision": round(p, 4),
+            "recall": round(r, 4),
+            "build_dataset_seconds": build_s,
+            "counters": {k: stats.get(k) for k in ("desc_candidates", "verified_pairs", "accepted_pairs", "groups", "removed")},
+        }
         results.append(res)
         print(json.dumps(res), flush=True)
         if not a.keep:

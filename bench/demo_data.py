@@ -32,13 +32,14 @@ def main(repeats: int = 3) -> None:
         builds.append(t1 - t0)
         writes.append(t2 - t1)
         on_disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-        print(f"seed {r}: {summary['images']} images, {on_disk / 1e6:.1f} MB on disk, "
-              f"build {t1 - t0:.2f} s, write {t2 - t1:.2f} s")
+        print(f"seed {r}: {summary['images']} images, {on_disk / 1e6:.1f} MB on disk, build {t1 - t0:.2f} s, write {t2 - t1:.2f} s")
         shutil.rmtree(out.parent)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"median build {sorted(builds)[len(builds) // 2]:.2f} s, median write {sorted(writes)[len(writes) // 2]:.2f} s, "
-          f"peak RSS {rss:.0f} MiB (one process, no Ray)")
+    print(
+        f"median build {sorted(builds)[len(builds) // 2]:.2f} s, median write {sorted(writes)[len(writes) // 2]:.2f} s, "
+        f"peak RSS {rss:.0f} MiB (one process, no Ray)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 def _gpu_memory_mib() -> int:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10
+        ).stdout
         return sum(int(x) for x in out.split())
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return -1
@@ -60,10 +61,20 @@ def search_check(rows: int, dim: int, queries: int) -> dict:
         t0 = time.perf_counter()
         e = knn_block(idx, q, lab, 10, nprobe=16)
         res[name] = (time.perf_counter() - t0, e)
-    agree = np.mean([len(set(res["cpu"][1]["dst"][res["cpu"][1]["src"] == i]) & set(res["gpu"][1]["dst"][res["gpu"][1]["src"] == i])) / 10
-                     for i in range(0, queries, max(1, queries // 500))])
-    out.update({"cpu_qps": round(queries / res["cpu"][0]), "gpu_qps": round(queries / res["gpu"][0]),
-                "gpu_vs_cpu_top10_agreement": round(float(agree), 4), "faiss_gpus": faiss.get_num_gpus()})
+    agree = np.mean(
+        [
+            len(set(res["cpu"][1]["dst"][res["cpu"][1]["src"] == i]) & set(res["gpu"][1]["dst"][res["gpu"][1]["src"] == i])) / 10
+            for i in range(0, queries, max(1, queries // 500))
+        ]
+    )
+    out.update(
+        {
+            "cpu_qps": round(queries / res["cpu"][0]),
+            "gpu_qps": round(queries / res["gpu"][0]),
+            "gpu_vs_cpu_top10_agreement": round(float(agree), 4),
+            "faiss_gpus": faiss.get_num_gpus(),
+        }
+    )
     return out
 
 
@@ -90,8 +101,11 @@ def job_check(rows: int) -> dict:
     for args in (["index", "build", "--column", "vec_desc"], ["knn", "--column", "vec_desc", "--k", "10"], ["dedup"]):
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "cli", *args, "--dataset", uri], cwd=ROOT, capture_output=True, text=True)
-        steps[" ".join(args[:2])] = {"rc": r.returncode, "seconds": round(time.perf_counter() - t0, 1),
-                                     "tail": r.stdout[-300:] + r.stderr[-300:]}
+        steps[" ".join(args[:2])] = {
+            "rc": r.returncode,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "tail": r.stdout[-300:] + r.stderr[-300:],
+        }
     stop.set()
     return {"rows": rows, "steps": steps, "peak_gpu_memory_mib": peak[0], "idle_gpu_memory_mib": _gpu_memory_mib()}
 

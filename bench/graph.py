@@ -33,8 +33,7 @@ def rss_mb() -> float:
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load = os.getloadavg()
-    return (f"{os.cpu_count()} cores, {mem:.0f} GiB, no GPU, Python {platform.python_version()}, "
-            f"load average at start {load[0]:.1f}")
+    return f"{os.cpu_count()} cores, {mem:.0f} GiB, no GPU, Python {platform.python_version()}, load average at start {load[0]:.1f}"
 
 
 def main() -> None:
@@ -72,9 +71,11 @@ def main() -> None:
     fig["load_parquet_s"] = time.perf_counter() - t0
     fig["graph_nodes"], fig["graph_edges"] = len(g2), g2.g.number_of_edges()
     fig["peak_rss_after_build_mb"] = rss_mb()
-    print(f"graph: {fig['graph_nodes']:,} nodes, {fig['graph_edges']:,} edges; parse {fig['wordnet_parse_s']:.2f}s, "
-          f"zh labels {fig['zh_labels']:,} in {fig['zh_labels_s']:.2f}s, save Parquet {fig['save_parquet_s']:.2f}s + GraphML {fig['write_graphml_s']:.2f}s, "
-          f"load {fig['load_parquet_s']:.2f}s, peak RSS {fig['peak_rss_after_build_mb']:.0f} MB")
+    print(
+        f"graph: {fig['graph_nodes']:,} nodes, {fig['graph_edges']:,} edges; parse {fig['wordnet_parse_s']:.2f}s, "
+        f"zh labels {fig['zh_labels']:,} in {fig['zh_labels_s']:.2f}s, save Parquet {fig['save_parquet_s']:.2f}s + GraphML {fig['write_graphml_s']:.2f}s, "
+        f"load {fig['load_parquet_s']:.2f}s, peak RSS {fig['peak_rss_after_build_mb']:.0f} MB"
+    )
 
     # --- tagger ----------------------------------------------------------------------
     from graph.tagging import Tagger
@@ -124,10 +125,14 @@ def main() -> None:
     print(f"tagging {len(texts)} real captions x {n_q:,} concepts:")
     print(f"  ours (tokenise + count + score all concepts): {best * 1000:.1f} ms  -> {fig['captions_per_s_ours']:,.0f} captions/s")
     print(f"  ours tag_rows (+ best caption, propagation to ancestors, top-64): {best_rows * 1000:.1f} ms")
-    print(f"  rank-bm25 get_scores per concept{f' (extrapolated from {len(idx)})' if args.ref_sample else ''}: "
-          f"{ref_s:.1f} s -> {fig['captions_per_s_rank_bm25']:.1f} captions/s")
-    print(f"  speed-up {fig['speedup_bm25']:,.0f}x (with propagation {fig['speedup_with_propagation']:,.0f}x); "
-          f"max |score difference| over {len(idx):,} concepts x {len(texts)} captions: {max_diff:.2e}")
+    print(
+        f"  rank-bm25 get_scores per concept{f' (extrapolated from {len(idx)})' if args.ref_sample else ''}: "
+        f"{ref_s:.1f} s -> {fig['captions_per_s_rank_bm25']:.1f} captions/s"
+    )
+    print(
+        f"  speed-up {fig['speedup_bm25']:,.0f}x (with propagation {fig['speedup_with_propagation']:,.0f}x); "
+        f"max |score difference| over {len(idx):,} concepts x {len(texts)} captions: {max_diff:.2e}"
+    )
     print(f"peak RSS {fig['peak_rss_mb']:.0f} MB")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fig.items()}))
 

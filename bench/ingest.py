@@ -91,12 +91,16 @@ def main() -> None:
         res = ingest(Store(work / "bench.lance"), IngestConfig(source=[str(src)], shard_size=64), show_progress=False)
         t_ingest = time.perf_counter() - t0
     rows = res[0].stats.rows
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}"
+    )
     print(f"files: {len(files)} JPEGs, {mb:.1f} MB")
     print(f"PIL decode loop (1 process): {len(files) / t_decode:8.1f} images/s   peak RSS {m0.peak / 2**20:7.0f} MiB")
-    print(f"curate ingest (Ray, {os.cpu_count()} CPUs, incl. exact-dup stage and commit): "
-          f"{rows / t_ingest:8.1f} images/s   peak RSS {m1.peak / 2**20:7.0f} MiB (process tree)")
+    print(
+        f"curate ingest (Ray, {os.cpu_count()} CPUs, incl. exact-dup stage and commit): "
+        f"{rows / t_ingest:8.1f} images/s   peak RSS {m1.peak / 2**20:7.0f} MiB (process tree)"
+    )
     print(f"ratio ingest / decode: {(rows / t_ingest) / (len(files) / t_decode):.2f}")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -53,8 +53,10 @@ def machine() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, no GPU; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, pylance {__import__('lance').__version__}; load average {os.getloadavg()[0]:.1f}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, no GPU; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, pylance {__import__('lance').__version__}; load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def coco_caption_tokens() -> np.ndarray:
@@ -66,7 +68,7 @@ def realistic_meta(n: int, seed: int = 0, target: int = 1024) -> ShardMeta:
     rng = np.random.default_rng(seed)
     short_side = np.clip(rng.lognormal(np.log(600), 0.6, n), 128, 6000)
     aspects = np.array([4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9, 9 / 16, 1.0, 2.0, 1 / 2])
-    aspect = rng.choice(aspects, n, p=[.25, .1, .15, .08, .12, .05, .15, .06, .04]) * np.exp(rng.normal(0, 0.05, n))
+    aspect = rng.choice(aspects, n, p=[0.25, 0.1, 0.15, 0.08, 0.12, 0.05, 0.15, 0.06, 0.04]) * np.exp(rng.normal(0, 0.05, n))
     short_caps = coco_caption_tokens()
     tokens, bucket, levels = [], [], []
     for s, a in zip(short_side, aspect):
@@ -84,9 +86,14 @@ def realistic_meta(n: int, seed: int = 0, target: int = 1024) -> ShardMeta:
             caps.append(int(rng.integers(80, 400)) if long else int(rng.choice(short_caps)))
             kinds.append("long" if long else "short")
     meta = ShardMeta(
-        positions=np.arange(n, dtype=np.int64), image_tokens=np.array(tokens, np.int64),
-        cap_offsets=np.concatenate([[0], np.cumsum(nvar)]).astype(np.int64), cap_tokens=np.array(caps, np.int64),
-        cap_kinds=np.array(kinds, dtype=object), weight=np.ones(n), bucket=np.array(bucket, np.int64))
+        positions=np.arange(n, dtype=np.int64),
+        image_tokens=np.array(tokens, np.int64),
+        cap_offsets=np.concatenate([[0], np.cumsum(nvar)]).astype(np.int64),
+        cap_tokens=np.array(caps, np.int64),
+        cap_kinds=np.array(kinds, dtype=object),
+        weight=np.ones(n),
+        bucket=np.array(bucket, np.int64),
+    )
     meta.levels = np.array(levels)  # for the printout only
     return meta
 
@@ -100,17 +107,25 @@ def compare(meta: ShardMeta, budget: int, seed: int = 0, same_bucket: bool = Fal
     seq = plan.seq_lens
     shuffled = np.random.default_rng(seed).permutation(seq)  # same samples, same caption choices
     fixed_bs = max(1, budget // int(seq.max()))
-    fixed = [shuffled[i:i + fixed_bs] for i in range(0, len(shuffled), fixed_bs)]
+    fixed = [shuffled[i : i + fixed_bs] for i in range(0, len(shuffled), fixed_bs)]
     mean_bs = max(1, int(round(sizes.mean())))
-    same_mean = [shuffled[i:i + mean_bs] for i in range(0, len(shuffled), mean_bs)]
+    same_mean = [shuffled[i : i + mean_bs] for i in range(0, len(shuffled), mean_bs)]
     over = np.mean([len(b) * b.max() > budget for b in same_mean])
     return {
-        "budget": budget, "samples": len(seq), "plan_s": plan_s,
-        "sla_pad": plan.padded_fraction(), "sla_bs_mean": sizes.mean(), "sla_bs_min": sizes.min(), "sla_bs_max": sizes.max(),
+        "budget": budget,
+        "samples": len(seq),
+        "plan_s": plan_s,
+        "sla_pad": plan.padded_fraction(),
+        "sla_bs_mean": sizes.mean(),
+        "sla_bs_min": sizes.min(),
+        "sla_bs_max": sizes.max(),
         "sla_util": float(np.mean([len(seq[plan.batch(b)]) * seq[plan.batch(b)].max() for b in range(len(plan))]) / budget),
-        "fixed_bs": fixed_bs, "fixed_pad": padded_fraction(fixed),
+        "fixed_bs": fixed_bs,
+        "fixed_pad": padded_fraction(fixed),
         "fixed_util": float(np.mean([len(b) * b.max() for b in fixed]) / budget),
-        "mean_bs": mean_bs, "mean_pad": padded_fraction(same_mean), "mean_over": over,
+        "mean_bs": mean_bs,
+        "mean_pad": padded_fraction(same_mean),
+        "mean_over": over,
     }
 
 
@@ -118,15 +133,21 @@ def part1(n: int) -> None:
     meta = realistic_meta(n)
     lv, cnt = np.unique(meta.levels, return_counts=True)
     mix = ", ".join(f"{int(a)}: {c / n:.0%}" for a, c in zip(lv, cnt))
-    print(f"\n## Padding: {n} samples, resolution mix {mix}; image tokens {meta.image_tokens.min()}-{meta.image_tokens.max()}, "
-          f"caption tokens {meta.cap_tokens.min()}-{meta.cap_tokens.max()}")
-    print("| token budget | length-aware: padded | batch size mean (min-max) | budget used | fixed-size (fits budget): batch | padded | budget used "
-          "| fixed-size, same mean batch: padded | over budget | plan time |")
+    print(
+        f"\n## Padding: {n} samples, resolution mix {mix}; image tokens {meta.image_tokens.min()}-{meta.image_tokens.max()}, "
+        f"caption tokens {meta.cap_tokens.min()}-{meta.cap_tokens.max()}"
+    )
+    print(
+        "| token budget | length-aware: padded | batch size mean (min-max) | budget used | fixed-size (fits budget): batch | padded | budget used "
+        "| fixed-size, same mean batch: padded | over budget | plan time |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for budget in (8192, 16384, 32768, 65536):
         r = compare(meta, budget)
-        print(f"| {budget} | **{r['sla_pad']:.2%}** | {r['sla_bs_mean']:.1f} ({r['sla_bs_min']}-{r['sla_bs_max']}) | {r['sla_util']:.0%} "
-              f"| {r['fixed_bs']} | {r['fixed_pad']:.1%} | {r['fixed_util']:.0%} | {r['mean_pad']:.1%} | {r['mean_over']:.0%} of batches | {r['plan_s']:.2f} s |")
+        print(
+            f"| {budget} | **{r['sla_pad']:.2%}** | {r['sla_bs_mean']:.1f} ({r['sla_bs_min']}-{r['sla_bs_max']}) | {r['sla_util']:.0%} "
+            f"| {r['fixed_bs']} | {r['fixed_pad']:.1%} | {r['fixed_util']:.0%} | {r['mean_pad']:.1%} | {r['mean_over']:.0%} of batches | {r['plan_s']:.2f} s |"
+        )
     r = compare(meta, 32768, same_bucket=True)
     print(f"\nsame_bucket=True (stackable tensors), budget 32768: padded {r['sla_pad']:.2%}, batch size mean {r['sla_bs_mean']:.1f}")
 
@@ -196,11 +217,15 @@ def loader_rate(uri: str, workers: int, epochs: int, budget: int) -> dict:
 
 
 def part2(epochs: int, tmp: Path, repeats: int) -> None:
-    print(f"\n## Loader throughput: 80 COCO photos (JPEG ~640x480), decode + random crop to bucket, {epochs} timed epochs "
-          f"after a warm-up epoch, best of {repeats} interleaved runs; token budget 8 x a square image's tokens")
+    print(
+        f"\n## Loader throughput: 80 COCO photos (JPEG ~640x480), decode + random crop to bucket, {epochs} timed epochs "
+        f"after a warm-up epoch, best of {repeats} interleaved runs; token budget 8 x a square image's tokens"
+    )
     print("samples/s wall clock (shared, loaded machine) | samples per CPU-second of loader + workers (load-independent)")
-    print("| output | plain PIL loop, 1 process | loader, 0 workers | loader, 1 worker | loader, 2 workers (spawned) "
-          "| 2 workers, projected on 2 idle cores | first batch (spawn) | mean batch | padded |")
+    print(
+        "| output | plain PIL loop, 1 process | loader, 0 workers | loader, 1 worker | loader, 2 workers (spawned) "
+        "| 2 workers, projected on 2 idle cores | first batch (spawn) | mean batch | padded |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for res, up in ((256, 1.25), (512, 1.25), (1024, 4.0)):
         uri = export_coco(res, tmp / f"coco-{res}.lance", up)
@@ -214,9 +239,11 @@ def part2(epochs: int, tmp: Path, repeats: int) -> None:
                     best[w] = {**r, "wall": max(r["wall"], best.get(w, {}).get("wall", 0))}
         cells = [f"{best[w]['wall']:.0f} /s, {best[w]['per_cpu']:.0f} /CPU-s" for w in (0, 1, 2)]
         two = best[2]
-        print(f"| {res}-level crops | {best['plain']:.0f} /s | {cells[0]} | {cells[1]} | **{cells[2]}** "
-              f"| **{2 * two['per_cpu']:.0f} /s** | {two['first']:.1f} s | {two['report']['batch_size']['mean']} "
-              f"| {two['report']['padded_token_fraction']:.1%} |")
+        print(
+            f"| {res}-level crops | {best['plain']:.0f} /s | {cells[0]} | {cells[1]} | **{cells[2]}** "
+            f"| **{2 * two['per_cpu']:.0f} /s** | {two['first']:.1f} s | {two['report']['batch_size']['mean']} "
+            f"| {two['report']['padded_token_fraction']:.1%} |"
+        )
 
 
 def part1_coco(tmp: Path) -> None:
@@ -231,10 +258,12 @@ def part1_coco(tmp: Path) -> None:
     seq = plan.seq_lens
     bs = max(1, 16384 // int(seq.max()))
     sh = np.random.default_rng(0).permutation(seq)
-    fixed = padded_fraction([sh[i:i + bs] for i in range(0, len(sh), bs)])
-    print(f"\nReal COCO export at --resolution 1024 ({res.count(512)} rows at 512, {res.count(256)} at 256), budget 16384: "
-          f"length-aware padded {plan.padded_fraction():.2%} (batch sizes {sorted(set(plan.batch_sizes().tolist()))}), "
-          f"fixed-size random (batch {bs}) {fixed:.1%}")
+    fixed = padded_fraction([sh[i : i + bs] for i in range(0, len(sh), bs)])
+    print(
+        f"\nReal COCO export at --resolution 1024 ({res.count(512)} rows at 512, {res.count(256)} at 256), budget 16384: "
+        f"length-aware padded {plan.padded_fraction():.2%} (batch sizes {sorted(set(plan.batch_sizes().tolist()))}), "
+        f"fixed-size random (batch {bs}) {fixed:.1%}"
+    )
 
 
 def pre_encode_synthetic(uri: str, out: Path, dtype: str, cap_dim: int = 2560) -> str:
@@ -249,19 +278,27 @@ def pre_encode_synthetic(uri: str, out: Path, dtype: str, cap_dim: int = 2560) -
     t = lance.dataset(uri).to_table()
     rng = np.random.default_rng(0)
     npd = np.float16 if dtype == "float16" else np.float32
-    lat = [rng.standard_normal(16 * (h // 8) * (w // 8)).astype(npd)
-           for w, h in zip(t.column("bucket_w").to_pylist(), t.column("bucket_h").to_pylist())]
+    lat = [
+        rng.standard_normal(16 * (h // 8) * (w // 8)).astype(npd)
+        for w, h in zip(t.column("bucket_w").to_pylist(), t.column("bucket_h").to_pylist())
+    ]
     toks = [[max(8, int(n)) for n in row] for row in t.column("caption_tokens").to_pylist()]
     feats = [[rng.standard_normal(n * cap_dim).astype(npd) for n in row] for row in toks]
     schema = shard_schema(True, True, dtype)
-    lat_arr = pa.LargeListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum([len(x) for x in lat])]).astype(np.int64)),
-                                            pa.array(np.concatenate(lat)))
+    lat_arr = pa.LargeListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum([len(x) for x in lat])]).astype(np.int64)), pa.array(np.concatenate(lat))
+    )
     flat = [f for row in feats for f in row]
-    inner = pa.LargeListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum([len(f) for f in flat])]).astype(np.int64)),
-                                          pa.array(np.concatenate(flat)))
+    inner = pa.LargeListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum([len(f) for f in flat])]).astype(np.int64)), pa.array(np.concatenate(flat))
+    )
     outer = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum([len(r) for r in feats])]).astype(np.int32)), inner)
-    cols = {"latents": lat_arr, "cap_feats": outer, "cap_feat_tokens": pa.array(toks, pa.list_(pa.int32())),
-            "caption_tokens": pa.array(toks, pa.list_(pa.int32()))}
+    cols = {
+        "latents": lat_arr,
+        "cap_feats": outer,
+        "cap_feat_tokens": pa.array(toks, pa.list_(pa.int32())),
+        "caption_tokens": pa.array(toks, pa.list_(pa.int32())),
+    }
     table = pa.Table.from_arrays([cols[f.name] if f.name in cols else t.column(f.name) for f in schema], schema=schema)
     lance.write_dataset(table, str(out), mode="overwrite", max_rows_per_file=20)
     return str(out)
@@ -269,10 +306,14 @@ def pre_encode_synthetic(uri: str, out: Path, dtype: str, cap_dim: int = 2560) -
 
 def part3(epochs: int, tmp: Path, repeats: int) -> None:
     """Pre-encoded shards (latents + caption features) against decoding, same loader, same run."""
-    print(f"\n## Pre-encoded shards vs decode + crop: 80 COCO rows, {epochs} timed epochs after a warm-up, best of "
-          f"{repeats}; latents 16 x h/8 x w/8 and 2560-d caption features of the real shapes (random values)")
-    print("| crops | shard bytes per row | decode + crop, 0 workers | pre-encoded float32, 0 workers | float16, 0 workers "
-          "| decode + crop, 2 workers | pre-encoded float16, 2 workers |")
+    print(
+        f"\n## Pre-encoded shards vs decode + crop: 80 COCO rows, {epochs} timed epochs after a warm-up, best of "
+        f"{repeats}; latents 16 x h/8 x w/8 and 2560-d caption features of the real shapes (random values)"
+    )
+    print(
+        "| crops | shard bytes per row | decode + crop, 0 workers | pre-encoded float32, 0 workers | float16, 0 workers "
+        "| decode + crop, 2 workers | pre-encoded float16, 2 workers |"
+    )
     print("|---|---|---|---|---|---|---|")
     import lance
 
@@ -281,19 +322,27 @@ def part3(epochs: int, tmp: Path, repeats: int) -> None:
         budget = 8 * (res // 16) ** 2
         pre = {d: pre_encode_synthetic(uri, tmp / f"coco-{res}-pre-{d}.lance", d) for d in ("float32", "float16")}
 
-        def size(u: str) -> str:   # Arrow bytes of the current version's rows (old versions' files excluded)
+        def size(u: str) -> str:  # Arrow bytes of the current version's rows (old versions' files excluded)
             t = lance.dataset(u).to_table()
             return f"{t.nbytes / t.num_rows / 2**10:.0f} KiB"
+
         best: dict = {}
         for _ in range(repeats):
-            for key, u, w in (("dec0", uri, 0), ("f32_0", pre["float32"], 0), ("f16_0", pre["float16"], 0),
-                              ("dec2", uri, 2), ("f16_2", pre["float16"], 2)):
+            for key, u, w in (
+                ("dec0", uri, 0),
+                ("f32_0", pre["float32"], 0),
+                ("f16_0", pre["float16"], 0),
+                ("dec2", uri, 2),
+                ("f16_2", pre["float16"], 2),
+            ):
                 r = loader_rate(u, w, epochs, budget)
                 if key not in best or r["wall"] > best[key]["wall"]:
                     best[key] = r
         cell = {k: f"{v['wall']:.0f} /s ({v['per_cpu']:.0f} /CPU-s)" for k, v in best.items()}
-        print(f"| {res}-level | images {size(uri)}, +f32 {size(pre['float32'])}, +f16 {size(pre['float16'])} "
-              f"| {cell['dec0']} | {cell['f32_0']} | {cell['f16_0']} | {cell['dec2']} | {cell['f16_2']} |")
+        print(
+            f"| {res}-level | images {size(uri)}, +f32 {size(pre['float32'])}, +f16 {size(pre['float16'])} "
+            f"| {cell['dec0']} | {cell['f32_0']} | {cell['f16_0']} | {cell['dec2']} | {cell['f16_2']} |"
+        )
 
 
 def part4(n: int = 400) -> None:
@@ -313,10 +362,16 @@ def part4(n: int = 400) -> None:
     server.start()
     try:
         host, port = server.get_host_and_port()
-        opts = {"aws_endpoint": f"http://{host}:{port}", "aws_access_key_id": "testing",
-                "aws_secret_access_key": "testing", "aws_region": "us-east-1", "allow_http": "true"}
-        client = boto3.client("s3", endpoint_url=opts["aws_endpoint"], aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
+        opts = {
+            "aws_endpoint": f"http://{host}:{port}",
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing",
+            "aws_region": "us-east-1",
+            "allow_http": "true",
+        }
+        client = boto3.client(
+            "s3", endpoint_url=opts["aws_endpoint"], aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+        )
         client.create_bucket(Bucket="bench-uri")
         photos = sorted((COCO / "images").glob("*.jpg"))
         for k in range(n):
@@ -342,8 +397,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tmp", default="/tmp/bench-loader")
-    ap.add_argument("--only", choices=["pre-encoded", "uri"], help="run only the pre-encoded comparison, or only "
-                    "the image_uri reads")
+    ap.add_argument("--only", choices=["pre-encoded", "uri"], help="run only the pre-encoded comparison, or only the image_uri reads")
     a = ap.parse_args()
     tmp = Path(a.tmp)
     tmp.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ def import_torchvision_on_cpu() -> None:
     kernels for, then import again. The hashing methods use no torchvision op."""
     try:
         import torchvision  # noqa: F401
+
         return
     except RuntimeError as e:
         if "torchvision::" not in str(e):
@@ -71,8 +72,10 @@ def import_torchvision_on_cpu() -> None:
     for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
         del sys.modules[k]
     lib = torch.library.Library("torchvision", "DEF")
-    for schema in ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-                   "qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor"):
+    for schema in (
+        "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+        "qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor",
+    ):
         lib.define(schema)
     globals()["_TORCHVISION_SHIM"] = lib  # the schemas live as long as the library object
     import torchvision  # noqa: F401, F811
@@ -115,8 +118,15 @@ def run_imagededup(method: str, image_dir: Path, settings: list[int]):
         dups = hasher.find_duplicates(encoding_map=enc, max_distance_threshold=thr)
         pairs = [(Path(a).stem, Path(b).stem) for a, bs in dups.items() for b in bs]
         find = time.perf_counter() - t
-        yield {"peer": "imagededup", "method": method, "setting": f"max_distance_threshold={thr}",
-               "groups": closure(pairs), "pairs": unique_pairs(pairs), "shared_s": setup + encode, "setting_s": find}
+        yield {
+            "peer": "imagededup",
+            "method": method,
+            "setting": f"max_distance_threshold={thr}",
+            "groups": closure(pairs),
+            "pairs": unique_pairs(pairs),
+            "shared_s": setup + encode,
+            "setting_s": find,
+        }
 
 
 def run_cleanvision(method: str, image_dir: Path, settings: list[int]):
@@ -133,8 +143,15 @@ def run_cleanvision(method: str, image_dir: Path, settings: list[int]):
         sets = lab.info["near_duplicates"]["sets"] + lab.info["exact_duplicates"]["sets"]
         spent = time.perf_counter() - t
         pairs = [(Path(a).stem, Path(b).stem) for s in sets for a in s for b in s]  # a set = one shared hash
-        yield {"peer": "cleanvision", "method": method, "setting": f"hash_size={size}", "groups": closure(pairs),
-               "pairs": unique_pairs(pairs), "shared_s": setup, "setting_s": spent}
+        yield {
+            "peer": "cleanvision",
+            "method": method,
+            "setting": f"hash_size={size}",
+            "groups": closure(pairs),
+            "pairs": unique_pairs(pairs),
+            "shared_s": setup,
+            "setting_s": spent,
+        }
 
 
 def main() -> None:

@@ -71,22 +71,30 @@ def main() -> None:
     files = sorted((ROOT / ".." / "shared" / "data" / "coco-mini" / "images").glob("*.jpg"))
     data = [files[i % len(files)].read_bytes() for i in range(args.images)]
     caps = [[{"text": "a photo of something on a table", "kind": "short", "lang": "en"}]] * len(data)
-    batch = pa.RecordBatch.from_pydict({
-        "image": pa.array(data, pa.large_binary()), "image_uri": pa.array([None] * len(data), pa.string()),
-        "captions": pa.array(caps),
-    })
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "image": pa.array(data, pa.large_binary()),
+            "image_uri": pa.array([None] * len(data), pa.string()),
+            "captions": pa.array(caps),
+        }
+    )
     n = len(data)
-    cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("model name")), platform.machine())
+    cpu_model = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+        platform.machine(),
+    )
     load = os.getloadavg()
-    lines = [f"machine: {cpu_model}, {os.cpu_count()} cores, "
-             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, no GPU, load average "
-             f"{load[0]:.1f} at start (shared); {n} COCO JPEGs (~640x480); median of {args.repeat} interleaved rounds; "
-             "one thread per side", ""]
+    lines = [
+        f"machine: {cpu_model}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, no GPU, load average "
+        f"{load[0]:.1f} at start (shared); {n} COCO JPEGs (~640x480); median of {args.repeat} interleaved rounds; "
+        "one thread per side",
+        "",
+    ]
 
     def row(label, res, base, target):
         (ws, cs), (wb, cb) = res, base
-        return (f"| {label} | {n / ws:.1f} / {n / wb:.1f} | **{wb / ws:.2f}** | {cb / cs:.2f} | {target} |")
+        return f"| {label} | {n / ws:.1f} / {n / wb:.1f} | **{wb / ws:.2f}** | {cb / cs:.2f} | {target} |"
 
     # 1. cheap signals ----------------------------------------------------------------------------------
     def plain_decode():
@@ -102,11 +110,14 @@ def main() -> None:
     cheap.setup()
     cheap.run_batch(batch.slice(0, 4))
     r = interleaved({"plain": plain_decode, "safe": safe_decode, "cheap": lambda: cheap.run_batch(batch)}, args.repeat)
-    lines += ["| measurement | images/s (this / baseline) | wall ratio | CPU-time ratio | target |", "|---|---|---|---|---|",
-              row("decode only: safe decode alone (bomb cap, EXIF, working copy 256..512 px) vs PIL full decode to RGB",
-                  r["safe"], r["plain"], ""),
-              row("cheap stage: meta+hash+entropy+degradation (one decode) vs PIL full decode to RGB",
-                  r["cheap"], r["plain"], ">= 0.5")]
+    lines += [
+        "| measurement | images/s (this / baseline) | wall ratio | CPU-time ratio | target |",
+        "|---|---|---|---|---|",
+        row(
+            "decode only: safe decode alone (bomb cap, EXIF, working copy 256..512 px) vs PIL full decode to RGB", r["safe"], r["plain"], ""
+        ),
+        row("cheap stage: meta+hash+entropy+degradation (one decode) vs PIL full decode to RGB", r["cheap"], r["plain"], ">= 0.5"),
+    ]
 
     # 2. model stages vs bare batched inference -----------------------------------------------------------
     def bench_stage(stage, bares: dict, label, target=">= 0.85", rows=None):
@@ -122,8 +133,11 @@ def main() -> None:
             (ws, cs), (wb, cb) = res["stage"], res[name]
             lines.append(f"| {label} vs {name} | {k / ws:.1f} / {k / wb:.1f} | **{wb / ws:.2f}** | {cb / cs:.2f} | {target} |")
 
-    lines += ["", "| model stage (`process_batch`) vs bare batched inference | images/s (stage / bare) | wall ratio | CPU-time ratio | target |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| model stage (`process_batch`) vs bare batched inference | images/s (stage / bare) | wall ratio | CPU-time ratio | target |",
+        "|---|---|---|---|---|",
+    ]
 
     if "nsfw" not in skip:
         nsfw = NsfwStage()  # num_cpus 1: ONNX Runtime gets one intra-op thread, as in its Ray actor
@@ -135,21 +149,24 @@ def main() -> None:
 
             det = nsfw.detector
             for s in range(0, k, 32):
-                pre = [_read_image(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), 320) for b in data[s:s + 32]]
+                pre = [_read_image(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), 320) for b in data[s : s + 32]]
                 out = det.session.run(None, {det.input_name: np.vstack([p[0] for p in pre])})[0]
-                [_postprocess([out[j:j + 1]], p[3], p[4], p[1], p[2], p[5], p[6], 320, 320) for j, p in enumerate(pre)]
+                [_postprocess([out[j : j + 1]], p[3], p[4], p[1], p[2], p[5], p[6], 320, 320) for j, p in enumerate(pre)]
 
         def model_floor(k):
             """The least any pipeline must do: cv2 decode, batched letterbox, the ONNX run. No
             post-processing at all."""
             det = nsfw.detector
             for s in range(0, k, 32):
-                arrs = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in data[s:s + 32]]
+                arrs = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in data[s : s + 32]]
                 blob, _ = det.preprocess(arrs)
                 det.session.run(None, {det.input_name: blob})
 
-        bench_stage(nsfw, {"nudenet's own pipeline": nudenet_pipeline, "decode + letterbox + ONNX run only": model_floor},
-                    "prof_nsfw (nudenet 320n ONNX)")
+        bench_stage(
+            nsfw,
+            {"nudenet's own pipeline": nudenet_pipeline, "decode + letterbox + ONNX run only": model_floor},
+            "prof_nsfw (nudenet 320n ONNX)",
+        )
 
     if "clip" not in skip:
         # tiny random hf CLIPModel: the model is cheap, so this ratio is a worst case for overhead
@@ -158,15 +175,18 @@ def main() -> None:
         def bare_clip(k):
             m = clip.model
             for s in range(0, k, 32):
-                m.embed_images([Image.open(io.BytesIO(b)).convert("RGB") for b in data[s:s + 32]])
-                m.embed_texts(["a photo of something on a table"] * len(data[s:s + 32]))
+                m.embed_images([Image.open(io.BytesIO(b)).convert("RGB") for b in data[s : s + 32]])
+                m.embed_texts(["a photo of something on a table"] * len(data[s : s + 32]))
 
         bench_stage(clip, {"PIL decode + processor + forward": bare_clip}, "prof_clip (tiny RANDOM-weight CLIPModel, image+text)")
 
     if "text_emb" not in skip:
         temb = TextEmbStage()
-        bench_stage(temb, {"encode() on the same strings": lambda k: temb.model.embed_texts(["a photo of something on a table"] * k)},
-                    "prof_text_emb (MiniLM, text only)")
+        bench_stage(
+            temb,
+            {"encode() on the same strings": lambda k: temb.model.embed_texts(["a photo of something on a table"] * k)},
+            "prof_text_emb (MiniLM, text only)",
+        )
 
     if "brisque" not in skip:
         br = BrisqueStage()
@@ -200,13 +220,17 @@ def main() -> None:
         from tests.helpers import sample_row, samples_table
 
         d = Path(tempfile.mkdtemp()) / "b.lance"
-        lance.write_dataset(samples_table([sample_row(b, "bench", str(i)) for i, b in enumerate(data)]), str(d), max_rows_per_file=max(1, n // 4))
+        lance.write_dataset(
+            samples_table([sample_row(b, "bench", str(i)) for i, b in enumerate(data)]), str(d), max_rows_per_file=max(1, n // 4)
+        )
         init_ray(RayConfig(num_cpus=os.cpu_count()))
         t0 = time.perf_counter()
         run_stage(Store(str(d)), CheapStage(), show_progress=False)
         t_ray = time.perf_counter() - t0
-        lines.append(f"\ncheap stage through run_stage (Ray actors + Lance commit, {n} rows, 4 fragments, incl. actor start): "
-                     f"{n / t_ray:.1f} images/s")
+        lines.append(
+            f"\ncheap stage through run_stage (Ray actors + Lance commit, {n} rows, 4 fragments, incl. actor start): "
+            f"{n / t_ray:.1f} images/s"
+        )
         shutil.rmtree(d.parent, ignore_errors=True)
 
     print("\n".join(lines))

@@ -47,16 +47,26 @@ def queue_items(db, n: int, chunk: int = 50_000) -> float:
         items = []
         for i in range(start, min(n, start + chunk)):
             rid = f"{i:024x}"
-            items.append({"row_id": rid, "priority": rng.random(), "needed": 2 if i % 10 == 0 else 1,
-                          "payload": {"row_id": rid, "pos": i, "version": 1, "caption": f"a photo of item {i} on a table",
-                                      "signals": {"prof_quality": 0.44, "prof_clip_sim": 0.21, "prof_aesthetic": 4.6},
-                                      "hard_reasons": ["near threshold: prof_quality=0.44 vs >= 0.45"],
-                                      "pseudo": {"decision": "drop", "reasons": ["low overall quality"], "caption_fix": None,
-                                                 "tags": ["photo", "table"]},
-                                      "verifier": {"verdict": "keep", "p_keep": 0.61, "method": "signal_consensus",
-                                                   "why": "mean margin +0.2 IQR"},
-                                      "neighbours": [{"row_id": f"{i + 1:024x}", "pos": i + 1, "sim": 0.9, "caption": "x"}],
-                                      "concept": "table", "quality_bin": 1}})
+            items.append(
+                {
+                    "row_id": rid,
+                    "priority": rng.random(),
+                    "needed": 2 if i % 10 == 0 else 1,
+                    "payload": {
+                        "row_id": rid,
+                        "pos": i,
+                        "version": 1,
+                        "caption": f"a photo of item {i} on a table",
+                        "signals": {"prof_quality": 0.44, "prof_clip_sim": 0.21, "prof_aesthetic": 4.6},
+                        "hard_reasons": ["near threshold: prof_quality=0.44 vs >= 0.45"],
+                        "pseudo": {"decision": "drop", "reasons": ["low overall quality"], "caption_fix": None, "tags": ["photo", "table"]},
+                        "verifier": {"verdict": "keep", "p_keep": 0.61, "method": "signal_consensus", "why": "mean margin +0.2 IQR"},
+                        "neighbours": [{"row_id": f"{i + 1:024x}", "pos": i + 1, "sim": 0.9, "caption": "x"}],
+                        "concept": "table",
+                        "quality_bin": 1,
+                    },
+                }
+            )
         db.enqueue(items, "bench")
         print(f"  queued {min(n, start + chunk):,}/{n:,}", end="\r", flush=True)
     print()
@@ -78,8 +88,7 @@ uvicorn.run(create_app(AppSettings(db_url={db!r}, gold_rate=0.0, threads={thread
 """
 
 
-async def annotator(client, base: str, csrf: str, stop: float, think: float, out: dict, rng: random.Random,
-                    together: bool = False):
+async def annotator(client, base: str, csrf: str, stop: float, think: float, out: dict, rng: random.Random, together: bool = False):
     if think and not together:  # a team does not click in the same millisecond: each starts within one think time
         await asyncio.sleep(rng.uniform(0, think))
     while time.perf_counter() < stop:
@@ -90,8 +99,9 @@ async def annotator(client, base: str, csrf: str, stop: float, think: float, out
         if item is None:
             return
         dec = "keep" if rng.random() < 0.6 else "drop"
-        r2 = await client.post(f"{base}/api/items/{item['id']}/decision", json={"decision": dec, "tags": ["t"]},
-                               headers={"x-csrf-token": csrf})
+        r2 = await client.post(
+            f"{base}/api/items/{item['id']}/decision", json={"decision": dec, "tags": ["t"]}, headers={"x-csrf-token": csrf}
+        )
         t2 = time.perf_counter()
         if r.status_code != 200 or r2.status_code != 200:
             out["errors"].append((r.status_code, r2.status_code))
@@ -122,8 +132,7 @@ async def run_load(base: str, users: list[str], seconds: float, think: float, pi
     gc.freeze()
     gc.disable()
     c0 = cpu_seconds(pid)
-    await asyncio.gather(*(annotator(c, base, csrf, stop, think, out, random.Random(i), together)
-                           for i, (c, csrf) in enumerate(clients)))
+    await asyncio.gather(*(annotator(c, base, csrf, stop, think, out, random.Random(i), together) for i, (c, csrf) in enumerate(clients)))
     out["cpu"] = cpu_seconds(pid) - c0  # the server's CPU for the pairs only (not logins, not pages)
     out["wall"] = time.perf_counter() - t0
     # page loads (server-rendered annotator page) for one annotator while idle
@@ -167,12 +176,15 @@ def main() -> None:
     ap.add_argument("--think", type=float, default=1.0, help="mean think time (s) of the realistic load")
     ap.add_argument("--dir", default=None, help="where the review database goes (default: a temp dir)")
     ap.add_argument("--reuse", action="store_true", help="reuse the queue already in --dir (skip queueing)")
-    ap.add_argument("--together", action="store_true",
-                    help="all annotators send their first request at the same moment (a burst test; its p99 then "
-                         "depends on the run's length)")
+    ap.add_argument(
+        "--together",
+        action="store_true",
+        help="all annotators send their first request at the same moment (a burst test; its p99 then depends on the run's length)",
+    )
     ap.add_argument("--threads", type=int, default=40, help="the server's request-handler threads (the app's default: 40)")
-    ap.add_argument("--plain", action="store_true",
-                    help="pure-Python uvicorn (h11 + asyncio loop) instead of httptools + uvloop, to compare")
+    ap.add_argument(
+        "--plain", action="store_true", help="pure-Python uvicorn (h11 + asyncio loop) instead of httptools + uvloop, to compare"
+    )
     args = ap.parse_args()
 
     from curation.reviewdb import ReviewDB
@@ -199,9 +211,20 @@ def main() -> None:
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-c", SERVER.format(root=str(ROOT), db=str(dbfile), port=port, threads=args.threads,
-                                                           http="h11" if args.plain else "auto",
-                                                           loop="asyncio" if args.plain else "auto")])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SERVER.format(
+                root=str(ROOT),
+                db=str(dbfile),
+                port=port,
+                threads=args.threads,
+                http="h11" if args.plain else "auto",
+                loop="asyncio" if args.plain else "auto",
+            ),
+        ]
+    )
     try:
         import httpx
 
@@ -221,21 +244,27 @@ def main() -> None:
         proc.wait(timeout=10)
 
     print()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"SQLite WAL; server = 1 uvicorn process ({'h11 + asyncio' if args.plain else 'httptools + uvloop when installed'}, "
-          f"{args.threads} handler threads); "
-          f"load generator in the same machine; load average at the end {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"SQLite WAL; server = 1 uvicorn process ({'h11 + asyncio' if args.plain else 'httptools + uvloop when installed'}, "
+        f"{args.threads} handler threads); "
+        f"load generator in the same machine; load average at the end {os.getloadavg()[0]:.1f}"
+    )
     print(f"queue: {open_items:,} items open ({size_mb:,.0f} MB database), queued in {t_queue:.1f} s")
-    print("| load | pairs | pairs/s | next p50 / p99 ms | submit p50 / p99 ms | next+submit p50 / p99 ms | "
-          "of which in the app p50 / p99 ms | page p50 / p99 ms | server CPU ms / pair | errors |")
+    print(
+        "| load | pairs | pairs/s | next p50 / p99 ms | submit p50 / p99 ms | next+submit p50 / p99 ms | "
+        "of which in the app p50 / p99 ms | page p50 / p99 ms | server CPU ms / pair | errors |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         n = len(r["pair"])
-        print(f"| {args.annotators} annotators, {name} | {n:,} | {n / r['wall']:.0f} | {pct(r['next'], 50):.1f} / "
-              f"{pct(r['next'], 99):.1f} | {pct(r['submit'], 50):.1f} / {pct(r['submit'], 99):.1f} | "
-              f"{pct(r['pair'], 50):.1f} / {pct(r['pair'], 99):.1f} | {pct(r['server'], 50):.1f} / {pct(r['server'], 99):.1f} | "
-              f"{pct(r['page'], 50):.1f} / {pct(r['page'], 99):.1f} | "
-              f"{1000 * r['cpu'] / max(n, 1):.2f} | {len(r['errors'])} |")
+        print(
+            f"| {args.annotators} annotators, {name} | {n:,} | {n / r['wall']:.0f} | {pct(r['next'], 50):.1f} / "
+            f"{pct(r['next'], 99):.1f} | {pct(r['submit'], 50):.1f} / {pct(r['submit'], 99):.1f} | "
+            f"{pct(r['pair'], 50):.1f} / {pct(r['pair'], 99):.1f} | {pct(r['server'], 50):.1f} / {pct(r['server'], 99):.1f} | "
+            f"{pct(r['page'], 50):.1f} / {pct(r['page'], 99):.1f} | "
+            f"{1000 * r['cpu'] / max(n, 1):.2f} | {len(r['errors'])} |"
+        )
 
 
 if __name__ == "__main__":

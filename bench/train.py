@@ -47,13 +47,29 @@ def run(model: str, resolution: int, steps: int, token_budget: int, cap_tokens: 
     img_tokens = (lat_side // mc.patch_size) ** 2
     bs = max(1, token_budget // (img_tokens + cap_tokens))
     g = torch.Generator().manual_seed(0)
-    batches = [{"latents": [torch.randn(16, lat_side, lat_side, generator=g) for _ in range(bs)],
-                "cap_feats": [torch.randn(cap_tokens, mc.cap_feat_dim, generator=g) for _ in range(bs)]} for _ in range(2)]
+    batches = [
+        {
+            "latents": [torch.randn(16, lat_side, lat_side, generator=g) for _ in range(bs)],
+            "cap_feats": [torch.randn(cap_tokens, mc.cap_feat_dim, generator=g) for _ in range(bs)],
+        }
+        for _ in range(2)
+    ]
     every = max(1, steps // 3)
     with tempfile.TemporaryDirectory() as d:
-        cfg = TrainConfig(model=model, steps=steps, log_every=every, ckpt_every=10**9, ckpt_final=False, sample_count=0,
-                          compile=compile_, grad_checkpoint=ckpt, ema_decay=0.9999, out_dir=d, resume=False,
-                          warmup_steps=1)
+        cfg = TrainConfig(
+            model=model,
+            steps=steps,
+            log_every=every,
+            ckpt_every=10**9,
+            ckpt_final=False,
+            sample_count=0,
+            compile=compile_,
+            grad_checkpoint=ckpt,
+            ema_decay=0.9999,
+            out_dir=d,
+            resume=False,
+            warmup_steps=1,
+        )
         res = train(cfg, BatchList(batches), log=lambda _m: None)
     m = res["metrics"]
     return {"model": model, "resolution": resolution, "batch": bs, "seq": img_tokens + cap_tokens, **m}
@@ -77,8 +93,10 @@ def main() -> None:
     model = a.model or ("small" if gpu else "tiny")
     steps = a.steps or (30 if gpu else 9)
     print(f"# S3-DiT training throughput - {machine()}")
-    print(f"# model {model}, {steps} steps, token budget {a.token_budget}, caption {a.cap_tokens} tokens, "
-          f"compile {a.compile}, grad checkpoint {a.grad_checkpoint}, {'bf16 autocast' if gpu else 'fp32'}")
+    print(
+        f"# model {model}, {steps} steps, token budget {a.token_budget}, caption {a.cap_tokens} tokens, "
+        f"compile {a.compile}, grad checkpoint {a.grad_checkpoint}, {'bf16 autocast' if gpu else 'fp32'}"
+    )
     print("| res | batch | seq | samples/s | tokens/s | MFU | peak mem GiB |")
     print("|---|---|---|---|---|---|---|")
     for r in a.resolution:
@@ -86,8 +104,10 @@ def main() -> None:
         if a.json:
             print(json.dumps(m))
         mfu = f"{m['mfu']:.1%}" if "mfu" in m else "n/a"
-        print(f"| {r}² | {m['batch']} | {m['seq']} | {m['samples_per_s']:.2f} | {m['tokens_per_s']:.0f} | {mfu} | "
-              f"{m.get('peak_mem_gb', 'n/a')} |")
+        print(
+            f"| {r}² | {m['batch']} | {m['seq']} | {m['samples_per_s']:.2f} | {m['tokens_per_s']:.0f} | {mfu} | "
+            f"{m.get('peak_mem_gb', 'n/a')} |"
+        )
 
 
 if __name__ == "__main__":

@@ -47,15 +47,17 @@ def machine() -> str:
     import faiss
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, no GPU; "
-            f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads; load avg {os.getloadavg()[0]:.1f}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, no GPU; "
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads; load avg {os.getloadavg()[0]:.1f}"
+    )
 
 
 def make_vectors(n: int, dim: int, path: Path, seed: int = 0) -> np.memmap:
     x = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float32, shape=(n, dim))
     s = 0
     for chunk in clustered_embeddings(n, dim, n_clusters=max(100, n // 100), seed=seed):
-        x[s:s + len(chunk)] = chunk
+        x[s : s + len(chunk)] = chunk
         s += len(chunk)
     x.flush()
     return x
@@ -64,14 +66,32 @@ def make_vectors(n: int, dim: int, path: Path, seed: int = 0) -> np.memmap:
 def bench_recall(n: int, dim: int, tmp: Path) -> dict:
     x = make_vectors(n + 1000, dim, tmp / "recall.npy", seed=1)
     base, q = x[:n], np.array(x[n:])
-    t = time.perf_counter(); es, ei = exact_knn(base, q, 10); t_exact = time.perf_counter() - t
+    t = time.perf_counter()
+    es, ei = exact_knn(base, q, 10)
+    t_exact = time.perf_counter() - t
     cfg = IndexConfig(kind="ivfsq8", nprobe=8, train_size=50_000)
-    t = time.perf_counter(); idx, kind, spec = train_index(np.array(base[:50_000]), n, cfg); t_train = time.perf_counter() - t
-    t = time.perf_counter(); add_vectors(idx, base, np.arange(n)); t_add = time.perf_counter() - t
-    t = time.perf_counter(); _, ai = search(idx, q, 10); t_ivf = time.perf_counter() - t
-    out = {"n": n, "dim": dim, "queries": len(q), "index": spec, "nprobe": cfg.nprobe,
-           "recall@10": round(recall_at_k(ai, ei, 10), 4), "exact_s": round(t_exact, 3), "ivf_s": round(t_ivf, 3),
-           "speedup": round(t_exact / t_ivf, 1), "train_s": round(t_train, 1), "add_s": round(t_add, 1)}
+    t = time.perf_counter()
+    idx, kind, spec = train_index(np.array(base[:50_000]), n, cfg)
+    t_train = time.perf_counter() - t
+    t = time.perf_counter()
+    add_vectors(idx, base, np.arange(n))
+    t_add = time.perf_counter() - t
+    t = time.perf_counter()
+    _, ai = search(idx, q, 10)
+    t_ivf = time.perf_counter() - t
+    out = {
+        "n": n,
+        "dim": dim,
+        "queries": len(q),
+        "index": spec,
+        "nprobe": cfg.nprobe,
+        "recall@10": round(recall_at_k(ai, ei, 10), 4),
+        "exact_s": round(t_exact, 3),
+        "ivf_s": round(t_ivf, 3),
+        "speedup": round(t_exact / t_ivf, 1),
+        "train_s": round(t_train, 1),
+        "add_s": round(t_add, 1),
+    }
     del idx
     return out
 
@@ -93,6 +113,7 @@ class Phases:
             yield
             self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - w
             self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
+
         return timed()
 
 
@@ -104,13 +125,24 @@ def exact_blocked(x: np.ndarray, q: np.ndarray, k: int, block: int = 100_000) ->
 
     def blocks():
         for s in range(0, len(x), block):
-            yield np.ascontiguousarray(x[s:s + block], np.float32)
+            yield np.ascontiguousarray(x[s : s + block], np.float32)
 
     return knn_ground_truth(np.ascontiguousarray(q, np.float32), blocks(), k, metric_type=faiss.METRIC_INNER_PRODUCT)[1]
 
 
-def bench_graph(n: int, dim: int, k: int, threshold: float, tmp: Path, *, kind: str = "auto", list_size: int = 256,
-                nprobe: int = 16, block: int = 20_000, sample: int = 300) -> dict:
+def bench_graph(
+    n: int,
+    dim: int,
+    k: int,
+    threshold: float,
+    tmp: Path,
+    *,
+    kind: str = "auto",
+    list_size: int = 256,
+    nprobe: int = 16,
+    block: int = 20_000,
+    sample: int = 300,
+) -> dict:
     """Index build + k-NN graph (batched) + threshold proximity graph + Leiden, one process,
     with the library defaults for the index (lists of ~``list_size`` rows, HNSW coarse quantiser
     from 2048 lists on). Recall: the graph's neighbours of ``sample`` random rows against brute
@@ -132,10 +164,12 @@ def bench_graph(n: int, dim: int, k: int, threshold: float, tmp: Path, *, kind: 
     edges = 0
     with ph("knn"):
         for s in range(0, n, block):
-            e = knn_block(idx, np.asarray(x[s:s + block]), np.arange(s, min(s + block, n)), k)
+            e = knn_block(idx, np.asarray(x[s : s + block]), np.arange(s, min(s + block, n)), k)
             edges += len(e["src"])
             keep = e["sim"] >= threshold  # the proximity graph keeps only close pairs (as dedup does)
-            src_l.append(e["src"][keep]); dst_l.append(e["dst"][keep]); sim_l.append(e["sim"][keep])
+            src_l.append(e["src"][keep])
+            dst_l.append(e["dst"][keep])
+            sim_l.append(e["sim"][keep])
     with ph("communities"):
         a, b, w = threshold_edges(np.concatenate(src_l), np.concatenate(dst_l), np.concatenate(sim_l), threshold)
         lab = communities(n, a, b, w, method="leiden", resolution=0.1)
@@ -149,14 +183,27 @@ def bench_graph(n: int, dim: int, k: int, threshold: float, tmp: Path, *, kind: 
     ex, ap = drop_self(ex), drop_self(ap)
     del idx
     total_w, total_c = sum(ph.wall.values()), sum(ph.cpu.values())
-    return {"n": n, "dim": dim, "k": k, "index": spec, "nprobe": nprobe, "train_vectors": n_train,
-            "knn_edges": edges, f"recall@10_{sample}": round(recall_at_k(ap, ex, 10), 4),
-            f"recall@{k}_{sample}": round(recall_at_k(ap, ex, k), 4),
-            "graph_edges": int(len(a)), "threshold": threshold, "groups": int((sizes > 1).sum()),
-            "rows_in_groups": int(sizes[sizes > 1].sum()),
-            **{f"{p}_s": round(v, 1) for p, v in ph.wall.items()}, "total_s": round(total_w, 1),
-            **{f"{p}_cpu_s": round(v, 1) for p, v in ph.cpu.items()}, "total_cpu_s": round(total_c, 1),
-            "peak_rss_gib": round(rss, 2), "load_avg": round(os.getloadavg()[0], 1)}
+    return {
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "index": spec,
+        "nprobe": nprobe,
+        "train_vectors": n_train,
+        "knn_edges": edges,
+        f"recall@10_{sample}": round(recall_at_k(ap, ex, 10), 4),
+        f"recall@{k}_{sample}": round(recall_at_k(ap, ex, k), 4),
+        "graph_edges": int(len(a)),
+        "threshold": threshold,
+        "groups": int((sizes > 1).sum()),
+        "rows_in_groups": int(sizes[sizes > 1].sum()),
+        **{f"{p}_s": round(v, 1) for p, v in ph.wall.items()},
+        "total_s": round(total_w, 1),
+        **{f"{p}_cpu_s": round(v, 1) for p, v in ph.cpu.items()},
+        "total_cpu_s": round(total_c, 1),
+        "peak_rss_gib": round(rss, 2),
+        "load_avg": round(os.getloadavg()[0], 1),
+    }
 
 
 def exponents(g: list[dict]) -> dict:
@@ -181,9 +228,11 @@ def bench_neardup(limit: int | None = None) -> dict:
     images, group = [], []
     for g, p in enumerate(sorted(coco.glob("*.jpg"))[:limit]):
         data = p.read_bytes()
-        images.append(data); group.append(g)
+        images.append(data)
+        group.append(g)
         for _, v in near_dup_variants(data, seed=g):
-            images.append(v); group.append(g)
+            images.append(v)
+            group.append(g)
     group = np.array(group)
     n = len(images)
     t0 = time.perf_counter()
@@ -216,8 +265,15 @@ def bench_neardup(limit: int | None = None) -> dict:
 
     ours = pr(np.where(res.group >= 0, res.group, -1 - np.arange(n)))
     ham = popcount64(np.bitwise_xor(hashes[:, None], hashes[None, :]).ravel()).reshape(n, n)
-    out = {"images": n, "originals": int(group.max() + 1), "edits": "crop, resize, re-encode, watermark, colour, combo",
-           "ours_precision": ours[0], "ours_recall": ours[1], "seconds": round(elapsed, 1), **stats}
+    out = {
+        "images": n,
+        "originals": int(group.max() + 1),
+        "edits": "crop, resize, re-encode, watermark, colour, combo",
+        "ours_precision": ours[0],
+        "ours_recall": ours[1],
+        "seconds": round(elapsed, 1),
+        **stats,
+    }
     for th in (4, 8, 12):
         i, j = np.nonzero(np.triu(ham <= th, 1))
         p, r = pr(communities(n, i, j, method="components"))
@@ -252,15 +308,17 @@ def main() -> None:
             sizes = [int(s) for s in args.sizes.split(",")]
             results["graph"] = []
             for n in sizes:
-                r = bench_graph(n, args.dim, args.k, args.threshold, tmp, kind=args.kind, list_size=args.list_size,
-                                nprobe=args.nprobe)
+                r = bench_graph(n, args.dim, args.k, args.threshold, tmp, kind=args.kind, list_size=args.list_size, nprobe=args.nprobe)
                 results["graph"].append(r)
                 print("graph:", json.dumps(r), flush=True)
                 (tmp / f"g{n}.npy").unlink(missing_ok=True)
             g = results["graph"]
             if len(g) >= 2:
-                print(f"growth exponents {g[0]['n']} -> {g[-1]['n']} (time ~ N^e, wall and CPU per phase):",
-                      json.dumps(exponents(g)), flush=True)
+                print(
+                    f"growth exponents {g[0]['n']} -> {g[-1]['n']} (time ~ N^e, wall and CPU per phase):",
+                    json.dumps(exponents(g)),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

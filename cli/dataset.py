@@ -46,7 +46,6 @@ def register(app: typer.Typer) -> None:
             v.add_row(f"v{rec['version']}", str(rec["timestamp"])[:19], rec["metadata"].get("total_rows", ""))
         console.print(v)
 
-
     @app.command()
     def diff(
         dataset: str = DatasetOpt,
@@ -57,7 +56,6 @@ def register(app: typer.Typer) -> None:
         store = open_store(dataset)
         v2 = v2 or store.open().version
         console.print_json(json.dumps(store.diff(v1, v2)))
-
 
     @app.command()
     def stage(
@@ -82,7 +80,6 @@ def register(app: typer.Typer) -> None:
         start_ray(address)
         print_summary([run_stage(store, cls(cfg), overwrite=overwrite)], title=f"stage {name}")
 
-
     @app.command()
     def stages():
         """List registered stages and pipeline steps."""
@@ -95,7 +92,6 @@ def register(app: typer.Typer) -> None:
         for n, spec in sorted(STEPS.items()):
             t.add_row(n, "stage" if n in STAGES else "step", spec.doc)
         console.print(t)
-
 
     @app.command()
     def run(

@@ -11,13 +11,13 @@ from cli.common import console, fail
 
 def register(app) -> None:
 
-
     @app.command("demo-data")
     def demo_data_cmd(
         out: Path = typer.Argument(..., help="output folder (created; an earlier demo corpus there is replaced)"),
         seed: int = typer.Option(0, "--seed", help="random seed: the same seed gives the same bytes"),
-        formats: str = typer.Option("folder,webdataset,jsonl", "--formats",
-                                    help="comma-separated layouts to write: folder, webdataset, jsonl"),
+        formats: str = typer.Option(
+            "folder,webdataset,jsonl", "--formats", help="comma-separated layouts to write: folder, webdataset, jsonl"
+        ),
     ):
         """Build a small realistic corpus from photos shipped in packages, with ground truth in manifest.json."""
         import time
@@ -31,8 +31,9 @@ def register(app) -> None:
         try:
             layouts = parse_formats(formats)
             check_out(out)  # refuse a foreign folder before spending time on the build
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console, transient=False) as progress:
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False
+            ) as progress:
                 build = progress.add_task("rendering images", total=None)
                 corpus = build_corpus(seed, layouts, on_progress=lambda d, n: progress.update(build, completed=d, total=n))
                 write = progress.add_task(f"writing {out}", total=len(corpus.items))
@@ -43,8 +44,11 @@ def register(app) -> None:
 
 
 def _print_summary(console, Table, out: Path, seed: int, s: dict, seconds: float) -> None:
-    where = {"folder": "folder/  (image + .json/.txt sidecar)", "webdataset": "webdataset/shard-00000.tar",
-             "jsonl": "jsonl/captions.jsonl + jsonl/images/"}
+    where = {
+        "folder": "folder/  (image + .json/.txt sidecar)",
+        "webdataset": "webdataset/shard-00000.tar",
+        "jsonl": "jsonl/captions.jsonl + jsonl/images/",
+    }
     t = Table(title=f"demo corpus in {out} (seed {seed})")
     t.add_column("layout")
     t.add_column("where")

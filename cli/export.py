@@ -16,7 +16,6 @@ from pipelines.export import ExportConfig, export
 
 def register(app) -> None:
 
-
     @app.command("export")
     def export_cmd(
         dataset: str = DatasetOpt,
@@ -26,8 +25,9 @@ def register(app) -> None:
         version: Optional[int] = typer.Option(None, help="source version (default: latest)"),
         overwrite: bool = typer.Option(False, help="write a new version of an existing training dataset"),
         vae_path: Optional[str] = typer.Option(None, "--vae-path", help="AutoencoderKL folder: write pre-encoded latents"),
-        text_encoder_path: Optional[str] = typer.Option(None, "--text-encoder-path",
-                                                        help="Qwen3 folder: write pre-encoded caption features"),
+        text_encoder_path: Optional[str] = typer.Option(
+            None, "--text-encoder-path", help="Qwen3 folder: write pre-encoded caption features"
+        ),
         address: Optional[str] = AddressOpt,
     ):
         """Export the rows a trainer should see (errors, duplicates, rejects removed) as training shards."""
@@ -48,5 +48,7 @@ def register(app) -> None:
         except ValueError as e:
             fail(str(e))
         print_summary([result], title="export")
-        console.print(f"training dataset: {result.extra['out']}  (rows {result.extra['kept']}, "
-                      f"by resolution {result.extra['by_resolution']})\nreport: {result.extra['report']}")
+        console.print(
+            f"training dataset: {result.extra['out']}  (rows {result.extra['kept']}, "
+            f"by resolution {result.extra['by_resolution']})\nreport: {result.extra['report']}"
+        )

@@ -34,10 +34,23 @@ def register(app: typer.Typer) -> None:
         from graph.concepts import GraphCycleError, UnknownParentError
         from graph.userfile import UserFileError
 
-        cfg = validate(GraphBuildConfig, dict(
-            out=str(out), wordnet=wordnet, wordnet_dir=wordnet_dir, visual_only=visual_only, zh=zh,
-            user_files=[str(u) for u in user], links=str(links) if links else None, link_quantile=link_quantile,
-            mine_from=mine_from, mine_min_count=mine_min_count, graphml=graphml), where="command line")
+        cfg = validate(
+            GraphBuildConfig,
+            dict(
+                out=str(out),
+                wordnet=wordnet,
+                wordnet_dir=wordnet_dir,
+                visual_only=visual_only,
+                zh=zh,
+                user_files=[str(u) for u in user],
+                links=str(links) if links else None,
+                link_quantile=link_quantile,
+                mine_from=mine_from,
+                mine_min_count=mine_min_count,
+                graphml=graphml,
+            ),
+            where="command line",
+        )
         try:
             g, report = build_graph(cfg, log=lambda m: console.print(m))
         except (GraphCycleError, UnknownParentError, UserFileError, FileNotFoundError, ValueError) as e:
@@ -66,14 +79,18 @@ def register(app: typer.Typer) -> None:
             for nid in hits[:3]:
                 nb = g.neighbourhood(nid, radius)
                 n = nb["node"]
-                console.print(f"\n[bold]{nid}[/] {n['label_en']} / {n['label_zh'] or '-'}  depth {n['depth']}  "
-                              f"weight {n['weight']}  source {n['source']}")
+                console.print(
+                    f"\n[bold]{nid}[/] {n['label_en']} / {n['label_zh'] or '-'}  depth {n['depth']}  "
+                    f"weight {n['weight']}  source {n['source']}"
+                )
                 console.print(f"  aliases: {', '.join(n['aliases']) or '-'}")
                 console.print(f"  terms:   {', '.join(n['terms']) or '-'}")
                 console.print("  path to root: " + " <- ".join(l for _, l in nb["path_to_root"]))
                 console.print("  parents:  " + (", ".join(f"{l} ({i})" for i, l in nb["parents"]) or "-"))
                 kids = nb["children"]
-                console.print("  children: " + (", ".join(l for _, l in kids[:30]) or "-") + (f" ... +{len(kids) - 30}" if len(kids) > 30 else ""))
+                console.print(
+                    "  children: " + (", ".join(l for _, l in kids[:30]) or "-") + (f" ... +{len(kids) - 30}" if len(kids) > 30 else "")
+                )
 
     @graph_app.command("tag")
     def tag(
@@ -91,8 +108,7 @@ def register(app: typer.Typer) -> None:
 
         if not (graph / "nodes.parquet").exists():
             fail(f"no concept graph at {graph}; build one with `curate graph build --out {graph}`")
-        cfg = validate(GraphTagConfig, dict(graph=str(graph), decay=decay, min_score=min_score, max_tags=max_tags),
-                       where="command line")
+        cfg = validate(GraphTagConfig, dict(graph=str(graph), decay=decay, min_score=min_score, max_tags=max_tags), where="command line")
         store = open_store(dataset)
         start_ray(address)
         print_summary([run_stage(store, GraphTagStage(cfg), overwrite=overwrite)], title="graph tag")
@@ -116,9 +132,19 @@ def register(app: typer.Typer) -> None:
         from curation.runner import print_summary
         from graph.resample import ResampleError
 
-        cfg = validate(ResampleStepConfig, dict(
-            graph=str(graph) if graph else None, target_size=target_size, prior=prior, method=method,
-            cap_t=cap_t, max_upsample=max_upsample, seed=seed), where="command line")
+        cfg = validate(
+            ResampleStepConfig,
+            dict(
+                graph=str(graph) if graph else None,
+                target_size=target_size,
+                prior=prior,
+                method=method,
+                cap_t=cap_t,
+                max_upsample=max_upsample,
+                seed=seed,
+            ),
+            where="command line",
+        )
         store = open_store(dataset)
         start_ray(address)
         try:

@@ -16,7 +16,6 @@ from pipelines.ingest import IngestConfig, ingest
 
 def register(app) -> None:
 
-
     @app.command("ingest")
     def ingest_cmd(
         source: list[str] = typer.Argument(..., help="folders, WebDataset .tar files, .jsonl or .parquet"),
@@ -30,10 +29,17 @@ def register(app) -> None:
         """Ingest sources into a Lance dataset (created if absent; appended otherwise). Resumable."""
         from curation.config import validate
 
-        cfg = validate(IngestConfig, {
-            "source": source, "shard_size": shard_size, "max_pixels": max_pixels,
-            "allow_paths_outside_source": allow_paths_outside_source, "flag_exact_duplicates": not no_exact_dup,
-        }, where="command line")
+        cfg = validate(
+            IngestConfig,
+            {
+                "source": source,
+                "shard_size": shard_size,
+                "max_pixels": max_pixels,
+                "allow_paths_outside_source": allow_paths_outside_source,
+                "flag_exact_duplicates": not no_exact_dup,
+            },
+            where="command line",
+        )
         try:
             units = plan_units(cfg.source, cfg.read_options())
         except (FileNotFoundError, ValueError) as e:

@@ -14,7 +14,6 @@ from pipelines.profile import load_profile_config, run_profile
 
 def register(app) -> None:
 
-
     @app.command()
     def profile(
         dataset: str = DatasetOpt,

@@ -13,7 +13,6 @@ from pipelines.report import build_report
 
 def register(app) -> None:
 
-
     @app.command()
     def report(
         dataset: str = DatasetOpt,

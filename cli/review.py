@@ -14,34 +14,48 @@ from pipelines.review import ReviewApplyConfig, ReviewMineConfig, apply_reviews,
 
 def register(app) -> None:
 
-
-    review = typer.Typer(help="Human review: mine hard cases, serve the annotator UI, apply decisions.",
-                         no_args_is_help=True)
+    review = typer.Typer(help="Human review: mine hard cases, serve the annotator UI, apply decisions.", no_args_is_help=True)
     app.add_typer(review, name="review")
-    DbOpt = typer.Option(None, "--db", help="review database: SQLite path or postgresql:// URL "
-                                             "(default: <dataset>/_curation/review/review.sqlite)")
+    DbOpt = typer.Option(
+        None, "--db", help="review database: SQLite path or postgresql:// URL (default: <dataset>/_curation/review/review.sqlite)"
+    )
 
     @review.command("mine")
-    def mine_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt,
-                 n: int = typer.Option(1000, help="items to queue"),
-                 double_share: float = typer.Option(0.1, help="share of items for two annotators"),
-                 band: float = typer.Option(0.25, help="'near a threshold' in IQR units"),
-                 min_hardness: float = typer.Option(0.3, help="skip rows less hard than this"),
-                 gold: Optional[Path] = typer.Option(None, help="CSV row_id,keep|drop of gold items"),
-                 include_reviewed: bool = typer.Option(False, help="also re-mine rows already reviewed")):
+    def mine_cmd(
+        dataset: str = DatasetOpt,
+        db: Optional[str] = DbOpt,
+        n: int = typer.Option(1000, help="items to queue"),
+        double_share: float = typer.Option(0.1, help="share of items for two annotators"),
+        band: float = typer.Option(0.25, help="'near a threshold' in IQR units"),
+        min_hardness: float = typer.Option(0.3, help="skip rows less hard than this"),
+        gold: Optional[Path] = typer.Option(None, help="CSV row_id,keep|drop of gold items"),
+        include_reviewed: bool = typer.Option(False, help="also re-mine rows already reviewed"),
+    ):
         """Choose hard cases, attach pseudo-labels and the AI verdict, queue them for review."""
         from curation.config import validate
 
         store = open_store(dataset)
-        cfg = validate(ReviewMineConfig, {"db": db, "n": n, "double_share": double_share, "band": band,
-                                          "min_hardness": min_hardness, "gold": str(gold) if gold else None,
-                                          "include_reviewed": include_reviewed}, where="command line")
+        cfg = validate(
+            ReviewMineConfig,
+            {
+                "db": db,
+                "n": n,
+                "double_share": double_share,
+                "band": band,
+                "min_hardness": min_hardness,
+                "gold": str(gold) if gold else None,
+                "include_reviewed": include_reviewed,
+            },
+            where="command line",
+        )
         try:
             s = mine_queue(store, cfg)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
-        console.print(f"[bold]review mine[/]: {s['rows']:,} rows, {s['candidates']:,} hard, queued {s['queued']:,} "
-                      f"(added {s['added']}, updated {s['updated']}, unchanged {s['unchanged']}) in {s['seconds']} s")
+        console.print(
+            f"[bold]review mine[/]: {s['rows']:,} rows, {s['candidates']:,} hard, queued {s['queued']:,} "
+            f"(added {s['added']}, updated {s['updated']}, unchanged {s['unchanged']}) in {s['seconds']} s"
+        )
         for k, v in s["criteria"].items():
             console.print(f"  {k}: {v:,} rows")
         for k, v in s["skipped_criteria"].items():
@@ -49,12 +63,16 @@ def register(app) -> None:
         console.print(f"database: {s['db']}")
 
     @review.command("add-user")
-    def add_user_cmd(name: str = typer.Argument(..., help="login name"), dataset: str = DatasetOpt,
-                     db: Optional[str] = DbOpt,
-                     role: str = typer.Option("annotator", help="annotator or admin"),
-                     password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True,
-                                                  help="at least 8 characters (prompted when omitted)"),
-                     reset: bool = typer.Option(False, help="change the password / role of an existing user")):
+    def add_user_cmd(
+        name: str = typer.Argument(..., help="login name"),
+        dataset: str = DatasetOpt,
+        db: Optional[str] = DbOpt,
+        role: str = typer.Option("annotator", help="annotator or admin"),
+        password: str = typer.Option(
+            ..., prompt=True, hide_input=True, confirmation_prompt=True, help="at least 8 characters (prompted when omitted)"
+        ),
+        reset: bool = typer.Option(False, help="change the password / role of an existing user"),
+    ):
         """Create an annotator or admin account (password hashed with scrypt)."""
         from curation.reviewdb import ReviewDB
 
@@ -66,14 +84,17 @@ def register(app) -> None:
         console.print(f"user [bold]{u.name}[/] ({u.role}) ready")
 
     @review.command("serve")
-    def serve_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt,
-                  host: str = typer.Option("127.0.0.1", help="bind address (loopback by default; put a TLS proxy in front otherwise)"),
-                  port: int = typer.Option(8600),
-                  lease_s: float = typer.Option(600, help="seconds before an idle lease returns to the queue"),
-                  gold_rate: float = typer.Option(0.05, help="chance that the next item is a gold item"),
-                  secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)"),
-                  threads: int = typer.Option(40, min=1, max=256, help="request-handler threads (database work)"),
-                  address: Optional[str] = AddressOpt):
+    def serve_cmd(
+        dataset: str = DatasetOpt,
+        db: Optional[str] = DbOpt,
+        host: str = typer.Option("127.0.0.1", help="bind address (loopback by default; put a TLS proxy in front otherwise)"),
+        port: int = typer.Option(8600),
+        lease_s: float = typer.Option(600, help="seconds before an idle lease returns to the queue"),
+        gold_rate: float = typer.Option(0.05, help="chance that the next item is a gold item"),
+        secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)"),
+        threads: int = typer.Option(40, min=1, max=256, help="request-handler threads (database work)"),
+        address: Optional[str] = AddressOpt,
+    ):
         """Run the annotator web app."""
         import uvicorn
 
@@ -81,15 +102,28 @@ def register(app) -> None:
 
         store = open_store(dataset)
         url = db or default_db_url(store)
-        app_ = create_app(AppSettings(db_url=url, dataset=store.uri, lease_s=lease_s, gold_rate=gold_rate,
-                                      cookie_secure=secure_cookies, ray_address=address, threads=threads),
-                          apply=review_apply_action(url, address))
+        app_ = create_app(
+            AppSettings(
+                db_url=url,
+                dataset=store.uri,
+                lease_s=lease_s,
+                gold_rate=gold_rate,
+                cookie_secure=secure_cookies,
+                ray_address=address,
+                threads=threads,
+            ),
+            apply=review_apply_action(url, address),
+        )
         console.print(f"annotator UI on http://{host}:{port}/  (database {url})")
         uvicorn.run(app_, host=host, port=port, log_level="warning")
 
     @review.command("apply")
-    def apply_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt, address: Optional[str] = AddressOpt,
-                  prior_n: float = typer.Option(50.0, help="labels needed to move a threshold halfway")):
+    def apply_cmd(
+        dataset: str = DatasetOpt,
+        db: Optional[str] = DbOpt,
+        address: Optional[str] = AddressOpt,
+        prior_n: float = typer.Option(50.0, help="labels needed to move a threshold halfway"),
+    ):
         """Merge decisions into a new dataset version; refit reward head and thresholds; write a report."""
         from curation.config import validate
 
@@ -100,8 +134,10 @@ def register(app) -> None:
             rep = apply_reviews(store, cfg)
         except FileNotFoundError as e:
             fail(str(e))
-        console.print(f"[bold]review apply[/]: v{rep['version_before']} -> v{rep['version_after']}, "
-                      f"{rep['decisions']} decisions on {rep['rows_reviewed']} rows")
+        console.print(
+            f"[bold]review apply[/]: v{rep['version_before']} -> v{rep['version_after']}, "
+            f"{rep['decisions']} decisions on {rep['rows_reviewed']} rows"
+        )
         for t in rep.get("thresholds", []):
             console.print(f"  {t['column']} {t['op']} {t['old']:.4g} -> {t['new']:.4g}  {t.get('note', '')}")
         pa_ = rep["pseudo_label_agreement"]

@@ -13,7 +13,6 @@ from pipelines.train import TrainRunConfig, run_training
 
 def register(app) -> None:
 
-
     @app.command("train")
     def train_cmd(
         shards: str = typer.Option(..., "--shards", "-s", help="training shards from `curate export`"),
@@ -40,5 +39,7 @@ def register(app) -> None:
         except (ValueError, FileNotFoundError, ConfigError) as e:
             fail(str(e))
         m = res["metrics"]
-        console.print(f"[bold]trained[/] to step {m.get('step')}  loss {m.get('loss')}  "
-                      f"checkpoint {res['checkpoint']}\nmetrics {res['metrics_log']}  samples {res['samples']}")
+        console.print(
+            f"[bold]trained[/] to step {m.get('step')}  loss {m.get('loss')}  "
+            f"checkpoint {res['checkpoint']}\nmetrics {res['metrics_log']}  samples {res['samples']}"
+        )

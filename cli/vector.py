@@ -17,7 +17,6 @@ from pipelines.knn import KnnConfig, build_knn
 
 def register(app) -> None:
 
-
     index_app = typer.Typer(help="FAISS vector indexes over embedding columns.", no_args_is_help=True)
     app.add_typer(index_app, name="index")
 
@@ -42,8 +41,11 @@ def register(app) -> None:
         """Build or extend (new rows only) the FAISS index of an embedding column."""
         from curation.config import validate
 
-        cfg = validate(IndexBuildConfig, {"column": column, "rebuild": rebuild,
-                                          "index": {"kind": kind, "nlist": nlist, "nprobe": nprobe}}, where="options")
+        cfg = validate(
+            IndexBuildConfig,
+            {"column": column, "rebuild": rebuild, "index": {"kind": kind, "nlist": nlist, "nprobe": nprobe}},
+            where="options",
+        )
         store = open_store(dataset)
         start_ray(address)
         _guard(build_index, store, cfg)

@@ -58,8 +58,7 @@ def crop_sizes(resolution: int, patch: int = PATCH, max_ratio: float = 4.0) -> t
     return tuple(sizes)
 
 
-def choose_resolution(width: int, height: int, target: int, *, levels: tuple[int, ...] = RESOLUTIONS,
-                      max_upscale: float = 1.25) -> int:
+def choose_resolution(width: int, height: int, target: int, *, levels: tuple[int, ...] = RESOLUTIONS, max_upscale: float = 1.25) -> int:
     """The training resolution for an image: the largest level <= ``target`` that needs at most
     ``max_upscale`` linear upscaling; the smallest level when none does.
 

@@ -35,8 +35,10 @@ def _declare_schemas() -> None:
     if _shim is not None:
         return
     lib = torch.library.Library("torchvision", "DEF")
-    for schema in ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-                   "qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor"):
+    for schema in (
+        "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+        "qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor",
+    ):
         try:
             lib.define(schema)
         except RuntimeError:  # declared already, e.g. by another copy of this shim
@@ -78,8 +80,7 @@ class _TorchvisionFinder(importlib.abc.MetaPathFinder):
         if name != "torchvision" or getattr(_busy, "on", False):
             return None
         module = import_torchvision()
-        spec = importlib.machinery.ModuleSpec(name, _AlreadyLoaded(module), origin=module.__spec__.origin,
-                                              is_package=True)
+        spec = importlib.machinery.ModuleSpec(name, _AlreadyLoaded(module), origin=module.__spec__.origin, is_package=True)
         spec.submodule_search_locations = module.__spec__.submodule_search_locations
         return spec
 

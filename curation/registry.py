@@ -21,6 +21,7 @@ from curation.stage import Stage, StageConfig
 
 __all__ = ["StepSpec", "STEPS", "STAGES", "register_stage", "register_step", "get_stage", "load_plugins"]
 
+
 @dataclass
 class StepSpec:
     name: str

@@ -163,8 +163,10 @@ class _Tx:
         return self.cur.fetchone()
 
     def audit(self, user_id: int | None, action: str, item_id: int | None = None, **detail: Any) -> None:
-        self.exec("INSERT INTO audit (ts, user_id, action, item_id, detail) VALUES (?, ?, ?, ?, ?)",
-                  (time.time(), user_id, action, item_id, json.dumps(detail, default=str) if detail else None))
+        self.exec(
+            "INSERT INTO audit (ts, user_id, action, item_id, detail) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), user_id, action, item_id, json.dumps(detail, default=str) if detail else None),
+        )
 
     def bump(self, **deltas: int) -> None:
         # counter rows are locked in name order in every transaction, so two transactions that
@@ -176,9 +178,9 @@ class _Tx:
 
 def _sqlite_path(url: str) -> str:
     if url.startswith("sqlite:///"):
-        return url[len("sqlite:///"):]
+        return url[len("sqlite:///") :]
     if url.startswith("sqlite://"):
-        return url[len("sqlite://"):]
+        return url[len("sqlite://") :]
     return url
 
 
@@ -327,14 +329,12 @@ class ReviewDB:
                     t.exec(stmt)
             for name in COUNTERS:
                 t.exec("INSERT INTO counters (name, value) VALUES (?, 0) ON CONFLICT (name) DO NOTHING", (name,))
-            t.exec("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
-                   (SCHEMA_VERSION,))
+            t.exec("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING", (SCHEMA_VERSION,))
 
     # --- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: str) -> None:
         with self.tx() as t:
-            t.exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                   (key, value))
+            t.exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         with self.tx(write=False) as t:
@@ -361,8 +361,9 @@ class ReviewDB:
                 t.exec("DELETE FROM sessions WHERE user_id = ?", (row[0],))  # old sessions end with the password
                 uid = row[0]
             else:
-                uid = t.one("INSERT INTO users (name, pw_hash, role, created) VALUES (?, ?, ?, ?) RETURNING id",
-                            (name, pw, role, time.time()))[0]
+                uid = t.one(
+                    "INSERT INTO users (name, pw_hash, role, created) VALUES (?, ?, ?, ?) RETURNING id", (name, pw, role, time.time())
+                )[0]
             t.audit(None, "add_user", name=name, role=role, reset=bool(row))
         return User(int(uid), name, role)
 
@@ -373,8 +374,7 @@ class ReviewDB:
                 row = t.one("SELECT id, name, role, pw_hash, active FROM users WHERE name = ?", (name,))
         ok = verify_password(password, row[3] if row else DUMMY_HASH)  # same cost for unknown names
         with self.tx() as t:
-            t.audit(row[0] if row else None, "login" if ok and row and row[4] else "login_failed",
-                    name=name[:64].replace("\x00", "\ufffd"))
+            t.audit(row[0] if row else None, "login" if ok and row and row[4] else "login_failed", name=name[:64].replace("\x00", "\ufffd"))
         if ok and row and row[4]:
             return User(int(row[0]), row[1], row[2])
         return None
@@ -384,8 +384,10 @@ class ReviewDB:
         token, csrf = new_token(), new_token()
         now = time.time()
         with self.tx() as t:
-            t.exec("INSERT INTO sessions (token_hash, user_id, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
-                   (token_digest(token), user.id, csrf, now, now + ttl_s))
+            t.exec(
+                "INSERT INTO sessions (token_hash, user_id, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
+                (token_digest(token), user.id, csrf, now, now + ttl_s),
+            )
             t.exec("DELETE FROM sessions WHERE expires < ?", (now,))  # indexed by PK scan; few rows
         return token, csrf
 
@@ -398,7 +400,8 @@ class ReviewDB:
             row = t.one(
                 "SELECT u.id, u.name, u.role, s.csrf FROM sessions s JOIN users u ON u.id = s.user_id "
                 "WHERE s.token_hash = ? AND s.expires > ? AND u.active = 1",
-                (token_digest(token), time.time()))
+                (token_digest(token), time.time()),
+            )
         return (User(int(row[0]), row[1], row[2]), row[3]) if row else None
 
     def end_session(self, token: str, user: User | None = None) -> None:
@@ -411,8 +414,7 @@ class ReviewDB:
             return [User(int(r[0]), r[1], r[2]) for r in t.all("SELECT id, name, role FROM users ORDER BY id")]
 
     # --- queue ------------------------------------------------------------------------------
-    def enqueue(self, items: list[dict[str, Any]], batch: str, *, user: str | None = None,
-                chunk: int = 5000) -> dict[str, int]:
+    def enqueue(self, items: list[dict[str, Any]], batch: str, *, user: str | None = None, chunk: int = 5000) -> dict[str, int]:
         """Add mined items. Each dict: ``row_id``, ``priority`` (higher first), ``payload`` (JSON-able),
         optional ``needed`` (1 or 2 annotators), ``gold_answer`` (keep/drop for gold items).
 
@@ -423,12 +425,12 @@ class ReviewDB:
         seen: set[str] = set()
         items = [it for it in items if not (it["row_id"] in seen or seen.add(it["row_id"]))]  # first wins
         for start in range(0, len(items), chunk):
-            part = items[start:start + chunk]
+            part = items[start : start + chunk]
             ids = [it["row_id"] for it in part]
             with self.tx() as t:
                 existing: dict[str, tuple] = {}
                 for s in range(0, len(ids), 500):
-                    sub = ids[s:s + 500]
+                    sub = ids[s : s + 500]
                     marks = ",".join("?" * len(sub))
                     for r in t.all(f"SELECT row_id, status, done_count, lease_user FROM items WHERE row_id IN ({marks})", sub):
                         existing[r[0]] = r
@@ -442,14 +444,27 @@ class ReviewDB:
                     ex = existing.get(it["row_id"])
                     if ex is None:
                         n_gold += gold is not None
-                        new_rows.append((it["row_id"], batch, float(it.get("priority", 0.0)), 1 if gold else 0, gold,
-                                         int(it.get("needed", 1)), payload, now))
+                        new_rows.append(
+                            (
+                                it["row_id"],
+                                batch,
+                                float(it.get("priority", 0.0)),
+                                1 if gold else 0,
+                                gold,
+                                int(it.get("needed", 1)),
+                                payload,
+                                now,
+                            )
+                        )
                     elif ex[1] == 0 and ex[2] == 0 and ex[3] is None:
                         upd_rows.append((float(it.get("priority", 0.0)), payload, batch, it["row_id"]))
                     else:
                         kept += 1
-                t.many("INSERT INTO items (row_id, batch, priority, gold, gold_answer, needed, payload, created) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
+                t.many(
+                    "INSERT INTO items (row_id, batch, priority, gold, gold_answer, needed, payload, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    new_rows,
+                )
                 t.many("UPDATE items SET priority = ?, payload = ?, batch = ? WHERE row_id = ? AND status = 0", upd_rows)
                 t.bump(items_total=len(new_rows), items_open=len(new_rows), gold_items=n_gold)
                 added += len(new_rows)
@@ -459,20 +474,33 @@ class ReviewDB:
         return {"added": added, "updated": updated, "unchanged": kept}
 
     def _item_dict(self, r: tuple) -> dict[str, Any]:
-        return {"id": int(r[0]), "row_id": r[1], "batch": r[2], "priority": r[3], "status": "open" if r[4] == 0 else "done",
-                "gold": bool(r[5]), "needed": int(r[6]), "done_count": int(r[7]), "lease_user": r[8],
-                "lease_expires": r[9], "payload": json.loads(r[10])}
+        return {
+            "id": int(r[0]),
+            "row_id": r[1],
+            "batch": r[2],
+            "priority": r[3],
+            "status": "open" if r[4] == 0 else "done",
+            "gold": bool(r[5]),
+            "needed": int(r[6]),
+            "done_count": int(r[7]),
+            "lease_user": r[8],
+            "lease_expires": r[9],
+            "payload": json.loads(r[10]),
+        }
 
-    def next_item(self, user: User, *, lease_s: float = 600.0, gold_rate: float = 0.0,
-                  rng: random.Random | None = None) -> dict[str, Any] | None:
+    def next_item(
+        self, user: User, *, lease_s: float = 600.0, gold_rate: float = 0.0, rng: random.Random | None = None
+    ) -> dict[str, Any] | None:
         """The annotator's current lease (renewed), else a newly leased item, else None (queue empty).
 
         With probability ``gold_rate`` a gold item this annotator has not answered is tried first."""
         now = time.time()
         d = self.dialect
         with self.tx() as t:
-            cur = t.one(f"SELECT {_ITEM_COLS} FROM items WHERE lease_user = ? AND lease_expires > ? AND status = 0 "
-                        "ORDER BY lease_expires LIMIT 1", (user.id, now))
+            cur = t.one(
+                f"SELECT {_ITEM_COLS} FROM items WHERE lease_user = ? AND lease_expires > ? AND status = 0 ORDER BY lease_expires LIMIT 1",
+                (user.id, now),
+            )
             if cur:
                 t.exec("UPDATE items SET lease_expires = ? WHERE id = ?", (now + lease_s, cur[0]))
                 item = self._item_dict(cur)
@@ -487,7 +515,8 @@ class ReviewDB:
                     f"  AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.item_id = i.id AND k.user_id = ?)"
                     f"  ORDER BY i.priority DESC, i.id LIMIT 1 {d.skip_locked})"
                     f" AND lease_expires < ? RETURNING {_ITEM_COLS}",
-                    (user.id, now + lease_s, gold, now, user.id, user.id, now))
+                    (user.id, now + lease_s, gold, now, user.id, user.id, now),
+                )
                 if row:
                     t.audit(user.id, "lease", int(row[0]), until=round(now + lease_s, 3))
                     return self._item_dict(row)
@@ -503,14 +532,24 @@ class ReviewDB:
     def leased_item(self, user: User, item_id: int) -> dict[str, Any]:
         """The item if it is leased to ``user`` right now (what an annotator may look at)."""
         with self.tx(write=False) as t:
-            r = t.one(f"SELECT {_ITEM_COLS} FROM items WHERE id = ? AND lease_user = ? AND lease_expires > ?",
-                      (item_id, user.id, time.time()))
+            r = t.one(
+                f"SELECT {_ITEM_COLS} FROM items WHERE id = ? AND lease_user = ? AND lease_expires > ?", (item_id, user.id, time.time())
+            )
         if not r:
             raise NotLeased(f"item {item_id} is not leased to you")
         return self._item_dict(r)
 
-    def submit(self, user: User, item_id: int, decision: str, *, flag: bool = False, caption: str | None = None,
-               tags: list[str] | None = None, reasons: list[str] | None = None) -> dict[str, Any]:
+    def submit(
+        self,
+        user: User,
+        item_id: int,
+        decision: str,
+        *,
+        flag: bool = False,
+        caption: str | None = None,
+        tags: list[str] | None = None,
+        reasons: list[str] | None = None,
+    ) -> dict[str, Any]:
         """Record a decision. Idempotent: the same decision again answers ``duplicate: True``.
 
         Raises NotFound, NotLeased (no lease held, or it expired and someone else took the item),
@@ -521,12 +560,12 @@ class ReviewDB:
         reasons_j = json.dumps(list(reasons or []))
         now = time.time()
         with self.tx() as t:
-            item = t.one(f"SELECT id, status, gold, needed, done_count, lease_user FROM items WHERE id = ? {self.dialect.lock_row}",
-                         (item_id,))
+            item = t.one(
+                f"SELECT id, status, gold, needed, done_count, lease_user FROM items WHERE id = ? {self.dialect.lock_row}", (item_id,)
+            )
             if not item:
                 raise NotFound(f"no item {item_id}")
-            prev = t.one("SELECT decision, flag, caption, tags FROM decisions WHERE item_id = ? AND user_id = ?",
-                         (item_id, user.id))
+            prev = t.one("SELECT decision, flag, caption, tags FROM decisions WHERE item_id = ? AND user_id = ?", (item_id, user.id))
             if prev:
                 if (prev[0], bool(prev[1]), prev[2], prev[3]) == (decision, bool(flag), caption, tags_j):
                     return {"item_id": item_id, "decision": decision, "duplicate": True}
@@ -535,26 +574,28 @@ class ReviewDB:
             if item[5] != user.id:
                 t.audit(user.id, "submit_not_leased", item_id)
                 raise NotLeased(f"item {item_id} is not leased to you")
-            t.exec("INSERT INTO decisions (item_id, user_id, decision, flag, caption, tags, reasons, created) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (item_id, user.id, decision, int(bool(flag)), caption, tags_j, reasons_j, now))
+            t.exec(
+                "INSERT INTO decisions (item_id, user_id, decision, flag, caption, tags, reasons, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (item_id, user.id, decision, int(bool(flag)), caption, tags_j, reasons_j, now),
+            )
             done = not item[2] and item[4] + 1 >= item[3]
-            t.exec("UPDATE items SET done_count = done_count + 1, status = ?, lease_user = NULL, lease_expires = 0 "
-                   "WHERE id = ?", (1 if done else 0, item_id))
+            t.exec(
+                "UPDATE items SET done_count = done_count + 1, status = ?, lease_user = NULL, lease_expires = 0 WHERE id = ?",
+                (1 if done else 0, item_id),
+            )
             t.bump(decisions=1, flag=int(bool(flag)), items_open=-int(done), items_done=int(done), **{decision: 1})
-            t.audit(user.id, "submit", item_id, decision=decision, flag=bool(flag),
-                    caption_changed=caption is not None, tags=len(tags or []))
+            t.audit(
+                user.id, "submit", item_id, decision=decision, flag=bool(flag), caption_changed=caption is not None, tags=len(tags or [])
+            )
         return {"item_id": item_id, "decision": decision, "duplicate": False, "item_done": done}
 
     def skip(self, user: User, item_id: int) -> None:
         """Give the item back without a decision; it is not offered to this annotator again."""
         with self.tx() as t:
-            n = t.exec("UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE id = ? AND lease_user = ?",
-                       (item_id, user.id))
+            n = t.exec("UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE id = ? AND lease_user = ?", (item_id, user.id))
             if not n:
                 raise NotLeased(f"item {item_id} is not leased to you")
-            t.exec("INSERT INTO skips (item_id, user_id, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                   (item_id, user.id, time.time()))
+            t.exec("INSERT INTO skips (item_id, user_id, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (item_id, user.id, time.time()))
             t.bump(skips=1)
             t.audit(user.id, "skip", item_id)
 
@@ -577,24 +618,40 @@ class ReviewDB:
 
     def decisions(self, *, since_id: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """All decisions joined with their item and annotator, oldest first (export, apply)."""
-        q = ("SELECT d.id, i.id, i.row_id, i.gold, i.gold_answer, i.needed, u.name, d.decision, d.flag, d.caption, "
-             "d.tags, d.reasons, d.created, i.payload FROM decisions d JOIN items i ON i.id = d.item_id "
-             "JOIN users u ON u.id = d.user_id WHERE d.id > ? ORDER BY d.id")
+        q = (
+            "SELECT d.id, i.id, i.row_id, i.gold, i.gold_answer, i.needed, u.name, d.decision, d.flag, d.caption, "
+            "d.tags, d.reasons, d.created, i.payload FROM decisions d JOIN items i ON i.id = d.item_id "
+            "JOIN users u ON u.id = d.user_id WHERE d.id > ? ORDER BY d.id"
+        )
         params: list[Any] = [since_id]
         if limit:
             q += " LIMIT ?"
             params.append(limit)
         with self.tx(write=False) as t:
             rows = t.all(q, params)
-        return [{"decision_id": r[0], "item_id": r[1], "row_id": r[2], "gold": bool(r[3]), "gold_answer": r[4],
-                 "needed": r[5], "user": r[6], "decision": r[7], "flag": bool(r[8]), "caption": r[9],
-                 "tags": json.loads(r[10] or "[]"), "reasons": json.loads(r[11] or "[]"), "time": r[12],
-                 "payload": json.loads(r[13])} for r in rows]
+        return [
+            {
+                "decision_id": r[0],
+                "item_id": r[1],
+                "row_id": r[2],
+                "gold": bool(r[3]),
+                "gold_answer": r[4],
+                "needed": r[5],
+                "user": r[6],
+                "decision": r[7],
+                "flag": bool(r[8]),
+                "caption": r[9],
+                "tags": json.loads(r[10] or "[]"),
+                "reasons": json.loads(r[11] or "[]"),
+                "time": r[12],
+                "payload": json.loads(r[13]),
+            }
+            for r in rows
+        ]
 
     def flagged_rows(self) -> list[str]:
         with self.tx(write=False) as t:
-            return [r[0] for r in t.all(
-                "SELECT DISTINCT i.row_id FROM decisions d JOIN items i ON i.id = d.item_id WHERE d.flag = 1")]
+            return [r[0] for r in t.all("SELECT DISTINCT i.row_id FROM decisions d JOIN items i ON i.id = d.item_id WHERE d.flag = 1")]
 
     def per_user(self) -> list[dict[str, Any]]:
         """Decisions and gold accuracy per annotator (admin page)."""
@@ -605,24 +662,40 @@ class ReviewDB:
                 " SUM(CASE WHEN i.gold = 1 AND d.decision = i.gold_answer THEN 1 ELSE 0 END), "
                 " SUM(CASE WHEN d.flag = 1 THEN 1 ELSE 0 END), MAX(d.created) "
                 "FROM users u LEFT JOIN decisions d ON d.user_id = u.id LEFT JOIN items i ON i.id = d.item_id "
-                "GROUP BY u.id, u.name, u.role ORDER BY u.name")
-            leases = dict(t.all("SELECT lease_user, COUNT(*) FROM items WHERE lease_user IS NOT NULL AND lease_expires > ? "
-                                "GROUP BY lease_user", (time.time(),)))
+                "GROUP BY u.id, u.name, u.role ORDER BY u.name"
+            )
+            leases = dict(
+                t.all(
+                    "SELECT lease_user, COUNT(*) FROM items WHERE lease_user IS NOT NULL AND lease_expires > ? GROUP BY lease_user",
+                    (time.time(),),
+                )
+            )
             names = dict(t.all("SELECT id, name FROM users"))
         held = {names.get(k): v for k, v in leases.items()}
         out = []
         for name, role, n, ng, nok, nflag, last in rows:
-            out.append({"user": name, "role": role, "decisions": int(n or 0), "gold_seen": int(ng or 0),
-                        "gold_correct": int(nok or 0),
-                        "gold_accuracy": (int(nok) / int(ng)) if ng else None,
-                        "flags": int(nflag or 0), "last": last, "leases": int(held.get(name, 0))})
+            out.append(
+                {
+                    "user": name,
+                    "role": role,
+                    "decisions": int(n or 0),
+                    "gold_seen": int(ng or 0),
+                    "gold_correct": int(nok or 0),
+                    "gold_accuracy": (int(nok) / int(ng)) if ng else None,
+                    "flags": int(nflag or 0),
+                    "last": last,
+                    "leases": int(held.get(name, 0)),
+                }
+            )
         return out
 
     def double_annotated(self) -> list[tuple[str, str]]:
         """(first, second) decisions of non-gold items that two annotators decided (for kappa)."""
         with self.tx(write=False) as t:
-            rows = t.all("SELECT d.item_id, d.decision FROM decisions d JOIN items i ON i.id = d.item_id "
-                         "WHERE i.needed >= 2 AND i.gold = 0 AND i.done_count >= 2 ORDER BY d.item_id, d.id")
+            rows = t.all(
+                "SELECT d.item_id, d.decision FROM decisions d JOIN items i ON i.id = d.item_id "
+                "WHERE i.needed >= 2 AND i.gold = 0 AND i.done_count >= 2 ORDER BY d.item_id, d.id"
+            )
         pairs, cur, first = [], None, None
         for item_id, dec in rows:
             if item_id != cur:
@@ -634,8 +707,11 @@ class ReviewDB:
 
     def audit_tail(self, n: int = 50) -> list[dict[str, Any]]:
         with self.tx(write=False) as t:
-            rows = t.all("SELECT a.ts, u.name, a.action, a.item_id, a.detail FROM audit a LEFT JOIN users u "
-                         "ON u.id = a.user_id ORDER BY a.id DESC LIMIT ?", (n,))
+            rows = t.all(
+                "SELECT a.ts, u.name, a.action, a.item_id, a.detail FROM audit a LEFT JOIN users u "
+                "ON u.id = a.user_id ORDER BY a.id DESC LIMIT ?",
+                (n,),
+            )
         return [{"time": r[0], "user": r[1], "action": r[2], "item_id": r[3], "detail": r[4]} for r in rows]
 
     def audit_count(self, action: str | None = None) -> int:

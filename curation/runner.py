@@ -258,8 +258,7 @@ def _record_fingerprint(store: Store, stage: Stage, version: int) -> None:
         known = json.loads(p.read_text())
     except (FileNotFoundError, ValueError):
         known = {}
-    known[stage.name] = {"fingerprint": stage.config_fingerprint(), "version": version,
-                         "config": stage.config.model_dump(mode="json")}
+    known[stage.name] = {"fingerprint": stage.config_fingerprint(), "version": version, "config": stage.config.model_dump(mode="json")}
     store.write_json(_FINGERPRINTS, known)
 
 
@@ -303,8 +302,9 @@ def run_stage(
             return StageResult(stage.name, "empty", new.version, read_version, seconds=time.perf_counter() - t_start)
 
         ckpt = Checkpoints(_checkpoint_dir(store, stage, read_version), "fragment_id")
-        done, resumed = _compute_fragments(store, stage, read_version, fragments, ckpt,
-                                           concurrency=concurrency, show_progress=show_progress)
+        done, resumed = _compute_fragments(
+            store, stage, read_version, fragments, ckpt, concurrency=concurrency, show_progress=show_progress
+        )
         stats = Stats()
         for rec in done.values():
             stats = stats + Stats.from_dict(rec["stats"])
@@ -317,7 +317,13 @@ def run_stage(
         ckpt.clear()
         _record_fingerprint(store, stage, new.version)
         result = StageResult(
-            stage.name, "committed", new.version, read_version, len(fragments), resumed, stats,
+            stage.name,
+            "committed",
+            new.version,
+            read_version,
+            len(fragments),
+            resumed,
+            stats,
             time.perf_counter() - t_start,
         )
         result.stats_path = str(store.write_json(f"stats/{stage.name}-v{new.version}.json", result.to_dict()))
@@ -333,16 +339,18 @@ def _up_to_date(store: Store, stage: Stage, present: list[str], version: int, *,
         return False
     made_by = _committed_fingerprints(store).get(stage.name)
     if made_by is None or made_by == stage.config_fingerprint():
-        console.print(f"[yellow]{stage.name}[/]: columns {cols} already present at v{version}; "
-                      "pass --overwrite to recompute")
+        console.print(f"[yellow]{stage.name}[/]: columns {cols} already present at v{version}; pass --overwrite to recompute")
         return True
-    console.print(f"[yellow]{stage.name}[/]: config changed since its columns were computed "
-                  f"(fingerprint {made_by} -> {stage.config_fingerprint()}); recomputing")
+    console.print(
+        f"[yellow]{stage.name}[/]: config changed since its columns were computed "
+        f"(fingerprint {made_by} -> {stage.config_fingerprint()}); recomputing"
+    )
     return False
 
 
-def _compute_fragments(store: Store, stage: Stage, read_version: int, fragments: list, ckpt: Checkpoints, *,
-                       concurrency: int | None, show_progress: bool) -> tuple[dict[int, dict[str, Any]], int]:
+def _compute_fragments(
+    store: Store, stage: Stage, read_version: int, fragments: list, ckpt: Checkpoints, *, concurrency: int | None, show_progress: bool
+) -> tuple[dict[int, dict[str, Any]], int]:
     """Run the stage over every fragment not yet in ``ckpt`` (each result checkpointed as it
     arrives). Returns every fragment's record by id and how many came from an earlier run."""
     done = ckpt.load()
@@ -405,7 +413,12 @@ def print_summary(results: Iterable[StageResult], title: str = "summary") -> Non
     for r in results:
         d = r.to_dict()
         table.add_row(
-            r.stage, r.status, f"v{r.version}", str(d["rows"]), str(d["rows_per_second"] or "-"), f"{r.seconds:.1f}",
+            r.stage,
+            r.status,
+            f"v{r.version}",
+            str(d["rows"]),
+            str(d["rows_per_second"] or "-"),
+            f"{r.seconds:.1f}",
             f"{r.fragments} ({r.fragments_resumed} resumed)" if r.fragments_resumed else str(r.fragments),
         )
     console.print(table)

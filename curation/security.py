@@ -62,8 +62,9 @@ def verify_password(password: str, stored: str) -> bool:
         algo, n, r, p, salt, want = stored.split("$")
         if algo != "scrypt":
             return False
-        dk = hashlib.scrypt(password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p),
-                            dklen=len(_unb64(want)), maxmem=256 * 1024 * 1024)
+        dk = hashlib.scrypt(
+            password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=len(_unb64(want)), maxmem=256 * 1024 * 1024
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(dk, _unb64(want))

@@ -31,7 +31,6 @@ SHARD_SCHEMA = pa.schema(
 """One row per training sample, written by ``curate export`` and read by the loader."""
 
 
-
 def shard_schema(latents: bool = False, text: bool = False, feature_dtype: str = "float32") -> pa.Schema:
     """``SHARD_SCHEMA`` plus the pre-encoded columns ``curate export`` writes when encoders are configured.
 

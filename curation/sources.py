@@ -27,8 +27,7 @@ __all__ = ["IMAGE_EXTS", "ReadOptions", "plan_units", "read_unit", "inspect_imag
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TABLE_EXTS = {".jsonl", ".parquet", ".ndjson"}
-_IMAGE_KEYS = ("image", "image_path", "path", "file", "file_name", "filename", "url", "image_url",
-               "jpg", "png", "bytes", "image_bytes")
+_IMAGE_KEYS = ("image", "image_path", "path", "file", "file_name", "filename", "url", "image_url", "jpg", "png", "bytes", "image_bytes")
 _KEY_KEYS = ("key", "id", "uid", "sample_id")
 
 
@@ -155,8 +154,15 @@ def captions_from_json(obj: Any, default_kind: str) -> list[dict[str, str]]:
             caps.append({"text": c, "kind": default_kind})
         elif isinstance(c, dict) and isinstance(c.get("text"), str):
             caps.append({"text": c["text"], "kind": c.get("kind") or default_kind, "lang": c.get("lang")})
-    for k, kind in (("caption", default_kind), ("text", default_kind), ("alt", "alt"), ("caption_en", default_kind),
-                    ("caption_zh", default_kind), ("zh", default_kind), ("long_caption", "long")):
+    for k, kind in (
+        ("caption", default_kind),
+        ("text", default_kind),
+        ("alt", "alt"),
+        ("caption_en", default_kind),
+        ("caption_zh", default_kind),
+        ("zh", default_kind),
+        ("long_caption", "long"),
+    ):
         v = obj.get(k)
         if isinstance(v, str):
             caps.append({"text": v, "kind": kind})
@@ -327,8 +333,7 @@ def _read_tar(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[
         error = None
         if n > 0 or dup_ext:
             error = f"duplicate_key: key {key!r} appears more than once in the tar"
-        return make_row(src, row_key, files.get(img_ext) if img_ext else None, caps, opts,
-                        error=error or cerr, stats=stats)
+        return make_row(src, row_key, files.get(img_ext) if img_ext else None, caps, opts, error=error or cerr, stats=stats)
 
     try:
         with tarfile.open(src, mode="r|*") as tf:
@@ -351,8 +356,7 @@ def _read_tar(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[
                 yield emit(cur_key, files, dup_ext)
     except (tarfile.TarError, OSError, EOFError) as e:
         # a broken tar: rows already read are kept; the break itself is a row with a reason
-        yield make_row(src, f"<tar-error-after-{sum(seen.values())}-samples>", None, [], opts,
-                       error=f"corrupt_tar: {e}", stats=stats)
+        yield make_row(src, f"<tar-error-after-{sum(seen.values())}-samples>", None, [], opts, error=f"corrupt_tar: {e}", stats=stats)
 
 
 def _resolve_image(value: Any, base: Path, opts: ReadOptions) -> tuple[bytes | None, str | None, str | None]:

@@ -105,8 +105,7 @@ class Stage:
     @property
     def resources(self) -> Resources:
         """``num_cpus`` / ``num_gpus`` from the config when it has them, else the class defaults."""
-        return Resources(num_cpus=getattr(self.config, "num_cpus", self.num_cpus),
-                         num_gpus=getattr(self.config, "num_gpus", 0.0))
+        return Resources(num_cpus=getattr(self.config, "num_cpus", self.num_cpus), num_gpus=getattr(self.config, "num_gpus", 0.0))
 
     def setup(self) -> None:
         """Load models and other heavy state; called once per worker before any batch."""
@@ -134,9 +133,7 @@ class Stage:
         """``process_batch`` plus the checks that keep a bad stage from committing a wrong schema."""
         out = self.process_batch(batch)
         if isinstance(out, dict):
-            out = pa.RecordBatch.from_pydict(
-                {n: out[n] for n in self.output_schema.names}, schema=self.output_schema
-            )
+            out = pa.RecordBatch.from_pydict({n: out[n] for n in self.output_schema.names}, schema=self.output_schema)
         elif out.schema != self.output_schema:
             out = pa.RecordBatch.from_arrays(
                 [out.column(n).cast(self.output_schema.field(n).type) for n in self.output_schema.names],

@@ -76,8 +76,11 @@ def _s3_filesystem(options: tuple) -> Any:
         kw.update(endpoint_override=host or sch, scheme=sch if host else "https")
     key = o.get("aws_access_key_id") or o.get("access_key_id")
     if key:
-        kw.update(access_key=key, secret_key=o.get("aws_secret_access_key") or o.get("secret_access_key"),
-                  session_token=o.get("aws_session_token") or o.get("session_token"))
+        kw.update(
+            access_key=key,
+            secret_key=o.get("aws_secret_access_key") or o.get("secret_access_key"),
+            session_token=o.get("aws_session_token") or o.get("session_token"),
+        )
     region = o.get("aws_region") or o.get("region")
     if region:
         kw["region"] = region
@@ -245,7 +248,7 @@ class Store:
         local.unlink(missing_ok=True)
         for key in found:
             if key != man_key:
-                _download(fs, key, dst / key[len(src) + 1:])
+                _download(fs, key, dst / key[len(src) + 1 :])
         if manifest is not None:
             now = _read_remote(fs, man_key) if _remote_exists(fs, man_key) else None
             if now != manifest:  # a push started meanwhile: these files may not match the manifest
@@ -315,24 +318,21 @@ class Store:
         ids_b = b.to_table(columns=["id"]).column("id")
         added = pc.sum(pc.invert(pc.is_in(ids_b, ids_a))).as_py() or 0
         removed = pc.sum(pc.invert(pc.is_in(ids_a, ids_b))).as_py() or 0
-        common = sorted(
-            c for c in (ca & cb) - {"id"} if b.schema.field(c).type not in _BLOB_TYPES
-        )
+        common = sorted(c for c in (ca & cb) - {"id"} if b.schema.field(c).type not in _BLOB_TYPES)
         changed: dict[str, int] = {}
         if common:
             ta = a.to_table(columns=["id", *common])
             tb = b.to_table(columns=["id", *common])
             # join row positions on id (Arrow joins cannot carry nested columns), then compare by take
             pos = pa.table({"id": ta.column("id"), "_ia": pa.array(range(ta.num_rows))}).join(
-                pa.table({"id": tb.column("id"), "_ib": pa.array(range(tb.num_rows))}), "id")
+                pa.table({"id": tb.column("id"), "_ib": pa.array(range(tb.num_rows))}), "id"
+            )
             ia, ib = pos.column("_ia"), pos.column("_ib")
             for c in common:
                 x, y = ta.column(c).take(ia), tb.column(c).take(ib)
                 try:
                     neq = pc.not_equal(x, y)
-                    n = (pc.sum(pc.fill_null(neq, False)).as_py() or 0) + (
-                        pc.sum(pc.xor(pc.is_null(x), pc.is_null(y))).as_py() or 0
-                    )
+                    n = (pc.sum(pc.fill_null(neq, False)).as_py() or 0) + (pc.sum(pc.xor(pc.is_null(x), pc.is_null(y))).as_py() or 0)
                 except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # nested types: compare as Python
                     n = sum(1 for p, q in zip(x.to_pylist(), y.to_pylist()) if p != q)
                 if n:

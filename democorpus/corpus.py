@@ -65,8 +65,20 @@ _PACKAGE_DATA = {"skimage": "data", "sklearn": "datasets/images", "matplotlib": 
 
 # Photos that get near-duplicates and degraded copies (real photographs with enough detail).
 _VARIANT_PHOTOS = (
-    "astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field", "retina", "rocket",
-    "motorcycle", "china", "flower", "grace_hopper", "immunohistochemistry", "page",
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "hubble_deep_field",
+    "retina",
+    "rocket",
+    "motorcycle",
+    "china",
+    "flower",
+    "grace_hopper",
+    "immunohistochemistry",
+    "page",
 )
 _NEAR_DUP_OPS = ("crop", "resize", "jpeg", "watermark", "colour", "hflip", "frame", "crop_jpeg")
 _DEGRADE_OPS = ("blur", "noise", "dark", "low_res")
@@ -188,8 +200,7 @@ def _data_dir(package: str) -> Path:
     spec = find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise DemoDataError(
-            f"the demo corpus needs the {package!r} package for its sample photos; "
-            "install the demo extra: pip install 'zcurate[demo]'"
+            f"the demo corpus needs the {package!r} package for its sample photos; install the demo extra: pip install 'zcurate[demo]'"
         )
     return Path(list(spec.submodule_search_locations)[0]) / _PACKAGE_DATA[package]
 
@@ -260,8 +271,16 @@ def _fit_font(font_path: str, lines: list[str], max_w: int, max_h: int, start: i
     return _font(font_path, 8)
 
 
-def _draw_lines(im: Image.Image, lines: list[str], box: tuple[int, int, int, int], fill, font_path: str,
-                start_size: int, stroke: int = 0, stroke_fill=None) -> None:
+def _draw_lines(
+    im: Image.Image,
+    lines: list[str],
+    box: tuple[int, int, int, int],
+    fill,
+    font_path: str,
+    start_size: int,
+    stroke: int = 0,
+    stroke_fill=None,
+) -> None:
     """Centre ``lines`` in ``box`` with the largest font that fits."""
     x0, y0, x1, y1 = box
     font = _fit_font(font_path, lines, int((x1 - x0) * 0.9), int((y1 - y0) * 0.9), start_size)
@@ -269,11 +288,12 @@ def _draw_lines(im: Image.Image, lines: list[str], box: tuple[int, int, int, int
     top = (y0 + y1) / 2 - step * (len(lines) - 1) / 2
     d = ImageDraw.Draw(im)
     for k, line in enumerate(lines):
-        d.text(((x0 + x1) / 2, top + k * step), line, font=font, fill=fill, anchor="mm",
-               stroke_width=stroke, stroke_fill=stroke_fill)
+        d.text(((x0 + x1) / 2, top + k * step), line, font=font, fill=fill, anchor="mm", stroke_width=stroke, stroke_fill=stroke_fill)
 
 
-def _near_dup(im: Image.Image, op: str, rng: np.random.Generator, font_path: str, mark: str = WATERMARKS[0]) -> tuple[Image.Image, list[dict], int, dict | None]:
+def _near_dup(
+    im: Image.Image, op: str, rng: np.random.Generator, font_path: str, mark: str = WATERMARKS[0]
+) -> tuple[Image.Image, list[dict], int, dict | None]:
     """Apply one near-duplicate operation: returns (image, transform records, JPEG quality, text)."""
     w, h = im.size
     quality = int(rng.integers(82, 95))
@@ -303,8 +323,16 @@ def _near_dup(im: Image.Image, op: str, rng: np.random.Generator, font_path: str
             box = (0, int(h * 0.35), w, int(h * 0.65))
         else:
             box = (int(w * 0.45), int(h * 0.82), int(w * 0.98), int(h * 0.98))
-        _draw_lines(layer, [mark], box, (255, 255, 255, alpha), font_path, max(14, w // 9),
-                    stroke=max(1, w // 300), stroke_fill=(0, 0, 0, alpha // 2))
+        _draw_lines(
+            layer,
+            [mark],
+            box,
+            (255, 255, 255, alpha),
+            font_path,
+            max(14, w // 9),
+            stroke=max(1, w // 300),
+            stroke_fill=(0, 0, 0, alpha // 2),
+        )
         im = Image.alpha_composite(base, layer).convert("RGB")
         rec = {"op": "watermark", "text": mark, "position": where, "alpha": alpha}
         text = {"lines": [mark], "kind": "watermark"}
@@ -376,8 +404,16 @@ def _render_card(card: TextCard, base: Image.Image | None, font_path: str) -> Im
         im = rgba.convert("RGB")
         _draw_lines(im, lines, (0, h - band.height, w, h), card.fg, font_path, band.height // 2)
     elif card.style == "title":
-        _draw_lines(im, lines, (0, 0, w, int(h * 0.22)), card.fg, font_path, int(h * 0.12),
-                    stroke=2, stroke_fill="#ffffff" if card.fg != "#ffffff" else "#000000")
+        _draw_lines(
+            im,
+            lines,
+            (0, 0, w, int(h * 0.22)),
+            card.fg,
+            font_path,
+            int(h * 0.12),
+            stroke=2,
+            stroke_fill="#ffffff" if card.fg != "#ffffff" else "#000000",
+        )
     elif card.style == "meme":
         top, bottom = lines[0], lines[-1]
         _draw_lines(im, [top], (0, 0, w, int(h * 0.22)), card.fg, font_path, int(h * 0.14), stroke=3, stroke_fill="#000000")
@@ -484,9 +520,22 @@ def build_corpus(
     for k in sorted(rng.choice(len(candidates), 6, replace=False)):
         s = candidates[int(k)]
         s.near_dup_group = s.near_dup_group or f"{s.origin}-copy"  # a copy and its source always group
-        items.append(DemoItem(s.origin, "exact_duplicate", s.image, s.format, s.width, s.height, s.pool,
-                              transforms=[{"op": "copy"}], near_dup_group=s.near_dup_group,
-                              degradations=list(s.degradations), text=dict(s.text) if s.text else None, copy_of=s))
+        items.append(
+            DemoItem(
+                s.origin,
+                "exact_duplicate",
+                s.image,
+                s.format,
+                s.width,
+                s.height,
+                s.pool,
+                transforms=[{"op": "copy"}],
+                near_dup_group=s.near_dup_group,
+                degradations=list(s.degradations),
+                text=dict(s.text) if s.text else None,
+                copy_of=s,
+            )
+        )
 
     # A group needs two members to be a group.
     sizes: dict[str, int] = {}
@@ -506,8 +555,7 @@ def _original(key: str, photo: Photo, data: bytes, im: Image.Image) -> DemoItem:
     group = key if key in _VARIANT_PHOTOS else None
     common = dict(near_dup_group=group, degradations=list(photo.degradations))
     if photo.keep_bytes:
-        return DemoItem(key, "original", data, im.format, im.width, im.height, _pool(photo),
-                        transforms=[{"op": "as_shipped"}], **common)
+        return DemoItem(key, "original", data, im.format, im.width, im.height, _pool(photo), transforms=[{"op": "as_shipped"}], **common)
     return _item(key, "original", im, _pool(photo), "JPEG", 90, transforms=[{"op": "reencode", "quality": 90}], **common)
 
 
@@ -526,8 +574,9 @@ def _variant(key: str, im: Image.Image, op: str, rng: np.random.Generator, font:
     if text:
         text = {**text, "langs": _text_langs(text["lines"])}
     degr = ["jpeg_artifacts"] if quality < 25 else []
-    return _item(key, "near_duplicate", out, _pool(PHOTOS[key]), "JPEG", quality,
-                 transforms=recs, near_dup_group=key, degradations=degr, text=text)
+    return _item(
+        key, "near_duplicate", out, _pool(PHOTOS[key]), "JPEG", quality, transforms=recs, near_dup_group=key, degradations=degr, text=text
+    )
 
 
 def _reencode(key: str, im: Image.Image, mode: str) -> DemoItem:
@@ -536,14 +585,32 @@ def _reencode(key: str, im: Image.Image, mode: str) -> DemoItem:
         rgb.convert("CMYK").save(buf, "JPEG", quality=88)
     else:
         rgb.save(buf, "JPEG", quality=88, progressive=True)
-    return DemoItem(key, "near_duplicate", buf.getvalue(), "JPEG", rgb.width, rgb.height, _pool(PHOTOS[key]),
-                    transforms=[{"op": mode, "quality": 88}], near_dup_group=key)
+    return DemoItem(
+        key,
+        "near_duplicate",
+        buf.getvalue(),
+        "JPEG",
+        rgb.width,
+        rgb.height,
+        _pool(PHOTOS[key]),
+        transforms=[{"op": mode, "quality": 88}],
+        near_dup_group=key,
+    )
 
 
 def _degraded(key: str, im: Image.Image, op: str, rng: np.random.Generator) -> DemoItem:
     out, rec = _degrade(_flatten(im), op, rng)
-    return _item(key, "degraded", out, _pool(PHOTOS[key]), "JPEG", 88,
-                 transforms=[rec], near_dup_group=key, degradations=[{"blur": "blurred", "noise": "noisy"}.get(op, op)])
+    return _item(
+        key,
+        "degraded",
+        out,
+        _pool(PHOTOS[key]),
+        "JPEG",
+        88,
+        transforms=[rec],
+        near_dup_group=key,
+        degradations=[{"blur": "blurred", "noise": "noisy"}.get(op, op)],
+    )
 
 
 def _region(spec, im: Image.Image, rng: np.random.Generator) -> DemoItem:
@@ -552,8 +619,15 @@ def _region(spec, im: Image.Image, rng: np.random.Generator) -> DemoItem:
     box = (x0, y0, min(x0 + cw, im.width), min(y0 + ch, im.height))
     out = im.crop(box)
     area = out.width * out.height / (im.width * im.height)
-    return _item(key, "region_crop", out, _pool(PHOTOS[key], long=False), "JPEG", 90,
-                 transforms=[{"op": "crop", "box": list(box), "area_fraction": round(area, 3)}])
+    return _item(
+        key,
+        "region_crop",
+        out,
+        _pool(PHOTOS[key], long=False),
+        "JPEG",
+        90,
+        transforms=[{"op": "crop", "box": list(box), "area_fraction": round(area, 3)}],
+    )
 
 
 def _text_item(card: TextCard, base: Image.Image | None, mention: bool, font: str) -> DemoItem:
@@ -564,8 +638,17 @@ def _text_item(card: TextCard, base: Image.Image | None, mention: bool, font: st
     origin = card.base or "rendered"
     if card.base is None:  # flat colours: a PNG, as a designer would export it
         return _item(origin, "text", im, _card_pool(card, mention), "PNG", transforms=tr, text=text)
-    return _item(origin, "text", im, _card_pool(card, mention), "JPEG", 90, transforms=tr, text=text,
-                 near_dup_group=card.base if full_frame else None)
+    return _item(
+        origin,
+        "text",
+        im,
+        _card_pool(card, mention),
+        "JPEG",
+        90,
+        transforms=tr,
+        text=text,
+        near_dup_group=card.base if full_frame else None,
+    )
 
 
 def _assign(items: list[DemoItem], formats: tuple[str, ...], rng: np.random.Generator) -> None:
@@ -597,9 +680,7 @@ def _assign(items: list[DemoItem], formats: tuple[str, ...], rng: np.random.Gene
             keys += 1
         if item.text is not None:
             item.text["content"] = "\n".join(item.text["lines"])
-            item.text["caption_mentions_text"] = any(
-                line in c["text"] for line in item.text["lines"] for c in item.captions
-            )
+            item.text["caption_mentions_text"] = any(line in c["text"] for line in item.text["lines"] for c in item.captions)
 
 
 def _cap(text: str, kind: str, lang: str) -> dict:
@@ -670,37 +751,80 @@ def check_out(out: Path) -> None:
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
-        raise DemoDataError(f"{out} is not empty and holds no demo corpus (no manifest.json of ours); "
-                            "choose a new folder; nothing was written or deleted")
+        raise DemoDataError(
+            f"{out} is not empty and holds no demo corpus (no manifest.json of ours); choose a new folder; nothing was written or deleted"
+        )
 
 
 def manifest(corpus: DemoCorpus) -> dict:
     """Ground truth for every item: origin, transforms, duplicate groups, rendered text, captions."""
     sources = {
-        k: {"package": p.package, "file": p.file, "title": p.title, "license": p.license,
-            "attribution": p.attribution, "kind": p.kind, "text_in_image": p.text_in_image,
-            "degradations": list(p.degradations)}
+        k: {
+            "package": p.package,
+            "file": p.file,
+            "title": p.title,
+            "license": p.license,
+            "attribution": p.attribution,
+            "kind": p.kind,
+            "text_in_image": p.text_in_image,
+            "degradations": list(p.degradations),
+        }
         for k, p in PHOTOS.items()
     }
-    sources["lfw_subset"] = {"package": FACES.package, "file": FACES.file, "title": FACES.title, "license": FACES.license,
-                             "attribution": FACES.attribution, "kind": "photo", "text_in_image": None, "degradations": ["low_res"]}
-    sources["rendered"] = {"package": None, "file": None, "title": "text rendered by curate demo-data",
-                           "license": "CC0", "attribution": "generated", "kind": "graphic", "text_in_image": None,
-                           "degradations": []}
+    sources["lfw_subset"] = {
+        "package": FACES.package,
+        "file": FACES.file,
+        "title": FACES.title,
+        "license": FACES.license,
+        "attribution": FACES.attribution,
+        "kind": "photo",
+        "text_in_image": None,
+        "degradations": ["low_res"],
+    }
+    sources["rendered"] = {
+        "package": None,
+        "file": None,
+        "title": "text rendered by curate demo-data",
+        "license": "CC0",
+        "attribution": "generated",
+        "kind": "graphic",
+        "text_in_image": None,
+        "degradations": [],
+    }
     items = []
     for i in sorted(corpus.items, key=lambda i: i.id):
-        items.append({
-            "id": i.id, "layout": i.layout, "path": i.path, "key": i.key, "sidecar": i.sidecar,
-            "format": i.format, "width": i.width, "height": i.height, "bytes": len(i.image), "sha256": i.sha256,
-            "origin": i.origin, "role": i.role, "transforms": i.transforms, "near_dup_group": i.near_dup_group,
-            "exact_dup_of": i.copy_of.id if i.copy_of else None, "degradations": i.degradations,
-            "text": {k: i.text[k] for k in ("content", "lines", "langs", "kind", "caption_mentions_text")} if i.text else None,
-            "captions": i.captions,
-        })
+        items.append(
+            {
+                "id": i.id,
+                "layout": i.layout,
+                "path": i.path,
+                "key": i.key,
+                "sidecar": i.sidecar,
+                "format": i.format,
+                "width": i.width,
+                "height": i.height,
+                "bytes": len(i.image),
+                "sha256": i.sha256,
+                "origin": i.origin,
+                "role": i.role,
+                "transforms": i.transforms,
+                "near_dup_group": i.near_dup_group,
+                "exact_dup_of": i.copy_of.id if i.copy_of else None,
+                "degradations": i.degradations,
+                "text": {k: i.text[k] for k in ("content", "lines", "langs", "kind", "caption_mentions_text")} if i.text else None,
+                "captions": i.captions,
+            }
+        )
     return {
-        "generator": GENERATOR, "manifest_version": MANIFEST_VERSION, "seed": corpus.seed,
-        "formats": list(corpus.formats), "font": corpus.font, "summary": corpus.summary(),
-        "sources": sources, "near_dup_groups": _groups(corpus.items), "items": items,
+        "generator": GENERATOR,
+        "manifest_version": MANIFEST_VERSION,
+        "seed": corpus.seed,
+        "formats": list(corpus.formats),
+        "font": corpus.font,
+        "summary": corpus.summary(),
+        "sources": sources,
+        "near_dup_groups": _groups(corpus.items),
+        "items": items,
     }
 
 
@@ -737,13 +861,23 @@ def write_corpus(corpus: DemoCorpus, out: Path | str, on_progress: Callable[[int
                 d = stage / "jsonl" / "images"
                 d.mkdir(parents=True, exist_ok=True)
                 (d / f"{i.id}.{i.ext}").write_bytes(i.image)
-                rows.append({"image": f"images/{i.id}.{i.ext}", "caption": i.captions[0]["text"],
-                             "caption_zh": i.captions[1]["text"], "id": i.id})
+                rows.append(
+                    {"image": f"images/{i.id}.{i.ext}", "caption": i.captions[0]["text"], "caption_zh": i.captions[1]["text"], "id": i.id}
+                )
             else:
                 cap = i.captions[0]["text"]
-                meta = {"url": f"demo://{i.origin}/{i.id}.jpg", "key": i.key, "caption": cap, "status": "success",
-                        "error_message": None, "width": i.width, "height": i.height,
-                        "original_width": i.width, "original_height": i.height, "sha256": i.sha256}
+                meta = {
+                    "url": f"demo://{i.origin}/{i.id}.jpg",
+                    "key": i.key,
+                    "caption": cap,
+                    "status": "success",
+                    "error_message": None,
+                    "width": i.width,
+                    "height": i.height,
+                    "original_width": i.width,
+                    "original_height": i.height,
+                    "sha256": i.sha256,
+                }
                 _tar_add(tar, f"{i.key}.jpg", i.image)
                 _tar_add(tar, f"{i.key}.txt", cap.encode("utf-8"))
                 _tar_add(tar, f"{i.key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
@@ -753,7 +887,8 @@ def write_corpus(corpus: DemoCorpus, out: Path | str, on_progress: Callable[[int
             tar.close()
         if rows:
             (stage / "jsonl" / "captions.jsonl").write_text(
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+            )
         (stage / "manifest.json").write_text(_dumps(manifest(corpus)), encoding="utf-8")
         # replace an earlier corpus's parts (all three layouts: it may have had others), then move in
         for name in (*FORMATS, "manifest.json"):

@@ -57,8 +57,11 @@ def write_hostile_corpus(out: str | Path, photo: bytes | None = None) -> dict[st
     folder, tar_dir, jl = out / "folder", out / "tar", out / "jsonl"
     for d in (folder, tar_dir, jl):
         d.mkdir(parents=True, exist_ok=True)
-    base = Image.open(io.BytesIO(photo)).convert("RGB") if photo else Image.fromarray(
-        (np.indices((96, 128)).sum(0) % 256).astype(np.uint8)).convert("RGB")
+    base = (
+        Image.open(io.BytesIO(photo)).convert("RGB")
+        if photo
+        else Image.fromarray((np.indices((96, 128)).sum(0) % 256).astype(np.uint8)).convert("RGB")
+    )
     base = base.resize((128, 96))
     good = _jpeg(base, quality=90)
     cases: dict[str, dict] = {}
@@ -76,7 +79,7 @@ def write_hostile_corpus(out: str | Path, photo: bytes | None = None) -> dict[st
     put("text_named.jpg", b"this is not an image at all\n" * 20, "not_an_image")
     put("bomb.png", _bomb_png(), "decompression_bomb")
     put("cmyk.jpg", _jpeg(base.convert("CMYK")), "ok")
-    arr16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    arr16 = np.asarray(base.convert("L"), dtype=np.uint16) * 257
     put("sixteen_bit.png", _png(Image.fromarray(arr16)), "ok")
     pal = base.convert("P", palette=Image.ADAPTIVE, colors=16)
     pal.info["transparency"] = 0
@@ -90,17 +93,26 @@ def write_hostile_corpus(out: str | Path, photo: bytes | None = None) -> dict[st
     put("extreme_aspect.png", _png(Image.new("L", (20000, 10), 128)), "ok")
     put("invalid_utf8_caption.jpg", good, "caption_encoding", b"caf\xe9 \xff\xfe broken")
     put("huge_caption.jpg", _jpeg(base, quality=70), "ok", ("word " * 220_000).encode())  # ~1.1 MB
-    put("html_caption.jpg", _jpeg(base, quality=60), "ok",
-        b'<img src=x onerror="window.__xss=1;alert(1)"><script>window.__xss=2;alert("xss")</script> a cat')
+    put(
+        "html_caption.jpg",
+        _jpeg(base, quality=60),
+        "ok",
+        b'<img src=x onerror="window.__xss=1;alert(1)"><script>window.__xss=2;alert("xss")</script> a cat',
+    )
     put("path_caption.jpg", _jpeg(base, quality=50), "ok", b"../../etc/passwd; DROP TABLE samples;--")
-    put("url_path_caption.jpg", _jpeg(base, quality=45), "ok",
-        b"file:///etc/shadow C:\\Windows\\win.ini /image/../../etc/passwd javascript:alert(1) %2e%2e%2f")
+    put(
+        "url_path_caption.jpg",
+        _jpeg(base, quality=45),
+        "ok",
+        b"file:///etc/shadow C:\\Windows\\win.ini /image/../../etc/passwd javascript:alert(1) %2e%2e%2f",
+    )
     put("bad_json_sidecar.jpg", _jpeg(base, quality=40), "caption_json_invalid", b"{not json", sidecar="json")
     put("exact_copy.jpg", good, "ok", b"the same bytes as good.jpg")
 
     # WebDataset tar with a duplicate key, a member without image, a symlink
     tar_path = tar_dir / "hostile.tar"
     with tarfile.open(tar_path, "w") as tf:
+
         def add(name: str, data: bytes):
             ti = tarfile.TarInfo(name)
             ti.size = len(data)

@@ -50,11 +50,19 @@ STOPWORDS = frozenset(
 
 _TAG_RE = re.compile(r"<[^<>]{0,512}>")
 _URL_RE = re.compile(r"(?:https?://|www\.)\S+")
-_SEG_RE = re.compile(
-    r"(?P<cjk>[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]+)|(?P<word>[^\W_]+(?:'[^\W_]+)*)"
+_SEG_RE = re.compile(r"(?P<cjk>[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]+)|(?P<word>[^\W_]+(?:'[^\W_]+)*)")
+_PLURAL_RULES = (
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+    ("ves", "f"),
+    ("ves", "fe"),
+    ("s", ""),
 )
-_PLURAL_RULES = (("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
-                 ("ies", "y"), ("ves", "f"), ("ves", "fe"), ("s", ""))
 _OTHER = "\x01"  # a word in no multi-word term
 _CHAR0 = 0xE000  # word ids as characters from the private use area upward (never surrogates)
 
@@ -156,7 +164,7 @@ class Tokenizer:
             merged: list[str] = []
             i = 0
             for end, (n, phrase) in self._phrases.iter_long(chars):
-                merged.extend(out[i: end - n + 1])
+                merged.extend(out[i : end - n + 1])
                 merged.append(phrase)
                 i = end + 1
             if merged:

@@ -75,8 +75,7 @@ class UnknownParentError(ValueError):
         lines = [f"  {w}: concept {c!r} has unknown parent {p!r}" for w, c, p in missing[:20]]
         more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
         super().__init__(
-            "unknown parents (add the parent as a concept, fix its spelling, or use an existing id/label):\n"
-            + "\n".join(lines) + more
+            "unknown parents (add the parent as a concept, fix its spelling, or use an existing id/label):\n" + "\n".join(lines) + more
         )
 
 
@@ -127,8 +126,14 @@ class ConceptGraph:
                 n["source"] = f"{n['source']}+{source}"
             return id
         self.g.add_node(
-            id, label_en=label_en, label_zh=label_zh or "", aliases=aliases, terms=terms,
-            source=source, depth=0, weight=float(weight),
+            id,
+            label_en=label_en,
+            label_zh=label_zh or "",
+            aliases=aliases,
+            terms=terms,
+            source=source,
+            depth=0,
+            weight=float(weight),
         )
         return id
 
@@ -140,8 +145,9 @@ class ConceptGraph:
     def merge(self, other: ConceptGraph) -> ConceptGraph:
         """Add every node and edge of ``other`` (same-id nodes merge, see :meth:`add_concept`)."""
         for nid, a in other.g.nodes(data=True):
-            self.add_concept(nid, a["label_en"], label_zh=a["label_zh"], aliases=a["aliases"],
-                             terms=a["terms"], source=a["source"], weight=a["weight"])
+            self.add_concept(
+                nid, a["label_en"], label_zh=a["label_zh"], aliases=a["aliases"], terms=a["terms"], source=a["source"], weight=a["weight"]
+            )
         self.g.add_edges_from(other.g.edges())
         return self
 
@@ -285,9 +291,7 @@ class ConceptGraph:
 
     def edge_table(self) -> pa.Table:
         edges = list(self.g.edges)
-        return pa.Table.from_pydict(
-            {"parent": [u for u, _ in edges], "child": [v for _, v in edges]}, schema=EDGE_SCHEMA
-        )
+        return pa.Table.from_pydict({"parent": [u for u, _ in edges], "child": [v for _, v in edges]}, schema=EDGE_SCHEMA)
 
     def digest(self) -> str:
         """Content hash of nodes and edges: identifies this graph in stage checkpoints."""

@@ -31,7 +31,9 @@ from graph.concepts import ConceptGraph
 __all__ = ["mine_tags", "embed_texts", "cluster_hierarchy", "merge_mined"]
 
 
-def mine_tags(texts: Sequence[str], tokenizer: Tokenizer, nouns: set[str], *, min_count: int = 2, max_tags: int = 2000) -> list[tuple[str, int]]:
+def mine_tags(
+    texts: Sequence[str], tokenizer: Tokenizer, nouns: set[str], *, min_count: int = 2, max_tags: int = 2000
+) -> list[tuple[str, int]]:
     """(tag, number of captions containing it), most frequent first."""
     df: Counter = Counter()
     for t in texts:
@@ -71,9 +73,7 @@ def embed_texts(texts: Sequence[str], model_path: str | None = None, batch_size:
     return np.asarray(emb, dtype=np.float32)
 
 
-def cluster_hierarchy(
-    emb: np.ndarray, *, branching: int = 8, leaf_size: int = 8, seed: int = 0
-) -> list[tuple[int, list[int], list[int]]]:
+def cluster_hierarchy(emb: np.ndarray, *, branching: int = 8, leaf_size: int = 8, seed: int = 0) -> list[tuple[int, list[int], list[int]]]:
     """Top-down k-means. Returns clusters as (central member, member indices, child cluster ids)
     in creation order; cluster 0 is the root. Leaves are clusters without child clusters."""
     from sklearn.cluster import KMeans

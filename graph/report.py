@@ -59,21 +59,35 @@ def resample_report(
         ["metric", "before", "after"],
         [[k, b[k], a[k]] for k in ("rows", "concepts_present", "coverage", "entropy", "entropy_normalised", "max_over_median")],
     )
-    head = _table(["concept", "label", "before", "after"],
-                  [[c, label(c), f, round(float(fa[result.concepts.index(c)]), 2)] for c, f in b["head"]])
-    tail = _table(["concept", "label", "before", "after"],
-                  [[c, label(c), f, round(float(fa[result.concepts.index(c)]), 2)] for c, f in b["tail"]])
+    head = _table(
+        ["concept", "label", "before", "after"], [[c, label(c), f, round(float(fa[result.concepts.index(c)]), 2)] for c, f in b["head"]]
+    )
+    tail = _table(
+        ["concept", "label", "before", "after"], [[c, label(c), f, round(float(fa[result.concepts.index(c)]), 2)] for c, f in b["tail"]]
+    )
     top = np.argsort(-result.expected)[:top_rows]
     rows = _table(
         ["id", "expected copies", "copies", "caption", "tags"],
-        [[row_ids[i], round(float(result.expected[i]), 3), int(result.copies[i]), row_captions[i][:160],
-          ", ".join(label(t) for t in (row_tags[i] or [])[:8])] for i in top],
+        [
+            [
+                row_ids[i],
+                round(float(result.expected[i]), 3),
+                int(result.copies[i]),
+                row_captions[i][:160],
+                ", ".join(label(t) for t in (row_tags[i] or [])[:8]),
+            ]
+            for i in top
+        ],
     )
     sett = _table(["setting", "value"], [[k, v] for k, v in settings.items()])
     sections = [
-        {"title": "Summary", "table": summary, "plot": plots,
-         "text": "Entropy of the concept marginal (higher = more even), max/median concept frequency "
-                 "(lower = flatter), coverage = share of balanced concepts with at least one expected row."},
+        {
+            "title": "Summary",
+            "table": summary,
+            "plot": plots,
+            "text": "Entropy of the concept marginal (higher = more even), max/median concept frequency "
+            "(lower = flatter), coverage = share of balanced concepts with at least one expected row.",
+        },
         {"title": "Head concepts (most frequent before)", "table": head},
         {"title": "Tail concepts (least frequent before)", "table": tail},
         {"title": f"Rows with the largest weights (top {top_rows})", "table": rows},
@@ -98,8 +112,10 @@ def graph_report(path: str | Path, stats: dict[str, Any], title: str = "Concept 
     ax.set_xlabel("depth (hops from a root)")
     ax.set_ylabel("nodes")
     rows = [[k, v] for k, v in stats.items() if not isinstance(v, (dict, list))]
-    sections = [{"table": _table(["statistic", "value"], rows), "plot": png_data_uri(fig)},
-                {"table": _table(["source", "nodes"], list(stats.get("nodes_by_source", {}).items()))}]
+    sections = [
+        {"table": _table(["statistic", "value"], rows), "plot": png_data_uri(fig)},
+        {"table": _table(["source", "nodes"], list(stats.get("nodes_by_source", {}).items()))},
+    ]
     p = Path(path)
     p.write_text(render("graph_report.html", title=title, sections=sections), encoding="utf-8")
     return p

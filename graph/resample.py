@@ -101,8 +101,12 @@ def read_prior(path: str | Path) -> dict[str, float]:
     return out
 
 
-def _incidence(tags: Sequence[Sequence[str] | None], scores: Sequence[Sequence[float] | None],
-               direct: Sequence[Sequence[bool] | None] | None, inherited: bool):
+def _incidence(
+    tags: Sequence[Sequence[str] | None],
+    scores: Sequence[Sequence[float] | None],
+    direct: Sequence[Sequence[bool] | None] | None,
+    inherited: bool,
+):
     import scipy.sparse as sp
 
     col: dict[str, int] = {}
@@ -264,7 +268,7 @@ def resample(
     has = rs > 0
     w = np.ones(n)
     w[~tagged] = cfg.untagged_weight
-    lo, hi = 1.0 / cfg.max_upsample ** 2, cfg.max_upsample
+    lo, hi = 1.0 / cfg.max_upsample**2, cfg.max_upsample
     for _ in range(cfg.iterations):
         f = np.asarray(Bb.T @ w).ravel()
         m = f / max(f.sum(), 1e-300)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # networkx is slow to import; the CLI imports this module at 
 
 __all__ = ["TagConfig", "Tagger"]
 
+
 class TagConfig(BaseModel):
     """BM25 and propagation parameters (rank-bm25's defaults for k1, b, epsilon)."""
 
@@ -90,7 +91,7 @@ class Tagger:
             h += 1
             nxt = []
             for u in frontier:
-                for p in self._pidx[self._pptr[u]: self._pptr[u + 1]]:
+                for p in self._pidx[self._pptr[u] : self._pptr[u + 1]]:
                     p = int(p)
                     if p not in hops:
                         hops[p] = h
@@ -125,7 +126,7 @@ class Tagger:
         pos = np.repeat(start[inv] if len(cols) else np.zeros(0, np.int64), rep)
         pos += np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep)
         e_rows, e_cols, e_hops = np.repeat(rows, rep), flat_idx[pos], flat_hop[pos]
-        e_vals = np.repeat(vals, rep) * (cfg.decay ** e_hops)
+        e_vals = np.repeat(vals, rep) * (cfg.decay**e_hops)
         keep = e_vals >= cfg.min_score
         e_rows, e_cols, e_vals, e_direct = e_rows[keep], e_cols[keep], e_vals[keep], e_hops[keep] == 0
         rows, cols, vals, direct = _group_max(e_rows, e_cols, e_vals, e_direct)

@@ -105,7 +105,9 @@ def read_user_concepts(path: str | Path) -> list[tuple[int, UserConcept]]:
         except ValidationError as e:
             for err in e.errors():
                 field = ".".join(str(x) for x in err["loc"]) or "row"
-                msg = "unknown field (allowed: concept, parent, aliases, zh, weight, id)" if err["type"] == "extra_forbidden" else err["msg"]
+                msg = (
+                    "unknown field (allowed: concept, parent, aliases, zh, weight, id)" if err["type"] == "extra_forbidden" else err["msg"]
+                )
                 problems.append(f"  line {i}: {field}: {msg}")
     if problems:
         raise UserFileError(f"{p}: bad rows:\n" + "\n".join(problems))
@@ -124,8 +126,13 @@ def merge_user_concepts(graph: ConceptGraph, path: str | Path, *, source: str = 
         merged += bool(existing)
         added += not existing
         work.add_concept(
-            nid, c.concept if not existing else work.label(nid), label_zh=c.zh, aliases=c.aliases,
-            terms=[c.concept, *c.aliases, c.zh], source=source, weight=c.weight,
+            nid,
+            c.concept if not existing else work.label(nid),
+            label_zh=c.zh,
+            aliases=c.aliases,
+            terms=[c.concept, *c.aliases, c.zh],
+            source=source,
+            weight=c.weight,
         )
         ids[c.concept.lower()] = nid
         ids[nid.lower()] = nid

@@ -30,18 +30,51 @@ __all__ = ["WORDNET_DIR", "LEXNAMES", "VISUAL_LEXNAMES", "load_wordnet", "noun_e
 WORDNET_DIR = Path("/usr/share/wordnet")
 
 LEXNAMES = {
-    3: "noun.Tops", 4: "noun.act", 5: "noun.animal", 6: "noun.artifact", 7: "noun.attribute",
-    8: "noun.body", 9: "noun.cognition", 10: "noun.communication", 11: "noun.event",
-    12: "noun.feeling", 13: "noun.food", 14: "noun.group", 15: "noun.location", 16: "noun.motive",
-    17: "noun.object", 18: "noun.person", 19: "noun.phenomenon", 20: "noun.plant",
-    21: "noun.possession", 22: "noun.process", 23: "noun.quantity", 24: "noun.relation",
-    25: "noun.shape", 26: "noun.state", 27: "noun.substance", 28: "noun.time",
+    3: "noun.Tops",
+    4: "noun.act",
+    5: "noun.animal",
+    6: "noun.artifact",
+    7: "noun.attribute",
+    8: "noun.body",
+    9: "noun.cognition",
+    10: "noun.communication",
+    11: "noun.event",
+    12: "noun.feeling",
+    13: "noun.food",
+    14: "noun.group",
+    15: "noun.location",
+    16: "noun.motive",
+    17: "noun.object",
+    18: "noun.person",
+    19: "noun.phenomenon",
+    20: "noun.plant",
+    21: "noun.possession",
+    22: "noun.process",
+    23: "noun.quantity",
+    24: "noun.relation",
+    25: "noun.shape",
+    26: "noun.state",
+    27: "noun.substance",
+    28: "noun.time",
 }
-VISUAL_LEXNAMES = frozenset({
-    "noun.Tops", "noun.animal", "noun.artifact", "noun.body", "noun.food", "noun.location",
-    "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.shape", "noun.substance",
-    "noun.event", "noun.group",
-})
+VISUAL_LEXNAMES = frozenset(
+    {
+        "noun.Tops",
+        "noun.animal",
+        "noun.artifact",
+        "noun.body",
+        "noun.food",
+        "noun.location",
+        "noun.object",
+        "noun.person",
+        "noun.phenomenon",
+        "noun.plant",
+        "noun.shape",
+        "noun.substance",
+        "noun.event",
+        "noun.group",
+    }
+)
 
 
 def _check_dir(wordnet_dir: Path) -> Path:
@@ -68,7 +101,7 @@ def _primary_senses(wordnet_dir: Path) -> dict[str, str]:
             parts = line.split()
             # lemma pos synset_cnt p_cnt [ptr...] sense_cnt tagsense_cnt offsets...
             n_syn, n_ptr = int(parts[2]), int(parts[3])
-            offsets = parts[4 + n_ptr + 2:]
+            offsets = parts[4 + n_ptr + 2 :]
             if len(offsets) >= n_syn and offsets:
                 primary[_lemma_text(parts[0]).lower()] = offsets[0]
     return primary
@@ -146,17 +179,20 @@ def load_wordnet(wordnet_dir: str | Path = WORDNET_DIR, *, visual_only: bool = F
             n_ptr = int(parts[i])
             nid = f"wn:{offset}"
             for k in range(n_ptr):
-                sym, target, pos = parts[i + 1 + 4 * k: i + 4 + 4 * k]
+                sym, target, pos = parts[i + 1 + 4 * k : i + 4 + 4 * k]
                 if pos == "n" and sym in ("@", "@i"):
                     edges.append((f"wn:{target}", nid))
             lower = [lm.lower() for lm in lemmas]
-            terms = [
-                lm for lm, lo in zip(lemmas, lower)
-                if primary.get(lo) == offset and not _mostly_not_noun(lo, pos_counts)
-            ]
+            terms = [lm for lm, lo in zip(lemmas, lower) if primary.get(lo) == offset and not _mostly_not_noun(lo, pos_counts)]
             g.add_node(
-                nid, label_en=lemmas[0], label_zh="", aliases=lemmas[1:], terms=terms,
-                source="wordnet", depth=0, weight=1.0,
+                nid,
+                label_en=lemmas[0],
+                label_zh="",
+                aliases=lemmas[1:],
+                terms=terms,
+                source="wordnet",
+                depth=0,
+                weight=1.0,
             )
             lexname[nid] = LEXNAMES.get(lex, "noun.Tops")
     g.add_edges_from(edges)

@@ -35,21 +35,31 @@ class DedupConfig(BaseModel):
     near: NearDupConfig = Field(default_factory=NearDupConfig)
     semantic: SemanticConfig = Field(default_factory=SemanticConfig)
     semantic_column: Optional[str] = Field(
-        "auto", description="embedding column for semantic duplicates; auto = prof_clip_image when made by real weights; null = off")
+        "auto", description="embedding column for semantic duplicates; auto = prof_clip_image when made by real weights; null = off"
+    )
     quality_column: Optional[str] = Field(None, description="score that picks the kept row; default prof_quality, else image area")
     quality_higher_is_better: bool = True
     method: str = Field("leiden", pattern="^(leiden|louvain|components)$")
     resolution: float = Field(0.1, gt=0, description="CPM density a group must beat (Leiden)")
     seed: int = 0
-    thresholds: list[float] = Field(default_factory=lambda: [0.80, 0.85, 0.90, 0.95, 0.98],
-                                    description="similarity thresholds of the removal curve")
+    thresholds: list[float] = Field(
+        default_factory=lambda: [0.80, 0.85, 0.90, 0.95, 0.98], description="similarity thresholds of the removal curve"
+    )
     pairs_per_unit: int = Field(2000, ge=1, description="candidate pairs verified per block (images of one block decoded together)")
-    communities_max_edges: int = Field(2_000_000, ge=0, description="above this many accepted pairs, communities are "
-                                       "found per connected component, batches of components on Ray workers (the same groups)")
-    rows_per_unit: int = Field(50_000, ge=1, description="rows per Ray unit of the candidate and verification phases (bounds worker memory)")
-    index: IndexConfig = Field(default_factory=lambda: IndexConfig(nprobe=8, hnsw_lists=4096),
-                               description="the index over every row's 11 descriptors (candidates); kind auto = exact "
-                                           "below flat_max vectors, else IVF-Flat (exact cosines in the lists)")
+    communities_max_edges: int = Field(
+        2_000_000,
+        ge=0,
+        description="above this many accepted pairs, communities are "
+        "found per connected component, batches of components on Ray workers (the same groups)",
+    )
+    rows_per_unit: int = Field(
+        50_000, ge=1, description="rows per Ray unit of the candidate and verification phases (bounds worker memory)"
+    )
+    index: IndexConfig = Field(
+        default_factory=lambda: IndexConfig(nprobe=8, hnsw_lists=4096),
+        description="the index over every row's 11 descriptors (candidates); kind auto = exact "
+        "below flat_max vectors, else IVF-Flat (exact cosines in the lists)",
+    )
     dry_run: bool = Field(False, description="report the curve and groups, commit nothing")
 
 
@@ -79,8 +89,10 @@ def _semantic_column(store, ds, cfg: DedupConfig) -> tuple[str | None, str]:
         return None, "semantic duplicates skipped: no prof_clip_image column (run the profiling clip stage with real weights)"
     rec = model_record(store, "prof_clip_image")
     if rec is None or rec.get("random_weights", True):
-        return None, ("semantic duplicates skipped: prof_clip_image was made by randomly initialised weights "
-                      "(or the model is unrecorded); similarities would be noise")
+        return None, (
+            "semantic duplicates skipped: prof_clip_image was made by randomly initialised weights "
+            "(or the model is unrecorded); similarities would be noise"
+        )
     return "prof_clip_image", f"semantic duplicates over prof_clip_image ({rec.get('model')})"
 
 
@@ -104,16 +116,20 @@ def _phash(t: pa.Table, notes: list[str]):
         notes.append("prof_phash absent: perceptual-hash signal skipped (descriptors + local features decide)")
         return None
     ph = t.column("prof_phash")
-    return (np.asarray(ph.fill_null(0).to_numpy(zero_copy_only=False), np.uint64),
-            np.asarray(ph.is_valid().to_numpy(zero_copy_only=False), bool))
+    return (
+        np.asarray(ph.fill_null(0).to_numpy(zero_copy_only=False), np.uint64),
+        np.asarray(ph.is_valid().to_numpy(zero_copy_only=False), bool),
+    )
 
 
 def _config_key(cfg: DedupConfig) -> str:
     """Names the state folder of a run: the same dataset version and near/index settings resume it."""
     import hashlib
 
-    blob = json.dumps({"near": cfg.near.model_dump(), "index": cfg.index.model_dump(), "rows": cfg.rows_per_unit,
-                       "block": cfg.pairs_per_unit}, sort_keys=True)
+    blob = json.dumps(
+        {"near": cfg.near.model_dump(), "index": cfg.index.model_dump(), "rows": cfg.rows_per_unit, "block": cfg.pairs_per_unit},
+        sort_keys=True,
+    )
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -141,9 +157,17 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     no_desc = ds.count_rows(filter="vec_desc IS NULL")
     if no_desc:
         notes.append(f"rows without a usable descriptor (exact duplicates only): {{'null_vector': {no_desc}}}")
-    i, j, sim, nstats, job = near_pairs_on_ray(store, ds, cfg.near, cfg.index, rows_per_unit=cfg.rows_per_unit,
-                                               key=_config_key(cfg), phash=_phash(t, notes), show_progress=show_progress,
-                                               block=cfg.pairs_per_unit)
+    i, j, sim, nstats, job = near_pairs_on_ray(
+        store,
+        ds,
+        cfg.near,
+        cfg.index,
+        rows_per_unit=cfg.rows_per_unit,
+        key=_config_key(cfg),
+        phash=_phash(t, notes),
+        show_progress=show_progress,
+        block=cfg.pairs_per_unit,
+    )
     stats.update(nstats)
     pairs = pairs + Pairs.of(i, j, sim, "near")
     sem, why = _semantic_pairs(store, ds, cfg, ids, show_progress)
@@ -156,14 +180,37 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     split = {"by_component": len(pairs) > cfg.communities_max_edges, "map_fn": _ray_map}
     if split["by_component"]:
         notes.append(f"{len(pairs):,} accepted pairs > communities_max_edges: communities per connected component on Ray")
-    res = group_duplicates(n, pairs, quality, method=cfg.method, resolution=cfg.resolution, seed=cfg.seed,
-                           higher_is_better=cfg.quality_higher_is_better, **split)
+    res = group_duplicates(
+        n,
+        pairs,
+        quality,
+        method=cfg.method,
+        resolution=cfg.resolution,
+        seed=cfg.seed,
+        higher_is_better=cfg.quality_higher_is_better,
+        **split,
+    )
     exact = pairs.reason == REASONS.index("exact")
-    curve = removal_curve(n, np.r_[pairs.i], np.r_[pairs.j], np.where(exact, 1.0, pairs.sim), cfg.thresholds,
-                          method=cfg.method, resolution=cfg.resolution, seed=cfg.seed, **split)
+    curve = removal_curve(
+        n,
+        np.r_[pairs.i],
+        np.r_[pairs.j],
+        np.where(exact, 1.0, pairs.sim),
+        cfg.thresholds,
+        method=cfg.method,
+        resolution=cfg.resolution,
+        seed=cfg.seed,
+        **split,
+    )
     stats.update(res.stats)
-    return {"plan": _plan_table(ids, res), "stats": stats, "curve": curve, "notes": notes,
-            "dataset_version": ds.version, "state": str(job.folder)}
+    return {
+        "plan": _plan_table(ids, res),
+        "stats": stats,
+        "curve": curve,
+        "notes": notes,
+        "dataset_version": ds.version,
+        "state": str(job.folder),
+    }
 
 
 def _ray_map(fn, items):
@@ -178,14 +225,16 @@ def _plan_table(ids: pa.ChunkedArray, res) -> pa.Table:
     """The group table: one row per dataset row (ids taken by position, never as a Python list)."""
     keepers = np.maximum(res.dup_of, 0)
     dup_of = ids.take(pa.array(keepers)).combine_chunks() if len(ids) else pa.array([], pa.string())
-    return pa.table({
-        "id": ids.combine_chunks() if len(ids) else pa.array([], pa.string()),
-        "dup_group": pa.array(np.where(res.group >= 0, res.group, 0), pa.int64(), mask=res.group < 0),
-        "dup_keep": pa.array(res.keep, pa.bool_()),
-        "dup_of": pa.compute.if_else(pa.array(res.dup_of >= 0), dup_of, pa.scalar(None, pa.string())),
-        "dup_reason": pa.array(res.reason, pa.string()),
-        "dup_sim": pa.array(np.nan_to_num(res.sim), pa.float32(), mask=~np.isfinite(res.sim)),
-    })
+    return pa.table(
+        {
+            "id": ids.combine_chunks() if len(ids) else pa.array([], pa.string()),
+            "dup_group": pa.array(np.where(res.group >= 0, res.group, 0), pa.int64(), mask=res.group < 0),
+            "dup_keep": pa.array(res.keep, pa.bool_()),
+            "dup_of": pa.compute.if_else(pa.array(res.dup_of >= 0), dup_of, pa.scalar(None, pa.string())),
+            "dup_reason": pa.array(res.reason, pa.string()),
+            "dup_sim": pa.array(np.nan_to_num(res.sim), pa.float32(), mask=~np.isfinite(res.sim)),
+        }
+    )
 
 
 def _semantic_pairs(store, ds, cfg: DedupConfig, ids: pa.ChunkedArray, show_progress: bool):
@@ -204,10 +253,14 @@ def _semantic_pairs(store, ds, cfg: DedupConfig, ids: pa.ChunkedArray, show_prog
         return semdedup_pairs(e, evalid, cfg.semantic.threshold, cfg.semantic.n_clusters, cfg.semantic.seed), why + " (SemDeDup)"
     graph = _fresh_knn(store, ds, col, cfg.semantic.k, show_progress)
     # only edges above the threshold leave Lance (a filtered scan); ids become row positions once
-    edges = graph.to_table(columns=["source_id", "neighbour_id", "similarity"],
-                           filter=f"similarity >= {float(cfg.semantic.threshold)!r} AND rank <= {int(cfg.semantic.k)}")
-    s, d = (pa.compute.index_in(edges.column(c), value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-            for c in ("source_id", "neighbour_id"))
+    edges = graph.to_table(
+        columns=["source_id", "neighbour_id", "similarity"],
+        filter=f"similarity >= {float(cfg.semantic.threshold)!r} AND rank <= {int(cfg.semantic.k)}",
+    )
+    s, d = (
+        pa.compute.index_in(edges.column(c), value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        for c in ("source_id", "neighbour_id")
+    )
     sim = edges.column("similarity").to_numpy().astype(np.float32)
     return semantic_pairs(s, d, sim, cfg.semantic.threshold), why + f" (k-NN graph, k={cfg.semantic.k})"
 
@@ -223,8 +276,7 @@ def _fresh_knn(store, ds, column: str, k: int, show_progress: bool):
     fp = column_fingerprint(ds, column)
     if summary and summary.get("fingerprint") == fp and summary.get("k", 0) >= k:
         return open_knn(store, column)
-    why = "missing" if not summary else (f"built with k={summary.get('k')}" if summary.get("k", 0) < k
-                                         else "older than the column")
+    why = "missing" if not summary else (f"built with k={summary.get('k')}" if summary.get("k", 0) < k else "older than the column")
     console.print(f"dedup: the k-NN graph of {column!r} is {why}; building it (curate index build + curate knn)")
     try:
         build_index(store, IndexBuildConfig(column=column), show_progress=show_progress)
@@ -256,11 +308,26 @@ def _report_html(result: dict, cfg: DedupConfig) -> str:
     fig.tight_layout()
     s = result["stats"]
     return render(
-        "dedup_report.html", version=result["dataset_version"], removed=s.get("removed", 0), rows=s["rows"],
-        removed_pct=f"{100 * s.get('removed_fraction', 0):.2f}%", groups=s.get("groups", 0), method=cfg.method,
-        resolution=cfg.resolution, notes=list(result["notes"]), curve_plot=png_data_uri(fig, dpi=110),
-        curve=[{"threshold": f"{c['threshold']:.2f}", "edges": c["edges"], "groups": c["groups"], "removed": c["removed"],
-                "fraction": f"{100 * c['removed_fraction']:.2f}%"} for c in curve],
+        "dedup_report.html",
+        version=result["dataset_version"],
+        removed=s.get("removed", 0),
+        rows=s["rows"],
+        removed_pct=f"{100 * s.get('removed_fraction', 0):.2f}%",
+        groups=s.get("groups", 0),
+        method=cfg.method,
+        resolution=cfg.resolution,
+        notes=list(result["notes"]),
+        curve_plot=png_data_uri(fig, dpi=110),
+        curve=[
+            {
+                "threshold": f"{c['threshold']:.2f}",
+                "edges": c["edges"],
+                "groups": c["groups"],
+                "removed": c["removed"],
+                "fraction": f"{100 * c['removed_fraction']:.2f}%",
+            }
+            for c in curve
+        ],
         counters=[(str(k), json.dumps(v)) for k, v in s.items()],
     )
 
@@ -318,8 +385,9 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
     for c in res["curve"]:
         console.print(f"  {c['threshold']:.2f}  {c['removed']:>8}  {100 * c['removed_fraction']:6.2f}%  ({c['groups']} groups)")
     s = res["stats"]
-    console.print(f"duplicates: {s['removed']} of {s['rows']} rows in {s['groups']} groups, by reason {s['removed_by_reason']}; "
-                  f"report {report}")
+    console.print(
+        f"duplicates: {s['removed']} of {s['rows']} rows in {s['groups']} groups, by reason {s['removed_by_reason']}; report {report}"
+    )
     summary = {"report": str(report), **{k: s[k] for k in ("rows", "groups", "removed", "removed_fraction", "removed_by_reason")}}
     if cfg.dry_run:
         summary["status"] = "dry_run"

@@ -10,9 +10,9 @@ back is the accepted pairs:
    descriptors (label = row position x 11 + slot) is trained on a sample on the driver, filled
    in shards on workers (one checkpointed shard per unit of fragments), and merged by one Ray
    task into a file the query actors load once.
-2. candidates: each query unit reads its rows' ``vec_desc``, queries it in the 8 orientations
-   of the dihedral group (``candidate_queries``: mirrors and quarter turns, computed from the
-   stored vector), reduces hits to each row's ``k`` best other rows (``top_owners``) and writes
+2. candidates: each query unit reads its rows' descriptors, queries the full frame in the 8
+   orientations of the dihedral group (``candidate_queries``: mirrors and quarter turns, computed
+   from the stored vector) and the two centre regions (a screenshot finds its photo), reduces hits to each row's ``k`` best other rows (``top_owners``) and writes
    the pairs (i < j, similarity, pHash distance) as fragments of a Lance edge table; the driver
    commits them once. Checkpointed per unit.
 3. accept: each unit takes the edges whose smaller end lies in its range of rows (a pair found
@@ -43,12 +43,14 @@ __all__ = ["EDGE_SCHEMA", "NearJob", "near_pairs_on_ray"]
 
 console = Console(stderr=True)
 
-EDGE_SCHEMA = pa.schema([
-    pa.field("i", pa.int64()),      # row position (fragment order), the smaller end
-    pa.field("j", pa.int64()),
-    pa.field("sim", pa.float32()),  # best descriptor cosine over regions and orientations
-    pa.field("ham", pa.int16()),    # pHash Hamming distance, -1 = no hash on one side
-])
+EDGE_SCHEMA = pa.schema(
+    [
+        pa.field("i", pa.int64()),  # row position (fragment order), the smaller end
+        pa.field("j", pa.int64()),
+        pa.field("sim", pa.float32()),  # best descriptor cosine over regions and orientations
+        pa.field("ham", pa.int16()),  # pHash Hamming distance, -1 = no hash on one side
+    ]
+)
 SLOTS = 11  # full frame + 10 regions per row
 
 
@@ -151,26 +153,24 @@ def _merge_shards(trained: bytes, shard_paths: list[str], out_path: str) -> int:
     return int(index.ntotal)
 
 
-def _train(job: NearJob) -> bytes:
-    """An empty index trained on a sample of rows' 11 descriptors (the only vectors on the driver)."""
+def _train(store, version: int, n: int, cfg: IndexConfig) -> tuple[bytes, str]:
+    """Ray task: an empty index trained on a sample of rows' 11 descriptors. On a worker: the
+    sample and k-means' distance tables are the largest allocations of the job's setup."""
     from engines.vector.index import serialize, train_index, train_points
 
-    cfg = job.index_cfg
-    if cfg.kind == "auto":  # near duplicates are decided on these cosines: no lossy codes by default
-        cfg = cfg.model_copy(update={"kind": "flat" if job.n * SLOTS <= cfg.flat_max else "ivfflat"})
-    want = max(1, train_points(job.n * SLOTS, cfg) // SLOTS + 1)
+    ds = store.open(version)
+    want = max(1, train_points(n * SLOTS, cfg) // SLOTS + 1)
     rng = np.random.default_rng(cfg.seed)
-    pos = np.sort(rng.choice(job.n, min(want, job.n), replace=False))
-    t = job.ds.take(pos.tolist(), columns=["vec_desc", "vec_regions"])
+    pos = np.sort(rng.choice(n, min(want, n), replace=False))
+    t = ds.take(pos.tolist(), columns=["vec_desc", "vec_regions"])
     from engines.vector.index import clean_vectors, to_matrix
 
     full, null = to_matrix(t.column("vec_desc"))
     full, valid, _ = clean_vectors(full, null)
     reg, _ = to_matrix(t.column("vec_regions"))
     x, _ = _slot_vectors(full, reg.reshape(len(full), -1, full.shape[1]), valid, 0)
-    trained, kind, spec = train_index(x, job.n * SLOTS, cfg)
-    console.print(f"dedup candidates: {kind} index ({spec}) over {job.n * SLOTS:,} descriptors, trained on {len(x):,}")
-    return serialize(trained)
+    trained, kind, spec = train_index(x, n * SLOTS, cfg)
+    return serialize(trained), f"{kind} index ({spec}) over {n * SLOTS:,} descriptors, trained on {len(x):,}"
 
 
 def build_region_index(job: NearJob, show_progress: bool) -> Path:
@@ -184,7 +184,12 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         return out
     trained_path = job.folder / "trained.faiss"
     if not trained_path.exists():
-        trained_path.write_bytes(_train(job))
+        cfg = job.index_cfg
+        if cfg.kind == "auto":  # near duplicates are decided on these cosines: no lossy codes by default
+            cfg = cfg.model_copy(update={"kind": "flat" if job.n * SLOTS <= cfg.flat_max else "ivfflat"})
+        data, what = ray.get(ray.remote(num_cpus=1)(_train).remote(job.store, job.ds.version, job.n, cfg))
+        console.print(f"dedup candidates: {what}")
+        trained_path.write_bytes(data)
     trained = trained_path.read_bytes()
     shards = job.folder / "shards"
     shards.mkdir(exist_ok=True)
@@ -195,9 +200,15 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         p.with_suffix(".tmp").write_bytes(row["shard"])
         p.with_suffix(".tmp").replace(p)
 
-    execute_units(todo, _ShardWorker, {"store": job.store, "version": job.ds.version, "trained": trained},
-                  ray_options={"num_cpus": 1}, on_result=on_result, description="dedup: index descriptors (units)",
-                  show_progress=show_progress)
+    execute_units(
+        todo,
+        _ShardWorker,
+        {"store": job.store, "version": job.ds.version, "trained": trained},
+        ray_options={"num_cpus": 1},
+        on_result=on_result,
+        description="dedup: index descriptors (units)",
+        show_progress=show_progress,
+    )
     paths = [str(shards / f"unit-{u['unit']}.faiss") for u in job.units]
     ntotal = ray.get(ray.remote(num_cpus=1)(_merge_shards).remote(trained, paths, str(out)))
     shutil.rmtree(shards, ignore_errors=True)
@@ -212,8 +223,9 @@ class _CandidateWorker:
     """Ray actor: loads the region index once; per unit, the k best other rows of each of its rows
     in any orientation, written as Lance fragments of the edge table (metadata back to the driver)."""
 
-    def __init__(self, store, version: int, index_path: str, edges_uri: str, cfg: dict, phash: np.ndarray | None,
-                 nprobe: int, use_gpu: bool | None):
+    def __init__(
+        self, store, version: int, index_path: str, edges_uri: str, cfg: dict, phash: np.ndarray | None, nprobe: int, use_gpu: bool | None
+    ):
         from engines.vector.index import deserialize, maybe_gpu
 
         self.ds = store.open(version)
@@ -231,15 +243,15 @@ class _CandidateWorker:
         return pa.table(out)
 
     def edges(self, unit: dict) -> pa.Table:
-        from engines.vector.dedup import candidate_queries, popcount64, top_owners
+        from engines.vector.dedup import CENTRE_REGIONS, candidate_queries, popcount64, top_owners
         from engines.vector.graph import symmetric_edges
         from engines.vector.index import search
 
-        full, _, valid = _read_descriptors(self.ds, unit["fragments"], regions=False)
+        full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
         pos = np.flatnonzero(valid)
         k = self.cfg.k
         kk = min((k + 1) * SLOTS, self.index.ntotal)
-        queries = candidate_queries(full[pos], self.cfg.dihedral)
+        queries = candidate_queries(full[pos], self.cfg.dihedral, reg[pos][:, list(CENTRE_REGIONS)])
         sims, nn = search(self.index, queries, kk, nprobe=self.nprobe)
         q = np.repeat(np.tile(unit["start"] + pos, len(queries) // max(len(pos), 1)), kk)
         owner = np.where(nn.ravel() >= 0, nn.ravel() // SLOTS, -1)
@@ -286,12 +298,24 @@ def candidate_edges(job: NearJob, index_path: Path, phash, show_progress: bool) 
         job.save("candidates", row["unit"], rec)
         done[row["unit"]] = rec
 
-    execute_units(todo, _CandidateWorker,
-                  {"store": job.store, "version": job.ds.version, "index_path": str(index_path), "edges_uri": staging,
-                   "cfg": job.cfg.model_dump(), "phash": phash, "nprobe": job.index_cfg.nprobe, "use_gpu": job.index_cfg.use_gpu},
-                  ray_options={"num_cpus": 1, "memory": _actor_memory(index_path)}, on_result=on_result,
-                  description="dedup: candidate pairs (units)",
-                  show_progress=show_progress)
+    execute_units(
+        todo,
+        _CandidateWorker,
+        {
+            "store": job.store,
+            "version": job.ds.version,
+            "index_path": str(index_path),
+            "edges_uri": staging,
+            "cfg": job.cfg.model_dump(),
+            "phash": phash,
+            "nprobe": job.index_cfg.nprobe,
+            "use_gpu": job.index_cfg.use_gpu,
+        },
+        ray_options={"num_cpus": 1, "memory": _actor_memory(index_path)},
+        on_result=on_result,
+        description="dedup: candidate pairs (units)",
+        show_progress=show_progress,
+    )
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in job.units for f in done[u["unit"]]["fragments"]]
     lance.LanceDataset.commit(staging, LanceOperation.Overwrite(EDGE_SCHEMA, frags))
     if Path(uri).exists():
@@ -320,7 +344,9 @@ class _AcceptWorker:
         for unit in batch.to_pylist():
             i, j, sim, stats = self.accept(unit["start"], unit["start"] + unit["rows"])
             out["unit"].append(unit["unit"])
-            out["i"].append(i.tolist()); out["j"].append(j.tolist()); out["sim"].append(sim.tolist())
+            out["i"].append(i.tolist())
+            out["j"].append(j.tolist())
+            out["sim"].append(sim.tolist())
             out["stats"].append(json.dumps(stats))
         return pa.table(out)
 
@@ -348,7 +374,7 @@ class _AcceptWorker:
         inl = np.zeros(len(i), np.int32)
         cov = np.zeros(len(i), np.float32)
         for s in range(0, len(order), self.block):  # bounded memory: features of one block's images at a time
-            blk = order[s:s + self.block]
+            blk = order[s : s + self.block]
             need = sorted(set(i[blk].tolist()) | set(j[blk].tolist()))
             t = self.ds.take(need, columns=["image", "image_uri"])
             feats = {}
@@ -384,10 +410,15 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
         job.save("accepted", row["unit"], rec)
         done[row["unit"]] = rec
 
-    execute_units(todo, _AcceptWorker, {"store": job.store, "version": job.ds.version, "edges_uri": edges_uri,
-                                        "cfg": job.cfg.model_dump(), "block": block},
-                  ray_options={"num_cpus": 1}, on_result=on_result,
-                  description="dedup: verify candidate pairs (ORB+RANSAC, units)", show_progress=show_progress)
+    execute_units(
+        todo,
+        _AcceptWorker,
+        {"store": job.store, "version": job.ds.version, "edges_uri": edges_uri, "cfg": job.cfg.model_dump(), "block": block},
+        ray_options={"num_cpus": 1},
+        on_result=on_result,
+        description="dedup: verify candidate pairs (ORB+RANSAC, units)",
+        show_progress=show_progress,
+    )
     recs = [done[u["unit"]] for u in job.units]
     stats: dict[str, int] = {}
     for r in recs:
@@ -397,8 +428,18 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
     return cat("i", np.int64), cat("j", np.int64), cat("sim", np.float32), stats
 
 
-def near_pairs_on_ray(store, ds, cfg: NearDupConfig, index_cfg: IndexConfig, *, rows_per_unit: int, key: str,
-                      phash, show_progress: bool = True, block: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, NearJob]:
+def near_pairs_on_ray(
+    store,
+    ds,
+    cfg: NearDupConfig,
+    index_cfg: IndexConfig,
+    *,
+    rows_per_unit: int,
+    key: str,
+    phash,
+    show_progress: bool = True,
+    block: int = 2000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, NearJob]:
     """The three phases; returns accepted pairs (i, j, sim), counters and the job (its folder)."""
     t0 = time.perf_counter()
     job = NearJob(store, ds, cfg, index_cfg, rows_per_unit, key)

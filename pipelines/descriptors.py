@@ -59,8 +59,10 @@ def ensure_visual(store, show_progress: bool = True) -> None:
         console.print("vec_desc missing: computing image descriptors (stage vec_visual)")
         run_stage(store, VisualStage(), show_progress=show_progress)
     elif getattr(schema.field("vec_desc").type, "list_size", None) != VEC_DESC_DIM:
-        console.print(f"vec_desc was made by an older descriptor ({schema.field('vec_desc').type}); "
-                      f"recomputing it ({VEC_DESC_DIM}-d, mirror- and rotation-aware)")
+        console.print(
+            f"vec_desc was made by an older descriptor ({schema.field('vec_desc').type}); "
+            f"recomputing it ({VEC_DESC_DIM}-d, mirror- and rotation-aware)"
+        )
         run_stage(store, VisualStage(), overwrite=True, show_progress=show_progress)
 
 
@@ -86,5 +88,3 @@ def hash_bytes(b: bytes) -> str:
     import hashlib
 
     return hashlib.sha1(b).hexdigest()[:12]
-
-

@@ -60,20 +60,27 @@ class ExportRule(BaseModel):
 class ExportConfig(StageConfig):
     out: str = Field(description="path or s3:// URI of the training dataset to write")
     resolution: Literal[256, 512, 1024] = Field(512, description="target training resolution (side of the square of equal area)")
-    max_upscale: float = Field(1.25, ge=1.0, description="images smaller than the target train at a lower level (256/512) rather than upscaled more than this")
+    max_upscale: float = Field(
+        1.25, ge=1.0, description="images smaller than the target train at a lower level (256/512) rather than upscaled more than this"
+    )
     max_ratio: float = Field(4.0, ge=1.0, description="most elongated bucket, as in Lumina-Image-2.0")
     min_side: int = Field(64, ge=1, description="rows with a shorter side are excluded (too_small)")
-    min_kept_fraction: float = Field(0.5, gt=0, le=1, description="rows whose crop to the nearest bucket keeps less of the image are excluded (extreme_aspect)")
+    min_kept_fraction: float = Field(
+        0.5, gt=0, le=1, description="rows whose crop to the nearest bucket keeps less of the image are excluded (extreme_aspect)"
+    )
     exclude_errors: bool = Field(True, description="rows with an ingest error or a profiling decode error")
     exclude_exact_duplicates: bool = Field(True, description="rows with exact_dup_of set")
     exclude_near_duplicates: bool = Field(True, description="rows the vector engine did not keep in their duplicate group")
     apply_review: bool = Field(True, description="reviewer rejects are excluded; accepts override rules; reviewed captions are used")
     rules: list[ExportRule] = Field(
         default_factory=lambda: [ExportRule(name="nsfw", where="prof_nsfw >= 0.8")],
-        description="SQL exclusion rules; a rule whose columns are absent is skipped (listed in the summary)")
+        description="SQL exclusion rules; a rule whose columns are absent is skipped (listed in the summary)",
+    )
     weight_column: Optional[str] = Field(None, description=f"sampling weight column; default: first present of {WEIGHT_COLUMNS}, else 1")
     curriculum_column: Optional[str] = Field(None, description=f"curriculum stage column; default: first present of {CURRICULUM_COLUMNS}")
-    dedup_keep_column: Optional[str] = Field(None, description="boolean keep flag of duplicate groups; default: a dup_*/vec_* column ending in 'keep'")
+    dedup_keep_column: Optional[str] = Field(
+        None, description="boolean keep flag of duplicate groups; default: a dup_*/vec_* column ending in 'keep'"
+    )
     review_decision_column: Optional[str] = Field(None, description="default: a rev_* column named like '*decision*'")
     review_caption_column: Optional[str] = Field(None, description="default: a rev_* column named like '*caption*'")
     reject_decisions: list[str] = Field(default_factory=lambda: ["reject", "rejected", "drop"])
@@ -81,18 +88,27 @@ class ExportConfig(StageConfig):
     caption_kinds: Optional[list[str]] = Field(None, description="caption kinds to export (default: all)")
     max_caption_tokens: int = Field(512, ge=1, description="caption token estimates are capped here (the trainer truncates)")
     tokenizer: Optional[str] = Field(None, description="local path of a Hugging Face tokenizer for exact caption token counts")
-    vae_path: Optional[str] = Field(None, description="AutoencoderKL folder (Flux VAE, or a released repo with vae/): "
-                                    "write pre-encoded latents of each row's centre crop")
-    text_encoder_path: Optional[str] = Field(None, description="Qwen3 folder (or a released repo with text_encoder/ + "
-                                             "tokenizer/): write per-caption text features")
+    vae_path: Optional[str] = Field(
+        None,
+        description="AutoencoderKL folder (Flux VAE, or a released repo with vae/): write pre-encoded latents of each row's centre crop",
+    )
+    text_encoder_path: Optional[str] = Field(
+        None, description="Qwen3 folder (or a released repo with text_encoder/ + tokenizer/): write per-caption text features"
+    )
     encode_batch_size: int = Field(16, ge=1, le=4096, description="images / captions per encoder call")
     feature_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of latents and text features")
-    encode_gpus: Optional[float] = Field(None, ge=0, description="GPUs per export worker when encoding (default: 1 when "
-                                         "the Ray cluster has GPUs, else 0 = CPU)")
+    encode_gpus: Optional[float] = Field(
+        None, ge=0, description="GPUs per export worker when encoding (default: 1 when the Ray cluster has GPUs, else 0 = CPU)"
+    )
     image_bytes: bool = Field(True, description="also keep the encoded image bytes next to pre-encoded latents")
     max_image_bytes: int = Field(64 << 20, ge=1, description="an image_uri whose file is larger is excluded (unreadable_uri)")
-    uri_fetch_threads: int = Field(16, ge=1, le=256, description="image_uri reads in flight per export worker "
-                                   "(object-store reads are latency-bound: one at a time leaves the link idle)")
+    uri_fetch_threads: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="image_uri reads in flight per export worker "
+        "(object-store reads are latency-bound: one at a time leaves the link idle)",
+    )
     version: Optional[int] = Field(None, description="source version to export (default: latest)")
     rows_per_unit: int = Field(2048, ge=1, le=1_000_000, description="rows per unit of Ray work")
     overwrite: bool = Field(False, description="replace an existing training dataset at --out (a new version of it)")
@@ -133,8 +149,9 @@ def resolve_roles(schema: pa.Schema, cfg: ExportConfig) -> Roles:
             raise ValueError(f"column {name!r} named in the export config is not in the dataset; columns: {schema.names}")
         return name
 
-    keep = given(cfg.dedup_keep_column) or _first(schema, ("dup_keep", "vec_dup_keep", "vec_keep"),
-                                                   r"(dup|vec)_\w*keep", pa.types.is_boolean)
+    keep = given(cfg.dedup_keep_column) or _first(
+        schema, ("dup_keep", "vec_dup_keep", "vec_keep"), r"(dup|vec)_\w*keep", pa.types.is_boolean
+    )
     reason = None
     if keep:
         prefix = keep.split("_", 1)[0]
@@ -145,12 +162,12 @@ def resolve_roles(schema: pa.Schema, cfg: ExportConfig) -> Roles:
         exact_dup="exact_dup_of" if "exact_dup_of" in schema.names else None,
         dedup_keep=keep,
         dedup_reason=reason,
-        review_decision=given(cfg.review_decision_column) or _first(schema, ("rev_decision",), r"rev_\w*decision\w*",
-                                                                    lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
-        review_caption=given(cfg.review_caption_column) or _first(schema, ("rev_caption",), r"rev_\w*caption\w*",
-                                                                  lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
-        weight=given(cfg.weight_column) or _first(schema, WEIGHT_COLUMNS, r"rs_\w*weight\w*",
-                                                  lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+        review_decision=given(cfg.review_decision_column)
+        or _first(schema, ("rev_decision",), r"rev_\w*decision\w*", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+        review_caption=given(cfg.review_caption_column)
+        or _first(schema, ("rev_caption",), r"rev_\w*caption\w*", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+        weight=given(cfg.weight_column)
+        or _first(schema, WEIGHT_COLUMNS, r"rs_\w*weight\w*", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
         curriculum=given(cfg.curriculum_column) or _first(schema, CURRICULUM_COLUMNS),
         oriented_size="prof_width" in schema.names and "prof_height" in schema.names,
     )
@@ -320,8 +337,9 @@ def fetch_all(uris: list[str], fetch, threads: int) -> list[bytes | BaseExceptio
         return list(pool.map(one, uris))
 
 
-def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estimate_caption_tokens, *,
-               fetch=None) -> tuple[pa.Table, list[tuple[str, str]]]:
+def shard_rows(
+    t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estimate_caption_tokens, *, fetch=None
+) -> tuple[pa.Table, list[tuple[str, str]]]:
     """Samples-table rows -> training rows (``SHARD_SCHEMA``) and (id, reason) of rows left out.
 
     A row without inline bytes but with an ``image_uri`` has its bytes read by ``fetch(uri)``
@@ -360,8 +378,11 @@ def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estima
         if kept < cfg.min_kept_fraction:
             excluded.append((rid, "extreme_aspect"))
             continue
-        caps = [c for c in (row.get("captions") or []) if (c.get("text") or "").strip()
-                and (cfg.caption_kinds is None or c.get("kind") in cfg.caption_kinds)]
+        caps = [
+            c
+            for c in (row.get("captions") or [])
+            if (c.get("text") or "").strip() and (cfg.caption_kinds is None or c.get("kind") in cfg.caption_kinds)
+        ]
         reviewed = row.get(roles.review_caption) if (cfg.apply_review and roles.review_caption) else None
         if reviewed and reviewed.strip():  # a reviewer's fix replaces the captions it corrects
             from curation.text import detect_lang
@@ -372,20 +393,22 @@ def shard_rows(t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estima
             continue
         weight = row.get(roles.weight) if roles.weight else None
         stage = row.get(roles.curriculum) if roles.curriculum else None
-        out.append({
-            "id": rid,
-            "image": row["image"],
-            "captions": caps,
-            "caption_tokens": [min(count_tokens(c["text"]), cfg.max_caption_tokens) for c in caps],
-            "width": w,
-            "height": h,
-            "resolution": res,
-            "bucket_w": bw,
-            "bucket_h": bh,
-            "image_tokens": image_tokens(bw, bh),
-            "weight": 1.0 if weight is None else float(weight),
-            "curriculum_stage": None if stage is None else int(stage),
-        })
+        out.append(
+            {
+                "id": rid,
+                "image": row["image"],
+                "captions": caps,
+                "caption_tokens": [min(count_tokens(c["text"]), cfg.max_caption_tokens) for c in caps],
+                "width": w,
+                "height": h,
+                "resolution": res,
+                "bucket_w": bw,
+                "bucket_h": bh,
+                "image_tokens": image_tokens(bw, bh),
+                "weight": 1.0 if weight is None else float(weight),
+                "curriculum_stage": None if stage is None else int(stage),
+            }
+        )
     return pa.Table.from_pylist(out, schema=SHARD_SCHEMA), excluded
 
 
@@ -395,9 +418,10 @@ def load_encoders(cfg: ExportConfig, device: str = "cpu"):
         return None
     from training.encoders import Encoders, LatentEncoder, TextEncoder
 
-    return Encoders(LatentEncoder.from_pretrained(cfg.vae_path, device) if cfg.vae_path else None,
-                    TextEncoder.from_pretrained(cfg.text_encoder_path, device, max_tokens=cfg.max_caption_tokens)
-                    if cfg.text_encoder_path else None)
+    return Encoders(
+        LatentEncoder.from_pretrained(cfg.vae_path, device) if cfg.vae_path else None,
+        TextEncoder.from_pretrained(cfg.text_encoder_path, device, max_tokens=cfg.max_caption_tokens) if cfg.text_encoder_path else None,
+    )
 
 
 def encoder_manifest(cfg: ExportConfig) -> dict[str, Any]:
@@ -410,22 +434,34 @@ def encoder_manifest(cfg: ExportConfig) -> dict[str, Any]:
         p = Path(path)
         d = p / sub if (p / sub).is_dir() else p
         if not (d / "config.json").exists():
-            raise ValueError(f"{key} folder {path!r} has no config.json (expected a diffusers / transformers folder "
-                             "saved with save_pretrained, or a released repository)")
+            raise ValueError(
+                f"{key} folder {path!r} has no config.json (expected a diffusers / transformers folder "
+                "saved with save_pretrained, or a released repository)"
+            )
         c = json.loads((d / "config.json").read_text())
         if key == "vae":
             from training.encoders import VAE_SCALE
 
-            out[key] = {"path": str(p.resolve()), "class": c.get("_class_name", "AutoencoderKL"),
-                        "latent_channels": c.get("latent_channels"), "scaling_factor": c.get("scaling_factor") or VAE_SCALE,
-                        "shift_factor": c.get("shift_factor") or 0.0, "crop": "centre crop to the bucket (the loader's "
-                        "random_crop=false)", "column": "latents (C x bucket_h/8 x bucket_w/8, flattened)"}
+            out[key] = {
+                "path": str(p.resolve()),
+                "class": c.get("_class_name", "AutoencoderKL"),
+                "latent_channels": c.get("latent_channels"),
+                "scaling_factor": c.get("scaling_factor") or VAE_SCALE,
+                "shift_factor": c.get("shift_factor") or 0.0,
+                "crop": "centre crop to the bucket (the loader's random_crop=false)",
+                "column": "latents (C x bucket_h/8 x bucket_w/8, flattened)",
+            }
         else:
-            out[key] = {"path": str(p.resolve()), "class": (c.get("architectures") or [c.get("model_type")])[0],
-                        "hidden_size": c.get("hidden_size"), "num_hidden_layers": c.get("num_hidden_layers"),
-                        "hidden_state": "second-to-last (hidden_states[-2])", "max_tokens": cfg.max_caption_tokens,
-                        "column": "cap_feats (per caption variant: tokens x hidden_size, flattened); "
-                                  "cap_feat_tokens; caption_tokens are the exact counts"}
+            out[key] = {
+                "path": str(p.resolve()),
+                "class": (c.get("architectures") or [c.get("model_type")])[0],
+                "hidden_size": c.get("hidden_size"),
+                "num_hidden_layers": c.get("num_hidden_layers"),
+                "hidden_state": "second-to-last (hidden_states[-2])",
+                "max_tokens": cfg.max_caption_tokens,
+                "column": "cap_feats (per caption variant: tokens x hidden_size, flattened); "
+                "cap_feat_tokens; caption_tokens are the exact counts",
+            }
     if out:
         out["feature_dtype"] = cfg.feature_dtype
     return out
@@ -460,20 +496,19 @@ def encode_rows(table: pa.Table, encoders, cfg: ExportConfig) -> tuple[pa.Table,
         order = sorted(crops, key=lambda i: (bw[i], bh[i]))
         lat: dict[int, np.ndarray] = {}
         for s in range(0, len(order), cfg.encode_batch_size):
-            chunk = order[s:s + cfg.encode_batch_size]
+            chunk = order[s : s + cfg.encode_batch_size]
             for i, z in zip(chunk, encoders.vae.encode([crops[i] for i in chunk])):
                 lat[i] = z.cpu().numpy().astype(np_dtype).ravel()
         vals = [lat.get(i, np.zeros(0, np_dtype)) for i in range(table.num_rows)]
         offs = np.concatenate([[0], np.cumsum([len(v) for v in vals])]).astype(np.int64)
-        cols["latents"] = pa.LargeListArray.from_arrays(pa.array(offs), pa.array(np.concatenate(vals) if vals else
-                                                                                 np.zeros(0, np_dtype)))
+        cols["latents"] = pa.LargeListArray.from_arrays(pa.array(offs), pa.array(np.concatenate(vals) if vals else np.zeros(0, np_dtype)))
     if encoders.text is not None:
         caps = [[c["text"] for c in row] for row in table.column("captions").to_pylist()]
         flat = [(i, j, t) for i, row in enumerate(caps) for j, t in enumerate(row)]
         order = sorted(range(len(flat)), key=lambda k: len(flat[k][2]))
         feats: list[Optional[np.ndarray]] = [None] * len(flat)
         for s in range(0, len(order), cfg.encode_batch_size):
-            chunk = order[s:s + cfg.encode_batch_size]
+            chunk = order[s : s + cfg.encode_batch_size]
             with torch.no_grad():
                 for k, f in zip(chunk, encoders.text.encode([flat[k][2] for k in chunk])):
                     feats[k] = f.cpu().numpy().astype(np_dtype)
@@ -510,8 +545,19 @@ class _ExportWorker:
 
             self.encoders = load_encoders(cfg, "cuda" if torch.cuda.is_available() else "cpu")
         names = set(self.ds.schema.names)
-        wanted = ["id", "image", "image_uri", "captions", "width", "height", "prof_width", "prof_height",
-                  roles.review_caption, roles.weight, roles.curriculum]
+        wanted = [
+            "id",
+            "image",
+            "image_uri",
+            "captions",
+            "width",
+            "height",
+            "prof_width",
+            "prof_height",
+            roles.review_caption,
+            roles.weight,
+            roles.curriculum,
+        ]
         self.columns = [c for c in dict.fromkeys(wanted) if c and c in names]
 
     def _uri_options(self, uri: str) -> Optional[dict]:
@@ -528,8 +574,13 @@ class _ExportWorker:
         for unit in batch.to_pylist():
             t0 = time.perf_counter()
             rows = self.ds.take(np.asarray(unit["positions"], np.int64), columns=self.columns)
-            table, excluded = shard_rows(rows, self.cfg, self.roles, self.count_tokens,
-                                         fetch=lambda uri: read_uri(uri, self._uri_options(uri), self.cfg.max_image_bytes))
+            table, excluded = shard_rows(
+                rows,
+                self.cfg,
+                self.roles,
+                self.count_tokens,
+                fetch=lambda uri: read_uri(uri, self._uri_options(uri), self.cfg.max_image_bytes),
+            )
             schema = SHARD_SCHEMA
             if self.encoders is not None:
                 table, bad = encode_rows(table, self.encoders, self.cfg)
@@ -537,8 +588,9 @@ class _ExportWorker:
                 schema = table.schema
             frags = []
             if table.num_rows:
-                frags = write_fragments(table, self.out_uri, schema=schema, max_rows_per_file=1 << 20,
-                                        storage_options=self.out_options or None)
+                frags = write_fragments(
+                    table, self.out_uri, schema=schema, max_rows_per_file=1 << 20, storage_options=self.out_options or None
+                )
             stats = Stats(rows.num_rows, Counter(f"excluded_{r}" for _, r in excluded), time.perf_counter() - t0)
             out["unit"].append(unit["unit"])
             out["fragments"].append(json.dumps([f.to_json() for f in frags]))
@@ -555,8 +607,9 @@ def _fingerprint(cfg: ExportConfig, src: Store, version: int) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
-def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurrency: int | None = None,
-           replace_stale: bool = False) -> StageResult:
+def export(
+    src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurrency: int | None = None, replace_stale: bool = False
+) -> StageResult:
     """Select, bucket and write the training dataset at ``cfg.out``; resumable per unit.
 
     An existing export of the same source version and config is kept (skipped). A different one is
@@ -573,7 +626,7 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
         kept = _keep_existing(src, out, cfg, version, replace_stale=replace_stale)
         if kept is not None:
             return kept
-    encoders = encoder_manifest(cfg)   # checks the encoder folders before any work starts
+    encoders = encoder_manifest(cfg)  # checks the encoder folders before any work starts
     roles = resolve_roles(ds.schema, cfg)
     keep, reason, notes = select_rows(ds, cfg, roles)
     ids = ds.to_table(columns=["id"]).column("id").to_pylist()
@@ -584,8 +637,7 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
     ckpt = Checkpoints(out.state_dir / "checkpoints" / f"export-{_fingerprint(cfg, src, version)}", "unit")
     done = _write_units(src, out, version, cfg, roles, keep, ckpt, show_progress=show_progress, concurrency=concurrency)
     frags, seconds, excluded_ids, excluded_reasons = _gather_units(done, ids, reason)
-    by_reason = Counter(r.split(":", 1)[0] if r.startswith(("error", "decode_error", "unreadable_uri")) else r
-                        for r in excluded_reasons)
+    by_reason = Counter(r.split(":", 1)[0] if r.startswith(("error", "decode_error", "unreadable_uri")) else r for r in excluded_reasons)
     kept_rows = sum(f.physical_rows for f in frags)
     manifest = {
         "source": {"uri": src.uri, "version": version, "rows": len(reason)},
@@ -601,8 +653,17 @@ def export(src: Store, cfg: ExportConfig, *, show_progress: bool = True, concurr
     ckpt.clear()
     summary = _summarise(out, new.version, manifest, excluded_ids, excluded_reasons)
     stats = Stats(len(reason), Counter({f"excluded_{k}": v for k, v in by_reason.items()}), seconds)
-    result = StageResult("export", "committed", new.version, version, len(frags), 0, stats, time.perf_counter() - t_start,
-                         extra={"out": out.uri, "kept": kept_rows, "excluded": len(excluded_ids), **summary})
+    result = StageResult(
+        "export",
+        "committed",
+        new.version,
+        version,
+        len(frags),
+        0,
+        stats,
+        time.perf_counter() - t_start,
+        extra={"out": out.uri, "kept": kept_rows, "excluded": len(excluded_ids), **summary},
+    )
     out.write_json(f"stats/export-v{new.version}.json", result.to_dict())
     return result
 
@@ -612,45 +673,80 @@ def _keep_existing(src: Store, out: Store, cfg: ExportConfig, version: int, *, r
     and config), None when a new version should replace it, else an error."""
     prev = _manifest(out)
     same = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "overwrite"}
-    try:   # an export by an older version lacks newer fields: compare with their defaults filled in
+    try:  # an export by an older version lacks newer fields: compare with their defaults filled in
         prev_cfg = ExportConfig.model_validate(prev.get("config", {})).model_dump(mode="json")
     except Exception:
         prev_cfg = prev.get("config", {})
-    if prev.get("source", {}).get("uri") == src.uri and prev["source"].get("version") == version and \
-            {k: v for k, v in prev_cfg.items() if k != "overwrite"} == same:
+    if (
+        prev.get("source", {}).get("uri") == src.uri
+        and prev["source"].get("version") == version
+        and {k: v for k, v in prev_cfg.items() if k != "overwrite"} == same
+    ):
         console.print(f"export: {out.uri} already holds this export of v{version}; skipped (pass --overwrite to redo)")
-        return StageResult("export", "skipped", out.open().version, version,
-                           extra={"out": out.uri, "kept": out.open().count_rows(), "excluded": sum(prev["excluded"].values()),
-                                  "report": str(out.state_dir / "export" / "report.html"), "by_resolution": {}})
+        return StageResult(
+            "export",
+            "skipped",
+            out.open().version,
+            version,
+            extra={
+                "out": out.uri,
+                "kept": out.open().count_rows(),
+                "excluded": sum(prev["excluded"].values()),
+                "report": str(out.state_dir / "export" / "report.html"),
+                "by_resolution": {},
+            },
+        )
     if not replace_stale:
-        raise ValueError(f"{out.uri} already holds a different export (another source, version or config); "
-                         "pass --overwrite to write a new version of it")
-    console.print(f"export: the dataset or export config changed since {out.uri} was written "
-                  f"(source v{prev.get('source', {}).get('version')} -> v{version}); writing a new version")
+        raise ValueError(
+            f"{out.uri} already holds a different export (another source, version or config); pass --overwrite to write a new version of it"
+        )
+    console.print(
+        f"export: the dataset or export config changed since {out.uri} was written "
+        f"(source v{prev.get('source', {}).get('version')} -> v{version}); writing a new version"
+    )
     return None
 
 
-def _write_units(src: Store, out: Store, version: int, cfg: ExportConfig, roles: Roles, keep: np.ndarray,
-                 ckpt: Checkpoints, *, show_progress: bool, concurrency: int | None) -> list[dict[str, Any]]:
+def _write_units(
+    src: Store,
+    out: Store,
+    version: int,
+    cfg: ExportConfig,
+    roles: Roles,
+    keep: np.ndarray,
+    ckpt: Checkpoints,
+    *,
+    show_progress: bool,
+    concurrency: int | None,
+) -> list[dict[str, Any]]:
     """Ray workers write the kept rows as shard fragments, ``cfg.rows_per_unit`` rows a unit; units
     already in ``ckpt`` are not redone. Returns every unit's record, in unit order."""
-    units = [{"unit": i, "positions": keep[s:s + cfg.rows_per_unit].tolist()}
-             for i, s in enumerate(range(0, len(keep), cfg.rows_per_unit))]
+    units = [
+        {"unit": i, "positions": keep[s : s + cfg.rows_per_unit].tolist()} for i, s in enumerate(range(0, len(keep), cfg.rows_per_unit))
+    ]
     done = ckpt.load()
     if done:
         console.print(f"export: resuming, {len(done)} of {len(units)} units already written")
 
     def on_result(row: dict[str, Any]) -> None:
-        rec = {"unit": row["unit"], "fragments": json.loads(row["fragments"]),
-               "excluded": json.loads(row["excluded"]), "stats": json.loads(row["stats"])}
+        rec = {
+            "unit": row["unit"],
+            "fragments": json.loads(row["fragments"]),
+            "excluded": json.loads(row["excluded"]),
+            "stats": json.loads(row["stats"]),
+        }
         ckpt.save(rec)
         done[row["unit"]] = rec
 
     execute_units(
-        [u for u in units if u["unit"] not in done], _ExportWorker,
+        [u for u in units if u["unit"] not in done],
+        _ExportWorker,
         {"src": src, "version": version, "out_uri": out.uri, "out_options": out.storage_options, "cfg": cfg, "roles": roles},
-        ray_options=_ray_options(cfg), on_result=on_result, description="export (units)",
-        concurrency=concurrency, show_progress=show_progress,
+        ray_options=_ray_options(cfg),
+        on_result=on_result,
+        description="export (units)",
+        concurrency=concurrency,
+        show_progress=show_progress,
     )
     return [done[u["unit"]] for u in units]
 
@@ -683,8 +779,7 @@ def _commit_export(out: Store, frags: list, manifest: dict[str, Any], cfg: Expor
     encoders = manifest["encoders"]
     schema = shard_schema("vae" in encoders, "text_encoder" in encoders, cfg.feature_dtype) if encoders else SHARD_SCHEMA
     schema = schema.with_metadata({MANIFEST_KEY: json.dumps(manifest)})
-    return LanceDataset.commit(out.uri, LanceOperation.Overwrite(schema, frags),
-                               storage_options=out.storage_options or None)
+    return LanceDataset.commit(out.uri, LanceOperation.Overwrite(schema, frags), storage_options=out.storage_options or None)
 
 
 def _ray_options(cfg: ExportConfig) -> dict[str, Any]:
@@ -717,8 +812,11 @@ def _summarise(out: Store, version: int, manifest: dict, ids: list[str], reasons
     cap_mean = pc.list_value_length(t.column("caption_tokens"))  # variants per row
     report = d / "report.html"
     _write_report(report, manifest, t)
-    return {"by_resolution": {str(k): v for k, v in sorted(res.items())},
-            "caption_variants_mean": round(float(pc.mean(cap_mean).as_py() or 0), 2), "report": str(report)}
+    return {
+        "by_resolution": {str(k): v for k, v in sorted(res.items())},
+        "caption_variants_mean": round(float(pc.mean(cap_mean).as_py() or 0), 2),
+        "report": str(report),
+    }
 
 
 def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:
@@ -735,8 +833,14 @@ def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:
     ex = manifest["excluded"]
     ax[0].barh(list(ex.keys())[::-1] or ["none"], list(ex.values())[::-1] or [0], color="#c44")
     ax[0].set_title(f"excluded rows by reason ({sum(ex.values())})")
-    seq = (t.column("image_tokens").to_numpy() + np.array([max(c) if c else 0 for c in t.column("caption_tokens").to_pylist()],
-                                                          dtype=np.int64)) if t.num_rows else np.zeros(0)
+    seq = (
+        (
+            t.column("image_tokens").to_numpy()
+            + np.array([max(c) if c else 0 for c in t.column("caption_tokens").to_pylist()], dtype=np.int64)
+        )
+        if t.num_rows
+        else np.zeros(0)
+    )
     ax[1].hist(seq, bins=40, color="#36c")
     ax[1].set_title("sequence length (image + longest caption tokens)")
     buckets = Counter(f"{w}x{h}" for w, h in zip(t.column("bucket_w").to_pylist(), t.column("bucket_h").to_pylist()))
@@ -744,9 +848,16 @@ def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:
     ax[2].barh([k for k, _ in top][::-1], [v for _, v in top][::-1], color="#3a3")
     ax[2].set_title(f"top buckets ({len(buckets)} used)")
     fig.tight_layout()
-    page = render("export_report.html", source=manifest["source"], exported=manifest["rows"], excluded_total=sum(ex.values()),
-                  created=manifest["created"], plot=png_data_uri(fig, dpi=80), excluded=list(ex.items()),
-                  checks_skipped=list(manifest["checks_skipped"]))
+    page = render(
+        "export_report.html",
+        source=manifest["source"],
+        exported=manifest["rows"],
+        excluded_total=sum(ex.values()),
+        created=manifest["created"],
+        plot=png_data_uri(fig, dpi=80),
+        excluded=list(ex.items()),
+        checks_skipped=list(manifest["checks_skipped"]),
+    )
     path.write_text(page, encoding="utf-8")
 
 

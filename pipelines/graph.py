@@ -26,11 +26,11 @@ from curation.registry import register_stage, register_step
 from curation.schema import CONCEPT_TAGS, RESAMPLE
 from curation.stage import Resources, Stage, StageConfig
 
-__all__ = ["GraphBuildConfig", "GraphTagConfig", "ResampleStepConfig", "GraphTagStage", "ResampleStage",
-           "build_graph", "run_resample"]
+__all__ = ["GraphBuildConfig", "GraphTagConfig", "ResampleStepConfig", "GraphTagStage", "ResampleStage", "build_graph", "run_resample"]
 
 
 # --- build ------------------------------------------------------------------------------------
+
 
 class GraphBuildConfig(StageConfig):
     out: str = Field(description="folder to write the graph to (nodes/edges Parquet, GraphML, meta)")
@@ -242,17 +242,26 @@ class ResampleStage(Stage):
             if graph:
                 aliases = {k: graph.resolve(k) or [k] for k in prior}
         res = resample(
-            t.column("tag_concepts").to_pylist(), t.column("tag_scores").to_pylist(),
+            t.column("tag_concepts").to_pylist(),
+            t.column("tag_scores").to_pylist(),
             t.column("tag_direct").to_pylist(),
             ResampleConfig(**cfg.model_dump(include=set(ResampleConfig.model_fields))),
-            concept_weight=weights, prior=prior, aliases=aliases,
+            concept_weight=weights,
+            prior=prior,
+            aliases=aliases,
         )
         ids = t.column("id").to_pylist()
         stage = [int(x or 0) for x in t.column(cfg.curriculum_column).to_pylist()] if has_cur else [0] * len(ids)
         self._by_id = {i: (float(e), int(c), s) for i, e, c, s in zip(ids, res.expected, res.copies, stage)}
         caps = [(row[0]["text"] if row else "") for row in t.column("captions").to_pylist()]
-        self._driver = {"result": res, "graph": graph, "ids": ids, "captions": caps, "stage": stage,
-                        "tags": t.column("tag_concepts").to_pylist()}
+        self._driver = {
+            "result": res,
+            "graph": graph,
+            "ids": ids,
+            "captions": caps,
+            "stage": stage,
+            "tags": t.column("tag_concepts").to_pylist(),
+        }
 
     def fingerprint(self) -> str:
         import hashlib
@@ -295,24 +304,34 @@ def run_resample(ctx, cfg: ResampleStepConfig):
     r = drv["result"]
     out_dir = store.state_dir / "graph" / f"resample-v{res.version}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = pa.table({
-        "id": drv["ids"], "copies": pa.array(r.copies, pa.int32()), "weight": r.expected,
-        "stage": pa.array(drv["stage"], pa.int32()),
-    }).filter(pa.array(r.copies > 0))
+    manifest = pa.table(
+        {
+            "id": drv["ids"],
+            "copies": pa.array(r.copies, pa.int32()),
+            "weight": r.expected,
+            "stage": pa.array(drv["stage"], pa.int32()),
+        }
+    ).filter(pa.array(r.copies > 0))
     manifest = manifest.sort_by([("stage", "ascending"), ("id", "ascending")])
     pq.write_table(manifest, out_dir / "manifest.parquet")
     graph = drv["graph"]
     label = (lambda c: graph.label(c)) if graph else (lambda c: c)
     settings = cfg.model_dump(mode="json") | {"dataset_version": res.version, "cap_t_solved": r.cap_t}
-    report = resample_report(out_dir / "report.html", r, label=label, row_ids=drv["ids"], row_captions=drv["captions"],
-                             row_tags=drv["tags"], settings=settings)
+    report = resample_report(
+        out_dir / "report.html", r, label=label, row_ids=drv["ids"], row_captions=drv["captions"], row_tags=drv["tags"], settings=settings
+    )
     summary = {k: v for k, v in r.after.items() if k != "frequencies"}
     before = {k: v for k, v in r.before.items() if k != "frequencies"}
     (out_dir / "summary.json").write_text(json.dumps({"before": before, "after": summary, "settings": settings}, indent=2, default=str))
-    res.extra.update({"manifest": str(out_dir / "manifest.parquet"), "report": str(report),
-                      "entropy": f"{before['entropy_normalised']} -> {summary['entropy_normalised']}",
-                      "max_over_median": f"{before['max_over_median']} -> {summary['max_over_median']}",
-                      "target_size": int(r.copies.sum())})
+    res.extra.update(
+        {
+            "manifest": str(out_dir / "manifest.parquet"),
+            "report": str(report),
+            "entropy": f"{before['entropy_normalised']} -> {summary['entropy_normalised']}",
+            "max_over_median": f"{before['max_over_median']} -> {summary['max_over_median']}",
+            "target_size": int(r.copies.sum()),
+        }
+    )
     return results
 
 

@@ -12,7 +12,9 @@ import json
 import logging
 import shutil
 import time
-from typing import Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -85,7 +87,8 @@ def _check_dims(ds, frags, column: str, dim: int | None) -> None:
         raise VectorError(
             f"rows to add to the index on {column!r} have vectors of dimension {', '.join(map(str, sorted(dims - {dim})))}, "
             f"expected {dim} (another model's embeddings?); rebuild with `curate index build --dataset {ds.uri} "
-            f"--column {column} --rebuild`")
+            f"--column {column} --rebuild`"
+        )
     if len(dims) > 1:
         raise VectorError(f"{column!r} holds vectors of several dimensions ({sorted(dims)}): one model per column")
 
@@ -101,95 +104,149 @@ def _sample_vectors(ds, column: str, n: int, seed: int):
     return x, null
 
 
+@dataclass
+class _Start:
+    """Where a build starts: a fresh trained index, or the saved one to extend with new fragments."""
+
+    trained: Any  # an empty trained index (the template of every shard)
+    kind: str
+    spec: str
+    new_frags: list
+    label_start: int
+    base: Any = None  # the saved index being extended, if any
+    manifest: Any = None
+    labels: pa.Table | None = None
+
+
 def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> dict:
     """Build (or extend) the FAISS index of ``cfg.column``; returns the manifest as a dict."""
     from dataclasses import asdict
 
-    import pyarrow.feather as feather
-
-    from curation.runner import execute_units
-    from engines.vector.index import (
-        Manifest,
-        StaleIndexError,
-        VectorError,
-        clean_vectors,
-        column_fingerprint,
-        deserialize,
-        empty_like,
-        load_index,
-        merge_shards,
-        save_index,
-        serialize,
-        train_index,
-        train_points,
-    )
+    from engines.vector.index import save_index
     from engines.vector.retrieval import index_dir, index_relpath, pull_index, push_index
 
     t0 = time.perf_counter()
+    column, ds = _checked_column(store, cfg, show_progress)
+    # remote dataset: start from the index in the object store (built on another node?), not a stale cache
+    folder = index_dir(store, column) if cfg.rebuild else pull_index(store, column)
+    fids = field_ids(ds, column) | field_ids(ds, "id")
+    sigs = {str(f.fragment_id): fragment_sig(f, fids) for f in ds.get_fragments()}
+    start = _start(store, ds, folder, column, cfg, sigs)
+    if isinstance(start, dict):
+        return start  # up to date
+    units, next_label = _shard_units(start.new_frags, cfg.rows_per_shard, start.label_start)
+    shard_dir = _add_shards(store, ds, column, cfg, start.trained, units, folder, show_progress)
+    index, labels, skipped, added = _merge_shards(start, units, shard_dir, column)
+    manifest = _manifest(store, ds, column, cfg, start, index, sigs, next_label, skipped, added)
+    save_index(folder, index, manifest, labels)
+    pushed = push_index(store, column)  # remote dataset: every node finds it there (manifest last)
+    shutil.rmtree(shard_dir.parent, ignore_errors=True)
+    if skipped:
+        console.print(f"[yellow]skipped rows[/] (not indexed): {skipped}")
+    console.print(
+        f"index on {column!r}: {index.ntotal} vectors, {start.kind}, v{ds.version}, {time.perf_counter() - t0:.1f}s -> {folder}"
+        + (f" (uploaded to {store.uri}/_curation/{index_relpath(column)})" if pushed else "")
+    )
+    return asdict(manifest)
+
+
+def _checked_column(store, cfg: IndexBuildConfig, show_progress: bool):
+    """The column to index and the dataset, or a ``VectorError`` that says what to do."""
+    from engines.vector.index import VectorError
+
     column = cfg.column or default_column(store)
     if column == "vec_desc":
         ensure_visual(store, show_progress)
     ds = store.open()
     if column not in ds.schema.names:
-        raise VectorError(f"column {column!r} not in the dataset; compute it first (e.g. `curate profile`) "
-                          f"or pass --column with one of: {', '.join(n for n in ds.schema.names if n.startswith(('prof_', 'vec_')))}")
+        raise VectorError(
+            f"column {column!r} not in the dataset; compute it first (e.g. `curate profile`) "
+            f"or pass --column with one of: {', '.join(n for n in ds.schema.names if n.startswith(('prof_', 'vec_')))}"
+        )
     if ds.count_rows() == 0:
         raise VectorError("the dataset is empty: nothing to index")
-    # remote dataset: start from the index in the object store (built on another node?), not a stale cache
-    folder = index_dir(store, column) if cfg.rebuild else pull_index(store, column)
-    fids = field_ids(ds, column) | field_ids(ds, "id")
-    frags = ds.get_fragments()
-    sigs = {str(f.fragment_id): fragment_sig(f, fids) for f in frags}
+    return column, ds
 
-    base = None
-    old_labels = None
-    manifest_old = None
+
+def _start(store, ds, folder: Path, column: str, cfg: IndexBuildConfig, sigs: dict) -> _Start | dict:
+    """Extend the saved index with the fragments it has not seen (rows appended), refuse when
+    indexed fragments changed, or train a new one on a sample; a dict = already up to date."""
+    from dataclasses import asdict
+
+    from engines.vector.index import (
+        StaleIndexError,
+        clean_vectors,
+        column_fingerprint,
+        empty_like,
+        load_index,
+        train_index,
+        train_points,
+    )
+
+    frags = ds.get_fragments()
     if (folder / "manifest.json").exists() and not cfg.rebuild:
-        base, manifest_old, old_labels = load_index(folder)
-        if manifest_old.fingerprint == column_fingerprint(ds, column):
-            console.print(f"index on {column!r} is up to date (built at v{manifest_old.dataset_version}, dataset v{ds.version})")
-            return asdict(manifest_old)
-        old = manifest_old.config.get("fragments", {})
+        base, old_manifest, old_labels = load_index(folder)
+        if old_manifest.fingerprint == column_fingerprint(ds, column):
+            console.print(f"index on {column!r} is up to date (built at v{old_manifest.dataset_version}, dataset v{ds.version})")
+            return asdict(old_manifest)
+        old = old_manifest.config.get("fragments", {})
         changed = [f for f, s in old.items() if sigs.get(f) != s]
         if changed:
             raise StaleIndexError(
                 f"rows or {column!r} data of fragments {changed[:5]} changed since the index was built at "
-                f"v{manifest_old.dataset_version}; rebuild with `curate index build --dataset {store.uri} --column {column} --rebuild`")
+                f"v{old_manifest.dataset_version}; rebuild with `curate index build --dataset {store.uri} --column {column} --rebuild`"
+            )
         new_frags = [f for f in frags if str(f.fragment_id) not in old]
         _check_dims(ds, new_frags, column, base.d)
-        trained = empty_like(base)
-        kind, spec = manifest_old.kind, manifest_old.factory
-        label_start = int(manifest_old.config.get("next_label", manifest_old.rows_seen))
-        console.print(f"index on {column!r}: adding {sum(f.count_rows() for f in new_frags)} new rows "
-                      f"({len(new_frags)} fragments) to {base.ntotal} indexed")
-    else:
-        _check_dims(ds, frags, column, None)
-        x, null = _sample_vectors(ds, column, train_points(ds.count_rows(), cfg.index), cfg.index.seed)
-        sample, valid, _ = clean_vectors(x, null, normalize=cfg.index.normalize)
-        trained, kind, spec = train_index(sample[valid], ds.count_rows(), cfg.index)
-        new_frags = frags
-        label_start = 0
-        console.print(f"index on {column!r}: {kind} ({spec}), trained on {int(valid.sum())} vectors")
+        console.print(
+            f"index on {column!r}: adding {sum(f.count_rows() for f in new_frags)} new rows "
+            f"({len(new_frags)} fragments) to {base.ntotal} indexed"
+        )
+        return _Start(
+            empty_like(base),
+            old_manifest.kind,
+            old_manifest.factory,
+            new_frags,
+            int(old_manifest.config.get("next_label", old_manifest.rows_seen)),
+            base,
+            old_manifest,
+            old_labels,
+        )
+    _check_dims(ds, frags, column, None)
+    x, null = _sample_vectors(ds, column, train_points(ds.count_rows(), cfg.index), cfg.index.seed)
+    sample, valid, _ = clean_vectors(x, null, normalize=cfg.index.normalize)
+    trained, kind, spec = train_index(sample[valid], ds.count_rows(), cfg.index)
+    console.print(f"index on {column!r}: {kind} ({spec}), trained on {int(valid.sum())} vectors")
+    return _Start(trained, kind, spec, frags, 0)
 
-    # units: consecutive fragments up to rows_per_shard rows, each with its first label
+
+def _shard_units(frags: list, rows_per_shard: int, label_start: int) -> tuple[list[dict], int]:
+    """Consecutive fragments up to ``rows_per_shard`` rows, each with its first label; and the
+    label after the last row (labels are row positions in fragment order)."""
     units, cur, cur_rows, start = [], [], 0, label_start
-    for f in new_frags:
+    for f in frags:
         n = f.count_rows()
-        if cur and cur_rows + n > cfg.rows_per_shard:
-            units.append({"fragments": cur, "label_start": start, "rows": cur_rows})
+        if cur and cur_rows + n > rows_per_shard:
+            units.append({"unit": len(units), "fragments": cur, "label_start": start, "rows": cur_rows})
             start += cur_rows
             cur, cur_rows = [], 0
         cur.append(f.fragment_id)
         cur_rows += n
     if cur:
-        units.append({"fragments": cur, "label_start": start, "rows": cur_rows})
-    next_label = start + cur_rows
+        units.append({"unit": len(units), "fragments": cur, "label_start": start, "rows": cur_rows})
+    return units, start + cur_rows
+
+
+def _add_shards(store, ds, column: str, cfg: IndexBuildConfig, trained, units: list[dict], folder: Path, show_progress: bool) -> Path:
+    """One shard per unit on Ray workers, each checkpointed on disk (a killed build resumes)."""
+    import pyarrow.feather as feather
+
+    from curation.runner import execute_units
+    from engines.vector.index import serialize
+
     trained_bytes = serialize(trained)
-    key = f"v{ds.version}-{hash_bytes(trained_bytes)}"
-    shard_dir = folder.parent / f"shards-{column}" / key
+    shard_dir = folder.parent / f"shards-{column}" / f"v{ds.version}-{hash_bytes(trained_bytes)}"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    for k, u in enumerate(units):
-        u["unit"] = k
     todo = [u for u in units if not (shard_dir / f"unit-{u['unit']}.json").exists()]
     if len(todo) < len(units):
         console.print(f"resuming: {len(units) - len(todo)} of {len(units)} shards already added")
@@ -198,51 +255,70 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
         k = row["unit"]
         (shard_dir / f"unit-{k}.faiss.tmp").write_bytes(row["shard"])
         (shard_dir / f"unit-{k}.faiss.tmp").replace(shard_dir / f"unit-{k}.faiss")
-        feather.write_feather(pa.table({"label": pa.array(row["labels"], pa.int64()), "id": pa.array(row["ids"], pa.string())}),
-                              str(shard_dir / f"unit-{k}.arrow"))
+        feather.write_feather(
+            pa.table({"label": pa.array(row["labels"], pa.int64()), "id": pa.array(row["ids"], pa.string())}),
+            str(shard_dir / f"unit-{k}.arrow"),
+        )
         (shard_dir / f"unit-{k}.json.tmp").write_text(row["skipped"])
         (shard_dir / f"unit-{k}.json.tmp").replace(shard_dir / f"unit-{k}.json")
 
-    execute_units(todo, _AddWorker, {"store": store, "version": ds.version, "column": column,
-                                     "trained": trained_bytes, "normalize": cfg.index.normalize},
-                  ray_options={"num_cpus": 1}, on_result=on_result, description=f"index {column} (shards)",
-                  show_progress=show_progress)
-    index = base if base is not None else empty_like(trained)
-    skipped: dict[str, int] = dict(manifest_old.skipped) if manifest_old else {}
-    label_tables = [old_labels] if old_labels is not None else []
+    execute_units(
+        todo,
+        _AddWorker,
+        {"store": store, "version": ds.version, "column": column, "trained": trained_bytes, "normalize": cfg.index.normalize},
+        ray_options={"num_cpus": 1},
+        on_result=on_result,
+        description=f"index {column} (shards)",
+        show_progress=show_progress,
+    )
+    return shard_dir
+
+
+def _merge_shards(start: _Start, units: list[dict], shard_dir: Path, column: str):
+    """The saved (or an empty) index with every shard merged in, the label table, the skipped
+    counts and the number of rows added."""
+    import pyarrow.feather as feather
+
+    from engines.vector.index import VectorError, deserialize, empty_like, merge_shards
+
+    index = start.base if start.base is not None else empty_like(start.trained)
+    skipped: dict[str, int] = dict(start.manifest.skipped) if start.manifest else {}
+    new_tables = []
     for u in units:
         k = u["unit"]
-        shard = deserialize((shard_dir / f"unit-{k}.faiss").read_bytes())
-        merge_shards(index, [shard])
-        label_tables.append(feather.read_table(str(shard_dir / f"unit-{k}.arrow")))
+        merge_shards(index, [deserialize((shard_dir / f"unit-{k}.faiss").read_bytes())])
+        new_tables.append(feather.read_table(str(shard_dir / f"unit-{k}.arrow")))
         for r, v in json.loads((shard_dir / f"unit-{k}.json").read_text()).items():
             skipped[r] = skipped.get(r, 0) + v
-    labels = pa.concat_tables(label_tables) if label_tables else pa.table({"label": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
+    tables = ([start.labels] if start.labels is not None else []) + new_tables
+    labels = pa.concat_tables(tables) if tables else pa.table({"label": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
     if index.ntotal == 0:
         raise VectorError(f"no valid vectors in {column!r} (skipped: {skipped}); nothing was indexed")
-    history = (manifest_old.history if manifest_old else []) + [
-        {"dataset_version": ds.version, "added": int(sum(len(t) for t in label_tables[1 if old_labels is not None else 0:])),
-         "time": time.time()}]
-    manifest = Manifest(
-        column=column, dim=int(index.d), metric=cfg.index.metric, kind=kind, factory=spec, dataset_uri=store.uri,
-        dataset_version=ds.version, fingerprint=column_fingerprint(ds, column), ntotal=int(index.ntotal),
-        rows_seen=next_label, skipped=skipped,
+    return index, labels, skipped, int(sum(len(t) for t in new_tables))
+
+
+def _manifest(store, ds, column: str, cfg: IndexBuildConfig, start: _Start, index, sigs: dict, next_label: int, skipped: dict, added: int):
+    from engines.vector.index import Manifest, column_fingerprint
+
+    history = (start.manifest.history if start.manifest else []) + [{"dataset_version": ds.version, "added": added, "time": time.time()}]
+    return Manifest(
+        column=column,
+        dim=int(index.d),
+        metric=cfg.index.metric,
+        kind=start.kind,
+        factory=start.spec,
+        dataset_uri=store.uri,
+        dataset_version=ds.version,
+        fingerprint=column_fingerprint(ds, column),
+        ntotal=int(index.ntotal),
+        rows_seen=next_label,
+        skipped=skipped,
         config={**cfg.index.model_dump(mode="json"), "fragments": sigs, "next_label": next_label},
         history=history,
     )
-    save_index(folder, index, manifest, labels)
-    pushed = push_index(store, column)  # remote dataset: every node finds it there (manifest last)
-    shutil.rmtree(shard_dir.parent, ignore_errors=True)
-    if skipped:
-        console.print(f"[yellow]skipped rows[/] (not indexed): {skipped}")
-    console.print(f"index on {column!r}: {index.ntotal} vectors, {kind}, v{ds.version}, {time.perf_counter() - t0:.1f}s -> {folder}"
-                  + (f" (uploaded to {store.uri}/_curation/{index_relpath(column)})" if pushed else ""))
-    return asdict(manifest)
 
 
 @register_step("vector_index", IndexBuildConfig, doc="FAISS index over an embedding column (sharded add on Ray, manifest)")
 def _index_step(ctx, cfg: IndexBuildConfig) -> dict:
     m = build_index(ctx.store, cfg, show_progress=ctx.show_progress)
     return {"column": m["column"], "ntotal": m["ntotal"], "kind": m["kind"]}
-
-

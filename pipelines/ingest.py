@@ -37,13 +37,19 @@ class IngestConfig(StageConfig):
     flag_exact_duplicates: bool = True
     skip_existing: bool = Field(True, description="rows whose id is already in the dataset are not added again")
     existing_ids_in_memory_max: int = Field(
-        5_000_000, ge=0,
+        5_000_000,
+        ge=0,
         description="up to this many existing rows, their ids go to workers as a set; above it, workers "
-                    "look ids up in the dataset through a BTREE index on id (memory stays bounded)")
+        "look ids up in the dataset through a BTREE index on id (memory stays bounded)",
+    )
 
     def read_options(self) -> ReadOptions:
-        return ReadOptions(max_pixels=self.max_pixels, max_file_bytes=self.max_file_bytes, shard_size=self.shard_size,
-                           allow_paths_outside_source=self.allow_paths_outside_source)
+        return ReadOptions(
+            max_pixels=self.max_pixels,
+            max_file_bytes=self.max_file_bytes,
+            shard_size=self.shard_size,
+            allow_paths_outside_source=self.allow_paths_outside_source,
+        )
 
 
 class ExistingIds:
@@ -52,8 +58,9 @@ class ExistingIds:
     Small datasets ship their ids as a set; large ones are asked per batch with an ``id IN (...)``
     filter that the BTREE index on ``id`` answers, so neither driver nor workers hold every id."""
 
-    def __init__(self, ids: frozenset | None = None, uri: str | None = None, version: int | None = None,
-                 storage_options: dict | None = None):
+    def __init__(
+        self, ids: frozenset | None = None, uri: str | None = None, version: int | None = None, storage_options: dict | None = None
+    ):
         self.ids, self.uri, self.version, self.storage_options = ids, uri, version, storage_options
         self._ds = None
 
@@ -109,8 +116,9 @@ class _IngestWorker:
                     yield pa.RecordBatch.from_pylist(rows, schema=SAMPLES_SCHEMA)
 
             reader = pa.RecordBatchReader.from_batches(SAMPLES_SCHEMA, batches())
-            frags = write_fragments(reader, self.uri, schema=SAMPLES_SCHEMA, max_rows_per_file=1 << 20,
-                                    storage_options=self.storage_options or None)
+            frags = write_fragments(
+                reader, self.uri, schema=SAMPLES_SCHEMA, max_rows_per_file=1 << 20, storage_options=self.storage_options or None
+            )
             stats = Stats(rows_total, Counter(counters), time.perf_counter() - t0)
             out["unit"].append(unit["unit"])
             out["fragments"].append(json.dumps([f.to_json() for f in frags]))
@@ -167,10 +175,14 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
         done[row["unit"]] = rec
 
     execute_units(
-        todo, _IngestWorker,
+        todo,
+        _IngestWorker,
         {"uri": store.uri, "storage_options": store.storage_options, "opts": opts, "existing_ids": existing},
-        ray_options={"num_cpus": 1}, on_result=on_result, description="ingest (units)",
-        concurrency=concurrency, show_progress=show_progress,
+        ray_options={"num_cpus": 1},
+        on_result=on_result,
+        description="ingest (units)",
+        concurrency=concurrency,
+        show_progress=show_progress,
     )
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
     stats = Stats()
@@ -181,14 +193,23 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
         console.print(f"ingest: no new rows ({stats.counters.get('skipped_existing', 0)} already in the dataset)")
         return [StageResult("ingest", "skipped", read_version, read_version, 0, 0, stats, time.perf_counter() - t_start)]
     if exists:
-        new = LanceDataset.commit(store.uri, LanceOperation.Append(frags), read_version=read_version,
-                                  storage_options=store.storage_options or None)
+        new = LanceDataset.commit(
+            store.uri, LanceOperation.Append(frags), read_version=read_version, storage_options=store.storage_options or None
+        )
     else:
-        new = LanceDataset.commit(store.uri, LanceOperation.Overwrite(SAMPLES_SCHEMA, frags),
-                                  storage_options=store.storage_options or None)
+        new = LanceDataset.commit(store.uri, LanceOperation.Overwrite(SAMPLES_SCHEMA, frags), storage_options=store.storage_options or None)
     ckpt.clear()
-    result = StageResult("ingest", "committed", new.version, read_version or 0, len(frags), 0, stats,
-                         time.perf_counter() - t_start, extra={"units": len(units), "sources": cfg.source})
+    result = StageResult(
+        "ingest",
+        "committed",
+        new.version,
+        read_version or 0,
+        len(frags),
+        0,
+        stats,
+        time.perf_counter() - t_start,
+        extra={"units": len(units), "sources": cfg.source},
+    )
     result.stats_path = str(store.write_json(f"stats/ingest-v{new.version}.json", result.to_dict()))
     results = [result]
     if cfg.flag_exact_duplicates and new.count_rows() > 0:
@@ -209,5 +230,15 @@ def _ingest_step(ctx, cfg: IngestConfig):
 def _merge_results(results: list[StageResult]) -> StageResult:
     first, last = results[0], results[-1]
     stats = Stats(first.stats.rows, first.stats.counters + last.stats.counters, first.stats.seconds)
-    return StageResult("ingest", first.status, last.version, first.read_version, first.fragments, 0,
-                       stats, sum(r.seconds for r in results), first.stats_path, dict(first.extra))
+    return StageResult(
+        "ingest",
+        first.status,
+        last.version,
+        first.read_version,
+        first.fragments,
+        0,
+        stats,
+        sum(r.seconds for r in results),
+        first.stats_path,
+        dict(first.extra),
+    )

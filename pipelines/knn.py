@@ -25,12 +25,14 @@ console = Console(stderr=True)
 log = logging.getLogger(__name__)
 
 
-KNN_SCHEMA = pa.schema([
-    pa.field("source_id", pa.string()),
-    pa.field("neighbour_id", pa.string()),
-    pa.field("similarity", pa.float32()),
-    pa.field("rank", pa.int16()),  # 1 = nearest
-])
+KNN_SCHEMA = pa.schema(
+    [
+        pa.field("source_id", pa.string()),
+        pa.field("neighbour_id", pa.string()),
+        pa.field("similarity", pa.float32()),
+        pa.field("rank", pa.int16()),  # 1 = nearest
+    ]
+)
 
 
 class KnnConfig(BaseModel):
@@ -86,8 +88,10 @@ def _worker_index_folder(store, column: str, driver_folder: str, manifest_sha: s
         return Path(driver_folder)
     folder = pull_index(store, column)
     if _manifest_sha(folder) != manifest_sha:
-        raise VectorError(f"the index on {column!r} this node can read ({folder}) is not the one the k-NN job "
-                          f"started with (rebuilt meanwhile, or never uploaded to {store.uri}/_curation/); run again")
+        raise VectorError(
+            f"the index on {column!r} this node can read ({folder}) is not the one the k-NN job "
+            f"started with (rebuilt meanwhile, or never uploaded to {store.uri}/_curation/); run again"
+        )
     return folder
 
 
@@ -99,8 +103,7 @@ class _KnnWorker:
     dataset's ``storage_options``, so an actor on any node reaches it). Only the fragment
     metadata goes back to the driver, which commits."""
 
-    def __init__(self, store, version: int, column: str, index_folder: str, out_uri: str, k: int, nprobe,
-                 manifest_sha: str | None = None):
+    def __init__(self, store, version: int, column: str, index_folder: str, out_uri: str, k: int, nprobe, manifest_sha: str | None = None):
         from engines.vector.index import load_index, maybe_gpu
 
         self.ds = store.open(version)
@@ -135,14 +138,20 @@ class _KnnWorker:
                 change = np.r_[True, e["src"][1:] != e["src"][:-1]]
                 starts = np.maximum.accumulate(np.where(change, np.arange(len(rank)), 0))
                 rank = (np.arange(len(rank)) - starts + 1).astype(np.int16)
-            table = pa.table({
-                "source_id": pa.array(self.ids[src_pos[ok]], pa.string()),
-                "neighbour_id": pa.array(self.ids[dst_pos[ok]], pa.string()),
-                "similarity": pa.array(e["sim"][ok], pa.float32()),
-                "rank": pa.array(rank[ok], pa.int16()),
-            }, schema=KNN_SCHEMA)
-            frags = write_fragments(table, self.out_uri, schema=KNN_SCHEMA, max_rows_per_file=1 << 24,
-                                    storage_options=self.storage_options) if table.num_rows else []
+            table = pa.table(
+                {
+                    "source_id": pa.array(self.ids[src_pos[ok]], pa.string()),
+                    "neighbour_id": pa.array(self.ids[dst_pos[ok]], pa.string()),
+                    "similarity": pa.array(e["sim"][ok], pa.float32()),
+                    "rank": pa.array(rank[ok], pa.int16()),
+                },
+                schema=KNN_SCHEMA,
+            )
+            frags = (
+                write_fragments(table, self.out_uri, schema=KNN_SCHEMA, max_rows_per_file=1 << 24, storage_options=self.storage_options)
+                if table.num_rows
+                else []
+            )
             out["unit"].append(unit["unit"])
             out["fragments"].append(json.dumps([f.to_json() for f in frags]))
             out["rows"].append(int(valid.sum()))
@@ -248,18 +257,30 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
         p.with_suffix(".tmp").replace(p)
         done[row["unit"]] = rec
 
-    execute_units(todo, _KnnWorker, {"store": store, "version": ds.version, "column": column,
-                                     "index_folder": str(folder), "out_uri": staging, "k": cfg.k, "nprobe": cfg.nprobe,
-                                     "manifest_sha": _manifest_sha(folder)},
-                  ray_options={"num_cpus": 1}, on_result=on_result, description=f"knn k={cfg.k} (units)",
-                  show_progress=show_progress)
+    execute_units(
+        todo,
+        _KnnWorker,
+        {
+            "store": store,
+            "version": ds.version,
+            "column": column,
+            "index_folder": str(folder),
+            "out_uri": staging,
+            "k": cfg.k,
+            "nprobe": cfg.nprobe,
+            "manifest_sha": _manifest_sha(folder),
+        },
+        ray_options={"num_cpus": 1},
+        on_result=on_result,
+        description=f"knn k={cfg.k} (units)",
+        show_progress=show_progress,
+    )
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
     if remote:
         from datetime import timedelta
 
         # one atomic commit onto the graph's URI (see the docstring), then drop the old versions' files
-        graph = lance.LanceDataset.commit(out, LanceOperation.Overwrite(KNN_SCHEMA, frags),
-                                          storage_options=store.storage_options or None)
+        graph = lance.LanceDataset.commit(out, LanceOperation.Overwrite(KNN_SCHEMA, frags), storage_options=store.storage_options or None)
         graph.cleanup_old_versions(older_than=timedelta(0))
     else:
         # the fragments' files live under the staging dataset; commit them there, then swap it in
@@ -269,9 +290,16 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
         Path(staging).rename(out)
     shutil.rmtree(ckpt, ignore_errors=True)
     edges = sum(done[u["unit"]]["edges"] for u in units)
-    summary = {"column": column, "k": cfg.k, "rows": sum(done[u["unit"]]["rows"] for u in units), "edges": edges,
-               "path": out, "dataset_version": ds.version, "fingerprint": manifest.fingerprint,
-               "seconds": round(time.perf_counter() - t0, 2)}
+    summary = {
+        "column": column,
+        "k": cfg.k,
+        "rows": sum(done[u["unit"]]["rows"] for u in units),
+        "edges": edges,
+        "path": out,
+        "dataset_version": ds.version,
+        "fingerprint": manifest.fingerprint,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     store.write_json(f"vector/knn-{column}.json", summary)
     console.print(f"knn graph: {edges} edges (k={cfg.k}) -> {out}")
     return summary
@@ -280,5 +308,3 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
 @register_step("vector_knn", KnnConfig, doc="k-NN graph (source, neighbour, similarity) as a Lance table, batched on Ray")
 def _knn_step(ctx, cfg: KnnConfig) -> dict:
     return build_knn(ctx.store, cfg, show_progress=ctx.show_progress)
-
-

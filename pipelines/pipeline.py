@@ -50,8 +50,11 @@ def run_pipeline(path: str | Path, *, overwrite: bool = False, address: str | No
         else:
             version = ctx.store.open().version if ctx.store.exists() else 0
             status = out.get("status", "done") if isinstance(out, dict) else "done"
-            results.append(StageResult(name, str(status), version, version, seconds=time.perf_counter() - t0,
-                                       extra=out if isinstance(out, dict) else {}))
+            results.append(
+                StageResult(
+                    name, str(status), version, version, seconds=time.perf_counter() - t0, extra=out if isinstance(out, dict) else {}
+                )
+            )
     print_summary(results, title=f"pipeline {Path(path).name}")
     if ctx.store.exists():
         report = write_pipeline_report(ctx.store, results, steps, t_start, Path(path).name)
@@ -59,8 +62,10 @@ def run_pipeline(path: str | Path, *, overwrite: bool = False, address: str | No
         if any(n == "review_mine" for n, _ in steps):
             db = next((getattr(c, "db", None) for n, c in steps if n == "review_mine"), None)
             db_opt = f" --db {db}" if db else ""
-            console.print(f"[bold]review UI:[/] curate review add-user NAME --role admin --dataset {cfg.dataset}{db_opt}, then "
-                          f"curate review serve --dataset {cfg.dataset}{db_opt}  ->  http://127.0.0.1:8600")
+            console.print(
+                f"[bold]review UI:[/] curate review add-user NAME --role admin --dataset {cfg.dataset}{db_opt}, then "
+                f"curate review serve --dataset {cfg.dataset}{db_opt}  ->  http://127.0.0.1:8600"
+            )
     return results
 
 
@@ -110,14 +115,29 @@ def write_pipeline_report(store: Store, results: list[StageResult], steps: list[
     steps_data = []
     for r in results:
         d = r.to_dict()
-        steps_data.append({
-            "stage": r.stage, "status": r.status, "version": r.version, "rows": d["rows"], "seconds": f"{r.seconds:.1f}",
-            "counters": [f"{k} = {v}" for k, v in d["counters"].items()],
-            "notes": [f"{k}: {str(v)[:200]}" for k, v in r.extra.items() if not isinstance(v, (dict, list))],
-        })
-    page = render("pipeline_report.html", title=title, uri=store.uri, version=ds.version, rows=f"{ds.count_rows():,}",
-                  columns=len(ds.schema.names), steps=steps_data, time_plot=_step_seconds_plot(results),
-                  errors=list(store.error_counts().items()), links=[str(p) for p in links],
-                  generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}")
+        steps_data.append(
+            {
+                "stage": r.stage,
+                "status": r.status,
+                "version": r.version,
+                "rows": d["rows"],
+                "seconds": f"{r.seconds:.1f}",
+                "counters": [f"{k} = {v}" for k, v in d["counters"].items()],
+                "notes": [f"{k}: {str(v)[:200]}" for k, v in r.extra.items() if not isinstance(v, (dict, list))],
+            }
+        )
+    page = render(
+        "pipeline_report.html",
+        title=title,
+        uri=store.uri,
+        version=ds.version,
+        rows=f"{ds.count_rows():,}",
+        columns=len(ds.schema.names),
+        steps=steps_data,
+        time_plot=_step_seconds_plot(results),
+        errors=list(store.error_counts().items()),
+        links=[str(p) for p in links],
+        generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
+    )
     out.write_text(page, encoding="utf-8")
     return out.resolve()

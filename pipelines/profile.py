@@ -40,8 +40,18 @@ from curation.stage import Stage, StageConfig
 from engines.profiling.embed import EmbedModelConfig
 
 __all__ = [
-    "ProfileConfig", "run_profile", "CheapStage", "BrisqueStage", "OcrStage", "NsfwStage", "ClipStage",
-    "TextEmbStage", "AestheticStage", "CaptionStage", "ScoresStage", "STAGE_ORDER",
+    "ProfileConfig",
+    "run_profile",
+    "CheapStage",
+    "BrisqueStage",
+    "OcrStage",
+    "NsfwStage",
+    "ClipStage",
+    "TextEmbStage",
+    "AestheticStage",
+    "CaptionStage",
+    "ScoresStage",
+    "STAGE_ORDER",
 ]
 
 CHEAP_FAMILIES = ("meta", "hash", "entropy", "degradation")
@@ -134,10 +144,17 @@ class CheapStage(_ImageStage):
 
 
 def _family_stage(fam: str, doc: str) -> type[CheapStage]:
-    cls = type(f"{fam.title()}Stage", (CheapStage,), {
-        "name": f"prof_{fam}", "config_model": CheapFamilyConfig, "FAMILIES": (fam,), "__doc__": doc,
-        "__module__": __name__,
-    })
+    cls = type(
+        f"{fam.title()}Stage",
+        (CheapStage,),
+        {
+            "name": f"prof_{fam}",
+            "config_model": CheapFamilyConfig,
+            "FAMILIES": (fam,),
+            "__doc__": doc,
+            "__module__": __name__,
+        },
+    )
     return register_stage(cls)
 
 
@@ -234,8 +251,11 @@ class OcrStage(_ImageStage):
 
 class NsfwConfig(ImageStageConfig):
     model_path: Optional[str] = Field(None, description="nudenet-compatible ONNX file (default: the one in the nudenet wheel)")
-    max_side: Optional[int] = Field(639, ge=16, description="2 x the model's 320 input - 1: JPEGs decode at the smallest "
-                                    "DCT scale that still gives the model at least 320 px")
+    max_side: Optional[int] = Field(
+        639,
+        ge=16,
+        description="2 x the model's 320 input - 1: JPEGs decode at the smallest DCT scale that still gives the model at least 320 px",
+    )
     batch_size: int = Field(32, ge=1)
 
 
@@ -300,16 +320,22 @@ class ClipStage(_ImageStage):
 
         m = self.config.model
         if m is None:
-            raise ConfigError("prof_clip: set model, e.g. {backend: hf_clip, path: /models/clip-vit-large-patch14}; "
-                              "random_init: true gives a tiny random model (tests only)")
+            raise ConfigError(
+                "prof_clip: set model, e.g. {backend: hf_clip, path: /models/clip-vit-large-patch14}; "
+                "random_init: true gives a tiny random model (tests only)"
+            )
         if m.backend == "minilm":
             raise ConfigError("prof_clip.model.backend: minilm embeds text only; use hf_clip, hf_chinese_clip or open_clip")
         assert m.backend in BACKENDS
         self.dim = embed_dim(m)
         t = embedding_type(self.dim, self.config.dtype)
-        self.output_schema = pa.schema([
-            pa.field("prof_clip_image", t), pa.field("prof_clip_text", t), pa.field("prof_clip_sim", pa.float32()),
-        ])
+        self.output_schema = pa.schema(
+            [
+                pa.field("prof_clip_image", t),
+                pa.field("prof_clip_text", t),
+                pa.field("prof_clip_sim", pa.float32()),
+            ]
+        )
 
     def prepare(self, dataset) -> None:
         _record_model(dataset, "prof_clip", self.config.model, self.dim)
@@ -440,8 +466,10 @@ class AestheticStage(Stage):
         _, dim = load_head(self.config.weights)
         have = dataset.schema.field("prof_clip_image").type.list_size
         if dim != have:
-            raise ConfigError(f"prof_aesthetic.weights expects {dim}-d embeddings but prof_clip_image is {have}-d; "
-                              "use the head trained for the configured CLIP model")
+            raise ConfigError(
+                f"prof_aesthetic.weights expects {dim}-d embeddings but prof_clip_image is {have}-d; "
+                "use the head trained for the configured CLIP model"
+            )
 
     def setup(self) -> None:
         from engines.profiling.aesthetics import load_head
@@ -545,8 +573,7 @@ class ScoresStage(Stage):
 
 # --- the profile command -----------------------------------------------------------------------------
 
-STAGE_ORDER = ("meta", "hash", "entropy", "degradation", "brisque", "ocr", "nsfw", "clip", "text_emb", "aesthetic",
-               "caption", "scores")
+STAGE_ORDER = ("meta", "hash", "entropy", "degradation", "brisque", "ocr", "nsfw", "clip", "text_emb", "aesthetic", "caption", "scores")
 
 
 class ProfileConfig(BaseModel):
@@ -583,8 +610,16 @@ def plan(cfg: ProfileConfig, present: set[str], overwrite: bool = False) -> tupl
         if s == "aesthetic" and not cfg.aesthetic.weights:
             notes.append("prof_aesthetic skipped: no head weights configured (aesthetic.weights); no aesthetic score")
             continue
-        cls = {"brisque": BrisqueStage, "ocr": OcrStage, "nsfw": NsfwStage, "clip": ClipStage, "text_emb": TextEmbStage,
-               "aesthetic": AestheticStage, "caption": CaptionStage, "scores": ScoresStage}[s]
+        cls = {
+            "brisque": BrisqueStage,
+            "ocr": OcrStage,
+            "nsfw": NsfwStage,
+            "clip": ClipStage,
+            "text_emb": TextEmbStage,
+            "aesthetic": AestheticStage,
+            "caption": CaptionStage,
+            "scores": ScoresStage,
+        }[s]
         stages.append(cls(getattr(cfg, s)))
     return stages, notes
 
@@ -604,10 +639,15 @@ def run_profile(store, cfg: ProfileConfig, *, overwrite: bool = False, show_prog
     for st in stages:
         console.rule(f"[bold]{st.name}" + (f" ({', '.join(st.families)})" if isinstance(st, CheapStage) else ""))
         results.append(run_stage(store, st, overwrite=overwrite, show_progress=show_progress))
-    store.write_json("profiling/last_run.json", {
-        "seconds": round(time.perf_counter() - t0, 2), "notes": notes,
-        "results": [r.to_dict() for r in results], "config": cfg.model_dump(mode="json"),
-    })
+    store.write_json(
+        "profiling/last_run.json",
+        {
+            "seconds": round(time.perf_counter() - t0, 2),
+            "notes": notes,
+            "results": [r.to_dict() for r in results],
+            "config": cfg.model_dump(mode="json"),
+        },
+    )
     return results
 
 

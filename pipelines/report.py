@@ -50,8 +50,11 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
 
     ds = store.open()
     schema = ds.schema
-    numeric = [f.name for f in schema if f.name.startswith("prof_") and f.name not in _SKIP
-               and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
+    numeric = [
+        f.name
+        for f in schema
+        if f.name.startswith("prof_") and f.name not in _SKIP and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))
+    ]
     light = ["id", "error"] + [c for c in ("prof_error", "prof_ocr_lang", "prof_cap_lang", "prof_format") if c in schema.names]
     t = ds.to_table(columns=light + numeric)
     n = t.num_rows
@@ -68,13 +71,20 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
     if "prof_clip_image" not in schema.names:
         notes.append("No image embeddings: prof_clip was not run (no CLIP model configured).")
     if "prof_aesthetic" not in schema.names:
-        notes.append("No aesthetic score: no aesthetic head weights were configured (aesthetic.weights), "
-                     "so the column is absent rather than filled with a made-up value.")
+        notes.append(
+            "No aesthetic score: no aesthetic head weights were configured (aesthetic.weights), "
+            "so the column is absent rather than filled with a made-up value."
+        )
     if "prof_watermark_score" in schema.names and "prof_ocr_boxes" not in schema.names:
-        cue = ("the pixel overlay cue (AUC 0.7-0.8 on marked vs clean photos, near chance against scene text)" if "prof_watermark_overlay" in schema.names
-               else "the old stroke heuristic (AUC ~0.65, barely better than chance)")
-        notes.append(f"prof_watermark_score comes from {cue} only: prof_ocr was not run. Run prof_ocr, then "
-                     "prof_scores, for the OCR-box score (AUC ~0.97 on watermarked vs clean photos, docs/profiling.md).")
+        cue = (
+            "the pixel overlay cue (AUC 0.7-0.8 on marked vs clean photos, near chance against scene text)"
+            if "prof_watermark_overlay" in schema.names
+            else "the old stroke heuristic (AUC ~0.65, barely better than chance)"
+        )
+        notes.append(
+            f"prof_watermark_score comes from {cue} only: prof_ocr was not run. Run prof_ocr, then "
+            "prof_scores, for the OCR-box score (AUC ~0.97 on watermarked vs clean photos, docs/profiling.md)."
+        )
     if "prof_error" not in schema.names:
         notes.append("The metadata stage (prof_meta) has not run: decode errors are unknown.")
 
@@ -88,8 +98,11 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
             counts[e.split(":", 1)[0]] = counts.get(e.split(":", 1)[0], 0) + 1
         errors += [{"column": col, "reason": k, "rows": v} for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
     ok = t.column("prof_error").null_count if "prof_error" in t.column_names else None  # null error = decoded
-    value_counts = [{"column": c, "counts": [(x["values"], x["counts"]) for x in pc.value_counts(t.column(c)).to_pylist()]}
-                    for c in ("prof_format", "prof_ocr_lang", "prof_cap_lang") if c in t.column_names]
+    value_counts = [
+        {"column": c, "counts": [(x["values"], x["counts"]) for x in pc.value_counts(t.column(c)).to_pylist()]}
+        for c in ("prof_format", "prof_ocr_lang", "prof_cap_lang")
+        if c in t.column_names
+    ]
 
     # --- per signal ------------------------------------------------------------------------------------
     signals: list[dict[str, Any]] = []
@@ -119,10 +132,19 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
         stats = f"min {np.nanmin(v):.4g} · median {np.nanmedian(v):.4g} · max {np.nanmax(v):.4g} · null {nulls}"
         signals.append({"name": c, "stats": stats, "histogram": img, "lowest": lowest, "highest": highest})
 
-    page = render("profile_report.html", uri=store.uri, version=ds.version, rows=f"{n:,}",
-                  decoded=None if ok is None else f"{ok:,}", models=model_notes, notes=notes, errors=errors,
-                  value_counts=value_counts, signals=signals,
-                  generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}")
+    page = render(
+        "profile_report.html",
+        uri=store.uri,
+        version=ds.version,
+        rows=f"{n:,}",
+        decoded=None if ok is None else f"{ok:,}",
+        models=model_notes,
+        notes=notes,
+        errors=errors,
+        value_counts=value_counts,
+        signals=signals,
+        generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -29,13 +29,36 @@ from curation.stage import Stage, StageConfig
 from curation.store import Store
 from engines.active.mining import MineConfig
 
-__all__ = ["ReviewMineConfig", "ReviewApplyConfig", "ReviewMergeStage", "review_dir", "default_db_url", "mine_queue",
-           "apply_reviews", "review_apply_action"]
+__all__ = [
+    "ReviewMineConfig",
+    "ReviewApplyConfig",
+    "ReviewMergeStage",
+    "review_dir",
+    "default_db_url",
+    "mine_queue",
+    "apply_reviews",
+    "review_apply_action",
+]
 
 # numeric profile signals the reward head may use (what exists is used; embeddings come on top)
-REWARD_SIGNALS = ["prof_quality", "prof_aesthetic", "prof_clip_sim", "prof_sharpness", "prof_brisque", "prof_noise",
-                  "prof_watermark", "prof_nsfw", "prof_complexity", "prof_megapixels", "prof_compression",
-                  "prof_border_var", "prof_jpeg_bpp", "prof_color_cast", "prof_contrast", "prof_cap_ocr_overlap"]
+REWARD_SIGNALS = [
+    "prof_quality",
+    "prof_aesthetic",
+    "prof_clip_sim",
+    "prof_sharpness",
+    "prof_brisque",
+    "prof_noise",
+    "prof_watermark",
+    "prof_nsfw",
+    "prof_complexity",
+    "prof_megapixels",
+    "prof_compression",
+    "prof_border_var",
+    "prof_jpeg_bpp",
+    "prof_color_cast",
+    "prof_contrast",
+    "prof_cap_ocr_overlap",
+]
 
 
 def review_dir(store: Store) -> Path:
@@ -67,8 +90,20 @@ class ReviewApplyConfig(StageConfig):
 def _mine_columns(schema: pa.Schema) -> list[str]:
     from engines.active.rules import DISPLAY_SIGNALS, DUP_SIM_COLUMNS, EMBEDDING_COLUMNS, GOODNESS
 
-    want = {"id", "captions", "error", "prof_ocr_text", "tag_concepts", "tag_scores", "tag_direct", "rev_decision",
-            "rev_caption", *DISPLAY_SIGNALS, *GOODNESS, *DUP_SIM_COLUMNS}
+    want = {
+        "id",
+        "captions",
+        "error",
+        "prof_ocr_text",
+        "tag_concepts",
+        "tag_scores",
+        "tag_direct",
+        "rev_decision",
+        "rev_caption",
+        *DISPLAY_SIGNALS,
+        *GOODNESS,
+        *DUP_SIM_COLUMNS,
+    }
     names = schema.names
     emb = next((c for c in EMBEDDING_COLUMNS if c in names), None)
 
@@ -102,8 +137,11 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     ds = store.open()
     rules = load_rules(review_dir(store) / "thresholds.json")
     cols = sorted(set(_mine_columns(ds.schema)) | {r.column for r in rules if r.column in ds.schema.names})
-    with console.status(f"reading {len(cols)} columns of {ds.count_rows():,} rows (v{ds.version})",
-                        spinner="dots") if show_progress else _null():
+    with (
+        console.status(f"reading {len(cols)} columns of {ds.count_rows():,} rows (v{ds.version})", spinner="dots")
+        if show_progress
+        else _null()
+    ):
         table = ds.to_table(columns=cols)
     table = table.append_column("_pos", pa.array(np.arange(table.num_rows, dtype=np.int64)))
     db = ReviewDB(cfg.db or default_db_url(store))
@@ -121,8 +159,12 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
             raise ValueError(f"gold rows not in the dataset: {missing[:5]}")
         gold_items = {it["row_id"]: it for it in items}
         for rid, ans in gold.items():
-            it = gold_items.get(rid) or {"row_id": rid, "priority": 0.0, "needed": 1, "payload": {
-                "row_id": rid, "pos": pos[rid], "caption": _caption_of(table, pos[rid]), "hard_reasons": ["gold item"]}}
+            it = gold_items.get(rid) or {
+                "row_id": rid,
+                "priority": 0.0,
+                "needed": 1,
+                "payload": {"row_id": rid, "pos": pos[rid], "caption": _caption_of(table, pos[rid]), "hard_reasons": ["gold item"]},
+            }
             it["gold_answer"] = ans
             gold_items[rid] = it
         items = [gold_items.pop(it["row_id"]) for it in items if it["row_id"] in gold_items] + list(gold_items.values())
@@ -130,9 +172,17 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
         it["payload"]["version"] = ds.version
     batch = f"v{ds.version}-{time.strftime('%Y%m%dT%H%M%S')}"
     counts = db.enqueue(items, batch, user="curate review mine")
-    summary.update({"batch": batch, "version": ds.version, "db": db.url, **counts,
-                    "gold": len(gold), "seconds": round(time.perf_counter() - t0, 2),
-                    "rules": [r.model_dump() for r in rules]})
+    summary.update(
+        {
+            "batch": batch,
+            "version": ds.version,
+            "db": db.url,
+            **counts,
+            "gold": len(gold),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "rules": [r.model_dump() for r in rules],
+        }
+    )
     store.write_json(f"review/mine-{batch}.json", summary)
     db.close()
     return summary
@@ -237,17 +287,24 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     labelled = {r: a for r, a in agg.items() if a["decision"] in ("keep", "drop")}
     emb_col = next((c for c in EMBEDDING_COLUMNS if c in names), None)
     sig_cols = [c for c in dict.fromkeys(REWARD_SIGNALS + [r.column for r in rules]) if c in names]
-    report: dict[str, Any] = {"version_before": before, "decisions": len(decisions), "rows_reviewed": len(agg),
-                              "labels": len(labelled), "rules_before": [r.model_dump() for r in rules]}
+    report: dict[str, Any] = {
+        "version_before": before,
+        "decisions": len(decisions),
+        "rows_reviewed": len(agg),
+        "labels": len(labelled),
+        "rules_before": [r.model_dump() for r in rules],
+    }
     head_json = None
     if labelled:
-        t = ds.to_table(columns=["id", *sig_cols] + ([emb_col] if emb_col else []),
-                        filter=pc.field("id").isin(pa.array(sorted(labelled), pa.string())))
+        t = ds.to_table(
+            columns=["id", *sig_cols] + ([emb_col] if emb_col else []), filter=pc.field("id").isin(pa.array(sorted(labelled), pa.string()))
+        )
         y = np.array([1 if labelled[i]["decision"] == "keep" else 0 for i in t.column("id").to_pylist()])
         vals = {c: v for c in sig_cols if (v := column_values(t, c)) is not None}
         emb = embedding_matrix(t, emb_col) if emb_col else None
-        head = fit_reward_head(vals, y, [c for c in sig_cols if c != "rev_reward"], emb=emb[0] if emb else None,
-                               emb_column=emb_col, min_labels=cfg.min_labels)
+        head = fit_reward_head(
+            vals, y, [c for c in sig_cols if c != "rev_reward"], emb=emb[0] if emb else None, emb_column=emb_col, min_labels=cfg.min_labels
+        )
         if head is not None:
             head_json = head.to_json()
             (rdir / "reward_head.json").write_text(json.dumps(head_json))
@@ -258,8 +315,9 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
             report["reward_head"] = {"skipped": f"needs >= {cfg.min_labels} labels with both keep and drop"}
         new_rules, rule_report = recalibrate(rules, vals, y, prior_n=cfg.prior_n, min_labels=cfg.min_labels)
         report["thresholds"] = rule_report
-        save_rules(rdir / "thresholds.json", new_rules, [{"time": time.time(), "version": before,
-                                                          "labels": int(len(y)), "changes": rule_report}])
+        save_rules(
+            rdir / "thresholds.json", new_rules, [{"time": time.time(), "version": before, "labels": int(len(y)), "changes": rule_report}]
+        )
         report["plots"] = _threshold_plots(vals, y, rule_report)
     # how well the machine's proposals matched the humans (the previous loop's quality)
     rows = list(labelled.values())
@@ -268,18 +326,21 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     report["verifier_agreement"] = agreement([a["payload"].get("verifier", {}).get("verdict") for a in rows], human)
     fixes = [(a["payload"].get("pseudo", {}).get("caption_fix"), a["caption"]) for a in agg.values()]
     proposed = [(f, c) for f, c in fixes if f]
-    report["caption_fixes"] = {"proposed": len(proposed), "accepted": sum(1 for f, c in proposed if c == f),
-                               "captions_edited": sum(1 for a in agg.values() if a["caption"])}
+    report["caption_fixes"] = {
+        "proposed": len(proposed),
+        "accepted": sum(1 for f, c in proposed if c == f),
+        "captions_edited": sum(1 for a in agg.values() if a["caption"]),
+    }
     # corrected tags for the concept graph (graph/ reads this file when it rebuilds)
     tags = {r: a["tags"] for r, a in agg.items() if a["tags"]}
     store.write_json("review/graph_tags.json", {"version": before, "tags": tags})
     report["graph_tags_rows"] = len(tags)
-    stage = ReviewMergeStage(decisions={r: {k: v for k, v in a.items() if k != "payload"} for r, a in agg.items()},
-                             head=head_json)
+    stage = ReviewMergeStage(decisions={r: {k: v for k, v in a.items() if k != "payload"} for r, a in agg.items()}, head=head_json)
     result = run_stage(store, stage, overwrite=True, show_progress=show_progress)
-    report.update({"version_after": result.version, "stage": result.to_dict(),
-                   "seconds": round(time.perf_counter() - t0, 2)})
-    report["rules_after"] = json.loads((rdir / "thresholds.json").read_text())["rules"] if (rdir / "thresholds.json").exists() else report["rules_before"]
+    report.update({"version_after": result.version, "stage": result.to_dict(), "seconds": round(time.perf_counter() - t0, 2)})
+    report["rules_after"] = (
+        json.loads((rdir / "thresholds.json").read_text())["rules"] if (rdir / "thresholds.json").exists() else report["rules_before"]
+    )
     store.write_json(f"review/apply-v{result.version}.json", {k: v for k, v in report.items() if k != "plots"})
     report["report_html"] = str(_write_report(rdir / f"apply-v{result.version}.html", report))
     db.log(by, "apply", version=result.version, decisions=len(decisions), version_before=before)

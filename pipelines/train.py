@@ -56,10 +56,15 @@ def _worker(config: dict) -> None:
     data = Loader(ds, num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
     log = print if rank == 0 else (lambda _msg: None)
     try:
-        train(TrainConfig.model_validate({k: v for k, v in config.items() if k in TrainConfig.model_fields}), data,
-              device=device, report=lambda m: ray.train.report(m), log=log)
+        train(
+            TrainConfig.model_validate({k: v for k, v in config.items() if k in TrainConfig.model_fields}),
+            data,
+            device=device,
+            report=lambda m: ray.train.report(m),
+            log=log,
+        )
     finally:
-        data.close()   # stop the persistent decode workers
+        data.close()  # stop the persistent decode workers
 
 
 def run_training(cfg: TrainRunConfig, log=None) -> dict:
@@ -74,20 +79,22 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
     validate(LoaderConfig, {"seed": cfg.seed, **cfg.loader}, where="loader")
     if "://" not in cfg.shards and not Path(cfg.shards).exists():
         raise FileNotFoundError(f"no training shards at {cfg.shards!r}; write them with `curate export --out {cfg.shards}`")
-    probe = ShardDataset(cfg.shards, {"seed": cfg.seed, **cfg.loader}, rank=0, world_size=1)   # fails early on a bad path
+    probe = ShardDataset(cfg.shards, {"seed": cfg.seed, **cfg.loader}, rank=0, world_size=1)  # fails early on a bad path
     _check_pre_encoded(cfg, probe, log or print)
     out = Path(cfg.out_dir).resolve()
     # Ray Train runs workers in their own working directory: hand them absolute paths
     shards = cfg.shards if "://" in cfg.shards else str(Path(cfg.shards).resolve())
-    local = {k: str(Path(v).resolve()) for k in ("vae_path", "text_encoder_path")
-             if (v := getattr(cfg, k, None)) and "://" not in v}
+    local = {k: str(Path(v).resolve()) for k in ("vae_path", "text_encoder_path") if (v := getattr(cfg, k, None)) and "://" not in v}
     cfg = cfg.model_copy(update={"out_dir": str(out), "shards": shards, **local})
     out.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         _worker,
         train_loop_config=cfg.model_dump(),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
         run_config=RunConfig(name="train", storage_path=str(out / "ray")),
     )
     metrics_log = out / "metrics.jsonl"
@@ -96,8 +103,13 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
         raise result.error
     ckpt = latest_checkpoint(out)
     lines = metrics_log.read_text().splitlines() if metrics_log.exists() else []
-    return {"out_dir": str(out), "metrics": json.loads(lines[-1]) if lines else {},
-            "checkpoint": str(ckpt) if ckpt else None, "samples": str(out / "samples"), "metrics_log": str(metrics_log)}
+    return {
+        "out_dir": str(out),
+        "metrics": json.loads(lines[-1]) if lines else {},
+        "checkpoint": str(ckpt) if ckpt else None,
+        "samples": str(out / "samples"),
+        "metrics_log": str(metrics_log),
+    }
 
 
 def _check_pre_encoded(cfg: TrainRunConfig, ds, log) -> None:
@@ -108,11 +120,15 @@ def _check_pre_encoded(cfg: TrainRunConfig, ds, log) -> None:
     if ds.pre_text:
         dim, want = (enc.get("text_encoder") or {}).get("hidden_size"), model_config(cfg).cap_feat_dim
         if dim is not None and dim != want:
-            raise ValueError(f"the shards' caption features are {dim}-d ({enc['text_encoder'].get('path')}) but the "
-                             f"{cfg.model} model takes cap_feat_dim={want}: re-export with the matching text encoder, "
-                             "set model_overrides: {cap_feat_dim: ...}, or use loader: {pre_encoded: false}")
-    parts = [f"latents from {enc.get('vae', {}).get('path', '?')}" if ds.pre_latents else "",
-             f"caption features from {enc.get('text_encoder', {}).get('path', '?')}" if ds.pre_text else ""]
+            raise ValueError(
+                f"the shards' caption features are {dim}-d ({enc['text_encoder'].get('path')}) but the "
+                f"{cfg.model} model takes cap_feat_dim={want}: re-export with the matching text encoder, "
+                "set model_overrides: {cap_feat_dim: ...}, or use loader: {pre_encoded: false}"
+            )
+    parts = [
+        f"latents from {enc.get('vae', {}).get('path', '?')}" if ds.pre_latents else "",
+        f"caption features from {enc.get('text_encoder', {}).get('path', '?')}" if ds.pre_text else "",
+    ]
     if any(parts):
         log("pre-encoded shards: " + ", ".join(p for p in parts if p) + " (those encoders are not run in the loop)")
 

@@ -71,11 +71,13 @@ def browser():
     """Headless Chromium through Playwright, for the UI tests."""
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
         yield b
         b.close()
-
 
 
 @pytest.fixture(scope="session")
@@ -101,10 +103,15 @@ def s3_env():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {"AWS_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    env = {
+        "AWS_ENDPOINT": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    client = boto3.client(
+        "s3", endpoint_url=env["AWS_ENDPOINT"], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
     yield env, client
     server.stop()
 
@@ -147,14 +154,18 @@ def pg_server():
         run_as = ["runuser", "-u", "postgres", "--"]
     data, log = os.path.join(root, "data"), os.path.join(root, "log")
     try:
-        subprocess.run(run_as + [f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                                 "--no-sync", "--no-instructions"], check=True, capture_output=True)
+        subprocess.run(
+            run_as + [f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--no-instructions"],
+            check=True,
+            capture_output=True,
+        )
         for _attempt in range(3):  # the free port can be taken by someone else before the server binds it
             port = free_port()
             # fsync off and small buffers: a throwaway server for tests; listens on loopback only
             opts = f"-h 127.0.0.1 -p {port} -k {root} -F -c max_connections=200 -c shared_buffers=32MB"
-            r = subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-o", opts, "-l", log, "-w", "-t", "60",
-                                         "start"], capture_output=True, text=True)
+            r = subprocess.run(
+                run_as + [f"{bindir}/pg_ctl", "-D", data, "-o", opts, "-l", log, "-w", "-t", "60", "start"], capture_output=True, text=True
+            )
             if r.returncode == 0:
                 break
         else:

@@ -60,7 +60,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-
 # --- training shards ------------------------------------------------------------------------------
 
 
@@ -88,9 +87,12 @@ def make_items(n: int, *, gold: int = 0, double_every: int = 0, prefix: str = "r
     """``n`` queued items with distinct priorities (the first is served first)."""
     items = []
     for i in range(n):
-        it = {"row_id": f"{prefix}{i:06d}", "priority": float(n - i),
-              "payload": {"row_id": f"{prefix}{i:06d}", "caption": f"caption {i}", "pos": i},
-              "needed": 2 if double_every and i % double_every == 0 else 1}
+        it = {
+            "row_id": f"{prefix}{i:06d}",
+            "priority": float(n - i),
+            "payload": {"row_id": f"{prefix}{i:06d}", "caption": f"caption {i}", "pos": i},
+            "needed": 2 if double_every and i % double_every == 0 else 1,
+        }
         if i < gold:
             it["gold_answer"] = "keep" if i % 2 == 0 else "drop"
         items.append(it)
@@ -111,10 +113,12 @@ def add_signals(uri: str) -> None:
         rng = np.random.default_rng(len(ids))
         emb = rng.normal(size=(len(ids), 32)).astype(np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        return pa.RecordBatch.from_pydict({
-            "prof_quality": pa.array([_u(i, "q") for i in ids], pa.float32()),
-            "prof_clip_sim": pa.array([0.5 * _u(i, "s") for i in ids], pa.float32()),
-            "prof_clip_image": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float16()), 32),
-        })
+        return pa.RecordBatch.from_pydict(
+            {
+                "prof_quality": pa.array([_u(i, "q") for i in ids], pa.float32()),
+                "prof_clip_sim": pa.array([0.5 * _u(i, "s") for i in ids], pa.float32()),
+                "prof_clip_image": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float16()), 32),
+            }
+        )
 
     lance.dataset(uri).add_columns(udf, read_columns=["id"])

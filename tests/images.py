@@ -28,8 +28,9 @@ def photo(seed: int = 0, size=(320, 240)) -> Image.Image:
     d = ImageDraw.Draw(im)
     for _ in range(12):
         x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-        d.rectangle([x0, y0, x0 + int(rng.integers(10, 80)), y0 + int(rng.integers(10, 60))],
-                    fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        d.rectangle(
+            [x0, y0, x0 + int(rng.integers(10, 80)), y0 + int(rng.integers(10, 60))], fill=tuple(int(v) for v in rng.integers(0, 255, 3))
+        )
         d.ellipse([y0 % w, x0 % h, y0 % w + 30, x0 % h + 30], outline=(0, 0, 0), width=2)
     return im
 

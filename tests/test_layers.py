@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package -> the packages its modules may import (itself included). Lower layers first.
 ALLOWED: dict[str, set[str]] = {
-    "curation": {"curation"},                                   # core
-    "engines": {"curation", "engines"},                         # pure engines
-    "graph": {"curation", "engines", "graph"},                  # the concept graph (an engine)
-    "training": {"curation", "training"},                       # model, objective, loader, loop
-    "democorpus": {"curation", "democorpus"},                   # the demo corpus builder
+    "curation": {"curation"},  # core
+    "engines": {"curation", "engines"},  # pure engines
+    "graph": {"curation", "engines", "graph"},  # the concept graph (an engine)
+    "training": {"curation", "training"},  # model, objective, loader, loop
+    "democorpus": {"curation", "democorpus"},  # the demo corpus builder
     "pipelines": {"curation", "engines", "graph", "training", "democorpus", "pipelines"},  # jobs
-    "annotator_ui": {"curation", "engines", "annotator_ui"},    # the web app: handed its job actions
+    "annotator_ui": {"curation", "engines", "annotator_ui"},  # the web app: handed its job actions
     "cli": {"curation", "engines", "graph", "training", "democorpus", "pipelines", "annotator_ui", "cli"},
 }
 

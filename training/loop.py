@@ -71,6 +71,7 @@ class BatchList:
 
 # ----------------------------------------------------------------------------- distribution
 
+
 def _dist() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -137,7 +138,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))   # warm-up: early averages are not stuck at init
+        d = min(self.decay, (1 + step) / (10 + step))  # warm-up: early averages are not stuck at init
         for e, p in zip(self.shadow, self.params):
             e.lerp_(p.detach().float(), 1 - d)
 
@@ -152,7 +153,7 @@ class EMA:
     def load(self, state: dict[str, torch.Tensor]) -> None:
         for n, e in zip(self.names, self.shadow):
             src = state[n].to(e.device if not hasattr(e, "full_tensor") else "cpu", torch.float32)
-            if hasattr(e, "full_tensor"):   # DTensor: copy this rank's shard
+            if hasattr(e, "full_tensor"):  # DTensor: copy this rank's shard
                 from torch.distributed.tensor import distribute_tensor
 
                 src = distribute_tensor(src.to(e.device_mesh.device_type), e.device_mesh, e.placements)
@@ -160,6 +161,7 @@ class EMA:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder (``latest`` pointer, else the highest step)."""
@@ -177,7 +179,7 @@ def _save_checkpoint(run: _Run, step: int, extra: dict) -> Path:
 
     root = run.out / "checkpoints"
     final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
-    model_sd = _full_state(run.model, run.raw, run.use_fsdp)        # collectives: every rank calls these
+    model_sd = _full_state(run.model, run.raw, run.use_fsdp)  # collectives: every rank calls these
     optim_sd = _full_optim(run.model, run.opt, run.use_fsdp)
     ema_sd = run.ema.full() if run.ema else None
     if run.rank == 0:
@@ -190,8 +192,14 @@ def _save_checkpoint(run: _Run, step: int, extra: dict) -> Path:
     _barrier()
     digest = None if run.use_fsdp else param_digest(run.raw)
     _check_replicas(digest, step)
-    torch.save({"generator": run.gen.get_state(), "data": run.data.state_dict() if hasattr(run.data, "state_dict") else None,
-                "param_digest": digest}, tmp / f"rank_{run.rank}.pt")
+    torch.save(
+        {
+            "generator": run.gen.get_state(),
+            "data": run.data.state_dict() if hasattr(run.data, "state_dict") else None,
+            "param_digest": digest,
+        },
+        tmp / f"rank_{run.rank}.pt",
+    )
     _barrier()
     if run.rank == 0:
         _publish_checkpoint(tmp, final, run.cfg.keep_ckpts)
@@ -214,7 +222,7 @@ def _check_replicas(digest: str | None, step: int) -> None:
 def _publish_checkpoint(tmp: Path, final: Path, keep: int) -> None:
     """Rank 0: mark ``tmp`` complete, move it to ``final``, point ``latest`` at it, prune old ones."""
     root = final.parent
-    os.replace(tmp / "trainer.pt.part", tmp / "trainer.pt")   # trainer.pt last: marks the folder complete
+    os.replace(tmp / "trainer.pt.part", tmp / "trainer.pt")  # trainer.pt last: marks the folder complete
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     (root / "latest.part").write_text(final.name)
@@ -236,6 +244,7 @@ def param_digest(model) -> str:
 
 # ----------------------------------------------------------------------------- batches -> model inputs
 
+
 class LazyEncoders:
     """The configured encoders, each loaded on first use. Batches from pre-encoded shards carry
     ``latents`` and ``cap_feats``, so the text encoder (8 GB for Qwen3-4B) is never loaded and the
@@ -252,8 +261,11 @@ class LazyEncoders:
             from training.encoders import LatentEncoder, tiny_vae
 
             with torch.random.fork_rng(devices=[]):
-                self._vae = (LatentEncoder(tiny_vae(self.cfg.seed), self.device) if self.cfg.tiny_encoders and not self.cfg.vae_path
-                             else LatentEncoder.from_pretrained(self.cfg.vae_path, self.device, self.dtype))
+                self._vae = (
+                    LatentEncoder(tiny_vae(self.cfg.seed), self.device)
+                    if self.cfg.tiny_encoders and not self.cfg.vae_path
+                    else LatentEncoder.from_pretrained(self.cfg.vae_path, self.device, self.dtype)
+                )
         return self._vae
 
     @property
@@ -262,9 +274,11 @@ class LazyEncoders:
             from training.encoders import TextEncoder, tiny_text_encoder
 
             with torch.random.fork_rng(devices=[]):
-                self._text = (tiny_text_encoder(model_config(self.cfg).cap_feat_dim, self.cfg.seed, self.device)
-                              if self.cfg.tiny_encoders and not self.cfg.text_encoder_path
-                              else TextEncoder.from_pretrained(self.cfg.text_encoder_path, self.device, self.dtype))
+                self._text = (
+                    tiny_text_encoder(model_config(self.cfg).cap_feat_dim, self.cfg.seed, self.device)
+                    if self.cfg.tiny_encoders and not self.cfg.text_encoder_path
+                    else TextEncoder.from_pretrained(self.cfg.text_encoder_path, self.device, self.dtype)
+                )
         return self._text
 
     @property
@@ -293,7 +307,7 @@ def _to_inputs(batch: dict, encoders, device, cap_dim: int) -> tuple[list[torch.
     real = next((f for f in feats if len(f)), None)
     if real is not None and real.shape[-1] != cap_dim:
         raise ValueError(f"text features are {real.shape[-1]}-d but the model expects cap_feat_dim={cap_dim}")
-    feats = [f if len(f) else _null_caption(cap_dim, f.device) for f in feats]   # an empty caption is unconditional
+    feats = [f if len(f) else _null_caption(cap_dim, f.device) for f in feats]  # an empty caption is unconditional
     return [x.to(device) for x in lat], [f.to(device) for f in feats], captions
 
 
@@ -303,6 +317,7 @@ def _null_caption(cap_dim: int, device) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- samples
+
 
 def _save_samples(path: Path, images: list, captions: list[str]) -> None:
     import numpy as np
@@ -329,6 +344,7 @@ def _latent_preview(z: torch.Tensor):
 
 # ----------------------------------------------------------------------------- the loop
 
+
 @dataclass
 class _Run:
     """What a training run holds from setup to the last step (the same on every step)."""
@@ -343,18 +359,18 @@ class _Run:
     rank: int
     world: int
     bf16: bool
-    ckpt: Path | None           # the checkpoint resumed from, if any
+    ckpt: Path | None  # the checkpoint resumed from, if any
     raw: S3DiT
     n_params: int
-    model: Any                  # ``raw``, or its DDP / FSDP2 wrapper
+    model: Any  # ``raw``, or its DDP / FSDP2 wrapper
     use_fsdp: bool
     ema: EMA | None
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
-    gen: torch.Generator        # noise, t, caption dropout: per rank
+    gen: torch.Generator  # noise, t, caption dropout: per rank
     autocast: Any
-    null: torch.Tensor          # the unconditional caption
-    peak: float | None          # bf16 peak TFLOPS for MFU
+    null: torch.Tensor  # the unconditional caption
+    peak: float | None  # bf16 peak TFLOPS for MFU
 
 
 @dataclass
@@ -372,8 +388,15 @@ class _Progress:
     last: dict = field(default_factory=dict)
 
 
-def train(cfg: TrainConfig, data: Iterable[dict], *, encoders=None, device: torch.device | str | None = None,
-          report: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> dict:
+def train(
+    cfg: TrainConfig,
+    data: Iterable[dict],
+    *,
+    encoders=None,
+    device: torch.device | str | None = None,
+    report: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train for ``cfg.steps`` optimizer steps (continuing from the latest checkpoint if any).
 
     ``data`` yields batch dicts; a ``state_dict``/``load_state_dict``/``set_epoch`` protocol makes it
@@ -382,16 +405,17 @@ def train(cfg: TrainConfig, data: Iterable[dict], *, encoders=None, device: torc
     run = _setup(cfg, data, encoders=encoders, device=device, log=log)
     step, epoch, sample_conds = _resume(run)
     if run.rank == 0:
-        log(f"S3-DiT {cfg.model}: {run.n_params / 1e6:.1f}M params, world {run.world}, "
+        log(
+            f"S3-DiT {cfg.model}: {run.n_params / 1e6:.1f}M params, world {run.world}, "
             f"{'FSDP2' if run.use_fsdp else 'DDP' if run.world > 1 else 'single process'}, "
-            f"{'bf16' if run.bf16 else 'fp32'} on {run.device}")
+            f"{'bf16' if run.bf16 else 'fp32'} on {run.device}"
+        )
     prog = _Progress(step=step, epoch=epoch, sample_conds=sample_conds, it=iter(data))
     run.model.train()
     while prog.step < cfg.steps:
         _train_step(run, prog, _next_batch(run, prog))
         _after_step(run, prog, report)
-    return {"step": prog.step, "metrics": prog.last, "out_dir": str(run.out),
-            "checkpoint": str(latest_checkpoint(run.out) or "")}
+    return {"step": prog.step, "metrics": prog.last, "out_dir": str(run.out), "checkpoint": str(latest_checkpoint(run.out) or "")}
 
 
 def _resolve_device(device: torch.device | str | None) -> torch.device:
@@ -422,11 +446,30 @@ def _setup(cfg: TrainConfig, data: Iterable[dict], *, encoders, device, log) -> 
             blk.compile(dynamic=True)
     ema = EMA(raw, cfg.ema_decay) if cfg.ema_decay > 0 else None
     opt, sched = _optimizer(cfg, raw, device)
-    return _Run(cfg=cfg, mcfg=mcfg, data=data, encoders=encoders, log=log, out=out, device=device, rank=rank,
-                world=world, bf16=bf16, ckpt=ckpt, raw=raw, n_params=n_params, model=model, use_fsdp=use_fsdp, ema=ema, opt=opt,
-                sched=sched, gen=torch.Generator(device).manual_seed(cfg.seed * 1000 + rank + 1),
-                autocast=torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext(),
-                null=_null_caption(mcfg.cap_feat_dim, device), peak=_peak_tflops(cfg, device))
+    return _Run(
+        cfg=cfg,
+        mcfg=mcfg,
+        data=data,
+        encoders=encoders,
+        log=log,
+        out=out,
+        device=device,
+        rank=rank,
+        world=world,
+        bf16=bf16,
+        ckpt=ckpt,
+        raw=raw,
+        n_params=n_params,
+        model=model,
+        use_fsdp=use_fsdp,
+        ema=ema,
+        opt=opt,
+        sched=sched,
+        gen=torch.Generator(device).manual_seed(cfg.seed * 1000 + rank + 1),
+        autocast=torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext(),
+        null=_null_caption(mcfg.cap_feat_dim, device),
+        peak=_peak_tflops(cfg, device),
+    )
 
 
 def _build_model(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device) -> S3DiT:
@@ -446,8 +489,12 @@ def _optimizer(cfg: TrainConfig, raw: S3DiT, device: torch.device):
     decay, no_decay = [], []
     for n, p in raw.named_parameters():
         (no_decay if p.ndim < 2 or "pad_token" in n else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        fused=device.type == "cuda",
+    )
 
     def lr_factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -461,8 +508,9 @@ def _optimizer(cfg: TrainConfig, raw: S3DiT, device: torch.device):
 
 
 def _peak_tflops(cfg: TrainConfig, device: torch.device) -> float | None:
-    return cfg.peak_tflops or (next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name(device)),
-                                    None) if device.type == "cuda" else None)
+    return cfg.peak_tflops or (
+        next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None) if device.type == "cuda" else None
+    )
 
 
 def _resume(run: _Run) -> tuple[int, int, dict | None]:
@@ -516,8 +564,7 @@ def _train_step(run: _Run, prog: _Progress, batch: dict) -> None:
     lat, feats, caps = _to_inputs(batch, run.encoders, run.device, mcfg.cap_feat_dim)
     if prog.sample_conds is None and cfg.sample_count:
         k = min(cfg.sample_count, len(lat))
-        prog.sample_conds = {"shapes": [tuple(x.shape) for x in lat[:k]], "feats": [f.cpu() for f in feats[:k]],
-                             "captions": caps[:k]}
+        prog.sample_conds = {"shapes": [tuple(x.shape) for x in lat[:k]], "feats": [f.cpu() for f in feats[:k]], "captions": caps[:k]}
     if cfg.caption_dropout > 0:
         drop = torch.rand(len(feats), generator=gen, device=gen.device) < cfg.caption_dropout
         feats = [run.null if d else f for f, d in zip(feats, drop.tolist())]
@@ -530,15 +577,25 @@ def _train_step(run: _Run, prog: _Progress, batch: dict) -> None:
     prog.step += 1
     if cfg.log_sample_ids:
         _log_sample_ids(run, prog, batch, loss)
-    prog.window.append((loss.detach(), gnorm.detach(), t.detach(), per, len(lat), sum(n_tok), sum(len(f) for f in feats),
-                        sum(flops_per_sample(mcfg, n, len(f)) for n, f in zip(n_tok, feats))))
+    prog.window.append(
+        (
+            loss.detach(),
+            gnorm.detach(),
+            t.detach(),
+            per,
+            len(lat),
+            sum(n_tok),
+            sum(len(f) for f in feats),
+            sum(flops_per_sample(mcfg, n, len(f)) for n, f in zip(n_tok, feats)),
+        )
+    )
 
 
 def _optimizer_step(run: _Run, step: int) -> torch.Tensor:
     """Clip, step, schedule, zero the gradients, update the EMA; returns the gradient norm."""
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
     gnorm = torch.nn.utils.clip_grad_norm_(run.raw.parameters(), clip)
-    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm   # FSDP2: a DTensor
+    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP2: a DTensor
     run.opt.step()
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
@@ -551,8 +608,12 @@ def _log_sample_ids(run: _Run, prog: _Progress, batch: dict, loss: torch.Tensor)
     ranks_dir = run.out / "ranks"
     ranks_dir.mkdir(exist_ok=True)
     with (ranks_dir / f"rank_{run.rank}.jsonl").open("a") as f:
-        f.write(json.dumps({"step": prog.step, "epoch": prog.epoch, "ids": list(batch.get("ids") or []),
-                            "loss": round(float(loss.detach()), 6)}) + "\n")
+        f.write(
+            json.dumps(
+                {"step": prog.step, "epoch": prog.epoch, "ids": list(batch.get("ids") or []), "loss": round(float(loss.detach()), 6)}
+            )
+            + "\n"
+        )
 
 
 def _after_step(run: _Run, prog: _Progress, report: Callable[[dict], None] | None) -> None:
@@ -595,10 +656,17 @@ def _log_window(run: _Run, prog: _Progress) -> dict:
         tbins.add(w[2].cpu(), w[3].cpu())
     dt = max(time.perf_counter() - prog.t_last, 1e-9)
     samples, img_tok, txt_tok, flops = (sum(w[i] for w in window) for i in (4, 5, 6, 7))
-    m = {"step": prog.step, "epoch": prog.epoch, "loss": round(float(stats[0]), 6), "grad_norm": round(float(stats[1]), 4),
-         "lr": run.sched.get_last_lr()[0], "samples_per_s": round(samples * world / dt, 3),
-         "tokens_per_s": round((img_tok + txt_tok) * world / dt, 1), "data_wait_fraction": round(prog.wait / dt, 4),
-         **{k: round(v, 6) for k, v in tbins.means().items()}}
+    m = {
+        "step": prog.step,
+        "epoch": prog.epoch,
+        "loss": round(float(stats[0]), 6),
+        "grad_norm": round(float(stats[1]), 4),
+        "lr": run.sched.get_last_lr()[0],
+        "samples_per_s": round(samples * world / dt, 3),
+        "tokens_per_s": round((img_tok + txt_tok) * world / dt, 1),
+        "data_wait_fraction": round(prog.wait / dt, 4),
+        **{k: round(v, 6) for k, v in tbins.means().items()},
+    }
     if run.peak:
         m["mfu"] = round(flops / dt / (run.peak * 1e12), 4)
     if run.device.type == "cuda":
@@ -612,8 +680,10 @@ def _log_window(run: _Run, prog: _Progress) -> dict:
 
 def format_metrics(m: dict, total: int) -> str:
     """One console line for a metrics record."""
-    s = f"step {m['step']}/{total} loss {m['loss']:.4f} gn {m['grad_norm']:.3f} lr {m['lr']:.2e} " \
+    s = (
+        f"step {m['step']}/{total} loss {m['loss']:.4f} gn {m['grad_norm']:.3f} lr {m['lr']:.2e} "
         f"{m['samples_per_s']:.2f} img/s {m['tokens_per_s']:.0f} tok/s wait {m['data_wait_fraction']:.0%}"
+    )
     if "mfu" in m:
         s += f" mfu {m['mfu']:.1%}"
     if "peak_mem_gb" in m:
@@ -631,10 +701,16 @@ def _sample(run: _Run, conds: dict, path: Path) -> None:
     noise = [torch.randn(s, generator=g).to(run.device) for s in conds["shapes"]]
     feats = [f.to(run.device) for f in conds["feats"]]
     with run.autocast:
-        lat = euler_sample(run.raw, noise, feats, [run.null] * len(feats), steps=run.cfg.sample_steps,
-                           guidance=run.cfg.sample_guidance, patch=run.mcfg.patch_size)
+        lat = euler_sample(
+            run.raw,
+            noise,
+            feats,
+            [run.null] * len(feats),
+            steps=run.cfg.sample_steps,
+            guidance=run.cfg.sample_guidance,
+            patch=run.mcfg.patch_size,
+        )
     if run.rank == 0:
         encoders = run.encoders
-        imgs = encoders.vae.decode(lat) if encoders is not None and encoders.vae is not None else \
-            [_latent_preview(z) for z in lat]
+        imgs = encoders.vae.decode(lat) if encoders is not None and encoders.vae is not None else [_latent_preview(z) for z in lat]
         _save_samples(path, imgs, conds["captions"])

@@ -44,31 +44,43 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
-    "S3DiTConfig", "tiny", "small", "z_image_6b", "CONFIGS", "S3DiT", "Layout", "make_layout",
-    "patchify", "unpatchify", "rope_cos_sin", "load_safetensors", "config_from_diffusers", "param_count",
+    "S3DiTConfig",
+    "tiny",
+    "small",
+    "z_image_6b",
+    "CONFIGS",
+    "S3DiT",
+    "Layout",
+    "make_layout",
+    "patchify",
+    "unpatchify",
+    "rope_cos_sin",
+    "load_safetensors",
+    "config_from_diffusers",
+    "param_count",
     "flops_per_sample",
 ]
 
 
 @dataclass(frozen=True)
 class S3DiTConfig:
-    in_channels: int = 16          # Flux VAE latent channels
-    patch_size: int = 2            # 2x2 latent patches: one token per 16x16 pixels
+    in_channels: int = 16  # Flux VAE latent channels
+    patch_size: int = 2  # 2x2 latent patches: one token per 16x16 pixels
     dim: int = 3840
-    n_layers: int = 30             # main single-stream blocks
-    n_refiner_layers: int = 2      # per modality (noise refiner, context refiner)
+    n_layers: int = 30  # main single-stream blocks
+    n_refiner_layers: int = 2  # per modality (noise refiner, context refiner)
     n_heads: int = 30
     n_kv_heads: int = 30
-    cap_feat_dim: int = 2560       # Qwen3-4B hidden size
+    cap_feat_dim: int = 2560  # Qwen3-4B hidden size
     norm_eps: float = 1e-5
     qk_norm: bool = True
     rope_theta: float = 256.0
-    axes_dims: tuple[int, int, int] = (32, 48, 48)   # head_dim split over (t, h, w)
+    axes_dims: tuple[int, int, int] = (32, 48, 48)  # head_dim split over (t, h, w)
     axes_lens: tuple[int, int, int] = (1024, 512, 512)  # released table sizes (positions used must stay below)
-    t_scale: float = 1000.0        # t in [0, 1] is embedded as t * 1000
-    adaln_dim: int = 256           # the shared low-rank timestep embedding (min(dim, 256) when released)
-    t_mid_dim: int = 1024          # hidden width of the timestep MLP
-    seq_multiple: int = 32         # segments are padded to this many tokens
+    t_scale: float = 1000.0  # t in [0, 1] is embedded as t * 1000
+    adaln_dim: int = 256  # the shared low-rank timestep embedding (min(dim, 256) when released)
+    t_mid_dim: int = 1024  # hidden width of the timestep MLP
+    seq_multiple: int = 32  # segments are padded to this many tokens
 
     def __post_init__(self):
         if self.dim % self.n_heads or self.dim // self.n_heads != sum(self.axes_dims):
@@ -84,7 +96,7 @@ class S3DiTConfig:
 
     @property
     def ffn_dim(self) -> int:
-        return int(self.dim / 3 * 8)   # SwiGLU hidden width, as released (10240 at dim 3840)
+        return int(self.dim / 3 * 8)  # SwiGLU hidden width, as released (10240 at dim 3840)
 
     @property
     def patch_key(self) -> str:
@@ -93,8 +105,17 @@ class S3DiTConfig:
 
 def tiny(**kw) -> S3DiTConfig:
     """A few hundred thousand parameters: tests and CPU smoke runs."""
-    base = dict(dim=64, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=32,
-                axes_dims=(8, 12, 12), axes_lens=(256, 64, 64), adaln_dim=64)
+    base = dict(
+        dim=64,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=32,
+        axes_dims=(8, 12, 12),
+        axes_lens=(256, 64, 64),
+        adaln_dim=64,
+    )
     return S3DiTConfig(**{**base, **kw})
 
 
@@ -113,6 +134,7 @@ CONFIGS = {"tiny": tiny, "small": small, "6b": z_image_6b}
 
 # ----------------------------------------------------------------------------- layout of a batch
 
+
 @dataclass
 class Layout:
     """Where every token of a mixed batch lives: per-segment padded lengths, positions and masks.
@@ -120,16 +142,16 @@ class Layout:
     Pure integer bookkeeping computed once per forward from the image grids and caption lengths;
     tests read it to check positions and masks."""
 
-    grids: list[tuple[int, int]]       # (h, w) image tokens per sample
-    cap_lens: list[int]                # real caption tokens per sample
-    img_len: list[int]                 # image segment length, padded to the multiple
-    cap_len: list[int]                 # caption segment length, padded to the multiple
-    img_pos: torch.Tensor              # (B, max img_len, 3) int64 (t, h, w)
-    cap_pos: torch.Tensor              # (B, max cap_len, 3)
-    img_pad: torch.Tensor              # (B, max img_len) bool: learned pad token here
-    cap_pad: torch.Tensor              # (B, max cap_len) bool
-    uni_index: torch.Tensor            # (B, max uni_len) into cat(img.flatten, cap.flatten, [zero row])
-    uni_pos: torch.Tensor              # (B, max uni_len, 3)
+    grids: list[tuple[int, int]]  # (h, w) image tokens per sample
+    cap_lens: list[int]  # real caption tokens per sample
+    img_len: list[int]  # image segment length, padded to the multiple
+    cap_len: list[int]  # caption segment length, padded to the multiple
+    img_pos: torch.Tensor  # (B, max img_len, 3) int64 (t, h, w)
+    cap_pos: torch.Tensor  # (B, max cap_len, 3)
+    img_pad: torch.Tensor  # (B, max img_len) bool: learned pad token here
+    cap_pad: torch.Tensor  # (B, max cap_len) bool
+    uni_index: torch.Tensor  # (B, max uni_len) into cat(img.flatten, cap.flatten, [zero row])
+    uni_pos: torch.Tensor  # (B, max uni_len, 3)
 
     @property
     def uni_len(self) -> list[int]:
@@ -168,13 +190,13 @@ def make_layout(grids: list[tuple[int, int]], cap_lens: list[int], multiple: int
     uni_pos = torch.zeros(B, NU, 3, dtype=torch.long)
     for b, ((h, w), n) in enumerate(zip(grids, cap_lens)):
         Lc, Li = cap_len[b], img_len[b]
-        cap_pos[b, :Lc, 0] = torch.arange(1, Lc + 1)           # text at (1..L, 0, 0), pads included
+        cap_pos[b, :Lc, 0] = torch.arange(1, Lc + 1)  # text at (1..L, 0, 0), pads included
         cap_pad[b, n:Lc] = True
         hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        img_pos[b, : h * w, 0] = Lc + 1                         # image at (L + 1, h, w)
+        img_pos[b, : h * w, 0] = Lc + 1  # image at (L + 1, h, w)
         img_pos[b, : h * w, 1] = hh.flatten()
         img_pos[b, : h * w, 2] = ww.flatten()
-        img_pad[b, h * w : Li] = True                           # pad tokens keep position (0, 0, 0)
+        img_pad[b, h * w : Li] = True  # pad tokens keep position (0, 0, 0)
         uni_index[b, :Li] = b * NI + torch.arange(Li)
         uni_index[b, Li : Li + Lc] = B * NI + b * NC + torch.arange(Lc)
         uni_pos[b, :Li] = img_pos[b, :Li]
@@ -187,6 +209,7 @@ def make_layout(grids: list[tuple[int, int]], cap_lens: list[int], multiple: int
 
 
 # ----------------------------------------------------------------------------- patches and RoPE
+
 
 def patchify(lat: torch.Tensor, p: int) -> torch.Tensor:
     """(C, H, W) latent -> (H/p * W/p, p*p*C) tokens, row-major over the grid, features (ph, pw, c)."""
@@ -226,6 +249,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # ----------------------------------------------------------------------------- blocks
 
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -256,8 +280,9 @@ class Attention(nn.Module):
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-                                           enable_gqa=self.n_kv != self.n_heads)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=self.n_kv != self.n_heads
+        )
         return self.to_out[0](o.transpose(1, 2).flatten(2))
 
 
@@ -329,6 +354,7 @@ class FinalLayer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the model
+
 
 class S3DiT(nn.Module):
     """``model(latents, t, cap_feats) -> velocities``: lists of per-sample tensors, any mix of sizes.
@@ -426,8 +452,19 @@ class S3DiT(nn.Module):
 
 # ----------------------------------------------------------------------------- released weights
 
-_DIFFUSERS_KEYS = {"in_channels", "dim", "n_layers", "n_refiner_layers", "n_heads", "n_kv_heads", "norm_eps",
-                   "qk_norm", "cap_feat_dim", "rope_theta", "t_scale"}
+_DIFFUSERS_KEYS = {
+    "in_channels",
+    "dim",
+    "n_layers",
+    "n_refiner_layers",
+    "n_heads",
+    "n_kv_heads",
+    "norm_eps",
+    "qk_norm",
+    "cap_feat_dim",
+    "rope_theta",
+    "t_scale",
+}
 
 
 def config_from_diffusers(conf: dict) -> S3DiTConfig:
@@ -465,8 +502,7 @@ def load_safetensors(path: str | Path, cfg: S3DiTConfig | None = None, device="c
         state.update(load_file(str(f), device=str(device)))
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the S3-DiT layout: missing {sorted(missing)[:8]}, "
-                         f"unexpected {sorted(unexpected)[:8]}")
+        raise ValueError(f"checkpoint does not match the S3-DiT layout: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(dtype=dtype) if dtype is not None else model
 
@@ -486,7 +522,10 @@ def flops_per_sample(cfg: S3DiTConfig, img_tokens: int, cap_tokens: int) -> floa
     attn_lin = cfg.dim * hd * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
     ffn = 3 * cfg.dim * cfg.ffn_dim
     blk = 2 * (attn_lin + ffn)
-    fwd = (cfg.n_refiner_layers * (Li * blk + 4 * Li * Li * cfg.dim + Lc * blk + 4 * Lc * Lc * cfg.dim)
-           + cfg.n_layers * (S * blk + 4 * S * S * cfg.dim)
-           + 2 * Li * cfg.dim * cfg.patch_size**2 * cfg.in_channels * 2 + 2 * Lc * cfg.dim * cfg.cap_feat_dim)
+    fwd = (
+        cfg.n_refiner_layers * (Li * blk + 4 * Li * Li * cfg.dim + Lc * blk + 4 * Lc * Lc * cfg.dim)
+        + cfg.n_layers * (S * blk + 4 * S * S * cfg.dim)
+        + 2 * Li * cfg.dim * cfg.patch_size**2 * cfg.in_channels * 2
+        + 2 * Lc * cfg.dim * cfg.cap_feat_dim
+    )
     return 3.0 * fwd

@@ -11,7 +11,7 @@ from typing import Any
 __all__ = ["HTML_PAGE", "REDIRECT", "PUBLIC"]
 
 HTML_PAGE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "an HTML page"}}
-REDIRECT: dict[int | str, dict[str, Any]] = {
-    303: {"description": "done; the browser follows the Location header"}, **HTML_PAGE}
+    200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "an HTML page"}
+}
+REDIRECT: dict[int | str, dict[str, Any]] = {303: {"description": "done; the browser follows the Location header"}, **HTML_PAGE}
 PUBLIC: dict[str, Any] = {"security": []}  # operations that need no session (openapi_extra)

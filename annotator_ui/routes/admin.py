@@ -32,7 +32,7 @@ def admin_page(request: Request, s: AdminSession, db: DbDep):
 
 @router.post("/admin/apply", responses=HTML_PAGE)
 def admin_apply(request: Request, s: SessionDep, csrf: Annotated[str, Form(min_length=1, max_length=128)], db: DbDep):
-    """"Apply decisions to the dataset": the same ``apply_reviews`` as ``curate review apply``
+    """ "Apply decisions to the dataset": the same ``apply_reviews`` as ``curate review apply``
     (a new Lance version, refitted reward head and thresholds), run by an admin from the page.
     One apply at a time; a second click while one runs gets 409."""
     user = s[0]
@@ -59,12 +59,16 @@ def admin_stats(user: Admin, db: DbDep):
     return _stats(db)
 
 
-@router.get("/admin/export.jsonl", response_class=StreamingResponse,
-            responses={200: {"content": {"application/x-ndjson": {}}, "description": "one decision per line"}})
+@router.get(
+    "/admin/export.jsonl",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}, "description": "one decision per line"}},
+)
 def export(user: Admin, db: DbDep):
     db.log(user, "export")
-    return StreamingResponse(_decision_lines(db), media_type="application/x-ndjson",
-                             headers={"content-disposition": 'attachment; filename="decisions.jsonl"'})
+    return StreamingResponse(
+        _decision_lines(db), media_type="application/x-ndjson", headers={"content-disposition": 'attachment; filename="decisions.jsonl"'}
+    )
 
 
 def _decision_lines(db: ReviewDB, page_size: int = 5000):
@@ -86,19 +90,33 @@ def _stats(db: ReviewDB) -> dict[str, Any]:
 
     c = db.counters()
     pairs = db.double_annotated()
-    return {"counters": c, "progress": (c["items_done"] / c["items_total"]) if c.get("items_total") else None,
-            "kappa": cohen_kappa(pairs), "kappa_pairs": len(pairs), "annotators": db.per_user()}
+    return {
+        "counters": c,
+        "progress": (c["items_done"] / c["items_total"]) if c.get("items_total") else None,
+        "kappa": cohen_kappa(pairs),
+        "kappa_pairs": len(pairs),
+        "annotators": db.per_user(),
+    }
 
 
 def _apply_summary(rep: dict[str, Any]) -> dict[str, Any]:
     """What the admin page shows after an apply: what changed, and how good the proposals were."""
     pa_, va = rep.get("pseudo_label_agreement") or {}, rep.get("verifier_agreement") or {}
-    return {"version_before": rep.get("version_before"), "version_after": rep.get("version_after"),
-            "decisions": rep.get("decisions", 0), "rows_reviewed": rep.get("rows_reviewed", 0),
-            "labels": rep.get("labels", 0), "captions_edited": (rep.get("caption_fixes") or {}).get("captions_edited", 0),
-            "graph_tags_rows": rep.get("graph_tags_rows", 0),
-            "thresholds": [{"column": t.get("column"), "op": t.get("op"), "old": t.get("old"), "new": t.get("new"),
-                            "note": t.get("note", "")} for t in rep.get("thresholds", [])],
-            "reward_head": rep.get("reward_head") or {},
-            "pseudo_accuracy": pa_.get("accuracy"), "verifier_accuracy": va.get("accuracy"), "agreement_n": pa_.get("n"),
-            "report": Path(rep["report_html"]).name if rep.get("report_html") else None}
+    return {
+        "version_before": rep.get("version_before"),
+        "version_after": rep.get("version_after"),
+        "decisions": rep.get("decisions", 0),
+        "rows_reviewed": rep.get("rows_reviewed", 0),
+        "labels": rep.get("labels", 0),
+        "captions_edited": (rep.get("caption_fixes") or {}).get("captions_edited", 0),
+        "graph_tags_rows": rep.get("graph_tags_rows", 0),
+        "thresholds": [
+            {"column": t.get("column"), "op": t.get("op"), "old": t.get("old"), "new": t.get("new"), "note": t.get("note", "")}
+            for t in rep.get("thresholds", [])
+        ],
+        "reward_head": rep.get("reward_head") or {},
+        "pseudo_accuracy": pa_.get("accuracy"),
+        "verifier_accuracy": va.get("accuracy"),
+        "agreement_n": pa_.get("n"),
+        "report": Path(rep["report_html"]).name if rep.get("report_html") else None,
+    }

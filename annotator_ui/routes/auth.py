@@ -28,8 +28,15 @@ class LoginIn(BaseModel):
 
 
 def set_session(resp: Response, token: str, settings: AppSettings) -> None:
-    resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=settings.cookie_secure,
-                    max_age=int(settings.session_ttl_s), path="/")
+    resp.set_cookie(
+        SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=settings.cookie_secure,
+        max_age=int(settings.session_ttl_s),
+        path="/",
+    )
 
 
 @router.get("/login", response_class=HTMLResponse, responses=HTML_PAGE, openapi_extra=PUBLIC)
@@ -37,15 +44,19 @@ def login_page(request: Request, settings: SettingsDep):
     # the double-submit token: kept while the cookie lives, so two open tabs both work
     token = request.cookies.get(LOGIN_CSRF_COOKIE) or new_token()
     resp = page(request, "login.html", login_csrf=token, error=None, csrf=None)
-    resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=settings.cookie_secure,
-                    max_age=3600, path="/login")
+    resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=settings.cookie_secure, max_age=3600, path="/login")
     return resp
 
 
 @router.post("/login", responses=REDIRECT, openapi_extra=PUBLIC)
-def login_form(request: Request, username: Annotated[str, Form(min_length=1, max_length=64)],
-               password: Annotated[str, Form(min_length=1, max_length=1024)],
-               csrf: Annotated[str, Form(min_length=1, max_length=128)], db: DbDep, settings: SettingsDep):
+def login_form(
+    request: Request,
+    username: Annotated[str, Form(min_length=1, max_length=64)],
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
+    csrf: Annotated[str, Form(min_length=1, max_length=128)],
+    db: DbDep,
+    settings: SettingsDep,
+):
     if not tokens_equal(csrf, request.cookies.get(LOGIN_CSRF_COOKIE)):
         raise HTTPException(403, "login form expired; reload the page")
     user = db.authenticate(username, password)

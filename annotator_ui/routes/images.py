@@ -25,8 +25,7 @@ __all__ = ["router", "dataset_versions"]
 router = APIRouter()
 
 ROW_ID = re.compile(ROW_ID_PATTERN)
-SAFE_IMAGE = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png", b"GIF87a": "image/gif",
-              b"GIF89a": "image/gif"}
+SAFE_IMAGE = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png", b"GIF87a": "image/gif", b"GIF89a": "image/gif"}
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
@@ -65,8 +64,7 @@ def _row_locator(db: ReviewDB, user: User, row_id: str) -> tuple[int | None, int
     raise HTTPException(403 if not user.is_admin else 404, "no such image among your items")
 
 
-def _read_image(open_version: Callable[[int | None], Any], row_id: str, version: int | None,
-                pos: int | None) -> bytes | None:
+def _read_image(open_version: Callable[[int | None], Any], row_id: str, version: int | None, pos: int | None) -> bytes | None:
     """The row's image bytes: by position at the mined version (one take), else, when the
     dataset was compacted or re-versioned since, by id in the latest version."""
     data = None
@@ -83,8 +81,9 @@ def _read_image(open_version: Callable[[int | None], Any], row_id: str, version:
     return data
 
 
-@router.get("/image/{row_id}", response_class=Response,
-            responses={200: {"content": {t: {} for t in IMAGE_TYPES}, "description": "the image bytes"}})
+@router.get(
+    "/image/{row_id}", response_class=Response, responses={200: {"content": {t: {} for t in IMAGE_TYPES}, "description": "the image bytes"}}
+)
 def image(request: Request, row_id: RowId, user: CurrentUser, db: DbDep):
     if not ROW_ID.match(row_id):
         raise HTTPException(422, "row ids are letters, digits and _.:-")

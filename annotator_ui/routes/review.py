@@ -40,9 +40,17 @@ class DecisionIn(BaseModel):
 def annotate_page(request: Request, s: SessionDep, db: DbDep, settings: SettingsDep):
     user, csrf = s
     item = db.next_item(user, lease_s=settings.lease_s, gold_rate=settings.gold_rate)
-    return page(request, "annotate.html", user=user, csrf=csrf,
-                item=ReviewItemPublic.of(item).model_dump() if item else None, counters=db.counters(),
-                mine=db.user_decision_count(user), reject_reasons=REJECT_REASONS, max_caption=MAX_CAPTION_CHARS)
+    return page(
+        request,
+        "annotate.html",
+        user=user,
+        csrf=csrf,
+        item=ReviewItemPublic.of(item).model_dump() if item else None,
+        counters=db.counters(),
+        mine=db.user_decision_count(user),
+        reject_reasons=REJECT_REASONS,
+        max_caption=MAX_CAPTION_CHARS,
+    )
 
 
 def _form_decision(action: str, caption: str | None, original: str, tags: str, reasons: list[str] | None) -> DecisionIn:
@@ -51,17 +59,26 @@ def _form_decision(action: str, caption: str | None, original: str, tags: str, r
     cap = caption.replace("\r\n", "\n") if caption is not None else None
     cap = None if cap is None or cap.strip() == "" or cap == original else cap
     tag_list = [t.strip() for t in tags.split(",") if t.strip()][:64]
-    return DecisionIn(decision="keep" if action == "accept" else "drop", flag=action == "flag", caption=cap,
-                      tags=[t[:64] for t in tag_list], reasons=[r[:200] for r in (reasons or [])][:20])
+    return DecisionIn(
+        decision="keep" if action == "accept" else "drop",
+        flag=action == "flag",
+        caption=cap,
+        tags=[t[:64] for t in tag_list],
+        reasons=[r[:200] for r in (reasons or [])][:20],
+    )
 
 
 @router.post("/annotate/{item_id}", responses=REDIRECT)
-def annotate_post(item_id: ItemId, s: SessionDep,
-                  action: Annotated[Literal["accept", "reject", "flag", "skip"], Form()],
-                  csrf: Annotated[str, Form(min_length=1, max_length=128)], db: DbDep,
-                  caption: Annotated[str | None, Form(max_length=MAX_CAPTION_CHARS)] = None,
-                  tags: Annotated[str, Form(max_length=4000)] = "",
-                  reasons: Annotated[list[str] | None, Form()] = None):
+def annotate_post(
+    item_id: ItemId,
+    s: SessionDep,
+    action: Annotated[Literal["accept", "reject", "flag", "skip"], Form()],
+    csrf: Annotated[str, Form(min_length=1, max_length=128)],
+    db: DbDep,
+    caption: Annotated[str | None, Form(max_length=MAX_CAPTION_CHARS)] = None,
+    tags: Annotated[str, Form(max_length=4000)] = "",
+    reasons: Annotated[list[str] | None, Form()] = None,
+):
     user = s[0]
     check_form_csrf(csrf, s, "missing or wrong CSRF token; reload the page")
     if action == "skip":
@@ -69,8 +86,7 @@ def annotate_post(item_id: ItemId, s: SessionDep,
         return RedirectResponse("/", status_code=303)
     original = ReviewPayload.model_validate(db.get_item(item_id)["payload"]).caption
     body = _form_decision(action, caption, original, tags, reasons)
-    db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags,
-              reasons=body.reasons)
+    db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons)
     return RedirectResponse("/", status_code=303)
 
 
@@ -91,8 +107,7 @@ def api_item(item_id: ItemId, user: CurrentUser, db: DbDep):
 
 @router.post("/api/items/{item_id}/decision")
 def api_decide(item_id: ItemId, body: DecisionIn, user: CsrfUser, db: DbDep):
-    return JSONResponse(db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption,
-                                  tags=body.tags, reasons=body.reasons))
+    return JSONResponse(db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons))
 
 
 @router.post("/api/items/{item_id}/skip")

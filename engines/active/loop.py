@@ -20,8 +20,7 @@ import numpy as np
 
 from engines.active.rules import Rule, passes
 
-__all__ = ["aggregate", "cohen_kappa", "agreement", "recalibrate", "RewardHead", "fit_reward_head",
-           "fit_aesthetic_head", "reward_features"]
+__all__ = ["aggregate", "cohen_kappa", "agreement", "recalibrate", "RewardHead", "fit_reward_head", "fit_aesthetic_head", "reward_features"]
 
 
 def aggregate(decisions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -39,13 +38,17 @@ def aggregate(decisions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         else:
             verdict = "keep" if keep > drop else "drop" if drop > keep else "disputed"
         original = (ds[0].get("payload") or {}).get("caption")
-        edited = [d["caption"] for d in ds if d["caption"] is not None and d["caption"].strip()
-                  and d["caption"] != original]
+        edited = [d["caption"] for d in ds if d["caption"] is not None and d["caption"].strip() and d["caption"] != original]
         tags = next((d["tags"] for d in reversed(ds) if d["tags"]), [])
         out[row_id] = {
-            "decision": verdict, "flag": any(d["flag"] for d in ds), "caption": edited[-1] if edited else None,
-            "tags": list(tags), "reviewers": ",".join(dict.fromkeys(d["user"] for d in ds)), "time": ds[-1]["time"],
-            "votes": len(ds), "payload": ds[0].get("payload") or {},
+            "decision": verdict,
+            "flag": any(d["flag"] for d in ds),
+            "caption": edited[-1] if edited else None,
+            "tags": list(tags),
+            "reviewers": ",".join(dict.fromkeys(d["user"] for d in ds)),
+            "time": ds[-1]["time"],
+            "votes": len(ds),
+            "payload": ds[0].get("payload") or {},
         }
     return out
 
@@ -68,8 +71,12 @@ def agreement(machine: list[str], human: list[str]) -> dict[str, Any]:
     """How well machine proposals matched humans: accuracy, kappa and the confusion counts."""
     pairs = [(m, h) for m, h in zip(machine, human) if m in ("keep", "drop") and h in ("keep", "drop")]
     conf = {f"{m}->{h}": sum(1 for a, b in pairs if (a, b) == (m, h)) for m in ("keep", "drop") for h in ("keep", "drop")}
-    return {"n": len(pairs), "accuracy": (sum(a == b for a, b in pairs) / len(pairs)) if pairs else None,
-            "kappa": cohen_kappa(pairs), "confusion": conf}
+    return {
+        "n": len(pairs),
+        "accuracy": (sum(a == b for a, b in pairs) / len(pairs)) if pairs else None,
+        "kappa": cohen_kappa(pairs),
+        "confusion": conf,
+    }
 
 
 def _balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
@@ -92,8 +99,9 @@ def _best_cut(rule: Rule, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return best_t, best_s
 
 
-def recalibrate(rules: list[Rule], values: dict[str, np.ndarray], y: np.ndarray, *, prior_n: float = 50.0,
-                min_labels: int = 10) -> tuple[list[Rule], list[dict[str, Any]]]:
+def recalibrate(
+    rules: list[Rule], values: dict[str, np.ndarray], y: np.ndarray, *, prior_n: float = 50.0, min_labels: int = 10
+) -> tuple[list[Rule], list[dict[str, Any]]]:
     """New thresholds from human labels ``y`` (1 keep, 0 drop) and each rule's signal ``values``.
 
     Each rule is judged on the rows the *other* rules keep (a drop caused by a watermark says
@@ -132,10 +140,16 @@ def recalibrate(rules: list[Rule], values: dict[str, np.ndarray], y: np.ndarray,
         t_new = r.threshold + w * (best - r.threshold)
         old_pred = x[sel] >= r.threshold if r.op == ">=" else x[sel] <= r.threshold
         new_pred = x[sel] >= t_new if r.op == ">=" else x[sel] <= t_new
-        entry.update({"best_cut": best, "weight": round(w, 3), "new": float(t_new),
-                      "balanced_accuracy_old": round(_balanced_accuracy(old_pred, y[sel]), 4),
-                      "balanced_accuracy_new": round(_balanced_accuracy(new_pred, y[sel]), 4),
-                      "keep_rate_human": round(float(y[sel].mean()), 4)})
+        entry.update(
+            {
+                "best_cut": best,
+                "weight": round(w, 3),
+                "new": float(t_new),
+                "balanced_accuracy_old": round(_balanced_accuracy(old_pred, y[sel]), 4),
+                "balanced_accuracy_new": round(_balanced_accuracy(new_pred, y[sel]), 4),
+                "keep_rate_human": round(float(y[sel].mean()), 4),
+            }
+        )
         new_rules.append(r.model_copy(update={"threshold": float(t_new)}))
         report.append(entry)
     return new_rules, report
@@ -154,8 +168,17 @@ def reward_features(values: dict[str, np.ndarray], emb: np.ndarray | None, colum
 class RewardHead:
     """A logistic head: standardised signals (+ embedding) -> P(keep). Plain NumPy to apply, JSON to store."""
 
-    def __init__(self, columns: list[str], mean: np.ndarray, std: np.ndarray, coef: np.ndarray, intercept: float,
-                 emb_column: str | None = None, emb_dim: int = 0, meta: dict | None = None):
+    def __init__(
+        self,
+        columns: list[str],
+        mean: np.ndarray,
+        std: np.ndarray,
+        coef: np.ndarray,
+        intercept: float,
+        emb_column: str | None = None,
+        emb_dim: int = 0,
+        meta: dict | None = None,
+    ):
         self.columns, self.mean, self.std = list(columns), np.asarray(mean), np.asarray(std)
         self.coef, self.intercept = np.asarray(coef), float(intercept)
         self.emb_column, self.emb_dim, self.meta = emb_column, int(emb_dim), dict(meta or {})
@@ -171,21 +194,45 @@ class RewardHead:
         return np.nan_to_num(z)  # a missing signal counts as average, never as an error
 
     def to_json(self) -> dict[str, Any]:
-        return {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist(), "coef": self.coef.tolist(),
-                "intercept": self.intercept, "emb_column": self.emb_column, "emb_dim": self.emb_dim, "meta": self.meta}
+        return {
+            "columns": self.columns,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "emb_column": self.emb_column,
+            "emb_dim": self.emb_dim,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RewardHead:
-        return cls(d["columns"], np.array(d["mean"]), np.array(d["std"]), np.array(d["coef"]), d["intercept"],
-                   d.get("emb_column"), d.get("emb_dim", 0), d.get("meta"))
+        return cls(
+            d["columns"],
+            np.array(d["mean"]),
+            np.array(d["std"]),
+            np.array(d["coef"]),
+            d["intercept"],
+            d.get("emb_column"),
+            d.get("emb_dim", 0),
+            d.get("meta"),
+        )
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
 
 
-def fit_reward_head(values: dict[str, np.ndarray], y: np.ndarray, columns: list[str], *, emb: np.ndarray | None = None,
-                    emb_column: str | None = None, C: float = 1.0, min_labels: int = 10) -> RewardHead | None:
+def fit_reward_head(
+    values: dict[str, np.ndarray],
+    y: np.ndarray,
+    columns: list[str],
+    *,
+    emb: np.ndarray | None = None,
+    emb_column: str | None = None,
+    C: float = 1.0,
+    min_labels: int = 10,
+) -> RewardHead | None:
     """Logistic regression (class-balanced, L2) on human labels; None with too few or one-class labels.
 
     ``meta`` records the cross-validated AUC (how much to trust it) and the label counts."""
@@ -209,13 +256,19 @@ def fit_reward_head(values: dict[str, np.ndarray], y: np.ndarray, columns: list[
     auc = None
     folds = min(5, int(np.bincount(y).min()))
     if folds >= 2:
-        p = cross_val_predict(model, z, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
-                              method="predict_proba")[:, 1]
+        p = cross_val_predict(model, z, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0), method="predict_proba")[:, 1]
         auc = float(roc_auc_score(y, p))
     model.fit(z, y)
-    return RewardHead(columns, mean, std, model.coef_[0], float(model.intercept_[0]), emb_column if emb is not None else None,
-                      0 if emb is None else emb.shape[1],
-                      {"n": int(len(y)), "keep": int(y.sum()), "drop": int(len(y) - y.sum()), "cv_auc": auc})
+    return RewardHead(
+        columns,
+        mean,
+        std,
+        model.coef_[0],
+        float(model.intercept_[0]),
+        emb_column if emb is not None else None,
+        0 if emb is None else emb.shape[1],
+        {"n": int(len(y)), "keep": int(y.sum()), "drop": int(len(y) - y.sum()), "cv_auc": auc},
+    )
 
 
 def fit_aesthetic_head(emb: np.ndarray, y: np.ndarray, *, epochs: int = 200, seed: int = 0):
@@ -242,5 +295,3 @@ def fit_aesthetic_head(emb: np.ndarray, y: np.ndarray, *, epochs: int = 200, see
         opt.step()
     head.eval()
     return head, float(loss.detach())
-
-

@@ -67,8 +67,9 @@ class MineConfig(BaseModel):
     seed: int = 0
 
 
-def knn(query: np.ndarray, base: np.ndarray, k: int, *, chunk: int = 65536,
-        exclude_self: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def knn(
+    query: np.ndarray, base: np.ndarray, k: int, *, chunk: int = 65536, exclude_self: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine k-NN of L2-normalised vectors by chunked matrix products: (sims, indices), (q, k).
 
     ``exclude_self[i]`` is the base index of query i (its own row) to skip. Exact and dependency
@@ -80,7 +81,7 @@ def knn(query: np.ndarray, base: np.ndarray, k: int, *, chunk: int = 65536,
     best_s = np.full((q, k), -np.inf, np.float32)
     best_i = np.full((q, k), -1, np.int64)
     for start in range(0, len(base), chunk):
-        s = query @ base[start:start + chunk].T
+        s = query @ base[start : start + chunk].T
         if exclude_self is not None:
             rows = np.nonzero((exclude_self >= start) & (exclude_self < start + chunk))[0]
             s[rows, exclude_self[rows] - start] = -np.inf
@@ -109,7 +110,7 @@ def primary_concepts(table: pa.Table) -> list[str]:
         if not idx:
             out.append("untagged")
             continue
-        best = max(idx, key=lambda i: (s[i] if s and i < len(s) and s[i] is not None else 0.0))
+        best = max(idx, key=lambda i: s[i] if s and i < len(s) and s[i] is not None else 0.0)
         out.append(str(c[best]))
     return out
 
@@ -161,9 +162,15 @@ def _needs_two(row_id: str, share: float, seed: int) -> bool:
     return h < share
 
 
-def mine(table: pa.Table, rules: list[Rule], config: MineConfig | None = None, *,
-         flagged: list[str] | None = None, reviewed: dict[str, str] | None = None,
-         reward: np.ndarray | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def mine(
+    table: pa.Table,
+    rules: list[Rule],
+    config: MineConfig | None = None,
+    *,
+    flagged: list[str] | None = None,
+    reviewed: dict[str, str] | None = None,
+    reward: np.ndarray | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Review items for the hardest rows, in balanced serving order, and a summary of the mining.
 
     ``table``: light columns of the dataset plus ``_pos`` (row offset in the version mined);
@@ -195,12 +202,28 @@ def mine(table: pa.Table, rules: list[Rule], config: MineConfig | None = None, *
     look = _look_alikes(rows, cfg, order)
     items = []
     for rank, i in enumerate(order):
-        payload = _payload(rows, i, why=hard.why[i], h=float(h[i]), pseudo=pseudo[i], verdict=verdict[i],
-                           neighbours=look.get(i, []), concept=concepts[i], quality_bin=int(qbin[i]))
-        items.append({"row_id": rows.ids[i], "priority": float(len(order) - rank), "payload": payload,
-                      "needed": 2 if _needs_two(rows.ids[i], cfg.double_share, cfg.seed) else 1})
-    summary.update({"candidates": int(len(cand)), "queued": len(items), "quality_signal": qsig,
-                    "embedding": rows.emb_col, "strata": n_strata})
+        payload = _payload(
+            rows,
+            i,
+            why=hard.why[i],
+            h=float(h[i]),
+            pseudo=pseudo[i],
+            verdict=verdict[i],
+            neighbours=look.get(i, []),
+            concept=concepts[i],
+            quality_bin=int(qbin[i]),
+        )
+        items.append(
+            {
+                "row_id": rows.ids[i],
+                "priority": float(len(order) - rank),
+                "payload": payload,
+                "needed": 2 if _needs_two(rows.ids[i], cfg.double_share, cfg.seed) else 1,
+            }
+        )
+    summary.update(
+        {"candidates": int(len(cand)), "queued": len(items), "quality_signal": qsig, "embedding": rows.emb_col, "strata": n_strata}
+    )
     return items, summary
 
 
@@ -233,20 +256,27 @@ def _column(table: pa.Table, name: str) -> list[Any] | None:
 def _read_rows(table: pa.Table, rules: list[Rule], reward: np.ndarray | None) -> _Rows:
     """Signals, captions, OCR text and embeddings of the rows; absent columns stay absent."""
     n = table.num_rows
-    vals = {c: v for c in set(DISPLAY_SIGNALS + [r.column for r in rules] + GOODNESS)
-            if (v := column_values(table, c)) is not None}
+    vals = {c: v for c in set(DISPLAY_SIGNALS + [r.column for r in rules] + GOODNESS) if (v := column_values(table, c)) is not None}
     if reward is not None:
         vals["rev_reward"] = reward.astype(np.float64)
     active = [r for r in rules if r.column in vals and not np.isnan(vals[r.column]).all()]
     caps = _column(table, "captions") or [None] * n
     rev_caps = _column(table, "rev_caption") or [None] * n
     emb_col = next((c for c in EMBEDDING_COLUMNS if c in table.column_names), None)
-    return _Rows(table=table, ids=table.column("id").to_pylist(), vals=vals,
-                 vrows=[{c: float(v[i]) for c, v in vals.items() if not np.isnan(v[i])} for i in range(n)],
-                 active=active, scales={r.column: robust_scale(vals[r.column]) for r in active},
-                 caps=caps, rev_caps=rev_caps, chosen=[choose_caption(c, r) for c, r in zip(caps, rev_caps)],
-                 ocr=_column(table, "prof_ocr_text"), emb_col=emb_col,
-                 emb=embedding_matrix(table, emb_col) if emb_col else None)
+    return _Rows(
+        table=table,
+        ids=table.column("id").to_pylist(),
+        vals=vals,
+        vrows=[{c: float(v[i]) for c, v in vals.items() if not np.isnan(v[i])} for i in range(n)],
+        active=active,
+        scales={r.column: robust_scale(vals[r.column]) for r in active},
+        caps=caps,
+        rev_caps=rev_caps,
+        chosen=[choose_caption(c, r) for c, r in zip(caps, rev_caps)],
+        ocr=_column(table, "prof_ocr_text"),
+        emb_col=emb_col,
+        emb=embedding_matrix(table, emb_col) if emb_col else None,
+    )
 
 
 class _Hardness:
@@ -274,8 +304,7 @@ def _near_threshold(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
     active, vals = rows.active, rows.vals
     if not active:
         return hard.skip("near_threshold", "no rule's signal column is present")
-    close = np.stack([np.exp(-np.square(signed_margin(r, vals[r.column], rows.scales[r.column]) / cfg.band))
-                      for r in active])
+    close = np.stack([np.exp(-np.square(signed_margin(r, vals[r.column], rows.scales[r.column]) / cfg.band)) for r in active])
     close = np.nan_to_num(close)
     near = np.where(close.max(axis=0) > math.exp(-1), close.max(axis=0), 0.0)
     which = close.argmax(axis=0)
@@ -297,8 +326,11 @@ def _signals_disagree(rows: _Rows, hard: _Hardness) -> None:
     spread = np.nanmax(ranks, axis=0) - np.nanmin(ranks, axis=0)
     hi, lo = np.nanargmax(np.nan_to_num(ranks, nan=-1), axis=0), np.nanargmin(np.nan_to_num(ranks, nan=2), axis=0)
     score = np.where(spread >= 0.6, (spread - 0.6) / 0.4 * 0.5 + 0.5, 0.0)
-    hard.add("signals_disagree", score, lambda i: f"signals disagree: {good[hi[i]]} ranks {ranks[hi[i], i]:.0%}, "
-             f"{good[lo[i]]} ranks {ranks[lo[i], i]:.0%}")
+    hard.add(
+        "signals_disagree",
+        score,
+        lambda i: f"signals disagree: {good[hi[i]]} ranks {ranks[hi[i], i]:.0%}, {good[lo[i]]} ranks {ranks[lo[i], i]:.0%}",
+    )
 
 
 def _low_similarity(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
@@ -308,8 +340,9 @@ def _low_similarity(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
         return hard.skip("low_similarity", "prof_clip_sim absent")
     pr = _pct_rank(sim)
     score = np.where(pr <= cfg.low_sim_quantile, 1.0 - pr / cfg.low_sim_quantile * 0.5, 0.0)
-    hard.add("low_similarity", np.nan_to_num(score), lambda i: f"low image-text similarity "
-             f"({sim[i]:.3f}, bottom {cfg.low_sim_quantile:.0%})")
+    hard.add(
+        "low_similarity", np.nan_to_num(score), lambda i: f"low image-text similarity ({sim[i]:.3f}, bottom {cfg.low_sim_quantile:.0%})"
+    )
 
 
 def _ocr_missing(rows: _Rows, hard: _Hardness) -> None:
@@ -318,8 +351,7 @@ def _ocr_missing(rows: _Rows, hard: _Hardness) -> None:
     if ocr is None:
         return hard.skip("ocr_missing", "prof_ocr_text absent")
     overlap = rows.vals.get("prof_cap_ocr_overlap")
-    ov = np.array([_overlap(rows.chosen[i][0], o) if overlap is None or np.isnan(overlap[i]) else overlap[i]
-                   for i, o in enumerate(ocr)])
+    ov = np.array([_overlap(rows.chosen[i][0], o) if overlap is None or np.isnan(overlap[i]) else overlap[i] for i, o in enumerate(ocr)])
     has = np.array([len((o or "").strip()) >= 3 for o in ocr])
     score = np.where(has & (ov < 0.5), 1.0 - ov, 0.0)
     hard.add("ocr_missing", score, lambda i: f"OCR text missing from caption: {(ocr[i] or '')[:60]!r}")
@@ -341,8 +373,11 @@ def _borderline_duplicate(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None
     lo, hi = cfg.dup_band
     mid, half = (lo + hi) / 2, (hi - lo) / 2
     score = np.where((nn_sim >= lo) & (nn_sim <= hi), 1.0 - 0.5 * np.abs(nn_sim - mid) / half, 0.0)
-    hard.add("borderline_duplicate", np.nan_to_num(score), lambda i: f"borderline duplicate (nearest similarity "
-             f"{nn_sim[i]:.3f}{'' if nn_idx is None else ' to ' + rows.ids[nn_idx[i]]})")
+    hard.add(
+        "borderline_duplicate",
+        np.nan_to_num(score),
+        lambda i: f"borderline duplicate (nearest similarity {nn_sim[i]:.3f}{'' if nn_idx is None else ' to ' + rows.ids[nn_idx[i]]})",
+    )
 
 
 def _like_flagged(rows: _Rows, cfg: MineConfig, flagged: list[str], hard: _Hardness) -> None:
@@ -373,8 +408,16 @@ def _machine_opinions(rows: _Rows, reviewed: dict[str, str]) -> tuple[list[dict[
         if tags_all and tags_all[i]:
             d = tag_direct[i] if tag_direct else None
             tags = [t for j, t in enumerate(tags_all[i]) if not d or (j < len(d) and d[j])][:8]
-        pseudo.append(pseudo_label(rows.vrows[i], rows.active, caption=rows.chosen[i][0], lang=rows.chosen[i][1],
-                                   ocr_text=(rows.ocr[i] if rows.ocr else "") or "", tags=tags))
+        pseudo.append(
+            pseudo_label(
+                rows.vrows[i],
+                rows.active,
+                caption=rows.chosen[i][0],
+                lang=rows.chosen[i][1],
+                ocr_text=(rows.ocr[i] if rows.ocr else "") or "",
+                tags=tags,
+            )
+        )
         verdict.append(verify(rows.vrows[i], rows.active, rows.scales, reward_p=rows.vrows[i].get("rev_reward")))
     if reviewed and rows.emb is not None:
         verdict = _neighbour_verdicts(rows.emb, rows.ids, reviewed, rows.vrows, rows.active, rows.scales, verdict)
@@ -382,10 +425,11 @@ def _machine_opinions(rows: _Rows, reviewed: dict[str, str]) -> tuple[list[dict[
 
 
 def _verifier_disagrees(pseudo: list[dict[str, Any]], verdict: list[dict[str, Any]], hard: _Hardness) -> None:
-    dis = np.array([1.0 if v["verdict"] in ("keep", "drop") and v["verdict"] != p["decision"] else 0.0
-                    for p, v in zip(pseudo, verdict)]) * 0.8
-    hard.add("verifier_disagrees", dis, lambda i: f"AI verifier says {verdict[i]['verdict']}, "
-             f"pseudo-label says {pseudo[i]['decision']}")
+    dis = (
+        np.array([1.0 if v["verdict"] in ("keep", "drop") and v["verdict"] != p["decision"] else 0.0 for p, v in zip(pseudo, verdict)])
+        * 0.8
+    )
+    hard.add("verifier_disagrees", dis, lambda i: f"AI verifier says {verdict[i]['verdict']}, pseudo-label says {pseudo[i]['decision']}")
 
 
 def _candidates(rows: _Rows, cfg: MineConfig, h: np.ndarray, reviewed: dict[str, str]) -> np.ndarray:
@@ -401,8 +445,9 @@ def _candidates(rows: _Rows, cfg: MineConfig, h: np.ndarray, reviewed: dict[str,
     return np.nonzero(eligible)[0]
 
 
-def _balanced(rows: _Rows, cfg: MineConfig, h: np.ndarray, cand: np.ndarray,
-              concepts: list[str]) -> tuple[list[int], np.ndarray, str | None, int]:
+def _balanced(
+    rows: _Rows, cfg: MineConfig, h: np.ndarray, cand: np.ndarray, concepts: list[str]
+) -> tuple[list[int], np.ndarray, str | None, int]:
     """(serving order, quality bin per row, quality signal used, number of strata): strata are
     (concept, quality bin), so a common concept cannot fill the batch."""
     qsig = next((c for c in ("rev_reward", "prof_quality", "prof_aesthetic") if c in rows.vals), None)
@@ -419,23 +464,50 @@ def _look_alikes(rows: _Rows, cfg: MineConfig, order: list[int]) -> dict[int, li
         return {}
     q = np.array(order, np.int64)
     s, ix = knn(emb[0][q], emb[0], cfg.neighbours, exclude_self=q)
-    return {i: [Neighbour(row_id=rows.ids[j], pos=int(_pos(rows.table, j)), sim=round(float(sv), 4),
-                          caption=choose_caption(rows.caps[j], rows.rev_caps[j])[0][:300])
-                for sv, j in zip(s[a], ix[a]) if j >= 0 and emb[1][j]]
-            for a, i in enumerate(order)}
+    return {
+        i: [
+            Neighbour(
+                row_id=rows.ids[j],
+                pos=int(_pos(rows.table, j)),
+                sim=round(float(sv), 4),
+                caption=choose_caption(rows.caps[j], rows.rev_caps[j])[0][:300],
+            )
+            for sv, j in zip(s[a], ix[a])
+            if j >= 0 and emb[1][j]
+        ]
+        for a, i in enumerate(order)
+    }
 
 
-def _payload(rows: _Rows, i: int, *, why: list[str], h: float, pseudo: dict[str, Any],
-             verdict: dict[str, Any], neighbours: list[Neighbour], concept: str, quality_bin: int) -> dict[str, Any]:
+def _payload(
+    rows: _Rows,
+    i: int,
+    *,
+    why: list[str],
+    h: float,
+    pseudo: dict[str, Any],
+    verdict: dict[str, Any],
+    neighbours: list[Neighbour],
+    concept: str,
+    quality_bin: int,
+) -> dict[str, Any]:
     """Row ``i``'s stored review payload. No ``version``: the job that queues the items stamps it."""
     caption, lang = rows.chosen[i]
     return ReviewPayload(
-        row_id=rows.ids[i], pos=int(_pos(rows.table, i)), caption=caption, lang=lang,
+        row_id=rows.ids[i],
+        pos=int(_pos(rows.table, i)),
+        caption=caption,
+        lang=lang,
         other_captions=[c["text"] for c in (rows.caps[i] or []) if c and c.get("text") and c["text"] != caption][:6],
         signals={c: round(v, 4) for c, v in rows.vrows[i].items() if c in DISPLAY_SIGNALS},
         ocr_text=(rows.ocr[i] if rows.ocr else None) or None,
-        hard_reasons=why, hardness=round(h, 4), pseudo=pseudo, verifier=verdict, neighbours=neighbours,
-        concept=concept, quality_bin=quality_bin,
+        hard_reasons=why,
+        hardness=round(h, 4),
+        pseudo=pseudo,
+        verifier=verdict,
+        neighbours=neighbours,
+        concept=concept,
+        quality_bin=quality_bin,
     ).model_dump(exclude={"version"})
 
 

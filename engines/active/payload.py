@@ -76,8 +76,7 @@ class ReviewPayload(BaseModel):
 
 
 # what the public item takes from the payload (the rest comes from the item's queue row)
-_FROM_PAYLOAD = ("caption", "other_captions", "signals", "ocr_text", "hard_reasons", "pseudo", "verifier",
-                 "neighbours", "concept")
+_FROM_PAYLOAD = ("caption", "other_captions", "signals", "ocr_text", "hard_reasons", "pseudo", "verifier", "neighbours", "concept")
 
 
 class ReviewItemPublic(BaseModel):

@@ -26,9 +26,11 @@ from engines.profiling.captions import ocr_overlap
 __all__ = ["pseudo_label", "verify", "caption_fix", "keyword_tags", "choose_caption"]
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{1,}|[\u4e00-\u9fff]")
-_STOP = set("""a an the and or of in on at to for with by from is are was were be been this that these those it its
+_STOP = set(
+    """a an the and or of in on at to for with by from is are was were be been this that these those it its
 there here some two three four one several many very into onto over under near next top front back side his her
-their our your while who which what where when has have having stands standing sitting sits""".split())
+their our your while who which what where when has have having stands standing sitting sits""".split()
+)
 
 
 def _tokens(text: str) -> list[str]:
@@ -67,9 +69,17 @@ def choose_caption(captions: list[dict] | None, reviewed: str | None = None) -> 
     return best["text"], best.get("lang") or "und"
 
 
-def pseudo_label(values: dict[str, float], rules: list[Rule], *, caption: str = "", lang: str = "en",
-                 ocr_text: str = "", overlap: float | None = None, tags: list[str] | None = None,
-                 min_ocr_chars: int = 3) -> dict[str, Any]:
+def pseudo_label(
+    values: dict[str, float],
+    rules: list[Rule],
+    *,
+    caption: str = "",
+    lang: str = "en",
+    ocr_text: str = "",
+    overlap: float | None = None,
+    tags: list[str] | None = None,
+    min_ocr_chars: int = 3,
+) -> dict[str, Any]:
     """Proposed decision (keep/drop with failed rules as reasons), caption fix, tags."""
     reasons = []
     for r in rules:
@@ -97,17 +107,31 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, x))))
 
 
-def verify(values: dict[str, float], rules: list[Rule], scales: dict[str, float], *,
-           reward_p: float | None = None, neighbour_votes: list[str] | None = None) -> dict[str, Any]:
+def verify(
+    values: dict[str, float],
+    rules: list[Rule],
+    scales: dict[str, float],
+    *,
+    reward_p: float | None = None,
+    neighbour_votes: list[str] | None = None,
+) -> dict[str, Any]:
     """The AI verifier's verdict: keep/drop, P(keep), the method used and why."""
     if reward_p is not None and not math.isnan(reward_p):
-        return {"verdict": "keep" if reward_p >= 0.5 else "drop", "p_keep": round(float(reward_p), 4),
-                "method": "reward_head", "why": f"reward head trained on human reviews gives P(keep)={reward_p:.2f}"}
+        return {
+            "verdict": "keep" if reward_p >= 0.5 else "drop",
+            "p_keep": round(float(reward_p), 4),
+            "method": "reward_head",
+            "why": f"reward head trained on human reviews gives P(keep)={reward_p:.2f}",
+        }
     votes = [v for v in (neighbour_votes or []) if v in ("keep", "drop")]
     if len(votes) >= 3:
         p = (votes.count("keep") + 1) / (len(votes) + 2)  # Laplace: 3 votes never give certainty
-        return {"verdict": "keep" if p >= 0.5 else "drop", "p_keep": round(p, 4), "method": "neighbour_votes",
-                "why": f"{votes.count('keep')} of {len(votes)} reviewed look-alikes were kept"}
+        return {
+            "verdict": "keep" if p >= 0.5 else "drop",
+            "p_keep": round(p, 4),
+            "method": "neighbour_votes",
+            "why": f"{votes.count('keep')} of {len(votes)} reviewed look-alikes were kept",
+        }
     margins = []
     for r in rules:
         v = values.get(r.column)
@@ -118,5 +142,9 @@ def verify(values: dict[str, float], rules: list[Rule], scales: dict[str, float]
     if not margins:
         return {"verdict": "unsure", "p_keep": None, "method": "none", "why": "no signals to check"}
     p = _sigmoid(2.0 * float(np.mean(margins)))
-    return {"verdict": "keep" if p >= 0.5 else "drop", "p_keep": round(p, 4), "method": "signal_consensus",
-            "why": f"mean margin over {len(margins)} signals is {np.mean(margins):+.2f} IQR"}
+    return {
+        "verdict": "keep" if p >= 0.5 else "drop",
+        "p_keep": round(p, 4),
+        "method": "signal_consensus",
+        "why": f"mean margin over {len(margins)} signals is {np.mean(margins):+.2f} IQR",
+    }

@@ -20,8 +20,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Rule", "DEFAULT_RULES", "GOODNESS", "DISPLAY_SIGNALS", "load_rules", "save_rules", "column_values",
-           "embedding_matrix", "passes", "signed_margin", "robust_scale", "EMBEDDING_COLUMNS", "DUP_SIM_COLUMNS"]
+__all__ = [
+    "Rule",
+    "DEFAULT_RULES",
+    "GOODNESS",
+    "DISPLAY_SIGNALS",
+    "load_rules",
+    "save_rules",
+    "column_values",
+    "embedding_matrix",
+    "passes",
+    "signed_margin",
+    "robust_scale",
+    "EMBEDDING_COLUMNS",
+    "DUP_SIM_COLUMNS",
+]
 
 
 class Rule(BaseModel):
@@ -53,8 +66,20 @@ DEFAULT_RULES: list[Rule] = [
 GOODNESS = ["prof_quality", "prof_aesthetic", "prof_clip_sim", "rev_reward"]
 
 # what the annotator page shows next to the image, when present
-DISPLAY_SIGNALS = ["prof_quality", "prof_aesthetic", "prof_clip_sim", "prof_sharpness", "prof_brisque", "prof_watermark",
-                   "prof_nsfw", "prof_complexity", "prof_cap_ocr_overlap", "rev_reward", "width", "height"]
+DISPLAY_SIGNALS = [
+    "prof_quality",
+    "prof_aesthetic",
+    "prof_clip_sim",
+    "prof_sharpness",
+    "prof_brisque",
+    "prof_watermark",
+    "prof_nsfw",
+    "prof_complexity",
+    "prof_cap_ocr_overlap",
+    "rev_reward",
+    "width",
+    "height",
+]
 
 # image embedding first (retrieval of visually similar rows), caption embedding as a fallback
 EMBEDDING_COLUMNS = ["prof_clip_image", "vec_embedding", "prof_caption_emb"]
@@ -101,7 +126,7 @@ def embedding_matrix(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarr
         return None
     d = arr.type.list_size
     valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    vals = arr.values.to_numpy(zero_copy_only=False)[arr.offset * d:(arr.offset + len(arr)) * d]
+    vals = arr.values.to_numpy(zero_copy_only=False)[arr.offset * d : (arr.offset + len(arr)) * d]
     emb = np.nan_to_num(np.asarray(vals, np.float32).reshape(len(arr), d))
     emb[~valid] = 0.0
     norm = np.linalg.norm(emb, axis=1, keepdims=True)

@@ -23,8 +23,14 @@ def build_head(dim: int = 768):
 
     head = nn.Module()
     head.layers = nn.Sequential(
-        nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+        nn.Linear(dim, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
     )
     head.forward = lambda x: head.layers(x)  # plain Module + Sequential keeps LAION's key names
     return head
@@ -41,7 +47,7 @@ def _read_state(path: Path) -> dict:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     # accept "layers.0.weight", "model.layers.0.weight", "module.layers.0.weight"
-    return {k[k.index("layers."):]: v for k, v in state.items() if "layers." in k}
+    return {k[k.index("layers.") :]: v for k, v in state.items() if "layers." in k}
 
 
 def load_head(path: str | Path):

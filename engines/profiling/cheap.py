@@ -17,9 +17,24 @@ import numpy as np
 from engines.profiling.decode import Decoded, DecodeFailure
 
 __all__ = [
-    "phash", "dhash", "hamming", "border_variance", "jpeg_bytes_per_pixel", "gray_entropy",
-    "laplacian_sharpness", "noise_sigma", "exposure_stats", "color_cast", "colorfulness", "watermark_likelihood", "overlay_likelihood",
-    "meta_columns", "hash_columns", "entropy_columns", "degradation_columns", "JPEG_QUALITY",
+    "phash",
+    "dhash",
+    "hamming",
+    "border_variance",
+    "jpeg_bytes_per_pixel",
+    "gray_entropy",
+    "laplacian_sharpness",
+    "noise_sigma",
+    "exposure_stats",
+    "color_cast",
+    "colorfulness",
+    "watermark_likelihood",
+    "overlay_likelihood",
+    "meta_columns",
+    "hash_columns",
+    "entropy_columns",
+    "degradation_columns",
+    "JPEG_QUALITY",
 ]
 
 JPEG_QUALITY = 75
@@ -211,8 +226,12 @@ def overlay_likelihood(rgb: np.ndarray) -> float:
     rmax = cv2.max(cv2.max(r[0], r[1]), r[2])
     b = cv2.split(bg)
     bmin = cv2.min(cv2.min(b[0], b[1]), b[2])
-    m = (cv2.inRange(rmin, 77, 255) & cv2.inRange(rmax, 0, 191)  # 0.3 < r_c < 0.75
-         & cv2.inRange(cv2.subtract(rmax, rmin), 0, 20) & cv2.inRange(bmin, 41, 255))  # spread < 0.08, bg not white
+    m = (
+        cv2.inRange(rmin, 77, 255)
+        & cv2.inRange(rmax, 0, 191)  # 0.3 < r_c < 0.75
+        & cv2.inRange(cv2.subtract(rmax, rmin), 0, 20)
+        & cv2.inRange(bmin, 41, 255)
+    )  # spread < 0.08, bg not white
     wh, ww = max(2, h // 10), max(2, w // 6)
     ii = cv2.integral(m, sdepth=cv2.CV_32S)  # the mask is 0 / 255
     ys = np.arange(0, h - wh + 1, max(1, wh // 2))
@@ -237,10 +256,25 @@ def _per_row(results: list, fn, n_out: int):
 
 def meta_columns(results: list) -> dict[str, list]:
     """Group prof_meta: header metadata, decode status and the compression ratio."""
-    out: dict[str, list] = {k: [] for k in (
-        "prof_error", "prof_format", "prof_mode", "prof_bit_depth", "prof_channels", "prof_orientation",
-        "prof_width", "prof_height", "prof_megapixels", "prof_aspect", "prof_file_bytes", "prof_frames",
-        "prof_has_alpha", "prof_compression")}
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "prof_error",
+            "prof_format",
+            "prof_mode",
+            "prof_bit_depth",
+            "prof_channels",
+            "prof_orientation",
+            "prof_width",
+            "prof_height",
+            "prof_megapixels",
+            "prof_aspect",
+            "prof_file_bytes",
+            "prof_frames",
+            "prof_has_alpha",
+            "prof_compression",
+        )
+    }
     for r in results:
         if isinstance(r, DecodeFailure):
             for k in out:
@@ -250,11 +284,19 @@ def meta_columns(results: list) -> dict[str, list]:
         w, h = m["width"], m["height"]
         ideal = w * h * m["channels"] * m["bit_depth"] / 8.0
         vals = {
-            "prof_error": None, "prof_format": m["format"], "prof_mode": m["mode"],
-            "prof_bit_depth": m["bit_depth"], "prof_channels": m["channels"],
-            "prof_orientation": m["orientation"], "prof_width": w, "prof_height": h,
-            "prof_megapixels": w * h / 1e6, "prof_aspect": w / h, "prof_file_bytes": m["file_bytes"],
-            "prof_frames": m["frames"], "prof_has_alpha": m["has_alpha"],
+            "prof_error": None,
+            "prof_format": m["format"],
+            "prof_mode": m["mode"],
+            "prof_bit_depth": m["bit_depth"],
+            "prof_channels": m["channels"],
+            "prof_orientation": m["orientation"],
+            "prof_width": w,
+            "prof_height": h,
+            "prof_megapixels": w * h / 1e6,
+            "prof_aspect": w / h,
+            "prof_file_bytes": m["file_bytes"],
+            "prof_frames": m["frames"],
+            "prof_has_alpha": m["has_alpha"],
             "prof_compression": ideal / max(1, m["file_bytes"]),
         }
         for k in out:
@@ -294,8 +336,16 @@ def _degradation(d: Decoded) -> tuple:
 
 
 DEGRADATION_COLUMNS = [
-    "prof_sharpness", "prof_sharpness_coarse", "prof_noise", "prof_color_cast", "prof_shadows_clipped",
-    "prof_highlights_clipped", "prof_brightness", "prof_contrast", "prof_colorfulness", "prof_watermark",
+    "prof_sharpness",
+    "prof_sharpness_coarse",
+    "prof_noise",
+    "prof_color_cast",
+    "prof_shadows_clipped",
+    "prof_highlights_clipped",
+    "prof_brightness",
+    "prof_contrast",
+    "prof_colorfulness",
+    "prof_watermark",
     "prof_watermark_overlay",
 ]
 

@@ -26,8 +26,20 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["EmbedModelConfig", "Embedder", "BACKENDS", "register_backend", "load_embedder", "embed_dim", "describe", "minilm_path", "import_open_clip",
-           "save_open_clip", "weights_are_random", "MODELS_RECORD"]
+__all__ = [
+    "EmbedModelConfig",
+    "Embedder",
+    "BACKENDS",
+    "register_backend",
+    "load_embedder",
+    "embed_dim",
+    "describe",
+    "minilm_path",
+    "import_open_clip",
+    "save_open_clip",
+    "weights_are_random",
+    "MODELS_RECORD",
+]
 
 SEED = 1234
 
@@ -134,12 +146,18 @@ class HFClipEmbedder(Embedder):
             # Tiny model of the real class; the MiniLM WordPiece tokenizer ships offline.
             self.tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
             tok = self.tokenizer
-            text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+            text = dict(
+                vocab_size=len(tok),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=128,
+                pad_token_id=tok.pad_token_id,
+            )
             if not chinese:
                 text.update(bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
-            vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          image_size=32, patch_size=8)
+            vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
             config_cls = tf.ChineseCLIPConfig if chinese else tf.CLIPConfig
             torch.manual_seed(SEED)
             self.model = model_cls(config_cls(text_config=text, vision_config=vision, projection_dim=32))
@@ -218,8 +236,10 @@ def _open_clip_dir_config(path: str | None) -> dict | None:
         return None
     f = Path(path) / OPEN_CLIP_CONFIG
     if not f.is_file():
-        raise ValueError(f"open_clip: {path} is a folder without {OPEN_CLIP_CONFIG} (open_clip's model folder layout: "
-                         f"{OPEN_CLIP_CONFIG} + {OPEN_CLIP_WEIGHTS}); or point path at a checkpoint file and set arch")
+        raise ValueError(
+            f"open_clip: {path} is a folder without {OPEN_CLIP_CONFIG} (open_clip's model folder layout: "
+            f"{OPEN_CLIP_CONFIG} + {OPEN_CLIP_WEIGHTS}); or point path at a checkpoint file and set arch"
+        )
     data = json.loads(f.read_text())
     if "model_cfg" not in data:
         raise ValueError(f"open_clip: {f} has no model_cfg")
@@ -267,16 +287,19 @@ class OpenClipEmbedder(Embedder):
                 oc.add_model_config(arch)
                 arch = Path(arch).stem
             if not arch:
-                raise ValueError("open_clip: set arch (an architecture name such as ViT-L-14) with path (a checkpoint "
-                                 "file), or point path at an open_clip model folder")
+                raise ValueError(
+                    "open_clip: set arch (an architecture name such as ViT-L-14) with path (a checkpoint "
+                    "file), or point path at an open_clip model folder"
+                )
             if not cfg.random_init and not cfg.path:
                 raise ValueError("open_clip: set path to a local checkpoint file or model folder (or random_init: true)")
             if pretrained and not Path(pretrained).is_file():
                 raise ValueError(f"open_clip: checkpoint not found: {pretrained}")
             self.model_cfg = oc.get_model_config(arch)
             if self.model_cfg is None:
-                raise ValueError(f"open_clip: unknown architecture {arch!r}; use a built-in name "
-                                 f"(open_clip.list_models()) or a JSON model config file")
+                raise ValueError(
+                    f"open_clip: unknown architecture {arch!r}; use a built-in name (open_clip.list_models()) or a JSON model config file"
+                )
         torch.manual_seed(SEED)
         self.model, _, self.preprocess = oc.create_model_and_transforms(arch, pretrained=pretrained, device=self.device)
         self.model.eval()
@@ -342,8 +365,11 @@ class MiniLMEmbedder(Embedder):
         self.name = cfg.describe()
         self.model = SentenceTransformer(cfg.path or minilm_path(), device=_device(cfg))
         self.model.max_seq_length = min(self.model.max_seq_length, max(cfg.max_text_tokens, 128))
-        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
-                       else self.model.get_sentence_embedding_dimension())
+        self.dim = int(
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else self.model.get_sentence_embedding_dimension()
+        )
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -379,8 +405,10 @@ def embed_dim(cfg: EmbedModelConfig) -> int:
             return int(json.loads(Path(cfg.arch).read_text())["embed_dim"])
         mc = import_open_clip().get_model_config(cfg.arch) if cfg.arch else None
         if mc is None:
-            raise ValueError(f"open_clip: unknown architecture {cfg.arch!r}; set arch (a built-in name or a JSON "
-                             "config) with a checkpoint file, or point path at an open_clip model folder")
+            raise ValueError(
+                f"open_clip: unknown architecture {cfg.arch!r}; set arch (a built-in name or a JSON "
+                "config) with a checkpoint file, or point path at an open_clip model folder"
+            )
         return int(mc["embed_dim"])
     if cfg.backend == "minilm":
         return int(json.loads((Path(cfg.path or minilm_path()) / "config.json").read_text())["hidden_size"])

@@ -22,14 +22,34 @@ from engines.profiling.decode import Decoded
 
 __all__ = ["NSFW_CLASSES", "LABELS", "NsfwDetector", "nsfw_columns"]
 
-NSFW_CLASSES = frozenset({
-    "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED", "ANUS_EXPOSED",
-})
+NSFW_CLASSES = frozenset(
+    {
+        "FEMALE_GENITALIA_EXPOSED",
+        "MALE_GENITALIA_EXPOSED",
+        "FEMALE_BREAST_EXPOSED",
+        "BUTTOCKS_EXPOSED",
+        "ANUS_EXPOSED",
+    }
+)
 # the 320n model's class order (nudenet.nudenet.__labels)
 LABELS = (
-    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED",
-    "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED", "FEET_COVERED", "ARMPITS_COVERED",
-    "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED", "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED",
+    "FEMALE_GENITALIA_COVERED",
+    "FACE_FEMALE",
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "ANUS_EXPOSED",
+    "FEET_EXPOSED",
+    "BELLY_COVERED",
+    "FEET_COVERED",
+    "ARMPITS_COVERED",
+    "ARMPITS_EXPOSED",
+    "FACE_MALE",
+    "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "ANUS_COVERED",
+    "FEMALE_BREAST_COVERED",
     "BUTTOCKS_COVERED",
 )
 SCORE_MIN, NMS_SCORE, NMS_IOU = 0.2, 0.25, 0.45  # nudenet's thresholds
@@ -55,8 +75,9 @@ def session_options(threads: int | None):
 class NsfwDetector:
     """nudenet's 320n model run on a whole batch at once, with vectorised pre/post-processing."""
 
-    def __init__(self, model_path: str | None = None, providers: list[str] | None = None, resolution: int = 320,
-                 threads: int | None = None):
+    def __init__(
+        self, model_path: str | None = None, providers: list[str] | None = None, resolution: int = 320, threads: int | None = None
+    ):
         import nudenet
         import onnxruntime as ort
 
@@ -119,8 +140,9 @@ class NsfwDetector:
         h = np.minimum(o[:, 3] * f, height - y)
         boxes = np.stack([x, y, w, h], axis=1)
         idx = cv2.dnn.NMSBoxes(boxes.tolist(), best.tolist(), NMS_SCORE, NMS_IOU)
-        return [{"class": LABELS[int(cid[i])], "score": float(best[i]), "box": [int(v) for v in boxes[i]]}
-                for i in np.asarray(idx, int).ravel()]
+        return [
+            {"class": LABELS[int(cid[i])], "score": float(best[i]), "box": [int(v) for v in boxes[i]]} for i in np.asarray(idx, int).ravel()
+        ]
 
     def detect_batch(self, rgbs: list[np.ndarray]) -> list[list[dict]]:
         if not rgbs:

@@ -35,17 +35,23 @@ def check_paddleocr(model_dirs: dict[str, str] | None) -> dict[str, str]:
             problems.append(f"model_dirs.{key} is not set")
         elif not Path(d).is_dir():
             problems.append(f"model_dirs.{key}: {d} is not a directory")
-        elif not (Path(d) / "inference.pdiparams").is_file() or not any((Path(d) / f).is_file() for f in ("inference.json", "inference.pdmodel")):
+        elif not (Path(d) / "inference.pdiparams").is_file() or not any(
+            (Path(d) / f).is_file() for f in ("inference.json", "inference.pdmodel")
+        ):
             problems.append(f"model_dirs.{key}: {d} has no PaddleOCR inference model (inference.pdiparams + inference.json)")
     if problems:
-        raise ValueError("paddleocr backend: " + "; ".join(problems) + ". PaddleOCR cannot fetch models offline: export "
-                         "or copy the PP-OCR detection and recognition models to local folders, e.g. ocr: {backend: paddleocr, "
-                         "model_dirs: {det: /models/PP-OCRv5_server_det, rec: /models/PP-OCRv5_server_rec}}, or use "
-                         "backend: rapidocr (the default; the same PP-OCR models ship in its wheel)")
+        raise ValueError(
+            "paddleocr backend: " + "; ".join(problems) + ". PaddleOCR cannot fetch models offline: export "
+            "or copy the PP-OCR detection and recognition models to local folders, e.g. ocr: {backend: paddleocr, "
+            "model_dirs: {det: /models/PP-OCRv5_server_det, rec: /models/PP-OCRv5_server_rec}}, or use "
+            "backend: rapidocr (the default; the same PP-OCR models ship in its wheel)"
+        )
     if importlib.util.find_spec("paddleocr") is None or importlib.util.find_spec("paddle") is None:
-        raise ValueError("paddleocr backend: the paddleocr package is not installed (pip install paddleocr paddlepaddle, "
-                         "about 1.1 GB; paddlepaddle-gpu for GPUs); or use backend: rapidocr (the default; the same PP-OCR "
-                         "models ship in its wheel)")
+        raise ValueError(
+            "paddleocr backend: the paddleocr package is not installed (pip install paddleocr paddlepaddle, "
+            "about 1.1 GB; paddlepaddle-gpu for GPUs); or use backend: rapidocr (the default; the same PP-OCR "
+            "models ship in its wheel)"
+        )
     return dirs
 
 
@@ -76,8 +82,11 @@ class OcrEngine:
             from paddleocr import PaddleOCR
 
             self._engine = PaddleOCR(
-                text_detection_model_dir=dirs["det"], text_recognition_model_dir=dirs["rec"],
-                use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
+                text_detection_model_dir=dirs["det"],
+                text_recognition_model_dir=dirs["rec"],
+                use_doc_orientation_classify=False,
+                use_doc_unwarping=False,
+                use_textline_orientation=False,
             )
         else:
             raise ValueError(f"unknown OCR backend {backend!r}; use rapidocr or paddleocr")

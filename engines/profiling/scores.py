@@ -14,8 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["QUALITY_WEIGHTS", "COMPLEXITY_WEIGHTS", "quality_score", "complexity_score", "curriculum_edges",
-           "curriculum_bins", "input_columns", "with_watermark_score", "WATERMARK_INPUTS"]
+__all__ = [
+    "QUALITY_WEIGHTS",
+    "COMPLEXITY_WEIGHTS",
+    "quality_score",
+    "complexity_score",
+    "curriculum_edges",
+    "curriculum_bins",
+    "input_columns",
+    "with_watermark_score",
+    "WATERMARK_INPUTS",
+]
 
 WATERMARK_INPUTS = ("prof_watermark", "prof_watermark_overlay", "prof_ocr_boxes", "prof_ocr_conf", "prof_ocr_text")
 """Columns ``prof_watermark_score`` is built from (``engines.profiling.watermark``)."""

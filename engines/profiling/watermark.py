@@ -32,8 +32,19 @@ import re
 
 import numpy as np
 
-__all__ = ["WIDE_AT", "TALL_AT", "EDGE", "AXIS", "OFF_PLACE", "MARK_BONUS", "OVERLAY_WEIGHT", "line_score",
-           "ocr_watermark_score", "watermark_scores", "MARK_TEXT"]
+__all__ = [
+    "WIDE_AT",
+    "TALL_AT",
+    "EDGE",
+    "AXIS",
+    "OFF_PLACE",
+    "MARK_BONUS",
+    "OVERLAY_WEIGHT",
+    "line_score",
+    "ocr_watermark_score",
+    "watermark_scores",
+    "MARK_TEXT",
+]
 
 WIDE_AT = 0.30
 TALL_AT = 0.06
@@ -76,8 +87,7 @@ def ocr_watermark_score(boxes: list | None, confs: list | None, text: str | None
     lines = text.split("\n") if text else []
     if len(lines) != len(boxes):  # text lines are joined with newlines; a line with one inside cannot be paired
         lines = [None] * len(boxes)
-    return max((line_score(b, c, t) for b, c, t in zip(boxes, confs, lines) if b is not None and c is not None),
-               default=0.0)
+    return max((line_score(b, c, t) for b, c, t in zip(boxes, confs, lines) if b is not None and c is not None), default=0.0)
 
 
 OVERLAY_WEIGHT = 0.2

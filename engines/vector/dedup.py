@@ -26,9 +26,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.vector.graph import communities, communities_by_component, symmetric_edges
 
 __all__ = [
-    "NearDupConfig", "SemanticConfig", "Pairs", "exact_pairs", "hash_pairs", "region_candidates", "top_owners",
+    "NearDupConfig",
+    "SemanticConfig",
+    "Pairs",
+    "exact_pairs",
+    "hash_pairs",
+    "region_candidates",
+    "top_owners",
     "candidate_queries",
-    "accept_near", "needs_verification", "near_pairs", "semantic_pairs", "semdedup_pairs", "DupResult", "group_duplicates", "popcount64",
+    "accept_near",
+    "needs_verification",
+    "near_pairs",
+    "semantic_pairs",
+    "semdedup_pairs",
+    "DupResult",
+    "group_duplicates",
+    "popcount64",
 ]
 
 REASONS = ("exact", "near", "semantic")  # strongest first
@@ -39,8 +52,9 @@ class NearDupConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(16, ge=1, le=1000, description="descriptor candidates per image (a viral photo has many copies: "
-                                                   "each must reach one of them)")
+    k: int = Field(
+        16, ge=1, le=1000, description="descriptor candidates per image (a viral photo has many copies: each must reach one of them)"
+    )
     min_candidate_sim: float = Field(0.80, ge=-1, le=1, description="regional descriptor cosine to be a candidate")
     accept_sim: float = Field(0.985, ge=-1, le=1, description="descriptor cosine accepted without local verification")
     phash_max: int = Field(8, ge=0, le=64, description="pHash Hamming distance that, with min_candidate_sim, accepts a pair")
@@ -86,8 +100,12 @@ class Pairs:
         return len(self.i)
 
     def __add__(self, o: Pairs) -> Pairs:
-        return Pairs(np.concatenate([self.i, o.i]), np.concatenate([self.j, o.j]),
-                     np.concatenate([self.sim, o.sim]), np.concatenate([self.reason, o.reason]))
+        return Pairs(
+            np.concatenate([self.i, o.i]),
+            np.concatenate([self.j, o.j]),
+            np.concatenate([self.sim, o.sim]),
+            np.concatenate([self.reason, o.reason]),
+        )
 
     def select(self, mask: np.ndarray) -> Pairs:
         return Pairs(self.i[mask], self.j[mask], self.sim[mask], self.reason[mask])
@@ -155,20 +173,28 @@ def top_owners(q: np.ndarray, owner: np.ndarray, sim: np.ndarray, k: int, min_si
     return q[top], o[top], v[top]
 
 
-def candidate_queries(full: np.ndarray, dihedral: bool = True) -> np.ndarray:
-    """The query vectors of some rows: their full-frame descriptor, and with ``dihedral`` its 7
-    mirrored / rotated variants too (``descriptor.dihedral_descriptors``), as (T * n, d) with
-    transform-major order (row r of transform t at ``t * n + r``)."""
+CENTRE_REGIONS = (0, 5)
+"""Indices of the centre regions (80% and 70% of each side) in ``describe``'s region order."""
+
+
+def candidate_queries(full: np.ndarray, dihedral: bool = True, centres: np.ndarray | None = None) -> np.ndarray:
+    """The query vectors of some rows, as (B * n, d) in blocks of n (row r of block b at
+    ``b * n + r``): their full-frame descriptor; with ``dihedral`` its 7 mirrored / rotated
+    variants (``descriptor.dihedral_descriptors``); with ``centres`` (n x C x d) their centre
+    regions too, so a screenshot or a framed copy (the photo shrunk inside other pixels) finds the
+    photo's full frame from its own middle."""
     from engines.vector.descriptor import dihedral_descriptors
 
     f = np.ascontiguousarray(full, np.float32)
-    if not dihedral:
-        return f
-    return np.ascontiguousarray(dihedral_descriptors(f).reshape(-1, f.shape[1]))
+    blocks = [dihedral_descriptors(f).reshape(-1, f.shape[1])] if dihedral else [f]
+    if centres is not None:
+        blocks.append(np.asarray(centres, np.float32).transpose(1, 0, 2).reshape(-1, f.shape[1]))
+    return np.ascontiguousarray(np.concatenate(blocks))
 
 
-def region_candidates(full: np.ndarray, regions: np.ndarray, valid: np.ndarray, k: int, min_sim: float,
-                      *, dihedral: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def region_candidates(
+    full: np.ndarray, regions: np.ndarray, valid: np.ndarray, k: int, min_sim: float, *, dihedral: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs whose full-frame descriptor matches a region (or the full frame) of the other, in
     any of the 8 orientations when ``dihedral``.
 
@@ -196,20 +222,20 @@ def region_candidates(full: np.ndarray, regions: np.ndarray, valid: np.ndarray, 
     kk = min((k + 1) * (R + 1), len(table))
     src_l, dst_l, sim_l = [], [], []
     for s in range(0, n, 2048):
-        block = f[s:s + 2048]
-        queries = candidate_queries(block, dihedral)
+        block = f[s : s + 2048]
+        queries = candidate_queries(block, dihedral, r[s : s + 2048][:, list(CENTRE_REGIONS)])
         sims, nn = index.search(queries, kk)
         q = np.tile(np.arange(s, s + len(block)), len(queries) // len(block))
         hit_owner = np.where(nn.ravel() >= 0, owner[np.maximum(nn.ravel(), 0)], -1)
         a, b, w = top_owners(np.repeat(q, kk), hit_owner, sims.ravel(), k, min_sim)
-        src_l.append(a); dst_l.append(b); sim_l.append(w)
+        src_l.append(a)
+        dst_l.append(b)
+        sim_l.append(w)
     a, b, w = symmetric_edges(np.concatenate(src_l), np.concatenate(dst_l), np.concatenate(sim_l))
     return pos[a], pos[b], w
 
 
-def accept_near(
-    sim: np.ndarray, ham: np.ndarray, inliers: np.ndarray, coverage: np.ndarray, cfg: NearDupConfig
-) -> np.ndarray:
+def accept_near(sim: np.ndarray, ham: np.ndarray, inliers: np.ndarray, coverage: np.ndarray, cfg: NearDupConfig) -> np.ndarray:
     """Which candidate pairs are near duplicates. ``ham`` < 0 = no hash; ``inliers`` < 0 = not verified."""
     by_hash = (ham >= 0) & (ham <= cfg.phash_max) & (sim >= cfg.min_candidate_sim)
     by_desc = sim >= cfg.accept_sim
@@ -252,7 +278,9 @@ def semdedup_pairs(emb: np.ndarray, valid: np.ndarray, threshold: float, n_clust
             continue
         s = x[m] @ x[m].T
         a, b = np.nonzero(np.triu(s >= threshold, 1))
-        i_l.append(pos[m[a]]); j_l.append(pos[m[b]]); s_l.append(s[a, b])
+        i_l.append(pos[m[a]])
+        j_l.append(pos[m[b]])
+        s_l.append(s[a, b])
     if not i_l:
         return Pairs.empty()
     return Pairs.of(np.concatenate(i_l), np.concatenate(j_l), np.concatenate(s_l), "semantic")
@@ -362,8 +390,11 @@ def group_duplicates(
             reason[u] = REASONS[r]
             sim[u] = pair_sim(int(u), k) if pair_sim is not None else s
     stats = {
-        "rows": n, "groups": len(gid), "rows_in_groups": int(in_group.sum()),
-        "removed": int((~keep).sum()), "removed_fraction": float((~keep).sum() / n) if n else 0.0,
+        "rows": n,
+        "groups": len(gid),
+        "rows_in_groups": int(in_group.sum()),
+        "removed": int((~keep).sum()),
+        "removed_fraction": float((~keep).sum() / n) if n else 0.0,
         "removed_by_reason": {r: sum(1 for u in range(n) if not keep[u] and reason[u] == r) for r in REASONS},
     }
     return DupResult(group, keep, dup_of, reason, sim, stats)

@@ -31,9 +31,24 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "DESC_DIM", "DescriptorConfig", "global_descriptor", "orb_features", "orb_verify", "OrbFeatures",
-    "working_gray", "describe", "region_boxes", "N_REGIONS", "decode_gray", "visual_columns",
-    "DIHEDRAL", "dihedral_images", "dihedral_descriptors", "orb_verify_mirrored", "verify_features", "verify_pairs",
+    "DESC_DIM",
+    "DescriptorConfig",
+    "global_descriptor",
+    "orb_features",
+    "orb_verify",
+    "OrbFeatures",
+    "working_gray",
+    "describe",
+    "region_boxes",
+    "N_REGIONS",
+    "decode_gray",
+    "visual_columns",
+    "DIHEDRAL",
+    "dihedral_images",
+    "dihedral_descriptors",
+    "orb_verify_mirrored",
+    "verify_features",
+    "verify_pairs",
 ]
 
 _BINS = 8
@@ -148,15 +163,19 @@ def _mutual_matches(a: OrbFeatures, b: OrbFeatures, ratio: float) -> list[tuple[
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
 
     def one_way(x, y) -> dict[int, int]:
-        return {p[0].queryIdx: p[0].trainIdx for p in matcher.knnMatch(x.descriptors, y.descriptors, k=2)
-                if len(p) == 2 and p[0].distance < ratio * p[1].distance}
+        return {
+            p[0].queryIdx: p[0].trainIdx
+            for p in matcher.knnMatch(x.descriptors, y.descriptors, k=2)
+            if len(p) == 2 and p[0].distance < ratio * p[1].distance
+        }
 
     ab, ba = one_way(a, b), one_way(b, a)
     return [(q, t) for q, t in ab.items() if ba.get(t) == q]
 
 
-def orb_verify(a: OrbFeatures, b: OrbFeatures, ratio: float = 0.8, reproj_px: float = 6.0,
-               max_shape_change: float = 0.3) -> tuple[int, float, float]:
+def orb_verify(
+    a: OrbFeatures, b: OrbFeatures, ratio: float = 0.8, reproj_px: float = 6.0, max_shape_change: float = 0.3
+) -> tuple[int, float, float]:
     """Geometrically verified matches between two images: (inliers, inliers / tentative matches,
     spatial coverage of the inliers). Symmetric: ``orb_verify(a, b) == orb_verify(b, a)``.
 
@@ -181,8 +200,9 @@ def orb_verify(a: OrbFeatures, b: OrbFeatures, ratio: float = 0.8, reproj_px: fl
     src = a.points[[q for q, _ in good]]
     dst = b.points[[t for _, t in good]]
     cv2.setRNGSeed(0)  # RANSAC's sampling: the same pair gives the same answer in every process
-    m, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=reproj_px,
-                                          maxIters=2000, confidence=0.995, refineIters=10)
+    m, mask = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=reproj_px, maxIters=2000, confidence=0.995, refineIters=10
+    )
     if mask is None or m is None or shape_change(m, a.shape, b.shape) > max_shape_change:
         return 0, 0.0, 0.0
     keep = mask.ravel().astype(bool)
@@ -219,8 +239,9 @@ def cv2_invert_affine(m: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(m, np.float64))
 
 
-def orb_verify_mirrored(a: OrbFeatures, b: OrbFeatures, b_mirror: OrbFeatures | None, *, enough: int = 60,
-                        **kw) -> tuple[int, float, float]:
+def orb_verify_mirrored(
+    a: OrbFeatures, b: OrbFeatures, b_mirror: OrbFeatures | None, *, enough: int = 60, **kw
+) -> tuple[int, float, float]:
     """``orb_verify`` of a against b and against b mirrored (features of ``np.fliplr`` of b's
     working image); the better of the two by inliers. ORB itself is rotation-invariant, so with
     the mirror every one of the 8 dihedral copies can verify. A pair with ``enough`` inliers
@@ -246,10 +267,12 @@ def verify_pairs(features: dict, i, j) -> tuple[list[int], list[float]]:
     for a, b in zip(i, j):
         fa, fb = features.get(a), features.get(b)
         if fa is None or fb is None:
-            inl.append(0); cov.append(0.0)
+            inl.append(0)
+            cov.append(0.0)
             continue
         n, _, c = orb_verify_mirrored(fa[0], fb[0], fb[1])
-        inl.append(n); cov.append(c)
+        inl.append(n)
+        cov.append(c)
     return inl, cov
 
 
@@ -262,8 +285,10 @@ DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "mirror", "mirror_rot90", "
 def dihedral_images(g: np.ndarray) -> list[np.ndarray]:
     """The image under each transform of ``DIHEDRAL`` (``np.rot90`` turns counter-clockwise)."""
     m = np.fliplr(g)
-    return [np.ascontiguousarray(x) for x in (g, np.rot90(g, 1), np.rot90(g, 2), np.rot90(g, 3),
-                                              m, np.rot90(m, 1), np.rot90(m, 2), np.rot90(m, 3))]
+    return [
+        np.ascontiguousarray(x)
+        for x in (g, np.rot90(g, 1), np.rot90(g, 2), np.rot90(g, 3), m, np.rot90(m, 1), np.rot90(m, 2), np.rot90(m, 3))
+    ]
 
 
 def _generator_maps() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -350,7 +375,7 @@ def describe(gray: np.ndarray, cfg: DescriptorConfig = DescriptorConfig()) -> tu
     original it was cut from (see ``dedup.region_candidates``)."""
     h, w = gray.shape[:2]
     full = global_descriptor(gray, cfg)
-    regs = np.stack([global_descriptor(gray[y:y + ch, x:x + cw], cfg) for y, x, ch, cw in region_boxes(h, w)])
+    regs = np.stack([global_descriptor(gray[y : y + ch, x : x + cw], cfg) for y, x, ch, cw in region_boxes(h, w)])
     return full, regs
 
 
@@ -372,11 +397,17 @@ def visual_columns(images: list, uris: list | None = None, cfg: DescriptorConfig
     for data, uri in zip(images, uris):
         g = decode_gray(data, uri)
         if not isinstance(g, np.ndarray):
-            desc.append(None); regs.append(None); errs.append(g.message)
+            desc.append(None)
+            regs.append(None)
+            errs.append(g.message)
             continue
         if min(g.shape) < 8:
-            desc.append(None); regs.append(None); errs.append(f"too_small: {g.shape[1]}x{g.shape[0]} pixels")
+            desc.append(None)
+            regs.append(None)
+            errs.append(f"too_small: {g.shape[1]}x{g.shape[0]} pixels")
             continue
         f, r = describe(g, cfg)
-        desc.append(f.astype(np.float16)); regs.append(r.astype(np.float16).ravel()); errs.append(None)
+        desc.append(f.astype(np.float16))
+        regs.append(r.astype(np.float16).ravel())
+        errs.append(None)
     return {"vec_desc": desc, "vec_regions": regs, "vec_error": errs}

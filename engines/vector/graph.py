@@ -86,8 +86,11 @@ def communities(
         random.seed(seed)  # igraph draws from Python's `random`
         try:
             part = g.community_leiden(
-                objective_function=objective, weights=weight.astype(np.float64), resolution=resolution,
-                beta=0.01, n_iterations=-1,
+                objective_function=objective,
+                weights=weight.astype(np.float64),
+                resolution=resolution,
+                beta=0.01,
+                n_iterations=-1,
             )
         finally:
             random.setstate(state)
@@ -109,8 +112,14 @@ def communities(
 
 
 def communities_by_component(
-    n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray | None = None, *, map_fn=map,
-    batch_edges: int = 200_000, **kw,
+    n: int,
+    src: np.ndarray,
+    dst: np.ndarray,
+    weight: np.ndarray | None = None,
+    *,
+    map_fn=map,
+    batch_edges: int = 200_000,
+    **kw,
 ) -> np.ndarray:
     """``communities`` computed per connected component: components first, then Leiden (or
     Louvain) on each component's subgraph, batches of components handed to ``map_fn`` (the
@@ -139,7 +148,8 @@ def communities_by_component(
         cur.append((src[s:e], dst[s:e], weight[s:e]))
         size += e - s
         if size >= batch_edges:
-            batches.append((cur, kw)); cur, size = [], 0
+            batches.append((cur, kw))
+            cur, size = [], 0
     if cur:
         batches.append((cur, kw))
     lab = np.full(n, -1, np.int64)
@@ -159,7 +169,7 @@ def _component_batch(batch) -> list[tuple[np.ndarray, np.ndarray]]:
     out = []
     for a, b, w in parts:
         nodes, inv = np.unique(np.r_[a, b], return_inverse=True)
-        out.append((nodes, communities(len(nodes), inv[: len(a)], inv[len(a):], w, **kw)))
+        out.append((nodes, communities(len(nodes), inv[: len(a)], inv[len(a) :], w, **kw)))
     return out
 
 
@@ -177,8 +187,15 @@ def community_sizes(labels: np.ndarray) -> np.ndarray:
 
 
 def removal_curve(
-    n: int, src: np.ndarray, dst: np.ndarray, sim: np.ndarray, thresholds: list[float], *, by_component: bool = False,
-    map_fn=map, **community_kw,
+    n: int,
+    src: np.ndarray,
+    dst: np.ndarray,
+    sim: np.ndarray,
+    thresholds: list[float],
+    *,
+    by_component: bool = False,
+    map_fn=map,
+    **community_kw,
 ) -> list[dict]:
     """For each threshold: groups, rows in groups, and the fraction of rows a dedup would remove
     (every community keeps one row). Lets a user choose the threshold before applying it.
@@ -186,13 +203,19 @@ def removal_curve(
     out = []
     for t in sorted(thresholds):
         a, b, w = threshold_edges(src, dst, sim, t)
-        lab = (communities_by_component(n, a, b, w, map_fn=map_fn, **community_kw) if by_component
-               else communities(n, a, b, w, **community_kw))
+        lab = (
+            communities_by_component(n, a, b, w, map_fn=map_fn, **community_kw) if by_component else communities(n, a, b, w, **community_kw)
+        )
         sizes = np.bincount(lab) if n else np.zeros(0, np.int64)
         removed = int((sizes[sizes > 1] - 1).sum())
-        out.append({
-            "threshold": float(t), "edges": int(len(a)), "groups": int((sizes > 1).sum()),
-            "rows_in_groups": int(sizes[sizes > 1].sum()), "removed": removed,
-            "removed_fraction": removed / n if n else 0.0,
-        })
+        out.append(
+            {
+                "threshold": float(t),
+                "edges": int(len(a)),
+                "groups": int((sizes > 1).sum()),
+                "rows_in_groups": int(sizes[sizes > 1].sum()),
+                "removed": removed,
+                "removed_fraction": removed / n if n else 0.0,
+            }
+        )
     return out

@@ -29,9 +29,27 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "VectorError", "StaleIndexError", "IndexConfig", "Manifest", "to_matrix", "clean_vectors",
-    "choose_kind", "default_nlist", "train_points", "factory_string", "train_index", "empty_like", "add_vectors", "merge_shards",
-    "search", "save_index", "load_index", "column_fingerprint", "check_fresh", "serialize", "deserialize",
+    "VectorError",
+    "StaleIndexError",
+    "IndexConfig",
+    "Manifest",
+    "to_matrix",
+    "clean_vectors",
+    "choose_kind",
+    "default_nlist",
+    "train_points",
+    "factory_string",
+    "train_index",
+    "empty_like",
+    "add_vectors",
+    "merge_shards",
+    "search",
+    "save_index",
+    "load_index",
+    "column_fingerprint",
+    "check_fresh",
+    "serialize",
+    "deserialize",
     "maybe_gpu",
 ]
 
@@ -129,8 +147,9 @@ def to_matrix(col: pa.Array | pa.ChunkedArray | np.ndarray | list, dim: int | No
         else:
             raise VectorError(f"not an embedding column: type {t} (expected a list of floats)")
     if dim is not None and x.shape[1] != dim:
-        raise VectorError(f"vectors have dimension {x.shape[1]}, expected {dim} "
-                          "(another model's embeddings? rebuild the index for this column)")
+        raise VectorError(
+            f"vectors have dimension {x.shape[1]}, expected {dim} (another model's embeddings? rebuild the index for this column)"
+        )
     return x, null
 
 
@@ -265,8 +284,13 @@ def _train_lists_two_level(ivf: Any, x: np.ndarray, cfg: IndexConfig) -> None:
 
     nc1 = max(2, int(math.sqrt(ivf.nlist)))
     centroids, _ = two_level_clustering(
-        x, nc1, ivf.nlist, rebalance=True, clustering_niter=cfg.kmeans_iter,
-        seed=cfg.seed, spherical=ivf.metric_type == faiss.METRIC_INNER_PRODUCT,
+        x,
+        nc1,
+        ivf.nlist,
+        rebalance=True,
+        clustering_niter=cfg.kmeans_iter,
+        seed=cfg.seed,
+        spherical=ivf.metric_type == faiss.METRIC_INNER_PRODUCT,
     )
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
@@ -316,7 +340,7 @@ def empty_like(trained: Any) -> Any:
 def add_vectors(index: Any, x: np.ndarray, labels: np.ndarray, chunk: int = 65536) -> None:
     """Add clean vectors with their integer labels, in chunks (bounded temporary memory)."""
     for s in range(0, len(x), chunk):
-        index.add_with_ids(np.ascontiguousarray(x[s:s + chunk], np.float32), np.asarray(labels[s:s + chunk], np.int64))
+        index.add_with_ids(np.ascontiguousarray(x[s : s + chunk], np.float32), np.asarray(labels[s : s + chunk], np.int64))
 
 
 def merge_shards(base: Any, shards: list[Any]) -> Any:
@@ -349,8 +373,8 @@ def search(index: Any, queries: np.ndarray, k: int, *, nprobe: int | None = None
     sims = np.empty((len(queries), k), np.float32)
     labs = np.empty((len(queries), k), np.int64)
     for s in range(0, len(queries), chunk):
-        d, i = index.search(np.ascontiguousarray(queries[s:s + chunk], np.float32), k)
-        sims[s:s + chunk], labs[s:s + chunk] = d, i
+        d, i = index.search(np.ascontiguousarray(queries[s : s + chunk], np.float32), k)
+        sims[s : s + chunk], labs[s : s + chunk] = d, i
     return sims, labs
 
 

@@ -65,8 +65,11 @@ def _embedder_for(store: Any, column: str):
     from engines.profiling.embed import EmbedModelConfig, load_embedder
 
     what = rec["model"].split(":", 1)[1] if ":" in rec["model"] else ""
-    cfg = EmbedModelConfig(backend=rec["backend"], random_init=bool(rec.get("random_weights")),
-                           path=None if what in ("", "packaged default", "random-init tiny model") else what)
+    cfg = EmbedModelConfig(
+        backend=rec["backend"],
+        random_init=bool(rec.get("random_weights")),
+        path=None if what in ("", "packaged default", "random-init tiny model") else what,
+    )
     if rec.get("random_weights"):
         log.warning("%s was made by a randomly initialised model: retrieval results carry no meaning", column)
     return load_embedder(cfg)
@@ -142,8 +145,10 @@ class Retriever:
 
     def by_text(self, text: str, k: int = 20) -> list[dict]:
         if self.column in ("vec_desc",):
-            raise VectorError("vec_desc is an image descriptor: text queries need an index over "
-                              "prof_clip_image (image-text model) or prof_caption_emb (captions)")
+            raise VectorError(
+                "vec_desc is an image descriptor: text queries need an index over "
+                "prof_clip_image (image-text model) or prof_caption_emb (captions)"
+            )
         return self.by_vector(self._model().embed_texts([text])[0], k)
 
     def _model(self):

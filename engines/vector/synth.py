@@ -16,7 +16,15 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-__all__ = ["VARIANT_KINDS", "HARD_VARIANT_KINDS", "ALL_VARIANT_KINDS", "make_variant", "near_dup_variants", "encode_jpeg", "clustered_embeddings"]
+__all__ = [
+    "VARIANT_KINDS",
+    "HARD_VARIANT_KINDS",
+    "ALL_VARIANT_KINDS",
+    "make_variant",
+    "near_dup_variants",
+    "encode_jpeg",
+    "clustered_embeddings",
+]
 
 
 def encode_jpeg(im: Image.Image, quality: int = 90) -> bytes:
@@ -53,8 +61,7 @@ def _watermark(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     d.rectangle((bx, by, w - 4, h - 4), fill=(255, 255, 255, 120))
     d.text((bx + 6, by + 4), "(c) stockphoto.example", fill=(0, 0, 0, 220), font_size=max(10, h // 20))
     for i in range(4):
-        d.text((int(w * 0.1 + i * w * 0.2), int(h * (0.2 + 0.15 * i))), "SAMPLE", fill=(255, 255, 255, 90),
-               font_size=max(12, h // 12))
+        d.text((int(w * 0.1 + i * w * 0.2), int(h * (0.2 + 0.15 * i))), "SAMPLE", fill=(255, 255, 255, 90), font_size=max(12, h // 12))
     return Image.alpha_composite(out, layer).convert("RGB")
 
 
@@ -153,19 +160,20 @@ def _rotate_combo(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     return _watermark(_resize(_rotate(_crop(im, rng), rng), rng), rng)
 
 
-VARIANTS.update({
-    "mirror": _mirror,
-    "rotate": _rotate,
-    "strong_crop": _strong_crop,
-    "banner": _banner,
-    "frame": _frame,
-    "aspect": _aspect,
-    "heavy_reencode": _heavy_reencode,
-    "mirror_combo": _mirror_combo,
-    "rotate_combo": _rotate_combo,
-})
-HARD_VARIANT_KINDS = ("mirror", "rotate", "strong_crop", "banner", "frame", "aspect", "heavy_reencode",
-                      "mirror_combo", "rotate_combo")
+VARIANTS.update(
+    {
+        "mirror": _mirror,
+        "rotate": _rotate,
+        "strong_crop": _strong_crop,
+        "banner": _banner,
+        "frame": _frame,
+        "aspect": _aspect,
+        "heavy_reencode": _heavy_reencode,
+        "mirror_combo": _mirror_combo,
+        "rotate_combo": _rotate_combo,
+    }
+)
+HARD_VARIANT_KINDS = ("mirror", "rotate", "strong_crop", "banner", "frame", "aspect", "heavy_reencode", "mirror_combo", "rotate_combo")
 """Edits beyond ``VARIANT_KINDS`` that scraped data holds and a pixel hash misses: mirrors,
 quarter turns, strong crops, text bands, screenshots inside a window, aspect changes, heavy
 re-encoding, and combinations. With ``VARIANT_KINDS`` they make the dedup development set."""

@@ -31,10 +31,19 @@ def env(tmp_path, coco_dir, db_url):
     db.add_user("bob", PASSWORD)
     items = []
     for pos, r in enumerate(rows):
-        items.append({"row_id": r["id"], "priority": float(10 - pos),
-                      "payload": {"row_id": r["id"], "pos": pos, "version": 1, "caption": r["captions"][0]["text"],
-                                  "neighbours": [{"row_id": rows[(pos + 1) % 4]["id"], "pos": (pos + 1) % 4,
-                                                  "sim": 0.5, "caption": "nb"}]}})
+        items.append(
+            {
+                "row_id": r["id"],
+                "priority": float(10 - pos),
+                "payload": {
+                    "row_id": r["id"],
+                    "pos": pos,
+                    "version": 1,
+                    "caption": r["captions"][0]["text"],
+                    "neighbours": [{"row_id": rows[(pos + 1) % 4]["id"], "pos": (pos + 1) % 4, "sim": 0.5, "caption": "nb"}],
+                },
+            }
+        )
     db.enqueue(items, "b1")
     app = create_app(AppSettings(db_url=db_url, max_body=16 * 1024), db, apply=review_apply_action(db_url))
     yield app, db, rows
@@ -111,8 +120,7 @@ def test_login_form_needs_its_double_submit_cookie(env):
     c = TestClient(app)
     page = c.get("/login")
     tok = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-    bad = TestClient(app).post("/login", data={"username": "alice", "password": PASSWORD, "csrf": tok},
-                               follow_redirects=False)
+    bad = TestClient(app).post("/login", data={"username": "alice", "password": PASSWORD, "csrf": tok}, follow_redirects=False)
     assert bad.status_code == 403  # a forged cross-site login form has no cookie
     ok = c.post("/login", data={"username": "alice", "password": PASSWORD, "csrf": tok}, follow_redirects=False)
     assert ok.status_code == 303 and "rev_session" in ok.headers["set-cookie"]
@@ -213,8 +221,7 @@ def test_admin_applies_decisions_from_the_page(env, ray_session):
     app, db, rows = env
     alice, admin = login(app, "alice"), login(app, "admin")
     it = alice.get("/api/next").json()["item"]
-    assert alice.post(f"/api/items/{it['id']}/decision",
-                      json={"decision": "keep", "caption": "<b>a cat</b> on a mat"}).status_code == 200
+    assert alice.post(f"/api/items/{it['id']}/decision", json={"decision": "keep", "caption": "<b>a cat</b> on a mat"}).status_code == 200
     page = admin.get("/admin").text
     assert 'id="apply-button"' in page
     csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
@@ -229,8 +236,7 @@ def test_admin_applies_decisions_from_the_page(env, ray_session):
     assert ds.version == before + 1
     assert f'v<span id="apply-version">{ds.version}</span>' in r.text and 'id="apply-captions">1<' in r.text
     t = ds.to_table(columns=["id", "rev_caption", "rev_decision", "rev_reviewer"], filter=f"id = '{it['row_id']}'")
-    assert t.to_pylist() == [{"id": it["row_id"], "rev_caption": "<b>a cat</b> on a mat", "rev_decision": "keep",
-                              "rev_reviewer": "alice"}]
+    assert t.to_pylist() == [{"id": it["row_id"], "rev_caption": "<b>a cat</b> on a mat", "rev_decision": "keep", "rev_reviewer": "alice"}]
     assert [a for a in db.audit_tail(5) if a["action"] == "apply"][0]["user"] == "admin"
 
 
@@ -247,12 +253,15 @@ def test_captions_as_long_as_ingest_keeps_can_be_reviewed(env):
     page = alice.get("/").text
     assert f'maxlength="{MAX_CAPTION_CHARS}"' in page
     long_cap = "ü" * MAX_CAPTION_CHARS  # multi-byte, percent-encoded in the form: ~6 bytes a character
-    r = alice.post(f"/annotate/{a['id']}", data={"action": "accept", "csrf": alice.headers["x-csrf-token"],
-                                                 "caption": long_cap}, follow_redirects=False)
+    r = alice.post(
+        f"/annotate/{a['id']}",
+        data={"action": "accept", "csrf": alice.headers["x-csrf-token"], "caption": long_cap},
+        follow_redirects=False,
+    )
     assert r.status_code == 303
     assert db.decisions()[-1]["caption"] == long_cap
     b = alice.get("/api/next").json()["item"]
-    assert alice.post(f"/api/items/{b['id']}/decision",
-                      json={"decision": "keep", "caption": "x" * (MAX_CAPTION_CHARS + 1)}).status_code == 422
-    assert alice.post(f"/api/items/{b['id']}/decision",
-                      json={"decision": "keep", "caption": "x" * MAX_CAPTION_CHARS}).status_code == 200
+    assert (
+        alice.post(f"/api/items/{b['id']}/decision", json={"decision": "keep", "caption": "x" * (MAX_CAPTION_CHARS + 1)}).status_code == 422
+    )
+    assert alice.post(f"/api/items/{b['id']}/decision", json={"decision": "keep", "caption": "x" * MAX_CAPTION_CHARS}).status_code == 200

@@ -39,9 +39,14 @@ def server(tmp_path, coco_dir):
     with db.tx() as t:
         t.exec("UPDATE items SET priority = 1000 WHERE row_id = ?", (rows[3]["id"],))
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(AppSettings(db_url=dbfile, dataset=uri), db,
-                                                   apply=review_apply_action(dbfile)), host="127.0.0.1",
-                                        port=port, log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(
+            create_app(AppSettings(db_url=dbfile, dataset=uri), db, apply=review_apply_action(dbfile)),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     deadline = time.time() + 30
@@ -111,8 +116,7 @@ def test_review_three_items_with_the_keyboard_then_apply(server, browser, ray_se
         admin.click("#apply-button")
     assert admin.text_content("#apply-version") == str(store.open().version) and store.open().version == before + 1
     assert admin.text_content("#apply-captions") == "1"
-    t = store.open().to_table(columns=["id", "rev_caption", "rev_decision", "rev_flag"],
-                              filter=f"id = '{rows[3]['id']}'")
+    t = store.open().to_table(columns=["id", "rev_caption", "rev_decision", "rev_flag"], filter=f"id = '{rows[3]['id']}'")
     assert t.column("rev_caption")[0].as_py() == "A brown dog on a sofaa"
     assert t.column("rev_decision")[0].as_py() == "keep"
 

@@ -27,7 +27,6 @@ from tests.helpers import PASSWORD, coco_rows, free_port, samples_table
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
-
 @pytest.fixture
 def live(tmp_path, coco_dir):
     import uvicorn
@@ -38,12 +37,26 @@ def live(tmp_path, coco_dir):
     db = ReviewDB(tmp_path / "review.sqlite")
     db.set_meta("dataset", uri)
     db.add_user("admin", PASSWORD, "admin")
-    db.enqueue([{"row_id": r["id"], "priority": float(10 - i),
-                 "payload": {"row_id": r["id"], "pos": i, "version": 1, "caption": r["captions"][0]["text"]}}
-                for i, r in enumerate(rows)], "b1")
+    db.enqueue(
+        [
+            {
+                "row_id": r["id"],
+                "priority": float(10 - i),
+                "payload": {"row_id": r["id"], "pos": i, "version": 1, "caption": r["captions"][0]["text"]},
+            }
+            for i, r in enumerate(rows)
+        ],
+        "b1",
+    )
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(AppSettings(db_url=str(tmp_path / "review.sqlite"), dataset=uri), db),
-                                        host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(
+            create_app(AppSettings(db_url=str(tmp_path / "review.sqlite"), dataset=uri), db),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     deadline = time.time() + 30
@@ -70,11 +83,26 @@ def test_schemathesis_finds_no_server_errors_nor_schema_violations(live, tmp_pat
     assert schema.status_code == 200 and "session" in schema.json()["components"]["securitySchemes"]
     (tmp_path / "openapi.json").write_text(schema.text)
     (tmp_path / "schemathesis.toml").write_text(f'[auth.openapi.session]\napi_key = "{cookie}"\n')
-    cmd = [str(SCHEMATHESIS) if SCHEMATHESIS.exists() else "schemathesis",
-           "--config-file", str(tmp_path / "schemathesis.toml"), "run", str(tmp_path / "openapi.json"),
-           "--url", base, "-H", f"X-CSRF-Token: {csrf}",
-           "--max-examples", "20", "--seed", "1", "--workers", "1", "--no-color",
-           "--exclude-path", "/logout"]  # a fuzzed logout would end the session the run uses
+    cmd = [
+        str(SCHEMATHESIS) if SCHEMATHESIS.exists() else "schemathesis",
+        "--config-file",
+        str(tmp_path / "schemathesis.toml"),
+        "run",
+        str(tmp_path / "openapi.json"),
+        "--url",
+        base,
+        "-H",
+        f"X-CSRF-Token: {csrf}",
+        "--max-examples",
+        "20",
+        "--seed",
+        "1",
+        "--workers",
+        "1",
+        "--no-color",
+        "--exclude-path",
+        "/logout",
+    ]  # a fuzzed logout would end the session the run uses
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"}
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)

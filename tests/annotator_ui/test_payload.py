@@ -21,10 +21,36 @@ from engines.active.rules import DEFAULT_RULES
 from tests.engines.active.test_active import _table
 from tests.helpers import PASSWORD
 
-MINED_KEYS = {"row_id", "pos", "caption", "lang", "other_captions", "signals", "ocr_text", "hard_reasons", "hardness",
-              "pseudo", "verifier", "neighbours", "concept", "quality_bin"}
-PUBLIC_KEYS = ["id", "row_id", "lease_expires", "caption", "other_captions", "signals", "ocr_text", "hard_reasons",
-               "pseudo", "verifier", "neighbours", "concept"]
+MINED_KEYS = {
+    "row_id",
+    "pos",
+    "caption",
+    "lang",
+    "other_captions",
+    "signals",
+    "ocr_text",
+    "hard_reasons",
+    "hardness",
+    "pseudo",
+    "verifier",
+    "neighbours",
+    "concept",
+    "quality_bin",
+}
+PUBLIC_KEYS = [
+    "id",
+    "row_id",
+    "lease_expires",
+    "caption",
+    "other_captions",
+    "signals",
+    "ocr_text",
+    "hard_reasons",
+    "pseudo",
+    "verifier",
+    "neighbours",
+    "concept",
+]
 ADMIN_KEYS = PUBLIC_KEYS + ["status", "gold", "needed", "done_count"]
 
 
@@ -51,9 +77,20 @@ def test_public_item_from_a_bare_payload_takes_the_defaults():
     item = {"id": 7, "row_id": "r1", "lease_expires": 1.5, "payload": {}}
     out = ReviewItemPublic.of(item).model_dump()
     assert list(out) == PUBLIC_KEYS
-    assert out == {"id": 7, "row_id": "r1", "lease_expires": 1.5, "caption": "", "other_captions": [], "signals": {},
-                   "ocr_text": None, "hard_reasons": [], "pseudo": {}, "verifier": {}, "neighbours": [],
-                   "concept": None}
+    assert out == {
+        "id": 7,
+        "row_id": "r1",
+        "lease_expires": 1.5,
+        "caption": "",
+        "other_captions": [],
+        "signals": {},
+        "ocr_text": None,
+        "hard_reasons": [],
+        "pseudo": {},
+        "verifier": {},
+        "neighbours": [],
+        "concept": None,
+    }
     assert ReviewPayload.model_validate({"caption": None, "unknown_key": 1}).caption == ""
 
 
@@ -61,9 +98,14 @@ def test_public_item_from_a_bare_payload_takes_the_defaults():
 def served(tmp_path, mined):
     db = ReviewDB(str(tmp_path / "review.sqlite"))
     db.add_user("admin", PASSWORD, "admin")
-    db.enqueue([{**mined[0], "priority": 3.0},
-                {"row_id": "bare", "priority": 2.0, "payload": {}},
-                {"row_id": "few", "priority": 1.0, "payload": {"row_id": "few", "caption": "only a caption"}}], "b1")
+    db.enqueue(
+        [
+            {**mined[0], "priority": 3.0},
+            {"row_id": "bare", "priority": 2.0, "payload": {}},
+            {"row_id": "few", "priority": 1.0, "payload": {"row_id": "few", "caption": "only a caption"}},
+        ],
+        "b1",
+    )
     app = create_app(AppSettings(db_url=db.url, gold_rate=0.0), db)
     c = TestClient(app)
     r = c.post("/api/login", json={"username": "admin", "password": PASSWORD})

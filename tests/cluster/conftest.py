@@ -39,8 +39,13 @@ def column_hash(store: Store, columns: list[str]) -> str:
 def ray_env(**extra: str) -> dict[str, str]:
     """Environment of every Ray process we start: token auth (as the project's core sets it), no
     usage stats, the venv first on PATH (so ``python`` in a submitted job is the project's)."""
-    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **extra,
+    }
 
 
 @dataclass
@@ -51,8 +56,13 @@ class Cluster:
 
 
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([str(VENV_BIN / "ray"), "start", "--block", "--disable-usage-stats", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -82,22 +92,50 @@ def ray_cluster():
     # the agent's HTTP port is fixed (52365) by default: another Ray on the same address (the
     # session's embedded one, another engineer's) would leave this node without a job agent
     mem = ["--memory=2000000000", "--object-store-memory=100000000"]
-    head = _start(["--head", f"--port={port}", "--node-ip-address=127.0.0.2", "--num-cpus=1",
-                   "--resources={\"head_node\": 1}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                   f"--dashboard-port={dport}", f"--dashboard-agent-listen-port={free_port('127.0.0.2')}",
-                   f"--temp-dir={dirs[0]}", *mem], env)
+    head = _start(
+        [
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.2",
+            "--num-cpus=1",
+            '--resources={"head_node": 1}',
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dport}",
+            f"--dashboard-agent-listen-port={free_port('127.0.0.2')}",
+            f"--temp-dir={dirs[0]}",
+            *mem,
+        ],
+        env,
+    )
     nodes = [head]
     try:
         deadline = time.monotonic() + 120
-        while subprocess.run([str(VENV_BIN / "ray"), "status", f"--address=127.0.0.2:{port}"], env=env,
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run([str(VENV_BIN / "ray"), "status", f"--address=127.0.0.2:{port}"], env=env, capture_output=True).returncode != 0
+        ):
             assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
             time.sleep(1)
-        nodes.append(_start([f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
-                             "--resources={\"worker_node\": 1}", f"--dashboard-agent-listen-port={free_port('127.0.0.3')}",
-                             f"--temp-dir={dirs[1]}", *mem], env))
-        while "worker_node" not in subprocess.run([str(VENV_BIN / "ray"), "status", f"--address=127.0.0.2:{port}"],
-                                                  env=env, capture_output=True, text=True).stdout:
+        nodes.append(
+            _start(
+                [
+                    f"--address=127.0.0.2:{port}",
+                    "--node-ip-address=127.0.0.3",
+                    "--num-cpus=1",
+                    '--resources={"worker_node": 1}',
+                    f"--dashboard-agent-listen-port={free_port('127.0.0.3')}",
+                    f"--temp-dir={dirs[1]}",
+                    *mem,
+                ],
+                env,
+            )
+        )
+        while (
+            "worker_node"
+            not in subprocess.run(
+                [str(VENV_BIN / "ray"), "status", f"--address=127.0.0.2:{port}"], env=env, capture_output=True, text=True
+            ).stdout
+        ):
             assert nodes[1].poll() is None and time.monotonic() < deadline, "the Ray worker node did not join"
             time.sleep(1)
         yield Cluster(f"127.0.0.2:{port}", f"http://127.0.0.1:{dport}", env)

@@ -59,7 +59,7 @@ class SlowStage(Stage):
         time.sleep(self.config.sleep_s)
         out = []
         for i, caps in zip(batch.column("id").to_pylist(), batch.column("captions").to_pylist()):
-            text = ((caps or [{}])[0].get("text") or "")
+            text = (caps or [{}])[0].get("text") or ""
             out.append(hashlib.sha256(f"{i}|{text}".encode()).hexdigest()[:16])
         self.stats.count("hashed", len(out))
         return {self.config.column: pa.array(out, pa.string())}

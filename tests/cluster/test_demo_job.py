@@ -84,10 +84,8 @@ def test_demo_pipeline_as_a_ray_job_on_two_nodes(ray_cluster, tmp_path):
     pipe.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     submission = f"demo-{uuid.uuid4().hex[:8]}"
-    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                "CURATE_STATE_DIR": str(shared / "state")}}
-    out = _submit(ray_cluster, runtime_env, ["python", "-m", "cli", "run", str(pipe)],
-                  extra=["--submission-id", submission], timeout=1400)
+    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CURATE_STATE_DIR": str(shared / "state")}}
+    out = _submit(ray_cluster, runtime_env, ["python", "-m", "cli", "run", str(pipe)], extra=["--submission-id", submission], timeout=1400)
     log = out.stdout + out.stderr
     assert out.returncode == 0 and "succeeded" in out.stdout, log[-6000:]
     assert "pipeline demo.yaml" in out.stdout  # the job's one-screen summary, tailed by `ray job submit`

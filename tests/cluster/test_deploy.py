@@ -64,8 +64,11 @@ def test_kuberay_manifests_agree_with_the_project():
     job = yaml.safe_load((DEPLOY / "kuberay" / "rayjob.yaml").read_text())
     assert cluster["spec"]["rayVersion"] == ray.__version__  # the images' Ray = the cluster's Ray
     assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
-    images = {c["image"] for g in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
-              for c in g["template"]["spec"]["containers"]}
+    images = {
+        c["image"]
+        for g in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+        for c in g["template"]["spec"]["containers"]
+    }
     assert images == {"zcurate:0.1.0-cpu", "zcurate:0.1.0-cuda"}
     gpu = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

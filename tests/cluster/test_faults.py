@@ -42,10 +42,15 @@ def _slow_pipeline(tmp_path, store, cluster, **params) -> list[str]:
     """`curate run` of the slow stage on the cluster's worker node (one slot: fragments run one
     after another, so a kill lands mid-stage with some fragments done and some not)."""
     pipe = tmp_path / "slow.yaml"
-    pipe.write_text(yaml.safe_dump({
-        "dataset": store.uri, "plugins": ["tests.cluster.slow_plugin"],
-        "steps": [{"stage": "toy_slow", "params": {"num_cpus": 1, "resources": {"worker_node": 1}, **params}}],
-    }))
+    pipe.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": store.uri,
+                "plugins": ["tests.cluster.slow_plugin"],
+                "steps": [{"stage": "toy_slow", "params": {"num_cpus": 1, "resources": {"worker_node": 1}, **params}}],
+            }
+        )
+    )
     return [sys.executable, "-m", "cli", "run", str(pipe), "--address", cluster.address]
 
 
@@ -56,8 +61,9 @@ def test_killed_worker_is_retried_and_result_is_identical(ray_cluster, coco_stor
     pids = tmp_path / "pids"
     pids.mkdir()
     cmd = _slow_pipeline(tmp_path, store, ray_cluster, sleep_s=0.3, pid_dir=str(pids))
-    driver = subprocess.Popen(cmd, cwd=ROOT, env=ray_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
+    driver = subprocess.Popen(
+        cmd, cwd=ROOT, env=ray_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         # the stage's actor, found through the state API once it computes its first batch: SIGKILL it
         _wait_for(lambda: list(pids.iterdir()), "the stage's worker to start")
@@ -79,8 +85,9 @@ def test_killed_worker_is_retried_and_result_is_identical(ray_cluster, coco_stor
 def test_killed_driver_resumes_from_checkpoints(ray_cluster, coco_store, tmp_path, reference):
     store = copy_store(coco_store, tmp_path / "d.lance")
     cmd = _slow_pipeline(tmp_path, store, ray_cluster, sleep_s=0.4)
-    driver = subprocess.Popen(cmd, cwd=ROOT, env=ray_cluster.env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        cmd, cwd=ROOT, env=ray_cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     ckpts = store.state_dir / "checkpoints"
     try:
         _wait_for(lambda: list(ckpts.glob("toy_slow-*/unit-*.json")) or driver.poll() is not None, "a fragment checkpoint")

@@ -39,14 +39,24 @@ def _actors_by_node(cluster, class_part: str, before: set[str] = frozenset()) ->
 def test_stage_pinned_to_worker_node(ray_cluster, coco_store, tmp_path):
     store = copy_store(coco_store, tmp_path / "shared.lance")
     pipe = tmp_path / "pipe.yaml"
-    pipe.write_text(yaml.safe_dump({
-        "dataset": store.uri,
-        "plugins": ["tests.cluster.slow_plugin"],
-        "steps": [{"stage": "toy_slow", "params": {"sleep_s": 0.0, "num_cpus": 1, "resources": {"worker_node": 1}}}],
-    }))
+    pipe.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": store.uri,
+                "plugins": ["tests.cluster.slow_plugin"],
+                "steps": [{"stage": "toy_slow", "params": {"sleep_s": 0.0, "num_cpus": 1, "resources": {"worker_node": 1}}}],
+            }
+        )
+    )
     before = _actor_ids(ray_cluster)
-    out = subprocess.run([sys.executable, "-m", "cli", "run", str(pipe), "--address", ray_cluster.address],
-                         cwd=ROOT, env=ray_cluster.env, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "run", str(pipe), "--address", ray_cluster.address],
+        cwd=ROOT,
+        env=ray_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert store.open().count_rows(filter="toy_slow IS NOT NULL") == 80
     # every worker of the stage ran on the node that has the resource, none on the head
@@ -54,12 +64,25 @@ def test_stage_pinned_to_worker_node(ray_cluster, coco_store, tmp_path):
     assert placed and set(placed) == {"127.0.0.3"}, placed
 
 
-def _submit(cluster, runtime_env: dict, entrypoint: list[str], *, extra: list[str] = (),
-            timeout: float = 300) -> subprocess.CompletedProcess:
+def _submit(
+    cluster, runtime_env: dict, entrypoint: list[str], *, extra: list[str] = (), timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`ray job submit` with the repository as working dir; the head's job agent needs a few
     seconds after the cluster is up, so "no available agent" is retried."""
-    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
-           "--runtime-env-json", json.dumps(runtime_env), *extra, "--", *entrypoint]
+    cmd = [
+        str(VENV_BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        *extra,
+        "--",
+        *entrypoint,
+    ]
     deadline = time.monotonic() + 90
     while True:
         out = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=timeout)
@@ -80,14 +103,19 @@ def test_ray_job_submit_runs_the_pipeline_on_s3(ray_cluster, s3_env, coco_dir, t
         shutil.copy(p, src / p.name)
         (src / f"{p.stem}.txt").write_text(f"photo {p.stem}")
     pipe = tmp_path / "pipe.yaml"
-    pipe.write_text(yaml.safe_dump({
-        "dataset": uri, "plugins": ["tests.cluster.slow_plugin"],
-        "steps": [
-            {"stage": "ingest", "params": {"source": [str(src)], "shard_size": 3}},
-            {"stage": "caption_stats"},
-            {"stage": "toy_slow", "params": {"sleep_s": 0.0, "num_cpus": 1, "resources": {"worker_node": 1}}},
-        ],
-    }))
+    pipe.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": uri,
+                "plugins": ["tests.cluster.slow_plugin"],
+                "steps": [
+                    {"stage": "ingest", "params": {"source": [str(src)], "shard_size": 3}},
+                    {"stage": "caption_stats"},
+                    {"stage": "toy_slow", "params": {"sleep_s": 0.0, "num_cpus": 1, "resources": {"worker_node": 1}}},
+                ],
+            }
+        )
+    )
     runtime_env = {"env_vars": {**env, "CURATE_STATE_DIR": str(tmp_path / "state")}}
     out = _submit(ray_cluster, runtime_env, ["python", "-m", "cli", "run", str(pipe)])
     assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]

@@ -146,7 +146,6 @@ def test_bad_configs_name_the_field(tmp_path, coco_dir):
         load_pipeline(tmp_path / "nodata.yaml")
 
 
-
 def test_stage_on_a_ray_cluster_started_by_the_test(coco_store, tmp_path):
     """`ray start --head` as a separate cluster; the CLI joins it by --address and runs a stage."""
     store = _copy(coco_store, tmp_path)
@@ -154,17 +153,37 @@ def test_stage_on_a_ray_cluster_started_by_the_test(coco_store, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-         "--node-ip-address=127.0.0.2", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
-         "--object-store-memory=100000000", "--memory=2000000000", f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.2",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--object-store-memory=100000000",
+            "--memory=2000000000",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         out = None
         for _ in range(3):  # the head takes a few seconds to accept drivers
             time.sleep(4)
-            out = subprocess.run([sys.executable, "-m", "curation.cli", "stage", "caption_stats", "--dataset", store.uri,
-                                  "--address", f"127.0.0.2:{port}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+            out = subprocess.run(
+                [sys.executable, "-m", "curation.cli", "stage", "caption_stats", "--dataset", store.uri, "--address", f"127.0.0.2:{port}"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
             if out.returncode == 0:
                 break
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -89,8 +89,11 @@ def test_writes_the_three_layouts(corpus, manifest):
     n = len(manifest["items"])
     assert 100 <= n <= 150
     by_layout = {k: sum(i["layout"] == k for i in manifest["items"]) for k in ("folder", "webdataset", "jsonl")}
-    assert by_layout == {"folder": len([p for p in folder.iterdir() if p.suffix in (".jpg", ".png")]),
-                         "webdataset": len(keys), "jsonl": len(rows)}
+    assert by_layout == {
+        "folder": len([p for p in folder.iterdir() if p.suffix in (".jpg", ".png")]),
+        "webdataset": len(keys),
+        "jsonl": len(rows),
+    }
     total = sum(p.stat().st_size for p in corpus.rglob("*") if p.is_file())
     assert total < 20e6  # "a few MB"
 
@@ -225,8 +228,11 @@ def test_rendered_text_and_caption_mentions(manifest, corpus):
 def test_rendered_text_is_legible_to_ocr(manifest, image_bytes):
     rapidocr = pytest.importorskip("rapidocr")
     engine = rapidocr.RapidOCR()
-    cards = [i for i in manifest["items"] if i["role"] == "text" and i["origin"] == "rendered"
-             and i["text"]["langs"] == ["en", "zh"] and len(i["text"]["lines"]) == 2]
+    cards = [
+        i
+        for i in manifest["items"]
+        if i["role"] == "text" and i["origin"] == "rendered" and i["text"]["langs"] == ["en", "zh"] and len(i["text"]["lines"]) == 2
+    ]
     assert len(cards) >= 2
     for i in cards[:2]:
         arr = np.asarray(open_image(image_bytes[i["id"]]).convert("RGB"))[:, :, ::-1]  # BGR like cv2

@@ -46,9 +46,18 @@ def hostile_run(tmp_path_factory, coco_dir, ray_session):
             {"stage": "resample", "params": {"graph": str(tmp / "graph"), "target_size": 20}},
             {"stage": "review_mine", "params": {"n": 10, "db": str(tmp / "review.db")}},
             {"stage": "export", "params": {"out": str(tmp / "shards"), "resolution": 256}},
-            {"stage": "train", "params": {"shards": str(tmp / "shards"), "model": "tiny", "steps": 2,
-                                          "out_dir": str(tmp / "train"), "tiny_encoders": True, "ckpt_every": 1000,
-                                          "sample_every": 0}},
+            {
+                "stage": "train",
+                "params": {
+                    "shards": str(tmp / "shards"),
+                    "model": "tiny",
+                    "steps": 2,
+                    "out_dir": str(tmp / "train"),
+                    "tiny_encoders": True,
+                    "ckpt_every": 1000,
+                    "sample_every": 0,
+                },
+            },
         ],
     }
     path = tmp / "hostile.yaml"
@@ -103,10 +112,23 @@ def _queue_every_row(store: Store, db_path: Path) -> dict[str, str]:
     try:
         with db.tx(write=False) as t:
             queued = {r[0] for r in t.all("SELECT row_id FROM items")}
-        extra = [{"row_id": r["id"], "priority": 0.0, "needed": 1, "payload": {
-            "row_id": r["id"], "pos": pos, "version": ds.version, "caption": choose_caption(r["captions"])[0],
-            "other_captions": [], "hard_reasons": [f"ingest error: {r['error']}"]}}
-            for pos, r in enumerate(table) if r["id"] not in queued]
+        extra = [
+            {
+                "row_id": r["id"],
+                "priority": 0.0,
+                "needed": 1,
+                "payload": {
+                    "row_id": r["id"],
+                    "pos": pos,
+                    "version": ds.version,
+                    "caption": choose_caption(r["captions"])[0],
+                    "other_captions": [],
+                    "hard_reasons": [f"ingest error: {r['error']}"],
+                },
+            }
+            for pos, r in enumerate(table)
+            if r["id"] not in queued
+        ]
         assert all(it["payload"]["hard_reasons"][0] != "ingest error: None" for it in extra), "a clean row was not mined"
         db.enqueue(extra, "hostile-errored", user="tests/e2e")
     finally:
@@ -122,14 +144,21 @@ def review_server(hostile_run):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "cli", "review"]
     db_args = ["--dataset", str(hostile_run.ds), "--db", str(hostile_run.db)]
-    made = subprocess.run([*cli, "add-user", "rita", *db_args, "--password", PASSWORD], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        [*cli, "add-user", "rita", *db_args, "--password", PASSWORD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     port = free_port()
     log = hostile_run.tmp / "serve.log"
     with log.open("wb") as f:
-        proc = subprocess.Popen([*cli, "serve", *db_args, "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                                env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [*cli, "serve", *db_args, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -201,8 +230,7 @@ def test_review_ui_pages_through_the_hostile_rows(hostile_run, review_server, br
     def seen(key: str) -> dict:
         return shown[by_key[key]["id"]]
 
-    for key in ("folder/html_caption.jpg", "folder/path_caption.jpg", "folder/url_path_caption.jpg",
-                "folder/huge_caption.jpg"):
+    for key in ("folder/html_caption.jpg", "folder/path_caption.jpg", "folder/url_path_caption.jpg", "folder/huge_caption.jpg"):
         stored = by_key[key]["captions"][0]["text"]
         assert seen(key)["caption"] == stored, key  # the exact text, in the textarea, as text
     assert seen("folder/html_caption.jpg")["caption"].startswith('<img src=x onerror="window.__xss=1')
@@ -235,4 +263,3 @@ def test_review_ui_pages_through_the_hostile_rows(hostile_run, review_server, br
     image_status = {st for st, u in responses if "/image/" in u}
     assert 200 in image_status
     assert "Traceback" not in srv.log.read_text()
-

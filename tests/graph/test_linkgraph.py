@@ -14,10 +14,16 @@ def _links():
     hubs = ["Cat", "Dog", "Paris"]
     for i in range(30):  # many pages link to the hubs; nobody links to the pages
         for h in hubs[: 1 + i % 3]:
-            src.append(f"page{i}"); dst.append(h); kind.append("link")
-    src += ["Persian cat", "Cat"]; dst += ["Cat", "Dog"]; kind += ["is_a", "link"]
+            src.append(f"page{i}")
+            dst.append(h)
+            kind.append("link")
+    src += ["Persian cat", "Cat"]
+    dst += ["Cat", "Dog"]
+    kind += ["is_a", "link"]
     for _ in range(5):
-        src.append("page0"); dst.append("Persian cat"); kind.append("link")
+        src.append("page0")
+        dst.append("Persian cat")
+        kind.append("link")
     return pa.table({"source": src, "target": dst, "kind": kind})
 
 

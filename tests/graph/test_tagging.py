@@ -66,12 +66,13 @@ def test_chinese_and_mixed_captions_tag_chinese_concepts(wordnet_graph, coco_cap
     from graph.tagging import Tagger
 
     _, rows, _ = coco_captions
-    zh = ["一只狗在草地上奔跑，旁边有一辆自行车", "两只长颈鹿站在树旁", "桌子上有一杯咖啡",
-          "A cat 和一只狗 on the 沙发 😺 <br/>"]
+    zh = ["一只狗在草地上奔跑，旁边有一辆自行车", "两只长颈鹿站在树旁", "桌子上有一杯咖啡", "A cat 和一只狗 on the 沙发 😺 <br/>"]
     t = Tagger(wordnet_graph).fit([c for r in rows for c in r] + zh)
     out = t.tag_rows([[z] for z in zh])
-    labels = [{wordnet_graph.label(i) for i, d in zip(ts, ds) if d}
-              for ts, ds in zip(out["tag_concepts"].to_pylist(), out["tag_direct"].to_pylist())]
+    labels = [
+        {wordnet_graph.label(i) for i, d in zip(ts, ds) if d}
+        for ts, ds in zip(out["tag_concepts"].to_pylist(), out["tag_direct"].to_pylist())
+    ]
     assert {"dog", "bicycle"} <= labels[0]
     assert "giraffe" in labels[1]
     assert "coffee" in labels[2]
@@ -85,8 +86,10 @@ def test_user_chinese_concepts_tag_chinese_captions(tmp_path):
     from graph.userfile import merge_user_concepts
 
     f = tmp_path / "zh.csv"
-    f.write_text("concept,parent,zh,aliases\nfood,,食物,\nhot pot,food,火锅,打边炉\n"
-                 "mala hot pot,hot pot,麻辣火锅,\nsoup dumpling,food,小笼包,\n", encoding="utf-8")
+    f.write_text(
+        "concept,parent,zh,aliases\nfood,,食物,\nhot pot,food,火锅,打边炉\nmala hot pot,hot pot,麻辣火锅,\nsoup dumpling,food,小笼包,\n",
+        encoding="utf-8",
+    )
     g = ConceptGraph()
     merge_user_concepts(g, f)
     caps = ["晚上和朋友吃麻辣火锅", "一笼小笼包和一碗汤", "we had hot pot, 打边炉 in Hong Kong", "", "🍲🍲🍲"]

@@ -44,10 +44,16 @@ def test_csv_merges_new_and_existing_concepts(tmp_path):
 def test_jsonl_with_lists(tmp_path):
     g = _small()
     f = tmp_path / "c.jsonl"
-    f.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in [
-        {"concept": "robot dog", "parent": ["dog", "animal"], "aliases": ["robodog"], "weight": 5},
-        {"concept": "trending thing", "id": "trend:1"},
-    ]), encoding="utf-8")
+    f.write_text(
+        "\n".join(
+            json.dumps(x, ensure_ascii=False)
+            for x in [
+                {"concept": "robot dog", "parent": ["dog", "animal"], "aliases": ["robodog"], "weight": 5},
+                {"concept": "trending thing", "id": "trend:1"},
+            ]
+        ),
+        encoding="utf-8",
+    )
     merge_user_concepts(g, f)
     (rd,) = g.resolve("robodog")
     assert set(g.parents(rd)) == {"wn:dog", "wn:animal"} and g.node(rd)["weight"] == 5

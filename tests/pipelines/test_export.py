@@ -56,10 +56,17 @@ def test_export_selects_with_reasons_and_writes_a_training_set(ray_session, cura
     store, ids = curated_store
     out = tmp_path / "train.lance"
     result = export(store, ExportConfig(out=str(out), resolution=256, rows_per_unit=10), show_progress=False)
-    expected_excluded = {ids[31]: "error: truncated", ids[0]: "duplicate: exact", ids[32]: "exact_duplicate",
-                         ids[3]: "duplicate: near",
-                         ids[4]: "near_duplicate", ids[5]: "review_rejected", ids[8]: "rule:nsfw", ids[9]: "zero_weight",
-                         ids[12]: "decode_error: truncated"}
+    expected_excluded = {
+        ids[31]: "error: truncated",
+        ids[0]: "duplicate: exact",
+        ids[32]: "exact_duplicate",
+        ids[3]: "duplicate: near",
+        ids[4]: "near_duplicate",
+        ids[5]: "review_rejected",
+        ids[8]: "rule:nsfw",
+        ids[9]: "zero_weight",
+        ids[12]: "decode_error: truncated",
+    }
     excluded = pq.read_table(out / "_curation" / "export" / "excluded.parquet").to_pylist()
     assert {r["id"]: r["reason"] for r in excluded} == expected_excluded
 
@@ -85,7 +92,7 @@ def test_export_selects_with_reasons_and_writes_a_training_set(ray_session, cura
     assert manifest["excluded"]["error"] == 1 and manifest["excluded"]["rule:nsfw"] == 1
     assert manifest["columns_used"]["weight"] == "rs_weight" and manifest["columns_used"]["dedup_keep"] == "dup_keep"
     assert manifest["checks_skipped"] == []
-    assert "<img src=\"data:image/png;base64," in (out / "_curation" / "export" / "report.html").read_text()
+    assert '<img src="data:image/png;base64,' in (out / "_curation" / "export" / "report.html").read_text()
 
     # the loader reads it: weights, curriculum filter, manifest
     ds = ShardDataset(str(out), LoaderConfig(token_budget=2048, filter="curriculum_stage = 0", weighted=False))
@@ -98,8 +105,7 @@ def test_export_selects_with_reasons_and_writes_a_training_set(ray_session, cura
     with pytest.raises(ValueError, match="--overwrite"):
         export(store, ExportConfig(out=str(out)), show_progress=False)  # a different config
     # a pipeline re-run after upstream changes writes a new version instead (history keeps the old)
-    redo = export(store, ExportConfig(out=str(out), resolution=512, rows_per_unit=10), show_progress=False,
-                  replace_stale=True)
+    redo = export(store, ExportConfig(out=str(out), resolution=512, rows_per_unit=10), show_progress=False, replace_stale=True)
     assert redo.status == "committed" and redo.version == shards.version + 1
     assert json.loads(lance.dataset(str(out)).schema.metadata[MANIFEST_KEY.encode()])["config"]["resolution"] == 512
 
@@ -133,10 +139,17 @@ def test_export_as_a_pipeline_step_with_rules(ray_session, coco_store, tmp_path)
     pipeline = {
         "dataset": str(src),
         "steps": [
-            {"stage": "export", "params": {"out": str(out), "resolution": 256, "rules": [
-                {"name": "portrait", "where": "height > width"},
-                {"name": "needs_profile", "where": "prof_quality < 0.2"},
-            ]}},
+            {
+                "stage": "export",
+                "params": {
+                    "out": str(out),
+                    "resolution": 256,
+                    "rules": [
+                        {"name": "portrait", "where": "height > width"},
+                        {"name": "needs_profile", "where": "prof_quality < 0.2"},
+                    ],
+                },
+            },
         ],
     }
     path = tmp_path / "pipeline.yaml"

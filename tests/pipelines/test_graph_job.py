@@ -42,8 +42,9 @@ def test_tag_and_resample_on_lance_with_ray(ray_session, coco_store, small_graph
     again = run_stage(store, GraphTagStage({"graph": str(small_graph_dir)}), show_progress=False)
     assert again.status == "skipped"
 
-    results = run_resample(RunContext(store=store, show_progress=False),
-                           ResampleStepConfig(graph=str(small_graph_dir), target_size=60, max_upsample=3))
+    results = run_resample(
+        RunContext(store=store, show_progress=False), ResampleStepConfig(graph=str(small_graph_dir), target_size=60, max_upsample=3)
+    )
     r = results[-1]
     assert r.status == "committed" and r.extra["target_size"] == 60
     w = store.to_arrow(columns=["rs_weight", "rs_copies", "rs_stage"])
@@ -90,10 +91,12 @@ def test_pipeline_yaml_steps_validate(tmp_path):
     from curation.config import ConfigError, load_pipeline
 
     y = tmp_path / "p.yaml"
-    y.write_text(f"dataset: {tmp_path}/d.lance\nsteps:\n"
-                 f"  - stage: graph_build\n    params: {{out: {tmp_path}/g, visual_only: true}}\n"
-                 f"  - stage: graph_tag\n    params: {{graph: {tmp_path}/g, decay: 0.3}}\n"
-                 f"  - stage: resample\n    params: {{graph: {tmp_path}/g, target_size: 1000, method: cap}}\n")
+    y.write_text(
+        f"dataset: {tmp_path}/d.lance\nsteps:\n"
+        f"  - stage: graph_build\n    params: {{out: {tmp_path}/g, visual_only: true}}\n"
+        f"  - stage: graph_tag\n    params: {{graph: {tmp_path}/g, decay: 0.3}}\n"
+        f"  - stage: resample\n    params: {{graph: {tmp_path}/g, target_size: 1000, method: cap}}\n"
+    )
     _, steps = load_pipeline(y)
     assert [n for n, _ in steps] == ["graph_build", "graph_tag", "resample"] and steps[1][1].decay == 0.3
     y.write_text(f"dataset: {tmp_path}/d.lance\nsteps:\n  - stage: resample\n    params: {{method: magic, target_sise: 3}}\n")

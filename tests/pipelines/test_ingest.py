@@ -28,7 +28,12 @@ def _photos(coco_dir, n):
 
 
 def _by_key(store):
-    return {r["source_key"]: r for r in store.to_arrow(columns=["source_key", "captions", "error", "width", "height", "format", "exact_dup_of", "image_uri"]).to_pylist()}
+    return {
+        r["source_key"]: r
+        for r in store.to_arrow(
+            columns=["source_key", "captions", "error", "width", "height", "format", "exact_dup_of", "image_uri"]
+        ).to_pylist()
+    }
 
 
 def test_ingest_all_source_kinds(tmp_path, coco_dir, ray_session):
@@ -39,15 +44,22 @@ def test_ingest_all_source_kinds(tmp_path, coco_dir, ray_session):
     (folder / "a.txt").write_text("A man riding a bicycle.\n")
     (folder / "a.long.txt").write_text("A man in a red jacket rides a bicycle down a wet street.")
     (folder / "b.jpg").write_bytes(photos[1].read_bytes())
-    (folder / "b.json").write_text(json.dumps({"captions": [{"text": "两只猫在沙发上睡觉", "kind": "short"},
-                                                            {"text": "two cats sleeping on a sofa", "kind": "short"}]}, ensure_ascii=False))
+    (folder / "b.json").write_text(
+        json.dumps(
+            {"captions": [{"text": "两只猫在沙发上睡觉", "kind": "short"}, {"text": "two cats sleeping on a sofa", "kind": "short"}]},
+            ensure_ascii=False,
+        )
+    )
     # WebDataset tar in img2dataset's layout
     tar = tmp_path / "src" / "wds" / "00000.tar"
     tar.parent.mkdir()
     with tarfile.open(tar, "w") as tf:
         for i, p in enumerate(photos[2:4]):
-            for name, data in [(f"{i:09d}.jpg", p.read_bytes()), (f"{i:09d}.txt", f"alt text {i}".encode()),
-                               (f"{i:09d}.json", json.dumps({"caption": f"alt text {i}", "key": f"{i:09d}"}).encode())]:
+            for name, data in [
+                (f"{i:09d}.jpg", p.read_bytes()),
+                (f"{i:09d}.txt", f"alt text {i}".encode()),
+                (f"{i:09d}.json", json.dumps({"caption": f"alt text {i}", "key": f"{i:09d}"}).encode()),
+            ]:
                 ti = tarfile.TarInfo(name)
                 ti.size = len(data)
                 tf.addfile(ti, io.BytesIO(data))
@@ -130,8 +142,15 @@ def test_reingest_skips_existing_rows(tmp_path, coco_dir, ray_session, in_memory
 
 
 def _curate(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def test_killed_ingest_resumes_to_identical_rows(tmp_path, coco_dir, ray_session):

@@ -56,8 +56,9 @@ def test_mine_review_apply_closes_the_loop(tmp_path, coco_store, ray_session):
     rep = apply_reviews(store, ReviewApplyConfig(db=dbfile), show_progress=False)
     ds = store.open()
     assert ds.version > v_before and rep["version_after"] == ds.version
-    t = ds.to_table(columns=["id", "rev_decision", "rev_caption", "rev_flag", "rev_reviewer", "rev_votes", "rev_reward",
-                             "rev_tags", "prof_quality"])
+    t = ds.to_table(
+        columns=["id", "rev_decision", "rev_caption", "rev_flag", "rev_reviewer", "rev_votes", "rev_reward", "rev_tags", "prof_quality"]
+    )
     got = dict(zip(t.column("id").to_pylist(), t.column("rev_decision").to_pylist()))
     assert got == truth
     caps = dict(zip(t.column("id").to_pylist(), t.column("rev_caption").to_pylist()))
@@ -98,8 +99,7 @@ def test_mine_and_apply_through_a_postgresql_review_database(tmp_path, coco_dir,
     lance.write_dataset(samples_table(rows), uri)
     add_signals(uri)
     store = Store(uri)
-    summary = mine_queue(store, ReviewMineConfig(n=16, min_hardness=0.0, double_share=0.0, db=db_url),
-                         show_progress=False)
+    summary = mine_queue(store, ReviewMineConfig(n=16, min_hardness=0.0, double_share=0.0, db=db_url), show_progress=False)
     assert summary["queued"] == 16
     db = ReviewDB(db_url)
     ann = db.add_user("ann1", PASSWORD)

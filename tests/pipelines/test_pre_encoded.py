@@ -37,8 +37,13 @@ def pre_encoded(tmp_path_factory, ray_session, coco_dir, encoder_dirs):
     files = sorted((coco_dir / "images").glob("*.jpg"))[:12]
     rows[1] = {**rows[1], "image": None, "image_uri": str(files[1])}
     rows[2] = {**rows[2], "image": None, "image_uri": f"file://{files[2]}", "width": None, "height": None}
-    gone = {**rows[3], "id": "gone-0001", "source_key": "gone.jpg", "image": None,
-            "image_uri": str(coco_dir / "images" / "no-such-photo.jpg")}
+    gone = {
+        **rows[3],
+        "id": "gone-0001",
+        "source_key": "gone.jpg",
+        "image": None,
+        "image_uri": str(coco_dir / "images" / "no-such-photo.jpg"),
+    }
     d = tmp_path_factory.mktemp("pre")
     src = d / "src.lance"
     lance.write_dataset(samples_table(rows + [gone]), str(src))
@@ -46,8 +51,9 @@ def pre_encoded(tmp_path_factory, ray_session, coco_dir, encoder_dirs):
     vae, text = encoder_dirs
     from cli.main import app
 
-    res = CliRunner().invoke(app, ["export", "--dataset", str(src), "--out", str(out), "--resolution", "256",
-                                   "--vae-path", vae, "--text-encoder-path", text])
+    res = CliRunner().invoke(
+        app, ["export", "--dataset", str(src), "--out", str(out), "--resolution", "256", "--vae-path", vae, "--text-encoder-path", text]
+    )
     assert res.exit_code == 0, res.output
     return {"src": str(src), "out": str(out), "rows": rows, "files": files, "gone": gone["id"]}
 
@@ -58,9 +64,9 @@ def test_export_writes_latents_and_features_of_the_loader_crop(pre_encoded, tiny
     assert t.num_rows == 12
     excluded = pq.read_table(f"{out}/_curation/export/excluded.parquet").to_pylist()
     assert len(excluded) == 1 and excluded[0]["id"] == pre_encoded["gone"]
-    assert excluded[0]["reason"].startswith("unreadable_uri: FileNotFoundError")     # a clear reason, not a crash
+    assert excluded[0]["reason"].startswith("unreadable_uri: FileNotFoundError")  # a clear reason, not a crash
     by_id = {r["id"]: r for r in t.to_pylist()}
-    assert by_id[rows[1]["id"]]["image"] == files[1].read_bytes()                     # bytes read from the URIs
+    assert by_id[rows[1]["id"]]["image"] == files[1].read_bytes()  # bytes read from the URIs
     assert by_id[rows[2]["id"]]["image"] == files[2].read_bytes() and by_id[rows[2]["id"]]["width"] == 640
 
     manifest = ShardDataset(out).manifest
@@ -74,11 +80,11 @@ def test_export_writes_latents_and_features_of_the_loader_crop(pre_encoded, tiny
     vae, text = tiny_encoders.vae, tiny_encoders.text
     for r in list(by_id.values())[:4]:
         bw, bh = r["bucket_w"], r["bucket_h"]
-        crop = decode_and_crop(r["image"], bw, bh, None)                              # the loader's centre crop
+        crop = decode_and_crop(r["image"], bw, bh, None)  # the loader's centre crop
         z = vae.encode([crop])[0]
         assert torch.allclose(torch.tensor(r["latents"]).view(16, bh // 8, bw // 8), z, atol=1e-5)
         feats = text.encode([c["text"] for c in r["captions"]])
-        assert r["cap_feat_tokens"] == [len(f) for f in feats] == r["caption_tokens"]   # exact token counts
+        assert r["cap_feat_tokens"] == [len(f) for f in feats] == r["caption_tokens"]  # exact token counts
         for flat, f in zip(r["cap_feats"], feats):
             assert torch.allclose(torch.tensor(flat).view(len(f), 32), f, atol=1e-5)
 
@@ -104,9 +110,9 @@ def test_training_from_pre_encoded_shards_equals_on_the_fly_encoding(pre_encoded
         assert res["step"] == 3
         return [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
-    pre = run("pre", True)                                      # no encoder configured: nothing to encode
+    pre = run("pre", True)  # no encoder configured: nothing to encode
     fly = run("fly", False, vae_path=vae, text_encoder_path=text)
-    assert pre[0] == pytest.approx(fly[0], rel=1e-5, abs=1e-6)   # same first step
+    assert pre[0] == pytest.approx(fly[0], rel=1e-5, abs=1e-6)  # same first step
     assert pre == pytest.approx(fly, rel=1e-4, abs=1e-5) and len(set(pre)) == 3
 
     # and the encoders are loaded only when a batch needs them
@@ -126,20 +132,34 @@ def test_curate_train_two_ranks_ddp_and_fsdp2_on_gloo(pre_encoded, ray_session, 
 
     out = tmp_path / "ddp"
     loader = {"token_budget": 600, "weighted": False}
-    cfg = validate(TrainRunConfig, {"shards": pre_encoded["out"], "model": "tiny", "steps": 2, "out_dir": str(out),
-                                    "num_workers": 2, "cpus_per_worker": 0.5, "loader_workers": 0, "loader": loader,  # 1 CPU in all: a
-                                    # Ray Data actor another stage left behind must not starve the pair
-                                    "log_every": 1, "ckpt_every": 100, "sample_count": 0, "log_sample_ids": True})
+    cfg = validate(
+        TrainRunConfig,
+        {
+            "shards": pre_encoded["out"],
+            "model": "tiny",
+            "steps": 2,
+            "out_dir": str(out),
+            "num_workers": 2,
+            "cpus_per_worker": 0.5,
+            "loader_workers": 0,
+            "loader": loader,  # 1 CPU in all: a
+            # Ray Data actor another stage left behind must not starve the pair
+            "log_every": 1,
+            "ckpt_every": 100,
+            "sample_count": 0,
+            "log_sample_ids": True,
+        },
+    )
     logs: list[str] = []
     res = run_training(cfg, log=logs.append)
     assert res["metrics"]["step"] == 2
     assert any("pre-encoded shards: latents from" in str(m) and "caption features" in str(m) for m in logs)
 
     seen = {r: [json.loads(x) for x in (out / "ranks" / f"rank_{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
-    assert [s["step"] for s in seen[0]] == [s["step"] for s in seen[1]] == [1, 2]    # both ranks ran every step
+    assert [s["step"] for s in seen[0]] == [s["step"] for s in seen[1]] == [1, 2]  # both ranks ran every step
     ids = {r: [i for s in seen[r] for i in s["ids"]] for r in (0, 1)}
-    assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1])                      # disjoint samples
-    for r in (0, 1):   # exactly the loader's plan for that rank of 2
+    assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1])  # disjoint samples
+    for r in (0, 1):  # exactly the loader's plan for that rank of 2
         ds = ShardDataset(pre_encoded["out"], {"seed": 0, **loader}, rank=r, world_size=2)
         plan = ds.plan(0)
         want = lance.dataset(pre_encoded["out"]).take(plan.rows[: plan.bounds[2]], columns=["id"]).column("id").to_pylist()
@@ -150,7 +170,7 @@ def test_curate_train_two_ranks_ddp_and_fsdp2_on_gloo(pre_encoded, ray_session, 
     from training.model import load_safetensors, tiny
 
     assert digests[0] == digests[1] == param_digest(load_safetensors(ckpt / "model.safetensors", tiny()))
-    assert seen[0][0]["loss"] != seen[1][0]["loss"]                                  # different data per rank
+    assert seen[0][0]["loss"] != seen[1][0]["loss"]  # different data per rank
 
     # FSDP2 (fully_shard per block, gloo on CPU) on the same data and seed trains the same model:
     # sharded AdamW after reduce-scatter equals DDP's all-reduce, and the sharded checkpoint
@@ -160,7 +180,7 @@ def test_curate_train_two_ranks_ddp_and_fsdp2_on_gloo(pre_encoded, ray_session, 
     logs.clear()
     assert run_training(fcfg, log=logs.append)["metrics"]["step"] == 2
     f_ckpt = fsdp_out / "checkpoints" / "step_00000002"
-    assert torch.load(f_ckpt / "rank_1.pt", weights_only=False)["param_digest"] is None   # sharded, not DDP
+    assert torch.load(f_ckpt / "rank_1.pt", weights_only=False)["param_digest"] is None  # sharded, not DDP
     fsdp_state = load_safetensors(f_ckpt / "model.safetensors", tiny()).state_dict()
     ddp_state = load_safetensors(ckpt / "model.safetensors", tiny()).state_dict()
     assert fsdp_state.keys() == ddp_state.keys()
@@ -169,7 +189,7 @@ def test_curate_train_two_ranks_ddp_and_fsdp2_on_gloo(pre_encoded, ray_session, 
     logs.clear()
     assert run_training(fcfg.model_copy(update={"steps": 3}), log=logs.append)["metrics"]["step"] == 3
     steps = [json.loads(x)["step"] for x in (fsdp_out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
-    assert steps == [1, 2, 3], steps   # continued from the step-2 checkpoint, not restarted
+    assert steps == [1, 2, 3], steps  # continued from the step-2 checkpoint, not restarted
 
 
 def test_train_refuses_caption_features_of_another_width(pre_encoded, tmp_path):

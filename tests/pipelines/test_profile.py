@@ -18,9 +18,21 @@ def _rows(coco_dir):
     extra = dict(hostile_set())
     extra["sign_en"] = encode(text_image("OPEN 24 HOURS"), "JPEG", quality=92)
     for k, v in extra.items():
-        rows.append({"id": sample_id("crafted", k), "image": v, "image_uri": None, "image_sha256": sha256_hex(v),
-                     "source": "crafted", "source_key": k, "width": None, "height": None, "format": None, "error": None,
-                     "captions": [{"text": f"a sign reading open 24 hours ({k})", "kind": "short", "lang": "en"}]})
+        rows.append(
+            {
+                "id": sample_id("crafted", k),
+                "image": v,
+                "image_uri": None,
+                "image_sha256": sha256_hex(v),
+                "source": "crafted",
+                "source_key": k,
+                "width": None,
+                "height": None,
+                "format": None,
+                "error": None,
+                "captions": [{"text": f"a sign reading open 24 hours ({k})", "kind": "short", "lang": "en"}],
+            }
+        )
     return rows
 
 
@@ -71,7 +83,6 @@ def test_profile_all_rows_accounted_then_report(ray_session, mixed_store, tmp_pa
     assert "RANDOM WEIGHTS" in page and "decompression_bomb" in page and "truncated" in page
     assert page.count("data:image/png;base64") >= 20  # a histogram per signal
     assert "prof_sharpness" in page and "data:image/jpeg;base64" in page
-
 
 
 def test_resume_after_a_crash_gives_the_same_values(ray_session, mixed_store, tmp_path):

@@ -26,26 +26,34 @@ def test_curate_train_then_the_step_resumes(tmp_path, ray_session, coco_dir):
     table, excluded = shard_rows(src, ecfg, resolve_roles(src.schema, ecfg))
     assert not excluded
     lance.write_dataset(table, ecfg.out)
-    params = {"tiny_encoders": True, "log_every": 1, "ckpt_every": 2, "sample_count": 1, "sample_steps": 2,
-              "loader": {"token_budget": 1200}, "loader_workers": 0, "num_workers": 1}
+    params = {
+        "tiny_encoders": True,
+        "log_every": 1,
+        "ckpt_every": 2,
+        "sample_count": 1,
+        "sample_steps": 2,
+        "loader": {"token_budget": 1200},
+        "loader_workers": 0,
+        "num_workers": 1,
+    }
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "run"
 
     from cli.main import app
 
-    res = CliRunner().invoke(app, ["train", "--shards", ecfg.out, "--model", "tiny", "--config", str(tmp_path / "train.yaml"),
-                                   "--steps", "2", "--out", str(out)])
+    res = CliRunner().invoke(
+        app, ["train", "--shards", ecfg.out, "--model", "tiny", "--config", str(tmp_path / "train.yaml"), "--steps", "2", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "step 2/2 loss" in res.output and "trained" in res.output
     assert (out / "checkpoints" / "latest").read_text() == "step_00000002"
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2]
-    assert 0 <= lines[0]["padded_token_fraction"] < 0.2                     # the loader's sequence-length batching
+    assert 0 <= lines[0]["padded_token_fraction"] < 0.2  # the loader's sequence-length batching
 
     # the registered pipeline step, same run folder, one more step: resumes from step 2
     load_jobs()
-    cfg = validate(STEPS["train"].config_model, {**params, "shards": ecfg.out, "model": "tiny", "steps": 3,
-                                                 "out_dir": str(out)})
+    cfg = validate(STEPS["train"].config_model, {**params, "shards": ecfg.out, "model": "tiny", "steps": 3, "out_dir": str(out)})
     result = STEPS["train"].run(RunContext(store=None, show_progress=False), cfg)
     assert result["metrics"]["step"] == 3 and result["checkpoint"].endswith("step_00000003")
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -28,8 +28,7 @@ FILES = ["index.faiss", "labels.arrow", "manifest.json"]
 
 def _table(n: int = 60) -> pa.Table:
     x = next(clustered_embeddings(n, DIM, n_clusters=6, seed=1)).astype(np.float32)
-    return pa.table({"id": pa.array([f"r{i:03d}" for i in range(n)]),
-                     "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)})
+    return pa.table({"id": pa.array([f"r{i:03d}" for i in range(n)]), "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)})
 
 
 def _edges(store: Store) -> list[tuple]:
@@ -90,12 +89,14 @@ def test_index_built_on_one_node_is_found_by_another(s3, ray_session, tmp_path, 
     # a k-NN actor on a node that cannot see the driver's folder fetches the index into its own cache
     wanted = _manifest_sha(index_dir(store, "emb"))
     monkeypatch.setenv("CURATE_STATE_DIR", str(tmp_path / "node-c"))
-    w = _KnnWorker(store, store.open().version, "emb", str(tmp_path / "elsewhere"), str(tmp_path / "out.lance"), 4, None,
-                   manifest_sha=wanted)
+    w = _KnnWorker(
+        store, store.open().version, "emb", str(tmp_path / "elsewhere"), str(tmp_path / "out.lance"), 4, None, manifest_sha=wanted
+    )
     assert w.index.ntotal == 60 and (tmp_path / "node-c").is_dir()
     with pytest.raises(VectorError, match="not the one the k-NN job started with"):
-        _KnnWorker(store, store.open().version, "emb", str(tmp_path / "elsewhere"), str(tmp_path / "o2.lance"), 4, None,
-                   manifest_sha="0" * 12)
+        _KnnWorker(
+            store, store.open().version, "emb", str(tmp_path / "elsewhere"), str(tmp_path / "o2.lance"), 4, None, manifest_sha="0" * 12
+        )
 
     # a rebuild on node B replaces the index in the bucket; node A's stale cache is refreshed on use
     lance.write_dataset(_table(80).slice(60), uri, mode="append", storage_options=store.storage_options)
@@ -126,6 +127,7 @@ def test_knn_graph_in_bucket_resumes_and_is_replaced_whole(s3, ray_session, tmp_
         def once(row):
             on_result(row)
             raise KeyboardInterrupt("killed")
+
         return real(units, *a, on_result=once, **kw)
 
     monkeypatch.setattr(runner, "execute_units", dies_after_first)

@@ -17,10 +17,16 @@ def s3(coco_dir):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
-    opts = {"aws_endpoint": f"http://{host}:{port}", "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
-            "aws_region": "us-east-1", "allow_http": "true"}
-    client = boto3.client("s3", endpoint_url=opts["aws_endpoint"], aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
+    opts = {
+        "aws_endpoint": f"http://{host}:{port}",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "aws_region": "us-east-1",
+        "allow_http": "true",
+    }
+    client = boto3.client(
+        "s3", endpoint_url=opts["aws_endpoint"], aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
     client.create_bucket(Bucket="imgs")
     photo = sorted((coco_dir / "images").glob("*.jpg"))[0]
     client.put_object(Bucket="imgs", Key="a/photo.jpg", Body=photo.read_bytes())
@@ -46,7 +52,7 @@ def test_shard_rows_fetches_uri_rows_and_excludes_unreadable_ones(s3, coco_dir, 
     rows = coco_rows(coco_dir, limit=4)
     rows[0] = {**rows[0], "image": None, "image_uri": "s3://imgs/a/photo.jpg"}
     rows[1] = {**rows[1], "image": None, "image_uri": "s3://imgs/a/missing.jpg"}
-    rows[2] = {**rows[2], "image": None, "image_uri": str(tmp_path)}                 # a folder, not a file
+    rows[2] = {**rows[2], "image": None, "image_uri": str(tmp_path)}  # a folder, not a file
     rows[3] = {**rows[3], "image": None, "image_uri": None}
     src = samples_table(rows)
     cfg = ExportConfig(out=str(tmp_path / "o.lance"), resolution=256)
@@ -66,14 +72,16 @@ def test_uri_rows_are_fetched_concurrently_in_order(s3, coco_dir, tmp_path):
 
     boto3 = pytest.importorskip("boto3")
     opts, _ = s3
-    client = boto3.client("s3", endpoint_url=opts["aws_endpoint"], aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
+    client = boto3.client(
+        "s3", endpoint_url=opts["aws_endpoint"], aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
     rows = coco_rows(coco_dir, limit=12)
     for k, r in enumerate(rows):
         client.put_object(Bucket="imgs", Key=f"many/{k}.jpg", Body=r["image"])
     want = {r["id"]: r["image"] for r in rows}
-    rows = [{**r, "image": None, "image_uri": f"s3://imgs/many/{k}.jpg" if k != 5 else "s3://imgs/many/gone.jpg"}
-            for k, r in enumerate(rows)]
+    rows = [
+        {**r, "image": None, "image_uri": f"s3://imgs/many/{k}.jpg" if k != 5 else "s3://imgs/many/gone.jpg"} for k, r in enumerate(rows)
+    ]
     in_flight, peak, calls, lock = [0], [0], [0], threading.Lock()
     both = threading.Barrier(2, timeout=20)  # the first two reads must be in flight together
 

@@ -303,11 +303,11 @@ def test_dedup_killed_in_verification_resumes_the_missing_units_only(ray_session
     monkeypatch.setattr(runner, "execute_units", dies_in_third_phase)
     with pytest.raises(KeyboardInterrupt):
         find_duplicates(killed, cfg, show_progress=False)
-    assert calls == [5, 5, 5]  # 56 rows in units of 12: index shards, candidates, then killed in verification
+    assert calls == [4, 4, 4]  # 48 rows in units of 12: index shards, candidates, then killed in verification
     calls.clear()
     monkeypatch.setattr(runner, "execute_units", lambda units, *a, **kw: (calls.append(len(units)), real(units, *a, **kw)))
     got = find_duplicates(killed, cfg, show_progress=False)["plan"]
-    assert calls == [4]  # only the 4 verification units not checkpointed
+    assert calls == [3]  # only the 3 verification units not checkpointed
     assert got.column("dup_group").to_pylist() == want.column("dup_group").to_pylist()
     assert got.column("dup_keep").to_pylist() == want.column("dup_keep").to_pylist()
     assert sum(g is not None for g in got.column("dup_group").to_pylist()) == 32  # the 8 photos and their 3 edits each

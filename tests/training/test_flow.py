@@ -20,7 +20,7 @@ def test_logit_normal_t_is_noisier_for_larger_images():
         t = sample_t(torch.full((20000,), tokens), g)
         assert 0 < t.min() and t.max() < 1
         sigma = 1 - t
-        assert abs(sigma.median().item() - 1 / (1 + math.exp(-mu))) < 0.01      # median noise = sigmoid(mu)
+        assert abs(sigma.median().item() - 1 / (1 + math.exp(-mu))) < 0.01  # median noise = sigmoid(mu)
         logit = torch.log(sigma / (1 - sigma))
         assert abs(logit.std().item() - 1.0) < 0.03
 
@@ -39,7 +39,7 @@ def test_flow_loss_interpolates_and_targets_the_velocity():
     x0 = [torch.randn(x.shape, generator=g) for x in x1]
     for i in range(2):
         assert torch.allclose(seen["xt"][i], t[i] * x1[i] + (1 - t[i]) * x0[i])
-        assert torch.isclose(per[i], (x1[i] - x0[i]).pow(2).mean())               # zero prediction: |v|^2
+        assert torch.isclose(per[i], (x1[i] - x0[i]).pow(2).mean())  # zero prediction: |v|^2
     assert torch.isclose(loss, per.mean())
 
 
@@ -58,7 +58,7 @@ def test_euler_follows_the_straight_path_to_the_target():
 def test_classifier_free_guidance_combination():
     cond, null = torch.ones(1, 4), torch.zeros(1, 4)
 
-    def model(x, t, caps):   # v = 1 for the caption, 0 for the null caption
+    def model(x, t, caps):  # v = 1 for the caption, 0 for the null caption
         return [torch.full_like(xi, float(c.sum() > 0)) for xi, c in zip(x, caps)]
 
     noise = [torch.zeros(16, 2, 2)]

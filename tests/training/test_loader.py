@@ -17,16 +17,20 @@ BUDGET = 2048  # at 256 a sample is ~250 image + ~12 caption tokens: ~7 per batc
 
 
 def _collect(loader: Loader) -> list[dict]:
-    return [{"ids": b["ids"], "seq": b["seq_lens"].tolist(), "sums": [int(im.sum()) for im in b["images"]],
-             "index": b["batch_index"]} for b in loader]
+    return [
+        {"ids": b["ids"], "seq": b["seq_lens"].tolist(), "sums": [int(im.sum()) for im in b["images"]], "index": b["batch_index"]}
+        for b in loader
+    ]
 
 
 @pytest.fixture(scope="module")
 def rank_loaders(coco_shards):
     """Two ranks, each with two spawned workers that persist across the epochs of the test."""
     cfg = LoaderConfig(token_budget=BUDGET, weighted=False, seed=3)
-    loaders = {rank: Loader(ShardDataset(coco_shards, cfg, rank=rank, world_size=2), num_workers=2,
-                            multiprocessing_context="spawn") for rank in range(2)}
+    loaders = {
+        rank: Loader(ShardDataset(coco_shards, cfg, rank=rank, world_size=2), num_workers=2, multiprocessing_context="spawn")
+        for rank in range(2)
+    }
     loaders["orders"] = []
     yield loaders
     for rank in range(2):

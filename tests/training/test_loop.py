@@ -18,25 +18,36 @@ def _metrics(out) -> list[dict]:
 
 
 def _chw(im) -> torch.Tensor:
-    return torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous()   # uint8 3xHxW, as training.loader yields
+    return torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous()  # uint8 3xHxW, as training.loader yields
 
 
 def test_tiny_model_overfits_a_handful_of_real_photos(tmp_path, coco_small, tiny_encoders):
     images, captions = coco_small
     batch = {"images": [_chw(im) for im in images[:4]], "captions": captions[:4]}
-    cfg = TrainConfig(model="tiny", steps=120, lr=2e-3, warmup_steps=10, caption_dropout=0.0, ema_decay=0.99,
-                      log_every=10, ckpt_every=1000, sample_count=2, sample_steps=3, out_dir=str(tmp_path / "run"))
+    cfg = TrainConfig(
+        model="tiny",
+        steps=120,
+        lr=2e-3,
+        warmup_steps=10,
+        caption_dropout=0.0,
+        ema_decay=0.99,
+        log_every=10,
+        ckpt_every=1000,
+        sample_count=2,
+        sample_steps=3,
+        out_dir=str(tmp_path / "run"),
+    )
     res = train(cfg, BatchList([batch]), encoders=tiny_encoders, log=lambda _m: None)
     m = _metrics(tmp_path / "run")
     assert [x["step"] for x in m] == list(range(10, 121, 10))
     first, last = m[0]["loss"], m[-1]["loss"]
-    assert last < 0.4 * first, [x["loss"] for x in m]                       # the loss falls clearly
+    assert last < 0.4 * first, [x["loss"] for x in m]  # the loss falls clearly
     assert any(k.startswith("loss_t") for k in m[-1]) and m[-1]["tokens_per_s"] > 0
     # the final checkpoint is in the released layout and holds the trained weights
     ckpt = latest_checkpoint(tmp_path / "run")
     assert res["step"] == 120 and ckpt.name == "step_00000120"
     model = load_safetensors(ckpt / "model.safetensors", tiny())
-    assert model.all_final_layer["2-1"].linear.weight.abs().sum() > 0      # moved away from the zero init
+    assert model.all_final_layer["2-1"].linear.weight.abs().sum() > 0  # moved away from the zero init
     assert (ckpt / "ema.safetensors").exists()
     grid = tmp_path / "run" / "samples" / "step_00000120.png"
     assert grid.exists() and json.loads(grid.with_suffix(".json").read_text())["captions"] == captions[:2]
@@ -48,11 +59,12 @@ def test_resume_continues_the_same_loss_curve(tmp_path, coco_small, tiny_encoder
     (RNG state must be restored) and an EMA is kept."""
     images, captions = coco_small
     lat = tiny_encoders.vae.encode(images)
-    lat[1] = lat[1][:, :4, :6]                                              # another resolution in the batch
+    lat[1] = lat[1][:, :4, :6]  # another resolution in the batch
     feats = tiny_encoders.text.encode(captions)
     batches = [{"latents": lat[i : i + 2], "cap_feats": feats[i : i + 2]} for i in (0, 2, 4)]
-    base = dict(model="tiny", lr=1e-3, warmup_steps=2, caption_dropout=0.3, ema_decay=0.9, log_every=1, ckpt_every=3,
-                sample_count=1, sample_steps=2)
+    base = dict(
+        model="tiny", lr=1e-3, warmup_steps=2, caption_dropout=0.3, ema_decay=0.9, log_every=1, ckpt_every=3, sample_count=1, sample_steps=2
+    )
 
     straight = TrainConfig(**base, steps=6, out_dir=str(tmp_path / "a"))
     train(straight, BatchList(batches), log=lambda _m: None)
@@ -65,7 +77,7 @@ def test_resume_continues_the_same_loss_curve(tmp_path, coco_small, tiny_encoder
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert [x["step"] for x in b] == [1, 2, 3, 4, 5, 6]
     assert [x["loss"] for x in a] == [x["loss"] for x in b]
-    assert len({x["loss"] for x in a}) == 6                                 # not a constant curve
+    assert len({x["loss"] for x in a}) == 6  # not a constant curve
     for name in ("model.safetensors", "ema.safetensors"):
         wa = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000006" / name))
         wb = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000006" / name))

@@ -21,7 +21,7 @@ def realistic_meta(n: int, seed: int = 0, weights: np.ndarray | None = None, tar
     """Rows like a web crawl: mixed sizes (so mixed resolution levels), aspect ratios and caption
     variants (short alt text to long descriptions)."""
     rng = np.random.default_rng(seed)
-    side = rng.choice([300, 480, 640, 800, 1200, 2000, 4000], size=n, p=[.1, .15, .25, .15, .15, .1, .1])
+    side = rng.choice([300, 480, 640, 800, 1200, 2000, 4000], size=n, p=[0.1, 0.15, 0.25, 0.15, 0.15, 0.1, 0.1])
     aspect = np.exp(rng.normal(0, 0.35, n))
     tokens, bucket = [], []
     for s, a in zip(side, aspect):
@@ -33,10 +33,14 @@ def realistic_meta(n: int, seed: int = 0, weights: np.ndarray | None = None, tar
     nvar = rng.integers(1, 4, n)
     caps = np.concatenate([rng.integers(5, 300, k) for k in nvar])
     return ShardMeta(
-        positions=np.arange(n, dtype=np.int64), image_tokens=np.array(tokens, np.int64),
-        cap_offsets=np.concatenate([[0], np.cumsum(nvar)]).astype(np.int64), cap_tokens=caps.astype(np.int64),
+        positions=np.arange(n, dtype=np.int64),
+        image_tokens=np.array(tokens, np.int64),
+        cap_offsets=np.concatenate([[0], np.cumsum(nvar)]).astype(np.int64),
+        cap_tokens=caps.astype(np.int64),
         cap_kinds=np.array(rng.choice(["short", "long", "tags"], size=len(caps)), dtype=object),
-        weight=np.ones(n) if weights is None else weights, bucket=np.array(bucket, np.int64))
+        weight=np.ones(n) if weights is None else weights,
+        bucket=np.array(bucket, np.int64),
+    )
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
@@ -89,7 +93,7 @@ def test_length_aware_batching_pads_far_less_than_fixed_size_batches():
     assert plan.padded_fraction() <= 0.05
     bs = max(1, cfg.token_budget // int(plan.seq_lens.max()))  # a fixed size that always fits
     shuffled = np.random.default_rng(0).permutation(plan.seq_lens)
-    fixed = padded_fraction([shuffled[i:i + bs] for i in range(0, len(shuffled), bs)])
+    fixed = padded_fraction([shuffled[i : i + bs] for i in range(0, len(shuffled), bs)])
     assert fixed > 4 * plan.padded_fraction()
 
 
@@ -143,8 +147,7 @@ def test_caption_kind_weights_choose_variants():
     meta = realistic_meta(2000, seed=6)
     plan = plan_epoch(meta, LoaderConfig(token_budget=40000, caption_kind_weights={"tags": 0, "long": 1, "short": 1}), 0)
     kinds = meta.cap_kinds[meta.cap_offsets[plan.rows] + plan.caption_idx]
-    has_other = np.array([set(meta.cap_kinds[meta.cap_offsets[r]:meta.cap_offsets[r + 1]]) - {"tags"} != set()
-                          for r in plan.rows])
+    has_other = np.array([set(meta.cap_kinds[meta.cap_offsets[r] : meta.cap_offsets[r + 1]]) - {"tags"} != set() for r in plan.rows])
     assert not (kinds[has_other] == "tags").any()
     # the sequence length includes exactly the chosen caption's tokens
     cap = meta.cap_tokens[meta.cap_offsets[plan.rows] + plan.caption_idx]

@@ -43,13 +43,13 @@ def _randomise(model, std=0.05, seed=0):
 def test_layout_mixed_resolutions_and_caption_lengths():
     lay = make_layout([(4, 6), (3, 3), (5, 2)], [5, 40, 33])
     assert lay.img_len == [32, 32, 32] and lay.cap_len == [32, 64, 64] and lay.uni_len == [64, 96, 96]
-    assert lay.img_pad.sum(1).tolist() == [32 - 24, 32 - 9, 32 - 10]          # learned pad tokens per sample
+    assert lay.img_pad.sum(1).tolist() == [32 - 24, 32 - 9, 32 - 10]  # learned pad tokens per sample
     assert lay.cap_pad.sum(1).tolist() == [32 - 5, 64 - 40, 64 - 33]
     assert lay.img_pos.shape == (3, 32, 3) and lay.cap_pos.shape == (3, 64, 3) and lay.uni_pos.shape == (3, 96, 3)
     m = Layout.key_mask(lay.uni_len, 96, "cpu")
     assert m.shape == (3, 1, 1, 96)
     assert m[0, 0, 0].sum() == 64 and m[1, 0, 0].all() and m[2, 0, 0].all()
-    assert Layout.key_mask([64, 64], 64, "cpu") is None                       # no padding, no mask
+    assert Layout.key_mask([64, 64], 64, "cpu") is None  # no padding, no mask
     # the stream holds the image segment, then the text segment; batch padding points at the zero row
     sentinel = 3 * (32 + 64)
     assert (lay.uni_index[0, 64:] == sentinel).all() and (lay.uni_index[1] != sentinel).all()
@@ -58,14 +58,14 @@ def test_layout_mixed_resolutions_and_caption_lengths():
 
 
 def test_rope_positions_text_then_image():
-    lay = make_layout([(3, 5)], [7])                                           # caption padded to 32
+    lay = make_layout([(3, 5)], [7])  # caption padded to 32
     cap = lay.cap_pos[0]
     assert cap[:, 0].tolist() == list(range(1, 33)) and (cap[:, 1:] == 0).all()  # text at (1..L, 0, 0)
     img = lay.img_pos[0, :15]
-    assert (img[:, 0] == 33).all()                                             # image at (L + 1, h, w)
+    assert (img[:, 0] == 33).all()  # image at (L + 1, h, w)
     assert img[:, 1].tolist() == [h for h in range(3) for _ in range(5)]
     assert img[:, 2].tolist() == list(range(5)) * 3
-    assert (lay.img_pos[0, 15:] == 0).all()                                    # pad tokens at (0, 0, 0)
+    assert (lay.img_pos[0, 15:] == 0).all()  # pad tokens at (0, 0, 0)
     assert torch.equal(lay.uni_pos[0, :32], lay.img_pos[0]) and torch.equal(lay.uni_pos[0, 32:64], cap)
 
 
@@ -81,15 +81,15 @@ def test_rope_is_relative_on_every_axis():
         return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum()
 
     base = score([3, 2, 5], [1, 4, 4])
-    assert torch.allclose(base, score([13, 9, 7], [11, 11, 6]), atol=1e-4)     # same differences
-    assert not torch.allclose(base, score([3, 2, 5], [1, 4, 5]), atol=1e-3)    # one w step apart
+    assert torch.allclose(base, score([13, 9, 7], [11, 11, 6]), atol=1e-4)  # same differences
+    assert not torch.allclose(base, score([3, 2, 5], [1, 4, 5]), atol=1e-3)  # one w step apart
 
 
 def test_patchify_roundtrip():
     x = torch.randn(16, 6, 10)
     tok = patchify(x, 2)
     assert tok.shape == (15, 64)
-    assert torch.equal(tok[1], x[:, 0:2, 2:4].permute(1, 2, 0).reshape(-1))    # features ordered (ph, pw, c)
+    assert torch.equal(tok[1], x[:, 0:2, 2:4].permute(1, 2, 0).reshape(-1))  # features ordered (ph, pw, c)
     assert torch.equal(unpatchify(tok, (3, 5), 2, 16), x)
 
 
@@ -103,7 +103,7 @@ def test_fresh_block_is_identity_and_fresh_model_predicts_zero():
     c = torch.randn(2, cfg.adaln_dim)
     assert torch.equal(blk(x, None, cos, sin, c), x)
     with torch.no_grad():
-        blk.adaLN_modulation[0].bias[cfg.dim : 2 * cfg.dim] = 0.5              # open the attention gate
+        blk.adaLN_modulation[0].bias[cfg.dim : 2 * cfg.dim] = 0.5  # open the attention gate
     assert not torch.allclose(blk(x, None, cos, sin, c), x)
     lat, cap, t = _inputs()
     out = model(lat, t, cap)
@@ -127,12 +127,20 @@ def test_reference_parity_with_diffusers(tmp_path):
     our loader -> the same outputs on a mixed batch."""
     from training.encoders import ensure_hf_importable
 
-    ensure_hf_importable()   # a CUDA torchvision next to CPU torch would break diffusers' import
+    ensure_hf_importable()  # a CUDA torchvision next to CPU torch would break diffusers' import
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
-    ref = diffusers.ZImageTransformer2DModel(in_channels=16, dim=64, n_layers=2, n_refiner_layers=1, n_heads=2,
-                                             n_kv_heads=2, cap_feat_dim=32, axes_dims=[8, 12, 12],
-                                             axes_lens=[256, 64, 64]).eval()
+    ref = diffusers.ZImageTransformer2DModel(
+        in_channels=16,
+        dim=64,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=32,
+        axes_dims=[8, 12, 12],
+        axes_lens=[256, 64, 64],
+    ).eval()
     _randomise(ref)
     ref.save_pretrained(tmp_path / "transformer")
     ours = load_safetensors(tmp_path / "transformer").eval()
@@ -160,7 +168,7 @@ def test_size_factories():
     with torch.device("meta"):
         n6 = param_count(S3DiT(z_image_6b()))
         ns = param_count(S3DiT(small()))
-    assert 6.0e9 < n6 < 6.3e9                                                  # the report's 6.15B
+    assert 6.0e9 < n6 < 6.3e9  # the report's 6.15B
     assert 2e8 < ns < 9e8
     cfg = z_image_6b()
     assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_refiner_layers, cfg.cap_feat_dim) == (3840, 30, 30, 2, 2560)

@@ -76,8 +76,9 @@ def test_mining_finds_threshold_cases_ocr_and_balances_concepts():
 
 def test_like_flagged_and_borderline_duplicates_use_embeddings():
     t = _table()
-    items, summary = mine(t, DEFAULT_RULES, MineConfig(n=400, min_hardness=0.0, like_flagged_k=5),
-                          flagged=["row0200"], reviewed={"row0200": "drop"})
+    items, summary = mine(
+        t, DEFAULT_RULES, MineConfig(n=400, min_hardness=0.0, like_flagged_k=5), flagged=["row0200"], reviewed={"row0200": "drop"}
+    )
     by = {it["row_id"]: it["payload"]["hard_reasons"] for it in items}
     assert "row0200" not in by  # reviewed rows are not queued again
     like = [r for r, why in by.items() if any("looks like flagged failure row0200" in w for w in why)]
@@ -89,8 +90,7 @@ def test_like_flagged_and_borderline_duplicates_use_embeddings():
 def test_mining_degrades_without_any_signal_columns():
     t = pa.table({"id": ["a", "b"], "captions": [[{"text": "x", "kind": "short", "lang": "en"}], None]})
     items, summary = mine(t, DEFAULT_RULES, MineConfig(n=10))
-    assert items == [] and {"near_threshold", "signals_disagree", "ocr_missing", "borderline_duplicate"} <= set(
-        summary["skipped_criteria"])
+    assert items == [] and {"near_threshold", "signals_disagree", "ocr_missing", "borderline_duplicate"} <= set(summary["skipped_criteria"])
 
 
 def test_pseudo_label_and_verifier_can_disagree():
@@ -128,8 +128,11 @@ def test_recalibration_moves_thresholds_toward_human_cuts():
     n = 600
     q, s = rng.uniform(0, 1, n), rng.uniform(0, 0.5, n)
     y = ((q >= 0.6) & (s >= 0.1)).astype(int)  # humans: stricter on quality, more lenient on similarity
-    rules = [Rule(column="prof_quality", op=">=", threshold=0.45), Rule(column="prof_clip_sim", op=">=", threshold=0.2),
-             Rule(column="prof_nsfw", op="<=", threshold=0.5)]
+    rules = [
+        Rule(column="prof_quality", op=">=", threshold=0.45),
+        Rule(column="prof_clip_sim", op=">=", threshold=0.2),
+        Rule(column="prof_nsfw", op="<=", threshold=0.5),
+    ]
     new, rep = recalibrate(rules, {"prof_quality": q, "prof_clip_sim": s}, y, prior_n=50)
     nq, ns, nn = (r.threshold for r in new)
     assert 0.45 < nq <= 0.62 and nq > 0.57  # up, most of the way to 0.6 with 600 labels
@@ -155,12 +158,42 @@ def test_reward_head_learns_the_human_rule_and_aggregate_resolves_votes():
     assert p[0] < 0.2 < 0.8 < p[1]
     assert fit_reward_head(vals, np.ones(n, int), ["prof_quality"]) is None  # one class: nothing to learn
     decs = [
-        {"row_id": "a", "gold": False, "gold_answer": None, "user": "u1", "decision": "keep", "flag": False,
-         "caption": None, "tags": [], "time": 1.0, "payload": {"caption": "orig"}},
-        {"row_id": "a", "gold": False, "gold_answer": None, "user": "u2", "decision": "drop", "flag": True,
-         "caption": "new caption", "tags": ["dog"], "time": 2.0, "payload": {"caption": "orig"}},
-        {"row_id": "g", "gold": True, "gold_answer": "keep", "user": "u1", "decision": "drop", "flag": False,
-         "caption": "orig", "tags": [], "time": 3.0, "payload": {"caption": "orig"}},
+        {
+            "row_id": "a",
+            "gold": False,
+            "gold_answer": None,
+            "user": "u1",
+            "decision": "keep",
+            "flag": False,
+            "caption": None,
+            "tags": [],
+            "time": 1.0,
+            "payload": {"caption": "orig"},
+        },
+        {
+            "row_id": "a",
+            "gold": False,
+            "gold_answer": None,
+            "user": "u2",
+            "decision": "drop",
+            "flag": True,
+            "caption": "new caption",
+            "tags": ["dog"],
+            "time": 2.0,
+            "payload": {"caption": "orig"},
+        },
+        {
+            "row_id": "g",
+            "gold": True,
+            "gold_answer": "keep",
+            "user": "u1",
+            "decision": "drop",
+            "flag": False,
+            "caption": "orig",
+            "tags": [],
+            "time": 3.0,
+            "payload": {"caption": "orig"},
+        },
     ]
     agg = aggregate(decs)
     assert agg["a"]["decision"] == "disputed" and agg["a"]["flag"] and agg["a"]["caption"] == "new caption"

@@ -25,8 +25,7 @@ def coco_jpegs(coco_dir):
 
 
 def test_hostile_set_gives_a_profile_or_a_reason():
-    expected_errors = {"decompression_bomb": "decompression_bomb", "truncated": "truncated", "garbage": "undecodable",
-                       "empty": "no_image"}
+    expected_errors = {"decompression_bomb": "decompression_bomb", "truncated": "truncated", "garbage": "undecodable", "empty": "no_image"}
     for name, data in hostile_set().items():
         p = profile(data)
         if name in expected_errors:

@@ -122,8 +122,7 @@ def test_open_clip_tiny_random_model_round_trips_through_a_local_folder(tmp_path
 
     # the other layout: a checkpoint file plus arch as a JSON model config
     (tmp_path / "tiny-arch.json").write_text(json.dumps(TINY_OPEN_CLIP))
-    cfg2 = EmbedModelConfig(backend="open_clip", path=str(folder / "open_clip_model.safetensors"),
-                            arch=str(tmp_path / "tiny-arch.json"))
+    cfg2 = EmbedModelConfig(backend="open_clip", path=str(folder / "open_clip_model.safetensors"), arch=str(tmp_path / "tiny-arch.json"))
     assert embed_dim(cfg2) == 32 and np.allclose(load_embedder(cfg2).embed_images(ims), a, atol=1e-5)
 
     with pytest.raises(ValueError, match="open_clip_config.json"):
@@ -136,8 +135,9 @@ def test_minilm_caption_embeddings_rank_paraphrases_first():
     from engines.profiling.embed import EmbedModelConfig, load_embedder
 
     e = load_embedder(EmbedModelConfig(backend="minilm"))
-    v = e.embed_texts(["A dog runs across the grassy park.", "A puppy running on the grass in a park.",
-                       "Stock prices fell sharply on Monday."])
+    v = e.embed_texts(
+        ["A dog runs across the grassy park.", "A puppy running on the grass in a park.", "Stock prices fell sharply on Monday."]
+    )
     assert e.dim == 384 and not e.random_weights
     assert v[0] @ v[1] > v[0] @ v[2] + 0.3
 
@@ -166,9 +166,12 @@ def test_caption_tokens_and_ocr_overlap():
 
     assert tokenize("A red bus parked outside.") == ["A", "red", "bus", "parked", "outside"]
     assert len(tokenize("一只猫坐在沙发上")) >= 4
-    caps = [[{"text": "A sign reading OPEN 24 HOURS", "kind": "short", "lang": "en"}],
-            [{"text": "a shop front", "kind": "short", "lang": "en"}],
-            [{"text": "招牌上写着欢迎光临", "kind": "short", "lang": "zh"}], []]
+    caps = [
+        [{"text": "A sign reading OPEN 24 HOURS", "kind": "short", "lang": "en"}],
+        [{"text": "a shop front", "kind": "short", "lang": "en"}],
+        [{"text": "招牌上写着欢迎光临", "kind": "short", "lang": "zh"}],
+        [],
+    ]
     out = caption_columns(caps, ["OPEN 24 HOURS", "OPEN 24 HOURS", "欢迎光临", None])
     assert out["prof_cap_ocr_overlap"][:2] == [1.0, 0.0] and out["prof_cap_ocr_overlap"][2] == 1.0
     assert out["prof_cap_ocr_overlap"][3] is None and out["prof_cap_tokens"][3] == 0
@@ -178,8 +181,12 @@ def test_caption_tokens_and_ocr_overlap():
 def test_scores_weights_and_curriculum_bins():
     from engines.profiling import scores
 
-    cols = {"prof_sharpness": [3.0, 1.0, None], "prof_noise": [1.0, 9.0, None], "prof_jpeg_bpp": [0.4, 0.05, None],
-            "prof_gray_entropy": [7.5, 3.0, None]}
+    cols = {
+        "prof_sharpness": [3.0, 1.0, None],
+        "prof_noise": [1.0, 9.0, None],
+        "prof_jpeg_bpp": [0.4, 0.05, None],
+        "prof_gray_entropy": [7.5, 3.0, None],
+    }
     q, c = scores.quality_score(cols, 3), scores.complexity_score(cols, 3)
     assert q[0] > q[1] and q[2] is None and 0 <= q[1] <= 1
     assert c[0] > c[1] and c[2] is None

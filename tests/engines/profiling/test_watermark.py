@@ -20,8 +20,12 @@ CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 # Neutral texts (no ©, "stock", URL): the score must not lean on the mark-text bonus to pass.
 TEXTS = ["Lorem Studio", "J. Martin 2019", "northlight", "Kestrel Images"]
 # (where, box as fractions of w, h): the corners and edges the demo renderer does not use
-EDGE_BOXES = {"top_left": (.02, .02, .55, .18), "top_right": (.45, .02, .98, .18), "bottom_left": (.02, .82, .55, .98),
-              "bottom_centre": (.2, .84, .8, .98)}
+EDGE_BOXES = {
+    "top_left": (0.02, 0.02, 0.55, 0.18),
+    "top_right": (0.45, 0.02, 0.98, 0.18),
+    "bottom_left": (0.02, 0.82, 0.55, 0.98),
+    "bottom_centre": (0.2, 0.84, 0.8, 0.98),
+}
 N_MARKED = 10
 SCENE_TEXT = ["000000000790.jpg", "000000107438.jpg", "000000114174.jpg", "000000121647.jpg"]
 REAL_MARKS = ["000000232357.jpg", "000000284218.jpg"]  # "oldonbaldwin.com", "petitplat.fr" overlays
@@ -45,8 +49,15 @@ def _edge_mark(im: Image.Image, text: str, box, alpha: int, scale: float) -> Ima
     font = _fit_font(CJK_FONT, [text], int(2 * hw * 0.9), int(2 * hh * 0.9), max(14, w // 9))
     base = im.convert("RGBA")
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    ImageDraw.Draw(layer).text((cx, cy), text, font=font, fill=(255, 255, 255, alpha), anchor="mm",
-                               stroke_width=max(1, w // 300), stroke_fill=(0, 0, 0, alpha // 2))
+    ImageDraw.Draw(layer).text(
+        (cx, cy),
+        text,
+        font=font,
+        fill=(255, 255, 255, alpha),
+        anchor="mm",
+        stroke_width=max(1, w // 300),
+        stroke_fill=(0, 0, 0, alpha // 2),
+    )
     return Image.alpha_composite(base, layer).convert("RGB")
 
 
@@ -89,8 +100,9 @@ def scored(coco_dir):
     cols.update(degradation_columns(decoded))
     new = watermark_scores(cols, len(items))
     no_ocr = watermark_scores({k: v for k, v in cols.items() if not k.startswith("prof_ocr")}, len(items))
-    return [dict(kind=kind, name=name, new=n, old=o, pixel=px)
-            for (kind, name, _), n, o, px in zip(items, new, cols["prof_watermark"], no_ocr)]
+    return [
+        dict(kind=kind, name=name, new=n, old=o, pixel=px) for (kind, name, _), n, o, px in zip(items, new, cols["prof_watermark"], no_ocr)
+    ]
 
 
 def test_ocr_watermark_score_ranks_marked_photos_above_clean(scored):
@@ -99,8 +111,10 @@ def test_ocr_watermark_score_ranks_marked_photos_above_clean(scored):
     negatives = [r for r in scored if r["kind"] in ("clean", "scene_text")]
     auc = {k: _auc([r[k] for r in marked.values()], [r[k] for r in negatives]) for k in ("new", "old", "pixel")}
     pairs = sum(marked[k]["new"] > clean[k]["new"] for k in marked)
-    print(f"AUC new {auc['new']:.3f} old {auc['old']:.3f} pixel-only fallback {auc['pixel']:.3f}; "
-          f"marked above its original in {pairs}/{len(marked)} pairs")
+    print(
+        f"AUC new {auc['new']:.3f} old {auc['old']:.3f} pixel-only fallback {auc['pixel']:.3f}; "
+        f"marked above its original in {pairs}/{len(marked)} pairs"
+    )
     assert auc["new"] >= 0.85 and auc["new"] > auc["old"] + 0.15
     assert pairs >= 0.8 * len(marked)
     # the pixel-only fallback (no OCR) is printed, not asserted: on this small set with scene-text
@@ -124,9 +138,13 @@ def test_line_score_geometry_and_fallback():
     word = [0.4, 0.3, 0.45, 0.3, 0.45, 0.33, 0.4, 0.33]  # a short word mid-frame
     assert line_score(strip, 0.99) > 0.9 > 0.1 > line_score(word, 0.99)
     assert line_score(word, 0.99, "www.example.com") > line_score(word, 0.99) + 0.25  # mark-like text
-    cols = {"prof_watermark": [0.7, 0.2, None, 0.9], "prof_ocr_boxes": [[strip], None, None, None],
-            "prof_ocr_conf": [[0.99], None, None, None], "prof_ocr_text": ["Lorem Studio", None, None, None],
-            "prof_watermark_overlay": [0.5, 0.4, None, None]}
+    cols = {
+        "prof_watermark": [0.7, 0.2, None, 0.9],
+        "prof_ocr_boxes": [[strip], None, None, None],
+        "prof_ocr_conf": [[0.99], None, None, None],
+        "prof_ocr_text": ["Lorem Studio", None, None, None],
+        "prof_watermark_overlay": [0.5, 0.4, None, None],
+    }
     # OCR -> box score mixed with the overlay cue; OCR null -> overlay cue, else the stroke cue; none -> None
     got = watermark_scores(cols, 4)
     assert got[0] == pytest.approx(0.8 * 0.99 + 0.2 * 0.5) and got[1:] == [0.4, None, 0.9]

@@ -30,16 +30,19 @@ def edited(coco_dir: Path):
     images, group, kind = [], [], []
     for g, p in enumerate(sorted((coco_dir / "images").glob("*.jpg"))[:16]):
         data = p.read_bytes()
-        images.append(data); group.append(g); kind.append("orig")
+        images.append(data)
+        group.append(g)
+        kind.append("orig")
         for k, v in near_dup_variants(data, seed=g):
-            images.append(v); group.append(g); kind.append(k)
+            images.append(v)
+            group.append(g)
+            kind.append(k)
     grays = [working_gray(decode_image(b).array) for b in images]
     fr = [describe(g) for g in grays]
     full = np.stack([f for f, _ in fr])
     regions = np.stack([r for _, r in fr])
     hashes = np.array([phash(decode_image(b)) for b in images], np.uint64)
-    return {"images": images, "group": np.array(group), "kind": kind, "grays": grays, "full": full,
-            "regions": regions, "phash": hashes}
+    return {"images": images, "group": np.array(group), "kind": kind, "grays": grays, "full": full, "regions": regions, "phash": hashes}
 
 
 def _pair_scores(labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -67,8 +70,9 @@ def _local_verify(grays):
 
 def test_near_duplicates_of_real_photos_precision_recall_and_better_than_phash(edited):
     n = len(edited["images"])
-    pairs, stats = near_pairs(edited["full"], edited["regions"], np.ones(n, bool), edited["phash"],
-                              NearDupConfig(k=6), _local_verify(edited["grays"]))
+    pairs, stats = near_pairs(
+        edited["full"], edited["regions"], np.ones(n, bool), edited["phash"], NearDupConfig(k=6), _local_verify(edited["grays"])
+    )
     res = group_duplicates(n, pairs, np.zeros(n))
     labels = np.where(res.group >= 0, res.group, -1 - np.arange(n))
     precision, recall = _pair_scores(labels, edited["group"])
@@ -100,8 +104,14 @@ def test_shared_watermark_is_not_a_duplicate(edited):
 
 def test_best_quality_row_is_kept_not_the_first(edited):
     n = 14  # two groups
-    pairs, _ = near_pairs(edited["full"][:n], edited["regions"][:n], np.ones(n, bool), edited["phash"][:n],
-                          NearDupConfig(k=6), _local_verify(edited["grays"][:n]))
+    pairs, _ = near_pairs(
+        edited["full"][:n],
+        edited["regions"][:n],
+        np.ones(n, bool),
+        edited["phash"][:n],
+        NearDupConfig(k=6),
+        _local_verify(edited["grays"][:n]),
+    )
     rng = np.random.default_rng(0)
     quality = rng.random(n)
     res = group_duplicates(n, pairs, quality)
@@ -122,7 +132,7 @@ def test_best_quality_row_is_kept_not_the_first(edited):
 def test_exact_copies_and_communities_do_not_chain():
     # rows 0,1,2 exact copies; 3-6 a dense group; 7-10 a dense group; one stray edge 6-7
     pairs = exact_pairs(["a", "a", "b", "a", None, "c", "c"][:3] + [None] * 8)
-    dense = [(a, b) for grp in ((3, 4, 5, 6), (7, 8, 9, 10)) for x, a in enumerate(grp) for b in grp[x + 1:]]
+    dense = [(a, b) for grp in ((3, 4, 5, 6), (7, 8, 9, 10)) for x, a in enumerate(grp) for b in grp[x + 1 :]]
     near = Pairs.of([a for a, _ in dense] + [6], [b for _, b in dense] + [7], [0.95] * len(dense) + [0.81], "near")
     res = group_duplicates(11, pairs + near, np.arange(11, dtype=float))
     assert res.group[0] == res.group[1] and res.reason[0] == "exact" and res.keep[1]
@@ -186,11 +196,17 @@ def test_development_set_all_edit_kinds_precision_recall(coco_dir: Path):
     images, group, kind = [], [], []
     for g, p in enumerate(files[:8]):
         data = p.read_bytes()
-        images.append(data); group.append(g); kind.append("orig")
+        images.append(data)
+        group.append(g)
+        kind.append("orig")
         for k, v in near_dup_variants(data, ALL_VARIANT_KINDS, seed=g):
-            images.append(v); group.append(g); kind.append(k)
+            images.append(v)
+            group.append(g)
+            kind.append(k)
     for g, p in enumerate(files[8:20]):
-        images.append(p.read_bytes()); group.append(100 + g); kind.append("negative")
+        images.append(p.read_bytes())
+        group.append(100 + g)
+        kind.append("negative")
     grays = [working_gray(decode_image(b).array) for b in images]
     fr = [describe(x) for x in grays]
     n = len(images)
@@ -202,8 +218,7 @@ def test_development_set_all_edit_kinds_precision_recall(coco_dir: Path):
         return verify_pairs(feats, i.tolist(), j.tolist())
 
     hashes = np.array([phash(decode_image(b)) for b in images], np.uint64)
-    pairs, stats = near_pairs(np.stack([f for f, _ in fr]), np.stack([r for _, r in fr]), np.ones(n, bool), hashes,
-                              NearDupConfig(), verify)
+    pairs, stats = near_pairs(np.stack([f for f, _ in fr]), np.stack([r for _, r in fr]), np.ones(n, bool), hashes, NearDupConfig(), verify)
     labels = group_duplicates(n, pairs, np.zeros(n)).group
     labels = np.where(labels >= 0, labels, -1 - np.arange(n))
     precision, recall = _pair_scores(labels, np.array(group))
@@ -222,8 +237,9 @@ def test_communities_per_component_give_the_same_groups(edited):
     from engines.vector.graph import communities_by_component
 
     n = len(edited["images"])
-    pairs, _ = near_pairs(edited["full"], edited["regions"], np.ones(n, bool), edited["phash"], NearDupConfig(),
-                          _local_verify(edited["grays"]))
+    pairs, _ = near_pairs(
+        edited["full"], edited["regions"], np.ones(n, bool), edited["phash"], NearDupConfig(), _local_verify(edited["grays"])
+    )
     noise = Pairs.of([0, 7, 20], [50, 60, 90], [0.3, 0.2, 0.15], "near")  # weak stray edges between groups
     allp = pairs + noise
     whole = communities(n, allp.i, allp.j, allp.sim, resolution=0.1)

@@ -80,7 +80,7 @@ def test_sharded_add_and_merge_equals_one_add_and_seed_is_deterministic(vectors)
     shards = []
     for s in range(0, len(base), 6000):
         sh = empty_like(trained)
-        add_vectors(sh, base[s:s + 6000], np.arange(s, min(s + 6000, len(base))))
+        add_vectors(sh, base[s : s + 6000], np.arange(s, min(s + 6000, len(base))))
         shards.append(sh)
     merged = merge_shards(empty_like(trained), shards)
     assert merged.ntotal == one.ntotal == len(base)
