@@ -207,7 +207,11 @@ class ReviewDB:
                 raise FileNotFoundError(f"no review database at {path}; run `curate review mine` first")
             path.parent.mkdir(parents=True, exist_ok=True)
         if create:
-            self.init_schema()
+            try:
+                self.init_schema()
+            except BadInput:
+                self.close()
+                raise
 
     # --- connections ----------------------------------------------------------------------
     def _connect(self):
@@ -330,6 +334,12 @@ class ReviewDB:
             for name in COUNTERS:
                 t.exec("INSERT INTO counters (name, value) VALUES (?, 0) ON CONFLICT (name) DO NOTHING", (name,))
             t.exec("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING", (SCHEMA_VERSION,))
+            found = t.one("SELECT value FROM meta WHERE key = 'schema_version'")
+        if found and found[0] != SCHEMA_VERSION:  # tables of another layout: refuse before anything reads them
+            raise BadInput(
+                f"the review database {self.url} has schema version {found[0]}; this version of zcurate reads "
+                f"version {SCHEMA_VERSION}: export its decisions with the version that wrote it, or use a new database"
+            )
 
     # --- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: str) -> None:

@@ -381,7 +381,7 @@ class _AcceptWorker:
             for p, data, uri in zip(need, t.column("image").to_pylist(), t.column("image_uri").to_pylist()):
                 g = decode_gray(data, uri)
                 feats[p] = verify_features(g, self.cfg.dihedral) if isinstance(g, np.ndarray) else None
-            n_in, c = verify_pairs(feats, i[blk].tolist(), j[blk].tolist())
+            n_in, c = verify_pairs(feats, i[blk].tolist(), j[blk].tolist(), self.cfg.min_inliers)
             inl[blk], cov[blk] = n_in, c
         return inl, cov
 

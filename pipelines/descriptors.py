@@ -88,3 +88,20 @@ def hash_bytes(b: bytes) -> str:
     import hashlib
 
     return hashlib.sha1(b).hexdigest()[:12]
+
+
+def fragment_units(frags: list, rows_per_shard: int, label_start: int) -> tuple[list[dict], int]:
+    """Consecutive fragments up to ``rows_per_shard`` rows, each with its first label; and the
+    label after the last row (labels are row positions in fragment order)."""
+    units, cur, cur_rows, start = [], [], 0, label_start
+    for f in frags:
+        n = f.count_rows()
+        if cur and cur_rows + n > rows_per_shard:
+            units.append({"unit": len(units), "fragments": cur, "label_start": start, "rows": cur_rows})
+            start += cur_rows
+            cur, cur_rows = [], 0
+        cur.append(f.fragment_id)
+        cur_rows += n
+    if cur:
+        units.append({"unit": len(units), "fragments": cur, "label_start": start, "rows": cur_rows})
+    return units, start + cur_rows

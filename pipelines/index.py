@@ -23,7 +23,7 @@ from rich.console import Console
 
 from curation.registry import register_step
 from engines.vector.index import IndexConfig, field_ids
-from pipelines.descriptors import default_column, ensure_visual, fragment_sig, hash_bytes, read_vectors
+from pipelines.descriptors import default_column, ensure_visual, fragment_sig, fragment_units, hash_bytes, read_vectors
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
     start = _start(store, ds, folder, column, cfg, sigs)
     if isinstance(start, dict):
         return start  # up to date
-    units, next_label = _shard_units(start.new_frags, cfg.rows_per_shard, start.label_start)
+    units, next_label = fragment_units(start.new_frags, cfg.rows_per_shard, start.label_start)
     shard_dir = _add_shards(store, ds, column, cfg, start.trained, units, folder, show_progress)
     index, labels, skipped, added = _merge_shards(start, units, shard_dir, column)
     manifest = _manifest(store, ds, column, cfg, start, index, sigs, next_label, skipped, added)
@@ -218,23 +218,6 @@ def _start(store, ds, folder: Path, column: str, cfg: IndexBuildConfig, sigs: di
     trained, kind, spec = train_index(sample[valid], ds.count_rows(), cfg.index)
     console.print(f"index on {column!r}: {kind} ({spec}), trained on {int(valid.sum())} vectors")
     return _Start(trained, kind, spec, frags, 0)
-
-
-def _shard_units(frags: list, rows_per_shard: int, label_start: int) -> tuple[list[dict], int]:
-    """Consecutive fragments up to ``rows_per_shard`` rows, each with its first label; and the
-    label after the last row (labels are row positions in fragment order)."""
-    units, cur, cur_rows, start = [], [], 0, label_start
-    for f in frags:
-        n = f.count_rows()
-        if cur and cur_rows + n > rows_per_shard:
-            units.append({"unit": len(units), "fragments": cur, "label_start": start, "rows": cur_rows})
-            start += cur_rows
-            cur, cur_rows = [], 0
-        cur.append(f.fragment_id)
-        cur_rows += n
-    if cur:
-        units.append({"unit": len(units), "fragments": cur, "label_start": start, "rows": cur_rows})
-    return units, start + cur_rows
 
 
 def _add_shards(store, ds, column: str, cfg: IndexBuildConfig, trained, units: list[dict], folder: Path, show_progress: bool) -> Path:

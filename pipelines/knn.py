@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from curation.registry import register_step
-from pipelines.descriptors import default_column, hash_bytes, read_vectors
+from pipelines.descriptors import default_column, fragment_units, hash_bytes, read_vectors
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
@@ -198,11 +198,10 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
       leftovers, which a later run removes once older); a reader still scanning the old
       version at that moment gets an error, not a mix of graphs.
     """
-    import lance
-    from lance import LanceOperation
     from lance.fragment import FragmentMetadata
 
     from curation.runner import execute_units
+    from curation.store import is_remote
     from engines.vector.index import VectorError, check_fresh, load_index
     from engines.vector.retrieval import pull_index
 
@@ -215,40 +214,13 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
     if index.ntotal < 2:
         raise VectorError(f"the index holds {index.ntotal} vector(s): a k-NN graph needs at least 2 rows")
     del index
-    labels_of = {}
-    start = 0
-    for f in ds.get_fragments():  # labels are positions in fragment order (see build_index)
-        labels_of[f.fragment_id] = start
-        start += f.count_rows()
-    units, cur, rows = [], [], 0
-    for f in ds.get_fragments():
-        n = f.count_rows()
-        if cur and rows + n > cfg.rows_per_unit:
-            units.append({"fragments": cur, "label_start": labels_of[cur[0]]})
-            cur, rows = [], 0
-        cur.append(f.fragment_id)
-        rows += n
-    if cur:
-        units.append({"fragments": cur, "label_start": labels_of[cur[0]]})
-    for k, u in enumerate(units):
-        u["unit"] = k
-    from curation.store import is_remote
-
+    units, _ = fragment_units(ds.get_fragments(), cfg.rows_per_unit, 0)  # labels = positions, as build_index's
     remote = is_remote(store.uri)
     out = knn_uri(store, column)
+    staging = out if remote else out + ".staging"
     # checkpoints stay on the driver (remote: its local cache), next to the graph for a local dataset
     ckpt = Path(store.state_dir) / "vector" / f"knn-{column}-ckpt-v{ds.version}-k{cfg.k}"
-    ckpt.mkdir(parents=True, exist_ok=True)
-    staging = out if remote else out + ".staging"
-    done = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in ckpt.glob("unit-*.json")}
-    if remote and done:
-        for k in _knn_units_without_files(store, column, done):  # e.g. removed by a later run's cleanup
-            console.print(f"[yellow]knn: unit {k}'s checkpointed fragments are gone from {out}; computing it again[/]")
-            del done[k]
-            (ckpt / f"unit-{k}.json").unlink(missing_ok=True)
-    todo = [u for u in units if u["unit"] not in done]
-    if done:
-        console.print(f"knn: resuming, {len(done)} of {len(units)} units already computed")
+    done = _checkpointed(store, column, ckpt, remote, out, len(units))
 
     def on_result(row: dict) -> None:
         rec = {"fragments": json.loads(row["fragments"]), "rows": row["rows"], "edges": row["edges"]}
@@ -257,37 +229,27 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
         p.with_suffix(".tmp").replace(p)
         done[row["unit"]] = rec
 
+    worker_args = {
+        "store": store,
+        "version": ds.version,
+        "column": column,
+        "index_folder": str(folder),
+        "out_uri": staging,
+        "k": cfg.k,
+        "nprobe": cfg.nprobe,
+        "manifest_sha": _manifest_sha(folder),
+    }
     execute_units(
-        todo,
+        [u for u in units if u["unit"] not in done],
         _KnnWorker,
-        {
-            "store": store,
-            "version": ds.version,
-            "column": column,
-            "index_folder": str(folder),
-            "out_uri": staging,
-            "k": cfg.k,
-            "nprobe": cfg.nprobe,
-            "manifest_sha": _manifest_sha(folder),
-        },
+        worker_args,
         ray_options={"num_cpus": 1},
         on_result=on_result,
         description=f"knn k={cfg.k} (units)",
         show_progress=show_progress,
     )
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
-    if remote:
-        from datetime import timedelta
-
-        # one atomic commit onto the graph's URI (see the docstring), then drop the old versions' files
-        graph = lance.LanceDataset.commit(out, LanceOperation.Overwrite(KNN_SCHEMA, frags), storage_options=store.storage_options or None)
-        graph.cleanup_old_versions(older_than=timedelta(0))
-    else:
-        # the fragments' files live under the staging dataset; commit them there, then swap it in
-        lance.LanceDataset.commit(staging, LanceOperation.Overwrite(KNN_SCHEMA, frags))
-        if Path(out).exists():
-            shutil.rmtree(out)
-        Path(staging).rename(out)
+    _commit_graph(store, out, staging, frags, remote)
     shutil.rmtree(ckpt, ignore_errors=True)
     edges = sum(done[u["unit"]]["edges"] for u in units)
     summary = {
@@ -303,6 +265,40 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
     store.write_json(f"vector/knn-{column}.json", summary)
     console.print(f"knn graph: {edges} edges (k={cfg.k}) -> {out}")
     return summary
+
+
+def _checkpointed(store, column: str, ckpt: Path, remote: bool, out: str, n_units: int) -> dict[int, dict]:
+    """Units a killed run already finished (their fragment metadata), minus those whose files a
+    later run's cleanup removed from the object store (they are computed again)."""
+    ckpt.mkdir(parents=True, exist_ok=True)
+    done = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in ckpt.glob("unit-*.json")}
+    if remote and done:
+        for k in _knn_units_without_files(store, column, done):  # e.g. removed by a later run's cleanup
+            console.print(f"[yellow]knn: unit {k}'s checkpointed fragments are gone from {out}; computing it again[/]")
+            del done[k]
+            (ckpt / f"unit-{k}.json").unlink(missing_ok=True)
+    if done:
+        console.print(f"knn: resuming, {len(done)} of {n_units} units already computed")
+    return done
+
+
+def _commit_graph(store, out: str, staging: str, frags: list, remote: bool) -> None:
+    """One atomic commit of all fragments (see ``build_knn``'s docstring for why two ways)."""
+    import lance
+    from lance import LanceOperation
+
+    if remote:
+        from datetime import timedelta
+
+        # one atomic commit onto the graph's URI, then drop the old versions' files
+        graph = lance.LanceDataset.commit(out, LanceOperation.Overwrite(KNN_SCHEMA, frags), storage_options=store.storage_options or None)
+        graph.cleanup_old_versions(older_than=timedelta(0))
+    else:
+        # the fragments' files live under the staging dataset; commit them there, then swap it in
+        lance.LanceDataset.commit(staging, LanceOperation.Overwrite(KNN_SCHEMA, frags))
+        if Path(out).exists():
+            shutil.rmtree(out)
+        Path(staging).rename(out)
 
 
 @register_step("vector_knn", KnnConfig, doc="k-NN graph (source, neighbour, similarity) as a Lance table, batched on Ray")

@@ -155,9 +155,10 @@ def _order_key(f: OrbFeatures) -> tuple:
     return (len(f.points), f.shape, f.descriptors.tobytes()[:64] if f.descriptors is not None else b"")
 
 
-def _mutual_matches(a: OrbFeatures, b: OrbFeatures, ratio: float) -> list[tuple[int, int]]:
+def _mutual_matches(a: OrbFeatures, b: OrbFeatures, ratio: float, min_matches: int = 4) -> list[tuple[int, int]]:
     """Matches that pass Lowe's ratio test in both directions and are each other's nearest:
-    the same set whichever image comes first (a one-way ratio test is not symmetric)."""
+    the same set whichever image comes first (a one-way ratio test is not symmetric). Fewer than
+    ``min_matches`` one way means fewer mutual ones: the reverse pass is skipped (most pairs)."""
     import cv2
 
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
@@ -169,12 +170,20 @@ def _mutual_matches(a: OrbFeatures, b: OrbFeatures, ratio: float) -> list[tuple[
             if len(p) == 2 and p[0].distance < ratio * p[1].distance
         }
 
-    ab, ba = one_way(a, b), one_way(b, a)
+    ab = one_way(a, b)
+    if len(ab) < min_matches:
+        return []
+    ba = one_way(b, a)
     return [(q, t) for q, t in ab.items() if ba.get(t) == q]
 
 
 def orb_verify(
-    a: OrbFeatures, b: OrbFeatures, ratio: float = 0.8, reproj_px: float = 6.0, max_shape_change: float = 0.3
+    a: OrbFeatures,
+    b: OrbFeatures,
+    ratio: float = 0.8,
+    reproj_px: float = 6.0,
+    max_shape_change: float = 0.3,
+    min_matches: int = 4,
 ) -> tuple[int, float, float]:
     """Geometrically verified matches between two images: (inliers, inliers / tentative matches,
     spatial coverage of the inliers). Symmetric: ``orb_verify(a, b) == orb_verify(b, a)``.
@@ -186,7 +195,9 @@ def orb_verify(
     that carry the same watermark can reach ~25, but their inliers cover only a few cells of the
     frame (coverage). A transform under which the shared part changes the picture's shape by more
     than ``max_shape_change`` (``shape_change``: a strip cut from a photo) counts as no match.
-    Mirrors need ``orb_verify_mirrored`` (a similarity has no reflection).
+    Mirrors need ``orb_verify_mirrored`` (a similarity has no reflection). A pair with fewer than
+    ``min_matches`` tentative matches is answered 0 without RANSAC (set it to the fewest inliers
+    that could accept a pair: most candidate pairs are unrelated photos).
     """
     import cv2
 
@@ -194,8 +205,8 @@ def orb_verify(
         return 0, 0.0, 0.0
     if _order_key(a) > _order_key(b):
         a, b = b, a
-    good = _mutual_matches(a, b, ratio)
-    if len(good) < 4:
+    good = _mutual_matches(a, b, ratio, max(4, min_matches))
+    if len(good) < max(4, min_matches):
         return 0, 0.0, 0.0
     src = a.points[[q for q, _ in good]]
     dst = b.points[[t for _, t in good]]
@@ -260,9 +271,11 @@ def verify_features(gray: np.ndarray, mirror: bool = True) -> tuple[OrbFeatures,
     return orb_features(gray), (orb_features(np.ascontiguousarray(np.fliplr(gray))) if mirror else None)
 
 
-def verify_pairs(features: dict, i, j) -> tuple[list[int], list[float]]:
+def verify_pairs(features: dict, i, j, min_matches: int = 15) -> tuple[list[int], list[float]]:
     """(inliers, coverage) of each pair (i[k], j[k]); ``features[row]`` is ``verify_features`` of
-    that row's image or None (undecodable: 0 inliers). Mirror-aware when mirrors were computed."""
+    that row's image or None (undecodable: 0 inliers). Mirror-aware when mirrors were computed.
+    ``min_matches``: the fewest inliers that can accept a pair (``NearDupConfig.min_inliers``);
+    pairs that cannot reach it are answered 0 early."""
     inl, cov = [], []
     for a, b in zip(i, j):
         fa, fb = features.get(a), features.get(b)
@@ -270,7 +283,7 @@ def verify_pairs(features: dict, i, j) -> tuple[list[int], list[float]]:
             inl.append(0)
             cov.append(0.0)
             continue
-        n, _, c = orb_verify_mirrored(fa[0], fb[0], fb[1])
+        n, _, c = orb_verify_mirrored(fa[0], fb[0], fb[1], min_matches=min_matches)
         inl.append(n)
         cov.append(c)
     return inl, cov

@@ -209,3 +209,15 @@ def test_background_checkpoints_keep_the_wal_copied_back(tmp_path):
         time.sleep(0.05)
     assert path.stat().st_size > size0 + 200_000, "the WAL was not checkpointed into the database file"
     db.close()
+
+
+def test_a_database_of_another_schema_version_is_refused(review_db):
+    """The schema version recorded at creation is checked on every open: a database written by
+    another layout is refused with what to do, before anything reads its tables."""
+    from curation.reviewdb import SCHEMA_VERSION, BadInput
+
+    assert review_db.get_meta("schema_version") == SCHEMA_VERSION
+    ReviewDB(review_db.url).close()  # the same version opens
+    review_db.set_meta("schema_version", "0")
+    with pytest.raises(BadInput, match="schema version 0"):
+        ReviewDB(review_db.url)
