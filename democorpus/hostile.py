@@ -24,7 +24,7 @@ def _jpeg(img: Image.Image, **kw) -> bytes:
     return b.getvalue()
 
 
-def _png(img: Image.Image, **kw) -> bytes:
+def _png_bytes(img: Image.Image, **kw) -> bytes:
     b = io.BytesIO()
     img.save(b, "PNG", **kw)
     return b.getvalue()
@@ -80,17 +80,17 @@ def write_hostile_corpus(out: str | Path, photo: bytes | None = None) -> dict[st
     put("bomb.png", _bomb_png(), "decompression_bomb")
     put("cmyk.jpg", _jpeg(base.convert("CMYK")), "ok")
     arr16 = np.asarray(base.convert("L"), dtype=np.uint16) * 257
-    put("sixteen_bit.png", _png(Image.fromarray(arr16)), "ok")
+    put("sixteen_bit.png", _png_bytes(Image.fromarray(arr16)), "ok")
     pal = base.convert("P", palette=Image.ADAPTIVE, colors=16)
     pal.info["transparency"] = 0
-    put("palette_transparent.png", _png(pal, transparency=0), "ok")
+    put("palette_transparent.png", _png_bytes(pal, transparency=0), "ok")
     gif = io.BytesIO()
     frames = [base.convert("P"), base.transpose(Image.FLIP_LEFT_RIGHT).convert("P")]
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     put("animated.gif", gif.getvalue(), "ok")
     put("exif_rotated.jpg", _exif_rotated(base), "ok")
-    put("one_pixel.png", _png(Image.new("RGB", (1, 1), (200, 10, 10))), "ok")
-    put("extreme_aspect.png", _png(Image.new("L", (20000, 10), 128)), "ok")
+    put("one_pixel.png", _png_bytes(Image.new("RGB", (1, 1), (200, 10, 10))), "ok")
+    put("extreme_aspect.png", _png_bytes(Image.new("L", (20000, 10), 128)), "ok")
     put("invalid_utf8_caption.jpg", good, "caption_encoding", b"caf\xe9 \xff\xfe broken")
     put("huge_caption.jpg", _jpeg(base, quality=70), "ok", ("word " * 220_000).encode())  # ~1.1 MB
     put(

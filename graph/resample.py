@@ -195,8 +195,6 @@ def resample(
 
     ``concept_weight`` (graph node weights) multiplies the prior; ``prior`` maps concept ids (or
     any key ``aliases`` maps to ids, e.g. labels) to target shares."""
-    import scipy.sparse as sp
-
     cfg = config or ResampleConfig()
     n = len(tags)
     if n == 0:
@@ -207,60 +205,77 @@ def resample(
     B = S.copy()
     B.data = np.ones_like(B.data)
     tagged = np.asarray(B.sum(axis=1)).ravel() > 0
-
     if cfg.method == "cap":
-        n_c = np.asarray(B.sum(axis=0)).ravel()
+        return _resample_cap(B, concepts, tagged, target, cfg)
+    return _resample_balance(S, B, concepts, tagged, target, cfg, concept_weight, prior, aliases)
 
-        def probs(t: float) -> np.ndarray:
-            keep_c = np.minimum(1.0, t / np.maximum(n_c, 1))
-            p = 1.0 - np.exp(B @ np.log(np.maximum(1.0 - keep_c, 1e-300)))  # 1 - prod (1 - keep_c)
-            p[~tagged] = min(cfg.untagged_weight, 1.0)
-            return p
 
-        t = cfg.cap_t
-        if t is None:
-            hi = float(n_c.max()) if len(n_c) else 1.0
-            if probs(hi).sum() < target - 1e-6:
-                raise ResampleError(
-                    f"the cap method keeps each row at most once: at most {probs(hi).sum():.0f} rows, "
-                    f"fewer than target size {target:g}; use --method balance to up-sample"
-                )
-            lo = 0.0
-            for _ in range(100):
-                mid = (lo + hi) / 2
-                if probs(mid).sum() < target:
-                    lo = mid
-                else:
-                    hi = mid
-            t = hi
-        e = probs(t)
-        if cfg.target_size and abs(e.sum() - target) > 0.5:
-            e = _cap_bounded(e, target, 1.0)
-        before = marginal_metrics(np.ones(n) * (target / n), B, concepts)
-        copies = systematic_copies(e, cfg.seed)
-        return ResampleResult(e, copies, concepts, B, before, marginal_metrics(e, B, concepts), cap_t=float(t))
+def _resample_cap(B, concepts: list[str], tagged: np.ndarray, target: float, cfg: ResampleConfig) -> ResampleResult:
+    """Each row kept at most once, with probability 1 - prod over its concepts (1 - min(1, t / n_c)):
+    the cap ``t`` found by bisection so the expected size is the target."""
+    n = B.shape[0]
+    n_c = np.asarray(B.sum(axis=0)).ravel()
 
-    # --- balance -----------------------------------------------------------------------
-    n_rows_c = np.asarray(B.sum(axis=0)).ravel()
-    balanced = n_rows_c <= cfg.max_concept_share * max(tagged.sum(), 1)
-    if balanced.sum() < 2:
-        balanced[:] = True
+    def probs(t: float) -> np.ndarray:
+        keep_c = np.minimum(1.0, t / np.maximum(n_c, 1))
+        p = 1.0 - np.exp(B @ np.log(np.maximum(1.0 - keep_c, 1e-300)))  # 1 - prod (1 - keep_c)
+        p[~tagged] = min(cfg.untagged_weight, 1.0)
+        return p
+
+    t = cfg.cap_t
+    if t is None:
+        hi = float(n_c.max()) if len(n_c) else 1.0
+        if probs(hi).sum() < target - 1e-6:
+            raise ResampleError(
+                f"the cap method keeps each row at most once: at most {probs(hi).sum():.0f} rows, "
+                f"fewer than target size {target:g}; use --method balance to up-sample"
+            )
+        lo = 0.0
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            if probs(mid).sum() < target:
+                lo = mid
+            else:
+                hi = mid
+        t = hi
+    e = probs(t)
+    if cfg.target_size and abs(e.sum() - target) > 0.5:
+        e = _cap_bounded(e, target, 1.0)
+    before = marginal_metrics(np.ones(n) * (target / n), B, concepts)
+    copies = systematic_copies(e, cfg.seed)
+    return ResampleResult(e, copies, concepts, B, before, marginal_metrics(e, B, concepts), cap_t=float(t))
+
+
+def _concept_prior(concepts, balanced, prior, aliases, concept_weight) -> np.ndarray:
+    """Target share per concept: the prior file's (through aliases; unlisted concepts weigh 1)
+    times the graph's node weights, zero for over-represented concepts, normalised."""
     pi = np.ones(len(concepts))
     if prior is not None:
         ids = {}
         for k, v in prior.items():
             for cid in (aliases or {}).get(k, [k]):
                 ids[cid] = v
-        # concepts the file does not list keep the uniform weight 1
         pi = np.array([ids.get(c, 1.0) for c in concepts], dtype=np.float64)
     if concept_weight:
         pi *= np.array([concept_weight.get(c, 1.0) for c in concepts])
     pi = np.where(balanced, pi, 0.0)
     if pi.sum() <= 0:
         raise ResampleError("the prior gives weight 0 to every concept in the data")
-    pi /= pi.sum()
-    # row shares of balanced concepts, from BM25 scores
-    P = S[:, balanced] if balanced.any() else S
+    return pi / pi.sum()
+
+
+def _resample_balance(S, B, concepts, tagged, target: float, cfg: ResampleConfig, concept_weight, prior, aliases):
+    """Multiplicative weights toward the concept prior (rows' concept shares from BM25 scores),
+    bounded by ``max_upsample``, then scaled to the target size."""
+    import scipy.sparse as sp
+
+    n = B.shape[0]
+    n_rows_c = np.asarray(B.sum(axis=0)).ravel()
+    balanced = n_rows_c <= cfg.max_concept_share * max(tagged.sum(), 1)
+    if balanced.sum() < 2:
+        balanced[:] = True
+    pi = _concept_prior(concepts, balanced, prior, aliases, concept_weight)
+    P = S[:, balanced] if balanced.any() else S  # row shares of balanced concepts, from BM25 scores
     rs = np.asarray(P.sum(axis=1)).ravel()
     P = sp.diags(np.divide(1.0, rs, out=np.zeros_like(rs), where=rs > 0)) @ P
     Bb = B[:, balanced]

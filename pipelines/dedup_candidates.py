@@ -243,25 +243,43 @@ class _CandidateWorker:
         return pa.table(out)
 
     def edges(self, unit: dict) -> pa.Table:
-        from engines.vector.dedup import CENTRE_REGIONS, candidate_queries, popcount64, top_owners
+        """The unit's candidate pairs, searched in blocks of rows: the hits of one block (10 queries
+        x ~190 neighbours per row) are reduced to k rows each before the next block is searched."""
         from engines.vector.graph import symmetric_edges
-        from engines.vector.index import search
 
         full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
         pos = np.flatnonzero(valid)
+        blocks = [p for p in np.array_split(pos, max(1, len(pos) // 2048)) if len(p)]
+        parts = [self._block(full[p], reg[p], unit["start"] + p) for p in blocks]
+        a, b, w = (
+            symmetric_edges(*(np.concatenate(x) for x in zip(*parts)))
+            if parts
+            else (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
+        )
+        ham = self._hamming(a, b)
+        return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32), "ham": ham}, schema=EDGE_SCHEMA)
+
+    def _block(self, full: np.ndarray, reg: np.ndarray, rows: np.ndarray):
+        from engines.vector.dedup import CENTRE_REGIONS, candidate_queries, top_owners
+        from engines.vector.index import search
+
         k = self.cfg.k
         kk = min((k + 1) * SLOTS, self.index.ntotal)
-        queries = candidate_queries(full[pos], self.cfg.dihedral, reg[pos][:, list(CENTRE_REGIONS)])
+        queries = candidate_queries(full, self.cfg.dihedral, reg[:, list(CENTRE_REGIONS)])
         sims, nn = search(self.index, queries, kk, nprobe=self.nprobe)
-        q = np.repeat(np.tile(unit["start"] + pos, len(queries) // max(len(pos), 1)), kk)
+        q = np.repeat(np.tile(rows, len(queries) // max(len(rows), 1)), kk)
         owner = np.where(nn.ravel() >= 0, nn.ravel() // SLOTS, -1)
-        a, b, w = symmetric_edges(*top_owners(q, owner, sims.ravel(), k, self.cfg.min_candidate_sim))
+        return top_owners(q, owner, sims.ravel(), k, self.cfg.min_candidate_sim)
+
+    def _hamming(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        from engines.vector.dedup import popcount64
+
         ham = np.full(len(a), -1, np.int16)
         if self.phash is not None and len(a):
             h, hv = self.phash
             both = hv[a] & hv[b]
             ham[both] = popcount64(np.bitwise_xor(h[a[both]], h[b[both]]))
-        return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32), "ham": ham}, schema=EDGE_SCHEMA)
+        return ham
 
     def write(self, edges: pa.Table) -> list:
         from lance.fragment import write_fragments

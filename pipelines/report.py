@@ -40,13 +40,7 @@ def _thumb(data: bytes | None) -> str | None:
 
 def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -> Path:
     """Write the HTML report of ``store``'s latest version to ``out``; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     ds = store.open()
     schema = ds.schema
@@ -57,38 +51,66 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
     ]
     light = ["id", "error"] + [c for c in ("prof_error", "prof_ocr_lang", "prof_cap_lang", "prof_format") if c in schema.names]
     t = ds.to_table(columns=light + numeric)
-    n = t.num_rows
+    model_notes, notes = _notes(store, schema.names)
+    errors, ok, value_counts = _errors_and_counts(t)
+    ids = t.column("id").to_pylist()
+    signals = [_signal(ds, t, c, ids, examples, bins) for c in numeric]
+    page = render(
+        "profile_report.html",
+        uri=store.uri,
+        version=ds.version,
+        rows=f"{t.num_rows:,}",
+        decoded=None if ok is None else f"{ok:,}",
+        models=model_notes,
+        notes=notes,
+        errors=errors,
+        value_counts=value_counts,
+        signals=signals,
+        generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _notes(store, names: list[str]) -> tuple[list[dict], list[str]]:
+    """The models behind the embedding columns (random weights flagged) and the signals that are
+    absent, with why: a reader must not mistake a missing column for a clean one."""
     models_p = store.state_dir / MODELS_RECORD
     models = json.loads(models_p.read_text()) if models_p.exists() else {}
-
-    # --- notes: models and absent signals --------------------------------------------------------------
     model_notes = []
     for group, m in sorted(models.items()):
-        if {"prof_clip": "prof_clip_image", "prof_text_emb": "prof_caption_emb"}.get(group) not in schema.names:
+        if {"prof_clip": "prof_clip_image", "prof_text_emb": "prof_caption_emb"}.get(group) not in names:
             continue  # recorded by a run whose columns are not in this version
         model_notes.append({"group": group, "model": m["model"], "dim": m["dim"], "random_weights": bool(m.get("random_weights"))})
     notes = []
-    if "prof_clip_image" not in schema.names:
+    if "prof_clip_image" not in names:
         notes.append("No image embeddings: prof_clip was not run (no CLIP model configured).")
-    if "prof_aesthetic" not in schema.names:
+    if "prof_aesthetic" not in names:
         notes.append(
             "No aesthetic score: no aesthetic head weights were configured (aesthetic.weights), "
             "so the column is absent rather than filled with a made-up value."
         )
-    if "prof_watermark_score" in schema.names and "prof_ocr_boxes" not in schema.names:
+    if "prof_watermark_score" in names and "prof_ocr_boxes" not in names:
         cue = (
             "the pixel overlay cue (AUC 0.7-0.8 on marked vs clean photos, near chance against scene text)"
-            if "prof_watermark_overlay" in schema.names
+            if "prof_watermark_overlay" in names
             else "the old stroke heuristic (AUC ~0.65, barely better than chance)"
         )
         notes.append(
             f"prof_watermark_score comes from {cue} only: prof_ocr was not run. Run prof_ocr, then "
             "prof_scores, for the OCR-box score (AUC ~0.97 on watermarked vs clean photos, docs/profiling.md)."
         )
-    if "prof_error" not in schema.names:
+    if "prof_error" not in names:
         notes.append("The metadata stage (prof_meta) has not run: decode errors are unknown.")
+    return model_notes, notes
 
-    # --- errors by reason ------------------------------------------------------------------------------
+
+def _errors_and_counts(t) -> tuple[list[dict], int | None, list[dict]]:
+    """Errors by reason per error column, the rows that decoded, and value counts of the categories."""
+    import pyarrow.compute as pc
+
     errors = []
     for col in ("error", "prof_error"):
         if col not in t.column_names:
@@ -103,49 +125,36 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
         for c in ("prof_format", "prof_ocr_lang", "prof_cap_lang")
         if c in t.column_names
     ]
+    return errors, ok, value_counts
 
-    # --- per signal ------------------------------------------------------------------------------------
-    signals: list[dict[str, Any]] = []
-    ids = t.column("id").to_pylist()
-    for c in numeric:
-        v = np.array([np.nan if x is None else float(x) for x in t.column(c).to_pylist()])
-        valid = ~np.isnan(v)
-        nulls = int((~valid).sum())
-        if not valid.any():
-            signals.append({"name": c, "stats": f"all {n} values null", "histogram": None})
-            continue
-        fig, ax = plt.subplots(figsize=(4.5, 2.2))
-        ax.hist(v[valid], bins=bins, color="#4477aa")
-        ax.set_title(c, fontsize=9)
-        ax.tick_params(labelsize=7)
-        img = png_data_uri(fig, dpi=80)
-        order = np.argsort(v[valid], kind="stable")
-        vi = np.flatnonzero(valid)
-        low, high = vi[order[:examples]], vi[order[::-1][:examples]]
-        want = [ids[i] for i in np.concatenate([low, high])]
-        thumbs: dict[str, Any] = {}
-        if want:
-            quoted = ", ".join("'" + str(x).replace("'", "''") + "'" for x in set(want))
-            for r in ds.to_table(columns=["id", "image"], filter=f"id IN ({quoted})").to_pylist():
-                thumbs[r["id"]] = _thumb(r["image"])
-        lowest, highest = ([{"id": ids[i], "thumb": thumbs.get(ids[i]), "value": f"{v[i]:.4g}"} for i in idx] for idx in (low, high))
-        stats = f"min {np.nanmin(v):.4g} · median {np.nanmedian(v):.4g} · max {np.nanmax(v):.4g} · null {nulls}"
-        signals.append({"name": c, "stats": stats, "histogram": img, "lowest": lowest, "highest": highest})
 
-    page = render(
-        "profile_report.html",
-        uri=store.uri,
-        version=ds.version,
-        rows=f"{n:,}",
-        decoded=None if ok is None else f"{ok:,}",
-        models=model_notes,
-        notes=notes,
-        errors=errors,
-        value_counts=value_counts,
-        signals=signals,
-        generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    return out
+def _signal(ds, t, c: str, ids: list, examples: int, bins: int) -> dict[str, Any]:
+    """One signal's section: statistics, a histogram, and thumbnails of its lowest and highest rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = t.num_rows
+    v = np.array([np.nan if x is None else float(x) for x in t.column(c).to_pylist()])
+    valid = ~np.isnan(v)
+    if not valid.any():
+        return {"name": c, "stats": f"all {n} values null", "histogram": None}
+    fig, ax = plt.subplots(figsize=(4.5, 2.2))
+    ax.hist(v[valid], bins=bins, color="#4477aa")
+    ax.set_title(c, fontsize=9)
+    ax.tick_params(labelsize=7)
+    img = png_data_uri(fig, dpi=80)
+    order = np.argsort(v[valid], kind="stable")
+    vi = np.flatnonzero(valid)
+    low, high = vi[order[:examples]], vi[order[::-1][:examples]]
+    want = [ids[i] for i in np.concatenate([low, high])]
+    thumbs: dict[str, Any] = {}
+    if want:
+        quoted = ", ".join("'" + str(x).replace("'", "''") + "'" for x in set(want))
+        for r in ds.to_table(columns=["id", "image"], filter=f"id IN ({quoted})").to_pylist():
+            thumbs[r["id"]] = _thumb(r["image"])
+    lowest, highest = ([{"id": ids[i], "thumb": thumbs.get(ids[i]), "value": f"{v[i]:.4g}"} for i in idx] for idx in (low, high))
+    stats = f"min {np.nanmin(v):.4g} · median {np.nanmedian(v):.4g} · max {np.nanmax(v):.4g} · null {int((~valid).sum())}"
+    return {"name": c, "stats": stats, "histogram": img, "lowest": lowest, "highest": highest}

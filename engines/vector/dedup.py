@@ -320,8 +320,40 @@ def group_duplicates(
     communities per connected component, batches of components through ``map_fn`` (the same
     groups; see ``graph.communities_by_component``), for graphs too large for one process.
     """
-    # exact copies are one node (a star of exact edges is not "dense", and a clique of them
-    # would be quadratic); the other pairs link those nodes, and communities expand back
+    rep = _exact_representatives(n, pairs)
+    ex = pairs.reason == REASONS.index("exact")
+    a, b, w = symmetric_edges(rep[pairs.i[~ex]], rep[pairs.j[~ex]], pairs.sim[~ex].astype(np.float32))
+    keep_e = a != b
+    community = partial(communities_by_component, map_fn=map_fn) if by_component else communities
+    lab = community(n, a[keep_e], b[keep_e], np.clip(w[keep_e], 0.01, 1), method=method, resolution=resolution, seed=seed)
+    lab = lab[rep]
+    keeper = _keepers(lab, quality, higher_is_better)
+    in_group = np.bincount(lab)[lab] > 1
+    keep = ~in_group | (keeper == np.arange(n))
+    group = np.full(n, -1, np.int64)
+    if in_group.any():  # group ids in the order of their kept rows
+        labels = np.unique(lab[in_group])
+        order = labels[np.argsort(keeper[_first_of(lab, labels)], kind="stable")]
+        gid = np.full(int(lab.max()) + 1, -1, np.int64)
+        gid[order] = np.arange(len(order))
+        group[in_group] = gid[lab[in_group]]
+    reason, sim, dup_of = _member_reasons(pairs, lab, rep, keeper, keep, in_group, pair_sim)
+    removed = ~keep
+    reasons = np.array(reason, dtype=object)
+    stats = {
+        "rows": n,
+        "groups": int(group.max()) + 1 if n else 0,
+        "rows_in_groups": int(in_group.sum()),
+        "removed": int(removed.sum()),
+        "removed_fraction": float(removed.sum() / n) if n else 0.0,
+        "removed_by_reason": {r: int((removed & (reasons == r)).sum()) for r in REASONS},
+    }
+    return DupResult(group, keep, dup_of, reason, sim, stats)
+
+
+def _exact_representatives(n: int, pairs: Pairs) -> np.ndarray:
+    """Per row, the first row of its exact-copy set: exact copies are one graph node (a star of
+    exact edges is not "dense", and a clique of them would be quadratic); communities expand back."""
     rep = np.arange(n, dtype=np.int64)
     ex = pairs.reason == REASONS.index("exact")
     if ex.any():
@@ -333,34 +365,47 @@ def group_duplicates(
         first_of = np.full(comp.max() + 1, n, np.int64)
         np.minimum.at(first_of, comp, np.arange(n))
         rep = first_of[comp]
-    other = ~ex
-    a, b, w = symmetric_edges(rep[pairs.i[other]], rep[pairs.j[other]], pairs.sim[other].astype(np.float32))
-    keep_e = a != b
-    community = partial(communities_by_component, map_fn=map_fn) if by_component else communities
-    lab = community(n, a[keep_e], b[keep_e], np.clip(w[keep_e], 0.01, 1), method=method, resolution=resolution, seed=seed)
-    lab = lab[rep]
+    return rep
+
+
+def _first_of(lab: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The first row of each label in ``labels`` (any row would do: all share one keeper)."""
+    first = np.full(int(lab.max()) + 1, -1, np.int64)
+    rows = np.arange(len(lab))[::-1]
+    first[lab[::-1]] = rows
+    return first[labels]
+
+
+def _keepers(lab: np.ndarray, quality: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Per row, the kept row of its community: the best quality (NaN ranks last), ties to the earlier row."""
+    n = len(lab)
     q = np.asarray(quality, np.float64).copy()
     q = q if higher_is_better else -q
     q[~np.isfinite(q)] = -np.inf
     order = np.lexsort((np.arange(n), -q, lab))  # by group, best first, then earlier row
     first = np.ones(n, bool)
     first[1:] = lab[order][1:] != lab[order][:-1]
-    keeper_of_label = {}
-    for pos in order[first]:
-        keeper_of_label[lab[pos]] = pos
-    sizes = np.bincount(lab)
-    keeper = np.array([keeper_of_label[l] for l in lab], np.int64)
-    in_group = sizes[lab] > 1
-    keep = ~in_group | (keeper == np.arange(n))
-    # reason and similarity of each member to its keeper: the direct edge if any, else its
-    # strongest edge inside the group (the reason is then the kind of that edge)
-    edge = {}
-    kinds = {}
-    if len(pairs):
-        for x, y, s, r in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.sim.tolist(), pairs.reason.tolist()):
-            key = (min(x, y), max(x, y))
-            if key not in edge or r < kinds[key] or (r == kinds[key] and s > edge[key]):
-                edge[key], kinds[key] = s, r
+    keeper_of = np.zeros(int(lab.max()) + 1 if n else 0, np.int64)
+    keeper_of[lab[order[first]]] = order[first]
+    return keeper_of[lab]
+
+
+def _strongest_edges(pairs: Pairs) -> tuple[dict, dict]:
+    """Per undirected pair, the strongest kind (exact < near < semantic) and its best similarity."""
+    edge: dict = {}
+    kinds: dict = {}
+    for x, y, s, r in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.sim.tolist(), pairs.reason.tolist()):
+        key = (min(x, y), max(x, y))
+        if key not in edge or r < kinds[key] or (r == kinds[key] and s > edge[key]):
+            edge[key], kinds[key] = s, r
+    return edge, kinds
+
+
+def _member_reasons(pairs: Pairs, lab, rep, keeper, keep, in_group, pair_sim):
+    """Reason and similarity of each removed row to its kept row: the direct edge if any, else the
+    row's strongest edge inside the group (the reason is then the kind of that edge)."""
+    n = len(lab)
+    edge, kinds = _strongest_edges(pairs)
     best_in_group: dict[int, tuple[int, float]] = {}
     for (x, y), r in kinds.items():
         if lab[x] != lab[y]:
@@ -372,12 +417,7 @@ def group_duplicates(
     reason: list = [None] * n
     sim = np.full(n, np.nan, np.float32)
     dup_of = np.full(n, -1, np.int64)
-    group = np.full(n, -1, np.int64)
-    gid = {l: k for k, l in enumerate(sorted({int(l) for l in lab[in_group]}, key=lambda l: keeper_of_label[l]))}
-    for u in np.flatnonzero(in_group):
-        group[u] = gid[int(lab[u])]
-        if keep[u]:
-            continue
+    for u in np.flatnonzero(in_group & ~keep):
         k = int(keeper[u])
         dup_of[u] = k
         key = (min(u, k), max(u, k))
@@ -389,15 +429,7 @@ def group_duplicates(
             r, s = best_in_group.get(int(u), (REASONS.index("semantic"), np.nan))
             reason[u] = REASONS[r]
             sim[u] = pair_sim(int(u), k) if pair_sim is not None else s
-    stats = {
-        "rows": n,
-        "groups": len(gid),
-        "rows_in_groups": int(in_group.sum()),
-        "removed": int((~keep).sum()),
-        "removed_fraction": float((~keep).sum() / n) if n else 0.0,
-        "removed_by_reason": {r: sum(1 for u in range(n) if not keep[u] and reason[u] == r) for r in REASONS},
-    }
-    return DupResult(group, keep, dup_of, reason, sim, stats)
+    return reason, sim, dup_of
 
 
 def near_pairs(
