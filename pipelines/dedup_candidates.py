@@ -143,12 +143,14 @@ class _ShardWorker:
 
 def _merge_shards(trained: bytes, shard_paths: list[str], out_path: str) -> int:
     """Ray task: the shards merged into one index file (on a worker: the driver never holds it)."""
-    from engines.vector.index import deserialize, empty_like, merge_shards, serialize
+    import faiss
+
+    from engines.vector.index import deserialize, empty_like, merge_shards
 
     index = empty_like(deserialize(trained))
     for p in shard_paths:
-        merge_shards(index, [deserialize(Path(p).read_bytes())])
-    Path(out_path + ".tmp").write_bytes(serialize(index))
+        merge_shards(index, [faiss.read_index(p)])
+    faiss.write_index(index, out_path + ".tmp")  # straight to the file: no second copy in memory
     Path(out_path + ".tmp").replace(out_path)
     return int(index.ntotal)
 
@@ -226,10 +228,12 @@ class _CandidateWorker:
     def __init__(
         self, store, version: int, index_path: str, edges_uri: str, cfg: dict, phash: np.ndarray | None, nprobe: int, use_gpu: bool | None
     ):
-        from engines.vector.index import deserialize, maybe_gpu
+        from engines.vector.index import maybe_gpu
 
         self.ds = store.open(version)
-        self.index = maybe_gpu(deserialize(Path(index_path).read_bytes()), use_gpu)
+        import faiss
+
+        self.index = maybe_gpu(faiss.read_index(index_path), use_gpu)  # from the file: one copy in memory
         self.edges_uri, self.cfg, self.phash, self.nprobe = edges_uri, NearDupConfig(**cfg), phash, nprobe
 
     def __call__(self, batch: pa.Table) -> pa.Table:

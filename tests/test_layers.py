@@ -140,3 +140,22 @@ def test_the_checker_sees_an_upward_import_and_a_cycle():
     tmp.parent.mkdir(exist_ok=True)
     tmp.write_text(src)
     assert _imports(tmp, "curation.probe", {"pipelines.review", "pipelines"}) == {"pipelines.review"}
+
+
+# Ray stays at the job edge: engines and everything else below the jobs run without it.
+NO_RAY = ("engines", "graph", "training", "democorpus", "annotator_ui")
+
+
+def test_ray_only_at_the_job_edge():
+    bad = []
+    for mod, path in _modules().items():
+        if mod.split(".")[0] not in NO_RAY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            )
+            bad += [f"{mod} imports {n}" for n in names if n == "ray" or n.startswith("ray.")]
+    assert not bad, "Ray imported below the jobs layer:\n" + "\n".join(bad)
