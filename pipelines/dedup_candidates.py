@@ -38,6 +38,7 @@ from rich.console import Console
 
 from engines.vector.dedup import NearDupConfig
 from engines.vector.index import IndexConfig
+from pipelines.descriptors import fragment_units
 
 __all__ = ["EDGE_SCHEMA", "NearJob", "near_pairs_on_ray"]
 
@@ -61,7 +62,7 @@ class NearJob:
         self.store, self.ds, self.cfg, self.index_cfg = store, ds, cfg, index_cfg
         self.folder = Path(store.state_dir) / "vector" / f"dedup-v{ds.version}-{key}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.units = row_units(ds, rows_per_unit)
+        self.units = fragment_units(ds.get_fragments(), rows_per_unit, 0)[0]  # positions in fragment order, as ds.take
         self.n = int(sum(u["rows"] for u in self.units))
 
     def done(self, phase: str) -> dict[int, Any]:
@@ -74,23 +75,6 @@ class NearJob:
         p = d / f"unit-{unit}.json"
         p.with_suffix(".tmp").write_text(json.dumps(rec))
         p.with_suffix(".tmp").replace(p)
-
-
-def row_units(ds, rows_per_unit: int) -> list[dict[str, Any]]:
-    """Consecutive fragments up to ``rows_per_unit`` rows, each with the position of its first row
-    (positions count rows in fragment order, as ``ds.take`` does)."""
-    units, cur, rows, start = [], [], 0, 0
-    for f in ds.get_fragments():
-        n = f.count_rows()
-        if cur and rows + n > rows_per_unit:
-            units.append({"unit": len(units), "fragments": cur, "start": start, "rows": rows})
-            start += rows
-            cur, rows = [], 0
-        cur.append(f.fragment_id)
-        rows += n
-    if cur:
-        units.append({"unit": len(units), "fragments": cur, "start": start, "rows": rows})
-    return units
 
 
 def _read_descriptors(ds, fragments: list[int], regions: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -135,7 +119,7 @@ class _ShardWorker:
         for unit in batch.to_pylist():
             full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
             shard = empty_like(self.trained)
-            add_vectors(shard, *_slot_vectors(full, reg, valid, unit["start"]))
+            add_vectors(shard, *_slot_vectors(full, reg, valid, unit["label_start"]))
             out["unit"].append(unit["unit"])
             out["shard"].append(serialize(shard))
         return pa.table(out)
@@ -254,7 +238,7 @@ class _CandidateWorker:
         full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
         pos = np.flatnonzero(valid)
         blocks = [p for p in np.array_split(pos, max(1, len(pos) // 2048)) if len(p)]
-        parts = [self._block(full[p], reg[p], unit["start"] + p) for p in blocks]
+        parts = [self._block(full[p], reg[p], unit["label_start"] + p) for p in blocks]
         a, b, w = (
             symmetric_edges(*(np.concatenate(x) for x in zip(*parts)))
             if parts
@@ -364,7 +348,7 @@ class _AcceptWorker:
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: dict[str, list] = {"unit": [], "i": [], "j": [], "sim": [], "stats": []}
         for unit in batch.to_pylist():
-            i, j, sim, stats = self.accept(unit["start"], unit["start"] + unit["rows"])
+            i, j, sim, stats = self.accept(unit["label_start"], unit["label_start"] + unit["rows"])
             out["unit"].append(unit["unit"])
             out["i"].append(i.tolist())
             out["j"].append(j.tolist())
