@@ -18,7 +18,15 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["threshold_edges", "symmetric_edges", "communities", "communities_by_component", "community_sizes", "removal_curve"]
+__all__ = [
+    "threshold_edges",
+    "symmetric_edges",
+    "communities",
+    "communities_by_component",
+    "components_by_partition",
+    "community_sizes",
+    "removal_curve",
+]
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +129,10 @@ def communities_by_component(
     batch_edges: int = 200_000,
     **kw,
 ) -> np.ndarray:
-    """``communities`` computed per connected component: components first, then Leiden (or
-    Louvain) on each component's subgraph, batches of components handed to ``map_fn`` (the
-    builtin ``map`` here; the dedup job passes one that runs each batch as a Ray task).
+    """``communities`` computed per connected component: components first (over edge partitions,
+    ``components_by_partition``), then Leiden (or Louvain) on each component's subgraph, batches
+    of components handed to ``map_fn`` (the builtin ``map`` here; the dedup job passes one that
+    runs each task on Ray).
 
     Why the groups are the same as one run over the whole graph: under CPM a community that
     spans two components has no edge between its two parts, so splitting it loses no internal
@@ -139,7 +148,7 @@ def communities_by_component(
     if len(src) == 0:
         return np.arange(n, dtype=np.int64)
     weight = np.ones(len(src), np.float32) if weight is None else np.asarray(weight, np.float32)
-    comp = communities(n, src, dst, method="components")
+    comp = components_by_partition(n, src, dst, map_fn=map_fn, part_edges=batch_edges)
     order = np.argsort(comp[src], kind="stable")
     src, dst, weight = src[order], dst[order], weight[order]
     bounds = np.flatnonzero(np.r_[True, comp[src][1:] != comp[src][:-1], True])
@@ -161,6 +170,46 @@ def communities_by_component(
     alone = lab < 0
     lab[alone] = nxt + np.arange(int(alone.sum()))
     return _relabel(lab)
+
+
+def components_by_partition(n: int, src: np.ndarray, dst: np.ndarray, *, map_fn=map, part_edges: int = 200_000) -> np.ndarray:
+    """Connected-component label per node, computed over partitions of the edge list by ``map_fn``
+    (one Ray task per partition in the dedup job), never the whole graph in one process.
+
+    Each partition is reduced to a star forest (every node it touches -> the smallest node of its
+    component within the partition): at most one edge per touched node, and the same components.
+    Forests are then merged two by two (the union of two forests, reduced again) until one is
+    left, whose edges point every touched node at the smallest node of its global component.
+    Labels are numbered by first appearance, as ``communities(method="components")`` numbers them
+    up to that same renumbering, so the two give equal arrays."""
+    if n == 0:
+        return np.zeros(0, np.int64)
+    step = max(1, int(part_edges))
+    forests = list(map_fn(_star_forest, [(src[s : s + step], dst[s : s + step]) for s in range(0, len(src), step)]))
+    while len(forests) > 1:
+        pairs = [(np.r_[a[0], b[0]], np.r_[a[1], b[1]]) for a, b in zip(forests[::2], forests[1::2])]
+        forests = list(map_fn(_star_forest, pairs)) + ([forests[-1]] if len(forests) % 2 else [])
+    lab = np.arange(n, dtype=np.int64)
+    if forests:
+        lab[forests[0][0]] = forests[0][1]
+    return _relabel(lab)
+
+
+def _star_forest(edges: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(node, smallest node of its component) for every node the edges touch, roots left out."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = edges
+    nodes, inv = np.unique(np.r_[a, b].astype(np.int64), return_inverse=True)
+    m = len(nodes)
+    if m == 0:
+        return nodes, nodes.copy()
+    _, comp = connected_components(coo_matrix((np.ones(len(a)), (inv[: len(a)], inv[len(a) :])), shape=(m, m)), directed=False)
+    _, first = np.unique(comp, return_index=True)  # nodes are sorted: the first of a label is its smallest
+    root = nodes[first][comp]
+    keep = root != nodes
+    return nodes[keep], root[keep]
 
 
 def _component_batch(batch) -> list[tuple[np.ndarray, np.ndarray]]:
