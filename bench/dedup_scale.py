@@ -183,7 +183,7 @@ def run_job(uri: str) -> dict:
     return {
         "seconds": round(time.perf_counter() - t0, 1),
         "peak_rss_mib": {"driver": peak_driver >> 20, "largest_worker": peak_worker >> 20},
-        "log_tail": out[-600:],
+        "log": out,
     }
 
 
@@ -238,7 +238,9 @@ def main() -> None:
             "recall": round(r, 4),
             "build_dataset_seconds": build_s,
             "counters": {k: stats.get(k) for k in ("desc_candidates", "verified_pairs", "accepted_pairs", "groups", "removed")},
+            "phase_seconds": {k: stats.get(k) for k in ("index_seconds", "candidates_seconds", "verify_seconds", "semantic_seconds", "groups_seconds")},
         }
+        (out / f"dedup-{n}.log").write_text(job["log"])  # the job's own output, phase by phase
         results.append(res)
         print(json.dumps(res), flush=True)
         if not a.keep:

@@ -170,7 +170,9 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     )
     stats.update(nstats)
     pairs = pairs + Pairs.of(i, j, sim, "near")
+    t0 = time.perf_counter()
     sem, why = _semantic_pairs(store, ds, cfg, ids, show_progress)
+    stats["semantic_seconds"] = round(time.perf_counter() - t0, 2)
     notes.append(why)
     if sem is not None:
         stats["semantic_pairs"] = len(sem)
@@ -203,6 +205,7 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
         **split,
     )
     stats.update(res.stats)
+    stats["groups_seconds"] = round(time.perf_counter() - t0 - stats["semantic_seconds"], 2)  # communities + curve
     return {
         "plan": _plan_table(ids, res),
         "stats": stats,
@@ -241,16 +244,22 @@ def _semantic_pairs(store, ds, cfg: DedupConfig, ids: pa.ChunkedArray, show_prog
     """Semantic pairs read from the ``curate knn`` graph of the embedding column (built or brought
     up to date first when missing, made with a smaller k, or older than the column), or SemDeDup.
     Returns (Pairs or None, a note for the report)."""
-    from engines.vector.dedup import semantic_pairs, semdedup_pairs
-    from engines.vector.index import clean_vectors, to_matrix
+    from engines.vector.dedup import semantic_pairs
 
     col, why = _semantic_column(store, ds, cfg)
     if col is None:
         return None, why
-    if cfg.semantic.method == "semdedup":
-        e, enull = to_matrix(ds.to_table(columns=[col]).column(col))
-        e, evalid, _ = clean_vectors(e, enull)
-        return semdedup_pairs(e, evalid, cfg.semantic.threshold, cfg.semantic.n_clusters, cfg.semantic.seed), why + " (SemDeDup)"
+    if cfg.semantic.method == "semdedup":  # on Ray: the driver never holds the column
+        import hashlib
+
+        from pipelines.semdedup import semdedup_on_ray
+
+        blob = json.dumps({"semantic": cfg.semantic.model_dump(), "column": col, "rows": cfg.rows_per_unit}, sort_keys=True)
+        key = hashlib.sha1(blob.encode()).hexdigest()[:10]
+        folder = Path(store.state_dir) / "vector" / f"semdedup-v{ds.version}-{key}"
+        sem = semdedup_on_ray(store, ds, col, cfg.semantic, folder, show_progress, rows_per_unit=cfg.rows_per_unit)
+        shutil.rmtree(folder, ignore_errors=True)  # the pairs are in memory: the checkpoints served their purpose
+        return sem, why + " (SemDeDup on Ray)"
     graph = _fresh_knn(store, ds, col, cfg.semantic.k, show_progress)
     # only edges above the threshold leave Lance (a filtered scan); ids become row positions once
     edges = graph.to_table(

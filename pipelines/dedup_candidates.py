@@ -217,7 +217,9 @@ class _CandidateWorker:
         self.ds = store.open(version)
         import faiss
 
-        self.index = maybe_gpu(faiss.read_index(index_path), use_gpu)  # from the file: one copy in memory
+        # memory-mapped lists: the actors of one node share the file's pages in the OS page cache
+        # (one copy per node, not per actor), and an index larger than memory still searches
+        self.index = maybe_gpu(faiss.read_index(index_path, faiss.IO_FLAG_MMAP_IFC), use_gpu)
         self.edges_uri, self.cfg, self.phash, self.nprobe = edges_uri, NearDupConfig(**cfg), phash, nprobe
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -248,7 +250,7 @@ class _CandidateWorker:
         return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32), "ham": ham}, schema=EDGE_SCHEMA)
 
     def _block(self, full: np.ndarray, reg: np.ndarray, rows: np.ndarray):
-        from engines.vector.dedup import CENTRE_REGIONS, candidate_queries, top_owners
+        from engines.vector.dedup import CENTRE_REGIONS, candidate_queries, split_top_owners
         from engines.vector.index import search
 
         k = self.cfg.k
@@ -257,7 +259,8 @@ class _CandidateWorker:
         sims, nn = search(self.index, queries, kk, nprobe=self.nprobe)
         q = np.repeat(np.tile(rows, len(queries) // max(len(rows), 1)), kk)
         owner = np.where(nn.ravel() >= 0, nn.ravel() // SLOTS, -1)
-        return top_owners(q, owner, sims.ravel(), k, self.cfg.min_candidate_sim)
+        n_full = (8 if self.cfg.dihedral else 1) * len(rows) * kk
+        return split_top_owners(q, owner, sims.ravel(), n_full, k, self.cfg.k_centre, self.cfg.min_candidate_sim)
 
     def _hamming(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         from engines.vector.dedup import popcount64
@@ -278,10 +281,11 @@ class _CandidateWorker:
 
 
 def _actor_memory(index_path: Path) -> int:
-    """Memory to reserve per candidate actor: the index it holds, plus a unit's queries. Ray then
-    runs as many actors as the nodes' memory allows (one on a small machine at a billion-vector
-    scale), instead of as many as there are CPUs and running out of memory."""
-    return int(Path(index_path).stat().st_size * 1.2) + (512 << 20)
+    """Memory to reserve per candidate actor: a unit's descriptors and one block's hits, plus the
+    index's in-memory part (the coarse quantiser; the lists are memory-mapped and shared by the
+    node's actors through the page cache, so they are not reserved per actor). Ray then runs as
+    many actors as the nodes' CPUs allow instead of one per index copy that fits."""
+    return int(Path(index_path).stat().st_size * 0.02) + (768 << 20)
 
 
 def candidate_edges(job: NearJob, index_path: Path, phash, show_progress: bool) -> str:
@@ -447,10 +451,15 @@ def near_pairs_on_ray(
     block: int = 2000,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, NearJob]:
     """The three phases; returns accepted pairs (i, j, sim), counters and the job (its folder)."""
-    t0 = time.perf_counter()
+    t = [time.perf_counter()]
     job = NearJob(store, ds, cfg, index_cfg, rows_per_unit, key)
     index_path = build_region_index(job, show_progress)
+    t.append(time.perf_counter())
     edges_uri = candidate_edges(job, index_path, phash, show_progress)
+    t.append(time.perf_counter())
     i, j, sim, stats = accepted_pairs(job, edges_uri, show_progress, block)
-    stats["near_seconds"] = round(time.perf_counter() - t0, 2)
+    t.append(time.perf_counter())
+    phases = ("index_seconds", "candidates_seconds", "verify_seconds")  # this run's share (a resumed run skips done work)
+    stats.update({name: round(b - a, 2) for name, a, b in zip(phases, t, t[1:])})
+    stats["near_seconds"] = round(t[-1] - t[0], 2)
     return i, j, sim, stats, job

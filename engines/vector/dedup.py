@@ -39,6 +39,10 @@ __all__ = [
     "near_pairs",
     "semantic_pairs",
     "semdedup_pairs",
+    "default_clusters",
+    "semdedup_centroids",
+    "assign_clusters",
+    "cluster_pairs",
     "DupResult",
     "group_duplicates",
     "popcount64",
@@ -63,6 +67,9 @@ class NearDupConfig(BaseModel):
     min_coverage: float = Field(0.12, ge=0, le=1, description="share of 4x4 cells holding inliers (a shared watermark covers few)")
     strong_inliers: int = Field(60, ge=4, description="inliers that accept a pair whatever the coverage")
     dihedral: bool = Field(True, description="also find mirrored copies and copies turned by 90, 180 or 270 degrees")
+    k_centre: int = Field(
+        4, ge=0, le=1000, description="extra candidates per image from its centre regions (a screenshot finds the photo it shows)"
+    )
 
 
 class SemanticConfig(BaseModel):
@@ -173,6 +180,21 @@ def top_owners(q: np.ndarray, owner: np.ndarray, sim: np.ndarray, k: int, min_si
     return q[top], o[top], v[top]
 
 
+def split_top_owners(
+    q: np.ndarray, owner: np.ndarray, sim: np.ndarray, n_full: int, k: int, k_centre: int, min_sim: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``top_owners`` with its own quota for the hits of centre-region queries (those after the
+    first ``n_full`` hits, which come from full-frame queries). Why: screenshots share their
+    window chrome, so a screenshot's full-frame top ``k`` fills up with other screenshots, and
+    the photo it shows, found through its centre, would lose its place to them. A pair can come
+    back from both quotas; ``symmetric_edges`` keeps it once."""
+    a = top_owners(q[:n_full], owner[:n_full], sim[:n_full], k, min_sim)
+    if k_centre <= 0 or n_full >= len(q):
+        return a
+    b = top_owners(q[n_full:], owner[n_full:], sim[n_full:], k_centre, min_sim)
+    return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
+
+
 CENTRE_REGIONS = (0, 5)
 """Indices of the centre regions (80% and 70% of each side) in ``describe``'s region order."""
 
@@ -193,7 +215,7 @@ def candidate_queries(full: np.ndarray, dihedral: bool = True, centres: np.ndarr
 
 
 def region_candidates(
-    full: np.ndarray, regions: np.ndarray, valid: np.ndarray, k: int, min_sim: float, *, dihedral: bool = True
+    full: np.ndarray, regions: np.ndarray, valid: np.ndarray, k: int, min_sim: float, *, dihedral: bool = True, k_centre: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs whose full-frame descriptor matches a region (or the full frame) of the other, in
     any of the 8 orientations when ``dihedral``.
@@ -227,7 +249,8 @@ def region_candidates(
         sims, nn = index.search(queries, kk)
         q = np.tile(np.arange(s, s + len(block)), len(queries) // len(block))
         hit_owner = np.where(nn.ravel() >= 0, owner[np.maximum(nn.ravel(), 0)], -1)
-        a, b, w = top_owners(np.repeat(q, kk), hit_owner, sims.ravel(), k, min_sim)
+        n_full = (8 if dihedral else 1) * len(block) * kk
+        a, b, w = split_top_owners(np.repeat(q, kk), hit_owner, sims.ravel(), n_full, k, k_centre, min_sim)
         src_l.append(a)
         dst_l.append(b)
         sim_l.append(w)
@@ -256,34 +279,78 @@ def semantic_pairs(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, threshold:
     return Pairs.of(a, b, w, "semantic")
 
 
-def semdedup_pairs(emb: np.ndarray, valid: np.ndarray, threshold: float, n_clusters: int | None = None, seed: int = 0) -> Pairs:
-    """SemDeDup (Abbas et al. 2023): k-means the embeddings, then within each cluster every pair
-    with cosine >= ``threshold`` is a semantic duplicate. Cost is sum of squared cluster sizes."""
+def default_clusters(n_valid: int) -> int:
+    """SemDeDup's default number of k-means clusters: ~sqrt(rows), so clusters hold ~sqrt(rows)
+    rows each and the pairwise pass costs ~rows^1.5 rather than rows^2."""
+    return int(max(1, round(np.sqrt(n_valid))))
+
+
+def semdedup_centroids(x: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    """Unit-norm k-means centroids (c x d, float32) of unit vectors ``x`` (spherical k-means:
+    clusters by cosine, the similarity SemDeDup thresholds). ``x`` may be a sample: FAISS itself
+    trains on at most 256 points per centroid, so a sample of that size loses nothing."""
     import faiss
 
+    x = np.ascontiguousarray(x, np.float32)
+    c = min(int(n_clusters), len(x))
+    km = faiss.Kmeans(x.shape[1], c, niter=20, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1)
+    km.train(x)
+    return np.ascontiguousarray(km.centroids, np.float32)
+
+
+def assign_clusters(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The nearest centroid (largest inner product) of each row, as int64 labels: the same search
+    k-means ran on its own index, so rows seen in training get the labels training gave them."""
+    import faiss
+
+    if len(x) == 0:
+        return np.zeros(0, np.int64)
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    _, lab = index.search(np.ascontiguousarray(x, np.float32), 1)
+    return lab.ravel().astype(np.int64)
+
+
+def cluster_pairs(x: np.ndarray, positions: np.ndarray, labels: np.ndarray, threshold: float, block: int = 2048) -> Pairs:
+    """Every pair of rows in the same cluster with cosine >= ``threshold`` (rows of ``x`` are unit
+    vectors; ``positions`` are their row numbers in the dataset). A cluster is compared in tiles of
+    ``block`` x ``block`` rows above the diagonal, so a 50k-row cluster never makes a 50k x 50k
+    matrix. Pairs come sorted by (i, j) with i < j, whatever the order of the input rows."""
+    positions = np.asarray(positions, np.int64)
+    labels = np.asarray(labels, np.int64)
+    order = np.lexsort((positions, labels))  # by cluster, then by row: i < j within a cluster
+    cut = np.flatnonzero(np.diff(labels[order])) + 1
+    i_l, j_l, s_l = [], [], []
+    for m in np.split(order, cut):
+        if len(m) < 2:
+            continue
+        xm = np.ascontiguousarray(x[m], np.float32)
+        pm = positions[m]
+        for r in range(0, len(m), block):
+            for c in range(r, len(m), block):
+                s = xm[r : r + block] @ xm[c : c + block].T
+                hit = s >= threshold
+                a, b = np.nonzero(np.triu(hit, 1) if c == r else hit)
+                i_l.append(pm[r + a])
+                j_l.append(pm[c + b])
+                s_l.append(s[a, b])
+    if not i_l:
+        return Pairs.empty()
+    i, j, s = np.concatenate(i_l), np.concatenate(j_l), np.concatenate(s_l)
+    o = np.lexsort((j, i))
+    return Pairs.of(i[o], j[o], s[o], "semantic")
+
+
+def semdedup_pairs(emb: np.ndarray, valid: np.ndarray, threshold: float, n_clusters: int | None = None, seed: int = 0) -> Pairs:
+    """SemDeDup (Abbas et al. 2023): k-means the embeddings, then within each cluster every pair
+    with cosine >= ``threshold`` is a semantic duplicate. Cost is sum of squared cluster sizes.
+    In one process; the dedup job runs the same pieces on Ray (``pipelines.semdedup``)."""
     pos = np.flatnonzero(valid)
     if len(pos) < 2:
         return Pairs.empty()
     x = np.ascontiguousarray(emb[pos], np.float32)
-    c = int(n_clusters or max(1, round(np.sqrt(len(pos)))))
-    c = min(c, len(pos))
-    km = faiss.Kmeans(x.shape[1], c, niter=20, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1)
-    km.train(x)
-    _, lab = km.index.search(x, 1)
-    lab = lab.ravel()
-    i_l, j_l, s_l = [], [], []
-    for cl in np.unique(lab):
-        m = np.flatnonzero(lab == cl)
-        if len(m) < 2:
-            continue
-        s = x[m] @ x[m].T
-        a, b = np.nonzero(np.triu(s >= threshold, 1))
-        i_l.append(pos[m[a]])
-        j_l.append(pos[m[b]])
-        s_l.append(s[a, b])
-    if not i_l:
-        return Pairs.empty()
-    return Pairs.of(np.concatenate(i_l), np.concatenate(j_l), np.concatenate(s_l), "semantic")
+    centroids = semdedup_centroids(x, n_clusters or default_clusters(len(pos)), seed)
+    return cluster_pairs(x, pos, assign_clusters(x, centroids), threshold)
 
 
 @dataclass
@@ -447,7 +514,7 @@ def near_pairs(
     pairs that the cheap signals cannot decide (a local loop in tests, Ray workers in the job).
     ``phash`` may be None (no hash column): the descriptor and local features decide alone.
     """
-    i, j, sim = region_candidates(full, regions, valid, cfg.k, cfg.min_candidate_sim, dihedral=cfg.dihedral)
+    i, j, sim = region_candidates(full, regions, valid, cfg.k, cfg.min_candidate_sim, dihedral=cfg.dihedral, k_centre=cfg.k_centre)
     stats = {"desc_candidates": int(len(i))}
     if phash is not None:
         hvalid = valid & (np.ones(len(phash), bool) if phash_valid is None else phash_valid)

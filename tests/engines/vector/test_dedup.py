@@ -13,10 +13,14 @@ from engines.profiling.decode import decode_image
 from engines.vector.dedup import (
     NearDupConfig,
     Pairs,
+    assign_clusters,
+    cluster_pairs,
+    default_clusters,
     exact_pairs,
     group_duplicates,
     near_pairs,
     popcount64,
+    semdedup_centroids,
     semdedup_pairs,
 )
 from engines.vector.descriptor import describe, orb_features, orb_verify, working_gray
@@ -156,6 +160,62 @@ def test_louvain_fallback_and_semdedup():
     sem = semdedup_pairs(x, np.ones(len(x), bool), 0.995, n_clusters=20, seed=0)
     assert len(sem) > 50
     assert np.all(np.einsum("nd,nd->n", x[sem.i], x[sem.j]) >= 0.995 - 1e-5)
+
+
+def _semdedup_reference(emb: np.ndarray, valid: np.ndarray, threshold: float, n_clusters, seed: int):
+    """SemDeDup as it was before it was split into pieces (one k-means, one matrix per cluster)."""
+    import faiss
+
+    pos = np.flatnonzero(valid)
+    x = np.ascontiguousarray(emb[pos], np.float32)
+    c = min(int(n_clusters or max(1, round(np.sqrt(len(pos))))), len(pos))
+    km = faiss.Kmeans(x.shape[1], c, niter=20, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1)
+    km.train(x)
+    lab = km.index.search(x, 1)[1].ravel()
+    i_l, j_l, s_l = [], [], []
+    for cl in np.unique(lab):
+        m = np.flatnonzero(lab == cl)
+        s = x[m] @ x[m].T
+        a, b = np.nonzero(np.triu(s >= threshold, 1))
+        i_l += [pos[m[a]]]
+        j_l += [pos[m[b]]]
+        s_l += [s[a, b]]
+    i, j, s = np.concatenate(i_l), np.concatenate(j_l), np.concatenate(s_l)
+    o = np.lexsort((j, i))
+    return i[o], j[o], s[o]
+
+
+def test_semdedup_pieces_equal_the_one_process_semdedup_and_tiles_equal_one_matrix():
+    """The pieces the Ray job runs (centroids, assignment, per-cluster pass) composed give the
+    pairs of the former one-function SemDeDup; the tiled pass over clusters larger than the tile
+    gives the pairs of one matrix per cluster."""
+    rng = np.random.default_rng(5)
+    x = next(clustered_embeddings(3000, 48, n_clusters=30, spread=0.9, dup_fraction=0.0, seed=4))
+    src = rng.choice(3000, 60, replace=False)
+    x[src[30:]] = x[src[:30]] + 0.003 * rng.standard_normal((30, 48)).astype(np.float32)  # planted near copies
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    valid = np.ones(len(x), bool)
+    valid[::101] = False
+    for n_clusters in (None, 4):
+        want = _semdedup_reference(x, valid, 0.75, n_clusters, seed=1)
+        got = semdedup_pairs(x, valid, 0.75, n_clusters, seed=1)
+        assert len(got) > 300
+        np.testing.assert_array_equal(got.i, want[0])
+        np.testing.assert_array_equal(got.j, want[1])
+        np.testing.assert_allclose(got.sim, want[2], atol=1e-5)
+        assert np.all(got.i < got.j) and set(got.reason.tolist()) == {2}
+    planted = {(min(a, b), max(a, b)) for a, b in zip(src[:30].tolist(), src[30:].tolist()) if valid[a] and valid[b]}
+    assert planted <= set(zip(got.i.tolist(), got.j.tolist()))
+    # tiles: 4 clusters of ~750 rows compared in 64-row tiles, rows handed over in shuffled order
+    pos = np.flatnonzero(valid)
+    lab = assign_clusters(x[pos], semdedup_centroids(x[pos], 4, seed=1))
+    assert np.bincount(lab).max() > 64
+    shuffle = rng.permutation(len(pos))
+    tiled = cluster_pairs(x[pos][shuffle], pos[shuffle], lab[shuffle], 0.75, block=64)
+    np.testing.assert_array_equal(tiled.i, got.i)
+    np.testing.assert_array_equal(tiled.j, got.j)
+    np.testing.assert_allclose(tiled.sim, got.sim, atol=1e-5)
+    assert default_clusters(len(pos)) == round(np.sqrt(len(pos)))
 
 
 def test_mirrored_and_rotated_descriptors_come_from_the_stored_vector(coco_dir: Path):
