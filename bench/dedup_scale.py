@@ -238,7 +238,9 @@ def main() -> None:
             "recall": round(r, 4),
             "build_dataset_seconds": build_s,
             "counters": {k: stats.get(k) for k in ("desc_candidates", "verified_pairs", "accepted_pairs", "groups", "removed")},
-            "phase_seconds": {k: stats.get(k) for k in ("index_seconds", "candidates_seconds", "verify_seconds", "semantic_seconds", "groups_seconds")},
+            "phase_seconds": {
+                k: stats.get(k) for k in ("index_seconds", "candidates_seconds", "verify_seconds", "semantic_seconds", "groups_seconds")
+            },
         }
         (out / f"dedup-{n}.log").write_text(job["log"])  # the job's own output, phase by phase
         results.append(res)
