@@ -11,7 +11,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +59,11 @@ class DedupConfig(BaseModel):
         default_factory=lambda: IndexConfig(nprobe=8, hnsw_lists=4096),
         description="the index over every row's 11 descriptors (candidates); kind auto = exact "
         "below flat_max vectors, else IVF-Flat (exact cosines in the lists)",
+    )
+    resources: dict[Literal["index", "candidates", "verify"], dict[str, float]] = Field(
+        default_factory=dict,
+        description="custom Ray resources the actors of a phase require, e.g. {candidates: {bigmem: 1}} "
+        "puts the candidate search on nodes started with --resources '{\"bigmem\": 1}' (placement only: the same groups)",
     )
     dry_run: bool = Field(False, description="report the curve and groups, commit nothing")
 
@@ -167,6 +172,7 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
         phash=_phash(t, notes),
         show_progress=show_progress,
         block=cfg.pairs_per_unit,
+        resources=cfg.resources,
     )
     stats.update(nstats)
     pairs = pairs + Pairs.of(i, j, sim, "near")

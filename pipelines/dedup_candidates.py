@@ -58,12 +58,19 @@ SLOTS = 11  # full frame + 10 regions per row
 class NearJob:
     """Where one dedup run keeps its state, and the units it splits the dataset into."""
 
-    def __init__(self, store, ds, cfg: NearDupConfig, index_cfg: IndexConfig, rows_per_unit: int, key: str):
+    def __init__(self, store, ds, cfg: NearDupConfig, index_cfg: IndexConfig, rows_per_unit: int, key: str, resources: dict | None = None):
         self.store, self.ds, self.cfg, self.index_cfg = store, ds, cfg, index_cfg
+        self.resources = resources or {}  # phase -> custom Ray resources its actors require
         self.folder = Path(store.state_dir) / "vector" / f"dedup-v{ds.version}-{key}"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.units = fragment_units(ds.get_fragments(), rows_per_unit, 0)[0]  # positions in fragment order, as ds.take
         self.n = int(sum(u["rows"] for u in self.units))
+
+    def ray_options(self, phase: str, **base) -> dict[str, Any]:
+        """Ray options of a phase's actors: one CPU (and what ``base`` adds), plus the custom
+        resources the config asks for that phase (e.g. candidate actors on big-memory nodes)."""
+        extra = self.resources.get(phase)
+        return {"num_cpus": 1, **base, **({"resources": dict(extra)} if extra else {})}
 
     def done(self, phase: str) -> dict[int, Any]:
         """Checkpointed results of a phase, by unit."""
@@ -190,7 +197,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         todo,
         _ShardWorker,
         {"store": job.store, "version": job.ds.version, "trained": trained},
-        ray_options={"num_cpus": 1},
+        ray_options=job.ray_options("index"),
         on_result=on_result,
         description="dedup: index descriptors (units)",
         show_progress=show_progress,
@@ -260,7 +267,7 @@ class _CandidateWorker:
         q = np.repeat(np.tile(rows, len(queries) // max(len(rows), 1)), kk)
         owner = np.where(nn.ravel() >= 0, nn.ravel() // SLOTS, -1)
         n_full = (8 if self.cfg.dihedral else 1) * len(rows) * kk
-        return split_top_owners(q, owner, sims.ravel(), n_full, k, self.cfg.k_centre, self.cfg.min_candidate_sim)
+        return split_top_owners(q, owner, nn.ravel() % SLOTS, sims.ravel(), n_full, k, self.cfg.k_centre, self.cfg.min_candidate_sim)
 
     def _hamming(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         from engines.vector.dedup import popcount64
@@ -321,7 +328,7 @@ def candidate_edges(job: NearJob, index_path: Path, phash, show_progress: bool) 
             "nprobe": job.index_cfg.nprobe,
             "use_gpu": job.index_cfg.use_gpu,
         },
-        ray_options={"num_cpus": 1, "memory": _actor_memory(index_path)},
+        ray_options=job.ray_options("candidates", memory=_actor_memory(index_path)),
         on_result=on_result,
         description="dedup: candidate pairs (units)",
         show_progress=show_progress,
@@ -424,7 +431,7 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
         todo,
         _AcceptWorker,
         {"store": job.store, "version": job.ds.version, "edges_uri": edges_uri, "cfg": job.cfg.model_dump(), "block": block},
-        ray_options={"num_cpus": 1},
+        ray_options=job.ray_options("verify"),
         on_result=on_result,
         description="dedup: verify candidate pairs (ORB+RANSAC, units)",
         show_progress=show_progress,
@@ -449,10 +456,11 @@ def near_pairs_on_ray(
     phash,
     show_progress: bool = True,
     block: int = 2000,
+    resources: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, NearJob]:
     """The three phases; returns accepted pairs (i, j, sim), counters and the job (its folder)."""
     t = [time.perf_counter()]
-    job = NearJob(store, ds, cfg, index_cfg, rows_per_unit, key)
+    job = NearJob(store, ds, cfg, index_cfg, rows_per_unit, key, resources)
     index_path = build_region_index(job, show_progress)
     t.append(time.perf_counter())
     edges_uri = candidate_edges(job, index_path, phash, show_progress)

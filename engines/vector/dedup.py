@@ -23,7 +23,7 @@ from functools import partial
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.vector.graph import communities, communities_by_component, symmetric_edges
+from engines.vector.graph import attach_orphans, communities, communities_by_component, symmetric_edges
 
 __all__ = [
     "NearDupConfig",
@@ -181,17 +181,19 @@ def top_owners(q: np.ndarray, owner: np.ndarray, sim: np.ndarray, k: int, min_si
 
 
 def split_top_owners(
-    q: np.ndarray, owner: np.ndarray, sim: np.ndarray, n_full: int, k: int, k_centre: int, min_sim: float
+    q: np.ndarray, owner: np.ndarray, slot: np.ndarray, sim: np.ndarray, n_full: int, k: int, k_centre: int, min_sim: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``top_owners`` with its own quota for the hits of centre-region queries (those after the
-    first ``n_full`` hits, which come from full-frame queries). Why: screenshots share their
-    window chrome, so a screenshot's full-frame top ``k`` fills up with other screenshots, and
-    the photo it shows, found through its centre, would lose its place to them. A pair can come
-    back from both quotas; ``symmetric_edges`` keeps it once."""
+    first ``n_full`` hits, which come from full-frame queries), counting only their hits on other
+    rows' full frames (``slot`` 0). Why: screenshots share their window chrome, so a screenshot's
+    full-frame top ``k`` fills up with other screenshots, and its centre matches other
+    screenshots' centres too; the photo it shows is found as a whole frame from its middle, in a
+    quota of its own. A pair can come back from both quotas; ``symmetric_edges`` keeps it once."""
     a = top_owners(q[:n_full], owner[:n_full], sim[:n_full], k, min_sim)
     if k_centre <= 0 or n_full >= len(q):
         return a
-    b = top_owners(q[n_full:], owner[n_full:], sim[n_full:], k_centre, min_sim)
+    c = slice(n_full, None)
+    b = top_owners(q[c], np.where(slot[c] == 0, owner[c], -1), sim[c], k_centre, min_sim)
     return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
 
 
@@ -250,7 +252,7 @@ def region_candidates(
         q = np.tile(np.arange(s, s + len(block)), len(queries) // len(block))
         hit_owner = np.where(nn.ravel() >= 0, owner[np.maximum(nn.ravel(), 0)], -1)
         n_full = (8 if dihedral else 1) * len(block) * kk
-        a, b, w = split_top_owners(np.repeat(q, kk), hit_owner, sims.ravel(), n_full, k, k_centre, min_sim)
+        a, b, w = split_top_owners(np.repeat(q, kk), hit_owner, nn.ravel() % (R + 1), sims.ravel(), n_full, k, k_centre, min_sim)
         src_l.append(a)
         dst_l.append(b)
         sim_l.append(w)
@@ -382,7 +384,9 @@ def group_duplicates(
 
     ``quality``: one score per row (NaN = unknown, ranks last). ``resolution`` is the CPM
     density a group must beat: with edge weights ~0.9, 0.1 keeps a star of up to ~17 edits of one
-    original together while two groups joined by a single stray edge stay apart. ``pair_sim(i, j)``, if given,
+    original together while two groups joined by a single stray edge stay apart. A row that the
+    density rule leaves alone although it has accepted pairs then joins the group of its
+    strongest pair (``graph.attach_orphans``: a screenshot often matches one copy of its photo). ``pair_sim(i, j)``, if given,
     computes a member's similarity to its kept row when the two share no edge. ``by_component``:
     communities per connected component, batches of components through ``map_fn`` (the same
     groups; see ``graph.communities_by_component``), for graphs too large for one process.
@@ -392,7 +396,8 @@ def group_duplicates(
     a, b, w = symmetric_edges(rep[pairs.i[~ex]], rep[pairs.j[~ex]], pairs.sim[~ex].astype(np.float32))
     keep_e = a != b
     community = partial(communities_by_component, map_fn=map_fn) if by_component else communities
-    lab = community(n, a[keep_e], b[keep_e], np.clip(w[keep_e], 0.01, 1), method=method, resolution=resolution, seed=seed)
+    a, b, w = a[keep_e], b[keep_e], np.clip(w[keep_e], 0.01, 1)
+    lab = attach_orphans(community(n, a, b, w, method=method, resolution=resolution, seed=seed), a, b, w)
     lab = lab[rep]
     keeper = _keepers(lab, quality, higher_is_better)
     in_group = np.bincount(lab)[lab] > 1

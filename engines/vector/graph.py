@@ -222,6 +222,30 @@ def _component_batch(batch) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def attach_orphans(lab: np.ndarray, src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Labels where each node alone in its community but with edges joins the community of its
+    heaviest edge (ties: the smaller neighbour). Why: CPM asks a row joining a group of ``m`` for
+    edges worth ``resolution x m``; a copy verified against only one member of a large group
+    (a screenshot that matches one copy of its photo) stays alone, although a verified pair says
+    it is a duplicate. Attaching it never merges two communities, so the density rule's guard
+    against chaining holds; the result depends only on the partition and the edges."""
+    if len(src) == 0:
+        return lab
+    size = np.bincount(lab)
+    x, y = np.r_[src, dst], np.r_[dst, src]
+    w = np.r_[weight, weight]
+    orphan = (size[lab[x]] == 1) & (size[lab[y]] > 1)
+    if not orphan.any():
+        return lab
+    x, y, w = x[orphan], y[orphan], w[orphan]
+    order = np.lexsort((y, -w, x))  # per orphan: heaviest edge first, then the smaller neighbour
+    x, y = x[order], y[order]
+    first = np.r_[True, x[1:] != x[:-1]]
+    out = lab.copy()
+    out[x[first]] = lab[y[first]]
+    return _relabel(out)
+
+
 def _relabel(lab: np.ndarray) -> np.ndarray:
     """Labels numbered by first appearance, so equal partitions give equal label arrays."""
     _, first, inv = np.unique(lab, return_index=True, return_inverse=True)
@@ -255,6 +279,7 @@ def removal_curve(
         lab = (
             communities_by_component(n, a, b, w, map_fn=map_fn, **community_kw) if by_component else communities(n, a, b, w, **community_kw)
         )
+        lab = attach_orphans(lab, a, b, w)  # as the dedup job groups (``dedup.group_duplicates``)
         sizes = np.bincount(lab) if n else np.zeros(0, np.int64)
         removed = int((sizes[sizes > 1] - 1).sum())
         out.append(

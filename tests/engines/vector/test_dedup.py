@@ -315,3 +315,25 @@ def test_communities_per_component_give_the_same_groups(edited):
     one = group_duplicates(n, allp, np.zeros(n))
     two = group_duplicates(n, allp, np.zeros(n), by_component=True, map_fn=recording_map)
     assert np.array_equal(one.group, two.group) and np.array_equal(one.keep, two.keep)
+
+
+def test_screenshots_keep_a_candidate_quota_for_the_photo_they_show():
+    """A screenshot's full-frame hits are other screenshots (same window chrome, cosine ~0.93);
+    the photo it shows is found from its centre region as a whole frame (slot 0) at ~0.85. The
+    quota of centre hits keeps that pair; hits of the centre on other rows' regions do not count."""
+    from engines.vector.dedup import split_top_owners
+
+    k, shot, photo = 3, 0, 9
+    full_owner = np.array([1, 2, 3, 4, photo])  # 4 other screenshots outrank the photo
+    full_sim = np.array([0.95, 0.94, 0.93, 0.92, 0.85], np.float32)
+    centre_owner = np.array([1, 2, photo, 5])
+    centre_slot = np.array([3, 1, 0, 2])  # other screenshots' centre regions, then the photo's full frame
+    centre_sim = np.array([0.97, 0.96, 0.86, 0.84], np.float32)
+    q = np.zeros(len(full_owner) + len(centre_owner), np.int64) + shot
+    owner = np.r_[full_owner, centre_owner]
+    slot = np.r_[np.zeros(len(full_owner), np.int64), centre_slot]
+    sim = np.r_[full_sim, centre_sim]
+    _, without, _ = split_top_owners(q, owner, slot, sim, len(full_owner), k, 0, 0.8)
+    assert photo not in without.tolist()
+    _, with_quota, _ = split_top_owners(q, owner, slot, sim, len(full_owner), k, 1, 0.8)
+    assert sorted(with_quota.tolist()) == [1, 2, 3, photo]

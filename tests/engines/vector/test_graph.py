@@ -39,3 +39,21 @@ def test_components_over_partitions_edge_cases():
     assert lab.tolist() == [0, 1, 2, 3]
     lab = components_by_partition(5, np.array([3, 1]), np.array([4, 3]), part_edges=1)
     assert lab.tolist() == [0, 1, 2, 1, 1]
+
+
+def test_orphans_join_the_group_of_their_strongest_pair_and_never_merge_groups():
+    """Two dense groups of 6 (weights 0.9), one stray edge between them, and a row verified
+    against one member of each group: CPM leaves it alone; attached, it joins the group of its
+    stronger pair, and the two groups stay apart."""
+    from engines.vector.graph import attach_orphans
+
+    g1, g2, orphan = list(range(6)), list(range(6, 12)), 12
+    dense = [(a, b) for grp in (g1, g2) for x, a in enumerate(grp) for b in grp[x + 1 :]]
+    src = np.array([a for a, _ in dense] + [5, orphan, orphan])
+    dst = np.array([b for _, b in dense] + [6, 2, 9])
+    w = np.array([0.9] * len(dense) + [0.82, 0.86, 0.84], np.float32)
+    lab = communities(13, src, dst, w, resolution=0.2)
+    assert (lab == lab[orphan]).sum() == 1  # the density rule leaves it alone
+    out = attach_orphans(lab, src, dst, w)
+    assert out[orphan] == out[2] and len(set(out[g1])) == 1 and len(set(out[g2])) == 1 and out[0] != out[6]
+    assert np.array_equal(attach_orphans(out, src, dst, w), out)  # nothing left to attach
