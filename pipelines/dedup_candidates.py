@@ -219,7 +219,7 @@ class _CandidateWorker:
     def __init__(
         self, store, version: int, index_path: str, edges_uri: str, cfg: dict, phash: np.ndarray | None, nprobe: int, use_gpu: bool | None
     ):
-        from engines.vector.index import maybe_gpu
+        from engines.vector.index import list_major_ok, maybe_gpu
 
         self.ds = store.open(version)
         import faiss
@@ -227,6 +227,7 @@ class _CandidateWorker:
         # memory-mapped lists: the actors of one node share the file's pages in the OS page cache
         # (one copy per node, not per actor), and an index larger than memory still searches
         self.index = maybe_gpu(faiss.read_index(index_path, faiss.IO_FLAG_MMAP_IFC), use_gpu)
+        self.list_major = list_major_ok(self.index)
         self.edges_uri, self.cfg, self.phash, self.nprobe = edges_uri, NearDupConfig(**cfg), phash, nprobe
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -257,17 +258,28 @@ class _CandidateWorker:
         return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32), "ham": ham}, schema=EDGE_SCHEMA)
 
     def _block(self, full: np.ndarray, reg: np.ndarray, rows: np.ndarray):
+        """Each row's candidates from one block's queries: an IVF-Flat index on the CPU is scanned
+        list by list (``search_above``: every hit >= ``min_candidate_sim``), others (flat, GPU)
+        by FAISS's own k-nearest search."""
         from engines.vector.dedup import CENTRE_REGIONS, candidate_queries, split_top_owners
-        from engines.vector.index import search
+        from engines.vector.index import search, search_above
 
-        k = self.cfg.k
+        k, min_sim = self.cfg.k, self.cfg.min_candidate_sim
         kk = min((k + 1) * SLOTS, self.index.ntotal)
         queries = candidate_queries(full, self.cfg.dihedral, reg[:, list(CENTRE_REGIONS)])
-        sims, nn = search(self.index, queries, kk, nprobe=self.nprobe)
-        q = np.repeat(np.tile(rows, len(queries) // max(len(rows), 1)), kk)
-        owner = np.where(nn.ravel() >= 0, nn.ravel() // SLOTS, -1)
-        n_full = (8 if self.cfg.dihedral else 1) * len(rows) * kk
-        return split_top_owners(q, owner, nn.ravel() % SLOTS, sims.ravel(), n_full, k, self.cfg.k_centre, self.cfg.min_candidate_sim)
+        query_row = np.tile(rows, len(queries) // max(len(rows), 1))
+        if self.list_major:
+            qi, nn, sims = search_above(self.index, queries, min_sim, nprobe=self.nprobe, per_list=kk)
+            o = np.argsort(qi, kind="stable")  # by query: the full-frame queries' hits first
+            qi, nn, sims = qi[o], nn[o], sims[o]
+            q = query_row[qi]
+            n_full = int(np.searchsorted(qi, (8 if self.cfg.dihedral else 1) * len(rows)))
+        else:
+            sims, nn = search(self.index, queries, kk, nprobe=self.nprobe)
+            sims, nn, q = sims.ravel(), nn.ravel(), np.repeat(query_row, kk)
+            n_full = (8 if self.cfg.dihedral else 1) * len(rows) * kk
+        owner = np.where(nn >= 0, nn // SLOTS, -1)
+        return split_top_owners(q, owner, nn % SLOTS, sims, n_full, k, self.cfg.k_centre, min_sim)
 
     def _hamming(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         from engines.vector.dedup import popcount64

@@ -43,6 +43,8 @@ __all__ = [
     "empty_like",
     "add_vectors",
     "merge_shards",
+    "list_major_ok",
+    "search_above",
     "search",
     "save_index",
     "load_index",
@@ -376,6 +378,67 @@ def search(index: Any, queries: np.ndarray, k: int, *, nprobe: int | None = None
         d, i = index.search(np.ascontiguousarray(queries[s : s + chunk], np.float32), k)
         sims[s : s + chunk], labs[s : s + chunk] = d, i
     return sims, labs
+
+
+def list_major_ok(index: Any) -> bool:
+    """Whether ``search_above`` can scan this index list by list: an IVF-Flat index on the CPU
+    with the inner-product metric (the dedup job's candidate index above ``flat_max``)."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return type(faiss.downcast_index(ivf)) is faiss.IndexIVFFlat and ivf.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def search_above(
+    index: Any, queries: np.ndarray, min_sim: float, *, nprobe: int, per_list: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every hit with inner product >= ``min_sim`` among each query's ``nprobe`` lists (at most
+    ``per_list`` per query and list, the best), as flat arrays (query index, label, similarity).
+
+    Why not ``index.search``: FAISS scans one query at a time (one dot product per stored
+    vector, then a heap of k per query: ~210 us per query over 8 lists of ~320 here). Grouping
+    the block's queries by list turns each list into one matrix product (queries of that list x
+    its vectors, BLAS), and a similarity threshold replaces the heap; the lists are read in
+    place (a memory-mapped index is not copied). Same lists (the index's own quantiser), exact
+    float32 dot products: the hits >= ``min_sim`` that ``search`` returns are among these."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    _set_nprobe(index, nprobe)  # the quantiser's efSearch, as ``search`` would use it
+    q = np.ascontiguousarray(queries, np.float32)
+    _, probe = ivf.quantizer.search(q, nprobe)
+    qi = np.repeat(np.arange(len(q)), nprobe)
+    lists = probe.ravel()
+    keep = lists >= 0
+    qi, lists = qi[keep], lists[keep]
+    order = np.argsort(lists, kind="stable")
+    qi, lists = qi[order], lists[order]
+    bounds = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1], True])
+    inv, d = ivf.invlists, ivf.d
+    out_q, out_l, out_s = [], [], []
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        lst = int(lists[s])
+        size = inv.list_size(lst)
+        if size == 0:
+            continue
+        vecs = faiss.rev_swig_ptr(inv.get_codes(lst), size * d * 4).view(np.float32).reshape(size, d)
+        ids = faiss.rev_swig_ptr(inv.get_ids(lst), size)
+        rows = qi[s:e]
+        sims = q[rows] @ vecs.T
+        above = sims >= min_sim
+        if size > per_list and above.sum(axis=1).max() > per_list:  # keep the best per_list of a query
+            cut = -np.partition(-sims, per_list - 1, axis=1)[:, per_list - 1 : per_list]
+            above &= sims >= cut
+        r, c = np.nonzero(above)
+        out_q.append(rows[r])
+        out_l.append(np.array(ids[c], np.int64))
+        out_s.append(sims[r, c].astype(np.float32))
+    if not out_q:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(out_q), np.concatenate(out_l), np.concatenate(out_s)
 
 
 # --- storage ---------------------------------------------------------------------------------

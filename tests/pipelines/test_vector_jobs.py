@@ -340,3 +340,22 @@ def test_semantic_pairs_come_from_the_knn_graph_which_is_rebuilt_when_too_small_
     res2 = find_duplicates(store, cfg, show_progress=False)
     assert store.read_json("vector/knn-emb.json")["fingerprint"] != before
     assert res2["stats"]["semantic_pairs"] == 0
+
+
+def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray_session, coco_dir, tmp_path):
+    """Above ``flat_max`` the candidate index is IVF-Flat, scanned list by list by the candidate
+    actors (``search_above``); with every list probed, the groups equal those of the exact index."""
+    from engines.vector.index import IndexConfig
+
+    rows = coco_rows(coco_dir, limit=24)
+    for g, r in enumerate(list(rows[:8])):
+        for kind in ("crop", "mirror", "rotate"):
+            rows.append(sample_row(make_variant(r["image"], kind, g), "edits", f"{g}-{kind}"))
+    store = Store(str(tmp_path / "ivf.lance"))
+    lance.write_dataset(samples_table(rows), store.uri, max_rows_per_file=12)
+    exact = find_duplicates(store, DedupConfig(rows_per_unit=12, dry_run=True), show_progress=False)
+    ivf_cfg = DedupConfig(rows_per_unit=12, dry_run=True, index=IndexConfig(kind="ivfflat", nlist=8, nprobe=8))
+    ivf = find_duplicates(store, ivf_cfg, show_progress=False)
+    assert exact["stats"]["desc_candidates"] == ivf["stats"]["desc_candidates"] > 0
+    assert ivf["plan"].column("dup_group").to_pylist() == exact["plan"].column("dup_group").to_pylist()
+    assert sum(g is not None for g in ivf["plan"].column("dup_group").to_pylist()) == 32

@@ -103,3 +103,32 @@ def test_knn_block_drops_self_and_keeps_k():
     assert np.all(np.bincount(e["src"] - 1000) == 5)
     _, ex = exact_knn(x, x[:50], 6)
     assert set(e["dst"][e["src"] == 1000].tolist()) == set((ex[0][1:] + 1000).tolist())
+
+
+def test_list_major_scan_finds_every_hit_the_faiss_search_finds_above_the_threshold(vectors, tmp_path):
+    """``search_above`` (the dedup job's candidate scan: queries grouped by list, one matrix product
+    per list, a threshold instead of a heap) on a memory-mapped IVF-Flat file returns exactly the
+    hits >= the threshold that FAISS's own search returns, with the same similarities."""
+    import faiss
+
+    from engines.vector.index import list_major_ok, search_above
+
+    base, queries = vectors[:20_000], vectors[20_000:20_600]
+    idx, kind, _ = train_index(base, len(base), IndexConfig(kind="ivfflat", nlist=64, nprobe=4))
+    add_vectors(idx, base, np.arange(len(base)) * 11)
+    faiss.write_index(idx, str(tmp_path / "ivf.faiss"))
+    mapped = faiss.read_index(str(tmp_path / "ivf.faiss"), faiss.IO_FLAG_MMAP_IFC)
+    assert kind == "ivfflat" and list_major_ok(mapped)
+    flat, _, _ = train_index(base[:100], 100, IndexConfig(kind="flat"))
+    assert not list_major_ok(flat)  # flat and GPU indexes keep FAISS's search
+    k, thr = 400, 0.6  # a query's cluster (~65 rows above 0.6): FAISS returns every hit above thr
+    sims, labels = search(mapped, queries, k, nprobe=4)
+    assert (sims[:, -1] < thr).all()
+    want = {(q, int(lab)): s for q in range(len(queries)) for lab, s in zip(labels[q], sims[q]) if s >= thr and lab >= 0}
+    qi, lab, sim = search_above(mapped, queries, thr, nprobe=4, per_list=k)
+    got = dict(zip(zip(qi.tolist(), lab.tolist()), sim.tolist()))
+    assert len(want) > 1000 and set(got) == set(want)
+    assert max(abs(got[key] - want[key]) for key in want) < 1e-4
+    # per_list caps the hits of one query in one list (the best kept)
+    qi2, lab2, sim2 = search_above(mapped, queries, thr, nprobe=4, per_list=5)
+    assert 0 < len(qi2) < len(qi) and np.bincount(qi2).max() <= 5 * 4
