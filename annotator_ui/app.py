@@ -17,6 +17,7 @@ dependencies; ``routes/`` one router per area (auth, review, images, admin).
 """
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
@@ -41,6 +43,7 @@ from curation.security import SESSION_COOKIE
 __all__ = ["AppSettings", "create_app", "app_routes"]
 
 HERE = Path(__file__).resolve().parent
+log = logging.getLogger(__name__)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -163,6 +166,8 @@ def app_routes(app: FastAPI) -> list[Any]:
 
 
 def _add_error_handlers(app: FastAPI, db: ReviewDB) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _internal_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ReviewError, _review_error)
     # a locked SQLite file, or a PostgreSQL server that is restarting, deadlocked or out of
@@ -185,6 +190,24 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
     if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
         return page(request, "login.html", 401, error="Please log in.", csrf=None, login_csrf=None)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError):
+    """422 that names each bad field without echoing what was sent: FastAPI's default puts the
+    input in the body (a mistyped password would come back), and a lone surrogate in it
+    ("\\ud800", valid JSON text) cannot be encoded as UTF-8: the default handler answered 500.
+    ASCII JSON escapes whatever a field name (``loc``) holds."""
+    errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+    body = json.dumps({"detail": errors}, ensure_ascii=True, default=str)
+    return Response(body, status_code=422, media_type="application/json")
+
+
+async def _internal_error(request: Request, exc: Exception):
+    """A bug answers JSON with the security headers (Starlette's fallback is plain text outside
+    the middleware that adds them); the traceback goes to the server log only."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    headers = {k.decode(): v.decode() for k, v in security_headers()}
+    return JSONResponse({"detail": "internal error"}, status_code=500, headers=headers)
 
 
 async def _review_error(request: Request, exc: ReviewError):
@@ -242,6 +265,18 @@ class _Limits:
         return await self.app(scope, _replay(b"".join(chunks), receive), send)
 
 
+def security_headers() -> list[tuple[bytes, bytes]]:
+    """The headers every response carries (set by ``_secure``, and by the 500 handler, which
+    answers outside it)."""
+    return [
+        (b"content-security-policy", CSP.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+    ]
+
+
 def _secure(send, t0: float):
     """``send`` that adds the security headers (unless the app set them) and Server-Timing."""
 
@@ -249,14 +284,7 @@ def _secure(send, t0: float):
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
             names = {k.lower() for k, _ in headers}
-            extra = [
-                (b"content-security-policy", CSP.encode()),
-                (b"x-content-type-options", b"nosniff"),
-                (b"x-frame-options", b"DENY"),
-                (b"referrer-policy", b"no-referrer"),
-                (b"cross-origin-opener-policy", b"same-origin"),
-                (b"server-timing", b"app;dur=%.2f" % ((time.perf_counter() - t0) * 1000)),
-            ]
+            extra = [*security_headers(), (b"server-timing", b"app;dur=%.2f" % ((time.perf_counter() - t0) * 1000))]
             if b"cache-control" not in names:
                 extra.append((b"cache-control", b"no-store"))
             message = {**message, "headers": headers + [h for h in extra if h[0] not in names]}

@@ -265,3 +265,25 @@ def test_captions_as_long_as_ingest_keeps_can_be_reviewed(env):
         alice.post(f"/api/items/{b['id']}/decision", json={"decision": "keep", "caption": "x" * (MAX_CAPTION_CHARS + 1)}).status_code == 422
     )
     assert alice.post(f"/api/items/{b['id']}/decision", json={"decision": "keep", "caption": "x" * MAX_CAPTION_CHARS}).status_code == 200
+
+
+def test_bad_json_gets_a_422_that_echoes_nothing_and_a_bug_a_500_with_the_security_headers(env):
+    """A lone surrogate ("\\ud800", valid JSON text) answered 500 before login (the default 422
+    handler echoed the input and could not encode it); a mistyped password came back in the
+    body; and a 500 lacked the security headers."""
+    app, db, rows = env
+    c = TestClient(app, raise_server_exceptions=False)
+    for body in (b'{"username":"\\ud800","password":"x"}', b'{"username":"\\udc80\\ud800","password":5}', b'{"\\ud800":1}'):
+        r = c.post("/api/login", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.headers["x-frame-options"] == "DENY", (body, r.status_code, r.text)
+        assert all(set(e) == {"type", "loc", "msg"} for e in r.json()["detail"])
+    r = c.post("/api/login", json={"username": "alice", "password": ["secret-guess"]})
+    assert r.status_code == 422 and "secret-guess" not in r.text
+
+    @app.get("/api/_boom")
+    def boom():
+        raise RuntimeError("a bug")
+
+    r = c.get("/api/_boom")
+    assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+    assert r.headers["content-security-policy"].startswith("default-src 'none'") and r.headers["x-content-type-options"] == "nosniff"
