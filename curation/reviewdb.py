@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.security import DUMMY_HASH, hash_password, new_token, token_digest, verify_password
+from curation.text import strip_invisible
 
 __all__ = ["ReviewDB", "ReviewError", "NotLeased", "Conflict", "NotFound", "BadInput", "DECISIONS", "ROLES", "User"]
 
@@ -566,6 +567,9 @@ class ReviewDB:
         Conflict (a different decision from this annotator already exists)."""
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {DECISIONS}")
+        invisible = 0
+        if caption is not None:  # a bidi override or zero-width space would change what others read, unseen
+            caption, invisible = strip_invisible(caption)
         tags_j = json.dumps(list(tags or []))
         reasons_j = json.dumps(list(reasons or []))
         now = time.time()
@@ -595,7 +599,14 @@ class ReviewDB:
             )
             t.bump(decisions=1, flag=int(bool(flag)), items_open=-int(done), items_done=int(done), **{decision: 1})
             t.audit(
-                user.id, "submit", item_id, decision=decision, flag=bool(flag), caption_changed=caption is not None, tags=len(tags or [])
+                user.id,
+                "submit",
+                item_id,
+                decision=decision,
+                flag=bool(flag),
+                caption_changed=caption is not None,
+                tags=len(tags or []),
+                **({"invisible_removed": invisible} if invisible else {}),
             )
         return {"item_id": item_id, "decision": decision, "duplicate": False, "item_done": done}
 

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["detect_lang", "decode_caption", "CaptionDecodeError", "MAX_CAPTION_CHARS"]
+__all__ = ["detect_lang", "decode_caption", "strip_invisible", "CaptionDecodeError", "MAX_CAPTION_CHARS"]
 
 MAX_CAPTION_CHARS = 64_000
 """Longer captions are truncated at ingest (and counted): a 1 MB 'caption' is an attack, not text."""
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")
 _LATIN = re.compile(r"[A-Za-z]")
+
+
+_INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200b\u2060\ufeff]")
+"""Bidi embeddings, overrides and isolates (U+202A-202E, U+2066-2069: "txt.exe" shown as
+"exe.txt"), zero-width space, word joiner and BOM: invisible on screen, they change what a
+caption looks like or how it tokenises. Zero-width (non-)joiners and the LRM / RLM marks stay:
+Persian, Indic scripts and emoji sequences need them."""
+
+
+def strip_invisible(text: str) -> tuple[str, int]:
+    """The text without the invisible formatting characters of ``_INVISIBLE``, and how many went."""
+    clean, n = _INVISIBLE.subn("", text)
+    return clean, n
 
 
 class CaptionDecodeError(ValueError):

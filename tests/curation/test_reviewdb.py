@@ -66,6 +66,23 @@ def test_submit_is_idempotent_and_conflicts_are_refused(review_db):
     assert len(review_db.decisions()) == 1
 
 
+def test_invisible_bidi_and_zero_width_characters_never_reach_the_stored_caption(review_db):
+    """U+202E shows "a cat gpj.exe" as "a cat exe.jpg", a zero-width space splits a word unseen:
+    both are removed from an edited caption (and counted in the audit); joiners that Persian and
+    emoji need stay."""
+    u = _users(review_db)
+    review_db.enqueue(make_items(1), "b1")
+    it = review_db.next_item(u["alice"])
+    review_db.submit(
+        u["alice"], it["id"], "keep", caption="a cat \u202egpj.exe\u202c on a so\u200bfa \u2066x\u2069 \ufeffمی\u200cخواهم 👩\u200d💻"
+    )
+    (d,) = review_db.decisions()
+    assert d["caption"] == "a cat gpj.exe on a sofa x می\u200cخواهم 👩\u200d💻"
+    with review_db.tx(write=False) as t:
+        audit = [r[0] for r in t.all("SELECT detail FROM audit WHERE action = 'submit'")]
+    assert any('"invisible_removed": 6' in a for a in audit), audit
+
+
 def test_lease_expiry_returns_the_item(review_db):
     u = _users(review_db)
     review_db.enqueue(make_items(1), "b1")
