@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
+from cli.common import console as out_console
 from cli.common import err_console as console
 from pipelines.review import ReviewApplyConfig, ReviewMineConfig, apply_reviews, default_db_url, mine_queue, review_apply_action
 
@@ -68,20 +69,72 @@ def register(app) -> None:
         dataset: str = DatasetOpt,
         db: Optional[str] = DbOpt,
         role: str = typer.Option("annotator", help="annotator or admin"),
-        password: str = typer.Option(
-            ..., prompt=True, hide_input=True, confirmation_prompt=True, help="at least 8 characters (prompted when omitted)"
+        password_stdin: bool = typer.Option(
+            False, "--password-stdin", help="read the password from the first line of stdin (scripts); else a hidden prompt"
         ),
+        password_argv: Optional[str] = typer.Option(None, "--password", hidden=True),
         reset: bool = typer.Option(False, help="change the password / role of an existing user"),
     ):
-        """Create an annotator or admin account (password hashed with scrypt)."""
+        """Create an annotator or admin account (password hashed with scrypt). The password is
+        asked for (hidden, twice) or read from stdin, never taken from the command line, where
+        `ps` and the shell history would show it."""
         from curation.reviewdb import ReviewDB
 
+        if password_argv is not None:
+            fail("passwords are not taken from the command line (ps and shell history show them): use the prompt or --password-stdin")
+        password = _read_password(password_stdin)
         store = open_store(dataset)
         try:
             u = ReviewDB(db or default_db_url(store)).add_user(name, password, role, replace=reset)
         except ValueError as e:
             fail(str(e))
         console.print(f"user [bold]{u.name}[/] ({u.role}) ready")
+
+    user = typer.Typer(help="Accounts of the review UI: list, deactivate, activate.", no_args_is_help=True)
+    review.add_typer(user, name="user")
+
+    @user.command("list")
+    def user_list_cmd(dataset: str = DatasetOpt, db: Optional[str] = DbOpt):
+        """Every account: role, whether it can log in, created, decisions made."""
+        import datetime as dt
+
+        from rich.table import Table
+
+        from curation.reviewdb import ReviewDB
+
+        rows = ReviewDB(db or default_db_url(open_store(dataset))).user_table()
+        table = Table("name", "role", "active", "created (UTC)", "decisions")
+        for r in rows:
+            when = dt.datetime.fromtimestamp(r["created"], dt.UTC).strftime("%Y-%m-%d %H:%M")
+            table.add_row(r["name"], r["role"], "yes" if r["active"] else "[red]no[/]", when, f"{r['decisions']:,}")
+        if rows:
+            out_console.print(table)  # stdout: the list is the command's output
+        else:
+            console.print("no accounts yet: curate review add-user NAME")
+
+    def _set_active(name: str, dataset: str, db: Optional[str], active: bool) -> None:
+        from curation.reviewdb import ReviewDB
+
+        try:
+            r = ReviewDB(db or default_db_url(open_store(dataset))).set_active(name, active)
+        except ValueError as e:
+            fail(str(e))
+        if active:
+            console.print(f"user [bold]{name}[/] can log in again")
+        else:
+            console.print(
+                f"user [bold]{name}[/] deactivated: {r['sessions_ended']} session(s) ended, {r['leases_released']} leased item(s) back in the queue"
+            )
+
+    @user.command("deactivate")
+    def user_deactivate_cmd(name: str = typer.Argument(..., help="login name"), dataset: str = DatasetOpt, db: Optional[str] = DbOpt):
+        """Stop an account from logging in: its sessions end now, its leased items go back to the queue; its decisions stay."""
+        _set_active(name, dataset, db, False)
+
+    @user.command("activate")
+    def user_activate_cmd(name: str = typer.Argument(..., help="login name"), dataset: str = DatasetOpt, db: Optional[str] = DbOpt):
+        """Let a deactivated account log in again (its password is unchanged)."""
+        _set_active(name, dataset, db, True)
 
     @review.command("serve")
     def serve_cmd(
@@ -144,3 +197,16 @@ def register(app) -> None:
         if pa_["accuracy"] is not None:
             console.print(f"  pseudo-labels agreed with humans on {pa_['accuracy']:.1%} of {pa_['n']} rows")
         console.print(f"report: {rep['report_html']}")
+
+
+def _read_password(from_stdin: bool) -> str:
+    """A hidden prompt (typed twice) on a terminal; the first line of stdin with --password-stdin
+    or when stdin is not a terminal (scripts, CI)."""
+    import sys
+
+    if from_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            fail("no password on stdin (pass it as the first line, or run in a terminal to be asked)")
+        return line.rstrip("\r\n")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)

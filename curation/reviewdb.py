@@ -420,6 +420,33 @@ class ReviewDB:
             t.exec("DELETE FROM sessions WHERE token_hash = ?", (token_digest(token),))
             t.audit(user.id if user else None, "logout")
 
+    def set_active(self, name: str, active: bool) -> dict[str, Any]:
+        """Deactivate (or reactivate) an account. Deactivating ends its sessions at once and hands
+        its leased items back to the queue, so nobody waits on a lease the person cannot renew;
+        its decisions stay. Raises ValueError for an unknown name."""
+        with self.tx() as t:
+            row = t.one("SELECT id, active FROM users WHERE name = ?", (name,))
+            if not row:
+                raise ValueError(f"no user {name!r}; `curate review user list` shows the accounts")
+            t.exec("UPDATE users SET active = ? WHERE id = ?", (int(active), row[0]))
+            ended = released = 0
+            if not active:
+                ended = t.one("SELECT COUNT(*) FROM sessions WHERE user_id = ?", (row[0],))[0]
+                released = t.one("SELECT COUNT(*) FROM items WHERE lease_user = ? AND status = 0", (row[0],))[0]
+                t.exec("DELETE FROM sessions WHERE user_id = ?", (row[0],))
+                t.exec("UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE lease_user = ? AND status = 0", (row[0],))
+            t.audit(None, "user_activated" if active else "user_deactivated", name=name, sessions_ended=ended, leases_released=released)
+        return {"name": name, "active": active, "was_active": bool(row[1]), "sessions_ended": int(ended), "leases_released": int(released)}
+
+    def user_table(self) -> list[dict[str, Any]]:
+        """Every account with its role, whether it can log in, when it was made and its decisions."""
+        with self.tx(write=False) as t:
+            rows = t.all(
+                "SELECT u.name, u.role, u.active, u.created, (SELECT COUNT(*) FROM decisions d WHERE d.user_id = u.id) "
+                "FROM users u ORDER BY u.id"
+            )
+        return [{"name": r[0], "role": r[1], "active": bool(r[2]), "created": float(r[3]), "decisions": int(r[4])} for r in rows]
+
     def users(self) -> list[User]:
         with self.tx(write=False) as t:
             return [User(int(r[0]), r[1], r[2]) for r in t.all("SELECT id, name, role FROM users ORDER BY id")]

@@ -145,7 +145,13 @@ def review_server(hostile_run):
     cli = [sys.executable, "-m", "cli", "review"]
     db_args = ["--dataset", str(hostile_run.ds), "--db", str(hostile_run.db)]
     made = subprocess.run(
-        [*cli, "add-user", "rita", *db_args, "--password", PASSWORD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [*cli, "add-user", "rita", *db_args, "--password-stdin"],
+        input=PASSWORD + "\n",
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert made.returncode == 0, made.stdout + made.stderr
     port = free_port()
