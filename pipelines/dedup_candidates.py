@@ -114,20 +114,22 @@ def _slot_vectors(full: np.ndarray, reg: np.ndarray, valid: np.ndarray, start: i
 class _ShardWorker:
     """Ray actor: adds the 11 descriptors of each row of some fragments to a copy of the trained index."""
 
-    def __init__(self, store, version: int, trained: bytes):
-        from engines.vector.index import deserialize
+    def __init__(self, store, version: int, trained: bytes, router: str | None = None):
+        from engines.vector.index import ListRouter, deserialize
 
         self.ds = store.open(version)
         self.trained = deserialize(trained)
+        self.router = ListRouter.load(Path(router)) if router else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from engines.vector.index import add_vectors, empty_like, serialize
+        from engines.vector.index import add_routed, add_vectors, empty_like, serialize
 
         out: dict[str, list] = {"unit": [], "shard": []}
         for unit in batch.to_pylist():
             full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
             shard = empty_like(self.trained)
-            add_vectors(shard, *_slot_vectors(full, reg, valid, unit["label_start"]))
+            x, labels = _slot_vectors(full, reg, valid, unit["label_start"])
+            add_routed(shard, x, labels, self.router) if self.router else add_vectors(shard, x, labels)
             out["unit"].append(unit["unit"])
             out["shard"].append(serialize(shard))
         return pa.table(out)
@@ -147,10 +149,11 @@ def _merge_shards(trained: bytes, shard_paths: list[str], out_path: str) -> int:
     return int(index.ntotal)
 
 
-def _train(store, version: int, n: int, cfg: IndexConfig) -> tuple[bytes, str]:
-    """Ray task: an empty index trained on a sample of rows' 11 descriptors. On a worker: the
-    sample and k-means' distance tables are the largest allocations of the job's setup."""
-    from engines.vector.index import serialize, train_index, train_points
+def _train(store, version: int, n: int, cfg: IndexConfig, router_path: str) -> tuple[bytes, str]:
+    """Ray task: an empty index trained on a sample of rows' 11 descriptors, and the router of
+    its lists (written to ``router_path`` when the index has lists). On a worker: the sample and
+    k-means' distance tables are the largest allocations of the job's setup."""
+    from engines.vector.index import ListRouter, serialize, train_index, train_points
 
     ds = store.open(version)
     want = max(1, train_points(n * SLOTS, cfg) // SLOTS + 1)
@@ -164,6 +167,9 @@ def _train(store, version: int, n: int, cfg: IndexConfig) -> tuple[bytes, str]:
     reg, _ = to_matrix(t.column("vec_regions"))
     x, _ = _slot_vectors(full, reg.reshape(len(full), -1, full.shape[1]), valid, 0)
     trained, kind, spec = train_index(x, n * SLOTS, cfg)
+    router = ListRouter.of(trained)
+    if router is not None:
+        router.save(Path(router_path))
     return serialize(trained), f"{kind} index ({spec}) over {n * SLOTS:,} descriptors, trained on {len(x):,}"
 
 
@@ -176,12 +182,12 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     out = job.folder / "regions.faiss"
     if out.exists():
         return out
-    trained_path = job.folder / "trained.faiss"
+    trained_path, router_path = job.folder / "trained.faiss", job.folder / "router.npz"
     if not trained_path.exists():
         cfg = job.index_cfg
         if cfg.kind == "auto":  # near duplicates are decided on these cosines: no lossy codes by default
             cfg = cfg.model_copy(update={"kind": "flat" if job.n * SLOTS <= cfg.flat_max else "ivfflat"})
-        data, what = ray.get(ray.remote(num_cpus=1)(_train).remote(job.store, job.ds.version, job.n, cfg))
+        data, what = ray.get(ray.remote(num_cpus=1)(_train).remote(job.store, job.ds.version, job.n, cfg, str(router_path)))
         console.print(f"dedup candidates: {what}")
         trained_path.write_bytes(data)
     trained = trained_path.read_bytes()
@@ -197,7 +203,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     execute_units(
         todo,
         _ShardWorker,
-        {"store": job.store, "version": job.ds.version, "trained": trained},
+        {"store": job.store, "version": job.ds.version, "trained": trained, "router": _router_file(job)},
         ray_options=job.ray_options("index"),
         on_result=on_result,
         description="dedup: index descriptors (units)",
@@ -210,6 +216,13 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     return out
 
 
+def _router_file(job: NearJob) -> str | None:
+    """The router of the index's lists (``ListRouter``): written by the training task; none for
+    a flat index."""
+    p = job.folder / "router.npz"
+    return str(p) if p.exists() else None
+
+
 # --- 2. candidate pairs ---------------------------------------------------------------------------
 
 
@@ -218,9 +231,18 @@ class _CandidateWorker:
     in any orientation, written as Lance fragments of the edge table (metadata back to the driver)."""
 
     def __init__(
-        self, store, version: int, index_path: str, edges_uri: str, cfg: dict, phash: np.ndarray | None, nprobe: int, use_gpu: bool | None
+        self,
+        store,
+        version: int,
+        index_path: str,
+        edges_uri: str,
+        cfg: dict,
+        phash: np.ndarray | None,
+        nprobe: int,
+        use_gpu: bool | None,
+        router: str | None = None,
     ):
-        from engines.vector.index import list_major_ok, maybe_gpu
+        from engines.vector.index import ListRouter, list_major_ok, maybe_gpu
 
         self.ds = store.open(version)
         import faiss
@@ -229,6 +251,7 @@ class _CandidateWorker:
         # (one copy per node, not per actor), and an index larger than memory still searches
         self.index = maybe_gpu(faiss.read_index(index_path, faiss.IO_FLAG_MMAP_IFC), use_gpu)
         self.list_major = list_major_ok(self.index)
+        self.router = ListRouter.load(Path(router)) if router and self.list_major else None
         self.edges_uri, self.cfg, self.phash, self.nprobe = edges_uri, NearDupConfig(**cfg), phash, nprobe
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -270,7 +293,7 @@ class _CandidateWorker:
         queries = candidate_queries(full, self.cfg.dihedral, reg[:, list(CENTRE_REGIONS)])
         query_row = np.tile(rows, len(queries) // max(len(rows), 1))
         if self.list_major:
-            qi, nn, sims = search_above(self.index, queries, min_sim, nprobe=self.nprobe, per_list=kk)
+            qi, nn, sims = search_above(self.index, queries, min_sim, nprobe=self.nprobe, per_list=kk, router=self.router)
             o = np.argsort(qi, kind="stable")  # by query: the full-frame queries' hits first
             qi, nn, sims = qi[o], nn[o], sims[o]
             q = query_row[qi]
@@ -342,6 +365,7 @@ def candidate_edges(job: NearJob, index_path: Path, phash, show_progress: bool) 
             "phash": phash,
             "nprobe": job.index_cfg.nprobe,
             "use_gpu": job.index_cfg.use_gpu,
+            "router": _router_file(job),
         },
         ray_options=job.ray_options("candidates", memory=_actor_memory(index_path, max([u["rows"] for u in job.units], default=0))),
         on_result=on_result,

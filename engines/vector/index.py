@@ -45,6 +45,8 @@ __all__ = [
     "merge_shards",
     "list_major_ok",
     "search_above",
+    "ListRouter",
+    "add_routed",
     "search",
     "save_index",
     "load_index",
@@ -380,6 +382,124 @@ def search(index: Any, queries: np.ndarray, k: int, *, nprobe: int | None = None
     return sims, labs
 
 
+ROUTER_TREE_LISTS = 4096
+"""From this many lists on, ``ListRouter`` routes through groups of centroids (below: all of them)."""
+
+
+class ListRouter:
+    """The ``nprobe`` lists of each vector of a block, by matrix products.
+
+    Why: the coarse quantiser answers one vector at a time: an HNSW one spent ~60 us per vector
+    over 4k lists and more over 43k (the lists of 1M rows x 11 descriptors), which made filling
+    the dedup index and routing its queries the slowest phases. Here a block of vectors meets
+    the centroids in one product (below ``ROUTER_TREE_LISTS`` lists: all of them, exact), or,
+    above, first ~sqrt(nlist) group centroids (spherical k-means over the list centroids), then
+    the lists of each vector's ``groups`` best groups: (sqrt(nlist) + groups x sqrt(nlist)) dot
+    products per vector instead of nlist. Approximate above the cut (a vector's best list can
+    sit in a fifth group); the assignment only decides where a vector is stored and which lists
+    a query scans, both ways through the same router."""
+
+    def __init__(self, centroids: np.ndarray, *, groups: int = 8, seed: int = 0, tree_lists: int = ROUTER_TREE_LISTS):
+        import faiss
+
+        self.c = np.ascontiguousarray(centroids, np.float32)
+        self.groups = groups
+        self.coarse = self.members = self.bounds = self.by_group = None
+        if len(self.c) >= tree_lists:
+            g = int(math.sqrt(len(self.c)))
+            km = faiss.Kmeans(self.c.shape[1], g, niter=10, seed=seed, spherical=True, verbose=False)
+            km.train(self.c)
+            lab = km.index.search(self.c, 1)[1].ravel()
+            self.coarse = np.ascontiguousarray(km.centroids, np.float32)
+            self.members = np.argsort(lab, kind="stable")
+            self.bounds = np.searchsorted(lab[self.members], np.arange(g + 1))
+            self.by_group = np.ascontiguousarray(self.c[self.members])  # each group's centroids: one slice
+
+    @classmethod
+    def of(cls, index: Any, **kw) -> ListRouter | None:
+        """The router of an IVF index's lists; None for an index without lists (flat)."""
+        import faiss
+
+        try:
+            ivf = faiss.extract_index_ivf(index)
+        except RuntimeError:
+            return None
+        return cls(ivf.quantizer.reconstruct_n(0, ivf.nlist), **kw)
+
+    def save(self, path: Path) -> None:
+        """To ``path`` (.npz, written to a temporary name, then renamed)."""
+        arrays = {"c": self.c, "groups": np.array(self.groups)}
+        if self.coarse is not None:
+            arrays.update(coarse=self.coarse, members=self.members, bounds=self.bounds)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ListRouter:
+        z = np.load(path)
+        r = cls.__new__(cls)
+        r.c, r.groups = z["c"], int(z["groups"])
+        r.coarse = r.members = r.bounds = r.by_group = None
+        if "coarse" in z:
+            r.coarse, r.members, r.bounds = z["coarse"], z["members"], z["bounds"]
+            r.by_group = np.ascontiguousarray(r.c[r.members])
+        return r
+
+    def route(self, x: np.ndarray, nprobe: int) -> np.ndarray:
+        """(n, nprobe) list numbers, the best first (inner product with the list centroids)."""
+        x = np.ascontiguousarray(x, np.float32)
+        nprobe = min(nprobe, len(self.c))
+        if self.coarse is None:
+            return _top(x @ self.c.T, nprobe)[0]
+        near = _top(x @ self.coarse.T, min(self.groups, len(self.coarse)))[0]
+        pair_row = np.repeat(np.arange(len(x)), near.shape[1])
+        pair_g = near.ravel()
+        o = np.argsort(pair_g, kind="stable")
+        pair_row, pair_g = pair_row[o], pair_g[o]
+        cut = np.flatnonzero(np.r_[True, pair_g[1:] != pair_g[:-1], True])
+        qs, ls, ss = [], [], []
+        for s, e in zip(cut[:-1], cut[1:]):
+            g, rows = pair_g[s], pair_row[s:e]
+            lo, hi = self.bounds[g], self.bounds[g + 1]
+            if hi == lo:
+                continue
+            lists = self.members[lo:hi]
+            idx, sc = _top(x[rows] @ self.by_group[lo:hi].T, min(nprobe, hi - lo))
+            qs.append(np.repeat(rows, idx.shape[1]))
+            ls.append(lists[idx].ravel())
+            ss.append(sc.ravel())
+        q, lst, sc = np.concatenate(qs), np.concatenate(ls), np.concatenate(ss)
+        order = np.lexsort((-sc, q))
+        q, lst = q[order], lst[order]
+        rank = np.arange(len(q)) - np.searchsorted(q, q, side="left")
+        out = np.full((len(x), nprobe), -1, np.int64)
+        keep = rank < nprobe
+        out[q[keep], rank[keep]] = lst[keep]
+        return out
+
+
+def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of each row's k largest scores, the largest first."""
+    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    val = np.take_along_axis(scores, idx, axis=1)
+    o = np.argsort(-val, axis=1, kind="stable")
+    return np.take_along_axis(idx, o, axis=1), np.take_along_axis(val, o, axis=1)
+
+
+def add_routed(index: Any, x: np.ndarray, labels: np.ndarray, router: ListRouter, chunk: int = 65536) -> None:
+    """``add_vectors`` with the lists chosen by ``router`` (one matrix product per chunk) instead
+    of the quantiser's per-vector search."""
+    import faiss
+    from faiss.contrib.ivf_tools import add_preassigned
+
+    ivf = faiss.extract_index_ivf(index)
+    for s in range(0, len(x), chunk):
+        xb = np.ascontiguousarray(x[s : s + chunk], np.float32)
+        add_preassigned(ivf, xb, router.route(xb, 1)[:, 0].copy(), np.ascontiguousarray(labels[s : s + chunk], np.int64))
+    index.ntotal = ivf.ntotal  # a wrapper (IDMap, pre-transform) counts what its IVF holds
+
+
 def list_major_ok(index: Any) -> bool:
     """Whether ``search_above`` can scan this index list by list: an IVF-Flat index on the CPU
     with the inner-product metric (the dedup job's candidate index above ``flat_max``)."""
@@ -393,7 +513,7 @@ def list_major_ok(index: Any) -> bool:
 
 
 def search_above(
-    index: Any, queries: np.ndarray, min_sim: float, *, nprobe: int, per_list: int
+    index: Any, queries: np.ndarray, min_sim: float, *, nprobe: int, per_list: int, router: ListRouter | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every hit with inner product >= ``min_sim`` among each query's ``nprobe`` lists (at most
     ``per_list`` per query and list, the best), as flat arrays (query index, label, similarity).
@@ -409,7 +529,7 @@ def search_above(
     ivf = faiss.extract_index_ivf(index)
     _set_nprobe(index, nprobe)  # the quantiser's efSearch, as ``search`` would use it
     q = np.ascontiguousarray(queries, np.float32)
-    _, probe = ivf.quantizer.search(q, nprobe)
+    probe = router.route(q, nprobe) if router is not None else ivf.quantizer.search(q, nprobe)[1]
     qi = np.repeat(np.arange(len(q)), nprobe)
     lists = probe.ravel()
     keep = lists >= 0

@@ -132,3 +132,37 @@ def test_list_major_scan_finds_every_hit_the_faiss_search_finds_above_the_thresh
     # per_list caps the hits of one query in one list (the best kept)
     qi2, lab2, sim2 = search_above(mapped, queries, thr, nprobe=4, per_list=5)
     assert 0 < len(qi2) < len(qi) and np.bincount(qi2).max() <= 5 * 4
+
+
+def test_list_router_routes_like_the_quantiser_and_fills_the_same_lists(vectors, tmp_path):
+    """``ListRouter``: below ROUTER_TREE_LISTS the exact nprobe best lists (one product per block);
+    above, through groups of centroids, the quantiser's best list for nearly every vector. An
+    index filled through it (``add_routed``) holds every vector in the list the router names,
+    and a saved router routes as the original."""
+    import faiss
+
+    from engines.vector.index import ROUTER_TREE_LISTS, ListRouter, add_routed
+
+    base = vectors[:20_000]
+    idx, _, _ = train_index(base, len(base), IndexConfig(kind="ivfflat", nlist=64, nprobe=4))
+    router = ListRouter.of(idx)
+    assert router.coarse is None  # 64 lists: exact
+    _, want = faiss.extract_index_ivf(idx).quantizer.search(base[:2000], 4)
+    assert np.array_equal(router.route(base[:2000], 4), want)
+    add_routed(idx, base, np.arange(len(base)), router)
+    assert idx.ntotal == len(base)
+    ivf = faiss.extract_index_ivf(idx)
+    one = router.route(base, 1)[:, 0]
+    for lst in (0, 17, 63):
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), ivf.invlists.list_size(lst))
+        assert set(ids.tolist()) == set(np.flatnonzero(one == lst).tolist())
+    # many lists (the tree cut lowered from ROUTER_TREE_LISTS to keep the test short): k-means centroids
+    km = faiss.Kmeans(128, 1024, niter=10, seed=0, spherical=True, verbose=False)
+    km.train(vectors)
+    tree = ListRouter(km.centroids, tree_lists=min(ROUTER_TREE_LISTS, 1024))
+    cents = km.centroids
+    exact = np.argmax(base[:3000] @ cents.T, axis=1)
+    routed = tree.route(base[:3000], 8)
+    assert tree.coarse is not None and (routed[:, 0] == exact).mean() >= 0.97
+    tree.save(tmp_path / "router.npz")
+    assert np.array_equal(ListRouter.load(tmp_path / "router.npz").route(base[:500], 8), routed[:500])
