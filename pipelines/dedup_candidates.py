@@ -129,7 +129,10 @@ class _ShardWorker:
             full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
             shard = empty_like(self.trained)
             x, labels = _slot_vectors(full, reg, valid, unit["label_start"])
-            add_routed(shard, x, labels, self.router) if self.router else add_vectors(shard, x, labels)
+            if self.router is not None:
+                add_routed(shard, x, labels, self.router)
+            else:
+                add_vectors(shard, x, labels)
             out["unit"].append(unit["unit"])
             out["shard"].append(serialize(shard))
         return pa.table(out)

@@ -216,10 +216,7 @@ def _pairs(units: list[dict], plan: dict, threshold: float, root: Path, block: i
     refs = {task.remote(files, b, threshold, block): b for b in todo}
 
     def save(ref, p: Pairs) -> None:
-        path = out / f"bucket-{refs[ref]}.npz"
-        with open(path.with_suffix(".tmp"), "wb") as f:
-            np.savez(f, i=p.i, j=p.j, sim=p.sim)
-        path.with_suffix(".tmp").replace(path)
+        _write_atomic(out / f"bucket-{refs[ref]}.npz", lambda f: np.savez(f, i=p.i, j=p.j, sim=p.sim))
 
     _wait_all(list(refs), f"semdedup: pairwise pass ({nb - len(todo)} of {nb} buckets done before)", show_progress, save)
     got = [np.load(out / f"bucket-{b}.npz") for b in range(nb)]
@@ -252,14 +249,17 @@ def _wait_all(refs: list, description: str, show_progress: bool, on_result=None)
                 console.print(f"  {done}/{len(refs)}")
 
 
-def _write_npy(path: Path, a: np.ndarray) -> None:
+def _write_atomic(path: Path, write) -> None:
+    """``write(file)`` into a temporary name, then renamed: a checkpoint is whole or absent."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.save(f, a)
+        write(f)
     tmp.replace(path)
+
+
+def _write_npy(path: Path, a: np.ndarray) -> None:
+    _write_atomic(path, lambda f: np.save(f, a))
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
+    _write_atomic(path, lambda f: f.write(json.dumps(obj).encode()))
