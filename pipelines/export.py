@@ -14,7 +14,7 @@ tagged and reviewed one.
 
 Ray workers then read the kept rows in chunks (random-access ``take`` on the pinned source
 version), compute the bucket, image tokens and caption token estimates (``curation.buckets``),
-and write Lance fragments; a few more reasons are found there (no_image, unreadable_size,
+and write Lance fragments; a few more reasons are found there (no_image, unreadable_image,
 too_small, extreme_aspect, no_caption). The driver commits the fragments once, with a provenance
 manifest (source URI and version, config, counts) in the shard's schema metadata and next to it.
 Every source row is accounted for: kept, or in ``_curation/export/excluded.parquet`` with its reason.
@@ -102,6 +102,15 @@ class ExportConfig(StageConfig):
     )
     image_bytes: bool = Field(True, description="also keep the encoded image bytes next to pre-encoded latents")
     max_image_bytes: int = Field(64 << 20, ge=1, description="an image_uri whose file is larger is excluded (unreadable_uri)")
+    max_pixels: int = Field(
+        178_956_970, ge=1, description="an image with more pixels is excluded (unreadable_image), checked before decoding"
+    )
+    reencode_quality: int = Field(
+        95,
+        ge=50,
+        le=100,
+        description="JPEG quality of lossy images that must be re-encoded (CMYK, grey, rotated); lossless ones become PNG",
+    )
     uri_fetch_threads: int = Field(
         16,
         ge=1,
@@ -129,7 +138,6 @@ class Roles(BaseModel):
     review_caption: Optional[str] = None
     weight: Optional[str] = None
     curriculum: Optional[str] = None
-    oriented_size: bool = False  # prof_width / prof_height (after EXIF orientation) present
 
 
 def _first(schema: pa.Schema, names, pattern: str | None = None, types=None) -> Optional[str]:
@@ -169,7 +177,6 @@ def resolve_roles(schema: pa.Schema, cfg: ExportConfig) -> Roles:
         weight=given(cfg.weight_column)
         or _first(schema, WEIGHT_COLUMNS, r"rs_\w*weight\w*", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
         curriculum=given(cfg.curriculum_column) or _first(schema, CURRICULUM_COLUMNS),
-        oriented_size="prof_width" in schema.names and "prof_height" in schema.names,
     )
 
 
@@ -263,22 +270,6 @@ def _count_tokens_fn(tokenizer_path: Optional[str]):
     return lambda text: len(tok(text or "", add_special_tokens=False)["input_ids"])
 
 
-def _image_size(row: dict, oriented: bool) -> Optional[tuple[int, int]]:
-    if oriented and row.get("prof_width") and row.get("prof_height"):
-        return int(row["prof_width"]), int(row["prof_height"])
-    if row.get("width") and row.get("height"):
-        return int(row["width"]), int(row["height"])
-    try:  # no size recorded: read the header only
-        import io
-
-        from PIL import Image
-
-        with Image.open(io.BytesIO(row["image"])) as im:
-            return im.size
-    except Exception:
-        return None
-
-
 def read_uri(uri: str, storage_options: Optional[dict] = None, max_bytes: int = 64 << 20) -> bytes:
     """The bytes behind an ``image_uri``: a local path (or ``file://``), ``s3://`` (options as
     Lance takes them: ``aws_endpoint``, ``aws_access_key_id``, ... default from the environment,
@@ -338,14 +329,18 @@ def fetch_all(uris: list[str], fetch, threads: int) -> list[bytes | BaseExceptio
 
 
 def shard_rows(
-    t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estimate_caption_tokens, *, fetch=None
+    t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estimate_caption_tokens, *, fetch=None, counts: Counter | None = None
 ) -> tuple[pa.Table, list[tuple[str, str]]]:
     """Samples-table rows -> training rows (``SHARD_SCHEMA``) and (id, reason) of rows left out.
+
+    Image bytes go through ``curation.shards.normalise_image``: CMYK, palette, 16-bit, grey, GIF,
+    TIFF, BMP or EXIF-rotated images are re-encoded as 8-bit RGB (counted in ``counts`` as
+    ``reencoded_<what>``), so the sizes written are those of the pixels the loader will decode.
 
     A row without inline bytes but with an ``image_uri`` has its bytes read by ``fetch(uri)``
     (default: :func:`read_uri` with options from the environment); a URI that cannot be read
     excludes the row as ``unreadable_uri: <why>``, it never stops the export."""
-    from curation.shards import SHARD_SCHEMA
+    from curation.shards import SHARD_SCHEMA, normalise_image
 
     fetch = fetch or (lambda uri: read_uri(uri, max_bytes=cfg.max_image_bytes))
     out: list[dict] = []
@@ -364,11 +359,14 @@ def shard_rows(
         if row.get("image") is None:
             excluded.append((rid, "no_image"))
             continue
-        size = _image_size(row, roles.oriented_size)
-        if size is None:
-            excluded.append((rid, "unreadable_size"))
+        try:  # RGB JPEG/PNG/WebP with the orientation applied: what the loader expects
+            img = normalise_image(row["image"], max_pixels=cfg.max_pixels, quality=cfg.reencode_quality)
+        except ValueError as e:
+            excluded.append((rid, f"unreadable_image: {e}"))
             continue
-        w, h = size
+        if img.converted is not None and counts is not None:
+            counts[f"reencoded_{img.converted}"] += 1
+        w, h = img.width, img.height
         if min(w, h) < cfg.min_side:
             excluded.append((rid, "too_small"))
             continue
@@ -396,7 +394,7 @@ def shard_rows(
         out.append(
             {
                 "id": rid,
-                "image": row["image"],
+                "image": img.data,
                 "captions": caps,
                 "caption_tokens": [min(count_tokens(c["text"]), cfg.max_caption_tokens) for c in caps],
                 "width": w,
@@ -550,10 +548,6 @@ class _ExportWorker:
             "image",
             "image_uri",
             "captions",
-            "width",
-            "height",
-            "prof_width",
-            "prof_height",
             roles.review_caption,
             roles.weight,
             roles.curriculum,
@@ -574,12 +568,14 @@ class _ExportWorker:
         for unit in batch.to_pylist():
             t0 = time.perf_counter()
             rows = self.ds.take(np.asarray(unit["positions"], np.int64), columns=self.columns)
+            reencoded: Counter = Counter()
             table, excluded = shard_rows(
                 rows,
                 self.cfg,
                 self.roles,
                 self.count_tokens,
                 fetch=lambda uri: read_uri(uri, self._uri_options(uri), self.cfg.max_image_bytes),
+                counts=reencoded,
             )
             schema = SHARD_SCHEMA
             if self.encoders is not None:
@@ -591,7 +587,7 @@ class _ExportWorker:
                 frags = write_fragments(
                     table, self.out_uri, schema=schema, max_rows_per_file=1 << 20, storage_options=self.out_options or None
                 )
-            stats = Stats(rows.num_rows, Counter(f"excluded_{r}" for _, r in excluded), time.perf_counter() - t0)
+            stats = Stats(rows.num_rows, Counter(f"excluded_{r}" for _, r in excluded) + reencoded, time.perf_counter() - t0)
             out["unit"].append(unit["unit"])
             out["fragments"].append(json.dumps([f.to_json() for f in frags]))
             out["excluded"].append(json.dumps(excluded))
@@ -636,14 +632,18 @@ def export(
 
     ckpt = Checkpoints(out.state_dir / "checkpoints" / f"export-{_fingerprint(cfg, src, version)}", "unit")
     done = _write_units(src, out, version, cfg, roles, keep, ckpt, show_progress=show_progress, concurrency=concurrency)
-    frags, seconds, excluded_ids, excluded_reasons = _gather_units(done, ids, reason)
-    by_reason = Counter(r.split(":", 1)[0] if r.startswith(("error", "decode_error", "unreadable_uri")) else r for r in excluded_reasons)
+    frags, worker_stats, excluded_ids, excluded_reasons = _gather_units(done, ids, reason)
+    seconds = worker_stats.seconds
+    detailed = ("error", "decode_error", "unreadable_uri", "unreadable_image")
+    by_reason = Counter(r.split(":", 1)[0] if r.startswith(detailed) else r for r in excluded_reasons)
+    reencoded = {k.removeprefix("reencoded_"): v for k, v in sorted(worker_stats.counters.items()) if k.startswith("reencoded_")}
     kept_rows = sum(f.physical_rows for f in frags)
     manifest = {
         "source": {"uri": src.uri, "version": version, "rows": len(reason)},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": kept_rows,
         "excluded": dict(by_reason.most_common()),
+        "reencoded": reencoded,
         "checks_skipped": notes,
         "columns_used": roles.model_dump(),
         "config": cfg.model_dump(mode="json"),
@@ -751,9 +751,9 @@ def _write_units(
     return [done[u["unit"]] for u in units]
 
 
-def _gather_units(records: list[dict[str, Any]], ids: list[str], reason: np.ndarray) -> tuple[list, float, list[str], list[str]]:
-    """(fragments, worker seconds, excluded ids, their reasons): the driver's exclusions first, then
-    the workers', unit by unit."""
+def _gather_units(records: list[dict[str, Any]], ids: list[str], reason: np.ndarray) -> tuple[list, Stats, list[str], list[str]]:
+    """(fragments, the workers' summed stats, excluded ids, their reasons): the driver's exclusions
+    first, then the workers', unit by unit."""
     from lance.fragment import FragmentMetadata
 
     frags = [FragmentMetadata.from_json(json.dumps(f)) for rec in records for f in rec["fragments"]]
@@ -767,7 +767,7 @@ def _gather_units(records: list[dict[str, Any]], ids: list[str], reason: np.ndar
         for rid, why in rec["excluded"]:
             excluded_ids.append(rid)
             excluded_reasons.append(why)
-    return frags, stats.seconds, excluded_ids, excluded_reasons
+    return frags, stats, excluded_ids, excluded_reasons
 
 
 def _commit_export(out: Store, frags: list, manifest: dict[str, Any], cfg: ExportConfig):
@@ -856,6 +856,7 @@ def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:
         created=manifest["created"],
         plot=png_data_uri(fig, dpi=80),
         excluded=list(ex.items()),
+        reencoded=list(manifest.get("reencoded", {}).items()),
         checks_skipped=list(manifest["checks_skipped"]),
     )
     path.write_text(page, encoding="utf-8")

@@ -54,7 +54,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from curation.shards import MANIFEST_KEY
+from curation.shards import EXIF_TRANSPOSE, MANIFEST_KEY
 
 __all__ = [
     "LoaderConfig",
@@ -296,8 +296,8 @@ def decode_and_crop(data: bytes, width: int, height: int, rng: np.random.Generat
             img.paste(rgba, mask=rgba.getchannel("A"))
         else:
             img = im.convert("RGB")
-    if orient in _EXIF_TRANSPOSE:
-        img = img.transpose(_EXIF_TRANSPOSE[orient])
+    if orient in EXIF_TRANSPOSE:
+        img = img.transpose(EXIF_TRANSPOSE[orient])
     w, h = img.size
     s = max(width / w, height / h)
     sw, sh = max(width, round(w * s)), max(height, round(h * s))
@@ -308,19 +308,6 @@ def decode_and_crop(data: bytes, width: int, height: int, rng: np.random.Generat
     else:
         x, y = int(rng.integers(0, sw - width + 1)), int(rng.integers(0, sh - height + 1))
     return np.array(img.crop((x, y, x + width, y + height)), dtype=np.uint8)  # a writable copy
-
-
-_T = Image.Transpose
-_EXIF_TRANSPOSE = {
-    2: _T.FLIP_LEFT_RIGHT,
-    3: _T.ROTATE_180,
-    4: _T.FLIP_TOP_BOTTOM,
-    5: _T.TRANSPOSE,
-    6: _T.ROTATE_270,
-    7: _T.TRANSVERSE,
-    8: _T.ROTATE_90,
-}
-"""EXIF orientation -> transpose, as ``PIL.ImageOps.exif_transpose`` maps them."""
 
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:

@@ -168,3 +168,100 @@ def test_export_as_a_pipeline_step_with_rules(ray_session, coco_store, tmp_path)
 
     with pytest.raises(ConfigError, match="rulez"):
         run_pipeline(bad, show_progress=False)
+
+
+def _odd_encodings(photo: bytes) -> dict[str, bytes]:
+    """One COCO photo in the modes and formats real piles hold, each as the bytes a file would have."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    base = Image.open(io.BytesIO(photo)).convert("RGB").resize((320, 240))
+
+    def enc(im, fmt, **kw) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    rotated = base.copy()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    grey16 = Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257)  # mode I;16
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    adaptive = Image.Palette.ADAPTIVE
+    frames = [base.convert("P", palette=adaptive), base.transpose(Image.Transpose.FLIP_LEFT_RIGHT).convert("P", palette=adaptive)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    return {
+        "rgb_jpeg": enc(base, "JPEG", quality=90),
+        "cmyk_jpeg": enc(base.convert("CMYK"), "JPEG", quality=90),
+        "grey_jpeg": enc(base.convert("L"), "JPEG", quality=90),
+        "palette_png": enc(base.convert("P", palette=adaptive), "PNG"),
+        "png16": enc(grey16, "PNG"),
+        "rgba_png": enc(rgba, "PNG"),
+        "animated_gif": buf.getvalue(),
+        "tiff": enc(base, "TIFF"),
+        "bmp": enc(base, "BMP"),
+        "exif_rotated": enc(rotated, "JPEG", quality=90, exif=exif.tobytes()),
+    }
+
+
+def test_export_writes_only_rgb_jpeg_png_webp_that_the_loader_decodes_as_the_source_looks(ray_session, coco_sample_rows, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from curation.shards import SHARD_IMAGE_FORMATS
+    from training.loader import decode_and_crop
+
+    photo = coco_sample_rows[0]["image"]
+    odd = _odd_encodings(photo)
+    rows = [sample_row(data, "odd", f"{name}.img", [f"a {name} photo"]) for name, data in odd.items()]
+    broken = sample_row(odd["rgb_jpeg"], "odd", "cut.jpg", ["cut short"])
+    broken["image"] = odd["png16"][:60]  # a header and nothing else
+    uri = tmp_path / "odd.lance"
+    lance.write_dataset(samples_table([*rows, broken]), str(uri))
+    out = tmp_path / "shards.lance"
+    result = export(Store(str(uri)), ExportConfig(out=str(out), resolution=256, min_side=32), show_progress=False)
+
+    got = {r["id"]: r for r in lance.dataset(str(out)).to_table().to_pylist()}
+    by_name = {name: got[row["id"]] for name, row in zip(odd, rows)}
+    assert len(got) == len(odd) and result.extra["excluded"] == 1
+    excluded = pq.read_table(out / "_curation" / "export" / "excluded.parquet").to_pylist()
+    assert [r["reason"].split(":")[0] for r in excluded] == ["unreadable_image"]
+    assert by_name["rgb_jpeg"]["image"] == odd["rgb_jpeg"]  # conforming bytes are copied, not re-encoded
+    reference = np.asarray(Image.open(io.BytesIO(odd["rgb_jpeg"])).convert("RGB"), np.float32)
+    for name, r in by_name.items():
+        with Image.open(io.BytesIO(r["image"])) as im:
+            assert im.format in SHARD_IMAGE_FORMATS and im.mode == "RGB", name
+            assert im.getexif().get(0x0112, 1) == 1 and getattr(im, "n_frames", 1) == 1, name
+            assert (im.width, im.height) == (r["width"], r["height"]), name
+        pixels = decode_and_crop(r["image"], r["width"], r["height"]).astype(np.float32)
+        if name == "exif_rotated":
+            assert (r["width"], r["height"]) == (240, 320)  # the orientation is in the pixels now
+            pixels = np.rot90(pixels, 1)  # back to the stored landscape frame
+        if name in ("grey_jpeg", "png16"):
+            pixels = np.repeat(pixels.mean(axis=2, keepdims=True), 3, axis=2)
+            want = np.repeat(reference.mean(axis=2, keepdims=True), 3, axis=2)
+        else:
+            want = reference
+        if name != "rgba_png":  # half-transparent on white is lighter by design
+            assert np.abs(pixels - want).mean() < 12, (name, np.abs(pixels - want).mean())
+    manifest = json.loads((out / "_curation" / "export" / "manifest.json").read_text())
+    assert manifest["reencoded"] == {
+        "CMYK JPEG": 1,
+        "L JPEG": 1,
+        "P PNG": 1,
+        "I;16 PNG": 1,
+        "RGBA PNG": 1,
+        "GIF": 1,
+        "TIFF": 1,
+        "BMP": 1,
+        "EXIF orientation 6": 1,
+    }
+    assert "CMYK JPEG" in (out / "_curation" / "export" / "report.html").read_text()
+    assert Image.open(io.BytesIO(by_name["png16"]["image"])).format == "PNG"  # lossless stays lossless
+    assert Image.open(io.BytesIO(by_name["cmyk_jpeg"]["image"])).format == "JPEG"
