@@ -419,6 +419,9 @@ def group_duplicates(
         "removed": int(removed.sum()),
         "removed_fraction": float(removed.sum() / n) if n else 0.0,
         "removed_by_reason": {r: int((removed & (reasons == r)).sum()) for r in REASONS},
+        # rows with the bytes of an earlier row, whatever the reason they were removed under (an
+        # exact pair whose group keeps a larger near copy is removed as "near" on both sides)
+        "exact_copies": int((rep != np.arange(n)).sum()),
     }
     return DupResult(group, keep, dup_of, reason, sim, stats)
 

@@ -143,6 +143,7 @@ def test_dedup_job_commits_groups_and_keeps_best(ray_session, coco_dir, tmp_path
     t = store.to_arrow(["id", "width", "height", "dup_group", "dup_keep", "dup_of", "dup_reason", "dup_sim"])
     d = t.to_pylist()
     assert out["status"] == "committed" and sum(not r["dup_keep"] for r in d) == len(d) - 8
+    assert out["exact_copies"] == 1 and "exact_flagged_at_ingest" not in out  # no ingest flags in this table
     # groups match the truth; the kept row is the largest image of its group (default quality = area)
     by_group: dict[int, list] = {}
     for r in d:

@@ -337,3 +337,13 @@ def test_screenshots_keep_a_candidate_quota_for_the_photo_they_show():
     assert photo not in without.tolist()
     _, with_quota, _ = split_top_owners(q, owner, slot, sim, len(full_owner), k, 1, 0.8)
     assert sorted(with_quota.tolist()) == [1, 2, 3, photo]
+
+
+def test_exact_copies_are_counted_even_when_their_group_keeps_a_larger_near_copy():
+    # rows 0 and 1 share bytes; row 2 is a larger near copy of them, so the group keeps row 2 and
+    # both copies are removed as "near": the count of byte-identical rows must still say 1
+    pairs = exact_pairs(["a", "a", "b", "c"]) + Pairs.of([0, 1], [2, 2], [0.97, 0.97], "near")
+    res = group_duplicates(4, pairs, np.array([1.0, 1.0, 4.0, 1.0]))
+    assert res.keep.tolist() == [False, False, True, True]
+    assert res.stats["removed_by_reason"]["exact"] == 0 and res.stats["removed_by_reason"]["near"] == 2
+    assert res.stats["exact_copies"] == 1
