@@ -35,9 +35,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from annotator_ui.deps import AppSettings, CurrentUser, page
+from annotator_ui.deps import AppSettings, CurrentUser, page, wants_html
 from annotator_ui.routes import PUBLIC, admin, auth, images, review
-from curation.reviewdb import BadInput, Conflict, NotFound, ReviewDB, ReviewError, User
+from curation.reviewdb import BadInput, Conflict, NotFound, ReviewDB, ReviewError, Throttled, User
 from curation.security import SESSION_COOKIE
 
 __all__ = ["AppSettings", "create_app", "app_routes"]
@@ -69,12 +69,13 @@ def _error(description: str, html: bool = False) -> dict[str, Any]:
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("malformed request (e.g. a bad Content-Length)"),
     401: _error("no valid session (log in first; browsers asking for HTML get the login page)", html=True),
-    403: _error("not allowed: wrong CSRF token, admin only, or not your lease"),
-    404: _error("no such item or image"),
-    409: _error("a different decision from you already exists"),
+    403: _error("not allowed: wrong CSRF token, admin only, or not your lease", html=True),
+    404: _error("no such item or image", html=True),
+    409: _error("a different decision from you already exists", html=True),
     413: _error("request body too large"),
     415: _error("stored bytes are not a displayable image"),
     422: _error("invalid input (field errors, NUL characters)"),
+    429: _error("too many failed logins for this account or address; retry after the Retry-After seconds", html=True),
     503: _error("database busy or unavailable; retry after the Retry-After seconds"),
 }
 
@@ -187,8 +188,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
             if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
                 methods |= route.methods
         return JSONResponse({"detail": exc.detail}, status_code=405, headers={"allow": ", ".join(sorted(methods))})
-    if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+    if exc.status_code == 401 and wants_html(request):
         return page(request, "login.html", 401, error="Please log in.", csrf=None, login_csrf=None)
+    if exc.status_code in _PAGE_HEADINGS and wants_html(request):
+        return _error_page(request, exc.status_code, str(exc.detail))
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
@@ -212,8 +215,20 @@ async def _internal_error(request: Request, exc: Exception):
 
 async def _review_error(request: Request, exc: ReviewError):
     # the database layer's refusals, as the statuses ERRORS documents
+    if isinstance(exc, Throttled):
+        return JSONResponse({"detail": str(exc), "error": "Throttled"}, status_code=429, headers={"retry-after": str(exc.retry_after)})
     code = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422 if isinstance(exc, BadInput) else 403
+    if code in _PAGE_HEADINGS and wants_html(request):
+        return _error_page(request, code, str(exc))
     return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=code)
+
+
+_PAGE_HEADINGS = {403: "Not allowed", 404: "Not found", 409: "Already decided"}
+
+
+def _error_page(request: Request, status: int, message: str) -> Response:
+    """A browser gets a readable page (with a way back) instead of a page of JSON."""
+    return page(request, "error.html", status, heading=_PAGE_HEADINGS[status], message=message, caption=None, item_id=None)
 
 
 async def _db_busy(request: Request, exc: Exception):

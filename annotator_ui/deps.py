@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.reviewdb import ReviewDB, User
+from curation.reviewdb import LoginPolicy, ReviewDB, User
 from curation.security import CSRF_HEADER, SESSION_COOKIE, tokens_equal
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "ROW_ID_PATTERN",
     "NO_NUL",
     "page",
+    "wants_html",
     "check_form_csrf",
     "require_admin",
 ]
@@ -65,7 +66,21 @@ class AppSettings(BaseModel):
         None, description="Ray cluster for the admin's apply action (default: RAY_ADDRESS or an embedded local one, started on first use)"
     )
     threads: int = Field(40, ge=1, le=256, description="worker threads for the request handlers (database work)")
+    login_max_failures: int = Field(5, ge=1, description="failed logins per account name within login_window_s before a lockout")
+    login_max_failures_addr: int = Field(20, ge=1, description="failed logins per client address within login_window_s before a lockout")
+    login_window_s: float = Field(900.0, gt=0, description="window in which failed logins are counted")
+    login_lockout_s: float = Field(30.0, gt=0, description="first lockout; each further one doubles")
+    login_max_lockout_s: float = Field(3600.0, gt=0, description="longest lockout; a key quiet this long starts afresh")
     title: str = "Review"
+
+    def login_policy(self) -> LoginPolicy:
+        return LoginPolicy(
+            max_failures=self.login_max_failures,
+            max_failures_addr=self.login_max_failures_addr,
+            window_s=self.login_window_s,
+            lockout_s=self.login_lockout_s,
+            max_lockout_s=self.login_max_lockout_s,
+        )
 
 
 async def get_db(request: Request) -> ReviewDB:
@@ -133,6 +148,11 @@ def check_form_csrf(sent: str, session: tuple[User, str], message: str = "missin
     dependency, so that a form's field errors still answer 422 before it (as they always have)."""
     if not tokens_equal(sent, session[1]):
         raise HTTPException(403, message)
+
+
+def wants_html(request: Request) -> bool:
+    """A browser navigating (not a script): its errors get a page, not JSON."""
+    return "text/html" in request.headers.get("accept", "")
 
 
 def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:

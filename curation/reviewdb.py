@@ -27,6 +27,7 @@ SQL is written once with ``?`` placeholders and standard syntax both engines acc
 from __future__ import annotations
 
 import json
+import math
 import random
 import sqlite3
 import threading
@@ -40,7 +41,19 @@ from typing import Any
 from curation.security import DUMMY_HASH, hash_password, new_token, token_digest, verify_password
 from curation.text import strip_invisible
 
-__all__ = ["ReviewDB", "ReviewError", "NotLeased", "Conflict", "NotFound", "BadInput", "DECISIONS", "ROLES", "User"]
+__all__ = [
+    "ReviewDB",
+    "ReviewError",
+    "NotLeased",
+    "Conflict",
+    "NotFound",
+    "BadInput",
+    "Throttled",
+    "LoginPolicy",
+    "DECISIONS",
+    "ROLES",
+    "User",
+]
 
 DECISIONS = ("keep", "drop")
 ROLES = ("annotator", "admin")
@@ -66,6 +79,38 @@ class NotLeased(ReviewError):
 
 class Conflict(ReviewError):
     """A different decision by the same annotator already exists for this item."""
+
+
+class Throttled(ReviewError):
+    """Too many failed logins for this account name or client address: refused before the
+    password hash runs. ``retry_after``: seconds until an attempt is heard again."""
+
+    def __init__(self, retry_after: float):
+        super().__init__("too many failed logins; try again later")
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """Login throttling (``ReviewDB.authenticate``). Why per account *and* per address: per
+    account stops guessing one password from many machines, per address stops one machine
+    trying many accounts (and burning a CPU core on scrypt). The address limit is higher, as a
+    team behind one NAT address shares it. After ``max_failures`` failures within ``window_s``
+    the key is locked for ``lockout_s``, doubling with each further lockout up to
+    ``max_lockout_s``; a key quiet for ``max_lockout_s`` starts afresh."""
+
+    max_failures: int = 5
+    max_failures_addr: int = 20
+    window_s: float = 900.0
+    lockout_s: float = 30.0
+    max_lockout_s: float = 3600.0
+
+    def lockout(self, n: int) -> float:
+        """Length of the ``n``-th lockout in a row (growing backoff)."""
+        return min(self.lockout_s * 2 ** max(n - 1, 0), self.max_lockout_s)
+
+    def limit(self, key: str) -> int:
+        return self.max_failures_addr if key.startswith("addr:") else self.max_failures
 
 
 @dataclass(frozen=True)
@@ -109,6 +154,10 @@ CREATE TABLE IF NOT EXISTS audit (
   item_id BIGINT, detail TEXT);
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS login_throttle (
+  key TEXT PRIMARY KEY, failures INTEGER NOT NULL DEFAULT 0, window_start DOUBLE PRECISION NOT NULL,
+  locked_until DOUBLE PRECISION NOT NULL DEFAULT 0, lockouts INTEGER NOT NULL DEFAULT 0,
+  last DOUBLE PRECISION NOT NULL);
 """
 
 COUNTERS = ("items_total", "items_open", "items_done", "gold_items", "decisions", "keep", "drop", "flag", "skips")
@@ -378,17 +427,92 @@ class ReviewDB:
             t.audit(None, "add_user", name=name, role=role, reset=bool(row))
         return User(int(uid), name, role)
 
-    def authenticate(self, name: str, password: str) -> User | None:
+    def authenticate(
+        self, name: str, password: str, *, addr: str | None = None, policy: LoginPolicy | None = None, now: float | None = None
+    ) -> User | None:
+        """The user for a right password, else None; raises ``Throttled`` (before hashing) while
+        the name or the client address ``addr`` is locked out.
+
+        The throttle keys on the name as typed, whether or not such an account exists, so a
+        429 tells nothing about which names are real. ``now``: an injectable clock (tests)."""
+        policy = policy or LoginPolicy()
+        now = time.time() if now is None else now
+        shown = name[:64].replace("\x00", "\ufffd")  # stored text has no NUL (PostgreSQL refuses it)
+        keys = sorted({f"user:{shown}", *([f"addr:{addr[:64]}"] if addr else [])})
+        self._throttle_begin(keys, policy, now)
         row = None
         if "\x00" not in name:  # no account can have such a name (add_user refuses it)
             with self.tx(write=False) as t:
                 row = t.one("SELECT id, name, role, pw_hash, active FROM users WHERE name = ?", (name,))
         ok = verify_password(password, row[3] if row else DUMMY_HASH)  # same cost for unknown names
+        ok = bool(ok and row and row[4])
         with self.tx() as t:
-            t.audit(row[0] if row else None, "login" if ok and row and row[4] else "login_failed", name=name[:64].replace("\x00", "\ufffd"))
-        if ok and row and row[4]:
-            return User(int(row[0]), row[1], row[2])
-        return None
+            t.audit(row[0] if row else None, "login" if ok else "login_failed", name=shown, **({"addr": addr[:64]} if addr else {}))
+            if ok:
+                self._throttle_success(t, keys)
+            else:
+                self._throttle_failure(t, keys, policy, now)
+        return User(int(row[0]), row[1], row[2]) if ok else None
+
+    def _throttle_begin(self, keys: list[str], policy: LoginPolicy, now: float) -> None:
+        """Count this attempt against each key before the hash runs, or raise ``Throttled``.
+        Counting up front (not after the hash) bounds the hashes that parallel attempts can
+        start to ``limit`` per key; a success gives its count back (``_throttle_success``)."""
+        with self.tx() as t:
+            wait = 0.0
+            rows = {}
+            for key in keys:  # sorted: two logins lock the same rows in the same order
+                rows[key] = r = self._throttle_row(t, key, policy, now)
+                if r["locked_until"] > now:
+                    wait = max(wait, r["locked_until"] - now)
+                elif r["failures"] >= policy.limit(key):  # others' attempts in flight fill the budget
+                    wait = max(wait, policy.lockout(r["lockouts"] + 1))
+            if wait:
+                raise Throttled(wait)
+            for key, r in rows.items():
+                t.exec("UPDATE login_throttle SET failures = ?, last = ? WHERE key = ?", (r["failures"] + 1, now, key))
+
+    def _throttle_row(self, t: _Tx, key: str, policy: LoginPolicy, now: float) -> dict[str, Any]:
+        """The key's state, locked for this transaction; an expired window or a long quiet
+        spell starts it afresh."""
+        t.exec("INSERT INTO login_throttle (key, window_start, last) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING", (key, now, now))
+        f, ws, lu, lo, last = t.one(
+            f"SELECT failures, window_start, locked_until, lockouts, last FROM login_throttle WHERE key = ? {self.dialect.lock_row}", (key,)
+        )
+        if now - max(last, lu) > policy.max_lockout_s:
+            f, ws, lu, lo = 0, now, 0.0, 0
+        elif now - ws > policy.window_s and lu <= now:
+            f, ws = 0, now
+        t.exec(
+            "UPDATE login_throttle SET failures = ?, window_start = ?, locked_until = ?, lockouts = ? WHERE key = ?", (f, ws, lu, lo, key)
+        )
+        return {"failures": int(f), "window_start": ws, "locked_until": lu, "lockouts": int(lo)}
+
+    def _throttle_failure(self, t: _Tx, keys: list[str], policy: LoginPolicy, now: float) -> None:
+        """A key whose failures reached its limit is locked, with the next (longer) backoff; audited."""
+        for key in keys:
+            f, lu, lo = t.one(f"SELECT failures, locked_until, lockouts FROM login_throttle WHERE key = ? {self.dialect.lock_row}", (key,))
+            if f < policy.limit(key) or lu > now:
+                continue
+            until = now + policy.lockout(lo + 1)
+            t.exec(
+                "UPDATE login_throttle SET failures = 0, window_start = ?, locked_until = ?, lockouts = ? WHERE key = ?",
+                (now, until, lo + 1, key),
+            )
+            kind, _, who = key.partition(":")
+            t.audit(
+                None, "login_lockout", **{"name" if kind == "user" else "addr": who}, failures=int(f), lockout_s=until - now, until=until
+            )
+
+    @staticmethod
+    def _throttle_success(t: _Tx, keys: list[str]) -> None:
+        """A right password resets its account; the address only gets this attempt's count back
+        (else anyone with one account could clear their address between guesses at others)."""
+        for key in keys:
+            if key.startswith("user:"):
+                t.exec("DELETE FROM login_throttle WHERE key = ?", (key,))
+            else:
+                t.exec("UPDATE login_throttle SET failures = failures - 1 WHERE key = ? AND failures > 0", (key,))
 
     def create_session(self, user: User, ttl_s: float) -> tuple[str, str]:
         """(session token for the cookie, CSRF token for forms). Only the token's hash is stored."""
@@ -452,64 +576,83 @@ class ReviewDB:
             return [User(int(r[0]), r[1], r[2]) for r in t.all("SELECT id, name, role FROM users ORDER BY id")]
 
     # --- queue ------------------------------------------------------------------------------
-    def enqueue(self, items: list[dict[str, Any]], batch: str, *, user: str | None = None, chunk: int = 5000) -> dict[str, int]:
+    def enqueue(self, items: list[dict[str, Any]], batch: str, *, user: str | None = None, chunk: int = 5000) -> dict[str, Any]:
         """Add mined items. Each dict: ``row_id``, ``priority`` (higher first), ``payload`` (JSON-able),
         optional ``needed`` (1 or 2 annotators), ``gold_answer`` (keep/drop for gold items).
 
         A row already queued and still open (and not leased) gets the new priority and payload;
-        a row already reviewed is left alone (its decisions stand). Returns counts."""
-        added = updated = kept = 0
-        now = time.time()
+        a row already reviewed is left alone (its decisions stand). Returns counts.
+
+        Gold: a new row, or a queued row nobody has decided yet, becomes a gold item (a gold
+        row gets the new answer). A row already decided as a normal item cannot: those
+        decisions were never measured against an answer. It is listed in ``gold_skipped`` with
+        the reason instead of being dropped silently; ``gold`` counts the gold items really in
+        the queue. Both keys are present when ``items`` has gold items."""
+        for it in items:
+            if it.get("gold_answer") is not None and it["gold_answer"] not in DECISIONS:
+                raise ValueError(f"gold answer must be one of {DECISIONS}, got {it['gold_answer']!r}")
         seen: set[str] = set()
         items = [it for it in items if not (it["row_id"] in seen or seen.add(it["row_id"]))]  # first wins
+        counts = {"added": 0, "updated": 0, "unchanged": 0, "gold": 0}
+        skipped: list[dict[str, str]] = []
         for start in range(0, len(items), chunk):
-            part = items[start : start + chunk]
-            ids = [it["row_id"] for it in part]
             with self.tx() as t:
-                existing: dict[str, tuple] = {}
-                for s in range(0, len(ids), 500):
-                    sub = ids[s : s + 500]
-                    marks = ",".join("?" * len(sub))
-                    for r in t.all(f"SELECT row_id, status, done_count, lease_user FROM items WHERE row_id IN ({marks})", sub):
-                        existing[r[0]] = r
-                new_rows, upd_rows = [], []
-                n_gold = 0
-                for it in part:
-                    gold = it.get("gold_answer")
-                    if gold is not None and gold not in DECISIONS:
-                        raise ValueError(f"gold answer must be one of {DECISIONS}, got {gold!r}")
-                    payload = json.dumps(it.get("payload", {}), default=str)
-                    ex = existing.get(it["row_id"])
-                    if ex is None:
-                        n_gold += gold is not None
-                        new_rows.append(
-                            (
-                                it["row_id"],
-                                batch,
-                                float(it.get("priority", 0.0)),
-                                1 if gold else 0,
-                                gold,
-                                int(it.get("needed", 1)),
-                                payload,
-                                now,
-                            )
-                        )
-                    elif ex[1] == 0 and ex[2] == 0 and ex[3] is None:
-                        upd_rows.append((float(it.get("priority", 0.0)), payload, batch, it["row_id"]))
-                    else:
-                        kept += 1
-                t.many(
-                    "INSERT INTO items (row_id, batch, priority, gold, gold_answer, needed, payload, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    new_rows,
-                )
-                t.many("UPDATE items SET priority = ?, payload = ?, batch = ? WHERE row_id = ? AND status = 0", upd_rows)
-                t.bump(items_total=len(new_rows), items_open=len(new_rows), gold_items=n_gold)
-                added += len(new_rows)
-                updated += len(upd_rows)
+                self._enqueue_chunk(t, items[start : start + chunk], batch, counts, skipped)
         with self.tx() as t:
-            t.audit(None, "enqueue", batch=batch, added=added, updated=updated, unchanged=kept, by=user)
-        return {"added": added, "updated": updated, "unchanged": kept}
+            t.audit(None, "enqueue", batch=batch, **counts, gold_skipped=len(skipped), by=user)
+        out: dict[str, Any] = {k: counts[k] for k in ("added", "updated", "unchanged")}
+        if any(it.get("gold_answer") is not None for it in items):
+            out.update(gold=counts["gold"], gold_skipped=skipped)
+        return out
+
+    def _enqueue_chunk(self, t: _Tx, part: list[dict[str, Any]], batch: str, counts: dict[str, int], skipped: list) -> None:
+        now = time.time()
+        existing = self._queued(t, [it["row_id"] for it in part])
+        new_rows, upd_rows, gold_rows = [], [], []
+        new_gold = 0
+        for it in part:
+            rid, gold = it["row_id"], it.get("gold_answer")
+            payload = json.dumps(it.get("payload", {}), default=str)
+            ex = existing.get(rid)
+            if ex is None:
+                new_rows.append(
+                    (rid, batch, float(it.get("priority", 0.0)), 1 if gold else 0, gold, int(it.get("needed", 1)), payload, now)
+                )
+                new_gold += gold is not None
+                continue
+            if ex["status"] == 0 and ex["done_count"] == 0 and ex["lease_user"] is None:
+                upd_rows.append((float(it.get("priority", 0.0)), payload, batch, rid))
+            else:
+                counts["unchanged"] += 1
+            if gold is None:
+                continue
+            if not ex["gold"] and (ex["status"] != 0 or ex["done_count"] > 0):
+                skipped.append({"row_id": rid, "reason": "already reviewed as a normal item (its decisions stand, unmeasured)"})
+                continue
+            gold_rows.append((gold, rid))
+            new_gold += not ex["gold"]
+            counts["gold"] += 1
+        t.many(
+            "INSERT INTO items (row_id, batch, priority, gold, gold_answer, needed, payload, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            new_rows,
+        )
+        t.many("UPDATE items SET priority = ?, payload = ?, batch = ? WHERE row_id = ? AND status = 0", upd_rows)
+        t.many("UPDATE items SET gold = 1, gold_answer = ? WHERE row_id = ?", gold_rows)
+        t.bump(items_total=len(new_rows), items_open=len(new_rows), gold_items=new_gold)
+        counts["added"] += len(new_rows)
+        counts["updated"] += len(upd_rows)
+        counts["gold"] += sum(r[3] for r in new_rows)
+
+    @staticmethod
+    def _queued(t: _Tx, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The queue state of those of ``ids`` already queued (500 per statement)."""
+        out = {}
+        for s in range(0, len(ids), 500):
+            sub = ids[s : s + 500]
+            marks = ",".join("?" * len(sub))
+            for r in t.all(f"SELECT row_id, status, done_count, lease_user, gold FROM items WHERE row_id IN ({marks})", sub):
+                out[r[0]] = {"status": r[1], "done_count": r[2], "lease_user": r[3], "gold": bool(r[4])}
+        return out
 
     def _item_dict(self, r: tuple) -> dict[str, Any]:
         return {

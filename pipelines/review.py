@@ -152,22 +152,7 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
         items, summary = mine(table, rules, cfg, flagged=db.flagged_rows(), reviewed=reviewed)
     gold = _read_gold(cfg.gold) if cfg.gold else {}
     if gold:
-        ids = table.column("id").to_pylist()
-        pos = {r: i for i, r in enumerate(ids)}
-        missing = [g for g in gold if g not in pos]
-        if missing:
-            raise ValueError(f"gold rows not in the dataset: {missing[:5]}")
-        gold_items = {it["row_id"]: it for it in items}
-        for rid, ans in gold.items():
-            it = gold_items.get(rid) or {
-                "row_id": rid,
-                "priority": 0.0,
-                "needed": 1,
-                "payload": {"row_id": rid, "pos": pos[rid], "caption": _caption_of(table, pos[rid]), "hard_reasons": ["gold item"]},
-            }
-            it["gold_answer"] = ans
-            gold_items[rid] = it
-        items = [gold_items.pop(it["row_id"]) for it in items if it["row_id"] in gold_items] + list(gold_items.values())
+        items = _with_gold(table, rules, cfg, items, gold, flagged=db.flagged_rows(), reviewed=reviewed)
     for it in items:
         it["payload"]["version"] = ds.version
     batch = f"v{ds.version}-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -178,7 +163,8 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
             "version": ds.version,
             "db": db.url,
             **counts,
-            "gold": len(gold),
+            "gold": counts.get("gold", 0),
+            "gold_skipped": counts.get("gold_skipped", []),
             "seconds": round(time.perf_counter() - t0, 2),
             "rules": [r.model_dump() for r in rules],
         }
@@ -188,11 +174,37 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     return summary
 
 
-def _caption_of(table: pa.Table, i: int) -> str:
-    from engines.active.pseudo import choose_caption
+def _with_gold(
+    table: pa.Table, rules: list, cfg: ReviewMineConfig, items: list[dict[str, Any]], gold: dict[str, str], **mine_kw: Any
+) -> list[dict[str, Any]]:
+    """The mined items with the gold answers set, plus the gold rows mining did not pick.
 
-    caps = table.column("captions")[i].as_py() if "captions" in table.column_names else None
-    return choose_caption(caps)[0]
+    Why those are mined too: a gold item must look like any other, or annotators learn to
+    spot the test (a caption alone, "gold item" as the reason, no pseudo-label) and gold
+    accuracy measures how people treat a known test. ``mine`` runs over the whole table (so
+    scales, ranks, look-alikes and the verifier's votes are the dataset's) with every other
+    row marked as errored, the one thing that keeps a row from being a candidate."""
+    from engines.active.mining import mine
+
+    ids = table.column("id").to_pylist()
+    present = set(ids)
+    missing = [g for g in gold if g not in present]
+    if missing:
+        raise ValueError(f"gold rows not in the dataset: {missing[:5]}")
+    picked = {it["row_id"] for it in items}
+    extra_ids = {g for g in gold if g not in picked}
+    extra: list[dict[str, Any]] = []
+    if extra_ids:
+        only = pa.array([None if i in extra_ids else "not gold: not mined here" for i in ids], pa.string())
+        masked = table.drop_columns([c for c in ("error",) if c in table.column_names]).append_column("error", only)
+        sub = cfg.model_copy(update={"n": len(extra_ids), "min_hardness": 0.0, "include_reviewed": True})
+        extra, _ = mine(masked, rules, sub, **mine_kw)
+        for it in extra:
+            it["priority"] = 0.0  # served through the gold share (``serve --gold-rate``), not by hardness
+    for it in (*items, *extra):
+        if it["row_id"] in gold:
+            it["gold_answer"] = gold[it["row_id"]]
+    return items + extra
 
 
 class _null:

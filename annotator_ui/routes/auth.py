@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from annotator_ui.deps import NO_NUL, AppSettings, CurrentUser, DbDep, SessionDep, SettingsDep, check_form_csrf, page
 from annotator_ui.routes import HTML_PAGE, PUBLIC, REDIRECT
+from curation.reviewdb import ReviewDB, Throttled, User
 from curation.security import LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token, tokens_equal
 
 __all__ = ["router", "LoginIn"]
@@ -39,6 +40,14 @@ def set_session(resp: Response, token: str, settings: AppSettings) -> None:
     )
 
 
+def authenticate(request: Request, db: ReviewDB, settings: AppSettings, username: str, password: str) -> User | None:
+    """``ReviewDB.authenticate``, throttled per account name and per client address (the peer
+    of the connection: behind a reverse proxy run uvicorn with ``--proxy-headers`` and
+    ``--forwarded-allow-ips`` so that this is the real client). Raises ``Throttled``."""
+    addr = request.client.host if request.client else None
+    return db.authenticate(username, password, addr=addr, policy=settings.login_policy())
+
+
 @router.get("/login", response_class=HTMLResponse, responses=HTML_PAGE, openapi_extra=PUBLIC)
 def login_page(request: Request, settings: SettingsDep):
     # the double-submit token: kept while the cookie lives, so two open tabs both work
@@ -59,7 +68,13 @@ def login_form(
 ):
     if not tokens_equal(csrf, request.cookies.get(LOGIN_CSRF_COOKIE)):
         raise HTTPException(403, "login form expired; reload the page")
-    user = db.authenticate(username, password)
+    try:
+        user = authenticate(request, db, settings, username, password)
+    except Throttled as e:
+        msg = f"Too many failed logins. Try again in {e.retry_after} seconds."
+        resp = page(request, "login.html", 429, login_csrf=csrf, error=msg, csrf=None)
+        resp.headers["retry-after"] = str(e.retry_after)
+        return resp
     if user is None:
         return page(request, "login.html", 401, login_csrf=csrf, error="Wrong user name or password.", csrf=None)
     token, _ = db.create_session(user, settings.session_ttl_s)
@@ -69,9 +84,12 @@ def login_form(
 
 
 @router.post("/api/login", openapi_extra=PUBLIC)
-def login_json(body: LoginIn, db: DbDep, settings: SettingsDep):
+def login_json(request: Request, body: LoginIn, db: DbDep, settings: SettingsDep):
     # the CSRF token comes back in the body: a script sends it as X-CSRF-Token on every post
-    user = db.authenticate(body.username, body.password)
+    try:
+        user = authenticate(request, db, settings, body.username, body.password)
+    except Throttled as e:
+        raise HTTPException(429, "too many failed logins; try again later", headers={"retry-after": str(e.retry_after)}) from None
     if user is None:
         raise HTTPException(401, "wrong user name or password")
     token, csrf = db.create_session(user, settings.session_ttl_s)

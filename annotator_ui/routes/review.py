@@ -8,12 +8,13 @@ stored payload is parsed with ``ReviewPayload``, so an item queued with fewer ke
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from annotator_ui.deps import NO_NUL, CsrfUser, CurrentUser, DbDep, ItemId, SessionDep, SettingsDep, check_form_csrf, page
+from annotator_ui.deps import NO_NUL, CsrfUser, CurrentUser, DbDep, ItemId, SessionDep, SettingsDep, check_form_csrf, page, wants_html
 from annotator_ui.routes import HTML_PAGE, REDIRECT
+from curation.reviewdb import BadInput, Conflict, NotFound, NotLeased, ReviewError
 from curation.text import MAX_CAPTION_CHARS
 from engines.active.payload import ReviewItemAdmin, ReviewItemPublic, ReviewPayload
 
@@ -70,6 +71,7 @@ def _form_decision(action: str, caption: str | None, original: str, tags: str, r
 
 @router.post("/annotate/{item_id}", responses=REDIRECT)
 def annotate_post(
+    request: Request,
     item_id: ItemId,
     s: SessionDep,
     action: Annotated[Literal["accept", "reject", "flag", "skip"], Form()],
@@ -80,14 +82,41 @@ def annotate_post(
     reasons: Annotated[list[str] | None, Form()] = None,
 ):
     user = s[0]
-    check_form_csrf(csrf, s, "missing or wrong CSRF token; reload the page")
-    if action == "skip":
-        db.skip(user, item_id)
-        return RedirectResponse("/", status_code=303)
-    original = ReviewPayload.model_validate(db.get_item(item_id)["payload"]).caption
-    body = _form_decision(action, caption, original, tags, reasons)
-    db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons)
+    try:
+        check_form_csrf(csrf, s, "missing or wrong CSRF token; reload the page")
+        if action == "skip":
+            db.skip(user, item_id)
+            return RedirectResponse("/", status_code=303)
+        original = ReviewPayload.model_validate(db.get_item(item_id)["payload"]).caption
+        body = _form_decision(action, caption, original, tags, reasons)
+        db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons)
+    except (ReviewError, HTTPException) as e:
+        if not wants_html(request) or isinstance(e, BadInput):
+            raise
+        return _refused_page(request, s, item_id, e, caption)
     return RedirectResponse("/", status_code=303)
+
+
+# why a form post was refused, in words for the annotator (the JSON API keeps its terse details)
+_REFUSED = {
+    NotLeased: (
+        "Your lease on this item ran out",
+        "This decision was not saved: the item was no longer leased to you (it may be with someone else now).",
+    ),
+    NotFound: ("No such item", "This decision was not saved: the item is not in the queue."),
+    Conflict: ("Already decided", "This decision was not saved: you already decided this item differently."),
+}
+
+
+def _refused_page(request: Request, s: tuple, item_id: int, e: Exception, caption: str | None) -> HTMLResponse:
+    """A readable page for a refused form post, with the caption as typed: a page of JSON lost
+    the annotator's edit and told them nothing they could act on."""
+    heading, message = _REFUSED.get(
+        type(e),
+        ("This page expired", "This decision was not saved: the page's form is out of date (did you log in again in another tab?)."),
+    )
+    status = getattr(e, "status_code", None) or (404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 403)
+    return page(request, "error.html", status, user=s[0], csrf=s[1], heading=heading, message=message, caption=caption, item_id=item_id)
 
 
 # the two hot calls answer JSONResponse directly: their dicts are plain JSON already, and FastAPI's

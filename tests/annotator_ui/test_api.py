@@ -287,3 +287,54 @@ def test_bad_json_gets_a_422_that_echoes_nothing_and_a_bug_a_500_with_the_securi
     r = c.get("/api/_boom")
     assert r.status_code == 500 and r.json() == {"detail": "internal error"}
     assert r.headers["content-security-policy"].startswith("default-src 'none'") and r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_login_throttling_answers_429_with_retry_after_and_spares_others(env):
+    """80 wrong passwords then the right one: refused with 429 and Retry-After (the JSON login
+    and the form alike), while another account from another address logs in; 16 parallel bad
+    logins run at most ``login_max_failures`` password hashes (the rest never reach scrypt)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, db, _ = env
+    app = create_app(AppSettings(db_url=db.url, login_max_failures=5, login_lockout_s=60), db)
+    mallory = TestClient(app, client=("10.6.6.6", 4000))
+    codes = [mallory.post("/api/login", json={"username": "alice", "password": f"guess {i}"}).status_code for i in range(80)]
+    assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
+    r = mallory.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60 and "rev_session" not in r.cookies
+    form = mallory.get("/login")
+    tok = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    page = mallory.post("/login", data={"username": "alice", "password": PASSWORD, "csrf": tok}, follow_redirects=False)
+    assert page.status_code == 429 and "Too many failed logins" in page.text and page.headers["retry-after"]
+    # the same answer for a name that has no account (no enumeration through the throttle)
+    ghost = [mallory.post("/api/login", json={"username": "ghost", "password": "x"}) for _ in range(6)]
+    assert [g.status_code for g in ghost] == [401] * 5 + [429] and ghost[-1].json() == r.json()
+    other = TestClient(app, client=("10.7.7.7", 4000))
+    assert other.post("/api/login", json={"username": "bob", "password": PASSWORD}).status_code == 200
+    assert any(a["action"] == "login_lockout" for a in db.audit_tail(200))
+
+    def bad(_):
+        c = TestClient(app, client=("10.8.8.8", 4000))
+        return c.post("/api/login", json={"username": "bob", "password": "wrong-wrong"}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        par = list(pool.map(bad, range(16)))
+    assert par.count(401) <= 5 and par.count(429) >= 11, par
+
+
+def test_a_refused_form_post_is_a_readable_page_that_keeps_the_caption(env):
+    """Browsers (Accept: text/html) get a page with the caption as typed when a form post is
+    refused (lease lost, form expired); scripts keep the JSON answers."""
+    app, db, rows = env
+    alice = login(app, "alice")
+    it = alice.get("/api/next").json()["item"]
+    html = {"accept": "text/html"}
+    form = {"action": "accept", "csrf": "stale-token", "caption": "<b>my</b> edit"}
+    r = alice.post(f"/annotate/{it['id']}", data=form, headers=html)
+    assert r.status_code == 403 and "text/html" in r.headers["content-type"]
+    assert "not saved" in r.text and "&lt;b&gt;my&lt;/b&gt; edit</textarea>" in r.text
+    db.release_user(db.session(alice.cookies["rev_session"])[0])  # the lease is gone
+    r = alice.post(f"/annotate/{it['id']}", data={**form, "csrf": alice.headers["x-csrf-token"]}, headers=html)
+    assert r.status_code == 403 and "lease on this item ran out" in r.text and "my&lt;/b&gt; edit" in r.text
+    assert alice.post(f"/annotate/{it['id']}", data={**form, "csrf": alice.headers["x-csrf-token"]}).json()["error"] == "NotLeased"
+    assert db.counters()["decisions"] == 0

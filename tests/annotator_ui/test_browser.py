@@ -123,3 +123,59 @@ def test_review_three_items_with_the_keyboard_then_apply(server, browser, ray_se
     # reloading the page after apply: the next item shows, the XSS text stayed inert throughout
     page.goto(base + "/")
     assert page.evaluate("window.__xss === undefined") and dialogs == []
+
+
+def _login(page, base, name="alice"):
+    page.goto(base + "/login")
+    page.fill("#username", name)
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation():
+        page.click("#login-button")
+
+
+def test_shortcuts_work_after_ticking_a_reason_and_a_lost_lease_keeps_the_caption(server, browser):
+    """Ticking a reject reason left the focus in the checkbox and every shortcut dead until Esc;
+    a lost lease (or a forbidden page) showed raw JSON and the edited caption was gone."""
+    base, store, db, rows, dbfile = server
+    page = browser.new_page()
+    _login(page, base)
+    # item 1: tick a reason with the mouse, then reject with the keyboard
+    first = page.text_content("#row-id")
+    page.click("text=low quality")
+    assert page.evaluate("document.activeElement.type") == "checkbox"
+    with page.expect_navigation():
+        page.keyboard.press("r")
+    decided = {d["row_id"]: d for d in db.decisions()}
+    assert decided[first]["decision"] == "drop" and decided[first]["reasons"] == ["low quality"]
+
+    # item 2: edit the caption, then the lease runs out (the annotator was away) before accepting
+    second = page.text_content("#row-id")
+    item_id = int(page.get_attribute("#review-form", "data-item"))
+    page.keyboard.press("e")
+    page.keyboard.press("Control+a")
+    page.keyboard.type("a careful caption, written slowly")
+    page.keyboard.press("Escape")
+    with db.tx() as t:
+        t.exec("UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE id = ?", (item_id,))
+    with page.expect_navigation() as nav:
+        page.keyboard.press("a")
+    assert nav.value.status == 403
+    assert "lease" in page.text_content("#problem-message") and not page.text_content("body").lstrip().startswith("{")
+    assert page.input_value("#kept-caption") == "a careful caption, written slowly"
+    assert second not in {d["row_id"] for d in db.decisions()}
+
+    # reload: the same item comes back (nobody took it) with the caption restored
+    with page.expect_navigation():
+        page.click("#next-link")
+    assert page.text_content("#row-id") == second
+    assert page.input_value("#caption") == "a careful caption, written slowly" and page.is_visible("#draft-note")
+    with page.expect_navigation():
+        page.keyboard.press("a")
+    assert {d["row_id"]: d for d in db.decisions()}[second]["caption"] == "a careful caption, written slowly"
+    assert not page.is_visible("#draft-note")  # a new item: the old draft is not put into it
+    third_caption = page.input_value("#caption")
+    assert third_caption != "a careful caption, written slowly"
+
+    # a forbidden page is a page, not JSON
+    resp = page.goto(base + "/admin")
+    assert resp.status == 403 and page.text_content("h1") == "Not allowed" and page.is_visible("#next-link")
