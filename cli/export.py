@@ -11,7 +11,7 @@ from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
 from cli.common import err_console as console
 from curation.buckets import RESOLUTIONS
 from curation.runner import print_summary
-from pipelines.export import ExportConfig, export
+from pipelines.export import ExportConfig, check_rules, export
 
 
 def register(app) -> None:
@@ -28,6 +28,10 @@ def register(app) -> None:
         text_encoder_path: Optional[str] = typer.Option(
             None, "--text-encoder-path", help="Qwen3 folder: write pre-encoded caption features"
         ),
+        optional_rules: bool = typer.Option(
+            False, "--optional-rules", help="skip (and list) rules naming a column the dataset lacks, instead of failing"
+        ),
+        allow_empty: bool = typer.Option(False, "--allow-empty", help="write the export even when it keeps no row"),
         address: Optional[str] = AddressOpt,
     ):
         """Export the rows a trainer should see (errors, duplicates, rejects removed) as training shards."""
@@ -40,8 +44,16 @@ def register(app) -> None:
         for k, v in (("vae_path", vae_path), ("text_encoder_path", text_encoder_path)):
             if v is not None:
                 params[k] = v
+        if allow_empty:
+            params["allow_empty"] = True
         cfg = validate(ExportConfig, params, where=str(config or "command line"))
+        if optional_rules:
+            cfg = cfg.model_copy(update={"rules": [r.model_copy(update={"optional": True}) for r in cfg.rules]})
         store = open_store(dataset)
+        try:  # a misspelt column fails here, before Ray starts
+            check_rules(store.open(cfg.version), cfg.rules)
+        except ValueError as e:
+            fail(str(e))
         start_ray(address)
         try:
             result = export(store, cfg)

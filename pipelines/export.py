@@ -55,6 +55,9 @@ class ExportRule(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9_]+$", description="the reason recorded for excluded rows (rule:<name>)")
     where: str = Field(min_length=1, description="rows for which this is true are excluded, e.g. 'prof_nsfw >= 0.8'")
+    optional: bool = Field(
+        False, description="when a column it names is absent, skip the rule (listed in the summary) instead of failing the export"
+    )
 
 
 class ExportConfig(StageConfig):
@@ -74,8 +77,9 @@ class ExportConfig(StageConfig):
     apply_review: bool = Field(True, description="reviewer rejects are excluded; accepts override rules; reviewed captions are used")
     rules: list[ExportRule] = Field(
         default_factory=lambda: [ExportRule(name="nsfw", where="prof_nsfw >= 0.8")],
-        description="SQL exclusion rules; a rule whose columns are absent is skipped (listed in the summary)",
+        description="SQL exclusion rules; a rule naming an absent column fails the export unless marked optional",
     )
+    allow_empty: bool = Field(False, description="an export that keeps no row is an error unless this is set")
     weight_column: Optional[str] = Field(None, description=f"sampling weight column; default: first present of {WEIGHT_COLUMNS}, else 1")
     curriculum_column: Optional[str] = Field(None, description=f"curriculum stage column; default: first present of {CURRICULUM_COLUMNS}")
     dedup_keep_column: Optional[str] = Field(
@@ -189,6 +193,42 @@ def _mask(ds, expr: str) -> np.ndarray:
     return pc.fill_null(col, False).to_numpy(zero_copy_only=False).astype(bool)
 
 
+def check_rules(ds, rules: list[ExportRule], notes: list[str] | None = None) -> list[ExportRule]:
+    """The rules to apply. Each is tried on one row first (cheap, no Ray): invalid SQL fails; a
+    missing column fails too, unless the rule is ``optional`` (then it is skipped with a note),
+    since a misspelt column or an unprofiled dataset would otherwise export everything."""
+    kept = []
+    for rule in rules:
+        try:
+            ds.to_table(columns={"m": f"({rule.where})"}, limit=1)
+        except Exception as e:
+            missing = re.search(r"No field named ([\w.\"]+)", str(e))
+            if not missing:
+                msg = str(e).splitlines()[0][:160]
+                raise ValueError(f"export rule {rule.name!r} ({rule.where!r}) is not valid SQL here: {msg}") from None
+            col = missing.group(1).strip('."')
+            if not rule.optional:
+                raise ValueError(_missing_column_message(rule, col, ds.schema.names)) from None
+            if notes is not None:
+                notes.append(f"rule:{rule.name}: not applied (column {col} missing; the rule is optional)")
+            continue
+        kept.append(rule)
+    return kept
+
+
+def _missing_column_message(rule: ExportRule, col: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(col, names, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    how = " (`curate profile`)" if col.startswith("prof_") else ""
+    return (
+        f"export rule {rule.name!r} ({rule.where!r}) needs column {col}, which this dataset does not have: {hint}"
+        f"fix the name, compute the column first{how}, or mark the rule optional "
+        f"(`optional: true` in the export config, or --optional-rules) to export without it"
+    )
+
+
 def select_rows(ds, cfg: ExportConfig, roles: Roles) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Row positions to export, the reason per row (None = kept) and notes on checks skipped."""
     n = ds.count_rows()
@@ -240,17 +280,8 @@ def select_rows(ds, cfg: ExportConfig, roles: Roles) -> tuple[np.ndarray, np.nda
             accepted = pc.fill_null(pc.is_in(dec, pa.array(cfg.accept_decisions)), False).to_numpy(zero_copy_only=False)
         else:
             skipped("review", "no review decision column")
-    for rule in cfg.rules:
-        try:
-            mask = _mask(ds, rule.where)
-        except Exception as e:  # a column from an engine that has not run: skip the rule, say so
-            msg = str(e).splitlines()[0][:160]
-            missing = re.search(r"No field named ([\w.\"]+)", str(e))
-            if missing or re.search(r"not found|does not exist", str(e), re.I):
-                skipped(f"rule:{rule.name}", f"column {missing.group(1).strip('.')} missing" if missing else msg)
-                continue
-            raise ValueError(f"export rule {rule.name!r} ({rule.where!r}) is not valid SQL here: {msg}") from None
-        apply(mask & ~accepted, f"rule:{rule.name}")
+    for rule in check_rules(ds, cfg.rules, notes):
+        apply(_mask(ds, rule.where) & ~accepted, f"rule:{rule.name}")
     if roles.weight:
         w = ds.to_table(columns=[roles.weight]).column(roles.weight)
         apply(pc.fill_null(pc.less_equal(w, 0), False).to_numpy(zero_copy_only=False), "zero_weight")
@@ -629,15 +660,19 @@ def export(
     console.print(f"export: {len(keep):,} of {len(reason):,} rows selected from {src.uri} v{version}")
     for note in notes:
         console.print(f"  [yellow]{note}[/]")
+    if not len(keep):
+        _refuse_empty(cfg, Counter(_reason_key(r) for r in reason if r is not None))
 
     ckpt = Checkpoints(out.state_dir / "checkpoints" / f"export-{_fingerprint(cfg, src, version)}", "unit")
     done = _write_units(src, out, version, cfg, roles, keep, ckpt, show_progress=show_progress, concurrency=concurrency)
     frags, worker_stats, excluded_ids, excluded_reasons = _gather_units(done, ids, reason)
     seconds = worker_stats.seconds
-    detailed = ("error", "decode_error", "unreadable_uri", "unreadable_image")
-    by_reason = Counter(r.split(":", 1)[0] if r.startswith(detailed) else r for r in excluded_reasons)
+    by_reason = Counter(_reason_key(r) for r in excluded_reasons)
     reencoded = {k.removeprefix("reencoded_"): v for k, v in sorted(worker_stats.counters.items()) if k.startswith("reencoded_")}
     kept_rows = sum(f.physical_rows for f in frags)
+    if kept_rows == 0:
+        ckpt.clear()
+        _refuse_empty(cfg, by_reason)
     manifest = {
         "source": {"uri": src.uri, "version": version, "rows": len(reason)},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -666,6 +701,21 @@ def export(
     )
     out.write_json(f"stats/export-v{new.version}.json", result.to_dict())
     return result
+
+
+def _reason_key(reason: str) -> str:
+    """The reason as counted: ``error: truncated: ...`` -> ``error`` (details vary per row), while
+    ``rule:nsfw`` and ``duplicate: near`` stay whole."""
+    detailed = ("error", "decode_error", "unreadable_uri", "unreadable_image")
+    return reason.split(":", 1)[0] if reason.startswith(detailed) else reason
+
+
+def _refuse_empty(cfg: ExportConfig, by_reason: Counter) -> None:
+    """An export that keeps nothing is almost always a wrong rule or dataset: stop, say why rows went."""
+    if cfg.allow_empty:
+        return
+    reasons = ", ".join(f"{k} {v}" for k, v in by_reason.most_common(8)) or "the dataset has no rows"
+    raise ValueError(f"the export would keep no row (excluded: {reasons}); check the rules, or pass --allow-empty to write it anyway")
 
 
 def _keep_existing(src: Store, out: Store, cfg: ExportConfig, version: int, *, replace_stale: bool) -> StageResult | None:

@@ -114,7 +114,11 @@ def test_export_works_on_a_bare_dataset_and_from_the_cli(ray_session, coco_store
     from cli.main import app
 
     out = tmp_path / "bare.lance"
+    # the default NSFW rule needs profiling: an unprofiled dataset is refused, not exported unfiltered
     res = CliRunner().invoke(app, ["export", "--dataset", coco_store.uri, "--out", str(out), "--resolution", "1024"])
+    assert res.exit_code != 0 and "needs column prof_nsfw" in res.output and "--optional-rules" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(app, ["export", "--dataset", coco_store.uri, "--out", str(out), "--resolution", "1024", "--optional-rules"])
     assert res.exit_code == 0, res.output
     t = lance.dataset(str(out)).to_table(columns=["resolution", "weight", "curriculum_stage", "image_tokens"])
     assert t.num_rows == 80
@@ -146,7 +150,7 @@ def test_export_as_a_pipeline_step_with_rules(ray_session, coco_store, tmp_path)
                     "resolution": 256,
                     "rules": [
                         {"name": "portrait", "where": "height > width"},
-                        {"name": "needs_profile", "where": "prof_quality < 0.2"},
+                        {"name": "needs_profile", "where": "prof_quality < 0.2", "optional": True},
                     ],
                 },
             },
@@ -158,6 +162,7 @@ def test_export_as_a_pipeline_step_with_rules(ray_session, coco_store, tmp_path)
     portrait = lance.dataset(str(src)).count_rows(filter="height > width")
     assert 0 < portrait < 80
     assert lance.dataset(str(out)).count_rows() == 80 - portrait
+
     manifest = json.loads((out / "_curation" / "export" / "manifest.json").read_text())
     assert manifest["excluded"] == {"rule:portrait": portrait}
     assert any("needs_profile" in n and "prof_quality" in n for n in manifest["checks_skipped"])
@@ -168,6 +173,29 @@ def test_export_as_a_pipeline_step_with_rules(ray_session, coco_store, tmp_path)
 
     with pytest.raises(ConfigError, match="rulez"):
         run_pipeline(bad, show_progress=False)
+
+
+def test_a_misspelt_rule_column_or_an_empty_export_fails_with_the_fix(ray_session, coco_store, tmp_path):
+    from cli.main import app
+
+    prof = tmp_path / "prof.lance"
+    shutil.copytree(coco_store.uri, prof)
+    ds = lance.dataset(str(prof))
+    ds.add_columns({"prof_sharpness": "CAST(width AS DOUBLE) / 100.0"})
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": [{"name": "blurry", "where": "prof_sharpnes < 1.2"}]}))
+    out = tmp_path / "o.lance"
+    res = CliRunner().invoke(app, ["export", "--dataset", str(prof), "--out", str(out), "-c", str(cfg)])
+    assert res.exit_code == 2 and "needs column prof_sharpnes" in res.output and "did you mean prof_sharpness" in res.output
+    assert not out.exists()
+
+    cfg.write_text(yaml.safe_dump({"rules": [{"name": "everything", "where": "width > 0"}]}))
+    res = CliRunner().invoke(app, ["export", "--dataset", str(prof), "--out", str(out), "-c", str(cfg)])
+    assert res.exit_code == 2 and "would keep no row (excluded: rule:everything 80)" in res.output and "--allow-empty" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(app, ["export", "--dataset", str(prof), "--out", str(out), "-c", str(cfg), "--allow-empty"])
+    assert res.exit_code == 0, res.output
+    assert lance.dataset(str(out)).count_rows() == 0
 
 
 def _odd_encodings(photo: bytes) -> dict[str, bytes]:
@@ -225,7 +253,7 @@ def test_export_writes_only_rgb_jpeg_png_webp_that_the_loader_decodes_as_the_sou
     uri = tmp_path / "odd.lance"
     lance.write_dataset(samples_table([*rows, broken]), str(uri))
     out = tmp_path / "shards.lance"
-    result = export(Store(str(uri)), ExportConfig(out=str(out), resolution=256, min_side=32), show_progress=False)
+    result = export(Store(str(uri)), ExportConfig(out=str(out), resolution=256, min_side=32, rules=[]), show_progress=False)
 
     got = {r["id"]: r for r in lance.dataset(str(out)).to_table().to_pylist()}
     by_name = {name: got[row["id"]] for name, row in zip(odd, rows)}

@@ -52,7 +52,21 @@ def pre_encoded(tmp_path_factory, ray_session, coco_dir, encoder_dirs):
     from cli.main import app
 
     res = CliRunner().invoke(
-        app, ["export", "--dataset", str(src), "--out", str(out), "--resolution", "256", "--vae-path", vae, "--text-encoder-path", text]
+        app,
+        [
+            "export",
+            "--dataset",
+            str(src),
+            "--out",
+            str(out),
+            "--resolution",
+            "256",
+            "--vae-path",
+            vae,
+            "--text-encoder-path",
+            text,
+            "--optional-rules",
+        ],
     )
     assert res.exit_code == 0, res.output
     return {"src": str(src), "out": str(out), "rows": rows, "files": files, "gone": gone["id"]}
