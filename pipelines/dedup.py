@@ -148,7 +148,7 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     from engines.vector.index import VectorError
     from pipelines.dedup_candidates import near_pairs_on_ray
 
-    ensure_visual(store, show_progress)
+    ensure_visual(store, show_progress, dry_run=cfg.dry_run)
     ds = store.open()
     n = ds.count_rows()
     if n == 0:

@@ -47,18 +47,28 @@ class VisualStage(Stage):
         return out
 
 
-def ensure_visual(store, show_progress: bool = True) -> None:
+def ensure_visual(store, show_progress: bool = True, *, dry_run: bool = False) -> None:
     """Compute the descriptor columns once (resumable stage) when they are not there yet, and
     again when they were made by an older descriptor (another length: 252 before the mirror- and
-    rotation-aware one), whose vectors the dedup job could not compare with its queries."""
+    rotation-aware one), whose vectors the dedup job could not compare with its queries.
+    ``dry_run``: a dry run commits nothing, so missing or stale descriptors are an error that
+    says how to make them."""
     from curation.runner import run_stage
     from curation.schema import VEC_DESC_DIM
+    from engines.vector.index import VectorError
 
     schema = store.open().schema
+    stale = "vec_desc" in schema.names and getattr(schema.field("vec_desc").type, "list_size", None) != VEC_DESC_DIM
+    if dry_run and ("vec_desc" not in schema.names or stale):
+        raise VectorError(
+            "a dry run commits nothing, but the image descriptors (vec_desc) are "
+            f"{'from an older version' if stale else 'not computed yet'} and computing them commits a version: "
+            f"run `curate stage vec_visual --dataset {store.uri}{' --overwrite' if stale else ''}` first, then the dry run"
+        )
     if "vec_desc" not in schema.names:
         console.print("vec_desc missing: computing image descriptors (stage vec_visual)")
         run_stage(store, VisualStage(), show_progress=show_progress)
-    elif getattr(schema.field("vec_desc").type, "list_size", None) != VEC_DESC_DIM:
+    elif stale:
         console.print(
             f"vec_desc was made by an older descriptor ({schema.field('vec_desc').type}); "
             f"recomputing it ({VEC_DESC_DIM}-d, mirror- and rotation-aware)"

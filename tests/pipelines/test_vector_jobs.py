@@ -11,11 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from curation.runner import run_stage
 from curation.store import Store
 from engines.vector.index import StaleIndexError, VectorError, load_index
 from engines.vector.retrieval import Retriever, index_dir
 from engines.vector.synth import make_variant
 from pipelines.dedup import DedupConfig, find_duplicates, run_dedup
+from pipelines.descriptors import VisualStage
 from pipelines.index import IndexBuildConfig, build_index
 from pipelines.knn import KnnConfig, build_knn, knn_uri
 from tests.helpers import coco_rows, sample_row, samples_table
@@ -136,8 +138,14 @@ def test_dedup_job_commits_groups_and_keeps_best(ray_session, coco_dir, tmp_path
     uri = str(tmp_path / "d.lance")
     lance.write_dataset(samples_table(rows), uri, max_rows_per_file=12)
     store = Store(uri)
+    with pytest.raises(VectorError, match="curate stage vec_visual"):  # descriptors would be a commit
+        run_dedup(store, DedupConfig(dry_run=True), show_progress=False)
+    assert store.open().version == 1
+    run_stage(store, VisualStage(), show_progress=False)
+    before = store.open().version
     dry = run_dedup(store, DedupConfig(dry_run=True), show_progress=False)
     assert dry["status"] == "dry_run" and "dup_keep" not in store.open().schema.names
+    assert store.open().version == before  # a dry run commits nothing
     assert Path(dry["report"]).read_text().count("<img") == 1
     out = run_dedup(store, DedupConfig(), show_progress=False)
     t = store.to_arrow(["id", "width", "height", "dup_group", "dup_keep", "dup_of", "dup_reason", "dup_sim"])
