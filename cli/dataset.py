@@ -54,7 +54,11 @@ def register(app: typer.Typer) -> None:
     ):
         """What changed between two versions: columns, rows, values per column."""
         store = open_store(dataset)
-        v2 = v2 or store.open().version
+        known = [v["version"] for v in store.versions()]
+        v2 = v2 or known[-1]
+        for v in (v1, v2):
+            if v not in known:
+                fail(f"{dataset} has no version {v}; its versions are {_ranges(known)} (see `curate info {dataset}`)")
         console.print_json(json.dumps(store.diff(v1, v2)))
 
     @app.command()
@@ -103,3 +107,14 @@ def register(app: typer.Typer) -> None:
         from pipelines.pipeline import run_pipeline
 
         run_pipeline(pipeline, overwrite=overwrite, address=address)
+
+
+def _ranges(versions: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7": a dataset can have thousands of versions."""
+    out, start = [], None
+    for i, v in enumerate(versions):
+        start = v if start is None else start
+        if i + 1 == len(versions) or versions[i + 1] != v + 1:
+            out.append(str(v) if v == start else f"{start}-{v}")
+            start = None
+    return ", ".join(out)

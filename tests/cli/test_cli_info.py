@@ -23,6 +23,8 @@ def test_info_diff_stages(coco_store, tmp_path):
     assert "rows with errors: 0" in out.output and "v2" in out.output
     out = runner.invoke(app, ["diff", "--dataset", str(dst), "1", "2"])
     assert out.exit_code == 0 and json.loads(out.output)["columns_added"] == ["exact_dup_of"]
+    out = runner.invoke(app, ["diff", "--dataset", str(dst), "1", "99"])  # was a 48-line traceback
+    assert out.exit_code == 2 and "has no version 99; its versions are 1-2" in " ".join(out.output.split())
     out = runner.invoke(app, ["stages"])
     assert out.exit_code == 0 and "ingest" in out.output and "caption_stats" in out.output
 
