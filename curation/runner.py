@@ -13,12 +13,17 @@ How it works, and why:
   only computes the missing fragments; the commit is then identical to an uninterrupted run.
 - If another job committed in between (a concurrent stage adding other columns), Lance reports a
   retryable conflict and the runner recomputes against the new version instead of losing either.
+- The same stage started twice on one dataset joins: the second waits on the stage's lock (see
+  ``Store.lock``; a dead holder's lock is free again) and then finds the columns committed
+  (skipped), or with ``wait_if_running=False`` refuses with ``StageRunningError``.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -31,9 +36,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from curation.stage import Stage, Stats
-from curation.store import Store
+from curation.store import DatasetBusyError, Store
 
-__all__ = ["StageResult", "Checkpoints", "run_stage", "execute_units", "print_summary"]
+__all__ = ["StageResult", "StageRunningError", "Checkpoints", "run_stage", "execute_units", "print_summary"]
 
 console = Console(stderr=True)
 
@@ -84,7 +89,9 @@ class Checkpoints:
 
     def save(self, rec: dict[str, Any]) -> None:
         final = self.folder / f"unit-{rec[self.key]}.json"
-        tmp = final.with_suffix(".json.tmp")
+        # made again: a job of the same fingerprint (two ingests of one source) may have cleared it
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_suffix(f".json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(rec))
         tmp.replace(final)  # a killed driver never leaves half a checkpoint
 
@@ -252,18 +259,32 @@ def _committed_fingerprints(store: Store) -> dict[str, str]:
 
 def _record_fingerprint(store: Store, stage: Stage, version: int) -> None:
     """Remember the config behind the committed columns, so a re-run with a changed config
-    recomputes instead of silently keeping stale values (and an unchanged one still skips)."""
+    recomputes instead of silently keeping stale values (and an unchanged one still skips).
+    Locked: two stages finishing at once would otherwise each drop the other's entry."""
     p = store.state_dir / _FINGERPRINTS
-    try:
-        known = json.loads(p.read_text())
-    except (FileNotFoundError, ValueError):
-        known = {}
-    known[stage.name] = {"fingerprint": stage.config_fingerprint(), "version": version, "config": stage.config.model_dump(mode="json")}
-    store.write_json(_FINGERPRINTS, known)
+    with store.lock("fingerprints"):
+        try:
+            known = json.loads(p.read_text())
+        except (FileNotFoundError, ValueError):
+            known = {}
+        cfg = stage.config.model_dump(mode="json")
+        known[stage.name] = {"fingerprint": stage.config_fingerprint(), "version": version, "config": cfg}
+        store.write_json(_FINGERPRINTS, known)
 
 
 def _checkpoint_dir(store: Store, stage: Stage, read_version: int):
     return store.state_dir / "checkpoints" / f"{stage.name}-{stage.fingerprint()}-v{read_version}"
+
+
+class StageRunningError(RuntimeError):
+    """The same stage is already running on this dataset (``run_stage(wait_if_running=False)``)."""
+
+
+def _stage_lock_name(stage: Stage) -> str:
+    """One lock per stage name and output columns: what two runs would fight over (the same
+    checkpoints and columns); a stage instance writing other columns (a per-run schema) may run."""
+    cols = ",".join(stage.output_schema.names)
+    return f"stage-{stage.name}-{hashlib.sha1(cols.encode()).hexdigest()[:8]}"
 
 
 def run_stage(
@@ -274,13 +295,36 @@ def run_stage(
     concurrency: int | None = None,
     show_progress: bool = True,
     max_conflict_retries: int = 3,
+    wait_if_running: bool = True,
 ) -> StageResult:
     """Compute ``stage``'s columns for every row and commit them as one new version.
 
     Already present columns are kept (status "skipped") unless ``overwrite`` or the stage's config
     changed since they were computed (its fingerprint is recorded at commit). Every fragment's
     result is checkpointed, so a killed run, re-run with the same stage config, resumes.
+    The same stage already running on the dataset: wait for it, then go on (normally "skipped"),
+    or with ``wait_if_running=False`` raise ``StageRunningError``.
     """
+    lock = _stage_lock_name(stage)
+
+    def waiting(holder: str) -> None:
+        console.print(f"[yellow]{stage.name}[/]: stage {stage.name} is already running on this dataset ({holder}); waiting for it")
+
+    try:
+        with store.lock(lock, wait=wait_if_running, on_wait=waiting):
+            return _run_stage_locked(store, stage, overwrite, concurrency, show_progress, max_conflict_retries)
+    except DatasetBusyError as e:
+        if e.name != lock:
+            raise
+        raise StageRunningError(
+            f"stage {stage.name} is already running on this dataset ({e.holder}); wait for it to finish or stop that job"
+        ) from None
+
+
+def _run_stage_locked(
+    store: Store, stage: Stage, overwrite: bool, concurrency: int | None, show_progress: bool, max_conflict_retries: int
+) -> StageResult:
+    """``run_stage`` once it holds the stage's lock."""
     from lance.commit import CommitConflictError
 
     t_start = time.perf_counter()

@@ -7,11 +7,12 @@ the few operations that are not per-fragment work.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 
 from curation.schema import SAMPLES_SCHEMA, group_of
 
-__all__ = ["Store", "is_remote", "storage_options_from_env"]
+__all__ = ["Store", "DatasetBusyError", "IdsAddedMeanwhile", "is_remote", "storage_options_from_env"]
 
 _BLOB_TYPES = (pa.binary(), pa.large_binary())
 
@@ -51,6 +52,39 @@ def storage_options_from_env(uri: str) -> dict[str, str]:
     if opts.get("aws_endpoint", "").startswith("http://"):
         opts["allow_http"] = "true"
     return opts
+
+
+class DatasetBusyError(RuntimeError):
+    """Another process holds a job lock of this dataset (``Store.lock(..., wait=False)``)."""
+
+    def __init__(self, name: str, holder: str, path: Path):
+        super().__init__(f"{name} is held ({holder}); lock file {path}")
+        self.name, self.holder, self.path = name, holder, path
+
+
+class IdsAddedMeanwhile(RuntimeError):
+    """Rows with some of the ids being committed landed after the job read the dataset (two
+    ingests of one source at once): appending would store those rows twice."""
+
+    def __init__(self, count: int, version: int):
+        super().__init__(f"{count} of these rows were added by another job (now v{version})")
+        self.count, self.version = count, version
+
+
+def _lock_holder(path: Path) -> str:
+    """'pid N, host H, since T' of a lock file's holder (its own record), for messages."""
+    try:
+        h = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        h = {}
+    return f"pid {h.get('pid', '?')}, host {h.get('host', '?')}, since {h.get('since', '?')}"
+
+
+def _new_data_ids(ds: lance.LanceDataset, read_version: int | None) -> set[str]:
+    """Ids of rows in fragments that ``read_version`` did not have (all when it is None)."""
+    old = set() if read_version is None else {f.fragment_id for f in ds.checkout_version(read_version).get_fragments()}
+    new = [f for f in ds.get_fragments() if f.fragment_id not in old]
+    return set(ds.scanner(columns=["id"], fragments=new).to_table().column("id").to_pylist()) if new else set()
 
 
 STATE_MANIFEST = "manifest.json"  # in a pushed state folder: written last, compared on pull
@@ -163,6 +197,97 @@ class Store:
         if isinstance(data, pa.Table):
             data = data.cast(schema)
         return lance.write_dataset(data, self.uri, schema=schema, mode="overwrite", storage_options=self.storage_options or None)
+
+    def commit_rows(
+        self,
+        fragments: list,
+        read_version: int | None,
+        schema: pa.Schema = SAMPLES_SCHEMA,
+        *,
+        unique_ids: bool = True,
+        message: str = "ingest",
+    ) -> lance.LanceDataset:
+        """Commit newly written fragments: create the dataset if it is still absent, else append.
+
+        Why: two jobs that both saw "no dataset" must not both ``Overwrite`` (the later one would
+        drop the earlier one's rows). Under the ``commit-rows`` lock the creator is decided by
+        looking again; the others append on the version they find, retrying on Lance conflicts.
+        With ``unique_ids``, rows whose id landed after ``read_version`` raise
+        ``IdsAddedMeanwhile`` (the caller re-reads against the new version) instead of being
+        stored twice. Remote stores: the lock only orders jobs on this machine; across machines
+        appends rely on Lance's conflict checks, and two creators whose commits start within the
+        same few milliseconds can still race (Lance has no create-only commit to close it)."""
+        from lance import LanceDataset, LanceOperation
+        from lance.commit import CommitConflictError
+
+        opts = self.storage_options or None
+        with self.lock("commit-rows"):
+            for _ in range(20):
+                latest = self.open() if self.exists() else None
+                try:
+                    if latest is None:
+                        op = LanceOperation.Overwrite(schema, fragments)
+                        return LanceDataset.commit(self.uri, op, storage_options=opts, commit_message=message)
+                    if unique_ids and latest.version != read_version:
+                        self._check_no_overlap(fragments, latest, read_version)
+                    op = LanceOperation.Append(fragments)
+                    return LanceDataset.commit(self.uri, op, read_version=latest.version, storage_options=opts, commit_message=message)
+                except CommitConflictError:  # another commit landed first (a stage, a remote creator): look again
+                    continue
+        raise RuntimeError(f"{message}: gave up after 20 commit conflicts on {self.uri}")
+
+    def _check_no_overlap(self, fragments: list, latest: lance.LanceDataset, read_version: int | None) -> None:
+        """Raise ``IdsAddedMeanwhile`` when a row of the uncommitted ``fragments`` has an id that
+        another job committed after ``read_version`` (only those rows can collide: earlier ones
+        were skipped when the job read)."""
+        added = _new_data_ids(latest, read_version)
+        if not added:
+            return
+        from lance.file import LanceFileReader
+
+        ours: set[str] = set()
+        for frag in fragments:
+            for f in frag.data_files():
+                if 0 in f.fields:  # the file holding field 0, ``id`` (first in the samples schema)
+                    r = LanceFileReader(f"{self.uri}/data/{f.path}", storage_options=self.storage_options or None, columns=["id"])
+                    ours.update(r.read_all().to_table().column("id").to_pylist())
+        if both := ours & added:
+            raise IdsAddedMeanwhile(len(both), latest.version)
+
+    @contextlib.contextmanager
+    def lock(self, name: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
+        """Hold the exclusive job lock ``name`` of this dataset (``state_dir/locks/<name>.lock``).
+
+        Why: two jobs doing the same thing at once share checkpoints and commit over each other.
+        ``flock`` is released by the kernel when its holder dies (kill -9 included), so a lock is
+        never stale: the next job takes it over and resumes from the dead one's checkpoints. The
+        holder writes its pid, host and start time into the file for the others' messages. Busy:
+        ``wait`` blocks (``on_wait`` gets the holder first); otherwise ``DatasetBusyError``. The
+        file is never deleted (deleting would let two jobs lock two different files). Remote
+        stores keep it in the local state cache: it orders jobs on this machine only."""
+        import fcntl
+        import socket
+        import time
+
+        path = self.state_dir / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(path)
+                if not wait:
+                    raise DatasetBusyError(name, holder, path) from None
+                if on_wait:
+                    on_wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            yield path
+        finally:
+            os.close(fd)  # releases the lock
 
     @property
     def state_dir(self) -> Path:
@@ -350,8 +475,7 @@ class Store:
 
     def write_json(self, relpath: str, payload: Any) -> Path:
         p = self.state_dir / relpath
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp = _tmp_of(p)  # unique: two jobs may write the same file at once
         tmp.write_text(json.dumps(payload, indent=2, default=str))
         tmp.replace(p)  # atomic: a killed job never leaves half a checkpoint
         return p

@@ -18,21 +18,33 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
+from curation.config import ConfigError
 from curation.registry import register_step
 from curation.runner import Checkpoints, StageResult, console, execute_units
 from curation.schema import SAMPLES_SCHEMA
 from curation.sources import ReadOptions, plan_units, read_unit
 from curation.stage import StageConfig, Stats
 from curation.store import Store
+from curation.text import MAX_CAPTION_CHARS
 
-__all__ = ["IngestConfig", "ingest"]
+__all__ = ["IngestConfig", "EmptySourceError", "ingest"]
+
+
+class EmptySourceError(ConfigError):
+    """The sources hold no sample: refused with a message (a ConfigError, so ``curate`` prints it
+    without a traceback) rather than committing an empty dataset version nobody asked for."""
 
 
 class IngestConfig(StageConfig):
     source: list[str] = Field(min_length=1, description="folders, .tar, .jsonl, .parquet (or a mix)")
     shard_size: int = Field(256, ge=1, le=100_000, description="images per folder unit and per write batch")
-    max_pixels: int = Field(178_956_970, ge=1, description="larger images are rows with error decompression_bomb")
-    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(
+        178_956_970,
+        ge=1,
+        description="width x height cap, from the header before decoding; larger images are rows with error decompression_bomb",
+    )
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="larger files (images, sidecars, JSONL lines) are rows with an error")
+    max_caption_chars: int = Field(MAX_CAPTION_CHARS, ge=1, description="longer captions are truncated (counted: caption_truncated)")
     allow_paths_outside_source: bool = False
     flag_exact_duplicates: bool = True
     skip_existing: bool = Field(True, description="rows whose id is already in the dataset are not added again")
@@ -47,6 +59,7 @@ class IngestConfig(StageConfig):
         return ReadOptions(
             max_pixels=self.max_pixels,
             max_file_bytes=self.max_file_bytes,
+            max_caption_chars=self.max_caption_chars,
             shard_size=self.shard_size,
             allow_paths_outside_source=self.allow_paths_outside_source,
         )
@@ -139,6 +152,26 @@ def _ensure_id_index(ds) -> None:
     ds.create_scalar_index("id", "BTREE", name="id_idx", replace=True)
 
 
+_SKIPPED_WORDS = {
+    "caption_without_image": "caption files without an image",
+    "unsupported_file": "files of other types",
+    "symlinked_dir": "symlinked folders (not followed)",
+}
+
+
+def _empty_message(sources: list[str], units: list[dict]) -> str:
+    """Why nothing was read, with the counted skips (orphan captions, other file types)."""
+    skipped: Counter = Counter()
+    for u in units:
+        if u["kind"] == "skipped":
+            skipped.update(json.loads(u["counts"]))
+    why = ", ".join(f"{n} {_SKIPPED_WORDS.get(k, k)}" for k, n in sorted(skipped.items()))
+    return (
+        f"nothing to ingest in {', '.join(sources)}: found no images (.jpg, .png, ...), WebDataset .tar files "
+        f"or .jsonl/.parquet rows{f' (skipped: {why})' if why else ''}; no dataset version was written"
+    )
+
+
 def _fingerprint(cfg: IngestConfig, units: list[dict], read_version: int | None) -> str:
     payload = json.dumps({"cfg": cfg.model_dump(mode="json"), "units": units, "v": read_version}, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
@@ -146,12 +179,13 @@ def _fingerprint(cfg: IngestConfig, units: list[dict], read_version: int | None)
 
 def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concurrency: int | None = None) -> list[StageResult]:
     """Ingest sources into the dataset (created if absent); returns the results of ingest and exact_dup."""
-    from lance import LanceDataset, LanceOperation
     from lance.fragment import FragmentMetadata
 
     t_start = time.perf_counter()
     opts = cfg.read_options()
     units = plan_units(cfg.source, opts)
+    if all(u["kind"] == "skipped" for u in units):
+        raise EmptySourceError(_empty_message(cfg.source, units))
     exists = store.exists()
     existing = ExistingIds(frozenset())
     if exists and cfg.skip_existing:
@@ -188,16 +222,22 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
     stats = Stats()
     for rec in done.values():
         stats = stats + Stats.from_dict(rec["stats"])
-    if exists and stats.rows == 0:  # nothing new (a re-run): no empty version, no recomputation
+    if stats.rows == 0 and not stats.counters.get("skipped_existing"):  # e.g. an empty Parquet
         ckpt.clear()
+        raise EmptySourceError(_empty_message(cfg.source, units))
+    from curation.store import IdsAddedMeanwhile
+
+    if stats.rows == 0 and store.exists():  # nothing new (a re-run, or another job created it meanwhile): no empty version
+        ckpt.clear()
+        now = store.open().version
         console.print(f"ingest: no new rows ({stats.counters.get('skipped_existing', 0)} already in the dataset)")
-        return [StageResult("ingest", "skipped", read_version, read_version, 0, 0, stats, time.perf_counter() - t_start)]
-    if exists:
-        new = LanceDataset.commit(
-            store.uri, LanceOperation.Append(frags), read_version=read_version, storage_options=store.storage_options or None
-        )
-    else:
-        new = LanceDataset.commit(store.uri, LanceOperation.Overwrite(SAMPLES_SCHEMA, frags), storage_options=store.storage_options or None)
+        return [StageResult("ingest", "skipped", now, read_version or now, 0, 0, stats, time.perf_counter() - t_start)]
+    try:  # created if still absent, else appended: ingests at once all land (Store.commit_rows)
+        new = store.commit_rows(frags, read_version, SAMPLES_SCHEMA, unique_ids=cfg.skip_existing)
+    except IdsAddedMeanwhile as e:  # the same rows ingested by another job meanwhile: skip them now
+        ckpt.clear()
+        console.print(f"ingest: {e}; reading again so that no row is stored twice")
+        return ingest(store, cfg, show_progress=show_progress, concurrency=concurrency)
     ckpt.clear()
     result = StageResult(
         "ingest",
