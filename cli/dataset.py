@@ -85,10 +85,13 @@ def register(app: typer.Typer) -> None:
         print_summary([run_stage(store, cls(cfg), overwrite=overwrite)], title=f"stage {name}")
 
     @app.command()
-    def stages():
-        """List registered stages and pipeline steps."""
+    def stages(name: Optional[str] = typer.Argument(None, help="a step: list its config fields")):
+        """List registered stages and pipeline steps; with a name, the fields its config accepts."""
         from curation.registry import STAGES, STEPS
 
+        if name is not None:
+            _describe_step(name)
+            return
         t = Table()
         t.add_column("step")
         t.add_column("kind")
@@ -107,6 +110,23 @@ def register(app: typer.Typer) -> None:
         from pipelines.pipeline import run_pipeline
 
         run_pipeline(pipeline, overwrite=overwrite, address=address)
+
+
+def _describe_step(name: str) -> None:
+    """The fields of one step's config: name, type, default, meaning (what a pipeline YAML's
+    ``params`` and a ``--config`` file accept)."""
+    from curation.config import describe_fields
+    from curation.registry import STEPS
+
+    if name not in STEPS:
+        fail(f"unknown step {name!r}; steps: {', '.join(sorted(STEPS))}")
+    spec = STEPS[name]
+    t = Table(title=f"{name}: {spec.doc}", title_justify="left")
+    for col in ("field", "type", "default", "meaning"):
+        t.add_column(col, overflow="fold")
+    for row in describe_fields(spec.config_model):
+        t.add_row(*row)
+    console.print(t)
 
 
 def _ranges(versions: list[int]) -> str:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from curation.cluster import RayConfig
 
-__all__ = ["ConfigError", "StepConfig", "PipelineConfig", "RunContext", "load_yaml", "validate", "load_pipeline"]
+__all__ = ["ConfigError", "StepConfig", "PipelineConfig", "RunContext", "load_yaml", "validate", "load_pipeline", "describe_fields"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,7 +53,32 @@ class RunContext:
     pipeline: PipelineConfig | None = None
 
 
-def _format_errors(err: ValidationError, prefix: str = "") -> str:
+def _fields_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The field names the model accepts at ``loc``'s parent (descending through nested models
+    and lists of models), so an unknown field can be answered with what is allowed there."""
+    import typing
+
+    for part in loc[:-1]:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *typing.get_args(ann)] + [a for x in typing.get_args(ann) for a in typing.get_args(x)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def _unknown_field(name: Any, allowed: list[str], help_hint: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6)
+    msg = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+    return msg + (f"; allowed: {', '.join(allowed)}" if allowed else "") + help_hint
+
+
+def _format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None, help_hint: str = "") -> str:
     lines = []
     for e in err.errors():
         loc = prefix
@@ -61,7 +86,7 @@ def _format_errors(err: ValidationError, prefix: str = "") -> str:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see the step's --help for allowed fields)"
+            msg = _unknown_field(e["loc"][-1], _fields_at(model, e["loc"]), help_hint)
         elif e["type"] == "missing":
             msg = "required field is missing"
         inp = e.get("input")
@@ -70,12 +95,14 @@ def _format_errors(err: ValidationError, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def validate(model: type[M], data: Any, *, where: str = "", prefix: str = "") -> M:
-    """``model.model_validate(data)`` with a ConfigError that names each bad field."""
+def validate(model: type[M], data: Any, *, where: str = "", prefix: str = "", step: str | None = None) -> M:
+    """``model.model_validate(data)`` with a ConfigError that names each bad field, and for an
+    unknown one the closest allowed name and the list (``step``: where the fields are described)."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"invalid config{(' in ' + where) if where else ''}:\n{_format_errors(e, prefix)}") from None
+        hint = f" (described by `curate stages {step}`)" if step else ""
+        raise ConfigError(f"invalid config{(' in ' + where) if where else ''}:\n{_format_errors(e, prefix, model, hint)}") from None
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -104,9 +131,46 @@ def load_pipeline(path: str | Path) -> tuple[PipelineConfig, list[tuple[str, Bas
             problems.append(f"  steps[{i}].stage: unknown step {step.stage!r}; allowed: {', '.join(sorted(STEPS))}")
             continue
         try:
-            steps.append((step.stage, validate(STEPS[step.stage].config_model, step.params, prefix=f"steps[{i}].params")))
+            model = STEPS[step.stage].config_model
+            steps.append((step.stage, validate(model, step.params, prefix=f"steps[{i}].params", step=step.stage)))
         except ConfigError as e:
             problems.append(str(e).split(":\n", 1)[1])
     if problems:
         raise ConfigError(f"invalid config in {path}:\n" + "\n".join(problems))
     return cfg, steps
+
+
+def _type_name(ann: Any) -> str:
+    """``Optional[Literal['a', 'b']]`` -> ``'a' | 'b' | None``: a type as a YAML writer reads it."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann).replace("typing.", ""))
+
+
+def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) of every field, nested models flattened as ``near.k``:
+    what ``curate stages NAME`` prints, from the same models that validate the YAML."""
+    import typing
+
+    rows = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        nested = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if nested is not None:
+            rows += describe_fields(nested, f"{prefix}{name}.")
+            continue
+        kind = _type_name(ann)
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        rows.append((prefix + name, kind, default if len(default) <= 60 else default[:57] + "...", f.description or ""))
+        item = (typing.get_args(ann) or (None,))[0] if typing.get_origin(ann) is list else None
+        if isinstance(item, type) and issubclass(item, BaseModel):  # e.g. export's rules: their fields too
+            rows += describe_fields(item, f"{prefix}{name}[].")
+    return rows

@@ -37,3 +37,15 @@ def test_cli_errors_are_clear(tmp_path):
     assert out.exit_code == 2 and "source not found" in out.output
     out = runner.invoke(app, ["stage", "nonexistent", "--dataset", str(tmp_path / "x.lance")])
     assert out.exit_code == 2 and "unknown stage" in out.output
+
+
+def test_stages_name_lists_the_fields_a_config_accepts():
+    runner = CliRunner()
+    out = runner.invoke(app, ["stages", "export"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    for field in ("rules[].optional", "allow_empty", "reencode_quality", "'float32' | 'float16'"):
+        assert field in out.output
+    out = runner.invoke(app, ["stages", "dedup"], env={"COLUMNS": "200"})
+    assert "near.k_centre" in out.output and "semantic.method" in out.output
+    out = runner.invoke(app, ["stages", "exprot"])
+    assert out.exit_code == 2 and "unknown step 'exprot'" in out.output

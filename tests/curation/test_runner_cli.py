@@ -130,8 +130,9 @@ def test_curate_run_two_stage_pipeline(tmp_path, coco_dir, ray_session):
 def test_bad_configs_name_the_field(tmp_path, coco_dir):
     from curation.config import load_pipeline
 
-    with pytest.raises(ConfigError, match=r"steps\[2\]\.params\.sufix: unknown field"):
+    with pytest.raises(ConfigError, match=r"steps\[2\]\.params\.sufix: unknown field") as e:
         load_pipeline(_pipeline(tmp_path, coco_dir, {"sufix": "x"}))
+    assert "did you mean 'suffix'?" in str(e.value) and "`curate stages toy_shout`" in str(e.value)
     bad = yaml.safe_load(_pipeline(tmp_path, coco_dir).read_text())
     bad["steps"][0]["params"]["shard_size"] = "many"
     bad["steps"].append({"stage": "no_such_step"})
@@ -141,6 +142,17 @@ def test_bad_configs_name_the_field(tmp_path, coco_dir):
     msg = str(e.value)
     assert "steps[0].params.shard_size" in msg and "'many'" in msg
     assert "steps[3].stage: unknown step 'no_such_step'; allowed:" in msg and "caption_stats" in msg
+    nested = yaml.safe_load(_pipeline(tmp_path, coco_dir).read_text())
+    nested["steps"] = [
+        {"stage": "dedup", "params": {"near": {"kk": 4}}},
+        {"stage": "export", "params": {"out": "o", "rules": [{"name": "a", "where": "x", "optinal": True}]}},
+    ]
+    (tmp_path / "nested.yaml").write_text(yaml.safe_dump(nested))
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(tmp_path / "nested.yaml")
+    msg = str(e.value)
+    assert "steps[0].params.near.kk: unknown field (did you mean 'k'?); allowed: k, min_candidate_sim," in msg
+    assert "steps[1].params.rules[0].optinal: unknown field (did you mean 'optional'?); allowed: name, where, optional" in msg
     (tmp_path / "nodata.yaml").write_text("steps: []\n")
     with pytest.raises(ConfigError, match="dataset: required field is missing"):
         load_pipeline(tmp_path / "nodata.yaml")
