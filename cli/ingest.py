@@ -11,7 +11,8 @@ from cli.common import err_console as console
 from curation.runner import print_summary
 from curation.sources import plan_units
 from curation.store import Store
-from pipelines.ingest import IngestConfig, ingest
+from curation.text import MAX_CAPTION_CHARS
+from pipelines.ingest import EmptySourceError, IngestConfig, ingest
 
 
 def register(app) -> None:
@@ -21,8 +22,10 @@ def register(app) -> None:
         source: list[str] = typer.Argument(..., help="folders, WebDataset .tar files, .jsonl or .parquet"),
         dataset: str = DatasetOpt,
         shard_size: int = typer.Option(256, help="images per unit of work"),
-        max_pixels: int = typer.Option(178_956_970, help="pixel cap checked before decoding"),
-        allow_paths_outside_source: bool = typer.Option(False, help="let table rows reference files outside their folder"),
+        max_pixels: int = typer.Option(178_956_970, help="width x height cap, checked from the header before decoding"),
+        max_file_bytes: int = typer.Option(64 * 1024 * 1024, help="larger images, sidecars and JSONL lines are error rows"),
+        max_caption_chars: int = typer.Option(MAX_CAPTION_CHARS, help="longer captions are truncated (counted)"),
+        allow_paths_outside_source: bool = typer.Option(False, help="let table rows and symlinks reference files outside their folder"),
         no_exact_dup: bool = typer.Option(False, "--no-exact-dup", help="skip flagging byte-identical images"),
         address: Optional[str] = AddressOpt,
     ):
@@ -35,6 +38,8 @@ def register(app) -> None:
                 "source": source,
                 "shard_size": shard_size,
                 "max_pixels": max_pixels,
+                "max_file_bytes": max_file_bytes,
+                "max_caption_chars": max_caption_chars,
                 "allow_paths_outside_source": allow_paths_outside_source,
                 "flag_exact_duplicates": not no_exact_dup,
             },
@@ -45,6 +50,10 @@ def register(app) -> None:
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
         console.print(f"ingest: {len(units)} units from {len(cfg.source)} source(s) into {dataset}")
-        start_ray(address)
-        results = ingest(Store(dataset), cfg)
+        if any(u["kind"] != "skipped" for u in units):  # else ingest refuses at once: no cluster needed
+            start_ray(address)
+        try:
+            results = ingest(Store(dataset), cfg)
+        except EmptySourceError as e:
+            fail(str(e))
         print_summary(results, title="ingest")

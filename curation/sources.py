@@ -3,7 +3,18 @@
 Pure Python, no Ray: ``plan_units`` lists the units of work (a slice of a folder, one tar, a
 byte range of a JSONL file, row groups of a Parquet file) and ``read_unit`` turns one unit into
 rows, streaming, so memory is bounded by the unit and not by the source. Every input becomes a
-row: a file that cannot be used becomes a row with an ``error`` reason, never a silent skip.
+row: a file that cannot be used becomes a row with an ``error`` reason, never a silent skip, and
+never a failed job. What is not a sample (a caption without an image, a file of another type, a
+symlinked folder) is a counted skip (``skipped_*`` in the stats).
+
+Poison rules, the same for every source kind (docs/ingest.md):
+
+- a symlink (on disk, or a link member of a tar) or a table path that resolves outside its source
+  is refused, ``path_outside_source``, and its bytes are never read;
+- a record or sidecar field of the wrong type, a duplicated JSON field, NUL or an unpaired surrogate
+  in a caption, a name that is not valid UTF-8: an error row (``bad_record``, ``caption_invalid``,
+  ``duplicate_key``, ``caption_encoding``, ``bad_name``), the other rows of that input stored;
+- errors carry no object addresses, so two ingests of the same input store the same texts.
 """
 
 from __future__ import annotations
@@ -11,9 +22,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import posixpath
+import re
+import stat
 import tarfile
+import threading
 import warnings
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +38,16 @@ from typing import Any
 from PIL import Image
 
 from curation.schema import CAPTION_KINDS, sample_id, sha256_hex
-from curation.text import MAX_CAPTION_CHARS, CaptionDecodeError, decode_caption, detect_lang
+from curation.text import (
+    MAX_CAPTION_CHARS,
+    CaptionDecodeError,
+    decode_caption,
+    detect_lang,
+    escape_surrogates,
+    has_surrogates,
+)
 
-__all__ = ["IMAGE_EXTS", "ReadOptions", "plan_units", "read_unit", "inspect_image", "make_row"]
+__all__ = ["IMAGE_EXTS", "ReadOptions", "plan_units", "read_unit", "inspect_image", "make_row", "stable_message"]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TABLE_EXTS = {".jsonl", ".parquet", ".ndjson"}
@@ -37,48 +61,142 @@ class ReadOptions:
 
     max_pixels: int = 178_956_970  # PIL's own bomb threshold (2x its warning level)
     max_file_bytes: int = 64 * 1024 * 1024  # bigger files are rows with an error, bytes not stored
+    max_caption_chars: int = MAX_CAPTION_CHARS  # longer captions are truncated, counted
     shard_size: int = 256  # images per folder unit / rows per batch
     jsonl_chunk_bytes: int = 4 * 1024 * 1024
     allow_paths_outside_source: bool = False
 
 
+_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def stable_message(msg: str, limit: int = 500) -> str:
+    """An error text fit to store: no object addresses (PIL says ``<_io.BytesIO object at 0x7f..>``)
+    and no unpaired surrogates, so two ingests of the same input store byte-identical errors."""
+    return escape_surrogates(_ADDRESS.sub("the bytes", msg))[:limit]
+
+
+def _tname(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 # --- images ---------------------------------------------------------------------------------
+
+_PIL_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _pil_pixel_limit(max_pixels: int):
+    """PIL checks pixel counts against the process-global ``Image.MAX_IMAGE_PIXELS`` inside
+    ``open()`` (and ``load()`` for GIF frames), before our own check: a ``max_pixels`` above its
+    89,478,485 never took effect. It is set to ours while one image is read (a lock: threads of one
+    process read one image at a time) and restored after, so other code in the worker keeps PIL's."""
+    with _PIL_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation as profiling reads it (engines/profiling/decode.py): 1 when absent,
+    unreadable or out of range, so ingest and profile agree on width and height."""
+    try:
+        o = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # broken EXIF must not lose the picture
+        return 1
+    return o if 1 <= o <= 8 else 1
 
 
 def inspect_image(data: bytes, max_pixels: int) -> tuple[int | None, int | None, str | None, str | None]:
     """(width, height, format, error) of encoded bytes, checking the pixel count from the header
     *before* decoding (a decompression bomb never allocates), then decoding fully to catch
-    truncated and corrupt files. Errors are ``reason: detail``."""
+    truncated and corrupt files. Width and height are as displayed (EXIF orientation applied).
+    Errors are ``reason: detail``."""
     if not data:
         return None, None, None, "empty_file: zero bytes"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        return None, None, None, f"decompression_bomb: {e}"
-    except Image.DecompressionBombWarning as e:
-        return None, None, None, f"decompression_bomb: {e}"
-    except Exception as e:  # PIL raises many kinds for garbage
-        return None, None, None, f"not_an_image: {type(e).__name__}: {str(e)[:200]}"
-    with im:
-        w, h, fmt = im.size[0], im.size[1], im.format
-        if w * h > max_pixels:
-            return w, h, fmt, f"decompression_bomb: {w}x{h} = {w * h} pixels > limit {max_pixels}"
-        if w < 1 or h < 1:
-            return w, h, fmt, f"corrupt: zero size {w}x{h}"
+    with _pil_pixel_limit(max_pixels):
         try:
-            im.load()  # first frame only, for animations
-        except OSError as e:
-            reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
-            return w, h, fmt, f"{reason}: {str(e)[:200]}"
-        except Exception as e:
-            return w, h, fmt, f"corrupt: {type(e).__name__}: {str(e)[:200]}"
-    return w, h, fmt, None
+            im = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            return None, None, None, f"decompression_bomb: {e}"
+        except Exception as e:  # PIL raises many kinds for garbage
+            return None, None, None, f"not_an_image: {type(e).__name__}: {str(e)[:200]}"
+        with im:
+            w, h, fmt = im.size[0], im.size[1], im.format
+            ow, oh = (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
+            if w * h > max_pixels:
+                return ow, oh, fmt, f"decompression_bomb: {w}x{h} = {w * h} pixels > limit {max_pixels}"
+            if w < 1 or h < 1:
+                return ow, oh, fmt, f"corrupt: zero size {w}x{h}"
+            return ow, oh, fmt, _load_error(im)
+
+
+def _load_error(im: Image.Image) -> str | None:
+    """Decode the first frame (animations: the rest are not training data); a failure's reason."""
+    try:
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"decompression_bomb: {e}"
+    except OSError as e:
+        reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
+        return f"{reason}: {str(e)[:200]}"
+    except Exception as e:
+        return f"corrupt: {type(e).__name__}: {str(e)[:200]}"
+    return None
 
 
 def _caption(text: str, kind: str, lang: str | None = None) -> dict[str, str]:
-    return {"text": text, "kind": kind if kind in CAPTION_KINDS else "short", "lang": lang or detect_lang(text)}
+    return {"text": text, "kind": kind, "lang": lang or detect_lang(text)}
+
+
+def _image_fields(data: bytes, opts: ReadOptions) -> tuple[bytes | None, str, int | None, int | None, str | None, str | None]:
+    """(bytes to store, sha256, width, height, format, error): an oversized file's bytes are dropped."""
+    sha = sha256_hex(data)
+    if len(data) > opts.max_file_bytes:
+        return None, sha, None, None, None, f"file_too_large: {len(data)} bytes > {opts.max_file_bytes}"
+    w, h, fmt, err = inspect_image(data, opts.max_pixels)
+    return data, sha, w, h, fmt, err
+
+
+def _storable_names(names: dict[str, str | None]) -> tuple[dict[str, str | None], str | None]:
+    """Names (source, key, uri) with unpaired surrogates escaped, and the ``bad_name`` error if any
+    had them: a file name that is not UTF-8 on disk, or a "\\udc80" escape in a record's key."""
+    err = None
+    out = dict(names)
+    for field, v in names.items():
+        if v is not None and has_surrogates(v):
+            out[field] = escape_surrogates(v)
+            err = err or f"bad_name: the {field} is not valid UTF-8 (stored with the bad bytes escaped)"
+    return out, err
+
+
+def _clean_captions(captions: list[dict], opts: ReadOptions, stats: dict[str, int]) -> tuple[list[dict[str, str]], str | None]:
+    """Stripped, truncated to ``max_caption_chars``, deduplicated captions, and the first caption
+    error: a caption holding NUL or an unpaired surrogate is not stored, whatever source it came from."""
+    clean: list[dict[str, str]] = []
+    seen, err = set(), None
+    for c in captions:
+        text = (c.get("text") or "").strip()
+        lang = c.get("lang") if isinstance(c.get("lang"), str) else None
+        if "\x00" in text or has_surrogates(text) or (lang and has_surrogates(lang)):
+            what = "NUL character" if "\x00" in text else "unpaired surrogate"
+            err = err or f"caption_encoding: {what} in caption"
+            continue
+        if not text:
+            continue
+        if len(text) > opts.max_caption_chars:
+            text = text[: opts.max_caption_chars]
+            stats["caption_truncated"] = stats.get("caption_truncated", 0) + 1
+        kind = c.get("kind") if c.get("kind") in CAPTION_KINDS else "short"
+        if (text, kind) not in seen:
+            seen.add((text, kind))
+            clean.append(_caption(text, kind, lang))
+    return clean, err
 
 
 def make_row(
@@ -92,46 +210,28 @@ def make_row(
     error: str | None = None,
     stats: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """One samples row. The first error wins (an image error is reported before a caption one)."""
+    """One samples row. The first error wins: image, then the caller's (path, sidecar, record),
+    then a bad name, then a bad caption. Every string is made storable (no surrogates)."""
     stats = stats if stats is not None else {}
-    w = h = fmt = None
-    img_err = None
-    sha = None
+    names, name_err = _storable_names({"source": source, "key": key, "uri": uri})
+    w = h = fmt = sha = img_err = None
     if data is not None:
-        if len(data) > opts.max_file_bytes:
-            img_err = f"file_too_large: {len(data)} bytes > {opts.max_file_bytes}"
-            sha = sha256_hex(data)
-            data = None
-        else:
-            sha = sha256_hex(data)
-            w, h, fmt, img_err = inspect_image(data, opts.max_pixels)
+        data, sha, w, h, fmt, img_err = _image_fields(data, opts)
     elif uri is None and error is None:
         img_err = "missing_image: no image file for this key"
-    clean: list[dict[str, str]] = []
-    seen = set()
-    for c in captions:
-        text = (c.get("text") or "").strip()
-        if not text:
-            continue
-        if len(text) > MAX_CAPTION_CHARS:
-            text = text[:MAX_CAPTION_CHARS]
-            stats["caption_truncated"] = stats.get("caption_truncated", 0) + 1
-        ident = (text, c.get("kind"))
-        if ident in seen:
-            continue
-        seen.add(ident)
-        clean.append(_caption(text, c.get("kind") or "short", c.get("lang")))
-    err = img_err or error
+    clean, cap_err = _clean_captions(captions, opts, stats)
+    err = img_err or error or name_err or cap_err
     if err:
+        err = stable_message(err)
         reason = err.split(":", 1)[0]
         stats[f"error_{reason}"] = stats.get(f"error_{reason}", 0) + 1
     return {
-        "id": sample_id(source, key),
+        "id": sample_id(names["source"], names["key"]),
         "image": data,
-        "image_uri": uri,
+        "image_uri": names["uri"],
         "image_sha256": sha,
-        "source": source,
-        "source_key": key,
+        "source": names["source"],
+        "source_key": names["key"],
         "captions": clean,
         "width": w,
         "height": h,
@@ -143,35 +243,81 @@ def make_row(
 # --- captions from sidecars and records --------------------------------------------------------
 
 
+class BadField(ValueError):
+    """A caption field of the wrong type: the record or sidecar becomes an error row (a caption
+    silently dropped, or a crash of the whole unit, would both lose data)."""
+
+
+class DuplicateField(ValueError):
+    """A JSON object naming a field twice: which value was meant is a guess, so neither is used."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in obj:
+            raise DuplicateField(f"field {k!r} appears more than once")
+        obj[k] = v
+    return obj
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` that refuses duplicate fields (Python keeps the last one, silently)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates)
+
+
+_SCALAR_FIELDS = (
+    ("caption", None),
+    ("text", None),
+    ("alt", "alt"),
+    ("caption_en", None),
+    ("caption_zh", None),
+    ("zh", None),
+    ("long_caption", "long"),
+)
+
+
+def _listed_caption(i: int, c: Any, default_kind: str) -> dict[str, str] | None:
+    if isinstance(c, str):
+        return {"text": c, "kind": default_kind}
+    if isinstance(c, dict) and all(c.get(f) is None or isinstance(c.get(f), str) for f in ("text", "kind", "lang")):
+        return None if c.get("text") is None else {"text": c["text"], "kind": c.get("kind") or default_kind, "lang": c.get("lang")}
+    if isinstance(c, dict):
+        bad = next(f for f in ("text", "kind", "lang") if not isinstance(c.get(f), (str, type(None))))
+        raise BadField(f"captions[{i}].{bad} must be a string, got {_tname(c.get(bad))}")
+    raise BadField(f"captions[{i}] must be a string or {{text, kind, lang}}, got {_tname(c)}")
+
+
+def _tags_caption(tags: Any) -> list[dict[str, str]]:
+    if isinstance(tags, list) and tags:
+        return [{"text": ", ".join(str(t) for t in tags), "kind": "tags"}]
+    if isinstance(tags, str) and tags:
+        return [{"text": tags, "kind": "tags"}]
+    if tags is None or tags == [] or tags == "":
+        return []
+    raise BadField(f"field 'tags' must be a list or a string, got {_tname(tags)}")
+
+
 def captions_from_json(obj: Any, default_kind: str) -> list[dict[str, str]]:
     """Captions from a JSON sidecar or a table record: ``captions`` (strings or {text, kind, lang}),
-    ``caption``/``text``/``alt``, ``caption_en``/``caption_zh``/``zh``, and ``tags``."""
-    caps: list[dict[str, str]] = []
+    ``caption``/``text``/``alt``, ``caption_en``/``caption_zh``/``zh``, and ``tags``. A caption
+    field of the wrong type raises ``BadField``; other fields are not ours to judge."""
+    if obj is None:
+        return []
     if not isinstance(obj, dict):
-        return caps
-    for c in obj.get("captions") or []:
-        if isinstance(c, str):
-            caps.append({"text": c, "kind": default_kind})
-        elif isinstance(c, dict) and isinstance(c.get("text"), str):
-            caps.append({"text": c["text"], "kind": c.get("kind") or default_kind, "lang": c.get("lang")})
-    for k, kind in (
-        ("caption", default_kind),
-        ("text", default_kind),
-        ("alt", "alt"),
-        ("caption_en", default_kind),
-        ("caption_zh", default_kind),
-        ("zh", default_kind),
-        ("long_caption", "long"),
-    ):
+        raise BadField(f"not a JSON object but {_tname(obj)}")
+    listed = obj.get("captions")
+    if listed is not None and not isinstance(listed, list):
+        raise BadField(f"field 'captions' must be a list, got {_tname(listed)}")
+    parsed = (_listed_caption(i, c, default_kind) for i, c in enumerate(listed or []))
+    caps = [c for c in parsed if c is not None]
+    for k, kind in _SCALAR_FIELDS:
         v = obj.get(k)
         if isinstance(v, str):
-            caps.append({"text": v, "kind": kind})
-    tags = obj.get("tags")
-    if isinstance(tags, list) and tags:
-        caps.append({"text": ", ".join(str(t) for t in tags), "kind": "tags"})
-    elif isinstance(tags, str) and tags:
-        caps.append({"text": tags, "kind": "tags"})
-    return caps
+            caps.append({"text": v, "kind": kind or default_kind})
+        elif v is not None:
+            raise BadField(f"field {k!r} must be a string, got {_tname(v)}")
+    return caps + _tags_caption(obj.get("tags"))
 
 
 def _sidecar_captions(name: str, data: bytes, default_kind: str) -> list[dict[str, str]]:
@@ -179,10 +325,17 @@ def _sidecar_captions(name: str, data: bytes, default_kind: str) -> list[dict[st
     text = decode_caption(data)
     if name.endswith(".json"):
         try:
-            obj = json.loads(text) if text else {}
+            obj = parse_json(text) if text else {}
+        except DuplicateField as e:
+            raise ValueError(f"duplicate_key: {name}: {e}") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"caption_json_invalid: {e.msg} at line {e.lineno}") from None
-        return captions_from_json(obj, default_kind)
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, nesting 100,000 deep
+            raise ValueError(f"caption_json_invalid: {name}: {str(e)[:200]}") from None
+        try:
+            return captions_from_json(obj, default_kind)
+        except BadField as e:
+            raise ValueError(f"caption_invalid: {name}: {e}") from None
     # name.txt -> default kind; name.<kind>.txt -> that kind
     parts = name.rsplit(".", 2)
     kind = parts[-2] if len(parts) == 3 and parts[-2] in CAPTION_KINDS else default_kind
@@ -202,6 +355,37 @@ def _read_sidecars(sidecars: list[tuple[str, bytes]], default_kind: str) -> tupl
     return caps, error
 
 
+# --- local files: one rule for symlinks and paths, every source kind -------------------------
+
+
+def _outside_error(path: Path, shown: str, root: Path, opts: ReadOptions) -> str | None:
+    """``path_outside_source`` when ``path``, symlinks resolved, leaves ``root`` (a folder source,
+    or the folder of a table file): the same refusal and text for a symlinked image or sidecar, a
+    table's path, and a tar's link member, so ``x.jpg -> /etc/passwd`` never stores those bytes."""
+    try:
+        full = path.resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL in the name
+        return f"unreadable: {shown!r}: {e}"
+    if opts.allow_paths_outside_source or full.is_relative_to(root.resolve()):
+        return None
+    return f"path_outside_source: {shown!r} resolves outside {root}"
+
+
+def _read_local(path: Path, shown: str, root: Path, opts: ReadOptions) -> tuple[bytes | None, str | None]:
+    """(bytes, error) of a regular file inside ``root``, at most ``max_file_bytes + 1`` of them
+    (enough for make_row to see it is too large; a FIFO or device would block or never end)."""
+    err = _outside_error(path, shown, root, opts)
+    if err:
+        return None, err
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None, f"unreadable: {shown!r} is not a regular file"
+        with open(path, "rb") as f:
+            return f.read(opts.max_file_bytes + 1), None
+    except (OSError, ValueError) as e:
+        return None, f"unreadable: {shown!r}: {getattr(e, 'strerror', None) or e}"
+
+
 # --- planning ----------------------------------------------------------------------------------
 
 
@@ -209,12 +393,27 @@ def _source_name(path: Path) -> str:
     return str(path.resolve())
 
 
+_RAW_NAME = "\x00raw:"
+
+
+def _unit_name(rel: str) -> str:
+    """A file name as a unit carries it. Units travel through Arrow (Ray Data) and JSON
+    (checkpoints), which need valid Unicode; a name of non-UTF-8 bytes goes as the hex of its
+    bytes behind a prefix no POSIX file name can hold (NUL)."""
+    return _RAW_NAME + os.fsencode(rel).hex() if has_surrogates(rel) else rel
+
+
+def _fs_name(name: str) -> str:
+    return os.fsdecode(bytes.fromhex(name[len(_RAW_NAME) :])) if name.startswith(_RAW_NAME) else name
+
+
 def plan_units(sources: list[str], opts: ReadOptions) -> list[dict[str, Any]]:
     """Units of work over all sources, in a deterministic order (so ids and row order are stable).
 
     A directory is walked: tars and table files (.jsonl/.parquet) are their own units; image files
     form folder units of ``shard_size`` images, except under a directory that holds a table file
-    (those images are the table's, referenced by path)."""
+    (those images are the table's, referenced by path). What is no sample (captions without an
+    image, other file types, symlinked folders: never followed) is counted by a ``skipped`` unit."""
     units: list[dict[str, Any]] = []
     for src in sources:
         p = Path(src)
@@ -222,51 +421,94 @@ def plan_units(sources: list[str], opts: ReadOptions) -> list[dict[str, Any]]:
             raise ValueError(f"{src}: remote sources are read through Parquet/JSONL listing their URIs")
         if not p.exists():
             raise FileNotFoundError(f"source not found: {src}")
+        if has_surrogates(str(p.resolve())):
+            raise ValueError(f"{escape_surrogates(src)}: the source path is not valid UTF-8; rename it")
         if p.is_file():
-            units.extend(_file_units(p, p.parent, opts))
-            continue
-        root = p.resolve()
-        images: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            filenames.sort()
-            d = Path(dirpath)
-            if any(Path(f).suffix.lower() in TABLE_EXTS for f in filenames):
-                dirnames[:] = []  # this subtree's images belong to its table files
-                for f in filenames:
-                    if Path(f).suffix.lower() in TABLE_EXTS or f.endswith(".tar"):
-                        units.extend(_file_units(d / f, root, opts))
-                continue
-            for f in filenames:
-                fp = d / f
-                if f.endswith(".tar"):
-                    units.extend(_file_units(fp, root, opts))
-                elif fp.suffix.lower() in IMAGE_EXTS:
-                    images.append(str(fp.relative_to(root)))
-        for i in range(0, len(images), opts.shard_size):
-            units.append({"kind": "folder", "source": _source_name(root), "files": images[i : i + opts.shard_size]})
+            units.extend(_file_units(p.resolve(), opts))  # named explicitly: a symlink is trusted
+        else:
+            units.extend(_folder_units(p.resolve(), opts))
     for i, u in enumerate(units):
         u["unit"] = i
     return units
 
 
-def _file_units(p: Path, root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
+def _folder_units(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
+    units: list[dict[str, Any]] = []
+    images: list[str] = []
+    skipped: Counter = Counter()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        filenames.sort()
+        d = Path(dirpath)
+        if any(Path(f).suffix.lower() in TABLE_EXTS for f in filenames):
+            dirnames[:] = []  # this subtree's images belong to its table files
+            tables = [f for f in filenames if Path(f).suffix.lower() in TABLE_EXTS or f.endswith(".tar")]
+            units.extend(u for f in tables for u in _file_units(d / f, opts))
+            continue
+        skipped["symlinked_dir"] += sum((d / n).is_symlink() for n in dirnames)
+        units.extend(u for f in filenames if f.endswith(".tar") for u in _file_units(d / f, opts))
+        found = [f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTS]
+        images.extend(_unit_name(str((d / f).relative_to(root))) for f in found)
+        skipped.update(_unclaimed(filenames, found))
+    for i in range(0, len(images), opts.shard_size):
+        units.append({"kind": "folder", "source": _source_name(root), "files": images[i : i + opts.shard_size]})
+    if +skipped:
+        units.append({"kind": "skipped", "source": _source_name(root), "counts": json.dumps(dict(sorted((+skipped).items())))})
+    return units
+
+
+def _unclaimed(filenames: list[str], images: list[str]) -> Counter:
+    """Files of one folder that no image claims: caption sidecars without their image, and files
+    of other types. Counted, so a folder of orphan captions is reported, not silently empty."""
+    stems = {f[: -len(Path(f).suffix)] for f in images}
+    out: Counter = Counter()
+    for f in filenames:
+        suffix = Path(f).suffix
+        if f in images or f.endswith(".tar"):
+            continue
+        if suffix in (".txt", ".json"):
+            base = f[: -len(suffix)]
+            head, _, kind = base.rpartition(".")
+            out["caption_without_image"] += not (base in stems or (kind in CAPTION_KINDS and head in stems))
+        else:
+            out["unsupported_file"] += 1
+    return out
+
+
+def _error_unit(p: Path, error: str) -> dict[str, Any]:
+    """A source file that cannot even be planned (a corrupt Parquet footer, a non-UTF-8 path)
+    becomes a unit of one error row, not a failed job."""
+    name = escape_surrogates(str(p))
+    return {"kind": "error", "source": name, "key": p.name and escape_surrogates(p.name), "error": stable_message(error)}
+
+
+def _file_units(p: Path, opts: ReadOptions) -> list[dict[str, Any]]:
     ext = p.suffix.lower()
+    if has_surrogates(str(p)):
+        return [_error_unit(p, "bad_name: the file path is not valid UTF-8")]
     src = _source_name(p)
     if p.name.endswith(".tar"):
         return [{"kind": "tar", "source": src}]
     if ext in (".jsonl", ".ndjson"):
-        size = p.stat().st_size
+        size = p.stat().st_size  # an empty file has no unit: nothing in it to account for
         step = max(opts.jsonl_chunk_bytes, 1)
-        return [{"kind": "jsonl", "source": src, "start": s, "end": min(s + step, size)} for s in range(0, max(size, 1), step)]
+        return [{"kind": "jsonl", "source": src, "start": s, "end": min(s + step, size)} for s in range(0, size, step)]
     if ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        n = pq.ParquetFile(p).num_row_groups
-        return [{"kind": "parquet", "source": src, "row_groups": [g]} for g in range(max(n, 1))]
+        return _parquet_units(p, src)
     if ext in IMAGE_EXTS:
-        return [{"kind": "folder", "source": str(p.parent.resolve()), "files": [p.name]}]
+        return [{"kind": "folder", "source": str(p.parent), "files": [p.name]}]
     raise ValueError(f"{p}: unsupported source file type {ext!r} (folders, .tar, .jsonl, .parquet, images)")
+
+
+def _parquet_units(p: Path, src: str) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        n = pq.ParquetFile(p).num_row_groups
+    except (pa.ArrowException, OSError) as e:
+        return [_error_unit(p, f"corrupt_table: {type(e).__name__}: {str(e)[:200]}")]
+    return [{"kind": "parquet", "source": src, "row_groups": [g]} for g in range(n)]
 
 
 # --- reading one unit ------------------------------------------------------------------------
@@ -283,29 +525,43 @@ def read_unit(unit: dict[str, Any], opts: ReadOptions, stats: dict[str, int]) ->
         yield from _read_jsonl(unit, opts, stats)
     elif kind == "parquet":
         yield from _read_parquet(unit, opts, stats)
+    elif kind == "skipped":
+        for what, n in json.loads(unit["counts"]).items():
+            stats[f"skipped_{what}"] = stats.get(f"skipped_{what}", 0) + n
+    elif kind == "error":
+        yield make_row(unit["source"], unit["key"], None, [], opts, error=unit["error"], stats=stats)
     else:
         raise ValueError(f"unknown unit kind {kind!r}")
 
 
 def _read_folder(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[dict]:
     root = Path(unit["source"])
-    for rel in unit["files"]:
+    for name in unit["files"]:
+        rel = _fs_name(name)
         fp = root / rel
-        stem = fp.name[: -len(fp.suffix)]
-        sidecars = []
-        for cand in sorted(fp.parent.glob(f"{_glob_escape(stem)}.*")):
-            if cand != fp and (cand.suffix in (".txt", ".json")) and cand.is_file():
-                # <stem>.txt, <stem>.json, <stem>.<kind>.txt; not <stem>.other.jpg
-                middle = cand.name[len(stem) + 1 : -len(cand.suffix)]
-                if middle == "" or middle in CAPTION_KINDS:
-                    sidecars.append((cand.name, cand.read_bytes()))
+        sidecars, serr = _folder_sidecars(fp, root, opts)
         caps, cerr = _read_sidecars(sidecars, "short")
-        try:
-            data = fp.read_bytes()
-        except OSError as e:
-            yield make_row(unit["source"], rel, None, caps, opts, error=f"unreadable: {e}", stats=stats)
+        data, err = _read_local(fp, rel, root, opts)
+        yield make_row(unit["source"], rel, data, caps, opts, error=err or serr or cerr, stats=stats)
+
+
+def _folder_sidecars(fp: Path, root: Path, opts: ReadOptions) -> tuple[list[tuple[str, bytes]], str | None]:
+    """<stem>.txt, <stem>.json, <stem>.<kind>.txt (not <stem>.other.jpg), read under the same rules
+    as images: inside the source, regular files, bounded."""
+    stem = fp.name[: -len(fp.suffix)]
+    out, err = [], None
+    for cand in sorted(fp.parent.glob(f"{_glob_escape(stem)}.*")):
+        middle = cand.name[len(stem) + 1 : -len(cand.suffix)]
+        if cand == fp or cand.suffix not in (".txt", ".json") or not (middle == "" or middle in CAPTION_KINDS):
             continue
-        yield make_row(unit["source"], rel, data, caps, opts, error=cerr, stats=stats)
+        data, e = _read_local(cand, cand.name, root, opts)
+        if data is not None and len(data) > opts.max_file_bytes:
+            data, e = None, f"file_too_large: sidecar {cand.name!r} > {opts.max_file_bytes} bytes"
+        if data is None:
+            err = err or e
+        else:
+            out.append((cand.name, data))
+    return out, err
 
 
 def _glob_escape(s: str) -> str:
@@ -319,42 +575,64 @@ def _wds_key(name: str) -> tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext.lower()
 
 
+def _tar_link_error(m: tarfile.TarInfo, src: str) -> str | None:
+    """Link members are never followed (a stream cannot go back to their target; one to
+    ``/etc/passwd`` must not be read at all). One that leaves the archive is refused with the same
+    text as a symlink on disk; ``allow_paths_outside_source`` does not open a tar's links."""
+    target = m.linkname if m.islnk() else posixpath.join(posixpath.dirname(m.name), m.linkname)
+    norm = posixpath.normpath(target)
+    if posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
+        return f"path_outside_source: {m.name!r} resolves outside {src}"
+    return None
+
+
+def _tar_groups(tf: tarfile.TarFile, src: str, opts: ReadOptions, stats: dict[str, int]) -> Iterator[tuple[str, dict]]:
+    """(key, {files, dup_ext, link_err}) per run of members sharing a WebDataset key."""
+    cur, group = None, {}
+    for m in tf:
+        if not (m.isfile() or m.issym() or m.islnk()):
+            stats["tar_member_skipped"] = stats.get("tar_member_skipped", 0) + 1
+            continue
+        key, ext = _wds_key(m.name)
+        if key != cur:
+            if cur is not None:
+                yield cur, group
+            cur, group = key, {"files": {}, "dup_ext": False, "link_err": None}
+        if not m.isfile():  # a link: counted as skipped, its refusal on the sample's row
+            stats["tar_member_skipped"] = stats.get("tar_member_skipped", 0) + 1
+            group["link_err"] = group["link_err"] or _tar_link_error(m, src)
+            continue
+        f = tf.extractfile(m)
+        data = f.read(opts.max_file_bytes + 1) if f else b""
+        group["dup_ext"] = group["dup_ext"] or ext in group["files"]
+        group["files"].setdefault(ext, data)
+    if cur is not None:
+        yield cur, group
+
+
 def _read_tar(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[dict]:
     src = unit["source"]
     seen: dict[str, int] = {}
 
-    def emit(key: str, files: dict[str, bytes], dup_ext: bool) -> dict:
+    def emit(key: str, group: dict) -> dict:
         n = seen.get(key, 0)
         seen[key] = n + 1
         row_key = key if n == 0 else f"{key}#{n + 1}"
+        files = group["files"]
         img_ext = next((e for e in files if "." + e.split(".")[-1] in IMAGE_EXTS), None)
         sidecars = [(f"{key}.{e}", files[e]) for e in sorted(files) if e.split(".")[-1] in ("txt", "json")]
         caps, cerr = _read_sidecars(sidecars, "alt")
         error = None
-        if n > 0 or dup_ext:
+        if n > 0 or group["dup_ext"]:
             error = f"duplicate_key: key {key!r} appears more than once in the tar"
-        return make_row(src, row_key, files.get(img_ext) if img_ext else None, caps, opts, error=error or cerr, stats=stats)
+        data = files.get(img_ext) if img_ext else None
+        return make_row(src, row_key, data, caps, opts, error=error or group["link_err"] or cerr, stats=stats)
 
     try:
         with tarfile.open(src, mode="r|*") as tf:
-            cur_key, files, dup_ext = None, {}, False
-            for m in tf:
-                if not m.isfile():
-                    stats["tar_member_skipped"] = stats.get("tar_member_skipped", 0) + 1
-                    continue
-                key, ext = _wds_key(m.name)
-                if key != cur_key and cur_key is not None:
-                    yield emit(cur_key, files, dup_ext)
-                    files, dup_ext = {}, False
-                cur_key = key
-                f = tf.extractfile(m)
-                data = f.read(opts.max_file_bytes + 1) if f else b""
-                if ext in files:
-                    dup_ext = True
-                files.setdefault(ext, data)
-            if cur_key is not None:
-                yield emit(cur_key, files, dup_ext)
-    except (tarfile.TarError, OSError, EOFError) as e:
+            for key, group in _tar_groups(tf, src, opts, stats):
+                yield emit(key, group)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         # a broken tar: rows already read are kept; the break itself is a row with a reason
         yield make_row(src, f"<tar-error-after-{sum(seen.values())}-samples>", None, [], opts, error=f"corrupt_tar: {e}", stats=stats)
 
@@ -362,7 +640,7 @@ def _read_tar(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[
 def _resolve_image(value: Any, base: Path, opts: ReadOptions) -> tuple[bytes | None, str | None, str | None]:
     """(bytes, uri, error) from a table cell: bytes, {bytes|path} structs, a path or a URI."""
     if isinstance(value, dict):
-        if value.get("bytes"):
+        if isinstance(value.get("bytes"), (bytes, bytearray)) and value["bytes"]:
             return bytes(value["bytes"]), None, None
         value = value.get("path")
     if isinstance(value, (bytes, bytearray)):
@@ -372,62 +650,96 @@ def _resolve_image(value: Any, base: Path, opts: ReadOptions) -> tuple[bytes | N
     if "://" in value and not value.startswith("file://"):
         return None, value, None
     path = Path(value.removeprefix("file://"))
-    full = (path if path.is_absolute() else base / path).resolve()
-    if not opts.allow_paths_outside_source and not full.is_relative_to(base.resolve()):
-        return None, None, f"path_outside_source: {value!r} resolves outside {base}"
-    try:
-        with open(full, "rb") as f:
-            return f.read(opts.max_file_bytes + 1), None, None
-    except OSError as e:
-        return None, None, f"unreadable: {value!r}: {e.strerror or e}"
+    data, err = _read_local(path if path.is_absolute() else base / path, value, base, opts)
+    return data, None, err
+
+
+def _record_key(rec: dict, key: str) -> str:
+    for k in _KEY_KEYS:
+        v = rec.get(k)
+        if isinstance(v, (str, int)) and str(v):
+            return f"{key}:{v}"
+    return key
 
 
 def _record_row(rec: Any, source: str, key: str, base: Path, opts: ReadOptions, stats: dict[str, int]) -> dict:
+    """A record's row; a caption field of the wrong type is its error (the image still checked)."""
     if not isinstance(rec, dict):
-        return make_row(source, key, None, [], opts, error="bad_record: not an object", stats=stats)
-    for k in _KEY_KEYS:
-        if isinstance(rec.get(k), (str, int)) and str(rec[k]):
-            key = f"{key}:{rec[k]}"
-            break
+        return make_row(source, key, None, [], opts, error=f"bad_record: not an object but {_tname(rec)}", stats=stats)
+    key = _record_key(rec, key)
+    try:
+        caps, cerr = captions_from_json(rec, "short"), None
+    except BadField as e:
+        caps, cerr = [], f"bad_record: {e}"
     img = next((rec[k] for k in _IMAGE_KEYS if rec.get(k) is not None), None)
     data, uri, err = _resolve_image(img, base, opts)
     if uri:
         stats["remote_uri"] = stats.get("remote_uri", 0) + 1
-    return make_row(source, key, data, captions_from_json(rec, "short"), opts, uri=uri, error=err, stats=stats)
+    return make_row(source, key, data, caps, opts, uri=uri, error=err or cerr, stats=stats)
+
+
+def _skip_line(f) -> None:
+    """Read past the rest of the current line in bounded chunks."""
+    while (chunk := f.readline(1 << 20)) and not chunk.endswith(b"\n"):
+        pass
+
+
+def _jsonl_row(line: bytes, src: str, key: str, base: Path, opts: ReadOptions, stats: dict[str, int]) -> dict:
+    try:
+        rec = parse_json(decode_caption(line))
+    except DuplicateField as e:
+        return make_row(src, key, None, [], opts, error=f"duplicate_key: {e}", stats=stats)
+    except (CaptionDecodeError, ValueError, RecursionError) as e:  # JSON errors are ValueErrors
+        return make_row(src, key, None, [], opts, error=f"bad_record: {str(e)[:200]}", stats=stats)
+    return _record_row(rec, src, key, base, opts, stats)
 
 
 def _read_jsonl(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[dict]:
+    """Lines starting in [start, end); a line longer than ``max_file_bytes`` is an error row."""
     src, start, end = unit["source"], unit["start"], unit["end"]
     base = Path(src).parent
     with open(src, "rb") as f:
-        f.seek(start)
         if start > 0:
             f.seek(start - 1)
             if f.read(1) != b"\n":
-                f.readline()  # the partial line belongs to the previous unit
-        while f.tell() < end or (start == end == 0):
+                _skip_line(f)  # the partial line belongs to the previous unit
+        while f.tell() < end:
             pos = f.tell()
-            line = f.readline()
+            line = f.readline(opts.max_file_bytes + 1)
             if not line:
                 break
-            if not line.strip():
-                continue
-            key = f"@{pos}"
-            try:
-                rec = json.loads(decode_caption(line))
-            except (CaptionDecodeError, json.JSONDecodeError) as e:
-                yield make_row(src, key, None, [], opts, error=f"bad_record: {str(e)[:200]}", stats=stats)
-                continue
-            yield _record_row(rec, src, key, base, opts, stats)
+            if len(line) > opts.max_file_bytes:
+                if not line.endswith(b"\n"):
+                    _skip_line(f)
+                yield make_row(
+                    src, f"@{pos}", None, [], opts, error=f"bad_record: line longer than {opts.max_file_bytes} bytes", stats=stats
+                )
+            elif line.strip():
+                yield _jsonl_row(line, src, f"@{pos}", base, opts, stats)
+
+
+def _duplicate_columns(names: list[str]) -> str | None:
+    dups = sorted({n for n in names if names.count(n) > 1})
+    return f"duplicate_key: column {dups[0]!r} appears more than once in the table" if dups else None
 
 
 def _read_parquet(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[dict]:
+    """Rows of the unit's row groups; a column named twice (Arrow keeps one, silently) makes every
+    row an error, and a corrupt page a row with ``corrupt_table`` after the rows read before it."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    src = unit["source"]
-    pf = pq.ParquetFile(src)
-    offset = sum(pf.metadata.row_group(g).num_rows for g in range(unit["row_groups"][0]))
-    for batch in pf.iter_batches(batch_size=opts.shard_size, row_groups=unit["row_groups"]):
-        for rec in batch.to_pylist():
-            yield _record_row(rec, src, f"#{offset}", Path(src).parent, opts, stats)
-            offset += 1
+    src, base = unit["source"], Path(unit["source"]).parent
+    offset = 0
+    try:
+        pf = pq.ParquetFile(src)
+        dup = _duplicate_columns(pf.schema_arrow.names)
+        offset = sum(pf.metadata.row_group(g).num_rows for g in range(unit["row_groups"][0]))
+        for batch in pf.iter_batches(batch_size=opts.shard_size, row_groups=unit["row_groups"]):
+            for rec in batch.to_pylist():
+                key = f"#{offset}"
+                yield make_row(src, key, None, [], opts, error=dup, stats=stats) if dup else _record_row(rec, src, key, base, opts, stats)
+                offset += 1
+    except (pa.ArrowException, OSError) as e:
+        err = f"corrupt_table: {type(e).__name__}: {str(e)[:200]}"
+        yield make_row(src, f"<parquet-error-at-row-{offset}>", None, [], opts, error=err, stats=stats)

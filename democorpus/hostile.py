@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -49,8 +50,29 @@ def _exif_rotated(img: Image.Image) -> bytes:
     return _jpeg(img, exif=exif.tobytes())
 
 
+def _poison_cases(folder: Path, base: Image.Image, put, cases: dict[str, dict]) -> None:
+    """Single records that once failed the whole job (issue #21): each must be one error row."""
+    img = lambda q: _jpeg(base, quality=q)  # noqa: E731 (distinct bytes per case: no exact copies)
+    put("captions_int.jpg", img(81), "caption_invalid", b'{"captions": 5}', sidecar="json")
+    put("lang_int.jpg", img(82), "caption_invalid", b'{"captions": [{"text": "a dog", "lang": 5}]}', sidecar="json")
+    put("surrogate_caption.jpg", img(83), "caption_encoding", b'{"caption": "lone \\udc80 surrogate"}', sidecar="json")
+    put("duplicate_field.jpg", img(84), "duplicate_key", b'{"caption": "first", "caption": "second"}', sidecar="json")
+    put("utf16_nul_caption.jpg", img(85), "caption_encoding", "a\x00b".encode("utf-16"))
+    # a symlink to a file outside the corpus: refused, the target's bytes never stored
+    (folder / "escape_link.jpg").symlink_to("/etc/passwd")
+    cases["escape_link.jpg"] = {"path": "folder/escape_link.jpg", "expect": "path_outside_source"}
+    # a file name that is not UTF-8 (byte 0xFF): stored under an escaped key, with an error
+    try:
+        with open(os.fsencode(folder) + b"/latin1_\xff.jpg", "wb") as f:
+            f.write(img(86))
+        cases["latin1_\\xff.jpg"] = {"path": "folder/latin1_\\xff.jpg", "expect": "bad_name"}
+    except OSError:  # a file system that only takes UTF-8 names: nothing to test there
+        pass
+
+
 def write_hostile_corpus(out: str | Path, photo: bytes | None = None) -> dict[str, dict]:
-    """Write ``out/folder`` (images + sidecars), ``out/tar/hostile.tar`` and ``out/jsonl/rows.jsonl``.
+    """Write ``out/folder`` (images + sidecars, a symlink out, a non-UTF-8 name),
+    ``out/tar/hostile.tar`` and ``out/jsonl/rows.jsonl``.
 
     Returns {case name: {"path": relative path, "expect": "ok" | error reason}}."""
     out = Path(out)
@@ -108,6 +130,7 @@ def write_hostile_corpus(out: str | Path, photo: bytes | None = None) -> dict[st
     )
     put("bad_json_sidecar.jpg", _jpeg(base, quality=40), "caption_json_invalid", b"{not json", sidecar="json")
     put("exact_copy.jpg", good, "ok", b"the same bytes as good.jpg")
+    _poison_cases(folder, base, put, cases)
 
     # WebDataset tar with a duplicate key, a member without image, a symlink
     tar_path = tar_dir / "hostile.tar"
@@ -133,6 +156,7 @@ def write_hostile_corpus(out: str | Path, photo: bytes | None = None) -> dict[st
     cases["tar:000002"] = {"path": "tar/hostile.tar", "expect": "ok"}
     cases["tar:000001#2"] = {"path": "tar/hostile.tar", "expect": "duplicate_key"}
     cases["tar:000003"] = {"path": "tar/hostile.tar", "expect": "missing_image"}
+    cases["tar:000004"] = {"path": "tar/hostile.tar", "expect": "path_outside_source"}  # the symlink
 
     # JSONL with a path escaping its folder, a bad line, bytes that are fine
     (jl / "img.jpg").write_bytes(good)
