@@ -61,6 +61,8 @@ def init_ray(config: RayConfig | None = None) -> None:
     from ray.data import DataContext
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset "execution finished" lines
+    # we draw our own progress (rows, rate, ETA): Ray Data's "Progress bars disabled" is noise
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False

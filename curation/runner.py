@@ -32,8 +32,9 @@ from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from curation.stage import Stage, Stats
 from curation.store import DatasetBusyError, Store
@@ -99,17 +100,65 @@ class Checkpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _progress(disable: bool) -> Progress:
+class _RateColumn(ProgressColumn):
+    """``1,234 rows/s`` (or units/s): the rate a user compares between runs and machines."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.elapsed else None)
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
+
+
+def _progress(disable: bool, unit: str = "units") -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn(unit),
+        _RateColumn(unit),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
         disable=disable,
         transient=False,
     )
+
+
+class RowProgress:
+    """Rows done, counted by the workers as they go (a Ray actor they tell after each batch) and
+    read by a driver thread twice a second: a stage over two big fragments would otherwise show a
+    2-step bar that stands still for minutes. ``start``: rows done by an earlier, resumed run."""
+
+    def __init__(self, total: int, start: int = 0):
+        import ray
+
+        self.total, self.start = total, start
+        self.counter = ray.remote(num_cpus=0)(_RowCounter).remote()
+
+    def follow(self, progress: Progress, task, stop) -> None:
+        import ray
+
+        while not stop.wait(0.5):
+            try:
+                done = ray.get(self.counter.value.remote(), timeout=5)
+            except Exception:  # the counter is gone (shutdown): the bar just stops moving
+                return
+            progress.update(task, completed=min(self.start + done, self.total))
+
+
+class _RowCounter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def value(self) -> int:
+        return self.n
 
 
 def _cluster_slots(opts: dict[str, Any]) -> int:
@@ -138,11 +187,13 @@ def execute_units(
     description: str,
     concurrency: int | None = None,
     show_progress: bool = True,
+    rows: RowProgress | None = None,
 ) -> None:
     """Run ``worker_cls(**ctor_kwargs)(unit)`` for every unit on Ray Data actors, streaming results.
 
     Each unit becomes one block, so finished units reach ``on_result`` (on the driver) while the
     rest still run: the driver checkpoints as it goes and memory stays bounded by the in-flight units.
+    ``rows``: progress in rows as the workers report them (their ``progress`` counter), else in units.
     """
     import ray
 
@@ -162,8 +213,9 @@ def execute_units(
     batches = iter(out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
     failure: BaseException | None = None
     try:
-        with _progress(not show_progress) as progress:
-            task = progress.add_task(description, total=len(units))
+        with _progress(not show_progress, "rows" if rows else "units") as progress:
+            task = progress.add_task(description, total=rows.total if rows else len(units), completed=rows.start if rows else 0)
+            stop = _follow(rows, progress, task) if rows and show_progress else None
             while True:
                 try:
                     batch = next(batches)
@@ -174,7 +226,12 @@ def execute_units(
                     break
                 for row in batch.to_pylist():
                     on_result(row)
-                    progress.advance(task)
+                    if rows is None:
+                        progress.advance(task)
+            if stop is not None:
+                stop.set()
+                if failure is None:
+                    progress.update(task, completed=rows.total)
     finally:
         # ``on_result`` raised (the driver's own error): closing the generator shuts the executor
         # down with force, which kills the actor pool now
@@ -193,6 +250,15 @@ def execute_units(
         raise failure
 
 
+def _follow(rows: RowProgress, progress: Progress, task):
+    """Start the driver thread that moves the bar from the workers' row counter; returns its stop event."""
+    import threading
+
+    stop = threading.Event()
+    threading.Thread(target=rows.follow, args=(progress, task, stop), daemon=True, name="row-progress").start()
+    return stop
+
+
 def _without_frames(e: BaseException) -> None:
     """Clear the (driver-side) tracebacks of ``e`` and the exceptions it chains."""
     seen: set[int] = set()
@@ -206,10 +272,11 @@ def _without_frames(e: BaseException) -> None:
 class _FragmentWorker:
     """A Ray actor: loads the stage once, then computes the stage's columns for whole fragments."""
 
-    def __init__(self, store: Store, stage: Stage, read_version: int):
+    def __init__(self, store: Store, stage: Stage, read_version: int, progress=None):
         self.stage = stage
         self.stage.setup()
         self.dataset = store.open(read_version)
+        self.progress = progress  # RowProgress's counter: told the rows of each batch done
 
     def _udf(self) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
         """Lance calls the UDF once on a 1-row sample to learn the output schema and discards
@@ -220,7 +287,10 @@ class _FragmentWorker:
             if not state["probed"]:
                 state["probed"] = True
                 return pa.RecordBatch.from_pylist([{}] * batch.num_rows, schema=self.stage.output_schema)
-            return self.stage.run_batch(batch)
+            out = self.stage.run_batch(batch)
+            if self.progress is not None:
+                self.progress.add.remote(batch.num_rows)  # fire and forget: never waits on the driver
+            return out
 
         return udf
 
@@ -413,15 +483,21 @@ def _compute_fragments(
         ckpt.save(rec)
         done[row["fragment_id"]] = rec
 
+    rows = None
+    if show_progress and todo:
+        by_id = {f.fragment_id: f for f in fragments}
+        pending = sum(by_id[u["fragment_id"]].count_rows() for u in todo)
+        rows = RowProgress(sum(f.count_rows() for f in fragments), start=sum(f.count_rows() for f in fragments) - pending)
     execute_units(
         todo,
         _FragmentWorker,
-        {"store": store, "stage": stage, "read_version": read_version},
+        {"store": store, "stage": stage, "read_version": read_version, "progress": rows.counter if rows else None},
         ray_options=stage.resources.ray_options(),
         on_result=on_result,
-        description=f"{stage.name} (fragments)",
+        description=stage.name,
         concurrency=concurrency,
         show_progress=show_progress,
+        rows=rows,
     )
     missing = [f.fragment_id for f in fragments if f.fragment_id not in done]
     if missing:
