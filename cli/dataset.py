@@ -101,6 +101,24 @@ def register(app: typer.Typer) -> None:
         console.print(t)
 
     @app.command()
+    def sql(
+        query: str = typer.Argument(..., help='SQL over the dataset as "samples", e.g. "select error, count(*) from samples group by 1"'),
+        dataset: str = DatasetOpt,
+        version: Optional[int] = typer.Option(None, help="dataset version (default: latest)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="write all rows to .parquet, .csv or .jsonl"),
+        max_rows: int = typer.Option(50, min=1, help="rows shown on the terminal"),
+    ):
+        """SQL on the dataset through DuckDB (columns read lazily; vectors as float32)."""
+        from curation.sql import run_sql
+
+        store = open_store(dataset)
+        try:
+            t = run_sql(query, store.uri, version, store.storage_options)
+        except ValueError as e:
+            fail(str(e))
+        _print_or_write(t, out, max_rows)
+
+    @app.command()
     def run(
         pipeline: Path = typer.Argument(..., help="pipeline YAML: dataset, ray, steps"),
         overwrite: bool = typer.Option(False, help="recompute steps whose output exists"),
@@ -110,6 +128,33 @@ def register(app: typer.Typer) -> None:
         from pipelines.pipeline import run_pipeline
 
         run_pipeline(pipeline, overwrite=overwrite, address=address)
+
+
+def _print_or_write(t, out: Optional[Path], max_rows: int) -> None:
+    """The query's rows as a table on the terminal (the first ``max_rows``), or all of them to
+    ``out`` (.parquet, .csv or .jsonl: what a spreadsheet or the next script opens)."""
+    if out is not None:
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        kinds = {".parquet": lambda: pq.write_table(t, out), ".csv": lambda: pacsv.write_csv(t, out)}
+        kinds[".jsonl"] = lambda: out.write_text("".join(json.dumps(r, default=str) + "\n" for r in t.to_pylist()))
+        if out.suffix not in kinds:
+            fail(f"--out must end in .parquet, .csv or .jsonl (got {out.name!r})")
+        kinds[out.suffix]()
+        console.print(f"{t.num_rows:,} rows -> {out}")
+        return
+    table = Table(*t.column_names)
+    for row in t.slice(0, max_rows).to_pylist():
+        table.add_row(*(_cell(v) for v in row.values()))
+    console.print(table)
+    if t.num_rows > max_rows:
+        console.print(f"... {t.num_rows - max_rows:,} more rows (--max-rows, or --out FILE)")
+
+
+def _cell(v) -> str:
+    text = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _describe_step(name: str) -> None:

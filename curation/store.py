@@ -425,14 +425,15 @@ class Store:
         schema = self.open(version).schema
         return [f.name for f in schema if f.type not in _BLOB_TYPES]
 
-    def duckdb(self, con: Any = None, name: str = "samples", columns: list[str] | None = None):
-        """Register the dataset (without image bytes by default) as a DuckDB view for SQL."""
+    def duckdb(self, con: Any = None, name: str = "samples", version: int | None = None):
+        """Register the dataset as a DuckDB view for SQL, read lazily (DuckDB reads only the
+        columns and rows a query needs; half-float vectors widened: ``curation.sql``)."""
         import duckdb
 
+        from curation.sql import duckdb_view
+
         con = con or duckdb.connect()
-        ds = self.open()
-        cols = columns or self.light_columns()
-        con.register(name, ds.scanner(columns=cols).to_reader().read_all())
+        con.register(name, duckdb_view(self.uri, version, self.storage_options))
         return con
 
     def diff(self, v1: int, v2: int) -> dict[str, Any]:
