@@ -245,6 +245,36 @@ def dedup_counts_ingest_exact_copies(work: Path, coco: Path):
     return line[:100], "exact copies: 3 ... (ingest flagged 3)", "exact copies: 3 " in line and "flagged 3" in line
 
 
+@case
+def kill_9_driver_mid_stage(work: Path, coco: Path):
+    import signal
+
+    src = work / "src"
+    src.mkdir()
+    for p in photos(coco, 80):
+        shutil.copy(p, src / p.name)
+    ds, clean = work / "x.lance", work / "clean.lance"
+    for d in (ds, clean):
+        curate("ingest", str(src), "--dataset", str(d), "--shard-size", "8")
+    curate("stage", "prof_hash", "--dataset", str(clean))
+    job = start("stage", "prof_hash", "--dataset", str(ds))
+    ckpts = ds / "_curation" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(ckpts.glob("prof_hash-*/*.json")):
+        time.sleep(0.2)
+    done_before = len(list(ckpts.glob("prof_hash-*/*.json")))
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    again = curate("stage", "prof_hash", "--dataset", str(ds))
+    cols = ["id", "prof_phash", "prof_dhash"]
+    same = sorted(map(str, rows(ds, cols))) == sorted(map(str, rows(clean, cols)))
+    resumed = "resuming" in again.stdout + again.stderr
+    outcome = (
+        f"killed with {done_before} of 10 fragments checkpointed; re-run resumed: {resumed}, exit {again.returncode}, same values: {same}"
+    )
+    return outcome, "resumes, same values as a clean run", same and again.returncode == 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=None)
