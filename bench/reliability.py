@@ -181,9 +181,10 @@ def empty_source(work: Path, coco: Path):
     src.mkdir()
     ds = work / "x.lance"
     p = curate("ingest", str(src), "--dataset", str(ds))
-    msg = (p.stdout + p.stderr).strip().splitlines()[-1:] or [""]
+    msg = " ".join((p.stdout + p.stderr).split())
+    msg = msg[msg.find("error:") :][:90] if "error:" in msg else msg[:90]
     return (
-        f"exit {p.returncode}, dataset created: {ds.exists()}, says {msg[0][:80]!r}",
+        f"exit {p.returncode}, dataset created: {ds.exists()}, says {msg!r}",
         "non-zero exit, no dataset, a message",
         (p.returncode != 0 and not ds.exists() and not traceback_in(p)),
     )
