@@ -13,6 +13,7 @@ def load_jobs() -> None:
         basic_stages,
         dedup,
         descriptors,
+        download,
         export,
         graph,
         index,
