@@ -13,7 +13,8 @@ Security model, in short (tests in tests/annotator_ui check each point):
 
 Layout: this module builds the app (state, middleware, error handlers, the routers and the
 app's own two routes, ``/health`` and ``/openapi.json``); ``deps`` holds the settings and the
-dependencies; ``routes/`` one router per area (auth, review, images, admin).
+dependencies; ``routes/`` one router per area (auth, review, history, images, admin);
+``filters`` the template filters (local times, audit details, invisible characters shown).
 """
 
 import json
@@ -35,8 +36,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from annotator_ui import filters
 from annotator_ui.deps import AppSettings, CurrentUser, page, wants_html
-from annotator_ui.routes import PUBLIC, admin, auth, images, review
+from annotator_ui.routes import PUBLIC, admin, auth, history, images, review
 from curation.reviewdb import BadInput, Conflict, NotFound, ReviewDB, ReviewError, Throttled, User
 from curation.security import SESSION_COOKIE
 
@@ -71,7 +73,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("no valid session (log in first; browsers asking for HTML get the login page)", html=True),
     403: _error("not allowed: wrong CSRF token, admin only, or not your lease", html=True),
     404: _error("no such item or image", html=True),
-    409: _error("a different decision from you already exists", html=True),
+    409: _error("a different decision from you already exists, or an undo that is not allowed (not your latest, too old)", html=True),
     413: _error("request body too large"),
     415: _error("stored bytes are not a displayable image"),
     422: _error("invalid input (field errors, NUL characters)"),
@@ -97,8 +99,9 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None, *, apply: Call
     app.state.open_version = images.dataset_versions(app.state.dataset)
     app.state.apply_lock = threading.Lock()  # one apply at a time; a second click gets 409
     app.state.templates = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
+    filters.register(app.state.templates)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for router in (meta, auth.router, review.router, images.router, admin.router):
+    for router in (meta, auth.router, review.router, history.router, images.router, admin.router):
         app.include_router(router)
     _add_error_handlers(app, db)
     app.add_middleware(_Limits, max_body=settings.max_body)

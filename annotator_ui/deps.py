@@ -71,6 +71,7 @@ class AppSettings(BaseModel):
     login_window_s: float = Field(900.0, gt=0, description="window in which failed logins are counted")
     login_lockout_s: float = Field(30.0, gt=0, description="first lockout; each further one doubles")
     login_max_lockout_s: float = Field(3600.0, gt=0, description="longest lockout; a key quiet this long starts afresh")
+    undo_s: float = Field(300.0, ge=0, description="seconds an annotator may undo their latest decision")
     title: str = "Review"
 
     def login_policy(self) -> LoginPolicy:

@@ -18,6 +18,8 @@ Rules it enforces (the API relies on them, tests check them):
   (item, annotator) (a UNIQUE constraint), so a retried submit is idempotent and never counted twice;
 - a share of items needs two annotators (agreement), gold items have a known answer and stay in
   the queue for every annotator once;
+- an annotator may undo only their latest decision, within a window: the decision row goes, the
+  counters go back and the item is leased to them again, in one transaction (``undo``);
 - every action is written to the audit log in the same transaction.
 
 SQL is written once with ``?`` placeholders and standard syntax both engines accept
@@ -153,6 +155,8 @@ CREATE TABLE IF NOT EXISTS audit (
   id {serial}, ts DOUBLE PRECISION NOT NULL, user_id BIGINT, action TEXT NOT NULL,
   item_id BIGINT, detail TEXT);
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+CREATE INDEX IF NOT EXISTS audit_action ON audit (action, id);
+CREATE INDEX IF NOT EXISTS audit_user ON audit (user_id, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS login_throttle (
   key TEXT PRIMARY KEY, failures INTEGER NOT NULL DEFAULT 0, window_start DOUBLE PRECISION NOT NULL,
@@ -798,6 +802,46 @@ class ReviewDB:
                 t.audit(user.id, "release", count=n)
         return n
 
+    def undo(self, user: User, item_id: int, *, within_s: float = 300.0, lease_s: float = 600.0) -> dict[str, Any]:
+        """Take back this annotator's latest decision and give the item back to them, leased.
+
+        Why only the latest, and only for ``within_s``: undo is for the slip noticed at once (a
+        wrong key), not for revising history; later corrections are new reviews. Counters go back
+        in the same transaction, the decision row is deleted and the undo audited with what it
+        removed. The annotator's other open leases (the next item they were given) go back to the
+        queue, so the undone item is the one they see. Raises NotFound (no such decision of
+        yours), Conflict (not your latest, too old, or the item is now leased to someone else)."""
+        now = time.time()
+        with self.tx() as t:
+            item = t.one(f"SELECT status, gold, lease_user, lease_expires FROM items WHERE id = ? {self.dialect.lock_row}", (item_id,))
+            dec = t.one("SELECT id, decision, flag, caption, created FROM decisions WHERE item_id = ? AND user_id = ?", (item_id, user.id))
+            if not item or not dec:
+                raise NotFound(f"no decision of yours on item {item_id}")
+            self._check_undoable(t, user, item_id, item, dec, now, within_s)
+            t.exec("DELETE FROM decisions WHERE id = ?", (dec[0],))
+            released = t.exec(
+                "UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE lease_user = ? AND id <> ? AND status = 0", (user.id, item_id)
+            )
+            t.exec(
+                "UPDATE items SET status = 0, done_count = done_count - 1, lease_user = ?, lease_expires = ? WHERE id = ?",
+                (user.id, now + lease_s, item_id),
+            )
+            reopened = int(item[0] == 1)
+            t.bump(decisions=-1, flag=-int(bool(dec[2])), items_open=reopened, items_done=-reopened, **{dec[1]: -1})
+            t.audit(user.id, "undo", item_id, decision=dec[1], flag=bool(dec[2]), caption_changed=dec[3] is not None, released=released)
+        return {"item_id": item_id, "undone": dec[1], "flag": bool(dec[2])}
+
+    @staticmethod
+    def _check_undoable(t: _Tx, user: User, item_id: int, item: tuple, dec: tuple, now: float, within_s: float) -> None:
+        """Conflict unless ``dec`` is the user's latest decision, recent, on an item nobody else holds."""
+        latest = t.one("SELECT item_id FROM decisions WHERE user_id = ? ORDER BY id DESC LIMIT 1", (user.id,))
+        if latest[0] != item_id:
+            raise Conflict("only your latest decision can be undone")
+        if now - dec[4] > within_s:
+            raise Conflict(f"decisions can be undone for {within_s:.0f} s; this one is older")
+        if item[2] is not None and item[2] != user.id and item[3] > now:
+            raise Conflict("someone else is reviewing this item now")
+
     # --- reading back ------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
         with self.tx(write=False) as t:
@@ -904,6 +948,64 @@ class ReviewDB:
                 (n,),
             )
         return [{"time": r[0], "user": r[1], "action": r[2], "item_id": r[3], "detail": r[4]} for r in rows]
+
+    def own_decisions(self, user: User, *, limit: int = 50, offset: int = 0, item_id: int | None = None) -> list[dict[str, Any]]:
+        """This annotator's decisions, newest first, with their item (history page): only rows
+        whose ``user_id`` is theirs, so no id in a URL can show another person's decision."""
+        q = (
+            "SELECT d.id, i.id, i.row_id, d.decision, d.flag, d.caption, d.tags, d.reasons, d.created, i.status, i.payload "
+            "FROM decisions d JOIN items i ON i.id = d.item_id WHERE d.user_id = ?"
+        )
+        params: list[Any] = [user.id]
+        if item_id is not None:
+            q += " AND d.item_id = ?"
+            params.append(item_id)
+        with self.tx(write=False) as t:
+            rows = t.all(q + " ORDER BY d.id DESC LIMIT ? OFFSET ?", [*params, limit, offset])
+        return [self._own_decision(r) for r in rows]
+
+    @staticmethod
+    def _own_decision(r: tuple) -> dict[str, Any]:
+        payload = json.loads(r[10])
+        return {
+            "decision_id": int(r[0]),
+            "item_id": int(r[1]),
+            "row_id": r[2],
+            "decision": r[3],
+            "flag": bool(r[4]),
+            "caption": r[5],
+            "tags": json.loads(r[6] or "[]"),
+            "reasons": json.loads(r[7] or "[]"),
+            "time": float(r[8]),
+            "item_open": r[9] == 0,
+            "original_caption": payload.get("caption") or "",
+        }
+
+    def audit_page(
+        self, *, user: str | None = None, action: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """(rows newest first, total matching) of the audit log, filtered by user name and action."""
+        where, params = [], []
+        if user:
+            where.append("u.name = ?")
+            params.append(user)
+        if action:
+            where.append("a.action = ?")
+            params.append(action)
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+        base = " FROM audit a LEFT JOIN users u ON u.id = a.user_id" + cond
+        with self.tx(write=False) as t:
+            total = int(t.one("SELECT COUNT(*)" + base, params)[0])
+            rows = t.all(
+                "SELECT a.ts, u.name, a.action, a.item_id, a.detail" + base + " ORDER BY a.id DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            )
+        return [{"time": r[0], "user": r[1], "action": r[2], "item_id": r[3], "detail": r[4]} for r in rows], total
+
+    def audit_actions(self) -> list[str]:
+        """The actions the audit log holds (the audit page's filter choices)."""
+        with self.tx(write=False) as t:
+            return [r[0] for r in t.all("SELECT DISTINCT action FROM audit ORDER BY action")]
 
     def audit_count(self, action: str | None = None) -> int:
         with self.tx(write=False) as t:

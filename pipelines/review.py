@@ -38,6 +38,7 @@ __all__ = [
     "mine_queue",
     "apply_reviews",
     "review_apply_action",
+    "add_tag_labels",
 ]
 
 # numeric profile signals the reward head may use (what exists is used; embeddings come on top)
@@ -75,6 +76,9 @@ def default_db_url(store: Store) -> str:
 class ReviewMineConfig(MineConfig):
     db: Optional[str] = Field(None, description="review database (SQLite path or postgresql:// URL); default next to the dataset")
     gold: Optional[str] = Field(None, description="CSV of row_id,keep|drop: gold items with known answers")
+    graph: Optional[str] = Field(
+        None, description="concept graph folder for the tags' display names (default: the one the dataset's graph_tag stage used)"
+    )
 
 
 class ReviewApplyConfig(StageConfig):
@@ -155,6 +159,7 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
         items = _with_gold(table, rules, cfg, items, gold, flagged=db.flagged_rows(), reviewed=reviewed)
     for it in items:
         it["payload"]["version"] = ds.version
+    add_tag_labels(items, _graph_for_labels(store, cfg))
     batch = f"v{ds.version}-{time.strftime('%Y%m%dT%H%M%S')}"
     counts = db.enqueue(items, batch, user="curate review mine")
     summary.update(
@@ -172,6 +177,44 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     store.write_json(f"review/mine-{batch}.json", summary)
     db.close()
     return summary
+
+
+def _graph_for_labels(store: Store, cfg: ReviewMineConfig) -> str | None:
+    """The concept graph to name the tags from: the option, else the graph the dataset's tags
+    were computed with (the stage runner records each stage's config in the state dir)."""
+    if cfg.graph:
+        return cfg.graph
+    known = store.read_json("stage_fingerprints.json") or {}  # curation.runner's record
+    return ((known.get("graph_tag") or {}).get("config") or {}).get("graph")
+
+
+def add_tag_labels(items: list[dict[str, Any]], graph: str | None) -> int:
+    """Put the display names (English label, Chinese when the graph has one) of each item's
+    proposed tags and concept into its payload as ``tag_labels``: the page shows names, not bare
+    ids like ``wn:08674251``. Done here, when queueing, because the graph lives with the
+    dataset and the review server may not see it. Reads only the needed nodes; a missing graph
+    or node leaves the id to show. Returns how many items got names."""
+    import pyarrow.parquet as pq
+
+    wanted = {it["row_id"]: _label_ids(it["payload"]) for it in items}
+    ids = sorted({i for v in wanted.values() for i in v})
+    nodes = Path(graph) / "nodes.parquet" if graph else None
+    if not ids or nodes is None or not nodes.is_file():
+        return 0
+    t = pq.read_table(nodes, columns=["id", "label_en", "label_zh"], filters=[("id", "in", ids)])
+    names = {i: {"en": en or "", "zh": zh or ""} for i, en, zh in zip(*(t.column(c).to_pylist() for c in t.column_names))}
+    n = 0
+    for it in items:
+        own = {i: names[i] for i in wanted[it["row_id"]] if i in names}
+        if own:
+            it["payload"]["tag_labels"] = own
+            n += 1
+    return n
+
+
+def _label_ids(payload: dict[str, Any]) -> list[str]:
+    tags = list((payload.get("pseudo") or {}).get("tags") or [])
+    return tags + ([payload["concept"]] if payload.get("concept") else [])
 
 
 def _with_gold(

@@ -1,5 +1,6 @@
-"""Admin only: the admin page (queue progress, agreement, annotators, audit log), applying the
-decisions to the dataset, the stats as JSON and the decisions export.
+"""Admin only: the admin page (queue progress, agreement, annotators, recent actions), the audit
+log page (filters by user and action, pages), applying the decisions to the dataset, the stats
+as JSON and the decisions export.
 
 The apply action is handed to ``create_app`` by its caller (the CLI passes the review job's), so
 the web app runs a job without importing one.
@@ -9,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
-from annotator_ui.deps import Admin, AdminSession, DbDep, SessionDep, check_form_csrf, page, require_admin
+from annotator_ui.deps import NO_NUL, Admin, AdminSession, DbDep, SessionDep, check_form_csrf, page, require_admin
 from annotator_ui.routes import HTML_PAGE
 from curation.reviewdb import ReviewDB, User
 
@@ -22,12 +23,43 @@ router = APIRouter()
 
 
 def _admin_page(request: Request, db: ReviewDB, user: User, csrf: str, status: int = 200, **ctx: Any) -> HTMLResponse:
-    return page(request, "admin.html", status, user=user, csrf=csrf, stats=_stats(db), audit=db.audit_tail(30), **ctx)
+    return page(request, "admin.html", status, user=user, csrf=csrf, stats=_stats(db), rows=db.audit_tail(30), **ctx)
 
 
 @router.get("/admin", response_class=HTMLResponse, responses=HTML_PAGE)
 def admin_page(request: Request, s: AdminSession, db: DbDep):
     return _admin_page(request, db, *s)
+
+
+AUDIT_PAGE = 100
+FilterText = Annotated[str, Query(max_length=64, pattern=NO_NUL)]
+
+
+@router.get("/admin/audit", response_class=HTMLResponse, responses=HTML_PAGE)
+def audit_page(
+    request: Request,
+    s: AdminSession,
+    db: DbDep,
+    user: FilterText = "",
+    action: FilterText = "",
+    page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
+):
+    """The audit log, newest first, filtered by user name and action (empty: all), 100 a page."""
+    rows, total = db.audit_page(user=user or None, action=action or None, limit=AUDIT_PAGE, offset=(page_no - 1) * AUDIT_PAGE)
+    return page(
+        request,
+        "audit.html",
+        user=s[0],
+        csrf=s[1],
+        rows=rows,
+        total=total,
+        page_no=page_no,
+        has_next=page_no * AUDIT_PAGE < total,
+        f_user=user,
+        f_action=action,
+        users=[u.name for u in db.users()],
+        actions=db.audit_actions(),
+    )
 
 
 @router.post("/admin/apply", responses=HTML_PAGE)

@@ -2,7 +2,8 @@
 
 Images are addressed by row id (validated) and read from the Lance dataset at the version the
 item was mined from, never by a path from the request. A user sees the images of items leased to
-them and of those items' look-alikes (an admin: any queued item's). The bytes' type is sniffed:
+them, of those items' look-alikes and of the items they decided (their history); an admin: any
+queued item's. The bytes' type is sniffed:
 known formats pass, anything else is re-encoded as PNG or refused, so a browser can only ever
 treat the answer as an image.
 """
@@ -45,8 +46,8 @@ def dataset_versions(dataset: str | None) -> Callable[[int | None], Any]:
 
 
 def _row_locator(db: ReviewDB, user: User, row_id: str) -> tuple[int | None, int | None]:
-    """(version, position) of a row this user may see: an item leased to them (or any item for
-    an admin), or a look-alike shown with such an item."""
+    """(version, position) of a row this user may see: an item leased to them or decided by
+    them (or any item for an admin), or a look-alike shown with a leased item."""
     with db.tx(write=False) as t:
         if user.is_admin:
             r = t.one("SELECT payload FROM items WHERE row_id = ?", (row_id,))
@@ -54,6 +55,10 @@ def _row_locator(db: ReviewDB, user: User, row_id: str) -> tuple[int | None, int
                 p = ReviewPayload.model_validate_json(r[0])
                 return p.version, p.pos
         rows = t.all("SELECT payload FROM items WHERE lease_user = ? AND lease_expires > ?", (user.id, time.time()))
+        # the items they decided (their history page's thumbnails): one indexed lookup by row id
+        rows += t.all(
+            "SELECT i.payload FROM items i JOIN decisions d ON d.item_id = i.id WHERE i.row_id = ? AND d.user_id = ?", (row_id, user.id)
+        )
     for (raw,) in rows:
         p = ReviewPayload.model_validate_json(raw)
         if p.row_id == row_id:

@@ -1,20 +1,21 @@
 """Reviewing: the annotate page and its form, and the same as a JSON API (next item, one item,
-decision, skip).
+decision, undo, skip).
 
 An annotator sees only items leased to them (``ReviewDB`` checks the lease on every write), and
 an item as ``ReviewItemPublic``: never who else holds or decided it, nor a gold answer. The
 stored payload is parsed with ``ReviewPayload``, so an item queued with fewer keys still serves.
 """
 
-from typing import Annotated, Literal
+import time
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from annotator_ui.deps import NO_NUL, CsrfUser, CurrentUser, DbDep, ItemId, SessionDep, SettingsDep, check_form_csrf, page, wants_html
 from annotator_ui.routes import HTML_PAGE, REDIRECT
-from curation.reviewdb import BadInput, Conflict, NotFound, NotLeased, ReviewError
+from curation.reviewdb import BadInput, Conflict, NotFound, NotLeased, ReviewDB, ReviewError, User
 from curation.text import MAX_CAPTION_CHARS
 from engines.active.payload import ReviewItemAdmin, ReviewItemPublic, ReviewPayload
 
@@ -37,21 +38,51 @@ class DecisionIn(BaseModel):
     reasons: list[Annotated[str, Field(max_length=200, pattern=NO_NUL)]] = Field(default_factory=list, max_length=20)
 
 
+ItemQuery = Annotated[int | None, Query(ge=1, le=2**62)]
+
+
 @router.get("/", response_class=HTMLResponse, responses=HTML_PAGE)
-def annotate_page(request: Request, s: SessionDep, db: DbDep, settings: SettingsDep):
+def annotate_page(request: Request, s: SessionDep, db: DbDep, settings: SettingsDep, saved: ItemQuery = None, undone: ItemQuery = None):
+    """The review page. ``saved`` / ``undone``: the item a decision was just saved for (or taken
+    back from), from the redirect after the post: the page confirms it in an aria-live region
+    (only the annotator's own decisions are looked up, so another id shows nothing)."""
     user, csrf = s
     item = db.next_item(user, lease_s=settings.lease_s, gold_rate=settings.gold_rate)
+    payload = ReviewPayload.model_validate(item["payload"]) if item else None
     return page(
         request,
         "annotate.html",
         user=user,
         csrf=csrf,
         item=ReviewItemPublic.of(item).model_dump() if item else None,
+        tag_names=_tag_names(payload),
         counters=db.counters(),
         mine=db.user_decision_count(user),
         reject_reasons=REJECT_REASONS,
         max_caption=MAX_CAPTION_CHARS,
+        saved=_own(db, user, saved),
+        undone=undone if undone and not _own(db, user, undone) else None,
+        undo=_undoable(db, user, settings.undo_s),
     )
+
+
+def _tag_names(payload: ReviewPayload | None) -> dict[str, Any]:
+    """Display names of the proposed tags and the concept (ids stay in the tooltip and the form)."""
+    if payload is None:
+        return {"tags": [], "concept": None}
+    tags = payload.pseudo.tags if payload.pseudo else []
+    concept = payload.tag_names([payload.concept])[0] if payload.concept else None
+    return {"tags": payload.tag_names(tags), "concept": concept}
+
+
+def _own(db: ReviewDB, user: User, item_id: int | None) -> dict[str, Any] | None:
+    return next(iter(db.own_decisions(user, item_id=item_id, limit=1)), None) if item_id else None
+
+
+def _undoable(db: ReviewDB, user: User, undo_s: float) -> dict[str, Any] | None:
+    """The annotator's latest decision while it may still be undone (the page's undo button)."""
+    last = next(iter(db.own_decisions(user, limit=1)), None)
+    return last if last and time.time() - last["time"] <= undo_s else None
 
 
 def _form_decision(action: str, caption: str | None, original: str, tags: str, reasons: list[str] | None) -> DecisionIn:
@@ -94,7 +125,22 @@ def annotate_post(
         if not wants_html(request) or isinstance(e, BadInput):
             raise
         return _refused_page(request, s, item_id, e, caption)
-    return RedirectResponse("/", status_code=303)
+    return RedirectResponse(f"/?saved={item_id}", status_code=303)
+
+
+@router.post("/annotate/{item_id}/undo", responses=REDIRECT)
+def annotate_undo(
+    request: Request,
+    item_id: ItemId,
+    s: SessionDep,
+    csrf: Annotated[str, Form(min_length=1, max_length=128)],
+    db: DbDep,
+    settings: SettingsDep,
+):
+    """The page's undo button (``b``): the latest decision taken back, the item shown again."""
+    check_form_csrf(csrf, s, "missing or wrong CSRF token; reload the page")
+    db.undo(s[0], item_id, within_s=settings.undo_s, lease_s=settings.lease_s)
+    return RedirectResponse(f"/?undone={item_id}", status_code=303)
 
 
 # why a form post was refused, in words for the annotator (the JSON API keeps its terse details)
@@ -137,6 +183,12 @@ def api_item(item_id: ItemId, user: CurrentUser, db: DbDep):
 @router.post("/api/items/{item_id}/decision")
 def api_decide(item_id: ItemId, body: DecisionIn, user: CsrfUser, db: DbDep):
     return JSONResponse(db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons))
+
+
+@router.post("/api/items/{item_id}/undo")
+def api_undo(item_id: ItemId, user: CsrfUser, db: DbDep, settings: SettingsDep):
+    """Take back your latest decision (within ``undo_s``); the item is leased to you again."""
+    return db.undo(user, item_id, within_s=settings.undo_s, lease_s=settings.lease_s)
 
 
 @router.post("/api/items/{item_id}/skip")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_serializer, field_validator, model_serializer
 
-__all__ = ["PseudoLabel", "Verdict", "Neighbour", "ReviewPayload", "ReviewItemPublic", "ReviewItemAdmin"]
+__all__ = ["PseudoLabel", "Verdict", "Neighbour", "TagLabel", "ReviewPayload", "ReviewItemPublic", "ReviewItemAdmin"]
 
 
 class PseudoLabel(BaseModel):
@@ -46,6 +46,13 @@ class Neighbour(BaseModel):
     caption: str = ""
 
 
+class TagLabel(BaseModel):
+    """A concept's display names from the concept graph (``graph.concepts``: ``label_en``, ``label_zh``)."""
+
+    en: str = ""
+    zh: str = ""
+
+
 class ReviewPayload(BaseModel):
     """One queued row's review payload. Keys a stored payload lacks take these defaults; keys
     this model does not know (from another version) are ignored."""
@@ -67,6 +74,26 @@ class ReviewPayload(BaseModel):
     neighbours: list[Neighbour] = Field(default_factory=list)
     concept: str | None = None
     quality_bin: int | None = None
+    tag_labels: dict[str, TagLabel] = Field(
+        default_factory=dict, description="concept id -> display names, for the tags and concept shown (added when queued)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _no_empty_labels(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # payloads queued before names existed (and mining's own output) round-trip unchanged
+        out = handler(self)
+        if not out.get("tag_labels"):
+            out.pop("tag_labels", None)
+        return out
+
+    def tag_names(self, ids: list[str]) -> list[dict[str, str]]:
+        """``{id, en, zh}`` per id, the id itself as the name when the payload has none (older
+        queues, caption keywords, a graph without that node): every tag still shows."""
+        out = []
+        for i in ids:
+            lab = self.tag_labels.get(i)
+            out.append({"id": i, "en": (lab.en if lab else "") or i, "zh": lab.zh if lab else ""})
+        return out
 
     @field_validator("caption", mode="before")
     @classmethod

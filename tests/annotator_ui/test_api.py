@@ -338,3 +338,124 @@ def test_a_refused_form_post_is_a_readable_page_that_keeps_the_caption(env):
     assert r.status_code == 403 and "lease on this item ran out" in r.text and "my&lt;/b&gt; edit" in r.text
     assert alice.post(f"/annotate/{it['id']}", data={**form, "csrf": alice.headers["x-csrf-token"]}).json()["error"] == "NotLeased"
     assert db.counters()["decisions"] == 0
+
+
+def _form_csrf(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def test_undo_by_api_and_form_gives_the_item_back_and_needs_csrf(env):
+    """Undo (issue #16): the JSON call and the page's form take back the latest decision, the
+    item comes back to the same annotator; without the CSRF token, for another's decision, or
+    for an older one it is refused (403, 404, 409), never a 500."""
+    app, db, rows = env
+    alice, bob = login(app, "alice"), login(app, "bob")
+    a = alice.get("/api/next").json()["item"]
+    assert alice.post(f"/api/items/{a['id']}/decision", json={"decision": "drop", "flag": True}).status_code == 200
+    assert alice.get("/api/next").json()["item"]["id"] != a["id"]
+    no_csrf = TestClient(app, cookies=dict(alice.cookies))
+    assert no_csrf.post(f"/api/items/{a['id']}/undo").status_code == 403
+    assert bob.post(f"/api/items/{a['id']}/undo").status_code == 404  # not bob's decision
+    r = alice.post(f"/api/items/{a['id']}/undo")
+    assert r.status_code == 200 and r.json() == {"item_id": a["id"], "undone": "drop", "flag": True}
+    assert db.counters()["decisions"] == 0 and db.counters()["flag"] == 0
+    assert alice.get("/api/next").json()["item"]["id"] == a["id"]
+    assert alice.post(f"/api/items/{a['id']}/undo").status_code == 404
+    # the page: decide with the form, the next page confirms it and offers the undo button
+    page = alice.get("/")
+    r = alice.post(f"/annotate/{a['id']}", data={"action": "accept", "csrf": _form_csrf(page.text)}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/?saved={a['id']}"
+    page = alice.get(r.headers["location"])
+    assert f"saved: keep #{a['id']}</p>" in page.text and 'aria-live="polite"' in page.text
+    assert f'action="/annotate/{a["id"]}/undo"' in page.text
+    assert alice.post(f"/annotate/{a['id']}/undo", data={"csrf": "forged"}).status_code == 403
+    assert alice.post(f"/annotate/{a['id']}/undo", data={}).status_code == 422
+    r = alice.post(f"/annotate/{a['id']}/undo", data={"csrf": _form_csrf(page.text)}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/?undone={a['id']}"
+    page = alice.get(r.headers["location"])
+    assert f'data-item="{a["id"]}"' in page.text and f"undone: #{a['id']}" in page.text
+    # another user's item id in ?saved= shows nothing of theirs
+    b = bob.get("/api/next").json()["item"]
+    bob.post(f"/api/items/{b['id']}/decision", json={"decision": "drop"})
+    assert "saved:" not in alice.get(f"/?saved={b['id']}").text
+    assert alice.get("/?saved=0").status_code == 422 and alice.get("/?saved=abc").status_code == 422
+    assert [x["action"] for x in db.audit_page(action="undo")[0]] == ["undo", "undo"]
+
+
+def test_history_lists_only_your_own_decisions_with_pages(env, monkeypatch):
+    """/history: your decisions, newest first, paginated, thumbnails served; another
+    annotator's item is never shown (list, item page, image), whatever the id in the URL."""
+    from annotator_ui.routes import history
+
+    app, db, rows = env
+    monkeypatch.setattr(history, "PAGE_SIZE", 2)
+    alice, bob = login(app, "alice"), login(app, "bob")
+    mine = []
+    for cap in ("first <b>edit</b>", None, "third"):
+        it = alice.get("/api/next").json()["item"]
+        alice.post(f"/api/items/{it['id']}/decision", json={"decision": "keep", "caption": cap})
+        mine.append(it)
+    theirs = bob.get("/api/next").json()["item"]
+    bob.post(f"/api/items/{theirs['id']}/decision", json={"decision": "drop", "caption": "bob's secret"})
+    p1 = alice.get("/history")
+    assert p1.status_code == 200 and "3 decisions" in p1.text
+    assert re.findall(r'<tr data-item="(\d+)">', p1.text) == [str(mine[2]["id"]), str(mine[1]["id"])]
+    assert 'href="/history?page=2"' in p1.text and "bob's secret" not in p1.text
+    p2 = alice.get("/history?page=2")
+    assert re.findall(r'<tr data-item="(\d+)">', p2.text) == [str(mine[0]["id"])]
+    assert "first &lt;b&gt;edit&lt;/b&gt;" in p2.text and "<b>edit" not in p2.text
+    assert alice.get(f"/image/{mine[0]['row_id']}").status_code == 200  # decided: its thumbnail shows
+    assert alice.get(f"/image/{theirs['row_id']}").status_code == 403
+    one = alice.get(f"/history/{mine[2]['id']}")
+    assert one.status_code == 200 and 'id="hist-decision" class="keep">keep' in one.text and 'id="undo-form"' in one.text
+    assert 'id="undo-form"' not in alice.get(f"/history/{mine[0]['id']}").text  # not the latest
+    assert alice.get(f"/history/{theirs['id']}").status_code == 404  # bob's: as if it did not exist
+    assert "bob's secret" not in alice.get(f"/history/{theirs['id']}", headers={"accept": "text/html"}).text
+    assert [alice.get(u).status_code for u in ("/history?page=0", "/history?page=x", "/history/0", "/history/abc")] == [422] * 4
+    assert TestClient(app).get("/history").status_code == 401
+
+
+def test_audit_page_shows_local_times_and_escaped_details_with_filters(env):
+    app, db, rows = env
+    alice, admin = login(app, "alice"), login(app, "admin")
+    assert alice.get("/admin/audit").status_code == 403
+    db.log(None, "note", detail='<script>alert("x")</script>', n=3)
+    r = admin.get("/admin/audit")
+    assert r.status_code == 200
+    assert "<dt>detail</dt><dd>&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;</dd>" in r.text and "<script>alert" not in r.text
+    assert "<dt>n</dt><dd>3</dd>" in r.text and '{"detail"' not in r.text
+    assert re.search(r'<time datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d">', r.text)
+    f = admin.get("/admin/audit", params={"user": "alice", "action": "login"})
+    assert f.status_code == 200 and "1 entries matching" in f.text
+    assert set(re.findall(r"</time></td><td>([^<]*)</td><td>([^<]*)</td>", f.text)) == {("alice", "login")}
+    for i in range(120):
+        db.log(None, "bulk", i=i)
+    p1, p2 = admin.get("/admin/audit?action=bulk"), admin.get("/admin/audit?action=bulk&page=2")
+    assert p1.text.count("<dt>i</dt>") == 100 and p2.text.count("<dt>i</dt>") == 20
+    assert "page=2" in p1.text and "<dt>i</dt><dd>119</dd>" in p1.text and "<dt>i</dt><dd>0</dd>" in p2.text
+    bad = [admin.get("/admin/audit", params=p).status_code for p in ({"page": 0}, {"user": "a\x00"}, {"action": "x" * 65})]
+    assert bad == [422, 422, 422]
+    assert admin.get("/admin/audit", params={"user": "' OR 1=1 --"}).status_code == 200
+
+
+def test_invisible_characters_show_as_markers_and_the_editor_warns(env):
+    """A bidi override in a caption reversed what the annotator saw, unseen: the page shows a
+    marker per invisible character (the text stays escaped) and warns that saving removes them."""
+    from annotator_ui.filters import INVISIBLE_NAMES
+    from curation.text import strip_invisible
+
+    assert strip_invisible("".join(INVISIBLE_NAMES)) == ("", len(INVISIBLE_NAMES))  # the server strips exactly these
+    app, db, rows = env
+    with db.tx() as t:
+        raw = t.one("SELECT payload FROM items WHERE row_id = ?", (rows[0]["id"],))[0]
+        p = json.loads(raw)
+        p["caption"] = "a cat \u202egpj.exe\u202c <i>on</i> a so\u200bfa"
+        t.exec("UPDATE items SET payload = ? WHERE row_id = ?", (json.dumps(p), rows[0]["id"]))
+    alice = login(app, "alice")
+    html = alice.get("/").text
+    assert 'id="invisible-warning">' in html and 'id="invisible-count">3<' in html
+    shown = re.search(r'id="caption-shown">(.*?)</p>', html, re.S).group(1)
+    assert "\u27e8RLO\u27e9</span>gpj.exe" in shown and "\u27e8ZWSP\u27e9" in shown and "&lt;i&gt;on&lt;/i&gt;" in shown
+    assert "\u202e" not in shown
+    second = login(app, "bob").get("/").text  # a caption without any: no warning, no preview
+    assert 'id="invisible-warning" hidden>' in second and 'id="caption-shown" hidden>' in second

@@ -179,3 +179,100 @@ def test_shortcuts_work_after_ticking_a_reason_and_a_lost_lease_keeps_the_captio
     # a forbidden page is a page, not JSON
     resp = page.goto(base + "/admin")
     assert resp.status == 403 and page.text_content("h1") == "Not allowed" and page.is_visible("#next-link")
+
+
+def _box(page, sel):
+    return page.evaluate(
+        "s => { const r = document.querySelector(s).getBoundingClientRect(); return {x: r.x, y: r.y, w: r.width, h: r.height}; }", sel
+    )
+
+
+def _inside(inner, outer, slack=1.0):
+    return (
+        inner["x"] >= outer["x"] - slack
+        and inner["y"] >= outer["y"] - slack
+        and inner["x"] + inner["w"] <= outer["x"] + outer["w"] + slack
+        and inner["y"] + inner["h"] <= outer["y"] + outer["h"] + slack
+    )
+
+
+@pytest.mark.parametrize("size", [(1366, 900), (1024, 640)])
+def test_action_buttons_and_the_whole_image_fit_the_window_and_z_zooms_to_100_percent(server, browser, size):
+    """At laptop sizes the buttons were below the fold (and the image pushed them there): now
+    the buttons and the whole image are on screen without scrolling; ``z`` (or a click) shows the
+    image at its natural size in a box that scrolls to pan, and back."""
+    base, store, db, rows, dbfile = server
+    w, h = size
+    page = browser.new_context(viewport={"width": w, "height": h}).new_page()
+    _login(page, base)
+    page.wait_for_function("document.getElementById('item-image').complete && document.getElementById('item-image').naturalWidth > 0")
+    view = {"x": 0, "y": 0, "w": w, "h": h}
+    for sel in ("#btn-accept", "#btn-reject", "#btn-skip", "#btn-flag", "#caption"):
+        assert _inside(_box(page, sel), view), (sel, _box(page, sel), size)
+    assert page.evaluate("window.scrollY") == 0 and page.evaluate("document.documentElement.scrollHeight") <= h
+    img, area = _box(page, "#item-image"), _box(page, "#image-box")
+    nat = page.evaluate("[document.getElementById('item-image').naturalWidth, document.getElementById('item-image').naturalHeight]")
+    assert _inside(img, area) and _inside(area, view)
+    assert abs(img["w"] / img["h"] - nat[0] / nat[1]) < 0.02  # scaled, not stretched
+    assert img["w"] >= area["w"] - 2 or img["h"] >= area["h"] - 2 or (img["w"], img["h"]) == tuple(nat)  # fills one side, or natural
+    page.keyboard.press("z")
+    zoomed = _box(page, "#item-image")
+    assert (round(zoomed["w"]), round(zoomed["h"])) == tuple(nat)
+    assert page.get_attribute("#btn-zoom", "aria-pressed") == "true"
+    assert _inside(_box(page, "#btn-accept"), view)  # zooming never pushes the buttons away
+    page.keyboard.press("z")
+    assert _box(page, "#item-image") == img
+    page.click("#item-image")  # a click zooms too
+    assert round(_box(page, "#item-image")["w"]) == nat[0]
+
+
+def test_saved_message_undo_with_b_and_history(server, browser):
+    """After a decision the page says "saved: keep #id" in an aria-live region (the next item is
+    already there, nothing to dismiss); ``b`` takes the decision back and shows the item again;
+    /history lists it, with the caption edit."""
+    base, store, db, rows, dbfile = server
+    page = browser.new_page()
+    _login(page, base)
+    first = int(page.get_attribute("#review-form", "data-item"))
+    with page.expect_navigation():
+        page.keyboard.press("a")
+    saved = page.locator("#saved")
+    assert saved.get_attribute("aria-live") == "polite" and saved.get_attribute("role") == "status"
+    page.wait_for_function("document.getElementById('saved').textContent.length > 0")
+    assert saved.text_content() == f"saved: keep #{first}" and saved.is_visible()
+    second = int(page.get_attribute("#review-form", "data-item"))
+    assert second != first and page.evaluate("document.activeElement === document.body")
+    with page.expect_navigation():
+        page.keyboard.press("b")
+    assert int(page.get_attribute("#review-form", "data-item")) == first
+    assert f"undone: #{first}" in page.text_content("#saved") and db.decisions() == []
+    page.keyboard.press("e")
+    page.keyboard.press("Control+a")
+    page.keyboard.type("a second look")
+    page.keyboard.press("Escape")
+    with page.expect_navigation():
+        page.keyboard.press("r")
+    page.goto(base + "/history")
+    assert page.locator("#history-table tbody tr").count() == 1
+    row = page.locator(f'tr[data-item="{first}"]')
+    assert "drop" in row.text_content() and "a second look" in row.text_content()
+    assert page.evaluate("document.querySelector('.thumb').complete && document.querySelector('.thumb').naturalWidth > 0")
+
+
+def test_invisible_characters_are_marked_while_typing(server, browser):
+    """A bidi override pasted into the caption: the editor warns at once and shows the caption
+    with a visible marker in its place; saving stores the caption without it."""
+    base, store, db, rows, dbfile = server
+    page = browser.new_page()
+    _login(page, base)
+    assert page.is_hidden("#invisible-warning") and page.is_hidden("#caption-shown")
+    page.fill("#caption", "a cat \u202egpj.exe\u202c")
+    assert page.is_visible("#invisible-warning") and page.text_content("#invisible-count") == "2"
+    assert page.text_content("#caption-shown") == "a cat \u27e8RLO\u27e9gpj.exe\u27e8PDF\u27e9"
+    page.fill("#caption", "a cat")
+    assert page.is_hidden("#invisible-warning")
+    page.fill("#caption", "a cat \u200bon a sofa")
+    page.keyboard.press("Escape")
+    with page.expect_navigation():
+        page.keyboard.press("a")
+    assert db.decisions()[-1]["caption"] == "a cat on a sofa"

@@ -143,3 +143,51 @@ def test_every_router_is_served_by_the_app(served):
         for key in own:
             assert key in routes, (module.__name__, key)
             assert routes[key].__module__ == module.__name__
+
+
+def test_tags_show_concept_names_with_the_id_in_a_tooltip(tmp_path):
+    """Tags were bare ids (``wn:02084071``): queueing adds the graph's English and Chinese
+    names to the payload, the page shows them (id as the tooltip); a payload queued before,
+    or an id the graph lacks, shows the id."""
+    from curation.store import Store
+    from graph.concepts import ConceptGraph
+    from pipelines.review import ReviewMineConfig, _graph_for_labels, add_tag_labels
+
+    g = ConceptGraph()
+    g.add_concept("wn:02084071", "dog", label_zh="狗")
+    g.add_concept("wn:02121620", "cat <feline>")
+    g.save(tmp_path / "graph")
+    pseudo = {"decision": "keep", "tags": ["wn:02084071", "wn:02121620", "kw:sofa"]}
+    items = [
+        {"row_id": "named", "priority": 2.0, "payload": {"row_id": "named", "pseudo": pseudo, "concept": "wn:02084071"}},
+        {"row_id": "plain", "priority": 1.0, "payload": {"row_id": "plain", "caption": "x"}},
+    ]
+    assert add_tag_labels(items, str(tmp_path / "graph")) == 1 and add_tag_labels(items, None) == 0
+    assert items[0]["payload"]["tag_labels"] == {"wn:02084071": {"en": "dog", "zh": "狗"}, "wn:02121620": {"en": "cat <feline>", "zh": ""}}
+    assert "tag_labels" not in items[1]["payload"]
+    model = ReviewPayload.model_validate(items[0]["payload"])
+    assert model.model_dump()["tag_labels"] == items[0]["payload"]["tag_labels"]
+    # where the graph comes from: the option, else the dataset's graph_tag stage record
+    store = Store(str(tmp_path / "ds.lance"))
+    store.write_json("stage_fingerprints.json", {"graph_tag": {"config": {"graph": "/g/from/tagging"}}})
+    assert _graph_for_labels(store, ReviewMineConfig()) == "/g/from/tagging"
+    assert _graph_for_labels(store, ReviewMineConfig(graph="/mine")) == "/mine"
+
+    db = ReviewDB(str(tmp_path / "review.sqlite"))
+    db.add_user("alice", PASSWORD)
+    old = {"row_id": "old", "priority": 0.5, "payload": {"row_id": "old", "pseudo": {"decision": "drop", "tags": ["wn:02084071"]}}}
+    db.enqueue([*items, old], "b1")
+    c = TestClient(create_app(AppSettings(db_url=db.url, gold_rate=0.0), db))
+    c.post("/api/login", json={"username": "alice", "password": PASSWORD})
+    html = c.get("/").text
+    assert '<li title="wn:02084071" data-id="wn:02084071">dog <span lang="zh">狗</span></li>' in html
+    assert '<li title="wn:02121620" data-id="wn:02121620">cat &lt;feline&gt;</li>' in html
+    assert '<li title="kw:sofa" data-id="kw:sofa">kw:sofa</li>' in html
+    assert 'id="concept" title="wn:02084071">dog &middot; 狗</span>' in html
+    assert 'value="wn:02084071, wn:02121620, kw:sofa"' in html  # the form still posts ids
+    with db.tx() as t:
+        t.exec("UPDATE items SET priority = -1 WHERE row_id IN ('named', 'plain')")
+        t.exec("UPDATE items SET lease_user = NULL, lease_expires = 0")
+    html = c.get("/").text  # a payload queued before names existed: the id is the name
+    assert 'data-item="3"' in html and '<li title="wn:02084071" data-id="wn:02084071">wn:02084071</li>' in html
+    db.close()

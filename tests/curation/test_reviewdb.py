@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from curation.reviewdb import Conflict, NotLeased, ReviewDB
+from curation.reviewdb import Conflict, NotFound, NotLeased, ReviewDB
 from curation.security import hash_password, verify_password
 from tests.helpers import PASSWORD, make_items
 
@@ -355,3 +355,126 @@ def test_gold_rows_already_queued_become_gold_or_are_reported(review_db):
         }
     again = review_db.enqueue(gold[1:2], "gold-again")  # already gold: counted, not skipped, not counted twice
     assert again["gold"] == 1 and again["gold_skipped"] == [] and review_db.counters()["gold_items"] == 3
+
+
+def test_undo_takes_back_the_latest_decision_fixes_the_counters_and_gives_the_item_back(review_db):
+    """Undo (the review page's ``b``): the decision row goes, the counters go back, the item is
+    leased to the same annotator again (their next item back to the queue), and it is audited.
+    Only the latest decision, only for a while, never someone else's."""
+    u = _users(review_db)
+    review_db.enqueue(make_items(3), "b1")
+    it = review_db.next_item(u["alice"])
+    review_db.submit(u["alice"], it["id"], "drop", flag=True, caption="edited")
+    nxt = review_db.next_item(u["alice"])  # the page already shows the next item
+    before = review_db.counters()
+    assert before["items_done"] == 1 and before["drop"] == 1 and before["flag"] == 1
+    with pytest.raises(NotFound):
+        review_db.undo(u["bob"], it["id"])  # not bob's decision
+    assert review_db.undo(u["alice"], it["id"]) == {"item_id": it["id"], "undone": "drop", "flag": True}
+    c = review_db.counters()
+    assert (c["decisions"], c["drop"], c["flag"], c["items_done"], c["items_open"]) == (0, 0, 0, 0, 3)
+    assert review_db.decisions() == []
+    again = review_db.next_item(u["alice"])
+    assert again["id"] == it["id"] and again["status"] == "open"  # back to alice, not the next item
+    assert review_db.get_item(nxt["id"])["lease_user"] is None
+    with pytest.raises(NotFound):
+        review_db.undo(u["alice"], it["id"])  # nothing left to undo
+    undo = [a for a in review_db.audit_tail(10) if a["action"] == "undo"]
+    assert len(undo) == 1 and undo[0]["user"] == "alice" and '"decision": "drop"' in undo[0]["detail"]
+    # a new decision stands; only the latest can be undone, and not after the window
+    review_db.submit(u["alice"], it["id"], "keep")
+    second = review_db.next_item(u["alice"])
+    review_db.submit(u["alice"], second["id"], "keep")
+    with pytest.raises(Conflict, match="latest"):
+        review_db.undo(u["alice"], it["id"])
+    with pytest.raises(Conflict, match="undone for"):
+        review_db.undo(u["alice"], second["id"], within_s=0.0)
+    assert review_db.counters()["keep"] == 2 and len(review_db.decisions()) == 2
+
+
+def test_undo_of_a_double_annotated_item_another_annotator_now_holds_is_refused(review_db):
+    u = _users(review_db)
+    review_db.enqueue(make_items(1, double_every=1), "b1")
+    it = review_db.next_item(u["alice"])
+    review_db.submit(u["alice"], it["id"], "keep")
+    assert review_db.next_item(u["bob"])["id"] == it["id"]  # the second annotator has it now
+    with pytest.raises(Conflict, match="someone else"):
+        review_db.undo(u["alice"], it["id"])
+    review_db.submit(u["bob"], it["id"], "keep")
+    assert review_db.get_item(it["id"])["status"] == "done"
+    review_db.undo(u["bob"], it["id"])  # the item reopens for bob
+    c = review_db.counters()
+    assert c["items_done"] == 0 and c["items_open"] == 1 and c["decisions"] == 1
+    assert review_db.get_item(it["id"])["status"] == "open" and review_db.get_item(it["id"])["done_count"] == 1
+
+
+def test_concurrent_undos_and_submits_keep_the_counters_exact(db_url):
+    """Eight threads undo the same decision at once (a double click, two tabs): exactly one
+    wins; then annotators submit and undo in a loop, and the counters always equal the rows."""
+    db = ReviewDB(db_url)
+    users = [db.add_user(f"und{i}", PASSWORD) for i in range(6)]
+    db.enqueue(make_items(40), "b1")
+    it = db.next_item(users[0])
+    db.submit(users[0], it["id"], "keep")
+    results: list[str] = []
+
+    def undo_once():
+        try:
+            db.undo(users[0], it["id"])
+            results.append("ok")
+        except (NotFound, Conflict) as e:
+            results.append(type(e).__name__)
+
+    threads = [threading.Thread(target=undo_once) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("ok") == 1 and set(results) <= {"ok", "NotFound"}, results
+    problems: list[str] = []
+
+    def work(user, seed):
+        rng = random.Random(seed)
+        try:
+            for _ in range(12):
+                x = db.next_item(user)
+                if x is None:
+                    return
+                db.submit(user, x["id"], rng.choice(["keep", "drop"]), flag=rng.random() < 0.3)
+                if rng.random() < 0.4:
+                    db.undo(user, x["id"])
+        except Exception as e:
+            problems.append(f"{user.name}: {e!r}")
+
+    threads = [threading.Thread(target=work, args=(usr, i)) for i, usr in enumerate(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []
+    ds = db.decisions()
+    c = db.counters()
+    assert c["decisions"] == len(ds) and c["items_done"] == len({d["item_id"] for d in ds})
+    assert c["keep"] == sum(d["decision"] == "keep" for d in ds) and c["drop"] == len(ds) - c["keep"]
+    assert c["flag"] == sum(d["flag"] for d in ds) and c["items_open"] == 40 - c["items_done"]
+    assert sum(a["action"] == "undo" for a in db.audit_page(action="undo", limit=1000)[0]) == db.audit_page(action="undo")[1]
+    db.close()
+
+
+def test_own_decisions_and_the_audit_page_filter_by_user_and_action(review_db):
+    u = _users(review_db)
+    review_db.enqueue(make_items(4), "b1")
+    for name in ("alice", "bob", "alice"):
+        x = review_db.next_item(u[name])
+        review_db.submit(u[name], x["id"], "keep", caption=f"by {name}")
+    mine = review_db.own_decisions(u["alice"])
+    assert [d["caption"] for d in mine] == ["by alice", "by alice"] and mine[0]["time"] >= mine[1]["time"]
+    assert review_db.own_decisions(u["alice"], limit=1, offset=1)[0]["decision_id"] == mine[1]["decision_id"]
+    bobs = review_db.own_decisions(u["bob"])[0]
+    assert review_db.own_decisions(u["alice"], item_id=bobs["item_id"]) == []  # never another's
+    rows, total = review_db.audit_page(user="alice", action="submit")
+    assert total == 2 and {r["user"] for r in rows} == {"alice"} and {r["action"] for r in rows} == {"submit"}
+    assert review_db.audit_page(user="nobody'; --")[1] == 0
+    rows, total = review_db.audit_page(limit=2, offset=1)
+    assert len(rows) == 2 and total == review_db.audit_count()
+    assert {"submit", "lease", "enqueue"} <= set(review_db.audit_actions())
