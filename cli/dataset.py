@@ -42,8 +42,11 @@ def register(app: typer.Typer) -> None:
         v.add_column("version")
         v.add_column("time")
         v.add_column("rows", justify="right")
+        v.add_column("made by")
         for rec in store.versions()[-10:]:
-            v.add_row(f"v{rec['version']}", str(rec["timestamp"])[:19], rec["metadata"].get("total_rows", ""))
+            v.add_row(
+                f"v{rec['version']}", str(rec["timestamp"])[:19], rec["metadata"].get("total_rows", ""), rec["job"].get("message", "")
+            )
         console.print(v)
 
     @app.command()
@@ -54,7 +57,7 @@ def register(app: typer.Typer) -> None:
     ):
         """What changed between two versions: columns, rows, values per column."""
         store = open_store(dataset)
-        known = [v["version"] for v in store.versions()]
+        known = [v["version"] for v in store.versions(jobs=False)]
         v2 = v2 or known[-1]
         for v in (v1, v2):
             if v not in known:
@@ -66,10 +69,12 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Argument(..., help="registered stage name (see `curate stages`)"),
         dataset: str = DatasetOpt,
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with the stage's params"),
-        overwrite: bool = typer.Option(False, help="recompute columns that already exist"),
+        overwrite: bool = typer.Option(
+            False, help="recompute every row (one commit); without it only rows that lack the columns (added since) are computed"
+        ),
         address: Optional[str] = AddressOpt,
     ):
-        """Run one registered column stage over the dataset (resumable; one commit)."""
+        """Run one registered column stage over the rows that lack its columns (resumable; one commit)."""
         from curation.config import load_yaml, validate
         from curation.registry import get_stage
         from curation.runner import print_summary, run_stage

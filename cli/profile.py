@@ -19,10 +19,14 @@ def register(app) -> None:
         dataset: str = DatasetOpt,
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="profile.yaml (stages and their params)"),
         only: Optional[str] = typer.Option(None, "--only", help="comma-separated stages, e.g. meta,hash,ocr (or cheap)"),
-        overwrite: bool = typer.Option(False, help="recompute columns that already exist"),
+        overwrite: bool = typer.Option(
+            False, help="recompute every row (one commit); without it only rows that lack the columns (added since) are computed"
+        ),
         address: Optional[str] = AddressOpt,
     ):
-        """Profile every row: metadata, hashes, entropy, degradation, BRISQUE, OCR, NSFW, embeddings, scores."""
+        """Profile every row: metadata, hashes, entropy, degradation, BRISQUE, OCR, NSFW, embeddings, scores.
+
+        Incremental: rows added since a stage ran are computed, the others kept (--overwrite: all)."""
         from curation.runner import print_summary
 
         cfg = load_profile_config(config, only)

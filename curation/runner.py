@@ -9,6 +9,11 @@ How it works, and why:
 - The driver receives each fragment's metadata as it finishes and writes it to a checkpoint file
   (atomic rename). When all fragments are done it commits one ``Merge`` operation: the dataset
   moves to a new version with all new columns at once, or not at all.
+- Incremental by default: when the dataset already has the stage's columns, only the fragments
+  that lack them (rows appended after the stage ran) or whose input files were rewritten are
+  computed and merged in one commit (``curation.incremental``); the others are left as they are.
+  ``overwrite`` (or a changed config) recomputes every fragment, also in one commit. Each commit
+  names the stage, the mode and the rows it computed (``commit_properties``, ``curate info``).
 - A killed job, re-run, finds the checkpoints of the same stage, config and dataset version and
   only computes the missing fragments; the commit is then identical to an uninterrupted run.
 - If another job committed in between (a concurrent stage adding other columns), Lance reports a
@@ -57,6 +62,7 @@ class StageResult:
     stats: Stats = field(default_factory=Stats)
     seconds: float = 0.0
     stats_path: str | None = None
+    mode: str = ""  # "full" (every row) or "incremental" (only rows that lacked the columns)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,6 +74,7 @@ class StageResult:
             "read_version": self.read_version,
             "fragments": self.fragments,
             "fragments_resumed": self.fragments_resumed,
+            **({"mode": self.mode} if self.mode else {}),
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(rows / self.seconds, 1) if self.seconds > 0 else None,
             **self.stats.to_dict(),
@@ -327,9 +334,19 @@ def _committed_fingerprints(store: Store) -> dict[str, str]:
         return {}
 
 
-def _record_fingerprint(store: Store, stage: Stage, version: int) -> None:
+def _recorded_inputs(store: Store, stage: Stage) -> dict[str, str] | None:
+    """Per fragment, which input files the committed columns were computed from (None: unknown)."""
+    p = store.state_dir / _FINGERPRINTS
+    try:
+        return json.loads(p.read_text())[stage.name].get("inputs")
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _record_fingerprint(store: Store, stage: Stage, version: int, inputs: dict[str, str] | None = None) -> None:
     """Remember the config behind the committed columns, so a re-run with a changed config
-    recomputes instead of silently keeping stale values (and an unchanged one still skips).
+    recomputes instead of silently keeping stale values (and an unchanged one still skips), and
+    each fragment's input files (``inputs``), so one whose inputs were rewritten is recomputed.
     Locked: two stages finishing at once would otherwise each drop the other's entry."""
     p = store.state_dir / _FINGERPRINTS
     with store.lock("fingerprints"):
@@ -338,12 +355,12 @@ def _record_fingerprint(store: Store, stage: Stage, version: int) -> None:
         except (FileNotFoundError, ValueError):
             known = {}
         cfg = stage.config.model_dump(mode="json")
-        known[stage.name] = {"fingerprint": stage.config_fingerprint(), "version": version, "config": cfg}
+        known[stage.name] = {"fingerprint": stage.config_fingerprint(), "version": version, "config": cfg, "inputs": inputs}
         store.write_json(_FINGERPRINTS, known)
 
 
-def _checkpoint_dir(store: Store, stage: Stage, read_version: int):
-    return store.state_dir / "checkpoints" / f"{stage.name}-{stage.fingerprint()}-v{read_version}"
+def _checkpoint_dir(store: Store, stage: Stage, read_version: int, mode: str):
+    return store.state_dir / "checkpoints" / f"{stage.name}-{stage.fingerprint()}-v{read_version}-{mode}"
 
 
 class StageRunningError(RuntimeError):
@@ -367,9 +384,10 @@ def run_stage(
     max_conflict_retries: int = 3,
     wait_if_running: bool = True,
 ) -> StageResult:
-    """Compute ``stage``'s columns for every row and commit them as one new version.
+    """Compute ``stage``'s columns for every row that lacks them and commit them as one new version.
 
-    Already present columns are kept (status "skipped") unless ``overwrite`` or the stage's config
+    Rows that already have the columns keep them (nothing to compute: status "skipped", no new
+    version), unless their input columns were rewritten since, ``overwrite``, or the stage's config
     changed since they were computed (its fingerprint is recorded at commit). Every fragment's
     result is checkpointed, so a killed run, re-run with the same stage config, resumes.
     The same stage already running on the dataset: wait for it, then go on (normally "skipped"),
@@ -394,104 +412,182 @@ def run_stage(
 def _run_stage_locked(
     store: Store, stage: Stage, overwrite: bool, concurrency: int | None, show_progress: bool, max_conflict_retries: int
 ) -> StageResult:
-    """``run_stage`` once it holds the stage's lock."""
+    """``run_stage`` once it holds the stage's lock: fill the stage's columns where they are
+    missing (``curation.incremental``), or add them when the dataset has none of them yet."""
     from lance.commit import CommitConflictError
+
+    from curation.incremental import types_match
 
     t_start = time.perf_counter()
     cols = stage.output_schema.names
+    run = _Run(store, stage, concurrency, show_progress, t_start)
     for _attempt in range(max_conflict_retries + 1):
         ds = store.open()
         present = [c for c in cols if c in ds.schema.names]
-        if _up_to_date(store, stage, present, ds.version, overwrite=overwrite):
-            return StageResult(stage.name, "skipped", ds.version, ds.version)
-        if present:  # partial leftovers or overwrite: drop, then recompute from clean
-            ds.drop_columns(present)
-            ds = store.open()
-        read_version = ds.version
-        stage.prepare(ds)
-        fragments = ds.get_fragments()
-        if not fragments or ds.count_rows() == 0:
-            ds.add_columns(stage.output_schema)
-            new = store.open()
-            return StageResult(stage.name, "empty", new.version, read_version, seconds=time.perf_counter() - t_start)
-
-        ckpt = Checkpoints(_checkpoint_dir(store, stage, read_version), "fragment_id")
-        done, resumed = _compute_fragments(
-            store, stage, read_version, fragments, ckpt, concurrency=concurrency, show_progress=show_progress
-        )
-        stats = Stats()
-        for rec in done.values():
-            stats = stats + Stats.from_dict(rec["stats"])
         try:
-            new = _commit_merge(store, stage, read_version, fragments, done)
+            if len(present) == len(cols) and types_match(ds, stage):
+                return run.fill(ds, full=overwrite or _config_changed(store, stage))
+            if present:  # some columns only, or of another type (an older stage): drop, add anew
+                console.print(f"[yellow]{stage.name}[/]: dropping {present} (incomplete or of another type) to compute them anew")
+                ds.drop_columns(present)
+                ds = store.open()
+            return run.add(ds)
         except CommitConflictError:
             console.print(f"[yellow]{stage.name}[/]: another job committed first; recomputing on the new version")
-            ckpt.clear()
             continue
-        ckpt.clear()
-        _record_fingerprint(store, stage, new.version)
-        result = StageResult(
-            stage.name,
-            "committed",
-            new.version,
-            read_version,
-            len(fragments),
-            resumed,
-            stats,
-            time.perf_counter() - t_start,
-        )
-        result.stats_path = str(store.write_json(f"stats/{stage.name}-v{new.version}.json", result.to_dict()))
-        return result
     raise RuntimeError(f"{stage.name}: gave up after {max_conflict_retries} commit conflicts")
 
 
-def _up_to_date(store: Store, stage: Stage, present: list[str], version: int, *, overwrite: bool) -> bool:
-    """All of the stage's columns are present at ``version`` and were made by this config (or by
-    an unknown one, e.g. an older run): nothing to compute."""
-    cols = stage.output_schema.names
-    if not present or len(present) != len(cols) or overwrite:
-        return False
+def _config_changed(store: Store, stage: Stage) -> bool:
+    """The stage's columns were made by another config (unknown, e.g. an older run: trusted)."""
     made_by = _committed_fingerprints(store).get(stage.name)
     if made_by is None or made_by == stage.config_fingerprint():
-        console.print(f"[yellow]{stage.name}[/]: columns {cols} already present at v{version}; pass --overwrite to recompute")
-        return True
+        return False
     console.print(
         f"[yellow]{stage.name}[/]: config changed since its columns were computed "
         f"(fingerprint {made_by} -> {stage.config_fingerprint()}); recomputing"
     )
-    return False
+    return True
+
+
+@dataclass
+class _Run:
+    """One stage run's two ways to commit: ``add`` the columns to every fragment (the dataset has
+    none of them) or ``fill`` them on the fragments that lack them (or all, ``full``)."""
+
+    store: Store
+    stage: Stage
+    concurrency: int | None
+    show_progress: bool
+    t_start: float
+
+    def add(self, ds) -> StageResult:
+        stage, store = self.stage, self.store
+        stage.prepare(ds)
+        fragments = ds.get_fragments()
+        if not fragments or ds.count_rows() == 0:
+            ds.add_columns(stage.output_schema)
+            return StageResult(stage.name, "empty", store.open().version, ds.version, seconds=time.perf_counter() - self.t_start)
+        units = [{"fragment_id": f.fragment_id} for f in fragments]
+        done, resumed, ckpt = self._compute(ds, units, "add", _FragmentWorker)
+        stats = _sum_stats(done)
+        props = commit_properties(stage, "full", len(units), stats.rows)
+        new = _committed(ckpt, lambda: _commit_merge(store, ds.version, fragments, done, props))
+        return self._finish(ds, new, ckpt, len(units), resumed, stats, "full")
+
+    def fill(self, ds, *, full: bool) -> StageResult:
+        from curation.incremental import FillWorker, commit_fill, plan_fill
+
+        stage = self.stage
+        plan = plan_fill(ds, stage, None if full else _recorded_inputs(self.store, stage), full=full)
+        if not plan.todo:
+            console.print(
+                f"[yellow]{stage.name}[/]: columns {stage.output_schema.names} already present on every row at "
+                f"v{ds.version}, nothing new to compute; pass --overwrite to recompute all"
+            )
+            return StageResult(stage.name, "skipped", ds.version, ds.version, seconds=time.perf_counter() - self.t_start)
+        why = ", ".join(f"{k}={v}" for k, v in sorted(plan.reasons.items()))
+        console.print(f"{stage.name}: {plan.mode}, computing {len(plan.todo)} of {len(ds.get_fragments())} fragments ({why})")
+        stage.prepare(ds)
+        units = [{"fragment_id": fid, "columns": cols} for fid, cols in sorted(plan.todo.items())]
+        done, resumed, ckpt = self._compute(ds, units, plan.mode, FillWorker)
+        stats = _sum_stats(done)
+        props = commit_properties(stage, plan.mode, len(units), stats.rows)
+        new = _committed(ckpt, lambda: commit_fill(self.store, ds.version, done, props))
+        return self._finish(ds, new, ckpt, len(units), resumed, stats, plan.mode)
+
+    def _compute(self, ds, units: list[dict[str, Any]], mode: str, worker: type):
+        ckpt = Checkpoints(_checkpoint_dir(self.store, self.stage, ds.version, mode), "fragment_id")
+        done, resumed = _compute_fragments(
+            self.store, self.stage, ds, units, ckpt, worker, concurrency=self.concurrency, show_progress=self.show_progress
+        )
+        return done, resumed, ckpt
+
+    def _finish(self, ds, new, ckpt: Checkpoints, n: int, resumed: int, stats: Stats, mode: str) -> StageResult:
+        from curation.incremental import input_sigs
+
+        ckpt.clear()
+        _record_fingerprint(self.store, self.stage, new.version, input_sigs(new, self.stage))
+        seconds = time.perf_counter() - self.t_start
+        result = StageResult(self.stage.name, "committed", new.version, ds.version, n, resumed, stats, seconds, mode=mode)
+        result.stats_path = str(self.store.write_json(f"stats/{self.stage.name}-v{new.version}.json", result.to_dict()))
+        return result
+
+
+def _committed(ckpt: Checkpoints, commit: Callable[[], Any]):
+    """``commit()``; on a conflict the checkpoints (computed on a version that is no longer the
+    latest) are cleared before the caller plans again on the new one."""
+    from lance.commit import CommitConflictError
+
+    try:
+        return commit()
+    except CommitConflictError:
+        ckpt.clear()
+        raise
+
+
+def _sum_stats(done: dict[int, dict[str, Any]]) -> Stats:
+    stats = Stats()
+    for rec in done.values():
+        stats = stats + Stats.from_dict(rec["stats"])
+    return stats
+
+
+def commit_properties(stage: Stage, mode: str, fragments: int, rows: int) -> dict[str, str]:
+    """What a stage's commit says about itself (``Store.versions``, ``curate info``): the stage,
+    full or incremental, how many fragments and rows it computed, the config that made them."""
+    from lance.dataset import LANCE_COMMIT_MESSAGE_KEY
+
+    return {
+        LANCE_COMMIT_MESSAGE_KEY: f"stage {stage.name} ({mode}: {rows} rows in {fragments} fragments)",
+        "curate.job": "stage",
+        "curate.stage": stage.name,
+        "curate.mode": mode,
+        "curate.fragments": str(fragments),
+        "curate.rows": str(rows),
+        "curate.config": stage.config_fingerprint(),
+    }
 
 
 def _compute_fragments(
-    store: Store, stage: Stage, read_version: int, fragments: list, ckpt: Checkpoints, *, concurrency: int | None, show_progress: bool
+    store: Store,
+    stage: Stage,
+    ds,
+    units: list[dict[str, Any]],
+    ckpt: Checkpoints,
+    worker: type,
+    *,
+    concurrency: int | None,
+    show_progress: bool,
 ) -> tuple[dict[int, dict[str, Any]], int]:
-    """Run the stage over every fragment not yet in ``ckpt`` (each result checkpointed as it
-    arrives). Returns every fragment's record by id and how many came from an earlier run."""
-    done = ckpt.load()
+    """Run ``worker`` over every unit (one fragment each) not yet in ``ckpt`` (each result
+    checkpointed as it arrives). Returns every unit's record by fragment id and how many came
+    from an earlier run."""
+    wanted = {u["fragment_id"] for u in units}
+    done = {k: v for k, v in ckpt.load().items() if k in wanted}
     resumed = len(done)
-    todo = [{"fragment_id": f.fragment_id} for f in fragments if f.fragment_id not in done]
+    todo = [u for u in units if u["fragment_id"] not in done]
     if resumed:
-        console.print(f"{stage.name}: resuming, {resumed} of {len(fragments)} fragments already computed")
+        console.print(f"{stage.name}: resuming, {resumed} of {len(units)} fragments already computed")
 
     def on_result(row: dict[str, Any]) -> None:
-        rec = {
-            "fragment_id": row["fragment_id"],
-            "fragment": row["fragment"],
-            "schema": row["schema"].hex(),
-            "stats": json.loads(row["stats"]),
-        }
+        rec = {"fragment_id": row["fragment_id"], "stats": json.loads(row["stats"])}
+        if "file" in row:
+            rec["file"] = json.loads(row["file"])
+        else:
+            rec.update(fragment=row["fragment"], schema=row["schema"].hex())
         ckpt.save(rec)
         done[row["fragment_id"]] = rec
 
     rows = None
     if show_progress and todo:
-        by_id = {f.fragment_id: f for f in fragments}
-        pending = sum(by_id[u["fragment_id"]].count_rows() for u in todo)
-        rows = RowProgress(sum(f.count_rows() for f in fragments), start=sum(f.count_rows() for f in fragments) - pending)
+        n_rows = {u["fragment_id"]: ds.get_fragment(u["fragment_id"]).count_rows() for u in units}
+        total = sum(n_rows.values())
+        rows = RowProgress(total, start=total - sum(n_rows[u["fragment_id"]] for u in todo))
     execute_units(
         todo,
-        _FragmentWorker,
-        {"store": store, "stage": stage, "read_version": read_version, "progress": rows.counter if rows else None},
+        worker,
+        {"store": store, "stage": stage, "read_version": ds.version, "progress": rows.counter if rows else None},
         ray_options=stage.resources.ray_options(),
         on_result=on_result,
         description=stage.name,
@@ -499,29 +595,24 @@ def _compute_fragments(
         show_progress=show_progress,
         rows=rows,
     )
-    missing = [f.fragment_id for f in fragments if f.fragment_id not in done]
+    missing = sorted(wanted - set(done))
     if missing:
         raise RuntimeError(f"{stage.name}: fragments {missing} produced no result")
     return done, resumed
 
 
-def _commit_merge(store: Store, stage: Stage, read_version: int, fragments: list, done: dict[int, dict[str, Any]]):
+def _commit_merge(store: Store, read_version: int, fragments: list, done: dict[int, dict[str, Any]], properties: dict[str, str]):
     """One ``Merge`` commit of every fragment's new columns on top of ``read_version``; raises
     lance's ``CommitConflictError`` when another job committed in between."""
     import pickle
 
-    from lance import LanceDataset, LanceOperation
+    from lance import LanceDataset, LanceOperation, Transaction
     from lance.fragment import FragmentMetadata
 
     metas = [FragmentMetadata.from_json(done[f.fragment_id]["fragment"]) for f in fragments]
     schema = pickle.loads(bytes.fromhex(done[fragments[0].fragment_id]["schema"]))
-    return LanceDataset.commit(
-        store.uri,
-        LanceOperation.Merge(metas, schema),
-        read_version=read_version,
-        storage_options=store.storage_options or None,
-        commit_message=f"stage {stage.name}",
-    )
+    tx = Transaction(read_version, LanceOperation.Merge(metas, schema), transaction_properties=properties)
+    return LanceDataset.commit(store.uri, tx, storage_options=store.storage_options or None)
 
 
 def print_summary(results: Iterable[StageResult], title: str = "summary") -> None:

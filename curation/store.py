@@ -87,6 +87,24 @@ def _new_data_ids(ds: lance.LanceDataset, read_version: int | None) -> set[str]:
     return set(ds.scanner(columns=["id"], fragments=new).to_table().column("id").to_pylist()) if new else set()
 
 
+def _job_of(ds: lance.LanceDataset, version: int) -> dict[str, str]:
+    """The commit message and ``curate.*`` properties of the transaction that made ``version``
+    ({} when Lance kept no transaction for it, e.g. a cleaned-up old version)."""
+    from lance.dataset import LANCE_COMMIT_MESSAGE_KEY
+
+    try:
+        tx = ds.read_transaction(version)
+    except (OSError, ValueError, RuntimeError):
+        return {}
+    props = dict(getattr(tx, "transaction_properties", None) or {})
+    job = {k.removeprefix("curate."): v for k, v in props.items() if k.startswith("curate.")}
+    if props.get(LANCE_COMMIT_MESSAGE_KEY):
+        job["message"] = props[LANCE_COMMIT_MESSAGE_KEY]
+    if tx is not None and "message" not in job:
+        job["message"] = type(tx.operation).__name__.lower()  # a commit without a message: its operation
+    return job
+
+
 STATE_MANIFEST = "manifest.json"  # in a pushed state folder: written last, compared on pull
 
 
@@ -393,12 +411,19 @@ class Store:
         return s3_filesystem(self.storage_options or {}), rest.rstrip("/") + "/_curation"
 
     # --- inspect --------------------------------------------------------------------------
-    def versions(self) -> list[dict[str, Any]]:
-        """All versions, oldest first, with their commit message (the job that made them)."""
+    def versions(self, *, jobs: bool = True) -> list[dict[str, Any]]:
+        """All versions, oldest first: ``metadata`` is Lance's summary of the version (rows,
+        fragments, files) and ``job`` what made it, from its commit's transaction: ``message``
+        (e.g. "ingest", "stage caption_stats (incremental: 5 rows in 1 fragments)") and the
+        ``curate.*`` properties a stage commit carries (stage, mode, fragments, rows, config).
+        ``jobs=False`` skips reading the transactions (one small file per version)."""
+        ds = self.open()
         out = []
-        for v in self.open().versions():
-            meta = v.get("metadata") or {}
-            out.append({"version": v["version"], "timestamp": v["timestamp"], "metadata": dict(meta)})
+        for v in ds.versions():
+            rec = {"version": v["version"], "timestamp": v["timestamp"], "metadata": dict(v.get("metadata") or {})}
+            if jobs:
+                rec["job"] = _job_of(ds, v["version"])
+            out.append(rec)
         return out
 
     def columns_by_group(self, version: int | None = None) -> dict[str, list[str]]:

@@ -48,23 +48,21 @@ class VisualStage(Stage):
 
 
 def ensure_visual(store, show_progress: bool = True, *, dry_run: bool = False) -> None:
-    """Compute the descriptor columns once (resumable stage) when they are not there yet, and
-    again when they were made by an older descriptor (another length: 252 before the mirror- and
-    rotation-aware one), whose vectors the dedup job could not compare with its queries.
+    """Compute the descriptor columns (resumable stage) where rows lack them: all rows the first
+    time, the rows appended since on later runs (else dedup would see them as ``null_vector``), and
+    all again when they were made by an older descriptor (another length: 252 before the mirror-
+    and rotation-aware one), whose vectors the dedup job could not compare with its queries.
     ``dry_run``: a dry run commits nothing, so missing or stale descriptors are an error that
     says how to make them."""
     from curation.runner import run_stage
     from curation.schema import VEC_DESC_DIM
-    from engines.vector.index import VectorError
 
-    schema = store.open().schema
+    ds = store.open()
+    schema = ds.schema
     stale = "vec_desc" in schema.names and getattr(schema.field("vec_desc").type, "list_size", None) != VEC_DESC_DIM
-    if dry_run and ("vec_desc" not in schema.names or stale):
-        raise VectorError(
-            "a dry run commits nothing, but the image descriptors (vec_desc) are "
-            f"{'from an older version' if stale else 'not computed yet'} and computing them commits a version: "
-            f"run `curate stage vec_visual --dataset {store.uri}{' --overwrite' if stale else ''}` first, then the dry run"
-        )
+    lacking = 0 if "vec_desc" not in schema.names or stale else _rows_lacking(ds, VisualStage())
+    if dry_run and ("vec_desc" not in schema.names or stale or lacking):
+        _dry_run_error(store, stale, lacking)
     if "vec_desc" not in schema.names:
         console.print("vec_desc missing: computing image descriptors (stage vec_visual)")
         run_stage(store, VisualStage(), show_progress=show_progress)
@@ -74,6 +72,26 @@ def ensure_visual(store, show_progress: bool = True, *, dry_run: bool = False) -
             f"recomputing it ({VEC_DESC_DIM}-d, mirror- and rotation-aware)"
         )
         run_stage(store, VisualStage(), overwrite=True, show_progress=show_progress)
+    elif lacking:
+        console.print(f"vec_desc missing on {lacking} rows added since it was computed: computing them (stage vec_visual)")
+        run_stage(store, VisualStage(), show_progress=show_progress)
+
+
+def _rows_lacking(ds, stage) -> int:
+    """Rows in fragments that have no data for some of ``stage``'s columns (appended since)."""
+    from curation.incremental import plan_fill
+
+    return sum(ds.get_fragment(fid).count_rows() for fid in plan_fill(ds, stage, None, full=False).todo)
+
+
+def _dry_run_error(store, stale: bool, lacking: int) -> None:
+    from engines.vector.index import VectorError
+
+    what = "from an older version" if stale else f"missing on {lacking} rows added since" if lacking else "not computed yet"
+    raise VectorError(
+        f"a dry run commits nothing, but the image descriptors (vec_desc) are {what} and computing them "
+        f"commits a version: run `curate stage vec_visual --dataset {store.uri}{' --overwrite' if stale else ''}` first, then the dry run"
+    )
 
 
 def default_column(store) -> str:

@@ -2,6 +2,8 @@
 
 Each step is resumable on its own (stages checkpoint per fragment, ingest per shard), so a
 killed pipeline re-run skips finished steps (their columns exist) and resumes the one in flight.
+Stage steps are incremental: a pipeline re-run after its ingest step added rows computes each
+stage for those rows only (``curation.incremental``); ``overwrite`` recomputes every row.
 At the end one HTML page (``<dataset>/_curation/reports/pipeline-v<N>.html``) shows every step's
 status, rows, time and counters, and links every report the steps wrote.
 """

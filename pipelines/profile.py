@@ -12,6 +12,8 @@ configured. Heavy libraries are imported inside methods only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
@@ -36,7 +38,7 @@ from curation.schema import (
     PROF_TEXT_EMB,
     embedding_type,
 )
-from curation.stage import Stage, StageConfig
+from curation.stage import SCHEDULING_KEYS, Stage, StageConfig
 from engines.profiling.embed import EmbedModelConfig
 
 __all__ = [
@@ -125,6 +127,17 @@ class CheapStage(_ImageStage):
         fams = self.FAMILIES or tuple(f for f in CHEAP_FAMILIES if f in self.config.families)
         self.families = fams
         self.output_schema = pa.schema([f for fam in fams for f in _GROUPS[fam].schema])
+
+    def config_fingerprint(self) -> str:
+        """Without the families: which of them a run computes follows from the columns present
+        (``plan``), so a run of meta alone is no changed config for the hash columns made earlier
+        by a run of all four, and the new rows of both get filled, not every row recomputed."""
+        cfg = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in SCHEDULING_KEYS | {"families"}}
+        return hashlib.sha1(json.dumps({"stage": self.name, "cfg": cfg}, sort_keys=True).encode()).hexdigest()[:12]
+
+    def fingerprint(self) -> str:
+        """The families included: checkpoints of a run that wrote other columns are not reused."""
+        return hashlib.sha1(f"{self.config_fingerprint()}:{','.join(self.families)}".encode()).hexdigest()[:12]
 
     def process_batch(self, batch: pa.RecordBatch) -> dict:
         from engines.profiling import cheap
@@ -593,14 +606,23 @@ class ProfileConfig(BaseModel):
     scores: ScoresConfig = Field(default_factory=ScoresConfig)
 
 
+def _cheap_stages(cfg: ProfileConfig, wanted: list[str], present: set[str]) -> list[Stage]:
+    """The cheap families in at most two fused passes (one decode per image each): those whose
+    columns the dataset has, filled where rows lack them (or recomputed, ``--overwrite``) in one
+    commit, and those it lacks (or has only some columns of), added in another."""
+    fams = [f for f in wanted if f in CHEAP_FAMILIES]
+    have = [f for f in fams if set(_GROUPS[f].columns) <= present]
+    new = [f for f in fams if f not in have]
+    return [CheapStage(CheapConfig(**cfg.cheap.model_dump(), families=group)) for group in (have, new) if group]
+
+
 def plan(cfg: ProfileConfig, present: set[str], overwrite: bool = False) -> tuple[list[Stage], list[str]]:
-    """Stages to run (cheap families fused into one pass) and notes on the ones skipped."""
+    """Stages to run (cheap families fused) and notes on the ones skipped. Every configured
+    stage runs: the runner computes only the rows that lack its columns, unless ``overwrite``
+    (kept in the signature for callers; the runner applies it)."""
     notes: list[str] = []
-    stages: list[Stage] = []
     wanted = [s for s in STAGE_ORDER if s in cfg.stages]
-    cheap = [f for f in wanted if f in CHEAP_FAMILIES and (overwrite or not set(_GROUPS[f].columns) <= present)]
-    if cheap:
-        stages.append(CheapStage(CheapConfig(**cfg.cheap.model_dump(), families=cheap)))
+    stages: list[Stage] = _cheap_stages(cfg, wanted, present)
     for s in wanted:
         if s in CHEAP_FAMILIES:
             continue
@@ -625,7 +647,8 @@ def plan(cfg: ProfileConfig, present: set[str], overwrite: bool = False) -> tupl
 
 
 def run_profile(store, cfg: ProfileConfig, *, overwrite: bool = False, show_progress: bool = True) -> list:
-    """Run the configured stages in order; each is resumable and commits its own version."""
+    """Run the configured stages in order; each is resumable and commits its own version, with
+    the rows that lack its columns (rows added since it ran) or all rows with ``overwrite``."""
     from rich.console import Console
 
     from curation.runner import run_stage

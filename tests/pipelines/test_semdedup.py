@@ -8,11 +8,13 @@ import lance
 import numpy as np
 import pyarrow as pa
 
+from curation.runner import run_stage
 from curation.store import Store
 from engines.vector.dedup import SemanticConfig, semdedup_pairs
 from engines.vector.index import clean_vectors, to_matrix
 from engines.vector.synth import clustered_embeddings
 from pipelines.dedup import DedupConfig, find_duplicates
+from pipelines.descriptors import VisualStage
 from pipelines.semdedup import semdedup_on_ray
 from tests.helpers import coco_rows, samples_table
 
@@ -110,6 +112,7 @@ def test_dedup_job_semdedup_over_an_explicit_column(ray_session, coco_dir, tmp_p
     t = samples_table(rows).append_column("emb", pa.array(v.tolist(), pa.list_(pa.float32())))
     store = Store(str(tmp_path / "s.lance"))
     lance.write_dataset(t, store.uri, max_rows_per_file=8)
+    run_stage(store, VisualStage(), show_progress=False)  # a dry run computes no descriptors
     cfg = DedupConfig(semantic_column="emb", semantic={"method": "semdedup"}, dry_run=True)
     res = find_duplicates(store, cfg, show_progress=False)
     assert res["stats"]["semantic_pairs"] == 2

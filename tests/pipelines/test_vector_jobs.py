@@ -288,6 +288,8 @@ def test_dedup_killed_in_verification_resumes_the_missing_units_only(ray_session
     clean, killed = Store(str(tmp_path / "clean.lance")), Store(str(tmp_path / "killed.lance"))
     for s in (clean, killed):
         lance.write_dataset(samples_table(rows), s.uri, max_rows_per_file=12)
+    for st in (clean, killed):  # a dry run computes no descriptors (that would be a commit)
+        run_stage(st, VisualStage(), show_progress=False)
     cfg = DedupConfig(rows_per_unit=12, dry_run=True)
     want = find_duplicates(clean, cfg, show_progress=False)["plan"]
     import curation.runner as runner
@@ -333,6 +335,7 @@ def test_semantic_pairs_come_from_the_knn_graph_which_is_rebuilt_when_too_small_
     lance.write_dataset(_emb_table(rows, v.tolist()), store.uri, max_rows_per_file=8)
     build_index(store, IndexBuildConfig(column="emb"), show_progress=False)
     build_knn(store, KnnConfig(column="emb", k=3), show_progress=False)
+    run_stage(store, VisualStage(), show_progress=False)  # a dry run computes no descriptors
     cfg = DedupConfig(semantic_column="emb", dry_run=True)
     res = find_duplicates(store, cfg, show_progress=False)
     assert store.read_json("vector/knn-emb.json")["k"] == cfg.semantic.k  # k=3 < 10: rebuilt
@@ -362,6 +365,7 @@ def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray
             rows.append(sample_row(make_variant(r["image"], kind, g), "edits", f"{g}-{kind}"))
     store = Store(str(tmp_path / "ivf.lance"))
     lance.write_dataset(samples_table(rows), store.uri, max_rows_per_file=12)
+    run_stage(store, VisualStage(), show_progress=False)  # a dry run computes no descriptors
     exact = find_duplicates(store, DedupConfig(rows_per_unit=12, dry_run=True), show_progress=False)
     ivf_cfg = DedupConfig(rows_per_unit=12, dry_run=True, index=IndexConfig(kind="ivfflat", nlist=8, nprobe=8))
     ivf = find_duplicates(store, ivf_cfg, show_progress=False)
