@@ -57,8 +57,14 @@ def types_match(ds, stage: Stage) -> bool:
     return all(ds.schema.field(f.name).type == f.type for f in stage.output_schema)
 
 
-def _top_ids(ds, names: list[str]) -> dict[str, int]:
-    return {n: ds.lance_schema.field(n).id() for n in names}
+def _field_ids(ds, names: list[str]) -> dict[str, set[int]]:
+    """Each column's field id and those of its children: a data file lists only the leaf ids of a
+    list or struct column (``tag_concepts``' items, ``captions``' struct members), never its own."""
+
+    def walk(field) -> set[int]:
+        return {field.id(), *(i for c in field.children() for i in walk(c))}
+
+    return {n: walk(ds.lance_schema.field(n)) for n in names}
 
 
 def _covered(meta) -> set[int]:
@@ -73,7 +79,7 @@ def input_sig(meta, input_ids: set[int]) -> str:
 
 def _input_ids(ds, stage: Stage) -> set[int]:
     names = [n for n in (stage.input_columns or ["id"]) if n in ds.schema.names]
-    return set(_top_ids(ds, names).values())
+    return set().union(*_field_ids(ds, names).values())
 
 
 def input_sigs(ds, stage: Stage) -> dict[str, str]:
@@ -87,10 +93,10 @@ def plan_fill(ds, stage: Stage, recorded: dict[str, str] | None, *, full: bool) 
     cols = stage.output_schema.names
     if full:
         return FillPlan("full", {f.fragment_id: list(cols) for f in ds.get_fragments()}, Counter(full=len(ds.get_fragments())))
-    ids, in_ids, plan = _top_ids(ds, cols), _input_ids(ds, stage), FillPlan("incremental")
+    ids, in_ids, plan = _field_ids(ds, cols), _input_ids(ds, stage), FillPlan("incremental")
     for frag in ds.get_fragments():
         meta = frag.metadata
-        lacking = [c for c in cols if ids[c] not in _covered(meta)]
+        lacking = [c for c in cols if not ids[c] & _covered(meta)]
         old = (recorded or {}).get(str(frag.fragment_id))
         if lacking:
             plan.todo[frag.fragment_id] = lacking
