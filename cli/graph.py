@@ -83,13 +83,19 @@ def register(app: typer.Typer) -> None:
                     f"\n[bold]{nid}[/] {n['label_en']} / {n['label_zh'] or '-'}  depth {n['depth']}  "
                     f"weight {n['weight']}  source {n['source']}"
                 )
+                from graph.wordnet import WORDNET_DIR, gloss
+
+                if nid.startswith("wn:") and (WORDNET_DIR / "data.noun").exists():
+                    console.print(f"  gloss:   {gloss(nid)}")
                 console.print(f"  aliases: {', '.join(n['aliases']) or '-'}")
                 console.print(f"  terms:   {', '.join(n['terms']) or '-'}")
-                console.print("  path to root: " + " <- ".join(l for _, l in nb["path_to_root"]))
-                console.print("  parents:  " + (", ".join(f"{l} ({i})" for i, l in nb["parents"]) or "-"))
+                console.print("  path to root: " + " <- ".join(g.display(i) for i, _ in nb["path_to_root"]))
+                console.print("  parents:  " + (", ".join(f"{g.display(i)} ({i})" for i, _ in nb["parents"]) or "-"))
                 kids = nb["children"]
                 console.print(
-                    "  children: " + (", ".join(l for _, l in kids[:30]) or "-") + (f" ... +{len(kids) - 30}" if len(kids) > 30 else "")
+                    "  children: "
+                    + (", ".join(g.display(i) for i, _ in kids[:30]) or "-")
+                    + (f" ... +{len(kids) - 30}" if len(kids) > 30 else "")
                 )
 
     @graph_app.command("tag")

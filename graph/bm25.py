@@ -64,6 +64,8 @@ _PLURAL_RULES = (
     ("s", ""),
 )
 _OTHER = "\x01"  # a word in no multi-word term
+_BREAK = "\x02"  # punctuation between words: no multi-word term spans it
+_SEG_P = re.compile(_SEG_RE.pattern + r"|(?P<punct>[.,;:!?()\[\]{}\"|/])")
 _CHAR0 = 0xE000  # word ids as characters from the private use area upward (never surrogates)
 
 
@@ -82,10 +84,11 @@ def normalise(text: str, max_chars: int = 4096) -> str:
 class Tokenizer:
     """Caption -> tokens in which each concept term is a single token (see module docstring)."""
 
-    def __init__(self, terms: Iterable[str], exceptions: dict[str, str] | None = None, max_chars: int = 4096):
+    def __init__(self, terms: Iterable[str], exceptions: dict[str, str] | None = None, max_chars: int = 4096, pos=None):
         import ahocorasick
 
         self.max_chars = max_chars
+        self.pos = pos  # graph.pos.PosLexicon: noun-phrase checks; None = every word may tag
         self.exceptions = dict(exceptions or {})
         self.vocab: set[str] = set()
         lower_seen: set[str] = set()  # words of some lower-case term (not only proper nouns)
@@ -145,32 +148,73 @@ class Tokenizer:
             return None if (w in STOPWORDS or len(w) < 2 or w.isdigit()) else w
         return " ".join(words)
 
-    def _plain(self, text: str, out: list[str]) -> None:
-        for m in _SEG_RE.finditer(text):
-            w = m.group("word")
-            if w is not None:
-                out.append(self.lemma(self._strip_possessive(w)))
+    def _words(self, text: str) -> tuple[list[str], list[str], list[bool]]:
+        """(tokens, lower-case surface forms, punctuation-before flags); Chinese runs segmented."""
+        toks: list[str] = []
+        surf: list[str] = []
+        brk: list[bool] = []
+        pending = False
+        for m in _SEG_P.finditer(text):
+            kind = m.lastgroup
+            if kind == "punct":
+                pending = True
+                continue
+            if kind == "word":
+                w = self._strip_possessive(m.group("word"))
+                toks.append(self.lemma(w))
+                surf.append(w)
+                brk.append(pending)
             else:
-                out.extend(self._zh.cut(m.group("cjk")))
+                cut = self._zh.cut(m.group("cjk"))
+                toks.extend(cut)
+                surf.extend(cut)
+                brk.extend([True] * len(cut))
+            pending = False
+        return toks, surf, brk
+
+    def _merge_phrases(self, toks, surf, brk) -> list[tuple[int, int, str]]:
+        """Leftmost-longest multi-word terms as (first word, end, phrase); never across punctuation."""
+        chars: list[str] = []
+        where: list[int] = []
+        for k, t in enumerate(toks):
+            if brk[k] and k:
+                chars.append(_BREAK)
+                where.append(-1)
+            chars.append(self._word_char.get(t, _OTHER))
+            where.append(k)
+        spans = []
+        for end, (n, phrase) in self._phrases.iter_long("".join(chars)):
+            j = where[end] + 1
+            spans.append((j - n, j, phrase))
+        return spans
 
     def tokens(self, text: str | None) -> list[str]:
+        """Caption -> tokens; a noun-only word used as a verb/adjective becomes ``~word`` (a token
+        no concept matches, so the document length is unchanged; see ``graph.pos``)."""
         text = normalise(text or "", self.max_chars)
-        out: list[str] = []
         if not text:
-            return out
-        self._plain(text, out)
-        if self._has_phrases and len(out) > 1:
-            chars = "".join(self._word_char.get(t, _OTHER) for t in out)
-            merged: list[str] = []
-            i = 0
-            for end, (n, phrase) in self._phrases.iter_long(chars):
-                merged.extend(out[i : end - n + 1])
-                merged.append(phrase)
-                i = end + 1
-            if merged:
-                merged.extend(out[i:])
-                out = merged
+            return []
+        toks, surf, brk = self._words(text)
+        spans = self._merge_phrases(toks, surf, brk) if self._has_phrases and len(toks) > 1 else []
+        out: list[str] = []
+        i = 0
+        for a, b, phrase in spans:
+            out.extend(self._checked(toks, surf, brk, k, k + 1, toks[k]) for k in range(i, a))
+            out.append(self._checked(toks, surf, brk, a, b, phrase))
+            i = b
+        out.extend(self._checked(toks, surf, brk, k, k + 1, toks[k]) for k in range(i, len(toks)))
         return out
+
+    def _checked(self, toks, surf, brk, i: int, j: int, token: str) -> str:
+        pos = self.pos
+        if pos is None:
+            return token
+        prev, nxt = (surf[i - 1] if i else ""), (surf[j] if j < len(surf) else "")
+        if j - i == 1 and pos.is_idiom(prev, token, nxt):
+            return "~" + token
+        if toks[j - 1] in pos.np_only and not pos.heads_np(surf, toks, i, j, brk):
+            return "~" + token
+        return token
 
 
 @dataclass

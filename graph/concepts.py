@@ -206,6 +206,14 @@ class ConceptGraph:
     def label(self, nid: str) -> str:
         return self.g.nodes[nid].get("label_en", nid) if nid in self.g else nid
 
+    def display(self, nid: str) -> str:
+        """What a person reads for a tag: "dog / 狗" (the Chinese label when there is one); ids
+        stay the stored form, this is only for reports and the CLI."""
+        if nid not in self.g:
+            return nid
+        a = self.g.nodes[nid]
+        return f"{a['label_en']} / {a['label_zh']}" if a.get("label_zh") else a["label_en"]
+
     def roots(self) -> list[str]:
         return [n for n, d in self.g.in_degree() if d == 0]
 

@@ -99,8 +99,9 @@ def resample_report(
     return p
 
 
-def graph_report(path: str | Path, stats: dict[str, Any], title: str = "Concept graph") -> Path:
-    """Build statistics with a depth histogram."""
+def graph_report(path: str | Path, stats: dict[str, Any], title: str = "Concept graph", lexnames: dict | None = None) -> Path:
+    """Build statistics with a depth histogram, and what the visual-only cut kept per WordNet
+    lexicographer file (``lexnames``: file -> [synsets before, after])."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,6 +117,18 @@ def graph_report(path: str | Path, stats: dict[str, Any], title: str = "Concept 
         {"table": _table(["statistic", "value"], rows), "plot": png_data_uri(fig)},
         {"table": _table(["source", "nodes"], list(stats.get("nodes_by_source", {}).items()))},
     ]
+    if lexnames:
+        rows = [[k, b, a, b - a] for k, (b, a) in sorted(lexnames.items(), key=lambda kv: -kv[1][0])]
+        sections.append(
+            {
+                "title": "WordNet synsets per lexicographer file, before and after the visual-only cut",
+                "table": _table(["lexicographer file", "before", "after", "removed"], rows),
+                "text": "Files that name visible things (artifact, food, animal, plant, person, body, object, substance, "
+                "location, phenomenon, shape, event, group) are kept whole; the others are cut except the subtrees "
+                "of graph.wordnet.VISUAL_KEEP (visual signals such as traffic lights, street signs). Children of a "
+                "cut synset are re-attached to its nearest kept ancestor.",
+            }
+        )
     p = Path(path)
     p.write_text(render("graph_report.html", title=title, sections=sections), encoding="utf-8")
     return p

@@ -59,6 +59,9 @@ class ResampleConfig(BaseModel):
     step: float = Field(0.5, gt=0, le=1, description="update damping for the balance method")
     max_concept_share: float = Field(0.5, gt=0, le=1, description="concepts on more rows than this share are not balanced")
     inherited: bool = Field(True, description="balance on inherited (ancestor) tags as well as direct ones")
+    min_depth: int = Field(
+        4, ge=0, description="concepts nearer the root than this (entity, abstraction, object, whole...) are not balanced nor reported"
+    )
     untagged_weight: float = Field(1.0, ge=0, description="relative weight of rows without tags (MetaCLIP: 0)")
     seed: int = 0
 
@@ -190,11 +193,14 @@ def resample(
     concept_weight: dict[str, float] | None = None,
     prior: dict[str, float] | None = None,
     aliases: dict[str, list[str]] | None = None,
+    concept_depth: dict[str, int] | None = None,
 ) -> ResampleResult:
     """Weights and copies for every row (see the module docstring).
 
     ``concept_weight`` (graph node weights) multiplies the prior; ``prior`` maps concept ids (or
-    any key ``aliases`` maps to ids, e.g. labels) to target shares."""
+    any key ``aliases`` maps to ids, e.g. labels) to target shares. ``concept_depth`` (graph
+    depths) removes concepts above ``min_depth``: "entity" or "causal agent" say nothing a
+    balance could use, and at the head of the report they hide the concrete concepts."""
     cfg = config or ResampleConfig()
     n = len(tags)
     if n == 0:
@@ -202,6 +208,9 @@ def resample(
     target = float(cfg.target_size or n)
     use_inherited = cfg.inherited and cfg.method == "balance"
     concepts, S = _incidence(tags, scores, direct, use_inherited)
+    if concept_depth and cfg.min_depth:
+        keep = [j for j, c in enumerate(concepts) if concept_depth.get(c, cfg.min_depth) >= cfg.min_depth]
+        concepts, S = [concepts[j] for j in keep], S[:, keep].tocsr()
     B = S.copy()
     B.data = np.ones_like(B.data)
     tagged = np.asarray(B.sum(axis=1)).ravel() > 0

@@ -37,32 +37,87 @@ class TagConfig(BaseModel):
     min_score: float = Field(0.05, ge=0, description="drop tags (direct or inherited) scoring below this")
     max_tags: int = Field(64, ge=1, description="keep the best N tags per row")
     max_caption_chars: int = Field(4096, ge=16, description="longer captions are truncated before tagging")
+    pos: bool = Field(True, description="verb/adjective-like nouns tag only as noun-phrase heads (graph.pos)")
+    wsd: bool = Field(True, description="choose among a lemma's senses from the caption (MiniLM gloss similarity + prior)")
+    wsd_model: bool = Field(True, description="use the MiniLM sentence model for WSD (False: sense-frequency prior only)")
+    wsd_prior_weight: float = Field(0.1, ge=0, description="weight of log P(sense) against caption-gloss cosine")
+    wsd_margin: float = Field(0.35, ge=0, description="skip the model when the prior's weighted log-odds margin is at least this")
 
 
 class Tagger:
     """Everything needed to tag captions against one concept graph (built once per worker)."""
 
     def __init__(self, graph: ConceptGraph, config: TagConfig | None = None):
-        from graph.wordnet import WORDNET_DIR, noun_exceptions
+        from graph.wordnet import WORDNET_DIR, noun_exceptions, noun_senses
 
         self.config = cfg = config or TagConfig()
         self.graph = graph
         self.ids: list[str] = list(graph.g.nodes)
         index = {n: i for i, n in enumerate(self.ids)}
-        all_terms = [t for _, ts in graph.g.nodes(data="terms") for t in ts]
+        has_wn = (WORDNET_DIR / "data.noun").exists()
+        senses = noun_senses(WORDNET_DIR) if has_wn and (cfg.pos or cfg.wsd) else {}
+        pos = self._pos_lexicon(WORDNET_DIR) if has_wn and cfg.pos else None
+        extra = self._noun_phrase_terms(graph, pos, senses)
+        all_terms = [t for _, ts in graph.g.nodes(data="terms") for t in ts] + [t for ts in extra.values() for t in ts]
         exc = noun_exceptions(WORDNET_DIR) if (WORDNET_DIR / "noun.exc").exists() else {}
-        self.tokenizer = Tokenizer(all_terms, exceptions=exc, max_chars=cfg.max_caption_chars)
+        self.tokenizer = Tokenizer(all_terms, exceptions=exc, max_chars=cfg.max_caption_chars, pos=pos)
         queries = []
         for n in self.ids:
-            q = [self.tokenizer.term_token(t) for t in graph.g.nodes[n]["terms"]]
+            q = [self.tokenizer.term_token(t) for t in [*graph.g.nodes[n]["terms"], *extra.get(n, ())]]
             queries.append(list(dict.fromkeys(x for x in q if x)))
         self.queries = queries
         self.scorer = BM25Scorer(queries, k1=cfg.k1, b=cfg.b, epsilon=cfg.epsilon)
+        self.chooser, self._amb = self._sense_chooser(senses, index) if cfg.wsd and senses else (None, {})
         # parents as CSR over node indices, for propagation
         parents = [[index[p] for p in graph.g.predecessors(n)] for n in self.ids]
         self._pptr = np.cumsum([0] + [len(p) for p in parents])
         self._pidx = np.fromiter((p for ps in parents for p in ps), dtype=np.int64, count=int(self._pptr[-1]))
         self._anc: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @staticmethod
+    def _pos_lexicon(wordnet_dir):
+        from graph.pos import PosLexicon
+
+        return PosLexicon.load(wordnet_dir)
+
+    @staticmethod
+    def _noun_phrase_terms(graph: ConceptGraph, pos, senses: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Lemmas WordNet mostly uses as verbs/adjectives ("sink", "bear", "building") tag their
+        most frequent noun sense as noun-phrase heads (the tokenizer checks), if the graph kept it."""
+        if pos is None:
+            return {}
+        extra: dict[str, list[str]] = {}
+        for lemma in pos.np_only:
+            offs = senses.get(lemma)
+            if offs and f"wn:{offs[0]}" in graph.g:
+                extra.setdefault(f"wn:{offs[0]}", []).append(lemma)
+        return extra
+
+    def _sense_chooser(self, senses: dict[str, list[str]], index: dict[str, int]):
+        """Ambiguous query tokens (several senses in the graph, one of them queried by the token)
+        -> (query column, candidate ids, default node indices), and a :class:`SenseChooser`."""
+        from graph.wordnet import WORDNET_DIR, gloss
+        from graph.wsd import SenseChooser, sense_counts, singulars
+
+        cfg, g = self.config, self.graph
+        Q = self.scorer.Q.tocsr()
+        amb, cands = {}, {}
+        for tok, col in self.scorer.qcol.items():
+            offs = [*senses.get(tok, ()), *(o for sg in singulars(tok) for o in senses.get(sg, ()))]
+            ids = [i for i in dict.fromkeys(f"wn:{o}" for o in offs) if i in g.g]
+            default = Q.indices[Q.indptr[col] : Q.indptr[col + 1]]
+            if len(ids) > 1 and any(self.ids[d] in ids for d in default):
+                cands[tok] = ids
+                amb[tok] = (col, [index[i] for i in ids], default.tolist())
+        chooser = SenseChooser(
+            cands,
+            sense_counts(str(WORDNET_DIR)),
+            lambda nid: _sense_text(g, nid, gloss(nid)),
+            prior_weight=cfg.wsd_prior_weight,
+            margin=cfg.wsd_margin,
+            use_model=cfg.wsd_model,
+        )
+        return chooser, amb
 
     # --- corpus statistics ------------------------------------------------------------
     def count(self, texts: Iterable[str]) -> BM25Counts:
@@ -75,8 +130,36 @@ class Tagger:
 
     # --- scoring ----------------------------------------------------------------------
     def direct_scores(self, texts: Sequence[str]):
-        """(texts x concepts) sparse BM25 scores, no propagation."""
-        return self.scorer.scores([self.tokenizer.tokens(t) for t in texts])
+        """(texts x concepts) sparse BM25 scores, no propagation; an ambiguous lemma's BM25 weight
+        goes to the sense the caption means (:mod:`graph.wsd`) instead of its first sense."""
+        docs = [self.tokenizer.tokens(t) for t in texts]
+        W = self.scorer.tf_weights(docs)
+        S = (W @ self.scorer.Q).tocsr()
+        if self.chooser is not None and W.nnz:
+            S = S + self._sense_moves(texts, W)
+            S.data[np.abs(S.data) < 1e-9] = 0.0
+        S.eliminate_zeros()
+        return S
+
+    def _sense_moves(self, texts: Sequence[str], W):
+        """Sparse corrections: minus the token's weight on its default concepts, plus on the chosen."""
+        import scipy.sparse as sp
+
+        toks = list(self._amb)
+        Wa = W[:, [self._amb[t][0] for t in toks]].tocoo()
+        pairs = [(int(d), toks[k]) for d, k in zip(Wa.row, Wa.col)]
+        chosen = self.chooser.choose(texts, pairs) if pairs else []
+        index = {n: i for i, n in enumerate(self.ids)} if pairs else {}
+        r, c, v = [], [], []
+        for (d, tok), w, pick in zip(pairs, Wa.data, chosen):
+            p = index[pick]
+            defaults = self._amb[tok][2]
+            for c0 in defaults:
+                if c0 != p:
+                    r.append(d), c.append(c0), v.append(-w)
+            if p not in defaults:
+                r.append(d), c.append(p), v.append(w)
+        return sp.csr_matrix((v, (r, c)), shape=(W.shape[0], len(self.ids)))
 
     def _ancestors(self, c: int) -> tuple[np.ndarray, np.ndarray]:
         """(ancestor indices including c itself, hops), fewest hops per ancestor; cached."""
@@ -148,6 +231,15 @@ class Tagger:
 
     def labels(self, ids: Iterable[str]) -> list[str]:
         return [self.graph.label(i) for i in ids]
+
+
+def _sense_text(g, nid: str, gloss: str) -> str:
+    """What a sense is compared with: its label, its parent's label, the gloss without examples
+    (quoted examples repeat the lemma and pull every sense toward any caption that uses it)."""
+    parents = g.parents(nid)
+    kind = f" ({g.label(parents[0])})" if parents else ""
+    definition = gloss.split('"')[0].rstrip("; ")
+    return f"{g.label(nid)}{kind}: {definition}"
 
 
 def _group_max(rows, cols, vals, flags=None):

@@ -19,13 +19,24 @@ about a second for all 82,115 noun synsets; nltk's reader would need extra files
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import networkx as nx
 
 from graph.concepts import ConceptGraph
 
-__all__ = ["WORDNET_DIR", "LEXNAMES", "VISUAL_LEXNAMES", "load_wordnet", "noun_exceptions", "noun_lemmas"]
+__all__ = [
+    "WORDNET_DIR",
+    "LEXNAMES",
+    "VISUAL_LEXNAMES",
+    "VISUAL_KEEP",
+    "gloss",
+    "load_wordnet",
+    "noun_exceptions",
+    "noun_lemmas",
+    "noun_senses",
+]
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 
@@ -77,6 +88,16 @@ VISUAL_LEXNAMES = frozenset(
 )
 
 
+# Visible things that WordNet files under abstract lexicographer files: traffic lights and street
+# signs are noun.communication. Their subtrees stay in a visual-only graph.
+VISUAL_KEEP = frozenset(
+    {
+        "wn:06873571",  # visual signal: traffic light, stoplight, flag, beacon...
+        "wn:06793231",  # sign, "a public display of a message": street sign, signpost...
+    }
+)
+
+
 def _check_dir(wordnet_dir: Path) -> Path:
     d = Path(wordnet_dir)
     if not (d / "data.noun").exists():
@@ -91,10 +112,10 @@ def _lemma_text(word: str) -> str:
     return word.replace("_", " ")
 
 
-def _primary_senses(wordnet_dir: Path) -> dict[str, str]:
-    """lemma (lower case, spaces) -> offset of its most frequent noun sense, from index.noun."""
-    primary: dict[str, str] = {}
-    with open(wordnet_dir / "index.noun", encoding="utf-8", errors="replace") as f:
+def noun_senses(wordnet_dir: Path = WORDNET_DIR) -> dict[str, list[str]]:
+    """lemma (lower case, spaces) -> offsets of its noun senses, most frequent first (index.noun)."""
+    senses: dict[str, list[str]] = {}
+    with open(Path(wordnet_dir) / "index.noun", encoding="utf-8", errors="replace") as f:
         for line in f:
             if line.startswith(" "):
                 continue
@@ -103,8 +124,22 @@ def _primary_senses(wordnet_dir: Path) -> dict[str, str]:
             n_syn, n_ptr = int(parts[2]), int(parts[3])
             offsets = parts[4 + n_ptr + 2 :]
             if len(offsets) >= n_syn and offsets:
-                primary[_lemma_text(parts[0]).lower()] = offsets[0]
-    return primary
+                senses[_lemma_text(parts[0]).lower()] = offsets
+    return senses
+
+
+def _primary_senses(wordnet_dir: Path) -> dict[str, str]:
+    """lemma -> offset of its most frequent noun sense."""
+    return {k: v[0] for k, v in noun_senses(wordnet_dir).items()}
+
+
+def gloss(nid: str, wordnet_dir: Path = WORDNET_DIR) -> str:
+    """The WordNet gloss of ``wn:<offset>`` (the offset is the line's byte offset in data.noun)."""
+    if not nid.startswith("wn:"):
+        return ""
+    with open(Path(wordnet_dir) / "data.noun", "rb") as f:
+        f.seek(int(nid[3:]))
+        return f.readline().decode("utf-8", "replace").partition(" | ")[2].strip()
 
 
 def _pos_counts(wordnet_dir: Path) -> dict[str, list[int]]:
@@ -159,9 +194,12 @@ def noun_exceptions(wordnet_dir: Path = WORDNET_DIR) -> dict[str, str]:
 
 
 def load_wordnet(wordnet_dir: str | Path = WORDNET_DIR, *, visual_only: bool = False) -> ConceptGraph:
-    """Parse ``data.noun`` into a :class:`ConceptGraph` (depths set, checked acyclic)."""
+    """Parse ``data.noun`` into a :class:`ConceptGraph` (depths set, checked acyclic).
+
+    ``g.graph["lexnames"]`` keeps, per lexicographer file, the synsets before and after the
+    visual-only cut, so the build report can say what the cut removed."""
     d = _check_dir(Path(wordnet_dir))
-    primary = _primary_senses(d)
+    senses = noun_senses(d)
     pos_counts = _pos_counts(d)
     g = nx.DiGraph()
     edges: list[tuple[str, str]] = []
@@ -170,35 +208,56 @@ def load_wordnet(wordnet_dir: str | Path = WORDNET_DIR, *, visual_only: bool = F
         for line in f:
             if line.startswith(" "):  # licence header
                 continue
-            head, _, _gloss = line.partition(" | ")
-            parts = head.split()
-            offset, lex = parts[0], int(parts[1])
-            n_words = int(parts[3], 16)
-            lemmas = [parts[4 + 2 * i].replace("_", " ") for i in range(n_words)]
-            i = 4 + 2 * n_words
-            n_ptr = int(parts[i])
-            nid = f"wn:{offset}"
-            for k in range(n_ptr):
-                sym, target, pos = parts[i + 1 + 4 * k : i + 4 + 4 * k]
-                if pos == "n" and sym in ("@", "@i"):
-                    edges.append((f"wn:{target}", nid))
-            lower = [lm.lower() for lm in lemmas]
-            terms = [lm for lm, lo in zip(lemmas, lower) if primary.get(lo) == offset and not _mostly_not_noun(lo, pos_counts)]
-            g.add_node(
-                nid,
-                label_en=lemmas[0],
-                label_zh="",
-                aliases=lemmas[1:],
-                terms=terms,
-                source="wordnet",
-                depth=0,
-                weight=1.0,
-            )
+            nid, lemmas, lex, ptrs = _parse_line(line)
+            edges.extend((p, nid) for p in ptrs)
+            g.add_node(nid, label_en=lemmas[0], label_zh="", aliases=lemmas[1:], terms=[], source="wordnet", depth=0, weight=1.0)
             lexname[nid] = LEXNAMES.get(lex, "noun.Tops")
     g.add_edges_from(edges)
+    before = Counter(lexname.values())
     if visual_only:
-        _drop_contracting(g, [n for n in g if lexname[n] not in VISUAL_LEXNAMES])
+        _drop_contracting(g, _non_visual(g, lexname))
+    _set_terms(g, senses, pos_counts)
+    after = Counter(lexname[n] for n in g)
+    g.graph["lexnames"] = {k: [before[k], after.get(k, 0)] for k in sorted(before)}
     return ConceptGraph(g).finalize()
+
+
+def _parse_line(line: str) -> tuple[str, list[str], int, list[str]]:
+    """(node id, lemmas, lexicographer file number, hypernym ids) of one data.noun line."""
+    parts = line.partition(" | ")[0].split()
+    offset, lex = parts[0], int(parts[1])
+    n_words = int(parts[3], 16)
+    lemmas = [parts[4 + 2 * i].replace("_", " ") for i in range(n_words)]
+    i = 4 + 2 * n_words
+    ptrs = []
+    for k in range(int(parts[i])):
+        sym, target, pos = parts[i + 1 + 4 * k : i + 4 + 4 * k]
+        if pos == "n" and sym in ("@", "@i"):
+            ptrs.append(f"wn:{target}")
+    return f"wn:{offset}", lemmas, lex, ptrs
+
+
+def _non_visual(g: nx.DiGraph, lexname: dict[str, str]) -> list[str]:
+    """Synsets of non-visual lexicographer files, except the subtrees of ``VISUAL_KEEP``."""
+    keep = set()
+    for root in VISUAL_KEEP:
+        if root in g:
+            keep |= {root} | nx.descendants(g, root)
+    return [n for n in g if lexname[n] not in VISUAL_LEXNAMES and n not in keep]
+
+
+def _set_terms(g: nx.DiGraph, senses: dict[str, list[str]], pos_counts: dict[str, list[int]]) -> None:
+    """A lemma tags the most frequent of its senses *that the graph kept*: in a visual-only graph
+    "book" tags the bound pages, since the written work (noun.communication) was cut."""
+    for nid, a in g.nodes(data=True):
+        lemmas = [a["label_en"], *a["aliases"]]
+        a["terms"] = [
+            lm for lm in lemmas if _first_kept(senses.get(lm.lower(), ()), g) == nid and not _mostly_not_noun(lm.lower(), pos_counts)
+        ]
+
+
+def _first_kept(offsets, g: nx.DiGraph) -> str | None:
+    return next((f"wn:{o}" for o in offsets if f"wn:{o}" in g), None)
 
 
 def _drop_contracting(g: nx.DiGraph, drop: list[str]) -> None:

@@ -66,6 +66,7 @@ def build_graph(cfg: GraphBuildConfig, store=None, log=print):
 
         g = load_wordnet(cfg.wordnet_dir, visual_only=cfg.visual_only)
         report["wordnet_nodes"] = len(g)
+        report["lexnames"] = g.g.graph.get("lexnames", {})
         log(f"wordnet: {len(g):,} noun synsets ({time.perf_counter() - t0:.1f}s)")
     if cfg.zh:
         from graph.chinese import add_zh_labels
@@ -90,7 +91,7 @@ def build_graph(cfg: GraphBuildConfig, store=None, log=print):
     report["stats"] = g.stats()
     from graph.report import graph_report
 
-    report["report"] = str(graph_report(Path(cfg.out) / "report.html", report["stats"]))
+    report["report"] = str(graph_report(Path(cfg.out) / "report.html", report["stats"], lexnames=report.get("lexnames")))
     return g, report
 
 
@@ -123,7 +124,7 @@ def _graph_build_step(ctx, cfg: GraphBuildConfig):
         print(f"graph_build: a graph already exists at {cfg.out}; pass --overwrite to rebuild it")
         return {"status": "skipped", "graph": cfg.out}
     _, report = build_graph(cfg, ctx.store)
-    return {k: v for k, v in report.items() if k != "stats"} | {"nodes": report["stats"]["nodes"]}
+    return {k: v for k, v in report.items() if k not in ("stats", "lexnames")} | {"nodes": report["stats"]["nodes"]}
 
 
 # --- tagging stage ----------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class ResampleStage(Stage):
             concept_weight=weights,
             prior=prior,
             aliases=aliases,
+            concept_depth=dict(graph.g.nodes(data="depth")) if graph else None,
         )
         ids = t.column("id").to_pylist()
         stage = [int(x or 0) for x in t.column(cfg.curriculum_column).to_pylist()] if has_cur else [0] * len(ids)
@@ -315,7 +317,7 @@ def run_resample(ctx, cfg: ResampleStepConfig):
     manifest = manifest.sort_by([("stage", "ascending"), ("id", "ascending")])
     pq.write_table(manifest, out_dir / "manifest.parquet")
     graph = drv["graph"]
-    label = (lambda c: graph.label(c)) if graph else (lambda c: c)
+    label = graph.display if graph else (lambda c: c)
     settings = cfg.model_dump(mode="json") | {"dataset_version": res.version, "cap_t_solved": r.cap_t}
     report = resample_report(
         out_dir / "report.html", r, label=label, row_ids=drv["ids"], row_captions=drv["captions"], row_tags=drv["tags"], settings=settings

@@ -1,0 +1,154 @@
+"""How good the tags are, measured on real captions: category recall and judged precision.
+
+Tagging drives resampling, so a missed tag or a wrong one skews the balance of a training set.
+Two figures, both on COCO-mini (80 photos, five human captions each, COCO instance labels):
+
+- **recall of named categories**: for every image, the COCO object categories that are in the
+  photo (instance labels) *and* that one of its captions names (a name or listed synonym from
+  ``graph/data/coco_categories.json``, plural -s/-es too). A category is *found* when the row
+  carries a direct tag on one of the category's WordNet synsets or on a descendant of one
+  ("puppy" finds dog). A category whose synsets are not in the graph cannot be found: that is
+  the pruning's fault and counts as a miss.
+- **precision on a judged sample**: ``graph/data/judged_tags.jsonl`` holds (caption, concept)
+  pairs judged by reading the caption and the concept's gloss (see ``graph/data/README.md``).
+  Every caption of the file is tagged on its own; each direct tag is looked up. Tags nobody
+  has judged are reported (``unjudged``), not guessed: judge them and add them to the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from graph.concepts import ConceptGraph
+    from graph.tagging import Tagger
+
+__all__ = ["DATA_DIR", "direct_tag_sets", "load_coco", "load_categories", "load_judged", "category_recall", "judged_precision", "evaluate"]
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def load_coco(coco_dir: str | Path) -> tuple[list[int], list[list[str]], list[set[str]]]:
+    """(image ids, captions per image, COCO category names per image), images sorted by id."""
+    d = Path(coco_dir)
+    caps = json.loads((d / "captions_train2017.json").read_text())
+    inst = json.loads((d / "instances_train2017.json").read_text())
+    names = {c["id"]: c["name"] for c in inst["categories"]}
+    objects: dict[int, set[str]] = defaultdict(set)
+    for a in inst["annotations"]:
+        objects[a["image_id"]].add(names[a["category_id"]])
+    by: dict[int, list[str]] = defaultdict(list)
+    for a in caps["annotations"]:
+        by[a["image_id"]].append(a["caption"].strip())
+    ids = sorted(by)
+    return ids, [by[i] for i in ids], [objects[i] for i in ids]
+
+
+def load_categories(path: str | Path | None = None) -> dict[str, dict[str, list[str]]]:
+    data = json.loads(Path(path or DATA_DIR / "coco_categories.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def load_judged(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Judged (caption, concept, correct) rows; lines starting with ``#`` are the instructions."""
+    rows = []
+    for line in Path(path or DATA_DIR / "judged_tags.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            rows.append(json.loads(line))
+    return rows
+
+
+def _name_pattern(names: Sequence[str]) -> re.Pattern:
+    alts = "|".join(re.escape(n.lower()) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"\b(?:{alts})(?:s|es)?\b")
+
+
+def _accepting(graph: ConceptGraph, synsets: Sequence[str]) -> set[str]:
+    """The category's synsets that the graph has, and all their descendants."""
+    import networkx as nx
+
+    out: set[str] = set()
+    for s in synsets:
+        if s in graph.g:
+            out |= {s} | nx.descendants(graph.g, s)
+    return out
+
+
+def category_recall(graph: ConceptGraph, direct_tags: Sequence[set[str]], rows: Sequence[Sequence[str]], objects, categories) -> dict:
+    """Recall of the categories that are in the photo and named by a caption (module docstring)."""
+    accept = {c: _accepting(graph, v["synsets"]) for c, v in categories.items() if v["synsets"]}
+    pats = {c: _name_pattern(v["names"]) for c, v in categories.items()}
+    named = found = 0
+    misses: list[dict] = []
+    per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r, caps in enumerate(rows):
+        text = " ".join(caps).lower()
+        for c in sorted(objects[r]):
+            if c not in accept or not pats[c].search(text):
+                continue
+            hit = bool(accept[c] & direct_tags[r])
+            named += 1
+            found += hit
+            per_cat[c][0] += 1
+            per_cat[c][1] += hit
+            if not hit:
+                misses.append({"row": r, "category": c, "caption": next(x for x in caps if pats[c].search(x.lower()))})
+    no_node = sorted(c for c, a in accept.items() if not a)
+    return {
+        "named": named,
+        "found": found,
+        "recall": round(found / named, 4) if named else 0.0,
+        "misses": misses,
+        "per_category": {c: tuple(v) for c, v in sorted(per_cat.items())},
+        "categories_without_node": no_node,
+        "categories_without_synset": sorted(c for c, v in categories.items() if not v["synsets"]),
+    }
+
+
+def direct_tag_sets(tagger: Tagger, rows: Sequence[Sequence[str]]) -> list[set[str]]:
+    out = tagger.tag_rows(rows)
+    return [{t for t, d in zip(ts, ds) if d} for ts, ds in zip(out["tag_concepts"].to_pylist(), out["tag_direct"].to_pylist())]
+
+
+def judged_precision(tagger: Tagger, judged: Sequence[dict]) -> dict:
+    """Precision of direct tags on the judged captions; unjudged tags listed, not counted."""
+    verdict = {(j["caption"], j["concept"]): bool(j["correct"]) for j in judged}
+    captions = list(dict.fromkeys(j["caption"] for j in judged))
+    tags = direct_tag_sets(tagger, [[c] for c in captions])
+    correct = wrong = 0
+    unjudged: list[dict] = []
+    wrong_rows: list[dict] = []
+    for cap, ts in zip(captions, tags):
+        for t in sorted(ts):
+            v = verdict.get((cap, t))
+            if v is None:
+                unjudged.append({"caption": cap, "concept": t, "label_en": tagger.graph.label(t)})
+            elif v:
+                correct += 1
+            else:
+                wrong += 1
+                wrong_rows.append({"caption": cap, "concept": t, "label_en": tagger.graph.label(t)})
+    judged_n = correct + wrong
+    return {
+        "captions": len(captions),
+        "tags": judged_n + len(unjudged),
+        "judged": judged_n,
+        "correct": correct,
+        "precision": round(correct / judged_n, 4) if judged_n else 0.0,
+        "coverage": round(judged_n / max(judged_n + len(unjudged), 1), 4),
+        "wrong": wrong_rows,
+        "unjudged": unjudged,
+    }
+
+
+def evaluate(tagger: Tagger, coco_dir: str | Path, *, categories=None, judged=None) -> dict:
+    """Both figures for one tagger (fit on the COCO captions first)."""
+    _, rows, objects = load_coco(coco_dir)
+    rec = category_recall(tagger.graph, direct_tag_sets(tagger, rows), rows, objects, categories or load_categories())
+    prec = judged_precision(tagger, judged if judged is not None else load_judged())
+    return {"recall": rec, "precision": prec}
