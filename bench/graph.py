@@ -1,6 +1,8 @@
 """Benchmark: concept graph build (time, memory) and BM25 tagging throughput vs rank-bm25.
 
     .venv/bin/python bench/graph.py [--repeat 5] [--ref-sample 0]
+    .venv/bin/python bench/graph.py --eval-only     # tag quality (issue 20) and what each matcher costs
+
 
 Tagging: the real COCO-mini captions (400) as documents, every WordNet concept with a query
 (~82k synsets, ~118k English + Chinese terms) as queries. rank-bm25 gets the same token lists
@@ -41,10 +43,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed repetitions of our tagging (best is reported)")
     ap.add_argument("--ref-sample", type=int, default=0, help="rank-bm25 on N sampled concepts (0 = all)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-graph"))
+    ap.add_argument("--eval-only", action="store_true", help="only the tag-quality evaluation and the matchers' cost")
     args = ap.parse_args()
     import numpy as np
 
     print(f"machine: {machine()}")
+    if args.eval_only:
+        evaluate_matchers()
+        return
     fig: dict = {}
 
     # --- graph build ------------------------------------------------------------------
@@ -135,6 +141,41 @@ def main() -> None:
     )
     print(f"peak RSS {fig['peak_rss_mb']:.0f} MB")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fig.items()}))
+
+
+def evaluate_matchers() -> None:
+    """Recall of the COCO categories captions name and precision on the judged sample
+    (``graph/evaluate.py``), on the demo's graph (visual-only WordNet + Chinese labels), for the
+    plain BM25 matcher, + noun-phrase rules, + the sense choice (prior only, then MiniLM). Each
+    line's seconds are its whole cost on the 400 COCO captions: tagger build, fit, model load and
+    tagging, the graph build apart (printed first)."""
+    from graph.chinese import add_zh_labels
+    from graph.evaluate import evaluate, load_coco
+    from graph.tagging import TagConfig, Tagger
+    from graph.wordnet import load_wordnet
+
+    t0 = time.perf_counter()
+    g = load_wordnet(visual_only=True)
+    add_zh_labels(g)
+    print(f"visual-only graph with zh labels: {len(g):,} nodes in {time.perf_counter() - t0:.1f}s")
+    _, rows, _ = load_coco(COCO)
+    texts = [c for r in rows for c in r]
+    variants = {
+        "BM25 only": dict(pos=False, wsd=False),
+        "+ noun-phrase rules": dict(pos=True, wsd=False),
+        "+ sense prior": dict(pos=True, wsd=True, wsd_model=False),
+        "+ MiniLM sense choice (default)": dict(pos=True, wsd=True, wsd_model=True),
+    }
+    print(f"{'matcher':34} {'recall':>14} {'precision':>14} {'tags judged':>11} {'seconds':>8}")
+    for name, kw in variants.items():
+        t0 = time.perf_counter()
+        tagger = Tagger(g, TagConfig(**kw)).fit(texts)
+        fig = evaluate(tagger, COCO)
+        secs = time.perf_counter() - t0
+        r, p = fig["recall"], fig["precision"]
+        rec = f"{r['recall']:.3f} ({r['found']}/{r['named']})"
+        prec = f"{p['precision']:.3f} ({p['correct']}/{p['judged']})"
+        print(f"{name:34} {rec:>14} {prec:>14} {p['coverage']:>11.0%} {secs:8.1f}")
 
 
 if __name__ == "__main__":
