@@ -26,6 +26,12 @@ def register(app) -> None:
         max_file_bytes: int = typer.Option(64 * 1024 * 1024, help="larger images, sidecars and JSONL lines are error rows"),
         max_caption_chars: int = typer.Option(MAX_CAPTION_CHARS, help="longer captions are truncated (counted)"),
         allow_paths_outside_source: bool = typer.Option(False, help="let table rows and symlinks reference files outside their folder"),
+        image_column: Optional[str] = typer.Option(
+            None, help="Parquet/JSONL column of image paths or bytes (default: usual names, any case)"
+        ),
+        caption_column: Optional[str] = typer.Option(None, help="the caption column, e.g. TEXT (default: caption, text, alt... any case)"),
+        url_column: Optional[str] = typer.Option(None, help="column of remote image URLs, e.g. URL (default: url, image_url, any case)"),
+        retry_errors: bool = typer.Option(False, "--retry-errors", help="read rows stored with an error again and replace them"),
         no_exact_dup: bool = typer.Option(False, "--no-exact-dup", help="skip flagging byte-identical images"),
         address: Optional[str] = AddressOpt,
     ):
@@ -41,6 +47,10 @@ def register(app) -> None:
                 "max_file_bytes": max_file_bytes,
                 "max_caption_chars": max_caption_chars,
                 "allow_paths_outside_source": allow_paths_outside_source,
+                "image_column": image_column,
+                "caption_column": caption_column,
+                "url_column": url_column,
+                "retry_errors": retry_errors,
                 "flag_exact_duplicates": not no_exact_dup,
             },
             where="command line",

@@ -50,6 +50,9 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("format", pa.string()),  # PIL format name: JPEG, PNG, GIF, WEBP, ...
         pa.field("error", pa.string()),  # null when the row is usable; else "<reason>: <detail>"
+        # a source record's other fields (url, status, LAION similarity ...) as JSON, sorted keys;
+        # last and nullable, so ingest adds it to older datasets as a metadata-only change
+        pa.field("meta", pa.string()),
     ]
 )
 

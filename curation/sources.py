@@ -5,7 +5,8 @@ byte range of a JSONL file, row groups of a Parquet file) and ``read_unit`` turn
 rows, streaming, so memory is bounded by the unit and not by the source. Every input becomes a
 row: a file that cannot be used becomes a row with an ``error`` reason, never a silent skip, and
 never a failed job. What is not a sample (a caption without an image, a file of another type, a
-symlinked folder) is a counted skip (``skipped_*`` in the stats).
+symlinked folder) is a counted skip (``skipped_*`` in the stats). Table columns are found by the
+mapping in ``ReadOptions`` or by their usual names in any case; the other fields go to ``meta``.
 
 Poison rules, the same for every source kind (docs/ingest.md):
 
@@ -51,8 +52,11 @@ __all__ = ["IMAGE_EXTS", "ReadOptions", "plan_units", "read_unit", "inspect_imag
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TABLE_EXTS = {".jsonl", ".parquet", ".ndjson"}
-_IMAGE_KEYS = ("image", "image_path", "path", "file", "file_name", "filename", "url", "image_url", "jpg", "png", "bytes", "image_bytes")
+_IMAGE_KEYS = ("image", "image_path", "path", "file", "file_name", "filename", "jpg", "png", "bytes", "image_bytes")
+_URL_KEYS = ("url", "image_url", "img_url")
 _KEY_KEYS = ("key", "id", "uid", "sample_id")
+_CAPTION_KEYS = ("captions", "caption", "text", "alt", "caption_en", "caption_zh", "zh", "long_caption", "tags")
+MAX_META_CHARS = 65_536  # a record's extra fields above this (as JSON) are not kept, counted
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,14 @@ class ReadOptions:
     shard_size: int = 256  # images per folder unit / rows per batch
     jsonl_chunk_bytes: int = 4 * 1024 * 1024
     allow_paths_outside_source: bool = False
+    image_column: str | None = None  # a table column holding image paths or bytes (else the usual names)
+    caption_column: str | None = None  # the one column holding captions (else the usual names)
+    url_column: str | None = None  # a column of remote URLs, used when the image column is empty
+
+
+class ColumnMappingError(ValueError):
+    """A mapped column (``--image-column`` ...) that a table does not have: refused while planning,
+    before any worker starts, with the columns the table does have, so a typo costs no cluster."""
 
 
 _ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
@@ -199,6 +211,36 @@ def _clean_captions(captions: list[dict], opts: ReadOptions, stats: dict[str, in
     return clean, err
 
 
+def _json_safe(v: Any) -> Any:
+    """A table cell as JSON can hold it: NaN as null, bytes as their length (the image column is
+    stored already; a second copy in ``meta`` would double the dataset), strings storable."""
+    if isinstance(v, float) and v != v:
+        return None
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>"
+    if isinstance(v, str):
+        return escape_surrogates(v)
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float)):
+        return v
+    return str(v)  # dates, decimals: their text, deterministic
+
+
+def _meta_json(meta: dict[str, Any] | None, stats: dict[str, int]) -> str | None:
+    """Extra fields as one JSON string with sorted keys (two ingests store the same bytes); too
+    large a blob is not kept but counted, so one bloated record cannot grow every scan."""
+    if not meta:
+        return None
+    text = json.dumps(_json_safe(meta), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    if len(text) > MAX_META_CHARS:
+        stats["meta_too_large"] = stats.get("meta_too_large", 0) + 1
+        return None
+    return text
+
+
 def make_row(
     source: str,
     key: str,
@@ -209,8 +251,9 @@ def make_row(
     uri: str | None = None,
     error: str | None = None,
     stats: dict[str, int] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One samples row. The first error wins: image, then the caller's (path, sidecar, record),
+    """One samples row; ``meta`` holds a record's fields that are not image, caption or key. The first error wins: image, then the caller's (path, sidecar, record),
     then a bad name, then a bad caption. Every string is made storable (no surrogates)."""
     stats = stats if stats is not None else {}
     names, name_err = _storable_names({"source": source, "key": key, "uri": uri})
@@ -227,6 +270,7 @@ def make_row(
         stats[f"error_{reason}"] = stats.get(f"error_{reason}", 0) + 1
     return {
         "id": sample_id(names["source"], names["key"]),
+        "meta": _meta_json(meta, stats),
         "image": data,
         "image_uri": names["uri"],
         "image_sha256": sha,
@@ -412,7 +456,8 @@ def plan_units(sources: list[str], opts: ReadOptions) -> list[dict[str, Any]]:
 
     A directory is walked: tars and table files (.jsonl/.parquet) are their own units; image files
     form folder units of ``shard_size`` images, except under a directory that holds a table file
-    (those images are the table's, referenced by path). What is no sample (captions without an
+    (those images are the table's, referenced by path); a ``NNNNN.tar`` with its ``NNNNN.parquet``
+    is one img2dataset shard (the Parquet is metadata, joined by key). What is no sample (captions without an
     image, other file types, symlinked folders: never followed) is counted by a ``skipped`` unit."""
     units: list[dict[str, Any]] = []
     for src in sources:
@@ -442,7 +487,10 @@ def _folder_units(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
         d = Path(dirpath)
         if any(Path(f).suffix.lower() in TABLE_EXTS for f in filenames):
             dirnames[:] = []  # this subtree's images belong to its table files
-            tables = [f for f in filenames if Path(f).suffix.lower() in TABLE_EXTS or f.endswith(".tar")]
+            pairs = _img2dataset_pairs(filenames)
+            units.extend({"kind": "img2dataset", "source": _source_name(d / t), "meta": _source_name(d / m)} for t, m in pairs)
+            paired = {f for pair in pairs for f in pair}
+            tables = [f for f in filenames if f not in paired and (Path(f).suffix.lower() in TABLE_EXTS or f.endswith(".tar"))]
             units.extend(u for f in tables for u in _file_units(d / f, opts))
             continue
         skipped["symlinked_dir"] += sum((d / n).is_symlink() for n in dirnames)
@@ -455,6 +503,13 @@ def _folder_units(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
     if +skipped:
         units.append({"kind": "skipped", "source": _source_name(root), "counts": json.dumps(dict(sorted((+skipped).items())))})
     return units
+
+
+def _img2dataset_pairs(filenames: list[str]) -> list[tuple[str, str]]:
+    """(shard.tar, shard.parquet) pairs, img2dataset's webdataset output: the Parquet is the
+    shard's metadata (url, status, sizes, scores per key), not a second table of samples."""
+    names = set(filenames)
+    return [(f, f[:-4] + ".parquet") for f in filenames if f.endswith(".tar") and f[:-4] + ".parquet" in names]
 
 
 def _unclaimed(filenames: list[str], images: list[str]) -> Counter:
@@ -492,22 +547,45 @@ def _file_units(p: Path, opts: ReadOptions) -> list[dict[str, Any]]:
     if ext in (".jsonl", ".ndjson"):
         size = p.stat().st_size  # an empty file has no unit: nothing in it to account for
         step = max(opts.jsonl_chunk_bytes, 1)
+        _check_jsonl_mapping(p, opts)
         return [{"kind": "jsonl", "source": src, "start": s, "end": min(s + step, size)} for s in range(0, size, step)]
     if ext == ".parquet":
-        return _parquet_units(p, src)
+        return _parquet_units(p, src, opts)
     if ext in IMAGE_EXTS:
         return [{"kind": "folder", "source": str(p.parent), "files": [p.name]}]
     raise ValueError(f"{p}: unsupported source file type {ext!r} (folders, .tar, .jsonl, .parquet, images)")
 
 
-def _parquet_units(p: Path, src: str) -> list[dict[str, Any]]:
+def _mapped(opts: ReadOptions) -> bool:
+    return any(c is not None for c in (opts.image_column, opts.caption_column, opts.url_column))
+
+
+def _check_jsonl_mapping(p: Path, opts: ReadOptions) -> None:
+    """A mapped column must be a field of the file's first record (records may vary after it)."""
+    if not _mapped(opts):
+        return
+    with open(p, "rb") as f:
+        line = b""
+        while not line.strip() and (line := f.readline(opts.max_file_bytes + 1)):
+            pass
+    try:
+        rec = parse_json(decode_caption(line)) if line.strip() else {}
+    except (CaptionDecodeError, ValueError, RecursionError):
+        return  # a bad first line is its own error row; the mapping is checked on the rows
+    if isinstance(rec, dict):
+        check_mapping(list(rec), opts, str(p))
+
+
+def _parquet_units(p: Path, src: str, opts: ReadOptions) -> list[dict[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        n = pq.ParquetFile(p).num_row_groups
+        pf = pq.ParquetFile(p)
+        n = pf.num_row_groups
     except (pa.ArrowException, OSError) as e:
         return [_error_unit(p, f"corrupt_table: {type(e).__name__}: {str(e)[:200]}")]
+    check_mapping(pf.schema_arrow.names, opts, str(p))
     return [{"kind": "parquet", "source": src, "row_groups": [g]} for g in range(n)]
 
 
@@ -525,6 +603,8 @@ def read_unit(unit: dict[str, Any], opts: ReadOptions, stats: dict[str, int]) ->
         yield from _read_jsonl(unit, opts, stats)
     elif kind == "parquet":
         yield from _read_parquet(unit, opts, stats)
+    elif kind == "img2dataset":
+        yield from _read_img2dataset(unit, opts, stats)
     elif kind == "skipped":
         for what, n in json.loads(unit["counts"]).items():
             stats[f"skipped_{what}"] = stats.get(f"skipped_{what}", 0) + n
@@ -610,9 +690,21 @@ def _tar_groups(tf: tarfile.TarFile, src: str, opts: ReadOptions, stats: dict[st
         yield cur, group
 
 
-def _read_tar(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[dict]:
+def _sidecar_extras(data: bytes | None) -> dict[str, Any] | None:
+    """A tar sample's JSON sidecar fields other than captions (img2dataset writes url, status,
+    sizes there); a sidecar that does not parse has its error on the row already."""
+    try:
+        obj = parse_json(decode_caption(data)) if data else None
+    except (CaptionDecodeError, ValueError, RecursionError):
+        return None
+    return {k: v for k, v in obj.items() if k.lower() not in _CAPTION_KEYS} if isinstance(obj, dict) else None
+
+
+def _read_tar(unit: dict, opts: ReadOptions, stats: dict[str, int], records: dict[str, dict] | None = None) -> Iterator[dict]:
+    """Samples of a tar; ``records`` (img2dataset's metadata by key) gives each its ``meta``."""
     src = unit["source"]
     seen: dict[str, int] = {}
+    records = records if records is not None else {}
 
     def emit(key: str, group: dict) -> dict:
         n = seen.get(key, 0)
@@ -626,7 +718,9 @@ def _read_tar(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[
         if n > 0 or group["dup_ext"]:
             error = f"duplicate_key: key {key!r} appears more than once in the tar"
         data = files.get(img_ext) if img_ext else None
-        return make_row(src, row_key, data, caps, opts, error=error or group["link_err"] or cerr, stats=stats)
+        meta = records.pop(key, None) if n == 0 else None
+        meta = meta if meta is not None else _sidecar_extras(files.get("json"))
+        return make_row(src, row_key, data, caps, opts, error=error or group["link_err"] or cerr, stats=stats, meta=meta)
 
     try:
         with tarfile.open(src, mode="r|*") as tf:
@@ -654,28 +748,75 @@ def _resolve_image(value: Any, base: Path, opts: ReadOptions) -> tuple[bytes | N
     return data, None, err
 
 
-def _record_key(rec: dict, key: str) -> str:
-    for k in _KEY_KEYS:
+def _find(names: list[str], wanted: str) -> str | None:
+    """The column named ``wanted``: exact first, else the one whose name matches ignoring case
+    (LAION's ``URL``/``TEXT``)."""
+    if wanted in names:
+        return wanted
+    return next((n for n in names if n.lower() == wanted.lower()), None)
+
+
+def _role(names: list[str], given: str | None, usual: tuple[str, ...]) -> list[str]:
+    """Candidate columns for one role: the mapped one, or every usual name present."""
+    if given is not None:
+        found = _find(names, given)
+        return [found] if found else []
+    return [c for u in usual if (c := _find(names, u))]
+
+
+def record_columns(names: list[str], opts: ReadOptions) -> dict[str, list[str]]:
+    """Which columns of a table are the image, url, caption and key (by the mapping in ``opts``,
+    else the usual names in any case); the rest are extra metadata."""
+    return {
+        "image": _role(names, opts.image_column, _IMAGE_KEYS),
+        "url": _role(names, opts.url_column, _URL_KEYS),
+        "caption": _role(names, opts.caption_column, _CAPTION_KEYS),
+        "key": _role(names, None, _KEY_KEYS),
+    }
+
+
+def check_mapping(names: list[str], opts: ReadOptions, where: str) -> None:
+    """Raise ``ColumnMappingError`` when a mapped column is not among ``names``."""
+    for flag, given in (("image", opts.image_column), ("caption", opts.caption_column), ("url", opts.url_column)):
+        if given is not None and _find(names, given) is None:
+            raise ColumnMappingError(f"{where}: no column {given!r} (--{flag}-column); the columns are: {', '.join(names) or '(none)'}")
+
+
+def _record_key(rec: dict, key: str, cols: list[str]) -> str:
+    for k in cols:
         v = rec.get(k)
         if isinstance(v, (str, int)) and str(v):
             return f"{key}:{v}"
     return key
 
 
+def _record_captions(rec: dict, cols: list[str], mapped: bool) -> list[dict[str, str]]:
+    """Captions of the caption columns, read under their usual lower-case names; a mapped column
+    is a plain caption (or a list of them)."""
+    if mapped:
+        v = rec.get(cols[0]) if cols else None
+        return captions_from_json({"captions" if isinstance(v, list) else "caption": v}, "short")
+    return captions_from_json({c.lower(): rec[c] for c in cols}, "short")
+
+
 def _record_row(rec: Any, source: str, key: str, base: Path, opts: ReadOptions, stats: dict[str, int]) -> dict:
-    """A record's row; a caption field of the wrong type is its error (the image still checked)."""
+    """A record's row; a caption field of the wrong type is its error (the image still checked).
+    Fields that are not image, url, caption or key go to ``meta``."""
     if not isinstance(rec, dict):
         return make_row(source, key, None, [], opts, error=f"bad_record: not an object but {_tname(rec)}", stats=stats)
-    key = _record_key(rec, key)
+    cols = record_columns(list(rec), opts)
+    key = _record_key(rec, key, cols["key"])
     try:
-        caps, cerr = captions_from_json(rec, "short"), None
+        caps, cerr = _record_captions(rec, cols["caption"], opts.caption_column is not None), None
     except BadField as e:
         caps, cerr = [], f"bad_record: {e}"
-    img = next((rec[k] for k in _IMAGE_KEYS if rec.get(k) is not None), None)
+    img = next((rec[k] for k in cols["image"] + cols["url"] if rec.get(k) is not None), None)
     data, uri, err = _resolve_image(img, base, opts)
     if uri:
         stats["remote_uri"] = stats.get("remote_uri", 0) + 1
-    return make_row(source, key, data, caps, opts, uri=uri, error=err or cerr, stats=stats)
+    used = {c for cs in cols.values() for c in cs}
+    meta = {k: v for k, v in rec.items() if k not in used}
+    return make_row(source, key, data, caps, opts, uri=uri, error=err or cerr, stats=stats, meta=meta)
 
 
 def _skip_line(f) -> None:
@@ -743,3 +884,48 @@ def _read_parquet(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Itera
     except (pa.ArrowException, OSError) as e:
         err = f"corrupt_table: {type(e).__name__}: {str(e)[:200]}"
         yield make_row(src, f"<parquet-error-at-row-{offset}>", None, [], opts, error=err, stats=stats)
+
+
+# --- img2dataset output: shard tars joined with their Parquet metadata -----------------------
+
+
+def _img2dataset_records(path: str, opts: ReadOptions) -> tuple[dict[str, dict], str | None]:
+    """Records of a shard's metadata Parquet by ``key`` (one shard's worth: img2dataset writes
+    10,000 rows per shard by default), or the reason it cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if os.path.getsize(path) > opts.max_file_bytes:
+            return {}, f"file_too_large: metadata {Path(path).name!r} > {opts.max_file_bytes} bytes"
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        return {}, f"corrupt_table: {Path(path).name}: {type(e).__name__}: {str(e)[:200]}"
+    return {str(r.get("key")): r for r in rows if r.get("key") is not None}, None
+
+
+def _img2dataset_leftover(src: str, key: str, rec: dict, opts: ReadOptions, stats: dict[str, int]) -> dict:
+    """A metadata row without its sample in the tar: a failed download (once, with its reason,
+    not a URL row to fetch again), or a success whose image is missing."""
+    status = rec.get("status")
+    if status == "success":
+        err = "missing_image: listed as downloaded in the metadata but not in the tar"
+    else:
+        err = f"download_failed: {rec.get('error_message') or status or 'no status'}"
+    try:
+        caps = captions_from_json({"caption": rec.get("caption")}, "alt")
+    except BadField:
+        caps = []
+    return make_row(src, key, None, caps, opts, error=err, stats=stats, meta=rec)
+
+
+def _read_img2dataset(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[dict]:
+    """The tar's samples with their metadata row as ``meta``, then the metadata rows that have no
+    sample (failed downloads), keyed like the tar's, so each input is one row."""
+    src = unit["source"]
+    records, err = _img2dataset_records(unit["meta"], opts)
+    yield from _read_tar({"source": src}, opts, stats, records)
+    if err:
+        yield make_row(src, "<metadata>", None, [], opts, error=err, stats=stats)
+    for key, rec in records.items():
+        yield _img2dataset_leftover(src, key, rec, opts, stats)

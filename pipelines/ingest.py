@@ -22,7 +22,7 @@ from curation.config import ConfigError
 from curation.registry import register_step
 from curation.runner import Checkpoints, StageResult, console, execute_units
 from curation.schema import SAMPLES_SCHEMA
-from curation.sources import ReadOptions, plan_units, read_unit
+from curation.sources import ColumnMappingError, ReadOptions, plan_units, read_unit
 from curation.stage import StageConfig, Stats
 from curation.store import Store
 from curation.text import MAX_CAPTION_CHARS
@@ -46,6 +46,12 @@ class IngestConfig(StageConfig):
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="larger files (images, sidecars, JSONL lines) are rows with an error")
     max_caption_chars: int = Field(MAX_CAPTION_CHARS, ge=1, description="longer captions are truncated (counted: caption_truncated)")
     allow_paths_outside_source: bool = False
+    image_column: str | None = Field(
+        None, description="Parquet/JSONL column with image paths or bytes (default: image, path, file... any case)"
+    )
+    caption_column: str | None = Field(None, description="the column holding captions (default: caption, text, alt, captions... any case)")
+    url_column: str | None = Field(None, description="column of remote image URLs (default: url, image_url, any case)")
+    retry_errors: bool = Field(False, description="rows of these sources stored with an error are read again and replaced")
     flag_exact_duplicates: bool = True
     skip_existing: bool = Field(True, description="rows whose id is already in the dataset are not added again")
     existing_ids_in_memory_max: int = Field(
@@ -62,6 +68,9 @@ class IngestConfig(StageConfig):
             max_caption_chars=self.max_caption_chars,
             shard_size=self.shard_size,
             allow_paths_outside_source=self.allow_paths_outside_source,
+            image_column=self.image_column,
+            caption_column=self.caption_column,
+            url_column=self.url_column,
         )
 
 
@@ -72,14 +81,20 @@ class ExistingIds:
     filter that the BTREE index on ``id`` answers, so neither driver nor workers hold every id."""
 
     def __init__(
-        self, ids: frozenset | None = None, uri: str | None = None, version: int | None = None, storage_options: dict | None = None
+        self,
+        ids: frozenset | None = None,
+        uri: str | None = None,
+        version: int | None = None,
+        storage_options: dict | None = None,
+        retry: frozenset = frozenset(),
     ):
         self.ids, self.uri, self.version, self.storage_options = ids, uri, version, storage_options
+        self.retry = retry  # ids of error rows to read again (--retry-errors): not "present"
         self._ds = None
 
     def present(self, ids: list[str]) -> set[str]:
         if self.ids is not None:
-            return {i for i in ids if i in self.ids}
+            return {i for i in ids if i in self.ids and i not in self.retry}
         if self.uri is None or not ids:
             return set()
         if self._ds is None:
@@ -87,7 +102,7 @@ class ExistingIds:
 
             self._ds = lance.dataset(self.uri, version=self.version, storage_options=self.storage_options or None)
         quoted = ",".join("'" + i.replace("'", "''") + "'" for i in ids)
-        return set(self._ds.to_table(columns=["id"], filter=f"id IN ({quoted})").column("id").to_pylist())
+        return set(self._ds.to_table(columns=["id"], filter=f"id IN ({quoted})").column("id").to_pylist()) - self.retry
 
     def __getstate__(self):
         return {**self.__dict__, "_ds": None}
@@ -102,14 +117,16 @@ class _IngestWorker:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from lance.fragment import write_fragments
 
-        out: dict[str, list] = {"unit": [], "fragments": [], "stats": []}
+        out: dict[str, list] = {"unit": [], "fragments": [], "stats": [], "replaced": []}
         for unit in batch.to_pylist():
             t0 = time.perf_counter()
             counters: dict[str, int] = {}
             rows_total = 0
+            replaced: list[str] = []
 
             def new_rows(buf: list[dict]) -> list[dict]:
                 nonlocal rows_total
+                replaced.extend(r["id"] for r in buf if r["id"] in self.existing.retry)  # noqa: B023 (called in this iteration)
                 seen = self.existing.present([r["id"] for r in buf])
                 if seen:
                     counters["skipped_existing"] = counters.get("skipped_existing", 0) + sum(r["id"] in seen for r in buf)  # noqa: B023 (called in this iteration)
@@ -136,6 +153,7 @@ class _IngestWorker:
             out["unit"].append(unit["unit"])
             out["fragments"].append(json.dumps([f.to_json() for f in frags]))
             out["stats"].append(json.dumps(stats.to_dict()))
+            out["replaced"].append(json.dumps(replaced))
         return pa.table(out)
 
 
@@ -150,6 +168,64 @@ def _ensure_id_index(ds) -> None:
     if stats is not None and stats.get("num_unindexed_rows", 0) <= 0.25 * max(1, stats.get("num_indexed_rows", 0)):
         return
     ds.create_scalar_index("id", "BTREE", name="id_idx", replace=True)
+
+
+def _existing_ids(store: Store, cfg: IngestConfig) -> ExistingIds:
+    """Ids already stored (skipped on re-ingest); with ``retry_errors`` the ids of error rows are
+    set apart as ``retry``: read again, and their new rows replace the old ones at commit."""
+    ds = store.open()
+    retry = frozenset()
+    if cfg.retry_errors:
+        retry = frozenset(ds.to_table(columns=["id"], filter="error IS NOT NULL").column("id").to_pylist())
+    if ds.count_rows() <= cfg.existing_ids_in_memory_max:
+        return ExistingIds(frozenset(ds.to_table(columns=["id"]).column("id").to_pylist()), retry=retry)
+    _ensure_id_index(ds)
+    return ExistingIds(uri=store.uri, version=ds.version, storage_options=store.storage_options, retry=retry)
+
+
+def _ensure_meta_column(store: Store) -> None:
+    """A dataset made before ``meta`` existed gets it as an all-null column (a metadata-only
+    version, no data rewritten): Lance refuses fragments with a field the dataset lacks, and
+    dropping the new rows' metadata would lose it."""
+    if "meta" in store.open().schema.names:
+        return
+    with store.lock("commit-rows"):
+        ds = store.open()
+        if "meta" not in ds.schema.names:
+            ds.add_columns(SAMPLES_SCHEMA.field("meta"))
+
+
+def _commit_replacing(store: Store, frags: list, replaced: list[str]):
+    """Delete the old error rows and add the re-read ones in one ``Update`` commit.
+
+    Why one Lance ``Update`` (deletion vectors on the old fragments + the new fragments) and not
+    ``delete`` then ``Append``: a reader never sees the rows missing, and a crash between the two
+    cannot lose them. The old rows' derived columns (profile, tags ...) go with them; the new rows
+    have none until the stages run again."""
+    from lance import LanceDataset, LanceOperation
+    from lance.commit import CommitConflictError
+
+    quoted = ",".join("'" + i.replace("'", "''") + "'" for i in replaced)
+    with store.lock("commit-rows"):
+        for _ in range(20):
+            ds = store.open()
+            updated, removed = [], []
+            for frag in ds.get_fragments():
+                if frag.count_rows(f"id IN ({quoted})") == 0:
+                    continue
+                meta = frag.delete(f"id IN ({quoted})")
+                if meta is None:  # every row of it replaced
+                    removed.append(frag.fragment_id)
+                else:
+                    updated.append(meta)
+            op = LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated, new_fragments=frags)
+            try:
+                return LanceDataset.commit(
+                    store.uri, op, read_version=ds.version, storage_options=store.storage_options or None, commit_message="ingest"
+                )
+            except CommitConflictError:
+                continue
+    raise RuntimeError(f"ingest: gave up after 20 commit conflicts on {store.uri}")
 
 
 _SKIPPED_WORDS = {
@@ -183,18 +259,16 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
 
     t_start = time.perf_counter()
     opts = cfg.read_options()
-    units = plan_units(cfg.source, opts)
+    try:
+        units = plan_units(cfg.source, opts)
+    except ColumnMappingError as e:
+        raise ConfigError(str(e)) from None
     if all(u["kind"] == "skipped" for u in units):
         raise EmptySourceError(_empty_message(cfg.source, units))
     exists = store.exists()
-    existing = ExistingIds(frozenset())
-    if exists and cfg.skip_existing:
-        ds = store.open()
-        if ds.count_rows() <= cfg.existing_ids_in_memory_max:
-            existing = ExistingIds(frozenset(ds.to_table(columns=["id"]).column("id").to_pylist()))
-        else:
-            _ensure_id_index(ds)
-            existing = ExistingIds(uri=store.uri, version=store.open().version, storage_options=store.storage_options)
+    if exists:
+        _ensure_meta_column(store)
+    existing = _existing_ids(store, cfg) if exists and cfg.skip_existing else ExistingIds(frozenset())
     read_version = store.open().version if exists else None
 
     ckpt = Checkpoints(store.state_dir / "checkpoints" / f"ingest-{_fingerprint(cfg, units, read_version)}", "unit")
@@ -205,6 +279,7 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
 
     def on_result(row: dict[str, Any]) -> None:
         rec = {"unit": row["unit"], "fragments": json.loads(row["fragments"]), "stats": json.loads(row["stats"])}
+        rec["replaced"] = json.loads(row["replaced"])
         ckpt.save(rec)
         done[row["unit"]] = rec
 
@@ -232,8 +307,13 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
         now = store.open().version
         console.print(f"ingest: no new rows ({stats.counters.get('skipped_existing', 0)} already in the dataset)")
         return [StageResult("ingest", "skipped", now, read_version or now, 0, 0, stats, time.perf_counter() - t_start)]
+    replaced = sorted({i for rec in done.values() for i in rec.get("replaced", [])})
     try:  # created if still absent, else appended: ingests at once all land (Store.commit_rows)
-        new = store.commit_rows(frags, read_version, SAMPLES_SCHEMA, unique_ids=cfg.skip_existing)
+        if replaced:
+            new = _commit_replacing(store, frags, replaced)
+            stats.counters["retried_errors"] = len(replaced)
+        else:
+            new = store.commit_rows(frags, read_version, SAMPLES_SCHEMA, unique_ids=cfg.skip_existing)
     except IdsAddedMeanwhile as e:  # the same rows ingested by another job meanwhile: skip them now
         ckpt.clear()
         console.print(f"ingest: {e}; reading again so that no row is stored twice")
