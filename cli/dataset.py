@@ -14,10 +14,17 @@ from cli.common import AddressOpt, DatasetOpt, console, fail, open_store, start_
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def info(dataset: str = DatasetOpt, version: Optional[int] = typer.Option(None, help="inspect an older version")):
+    def info(
+        dataset: str = DatasetOpt,
+        version: Optional[int] = typer.Option(None, help="inspect an older version"),
+        columns: bool = typer.Option(False, "--columns", help="every column of the dataset: type, meaning, the stage that writes it"),
+    ):
         """Rows, columns by group, versions and error counts of a dataset."""
         store = open_store(dataset)
         ds = store.open(version)
+        if columns:
+            _print_columns(ds.schema)
+            return
         console.print(f"[bold]{store.uri}[/]", soft_wrap=True)
         console.print(f"version v{ds.version}  rows {ds.count_rows():,}  fragments {len(ds.get_fragments())}")
         t = Table(title="columns by group")
@@ -133,6 +140,59 @@ def register(app: typer.Typer) -> None:
         from pipelines.pipeline import run_pipeline
 
         run_pipeline(pipeline, overwrite=overwrite, address=address)
+
+
+_WRITTEN_BY_STEP = {"base": "curate ingest", "dup": "curate dedup", "rev": "curate review apply"}
+
+
+def schema_rows(schema=None) -> list[dict[str, str]]:
+    """One row per column (of ``schema``, or every declared one): group, Arrow type, the stage or
+    command that writes it, and its meaning from ``curation/schema.py``'s own comments."""
+    from curation.registry import STAGES
+    from curation.schema import COLUMN_GROUPS, SAMPLES_SCHEMA, column_comments, group_of
+
+    meaning = column_comments()
+    declared = [*SAMPLES_SCHEMA, *(f for g in COLUMN_GROUPS.values() for f in g.schema)]
+    fields = declared if schema is None else list(schema)
+    writers: dict[str, list[str]] = {}
+    for name, cls in sorted(STAGES.items()):
+        for col in cls.output_schema.names:
+            writers.setdefault(col, []).append(f"stage {name}")
+    rows = []
+    for f in fields:
+        group = group_of(f.name)
+        # stages whose columns depend on their config (the fused prof_cheap families) declare
+        # none on the class: their group is named after the stage
+        by = ", ".join(writers.get(f.name, [])) or (f"stage {group}" if group in STAGES else _WRITTEN_BY_STEP.get(group, ""))
+        rows.append({"column": f.name, "group": group, "type": str(f.type), "written by": by, "meaning": meaning.get(f.name, "")})
+    return rows
+
+
+def schema_markdown() -> str:
+    """docs/schema.md: generated, and compared with the file by a test, so it cannot drift."""
+    lines = [
+        "# Samples table: every column",
+        "",
+        "Generated from `curation/schema.py` (its field comments) and the stage registry; do not edit.",
+        "Regenerate: `.venv/bin/python -c 'from cli.main import app; from cli.dataset import schema_markdown;"
+        " print(schema_markdown(), end=\"\")' > docs/schema.md`. A dataset's own columns: `curate info -d DS --columns`.",
+        "",
+        "| column | group | type | written by | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for r in schema_rows():
+        cells = [f"`{r['column']}`", r["group"], f"`{r['type']}`", r["written by"], r["meaning"].replace("|", "\\|")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _print_columns(schema) -> None:
+    t = Table(title="columns", show_lines=False)
+    for col in ("column", "group", "type", "written by", "meaning"):
+        t.add_column(col, overflow="fold")
+    for r in schema_rows(schema):
+        t.add_row(*r.values())
+    console.print(t)
 
 
 def _print_or_write(t, out: Optional[Path], max_rows: int) -> None:

@@ -31,8 +31,8 @@ CAPTION_KINDS = ("alt", "short", "long", "tags", "ocr", "reviewed")
 
 CAPTION_TYPE = pa.struct(
     [
-        pa.field("text", pa.string()),
-        pa.field("kind", pa.string()),
+        pa.field("text", pa.string()),  # the caption text as found (reviewed captions: invisible controls removed)
+        pa.field("kind", pa.string()),  # one of CAPTION_KINDS
         pa.field("lang", pa.string()),  # "en", "zh", "mixed", "und"
     ]
 )
@@ -42,12 +42,12 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),  # stable: hash of (source, source_key)
         pa.field("image", pa.large_binary()),  # encoded bytes as found; null for remote data
         pa.field("image_uri", pa.string()),  # where the bytes live when not stored inline
-        pa.field("image_sha256", pa.string()),
-        pa.field("source", pa.string()),
+        pa.field("image_sha256", pa.string()),  # SHA-256 of the image bytes, hex (exact duplicates)
+        pa.field("source", pa.string()),  # the source folder / file / tar the row came from
         pa.field("source_key", pa.string()),  # path / tar key / row within the source
-        pa.field("captions", pa.list_(CAPTION_TYPE)),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
+        pa.field("captions", pa.list_(CAPTION_TYPE)),  # every caption: {text, kind, lang}; kind in CAPTION_KINDS
+        pa.field("width", pa.int32()),  # pixels, after the EXIF orientation
+        pa.field("height", pa.int32()),  # pixels, after the EXIF orientation
         pa.field("format", pa.string()),  # PIL format name: JPEG, PNG, GIF, WEBP, ...
         pa.field("error", pa.string()),  # null when the row is usable; else "<reason>: <detail>"
         # a source record's other fields (url, status, LAION similarity ...) as JSON, sorted keys;
@@ -100,14 +100,14 @@ def group_of(column: str) -> str:
 
 EXACT_DUP = column_group(
     "exact_dup",
-    [pa.field("exact_dup_of", pa.string())],
+    [pa.field("exact_dup_of", pa.string())],  # id of the first row with the same bytes; null for the first
     "id of the first row (dataset order) with the same image bytes; null for the first/unique row",
 )
 
 CAPTION_STATS = column_group(
     "caption_stats",
     [
-        pa.field("caption_count", pa.int32()),
+        pa.field("caption_count", pa.int32()),  # number of non-empty captions
         pa.field("caption_chars", pa.int32()),  # length of the longest caption in characters
         pa.field("caption_lang", pa.string()),  # language of the longest caption
     ],
@@ -131,18 +131,18 @@ PROF_META = column_group(
     "prof_meta",
     [
         pa.field("prof_error", pa.string()),  # null = decoded; else "<reason>: <detail>"
-        pa.field("prof_format", pa.string()),
+        pa.field("prof_format", pa.string()),  # format PIL decoded: JPEG, PNG, WEBP, ...
         pa.field("prof_mode", pa.string()),  # PIL mode as stored: RGB, L, P, RGBA, CMYK, I;16, ...
         pa.field("prof_bit_depth", pa.int16()),  # bits per channel
-        pa.field("prof_channels", pa.int16()),
+        pa.field("prof_channels", pa.int16()),  # colour channels as stored (1, 3, 4)
         pa.field("prof_orientation", pa.int16()),  # EXIF orientation tag 1..8 (1 when absent)
         pa.field("prof_width", pa.int32()),  # after EXIF orientation
-        pa.field("prof_height", pa.int32()),
-        pa.field("prof_megapixels", pa.float32()),
+        pa.field("prof_height", pa.int32()),  # after EXIF orientation
+        pa.field("prof_megapixels", pa.float32()),  # width * height / 1e6
         pa.field("prof_aspect", pa.float32()),  # width / height
-        pa.field("prof_file_bytes", pa.int64()),
+        pa.field("prof_file_bytes", pa.int64()),  # encoded size in bytes
         pa.field("prof_frames", pa.int32()),  # >1 for animated images (first frame is profiled)
-        pa.field("prof_has_alpha", pa.bool_()),
+        pa.field("prof_has_alpha", pa.bool_()),  # an alpha channel or palette transparency
         pa.field("prof_compression", pa.float32()),  # w*h*channels*bit_depth/8 / file bytes
     ],
     "image metadata, decode status and compression ratio",
@@ -150,7 +150,10 @@ PROF_META = column_group(
 
 PROF_HASH = column_group(
     "prof_hash",
-    [pa.field("prof_phash", pa.uint64()), pa.field("prof_dhash", pa.uint64())],
+    [
+        pa.field("prof_phash", pa.uint64()),  # 64-bit DCT perceptual hash
+        pa.field("prof_dhash", pa.uint64()),  # 64-bit difference hash
+    ],
     "64-bit perceptual hashes (DCT pHash, difference hash); Hamming distance = near-duplicate distance",
 )
 
@@ -184,7 +187,7 @@ PROF_DEGRADATION = column_group(
 
 PROF_BRISQUE = column_group(
     "prof_brisque",
-    [pa.field("prof_brisque", pa.float32())],
+    [pa.field("prof_brisque", pa.float32())],  # BRISQUE score, lower is better, roughly 0..100
     "BRISQUE no-reference quality (lower is better, roughly 0..100)",
 )
 
@@ -193,7 +196,7 @@ PROF_OCR = column_group(
     [
         pa.field("prof_ocr_text", pa.string()),  # lines joined with newlines; "" when no text
         pa.field("prof_ocr_boxes", pa.list_(pa.list_(pa.float32(), 8))),  # quads x1,y1..x4,y4, 0..1
-        pa.field("prof_ocr_conf", pa.list_(pa.float32())),
+        pa.field("prof_ocr_conf", pa.list_(pa.float32())),  # recogniser confidence per box, 0..1
         pa.field("prof_ocr_area", pa.float32()),  # share of the image covered by text boxes
         pa.field("prof_ocr_lang", pa.string()),  # en / zh / mixed / und (no text)
     ],
@@ -202,7 +205,10 @@ PROF_OCR = column_group(
 
 PROF_NSFW = column_group(
     "prof_nsfw",
-    [pa.field("prof_nsfw", pa.float32()), pa.field("prof_nsfw_labels", pa.list_(pa.string()))],
+    [
+        pa.field("prof_nsfw", pa.float32()),  # NSFW score 0..1 from exposed-part detections
+        pa.field("prof_nsfw_labels", pa.list_(pa.string())),  # the exposed classes found
+    ],
     "NSFW score in [0, 1] (nudenet exposed-part detector) and the exposed classes found",
 )
 
@@ -218,13 +224,13 @@ PROF_CLIP = column_group(
 
 PROF_TEXT_EMB = column_group(
     "prof_text_emb",
-    [pa.field("prof_caption_emb", embedding_type(384))],
+    [pa.field("prof_caption_emb", embedding_type(384))],  # caption embedding, L2-normalised float16
     "caption-only embedding (all-MiniLM-L6-v2 by default), L2-normalised",
 )
 
 PROF_AESTHETIC = column_group(
     "prof_aesthetic",
-    [pa.field("prof_aesthetic", pa.float32())],
+    [pa.field("prof_aesthetic", pa.float32())],  # LAION-style aesthetic score, 1..10
     "aesthetic score from a LAION-style MLP head over prof_clip_image; absent without weights",
 )
 
@@ -232,7 +238,7 @@ PROF_CAPTION = column_group(
     "prof_caption",
     [
         pa.field("prof_cap_tokens", pa.int32()),  # tokens of the chosen caption (jieba for Chinese)
-        pa.field("prof_cap_lang", pa.string()),
+        pa.field("prof_cap_lang", pa.string()),  # en / zh / mixed / und
         pa.field("prof_cap_ocr_overlap", pa.float32()),  # share of OCR tokens found in the caption
     ],
     "caption statistics for the caption the model stages use",
@@ -323,6 +329,39 @@ REVIEW = column_group(
 )
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def column_comments() -> dict[str, str]:
+    """Each declared column's meaning: the comment on its ``pa.field`` line in this file (or the
+    comment lines right above it). Read from the source so that the schema reference
+    (docs/schema.md, ``curate info --columns``) is the schema itself and cannot drift."""
+    import io
+    import re
+    import tokenize
+    from pathlib import Path
+
+    out: dict[str, str] = {}
+    above: list[str] = []
+    pending: str | None = None
+    tokens = tokenize.generate_tokens(io.StringIO(Path(__file__).read_text(encoding="utf-8")).readline)
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("# ").strip()
+            if pending is not None:
+                out[pending], pending = text, None
+            elif tok.line.strip().startswith("#"):
+                above.append(text)
+        elif tok.type == tokenize.STRING and tok.line.lstrip().lstrip("[").startswith("pa.field(") and pending is None:
+            m = re.match(r"\s*\[?pa\.field\(\"(\w+)\"", tok.line)
+            if m and tok.string.strip('"') == m.group(1):
+                pending = m.group(1)
+                if above:
+                    out[pending], pending = " ".join(above), None
+        elif tok.type == tokenize.NL and pending is None and not tok.line.strip().startswith("#"):
+            above = []
+        elif tok.type == tokenize.NEWLINE or (tok.type == tokenize.NL and pending is not None):
+            pending, above = None, []
+    return out
 
 
 def sample_id(source: str, source_key: str) -> str:

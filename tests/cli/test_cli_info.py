@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -49,3 +50,18 @@ def test_stages_name_lists_the_fields_a_config_accepts():
     assert "near.k_centre" in out.output and "semantic.method" in out.output
     out = runner.invoke(app, ["stages", "exprot"])
     assert out.exit_code == 2 and "unknown step 'exprot'" in out.output
+
+
+def test_schema_reference_is_generated_and_info_lists_a_datasets_columns(coco_store):
+    from cli.dataset import schema_markdown, schema_rows
+    from curation.schema import COLUMN_GROUPS, SAMPLES_SCHEMA
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "schema.md"
+    assert doc.read_text() == schema_markdown(), "docs/schema.md is stale: regenerate it (command in its header)"
+    rows = {r["column"]: r for r in schema_rows()}
+    declared = [*SAMPLES_SCHEMA.names, *(c for g in COLUMN_GROUPS.values() for c in g.columns)]
+    assert sorted(rows) == sorted(declared) and all(r["meaning"] for r in rows.values())
+    assert rows["prof_sharpness"]["written by"] == "stage prof_degradation" and rows["dup_keep"]["written by"] == "curate dedup"
+    out = CliRunner().invoke(app, ["info", "--dataset", coco_store.uri, "--columns"], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "image_sha256" in out.output and "SHA-256 of the image bytes" in out.output
+    assert "prof_sharpness" not in out.output  # only this dataset's columns
