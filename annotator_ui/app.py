@@ -39,6 +39,7 @@ from starlette.routing import Match
 from annotator_ui import filters
 from annotator_ui.deps import AppSettings, CurrentUser, page, wants_html
 from annotator_ui.routes import PUBLIC, admin, auth, history, images, review
+from annotator_ui.tags import TagIndex
 from curation.reviewdb import BadInput, Conflict, NotFound, ReviewDB, ReviewError, Throttled, User
 from curation.security import SESSION_COOKIE
 
@@ -98,6 +99,7 @@ def create_app(settings: AppSettings, db: ReviewDB | None = None, *, apply: Call
     app.state.dataset = settings.dataset or db.get_meta("dataset")
     app.state.open_version = images.dataset_versions(app.state.dataset)
     app.state.apply_lock = threading.Lock()  # one apply at a time; a second click gets 409
+    app.state.tags = TagIndex(db, settings.graph)  # the tag field's suggestions
     app.state.templates = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
     filters.register(app.state.templates)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

@@ -10,7 +10,7 @@ The dependencies are ``async``: each is a field read or one primary-key lookup (
 microseconds), and on the event loop they save a thread-pool hop per dependency per request.
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse
@@ -72,6 +72,15 @@ class AppSettings(BaseModel):
     login_lockout_s: float = Field(30.0, gt=0, description="first lockout; each further one doubles")
     login_max_lockout_s: float = Field(3600.0, gt=0, description="longest lockout; a key quiet this long starts afresh")
     undo_s: float = Field(300.0, ge=0, description="seconds an annotator may undo their latest decision")
+    graph: str | None = Field(
+        None, description="concept graph folder (nodes.parquet) whose labels the tag field suggests, besides those in the queue"
+    )
+    invisible: Literal["strip", "reject"] = Field(
+        "strip", description="captions with invisible characters (bidi controls, zero-width): strip them on save, or refuse (422)"
+    )
+    gold_feedback: bool = Field(
+        False, description="after a decision on a gold (check) item, tell the annotator the expected answer (and allow no undo of it)"
+    )
     title: str = "Review"
 
     def login_policy(self) -> LoginPolicy:

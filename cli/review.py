@@ -10,7 +10,15 @@ import typer
 from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
 from cli.common import console as out_console
 from cli.common import err_console as console
-from pipelines.review import ReviewApplyConfig, ReviewMineConfig, apply_reviews, default_db_url, mine_queue, review_apply_action
+from pipelines.review import (
+    ReviewApplyConfig,
+    ReviewMineConfig,
+    apply_reviews,
+    dataset_graph,
+    default_db_url,
+    mine_queue,
+    review_apply_action,
+)
 
 
 def register(app) -> None:
@@ -147,6 +155,10 @@ def register(app) -> None:
         secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)"),
         threads: int = typer.Option(40, min=1, max=256, help="request-handler threads (database work)"),
         address: Optional[str] = AddressOpt,
+        graph: Optional[str] = typer.Option(
+            None, help="concept graph folder whose labels the tag field suggests (default: the one the dataset's graph_tag stage used)"
+        ),
+        gold_feedback: bool = typer.Option(False, help="after a decision on a gold item, show the annotator the expected answer"),
     ):
         """Run the annotator web app."""
         import uvicorn
@@ -164,6 +176,8 @@ def register(app) -> None:
                 cookie_secure=secure_cookies,
                 ray_address=address,
                 threads=threads,
+                graph=graph or dataset_graph(store),
+                gold_feedback=gold_feedback,
             ),
             apply=review_apply_action(url, address),
         )

@@ -802,34 +802,99 @@ class ReviewDB:
                 t.audit(user.id, "release", count=n)
         return n
 
-    def undo(self, user: User, item_id: int, *, within_s: float = 300.0, lease_s: float = 600.0) -> dict[str, Any]:
+    def gold_feedback(self, user: User, item_id: int) -> str | None:
+        """The expected answer of a gold item this annotator has decided, else None.
+
+        Why keyed on the annotator's own decision: the answer is feedback on what they did, so
+        an item they have not decided (or another's) tells nothing, not even that it is gold."""
+        with self.tx(write=False) as t:
+            r = t.one(
+                "SELECT i.gold_answer FROM decisions d JOIN items i ON i.id = d.item_id WHERE d.item_id = ? AND d.user_id = ? AND i.gold = 1",
+                (item_id, user.id),
+            )
+        return r[0] if r else None
+
+    def undo(self, user: User, item_id: int, *, within_s: float = 300.0, lease_s: float = 600.0, allow_gold: bool = True) -> dict[str, Any]:
         """Take back this annotator's latest decision and give the item back to them, leased.
 
         Why only the latest, and only for ``within_s``: undo is for the slip noticed at once (a
-        wrong key), not for revising history; later corrections are new reviews. Counters go back
-        in the same transaction, the decision row is deleted and the undo audited with what it
-        removed. The annotator's other open leases (the next item they were given) go back to the
-        queue, so the undone item is the one they see. Raises NotFound (no such decision of
-        yours), Conflict (not your latest, too old, or the item is now leased to someone else)."""
+        wrong key), not for revising history (that is ``reopen``, until the decision is applied).
+        Counters go back in the same transaction, the decision row is deleted and the undo
+        audited with what it removed. The annotator's other open leases (the next item they were
+        given) go back to the queue, so the undone item is the one they see. Raises NotFound (no
+        such decision of yours), Conflict (not your latest, too old, or the item is now leased
+        to someone else). ``allow_gold=False`` (the server shows gold answers after submit) also
+        refuses a gold item: an answer seen and then changed would measure nothing."""
         now = time.time()
         with self.tx() as t:
-            item = t.one(f"SELECT status, gold, lease_user, lease_expires FROM items WHERE id = ? {self.dialect.lock_row}", (item_id,))
-            dec = t.one("SELECT id, decision, flag, caption, created FROM decisions WHERE item_id = ? AND user_id = ?", (item_id, user.id))
-            if not item or not dec:
-                raise NotFound(f"no decision of yours on item {item_id}")
+            item, dec = self._own_decision_locked(t, user, item_id, allow_gold)
             self._check_undoable(t, user, item_id, item, dec, now, within_s)
-            t.exec("DELETE FROM decisions WHERE id = ?", (dec[0],))
-            released = t.exec(
-                "UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE lease_user = ? AND id <> ? AND status = 0", (user.id, item_id)
-            )
-            t.exec(
-                "UPDATE items SET status = 0, done_count = done_count - 1, lease_user = ?, lease_expires = ? WHERE id = ?",
-                (user.id, now + lease_s, item_id),
-            )
-            reopened = int(item[0] == 1)
-            t.bump(decisions=-1, flag=-int(bool(dec[2])), items_open=reopened, items_done=-reopened, **{dec[1]: -1})
-            t.audit(user.id, "undo", item_id, decision=dec[1], flag=bool(dec[2]), caption_changed=dec[3] is not None, released=released)
+            return self._take_back(t, user, item_id, item, dec, now + lease_s, "undo")
+
+    def reopen(self, user: User, item_id: int, *, lease_s: float = 600.0, allow_gold: bool = True) -> dict[str, Any]:
+        """Re-open one of this annotator's decisions that no apply has merged into the dataset
+        yet: as ``undo`` (decision deleted, counters back, the item leased to them again,
+        audited), for any such decision, however old. Why the limit: once applied, the dataset
+        version holds the decision; changing it here would leave the two disagreeing, so a
+        correction is then a new review. Raises NotFound, Conflict (applied, a gold answer seen,
+        or someone else holds the item)."""
+        now = time.time()
+        with self.tx() as t:
+            item, dec = self._own_decision_locked(t, user, item_id, allow_gold)
+            if dec[0] <= self._applied_through(t):
+                raise Conflict("this decision is already applied to the dataset; a correction is a new review")
+            if item[2] is not None and item[2] != user.id and item[3] > now:
+                raise Conflict("someone else is reviewing this item now")
+            return self._take_back(t, user, item_id, item, dec, now + lease_s, "reopen")
+
+    def _own_decision_locked(self, t: _Tx, user: User, item_id: int, allow_gold: bool) -> tuple[tuple, tuple]:
+        """(item row, locked; the user's decision on it) or NotFound / Conflict (gold answer seen)."""
+        item = t.one(f"SELECT status, gold, lease_user, lease_expires FROM items WHERE id = ? {self.dialect.lock_row}", (item_id,))
+        dec = t.one("SELECT id, decision, flag, caption, created FROM decisions WHERE item_id = ? AND user_id = ?", (item_id, user.id))
+        if not item or not dec:
+            raise NotFound(f"no decision of yours on item {item_id}")
+        if item[1] and not allow_gold:
+            raise Conflict("this decision's expected answer was shown to you; it cannot be taken back")
+        return item, dec
+
+    @staticmethod
+    def _take_back(t: _Tx, user: User, item_id: int, item: tuple, dec: tuple, lease_until: float, action: str) -> dict[str, Any]:
+        """Delete the decision, put the counters back, lease the item to the user again (their
+        other open leases go back to the queue) and audit what was removed."""
+        t.exec("DELETE FROM decisions WHERE id = ?", (dec[0],))
+        released = t.exec(
+            "UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE lease_user = ? AND id <> ? AND status = 0", (user.id, item_id)
+        )
+        t.exec(
+            "UPDATE items SET status = 0, done_count = done_count - 1, lease_user = ?, lease_expires = ? WHERE id = ?",
+            (user.id, lease_until, item_id),
+        )
+        reopened = int(item[0] == 1)
+        t.bump(decisions=-1, flag=-int(bool(dec[2])), items_open=reopened, items_done=-reopened, **{dec[1]: -1})
+        t.audit(user.id, action, item_id, decision=dec[1], flag=bool(dec[2]), caption_changed=dec[3] is not None, released=released)
         return {"item_id": item_id, "undone": dec[1], "flag": bool(dec[2])}
+
+    @staticmethod
+    def _applied_through(t: _Tx) -> int:
+        r = t.one("SELECT value FROM meta WHERE key = 'applied_through'")
+        return int(r[0]) if r else 0
+
+    def applied_through(self) -> int:
+        """The highest decision id an apply has merged into the dataset (0 before any): every
+        decision with an id up to it is applied (ids only grow; a re-decision gets a new one)."""
+        with self.tx(write=False) as t:
+            return self._applied_through(t)
+
+    def mark_applied(self, user: User | None, through_id: int, **detail: Any) -> None:
+        """Record that an apply merged the decisions up to ``through_id`` (never moves back: two
+        applies finishing out of order keep the later one), audited as ``apply``."""
+        with self.tx() as t:
+            if through_id > self._applied_through(t):
+                t.exec(
+                    "INSERT INTO meta (key, value) VALUES ('applied_through', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(int(through_id)),),
+                )
+            t.audit(user.id if user else None, "apply", applied_through=int(through_id), **detail)
 
     @staticmethod
     def _check_undoable(t: _Tx, user: User, item_id: int, item: tuple, dec: tuple, now: float, within_s: float) -> None:
@@ -883,6 +948,21 @@ class ReviewDB:
             }
             for r in rows
         ]
+
+    def tag_labels(self) -> dict[str, dict[str, str]]:
+        """Concept id -> ``{"en", "zh"}`` from every queued payload's ``tag_labels`` (the tag
+        field's suggestions). Why from the queue: the names were looked up in the graph when
+        the items were mined, and the server may have no graph of its own. Only the labels are
+        read out of the JSON in SQL, never the whole payload."""
+        labels = "json_extract(payload, '$.tag_labels')" if self.dialect.name == "sqlite" else "(payload::jsonb -> 'tag_labels')::text"
+        with self.tx(write=False) as t:
+            rows = t.all(f"SELECT DISTINCT {labels} FROM items WHERE payload LIKE ?", ('%"tag_labels"%',))
+        out: dict[str, dict[str, str]] = {}
+        for (raw,) in rows:
+            for cid, lab in (json.loads(raw) if raw else {}).items():
+                if isinstance(lab, dict):
+                    out[cid] = {"en": str(lab.get("en") or ""), "zh": str(lab.get("zh") or "")}
+        return out
 
     def flagged_rows(self) -> list[str]:
         with self.tx(write=False) as t:

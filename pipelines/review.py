@@ -182,9 +182,13 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
 def _graph_for_labels(store: Store, cfg: ReviewMineConfig) -> str | None:
     """The concept graph to name the tags from: the option, else the graph the dataset's tags
     were computed with (the stage runner records each stage's config in the state dir)."""
-    if cfg.graph:
-        return cfg.graph
-    known = store.read_json("stage_fingerprints.json") or {}  # curation.runner's record
+    return cfg.graph or dataset_graph(store)
+
+
+def dataset_graph(store: Store) -> str | None:
+    """The concept graph the dataset's ``graph_tag`` stage ran with (curation.runner records
+    each stage's config), or None: what ``serve`` suggests tags from when given no ``--graph``."""
+    known = store.read_json("stage_fingerprints.json") or {}
     return ((known.get("graph_tag") or {}).get("config") or {}).get("graph")
 
 
@@ -398,7 +402,9 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     )
     store.write_json(f"review/apply-v{result.version}.json", {k: v for k, v in report.items() if k != "plots"})
     report["report_html"] = str(_write_report(rdir / f"apply-v{result.version}.html", report))
-    db.log(by, "apply", version=result.version, decisions=len(decisions), version_before=before)
+    # the decisions read above are in the dataset now: history can no longer re-open them
+    through = max((d["decision_id"] for d in decisions), default=0)
+    db.mark_applied(by, through, version=result.version, decisions=len(decisions), version_before=before)
     db.close()
     return report
 

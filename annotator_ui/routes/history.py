@@ -2,19 +2,20 @@
 (``/history/{item_id}``).
 
 Why read-only: a decision is changed by an undo (the latest one, for a short while, from the
-review page) or by a later review, never by editing history; the page offers the undo when it
-applies. Every query is keyed on the session's user, so an item id in the URL shows only that
+review page), by re-opening it (any of one's decisions until ``curate review apply`` has merged
+it into the dataset: ``POST /history/{item_id}/reopen`` puts the item back in front of its
+annotator, who decides it again) or by a later review, never by editing history. Every query is keyed on the session's user, so an item id in the URL shows only that
 user's own decision (another's is 404, as if it did not exist).
 """
 
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 
-from annotator_ui.deps import DbDep, ItemId, SessionDep, SettingsDep, page
-from annotator_ui.routes import HTML_PAGE
+from annotator_ui.deps import CsrfUser, DbDep, ItemId, SessionDep, SettingsDep, check_form_csrf, page
+from annotator_ui.routes import HTML_PAGE, REDIRECT
 
 __all__ = ["router", "PAGE_SIZE"]
 
@@ -46,5 +47,28 @@ def history_item(request: Request, item_id: ItemId, s: SessionDep, db: DbDep, se
     if not mine:
         raise HTTPException(404, "no decision of yours on this item")
     latest = db.own_decisions(user, limit=1)[0]
-    can_undo = latest["item_id"] == item_id and time.time() - latest["time"] <= settings.undo_s
-    return page(request, "history_item.html", user=user, csrf=csrf, d=mine[0], can_undo=can_undo)
+    gold_seen = settings.gold_feedback and db.gold_feedback(user, item_id) is not None
+    can_undo = not gold_seen and latest["item_id"] == item_id and time.time() - latest["time"] <= settings.undo_s
+    applied = mine[0]["decision_id"] <= db.applied_through()
+    can_reopen = not gold_seen and not applied
+    return page(request, "history_item.html", user=user, csrf=csrf, d=mine[0], can_undo=can_undo, can_reopen=can_reopen, applied=applied)
+
+
+@router.post("/history/{item_id}/reopen", responses=REDIRECT)
+def history_reopen(
+    item_id: ItemId,
+    s: SessionDep,
+    csrf: Annotated[str, Form(min_length=1, max_length=128)],
+    db: DbDep,
+    settings: SettingsDep,
+):
+    """The history page's re-open button: the decision is taken back and the item shown again."""
+    check_form_csrf(csrf, s, "missing or wrong CSRF token; reload the page")
+    db.reopen(s[0], item_id, lease_s=settings.lease_s, allow_gold=not settings.gold_feedback)
+    return RedirectResponse(f"/?undone={item_id}", status_code=303)
+
+
+@router.post("/api/items/{item_id}/reopen")
+def api_reopen(item_id: ItemId, user: CsrfUser, db: DbDep, settings: SettingsDep):
+    """Re-open your decision while no apply has merged it (409 after); the item is leased to you."""
+    return db.reopen(user, item_id, lease_s=settings.lease_s, allow_gold=not settings.gold_feedback)

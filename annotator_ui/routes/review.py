@@ -13,7 +13,20 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from annotator_ui.deps import NO_NUL, CsrfUser, CurrentUser, DbDep, ItemId, SessionDep, SettingsDep, check_form_csrf, page, wants_html
+from annotator_ui.deps import (
+    NO_NUL,
+    AppSettings,
+    CsrfUser,
+    CurrentUser,
+    DbDep,
+    ItemId,
+    SessionDep,
+    SettingsDep,
+    check_form_csrf,
+    page,
+    wants_html,
+)
+from annotator_ui.filters import INVISIBLE_NAMES
 from annotator_ui.routes import HTML_PAGE, REDIRECT
 from curation.reviewdb import BadInput, Conflict, NotFound, NotLeased, ReviewDB, ReviewError, User
 from curation.text import MAX_CAPTION_CHARS
@@ -61,8 +74,10 @@ def annotate_page(request: Request, s: SessionDep, db: DbDep, settings: Settings
         reject_reasons=REJECT_REASONS,
         max_caption=MAX_CAPTION_CHARS,
         saved=_own(db, user, saved),
+        gold=_gold_feedback(db, user, saved, settings),
         undone=undone if undone and not _own(db, user, undone) else None,
-        undo=_undoable(db, user, settings.undo_s),
+        undo=_undoable(db, user, settings),
+        invisible=settings.invisible,
     )
 
 
@@ -79,10 +94,19 @@ def _own(db: ReviewDB, user: User, item_id: int | None) -> dict[str, Any] | None
     return next(iter(db.own_decisions(user, item_id=item_id, limit=1)), None) if item_id else None
 
 
-def _undoable(db: ReviewDB, user: User, undo_s: float) -> dict[str, Any] | None:
-    """The annotator's latest decision while it may still be undone (the page's undo button)."""
+def _gold_feedback(db: ReviewDB, user: User, item_id: int | None, settings: AppSettings) -> str | None:
+    """The expected answer of a check (gold) item just decided, when the admin turned feedback
+    on; None otherwise (off by default: a known test changes how people decide)."""
+    return db.gold_feedback(user, item_id) if item_id and settings.gold_feedback else None
+
+
+def _undoable(db: ReviewDB, user: User, settings: AppSettings) -> dict[str, Any] | None:
+    """The annotator's latest decision while it may still be undone (the page's undo button);
+    never a check item whose answer was shown."""
     last = next(iter(db.own_decisions(user, limit=1)), None)
-    return last if last and time.time() - last["time"] <= undo_s else None
+    if not last or time.time() - last["time"] > settings.undo_s:
+        return None
+    return None if _gold_feedback(db, user, last["item_id"], settings) else last
 
 
 def _form_decision(action: str, caption: str | None, original: str, tags: str, reasons: list[str] | None) -> DecisionIn:
@@ -108,6 +132,7 @@ def annotate_post(
     action: Annotated[Literal["accept", "reject", "flag", "skip"], Form()],
     csrf: Annotated[str, Form(min_length=1, max_length=128)],
     db: DbDep,
+    settings: SettingsDep,
     caption: Annotated[str | None, Form(max_length=MAX_CAPTION_CHARS)] = None,
     tags: Annotated[str, Form(max_length=4000)] = "",
     reasons: Annotated[list[str] | None, Form()] = None,
@@ -120,9 +145,10 @@ def annotate_post(
             return RedirectResponse("/", status_code=303)
         original = ReviewPayload.model_validate(db.get_item(item_id)["payload"]).caption
         body = _form_decision(action, caption, original, tags, reasons)
+        check_invisible(body.caption, settings)
         db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons)
     except (ReviewError, HTTPException) as e:
-        if not wants_html(request) or isinstance(e, BadInput):
+        if not wants_html(request) or (isinstance(e, BadInput) and not isinstance(e, InvisibleRejected)):
             raise
         return _refused_page(request, s, item_id, e, caption)
     return RedirectResponse(f"/?saved={item_id}", status_code=303)
@@ -139,8 +165,23 @@ def annotate_undo(
 ):
     """The page's undo button (``b``): the latest decision taken back, the item shown again."""
     check_form_csrf(csrf, s, "missing or wrong CSRF token; reload the page")
-    db.undo(s[0], item_id, within_s=settings.undo_s, lease_s=settings.lease_s)
+    db.undo(s[0], item_id, within_s=settings.undo_s, lease_s=settings.lease_s, allow_gold=not settings.gold_feedback)
     return RedirectResponse(f"/?undone={item_id}", status_code=303)
+
+
+class InvisibleRejected(BadInput):
+    """A caption with invisible characters, refused (``AppSettings.invisible == "reject"``)."""
+
+
+def check_invisible(caption: str | None, settings: AppSettings) -> None:
+    """422 naming each invisible character when the server rejects them (by default they are
+    stripped on save, in ``ReviewDB.submit``): the annotator then sees what to remove."""
+    if caption is None or settings.invisible != "reject":
+        return
+    found = sorted({ch for ch in caption if ch in INVISIBLE_NAMES})
+    if found:
+        names = ", ".join(f"U+{ord(ch):04X} ({INVISIBLE_NAMES[ch]})" for ch in found)
+        raise InvisibleRejected(f"the caption has invisible characters: {names}; remove them and save again")
 
 
 # why a form post was refused, in words for the annotator (the JSON API keeps its terse details)
@@ -151,7 +192,11 @@ _REFUSED = {
     ),
     NotFound: ("No such item", "This decision was not saved: the item is not in the queue."),
     Conflict: ("Already decided", "This decision was not saved: you already decided this item differently."),
+    InvisibleRejected: ("Invisible characters in the caption", None),
 }
+
+
+_STATUS = {NotFound: 404, Conflict: 409, InvisibleRejected: 422}
 
 
 def _refused_page(request: Request, s: tuple, item_id: int, e: Exception, caption: str | None) -> HTMLResponse:
@@ -161,7 +206,8 @@ def _refused_page(request: Request, s: tuple, item_id: int, e: Exception, captio
         type(e),
         ("This page expired", "This decision was not saved: the page's form is out of date (did you log in again in another tab?)."),
     )
-    status = getattr(e, "status_code", None) or (404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 403)
+    message = message or f"This decision was not saved: {e}."
+    status = getattr(e, "status_code", None) or next((code for cls, code in _STATUS.items() if isinstance(e, cls)), 403)
     return page(request, "error.html", status, user=s[0], csrf=s[1], heading=heading, message=message, caption=caption, item_id=item_id)
 
 
@@ -181,17 +227,46 @@ def api_item(item_id: ItemId, user: CurrentUser, db: DbDep):
 
 
 @router.post("/api/items/{item_id}/decision")
-def api_decide(item_id: ItemId, body: DecisionIn, user: CsrfUser, db: DbDep):
-    return JSONResponse(db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons))
+def api_decide(item_id: ItemId, body: DecisionIn, user: CsrfUser, db: DbDep, settings: SettingsDep):
+    """Record a decision. With ``gold_feedback`` on, a check item's answer carries
+    ``expected`` (the known answer) and ``correct``; otherwise nothing says gold."""
+    check_invisible(body.caption, settings)
+    out = db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons)
+    expected = _gold_feedback(db, user, item_id, settings)
+    if expected:
+        out.update(expected=expected, correct=expected == body.decision)
+    return JSONResponse(out)
 
 
 @router.post("/api/items/{item_id}/undo")
 def api_undo(item_id: ItemId, user: CsrfUser, db: DbDep, settings: SettingsDep):
     """Take back your latest decision (within ``undo_s``); the item is leased to you again."""
-    return db.undo(user, item_id, within_s=settings.undo_s, lease_s=settings.lease_s)
+    return db.undo(user, item_id, within_s=settings.undo_s, lease_s=settings.lease_s, allow_gold=not settings.gold_feedback)
 
 
 @router.post("/api/items/{item_id}/skip")
 def api_skip(item_id: ItemId, user: CsrfUser, db: DbDep):
     db.skip(user, item_id)
     return {"item_id": item_id, "skipped": True}
+
+
+class TagOut(BaseModel):
+    id: str = Field(description="concept id, what the tags field stores")
+    en: str = Field(description="English label ('' when the graph has none)")
+    zh: str = Field(description="Chinese label ('' when the graph has none)")
+
+
+class TagsOut(BaseModel):
+    tags: list[TagOut]
+
+
+@router.get("/api/tags", response_model=TagsOut)
+def api_tags(
+    request: Request,
+    user: CurrentUser,
+    q: Annotated[str, Query(min_length=1, max_length=64, pattern=NO_NUL, description="what the label or id starts with")],
+    limit: Annotated[int, Query(ge=1, le=50)] = 10,
+):
+    """Concepts whose English or Chinese label (or a word of it, or the id) starts with ``q``,
+    for the tag field's suggestions: names to read, ids to store."""
+    return {"tags": request.app.state.tags.search(q, limit)}

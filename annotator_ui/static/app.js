@@ -99,9 +99,10 @@
     // re-set the text after load so screen readers announce the live region's message
     var saved = document.getElementById("saved");
     if (!saved || !saved.textContent) { return; }
-    var text = saved.textContent;
+    // the same nodes put back (the gold feedback is a span with its own colour), not bare text
+    var nodes = Array.prototype.slice.call(saved.childNodes);
     saved.textContent = "";
-    window.setTimeout(function () { saved.textContent = text; }, 50);
+    window.setTimeout(function () { nodes.forEach(function (n) { saved.appendChild(n); }); }, 50);
   }
   function undo() {
     var form = document.getElementById("undo-form");
@@ -151,5 +152,85 @@
       cap.focus();
       cap.setSelectionRange(cap.value.length, cap.value.length);
     }
+  });
+})();
+// Tag suggestions: the tags field stores concept ids; typing a name (English or Chinese) after
+// the last comma asks /api/tags and offers concepts to pick; the pick puts the id in the field.
+(function () {
+  "use strict";
+  var timer = null, active = -1;
+  function parts(input) { return input.value.split(","); }
+  function lastPart(input) { var p = parts(input); return p[p.length - 1].trim(); }
+  function list() { return document.getElementById("tag-suggest"); }
+  function hide(input) {
+    var ul = list();
+    if (ul) { ul.hidden = true; ul.textContent = ""; }
+    input.setAttribute("aria-expanded", "false");
+    active = -1;
+  }
+  function pick(input, id) {
+    var p = parts(input).map(function (s) { return s.trim(); });
+    p[p.length - 1] = id;
+    input.value = p.filter(function (s) { return s; }).join(", ") + ", ";
+    hide(input);
+    input.focus();
+  }
+  function option(input, tag, i) {
+    // text nodes only (labels come from data): never innerHTML
+    var li = document.createElement("li");
+    li.id = "tag-opt-" + i;
+    li.setAttribute("role", "option");
+    li.dataset.id = tag.id;
+    li.appendChild(document.createTextNode(tag.en || tag.id));
+    if (tag.zh) { var zh = document.createElement("span"); zh.lang = "zh"; zh.textContent = " \u00b7 " + tag.zh; li.appendChild(zh); }
+    var id = document.createElement("small"); id.textContent = " " + tag.id; li.appendChild(id);
+    // mousedown, not click: the input keeps focus and the list is not hidden by a blur first
+    li.addEventListener("mousedown", function (e) { e.preventDefault(); pick(input, tag.id); });
+    return li;
+  }
+  function show(input, q, tags) {
+    var ul = list();
+    if (!ul || lastPart(input) !== q) { return; } // a newer keystroke wins
+    ul.textContent = "";
+    tags.forEach(function (t, i) { ul.appendChild(option(input, t, i)); });
+    ul.hidden = tags.length === 0;
+    input.setAttribute("aria-expanded", tags.length ? "true" : "false");
+    active = -1;
+  }
+  function ask(input) {
+    var q = lastPart(input);
+    if (!q) { hide(input); return; }
+    fetch("/api/tags?limit=8&q=" + encodeURIComponent(q), { credentials: "same-origin", headers: { accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : { tags: [] }; })
+      .then(function (body) { show(input, q, body.tags || []); })
+      .catch(function () { hide(input); });
+  }
+  function move(input, step) {
+    var items = list().querySelectorAll("li");
+    if (!items.length) { return; }
+    active = (active + step + items.length) % items.length;
+    items.forEach(function (li, i) { li.setAttribute("aria-selected", i === active ? "true" : "false"); });
+    input.setAttribute("aria-activedescendant", items[active].id);
+    items[active].scrollIntoView({ block: "nearest" });
+  }
+  function onKey(e) {
+    var input = e.target, ul = list();
+    if (!ul || ul.hidden) { return; }
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") { e.preventDefault(); move(input, e.key === "ArrowDown" ? 1 : -1); return; }
+    if (e.key === "Enter" && !(e.ctrlKey || e.metaKey)) {
+      // Enter picks (the first suggestion when none is highlighted) instead of submitting the form
+      e.preventDefault();
+      var li = ul.querySelectorAll("li")[Math.max(active, 0)];
+      if (li) { pick(input, li.dataset.id); }
+      return;
+    }
+    if (e.key === "Escape") { hide(input); }
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    var input = document.getElementById("tags");
+    if (!input || !list()) { return; }
+    input.addEventListener("input", function () { window.clearTimeout(timer); timer = window.setTimeout(function () { ask(input); }, 120); });
+    input.addEventListener("keydown", onKey);
+    input.addEventListener("blur", function () { hide(input); });
   });
 })();

@@ -9,6 +9,7 @@ import re
 import lance
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from annotator_ui.app import AppSettings, app_routes, create_app
 from curation.reviewdb import ReviewDB
@@ -238,6 +239,10 @@ def test_admin_applies_decisions_from_the_page(env, ray_session):
     t = ds.to_table(columns=["id", "rev_caption", "rev_decision", "rev_reviewer"], filter=f"id = '{it['row_id']}'")
     assert t.to_pylist() == [{"id": it["row_id"], "rev_caption": "<b>a cat</b> on a mat", "rev_decision": "keep", "rev_reviewer": "alice"}]
     assert [a for a in db.audit_tail(5) if a["action"] == "apply"][0]["user"] == "admin"
+    # applied: the decision can no longer be re-opened from the history (issue #16)
+    assert db.applied_through() == db.decisions()[-1]["decision_id"]
+    assert 'id="applied-note"' in alice.get(f"/history/{it['id']}").text
+    assert alice.post(f"/api/items/{it['id']}/reopen").status_code == 409
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -459,3 +464,152 @@ def test_invisible_characters_show_as_markers_and_the_editor_warns(env):
     assert "\u202e" not in shown
     second = login(app, "bob").get("/").text  # a caption without any: no warning, no preview
     assert 'id="invisible-warning" hidden>' in second and 'id="caption-shown" hidden>' in second
+
+
+def _make_gold(db, row_id: str, answer: str) -> int:
+    """Turn a queued, undecided row into a gold (check) item, as ``mine --gold`` does."""
+    with db.tx(write=False) as t:
+        item_id, payload = t.one("SELECT id, payload FROM items WHERE row_id = ?", (row_id,))
+    res = db.enqueue([{"row_id": row_id, "priority": 100.0, "payload": json.loads(payload), "gold_answer": answer}], "gold")
+    assert res["gold"] == 1
+    return item_id
+
+
+def test_gold_feedback_only_when_turned_on_and_gold_accuracy_per_annotator(env):
+    """Issue #16: after a decision on a check item the annotator is told the expected answer,
+    only when the admin turned ``gold_feedback`` on (off by default, and then nothing says
+    gold); an answer seen cannot be undone; the admin page counts decisions on gold items
+    against their answers, per annotator."""
+    app, db, rows = env
+    gold_id = _make_gold(db, rows[3]["id"], "keep")
+    on = create_app(AppSettings(db_url=db.url, gold_rate=1.0, gold_feedback=True), db)
+    off = create_app(AppSettings(db_url=db.url, gold_rate=1.0), db)
+    alice, bob = login(off, "alice"), login(on, "bob")
+    assert alice.get("/api/next").json()["item"]["id"] == gold_id
+    r = alice.post(f"/api/items/{gold_id}/decision", json={"decision": "keep"})
+    assert r.status_code == 200 and "expected" not in r.json() and "correct" not in r.json()
+    page = alice.get(f"/?saved={gold_id}").text
+    assert f"saved: keep #{gold_id}" in page and "check item" not in page and 'id="gold-feedback"' not in page
+    assert bob.get("/api/next").json()["item"]["id"] == gold_id  # gold stays for every annotator
+    assert "check item" not in bob.get(f"/?saved={gold_id}").text  # not decided by bob: nothing
+    r = bob.post(f"/api/items/{gold_id}/decision", json={"decision": "drop"})
+    assert r.status_code == 200 and r.json()["expected"] == "keep" and r.json()["correct"] is False
+    page = bob.get(f"/?saved={gold_id}").text
+    assert 'class="wrong"> &middot; this was a check item; the expected answer was keep</span>' in page
+    assert 'id="undo-form"' not in page
+    assert bob.post(f"/api/items/{gold_id}/undo").status_code == 409  # the answer was seen
+    assert bob.post(f"/annotate/{gold_id}/undo", data={"csrf": _form_csrf(page)}).status_code == 409
+    normal = bob.get("/api/next").json()["item"]
+    r = bob.post(f"/api/items/{normal['id']}/decision", json={"decision": "keep"})
+    assert "expected" not in r.json() and "check item" not in bob.get(f"/?saved={normal['id']}").text
+    admin = login(app, "admin")
+    stats = {a["user"]: a for a in admin.get("/api/admin/stats").json()["annotators"]}
+    assert (stats["alice"]["gold_seen"], stats["alice"]["gold_correct"], stats["alice"]["gold_accuracy"]) == (1, 1, 1.0)
+    assert (stats["bob"]["gold_seen"], stats["bob"]["gold_correct"], stats["bob"]["gold_accuracy"]) == (1, 0, 0.0)
+    html = admin.get("/admin").text
+    assert re.search(r"<td>alice</td>.*?<td>1</td>\s*<td>100%</td>", html, re.S)
+    assert re.search(r"<td>bob</td>.*?<td>1</td>\s*<td>0%</td>", html, re.S)
+
+
+def _graph_dir(tmp_path) -> str:
+    """A concept graph folder with just the nodes file the tag suggestions read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    nodes = {"id": ["wn:02121620", "wn:02084071", "wn:03001627"], "label_en": ["cat", "dog", "chair"], "label_zh": ["猫", "狗", ""]}
+    d = tmp_path / "graph"
+    d.mkdir()
+    pq.write_table(pa.table(nodes), d / "nodes.parquet")
+    return str(d)
+
+
+def test_tag_suggestions_from_the_queue_and_the_graph(env, tmp_path):
+    """Issue #16: the tag field suggests concepts by English or Chinese label, from the labels in
+    the queue's payloads and the server's graph; ids come back to be stored. Needs a session;
+    bad input is 4xx."""
+    app, db, rows = env
+    with db.tx() as t:
+        p = json.loads(t.one("SELECT payload FROM items WHERE row_id = ?", (rows[0]["id"],))[0])
+        p["tag_labels"] = {"wn:02121163": {"en": "domestic cat", "zh": "家猫"}, "wn:04256520": {"en": "sofa", "zh": "沙发"}}
+        t.exec("UPDATE items SET payload = ? WHERE row_id = ?", (json.dumps(p), rows[0]["id"]))
+    assert set(db.tag_labels()) == {"wn:02121163", "wn:04256520"}
+    served = create_app(AppSettings(db_url=db.url, graph=_graph_dir(tmp_path)), db)
+    alice = login(served, "alice")
+    r = alice.get("/api/tags", params={"q": "Ca"})
+    assert r.status_code == 200 and r.json()["tags"][0] == {"id": "wn:02121620", "en": "cat", "zh": "猫"}
+    assert {"id": "wn:02121163", "en": "domestic cat", "zh": "家猫"} in r.json()["tags"]  # a word of the label
+    assert alice.get("/api/tags", params={"q": "沙"}).json()["tags"] == [{"id": "wn:04256520", "en": "sofa", "zh": "沙发"}]
+    assert [t["id"] for t in alice.get("/api/tags", params={"q": "wn:0300"}).json()["tags"]] == ["wn:03001627"]
+    assert len(alice.get("/api/tags", params={"q": "c", "limit": 1}).json()["tags"]) == 1
+    assert alice.get("/api/tags", params={"q": "zebra"}).json() == {"tags": []}
+    # without a graph only the queue's labels; without a session 401; bad input 422
+    assert [t["id"] for t in login(app, "alice").get("/api/tags", params={"q": "ca"}).json()["tags"]] == ["wn:02121163"]
+    assert TestClient(served).get("/api/tags", params={"q": "ca"}).status_code == 401
+    bad = [{}, {"q": ""}, {"q": "x" * 65}, {"q": "a\x00"}, {"q": "a", "limit": 0}, {"q": "a", "limit": 51}, {"q": "a", "limit": "x"}]
+    assert [alice.get("/api/tags", params=b).status_code for b in bad] == [422] * len(bad)
+
+
+def test_invisible_characters_are_stripped_by_default_or_rejected_by_setting(env):
+    """Issue #16: a caption with a bidi override or a zero-width space is saved without them (the
+    default), or, with ``invisible="reject"``, refused with a 422 that names each character (a
+    page that keeps the caption for a browser's form post); nothing is saved then."""
+    app, db, rows = env
+    bad = "a cat \u202egpj.exe\u202c on a so\u200bfa"
+    alice = login(app, "alice")
+    it = alice.get("/api/next").json()["item"]
+    assert alice.post(f"/api/items/{it['id']}/decision", json={"decision": "keep", "caption": bad}).status_code == 200
+    assert db.decisions()[-1]["caption"] == "a cat gpj.exe on a sofa"
+    strict = create_app(AppSettings(db_url=db.url, invisible="reject"), db)
+    bob = login(strict, "bob")
+    it = bob.get("/api/next").json()["item"]
+    r = bob.post(f"/api/items/{it['id']}/decision", json={"decision": "keep", "caption": bad})
+    assert r.status_code == 422 and r.json()["error"] == "InvisibleRejected"
+    assert r.json()["detail"] == (
+        "the caption has invisible characters: U+200B (ZWSP), U+202C (PDF), U+202E (RLO); remove them and save again"
+    )
+    page = bob.get("/").text
+    assert "an edited caption with any is refused" in page
+    form = {"action": "accept", "csrf": _form_csrf(page), "caption": bad}
+    r = bob.post(f"/annotate/{it['id']}", data=form, headers={"accept": "text/html"})
+    assert r.status_code == 422 and "text/html" in r.headers["content-type"]
+    assert "U+202E (RLO)" in r.text and "not saved" in r.text and "gpj.exe" in r.text
+    assert bob.post(f"/annotate/{it['id']}", data=form).json()["error"] == "InvisibleRejected"
+    assert len(db.decisions()) == 1  # nothing of bob's saved
+    r = bob.post(f"/api/items/{it['id']}/decision", json={"decision": "keep", "caption": "a cat on a sofa \u200d\u200e"})
+    assert r.status_code == 200 and db.decisions()[-1]["caption"] == "a cat on a sofa \u200d\u200e"  # ZWJ and LRM are not refused
+    with pytest.raises(ValidationError):
+        AppSettings(db_url=db.url, invisible="ignore")
+
+
+def test_reopen_from_history_until_applied_needs_csrf_and_is_yours_only(env):
+    """Issue #16: /history/{id} offers re-opening any of your decisions that no apply has
+    merged (not only the latest, however old); the form and the JSON call need the CSRF token,
+    another's item is 404, an applied decision 409; the item comes back to you; audited."""
+    app, db, rows = env
+    alice, bob = login(app, "alice"), login(app, "bob")
+    done = []
+    for _ in range(2):
+        it = alice.get("/api/next").json()["item"]
+        alice.post(f"/api/items/{it['id']}/decision", json={"decision": "drop", "caption": "mine"})
+        done.append(it)
+    theirs = bob.get("/api/next").json()["item"]
+    bob.post(f"/api/items/{theirs['id']}/decision", json={"decision": "keep"})
+    old = alice.get(f"/history/{done[0]['id']}").text  # not the latest: no undo, but re-open
+    assert 'id="undo-form"' not in old and f'action="/history/{done[0]["id"]}/reopen"' in old
+    assert 'id="reopen-form"' not in alice.get(f"/history/{done[1]['id']}").text  # the latest: undo offered instead
+    no_csrf = TestClient(app, cookies=dict(alice.cookies))
+    assert no_csrf.post(f"/api/items/{done[0]['id']}/reopen").status_code == 403
+    assert alice.post(f"/history/{done[0]['id']}/reopen", data={"csrf": "forged"}).status_code == 403
+    assert alice.post(f"/history/{done[0]['id']}/reopen", data={}).status_code == 422
+    assert alice.post(f"/api/items/{theirs['id']}/reopen").status_code == 404  # bob's: not yours
+    assert alice.post("/api/items/0/reopen").status_code == 422
+    r = alice.post(f"/history/{done[0]['id']}/reopen", data={"csrf": _form_csrf(old)}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/?undone={done[0]['id']}"
+    assert f'data-item="{done[0]["id"]}"' in alice.get(r.headers["location"]).text  # back to alice
+    assert db.counters()["decisions"] == 2 and [a["action"] for a in db.audit_page(action="reopen")[0]] == ["reopen"]
+    assert alice.post(f"/api/items/{done[0]['id']}/reopen").status_code == 404  # nothing left to re-open
+    alice.post(f"/api/items/{done[0]['id']}/decision", json={"decision": "keep"})
+    db.mark_applied(None, max(d["decision_id"] for d in db.decisions()))  # what an apply records
+    page = alice.get(f"/history/{done[1]['id']}").text
+    assert 'id="reopen-form"' not in page and 'id="applied-note"' in page
+    assert alice.post(f"/api/items/{done[1]['id']}/reopen").status_code == 409

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -19,9 +20,22 @@ pytestmark = pytest.mark.browser
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2;alert(1)</script> a dog'
 
 
+def _graph(tmp_path) -> str:
+    """A concept graph folder with the nodes file the tag suggestions read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "graph"
+    d.mkdir()
+    nodes = {"id": ["wn:02121620", "wn:02084071", "wn:02121808"], "label_en": ["cat", "dog", "house cat"], "label_zh": ["猫", "狗", "家猫"]}
+    pq.write_table(pa.table(nodes), d / "nodes.parquet")
+    return str(d)
+
+
 @pytest.fixture
-def server(tmp_path, coco_dir):
-    """A dataset with an XSS caption, mined into a review DB, served by uvicorn on loopback."""
+def server(tmp_path, coco_dir, request):
+    """A dataset with an XSS caption, mined into a review DB, served by uvicorn on loopback
+    (a test may pass more ``AppSettings`` fields as the fixture's indirect parameter)."""
     import uvicorn
 
     rows = coco_rows(coco_dir, limit=8)
@@ -41,7 +55,11 @@ def server(tmp_path, coco_dir):
     port = free_port()
     srv = uvicorn.Server(
         uvicorn.Config(
-            create_app(AppSettings(db_url=dbfile, dataset=uri), db, apply=review_apply_action(dbfile)),
+            create_app(
+                AppSettings(db_url=dbfile, dataset=uri, graph=_graph(tmp_path), **getattr(request, "param", {})),
+                db,
+                apply=review_apply_action(dbfile),
+            ),
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -196,7 +214,7 @@ def _inside(inner, outer, slack=1.0):
     )
 
 
-@pytest.mark.parametrize("size", [(1366, 900), (1024, 640)])
+@pytest.mark.parametrize("size", [(1366, 900), (1366, 768), (1024, 768), (1024, 640)])
 def test_action_buttons_and_the_whole_image_fit_the_window_and_z_zooms_to_100_percent(server, browser, size):
     """At laptop sizes the buttons were below the fold (and the image pushed them there): now
     the buttons and the whole image are on screen without scrolling; ``z`` (or a click) shows the
@@ -276,3 +294,45 @@ def test_invisible_characters_are_marked_while_typing(server, browser):
     with page.expect_navigation():
         page.keyboard.press("a")
     assert db.decisions()[-1]["caption"] == "a cat on a sofa"
+
+
+def test_tag_field_suggests_names_and_stores_ids(server, browser):
+    """Typing a name (English or Chinese) in the tags field offers concepts; a click or Enter
+    puts the concept's id in the field, and the decision stores ids."""
+    base, store, db, rows, dbfile = server
+    page = browser.new_page()
+    _login(page, base)
+    page.fill("#tags", "")
+    page.click("#tags")
+    page.keyboard.type("ca")
+    page.wait_for_selector("#tag-suggest li")
+    assert page.get_attribute("#tags", "aria-expanded") == "true"
+    first = page.locator("#tag-suggest li").first
+    assert first.get_attribute("data-id") == "wn:02121620" and "cat" in first.text_content() and "猫" in first.text_content()
+    first.click()
+    assert page.input_value("#tags") == "wn:02121620, " and page.is_hidden("#tag-suggest")
+    page.keyboard.type("狗")
+    page.wait_for_selector("#tag-suggest li")
+    page.keyboard.press("Enter")  # picks the suggestion, does not submit the form
+    assert page.input_value("#tags") == "wn:02121620, wn:02084071, " and db.decisions() == []
+    page.keyboard.press("Escape")
+    with page.expect_navigation():
+        page.keyboard.press("a")
+    assert db.decisions()[-1]["tags"] == ["wn:02121620", "wn:02084071"]
+
+
+@pytest.mark.parametrize("server", [{"gold_feedback": True, "gold_rate": 1.0}], indirect=True)
+def test_gold_feedback_line_after_a_decision_on_a_check_item(server, browser):
+    """With gold feedback on, the saved line says the item was a check and what was expected."""
+    base, store, db, rows, dbfile = server
+    with db.tx(write=False) as t:
+        row_id, payload = t.one("SELECT row_id, payload FROM items WHERE row_id <> ? ORDER BY id LIMIT 1", (rows[3]["id"],))
+    assert db.enqueue([{"row_id": row_id, "priority": 0.0, "payload": json.loads(payload), "gold_answer": "keep"}], "g")["gold"] == 1
+    page = browser.new_page()
+    _login(page, base)
+    assert page.text_content("#row-id") == row_id
+    with page.expect_navigation():
+        page.keyboard.press("r")
+    page.wait_for_function("document.getElementById('saved').textContent.indexOf('check item') > 0")
+    assert page.text_content("#gold-feedback").strip() == "\u00b7 this was a check item; the expected answer was keep"
+    assert page.get_attribute("#gold-feedback", "class") == "wrong" and page.is_hidden("#btn-undo") is True

@@ -478,3 +478,56 @@ def test_own_decisions_and_the_audit_page_filter_by_user_and_action(review_db):
     rows, total = review_db.audit_page(limit=2, offset=1)
     assert len(rows) == 2 and total == review_db.audit_count()
     assert {"submit", "lease", "enqueue"} <= set(review_db.audit_actions())
+
+
+def test_reopen_any_own_decision_until_an_apply_has_merged_it(review_db):
+    """History re-open (issue #16): any of one's own decisions, however old, comes back (decision
+    deleted, counters back, leased to them again, audited) until an apply records that it
+    merged it; then 409. Never another's; a gold item whose answer was shown, never."""
+    u = _users(review_db)
+    items = make_items(4)
+    items[3]["gold_answer"] = "keep"
+    review_db.enqueue(items, "b1")
+    first = review_db.next_item(u["alice"])
+    review_db.submit(u["alice"], first["id"], "drop", caption="x")
+    second = review_db.next_item(u["alice"])
+    review_db.submit(u["alice"], second["id"], "keep")
+    assert review_db.applied_through() == 0
+    with pytest.raises(NotFound):
+        review_db.reopen(u["bob"], first["id"])
+    assert review_db.reopen(u["alice"], first["id"]) == {"item_id": first["id"], "undone": "drop", "flag": False}  # not the latest
+    assert review_db.get_item(first["id"])["lease_user"] == u["alice"].id
+    c = review_db.counters()
+    assert (c["decisions"], c["drop"], c["keep"]) == (1, 0, 1)
+    assert [a["action"] for a in review_db.audit_tail(3)][0] == "reopen"
+    review_db.submit(u["alice"], first["id"], "keep")
+    applied = max(d["decision_id"] for d in review_db.decisions())
+    review_db.mark_applied(None, applied, version=2)
+    review_db.mark_applied(None, applied - 1, version=1)  # an older apply finishing late moves nothing back
+    assert review_db.applied_through() == applied and review_db.audit_count("apply") == 2
+    for it in (first, second):
+        with pytest.raises(Conflict, match="already applied"):
+            review_db.reopen(u["alice"], it["id"])
+    gold = review_db.next_item(u["alice"], gold_rate=1.0)
+    assert gold["gold"]
+    review_db.submit(u["alice"], gold["id"], "drop")
+    with pytest.raises(Conflict, match="expected answer"):
+        review_db.reopen(u["alice"], gold["id"], allow_gold=False)
+    with pytest.raises(Conflict, match="expected answer"):
+        review_db.undo(u["alice"], gold["id"], allow_gold=False)
+    assert review_db.reopen(u["alice"], gold["id"])["undone"] == "drop"  # feedback off: a normal re-open
+
+
+def test_gold_feedback_is_only_for_ones_own_decided_gold_items(review_db):
+    u = _users(review_db)
+    items = make_items(2)
+    items[0]["gold_answer"] = "drop"
+    review_db.enqueue(items, "b1")
+    g = review_db.next_item(u["alice"], gold_rate=1.0)
+    assert review_db.gold_feedback(u["alice"], g["id"]) is None  # not decided yet: says nothing
+    review_db.submit(u["alice"], g["id"], "keep")
+    assert review_db.gold_feedback(u["alice"], g["id"]) == "drop"
+    assert review_db.gold_feedback(u["bob"], g["id"]) is None
+    n = review_db.next_item(u["alice"])
+    review_db.submit(u["alice"], n["id"], "keep")
+    assert review_db.gold_feedback(u["alice"], n["id"]) is None
