@@ -37,6 +37,11 @@ class DedupConfig(BaseModel):
     semantic_column: Optional[str] = Field(
         "auto", description="embedding column for semantic duplicates; auto = prof_clip_image when made by real weights; null = off"
     )
+    keeper: Literal["original", "quality"] = Field(
+        "original",
+        description="original: a group keeps the copy with clearly more pixels, then more bytes per pixel, then a "
+        "higher JPEG quality, then the best quality_column; quality: the best quality_column alone",
+    )
     quality_column: Optional[str] = Field(None, description="score that picks the kept row; default prof_quality, else image area")
     quality_higher_is_better: bool = True
     method: str = Field("leiden", pattern="^(leiden|louvain|components)$")
@@ -77,6 +82,49 @@ def _quality(t: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, str]:
     w = np.asarray(t.column("width").fill_null(0).to_numpy(), np.float64)
     h = np.asarray(t.column("height").fill_null(0).to_numpy(), np.float64)
     return w * h, "image area (width x height)"
+
+
+def _originality(store, ds, t: pa.Table, pairs, cfg: DedupConfig, notes: list[str]):
+    """The keeper rule's per-row signals (``engines.vector.dedup.Originality``), or None for
+    ``keeper: quality``. Sizes come from the driver's scalars; encoded bytes and JPEG quality from
+    Ray tasks that read the image bytes of rows with an accepted pair only (no other row can be in
+    a group), so the driver receives two floats per such row and never an image."""
+    from engines.vector.dedup import Originality
+
+    if cfg.keeper != "original":
+        return None
+    n = t.num_rows
+    nbytes, jq = np.full(n, np.nan), np.full(n, np.nan)
+    rows = np.unique(np.concatenate([pairs.i, pairs.j]))
+    if len(rows) and "image" in ds.schema.names:
+        chunks = np.array_split(rows, -(-len(rows) // cfg.pairs_per_unit))
+        fmt = "format" in ds.schema.names
+        for pos, b, q in _encoding_on_ray(store, ds.version, chunks, fmt, cfg.resources.get("verify", {})):
+            nbytes[pos], jq[pos] = b, q
+    w = t.column("width").fill_null(0).to_numpy()
+    h = t.column("height").fill_null(0).to_numpy()
+    return Originality.of(w, h, nbytes, jq)
+
+
+def _encoding_on_ray(store, version: int, chunks: list[np.ndarray], fmt: bool, resources: dict):
+    """(positions, encoded bytes, JPEG quality) per chunk of row positions, one Ray task each."""
+    import ray
+
+    task = ray.remote(num_cpus=1, **({"resources": resources} if resources else {}))(_encoding_unit)
+    return ray.get([task.remote(store, version, c, fmt) for c in chunks])
+
+
+def _encoding_unit(store, version: int, pos: np.ndarray, fmt: bool, batch: int = 256):
+    """Encoded size and JPEG quality of the rows at ``pos`` (read ``batch`` images at a time)."""
+    from engines.vector.dedup import encoding_signals
+
+    ds = store.open(version)
+    out = np.full((len(pos), 2), np.nan)
+    for s in range(0, len(pos), batch):
+        t = ds.take(pos[s : s + batch].tolist(), columns=["image"] + (["format"] if fmt else []))
+        fmts = t.column("format").to_pylist() if fmt else [None] * t.num_rows
+        out[s : s + batch] = [encoding_signals(d, f) for d, f in zip(t.column("image").to_pylist(), fmts)]
+    return pos, out[:, 0], out[:, 1]
 
 
 def _semantic_column(store, ds, cfg: DedupConfig) -> tuple[str | None, str]:
@@ -186,7 +234,15 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
         stats["semantic_pairs"] = len(sem)
         pairs = pairs + sem
     quality, q_name = _quality(t, cfg)
-    notes.append(f"kept row = best {q_name} ({'higher' if cfg.quality_higher_is_better else 'lower'} is better)")
+    originality = _originality(store, ds, t, pairs, cfg, notes)
+    better = f"best {q_name} ({'higher' if cfg.quality_higher_is_better else 'lower'} is better)"
+    if originality is None:
+        notes.append(f"kept row = {better}")
+    else:
+        notes.append(
+            "kept row = the original: clearly more pixels (>10%), then more bytes per pixel (>1.5x), "
+            f"then a higher JPEG quality (>5), then the {better}"
+        )
     split = {"by_component": len(pairs) > cfg.communities_max_edges, "map_fn": _ray_map}
     if split["by_component"]:
         notes.append(f"{len(pairs):,} accepted pairs > communities_max_edges: communities per connected component on Ray")
@@ -198,6 +254,7 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
         resolution=cfg.resolution,
         seed=cfg.seed,
         higher_is_better=cfg.quality_higher_is_better,
+        originality=originality,
         **split,
     )
     exact = pairs.reason == REASONS.index("exact")
@@ -233,7 +290,9 @@ def _ray_map(fn, items):
 
 
 def _plan_table(ids: pa.ChunkedArray, res) -> pa.Table:
-    """The group table: one row per dataset row (ids taken by position, never as a Python list)."""
+    """The group table: one row per dataset row (ids taken by position, never as a Python list).
+    Besides the ``dup_*`` columns, ``keeper_why``: what made the kept row win over a removed one
+    (``KEEPER_WHY``: resolution, bytes per pixel, JPEG quality, quality, earlier row)."""
     keepers = np.maximum(res.dup_of, 0)
     dup_of = ids.take(pa.array(keepers)).combine_chunks() if len(ids) else pa.array([], pa.string())
     return pa.table(
@@ -244,6 +303,7 @@ def _plan_table(ids: pa.ChunkedArray, res) -> pa.Table:
             "dup_of": pa.compute.if_else(pa.array(res.dup_of >= 0), dup_of, pa.scalar(None, pa.string())),
             "dup_reason": pa.array(res.reason, pa.string()),
             "dup_sim": pa.array(np.nan_to_num(res.sim), pa.float32(), mask=~np.isfinite(res.sim)),
+            "keeper_why": pa.array(res.why or [None] * len(res.keep), pa.string()),
         }
     )
 

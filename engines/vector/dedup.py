@@ -12,11 +12,15 @@
 
 All accepted pairs become edges of one proximity graph; its Leiden (CPM) communities are the
 duplicate groups (see ``graph.py`` for why communities rather than components). Within a group
-the row with the best quality score is kept, not the first seen; ties go to the earlier row.
+the original is kept over its derivatives (more pixels, then more bytes per pixel, then a higher
+JPEG quality, each with a margin: ``Originality``), then the best quality score, not the first
+seen; ties go to the earlier row.
 """
 
 from __future__ import annotations
 
+import io
+import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -45,6 +49,10 @@ __all__ = [
     "cluster_pairs",
     "DupResult",
     "group_duplicates",
+    "Originality",
+    "KEEPER_WHY",
+    "ijg_quality",
+    "encoding_signals",
     "popcount64",
 ]
 
@@ -365,6 +373,7 @@ class DupResult:
     reason: list
     sim: np.ndarray
     stats: dict = field(default_factory=dict)
+    why: list = field(default_factory=list)  # per removed row, what made the kept row win (KEEPER_WHY)
 
 
 def group_duplicates(
@@ -379,10 +388,13 @@ def group_duplicates(
     pair_sim=None,
     by_component: bool = False,
     map_fn=map,
+    originality: Originality | None = None,
 ) -> DupResult:
-    """Communities of the accepted-pair graph; the best-quality row of each is kept.
+    """Communities of the accepted-pair graph; the original of each is kept, else its best-quality row.
 
-    ``quality``: one score per row (NaN = unknown, ranks last). ``resolution`` is the CPM
+    ``originality``: per-row signals of which copy is the original (``_keepers``); None = the
+    best ``quality`` alone decides. ``quality``: one score per row (NaN = unknown, ranks last).
+    ``resolution`` is the CPM
     density a group must beat: with edge weights ~0.9, 0.1 keeps a star of up to ~17 edits of one
     original together while two groups joined by a single stray edge stay apart. A row that the
     density rule leaves alone although it has accepted pairs then joins the group of its
@@ -399,7 +411,7 @@ def group_duplicates(
     a, b, w = a[keep_e], b[keep_e], np.clip(w[keep_e], 0.01, 1)
     lab = attach_orphans(community(n, a, b, w, method=method, resolution=resolution, seed=seed), a, b, w)
     lab = lab[rep]
-    keeper = _keepers(lab, quality, higher_is_better)
+    keeper, lost = _keepers(lab, quality, higher_is_better, originality)
     in_group = np.bincount(lab)[lab] > 1
     keep = ~in_group | (keeper == np.arange(n))
     group = np.full(n, -1, np.int64)
@@ -412,6 +424,7 @@ def group_duplicates(
     reason, sim, dup_of = _member_reasons(pairs, lab, rep, keeper, keep, in_group, pair_sim)
     removed = ~keep
     reasons = np.array(reason, dtype=object)
+    why = [KEEPER_WHY[c] if r else None for c, r in zip(lost.tolist(), removed.tolist())]
     stats = {
         "rows": n,
         "groups": int(group.max()) + 1 if n else 0,
@@ -422,8 +435,9 @@ def group_duplicates(
         # rows with the bytes of an earlier row, whatever the reason they were removed under (an
         # exact pair whose group keeps a larger near copy is removed as "near" on both sides)
         "exact_copies": int((rep != np.arange(n)).sum()),
+        "removed_by_keeper_rule": {w: int((removed & (lost == c)).sum()) for c, w in enumerate(KEEPER_WHY)},
     }
-    return DupResult(group, keep, dup_of, reason, sim, stats)
+    return DupResult(group, keep, dup_of, reason, sim, stats, why)
 
 
 def _exact_representatives(n: int, pairs: Pairs) -> np.ndarray:
@@ -451,18 +465,127 @@ def _first_of(lab: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return first[labels]
 
 
-def _keepers(lab: np.ndarray, quality: np.ndarray, higher_is_better: bool) -> np.ndarray:
-    """Per row, the kept row of its community: the best quality (NaN ranks last), ties to the earlier row."""
+# --- the keeper: the original over its derivatives ----------------------------------------------
+
+# JPEG Annex K tables, which libjpeg (and PIL, and most web encoders) scale by the quality setting
+IJG_LUMA = np.array(
+    [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
+    np.float64,
+)  # fmt: skip
+IJG_CHROMA = np.array([17, 18, 24, 47, 18, 21, 26, 66, 24, 26, 56, 99, 47, 66, 99, 99] + [99] * 48, np.float64)
+# IJG_CHROMA: the top-left 4x4 of Annex K's chrominance table, row by row (the order is irrelevant
+# to ijg_quality, which compares sums); every other entry is 99
+
+KEEPER_WHY = ("resolution", "bytes per pixel", "JPEG quality", "quality", "earlier row")
+"""Why a removed row lost to its kept row, in the order the keeper rule asks (``_keepers``)."""
+
+
+@dataclass
+class Originality:
+    """Per-row signals of which copy of a picture is the original (NaN = unknown, loses to known).
+
+    Why these: a derivative (re-encode, resize, crop, screenshot) almost never has more pixels or
+    more bytes per pixel than what it was made from, and a re-encode's quantisation is at least as
+    coarse. A quality score does not know this: a 26 KB quality-20 re-encode can score a hair above
+    its 144 KB original. Each signal wins only by a clear ``margin`` (a ratio, or a difference for
+    the JPEG quality), so noise between two equal copies falls through to the next signal.
+    """
+
+    pixels: np.ndarray  # width x height
+    bytes_per_pixel: np.ndarray  # encoded bytes / pixels
+    jpeg_quality: np.ndarray  # ijg_quality of JPEGs; 100 for other formats
+    margins: tuple[float, float, float] = (1.10, 1.5, 5.0)
+
+    @classmethod
+    def of(cls, width, height, nbytes, jpeg_quality) -> Originality:
+        """From per-row width, height, encoded size and JPEG quality (non-positive sizes = unknown)."""
+        w, h = (np.asarray(x, np.float64) for x in (width, height))
+        px = np.where((w > 0) & (h > 0), w * h, np.nan)
+        b = np.asarray(nbytes, np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bpp = np.where(b > 0, b / px, np.nan)
+        return cls(px, bpp, np.asarray(jpeg_quality, np.float64))
+
+    def criteria(self):
+        """(values, margin, is_ratio) per signal, in the order of KEEPER_WHY."""
+        m = self.margins
+        return [(self.pixels, m[0], True), (self.bytes_per_pixel, m[1], True), (self.jpeg_quality, m[2], False)]
+
+
+def ijg_quality(tables) -> float:
+    """Estimated libjpeg quality (1..100) of JPEG quantisation tables (PIL's ``Image.quantization``).
+
+    libjpeg scales the Annex K tables by s = 5000/q percent below q 50, else 200 - 2q; the ratio of
+    the sums of the tables to those of the standard ones inverts it (table 0 is luma, the others
+    chroma). Encoders with their own tables (cameras, Photoshop) get the libjpeg quality of the
+    same coarseness, which is what tells a re-encode from its source.
+    """
+    if not tables:
+        return math.nan
+    got = sum(float(np.sum(t)) for t in tables.values())
+    base = sum(float((IJG_LUMA if k == 0 else IJG_CHROMA).sum()) for k in tables)
+    s = 100.0 * got / base
+    return float(np.clip(5000.0 / s if s > 100 else (200.0 - s) / 2, 1, 100))
+
+
+def encoding_signals(data: bytes | None, fmt: str | None = None) -> tuple[float, float]:
+    """(encoded bytes, estimated JPEG quality) of one image, NaN where unknown.
+
+    Only the headers are parsed: PIL reads the quantisation tables without decoding pixels. Other
+    formats count as quality 100 (lossless, or of unknown loss: no sign of a re-encode). ``fmt``
+    (the ``format`` column) answers for rows whose bytes are not stored.
+    """
+    if data is None:
+        return math.nan, (math.nan if fmt in (None, "JPEG", "MPO") else 100.0)
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            q = ijg_quality(getattr(im, "quantization", None)) if im.format in ("JPEG", "MPO") else 100.0
+    except Exception:  # undecodable or hostile bytes: the size still counts
+        q = math.nan
+    return float(len(data)), q
+
+
+def _near_best(lab: np.ndarray, v: np.ndarray, alive: np.ndarray, margin: float, ratio: bool) -> np.ndarray:
+    """Rows whose value is within ``margin`` of the best alive row of their group (unknown = -inf)."""
+    v = np.where(np.isfinite(v), v, -np.inf)
+    best = np.full(int(lab.max()) + 1, -np.inf)
+    np.maximum.at(best, lab[alive], v[alive])
+    b = best[lab]
+    return v >= (b / margin if ratio else b - margin)  # all unknown: -inf >= -inf, all stay
+
+
+def _keepers(lab: np.ndarray, quality: np.ndarray, higher_is_better: bool, orig: Originality | None = None):
+    """Per row, the kept row of its community, and why each other row lost (index into KEEPER_WHY).
+
+    Each ``orig`` signal in turn drops the rows that are clearly behind the best row of their group
+    (a filter, not a sort, so a margin never makes the order depend on which rows are compared);
+    the best quality (NaN ranks last) of the rows left is kept, ties to the earlier row.
+    """
     n = len(lab)
+    lost = np.full(n, -1, np.int64)
+    if n == 0:
+        return np.zeros(0, np.int64), lost
+    alive = np.ones(n, bool)
+    for c, (v, margin, ratio) in enumerate(orig.criteria() if orig is not None else []):
+        ok = _near_best(lab, v, alive, margin, ratio)
+        lost[alive & ~ok] = c
+        alive &= ok
     q = np.asarray(quality, np.float64).copy()
     q = q if higher_is_better else -q
     q[~np.isfinite(q)] = -np.inf
-    order = np.lexsort((np.arange(n), -q, lab))  # by group, best first, then earlier row
+    order = np.lexsort((np.arange(n), -q, ~alive, lab))  # by group, alive first, best first, then earlier row
     first = np.ones(n, bool)
     first[1:] = lab[order][1:] != lab[order][:-1]
-    keeper_of = np.zeros(int(lab.max()) + 1 if n else 0, np.int64)
+    keeper_of = np.zeros(int(lab.max()) + 1, np.int64)
     keeper_of[lab[order[first]]] = order[first]
-    return keeper_of[lab]
+    keeper = keeper_of[lab]
+    rest = alive & (keeper != np.arange(n))
+    lost[rest] = np.where(q[rest] < q[keeper[rest]], 3, 4)
+    return keeper, lost
 
 
 def _strongest_edges(pairs: Pairs) -> tuple[dict, dict]:

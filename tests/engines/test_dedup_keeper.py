@@ -1,0 +1,155 @@
+"""The keeper of a duplicate group is the original over its derivatives (issue #19): a quality-20
+re-encode, a 60% crop and a half-size resize of real COCO photos lose to their original even when
+the quality score prefers them, in the pure rule and in the dedup job end to end."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.feather as feather
+import pytest
+from PIL import Image
+
+from engines.vector.dedup import Originality, Pairs, encoding_signals, group_duplicates, ijg_quality
+from tests.helpers import coco_rows, sample_row, samples_table
+
+PHOTO = "000000037666.jpg"  # a 144 KB quality-90 original: the case of the issue
+
+
+def _jpeg(im: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def derivatives(data: bytes) -> dict[str, bytes]:
+    """A quality-20 re-encode, a 60% crop (of each side, off centre) and a half-size resize."""
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = im.size
+    cw, ch = int(w * 0.6), int(h * 0.6)
+    return {
+        "reencode_q20": _jpeg(im, 20),
+        "crop_60": _jpeg(im.crop((w // 10, h // 5, w // 10 + cw, h // 5 + ch)), 90),
+        "resize_half": _jpeg(im.resize((w // 2, h // 2), Image.Resampling.LANCZOS), 90),
+    }
+
+
+def signals(blobs: list[bytes]) -> Originality:
+    """The keeper signals of encoded images, as the dedup job computes them (sizes from the header)."""
+    sizes = [Image.open(io.BytesIO(b)).size for b in blobs]
+    enc = np.array([encoding_signals(b) for b in blobs])
+    return Originality.of([s[0] for s in sizes], [s[1] for s in sizes], enc[:, 0], enc[:, 1])
+
+
+def one_group(n: int) -> Pairs:
+    """Every row a near duplicate of row 0 (one community)."""
+    rest = np.arange(1, n)
+    return Pairs.of(np.zeros(n - 1, np.int64), rest, np.full(n - 1, 0.95, np.float32), "near")
+
+
+@pytest.fixture(scope="module")
+def original(coco_dir) -> bytes:
+    return (coco_dir / "images" / PHOTO).read_bytes()
+
+
+def test_jpeg_quality_is_read_back_from_the_quantisation_tables(original):
+    im = Image.open(io.BytesIO(original)).convert("RGB")
+    for q in (20, 50, 75, 90, 95):
+        assert abs(encoding_signals(_jpeg(im, q))[1] - q) <= 1
+    nbytes, q = encoding_signals(original)
+    assert nbytes == len(original) and abs(q - 90) <= 1
+    png = io.BytesIO()
+    im.save(png, "PNG")
+    assert encoding_signals(png.getvalue())[1] == 100  # lossless: no sign of a re-encode
+    assert math.isnan(encoding_signals(b"not an image")[1]) and encoding_signals(b"not an image")[0] == 12
+    assert encoding_signals(None, "PNG") == (pytest.approx(math.nan, nan_ok=True), 100.0)
+    assert math.isnan(ijg_quality({}))
+
+
+@pytest.mark.parametrize(("kind", "why"), [("reencode_q20", "bytes per pixel"), ("crop_60", "resolution"), ("resize_half", "resolution")])
+def test_the_original_beats_each_derivative_although_its_quality_score_is_lower(original, kind, why):
+    derived = derivatives(original)[kind]
+    orig = signals([derived, original])  # the derivative first: "earlier row" cannot help the original
+    quality = np.array([0.811, 0.803])  # the scores of the issue: the derivative a hair ahead
+    res = group_duplicates(2, one_group(2), quality, originality=orig)
+    assert res.keep.tolist() == [False, True] and res.dup_of[0] == 1
+    assert res.why == [why, None]
+    assert res.stats["removed_by_keeper_rule"][why] == 1
+    # the score alone (keeper: quality) keeps the derivative: the bug this rule fixes
+    assert group_duplicates(2, one_group(2), quality).keep.tolist() == [True, False]
+
+
+def test_the_original_is_kept_among_all_its_derivatives(coco_dir):
+    for name in (PHOTO, "000000000790.jpg", "000000030752.jpg"):
+        data = (coco_dir / "images" / name).read_bytes()
+        blobs = list(derivatives(data).values()) + [data]
+        res = group_duplicates(4, one_group(4), np.array([0.9, 0.9, 0.9, 0.1]), originality=signals(blobs))
+        assert res.keep.tolist() == [False, False, False, True], name
+        assert res.why[:3] == ["bytes per pixel", "resolution", "resolution"]
+
+
+def test_copies_within_the_margins_fall_through_to_the_quality_score(original):
+    """A same-size re-encode at the original's own quality is no clear derivative: the score decides."""
+    im = Image.open(io.BytesIO(original)).convert("RGB")
+    orig = signals([_jpeg(im, 90), original])
+    assert orig.bytes_per_pixel[1] / orig.bytes_per_pixel[0] < orig.margins[1]
+    assert abs(orig.jpeg_quality[1] - orig.jpeg_quality[0]) < orig.margins[2]
+    res = group_duplicates(2, one_group(2), np.array([0.9, 0.5]), originality=orig)
+    assert res.keep.tolist() == [True, False] and res.why == [None, "quality"]
+    tie = group_duplicates(2, one_group(2), np.array([0.5, 0.5]), originality=orig)
+    assert tie.keep.tolist() == [True, False] and tie.why == [None, "earlier row"]
+
+
+def test_unknown_signals_lose_to_known_ones_and_decide_nothing_when_all_are_unknown():
+    nan = np.nan
+    known = Originality.of([0, 100], [0, 100], [nan, 5000], [nan, 90])  # row 0: no size, no bytes
+    assert group_duplicates(2, one_group(2), np.array([1.0, 0.0]), originality=known).keep.tolist() == [False, True]
+    unknown = Originality.of([0, 0], [0, 0], [nan, nan], [nan, nan])
+    assert group_duplicates(2, one_group(2), np.array([0.0, 1.0]), originality=unknown).keep.tolist() == [False, True]
+
+
+def test_dedup_job_keeps_the_original_over_derivatives_the_quality_score_prefers(ray_session, coco_dir, tmp_path):
+    """Three photos, each after its quality-20 re-encode, 60% crop and half-size resize in dataset
+    order, plus four unrelated photos; prof_quality prefers every derivative. The job keeps the
+    originals and says why in the group table."""
+    from curation.runner import run_stage
+    from curation.store import Store
+    from pipelines.dedup import DedupConfig, run_dedup
+    from pipelines.descriptors import VisualStage
+
+    names = (PHOTO, "000000000790.jpg", "000000030752.jpg")
+    rows, quality, origin = [], [], {}
+    for name in names:
+        data = (coco_dir / "images" / name).read_bytes()
+        for kind, blob in derivatives(data).items():
+            rows.append(sample_row(blob, "derived", f"{name}-{kind}"))
+            quality.append(0.811)
+            origin[rows[-1]["id"]] = name
+        rows.append(sample_row(data, "coco", name))
+        quality.append(0.803)
+        origin[rows[-1]["id"]] = name
+    others = [r for r in coco_rows(coco_dir) if r["source_key"] not in names][:4]
+    rows += others
+    quality += [0.5] * len(others)
+    t = samples_table(rows).append_column("prof_quality", pa.array(quality, pa.float32()))
+    store = Store(str(tmp_path / "k.lance"))
+    lance.write_dataset(t, store.uri, max_rows_per_file=8)
+    run_stage(store, VisualStage(), show_progress=False)
+    out = run_dedup(store, DedupConfig(), show_progress=False)
+    assert out["status"] == "committed"
+    got = {r["id"]: r for r in store.to_arrow(["id", "source_key", "dup_keep", "dup_of"]).to_pylist()}
+    kept = {origin[i]: i for i, r in got.items() if i in origin and r["dup_keep"]}
+    assert sorted(kept) == sorted(names)  # one kept row per photo: the original, its derivatives point to it
+    for i, name in origin.items():
+        assert got[i]["source_key"] == name if got[i]["dup_keep"] else got[i]["dup_of"] == kept[name]
+    assert all(got[r["id"]]["dup_keep"] for r in others)
+    (plan_path,) = (store.state_dir / "vector").glob("dedup-plan-v*.arrow")
+    plan = feather.read_table(str(plan_path))
+    why = dict(zip(plan.column("id").to_pylist(), plan.column("keeper_why").to_pylist()))
+    for r in rows[: 4 * len(names)]:
+        want = None if r["source"] == "coco" else "bytes per pixel" if r["source_key"].endswith("reencode_q20") else "resolution"
+        assert why[r["id"]] == want, r["source_key"]
