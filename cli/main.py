@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from cli import dataset, demo, download, export, graph, ingest, profile, report, review, train, vector
+from cli import dataset, demo, download, export, graph, ingest, models, profile, report, review, train, vector
 from cli.common import err_console, native_stderr_to_log
 from curation.config import ConfigError
 from pipelines import load_jobs
@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 load_jobs()  # every stage and step registered, so `curate stage NAME` and pipeline files find them
-for _group in (dataset, demo, ingest, download, profile, report, vector, graph, review, export, train):
+for _group in (dataset, demo, ingest, download, profile, report, vector, graph, review, export, train, models):
     _group.register(app)
 
 
@@ -40,6 +40,28 @@ def main() -> None:
         if e.code not in (0, None) and log is not None and log.exists() and log.stat().st_size:
             err_console.print(f"[dim]Ray and native library messages of this run: {log}[/]")
         raise
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]: committed versions are kept; re-run the command to resume")
+        sys.exit(130)
+    except Exception as e:  # a bug or an unforeseen input: one line for the user, the traceback in the log
+        where = _traceback_to_log(log)
+        err_console.print(f"[bold red]error:[/] {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+        err_console.print(f"[dim]this is a bug in zcurate or an input it did not foresee; the traceback is in {where}[/]")
+        sys.exit(1)
+
+
+def _traceback_to_log(log) -> str:
+    """Append the current exception's traceback to the run's log file (a new one when native
+    output goes to the terminal) so a bug report has it while the user sees one line."""
+    import tempfile
+    import traceback
+    from pathlib import Path
+
+    path = log or Path(tempfile.gettempdir()) / "zcurate-logs" / "traceback.log"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
+        f.write(traceback.format_exc())
+    return str(path)
 
 
 if __name__ == "__main__":
