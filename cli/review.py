@@ -28,6 +28,11 @@ def register(app) -> None:
     DbOpt = typer.Option(
         None, "--db", help="review database: SQLite path or postgresql:// URL (default: <dataset>/_curation/review/review.sqlite)"
     )
+    RandomOpt = typer.Option(
+        False,
+        "--allow-random-weights",
+        help="use embeddings/scores made by randomly initialised weights anyway (noise; the output is marked random-derived)",
+    )
 
     @review.command("mine")
     def mine_cmd(
@@ -39,6 +44,7 @@ def register(app) -> None:
         min_hardness: float = typer.Option(0.3, help="skip rows less hard than this"),
         gold: Optional[Path] = typer.Option(None, help="CSV row_id,keep|drop of gold items"),
         include_reviewed: bool = typer.Option(False, help="also re-mine rows already reviewed"),
+        allow_random_weights: bool = RandomOpt,
     ):
         """Choose hard cases, attach pseudo-labels and the AI verdict, queue them for review."""
         from curation.config import validate
@@ -54,6 +60,7 @@ def register(app) -> None:
                 "min_hardness": min_hardness,
                 "gold": str(gold) if gold else None,
                 "include_reviewed": include_reviewed,
+                "allow_random_weights": allow_random_weights,
             },
             where="command line",
         )
@@ -69,6 +76,7 @@ def register(app) -> None:
             console.print(f"  {k}: {v:,} rows")
         for k, v in s["skipped_criteria"].items():
             console.print(f"  [yellow]{k} off[/]: {v}")
+        _say_random(s.get("random_derived"))
         console.print(f"database: {s['db']}")
 
     @review.command("add-user")
@@ -159,6 +167,9 @@ def register(app) -> None:
             None, help="concept graph folder whose labels the tag field suggests (default: the one the dataset's graph_tag stage used)"
         ),
         gold_feedback: bool = typer.Option(False, help="after a decision on a gold item, show the annotator the expected answer"),
+        allow_random_weights: bool = typer.Option(
+            False, "--allow-random-weights", help="let the admin page's apply use random-weight embeddings/scores (marked random-derived)"
+        ),
     ):
         """Run the annotator web app."""
         import uvicorn
@@ -179,7 +190,7 @@ def register(app) -> None:
                 graph=graph or dataset_graph(store),
                 gold_feedback=gold_feedback,
             ),
-            apply=review_apply_action(url, address),
+            apply=review_apply_action(url, address, allow_random_weights=allow_random_weights),
         )
         console.print(f"annotator UI on http://{host}:{port}/  (database {url})")
         uvicorn.run(app_, host=host, port=port, log_level="warning")
@@ -190,16 +201,20 @@ def register(app) -> None:
         db: Optional[str] = DbOpt,
         address: Optional[str] = AddressOpt,
         prior_n: float = typer.Option(50.0, help="labels needed to move a threshold halfway"),
+        allow_random_weights: bool = RandomOpt,
     ):
-        """Merge decisions into a new dataset version; refit reward head and thresholds; write a report."""
+        """Merge decisions into a new dataset version; refit reward head, keep head and thresholds; write a report."""
         from curation.config import validate
+        from engines.vector.retrieval import RandomWeightsError
 
         store = open_store(dataset)
-        cfg = validate(ReviewApplyConfig, {"db": db, "prior_n": prior_n}, where="command line")
+        cfg = validate(
+            ReviewApplyConfig, {"db": db, "prior_n": prior_n, "allow_random_weights": allow_random_weights}, where="command line"
+        )
         start_ray(address)
         try:
             rep = apply_reviews(store, cfg)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, RandomWeightsError) as e:
             fail(str(e))
         console.print(
             f"[bold]review apply[/]: v{rep['version_before']} -> v{rep['version_after']}, "
@@ -210,7 +225,16 @@ def register(app) -> None:
         pa_ = rep["pseudo_label_agreement"]
         if pa_["accuracy"] is not None:
             console.print(f"  pseudo-labels agreed with humans on {pa_['accuracy']:.1%} of {pa_['n']} rows")
+        if "path" in rep.get("keep_head", {}):
+            console.print(f"  keep-probability head (0..1, not an aesthetics score): {rep['keep_head']['path']}")
+        _say_random(rep.get("random_derived"))
         console.print(f"report: {rep['report_html']}")
+
+
+def _say_random(marks: dict | None) -> None:
+    """One warning line per random-derived input a command used because it was told to."""
+    for col, why in (marks or {}).items():
+        console.print(f"  [bold yellow]RANDOM-DERIVED[/] {col} ({why}): results that use it are noise")
 
 
 def _read_password(from_stdin: bool) -> str:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
+from cli.common import AddressOpt, DatasetOpt, err_console, fail, open_store, start_ray
 from pipelines.dedup import DedupConfig, run_dedup
 from pipelines.descriptors import default_column
 from pipelines.index import IndexBuildConfig, build_index
@@ -97,6 +97,11 @@ def register(app) -> None:
         id: Optional[str] = typer.Option(None, "--id", help="neighbours of this row"),
         k: int = typer.Option(20, min=1),
         column: Optional[str] = typer.Option(None, help="indexed column (default as for index build)"),
+        allow_random_weights: bool = typer.Option(
+            False,
+            "--allow-random-weights",
+            help="search an embedding made by randomly initialised weights anyway (noise; the results are marked)",
+        ),
     ):
         """Text-to-image, image-to-image and row-neighbour retrieval over a built index."""
         from rich.table import Table
@@ -108,8 +113,11 @@ def register(app) -> None:
         store = open_store(dataset)
         col = column or default_column(store)
 
+        random_note: list[str] = []
+
         def go():
-            r = Retriever(store, col)
+            r = Retriever(store, col, allow_random_weights=allow_random_weights)
+            random_note.extend(f"{c}: {m['why']}" for c, m in r.random_derived.items())
             if text is not None:
                 return r.by_text(text, k)
             if image is not None:
@@ -119,7 +127,12 @@ def register(app) -> None:
             return r.by_id(id, k)
 
         hits = _guard(go)
-        t = Table(title=f"nearest rows by {col}")
+        title = f"nearest rows by {col}"
+        if random_note:
+            title += " (RANDOM WEIGHTS: similarities are noise)"
+            for note in random_note:
+                err_console.print(f"[bold yellow]RANDOM-DERIVED[/] {note}")
+        t = Table(title=title)
         for c in ("rank", "id", "similarity"):
             t.add_column(c)
         for h in hits:

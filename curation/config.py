@@ -109,10 +109,14 @@ def load_yaml(path: str | Path) -> Any:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
+    if not p.is_file():
+        raise ConfigError(f"{p} is a directory, not a config file: name the YAML file inside it")
     try:
         return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p} is not valid YAML: {e}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"{p} cannot be read as a UTF-8 YAML file: {e}") from None
 
 
 def load_pipeline(path: str | Path) -> tuple[PipelineConfig, list[tuple[str, BaseModel]]]:

@@ -221,7 +221,7 @@ def _json_safe(v: Any) -> Any:
     if isinstance(v, str):
         return escape_surrogates(v)
     if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
+        return {escape_surrogates(str(k)): _json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_json_safe(x) for x in v]
     if v is None or isinstance(v, (bool, int, float)):

@@ -8,6 +8,13 @@
   computed per fragment on Ray by the stage runner), then closes the loop: fits the reward head,
   recalibrates the rule thresholds the next ``mine`` reads, writes the corrected tags for the
   concept graph, and reports what changed and how well the machine's proposals matched humans.
+
+Both refuse embeddings and scores made by randomly initialised weights (the profiling engine's
+``profiling/models.json``, and ``rev_reward`` from a reward head fitted on such inputs) with one
+line naming the column group, unless ``allow_random_weights``; then the mining summary, every
+payload, the reward head, the keep head and the apply report say which inputs were random-derived.
+The head trained on image embeddings is a keep-probability head (0..1, target: reviewer keep
+decisions, ``review/keep_head.safetensors``), never an aesthetics head.
 """
 
 from __future__ import annotations
@@ -85,7 +92,19 @@ class ReviewApplyConfig(StageConfig):
     db: Optional[str] = Field(None, description="review database; default next to the dataset")
     prior_n: float = Field(50.0, gt=0, description="labels needed to move a threshold halfway to the best cut")
     min_labels: int = Field(10, ge=2, description="fewer labels than this change nothing")
-    aesthetic_head: bool = Field(True, description="also train a LAION-shaped aesthetics head when image embeddings exist")
+    keep_head: bool = Field(
+        True,
+        description="also train a keep-probability head (0..1, target: reviewer keep decisions) on prof_clip_image "
+        "(review/keep_head.safetensors; not an aesthetics head)",
+    )
+    aesthetic_head: Optional[bool] = Field(
+        None, description="deprecated name of keep_head: what it trained was never an aesthetics score; set keep_head"
+    )
+    allow_random_weights: bool = Field(
+        False,
+        description="fit the heads and thresholds even on embeddings or scores made by randomly initialised weights "
+        "(noise); the heads and the report are then marked random_derived",
+    )
 
 
 # --- mine ------------------------------------------------------------------------------------------
@@ -128,19 +147,42 @@ def _read_gold(path: str) -> dict[str, str]:
     return out
 
 
+def random_inputs(store: Store, columns: list[str]) -> dict[str, dict[str, str]]:
+    """``{column: {"group", "why"}}`` for the columns the review loop reads that came from random
+    weights: the profiling record (``engines.vector.retrieval.random_weight_sources``), and
+    ``rev_reward`` when the reward head that wrote it was fitted on random-derived inputs."""
+    from engines.vector.retrieval import random_weight_sources
+
+    out = random_weight_sources(store, columns)
+    if "rev_reward" in columns:
+        p = review_dir(store) / "reward_head.json"
+        tainted = (json.loads(p.read_text()).get("meta") or {}).get("random_derived") if p.is_file() else None
+        if tainted:
+            out["rev_reward"] = {
+                "group": REVIEW.name,
+                "why": f"written by a reward head fitted on random-derived inputs ({', '.join(tainted)})",
+            }
+    return out
+
+
 def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = True) -> dict[str, Any]:
-    """Mine hard cases from the latest version and queue them. Returns the mining summary."""
+    """Mine hard cases from the latest version and queue them. Returns the mining summary.
+
+    Raises ``RandomWeightsError`` before reading anything when a column it would read came from
+    random weights and ``cfg.allow_random_weights`` is off."""
     import numpy as np
 
     from curation.reviewdb import ReviewDB
     from engines.active.loop import aggregate
     from engines.active.mining import mine
     from engines.active.rules import load_rules
+    from engines.vector.retrieval import refuse_random_weights
 
     t0 = time.perf_counter()
     ds = store.open()
     rules = load_rules(review_dir(store) / "thresholds.json")
     cols = sorted(set(_mine_columns(ds.schema)) | {r.column for r in rules if r.column in ds.schema.names})
+    random_derived = refuse_random_weights(random_inputs(store, cols), consumer="review mining", allow=cfg.allow_random_weights)
     with (
         console.status(f"reading {len(cols)} columns of {ds.count_rows():,} rows (v{ds.version})", spinner="dots")
         if show_progress
@@ -153,10 +195,10 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     agg = aggregate(db.decisions())
     reviewed = {r: a["decision"] for r, a in agg.items() if a["decision"] in ("keep", "drop")}
     with console.status("mining hard cases", spinner="dots") if show_progress else _null():
-        items, summary = mine(table, rules, cfg, flagged=db.flagged_rows(), reviewed=reviewed)
+        items, summary = mine(table, rules, cfg, flagged=db.flagged_rows(), reviewed=reviewed, random_derived=random_derived)
     gold = _read_gold(cfg.gold) if cfg.gold else {}
     if gold:
-        items = _with_gold(table, rules, cfg, items, gold, flagged=db.flagged_rows(), reviewed=reviewed)
+        items = _with_gold(table, rules, cfg, items, gold, flagged=db.flagged_rows(), reviewed=reviewed, random_derived=random_derived)
     for it in items:
         it["payload"]["version"] = ds.version
     add_tag_labels(items, _graph_for_labels(store, cfg))
@@ -325,7 +367,9 @@ class ReviewMergeStage(Stage):
 def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool = True, by: Any = None) -> dict[str, Any]:
     """Merge decisions into a new dataset version and close the loop. Returns the report dict.
 
-    ``by``: the admin (``curation.reviewdb.User``) who ran it from the web page, for the audit log."""
+    ``by``: the admin (``curation.reviewdb.User``) who ran it from the web page, for the audit log.
+    Raises ``RandomWeightsError`` before changing anything when a signal or embedding the heads
+    and thresholds would learn from came from random weights and ``cfg.allow_random_weights`` is off."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -333,19 +377,26 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     from curation.runner import run_stage
     from engines.active.loop import aggregate, agreement, fit_reward_head, recalibrate
     from engines.active.rules import EMBEDDING_COLUMNS, column_values, embedding_matrix, load_rules, save_rules
+    from engines.vector.retrieval import refuse_random_weights
 
     t0 = time.perf_counter()
     rdir = review_dir(store)
+    ds = store.open()
+    names = ds.schema.names
+    rules = load_rules(rdir / "thresholds.json")
+    emb_col = next((c for c in EMBEDDING_COLUMNS if c in names), None)
+    sig_cols = [c for c in dict.fromkeys(REWARD_SIGNALS + [r.column for r in rules]) if c in names]
+    random_derived = refuse_random_weights(
+        random_inputs(store, sig_cols + ([emb_col] if emb_col else [])),
+        consumer="review apply (reward head, keep head, thresholds)",
+        allow=cfg.allow_random_weights,
+    )
+    marks = {c: f"{s['group']}: {s['why']}" for c, s in random_derived.items()}
     db = ReviewDB(cfg.db or default_db_url(store), create=False)
     decisions = db.decisions()
     agg = aggregate(decisions)
-    ds = store.open()
     before = ds.version
-    names = ds.schema.names
-    rules = load_rules(rdir / "thresholds.json")
     labelled = {r: a for r, a in agg.items() if a["decision"] in ("keep", "drop")}
-    emb_col = next((c for c in EMBEDDING_COLUMNS if c in names), None)
-    sig_cols = [c for c in dict.fromkeys(REWARD_SIGNALS + [r.column for r in rules]) if c in names]
     report: dict[str, Any] = {
         "version_before": before,
         "decisions": len(decisions),
@@ -353,6 +404,8 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
         "labels": len(labelled),
         "rules_before": [r.model_dump() for r in rules],
     }
+    if marks:
+        report["random_derived"] = marks
     head_json = None
     if labelled:
         t = ds.to_table(
@@ -365,14 +418,22 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
             vals, y, [c for c in sig_cols if c != "rev_reward"], emb=emb[0] if emb else None, emb_column=emb_col, min_labels=cfg.min_labels
         )
         if head is not None:
+            used = [c for c in [*head.columns, head.emb_column] if c in marks]
+            if used:
+                head.meta["random_derived"] = {c: marks[c] for c in used}
             head_json = head.to_json()
             (rdir / "reward_head.json").write_text(json.dumps(head_json))
             report["reward_head"] = head.meta | {"features": head.columns, "embedding": head.emb_column}
-            if cfg.aesthetic_head and emb is not None and emb_col == "prof_clip_image" and len(y) >= 20:
-                report["aesthetic_head"] = _export_aesthetic_head(emb[0], y, rdir)
+            want_keep = cfg.keep_head if cfg.aesthetic_head is None else cfg.aesthetic_head
+            if want_keep and emb is not None and emb_col == "prof_clip_image" and len(y) >= 20:
+                report["keep_head"] = _export_keep_head(emb[0], y, rdir, emb_col, {c: marks[c] for c in (emb_col,) if c in marks})
         else:
             report["reward_head"] = {"skipped": f"needs >= {cfg.min_labels} labels with both keep and drop"}
         new_rules, rule_report = recalibrate(rules, vals, y, prior_n=cfg.prior_n, min_labels=cfg.min_labels)
+        for entry in rule_report:
+            if entry["column"] in marks:  # said where the threshold is shown (CLI, HTML report, history)
+                entry["random_derived"] = marks[entry["column"]]
+                entry["note"] = f"RANDOM-DERIVED signal ({marks[entry['column']]})" + (f"; {entry['note']}" if entry.get("note") else "")
         report["thresholds"] = rule_report
         save_rules(
             rdir / "thresholds.json", new_rules, [{"time": time.time(), "version": before, "labels": int(len(y)), "changes": rule_report}]
@@ -409,15 +470,18 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     return report
 
 
-def _export_aesthetic_head(emb, y, rdir: Path) -> dict[str, Any]:
+def _export_keep_head(emb, y, rdir: Path, emb_col: str, random_derived: dict[str, str]) -> dict[str, Any]:
+    """The keep-probability head (``engines.active.loop.fit_keep_head``) as
+    ``review/keep_head.safetensors``: what it is and its scale are in the file, so it is never
+    mistaken for (and the aesthetics loader refuses it as) an aesthetics head."""
     try:
-        from engines.active.loop import fit_aesthetic_head
-        from engines.profiling.aesthetics import save_head
+        from engines.active.loop import fit_keep_head, save_keep_head
 
-        head, loss = fit_aesthetic_head(emb, y)
-        path = save_head(head, rdir / "aesthetic_head.safetensors")
-        return {"path": str(path), "train_loss": round(loss, 4)}
-    except ImportError as e:  # torch / the profiling engine not installed: the logistic head still stands
+        head, loss = fit_keep_head(emb, y, embedding_column=emb_col, random_derived=random_derived)
+        path = save_keep_head(head, rdir / "keep_head.safetensors")
+        out = {"path": str(path), "train_loss": round(loss, 4), **{k: head.meta[k] for k in ("name", "scale", "target")}}
+        return out | ({"random_derived": random_derived} if random_derived else {})
+    except ImportError as e:  # torch not installed: the logistic head still stands
         return {"skipped": str(e)}
 
 
@@ -458,7 +522,9 @@ def _write_report(path: Path, report: dict[str, Any]) -> Path:
 # --- pipeline steps --------------------------------------------------------------------------------
 
 
-def review_apply_action(db_url: str, ray_address: str | None = None) -> Callable[[str, Any], dict[str, Any]]:
+def review_apply_action(
+    db_url: str, ray_address: str | None = None, *, allow_random_weights: bool = False
+) -> Callable[[str, Any], dict[str, Any]]:
     """The web app's "apply decisions" action (``create_app(..., apply=...)``): the same
     ``apply_reviews`` as ``curate review apply``, joining or starting Ray on first use."""
 
@@ -466,7 +532,8 @@ def review_apply_action(db_url: str, ray_address: str | None = None) -> Callable
         from curation.cluster import RayConfig, init_ray
 
         init_ray(RayConfig(address=ray_address))
-        return apply_reviews(Store(dataset), ReviewApplyConfig(db=db_url), show_progress=False, by=user)
+        cfg = ReviewApplyConfig(db=db_url, allow_random_weights=allow_random_weights)
+        return apply_reviews(Store(dataset), cfg, show_progress=False, by=user)
 
     return apply
 

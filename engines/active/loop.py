@@ -8,19 +8,40 @@
   twenty labels nudge it and two thousand decide it.
 - ``fit_reward_head`` fits a logistic head on profile signals (+ image embedding when present):
   P(keep) for every row, the quality axis the next ``mine`` balances on and the verifier's model.
-  ``fit_aesthetic_head`` trains the LAION-shaped MLP the profiling engine loads as its pluggable
-  aesthetics head from the same labels.
+- ``fit_keep_head`` trains a small MLP on image embeddings from the same labels: a
+  **keep-probability head** (0..1, target: reviewers' keep decisions), stored by
+  ``save_keep_head`` with that name and scale in its metadata and read back by ``load_keep_head``.
+  It is not an aesthetics score: the file is laid out so that the profiling engine's aesthetics
+  loader (``engines.profiling.aesthetics.load_head``) refuses it, and nothing writes it into
+  ``prof_aesthetic``. ``fit_aesthetic_head`` is a deprecated alias of ``fit_keep_head``.
 """
 
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engines.active.rules import Rule, passes
 
-__all__ = ["aggregate", "cohen_kappa", "agreement", "recalibrate", "RewardHead", "fit_reward_head", "fit_aesthetic_head", "reward_features"]
+__all__ = [
+    "aggregate",
+    "cohen_kappa",
+    "agreement",
+    "recalibrate",
+    "RewardHead",
+    "fit_reward_head",
+    "reward_features",
+    "KeepHead",
+    "KEEP_HEAD_KIND",
+    "fit_keep_head",
+    "save_keep_head",
+    "load_keep_head",
+    "fit_aesthetic_head",
+]
 
 
 def aggregate(decisions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -271,27 +292,136 @@ def fit_reward_head(
     )
 
 
-def fit_aesthetic_head(emb: np.ndarray, y: np.ndarray, *, epochs: int = 200, seed: int = 0):
-    """Train the LAION-shaped head (``engines.profiling.aesthetics``) on image embeddings so that
-    its output sits above 5 for rows humans keep and below 5 for drops (BCE on ``out - 5``):
-    a drop-in aesthetics head on the LAION 1..10 scale, learned from this project's reviewers."""
+KEEP_HEAD_KIND = "keep_probability_head"
+
+# what a keep head is, stored in its file (safetensors metadata, key "zcurate") and its reports
+KEEP_HEAD_META: dict[str, Any] = {
+    "kind": KEEP_HEAD_KIND,
+    "name": "keep-probability head",
+    "scale": "0..1",
+    "output": "P(reviewers keep the row) = sigmoid(MLP(L2-normalised image embedding))",
+    "target": "reviewer keep decisions (curate review apply)",
+    "not": "an aesthetics score: never load it as the LAION 1..10 aesthetics head nor write it into prof_aesthetic",
+}
+
+# A tensor whose name the aesthetics loader picks up (it reads every key containing "layers.") and
+# then refuses ("no LAION-style 'layers.N' weights found (keys: [...])"), so its error names what
+# the file is. The head's own weights are under "keep_head.", which that loader never reads.
+_NOT_AESTHETICS_KEY = (
+    "layers.NOT-AN-AESTHETICS-HEAD: a keep-probability head (0..1, target: reviewer keep decisions); "
+    "load it with engines.active.loop.load_keep_head"
+)
+
+
+def _keep_net(dim: int):
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Linear(dim, 256), nn.GELU(), nn.Dropout(0.2), nn.Linear(256, 1))
+
+
+class KeepHead:
+    """A keep-probability head: L2-normalised image embeddings (n, dim) -> P(keep) in 0..1.
+
+    ``meta`` is ``KEEP_HEAD_META`` plus what it was trained on (embedding column, label counts,
+    and ``random_derived`` when its embeddings came from random weights)."""
+
+    def __init__(self, net: Any, dim: int, meta: dict[str, Any] | None = None):
+        self.net, self.dim = net.eval(), int(dim)
+        self.meta = {**KEEP_HEAD_META, "dim": self.dim, **(meta or {})}
+
+    def predict(self, emb: np.ndarray) -> np.ndarray:
+        """P(keep) per row, float32 in [0, 1]."""
+        import torch
+
+        emb = np.asarray(emb, np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise ValueError(f"keep head expects (n, {self.dim}) embeddings, got {emb.shape}")
+        with torch.inference_mode():
+            return torch.sigmoid(self.net(torch.as_tensor(emb)).squeeze(1)).numpy().astype(np.float32)
+
+
+def fit_keep_head(
+    emb: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int = 200,
+    seed: int = 0,
+    embedding_column: str | None = None,
+    random_derived: dict[str, Any] | None = None,
+) -> tuple[KeepHead, float]:
+    """Train a keep-probability head on image embeddings and human labels ``y`` (1 keep, 0 drop):
+    class-balanced BCE on the logit, so its output is P(keep) on 0..1. Returns (head, last loss)."""
     import torch
 
-    from engines.profiling.aesthetics import build_head
-
     torch.manual_seed(seed)
-    head = build_head(emb.shape[1])
-    x = torch.as_tensor(np.asarray(emb, np.float32))
+    emb = np.asarray(emb, np.float32)
+    net = _keep_net(emb.shape[1])
+    x = torch.as_tensor(emb)
     t = torch.as_tensor(np.asarray(y, np.float32))
     pos = max(float(t.sum()), 1.0)
     weight = torch.where(t > 0, len(t) / (2 * pos), len(t) / (2 * max(len(t) - pos, 1.0)))
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
-    head.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
+    net.train()
     for _ in range(epochs):
         opt.zero_grad()
-        out = head(x).squeeze(1) - 5.0
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out, t, weight=weight)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(1), t, weight=weight)
         loss.backward()
         opt.step()
-    head.eval()
-    return head, float(loss.detach())
+    yi = np.asarray(y, np.int64)
+    meta: dict[str, Any] = {"embedding_column": embedding_column, "n": int(len(yi)), "keep": int(yi.sum()), "drop": int(len(yi) - yi.sum())}
+    if random_derived:
+        meta["random_derived"] = dict(random_derived)
+    return KeepHead(net, emb.shape[1], meta), float(loss.detach())
+
+
+def save_keep_head(head: KeepHead, path: str | Path) -> Path:
+    """Write a keep head as ``.safetensors``: weights under ``keep_head.``, what it is (name,
+    scale 0..1, target) in the metadata, and a marker that makes the aesthetics loader refuse it."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"a keep head is saved as .safetensors (its metadata says what it is), not {path.suffix or 'no suffix'}")
+    state = {f"keep_head.{k}": v.detach().cpu().contiguous() for k, v in head.net.state_dict().items()}
+    state[_NOT_AESTHETICS_KEY] = torch.zeros(1)
+    save_file(state, str(path), metadata={"zcurate": json.dumps(head.meta, default=str)})
+    return path
+
+
+def load_keep_head(path: str | Path) -> KeepHead:
+    """A keep head written by ``save_keep_head``. Refuses (ValueError, one line) any other file,
+    such as a LAION aesthetics head, whose output is a different thing on a different scale."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"keep head not found: {path}")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: not a keep head (keep heads are .safetensors files written by save_keep_head)")
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("zcurate") or "{}")
+    if meta.get("kind") != KEEP_HEAD_KIND:
+        raise ValueError(
+            f"{path}: not a keep-probability head (its metadata kind is {meta.get('kind')!r}); "
+            "an aesthetics head scores 1..10 and is loaded with engines.profiling.aesthetics.load_head"
+        )
+    state = {k[len("keep_head.") :]: v for k, v in load_file(str(path)).items() if k.startswith("keep_head.")}
+    dim = int(state["0.weight"].shape[1])
+    net = _keep_net(dim)
+    net.load_state_dict(state)
+    return KeepHead(net, dim, meta)
+
+
+def fit_aesthetic_head(emb: np.ndarray, y: np.ndarray, *, epochs: int = 200, seed: int = 0) -> tuple[KeepHead, float]:
+    """Deprecated: what this trained was never an aesthetics score but reviewers' keep decisions
+    shifted onto the LAION 1..10 scale. Now an alias of ``fit_keep_head``: it returns a
+    keep-probability head (0..1), which the aesthetics loader refuses."""
+    warnings.warn(
+        "fit_aesthetic_head is deprecated: it trains a keep-probability head (0..1, target: reviewer keep decisions), "
+        "not an aesthetics score; call fit_keep_head",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return fit_keep_head(emb, y, epochs=epochs, seed=seed)

@@ -16,6 +16,11 @@ Selection is balanced the way the report samples: strata are (concept, quality b
 from the graph's tags and quality from the reward model (or the profile's quality); strata are
 served round-robin, hardest first within each, so a common concept cannot fill the batch.
 Absent columns switch their criteria off; nothing is invented.
+
+Random weights: embeddings (and the similarities and scores computed from them) made by randomly
+initialised weights are noise. The caller names them (``random_derived``, from
+``engines.vector.retrieval.random_weight_sources``); ``mine`` refuses them unless
+``allow_random_weights``, and then marks the summary and every payload as random-derived.
 """
 
 from __future__ import annotations
@@ -64,6 +69,11 @@ class MineConfig(BaseModel):
     quality_bins: int = Field(4, ge=1, le=20)
     knn_max_rows: int = Field(200_000, ge=0, description="compute nearest-neighbour similarity only up to this many rows")
     include_reviewed: bool = Field(False, description="re-mine rows that already have a review decision")
+    allow_random_weights: bool = Field(
+        False,
+        description="mine even when embeddings or scores came from randomly initialised weights (noise); "
+        "the summary and every item's payload are then marked random_derived",
+    )
     seed: int = 0
 
 
@@ -170,17 +180,27 @@ def mine(
     flagged: list[str] | None = None,
     reviewed: dict[str, str] | None = None,
     reward: np.ndarray | None = None,
+    random_derived: dict[str, dict[str, str]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Review items for the hardest rows, in balanced serving order, and a summary of the mining.
 
     ``table``: light columns of the dataset plus ``_pos`` (row offset in the version mined);
     ``flagged``: row ids reviewers flagged as failures; ``reviewed``: row id -> human decision
-    (excluded from mining, used for neighbour votes); ``reward``: the reward head's P(keep) per row.
+    (excluded from mining, used for neighbour votes); ``reward``: the reward head's P(keep) per row;
+    ``random_derived``: ``{column: {"group", "why"}}`` for columns of ``table`` made by random
+    weights (``engines.vector.retrieval.random_weight_sources``): refused (``RandomWeightsError``)
+    unless ``config.allow_random_weights``, then recorded in the summary and each payload.
     Each item's ``payload`` is a ``ReviewPayload`` dumped to a JSON-able dict.
     """
+    from engines.vector.retrieval import refuse_random_weights
+
     cfg = config or MineConfig()
     reviewed = reviewed or {}
+    used = {c: s for c, s in (random_derived or {}).items() if c in table.column_names}
+    refuse_random_weights(used, consumer="review mining", allow=cfg.allow_random_weights)
     summary: dict[str, Any] = {"rows": table.num_rows, "criteria": {}, "signals_used": [], "skipped_criteria": {}}
+    if used:
+        summary["random_derived"] = {c: f"{s['group']}: {s['why']}" for c, s in used.items()}
     if table.num_rows == 0:
         return [], summary
     rows = _read_rows(table, rules, reward)
@@ -212,6 +232,7 @@ def mine(
             neighbours=look.get(i, []),
             concept=concepts[i],
             quality_bin=int(qbin[i]),
+            random_derived=summary.get("random_derived"),
         )
         items.append(
             {
@@ -490,6 +511,7 @@ def _payload(
     neighbours: list[Neighbour],
     concept: str,
     quality_bin: int,
+    random_derived: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Row ``i``'s stored review payload. No ``version``: the job that queues the items stamps it."""
     caption, lang = rows.chosen[i]
@@ -508,6 +530,7 @@ def _payload(
         neighbours=neighbours,
         concept=concept,
         quality_bin=quality_bin,
+        random_derived=random_derived or {},
     ).model_dump(exclude={"version"})
 
 

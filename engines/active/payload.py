@@ -77,13 +77,19 @@ class ReviewPayload(BaseModel):
     tag_labels: dict[str, TagLabel] = Field(
         default_factory=dict, description="concept id -> display names, for the tags and concept shown (added when queued)"
     )
+    random_derived: dict[str, str] = Field(
+        default_factory=dict,
+        description="column -> why, for the signals and embeddings behind this item that came from randomly "
+        "initialised weights (mined with allow_random_weights): noise, shown so nobody mistakes them for evidence",
+    )
 
     @model_serializer(mode="wrap")
     def _no_empty_labels(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # payloads queued before names existed (and mining's own output) round-trip unchanged
         out = handler(self)
-        if not out.get("tag_labels"):
-            out.pop("tag_labels", None)
+        for key in ("tag_labels", "random_derived"):
+            if not out.get(key):
+                out.pop(key, None)
         return out
 
     def tag_names(self, ids: list[str]) -> list[dict[str, str]]:

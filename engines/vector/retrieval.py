@@ -5,6 +5,12 @@ the rows (and so the data clusters) nearest to it. Queries are encoded in the in
 space: ``vec_desc`` by the training-free descriptor, profiling embedding columns by the model
 recorded in ``<state>/profiling/models.json`` (the profiling engine's embed registry).
 No Ray here: a retriever is a small in-process object.
+
+Random weights: ``models.json`` also says whether a profiling embedding group was made by randomly
+initialised weights (tests, demos, no real weights offline). Its vectors, similarities and the
+scores computed from them are noise, so every consumer asks ``check_random_weights`` first: it
+refuses with one line naming the column group, why and the fix, unless the caller passes
+``allow_random_weights`` (then it returns what to mark as random-derived in the output).
 """
 
 from __future__ import annotations
@@ -18,7 +24,19 @@ import numpy as np
 
 from engines.vector.index import VectorError, check_fresh, clean_vectors, load_index, search, to_matrix
 
-__all__ = ["Retriever", "index_dir", "index_relpath", "pull_index", "push_index", "model_record"]
+__all__ = [
+    "Retriever",
+    "index_dir",
+    "index_relpath",
+    "pull_index",
+    "push_index",
+    "model_record",
+    "RandomWeightsError",
+    "DERIVED_FROM",
+    "random_weight_sources",
+    "refuse_random_weights",
+    "check_random_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +76,66 @@ def model_record(store: Any, column: str) -> dict | None:
     return json.loads(p.read_text()).get(group_of(column))
 
 
+class RandomWeightsError(VectorError):
+    """An embedding, or a score computed from one, came from randomly initialised weights and its
+    consumer was not told to accept that (``allow_random_weights`` / ``--allow-random-weights``)."""
+
+
+# scores that a profiling stage computes from another group's embeddings: noise whenever those
+# embeddings are (the aesthetics head reads prof_clip_image)
+DERIVED_FROM: dict[str, str] = {"prof_aesthetic": "prof_clip"}
+
+
+def random_weight_sources(store: Any, columns: Any) -> dict[str, dict[str, str]]:
+    """``{column: {"group", "why"}}`` for each of ``columns`` whose values came from randomly
+    initialised weights, by the profiling engine's record (``profiling/models.json``). A column
+    with no record (ingested embeddings, descriptors, plain signals) is not listed."""
+    from curation.schema import group_of
+    from engines.profiling.embed import MODELS_RECORD
+
+    p = Path(store.state_dir) / MODELS_RECORD
+    models = json.loads(p.read_text()) if p.is_file() else {}
+    out: dict[str, dict[str, str]] = {}
+    for c in dict.fromkeys(columns):
+        group = group_of(c)
+        rec = models.get(group)
+        if rec is not None and rec.get("random_weights"):
+            out[c] = {"group": group, "why": f"made by randomly initialised weights ({rec.get('model', '?')})"}
+            continue
+        src = DERIVED_FROM.get(group)
+        rec = models.get(src) if src else None
+        if rec is not None and rec.get("random_weights"):
+            out[c] = {
+                "group": group,
+                "why": f"computed from {src} embeddings made by randomly initialised weights ({rec.get('model', '?')})",
+            }
+    return out
+
+
+def refuse_random_weights(sources: dict[str, dict[str, str]], *, consumer: str, allow: bool) -> dict[str, dict[str, str]]:
+    """Raise ``RandomWeightsError`` (one line: what, why, the fix) when ``sources`` (from
+    ``random_weight_sources``) is not empty, unless ``allow``; return ``sources``, which the
+    caller then writes into its output's metadata as random-derived."""
+    if not sources or allow:
+        return sources
+    by_group: dict[tuple[str, str], list[str]] = {}
+    for c, s in sources.items():
+        by_group.setdefault((s["group"], s["why"]), []).append(c)
+    what = "; ".join(f"column group {g!r} ({', '.join(cs)}) was {why}" for (g, why), cs in by_group.items())
+    groups = ", ".join(dict.fromkeys(g for g, _ in by_group))
+    raise RandomWeightsError(
+        f"{consumer} refused: {what}, so its values are noise. Re-run the profiling stage for {groups} with real weights "
+        "(a model path instead of random_init), or pass --allow-random-weights (config: allow_random_weights: true) "
+        "to go on with the output marked random-derived"
+    )
+
+
+def check_random_weights(store: Any, columns: Any, *, consumer: str, allow: bool = False) -> dict[str, dict[str, str]]:
+    """The one check every consumer of embeddings or scores runs: ``refuse_random_weights`` over
+    ``random_weight_sources(store, columns)``."""
+    return refuse_random_weights(random_weight_sources(store, columns), consumer=consumer, allow=allow)
+
+
 def _embedder_for(store: Any, column: str):
     rec = model_record(store, column)
     if rec is None:
@@ -70,16 +148,21 @@ def _embedder_for(store: Any, column: str):
         random_init=bool(rec.get("random_weights")),
         path=None if what in ("", "packaged default", "random-init tiny model") else what,
     )
-    if rec.get("random_weights"):
+    if rec.get("random_weights"):  # only reached with allow_random_weights (Retriever checks first)
         log.warning("%s was made by a randomly initialised model: retrieval results carry no meaning", column)
     return load_embedder(cfg)
 
 
 class Retriever:
-    """Nearest rows of a dataset for a query; refuses an index older than the dataset's rows."""
+    """Nearest rows of a dataset for a query; refuses an index older than the dataset's rows, and
+    one over embeddings made by random weights unless ``allow_random_weights`` (then every hit
+    says ``random_weights: True`` and ``random_derived`` names why)."""
 
-    def __init__(self, store: Any, column: str, *, nprobe: int | None = None, allow_stale: bool = False):
+    def __init__(
+        self, store: Any, column: str, *, nprobe: int | None = None, allow_stale: bool = False, allow_random_weights: bool = False
+    ):
         self.store, self.column = store, column
+        self.random_derived = check_random_weights(store, [column], consumer=f"retrieval over {column}", allow=allow_random_weights)
         self.index, self.manifest, labels = load_index(pull_index(store, column))
         self.ds = store.open()
         if allow_stale:
@@ -107,7 +190,10 @@ class Retriever:
             rid = self.label_to_id.get(lab)
             if lab < 0 or rid is None or (exclude and rid in exclude):
                 continue
-            out.append({"id": rid, "similarity": float(s), "rank": len(out) + 1})
+            hit = {"id": rid, "similarity": float(s), "rank": len(out) + 1}
+            if self.random_derived:
+                hit["random_weights"] = True  # noise: the caller was told and asked for it anyway
+            out.append(hit)
             if len(out) == k:
                 break
         return out

@@ -175,3 +175,11 @@ def test_fuzzed_file_names_every_file_accounted_for(files):
         skipped = sum(v for k, v in stats.items() if k.startswith("skipped_"))
         assert len(rows) == len(images)
         assert len(rows) + skipped + len(claimed) == len(names)
+
+
+def test_surrogate_in_an_unmapped_field_name_is_stored_escaped(tmp_path):
+    """Found by the fuzz test: an extra field whose *name* is a lone surrogate went into ``meta``
+    unescaped and made the whole batch unstorable."""
+    (tmp_path / "r.jsonl").write_text(json.dumps({"image": "x.jpg", "\ud800": 1}) + "\n")
+    rows, _ = _read(tmp_path / "r.jsonl")
+    assert len(rows) == 1 and json.loads(rows[0]["meta"]) == {"\\ud800": 1}

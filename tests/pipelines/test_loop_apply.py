@@ -80,10 +80,15 @@ def test_mine_review_apply_closes_the_loop(tmp_path, coco_store, ray_session):
     assert rep["pseudo_label_agreement"]["n"] == 80
     assert json.loads((store.state_dir / "review" / "graph_tags.json").read_text())["tags"][edited] == ["coco"]
     assert "cv_auc" in rep["reward_head"]
+    # the head trained on the embeddings is what it is: a keep probability, not an aesthetics score
+    from engines.active.loop import load_keep_head
     from engines.profiling.aesthetics import load_head
 
-    head, dim = load_head(rep["aesthetic_head"]["path"])
-    assert dim == 32
+    keep_head = load_keep_head(rep["keep_head"]["path"])
+    assert keep_head.dim == 32 and keep_head.meta["scale"] == rep["keep_head"]["scale"] == "0..1"
+    assert "aesthetic_head" not in rep
+    with pytest.raises(ValueError, match="NOT-AN-AESTHETICS-HEAD"):
+        load_head(rep["keep_head"]["path"])
     # the next mine reads the new thresholds and does not queue reviewed rows again
     again = mine_queue(store, ReviewMineConfig(n=80, min_hardness=0.0, db=dbfile), show_progress=False)
     assert again["queued"] == 0
