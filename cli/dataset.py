@@ -130,7 +130,7 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         _print_or_write(t, out, max_rows)
 
-    @app.command()
+    @app.command(epilog=_steps_epilog())
     def run(
         pipeline: Path = typer.Argument(..., help="pipeline YAML: dataset, ray, steps"),
         overwrite: bool = typer.Option(False, help="recompute steps whose output exists"),
@@ -140,6 +140,18 @@ def register(app: typer.Typer) -> None:
         from pipelines.pipeline import run_pipeline
 
         run_pipeline(pipeline, overwrite=overwrite, address=address)
+
+
+def _steps_epilog() -> str:
+    """``curate run --help``: each step a pipeline file can name, with the params its config
+    accepts (``curate stages NAME`` gives their types, defaults and meaning)."""
+    from curation.registry import STEPS
+
+    lines = ["Steps and their params (types and defaults: curate stages NAME):"]
+    for name, spec in sorted(STEPS.items()):
+        fields = ", ".join(spec.config_model.model_fields) or "(none)"
+        lines.append(f"{name}: {fields}")
+    return "\n\n".join(lines)
 
 
 _WRITTEN_BY_STEP = {"base": "curate ingest", "dup": "curate dedup", "rev": "curate review apply"}

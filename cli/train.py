@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from cli.common import AddressOpt, console, fail, start_ray
-from pipelines.train import TrainRunConfig, run_training
+from pipelines.train import TrainRunConfig, check_training_inputs, run_training
 
 
 def register(app) -> None:
@@ -33,6 +33,10 @@ def register(app) -> None:
         if gpu:
             params["use_gpu"] = True
         cfg = validate(TrainRunConfig, params, where=str(config or "command line"))
+        try:
+            check_training_inputs(cfg, log=console.print)
+        except (ValueError, FileNotFoundError, ConfigError) as e:
+            fail(str(e))
         start_ray(address, num_cpus=None)
         try:
             res = run_training(cfg, log=console.print)

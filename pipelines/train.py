@@ -72,15 +72,9 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from curation.config import validate
-    from training.loader import LoaderConfig, ShardDataset
     from training.loop import latest_checkpoint
 
-    validate(LoaderConfig, {"seed": cfg.seed, **cfg.loader}, where="loader")
-    if "://" not in cfg.shards and not Path(cfg.shards).exists():
-        raise FileNotFoundError(f"no training shards at {cfg.shards!r}; write them with `curate export --out {cfg.shards}`")
-    probe = ShardDataset(cfg.shards, {"seed": cfg.seed, **cfg.loader}, rank=0, world_size=1)  # fails early on a bad path
-    _check_pre_encoded(cfg, probe, log or print)
+    check_training_inputs(cfg, log)
     out = Path(cfg.out_dir).resolve()
     # Ray Train runs workers in their own working directory: hand them absolute paths
     shards = cfg.shards if "://" in cfg.shards else str(Path(cfg.shards).resolve())
@@ -110,6 +104,24 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
         "samples": str(out / "samples"),
         "metrics_log": str(metrics_log),
     }
+
+
+def check_training_inputs(cfg: TrainRunConfig, log=None) -> None:
+    """What can be wrong with the inputs, found in the driver before Ray starts (seconds, not a
+    cluster start-up): loader fields, the shards' existence, their columns, pre-encoded features."""
+    from curation.config import validate
+    from training.loader import LoaderConfig, ShardDataset
+
+    validate(LoaderConfig, {"seed": cfg.seed, **cfg.loader}, where="loader")
+    if "://" not in cfg.shards and not Path(cfg.shards).exists():
+        raise FileNotFoundError(f"no training shards at {cfg.shards!r}; write them with `curate export --out {cfg.shards}`")
+    try:
+        probe = ShardDataset(cfg.shards, {"seed": cfg.seed, **cfg.loader}, rank=0, world_size=1)
+    except OSError as e:  # a folder that is not a Lance dataset
+        raise ValueError(
+            f"{cfg.shards} is not a training shard dataset written by `curate export`: {str(e).splitlines()[0][:200]}"
+        ) from None
+    _check_pre_encoded(cfg, probe, log or print)
 
 
 def _check_pre_encoded(cfg: TrainRunConfig, ds, log) -> None:

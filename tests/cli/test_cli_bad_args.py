@@ -13,6 +13,7 @@ import sys
 
 import click
 import pytest
+import ray
 import typer
 from typer.testing import CliRunner
 
@@ -62,6 +63,7 @@ def test_missing_input_is_one_clear_error(name, tmp_path):
     res, escaped = _invoke(name, required_args(LEAVES[name], missing))
     assert escaped is None, f"curate {name}: {type(escaped).__name__}: {escaped}"
     assert "Traceback" not in res.output
+    assert not ray.is_initialized(), f"curate {name} started Ray before finding its input missing"
     if isinstance(res.exception, ConfigError):  # printed as "error: ..." by cli.main.main
         assert missing in str(res.exception)
     elif required_args(LEAVES[name], missing):

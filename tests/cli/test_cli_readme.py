@@ -52,3 +52,15 @@ def test_readme_and_cli_name_the_same_commands():
     cli, readme = cli_commands(), readme_commands()
     assert not readme - cli, f"the README names commands the CLI does not have: {sorted(readme - cli)}"
     assert not cli - readme, f"commands missing from the README's list: {sorted(cli - readme)}"
+
+
+def test_run_help_lists_every_step_with_its_fields():
+    """A YAML error points at `curate run --help`: it must list each step's params."""
+    from typer.testing import CliRunner
+
+    from curation.registry import STEPS
+
+    out = " ".join(CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "400"}).output.split())
+    for name, spec in STEPS.items():
+        fields = list(spec.config_model.model_fields)
+        assert f"{name}: {fields[0] if fields else '(none)'}" in out, name
