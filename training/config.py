@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["TrainConfig"]
 
@@ -30,6 +30,18 @@ class TrainConfig(BaseModel):
     caption_dropout: float = Field(0.1, ge=0, le=1, description="share of captions replaced by the null caption (for CFG)")
     t_mean: float = 0.0
     t_std: float = Field(1.0, gt=0)
+    # Time shift, sigma' = s sigma / (1 + (s - 1) sigma): a constant s, or s = exp(mu) with mu linear in the image
+    # token count (diffusers' FlowMatchEulerDiscreteScheduler, same field names). See training.flow.TimeShift.
+    train_shift: float = Field(1.0, gt=0, description="constant shift s of the training noise levels when train_dynamic_shift is false")
+    train_dynamic_shift: bool = Field(True, description="training t: resolution-dependent shift s = exp(mu(tokens)) (Flux / SD3)")
+    sample_shift: float = Field(
+        3.0, gt=0, description="constant shift s of the sampling schedule; 3.0 = the released Z-Image-Turbo scheduler config; 1 = none"
+    )
+    sample_dynamic_shift: bool = Field(False, description="sampling: resolution-dependent shift instead of sample_shift (Turbo: false)")
+    base_shift: float = Field(0.5, description="dynamic shift: mu at base_image_seq_len image tokens")
+    max_shift: float = Field(1.15, description="dynamic shift: mu at max_image_seq_len image tokens")
+    base_image_seq_len: int = Field(256, ge=1)
+    max_image_seq_len: int = Field(4096, ge=2)
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile each block")
@@ -51,4 +63,12 @@ class TrainConfig(BaseModel):
         False,
         description="each rank appends the ids it trained on per step to <out_dir>/ranks/rank_<r>.jsonl (audit which data every rank saw)",
     )
-    peak_tflops: float | None = Field(None, description="device peak for MFU (default: known GPUs)")
+    peak_tflops: float | None = Field(
+        None, gt=0, description="dense bf16 TFLOPS of one device, for MFU (default: looked up by GPU name; unknown GPUs get no MFU)"
+    )
+
+    @model_validator(mode="after")
+    def _shift_range(self) -> TrainConfig:
+        if self.max_image_seq_len <= self.base_image_seq_len:
+            raise ValueError(f"max_image_seq_len ({self.max_image_seq_len}) must exceed base_image_seq_len ({self.base_image_seq_len})")
+        return self

@@ -7,22 +7,41 @@ Convention (the released Z-Image one): ``x0`` is Gaussian noise, ``x1`` is the d
 so ``t = 0`` is pure noise and ``t = 1`` is data. Any ``model(latents, t, cap_feats) -> list``
 plugs in (``training.model.S3DiT`` does).
 
-Timesteps are logit-normal with a resolution-dependent shift: the noise level ``sigma = 1 - t`` is
-``sigmoid(N(mu, 1))`` where ``mu`` grows linearly with the image token count, from 0.5 at 256
-tokens (256² pixels) to 1.15 at 4096 tokens (1024²). Larger images keep more signal at the same
-noise level, so they need noisier training samples; this is exactly Flux / SD3's time shift
-``sigma' = e^mu sigma / (1 + (e^mu - 1) sigma)`` applied to a logit-normal sigma, and the sampler
-uses the same shift, as the released pipeline does.
+Noise levels are shifted towards noise by a *time shift* ``sigma' = s sigma / (1 + (s - 1) sigma)``
+(``TimeShift``): larger images keep more signal at the same noise level, so they need noisier
+samples. ``s`` is either a constant (diffusers' ``FlowMatchEulerDiscreteScheduler`` with
+``use_dynamic_shifting=False``) or resolution-dependent, ``s = e^mu`` with ``mu`` linear in the image
+token count from 0.5 at 256 tokens (256² pixels) to 1.15 at 4096 tokens (1024²) (Flux / SD3;
+``use_dynamic_shifting=True``).
+
+- Training t (``sample_t``) is logit-normal: ``sigma = sigmoid(N(mean, std))``, shifted, which is
+  ``sigmoid(N(mean + log s, std))``. Default: the resolution-dependent shift (``TRAIN_SHIFT``).
+- Sampling (``timesteps``, ``euler_sample``) follows the released pipeline: ``sigma_i = 1 - i / n``,
+  shifted. Default: the static ``s = 3.0`` of the released Z-Image-Turbo scheduler config
+  (``SAMPLE_SHIFT``; ``"shift": 3.0, "use_dynamic_shifting": false``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["shift_mu", "shift_sigma", "sample_t", "flow_loss", "TBins", "euler_sample", "timesteps"]
+__all__ = [
+    "shift_mu",
+    "shift_sigma",
+    "TimeShift",
+    "TRAIN_SHIFT",
+    "SAMPLE_SHIFT",
+    "NO_SHIFT",
+    "sample_t",
+    "flow_loss",
+    "TBins",
+    "euler_sample",
+    "timesteps",
+]
 
 BASE_TOKENS, MAX_TOKENS, BASE_SHIFT, MAX_SHIFT = 256, 4096, 0.5, 1.15
 
@@ -41,11 +60,65 @@ def shift_sigma(sigma, mu):
     return e * sigma / (1 + (e - 1) * sigma)
 
 
-def sample_t(image_tokens: torch.Tensor, generator: torch.Generator | None = None, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
-    """One training t per sample: sigma = sigmoid(N(mean + mu(tokens), std)), t = 1 - sigma."""
+@dataclass(frozen=True)
+class TimeShift:
+    """The time shift of noise levels, ``sigma' = s sigma / (1 + (s - 1) sigma)``, as diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` configures it.
+
+    ``dynamic=False``: a constant ``s = shift`` (1 = no shift). ``dynamic=True``: ``s = e^mu`` with
+    ``mu`` linear in the image token count, ``base_shift`` at ``base_image_seq_len`` tokens to
+    ``max_shift`` at ``max_image_seq_len`` (the exponential time shift; ``shift`` is then ignored,
+    as in diffusers). The field names are those of the scheduler config."""
+
+    shift: float = 3.0
+    dynamic: bool = False
+    base_shift: float = BASE_SHIFT
+    max_shift: float = MAX_SHIFT
+    base_image_seq_len: int = BASE_TOKENS
+    max_image_seq_len: int = MAX_TOKENS
+
+    def log_shift(self, image_tokens):
+        """``log s`` for images of ``image_tokens`` tokens (a number or a tensor)."""
+        if self.dynamic:
+            return shift_mu(image_tokens, self.base_image_seq_len, self.max_image_seq_len, self.base_shift, self.max_shift)
+        return math.log(self.shift)
+
+    def apply(self, sigma, image_tokens):
+        """The shifted noise level."""
+        if self.dynamic:
+            return shift_sigma(sigma, self.log_shift(image_tokens))
+        return self.shift * sigma / (1 + (self.shift - 1) * sigma)
+
+
+TRAIN_SHIFT = TimeShift(dynamic=True)
+"""Training t: the resolution-dependent shift (Flux / SD3), this module's behaviour from the start."""
+SAMPLE_SHIFT = TimeShift(shift=3.0, dynamic=False)
+"""Sampling: the released Z-Image-Turbo ``scheduler/scheduler_config.json`` as public
+re-implementations quote it (``"shift": 3.0``, ``"use_dynamic_shifting": false``; the file itself
+was not available offline). ``docs/training.md`` says how to check a local copy."""
+NO_SHIFT = TimeShift(shift=1.0)
+
+
+def _check_shift(shift) -> TimeShift:
+    if shift is None:
+        return NO_SHIFT
+    if not isinstance(shift, TimeShift):
+        raise TypeError(f"shift must be a TimeShift or None (no shift), not {shift!r}")
+    return shift
+
+
+def sample_t(
+    image_tokens: torch.Tensor,
+    generator: torch.Generator | None = None,
+    mean: float = 0.0,
+    std: float = 1.0,
+    shift: TimeShift | None = TRAIN_SHIFT,
+) -> torch.Tensor:
+    """One training t per sample: sigma = sigmoid(N(mean + log s(tokens), std)), t = 1 - sigma."""
+    shift = _check_shift(shift)
     tok = image_tokens.float()
     z = torch.randn(tok.shape, generator=generator, device=generator.device if generator else tok.device)
-    sigma = torch.sigmoid(z.to(tok.device) * std + mean + shift_mu(tok))
+    sigma = torch.sigmoid(z.to(tok.device) * std + mean + shift.log_shift(tok))
     return 1.0 - sigma
 
 
@@ -88,13 +161,18 @@ class TBins:
         return {f"loss_t{k / self.n:.2f}-{(k + 1) / self.n:.2f}": self.sum[k] / self.cnt[k] for k in range(self.n) if self.cnt[k]}
 
 
-def timesteps(steps: int, image_tokens: int, shift: bool = True) -> list[float]:
-    """t from 0 (noise) to 1 (data) in ``steps`` Euler steps, sigma shifted like in training."""
+def timesteps(steps: int, image_tokens: int, shift: TimeShift | None = SAMPLE_SHIFT) -> list[float]:
+    """t from 0 (noise) to 1 (data) in ``steps`` Euler steps: ``sigma_i = 1 - i / steps``, shifted.
+
+    The released pipeline's schedule: ``ZImagePipeline`` passes ``sigmas = linspace(1, 1/steps,
+    steps)`` to the scheduler's ``set_timesteps``, which shifts them and appends 0 (tested against
+    diffusers)."""
+    shift = _check_shift(shift)
     out = []
     for i in range(steps + 1):
         sigma = 1 - i / steps
-        if shift and 0 < sigma < 1:
-            sigma = shift_sigma(sigma, shift_mu(image_tokens))
+        if 0 < sigma < 1:
+            sigma = shift.apply(sigma, image_tokens)
         out.append(1 - sigma)
     return out
 
@@ -107,7 +185,7 @@ def euler_sample(
     null_feats=None,
     steps: int = 30,
     guidance: float = 0.0,
-    shift: bool = True,
+    shift: TimeShift | None = SAMPLE_SHIFT,
     patch: int = 2,
 ) -> list[torch.Tensor]:
     """Integrate dx/dt = v from noise (t = 0) to data (t = 1).

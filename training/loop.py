@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,17 +35,66 @@ from typing import Any
 import torch
 
 from training.config import TrainConfig
-from training.flow import TBins, euler_sample, flow_loss, sample_t
+from training.flow import TBins, TimeShift, euler_sample, flow_loss, sample_t
 from training.model import CONFIGS, S3DiT, S3DiTConfig, flops_per_sample, load_safetensors, param_count
 
-__all__ = ["TrainConfig", "BatchList", "LazyEncoders", "param_digest", "train", "latest_checkpoint", "model_config", "format_metrics"]
+__all__ = [
+    "TrainConfig",
+    "BatchList",
+    "LazyEncoders",
+    "param_digest",
+    "train",
+    "latest_checkpoint",
+    "model_config",
+    "format_metrics",
+    "peak_tflops",
+    "window_throughput",
+    "time_shifts",
+]
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-"""Dense bf16 peak by GPU name, for model FLOPs utilisation (MFU)."""
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    # (regular expression searched in torch.cuda.get_device_name(), dense bf16 tensor TFLOPS of one device); the first
+    # match wins, so the PCIe / NVL parts come before the SXM part of the same name. Values: NVIDIA datasheets, which
+    # quote "with sparsity" figures, halved (H100 SXM 1,979 -> 989; PCIe 1,513 -> 756; NVL 1,671 -> 835).
+    (r"\bH100\b.*\bPCIe\b", 756.0),
+    (r"\bH100\b.*\bNVL\b", 835.0),
+    (r"\bH100\b", 989.0),  # SXM5: "NVIDIA H100 80GB HBM3"
+    (r"\bH800\b.*\bPCIe\b", 756.0),  # H800: the H100 with less interconnect, same compute
+    (r"\bH800\b", 989.0),
+    (r"H200\b.*\bNVL\b", 835.0),
+    (r"H200\b", 989.0),  # "NVIDIA H200" (SXM), also GH200 (its H100 die: 989 dense)
+    (r"\bA100\b|\bA800\b", 312.0),  # SXM4 and PCIe alike ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe")
+    (r"\bL40S\b", 362.0),
+    (r"\bRTX 4090$", 165.0),  # GeForce: 165.2 with fp32 accumulation (330 with fp16 accumulation), Ada whitepaper
+    (r"\bA10$", 125.0),  # not the A10G
+)
+"""Dense bf16 peak by GPU name, for model FLOPs utilisation (MFU). A GPU not listed, or a MIG slice,
+gets no MFU unless ``peak_tflops`` is set in the config."""
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak TFLOPS of a GPU from its ``torch.cuda.get_device_name`` (None: unknown)."""
+    if re.search(r"\bMIG\b", device_name):
+        return None  # a slice of a GPU: its share of the peak is not in the name
+    return next((v for pat, v in PEAK_BF16_TFLOPS if re.search(pat, device_name.strip(), re.IGNORECASE)), None)
 
 
 def model_config(cfg: TrainConfig) -> S3DiTConfig:
     return CONFIGS[cfg.model](**cfg.model_overrides)
+
+
+def time_shifts(cfg: TrainConfig) -> tuple[TimeShift, TimeShift]:
+    """The (training, sampling) time shifts that ``cfg`` configures."""
+    common = dict(
+        base_shift=cfg.base_shift,
+        max_shift=cfg.max_shift,
+        base_image_seq_len=cfg.base_image_seq_len,
+        max_image_seq_len=cfg.max_image_seq_len,
+    )
+    return (
+        TimeShift(shift=cfg.train_shift, dynamic=cfg.train_dynamic_shift, **common),
+        TimeShift(shift=cfg.sample_shift, dynamic=cfg.sample_dynamic_shift, **common),
+    )
 
 
 class BatchList:
@@ -138,9 +188,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self, step: int) -> None:
+        """shadow += (1 - d) (param - shadow) for every parameter, in one fused call (same kernel
+        arithmetic as a ``lerp_`` per parameter; DTensor shards under FSDP2 support it too)."""
         d = min(self.decay, (1 + step) / (10 + step))  # warm-up: early averages are not stuck at init
-        for e, p in zip(self.shadow, self.params):
-            e.lerp_(p.detach().float(), 1 - d)
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)
 
     def full(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -308,7 +359,9 @@ def _to_inputs(batch: dict, encoders, device, cap_dim: int) -> tuple[list[torch.
     if real is not None and real.shape[-1] != cap_dim:
         raise ValueError(f"text features are {real.shape[-1]}-d but the model expects cap_feat_dim={cap_dim}")
     feats = [f if len(f) else _null_caption(cap_dim, f.device) for f in feats]  # an empty caption is unconditional
-    return [x.to(device) for x in lat], [f.to(device) for f in feats], captions
+    # non_blocking: a host-to-device copy from pageable memory is staged at once, without waiting
+    # for the steps still queued on the GPU (a blocking copy synchronises the stream)
+    return [x.to(device, non_blocking=True) for x in lat], [f.to(device, non_blocking=True) for f in feats], captions
 
 
 def _null_caption(cap_dim: int, device) -> torch.Tensor:
@@ -370,7 +423,9 @@ class _Run:
     gen: torch.Generator  # noise, t, caption dropout: per rank
     autocast: Any
     null: torch.Tensor  # the unconditional caption
-    peak: float | None  # bf16 peak TFLOPS for MFU
+    peak: float | None  # this device's dense bf16 peak TFLOPS, for MFU
+    train_shift: TimeShift
+    sample_shift: TimeShift
 
 
 @dataclass
@@ -381,8 +436,9 @@ class _Progress:
     epoch: int
     sample_conds: dict | None
     it: Iterator[dict]
-    t_last: float = field(default_factory=time.perf_counter)
-    wait: float = 0.0
+    t_last: float = field(default_factory=time.perf_counter)  # when the log window opened
+    wait: float = 0.0  # seconds waiting for batches in the window
+    excluded: float = 0.0  # seconds of checkpoints and sample images in the window (not training)
     window: list = field(default_factory=list)
     tbins: TBins = field(default_factory=TBins)
     last: dict = field(default_factory=dict)
@@ -446,6 +502,10 @@ def _setup(cfg: TrainConfig, data: Iterable[dict], *, encoders, device, log) -> 
             blk.compile(dynamic=True)
     ema = EMA(raw, cfg.ema_decay) if cfg.ema_decay > 0 else None
     opt, sched = _optimizer(cfg, raw, device)
+    peak, why = _device_peak(cfg, device)
+    if why and rank == 0:
+        log(why)
+    train_shift, sample_shift = time_shifts(cfg)
     return _Run(
         cfg=cfg,
         mcfg=mcfg,
@@ -468,7 +528,9 @@ def _setup(cfg: TrainConfig, data: Iterable[dict], *, encoders, device, log) -> 
         gen=torch.Generator(device).manual_seed(cfg.seed * 1000 + rank + 1),
         autocast=torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext(),
         null=_null_caption(mcfg.cap_feat_dim, device),
-        peak=_peak_tflops(cfg, device),
+        peak=peak,
+        train_shift=train_shift,
+        sample_shift=sample_shift,
     )
 
 
@@ -507,10 +569,16 @@ def _optimizer(cfg: TrainConfig, raw: S3DiT, device: torch.device):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 
 
-def _peak_tflops(cfg: TrainConfig, device: torch.device) -> float | None:
-    return cfg.peak_tflops or (
-        next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None) if device.type == "cuda" else None
-    )
+def _device_peak(cfg: TrainConfig, device: torch.device) -> tuple[float | None, str | None]:
+    """(peak TFLOPS for MFU, or None; why there is no MFU, for the log)."""
+    if cfg.peak_tflops:
+        return cfg.peak_tflops, None
+    if device.type != "cuda":
+        return None, None
+    name = torch.cuda.get_device_name(device)
+    peak = peak_tflops(name)
+    why = None if peak else f"MFU not reported: no dense bf16 peak known for {name!r}; set peak_tflops (TFLOPS of one device) in the config"
+    return peak, why
 
 
 def _resume(run: _Run) -> tuple[int, int, dict | None]:
@@ -566,10 +634,9 @@ def _train_step(run: _Run, prog: _Progress, batch: dict) -> None:
         k = min(cfg.sample_count, len(lat))
         prog.sample_conds = {"shapes": [tuple(x.shape) for x in lat[:k]], "feats": [f.cpu() for f in feats[:k]], "captions": caps[:k]}
     if cfg.caption_dropout > 0:
-        drop = torch.rand(len(feats), generator=gen, device=gen.device) < cfg.caption_dropout
-        feats = [run.null if d else f for f, d in zip(feats, drop.tolist())]
+        feats = [run.null if d else f for f, d in zip(feats, _caption_drop(gen, len(feats), cfg.caption_dropout))]
     n_tok = [x.shape[-2] * x.shape[-1] // mcfg.patch_size**2 for x in lat]
-    t = sample_t(torch.tensor(n_tok, device=run.device), gen, cfg.t_mean, cfg.t_std)
+    t = sample_t(torch.tensor(n_tok).to(run.device, non_blocking=True), gen, cfg.t_mean, cfg.t_std, run.train_shift)
     with run.autocast:
         loss, per = flow_loss(run.model, lat, feats, t, gen)
     loss.backward()
@@ -589,6 +656,26 @@ def _train_step(run: _Run, prog: _Progress, batch: dict) -> None:
             sum(flops_per_sample(mcfg, n, len(f)) for n, f in zip(n_tok, feats)),
         )
     )
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _caption_drop(gen: torch.Generator, n: int, p: float) -> list[bool]:
+    """Which of ``n`` captions to drop: ``rand < p`` from ``gen``, the same numbers as always.
+
+    The answer is needed on the host (a dropped caption has another length). On CUDA the draw runs
+    on a side stream, so reading it back waits for this one small kernel instead of for the previous
+    step still queued on the main stream: Philox numbers depend only on the generator's seed and the
+    offset reserved when the kernel is launched, not on the stream that runs it."""
+    if gen.device.type != "cuda":
+        return (torch.rand(n, generator=gen, device=gen.device) < p).tolist()
+    side = _SIDE_STREAMS.get(gen.device)
+    if side is None:
+        side = _SIDE_STREAMS[gen.device] = torch.cuda.Stream(gen.device)
+    with torch.cuda.stream(side):
+        drop = torch.rand(n, generator=gen, device=gen.device) < p
+        return drop.cpu().tolist()  # synchronises the side stream only
 
 
 def _optimizer_step(run: _Run, step: int) -> torch.Tensor:
@@ -622,18 +709,30 @@ def _after_step(run: _Run, prog: _Progress, report: Callable[[dict], None] | Non
     if step % cfg.log_every == 0 or step == cfg.steps:
         _log_metrics(run, prog, report)
     if step % cfg.ckpt_every == 0 or (cfg.ckpt_final and step == cfg.steps):
+        t0 = _clock(run.device)
         extra = {"step": step, "epoch": prog.epoch, "sample_conds": prog.sample_conds, "config": cfg.model_dump()}
         path = _save_checkpoint(run, step, extra)
         if run.rank == 0:
             run.log(f"checkpoint {path}")
+        prog.excluded += _clock(run.device) - t0
     if prog.sample_conds and ((cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.steps):
+        t0 = _clock(run.device)
         _sample(run, prog.sample_conds, run.out / "samples" / f"step_{step:08d}.png")
         run.model.train()
+        prog.excluded += _clock(run.device) - t0
+
+
+def _clock(device: torch.device) -> float:
+    """``perf_counter`` once the work queued on ``device`` is done, so that GPU time is charged to the
+    code that queued it (the last training step, not the checkpoint that follows it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _log_metrics(run: _Run, prog: _Progress, report: Callable[[dict], None] | None) -> None:
     prog.last = _log_window(run, prog)
-    prog.window, prog.wait, prog.t_last = [], 0.0, time.perf_counter()
+    prog.window, prog.wait, prog.excluded, prog.t_last = [], 0.0, 0.0, time.perf_counter()
     if run.rank == 0:
         with (run.out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(prog.last) + "\n")
@@ -643,7 +742,8 @@ def _log_metrics(run: _Run, prog: _Progress, report: Callable[[dict], None] | No
 
 
 def _log_window(run: _Run, prog: _Progress) -> dict:
-    """The metrics record for the steps since the last log line (loss and grad norm averaged over ranks)."""
+    """The metrics record for the steps since the last log line: loss and grad norm averaged over
+    ranks, throughput and MFU summed over ranks (``window_throughput``)."""
     import torch.distributed as dist
 
     window, tbins, world = prog.window, prog.tbins, run.world
@@ -652,29 +752,81 @@ def _log_window(run: _Run, prog: _Progress) -> dict:
     if world > 1:
         dist.all_reduce(stats)
         stats /= world
+    loss, gnorm = float(stats[0]), float(stats[1])  # waits for the window's last step (and for every rank)
+    elapsed = time.perf_counter() - prog.t_last
     for w in window:
         tbins.add(w[2].cpu(), w[3].cpu())
-    dt = max(time.perf_counter() - prog.t_last, 1e-9)
     samples, img_tok, txt_tok, flops = (sum(w[i] for w in window) for i in (4, 5, 6, 7))
+    peak = run.peak if run.peak else math.nan  # NaN: one unknown peak turns the MFU off
+    samples, tokens, flops, wait, peak_sum = _over_ranks([samples, img_tok + txt_tok, flops, prog.wait, peak], "sum", run.device)
+    elapsed, excluded = _over_ranks([elapsed, prog.excluded], "max", run.device)
     m = {
         "step": prog.step,
         "epoch": prog.epoch,
-        "loss": round(float(stats[0]), 6),
-        "grad_norm": round(float(stats[1]), 4),
+        "loss": round(loss, 6),
+        "grad_norm": round(gnorm, 4),
         "lr": run.sched.get_last_lr()[0],
-        "samples_per_s": round(samples * world / dt, 3),
-        "tokens_per_s": round((img_tok + txt_tok) * world / dt, 1),
-        "data_wait_fraction": round(prog.wait / dt, 4),
+        **window_throughput(
+            samples=samples,
+            tokens=tokens,
+            flops=flops,
+            data_wait_s=wait,
+            elapsed_s=elapsed,
+            excluded_s=excluded,
+            world=world,
+            peak_tflops_sum=peak_sum,
+        ),
         **{k: round(v, 6) for k, v in tbins.means().items()},
     }
-    if run.peak:
-        m["mfu"] = round(flops / dt / (run.peak * 1e12), 4)
     if run.device.type == "cuda":
         m["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**30, 2)
     if hasattr(run.data, "report"):
         rep = run.data.report()
         m["padded_token_fraction"] = rep.get("padded_token_fraction")
     tbins.reset()
+    return m
+
+
+def _over_ranks(values: list[float], op: str, device: torch.device) -> list[float]:
+    """``values`` summed (``op="sum"``) or maximised (``"max"``) over ranks, in float64."""
+    if _dist()[1] <= 1:
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def window_throughput(
+    *,
+    samples: float,
+    tokens: float,
+    flops: float,
+    data_wait_s: float,
+    elapsed_s: float,
+    excluded_s: float,
+    world: int,
+    peak_tflops_sum: float | None,
+) -> dict:
+    """Throughput of one log window, over all ranks (a pure function of the window's totals).
+
+    ``samples``, ``tokens`` (image + text), model ``flops`` and ``data_wait_s`` are summed over
+    ranks. ``elapsed_s`` is the wall time since the window opened and ``excluded_s`` the part of it
+    spent writing checkpoints and sample images, each the largest over ranks (ranks wait for one
+    another, so the slowest sets the pace); the training time is their difference. MFU divides the
+    FLOPs by the training time and ``peak_tflops_sum``, the ranks' peaks summed (None or NaN when a
+    rank's peak is unknown: no MFU)."""
+    dt = max(elapsed_s - excluded_s, 1e-9)
+    m = {
+        "samples_per_s": round(samples / dt, 3),
+        "tokens_per_s": round(tokens / dt, 1),
+        "data_wait_fraction": round(data_wait_s / (world * dt), 4),
+        "train_s": round(dt, 4),
+        "ckpt_sample_s": round(excluded_s, 4),
+    }
+    if peak_tflops_sum is not None and math.isfinite(peak_tflops_sum) and peak_tflops_sum > 0:
+        m["mfu"] = round(flops / dt / (peak_tflops_sum * 1e12), 4)
     return m
 
 
@@ -708,6 +860,7 @@ def _sample(run: _Run, conds: dict, path: Path) -> None:
             [run.null] * len(feats),
             steps=run.cfg.sample_steps,
             guidance=run.cfg.sample_guidance,
+            shift=run.sample_shift,
             patch=run.mcfg.patch_size,
         )
     if run.rank == 0:

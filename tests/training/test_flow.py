@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from training.flow import TBins, euler_sample, flow_loss, sample_t, shift_mu, timesteps
+from training.flow import (
+    SAMPLE_SHIFT,
+    TRAIN_SHIFT,
+    TBins,
+    TimeShift,
+    euler_sample,
+    flow_loss,
+    sample_t,
+    shift_mu,
+    shift_sigma,
+    timesteps,
+)
 
 
 def test_shift_is_linear_in_tokens_from_256_to_4096():
@@ -67,10 +79,84 @@ def test_classifier_free_guidance_combination():
     assert torch.allclose(plain, torch.ones_like(plain)) and torch.allclose(guided, 4 * torch.ones_like(guided))
 
 
-def test_sampling_schedule_spends_more_steps_at_high_noise_for_large_images():
-    small, large = timesteps(10, 256), timesteps(10, 4096)
+def test_dynamic_sampling_schedule_spends_more_steps_at_high_noise_for_large_images():
+    dyn = TimeShift(dynamic=True)
+    small, large = timesteps(10, 256, dyn), timesteps(10, 4096, dyn)
     assert small[0] == 0.0 and small[-1] == 1.0 and all(a < b for a, b in zip(small, small[1:]))
     assert large[5] < small[5] < 0.5
+    assert timesteps(10, 256) == timesteps(10, 4096)  # the default (static) shift ignores the size
+
+
+def _old_timesteps(steps: int, image_tokens: int) -> list[float]:
+    """``timesteps`` before the shift was configurable (always resolution-dependent)."""
+    out = []
+    for i in range(steps + 1):
+        sigma = 1 - i / steps
+        if 0 < sigma < 1:
+            sigma = shift_sigma(sigma, shift_mu(image_tokens))
+        out.append(1 - sigma)
+    return out
+
+
+@pytest.mark.parametrize("steps", [1, 8, 9, 30])
+@pytest.mark.parametrize("tokens", [256, 1024, 4096])
+def test_shift_modes_closed_form(steps, tokens):
+    """Static: sigma' = 3 sigma / (1 + 2 sigma) (the released Turbo scheduler); dynamic: exactly
+    the schedule this module always had."""
+    want = [1 - 3 * s / (1 + 2 * s) for s in (1 - i / steps for i in range(steps + 1))]
+    assert timesteps(steps, tokens) == pytest.approx(want, abs=1e-12)
+    assert SAMPLE_SHIFT == TimeShift(shift=3.0, dynamic=False)
+    assert timesteps(steps, tokens, TimeShift(dynamic=True)) == _old_timesteps(steps, tokens)
+    assert timesteps(steps, tokens, None) == pytest.approx([i / steps for i in range(steps + 1)], abs=1e-12)
+    with pytest.raises(TypeError, match="TimeShift"):
+        timesteps(steps, tokens, True)  # the old boolean is refused, not read as s = 1
+
+
+def test_schedules_equal_diffusers_z_image_pipeline():
+    """The sigmas ``ZImagePipeline`` gets from ``FlowMatchEulerDiscreteScheduler.set_timesteps``:
+    it passes ``sigmas=linspace(1, 1/n, n)`` and ``mu`` for the image size. Static shift 3.0
+    (``use_dynamic_shifting: false``, the released Turbo config) and the dynamic mode."""
+    from training.encoders import ensure_hf_importable
+
+    ensure_hf_importable()
+    pytest.importorskip("diffusers")
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift, get_default_z_image_sigmas
+
+    static = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    dynamic = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    for steps in (8, 9, 30):
+        for tokens in (256, 1024, 4096):
+            for sched, ours in ((static, SAMPLE_SHIFT), (dynamic, TimeShift(dynamic=True))):
+                sched.set_timesteps(sigmas=get_default_z_image_sigmas(steps), mu=calculate_shift(tokens))
+                ref = [1 - s for s in sched.sigmas.tolist()]  # t = 1 - sigma, a terminal sigma 0 appended
+                assert timesteps(steps, tokens, ours) == pytest.approx(ref, abs=1e-6), (steps, tokens, ours)
+
+
+def test_euler_sample_uses_the_given_schedule():
+    seen = []
+
+    def model(x, t, caps):
+        seen.append(float(t[0]))
+        return [torch.zeros_like(xi) for xi in x]
+
+    noise, caps = [torch.zeros(16, 4, 4)], [torch.zeros(1, 4)]
+    euler_sample(model, noise, caps, steps=5)
+    assert seen == pytest.approx(timesteps(5, 4, SAMPLE_SHIFT)[:-1], abs=1e-7)
+    seen.clear()
+    euler_sample(model, noise, caps, steps=5, shift=TimeShift(dynamic=True))
+    assert seen == pytest.approx(_old_timesteps(5, 4)[:-1], abs=1e-7)
+
+
+def test_training_t_default_is_unchanged_and_static_shift_moves_the_median():
+    tok = torch.tensor([256, 1024, 4096] * 1000)
+    a = sample_t(tok, torch.Generator().manual_seed(3), 0.1, 0.9)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(tok.shape, generator=g)
+    old = 1.0 - torch.sigmoid(z * 0.9 + 0.1 + shift_mu(tok.float()))  # the formula before shifts were configurable
+    assert torch.equal(a, old) and TRAIN_SHIFT.dynamic
+    t = sample_t(torch.full((20000,), 4096), torch.Generator().manual_seed(0), shift=TimeShift(shift=3.0))
+    assert abs((1 - t).median().item() - 0.75) < 0.01  # sigmoid(log 3)
 
 
 def test_loss_per_t_bin():
