@@ -364,7 +364,7 @@ def _fresh_knn(store, ds, column: str, k: int, show_progress: bool):
     return open_knn(store, column)
 
 
-def _report_html(result: dict, cfg: DedupConfig) -> str:
+def _report_html(result: dict, cfg: DedupConfig, store=None) -> str:
     """The dedup report page (``curation/templates/dedup_report.html``): the removal curve as a plot
     and a table, the notes and the counters. Notes and counter values can quote row ids and
     captions, so they reach the page only through the autoescaping template."""
@@ -374,6 +374,7 @@ def _report_html(result: dict, cfg: DedupConfig) -> str:
     import matplotlib.pyplot as plt
 
     from curation.reports import png_data_uri, render
+    from pipelines.report import dedup_group_strips  # thumbnails of the largest groups, read by position
 
     curve = result["curve"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -406,6 +407,7 @@ def _report_html(result: dict, cfg: DedupConfig) -> str:
             for c in curve
         ],
         counters=[(str(k), json.dumps(v)) for k, v in s.items()],
+        group_strips=dedup_group_strips(store.open(version=result["dataset_version"]), result["plan"]) if store is not None else [],
     )
 
 
@@ -454,7 +456,7 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
     out_dir = Path(store.state_dir) / "vector"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / f"dedup-v{v}.html"
-    report.write_text(_report_html(res, cfg), encoding="utf-8")
+    report.write_text(_report_html(res, cfg, store), encoding="utf-8")
     store.write_json(f"vector/dedup-v{v}.json", {"stats": res["stats"], "curve": res["curve"], "notes": res["notes"]})
     for note in res["notes"]:
         console.print(f"  {note}")

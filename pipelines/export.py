@@ -871,13 +871,33 @@ def _summarise(out: Store, version: int, manifest: dict, ids: list[str], reasons
 
 def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:
     """``report.html`` next to the manifest (``curation/templates/export_report.html``): why rows
-    were left out, sequence lengths and buckets in one figure, and the checks that could not run."""
+    were left out, sequence lengths and buckets in one figure, and the checks that could not run.
+    An empty export draws no figure: the page says that no rows passed the rules."""
+    from curation.reports import render
+
+    ex = manifest["excluded"]
+    page = render(
+        "export_report.html",
+        source=manifest["source"],
+        exported=manifest["rows"],
+        excluded_total=sum(ex.values()),
+        created=manifest["created"],
+        plot=_report_plot(manifest, t) if t.num_rows else None,
+        excluded=list(ex.items()),
+        reencoded=list(manifest.get("reencoded", {}).items()),
+        checks_skipped=list(manifest["checks_skipped"]),
+    )
+    path.write_text(page, encoding="utf-8")
+
+
+def _report_plot(manifest: dict, t: pa.Table) -> str:
+    """Excluded rows by reason, sequence lengths and buckets of the exported rows: one PNG ``data:`` URI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from curation.reports import png_data_uri, render
+    from curation.reports import png_data_uri
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 3.6))
     ex = manifest["excluded"]
@@ -898,18 +918,7 @@ def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:
     ax[2].barh([k for k, _ in top][::-1], [v for _, v in top][::-1], color="#3a3")
     ax[2].set_title(f"top buckets ({len(buckets)} used)")
     fig.tight_layout()
-    page = render(
-        "export_report.html",
-        source=manifest["source"],
-        exported=manifest["rows"],
-        excluded_total=sum(ex.values()),
-        created=manifest["created"],
-        plot=png_data_uri(fig, dpi=80),
-        excluded=list(ex.items()),
-        reencoded=list(manifest.get("reencoded", {}).items()),
-        checks_skipped=list(manifest["checks_skipped"]),
-    )
-    path.write_text(page, encoding="utf-8")
+    return png_data_uri(fig, dpi=80)
 
 
 @register_step("export", ExportConfig, doc="select training rows, bucket them and write a Lance training dataset")

@@ -139,6 +139,7 @@ def write_pipeline_report(store: Store, results: list[StageResult], steps: list[
         time_plot=_step_seconds_plot(results),
         errors=list(store.error_counts().items()),
         links=[str(p) for p in links],
+        report_dir=str(out.resolve().parent),  # links relative to the report: it opens from any copy
         generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
     )
     out.write_text(page, encoding="utf-8")

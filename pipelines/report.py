@@ -1,12 +1,16 @@
 """``curate report``: one self-contained HTML page about a dataset's profile.
 
-Per numeric signal: a histogram, the lowest and highest rows as thumbnails, and null counts;
-errors counted by reason (decode failures in ``prof_error``, ingest errors in ``error``); which
+Per numeric signal (one collapsible section each, listed in the contents at the top): a
+histogram, statistics, and thumbnails of the lowest, median and highest rows with their row id and
+first caption; errors counted by reason (decode failures in ``prof_error``, ingest errors in ``error``); which
 models made the embeddings, saying plainly when their weights are random; and which signals are
 absent (no aesthetic head configured -> no aesthetic score, not a fake one).
 
 This module computes the numbers, plots and thumbnails; the markup is
 ``curation/templates/profile_report.html`` on the shared report layout (``curation.reports``).
+It also builds the duplicate-group thumbnail strips of the dedup report (``dedup_group_strips``).
+Thumbnails are small JPEG ``data:`` URIs read by row position with Lance ``take``, only for the rows
+shown, so the page is one file that opens from anywhere and the driver never holds an image column.
 """
 
 from __future__ import annotations
@@ -20,26 +24,109 @@ from typing import Any
 from curation.reports import data_uri, png_data_uri, render
 from engines.profiling.embed import MODELS_RECORD
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "dedup_group_strips", "row_thumbs"]
 
 _SKIP = {"prof_phash", "prof_dhash", "prof_orientation", "prof_bit_depth", "prof_channels", "prof_frames"}
 
 
+THUMB_SIDE = 128  # px, the longest side of a report thumbnail
+CAPTION_CHARS = 120  # a thumbnail's caption is cut here (the template shows less, the title all)
+
+
 def _thumb(data: bytes | None) -> str | None:
-    """A JPEG thumbnail ``data:`` URI of a row's image, decoded the way profiling decodes it
-    (so a decompression bomb stays refused here too); None when the image does not decode."""
+    """A JPEG thumbnail ``data:`` URI of a row's image (longest side ``THUMB_SIDE``), decoded the way
+    profiling decodes it (so a decompression bomb stays refused here too); None when it does not decode."""
     from engines.profiling.decode import Decoded, DecodeOptions, decode_image
 
-    d = decode_image(data, DecodeOptions(max_side=128))
+    d = decode_image(data, DecodeOptions(max_side=2 * THUMB_SIDE))
     if not isinstance(d, Decoded):
         return None
+    im = d.rgb.copy()
+    im.thumbnail((THUMB_SIDE, THUMB_SIDE))
     buf = io.BytesIO()
-    d.rgb.save(buf, "JPEG", quality=80)
+    im.save(buf, "JPEG", quality=80)
     return data_uri(buf.getvalue(), "image/jpeg")
 
 
+def _caption(caps) -> str | None:
+    """The first non-empty caption of a row, cut to ``CAPTION_CHARS``."""
+    for c in caps or []:
+        text = (c or {}).get("text") if isinstance(c, dict) else None
+        if text and text.strip():
+            text = " ".join(text.split())
+            return text if len(text) <= CAPTION_CHARS else text[: CAPTION_CHARS - 1] + "\u2026"
+    return None
+
+
+def row_thumbs(ds, positions, *, captions: bool = False, batch: int = 32) -> dict[int, dict[str, Any]]:
+    """Thumbnails (and first captions) of the rows at ``positions`` of ``ds``, read with Lance
+    ``take`` ``batch`` rows at a time: the driver holds the images of one batch, never a column.
+    Returns position -> {"thumb": data URI or None, "caption": str or None}."""
+    pos = sorted({int(p) for p in positions})
+    cols = ["image"] + (["captions"] if captions and "captions" in ds.schema.names else [])
+    out: dict[int, dict[str, Any]] = {}
+    for s in range(0, len(pos), batch):
+        chunk = pos[s : s + batch]
+        t = ds.take(chunk, columns=cols)
+        images = t.column("image").to_pylist()
+        caps = t.column("captions").to_pylist() if "captions" in cols else [None] * len(chunk)
+        for p, img, cap in zip(chunk, images, caps):
+            out[p] = {"thumb": _thumb(img), "caption": _caption(cap)}
+    return out
+
+
+def dedup_group_strips(ds, plan, *, groups: int = 30, per_group: int = 12) -> list[dict[str, Any]]:
+    """The ``groups`` largest duplicate groups of a dedup plan (``pipelines.dedup._plan_table``: one
+    row per row of ``ds``, by position) as thumbnail strips for ``dedup_report.html``: the kept row
+    first, then the removed rows by similarity, at most ``per_group`` per group. Only the shown rows'
+    images are read (``row_thumbs``)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if plan.num_rows == 0:
+        return []
+    grp = plan.column("dup_group").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    ids, counts = np.unique(grp[grp >= 0], return_counts=True)
+    keep = counts >= 2
+    ids, counts = ids[keep], counts[keep]
+    top = np.lexsort((ids, -counts))[:groups]  # largest first, then the lower group number
+    has_why = "keeper_why" in plan.column_names
+    shown: list[tuple[int, int, np.ndarray]] = []
+    in_top = np.flatnonzero(np.isin(grp, ids[top]))  # one pass over the plan, then only these rows
+    for gi in top:
+        members = in_top[grp[in_top] == ids[gi]]
+        sub = plan.select(["dup_keep", "dup_sim"]).take(pa.array(members))
+        kept = sub.column("dup_keep").fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+        sim = sub.column("dup_sim").fill_null(-1.0).to_numpy(zero_copy_only=False).astype(np.float64)
+        order = np.lexsort((members, -sim, ~kept))  # kept first, then the most similar
+        shown.append((int(ids[gi]), int(counts[gi]), members[order[:per_group]]))
+    thumbs = row_thumbs(ds, np.concatenate([m for _, _, m in shown]) if shown else [])
+    cols = ["id", "dup_keep", "dup_reason", "dup_sim"] + (["keeper_why"] if has_why else [])
+    out = []
+    for g, size, pos in shown:
+        rows = plan.select(cols).take(pa.array(pos)).to_pylist()
+        members = [
+            {
+                "id": r["id"],
+                "thumb": thumbs[int(p)]["thumb"],
+                "kept": bool(r["dup_keep"]),
+                "reason": r["dup_reason"],
+                "sim": r["dup_sim"],
+                "why": r.get("keeper_why"),
+            }
+            for p, r in zip(pos, rows)
+        ]
+        kept_id = next((m["id"] for m in members if m["kept"]), None)
+        out.append({"group": g, "size": size, "kept_id": kept_id, "members": members, "more": size - len(members)})
+    return out
+
+
 def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -> Path:
-    """Write the HTML report of ``store``'s latest version to ``out``; returns the path."""
+    """Write the HTML report of ``store``'s latest version to ``out``; returns the path.
+
+    Per signal: statistics, a histogram and thumbnails (with row id and first caption) of the
+    ``examples`` lowest, median and highest rows. The page links nothing outside itself: thumbnails
+    and plots are ``data:`` URIs, the contents link ``#anchors``."""
     import pyarrow as pa
 
     ds = store.open()
@@ -50,17 +137,23 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
         if f.name.startswith("prof_") and f.name not in _SKIP and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))
     ]
     light = ["id", "error"] + [c for c in ("prof_error", "prof_ocr_lang", "prof_cap_lang", "prof_format") if c in schema.names]
-    t = ds.to_table(columns=light + numeric)
+    t = ds.to_table(columns=light + numeric)  # scan order: row i is position i for ``take``
     model_notes, notes = _notes(store, schema.names)
     errors, ok, value_counts = _errors_and_counts(t)
     ids = t.column("id").to_pylist()
-    signals = [_signal(ds, t, c, ids, examples, bins) for c in numeric]
+    signals = [_signal(t, c, examples, bins) for c in numeric]
+    wanted = [p for s in signals for k in ("lowest", "median", "highest") for p in s.get(k, [])]
+    thumbs = row_thumbs(ds, wanted, captions=True)
+    for s in signals:
+        for k in ("lowest", "median", "highest"):
+            if k in s:
+                s[k] = [{"id": ids[p], "value": v, **thumbs[p]} for p, v in zip(s[k], s.pop(k + "_values"))]
     page = render(
         "profile_report.html",
         uri=store.uri,
         version=ds.version,
-        rows=f"{t.num_rows:,}",
-        decoded=None if ok is None else f"{ok:,}",
+        rows=t.num_rows,
+        decoded=ok,
         models=model_notes,
         notes=notes,
         errors=errors,
@@ -128,8 +221,10 @@ def _errors_and_counts(t) -> tuple[list[dict], int | None, list[dict]]:
     return errors, ok, value_counts
 
 
-def _signal(ds, t, c: str, ids: list, examples: int, bins: int) -> dict[str, Any]:
-    """One signal's section: statistics, a histogram, and thumbnails of its lowest and highest rows."""
+def _signal(t, c: str, examples: int, bins: int) -> dict[str, Any]:
+    """One signal's section: statistics (numbers; the template formats them), a histogram, and the
+    positions and values of its ``examples`` lowest, median and highest rows (thumbnails added by
+    the caller, which reads every signal's examples in one pass)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,24 +232,30 @@ def _signal(ds, t, c: str, ids: list, examples: int, bins: int) -> dict[str, Any
     import numpy as np
 
     n = t.num_rows
-    v = np.array([np.nan if x is None else float(x) for x in t.column(c).to_pylist()])
+    v = t.column(c).cast("float64").fill_null(np.nan).to_numpy(zero_copy_only=False)
     valid = ~np.isnan(v)
+    nulls = int((~valid).sum())
     if not valid.any():
-        return {"name": c, "stats": f"all {n} values null", "histogram": None}
+        return {"name": c, "stats": f"all {n:,} values null", "histogram": None, "nulls": nulls}
     fig, ax = plt.subplots(figsize=(4.5, 2.2))
     ax.hist(v[valid], bins=bins, color="#4477aa")
     ax.set_title(c, fontsize=9)
     ax.tick_params(labelsize=7)
     img = png_data_uri(fig, dpi=80)
-    order = np.argsort(v[valid], kind="stable")
     vi = np.flatnonzero(valid)
-    low, high = vi[order[:examples]], vi[order[::-1][:examples]]
-    want = [ids[i] for i in np.concatenate([low, high])]
-    thumbs: dict[str, Any] = {}
-    if want:
-        quoted = ", ".join("'" + str(x).replace("'", "''") + "'" for x in set(want))
-        for r in ds.to_table(columns=["id", "image"], filter=f"id IN ({quoted})").to_pylist():
-            thumbs[r["id"]] = _thumb(r["image"])
-    lowest, highest = ([{"id": ids[i], "thumb": thumbs.get(ids[i]), "value": f"{v[i]:.4g}"} for i in idx] for idx in (low, high))
-    stats = f"min {np.nanmin(v):.4g} · median {np.nanmedian(v):.4g} · max {np.nanmax(v):.4g} · null {int((~valid).sum())}"
-    return {"name": c, "stats": stats, "histogram": img, "lowest": lowest, "highest": highest}
+    order = vi[np.argsort(v[valid], kind="stable")]
+    k = min(examples, len(order))
+    mid = max(0, min(len(order) - k, len(order) // 2 - k // 2))
+    picks = {"lowest": order[:k], "median": order[mid : mid + k], "highest": order[::-1][:k]}
+    stats = {
+        "min": float(np.nanmin(v)),
+        "median": float(np.nanmedian(v)),
+        "max": float(np.nanmax(v)),
+        "mean": float(np.nanmean(v)),
+        "null": nulls,
+    }
+    out: dict[str, Any] = {"name": c, "stats": stats, "histogram": img, "nulls": nulls}
+    for key, pos in picks.items():
+        out[key] = [int(p) for p in pos]
+        out[key + "_values"] = [float(v[p]) for p in pos]
+    return out

@@ -170,6 +170,8 @@ def test_report_texts_the_tests_and_readers_look_for():
     assert steps == [("ingest", "committed"), ("dedup", "done")]
     assert "shouted = 6<br>skipped = 0" in pipeline and '<a href="file:///data/d.lance/_curation/reports/profile-v7.html">' in pipeline
     assert "<title>pipeline demo.yaml</title>" in pipeline
+    moved = render("pipeline_report.html", **{**_pipeline(), "report_dir": "/data/d.lance/_curation"})
+    assert '<a href="reports/profile-v7.html">' in moved and "file://" not in moved  # what pipelines/pipeline.py writes
     dedup = render("dedup_report.html", **_dedup())
     assert dedup.count("<img") == 1 and "Duplicates at dataset v5" in dedup and "3 of 40 rows (7.50%)" in dedup
     export = render("export_report.html", **_export())

@@ -146,7 +146,7 @@ def test_dedup_job_commits_groups_and_keeps_best(ray_session, coco_dir, tmp_path
     dry = run_dedup(store, DedupConfig(dry_run=True), show_progress=False)
     assert dry["status"] == "dry_run" and "dup_keep" not in store.open().schema.names
     assert store.open().version == before  # a dry run commits nothing
-    assert Path(dry["report"]).read_text().count("<img") == 1
+    assert Path(dry["report"]).read_text().count('<img class="plot"') == 1  # the removal curve (+ group thumbnails)
     out = run_dedup(store, DedupConfig(), show_progress=False)
     t = store.to_arrow(["id", "width", "height", "dup_group", "dup_keep", "dup_of", "dup_reason", "dup_sim"])
     d = t.to_pylist()
