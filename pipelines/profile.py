@@ -25,6 +25,7 @@ from curation.config import ConfigError
 from curation.registry import register_stage, register_step
 from curation.schema import (
     PROF_AESTHETIC,
+    PROF_AIGC,
     PROF_BRISQUE,
     PROF_CAPTION,
     PROF_CLIP,
@@ -36,6 +37,7 @@ from curation.schema import (
     PROF_OCR,
     PROF_SCORES,
     PROF_TEXT_EMB,
+    PROF_VLM,
     embedding_type,
 )
 from curation.stage import SCHEDULING_KEYS, Stage, StageConfig
@@ -53,6 +55,8 @@ __all__ = [
     "AestheticStage",
     "CaptionStage",
     "ScoresStage",
+    "VlmStage",
+    "AigcStage",
     "STAGE_ORDER",
 ]
 
@@ -584,9 +588,145 @@ class ScoresStage(Stage):
         }
 
 
+# --- plug-in transformers models (engines/profiling/vlm.py, aigc.py; docs/plugin-models.md) ----------
+
+
+def _record_models(dataset: Any, group: str, records: dict[str, dict]) -> None:
+    """Note the models behind a plug-in group in models.json (random weights if any of them is)."""
+    from curation.store import Store
+    from engines.profiling.embed import MODELS_RECORD
+
+    store = Store(dataset.uri)
+    models = store.read_json(MODELS_RECORD) or {}
+    models[group] = {
+        "model": "; ".join(r["model"] for r in records.values()),
+        "backend": ", ".join(dict.fromkeys(r["backend"] for r in records.values())),
+        "random_weights": any(r["random_weights"] for r in records.values()),
+        "models": records,
+    }
+    store.write_json(MODELS_RECORD, models)
+
+
+def _checked(stage: str, check, *args, **kw):
+    from engines.profiling.hf_local import ModelDirError
+
+    try:
+        return check(*args, **kw)
+    except ModelDirError as e:
+        raise ConfigError(f"{stage}.{e}") from None
+
+
+class VlmConfig(ImageStageConfig):
+    caption_model: Optional[str] = Field(None, description="local BlipForConditionalGeneration folder -> prof_vlm_caption")
+    match_model: Optional[str] = Field(None, description="local BlipForImageTextRetrieval folder -> prof_vlm_match (ITM probability)")
+    caption: Literal["first", "longest"] = Field("first", description="the row's caption the verifier scores")
+    max_new_tokens: int = Field(30, ge=1, le=256)
+    num_beams: int = Field(1, ge=1, le=16)
+    max_text_tokens: int = Field(64, ge=8)
+    batch_size: int = Field(16, ge=1)
+
+
+@register_stage
+class VlmStage(_ImageStage):
+    """Generated caption and caption-image match probability (BLIP captioner / ITM verifier)."""
+
+    name = "prof_vlm"
+    config_model = VlmConfig
+    output_schema = PROF_VLM.schema
+    input_columns = ["image", "image_uri", "captions"]
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        from engines.profiling.hf_local import check_model_dir
+        from engines.profiling.vlm import CAPTION_ARCH, MATCH_ARCH
+
+        c = self.config
+        if not c.caption_model and not c.match_model:
+            raise ConfigError("prof_vlm: set caption_model and/or match_model to a local BLIP model folder; nothing is downloaded")
+        for field, arch in (("caption_model", CAPTION_ARCH), ("match_model", MATCH_ARCH)):
+            if getattr(c, field):
+                _checked("prof_vlm", check_model_dir, getattr(c, field), field, (arch,), tokenizer=True)
+
+    def prepare(self, dataset) -> None:
+        from engines.profiling.hf_local import model_record
+
+        recs = {"caption": ("caption_model", "blip-caption"), "match": ("match_model", "blip-itm")}
+        cfg = self.config
+        records = {k: model_record(kind, getattr(cfg, f), "transformers") for k, (f, kind) in recs.items() if getattr(cfg, f)}
+        _record_models(dataset, "prof_vlm", records)
+
+    def setup(self) -> None:
+        super().setup()
+        from engines.profiling.hf_local import torch_device
+        from engines.profiling.vlm import BlipCaptioner, BlipMatcher
+
+        c, dev = self.config, torch_device(self.config.num_gpus, self.config.num_cpus)
+        gen = {"max_new_tokens": c.max_new_tokens, "num_beams": c.num_beams}
+        self.captioner = BlipCaptioner(c.caption_model, device=dev, **gen) if c.caption_model else None
+        self.matcher = BlipMatcher(c.match_model, device=dev, max_text_tokens=c.max_text_tokens) if c.match_model else None
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        from engines.profiling.captions import profiled_caption
+        from engines.profiling.vlm import vlm_columns
+
+        texts = [profiled_caption(c, self.config.caption) for c in batch.column("captions").to_pylist()]
+        if self.matcher is not None:
+            self.stats.count("no_caption", sum(1 for t in texts if not t))
+        out = vlm_columns(self.decode(batch), texts, self.captioner, self.matcher)
+        return {
+            "prof_vlm_caption": pa.array(out["prof_vlm_caption"], pa.string()),
+            "prof_vlm_match": pa.array(out["prof_vlm_match"], pa.float32()),
+        }
+
+
+class AigcConfig(ImageStageConfig):
+    model: Optional[str] = Field(None, description="local image-classification model folder (AI-generated detector); null = skipped")
+    ai_labels: Optional[list[str]] = Field(None, description="labels meaning AI-generated (default: by name)")
+    batch_size: int = Field(32, ge=1)
+
+
+@register_stage
+class AigcStage(_ImageStage):
+    """Probability that the image is AI-generated (a transformers image classifier)."""
+
+    name = "prof_aigc"
+    config_model = AigcConfig
+    output_schema = PROF_AIGC.schema
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        from engines.profiling.aigc import check_detector_dir
+
+        if not self.config.model:
+            raise ConfigError("prof_aigc: set model to a local image-classification model folder (an AI-generated-image detector)")
+        _checked("prof_aigc", check_detector_dir, self.config.model, self.config.ai_labels, "model")
+
+    def prepare(self, dataset) -> None:
+        from engines.profiling.hf_local import model_record
+
+        _record_models(dataset, "prof_aigc", {"detector": model_record("image-classifier", self.config.model, "transformers")})
+
+    def setup(self) -> None:
+        super().setup()
+        from engines.profiling.aigc import AigcDetector
+        from engines.profiling.hf_local import torch_device
+
+        self.detector = AigcDetector(
+            self.config.model, device=torch_device(self.config.num_gpus, self.config.num_cpus), ai_labels=self.config.ai_labels
+        )
+
+    def process_batch(self, batch: pa.RecordBatch) -> dict:
+        from engines.profiling.aigc import aigc_column
+
+        return {"prof_aigc": pa.array(aigc_column(self.decode(batch), self.detector), pa.float32())}
+
+
 # --- the profile command -----------------------------------------------------------------------------
 
-STAGE_ORDER = ("meta", "hash", "entropy", "degradation", "brisque", "ocr", "nsfw", "clip", "text_emb", "aesthetic", "caption", "scores")
+STAGE_ORDER = (
+    *("meta", "hash", "entropy", "degradation", "brisque", "ocr", "nsfw", "clip", "text_emb", "aesthetic", "caption", "scores"),
+    *("vlm", "aigc"),  # plug-in transformers models: skipped unless a model path is configured
+)
 
 
 class ProfileConfig(BaseModel):
@@ -604,6 +744,8 @@ class ProfileConfig(BaseModel):
     aesthetic: AestheticConfig = Field(default_factory=AestheticConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     scores: ScoresConfig = Field(default_factory=ScoresConfig)
+    vlm: VlmConfig = Field(default_factory=VlmConfig)
+    aigc: AigcConfig = Field(default_factory=AigcConfig)
 
 
 def _cheap_stages(cfg: ProfileConfig, wanted: list[str], present: set[str]) -> list[Stage]:
@@ -632,6 +774,12 @@ def plan(cfg: ProfileConfig, present: set[str], overwrite: bool = False) -> tupl
         if s == "aesthetic" and not cfg.aesthetic.weights:
             notes.append("prof_aesthetic skipped: no head weights configured (aesthetic.weights); no aesthetic score")
             continue
+        if s == "vlm" and not (cfg.vlm.caption_model or cfg.vlm.match_model):
+            notes.append("prof_vlm skipped: no model configured (vlm.caption_model / vlm.match_model)")
+            continue
+        if s == "aigc" and not cfg.aigc.model:
+            notes.append("prof_aigc skipped: no model configured (aigc.model); no AI-generated score")
+            continue
         cls = {
             "brisque": BrisqueStage,
             "ocr": OcrStage,
@@ -641,6 +789,8 @@ def plan(cfg: ProfileConfig, present: set[str], overwrite: bool = False) -> tupl
             "aesthetic": AestheticStage,
             "caption": CaptionStage,
             "scores": ScoresStage,
+            "vlm": VlmStage,
+            "aigc": AigcStage,
         }[s]
         stages.append(cls(getattr(cfg, s)))
     return stages, notes

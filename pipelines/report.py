@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.reports import data_uri, png_data_uri, render
+from curation.schema import COLUMN_GROUPS
 from engines.profiling.embed import MODELS_RECORD
 
 __all__ = ["build_report", "dedup_group_strips", "row_thumbs"]
@@ -174,9 +175,10 @@ def _notes(store, names: list[str]) -> tuple[list[dict], list[str]]:
     models = json.loads(models_p.read_text()) if models_p.exists() else {}
     model_notes = []
     for group, m in sorted(models.items()):
-        if {"prof_clip": "prof_clip_image", "prof_text_emb": "prof_caption_emb"}.get(group) not in names:
+        cols = COLUMN_GROUPS[group].schema.names if group in COLUMN_GROUPS else []
+        if not any(c in names for c in cols):
             continue  # recorded by a run whose columns are not in this version
-        model_notes.append({"group": group, "model": m["model"], "dim": m["dim"], "random_weights": bool(m.get("random_weights"))})
+        model_notes.append({"group": group, "model": m["model"], "dim": m.get("dim"), "random_weights": bool(m.get("random_weights"))})
     notes = []
     if "prof_clip_image" not in names:
         notes.append("No image embeddings: prof_clip was not run (no CLIP model configured).")
