@@ -10,6 +10,9 @@ Tagging: the real COCO-mini captions (400) as documents, every WordNet concept w
 tokenises, counts and scores all concepts in one sparse product. Scores are compared for every
 concept (max absolute difference). ``--ref-sample N`` times rank-bm25 on N random concepts and
 extrapolates, for slow machines.
+
+Both costs are printed: the scoring speed-up (tagger built, per caption: the amortised limit) and
+end to end (the tagger build included, on these 400 captions; extrapolated to larger corpora).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# bench/ itself off the path: bench/profile.py would shadow the standard library's `profile`
+# (cProfile imports it; torch, under the MiniLM sense choice, imports cProfile)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 COCO = ROOT.parent / "shared" / "data" / "coco-mini"
 
@@ -127,6 +133,16 @@ def main() -> None:
     fig["speedup_with_propagation"] = ref_s / best_rows
     fig["captions_per_s_ours"] = len(texts) / best
     fig["captions_per_s_rank_bm25"] = len(texts) / ref_s
+    # the whole cost: the tagger build (tokenizer, automaton, query matrix) is paid once per run,
+    # before the first caption; rank-bm25 is handed our query and caption token lists for free
+    fig["ours_end_to_end_s"] = fig["tagger_build_s"] + best
+    fig["speedup_end_to_end"] = ref_s / fig["ours_end_to_end_s"]
+    fig["speedup_end_to_end_with_propagation"] = ref_s / (fig["tagger_build_s"] + best_rows)
+    # amortised: both costs grow linearly in the captions, the build does not (extrapolated)
+    fig["speedup_end_to_end_at"] = {
+        n: (n / fig["captions_per_s_rank_bm25"]) / (fig["tagger_build_s"] + n / fig["captions_per_s_ours"])
+        for n in (10_000, 100_000, 1_000_000)
+    }
     fig["peak_rss_mb"] = rss_mb()
     print(f"tagging {len(texts)} real captions x {n_q:,} concepts:")
     print(f"  ours (tokenise + count + score all concepts): {best * 1000:.1f} ms  -> {fig['captions_per_s_ours']:,.0f} captions/s")
@@ -139,6 +155,13 @@ def main() -> None:
         f"  speed-up {fig['speedup_bm25']:,.0f}x (with propagation {fig['speedup_with_propagation']:,.0f}x); "
         f"max |score difference| over {len(idx):,} concepts x {len(texts)} captions: {max_diff:.2e}"
     )
+    print(
+        f"  end to end (tagger build {fig['tagger_build_s']:.2f} s + one tagging pass): {fig['ours_end_to_end_s']:.2f} s -> "
+        f"speed-up {fig['speedup_end_to_end']:.1f}x on {len(texts)} captions "
+        f"({fig['speedup_end_to_end_with_propagation']:.1f}x with propagation)"
+    )
+    at = ", ".join(f"{n:,} captions {v:,.0f}x" for n, v in fig["speedup_end_to_end_at"].items())
+    print(f"  amortised end to end (linear extrapolation of both rates, one build): {at}; the limit is {fig['speedup_bm25']:,.0f}x")
     print(f"peak RSS {fig['peak_rss_mb']:.0f} MB")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fig.items()}))
 

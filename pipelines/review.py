@@ -180,7 +180,7 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
 
     t0 = time.perf_counter()
     ds = store.open()
-    rules = load_rules(review_dir(store) / "thresholds.json")
+    rules = load_rules(review_dir(store) / "thresholds.json", columns=ds.schema.names)
     cols = sorted(set(_mine_columns(ds.schema)) | {r.column for r in rules if r.column in ds.schema.names})
     random_derived = refuse_random_weights(random_inputs(store, cols), consumer="review mining", allow=cfg.allow_random_weights)
     with (
@@ -383,7 +383,7 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     rdir = review_dir(store)
     ds = store.open()
     names = ds.schema.names
-    rules = load_rules(rdir / "thresholds.json")
+    rules = load_rules(rdir / "thresholds.json", columns=names)
     emb_col = next((c for c in EMBEDDING_COLUMNS if c in names), None)
     sig_cols = [c for c in dict.fromkeys(REWARD_SIGNALS + [r.column for r in rules]) if c in names]
     random_derived = refuse_random_weights(

@@ -122,3 +122,13 @@ def add_signals(uri: str) -> None:
         )
 
     lance.dataset(uri).add_columns(udf, read_columns=["id"])
+
+
+def add_clip_sim_rule(store) -> None:
+    """A user's own rule on caption-image similarity (not a default: no AUC can be measured
+    offline), so the loop's recalibration and random-weight marking of a similarity rule are tested."""
+    from engines.active.rules import DEFAULT_RULES, Rule, save_rules
+    from pipelines.review import review_dir
+
+    sim = Rule(column="prof_clip_sim", op=">=", threshold=0.2, why="caption does not match the image", optional=True)
+    save_rules(review_dir(store) / "thresholds.json", [*DEFAULT_RULES, sim])

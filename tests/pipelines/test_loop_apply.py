@@ -13,7 +13,7 @@ import pytest
 from curation.reviewdb import ReviewDB
 from curation.store import Store
 from pipelines.review import ReviewApplyConfig, ReviewMineConfig, apply_reviews, mine_queue
-from tests.helpers import PASSWORD, add_signals, coco_rows, samples_table
+from tests.helpers import PASSWORD, add_clip_sim_rule, add_signals, coco_rows, samples_table
 
 
 def human_says(signals: dict) -> str:
@@ -26,6 +26,7 @@ def test_mine_review_apply_closes_the_loop(tmp_path, coco_store, ray_session):
     shutil.copytree(Path(coco_store.uri), uri)
     add_signals(uri)
     store = Store(uri)
+    add_clip_sim_rule(store)
     dbfile = str(tmp_path / "review.sqlite")
     summary = mine_queue(store, ReviewMineConfig(n=80, min_hardness=0.0, db=dbfile), show_progress=False)
     assert summary["queued"] == 80 and summary["criteria"]["near_threshold"] > 0
@@ -120,3 +121,20 @@ def test_mine_and_apply_through_a_postgresql_review_database(tmp_path, coco_dir,
     assert set(t.column("rev_reviewer").to_pylist()) == {"ann1"}
     assert rep["version_after"] == store.open().version and db.audit_count("apply") == 1
     db.close()
+
+
+def test_a_misspelt_review_rule_is_refused_before_mining(tmp_path, coco_store, ray_session):
+    """A user's rule on a column the dataset lacks stops mining with the column and the fix,
+    instead of silently mining without it (the default rules are optional and only noted)."""
+    from engines.active.rules import DEFAULT_RULES, MissingRuleColumn, Rule, save_rules
+    from pipelines.review import review_dir
+
+    uri = str(tmp_path / "ds.lance")
+    shutil.copytree(Path(coco_store.uri), uri)
+    add_signals(uri)
+    store = Store(uri)
+    typo = Rule(column="prof_qualty", op=">=", threshold=0.5)
+    save_rules(review_dir(store) / "thresholds.json", [*DEFAULT_RULES, typo])
+    with pytest.raises(MissingRuleColumn, match=r"prof_qualty .*did you mean prof_quality"):
+        mine_queue(store, ReviewMineConfig(n=8, db=str(tmp_path / "r.sqlite")), show_progress=False)
+    assert not (tmp_path / "r.sqlite").exists()

@@ -16,7 +16,7 @@ from curation.reviewdb import ReviewDB
 from curation.store import Store
 from engines.vector.retrieval import RandomWeightsError, Retriever
 from pipelines.review import ReviewApplyConfig, ReviewMineConfig, apply_reviews, mine_queue
-from tests.helpers import PASSWORD, coco_rows, samples_table
+from tests.helpers import PASSWORD, add_clip_sim_rule, coco_rows, samples_table
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,7 @@ def _one_error_line(out) -> str:
 
 def test_review_loop_refuses_random_embeddings_unless_told_and_then_marks_them(random_clip_store, tmp_path):
     store = random_clip_store
+    add_clip_sim_rule(store)
     db = str(tmp_path / "review.sqlite")
     cfg = ReviewMineConfig(n=24, min_hardness=0.0, double_share=0.0, db=db)
 

@@ -4,7 +4,10 @@ other corners and edges), COCO photos with real scene text as hard negatives, an
 that carry real photographers' marks (URL overlays, a camera date stamp) as real positives.
 
 The OCR-box score (``prof_watermark_score``) must rank marked above clean; the old pixel
-heuristic (``prof_watermark``) is measured on the same set and must do worse.
+heuristic (``prof_watermark``) is measured on the same set and must do worse. The pixel overlay
+cue (``prof_watermark_overlay``, the no-OCR fallback and 0.2 of the OCR score) must beat the old
+heuristic on held-out photos: coco-mini photos 49-80 in name order (its thresholds were swept on
+the first 48), marked with seeds no tuning used.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ N_MARKED = 10
 SCENE_TEXT = ["000000000790.jpg", "000000107438.jpg", "000000114174.jpg", "000000121647.jpg"]
 REAL_MARKS = ["000000232357.jpg", "000000284218.jpg"]  # "oldonbaldwin.com", "petitplat.fr" overlays
 MAX_SIDE = 512  # small working copies keep OCR at ~0.4 s per image
+HELD_OUT_FROM = 48  # the overlay cue's thresholds were swept on the first 48 photos (name order)
+HELD_OUT_SEEDS = (2001, 2002, 2003, 2004, 2005)
 
 
 def _jpeg(im: Image.Image, q: int = 90) -> bytes:
@@ -61,6 +66,25 @@ def _edge_mark(im: Image.Image, text: str, box, alpha: int, scale: float) -> Ima
     return Image.alpha_composite(base, layer).convert("RGB")
 
 
+def _mark(im: Image.Image, k: int, rng: np.random.Generator) -> tuple[Image.Image, int]:
+    """Photo ``k`` of a set, marked: every third with the demo corpus's own renderer (centre band
+    or bottom right, alpha 110-170), the others in the same style at the other corners and edges."""
+    from democorpus.corpus import _near_dup
+
+    text = TEXTS[k % len(TEXTS)]
+    if k % 3 == 0:
+        marked, _, q, _ = _near_dup(im, "watermark", rng, CJK_FONT, text)
+        return marked, q
+    where = list(EDGE_BOXES)[k % len(EDGE_BOXES)]
+    return _edge_mark(im, text, EDGE_BOXES[where], int(rng.integers(90, 171)), float(rng.uniform(0.6, 1.0))), 90
+
+
+def _photo(path) -> Image.Image:
+    im = Image.open(path).convert("RGB")
+    im.thumbnail((MAX_SIDE, MAX_SIDE))
+    return im
+
+
 def _auc(pos, neg) -> float:
     pos, neg = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None]
     return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
@@ -70,7 +94,6 @@ def _auc(pos, neg) -> float:
 def scored(coco_dir):
     """Every image through the real path: decode -> OCR columns (as prof_ocr stores them) and the
     cheap degradation columns -> prof_watermark_score (as prof_scores computes it)."""
-    from democorpus.corpus import _near_dup
     from engines.profiling.cheap import degradation_columns
     from engines.profiling.decode import DecodeOptions, decode_image
     from engines.profiling.ocr import OcrEngine, ocr_columns
@@ -80,20 +103,12 @@ def scored(coco_dir):
     files = sorted(p for p in (coco_dir / "images").glob("*.jpg") if p.name not in SCENE_TEXT + REAL_MARKS)[:N_MARKED]
     items: list[tuple[str, str, bytes]] = []  # (kind, name, jpeg)
     for k, p in enumerate(files):
-        im = Image.open(p).convert("RGB")
-        im.thumbnail((MAX_SIDE, MAX_SIDE))
-        text = TEXTS[k % len(TEXTS)]
-        if k % 3 == 0:  # the demo corpus's own renderer: centre band or bottom right, alpha 110-170
-            marked, _, q, _ = _near_dup(im, "watermark", rng, CJK_FONT, text)
-        else:
-            where = list(EDGE_BOXES)[k % len(EDGE_BOXES)]
-            marked, q = _edge_mark(im, text, EDGE_BOXES[where], int(rng.integers(90, 171)), float(rng.uniform(0.6, 1.0))), 90
+        im = _photo(p)
+        marked, q = _mark(im, k, rng)
         items += [("clean", p.name, _jpeg(im)), ("marked", p.name, _jpeg(marked, q))]
     for kind, names in (("scene_text", SCENE_TEXT), ("real_mark", REAL_MARKS)):
         for name in names:
-            im = Image.open(coco_dir / "images" / name).convert("RGB")
-            im.thumbnail((MAX_SIDE, MAX_SIDE))
-            items.append((kind, name, _jpeg(im)))
+            items.append((kind, name, _jpeg(_photo(coco_dir / "images" / name))))
 
     decoded = [decode_image(b, DecodeOptions(max_side=MAX_SIDE)) for _, _, b in items]
     cols = ocr_columns(decoded, OcrEngine())
@@ -117,8 +132,38 @@ def test_ocr_watermark_score_ranks_marked_photos_above_clean(scored):
     )
     assert auc["new"] >= 0.85 and auc["new"] > auc["old"] + 0.15
     assert pairs >= 0.8 * len(marked)
-    # the pixel-only fallback (no OCR) is printed, not asserted: on this small set with scene-text
-    # negatives it is near chance (docs/profiling.md has its figures on larger sets)
+    # the pixel-only fallback (no OCR) is only printed here (measured 0.68, old heuristic 0.55): these
+    # photos were used to tune it, and 14 negatives, four of them signs and menus, make a noisy AUC.
+    # It is asserted against the old heuristic on 30 held-out photos below.
+
+
+def test_pixel_cue_beats_the_stroke_heuristic_on_held_out_photos(coco_dir):
+    """No OCR: the overlay cue against the old stroke heuristic, photos 49-80 (none of them used
+    to sweep the overlay cue's thresholds; 11 of the 30 carry scene text), five marking seeds no
+    tuning used, each marked copy against every clean held-out photo."""
+    from engines.profiling.cheap import degradation_columns
+    from engines.profiling.decode import DecodeOptions, decode_image
+
+    files = [p for p in sorted((coco_dir / "images").glob("*.jpg")) if p.name not in REAL_MARKS][HELD_OUT_FROM:]
+    photos = [_photo(p) for p in files]
+    assert len(photos) == 30
+
+    def cues(jpegs):
+        cols = degradation_columns([decode_image(b, DecodeOptions(max_side=MAX_SIDE)) for b in jpegs])
+        return np.array(cols["prof_watermark"], float), np.array(cols["prof_watermark_overlay"], float)
+
+    clean_old, clean_px = cues([_jpeg(im) for im in photos])
+    marked_old, marked_px = [], []
+    for seed in HELD_OUT_SEEDS:
+        rng = np.random.default_rng(seed)
+        o, px = cues([_jpeg(*_mark(im, k, rng)) for k, im in enumerate(photos)])
+        marked_old.append(o)
+        marked_px.append(px)
+    old, pixel = _auc(np.concatenate(marked_old), clean_old), _auc(np.concatenate(marked_px), clean_px)
+    print(
+        f"held out, {len(HELD_OUT_SEEDS)} x {len(photos)} marked vs {len(photos)} clean: AUC pixel cue {pixel:.3f}, old heuristic {old:.3f}"
+    )
+    assert pixel >= old + 0.04  # measured 0.718 vs 0.638 (20 other seeds one by one: +0.007..+0.13, mean +0.08)
 
 
 def test_scene_text_is_not_a_watermark_and_real_marks_are(scored):
