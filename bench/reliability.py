@@ -35,6 +35,11 @@ def case(fn):
     return fn
 
 
+def last_line(p: subprocess.CompletedProcess) -> str:
+    lines = [x for x in (p.stderr + p.stdout).splitlines() if x.strip()]
+    return lines[-1][:200] if lines else "(no output)"
+
+
 def curate(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([CURATE, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
 
@@ -256,7 +261,9 @@ def kill_9_driver_mid_stage(work: Path, coco: Path):
         shutil.copy(p, src / p.name)
     ds, clean = work / "x.lance", work / "clean.lance"
     for d in (ds, clean):
-        curate("ingest", str(src), "--dataset", str(d), "--shard-size", "8")
+        made = curate("ingest", str(src), "--dataset", str(d), "--shard-size", "8")
+        if made.returncode != 0:  # a setup failure is reported as such, not as a failed resume
+            return f"setup: ingest exit {made.returncode}: {last_line(made)}", "resumes, same values as a clean run", False
     curate("stage", "prof_hash", "--dataset", str(clean))
     job = start("stage", "prof_hash", "--dataset", str(ds))
     ckpts = ds / "_curation" / "checkpoints"

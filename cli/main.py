@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from cli import dataset, demo, download, export, graph, ingest, models, profile, report, review, train, vector
+from cli import dataset, demo, download, export, graph, ingest, models, pairs, profile, report, review, train, vector
 from cli.common import err_console, native_stderr_to_log
 from curation.config import ConfigError
 from pipelines import load_jobs
@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 load_jobs()  # every stage and step registered, so `curate stage NAME` and pipeline files find them
-for _group in (dataset, demo, ingest, download, profile, report, vector, graph, review, export, train, models):
+for _group in (dataset, demo, ingest, download, profile, report, vector, graph, review, export, train, models, pairs):
     _group.register(app)
 
 

@@ -1,0 +1,3 @@
+"""Editing pairs with exact ground truth (issue #17): pure functions that build (source, target,
+instruction) triples from real photos. ``render``: text rendered onto a photo, then replaced,
+removed or added."""
