@@ -45,7 +45,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile each block")
-    grad_checkpoint: bool = Field(False, description="recompute block activations in backward")
+    grad_checkpoint: bool | None = Field(
+        None,
+        description="recompute block activations in backward; None (auto): on for models of >= 1B parameters or the 6b config, off below",
+    )
     fsdp: Literal["auto", "on", "off"] = Field("auto", description="auto: FSDP2 when > 1B params on > 1 rank")
     log_every: int = Field(10, ge=1)
     ckpt_every: int = Field(500, ge=1)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -480,11 +481,18 @@ def config_from_diffusers(conf: dict) -> S3DiTConfig:
     return S3DiTConfig(**kw)
 
 
-def load_safetensors(path: str | Path, cfg: S3DiTConfig | None = None, device="cpu", dtype=None) -> S3DiT:
+def load_safetensors(path: str | Path, cfg: S3DiTConfig | None = None, device="cpu", dtype: torch.dtype | None = torch.float32) -> S3DiT:
     """Build a model from released weights: a ``.safetensors`` file, or a folder of shards with an
     optional diffusers ``config.json`` (the ``transformer/`` folder of the released repository).
-    Names and shapes must match exactly; a mismatch lists the offending keys."""
-    from safetensors.torch import load_file
+    Names and shapes must match exactly; a mismatch lists the offending keys.
+
+    Parameters come out in ``dtype``, fp32 by default whatever the file holds (the released weights
+    are bf16): training needs fp32 master weights, and bf16 compute comes from autocast. Pass
+    ``dtype=torch.bfloat16`` for inference, or ``None`` to keep each tensor's dtype from the file.
+    The model is built on the meta device and each tensor is read, cast and assigned one at a time,
+    so no second full copy of the weights is ever held (peak: the model in ``dtype`` plus one
+    tensor as stored)."""
+    from safetensors import safe_open
 
     path = Path(path)
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
@@ -497,14 +505,24 @@ def load_safetensors(path: str | Path, cfg: S3DiTConfig | None = None, device="c
         cfg = config_from_diffusers(json.loads(conf.read_text()))
     with torch.device("meta"):
         model = S3DiT(cfg)
+    expected = model.state_dict()
     state = {}
-    for f in files:
-        state.update(load_file(str(f), device=str(device)))
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the S3-DiT layout: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+    with ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(str(f), framework="pt", device=str(device))) for f in files]
+        keys = {k for h in handles for k in h.keys()}
+        missing, unexpected = set(expected) - keys, keys - set(expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint does not match the S3-DiT layout: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+            )
+        for h in handles:
+            for k in h.keys():
+                t = h.get_tensor(k)
+                if t.shape != expected[k].shape:
+                    raise ValueError(f"{k}: shape {tuple(t.shape)} in the checkpoint, {tuple(expected[k].shape)} in the model")
+                state[k] = t if dtype is None or t.dtype == dtype else t.to(dtype)  # the stored copy is freed here
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(dtype=dtype) if dtype is not None else model
+    return model
 
 
 def param_count(model: nn.Module) -> int:
