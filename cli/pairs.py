@@ -1,4 +1,5 @@
-"""``curate pairs render``: editing pairs with exact ground truth (text rendered onto photos)."""
+"""``curate pairs render | synth``: editing pairs with exact ground truth (text rendered onto photos;
+object edits from COCO instance masks)."""
 
 from __future__ import annotations
 
@@ -51,18 +52,67 @@ def register(app: typer.Typer) -> None:
         result = render_pairs(store, cfg, font=font)
         console.print(summary_table(result))
 
+    @pairs_app.command("synth")
+    def synth_cmd(
+        dataset: str = DatasetOpt,
+        annotations: str = typer.Option(..., help="COCO instances JSON with the photos' masks (e.g. instances_train2017.json)"),
+        n: int = typer.Option(100, "--n", help="pairs to make (objects are reused when there are fewer)"),
+        seed: int = typer.Option(0, help="picks photos, objects, colours, shifts, scales and instructions"),
+        kinds: str = typer.Option("recolour,remove,move,resize", help="comma-separated kinds of edit, dealt in turn"),
+        out: Optional[str] = typer.Option(None, help="the pair table (default <dataset>/_curation/pairs/synth.lance)"),
+        image_format: str = typer.Option("png", "--format", help="png (lossless: exact ground truth) or jpeg (quality 95)"),
+        max_side: int = typer.Option(1024, help="larger photos (and their masks) are shrunk to this longest side first"),
+        min_area: float = typer.Option(0.02, help="smallest object to edit, as a share of the image"),
+        max_area: float = typer.Option(0.4, help="largest object to edit, as a share of the image"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Object-editing pairs: an object of a dataset photo, found by its COCO instance mask, is
+        recoloured, removed (inpainted), moved or resized; instructions in English and Chinese
+        name its category. Rows with no annotation are skipped and counted. One new version of
+        the pair table."""
+        from curation.config import validate
+        from pipelines.pairs import SynthConfig, check_out, default_synth_out, load_annotations, pending_synth, synth_pairs
+
+        params = {"annotations": annotations, "n": n, "seed": seed, "kinds": kinds.split(","), "out": out}
+        params |= {"image_format": image_format, "max_side": max_side, "min_area": min_area, "max_area": max_area}
+        cfg = validate(SynthConfig, params, where="command line")
+        store = open_store(dataset)
+        try:
+            loaded = load_annotations(cfg.annotations)
+        except ValueError as e:
+            fail(str(e))
+        where = cfg.out or default_synth_out(store)
+        problem = check_out(where)
+        if problem:
+            fail(problem)
+        todo, there, info = pending_synth(store, cfg, loaded)
+        if not info["photos_matched"]:
+            why = f"{info['photos_unmatched']} rows with no such file name, {info['photos_size_mismatch']} of another size"
+            fail(f"no photo of {dataset} matches an image of {annotations} by file name ({why})")
+        if not todo and not there:
+            fail(f"no object of {min_area:.0%}-{max_area:.0%} of its image in the {info['photos_matched']} matched photos fits {kinds}")
+        if not todo:
+            console.print(f"pairs synth: nothing to do, the {there} planned pairs are already in {where}")
+            return
+        start_ray(address)
+        result = synth_pairs(store, cfg, loaded=loaded)
+        console.print(summary_table(result))
+
     app.add_typer(pairs_app, name="pairs")
 
 
 def summary_table(result) -> Table:
     """Pairs written by kind and language, the rate, and where the table is."""
     x = result.extra
-    table = Table(title=f"pairs render: {result.status}, v{result.version} of {x.get('out')}", show_lines=False)
+    table = Table(title=f"{result.stage}: {result.status}, v{result.version} of {x.get('out')}", show_lines=False)
     for col in ("", "pairs"):
         table.add_column(col, no_wrap=True)
     table.add_row("written", str(x.get("pairs", 0)))
     if x.get("already_there"):
         table.add_row("already in the table", str(x["already_there"]))
+    for k in ("photos_matched", "photos_unmatched", "photos_size_mismatch", "photos_without_object"):
+        if k in x:
+            table.add_row(k.replace("_", " "), str(x[k]))
     for k, v in (x.get("by_kind") or {}).items():
         table.add_row(f"kind: {k}", str(v))
     for k, v in (x.get("by_lang") or {}).items():

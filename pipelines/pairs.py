@@ -22,6 +22,15 @@ How it runs, and why:
 - Each finished unit is checkpointed; one commit (``Overwrite`` for a new table, ``Append``
   otherwise) makes a new version of the pair table. A killed job re-run with the same options
   resumes from the checkpoints.
+
+``curate pairs synth --dataset DS --annotations FILE``: object edits (recolour, remove, move,
+resize) made by ``engines.pairs.synth`` from COCO instance masks, into the same schema (default
+table ``<dataset>/_curation/pairs/synth.lance``). The samples table carries no annotations: the
+driver reads the COCO instances file and matches rows to its images by the file name of
+``source_key`` (or ``image_uri``), with or without its extension (a folder ingest keeps
+``images/000000000139.jpg``, a tar ``000000000139``), and by size where the row has one. Rows with
+no match are skipped and counted. Planning, ids, units, checkpoints and the one commit work as for
+render; each pair's unit carries its object's segmentation, so workers need no annotation file.
 """
 
 from __future__ import annotations
@@ -41,27 +50,44 @@ from curation.runner import Checkpoints, StageResult, console, execute_units
 from curation.stage import StageConfig, Stats
 from curation.store import Store, is_remote, storage_options_from_env
 from engines.pairs.render import KINDS, RENDER_VERSION
+from engines.pairs.synth import SYNTH_KINDS, SYNTH_VERSION
 
-__all__ = ["PairsConfig", "PAIRS_SCHEMA", "render_pairs", "plan_pairs", "pending", "eligible_photos", "default_out", "check_out"]
+__all__ = [
+    "PairsConfig",
+    "SynthConfig",
+    "PAIRS_SCHEMA",
+    "render_pairs",
+    "synth_pairs",
+    "plan_pairs",
+    "plan_synth",
+    "pending",
+    "pending_synth",
+    "eligible_photos",
+    "load_annotations",
+    "match_photos",
+    "default_out",
+    "default_synth_out",
+    "check_out",
+]
 
 PAIRS_SCHEMA = pa.schema(
     [
         pa.field("pair_id", pa.string(), nullable=False),
         pa.field("source_id", pa.string()),  # the samples-table row id of the photo
-        pa.field("kind", pa.string()),  # replace | remove | add
+        pa.field("kind", pa.string()),  # replace | remove | add (render); recolour | remove | move | resize (synth)
         pa.field("src_image", pa.large_binary()),
         pa.field("tgt_image", pa.large_binary()),
         pa.field("instruction_en", pa.string()),
         pa.field("instruction_zh", pa.string()),
-        pa.field("src_text", pa.string()),  # "" for add
-        pa.field("tgt_text", pa.string()),  # "" for remove
+        pa.field("src_text", pa.string()),  # "" for add; synth: the object's COCO category
+        pa.field("tgt_text", pa.string()),  # "" for remove; synth: the colour, left / right, bigger / smaller
         pa.field("box", pa.list_(pa.int32())),  # x0, y0, x1, y1 (exclusive), pixels of both images
         pa.field("changed_fraction", pa.float32()),  # share of pixels that differ between the images
-        pa.field("lang", pa.string()),  # en | zh: the script of the texts
-        pa.field("style", pa.string()),  # sign | plain
+        pa.field("lang", pa.string()),  # en | zh: the script of the texts; null for synth
+        pa.field("style", pa.string()),  # sign | plain; synth: the edit's parameters ("hue=0 ...", "scale=.. dx=..")
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
-        pa.field("provenance", pa.string()),  # "render v1 seed=S dataset=URI@vN"
+        pa.field("provenance", pa.string()),  # "render v1 seed=S dataset=URI@vN"; synth adds annotations=F#sha ann=ID[+ID]
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -94,8 +120,48 @@ class PairsConfig(StageConfig):
         return list(dict.fromkeys(v))
 
 
+class SynthConfig(StageConfig):
+    """What to synthesise (``curate pairs synth`` options)."""
+
+    annotations: str = Field(description="a COCO instances JSON (images, annotations with segmentations, categories)")
+    n: int = Field(100, ge=1, le=10_000_000, description="pairs to make (objects are reused when there are fewer)")
+    seed: int = Field(0, ge=0, description="picks photos, objects, colours, shifts, scales and instructions")
+    kinds: list[str] = Field(list(SYNTH_KINDS), description="kinds of edit, dealt in turn: recolour, remove, move, resize")
+    out: str | None = Field(None, description="the pair table (default <dataset>/_curation/pairs/synth.lance)")
+    image_format: Literal["png", "jpeg"] = Field("png", description="png is lossless (exact ground truth); jpeg is smaller")
+    jpeg_quality: int = Field(95, ge=50, le=100)
+    max_side: int = Field(1024, ge=64, le=8192, description="larger photos (and their masks) are shrunk to this longest side first")
+    min_area: float = Field(0.02, gt=0, lt=1, description="smallest object (with what is attached to it), as a share of the image")
+    max_area: float = Field(0.4, gt=0, le=1, description="largest object (with what is attached to it), as a share of the image")
+    batch_size: int = Field(16, ge=1, le=4096, description="pairs per unit of work (one actor call, one checkpoint)")
+    num_cpus: float = Field(1.0, gt=0)
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, v: list[str]) -> list[str]:
+        v = [k.strip() for k in v if k.strip()]
+        bad = [k for k in v if k not in SYNTH_KINDS]
+        if bad:
+            raise ValueError(f"unknown kind {bad[0]!r}; use {', '.join(SYNTH_KINDS)}")
+        if not v:
+            raise ValueError(f"no kind given; use {', '.join(SYNTH_KINDS)}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("max_area")
+    @classmethod
+    def _area_range(cls, v: float, info) -> float:
+        lo = info.data.get("min_area")
+        if lo is not None and v <= lo:
+            raise ValueError(f"max_area {v} must be larger than min_area {lo}")
+        return v
+
+
 def default_out(store: Store) -> str:
     return str(store.state_dir / "pairs" / "pairs.lance")
+
+
+def default_synth_out(store: Store) -> str:
+    return str(store.state_dir / "pairs" / "synth.lance")
 
 
 def _open_out(uri: str):
@@ -134,8 +200,8 @@ def eligible_photos(ds) -> tuple[list[str], list[int]]:
     return ids, pos.tolist()
 
 
-def _resolve_out(store: Store, cfg: PairsConfig) -> str:
-    out_uri = cfg.out or default_out(store)
+def _resolve_out(store: Store, cfg: PairsConfig | SynthConfig) -> str:
+    out_uri = cfg.out or (default_synth_out(store) if isinstance(cfg, SynthConfig) else default_out(store))
     if not is_remote(out_uri):
         from pathlib import Path
 
@@ -179,31 +245,70 @@ def plan_pairs(ds, cfg: PairsConfig, existing: set[str] = frozenset()) -> tuple[
     return units, skipped
 
 
-class _RenderWorker:
-    """A Ray actor: renders the pairs of whole units and writes them as pair-table fragments."""
+class _PairWorker:
+    """A Ray actor: makes the pairs of whole units and writes them as pair-table fragments
+    (``_unit`` is the kind of pair)."""
 
-    def __init__(self, uri: str, storage_options: dict, version: int, out_uri: str, cfg: dict, font: str, provenance: str, created_at):
+    config_cls: type[StageConfig] = PairsConfig
+
+    def __init__(self, uri: str, storage_options: dict, version: int, out_uri: str, cfg: dict, provenance: str, created_at, **kw):
         import lance
 
         self.ds = lance.dataset(uri, version=version, storage_options=storage_options or None)
         self.out_uri, self.out_options = out_uri, storage_options_from_env(out_uri)
-        self.cfg, self.font, self.provenance, self.created_at = PairsConfig(**cfg), font, provenance, created_at
+        self.cfg, self.provenance, self.created_at = self.config_cls(**cfg), provenance, created_at
 
-    def _photo(self, image: bytes | None, uri: str | None):
-        from PIL import Image
-
+    def _decode(self, image: bytes | None, uri: str | None):
+        """The photo as a PIL RGB image at full size, or why it could not be read."""
         from engines.profiling.decode import DecodeOptions, decode_image, image_bytes_of
 
         opts = DecodeOptions(max_side=None)
         data = image_bytes_of(image, uri, opts.max_file_bytes)
         got = data if not isinstance(data, bytes) else decode_image(data, opts)
-        if not hasattr(got, "rgb"):
-            return got.reason
-        rgb = got.rgb
+        return got.rgb if hasattr(got, "rgb") else got.reason
+
+    def _shrink(self, rgb) -> np.ndarray:
+        from PIL import Image
+
         if max(rgb.size) > self.cfg.max_side:
             rgb = rgb.copy()
             rgb.thumbnail((self.cfg.max_side, self.cfg.max_side), Image.Resampling.LANCZOS)
         return np.asarray(rgb)
+
+    def _photo(self, image: bytes | None, uri: str | None):
+        rgb = self._decode(image, uri)
+        return rgb if isinstance(rgb, str) else self._shrink(rgb)
+
+    def _unit(self, pairs: list[dict]) -> tuple[pa.Table, Counter]:
+        raise NotImplementedError
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from lance.fragment import write_fragments
+
+        out: dict[str, list] = {"unit": [], "fragments": [], "stats": []}
+        for unit in batch.to_pylist():
+            t0 = time.perf_counter()
+            table, counters = self._unit(json.loads(unit["pairs"]))
+            frags = []
+            if table.num_rows:
+                frags = write_fragments(
+                    table, self.out_uri, schema=PAIRS_SCHEMA, max_rows_per_file=1 << 20, storage_options=self.out_options or None
+                )
+            stats = Stats(table.num_rows, counters, time.perf_counter() - t0)
+            out["unit"].append(unit["unit"])
+            out["fragments"].append(json.dumps([f.to_json() for f in frags]))
+            out["stats"].append(json.dumps(stats.to_dict()))
+        return pa.table(out)
+
+
+class _RenderWorker(_PairWorker):
+    """Renders text-editing pairs (``engines.pairs.render``)."""
+
+    config_cls = PairsConfig
+
+    def __init__(self, *args, font: str, **kw):
+        super().__init__(*args, **kw)
+        self.font = font
 
     def _unit(self, pairs: list[dict]) -> tuple[pa.Table, Counter]:
         from engines.pairs.render import encode_image, render_pair
@@ -254,28 +359,10 @@ class _RenderWorker:
             counters[f"lang_{pair.lang}"] += 1
         return pa.Table.from_pylist(out, schema=PAIRS_SCHEMA), counters
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from lance.fragment import write_fragments
 
-        out: dict[str, list] = {"unit": [], "fragments": [], "stats": []}
-        for unit in batch.to_pylist():
-            t0 = time.perf_counter()
-            table, counters = self._unit(json.loads(unit["pairs"]))
-            frags = []
-            if table.num_rows:
-                frags = write_fragments(
-                    table, self.out_uri, schema=PAIRS_SCHEMA, max_rows_per_file=1 << 20, storage_options=self.out_options or None
-                )
-            stats = Stats(table.num_rows, counters, time.perf_counter() - t0)
-            out["unit"].append(unit["unit"])
-            out["fragments"].append(json.dumps([f.to_json() for f in frags]))
-            out["stats"].append(json.dumps(stats.to_dict()))
-        return pa.table(out)
-
-
-def _fingerprint(cfg: PairsConfig, read_version: int, out_uri: str, out_version: int | None) -> str:
+def _fingerprint(cfg: StageConfig, read_version: int, out_uri: str, out_version: int | None, salt: str = "") -> str:
     what = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _SCHEDULING}
-    payload = json.dumps({"cfg": what, "v": read_version, "out": out_uri, "out_v": out_version}, sort_keys=True)
+    payload = json.dumps({"cfg": what, "v": read_version, "out": out_uri, "out_v": out_version}, sort_keys=True) + salt
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
@@ -296,38 +383,71 @@ def render_pairs(
     One render job per dataset at a time (a second waits). ``extra`` has the table's path
     (``out``), pairs written, counts by kind and language, and pairs per second (job wall time,
     set-up of the Ray workers included)."""
-    from lance.fragment import FragmentMetadata
-
     from engines.pairs.render import find_font
 
     t0 = time.perf_counter()
     font = font or find_font()
+
+    def plan(ds, existing):
+        units, skipped = plan_pairs(ds, cfg, existing)
+        return units, skipped, {}, "no row with an image and no error"
+
+    def tally(c: Counter) -> dict[str, Any]:
+        return {"by_kind": {k: c.get(f"kind_{k}", 0) for k in cfg.kinds}, "by_lang": {k: c.get(f"lang_{k}", 0) for k in ("en", "zh")}}
+
+    return _run_job(
+        store, cfg, "render", plan, _RenderWorker, {"font": font}, f"{RENDER_VERSION} seed={cfg.seed}", tally,
+        t0=t0, show_progress=show_progress, concurrency=concurrency,
+    )  # fmt: skip
+
+
+def _run_job(
+    store: Store,
+    cfg: PairsConfig | SynthConfig,
+    job: str,
+    plan,
+    worker: type,
+    worker_kw: dict[str, Any],
+    provenance: str,
+    tally,
+    *,
+    t0: float,
+    show_progress: bool,
+    concurrency: int | None,
+    salt: str = "",
+) -> StageResult:
+    """The job around a pair maker: plan under the job's lock, run the units on Ray actors with
+    checkpoints, commit once. ``plan(ds, existing)`` -> (units, skipped, extra, why-nothing);
+    ``tally(counters)`` -> the counts ``extra`` reports."""
+    from lance.fragment import FragmentMetadata
+
+    name = f"pairs {job}"
     out_uri = _resolve_out(store, cfg)
     problem = check_out(out_uri)
     if problem:
         raise ValueError(problem)
-    with store.lock("pairs-render", on_wait=lambda h: console.print(f"pairs: another render job is running ({h}); waiting")):
+    with store.lock(f"pairs-{job}", on_wait=lambda h: console.print(f"pairs: another {job} job is running ({h}); waiting")):
         ds = store.open()
         read_version = ds.version
         out_ds = _open_out(out_uri)
-        units, skipped = plan_pairs(ds, cfg, _existing_ids(out_ds))
-        extra: dict[str, Any] = {"out": out_uri, "pairs": 0, "already_there": skipped}
+        units, skipped, plan_extra, nothing = plan(ds, _existing_ids(out_ds))
+        extra: dict[str, Any] = {"out": out_uri, "pairs": 0, "already_there": skipped, **plan_extra}
         if not units:
-            why = "every planned pair is already in the table" if skipped else "no row with an image and no error"
-            console.print(f"pairs: nothing to render ({why})")
+            why = "every planned pair is already in the table" if skipped else nothing
+            console.print(f"pairs: nothing to {job} ({why})")
             version = out_ds.version if out_ds is not None else 0
-            return StageResult("pairs render", "skipped", version, read_version, seconds=time.perf_counter() - t0, extra=extra)
-        ckpt = Checkpoints(
-            store.state_dir / "checkpoints" / f"pairs-{_fingerprint(cfg, read_version, out_uri, out_ds and out_ds.version)}", "unit"
-        )
+            return StageResult(name, "skipped", version, read_version, seconds=time.perf_counter() - t0, extra=extra)
+        prefix = "pairs" if job == "render" else f"pairs-{job}"  # render's checkpoint folder name predates synth
+        fp = _fingerprint(cfg, read_version, out_uri, out_ds and out_ds.version, salt)
+        ckpt = Checkpoints(store.state_dir / "checkpoints" / f"{prefix}-{fp}", "unit")
         done = ckpt.load()
         resumed = sum(1 for u in units if u["unit"] in done)
         if resumed:
-            console.print(f"pairs: resuming, {resumed} of {len(units)} units already rendered")
-        provenance = f"{RENDER_VERSION} seed={cfg.seed} dataset={store.uri}@v{read_version}"
+            console.print(f"pairs: resuming, {resumed} of {len(units)} units already done")
         created = datetime.now(UTC)
         ctor = {"uri": store.uri, "storage_options": store.storage_options, "version": read_version, "out_uri": out_uri}
-        ctor |= {"cfg": cfg.model_dump(mode="json"), "font": font, "provenance": provenance, "created_at": created}
+        ctor |= {"cfg": cfg.model_dump(mode="json"), "provenance": f"{provenance} dataset={store.uri}@v{read_version}"}
+        ctor |= {"created_at": created, **worker_kw}
 
         def on_result(row: dict[str, Any]) -> None:
             rec = {"unit": row["unit"], "fragments": json.loads(row["fragments"]), "stats": json.loads(row["stats"])}
@@ -336,8 +456,8 @@ def render_pairs(
 
         todo = [u for u in units if u["unit"] not in done]
         execute_units(
-            todo, _RenderWorker, ctor, ray_options={"num_cpus": cfg.num_cpus}, on_result=on_result,
-            description="pairs render (units)", concurrency=concurrency, show_progress=show_progress,
+            todo, worker, ctor, ray_options={"num_cpus": cfg.num_cpus}, on_result=on_result,
+            description=f"{name} (units)", concurrency=concurrency, show_progress=show_progress,
         )  # fmt: skip
         missing = [u["unit"] for u in units if u["unit"] not in done]
         if missing:
@@ -347,22 +467,279 @@ def render_pairs(
         stats = sum((Stats.from_dict(rec["stats"]) for rec in records), Stats())
         if not frags:
             ckpt.clear()
-            console.print("pairs: no pair could be rendered (see the counters)")
+            console.print(f"pairs: no pair could be made by {job} (see the counters)")
             version = out_ds.version if out_ds is not None else 0
-            return StageResult(
-                "pairs render", "empty", version, read_version, len(units), resumed, stats, time.perf_counter() - t0, extra=extra
-            )
-        new = _commit(out_uri, out_ds, frags, f"pairs render seed={cfg.seed} n={cfg.n}")
+            return StageResult(name, "empty", version, read_version, len(units), resumed, stats, time.perf_counter() - t0, extra=extra)
+        new = _commit(out_uri, out_ds, frags, f"{name} seed={cfg.seed} n={cfg.n}")
         ckpt.clear()
     seconds = time.perf_counter() - t0
-    c = stats.counters
     extra |= {
         "pairs": stats.rows,
-        "by_kind": {k: c.get(f"kind_{k}", 0) for k in cfg.kinds},
-        "by_lang": {k: c.get(f"lang_{k}", 0) for k in ("en", "zh")},
+        **tally(stats.counters),
         "pairs_per_second": round(stats.rows / seconds, 2) if seconds > 0 else None,
-        "render_seconds": round(stats.seconds, 3),
+        f"{job}_seconds": round(stats.seconds, 3),
     }
-    result = StageResult("pairs render", "committed", new.version, read_version, len(units), resumed, stats, seconds, extra=extra)
-    result.stats_path = str(store.write_json(f"stats/pairs-render-v{read_version}-{new.version}.json", result.to_dict()))
+    result = StageResult(name, "committed", new.version, read_version, len(units), resumed, stats, seconds, extra=extra)
+    result.stats_path = str(store.write_json(f"stats/pairs-{job}-v{read_version}-{new.version}.json", result.to_dict()))
     return result
+
+
+# --- synth: object edits from COCO instance masks ------------------------------------------------
+
+
+def load_annotations(path: str) -> tuple[dict[str, dict], str]:
+    """(``engines.pairs.synth.index_annotations`` of the COCO instances file at ``path``, the first
+    12 hex digits of its SHA-1). ``ValueError`` with a one-line reason when it is not one."""
+    from pathlib import Path
+
+    from engines.pairs.synth import index_annotations
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"--annotations {path}: no such file")
+    if not p.is_file():
+        raise ValueError(f"--annotations {path} is not a file (a COCO instances JSON, e.g. instances_train2017.json)")
+    data = p.read_bytes()
+    try:
+        coco = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--annotations {path} is not JSON: {e}") from None
+    if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")):
+        raise ValueError(f"--annotations {path} is not a COCO instances file (it needs images, annotations and categories lists)")
+    try:
+        return index_annotations(coco), hashlib.sha1(data).hexdigest()[:12]
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"--annotations {path}: a malformed image or annotation entry ({type(e).__name__}: {e})") from None
+
+
+def _base(name: str | None) -> str | None:
+    return name.replace("\\", "/").rsplit("/", 1)[-1] if name else None
+
+
+def match_photos(ds, index: dict[str, dict]) -> tuple[list[dict[str, Any]], Counter]:
+    """The rows with a stored image and no error that have an entry in ``index`` (the COCO file
+    names): ``[{"id", "pos", "file_name"}]`` in row order, and counters ``unmatched`` (no such
+    file name) and ``size_mismatch`` (the name matches, the row's width x height does not)."""
+    import pyarrow.compute as pc
+
+    cols = [c for c in ("id", "image_sha256", "error", "source_key", "image_uri", "width", "height") if c in ds.schema.names]
+    t = ds.to_table(columns=cols)
+    ok = pc.and_(pc.is_valid(t.column("image_sha256")), pc.is_null(t.column("error"))).to_numpy(zero_copy_only=False)
+    stems: dict[str, str | None] = {}
+    for fn in index:
+        stem = fn.rsplit(".", 1)[0]
+        stems[stem] = None if stem in stems and stems[stem] != fn else fn  # an ambiguous stem matches nothing
+    n = t.num_rows
+    get = {c: t.column(c).to_pylist() if c in t.column_names else [None] * n for c in ("id", "source_key", "image_uri", "width", "height")}
+    out, counts = [], Counter()
+    for pos in np.flatnonzero(ok).tolist():
+        fn = None
+        for name in (_base(get["source_key"][pos]), _base(get["image_uri"][pos])):
+            if not name:
+                continue
+            fn = name if name in index else stems.get(name) or stems.get(name.rsplit(".", 1)[0])
+            if fn:
+                break
+        if fn is None:
+            counts["unmatched"] += 1
+            continue
+        w, h = get["width"][pos], get["height"][pos]
+        if w is not None and h is not None and (w, h) != (index[fn]["width"], index[fn]["height"]):
+            counts["size_mismatch"] += 1
+            continue
+        out.append({"id": get["id"][pos], "pos": pos, "file_name": fn})
+    return out, counts
+
+
+def _synth_pair_id(seed: int, i: int, kind: str, source_id: str, ann_id: Any, digest: str) -> str:
+    return hashlib.sha1(f"{SYNTH_VERSION}:{seed}:{i}:{kind}:{source_id}:{ann_id}:{digest}".encode()).hexdigest()[:24]
+
+
+def plan_synth(
+    ds,
+    cfg: SynthConfig,
+    index: dict[str, dict],
+    digest: str,
+    existing: set[str] = frozenset(),  # type: ignore[assignment]
+) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """(units of pairs to make, pairs skipped because the table has them, what matching found).
+
+    The matched photos are ranked by ``sha1(seed:id)``, the objects of each photo by
+    ``sha1(seed:ann_id)``; a kind's candidates are the first object of every photo, then the
+    second, ... Pair ``i`` has kind ``kinds[i mod k]`` and is that kind's ``j = i div k``-th pair:
+    candidate ``(j + kind_index * len / k) mod len`` (each kind starts at another photo)."""
+    from engines.pairs.synth import eligible_objects, refer
+
+    matched, counts = match_photos(ds, index)
+    rank = sorted(matched, key=lambda r: hashlib.sha1(f"{cfg.seed}:{r['id']}".encode()).digest())
+    cands: dict[str, list[tuple[dict, dict]]] = {}
+    no_object = 0
+    for kind in cfg.kinds:
+        per_photo = []
+        for r in rank:
+            objs = eligible_objects(index[r["file_name"]], kind, cfg.min_area, cfg.max_area)
+            per_photo.append(sorted(objs, key=lambda o: hashlib.sha1(f"{cfg.seed}:{o['ann_id']}".encode()).digest()))
+        deep = max((len(o) for o in per_photo), default=0)
+        cands[kind] = [(r, objs[d]) for d in range(deep) for r, objs in zip(rank, per_photo, strict=True) if d < len(objs)]
+    for r in rank:
+        entry = index[r["file_name"]]
+        no_object += not any(eligible_objects(entry, kind, cfg.min_area, cfg.max_area) for kind in cfg.kinds)
+    info = {
+        "photos_matched": len(matched),
+        "photos_unmatched": counts["unmatched"],
+        "photos_size_mismatch": counts["size_mismatch"],
+        "photos_without_object": no_object,
+        "objects": {k: len(v) for k, v in cands.items()},
+    }
+    k = len(cfg.kinds)
+    todo, skipped = [], 0
+    for i in range(cfg.n):
+        ki, j = i % k, i // k
+        kind = cfg.kinds[ki]
+        pool = cands[kind]
+        if not pool:
+            continue
+        r, o = pool[(j + ki * len(pool) // k) % len(pool)]
+        entry = index[r["file_name"]]
+        pid = _synth_pair_id(cfg.seed, i, kind, r["id"], o["ann_id"], digest)
+        if pid in existing:
+            skipped += 1
+            continue
+        peers = [p["bbox"] for p in entry["objects"] if p["category"] == o["category"] and p["ann_id"] != o["ann_id"]]
+        obj_en, obj_zh = refer(o["category"], o["bbox"], peers, entry["width"], entry["height"])
+        todo.append(
+            {
+                "i": i,
+                "pair_id": pid,
+                "source_id": r["id"],
+                "pos": r["pos"],
+                "kind": kind,
+                "width": entry["width"],
+                "height": entry["height"],
+                "category": o["category"],
+                "refer": [obj_en, obj_zh],
+                "ann_ids": [o["ann_id"], *(a["ann_id"] for a in o["with"])],
+                "segmentations": [o["segmentation"], *(a["segmentation"] for a in o["with"])],
+            }
+        )
+    units = [{"unit": u, "pairs": json.dumps(todo[s : s + cfg.batch_size])} for u, s in enumerate(range(0, len(todo), cfg.batch_size))]
+    return units, skipped, info
+
+
+def pending_synth(store: Store, cfg: SynthConfig, loaded: tuple[dict, str] | None = None) -> tuple[int, int, dict[str, Any]]:
+    """(pairs to make, pairs the table already has, what matching found): what ``synth_pairs``
+    would do, read without Ray (the command checks it before starting Ray). ``loaded``: what
+    ``load_annotations(cfg.annotations)`` returned, if the caller has it (a full COCO file takes
+    seconds to parse)."""
+    index, digest = loaded or load_annotations(cfg.annotations)
+    existing = _existing_ids(_open_out(_resolve_out(store, cfg)))
+    units, skipped, info = plan_synth(store.open(), cfg, index, digest, existing)
+    return sum(len(json.loads(u["pairs"])) for u in units), skipped, info
+
+
+class _SynthWorker(_PairWorker):
+    """Makes object-editing pairs (``engines.pairs.synth``) from the masks the units carry."""
+
+    config_cls = SynthConfig
+
+    def _unit(self, pairs: list[dict]) -> tuple[pa.Table, Counter]:
+        import cv2
+
+        from engines.pairs.render import encode_image
+        from engines.pairs.synth import Skip, decode_segmentation, synth_pair
+
+        counters: Counter = Counter()
+        uniq = sorted({p["pos"] for p in pairs})
+        rows = self.ds.take(np.asarray(uniq, np.int64), columns=["id", "image", "image_uri"]).to_pylist()
+        by_pos = dict(zip(uniq, rows, strict=True))
+        photos: dict[int, Any] = {}
+        out: list[dict] = []
+        for p in pairs:
+            row = by_pos[p["pos"]]
+            if row["id"] != p["source_id"]:  # cannot happen at a pinned version; guard against a planning bug
+                raise RuntimeError(f"row {p['pos']} is {row['id']}, planned {p['source_id']}")
+            if p["pos"] not in photos:
+                rgb = self._decode(row["image"], row["image_uri"])
+                photos[p["pos"]] = rgb if isinstance(rgb, str) else (rgb.size, self._shrink(rgb))
+            got = photos[p["pos"]]
+            if isinstance(got, str):
+                counters[f"skipped_decode_{got}"] += 1
+                continue
+            (w, h), photo = got
+            if (w, h) != (p["width"], p["height"]):
+                counters["skipped_size_mismatch"] += 1
+                continue
+            segs = p["segmentations"][:1] if p["kind"] == "recolour" else p["segmentations"]
+            mask = np.zeros((h, w), dtype=bool)
+            for seg in segs:
+                mask |= decode_segmentation(seg, h, w)
+            if photo.shape[:2] != (h, w):  # shrunk to max_side: the mask follows
+                small = cv2.resize(mask.astype(np.float32), (photo.shape[1], photo.shape[0]), interpolation=cv2.INTER_AREA)
+                mask = small >= 0.5
+            try:
+                pair = synth_pair(photo, mask, p["kind"], [self.cfg.seed, p["i"]], tuple(p["refer"]))
+            except Skip as e:
+                counters[f"skipped_{e.reason}"] += 1
+                continue
+            fmt, q = self.cfg.image_format, self.cfg.jpeg_quality
+            ann = "+".join(str(a) for a in (p["ann_ids"][:1] if p["kind"] == "recolour" else p["ann_ids"]))
+            out.append(
+                {
+                    "pair_id": p["pair_id"],
+                    "source_id": p["source_id"],
+                    "kind": pair.kind,
+                    "src_image": encode_image(pair.source, fmt, q),
+                    "tgt_image": encode_image(pair.target, fmt, q),
+                    "instruction_en": pair.instruction_en,
+                    "instruction_zh": pair.instruction_zh,
+                    "src_text": p["category"],
+                    "tgt_text": pair.detail,
+                    "box": list(pair.box),
+                    "changed_fraction": pair.changed_fraction,
+                    "lang": None,
+                    "style": pair.params,
+                    "width": int(photo.shape[1]),
+                    "height": int(photo.shape[0]),
+                    "provenance": f"{self.provenance} ann={ann}",
+                    "created_at": self.created_at,
+                }
+            )
+            counters[f"kind_{pair.kind}"] += 1
+        return pa.Table.from_pylist(out, schema=PAIRS_SCHEMA), counters
+
+
+def synth_pairs(
+    store: Store,
+    cfg: SynthConfig,
+    *,
+    show_progress: bool = True,
+    concurrency: int | None = None,
+    loaded: tuple[dict, str] | None = None,
+) -> StageResult:
+    """Make ``cfg.n`` object-editing pairs from the dataset's photos and the COCO masks of
+    ``cfg.annotations`` into the pair table; one new version of it. ``extra`` has the table's path
+    (``out``), pairs written, counts by kind, what matching found (``photos_matched``,
+    ``photos_unmatched``, ...) and pairs per second (job wall time, set-up of the Ray workers
+    included; and the parsing of the annotations unless ``loaded`` gives it)."""
+    from pathlib import Path
+
+    t0 = time.perf_counter()
+    index, digest = loaded or load_annotations(cfg.annotations)
+
+    def plan(ds, existing):
+        units, skipped, info = plan_synth(ds, cfg, index, digest, existing)
+        nothing = (
+            "no row with an image and no error matches a file name of the annotations"
+            if not info["photos_matched"]
+            else f"no object of {cfg.min_area:.0%}-{cfg.max_area:.0%} of its image fits the kinds {', '.join(cfg.kinds)}"
+        )
+        return units, skipped, info, nothing
+
+    def tally(c: Counter) -> dict[str, Any]:
+        return {"by_kind": {k: c.get(f"kind_{k}", 0) for k in cfg.kinds}}
+
+    provenance = f"{SYNTH_VERSION} seed={cfg.seed} annotations={Path(cfg.annotations).name}#{digest}"
+    return _run_job(
+        store, cfg, "synth", plan, _SynthWorker, {}, provenance, tally,
+        t0=t0, show_progress=show_progress, concurrency=concurrency, salt=digest,
+    )  # fmt: skip
