@@ -95,6 +95,17 @@ PAIRS_SCHEMA = pa.schema(
 _SCHEDULING = ("batch_size", "num_cpus")
 
 
+def _check_kinds(v: list[str], known) -> list[str]:
+    """The ``kinds`` option of either job: known names, at least one, each once, in order."""
+    v = [k.strip() for k in v if k.strip()]
+    bad = [k for k in v if k not in known]
+    if bad:
+        raise ValueError(f"unknown kind {bad[0]!r}; use {', '.join(known)}")
+    if not v:
+        raise ValueError(f"no kind given; use {', '.join(known)}")
+    return list(dict.fromkeys(v))
+
+
 class PairsConfig(StageConfig):
     """What to render (``curate pairs render`` options)."""
 
@@ -111,13 +122,7 @@ class PairsConfig(StageConfig):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, v: list[str]) -> list[str]:
-        v = [k.strip() for k in v if k.strip()]
-        bad = [k for k in v if k not in KINDS]
-        if bad:
-            raise ValueError(f"unknown kind {bad[0]!r}; use {', '.join(KINDS)}")
-        if not v:
-            raise ValueError(f"no kind given; use {', '.join(KINDS)}")
-        return list(dict.fromkeys(v))
+        return _check_kinds(v, KINDS)
 
 
 class SynthConfig(StageConfig):
@@ -139,13 +144,7 @@ class SynthConfig(StageConfig):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, v: list[str]) -> list[str]:
-        v = [k.strip() for k in v if k.strip()]
-        bad = [k for k in v if k not in SYNTH_KINDS]
-        if bad:
-            raise ValueError(f"unknown kind {bad[0]!r}; use {', '.join(SYNTH_KINDS)}")
-        if not v:
-            raise ValueError(f"no kind given; use {', '.join(SYNTH_KINDS)}")
-        return list(dict.fromkeys(v))
+        return _check_kinds(v, SYNTH_KINDS)
 
     @field_validator("max_area")
     @classmethod
