@@ -98,6 +98,42 @@ def register(app: typer.Typer) -> None:
         result = synth_pairs(store, cfg, loaded=loaded)
         console.print(summary_table(result))
 
+    @pairs_app.command("export")
+    def export_cmd(
+        dataset: str = DatasetOpt,
+        out: str = typer.Option(..., "--out", "-o", help="pair shards to write (path or s3:// URI)"),
+        table: Optional[list[str]] = typer.Option(
+            None, "--table", help="a pair table to export (repeatable; default: the dataset's pairs.lance and synth.lance)"
+        ),
+        resolution: int = typer.Option(512, help="target resolution: 256, 512 or 1024 (buckets as `curate export`)"),
+        langs: str = typer.Option("en,zh", help="instruction languages to write, comma-separated"),
+        overwrite: bool = typer.Option(False, help="write a new version of existing pair shards"),
+        allow_empty: bool = typer.Option(False, "--allow-empty", help="write the shards even when no pair is kept"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Pair shards for training: both images, the instructions, token counts of every segment
+        and the target's bucket; what `training.loader` reads as pairs. One new version of --out."""
+        from curation.config import ConfigError, validate
+        from pipelines.pairs import PairExportConfig, export_pairs, pair_tables
+
+        params = {"out": out, "tables": table or [], "resolution": resolution, "langs": langs.split(",")}
+        params |= {"overwrite": overwrite, "allow_empty": allow_empty}
+        try:
+            cfg = validate(PairExportConfig, params, where="command line")
+        except ConfigError as e:
+            fail(" ".join(str(e).split()))
+        store = open_store(dataset)
+        try:  # no pair table, or not one: a one-line error before Ray starts
+            pair_tables(store, cfg)
+            start_ray(address)
+            result = export_pairs(store, cfg)
+        except ValueError as e:
+            fail(str(e))
+        x = result.extra
+        console.print(f"pairs export: {result.status}, v{result.version} of {x['out']}: {x['kept']} pairs kept, {x['excluded']} excluded")
+        for reason, count in sorted((x.get("by_reason") or {}).items()):
+            console.print(f"  excluded {reason}: {count}")
+
     app.add_typer(pairs_app, name="pairs")
 
 

@@ -11,8 +11,20 @@ from rich.console import Console
 from cli.common import AddressOpt, DatasetOpt, err_console, fail, open_store, start_ray
 from pipelines.dedup import DedupConfig, run_dedup
 from pipelines.descriptors import default_column
-from pipelines.index import IndexBuildConfig, build_index
-from pipelines.knn import KnnConfig, build_knn
+from pipelines.index import IndexBuildConfig, build_index, check_index_weights
+from pipelines.knn import KnnConfig, build_knn, check_knn_weights
+
+RandomOpt = typer.Option(
+    False,
+    "--allow-random-weights",
+    help="use an embedding made by randomly initialised weights anyway (noise; the output is marked random_derived)",
+)
+
+
+def _say_random(random_derived: dict) -> None:
+    """One line per random-weight input the user allowed: the output is noise and marked so."""
+    for c, m in (random_derived or {}).items():
+        err_console.print(f"[bold yellow]RANDOM-DERIVED[/] {c}: {m['group']}: {m['why']}")
 
 
 def register(app) -> None:
@@ -36,6 +48,7 @@ def register(app) -> None:
         nlist: Optional[int] = typer.Option(None, help="IVF lists"),
         nprobe: int = typer.Option(16, help="IVF lists searched per query"),
         rebuild: bool = typer.Option(False, help="start over instead of adding new rows"),
+        allow_random_weights: bool = RandomOpt,
         address: Optional[str] = AddressOpt,
     ):
         """Build or extend (new rows only) the FAISS index of an embedding column."""
@@ -43,10 +56,16 @@ def register(app) -> None:
 
         cfg = validate(
             IndexBuildConfig,
-            {"column": column, "rebuild": rebuild, "index": {"kind": kind, "nlist": nlist, "nprobe": nprobe}},
+            {
+                "column": column,
+                "rebuild": rebuild,
+                "allow_random_weights": allow_random_weights,
+                "index": {"kind": kind, "nlist": nlist, "nprobe": nprobe},
+            },
             where="options",
         )
         store = open_store(dataset)
+        _say_random(_guard(check_index_weights, store, column or default_column(store), allow_random_weights))
         start_ray(address)
         _guard(build_index, store, cfg)
 
@@ -56,13 +75,18 @@ def register(app) -> None:
         k: int = typer.Option(100, help="neighbours per row"),
         column: Optional[str] = typer.Option(None, help="indexed column"),
         nprobe: Optional[int] = typer.Option(None),
+        full: bool = typer.Option(False, "--full", help="recompute the whole graph instead of adding the rows appended since"),
+        allow_random_weights: bool = RandomOpt,
         address: Optional[str] = AddressOpt,
     ):
-        """The k-NN graph (source id, neighbour id, similarity) as a Lance table next to the dataset."""
+        """The k-NN graph (source id, neighbour id, similarity) as a Lance table next to the dataset;
+        after rows were appended (and the index extended), only the new rows are queried."""
         from curation.config import validate
 
-        cfg = validate(KnnConfig, {"k": k, "column": column, "nprobe": nprobe}, where="options")
+        params = {"k": k, "column": column, "nprobe": nprobe, "full": full, "allow_random_weights": allow_random_weights}
+        cfg = validate(KnnConfig, params, where="options")
         store = open_store(dataset)
+        _say_random(_guard(check_knn_weights, store, column or default_column(store), allow_random_weights))
         start_ray(address)
         _guard(build_knn, store, cfg)
 

@@ -42,7 +42,7 @@ from curation.runner import Checkpoints, StageResult, console, execute_units
 from curation.stage import StageConfig, Stats
 from curation.store import Store
 
-__all__ = ["ExportRule", "ExportConfig", "Roles", "resolve_roles", "select_rows", "shard_rows", "export"]
+__all__ = ["ExportRule", "ExportConfig", "Roles", "resolve_roles", "select_rows", "bucket_of", "shard_rows", "export"]
 
 WEIGHT_COLUMNS = ("rs_weight", "sampling_weight", "weight")
 CURRICULUM_COLUMNS = ("rs_stage", "curriculum_stage", "prof_curriculum")
@@ -359,6 +359,16 @@ def fetch_all(uris: list[str], fetch, threads: int) -> list[bytes | BaseExceptio
         return list(pool.map(one, uris))
 
 
+def bucket_of(width: int, height: int, cfg) -> tuple[int, int, int, float]:
+    """(resolution level, bucket width, bucket height, share of the image the crop keeps) of an
+    image, under the bucketing options of ``cfg`` (``resolution``, ``max_upscale``, ``max_ratio``).
+    One function for the single-image and the pair export, so a pair's target lands in the bucket
+    the same photo would get as a plain sample."""
+    res = choose_resolution(width, height, cfg.resolution, max_upscale=cfg.max_upscale)
+    bw, bh = assign_bucket(width, height, crop_sizes(res, max_ratio=cfg.max_ratio))
+    return res, bw, bh, float(np.exp(-abs(np.log((bw / bh) / (width / height)))))
+
+
 def shard_rows(
     t: pa.Table, cfg: ExportConfig, roles: Roles, count_tokens=estimate_caption_tokens, *, fetch=None, counts: Counter | None = None
 ) -> tuple[pa.Table, list[tuple[str, str]]]:
@@ -401,9 +411,7 @@ def shard_rows(
         if min(w, h) < cfg.min_side:
             excluded.append((rid, "too_small"))
             continue
-        res = choose_resolution(w, h, cfg.resolution, max_upscale=cfg.max_upscale)
-        bw, bh = assign_bucket(w, h, crop_sizes(res, max_ratio=cfg.max_ratio))
-        kept = float(np.exp(-abs(np.log((bw / bh) / (w / h)))))
+        res, bw, bh, kept = bucket_of(w, h, cfg)
         if kept < cfg.min_kept_fraction:
             excluded.append((rid, "extreme_aspect"))
             continue

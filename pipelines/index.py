@@ -36,6 +36,17 @@ class IndexBuildConfig(BaseModel):
     index: IndexConfig = Field(default_factory=IndexConfig)
     rows_per_shard: int = Field(200_000, ge=1, description="rows added per Ray unit (one checkpointed shard each)")
     rebuild: bool = Field(False, description="start over instead of adding new rows")
+    allow_random_weights: bool = Field(
+        False, description="index embeddings made by randomly initialised weights anyway (noise; the manifest marks it)"
+    )
+
+
+def check_index_weights(store, column: str, allow: bool) -> dict:
+    """``check_random_weights`` for the index of ``column`` (the CLI calls it before Ray starts):
+    an index over random-weight embeddings gives neighbours that are noise."""
+    from engines.vector.retrieval import check_random_weights
+
+    return check_random_weights(store, [column], consumer=f"the index of {column!r}", allow=allow)
 
 
 class _AddWorker:
@@ -127,6 +138,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
 
     t0 = time.perf_counter()
     column, ds = _checked_column(store, cfg, show_progress)
+    random_derived = check_index_weights(store, column, cfg.allow_random_weights)
     # remote dataset: start from the index in the object store (built on another node?), not a stale cache
     folder = index_dir(store, column) if cfg.rebuild else pull_index(store, column)
     fids = field_ids(ds, column) | field_ids(ds, "id")
@@ -138,6 +150,8 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
     shard_dir = _add_shards(store, ds, column, cfg, start.trained, units, folder, show_progress)
     index, labels, skipped, added = _merge_shards(start, units, shard_dir, column)
     manifest = _manifest(store, ds, column, cfg, start, index, sigs, next_label, skipped, added)
+    if random_derived:  # noise, built on request: every reader of the manifest sees why
+        manifest.config["random_derived"] = {c: f"{m['group']}: {m['why']}" for c, m in random_derived.items()}
     save_index(folder, index, manifest, labels)
     pushed = push_index(store, column)  # remote dataset: every node finds it there (manifest last)
     shutil.rmtree(shard_dir.parent, ignore_errors=True)

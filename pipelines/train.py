@@ -121,6 +121,11 @@ def check_training_inputs(cfg: TrainRunConfig, log=None) -> None:
         raise ValueError(
             f"{cfg.shards} is not a training shard dataset written by `curate export`: {str(e).splitlines()[0][:200]}"
         ) from None
+    if probe.pairs:  # the model has no source-image segment yet: training on targets alone would be silent noise
+        raise ValueError(
+            f"{cfg.shards} holds editing pairs (written by `curate pairs export`); the bundled S3-DiT trains on "
+            "single-image shards only for now (omni mode is not built): export single images with `curate export`"
+        )
     _check_pre_encoded(cfg, probe, log or print)
 
 

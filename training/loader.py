@@ -32,6 +32,13 @@ depend on the number of workers, and resuming is skipping the first k planned ba
 open the Lance dataset lazily after they start, read rows with random-access ``take``, decode and
 crop each image to its bucket (random crop seeded by (seed, epoch, rank, batch), or centre crop).
 A row whose image cannot be decoded is left out of its batch and reported with its reason.
+
+Pair shards (``curate pairs export``, docs/pairs.md) go through the same planner and batcher: a
+pair shard is a training shard whose image is the edit's target and whose caption variants are its
+instructions, plus the source image. ``ShardMeta.segment_tokens`` adds the source's tokens to every
+sequence length, so the token budget counts text + source + target; batches also carry
+``sources``, ``source_buckets``, ``source_tokens`` and ``kinds``, and a pair's two images are
+cropped with one seed (same size, same crop).
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ __all__ = [
 ]
 
 _META_COLUMNS = ["image_tokens", "caption_tokens", "weight", "bucket_w", "bucket_h"]
+_PAIR_SEGMENTS = ("src_image_tokens",)  # a pair shard's further segments (``curate pairs export``)
+_PAIR_LOAD = ["src_image", "src_bucket_w", "src_bucket_h", "src_image_tokens", "kind"]
 
 
 class LoaderConfig(BaseModel):
@@ -115,12 +124,18 @@ class ShardMeta:
     cap_kinds: np.ndarray | None  # kind per variant (only read when kind weights are configured)
     weight: np.ndarray  # float64
     bucket: np.ndarray  # int64 bucket key (w * 65536 + h)
+    segment_tokens: np.ndarray | None = None  # int64: tokens of the row's other segments (a pair's source image)
 
     def __len__(self) -> int:
         return len(self.positions)
 
+    def row_tokens(self) -> np.ndarray:
+        """Tokens of every segment of a row but its text: what the caption's tokens are added to.
+        Pairs count their source image here, so one batcher budgets plain samples and pairs alike."""
+        return self.image_tokens if self.segment_tokens is None else self.image_tokens + self.segment_tokens
+
     @classmethod
-    def from_table(cls, t: pa.Table, positions: np.ndarray | None = None) -> ShardMeta:
+    def from_table(cls, t: pa.Table, positions: np.ndarray | None = None, segments: tuple[str, ...] = ()) -> ShardMeta:
         caps = t.column("caption_tokens").combine_chunks()
         n = t.num_rows
         offsets = caps.offsets.to_numpy().astype(np.int64) if n else np.zeros(1, np.int64)
@@ -138,6 +153,9 @@ class ShardMeta:
             weight=w,
             bucket=t.column("bucket_w").to_numpy(zero_copy_only=False).astype(np.int64) * 65536
             + t.column("bucket_h").to_numpy(zero_copy_only=False).astype(np.int64),
+            segment_tokens=np.sum([t.column(c).to_numpy(zero_copy_only=False).astype(np.int64) for c in segments], axis=0)
+            if segments
+            else None,
         )
 
 
@@ -150,7 +168,7 @@ class EpochPlan:
     world_size: int
     rows: np.ndarray  # dataset row positions
     caption_idx: np.ndarray  # chosen caption variant per sample (-1: row has none)
-    seq_lens: np.ndarray  # image tokens + chosen caption tokens
+    seq_lens: np.ndarray  # image tokens (+ a pair's source tokens) + chosen caption tokens
     bounds: np.ndarray
     dropped: dict[str, int] = field(default_factory=dict)  # samples left out by planning, by reason
 
@@ -254,7 +272,7 @@ def plan_epoch(meta: ShardMeta, cfg: LoaderConfig, epoch: int, rank: int = 0, wo
     occ = occ[_rng(cfg.seed, epoch, 1).permutation(len(occ))]
     cap = _choose_captions(meta, occ, cfg, _rng(cfg.seed, epoch, 2))
     cap_tok = np.where(cap >= 0, meta.cap_tokens[np.maximum(meta.cap_offsets[occ] + cap, 0)] if len(meta.cap_tokens) else 0, 0)
-    seq = meta.image_tokens[occ] + cap_tok
+    seq = meta.row_tokens()[occ] + cap_tok
     dropped: dict[str, int] = {}
     fits = seq <= cfg.token_budget
     if not fits.all():  # one sample alone would break the budget: leave it out, say so
@@ -338,6 +356,9 @@ class ShardDataset(IterableDataset):
     ``curriculum_stage``, any extra ``columns`` (lists of numbers, e.g. pre-encoded latents or
     text features, as float32 NumPy arrays; anything else as Python values), and ``epoch``,
     ``batch_index``, ``skipped`` (list of (id, reason) for rows whose image could not be used).
+    A pair shard (detected by its ``src_*`` columns) adds ``sources`` (uint8 3 x src_bucket_h x
+    src_bucket_w), ``source_buckets``, ``source_tokens`` and ``kinds``; ``seq_lens`` then counts
+    the source too, and ``caption_tokens`` is what is left for the instruction.
     """
 
     def __init__(
@@ -374,7 +395,10 @@ class ShardDataset(IterableDataset):
                 f"{self.uri} has no pre-encoded columns (latents, cap_feats): export it with vae_path / "
                 "text_encoder_path set, or use pre_encoded: false"
             )
-        use = self.config.pre_encoded is not False
+        self.pairs = all(c in names for c in _PAIR_LOAD)  # a pair shard: yield (source, target, instruction)
+        if self.pairs and self.config.pre_encoded:
+            raise ValueError(f"{self.uri} is a pair shard: pair shards hold images only, use pre_encoded: false (or None)")
+        use = self.config.pre_encoded is not False and not self.pairs
         # a column also named in ``columns`` is passed through raw instead (the older way to read them)
         self.pre_latents = use and has_lat and "latents" not in self.config.columns
         self.pre_text = use and has_txt and "cap_feats" not in self.config.columns
@@ -413,7 +437,7 @@ class ShardDataset(IterableDataset):
 
     def meta(self) -> ShardMeta:
         if self._meta is None:
-            cols: dict[str, str] = {c: c for c in _META_COLUMNS}
+            cols: dict[str, str] = {c: c for c in [*_META_COLUMNS, *(_PAIR_SEGMENTS if self.pairs else ())]}
             if self.config.caption_kind_weights is not None:
                 cols["captions"] = "captions"
             if self.config.filter:
@@ -425,7 +449,7 @@ class ShardDataset(IterableDataset):
                 keep = np.asarray([bool(k) if k is not None else False for k in keep]) if keep.dtype == object else keep
                 positions = np.flatnonzero(keep).astype(np.int64)
                 t = t.filter(pa.array(keep, pa.bool_()))
-            self._meta = ShardMeta.from_table(t, positions)
+            self._meta = ShardMeta.from_table(t, positions, _PAIR_SEGMENTS if self.pairs else ())
         return self._meta
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -467,6 +491,7 @@ class ShardDataset(IterableDataset):
                     "bucket_h",
                     "image_tokens",
                     "curriculum_stage",
+                    *(_PAIR_LOAD if self.pairs else []),
                     *self.config.columns,
                 ]
             )
@@ -482,6 +507,8 @@ class ShardDataset(IterableDataset):
         out: dict[str, Any] = {k: [] for k in keys}
         if self.pre_text:
             out["cap_feats"] = []
+        if self.pairs:
+            out.update(sources=[], source_buckets=[], kinds=[])
         out.update({c: [] for c in self.config.columns})
         keep_i, skipped = [], []
         for i in range(len(rows)):
@@ -494,17 +521,18 @@ class ShardDataset(IterableDataset):
                     continue
                 pix = torch.from_numpy(z.astype(np.float32).reshape(-1, bh // 8, bw // 8))  # a writable copy
             else:
-                data = t["image"][i]
-                if data is None:
-                    skipped.append((rid, "missing_image"))
+                crop = _pair_crop(rng) if self.pairs else (lambda: rng)
+                pix, why = _decode_chw(t["image"][i], bw, bh, crop())
+                if why is None and self.pairs:  # the source, cropped where the target is (same size: same offset)
+                    src, why = _decode_chw(t["src_image"][i], t["src_bucket_w"][i], t["src_bucket_h"][i], crop())
+                    why = why and f"source {why}"
+                if why is not None:
+                    skipped.append((rid, why))
                     continue
-                try:
-                    arr = decode_and_crop(data, bw, bh, rng)
-                except Exception as e:  # corrupt / truncated / hostile bytes: skip this row, never the run
-                    skipped.append((rid, f"decode_error: {type(e).__name__}: {str(e)[:120]}"))
-                    continue
-                # HWC -> CHW in NumPy: torch's strided copy is slow on a busy machine (thread spin-up)
-                pix = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+                if self.pairs:
+                    out["sources"].append(src)
+                    out["source_buckets"].append((t["src_bucket_w"][i], t["src_bucket_h"][i]))
+                    out["kinds"].append(t["kind"][i])
             if feats is not None:
                 variants = feats(i)
                 if caps[i] < 0 or variants is None or caps[i] >= len(variants):
@@ -529,8 +557,33 @@ class ShardDataset(IterableDataset):
         out["image_tokens"] = torch.from_numpy(img_tok)
         out["seq_lens"] = torch.from_numpy(seqs[k].astype(np.int64))
         out["caption_tokens"] = out["seq_lens"] - out["image_tokens"]
+        if self.pairs:  # every segment is in seq_lens: text = all - target - source
+            out["source_tokens"] = torch.from_numpy(
+                np.asarray(t["src_image_tokens"], dtype=np.int64)[k] if len(k) else np.zeros(0, np.int64)
+            )
+            out["caption_tokens"] -= out["source_tokens"]
         out.update(epoch=plan.epoch, batch_index=b, skipped=skipped)
         return out
+
+
+def _decode_chw(data: bytes | None, width: int, height: int, rng) -> tuple[torch.Tensor | None, str | None]:
+    """(uint8 3 x height x width tensor, None), or (None, why) for bytes that are missing or do not
+    decode: a bad image costs its row, never the run."""
+    if data is None:
+        return None, "missing_image"
+    try:
+        arr = decode_and_crop(data, width, height, rng)
+    except Exception as e:  # corrupt / truncated / hostile bytes
+        return None, f"decode_error: {type(e).__name__}: {str(e)[:120]}"
+    # HWC -> CHW in NumPy: torch's strided copy is slow on a busy machine (thread spin-up)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), None
+
+
+def _pair_crop(rng: np.random.Generator | None):
+    """A maker of crop generators that all start from one seed drawn from ``rng``: a pair's source
+    and target of one size get the same random crop, so the edit stays where the instruction says."""
+    seed = None if rng is None else int(rng.integers(1 << 62))
+    return lambda: None if seed is None else np.random.default_rng(seed)
 
 
 def _flat_lists(col: pa.ChunkedArray, nested: bool = False):

@@ -446,45 +446,50 @@ class ListRouter:
             r.by_group = np.ascontiguousarray(r.c[r.members])
         return r
 
-    def route(self, x: np.ndarray, nprobe: int) -> np.ndarray:
-        """(n, nprobe) list numbers, the best first (inner product with the list centroids)."""
+    def route(self, x: np.ndarray, nprobe: int, chunk: int = 32768) -> np.ndarray:
+        """(n, nprobe) list numbers, the best first (inner product with the list centroids).
+
+        Above the cut, a chunk of vectors is scored against the lists of each vector's ``groups``
+        best groups (one product per group over the vectors that chose it) into a dense
+        (vectors, groups x largest group) table, and one top-k over its rows picks each vector's
+        lists. Why dense: a top-k per group, then a merge, spent more time selecting than
+        multiplying (small rows: ~4 us each); one top-k over long rows is ~10x cheaper."""
         x = np.ascontiguousarray(x, np.float32)
         nprobe = min(nprobe, len(self.c))
         if self.coarse is None:
             return _top(x @ self.c.T, nprobe)[0]
-        near = _top(x @ self.coarse.T, min(self.groups, len(self.coarse)))[0]
-        pair_row = np.repeat(np.arange(len(x)), near.shape[1])
-        pair_g = near.ravel()
-        o = np.argsort(pair_g, kind="stable")
-        pair_row, pair_g = pair_row[o], pair_g[o]
-        cut = np.flatnonzero(np.r_[True, pair_g[1:] != pair_g[:-1], True])
-        qs, ls, ss = [], [], []
-        for s, e in zip(cut[:-1], cut[1:]):
-            g, rows = pair_g[s], pair_row[s:e]
+        return np.concatenate(
+            [self._route_tree(x[s : s + chunk], nprobe) for s in range(0, len(x), chunk)] or [np.zeros((0, nprobe), np.int64)]
+        )
+
+    def _route_tree(self, x: np.ndarray, nprobe: int) -> np.ndarray:
+        groups = min(self.groups, len(self.coarse))
+        width = int(np.diff(self.bounds).max())
+        near = _top(x @ self.coarse.T, groups)[0]  # (vector, slot) -> group
+        flat = near.ravel()
+        order = np.argsort(flat, kind="stable")
+        cut = np.searchsorted(flat[order], np.arange(len(self.coarse) + 1))
+        dense = np.full((len(x), groups, width), -np.inf, np.float32)
+        for g in np.flatnonzero(np.diff(cut)):
             lo, hi = self.bounds[g], self.bounds[g + 1]
-            if hi == lo:
-                continue
-            lists = self.members[lo:hi]
-            idx, sc = _top(x[rows] @ self.by_group[lo:hi].T, min(nprobe, hi - lo))
-            qs.append(np.repeat(rows, idx.shape[1]))
-            ls.append(lists[idx].ravel())
-            ss.append(sc.ravel())
-        q, lst, sc = np.concatenate(qs), np.concatenate(ls), np.concatenate(ss)
-        order = np.lexsort((-sc, q))
-        q, lst = q[order], lst[order]
-        rank = np.arange(len(q)) - np.searchsorted(q, q, side="left")
-        out = np.full((len(x), nprobe), -1, np.int64)
-        keep = rank < nprobe
-        out[q[keep], rank[keep]] = lst[keep]
-        return out
+            pick = order[cut[g] : cut[g + 1]]
+            dense[pick // groups, pick % groups, : hi - lo] = x[pick // groups] @ self.by_group[lo:hi].T
+        best, score = _top(dense.reshape(len(x), -1), nprobe)
+        slot, pos = best // width, best % width
+        g = np.take_along_axis(near, slot, axis=1)
+        return np.where(np.isfinite(score), self.members[np.minimum(self.bounds[g] + pos, len(self.members) - 1)], -1)
 
 
 def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and values of each row's k largest scores, the largest first."""
-    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    val = np.take_along_axis(scores, idx, axis=1)
-    o = np.argsort(-val, axis=1, kind="stable")
-    return np.take_along_axis(idx, o, axis=1), np.take_along_axis(val, o, axis=1)
+    """Column indices and values of each row's k largest scores, the largest first.
+
+    torch.topk (CPU): a partial selection per row, 2-16x faster here than numpy's argpartition
+    plus a sort of the k (measured on 207 and 1,656 columns)."""
+    import torch
+
+    k = min(k, scores.shape[1])
+    v, i = torch.topk(torch.from_numpy(np.ascontiguousarray(scores, np.float32)), k, dim=1, sorted=True)
+    return i.numpy().astype(np.int64, copy=False), v.numpy()
 
 
 def add_routed(index: Any, x: np.ndarray, labels: np.ndarray, router: ListRouter, chunk: int = 65536) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from engines.vector.index import search
 
-__all__ = ["knn_block", "recall_at_k", "exact_knn"]
+__all__ = ["knn_block", "merge_neighbours", "recall_at_k", "exact_knn"]
 
 
 def knn_block(index: Any, queries: np.ndarray, labels: np.ndarray, k: int, *, nprobe: int | None = None) -> dict[str, np.ndarray]:
@@ -30,6 +30,32 @@ def knn_block(index: Any, queries: np.ndarray, labels: np.ndarray, k: int, *, np
     dst = nn[ok]
     sim = sims[ok]
     return {"src": src, "dst": dst, "sim": sim.astype(np.float32)}
+
+
+def merge_neighbours(old: tuple, cand: tuple, k: int) -> tuple[tuple, int]:
+    """Old lists plus candidate edges, cut back to the best ``k`` per source.
+
+    ``old`` and ``cand`` are (source, neighbour, similarity) arrays. Why a merge is enough for
+    an incremental graph: the old list holds a row's k nearest old rows and the candidates its
+    k nearest new rows, so their best k are its k nearest in the union. A candidate enters only
+    when its similarity is above the source's k-th (ties keep the old edge: the sort is stable
+    and old edges come first). Returns ((src, dst, sim, rank), number of sources whose list
+    changed)."""
+    src = np.concatenate([np.asarray(old[0], object), np.asarray(cand[0], object)])
+    dst = np.concatenate([np.asarray(old[1], object), np.asarray(cand[1], object)])
+    sim = np.concatenate([np.asarray(old[2], np.float32), np.asarray(cand[2], np.float32)])
+    is_new = np.r_[np.zeros(len(old[0]), bool), np.ones(len(cand[0]), bool)]
+    if not len(src):
+        return (src, dst, sim, np.zeros(0, np.int16)), 0
+    _, code = np.unique(src.astype(str), return_inverse=True)
+    order = np.lexsort((-sim, code))  # by source, then most similar first (stable: old before new)
+    code, src, dst, sim, is_new = code[order], src[order], dst[order], sim[order], is_new[order]
+    change = np.r_[True, code[1:] != code[:-1]]
+    starts = np.maximum.accumulate(np.where(change, np.arange(len(code)), 0))
+    rank = np.arange(len(code)) - starts + 1
+    keep = rank <= k
+    changed = len(np.unique(code[keep & is_new]))
+    return (src[keep], dst[keep], sim[keep], rank[keep].astype(np.int16)), changed
 
 
 def exact_knn(base: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> tuple[np.ndarray, np.ndarray]:

@@ -111,7 +111,7 @@ def test_retrieval_refuses_an_index_over_random_embeddings_unless_told(random_cl
     from pipelines.index import IndexBuildConfig, build_index
 
     store = random_clip_store
-    build_index(store, IndexBuildConfig(column="prof_clip_image"), show_progress=False)
+    build_index(store, IndexBuildConfig(column="prof_clip_image", allow_random_weights=True), show_progress=False)
     with pytest.raises(RandomWeightsError, match=r"^retrieval over prof_clip_image refused: column group 'prof_clip'"):
         Retriever(store, "prof_clip_image")
     row = store.open().to_table(columns=["id"]).column("id")[0].as_py()
