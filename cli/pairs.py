@@ -1,5 +1,6 @@
-"""``curate pairs render | synth``: editing pairs with exact ground truth (text rendered onto photos;
-object edits from COCO instance masks)."""
+"""``curate pairs render | synth | mine | export``: editing pairs with exact ground truth (text
+rendered onto photos; object edits from COCO instance masks), pairs mined from the k-NN graph, and
+pair shards for training."""
 
 from __future__ import annotations
 
@@ -98,6 +99,52 @@ def register(app: typer.Typer) -> None:
         result = synth_pairs(store, cfg, loaded=loaded)
         console.print(summary_table(result))
 
+    @pairs_app.command("mine")
+    def mine_cmd(
+        dataset: str = DatasetOpt,
+        column: str = typer.Option("vec_desc", help="embedding column whose `curate knn` graph gives the candidates"),
+        min_similarity: float = typer.Option(0.9, help="less similar neighbours are unrelated photos"),
+        max_similarity: float = typer.Option(0.9999, help="this similar or more is a duplicate (exclusive)"),
+        max_per_image: int = typer.Option(3, help="pairs an image takes part in, at most"),
+        max_per_group: int = typer.Option(20, help="pairs a group of connected neighbours yields, at most"),
+        unaligned: str = typer.Option("drop", help="pairs no homography aligns: drop, or keep as global changes (global)"),
+        instructor: Optional[str] = typer.Option(None, help="instruction plug-in module:function (a local captioning / VLM model)"),
+        out: Optional[str] = typer.Option(None, help="the pair table (default <dataset>/_curation/pairs/mined.lance)"),
+        address: Optional[str] = AddressOpt,
+    ):
+        """Pairs of real images of one scene that differ meaningfully: k-NN neighbours in a
+        similarity band, aligned by a homography, scored by where and how much they differ. No
+        instruction unless --instructor is given. One new version of the pair table."""
+        from curation.config import ConfigError, validate
+        from engines.vector.retrieval import RandomWeightsError, check_random_weights
+        from pipelines.pairs import MineConfig, check_out, default_mined_out, mine_pairs, pending_mine, why_no_candidate
+
+        params = {"column": column, "min_similarity": min_similarity, "max_similarity": max_similarity, "out": out}
+        params |= {"max_per_image": max_per_image, "max_per_group": max_per_group, "unaligned": unaligned, "instructor": instructor}
+        try:
+            cfg = validate(MineConfig, params, where="command line")
+        except ConfigError as e:
+            fail(" ".join(str(e).split()))
+        store = open_store(dataset)
+        where = cfg.out or default_mined_out(store)
+        try:  # no graph, a stale one, random weights, nothing in the band: one line, before Ray starts
+            check_random_weights(store, [cfg.column], consumer=f"pairs mine over {cfg.column!r}")
+            if problem := check_out(where):
+                raise ValueError(problem)
+            todo, there, info = pending_mine(store, cfg)
+            if not todo and not there:
+                raise ValueError(why_no_candidate(cfg, info))
+        except (ValueError, RandomWeightsError) as e:
+            fail(str(e).splitlines()[0])
+        if not todo:
+            console.print(f"pairs mine: nothing to do, the {there} planned pairs are already decided (in {where} or dropped before)")
+            return
+        start_ray(address)
+        result = mine_pairs(store, cfg)
+        console.print(summary_table(result))
+        if result.status == "empty":
+            fail(f"no pair survived scoring ({_dropped(result)}); widen the band or pass --unaligned global")
+
     @pairs_app.command("export")
     def export_cmd(
         dataset: str = DatasetOpt,
@@ -137,6 +184,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(pairs_app, name="pairs")
 
 
+def _dropped(result) -> str:
+    c = result.stats.counters
+    return ", ".join(f"{k.removeprefix('skipped_')} {v}" for k, v in sorted(c.items()) if k.startswith("skipped_")) or "none scored"
+
+
 def summary_table(result) -> Table:
     """Pairs written by kind and language, the rate, and where the table is."""
     x = result.extra
@@ -146,13 +198,15 @@ def summary_table(result) -> Table:
     table.add_row("written", str(x.get("pairs", 0)))
     if x.get("already_there"):
         table.add_row("already in the table", str(x["already_there"]))
-    for k in ("photos_matched", "photos_unmatched", "photos_size_mismatch", "photos_without_object"):
+    for k in ("photos_matched", "photos_unmatched", "photos_size_mismatch", "photos_without_object", "candidates", "capped"):
         if k in x:
             table.add_row(k.replace("_", " "), str(x[k]))
     for k, v in (x.get("by_kind") or {}).items():
         table.add_row(f"kind: {k}", str(v))
     for k, v in (x.get("by_lang") or {}).items():
         table.add_row(f"lang: {k}", str(v))
+    for k, v in (x.get("by_change") or {}).items():
+        table.add_row(f"change: {k}", str(v))
     for k, v in sorted(result.stats.counters.items()):
         if k.startswith("skipped_"):
             table.add_row(k.replace("_", " ", 1), str(v))

@@ -47,6 +47,7 @@ __all__ = [
     "pull",
     "verify",
     "local_path",
+    "resolve_weights",
     "sha256_file",
 ]
 
@@ -75,7 +76,7 @@ BUILTIN: tuple[ModelEntry, ...] = (
         repo_id="laion/CLIP-ViT-L-14-laion2B-s32B-b82K",
         files=("open_clip_config.json", "open_clip_*.safetensors"),
         used_for="open_clip ViT-L/14 (LAION-2B): image/caption embeddings, CLIP score, input of the aesthetic head",
-        config_field="prof_clip.model.path (backend: open_clip; the folder is open_clip's model folder)",
+        config_field="prof_clip.model.path (backend: open_clip; the folder is open_clip's model folder; default when clip.model is unset)",
         approx_bytes=1_710_000_000,
     ),
     ModelEntry(
@@ -95,7 +96,7 @@ BUILTIN: tuple[ModelEntry, ...] = (
         files=("aesthetic-model.pth",),
         path_in_repo="aesthetic-model.pth",
         used_for="LAION aesthetic predictor (sac+logos+ava1-l14-linearMSE): MLP head over 768-d ViT-L/14 image embeddings",
-        config_field="prof_aesthetic.weights",
+        config_field="prof_aesthetic.weights (default when unset)",
         approx_bytes=3_700_000,
     ),
     ModelEntry(
@@ -306,6 +307,23 @@ def _expected(e: ModelEntry, rec: dict | None, commit: str) -> list[str]:
     return sorted(tree) if tree is not None else _walk(e, _repo_dir(e) / "snapshots" / commit)
 
 
+def _locked_files(rec: dict | None, commit: str) -> dict:
+    """The lock's per-file records when the lock is of ``commit`` (a lock of another commit says
+    nothing about these bytes)."""
+    return rec.get("files", {}) if rec and rec.get("commit") == commit else {}
+
+
+def _file_record(p: Path, sha256: str) -> dict:
+    """What the lock keeps per checked file: the hash and the size/mtime that ``list`` compares."""
+    size, mtime = _stat(p)
+    return {"sha256": sha256, "size": size, "mtime_ns": mtime}
+
+
+def _target(e: ModelEntry, snap: Path) -> Path:
+    """What ``local_path`` hands a config inside a snapshot: the entry's path_in_repo, or the folder."""
+    return snap / e.path_in_repo if e.path_in_repo else snap
+
+
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -393,8 +411,7 @@ def verify(e: ModelEntry, on_file: Callable[[str, Path], None] | None = None) ->
     if not snap.is_dir() or not files or not any((snap / f).exists() for f in files):
         return None
     tree = _tree(e, commit) or {}
-    same_commit = bool(rec and rec.get("commit") == commit)
-    locked_files = (rec or {}).get("files", {}) if same_commit else {}
+    locked_files = _locked_files(rec, commit)
     out, seen = [], {}
     for f in files:
         p = snap / f
@@ -404,8 +421,7 @@ def verify(e: ModelEntry, on_file: Callable[[str, Path], None] | None = None) ->
         finding, got = _check(e, f, p, tree.get(f), (locked_files.get(f) or {}).get("sha256"), on_file, when="verify")
         out.append(finding)
         if finding.kind in ("ok", "recorded"):
-            size, mtime = _stat(p)
-            seen[f] = {"sha256": got, "size": size, "mtime_ns": mtime}
+            seen[f] = _file_record(p, got)
     if all(x.kind in ("ok", "recorded") for x in out):
         _record(e, commit, seen, lock)
     elif any(x.kind == "recorded" for x in out):  # keep first-seen hashes even when another file is bad
@@ -498,8 +514,7 @@ def pull(e: ModelEntry, *, update: bool = False, on_file: Callable[[str, Path], 
     missing = [f for f in files if not (snap / f).exists()]
     if missing:
         raise ModelError(*(f"{e.name}: {f}: not downloaded" for f in missing))
-    same_commit = bool(rec and rec.get("commit") == commit)
-    locked_files = rec.get("files", {}) if same_commit else {}
+    locked_files = _locked_files(rec, commit)
     findings, seen, bad = [], {}, []
     for f in files:
         p = snap / f
@@ -509,22 +524,22 @@ def pull(e: ModelEntry, *, update: bool = False, on_file: Callable[[str, Path], 
             bad.append(finding)
             _drop(p)
         else:
-            size, mtime = _stat(p)
-            seen[f] = {"sha256": got, "size": size, "mtime_ns": mtime}
+            seen[f] = _file_record(p, got)
     if bad:
         raise ModelError(*(f"{e.name}: {b.file}: {b.detail}; refused and removed from the cache" for b in bad))
     _record(e, commit, seen, lock)
-    target = snap / e.path_in_repo if e.path_in_repo else snap
-    return PullResult(e, target, commit, findings, sum(v["size"] for v in seen.values()))
+    return PullResult(e, _target(e, snap), commit, findings, sum(v["size"] for v in seen.values()))
 
 
 # --- for configs ------------------------------------------------------------------------------------
 
 
-def local_path(name: str) -> Path | None:
+def local_path(name: str, *, verified: bool = False) -> Path | None:
     """The cached weights of catalogue entry ``name`` (a folder, or a file for single-file
     entries), or None when they are not all in the cache. Local only: no network, no hashing
-    (``curate models verify`` hashes). Default configs can use it to pick weights up when present::
+    (``curate models verify`` hashes). ``verified``: only weights whose files still match the lock
+    (pulled or verified here, unchanged since), so a default config never picks up bytes that no
+    check has seen. Default configs can use it to pick weights up when present::
 
         text_encoder_path = str(p) if (p := local_path("qwen3-4b")) else None
     """
@@ -533,8 +548,21 @@ def local_path(name: str) -> Path | None:
         st = status(e)
     except (ModelError, ConfigError):
         return None
-    if st.present != "yes" or not st.commit:
+    if st.present != "yes" or not st.commit or (verified and st.verified != "yes"):
         return None
-    snap = _repo_dir(e) / "snapshots" / st.commit
-    target = snap / e.path_in_repo if e.path_in_repo else snap
+    target = _target(e, _repo_dir(e) / "snapshots" / st.commit)
     return target if target.exists() else None
+
+
+SOURCE_CONFIG, SOURCE_CACHE, SOURCE_NONE = "config", "models cache", "none"
+
+
+def resolve_weights(configured: str | None, name: str) -> tuple[str | None, str]:
+    """``(path, source)`` for a stage's model path: the configured one (``config``), else the
+    pulled and verified weights of catalogue entry ``name`` (``models cache``), else
+    ``(None, "none")``, so that a user who ran ``curate models pull`` need not copy paths into
+    configs, and a run can say where each model came from."""
+    if configured:
+        return configured, SOURCE_CONFIG
+    p = local_path(name, verified=True)
+    return (str(p), SOURCE_CACHE) if p else (None, SOURCE_NONE)

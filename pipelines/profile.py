@@ -300,8 +300,9 @@ class NsfwStage(_ImageStage):
         return nsfw_columns(self.decode(batch), self.detector)
 
 
-def _record_model(dataset: Any, column_group: str, cfg: EmbedModelConfig, dim: int) -> None:
-    """Note which model made an embedding column (the report says so when weights are random)."""
+def _record_model(dataset: Any, column_group: str, cfg: EmbedModelConfig, dim: int, source: str = "config") -> None:
+    """Note which model made an embedding column and where its path came from (config or the
+    models cache): the report says so when weights are random."""
     import json
 
     from curation.store import Store
@@ -310,8 +311,34 @@ def _record_model(dataset: Any, column_group: str, cfg: EmbedModelConfig, dim: i
     store = Store(dataset.uri)
     p = store.state_dir / MODELS_RECORD
     models = json.loads(p.read_text()) if p.exists() else {}
-    models[column_group] = {"model": cfg.describe(), "backend": cfg.backend, "dim": dim, "random_weights": weights_are_random(cfg)}
+    rec = {"model": cfg.describe(), "backend": cfg.backend, "dim": dim, "random_weights": weights_are_random(cfg), "source": source}
+    models[column_group] = rec
     store.write_json(MODELS_RECORD, models)
+
+
+CACHE_MODELS = {"clip": "clip-vit-l14-laion2b", "aesthetic": "laion-aesthetic-l14"}
+"""Catalogue entries (``curate models pull NAME``) a stage uses when its config names no model."""
+
+
+def _clip_from_cache(cfg: ClipConfig) -> tuple[ClipConfig, str]:
+    """``cfg`` with the pulled open_clip ViT-L/14 folder as its model when none is configured, and
+    where the model came from: a user who pulled the weights need not copy their path."""
+    from curation.models import SOURCE_CONFIG, resolve_weights
+
+    if cfg.model is not None:
+        return cfg, SOURCE_CONFIG
+    path, source = resolve_weights(None, CACHE_MODELS["clip"])
+    if path is None:
+        return cfg, source
+    return cfg.model_copy(update={"model": EmbedModelConfig(backend="open_clip", path=path)}), source
+
+
+def _aesthetic_from_cache(cfg: AestheticConfig) -> tuple[AestheticConfig, str]:
+    """``cfg`` with the pulled LAION aesthetic head when no weights are configured, and the source."""
+    from curation.models import resolve_weights
+
+    path, source = resolve_weights(cfg.weights, CACHE_MODELS["aesthetic"])
+    return (cfg if path == cfg.weights else cfg.model_copy(update={"weights": path})), source
 
 
 class ClipConfig(ImageStageConfig):
@@ -335,6 +362,7 @@ class ClipStage(_ImageStage):
         super().__init__(config, **kw)
         from engines.profiling.embed import BACKENDS, embed_dim
 
+        self.config, self.source = _clip_from_cache(self.config)
         m = self.config.model
         if m is None:
             raise ConfigError(
@@ -355,7 +383,7 @@ class ClipStage(_ImageStage):
         )
 
     def prepare(self, dataset) -> None:
-        _record_model(dataset, "prof_clip", self.config.model, self.dim)
+        _record_model(dataset, "prof_clip", self.config.model, self.dim, self.source)
 
     def setup(self) -> None:
         super().setup()
@@ -470,8 +498,12 @@ class AestheticStage(Stage):
 
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
+        self.config, self.source = _aesthetic_from_cache(self.config)
         if not self.config.weights:
-            raise ConfigError("prof_aesthetic: set weights to a LAION-style head file; without it there is no aesthetic score")
+            raise ConfigError(
+                "prof_aesthetic: set weights to a LAION-style head file, or `curate models pull laion-aesthetic-l14`; "
+                "without it there is no aesthetic score"
+            )
         if not Path(self.config.weights).is_file():
             raise ConfigError(f"prof_aesthetic.weights: file not found: {self.config.weights}")
 
@@ -487,6 +519,7 @@ class AestheticStage(Stage):
                 f"prof_aesthetic.weights expects {dim}-d embeddings but prof_clip_image is {have}-d; "
                 "use the head trained for the configured CLIP model"
             )
+        _record_head(dataset, self.config.weights, dim, self.source)
 
     def setup(self) -> None:
         from engines.profiling.aesthetics import load_head
@@ -507,6 +540,24 @@ class AestheticStage(Stage):
             for k, i in enumerate(np.flatnonzero(valid)):
                 out[int(i)] = float(scores[k])
         return {"prof_aesthetic": pa.array(out, pa.float32())}
+
+
+def _record_head(dataset: Any, weights: str, dim: int, source: str) -> None:
+    """Note the aesthetic head and where it came from in models.json (the report lists it). The
+    head's own weights are not random; when its input, prof_clip_image, is, the text says so and
+    ``derived_random`` is set, while consumers keep flagging it through ``DERIVED_FROM`` (prof_clip)."""
+    from curation.store import Store
+    from engines.profiling.embed import MODELS_RECORD
+
+    store = Store(dataset.uri)
+    models = store.read_json(MODELS_RECORD) or {}
+    random_input = bool((models.get("prof_clip") or {}).get("random_weights"))
+    what = f"laion-mlp-head:{weights}" + (" (from the models cache)" if source != "config" else "")
+    what += " over prof_clip_image from random weights" if random_input else ""
+    rec = {"model": what, "backend": "aesthetic_head", "dim": dim, "random_weights": False, "source": source}
+    rec["derived_random"] = random_input
+    models["prof_aesthetic"] = rec
+    store.write_json(MODELS_RECORD, models)
 
 
 class CaptionConfig(StageConfig):
@@ -539,6 +590,26 @@ class CaptionStage(Stage):
         return caption_columns(batch.column("captions").to_pylist(), ocr, self.config.caption)
 
 
+def _note_dropped_inputs(dataset: Any, cols: list[str]) -> dict[str, str]:
+    """The quality components made by random weights (left out of ``prof_quality``), noted in
+    models.json under prof_scores so the report says so; the note goes when none is left out."""
+    from curation.store import Store
+    from engines.profiling import scores
+    from engines.profiling.embed import MODELS_RECORD
+
+    store = Store(dataset.uri)
+    dropped = scores.random_quality_inputs(store, cols)
+    models = store.read_json(MODELS_RECORD) or {}
+    if dropped:
+        why = "; ".join(f"{c} ({w})" for c, w in dropped.items())
+        what = f"composite scores: prof_quality leaves out {why}; the other weights renormalised"
+        models["prof_scores"] = {"model": what, "backend": "scores", "random_weights": False, "dropped_random": dropped}
+    elif models.pop("prof_scores", None) is None:
+        return dropped  # nothing dropped now or before: models.json stays as it is
+    store.write_json(MODELS_RECORD, models)
+    return dropped
+
+
 class ScoresConfig(StageConfig):
     curriculum_bins: int = Field(5, ge=2, le=100, description="number of complexity quantile bins")
     batch_size: int = Field(4096, ge=1)
@@ -556,6 +627,7 @@ class ScoresStage(Stage):
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
         self.edges: list[float] = []
+        self.dropped: dict[str, str] = {}
 
     num_cpus = 0.5
 
@@ -566,6 +638,7 @@ class ScoresStage(Stage):
         if not cols:
             raise ConfigError("prof_scores needs profile columns: run the cheap stages (prof_cheap) first")
         self.input_columns = cols
+        self.dropped = _note_dropped_inputs(dataset, cols)
         comp_cols = [c for c in cols if c in scores.COMPLEXITY_WEIGHTS]  # not the OCR lists: edges need complexity only
         t = dataset.to_table(columns=comp_cols or ["id"])
         comp = scores.complexity_score({c: t.column(c).to_pylist() for c in comp_cols}, t.num_rows)
@@ -578,11 +651,13 @@ class ScoresStage(Stage):
         n = batch.num_rows
         cols = scores.with_watermark_score(cols, n)
         comp = scores.complexity_score(cols, n)
+        for c in self.dropped:
+            self.stats.count(f"quality_without_random_{c}", n)
         if "prof_ocr_boxes" not in cols and ("prof_watermark" in cols or "prof_watermark_overlay" in cols):
             self.stats.count("watermark_from_pixel_cue_only", n)  # prof_ocr not run: the weaker pixel cues
         return {
             "prof_watermark_score": cols["prof_watermark_score"],
-            "prof_quality": scores.quality_score(cols, n),
+            "prof_quality": scores.quality_score(cols, n, exclude=self.dropped),
             "prof_complexity": comp,
             "prof_curriculum": scores.curriculum_bins(comp, self.edges),
         }
@@ -758,21 +833,41 @@ def _cheap_stages(cfg: ProfileConfig, wanted: list[str], present: set[str]) -> l
     return [CheapStage(CheapConfig(**cfg.cheap.model_dump(), families=group)) for group in (have, new) if group]
 
 
+def with_cached_models(cfg: ProfileConfig) -> tuple[ProfileConfig, dict[str, dict]]:
+    """``cfg`` with the models a user pulled (``curate models pull``) filled in where the config
+    names none, and ``{stage: {path, source, random_weights, catalogue}}`` (source: config, models
+    cache or none; random_weights: the model, or for the head its input, is random) for the summary."""
+    from engines.profiling.embed import weights_are_random
+
+    clip, clip_src = _clip_from_cache(cfg.clip)
+    aes, aes_src = _aesthetic_from_cache(cfg.aesthetic)
+    random_clip = bool(clip.model and weights_are_random(clip.model))
+    sources = {
+        "clip": {"path": clip.model.describe() if clip.model else None, "source": clip_src, "random_weights": random_clip},
+        "aesthetic": {"path": aes.weights, "source": aes_src, "random_weights": random_clip},  # reads prof_clip_image
+    }
+    for stage, v in sources.items():
+        v["catalogue"] = CACHE_MODELS[stage]
+    return cfg.model_copy(update={"clip": clip, "aesthetic": aes}), sources
+
+
 def plan(cfg: ProfileConfig, present: set[str], overwrite: bool = False) -> tuple[list[Stage], list[str]]:
     """Stages to run (cheap families fused) and notes on the ones skipped. Every configured
     stage runs: the runner computes only the rows that lack its columns, unless ``overwrite``
     (kept in the signature for callers; the runner applies it)."""
     notes: list[str] = []
+    cfg, sources = with_cached_models(cfg)
+    notes += [f"prof_{s} model from the models cache: {v['path']}" for s, v in sources.items() if v["source"] != "config" and v["path"]]
     wanted = [s for s in STAGE_ORDER if s in cfg.stages]
     stages: list[Stage] = _cheap_stages(cfg, wanted, present)
     for s in wanted:
         if s in CHEAP_FAMILIES:
             continue
         if s == "clip" and cfg.clip.model is None:
-            notes.append("prof_clip skipped: no model configured (clip.model); no image embeddings")
+            notes.append("prof_clip skipped: no model configured (clip.model) or pulled (clip-vit-l14-laion2b); no image embeddings")
             continue
         if s == "aesthetic" and not cfg.aesthetic.weights:
-            notes.append("prof_aesthetic skipped: no head weights configured (aesthetic.weights); no aesthetic score")
+            notes.append("prof_aesthetic skipped: no head weights configured (aesthetic.weights) or pulled; no aesthetic score")
             continue
         if s == "vlm" and not (cfg.vlm.caption_model or cfg.vlm.match_model):
             notes.append("prof_vlm skipped: no model configured (vlm.caption_model / vlm.match_model)")
@@ -817,6 +912,7 @@ def run_profile(store, cfg: ProfileConfig, *, overwrite: bool = False, show_prog
         {
             "seconds": round(time.perf_counter() - t0, 2),
             "notes": notes,
+            "model_sources": with_cached_models(cfg)[1],
             "results": [r.to_dict() for r in results],
             "config": cfg.model_dump(mode="json"),
         },

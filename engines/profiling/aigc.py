@@ -20,7 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from engines.profiling.hf_local import SEED, ModelDirError, check_model_dir, save_random
+from engines.profiling.hf_local import (
+    SEED,
+    TINY_VISION,
+    ModelDirError,
+    check_model_dir,
+    decoded_indices,
+    load_with_processor,
+    pixel_values,
+    save_random,
+)
 
 __all__ = ["AI_WORDS", "ai_label_ids", "check_detector_dir", "AigcDetector", "aigc_column", "save_tiny_classifier"]
 
@@ -69,8 +78,7 @@ class AigcDetector:
 
         check_detector_dir(path, ai_labels, what)
         self.device = device
-        self.model = tf.AutoModelForImageClassification.from_pretrained(path).eval().to(device)
-        self.processor = tf.AutoImageProcessor.from_pretrained(path, backend="pil")
+        self.model, self.processor = load_with_processor(tf.AutoModelForImageClassification, path, device)
         cfg = self.model.config
         self.ids = ai_label_ids(cfg.id2label, ai_labels, what=what)
         self.labels = [cfg.id2label[i] for i in self.ids]
@@ -81,7 +89,7 @@ class AigcDetector:
 
         if not images:
             return np.zeros(0, np.float32)
-        px = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        px = pixel_values(self.processor, images, self.device)
         with torch.inference_mode():
             logits = self.model(pixel_values=px).logits.float()
         if self.sigmoid:
@@ -93,9 +101,7 @@ class AigcDetector:
 
 def aigc_column(results: list, detector: AigcDetector) -> list:
     """``prof_aigc`` for decoded rows (``Decoded`` / ``DecodeFailure``); null where no image."""
-    from engines.profiling.decode import Decoded
-
-    ok = [i for i, r in enumerate(results) if isinstance(r, Decoded)]
+    ok = decoded_indices(results)
     out: list = [None] * len(results)
     for i, p in zip(ok, detector.predict([results[i].rgb for i in ok])):
         out[i] = float(p)
@@ -109,12 +115,7 @@ def save_tiny_classifier(directory: str | Path, labels: tuple[str, ...] = ("real
     import transformers as tf
 
     config = tf.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
+        **TINY_VISION,
         id2label=dict(enumerate(labels)),
         label2id={v: i for i, v in enumerate(labels)},
     )

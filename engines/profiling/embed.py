@@ -26,6 +26,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engines.profiling.hf_local import TINY_VISION, tiny_text
+
 __all__ = [
     "EmbedModelConfig",
     "Embedder",
@@ -146,18 +148,10 @@ class HFClipEmbedder(Embedder):
             # Tiny model of the real class; the MiniLM WordPiece tokenizer ships offline.
             self.tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
             tok = self.tokenizer
-            text = dict(
-                vocab_size=len(tok),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                max_position_embeddings=128,
-                pad_token_id=tok.pad_token_id,
-            )
+            text = tiny_text(tok, 128)
             if not chinese:
                 text.update(bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
-            vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+            vision = dict(TINY_VISION)
             config_cls = tf.ChineseCLIPConfig if chinese else tf.CLIPConfig
             torch.manual_seed(SEED)
             self.model = model_cls(config_cls(text_config=text, vision_config=vision, projection_dim=32))

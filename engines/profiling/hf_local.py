@@ -27,10 +27,26 @@ __all__ = [
     "model_record",
     "save_random",
     "torch_device",
+    "TINY_VISION",
+    "tiny_text",
+    "load_with_processor",
+    "pixel_values",
+    "decoded_indices",
 ]
 
 SEED = 1234
 RANDOM_MARKER = "zcurate"  # config.json key: {"random_weights": true, "seed": SEED}
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+"""The vision tower of every tiny random test model (ViT/BLIP/CLIP): one size, so they run alike."""
+
+
+def tiny_text(tok: Any, max_positions: int, **extra: Any) -> dict[str, Any]:
+    """The text tower of the tiny random test models, sized to the tokenizer ``tok`` (the MiniLM
+    WordPiece one that ships offline): one definition, so CLIP and BLIP test models stay alike."""
+    base = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    return {**base, "max_position_embeddings": max_positions, "pad_token_id": tok.pad_token_id, **extra}
+
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -118,3 +134,24 @@ def torch_device(num_gpus: float, num_cpus: float | None = None) -> str:
     if num_cpus is not None:
         torch.set_num_threads(max(1, round(num_cpus)))
     return "cpu"
+
+
+def load_with_processor(model_cls: Any, path: str, device: str):
+    """``(model in eval mode on device, its PIL image processor)`` from a checked local folder:
+    the PIL backend, so no torchvision is needed."""
+    import transformers as tf
+
+    model = model_cls.from_pretrained(path).eval().to(device)
+    return model, tf.AutoImageProcessor.from_pretrained(path, backend="pil")
+
+
+def pixel_values(processor: Any, images: list, device: str):
+    """The processor's ``pixel_values`` tensor for ``images`` on ``device``."""
+    return processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+
+
+def decoded_indices(results: list) -> list[int]:
+    """Positions of the rows that decoded (``Decoded``, not ``DecodeFailure``): only they get a value."""
+    from engines.profiling.decode import Decoded
+
+    return [i for i, r in enumerate(results) if isinstance(r, Decoded)]

@@ -24,6 +24,7 @@ __all__ = [
     "input_columns",
     "with_watermark_score",
     "WATERMARK_INPUTS",
+    "random_quality_inputs",
 ]
 
 WATERMARK_INPUTS = ("prof_watermark", "prof_watermark_overlay", "prof_ocr_boxes", "prof_ocr_conf", "prof_ocr_text")
@@ -84,9 +85,11 @@ def _column(cols: dict, name: str, n: int) -> np.ndarray:
     return np.array([np.nan if x is None else float(x) for x in v], dtype=np.float64)
 
 
-def _weighted(cols: dict, weights: dict, n: int) -> list[float | None]:
+def _weighted(cols: dict, weights: dict, n: int, exclude=()) -> list[float | None]:
     num, den = np.zeros(n), np.zeros(n)
     for name, (w, f) in weights.items():
+        if name in exclude:
+            continue
         v = _column(cols, name, n)
         ok = ~np.isnan(v)
         num[ok] += w * f(v[ok])
@@ -94,9 +97,20 @@ def _weighted(cols: dict, weights: dict, n: int) -> list[float | None]:
     return [float(a / b) if b > 0 else None for a, b in zip(num, den)]
 
 
-def quality_score(cols: dict[str, list], n: int) -> list[float | None]:
-    """Weighted mean of ``QUALITY_WEIGHTS`` components present per row; 1 = clean, sharp, large."""
-    return _weighted(with_watermark_score(cols, n), QUALITY_WEIGHTS, n)
+def quality_score(cols: dict[str, list], n: int, exclude=()) -> list[float | None]:
+    """Weighted mean of ``QUALITY_WEIGHTS`` components present per row; 1 = clean, sharp, large.
+    ``exclude``: components left out and the rest renormalised, as for a missing signal; the stage
+    passes those made by random weights, which would otherwise add noise under a real name."""
+    return _weighted(with_watermark_score(cols, n), QUALITY_WEIGHTS, n, exclude)
+
+
+def random_quality_inputs(store, columns) -> dict[str, str]:
+    """``{column: why}`` for the quality components among ``columns`` whose values came from random
+    weights (the profiling record, ``engines.vector.retrieval.random_weight_sources``)."""
+    from engines.vector.retrieval import random_weight_sources
+
+    comps = [c for c in columns if c in QUALITY_WEIGHTS]
+    return {c: s["why"] for c, s in random_weight_sources(store, comps).items()}
 
 
 def complexity_score(cols: dict[str, list], n: int) -> list[float | None]:

@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from engines.profiling.hf_local import SEED, check_model_dir, save_random
+from engines.profiling.hf_local import (
+    SEED,
+    TINY_VISION,
+    check_model_dir,
+    decoded_indices,
+    load_with_processor,
+    pixel_values,
+    save_random,
+    tiny_text,
+)
 
 __all__ = [
     "CAPTION_ARCH",
@@ -37,8 +46,7 @@ def _load_parts(path: str, what: str, arch: str, model_cls: Any, device: str):
     import transformers as tf
 
     check_model_dir(path, what, (arch,), tokenizer=True)
-    model = model_cls.from_pretrained(path).eval().to(device)
-    processor = tf.AutoImageProcessor.from_pretrained(path, backend="pil")
+    model, processor = load_with_processor(model_cls, path, device)
     tokenizer = tf.AutoTokenizer.from_pretrained(path)
     return model, processor, tokenizer
 
@@ -58,7 +66,7 @@ class BlipCaptioner:
 
         if not images:
             return []
-        px = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        px = pixel_values(self.processor, images, self.device)
         with torch.inference_mode():
             ids = self.model.generate(pixel_values=px, **self.gen)
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -79,7 +87,7 @@ class BlipMatcher:
 
         if not images:
             return np.zeros(0, np.float32)
-        px = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        px = pixel_values(self.processor, images, self.device)
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
         with torch.inference_mode():
             out = self.model(
@@ -96,10 +104,8 @@ def vlm_columns(results: list, texts: list[str | None], captioner: BlipCaptioner
     """``prof_vlm_caption`` / ``prof_vlm_match`` for decoded rows (``Decoded`` / ``DecodeFailure``)
     and each row's caption (None = no caption: no match score). Null where the image did not
     decode or the model is not configured."""
-    from engines.profiling.decode import Decoded
-
     n = len(results)
-    ok = [i for i, r in enumerate(results) if isinstance(r, Decoded)]
+    ok = decoded_indices(results)
     caps: list = [None] * n
     match: list = [None] * n
     if captioner is not None:
@@ -124,21 +130,9 @@ def save_tiny_blip(directory: str | Path, kind: str = "caption", *, seed: int = 
     if kind not in ("caption", "match"):
         raise ValueError(f"kind must be caption or match, not {kind!r}")
     tok = tf.AutoTokenizer.from_pretrained(minilm_path())
-    text = dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        encoder_hidden_size=32,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        sep_token_id=tok.sep_token_id,
-    )
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
-    config = tf.BlipConfig(text_config=text, vision_config=vision, projection_dim=32, image_text_hidden_size=32)
+    ids = dict(bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, sep_token_id=tok.sep_token_id)
+    text = tiny_text(tok, 64, encoder_hidden_size=32, **ids)
+    config = tf.BlipConfig(text_config=text, vision_config=dict(TINY_VISION), projection_dim=32, image_text_hidden_size=32)
     torch.manual_seed(seed)
     model = (tf.BlipForConditionalGeneration if kind == "caption" else tf.BlipForImageTextRetrieval)(config)
     processor = tf.BlipImageProcessorPil(size={"height": 32, "width": 32})
