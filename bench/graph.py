@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/graph.py [--repeat 5] [--ref-sample 0]
     .venv/bin/python bench/graph.py --eval-only     # tag quality (issue 20) and what each matcher costs
+    .venv/bin/python bench/graph.py --eval-only --details   # + the default matcher's misses and wrong tags
 
 
 Tagging: the real COCO-mini captions (400) as documents, every WordNet concept with a query
@@ -50,12 +51,13 @@ def main() -> None:
     ap.add_argument("--ref-sample", type=int, default=0, help="rank-bm25 on N sampled concepts (0 = all)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-graph"))
     ap.add_argument("--eval-only", action="store_true", help="only the tag-quality evaluation and the matchers' cost")
+    ap.add_argument("--details", action="store_true", help="with --eval-only: list the default matcher's misses, wrong and unjudged tags")
     args = ap.parse_args()
     import numpy as np
 
     print(f"machine: {machine()}")
     if args.eval_only:
-        evaluate_matchers()
+        evaluate_matchers(details=args.details)
         return
     fig: dict = {}
 
@@ -166,7 +168,7 @@ def main() -> None:
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fig.items()}))
 
 
-def evaluate_matchers() -> None:
+def evaluate_matchers(details: bool = False) -> None:
     """Recall of the COCO categories captions name and precision on the judged sample
     (``graph/evaluate.py``), on the demo's graph (visual-only WordNet + Chinese labels), for the
     plain BM25 matcher, + noun-phrase rules, + the sense choice (prior only, then MiniLM). Each
@@ -199,6 +201,17 @@ def evaluate_matchers() -> None:
         rec = f"{r['recall']:.3f} ({r['found']}/{r['named']})"
         prec = f"{p['precision']:.3f} ({p['correct']}/{p['judged']})"
         print(f"{name:34} {rec:>14} {prec:>14} {p['coverage']:>11.0%} {secs:8.1f}")
+    if details:
+        print_errors(fig)
+
+
+def print_errors(fig: dict) -> None:
+    """The last matcher's errors, one a line: what to read when a figure moves."""
+    for m in fig["recall"]["misses"]:
+        print(f"  missed   {m['category']:14} | {m['caption']}")
+    for kind in ("wrong", "unjudged"):
+        for w in fig["precision"][kind]:
+            print(f"  {kind:8} {w['label_en']} ({w['concept']}) | {w['caption']}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ def register(app: typer.Typer) -> None:
         dataset: str = DatasetOpt,
         version: Optional[int] = typer.Option(None, help="inspect an older version"),
         columns: bool = typer.Option(False, "--columns", help="every column of the dataset: type, meaning, the stage that writes it"),
+        graph: Optional[Path] = typer.Option(None, "--graph", help="concept graph for the tag labels (default: the one graph_tag used)"),
+        top_tags: int = typer.Option(15, "--top-tags", min=0, help="concepts listed in the tag summary (0: none)"),
     ):
-        """Rows, columns by group, versions and error counts of a dataset."""
+        """Rows, columns by group, versions and error counts of a dataset (and its top concept tags)."""
         store = open_store(dataset)
         ds = store.open(version)
         if columns:
@@ -45,6 +47,8 @@ def register(app: typer.Typer) -> None:
             for k, v in errs.items():
                 e.add_row(k, str(v))
             console.print(e)
+        if top_tags and "tag_concepts" in ds.schema.names:
+            _print_tag_summary(store, version, graph, top_tags)
         v = Table(title="versions")
         v.add_column("version")
         v.add_column("time")
@@ -204,6 +208,23 @@ def _print_columns(schema) -> None:
         t.add_column(col, overflow="fold")
     for r in schema_rows(schema):
         t.add_row(*r.values())
+    console.print(t)
+
+
+def _print_tag_summary(store, version: Optional[int], graph: Optional[Path], top: int) -> None:
+    """The concepts the captions name most, by English and Chinese label; the id stays beside
+    them because it is what the tag columns, priors and filters store."""
+    from graph.summary import read_labels, tag_summary, tagging_graph
+
+    graph_dir = str(graph) if graph else tagging_graph(store.read_json("stage_fingerprints.json"))
+    labels = read_labels(graph_dir)
+    rows = tag_summary(store.to_arrow(columns=["tag_concepts", "tag_direct"], version=version), labels, top)
+    where = f"labels from {graph_dir}" if labels else "no graph found for labels: pass --graph"
+    t = Table(title=f"top concept tags (rows naming them; {where})")
+    for col, right in (("concept", False), ("中文", False), ("id", False), ("rows named", True), ("rows incl. inherited", True)):
+        t.add_column(col, justify="right" if right else "left")
+    for r in rows:
+        t.add_row(r.en or r.id, r.zh, r.id, f"{r.direct:,}", f"{r.rows:,}")
     console.print(t)
 
 

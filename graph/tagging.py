@@ -17,6 +17,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from graph.bm25 import BM25Counts, BM25Scorer, Tokenizer
+from graph.chinese import has_cjk
 
 if TYPE_CHECKING:  # networkx is slow to import; the CLI imports this module at start
     from graph.concepts import ConceptGraph
@@ -42,6 +43,9 @@ class TagConfig(BaseModel):
     wsd_model: bool = Field(True, description="use the MiniLM sentence model for WSD (False: sense-frequency prior only)")
     wsd_prior_weight: float = Field(0.1, ge=0, description="weight of log P(sense) against caption-gloss cosine")
     wsd_margin: float = Field(0.35, ge=0, description="skip the model when the prior's weighted log-odds margin is at least this")
+    wsd_intangible: float = Field(
+        0.3, gt=0, le=1, description="prior factor of senses that are no tangible thing (groups, regions, events) in image captions"
+    )
 
 
 class Tagger:
@@ -58,7 +62,8 @@ class Tagger:
         senses = noun_senses(WORDNET_DIR) if has_wn and (cfg.pos or cfg.wsd) else {}
         pos = self._pos_lexicon(WORDNET_DIR) if has_wn and cfg.pos else None
         extra = self._noun_phrase_terms(graph, pos, senses)
-        all_terms = [t for _, ts in graph.g.nodes(data="terms") for t in ts] + [t for ts in extra.values() for t in ts]
+        all_terms = [t for _, ts in graph.g.nodes(data="terms") for t in ts if not _is_the_name(t)]
+        all_terms += [t for ts in extra.values() for t in ts]
         exc = noun_exceptions(WORDNET_DIR) if (WORDNET_DIR / "noun.exc").exists() else {}
         self.tokenizer = Tokenizer(all_terms, exceptions=exc, max_chars=cfg.max_caption_chars, pos=pos)
         queries = []
@@ -67,6 +72,7 @@ class Tagger:
             queries.append(list(dict.fromkeys(x for x in q if x)))
         self.queries = queries
         self.scorer = BM25Scorer(queries, k1=cfg.k1, b=cfg.b, epsilon=cfg.epsilon)
+        self._names = self._proper_names(graph) if has_wn else {}
         self.chooser, self._amb = self._sense_chooser(senses, index) if cfg.wsd and senses else (None, {})
         # parents as CSR over node indices, for propagation
         parents = [[index[p] for p in graph.g.predecessors(n)] for n in self.ids]
@@ -93,22 +99,43 @@ class Tagger:
                 extra.setdefault(f"wn:{offs[0]}", []).append(lemma)
         return extra
 
+    def _proper_names(self, graph: ConceptGraph) -> dict[int, list[str]]:
+        """Concepts that are names (WordNet instances: Clarence Day, the City of London; terms
+        like "the City") -> their terms as written. A name tags only where the caption writes it
+        as one: "during the day" is not the writer, "in the city" not London's financial district.
+        Trademarks that became words (Frisbee) are kinds, not instances: they tag as before."""
+        from graph.wordnet import WORDNET_DIR, instance_synsets
+
+        inst = instance_synsets(WORDNET_DIR)
+        out: dict[int, list[str]] = {}
+        for i, n in enumerate(self.ids):
+            terms = graph.g.nodes[n]["terms"]
+            latin = [t for t in terms if not has_cjk(t)]
+            if latin and (n in inst or all(t.startswith("the ") for t in latin)):
+                out[i] = list(terms)
+        return out
+
     def _sense_chooser(self, senses: dict[str, list[str]], index: dict[str, int]):
         """Ambiguous query tokens (several senses in the graph, one of them queried by the token)
-        -> (query column, candidate ids, default node indices), and a :class:`SenseChooser`."""
+        -> (query column, candidate ids, default node indices), and a :class:`SenseChooser`.
+        A Chinese token's senses are those of the English nouns CC-CEDICT translates it to."""
         from graph.wordnet import WORDNET_DIR, gloss
-        from graph.wsd import SenseChooser, sense_counts, singulars
+        from graph.wsd import SenseChooser, sense_counts
 
         cfg, g = self.config, self.graph
         Q = self.scorer.Q.tocsr()
-        amb, cands = {}, {}
+        amb, cands, prior_keys = {}, {}, {}
         for tok, col in self.scorer.qcol.items():
-            offs = [*senses.get(tok, ()), *(o for sg in singulars(tok) for o in senses.get(sg, ()))]
+            offs, keys = _token_senses(tok, senses)
             ids = [i for i in dict.fromkeys(f"wn:{o}" for o in offs) if i in g.g]
+            plain = [i for i in ids if index[i] not in self._names]
+            ids = plain if len(plain) > 1 else ids  # a name is no sense of a lower-case word
             default = Q.indices[Q.indptr[col] : Q.indptr[col + 1]]
             if len(ids) > 1 and any(self.ids[d] in ids for d in default):
                 cands[tok] = ids
                 amb[tok] = (col, [index[i] for i in ids], default.tolist())
+                if keys:
+                    prior_keys[tok] = keys
         chooser = SenseChooser(
             cands,
             sense_counts(str(WORDNET_DIR)),
@@ -116,8 +143,20 @@ class Tagger:
             prior_weight=cfg.wsd_prior_weight,
             margin=cfg.wsd_margin,
             use_model=cfg.wsd_model,
+            prior_keys=prior_keys,
+            sense_factor=self._tangible_factor,
         )
         return chooser, amb
+
+    def _tangible_factor(self, nid: str) -> float:
+        """Captions describe what a photo shows: a sense that is a tangible thing (an artifact, a
+        food, an animal, a plant, a natural object, a body part, a person, a substance) is a priori
+        likelier than a group, a region or an event ("church" the building, not the congregation;
+        "snow" on the ground, not falling). Other sources' concepts are left as they are."""
+        from graph.wordnet import TANGIBLE_LEXNAMES, lexname
+
+        lex = lexname(nid)
+        return 1.0 if not lex or lex in TANGIBLE_LEXNAMES else self.config.wsd_intangible
 
     # --- corpus statistics ------------------------------------------------------------
     def count(self, texts: Iterable[str]) -> BM25Counts:
@@ -136,19 +175,32 @@ class Tagger:
         W = self.scorer.tf_weights(docs)
         S = (W @ self.scorer.Q).tocsr()
         if self.chooser is not None and W.nnz:
-            S = S + self._sense_moves(texts, W)
+            S = S + self._sense_moves(texts, W, docs)
             S.data[np.abs(S.data) < 1e-9] = 0.0
         S.eliminate_zeros()
-        return S
+        return self._drop_unwritten_names(texts, S) if self._names and S.nnz else S
 
-    def _sense_moves(self, texts: Sequence[str], W):
+    def _drop_unwritten_names(self, texts: Sequence[str], S):
+        """Scores of name concepts (:meth:`_proper_names`) kept only where the caption writes the
+        name capitalised after another word (or in Chinese); only those entries are looked at."""
+        import scipy.sparse as sp
+
+        S = S.tocoo()
+        keep = np.ones(S.nnz, bool)
+        names = np.fromiter(self._names, np.int64, len(self._names))
+        for k in np.flatnonzero(np.isin(S.col, names)):
+            keep[k] = _written_as_name(texts[S.row[k]], self._names[int(S.col[k])])
+        return sp.csr_matrix((S.data[keep], (S.row[keep], S.col[keep])), shape=S.shape)
+
+    def _sense_moves(self, texts: Sequence[str], W, docs: Sequence[Sequence[str]]):
         """Sparse corrections: minus the token's weight on its default concepts, plus on the chosen."""
         import scipy.sparse as sp
 
         toks = list(self._amb)
         Wa = W[:, [self._amb[t][0] for t in toks]].tocoo()
         pairs = [(int(d), toks[k]) for d, k in zip(Wa.row, Wa.col)]
-        chosen = self.chooser.choose(texts, pairs) if pairs else []
+        bias = [self._named_twice(tok, docs[d]) for d, tok in pairs]
+        chosen = self.chooser.choose(self._model_texts(texts, pairs), pairs, bias) if pairs else []
         index = {n: i for i, n in enumerate(self.ids)} if pairs else {}
         r, c, v = [], [], []
         for (d, tok), w, pick in zip(pairs, Wa.data, chosen):
@@ -160,6 +212,35 @@ class Tagger:
             if p not in defaults:
                 r.append(d), c.append(p), v.append(w)
         return sp.csr_matrix((v, (r, c)), shape=(W.shape[0], len(self.ids)))
+
+    def _named_twice(self, tok: str, doc_tokens: Sequence[str]):
+        """A caption does not name one thing twice: in "a bathroom with a toilet", toilet is not
+        the room (whose synonyms include "bathroom", already said) but the fixture. Senses having
+        another word of the caption as a synonym are ruled out (``-inf``), unless all would be."""
+        others = set(doc_tokens) - {tok}
+        ids = self.chooser.candidates[tok]
+        hit = [bool(others & self._sense_names(i)) for i in ids]
+        if not any(hit) or all(hit):
+            return None
+        return np.where(hit, -np.inf, 0.0)
+
+    def _sense_names(self, nid: str) -> set[str]:
+        a = self.graph.g.nodes[nid]
+        return {x.lower() for x in (a["label_en"], *a["aliases"]) if not has_cjk(x)}
+
+    def _model_texts(self, texts: Sequence[str], pairs: Sequence[tuple[int, str]]) -> list[str]:
+        """What the (English) sentence model reads: Chinese captions with an ambiguous word
+        rendered in English through CC-CEDICT (without the ambiguous words), the rest as they are."""
+        from graph.chinese import english_rendering
+
+        out = list(texts)
+        skip: dict[int, set[str]] = {}
+        for d, tok in pairs:
+            skip.setdefault(d, set()).add(tok)
+        for d, words in skip.items():
+            if has_cjk(out[d]):
+                out[d] = english_rendering(out[d], self.tokenizer.cut_zh, words)
+        return out
 
     def _ancestors(self, c: int) -> tuple[np.ndarray, np.ndarray]:
         """(ancestor indices including c itself, hops), fewest hops per ancestor; cached."""
@@ -231,6 +312,30 @@ class Tagger:
 
     def labels(self, ids: Iterable[str]) -> list[str]:
         return [self.graph.label(i) for i in ids]
+
+
+def _is_the_name(term: str) -> bool:
+    """Names like "the City", "the Hague": a name whose article would make "in the city" one token, hiding
+    the common noun from the caption; such terms are not matched at all."""
+    return term.startswith("the ") and term[4:5].isupper()
+
+
+def _written_as_name(text: str, terms: Sequence[str]) -> bool:
+    """Whether a term appears as written (capitals kept) after another word, or a Chinese term at all."""
+    import re
+
+    return any((t in text) if has_cjk(t) else re.search(rf"\w\W+{re.escape(t)}\b", text) is not None for t in terms)
+
+
+def _token_senses(tok: str, senses: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """(noun offsets a query token may mean, the English lemmas whose sense counts are its prior;
+    [] = its own). "glasses" also competes as the plural of glass; 银行 means what "bank" means."""
+    from graph.chinese import zh_noun_senses
+    from graph.wsd import singulars
+
+    if has_cjk(tok):
+        return zh_noun_senses(tok, senses)
+    return [*senses.get(tok, ()), *(o for sg in singulars(tok) for o in senses.get(sg, ()))], []
 
 
 def _sense_text(g, nid: str, gloss: str) -> str:

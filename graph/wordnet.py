@@ -20,6 +20,7 @@ about a second for all 82,115 noun synsets; nltk's reader would need extra files
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import networkx as nx
@@ -32,6 +33,9 @@ __all__ = [
     "VISUAL_LEXNAMES",
     "VISUAL_KEEP",
     "gloss",
+    "instance_synsets",
+    "lexname",
+    "TANGIBLE_LEXNAMES",
     "load_wordnet",
     "noun_exceptions",
     "noun_lemmas",
@@ -142,6 +146,20 @@ def gloss(nid: str, wordnet_dir: Path = WORDNET_DIR) -> str:
         return f.readline().decode("utf-8", "replace").partition(" | ")[2].strip()
 
 
+TANGIBLE_LEXNAMES = frozenset(
+    {"noun.artifact", "noun.food", "noun.animal", "noun.plant", "noun.object", "noun.body", "noun.person", "noun.substance"}
+)
+
+
+def lexname(nid: str, wordnet_dir: Path = WORDNET_DIR) -> str:
+    """The lexicographer file of ``wn:<offset>`` ("noun.artifact"); "" for other ids."""
+    if not nid.startswith("wn:"):
+        return ""
+    with open(Path(wordnet_dir) / "data.noun", "rb") as f:
+        f.seek(int(nid[3:]))
+        return LEXNAMES.get(int(f.readline()[9:11]), "")
+
+
 def _pos_counts(wordnet_dir: Path) -> dict[str, list[int]]:
     """lemma -> [noun, verb, adjective, adverb] tagged-sense counts from cntlist.rev."""
     counts: dict[str, list[int]] = {}
@@ -174,6 +192,19 @@ def _mostly_not_noun(word: str, counts: dict[str, list[int]]) -> bool:
     n, v, a, r = counts.get(word, (0, 0, 0, 0))
     v = max([v] + [counts.get(s, (0, 0, 0, 0))[1] for s in _verb_stems(word)])
     return max(v, a, r) > 2 * n
+
+
+@lru_cache(maxsize=2)
+def instance_synsets(wordnet_dir: Path = WORDNET_DIR) -> frozenset[str]:
+    """Ids of synsets that are instances (``@i``: a named person, city, river), not kinds of thing.
+    Why: a caption's lower-case "day" is not Clarence Day; a name tags only where it is written
+    as one (:class:`graph.tagging.Tagger`)."""
+    out = set()
+    with open(Path(wordnet_dir) / "data.noun", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if " @i " in line.partition(" | ")[0]:
+                out.add(f"wn:{line[:8]}")
+    return frozenset(out)
 
 
 def noun_lemmas(wordnet_dir: Path = WORDNET_DIR) -> set[str]:

@@ -55,45 +55,57 @@ def sense_counts(wordnet_dir: str) -> dict[tuple[str, str], int]:
 class SenseChooser:
     """Pick one sense per (caption, ambiguous lemma); see the module docstring."""
 
-    def __init__(self, candidates: dict[str, list[str]], counts, texts_of, *, prior_weight=0.1, margin=0.35, use_model=True):
+    def __init__(
+        self,
+        candidates: dict[str, list[str]],
+        counts,
+        texts_of,
+        *,
+        prior_weight=0.1,
+        margin=0.35,
+        use_model=True,
+        prior_keys=None,
+        sense_factor=None,
+    ):
         self.candidates = candidates  # lemma -> node ids, WordNet sense order
         self.prior_weight, self.margin = prior_weight, margin
         self._gloss_text = texts_of  # node id -> "label: gloss"
-        self._log_prior = {t: self._prior(t, ids, counts) for t, ids in candidates.items()}
+        keys = prior_keys or {}  # a Chinese word's prior is that of the English lemmas it translates
+        factor = sense_factor or (lambda nid: 1.0)  # a domain prior per sense (Tagger: tangible things)
+        self._log_prior = {t: self._prior(keys.get(t) or [t, *singulars(t)], ids, counts, factor) for t, ids in candidates.items()}
         self._gloss_emb: dict[str, np.ndarray] = {}
         self._model = None
         self.use_model = use_model
         self.stats = {"pairs": 0, "decided_by_prior": 0, "captions_embedded": 0, "glosses_embedded": 0, "seconds": 0.0}
 
     @staticmethod
-    def _prior(lemma: str, ids: list[str], counts) -> np.ndarray:
-
-        keys = [lemma, *singulars(lemma)]
-        c = np.array([max(counts.get((k, i[3:]), 0) for k in keys) + 1.0 for i in ids])
+    def _prior(keys: list[str], ids: list[str], counts, factor) -> np.ndarray:
+        c = np.array([(max(counts.get((k, i[3:]), 0) for k in keys) + 1.0) * factor(i) for i in ids])
         return np.log(c / c.sum())
 
-    def choose(self, texts: Sequence[str], pairs: Sequence[tuple[int, str]]) -> list[str]:
-        """The chosen node id for each (text index, lemma) pair."""
+    def choose(self, texts: Sequence[str], pairs: Sequence[tuple[int, str]], bias=None) -> list[str]:
+        """The chosen node id for each (text index, lemma) pair; ``bias[k]`` (optional) is added to
+        pair k's log prior (``-inf`` rules a sense out)."""
         t0 = time.perf_counter()
         out: list[str | None] = [None] * len(pairs)
+        lps = [self._log_prior[lemma] + (0 if bias is None or bias[k] is None else bias[k]) for k, (_, lemma) in enumerate(pairs)]
         open_: list[int] = []
         for k, (_, lemma) in enumerate(pairs):
-            lp = self._log_prior[lemma]
-            top2 = np.sort(lp)[-2:]
-            if not self.use_model or self.prior_weight * (top2[1] - top2[0]) >= self.margin:
-                out[k] = self.candidates[lemma][int(np.argmax(lp))]
+            top2 = np.sort(lps[k])[-2:]
+            if not self.use_model or len(top2) < 2 or self.prior_weight * (top2[1] - top2[0]) >= self.margin:
+                out[k] = self.candidates[lemma][int(np.argmax(lps[k]))]
             else:
                 open_.append(k)
         if open_:
-            self._by_context(texts, pairs, open_, out)
+            self._by_context(texts, pairs, open_, out, lps)
         self.stats["pairs"] += len(pairs)
         self.stats["decided_by_prior"] += len(pairs) - len(open_)
         self.stats["seconds"] += time.perf_counter() - t0
         return out  # type: ignore[return-value]
 
-    def _by_context(self, texts, pairs, open_: list[int], out: list) -> None:
-        docs = sorted({pairs[k][0] for k in open_})
-        cap = dict(zip(docs, self._embed([texts[d] for d in docs])))
+    def _by_context(self, texts, pairs, open_: list[int], out: list, lps) -> None:
+        docs = sorted({pairs[k][0] for k in open_ if texts[pairs[k][0]].strip()})
+        cap = dict(zip(docs, self._embed([texts[d] for d in docs]))) if docs else {}
         self.stats["captions_embedded"] += len(docs)
         need = sorted({i for k in open_ for i in self.candidates[pairs[k][1]]} - self._gloss_emb.keys())
         if need:
@@ -103,7 +115,8 @@ class SenseChooser:
             d, lemma = pairs[k]
             ids = self.candidates[lemma]
             g = np.stack([self._gloss_emb[i] for i in ids])
-            out[k] = ids[int(np.argmax(g @ cap[d] + self.prior_weight * self._log_prior[lemma]))]
+            sim = g @ cap[d] if d in cap else 0.0  # no context left (a caption of one Chinese word): the prior
+            out[k] = ids[int(np.argmax(sim + self.prior_weight * lps[k]))]
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if self._model is None:

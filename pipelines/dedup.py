@@ -180,7 +180,13 @@ def _config_key(cfg: DedupConfig) -> str:
     import hashlib
 
     blob = json.dumps(
-        {"near": cfg.near.model_dump(), "index": cfg.index.model_dump(), "rows": cfg.rows_per_unit, "block": cfg.pairs_per_unit},
+        {
+            "near": cfg.near.model_dump(),
+            "index": cfg.index.model_dump(),
+            "rows": cfg.rows_per_unit,
+            "block": cfg.pairs_per_unit,
+            "keeper": cfg.keeper,
+        },
         sort_keys=True,
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
@@ -212,7 +218,7 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     no_desc = ds.count_rows(filter="vec_desc IS NULL")
     if no_desc:
         notes.append(f"rows without a usable descriptor (exact duplicates only): {{'null_vector': {no_desc}}}")
-    i, j, sim, nstats, job = near_pairs_on_ray(
+    i, j, sim, crop, nstats, job = near_pairs_on_ray(
         store,
         ds,
         cfg.near,
@@ -223,6 +229,7 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
         show_progress=show_progress,
         block=cfg.pairs_per_unit,
         resources=cfg.resources,
+        geometry=cfg.keeper == "original",
     )
     stats.update(nstats)
     pairs = pairs + Pairs.of(i, j, sim, "near")
@@ -235,13 +242,16 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
         pairs = pairs + sem
     quality, q_name = _quality(t, cfg)
     originality = _originality(store, ds, t, pairs, cfg, notes)
+    if originality is not None:  # (crop row, the row it was cut from), from verification
+        originality.crops = (np.where(crop > 0, i, j)[crop != 0], np.where(crop > 0, j, i)[crop != 0])
+        stats["crop_pairs"] = int((crop != 0).sum())
     better = f"best {q_name} ({'higher' if cfg.quality_higher_is_better else 'lower'} is better)"
     if originality is None:
         notes.append(f"kept row = {better}")
     else:
         notes.append(
             "kept row = the original: clearly more pixels (>10%), then more bytes per pixel (>1.5x), "
-            f"then a higher JPEG quality (>5), then the {better}"
+            f"then a higher JPEG quality (>5), then not a crop of another copy, then the {better}"
         )
     split = {"by_component": len(pairs) > cfg.communities_max_edges, "map_fn": _ray_map}
     if split["by_component"]:
@@ -292,7 +302,7 @@ def _ray_map(fn, items):
 def _plan_table(ids: pa.ChunkedArray, res) -> pa.Table:
     """The group table: one row per dataset row (ids taken by position, never as a Python list).
     Besides the ``dup_*`` columns, ``keeper_why``: what made the kept row win over a removed one
-    (``KEEPER_WHY``: resolution, bytes per pixel, JPEG quality, quality, earlier row)."""
+    (``KEEPER_WHY``: resolution, bytes per pixel, JPEG quality, crop of it, quality, earlier row)."""
     keepers = np.maximum(res.dup_of, 0)
     dup_of = ids.take(pa.array(keepers)).combine_chunks() if len(ids) else pa.array([], pa.string())
     return pa.table(

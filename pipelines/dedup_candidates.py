@@ -423,22 +423,23 @@ class _AcceptWorker:
     """Ray actor: the candidate pairs whose smaller end lies in a unit's row range, each once; the
     cheap signals accept some, ORB + RANSAC (mirror-aware, symmetric) decides the others."""
 
-    def __init__(self, store, version: int, edges_uri: str, cfg: dict, block: int = 2000):
+    def __init__(self, store, version: int, edges_uri: str, cfg: dict, block: int = 2000, geometry: bool = True):
         import lance
 
         self.ds = store.open(version)
-        self.block = block
+        self.block, self.geometry = block, geometry
         self.edges = lance.dataset(edges_uri)
         self.cfg = NearDupConfig(**cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out: dict[str, list] = {"unit": [], "i": [], "j": [], "sim": [], "stats": []}
+        out: dict[str, list] = {"unit": [], "i": [], "j": [], "sim": [], "crop": [], "stats": []}
         for unit in batch.to_pylist():
-            i, j, sim, stats = self.accept(unit["label_start"], unit["label_start"] + unit["rows"])
+            i, j, sim, crop, stats = self.accept(unit["label_start"], unit["label_start"] + unit["rows"])
             out["unit"].append(unit["unit"])
             out["i"].append(i.tolist())
             out["j"].append(j.tolist())
             out["sim"].append(sim.tolist())
+            out["crop"].append(crop.tolist())
             out["stats"].append(json.dumps(stats))
         return pa.table(out)
 
@@ -451,20 +452,42 @@ class _AcceptWorker:
         ham = _ham_of(t, a, b)
         inl = np.full(len(a), -1, np.int32)
         cov = np.zeros(len(a), np.float32)
+        crop = np.zeros(len(a), np.int8)  # +1: a is a crop of b, -1: b of a (verified pairs only)
         todo = np.flatnonzero(needs_verification(sim, ham, self.cfg))
         if len(todo):
-            inl[todo], cov[todo] = self.verify(a[todo], b[todo])
+            inl[todo], cov[todo], crop[todo] = self.verify(a[todo], b[todo])
         ok = accept_near(sim, ham, inl, cov, self.cfg)
-        stats = {"desc_candidates": int(len(a)), "verified_pairs": int(len(todo)), "accepted_pairs": int(ok.sum())}
-        return a[ok], b[ok], np.clip(sim[ok], 0, 1), stats
+        geo = np.flatnonzero(ok & (inl < 0) & self._same_size(a, b)) if self.geometry else np.zeros(0, np.int64)
+        if len(geo):  # accepted on the descriptor alone, sizes tied: the keeper may need to know which is a crop
+            crop[geo] = self.verify(a[geo], b[geo])[2]
+        stats = {
+            "desc_candidates": int(len(a)),
+            "verified_pairs": int(len(todo)),
+            "accepted_pairs": int(ok.sum()),
+            "geometry_pairs": int(len(geo)),
+        }
+        return a[ok], b[ok], np.clip(sim[ok], 0, 1), crop[ok], stats
 
-    def verify(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from engines.vector.descriptor import decode_gray, verify_features, verify_pairs
+    def _same_size(self, a: np.ndarray, b: np.ndarray, margin: float = 1.10) -> np.ndarray:
+        """Pairs whose pixel counts are within the keeper's resolution margin (``Originality``):
+        only there can containment decide the keeper, so only there is a copy accepted on its
+        descriptor (a mild crop scaled back matches a region at ~0.99) verified for geometry."""
+        if not len(a):
+            return np.zeros(0, bool)
+        rows = np.unique(np.concatenate([a, b]))
+        t = self.ds.take(rows.tolist(), columns=["width", "height"])
+        px = t.column("width").fill_null(0).to_numpy().astype(np.float64) * t.column("height").fill_null(0).to_numpy()
+        pa_, pb = px[np.searchsorted(rows, a)], px[np.searchsorted(rows, b)]
+        return (pa_ > 0) & (pb > 0) & (np.maximum(pa_, pb) <= margin * np.minimum(pa_, pb))
+
+    def verify(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from engines.vector.descriptor import decode_gray, verify_features, verify_pairs_geometry
 
         order = np.lexsort((j, i))
         feats: dict[int, Any] = {}
         inl = np.zeros(len(i), np.int32)
         cov = np.zeros(len(i), np.float32)
+        crop = np.zeros(len(i), np.int8)
         for s in range(0, len(order), self.block):  # bounded memory: features of one block's images at a time
             blk = order[s : s + self.block]
             need = sorted(set(i[blk].tolist()) | set(j[blk].tolist()))
@@ -473,9 +496,8 @@ class _AcceptWorker:
             for p, data, uri in zip(need, t.column("image").to_pylist(), t.column("image_uri").to_pylist()):
                 g = decode_gray(data, uri)
                 feats[p] = verify_features(g, self.cfg.dihedral) if isinstance(g, np.ndarray) else None
-            n_in, c = verify_pairs(feats, i[blk].tolist(), j[blk].tolist(), self.cfg.min_inliers)
-            inl[blk], cov[blk] = n_in, c
-        return inl, cov
+            inl[blk], cov[blk], crop[blk] = verify_pairs_geometry(feats, i[blk].tolist(), j[blk].tolist(), self.cfg.min_inliers)
+        return inl, cov, crop
 
 
 def _ham_of(t: pa.Table, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -490,22 +512,30 @@ def _ham_of(t: pa.Table, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return h[order][np.searchsorted(key[order], want)].astype(np.int32)
 
 
-def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Phase 3: accepted near-duplicate pairs (i, j, sim) and summed counters."""
+def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int = 2000, geometry: bool = True):
+    """Phase 3: accepted near-duplicate pairs (i, j, sim, crop) and summed counters; ``crop`` is
+    +1 where i is a crop of j, -1 where j is a crop of i (``descriptor.containment``), else 0."""
     from curation.runner import execute_units
 
     done = job.done("accepted")
     todo = [u for u in job.units if u["unit"] not in done]
 
     def on_result(row: dict) -> None:
-        rec = {"i": row["i"], "j": row["j"], "sim": row["sim"], "stats": json.loads(row["stats"])}
+        rec = {"i": row["i"], "j": row["j"], "sim": row["sim"], "crop": row["crop"], "stats": json.loads(row["stats"])}
         job.save("accepted", row["unit"], rec)
         done[row["unit"]] = rec
 
     execute_units(
         todo,
         _AcceptWorker,
-        {"store": job.store, "version": job.ds.version, "edges_uri": edges_uri, "cfg": job.cfg.model_dump(), "block": block},
+        {
+            "store": job.store,
+            "version": job.ds.version,
+            "edges_uri": edges_uri,
+            "cfg": job.cfg.model_dump(),
+            "block": block,
+            "geometry": geometry,
+        },
         ray_options=job.ray_options("verify"),
         on_result=on_result,
         description="dedup: verify candidate pairs (ORB+RANSAC, units)",
@@ -516,8 +546,10 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
     for r in recs:
         for k, v in r["stats"].items():
             stats[k] = stats.get(k, 0) + v
+    for r in recs:
+        r.setdefault("crop", [0] * len(r["i"]))  # a checkpoint from before containment was recorded
     cat = lambda key, dt: np.concatenate([np.asarray(r[key], dt) for r in recs]) if recs else np.zeros(0, dt)  # noqa: E731
-    return cat("i", np.int64), cat("j", np.int64), cat("sim", np.float32), stats
+    return cat("i", np.int64), cat("j", np.int64), cat("sim", np.float32), cat("crop", np.int8), stats
 
 
 def near_pairs_on_ray(
@@ -532,17 +564,19 @@ def near_pairs_on_ray(
     show_progress: bool = True,
     block: int = 2000,
     resources: dict | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, NearJob]:
-    """The three phases; returns accepted pairs (i, j, sim), counters and the job (its folder)."""
+    geometry: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict, NearJob]:
+    """The three phases; returns accepted pairs (i, j, sim, crop: see ``accepted_pairs``),
+    counters and the job (its folder)."""
     t = [time.perf_counter()]
     job = NearJob(store, ds, cfg, index_cfg, rows_per_unit, key, resources)
     index_path = build_region_index(job, show_progress)
     t.append(time.perf_counter())
     edges_uri = candidate_edges(job, index_path, phash, show_progress)
     t.append(time.perf_counter())
-    i, j, sim, stats = accepted_pairs(job, edges_uri, show_progress, block)
+    i, j, sim, crop, stats = accepted_pairs(job, edges_uri, show_progress, block, geometry)
     t.append(time.perf_counter())
     phases = ("index_seconds", "candidates_seconds", "verify_seconds")  # this run's share (a resumed run skips done work)
     stats.update({name: round(b - a, 2) for name, a, b in zip(phases, t, t[1:])})
     stats["near_seconds"] = round(t[-1] - t[0], 2)
-    return i, j, sim, stats, job
+    return i, j, sim, crop, stats, job

@@ -21,7 +21,11 @@ from pydantic import Field
 from curation.registry import register_step
 from training.config import TrainConfig
 
-__all__ = ["TrainRunConfig", "run_training"]
+__all__ = ["TrainRunConfig", "run_training", "single_rank_default"]
+
+SINGLE_RANK_6B_LORA_RANK = 32
+"""``--model 6b`` on one rank trains a LoRA of this rank unless ``lora_rank`` is given (even as null):
+a full fine-tune needs ~123 GB for fp32 weights, grads, Adam and EMA alone (docs/training.md)."""
 
 
 class TrainRunConfig(TrainConfig):
@@ -74,6 +78,7 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
 
     from training.loop import latest_checkpoint
 
+    cfg = single_rank_default(cfg, log or print)
     check_training_inputs(cfg, log)
     out = Path(cfg.out_dir).resolve()
     # Ray Train runs workers in their own working directory: hand them absolute paths
@@ -106,6 +111,21 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
     }
 
 
+def single_rank_default(cfg: TrainRunConfig, log) -> TrainRunConfig:
+    """The 6B model on one rank defaults to LoRA (with a note saying so and how to opt out): a full
+    fine-tune does not fit one 80 GB GPU and barely one 141 GB one. An explicit ``lora_rank``
+    (``--lora R``, or ``lora_rank: null`` / ``--full-finetune``) is kept as given."""
+    if cfg.model != "6b" or cfg.num_workers != 1 or "lora_rank" in cfg.model_fields_set:
+        return cfg
+    r = SINGLE_RANK_6B_LORA_RANK
+    log(
+        f"note: --model 6b on one rank trains a LoRA adapter (rank {r}) by default: a full fine-tune needs ~123 GB "
+        "for fp32 weights, grads, Adam and EMA before activations (docs/training.md). "
+        "--full-finetune (lora_rank: null) trains every weight; --lora R sets the rank."
+    )
+    return cfg.model_copy(update={"lora_rank": r})
+
+
 def check_training_inputs(cfg: TrainRunConfig, log=None) -> None:
     """What can be wrong with the inputs, found in the driver before Ray starts (seconds, not a
     cluster start-up): loader fields, the shards' existence, their columns, pre-encoded features."""
@@ -113,6 +133,11 @@ def check_training_inputs(cfg: TrainRunConfig, log=None) -> None:
     from training.loader import LoaderConfig, ShardDataset
 
     validate(LoaderConfig, {"seed": cfg.seed, **cfg.loader}, where="loader")
+    if cfg.lora_rank:
+        from training.loop import model_config
+        from training.lora import check_targets
+
+        check_targets(model_config(cfg), cfg.lora_targets)  # a target naming no linear layer: fail before Ray starts
     if "://" not in cfg.shards and not Path(cfg.shards).exists():
         raise FileNotFoundError(f"no training shards at {cfg.shards!r}; write them with `curate export --out {cfg.shards}`")
     try:

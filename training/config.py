@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "LORA_DEFAULT_TARGETS"]
+
+LORA_DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")  # training.lora's default adapters
 
 
 class TrainConfig(BaseModel):
@@ -66,6 +68,18 @@ class TrainConfig(BaseModel):
         False,
         description="each rank appends the ids it trained on per step to <out_dir>/ranks/rank_<r>.jsonl (audit which data every rank saw)",
     )
+    lora_rank: int | None = Field(
+        None,
+        ge=1,
+        description="LoRA fine-tuning at this rank: base weights frozen, only adapters trained and saved (diffusers LoRA format); "
+        "None = full fine-tune",
+    )
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scale is lora_alpha / lora_rank; None = the rank (scale 1)")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: list(LORA_DEFAULT_TARGETS),
+        min_length=1,
+        description="linear layers that get adapters: a module path or its ending (peft's rule), e.g. to_q, to_out.0, w1",
+    )
     peak_tflops: float | None = Field(
         None, gt=0, description="dense bf16 TFLOPS of one device, for MFU (default: looked up by GPU name; unknown GPUs get no MFU)"
     )
@@ -74,4 +88,13 @@ class TrainConfig(BaseModel):
     def _shift_range(self) -> TrainConfig:
         if self.max_image_seq_len <= self.base_image_seq_len:
             raise ValueError(f"max_image_seq_len ({self.max_image_seq_len}) must exceed base_image_seq_len ({self.base_image_seq_len})")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_fields(self) -> TrainConfig:
+        """LoRA settings without ``lora_rank`` would silently run a full fine-tune: refuse them."""
+        if any(not t.strip() for t in self.lora_targets):
+            raise ValueError("lora_targets: empty module name")
+        if self.lora_rank is None and (self.lora_alpha is not None or tuple(self.lora_targets) != LORA_DEFAULT_TARGETS):
+            raise ValueError("lora_alpha / lora_targets are set but lora_rank is not: set lora_rank to train LoRA adapters")
         return self

@@ -18,9 +18,13 @@ How an epoch is planned (``plan_epoch``, pure NumPy, identical on every rank and
    shard's ``weight`` column); with ``weighted=False`` or equal weights, exactly once.
 2. The occurrences are shuffled by (seed, epoch) and cut into pools of ``pool_size``. Inside a
    pool samples are sorted by sequence length (image tokens + the chosen caption's tokens) and
-   cut greedily into batches whose padded size, batch size x longest sequence, stays within
-   ``token_budget``: long sequences come in small batches, short ones in large batches, and the
-   padding inside a batch is small because its lengths are neighbours in sorted order.
+   cut greedily into batches whose size in the model's tokens stays within ``token_budget``:
+   batch size x longest sequence, or with ``packing`` the sum of the sequences (the model packs
+   them into one). A sequence counts what the model runs: every segment (image, caption, a pair's
+   source) padded to a multiple of ``seq_multiple`` (32), as the model pads it, and an empty
+   caption as the one-token null caption. Long sequences come in small batches, short ones in
+   large batches, and the padding inside a batch is small because its lengths are neighbours in
+   sorted order.
 3. The batch count is made a multiple of the world size by splitting the largest batches (so no
    sample is dropped or repeated and every rank runs the same number of steps), the batches are
    grouped in consecutive runs of ``world_size`` (similar lengths, so ranks wait little on each
@@ -36,7 +40,8 @@ A row whose image cannot be decoded is left out of its batch and reported with i
 Pair shards (``curate pairs export``, docs/pairs.md) go through the same planner and batcher: a
 pair shard is a training shard whose image is the edit's target and whose caption variants are its
 instructions, plus the source image. ``ShardMeta.segment_tokens`` adds the source's tokens to every
-sequence length, so the token budget counts text + source + target; batches also carry
+sequence length, so the token budget counts text + source + target (each segment padded to 32 on
+its own, as the model would pad it; ``ShardMeta.segments``); batches also carry
 ``sources``, ``source_buckets``, ``source_tokens`` and ``kinds``, and a pair's two images are
 cropped with one seed (same size, same crop).
 """
@@ -87,7 +92,15 @@ class LoaderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    token_budget: int = Field(16384, ge=1, description="max padded tokens per batch: batch size x longest sequence")
+    token_budget: int = Field(
+        16384, ge=1, description="max model tokens per batch: batch size x longest sequence (packing: their sum), segments 32-padded"
+    )
+    packing: bool = Field(
+        False,
+        description="budget the sum of the sequences, for a model that packs them (S3DiTConfig.packing); "
+        "False: batch size x longest, which fits the padded and the packed model alike",
+    )
+    seq_multiple: int = Field(32, ge=1, description="the model pads every segment to a multiple of this; budgets count it")
     max_batch_size: int = Field(512, ge=1, description="cap on samples per batch, whatever the budget")
     seed: int = 0
     weighted: bool = Field(True, description="resample rows by the shard's weight column; False: each row once per epoch")
@@ -125,6 +138,7 @@ class ShardMeta:
     weight: np.ndarray  # float64
     bucket: np.ndarray  # int64 bucket key (w * 65536 + h)
     segment_tokens: np.ndarray | None = None  # int64: tokens of the row's other segments (a pair's source image)
+    segments: tuple[np.ndarray, ...] = ()  # the same per segment, each padded on its own by the model
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -134,12 +148,18 @@ class ShardMeta:
         Pairs count their source image here, so one batcher budgets plain samples and pairs alike."""
         return self.image_tokens if self.segment_tokens is None else self.image_tokens + self.segment_tokens
 
+    def row_model_tokens(self, multiple: int) -> np.ndarray:
+        """``row_tokens`` as the model runs them: every segment padded to ``multiple`` on its own."""
+        segs = self.segments or (() if self.segment_tokens is None else (self.segment_tokens,))
+        return sum((_pad_to(s, multiple) for s in segs), _pad_to(self.image_tokens, multiple))
+
     @classmethod
     def from_table(cls, t: pa.Table, positions: np.ndarray | None = None, segments: tuple[str, ...] = ()) -> ShardMeta:
         caps = t.column("caption_tokens").combine_chunks()
         n = t.num_rows
         offsets = caps.offsets.to_numpy().astype(np.int64) if n else np.zeros(1, np.int64)
         kinds = None
+        seg = tuple(t.column(c).to_numpy(zero_copy_only=False).astype(np.int64) for c in segments)
         if "captions" in t.column_names:
             kinds = np.asarray(t.column("captions").combine_chunks().flatten().field("kind").to_pylist(), dtype=object)
         w = t.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -153,9 +173,8 @@ class ShardMeta:
             weight=w,
             bucket=t.column("bucket_w").to_numpy(zero_copy_only=False).astype(np.int64) * 65536
             + t.column("bucket_h").to_numpy(zero_copy_only=False).astype(np.int64),
-            segment_tokens=np.sum([t.column(c).to_numpy(zero_copy_only=False).astype(np.int64) for c in segments], axis=0)
-            if segments
-            else None,
+            segment_tokens=np.sum(seg, axis=0) if seg else None,
+            segments=seg,
         )
 
 
@@ -171,6 +190,8 @@ class EpochPlan:
     seq_lens: np.ndarray  # image tokens (+ a pair's source tokens) + chosen caption tokens
     bounds: np.ndarray
     dropped: dict[str, int] = field(default_factory=dict)  # samples left out by planning, by reason
+    model_lens: np.ndarray | None = None  # what the model runs per sample: segments 32-padded (default: seq_lens)
+    packing: bool = False  # batches budgeted (and run) as the sum of model_lens
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
@@ -182,14 +203,24 @@ class EpochPlan:
         return np.diff(self.bounds)
 
     def padded_fraction(self) -> float:
-        return padded_fraction([self.seq_lens[self.batch(b)] for b in range(len(self))])
+        """Share of the tokens the model runs that are padding (segment and batch padding)."""
+        model = self.seq_lens if self.model_lens is None else self.model_lens
+        sl = [self.batch(b) for b in range(len(self))]
+        return padded_fraction([self.seq_lens[s] for s in sl], [model[s] for s in sl], self.packing)
 
 
-def padded_fraction(batches: list[np.ndarray]) -> float:
-    """Share of a padded batch that is padding: sum(B x max - sum) / sum(B x max) over batches."""
-    total = sum(len(s) * int(s.max()) for s in batches if len(s))
+def padded_fraction(batches: list[np.ndarray], model: list[np.ndarray] | None = None, packing: bool = False) -> float:
+    """Share of the tokens a model runs that are padding, over batches: 1 - real / run, where a
+    padded batch runs B x its longest ``model`` length and a packed one their sum. ``model``
+    (each sample's segments padded as the model pads them) defaults to the real lengths."""
+    model = batches if model is None else model
+    total = sum(int(m.sum()) if packing else len(m) * int(m.max()) for m in model if len(m))
     real = sum(int(s.sum()) for s in batches if len(s))
     return 0.0 if total == 0 else (total - real) / total
+
+
+def _pad_to(n: np.ndarray, multiple: int) -> np.ndarray:
+    return -(-n // multiple) * multiple
 
 
 def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
@@ -226,19 +257,19 @@ def _repeats(meta: ShardMeta, cfg: LoaderConfig, rng: np.random.Generator) -> np
     return (base + (rng.random(n) < expected - base)).astype(np.int64)  # stochastic rounding
 
 
-def _form_batches(seq: np.ndarray, bucket: np.ndarray, cfg: LoaderConfig) -> list[np.ndarray]:
-    """Greedy cuts of one pool sorted by (bucket if same_bucket, length): indices into the pool."""
-    order = np.lexsort((seq, bucket)) if cfg.same_bucket else np.argsort(seq, kind="stable")
-    out, start = [], 0
-    for i in range(1, len(order) + 1):
-        if i == len(order):
+def _form_batches(seq: np.ndarray, model: np.ndarray, bucket: np.ndarray, cfg: LoaderConfig) -> list[np.ndarray]:
+    """Greedy cuts of one pool sorted by (bucket if same_bucket, model length, length): indices
+    into the pool. Sorted by model length, the newest sample of a batch is its longest."""
+    order = np.lexsort((seq, model, bucket)) if cfg.same_bucket else np.lexsort((seq, model))
+    out, start, run = [], 0, 0
+    for i, nxt in enumerate(order):
+        n, run = i - start + 1, run + int(model[nxt])
+        cost = run if cfg.packing else n * int(model[nxt])
+        if i > start and (cost > cfg.token_budget or n > cfg.max_batch_size or (cfg.same_bucket and bucket[nxt] != bucket[order[start]])):
             out.append(order[start:i])
-            break
-        n = i - start + 1
-        nxt = order[i]
-        if n * seq[nxt] > cfg.token_budget or n > cfg.max_batch_size or (cfg.same_bucket and bucket[nxt] != bucket[order[start]]):
-            out.append(order[start:i])
-            start = i
+            start, run = i, int(model[nxt])
+    if len(order):
+        out.append(order[start:])
     return out
 
 
@@ -273,15 +304,16 @@ def plan_epoch(meta: ShardMeta, cfg: LoaderConfig, epoch: int, rank: int = 0, wo
     cap = _choose_captions(meta, occ, cfg, _rng(cfg.seed, epoch, 2))
     cap_tok = np.where(cap >= 0, meta.cap_tokens[np.maximum(meta.cap_offsets[occ] + cap, 0)] if len(meta.cap_tokens) else 0, 0)
     seq = meta.row_tokens()[occ] + cap_tok
+    model = meta.row_model_tokens(cfg.seq_multiple)[occ] + _pad_to(np.maximum(cap_tok, 1), cfg.seq_multiple)  # no caption: the null one
     dropped: dict[str, int] = {}
-    fits = seq <= cfg.token_budget
+    fits = model <= cfg.token_budget
     if not fits.all():  # one sample alone would break the budget: leave it out, say so
         dropped["over_token_budget"] = int((~fits).sum())
-        occ, cap, seq = occ[fits], cap[fits], seq[fits]
+        occ, cap, seq, model = occ[fits], cap[fits], seq[fits], model[fits]
     batches: list[np.ndarray] = []
     for s in range(0, len(occ), cfg.pool_size):
         pool = np.arange(s, min(s + cfg.pool_size, len(occ)))
-        batches += [pool[b] for b in _form_batches(seq[pool], meta.bucket[occ[pool]], cfg)]
+        batches += [pool[b] for b in _form_batches(seq[pool], model[pool], meta.bucket[occ[pool]], cfg)]
     batches, lost = _balance(batches, world_size)
     if lost:
         dropped["uneven_tail"] = lost
@@ -290,7 +322,7 @@ def plan_epoch(meta: ShardMeta, cfg: LoaderConfig, epoch: int, rank: int = 0, wo
     mine = [batches[g * world_size + rank] for g in order]
     idx = np.concatenate(mine) if mine else np.zeros(0, np.int64)
     bounds = np.concatenate([[0], np.cumsum([len(b) for b in mine])]).astype(np.int64)
-    return EpochPlan(epoch, rank, world_size, meta.positions[occ[idx]], cap[idx], seq[idx], bounds, dropped)
+    return EpochPlan(epoch, rank, world_size, meta.positions[occ[idx]], cap[idx], seq[idx], bounds, dropped, model[idx], cfg.packing)
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -352,7 +384,9 @@ class ShardDataset(IterableDataset):
     persistent workers follow ``set_epoch`` and ``load_state_dict`` without being respawned.
     A batch dict holds ``ids``, ``images`` (list of uint8 tensors 3 x bucket_h x bucket_w),
     ``captions`` (the chosen variant's text), ``caption_kinds``, ``image_tokens``,
-    ``caption_tokens`` and ``seq_lens`` (int64 tensors), ``buckets`` (list of (w, h)),
+    ``caption_tokens`` and ``seq_lens`` (int64 tensors), ``model_lens`` (the tokens the model runs
+    per sample, every segment padded to ``seq_multiple``: what the budget counts), ``packing``
+    (whether the budget was their sum), ``buckets`` (list of (w, h)),
     ``curriculum_stage``, any extra ``columns`` (lists of numbers, e.g. pre-encoded latents or
     text features, as float32 NumPy arrays; anything else as Python values), and ``epoch``,
     ``batch_index``, ``skipped`` (list of (id, reason) for rows whose image could not be used).
@@ -556,6 +590,9 @@ class ShardDataset(IterableDataset):
         img_tok = np.asarray(t["image_tokens"], dtype=np.int64)[k] if len(k) else np.zeros(0, np.int64)
         out["image_tokens"] = torch.from_numpy(img_tok)
         out["seq_lens"] = torch.from_numpy(seqs[k].astype(np.int64))
+        model = plan.seq_lens if plan.model_lens is None else plan.model_lens
+        out["model_lens"] = torch.from_numpy(model[sl][k].astype(np.int64))  # what the model runs per sample
+        out["packing"] = plan.packing
         out["caption_tokens"] = out["seq_lens"] - out["image_tokens"]
         if self.pairs:  # every segment is in seq_lens: text = all - target - source
             out["source_tokens"] = torch.from_numpy(
@@ -625,7 +662,7 @@ class LoaderMetrics:
 
     batches: int = 0
     samples: int = 0
-    padded_tokens: int = 0  # batch size x longest sequence, summed
+    padded_tokens: int = 0  # tokens the model runs: batch size x longest model length (packing: their sum), summed
     real_tokens: int = 0
     batch_sizes: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
@@ -638,7 +675,8 @@ class LoaderMetrics:
         self.batches += 1
         self.samples += n
         if n:
-            self.padded_tokens += n * int(seq.max())
+            model = batch.get("model_lens", seq)
+            self.padded_tokens += int(model.sum()) if batch.get("packing") else n * int(model.max())
             self.real_tokens += int(seq.sum())
         self.batch_sizes[n] += 1
         for _, reason in batch["skipped"]:

@@ -14,7 +14,9 @@ Checkpoints (``<out>/checkpoints/step_XXXXXXXX/``) hold ``model.safetensors`` an
 ``ema.safetensors`` in the released layout (they load with ``training.model.load_safetensors``),
 ``trainer.pt`` (optimizer, schedule, step, sample prompts) and ``rank_<r>.pt`` (that rank's random
 generator and loader state). Resuming restores all of them, so a resumed run continues the same
-loss curve step for step. Metrics go to ``<out>/metrics.jsonl`` and the console; sample images to
+loss curve step for step. LoRA runs (``lora_rank``) freeze the base and checkpoint only the
+adapters, ``adapter.safetensors`` / ``ema_adapter.safetensors`` in diffusers' LoRA format
+(``training.lora``), instead of the model files; the base is re-read from ``init_from`` on resume. Metrics go to ``<out>/metrics.jsonl`` and the console; sample images to
 ``<out>/samples/``.
 """
 
@@ -36,6 +38,7 @@ import torch
 
 from training.config import TrainConfig
 from training.flow import TBins, TimeShift, euler_sample, flow_loss, sample_t
+from training.lora import adapter_state, apply_lora, load_adapter, save_adapter, set_adapter
 from training.model import CONFIGS, S3DiT, S3DiTConfig, flops_per_sample, load_safetensors, param_count
 
 __all__ = [
@@ -179,12 +182,13 @@ def _load_optim(model, opt, state: dict, use_fsdp: bool) -> None:
 
 
 class EMA:
-    """An fp32 exponential moving average of the parameters, sharded like them under FSDP2."""
+    """An fp32 exponential moving average of the trained parameters (all of them, or a LoRA run's
+    adapters: a frozen base needs no average), sharded like them under FSDP2."""
 
     def __init__(self, raw: S3DiT, decay: float):
         self.decay = decay
-        self.names = [n for n, _ in raw.named_parameters()]
-        self.params = [p for _, p in raw.named_parameters()]
+        self.names = [n for n, p in raw.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in raw.named_parameters() if p.requires_grad]
         self.shadow = [p.detach().float().clone() for p in self.params]
 
     @torch.no_grad()
@@ -225,21 +229,21 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+ADAPTER_FILE, EMA_ADAPTER_FILE = "adapter.safetensors", "ema_adapter.safetensors"  # a LoRA run's checkpoint weights
+
+
 def _save_checkpoint(run: _Run, step: int, extra: dict) -> Path:
     """Write ``step_XXXXXXXX/`` through a ``.tmp`` folder (every rank must call: collectives)."""
-    from safetensors.torch import save_file
-
     root = run.out / "checkpoints"
     final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
-    model_sd = _full_state(run.model, run.raw, run.use_fsdp)  # collectives: every rank calls these
+    # collectives: every rank calls these
+    model_sd = _adapter_full(run.raw) if run.cfg.lora_rank else _full_state(run.model, run.raw, run.use_fsdp)
     optim_sd = _full_optim(run.model, run.opt, run.use_fsdp)
     ema_sd = run.ema.full() if run.ema else None
     if run.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
-        if ema_sd is not None:
-            save_file(ema_sd, str(tmp / "ema.safetensors"))
+        _write_weights(run.cfg, tmp, model_sd, ema_sd)
         torch.save({"optimizer": optim_sd, "scheduler": run.sched.state_dict(), **extra}, tmp / "trainer.pt.part")
     _barrier()
     digest = None if run.use_fsdp else param_digest(run.raw)
@@ -257,6 +261,28 @@ def _save_checkpoint(run: _Run, step: int, extra: dict) -> Path:
         _publish_checkpoint(tmp, final, run.cfg.keep_ckpts)
     _barrier()
     return final
+
+
+def _adapter_full(raw: S3DiT) -> dict[str, torch.Tensor]:
+    """A LoRA run's adapters, gathered whole on the CPU (each FSDP2 shard's ``full_tensor``: every
+    rank calls this, in the same order); the frozen base is never gathered or written."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu() for n, p in adapter_state(raw).items()}
+
+
+def _write_weights(cfg: TrainConfig, folder: Path, model_sd: dict, ema_sd: dict | None) -> None:
+    """Rank 0: the model and EMA files of a checkpoint, in the released layout, or for a LoRA run
+    the adapters in diffusers' LoRA format (``ZImagePipeline.load_lora_weights`` reads them as they are)."""
+    from safetensors.torch import save_file
+
+    if cfg.lora_rank:
+        alpha = cfg.lora_alpha or cfg.lora_rank
+        save_adapter(folder / ADAPTER_FILE, model_sd, cfg.lora_rank, alpha)
+        if ema_sd is not None:
+            save_adapter(folder / EMA_ADAPTER_FILE, ema_sd, cfg.lora_rank, alpha)
+        return
+    save_file({k: v.contiguous() for k, v in model_sd.items()}, str(folder / "model.safetensors"))
+    if ema_sd is not None:
+        save_file(ema_sd, str(folder / "ema.safetensors"))
 
 
 def _check_replicas(digest: str | None, step: int) -> None:
@@ -284,11 +310,12 @@ def _publish_checkpoint(tmp: Path, final: Path, keep: int) -> None:
 
 
 def param_digest(model) -> str:
-    """SHA-1 of every parameter's bytes, in name order: equal on all DDP ranks after every step."""
+    """SHA-1 of every trained parameter's bytes, in name order: equal on all DDP ranks after every
+    step (a LoRA run's frozen base cannot drift and is not hashed: gigabytes per checkpoint)."""
     import hashlib
 
     h = hashlib.sha1()
-    for name, p in sorted(model.named_parameters()):
+    for name, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
         h.update(name.encode())
         h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -468,12 +495,32 @@ def train(
             f"{'bf16' if run.bf16 else 'fp32'} on {run.device}, activation checkpointing "
             f"{'on' if run.raw.gradient_checkpointing else 'off'}{' (auto)' if cfg.grad_checkpoint is None else ''}"
         )
+        if cfg.lora_rank:
+            log(_lora_line(run))
     prog = _Progress(step=step, epoch=epoch, sample_conds=sample_conds, it=iter(data))
     run.model.train()
     while prog.step < cfg.steps:
         _train_step(run, prog, _next_batch(run, prog))
         _after_step(run, prog, report)
     return {"step": prog.step, "metrics": prog.last, "out_dir": str(run.out), "checkpoint": str(latest_checkpoint(run.out) or "")}
+
+
+def _lora_line(run: _Run) -> str:
+    """The start-up line of a LoRA run: what trains and what stays frozen."""
+    cfg = run.cfg
+    adapters = adapter_state(run.raw)
+    n_train = sum(p.numel() for p in adapters.values())
+    n_layers = len({n.rsplit(".lora_", 1)[0] for n in adapters})
+    base = next(p for n, p in run.raw.named_parameters() if ".lora_" not in n).dtype
+    line = (
+        f"LoRA rank {cfg.lora_rank} alpha {cfg.lora_alpha or cfg.lora_rank:g} on {n_layers} linear layers "
+        f"({', '.join(cfg.lora_targets)}): {n_train / 1e6:.2f}M trained parameters, base frozen in {str(base).removeprefix('torch.')}"
+    )
+    return line if cfg.init_from else line + " (warning: no init_from, the base is a random init)"
+
+
+def _use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
 
 def _resolve_device(device: torch.device | str | None) -> torch.device:
@@ -490,12 +537,12 @@ def _setup(cfg: TrainConfig, data: Iterable[dict], *, encoders, device, log) -> 
     device = _resolve_device(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = _use_bf16(cfg, device)
     if encoders is None and (cfg.vae_path or cfg.text_encoder_path or cfg.tiny_encoders):
         encoders = LazyEncoders(cfg, device, torch.bfloat16 if bf16 else torch.float32)
     mcfg = model_config(cfg)
     ckpt = latest_checkpoint(out) if cfg.resume else None
-    raw = _build_model(cfg, mcfg, ckpt, device)
+    raw = _build_model(cfg, mcfg, ckpt, device, bf16=bf16)
     n_params = param_count(raw)
     use_fsdp = world > 1 and (cfg.fsdp == "on" or (cfg.fsdp == "auto" and n_params > 1e9))
     model = _wrap(raw, use_fsdp, device, bf16) if world > 1 else raw
@@ -550,12 +597,17 @@ def grad_checkpointing(cfg: TrainConfig, n_params: int) -> bool:
     return cfg.model == "6b" or n_params >= GRAD_CHECKPOINT_AUTO_PARAMS
 
 
-def _build_model(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device) -> S3DiT:
+def _build_model(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device, bf16: bool = False) -> S3DiT:
     """The model in fp32 (master weights; bf16 compute comes from autocast / FSDP's policy): random
     init, or the released weights of ``init_from``, or the checkpoint resumed from. Weights from a
     file are cast to fp32 tensor by tensor as they are assigned to a meta-device model
-    (``load_safetensors``), so bf16 files give fp32 masters without a second full copy."""
+    (``load_safetensors``), so bf16 files give fp32 masters without a second full copy.
+    With ``lora_rank``: see ``_build_lora_model``."""
     torch.manual_seed(cfg.seed)
+    if cfg.lora_rank:
+        return _build_lora_model(cfg, mcfg, ckpt, device, bf16)
+    if ckpt is not None and not (ckpt / "model.safetensors").exists():
+        raise ValueError(f"{ckpt} holds LoRA adapters, not a model: resume it with its lora_rank, or use another out_dir")
     if ckpt is not None and cfg.init_from:  # the checkpoint supersedes init_from: read only it
         raw = load_safetensors(ckpt / "model.safetensors", mcfg, device=device, dtype=torch.float32)
     elif cfg.init_from:
@@ -571,13 +623,31 @@ def _build_model(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device:
     return raw
 
 
+def _build_lora_model(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device, bf16: bool) -> S3DiT:
+    """A frozen base with trainable adapters. The base (``init_from``, else the seed's random init:
+    the same on every rank and on resume) is held in the compute dtype, bf16 under autocast: frozen
+    weights need no fp32 master, which halves the 6B model's 24.6 GB. Adapters are fp32; on resume
+    they come from the checkpoint's ``adapter.safetensors``."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    raw = load_safetensors(cfg.init_from, mcfg, device=device, dtype=dtype) if cfg.init_from else S3DiT(mcfg)
+    raw.gradient_checkpointing = grad_checkpointing(cfg, param_count(raw))
+    apply_lora(raw, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed, base_dtype=dtype)
+    if ckpt is not None:
+        set_adapter(raw, load_adapter(ckpt / ADAPTER_FILE)[0], source=str(ckpt / ADAPTER_FILE))
+    raw.to(device)
+    return raw
+
+
 def _optimizer(cfg: TrainConfig, raw: S3DiT, device: torch.device):
-    """AdamW (no weight decay on biases, norms and pad tokens) and the warm-up (+ cosine) schedule."""
+    """AdamW over the trained parameters (a LoRA run's frozen base gets no moments; no weight decay on
+    biases, norms and pad tokens) and the warm-up (+ cosine) schedule."""
     decay, no_decay = [], []
     for n, p in raw.named_parameters():
-        (no_decay if p.ndim < 2 or "pad_token" in n else decay).append(p)
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "pad_token" in n else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [g for g in groups if g["params"]],
         lr=cfg.lr,
         betas=cfg.betas,
         fused=device.type == "cuda",
@@ -617,10 +687,7 @@ def _resume(run: _Run) -> tuple[int, int, dict | None]:
     tr = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
     _load_optim(run.model, run.opt, tr["optimizer"], run.use_fsdp)
     run.sched.load_state_dict(tr["scheduler"])
-    if run.ema is not None and (ckpt / "ema.safetensors").exists():
-        from safetensors.torch import load_file
-
-        run.ema.load(load_file(str(ckpt / "ema.safetensors")))
+    _resume_ema(run, ckpt)
     rs = ckpt / f"rank_{run.rank}.pt"
     if rs.exists():
         st = torch.load(rs, map_location="cpu", weights_only=False)
@@ -632,6 +699,19 @@ def _resume(run: _Run) -> tuple[int, int, dict | None]:
     if run.rank == 0:
         run.log(f"resumed from {ckpt} at step {tr['step']}")
     return tr["step"], tr["epoch"], tr.get("sample_conds")
+
+
+def _resume_ema(run: _Run, ckpt: Path) -> None:
+    """The EMA from ``ema.safetensors``, or a LoRA run's from ``ema_adapter.safetensors``."""
+    if run.ema is None:
+        return
+    if run.cfg.lora_rank:
+        if (ckpt / EMA_ADAPTER_FILE).exists():
+            run.ema.load(load_adapter(ckpt / EMA_ADAPTER_FILE)[0])
+    elif (ckpt / "ema.safetensors").exists():
+        from safetensors.torch import load_file
+
+        run.ema.load(load_file(str(ckpt / "ema.safetensors")))
 
 
 def _next_batch(run: _Run, prog: _Progress) -> dict:

@@ -16,8 +16,9 @@ Read top to bottom it is the math of the report:
   low-rank (256-d) timestep embedding; the projections start at zero, so a fresh block is the
   identity on its residual stream;
 * every segment is padded to a multiple of 32 tokens with a learned pad token (``x_pad_token`` /
-  ``cap_pad_token``); samples of different lengths in one batch are padded further and masked out
-  of attention.
+  ``cap_pad_token``); samples of different lengths in one batch are either packed into one
+  sequence with attention kept inside each sample (``packing``, the default; ``training.packing``)
+  or padded further and masked out of attention.
 
 Parameter names and shapes follow the released checkpoint (``layers.N.attention.to_q`` ...), so the
 released safetensors load with :func:`load_safetensors` and the model matches diffusers'
@@ -43,6 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from training.packing import Packed, pack_layout, resolve_backend
 
 __all__ = [
     "S3DiTConfig",
@@ -82,6 +85,8 @@ class S3DiTConfig:
     adaln_dim: int = 256  # the shared low-rank timestep embedding (min(dim, 256) when released)
     t_mid_dim: int = 1024  # hidden width of the timestep MLP
     seq_multiple: int = 32  # segments are padded to this many tokens
+    packing: bool = True  # samples of a batch in one sequence, attention per sample (training.packing)
+    attn_backend: str = "auto"  # packed attention: auto | varlen | flex | sdpa (training.packing)
 
     def __post_init__(self):
         if self.dim % self.n_heads or self.dim // self.n_heads != sum(self.axes_dims):
@@ -90,6 +95,7 @@ class S3DiTConfig:
             raise ValueError(f"every RoPE axis needs an even width, got {self.axes_dims}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
+        resolve_backend(self.attn_backend)
 
     @property
     def head_dim(self) -> int:
@@ -281,9 +287,11 @@ class Attention(nn.Module):
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=self.n_kv != self.n_heads
-        )
+        q, k, v, gqa = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.n_kv != self.n_heads
+        if isinstance(mask, Packed):  # one packed sequence: attention inside each sample
+            o = mask.attend(q, k, v, gqa)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.to_out[0](o.transpose(1, 2).flatten(2))
 
 
@@ -320,7 +328,7 @@ class Block(nn.Module):
         if not self.modulation:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), mask, cos, sin))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
-        s_a, g_a, s_f, g_f = self.adaLN_modulation(c)[:, None, :].chunk(4, dim=-1)
+        s_a, g_a, s_f, g_f = _per_token(self.adaLN_modulation(c), mask).chunk(4, dim=-1)
         x = x + g_a.tanh() * self.attention_norm2(self.attention(self.attention_norm1(x) * (1 + s_a), mask, cos, sin))
         return x + g_f.tanh() * self.ffn_norm2(self.feed_forward(self.ffn_norm1(x) * (1 + s_f)))
 
@@ -350,8 +358,14 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(cfg.dim, cfg.patch_size**2 * cfg.in_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.adaln_dim, cfg.dim))
 
-    def forward(self, x, c):
-        return self.linear(self.norm_final(x) * (1 + self.adaLN_modulation(c)[:, None, :]))
+    def forward(self, x, c, mask=None):
+        return self.linear(self.norm_final(x) * (1 + _per_token(self.adaLN_modulation(c), mask)))
+
+
+def _per_token(mod: torch.Tensor, mask) -> torch.Tensor:
+    """Per-sample modulation (B, n) made to broadcast over tokens: (B, 1, n) on the padded path;
+    on the packed path (one sequence of all samples) each token takes its own sample's row."""
+    return mask.per_token(mod) if isinstance(mask, Packed) else mod[:, None, :]
 
 
 # ----------------------------------------------------------------------------- the model
@@ -377,6 +391,9 @@ class S3DiT(nn.Module):
         self.layers = nn.ModuleList([Block(cfg, modulation=True) for _ in range(cfg.n_layers)])
         self.all_final_layer = nn.ModuleDict({k: FinalLayer(cfg)})
         self.gradient_checkpointing = False
+        self.packing = cfg.packing  # settable, like gradient_checkpointing: same weights, either path
+        self.attn_backend = cfg.attn_backend
+        self.pack_to = 1  # packed length rounded up to this (end padding only), e.g. 128 for compiled flex
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -414,12 +431,20 @@ class S3DiT(nn.Module):
         B, dev = len(latents), latents[0].device
         t = t.to(dev).float().reshape(-1).expand(B) if torch.is_tensor(t) else torch.full((B,), float(t), device=dev)
         grids = [(x.shape[-2] // p, x.shape[-1] // p) for x in latents]
-        lay = make_layout(grids, [len(c) for c in cap_feats], cfg.seq_multiple, device=dev)
         c = self.t_embedder(t * cfg.t_scale)
-
-        # image segment: embed patches, scatter into (B, NI, dim), learned pad tokens, refine
         x = self.all_x_embedder[cfg.patch_key](torch.cat([patchify(lat, p) for lat in latents]))
         c = c.to(x.dtype)
+        y = self.cap_embedder(torch.cat(list(cap_feats)).to(x.dtype))
+        cap_lens = [len(f) for f in cap_feats]
+        out = (self._forward_packed if self.packing else self._forward_padded)(x, y, c, grids, cap_lens)
+        return [unpatchify(o, g, p, cfg.in_channels) for o, g in zip(out, grids)]
+
+    def _forward_padded(self, x, y, c, grids, cap_lens) -> list[torch.Tensor]:
+        """Samples padded to the batch's longest, padding masked out of attention: per-sample tokens out."""
+        cfg, dev, B = self.cfg, x.device, len(grids)
+        lay = make_layout(grids, cap_lens, cfg.seq_multiple, device=dev)
+
+        # image segment: scatter patch tokens into (B, NI, dim), learned pad tokens, refine
         NI = lay.img_pos.shape[1]
         real = torch.cat([torch.arange(h * w, device=dev) + b * NI for b, (h, w) in enumerate(grids)])
         img = x.new_zeros(B * NI, cfg.dim).index_copy(0, real, x).view(B, NI, cfg.dim)
@@ -431,8 +456,7 @@ class S3DiT(nn.Module):
 
         # text segment: same, unmodulated
         NC = lay.cap_pos.shape[1]
-        y = self.cap_embedder(torch.cat(list(cap_feats)).to(x.dtype))
-        real = torch.cat([torch.arange(len(cf), device=dev) + b * NC for b, cf in enumerate(cap_feats)])
+        real = torch.cat([torch.arange(n, device=dev) + b * NC for b, n in enumerate(cap_lens)])
         cap = y.new_zeros(B * NC, cfg.dim).index_copy(0, real, y).view(B, NC, cfg.dim)
         cap = torch.where(lay.cap_pad[..., None], self.cap_pad_token.to(cap.dtype), cap)
         cos, sin = rope_cos_sin(lay.cap_pos, cfg.axes_dims, cfg.rope_theta)
@@ -448,7 +472,32 @@ class S3DiT(nn.Module):
         for blk in self.layers:
             u = self._run(blk, u, mask, cos, sin, c)
         out = self.all_final_layer[cfg.patch_key](u, c)
-        return [unpatchify(out[b], grids[b], p, cfg.in_channels) for b in range(B)]
+        return [out[b, : h * w] for b, (h, w) in enumerate(grids)]
+
+    def _forward_packed(self, x, y, c, grids, cap_lens) -> list[torch.Tensor]:
+        """The same computation with the batch packed into one sequence (``training.packing``):
+        no batch padding, attention restricted to each sample."""
+        cfg = self.cfg
+        lay = pack_layout(grids, cap_lens, cfg.seq_multiple, self.pack_to, self.attn_backend, x.device)
+        img = self._packed_stream(x, lay.img_real, lay.img.total, self.x_pad_token)
+        cos, sin = rope_cos_sin(lay.img_pos, cfg.axes_dims, cfg.rope_theta)
+        for blk in self.noise_refiner:
+            img = self._run(blk, img, lay.img, cos, sin, c)
+        cap = self._packed_stream(y, lay.cap_real, lay.cap.total, self.cap_pad_token)
+        cos, sin = rope_cos_sin(lay.cap_pos, cfg.axes_dims, cfg.rope_theta)
+        for blk in self.context_refiner:
+            cap = self._run(blk, cap, lay.cap, cos, sin)
+        u = torch.cat([img[0], cap[0].to(img.dtype), img.new_zeros(1, cfg.dim)])[lay.uni_index][None]
+        cos, sin = rope_cos_sin(lay.uni_pos, cfg.axes_dims, cfg.rope_theta)
+        for blk in self.layers:
+            u = self._run(blk, u, lay.uni, cos, sin, c)
+        out = self.all_final_layer[cfg.patch_key](u, c, lay.uni)[0]
+        return [out[s : s + h * w] for s, (h, w) in zip(lay.img_start, grids)]
+
+    @staticmethod
+    def _packed_stream(tok: torch.Tensor, rows: torch.Tensor, total: int, pad: nn.Parameter) -> torch.Tensor:
+        """(1, total, dim): the real tokens at ``rows``, the learned pad token everywhere else."""
+        return pad.to(tok.dtype).expand(total, -1).contiguous().index_copy_(0, rows, tok)[None]
 
 
 # ----------------------------------------------------------------------------- released weights

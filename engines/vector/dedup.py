@@ -478,7 +478,7 @@ IJG_CHROMA = np.array([17, 18, 24, 47, 18, 21, 26, 66, 24, 26, 56, 99, 47, 66, 9
 # IJG_CHROMA: the top-left 4x4 of Annex K's chrominance table, row by row (the order is irrelevant
 # to ijg_quality, which compares sums); every other entry is 99
 
-KEEPER_WHY = ("resolution", "bytes per pixel", "JPEG quality", "quality", "earlier row")
+KEEPER_WHY = ("resolution", "bytes per pixel", "JPEG quality", "crop of it", "quality", "earlier row")
 """Why a removed row lost to its kept row, in the order the keeper rule asks (``_keepers``)."""
 
 
@@ -497,6 +497,7 @@ class Originality:
     bytes_per_pixel: np.ndarray  # encoded bytes / pixels
     jpeg_quality: np.ndarray  # ijg_quality of JPEGs; 100 for other formats
     margins: tuple[float, float, float] = (1.10, 1.5, 5.0)
+    crops: tuple[np.ndarray, np.ndarray] | None = None  # (crop row, row it was cut from), from verification
 
     @classmethod
     def of(cls, width, height, nbytes, jpeg_quality) -> Originality:
@@ -574,6 +575,10 @@ def _keepers(lab: np.ndarray, quality: np.ndarray, higher_is_better: bool, orig:
         ok = _near_best(lab, v, alive, margin, ratio)
         lost[alive & ~ok] = c
         alive &= ok
+    if orig is not None and orig.crops is not None:
+        cropped = _crops_of_alive(lab, alive, *orig.crops)
+        lost[cropped] = KEEPER_WHY.index("crop of it")
+        alive &= ~cropped
     q = np.asarray(quality, np.float64).copy()
     q = q if higher_is_better else -q
     q[~np.isfinite(q)] = -np.inf
@@ -584,8 +589,20 @@ def _keepers(lab: np.ndarray, quality: np.ndarray, higher_is_better: bool, orig:
     keeper_of[lab[order[first]]] = order[first]
     keeper = keeper_of[lab]
     rest = alive & (keeper != np.arange(n))
-    lost[rest] = np.where(q[rest] < q[keeper[rest]], 3, 4)
+    lost[rest] = np.where(q[rest] < q[keeper[rest]], KEEPER_WHY.index("quality"), KEEPER_WHY.index("earlier row"))
     return keeper, lost
+
+
+def _crops_of_alive(lab: np.ndarray, alive: np.ndarray, crop: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """Rows still in the running that are a crop of another such row of their group: the picture
+    they were cut from shows more of the scene (``descriptor.containment``). Only among rows the
+    size and encoding signals left tied, so an upscaled crop with clearly more pixels, or a
+    screenshot, is decided before (or by) this."""
+    crop, whole = np.asarray(crop, np.int64), np.asarray(whole, np.int64)
+    live = alive[crop] & alive[whole] & (lab[crop] == lab[whole])
+    out = np.zeros(len(lab), bool)
+    out[crop[live]] = True
+    return out
 
 
 def _strongest_edges(pairs: Pairs) -> tuple[dict, dict]:

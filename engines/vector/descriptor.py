@@ -49,6 +49,8 @@ __all__ = [
     "orb_verify_mirrored",
     "verify_features",
     "verify_pairs",
+    "verify_pairs_geometry",
+    "containment",
 ]
 
 _BINS = 8
@@ -128,6 +130,7 @@ class OrbFeatures:
     points: np.ndarray
     descriptors: np.ndarray | None
     shape: tuple[int, int] = (0, 0)  # (height, width) of the working image
+    energy: np.ndarray | None = None  # ENERGY_GRID x ENERGY_GRID mean gradient magnitude (``gradient_energy``)
 
 
 def orb_features(gray: np.ndarray, n_features: int = 700) -> OrbFeatures:
@@ -137,7 +140,21 @@ def orb_features(gray: np.ndarray, n_features: int = 700) -> OrbFeatures:
     orb = cv2.ORB_create(nfeatures=n_features, fastThreshold=10, scaleFactor=1.2, nlevels=8)
     kps, des = orb.detectAndCompute(gray, None)
     pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
-    return OrbFeatures(pts, des, tuple(gray.shape[:2]))
+    return OrbFeatures(pts, des, tuple(gray.shape[:2]), gradient_energy(gray))
+
+
+ENERGY_GRID = 32
+
+
+def gradient_energy(gray: np.ndarray, grid: int = ENERGY_GRID) -> np.ndarray:
+    """Mean Sobel gradient magnitude in each cell of a grid x grid partition: where a picture has
+    scene (texture, edges) and where it is flat (a frame's border, a page margin). Unlike ORB
+    keypoints it reaches the image border and does not compete for a fixed budget of points."""
+    import cv2
+
+    g = gray.astype(np.float32)
+    mag = np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3))
+    return cv2.resize(mag, (grid, grid), interpolation=cv2.INTER_AREA)
 
 
 def _coverage(pts: np.ndarray, shape: tuple[int, int], grid: int = 4) -> float:
@@ -177,6 +194,41 @@ def _mutual_matches(a: OrbFeatures, b: OrbFeatures, ratio: float, min_matches: i
     return [(q, t) for q, t in ab.items() if ba.get(t) == q]
 
 
+def _fit(
+    a: OrbFeatures,
+    b: OrbFeatures,
+    ratio: float = 0.8,
+    reproj_px: float = 6.0,
+    max_shape_change: float = 0.3,
+    min_matches: int = 4,
+):
+    """``orb_verify``'s work: (inliers, inlier ratio, coverage, transform, swapped). ``transform``
+    (2x3, or None) maps the points of the first image of the canonical order to the second;
+    ``swapped``: that first image is ``b``."""
+    import cv2
+
+    if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 4:
+        return 0, 0.0, 0.0, None, False
+    swapped = _order_key(a) > _order_key(b)
+    if swapped:
+        a, b = b, a
+    good = _mutual_matches(a, b, ratio, max(4, min_matches))
+    if len(good) < max(4, min_matches):
+        return 0, 0.0, 0.0, None, False
+    src = a.points[[q for q, _ in good]]
+    dst = b.points[[t for _, t in good]]
+    cv2.setRNGSeed(0)  # RANSAC's sampling: the same pair gives the same answer in every process
+    m, mask = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=reproj_px, maxIters=2000, confidence=0.995, refineIters=10
+    )
+    if mask is None or m is None or shape_change(m, a.shape, b.shape) > max_shape_change:
+        return 0, 0.0, 0.0, None, False
+    keep = mask.ravel().astype(bool)
+    inl = int(keep.sum())
+    cov = min(_coverage(src[keep], a.shape), _coverage(dst[keep], b.shape))
+    return inl, inl / len(good), cov, m, swapped
+
+
 def orb_verify(
     a: OrbFeatures,
     b: OrbFeatures,
@@ -199,27 +251,7 @@ def orb_verify(
     ``min_matches`` tentative matches is answered 0 without RANSAC (set it to the fewest inliers
     that could accept a pair: most candidate pairs are unrelated photos).
     """
-    import cv2
-
-    if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 4:
-        return 0, 0.0, 0.0
-    if _order_key(a) > _order_key(b):
-        a, b = b, a
-    good = _mutual_matches(a, b, ratio, max(4, min_matches))
-    if len(good) < max(4, min_matches):
-        return 0, 0.0, 0.0
-    src = a.points[[q for q, _ in good]]
-    dst = b.points[[t for _, t in good]]
-    cv2.setRNGSeed(0)  # RANSAC's sampling: the same pair gives the same answer in every process
-    m, mask = cv2.estimateAffinePartial2D(
-        src, dst, method=cv2.RANSAC, ransacReprojThreshold=reproj_px, maxIters=2000, confidence=0.995, refineIters=10
-    )
-    if mask is None or m is None or shape_change(m, a.shape, b.shape) > max_shape_change:
-        return 0, 0.0, 0.0
-    keep = mask.ravel().astype(bool)
-    inl = int(keep.sum())
-    cov = min(_coverage(src[keep], a.shape), _coverage(dst[keep], b.shape))
-    return inl, inl / len(good), cov
+    return _fit(a, b, ratio, reproj_px, max_shape_change, min_matches)[:3]
 
 
 def _overlap_sides(m: np.ndarray, src_shape: tuple[int, int], dst_shape: tuple[int, int]) -> tuple[float, float]:
@@ -250,6 +282,17 @@ def cv2_invert_affine(m: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(m, np.float64))
 
 
+def _fit_mirrored(a: OrbFeatures, b: OrbFeatures, b_mirror: OrbFeatures | None, enough: int = 60, **kw):
+    """(``_fit`` of a against b or against b mirrored, whichever has more inliers; the features of
+    b that fitted). A pair with ``enough`` inliers unmirrored is not tried mirrored."""
+    best, used = _fit(a, b, **kw), b
+    if b_mirror is not None and best[0] < enough:
+        m = _fit(a, b_mirror, **kw)
+        if m[0] > best[0]:
+            best, used = m, b_mirror
+    return best, used
+
+
 def orb_verify_mirrored(
     a: OrbFeatures, b: OrbFeatures, b_mirror: OrbFeatures | None, *, enough: int = 60, **kw
 ) -> tuple[int, float, float]:
@@ -257,12 +300,51 @@ def orb_verify_mirrored(
     working image); the better of the two by inliers. ORB itself is rotation-invariant, so with
     the mirror every one of the 8 dihedral copies can verify. A pair with ``enough`` inliers
     unmirrored is not tried mirrored (half the cost on the common, unmirrored copies)."""
-    best = orb_verify(a, b, **kw)
-    if b_mirror is not None and best[0] < enough:
-        m = orb_verify(a, b_mirror, **kw)
-        if m[0] > best[0]:
-            best = m
-    return best
+    return _fit_mirrored(a, b, b_mirror, enough, **kw)[0][:3]
+
+
+def containment(a: OrbFeatures, b: OrbFeatures, fit, *, inside: float = 0.95, covers: float = 0.85, texture: float = 0.05) -> int:
+    """+1 when ``a`` is a crop of ``b``, -1 when ``b`` is a crop of ``a``, 0 otherwise; ``fit`` is
+    ``_fit(a, b)`` (``b`` may be the mirrored features that fitted).
+
+    A crop: under the verified transform, the crop's whole frame (>= ``inside``) lies within the
+    other picture, which shows clearly more (the crop covers <= ``covers`` of it), and the part
+    around holds scene: gradient energy at >= ``texture`` times the energy inside. Why the last
+    test: a photo pasted into a screenshot or a frame lies inside it the same way, but the frame
+    is the derivative; its margin (a flat border, a page) is flat."""
+    _, _, _, m, swapped = fit
+    if m is None:
+        return 0
+    x, y = (b, a) if swapped else (a, b)  # m maps x's points to y's
+    inv = cv2_invert_affine(m)
+    x_covered = float(np.prod(_overlap_sides(inv, y.shape, x.shape)))  # share of x inside y's frame
+    y_covered = float(np.prod(_overlap_sides(m, x.shape, y.shape)))  # share of y that x's frame covers
+    if x_covered >= inside and y_covered <= covers and _scene_around(y, m, x.shape, texture):
+        side = 1  # x is a crop of y
+    elif y_covered >= inside and x_covered <= covers and _scene_around(x, inv, y.shape, texture):
+        side = -1
+    else:
+        return 0
+    return -side if swapped else side
+
+
+def _scene_around(y: OrbFeatures, m: np.ndarray, x_shape: tuple[int, int], texture: float) -> bool:
+    """Whether the median cell of y outside the box of x's frame mapped by ``m`` has at least
+    ``texture`` times the gradient energy of the median cell inside (scene around a crop, not a
+    flat margin). The median, not the mean: a window's title bar, its text and the pasted photo's
+    own edge are a few strong cells in a flat margin (mean ratio 0.2-0.5 on the synthetic
+    screenshots, median 0.0; crops: median 0.1-2.5)."""
+    if y.energy is None:
+        return False
+    h, w = x_shape
+    c = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64) @ np.asarray(m, np.float64).T
+    g = y.energy.shape[0]
+    cx = (np.arange(g) + 0.5) * y.shape[1] / g  # cell centres, in y's pixels
+    cy = (np.arange(g) + 0.5) * y.shape[0] / g
+    box = np.outer((cy >= c[:, 1].min()) & (cy < c[:, 1].max()), (cx >= c[:, 0].min()) & (cx < c[:, 0].max()))
+    if box.all() or not box.any():
+        return False
+    return float(np.median(y.energy[~box])) >= texture * float(np.median(y.energy[box]))
 
 
 def verify_features(gray: np.ndarray, mirror: bool = True) -> tuple[OrbFeatures, OrbFeatures | None]:
@@ -276,17 +358,26 @@ def verify_pairs(features: dict, i, j, min_matches: int = 15) -> tuple[list[int]
     that row's image or None (undecodable: 0 inliers). Mirror-aware when mirrors were computed.
     ``min_matches``: the fewest inliers that can accept a pair (``NearDupConfig.min_inliers``);
     pairs that cannot reach it are answered 0 early."""
-    inl, cov = [], []
+    inl, cov, _ = verify_pairs_geometry(features, i, j, min_matches)
+    return inl, cov
+
+
+def verify_pairs_geometry(features: dict, i, j, min_matches: int = 15) -> tuple[list[int], list[float], list[int]]:
+    """``verify_pairs`` plus ``containment`` of each pair with at least ``min_matches`` inliers
+    (+1: i[k] is a crop of j[k]; -1 the other way; 0 neither): what the keeper rule reads."""
+    inl, cov, crop = [], [], []
     for a, b in zip(i, j):
         fa, fb = features.get(a), features.get(b)
         if fa is None or fb is None:
             inl.append(0)
             cov.append(0.0)
+            crop.append(0)
             continue
-        n, _, c = orb_verify_mirrored(fa[0], fb[0], fb[1], min_matches=min_matches)
-        inl.append(n)
-        cov.append(c)
-    return inl, cov
+        fit, used = _fit_mirrored(fa[0], fb[0], fb[1], min_matches=min_matches)
+        inl.append(fit[0])
+        cov.append(fit[2])
+        crop.append(containment(fa[0], used, fit) if fit[0] >= min_matches else 0)
+    return inl, cov, crop
 
 
 # --- the dihedral group: mirrors and quarter turns of a stored descriptor -----------------------

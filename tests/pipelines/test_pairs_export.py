@@ -117,7 +117,7 @@ def test_token_counts_match_a_hand_computation(shard_rows, table_rows):
 
 
 def test_a_rerun_is_skipped_another_option_needs_overwrite_and_a_killed_export_resumes(made, monkeypatch):
-    import pipelines.pairs as job
+    import pipelines.pairs.export as job
 
     store, out, _ = made
     again = export_pairs(store, PairExportConfig(out=str(out)), show_progress=False)
