@@ -219,13 +219,16 @@ def _print_tag_summary(store, version: Optional[int], graph: Optional[Path], top
     graph_dir = str(graph) if graph else tagging_graph(store.read_json("stage_fingerprints.json"))
     labels = read_labels(graph_dir)
     rows = tag_summary(store.to_arrow(columns=["tag_concepts", "tag_direct"], version=version), labels, top)
-    where = f"labels from {graph_dir}" if labels else "no graph found for labels: pass --graph"
-    t = Table(title=f"top concept tags (rows naming them; {where})")
-    for col, right in (("concept", False), ("中文", False), ("id", False), ("rows named", True), ("rows incl. inherited", True)):
-        t.add_column(col, justify="right" if right else "left")
+    t = Table(title="top concept tags (rows whose captions name them)")
+    t.add_column("concept", overflow="fold")
+    t.add_column("中文", overflow="fold")
+    t.add_column("id", no_wrap=True, min_width=11)
+    t.add_column("named", justify="right", no_wrap=True)
+    t.add_column("+inherited", justify="right", no_wrap=True)
     for r in rows:
         t.add_row(r.en or r.id, r.zh, r.id, f"{r.direct:,}", f"{r.rows:,}")
     console.print(t)
+    console.print(f"labels from {graph_dir}" if labels else "no graph found for the labels: pass --graph", soft_wrap=True)
 
 
 def _print_or_write(t, out: Optional[Path], max_rows: int) -> None:

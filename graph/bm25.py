@@ -252,7 +252,7 @@ class Tokenizer:
         if pos is None:
             return token
         prev, nxt = (surf[i - 1] if i else ""), (surf[j] if j < len(surf) else "")
-        if j - i == 1 and (pos.is_idiom(prev, token, nxt) or pos.is_verb(surf, toks, i, brk)):
+        if j - i == 1 and (pos.is_idiom(prev, token, nxt) or pos.is_verb(surf, toks, i, brk) or pos.is_colour(surf, toks, i, brk)):
             return "~" + token
         if toks[j - 1] in pos.np_only and not pos.heads_np(surf, toks, i, j, brk):
             return "~" + token

@@ -52,6 +52,7 @@ class PosLexicon:
     nouns: frozenset[str]
     adjectives: frozenset[str]
     np_only: frozenset[str]  # noun lemmas mostly used as another part of speech
+    colours: frozenset[str] = frozenset()  # colour adjectives (satellites of chromatic/achromatic)
 
     @classmethod
     def load(cls, wordnet_dir: str | Path) -> PosLexicon:
@@ -59,6 +60,16 @@ class PosLexicon:
 
     def is_idiom(self, prev: str, lemma: str, nxt: str) -> bool:
         return (prev, lemma, nxt) in IDIOMS or (lemma == "lot" and nxt == "of")
+
+    def is_colour(self, surf: Sequence[str], lemmas: Sequence[str], i: int, brk: Sequence[bool]) -> bool:
+        """Whether word ``i`` is a colour adjective before its noun: "an orange bus" is no fruit,
+        "a silver parking meter" no metal. WordNet lists these words as colours (satellites of
+        the adjectives chromatic/achromatic); the noun after them must be a plain noun."""
+        j = i + 1
+        if surf[i] not in self.colours or j >= len(surf) or brk[j]:
+            return False
+        nxt = surf[j]
+        return nxt not in BOUNDARY_WORDS and nxt not in DETERMINERS and lemmas[j] in self.nouns and not nxt.endswith(("ing", "ed"))
 
     def is_verb(self, surf: Sequence[str], lemmas: Sequence[str], i: int, brk: Sequence[bool]) -> bool:
         """Whether word ``i`` is the verb of a singular subject: "a pitcher winds up", "a cat walks",
@@ -113,4 +124,18 @@ def _load(wordnet_dir: str) -> PosLexicon:
                 adjs.update(line.split(" ", 1)[0].replace("_", " ") for line in f if not line.startswith(" "))
     counts = _pos_counts(d)
     np_only = frozenset(w for w in nouns if _mostly_not_noun(w, counts))
-    return PosLexicon(nouns=nouns, adjectives=frozenset(adjs), np_only=np_only)
+    return PosLexicon(nouns=nouns, adjectives=frozenset(adjs), np_only=np_only, colours=_colour_words(d))
+
+
+def _colour_words(d: Path) -> frozenset[str]:
+    """One-word adjectives in the satellite clusters of "chromatic" and "achromatic" (data.adj)."""
+    p = d / "data.adj"
+    if not p.exists():
+        return frozenset()
+    lines = [line.split() for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if not line.startswith(" ")]
+    heads = {x[0] for x in lines if x[2] == "a" and x[4] in ("chromatic", "achromatic")}
+    out = set()
+    for x in lines:
+        if x[2] == "s" and any(x[k] == "&" and x[k + 1] in heads for k in range(len(x) - 1)):
+            out.update(x[4 + 2 * i].split("(")[0].lower() for i in range(int(x[3], 16)))
+    return frozenset(w for w in out if "_" not in w and "-" not in w)

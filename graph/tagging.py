@@ -43,6 +43,9 @@ class TagConfig(BaseModel):
     wsd_model: bool = Field(True, description="use the MiniLM sentence model for WSD (False: sense-frequency prior only)")
     wsd_prior_weight: float = Field(0.1, ge=0, description="weight of log P(sense) against caption-gloss cosine")
     wsd_margin: float = Field(0.35, ge=0, description="skip the model when the prior's weighted log-odds margin is at least this")
+    wsd_dropped: float = Field(
+        0.2, ge=0, le=1, description="prior factor of senses the graph dropped; one that wins tags nothing (0: not considered)"
+    )
     wsd_intangible: float = Field(
         0.3, gt=0, le=1, description="prior factor of senses that are no tangible thing (groups, regions, events) in image captions"
     )
@@ -127,12 +130,14 @@ class Tagger:
         amb, cands, prior_keys = {}, {}, {}
         for tok, col in self.scorer.qcol.items():
             offs, keys = _token_senses(tok, senses)
-            ids = [i for i in dict.fromkeys(f"wn:{o}" for o in offs) if i in g.g]
+            every = list(dict.fromkeys(f"wn:{o}" for o in offs))
+            ids = [i for i in every if i in g.g]
             plain = [i for i in ids if index[i] not in self._names]
             ids = plain if len(plain) > 1 else ids  # a name is no sense of a lower-case word
+            gone = [i for i in every if i not in g.g] if cfg.wsd_dropped > 0 and ids else []
             default = Q.indices[Q.indptr[col] : Q.indptr[col + 1]]
-            if len(ids) > 1 and any(self.ids[d] in ids for d in default):
-                cands[tok] = ids
+            if len(ids) + len(gone) > 1 and any(self.ids[d] in ids for d in default):
+                cands[tok] = ids + gone
                 amb[tok] = (col, [index[i] for i in ids], default.tolist())
                 if keys:
                     prior_keys[tok] = keys
@@ -152,9 +157,14 @@ class Tagger:
         """Captions describe what a photo shows: a sense that is a tangible thing (an artifact, a
         food, an animal, a plant, a natural object, a body part, a person, a substance) is a priori
         likelier than a group, a region or an event ("church" the building, not the congregation;
-        "snow" on the ground, not falling). Other sources' concepts are left as they are."""
+        "snow" on the ground, not falling). A sense the graph dropped (a visual-only graph: the
+        act of pitching, background knowledge) competes at ``wsd_dropped``: when the caption means
+        it, the word tags nothing rather than a visible but wrong sense ("throw a pitch" is no
+        vendor's pitch). Other sources' concepts are left as they are."""
         from graph.wordnet import TANGIBLE_LEXNAMES, lexname
 
+        if nid.startswith("wn:") and nid not in self.graph.g:
+            return self.config.wsd_dropped
         lex = lexname(nid)
         return 1.0 if not lex or lex in TANGIBLE_LEXNAMES else self.config.wsd_intangible
 
@@ -204,12 +214,12 @@ class Tagger:
         index = {n: i for i, n in enumerate(self.ids)} if pairs else {}
         r, c, v = [], [], []
         for (d, tok), w, pick in zip(pairs, Wa.data, chosen):
-            p = index[pick]
+            p = index.get(pick, -1)  # -1: a sense the graph dropped won, the word tags nothing
             defaults = self._amb[tok][2]
             for c0 in defaults:
                 if c0 != p:
                     r.append(d), c.append(c0), v.append(-w)
-            if p not in defaults:
+            if p not in defaults and p >= 0:
                 r.append(d), c.append(p), v.append(w)
         return sp.csr_matrix((v, (r, c)), shape=(W.shape[0], len(self.ids)))
 
@@ -225,6 +235,8 @@ class Tagger:
         return np.where(hit, -np.inf, 0.0)
 
     def _sense_names(self, nid: str) -> set[str]:
+        if nid not in self.graph.g:
+            return set()
         a = self.graph.g.nodes[nid]
         return {x.lower() for x in (a["label_en"], *a["aliases"]) if not has_cjk(x)}
 
@@ -340,10 +352,15 @@ def _token_senses(tok: str, senses: dict[str, list[str]]) -> tuple[list[str], li
 
 def _sense_text(g, nid: str, gloss: str) -> str:
     """What a sense is compared with: its label, its parent's label, the gloss without examples
-    (quoted examples repeat the lemma and pull every sense toward any caption that uses it)."""
+    (quoted examples repeat the lemma and pull every sense toward any caption that uses it).
+    A sense the graph dropped is its WordNet lemmas and gloss."""
+    definition = gloss.split('"')[0].rstrip("; ")
+    if nid not in g.g:
+        from graph.wordnet import synset_lemmas
+
+        return f"{', '.join(synset_lemmas(nid)[:3])}: {definition}"
     parents = g.parents(nid)
     kind = f" ({g.label(parents[0])})" if parents else ""
-    definition = gloss.split('"')[0].rstrip("; ")
     return f"{g.label(nid)}{kind}: {definition}"
 
 

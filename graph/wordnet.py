@@ -35,6 +35,7 @@ __all__ = [
     "gloss",
     "instance_synsets",
     "lexname",
+    "synset_lemmas",
     "TANGIBLE_LEXNAMES",
     "load_wordnet",
     "noun_exceptions",
@@ -144,6 +145,15 @@ def gloss(nid: str, wordnet_dir: Path = WORDNET_DIR) -> str:
     with open(Path(wordnet_dir) / "data.noun", "rb") as f:
         f.seek(int(nid[3:]))
         return f.readline().decode("utf-8", "replace").partition(" | ")[2].strip()
+
+
+def synset_lemmas(nid: str, wordnet_dir: Path = WORDNET_DIR) -> list[str]:
+    """The lemmas of ``wn:<offset>`` read from data.noun (for synsets a pruned graph lacks)."""
+    if not nid.startswith("wn:"):
+        return []
+    with open(Path(wordnet_dir) / "data.noun", encoding="utf-8", errors="replace") as f:
+        f.seek(int(nid[3:]))
+        return _parse_line(f.readline())[1]
 
 
 TANGIBLE_LEXNAMES = frozenset(

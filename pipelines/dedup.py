@@ -211,7 +211,7 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     ids = t.column("id")
     notes: list[str] = []
     stats: dict[str, Any] = {"rows": n}
-    pairs = exact_pairs(t.column("image_sha256").to_pylist())
+    pairs = exact_pairs(t.column("image_sha256"))
     stats["exact_pairs"] = len(pairs)
     if "exact_dup_of" in ds.schema.names:  # ingest's flags, to be read side by side with dedup's count
         stats["exact_flagged_at_ingest"] = ds.count_rows(filter="exact_dup_of IS NOT NULL")

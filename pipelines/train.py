@@ -55,7 +55,7 @@ def _worker(config: dict) -> None:
         import torch
 
         torch.cuda.set_device(device)
-    loader_cfg = {"seed": cfg.seed, **cfg.loader}
+    loader_cfg = _loader_config(cfg)
     ds = ShardDataset(cfg.shards, loader_cfg, rank=rank, world_size=world)
     data = Loader(ds, num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
     log = print if rank == 0 else (lambda _msg: None)
@@ -69,6 +69,13 @@ def _worker(config: dict) -> None:
         )
     finally:
         data.close()  # stop the persistent decode workers
+
+
+def _loader_config(cfg: TrainRunConfig) -> dict:
+    """The loader's settings: budget by packed length when the model packs (its default), unless the
+    user set ``loader: {packing: ...}``; padded batches of a packing model waste what packing saves."""
+    packing = (cfg.model_overrides or {}).get("packing", True)
+    return {"seed": cfg.seed, "packing": bool(packing), **cfg.loader}
 
 
 def run_training(cfg: TrainRunConfig, log=None) -> dict:

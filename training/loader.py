@@ -203,10 +203,19 @@ class EpochPlan:
         return np.diff(self.bounds)
 
     def padded_fraction(self) -> float:
-        """Share of the tokens the model runs that are padding (segment and batch padding)."""
-        model = self.seq_lens if self.model_lens is None else self.model_lens
-        sl = [self.batch(b) for b in range(len(self))]
+        """Batch padding: the share of the tokens the model runs that pad samples to their batch's
+        longest, counted in model tokens (segments 32-padded); 0 when packed. What batching controls."""
+        model = self._model()
+        return padded_fraction([model[self.batch(b)] for b in range(len(self))], packing=self.packing)
+
+    def real_padding_fraction(self) -> float:
+        """All padding: the share of the tokens the model runs that are not content, the model's own
+        padding of every segment to 32 included (about 10% at 256 px with short captions)."""
+        model, sl = self._model(), [self.batch(b) for b in range(len(self))]
         return padded_fraction([self.seq_lens[s] for s in sl], [model[s] for s in sl], self.packing)
+
+    def _model(self) -> np.ndarray:
+        return self.seq_lens if self.model_lens is None else self.model_lens
 
 
 def padded_fraction(batches: list[np.ndarray], model: list[np.ndarray] | None = None, packing: bool = False) -> float:
@@ -663,7 +672,8 @@ class LoaderMetrics:
     batches: int = 0
     samples: int = 0
     padded_tokens: int = 0  # tokens the model runs: batch size x longest model length (packing: their sum), summed
-    real_tokens: int = 0
+    model_tokens: int = 0  # per sample, segments 32-padded: what the model runs without batch padding
+    real_tokens: int = 0  # content tokens (seq_lens)
     batch_sizes: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     seconds: float = 0.0  # wall time of the iteration so far
@@ -677,6 +687,7 @@ class LoaderMetrics:
         if n:
             model = batch.get("model_lens", seq)
             self.padded_tokens += int(model.sum()) if batch.get("packing") else n * int(model.max())
+            self.model_tokens += int(model.sum())
             self.real_tokens += int(seq.sum())
         self.batch_sizes[n] += 1
         for _, reason in batch["skipped"]:
@@ -690,7 +701,9 @@ class LoaderMetrics:
             "samples_per_s": round(self.samples / self.seconds, 2) if self.seconds > 0 else None,
             "seconds": round(self.seconds, 3),
             "data_wait_fraction": round(self.wait_seconds / self.seconds, 4) if self.seconds > 0 else None,
-            "padded_token_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
+            # batch padding (what batching controls; 0 when packed), and all padding (the model's own 32-padding too)
+            "padded_token_fraction": round(1 - self.model_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
+            "real_padding_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
             "tokens_per_batch": round(self.padded_tokens / self.batches, 1) if self.batches else 0.0,
             "batch_size": {
                 "mean": round(float(sizes.mean()), 2),

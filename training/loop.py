@@ -931,7 +931,7 @@ def window_throughput(
         "ckpt_sample_s": round(excluded_s, 4),
     }
     if peak_tflops_sum is not None and math.isfinite(peak_tflops_sum) and peak_tflops_sum > 0:
-        m["mfu"] = round(flops / dt / (peak_tflops_sum * 1e12), 4)
+        m["mfu"] = float(f"{flops / dt / (peak_tflops_sum * 1e12):.4g}")  # 4 significant digits: a CPU's MFU is ~1e-4
     return m
 
 

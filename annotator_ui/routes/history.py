@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from annotator_ui.deps import CsrfUser, DbDep, ItemId, SessionDep, SettingsDep, check_form_csrf, page
 from annotator_ui.routes import HTML_PAGE, REDIRECT
+from engines.active.payload import ReviewPayload
 
 __all__ = ["router", "PAGE_SIZE"]
 
@@ -51,7 +52,18 @@ def history_item(request: Request, item_id: ItemId, s: SessionDep, db: DbDep, se
     can_undo = not gold_seen and latest["item_id"] == item_id and time.time() - latest["time"] <= settings.undo_s
     applied = mine[0]["decision_id"] <= db.applied_through()
     can_reopen = not gold_seen and not applied
-    return page(request, "history_item.html", user=user, csrf=csrf, d=mine[0], can_undo=can_undo, can_reopen=can_reopen, applied=applied)
+    names = ReviewPayload.model_validate(db.get_item(item_id)["payload"]).tag_names(mine[0]["tags"] or [])
+    return page(
+        request,
+        "history_item.html",
+        user=user,
+        csrf=csrf,
+        d=mine[0],
+        tag_names=names,
+        can_undo=can_undo,
+        can_reopen=can_reopen,
+        applied=applied,
+    )
 
 
 @router.post("/history/{item_id}/reopen", responses=REDIRECT)

@@ -126,19 +126,22 @@ class Pairs:
         return Pairs(self.i[mask], self.j[mask], self.sim[mask], self.reason[mask])
 
 
-def exact_pairs(sha256: list[str | None]) -> Pairs:
-    """Star edges from each row to the first row with the same bytes (rows without a hash skipped)."""
-    first: dict[str, int] = {}
-    i, j = [], []
-    for pos, h in enumerate(sha256):
-        if h is None:
-            continue
-        if h in first:
-            i.append(first[h])
-            j.append(pos)
-        else:
-            first[h] = pos
-    return Pairs.of(i, j, np.ones(len(i)), "exact")
+def exact_pairs(sha256) -> Pairs:
+    """Star edges from each row to the first row with the same bytes (rows without a hash skipped).
+
+    ``sha256``: a list or an Arrow (chunked) array of hex strings. Vectorised over the hashes'
+    dictionary codes: a dict keyed by Python strings cost the driver ~200 bytes per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = sha256.combine_chunks() if isinstance(sha256, pa.ChunkedArray) else pa.array(sha256, pa.string())
+    codes = pc.dictionary_encode(arr).indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    pos = np.flatnonzero(codes >= 0)
+    _, first_at = np.unique(codes[pos], return_index=True)
+    first = np.full(int(codes.max()) + 1 if len(pos) else 0, -1, np.int64)
+    first[codes[pos[first_at]]] = pos[first_at]
+    later = pos[first[codes[pos]] != pos]
+    return Pairs.of(first[codes[later]], later, np.ones(len(later)), "exact")
 
 
 _POP8 = np.array([bin(x).count("1") for x in range(256)], np.uint8)

@@ -613,3 +613,20 @@ def test_reopen_from_history_until_applied_needs_csrf_and_is_yours_only(env):
     page = alice.get(f"/history/{done[1]['id']}").text
     assert 'id="reopen-form"' not in page and 'id="applied-note"' in page
     assert alice.post(f"/api/items/{done[1]['id']}/reopen").status_code == 409
+
+
+def test_history_shows_tag_names_not_ids(env):
+    """Issue #20: one's own decision lists its tags by English and Chinese name, the id kept in the
+    title; a tag the item's payload has no name for shows its id."""
+    app, db, rows = env
+    alice = login(app, "alice")
+    it = alice.get("/api/next").json()["item"]
+    with db.tx() as t:
+        p = json.loads(t.one("SELECT payload FROM items WHERE id = ?", (it["id"],))[0])
+        p["tag_labels"] = {"wn:02121163": {"en": "domestic cat", "zh": "家猫"}}
+        t.exec("UPDATE items SET payload = ? WHERE id = ?", (json.dumps(p), it["id"]))
+    r = alice.post(f"/api/items/{it['id']}/decision", json={"decision": "keep", "tags": ["wn:02121163", "wn:04256520"]})
+    assert r.status_code == 200, r.text
+    page = alice.get(f"/history/{it['id']}").text
+    assert 'title="wn:02121163" data-id="wn:02121163">domestic cat <span lang="zh">家猫</span>' in page
+    assert 'data-id="wn:04256520">wn:04256520</span>' in page  # no name in the payload: the id

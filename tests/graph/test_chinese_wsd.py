@@ -14,12 +14,12 @@ APPLE_FRUIT, APPLE_TREE = "wn:07739125", "wn:12633994"
 CLOCK, BELL = "wn:03046257", "wn:02824448"
 
 CAPTIONS = [
-    "他在银行门口排队",  # queueing at the bank's door: the bank, not a slope
+    "她去银行存钱",  # she deposits money at the bank: the institution, not a slope
     "小船慢慢靠了岸",  # the boat came to shore: 岸 is "bank; shore; beach; coast", a place by the water
     "篮子里装满了苹果",  # a basket full of apples: the fruit
     "苹果公司发布了新手机",  # Apple the company: not in WordNet, jieba keeps 苹果公司 whole: no fruit
     "墙上挂着一个钟",  # a clock on the wall
-    "寺庙里挂着一口钟，和尚在敲钟",  # a temple bell that a monk strikes
+    "和尚敲响了寺庙的钟",  # a monk strikes the temple's bell
 ]
 
 

@@ -188,15 +188,20 @@ def test_loader_budget_counts_32_padded_segments(shards, packing):
         _check_plan(plan, ds.meta(), budget, packing, sources=ds.meta().segments)
         runs = [plan.model_lens[plan.batch(b)] for b in range(len(plan))]
         runs = sum(int(m.sum()) if packing else len(m) * int(m.max()) for m in runs)
-        assert plan.padded_fraction() == pytest.approx(1 - int(plan.seq_lens.sum()) / runs)
+        assert plan.real_padding_fraction() == pytest.approx(1 - int(plan.seq_lens.sum()) / runs)  # 32-padding included
+        assert plan.padded_fraction() == pytest.approx(1 - int(plan.model_lens.sum()) / runs)  # batch padding only
+        assert plan.padded_fraction() < plan.real_padding_fraction()
     loader = Loader(ds, num_workers=0)
     for batch in loader:  # what the loader yields says the same
         src = [batch["source_tokens"].numpy()] if "source_tokens" in batch else []
         m = _model_len(batch["image_tokens"].numpy(), batch["caption_tokens"].numpy(), *src)
         assert np.array_equal(batch["model_lens"].numpy(), m)
         assert (m.sum() if packing else len(m) * m.max()) <= ds.config.token_budget
-    if not loader.report()["skipped"]:
-        assert loader.report()["padded_token_fraction"] == pytest.approx(plan.padded_fraction(), abs=1e-4)
+    report = loader.report()
+    if not report["skipped"]:
+        assert report["padded_token_fraction"] == pytest.approx(plan.padded_fraction(), abs=1e-4)
+        assert report["real_padding_fraction"] == pytest.approx(plan.real_padding_fraction(), abs=1e-4)
+        assert report["tokens_per_batch"] <= ds.config.token_budget
 
 
 def test_pair_segments_are_padded_one_by_one():
