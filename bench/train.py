@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train.py [--model tiny|small|6b] [--resolution 256 1024] [--steps 30]
                                     [--token-budget 16384] [--cap-tokens 128] [--compile] [--grad-checkpoint]
+                                    [--lora RANK]
 
 Batches are in-memory latents (16 x R/8 x R/8) and text features (``--cap-tokens`` x 2560 for
 small/6b) of random values, sized by a token budget like the loader's batches, so this measures
@@ -36,7 +37,9 @@ def machine() -> str:
     return f"CPU only: {os.cpu_count()} cores, {mem:.0f} GiB, {platform.processor() or platform.machine()}, torch {torch.__version__}"
 
 
-def run(model: str, resolution: int, steps: int, token_budget: int, cap_tokens: int, compile_: bool, ckpt: bool) -> dict:
+def run(
+    model: str, resolution: int, steps: int, token_budget: int, cap_tokens: int, compile_: bool, ckpt: bool, lora: int | None = None
+) -> dict:
     import torch
 
     from training.loop import BatchList, TrainConfig, train
@@ -69,6 +72,7 @@ def run(model: str, resolution: int, steps: int, token_budget: int, cap_tokens: 
             out_dir=d,
             resume=False,
             warmup_steps=1,
+            lora_rank=lora,
         )
         res = train(cfg, BatchList(batches), log=lambda _m: None)
     m = res["metrics"]
@@ -85,6 +89,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--grad-checkpoint", action="store_true")
     ap.add_argument("--json", action="store_true", help="one JSON line per run instead of a table")
+    ap.add_argument("--lora", type=int, default=None, help="train LoRA adapters of this rank on a frozen base (the 6B single-GPU recipe)")
     a = ap.parse_args()
 
     import torch
@@ -95,12 +100,12 @@ def main() -> None:
     print(f"# S3-DiT training throughput - {machine()}")
     print(
         f"# model {model}, {steps} steps, token budget {a.token_budget}, caption {a.cap_tokens} tokens, "
-        f"compile {a.compile}, grad checkpoint {a.grad_checkpoint}, {'bf16 autocast' if gpu else 'fp32'}"
+        f"compile {a.compile}, grad checkpoint {a.grad_checkpoint}, LoRA rank {a.lora}, {'bf16 autocast' if gpu else 'fp32'}"
     )
     print("| res | batch | seq | samples/s | tokens/s | MFU | peak mem GiB |")
     print("|---|---|---|---|---|---|---|")
     for r in a.resolution:
-        m = run(model, r, steps, a.token_budget, a.cap_tokens, a.compile, a.grad_checkpoint)
+        m = run(model, r, steps, a.token_budget, a.cap_tokens, a.compile, a.grad_checkpoint, a.lora)
         if a.json:
             print(json.dumps(m))
         mfu = f"{m['mfu']:.1%}" if "mfu" in m else "n/a"

@@ -32,6 +32,9 @@ def register(app) -> None:
             False, "--optional-rules", help="skip (and list) rules naming a column the dataset lacks, instead of failing"
         ),
         allow_empty: bool = typer.Option(False, "--allow-empty", help="write the export even when it keeps no row"),
+        allow_random_weights: bool = typer.Option(
+            False, "--allow-random-weights", help="apply rules on scores from random weights (noise) instead of refusing"
+        ),
         address: Optional[str] = AddressOpt,
     ):
         """Export the rows a trainer should see (errors, duplicates, rejects removed) as training shards."""
@@ -46,12 +49,14 @@ def register(app) -> None:
                 params[k] = v
         if allow_empty:
             params["allow_empty"] = True
+        if allow_random_weights:
+            params["allow_random_weights"] = True
         cfg = validate(ExportConfig, params, where=str(config or "command line"))
         if optional_rules:
             cfg = cfg.model_copy(update={"rules": [r.model_copy(update={"optional": True}) for r in cfg.rules]})
         store = open_store(dataset)
         try:  # a misspelt column fails here, before Ray starts
-            check_rules(store.open(cfg.version), cfg.rules)
+            check_rules(store.open(cfg.version), cfg.rules, store=store, allow_random=cfg.allow_random_weights)
         except ValueError as e:
             fail(str(e))
         start_ray(address)

@@ -80,6 +80,9 @@ class ExportConfig(StageConfig):
         description="SQL exclusion rules; a rule naming an absent column fails the export unless marked optional",
     )
     allow_empty: bool = Field(False, description="an export that keeps no row is an error unless this is set")
+    allow_random_weights: bool = Field(
+        False, description="apply rules on scores made by randomly initialised weights (noise) instead of refusing them"
+    )
     weight_column: Optional[str] = Field(None, description=f"sampling weight column; default: first present of {WEIGHT_COLUMNS}, else 1")
     curriculum_column: Optional[str] = Field(None, description=f"curriculum stage column; default: first present of {CURRICULUM_COLUMNS}")
     dedup_keep_column: Optional[str] = Field(
@@ -193,12 +196,18 @@ def _mask(ds, expr: str) -> np.ndarray:
     return pc.fill_null(col, False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-def check_rules(ds, rules: list[ExportRule], notes: list[str] | None = None) -> list[ExportRule]:
+def check_rules(
+    ds, rules: list[ExportRule], notes: list[str] | None = None, *, store: Store | None = None, allow_random: bool = False
+) -> list[ExportRule]:
     """The rules to apply. Each is tried on one row first (cheap, no Ray): invalid SQL fails; a
     missing column fails too, unless the rule is ``optional`` (then it is skipped with a note),
-    since a misspelt column or an unprofiled dataset would otherwise export everything."""
+    since a misspelt column or an unprofiled dataset would otherwise export everything. With the
+    ``store``, a rule on a score made by random weights is refused (``check_random_weights``, the
+    one check every consumer runs) unless ``allow_random``: it would drop rows by noise."""
     kept = []
     for rule in rules:
+        if store is not None:
+            _refuse_random_rule(store, ds.schema.names, rule, allow_random, notes)
         try:
             ds.to_table(columns={"m": f"({rule.where})"}, limit=1)
         except Exception as e:
@@ -216,6 +225,15 @@ def check_rules(ds, rules: list[ExportRule], notes: list[str] | None = None) -> 
     return kept
 
 
+def _refuse_random_rule(store: Store, names: list[str], rule: ExportRule, allow: bool, notes: list[str] | None) -> None:
+    from engines.vector.retrieval import check_random_weights
+
+    cols = [c for c in names if re.search(rf"(?<![\w.]){re.escape(c)}(?![\w])", rule.where)]
+    random = check_random_weights(store, cols, consumer=f"export rule {rule.name!r} ({rule.where!r})", allow=allow)
+    if random and notes is not None:
+        notes.append(f"rule:{rule.name}: RANDOM-DERIVED input ({', '.join(random)}): rows dropped by noise")
+
+
 def _missing_column_message(rule: ExportRule, col: str, names: list[str]) -> str:
     import difflib
 
@@ -229,7 +247,7 @@ def _missing_column_message(rule: ExportRule, col: str, names: list[str]) -> str
     )
 
 
-def select_rows(ds, cfg: ExportConfig, roles: Roles) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def select_rows(ds, cfg: ExportConfig, roles: Roles, store: Store | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Row positions to export, the reason per row (None = kept) and notes on checks skipped."""
     n = ds.count_rows()
     reason = np.full(n, None, dtype=object)
@@ -280,7 +298,7 @@ def select_rows(ds, cfg: ExportConfig, roles: Roles) -> tuple[np.ndarray, np.nda
             accepted = pc.fill_null(pc.is_in(dec, pa.array(cfg.accept_decisions)), False).to_numpy(zero_copy_only=False)
         else:
             skipped("review", "no review decision column")
-    for rule in check_rules(ds, cfg.rules, notes):
+    for rule in check_rules(ds, cfg.rules, notes, store=store, allow_random=cfg.allow_random_weights):
         apply(_mask(ds, rule.where) & ~accepted, f"rule:{rule.name}")
     if roles.weight:
         w = ds.to_table(columns=[roles.weight]).column(roles.weight)
@@ -663,7 +681,7 @@ def export(
             return kept
     encoders = encoder_manifest(cfg)  # checks the encoder folders before any work starts
     roles = resolve_roles(ds.schema, cfg)
-    keep, reason, notes = select_rows(ds, cfg, roles)
+    keep, reason, notes = select_rows(ds, cfg, roles, store=src)
     ids = ds.to_table(columns=["id"]).column("id").to_pylist()
     console.print(f"export: {len(keep):,} of {len(reason):,} rows selected from {src.uri} v{version}")
     for note in notes:

@@ -126,3 +126,24 @@ def test_retrieval_refuses_an_index_over_random_embeddings_unless_told(random_cl
         app, ["search", "--dataset", store.uri, "--column", "prof_clip_image", "--id", row, "--k", "3", "--allow-random-weights"]
     )
     assert out.exit_code == 0 and "RANDOM" in out.output, out.output
+
+
+def test_export_rules_refuse_random_scores_unless_told(random_clip_store, tmp_path):
+    """An export rule on prof_clip_sim (random CLIP) would drop rows by noise: refused before Ray,
+    one line; allowed with the flag, and then noted as random-derived. A rule on a plain column runs."""
+    from pipelines.export import ExportRule, check_rules
+
+    store = random_clip_store
+    ds = store.open()
+    rule = ExportRule(name="clip", where="prof_clip_sim < 0.2")
+    with pytest.raises(RandomWeightsError, match="export rule 'clip'.*column group 'prof_clip'"):
+        check_rules(ds, [rule], store=store)
+    notes: list[str] = []
+    assert check_rules(ds, [rule], notes, store=store, allow_random=True) == [rule]
+    assert notes and "RANDOM-DERIVED" in notes[0] and "prof_clip_sim" in notes[0]
+    plain = ExportRule(name="small", where="width < 10")
+    assert check_rules(ds, [plain], store=store) == [plain]
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text("rules:\n  - {name: clip, where: 'prof_clip_sim < 0.2'}\n")
+    out = CliRunner().invoke(app, ["export", "--dataset", store.uri, "--out", str(tmp_path / "o.lance"), "--config", str(cfg)])
+    assert "export rule 'clip'" in _one_error_line(out) and "--allow-random-weights" in out.output
