@@ -97,22 +97,15 @@ def canonical_pairs(src: list[str], dst: list[str], sim: np.ndarray) -> tuple[li
     return keys, np.asarray([best[k] for k in keys], np.float64)
 
 
-def _groups(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """Union-find over the pairs: each id -> its group's root (the smallest id of the component)."""
-    parent: dict[str, str] = {}
+def _groups(pairs: list[tuple[str, str]]) -> dict[str, int]:
+    """Each id -> its connected component over the pairs (``engines.vector.graph.communities``)."""
+    from engines.vector.graph import communities
 
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {x: find(x) for x in list(parent)}
+    ids = sorted({x for p in pairs for x in p})
+    pos = {x: i for i, x in enumerate(ids)}
+    src = np.array([pos[a] for a, _ in pairs], np.int64)
+    dst = np.array([pos[b] for _, b in pairs], np.int64)
+    return dict(zip(ids, communities(len(ids), src, dst, method="components").tolist()))
 
 
 def cap_pairs(pairs: list[tuple[str, str]], score: np.ndarray, per_image: int, per_group: int) -> list[int]:
@@ -122,7 +115,7 @@ def cap_pairs(pairs: list[tuple[str, str]], score: np.ndarray, per_image: int, p
     group = _groups(pairs)
     order = sorted(range(len(pairs)), key=lambda i: (-float(score[i]), pairs[i]))
     per: dict[str, int] = {}
-    per_g: dict[str, int] = {}
+    per_g: dict[int, int] = {}
     keep = []
     for i in order:
         a, b = pairs[i]

@@ -8,10 +8,11 @@ import json
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from curation.runner import Checkpoints, StageResult, console, execute_units
 from curation.stage import StageConfig, Stats
@@ -87,6 +88,20 @@ def eligible_photos(ds) -> tuple[list[str], list[int]]:
     pos = np.flatnonzero(ok.to_numpy())
     ids = t.column("id").take(pa.array(pos)).to_pylist()
     return ids, pos.tolist()
+
+
+class PairJobConfig(StageConfig):
+    """What every job that writes a pair table takes: where, how images are encoded, how big they
+    may be, and how the work is cut. Each kind adds its own fields and names its default table."""
+
+    table: ClassVar[str]  # the default pair table: <dataset>/_curation/pairs/<table>.lance
+
+    out: str | None = Field(None, description="the pair table (default <dataset>/_curation/pairs/<table>.lance)")
+    image_format: Literal["png", "jpeg"] = Field("png", description="png is lossless (exact ground truth); jpeg is smaller")
+    jpeg_quality: int = Field(95, ge=50, le=100)
+    max_side: int = Field(1024, ge=64, le=8192, description="larger photos (and masks) are shrunk to this longest side first")
+    batch_size: int = Field(16, ge=1, le=4096, description="pairs per unit of work (one actor call, one checkpoint)")
+    num_cpus: float = Field(1.0, gt=0)
 
 
 def table_path(store: Store, name: str) -> str:

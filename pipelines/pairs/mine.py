@@ -13,17 +13,26 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from curation.runner import StageResult
-from curation.stage import StageConfig
 from curation.store import Store
-from pipelines.pairs.common import PAIRS_SCHEMA, PairWorker, eligible_photos, existing_ids, open_out, resolve_out, run_job, table_path
+from pipelines.pairs.common import (
+    PAIRS_SCHEMA,
+    PairJobConfig,
+    PairWorker,
+    eligible_photos,
+    existing_ids,
+    open_out,
+    resolve_out,
+    run_job,
+    table_path,
+)
 
 # --- mine: pairs of real images of one scene from the k-NN graph -------------------------------
 
 
-class MineConfig(StageConfig):
+class MineConfig(PairJobConfig):
     """What to mine (``curate pairs mine`` options). The band is calibrated for ``vec_desc``."""
 
-    table: ClassVar[str] = "mined"  # the default pair table: <dataset>/_curation/pairs/mined.lance
+    table: ClassVar[str] = "mined"
 
     column: str = Field("vec_desc", description="the embedding column whose `curate knn` graph gives the candidates")
     min_similarity: float = Field(0.9, ge=-1, le=1, description="less similar neighbours are unrelated photos")
@@ -36,12 +45,6 @@ class MineConfig(StageConfig):
     min_changed: float = Field(0.002, ge=0, lt=1, description="less changed area is a near duplicate: dropped (no_change)")
     global_fraction: float = Field(0.4, gt=0, le=1, description="this much changed area or more is a global change")
     instructor: str | None = Field(None, description="instruction plug-in `module:function` (a local captioning / VLM model)")
-    out: str | None = Field(None, description="the pair table (default <dataset>/_curation/pairs/mined.lance)")
-    image_format: Literal["png", "jpeg"] = Field("png", description="png is lossless; jpeg is smaller")
-    jpeg_quality: int = Field(95, ge=50, le=100)
-    max_side: int = Field(1024, ge=64, le=8192, description="larger photos are shrunk to this longest side first")
-    batch_size: int = Field(16, ge=1, le=4096, description="pairs per unit of work (one actor call, one checkpoint)")
-    num_cpus: float = Field(1.0, gt=0)
 
     @field_validator("max_similarity")
     @classmethod

@@ -6,18 +6,18 @@ import hashlib
 import json
 import time
 from collections import Counter
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
 from curation.runner import StageResult
-from curation.stage import StageConfig
 from curation.store import Store
 from engines.pairs.render import KINDS, RENDER_VERSION
 from pipelines.pairs.common import (
     PAIRS_SCHEMA,
+    PairJobConfig,
     PairWorker,
     check_kinds,
     eligible_photos,
@@ -29,20 +29,14 @@ from pipelines.pairs.common import (
 )
 
 
-class PairsConfig(StageConfig):
+class PairsConfig(PairJobConfig):
     """What to render (``curate pairs render`` options)."""
 
-    table: ClassVar[str] = "pairs"  # the default pair table: <dataset>/_curation/pairs/pairs.lance
+    table: ClassVar[str] = "pairs"
 
     n: int = Field(100, ge=1, le=10_000_000, description="pairs to make (photos are reused when there are fewer)")
     seed: int = Field(0, ge=0, description="picks photos, words, styles, placements and instructions")
     kinds: list[str] = Field(list(KINDS), description="kinds of edit, dealt in turn: replace, remove, add")
-    out: str | None = Field(None, description="the pair table (default <dataset>/_curation/pairs/pairs.lance)")
-    image_format: Literal["png", "jpeg"] = Field("png", description="png is lossless (exact ground truth); jpeg is smaller")
-    jpeg_quality: int = Field(95, ge=50, le=100)
-    max_side: int = Field(1024, ge=64, le=8192, description="larger photos are shrunk to this longest side first")
-    batch_size: int = Field(16, ge=1, le=4096, description="pairs per unit of work (one actor call, one checkpoint)")
-    num_cpus: float = Field(1.0, gt=0)
 
     @field_validator("kinds")
     @classmethod

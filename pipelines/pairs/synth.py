@@ -6,36 +6,39 @@ import hashlib
 import json
 import time
 from collections import Counter
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
 from curation.runner import StageResult
-from curation.stage import StageConfig
 from curation.store import Store
 from engines.pairs.synth import SYNTH_KINDS, SYNTH_VERSION
-from pipelines.pairs.common import PAIRS_SCHEMA, PairWorker, check_kinds, existing_ids, open_out, resolve_out, run_job, table_path
+from pipelines.pairs.common import (
+    PAIRS_SCHEMA,
+    PairJobConfig,
+    PairWorker,
+    check_kinds,
+    existing_ids,
+    open_out,
+    resolve_out,
+    run_job,
+    table_path,
+)
 
 
-class SynthConfig(StageConfig):
+class SynthConfig(PairJobConfig):
     """What to synthesise (``curate pairs synth`` options)."""
 
-    table: ClassVar[str] = "synth"  # the default pair table: <dataset>/_curation/pairs/synth.lance
+    table: ClassVar[str] = "synth"
 
     annotations: str = Field(description="a COCO instances JSON (images, annotations with segmentations, categories)")
     n: int = Field(100, ge=1, le=10_000_000, description="pairs to make (objects are reused when there are fewer)")
     seed: int = Field(0, ge=0, description="picks photos, objects, colours, shifts, scales and instructions")
     kinds: list[str] = Field(list(SYNTH_KINDS), description="kinds of edit, dealt in turn: recolour, remove, move, resize")
-    out: str | None = Field(None, description="the pair table (default <dataset>/_curation/pairs/synth.lance)")
-    image_format: Literal["png", "jpeg"] = Field("png", description="png is lossless (exact ground truth); jpeg is smaller")
-    jpeg_quality: int = Field(95, ge=50, le=100)
-    max_side: int = Field(1024, ge=64, le=8192, description="larger photos (and their masks) are shrunk to this longest side first")
     min_area: float = Field(0.02, gt=0, lt=1, description="smallest object (with what is attached to it), as a share of the image")
     max_area: float = Field(0.4, gt=0, le=1, description="largest object (with what is attached to it), as a share of the image")
-    batch_size: int = Field(16, ge=1, le=4096, description="pairs per unit of work (one actor call, one checkpoint)")
-    num_cpus: float = Field(1.0, gt=0)
 
     @field_validator("kinds")
     @classmethod
