@@ -263,6 +263,8 @@ def test_saved_message_undo_with_b_and_history(server, browser):
     with page.expect_navigation():
         page.keyboard.press("b")
     assert int(page.get_attribute("#review-form", "data-item")) == first
+    # app.js empties the live region and refills it 50 ms later, so screen readers announce it
+    page.wait_for_function("document.getElementById('saved').textContent.length > 0")
     assert f"undone: #{first}" in page.text_content("#saved") and db.decisions() == []
     page.keyboard.press("e")
     page.keyboard.press("Control+a")
