@@ -24,3 +24,4 @@ def load_jobs() -> None:
         review,
         train,
     )
+    from pipelines.pairs import steps  # noqa: F401

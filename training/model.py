@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from training.packing import Packed, pack_layout, resolve_backend
+from training.packing import Packed, check_sources, image_segment, pack_layout, resolve_backend
 
 __all__ = [
     "S3DiTConfig",
@@ -159,6 +159,7 @@ class Layout:
     cap_pad: torch.Tensor  # (B, max cap_len) bool
     uni_index: torch.Tensor  # (B, max uni_len) into cat(img.flatten, cap.flatten, [zero row])
     uni_pos: torch.Tensor  # (B, max uni_len, 3)
+    img_real: torch.Tensor | None = None  # rows of img.flatten holding patch tokens (target, then source)
 
     @property
     def uni_len(self) -> list[int]:
@@ -177,15 +178,23 @@ def _ceil(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def make_layout(grids: list[tuple[int, int]], cap_lens: list[int], multiple: int = 32, device=None) -> Layout:
-    """Positions and masks for a batch of image grids (h, w tokens) and caption lengths."""
+def make_layout(
+    grids: list[tuple[int, int]],
+    cap_lens: list[int],
+    multiple: int = 32,
+    device=None,
+    src_grids: list[tuple[int, int] | None] | None = None,
+) -> Layout:
+    """Positions and masks for a batch of image grids (h, w tokens) and caption lengths, with the
+    source grids of editing samples (omni mode: ``training.packing.image_segment``)."""
     if len(grids) != len(cap_lens):
         raise ValueError(f"{len(grids)} images but {len(cap_lens)} captions")
     if any(n < 1 for n in cap_lens):
         raise ValueError("every caption needs at least one token (use the null caption for unconditional samples)")
     B = len(grids)
-    img_len = [_ceil(h * w, multiple) for h, w in grids]
     cap_len = [_ceil(n, multiple) for n in cap_lens]
+    segs = [image_segment(g, sg, lc, multiple) for g, sg, lc in zip(grids, check_sources(grids, src_grids), cap_len)]
+    img_len = [seg[0] for seg in segs]
     NI, NC = max(img_len), max(cap_len)
     img_pos = torch.zeros(B, NI, 3, dtype=torch.long)
     cap_pos = torch.zeros(B, NC, 3, dtype=torch.long)
@@ -195,22 +204,23 @@ def make_layout(grids: list[tuple[int, int]], cap_lens: list[int], multiple: int
     sentinel = B * (NI + NC)
     uni_index = torch.full((B, NU), sentinel, dtype=torch.long)
     uni_pos = torch.zeros(B, NU, 3, dtype=torch.long)
-    for b, ((h, w), n) in enumerate(zip(grids, cap_lens)):
+    img_real = []
+    for b, n in enumerate(cap_lens):
         Lc, Li = cap_len[b], img_len[b]
         cap_pos[b, :Lc, 0] = torch.arange(1, Lc + 1)  # text at (1..L, 0, 0), pads included
         cap_pad[b, n:Lc] = True
-        hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        img_pos[b, : h * w, 0] = Lc + 1  # image at (L + 1, h, w)
-        img_pos[b, : h * w, 1] = hh.flatten()
-        img_pos[b, : h * w, 2] = ww.flatten()
-        img_pad[b, h * w : Li] = True  # pad tokens keep position (0, 0, 0)
+        rows = segs[b][1]
+        img_pos[b, rows] = segs[b][2]  # image at (L + 1, h, w); omni: source there, target at L + 2
+        img_pad[b, :Li] = True
+        img_pad[b, rows] = False  # pad tokens keep position (0, 0, 0)
+        img_real.append(b * NI + rows)
         uni_index[b, :Li] = b * NI + torch.arange(Li)
         uni_index[b, Li : Li + Lc] = B * NI + b * NC + torch.arange(Lc)
         uni_pos[b, :Li] = img_pos[b, :Li]
         uni_pos[b, Li : Li + Lc] = cap_pos[b, :Lc]
-    lay = Layout(list(grids), list(cap_lens), img_len, cap_len, img_pos, cap_pos, img_pad, cap_pad, uni_index, uni_pos)
+    lay = Layout(list(grids), list(cap_lens), img_len, cap_len, img_pos, cap_pos, img_pad, cap_pad, uni_index, uni_pos, torch.cat(img_real))
     if device is not None:
-        for f in ("img_pos", "cap_pos", "img_pad", "cap_pad", "uni_index", "uni_pos"):
+        for f in ("img_pos", "cap_pos", "img_pad", "cap_pad", "uni_index", "uni_pos", "img_real"):
             setattr(lay, f, getattr(lay, f).to(device, non_blocking=True))
     return lay
 
@@ -375,7 +385,15 @@ class S3DiT(nn.Module):
     """``model(latents, t, cap_feats) -> velocities``: lists of per-sample tensors, any mix of sizes.
 
     latents: list of (C, H, W) (or a (B, C, H, W) tensor); t: (B,) in [0, 1], 1 = data;
-    cap_feats: list of (L_i, cap_feat_dim) text features. Returns a list of (C, H, W)."""
+    cap_feats: list of (L_i, cap_feat_dim) text features. Returns a list of (C, H, W).
+
+    Omni mode (the report's omni-pre-training: generation and editing in one model): ``sources``
+    gives editing samples their clean source latent (None for a text-to-image sample in the same
+    batch). The source's tokens join the sample's image segment, on the same patch embedder and
+    refiner, one step earlier on the temporal RoPE axis than the target (``image_segment``); only the
+    target's velocity comes out, so the loss is on the target alone. The source is modulated with the
+    sample's timestep like the rest of the sequence. No new parameters: the released state dict
+    loads unchanged, and a sample without a source runs exactly as in text-to-image."""
 
     def __init__(self, cfg: S3DiTConfig):
         super().__init__()
@@ -425,29 +443,31 @@ class S3DiT(nn.Module):
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    def forward(self, latents, t: torch.Tensor, cap_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, latents, t: torch.Tensor, cap_feats: list[torch.Tensor], sources=None) -> list[torch.Tensor]:
         cfg, p = self.cfg, self.cfg.patch_size
         latents = list(latents.unbind(0)) if isinstance(latents, torch.Tensor) else list(latents)
         B, dev = len(latents), latents[0].device
         t = t.to(dev).float().reshape(-1).expand(B) if torch.is_tensor(t) else torch.full((B,), float(t), device=dev)
         grids = [(x.shape[-2] // p, x.shape[-1] // p) for x in latents]
+        sources = check_sources(grids, None if sources is None else list(sources))
+        src_grids = [None if s is None else (s.shape[-2] // p, s.shape[-1] // p) for s in sources]
         c = self.t_embedder(t * cfg.t_scale)
-        x = self.all_x_embedder[cfg.patch_key](torch.cat([patchify(lat, p) for lat in latents]))
+        tokens = [patchify(z, p) for lat, src in zip(latents, sources) for z in ((lat,) if src is None else (lat, src.to(lat)))]
+        x = self.all_x_embedder[cfg.patch_key](torch.cat(tokens))  # per sample: target, then source
         c = c.to(x.dtype)
         y = self.cap_embedder(torch.cat(list(cap_feats)).to(x.dtype))
         cap_lens = [len(f) for f in cap_feats]
-        out = (self._forward_packed if self.packing else self._forward_padded)(x, y, c, grids, cap_lens)
+        out = (self._forward_packed if self.packing else self._forward_padded)(x, y, c, grids, cap_lens, src_grids)
         return [unpatchify(o, g, p, cfg.in_channels) for o, g in zip(out, grids)]
 
-    def _forward_padded(self, x, y, c, grids, cap_lens) -> list[torch.Tensor]:
+    def _forward_padded(self, x, y, c, grids, cap_lens, src_grids=None) -> list[torch.Tensor]:
         """Samples padded to the batch's longest, padding masked out of attention: per-sample tokens out."""
         cfg, dev, B = self.cfg, x.device, len(grids)
-        lay = make_layout(grids, cap_lens, cfg.seq_multiple, device=dev)
+        lay = make_layout(grids, cap_lens, cfg.seq_multiple, device=dev, src_grids=src_grids)
 
         # image segment: scatter patch tokens into (B, NI, dim), learned pad tokens, refine
         NI = lay.img_pos.shape[1]
-        real = torch.cat([torch.arange(h * w, device=dev) + b * NI for b, (h, w) in enumerate(grids)])
-        img = x.new_zeros(B * NI, cfg.dim).index_copy(0, real, x).view(B, NI, cfg.dim)
+        img = x.new_zeros(B * NI, cfg.dim).index_copy(0, lay.img_real, x).view(B, NI, cfg.dim)
         img = torch.where(lay.img_pad[..., None], self.x_pad_token.to(img.dtype), img)
         cos, sin = rope_cos_sin(lay.img_pos, cfg.axes_dims, cfg.rope_theta)
         mask = Layout.key_mask(lay.img_len, NI, dev)
@@ -474,11 +494,11 @@ class S3DiT(nn.Module):
         out = self.all_final_layer[cfg.patch_key](u, c)
         return [out[b, : h * w] for b, (h, w) in enumerate(grids)]
 
-    def _forward_packed(self, x, y, c, grids, cap_lens) -> list[torch.Tensor]:
+    def _forward_packed(self, x, y, c, grids, cap_lens, src_grids=None) -> list[torch.Tensor]:
         """The same computation with the batch packed into one sequence (``training.packing``):
         no batch padding, attention restricted to each sample."""
         cfg = self.cfg
-        lay = pack_layout(grids, cap_lens, cfg.seq_multiple, self.pack_to, self.attn_backend, x.device)
+        lay = pack_layout(grids, cap_lens, cfg.seq_multiple, self.pack_to, self.attn_backend, x.device, src_grids)
         img = self._packed_stream(x, lay.img_real, lay.img.total, self.x_pad_token)
         cos, sin = rope_cos_sin(lay.img_pos, cfg.axes_dims, cfg.rope_theta)
         for blk in self.noise_refiner:

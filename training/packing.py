@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BACKENDS", "Packed", "PackedLayout", "pack_layout", "segment_tokens", "resolve_backend"]
+__all__ = ["BACKENDS", "Packed", "PackedLayout", "image_segment", "pack_layout", "segment_tokens", "resolve_backend"]
 
 BACKENDS = ("auto", "varlen", "flex", "sdpa")
 
@@ -128,6 +128,37 @@ def _varlen_attn():
     return varlen_attn
 
 
+def image_segment(
+    grid: tuple[int, int], src: tuple[int, int] | None, cap_len: int, multiple: int = 32
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """One sample's image segment: the target's tokens padded to ``multiple``, then (omni mode, an
+    editing sample) the source image's, padded too. Returns its length, the rows of its real tokens
+    (target first, so a sample's outputs are the segment's first h*w rows either way) and their
+    (t, h, w) positions. Text holds temporal positions 1..cap_len; a source sits at cap_len + 1 and
+    its target after it at cap_len + 2, so the temporal RoPE axis tells them apart, as the report
+    describes; a text-to-image target is at cap_len + 1, as released. No new parameters."""
+    h, w = grid
+    parts = [(0, grid, cap_len + (2 if src else 1))]
+    if src:
+        parts.append((_ceil(h * w, multiple), src, cap_len + 1))
+    rows, pos = [], []
+    for off, (gh, gw), t in parts:
+        hh, ww = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        rows.append(off + torch.arange(gh * gw))
+        pos.append(torch.stack([torch.full((gh * gw,), t), hh.flatten(), ww.flatten()], dim=1))
+    length = _ceil(h * w, multiple) + (_ceil(src[0] * src[1], multiple) if src else 0)
+    return length, torch.cat(rows), torch.cat(pos)
+
+
+def check_sources(grids: list, src_grids: list | None) -> list:
+    """``src_grids`` as one entry per sample (None: no source)."""
+    if src_grids is None:
+        return [None] * len(grids)
+    if len(src_grids) != len(grids):
+        raise ValueError(f"{len(grids)} images but {len(src_grids)} source entries (None for a sample without one)")
+    return list(src_grids)
+
+
 @dataclass
 class PackedLayout:
     """Where every token of a packed batch lives: the image, text and single streams, their
@@ -139,7 +170,7 @@ class PackedLayout:
     img_pos: torch.Tensor  # (1, TI, 3) int64 (t, h, w); pad tokens at (0, 0, 0)
     cap_pos: torch.Tensor  # (1, TC, 3)
     uni_pos: torch.Tensor  # (1, TU, 3)
-    img_real: torch.Tensor  # (sum h*w,) rows of the image stream that hold patch tokens, sample by sample
+    img_real: torch.Tensor  # rows of the image stream that hold patch tokens, sample by sample (target, then source)
     cap_real: torch.Tensor  # (sum L,) rows of the text stream that hold caption tokens
     uni_index: torch.Tensor  # (TU,) into cat(image stream, text stream, [zero row])
     img_start: list[int]  # first row of sample b's image segment in the single stream (its outputs)
@@ -157,18 +188,25 @@ def _stream(lengths: list[int], pad_to: int, backend: str, device) -> Packed:
 
 
 def pack_layout(
-    grids: list[tuple[int, int]], cap_lens: list[int], multiple: int = 32, pad_to: int = 1, backend: str = "auto", device=None
+    grids: list[tuple[int, int]],
+    cap_lens: list[int],
+    multiple: int = 32,
+    pad_to: int = 1,
+    backend: str = "auto",
+    device=None,
+    src_grids: list[tuple[int, int] | None] | None = None,
 ) -> PackedLayout:
     """The packed layout of a batch of image grids (h, w tokens) and caption lengths, with the
     positions of ``training.model.make_layout``: text token k at (k, 0, 0), image (h, w) at
-    (L + 1, h, w) where L is the padded caption length."""
+    (L + 1, h, w) where L is the padded caption length; with a source grid, see ``image_segment``."""
     if len(grids) != len(cap_lens):
         raise ValueError(f"{len(grids)} images but {len(cap_lens)} captions")
     if any(n < 1 for n in cap_lens):
         raise ValueError("every caption needs at least one token (use the null caption for unconditional samples)")
     backend, device = resolve_backend(backend), torch.device(device if device is not None else "cpu")
-    img_len = [_ceil(h * w, multiple) for h, w in grids]
     cap_len = [_ceil(n, multiple) for n in cap_lens]
+    segs = [image_segment(g, s, lc, multiple) for g, s, lc in zip(grids, check_sources(grids, src_grids), cap_len)]
+    img_len = [seg[0] for seg in segs]
     img, cap = _stream(img_len, pad_to, backend, device), _stream(cap_len, pad_to, backend, device)
     uni = _stream([a + b for a, b in zip(img_len, cap_len)], pad_to, backend, device)
     oi, oc, ou = ([0, *accumulate(n)] for n in (img_len, cap_len, uni.lengths))  # host ints: no device sync
@@ -176,11 +214,10 @@ def pack_layout(
     uni_index = torch.full((uni.total,), img.total + cap.total, dtype=torch.long)  # end padding: the zero row
     uni_pos = torch.zeros(uni.total, 3, dtype=torch.long)
     img_real, cap_real = [], []
-    for b, ((h, w), n) in enumerate(zip(grids, cap_lens)):
+    for b, n in enumerate(cap_lens):
         Li, Lc = img_len[b], cap_len[b]
-        hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        rows = oi[b] + torch.arange(h * w)
-        img_pos[rows] = torch.stack([torch.full((h * w,), Lc + 1), hh.flatten(), ww.flatten()], dim=1)
+        rows = oi[b] + segs[b][1]
+        img_pos[rows] = segs[b][2]
         cap_pos[oc[b] : oc[b] + Lc, 0] = torch.arange(1, Lc + 1)
         img_real.append(rows)
         cap_real.append(oc[b] + torch.arange(n))
