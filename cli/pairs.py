@@ -1,6 +1,6 @@
-"""``curate pairs render | synth | mine | export``: editing pairs with exact ground truth (text
-rendered onto photos; object edits from COCO instance masks), pairs mined from the k-NN graph, and
-pair shards for training."""
+"""``curate pairs render | synth | mine | export | review``: editing pairs with exact ground truth
+(text rendered onto photos; object edits from COCO instance masks), pairs mined from the k-NN graph,
+pair shards for training, and pairs queued for human review."""
 
 from __future__ import annotations
 
@@ -180,6 +180,43 @@ def register(app: typer.Typer) -> None:
         console.print(f"pairs export: {result.status}, v{result.version} of {x['out']}: {x['kept']} pairs kept, {x['excluded']} excluded")
         for reason, count in sorted((x.get("by_reason") or {}).items()):
             console.print(f"  excluded {reason}: {count}")
+
+    @pairs_app.command("review")
+    def review_cmd(
+        dataset: str = DatasetOpt,
+        pairs: Optional[list[str]] = typer.Option(
+            None, "--pairs", help="a pair table to queue (repeatable; default: the dataset's pairs, synth and mined tables)"
+        ),
+        kinds: Optional[str] = typer.Option(None, help="only these kinds, comma-separated (default: all)"),
+        limit: Optional[int] = typer.Option(None, help="queue at most this many pairs, highest priority first"),
+        db: Optional[str] = typer.Option(
+            None, "--db", help="review database (SQLite path or postgresql:// URL); default next to the dataset"
+        ),
+    ):
+        """Queue editing pairs for human review (the same queue as `curate review mine`): source and
+        target side by side, the instruction editable. `curate review apply` writes the decisions
+        back to the pair tables (docs/pairs.md)."""
+        from curation.config import ConfigError, validate
+        from pipelines.pairs.review import PairReviewConfig, review_pairs
+
+        params = {"pairs": pairs or [], "kinds": (kinds or "").split(","), "limit": limit, "db": db}
+        try:
+            cfg = validate(PairReviewConfig, params, where="command line")
+        except ConfigError as e:
+            fail(" ".join(str(e).split()))
+        store = open_store(dataset)
+        try:
+            rep = review_pairs(store, cfg)
+        except (ValueError, OSError) as e:
+            fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        console.print(
+            f"pairs review: {rep['queued']} of {rep['candidates']} pairs queued ({rep['added']} new, {rep['updated']} updated, "
+            f"{rep['unchanged']} already decided) in {rep['db']}"
+        )
+        if rep["already_reviewed"]:
+            console.print(f"  {rep['already_reviewed']} pairs already reviewed in their table were left out")
+        for tier, n in rep["by_priority"].items():
+            console.print(f"  {tier.replace('_', ' ')}: {n}")
 
     app.add_typer(pairs_app, name="pairs")
 

@@ -220,6 +220,10 @@ def register(app) -> None:
             f"[bold]review apply[/]: v{rep['version_before']} -> v{rep['version_after']}, "
             f"{rep['decisions']} decisions on {rep['rows_reviewed']} rows"
         )
+        if px := rep.get("pairs"):
+            console.print(
+                f"  pairs: {px['keep']} keep, {px['drop']} drop, {px['edited']} instructions edited, in {len(px['tables'])} pair table(s)"
+            )
         for t in rep.get("thresholds", []):
             console.print(f"  {t['column']} {t['op']} {t['old']:.4g} -> {t['new']:.4g}  {t.get('note', '')}")
         pa_ = rep["pseudo_label_agreement"]

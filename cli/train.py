@@ -28,13 +28,18 @@ def register(app) -> None:
         full_finetune: bool = typer.Option(
             False, "--full-finetune", help="train every weight (lora_rank: null); --model 6b on one worker defaults to LoRA"
         ),
+        pairs: Optional[str] = typer.Option(
+            None, "--pairs", help="pair shards from `curate pairs export`, mixed in as editing batches (omni mode)"
+        ),
+        edit_ratio: Optional[float] = typer.Option(None, "--edit-ratio", help="with --pairs: share of editing batches (default 0.25)"),
         address: Optional[str] = AddressOpt,
     ):
         """Train S3-DiT on training shards; re-running the same command resumes from the last checkpoint."""
         from curation.config import ConfigError, load_yaml, validate
 
         params = load_yaml(config) if config else {}
-        given = {"shards": shards, "model": model, "steps": steps, "out_dir": out, "num_workers": workers}
+        given = {"shards": shards, "model": model, "steps": steps, "out_dir": out, "num_workers": workers, "pairs": pairs}
+        given["edit_ratio"] = edit_ratio
         params.update({k: v for k, v in given.items() if v is not None})
         if gpu:
             params["use_gpu"] = True

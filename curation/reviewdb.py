@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -55,11 +56,31 @@ __all__ = [
     "DECISIONS",
     "ROLES",
     "User",
+    "PAIR_PREFIX",
+    "is_pair_row",
+    "pair_id_of",
 ]
 
 DECISIONS = ("keep", "drop")
 ROLES = ("annotator", "admin")
 SCHEMA_VERSION = "1"
+
+# Editing pairs share the queue with dataset rows (``curate pairs review``): their row id is
+# ``pair:<pair_id>``. Defined here because both the job that queues them (pipelines) and the web
+# app that shows them (annotator_ui) read it, and neither may import the other.
+PAIR_PREFIX = "pair:"
+_PAIR_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")  # render, synth and mine write 16-24 hex digits
+
+
+def is_pair_row(row_id: str | None) -> bool:
+    """Whether a queue row id names an editing pair rather than a dataset row."""
+    return bool(row_id) and row_id.startswith(PAIR_PREFIX)
+
+
+def pair_id_of(row_id: str) -> str | None:
+    """The pair id of a queue row id, or None when it is not a well-formed pair row."""
+    pid = row_id[len(PAIR_PREFIX) :] if is_pair_row(row_id) else ""
+    return pid if _PAIR_ID.match(pid) else None
 
 
 class ReviewError(Exception):

@@ -172,7 +172,7 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     random weights and ``cfg.allow_random_weights`` is off."""
     import numpy as np
 
-    from curation.reviewdb import ReviewDB
+    from curation.reviewdb import ReviewDB, is_pair_row
     from engines.active.loop import aggregate
     from engines.active.mining import mine
     from engines.active.rules import load_rules
@@ -192,13 +192,15 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     table = table.append_column("_pos", pa.array(np.arange(table.num_rows, dtype=np.int64)))
     db = ReviewDB(cfg.db or default_db_url(store))
     db.set_meta("dataset", store.uri)
-    agg = aggregate(db.decisions())
+    # the queue's editing pairs (``curate pairs review``) are not dataset rows: mining never sees them
+    agg = aggregate([d for d in db.decisions() if not is_pair_row(d["row_id"])])
     reviewed = {r: a["decision"] for r, a in agg.items() if a["decision"] in ("keep", "drop")}
+    flagged = [r for r in db.flagged_rows() if not is_pair_row(r)]
     with console.status("mining hard cases", spinner="dots") if show_progress else _null():
-        items, summary = mine(table, rules, cfg, flagged=db.flagged_rows(), reviewed=reviewed, random_derived=random_derived)
+        items, summary = mine(table, rules, cfg, flagged=flagged, reviewed=reviewed, random_derived=random_derived)
     gold = _read_gold(cfg.gold) if cfg.gold else {}
     if gold:
-        items = _with_gold(table, rules, cfg, items, gold, flagged=db.flagged_rows(), reviewed=reviewed, random_derived=random_derived)
+        items = _with_gold(table, rules, cfg, items, gold, flagged=flagged, reviewed=reviewed, random_derived=random_derived)
     for it in items:
         it["payload"]["version"] = ds.version
     add_tag_labels(items, _graph_for_labels(store, cfg))
@@ -367,17 +369,22 @@ class ReviewMergeStage(Stage):
 def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool = True, by: Any = None) -> dict[str, Any]:
     """Merge decisions into a new dataset version and close the loop. Returns the report dict.
 
+    Decisions on editing pairs (``curate pairs review``: row ids ``pair:<id>``) are written to
+    their pair tables first (``pipelines.pairs.review.apply_pair_reviews``, ``report["pairs"]``)
+    and are no part of the rest: the dataset, heads and thresholds see the hard cases only.
+
     ``by``: the admin (``curation.reviewdb.User``) who ran it from the web page, for the audit log.
     Raises ``RandomWeightsError`` before changing anything when a signal or embedding the heads
     and thresholds would learn from came from random weights and ``cfg.allow_random_weights`` is off."""
     import numpy as np
     import pyarrow.compute as pc
 
-    from curation.reviewdb import ReviewDB
+    from curation.reviewdb import ReviewDB, is_pair_row
     from curation.runner import run_stage
     from engines.active.loop import aggregate, agreement, fit_reward_head, recalibrate
     from engines.active.rules import EMBEDDING_COLUMNS, column_values, embedding_matrix, load_rules, save_rules
     from engines.vector.retrieval import refuse_random_weights
+    from pipelines.pairs.review import apply_pair_reviews
 
     t0 = time.perf_counter()
     rdir = review_dir(store)
@@ -393,7 +400,11 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     )
     marks = {c: f"{s['group']}: {s['why']}" for c, s in random_derived.items()}
     db = ReviewDB(cfg.db or default_db_url(store), create=False)
-    decisions = db.decisions()
+    every = db.decisions()
+    # pair items (``curate pairs review``) go to their pair tables, never into the dataset's
+    # rev_* columns, the heads or the agreement figures: the hard-case loop sees what it saw before
+    decisions = [d for d in every if not is_pair_row(d["row_id"])]
+    pairs_report = apply_pair_reviews(every)
     agg = aggregate(decisions)
     before = ds.version
     labelled = {r: a for r, a in agg.items() if a["decision"] in ("keep", "drop")}
@@ -406,6 +417,8 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     }
     if marks:
         report["random_derived"] = marks
+    if pairs_report["pairs"]:
+        report["pairs"] = pairs_report
     head_json = None
     if labelled:
         t = ds.to_table(
@@ -464,7 +477,7 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     store.write_json(f"review/apply-v{result.version}.json", {k: v for k, v in report.items() if k != "plots"})
     report["report_html"] = str(_write_report(rdir / f"apply-v{result.version}.html", report))
     # the decisions read above are in the dataset now: history can no longer re-open them
-    through = max((d["decision_id"] for d in decisions), default=0)
+    through = max((d["decision_id"] for d in every), default=0)  # the pair decisions are applied too
     db.mark_applied(by, through, version=result.version, decisions=len(decisions), version_before=before)
     db.close()
     return report

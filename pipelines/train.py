@@ -31,7 +31,9 @@ a full fine-tune needs ~123 GB for fp32 weights, grads, Adam and EMA alone (docs
 class TrainRunConfig(TrainConfig):
     """The loop's settings plus where the data is and how many workers train."""
 
-    shards: str = Field(description="training shards written by `curate export` (path or s3:// URI)")
+    shards: str = Field(description="training shards written by `curate export` (path or s3:// URI), or pair shards alone")
+    pairs: str | None = Field(None, description="pair shards from `curate pairs export`, mixed in as editing batches (omni-pre-training)")
+    edit_ratio: float = Field(0.25, gt=0, lt=1, description="with `pairs`: the probability that a batch is an editing batch")
     loader: dict[str, Any] = Field(default_factory=dict, description="training.loader.LoaderConfig fields (token_budget, ...)")
     loader_workers: int = Field(2, ge=0, description="decode processes per rank (0: decode in the training process)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers = ranks")
@@ -58,6 +60,12 @@ def _worker(config: dict) -> None:
     loader_cfg = _loader_config(cfg)
     ds = ShardDataset(cfg.shards, loader_cfg, rank=rank, world_size=world)
     data = Loader(ds, num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
+    if cfg.pairs:  # omni: editing batches from the pair shards, mixed in at edit_ratio
+        from training.loader import MixedLoader
+
+        pair_ds = ShardDataset(cfg.pairs, {**loader_cfg, "pre_encoded": None}, rank=rank, world_size=world)  # images only
+        edits = Loader(pair_ds, num_workers=cfg.loader_workers)
+        data = MixedLoader(data, edits, cfg.edit_ratio, seed=cfg.seed)
     log = print if rank == 0 else (lambda _msg: None)
     try:
         train(
@@ -153,12 +161,35 @@ def check_training_inputs(cfg: TrainRunConfig, log=None) -> None:
         raise ValueError(
             f"{cfg.shards} is not a training shard dataset written by `curate export`: {str(e).splitlines()[0][:200]}"
         ) from None
-    if probe.pairs:  # the model has no source-image segment yet: training on targets alone would be silent noise
-        raise ValueError(
-            f"{cfg.shards} holds editing pairs (written by `curate pairs export`); the bundled S3-DiT trains on "
-            "single-image shards only for now (omni mode is not built): export single images with `curate export`"
-        )
+    if "edit_ratio" in cfg.model_fields_set and not cfg.pairs:
+        raise ValueError("edit_ratio (--edit-ratio) mixes in pair shards: give them with --pairs")
+    if cfg.pairs:
+        _check_pair_shards(cfg, probe)
+    if probe.pairs or cfg.pairs:
+        _check_vae(cfg)
     _check_pre_encoded(cfg, probe, log or print)
+
+
+def _check_pair_shards(cfg: TrainRunConfig, main) -> None:
+    """``pairs`` must be pair shards and ``shards`` single-image ones (pair shards alone: give them as ``shards``)."""
+    from training.loader import ShardDataset
+
+    if main.pairs:
+        raise ValueError(f"{cfg.shards} holds pairs too: give single-image shards as --shards, or the pair shards alone as --shards")
+    if "://" not in cfg.pairs and not Path(cfg.pairs).exists():
+        raise FileNotFoundError(f"no pair shards at {cfg.pairs!r}; write them with `curate pairs export --out {cfg.pairs}`")
+    try:
+        pairs = ShardDataset(cfg.pairs, {"seed": cfg.seed, **cfg.loader, "pre_encoded": None}, rank=0, world_size=1)
+    except OSError as e:
+        raise ValueError(f"{cfg.pairs} is not a pair shard dataset: {str(e).splitlines()[0][:200]}") from None
+    if not pairs.pairs:
+        raise ValueError(f"{cfg.pairs} holds single images, not pairs: write pair shards with `curate pairs export`")
+
+
+def _check_vae(cfg: TrainRunConfig) -> None:
+    """Pair shards hold images only (no pre-encoded latents), so editing needs a VAE in the loop."""
+    if not (cfg.vae_path or cfg.tiny_encoders):
+        raise ValueError("editing pairs hold images, not latents: set vae_path (or tiny_encoders: true) to encode them")
 
 
 def _check_pre_encoded(cfg: TrainRunConfig, ds, log) -> None:

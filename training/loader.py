@@ -832,3 +832,76 @@ class Loader:
     def report(self) -> dict[str, Any]:
         """Metrics so far this epoch: padded-token fraction, batch-size distribution, samples/s, skips."""
         return self.metrics.to_dict()
+
+
+class MixedLoader:
+    """Text-to-image and editing batches in one run (omni-pre-training): each batch comes from the
+    pair loader with probability ``ratio``, else from the main one. An epoch is one pass of the main
+    loader; the pair loader starts its own next epoch whenever it runs out.
+
+    Why batches and not samples: each loader keeps its own bucketing and token budget (a pair counts
+    its source as well), and the model takes either kind, or both, in one batch. The draw for batch
+    ``k`` is seeded by ``(seed, k)``, so a resumed run draws the same kinds as an uninterrupted one;
+    ``state_dict`` holds both loaders' positions and the number of draws."""
+
+    def __init__(self, main: Loader, edits: Loader, ratio: float, seed: int = 0):
+        if not 0 < ratio < 1:
+            raise ValueError(f"edit ratio {ratio} must lie strictly between 0 and 1 (0: no pair loader; 1: pair shards alone)")
+        self.main, self.edits, self.ratio, self.seed = main, edits, ratio, seed
+        self.draws, self.edit_epoch, self.edit_batches = 0, 0, 0
+        self._edit_it: Iterator[dict[str, Any]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.main.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.main)
+
+    def _is_edit(self, k: int) -> bool:
+        return bool(np.random.default_rng([self.seed, k]).random() < self.ratio)
+
+    def _next_edit(self) -> dict[str, Any]:
+        for _ in range(2):  # this epoch's next batch, else the first of the next epoch
+            if self._edit_it is None:
+                self._edit_it = iter(self.edits)
+            batch = next(self._edit_it, None)
+            if batch is not None:
+                self.edit_batches += 1
+                return batch
+            self.edit_epoch += 1
+            self.edits.set_epoch(self.edit_epoch)
+            self._edit_it = None
+        raise RuntimeError("the pair shards yielded no batch")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        main = iter(self.main)
+        while True:
+            k, self.draws = self.draws, self.draws + 1
+            if self._is_edit(k):
+                yield self._next_edit()
+                continue
+            batch = next(main, None)
+            if batch is None:
+                self.draws -= 1  # the draw that found the epoch's end is made again in the next epoch
+                return
+            yield batch
+
+    def close(self) -> None:
+        self.main.close()
+        self.edits.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"main": self.main.state_dict(), "edits": self.edits.state_dict(), "draws": self.draws, "edit_epoch": self.edit_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "main" not in state:
+            raise ValueError("cannot resume: the checkpoint was saved without pair shards; train on them in a new out_dir")
+        self.main.load_state_dict(state["main"])
+        self.edits.load_state_dict(state["edits"])
+        self.draws, self.edit_epoch, self._edit_it = int(state["draws"]), int(state["edit_epoch"]), None
+
+    def report(self) -> dict[str, Any]:
+        """The main loader's figures (``padded_token_fraction``, ...) plus the share of edit batches."""
+        rep = self.main.report()
+        rep["edit_batch_fraction"] = round(self.edit_batches / self.draws, 4) if self.draws else 0.0
+        return rep

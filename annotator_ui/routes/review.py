@@ -27,6 +27,7 @@ from annotator_ui.deps import (
     wants_html,
 )
 from annotator_ui.filters import INVISIBLE_NAMES
+from annotator_ui.pairs import pair_view
 from annotator_ui.routes import HTML_PAGE, REDIRECT
 from curation.reviewdb import BadInput, Conflict, NotFound, NotLeased, ReviewDB, ReviewError, User
 from curation.text import MAX_CAPTION_CHARS
@@ -67,7 +68,7 @@ def annotate_page(request: Request, s: SessionDep, db: DbDep, settings: Settings
         "annotate.html",
         user=user,
         csrf=csrf,
-        item=ReviewItemPublic.of(item).model_dump() if item else None,
+        item=_public(item) if item else None,
         tag_names=_tag_names(payload),
         counters=db.counters(),
         mine=db.user_decision_count(user),
@@ -79,6 +80,16 @@ def annotate_page(request: Request, s: SessionDep, db: DbDep, settings: Settings
         undo=_undoable(db, user, settings),
         invisible=settings.invisible,
     )
+
+
+def _public(item: dict[str, Any], model: type[ReviewItemPublic] = ReviewItemPublic) -> dict[str, Any]:
+    """The item as its client sees it; a pair item (``curate pairs review``) adds ``pair``: both
+    instructions, the language being edited and its two images' URLs (``annotator_ui.pairs``)."""
+    out = model.of(item).model_dump()
+    pair = pair_view(item)
+    if pair is not None:
+        out["pair"] = pair
+    return out
 
 
 def _tag_names(payload: ReviewPayload | None) -> dict[str, Any]:
@@ -216,14 +227,14 @@ def _refused_page(request: Request, s: tuple, item_id: int, e: Exception, captio
 @router.get("/api/next")
 def api_next(user: CurrentUser, db: DbDep, settings: SettingsDep):
     item = db.next_item(user, lease_s=settings.lease_s, gold_rate=settings.gold_rate)
-    return JSONResponse({"item": ReviewItemPublic.of(item).model_dump() if item else None})
+    return JSONResponse({"item": _public(item) if item else None})
 
 
 @router.get("/api/items/{item_id}")
 def api_item(item_id: ItemId, user: CurrentUser, db: DbDep):
     # admins see any item and its queue state; annotators only their own lease
     item = db.get_item(item_id) if user.is_admin else db.leased_item(user, item_id)
-    return {"item": (ReviewItemAdmin if user.is_admin else ReviewItemPublic).of(item).model_dump()}
+    return {"item": _public(item, ReviewItemAdmin if user.is_admin else ReviewItemPublic)}
 
 
 @router.post("/api/items/{item_id}/decision")

@@ -42,6 +42,16 @@ PAIRS_SCHEMA = pa.schema(
 
 _SCHEDULING = ("batch_size", "num_cpus")
 
+PAIR_REVIEW_COLUMNS = ("review", "instruction_en_orig", "instruction_zh_orig")
+"""What ``curate review apply`` adds to a pair table (``pipelines.pairs.review``): a reviewed
+table is still a pair table, and the jobs append to it (Lance fills the new columns with null)."""
+
+
+def is_pair_schema(names: list[str]) -> bool:
+    """``PAIRS_SCHEMA``'s columns, in order, plus none or some of the review columns."""
+    n = len(PAIRS_SCHEMA.names)
+    return names[:n] == PAIRS_SCHEMA.names and all(c in PAIR_REVIEW_COLUMNS for c in names[n:])
+
 
 def check_kinds(v: list[str], known) -> list[str]:
     """The ``kinds`` option of either job: known names, at least one, each once, in order."""
@@ -74,7 +84,7 @@ def check_out(uri: str) -> str | None:
         if not is_remote(uri) and Path(uri).exists() and (not Path(uri).is_dir() or any(Path(uri).iterdir())):
             return f"--out {uri} exists and is not a Lance dataset"
         return None
-    if ds.schema.names != PAIRS_SCHEMA.names:
+    if not is_pair_schema(ds.schema.names):
         return f"--out {uri} is a Lance dataset with other columns than a pair table"
     return None
 

@@ -16,7 +16,7 @@ from pydantic import Field
 from curation.runner import Checkpoints, StageResult, console, execute_units
 from curation.stage import StageConfig, Stats
 from curation.store import Store, is_remote, storage_options_from_env
-from pipelines.pairs.common import PAIRS_SCHEMA, open_out
+from pipelines.pairs.common import is_pair_schema, open_out
 from pipelines.pairs.render import default_out
 from pipelines.pairs.synth import default_synth_out
 
@@ -77,7 +77,7 @@ def pair_tables(store: Store, cfg: PairExportConfig) -> list[str]:
         ds = open_out(uri)
         if ds is None:
             raise ValueError(f"--table {uri}: no Lance dataset there; make one with `curate pairs render` or `curate pairs synth`")
-        if ds.schema.names != PAIRS_SCHEMA.names:
+        if not is_pair_schema(ds.schema.names):
             raise ValueError(f"--table {uri} is a Lance dataset but not a pair table (its columns differ from PAIRS_SCHEMA)")
     return uris
 
@@ -121,9 +121,13 @@ def _bucketed(data: bytes | None, cfg: PairExportConfig) -> dict[str, int] | str
 def pair_shard_rows(t: pa.Table, cfg: PairExportConfig, count_tokens, provenance: str) -> tuple[pa.Table, list[tuple[str, str]]]:
     """Pair-table rows -> pair-shard rows (``pair_shard_schema``) and (pair_id, reason) of pairs
     left out (``no_image``, ``unreadable_image``, ``too_small``, ``extreme_aspect``,
-    ``no_instruction``; ``source:`` marks the source image). Image bytes are copied as they are."""
+    ``no_instruction``; ``source:`` marks the source image; ``review_drop``: dropped in human
+    review, ``pipelines.pairs.review``). Image bytes are copied as they are."""
     out, excluded = [], []
     for row in t.to_pylist():
+        if row.get("review") == "drop":  # dropped in human review (``curate review apply``)
+            excluded.append((row["pair_id"], "review_drop"))
+            continue
         tgt, src = _bucketed(row["tgt_image"], cfg), _bucketed(row["src_image"], cfg)
         caps = [
             {"text": row[f"instruction_{lang}"].strip(), "kind": f"instruction_{lang}", "lang": lang}

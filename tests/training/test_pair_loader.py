@@ -12,6 +12,9 @@ counts every segment, text + source image + target image.
 
 from __future__ import annotations
 
+import json
+import math
+
 import lance
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ from typer.testing import CliRunner
 
 from curation.buckets import estimate_caption_tokens
 from tests.pipelines.test_pairs_export import make_pair_tables
-from training.loader import Loader, LoaderConfig, ShardDataset
+from training.loader import Loader, LoaderConfig, MixedLoader, ShardDataset
 
 BUDGET = 1600  # at 256 a pair is 2 x ~250 image tokens + ~12 text tokens: ~3 pairs a batch
 
@@ -94,9 +97,52 @@ def test_pair_shards_refuse_pre_encoded(pair_shards):
     assert np.array_equal(ShardDataset(pair_shards).meta().row_tokens(), ShardDataset(pair_shards).meta().image_tokens * 2)
 
 
-def test_training_refuses_pair_shards_until_omni_mode(pair_shards):
-    """The S3-DiT has no source segment yet: pair shards must not train as text-to-image on targets."""
+def test_training_inputs_for_omni_mode(pair_shards, coco_shards):
+    """Pair shards train (alone, or mixed in with --pairs) once a VAE can encode their images; the
+    two inputs must be what they claim to be."""
     from pipelines.train import TrainRunConfig, check_training_inputs
 
-    with pytest.raises(ValueError, match="editing pairs"):
+    with pytest.raises(ValueError, match="set vae_path"):
         check_training_inputs(TrainRunConfig(shards=pair_shards))
+    check_training_inputs(TrainRunConfig(shards=pair_shards, tiny_encoders=True))
+    check_training_inputs(TrainRunConfig(shards=coco_shards, pairs=pair_shards, tiny_encoders=True))
+    with pytest.raises(ValueError, match="holds single images, not pairs"):
+        check_training_inputs(TrainRunConfig(shards=coco_shards, pairs=coco_shards, tiny_encoders=True))
+    with pytest.raises(ValueError, match="holds pairs too"):
+        check_training_inputs(TrainRunConfig(shards=pair_shards, pairs=pair_shards, tiny_encoders=True))
+    with pytest.raises(ValueError, match="give them with --pairs"):
+        check_training_inputs(TrainRunConfig(shards=coco_shards, edit_ratio=0.5))
+
+
+def _mixed(coco_shards, pair_shards, seed=3) -> MixedLoader:
+    main = Loader(ShardDataset(coco_shards, LoaderConfig(token_budget=1024, weighted=False, seed=1)), num_workers=0)
+    edits = Loader(ShardDataset(pair_shards, LoaderConfig(token_budget=BUDGET, weighted=False, seed=1)), num_workers=0)
+    return MixedLoader(main, edits, 0.4, seed=seed)
+
+
+def test_mixed_loader_draws_both_kinds_and_resumes_the_same_draws(coco_shards, pair_shards):
+    mixed = _mixed(coco_shards, pair_shards)
+    kinds, state, after = [], None, []
+    for i, b in enumerate(mixed):
+        kinds.append("edit" if "sources" in b else "t2i")
+        if i == 5:
+            state = mixed.state_dict()
+        elif i > 5:
+            after.append(tuple(b["ids"]))
+    t2i = kinds.count("t2i")
+    assert t2i == len(mixed.main) and 0.2 < kinds.count("edit") / len(kinds) < 0.6, kinds
+    assert mixed.report()["edit_batch_fraction"] == round(kinds.count("edit") / len(kinds), 4)
+    again = _mixed(coco_shards, pair_shards)
+    again.load_state_dict(state)
+    assert [tuple(b["ids"]) for b in again] == after  # the same kinds in the same order, the same batches
+
+
+def test_omni_training_mixes_editing_batches_into_a_run(tmp_path, coco_shards, pair_shards, tiny_encoders):
+    from training.config import TrainConfig
+    from training.loop import train
+
+    cfg = TrainConfig(model="tiny", steps=6, lr=1e-3, log_every=3, ckpt_every=1000, sample_count=0, out_dir=str(tmp_path / "omni"))
+    res = train(cfg, _mixed(coco_shards, pair_shards), encoders=tiny_encoders, log=lambda _m: None)
+    m = [json.loads(line) for line in (tmp_path / "omni" / "metrics.jsonl").read_text().splitlines()]
+    assert res["step"] == 6 and all(math.isfinite(x["loss"]) for x in m)
+    assert 0 < m[-1]["edit_batch_fraction"] < 1, m[-1]  # both kinds of batch were trained on
