@@ -106,7 +106,8 @@ def register(app: typer.Typer) -> None:
         min_similarity: float = typer.Option(0.9, help="less similar neighbours are unrelated photos"),
         max_similarity: float = typer.Option(0.9999, help="this similar or more is a duplicate (exclusive)"),
         max_per_image: int = typer.Option(3, help="pairs an image takes part in, at most"),
-        max_per_group: int = typer.Option(20, help="pairs a group of connected neighbours yields, at most"),
+        max_per_group: int = typer.Option(20, help="pairs a group (a Leiden community of neighbours) yields, at most"),
+        groups: str = typer.Option("communities", help="groups for the cap: communities (Leiden) or components"),
         unaligned: str = typer.Option("drop", help="pairs no homography aligns: drop, or keep as global changes (global)"),
         instructor: Optional[str] = typer.Option(None, help="instruction plug-in module:function (a local captioning / VLM model)"),
         out: Optional[str] = typer.Option(None, help="the pair table (default <dataset>/_curation/pairs/mined.lance)"),
@@ -120,7 +121,8 @@ def register(app: typer.Typer) -> None:
         from pipelines.pairs import MineConfig, check_out, default_mined_out, mine_pairs, pending_mine, why_no_candidate
 
         params = {"column": column, "min_similarity": min_similarity, "max_similarity": max_similarity, "out": out}
-        params |= {"max_per_image": max_per_image, "max_per_group": max_per_group, "unaligned": unaligned, "instructor": instructor}
+        params |= {"max_per_image": max_per_image, "max_per_group": max_per_group, "groups": groups}
+        params |= {"unaligned": unaligned, "instructor": instructor}
         try:
             cfg = validate(MineConfig, params, where="command line")
         except ConfigError as e:

@@ -97,22 +97,29 @@ def canonical_pairs(src: list[str], dst: list[str], sim: np.ndarray) -> tuple[li
     return keys, np.asarray([best[k] for k in keys], np.float64)
 
 
-def _groups(pairs: list[tuple[str, str]]) -> dict[str, int]:
-    """Each id -> its connected component over the pairs (``engines.vector.graph.communities``)."""
+def _groups(pairs: list[tuple[str, str]], score: np.ndarray, method: str = "communities") -> dict[str, int]:
+    """Each id -> its group over the candidate pairs (``engines.vector.graph.communities``):
+    ``communities``: Leiden (CPM, resolution 0.5) weighted by ``score``, so two tight clusters of
+    shots joined by one chance neighbour stay two groups, each with its own cap; ``components``:
+    connected components, where such chains merge into one group that the cap then starves."""
     from engines.vector.graph import communities
 
     ids = sorted({x for p in pairs for x in p})
     pos = {x: i for i, x in enumerate(ids)}
     src = np.array([pos[a] for a, _ in pairs], np.int64)
     dst = np.array([pos[b] for _, b in pairs], np.int64)
-    return dict(zip(ids, communities(len(ids), src, dst, method="components").tolist()))
+    if method == "components":
+        labels = communities(len(ids), src, dst, method="components")
+    else:
+        labels = communities(len(ids), src, dst, np.clip(np.asarray(score, np.float64), 1e-6, None), method="leiden")
+    return dict(zip(ids, labels.tolist()))
 
 
-def cap_pairs(pairs: list[tuple[str, str]], score: np.ndarray, per_image: int, per_group: int) -> list[int]:
+def cap_pairs(pairs: list[tuple[str, str]], score: np.ndarray, per_image: int, per_group: int, groups: str = "communities") -> list[int]:
     """Indices of the pairs kept, best ``score`` first: an image takes part in at most ``per_image``
-    pairs (as source or target) and a group in at most ``per_group``, so a large cluster of shots of
-    one scene yields a few pairs, not all of its n^2. Ties break on the ids (deterministic)."""
-    group = _groups(pairs)
+    pairs (as source or target) and a group (``_groups``) in at most ``per_group``, so a large
+    cluster of shots of one scene yields a few pairs, not all of its n^2. Ties break on the ids."""
+    group = _groups(pairs, score, groups)
     order = sorted(range(len(pairs)), key=lambda i: (-float(score[i]), pairs[i]))
     per: dict[str, int] = {}
     per_g: dict[int, int] = {}

@@ -38,7 +38,10 @@ class MineConfig(PairJobConfig):
     min_similarity: float = Field(0.9, ge=-1, le=1, description="less similar neighbours are unrelated photos")
     max_similarity: float = Field(0.9999, ge=-1, le=1.0001, description="this similar or more is a duplicate (exclusive)")
     max_per_image: int = Field(3, ge=1, description="an image takes part in at most this many pairs (as source or target)")
-    max_per_group: int = Field(20, ge=1, description="a group (connected neighbours in the band) yields at most this many pairs")
+    max_per_group: int = Field(20, ge=1, description="a group (a community of neighbours in the band) yields at most this many pairs")
+    groups: Literal["communities", "components"] = Field(
+        "communities", description="groups for the cap: Leiden communities of the candidates, or their connected components"
+    )
     unaligned: Literal["drop", "global"] = Field("drop", description="pairs no homography aligns: dropped, or kept as global changes")
     min_inliers: int = Field(20, ge=4, description="fewer RANSAC inliers: the pair cannot be aligned")
     diff_threshold: int = Field(32, ge=1, le=255, description="a pixel changed when a channel differs by more (after a 5x5 blur)")
@@ -139,7 +142,7 @@ def plan_mine(ds, graph, cfg: MineConfig, existing: set[str], dropped: dict[str,
     pos = dict(zip(ids, positions, strict=True))
     ok = [i for i, (a, b) in enumerate(pairs) if a in pos and b in pos]
     pairs, sim = [pairs[i] for i in ok], sim[ok]
-    keep = cap_pairs(pairs, sim, cfg.max_per_image, cfg.max_per_group)
+    keep = cap_pairs(pairs, sim, cfg.max_per_image, cfg.max_per_group, cfg.groups)
     info = {"candidates": len(pairs), "capped": len(pairs) - len(keep)}
     todo, decided = [], 0
     for i in keep:

@@ -169,6 +169,11 @@ def test_the_cap_holds(mined):
     assert 1 <= sum(1 for k in map(_key, pairs) if k <= group) <= CAP_GROUP  # 6 candidates in the group
     ids = [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("x", "y")]
     assert cap_pairs(ids, np.array([0.9, 0.8, 0.7, 0.6, 0.5]), 2, 2) == [0, 1, 4]
+    # two tight scenes joined by one chance neighbour: two communities, each with its own cap
+    two = [("a", "b"), ("a", "c"), ("b", "c"), ("d", "e"), ("d", "f"), ("e", "f"), ("c", "d")]
+    sims = np.array([0.98, 0.97, 0.96, 0.98, 0.97, 0.96, 0.91])
+    assert cap_pairs(two, sims, 5, 2) == [0, 1, 3, 4]
+    assert cap_pairs(two, sims, 5, 2, groups="components") == [0, 3]  # one chained group: 2 pairs in all
     assert caption_difference("a dog on grass", "a dog on grass") == 0.0 and caption_difference("x", None) is None
     assert callable(load_instructor("json:dumps"))  # the plug-in interface loads a callable, and refuses anything else
     for bad in ("json", "json:nope", "no_such_module_x:f", "json:__doc__"):
