@@ -109,7 +109,10 @@ def register(app: typer.Typer) -> None:
         max_per_group: int = typer.Option(20, help="pairs a group (a Leiden community of neighbours) yields, at most"),
         groups: str = typer.Option("communities", help="groups for the cap: communities (Leiden) or components"),
         unaligned: str = typer.Option("drop", help="pairs no homography aligns: drop, or keep as global changes (global)"),
-        instructor: Optional[str] = typer.Option(None, help="instruction plug-in module:function (a local captioning / VLM model)"),
+        instructor: Optional[str] = typer.Option(
+            None, help="instruction plug-in module:function, e.g. engines.pairs.instruct:blip (a local captioning / VLM model)"
+        ),
+        instructor_model: Optional[str] = typer.Option(None, help="local model folder handed to the plug-in (e.g. a BLIP captioner)"),
         out: Optional[str] = typer.Option(None, help="the pair table (default <dataset>/_curation/pairs/mined.lance)"),
         address: Optional[str] = AddressOpt,
     ):
@@ -122,7 +125,7 @@ def register(app: typer.Typer) -> None:
 
         params = {"column": column, "min_similarity": min_similarity, "max_similarity": max_similarity, "out": out}
         params |= {"max_per_image": max_per_image, "max_per_group": max_per_group, "groups": groups}
-        params |= {"unaligned": unaligned, "instructor": instructor}
+        params |= {"unaligned": unaligned, "instructor": instructor, "instructor_model": instructor_model}
         try:
             cfg = validate(MineConfig, params, where="command line")
         except ConfigError as e:

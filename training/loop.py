@@ -14,7 +14,13 @@ Checkpoints (``<out>/checkpoints/step_XXXXXXXX/``) hold ``model.safetensors`` an
 ``ema.safetensors`` in the released layout (they load with ``training.model.load_safetensors``),
 ``trainer.pt`` (optimizer, schedule, step, sample prompts) and ``rank_<r>.pt`` (that rank's random
 generator and loader state). Resuming restores all of them, so a resumed run continues the same
-loss curve step for step. LoRA runs (``lora_rank``) freeze the base and checkpoint only the
+loss curve step for step. FSDP2 full fine-tunes write no gathered state: every rank writes its own
+shards of model, optimizer and EMA to ``dcp/`` (``torch.distributed.checkpoint``, see
+``training.dist_ckpt``), ``trainer.pt`` keeps the schedule and step, and the released-layout
+``model.safetensors`` / ``ema.safetensors`` are consolidated from those shards only in the final
+checkpoint (``dist_ckpt.export_safetensors`` does it for any other). A ``dcp/`` checkpoint resumes on
+any number of ranks, FSDP2, DDP or one process (resharded on load); ``init_from`` under FSDP2 is
+read straight into each rank's shards of a meta-device model. LoRA runs (``lora_rank``) freeze the base and checkpoint only the
 adapters, ``adapter.safetensors`` / ``ema_adapter.safetensors`` in diffusers' LoRA format
 (``training.lora``), instead of the model files; the base is re-read from ``init_from`` on resume. Metrics go to ``<out>/metrics.jsonl`` and the console; sample images to
 ``<out>/samples/``.
@@ -31,11 +37,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from training import dist_ckpt
 from training.config import TrainConfig
 from training.flow import TBins, TimeShift, euler_sample, flow_loss, sample_t
 from training.lora import adapter_state, apply_lora, load_adapter, save_adapter, set_adapter
@@ -176,9 +184,25 @@ def _load_optim(model, opt, state: dict, use_fsdp: bool) -> None:
     if use_fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        state = _by_name(model, opt, state)
         set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
     else:
         opt.load_state_dict(state)
+
+
+def _by_name(model, opt, state: dict) -> dict:
+    """A full optimizer state keyed by parameter name, as ``set_optimizer_state_dict`` wants it. A
+    single-process or DDP checkpoint holds ``opt.state_dict()``, keyed by index in the groups'
+    order; this run's optimizer has the same groups (``_optimizer``), so index i is its i-th param."""
+    if not any(isinstance(k, int) for k in state["state"]):
+        return state
+    names = {id(p): n.removeprefix("module.") for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    saved = [i for g in state["param_groups"] for i in g["params"]]
+    if len(saved) != len(order):
+        raise ValueError(f"the checkpoint's optimizer has {len(saved)} parameters, this model {len(order)}: not the same model")
+    groups = [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {order[i]: v for i, v in state["state"].items()}, "param_groups": groups}
 
 
 class EMA:
@@ -198,7 +222,27 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))  # warm-up: early averages are not stuck at init
         torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shadows by parameter name as they are held: this rank's DTensor shards under FSDP2
+        (what ``training.dist_ckpt`` saves without any gather), whole tensors otherwise."""
+        return dict(zip(self.names, self.shadow))
+
+    @torch.no_grad()
+    def load_shards(self, state: dict[str, torch.Tensor]) -> None:
+        """Shadows from tensors already in this layout (what ``dcp.load`` filled in place)."""
+        for n, e in zip(self.names, self.shadow):
+            if state[n] is not e:
+                e.copy_(state[n])
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Restart the average from the current weights (a checkpoint without an EMA)."""
+        for e, p in zip(self.shadow, self.params):
+            e.copy_(p.detach().float())
+
     def full(self) -> dict[str, torch.Tensor]:
+        """Every shadow whole on the CPU: a collective gather under FSDP2, so only for what is small
+        (a LoRA run's adapters) or unsharded; FSDP2 full fine-tunes save ``state_dict()`` via DCP."""
         out = {}
         for n, e in zip(self.names, self.shadow):
             t = e.full_tensor() if hasattr(e, "full_tensor") else e
@@ -236,15 +280,10 @@ def _save_checkpoint(run: _Run, step: int, extra: dict) -> Path:
     """Write ``step_XXXXXXXX/`` through a ``.tmp`` folder (every rank must call: collectives)."""
     root = run.out / "checkpoints"
     final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
-    # collectives: every rank calls these
-    model_sd = _adapter_full(run.raw) if run.cfg.lora_rank else _full_state(run.model, run.raw, run.use_fsdp)
-    optim_sd = _full_optim(run.model, run.opt, run.use_fsdp)
-    ema_sd = run.ema.full() if run.ema else None
-    if run.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _write_weights(run.cfg, tmp, model_sd, ema_sd)
-        torch.save({"optimizer": optim_sd, "scheduler": run.sched.state_dict(), **extra}, tmp / "trainer.pt.part")
+    if _sharded_ckpt(run):
+        _save_sharded(run, tmp, step, extra)
+    else:
+        _save_full(run, tmp, extra)
     _barrier()
     digest = None if run.use_fsdp else param_digest(run.raw)
     _check_replicas(digest, step)
@@ -261,6 +300,41 @@ def _save_checkpoint(run: _Run, step: int, extra: dict) -> Path:
         _publish_checkpoint(tmp, final, run.cfg.keep_ckpts)
     _barrier()
     return final
+
+
+def _sharded_ckpt(run: _Run) -> bool:
+    """FSDP2 full fine-tunes checkpoint through DCP, each rank its shards; LoRA runs gather their
+    (small) adapters, DDP and single-process runs write the full state from rank 0."""
+    return run.use_fsdp and not run.cfg.lora_rank
+
+
+def _save_full(run: _Run, tmp: Path, extra: dict) -> None:
+    """Rank 0 writes the full weights, EMA and optimizer (gathered first under FSDP2: a LoRA run)."""
+    # collectives: every rank calls these
+    model_sd = _adapter_full(run.raw) if run.cfg.lora_rank else _full_state(run.model, run.raw, run.use_fsdp)
+    optim_sd = _full_optim(run.model, run.opt, run.use_fsdp)
+    ema_sd = run.ema.full() if run.ema else None
+    if run.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _write_weights(run.cfg, tmp, model_sd, ema_sd)
+        torch.save({"optimizer": optim_sd, "scheduler": run.sched.state_dict(), **extra}, tmp / "trainer.pt.part")
+
+
+def _save_sharded(run: _Run, tmp: Path, step: int, extra: dict) -> None:
+    """Every rank writes its shards of model, optimizer and EMA to ``tmp/dcp/`` (no gather). At the
+    last step rank 0 also consolidates them from disk into the released-layout ``model.safetensors``
+    / ``ema.safetensors`` for export (one full fp32 copy in rank 0's host memory, once per run)."""
+    if run.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    dist_ckpt.save(tmp / dist_ckpt.DCP_DIR, run.model, run.opt, run.ema)  # collective
+    if run.rank == 0:
+        if step == run.cfg.steps:
+            dist_ckpt.export_safetensors(tmp / dist_ckpt.DCP_DIR, tmp)
+        state = {"optimizer": None, "state": dist_ckpt.DCP_DIR, "scheduler": run.sched.state_dict(), **extra}
+        torch.save(state, tmp / "trainer.pt.part")
 
 
 def _adapter_full(raw: S3DiT) -> dict[str, torch.Tensor]:
@@ -390,6 +464,16 @@ def _to_inputs(batch: dict, encoders, device, cap_dim: int) -> tuple[list[torch.
     # non_blocking: a host-to-device copy from pageable memory is staged at once, without waiting
     # for the steps still queued on the GPU (a blocking copy synchronises the stream)
     return [x.to(device, non_blocking=True) for x in lat], [f.to(device, non_blocking=True) for f in feats], captions
+
+
+def _sources(batch: dict, encoders, device) -> list[torch.Tensor] | None:
+    """An editing batch's source latents (omni mode: ``S3DiT.forward(sources=...)``), None for a
+    text-to-image batch. Pair shards hold images only, so sources are always encoded here."""
+    if "sources" not in batch:
+        return None
+    if encoders is None or encoders.vae is None:
+        raise ValueError("editing batches carry source images but no VAE is configured: set vae_path (or tiny_encoders)")
+    return [x.to(device, non_blocking=True) for x in encoders.vae.encode(batch["sources"])]
 
 
 def _null_caption(cap_dim: int, device) -> torch.Tensor:
@@ -542,10 +626,8 @@ def _setup(cfg: TrainConfig, data: Iterable[dict], *, encoders, device, log) -> 
         encoders = LazyEncoders(cfg, device, torch.bfloat16 if bf16 else torch.float32)
     mcfg = model_config(cfg)
     ckpt = latest_checkpoint(out) if cfg.resume else None
-    raw = _build_model(cfg, mcfg, ckpt, device, bf16=bf16)
+    raw, model, use_fsdp = _build_wrapped(cfg, mcfg, ckpt, device, bf16, world)
     n_params = param_count(raw)
-    use_fsdp = world > 1 and (cfg.fsdp == "on" or (cfg.fsdp == "auto" and n_params > 1e9))
-    model = _wrap(raw, use_fsdp, device, bf16) if world > 1 else raw
     if cfg.compile:
         for blk in raw.blocks():
             blk.compile(dynamic=True)
@@ -583,6 +665,51 @@ def _setup(cfg: TrainConfig, data: Iterable[dict], *, encoders, device, log) -> 
     )
 
 
+def _fsdp_on(cfg: TrainConfig, world: int, n_params: int) -> bool:
+    return world > 1 and (cfg.fsdp == "on" or (cfg.fsdp == "auto" and n_params > 1e9))
+
+
+def _build_wrapped(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device, bf16: bool, world: int):
+    """(model, its DDP / FSDP2 wrapper or itself, whether FSDP2). A full fine-tune under FSDP2 is
+    sharded before any weight is read (``_build_sharded``); the rest is built whole, then wrapped."""
+    if not cfg.lora_rank:
+        with torch.device("meta"):
+            use_fsdp = _fsdp_on(cfg, world, param_count(S3DiT(mcfg)))  # counted without allocating
+        if use_fsdp:
+            raw = _build_sharded(cfg, mcfg, ckpt, device, bf16)
+            return raw, raw, True
+    raw = _build_model(cfg, mcfg, ckpt, device, bf16=bf16)
+    use_fsdp = _fsdp_on(cfg, world, param_count(raw))
+    return raw, (_wrap(raw, use_fsdp, device, bf16) if world > 1 else raw), use_fsdp
+
+
+def _build_sharded(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device, bf16: bool) -> S3DiT:
+    """An FSDP2-sharded model whose ranks hold only their shards of the weights, in fp32.
+
+    Weights from a file (``init_from``, or an older checkpoint's ``model.safetensors``) and from a
+    DCP checkpoint never pass through a full copy: the model is built on the meta device,
+    ``fully_shard``-ed, ``to_empty``-ed, then each rank reads its rows of each tensor
+    (``dist_ckpt.load_file_into_shards``; a DCP checkpoint is read in ``_resume``). A random init is
+    built whole on the CPU generator and then sharded, as before: the same weights on every rank
+    and device (it holds the full model once per rank, like DDP)."""
+    torch.manual_seed(cfg.seed)
+    source = None if dist_ckpt.is_dcp(ckpt) else ckpt / "model.safetensors" if ckpt is not None else cfg.init_from
+    if ckpt is not None and source is not None and not Path(source).exists():
+        raise ValueError(f"{ckpt} holds LoRA adapters, not a model: resume it with its lora_rank, or use another out_dir")
+    if source is None and ckpt is None:
+        raw = S3DiT(mcfg).to(device)
+        _wrap(raw, True, device, bf16)
+    else:
+        with torch.device("meta"):
+            raw = S3DiT(mcfg)
+        _wrap(raw, True, device, bf16)
+        raw.to_empty(device=device)
+        if source is not None:
+            dist_ckpt.load_file_into_shards(raw, source)
+    raw.gradient_checkpointing = grad_checkpointing(cfg, param_count(raw))
+    return raw
+
+
 GRAD_CHECKPOINT_AUTO_PARAMS = 1e9
 """``grad_checkpoint: null`` (auto) turns activation checkpointing on from this many parameters (and for
 the ``6b`` config): without it a block saves about 373 KiB of activations per token at the 6B size, so a
@@ -606,6 +733,12 @@ def _build_model(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device:
     torch.manual_seed(cfg.seed)
     if cfg.lora_rank:
         return _build_lora_model(cfg, mcfg, ckpt, device, bf16)
+    if dist_ckpt.is_dcp(ckpt):  # an FSDP2 run's shards, resumed here on another layout: read in _resume
+        with torch.device("meta"):
+            raw = S3DiT(mcfg)
+        raw.to_empty(device=device)
+        raw.gradient_checkpointing = grad_checkpointing(cfg, param_count(raw))
+        return raw
     if ckpt is not None and not (ckpt / "model.safetensors").exists():
         raise ValueError(f"{ckpt} holds LoRA adapters, not a model: resume it with its lora_rank, or use another out_dir")
     if ckpt is not None and cfg.init_from:  # the checkpoint supersedes init_from: read only it
@@ -685,9 +818,12 @@ def _resume(run: _Run) -> tuple[int, int, dict | None]:
             run.data.set_epoch(0)
         return 0, 0, None
     tr = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
-    _load_optim(run.model, run.opt, tr["optimizer"], run.use_fsdp)
+    if dist_ckpt.is_dcp(ckpt) and not run.cfg.lora_rank:
+        _resume_sharded(run, ckpt / dist_ckpt.DCP_DIR)
+    else:
+        _load_optim(run.model, run.opt, tr["optimizer"], run.use_fsdp)
+        _resume_ema(run, ckpt)
     run.sched.load_state_dict(tr["scheduler"])
-    _resume_ema(run, ckpt)
     rs = ckpt / f"rank_{run.rank}.pt"
     if rs.exists():
         st = torch.load(rs, map_location="cpu", weights_only=False)
@@ -699,6 +835,14 @@ def _resume(run: _Run) -> tuple[int, int, dict | None]:
     if run.rank == 0:
         run.log(f"resumed from {ckpt} at step {tr['step']}")
     return tr["step"], tr["epoch"], tr.get("sample_conds")
+
+
+def _resume_sharded(run: _Run, folder: Path) -> None:
+    """Weights, optimizer and EMA from a DCP folder, resharded onto this run's layout (FSDP2 on any
+    number of ranks, DDP, or one process): each rank reads what it holds, nothing is gathered."""
+    dist_ckpt.load_model(folder, run.model)
+    if not dist_ckpt.load_optim_ema(folder, run.model, run.opt, run.ema) and run.ema is not None:
+        run.ema.reset()  # saved without an EMA: restart the average from the loaded weights
 
 
 def _resume_ema(run: _Run, ckpt: Path) -> None:
@@ -740,10 +884,13 @@ def _train_step(run: _Run, prog: _Progress, batch: dict) -> None:
         prog.sample_conds = {"shapes": [tuple(x.shape) for x in lat[:k]], "feats": [f.cpu() for f in feats[:k]], "captions": caps[:k]}
     if cfg.caption_dropout > 0:
         feats = [run.null if d else f for f, d in zip(feats, _caption_drop(gen, len(feats), cfg.caption_dropout))]
+    src = _sources(batch, run.encoders, run.device)
     n_tok = [x.shape[-2] * x.shape[-1] // mcfg.patch_size**2 for x in lat]
     t = sample_t(torch.tensor(n_tok).to(run.device, non_blocking=True), gen, cfg.t_mean, cfg.t_std, run.train_shift)
-    with run.autocast:
-        loss, per = flow_loss(run.model, lat, feats, t, gen)
+    with run.autocast:  # an editing batch: the source latents join each sample's sequence (omni mode)
+        loss, per = flow_loss(run.model if src is None else partial(run.model, sources=src), lat, feats, t, gen)
+    if src is not None:  # the source's tokens are computed too: they count in tokens/s and MFU
+        n_tok = [n + z.shape[-2] * z.shape[-1] // mcfg.patch_size**2 for n, z in zip(n_tok, src)]
     loss.backward()
     gnorm = _optimizer_step(run, prog.step)
     prog.step += 1
@@ -888,6 +1035,8 @@ def _log_window(run: _Run, prog: _Progress) -> dict:
     if hasattr(run.data, "report"):
         rep = run.data.report()
         m["padded_token_fraction"] = rep.get("padded_token_fraction")
+        if "edit_batch_fraction" in rep:  # omni: the share of editing batches so far
+            m["edit_batch_fraction"] = rep["edit_batch_fraction"]
     tbins.reset()
     return m
 

@@ -244,12 +244,15 @@ def _words(text: str) -> set[str]:
     return out
 
 
-def load_instructor(spec: str):
+def load_instructor(spec: str, model: str | None = None):
     """The instruction plug-in ``module:function``: called as ``f(source_rgb, target_rgb,
     source_caption, target_caption, score)`` and returning ``(instruction_en, instruction_zh)``
-    (either may be None). A local captioning or vision-language model goes behind it; none ships
-    offline, so without one mined pairs carry no instruction."""
+    (either may be None). A local captioning or vision-language model goes behind it
+    (``engines.pairs.instruct:blip`` wraps a BLIP captioner); ``model``, a local folder, is passed
+    to it as the keyword ``model`` (set in the job's config, so every Ray worker gets it). Without
+    a plug-in, mined pairs carry no instruction."""
     import importlib
+    from functools import partial
 
     mod, _, name = spec.partition(":")
     if not mod or not name:
@@ -260,4 +263,4 @@ def load_instructor(spec: str):
         raise ValueError(f"instructor {spec!r} cannot be loaded: {e}") from None
     if not callable(fn):
         raise ValueError(f"instructor {spec!r} is not callable")
-    return fn
+    return partial(fn, model=model) if model else fn

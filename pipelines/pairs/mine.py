@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -48,6 +49,16 @@ class MineConfig(PairJobConfig):
     min_changed: float = Field(0.002, ge=0, lt=1, description="less changed area is a near duplicate: dropped (no_change)")
     global_fraction: float = Field(0.4, gt=0, le=1, description="this much changed area or more is a global change")
     instructor: str | None = Field(None, description="instruction plug-in `module:function` (a local captioning / VLM model)")
+    instructor_model: str | None = Field(None, description="local model folder handed to the plug-in as `model=`")
+
+    @field_validator("instructor_model")
+    @classmethod
+    def _model_folder(cls, v: str | None, info) -> str | None:
+        if v is not None and not info.data.get("instructor"):
+            raise ValueError("instructor_model is handed to an instruction plug-in: give --instructor too")
+        if v is not None and "://" not in v and not Path(v).is_dir():
+            raise ValueError(f"instructor_model {v!r} is not a folder (a local model saved with save_pretrained)")
+        return v
 
     @field_validator("max_similarity")
     @classmethod
@@ -186,7 +197,7 @@ class _MineWorker(PairWorker):
         from engines.pairs.mine import load_instructor
 
         super().__init__(*args, **kw)
-        self.instructor = load_instructor(self.cfg.instructor) if self.cfg.instructor else None
+        self.instructor = load_instructor(self.cfg.instructor, self.cfg.instructor_model) if self.cfg.instructor else None
 
     def _unit(self, pairs: list[dict]) -> tuple[pa.Table, Counter]:
         counters: Counter = Counter()
