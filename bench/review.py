@@ -39,35 +39,35 @@ sys.path.insert(0, str(ROOT))
 PASSWORD = "bench-password-1"
 
 
+def make_item(i: int, rng: random.Random) -> dict:
+    """Queue entry i of the bench (payload shaped like ``mine``'s, ~600 bytes); ``rng`` draws its priority."""
+    rid = f"{i:024x}"
+    return {
+        "row_id": rid,
+        "priority": rng.random(),
+        "needed": 2 if i % 10 == 0 else 1,
+        "payload": {
+            "row_id": rid,
+            "pos": i,
+            "version": 1,
+            "caption": f"a photo of item {i} on a table",
+            "signals": {"prof_quality": 0.44, "prof_clip_sim": 0.21, "prof_aesthetic": 4.6},
+            "hard_reasons": ["near threshold: prof_quality=0.44 vs >= 0.45"],
+            "pseudo": {"decision": "drop", "reasons": ["low overall quality"], "caption_fix": None, "tags": ["photo", "table"]},
+            "verifier": {"verdict": "keep", "p_keep": 0.61, "method": "signal_consensus", "why": "mean margin +0.2 IQR"},
+            "neighbours": [{"row_id": f"{i + 1:024x}", "pos": i + 1, "sim": 0.9, "caption": "x"}],
+            "concept": "table",
+            "quality_bin": 1,
+        },
+    }
+
+
 def queue_items(db, n: int, chunk: int = 50_000) -> float:
     """Queue n items with payloads shaped like ``mine``'s (~600 bytes each)."""
     rng = random.Random(0)
     t0 = time.perf_counter()
     for start in range(0, n, chunk):
-        items = []
-        for i in range(start, min(n, start + chunk)):
-            rid = f"{i:024x}"
-            items.append(
-                {
-                    "row_id": rid,
-                    "priority": rng.random(),
-                    "needed": 2 if i % 10 == 0 else 1,
-                    "payload": {
-                        "row_id": rid,
-                        "pos": i,
-                        "version": 1,
-                        "caption": f"a photo of item {i} on a table",
-                        "signals": {"prof_quality": 0.44, "prof_clip_sim": 0.21, "prof_aesthetic": 4.6},
-                        "hard_reasons": ["near threshold: prof_quality=0.44 vs >= 0.45"],
-                        "pseudo": {"decision": "drop", "reasons": ["low overall quality"], "caption_fix": None, "tags": ["photo", "table"]},
-                        "verifier": {"verdict": "keep", "p_keep": 0.61, "method": "signal_consensus", "why": "mean margin +0.2 IQR"},
-                        "neighbours": [{"row_id": f"{i + 1:024x}", "pos": i + 1, "sim": 0.9, "caption": "x"}],
-                        "concept": "table",
-                        "quality_bin": 1,
-                    },
-                }
-            )
-        db.enqueue(items, "bench")
+        db.enqueue([make_item(i, rng) for i in range(start, min(n, start + chunk))], "bench")
         print(f"  queued {min(n, start + chunk):,}/{n:,}", end="\r", flush=True)
     print()
     return time.perf_counter() - t0
@@ -168,6 +168,69 @@ def pct(xs, q) -> float:
     return float(np.percentile(np.array(xs) * 1000, q)) if xs else float("nan")
 
 
+def prepare_queue(work: Path, n: int, users: list[str], reuse: bool = False) -> dict:
+    """A review database with n items queued and the bench's users in ``work`` (or the one already
+    there with ``reuse``). Returns its path, open items, size on disk and queueing time."""
+    from curation.reviewdb import ReviewDB
+
+    dbfile = work / "review.sqlite"
+    if reuse and dbfile.exists():
+        db = ReviewDB(dbfile)
+        t_queue = float("nan")
+        open_now = db.counters()["items_open"]
+        print(f"reusing {dbfile}: {open_now:,} items open")
+    else:
+        for old in work.glob("review.sqlite*"):
+            old.unlink()
+        print(f"queueing {n:,} items in {dbfile}")
+        db = ReviewDB(dbfile)
+        t_queue = queue_items(db, n)
+        for u in users:
+            db.add_user(u, PASSWORD)
+    open_items = db.counters()["items_open"]
+    db.close()
+    size_mb = sum(p.stat().st_size for p in work.glob("review.sqlite*")) / 1e6
+    return {"db": dbfile, "open": open_items, "size_mb": size_mb, "t_queue": t_queue}
+
+
+def start_server(dbfile: Path, threads: int = 40, plain: bool = False) -> tuple[subprocess.Popen, str]:
+    """The real app under uvicorn in its own process on a free loopback port, once healthy."""
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SERVER.format(
+                root=str(ROOT),
+                db=str(dbfile),
+                port=port,
+                threads=threads,
+                http="h11" if plain else "auto",
+                loop="asyncio" if plain else "auto",
+            ),
+        ]
+    )
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, base
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=1_000_000)
@@ -187,61 +250,20 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from curation.reviewdb import ReviewDB
-
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench-review-"))
-    dbfile = work / "review.sqlite"
     users = [f"ann{i:03d}" for i in range(args.annotators)]
-    if args.reuse and dbfile.exists():
-        db = ReviewDB(dbfile)
-        t_queue = float("nan")
-        open_now = db.counters()["items_open"]
-        print(f"reusing {dbfile}: {open_now:,} items open")
-    else:
-        for old in work.glob("review.sqlite*"):
-            old.unlink()
-        print(f"queueing {args.items:,} items in {dbfile}")
-        db = ReviewDB(dbfile)
-        t_queue = queue_items(db, args.items)
-        for u in users:
-            db.add_user(u, PASSWORD)
-    open_items = db.counters()["items_open"]
-    db.close()
-    size_mb = sum(p.stat().st_size for p in work.glob("review.sqlite*")) / 1e6
+    q = prepare_queue(work, args.items, users, args.reuse)
+    open_items, size_mb, t_queue = q["open"], q["size_mb"], q["t_queue"]
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            SERVER.format(
-                root=str(ROOT),
-                db=str(dbfile),
-                port=port,
-                threads=args.threads,
-                http="h11" if args.plain else "auto",
-                loop="asyncio" if args.plain else "auto",
-            ),
-        ]
-    )
+    proc, base = start_server(q["db"], args.threads, args.plain)
     try:
-        import httpx
-
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         results = {}
         start = ", all starting at once" if args.together else ""
         for name, think in [(f"think {args.think:g} s{start}", args.think), ("no think time (stress)", 0.0)]:
             print(f"load: {args.annotators} annotators, {name}, {args.seconds:g} s")
             results[name] = asyncio.run(run_load(base, users, args.seconds, think, proc.pid, args.together))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_server(proc)
 
     print()
     print(
