@@ -35,3 +35,28 @@ def coco_small(coco_dir):
 def coco_shards(tmp_path_factory, coco_sample_rows) -> str:
     """80 COCO photos at 256: 4 fragments, weight 1, five human captions each."""
     return write_shards(coco_sample_rows, tmp_path_factory.mktemp("shards") / "coco-256.lance")
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory) -> str:
+    """The demo corpus (``curate demo-data``: 127 real photos, crops, degraded and rendered-text
+    images, captions in several kinds and both languages) as 512 px training shards, built here
+    without Ray so the tests need no ``make demo``. Export's own exclusions (too small, extreme
+    aspect) apply as in the job."""
+    import lance
+
+    from democorpus.corpus import build_corpus
+    from pipelines.export import ExportConfig, resolve_roles, shard_rows
+    from tests.helpers import sample_row, samples_table
+
+    rows = []
+    for it in build_corpus(0, ("folder",)).items:
+        row = sample_row(it.image, "demo", it.id)
+        row["captions"] = [{"text": c["text"], "kind": c.get("kind"), "lang": c.get("lang")} for c in it.captions]
+        rows.append(row)
+    src = samples_table(rows)
+    uri = str(tmp_path_factory.mktemp("demo-shards") / "demo-512.lance")
+    cfg = ExportConfig(out=uri, resolution=512)
+    table, _excluded = shard_rows(src, cfg, resolve_roles(src.schema, cfg))
+    lance.write_dataset(table, uri, max_rows_per_file=40)
+    return uri

@@ -5,7 +5,6 @@ step with packing gives the padded path's loss."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ from training.loader import Loader, LoaderConfig, ShardDataset, ShardMeta, plan_
 from training.loop import BatchList, TrainConfig, train
 from training.model import S3DiT, make_layout, tiny
 from training.packing import pack_layout
-
-DEMO_SHARDS = Path(__file__).resolve().parents[2] / "demo" / "shards"
 
 
 def _inputs(seed=0):
@@ -165,11 +162,7 @@ def _caption_tokens(plan, meta: ShardMeta) -> np.ndarray:
 
 
 def _shards(request) -> str:
-    if request.param == "demo":
-        if not (DEMO_SHARDS / "_versions").exists():
-            pytest.skip("demo/shards not built here (make demo)")
-        return str(DEMO_SHARDS)
-    return request.getfixturevalue("coco_shards")
+    return request.getfixturevalue("demo_shards" if request.param == "demo" else "coco_shards")
 
 
 @pytest.fixture(params=["coco", "demo"])
