@@ -875,16 +875,29 @@ def _next_batch(run: _Run, prog: _Progress) -> dict:
     return batch
 
 
+def _record_sample_conds(prog: _Progress, count: int, lat, feats, caps, src) -> None:
+    """The prompts the periodic samples use, from the first batch of each kind: text-to-image at
+    the top level of ``prog.sample_conds`` (as checkpoints have always stored it), editing under
+    ``"edit"`` with its source latents. The mixed loader draws the same kinds on every rank, so
+    under FSDP every rank samples the same kinds (its forward passes are collective)."""
+    k = min(count, len(lat))
+    conds = {"shapes": [tuple(x.shape) for x in lat[:k]], "feats": [f.cpu() for f in feats[:k]], "captions": caps[:k]}
+    have = prog.sample_conds or {}
+    if src is None and "shapes" not in have:
+        prog.sample_conds = {**have, **conds}
+    elif src is not None and "edit" not in have:
+        prog.sample_conds = {**have, "edit": {**conds, "sources": [z.cpu() for z in src[:k]]}}
+
+
 def _train_step(run: _Run, prog: _Progress, batch: dict) -> None:
     """One optimizer step on ``batch``; its loss and sizes join the log window."""
     cfg, mcfg, gen = run.cfg, run.mcfg, run.gen
     lat, feats, caps = _to_inputs(batch, run.encoders, run.device, mcfg.cap_feat_dim)
-    if prog.sample_conds is None and cfg.sample_count:
-        k = min(cfg.sample_count, len(lat))
-        prog.sample_conds = {"shapes": [tuple(x.shape) for x in lat[:k]], "feats": [f.cpu() for f in feats[:k]], "captions": caps[:k]}
+    src = _sources(batch, run.encoders, run.device)
+    if cfg.sample_count:
+        _record_sample_conds(prog, cfg.sample_count, lat, feats, caps, src)
     if cfg.caption_dropout > 0:
         feats = [run.null if d else f for f, d in zip(feats, _caption_drop(gen, len(feats), cfg.caption_dropout))]
-    src = _sources(batch, run.encoders, run.device)
     n_tok = [x.shape[-2] * x.shape[-1] // mcfg.patch_size**2 for x in lat]
     t = sample_t(torch.tensor(n_tok).to(run.device, non_blocking=True), gen, cfg.t_mean, cfg.t_std, run.train_shift)
     with run.autocast:  # an editing batch: the source latents join each sample's sequence (omni mode)
@@ -969,7 +982,10 @@ def _after_step(run: _Run, prog: _Progress, report: Callable[[dict], None] | Non
         prog.excluded += _clock(run.device) - t0
     if prog.sample_conds and ((cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.steps):
         t0 = _clock(run.device)
-        _sample(run, prog.sample_conds, run.out / "samples" / f"step_{step:08d}.png")
+        if "shapes" in prog.sample_conds:
+            _sample(run, prog.sample_conds, run.out / "samples" / f"step_{step:08d}.png")
+        if "edit" in prog.sample_conds:  # omni: source | edited result, side by side
+            _sample(run, prog.sample_conds["edit"], run.out / "samples" / f"step_{step:08d}-edit.png")
         run.model.train()
         prog.excluded += _clock(run.device) - t0
 
@@ -1098,17 +1114,22 @@ def format_metrics(m: dict, total: int) -> str:
 
 
 def _sample(run: _Run, conds: dict, path: Path) -> None:
-    """Euler + CFG from fixed noise for the saved sample prompts; rank 0 writes a PNG grid.
-    Under FSDP every rank runs the forward (parameters are gathered collectively)."""
+    """Euler + CFG from fixed noise for the saved sample prompts; rank 0 writes a PNG grid (for
+    editing prompts, each source next to its edited result). Under FSDP every rank runs the
+    forward (parameters are gathered collectively)."""
     if run.rank != 0 and not run.use_fsdp:
         return
     run.raw.eval()
     g = torch.Generator("cpu").manual_seed(run.cfg.seed)
     noise = [torch.randn(s, generator=g).to(run.device) for s in conds["shapes"]]
     feats = [f.to(run.device) for f in conds["feats"]]
+    srcs = [z.to(run.device) for z in conds.get("sources") or []]
+    model = run.raw
+    if srcs:  # the conditional and the unconditional (guidance) halves both see the source
+        model = partial(run.raw, sources=srcs * 2 if run.cfg.sample_guidance > 0 else srcs)
     with run.autocast:
         lat = euler_sample(
-            run.raw,
+            model,
             noise,
             feats,
             [run.null] * len(feats),
@@ -1119,5 +1140,12 @@ def _sample(run: _Run, conds: dict, path: Path) -> None:
         )
     if run.rank == 0:
         encoders = run.encoders
-        imgs = encoders.vae.decode(lat) if encoders is not None and encoders.vae is not None else [_latent_preview(z) for z in lat]
+        decode = (
+            (lambda zs: encoders.vae.decode(zs))
+            if encoders is not None and encoders.vae is not None
+            else (lambda zs: [_latent_preview(z) for z in zs])
+        )
+        imgs = decode(lat)
+        if srcs:
+            imgs = [im for pair in zip(decode(srcs), imgs) for im in pair]
         _save_samples(path, imgs, conds["captions"])

@@ -141,8 +141,16 @@ def test_omni_training_mixes_editing_batches_into_a_run(tmp_path, coco_shards, p
     from training.config import TrainConfig
     from training.loop import train
 
-    cfg = TrainConfig(model="tiny", steps=6, lr=1e-3, log_every=3, ckpt_every=1000, sample_count=0, out_dir=str(tmp_path / "omni"))
+    cfg = TrainConfig(
+        model="tiny", steps=6, lr=1e-3, log_every=3, ckpt_every=1000, sample_count=2, sample_steps=2, out_dir=str(tmp_path / "omni")
+    )
     res = train(cfg, _mixed(coco_shards, pair_shards), encoders=tiny_encoders, log=lambda _m: None)
     m = [json.loads(line) for line in (tmp_path / "omni" / "metrics.jsonl").read_text().splitlines()]
     assert res["step"] == 6 and all(math.isfinite(x["loss"]) for x in m)
     assert 0 < m[-1]["edit_batch_fraction"] < 1, m[-1]  # both kinds of batch were trained on
+    from PIL import Image
+
+    t2i, edit = tmp_path / "omni" / "samples" / "step_00000006.png", tmp_path / "omni" / "samples" / "step_00000006-edit.png"
+    assert Image.open(t2i).width > 0
+    caps = json.loads(edit.with_suffix(".json").read_text())["captions"]
+    assert len(caps) == 2 and Image.open(edit).width > Image.open(t2i).width  # each edit shows its source beside it
