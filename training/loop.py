@@ -689,16 +689,14 @@ def _build_sharded(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, devic
     Weights from a file (``init_from``, or an older checkpoint's ``model.safetensors``) and from a
     DCP checkpoint never pass through a full copy: the model is built on the meta device,
     ``fully_shard``-ed, ``to_empty``-ed, then each rank reads its rows of each tensor
-    (``dist_ckpt.load_file_into_shards``; a DCP checkpoint is read in ``_resume``). A random init is
-    built whole on the CPU generator and then sharded, as before: the same weights on every rank
-    and device (it holds the full model once per rank, like DDP)."""
+    (``dist_ckpt.load_file_into_shards``; a DCP checkpoint is read in ``_resume``). A random init
+    is built whole on rank 0 only (``_random_sharded``) and broadcast into every rank's shards."""
     torch.manual_seed(cfg.seed)
     source = None if dist_ckpt.is_dcp(ckpt) else ckpt / "model.safetensors" if ckpt is not None else cfg.init_from
     if ckpt is not None and source is not None and not Path(source).exists():
         raise ValueError(f"{ckpt} holds LoRA adapters, not a model: resume it with its lora_rank, or use another out_dir")
     if source is None and ckpt is None:
-        raw = S3DiT(mcfg).to(device)
-        _wrap(raw, True, device, bf16)
+        raw = _random_sharded(mcfg, device, bf16)
     else:
         with torch.device("meta"):
             raw = S3DiT(mcfg)
@@ -707,6 +705,27 @@ def _build_sharded(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, devic
         if source is not None:
             dist_ckpt.load_file_into_shards(raw, source)
     raw.gradient_checkpointing = grad_checkpointing(cfg, param_count(raw))
+    return raw
+
+
+def seeded_model(mcfg: S3DiTConfig) -> S3DiT:
+    """The random init on the CPU generator (seeded by the caller): the same weights on any device."""
+    return S3DiT(mcfg)
+
+
+def _random_sharded(mcfg: S3DiTConfig, device: torch.device, bf16: bool) -> S3DiT:
+    """Random init under FSDP2 with one full copy in the job, not one per rank: rank 0 builds the
+    seeded model on the CPU; every rank shards an empty meta-device model, and rank 0's tensors are
+    broadcast one by one into the shards (``set_model_state_dict(broadcast_from_rank0=True)``).
+    The weights equal ``seeded_model``'s on every rank (tests/training/test_dist_ckpt.py)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = seeded_model(mcfg).state_dict() if _dist()[0] == 0 else {}
+    with torch.device("meta"):
+        raw = S3DiT(mcfg)
+    _wrap(raw, True, device, bf16)
+    raw.to_empty(device=device)
+    set_model_state_dict(raw, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return raw
 
 

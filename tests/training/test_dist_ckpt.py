@@ -250,6 +250,8 @@ def _load_sharded_and_record(rank: int, path: str, out: str) -> None:
         report["full"][n] = p.full_tensor().clone()
     with torch.no_grad():  # the forward (FSDP2 all-gathers the shards) runs on the loaded weights
         report["out"] = [v.clone() for v in raw(*_probe())]
+    if rank != 0:  # random init: only rank 0 builds the whole model; the others get its weights
+        loop.seeded_model = refuse
     raw_rand, _, _ = loop._build_wrapped(
         cfg.model_copy(update={"init_from": None, "seed": 3}), tiny(), None, torch.device("cpu"), False, WORLD
     )
@@ -276,7 +278,7 @@ def test_init_from_loads_each_rank_its_shards_in_fp32(tmp_path):
         assert sum(rows) == v.shape[0] and max(rows) == -(-v.shape[0] // WORLD), (k, rows)  # sharded on dim 0
         for r in reports:
             assert torch.equal(r["full"][k], v.float()), k  # the file's values, cast to fp32
-            assert torch.equal(r["random"][k], seeded[k]), k  # random init: the seed's, on every rank
+            assert torch.equal(r["random"][k], seeded[k]), k  # random init: the seed's, broadcast to every rank
     with torch.no_grad():
         want = load_safetensors(tmp_path / "w.safetensors", tiny())(*_probe())
     for r in reports:
