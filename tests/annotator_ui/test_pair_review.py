@@ -274,6 +274,8 @@ def test_page_shows_the_pair_side_by_side_and_saves_the_instruction(pair_server,
     page.keyboard.type("Move the camera a little to the right.")
     with page.expect_navigation():
         page.keyboard.press("Control+Enter")
+    # app.js empties the live region on load and refills it 50 ms later (so screen readers announce it)
+    page.wait_for_function("document.getElementById('saved').textContent.length > 0")
     assert page.text_content("#saved").startswith("saved: keep")
     # a rendered pair: its instruction is there to edit, the Chinese one shown; drop it with r
     second = page.text_content("#row-id")
