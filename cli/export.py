@@ -35,10 +35,24 @@ def register(app) -> None:
         allow_random_weights: bool = typer.Option(
             False, "--allow-random-weights", help="apply rules on scores from random weights (noise) instead of refusing"
         ),
+        pairs: bool = typer.Option(
+            False, "--pairs", help="write the dataset's editing pairs as pair shards instead (`curate pairs export`)"
+        ),
         address: Optional[str] = AddressOpt,
     ):
         """Export the rows a trainer should see (errors, duplicates, rejects removed) as training shards."""
         from curation.config import load_yaml, validate
+
+        if pairs:
+            given = {"--config": config, "--version": version, "--vae-path": vae_path, "--text-encoder-path": text_encoder_path}
+            given |= {"--optional-rules": optional_rules or None, "--allow-random-weights": allow_random_weights or None}
+            if bad := [k for k, v in given.items() if v is not None]:
+                fail(f"--pairs exports pair tables: {', '.join(bad)} apply to single-image exports only (see curate pairs export --help)")
+            from cli.pairs import run_pair_export
+
+            return run_pair_export(
+                dataset, {"out": out, "resolution": resolution, "overwrite": overwrite, "allow_empty": allow_empty}, address
+            )
 
         params = load_yaml(config) if config else {}
         params.update({"out": out, "resolution": resolution, "overwrite": overwrite or params.get("overwrite", False)})

@@ -13,6 +13,29 @@ from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
 from cli.common import err_console as console
 
 
+def run_pair_export(dataset: str, params: dict, address: str | None) -> None:
+    """``curate pairs export`` and ``curate export --pairs``: validate, check the pair tables before
+    Ray starts (one-line errors), export, print what was kept and why the rest was not."""
+    from curation.config import ConfigError, validate
+    from pipelines.pairs import PairExportConfig, export_pairs, pair_tables
+
+    try:
+        cfg = validate(PairExportConfig, params, where="command line")
+    except ConfigError as e:
+        fail(" ".join(str(e).split()))
+    store = open_store(dataset)
+    try:  # no pair table, or not one: a one-line error before Ray starts
+        pair_tables(store, cfg)
+        start_ray(address)
+        result = export_pairs(store, cfg)
+    except ValueError as e:
+        fail(str(e))
+    x = result.extra
+    console.print(f"pairs export: {result.status}, v{result.version} of {x['out']}: {x['kept']} pairs kept, {x['excluded']} excluded")
+    for reason, count in sorted((x.get("by_reason") or {}).items()):
+        console.print(f"  excluded {reason}: {count}")
+
+
 def register(app: typer.Typer) -> None:
     pairs_app = typer.Typer(help="Editing pairs for instruction-based image editing (docs/pairs.md).", no_args_is_help=True)
 
@@ -165,26 +188,8 @@ def register(app: typer.Typer) -> None:
     ):
         """Pair shards for training: both images, the instructions, token counts of every segment
         and the target's bucket; what `training.loader` reads as pairs. One new version of --out."""
-        from curation.config import ConfigError, validate
-        from pipelines.pairs import PairExportConfig, export_pairs, pair_tables
-
         params = {"out": out, "tables": table or [], "resolution": resolution, "langs": langs.split(",")}
-        params |= {"overwrite": overwrite, "allow_empty": allow_empty}
-        try:
-            cfg = validate(PairExportConfig, params, where="command line")
-        except ConfigError as e:
-            fail(" ".join(str(e).split()))
-        store = open_store(dataset)
-        try:  # no pair table, or not one: a one-line error before Ray starts
-            pair_tables(store, cfg)
-            start_ray(address)
-            result = export_pairs(store, cfg)
-        except ValueError as e:
-            fail(str(e))
-        x = result.extra
-        console.print(f"pairs export: {result.status}, v{result.version} of {x['out']}: {x['kept']} pairs kept, {x['excluded']} excluded")
-        for reason, count in sorted((x.get("by_reason") or {}).items()):
-            console.print(f"  excluded {reason}: {count}")
+        run_pair_export(dataset, params | {"overwrite": overwrite, "allow_empty": allow_empty}, address)
 
     @pairs_app.command("review")
     def review_cmd(

@@ -169,3 +169,15 @@ def test_bad_input_is_a_one_line_error(made, coco_sample_rows, tmp_path):
     res = _cli(*args, "--allow-empty")
     assert res.exit_code == 0, res.output
     assert lance.dataset(str(out)).count_rows() == 0
+
+
+def test_curate_export_pairs_writes_the_same_pair_shards(made, tmp_path):
+    """``curate export --pairs`` is ``curate pairs export`` under the export command; the options
+    of single-image exports are refused with it, by name."""
+    store, out, _ = made
+    alias = tmp_path / "alias.lance"
+    res = _cli("export", "--dataset", store.uri, "--out", str(alias), "--pairs")
+    assert res.exit_code == 0, res.output
+    ids = lambda uri: sorted(lance.dataset(str(uri)).to_table(columns=["id"]).column("id").to_pylist())  # noqa: E731
+    assert ids(alias) == ids(out) and len(ids(out)) > 0
+    _one_line_error(_cli("export", "--dataset", store.uri, "--out", str(tmp_path / "x.lance"), "--pairs", "--vae-path", "v"), "--vae-path")
