@@ -74,6 +74,17 @@ def open_out(uri: str):
         return None
 
 
+def check_pair_tables(uris: list[str], option: str, make: str) -> None:
+    """Each of ``uris`` holds a pair table, or ``ValueError`` (one line) naming the ``option`` it
+    came from and the command (``make``) that writes one. Shared by export and review."""
+    for uri in uris:
+        ds = open_out(uri)
+        if ds is None:
+            raise ValueError(f"{option} {uri}: no Lance dataset there; make one with `{make}`")
+        if not is_pair_schema(ds.schema.names):
+            raise ValueError(f"{option} {uri} is a Lance dataset but not a pair table (its columns differ from PAIRS_SCHEMA)")
+
+
 def check_out(uri: str) -> str | None:
     """Why ``uri`` cannot be the pair table (None when it can): an existing folder that is not a
     Lance dataset, or a Lance dataset with other columns."""

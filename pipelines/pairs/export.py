@@ -16,7 +16,7 @@ from pydantic import Field
 from curation.runner import Checkpoints, StageResult, console, execute_units
 from curation.stage import StageConfig, Stats
 from curation.store import Store, is_remote, storage_options_from_env
-from pipelines.pairs.common import is_pair_schema, open_out
+from pipelines.pairs.common import check_pair_tables, open_out
 from pipelines.pairs.render import default_out
 from pipelines.pairs.synth import default_synth_out
 
@@ -73,12 +73,7 @@ def pair_tables(store: Store, cfg: PairExportConfig) -> list[str]:
             f"no pair table next to {store.uri} (looked for pairs/pairs.lance and pairs/synth.lance under its _curation folder); "
             "make one with `curate pairs render` or `curate pairs synth`, or name one with --table"
         )
-    for uri in uris:
-        ds = open_out(uri)
-        if ds is None:
-            raise ValueError(f"--table {uri}: no Lance dataset there; make one with `curate pairs render` or `curate pairs synth`")
-        if not is_pair_schema(ds.schema.names):
-            raise ValueError(f"--table {uri} is a Lance dataset but not a pair table (its columns differ from PAIRS_SCHEMA)")
+    check_pair_tables(uris, "--table", "curate pairs render` or `curate pairs synth")
     return uris
 
 

@@ -170,7 +170,7 @@ def _open(uri: str, version: int | None = None):
 def review_tables(store: Store, cfg: PairReviewConfig) -> list[str]:
     """The pair tables to queue from: ``cfg.pairs``, else the dataset's default tables that exist.
     ``ValueError`` (one line) when there is none or one is not a pair table."""
-    from pipelines.pairs.common import is_pair_schema, open_out, table_path
+    from pipelines.pairs.common import check_pair_tables, open_out, table_path
 
     uris = [_abs(u) for u in cfg.pairs] or [u for n in ("pairs", "synth", "mined") if open_out(u := table_path(store, n)) is not None]
     if not uris:
@@ -178,12 +178,7 @@ def review_tables(store: Store, cfg: PairReviewConfig) -> list[str]:
             f"no pair table next to {store.uri} (looked for pairs.lance, synth.lance and mined.lance under _curation/pairs); "
             "make one with `curate pairs render|synth|mine`, or name one with --pairs"
         )
-    for uri in uris:
-        ds = open_out(uri)
-        if ds is None:
-            raise ValueError(f"--pairs {uri}: no Lance dataset there; make one with `curate pairs render|synth|mine`")
-        if not is_pair_schema(ds.schema.names):
-            raise ValueError(f"--pairs {uri} is a Lance dataset but not a pair table (its columns differ from PAIRS_SCHEMA)")
+    check_pair_tables(uris, "--pairs", "curate pairs render|synth|mine")
     return list(dict.fromkeys(uris))
 
 

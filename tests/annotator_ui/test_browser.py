@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import lance
 import pytest
@@ -13,7 +11,7 @@ from annotator_ui.app import AppSettings, create_app
 from curation.reviewdb import ReviewDB
 from curation.store import Store
 from pipelines.review import ReviewMineConfig, mine_queue, review_apply_action
-from tests.helpers import PASSWORD, add_signals, coco_rows, free_port, samples_table
+from tests.helpers import PASSWORD, add_signals, coco_rows, samples_table, served
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +34,6 @@ def _graph(tmp_path) -> str:
 def server(tmp_path, coco_dir, request):
     """A dataset with an XSS caption, mined into a review DB, served by uvicorn on loopback
     (a test may pass more ``AppSettings`` fields as the fixture's indirect parameter)."""
-    import uvicorn
 
     rows = coco_rows(coco_dir, limit=8)
     rows[3]["captions"] = [{"text": XSS, "kind": "short", "lang": "en"}]
@@ -52,28 +49,13 @@ def server(tmp_path, coco_dir, request):
     # serve the XSS row first
     with db.tx() as t:
         t.exec("UPDATE items SET priority = 1000 WHERE row_id = ?", (rows[3]["id"],))
-    port = free_port()
-    srv = uvicorn.Server(
-        uvicorn.Config(
-            create_app(
-                AppSettings(db_url=dbfile, dataset=uri, graph=_graph(tmp_path), **getattr(request, "param", {})),
-                db,
-                apply=review_apply_action(dbfile),
-            ),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
+    app = create_app(
+        AppSettings(db_url=dbfile, dataset=uri, graph=_graph(tmp_path), **getattr(request, "param", {})),
+        db,
+        apply=review_apply_action(dbfile),
     )
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}", store, db, rows, dbfile
-    srv.should_exit = True
-    th.join(timeout=10)
+    with served(app) as base:
+        yield base, store, db, rows, dbfile
     db.close()
 
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,14 +21,13 @@ import pytest
 
 from annotator_ui.app import AppSettings, create_app
 from curation.reviewdb import ReviewDB
-from tests.helpers import PASSWORD, coco_rows, free_port, samples_table
+from tests.helpers import PASSWORD, coco_rows, samples_table, served
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
 @pytest.fixture
 def live(tmp_path, coco_dir):
-    import uvicorn
 
     rows = coco_rows(coco_dir, limit=6)
     uri = str(tmp_path / "ds.lance")
@@ -48,24 +46,8 @@ def live(tmp_path, coco_dir):
         ],
         "b1",
     )
-    port = free_port()
-    srv = uvicorn.Server(
-        uvicorn.Config(
-            create_app(AppSettings(db_url=str(tmp_path / "review.sqlite"), dataset=uri), db),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}", db
-    srv.should_exit = True
-    th.join(timeout=10)
+    with served(create_app(AppSettings(db_url=str(tmp_path / "review.sqlite"), dataset=uri), db)) as base:
+        yield base, db
     db.close()
 
 

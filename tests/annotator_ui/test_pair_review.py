@@ -11,8 +11,6 @@ uvicorn + Chromium for the layout).
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 
 import lance
 import pyarrow as pa
@@ -25,7 +23,7 @@ from curation.store import Store
 from pipelines.pairs import PAIRS_SCHEMA, PairExportConfig, PairsConfig, export_pairs, render_pairs, table_path
 from pipelines.pairs.review import PairReviewConfig, apply_pair_reviews, review_pairs
 from pipelines.review import ReviewApplyConfig, apply_reviews, default_db_url
-from tests.helpers import PASSWORD, free_port, samples_table
+from tests.helpers import PASSWORD, samples_table, served
 
 N = 4
 ZWSP = "\u200b"
@@ -224,23 +222,10 @@ def test_cli_queues_pairs_and_refuses_bad_input(ds):
 @pytest.fixture
 def pair_server(ds):
     """The web app on loopback with the 5 pairs queued (the mined one first)."""
-    import uvicorn
-
     store, ids = ds
     _, db = _queue(store)
-    port = free_port()
-    srv = uvicorn.Server(
-        uvicorn.Config(create_app(AppSettings(db_url=db.url, dataset=store.uri), db), host="127.0.0.1", port=port, log_level="warning")
-    )
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}", store, db
-    srv.should_exit = True
-    th.join(timeout=10)
+    with served(create_app(AppSettings(db_url=db.url, dataset=store.uri), db)) as base:
+        yield base, store, db
     db.close()
 
 
