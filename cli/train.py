@@ -38,8 +38,8 @@ def register(app) -> None:
         from curation.config import ConfigError, load_yaml, validate
 
         params = load_yaml(config) if config else {}
-        given = {"shards": shards, "model": model, "steps": steps, "out_dir": out, "num_workers": workers, "pairs": pairs}
-        given["edit_ratio"] = edit_ratio
+        given = {"shards": shards, "model": model, "steps": steps, "out_dir": out, "num_workers": workers}
+        given |= {"pairs": pairs, "edit_ratio": edit_ratio}
         params.update({k: v for k, v in given.items() if v is not None})
         if gpu:
             params["use_gpu"] = True
