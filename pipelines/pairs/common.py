@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ PAIRS_SCHEMA = pa.schema(
     [
         pa.field("pair_id", pa.string(), nullable=False),
         pa.field("source_id", pa.string()),  # the samples-table row id of the photo
+        pa.field("target_id", pa.string()),  # mined: the target's row id; null when made here (render, synth)
         pa.field("kind", pa.string()),  # replace | remove | add (render); recolour | remove | move | resize (synth)
         pa.field("src_image", pa.large_binary()),
         pa.field("tgt_image", pa.large_binary()),
@@ -48,9 +50,39 @@ table is still a pair table, and the jobs append to it (Lance fills the new colu
 
 
 def is_pair_schema(names: list[str]) -> bool:
-    """``PAIRS_SCHEMA``'s columns, in order, plus none or some of the review columns."""
-    n = len(PAIRS_SCHEMA.names)
-    return names[:n] == PAIRS_SCHEMA.names and all(c in PAIR_REVIEW_COLUMNS for c in names[n:])
+    """``PAIRS_SCHEMA``'s columns plus none or some of the review columns. In any order: a table
+    written before ``target_id`` existed gets it as its last column (``upgrade_pair_table``)."""
+    return set(PAIRS_SCHEMA.names) <= set(names) and all(c in PAIR_REVIEW_COLUMNS for c in set(names) - set(PAIRS_SCHEMA.names))
+
+
+def is_legacy_pair_schema(names: list[str]) -> bool:
+    """A pair table written before ``target_id`` was a column (sessions before it: a mined pair's
+    target id only in ``provenance``)."""
+    return "target_id" not in names and is_pair_schema([*names, "target_id"])
+
+
+def target_of(provenance: str | None) -> str | None:
+    """The target's row id a mined pair names in its ``provenance`` (``target=ID``), else None."""
+    m = re.search(r"(?:^| )target=(\S+)", provenance or "")
+    return m.group(1) if m else None
+
+
+def upgrade_pair_table(uri: str, ds):
+    """``ds`` itself, or for a table of the legacy layout (``is_legacy_pair_schema``) a new version
+    of it with ``target_id`` added from each row's provenance (null for rendered and synthetic
+    pairs, whose target is made here). Why in place and not on the fly: every job, export and
+    review then reads one layout; the old version stays readable (Lance versions)."""
+    if ds is None or not is_legacy_pair_schema(ds.schema.names):
+        return ds
+
+    def target_ids(batch: pa.RecordBatch) -> pa.RecordBatch:
+        ids = [target_of(p) for p in batch.column("provenance").to_pylist()]
+        return pa.RecordBatch.from_arrays([pa.array(ids, pa.string())], names=["target_id"])
+
+    ds.add_columns(target_ids, read_columns=["provenance"])
+    ds = open_out(uri)
+    console.print(f"pairs: {uri} predates the target_id column; added it from provenance (version {ds.version})")
+    return ds
 
 
 def check_kinds(v: list[str], known) -> list[str]:
@@ -76,11 +108,13 @@ def open_out(uri: str):
 
 def check_pair_tables(uris: list[str], option: str, make: str) -> None:
     """Each of ``uris`` holds a pair table, or ``ValueError`` (one line) naming the ``option`` it
-    came from and the command (``make``) that writes one. Shared by export and review."""
+    came from and the command (``make``) that writes one. Shared by export and review. A legacy
+    table is upgraded first (``upgrade_pair_table``)."""
     for uri in uris:
         ds = open_out(uri)
         if ds is None:
             raise ValueError(f"{option} {uri}: no Lance dataset there; make one with `{make}`")
+        ds = upgrade_pair_table(uri, ds)
         if not is_pair_schema(ds.schema.names):
             raise ValueError(f"{option} {uri} is a Lance dataset but not a pair table (its columns differ from PAIRS_SCHEMA)")
 
@@ -95,7 +129,7 @@ def check_out(uri: str) -> str | None:
         if not is_remote(uri) and Path(uri).exists() and (not Path(uri).is_dir() or any(Path(uri).iterdir())):
             return f"--out {uri} exists and is not a Lance dataset"
         return None
-    if not is_pair_schema(ds.schema.names):
+    if not (is_pair_schema(ds.schema.names) or is_legacy_pair_schema(ds.schema.names)):
         return f"--out {uri} is a Lance dataset with other columns than a pair table"
     return None
 
@@ -249,7 +283,7 @@ def run_job(
     with store.lock(f"pairs-{job}", on_wait=lambda h: console.print(f"pairs: another {job} job is running ({h}); waiting")):
         ds = store.open()
         read_version = ds.version
-        out_ds = open_out(out_uri)
+        out_ds = upgrade_pair_table(out_uri, open_out(out_uri))
         units, skipped, plan_extra, nothing = plan(ds, existing_ids(out_ds))
         extra: dict[str, Any] = {"out": out_uri, "pairs": 0, "already_there": skipped, **plan_extra}
         if not units:

@@ -25,6 +25,7 @@ from pipelines.pairs.synth import default_synth_out
 PAIR_SHARD_EXTRA = [
     pa.field("kind", pa.string()),  # the pair table's kind of edit
     pa.field("source_id", pa.string()),  # the samples-table row the pair was made from
+    pa.field("target_id", pa.string()),  # a mined pair's target row; null when the target was made (render, synth)
     pa.field("src_image", pa.large_binary()),  # the source image's bytes, as in the pair table
     pa.field("src_width", pa.int32()),
     pa.field("src_height", pa.int32()),
@@ -144,6 +145,7 @@ def pair_shard_rows(t: pa.Table, cfg: PairExportConfig, count_tokens, provenance
                 "curriculum_stage": None,
                 "kind": row["kind"],
                 "source_id": row["source_id"],
+                "target_id": row.get("target_id"),
                 "src_image": row["src_image"],
                 **{f"src_{k}": src[k] for k in ("width", "height", "bucket_w", "bucket_h", "image_tokens")},
                 "provenance": f"{row['provenance']} {provenance}",

@@ -257,7 +257,7 @@ class _MineWorker(PairWorker):
         fmt, q = self.cfg.image_format, self.cfg.jpeg_quality
         prov = f"{self.provenance} target={p['target_id']} sim={p['sim']:.5f} instruction_source={source}"
         return {
-            "pair_id": p["pair_id"], "source_id": p["source_id"], "kind": "mined",
+            "pair_id": p["pair_id"], "source_id": p["source_id"], "target_id": p["target_id"], "kind": "mined",
             "src_image": encode_image(src, fmt, q), "tgt_image": encode_image(warped, fmt, q),
             "instruction_en": en, "instruction_zh": zh, "src_text": caps[0], "tgt_text": caps[1],
             "box": list(score.box), "changed_fraction": score.changed_fraction, "lang": None, "style": style,

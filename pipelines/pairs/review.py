@@ -48,8 +48,8 @@ REVIEW_COLUMNS = PAIR_REVIEW_COLUMNS
 
 # priorities on the hardness scale of hard cases (0..1), so pairs and rows share one queue fairly
 _TIER = {"no_instruction": 0.9, "mined": 0.6, "generated": 0.3}
-_LIGHT = ["pair_id", "source_id", "kind", "instruction_en", "instruction_zh", "changed_fraction", "lang", "style", "width", "height"]
-_LIGHT += ["box", "provenance"]
+_LIGHT = ["pair_id", "source_id", "target_id", "kind", "instruction_en", "instruction_zh", "changed_fraction", "lang", "style"]
+_LIGHT += ["width", "height", "box", "provenance"]
 
 
 class PairReviewConfig(StageConfig):
@@ -71,13 +71,6 @@ class PairReviewConfig(StageConfig):
 def pair_row_id(pair_id: str) -> str:
     """The review queue's ``row_id`` of a pair."""
     return PAIR_PREFIX + pair_id
-
-
-def _target_id(row: dict[str, Any]) -> str:
-    """The dataset row of the target: mined pairs name it in ``provenance`` (``target=ID``); a
-    rendered or synthetic target is made from the source's own photo."""
-    m = re.search(r"(?:^| )target=(\S+)", row.get("provenance") or "")
-    return m.group(1) if m else row["source_id"]
 
 
 def _has_instruction(row: dict[str, Any]) -> bool:
@@ -141,7 +134,7 @@ def pair_payload(row: dict[str, Any], table: str, version: int) -> dict[str, Any
             "table_version": int(version),
             "kind": row.get("kind"),
             "source_id": row.get("source_id"),
-            "target_id": _target_id(row),
+            "target_id": row.get("target_id"),  # null when the target was made here (render, synth)
             "instruction_en": row.get("instruction_en"),
             "instruction_zh": row.get("instruction_zh"),
             "edit_lang": lang,

@@ -261,6 +261,7 @@ class _SynthWorker(PairWorker):
                 {
                     "pair_id": p["pair_id"],
                     "source_id": p["source_id"],
+                    "target_id": None,  # the target is made here, not a dataset row
                     "kind": pair.kind,
                     "src_image": encode_image(pair.source, fmt, q),
                     "tgt_image": encode_image(pair.target, fmt, q),

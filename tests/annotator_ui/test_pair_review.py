@@ -40,7 +40,13 @@ def base_dataset(tmp_path_factory, coco_sample_rows, ray_session):
     store = Store(uri)
     render_pairs(store, PairsConfig(n=N, seed=0), show_progress=False)
     mined = {name: None for name in PAIRS_SCHEMA.names}
-    mined |= {"pair_id": "0123456789abcdef01234567", "source_id": rows[0]["id"], "kind": "mined", "changed_fraction": 0.05}
+    mined |= {
+        "pair_id": "0123456789abcdef01234567",
+        "source_id": rows[0]["id"],
+        "target_id": rows[1]["id"],
+        "kind": "mined",
+        "changed_fraction": 0.05,
+    }
     mined |= {"provenance": f"mine v1 column=vec_desc target={rows[1]['id']} sim=0.97000 instruction_source=none", "width": 640}
     lance.write_dataset(pa.Table.from_pylist([mined], schema=PAIRS_SCHEMA), table_path(store, "mined"))
     return uri, [r["id"] for r in rows]

@@ -100,7 +100,8 @@ def mined(tmp_path_factory, coco_sample_rows, coco_dir, ray_session):
 
 
 def _key(p: dict) -> frozenset:
-    return frozenset((p["source_id"], mined_fields(p["provenance"])["target"]))
+    assert p["target_id"] == mined_fields(p["provenance"])["target"] != p["source_id"]  # the column and provenance agree
+    return frozenset((p["source_id"], p["target_id"]))
 
 
 def test_edited_variants_are_mined_duplicates_and_unrelated_photos_are_not(mined):
@@ -124,7 +125,7 @@ def test_a_local_edit_is_small_and_where_the_edit_was(mined):
     _, _, _, pairs, truth, _ = mined
     checked = 0
     for p in pairs:
-        a, b = p["source_id"], mined_fields(p["provenance"])["target"]
+        a, b = p["source_id"], p["target_id"]
         variant = b if b in truth else a if a in truth else None
         if variant is None or truth[variant]["box"] is None or {a, b} != {variant, truth[variant]["base"]}:
             continue

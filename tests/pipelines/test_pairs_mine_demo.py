@@ -40,8 +40,9 @@ def demo_mined(tmp_path_factory, ray_session):
     build_index(store, IndexBuildConfig(column="vec_desc"), show_progress=False)
     build_knn(store, KnnConfig(column="vec_desc", k=10), show_progress=False)
     result = mine_pairs(store, MineConfig(), show_progress=False)
-    pairs = lance.dataset(result.extra["out"]).to_table(columns=["source_id", "provenance", "changed_fraction"]).to_pylist()
-    mined = {frozenset((p["source_id"], mined_fields(p["provenance"])["target"])) for p in pairs}
+    pairs = lance.dataset(result.extra["out"]).to_table(columns=["source_id", "target_id", "provenance", "changed_fraction"]).to_pylist()
+    assert all(p["target_id"] == mined_fields(p["provenance"])["target"] for p in pairs)
+    mined = {frozenset((p["source_id"], p["target_id"])) for p in pairs}
     return items, by_row, mined
 
 

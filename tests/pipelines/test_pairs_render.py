@@ -82,6 +82,7 @@ def test_the_job_writes_one_version_of_n_pairs(rendered, pairs):
     assert result.extra["by_kind"] == {k: N // 3 for k in KINDS}
     assert result.extra["by_lang"] == {"en": N // 2, "zh": N // 2}
     assert len({p["pair_id"] for p in pairs}) == N
+    assert all(p["target_id"] is None for p in pairs)  # the target is made here, not a dataset row
     assert all(p["provenance"].startswith("render v1 seed=0 dataset=") for p in pairs)
     assert result.extra["pairs_per_second"] > 0
 

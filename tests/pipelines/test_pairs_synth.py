@@ -118,6 +118,7 @@ def test_the_job_writes_one_version_of_n_pairs(synthesised, pairs):
     assert len(pairs) == N == result.extra["pairs"], result.stats.counters
     assert result.extra["by_kind"] == {k: N // 4 for k in SYNTH_KINDS}
     assert len({p["pair_id"] for p in pairs}) == N
+    assert all(p["target_id"] is None for p in pairs)  # the target is made here, not a dataset row
     assert all(
         re.match(r"synth v1 seed=0 annotations=instances_train2017\.json#[0-9a-f]{12} dataset=.*@v\d+ ann=\d", p["provenance"])
         for p in pairs
