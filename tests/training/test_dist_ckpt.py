@@ -5,42 +5,18 @@ the same weights, Adam moments and EMA, and a 1-process checkpoint resumes on 2 
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.training.gloo import spawn
 from training import dist_ckpt, loop
 from training.loop import BatchList, TrainConfig, train
 from training.model import S3DiT, load_safetensors, tiny
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, fn_name: str, port: int, args: tuple) -> None:
-    """One gloo rank: join the group, run ``fn_name(rank, *args)`` from this module, leave."""
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        globals()[fn_name](rank, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(fn_name: str, *args) -> None:
-    torch.multiprocessing.start_processes(_entry, args=(fn_name, _free_port(), args), nprocs=WORLD, start_method="spawn")
 
 
 def _batches(rank: int, n: int = 4) -> BatchList:
@@ -163,7 +139,7 @@ def _assert_state_equal(got: dict, want: dict) -> None:
 
 def test_fsdp2_dcp_checkpoint_resumes_on_one_process_and_back_on_two(tmp_path):
     out = tmp_path / "run"
-    _spawn("_train_and_record", str(out), 2)
+    spawn(_train_and_record, str(out), 2)
     ckpts = out / "checkpoints"
     step1, step2 = ckpts / "step_00000001", ckpts / "step_00000002"
     assert (ckpts / "latest").read_text() == "step_00000002"
@@ -211,7 +187,7 @@ def test_fsdp2_dcp_checkpoint_resumes_on_one_process_and_back_on_two(tmp_path):
     saved_model = load_file(str(ref3 / "model.safetensors"))
     saved_ema = load_file(str(ref3 / "ema.safetensors"))
     tr = torch.load(ref3 / "trainer.pt", weights_only=False)
-    _spawn("_resume_and_record", str(out), 4)
+    spawn(_resume_and_record, str(out), 4)
     resumed = torch.load(out / "resumed_on_2.pt", weights_only=False)
     assert resumed["step"] == 3
     order = _param_order(tiny())  # a plain AdamW's state is keyed by index in its groups' order
@@ -269,7 +245,7 @@ def test_init_from_loads_each_rank_its_shards_in_fp32(tmp_path):
     file = {k: (0.1 * torch.randn(v.shape, generator=g)).to(torch.bfloat16) for k, v in S3DiT(tiny()).state_dict().items()}
     assert file["x_pad_token"].shape == (1, 64)  # one row: rank 1 holds none of it
     save_file(file, str(tmp_path / "w.safetensors"))
-    _spawn("_load_sharded_and_record", str(tmp_path / "w.safetensors"), str(tmp_path))
+    spawn(_load_sharded_and_record, str(tmp_path / "w.safetensors"), str(tmp_path))
     reports = [torch.load(tmp_path / f"rank_{r}.pt", weights_only=False) for r in range(WORLD)]
     torch.manual_seed(3)
     seeded = S3DiT(tiny()).state_dict()
