@@ -6,7 +6,8 @@ For each size it builds a Lance dataset of that many rows, runs the real job as 
 (``python -m cli dedup --dataset DS`` in a subprocess: Ray, the index, candidates, verification,
 communities, the commit) and prints one JSON line: ``rows``, ``seconds`` (the job's wall time,
 Ray start included), ``peak_rss_mib`` of the driver and of the largest Ray worker (and
-``peak_private_mib``: RSS less file-backed pages, i.e. without the memory-mapped index), ``precision``
+``peak_private_mib``: RSS less file-backed pages, i.e. without the memory-mapped index; by task or
+actor in ``peak_private_mib_by_task``, ``peak_rss_mib_by_task`` and ``largest_workers``), ``precision``
 and ``recall`` (pairwise, against the planted groups), the job's own counters; then a last line
 ``growth exponent X`` (time from the smallest to the largest size as N^X).
 
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -160,35 +162,75 @@ def build(uri: str, n: int, real, seed: int = 0) -> np.ndarray:
     return np.concatenate(groups)
 
 
-def run_job(uri: str) -> dict:
-    """``python -m cli dedup --dataset URI`` with its driver and Ray workers' RSS sampled."""
+def task_of(cmd: str) -> str:
+    """What a Ray worker process runs, from its title (Ray's setproctitle): the task's function
+    (``ray::_train``), the actor's class (``ray::MapWorker(MapBatches(_ShardWorker)).submit`` ->
+    ``_ShardWorker``: a Ray Data actor holds its memory between units too) or ``IDLE`` (a task
+    worker between tasks: ``largest_workers`` says which task it ran before)."""
+    name = cmd[len("ray::") :].split(" ", 1)[0] or "?"
+    m = re.fullmatch(r"MapWorker\(MapBatches\((\w+)\)\)(\..*)?", name)
+    return m.group(1) if m else name.split(".", 1)[0]
+
+
+def run_job(uri: str, interval: float = 0.25) -> dict:
+    """``python -m cli dedup --dataset URI`` with its driver and Ray workers' RSS sampled.
+
+    Private memory is RSS less file-backed and shared-memory pages (psutil's ``rss - shared``,
+    i.e. the process's anonymous pages): what it holds itself, not the memory-mapped index nor
+    the Ray object store. Each worker sample is attributed to what the process runs at that
+    moment (its title), so ``peak_private_mib_by_task`` says which task or actor the peak belongs to; ``largest_workers``
+    lists each worker process with the titles it had in order and its own peak, so memory kept
+    by a process after its task (shown as ``IDLE``) can be traced back to that task."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "dedup", "--dataset", uri], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     driver = psutil.Process(proc.pid)
     peak_driver = peak_worker = anon_driver = anon_worker = 0
+    by_task: dict[str, int] = {}  # task/actor title -> peak private bytes while it ran
+    rss_by_task: dict[str, int] = {}
+    workers: dict[int, dict] = {}  # pid -> {"tasks": [titles in order], "peak_private": bytes, "peak_task": title}
     while proc.poll() is None:
         try:
             m = driver.memory_info()
             peak_driver, anon_driver = max(peak_driver, m.rss), max(anon_driver, m.rss - m.shared)
-            for p in psutil.process_iter(["cmdline", "memory_info", "create_time"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                m = p.info["memory_info"]
-                if cmd.startswith("ray::") and m and p.info["create_time"] >= driver.create_time() - 1:
-                    peak_worker, anon_worker = max(peak_worker, m.rss), max(anon_worker, m.rss - m.shared)
+            # the job's own Ray processes only (its raylet is the driver's child): another Ray
+            # session on the machine (a test run) is not counted
+            for p in driver.children(recursive=True):
+                try:
+                    cmd = " ".join(p.cmdline())
+                    m = p.memory_info()
+                except psutil.Error:
+                    continue
+                if cmd.startswith("ray::"):
+                    own = m.rss - m.shared
+                    peak_worker, anon_worker = max(peak_worker, m.rss), max(anon_worker, own)
+                    task = task_of(cmd)
+                    by_task[task] = max(by_task.get(task, 0), own)
+                    rss_by_task[task] = max(rss_by_task.get(task, 0), m.rss)
+                    w = workers.setdefault(p.pid, {"tasks": [], "peak_private": 0, "peak_task": task})
+                    if not w["tasks"] or w["tasks"][-1] != task:
+                        w["tasks"].append(task)
+                    if own > w["peak_private"]:
+                        w["peak_private"], w["peak_task"] = own, task
         except psutil.Error:
             pass
-        time.sleep(0.5)
+        time.sleep(interval)
     out = proc.stdout.read()
     if proc.returncode:
         raise SystemExit(f"dedup failed ({proc.returncode}):\n{out[-4000:]}")
+    big = sorted(workers.items(), key=lambda kv: -kv[1]["peak_private"])[:8]
     return {
         "seconds": round(time.perf_counter() - t0, 1),
         "peak_rss_mib": {"driver": peak_driver >> 20, "largest_worker": peak_worker >> 20},
         # RSS less file-backed pages (psutil's ``shared``): what a process holds itself; the rest is
         # memory-mapped files (the candidate index) that the kernel can drop and re-read
         "peak_private_mib": {"driver": anon_driver >> 20, "largest_worker": anon_worker >> 20},
+        "peak_private_mib_by_task": {k: v >> 20 for k, v in sorted(by_task.items(), key=lambda kv: -kv[1])},
+        "peak_rss_mib_by_task": {k: v >> 20 for k, v in sorted(rss_by_task.items(), key=lambda kv: -kv[1])},
+        "largest_workers": [
+            {"pid": pid, "peak_private_mib": w["peak_private"] >> 20, "at": w["peak_task"], "tasks": w["tasks"]} for pid, w in big
+        ],
         "log": out,
     }
 
@@ -241,6 +283,9 @@ def main() -> None:
             "seconds": job["seconds"],
             "peak_rss_mib": job["peak_rss_mib"],
             "peak_private_mib": job["peak_private_mib"],
+            "peak_private_mib_by_task": job["peak_private_mib_by_task"],
+            "peak_rss_mib_by_task": job["peak_rss_mib_by_task"],
+            "largest_workers": job["largest_workers"],
             "precision": round(p, 4),
             "recall": round(r, 4),
             "build_dataset_seconds": build_s,

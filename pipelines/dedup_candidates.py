@@ -7,7 +7,7 @@ of memory. Here the driver keeps per-row scalars only (ids, hashes, quality) and
 back is the accepted pairs:
 
 1. index: an IVF (or, for small data, flat) index of every row's full-frame and 10 regional
-   descriptors (label = row position x 11 + slot) is trained on a sample on the driver, filled
+   descriptors (label = row position x 11 + slot) is trained on a sample in a Ray task, filled
    in shards on workers (one checkpointed shard per unit of fragments), and merged by one Ray
    task into a file the query actors load once.
 2. candidates: each query unit reads its rows' descriptors, queries the full frame in the 8
@@ -176,28 +176,94 @@ def _merge_shards(trained: bytes, shard_paths: list[str], out_path: str) -> int:
     return int(index.ntotal)
 
 
-def _train(store, version: int, n: int, cfg: IndexConfig, router_path: str) -> tuple[bytes, str]:
+TRAIN_READ_ROWS = 4096
+"""Rows of the index's training sample read at a time (``_train``)."""
+TRAIN_SPILL_BYTES = 64 << 20
+"""A training set larger than this is assembled in a memory-mapped file in the job folder."""
+
+
+def _train(
+    store,
+    version: int,
+    n: int,
+    cfg: IndexConfig,
+    router_path: str,
+    scratch: str | None = None,
+    *,
+    read_rows: int = TRAIN_READ_ROWS,
+    spill_bytes: int = TRAIN_SPILL_BYTES,
+) -> tuple[bytes, str]:
     """Ray task: an empty index trained on a sample of rows' 11 descriptors, and the router of
-    its lists (written to ``router_path`` when the index has lists). On a worker: the sample and
-    k-means' distance tables are the largest allocations of the job's setup."""
-    from engines.vector.index import ListRouter, serialize, train_index, train_points
+    its lists (written to ``router_path`` when the index has lists).
+
+    Memory: the training set is 40 vectors per list (``train_points``) and the lists grow with
+    the rows (``list_size``), so it is 1.72 x n descriptors (1.6 GB at 1M rows, 16 GB at 10M).
+    Read whole, then cleaned, cut into slots and subsampled, it was held 3-4 times over (the
+    Arrow float16 columns, their float32 copies, the slot matrix, the drawn subset): 0.9 GiB
+    private at 100k rows, 2.3 GiB at 300k, and by that growth the 6.6 GiB largest worker of the
+    1M run (bench/dedup_scale.py, docs/benchmarks.md). Now the sampled rows are read
+    ``read_rows`` at a time, and each chunk's vectors go straight to their place in the training
+    set (``training_subset``: the same vectors in the same order as before, so the same index);
+    a training set above ``spill_bytes`` is a memory-mapped file in ``scratch`` (the job
+    folder), whose pages the kernel can write out and drop: the task's own memory is then one
+    chunk, the first-level k-means subsample (2,000 per first-level cluster) and one
+    second-level cluster's vectors."""
+    from engines.vector.index import ListRouter, serialize, train_index, train_points, training_subset
 
     ds = store.open(version)
     want = max(1, train_points(n * SLOTS, cfg) // SLOTS + 1)
     rng = np.random.default_rng(cfg.seed)
     pos = np.sort(rng.choice(n, min(want, n), replace=False))
-    t = ds.take(pos.tolist(), columns=["vec_desc", "vec_regions"])
-    from engines.vector.index import clean_vectors, to_matrix
-
-    full, null = to_matrix(t.column("vec_desc"))
-    full, valid, _ = clean_vectors(full, null)
-    reg, _ = to_matrix(t.column("vec_regions"))
-    x, _ = _slot_vectors(full, reg.reshape(len(full), -1, full.shape[1]), valid, 0)
-    trained, kind, spec = train_index(x, n * SLOTS, cfg)
+    chunks = [pos[s : s + read_rows] for s in range(0, len(pos), read_rows)]
+    # pass 1 (the full-frame column only, 1/11 of the bytes): which sampled rows give vectors,
+    # so that the size of the sample, hence the drawn subset, is known before the vectors are read
+    valid = np.concatenate([_sample_rows(ds, c, regions=False)[2] for c in chunks]) if chunks else np.zeros(0, bool)
+    n_sample = int(valid.sum()) * SLOTS
+    pick = training_subset(n_sample, n * SLOTS, cfg)
+    size = n_sample if pick is None else len(pick)
+    dest = np.arange(n_sample) if pick is None else np.full(n_sample, -1, np.int64)
+    if pick is not None:
+        dest[pick] = np.arange(len(pick))  # sample vector -> its place in the training set, or -1
+    spill = None
+    if scratch is not None and size * VEC_DESC_DIM * 4 > spill_bytes:
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+        spill = Path(scratch) / "train-sample.npy"
+        x = np.lib.format.open_memmap(spill, mode="w+", dtype=np.float32, shape=(size, VEC_DESC_DIM))
+    else:
+        x = np.empty((size, VEC_DESC_DIM), np.float32)
+    try:
+        at = 0
+        for c in chunks:  # pass 2: the 11 vectors of each valid row, in the order of the sample
+            full, reg, ok = _sample_rows(ds, c, regions=True)
+            xc, _ = _slot_vectors(full, reg, ok, 0)
+            d = dest[at : at + len(xc)]
+            x[d[d >= 0]] = xc[d >= 0]
+            at += len(xc)
+        if at != n_sample:
+            raise RuntimeError(f"index training sample changed while read ({at:,} vectors, expected {n_sample:,})")
+        trained, kind, spec = train_index(x, n * SLOTS, cfg)
+    finally:
+        del x
+        if spill is not None:
+            spill.unlink(missing_ok=True)
     router = ListRouter.of(trained)
     if router is not None:
         router.save(Path(router_path))
-    return serialize(trained), f"{kind} index ({spec}) over {n * SLOTS:,} descriptors, trained on {len(x):,}"
+    return serialize(trained), f"{kind} index ({spec}) over {n * SLOTS:,} descriptors, trained on {size:,}"
+
+
+def _sample_rows(ds, pos: np.ndarray, regions: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(full n x d, regions n x 10 x d or None, valid) of the rows at ``pos``, as the training
+    sample takes them: float32, the full frame cleaned (valid = a usable full-frame descriptor)."""
+    from engines.vector.index import clean_vectors, to_matrix
+
+    t = ds.take(pos.tolist(), columns=["vec_desc", "vec_regions"] if regions else ["vec_desc"])
+    full, null = to_matrix(t.column("vec_desc"))
+    full, valid, _ = clean_vectors(full, null)
+    if not regions:
+        return full, None, valid
+    reg, _ = to_matrix(t.column("vec_regions"))
+    return full, reg.reshape(len(full), -1, full.shape[1]), valid
 
 
 def build_region_index(job: NearJob, show_progress: bool) -> Path:
@@ -214,7 +280,9 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         cfg = job.index_cfg
         if cfg.kind == "auto":  # near duplicates are decided on these cosines: no lossy codes by default
             cfg = cfg.model_copy(update={"kind": "flat" if job.n * SLOTS <= cfg.flat_max else "ivfflat"})
-        data, what = ray.get(ray.remote(num_cpus=1)(_train).remote(job.store, job.ds.version, job.n, cfg, str(router_path)))
+        data, what = ray.get(
+            ray.remote(num_cpus=1)(_train).remote(job.store, job.ds.version, job.n, cfg, str(router_path), str(job.folder))
+        )
         console.print(f"dedup candidates: {what}")
         trained_path.write_bytes(data)
     trained = trained_path.read_bytes()

@@ -38,6 +38,7 @@ __all__ = [
     "choose_kind",
     "default_nlist",
     "train_points",
+    "training_subset",
     "factory_string",
     "train_index",
     "empty_like",
@@ -203,6 +204,18 @@ def train_points(n: int, cfg: IndexConfig) -> int:
     return int(min(max(n, 0), max(cfg.train_size, (MIN_POINTS_PER_LIST + 1) * default_nlist(n, cfg))))
 
 
+def training_subset(n_sample: int, n_expected: int, cfg: IndexConfig) -> np.ndarray | None:
+    """Which of ``n_sample`` sampled vectors ``train_index`` trains on, in that order: None = all
+    of them (the sample is not larger than ``train_points``), else ``train_points`` positions
+    drawn with ``cfg.seed``. A caller that assembles a large sample itself (in chunks, into a
+    memory-mapped file) can place exactly these vectors, in this order, and pass them as the
+    sample: ``train_index`` then trains on the same vectors and returns the same index."""
+    n_tr = train_points(n_expected, cfg)
+    if n_sample <= n_tr:
+        return None
+    return np.random.default_rng(cfg.seed).choice(n_sample, n_tr, replace=False)
+
+
 def choose_kind(n: int, cfg: IndexConfig) -> str:
     if cfg.kind != "auto":
         return cfg.kind
@@ -261,10 +274,8 @@ def train_index(sample: np.ndarray, n_expected: int, cfg: IndexConfig) -> tuple[
         for obj in (index, faiss.downcast_index(ivf)):
             if hasattr(obj, "do_polysemous_training"):
                 obj.do_polysemous_training = False  # only helps Hamming pre-filtering; costs minutes
-        rng = np.random.default_rng(cfg.seed)
-        n_tr = train_points(n_expected, cfg)
-        tr = sample if len(sample) <= n_tr else sample[rng.choice(len(sample), n_tr, replace=False)]
-        tr = np.ascontiguousarray(tr, np.float32)
+        pick = training_subset(len(sample), n_expected, cfg)
+        tr = np.ascontiguousarray(sample if pick is None else sample[pick], np.float32)
         if ivf.nlist >= TWO_LEVEL_LISTS:
             _train_lists_two_level(ivf, tr, cfg)
         index.train(tr)  # lists already set: trains only the codes (SQ/PQ) and the residuals
