@@ -182,8 +182,9 @@ def run_job(uri: str, interval: float = 0.25) -> dict:
     lists each worker process with the titles it had in order and its own peak, so memory kept
     by a process after its task (shown as ``IDLE``) can be traced back to that task."""
     t0 = time.perf_counter()
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a job that prints more than a pipe holds never blocks
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "dedup", "--dataset", uri], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "cli", "dedup", "--dataset", uri], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True
     )
     driver = psutil.Process(proc.pid)
     peak_driver = peak_worker = anon_driver = anon_worker = 0
@@ -216,7 +217,9 @@ def run_job(uri: str, interval: float = 0.25) -> dict:
         except psutil.Error:
             pass
         time.sleep(interval)
-    out = proc.stdout.read()
+    log.seek(0)
+    out = log.read()
+    log.close()
     if proc.returncode:
         raise SystemExit(f"dedup failed ({proc.returncode}):\n{out[-4000:]}")
     big = sorted(workers.items(), key=lambda kv: -kv[1]["peak_private"])[:8]
