@@ -213,6 +213,18 @@ class PairWorker:
         rgb = self._decode(image, uri)
         return rgb if isinstance(rgb, str) else self._shrink(rgb)
 
+    def _planned_rows(self, pairs: list[dict]) -> dict[int, dict]:
+        """The dataset rows (id, image, image_uri) the unit's pairs were planned on, by position
+        (``pos``). The version is pinned, so a row that is not the planned ``source_id`` is a
+        planning bug: ``RuntimeError``."""
+        uniq = sorted({p["pos"] for p in pairs})
+        rows = self.ds.take(np.asarray(uniq, np.int64), columns=["id", "image", "image_uri"]).to_pylist()
+        by_pos = dict(zip(uniq, rows, strict=True))
+        for p in pairs:
+            if by_pos[p["pos"]]["id"] != p["source_id"]:
+                raise RuntimeError(f"row {p['pos']} is {by_pos[p['pos']]['id']}, planned {p['source_id']}")
+        return by_pos
+
     def _unit(self, pairs: list[dict]) -> tuple[pa.Table, Counter]:
         raise NotImplementedError
 

@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
@@ -93,15 +92,11 @@ class _RenderWorker(PairWorker):
         from engines.pairs.render import encode_image, render_pair
 
         counters: Counter = Counter()
-        uniq = sorted({p["pos"] for p in pairs})
-        rows = self.ds.take(np.asarray(uniq, np.int64), columns=["id", "image", "image_uri"]).to_pylist()
-        by_pos = dict(zip(uniq, rows, strict=True))
+        by_pos = self._planned_rows(pairs)
         photos: dict[int, Any] = {}
         out: list[dict] = []
         for p in pairs:
             row = by_pos[p["pos"]]
-            if row["id"] != p["source_id"]:  # cannot happen at a pinned version; guard against a planning bug
-                raise RuntimeError(f"row {p['pos']} is {row['id']}, planned {p['source_id']}")
             if p["pos"] not in photos:
                 photos[p["pos"]] = self._photo(row["image"], row["image_uri"])
             photo = photos[p["pos"]]

@@ -223,15 +223,11 @@ class _SynthWorker(PairWorker):
         from engines.pairs.synth import Skip, decode_segmentation, synth_pair
 
         counters: Counter = Counter()
-        uniq = sorted({p["pos"] for p in pairs})
-        rows = self.ds.take(np.asarray(uniq, np.int64), columns=["id", "image", "image_uri"]).to_pylist()
-        by_pos = dict(zip(uniq, rows, strict=True))
+        by_pos = self._planned_rows(pairs)
         photos: dict[int, Any] = {}
         out: list[dict] = []
         for p in pairs:
             row = by_pos[p["pos"]]
-            if row["id"] != p["source_id"]:  # cannot happen at a pinned version; guard against a planning bug
-                raise RuntimeError(f"row {p['pos']} is {row['id']}, planned {p['source_id']}")
             if p["pos"] not in photos:
                 rgb = self._decode(row["image"], row["image_uri"])
                 photos[p["pos"]] = rgb if isinstance(rgb, str) else (rgb.size, self._shrink(rgb))
