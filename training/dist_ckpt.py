@@ -14,16 +14,17 @@ parameter, ~98 GB for the 6B model) at every checkpoint costs minutes and a full
 * ``export_safetensors(folder, out)``: one process, no process group, reads the shards from disk
   and writes ``model.safetensors`` / ``ema.safetensors`` in the released layout (for export; the
   loop does it for the final checkpoint only). Peak host memory: the full model in fp32 once.
-* ``load_file_into_shards(model, path)``: released safetensors (a file or a folder of shards) into a
+* ``load_file_into_shards(model, path, skip)``: released safetensors (a file or a folder of shards) into a
   ``fully_shard``-ed model built on the meta device and ``to_empty``-ed: each rank reads only its
-  rows of each tensor (``safe_open(...).get_slice``) and casts them to fp32. Peak per rank: its
-  shards plus one slice as stored; no rank ever holds the full model.
+  rows of each tensor (``safe_open(...).get_slice``) and casts them to the parameter's dtype. Peak per rank: its
+  shards plus one slice as stored; no rank ever holds the full model. LoRA runs under FSDP2 read
+  their frozen base this way too (``skip``: the adapters, which the file does not hold).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -137,17 +138,19 @@ def export_safetensors(folder: Path, out: Path) -> list[Path]:
     return written
 
 
-def load_file_into_shards(model: torch.nn.Module, path: str | Path) -> None:
+def load_file_into_shards(model: torch.nn.Module, path: str | Path, skip: Collection[str] = ()) -> None:
     """Released-layout weights into a sharded model's (``to_empty``-ed) parameters, each rank reading
-    only its own rows of each tensor, cast to the parameter's dtype (fp32 masters from bf16 files).
-    Names and shapes must match exactly, as for ``training.model.load_safetensors``."""
+    only its own rows of each tensor, cast to the parameter's dtype (fp32 masters from bf16 files, or
+    a LoRA run's bf16 frozen base). Names and shapes must match exactly, as for
+    ``training.model.load_safetensors``, except the model's tensors named in ``skip``, which no
+    released file holds (a LoRA run's adapters: the caller sets them)."""
     from safetensors import safe_open
 
     path = Path(path)
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not files or not files[0].exists():
         raise FileNotFoundError(f"no .safetensors files at {path}")
-    targets = dict(model.state_dict())
+    targets = {k: v for k, v in model.state_dict().items() if k not in skip}
     with ExitStack() as stack:
         where = {}
         for f in files:

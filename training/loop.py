@@ -20,7 +20,7 @@ shards of model, optimizer and EMA to ``dcp/`` (``torch.distributed.checkpoint``
 ``model.safetensors`` / ``ema.safetensors`` are consolidated from those shards only in the final
 checkpoint (``dist_ckpt.export_safetensors`` does it for any other). A ``dcp/`` checkpoint resumes on
 any number of ranks, FSDP2, DDP or one process (resharded on load); ``init_from`` under FSDP2 is
-read straight into each rank's shards of a meta-device model. LoRA runs (``lora_rank``) freeze the base and checkpoint only the
+read straight into each rank's shards of a meta-device model, for LoRA runs too. LoRA runs (``lora_rank``) freeze the base and checkpoint only the
 adapters, ``adapter.safetensors`` / ``ema_adapter.safetensors`` in diffusers' LoRA format
 (``training.lora``), instead of the model files; the base is re-read from ``init_from`` on resume. Metrics go to ``<out>/metrics.jsonl`` and the console; sample images to
 ``<out>/samples/``.
@@ -46,7 +46,7 @@ import torch
 from training import dist_ckpt
 from training.config import TrainConfig
 from training.flow import TBins, TimeShift, euler_sample, flow_loss, sample_t
-from training.lora import adapter_state, apply_lora, load_adapter, save_adapter, set_adapter
+from training.lora import adapter_numel, adapter_state, apply_lora, load_adapter, save_adapter, set_adapter
 from training.model import CONFIGS, S3DiT, S3DiTConfig, flops_per_sample, load_safetensors, param_count
 
 __all__ = [
@@ -670,17 +670,23 @@ def _fsdp_on(cfg: TrainConfig, world: int, n_params: int) -> bool:
 
 
 def _build_wrapped(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device, bf16: bool, world: int):
-    """(model, its DDP / FSDP2 wrapper or itself, whether FSDP2). A full fine-tune under FSDP2 is
-    sharded before any weight is read (``_build_sharded``); the rest is built whole, then wrapped."""
-    if not cfg.lora_rank:
-        with torch.device("meta"):
-            use_fsdp = _fsdp_on(cfg, world, param_count(S3DiT(mcfg)))  # counted without allocating
-        if use_fsdp:
-            raw = _build_sharded(cfg, mcfg, ckpt, device, bf16)
-            return raw, raw, True
+    """(model, its DDP / FSDP2 wrapper or itself, whether FSDP2). Under FSDP2 the model is sharded
+    before any weight is read (``_build_sharded``, or ``_build_lora_sharded`` for a LoRA run), so no
+    rank holds it whole; otherwise it is built whole (``_build_model``), then wrapped in DDP."""
+    if _fsdp_on(cfg, world, _planned_params(cfg, mcfg)):
+        build = _build_lora_sharded if cfg.lora_rank else _build_sharded
+        raw = build(cfg, mcfg, ckpt, device, bf16)
+        return raw, raw, True
     raw = _build_model(cfg, mcfg, ckpt, device, bf16=bf16)
-    use_fsdp = _fsdp_on(cfg, world, param_count(raw))
-    return raw, (_wrap(raw, use_fsdp, device, bf16) if world > 1 else raw), use_fsdp
+    return raw, (_wrap(raw, False, device, bf16) if world > 1 else raw), False
+
+
+def _planned_params(cfg: TrainConfig, mcfg: S3DiTConfig) -> int:
+    """The run's parameter count (a LoRA run's adapters included), counted on the meta device: it
+    decides FSDP2 before anything is allocated. A bad ``lora_targets`` fails here, naming the field."""
+    with torch.device("meta"):
+        meta = S3DiT(mcfg)
+    return param_count(meta) + (adapter_numel(meta, cfg.lora_rank, cfg.lora_targets) if cfg.lora_rank else 0)
 
 
 def _build_sharded(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device, bf16: bool) -> S3DiT:
@@ -696,7 +702,7 @@ def _build_sharded(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, devic
     if ckpt is not None and source is not None and not Path(source).exists():
         raise ValueError(f"{ckpt} holds LoRA adapters, not a model: resume it with its lora_rank, or use another out_dir")
     if source is None and ckpt is None:
-        raw = _random_sharded(mcfg, device, bf16)
+        raw = _random_sharded(mcfg, device, bf16, cfg.seed)
     else:
         with torch.device("meta"):
             raw = S3DiT(mcfg)
@@ -713,20 +719,65 @@ def seeded_model(mcfg: S3DiTConfig) -> S3DiT:
     return S3DiT(mcfg)
 
 
-def _random_sharded(mcfg: S3DiTConfig, device: torch.device, bf16: bool) -> S3DiT:
-    """Random init under FSDP2 with one full copy in the job, not one per rank: rank 0 builds the
-    seeded model on the CPU; every rank shards an empty meta-device model, and rank 0's tensors are
-    broadcast one by one into the shards (``set_model_state_dict(broadcast_from_rank0=True)``).
+def _random_sharded(mcfg: S3DiTConfig, device: torch.device, bf16: bool, seed: int) -> S3DiT:
+    """Random init under FSDP2 with one full copy in the job, not one per rank: every rank shards an
+    empty meta-device model, then ``_broadcast_seeded`` fills the shards from rank 0's seeded model.
     The weights equal ``seeded_model``'s on every rank (tests/training/test_dist_ckpt.py)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    full = seeded_model(mcfg).state_dict() if _dist()[0] == 0 else {}
     with torch.device("meta"):
         raw = S3DiT(mcfg)
     _wrap(raw, True, device, bf16)
     raw.to_empty(device=device)
-    set_model_state_dict(raw, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    _broadcast_seeded(raw, mcfg, seed)
     return raw
+
+
+def _broadcast_seeded(raw: S3DiT, mcfg: S3DiTConfig, seed: int, dtype: torch.dtype = torch.float32, strict: bool = True) -> None:
+    """Rank 0 builds the model that ``torch.manual_seed(seed)`` gives on the CPU (the init of one
+    process; seeded right here, as building the sharded model may have drawn), cast to ``dtype`` tensor by
+    tensor, and broadcasts it one tensor at a time into every rank's shards of ``raw``
+    (``set_model_state_dict(broadcast_from_rank0=True)``): the other ranks never hold it whole.
+    ``strict=False`` leaves what the seeded model lacks (a LoRA run's adapters) to the caller."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = {}
+    if _dist()[0] == 0:
+        torch.manual_seed(seed)
+        full = seeded_model(mcfg).to(dtype).state_dict()
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
+    set_model_state_dict(raw, full, options=opts)
+
+
+def _build_lora_sharded(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, device: torch.device, bf16: bool) -> S3DiT:
+    """A LoRA run under FSDP2, sharded before any weight is read as a full fine-tune is
+    (``_build_sharded``): loading the whole frozen base on every rank would cost each one 12 GB
+    (6B model, bf16). The adapters are those of ``_build_lora_model`` (``_meta_lora``); after
+    ``fully_shard`` and ``to_empty`` each rank reads its rows of the base from ``init_from``, or
+    gets them from rank 0's random init (the seed's, as in one process), then its adapter rows."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    raw, adapters = _meta_lora(cfg, mcfg, ckpt, dtype)
+    _wrap(raw, True, device, bf16)
+    raw.to_empty(device=device)
+    if cfg.init_from:
+        dist_ckpt.load_file_into_shards(raw, cfg.init_from, skip=adapters)
+    else:
+        _broadcast_seeded(raw, mcfg, cfg.seed, dtype, strict=False)
+    set_adapter(raw, adapters, source="the adapters")
+    return raw
+
+
+def _meta_lora(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, dtype: torch.dtype) -> tuple[S3DiT, dict]:
+    """(a meta-device model with LoRA layers, their initial values whole on the CPU). ``apply_lora``
+    on a meta base keeps the adapters real, so their values are the seed's, bit for bit those of a
+    1-process run, or a resumed run's ``adapter.safetensors`` (checked against the layers here,
+    before any base weight is read); the adapters then go to meta too, to be sharded with the rest."""
+    with torch.device("meta"):
+        raw = S3DiT(mcfg)
+    raw.gradient_checkpointing = grad_checkpointing(cfg, param_count(raw))
+    apply_lora(raw, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed, base_dtype=dtype)
+    if ckpt is not None:
+        set_adapter(raw, load_adapter(ckpt / ADAPTER_FILE)[0], source=str(ckpt / ADAPTER_FILE))
+    adapters = {n: p.detach().clone() for n, p in adapter_state(raw).items()}
+    return raw.to("meta"), adapters
 
 
 GRAD_CHECKPOINT_AUTO_PARAMS = 1e9
@@ -779,7 +830,8 @@ def _build_lora_model(cfg: TrainConfig, mcfg: S3DiTConfig, ckpt: Path | None, de
     """A frozen base with trainable adapters. The base (``init_from``, else the seed's random init:
     the same on every rank and on resume) is held in the compute dtype, bf16 under autocast: frozen
     weights need no fp32 master, which halves the 6B model's 24.6 GB. Adapters are fp32; on resume
-    they come from the checkpoint's ``adapter.safetensors``."""
+    they come from the checkpoint's ``adapter.safetensors``. This builds the whole base: one process
+    or DDP; under FSDP2 ``_build_lora_sharded`` reads only each rank's shards."""
     dtype = torch.bfloat16 if bf16 else torch.float32
     raw = load_safetensors(cfg.init_from, mcfg, device=device, dtype=dtype) if cfg.init_from else S3DiT(mcfg)
     raw.gradient_checkpointing = grad_checkpointing(cfg, param_count(raw))

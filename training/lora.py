@@ -35,6 +35,7 @@ __all__ = [
     "LoRALinear",
     "apply_lora",
     "match_targets",
+    "adapter_numel",
     "check_targets",
     "adapter_state",
     "set_adapter",
@@ -63,8 +64,9 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Linear(rank, self.out_features, bias=False)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5), generator=generator)  # peft's init
         nn.init.zeros_(self.lora_B.weight)
-        self.lora_A.to(base.weight.device)
-        self.lora_B.to(base.weight.device)
+        if base.weight.device.type != "meta":  # a meta base (sharded build): keep the seeded values to copy out
+            self.lora_A.to(base.weight.device)
+            self.lora_B.to(base.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias) + self.lora_B(self.lora_A(x)) * self.scaling
@@ -95,6 +97,12 @@ def match_targets(model: nn.Module, targets) -> list[str]:
     return hits
 
 
+def adapter_numel(model: nn.Module, rank: int, targets) -> int:
+    """How many parameters ``apply_lora`` would add to ``model`` (a meta-device one costs nothing):
+    the loop sizes the run (FSDP2 or DDP) before it builds anything."""
+    return sum(rank * (m.in_features + m.out_features) for m in map(model.get_submodule, match_targets(model, targets)))
+
+
 def check_targets(cfg, targets) -> None:
     """Validate ``targets`` against a model of config ``cfg`` built on the meta device (no memory),
     so a bad name fails before any weights are read or workers start."""
@@ -115,8 +123,9 @@ def apply_lora(
 ) -> list[str]:
     """Freeze every parameter of ``model`` (cast to ``base_dtype`` if given: a frozen base needs no
     fp32 master copy) and wrap the ``targets`` linears in :class:`LoRALinear`. The adapters' initial
-    values come from ``seed`` alone, so every rank and a resumed run build the same ones. Returns the
-    wrapped module paths."""
+    values come from ``seed`` alone, so every rank and a resumed run build the same ones. On a
+    meta-device model (FSDP2 builds) the adapters stay on the CPU with those values, for the caller
+    to keep before it materialises the model. Returns the wrapped module paths."""
     if rank < 1:
         raise ValueError(f"lora_rank: must be >= 1, got {rank}")
     if alpha is not None and alpha <= 0:
@@ -142,7 +151,8 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def set_adapter(model: nn.Module, state: dict[str, torch.Tensor], source: str = "the adapter file") -> None:
     """Copy ``state`` (our names, no prefix) into the model's adapters; any missing, extra or
-    reshaped key is an error saying which, since a silently partial adapter would train wrong."""
+    reshaped key is an error saying which, since a silently partial adapter would train wrong.
+    Under FSDP2 each rank copies its shard's rows of the whole tensors in ``state``."""
     own = adapter_state(model)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
@@ -153,7 +163,17 @@ def set_adapter(model: nn.Module, state: dict[str, torch.Tensor], source: str = 
     for n, p in own.items():
         if state[n].shape != p.shape:
             raise ValueError(f"{source}: {n} has shape {tuple(state[n].shape)}, this run's lora_rank gives {tuple(p.shape)}")
-        p.copy_(state[n].to(p.device, p.dtype))
+        p.copy_(_placed(state[n], p))
+
+
+def _placed(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``p``'s dtype and layout: under FSDP2 (``p`` a DTensor) this rank's rows of it, cut
+    locally (``src_data_rank=None``: every rank holds the same whole adapter, nothing is sent)."""
+    if not hasattr(p, "device_mesh"):
+        return t.to(p.device, p.dtype)
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(t.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
 
 
 def save_adapter(path: str | Path, state: dict[str, torch.Tensor], rank: int, alpha: float) -> None:

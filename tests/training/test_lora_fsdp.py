@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from tests.training.gloo import spawn
 from training import loop
 from training.loop import ADAPTER_FILE, EMA_ADAPTER_FILE, BatchList, TrainConfig, latest_checkpoint, train
-from training.lora import apply_lora, load_adapter, set_adapter
+from training.lora import apply_lora, load_adapter, save_adapter, set_adapter
 from training.model import S3DiT, load_safetensors, tiny
 
 WORLD = 2
@@ -314,3 +314,68 @@ def test_one_process_lora_checkpoint_resumes_on_two_ranks_and_again(tmp_path, mo
     assert again["step"] == 4 and again["last_epoch"] == 4
     _assert_same_state(again, at4, live4["optim"], live4["ema"])
     assert _steps(out) == [1, 2, 3, 4]
+
+
+def _build_lora_and_record(rank: int, base: str, ckpt: str, out: str) -> None:
+    """Build the 2-rank LoRA model three ways (bf16 base from ``base``; random base; ``base`` plus the
+    adapters of ``ckpt``) and write this rank's view. The whole base may be built by rank 0's random
+    init only: ``load_safetensors`` refuses to run, every other ``S3DiT`` must be on the meta device."""
+    from torch.distributed.tensor import DTensor
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a rank built the whole base")
+
+    built, real = [], loop.S3DiT
+    loop.S3DiT = lambda mcfg: built.append(torch.get_default_device().type) or real(mcfg)
+    loop.load_safetensors = refuse
+    if rank != 0:
+        loop.seeded_model = refuse
+    cfg = _cfg(base, out, 1, precision="bf16")
+    report = {}
+    for case, c, at in (
+        ("file", cfg, None),
+        ("random", cfg.model_copy(update={"init_from": None, "seed": 3}), None),
+        ("resume", cfg, Path(ckpt)),
+    ):
+        built.clear()
+        raw, model, use_fsdp = loop._build_wrapped(c, tiny(), at, torch.device("cpu"), True, WORLD)
+        assert use_fsdp and model is raw and all(isinstance(p, DTensor) for p in raw.parameters())
+        report[case] = {
+            "built": list(built),
+            "rows": {n: p.to_local().shape[0] for n, p in raw.named_parameters()},
+            "full": {n: p.full_tensor().clone() for n, p in raw.named_parameters()},
+            "trained": sorted(n for n, p in raw.named_parameters() if p.requires_grad),
+        }
+    torch.save(report, Path(out) / f"built_{rank}.pt")
+
+
+def test_fsdp2_lora_loads_only_each_rank_shards_of_the_base(tmp_path):
+    """Under FSDP2 a LoRA run never holds the whole base on a rank: the model is built on the meta
+    device, sharded, and each rank reads its rows of the base file (or gets them from rank 0's random
+    init) and of the adapters, which equal the 1-process build's (the seed's, or the checkpoint's)
+    bit for bit, base in bf16 included."""
+    base = tmp_path / "base.safetensors"
+    _save_base(base)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    g = torch.Generator().manual_seed(7)
+    saved = {n: torch.randn(p.shape, generator=g) for n, p in loop.adapter_state(_fresh_lora(base)).items()}
+    save_adapter(ckpt / ADAPTER_FILE, saved, 4, 8.0)
+    spawn(_build_lora_and_record, str(base), str(ckpt), str(tmp_path), world=WORLD)
+    reports = [torch.load(tmp_path / f"built_{r}.pt", weights_only=False) for r in range(WORLD)]
+    cfg = _cfg(base, tmp_path, 1, precision="bf16")
+    for case, c, at in (
+        ("file", cfg, None),
+        ("random", cfg.model_copy(update={"init_from": None, "seed": 3}), None),
+        ("resume", cfg, ckpt),
+    ):
+        one = dict(loop._build_model(c, tiny(), at, torch.device("cpu"), bf16=True).named_parameters())
+        for rank, r in enumerate(reports):
+            got = r[case]
+            whole = ["cpu"] if case == "random" and rank == 0 else []  # rank 0's random init, nothing else
+            assert [d for d in got["built"] if d != "meta"] == whole and "meta" in got["built"], (case, got["built"])
+            assert got["full"].keys() == one.keys() and got["trained"] == sorted(n for n, p in one.items() if p.requires_grad)
+            for n, p in one.items():
+                assert got["full"][n].dtype == p.dtype and torch.equal(got["full"][n], p.detach()), (case, n)
+                assert got["rows"][n] == min(-(-p.shape[0] // WORLD), p.shape[0] - rank * -(-p.shape[0] // WORLD)), (case, n)
+    assert all(torch.equal(reports[0]["resume"]["full"][n], v) for n, v in saved.items())
