@@ -187,7 +187,30 @@ def _load_optim(model, opt, state: dict, use_fsdp: bool) -> None:
         state = _by_name(model, opt, state)
         set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
     else:
-        opt.load_state_dict(state)
+        opt.load_state_dict(_by_index(model, opt, state))
+
+
+def _by_index(model, opt, state: dict) -> dict:
+    """A full optimizer state keyed by index, as ``opt.load_state_dict`` wants it. An FSDP2 run's
+    checkpoint (a LoRA run's ``trainer.pt``) is keyed by parameter name; ``load_state_dict`` would
+    pair entries by position and never look at the names, so a changed order would put one
+    adapter's moments on another of the same shape. Here each name goes to its own index, and a
+    name this model lacks (or lacks in the state) is an error that names it."""
+    if not any(isinstance(k, str) for k in state["state"]):
+        return state
+    names = {id(p): n.removeprefix("module.") for n, p in model.named_parameters()}
+    current = [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
+    index = {n: i for i, n in enumerate(n for g in current for n in g)}
+    saved = [n for g in state["param_groups"] for n in g["params"]]
+    if sorted(saved) != sorted(index):
+        extra, missing = sorted(set(saved) - set(index))[:3], sorted(set(index) - set(saved))[:3]
+        raise ValueError(f"the checkpoint's optimizer is of another model: its extra {extra}, missing {missing}")
+    # ``load_state_dict`` pairs the saved ids with this optimizer's params by position in each group,
+    # so each group lists its ids in this optimizer's order (and must hold the same parameters)
+    groups = [{**g, "params": sorted(index[n] for n in g["params"])} for g in state["param_groups"]]
+    if [sorted(g["params"]) for g in state["param_groups"]] != [sorted(g) for g in current]:
+        raise ValueError("the checkpoint's optimizer groups its parameters otherwise (weight decay groups differ)")
+    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
 
 
 def _by_name(model, opt, state: dict) -> dict:
@@ -901,11 +924,34 @@ def _resume(run: _Run) -> tuple[int, int, dict | None]:
         run.gen.set_state(st["generator"])
         if st["data"] is not None and hasattr(run.data, "load_state_dict"):
             run.data.load_state_dict(st["data"])
-    elif run.rank == 0:
-        run.log(f"warning: {rs.name} missing (world size changed?): data and noise restart fresh on this rank")
     if run.rank == 0:
+        note = _ranks_changed(ckpt, run.world)
+        if note:
+            run.log(f"warning: {note}")
         run.log(f"resumed from {ckpt} at step {tr['step']}")
     return tr["step"], tr["epoch"], tr.get("sample_conds")
+
+
+def _ranks_changed(ckpt: Path, world: int) -> str | None:
+    """What a resume on another number of ranks loses, in words (None when nothing): each rank's
+    noise generator and data position live in its ``rank_<r>.pt``, so a rank without one starts
+    both fresh, and the positions of ranks this run does not have are dropped (their shards' order
+    starts again). Weights, optimizer, EMA and schedule resume exactly either way."""
+    saved = sorted(int(p.stem.removeprefix("rank_")) for p in ckpt.glob("rank_*.pt") if p.stem.removeprefix("rank_").isdigit())
+    fresh = [r for r in range(world) if r not in saved]
+    dropped = [r for r in saved if r >= world]
+    if not fresh and not dropped:
+        return None
+    what = f"checkpoint of {len(saved)} rank(s) resumed on {world}"
+    if fresh:
+        what += f"; data and noise restart fresh on rank(s) {_ranks(fresh)}"
+    if dropped:
+        what += f"; the data positions of rank(s) {_ranks(dropped)} are dropped"
+    return what
+
+
+def _ranks(rs: list[int]) -> str:
+    return ", ".join(map(str, rs[:8])) + (f" (+{len(rs) - 8} more)" if len(rs) > 8 else "")
 
 
 def _resume_sharded(run: _Run, folder: Path) -> None:
