@@ -157,3 +157,17 @@ def add_clip_sim_rule(store) -> None:
 
     sim = Rule(column="prof_clip_sim", op=">=", threshold=0.2, why="caption does not match the image", optional=True)
     save_rules(review_dir(store) / "thresholds.json", [*DEFAULT_RULES, sim])
+
+
+def wait_until(page, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript ``expression`` with ``page.evaluate`` until it is truthy. Not
+    ``page.wait_for_function``: when its first check is false it polls inside the page with
+    ``eval``, which the app's Content-Security-Policy (``script-src 'self'``) refuses, so a wait
+    that is not over at once fails (seen on CI); ``page.evaluate`` goes through the protocol."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout:g} s: {expression}")
+        page.wait_for_timeout(50)

@@ -11,7 +11,7 @@ from annotator_ui.app import AppSettings, create_app
 from curation.reviewdb import ReviewDB
 from curation.store import Store
 from pipelines.review import ReviewMineConfig, mine_queue, review_apply_action
-from tests.helpers import PASSWORD, add_signals, coco_rows, samples_table, served
+from tests.helpers import PASSWORD, add_signals, coco_rows, samples_table, served, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -205,7 +205,7 @@ def test_action_buttons_and_the_whole_image_fit_the_window_and_z_zooms_to_100_pe
     w, h = size
     page = browser.new_context(viewport={"width": w, "height": h}).new_page()
     _login(page, base)
-    page.wait_for_function("document.getElementById('item-image').complete && document.getElementById('item-image').naturalWidth > 0")
+    wait_until(page, "document.getElementById('item-image').complete && document.getElementById('item-image').naturalWidth > 0")
     view = {"x": 0, "y": 0, "w": w, "h": h}
     for sel in ("#btn-accept", "#btn-reject", "#btn-skip", "#btn-flag", "#caption"):
         assert _inside(_box(page, sel), view), (sel, _box(page, sel), size)
@@ -238,7 +238,7 @@ def test_saved_message_undo_with_b_and_history(server, browser):
         page.keyboard.press("a")
     saved = page.locator("#saved")
     assert saved.get_attribute("aria-live") == "polite" and saved.get_attribute("role") == "status"
-    page.wait_for_function("document.getElementById('saved').textContent.length > 0")
+    wait_until(page, "document.getElementById('saved').textContent.length > 0")
     assert saved.text_content() == f"saved: keep #{first}" and saved.is_visible()
     second = int(page.get_attribute("#review-form", "data-item"))
     assert second != first and page.evaluate("document.activeElement === document.body")
@@ -246,7 +246,7 @@ def test_saved_message_undo_with_b_and_history(server, browser):
         page.keyboard.press("b")
     assert int(page.get_attribute("#review-form", "data-item")) == first
     # app.js empties the live region and refills it 50 ms later, so screen readers announce it
-    page.wait_for_function("document.getElementById('saved').textContent.length > 0")
+    wait_until(page, "document.getElementById('saved').textContent.length > 0")
     assert f"undone: #{first}" in page.text_content("#saved") and db.decisions() == []
     page.keyboard.press("e")
     page.keyboard.press("Control+a")
@@ -317,6 +317,6 @@ def test_gold_feedback_line_after_a_decision_on_a_check_item(server, browser):
     assert page.text_content("#row-id") == row_id
     with page.expect_navigation():
         page.keyboard.press("r")
-    page.wait_for_function("document.getElementById('saved').textContent.indexOf('check item') > 0")
+    wait_until(page, "document.getElementById('saved').textContent.indexOf('check item') > 0")
     assert page.text_content("#gold-feedback").strip() == "\u00b7 this was a check item; the expected answer was keep"
     assert page.get_attribute("#gold-feedback", "class") == "wrong" and page.is_hidden("#btn-undo") is True

@@ -23,7 +23,7 @@ from curation.store import Store
 from pipelines.pairs import PAIRS_SCHEMA, PairExportConfig, PairsConfig, export_pairs, render_pairs, table_path
 from pipelines.pairs.review import PairReviewConfig, apply_pair_reviews, review_pairs
 from pipelines.review import ReviewApplyConfig, apply_reviews, default_db_url
-from tests.helpers import PASSWORD, samples_table, served
+from tests.helpers import PASSWORD, samples_table, served, wait_until
 
 N = 4
 ZWSP = "\u200b"
@@ -238,7 +238,7 @@ def pair_server(ds):
 def _boxes_side_by_side(page) -> None:
     """Both images loaded, source left of target, both and the buttons inside the 1366x768 window."""
     for sel in ("#pair-source", "#pair-target"):
-        page.wait_for_function(f"document.querySelector('{sel}').complete && document.querySelector('{sel}').naturalWidth > 0")
+        wait_until(page, f"document.querySelector('{sel}').complete && document.querySelector('{sel}').naturalWidth > 0")
     src, tgt = page.locator("#pair-source").bounding_box(), page.locator("#pair-target").bounding_box()
     assert src["x"] + src["width"] <= tgt["x"], (src, tgt)
     assert abs(src["y"] - tgt["y"]) < 2 and src["width"] > 200 and tgt["width"] > 200
@@ -266,7 +266,7 @@ def test_page_shows_the_pair_side_by_side_and_saves_the_instruction(pair_server,
     with page.expect_navigation():
         page.keyboard.press("Control+Enter")
     # app.js empties the live region on load and refills it 50 ms later (so screen readers announce it)
-    page.wait_for_function("document.getElementById('saved').textContent.length > 0")
+    wait_until(page, "document.getElementById('saved').textContent.length > 0")
     assert page.text_content("#saved").startswith("saved: keep")
     # a rendered pair: its instruction is there to edit, the Chinese one shown; drop it with r
     second = page.text_content("#row-id")
