@@ -208,22 +208,15 @@ def _train(
     folder), whose pages the kernel can write out and drop: the task's own memory is then one
     chunk, the first-level k-means subsample (2,000 per first-level cluster) and one
     second-level cluster's vectors."""
-    from engines.vector.index import ListRouter, serialize, train_index, train_points, training_subset
+    from engines.vector.index import ListRouter, serialize, train_index, train_points
 
     ds = store.open(version)
     want = max(1, train_points(n * SLOTS, cfg) // SLOTS + 1)
     rng = np.random.default_rng(cfg.seed)
     pos = np.sort(rng.choice(n, min(want, n), replace=False))
     chunks = [pos[s : s + read_rows] for s in range(0, len(pos), read_rows)]
-    # pass 1 (the full-frame column only, 1/11 of the bytes): which sampled rows give vectors,
-    # so that the size of the sample, hence the drawn subset, is known before the vectors are read
-    valid = np.concatenate([_sample_rows(ds, c, regions=False)[2] for c in chunks]) if chunks else np.zeros(0, bool)
-    n_sample = int(valid.sum()) * SLOTS
-    pick = training_subset(n_sample, n * SLOTS, cfg)
-    size = n_sample if pick is None else len(pick)
-    dest = np.arange(n_sample) if pick is None else np.full(n_sample, -1, np.int64)
-    if pick is not None:
-        dest[pick] = np.arange(len(pick))  # sample vector -> its place in the training set, or -1
+    dest, size = _training_places(ds, chunks, n, cfg)
+    n_sample = len(dest)
     spill = None
     if scratch is not None and size * VEC_DESC_DIM * 4 > spill_bytes:
         Path(scratch).mkdir(parents=True, exist_ok=True)
@@ -250,6 +243,23 @@ def _train(
     if router is not None:
         router.save(Path(router_path))
     return serialize(trained), f"{kind} index ({spec}) over {n * SLOTS:,} descriptors, trained on {size:,}"
+
+
+def _training_places(ds, chunks: list[np.ndarray], n: int, cfg: IndexConfig) -> tuple[np.ndarray, int]:
+    """Pass 1 of ``_train``, over the full-frame column only (1/11 of the bytes): which sampled
+    rows give vectors, hence the sample's size and the drawn subset (``training_subset``), known
+    before any vector is read. Returns (each sample vector's place in the training set or -1,
+    the training set's size)."""
+    from engines.vector.index import training_subset
+
+    valid = np.concatenate([_sample_rows(ds, c, regions=False)[2] for c in chunks]) if chunks else np.zeros(0, bool)
+    n_sample = int(valid.sum()) * SLOTS
+    pick = training_subset(n_sample, n * SLOTS, cfg)
+    if pick is None:
+        return np.arange(n_sample), n_sample
+    dest = np.full(n_sample, -1, np.int64)
+    dest[pick] = np.arange(len(pick))
+    return dest, len(pick)
 
 
 def _sample_rows(ds, pos: np.ndarray, regions: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
