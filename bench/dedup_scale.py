@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import curation  # noqa: E402,F401  (Ray environment defaults)
-from curation.schema import SAMPLES_SCHEMA, VEC_DESC_DIM, VEC_VISUAL  # noqa: E402
+from curation.schema import SAMPLES_SCHEMA, VEC_DESC_DIM, VEC_REGIONS, VEC_VISUAL  # noqa: E402
 
 COCO = ROOT.parent / "shared" / "data" / "coco-mini" / "images"
 REAL_KINDS = ("crop", "strong_crop", "banner", "frame", "mirror_combo", "rotate_combo")
@@ -84,7 +84,7 @@ def synthetic_batch(start: int, m: int, pool_f: np.ndarray, pool_r: np.ndarray, 
     of an earlier row of the batch (groups of 2-5), 0.2% exact copies. Returns (table, group labels)."""
     base = rng.integers(0, len(pool_f), m)
     full = _normed(_noisy(pool_f[base], rng, NOISE), 1)
-    reg = _normed(_noisy(pool_r[base], rng, NOISE), 10)
+    reg = _normed(_noisy(pool_r[base], rng, NOISE), VEC_REGIONS)
     group = np.arange(start, start + m).astype(np.int64)
     sha = [hashlib.sha256(str(start + i).encode()).hexdigest() for i in range(m)]
     n_src = max(1, m // 150)
@@ -92,7 +92,7 @@ def synthetic_batch(start: int, m: int, pool_f: np.ndarray, pool_r: np.ndarray, 
     dst = m // 2 + rng.choice(m - m // 2, min(m - m // 2, n_src * 3), replace=False)
     owner = src[rng.integers(0, n_src, len(dst))]
     full[dst] = _normed(_noisy(full[owner], rng, 0.05), 1)
-    reg[dst] = _normed(_noisy(reg[owner].reshape(len(dst), 10, -1).reshape(len(dst), -1), rng, 0.05), 10)
+    reg[dst] = _normed(_noisy(reg[owner].reshape(len(dst), VEC_REGIONS, -1).reshape(len(dst), -1), rng, 0.05), VEC_REGIONS)
     group[dst] = group[owner]
     for k in dst[: max(1, len(dst) // 10)]:  # some copies are byte-identical: the exact path
         sha[k] = sha[owner[np.flatnonzero(dst == k)[0]]]
@@ -117,7 +117,7 @@ def _table(ids, images, sha, w, h, full, reg) -> pa.Table:
     t = pa.table([cols[f.name].cast(f.type) for f in SAMPLES_SCHEMA], schema=SAMPLES_SCHEMA)
     vt = VEC_VISUAL.schema
     desc = pa.FixedSizeListArray.from_arrays(pa.array(full.astype(np.float16).ravel()), VEC_DESC_DIM)
-    regs = pa.FixedSizeListArray.from_arrays(pa.array(reg.astype(np.float16).ravel()), VEC_DESC_DIM * 10)
+    regs = pa.FixedSizeListArray.from_arrays(pa.array(reg.astype(np.float16).ravel()), VEC_DESC_DIM * VEC_REGIONS)
     return (
         t.append_column(vt.field("vec_desc"), desc)
         .append_column(vt.field("vec_regions"), regs)

@@ -280,11 +280,18 @@ VEC_DESC_DIM = 231
 Was 252 (9 bins) before the descriptor became mirror- and rotation-aware: an older column is
 recomputed by the dedup and index jobs."""
 
+VEC_REGIONS = 11
+"""Regional descriptors per row in ``vec_regions`` (engines.vector.descriptor.N_REGIONS): centre and
+four corners at 80% and 70%, then the content box (a screenshot's photo). Was 10 before the content
+box: an older column is recomputed by the dedup and index jobs."""
+
 VEC_VISUAL = column_group(
     "vec_visual",
     [
         pa.field("vec_desc", pa.list_(pa.float16(), VEC_DESC_DIM)),  # training-free global descriptor, L2-normalised
-        pa.field("vec_regions", pa.list_(pa.float16(), VEC_DESC_DIM * 10)),  # the same for 10 centre/corner crops
+        pa.field(
+            "vec_regions", pa.list_(pa.float16(), VEC_DESC_DIM * VEC_REGIONS)
+        ),  # the same for 10 centre/corner crops + the content box
         pa.field("vec_error", pa.string()),  # null = described; else "<reason>: <detail>"
     ],
     "training-free image descriptors (gradient pyramid + DCT tiny image) for near-duplicate search",

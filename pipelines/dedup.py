@@ -62,7 +62,7 @@ class DedupConfig(BaseModel):
     )
     index: IndexConfig = Field(
         default_factory=lambda: IndexConfig(nprobe=8, hnsw_lists=4096),
-        description="the index over every row's 11 descriptors (candidates); kind auto = exact "
+        description="the index over every row's 12 descriptors (candidates); kind auto = exact "
         "below flat_max vectors, else IVF-Flat (exact cosines in the lists)",
     )
     resources: dict[Literal["index", "candidates", "verify"], dict[str, float]] = Field(

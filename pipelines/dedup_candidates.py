@@ -2,17 +2,18 @@
 then the pairs accepted (cheap signals or local-feature verification), all on workers.
 
 Why this shape: the in-memory search (``engines.vector.dedup.region_candidates``) holds every
-row's 11 descriptors in one process and searches them exactly: n^2 work and n x 11 x 231 floats
+row's 12 descriptors in one process and searches them exactly: n^2 work and n x 12 x 231 floats
 of memory. Here the driver keeps per-row scalars only (ids, hashes, quality) and what comes
 back is the accepted pairs:
 
-1. index: an IVF (or, for small data, flat) index of every row's full-frame and 10 regional
-   descriptors (label = row position x 11 + slot) is trained on a sample in a Ray task, filled
+1. index: an IVF (or, for small data, flat) index of every row's full-frame, 10 regional and
+   content-box descriptors (label = row position x 12 + slot) is trained on a sample in a Ray task, filled
    in shards on workers (one checkpointed shard per unit of fragments), and merged by one Ray
    task into a file the query actors load once.
 2. candidates: each query unit reads its rows' descriptors, queries the full frame in the 8
    orientations of the dihedral group (``candidate_queries``: mirrors and quarter turns, computed
-   from the stored vector) and the two centre regions (a screenshot finds its photo), reduces hits to each row's ``k`` best other rows (``top_owners``) and writes
+   from the stored vector), the two centre regions and the content box (a screenshot finds its
+   photo), reduces hits to each row's ``k`` best other rows (``top_owners``) and writes
    the pairs (i < j, similarity, pHash distance) as fragments of a Lance edge table; the driver
    commits them once. Checkpointed per unit.
 3. accept: each unit takes the edges whose smaller end lies in its range of rows (a pair found
@@ -38,6 +39,7 @@ from rich.console import Console
 
 from curation.schema import VEC_DESC_DIM
 from engines.vector.dedup import CENTRE_REGIONS, NearDupConfig
+from engines.vector.descriptor import N_REGIONS
 from engines.vector.index import IndexConfig
 from pipelines.descriptors import fragment_units
 
@@ -53,7 +55,7 @@ EDGE_SCHEMA = pa.schema(
         pa.field("ham", pa.int16()),  # pHash Hamming distance, -1 = no hash on one side
     ]
 )
-SLOTS = 11  # full frame + 10 regions per row
+SLOTS = 1 + N_REGIONS  # full frame + 10 regions + the content box per row
 
 
 class NearJob:
@@ -101,7 +103,7 @@ def _read_descriptors(ds, fragments: list[int], regions: bool) -> tuple[np.ndarr
 
 
 def _slot_vectors(full: np.ndarray, reg: np.ndarray, valid: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 11 vectors of each valid row and their labels (position x 11 + slot)."""
+    """The SLOTS vectors of each valid row and their labels (position x SLOTS + slot)."""
     pos = np.flatnonzero(valid)
     x = np.concatenate([full[pos, None, :], reg[pos]], axis=1).reshape(-1, full.shape[1])
     labels = ((start + pos)[:, None] * SLOTS + np.arange(SLOTS)[None, :]).ravel()
@@ -112,7 +114,7 @@ def _slot_vectors(full: np.ndarray, reg: np.ndarray, valid: np.ndarray, start: i
 
 
 class _ShardWorker:
-    """Ray actor: adds the 11 descriptors of each row of some fragments to a copy of the trained
+    """Ray actor: adds the 12 descriptors of each row of some fragments to a copy of the trained
     index and writes it as the unit's shard file (a temporary name, then renamed). The shard goes
     straight to the job folder, as the merged index does: through the object store and the driver
     it was 10 GB at 1M rows, and the driver's largest allocation."""
@@ -193,7 +195,7 @@ def _train(
     read_rows: int = TRAIN_READ_ROWS,
     spill_bytes: int = TRAIN_SPILL_BYTES,
 ) -> tuple[bytes, str]:
-    """Ray task: an empty index trained on a sample of rows' 11 descriptors, and the router of
+    """Ray task: an empty index trained on a sample of rows' 12 descriptors, and the router of
     its lists (written to ``router_path`` when the index has lists).
 
     Memory: the training set is 40 vectors per list (``train_points``) and the lists grow with
@@ -226,7 +228,7 @@ def _train(
         x = np.empty((size, VEC_DESC_DIM), np.float32)
     try:
         at = 0
-        for c in chunks:  # pass 2: the 11 vectors of each valid row, in the order of the sample
+        for c in chunks:  # pass 2: the 12 vectors of each valid row, in the order of the sample
             full, reg, ok = _sample_rows(ds, c, regions=True)
             xc, _ = _slot_vectors(full, reg, ok, 0)
             d = dest[at : at + len(xc)]
@@ -246,7 +248,7 @@ def _train(
 
 
 def _training_places(ds, chunks: list[np.ndarray], n: int, cfg: IndexConfig) -> tuple[np.ndarray, int]:
-    """Pass 1 of ``_train``, over the full-frame column only (1/11 of the bytes): which sampled
+    """Pass 1 of ``_train``, over the full-frame column only (1/12 of the bytes): which sampled
     rows give vectors, hence the sample's size and the drawn subset (``training_subset``), known
     before any vector is read. Returns (each sample vector's place in the training set or -1,
     the training set's size)."""
@@ -277,7 +279,7 @@ def _sample_rows(ds, pos: np.ndarray, regions: bool) -> tuple[np.ndarray, np.nda
 
 
 def build_region_index(job: NearJob, show_progress: bool) -> Path:
-    """Phase 1: the merged index file of every row's 11 descriptors (resumable per shard)."""
+    """Phase 1: the merged index file of every row's 12 descriptors (resumable per shard)."""
     import ray
 
     from curation.runner import execute_units
@@ -438,7 +440,7 @@ class _CandidateWorker:
 
 
 def _actor_memory(index_path: Path, rows_per_unit: int) -> int:
-    """Memory to reserve per candidate actor: a unit's 11 descriptors per row (float32, read and
+    """Memory to reserve per candidate actor: a unit's 12 descriptors per row (float32, read and
     cleaned: twice) and one block's hits, plus the index's in-memory part (the coarse quantiser;
     the lists are memory-mapped and shared by the node's actors through the page cache, so they
     are not reserved per actor). Ray then runs as many actors as the nodes' CPUs allow instead of

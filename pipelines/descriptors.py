@@ -29,7 +29,7 @@ class VisualConfig(StageConfig):
 
 @register_stage
 class VisualStage(Stage):
-    """Training-free image descriptors (global + 10 regions) for near-duplicate search."""
+    """Training-free image descriptors (global + 10 regions + the content box) for near-duplicate search."""
 
     name = "vec_visual"
     config_model = VisualConfig
@@ -51,15 +51,20 @@ def ensure_visual(store, show_progress: bool = True, *, dry_run: bool = False) -
     """Compute the descriptor columns (resumable stage) where rows lack them: all rows the first
     time, the rows appended since on later runs (else dedup would see them as ``null_vector``), and
     all again when they were made by an older descriptor (another length: 252 before the mirror-
-    and rotation-aware one), whose vectors the dedup job could not compare with its queries.
+    and rotation-aware one; 10 regions before the content box), whose vectors the dedup job could
+    not compare with its queries.
     ``dry_run``: a dry run commits nothing, so missing or stale descriptors are an error that
     says how to make them."""
     from curation.runner import run_stage
-    from curation.schema import VEC_DESC_DIM
+    from curation.schema import VEC_DESC_DIM, VEC_REGIONS
 
     ds = store.open()
     schema = ds.schema
-    stale = "vec_desc" in schema.names and getattr(schema.field("vec_desc").type, "list_size", None) != VEC_DESC_DIM
+    stale = "vec_desc" in schema.names and (
+        getattr(schema.field("vec_desc").type, "list_size", None) != VEC_DESC_DIM
+        or "vec_regions" not in schema.names
+        or getattr(schema.field("vec_regions").type, "list_size", None) != VEC_DESC_DIM * VEC_REGIONS
+    )
     lacking = 0 if "vec_desc" not in schema.names or stale else _rows_lacking(ds, VisualStage())
     if dry_run and ("vec_desc" not in schema.names or stale or lacking):
         _dry_run_error(store, stale, lacking)
@@ -68,13 +73,20 @@ def ensure_visual(store, show_progress: bool = True, *, dry_run: bool = False) -
         run_stage(store, VisualStage(), show_progress=show_progress)
     elif stale:
         console.print(
-            f"vec_desc was made by an older descriptor ({schema.field('vec_desc').type}); "
-            f"recomputing it ({VEC_DESC_DIM}-d, mirror- and rotation-aware)"
+            f"vec_desc was made by an older descriptor ({schema.field('vec_desc').type}, "
+            f"{_regions_of(schema)} regions); "
+            f"recomputing it ({VEC_DESC_DIM}-d, mirror- and rotation-aware, {VEC_REGIONS} regions with the content box)"
         )
         run_stage(store, VisualStage(), overwrite=True, show_progress=show_progress)
     elif lacking:
         console.print(f"vec_desc missing on {lacking} rows added since it was computed: computing them (stage vec_visual)")
         run_stage(store, VisualStage(), show_progress=show_progress)
+
+
+def _regions_of(schema) -> int | str:
+    if "vec_regions" not in schema.names:
+        return "no"
+    return (getattr(schema.field("vec_regions").type, "list_size", 0) or 0) // max(1, schema.field("vec_desc").type.list_size or 1)
 
 
 def _rows_lacking(ds, stage) -> int:

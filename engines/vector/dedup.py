@@ -27,6 +27,7 @@ from functools import partial
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from engines.vector.descriptor import CONTENT_REGION
 from engines.vector.graph import attach_orphans, communities, communities_by_component, symmetric_edges
 
 __all__ = [
@@ -196,7 +197,7 @@ def split_top_owners(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``top_owners`` with its own quota for the hits of centre-region queries (those after the
     first ``n_full`` hits, which come from full-frame queries), counting only their hits on other
-    rows' full frames (``slot`` 0). Why: screenshots share their window chrome, so a screenshot's
+    rows' whole photos (``slot`` 0, the full frame, or ``CONTENT_SLOT``). Why: screenshots share their window chrome, so a screenshot's
     full-frame top ``k`` fills up with other screenshots, and its centre matches other
     screenshots' centres too; the photo it shows is found as a whole frame from its middle, in a
     quota of its own. A pair can come back from both quotas; ``symmetric_edges`` keeps it once."""
@@ -204,12 +205,17 @@ def split_top_owners(
     if k_centre <= 0 or n_full >= len(q):
         return a
     c = slice(n_full, None)
-    b = top_owners(q[c], np.where(slot[c] == 0, owner[c], -1), sim[c], k_centre, min_sim)
+    whole = (slot[c] == 0) | (slot[c] == CONTENT_SLOT)
+    b = top_owners(q[c], np.where(whole, owner[c], -1), sim[c], k_centre, min_sim)
     return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
 
 
-CENTRE_REGIONS = (0, 5)
-"""Indices of the centre regions (80% and 70% of each side) in ``describe``'s region order."""
+CENTRE_REGIONS = (0, 5, CONTENT_REGION)
+"""Regions queried for a photo shown inside other pixels, in ``describe``'s region order: the
+centre regions (80% and 70% of each side) and the content box (the photo a screenshot shows)."""
+CONTENT_SLOT = CONTENT_REGION + 1
+"""Slot of the content box among a row's index entries (0 = full frame, 1.. = regions): a hit
+there is a hit on the whole photo (the full frame again for a picture with no surroundings)."""
 
 
 def candidate_queries(full: np.ndarray, dihedral: bool = True, centres: np.ndarray | None = None) -> np.ndarray:

@@ -41,6 +41,8 @@ __all__ = [
     "describe",
     "region_boxes",
     "N_REGIONS",
+    "CONTENT_REGION",
+    "content_box",
     "decode_gray",
     "visual_columns",
     "DIHEDRAL",
@@ -459,7 +461,56 @@ def dihedral_descriptors(x: np.ndarray) -> np.ndarray:
 
 
 REGION_SCALES = (0.8, 0.7)
-N_REGIONS = 5 * len(REGION_SCALES)
+N_REGIONS = 5 * len(REGION_SCALES) + 1
+"""Centre and corner boxes at each scale, then the content box (``CONTENT_REGION``)."""
+CONTENT_REGION = N_REGIONS - 1
+"""Index of the content box in ``describe``'s regions: the photo inside a screenshot, a frame or
+letterbox bars, or the whole picture when nothing surrounds it (``content_box``)."""
+
+
+def _chrome_lines(lines: np.ndarray, share: float) -> np.ndarray:
+    """Per line (row of ``lines``, uint8 luma): does one grey level (3 levels wide) fill >= ``share``
+    of it? Window chrome, margins and bars are flat fills; a photo's rows are not, even in a sky."""
+    q = lines.astype(np.int32) // 3 + 86 * np.arange(len(lines), dtype=np.int32)[:, None]
+    counts = np.bincount(q.ravel(), minlength=86 * len(lines)).reshape(len(lines), 86)
+    return counts.max(1) >= share * lines.shape[1]
+
+
+def _kept_span(chrome: np.ndarray) -> tuple[int, int]:
+    keep = np.flatnonzero(~chrome)
+    return (int(keep[0]), int(keep[-1]) + 1) if len(keep) else (0, 0)
+
+
+def content_box(gray: np.ndarray, share: float = 0.7, min_area: float = 0.15, max_area: float = 0.9) -> tuple[int, int, int, int] | None:
+    """(y, x, height, width) of the picture inside flat surroundings, or None when there are none.
+
+    A screenshot shows a photo shrunk inside a window (title bar, margins, status bar); a framed,
+    letterboxed or pillarboxed copy shows it inside flat bars. Their whole-frame descriptor sees
+    mostly the surroundings, and the fixed centre regions cut across the photo wherever it sits.
+    Trimming, from each side inwards, the lines that one flat fill dominates (text in a title bar
+    covers too little of its row to stop it) leaves the photo's box, whose descriptor matches the
+    original's full frame. Twice over rows and columns, so side margins do not hide the top and
+    bottom chrome. None when the box keeps more than ``max_area`` (nothing to trim: most photos)
+    or less than ``min_area`` of the picture (mostly flat: a drawing or a blank, not a frame)."""
+    g = np.asarray(gray)
+    if g.dtype != np.uint8:
+        g = np.clip(g, 0, 255).astype(np.uint8)
+    step = 2 if min(g.shape[:2]) >= 64 else 1  # every other pixel: flat fills stay flat, 4x cheaper
+    g = g[::step, ::step]
+    h, w = g.shape[:2]
+    y0, y1, x0, x1 = 0, h, 0, w
+    for _ in range(2):
+        a, b = _kept_span(_chrome_lines(g[y0:y1, x0:x1], share))
+        y0, y1 = y0 + a, y0 + b
+        a, b = _kept_span(_chrome_lines(g[y0:y1, x0:x1].T, share)) if y1 > y0 else (0, 0)
+        x0, x1 = x0 + a, x0 + b
+        if y1 - y0 < 8 or x1 - x0 < 8:
+            return None
+    area = (y1 - y0) * (x1 - x0) / (h * w)
+    if not min_area <= area <= max_area:
+        return None
+    y0, x0 = y0 * step, x0 * step
+    return y0, x0, min(y1 * step, gray.shape[0]) - y0, min(x1 * step, gray.shape[1]) - x0
 
 
 def region_boxes(h: int, w: int) -> list[tuple[int, int, int, int]]:
@@ -476,11 +527,14 @@ def describe(gray: np.ndarray, cfg: DescriptorConfig = DescriptorConfig()) -> tu
     """Full-frame descriptor (``DESC_DIM``) and the ``N_REGIONS`` regional ones (N_REGIONS x DESC_DIM).
 
     Regions let a crop find its original: the crop's full frame matches the region of the
-    original it was cut from (see ``dedup.region_candidates``)."""
+    original it was cut from (see ``dedup.region_candidates``). The last region is the content
+    box (``content_box``; the full frame again when there is none): a screenshot's photo."""
     h, w = gray.shape[:2]
     full = global_descriptor(gray, cfg)
-    regs = np.stack([global_descriptor(gray[y : y + ch, x : x + cw], cfg) for y, x, ch, cw in region_boxes(h, w)])
-    return full, regs
+    regs = [global_descriptor(gray[y : y + ch, x : x + cw], cfg) for y, x, ch, cw in region_boxes(h, w)]
+    box = content_box(gray)
+    regs.append(full if box is None else global_descriptor(gray[box[0] : box[0] + box[2], box[1] : box[1] + box[3]], cfg))
+    return full, np.stack(regs)
 
 
 def decode_gray(data: bytes | None, uri: str | None = None, max_side: int = 512):

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.schema import VEC_DESC_DIM
+from curation.schema import VEC_DESC_DIM, VEC_REGIONS
 from engines.vector.index import IndexConfig, clean_vectors, serialize, to_matrix, train_index, train_points, training_subset
 from pipelines.dedup_candidates import SLOTS, _slot_vectors, _train
 
@@ -27,7 +27,7 @@ def _dataset(path, n: int, bad: bool, seed: int = 0) -> _Store:
     zero full frames: not in the training sample) and null regions (zeros, as the task reads them)."""
     rng = np.random.default_rng(seed)
     full = rng.standard_normal((n, VEC_DESC_DIM)).astype(np.float32)
-    reg = rng.standard_normal((n, 10 * VEC_DESC_DIM)).astype(np.float32)
+    reg = rng.standard_normal((n, VEC_REGIONS * VEC_DESC_DIM)).astype(np.float32)
     null_desc, null_reg = np.zeros(n, bool), np.zeros(n, bool)
     if bad:
         full[3::29] = np.nan
@@ -35,9 +35,9 @@ def _dataset(path, n: int, bad: bool, seed: int = 0) -> _Store:
         null_desc[7::23] = True
         null_reg[11::37] = True
     desc = pa.FixedSizeListArray.from_arrays(pa.array(full.astype(np.float16).ravel()), VEC_DESC_DIM)
-    regs = pa.FixedSizeListArray.from_arrays(pa.array(reg.astype(np.float16).ravel()), 10 * VEC_DESC_DIM)
+    regs = pa.FixedSizeListArray.from_arrays(pa.array(reg.astype(np.float16).ravel()), VEC_REGIONS * VEC_DESC_DIM)
     desc = pa.FixedSizeListArray.from_arrays(desc.values, VEC_DESC_DIM, mask=pa.array(null_desc))
-    regs = pa.FixedSizeListArray.from_arrays(regs.values, 10 * VEC_DESC_DIM, mask=pa.array(null_reg))
+    regs = pa.FixedSizeListArray.from_arrays(regs.values, VEC_REGIONS * VEC_DESC_DIM, mask=pa.array(null_reg))
     uri = str(path / "d.lance")
     lance.write_dataset(pa.table({"vec_desc": desc, "vec_regions": regs}), uri, max_rows_per_file=500)
     return _Store(uri)

@@ -287,7 +287,7 @@ def test_development_set_all_edit_kinds_precision_recall(coco_dir: Path):
     per_kind = {k: float((labels[kinds == k] == labels[origs[truth[kinds == k]]]).mean()) for k in ALL_VARIANT_KINDS}
     print(f"\ndevelopment set: precision {precision:.3f} recall {recall:.3f}; per kind {per_kind}; {stats}")
     assert precision >= 0.98 and recall >= 0.95, (precision, recall, per_kind)
-    for k in ("mirror", "rotate", "mirror_combo", "rotate_combo", "strong_crop", "banner", "aspect", "heavy_reencode"):
+    for k in ("mirror", "rotate", "mirror_combo", "rotate_combo", "strong_crop", "banner", "frame", "aspect", "heavy_reencode"):
         assert per_kind[k] == 1.0, (k, per_kind)
 
 
@@ -337,6 +337,22 @@ def test_screenshots_keep_a_candidate_quota_for_the_photo_they_show():
     assert photo not in without.tolist()
     _, with_quota, _ = split_top_owners(q, owner, slot, sim, len(full_owner), k, 1, 0.8)
     assert sorted(with_quota.tolist()) == [1, 2, 3, photo]
+
+
+def test_a_hit_on_the_content_box_counts_as_a_hit_on_the_whole_photo():
+    """The centre quota counts hits on another row's content box (``CONTENT_SLOT``: the photo
+    that row shows, e.g. two screenshots of one photo) as it counts full frames; other regions not."""
+    from engines.vector.dedup import CONTENT_SLOT, split_top_owners
+    from engines.vector.descriptor import CONTENT_REGION, N_REGIONS
+
+    assert CONTENT_REGION == N_REGIONS - 1 and CONTENT_SLOT == N_REGIONS
+    shot, other_shot, stray = 0, 7, 8
+    q = np.zeros(3, np.int64) + shot
+    owner = np.array([stray, other_shot, stray])
+    slot = np.array([0, CONTENT_SLOT, 4])  # the full-frame query's hit, then two centre hits
+    sim = np.array([0.81, 0.95, 0.99], np.float32)
+    a, b, _ = split_top_owners(q, owner, slot, sim, 1, 1, 1, 0.8)
+    assert sorted(zip(a.tolist(), b.tolist())) == [(shot, other_shot), (shot, stray)]
 
 
 def test_exact_copies_are_counted_even_when_their_group_keeps_a_larger_near_copy():
