@@ -103,7 +103,9 @@ def _read_descriptors(ds, fragments: list[int], regions: bool) -> tuple[np.ndarr
 
 
 def _slot_vectors(full: np.ndarray, reg: np.ndarray, valid: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """The SLOTS vectors of each valid row and their labels (position x SLOTS + slot)."""
+    """The SLOTS vectors of each valid row and their labels (position x SLOTS + slot): the
+    training sample's rows, a fixed count per row (so its places are known from the full-frame
+    column alone). The index itself leaves out repeated content boxes (``entry_table``)."""
     pos = np.flatnonzero(valid)
     x = np.concatenate([full[pos, None, :], reg[pos]], axis=1).reshape(-1, full.shape[1])
     labels = ((start + pos)[:, None] * SLOTS + np.arange(SLOTS)[None, :]).ravel()
@@ -130,13 +132,15 @@ class _ShardWorker:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import faiss
 
+        from engines.vector.dedup import entry_table
         from engines.vector.index import add_routed, add_vectors, empty_like
 
         out: dict[str, list] = {"unit": [], "vectors": []}
         for unit in batch.to_pylist():
             full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
             shard = empty_like(self.trained)
-            x, labels = _slot_vectors(full, reg, valid, unit["label_start"])
+            pos = np.flatnonzero(valid)
+            x, labels = entry_table(full[pos], reg[pos], unit["label_start"] + pos, SLOTS)
             del full, reg
             if self.router is not None:
                 add_routed(shard, x, labels, self.router)
@@ -244,7 +248,7 @@ def _train(
     router = ListRouter.of(trained)
     if router is not None:
         router.save(Path(router_path))
-    return serialize(trained), f"{kind} index ({spec}) over {n * SLOTS:,} descriptors, trained on {size:,}"
+    return serialize(trained), f"{kind} index ({spec}) over up to {n * SLOTS:,} descriptors, trained on {size:,}"
 
 
 def _training_places(ds, chunks: list[np.ndarray], n: int, cfg: IndexConfig) -> tuple[np.ndarray, int]:
@@ -401,13 +405,13 @@ class _CandidateWorker:
         """Each row's candidates from one block's queries: an IVF-Flat index on the CPU is scanned
         list by list (``search_above``: every hit >= ``min_candidate_sim``), others (flat, GPU)
         by FAISS's own k-nearest search."""
-        from engines.vector.dedup import candidate_queries, split_top_owners
+        from engines.vector.dedup import candidate_queries, content_queries_kept, split_top_owners
         from engines.vector.index import search, search_above
 
         k, min_sim = self.cfg.k, self.cfg.min_candidate_sim
         kk = min((k + 1) * SLOTS, self.index.ntotal)
         queries = candidate_queries(full, self.cfg.dihedral, reg[:, list(CENTRE_REGIONS)])
-        query_row = np.tile(rows, len(queries) // max(len(rows), 1))
+        queries, query_row = content_queries_kept(queries, rows, reg, full)
         if self.list_major:
             qi, nn, sims = search_above(self.index, queries, min_sim, nprobe=self.nprobe, per_list=kk, router=self.router)
             o = np.argsort(qi, kind="stable")  # by query: the full-frame queries' hits first

@@ -218,6 +218,26 @@ CONTENT_SLOT = CONTENT_REGION + 1
 there is a hit on the whole photo (the full frame again for a picture with no surroundings)."""
 
 
+def has_content_box(full: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Per row: is its content box another picture than its full frame? (``describe`` stores the
+    full frame there when nothing surrounds the photo: most rows.)"""
+    return np.any(np.asarray(regions)[:, CONTENT_REGION] != np.asarray(full), axis=1)
+
+
+def entry_table(full: np.ndarray, regions: np.ndarray, rows: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """The index entries of some rows (``full`` / ``regions`` hold those rows, ``rows`` their
+    positions): full frame and regions, labelled ``row x slots + slot``, without the content box
+    of a row that has none. Why leave it out: it would repeat the full frame in the same list, and
+    each repeat takes a second place in every top-k and per-list quota it reaches."""
+    n, r, d = regions.shape
+    x = np.concatenate([full[:, None, :], regions], axis=1).reshape(-1, d)
+    labels = (np.asarray(rows, np.int64)[:, None] * slots + np.arange(r + 1)[None, :]).ravel()
+    keep = np.ones((n, r + 1), bool)
+    keep[:, CONTENT_SLOT] = has_content_box(full, regions)
+    keep = keep.ravel()
+    return np.ascontiguousarray(x[keep], np.float32), labels[keep]
+
+
 def candidate_queries(full: np.ndarray, dihedral: bool = True, centres: np.ndarray | None = None) -> np.ndarray:
     """The query vectors of some rows, as (B * n, d) in blocks of n (row r of block b at
     ``b * n + r``): their full-frame descriptor; with ``dihedral`` its 7 mirrored / rotated
@@ -231,6 +251,16 @@ def candidate_queries(full: np.ndarray, dihedral: bool = True, centres: np.ndarr
     if centres is not None:
         blocks.append(np.asarray(centres, np.float32).transpose(1, 0, 2).reshape(-1, f.shape[1]))
     return np.ascontiguousarray(np.concatenate(blocks))
+
+
+def content_queries_kept(queries: np.ndarray, rows: np.ndarray, regions: np.ndarray, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``candidate_queries``' output (blocks of len(rows), the content box's block last) without
+    the content query of rows that have no box (it would repeat their full-frame query), and the
+    row of each query kept."""
+    n = len(rows)
+    keep = np.ones(len(queries), bool)
+    keep[len(queries) - n :] = has_content_box(full, regions)
+    return queries[keep], np.tile(rows, len(queries) // max(n, 1))[keep]
 
 
 def region_candidates(
@@ -256,20 +286,24 @@ def region_candidates(
     f = np.ascontiguousarray(full[pos], np.float32)
     r = regions[pos].astype(np.float32)
     n, R, d = r.shape
-    table = np.concatenate([f[:, None, :], r], axis=1).reshape(-1, d)
-    owner = np.repeat(np.arange(n), R + 1)
+    table, labels = entry_table(f, r, np.arange(n), R + 1)
     index = faiss.IndexFlatIP(d)
-    index.add(np.ascontiguousarray(table))
+    index.add(table)
     kk = min((k + 1) * (R + 1), len(table))
     src_l, dst_l, sim_l = [], [], []
     for s in range(0, n, 2048):
         block = f[s : s + 2048]
-        queries = candidate_queries(block, dihedral, r[s : s + 2048][:, list(CENTRE_REGIONS)])
+        queries, q = content_queries_kept(
+            candidate_queries(block, dihedral, r[s : s + 2048][:, list(CENTRE_REGIONS)]),
+            np.arange(s, s + len(block)),
+            r[s : s + 2048],
+            block,
+        )
         sims, nn = index.search(queries, kk)
-        q = np.tile(np.arange(s, s + len(block)), len(queries) // len(block))
-        hit_owner = np.where(nn.ravel() >= 0, owner[np.maximum(nn.ravel(), 0)], -1)
+        hit = np.where(nn.ravel() >= 0, labels[np.maximum(nn.ravel(), 0)], -1)
+        hit_owner = np.where(hit >= 0, hit // (R + 1), -1)
         n_full = (8 if dihedral else 1) * len(block) * kk
-        a, b, w = split_top_owners(np.repeat(q, kk), hit_owner, nn.ravel() % (R + 1), sims.ravel(), n_full, k, k_centre, min_sim)
+        a, b, w = split_top_owners(np.repeat(q, kk), hit_owner, hit % (R + 1), sims.ravel(), n_full, k, k_centre, min_sim)
         src_l.append(a)
         dst_l.append(b)
         sim_l.append(w)

@@ -77,3 +77,24 @@ def test_flat_or_tiny_pictures_have_no_box():
     assert content_box(np.full((6, 6), 10, np.uint8)) is None
     rng = np.random.default_rng(0)
     assert content_box(rng.integers(0, 255, (100, 80), dtype=np.uint8)) is None  # all content
+
+
+def test_a_content_box_equal_to_the_full_frame_is_neither_indexed_nor_queried(coco_dir: Path):
+    """Most rows have no box: their content slot repeats the full frame, which in the index would
+    take a second place in every top-k and per-list quota; so it is left out there, and so is the
+    query. A screenshot's box is kept, under its own label."""
+    from engines.vector.dedup import CENTRE_REGIONS, CONTENT_SLOT, candidate_queries, content_queries_kept, entry_table
+
+    data = sorted((coco_dir / "images").glob("*.jpg"))[0].read_bytes()
+    photo, shot = describe(_gray(data)), describe(_gray(make_variant(data, "frame", 0)))
+    full = np.stack([photo[0], shot[0]])
+    reg = np.stack([photo[1], shot[1]])
+    rows = np.array([40, 41])
+    x, labels = entry_table(full, reg, rows, N_REGIONS + 1)
+    assert len(x) == 2 * (N_REGIONS + 1) - 1
+    assert 40 * (N_REGIONS + 1) + CONTENT_SLOT not in labels.tolist() and 41 * (N_REGIONS + 1) + CONTENT_SLOT in labels.tolist()
+    assert np.array_equal(x[labels.tolist().index(41 * (N_REGIONS + 1) + CONTENT_SLOT)], reg[1, CONTENT_REGION])
+    q = candidate_queries(full, True, reg[:, list(CENTRE_REGIONS)])
+    kept, qrow = content_queries_kept(q, rows, reg, full)
+    assert len(kept) == len(q) - 1 and qrow.tolist().count(40) == qrow.tolist().count(41) - 1
+    assert np.array_equal(kept[-1], reg[1, CONTENT_REGION]) and qrow[-1] == 41
