@@ -289,9 +289,7 @@ VEC_VISUAL = column_group(
     "vec_visual",
     [
         pa.field("vec_desc", pa.list_(pa.float16(), VEC_DESC_DIM)),  # training-free global descriptor, L2-normalised
-        pa.field(
-            "vec_regions", pa.list_(pa.float16(), VEC_DESC_DIM * VEC_REGIONS)
-        ),  # the same for 10 centre/corner crops + the content box
+        pa.field("vec_regions", pa.list_(pa.float16(), VEC_DESC_DIM * VEC_REGIONS)),  # same, 10 centre/corner crops + content box
         pa.field("vec_error", pa.string()),  # null = described; else "<reason>: <detail>"
     ],
     "training-free image descriptors (gradient pyramid + DCT tiny image) for near-duplicate search",
