@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import curation  # noqa: E402,F401  (Ray environment defaults)
 from curation.schema import SAMPLES_SCHEMA, VEC_DESC_DIM, VEC_REGIONS, VEC_VISUAL  # noqa: E402
+from engines.vector.dedup import has_content_box  # noqa: E402
 from engines.vector.descriptor import CONTENT_REGION  # noqa: E402
 
 COCO = ROOT.parent / "shared" / "data" / "coco-mini" / "images"
@@ -80,12 +81,6 @@ def _normed(x: np.ndarray, parts: int) -> np.ndarray:
     return y.reshape(len(x), -1)
 
 
-def _boxed(pool_f: np.ndarray, pool_r: np.ndarray) -> np.ndarray:
-    """Which real rows of the pool have a content box (their content region is not their full frame)."""
-    content = pool_r.reshape(len(pool_r), VEC_REGIONS, VEC_DESC_DIM)[:, CONTENT_REGION]
-    return ~np.all(content == pool_f, axis=1)
-
-
 def synthetic_batch(start: int, m: int, pool_f: np.ndarray, pool_r: np.ndarray, rng, tiny: bytes) -> tuple[pa.Table, np.ndarray]:
     """``m`` synthetic rows from position ``start``: unrelated rows, 2% of them near-identical copies
     of an earlier row of the batch (groups of 2-5), 0.2% exact copies. Returns (table, group labels)."""
@@ -104,7 +99,7 @@ def synthetic_batch(start: int, m: int, pool_f: np.ndarray, pool_r: np.ndarray, 
     # a photo with no surroundings has its full frame as its content box (``describe``): so here
     origin = base.copy()
     origin[dst] = base[owner]
-    plain = ~_boxed(pool_f, pool_r)[origin]
+    plain = ~has_content_box(pool_f, pool_r.reshape(len(pool_r), VEC_REGIONS, VEC_DESC_DIM))[origin]
     reg.reshape(m, VEC_REGIONS, VEC_DESC_DIM)[plain, CONTENT_REGION] = full[plain]
     for k in dst[: max(1, len(dst) // 10)]:  # some copies are byte-identical: the exact path
         sha[k] = sha[owner[np.flatnonzero(dst == k)[0]]]

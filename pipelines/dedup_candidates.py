@@ -106,10 +106,10 @@ def _slot_vectors(full: np.ndarray, reg: np.ndarray, valid: np.ndarray, start: i
     """The SLOTS vectors of each valid row and their labels (position x SLOTS + slot): the
     training sample's rows, a fixed count per row (so its places are known from the full-frame
     column alone). The index itself leaves out repeated content boxes (``entry_table``)."""
+    from engines.vector.dedup import entry_table
+
     pos = np.flatnonzero(valid)
-    x = np.concatenate([full[pos, None, :], reg[pos]], axis=1).reshape(-1, full.shape[1])
-    labels = ((start + pos)[:, None] * SLOTS + np.arange(SLOTS)[None, :]).ravel()
-    return np.ascontiguousarray(x, np.float32), labels.astype(np.int64)
+    return entry_table(full[pos], reg[pos], start + pos, SLOTS, repeats=True)
 
 
 # --- 1. the index -------------------------------------------------------------------------------

@@ -224,14 +224,19 @@ def has_content_box(full: np.ndarray, regions: np.ndarray) -> np.ndarray:
     return np.any(np.asarray(regions)[:, CONTENT_REGION] != np.asarray(full), axis=1)
 
 
-def entry_table(full: np.ndarray, regions: np.ndarray, rows: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+def entry_table(
+    full: np.ndarray, regions: np.ndarray, rows: np.ndarray, slots: int, *, repeats: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The index entries of some rows (``full`` / ``regions`` hold those rows, ``rows`` their
     positions): full frame and regions, labelled ``row x slots + slot``, without the content box
-    of a row that has none. Why leave it out: it would repeat the full frame in the same list, and
-    each repeat takes a second place in every top-k and per-list quota it reaches."""
+    of a row that has none unless ``repeats``. Why leave it out: it would repeat the full frame in
+    the same list, and each repeat takes a second place in every top-k and per-list quota it
+    reaches. ``repeats`` keeps a fixed count per row (the job's training sample needs that)."""
     n, r, d = regions.shape
     x = np.concatenate([full[:, None, :], regions], axis=1).reshape(-1, d)
     labels = (np.asarray(rows, np.int64)[:, None] * slots + np.arange(r + 1)[None, :]).ravel()
+    if repeats:
+        return np.ascontiguousarray(x, np.float32), labels
     keep = np.ones((n, r + 1), bool)
     keep[:, CONTENT_SLOT] = has_content_box(full, regions)
     keep = keep.ravel()
