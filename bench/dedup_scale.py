@@ -1,6 +1,7 @@
 """How the dedup job (`curate dedup`) scales: time, driver and worker memory, precision and recall.
 
-    python bench/dedup_scale.py --rows 100000 300000 [1000000 ...] [--out DIR] [--keep]
+    python bench/dedup_scale.py --rows 100000 300000 [1000000 ...] [--index-kind auto ivffp16 ivfsq8]
+                                [--out DIR] [--keep]
 
 For each size it builds a Lance dataset of that many rows, runs the real job as users do
 (``python -m cli dedup --dataset DS`` in a subprocess: Ray, the index, candidates, verification,
@@ -9,7 +10,10 @@ Ray start included), ``peak_rss_mib`` of the driver and of the largest Ray worke
 ``peak_private_mib``: RSS less file-backed pages, i.e. without the memory-mapped index; by task or
 actor in ``peak_private_mib_by_task``, ``peak_rss_mib_by_task`` and ``largest_workers``), ``precision``
 and ``recall`` (pairwise, against the planted groups), the job's own counters; then a last line
-``growth exponent X`` (time from the smallest to the largest size as N^X).
+``growth exponent X`` (time from the smallest to the largest size as N^X). With several
+``--index-kind`` (the candidate index's lists: float32, float16 or 8-bit codes), each size's
+dataset is built once and the job runs once per kind on it, back to back; each line gives
+``index_kind`` and ``index_mib`` (the index on disk), and the growth exponent is per kind.
 
 The data: descriptors are synthesised around real ones so that image decoding does not dominate
 (a real photo's descriptor plus noise large enough to make an unrelated "photo"), with planted
@@ -179,7 +183,7 @@ def task_of(cmd: str) -> str:
     return m.group(1) if m else name.split(".", 1)[0]
 
 
-def run_job(uri: str, interval: float = 0.25) -> dict:
+def run_job(uri: str, interval: float = 0.25, config: Path | None = None) -> dict:
     """``python -m cli dedup --dataset URI`` with its driver and Ray workers' RSS sampled.
 
     Private memory is RSS less file-backed and shared-memory pages (psutil's ``rss - shared``,
@@ -191,7 +195,11 @@ def run_job(uri: str, interval: float = 0.25) -> dict:
     t0 = time.perf_counter()
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a job that prints more than a pipe holds never blocks
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "dedup", "--dataset", uri], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "cli", "dedup", "--dataset", uri, *(["--config", str(config)] if config else [])],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     driver = psutil.Process(proc.pid)
     peak_driver = peak_worker = anon_driver = anon_worker = 0
@@ -267,6 +275,13 @@ def main() -> None:
     ap.add_argument("--real-groups", type=int, default=40, help="real COCO photos edited (7 rows each) to verify for real")
     ap.add_argument("--out", default=None, help="folder for the datasets (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the datasets")
+    ap.add_argument(
+        "--index-kind",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "ivfflat", "ivffp16", "ivfsq8"],
+        help="candidate index kinds to compare on each dataset (auto: the job's default, IVF-Flat at these sizes)",
+    )
     a = ap.parse_args()
     out = Path(a.out or tempfile.mkdtemp(prefix="dedup-scale-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -274,45 +289,62 @@ def main() -> None:
     t0 = time.perf_counter()
     real = real_part(a.real_groups)
     print(json.dumps({"real_rows": len(real[0]), "describe_seconds": round(time.perf_counter() - t0, 1)}), flush=True)
-    results = []
+    results: dict[str, list[dict]] = {k: [] for k in a.index_kind}
     for n in a.rows:
-        import lance
-
         uri = str(out / f"ds-{n}.lance")
         shutil.rmtree(uri, ignore_errors=True)
         t1 = time.perf_counter()
         truth = build(uri, n, real)
         build_s = round(time.perf_counter() - t1, 1)
-        job = run_job(uri)
-        t = lance.dataset(uri).to_table(columns=["dup_group"]).column("dup_group")
-        pred = np.where(t.is_null().to_numpy(zero_copy_only=False), -(10**12) - np.arange(len(t)), t.fill_null(0).to_numpy())
-        p, r = pair_scores(pred, truth)
-        stats = json.loads(next(iter(sorted(Path(uri, "_curation", "vector").glob("dedup-v*.json")))).read_text())["stats"]
-        res = {
-            "rows": n,
-            "seconds": job["seconds"],
-            "peak_rss_mib": job["peak_rss_mib"],
-            "peak_private_mib": job["peak_private_mib"],
-            "peak_private_mib_by_task": job["peak_private_mib_by_task"],
-            "peak_rss_mib_by_task": job["peak_rss_mib_by_task"],
-            "largest_workers": job["largest_workers"],
-            "precision": round(p, 4),
-            "recall": round(r, 4),
-            "build_dataset_seconds": build_s,
-            "counters": {k: stats.get(k) for k in ("desc_candidates", "verified_pairs", "accepted_pairs", "groups", "removed")},
-            "phase_seconds": {
-                k: stats.get(k) for k in ("index_seconds", "candidates_seconds", "verify_seconds", "semantic_seconds", "groups_seconds")
-            },
-        }
-        (out / f"dedup-{n}.log").write_text(job["log"])  # the job's own output, phase by phase
-        results.append(res)
-        print(json.dumps(res), flush=True)
+        for kind in a.index_kind:
+            res = measure(uri, n, truth, kind, out)
+            res["build_dataset_seconds"] = build_s
+            results[kind].append(res)
+            print(json.dumps(res), flush=True)
         if not a.keep:
             shutil.rmtree(uri, ignore_errors=True)
-    if len(results) > 1:
-        a0, a1 = results[0], results[-1]
-        x = np.log(a1["seconds"] / a0["seconds"]) / np.log(a1["rows"] / a0["rows"])
-        print(f"growth exponent {x:.2f}", flush=True)
+    for kind, rs in results.items():
+        if len(rs) > 1:
+            a0, a1 = rs[0], rs[-1]
+            x = np.log(a1["seconds"] / a0["seconds"]) / np.log(a1["rows"] / a0["rows"])
+            print(f"growth exponent {x:.2f}" + (f" (index {kind})" if len(results) > 1 else ""), flush=True)
+
+
+def measure(uri: str, n: int, truth: np.ndarray, kind: str, out: Path) -> dict:
+    """One run of the job on the dataset at ``uri`` with the candidate index ``kind``; scored
+    against ``truth``. A dataset deduplicated before gets its ``dup_*`` columns replaced."""
+    import lance
+
+    config = None
+    if kind != "auto":
+        config = out / f"dedup-{kind}.yaml"
+        config.write_text(f"index:\n  kind: {kind}\n")
+    job = run_job(uri, config=config)
+    ds = lance.dataset(uri)
+    t = ds.to_table(columns=["dup_group"]).column("dup_group")
+    pred = np.where(t.is_null().to_numpy(zero_copy_only=False), -(10**12) - np.arange(len(t)), t.fill_null(0).to_numpy())
+    p, r = pair_scores(pred, truth)
+    runs = Path(uri, "_curation", "vector").glob("dedup-v*.json")
+    latest = max(runs, key=lambda f: int(f.stem.split("-v")[1]))  # this run's (the dataset's version before it)
+    stats = json.loads(latest.read_text())["stats"]
+    (out / f"dedup-{n}-{kind}.log").write_text(job["log"])  # the job's own output, phase by phase
+    return {
+        "rows": n,
+        "index_kind": kind,
+        "seconds": job["seconds"],
+        "index_mib": stats.get("index_mib"),
+        "peak_rss_mib": job["peak_rss_mib"],
+        "peak_private_mib": job["peak_private_mib"],
+        "peak_private_mib_by_task": job["peak_private_mib_by_task"],
+        "peak_rss_mib_by_task": job["peak_rss_mib_by_task"],
+        "largest_workers": job["largest_workers"],
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "counters": {k: stats.get(k) for k in ("desc_candidates", "verified_pairs", "accepted_pairs", "groups", "removed")},
+        "phase_seconds": {
+            k: stats.get(k) for k in ("index_seconds", "candidates_seconds", "verify_seconds", "semantic_seconds", "groups_seconds")
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def register(app) -> None:
     def index_build(
         dataset: str = DatasetOpt,
         column: Optional[str] = typer.Option(None, help="embedding column (default prof_clip_image, else vec_desc)"),
-        kind: str = typer.Option("auto", help="auto, flat, ivfflat, ivfsq8, ivfpq, ivfhnsw"),
+        kind: str = typer.Option("auto", help="auto, flat, ivfflat, ivffp16, ivfsq8, ivfpq, ivfhnsw"),
         nlist: Optional[int] = typer.Option(None, help="IVF lists"),
         nprobe: int = typer.Option(16, help="IVF lists searched per query"),
         rebuild: bool = typer.Option(False, help="start over instead of adding new rows"),

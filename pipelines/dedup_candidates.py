@@ -665,4 +665,5 @@ def near_pairs_on_ray(
     phases = ("index_seconds", "candidates_seconds", "verify_seconds")  # this run's share (a resumed run skips done work)
     stats.update({name: round(b - a, 2) for name, a, b in zip(phases, t, t[1:])})
     stats["near_seconds"] = round(t[-1] - t[0], 2)
+    stats["index_mib"] = round(sum(p.stat().st_size for p in job.folder.glob("regions.*")) / 2**20, 1)  # on disk
     return i, j, sim, crop, stats, job

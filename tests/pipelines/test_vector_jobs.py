@@ -356,7 +356,9 @@ def test_semantic_pairs_come_from_the_knn_graph_which_is_rebuilt_when_too_small_
 
 def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray_session, coco_dir, tmp_path):
     """Above ``flat_max`` the candidate index is IVF-Flat, scanned list by list by the candidate
-    actors (``search_above``); with every list probed, the groups equal those of the exact index."""
+    actors (``search_above``); with every list probed, the groups equal those of the exact index.
+    So do they with the lists held as float16 or 8-bit codes (``ivffp16``, ``ivfsq8``), whose
+    on-disk lists are a half and a quarter of the float32 ones."""
     from engines.vector.index import IndexConfig
 
     rows = coco_rows(coco_dir, limit=24)
@@ -372,3 +374,32 @@ def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray
     assert exact["stats"]["desc_candidates"] == ivf["stats"]["desc_candidates"] > 0
     assert ivf["plan"].column("dup_group").to_pylist() == exact["plan"].column("dup_group").to_pylist()
     assert sum(g is not None for g in ivf["plan"].column("dup_group").to_pylist()) == 32
+    lists = Path(ivf["state"]) / "regions.ivfdata"
+    for kind, share in (("ivffp16", 0.5), ("ivfsq8", 0.25)):
+        coded = find_duplicates(
+            store, ivf_cfg.model_copy(update={"index": ivf_cfg.index.model_copy(update={"kind": kind})}), show_progress=False
+        )
+        assert coded["plan"].column("dup_group").to_pylist() == exact["plan"].column("dup_group").to_pylist(), kind
+        size = (Path(coded["state"]) / "regions.ivfdata").stat().st_size
+        assert size < (share + 0.05) * lists.stat().st_size, (kind, size)
+
+
+def test_a_partial_index_section_keeps_the_dedup_index_defaults(tmp_path):
+    """``index: {kind: ivffp16}`` in a dedup YAML changes the kind only: the candidate index's own
+    defaults (8 lists probed, HNSW from 4,096 lists) stay, where a plain ``IndexConfig`` would
+    have set 16 and 16,384 unasked; a misspelt field or kind is named with the allowed ones."""
+    from curation.config import ConfigError, load_yaml, validate
+    from engines.vector.index import IndexConfig
+    from pipelines.dedup import DedupConfig
+
+    y = tmp_path / "dedup.yaml"
+    y.write_text("index:\n  kind: ivffp16\n")
+    cfg = validate(DedupConfig, load_yaml(y))
+    assert (cfg.index.kind, cfg.index.nprobe, cfg.index.hnsw_lists) == ("ivffp16", 8, 4096)
+    assert DedupConfig().index.nprobe == 8 and IndexConfig().nprobe == 16
+    py = DedupConfig(index=IndexConfig(kind="ivfsq8", nlist=8))  # Python callers: the fields they set
+    assert (py.index.kind, py.index.nlist, py.index.nprobe) == ("ivfsq8", 8, 8)
+    y.write_text("index:\n  kind: ivf16\n  nprobes: 4\n")
+    with pytest.raises(ConfigError) as e:
+        validate(DedupConfig, load_yaml(y))
+    assert "index.kind" in str(e.value) and "ivffp16" in str(e.value) and "nprobes" in str(e.value)
