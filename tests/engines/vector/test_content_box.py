@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from curation.schema import VEC_DESC_DIM, VEC_REGIONS
 from engines.profiling.decode import decode_image
 from engines.vector.descriptor import CONTENT_REGION, N_REGIONS, content_box, describe, global_descriptor, working_gray
 from engines.vector.synth import make_variant
@@ -66,6 +67,8 @@ def test_describe_puts_the_content_box_last_and_the_full_frame_there_when_none(c
     data = sorted((coco_dir / "images").glob("*.jpg"))[0].read_bytes()
     full, regions = describe(_gray(data))
     assert regions.shape == (N_REGIONS, full.shape[0])
+    # the stored columns (the core's schema cannot import this engine) are sized for what it makes
+    assert (N_REGIONS, full.shape[0]) == (VEC_REGIONS, VEC_DESC_DIM)
     assert np.array_equal(regions[CONTENT_REGION], full)
     shot = _gray(make_variant(data, "frame", 0))
     sfull, sreg = describe(shot)
