@@ -231,13 +231,15 @@ def factory_string(kind: str, dim: int, n: int, cfg: IndexConfig, n_train: int) 
         return "IDMap2,Flat"
     nlist = default_nlist(n, cfg)
     nlist = max(1, min(nlist, n_train // MIN_POINTS_PER_LIST or 1))  # too small a sample: fewer lists
+    # from hnsw_lists lists on, an HNSW quantiser: a flat one would cost more than the lists, at
+    # search and when training residual codes (every training vector is assigned to its list)
     lists = f"IVF{nlist}_HNSW32" if nlist >= cfg.hnsw_lists else f"IVF{nlist}"
-    if kind == "ivfflat":  # from hnsw_lists lists on, an HNSW quantiser (a flat one would cost more than the lists)
+    if kind == "ivfflat":
         return f"{lists},Flat"
     if kind == "ivffp16":
         return f"{lists},SQfp16"
     if kind == "ivfsq8":
-        return f"IVF{nlist},SQ8"
+        return f"{lists},SQ8"
     if kind == "ivfpq":
         if dim % cfg.pq_m:
             raise VectorError(f"pq_m={cfg.pq_m} must divide the dimension {dim}; choose e.g. {dim // 8}")

@@ -171,3 +171,16 @@ def test_list_router_routes_like_the_quantiser_and_fills_the_same_lists(vectors,
     assert tree.coarse is not None and (routed[:, 0] == exact).mean() >= 0.97
     tree.save(tmp_path / "router.npz")
     assert np.array_equal(ListRouter.load(tmp_path / "router.npz").route(base[:500], 8), routed[:500])
+
+
+def test_every_ivf_kind_gets_an_hnsw_quantiser_from_hnsw_lists_on():
+    """A flat quantiser over many lists costs more than the lists, at search and when residual
+    codes are trained (each training vector is assigned to its list: 1.7M x 43k x 231 at 1M
+    dedup rows): IVF-Flat, float16 and 8-bit lists all switch to HNSW at ``hnsw_lists``."""
+    from engines.vector.index import factory_string
+
+    cfg = IndexConfig(hnsw_lists=4096, list_size=256)
+    for kind, codes in (("ivfflat", "Flat"), ("ivffp16", "SQfp16"), ("ivfsq8", "SQ8")):
+        assert factory_string(kind, 231, 4000 * 256, cfg, 10**8) == f"IVF4000,{codes}"
+        assert factory_string(kind, 231, 5000 * 256, cfg, 10**8) == f"IVF5000_HNSW32,{codes}"
+    assert factory_string("ivfhnsw", 231, 4000 * 256, cfg, 10**8) == "IVF4000_HNSW32,SQ8"
