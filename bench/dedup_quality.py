@@ -4,6 +4,7 @@ duplicates. Prints a markdown table per measure and one JSON line per method; no
 
     .venv/bin/python bench/dedup_quality.py                 # ~5-10 min on 2 cores
     .venv/bin/python bench/dedup_quality.py --originals 8 --negatives 12 --no-peers   # quick look
+    .venv/bin/python bench/dedup_quality.py --no-peers --also '{"k": 8}'   # a setting against the defaults
 
 Development set: real photos (COCO-mini and the photos shipped in scikit-image / scikit-learn),
 each with one copy per edit kind of ``engines.vector.synth.ALL_VARIANT_KINDS``, among other
@@ -185,7 +186,7 @@ def misses(labels: np.ndarray, truth: np.ndarray, kinds: np.ndarray, names: list
     return out
 
 
-def run_ours(rows: list[dict], tmp: Path, cpus: int) -> dict:
+def run_ours(rows: list[dict], tmp: Path, cpus: int, near: dict | None = None) -> dict:
     """The dedup job with its defaults on a Lance dataset of the rows. Its cost counts Ray's start
     and the whole job (descriptors, candidates, verification, groups); writing the dataset, the
     input, is reported apart (as writing the image folder is for the peers)."""
@@ -205,7 +206,7 @@ def run_ours(rows: list[dict], tmp: Path, cpus: int) -> dict:
     init_ray(RayConfig(num_cpus=cpus, object_store_memory_mb=256))
     ray_s = time.perf_counter() - t
     t = time.perf_counter()
-    res = find_duplicates(Store(uri), DedupConfig(), show_progress=False)
+    res = find_duplicates(Store(uri), DedupConfig(near=near or {}), show_progress=False)
     find_s = time.perf_counter() - t
     ray.shutdown()
     plan = res["plan"].to_pydict()
@@ -215,8 +216,8 @@ def run_ours(rows: list[dict], tmp: Path, cpus: int) -> dict:
             groups.setdefault(g, []).append(rid)
     return {
         "method": "ours: dedup job",
-        "setting": "DedupConfig() defaults",
-        "default": True,
+        "setting": f"near: {near}" if near else "DedupConfig() defaults",
+        "default": not near,
         "groups": list(groups.values()),
         "seconds": ray_s + find_s,
         "detail": {
@@ -286,10 +287,14 @@ def print_tables(results: list[dict]) -> None:
         print(f"\nours, copies not grouped with their original (kind: originals): {results[0]['missed']}")
 
 
-def run_all(rows: list[dict], cpus: int, peers: bool) -> list[dict]:
-    """Our job, then each peer method over the same images written as ``<row id>.jpg``."""
+def run_all(rows: list[dict], cpus: int, peers: bool, also: list[dict] = ()) -> list[dict]:
+    """Our job (with its defaults, then with each ``also`` near-duplicate setting), then each
+    peer method over the same images written as ``<row id>.jpg``."""
     with tempfile.TemporaryDirectory(prefix="dedup-quality-") as tmp:
         results = [run_ours(rows, Path(tmp), cpus)]
+        for k, near in enumerate(also):
+            (Path(tmp) / f"also-{k}").mkdir()
+            results.append(run_ours(rows, Path(tmp) / f"also-{k}", cpus, near))
         if peers:
             py, image_dir = ensure_peer_venv(), Path(tmp) / "images"
             image_dir.mkdir()
@@ -307,6 +312,13 @@ def main() -> None:
     ap.add_argument("--no-packages", action="store_true", help="leave out the scikit-image / scikit-learn photos")
     ap.add_argument("--no-peers", action="store_true", help="our job only (no peer virtualenv)")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="our job again with these near settings, e.g. --also '{\"retry_features\": 0}' (repeatable)",
+    )
     a = ap.parse_args()
     t_all = time.perf_counter()
     print(json.dumps({"machine": machine()}), flush=True)
@@ -327,7 +339,7 @@ def main() -> None:
         ),
         flush=True,
     )
-    results = run_all(rows, a.cpus, not a.no_peers)
+    results = run_all(rows, a.cpus, not a.no_peers, [json.loads(x) for x in a.also])
     for r in results:
         if "error" not in r:
             labels = labels_from_groups(ids, r["groups"])
