@@ -4,7 +4,7 @@
   vectors are skipped and counted by reason (a NaN in FAISS silently poisons every distance),
   a wrong dimension is an error. Cosine similarity = inner product of L2-normalised vectors.
 - Index kinds: ``flat`` (exact), ``ivfflat``, ``ivffp16`` (IVF, float16 codes: half the bytes,
-  cosines within ~1e-3), ``ivfsq8`` (IVF, 8-bit scalar codes: 4x smaller, recall close to
+  cosines within ~1e-4), ``ivfsq8`` (IVF, 8-bit scalar codes: 4x smaller, recall close to
   flat), ``ivfpq`` (product quantisation: 16-64x smaller, for 100M+ rows), ``ivfhnsw`` (IVF with
   an HNSW coarse quantiser, for 64k+ lists). ``auto`` picks flat for small sets and IVF-SQ8
   above ``flat_max``. IVF kinds are trained on a sample.
