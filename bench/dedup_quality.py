@@ -317,7 +317,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="JSON",
-        help="our job again with these near settings, e.g. --also '{\"retry_features\": 0}' (repeatable)",
+        help="our job again with these near settings, e.g. --also '{\"k\": 8}' (repeatable)",
     )
     a = ap.parse_args()
     t_all = time.perf_counter()

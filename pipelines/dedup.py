@@ -36,8 +36,9 @@ class CandidateIndexConfig(IndexConfig):
 
     Kinds: auto = exact below ``flat_max`` vectors, else IVF-Flat (exact cosines in the lists);
     ``ivffp16`` and ``ivfsq8`` hold the lists as float16 or 8-bit codes: a half and a quarter of
-    the disk and page cache (at 1M rows, ~5.5 and 2.8 GB measured instead of 10.7), cosines within ~1e-4
-    and ~3e-3 of the exact ones, so a pair at the edge of a threshold can fall either way."""
+    the disk and page cache (at 1M rows, ~5.5 and 2.8 GB measured instead of 10.7), cosines
+    within ~1e-4 and ~3e-3 of the exact ones, so a pair at the edge of a threshold can fall
+    either way."""
 
     nprobe: int = Field(8, ge=1, description="IVF lists searched per query")
     hnsw_lists: int = Field(4096, ge=1, description="from this many lists on, an HNSW coarse quantiser")

@@ -402,9 +402,9 @@ class _CandidateWorker:
         return int(np.clip(32 * nlist / (self.nprobe * per_row), 2048, 16384))
 
     def _block(self, full: np.ndarray, reg: np.ndarray, rows: np.ndarray):
-        """Each row's candidates from one block's queries: an IVF-Flat index on the CPU is scanned
-        list by list (``search_above``: every hit >= ``min_candidate_sim``), others (flat, GPU)
-        by FAISS's own k-nearest search."""
+        """Each row's candidates from one block's queries: an IVF index on the CPU (float32,
+        float16 or 8-bit lists: ``list_major_ok``) is scanned list by list (``search_above``: every
+        hit >= ``min_candidate_sim``), others (flat, GPU) by FAISS's own k-nearest search."""
         from engines.vector.dedup import candidate_queries, content_queries_kept, split_top_owners
         from engines.vector.index import search, search_above
 
