@@ -97,6 +97,7 @@ class DedupConfig(BaseModel):
 
 
 def _quality(t: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, str]:
+    """The keeper's quality score of the rows in ``t`` (``_row_signals``), and its name."""
     names = t.column_names
     col = cfg.quality_column or ("prof_quality" if "prof_quality" in names else None)
     if col:
@@ -107,23 +108,22 @@ def _quality(t: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, str]:
     return w * h, "image area (width x height)"
 
 
-def _originality(store, ds, t: pa.Table, pairs, cfg: DedupConfig, notes: list[str]):
-    """The keeper rule's per-row signals (``engines.vector.dedup.Originality``), or None for
-    ``keeper: quality``. Sizes come from the driver's scalars; encoded bytes and JPEG quality from
-    Ray tasks that read the image bytes of rows with an accepted pair only (no other row can be in
-    a group), so the driver receives two floats per such row and never an image."""
+def _originality(store, ds, t: pa.Table, rows: np.ndarray, cfg: DedupConfig):
+    """The keeper rule's signals (``engines.vector.dedup.Originality``) of the rows with a pair
+    (``rows``: only they can be in a group), or None for ``keeper: quality``. Sizes come from
+    ``t`` (``_row_signals``); encoded bytes and JPEG quality from Ray tasks that read those rows'
+    image bytes, so the driver receives two floats per such row and never an image."""
     from engines.vector.dedup import Originality
 
     if cfg.keeper != "original":
         return None
-    n = t.num_rows
-    nbytes, jq = np.full(n, np.nan), np.full(n, np.nan)
-    rows = np.unique(np.concatenate([pairs.i, pairs.j]))
+    nbytes, jq = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
     if len(rows) and "image" in ds.schema.names:
         chunks = np.array_split(rows, -(-len(rows) // cfg.pairs_per_unit))
         fmt = "format" in ds.schema.names
         for pos, b, q in _encoding_on_ray(store, ds.version, chunks, fmt, cfg.resources.get("verify", {})):
-            nbytes[pos], jq[pos] = b, q
+            at = np.searchsorted(rows, pos)
+            nbytes[at], jq[at] = b, q
     w = t.column("width").fill_null(0).to_numpy()
     h = t.column("height").fill_null(0).to_numpy()
     return Originality.of(w, h, nbytes, jq)
@@ -172,30 +172,28 @@ def _semantic_column(store, ds, cfg: DedupConfig) -> tuple[str | None, str]:
     return "prof_clip_image", f"semantic duplicates over prof_clip_image ({rec.get('model')})"
 
 
-def _row_scalars(ds, cfg: DedupConfig) -> pa.Table:
-    """What the driver holds per row: id, hash, size, quality, pHash (no vectors, no images)."""
+def _check_quality_column(ds, cfg: DedupConfig) -> None:
+    """A misspelt ``quality_column`` is named before the long phases start, not after them."""
     from engines.vector.index import VectorError
 
     names = ds.schema.names
     if cfg.quality_column and cfg.quality_column not in names:
         raise VectorError(f"quality_column {cfg.quality_column!r} not in the dataset; columns: {', '.join(names)}")
-    cols = ["id", "image_sha256", "width", "height"] + [c for c in ("prof_phash",) if c in names]
-    if cfg.quality_column is None and "prof_quality" in names:
+
+
+def _row_signals(ds, rows: np.ndarray, cfg: DedupConfig) -> pa.Table:
+    """Size and quality of the rows with a pair (``rows``, ascending positions), the keeper's
+    inputs: read for those rows only, so the driver holds nothing per row but the ids."""
+    cols = ["width", "height"]
+    if cfg.quality_column is None and "prof_quality" in ds.schema.names:
         cols.append("prof_quality")
     if cfg.quality_column:
         cols.append(cfg.quality_column)
-    return ds.to_table(columns=list(dict.fromkeys(cols)))
-
-
-def _phash(t: pa.Table, notes: list[str]):
-    if "prof_phash" not in t.column_names:
-        notes.append("prof_phash absent: perceptual-hash signal skipped (descriptors + local features decide)")
-        return None
-    ph = t.column("prof_phash")
-    return (
-        np.asarray(ph.fill_null(0).to_numpy(zero_copy_only=False), np.uint64),
-        np.asarray(ph.is_valid().to_numpy(zero_copy_only=False), bool),
-    )
+    cols = list(dict.fromkeys(cols))
+    if not len(rows):
+        return pa.table({c: pa.array([], ds.schema.field(c).type) for c in cols})
+    step = 1 << 20  # bounded Python lists on the way into the take
+    return pa.concat_tables([ds.take(rows[s : s + step].tolist(), columns=cols) for s in range(0, len(rows), step)])
 
 
 def _config_key(cfg: DedupConfig) -> str:
@@ -218,41 +216,37 @@ def _config_key(cfg: DedupConfig) -> str:
 def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> dict:
     """Groups, kept rows and the removal curve, without committing. Returns the plan.
 
-    The driver holds per-row scalars, the accepted pairs and the group table; descriptors, images
-    and candidate pairs stay on Ray workers and in Lance (``pipelines.dedup_candidates``)."""
-    from engines.vector.dedup import REASONS, Pairs, exact_pairs, group_duplicates
-    from engines.vector.graph import removal_curve
+    The driver holds the row ids, the accepted pairs, the signals of the rows with a pair and
+    the group table; hashes, descriptors, images and candidate pairs stay on Ray workers and in
+    Lance (``pipelines.dedup_exact``, ``pipelines.dedup_candidates``)."""
+    from engines.vector.dedup import Pairs
     from engines.vector.index import VectorError
-    from pipelines.dedup_candidates import near_pairs_on_ray
+    from pipelines.dedup_candidates import NearJob, near_pairs_on_ray
+    from pipelines.dedup_exact import exact_pairs_on_ray
 
     ensure_visual(store, show_progress, dry_run=cfg.dry_run)
     ds = store.open()
     n = ds.count_rows()
     if n == 0:
         raise VectorError("the dataset is empty: nothing to deduplicate")
-    t = _row_scalars(ds, cfg)
-    ids = t.column("id")
+    _check_quality_column(ds, cfg)
+    ids = ds.to_table(columns=["id"]).column("id")
     notes: list[str] = []
     stats: dict[str, Any] = {"rows": n}
-    pairs = exact_pairs(t.column("image_sha256"))
-    stats["exact_pairs"] = len(pairs)
+    job = NearJob(store, ds, cfg.near, cfg.index, cfg.rows_per_unit, _config_key(cfg), cfg.resources)
+    t0 = time.perf_counter()
+    first, later = exact_pairs_on_ray(job, show_progress)
+    pairs = Pairs.of(first, later, np.ones(len(later)), "exact")
+    stats.update({"exact_pairs": len(pairs), "exact_seconds": round(time.perf_counter() - t0, 2)})
     if "exact_dup_of" in ds.schema.names:  # ingest's flags, to be read side by side with dedup's count
         stats["exact_flagged_at_ingest"] = ds.count_rows(filter="exact_dup_of IS NOT NULL")
     no_desc = ds.count_rows(filter="vec_desc IS NULL")
     if no_desc:
         notes.append(f"rows without a usable descriptor (exact duplicates only): {{'null_vector': {no_desc}}}")
-    i, j, sim, crop, nstats, job = near_pairs_on_ray(
-        store,
-        ds,
-        cfg.near,
-        cfg.index,
-        rows_per_unit=cfg.rows_per_unit,
-        key=_config_key(cfg),
-        phash=_phash(t, notes),
-        show_progress=show_progress,
-        block=cfg.pairs_per_unit,
-        resources=cfg.resources,
-        geometry=cfg.keeper == "original",
+    if "prof_phash" not in ds.schema.names:
+        notes.append("prof_phash absent: perceptual-hash signal skipped (descriptors + local features decide)")
+    i, j, sim, crop, nstats = near_pairs_on_ray(
+        job, show_progress=show_progress, block=cfg.pairs_per_unit, geometry=cfg.keeper == "original"
     )
     stats.update(nstats)
     pairs = pairs + Pairs.of(i, j, sim, "near")
@@ -263,11 +257,34 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     if sem is not None:
         stats["semantic_pairs"] = len(sem)
         pairs = pairs + sem
+    res, curve = _groups(store, ds, n, pairs, (i, j, crop), cfg, stats, notes)
+    stats["groups_seconds"] = round(time.perf_counter() - t0 - stats["semantic_seconds"], 2)  # communities + curve
+    return {
+        "plan": _plan_table(ids, *res),
+        "stats": stats,
+        "curve": curve,
+        "notes": notes,
+        "dataset_version": ds.version,
+        "state": str(job.folder),
+    }
+
+
+def _groups(store, ds, n: int, pairs, near, cfg: DedupConfig, stats: dict, notes: list[str]):
+    """Communities, kept rows and the removal curve over the rows with a pair (the only rows that
+    can be in a group: ``rows_with_pairs``). Returns ((rows, DupResult over them), curve)."""
+    from engines.vector.dedup import REASONS, group_duplicates, rows_with_pairs
+    from engines.vector.graph import removal_curve
+
+    rows, local = rows_with_pairs(pairs)
+    t = _row_signals(ds, rows, cfg)
     quality, q_name = _quality(t, cfg)
-    originality = _originality(store, ds, t, pairs, cfg, notes)
+    originality = _originality(store, ds, t, rows, cfg)
+    i, j, crop = near
     if originality is not None:  # (crop row, the row it was cut from), from verification
-        originality.crops = (np.where(crop > 0, i, j)[crop != 0], np.where(crop > 0, j, i)[crop != 0])
-        stats["crop_pairs"] = int((crop != 0).sum())
+        c = crop != 0
+        whole = np.where(crop > 0, j, i)[c]
+        originality.crops = (np.searchsorted(rows, np.where(crop > 0, i, j)[c]), np.searchsorted(rows, whole))
+        stats["crop_pairs"] = int(c.sum())
     better = f"best {q_name} ({'higher' if cfg.quality_higher_is_better else 'lower'} is better)"
     if originality is None:
         notes.append(f"kept row = {better}")
@@ -279,39 +296,14 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     split = {"by_component": len(pairs) > cfg.communities_max_edges, "map_fn": _ray_map}
     if split["by_component"]:
         notes.append(f"{len(pairs):,} accepted pairs > communities_max_edges: communities per connected component on Ray")
-    res = group_duplicates(
-        n,
-        pairs,
-        quality,
-        method=cfg.method,
-        resolution=cfg.resolution,
-        seed=cfg.seed,
-        higher_is_better=cfg.quality_higher_is_better,
-        originality=originality,
-        **split,
-    )
-    exact = pairs.reason == REASONS.index("exact")
-    curve = removal_curve(
-        n,
-        np.r_[pairs.i],
-        np.r_[pairs.j],
-        np.where(exact, 1.0, pairs.sim),
-        cfg.thresholds,
-        method=cfg.method,
-        resolution=cfg.resolution,
-        seed=cfg.seed,
-        **split,
-    )
+    m = len(rows)
+    kw = {"method": cfg.method, "resolution": cfg.resolution, "seed": cfg.seed, **split}
+    res = group_duplicates(m, local, quality, higher_is_better=cfg.quality_higher_is_better, originality=originality, **kw)
+    exact = local.reason == REASONS.index("exact")
+    curve = removal_curve(m, local.i, local.j, np.where(exact, 1.0, local.sim), cfg.thresholds, total=n, **kw)
     stats.update(res.stats)
-    stats["groups_seconds"] = round(time.perf_counter() - t0 - stats["semantic_seconds"], 2)  # communities + curve
-    return {
-        "plan": _plan_table(ids, res),
-        "stats": stats,
-        "curve": curve,
-        "notes": notes,
-        "dataset_version": ds.version,
-        "state": str(job.folder),
-    }
+    stats.update({"rows": n, "rows_with_pairs": m, "removed_fraction": res.stats["removed"] / n})
+    return (rows, res), curve
 
 
 def _ray_map(fn, items):
@@ -322,21 +314,35 @@ def _ray_map(fn, items):
     return ray.get([task.remote(x) for x in items])
 
 
-def _plan_table(ids: pa.ChunkedArray, res) -> pa.Table:
-    """The group table: one row per dataset row (ids taken by position, never as a Python list).
+def _plan_table(ids: pa.ChunkedArray, rows: np.ndarray, res) -> pa.Table:
+    """The group table: one row per dataset row; ``res`` holds the rows with a pair (``rows``),
+    every other row is kept and in no group (ids taken by position, never as a Python list).
     Besides the ``dup_*`` columns, ``keeper_why``: what made the kept row win over a removed one
     (``KEEPER_WHY``: resolution, bytes per pixel, JPEG quality, crop of it, quality, earlier row)."""
-    keepers = np.maximum(res.dup_of, 0)
-    dup_of = ids.take(pa.array(keepers)).combine_chunks() if len(ids) else pa.array([], pa.string())
+    n = len(ids)
+    at = np.full(n, -1, np.int64)  # the row's place in ``res``
+    at[rows] = np.arange(len(rows))
+    spread = pa.array(at, mask=at < 0)  # a take by this gives null to rows without a pair
+    group = np.full(n, -1, np.int64)
+    group[rows] = res.group
+    keep = np.ones(n, bool)
+    keep[rows] = res.keep
+    dup_of = np.full(n, -1, np.int64)
+    dup_of[rows] = np.where(res.dup_of >= 0, rows[np.maximum(res.dup_of, 0)], -1)
+    sim = np.full(n, np.nan, np.float32)
+    sim[rows] = res.sim
+    ids = ids.combine_chunks() if len(ids) else pa.array([], pa.string())
+    kept_id = ids.take(pa.array(np.maximum(dup_of, 0))) if n else ids
+    why = res.why or [None] * len(rows)
     return pa.table(
         {
-            "id": ids.combine_chunks() if len(ids) else pa.array([], pa.string()),
-            "dup_group": pa.array(np.where(res.group >= 0, res.group, 0), pa.int64(), mask=res.group < 0),
-            "dup_keep": pa.array(res.keep, pa.bool_()),
-            "dup_of": pa.compute.if_else(pa.array(res.dup_of >= 0), dup_of, pa.scalar(None, pa.string())),
-            "dup_reason": pa.array(res.reason, pa.string()),
-            "dup_sim": pa.array(np.nan_to_num(res.sim), pa.float32(), mask=~np.isfinite(res.sim)),
-            "keeper_why": pa.array(res.why or [None] * len(res.keep), pa.string()),
+            "id": ids,
+            "dup_group": pa.array(np.where(group >= 0, group, 0), pa.int64(), mask=group < 0),
+            "dup_keep": pa.array(keep, pa.bool_()),
+            "dup_of": pa.compute.if_else(pa.array(dup_of >= 0), kept_id, pa.scalar(None, pa.string())),
+            "dup_reason": pa.array(res.reason, pa.string()).take(spread),
+            "dup_sim": pa.array(np.nan_to_num(sim), pa.float32(), mask=~np.isfinite(sim)),
+            "keeper_why": pa.array(why, pa.string()).take(spread),
         }
     )
 

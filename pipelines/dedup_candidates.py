@@ -3,8 +3,8 @@ then the pairs accepted (cheap signals or local-feature verification), all on wo
 
 Why this shape: the in-memory search (``engines.vector.dedup.region_candidates``) holds every
 row's 12 descriptors in one process and searches them exactly: n^2 work and n x 12 x 231 floats
-of memory. Here the driver keeps per-row scalars only (ids, hashes, quality) and what comes
-back is the accepted pairs:
+of memory. Here the driver keeps the row ids only, and what comes back is the accepted pairs
+(the exact copies are found on workers too: ``pipelines.dedup_exact``):
 
 1. index: an IVF (or, for small data, flat) index of every row's full-frame, 10 regional and
    content-box descriptors (label = row position x 12 + slot) is trained on a sample in a Ray task, filled
@@ -14,10 +14,11 @@ back is the accepted pairs:
    orientations of the dihedral group (``candidate_queries``: mirrors and quarter turns, computed
    from the stored vector), the two centre regions and the content box (a screenshot finds its
    photo), reduces hits to each row's ``k`` best other rows (``top_owners``) and writes
-   the pairs (i < j, similarity, pHash distance) as fragments of a Lance edge table; the driver
+   the pairs (i < j, similarity) as fragments of a Lance edge table; the driver
    commits them once. Checkpointed per unit.
 3. accept: each unit takes the edges whose smaller end lies in its range of rows (a pair found
-   from both ends is verified once), accepts those the cheap signals decide, verifies the rest
+   from both ends is verified once), reads the pHash and size of their rows, accepts those the
+   cheap signals decide, verifies the rest
    with mirror-aware ORB + RANSAC on its own images, and returns the accepted pairs.
    Checkpointed per unit.
 
@@ -52,7 +53,6 @@ EDGE_SCHEMA = pa.schema(
         pa.field("i", pa.int64()),  # row position (fragment order), the smaller end
         pa.field("j", pa.int64()),
         pa.field("sim", pa.float32()),  # best descriptor cosine over regions and orientations
-        pa.field("ham", pa.int16()),  # pHash Hamming distance, -1 = no hash on one side
     ]
 )
 SLOTS = 1 + N_REGIONS  # full frame + 10 regions + the content box per row
@@ -121,11 +121,13 @@ class _ShardWorker:
     straight to the job folder, as the merged index does: through the object store and the driver
     it was 10 GB at 1M rows, and the driver's largest allocation."""
 
-    def __init__(self, store, version: int, trained: bytes, shards: str, router: str | None = None):
-        from engines.vector.index import ListRouter, deserialize
+    def __init__(self, store, version: int, trained: str, shards: str, router: str | None = None):
+        import faiss
+
+        from engines.vector.index import ListRouter
 
         self.ds = store.open(version)
-        self.trained = deserialize(trained)
+        self.trained = faiss.read_index(trained)  # a file in the job folder, as the shards: not through the driver
         self.shards = Path(shards)
         self.router = ListRouter.load(Path(router)) if router else None
 
@@ -154,7 +156,7 @@ class _ShardWorker:
         return pa.table(out)
 
 
-def _merge_shards(trained: bytes, shard_paths: list[str], out_path: str) -> int:
+def _merge_shards(trained: str, shard_paths: list[str], out_path: str) -> int:
     """Ray task: the shards merged into one index file (on a worker: the driver never holds it).
 
     An IVF index is merged list by list into on-disk inverted lists (``<out>.ivfdata``, FAISS's
@@ -164,9 +166,9 @@ def _merge_shards(trained: bytes, shard_paths: list[str], out_path: str) -> int:
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
-    from engines.vector.index import deserialize, empty_like, merge_shards
+    from engines.vector.index import empty_like, merge_shards
 
-    index = empty_like(deserialize(trained))
+    index = empty_like(faiss.read_index(trained))
     tmp = out_path + ".tmp"
     try:
         faiss.extract_index_ivf(index)
@@ -193,14 +195,17 @@ def _train(
     version: int,
     n: int,
     cfg: IndexConfig,
+    out_path: str,
     router_path: str,
     scratch: str | None = None,
     *,
     read_rows: int = TRAIN_READ_ROWS,
     spill_bytes: int = TRAIN_SPILL_BYTES,
-) -> tuple[bytes, str]:
-    """Ray task: an empty index trained on a sample of rows' 12 descriptors, and the router of
-    its lists (written to ``router_path`` when the index has lists).
+) -> str:
+    """Ray task: an empty index trained on a sample of rows' 12 descriptors, written to
+    ``out_path`` (the job folder: the workers read it there, not through the driver, where it
+    is nlist x 231 floats: ~45 MB at 1M rows, growing with the rows), and the router of its
+    lists (``router_path``, when the index has lists). Returns what was trained, in words.
 
     Memory: the training set is 40 vectors per list (``train_points``) and the lists grow with
     the rows (``list_size``), so it is 1.72 x n descriptors (1.6 GB at 1M rows, 16 GB at 10M).
@@ -214,7 +219,9 @@ def _train(
     folder), whose pages the kernel can write out and drop: the task's own memory is then one
     chunk, the first-level k-means subsample (2,000 per first-level cluster) and one
     second-level cluster's vectors."""
-    from engines.vector.index import ListRouter, serialize, train_index, train_points
+    import faiss
+
+    from engines.vector.index import ListRouter, train_index, train_points
 
     ds = store.open(version)
     want = max(1, train_points(n * SLOTS, cfg) // SLOTS + 1)
@@ -248,7 +255,9 @@ def _train(
     router = ListRouter.of(trained)
     if router is not None:
         router.save(Path(router_path))
-    return serialize(trained), f"{kind} index ({spec}) over up to {n * SLOTS:,} descriptors, trained on {size:,}"
+    faiss.write_index(trained, out_path + ".tmp")
+    Path(out_path + ".tmp").replace(out_path)
+    return f"{kind} index ({spec}) over up to {n * SLOTS:,} descriptors, trained on {size:,}"
 
 
 def _training_places(ds, chunks: list[np.ndarray], n: int, cfg: IndexConfig) -> tuple[np.ndarray, int]:
@@ -296,12 +305,13 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         cfg = job.index_cfg
         if cfg.kind == "auto":  # near duplicates are decided on these cosines: no lossy codes by default
             cfg = cfg.model_copy(update={"kind": "flat" if job.n * SLOTS <= cfg.flat_max else "ivfflat"})
-        data, what = ray.get(
-            ray.remote(num_cpus=1)(_train).remote(job.store, job.ds.version, job.n, cfg, str(router_path), str(job.folder))
+        what = ray.get(
+            ray.remote(num_cpus=1)(_train).remote(
+                job.store, job.ds.version, job.n, cfg, str(trained_path), str(router_path), str(job.folder)
+            )
         )
         console.print(f"dedup candidates: {what}")
-        trained_path.write_bytes(data)
-    trained = trained_path.read_bytes()
+    trained = str(trained_path)
     shards = job.folder / "shards"
     shards.mkdir(exist_ok=True)
     todo = [u for u in job.units if not (shards / f"unit-{u['unit']}.faiss").exists()]
@@ -342,7 +352,6 @@ class _CandidateWorker:
         index_path: str,
         edges_uri: str,
         cfg: dict,
-        phash: np.ndarray | None,
         nprobe: int,
         use_gpu: bool | None,
         router: str | None = None,
@@ -357,7 +366,7 @@ class _CandidateWorker:
         self.index = maybe_gpu(faiss.read_index(index_path, faiss.IO_FLAG_MMAP_IFC), use_gpu)
         self.list_major = list_major_ok(self.index)
         self.router = ListRouter.load(Path(router)) if router and self.list_major else None
-        self.edges_uri, self.cfg, self.phash, self.nprobe = edges_uri, NearDupConfig(**cfg), phash, nprobe
+        self.edges_uri, self.cfg, self.nprobe = edges_uri, NearDupConfig(**cfg), nprobe
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: dict[str, list] = {"unit": [], "fragments": [], "edges": []}
@@ -383,8 +392,7 @@ class _CandidateWorker:
             if parts
             else (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
         )
-        ham = self._hamming(a, b)
-        return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32), "ham": ham}, schema=EDGE_SCHEMA)
+        return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32)}, schema=EDGE_SCHEMA)
 
     def _block_rows(self) -> int:
         """Rows searched together: enough that each probed list meets ~32 queries of the block.
@@ -425,16 +433,6 @@ class _CandidateWorker:
         owner = np.where(nn >= 0, nn // SLOTS, -1)
         return split_top_owners(q, owner, nn % SLOTS, sims, n_full, k, self.cfg.k_centre, min_sim)
 
-    def _hamming(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        from engines.vector.dedup import popcount64
-
-        ham = np.full(len(a), -1, np.int16)
-        if self.phash is not None and len(a):
-            h, hv = self.phash
-            both = hv[a] & hv[b]
-            ham[both] = popcount64(np.bitwise_xor(h[a[both]], h[b[both]]))
-        return ham
-
     def write(self, edges: pa.Table) -> list:
         from lance.fragment import write_fragments
 
@@ -455,7 +453,7 @@ def _actor_memory(index_path: Path, rows_per_unit: int) -> int:
     return int(Path(index_path).stat().st_size) + unit + block + (512 << 20)  # the lists are in <index>.ivfdata
 
 
-def candidate_edges(job: NearJob, index_path: Path, phash, show_progress: bool) -> str:
+def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:
     """Phase 2: the candidate edge table (Lance, committed once after every unit is done)."""
     import lance
     from lance import LanceOperation
@@ -484,7 +482,6 @@ def candidate_edges(job: NearJob, index_path: Path, phash, show_progress: bool) 
             "index_path": str(index_path),
             "edges_uri": staging,
             "cfg": job.cfg.model_dump(),
-            "phash": phash,
             "nprobe": job.index_cfg.nprobe,
             "use_gpu": job.index_cfg.use_gpu,
             "router": _router_file(job),
@@ -533,9 +530,9 @@ class _AcceptWorker:
         from engines.vector.dedup import accept_near, needs_verification
         from engines.vector.graph import symmetric_edges
 
-        t = self.edges.to_table(filter=f"i >= {lo} AND i < {hi}")
+        t = self.edges.to_table(columns=["i", "j", "sim"], filter=f"i >= {lo} AND i < {hi}")
         a, b, sim = symmetric_edges(t.column("i").to_numpy(), t.column("j").to_numpy(), t.column("sim").to_numpy())
-        ham = _ham_of(t, a, b)
+        ham, px = self._signals(a, b)
         inl = np.full(len(a), -1, np.int32)
         cov = np.zeros(len(a), np.float32)
         crop = np.zeros(len(a), np.int8)  # +1: a is a crop of b, -1: b of a (verified pairs only)
@@ -543,7 +540,7 @@ class _AcceptWorker:
         if len(todo):
             inl[todo], cov[todo], crop[todo] = self.verify(a[todo], b[todo])
         ok = accept_near(sim, ham, inl, cov, self.cfg)
-        geo = np.flatnonzero(ok & (inl < 0) & self._same_size(a, b)) if self.geometry else np.zeros(0, np.int64)
+        geo = np.flatnonzero(ok & (inl < 0) & _same_size(*px)) if self.geometry else np.zeros(0, np.int64)
         if len(geo):  # accepted on the descriptor alone, sizes tied: the keeper may need to know which is a crop
             crop[geo] = self.verify(a[geo], b[geo])[2]
         stats = {
@@ -554,17 +551,25 @@ class _AcceptWorker:
         }
         return a[ok], b[ok], np.clip(sim[ok], 0, 1), crop[ok], stats
 
-    def _same_size(self, a: np.ndarray, b: np.ndarray, margin: float = 1.10) -> np.ndarray:
-        """Pairs whose pixel counts are within the keeper's resolution margin (``Originality``):
-        only there can containment decide the keeper, so only there is a copy accepted on its
-        descriptor (a mild crop scaled back matches a region at ~0.99) verified for geometry."""
+    def _signals(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Per pair, the pHash Hamming distance (-1: no hash on one side) and both rows' pixel
+        counts, from one read of the pairs' rows (the driver holds no per-row signals)."""
+        ham = np.full(len(a), -1, np.int16)
         if not len(a):
-            return np.zeros(0, bool)
+            return ham, (np.zeros(0), np.zeros(0))
+        from engines.vector.dedup import popcount64
+
         rows = np.unique(np.concatenate([a, b]))
-        t = self.ds.take(rows.tolist(), columns=["width", "height"])
+        ph = "prof_phash" in self.ds.schema.names
+        t = self.ds.take(rows.tolist(), columns=["width", "height"] + (["prof_phash"] if ph else []))
+        ia, ib = np.searchsorted(rows, a), np.searchsorted(rows, b)
         px = t.column("width").fill_null(0).to_numpy().astype(np.float64) * t.column("height").fill_null(0).to_numpy()
-        pa_, pb = px[np.searchsorted(rows, a)], px[np.searchsorted(rows, b)]
-        return (pa_ > 0) & (pb > 0) & (np.maximum(pa_, pb) <= margin * np.minimum(pa_, pb))
+        if ph:
+            h = np.asarray(t.column("prof_phash").fill_null(0).to_numpy(zero_copy_only=False), np.uint64)
+            hv = np.asarray(t.column("prof_phash").is_valid().to_numpy(zero_copy_only=False), bool)
+            both = hv[ia] & hv[ib]
+            ham[both] = popcount64(np.bitwise_xor(h[ia[both]], h[ib[both]]))
+        return ham, (px[ia], px[ib])
 
     def verify(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from engines.vector.descriptor import decode_gray, verify_features, verify_pairs_geometry
@@ -586,16 +591,11 @@ class _AcceptWorker:
         return inl, cov, crop
 
 
-def _ham_of(t: pa.Table, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The pHash distance of each de-duplicated pair (the same on every copy of a pair)."""
-    if not t.num_rows:
-        return np.zeros(0, np.int16)
-    i, j, h = t.column("i").to_numpy(), t.column("j").to_numpy(), t.column("ham").to_numpy()
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    key = lo * (int(hi.max()) + 1) + hi
-    order = np.argsort(key, kind="stable")
-    want = a * (int(hi.max()) + 1) + b
-    return h[order][np.searchsorted(key[order], want)].astype(np.int32)
+def _same_size(pa_: np.ndarray, pb: np.ndarray, margin: float = 1.10) -> np.ndarray:
+    """Pairs whose pixel counts are within the keeper's resolution margin (``Originality``):
+    only there can containment decide the keeper, so only there is a copy accepted on its
+    descriptor (a mild crop scaled back matches a region at ~0.99) verified for geometry."""
+    return (pa_ > 0) & (pb > 0) & (np.maximum(pa_, pb) <= margin * np.minimum(pa_, pb))
 
 
 def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int = 2000, geometry: bool = True):
@@ -639,26 +639,13 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
 
 
 def near_pairs_on_ray(
-    store,
-    ds,
-    cfg: NearDupConfig,
-    index_cfg: IndexConfig,
-    *,
-    rows_per_unit: int,
-    key: str,
-    phash,
-    show_progress: bool = True,
-    block: int = 2000,
-    resources: dict | None = None,
-    geometry: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict, NearJob]:
-    """The three phases; returns accepted pairs (i, j, sim, crop: see ``accepted_pairs``),
-    counters and the job (its folder)."""
+    job: NearJob, *, show_progress: bool = True, block: int = 2000, geometry: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The three phases; returns accepted pairs (i, j, sim, crop: see ``accepted_pairs``) and counters."""
     t = [time.perf_counter()]
-    job = NearJob(store, ds, cfg, index_cfg, rows_per_unit, key, resources)
     index_path = build_region_index(job, show_progress)
     t.append(time.perf_counter())
-    edges_uri = candidate_edges(job, index_path, phash, show_progress)
+    edges_uri = candidate_edges(job, index_path, show_progress)
     t.append(time.perf_counter())
     i, j, sim, crop, stats = accepted_pairs(job, edges_uri, show_progress, block, geometry)
     t.append(time.perf_counter())
@@ -666,4 +653,4 @@ def near_pairs_on_ray(
     stats.update({name: round(b - a, 2) for name, a, b in zip(phases, t, t[1:])})
     stats["near_seconds"] = round(t[-1] - t[0], 2)
     stats["index_mib"] = round(sum(p.stat().st_size for p in job.folder.glob("regions.*")) / 2**20, 1)  # on disk
-    return i, j, sim, crop, stats, job
+    return i, j, sim, crop, stats

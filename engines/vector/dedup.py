@@ -35,6 +35,7 @@ __all__ = [
     "SemanticConfig",
     "Pairs",
     "exact_pairs",
+    "rows_with_pairs",
     "hash_pairs",
     "region_candidates",
     "top_owners",
@@ -143,6 +144,16 @@ def exact_pairs(sha256) -> Pairs:
     first[codes[pos[first_at]]] = pos[first_at]
     later = pos[first[codes[pos]] != pos]
     return Pairs.of(first[codes[later]], later, np.ones(len(later)), "exact")
+
+
+def rows_with_pairs(pairs: Pairs) -> tuple[np.ndarray, Pairs]:
+    """The rows that have a pair (ascending positions) and the pairs renumbered over them.
+
+    Why: a row without a pair is in no group, so the communities, the keeper and the removal
+    curve need only these rows, and the dedup job's driver reads sizes and quality for them
+    alone. Their order is kept, so ties to "the earlier row" fall as they do over all rows."""
+    rows = np.unique(np.concatenate([pairs.i, pairs.j]))
+    return rows, Pairs(np.searchsorted(rows, pairs.i), np.searchsorted(rows, pairs.j), pairs.sim, pairs.reason)
 
 
 _POP8 = np.array([bin(x).count("1") for x in range(256)], np.uint8)

@@ -268,11 +268,15 @@ def removal_curve(
     *,
     by_component: bool = False,
     map_fn=map,
+    total: int | None = None,
     **community_kw,
 ) -> list[dict]:
     """For each threshold: groups, rows in groups, and the fraction of rows a dedup would remove
     (every community keeps one row). Lets a user choose the threshold before applying it.
-    ``by_component``: communities per connected component (``communities_by_component``)."""
+    ``by_component``: communities per connected component (``communities_by_component``).
+    ``total``: the rows the fraction is of when the ``n`` nodes are only the rows with a pair
+    (``dedup.rows_with_pairs``); default ``n``."""
+    total = n if total is None else total
     out = []
     for t in sorted(thresholds):
         a, b, w = threshold_edges(src, dst, sim, t)
@@ -289,7 +293,7 @@ def removal_curve(
                 "groups": int((sizes > 1).sum()),
                 "rows_in_groups": int(sizes[sizes > 1].sum()),
                 "removed": removed,
-                "removed_fraction": removed / n if n else 0.0,
+                "removed_fraction": removed / total if total else 0.0,
             }
         )
     return out

@@ -70,11 +70,13 @@ def _train_whole(store, n: int, cfg: IndexConfig) -> bytes:
 def test_training_in_chunks_and_spilled_gives_the_index_of_the_whole_sample(tmp_path, n, bad, cfg, subset):
     store = _dataset(tmp_path, n, bad)
     ref = _train_whole(store, n, cfg)
-    chunks, _ = _train(store, None, n, cfg, str(tmp_path / "r1.npz"), None, read_rows=7)
-    spilled, what = _train(store, None, n, cfg, str(tmp_path / "r2.npz"), str(tmp_path / "job"), read_rows=13, spill_bytes=0)
+    _train(store, None, n, cfg, str(tmp_path / "i1.faiss"), str(tmp_path / "r1.npz"), None, read_rows=7)
+    what = _train(
+        store, None, n, cfg, str(tmp_path / "i2.faiss"), str(tmp_path / "r2.npz"), str(tmp_path / "job"), read_rows=13, spill_bytes=0
+    )
     assert what.endswith(f"trained on {train_points(n * SLOTS, cfg):,}") == subset
-    assert chunks == ref
-    assert spilled == ref
+    assert (tmp_path / "i1.faiss").read_bytes() == ref  # the index file the workers read
+    assert (tmp_path / "i2.faiss").read_bytes() == ref
     assert not (tmp_path / "job" / "train-sample.npy").exists()  # the spilled sample is removed
     r1, r2 = np.load(tmp_path / "r1.npz"), np.load(tmp_path / "r2.npz")  # the same router
     assert sorted(r1.files) == sorted(r2.files) and all((r1[k] == r2[k]).all() for k in r1.files)

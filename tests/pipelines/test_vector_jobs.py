@@ -278,9 +278,16 @@ def test_dedup_job_scored_against_the_demo_corpus_manifest(ray_session, tmp_path
     assert precision >= 0.98 and recall >= 0.90, (precision, recall)
 
 
-def test_dedup_killed_in_verification_resumes_the_missing_units_only(ray_session, coco_dir, tmp_path, monkeypatch):
-    """A dedup killed after one verification unit, re-run, redoes neither the index nor the
-    candidates nor that unit, and gives the same groups as a clean run."""
+# execute_units calls of a run (48 rows in units of 12: 4 units each): exact copies (hashes by
+# bucket, then bucket ranges), index shards, candidates, verification
+@pytest.mark.parametrize(
+    "killed_in,resumed",
+    [(5, [3]), (2, [3, 4, 4, 4])],
+    ids=["verification", "exact-copy-ranges"],
+)
+def test_dedup_killed_resumes_the_missing_units_only(ray_session, coco_dir, tmp_path, monkeypatch, killed_in, resumed):
+    """A dedup killed after one unit of a phase (verification; the exact copies' bucket ranges),
+    re-run, redoes none of the phases before nor that unit, and gives the same groups as a clean run."""
     rows = coco_rows(coco_dir, limit=24)
     for g, r in enumerate(list(rows[:8])):
         for kind in ("crop", "mirror", "rotate"):
@@ -300,9 +307,9 @@ def test_dedup_killed_in_verification_resumes_the_missing_units_only(ray_session
     real = runner.execute_units
     calls: list[int] = []
 
-    def dies_in_third_phase(units, *a, on_result, **kw):
+    def dies_in_phase(units, *a, on_result, **kw):
         calls.append(len(units))
-        if len(calls) < 3:
+        if len(calls) < killed_in:
             return real(units, *a, on_result=on_result, **kw)
 
         def once(row):
@@ -311,14 +318,14 @@ def test_dedup_killed_in_verification_resumes_the_missing_units_only(ray_session
 
         return real(units, *a, on_result=once, **kw)
 
-    monkeypatch.setattr(runner, "execute_units", dies_in_third_phase)
+    monkeypatch.setattr(runner, "execute_units", dies_in_phase)
     with pytest.raises(KeyboardInterrupt):
         find_duplicates(killed, cfg, show_progress=False)
-    assert calls == [4, 4, 4]  # 48 rows in units of 12: index shards, candidates, then killed in verification
+    assert calls == [4] * killed_in
     calls.clear()
     monkeypatch.setattr(runner, "execute_units", lambda units, *a, **kw: (calls.append(len(units)), real(units, *a, **kw)))
     got = find_duplicates(killed, cfg, show_progress=False)["plan"]
-    assert calls == [3]  # only the 3 verification units not checkpointed
+    assert calls == resumed  # the 3 units of the killed phase not checkpointed, then the phases after it
     assert got.column("dup_group").to_pylist() == want.column("dup_group").to_pylist()
     assert got.column("dup_keep").to_pylist() == want.column("dup_keep").to_pylist()
     assert sum(g is not None for g in got.column("dup_group").to_pylist()) == 32  # the 8 photos and their 3 edits each

@@ -1,0 +1,96 @@
+"""What the dedup job's driver holds: the row ids, and per row with a pair its signals. The exact
+copies are found on Ray workers by hash bucket, and the communities, keeper and removal curve
+computed over the rows with a pair give the plan and curve computed over all rows."""
+
+from __future__ import annotations
+
+import hashlib
+
+import lance
+import numpy as np
+import pyarrow as pa
+
+from curation.store import Store
+from engines.vector.dedup import NearDupConfig, Originality, Pairs, exact_pairs, group_duplicates, rows_with_pairs
+from engines.vector.graph import removal_curve
+from engines.vector.index import IndexConfig
+from pipelines.dedup import _plan_table
+from pipelines.dedup_candidates import NearJob
+from pipelines.dedup_exact import BUCKETS, exact_pairs_on_ray, hash_buckets
+
+
+def _hashes(n: int, rng) -> list:
+    """Hex digests with copies spread over the whole range, no hash, and hand-made non-hex values."""
+    sha = [hashlib.sha256(str(k).encode()).hexdigest() for k in range(n)]
+    for k in rng.choice(n, n // 5, replace=False):
+        sha[k] = sha[int(rng.integers(0, n))]  # a copy of any row, earlier or later
+    for k in rng.choice(n, n // 20, replace=False):
+        sha[k] = None
+    for k in rng.choice(n, 6, replace=False):
+        sha[k] = "zz-not-hex" if k % 2 else "q"
+    return sha
+
+
+def test_exact_pairs_found_on_ray_by_bucket_are_the_in_memory_ones_and_resume(ray_session, tmp_path):
+    rng = np.random.default_rng(0)
+    n = 1000
+    sha = _hashes(n, rng)
+    store = Store(str(tmp_path / "h.lance"))
+    lance.write_dataset(
+        pa.table({"id": [f"r{k}" for k in range(n)], "image_sha256": pa.array(sha, pa.string())}), store.uri, max_rows_per_file=125
+    )
+    job = NearJob(store, store.open(), NearDupConfig(), IndexConfig(), 250, "t")
+    assert len(job.units) == 4  # copies cross units: they meet in one bucket range
+    i, j = exact_pairs_on_ray(job, show_progress=False)
+    want = exact_pairs(sha)
+    assert sorted(zip(i.tolist(), j.tolist())) == sorted(zip(want.i.tolist(), want.j.tolist()))
+    assert len(i) > 150 and (i < j).all()  # star edges to the first row with those bytes
+    assert not (job.folder / "exact-buckets").exists()  # the bucket files are removed once every range is saved
+    again = exact_pairs_on_ray(job, show_progress=False)  # from the checkpoints
+    assert np.array_equal(again[0], i) and np.array_equal(again[1], j)
+
+
+def test_hash_buckets_are_the_first_hex_digits_and_stable_for_other_values():
+    b = hash_buckets(pa.array(["00ff" + "0" * 60, "ffff" + "1" * 60, "abcd", "no-hex", "no-hex", "q", None]))
+    assert b[:3].tolist() == [0x00FF, 0xFFFF, 0xABCD]
+    assert b[3] == b[4] and (b >= 0).all() and (b < BUCKETS).all()
+
+
+def _signals(n: int, rng) -> Originality:
+    orig = Originality.of(
+        rng.choice([640, 800], n), rng.choice([480, 600], n), rng.integers(10_000, 90_000, n), rng.choice([75.0, 90.0], n)
+    )
+    return orig
+
+
+def test_groups_over_the_rows_with_a_pair_are_the_groups_over_all_rows():
+    """The job computes communities, keepers and the curve over the rows with a pair (the only
+    rows that can be in a group) and spreads them over all rows: the same plan, row by row."""
+    rng = np.random.default_rng(1)
+    n = 400
+    sha = [hashlib.sha256(str(k).encode()).hexdigest() for k in range(n)]
+    for k in range(0, 40, 4):
+        sha[k + 200] = sha[k]
+    a = rng.choice(np.arange(50, 190), 120)
+    near = Pairs.of(a, a + rng.integers(1, 9, len(a)), rng.uniform(0.86, 1.0, len(a)), "near")
+    pairs = exact_pairs(sha) + near + Pairs.of([300, 310], [305, 390], [0.93, 0.91], "semantic")
+    quality = rng.uniform(0, 1, n)
+    quality[rng.choice(n, 30)] = np.nan
+    orig = _signals(n, rng)
+    orig.crops = (near.i[:15], near.j[:15])
+    ids = pa.chunked_array([pa.array([f"r{k}" for k in range(n)])])
+    full = group_duplicates(n, pairs, quality, originality=orig)
+
+    rows, local = rows_with_pairs(pairs)
+    assert len(rows) < n // 2
+    part = Originality(orig.pixels[rows], orig.bytes_per_pixel[rows], orig.jpeg_quality[rows])
+    part.crops = (np.searchsorted(rows, orig.crops[0]), np.searchsorted(rows, orig.crops[1]))
+    compact = group_duplicates(len(rows), local, quality[rows], originality=part)
+    got, want = _plan_table(ids, rows, compact), _plan_table(ids, np.arange(n), full)
+    assert got.equals(want), [(x, y) for x, y in zip(got.to_pylist(), want.to_pylist()) if x != y][:5]
+    assert sum(not k for k in got.column("dup_keep").to_pylist()) == full.stats["removed"] > 20
+
+    thresholds = [0.85, 0.9, 0.95]
+    sim = np.where(pairs.reason == 0, 1.0, pairs.sim)
+    whole = removal_curve(n, pairs.i, pairs.j, sim, thresholds, resolution=0.1)
+    assert removal_curve(len(rows), local.i, local.j, sim, thresholds, resolution=0.1, total=n) == whole
