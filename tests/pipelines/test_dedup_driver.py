@@ -9,6 +9,7 @@ import hashlib
 import lance
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from curation.store import Store
 from engines.vector.dedup import NearDupConfig, Originality, Pairs, exact_pairs, group_duplicates, rows_with_pairs
@@ -94,3 +95,47 @@ def test_groups_over_the_rows_with_a_pair_are_the_groups_over_all_rows():
     sim = np.where(pairs.reason == 0, 1.0, pairs.sim)
     whole = removal_curve(n, pairs.i, pairs.j, sim, thresholds, resolution=0.1)
     assert removal_curve(len(rows), local.i, local.j, sim, thresholds, resolution=0.1, total=n) == whole
+
+
+def test_the_committed_plan_holds_the_grouped_rows_and_a_dataset_changed_meanwhile_is_refused(ray_session, coco_dir, tmp_path, monkeypatch):
+    """The plan file the apply stage's workers read holds the rows in a group only; every other
+    row is committed as kept and in no group. Rows written while dedup ran are refused by name,
+    not committed as unique."""
+    import pyarrow.feather as feather
+
+    import pipelines.dedup as dedup
+    from curation.runner import run_stage
+    from engines.vector.index import VectorError
+    from engines.vector.synth import make_variant
+    from pipelines.dedup import DedupConfig, run_dedup
+    from pipelines.descriptors import VisualStage
+    from tests.helpers import coco_rows, sample_row, samples_table
+
+    rows = coco_rows(coco_dir, limit=10)
+    rows += [sample_row(make_variant(rows[g]["image"], "crop", g), "edits", f"{g}-crop") for g in (0, 1)]
+    store = Store(str(tmp_path / "p.lance"))
+    lance.write_dataset(samples_table(rows), store.uri, max_rows_per_file=4)
+    run_stage(store, VisualStage(), show_progress=False)
+    out = run_dedup(store, DedupConfig(), show_progress=False)
+    assert out["status"] == "committed" and out["removed"] == 2, out
+    got = {r["id"]: r for r in store.to_arrow(["id", "dup_group", "dup_keep", "dup_of", "dup_reason"]).to_pylist()}
+    (plan_path,) = (store.state_dir / "vector").glob("dedup-plan-v*.arrow")
+    plan = feather.read_table(str(plan_path))
+    grouped = {i for i, r in got.items() if r["dup_group"] is not None}
+    assert sorted(plan.column("id").to_pylist()) == sorted(grouped) and len(grouped) == 4
+    for i, r in got.items():
+        if i not in grouped:
+            assert r["dup_keep"] is True and r["dup_of"] is None and r["dup_reason"] is None, r
+
+    real = dedup.find_duplicates
+
+    def rows_arrive_meanwhile(st, cfg, **kw):
+        res = real(st, cfg, **kw)
+        lance.write_dataset(samples_table(coco_rows(coco_dir, limit=12)[10:]), st.uri, mode="append")
+        return res
+
+    monkeypatch.setattr(dedup, "find_duplicates", rows_arrive_meanwhile)
+    before = store.open().version
+    with pytest.raises(VectorError, match=r"the dataset changed while dedup ran \(version \d+ -> \d+\)"):
+        run_dedup(store, DedupConfig(), show_progress=False)
+    assert "dup_group" in store.open().schema.names and store.open().version == before + 1  # only the append
