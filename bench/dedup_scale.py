@@ -342,7 +342,8 @@ def measure(uri: str, n: int, truth: np.ndarray, kind: str, out: Path) -> dict:
         "recall": round(r, 4),
         "counters": {k: stats.get(k) for k in ("desc_candidates", "verified_pairs", "accepted_pairs", "groups", "removed")},
         "phase_seconds": {
-            k: stats.get(k) for k in ("index_seconds", "candidates_seconds", "verify_seconds", "semantic_seconds", "groups_seconds")
+            k: stats.get(k)
+            for k in ("exact_seconds", "index_seconds", "candidates_seconds", "verify_seconds", "semantic_seconds", "groups_seconds")
         },
     }
 
