@@ -8,7 +8,8 @@ Two passes, a hash partition:
 
 1. per unit of fragments (``NearJob.units``), a worker reads the unit's ``image_sha256``, orders
    (position, hash) by bucket (the hash's first 4 hex digits: SHA-256 is uniform, so buckets
-   are even) and writes them as one Arrow IPC file in the job folder, with each bucket's offset;
+   are even) and writes them as one Arrow IPC file in the job folder, with each bucket's offset
+   in a small array file beside it;
 2. per range of buckets, a worker maps every unit's file, takes its range's slice of each (rows
    with the same hash are in the same bucket, so all copies of a hash meet in one range) and
    finds the star edges to the first row with those bytes, as the in-memory path does.
@@ -19,7 +20,6 @@ re-run, does the missing units only.
 
 from __future__ import annotations
 
-import json
 import shutil
 import zlib
 from pathlib import Path
@@ -67,11 +67,11 @@ class _PartitionWorker:
             order = np.argsort(b, kind="stable")  # positions stay ascending within a bucket
             offsets = np.searchsorted(b[order], np.arange(BUCKETS + 1))
             part = pa.table({"pos": unit["label_start"] + keep[order], "sha": sha.take(pa.array(order))})
-            part = part.replace_schema_metadata({"offsets": json.dumps(offsets.tolist())})
             p = self.folder / f"unit-{unit['unit']}.arrow"
+            np.save(self.folder / f"unit-{unit['unit']}.offsets.npy", offsets)  # mapped by pass 2: two values read
             with pa.OSFile(str(p.with_suffix(".tmp")), "wb") as f, pa.ipc.new_file(f, part.schema) as w:
                 w.write_table(part)
-            p.with_suffix(".tmp").replace(p)
+            p.with_suffix(".tmp").replace(p)  # last: the file's existence is the unit's checkpoint
             out["unit"].append(unit["unit"])
             out["rows"].append(len(keep))
         return pa.table(out)
@@ -91,8 +91,9 @@ class _ExactWorker:
             parts = []
             for u in self.units:  # in unit order: positions ascending within each hash's rows
                 t = pa.ipc.open_file(pa.memory_map(str(self.folder / f"unit-{u}.arrow"))).read_all()
-                off = json.loads(t.schema.metadata[b"offsets"])
-                parts.append(t.slice(off[r["lo"]], off[r["hi"]] - off[r["lo"]]))
+                off = np.load(self.folder / f"unit-{u}.offsets.npy", mmap_mode="r")
+                lo, hi = int(off[r["lo"]]), int(off[r["hi"]])
+                parts.append(t.slice(lo, hi - lo))
             t = pa.concat_tables(parts)
             pos = t.column("pos").to_numpy()
             p = exact_pairs(t.column("sha"))
