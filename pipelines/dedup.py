@@ -275,12 +275,13 @@ def _counts_on_ray(store, version: int, flags: bool) -> tuple[int, int | None]:
     driver it left ~300 MiB private memory behind for the rest of the job (measured at 1M)."""
     import ray
 
-    def count(store, version: int, flags: bool):
-        ds = store.open(version)
-        flagged = ds.count_rows(filter="exact_dup_of IS NOT NULL") if flags else None
-        return ds.count_rows(filter="vec_desc IS NULL"), flagged
+    return ray.get(ray.remote(num_cpus=1)(_counts).remote(store, version, flags))
 
-    return ray.get(ray.remote(num_cpus=1)(count).remote(store, version, flags))
+
+def _counts(store, version: int, flags: bool) -> tuple[int, int | None]:
+    ds = store.open(version)
+    flagged = ds.count_rows(filter="exact_dup_of IS NOT NULL") if flags else None
+    return ds.count_rows(filter="vec_desc IS NULL"), flagged
 
 
 def _groups(store, ds, n: int, pairs, near, cfg: DedupConfig, stats: dict, notes: list[str]):

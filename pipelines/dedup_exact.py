@@ -32,6 +32,7 @@ __all__ = ["BUCKETS", "exact_pairs_on_ray", "hash_buckets"]
 
 BUCKETS = 1 << 16
 """Hash buckets: the first 4 hex digits of a SHA-256."""
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def hash_buckets(sha: pa.Array) -> np.ndarray:
@@ -39,14 +40,7 @@ def hash_buckets(sha: pa.Array) -> np.ndarray:
     (a hand-made column) gets a stable CRC of them instead, so equal values still share a bucket."""
     prefix = pc.dictionary_encode(pc.utf8_slice_codeunits(sha.fill_null(""), 0, 4))
     values = prefix.dictionary.to_pylist()
-
-    def bucket(v: str) -> int:
-        try:
-            return int(v, 16) if len(v) == 4 else zlib.crc32(v.encode()) % BUCKETS
-        except ValueError:
-            return zlib.crc32(v.encode()) % BUCKETS
-
-    table = np.array([bucket(v) for v in values], np.int64)
+    table = np.array([int(v, 16) if len(v) == 4 and set(v) <= _HEX else zlib.crc32(v.encode()) % BUCKETS for v in values], np.int64)
     return table[prefix.indices.to_numpy(zero_copy_only=False)]
 
 
