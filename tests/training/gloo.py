@@ -4,12 +4,20 @@
 ``spawn(fn, *args)`` starts ``world`` fresh interpreters; each joins the group and calls
 ``fn(rank, *args)``. ``fn`` must be a module-level function (it is pickled by reference), and what
 it reports comes back through files, since a spawned process returns nothing. An exception in any
-rank fails the call with that rank's traceback."""
+rank fails the call with that rank's traceback.
+
+A rank whose ``fn`` returned leaves with ``os._exit(0)`` after ``destroy_process_group``, skipping
+interpreter finalisation: the model the rank built still holds the gloo group, and its C++ threads
+meeting finalisation aborted one rank once in CI ("terminate called without an active exception",
+SIGABRT; not reproduced in 12 loaded runs here). ``faulthandler`` prints every thread's Python
+stack on such a signal, so a crash during the work itself shows where it was."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
+import sys
 from collections.abc import Callable
 
 import torch
@@ -22,9 +30,10 @@ def _free_port() -> int:
 
 
 def _entry(rank: int, fn: Callable, port: int, world: int, args: tuple) -> None:
-    """One gloo rank: join the group, run ``fn(rank, *args)``, leave."""
+    """One gloo rank: join the group, run ``fn(rank, *args)``, leave (module docstring: why ``_exit``)."""
     import torch.distributed as dist
 
+    faulthandler.enable(all_threads=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -32,6 +41,9 @@ def _entry(rank: int, fn: Callable, port: int, world: int, args: tuple) -> None:
         fn(rank, *args)
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # only reached when fn returned: an exception still goes to spawn's error file
 
 
 def spawn(fn: Callable, *args, world: int = 2) -> None:
