@@ -14,6 +14,11 @@ Two passes, a hash partition:
    with the same hash are in the same bucket, so all copies of a hash meet in one range) and
    finds the star edges to the first row with those bytes, as the in-memory path does.
 
+Pass 2 opens every unit file once per range: units x ranges opens. With one range per unit that
+is quadratic in the rows (4 x 10^8 opens at 1B rows in 50k-row units), so the ranges are sized by
+rows instead (``ROWS_PER_RANGE``, ~160 MB of (position, hash) rows each): 500 ranges and 10^7
+opens at 1B, never fewer than ``MIN_RANGES`` (parallel work at small sizes) nor more than units.
+
 Both passes are checkpointed (the unit files, then each range's pairs as JSON): a killed run,
 re-run, does the missing units only.
 """
@@ -28,10 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["BUCKETS", "exact_pairs_on_ray", "hash_buckets"]
+__all__ = ["BUCKETS", "ROWS_PER_RANGE", "bucket_ranges", "exact_pairs_on_ray", "hash_buckets"]
 
 BUCKETS = 1 << 16
 """Hash buckets: the first 4 hex digits of a SHA-256."""
+ROWS_PER_RANGE = 2_000_000
+"""Rows a bucket range of pass 2 aims at (module docstring: why the ranges are sized by rows)."""
+MIN_RANGES = 8
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -103,7 +111,7 @@ def exact_pairs_on_ray(job, show_progress: bool = True):
     from curation.runner import execute_units
 
     done = job.done("exact")
-    ranges = _bucket_ranges(len(job.units))
+    ranges = bucket_ranges(len(job.units), job.n)
     if len(done) < len(ranges):
         folder = job.folder / "exact-buckets"  # the checkpoints of the ranges go to "exact"
         folder.mkdir(exist_ok=True)
@@ -138,7 +146,9 @@ def exact_pairs_on_ray(job, show_progress: bool = True):
     return cat("i"), cat("j")
 
 
-def _bucket_ranges(n_units: int) -> list[dict]:
-    """As many contiguous ranges of buckets as there are units (each ~one unit's rows)."""
-    edges = np.linspace(0, BUCKETS, max(1, n_units) + 1).astype(int)
+def bucket_ranges(n_units: int, n_rows: int) -> list[dict]:
+    """Contiguous ranges of buckets covering all of them, ~``ROWS_PER_RANGE`` rows each: at least
+    ``MIN_RANGES`` and at most one per unit (module docstring)."""
+    count = max(1, min(n_units, max(MIN_RANGES, -(-n_rows // ROWS_PER_RANGE))))
+    edges = np.linspace(0, BUCKETS, count + 1).astype(int)
     return [{"unit": k, "lo": int(a), "hi": int(b)} for k, (a, b) in enumerate(zip(edges, edges[1:]))]

@@ -17,7 +17,7 @@ from engines.vector.graph import removal_curve
 from engines.vector.index import IndexConfig
 from pipelines.dedup import _plan_table
 from pipelines.dedup_candidates import NearJob
-from pipelines.dedup_exact import BUCKETS, exact_pairs_on_ray, hash_buckets
+from pipelines.dedup_exact import BUCKETS, ROWS_PER_RANGE, bucket_ranges, exact_pairs_on_ray, hash_buckets
 
 
 def _hashes(n: int, rng) -> list:
@@ -32,16 +32,19 @@ def _hashes(n: int, rng) -> list:
     return sha
 
 
-def test_exact_pairs_found_on_ray_by_bucket_are_the_in_memory_ones_and_resume(ray_session, tmp_path):
+@pytest.mark.parametrize("per_unit,units,ranges", [(250, 4, 4), (50, 20, 8)])
+def test_exact_pairs_found_on_ray_by_bucket_are_the_in_memory_ones_and_resume(ray_session, tmp_path, per_unit, units, ranges):
+    """Copies cross units and meet in one bucket range, with one range per unit or (20 units)
+    fewer ranges than units, each reading its slice of every unit's file."""
     rng = np.random.default_rng(0)
     n = 1000
     sha = _hashes(n, rng)
     store = Store(str(tmp_path / "h.lance"))
     lance.write_dataset(
-        pa.table({"id": [f"r{k}" for k in range(n)], "image_sha256": pa.array(sha, pa.string())}), store.uri, max_rows_per_file=125
+        pa.table({"id": [f"r{k}" for k in range(n)], "image_sha256": pa.array(sha, pa.string())}), store.uri, max_rows_per_file=50
     )
-    job = NearJob(store, store.open(), NearDupConfig(), IndexConfig(), 250, "t")
-    assert len(job.units) == 4  # copies cross units: they meet in one bucket range
+    job = NearJob(store, store.open(), NearDupConfig(), IndexConfig(), per_unit, "t")
+    assert len(job.units) == units and len(bucket_ranges(units, n)) == ranges
     i, j = exact_pairs_on_ray(job, show_progress=False)
     want = exact_pairs(sha)
     assert sorted(zip(i.tolist(), j.tolist())) == sorted(zip(want.i.tolist(), want.j.tolist()))
@@ -49,6 +52,18 @@ def test_exact_pairs_found_on_ray_by_bucket_are_the_in_memory_ones_and_resume(ra
     assert not (job.folder / "exact-buckets").exists()  # the bucket files are removed once every range is saved
     again = exact_pairs_on_ray(job, show_progress=False)  # from the checkpoints
     assert np.array_equal(again[0], i) and np.array_equal(again[1], j)
+
+
+def test_bucket_ranges_cover_every_bucket_and_are_sized_by_rows():
+    """Pass 2 opens every unit file once per range: ranges sized by rows keep that units x n / 2M
+    (10^7 at 1B rows in 50k-row units) instead of units squared (4 x 10^8)."""
+    for units, n, count in [(1, 10, 1), (4, 1_000, 4), (20, 1_000_000, 8), (200, 10_000_000, 8), (20_000, 10**9, 500)]:
+        r = bucket_ranges(units, n)
+        assert len(r) == count, (units, n)
+        assert r[0]["lo"] == 0 and r[-1]["hi"] == BUCKETS and all(a["hi"] == b["lo"] > a["lo"] for a, b in zip(r, r[1:]))
+        assert [x["unit"] for x in r] == list(range(count))
+    sizes = np.diff([x["lo"] for x in bucket_ranges(20_000, 10**9)] + [BUCKETS]) * (10**9 / BUCKETS)
+    assert sizes.max() <= 1.01 * ROWS_PER_RANGE  # hashes are uniform over buckets: rows per range
 
 
 def test_hash_buckets_are_the_first_hex_digits_and_stable_for_other_values():
