@@ -7,9 +7,9 @@ it reports comes back through files, since a spawned process returns nothing. An
 rank fails the call with that rank's traceback.
 
 A rank whose ``fn`` returned leaves with ``os._exit(0)`` after ``destroy_process_group``, skipping
-interpreter finalisation: the model the rank built still holds the gloo group, and its C++ threads
-meeting finalisation aborted one rank once in CI ("terminate called without an active exception",
-SIGABRT; not reproduced in 12 loaded runs here). ``faulthandler`` prints every thread's Python
+interpreter finalisation: the model the rank built still holds the gloo group, whose C++ threads
+then meet finalisation. That is the likely cause of one rank aborting once in CI ("terminate called
+without an active exception", SIGABRT; not reproduced in 12 runs under load here). ``faulthandler`` prints every thread's Python
 stack on such a signal, so a crash during the work itself shows where it was."""
 
 from __future__ import annotations
