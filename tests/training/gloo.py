@@ -9,8 +9,8 @@ rank fails the call with that rank's traceback.
 A rank whose ``fn`` returned leaves with ``os._exit(0)`` after ``destroy_process_group``, skipping
 interpreter finalisation: the model the rank built still holds the gloo group, whose C++ threads
 then meet finalisation. That is the likely cause of one rank aborting once in CI ("terminate called
-without an active exception", SIGABRT; not reproduced in 12 runs under load here). ``faulthandler`` prints every thread's Python
-stack on such a signal, so a crash during the work itself shows where it was."""
+without an active exception", SIGABRT; not reproduced in 12 runs under load here). ``faulthandler``
+prints every thread's Python stack on such a signal, so a crash during the work shows where it was."""
 
 from __future__ import annotations
 
