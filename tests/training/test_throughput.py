@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import time
 
 import pytest
 import torch
 
+from tests.training.gloo import spawn
 from training.loop import EMA, BatchList, TrainConfig, _caption_drop, _over_ranks, peak_tflops, train, window_throughput
 from training.model import S3DiT, flops_per_sample, tiny
 
@@ -82,46 +82,32 @@ def test_slow_checkpoint_is_not_training_time(tmp_path):
         assert rec["samples_per_s"] * rec["train_s"] == pytest.approx(2, rel=0.02)  # 2 samples per step
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 RANK_SIZES = {0: [(8, 8)], 1: [(8, 8), (4, 6), (6, 6)]}  # 1 sample on rank 0, 3 on rank 1
 
 
-def _rank_main(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        got = _over_ranks([rank + 1.0, 10.0 * (rank + 1), math.nan if rank else 5.0], "sum", torch.device("cpu"))
-        assert got[:2] == [3.0, 30.0] and math.isnan(got[2]), got
-        assert _over_ranks([float(rank), 2.0 - rank], "max", torch.device("cpu")) == [1.0, 2.0]
-        cfg = TrainConfig(
-            model="tiny",
-            steps=2,
-            log_every=2,
-            ckpt_final=False,
-            sample_count=0,
-            ema_decay=0,
-            caption_dropout=0,
-            peak_tflops=1.0,
-            out_dir=out_dir,
-        )
-        train(cfg, BatchList(_latent_batches(RANK_SIZES[rank])), log=lambda _m: None)
-    finally:
-        dist.destroy_process_group()
+def _rank_main(rank: int, out_dir: str) -> None:
+    """One of 2 gloo ranks (``tests.training.gloo.spawn``)."""
+    got = _over_ranks([rank + 1.0, 10.0 * (rank + 1), math.nan if rank else 5.0], "sum", torch.device("cpu"))
+    assert got[:2] == [3.0, 30.0] and math.isnan(got[2]), got
+    assert _over_ranks([float(rank), 2.0 - rank], "max", torch.device("cpu")) == [1.0, 2.0]
+    cfg = TrainConfig(
+        model="tiny",
+        steps=2,
+        log_every=2,
+        ckpt_final=False,
+        sample_count=0,
+        ema_decay=0,
+        caption_dropout=0,
+        peak_tflops=1.0,
+        out_dir=out_dir,
+    )
+    train(cfg, BatchList(_latent_batches(RANK_SIZES[rank])), log=lambda _m: None)
 
 
 def test_throughput_and_mfu_are_summed_over_two_gloo_ranks(tmp_path):
     """Rank 0 trains on 1 sample per step, rank 1 on 3: the log line counts 4 per step (it used to
     count rank 0's share times the world size: 2), and the FLOPs of both ranks."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(_rank_main, str(tmp_path))
     (rec,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps, mcfg = 2, tiny()
     samples = steps * sum(len(v) for v in RANK_SIZES.values())
