@@ -132,10 +132,9 @@ class _ShardWorker:
         self.router = ListRouter.load(Path(router)) if router else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import faiss
 
         from engines.vector.dedup import entry_table
-        from engines.vector.index import add_routed, add_vectors, empty_like
+        from engines.vector.index import add_routed, add_vectors, empty_like, write_shard
 
         out: dict[str, list] = {"unit": [], "vectors": []}
         for unit in batch.to_pylist():
@@ -149,7 +148,7 @@ class _ShardWorker:
             else:
                 add_vectors(shard, x, labels)
             p = self.shards / f"unit-{unit['unit']}.faiss"
-            faiss.write_index(shard, str(p.with_suffix(".tmp")))
+            write_shard(shard, str(p.with_suffix(".tmp")))  # its lists only: the merge reads nothing else
             p.with_suffix(".tmp").replace(p)
             out["unit"].append(unit["unit"])
             out["vectors"].append(int(shard.ntotal))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -16,6 +18,7 @@ from engines.vector.index import (
     search,
     to_matrix,
     train_index,
+    write_shard,
 )
 from engines.vector.knn import exact_knn, knn_block, recall_at_k
 from engines.vector.synth import clustered_embeddings
@@ -91,6 +94,45 @@ def test_sharded_add_and_merge_equals_one_add_and_seed_is_deterministic(vectors)
     again, _, _ = train_index(base, len(base), cfg)  # same data + seed -> same lists -> same answers
     add_vectors(again, base, np.arange(len(base)))
     assert np.array_equal(search(again, q, 10)[1], l1)
+
+
+@pytest.mark.parametrize("kind", ["ivfflat", "ivfsq8", "ivffp16", "flat"])
+def test_shards_written_without_their_quantiser_merge_on_disk_to_the_same_lists(vectors, tmp_path, kind):
+    """``write_shard`` leaves the coarse quantiser out of an IVF shard (an HNSW one here, as the
+    dedup job's): smaller files, and ``merge_ondisk`` builds byte-identical lists from them. The
+    shard in memory keeps its quantiser; a flat index is written whole."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    base, q = vectors[:12_000], vectors[25_000:25_100]
+    cfg = IndexConfig(kind=kind, nlist=256, hnsw_lists=128, nprobe=16)
+    trained = empty_like(train_index(base, len(base), cfg)[0])
+    whole, lists = [], []
+    for k, s in enumerate(range(0, len(base), 4000)):
+        sh = empty_like(trained)
+        add_vectors(sh, base[s : s + 4000], np.arange(s, s + 4000))
+        before = search(sh, q, 5)
+        whole.append(str(tmp_path / f"whole-{k}.faiss"))
+        lists.append(str(tmp_path / f"lists-{k}.faiss"))
+        faiss.write_index(sh, whole[-1])
+        write_shard(sh, lists[-1])
+        after = search(sh, q, 5)
+        assert np.array_equal(before[1], after[1]) and np.array_equal(before[0], after[0])
+    sizes = [Path(p).stat().st_size for p in whole], [Path(p).stat().st_size for p in lists]
+    if kind == "flat":
+        assert sizes[0] == sizes[1] and np.array_equal(
+            search(faiss.read_index(lists[0]), q, 5)[1], search(faiss.read_index(whole[0]), q, 5)[1]
+        )
+        return
+    quantiser = faiss.serialize_index(faiss.extract_index_ivf(trained).quantizer).size
+    assert all(w - l >= quantiser * 0.9 for w, l in zip(*sizes)), (sizes, quantiser)
+    merged = []
+    for name, paths in (("whole", whole), ("lists", lists)):
+        index = empty_like(trained)
+        merge_ondisk(index, paths, str(tmp_path / f"{name}.ivfdata"))
+        merged.append((index.ntotal, search(index, q, 10), (tmp_path / f"{name}.ivfdata").read_bytes()))
+    (n1, (s1, l1), b1), (n2, (s2, l2), b2) = merged
+    assert n1 == n2 == len(base) and b1 == b2 and np.array_equal(l1, l2) and np.array_equal(s1, s2)
 
 
 def test_knn_block_drops_self_and_keeps_k():
