@@ -169,9 +169,12 @@ def test_same_stage_twice_at_once_second_joins(coco_store, tmp_path):
         yaml.safe_dump({"dataset": store.uri, "plugins": ["tests.cluster.slow_plugin"], "steps": [{"stage": "toy_slow", "params": params}]})
     )
     first = _curate("run", str(pipe))
-    ckpts = store.state_dir / "checkpoints"
+    locks = store.state_dir / "locks"
     deadline = time.monotonic() + 180
-    while not list(ckpts.glob("toy_slow-*/unit-*.json")):  # the first holds the lock, mid-stage
+    # start the second as soon as the first holds the stage's lock (its pid in the lock file), not
+    # after its first checkpoint: a second that started later, on a machine loaded by other jobs,
+    # once found the first done already (nothing to wait for)
+    while not any(f'"pid": {first.pid},' in f.read_text() for f in locks.glob("stage-toy_slow-*.lock")):
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
         time.sleep(0.2)
     second = _curate("run", str(pipe))
