@@ -68,6 +68,7 @@ class NearJob:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.units = fragment_units(ds.get_fragments(), rows_per_unit, 0)[0]  # positions in fragment order, as ds.take
         self.n = int(sum(u["rows"] for u in self.units))
+        self.largest_unit = max([u["rows"] for u in self.units], default=0)  # what an actor's memory reservation counts
 
     def ray_options(self, phase: str, **base) -> dict[str, Any]:
         """Ray options of a phase's actors: one CPU (and what ``base`` adds), plus the custom
@@ -132,7 +133,6 @@ class _ShardWorker:
         self.router = ListRouter.load(Path(router)) if router else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-
         from engines.vector.dedup import entry_table
         from engines.vector.index import add_routed, add_vectors, empty_like, write_shard
 
@@ -318,9 +318,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         todo,
         _ShardWorker,
         {"store": job.store, "version": job.ds.version, "trained": trained, "shards": str(shards), "router": _router_file(job)},
-        ray_options=job.ray_options(
-            "index", memory=_shard_memory(trained_path, router_path, max([u["rows"] for u in job.units], default=0))
-        ),
+        ray_options=job.ray_options("index", memory=_shard_memory(trained_path, router_path, job.largest_unit)),
         on_result=lambda row: None,  # the worker wrote the shard file: its existence is the checkpoint
         description="dedup: index descriptors (units)",
         show_progress=show_progress,
@@ -461,8 +459,8 @@ def _shard_memory(trained_path: Path, router_path: Path, rows_per_unit: int) -> 
     (the empty shard made from it, and the copy being written). Declared, Ray places no more of
     these actors on a node than its memory holds. Measured private memory: 3.4 GiB at 50k rows
     per unit and 300k rows; 3.6 GiB on average (3.9 at most) at 3M, where this gives 3.6 GiB."""
-    index = Path(trained_path).stat().st_size
-    router = Path(router_path).stat().st_size if Path(router_path).exists() else 0
+    index = trained_path.stat().st_size
+    router = router_path.stat().st_size if router_path.exists() else 0
     return _actor_memory(trained_path, rows_per_unit) + rows_per_unit * SLOTS * VEC_DESC_DIM * 4 + router + 2 * index
 
 
@@ -499,7 +497,7 @@ def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:
             "use_gpu": job.index_cfg.use_gpu,
             "router": _router_file(job),
         },
-        ray_options=job.ray_options("candidates", memory=_actor_memory(index_path, max([u["rows"] for u in job.units], default=0))),
+        ray_options=job.ray_options("candidates", memory=_actor_memory(index_path, job.largest_unit)),
         on_result=on_result,
         description="dedup: candidate pairs (units)",
         show_progress=show_progress,
