@@ -396,17 +396,20 @@ class _CandidateWorker:
     def _block_rows(self) -> int:
         """Rows searched together: enough that each probed list meets ~32 queries of the block.
 
-        Why: ``search_above`` makes one product per probed list, so a block too small for the
-        list count is Python overhead, not arithmetic (at 1M rows: 43k lists, 2,048 rows x 10
-        queries x 8 probes gave ~4 queries per list). Capped: a block's hits are held until it
-        is reduced to each row's k best."""
+        Why: ``search_above`` makes one product per probed list (and decodes 8-bit lists once per
+        block), so a block too small for the list count is Python overhead and decoding, not
+        arithmetic: each block visits nearly every list, and the visits grow as blocks x lists,
+        i.e. as rows squared (at 3M rows, 141k lists: 183 blocks of 16,384 rows, ~9 queries a
+        visit, ~0.1 ms each). Capped at ``BLOCK_ROWS_MAX`` (above a 50k-row unit: the unit is
+        one block): a block's queries and hits are held until it is reduced to each row's k best
+        (``_block_memory``)."""
         if not self.list_major:
             return 2048
         import faiss
 
         nlist = faiss.extract_index_ivf(self.index).nlist
         per_row = len(CENTRE_REGIONS) + (8 if self.cfg.dihedral else 1)
-        return int(np.clip(32 * nlist / (self.nprobe * per_row), 2048, 16384))
+        return int(np.clip(32 * nlist / (self.nprobe * per_row), 2048, BLOCK_ROWS_MAX))
 
     def _block(self, full: np.ndarray, reg: np.ndarray, rows: np.ndarray):
         """Each row's candidates from one block's queries: an IVF index on the CPU (float32,
@@ -448,20 +451,36 @@ def _actor_memory(index_path: Path, rows_per_unit: int) -> int:
     one per index copy that fits (measured at 50k rows per unit, 1M rows: 2.7 GiB resident, the
     touched pages of the mapped lists included)."""
     unit = rows_per_unit * SLOTS * VEC_DESC_DIM * 4 * 2
-    block = 1 << 30  # one search block (``_block_rows``): its queries, the routing table, its hits
+    block = _block_memory(min(rows_per_unit, BLOCK_ROWS_MAX))
     return int(Path(index_path).stat().st_size) + unit + block + (512 << 20)  # the lists are in <index>.ivfdata
 
 
+BLOCK_ROWS_MAX = 65536
+"""The most rows a candidate actor searches in one block (``_CandidateWorker._block_rows``)."""
+
+
+def _block_memory(rows: int) -> int:
+    """One search block of ``rows`` rows: its queries (up to 11 a row: 8 turns and mirrors, 3
+    centre regions) three times (built, kept, gathered per list), their 8 probes three times
+    (routed, flattened, sorted), the routing table (one chunk of 32k vectors x 8 groups x the
+    largest group: ~0.1 GB with the router's levels) and 512 MiB of hits before the reduction
+    to each row's k best (~0.8 GB at 50k rows)."""
+    per_query = VEC_DESC_DIM * 4 * 3 + 8 * 8 * 3
+    return rows * (len(CENTRE_REGIONS) + 8) * per_query + (128 << 20) + (512 << 20)
+
+
 def _shard_memory(trained_path: Path, router_path: Path, rows_per_unit: int) -> int:
-    """Memory to reserve per index shard actor: what a candidate actor reserves (a unit's
-    descriptors, one routing block, the trained index) plus the unit's own list entries (float32
-    at most) until its shard is written, the router, and two more copies of the trained index
-    (the empty shard made from it, and the copy being written). Declared, Ray places no more of
+    """Memory to reserve per index shard actor: a unit's 12 descriptors per row (float32, read and
+    cleaned: twice), one routing block, the unit's own list entries (float32 at most) until its
+    shard is written, the router, and three copies of the trained index (loaded, the empty
+    shard made from it, and the copy being written). Declared, Ray places no more of
     these actors on a node than its memory holds. Measured private memory: 3.4 GiB at 50k rows
     per unit and 300k rows; 3.6 GiB on average (3.9 at most) at 3M, where this gives 3.6 GiB."""
     index = trained_path.stat().st_size
     router = router_path.stat().st_size if router_path.exists() else 0
-    return _actor_memory(trained_path, rows_per_unit) + rows_per_unit * SLOTS * VEC_DESC_DIM * 4 + router + 2 * index
+    unit = rows_per_unit * SLOTS * VEC_DESC_DIM * 4 * 2
+    routing = 1 << 30  # one block of ``add_routed`` (65k vectors) through the router
+    return 3 * index + unit + routing + (512 << 20) + rows_per_unit * SLOTS * VEC_DESC_DIM * 4 + router
 
 
 def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:

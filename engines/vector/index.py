@@ -48,6 +48,7 @@ __all__ = [
     "list_major_ok",
     "search_above",
     "ListRouter",
+    "router_levels",
     "add_routed",
     "search",
     "save_index",
@@ -426,6 +427,29 @@ def search(index: Any, queries: np.ndarray, k: int, *, nprobe: int | None = None
 ROUTER_TREE_LISTS = 4096
 """From this many lists on, ``ListRouter`` routes through groups of centroids (below: all of them)."""
 
+ROUTER_MIN_GROUP = 16
+"""The fewest centroids a group of a routing level holds on average: finer groups would add a
+level (fewer products per vector) at the price of a routing decision that misses more often."""
+
+
+def router_levels(n: int, groups: int, tree_lists: int = ROUTER_TREE_LISTS) -> int:
+    """Levels of groups above ``n`` lists that make routing cheapest: with L levels, each level
+    scores ``t = (groups^L x n)^(1/(L+1))`` centroids a vector (the top level all of its own, the
+    others the members of the ``groups`` groups chosen above), (L+1) x t in all, while groups
+    keep >= ``ROUTER_MIN_GROUP`` members (t / groups). 0 (exact) below ``tree_lists``. E.g. 8
+    groups: 14k lists (300k dedup rows) 1 level, 670 products instead of 14k; 47k and 141k
+    lists (1M, 3M rows) 2 levels, 430 and 620; 5 x 10^7 lists (1B rows) 4 levels, ~1,000."""
+    if n < tree_lists:
+        return 0
+    best, levels = math.inf, 1
+    for L in range(1, 8):
+        t = (groups**L * n) ** (1 / (L + 1))
+        if L > 1 and t / groups < ROUTER_MIN_GROUP:
+            break
+        if (L + 1) * t < best:
+            best, levels = (L + 1) * t, L
+    return levels
+
 
 class ListRouter:
     """The ``nprobe`` lists of each vector of a block, by matrix products.
@@ -434,27 +458,48 @@ class ListRouter:
     over 4k lists and more over 43k (the lists of 1M rows x 11 descriptors), which made filling
     the dedup index and routing its queries the slowest phases. Here a block of vectors meets
     the centroids in one product (below ``ROUTER_TREE_LISTS`` lists: all of them, exact), or,
-    above, first ~sqrt(nlist) group centroids (spherical k-means over the list centroids), then
-    the lists of each vector's ``groups`` best groups: (sqrt(nlist) + groups x sqrt(nlist)) dot
-    products per vector instead of nlist. Approximate above the cut (a vector's best list can
-    sit in a fifth group); the assignment only decides where a vector is stored and which lists
-    a query scans, both ways through the same router."""
+    above, through a tree: the lists are grouped by spherical k-means over their centroids, the
+    groups' centroids grouped again (``router_levels``), and a vector keeps the ``groups`` best
+    groups of each level and scores only their members on the next. With one level of
+    sqrt(nlist) groups (sessions 10-14) the products a vector grew as sqrt(rows) and made the
+    index phase N^1.46 from 1M to 3M rows; the levels keep it ~flat (620 products at 3M rows
+    where one level cost 3,400). Approximate above the cut (a vector's best list can sit in an
+    unchosen group); the assignment only decides where a vector is stored and which lists a
+    query scans, both ways through the same router."""
 
-    def __init__(self, centroids: np.ndarray, *, groups: int = 8, seed: int = 0, tree_lists: int = ROUTER_TREE_LISTS):
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        *,
+        groups: int = 8,
+        seed: int = 0,
+        tree_lists: int = ROUTER_TREE_LISTS,
+        levels: int | None = None,
+    ):
         import faiss
 
         self.c = np.ascontiguousarray(centroids, np.float32)
         self.groups = groups
-        self.coarse = self.members = self.bounds = self.by_group = None
-        if len(self.c) >= tree_lists:
-            g = int(math.sqrt(len(self.c)))
-            km = faiss.Kmeans(self.c.shape[1], g, niter=10, seed=seed, spherical=True, verbose=False)
+        self.upper = self.members = self.bounds = self.by_group = None
+        n = len(self.c)
+        levels = router_levels(n, groups, tree_lists) if levels is None else levels
+        if levels > 0:
+            t = (groups**levels * n) ** (1 / (levels + 1))
+            g = int(np.clip(round(groups * n / t), groups + 1, max(groups + 1, n // 2)))
+            km = faiss.Kmeans(self.c.shape[1], g, niter=10, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1)
             km.train(self.c)
             lab = km.index.search(self.c, 1)[1].ravel()
-            self.coarse = np.ascontiguousarray(km.centroids, np.float32)
-            self.members = np.argsort(lab, kind="stable")
-            self.bounds = np.searchsorted(lab[self.members], np.arange(g + 1))
-            self.by_group = np.ascontiguousarray(self.c[self.members])  # each group's centroids: one slice
+            self.upper = ListRouter(km.centroids, groups=groups, seed=seed, levels=levels - 1)
+            self._group(lab, g)
+
+    def _group(self, lab: np.ndarray, g: int) -> None:
+        self.members = np.argsort(lab, kind="stable")
+        self.bounds = np.searchsorted(lab[self.members], np.arange(g + 1))
+        self.by_group = np.ascontiguousarray(self.c[self.members])  # each group's centroids: one slice
+
+    @property
+    def levels(self) -> int:
+        return 0 if self.upper is None else 1 + self.upper.levels
 
     @classmethod
     def of(cls, index: Any, **kw) -> ListRouter | None:
@@ -468,10 +513,14 @@ class ListRouter:
         return cls(ivf.quantizer.reconstruct_n(0, ivf.nlist), **kw)
 
     def save(self, path: Path) -> None:
-        """To ``path`` (.npz, written to a temporary name, then renamed)."""
-        arrays = {"c": self.c, "groups": np.array(self.groups)}
-        if self.coarse is not None:
-            arrays.update(coarse=self.coarse, members=self.members, bounds=self.bounds)
+        """To ``path`` (.npz, written to a temporary name, then renamed): each level's centroids
+        and grouping, the lists' level first."""
+        arrays, r, i = {"groups": np.array(self.groups)}, self, 0
+        while r is not None:
+            arrays[f"c{i}"] = r.c
+            if r.upper is not None:
+                arrays.update({f"members{i}": r.members, f"bounds{i}": r.bounds})
+            r, i = r.upper, i + 1
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)
@@ -479,11 +528,22 @@ class ListRouter:
     @classmethod
     def load(cls, path: Path) -> ListRouter:
         z = np.load(path)
+        if "c" in z:  # written before the levels (sessions 10-14): one exact level of groups, "coarse"
+            z = {
+                "groups": z["groups"],
+                "c0": z["c"],
+                **({"c1": z["coarse"], "members0": z["members"], "bounds0": z["bounds"]} if "coarse" in z else {}),
+            }
+        return cls._from(z, 0, int(z["groups"]))
+
+    @classmethod
+    def _from(cls, z: Any, i: int, groups: int) -> ListRouter:
         r = cls.__new__(cls)
-        r.c, r.groups = z["c"], int(z["groups"])
-        r.coarse = r.members = r.bounds = r.by_group = None
-        if "coarse" in z:
-            r.coarse, r.members, r.bounds = z["coarse"], z["members"], z["bounds"]
+        r.c, r.groups = z[f"c{i}"], groups
+        r.upper = r.members = r.bounds = r.by_group = None
+        if f"members{i}" in z:
+            r.upper = cls._from(z, i + 1, groups)
+            r.members, r.bounds = z[f"members{i}"], z[f"bounds{i}"]
             r.by_group = np.ascontiguousarray(r.c[r.members])
         return r
 
@@ -497,19 +557,20 @@ class ListRouter:
         multiplying (small rows: ~4 us each); one top-k over long rows is ~10x cheaper."""
         x = np.ascontiguousarray(x, np.float32)
         nprobe = min(nprobe, len(self.c))
-        if self.coarse is None:
+        if self.upper is None:
             return _top(x @ self.c.T, nprobe)[0]
         return np.concatenate(
             [self._route_tree(x[s : s + chunk], nprobe) for s in range(0, len(x), chunk)] or [np.zeros((0, nprobe), np.int64)]
         )
 
     def _route_tree(self, x: np.ndarray, nprobe: int) -> np.ndarray:
-        groups = min(self.groups, len(self.coarse))
+        n_groups = len(self.upper.c)
         width = int(np.diff(self.bounds).max())
-        near = _top(x @ self.coarse.T, groups)[0]  # (vector, slot) -> group
+        near = self.upper.route(x, self.groups)  # (vector, slot) -> group, -1 where none
+        groups = near.shape[1]
         flat = near.ravel()
         order = np.argsort(flat, kind="stable")
-        cut = np.searchsorted(flat[order], np.arange(len(self.coarse) + 1))
+        cut = np.searchsorted(flat[order], np.arange(-1, n_groups + 1))[1:]  # the -1 slots come first: skipped
         dense = np.full((len(x), groups, width), -np.inf, np.float32)
         for g in np.flatnonzero(np.diff(cut)):
             lo, hi = self.bounds[g], self.bounds[g + 1]
@@ -517,7 +578,7 @@ class ListRouter:
             dense[pick // groups, pick % groups, : hi - lo] = x[pick // groups] @ self.by_group[lo:hi].T
         best, score = _top(dense.reshape(len(x), -1), nprobe)
         slot, pos = best // width, best % width
-        g = np.take_along_axis(near, slot, axis=1)
+        g = np.maximum(np.take_along_axis(near, slot, axis=1), 0)
         return np.where(np.isfinite(score), self.members[np.minimum(self.bounds[g] + pos, len(self.members) - 1)], -1)
 
 

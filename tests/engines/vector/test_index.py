@@ -193,7 +193,7 @@ def test_list_router_routes_like_the_quantiser_and_fills_the_same_lists(vectors,
     base = vectors[:20_000]
     idx, _, _ = train_index(base, len(base), IndexConfig(kind="ivfflat", nlist=64, nprobe=4))
     router = ListRouter.of(idx)
-    assert router.coarse is None  # 64 lists: exact
+    assert router.levels == 0  # 64 lists: exact
     _, want = faiss.extract_index_ivf(idx).quantizer.search(base[:2000], 4)
     assert np.array_equal(router.route(base[:2000], 4), want)
     add_routed(idx, base, np.arange(len(base)), router)
@@ -210,9 +210,44 @@ def test_list_router_routes_like_the_quantiser_and_fills_the_same_lists(vectors,
     cents = km.centroids
     exact = np.argmax(base[:3000] @ cents.T, axis=1)
     routed = tree.route(base[:3000], 8)
-    assert tree.coarse is not None and (routed[:, 0] == exact).mean() >= 0.97
+    assert tree.levels == 1 and (routed[:, 0] == exact).mean() >= 0.97
     tree.save(tmp_path / "router.npz")
     assert np.array_equal(ListRouter.load(tmp_path / "router.npz").route(base[:500], 8), routed[:500])
+
+
+def test_list_router_levels_keep_a_copy_in_its_originals_lists(vectors, tmp_path):
+    """Two levels of groups (as from ~47k lists, 1M dedup rows): the best list of nearly every
+    vector, a near copy's probes still include the list its original is stored in (what the
+    dedup candidates need), and a saved two-level router (or one written before the levels, with
+    one exact level of groups) routes as the original."""
+    import faiss
+
+    from engines.vector.index import ROUTER_MIN_GROUP, ListRouter, router_levels
+
+    km = faiss.Kmeans(128, 2048, niter=8, seed=0, spherical=True, verbose=False)
+    km.train(vectors)
+    cents, base = km.centroids, vectors[:3000]
+    two = ListRouter(cents, levels=2)
+    assert two.levels == 2 and two.upper.levels == 1 and two.upper.upper.levels == 0
+    assert len(two.c) > len(two.upper.c) > len(two.upper.upper.c) > 8
+    routed = two.route(base, 8)
+    assert (routed[:, 0] == np.argmax(base @ cents.T, axis=1)).mean() >= 0.9
+    assert (routed >= 0).all() and all(len(set(r)) == 8 for r in routed.tolist())
+    rng = np.random.default_rng(1)
+    near = base + rng.standard_normal(base.shape).astype(np.float32) * 0.05 * np.linalg.norm(base, axis=1, keepdims=True) / np.sqrt(128)
+    stored = two.route(base, 1)[:, 0]
+    assert (two.route(near, 8) == stored[:, None]).any(axis=1).mean() >= 0.99
+    two.save(tmp_path / "two.npz")
+    assert np.array_equal(ListRouter.load(tmp_path / "two.npz").route(base[:500], 8), routed[:500])
+    one = ListRouter(cents, tree_lists=1024)  # a router of sessions 10-14: "c", "coarse", "members", "bounds"
+    np.savez(tmp_path / "old.npz", c=one.c, groups=np.array(8), coarse=one.upper.c, members=one.members, bounds=one.bounds)
+    assert np.array_equal(ListRouter.load(tmp_path / "old.npz").route(base[:500], 8), one.route(base[:500], 8))
+    # the levels chosen by size: exact below the cut, more levels as the lists grow, groups kept large
+    assert router_levels(4095, 8) == 0 and router_levels(14_000, 8) == 1
+    assert router_levels(47_000, 8) == router_levels(141_000, 8) == 2 and 3 <= router_levels(50_000_000, 8) <= 5
+    for n in (4096, 14_000, 141_000, 50_000_000):
+        L = router_levels(n, 8)
+        assert L == 1 or (8**L * n) ** (1 / (L + 1)) / 8 >= ROUTER_MIN_GROUP
 
 
 def test_every_ivf_kind_gets_an_hnsw_quantiser_from_hnsw_lists_on():
