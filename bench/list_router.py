@@ -1,0 +1,81 @@
+"""What the dedup job's list router costs and how often it keeps a copy with its original.
+
+    python bench/list_router.py [--lists 14000 47000 141000] [--vectors 32768]
+
+``ListRouter`` picks each vector's lists (where the index phase stores it, which lists a
+candidate query scans). For each list count (14k, 47k, 141k: the lists of 300k, 1M and 3M dedup
+rows) this compares, in the same run on the same vectors, the levels ``router_levels`` chooses
+with one level of groups, and prints one JSON line per router: build seconds, microseconds a
+vector (route to 1 list, the index phase; to 8, the candidate queries), top-1 agreement with the
+exact best list, and the fraction of near copies (cosine ~0.999, 0.98, 0.93 to the original)
+whose 8 probes include the list the original is stored in (what the candidates need). Vectors
+are synthesised around real descriptors (coco-mini photos) as in ``bench/dedup_scale.py``; one
+BLAS thread, as a Ray worker has.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dedup_scale as ds  # noqa: E402
+
+from curation.schema import VEC_DESC_DIM  # noqa: E402
+from engines.vector.index import ListRouter  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lists", type=int, nargs="+", default=[14_000, 47_000, 141_000])
+    ap.add_argument("--vectors", type=int, default=32_768)
+    args = ap.parse_args()
+    _, pf, pr = ds.real_part(20)
+    pool = np.concatenate([pf, pr.reshape(-1, VEC_DESC_DIM)])
+    pool = pool[np.linalg.norm(pool, axis=1) > 0]
+    rng = np.random.default_rng(0)
+
+    def noisy(base: np.ndarray, noise: float) -> np.ndarray:
+        return ds._normed(ds._noisy(base, rng, noise), 1).astype(np.float32)
+
+    def sample(n: int) -> np.ndarray:  # unrelated "photos": real descriptors plus large noise
+        return noisy(pool[rng.integers(0, len(pool), n)], ds.NOISE)
+
+    x = sample(args.vectors)
+    copies = [noisy(x[:8000], noise) for noise in (0.05, 0.2, 0.4)]
+    print(json.dumps({"machine": ds.machine(), "vectors": len(x), "dim": VEC_DESC_DIM}), flush=True)
+    for nlist in args.lists:
+        c = sample(nlist)
+        scores = x[:2000] @ c.T
+        exact = np.argmax(scores, axis=1)
+        for levels in (None, 1):
+            t = time.perf_counter()
+            r = ListRouter(c, levels=levels)
+            build = time.perf_counter() - t
+            r.route(x[:500], 8)  # warm
+            line = {"lists": nlist, "levels": r.levels, "chosen": levels is None, "build_s": round(build, 1)}
+            for k in (1, 8):
+                t = time.perf_counter()
+                got = r.route(x, k)
+                line[f"us_per_vector_route{k}"] = round((time.perf_counter() - t) / len(x) * 1e6, 1)
+                if k == 1:
+                    line["top1_exact"] = round(float(np.mean(got[:2000, 0] == exact)), 4)
+                    stored = got[:8000, 0]
+            for y in copies:
+                cos = float(np.mean(np.sum(x[:8000] * y, axis=1)))
+                line[f"copy_found_cos{cos:.3f}"] = round(float(np.mean((r.route(y, 8) == stored[:, None]).any(axis=1))), 4)
+            print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
