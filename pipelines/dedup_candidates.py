@@ -450,9 +450,14 @@ def _actor_memory(index_path: Path, rows_per_unit: int) -> int:
     are not reserved per actor). Ray then runs as many actors as the nodes' CPUs allow instead of
     one per index copy that fits (measured at 50k rows per unit, 1M rows: 2.7 GiB resident, the
     touched pages of the mapped lists included)."""
-    unit = rows_per_unit * SLOTS * VEC_DESC_DIM * 4 * 2
+    unit = _descriptor_bytes(rows_per_unit) * 2
     block = _block_memory(min(rows_per_unit, BLOCK_ROWS_MAX))
     return int(Path(index_path).stat().st_size) + unit + block + (512 << 20)  # the lists are in <index>.ivfdata
+
+
+def _descriptor_bytes(rows: int) -> int:
+    """A unit's 12 descriptors a row as float32 (one copy)."""
+    return rows * SLOTS * VEC_DESC_DIM * 4
 
 
 BLOCK_ROWS_MAX = 65536
@@ -478,9 +483,9 @@ def _shard_memory(trained_path: Path, router_path: Path, rows_per_unit: int) -> 
     per unit and 300k rows; 3.6 GiB on average (3.9 at most) at 3M, where this gives 3.6 GiB."""
     index = trained_path.stat().st_size
     router = router_path.stat().st_size if router_path.exists() else 0
-    unit = rows_per_unit * SLOTS * VEC_DESC_DIM * 4 * 2
+    unit = _descriptor_bytes(rows_per_unit)
     routing = 1 << 30  # one block of ``add_routed`` (65k vectors) through the router
-    return 3 * index + unit + routing + (512 << 20) + rows_per_unit * SLOTS * VEC_DESC_DIM * 4 + router
+    return 3 * index + 3 * unit + routing + (512 << 20) + router  # unit: read, cleaned, its list entries
 
 
 def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:

@@ -443,12 +443,18 @@ def router_levels(n: int, groups: int, tree_lists: int = ROUTER_TREE_LISTS) -> i
         return 0
     best, levels = math.inf, 1
     for L in range(1, 8):
-        t = (groups**L * n) ** (1 / (L + 1))
+        t = _level_width(n, groups, L)
         if L > 1 and t / groups < ROUTER_MIN_GROUP:
             break
         if (L + 1) * t < best:
             best, levels = (L + 1) * t, L
     return levels
+
+
+def _level_width(n: int, groups: int, levels: int) -> float:
+    """Centroids a vector meets on each level of a router of ``n`` lists with ``levels`` levels
+    of groups, when every level costs the same (``router_levels``)."""
+    return (groups**levels * n) ** (1 / (levels + 1))
 
 
 class ListRouter:
@@ -484,8 +490,7 @@ class ListRouter:
         n = len(self.c)
         levels = router_levels(n, groups, tree_lists) if levels is None else levels
         if levels > 0:
-            t = (groups**levels * n) ** (1 / (levels + 1))
-            g = int(np.clip(round(groups * n / t), groups + 1, max(groups + 1, n // 2)))
+            g = int(np.clip(round(groups * n / _level_width(n, groups, levels)), groups + 1, max(groups + 1, n // 2)))
             km = faiss.Kmeans(self.c.shape[1], g, niter=10, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1)
             km.train(self.c)
             lab = km.index.search(self.c, 1)[1].ravel()
