@@ -471,7 +471,14 @@ class ListRouter:
     index phase N^1.46 from 1M to 3M rows; the levels keep it ~flat (620 products at 3M rows
     where one level cost 3,400). Approximate above the cut (a vector's best list can sit in an
     unchosen group); the assignment only decides where a vector is stored and which lists a
-    query scans, both ways through the same router."""
+    query scans, both ways through the same router.
+
+    Built top-down (``nested_groups``): the lists are split into the top level's groups, each
+    group into its share of the next level's, and so on, so each list meets the top's few
+    hundred centroids and a few dozen on each level below: lists x (top + levels x fan-out)
+    products. Built bottom-up (``build="bottom-up"``, sessions 15), each level was a k-means of
+    all its items into all its groups, lists x groups products per iteration: 42 s at 141k lists
+    (3M rows), ~17 min at 470k (10M), and out of reach at the ~5 x 10^7 lists of 1B rows."""
 
     def __init__(
         self,
@@ -481,21 +488,26 @@ class ListRouter:
         seed: int = 0,
         tree_lists: int = ROUTER_TREE_LISTS,
         levels: int | None = None,
+        build: str = "top-down",
     ):
-        import faiss
-
         self.c = np.ascontiguousarray(centroids, np.float32)
         self.groups = groups
         self.upper = self.members = self.bounds = self.by_group = None
         n = len(self.c)
         levels = router_levels(n, groups, tree_lists) if levels is None else levels
-        if levels > 0:
-            g = int(np.clip(round(groups * n / _level_width(n, groups, levels)), groups + 1, max(groups + 1, n // 2)))
-            km = faiss.Kmeans(self.c.shape[1], g, niter=10, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1)
-            km.train(self.c)
-            lab = km.index.search(self.c, 1)[1].ravel()
-            self.upper = ListRouter(km.centroids, groups=groups, seed=seed, levels=levels - 1)
-            self._group(lab, g)
+        if levels <= 0:
+            return
+        if build == "top-down":
+            z = _router_arrays(self.c, nested_groups(self.c, group_counts(n, groups, levels), seed), groups)
+            built = ListRouter._from(z, 0, groups)
+            self.upper, self.members, self.bounds, self.by_group = built.upper, built.members, built.bounds, built.by_group
+        elif build == "bottom-up":
+            g = group_counts(n, groups, levels)[0]
+            km = _spherical_kmeans(self.c, g, seed)
+            self.upper = ListRouter(km.centroids, groups=groups, seed=seed, levels=levels - 1, build=build)
+            self._group(km.index.search(self.c, 1)[1].ravel(), g)
+        else:
+            raise ValueError(f"ListRouter build must be 'top-down' or 'bottom-up', not {build!r}")
 
     def _group(self, lab: np.ndarray, g: int) -> None:
         self.members = np.argsort(lab, kind="stable")
@@ -585,6 +597,91 @@ class ListRouter:
         slot, pos = best // width, best % width
         g = np.maximum(np.take_along_axis(near, slot, axis=1), 0)
         return np.where(np.isfinite(score), self.members[np.minimum(self.bounds[g] + pos, len(self.members) - 1)], -1)
+
+
+def group_counts(n: int, groups: int, levels: int) -> list[int]:
+    """How many groups each level of a router over ``n`` lists has, the lowest level first: the
+    items of a level over ``groups`` times its width (``_level_width``), so that a vector keeping
+    ``groups`` groups meets about the width of centroids on the level below."""
+    counts = []
+    for L in range(levels, 0, -1):
+        n = int(np.clip(round(groups * n / _level_width(n, groups, L)), groups + 1, max(groups + 1, n // 2)))
+        counts.append(n)
+    return counts
+
+
+def nested_groups(c: np.ndarray, counts: list[int], seed: int = 0) -> np.ndarray:
+    """Each list's group on each level, (lists, levels) with the lowest level first, the groups
+    nested (a group of one level lies inside one group of the level above) and built from the
+    top: spherical k-means splits all the lists into the top level's groups, then each group's
+    lists into its share of the level below (in proportion to its size, so groups stay about
+    ``lists / counts[level]`` lists; ``_split`` caps them at twice that), and so on. A list
+    meets only its parent's candidates, so the build costs lists x (top + fan-out per level),
+    not lists x groups per level."""
+    n, levels = len(c), len(counts)
+    lab = np.zeros((n, levels), np.int64)
+    parts = [np.arange(n)]
+    for lvl in range(levels - 1, -1, -1):
+        size = n / counts[lvl]
+        parts = [members[m] for p, members in enumerate(parts) for m in _split(c[members], size, seed + p)]
+        for g, members in enumerate(parts):
+            lab[members, lvl] = g
+    return lab
+
+
+def _split(x: np.ndarray, size: float, seed: int) -> list[np.ndarray]:
+    """Positions of ``x`` cut into groups of about ``size`` by spherical k-means, none larger
+    than 2 x ``size``: an oversized cluster is split again, and one k-means left whole is cut
+    along its principal axis. Why the cap: routing scores a vector's chosen groups in a dense
+    table as wide as the largest group; uncapped, k-means left groups 7x the mean at 470k lists
+    (50 us a routed vector)."""
+    k = int(np.clip(round(len(x) / size), 1, len(x)))
+    if len(x) <= 2 * size and k == 1:
+        return [np.arange(len(x))]
+    if k == 1:
+        return _axis_cut(x, size)
+    sub = _spherical_kmeans(x, k, seed).index.search(np.ascontiguousarray(x, np.float32), 1)[1].ravel()
+    order = np.argsort(sub, kind="stable")
+    out = []
+    for m in np.split(order, np.searchsorted(sub[order], np.arange(1, k))):
+        if len(m) > 2 * size:  # oversized: split again (or, when k-means kept it whole, along its axis)
+            out += [m[q] for q in (_split(x[m], size, seed + 1) if len(m) < len(x) else _axis_cut(x[m], size))]
+        elif len(m):
+            out.append(m)
+    return out
+
+
+def _axis_cut(x: np.ndarray, size: float) -> list[np.ndarray]:
+    """Positions of ``x`` in equal runs of at most ~``size`` along its principal axis."""
+    axis = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][0]
+    return np.array_split(np.argsort(x @ axis, kind="stable"), int(np.ceil(len(x) / size)))
+
+
+def _spherical_kmeans(x: np.ndarray, k: int, seed: int) -> Any:
+    """A trained spherical ``faiss.Kmeans`` of ``k`` centroids over ``x``."""
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], k, niter=10, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1)
+    km.train(np.ascontiguousarray(x, np.float32))
+    return km
+
+
+def _router_arrays(c: np.ndarray, lab: np.ndarray, groups: int) -> dict[str, np.ndarray]:
+    """The arrays a saved router holds (``ListRouter.save``) from nested group labels: each
+    level's centroids (a group's: the normalised mean of its lists), and each level's items
+    grouped by the group above them."""
+    z, items = {"groups": np.array(groups), "c0": c}, lab[:, 0]  # level 0's items: the lists
+    for lvl in range(lab.shape[1]):
+        g = int(lab[:, lvl].max()) + 1
+        cent = np.zeros((g, c.shape[1]), np.float64)
+        np.add.at(cent, lab[:, lvl], c)
+        z[f"c{lvl + 1}"] = (cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        members = np.argsort(items, kind="stable")
+        z[f"members{lvl}"], z[f"bounds{lvl}"] = members, np.searchsorted(items[members], np.arange(g + 1))
+        if lvl + 1 < lab.shape[1]:  # the next level's items are this level's groups: each one's parent
+            first = np.unique(lab[:, lvl], return_index=True)[1]
+            items = lab[first, lvl + 1]
+    return z
 
 
 def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -250,6 +250,44 @@ def test_list_router_levels_keep_a_copy_in_its_originals_lists(vectors, tmp_path
         assert L == 1 or (8**L * n) ** (1 / (L + 1)) / 8 >= ROUTER_MIN_GROUP
 
 
+def test_list_router_built_top_down_nests_balanced_groups_and_routes_as_bottom_up(vectors):
+    """The default top-down build (``nested_groups``): every group of a level lies inside one
+    group of the level above, the group counts are near the requested ones, the largest group
+    (the dense routing table's width) is about as large as the bottom-up build's, which
+    clusters each level's items exactly (its cost grows as lists x groups), and it routes about
+    as well."""
+    import faiss
+
+    from engines.vector.index import ListRouter, _split, group_counts, nested_groups
+
+    km = faiss.Kmeans(128, 2048, niter=8, seed=0, spherical=True, verbose=False)
+    km.train(vectors)
+    cents, base = km.centroids, vectors[:3000]
+    counts = group_counts(len(cents), 8, 2)
+    assert counts[0] > counts[1] > 8
+    lab = nested_groups(cents, counts, seed=0)
+    assert lab.shape == (2048, 2)
+    for lvl in range(2):
+        sizes = np.bincount(lab[:, lvl])
+        assert (sizes > 0).all() and 0.7 * counts[lvl] <= len(sizes) <= 1.3 * counts[lvl]
+        assert sizes.max() <= 2 * len(cents) / counts[lvl]  # capped: k-means alone left 4x the mean here
+    parents = {}
+    for low, high in lab.tolist():
+        assert parents.setdefault(low, high) == high  # a lower group never straddles two upper ones
+    exact = np.argmax(base @ cents.T, axis=1)
+    top_down, bottom_up = ListRouter(cents, levels=2), ListRouter(cents, levels=2, build="bottom-up")
+    assert top_down.levels == bottom_up.levels == 2
+    for a, b in ((top_down, bottom_up), (top_down.upper, bottom_up.upper)):  # the largest group: as wide as bottom-up's
+        assert np.diff(a.bounds).max() <= 1.5 * np.diff(b.bounds).max()
+    hit = {name: (r.route(base, 8)[:, 0] == exact).mean() for name, r in (("top", top_down), ("bottom", bottom_up))}
+    assert hit["top"] >= 0.9 and hit["top"] >= hit["bottom"] - 0.03, hit
+    with pytest.raises(ValueError, match="top-down"):
+        ListRouter(cents, levels=2, build="sideways")
+    same = np.tile(cents[:1], (100, 1))  # k-means cannot split identical points: cut along an axis instead
+    parts = _split(same, 10, 0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(100)) and max(len(p) for p in parts) <= 20
+
+
 def test_every_ivf_kind_gets_an_hnsw_quantiser_from_hnsw_lists_on():
     """A flat quantiser over many lists costs more than the lists, at search and when residual
     codes are trained (each training vector is assigned to its list: 1.7M x 43k x 231 at 1M
