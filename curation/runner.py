@@ -307,6 +307,7 @@ class _FragmentWorker:
             self.stage.stats = Stats()
             t0 = time.perf_counter()
             frag = self.dataset.get_fragment(int(fid))
+            self.stage.begin_fragment(int(fid))
             meta, schema = frag.merge_columns(
                 self._udf(),
                 columns=self.stage.input_columns or ["id"],

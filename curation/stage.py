@@ -113,6 +113,10 @@ class Stage:
     def prepare(self, dataset: Any) -> None:
         """Driver-side hook before the run (e.g. read a small global table). Runs once, not per worker."""
 
+    def begin_fragment(self, fragment_id: int) -> None:
+        """Worker-side hook before a fragment's batches (e.g. load that fragment's slice of a
+        table too large to hold whole in every worker)."""
+
     def process_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch | dict[str, Any]:
         raise NotImplementedError
 

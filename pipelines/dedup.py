@@ -472,9 +472,11 @@ class _DupApplyConfig(StageConfig):
 class _DupApplyStage(Stage):
     """Writes a computed dedup plan as the dup_* columns (one commit, resumable per fragment).
 
-    The plan file holds the rows in a group only (``run_dedup``); every other row is kept and in
-    no group. So each worker looks up the grouped rows' ids, not a table of every row's id (at
-    1M rows that was ~150 MB of Python strings per worker)."""
+    The plan file holds the rows in a group only, sorted by fragment, with each fragment's range
+    of plan rows in its metadata (``write_plan``); every other row is kept and in no group. A
+    worker memory-maps the file and, per fragment, looks up that fragment's grouped ids only:
+    a lookup of every grouped row (a Python dict, ~100 B an id) would be GBs per worker at 1B
+    rows, and one of every row's id was ~150 MB per worker at 1M rows."""
 
     name = "dup_apply"
     config_model = _DupApplyConfig
@@ -487,13 +489,20 @@ class _DupApplyStage(Stage):
     def setup(self) -> None:
         import pyarrow.feather as feather
 
-        plan = feather.read_table(self.config.plan_path)
-        self.pos = {k: i for i, k in enumerate(plan.column("id").to_pylist())}
-        self.plan = plan
+        self.plan = feather.read_table(self.config.plan_path, memory_map=True)  # uncompressed: pages, not copies
+        meta = (self.plan.schema.metadata or {}).get(b"fragments")
+        self.ranges = {int(k): v for k, v in json.loads(meta).items()} if meta else None
+        self.part, self.pos = self.plan, None
+
+    def begin_fragment(self, fragment_id: int) -> None:
+        lo, hi = self.ranges.get(fragment_id, (0, 0)) if self.ranges is not None else (0, self.plan.num_rows)
+        self.part, self.pos = self.plan.slice(lo, hi - lo), None
 
     def process_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if self.pos is None:  # the fragment's grouped ids, looked up by the fragment's batches
+            self.pos = {k: i for i, k in enumerate(self.part.column("id").to_pylist())}
         idx = np.array([self.pos.get(i, -1) for i in batch.column("id").to_pylist()], np.int64)
-        taken = self.plan.take(pa.array(idx, mask=idx < 0))  # a row in no group: nulls, then kept
+        taken = self.part.take(pa.array(idx, mask=idx < 0))  # a row in no group: nulls, then kept
         for r in taken.column("dup_reason").to_pylist():
             if r:
                 self.stats.count(f"duplicate_{r}")
@@ -502,10 +511,30 @@ class _DupApplyStage(Stage):
         return pa.RecordBatch.from_arrays([cols[c] for c in DUP.schema.names], schema=DUP.schema)
 
 
-def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress: bool = True) -> dict:
-    """Find duplicates, print and save the removal curve + HTML report, then commit ``dup_*``."""
+def write_plan(plan: pa.Table, ds, path: Path) -> None:
+    """The plan's grouped rows (``plan``: one row per dataset row, in position order), sorted by
+    the fragment that holds them, to an uncompressed Arrow file (memory-mappable) whose metadata
+    gives each fragment's range of its rows (``_DupApplyStage``)."""
     import pyarrow.feather as feather
 
+    frags = ds.get_fragments()
+    ends = np.cumsum([f.count_rows() for f in frags])
+    fids = np.array([f.fragment_id for f in frags], np.int64)
+    pos = np.flatnonzero(plan.column("dup_group").is_valid().to_numpy(zero_copy_only=False))
+    fid = fids[np.searchsorted(ends, pos, side="right")]
+    order = np.argsort(fid, kind="stable")
+    fid = fid[order]
+    grouped = plan.take(pa.array(pos[order]))
+    starts = np.flatnonzero(np.r_[True, fid[1:] != fid[:-1]]) if len(fid) else np.zeros(0, np.int64)
+    ranges = {int(fid[s]): [int(s), int(e)] for s, e in zip(starts, np.r_[starts[1:], len(fid)])}
+    grouped = grouped.replace_schema_metadata({"fragments": json.dumps(ranges)})
+    tmp = path.with_suffix(".tmp")
+    feather.write_feather(grouped, str(tmp), compression="uncompressed")
+    tmp.replace(path)
+
+
+def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress: bool = True) -> dict:
+    """Find duplicates, print and save the removal curve + HTML report, then commit ``dup_*``."""
     from curation.runner import run_stage
 
     t0 = time.perf_counter()
@@ -537,8 +566,7 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
 
         raise VectorError(f"the dataset changed while dedup ran (version {v} -> {now}); run curate dedup again")
     plan_path = out_dir / f"dedup-plan-v{v}.arrow"
-    plan = res["plan"]
-    feather.write_feather(plan.filter(plan.column("dup_group").is_valid()), str(plan_path))  # rows in a group
+    write_plan(res["plan"], store.open(version=v), plan_path)  # rows in a group, by fragment
     result = run_stage(store, _DupApplyStage(plan_path=str(plan_path)), overwrite=overwrite, show_progress=show_progress)
     if result.status == "committed":  # the candidate index and pairs of this version served their purpose
         shutil.rmtree(res["state"], ignore_errors=True)

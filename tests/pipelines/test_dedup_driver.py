@@ -5,6 +5,7 @@ computed over the rows with a pair give the plan and curve computed over all row
 from __future__ import annotations
 
 import hashlib
+import json
 
 import lance
 import numpy as np
@@ -138,6 +139,23 @@ def test_the_committed_plan_holds_the_grouped_rows_and_a_dataset_changed_meanwhi
     plan = feather.read_table(str(plan_path))
     grouped = {i for i, r in got.items() if r["dup_group"] is not None}
     assert sorted(plan.column("id").to_pylist()) == sorted(grouped) and len(grouped) == 4
+    # sorted by fragment, each fragment's range named in the metadata: a worker reads its fragment's slice only
+    ranges, ids = json.loads(plan.schema.metadata[b"fragments"]), plan.column("id").to_pylist()
+    in_frags = {f.fragment_id: set(f.to_table(columns=["id"]).column("id").to_pylist()) for f in store.open().get_fragments()}
+    assert len(ranges) == 2 and all(str(f) in ranges for f, m in in_frags.items() if m & grouped)
+    for f, members in in_frags.items():
+        lo, hi = ranges.get(str(f), (0, 0))
+        assert set(ids[lo:hi]) == members & grouped
+    for r in plan.select(["id", "dup_group", "dup_keep", "dup_of", "dup_reason"]).to_pylist():
+        assert got[r["id"]] == r
+    stage = dedup._DupApplyStage(plan_path=str(plan_path))
+    stage.setup()
+    (f, members), other = [(f, m) for f, m in in_frags.items() if m & grouped][0], next(f for f, m in in_frags.items() if not m & grouped)
+    batch = pa.record_batch([pa.array(sorted(members))], names=["id"])
+    stage.begin_fragment(f)
+    assert pa.array(stage.process_batch(batch).column("dup_group")).null_count == len(members - grouped)
+    stage.begin_fragment(other)  # another fragment's slice: none of these ids is in it
+    assert pa.array(stage.process_batch(batch).column("dup_group")).null_count == len(members)
     for i, r in got.items():
         if i not in grouped:
             assert r["dup_keep"] is True and r["dup_of"] is None and r["dup_reason"] is None, r
