@@ -629,6 +629,10 @@ def nested_groups(c: np.ndarray, counts: list[int], seed: int = 0) -> np.ndarray
     return lab
 
 
+ROUTER_GROUP_CAP = 2.0
+"""The largest group a top-down router build keeps, in multiples of its level's mean (``_split``)."""
+
+
 def _split(x: np.ndarray, size: float, seed: int) -> list[np.ndarray]:
     """Positions of ``x`` cut into groups of about ``size`` by spherical k-means, none larger
     than 2 x ``size``: an oversized cluster is split again, and one k-means left whole is cut
@@ -636,7 +640,8 @@ def _split(x: np.ndarray, size: float, seed: int) -> list[np.ndarray]:
     table as wide as the largest group; uncapped, k-means left groups 7x the mean at 470k lists
     (50 us a routed vector)."""
     k = int(np.clip(round(len(x) / size), 1, len(x)))
-    if len(x) <= 2 * size and k == 1:
+    cap = ROUTER_GROUP_CAP * size
+    if len(x) <= cap and k == 1:
         return [np.arange(len(x))]
     if k == 1:
         return _axis_cut(x, size)
@@ -644,7 +649,7 @@ def _split(x: np.ndarray, size: float, seed: int) -> list[np.ndarray]:
     order = np.argsort(sub, kind="stable")
     out = []
     for m in np.split(order, np.searchsorted(sub[order], np.arange(1, k))):
-        if len(m) > 2 * size:  # oversized: split again (or, when k-means kept it whole, along its axis)
+        if len(m) > cap:  # oversized: split again (or, when k-means kept it whole, along its axis)
             out += [m[q] for q in (_split(x[m], size, seed + 1) if len(m) < len(x) else _axis_cut(x[m], size))]
         elif len(m):
             out.append(m)
