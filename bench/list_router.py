@@ -5,12 +5,13 @@
 ``ListRouter`` picks each vector's lists (where the index phase stores it, which lists a
 candidate query scans). For each list count (14k, 47k, 141k: the lists of 300k, 1M and 3M dedup
 rows) this compares, in the same run on the same vectors, the levels ``router_levels`` chooses
-(built top-down, the default, and bottom-up, as in session 15) with one level of groups, and prints one JSON line per router: build seconds, microseconds a
-vector (route to 1 list, the index phase; to 8, the candidate queries), top-1 agreement with the
-exact best list, and the fraction of near copies (cosine ~0.999, 0.98, 0.93 to the original)
-whose 8 probes include the list the original is stored in (what the candidates need). Vectors
-are synthesised around real descriptors (coco-mini photos) as in ``bench/dedup_scale.py``; one
-BLAS thread, as a Ray worker has.
+(built top-down, the default, and bottom-up, as in session 15) with one level of groups, and
+prints one JSON line per router: build seconds, microseconds a vector (route to 1 list, the
+index phase; to 8, the candidate queries), top-1 agreement with the exact best list, and the
+fraction of near copies (cosine ~0.999, 0.98, 0.93 to the original) whose 8 probes include the
+list the original is stored in (what the candidates need). Vectors are synthesised around real
+descriptors (coco-mini photos) as in ``bench/dedup_scale.py``; one BLAS thread, as a Ray worker
+has.
 """
 
 from __future__ import annotations
