@@ -396,11 +396,11 @@ class _CandidateWorker:
     def _block_rows(self) -> int:
         """Rows searched together: enough that each probed list meets ~32 queries of the block.
 
-        Why: ``search_above`` makes one product per probed list (and decodes 8-bit lists once per
-        block), so a block too small for the list count is Python overhead and decoding, not
-        arithmetic: each block visits nearly every list, and the visits grow as blocks x lists,
-        i.e. as rows squared (at 3M rows, 141k lists: 183 blocks of 16,384 rows, ~9 queries a
-        visit, ~0.1 ms each). Capped at ``BLOCK_ROWS_MAX`` (above a 50k-row unit: the unit is
+        Why: ``search_above`` makes one product per probed list and block, so a block too small
+        for the list count is Python overhead, not arithmetic: each block visits nearly every
+        list, and the visits grow as blocks x lists, i.e. as rows squared (at 3M rows, 141k
+        lists: 183 blocks of 16,384 rows, ~9 queries a visit, ~0.1 ms each; ~60 us of a visit
+        is overhead since the codes are no longer decoded, ``bench/list_scan.py``). Capped at ``BLOCK_ROWS_MAX`` (above a 50k-row unit: the unit is
         one block): a block's queries and hits are held until it is reduced to each row's k best
         (``_block_memory``)."""
         if not self.list_major:
