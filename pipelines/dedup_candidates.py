@@ -200,6 +200,7 @@ def _train(
     *,
     read_rows: int = TRAIN_READ_ROWS,
     spill_bytes: int = TRAIN_SPILL_BYTES,
+    threads: int = 1,
 ) -> str:
     """Ray task: an empty index trained on a sample of rows' 12 descriptors, written to
     ``out_path`` (the job folder: the workers read it there, not through the driver, where it
@@ -217,11 +218,16 @@ def _train(
     a training set above ``spill_bytes`` is a memory-mapped file in ``scratch`` (the job
     folder), whose pages the kernel can write out and drop: the task's own memory is then one
     chunk, the first-level k-means subsample (2,000 per first-level cluster) and one
-    second-level cluster's vectors."""
+    second-level cluster's vectors.
+
+    ``threads``: the CPUs the task holds (FAISS's k-means over them). Nothing else of the job
+    runs while it trains, and its k-means grows faster than the rows (the sample x 2 sqrt(nlist)
+    products): measured at 1M rows' sample, 75 s on one thread, 47 s on two."""
     import faiss
 
     from engines.vector.index import ListRouter, train_index, train_points
 
+    faiss.omp_set_num_threads(threads)
     ds = store.open(version)
     want = max(1, train_points(n * SLOTS, cfg) // SLOTS + 1)
     rng = np.random.default_rng(cfg.seed)
@@ -304,12 +310,13 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         cfg = job.index_cfg
         if cfg.kind == "auto":  # near duplicates are decided on these cosines: no lossy codes by default
             cfg = cfg.model_copy(update={"kind": "flat" if job.n * SLOTS <= cfg.flat_max else "ivfflat"})
+        threads, t = _train_threads(), time.perf_counter()
         what = ray.get(
-            ray.remote(num_cpus=1)(_train).remote(
-                job.store, job.ds.version, job.n, cfg, str(trained_path), str(router_path), str(job.folder)
+            ray.remote(num_cpus=threads)(_train).remote(
+                job.store, job.ds.version, job.n, cfg, str(trained_path), str(router_path), str(job.folder), threads=threads
             )
         )
-        console.print(f"dedup candidates: {what}")
+        console.print(f"dedup candidates: {what} ({time.perf_counter() - t:.0f} s on {threads} CPUs)")
     trained = str(trained_path)
     shards = job.folder / "shards"
     shards.mkdir(exist_ok=True)
@@ -324,10 +331,25 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         show_progress=show_progress,
     )
     paths = [str(shards / f"unit-{u['unit']}.faiss") for u in job.units]
+    t = time.perf_counter()
     ntotal = ray.get(ray.remote(num_cpus=1)(_merge_shards).remote(trained, paths, str(out)))
     shutil.rmtree(shards, ignore_errors=True)
-    console.print(f"dedup candidates: index of {ntotal:,} descriptors -> {out}")
+    console.print(f"dedup candidates: index of {ntotal:,} descriptors -> {out} (merged in {time.perf_counter() - t:.0f} s)")
     return out
+
+
+TRAIN_THREADS_MAX = 16
+"""The most CPUs the index training task asks for (``_train_threads``)."""
+
+
+def _train_threads() -> int:
+    """CPUs for the training task: the largest node's CPUs, up to ``TRAIN_THREADS_MAX`` (the
+    task runs alone, so the whole node is free; asking for more than a node has would never
+    schedule)."""
+    import ray
+
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return int(max(1, min(TRAIN_THREADS_MAX, max(cpus, default=1))))
 
 
 def _router_file(job: NearJob) -> str | None:
