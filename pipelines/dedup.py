@@ -490,12 +490,11 @@ class _DupApplyStage(Stage):
         import pyarrow.feather as feather
 
         self.plan = feather.read_table(self.config.plan_path, memory_map=True)  # uncompressed: pages, not copies
-        meta = (self.plan.schema.metadata or {}).get(b"fragments")
-        self.ranges = {int(k): v for k, v in json.loads(meta).items()} if meta else None
-        self.part, self.pos = self.plan, None
+        self.ranges = {int(k): v for k, v in json.loads(self.plan.schema.metadata[b"fragments"]).items()}
+        self.part, self.pos = self.plan, None  # before any begin_fragment: the whole plan (right, not lean)
 
     def begin_fragment(self, fragment_id: int) -> None:
-        lo, hi = self.ranges.get(fragment_id, (0, 0)) if self.ranges is not None else (0, self.plan.num_rows)
+        lo, hi = self.ranges.get(fragment_id, (0, 0))
         self.part, self.pos = self.plan.slice(lo, hi - lo), None
 
     def process_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:

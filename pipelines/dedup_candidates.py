@@ -422,9 +422,9 @@ class _CandidateWorker:
         for the list count is Python overhead, not arithmetic: each block visits nearly every
         list, and the visits grow as blocks x lists, i.e. as rows squared (at 3M rows, 141k
         lists: 183 blocks of 16,384 rows, ~9 queries a visit, ~0.1 ms each; ~60 us of a visit
-        is overhead since the codes are no longer decoded, ``bench/list_scan.py``). Capped at ``BLOCK_ROWS_MAX`` (above a 50k-row unit: the unit is
-        one block): a block's queries and hits are held until it is reduced to each row's k best
-        (``_block_memory``)."""
+        is overhead since the codes are no longer decoded, ``bench/list_scan.py``). Capped at
+        ``BLOCK_ROWS_MAX`` (above a 50k-row unit: the unit is one block): a block's queries and
+        hits are held until it is reduced to each row's k best (``_block_memory``)."""
         if not self.list_major:
             return 2048
         import faiss

@@ -499,9 +499,7 @@ class ListRouter:
         if levels <= 0:
             return
         if build == "top-down":
-            z = _router_arrays(self.c, nested_groups(self.c, group_counts(n, groups, levels), seed), groups)
-            built = ListRouter._from(z, 0, groups)
-            self.upper, self.members, self.bounds, self.by_group = built.upper, built.members, built.bounds, built.by_group
+            self._fill(_router_arrays(self.c, nested_groups(self.c, group_counts(n, groups, levels), seed), groups), 0, groups)
         elif build == "bottom-up":
             g = group_counts(n, groups, levels)[0]
             km = _spherical_kmeans(self.c, g, seed)
@@ -557,13 +555,17 @@ class ListRouter:
     @classmethod
     def _from(cls, z: Any, i: int, groups: int) -> ListRouter:
         r = cls.__new__(cls)
-        r.c, r.groups = z[f"c{i}"], groups
-        r.upper = r.members = r.bounds = r.by_group = None
-        if f"members{i}" in z:
-            r.upper = cls._from(z, i + 1, groups)
-            r.members, r.bounds = z[f"members{i}"], z[f"bounds{i}"]
-            r.by_group = np.ascontiguousarray(r.c[r.members])
+        r._fill(z, i, groups)
         return r
+
+    def _fill(self, z: Any, i: int, groups: int) -> None:
+        """This router as level ``i`` of the arrays ``z`` (``save``'s layout), the levels above it too."""
+        self.c, self.groups = z[f"c{i}"], groups
+        self.upper = self.members = self.bounds = self.by_group = None
+        if f"members{i}" in z:
+            self.upper = ListRouter._from(z, i + 1, groups)
+            self.members, self.bounds = z[f"members{i}"], z[f"bounds{i}"]
+            self.by_group = np.ascontiguousarray(self.c[self.members])
 
     def route(self, x: np.ndarray, nprobe: int, chunk: int = 32768) -> np.ndarray:
         """(n, nprobe) list numbers, the best first (inner product with the list centroids).
