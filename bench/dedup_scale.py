@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import curation  # noqa: E402,F401  (Ray environment defaults)
 from curation.schema import SAMPLES_SCHEMA, VEC_DESC_DIM, VEC_REGIONS, VEC_VISUAL  # noqa: E402
 from engines.vector.dedup import has_content_box  # noqa: E402
-from engines.vector.descriptor import CONTENT_REGION  # noqa: E402
+from engines.vector.descriptor import CONTENT_REGION, to_int8  # noqa: E402
 
 COCO = ROOT.parent / "shared" / "data" / "coco-mini" / "images"
 REAL_KINDS = ("crop", "strong_crop", "banner", "frame", "mirror_combo", "rotate_combo")
@@ -128,7 +128,7 @@ def _table(ids, images, sha, w, h, full, reg) -> pa.Table:
     t = pa.table([cols[f.name].cast(f.type) for f in SAMPLES_SCHEMA], schema=SAMPLES_SCHEMA)
     vt = VEC_VISUAL.schema
     desc = pa.FixedSizeListArray.from_arrays(pa.array(full.astype(np.float16).ravel()), VEC_DESC_DIM)
-    regs = pa.FixedSizeListArray.from_arrays(pa.array(reg.astype(np.float16).ravel()), VEC_DESC_DIM * VEC_REGIONS)
+    regs = pa.FixedSizeListArray.from_arrays(pa.array(to_int8(reg.reshape(-1, VEC_DESC_DIM)).ravel()), VEC_DESC_DIM * VEC_REGIONS)
     return (
         t.append_column(vt.field("vec_desc"), desc)
         .append_column(vt.field("vec_regions"), regs)
@@ -184,7 +184,8 @@ def task_of(cmd: str) -> str:
 
 
 def run_job(uri: str, interval: float = 0.25, config: Path | None = None) -> dict:
-    """``python -m cli dedup --dataset URI`` with its driver and Ray workers' RSS sampled.
+    """``python -m cli dedup --dataset URI`` with its driver and Ray workers' RSS sampled, and the
+    disk it takes at its peak (the file system's free space, sampled: nothing else should write).
 
     Private memory is RSS less file-backed and shared-memory pages (psutil's ``rss - shared``,
     i.e. the process's anonymous pages): what it holds itself, not the memory-mapped index nor
@@ -206,7 +207,9 @@ def run_job(uri: str, interval: float = 0.25, config: Path | None = None) -> dic
     by_task: dict[str, int] = {}  # task/actor title -> peak private bytes while it ran
     rss_by_task: dict[str, int] = {}
     workers: dict[int, dict] = {}  # pid -> {"tasks": [titles in order], "peak_private": bytes, "peak_task": title}
+    free0 = min_free = shutil.disk_usage(uri).free  # the job's disk: its columns, index, shards, spills
     while proc.poll() is None:
+        min_free = min(min_free, shutil.disk_usage(uri).free)
         try:
             m = driver.memory_info()
             peak_driver, anon_driver = max(peak_driver, m.rss), max(anon_driver, m.rss - m.shared)
@@ -241,6 +244,7 @@ def run_job(uri: str, interval: float = 0.25, config: Path | None = None) -> dic
     return {
         "seconds": round(time.perf_counter() - t0, 1),
         "peak_rss_mib": {"driver": peak_driver >> 20, "largest_worker": peak_worker >> 20},
+        "peak_disk_mib": (free0 - min_free) >> 20,  # the most disk the job took at once (sampled)
         # RSS less file-backed pages (psutil's ``shared``): what a process holds itself; the rest is
         # memory-mapped files (the candidate index) that the kernel can drop and re-read
         "peak_private_mib": {"driver": anon_driver >> 20, "largest_worker": anon_worker >> 20},
@@ -296,9 +300,11 @@ def main() -> None:
         t1 = time.perf_counter()
         truth = build(uri, n, real)
         build_s = round(time.perf_counter() - t1, 1)
+        ds_mib = round(sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()) / 2**20, 1)
         for kind in a.index_kind:
             res = measure(uri, n, truth, kind, out)
             res["build_dataset_seconds"] = build_s
+            res["dataset_mib"] = ds_mib  # as built, before the job's columns: its disk per row
             results[kind].append(res)
             print(json.dumps(res), flush=True)
         if not a.keep:
@@ -334,6 +340,7 @@ def measure(uri: str, n: int, truth: np.ndarray, kind: str, out: Path) -> dict:
         "seconds": job["seconds"],
         "index_mib": stats.get("index_mib"),
         "peak_rss_mib": job["peak_rss_mib"],
+        "peak_disk_mib": job["peak_disk_mib"],
         "peak_private_mib": job["peak_private_mib"],
         "peak_private_mib_by_task": job["peak_private_mib_by_task"],
         "peak_rss_mib_by_task": job["peak_rss_mib_by_task"],

@@ -283,13 +283,18 @@ recomputed by the dedup and index jobs."""
 VEC_REGIONS = 11
 """Regional descriptors per row in ``vec_regions`` (engines.vector.descriptor.N_REGIONS): centre and
 four corners at 80% and 70%, then the content box (a screenshot's photo). Was 10 before the content
-box: an older column is recomputed by the dedup and index jobs."""
+box: an older column is recomputed by the dedup and index jobs.
+
+``vec_regions`` holds int8 directions: each descriptor scaled so its largest |component| is 127
+(``descriptor.to_int8``), read back L2-normalised (``index.to_matrix(..., unit=VEC_DESC_DIM)``).
+A float16 column (unit vectors, before session 17) reads the same way and is not recomputed;
+rows appended to such a dataset make the stage compute the columns anew."""
 
 VEC_VISUAL = column_group(
     "vec_visual",
     [
         pa.field("vec_desc", pa.list_(pa.float16(), VEC_DESC_DIM)),  # training-free global descriptor, L2-normalised
-        pa.field("vec_regions", pa.list_(pa.float16(), VEC_DESC_DIM * VEC_REGIONS)),  # same, 10 centre/corner crops + content box
+        pa.field("vec_regions", pa.list_(pa.int8(), VEC_DESC_DIM * VEC_REGIONS)),  # same, 10 centre/corner crops + content box, int8
         pa.field("vec_error", pa.string()),  # null = described; else "<reason>: <detail>"
     ],
     "training-free image descriptors (gradient pyramid + DCT tiny image) for near-duplicate search",

@@ -98,7 +98,7 @@ def _read_descriptors(ds, fragments: list[int], regions: bool) -> tuple[np.ndarr
     full, valid, _ = clean_vectors(full, null)
     if not regions:
         return full, None, valid
-    reg, rnull = to_matrix(t.column("vec_regions"))
+    reg, rnull = to_matrix(t.column("vec_regions"), unit=full.shape[1])
     reg = reg.reshape(len(full), -1, full.shape[1])
     return full, reg, valid & ~rnull
 
@@ -292,7 +292,7 @@ def _sample_rows(ds, pos: np.ndarray, regions: bool) -> tuple[np.ndarray, np.nda
     full, valid, _ = clean_vectors(full, null)
     if not regions:
         return full, None, valid
-    reg, _ = to_matrix(t.column("vec_regions"))
+    reg, _ = to_matrix(t.column("vec_regions"), unit=full.shape[1])
     return full, reg.reshape(len(full), -1, full.shape[1]), valid
 
 

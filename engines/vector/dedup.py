@@ -229,10 +229,16 @@ CONTENT_SLOT = CONTENT_REGION + 1
 there is a hit on the whole photo (the full frame again for a picture with no surroundings)."""
 
 
+CONTENT_SAME = 2 / 127
+"""A content box within this of the full frame (every component, both unit vectors) is the full
+frame again: the regions are stored as int8 (``descriptor.to_int8``: a step is 1/127 of the
+largest component), the full frame as float16, so a repeat no longer reads back bit for bit."""
+
+
 def has_content_box(full: np.ndarray, regions: np.ndarray) -> np.ndarray:
     """Per row: is its content box another picture than its full frame? (``describe`` stores the
     full frame there when nothing surrounds the photo: most rows.)"""
-    return np.any(np.asarray(regions)[:, CONTENT_REGION] != np.asarray(full), axis=1)
+    return np.abs(np.asarray(regions)[:, CONTENT_REGION] - np.asarray(full)).max(axis=1, initial=0) > CONTENT_SAME
 
 
 def entry_table(

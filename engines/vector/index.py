@@ -118,11 +118,16 @@ class Manifest:
 # --- vectors -------------------------------------------------------------------------------
 
 
-def to_matrix(col: pa.Array | pa.ChunkedArray | np.ndarray | list, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def to_matrix(
+    col: pa.Array | pa.ChunkedArray | np.ndarray | list, dim: int | None = None, unit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """An embedding column as an (n, d) float32 matrix plus a null mask (null rows are zeros).
 
     Accepts Arrow fixed-size or variable lists, NumPy arrays and lists of vectors. Raises
-    ``VectorError`` when rows have different lengths or not ``dim`` values."""
+    ``VectorError`` when rows have different lengths or not ``dim`` values.
+    ``unit``: normalise every ``unit`` consecutive values of a row to length 1 (``vec_regions``:
+    11 descriptors in a row). Integer columns (the int8 descriptors: directions at an arbitrary
+    scale) are always normalised, a whole row at a time unless ``unit`` says otherwise."""
     if isinstance(col, np.ndarray) and col.ndim == 2:
         x = col.astype(np.float32, copy=False)
         null = np.zeros(len(x), bool)
@@ -154,11 +159,30 @@ def to_matrix(col: pa.Array | pa.ChunkedArray | np.ndarray | list, dim: int | No
                 x[ok] = np.asarray(col.filter(pa.array(~null)).flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, d)
         else:
             raise VectorError(f"not an embedding column: type {t} (expected a list of floats)")
+        if unit is None and pa.types.is_integer(t.value_type):
+            unit = x.shape[1]
+    if unit:
+        x = unit_parts(x, unit)
     if dim is not None and x.shape[1] != dim:
         raise VectorError(
             f"vectors have dimension {x.shape[1]}, expected {dim} (another model's embeddings? rebuild the index for this column)"
         )
     return x, null
+
+
+def unit_parts(x: np.ndarray, unit: int) -> np.ndarray:
+    """``x`` (float32) with every ``unit`` consecutive values of a row scaled to length 1; parts
+    of length 0 stay zeros (a null row, a blank image)."""
+    n, d = x.shape
+    if not n or not d:
+        return x
+    if d % unit:
+        raise VectorError(f"rows of {d} values do not split into vectors of {unit}")
+    x = x if x.flags.writeable else x.copy()
+    parts = x.reshape(n, d // unit, unit)
+    norm = np.linalg.norm(parts, axis=2, keepdims=True)
+    np.divide(parts, norm, out=parts, where=norm > 0)
+    return x
 
 
 def clean_vectors(

@@ -51,7 +51,7 @@ def _train_whole(store, n: int, cfg: IndexConfig) -> bytes:
     t = ds.take(pos.tolist(), columns=["vec_desc", "vec_regions"])
     full, null = to_matrix(t.column("vec_desc"))
     full, valid, _ = clean_vectors(full, null)
-    reg, _ = to_matrix(t.column("vec_regions"))
+    reg, _ = to_matrix(t.column("vec_regions"), unit=full.shape[1])  # each region a unit vector, as the job reads them
     x, _ = _slot_vectors(full, reg.reshape(len(full), -1, full.shape[1]), valid, 0)
     return serialize(train_index(x, n * SLOTS, cfg)[0])
 

@@ -10,7 +10,9 @@ import pytest
 
 from curation.schema import VEC_DESC_DIM, VEC_REGIONS
 from curation.store import Store
-from engines.vector.index import VectorError
+from engines.vector.dedup import has_content_box
+from engines.vector.descriptor import visual_columns
+from engines.vector.index import VectorError, to_matrix
 from pipelines.descriptors import ensure_visual
 from tests.helpers import coco_rows, samples_table
 
@@ -37,8 +39,17 @@ def test_ten_region_descriptors_are_recomputed_with_the_content_box(ray_session,
     assert "older descriptor" in capsys.readouterr().err
     ds = store.open()
     assert ds.schema.field("vec_regions").type.list_size == VEC_REGIONS * VEC_DESC_DIM
-    t = ds.to_table(columns=["vec_desc", "vec_regions"])
+    t = ds.to_table(columns=["image", "vec_desc", "vec_regions"])
+    assert t.schema.field("vec_regions").type == pa.list_(pa.int8(), VEC_REGIONS * VEC_DESC_DIM)  # the float16 ones are gone
+    stored = np.asarray(t.column("vec_regions").to_pylist(), np.float32).reshape(-1, VEC_DESC_DIM)
+    assert (np.abs(stored).max(axis=1) == 127).all()  # each region's descriptor scaled to the int8 range
+    fresh = visual_columns(t.column("image").to_pylist())
+    assert np.array_equal(np.asarray(t.column("vec_desc").to_pylist()), np.asarray(fresh["vec_desc"]))  # real descriptors now
+    assert np.array_equal(stored.ravel(), np.asarray(fresh["vec_regions"], np.float32).ravel())
     full = np.asarray(t.column("vec_desc").to_pylist(), np.float32)
-    reg = np.asarray(t.column("vec_regions").to_pylist(), np.float32).reshape(len(full), VEC_REGIONS, VEC_DESC_DIM)
-    assert np.allclose(np.linalg.norm(full, axis=1), 1, atol=1e-2)  # real descriptors now, not the random ones
-    assert np.allclose(reg[:, -1], full, atol=1e-3)  # photos: the content box is the full frame
+    assert np.allclose(np.linalg.norm(full, axis=1), 1, atol=1e-2)  # float16 unit vectors, not the random ones
+    reg, _ = to_matrix(t.column("vec_regions"), unit=VEC_DESC_DIM)
+    reg = reg.reshape(len(full), VEC_REGIONS, VEC_DESC_DIM)
+    assert np.allclose(np.linalg.norm(reg, axis=2), 1, atol=1e-5)
+    assert not has_content_box(full, reg).any()  # photos: the content box is the full frame again
+    assert (np.sum(reg[:, -1] * full, axis=1) > 0.999).all()

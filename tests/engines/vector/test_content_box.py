@@ -101,3 +101,14 @@ def test_a_content_box_equal_to_the_full_frame_is_neither_indexed_nor_queried(co
     kept, qrow = content_queries_kept(q, rows, reg, full)
     assert len(kept) == len(q) - 1 and qrow.tolist().count(40) == qrow.tolist().count(41) - 1
     assert np.array_equal(kept[-1], reg[1, CONTENT_REGION]) and qrow[-1] == 41
+    # as a dataset stores them (full frame float16, regions int8) and the job reads them back
+    import pyarrow as pa
+
+    from engines.vector.dedup import has_content_box
+    from engines.vector.descriptor import to_int8
+    from engines.vector.index import to_matrix
+
+    d = full.shape[1]
+    col = pa.FixedSizeListArray.from_arrays(pa.array(to_int8(reg.reshape(-1, d)).ravel()), N_REGIONS * d)
+    back, _ = to_matrix(col, unit=d)
+    assert has_content_box(full.astype(np.float16).astype(np.float32), back.reshape(2, N_REGIONS, d)).tolist() == [False, True]

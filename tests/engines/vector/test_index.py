@@ -56,6 +56,33 @@ def test_bad_vectors_are_skipped_by_reason_and_wrong_dim_is_an_error():
         train_index(np.zeros((0, 3), np.float32), 10, IndexConfig())
 
 
+def test_int8_descriptors_read_back_as_unit_vectors_with_their_cosines():
+    """Descriptors are stored as int8 directions (``to_int8``: no scale kept) and read back
+    normalised, a region at a time; cosines stay within a few thousandths of float32's."""
+    from engines.vector.descriptor import to_int8
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 231)).astype(np.float32) * rng.uniform(0.1, 5, (300, 1)).astype(np.float32)
+    x[:150, :168] = np.abs(x[:150, :168])  # histogram cells are non-negative, as the descriptor's are
+    q = to_int8(x)
+    assert q.dtype == np.int8 and (np.abs(q.astype(np.int32)).max(axis=1) == 127).all()
+    col = pa.FixedSizeListArray.from_arrays(pa.array(q.ravel()), 231)
+    got, null = to_matrix(col)
+    assert not null.any() and np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-6)
+    ref = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.abs(got @ got.T - ref @ ref.T).max() < 5e-3
+    # two descriptors a row (as vec_regions holds 11): each normalised on its own, a null row zeros
+    two = pa.FixedSizeListArray.from_arrays(pa.array(to_int8(x[:20]).reshape(10, 462).ravel()), 462, mask=pa.array([False] * 9 + [True]))
+    parts, null = to_matrix(two, unit=231)
+    assert null.tolist() == [False] * 9 + [True] and not parts[9].any()
+    assert np.allclose(np.linalg.norm(parts[:9].reshape(18, 231), axis=1), 1, atol=1e-6)
+    whole, _ = to_matrix(two)  # without ``unit`` an integer row is one vector
+    assert np.allclose(np.linalg.norm(whole[:9], axis=1), 1, atol=1e-6)
+    assert to_int8(np.zeros((1, 4))).tolist() == [[0, 0, 0, 0]]  # a blank descriptor stays blank, no NaN
+    with pytest.raises(VectorError, match="do not split into vectors of 100"):
+        to_matrix(col, unit=100)
+
+
 def test_ivf_recall_against_exact_search(vectors):
     base, queries = vectors[:28_000], vectors[28_000:28_500]
     idx, kind, spec = train_index(base, len(base), IndexConfig(kind="ivfsq8", nprobe=16))
