@@ -158,29 +158,28 @@ class _ShardWorker:
 def _merge_shards(trained: str, shard_paths: list[str], out_path: str) -> int:
     """Ray task: the shards merged into one index file (on a worker: the driver never holds it).
 
-    An IVF index is merged list by list into on-disk inverted lists (``<out>.ivfdata``, FAISS's
-    ``merge_ondisk``: the shards are memory-mapped, nothing is held in memory): held in memory,
-    the merged lists made this task the job's largest process (12.7 GiB at 1M rows, 10x that at
-    10M). The query actors map the same file. A flat index (small data) is merged in memory."""
+    An IVF index is merged into on-disk inverted lists (``<out>.ivfdata``, memory-mapped, nothing
+    held: held in memory, the merged lists made this task the job's largest process, 12.7 GiB at
+    1M rows), each shard deleted once copied (``ondisk.merge_deleting``): the disk holds the
+    lists and one shard, not the lists twice (29 + 29 GB of 8-bit lists at 10M rows). Resumes
+    where a killed merge stopped. The query actors map the same file. A flat index (small data)
+    is merged in memory."""
     import faiss
-    from faiss.contrib.ondisk import merge_ondisk
 
     from engines.vector.index import empty_like, merge_shards
+    from engines.vector.ondisk import merge_deleting
 
-    index = empty_like(faiss.read_index(trained))
-    tmp = out_path + ".tmp"
+    index = faiss.read_index(trained)
     try:
         faiss.extract_index_ivf(index)
     except RuntimeError:  # flat
+        index = empty_like(index)
         for p in shard_paths:
             merge_shards(index, [faiss.read_index(p)])
-    else:
-        data = Path(out_path).with_suffix(".ivfdata")
-        data.unlink(missing_ok=True)  # from an interrupted merge
-        merge_ondisk(index, shard_paths, str(data))
-    faiss.write_index(index, tmp)
-    Path(tmp).replace(out_path)
-    return int(index.ntotal)
+        faiss.write_index(index, out_path + ".tmp")
+        Path(out_path + ".tmp").replace(out_path)
+        return int(index.ntotal)
+    return merge_deleting(index, shard_paths, out_path)
 
 
 TRAIN_READ_ROWS = 4096
@@ -301,6 +300,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     import ray
 
     from curation.runner import execute_units
+    from engines.vector.ondisk import merged_shards
 
     out = job.folder / "regions.faiss"
     if out.exists():
@@ -320,7 +320,8 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     trained = str(trained_path)
     shards = job.folder / "shards"
     shards.mkdir(exist_ok=True)
-    todo = [u for u in job.units if not (shards / f"unit-{u['unit']}.faiss").exists()]
+    merged = merged_shards(str(out))  # copied by a merge that was stopped, and deleted
+    todo = [u for u in job.units if not (shards / f"unit-{u['unit']}.faiss").exists() and f"unit-{u['unit']}.faiss" not in merged]
     execute_units(
         todo,
         _ShardWorker,
