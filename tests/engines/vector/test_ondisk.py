@@ -69,7 +69,10 @@ def test_merge_deleting_writes_faiss_merge_bytes_and_deletes_each_shard(tmp_path
     assert (i[:, 0] == np.arange(50) * 7).all()  # each row finds itself under its label
 
 
-def test_a_killed_merge_resumes_from_the_next_shard(tmp_path):
+def test_a_killed_merge_resumes_from_the_next_shard(tmp_path, monkeypatch):
+    import engines.vector.ondisk as ondisk
+
+    monkeypatch.setattr(ondisk, "COPY_BYTES", 32 * 10)  # 10 entries a copy: lists longer than a copy, copies of many lists
     trained, paths, x = _shards(tmp_path, "ivfsq8")
     ref = tmp_path / "ref.faiss"
     _reference(trained, paths, ref)
