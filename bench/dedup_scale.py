@@ -1,7 +1,7 @@
 """How the dedup job (`curate dedup`) scales: time, driver and worker memory, precision and recall.
 
     python bench/dedup_scale.py --rows 100000 300000 [1000000 ...] [--index-kind auto ivffp16 ivfsq8]
-                                [--out DIR] [--keep]
+                                [--out DIR] [--keep | --reuse | --build-only]
 
 For each size it builds a Lance dataset of that many rows, runs the real job as users do
 (``python -m cli dedup --dataset DS`` in a subprocess: Ray, the index, candidates, verification,
@@ -14,6 +14,9 @@ and ``recall`` (pairwise, against the planted groups), the job's own counters; t
 ``--index-kind`` (the candidate index's lists: float32, float16 or 8-bit codes), each size's
 dataset is built once and the job runs once per kind on it, back to back; each line gives
 ``index_kind`` and ``index_mib`` (the index on disk), and the growth exponent is per kind.
+``dataset_mib`` is the dataset as built, ``peak_disk_mib`` the most disk the job took at once
+(the file system's free space, sampled). A large dataset can be built once (``--build-only``
+or ``--keep``, with ``--out``) and measured later (``--reuse``: its build is not timed again).
 
 The data: descriptors are synthesised around real ones so that image decoding does not dominate
 (a real photo's descriptor plus noise large enough to make an unrelated "photo"), with planted
@@ -278,7 +281,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000])
     ap.add_argument("--real-groups", type=int, default=40, help="real COCO photos edited (7 rows each) to verify for real")
     ap.add_argument("--out", default=None, help="folder for the datasets (default: a temporary one)")
-    ap.add_argument("--keep", action="store_true", help="keep the datasets")
+    ap.add_argument("--keep", action="store_true", help="keep the datasets (and each one's true groups, ds-N.truth.npy)")
+    ap.add_argument("--reuse", action="store_true", help="run on a dataset kept by an earlier --keep run in --out instead of building it")
+    ap.add_argument("--build-only", action="store_true", help="build (and keep) the datasets, run no job")
     ap.add_argument(
         "--index-kind",
         nargs="+",
@@ -295,19 +300,27 @@ def main() -> None:
     print(json.dumps({"real_rows": len(real[0]), "describe_seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     results: dict[str, list[dict]] = {k: [] for k in a.index_kind}
     for n in a.rows:
-        uri = str(out / f"ds-{n}.lance")
-        shutil.rmtree(uri, ignore_errors=True)
-        t1 = time.perf_counter()
-        truth = build(uri, n, real)
-        build_s = round(time.perf_counter() - t1, 1)
-        ds_mib = round(sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()) / 2**20, 1)
+        uri, truth_file = str(out / f"ds-{n}.lance"), out / f"ds-{n}.truth.npy"
+        if a.reuse and truth_file.exists():
+            truth, build_s, ds_mib = np.load(truth_file), None, None  # built (and measured) by the earlier run
+        else:
+            shutil.rmtree(uri, ignore_errors=True)
+            t1 = time.perf_counter()
+            truth = build(uri, n, real)
+            build_s = round(time.perf_counter() - t1, 1)
+            ds_mib = round(sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()) / 2**20, 1)
+            if a.keep or a.build_only:
+                np.save(truth_file, truth)
+            print(json.dumps({"built": n, "seconds": build_s, "dataset_mib": ds_mib}), flush=True)
+        if a.build_only:
+            continue
         for kind in a.index_kind:
             res = measure(uri, n, truth, kind, out)
             res["build_dataset_seconds"] = build_s
             res["dataset_mib"] = ds_mib  # as built, before the job's columns: its disk per row
             results[kind].append(res)
             print(json.dumps(res), flush=True)
-        if not a.keep:
+        if not (a.keep or a.reuse):
             shutil.rmtree(uri, ignore_errors=True)
     for kind, rs in results.items():
         if len(rs) > 1:
