@@ -161,7 +161,7 @@ def _merge_shards(trained: str, shard_paths: list[str], out_path: str) -> int:
     An IVF index is merged into on-disk inverted lists (``<out>.ivfdata``, memory-mapped, nothing
     held: held in memory, the merged lists made this task the job's largest process, 12.7 GiB at
     1M rows), each shard deleted once copied (``ondisk.merge_deleting``): the disk holds the
-    lists and one shard, not the lists twice (29 + 29 GB of 8-bit lists at 10M rows). Resumes
+    lists and one shard, not the lists twice (~26 + 26 GB of 8-bit lists at 10M rows). Resumes
     where a killed merge stopped. The query actors map the same file. A flat index (small data)
     is merged in memory."""
     import faiss
