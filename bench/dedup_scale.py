@@ -211,8 +211,14 @@ def run_job(uri: str, interval: float = 0.25, config: Path | None = None) -> dic
     rss_by_task: dict[str, int] = {}
     workers: dict[int, dict] = {}  # pid -> {"tasks": [titles in order], "peak_private": bytes, "peak_task": title}
     free0 = min_free = shutil.disk_usage(uri).free  # the job's disk: its columns, index, shards, spills
+    at_peak: dict[str, int] = {}
+    last_walk = 0.0
     while proc.poll() is None:
-        min_free = min(min_free, shutil.disk_usage(uri).free)
+        free = shutil.disk_usage(uri).free
+        if free < min_free:
+            min_free = free
+            if time.perf_counter() - last_walk > 20:  # what holds it (a walk of the job's folders, at most every 20 s)
+                at_peak, last_walk = _disk_by_folder(uri), time.perf_counter()
         try:
             m = driver.memory_info()
             peak_driver, anon_driver = max(peak_driver, m.rss), max(anon_driver, m.rss - m.shared)
@@ -248,6 +254,7 @@ def run_job(uri: str, interval: float = 0.25, config: Path | None = None) -> dic
         "seconds": round(time.perf_counter() - t0, 1),
         "peak_rss_mib": {"driver": peak_driver >> 20, "largest_worker": peak_worker >> 20},
         "peak_disk_mib": (free0 - min_free) >> 20,  # the most disk the job took at once (sampled)
+        "disk_near_peak_mib": at_peak,  # by folder, at the last walk before the peak
         # RSS less file-backed pages (psutil's ``shared``): what a process holds itself; the rest is
         # memory-mapped files (the candidate index) that the kernel can drop and re-read
         "peak_private_mib": {"driver": anon_driver >> 20, "largest_worker": anon_worker >> 20},
@@ -258,6 +265,23 @@ def run_job(uri: str, interval: float = 0.25, config: Path | None = None) -> dic
         ],
         "log": out,
     }
+
+
+def _disk_by_folder(uri: str) -> dict[str, int]:
+    """MiB in each folder of the job's state (``_curation/vector/*``), the dataset's data and
+    versions, and Ray's session folder (spilled objects, logs)."""
+
+    def du(p: Path) -> int:
+        try:
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) >> 20 if p.is_dir() else p.stat().st_size >> 20
+        except OSError:  # a file removed while walked
+            return -1
+
+    vec = Path(uri, "_curation", "vector")
+    out = {f"vector/{p.name}": du(p) for p in (vec.iterdir() if vec.is_dir() else [])}
+    out = {k: v for k, v in out.items() if v}
+    out.update({"data": du(Path(uri, "data")), "ray": du(Path(tempfile.gettempdir(), "ray"))})
+    return out
 
 
 def pair_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -354,6 +378,7 @@ def measure(uri: str, n: int, truth: np.ndarray, kind: str, out: Path) -> dict:
         "index_mib": stats.get("index_mib"),
         "peak_rss_mib": job["peak_rss_mib"],
         "peak_disk_mib": job["peak_disk_mib"],
+        "disk_near_peak_mib": job["disk_near_peak_mib"],
         "peak_private_mib": job["peak_private_mib"],
         "peak_private_mib_by_task": job["peak_private_mib_by_task"],
         "peak_rss_mib_by_task": job["peak_rss_mib_by_task"],
