@@ -88,8 +88,10 @@ def shard_lists(path: str, header: int, nlist: int, code_size: int) -> tuple[np.
 
 def copy_shard(src: np.ndarray, sizes: np.ndarray, start: int, dst: np.ndarray, layout: dict[str, np.ndarray], code_size: int) -> None:
     """Copy a shard's lists into their places in the merged file ``dst`` (mapped): after the
-    entries of the shards before it (``layout["filled"]``, advanced here)."""
-    offsets, totals, filled = layout["offsets"], layout["totals"], layout["filled"]
+    entries of the shards before it (``layout["filled"]``, advanced here). Each list takes
+    ``totals x (code_size + 8)`` bytes, in list order (``set_all_lists_sizes``' layout)."""
+    totals, filled = layout["totals"], layout["filled"]
+    offsets = np.concatenate([[0], np.cumsum(totals * (code_size + 8))[:-1]]).astype(np.int64)
     lists = np.flatnonzero(sizes)
     n = sizes[lists]
     src_at = start + np.concatenate([[0], np.cumsum(n * (code_size + 8))[:-1]]).astype(np.int64)
@@ -108,7 +110,7 @@ def copy_shard(src: np.ndarray, sizes: np.ndarray, start: int, dst: np.ndarray, 
     filled[lists] += n
 
 
-def _lay_out(trained: Any, shard_paths: list[str], index_path: str, data_path: str, state: Path) -> dict[str, np.ndarray]:
+def _lay_out(trained: Any, shard_paths: list[str], data_path: str, state: Path) -> None:
     """The merged index file (its lists' places, no data yet) and the sparse data file it points
     to, from every shard's list sizes; the layout saved in ``state``."""
     import faiss
@@ -129,10 +131,7 @@ def _lay_out(trained: Any, shard_paths: list[str], index_path: str, data_path: s
     lists.this.disown()
     index.ntotal = ivf.ntotal = int(totals.sum())
     faiss.write_index(index, str(state / "index.faiss"))
-    offsets = np.concatenate([[0], np.cumsum(totals * (ivf.code_size + 8))[:-1]]).astype(np.int64)
-    layout = {"totals": totals, "offsets": offsets, "filled": np.zeros_like(totals)}
-    _save(state, layout, [], header)
-    return layout
+    _save(state, {"totals": totals, "filled": np.zeros_like(totals)}, [], header)
 
 
 def _save(state: Path, layout: dict[str, np.ndarray], merged: list[str], header: int) -> None:
@@ -154,7 +153,7 @@ def merge_deleting(trained: Any, shard_paths: list[str], index_path: str, on_sha
     if not (state / "merged.json").exists():
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
-        _lay_out(trained, shard_paths, index_path, data_path, state)
+        _lay_out(trained, shard_paths, data_path, state)
     got = json.loads((state / "merged.json").read_text())
     merged, header = got["merged"], got["header"]
     with np.load(state / "layout.npz") as z:
