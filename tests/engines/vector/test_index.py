@@ -326,3 +326,30 @@ def test_every_ivf_kind_gets_an_hnsw_quantiser_from_hnsw_lists_on():
         assert factory_string(kind, 231, 4000 * 256, cfg, 10**8) == f"IVF4000,{codes}"
         assert factory_string(kind, 231, 5000 * 256, cfg, 10**8) == f"IVF5000_HNSW32,{codes}"
     assert factory_string("ivfhnsw", 231, 4000 * 256, cfg, 10**8) == "IVF4000_HNSW32,SQ8"
+
+
+def test_three_levels_of_kmeans_give_k_unit_centroids_whose_lists_recall_like_two(vectors, monkeypatch):
+    """``nested_kmeans`` in three levels (each cluster split in proportion to its size) returns
+    exactly k unit centroids, the same twice for one seed, and an index whose lists come from them
+    finds neighbours as well as one whose lists come from two levels (the default before)."""
+    import engines.vector.index as vi
+    from engines.vector.index import nested_kmeans
+
+    base, queries = vectors[:28_000], vectors[28_000:28_500]
+    three = nested_kmeans(base, 500, 3, 10, 7, spherical=True)
+    assert three.shape == (500, base.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(three, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(three, nested_kmeans(base, 500, 3, 10, 7, spherical=True))
+    lopsided = np.concatenate([base[:27_000], base[27_000:27_050] * -1])  # a tiny far cluster: a share under 4
+    assert nested_kmeans(lopsided, 333, 3, 10, 7, spherical=True).shape == (333, base.shape[1])
+
+    _, exact = exact_knn(base, queries, 10)
+    monkeypatch.setattr(vi, "TWO_LEVEL_LISTS", 256)  # nested k-means from 256 lists, as from 1024 in the job
+    recalls = {}
+    for levels, three_from in ((2, 10**9), (3, 256)):
+        cfg = IndexConfig(kind="ivfsq8", nlist=512, nprobe=8, three_level_lists=three_from)
+        idx, _, spec = train_index(base, len(base), cfg)
+        assert spec.startswith("IVF512")
+        add_vectors(idx, base, np.arange(len(base)))
+        recalls[levels] = recall_at_k(search(idx, queries, 10)[1], exact, 10)
+    assert recalls[3] >= 0.9 and recalls[3] >= recalls[2] - 0.02, recalls
