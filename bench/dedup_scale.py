@@ -88,6 +88,28 @@ def _normed(x: np.ndarray, parts: int) -> np.ndarray:
     return y.reshape(len(x), -1)
 
 
+class DescriptorSampler:
+    """Vectors synthesised around real descriptors, for the benches of the index alone
+    (``bench/list_router.py``, ``bench/index_training.py``): the pool is every non-zero full-frame
+    and regional descriptor of ``n_groups`` coco-mini photos and their edits; ``sample`` gives
+    unrelated "photos" (a pool vector plus ``NOISE``), ``near`` noisy copies of given vectors."""
+
+    def __init__(self, n_groups: int = 20, seed: int = 0):
+        _, pf, pr = real_part(n_groups)
+        pool = np.concatenate([pf, pr.reshape(-1, VEC_DESC_DIM)])
+        self.pool = pool[np.linalg.norm(pool, axis=1) > 0]
+        self.rng = np.random.default_rng(seed)
+
+    def near(self, base: np.ndarray, noise: float) -> np.ndarray:
+        return _normed(_noisy(base, self.rng, noise), 1).astype(np.float32)
+
+    def sample(self, n: int, chunk: int = 1 << 18) -> np.ndarray:
+        out = np.empty((n, VEC_DESC_DIM), np.float32)
+        for s in range(0, n, chunk):  # chunks: bounded temporaries for millions of vectors
+            out[s : s + chunk] = self.near(self.pool[self.rng.integers(0, len(self.pool), min(chunk, n - s))], NOISE)
+        return out
+
+
 def synthetic_batch(start: int, m: int, pool_f: np.ndarray, pool_r: np.ndarray, rng, tiny: bytes) -> tuple[pa.Table, np.ndarray]:
     """``m`` synthetic rows from position ``start``: unrelated rows, 2% of them near-identical copies
     of an earlier row of the batch (groups of 2-5), 0.2% exact copies. Returns (table, group labels)."""

@@ -58,25 +58,12 @@ def main() -> None:
     args = ap.parse_args()
     faiss.omp_set_num_threads(args.threads)
     cfg = IndexConfig()
-    _, pf, pr = ds.real_part(20)
-    pool = np.concatenate([pf, pr.reshape(-1, VEC_DESC_DIM)])
-    pool = pool[np.linalg.norm(pool, axis=1) > 0]
-    rng = np.random.default_rng(0)
-
-    def noisy(base: np.ndarray, noise: float) -> np.ndarray:
-        return ds._normed(ds._noisy(base, rng, noise), 1).astype(np.float32)
-
-    def sample(n: int, chunk: int = 1 << 18) -> np.ndarray:  # unrelated "photos": real descriptors plus large noise
-        out = np.empty((n, VEC_DESC_DIM), np.float32)
-        for s in range(0, n, chunk):
-            out[s : s + chunk] = noisy(pool[rng.integers(0, len(pool), min(chunk, n - s))], ds.NOISE)
-        return out
-
-    held = sample(4000)
-    copies = [noisy(held, noise) for noise in (0.05, 0.2, 0.4)]
+    synth = ds.DescriptorSampler()
+    held = synth.sample(4000)
+    copies = [synth.near(held, noise) for noise in (0.05, 0.2, 0.4)]
     print(json.dumps({"machine": ds.machine(), "threads": args.threads, "dim": VEC_DESC_DIM, "kmeans_iter": cfg.kmeans_iter}), flush=True)
     for nlist in args.lists:
-        x = sample(41 * nlist)
+        x = synth.sample(41 * nlist)
         for levels in (2, 3):
             t = time.perf_counter()
             c = nested_kmeans(x, nlist, levels, cfg.kmeans_iter, cfg.seed, spherical=True)

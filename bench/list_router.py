@@ -41,22 +41,12 @@ def main() -> None:
     ap.add_argument("--lists", type=int, nargs="+", default=[14_000, 47_000, 141_000])
     ap.add_argument("--vectors", type=int, default=32_768)
     args = ap.parse_args()
-    _, pf, pr = ds.real_part(20)
-    pool = np.concatenate([pf, pr.reshape(-1, VEC_DESC_DIM)])
-    pool = pool[np.linalg.norm(pool, axis=1) > 0]
-    rng = np.random.default_rng(0)
-
-    def noisy(base: np.ndarray, noise: float) -> np.ndarray:
-        return ds._normed(ds._noisy(base, rng, noise), 1).astype(np.float32)
-
-    def sample(n: int) -> np.ndarray:  # unrelated "photos": real descriptors plus large noise
-        return noisy(pool[rng.integers(0, len(pool), n)], ds.NOISE)
-
-    x = sample(args.vectors)
-    copies = [noisy(x[:8000], noise) for noise in (0.05, 0.2, 0.4)]
+    synth = ds.DescriptorSampler()
+    x = synth.sample(args.vectors)
+    copies = [synth.near(x[:8000], noise) for noise in (0.05, 0.2, 0.4)]
     print(json.dumps({"machine": ds.machine(), "vectors": len(x), "dim": VEC_DESC_DIM}), flush=True)
     for nlist in args.lists:
-        c = sample(nlist)
+        c = synth.sample(nlist)
         scores = x[:2000] @ c.T
         exact = np.argmax(scores, axis=1)
         for levels, build in ((None, "top-down"), (None, "bottom-up"), (1, "top-down")):
