@@ -390,7 +390,18 @@ def cluster_pairs(x: np.ndarray, positions: np.ndarray, labels: np.ndarray, thre
     """Every pair of rows in the same cluster with cosine >= ``threshold`` (rows of ``x`` are unit
     vectors; ``positions`` are their row numbers in the dataset). A cluster is compared in tiles of
     ``block`` x ``block`` rows above the diagonal, so a 50k-row cluster never makes a 50k x 50k
-    matrix. Pairs come sorted by (i, j) with i < j, whatever the order of the input rows."""
+    matrix. Pairs come sorted by (i, j) with i < j, whatever the order of the input rows.
+
+    The products run on one BLAS thread: OpenBLAS's threaded sgemm sums in another order on some
+    CPUs (1 ulp apart in 6% of products on session 18's machine), and the job's pairs on Ray (one
+    thread a worker) must carry the similarities of the in-memory path to the bit."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _cluster_pairs(x, positions, labels, threshold, block)
+
+
+def _cluster_pairs(x: np.ndarray, positions: np.ndarray, labels: np.ndarray, threshold: float, block: int) -> Pairs:
     positions = np.asarray(positions, np.int64)
     labels = np.asarray(labels, np.int64)
     order = np.lexsort((positions, labels))  # by cluster, then by row: i < j within a cluster
