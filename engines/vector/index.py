@@ -315,7 +315,7 @@ def train_index(sample: np.ndarray, n_expected: int, cfg: IndexConfig) -> tuple[
         pick = training_subset(len(sample), n_expected, cfg)
         tr = np.ascontiguousarray(sample if pick is None else sample[pick], np.float32)
         if ivf.nlist >= TWO_LEVEL_LISTS:
-            _train_lists_two_level(ivf, tr, cfg)
+            _train_lists_nested(ivf, tr, cfg)
         index.train(tr)  # lists already set: trains only the codes (SQ/PQ) and the residuals
     _set_nprobe(index, cfg.nprobe)
     return index, kind, spec
@@ -324,7 +324,7 @@ def train_index(sample: np.ndarray, n_expected: int, cfg: IndexConfig) -> tuple[
 TWO_LEVEL_LISTS = 1024
 
 
-def _train_lists_two_level(ivf: Any, x: np.ndarray, cfg: IndexConfig) -> None:
+def _train_lists_nested(ivf: Any, x: np.ndarray, cfg: IndexConfig) -> None:
     """Coarse centroids by nested k-means (``nested_kmeans``: two levels, three from
     ``cfg.three_level_lists``). Spherical (unit centroids) for inner product, so HNSW / flat quantisers
     agree with cosine. Centroids are added to the quantiser single-threaded: a parallel HNSW
