@@ -160,8 +160,9 @@ def _merge_shards(trained: str, shard_paths: list[str], out_path: str) -> int:
 
     An IVF index is merged into on-disk inverted lists (``<out>.ivfdata``, memory-mapped, nothing
     held: held in memory, the merged lists made this task the job's largest process, 12.7 GiB at
-    1M rows), each shard deleted once copied (``ondisk.merge_deleting``): the disk holds the
-    lists and one shard, not the lists twice (~26 + 26 GB of 8-bit lists at 10M rows). Resumes
+    1M rows) a range of lists at a time, each shard cut short as its part of a range is copied
+    (``ondisk.merge_deleting``): the disk holds the lists and one range, not the lists twice
+    (~26 + 26 GB of 8-bit lists at 10M rows), and each byte is read and written once. Resumes
     where a killed merge stopped. The query actors map the same file. A flat index (small data)
     is merged in memory."""
     import faiss
@@ -300,10 +301,11 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     import ray
 
     from curation.runner import execute_units
-    from engines.vector.ondisk import merged_shards
 
     out = job.folder / "regions.faiss"
+    shards = job.folder / "shards"
     if out.exists():
+        shutil.rmtree(shards, ignore_errors=True)  # left by a job killed right after its merge
         return out
     trained_path, router_path = job.folder / "trained.faiss", job.folder / "router.npz"
     if not trained_path.exists():
@@ -318,10 +320,9 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         )
         console.print(f"dedup candidates: {what} ({time.perf_counter() - t:.0f} s on {threads} CPUs)")
     trained = str(trained_path)
-    shards = job.folder / "shards"
     shards.mkdir(exist_ok=True)
-    merged = merged_shards(str(out))  # copied by a merge that was stopped, and deleted
-    todo = [u for u in job.units if not (shards / f"unit-{u['unit']}.faiss").exists() and f"unit-{u['unit']}.faiss" not in merged]
+    # a merge cuts the shards short but deletes none before it ends: an existing file is done
+    todo = [u for u in job.units if not (shards / f"unit-{u['unit']}.faiss").exists()]
     execute_units(
         todo,
         _ShardWorker,

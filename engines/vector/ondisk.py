@@ -1,27 +1,37 @@
-"""IVF shards merged into one set of on-disk inverted lists, each shard deleted once copied.
+"""IVF shards merged into one set of on-disk inverted lists, a range of lists at a time.
 
 FAISS's ``merge_ondisk`` memory-maps every shard and copies them all at once, so the disk holds
-the shards and the merged lists together (8-bit lists: 2.6 + 2.6 GB at 1M rows, ~26 + 26 at 10M),
-the job's peak of disk.
+the shards and the merged lists together (8-bit lists: 2.6 + 2.6 GB at 1M rows, ~26 + 26 at 10M).
 Here the merged file (``<index>.ivfdata``, the layout FAISS's ``OnDiskInvertedLists`` reads:
 list after list, ``capacity x code_size`` code bytes then ``capacity`` int64 ids) is laid out
-first, as a sparse file, from every shard's list sizes; each shard is then copied into its place
-in every list and deleted, so the disk holds the merged lists plus one shard. The result is
-byte for byte what ``merge_ondisk`` writes (tests/engines/vector/test_ondisk.py).
+first, as a sparse file, from every shard's list sizes. Then it is written a range of lists at a
+time (``RANGE_BYTES``), last range first: the range is assembled in memory from the same range of
+every shard (a contiguous slice of each, as a shard's lists are in list order), written in one
+sequential write, and every shard is truncated to where that range began. The disk holds the
+lists plus one range; each byte is read once and written once. The result is byte for byte what
+``merge_ondisk`` writes (tests/engines/vector/test_ondisk.py).
+
+Why ranges and not shard after shard (sessions 17-18): a shard holds a few entries of every list,
+so copying it into the merged file touches every page of that file; once the file outgrows the
+page cache each shard re-reads and re-writes it nearly whole. At 10M rows (26 GB of 8-bit lists,
+200 shards, 24 GiB of memory) that merge ran at ~15 s a shard, ~50 min in all (session 19),
+where the 3M one (7.8 GB, in cache) took 47 s.
 
 A shard file is what ``index.write_shard`` writes: FAISS's serialisation of an IVF index whose
 inverted lists (``ArrayInvertedLists``) come last: ``ilar``, nlist, code size, ``full`` (every
 list's size) or ``sprs`` (list, size pairs), then each non-empty list's codes and ids in list
 order. That tail is read here with NumPy (a memory map, nothing held); its header is checked.
 
-Resumable: the layout (the final index file), the list totals and how far each list is filled
-are saved in ``<index>.merge/`` before the first copy and after each shard, so a killed merge
-goes on from the next shard (a shard is deleted only after its progress is saved; a shard
-copied but not yet recorded is copied again, to the same place)."""
+Resumable: the layout (the final index file), every shard's list sizes and where each range
+starts in each shard are saved in ``<index>.merge/`` before the first copy, and the next range
+to copy after each one, so a killed merge goes on from there (a range is written and synced
+before its record is saved and the shards are cut; a range written but not yet recorded is
+written again, from the shards, to the same place)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+RANGE_BYTES = 512 << 20
+"""Merged list bytes assembled in memory at once (``merge_deleting``): a range of lists."""
 COPY_BYTES = 64 << 20
 """Code bytes copied at a time: the gathered codes plus ~5 index arrays of 8 bytes an entry
 (~0.2 GB at 8-bit codes of 231 dimensions, ~0.1 GB at float32)."""
@@ -110,75 +122,128 @@ def copy_shard(src: np.ndarray, sizes: np.ndarray, start: int, dst: np.ndarray, 
     filled[lists] += n
 
 
-def _lay_out(trained: Any, shard_paths: list[str], data_path: str, state: Path) -> None:
+def range_bounds(totals: np.ndarray, entry_bytes: int, range_bytes: int) -> np.ndarray:
+    """List numbers cutting the merged lists into ranges of about ``range_bytes`` each (a list is
+    never split: one longer than ``range_bytes`` is a range of its own), ``0`` first, nlist last."""
+    ends, bounds = np.cumsum(totals * entry_bytes), [0]
+    while bounds[-1] < len(totals):
+        base = int(ends[bounds[-1] - 1]) if bounds[-1] else 0
+        bounds.append(max(bounds[-1] + 1, int(np.searchsorted(ends, base + range_bytes, side="right"))))
+    return np.array(bounds, np.int64)
+
+
+def _lay_out(trained: Any, shard_paths: list[str], data_path: str, state: Path, range_bytes: int) -> None:
     """The merged index file (its lists' places, no data yet) and the sparse data file it points
-    to, from every shard's list sizes; the layout saved in ``state``."""
+    to, from every shard's list sizes; saved in ``state``: the layout, every shard's sizes
+    (``sizes.npy``, shards x nlist, memory-mapped while merging) and where each range of lists
+    starts in each shard (``at``)."""
     import faiss
 
     from engines.vector.index import empty_like
 
     index = empty_like(trained)
     ivf = faiss.extract_index_ivf(index)
-    header = header_bytes(trained, state)
-    totals = np.zeros(ivf.nlist, np.int64)
-    for p in shard_paths:
-        totals += shard_lists(p, header, ivf.nlist, ivf.code_size)[1]
+    header, entry = header_bytes(trained, state), ivf.code_size + 8
+    sizes = np.lib.format.open_memmap(state / "sizes.npy", "w+", np.int64, (len(shard_paths), ivf.nlist))
+    starts = np.zeros(len(shard_paths), np.int64)
+    for s, p in enumerate(shard_paths):
+        _, sizes[s], starts[s] = shard_lists(p, header, ivf.nlist, ivf.code_size)
+    totals = sizes.sum(0) if len(shard_paths) else np.zeros(ivf.nlist, np.int64)
+    bounds = range_bounds(totals, entry, range_bytes)
+    at = np.zeros((len(shard_paths), len(bounds)), np.int64)
+    for s in range(len(shard_paths)):
+        at[s] = starts[s] + np.concatenate([[0], np.cumsum(sizes[s])])[bounds] * entry
+    sizes.flush()
+    del sizes
     lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, data_path)
-    sizes = totals.astype(np.uint64)
-    lists.set_all_lists_sizes(faiss.swig_ptr(sizes))
-    lists.update_totsize(int(totals.sum()) * (ivf.code_size + 8))  # a sparse file: blocks come as shards are copied
+    lists.set_all_lists_sizes(faiss.swig_ptr(totals.astype(np.uint64)))
+    lists.update_totsize(int(totals.sum()) * entry)  # a sparse file: blocks come as ranges are copied
     ivf.replace_invlists(lists, True)
     lists.this.disown()
     index.ntotal = ivf.ntotal = int(totals.sum())
     faiss.write_index(index, str(state / "index.faiss"))
-    _save(state, {"totals": totals, "filled": np.zeros_like(totals)}, [], header)
+    np.savez(state / "layout.npz", totals=totals, bounds=bounds, at=at)
+    _save(state, len(bounds) - 1)
 
 
-def _save(state: Path, layout: dict[str, np.ndarray], merged: list[str], header: int) -> None:
-    np.savez(state / "layout.tmp.npz", **layout)
-    (state / "layout.tmp.npz").replace(state / "layout.npz")
-    (state / "merged.tmp").write_text(json.dumps({"merged": merged, "header": header}))
+def _save(state: Path, next_range: int) -> None:
+    """Ranges ``>= next_range`` are copied (they go last to first)."""
+    (state / "merged.tmp").write_text(json.dumps({"format": 2, "next_range": next_range}))
     (state / "merged.tmp").replace(state / "merged.json")
 
 
-def merge_deleting(trained: Any, shard_paths: list[str], index_path: str, on_shard: Callable[[int], None] | None = None) -> int:
+def _copy_range(r: int, shard_paths: list[str], layout: dict[str, np.ndarray], sizes: np.ndarray, code_size: int) -> np.ndarray:
+    """Range ``r`` of the merged lists, assembled in memory from the same range of every shard
+    (a contiguous slice of each: a shard's lists are in list order)."""
+    totals, bounds, at = layout["totals"], layout["bounds"], layout["at"]
+    a, b = int(bounds[r]), int(bounds[r + 1])
+    buf = np.empty(int(totals[a:b].sum()) * (code_size + 8), np.uint8)
+    part = {"totals": totals[a:b], "filled": np.zeros(b - a, np.int64)}
+    for s, p in enumerate(shard_paths):
+        lo, hi = int(at[s, r]), int(at[s, r + 1])
+        if hi == lo:
+            continue
+        if Path(p).stat().st_size < hi:
+            raise ValueError(f"{p}: shorter than the lists the merge recorded for it (changed since the merge began?)")
+        src = np.memmap(p, np.uint8, mode="r", offset=lo, shape=(hi - lo,))
+        copy_shard(src, np.asarray(sizes[s, a:b]), 0, buf, part, code_size)
+        del src
+    if not np.array_equal(part["filled"], part["totals"]):
+        raise RuntimeError(f"lists {a}-{b}: the shards hold other sizes than the merge recorded")
+    return buf
+
+
+def _pwrite_all(fd: int, buf: np.ndarray, at: int) -> None:
+    view, done = memoryview(buf), 0
+    while done < len(view):  # one write may take less than asked (above 2 GiB on Linux)
+        done += os.pwrite(fd, view[done:], at + done)
+
+
+def merge_deleting(
+    trained: Any, shard_paths: list[str], index_path: str, on_range: Callable[[int], None] | None = None, range_bytes: int | None = None
+) -> int:
     """Merge IVF shards of ``trained`` into ``index_path`` with its lists in ``<index>.ivfdata``,
-    deleting each shard once copied (see the module doc); returns the vectors merged.
-    ``on_shard(i)``: called after the i-th shard is copied, saved and deleted (progress)."""
+    a range of lists at a time, last to first, each range's part of every shard cut off (the
+    shards truncated) once the range is written; the shards deleted at the end. Returns the
+    vectors merged. ``on_range(r)``: called after range ``r`` is written, saved and cut off.
+    ``range_bytes``: the merged bytes held in memory at once (``RANGE_BYTES``)."""
     import faiss
 
     ivf = faiss.extract_index_ivf(trained)
     data_path = str(Path(index_path).with_suffix(".ivfdata"))
     state = Path(index_path + ".merge")
+    if (state / "merged.json").exists() and json.loads((state / "merged.json").read_text()).get("format") != 2:
+        raise RuntimeError(
+            f"{state}: a merge begun by an older version (shard by shard, its shards deleted as it went) cannot be "
+            f"resumed; delete {state}, {data_path} and the shards folder to index again"
+        )
     if not (state / "merged.json").exists():
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
-        _lay_out(trained, shard_paths, data_path, state)
-    got = json.loads((state / "merged.json").read_text())
-    merged, header = got["merged"], got["header"]
+        _lay_out(trained, shard_paths, data_path, state, range_bytes or RANGE_BYTES)
     with np.load(state / "layout.npz") as z:
         layout = {k: z[k].copy() for k in z.files}
-    dst = np.memmap(data_path, np.uint8, mode="r+")
-    for i, p in enumerate(shard_paths):
-        name = Path(p).name
-        if name not in merged:
-            src, sizes, start = shard_lists(p, header, ivf.nlist, ivf.code_size)
-            copy_shard(src, sizes, start, dst, layout, ivf.code_size)
-            del src  # no msync: a killed process leaves its writes in the page cache, as FAISS's merge does
-            merged.append(name)
-            _save(state, layout, merged, header)
-        Path(p).unlink(missing_ok=True)
-        if on_shard is not None:
-            on_shard(i)
-    if not np.array_equal(layout["filled"], layout["totals"]):
-        raise RuntimeError(f"merge of {len(shard_paths)} shards left lists short of their sizes (state in {state})")
-    del dst
+    if len(layout["at"]) != len(shard_paths):
+        raise ValueError(f"{state}: the merge began with {len(layout['at'])} shards, not {len(shard_paths)}")
+    sizes = np.load(state / "sizes.npy", mmap_mode="r")
+    offsets = np.concatenate([[0], np.cumsum(layout["totals"] * (ivf.code_size + 8))]).astype(np.int64)
+    fd = os.open(data_path, os.O_RDWR)
+    try:
+        for r in reversed(range(json.loads((state / "merged.json").read_text())["next_range"])):
+            buf = _copy_range(r, shard_paths, layout, sizes, ivf.code_size)
+            _pwrite_all(fd, buf, int(offsets[layout["bounds"][r]]))
+            os.fsync(fd)  # on disk before the shards' copies are cut off
+            del buf
+            _save(state, r)
+            for s, p in enumerate(shard_paths):
+                os.truncate(p, min(int(layout["at"][s, r]), Path(p).stat().st_size))
+            if on_range is not None:
+                on_range(r)
+    finally:
+        os.close(fd)
+    del sizes
     (state / "index.faiss").replace(index_path)
+    for p in shard_paths:
+        Path(p).unlink(missing_ok=True)
     shutil.rmtree(state)
     return int(layout["totals"].sum())
-
-
-def merged_shards(index_path: str) -> set[str]:
-    """Names of the shard files an interrupted ``merge_deleting`` copied (and may have deleted)."""
-    f = Path(index_path + ".merge") / "merged.json"
-    return set(json.loads(f.read_text())["merged"]) if f.exists() else set()

@@ -1,5 +1,6 @@
-"""Shards merged into on-disk lists one at a time, each deleted once copied: the same bytes as
-FAISS's ``merge_ondisk`` (which holds every shard until the end), and a killed merge resumes."""
+"""Shards merged into on-disk lists a range of lists at a time, each shard cut short as its part
+of a range is copied: the same bytes as FAISS's ``merge_ondisk`` (which holds every shard until
+the end), and a killed merge resumes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from engines.vector.index import IndexConfig, add_vectors, empty_like, train_index, write_shard
-from engines.vector.ondisk import merge_deleting, merged_shards
+from engines.vector.ondisk import merge_deleting, range_bounds
 
 
 def _shards(tmp_path: Path, kind: str, n_shards: int = 4) -> tuple[object, list[str], np.ndarray]:
@@ -51,25 +52,50 @@ def _search(path: Path, q: np.ndarray):
     return index.ntotal, index.search(q, 10)
 
 
+def _entry_bytes(trained) -> int:
+    import faiss
+
+    return faiss.extract_index_ivf(trained).code_size + 8
+
+
+def _shard_bytes(paths: list[str]) -> int:
+    return sum(Path(p).stat().st_size for p in paths if Path(p).exists())
+
+
 @pytest.mark.parametrize("kind", ["ivfflat", "ivfsq8"])
-def test_merge_deleting_writes_faiss_merge_bytes_and_deletes_each_shard(tmp_path, kind):
+def test_merge_by_ranges_writes_faiss_merge_bytes_and_cuts_the_shards_as_it_goes(tmp_path, kind):
     trained, paths, x = _shards(tmp_path, kind)
     ref = tmp_path / "ref" / "regions.faiss"
     ref.parent.mkdir()
     _reference(trained, paths, ref)
     out = tmp_path / "job" / "regions.faiss"
     out.parent.mkdir()
-    left = []
-    n = merge_deleting(trained, paths, str(out), on_shard=lambda i: left.append(sum(Path(p).exists() for p in paths)))
-    assert n == 4500 and left == [3, 2, 1, 0]  # each shard gone once copied
+    before, seen = _shard_bytes(paths), []
+    n = merge_deleting(trained, paths, str(out), on_range=lambda r: seen.append((r, _shard_bytes(paths))), range_bytes=20_000)
+    assert n == 4500
+    ranges = [r for r, _ in seen]
+    assert len(ranges) >= 5 and ranges == sorted(ranges, reverse=True) and ranges[-1] == 0  # last range first
+    left = [b for _, b in seen]
+    assert before > left[0] and all(a > b for a, b in zip(left, left[1:]))  # each range cut off every shard
+    assert before - left[-1] == 4500 * _entry_bytes(trained)  # at the end only their headers were left
+    assert not any(Path(p).exists() for p in paths) and not Path(str(out) + ".merge").exists()
     assert out.with_suffix(".ivfdata").read_bytes() == ref.with_suffix(".ivfdata").read_bytes()
-    assert not Path(str(out) + ".merge").exists()
     (nt, (d, i)), (rnt, (rd, ri)) = _search(out, x[:50]), _search(ref, x[:50])
     assert nt == rnt == 4500 and np.array_equal(i, ri) and np.array_equal(d, rd)
     assert (i[:, 0] == np.arange(50) * 7).all()  # each row finds itself under its label
 
 
-def test_a_killed_merge_resumes_from_the_next_shard(tmp_path, monkeypatch):
+def test_ranges_cut_between_lists_of_about_the_asked_size():
+    totals = np.array([3, 0, 5, 1, 1, 20, 0, 2])
+    assert range_bounds(totals, 10, 40).tolist() == [0, 2, 3, 5, 6, 8]  # lists 2 (50 bytes) and 5 (200) alone
+    assert range_bounds(totals, 10, 10_000).tolist() == [0, 8]
+    assert range_bounds(np.zeros(4, np.int64), 10, 40).tolist() == [0, 4]
+    assert range_bounds(np.zeros(0, np.int64), 10, 40).tolist() == [0]
+
+
+def test_a_killed_merge_resumes_from_the_next_range(tmp_path, monkeypatch):
+    import json
+
     import engines.vector.ondisk as ondisk
 
     monkeypatch.setattr(ondisk, "COPY_BYTES", 32 * 10)  # 10 entries a copy: lists longer than a copy, copies of many lists
@@ -77,19 +103,31 @@ def test_a_killed_merge_resumes_from_the_next_shard(tmp_path, monkeypatch):
     ref = tmp_path / "ref.faiss"
     _reference(trained, paths, ref)
     out = tmp_path / "regions.faiss"
+    done = []
 
-    def killed(i: int) -> None:
-        if i == 1:
+    def killed(r: int) -> None:
+        done.append(r)
+        if len(done) == 2:
             raise KeyboardInterrupt
 
+    before = _shard_bytes(paths)
     with pytest.raises(KeyboardInterrupt):
-        merge_deleting(trained, paths, str(out), on_shard=killed)
-    assert merged_shards(str(out)) == {"unit-0.faiss", "unit-1.faiss"}
-    assert [Path(p).exists() for p in paths] == [False, False, True, True]
+        merge_deleting(trained, paths, str(out), on_range=killed, range_bytes=20_000)
+    assert json.loads((tmp_path / "regions.faiss.merge" / "merged.json").read_text())["next_range"] == done[-1]
+    assert all(Path(p).exists() for p in paths) and _shard_bytes(paths) < before  # cut short, none deleted
     assert not out.exists()  # no index file before every list is filled
-    assert merge_deleting(trained, paths, str(out)) == 4500
+    assert merge_deleting(trained, paths, str(out), range_bytes=1 << 30) == 4500  # the saved ranges, not this size
     assert out.with_suffix(".ivfdata").read_bytes() == ref.with_suffix(".ivfdata").read_bytes()
-    assert merged_shards(str(out)) == set()
+    assert not any(Path(p).exists() for p in paths)
+
+
+def test_a_merge_begun_shard_by_shard_is_refused_with_the_fix(tmp_path):
+    trained, paths, _ = _shards(tmp_path, "ivfsq8")
+    state = tmp_path / "regions.faiss.merge"
+    state.mkdir()
+    (state / "merged.json").write_text('{"merged": ["unit-0.faiss"], "header": 100}')  # session 18's format
+    with pytest.raises(RuntimeError, match="cannot be resumed; delete"):
+        merge_deleting(trained, paths, str(tmp_path / "regions.faiss"))
 
 
 def test_a_shard_of_another_index_is_refused_by_name(tmp_path):
