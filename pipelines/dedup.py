@@ -86,6 +86,13 @@ class DedupConfig(BaseModel):
         description="custom Ray resources the actors of a phase require, e.g. {candidates: {bigmem: 1}} "
         "puts the candidate search on nodes started with --resources '{\"bigmem\": 1}' (placement only: the same groups)",
     )
+    scan_pass_bytes: Optional[int] = Field(
+        None,
+        ge=1,
+        description="candidate lists scanned per pass of the candidate phase (default a third of the node's memory): "
+        "lists larger than this are searched range by range, each range staying in the page cache while every "
+        "unit scans it (the same pairs for any value; more passes re-route the queries)",
+    )
     dry_run: bool = Field(False, description="report the curve and groups, commit nothing")
 
     @field_validator("index", mode="before")
@@ -233,7 +240,7 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     ids = ds.to_table(columns=["id"]).column("id")
     notes: list[str] = []
     stats: dict[str, Any] = {"rows": n}
-    job = NearJob(store, ds, cfg.near, cfg.index, cfg.rows_per_unit, _config_key(cfg), cfg.resources)
+    job = NearJob(store, ds, cfg.near, cfg.index, cfg.rows_per_unit, _config_key(cfg), cfg.resources, cfg.scan_pass_bytes)
     t0 = time.perf_counter()
     first, later = exact_pairs_on_ray(job, show_progress)
     pairs = Pairs.of(first, later, np.ones(len(later)), "exact")

@@ -61,8 +61,19 @@ SLOTS = 1 + N_REGIONS  # full frame + 10 regions + the content box per row
 class NearJob:
     """Where one dedup run keeps its state, and the units it splits the dataset into."""
 
-    def __init__(self, store, ds, cfg: NearDupConfig, index_cfg: IndexConfig, rows_per_unit: int, key: str, resources: dict | None = None):
+    def __init__(
+        self,
+        store,
+        ds,
+        cfg: NearDupConfig,
+        index_cfg: IndexConfig,
+        rows_per_unit: int,
+        key: str,
+        resources: dict | None = None,
+        scan_pass_bytes: int | None = None,
+    ):
         self.store, self.ds, self.cfg, self.index_cfg = store, ds, cfg, index_cfg
+        self.scan_pass_bytes = scan_pass_bytes  # candidate lists scanned per pass (None: a third of memory)
         self.resources = resources or {}  # phase -> custom Ray resources its actors require
         self.folder = Path(store.state_dir) / "vector" / f"dedup-v{ds.version}-{key}"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -378,6 +389,8 @@ class _CandidateWorker:
         nprobe: int,
         use_gpu: bool | None,
         router: str | None = None,
+        lists: tuple[int, int] | None = None,
+        part_dir: str | None = None,
     ):
         from engines.vector.index import ListRouter, list_major_ok, maybe_gpu
 
@@ -390,32 +403,34 @@ class _CandidateWorker:
         self.list_major = list_major_ok(self.index)
         self.router = ListRouter.load(Path(router)) if router and self.list_major else None
         self.edges_uri, self.cfg, self.nprobe = edges_uri, NearDupConfig(**cfg), nprobe
+        self.lists, self.part_dir = (tuple(lists) if lists else None), part_dir
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.part_dir:  # one pass of several: each row's best owners in this pass's lists
+            units = batch.to_pylist()
+            for unit in units:
+                _save_part(Path(self.part_dir) / f"unit-{unit['unit']}.npz", self.hits(unit))
+            return pa.table({"unit": [u["unit"] for u in units]})
         out: dict[str, list] = {"unit": [], "fragments": [], "edges": []}
         for unit in batch.to_pylist():
-            edges = self.edges(unit)
-            frags = self.write(edges)
+            edges = edge_table(*self.hits(unit)[:3])
+            frags = _write_edges(edges, self.edges_uri)
             out["unit"].append(unit["unit"])
             out["fragments"].append(json.dumps([f.to_json() for f in frags]))
             out["edges"].append(edges.num_rows)
         return pa.table(out)
 
-    def edges(self, unit: dict) -> pa.Table:
-        """The unit's candidate pairs, searched in blocks of rows: the hits of one block (10 queries
-        x ~190 neighbours per row) are reduced to k rows each before the next block is searched."""
-        from engines.vector.graph import symmetric_edges
-
+    def hits(self, unit: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The unit's rows' k best other rows (row, owner, similarity, from the centre quota),
+        searched in blocks of rows: the hits of one block (10 queries x ~190 neighbours per row)
+        are reduced to k rows each before the next block is searched."""
         full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
         pos = np.flatnonzero(valid)
         blocks = [p for p in np.array_split(pos, max(1, len(pos) // self._block_rows())) if len(p)]
         parts = [self._block(full[p], reg[p], unit["label_start"] + p) for p in blocks]
-        a, b, w = (
-            symmetric_edges(*(np.concatenate(x) for x in zip(*parts)))
-            if parts
-            else (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
-        )
-        return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32)}, schema=EDGE_SCHEMA)
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
+        return tuple(np.concatenate(x) for x in zip(*parts))
 
     def _block_rows(self) -> int:
         """Rows searched together: enough that each probed list meets ~32 queries of the block.
@@ -439,7 +454,7 @@ class _CandidateWorker:
         """Each row's candidates from one block's queries: an IVF index on the CPU (float32,
         float16 or 8-bit lists: ``list_major_ok``) is scanned list by list (``search_above``: every
         hit >= ``min_candidate_sim``), others (flat, GPU) by FAISS's own k-nearest search."""
-        from engines.vector.dedup import candidate_queries, content_queries_kept, split_top_owners
+        from engines.vector.dedup import candidate_queries, content_queries_kept, split_top_owners_flagged
         from engines.vector.index import search, search_above
 
         k, min_sim = self.cfg.k, self.cfg.min_candidate_sim
@@ -447,7 +462,7 @@ class _CandidateWorker:
         queries = candidate_queries(full, self.cfg.dihedral, reg[:, list(CENTRE_REGIONS)])
         queries, query_row = content_queries_kept(queries, rows, reg, full)
         if self.list_major:
-            qi, nn, sims = search_above(self.index, queries, min_sim, nprobe=self.nprobe, per_list=kk, router=self.router)
+            qi, nn, sims = search_above(self.index, queries, min_sim, nprobe=self.nprobe, per_list=kk, router=self.router, lists=self.lists)
             o = np.argsort(qi, kind="stable")  # by query: the full-frame queries' hits first
             qi, nn, sims = qi[o], nn[o], sims[o]
             q = query_row[qi]
@@ -457,14 +472,56 @@ class _CandidateWorker:
             sims, nn, q = sims.ravel(), nn.ravel(), np.repeat(query_row, kk)
             n_full = (8 if self.cfg.dihedral else 1) * len(rows) * kk
         owner = np.where(nn >= 0, nn // SLOTS, -1)
-        return split_top_owners(q, owner, nn % SLOTS, sims, n_full, k, self.cfg.k_centre, min_sim)
+        return split_top_owners_flagged(q, owner, nn % SLOTS, sims, n_full, k, self.cfg.k_centre, min_sim)
 
-    def write(self, edges: pa.Table) -> list:
-        from lance.fragment import write_fragments
 
-        if not edges.num_rows:
-            return []
-        return write_fragments(edges, self.edges_uri, schema=EDGE_SCHEMA, max_rows_per_file=1 << 24)
+def edge_table(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> pa.Table:
+    """Each row's best owners as the candidate edge table's rows: every pair once (i < j)."""
+    from engines.vector.graph import symmetric_edges
+
+    a, b, w = symmetric_edges(a, b, w) if len(a) else (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
+    return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32)}, schema=EDGE_SCHEMA)
+
+
+def _write_edges(edges: pa.Table, uri: str) -> list:
+    from lance.fragment import write_fragments
+
+    if not edges.num_rows:
+        return []
+    return write_fragments(edges, uri, schema=EDGE_SCHEMA, max_rows_per_file=1 << 24)
+
+
+def _save_part(path: Path, hits: tuple[np.ndarray, ...]) -> None:
+    """One pass's hits of a unit; the file's existence is the pass's checkpoint for the unit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "wb") as f:
+        np.savez(f, q=hits[0], o=hits[1], v=hits[2], c=hits[3])
+    path.with_suffix(".tmp").replace(path)
+
+
+class _PassMerger:
+    """Ray actor: per unit, its rows' best owners over every pass (``top_owners_of_parts``),
+    written as the unit's candidate edges, as one pass over all lists would have written them."""
+
+    def __init__(self, parts: list[str], edges_uri: str, cfg: dict):
+        self.parts, self.edges_uri, self.cfg = parts, edges_uri, NearDupConfig(**cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from engines.vector.dedup import top_owners_of_parts
+
+        out: dict[str, list] = {"unit": [], "fragments": [], "edges": []}
+        for unit in batch.to_pylist():
+            got = []
+            for d in self.parts:
+                with np.load(Path(d) / f"unit-{unit['unit']}.npz") as z:
+                    got.append([z[k] for k in "qovc"])
+            q, o, v, c = (np.concatenate(x) for x in zip(*got))
+            edges = edge_table(*top_owners_of_parts(q, o, v, c, self.cfg.k, self.cfg.k_centre, self.cfg.min_candidate_sim))
+            frags = _write_edges(edges, self.edges_uri)
+            out["unit"].append(unit["unit"])
+            out["fragments"].append(json.dumps([f.to_json() for f in frags]))
+            out["edges"].append(edges.num_rows)
+        return pa.table(out)
 
 
 def _actor_memory(index_path: Path, rows_per_unit: int) -> int:
@@ -532,30 +589,100 @@ def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:
         job.save("candidates", row["unit"], rec)
         done[row["unit"]] = rec
 
-    execute_units(
-        todo,
-        _CandidateWorker,
-        {
-            "store": job.store,
-            "version": job.ds.version,
-            "index_path": str(index_path),
-            "edges_uri": staging,
-            "cfg": job.cfg.model_dump(),
-            "nprobe": job.index_cfg.nprobe,
-            "use_gpu": job.index_cfg.use_gpu,
-            "router": _router_file(job),
-        },
-        ray_options=job.ray_options("candidates", memory=_actor_memory(index_path, job.largest_unit)),
-        on_result=on_result,
-        description="dedup: candidate pairs (units)",
-        show_progress=show_progress,
-    )
+    args = {
+        "store": job.store,
+        "version": job.ds.version,
+        "index_path": str(index_path),
+        "edges_uri": staging,
+        "cfg": job.cfg.model_dump(),
+        "nprobe": job.index_cfg.nprobe,
+        "use_gpu": job.index_cfg.use_gpu,
+        "router": _router_file(job),
+    }
+    opts = job.ray_options("candidates", memory=_actor_memory(index_path, job.largest_unit))
+    bounds = _scan_passes(index_path, job.scan_pass_bytes, job.index_cfg.use_gpu) if todo else [0, 0]
+    if len(bounds) <= 2:  # the lists fit the page cache: one pass, edges straight from it
+        execute_units(
+            todo,
+            _CandidateWorker,
+            args,
+            ray_options=opts,
+            on_result=on_result,
+            description="dedup: candidate pairs (units)",
+            show_progress=show_progress,
+        )
+    else:
+        parts = _candidate_passes(job, todo, bounds, args, opts, show_progress)
+        execute_units(
+            todo,
+            _PassMerger,
+            {"parts": parts, "edges_uri": staging, "cfg": job.cfg.model_dump()},
+            ray_options=job.ray_options("candidates", memory=_descriptor_bytes(job.largest_unit)),
+            on_result=on_result,
+            description="dedup: candidate pairs (passes merged, units)",
+            show_progress=show_progress,
+        )
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in job.units for f in done[u["unit"]]["fragments"]]
     lance.LanceDataset.commit(staging, LanceOperation.Overwrite(EDGE_SCHEMA, frags))
     if Path(uri).exists():
         shutil.rmtree(uri)
     Path(staging).rename(uri)
+    shutil.rmtree(job.folder / "candidates.passes", ignore_errors=True)
     return uri
+
+
+def _candidate_passes(job: NearJob, todo: list[dict], bounds: list[int], args: dict, opts: dict, show_progress: bool) -> list[str]:
+    """Every unit searched once per range of lists, range after range; each unit's hits of a pass
+    kept in ``candidates.passes/pass-R/unit-U.npz`` (resumable per pass and unit).
+
+    Why: a unit's queries probe nearly every list (at 10M rows, 470k lists, a 50k-row unit makes
+    4M probes), so each unit reads the whole lists file; once the file outgrows the page cache
+    (26 GB of 8-bit lists at 10M rows on 24 GiB) every unit reads it from disk again: ~5 TB for
+    200 units. Range by range, each range is read once while every unit scans it. The cost: each
+    pass reads the unit's descriptors and routes its queries again."""
+    from curation.runner import execute_units
+
+    parts = []
+    for r in range(len(bounds) - 1):
+        part = job.folder / "candidates.passes" / f"pass-{r}"
+        parts.append(str(part))
+        left = [u for u in todo if not (part / f"unit-{u['unit']}.npz").exists()]
+        execute_units(
+            left,
+            _CandidateWorker,
+            {**args, "lists": (bounds[r], bounds[r + 1]), "part_dir": str(part)},
+            ray_options=opts,
+            on_result=lambda row: None,  # the unit's file is its checkpoint
+            description=f"dedup: candidate pairs, lists {bounds[r]:,}-{bounds[r + 1]:,} (pass {r + 1} of {len(bounds) - 1}, units)",
+            show_progress=show_progress,
+        )
+    return parts
+
+
+def _scan_passes(index_path: Path, pass_bytes: int | None, use_gpu: bool | None) -> list[int]:
+    """List numbers cutting the candidate index's lists into passes of at most ``pass_bytes``
+    (default a third of this node's memory); ``[0, nlist]`` when one pass holds them all, or
+    the index is not scanned list by list. Read in a Ray task: the driver never loads the index."""
+    import psutil
+    import ray
+
+    budget = pass_bytes or psutil.virtual_memory().total // 3
+    return ray.get(ray.remote(num_cpus=1)(_list_bounds).remote(str(index_path), int(budget), use_gpu))
+
+
+def _list_bounds(index_path: str, budget: int, use_gpu: bool | None) -> list[int]:
+    import faiss
+
+    from engines.vector.index import list_major_ok
+    from engines.vector.ondisk import range_bounds
+
+    index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP_IFC)
+    on_gpu = use_gpu is not False and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0  # as maybe_gpu decides
+    if on_gpu or not list_major_ok(index):  # searched by FAISS, not list by list
+        return [0, 0]
+    ivf = faiss.extract_index_ivf(index)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], np.int64)
+    return range_bounds(sizes, ivf.code_size + 8, budget).tolist()
 
 
 # --- 3. accepted pairs ------------------------------------------------------------------------------

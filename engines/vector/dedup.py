@@ -212,12 +212,34 @@ def split_top_owners(
     full-frame top ``k`` fills up with other screenshots, and its centre matches other
     screenshots' centres too; the photo it shows is found as a whole frame from its middle, in a
     quota of its own. A pair can come back from both quotas; ``symmetric_edges`` keeps it once."""
+    return split_top_owners_flagged(q, owner, slot, sim, n_full, k, k_centre, min_sim)[:3]
+
+
+def split_top_owners_flagged(
+    q: np.ndarray, owner: np.ndarray, slot: np.ndarray, sim: np.ndarray, n_full: int, k: int, k_centre: int, min_sim: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``split_top_owners`` with a fourth array: which of its pairs came from the centre quota."""
     a = top_owners(q[:n_full], owner[:n_full], sim[:n_full], k, min_sim)
     if k_centre <= 0 or n_full >= len(q):
-        return a
+        return (*a, np.zeros(len(a[0]), bool))
     c = slice(n_full, None)
     whole = (slot[c] == 0) | (slot[c] == CONTENT_SLOT)
     b = top_owners(q[c], np.where(whole, owner[c], -1), sim[c], k_centre, min_sim)
+    return (*(np.concatenate([x, y]) for x, y in zip(a, b)), np.arange(len(a[0]) + len(b[0])) >= len(a[0]))
+
+
+def top_owners_of_parts(
+    q: np.ndarray, owner: np.ndarray, sim: np.ndarray, centre: np.ndarray, k: int, k_centre: int, min_sim: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``split_top_owners`` of all hits, from its results over parts of the hits (the candidate
+    phase's passes, each over a range of lists), concatenated with their ``centre`` flags.
+
+    Why it is the same: a row's top ``k`` owners rank by (similarity down, owner up), one total
+    order; an owner in the top ``k`` of all hits is in the top ``k`` of the part holding its best
+    hit, as every owner ranked above it there is ranked above it overall. So the top ``k`` of the
+    parts' top ``k`` is the top ``k`` of all, quota by quota."""
+    a = top_owners(q[~centre], owner[~centre], sim[~centre], k, min_sim)
+    b = top_owners(q[centre], owner[centre], sim[centre], k_centre, min_sim)
     return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
 
 

@@ -831,7 +831,14 @@ def _list_products(ivf: Any) -> Callable[[int, int, np.ndarray], np.ndarray]:
 
 
 def search_above(
-    index: Any, queries: np.ndarray, min_sim: float, *, nprobe: int, per_list: int, router: ListRouter | None = None
+    index: Any,
+    queries: np.ndarray,
+    min_sim: float,
+    *,
+    nprobe: int,
+    per_list: int,
+    router: ListRouter | None = None,
+    lists: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every hit with inner product >= ``min_sim`` among each query's ``nprobe`` lists (at most
     ``per_list`` per query and list, the best), as flat arrays (query index, label, similarity).
@@ -841,7 +848,8 @@ def search_above(
     the block's queries by list turns each list into one matrix product (queries of that list x
     its vectors, BLAS), and a similarity threshold replaces the heap; IVF-Flat lists are read in
     place (a memory-mapped index is not copied), scalar codes multiplied without decoding
-    (``_list_products``).
+    (``_list_products``). ``lists=(a, b)``: only the probes of lists ``a`` to ``b - 1`` are
+    scanned (one pass of several over lists larger than memory).
     Same lists (the index's own quantiser), the products FAISS computes (exact float32 ones for
     IVF-Flat): the hits >= ``min_sim`` that ``search`` returns are among these."""
     import faiss
@@ -850,9 +858,11 @@ def search_above(
     _set_nprobe(index, nprobe)  # the quantiser's efSearch, as ``search`` would use it
     q = np.ascontiguousarray(queries, np.float32)
     probe = router.route(q, nprobe) if router is not None else ivf.quantizer.search(q, nprobe)[1]
-    qi = np.repeat(np.arange(len(q)), nprobe)
+    qi, lists_range = np.repeat(np.arange(len(q)), nprobe), lists
     lists = probe.ravel()
     keep = lists >= 0
+    if lists_range is not None:
+        keep &= (lists >= lists_range[0]) & (lists < lists_range[1])
     qi, lists = qi[keep], lists[keep]
     order = np.argsort(lists, kind="stable")
     qi, lists = qi[order], lists[order]

@@ -361,26 +361,36 @@ def test_semantic_pairs_come_from_the_knn_graph_which_is_rebuilt_when_too_small_
     assert res2["stats"]["semantic_pairs"] == 0
 
 
-def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray_session, coco_dir, tmp_path):
+def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray_session, coco_dir, tmp_path, monkeypatch):
     """Above ``flat_max`` the candidate index is IVF-Flat, scanned list by list by the candidate
     actors (``search_above``); with every list probed, the groups equal those of the exact index.
     So do they with the lists held as float16 or 8-bit codes (``ivffp16``, ``ivfsq8``), whose
-    on-disk lists are a half and a quarter of the float32 ones."""
+    on-disk lists are a half and a quarter of the float32 ones. And with lists larger than a pass
+    of the candidate phase (``scan_pass_bytes``), searched range by range: the same edges."""
     from engines.vector.index import IndexConfig
 
-    rows = coco_rows(coco_dir, limit=24)
-    for g, r in enumerate(list(rows[:8])):
-        for kind in ("crop", "mirror", "rotate"):
-            rows.append(sample_row(make_variant(r["image"], kind, g), "edits", f"{g}-{kind}"))
-    store = Store(str(tmp_path / "ivf.lance"))
-    lance.write_dataset(samples_table(rows), store.uri, max_rows_per_file=12)
-    run_stage(store, VisualStage(), show_progress=False)  # a dry run computes no descriptors
+    store = _edited_store(coco_dir, tmp_path / "ivf.lance")
     exact = find_duplicates(store, DedupConfig(rows_per_unit=12, dry_run=True), show_progress=False)
     ivf_cfg = DedupConfig(rows_per_unit=12, dry_run=True, index=IndexConfig(kind="ivfflat", nlist=8, nprobe=8))
     ivf = find_duplicates(store, ivf_cfg, show_progress=False)
     assert exact["stats"]["desc_candidates"] == ivf["stats"]["desc_candidates"] > 0
     assert ivf["plan"].column("dup_group").to_pylist() == exact["plan"].column("dup_group").to_pylist()
     assert sum(g is not None for g in ivf["plan"].column("dup_group").to_pylist()) == 32
+    # lists larger than a pass (``scan_pass_bytes``): searched range by range, the same candidates
+    import pipelines.dedup_candidates as dc
+
+    state, by = Path(ivf["state"]), [("i", "ascending"), ("j", "ascending")]
+    one_pass = lance.dataset(str(state / "candidates.lance")).to_table().sort_by(by)
+    shutil.rmtree(state / "candidates.lance")
+    shutil.rmtree(state / "candidates")  # the phase's checkpoints: it runs again
+    seen, real = [], dc._candidate_passes
+    monkeypatch.setattr(dc, "_candidate_passes", lambda job, todo, bounds, *a: (seen.append(bounds), real(job, todo, bounds, *a))[1])
+    passes = find_duplicates(store, ivf_cfg.model_copy(update={"scan_pass_bytes": 100_000}), show_progress=False)
+    assert Path(passes["state"]) == state  # placement only: the same job state folder
+    assert len(seen) == 1 and len(seen[0]) >= 4 and seen[0][-1] == 8  # 3+ ranges of the 8 lists
+    assert one_pass.num_rows > 32 and lance.dataset(str(state / "candidates.lance")).to_table().sort_by(by).equals(one_pass)
+    assert passes["plan"].column("dup_group").to_pylist() == exact["plan"].column("dup_group").to_pylist()
+    assert not (state / "candidates.passes").exists()
     lists = Path(ivf["state"]) / "regions.ivfdata"
     for kind, share in (("ivffp16", 0.5), ("ivfsq8", 0.25)):
         coded = find_duplicates(
@@ -389,6 +399,71 @@ def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray
         assert coded["plan"].column("dup_group").to_pylist() == exact["plan"].column("dup_group").to_pylist(), kind
         size = (Path(coded["state"]) / "regions.ivfdata").stat().st_size
         assert size < (share + 0.05) * lists.stat().st_size, (kind, size)
+
+
+def _edited_store(coco_dir, path: Path) -> Store:
+    """24 photos and 3 edits (crop, mirror, turn) of 8 of them, with their descriptors."""
+    rows = coco_rows(coco_dir, limit=24)
+    for g, r in enumerate(list(rows[:8])):
+        for kind in ("crop", "mirror", "rotate"):
+            rows.append(sample_row(make_variant(r["image"], kind, g), "edits", f"{g}-{kind}"))
+    store = Store(str(path))
+    lance.write_dataset(samples_table(rows), store.uri, max_rows_per_file=12)
+    run_stage(store, VisualStage(), show_progress=False)  # a dry run computes no descriptors
+    return store
+
+
+def test_candidate_passes_killed_resume_the_missing_units_only(ray_session, coco_dir, tmp_path, monkeypatch):
+    """A dedup killed in the second pass of its candidate phase (lists larger than a pass), re-run,
+    searches only that pass's missing units and the passes after it, and finds the same pairs."""
+    import curation.runner as runner
+    from engines.vector.index import IndexConfig
+
+    store = _edited_store(coco_dir, tmp_path / "passes.lance")
+    cfg = DedupConfig(rows_per_unit=12, dry_run=True, index=IndexConfig(kind="ivfsq8", nlist=8, nprobe=8), scan_pass_bytes=30_000)
+    real, calls = runner.execute_units, []
+
+    def dies_in_pass_2(units, *a, on_result, description, **kw):
+        calls.append((description.split("(")[-1].split(",")[0], len(units)))
+        if "pass 2 of" not in description:
+            return real(units, *a, on_result=on_result, description=description, **kw)
+
+        def once(row):
+            on_result(row)
+            raise KeyboardInterrupt("killed")
+
+        return real(units, *a, on_result=once, description=description, **kw)
+
+    monkeypatch.setattr(runner, "execute_units", dies_in_pass_2)
+    with pytest.raises(KeyboardInterrupt):
+        find_duplicates(store, cfg, show_progress=False)
+    assert [n for d, n in calls if d.startswith("pass")] == [4, 4]
+    # how far pass 2 got depends on the actors' timing (here often every unit): units 1 and 3
+    # made missing, as a kill before they finished leaves them
+    for f in (Path(store.state_dir) / "vector").glob("dedup-*/candidates.passes/pass-1/unit-[13].npz"):
+        f.unlink()
+    left = 4 - len(list((Path(store.state_dir) / "vector").glob("dedup-*/candidates.passes/pass-1/unit-*.npz")))
+    assert 2 <= left <= 4
+    calls.clear()
+    monkeypatch.setattr(
+        runner,
+        "execute_units",
+        lambda units, *a, description, **kw: (calls.append((description, len(units))), real(units, *a, description=description, **kw))[1],
+    )
+    got = find_duplicates(store, cfg, show_progress=False)
+    passes = [n for d, n in calls if "(pass" in d]
+    assert len(passes) >= 3 and passes[:2] == [0, left] and set(passes[2:]) == {4}  # pass 1 done, then what pass 2 missed
+    assert [n for d, n in calls if "passes merged" in d] == [4]
+    assert sum(g is not None for g in got["plan"].column("dup_group").to_pylist()) == 32
+    # the same edges as one pass over every list
+    monkeypatch.setattr(runner, "execute_units", real)
+    folder, by = Path(got["state"]), [("i", "ascending"), ("j", "ascending")]
+    resumed = lance.dataset(str(folder / "candidates.lance")).to_table().sort_by(by)
+    shutil.rmtree(folder / "candidates.lance")
+    shutil.rmtree(folder / "candidates")
+    one = find_duplicates(store, cfg.model_copy(update={"scan_pass_bytes": None}), show_progress=False)
+    assert resumed.num_rows > 32 and lance.dataset(str(folder / "candidates.lance")).to_table().sort_by(by).equals(resumed)
+    assert got["plan"].column("dup_group").to_pylist() == one["plan"].column("dup_group").to_pylist()
 
 
 def test_a_partial_index_section_keeps_the_dedup_index_defaults(tmp_path):

@@ -339,6 +339,32 @@ def test_screenshots_keep_a_candidate_quota_for_the_photo_they_show():
     assert sorted(with_quota.tolist()) == [1, 2, 3, photo]
 
 
+def test_best_owners_of_passes_over_list_ranges_are_those_of_one_pass():
+    """The candidate phase over lists larger than memory searches range by range of lists and
+    keeps each pass's best owners per row; their best (``top_owners_of_parts``) must be exactly
+    what one pass over every list keeps, ties (equal similarities, a row's copies in several
+    lists) and both quotas included."""
+    from engines.vector.dedup import CONTENT_SLOT, split_top_owners, split_top_owners_flagged, top_owners_of_parts
+
+    rng = np.random.default_rng(3)
+    n_hits, n_full, k, k_centre = 20_000, 14_000, 4, 2
+    q = np.sort(rng.integers(0, 300, n_hits))
+    q = np.r_[np.sort(q[:n_full]), np.sort(q[n_full:])]  # full-frame queries' hits first, as searched
+    owner = rng.integers(-1, 300, n_hits)
+    slot = rng.choice([0, 1, 3, CONTENT_SLOT], n_hits)
+    sim = np.round(rng.uniform(0.75, 1.0, n_hits), 2).astype(np.float32)  # rounded: many ties
+    lst = rng.integers(0, 50, n_hits)  # the list each hit was found in
+    want = split_top_owners(q, owner, slot, sim, n_full, k, k_centre, 0.8)
+    for cuts in ([0, 50], [0, 17, 50], [0, 5, 6, 30, 49, 50]):
+        parts = []
+        for a, b in zip(cuts, cuts[1:]):
+            m = (lst >= a) & (lst < b)
+            parts.append(split_top_owners_flagged(q[m], owner[m], slot[m], sim[m], int(m[:n_full].sum()), k, k_centre, 0.8))
+        got = top_owners_of_parts(*(np.concatenate(x) for x in zip(*parts)), k, k_centre, 0.8)
+        assert len(want[0]) > 1000
+        assert sorted(zip(*(x.tolist() for x in got))) == sorted(zip(*(x.tolist() for x in want))), cuts
+
+
 def test_a_hit_on_the_content_box_counts_as_a_hit_on_the_whole_photo():
     """The centre quota counts hits on another row's content box (``CONTENT_SLOT``: the photo
     that row shows, e.g. two screenshots of one photo) as it counts full frames; other regions not."""
