@@ -91,7 +91,7 @@ class DedupConfig(BaseModel):
         ge=1,
         description="candidate lists scanned per pass of the candidate phase (default a third of the node's memory): "
         "lists larger than this are searched range by range, each range staying in the page cache while every "
-        "unit scans it (the same pairs for any value; more passes re-route the queries)",
+        "unit scans it (the same pairs for any value; each pass reads the descriptors again)",
     )
     dry_run: bool = Field(False, description="report the curve and groups, commit nothing")
 

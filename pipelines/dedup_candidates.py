@@ -409,7 +409,8 @@ class _CandidateWorker:
         if self.part_dir:  # one pass of several: each row's best owners in this pass's lists
             units = batch.to_pylist()
             for unit in units:
-                _save_part(Path(self.part_dir) / f"unit-{unit['unit']}.npz", self.hits(unit))
+                probes = Path(self.part_dir).parent / "probes" / f"unit-{unit['unit']}.npz"
+                _save_part(Path(self.part_dir) / f"unit-{unit['unit']}.npz", self.hits(unit, probes))
             return pa.table({"unit": [u["unit"] for u in units]})
         out: dict[str, list] = {"unit": [], "fragments": [], "edges": []}
         for unit in batch.to_pylist():
@@ -420,14 +421,19 @@ class _CandidateWorker:
             out["edges"].append(edges.num_rows)
         return pa.table(out)
 
-    def hits(self, unit: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def hits(self, unit: dict, probes: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The unit's rows' k best other rows (row, owner, similarity, from the centre quota),
         searched in blocks of rows: the hits of one block (10 queries x ~190 neighbours per row)
-        are reduced to k rows each before the next block is searched."""
+        are reduced to k rows each before the next block is searched. ``probes``: a file of the
+        unit's routed queries, written by the first pass that routes them, read by the others
+        (routing was most of a shard actor's time at 10M rows)."""
         full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
         pos = np.flatnonzero(valid)
         blocks = [p for p in np.array_split(pos, max(1, len(pos) // self._block_rows())) if len(p)]
-        parts = [self._block(full[p], reg[p], unit["label_start"] + p) for p in blocks]
+        routed = _load_probes(probes, len(blocks))
+        parts = [self._block(full[p], reg[p], unit["label_start"] + p, routed, b) for b, p in enumerate(blocks)]
+        if probes is not None and routed is not None and not probes.exists():
+            _save_probes(probes, routed)
         if not parts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
         return tuple(np.concatenate(x) for x in zip(*parts))
@@ -450,19 +456,26 @@ class _CandidateWorker:
         per_row = len(CENTRE_REGIONS) + (8 if self.cfg.dihedral else 1)
         return int(np.clip(32 * nlist / (self.nprobe * per_row), 2048, BLOCK_ROWS_MAX))
 
-    def _block(self, full: np.ndarray, reg: np.ndarray, rows: np.ndarray):
+    def _block(self, full: np.ndarray, reg: np.ndarray, rows: np.ndarray, routed: dict | None = None, b: int = 0):
         """Each row's candidates from one block's queries: an IVF index on the CPU (float32,
         float16 or 8-bit lists: ``list_major_ok``) is scanned list by list (``search_above``: every
         hit >= ``min_candidate_sim``), others (flat, GPU) by FAISS's own k-nearest search."""
         from engines.vector.dedup import candidate_queries, content_queries_kept, split_top_owners_flagged
-        from engines.vector.index import search, search_above
+        from engines.vector.index import route_queries, search, search_above
 
         k, min_sim = self.cfg.k, self.cfg.min_candidate_sim
         kk = min((k + 1) * SLOTS, self.index.ntotal)
         queries = candidate_queries(full, self.cfg.dihedral, reg[:, list(CENTRE_REGIONS)])
         queries, query_row = content_queries_kept(queries, rows, reg, full)
         if self.list_major:
-            qi, nn, sims = search_above(self.index, queries, min_sim, nprobe=self.nprobe, per_list=kk, router=self.router, lists=self.lists)
+            probe = None
+            if routed is not None:  # passes: routed once, by the first pass
+                if f"b{b}" not in routed:
+                    routed[f"b{b}"] = route_queries(self.index, queries, self.nprobe, self.router).astype(np.int32)
+                probe = routed[f"b{b}"]
+            qi, nn, sims = search_above(
+                self.index, queries, min_sim, nprobe=self.nprobe, per_list=kk, router=self.router, lists=self.lists, probe=probe
+            )
             o = np.argsort(qi, kind="stable")  # by query: the full-frame queries' hits first
             qi, nn, sims = qi[o], nn[o], sims[o]
             q = query_row[qi]
@@ -489,6 +502,27 @@ def _write_edges(edges: pa.Table, uri: str) -> list:
     if not edges.num_rows:
         return []
     return write_fragments(edges, uri, schema=EDGE_SCHEMA, max_rows_per_file=1 << 24)
+
+
+def _load_probes(path: Path | None, blocks: int) -> dict | None:
+    """A unit's routed queries by block (``b0``, ``b1``...): those a pass saved, else an empty
+    dict to fill (``None`` outside passes: nothing kept)."""
+    if path is None:
+        return None
+    if not path.exists():
+        return {}
+    with np.load(path) as z:
+        got = {k: z[k] for k in z.files}
+    if len(got) != blocks:
+        raise RuntimeError(f"{path}: routed queries of {len(got)} blocks where the unit has {blocks}")
+    return got
+
+
+def _save_probes(path: Path, routed: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "wb") as f:
+        np.savez(f, **routed)
+    path.with_suffix(".tmp").replace(path)
 
 
 def _save_part(path: Path, hits: tuple[np.ndarray, ...]) -> None:
@@ -639,7 +673,8 @@ def _candidate_passes(job: NearJob, todo: list[dict], bounds: list[int], args: d
     4M probes), so each unit reads the whole lists file; once the file outgrows the page cache
     (26 GB of 8-bit lists at 10M rows on 24 GiB) every unit reads it from disk again: ~5 TB for
     200 units. Range by range, each range is read once while every unit scans it. The cost: each
-    pass reads the unit's descriptors and routes its queries again."""
+    pass reads the unit's descriptors again (the queries are routed once, by the first pass that
+    meets the unit, and kept in ``candidates.passes/probes``)."""
     from curation.runner import execute_units
 
     parts = []

@@ -830,6 +830,18 @@ def _list_products(ivf: Any) -> Callable[[int, int, np.ndarray], np.ndarray]:
     return products
 
 
+def route_queries(index: Any, queries: np.ndarray, nprobe: int, router: ListRouter | None = None) -> np.ndarray:
+    """(queries, nprobe) list numbers each query scans in ``search_above``: by ``router`` when
+    given, else by the index's own quantiser (its efSearch set as ``search`` would set it)."""
+    import faiss
+
+    q = np.ascontiguousarray(queries, np.float32)
+    if router is not None:
+        return router.route(q, nprobe)
+    _set_nprobe(index, nprobe)
+    return faiss.extract_index_ivf(index).quantizer.search(q, nprobe)[1]
+
+
 def search_above(
     index: Any,
     queries: np.ndarray,
@@ -839,6 +851,7 @@ def search_above(
     per_list: int,
     router: ListRouter | None = None,
     lists: tuple[int, int] | None = None,
+    probe: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every hit with inner product >= ``min_sim`` among each query's ``nprobe`` lists (at most
     ``per_list`` per query and list, the best), as flat arrays (query index, label, similarity).
@@ -849,15 +862,15 @@ def search_above(
     its vectors, BLAS), and a similarity threshold replaces the heap; IVF-Flat lists are read in
     place (a memory-mapped index is not copied), scalar codes multiplied without decoding
     (``_list_products``). ``lists=(a, b)``: only the probes of lists ``a`` to ``b - 1`` are
-    scanned (one pass of several over lists larger than memory).
+    scanned (one pass of several over lists larger than memory); ``probe``: the queries' lists
+    as ``route_queries`` gave them (routed once for every pass), else routed here.
     Same lists (the index's own quantiser), the products FAISS computes (exact float32 ones for
     IVF-Flat): the hits >= ``min_sim`` that ``search`` returns are among these."""
     import faiss
 
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    _set_nprobe(index, nprobe)  # the quantiser's efSearch, as ``search`` would use it
     q = np.ascontiguousarray(queries, np.float32)
-    probe = router.route(q, nprobe) if router is not None else ivf.quantizer.search(q, nprobe)[1]
+    probe = route_queries(index, q, nprobe, router) if probe is None else probe
     qi, lists_range = np.repeat(np.arange(len(q)), nprobe), lists
     lists = probe.ravel()
     keep = lists >= 0

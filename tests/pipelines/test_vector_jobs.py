@@ -438,6 +438,7 @@ def test_candidate_passes_killed_resume_the_missing_units_only(ray_session, coco
     with pytest.raises(KeyboardInterrupt):
         find_duplicates(store, cfg, show_progress=False)
     assert [n for d, n in calls if d.startswith("pass")] == [4, 4]
+    assert len(list((Path(store.state_dir) / "vector").glob("dedup-*/candidates.passes/probes/unit-*.npz"))) == 4  # routed once
     # how far pass 2 got depends on the actors' timing (here often every unit): units 1 and 3
     # made missing, as a kill before they finished leaves them
     for f in (Path(store.state_dir) / "vector").glob("dedup-*/candidates.passes/pass-1/unit-[13].npz"):
