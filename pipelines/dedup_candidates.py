@@ -410,7 +410,8 @@ class _CandidateWorker:
             units = batch.to_pylist()
             for unit in units:
                 probes = Path(self.part_dir).parent / "probes" / f"unit-{unit['unit']}.npz"
-                _save_part(Path(self.part_dir) / f"unit-{unit['unit']}.npz", self.hits(unit, probes))
+                q, o, v, c = self.hits(unit, probes)
+                _save_npz(Path(self.part_dir) / f"unit-{unit['unit']}.npz", q=q, o=o, v=v, c=c)
             return pa.table({"unit": [u["unit"] for u in units]})
         out: dict[str, list] = {"unit": [], "fragments": [], "edges": []}
         for unit in batch.to_pylist():
@@ -433,7 +434,7 @@ class _CandidateWorker:
         routed = _load_probes(probes, len(blocks))
         parts = [self._block(full[p], reg[p], unit["label_start"] + p, routed, b) for b, p in enumerate(blocks)]
         if probes is not None and routed is not None and not probes.exists():
-            _save_probes(probes, routed)
+            _save_npz(probes, **routed)
         if not parts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
         return tuple(np.concatenate(x) for x in zip(*parts))
@@ -518,18 +519,11 @@ def _load_probes(path: Path | None, blocks: int) -> dict | None:
     return got
 
 
-def _save_probes(path: Path, routed: dict) -> None:
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Arrays written whole or not at all: a pass's files are its checkpoints (their existence)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".tmp"), "wb") as f:
-        np.savez(f, **routed)
-    path.with_suffix(".tmp").replace(path)
-
-
-def _save_part(path: Path, hits: tuple[np.ndarray, ...]) -> None:
-    """One pass's hits of a unit; the file's existence is the pass's checkpoint for the unit."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".tmp"), "wb") as f:
-        np.savez(f, q=hits[0], o=hits[1], v=hits[2], c=hits[3])
+        np.savez(f, **arrays)
     path.with_suffix(".tmp").replace(path)
 
 
@@ -634,7 +628,7 @@ def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:
         "router": _router_file(job),
     }
     opts = job.ray_options("candidates", memory=_actor_memory(index_path, job.largest_unit))
-    bounds = _scan_passes(index_path, job.scan_pass_bytes, job.index_cfg.use_gpu) if todo else [0, 0]
+    bounds = _scan_passes(job, index_path) if todo else [0, 0]
     if len(bounds) <= 2:  # the lists fit the page cache: one pass, edges straight from it
         execute_units(
             todo,
@@ -694,15 +688,25 @@ def _candidate_passes(job: NearJob, todo: list[dict], bounds: list[int], args: d
     return parts
 
 
-def _scan_passes(index_path: Path, pass_bytes: int | None, use_gpu: bool | None) -> list[int]:
-    """List numbers cutting the candidate index's lists into passes of at most ``pass_bytes``
-    (default a third of this node's memory); ``[0, nlist]`` when one pass holds them all, or
-    the index is not scanned list by list. Read in a Ray task: the driver never loads the index."""
+def _scan_passes(job: NearJob, index_path: Path) -> list[int]:
+    """List numbers cutting the candidate index's lists into passes of at most
+    ``job.scan_pass_bytes`` (default a third of this node's memory); ``[0, nlist]`` when one pass
+    holds them all, or the index is not scanned list by list. Read in a Ray task: the driver
+    never loads the index. Kept with the passes' files: a resumed job keeps its first run's
+    ranges whatever its memory or setting now (a pass file covers the lists it was searched in)."""
     import psutil
     import ray
 
-    budget = pass_bytes or psutil.virtual_memory().total // 3
-    return ray.get(ray.remote(num_cpus=1)(_list_bounds).remote(str(index_path), int(budget), use_gpu))
+    saved = job.folder / "candidates.passes" / "bounds.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    budget = job.scan_pass_bytes or psutil.virtual_memory().total // 3
+    bounds = ray.get(ray.remote(num_cpus=1)(_list_bounds).remote(str(index_path), int(budget), job.index_cfg.use_gpu))
+    if len(bounds) > 2:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.with_suffix(".tmp").write_text(json.dumps(bounds))
+        saved.with_suffix(".tmp").replace(saved)
+    return bounds
 
 
 def _list_bounds(index_path: str, budget: int, use_gpu: bool | None) -> list[int]:
