@@ -413,14 +413,7 @@ class _CandidateWorker:
                 q, o, v, c = self.hits(unit, probes)
                 _save_npz(Path(self.part_dir) / f"unit-{unit['unit']}.npz", q=q, o=o, v=v, c=c)
             return pa.table({"unit": [u["unit"] for u in units]})
-        out: dict[str, list] = {"unit": [], "fragments": [], "edges": []}
-        for unit in batch.to_pylist():
-            edges = edge_table(*self.hits(unit)[:3])
-            frags = _write_edges(edges, self.edges_uri)
-            out["unit"].append(unit["unit"])
-            out["fragments"].append(json.dumps([f.to_json() for f in frags]))
-            out["edges"].append(edges.num_rows)
-        return pa.table(out)
+        return _edge_rows([(u["unit"], edge_table(*self.hits(u)[:3])) for u in batch.to_pylist()], self.edges_uri)
 
     def hits(self, unit: dict, probes: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The unit's rows' k best other rows (row, owner, similarity, from the centre quota),
@@ -497,6 +490,18 @@ def edge_table(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> pa.Table:
     return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32)}, schema=EDGE_SCHEMA)
 
 
+def _edge_rows(units: list[tuple[int, pa.Table]], uri: str) -> pa.Table:
+    """Each unit's edges written as Lance fragments; one result row a unit (its fragments' metadata)."""
+    frags = [_write_edges(edges, uri) for _, edges in units]
+    return pa.table(
+        {
+            "unit": [u for u, _ in units],
+            "fragments": [json.dumps([f.to_json() for f in fs]) for fs in frags],
+            "edges": [edges.num_rows for _, edges in units],
+        }
+    )
+
+
 def _write_edges(edges: pa.Table, uri: str) -> list:
     from lance.fragment import write_fragments
 
@@ -537,19 +542,17 @@ class _PassMerger:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from engines.vector.dedup import top_owners_of_parts
 
-        out: dict[str, list] = {"unit": [], "fragments": [], "edges": []}
+        done = []
         for unit in batch.to_pylist():
             got = []
             for d in self.parts:
                 with np.load(Path(d) / f"unit-{unit['unit']}.npz") as z:
                     got.append([z[k] for k in "qovc"])
             q, o, v, c = (np.concatenate(x) for x in zip(*got))
-            edges = edge_table(*top_owners_of_parts(q, o, v, c, self.cfg.k, self.cfg.k_centre, self.cfg.min_candidate_sim))
-            frags = _write_edges(edges, self.edges_uri)
-            out["unit"].append(unit["unit"])
-            out["fragments"].append(json.dumps([f.to_json() for f in frags]))
-            out["edges"].append(edges.num_rows)
-        return pa.table(out)
+            done.append(
+                (unit["unit"], edge_table(*top_owners_of_parts(q, o, v, c, self.cfg.k, self.cfg.k_centre, self.cfg.min_candidate_sim)))
+            )
+        return _edge_rows(done, self.edges_uri)
 
 
 def _actor_memory(index_path: Path, rows_per_unit: int) -> int:

@@ -871,19 +871,18 @@ def search_above(
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     q = np.ascontiguousarray(queries, np.float32)
     probe = route_queries(index, q, nprobe, router) if probe is None else probe
-    qi, lists_range = np.repeat(np.arange(len(q)), nprobe), lists
-    lists = probe.ravel()
-    keep = lists >= 0
-    if lists_range is not None:
-        keep &= (lists >= lists_range[0]) & (lists < lists_range[1])
-    qi, lists = qi[keep], lists[keep]
-    order = np.argsort(lists, kind="stable")
-    qi, lists = qi[order], lists[order]
-    bounds = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1], True])
+    qi, probed = np.repeat(np.arange(len(q)), nprobe), probe.ravel()
+    keep = probed >= 0
+    if lists is not None:
+        keep &= (probed >= lists[0]) & (probed < lists[1])
+    qi, probed = qi[keep], probed[keep]
+    order = np.argsort(probed, kind="stable")
+    qi, probed = qi[order], probed[order]
+    bounds = np.flatnonzero(np.r_[True, probed[1:] != probed[:-1], True])
     products = _list_products(ivf)
     out_q, out_l, out_s = [], [], []
     for s, e in zip(bounds[:-1], bounds[1:]):
-        lst = int(lists[s])
+        lst = int(probed[s])
         size = ivf.invlists.list_size(lst)
         if size == 0:
             continue
