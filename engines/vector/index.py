@@ -490,6 +490,9 @@ def search(index: Any, queries: np.ndarray, k: int, *, nprobe: int | None = None
 ROUTER_TREE_LISTS = 4096
 """From this many lists on, ``ListRouter`` routes through groups of centroids (below: all of them)."""
 
+ROUTER_TABLE_BYTES = 256 << 20
+"""The dense table ``ListRouter.route`` scores a chunk of vectors in (``route_chunk``)."""
+
 ROUTER_MIN_GROUP = 16
 """The fewest centroids a group of a routing level holds on average: finer groups would add a
 level (fewer products per vector) at the price of a routing decision that misses more often."""
@@ -629,21 +632,29 @@ class ListRouter:
             self.members, self.bounds = z[f"members{i}"], z[f"bounds{i}"]
             self.by_group = np.ascontiguousarray(self.c[self.members])
 
-    def route(self, x: np.ndarray, nprobe: int, chunk: int = 32768) -> np.ndarray:
+    def route(self, x: np.ndarray, nprobe: int, chunk: int | None = None) -> np.ndarray:
         """(n, nprobe) list numbers, the best first (inner product with the list centroids).
 
         Above the cut, a chunk of vectors is scored against the lists of each vector's ``groups``
         best groups (one product per group over the vectors that chose it) into a dense
         (vectors, groups x largest group) table, and one top-k over its rows picks each vector's
         lists. Why dense: a top-k per group, then a merge, spent more time selecting than
-        multiplying (small rows: ~4 us each); one top-k over long rows is ~10x cheaper."""
+        multiplying (small rows: ~4 us each); one top-k over long rows is ~10x cheaper. The
+        chunk (``route_chunk``) fills ``ROUTER_TABLE_BYTES``: each group's product is a Python
+        step, so a chunk too small for the group count is loop overhead, not arithmetic."""
         x = np.ascontiguousarray(x, np.float32)
         nprobe = min(nprobe, len(self.c))
         if self.upper is None:
             return _top(x @ self.c.T, nprobe)[0]
+        chunk = chunk or self.route_chunk()
         return np.concatenate(
             [self._route_tree(x[s : s + chunk], nprobe) for s in range(0, len(x), chunk)] or [np.zeros((0, nprobe), np.int64)]
         )
+
+    def route_chunk(self) -> int:
+        """Vectors routed together: as many as fill a ``ROUTER_TABLE_BYTES`` dense table."""
+        width = self.groups * int(np.diff(self.bounds).max())
+        return int(np.clip(ROUTER_TABLE_BYTES // (4 * width), 4096, 1 << 20))
 
     def _route_tree(self, x: np.ndarray, nprobe: int) -> np.ndarray:
         n_groups = len(self.upper.c)
@@ -697,20 +708,31 @@ def nested_groups(c: np.ndarray, counts: list[int], seed: int = 0) -> np.ndarray
 ROUTER_GROUP_CAP = 2.0
 """The largest group a top-down router build keeps, in multiples of its level's mean (``_split``)."""
 
+ROUTER_GROUP_FLOOR = 0.25
+"""The smallest k-means cluster a top-down router build keeps as a group, in multiples of its
+level's mean (``_split``); the points of smaller ones join their nearest kept cluster."""
+
 
 def _split(x: np.ndarray, size: float, seed: int) -> list[np.ndarray]:
     """Positions of ``x`` cut into groups of about ``size`` by spherical k-means, none larger
-    than 2 x ``size``: an oversized cluster is split again, and one k-means left whole is cut
-    along its principal axis. Why the cap: routing scores a vector's chosen groups in a dense
-    table as wide as the largest group; uncapped, k-means left groups 7x the mean at 470k lists
-    (50 us a routed vector)."""
+    than 2 x ``size`` and none (but a whole ``x``) smaller than ``ROUTER_GROUP_FLOOR`` x ``size``:
+    an oversized cluster is split again, one k-means left whole is cut along its principal
+    axis, and the points of a tiny cluster join their nearest kept one. Why the cap: routing
+    scores a vector's chosen groups in a dense table as wide as the largest group; uncapped,
+    k-means left groups 7x the mean at 470k lists (50 us a routed vector). Why the floor: over
+    real list centroids k-means leaves many clusters of one or two lists (the 10M job's router:
+    39,883 groups of median 2 lists where 12,069 of ~39 were asked; its upper level 288 items
+    wide for a mean of 110), and routing makes one product per chosen group and scores a table
+    as wide as the largest: ~20 us a vector there, ~13 with the floor (``bench/list_router.py
+    --saved``). Why not higher: scattered lists, folded, are reached through a group mean they
+    are far from (the test's hard case loses a point of copies found at 0.5, none at 0.25)."""
     k = int(np.clip(round(len(x) / size), 1, len(x)))
     cap = ROUTER_GROUP_CAP * size
     if len(x) <= cap and k == 1:
         return [np.arange(len(x))]
     if k == 1:
         return _axis_cut(x, size)
-    sub = _spherical_kmeans(x, k, seed).index.search(np.ascontiguousarray(x, np.float32), 1)[1].ravel()
+    sub = _kept_clusters(np.ascontiguousarray(x, np.float32), _spherical_kmeans(x, k, seed), ROUTER_GROUP_FLOOR * size)
     order = np.argsort(sub, kind="stable")
     out = []
     for m in np.split(order, np.searchsorted(sub[order], np.arange(1, k))):
@@ -719,6 +741,23 @@ def _split(x: np.ndarray, size: float, seed: int) -> list[np.ndarray]:
         elif len(m):
             out.append(m)
     return out
+
+
+def _kept_clusters(x: np.ndarray, km: Any, floor: float) -> np.ndarray:
+    """Each point's cluster among the k-means ``km``'s clusters of at least ``floor`` points
+    (the largest always kept): a point of a smaller one moves to its nearest kept centroid."""
+    import faiss
+
+    sub = km.index.search(x, 1)[1].ravel()
+    sizes = np.bincount(sub, minlength=len(km.centroids))
+    keep = sizes >= floor
+    keep[np.argmax(sizes)] = True
+    if keep.all():
+        return sub
+    kept = np.flatnonzero(keep)
+    flat = faiss.IndexFlat(x.shape[1], km.index.metric_type)
+    flat.add(np.ascontiguousarray(km.centroids[kept], np.float32))
+    return kept[flat.search(x, 1)[1].ravel()]
 
 
 def _axis_cut(x: np.ndarray, size: float) -> list[np.ndarray]:
@@ -773,9 +812,10 @@ def add_routed(index: Any, x: np.ndarray, labels: np.ndarray, router: ListRouter
     from faiss.contrib.ivf_tools import add_preassigned
 
     ivf = faiss.extract_index_ivf(index)
+    lists = router.route(x, 1)[:, 0].copy()  # in the router's own chunks (``route_chunk``)
     for s in range(0, len(x), chunk):
         xb = np.ascontiguousarray(x[s : s + chunk], np.float32)
-        add_preassigned(ivf, xb, router.route(xb, 1)[:, 0].copy(), np.ascontiguousarray(labels[s : s + chunk], np.int64))
+        add_preassigned(ivf, xb, lists[s : s + chunk], np.ascontiguousarray(labels[s : s + chunk], np.int64))
     index.ntotal = ivf.ntotal  # a wrapper (IDMap, pre-transform) counts what its IVF holds
 
 

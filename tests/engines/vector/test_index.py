@@ -315,6 +315,45 @@ def test_list_router_built_top_down_nests_balanced_groups_and_routes_as_bottom_u
     assert sorted(np.concatenate(parts).tolist()) == list(range(100)) and max(len(p) for p in parts) <= 20
 
 
+def test_list_router_keeps_no_tiny_group_over_dense_clusters_and_scattered_lists(monkeypatch):
+    """List centroids of real descriptors mix dense clusters with scattered lists, and k-means
+    over them leaves many clusters of one or two lists (the 10M job's router: median 2 lists a
+    group where ~39 were asked). The top-down build folds a cluster under ``ROUTER_GROUP_FLOOR``
+    of its level's mean into its nearest kept one: no tiny group is left, the group counts stay
+    near the requested ones (so a vector's chosen groups hold the lists they should), and a near
+    copy's probes still hold its original's list about as often as with the tiny groups kept
+    (scattered lists are the hard case: a folded list is routed to through a group mean it is
+    far from)."""
+    from engines.vector import index as vi
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((8, 64)).astype(np.float32)
+    dense = centres[rng.integers(0, 8, 3000)] + 0.15 * rng.standard_normal((3000, 64)).astype(np.float32)
+    cents = np.concatenate([dense, rng.standard_normal((1000, 64)).astype(np.float32)])
+    cents /= np.linalg.norm(cents, axis=1, keepdims=True)
+    counts = vi.group_counts(len(cents), 8, 2)
+    lab = vi.nested_groups(cents, counts, seed=0)
+    for lvl in range(2):
+        sizes = np.bincount(lab[:, lvl])
+        mean = len(cents) / counts[lvl]
+        assert 0.7 * counts[lvl] <= len(sizes) <= 1.3 * counts[lvl], (lvl, len(sizes), counts)
+        assert mean / 4 <= sizes.min() and sizes.max() <= 2 * mean, (lvl, sizes.min(), sizes.max(), mean)
+    base = cents[rng.integers(0, len(cents), 3000)] + 0.3 / 8 * rng.standard_normal((3000, 64)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    near = base + 0.05 / 8 * rng.standard_normal(base.shape).astype(np.float32)
+
+    def copies_found() -> float:
+        router = vi.ListRouter(cents, levels=2)
+        stored = router.route(base, 1)[:, 0]
+        return float((router.route(near, 8) == stored[:, None]).any(axis=1).mean())
+
+    folded = copies_found()
+    monkeypatch.setattr(vi, "ROUTER_GROUP_FLOOR", 0.0)
+    assert np.bincount(vi.nested_groups(cents, counts, seed=0)[:, 0]).min() < 3  # k-means alone: tiny groups
+    kept = copies_found()
+    assert folded >= 0.96 and folded >= kept - 0.01, (folded, kept)
+
+
 def test_every_ivf_kind_gets_an_hnsw_quantiser_from_hnsw_lists_on():
     """A flat quantiser over many lists costs more than the lists, at search and when residual
     codes are trained (each training vector is assigned to its list: 1.7M x 43k x 231 at 1M
