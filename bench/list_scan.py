@@ -38,16 +38,16 @@ from curation.schema import VEC_DESC_DIM  # noqa: E402
 from engines.vector import index as vi  # noqa: E402
 
 
-def decoded_products(ivf):
+def decoded_products(ivf, q, centroids=None):
     """The scan's products before session 16: FAISS decodes the list, the centroid is added back."""
     import faiss
 
-    def products(lst: int, size: int, q: np.ndarray) -> np.ndarray:
+    def products(lst: int, size: int, rows: np.ndarray) -> np.ndarray:
         codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(lst), size * ivf.code_size)
         vecs = ivf.sq.decode(codes.reshape(size, ivf.code_size))
         if ivf.by_residual:
             vecs += ivf.quantizer.reconstruct(lst)
-        return q @ vecs.T
+        return q[rows] @ vecs.T
 
     return products
 
