@@ -1,4 +1,5 @@
-"""What a list visit of the dedup candidate scan costs, codes multiplied as they are vs decoded.
+"""What a list visit of the dedup candidate scan costs: codes multiplied as they are (now, and as
+in sessions 16-19) vs decoded.
 
     python bench/list_scan.py [--lists 5000] [--list-size 255] [--queries-per-list 8 32 64]
 
@@ -7,12 +8,13 @@ each visited list with its queries. A candidate actor visits nearly every list o
 so what a visit costs beyond the product is paid units x lists times. With 8-bit (or float16)
 lists the scan multiplies the scaled queries with the codes and adds one bias a query
 (``engines.vector.index._list_products``); before session 16 it decoded each list with FAISS
-and added the list's centroid to every vector, then multiplied. This builds an IVF-SQ8 index of
-the given shape (d 231, the descriptor's; 255 vectors a list is the 3M-row job's mean), routes
-queries so that each list meets the given number, and times both scans over the same lists,
+and added the list's centroid to every vector, then multiplied ("decoded"); in sessions 16-19
+the queries were the product's left side and each visit scaled them ("codes_wide"). This
+builds an IVF-SQ8 index of the given shape (d 231, the descriptor's; 255 vectors a list is the 3M-row job's mean), routes
+queries so that each list meets the given number, and times the scans over the same lists,
 in the same run (alternated, the best of 3 each), one BLAS thread (as a Ray worker has). One
-JSON line per setting: microseconds a list visit (routing excluded), and whether both found the
-same hits.
+JSON line per setting: microseconds a list visit (routing excluded), and whether the others
+found the same hits as now.
 """
 
 from __future__ import annotations
@@ -36,6 +38,24 @@ from dedup_scale import machine  # noqa: E402
 
 from curation.schema import VEC_DESC_DIM  # noqa: E402
 from engines.vector import index as vi  # noqa: E402
+
+
+def wide_products(ivf, q, centroids=None):
+    """The scan's products in sessions 16-19: queries x codes^T (a thin matrix on the left),
+    each visit scaling its queries and reading the centroid from the quantiser."""
+    import faiss
+
+    d = ivf.d
+    vmin, vdiff = faiss.vector_to_array(ivf.sq.trained).reshape(2, d)
+    scale, offset = vdiff / 255, vmin + vdiff / 510
+    centroid = ivf.quantizer.reconstruct if ivf.by_residual else (lambda lst: 0.0)
+
+    def products(lst: int, size: int, rows: np.ndarray) -> np.ndarray:
+        codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(lst), size * ivf.code_size)
+        qr = q[rows]
+        return (qr * scale) @ codes.reshape(size, d).astype(np.float32).T + (qr @ (offset + centroid(lst)))[:, None]
+
+    return products
 
 
 def decoded_products(ivf, q, centroids=None):
@@ -91,31 +111,23 @@ def main() -> None:
         hits = {}
         real, best = vi._list_products, {}
         for _ in range(3):  # alternated, the best of 3 each: warm-up and a busy machine fall on both
-            for name, make in (("codes", real), ("decoded", decoded_products)):
+            for name, make in (("codes", real), ("codes_wide", wide_products), ("decoded", decoded_products)):
                 vi._list_products = make  # the scan as it is, with one or the other product
                 try:
                     t = time.perf_counter()
-                    hits[name] = vi.search_above(ivf, q, 0.9, nprobe=8, per_list=100, router=_Fixed(probes))
+                    hits[name] = vi.search_above(ivf, q, 0.9, nprobe=8, per_list=100, router=router, probe=probes)
                     best[name] = min(best.get(name, np.inf), time.perf_counter() - t)
                 finally:
                     vi._list_products = real
         for name, secs in best.items():
             line[f"{name}_us_per_visit"] = round(secs / args.lists * 1e6, 1)
-        a, b = hits["codes"], hits["decoded"]
-        line["same_hits"] = bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
-        line["max_sim_diff"] = float(np.abs(a[2] - b[2]).max()) if len(a[2]) == len(b[2]) and len(a[2]) else None
+        a = hits["codes"]
+        for other in ("codes_wide", "decoded"):
+            b = hits[other]
+            line[f"same_hits_as_{other}"] = bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
+            line[f"max_sim_diff_{other}"] = float(np.abs(a[2] - b[2]).max()) if len(a[2]) == len(b[2]) and len(a[2]) else None
         line["hits"] = len(a[0])
         print(json.dumps(line), flush=True)
-
-
-class _Fixed:
-    """A router that answers precomputed probes: the timing leaves the routing out."""
-
-    def __init__(self, probes: np.ndarray):
-        self.probes = probes
-
-    def route(self, q: np.ndarray, nprobe: int) -> np.ndarray:
-        return self.probes[:, :nprobe]
 
 
 if __name__ == "__main__":
