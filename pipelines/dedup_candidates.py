@@ -578,12 +578,13 @@ BLOCK_ROWS_MAX = 65536
 
 def _block_memory(rows: int) -> int:
     """One search block of ``rows`` rows: its queries (up to 11 a row: 8 turns and mirrors, 3
-    centre regions) three times (built, kept, gathered per list), their 8 probes three times
-    (routed, flattened, sorted), the routing table (one chunk of 32k vectors x 8 groups x the
-    largest group: ~0.1 GB with the router's levels) and 512 MiB of hits before the reduction
-    to each row's k best (~0.8 GB at 50k rows)."""
+    centre regions) three times (built, kept, scaled for the 8-bit lists), their 8 probes three
+    times (routed, flattened, sorted), the routing table (``ROUTER_TABLE_BYTES``) and 512 MiB
+    of hits before the reduction to each row's k best (~0.8 GB at 50k rows)."""
+    from engines.vector.index import ROUTER_TABLE_BYTES
+
     per_query = VEC_DESC_DIM * 4 * 3 + 8 * 8 * 3
-    return rows * (len(CENTRE_REGIONS) + 8) * per_query + (128 << 20) + (512 << 20)
+    return rows * (len(CENTRE_REGIONS) + 8) * per_query + ROUTER_TABLE_BYTES + (512 << 20)
 
 
 def _shard_memory(trained_path: Path, router_path: Path, rows_per_unit: int) -> int:
@@ -596,7 +597,7 @@ def _shard_memory(trained_path: Path, router_path: Path, rows_per_unit: int) -> 
     index = trained_path.stat().st_size
     router = router_path.stat().st_size if router_path.exists() else 0
     unit = _descriptor_bytes(rows_per_unit)
-    routing = 1 << 30  # one block of ``add_routed`` (65k vectors) through the router
+    routing = 1 << 30  # the router's table (``ROUTER_TABLE_BYTES``) and the unit's lists, with room
     return 3 * index + 3 * unit + routing + (512 << 20) + router  # unit: read, cleaned, its list entries
 
 
