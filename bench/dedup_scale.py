@@ -2,6 +2,7 @@
 
     python bench/dedup_scale.py --rows 100000 300000 [1000000 ...] [--index-kind auto ivffp16 ivfsq8]
                                 [--out DIR] [--keep | --reuse | --build-only]
+                                [--set KEY=VALUE ...] [--variant KEY=VALUE,KEY=VALUE ...]
 
 For each size it builds a Lance dataset of that many rows, runs the real job as users do
 (``python -m cli dedup --dataset DS`` in a subprocess: Ray, the index, candidates, verification,
@@ -17,6 +18,9 @@ dataset is built once and the job runs once per kind on it, back to back; each l
 ``dataset_mib`` is the dataset as built, ``peak_disk_mib`` the most disk the job took at once
 (the file system's free space, sampled). A large dataset can be built once (``--build-only``
 or ``--keep``, with ``--out``) and measured later (``--reuse``: its build is not timed again).
+``--set`` gives every run job settings (top-level fields of the dedup YAML, e.g.
+``rows_per_unit=5000``); each ``--variant`` (comma-separated settings, ``""`` for none) runs the
+job once more on each dataset, back to back, named in the ``variant`` field and exponent line.
 
 The data: descriptors are synthesised around real ones so that image decoding does not dominate
 (a real photo's descriptor plus noise large enough to make an unrelated "photo"), with planted
@@ -344,14 +348,19 @@ def main() -> None:
         choices=["auto", "ivfflat", "ivffp16", "ivfsq8"],
         help="candidate index kinds to compare on each dataset (auto: the job's default, IVF-Flat at these sizes)",
     )
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="job settings for every run (dedup YAML fields)")
+    ap.add_argument(
+        "--variant", nargs="+", default=[""], metavar="K=V,K=V", help='settings compared side by side on each dataset ("": none)'
+    )
     a = ap.parse_args()
+    common = settings(a.set)
     out = Path(a.out or tempfile.mkdtemp(prefix="dedup-scale-"))
     out.mkdir(parents=True, exist_ok=True)
     print(json.dumps({"machine": machine(), "real_groups": a.real_groups, "real_kinds": REAL_KINDS}), flush=True)
     t0 = time.perf_counter()
     real = real_part(a.real_groups)
     print(json.dumps({"real_rows": len(real[0]), "describe_seconds": round(time.perf_counter() - t0, 1)}), flush=True)
-    results: dict[str, list[dict]] = {k: [] for k in a.index_kind}
+    results: dict[tuple[str, str], list[dict]] = {(k, v): [] for k in a.index_kind for v in a.variant}
     for n in a.rows:
         uri, truth_file = str(out / f"ds-{n}.lance"), out / f"ds-{n}.truth.npy"
         if a.reuse and truth_file.exists():
@@ -368,29 +377,49 @@ def main() -> None:
         if a.build_only:
             continue
         for kind in a.index_kind:
-            res = measure(uri, n, truth, kind, out)
-            res["build_dataset_seconds"] = build_s
-            res["dataset_mib"] = ds_mib  # as built, before the job's columns: its disk per row
-            results[kind].append(res)
-            print(json.dumps(res), flush=True)
+            for variant in a.variant:
+                res = measure(uri, n, truth, kind, out, {**common, **settings(variant.split(",") if variant else [])})
+                res["variant"] = variant
+                res["build_dataset_seconds"] = build_s
+                res["dataset_mib"] = ds_mib  # as built, before the job's columns: its disk per row
+                results[(kind, variant)].append(res)
+                print(json.dumps(res), flush=True)
         if not (a.keep or a.reuse):
             shutil.rmtree(uri, ignore_errors=True)
-    for kind, rs in results.items():
+    for (kind, variant), rs in results.items():
         if len(rs) > 1:
             a0, a1 = rs[0], rs[-1]
             x = np.log(a1["seconds"] / a0["seconds"]) / np.log(a1["rows"] / a0["rows"])
-            print(f"growth exponent {x:.2f}" + (f" (index {kind})" if len(results) > 1 else ""), flush=True)
+            named = ([f"index {kind}"] if len(a.index_kind) > 1 else []) + ([f"variant {variant!r}"] if len(a.variant) > 1 else [])
+            print(f"growth exponent {x:.2f}" + (f" ({', '.join(named)})" if named else ""), flush=True)
 
 
-def measure(uri: str, n: int, truth: np.ndarray, kind: str, out: Path) -> dict:
-    """One run of the job on the dataset at ``uri`` with the candidate index ``kind``; scored
-    against ``truth``. A dataset deduplicated before gets its ``dup_*`` columns replaced."""
+def settings(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs as job settings (values read as YAML: numbers, null, true)."""
+    import yaml
+
+    out = {}
+    for p in pairs:
+        key, eq, value = p.partition("=")
+        if not eq or not key.strip():
+            raise SystemExit(f"--set/--variant: {p!r} is not KEY=VALUE (e.g. rows_per_unit=5000)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def measure(uri: str, n: int, truth: np.ndarray, kind: str, out: Path, extra: dict | None = None) -> dict:
+    """One run of the job on the dataset at ``uri`` with the candidate index ``kind`` and the
+    settings ``extra``; scored against ``truth``. A dataset deduplicated before gets its
+    ``dup_*`` columns replaced."""
     import lance
+    import yaml
 
     config = None
-    if kind != "auto":
-        config = out / f"dedup-{kind}.yaml"
-        config.write_text(f"index:\n  kind: {kind}\n")
+    if kind != "auto" or extra:
+        doc = {**({"index": {"kind": kind}} if kind != "auto" else {}), **(extra or {})}
+        tag = hashlib.sha1(json.dumps(extra or {}, sort_keys=True).encode()).hexdigest()[:8] if extra else ""
+        config = out / f"dedup-{kind}{'-' + tag if tag else ''}.yaml"
+        config.write_text(yaml.safe_dump(doc, sort_keys=False))
     job = run_job(uri, config=config)
     ds = lance.dataset(uri)
     t = ds.to_table(columns=["dup_group"]).column("dup_group")
@@ -399,10 +428,11 @@ def measure(uri: str, n: int, truth: np.ndarray, kind: str, out: Path) -> dict:
     runs = Path(uri, "_curation", "vector").glob("dedup-v*.json")
     latest = max(runs, key=lambda f: int(f.stem.split("-v")[1]))  # this run's (the dataset's version before it)
     stats = json.loads(latest.read_text())["stats"]
-    (out / f"dedup-{n}-{kind}.log").write_text(job["log"])  # the job's own output, phase by phase
+    (out / f"dedup-{n}-{kind}{'-' + config.stem.split('-')[-1] if extra else ''}.log").write_text(job["log"])  # phase by phase
     return {
         "rows": n,
         "index_kind": kind,
+        "settings": extra or {},
         "seconds": job["seconds"],
         "index_mib": stats.get("index_mib"),
         "peak_rss_mib": job["peak_rss_mib"],

@@ -93,6 +93,12 @@ class DedupConfig(BaseModel):
         "lists larger than this are searched range by range, each range staying in the page cache while every "
         "unit scans it (the same pairs for any value; each pass reads the descriptors again)",
     )
+    scan_group_rows: Optional[int] = Field(
+        None,
+        ge=1,
+        description="rows whose queries scan the candidate lists together (default: enough that each list visit "
+        "meets ~32 queries, in whole units of rows_per_unit, within 3 GiB of queries an actor; the same pairs for any value)",
+    )
     dry_run: bool = Field(False, description="report the curve and groups, commit nothing")
 
     @field_validator("index", mode="before")
@@ -240,7 +246,9 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     ids = ds.to_table(columns=["id"]).column("id")
     notes: list[str] = []
     stats: dict[str, Any] = {"rows": n}
-    job = NearJob(store, ds, cfg.near, cfg.index, cfg.rows_per_unit, _config_key(cfg), cfg.resources, cfg.scan_pass_bytes)
+    job = NearJob(
+        store, ds, cfg.near, cfg.index, cfg.rows_per_unit, _config_key(cfg), cfg.resources, cfg.scan_pass_bytes, cfg.scan_group_rows
+    )
     t0 = time.perf_counter()
     first, later = exact_pairs_on_ray(job, show_progress)
     pairs = Pairs.of(first, later, np.ones(len(later)), "exact")

@@ -71,9 +71,11 @@ class NearJob:
         key: str,
         resources: dict | None = None,
         scan_pass_bytes: int | None = None,
+        scan_group_rows: int | None = None,
     ):
         self.store, self.ds, self.cfg, self.index_cfg = store, ds, cfg, index_cfg
         self.scan_pass_bytes = scan_pass_bytes  # candidate lists scanned per pass (None: a third of memory)
+        self.scan_group_rows = scan_group_rows  # rows whose queries scan the lists together (None: ``_group_units``)
         self.resources = resources or {}  # phase -> custom Ray resources its actors require
         self.folder = Path(store.state_dir) / "vector" / f"dedup-v{ds.version}-{key}"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -406,80 +408,135 @@ class _CandidateWorker:
         self.lists, self.part_dir = (tuple(lists) if lists else None), part_dir
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        groups = [json.loads(g) for g in batch.column("units").to_pylist()]
         if self.part_dir:  # one pass of several: each row's best owners in this pass's lists
-            units = batch.to_pylist()
-            for unit in units:
-                probes = Path(self.part_dir).parent / "probes" / f"unit-{unit['unit']}.npz"
-                q, o, v, c = self.hits(unit, probes)
-                _save_npz(Path(self.part_dir) / f"unit-{unit['unit']}.npz", q=q, o=o, v=v, c=c)
-            return pa.table({"unit": [u["unit"] for u in units]})
-        return _edge_rows([(u["unit"], edge_table(*self.hits(u)[:3])) for u in batch.to_pylist()], self.edges_uri)
+            for units in groups:
+                for unit, (q, o, v, c) in zip(units, self.group_hits(units)):
+                    _save_npz(Path(self.part_dir) / f"unit-{unit['unit']}.npz", q=q, o=o, v=v, c=c)
+            return pa.table({"unit": [u["unit"] for units in groups for u in units]})
+        done = [(u["unit"], edge_table(*h[:3])) for units in groups for u, h in zip(units, self.group_hits(units))]
+        return _edge_rows(done, self.edges_uri)
 
-    def hits(self, unit: dict, probes: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The unit's rows' k best other rows (row, owner, similarity, from the centre quota),
-        searched in blocks of rows: the hits of one block (10 queries x ~190 neighbours per row)
-        are reduced to k rows each before the next block is searched. ``probes``: a file of the
-        unit's routed queries, written by the first pass that routes them, read by the others
-        (routing was most of a shard actor's time at 10M rows)."""
+    def group_hits(self, units: list[dict]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Each unit's rows' k best other rows (row, owner, similarity, from the centre quota).
+
+        The units' queries scan the lists together (one ``search_above``): a list visit is one
+        product of its codes with the queries that probe it, and its overhead (~28 us, against
+        ~1.6 us a query: ``bench/list_scan.py``) is paid once per visit. Unit by unit, a unit's
+        queries met ~31 a list at 3M rows and ~9 at 10M, and the visits grew as units x lists
+        (N^2); a group of units sized to the lists (``_group_units``) keeps ~32. In a pass, only
+        the queries probing its lists are kept (about 2 / passes of them): the group holds those,
+        one unit's descriptors at a time. The hits are each unit's own, as searched alone."""
+        from engines.vector.index import search_above
+
+        if not self.list_major:  # flat or GPU: FAISS's own k-nearest search, unit by unit
+            return [self.hits(u) for u in units]
+        kept: list[tuple[np.ndarray, np.ndarray]] = []  # each block's queries (in this pass's lists) and probes
+        blocks: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (unit, rows, query's row, kept queries)
+        for u, unit in enumerate(units):
+            probes = self._probe_file(unit)
+            for rows, queries, query_row, probe in self._unit_queries(unit, probes):
+                keep = self._in_lists(probe)
+                kept.append((queries[keep], probe[keep]))
+                blocks.append((u, rows, query_row, np.flatnonzero(keep)))
+        starts = np.cumsum([0] + [len(b[3]) for b in blocks])
+        q = np.concatenate([x for x, _ in kept]) if kept else np.zeros((0, VEC_DESC_DIM), np.float32)
+        probe = np.concatenate([p for _, p in kept]) if kept else np.zeros((0, self.nprobe), np.int32)
+        del kept
+        kk = min((self.cfg.k + 1) * SLOTS, self.index.ntotal)
+        qi, nn, sims = search_above(
+            self.index, q, self.cfg.min_candidate_sim, nprobe=self.nprobe, per_list=kk, router=self.router, lists=self.lists, probe=probe
+        )
+        del q, probe
+        block_of = np.searchsorted(starts, qi, side="right") - 1
+        order = np.argsort(block_of, kind="stable")  # by block, each block's hits in the order searched
+        cuts = np.searchsorted(block_of[order], np.arange(len(blocks) + 1))
+        parts: list[list] = [[] for _ in units]
+        for b, (u, rows, query_row, kept_q) in enumerate(blocks):
+            h = order[cuts[b] : cuts[b + 1]]
+            parts[u].append(self._reduce(kept_q[qi[h] - starts[b]], nn[h], sims[h], query_row, rows))
+        return [tuple(np.concatenate(x) for x in zip(*p)) if p else _no_hits() for p in parts]
+
+    def _probe_file(self, unit: dict) -> Path | None:
+        """Where a pass keeps the unit's routed queries (routed by the first pass, read by the
+        others: routing was most of a shard actor's time at 10M rows); none outside passes."""
+        return Path(self.part_dir).parent / "probes" / f"unit-{unit['unit']}.npz" if self.part_dir else None
+
+    def _unit_queries(self, unit: dict, probes: Path | None):
+        """Per block of the unit's rows: (rows, queries, each query's row, its ``nprobe`` lists).
+        Blocks bound the memory of building and routing; the probes are saved after the last."""
+        from engines.vector.dedup import candidate_queries, content_queries_kept
+        from engines.vector.index import route_queries
+
         full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
         pos = np.flatnonzero(valid)
-        blocks = [p for p in np.array_split(pos, max(1, len(pos) // self._block_rows())) if len(p)]
-        routed = _load_probes(probes, len(blocks))
-        parts = [self._block(full[p], reg[p], unit["label_start"] + p, routed, b) for b, p in enumerate(blocks)]
+        split = [p for p in np.array_split(pos, max(1, len(pos) // self._block_rows())) if len(p)]
+        routed = _load_probes(probes, len(split))
+        for b, p in enumerate(split):
+            queries = candidate_queries(full[p], self.cfg.dihedral, reg[p][:, list(CENTRE_REGIONS)])
+            queries, query_row = content_queries_kept(queries, unit["label_start"] + p, reg[p], full[p])
+            probe = routed.get(f"b{b}") if routed is not None else None
+            if probe is None:
+                probe = route_queries(self.index, queries, self.nprobe, self.router).astype(np.int32)
+                if routed is not None:
+                    routed[f"b{b}"] = probe
+            yield len(p), queries, query_row, probe
         if probes is not None and routed is not None and not probes.exists():
             _save_npz(probes, **routed)
-        if not parts:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
-        return tuple(np.concatenate(x) for x in zip(*parts))
+
+    def _in_lists(self, probe: np.ndarray) -> np.ndarray:
+        """Queries probing at least one list of this pass (every query outside passes)."""
+        if self.lists is None:
+            return np.ones(len(probe), bool)
+        return ((probe >= self.lists[0]) & (probe < self.lists[1])).any(axis=1)
+
+    def _reduce(self, qi: np.ndarray, nn: np.ndarray, sims: np.ndarray, query_row: np.ndarray, rows: int):
+        """One block's hits (its query numbers, labels, similarities) as its rows' best owners:
+        the full-frame queries' (the first 8 or 1 per row) and the centre quota's apart."""
+        from engines.vector.dedup import split_top_owners_flagged
+
+        o = np.argsort(qi, kind="stable")  # by query: the full-frame queries' hits first
+        qi, nn, sims = qi[o], nn[o], sims[o]
+        n_full = int(np.searchsorted(qi, (8 if self.cfg.dihedral else 1) * rows))
+        owner = np.where(nn >= 0, nn // SLOTS, -1)
+        return split_top_owners_flagged(
+            query_row[qi], owner, nn % SLOTS, sims, n_full, self.cfg.k, self.cfg.k_centre, self.cfg.min_candidate_sim
+        )
+
+    def hits(self, unit: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One unit's rows' k best other rows by FAISS's own search (flat index, or on a GPU), in
+        blocks of rows: each block's hits reduced to k rows each before the next is searched."""
+        from engines.vector.dedup import candidate_queries, content_queries_kept, split_top_owners_flagged
+        from engines.vector.index import search
+
+        full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
+        pos = np.flatnonzero(valid)
+        k, kk = self.cfg.k, min((self.cfg.k + 1) * SLOTS, self.index.ntotal)
+        parts = []
+        for p in [p for p in np.array_split(pos, max(1, len(pos) // 2048)) if len(p)]:
+            queries = candidate_queries(full[p], self.cfg.dihedral, reg[p][:, list(CENTRE_REGIONS)])
+            queries, query_row = content_queries_kept(queries, unit["label_start"] + p, reg[p], full[p])
+            sims, nn = search(self.index, queries, kk, nprobe=self.nprobe)
+            sims, nn, q = sims.ravel(), nn.ravel(), np.repeat(query_row, kk)
+            n_full = (8 if self.cfg.dihedral else 1) * len(p) * kk
+            owner = np.where(nn >= 0, nn // SLOTS, -1)
+            parts.append(split_top_owners_flagged(q, owner, nn % SLOTS, sims, n_full, k, self.cfg.k_centre, self.cfg.min_candidate_sim))
+        return tuple(np.concatenate(x) for x in zip(*parts)) if parts else _no_hits()
 
     def _block_rows(self) -> int:
-        """Rows searched together: enough that each probed list meets ~32 queries of the block.
-
-        Why: ``search_above`` makes one product per probed list and block, so a block too small
-        for the list count is Python overhead, not arithmetic: each block visits nearly every
-        list, and the visits grow as blocks x lists, i.e. as rows squared (at 3M rows, 141k
-        lists: 183 blocks of 16,384 rows, ~9 queries a visit, ~0.1 ms each; ~60 us of a visit
-        is overhead since the codes are no longer decoded, ``bench/list_scan.py``). Capped at
-        ``BLOCK_ROWS_MAX`` (above a 50k-row unit: the unit is one block): a block's queries and
-        hits are held until it is reduced to each row's k best (``_block_memory``)."""
-        if not self.list_major:
-            return 2048
+        """Rows whose queries are built and routed together: enough that each probed list meets
+        ~32 queries of the block (the scan itself takes the whole group's queries), at most
+        ``BLOCK_ROWS_MAX`` (a 50k-row unit is one block): a block's queries are built three
+        times over (``_block_memory``)."""
         import faiss
 
         nlist = faiss.extract_index_ivf(self.index).nlist
         per_row = len(CENTRE_REGIONS) + (8 if self.cfg.dihedral else 1)
         return int(np.clip(32 * nlist / (self.nprobe * per_row), 2048, BLOCK_ROWS_MAX))
 
-    def _block(self, full: np.ndarray, reg: np.ndarray, rows: np.ndarray, routed: dict | None = None, b: int = 0):
-        """Each row's candidates from one block's queries: an IVF index on the CPU (float32,
-        float16 or 8-bit lists: ``list_major_ok``) is scanned list by list (``search_above``: every
-        hit >= ``min_candidate_sim``), others (flat, GPU) by FAISS's own k-nearest search."""
-        from engines.vector.dedup import candidate_queries, content_queries_kept, split_top_owners_flagged
-        from engines.vector.index import route_queries, search, search_above
 
-        k, min_sim = self.cfg.k, self.cfg.min_candidate_sim
-        kk = min((k + 1) * SLOTS, self.index.ntotal)
-        queries = candidate_queries(full, self.cfg.dihedral, reg[:, list(CENTRE_REGIONS)])
-        queries, query_row = content_queries_kept(queries, rows, reg, full)
-        if self.list_major:
-            probe = None
-            if routed is not None:  # passes: routed once, by the first pass
-                if f"b{b}" not in routed:
-                    routed[f"b{b}"] = route_queries(self.index, queries, self.nprobe, self.router).astype(np.int32)
-                probe = routed[f"b{b}"]
-            qi, nn, sims = search_above(
-                self.index, queries, min_sim, nprobe=self.nprobe, per_list=kk, router=self.router, lists=self.lists, probe=probe
-            )
-            o = np.argsort(qi, kind="stable")  # by query: the full-frame queries' hits first
-            qi, nn, sims = qi[o], nn[o], sims[o]
-            q = query_row[qi]
-            n_full = int(np.searchsorted(qi, (8 if self.cfg.dihedral else 1) * len(rows)))
-        else:
-            sims, nn = search(self.index, queries, kk, nprobe=self.nprobe)
-            sims, nn, q = sims.ravel(), nn.ravel(), np.repeat(query_row, kk)
-            n_full = (8 if self.cfg.dihedral else 1) * len(rows) * kk
-        owner = np.where(nn >= 0, nn // SLOTS, -1)
-        return split_top_owners_flagged(q, owner, nn % SLOTS, sims, n_full, k, self.cfg.k_centre, min_sim)
+def _no_hits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
 
 
 def edge_table(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> pa.Table:
@@ -555,16 +612,62 @@ class _PassMerger:
         return _edge_rows(done, self.edges_uri)
 
 
-def _actor_memory(index_path: Path, rows_per_unit: int) -> int:
-    """Memory to reserve per candidate actor: a unit's 12 descriptors per row (float32, read and
-    cleaned: twice) and one block's hits, plus the index's in-memory part (the coarse quantiser;
-    the lists are memory-mapped and shared by the node's actors through the page cache, so they
-    are not reserved per actor). Ray then runs as many actors as the nodes' CPUs allow instead of
-    one per index copy that fits (measured at 50k rows per unit, 1M rows: 2.7 GiB resident, the
-    touched pages of the mapped lists included)."""
+def _actor_memory(index_path: Path, rows_per_unit: int, group: int = 1, passes: int = 1) -> int:
+    """Memory to reserve per candidate actor: one unit's 12 descriptors per row (float32, read and
+    cleaned: twice) and one block's queries being built (``_block_memory``), the group's queries
+    in the pass's lists (``_group_query_bytes``) and 512 MiB of hits a unit, plus the index's
+    in-memory part (the coarse quantiser; the lists are memory-mapped and shared by the node's
+    actors through the page cache, so they are not reserved per actor). Ray then runs as many
+    actors as the nodes' CPUs allow instead of one per index copy that fits (measured at 50k
+    rows per unit, 1M rows: 2.7 GiB resident, the touched pages of the mapped lists included)."""
     unit = _descriptor_bytes(rows_per_unit) * 2
     block = _block_memory(min(rows_per_unit, BLOCK_ROWS_MAX))
-    return int(Path(index_path).stat().st_size) + unit + block + (512 << 20)  # the lists are in <index>.ivfdata
+    queries = _group_query_bytes(group * rows_per_unit, passes)
+    return int(Path(index_path).stat().st_size) + unit + block + queries + group * (512 << 20)  # lists: <index>.ivfdata
+
+
+QUERIES_PER_ROW = len(CENTRE_REGIONS) + 8
+"""A row's candidate queries at most: 8 turns and mirrors of the full frame, the centre regions."""
+QUERY_BYTES = VEC_DESC_DIM * 4 * 2 + 8 * (4 + 8 + 8) * 2
+"""A query held for the scan: the vector and its scaled copy (``_list_products``), its 8 probes
+routed (int32), flattened and sorted with their query numbers (int64), twice."""
+SCAN_GROUP_BYTES = 3 << 30
+"""The most memory the queries of a candidate group may take (``_group_units``)."""
+SCAN_LIST_QUERIES = 32
+"""Queries a list visit should meet (``_group_units``): the visit's overhead (~28 us against
+~1.6 us a query, ``bench/list_scan.py``) is then under half of it."""
+
+
+def _in_pass_share(passes: int) -> float:
+    """The share of queries probing a pass's lists: measured on the 3M-row job's router (141k
+    lists, nprobe 8): 0.73 of them with 2 passes, 0.46 with 4, 0.26 with 8; the lists are
+    numbered by their first-level k-means cluster, so a query's probes fall in few ranges
+    (spread at random, 4 passes would keep 0.90)."""
+    return min(1.0, 2.0 / max(passes, 1))
+
+
+def _group_query_bytes(rows: int, passes: int) -> int:
+    return int(rows * QUERIES_PER_ROW * _in_pass_share(passes) * QUERY_BYTES)
+
+
+def _group_units(job: NearJob, nlist: int, passes: int) -> int:
+    """Units whose queries scan the lists together (``_CandidateWorker.group_hits``): enough rows
+    that a list visit meets ``SCAN_LIST_QUERIES`` queries (32 x nlist / (nprobe x 11) rows: ~17k
+    at 1M rows, ~51k at 3M, ~170k at 10M, where a 50k-row unit met ~9 a visit), to the nearest
+    whole number of units, within ``SCAN_GROUP_BYTES`` of queries; ``job.scan_group_rows`` when
+    set. Why not larger units: a unit's rows are also what every other phase holds at once."""
+    if job.scan_group_rows is not None:
+        rows = float(job.scan_group_rows)
+    else:
+        per_row = len(CENTRE_REGIONS) + (8 if job.cfg.dihedral else 1)
+        rows = SCAN_LIST_QUERIES * nlist / (job.index_cfg.nprobe * per_row)
+        rows = min(rows, SCAN_GROUP_BYTES / (QUERIES_PER_ROW * _in_pass_share(passes) * QUERY_BYTES))
+    return max(1, int(round(rows / max(job.largest_unit, 1))))
+
+
+def _groups(units: list[dict], size: int) -> list[dict]:
+    """Consecutive units in groups of ``size``: the candidate actors' work items."""
+    return [{"unit": units[s]["unit"], "units": json.dumps(units[s : s + size])} for s in range(0, len(units), size)]
 
 
 def _descriptor_bytes(rows: int) -> int:
@@ -631,20 +734,21 @@ def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:
         "use_gpu": job.index_cfg.use_gpu,
         "router": _router_file(job),
     }
-    opts = job.ray_options("candidates", memory=_actor_memory(index_path, job.largest_unit))
     bounds = _scan_passes(job, index_path) if todo else [0, 0]
+    size = _group_units(job, bounds[-1], len(bounds) - 1)
+    opts = job.ray_options("candidates", memory=_actor_memory(index_path, job.largest_unit, size, len(bounds) - 1))
     if len(bounds) <= 2:  # the lists fit the page cache: one pass, edges straight from it
         execute_units(
-            todo,
+            _groups(todo, size),
             _CandidateWorker,
             args,
             ray_options=opts,
             on_result=on_result,
-            description="dedup: candidate pairs (units)",
+            description=f"dedup: candidate pairs (groups of {size} units)",
             show_progress=show_progress,
         )
     else:
-        parts = _candidate_passes(job, todo, bounds, args, opts, show_progress)
+        parts = _candidate_passes(job, todo, bounds, args, opts, show_progress, size)
         execute_units(
             todo,
             _PassMerger,
@@ -663,7 +767,9 @@ def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:
     return uri
 
 
-def _candidate_passes(job: NearJob, todo: list[dict], bounds: list[int], args: dict, opts: dict, show_progress: bool) -> list[str]:
+def _candidate_passes(
+    job: NearJob, todo: list[dict], bounds: list[int], args: dict, opts: dict, show_progress: bool, size: int = 1
+) -> list[str]:
     """Every unit searched once per range of lists, range after range; each unit's hits of a pass
     kept in ``candidates.passes/pass-R/unit-U.npz`` (resumable per pass and unit).
 
@@ -681,12 +787,12 @@ def _candidate_passes(job: NearJob, todo: list[dict], bounds: list[int], args: d
         parts.append(str(part))
         left = [u for u in todo if not (part / f"unit-{u['unit']}.npz").exists()]
         execute_units(
-            left,
+            _groups(left, size),
             _CandidateWorker,
             {**args, "lists": (bounds[r], bounds[r + 1]), "part_dir": str(part)},
             ray_options=opts,
             on_result=lambda row: None,  # the unit's file is its checkpoint
-            description=f"dedup: candidate pairs, lists {bounds[r]:,}-{bounds[r + 1]:,} (pass {r + 1} of {len(bounds) - 1}, units)",
+            description=f"dedup: candidate pairs, lists {bounds[r]:,}-{bounds[r + 1]:,} (pass {r + 1} of {len(bounds) - 1}, groups of {size} units)",
             show_progress=show_progress,
         )
     return parts

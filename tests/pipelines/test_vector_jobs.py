@@ -401,6 +401,51 @@ def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray
         assert size < (share + 0.05) * lists.stat().st_size, (kind, size)
 
 
+def test_candidate_units_scanned_in_groups_find_the_same_edges(ray_session, coco_dir, tmp_path, monkeypatch):
+    """Units whose queries scan the lists together (``scan_group_rows``: here 2 and 3 units of 12
+    rows a group), in one pass and in passes over list ranges, write the same candidate pairs as
+    unit by unit (similarities to float32 rounding); the actors get one work item a group."""
+    import curation.runner as runner
+    from engines.vector.index import IndexConfig
+
+    store = _edited_store(coco_dir, tmp_path / "groups.lance")
+    cfg = DedupConfig(rows_per_unit=12, dry_run=True, index=IndexConfig(kind="ivfsq8", nlist=8, nprobe=4))
+    real, calls = runner.execute_units, []
+    monkeypatch.setattr(
+        runner,
+        "execute_units",
+        lambda units, *a, description, **kw: (calls.append((description, len(units))), real(units, *a, description=description, **kw))[1],
+    )
+    by = [("i", "ascending"), ("j", "ascending")]
+
+    def edges(**update) -> pa.Table:
+        got = find_duplicates(store, cfg.model_copy(update=update), show_progress=False)
+        state = Path(got["state"])
+        t = lance.dataset(str(state / "candidates.lance")).to_table().sort_by(by)
+        shutil.rmtree(state / "candidates.lance")
+        shutil.rmtree(state / "candidates")  # the phase's checkpoints: the next call runs it again
+        return t
+
+    def same(t: pa.Table, ref: pa.Table) -> bool:
+        """The same pairs; similarities to float32 rounding (BLAS sums another shape in another order)."""
+        t, ref = (x.sort_by([*by, ("sim", "ascending")]) for x in (t, ref))
+        return t.select(["i", "j"]).equals(ref.select(["i", "j"])) and np.allclose(t["sim"], ref["sim"], rtol=0, atol=2e-6)
+
+    alone = edges(scan_group_rows=1)
+    assert ("dedup: candidate pairs (groups of 1 units)", 4) in calls
+    assert alone.num_rows > 32
+    calls.clear()
+    assert same(edges(scan_group_rows=24), alone)
+    assert ("dedup: candidate pairs (groups of 2 units)", 2) in calls
+    calls.clear()
+    assert same(edges(scan_group_rows=36, scan_pass_bytes=30_000), alone)
+    passes = [n for d, n in calls if "(pass " in d]
+    assert len(passes) >= 3 and set(passes) == {2} and all("groups of 3 units" in d for d, _ in calls if "(pass " in d)
+    calls.clear()
+    assert same(edges(scan_group_rows=1, scan_pass_bytes=30_000), alone)
+    assert set(n for d, n in calls if "(pass " in d) == {4}
+
+
 def _edited_store(coco_dir, path: Path) -> Store:
     """24 photos and 3 edits (crop, mirror, turn) of 8 of them, with their descriptors."""
     rows = coco_rows(coco_dir, limit=24)
