@@ -165,8 +165,9 @@ def _table(ids, images, sha, w, h, full, reg) -> pa.Table:
     )
 
 
-def build(uri: str, n: int, real, seed: int = 0) -> np.ndarray:
-    """Write the dataset (batches of 50k rows: bounded memory); returns the true group per row."""
+def build(uri: str, n: int, real, seed: int = 0, rows_per_file: int = 50_000) -> np.ndarray:
+    """Write the dataset (batches of 50k rows: bounded memory; files of ``rows_per_file``: a unit
+    of the job is whole files, so smaller units need smaller files); returns the true group per row."""
     import io
 
     import lance
@@ -198,7 +199,12 @@ def build(uri: str, n: int, real, seed: int = 0) -> np.ndarray:
             yield from bt.to_batches()
 
     schema = _table(["x"], [tiny], ["x"], [1], [1], rf[:1], rr[:1]).schema
-    lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), uri, max_rows_per_file=50_000, max_rows_per_group=10_000)
+    lance.write_dataset(
+        pa.RecordBatchReader.from_batches(schema, batches()),
+        uri,
+        max_rows_per_file=rows_per_file,
+        max_rows_per_group=min(10_000, rows_per_file),
+    )
     return np.concatenate(groups)
 
 
@@ -348,6 +354,7 @@ def main() -> None:
         choices=["auto", "ivfflat", "ivffp16", "ivfsq8"],
         help="candidate index kinds to compare on each dataset (auto: the job's default, IVF-Flat at these sizes)",
     )
+    ap.add_argument("--rows-per-file", type=int, default=50_000, help="rows per file of a built dataset (a job unit is whole files)")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="job settings for every run (dedup YAML fields)")
     ap.add_argument(
         "--variant", nargs="+", default=[""], metavar="K=V,K=V", help='settings compared side by side on each dataset ("": none)'
@@ -368,7 +375,7 @@ def main() -> None:
         else:
             shutil.rmtree(uri, ignore_errors=True)
             t1 = time.perf_counter()
-            truth = build(uri, n, real)
+            truth = build(uri, n, real, rows_per_file=a.rows_per_file)
             build_s = round(time.perf_counter() - t1, 1)
             ds_mib = round(sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()) / 2**20, 1)
             if a.keep or a.build_only:
