@@ -927,7 +927,7 @@ def search_above(
     qi, probed = qi[keep], probed[keep]
     order = np.argsort(probed, kind="stable")
     qi, probed = qi[order], probed[order]
-    bounds = np.flatnonzero(np.r_[True, probed[1:] != probed[:-1], True])
+    bounds = np.flatnonzero(np.r_[True, probed[1:] != probed[:-1], True]) if len(probed) else np.zeros(1, np.int64)
     products = _list_products(ivf, q, router.c if router is not None and len(router.c) == ivf.nlist else None)
     out_q, out_l, out_s = [], [], []
     for s, e in zip(bounds[:-1], bounds[1:]):

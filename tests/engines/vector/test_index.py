@@ -206,6 +206,12 @@ def test_list_major_scan_finds_every_hit_the_faiss_search_finds_above_the_thresh
     # per_list caps the hits of one query in one list (the best kept)
     qi2, lab2, sim2 = search_above(mapped, queries, thr, nprobe=4, per_list=5)
     assert 0 < len(qi2) < len(qi) and np.bincount(qi2).max() <= 5 * 4
+    # a pass no query probes, and no queries at all (a candidate group with nothing in a pass's
+    # lists): no hits, not an error
+    probe = faiss.extract_index_ivf(mapped).quantizer.search(queries, 4)[1]
+    for q, p, lists in ((queries, probe, (probe.max() + 1, 64)), (queries[:0], probe[:0], (0, 64))):
+        got = search_above(mapped, q, thr, nprobe=4, per_list=k, lists=(int(lists[0]), int(lists[1])), probe=p)
+        assert [len(x) for x in got] == [0, 0, 0]
 
 
 def test_list_router_routes_like_the_quantiser_and_fills_the_same_lists(vectors, tmp_path):
