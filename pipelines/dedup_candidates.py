@@ -665,6 +665,11 @@ def _group_units(job: NearJob, nlist: int, passes: int) -> int:
     return max(1, int(round(rows / max(job.largest_unit, 1))))
 
 
+def _per_group(size: int) -> str:
+    """The progress line's name of a work item."""
+    return "units" if size == 1 else f"groups of {size} units"
+
+
 def _groups(units: list[dict], size: int) -> list[dict]:
     """Consecutive units in groups of ``size``: the candidate actors' work items."""
     return [{"unit": units[s]["unit"], "units": json.dumps(units[s : s + size])} for s in range(0, len(units), size)]
@@ -744,7 +749,7 @@ def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:
             args,
             ray_options=opts,
             on_result=on_result,
-            description=f"dedup: candidate pairs (groups of {size} units)",
+            description=f"dedup: candidate pairs ({_per_group(size)})",
             show_progress=show_progress,
         )
     else:
@@ -792,7 +797,7 @@ def _candidate_passes(
             {**args, "lists": (bounds[r], bounds[r + 1]), "part_dir": str(part)},
             ray_options=opts,
             on_result=lambda row: None,  # the unit's file is its checkpoint
-            description=f"dedup: candidate pairs, lists {bounds[r]:,}-{bounds[r + 1]:,} (pass {r + 1} of {len(bounds) - 1}, groups of {size} units)",
+            description=f"dedup: candidate pairs, lists {bounds[r]:,}-{bounds[r + 1]:,} (pass {r + 1} of {len(bounds) - 1}, {_per_group(size)})",
             show_progress=show_progress,
         )
     return parts
