@@ -249,6 +249,11 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     job = NearJob(
         store, ds, cfg.near, cfg.index, cfg.rows_per_unit, _config_key(cfg), cfg.resources, cfg.scan_pass_bytes, cfg.scan_group_rows
     )
+    if job.largest_unit > cfg.rows_per_unit:  # a unit is whole files: say so, or the setting seems ignored
+        notes.append(
+            f"rows_per_unit {cfg.rows_per_unit:,}: units are whole data files, the largest has "
+            f"{job.largest_unit:,} rows; write the dataset in smaller files (max_rows_per_file) for smaller units"
+        )
     t0 = time.perf_counter()
     first, later = exact_pairs_on_ray(job, show_progress)
     pairs = Pairs.of(first, later, np.ones(len(later)), "exact")

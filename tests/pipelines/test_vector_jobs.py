@@ -444,6 +444,10 @@ def test_candidate_units_scanned_in_groups_find_the_same_edges(ray_session, coco
     calls.clear()
     assert same(edges(scan_group_rows=1, scan_pass_bytes=30_000), alone)
     assert set(n for d, n in calls if "(pass " in d) == {4}
+    assert not [n for n in find_duplicates(store, cfg, show_progress=False)["notes"] if "rows_per_unit" in n]
+    # units are whole files (12 rows here): a smaller rows_per_unit is named, not silently ignored
+    small = find_duplicates(store, cfg.model_copy(update={"rows_per_unit": 5}), show_progress=False)
+    assert [n for n in small["notes"] if n.startswith("rows_per_unit 5: units are whole data files, the largest has 12 rows")]
 
 
 def _edited_store(coco_dir, path: Path) -> Store:
