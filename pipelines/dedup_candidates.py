@@ -436,16 +436,21 @@ class _CandidateWorker:
         for u, unit in enumerate(units):
             probes = self._probe_file(unit)
             for rows, queries, query_row, probe in self._unit_queries(unit, probes):
-                keep = self._in_lists(probe)
-                kept.append((queries[keep], probe[keep]))
-                blocks.append((u, rows, query_row, np.flatnonzero(keep)))
+                keep = self._in_lists(probe)  # None: every query (no copy)
+                kept.append((queries, probe) if keep is None else (queries[keep], probe[keep]))
+                blocks.append((u, rows, query_row, np.arange(len(queries)) if keep is None else np.flatnonzero(keep)))
         starts = np.cumsum([0] + [len(b[3]) for b in blocks])
-        q = np.concatenate([x for x, _ in kept]) if kept else np.zeros((0, VEC_DESC_DIM), np.float32)
-        probe = np.concatenate([p for _, p in kept]) if kept else np.zeros((0, self.nprobe), np.int32)
+        q, probe = _stacked([x for x, _ in kept], (0, VEC_DESC_DIM), np.float32), _stacked([p for _, p in kept], (0, self.nprobe), np.int32)
         del kept
-        kk = min((self.cfg.k + 1) * SLOTS, self.index.ntotal)
         qi, nn, sims = search_above(
-            self.index, q, self.cfg.min_candidate_sim, nprobe=self.nprobe, per_list=kk, router=self.router, lists=self.lists, probe=probe
+            self.index,
+            q,
+            self.cfg.min_candidate_sim,
+            nprobe=self.nprobe,
+            per_list=self._per_list(),
+            router=self.router,
+            lists=self.lists,
+            probe=probe,
         )
         del q, probe
         block_of = np.searchsorted(starts, qi, side="right") - 1
@@ -465,7 +470,6 @@ class _CandidateWorker:
     def _unit_queries(self, unit: dict, probes: Path | None):
         """Per block of the unit's rows: (rows, queries, each query's row, its ``nprobe`` lists).
         Blocks bound the memory of building and routing; the probes are saved after the last."""
-        from engines.vector.dedup import candidate_queries, content_queries_kept
         from engines.vector.index import route_queries
 
         full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
@@ -473,8 +477,7 @@ class _CandidateWorker:
         split = [p for p in np.array_split(pos, max(1, len(pos) // self._block_rows())) if len(p)]
         routed = _load_probes(probes, len(split))
         for b, p in enumerate(split):
-            queries = candidate_queries(full[p], self.cfg.dihedral, reg[p][:, list(CENTRE_REGIONS)])
-            queries, query_row = content_queries_kept(queries, unit["label_start"] + p, reg[p], full[p])
+            queries, query_row = self._queries(full[p], reg[p], unit["label_start"] + p)
             probe = routed.get(f"b{b}") if routed is not None else None
             if probe is None:
                 probe = route_queries(self.index, queries, self.nprobe, self.router).astype(np.int32)
@@ -484,44 +487,54 @@ class _CandidateWorker:
         if probes is not None and routed is not None and not probes.exists():
             _save_npz(probes, **routed)
 
-    def _in_lists(self, probe: np.ndarray) -> np.ndarray:
-        """Queries probing at least one list of this pass (every query outside passes)."""
+    def _in_lists(self, probe: np.ndarray) -> np.ndarray | None:
+        """Queries probing at least one list of this pass; None outside passes (every query)."""
         if self.lists is None:
-            return np.ones(len(probe), bool)
+            return None
         return ((probe >= self.lists[0]) & (probe < self.lists[1])).any(axis=1)
+
+    def _per_list(self) -> int:
+        """Hits kept per query and list (or per query, FAISS's search): each row's k owners in
+        any of its 12 slots, plus itself."""
+        return min((self.cfg.k + 1) * SLOTS, self.index.ntotal)
+
+    def _owners(self, q_row: np.ndarray, nn: np.ndarray, sims: np.ndarray, n_full: int):
+        """Hits (query's row, label, similarity; the first ``n_full`` from full-frame queries) as
+        the rows' best owners, the centre quota's apart (``split_top_owners_flagged``)."""
+        from engines.vector.dedup import split_top_owners_flagged
+
+        owner = np.where(nn >= 0, nn // SLOTS, -1)
+        return split_top_owners_flagged(q_row, owner, nn % SLOTS, sims, n_full, self.cfg.k, self.cfg.k_centre, self.cfg.min_candidate_sim)
 
     def _reduce(self, qi: np.ndarray, nn: np.ndarray, sims: np.ndarray, query_row: np.ndarray, rows: int):
         """One block's hits (its query numbers, labels, similarities) as its rows' best owners:
         the full-frame queries' (the first 8 or 1 per row) and the centre quota's apart."""
-        from engines.vector.dedup import split_top_owners_flagged
-
         o = np.argsort(qi, kind="stable")  # by query: the full-frame queries' hits first
         qi, nn, sims = qi[o], nn[o], sims[o]
-        n_full = int(np.searchsorted(qi, (8 if self.cfg.dihedral else 1) * rows))
-        owner = np.where(nn >= 0, nn // SLOTS, -1)
-        return split_top_owners_flagged(
-            query_row[qi], owner, nn % SLOTS, sims, n_full, self.cfg.k, self.cfg.k_centre, self.cfg.min_candidate_sim
-        )
+        return self._owners(query_row[qi], nn, sims, int(np.searchsorted(qi, _orientations(self.cfg) * rows)))
 
     def hits(self, unit: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One unit's rows' k best other rows by FAISS's own search (flat index, or on a GPU), in
         blocks of rows: each block's hits reduced to k rows each before the next is searched."""
-        from engines.vector.dedup import candidate_queries, content_queries_kept, split_top_owners_flagged
         from engines.vector.index import search
 
         full, reg, valid = _read_descriptors(self.ds, unit["fragments"], regions=True)
         pos = np.flatnonzero(valid)
-        k, kk = self.cfg.k, min((self.cfg.k + 1) * SLOTS, self.index.ntotal)
+        kk = self._per_list()
         parts = []
         for p in [p for p in np.array_split(pos, max(1, len(pos) // 2048)) if len(p)]:
-            queries = candidate_queries(full[p], self.cfg.dihedral, reg[p][:, list(CENTRE_REGIONS)])
-            queries, query_row = content_queries_kept(queries, unit["label_start"] + p, reg[p], full[p])
+            queries, query_row = self._queries(full[p], reg[p], unit["label_start"] + p)
             sims, nn = search(self.index, queries, kk, nprobe=self.nprobe)
-            sims, nn, q = sims.ravel(), nn.ravel(), np.repeat(query_row, kk)
-            n_full = (8 if self.cfg.dihedral else 1) * len(p) * kk
-            owner = np.where(nn >= 0, nn // SLOTS, -1)
-            parts.append(split_top_owners_flagged(q, owner, nn % SLOTS, sims, n_full, k, self.cfg.k_centre, self.cfg.min_candidate_sim))
+            parts.append(self._owners(np.repeat(query_row, kk), nn.ravel(), sims.ravel(), _orientations(self.cfg) * len(p) * kk))
         return tuple(np.concatenate(x) for x in zip(*parts)) if parts else _no_hits()
+
+    def _queries(self, full: np.ndarray, reg: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Some rows' candidate queries (``candidate_queries``: orientations first, then the
+        centre regions and content box, repeated boxes left out) and each query's row."""
+        from engines.vector.dedup import candidate_queries, content_queries_kept
+
+        queries = candidate_queries(full, self.cfg.dihedral, reg[:, list(CENTRE_REGIONS)])
+        return content_queries_kept(queries, rows, reg, full)
 
     def _block_rows(self) -> int:
         """Rows whose queries are built and routed together: enough that each probed list meets
@@ -531,12 +544,27 @@ class _CandidateWorker:
         import faiss
 
         nlist = faiss.extract_index_ivf(self.index).nlist
-        per_row = len(CENTRE_REGIONS) + (8 if self.cfg.dihedral else 1)
-        return int(np.clip(32 * nlist / (self.nprobe * per_row), 2048, BLOCK_ROWS_MAX))
+        return int(np.clip(SCAN_LIST_QUERIES * nlist / (self.nprobe * _queries_per_row(self.cfg)), 2048, BLOCK_ROWS_MAX))
 
 
 def _no_hits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
+
+
+def _stacked(parts: list[np.ndarray], empty: tuple[int, int], dtype: type) -> np.ndarray:
+    """Blocks' arrays as one (a single block as it is: no copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(empty, dtype)
+
+
+def _orientations(cfg: NearDupConfig) -> int:
+    """Full-frame queries a row: its 8 turns and mirrors, or itself (queried first)."""
+    return 8 if cfg.dihedral else 1
+
+
+def _queries_per_row(cfg: NearDupConfig) -> int:
+    return _orientations(cfg) + len(CENTRE_REGIONS)
 
 
 def edge_table(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> pa.Table:
@@ -659,8 +687,7 @@ def _group_units(job: NearJob, nlist: int, passes: int) -> int:
     if job.scan_group_rows is not None:
         rows = float(job.scan_group_rows)
     else:
-        per_row = len(CENTRE_REGIONS) + (8 if job.cfg.dihedral else 1)
-        rows = SCAN_LIST_QUERIES * nlist / (job.index_cfg.nprobe * per_row)
+        rows = SCAN_LIST_QUERIES * nlist / (job.index_cfg.nprobe * _queries_per_row(job.cfg))
         rows = min(rows, SCAN_GROUP_BYTES / (QUERIES_PER_ROW * _in_pass_share(passes) * QUERY_BYTES))
     return max(1, int(round(rows / max(job.largest_unit, 1))))
 
