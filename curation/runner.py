@@ -257,6 +257,65 @@ def execute_units(
         raise failure
 
 
+def execute_resumable(
+    units: list[dict[str, Any]],
+    ckpt: Checkpoints,
+    worker_cls: type,
+    ctor_kwargs: dict[str, Any],
+    *,
+    record: Callable[[dict[str, Any]], dict[str, Any]],
+    job: str,
+    ray_options: dict[str, Any],
+    description: str,
+    concurrency: int | None = None,
+    show_progress: bool = True,
+    count_rows: Callable[[dict[str, Any]], int] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    noun: str = "units",
+    already: str = "done",
+) -> tuple[dict[Any, dict[str, Any]], int]:
+    """``execute_units`` for a job that resumes: the units whose record an interrupted run left in
+    ``ckpt`` are not run again, every other unit's result becomes its record (``record(row)``,
+    keyed by ``ckpt.key``), checkpointed as it arrives. ``on_record(rec)`` sees every unit's
+    record: the resumed ones first, before anything runs, then each new one as it arrives.
+    ``count_rows(unit)``: progress in rows, the resumed units' rows counted as done; the workers
+    get the counter they advance as ``progress`` (``ctor_kwargs["progress"]``).
+
+    Returns every unit's record by key and how many came from an earlier run; raises when a unit
+    produced none, so that no job commits with a unit's rows silently missing."""
+    key = ckpt.key
+    wanted = {u[key] for u in units}
+    done = {k: v for k, v in ckpt.load().items() if k in wanted}
+    resumed = len(done)
+    if resumed:
+        console.print(f"{job}: resuming, {resumed} of {len(units)} {noun} already {already}")
+    for rec in done.values() if on_record is not None else ():
+        on_record(rec)
+
+    def on_result(row: dict[str, Any]) -> None:
+        rec = record(row)
+        ckpt.save(rec)
+        done[rec[key]] = rec
+        if on_record is not None:
+            on_record(rec)
+
+    todo = [u for u in units if u[key] not in done]
+    rows = None
+    if count_rows is not None and show_progress and todo:
+        n_rows = {u[key]: count_rows(u) for u in units}
+        total = sum(n_rows.values())
+        rows = RowProgress(total, start=total - sum(n_rows[u[key]] for u in todo))
+        ctor_kwargs = {**ctor_kwargs, "progress": rows.counter}
+    execute_units(
+        todo, worker_cls, ctor_kwargs, ray_options=ray_options, on_result=on_result, description=description,
+        concurrency=concurrency, show_progress=show_progress, rows=rows,
+    )  # fmt: skip
+    missing = sorted(wanted - set(done))
+    if missing:
+        raise RuntimeError(f"{job}: {noun} {missing} produced no result")
+    return done, resumed
+
+
 def _follow(rows: RowProgress, progress: Progress, task):
     """Start the driver thread that moves the bar from the workers' row counter; returns its stop event."""
     import threading
@@ -564,42 +623,30 @@ def _compute_fragments(
     """Run ``worker`` over every unit (one fragment each) not yet in ``ckpt`` (each result
     checkpointed as it arrives). Returns every unit's record by fragment id and how many came
     from an earlier run."""
-    wanted = {u["fragment_id"] for u in units}
-    done = {k: v for k, v in ckpt.load().items() if k in wanted}
-    resumed = len(done)
-    todo = [u for u in units if u["fragment_id"] not in done]
-    if resumed:
-        console.print(f"{stage.name}: resuming, {resumed} of {len(units)} fragments already computed")
 
-    def on_result(row: dict[str, Any]) -> None:
+    def record(row: dict[str, Any]) -> dict[str, Any]:
         rec = {"fragment_id": row["fragment_id"], "stats": json.loads(row["stats"])}
         if "file" in row:
             rec["file"] = json.loads(row["file"])
         else:
             rec.update(fragment=row["fragment"], schema=row["schema"].hex())
-        ckpt.save(rec)
-        done[row["fragment_id"]] = rec
+        return rec
 
-    rows = None
-    if show_progress and todo:
-        n_rows = {u["fragment_id"]: ds.get_fragment(u["fragment_id"]).count_rows() for u in units}
-        total = sum(n_rows.values())
-        rows = RowProgress(total, start=total - sum(n_rows[u["fragment_id"]] for u in todo))
-    execute_units(
-        todo,
+    return execute_resumable(
+        units,
+        ckpt,
         worker,
-        {"store": store, "stage": stage, "read_version": ds.version, "progress": rows.counter if rows else None},
+        {"store": store, "stage": stage, "read_version": ds.version, "progress": None},
+        record=record,
+        job=stage.name,
         ray_options=stage.resources.ray_options(),
-        on_result=on_result,
         description=stage.name,
         concurrency=concurrency,
         show_progress=show_progress,
-        rows=rows,
+        count_rows=lambda u: ds.get_fragment(u["fragment_id"]).count_rows(),
+        noun="fragments",
+        already="computed",
     )
-    missing = sorted(wanted - set(done))
-    if missing:
-        raise RuntimeError(f"{stage.name}: fragments {missing} produced no result")
-    return done, resumed
 
 
 def _commit_merge(store: Store, read_version: int, fragments: list, done: dict[int, dict[str, Any]], properties: dict[str, str]):

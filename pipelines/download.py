@@ -39,7 +39,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from curation.registry import register_step
-from curation.runner import Checkpoints, StageResult, console, execute_units
+from curation.runner import Checkpoints, StageResult, console, execute_resumable
 from curation.stage import StageConfig, Stats
 from curation.store import Store
 from engines.download import DOWNLOAD_REASONS, UPDATE_SCHEMA, Fetcher, FetchOptions, fetch_batch
@@ -151,30 +151,21 @@ def _row_progress(show: bool):
 
 def _fetch_units(store: Store, cfg: DownloadConfig, read_version: int, units: list[dict], ckpt: Checkpoints, **run) -> dict[int, dict]:
     """Run every unit not yet checkpointed (progress in rows); returns every unit's record by fragment id."""
-    done = ckpt.load()
-    todo = [u for u in units if u["fragment_id"] not in done]
-    if done:
-        console.print(f"download: resuming, {len(done)} of {len(units)} fragments already fetched")
     ctor = {"uri": store.uri, "storage_options": store.storage_options, "version": read_version}
     ctor |= {"opts": cfg.fetch_options(), "filter": pending_filter(cfg.retry_errors), "batch_size": cfg.batch_size}
     with _row_progress(run["show_progress"]) as progress:
-        total, already = sum(u["rows"] for u in units), sum(r["stats"]["rows"] for r in done.values())
-        task = progress.add_task("download (rows)", total=total, completed=already)
+        # progress in rows by each fragment's record, resumed or new (the fetchers report no row counter)
+        task = progress.add_task("download (rows)", total=sum(u["rows"] for u in units))
 
-        def on_result(row: dict[str, Any]) -> None:
+        def record(row: dict[str, Any]) -> dict[str, Any]:
             rec = {k: row[k] for k in ("fragment_id", "fragment")}
-            rec |= {"fields": json.loads(row["fields"]), "stats": json.loads(row["stats"])}
-            ckpt.save(rec)
-            done[row["fragment_id"]] = rec
-            progress.advance(task, rec["stats"]["rows"])
+            return rec | {"fields": json.loads(row["fields"]), "stats": json.loads(row["stats"])}
 
-        execute_units(
-            todo, _DownloadWorker, ctor, ray_options={"num_cpus": cfg.num_cpus}, on_result=on_result,
+        done, _ = execute_resumable(
+            units, ckpt, _DownloadWorker, ctor, record=record, job="download", ray_options={"num_cpus": cfg.num_cpus},
             description="download (fragments)", concurrency=run["concurrency"], show_progress=False,
+            on_record=lambda rec: progress.advance(task, rec["stats"]["rows"]), noun="fragments", already="fetched",
         )  # fmt: skip
-    missing = [u["fragment_id"] for u in units if u["fragment_id"] not in done]
-    if missing:
-        raise RuntimeError(f"download: fragments {missing} produced no result")
     return done
 
 

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.buckets import assign_bucket, choose_resolution, crop_sizes, estimate_caption_tokens, image_tokens
 from curation.registry import register_step
-from curation.runner import Checkpoints, StageResult, console, execute_units
+from curation.runner import Checkpoints, StageResult, console, execute_resumable
 from curation.stage import StageConfig, Stats
 from curation.store import Store
 
@@ -800,29 +800,18 @@ def _write_units(
     units = [
         {"unit": i, "positions": keep[s : s + cfg.rows_per_unit].tolist()} for i, s in enumerate(range(0, len(keep), cfg.rows_per_unit))
     ]
-    done = ckpt.load()
-    if done:
-        console.print(f"export: resuming, {len(done)} of {len(units)} units already written")
-
-    def on_result(row: dict[str, Any]) -> None:
-        rec = {
-            "unit": row["unit"],
-            "fragments": json.loads(row["fragments"]),
-            "excluded": json.loads(row["excluded"]),
-            "stats": json.loads(row["stats"]),
-        }
-        ckpt.save(rec)
-        done[row["unit"]] = rec
-
-    execute_units(
-        [u for u in units if u["unit"] not in done],
+    done, _ = execute_resumable(
+        units,
+        ckpt,
         _ExportWorker,
         {"src": src, "version": version, "out_uri": out.uri, "out_options": out.storage_options, "cfg": cfg, "roles": roles},
+        record=lambda row: {"unit": row["unit"], **{k: json.loads(row[k]) for k in ("fragments", "excluded", "stats")}},
+        job="export",
         ray_options=_ray_options(cfg),
-        on_result=on_result,
         description="export (units)",
         concurrency=concurrency,
         show_progress=show_progress,
+        already="written",
     )
     return [done[u["unit"]] for u in units]
 

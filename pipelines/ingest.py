@@ -20,7 +20,7 @@ from pydantic import Field
 
 from curation.config import ConfigError
 from curation.registry import register_step
-from curation.runner import Checkpoints, StageResult, console, execute_units
+from curation.runner import Checkpoints, StageResult, console, execute_resumable
 from curation.schema import SAMPLES_SCHEMA
 from curation.sources import ColumnMappingError, ReadOptions, plan_units, read_unit
 from curation.stage import StageConfig, Stats
@@ -272,27 +272,7 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
     read_version = store.open().version if exists else None
 
     ckpt = Checkpoints(store.state_dir / "checkpoints" / f"ingest-{_fingerprint(cfg, units, read_version)}", "unit")
-    done = ckpt.load()
-    if done:
-        console.print(f"ingest: resuming, {len(done)} of {len(units)} units already written")
-    todo = [u for u in units if u["unit"] not in done]
-
-    def on_result(row: dict[str, Any]) -> None:
-        rec = {"unit": row["unit"], "fragments": json.loads(row["fragments"]), "stats": json.loads(row["stats"])}
-        rec["replaced"] = json.loads(row["replaced"])
-        ckpt.save(rec)
-        done[row["unit"]] = rec
-
-    execute_units(
-        todo,
-        _IngestWorker,
-        {"uri": store.uri, "storage_options": store.storage_options, "opts": opts, "existing_ids": existing},
-        ray_options={"num_cpus": 1},
-        on_result=on_result,
-        description="ingest (units)",
-        concurrency=concurrency,
-        show_progress=show_progress,
-    )
+    done = _write_units(store, opts, units, existing, ckpt, concurrency=concurrency, show_progress=show_progress)
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
     stats = Stats()
     for rec in done.values():
@@ -339,6 +319,38 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
         # recomputed over the whole dataset: new rows may duplicate old ones
         results.append(run_stage(store, ExactDupStage(), overwrite=True, show_progress=show_progress))
     return results
+
+
+def _write_units(
+    store: Store,
+    opts: ReadOptions,
+    units: list[dict],
+    existing: ExistingIds,
+    ckpt: Checkpoints,
+    *,
+    concurrency: int | None,
+    show_progress: bool,
+) -> dict[str, dict]:
+    """Each unit's rows written as data files by a worker (not yet committed); returns every
+    unit's record (fragments, stats, ids replaced), the ones written by an interrupted run read
+    back from its checkpoints so that only the missing units run again."""
+
+    def record(row: dict[str, Any]) -> dict[str, Any]:
+        return {"unit": row["unit"], **{k: json.loads(row[k]) for k in ("fragments", "stats", "replaced")}}
+
+    return execute_resumable(
+        units,
+        ckpt,
+        _IngestWorker,
+        {"uri": store.uri, "storage_options": store.storage_options, "opts": opts, "existing_ids": existing},
+        record=record,
+        job="ingest",
+        ray_options={"num_cpus": 1},
+        description="ingest (units)",
+        concurrency=concurrency,
+        show_progress=show_progress,
+        already="written",
+    )[0]
 
 
 @register_step("ingest", IngestConfig, doc="read folders / WebDataset tars / Parquet / JSONL into the dataset")

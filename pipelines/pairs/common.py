@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curation.runner import Checkpoints, StageResult, console, execute_units
+from curation.runner import Checkpoints, StageResult, console, execute_resumable
 from curation.stage import StageConfig, Stats
 from curation.store import Store, is_remote, storage_options_from_env
 
@@ -265,6 +265,12 @@ def _commit(out_uri: str, out_ds, frags: list, message: str):
     return LanceDataset.commit(out_uri, op, read_version=out_ds.version, storage_options=opts, commit_message=message)
 
 
+def _unit_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A pair unit's checkpoint: its fragments, counters and the pairs it decided not to write."""
+    rec = {"unit": row["unit"], "fragments": json.loads(row["fragments"]), "stats": json.loads(row["stats"])}
+    return rec | {"dropped": json.loads(row.get("dropped") or "[]")}
+
+
 def run_job(
     store: Store,
     cfg: StageConfig,
@@ -306,29 +312,14 @@ def run_job(
         prefix = "pairs" if job == "render" else f"pairs-{job}"  # render's checkpoint folder name predates synth
         fp = _fingerprint(cfg, read_version, out_uri, out_ds and out_ds.version, salt)
         ckpt = Checkpoints(store.state_dir / "checkpoints" / f"{prefix}-{fp}", "unit")
-        done = ckpt.load()
-        resumed = sum(1 for u in units if u["unit"] in done)
-        if resumed:
-            console.print(f"pairs: resuming, {resumed} of {len(units)} units already done")
         created = datetime.now(UTC)
         ctor = {"uri": store.uri, "storage_options": store.storage_options, "version": read_version, "out_uri": out_uri}
         ctor |= {"cfg": cfg.model_dump(mode="json"), "provenance": f"{provenance} dataset={store.uri}@v{read_version}"}
         ctor |= {"created_at": created, **worker_kw}
-
-        def on_result(row: dict[str, Any]) -> None:
-            rec = {"unit": row["unit"], "fragments": json.loads(row["fragments"]), "stats": json.loads(row["stats"])}
-            rec["dropped"] = json.loads(row.get("dropped") or "[]")
-            ckpt.save(rec)
-            done[row["unit"]] = rec
-
-        todo = [u for u in units if u["unit"] not in done]
-        execute_units(
-            todo, worker, ctor, ray_options={"num_cpus": cfg.num_cpus}, on_result=on_result,
+        done, resumed = execute_resumable(
+            units, ckpt, worker, ctor, record=_unit_record, job="pairs", ray_options={"num_cpus": cfg.num_cpus},
             description=f"{name} (units)", concurrency=concurrency, show_progress=show_progress,
         )  # fmt: skip
-        missing = [u["unit"] for u in units if u["unit"] not in done]
-        if missing:
-            raise RuntimeError(f"pairs: units {missing} produced no result")
         records = [done[u["unit"]] for u in units]
         frags = [FragmentMetadata.from_json(json.dumps(f)) for rec in records for f in rec["fragments"]]
         stats = sum((Stats.from_dict(rec["stats"]) for rec in records), Stats())

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curation.runner import Checkpoints, StageResult, console, execute_units
+from curation.runner import Checkpoints, StageResult, console, execute_resumable
 from curation.stage import StageConfig, Stats
 from curation.store import Store, is_remote, storage_options_from_env
 from pipelines.pairs.common import check_pair_tables, open_out
@@ -269,24 +269,19 @@ def _export_units(out: Store, pinned, sizes, cfg, ckpt: Checkpoints, *, show_pro
     ]
     for i, u in enumerate(units):
         u["unit"] = i
-    done = ckpt.load()
-    if done:
-        console.print(f"pairs export: resuming, {len(done)} of {len(units)} units already written")
-
-    def on_result(row: dict[str, Any]) -> None:
-        rec = {"unit": row["unit"], "fragments": json.loads(row["fragments"]), "excluded": json.loads(row["excluded"])}
-        ckpt.save(rec)
-        done[row["unit"]] = rec
-
-    todo = [u for u in units if u["unit"] not in done]
-    ctor = {"tables": pinned, "out_uri": out.uri, "cfg": cfg.model_dump(mode="json")}
-    execute_units(
-        todo, _PairExportWorker, ctor, ray_options={"num_cpus": 1}, on_result=on_result,
-        description="pairs export (units)", concurrency=concurrency, show_progress=show_progress,
-    )  # fmt: skip
-    missing = [u["unit"] for u in units if u["unit"] not in done]
-    if missing:
-        raise RuntimeError(f"pairs export: units {missing} produced no result")
+    done, _ = execute_resumable(
+        units,
+        ckpt,
+        _PairExportWorker,
+        {"tables": pinned, "out_uri": out.uri, "cfg": cfg.model_dump(mode="json")},
+        record=lambda row: {"unit": row["unit"], **{k: json.loads(row[k]) for k in ("fragments", "excluded")}},
+        job="pairs export",
+        ray_options={"num_cpus": 1},
+        description="pairs export (units)",
+        concurrency=concurrency,
+        show_progress=show_progress,
+        already="written",
+    )
     return [done[u["unit"]] for u in units]
 
 

@@ -117,6 +117,7 @@ def test_token_counts_match_a_hand_computation(shard_rows, table_rows):
 
 
 def test_a_rerun_is_skipped_another_option_needs_overwrite_and_a_killed_export_resumes(made, monkeypatch):
+    import curation.runner as runner
     import pipelines.pairs.export as job
 
     store, out, _ = made
@@ -125,8 +126,8 @@ def test_a_rerun_is_skipped_another_option_needs_overwrite_and_a_killed_export_r
     with pytest.raises(ValueError, match="--overwrite"):
         export_pairs(store, PairExportConfig(out=str(out), langs=["en"]), show_progress=False)
     cfg = PairExportConfig(out=str(out), langs=["en"], overwrite=True, rows_per_unit=4)
-    ran, real = [], job.execute_units
-    monkeypatch.setattr(job, "execute_units", lambda units, *a, **kw: (ran.append(len(units)), real(units, *a, **kw)))
+    ran, real = [], runner.execute_units  # what execute_resumable runs: the units not checkpointed
+    monkeypatch.setattr(runner, "execute_units", lambda units, *a, **kw: (ran.append(len(units)), real(units, *a, **kw)))
     with monkeypatch.context() as m:  # killed after the units, before the commit
         m.setattr(job, "_commit_pair_shards", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
