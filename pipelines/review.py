@@ -376,13 +376,10 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     ``by``: the admin (``curation.reviewdb.User``) who ran it from the web page, for the audit log.
     Raises ``RandomWeightsError`` before changing anything when a signal or embedding the heads
     and thresholds would learn from came from random weights and ``cfg.allow_random_weights`` is off."""
-    import numpy as np
-    import pyarrow.compute as pc
-
     from curation.reviewdb import ReviewDB, is_pair_row
     from curation.runner import run_stage
-    from engines.active.loop import aggregate, agreement, fit_reward_head, recalibrate
-    from engines.active.rules import EMBEDDING_COLUMNS, column_values, embedding_matrix, load_rules, save_rules
+    from engines.active.loop import aggregate
+    from engines.active.rules import EMBEDDING_COLUMNS, load_rules
     from engines.vector.retrieval import refuse_random_weights
     from pipelines.pairs.review import apply_pair_reviews
 
@@ -419,51 +416,8 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
         report["random_derived"] = marks
     if pairs_report["pairs"]:
         report["pairs"] = pairs_report
-    head_json = None
-    if labelled:
-        t = ds.to_table(
-            columns=["id", *sig_cols] + ([emb_col] if emb_col else []), filter=pc.field("id").isin(pa.array(sorted(labelled), pa.string()))
-        )
-        y = np.array([1 if labelled[i]["decision"] == "keep" else 0 for i in t.column("id").to_pylist()])
-        vals = {c: v for c in sig_cols if (v := column_values(t, c)) is not None}
-        emb = embedding_matrix(t, emb_col) if emb_col else None
-        head = fit_reward_head(
-            vals, y, [c for c in sig_cols if c != "rev_reward"], emb=emb[0] if emb else None, emb_column=emb_col, min_labels=cfg.min_labels
-        )
-        if head is not None:
-            used = [c for c in [*head.columns, head.emb_column] if c in marks]
-            if used:
-                head.meta["random_derived"] = {c: marks[c] for c in used}
-            head_json = head.to_json()
-            (rdir / "reward_head.json").write_text(json.dumps(head_json))
-            report["reward_head"] = head.meta | {"features": head.columns, "embedding": head.emb_column}
-            want_keep = cfg.keep_head if cfg.aesthetic_head is None else cfg.aesthetic_head
-            if want_keep and emb is not None and emb_col == "prof_clip_image" and len(y) >= 20:
-                report["keep_head"] = _export_keep_head(emb[0], y, rdir, emb_col, {c: marks[c] for c in (emb_col,) if c in marks})
-        else:
-            report["reward_head"] = {"skipped": f"needs >= {cfg.min_labels} labels with both keep and drop"}
-        new_rules, rule_report = recalibrate(rules, vals, y, prior_n=cfg.prior_n, min_labels=cfg.min_labels)
-        for entry in rule_report:
-            if entry["column"] in marks:  # said where the threshold is shown (CLI, HTML report, history)
-                entry["random_derived"] = marks[entry["column"]]
-                entry["note"] = f"RANDOM-DERIVED signal ({marks[entry['column']]})" + (f"; {entry['note']}" if entry.get("note") else "")
-        report["thresholds"] = rule_report
-        save_rules(
-            rdir / "thresholds.json", new_rules, [{"time": time.time(), "version": before, "labels": int(len(y)), "changes": rule_report}]
-        )
-        report["plots"] = _threshold_plots(vals, y, rule_report)
-    # how well the machine's proposals matched the humans (the previous loop's quality)
-    rows = list(labelled.values())
-    human = [a["decision"] for a in rows]
-    report["pseudo_label_agreement"] = agreement([a["payload"].get("pseudo", {}).get("decision") for a in rows], human)
-    report["verifier_agreement"] = agreement([a["payload"].get("verifier", {}).get("verdict") for a in rows], human)
-    fixes = [(a["payload"].get("pseudo", {}).get("caption_fix"), a["caption"]) for a in agg.values()]
-    proposed = [(f, c) for f, c in fixes if f]
-    report["caption_fixes"] = {
-        "proposed": len(proposed),
-        "accepted": sum(1 for f, c in proposed if c == f),
-        "captions_edited": sum(1 for a in agg.values() if a["caption"]),
-    }
+    head_json = _learn_from_labels(ds, cfg, rdir, labelled, rules, sig_cols, emb_col, marks, before, report) if labelled else None
+    report.update(_loop_quality(agg, labelled))
     # corrected tags for the concept graph (graph/ reads this file when it rebuilds)
     tags = {r: a["tags"] for r, a in agg.items() if a["tags"]}
     store.write_json("review/graph_tags.json", {"version": before, "tags": tags})
@@ -481,6 +435,82 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     db.mark_applied(by, through, version=result.version, decisions=len(decisions), version_before=before)
     db.close()
     return report
+
+
+def _learn_from_labels(
+    ds: Any,
+    cfg: ReviewApplyConfig,
+    rdir: Path,
+    labelled: dict[str, dict],
+    rules: list,
+    sig_cols: list[str],
+    emb_col: str | None,
+    marks: dict[str, str],
+    before: int,
+    report: dict[str, Any],
+) -> dict | None:
+    """Fit the reward head (and the keep head) on the keep/drop labels and recalibrate the
+    thresholds; their figures go into ``report``. Returns the reward head as JSON (None when too
+    few labels), for the merge stage to score every row with."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from engines.active.loop import fit_reward_head, recalibrate
+    from engines.active.rules import column_values, embedding_matrix, save_rules
+
+    head_json = None
+    t = ds.to_table(
+        columns=["id", *sig_cols] + ([emb_col] if emb_col else []), filter=pc.field("id").isin(pa.array(sorted(labelled), pa.string()))
+    )
+    y = np.array([1 if labelled[i]["decision"] == "keep" else 0 for i in t.column("id").to_pylist()])
+    vals = {c: v for c in sig_cols if (v := column_values(t, c)) is not None}
+    emb = embedding_matrix(t, emb_col) if emb_col else None
+    head = fit_reward_head(
+        vals, y, [c for c in sig_cols if c != "rev_reward"], emb=emb[0] if emb else None, emb_column=emb_col, min_labels=cfg.min_labels
+    )
+    if head is not None:
+        used = [c for c in [*head.columns, head.emb_column] if c in marks]
+        if used:
+            head.meta["random_derived"] = {c: marks[c] for c in used}
+        head_json = head.to_json()
+        (rdir / "reward_head.json").write_text(json.dumps(head_json))
+        report["reward_head"] = head.meta | {"features": head.columns, "embedding": head.emb_column}
+        want_keep = cfg.keep_head if cfg.aesthetic_head is None else cfg.aesthetic_head
+        if want_keep and emb is not None and emb_col == "prof_clip_image" and len(y) >= 20:
+            report["keep_head"] = _export_keep_head(emb[0], y, rdir, emb_col, {c: marks[c] for c in (emb_col,) if c in marks})
+    else:
+        report["reward_head"] = {"skipped": f"needs >= {cfg.min_labels} labels with both keep and drop"}
+    new_rules, rule_report = recalibrate(rules, vals, y, prior_n=cfg.prior_n, min_labels=cfg.min_labels)
+    for entry in rule_report:
+        if entry["column"] in marks:  # said where the threshold is shown (CLI, HTML report, history)
+            entry["random_derived"] = marks[entry["column"]]
+            entry["note"] = f"RANDOM-DERIVED signal ({marks[entry['column']]})" + (f"; {entry['note']}" if entry.get("note") else "")
+    report["thresholds"] = rule_report
+    save_rules(
+        rdir / "thresholds.json", new_rules, [{"time": time.time(), "version": before, "labels": int(len(y)), "changes": rule_report}]
+    )
+    report["plots"] = _threshold_plots(vals, y, rule_report)
+    return head_json
+
+
+def _loop_quality(agg: dict[str, dict], labelled: dict[str, dict]) -> dict[str, Any]:
+    """How well the machine's proposals (pseudo-labels, the verifier, caption fixes) matched the
+    humans: the previous loop's quality, reported with every apply."""
+    from engines.active.loop import agreement
+
+    rows = list(labelled.values())
+    human = [a["decision"] for a in rows]
+    fixes = [(a["payload"].get("pseudo", {}).get("caption_fix"), a["caption"]) for a in agg.values()]
+    proposed = [(f, c) for f, c in fixes if f]
+    return {
+        "pseudo_label_agreement": agreement([a["payload"].get("pseudo", {}).get("decision") for a in rows], human),
+        "verifier_agreement": agreement([a["payload"].get("verifier", {}).get("verdict") for a in rows], human),
+        "caption_fixes": {
+            "proposed": len(proposed),
+            "accepted": sum(1 for f, c in proposed if c == f),
+            "captions_edited": sum(1 for a in agg.values() if a["caption"]),
+        },
+    }
 
 
 def _export_keep_head(emb, y, rdir: Path, emb_col: str, random_derived: dict[str, str]) -> dict[str, Any]:

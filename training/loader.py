@@ -522,7 +522,7 @@ class ShardDataset(IterableDataset):
 
     def load_batch(self, plan: EpochPlan, b: int) -> dict[str, Any]:
         sl = plan.batch(b)
-        rows, caps, seqs = plan.rows[sl], plan.caption_idx[sl], plan.seq_lens[sl]
+        rows, caps = plan.rows[sl], plan.caption_idx[sl]
         pre = [c for c, on in (("latents", self.pre_latents), ("cap_feats", self.pre_text), ("cap_feat_tokens", self.pre_text)) if on]
         cols = list(
             dict.fromkeys(
@@ -557,25 +557,14 @@ class ShardDataset(IterableDataset):
         for i in range(len(rows)):
             rid = t["id"][i]
             bw, bh = t["bucket_w"][i], t["bucket_h"][i]
-            if lat is not None:  # pre-encoded: no decoding, the latent of the centre crop export made
-                z = lat(i)
-                if z is None or len(z) == 0 or len(z) % ((bh // 8) * (bw // 8)):
-                    skipped.append((rid, "missing_latents"))
-                    continue
-                pix = torch.from_numpy(z.astype(np.float32).reshape(-1, bh // 8, bw // 8))  # a writable copy
-            else:
-                crop = _pair_crop(rng) if self.pairs else (lambda: rng)
-                pix, why = _decode_chw(t["image"][i], bw, bh, crop())
-                if why is None and self.pairs:  # the source, cropped where the target is (same size: same offset)
-                    src, why = _decode_chw(t["src_image"][i], t["src_bucket_w"][i], t["src_bucket_h"][i], crop())
-                    why = why and f"source {why}"
-                if why is not None:
-                    skipped.append((rid, why))
-                    continue
-                if self.pairs:
-                    out["sources"].append(src)
-                    out["source_buckets"].append((t["src_bucket_w"][i], t["src_bucket_h"][i]))
-                    out["kinds"].append(t["kind"][i])
+            pix, src, why = self._row_pixels(t, i, lat, rng)
+            if why is not None:
+                skipped.append((rid, why))
+                continue
+            if self.pairs:
+                out["sources"].append(src)
+                out["source_buckets"].append((t["src_bucket_w"][i], t["src_bucket_h"][i]))
+                out["kinds"].append(t["kind"][i])
             if feats is not None:
                 variants = feats(i)
                 if caps[i] < 0 or variants is None or caps[i] >= len(variants):
@@ -595,10 +584,34 @@ class ShardDataset(IterableDataset):
                 v = t[c][i]
                 out[c].append(np.asarray(v, dtype=np.float32) if c in arrays and v is not None else v)
             keep_i.append(i)
-        k = np.asarray(keep_i, dtype=np.int64)
+        out.update(self._batch_lengths(plan, sl, t, np.asarray(keep_i, dtype=np.int64)))
+        out.update(epoch=plan.epoch, batch_index=b, skipped=skipped)
+        return out
+
+    def _row_pixels(self, t: dict, i: int, lat, rng) -> tuple[torch.Tensor | None, torch.Tensor | None, str | None]:
+        """Row ``i``'s target as a tensor, its source for an editing pair, and why it is skipped
+        (None when it is not): the pre-encoded latent where the export wrote one (no decoding),
+        else the image decoded and cropped to its bucket."""
+        bw, bh = t["bucket_w"][i], t["bucket_h"][i]
+        if lat is not None:  # pre-encoded: no decoding, the latent of the centre crop export made
+            z = lat(i)
+            if z is None or len(z) == 0 or len(z) % ((bh // 8) * (bw // 8)):
+                return None, None, "missing_latents"
+            return torch.from_numpy(z.astype(np.float32).reshape(-1, bh // 8, bw // 8)), None, None  # a writable copy
+        crop = _pair_crop(rng) if self.pairs else (lambda: rng)
+        pix, why = _decode_chw(t["image"][i], bw, bh, crop())
+        src = None
+        if why is None and self.pairs:  # the source, cropped where the target is (same size: same offset)
+            src, why = _decode_chw(t["src_image"][i], t["src_bucket_w"][i], t["src_bucket_h"][i], crop())
+            why = why and f"source {why}"
+        return pix, src, why
+
+    def _batch_lengths(self, plan: EpochPlan, sl: slice, t: dict, k: np.ndarray) -> dict[str, Any]:
+        """The kept rows' (``k``) token counts: image, sequence, what the model runs, caption
+        (and source, for pairs), as the loop and its throughput figures read them."""
         img_tok = np.asarray(t["image_tokens"], dtype=np.int64)[k] if len(k) else np.zeros(0, np.int64)
-        out["image_tokens"] = torch.from_numpy(img_tok)
-        out["seq_lens"] = torch.from_numpy(seqs[k].astype(np.int64))
+        out: dict[str, Any] = {"image_tokens": torch.from_numpy(img_tok)}
+        out["seq_lens"] = torch.from_numpy(plan.seq_lens[sl][k].astype(np.int64))
         model = plan.seq_lens if plan.model_lens is None else plan.model_lens
         out["model_lens"] = torch.from_numpy(model[sl][k].astype(np.int64))  # what the model runs per sample
         out["packing"] = plan.packing
@@ -608,7 +621,6 @@ class ShardDataset(IterableDataset):
                 np.asarray(t["src_image_tokens"], dtype=np.int64)[k] if len(k) else np.zeros(0, np.int64)
             )
             out["caption_tokens"] -= out["source_tokens"]
-        out.update(epoch=plan.epoch, batch_index=b, skipped=skipped)
         return out
 
 
