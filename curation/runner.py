@@ -266,7 +266,7 @@ def execute_resumable(
     record: Callable[[dict[str, Any]], dict[str, Any]],
     job: str,
     ray_options: dict[str, Any],
-    description: str,
+    description: str | None = None,
     concurrency: int | None = None,
     show_progress: bool = True,
     count_rows: Callable[[dict[str, Any]], int] | None = None,
@@ -279,7 +279,8 @@ def execute_resumable(
     keyed by ``ckpt.key``), checkpointed as it arrives. ``on_record(rec)`` sees every unit's
     record: the resumed ones first, before anything runs, then each new one as it arrives.
     ``count_rows(unit)``: progress in rows, the resumed units' rows counted as done; the workers
-    get the counter they advance as ``progress`` (``ctor_kwargs["progress"]``).
+    get the counter they advance as ``progress`` (``ctor_kwargs["progress"]``). ``description``:
+    the progress bar's, by default "<job> (<noun>)".
 
     Returns every unit's record by key and how many came from an earlier run; raises when a unit
     produced none, so that no job commits with a unit's rows silently missing."""
@@ -307,13 +308,19 @@ def execute_resumable(
         rows = RowProgress(total, start=total - sum(n_rows[u[key]] for u in todo))
         ctor_kwargs = {**ctor_kwargs, "progress": rows.counter}
     execute_units(
-        todo, worker_cls, ctor_kwargs, ray_options=ray_options, on_result=on_result, description=description,
-        concurrency=concurrency, show_progress=show_progress, rows=rows,
+        todo, worker_cls, ctor_kwargs, ray_options=ray_options, on_result=on_result,
+        description=description or f"{job} ({noun})", concurrency=concurrency, show_progress=show_progress, rows=rows,
     )  # fmt: skip
     missing = sorted(wanted - set(done))
     if missing:
         raise RuntimeError(f"{job}: {noun} {missing} produced no result")
     return done, resumed
+
+
+def json_record(key: str, *fields: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The ``record`` of ``execute_resumable`` for a worker that returns its unit's ``key`` and
+    ``fields`` as JSON strings: the record holds them decoded."""
+    return lambda row: {key: row[key], **{f: json.loads(row[f]) for f in fields}}
 
 
 def _follow(rows: RowProgress, progress: Progress, task):

@@ -149,8 +149,11 @@ def _row_progress(show: bool):
     return Progress(*cols, console=console, disable=not show)
 
 
-def _fetch_units(store: Store, cfg: DownloadConfig, read_version: int, units: list[dict], ckpt: Checkpoints, **run) -> dict[int, dict]:
-    """Run every unit not yet checkpointed (progress in rows); returns every unit's record by fragment id."""
+def _fetch_units(
+    store: Store, cfg: DownloadConfig, read_version: int, units: list[dict], ckpt: Checkpoints, **run
+) -> tuple[dict[int, dict], int]:
+    """Run every unit not yet checkpointed (progress in rows); returns every unit's record by
+    fragment id and how many came from an earlier run."""
     ctor = {"uri": store.uri, "storage_options": store.storage_options, "version": read_version}
     ctor |= {"opts": cfg.fetch_options(), "filter": pending_filter(cfg.retry_errors), "batch_size": cfg.batch_size}
     with _row_progress(run["show_progress"]) as progress:
@@ -161,12 +164,11 @@ def _fetch_units(store: Store, cfg: DownloadConfig, read_version: int, units: li
             rec = {k: row[k] for k in ("fragment_id", "fragment")}
             return rec | {"fields": json.loads(row["fields"]), "stats": json.loads(row["stats"])}
 
-        done, _ = execute_resumable(
+        return execute_resumable(
             units, ckpt, _DownloadWorker, ctor, record=record, job="download", ray_options={"num_cpus": cfg.num_cpus},
-            description="download (fragments)", concurrency=run["concurrency"], show_progress=False,
+            concurrency=run["concurrency"], show_progress=False,
             on_record=lambda rec: progress.advance(task, rec["stats"]["rows"]), noun="fragments", already="fetched",
         )  # fmt: skip
-    return done
 
 
 def _commit(store: Store, read_version: int, done: dict[int, dict]):
@@ -210,8 +212,7 @@ def _download_once(store: Store, cfg: DownloadConfig, show_progress: bool, concu
         console.print("download: no row to fetch (every http(s) row has its image or an error; --retry-errors fetches failed ones)")
         return _result("skipped", read_version, read_version, [], 0, Stats(), t0)
     ckpt = Checkpoints(store.state_dir / "checkpoints" / f"download-{_fingerprint(cfg, read_version)}", "fragment_id")
-    resumed = len([u for u in units if u["fragment_id"] in ckpt.load()])
-    done = _fetch_units(store, cfg, read_version, units, ckpt, show_progress=show_progress, concurrency=concurrency)
+    done, resumed = _fetch_units(store, cfg, read_version, units, ckpt, show_progress=show_progress, concurrency=concurrency)
     stats = sum((Stats.from_dict(rec["stats"]) for rec in done.values()), Stats())
     from lance.commit import CommitConflictError
 

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.buckets import assign_bucket, choose_resolution, crop_sizes, estimate_caption_tokens, image_tokens
 from curation.registry import register_step
-from curation.runner import Checkpoints, StageResult, console, execute_resumable
+from curation.runner import Checkpoints, StageResult, console, execute_resumable, json_record
 from curation.stage import StageConfig, Stats
 from curation.store import Store
 
@@ -805,10 +805,9 @@ def _write_units(
         ckpt,
         _ExportWorker,
         {"src": src, "version": version, "out_uri": out.uri, "out_options": out.storage_options, "cfg": cfg, "roles": roles},
-        record=lambda row: {"unit": row["unit"], **{k: json.loads(row[k]) for k in ("fragments", "excluded", "stats")}},
+        record=json_record("unit", "fragments", "excluded", "stats"),
         job="export",
         ray_options=_ray_options(cfg),
-        description="export (units)",
         concurrency=concurrency,
         show_progress=show_progress,
         already="written",

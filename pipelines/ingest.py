@@ -13,14 +13,13 @@ import hashlib
 import json
 import time
 from collections import Counter
-from typing import Any
 
 import pyarrow as pa
 from pydantic import Field
 
 from curation.config import ConfigError
 from curation.registry import register_step
-from curation.runner import Checkpoints, StageResult, console, execute_resumable
+from curation.runner import Checkpoints, StageResult, console, execute_resumable, json_record
 from curation.schema import SAMPLES_SCHEMA
 from curation.sources import ColumnMappingError, ReadOptions, plan_units, read_unit
 from curation.stage import StageConfig, Stats
@@ -335,18 +334,14 @@ def _write_units(
     unit's record (fragments, stats, ids replaced), the ones written by an interrupted run read
     back from its checkpoints so that only the missing units run again."""
 
-    def record(row: dict[str, Any]) -> dict[str, Any]:
-        return {"unit": row["unit"], **{k: json.loads(row[k]) for k in ("fragments", "stats", "replaced")}}
-
     return execute_resumable(
         units,
         ckpt,
         _IngestWorker,
         {"uri": store.uri, "storage_options": store.storage_options, "opts": opts, "existing_ids": existing},
-        record=record,
+        record=json_record("unit", "fragments", "stats", "replaced"),
         job="ingest",
         ray_options={"num_cpus": 1},
-        description="ingest (units)",
         concurrency=concurrency,
         show_progress=show_progress,
         already="written",

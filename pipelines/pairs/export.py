@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curation.runner import Checkpoints, StageResult, console, execute_resumable
+from curation.runner import Checkpoints, StageResult, console, execute_resumable, json_record
 from curation.stage import StageConfig, Stats
 from curation.store import Store, is_remote, storage_options_from_env
 from pipelines.pairs.common import check_pair_tables, open_out
@@ -274,10 +274,9 @@ def _export_units(out: Store, pinned, sizes, cfg, ckpt: Checkpoints, *, show_pro
         ckpt,
         _PairExportWorker,
         {"tables": pinned, "out_uri": out.uri, "cfg": cfg.model_dump(mode="json")},
-        record=lambda row: {"unit": row["unit"], **{k: json.loads(row[k]) for k in ("fragments", "excluded")}},
+        record=json_record("unit", "fragments", "excluded"),
         job="pairs export",
         ray_options={"num_cpus": 1},
-        description="pairs export (units)",
         concurrency=concurrency,
         show_progress=show_progress,
         already="written",
