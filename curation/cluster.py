@@ -1,21 +1,24 @@
 """Ray setup: an embedded local cluster by default, a real cluster by address.
 
 The embedded default is sized for a laptop: a bounded object store (Ray otherwise reserves a
-large share of /dev/shm), and a loopback node address. Ray rewrites 127.0.0.1 to the machine's
-external address, so the node binds to 127.0.0.2, which stays on loopback.
+large share of /dev/shm), and a node on 127.0.0.1 whose servers listen on loopback only
+(``_loopback_only``): Ray has no authentication by default, so anything listening beyond
+loopback lets whoever reaches the machine run code on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["RayConfig", "init_ray"]
 
-LOOPBACK_NODE_IP = "127.0.0.2"
+LOOPBACK_NODE_IP = "127.0.0.1"
 
 
 class RayConfig(BaseModel):
@@ -27,7 +30,7 @@ class RayConfig(BaseModel):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded cluster (default: all)")
     num_gpus: int | None = Field(None, ge=0)
     object_store_memory_mb: int = Field(512, ge=64, description="object store of the embedded cluster")
-    node_ip: str = LOOPBACK_NODE_IP
+    node_ip: str = Field(LOOPBACK_NODE_IP, description="the embedded node's address; 127.0.0.1 = loopback only")
 
 
 def init_ray(config: RayConfig | None = None) -> None:
@@ -48,16 +51,52 @@ def init_ray(config: RayConfig | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
-        ray.init(
-            num_cpus=config.num_cpus or os.cpu_count(),
-            num_gpus=config.num_gpus,
-            object_store_memory=config.object_store_memory_mb * 1024 * 1024,
-            _node_ip_address=config.node_ip,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            # our jobs report progress and counters themselves; worker exceptions still propagate
-            log_to_driver=False,
-        )
+        with _loopback_only(config.node_ip):
+            _init_embedded(config)
+    _quiet_ray_data()
+
+
+def _init_embedded(config: RayConfig) -> None:
+    import ray
+
+    ray.init(
+        num_cpus=config.num_cpus or os.cpu_count(),
+        num_gpus=config.num_gpus,
+        object_store_memory=config.object_store_memory_mb * 1024 * 1024,
+        _node_ip_address=config.node_ip,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        # our jobs report progress and counters themselves; worker exceptions still propagate
+        log_to_driver=False,
+    )
+
+
+@contextlib.contextmanager
+def _loopback_only(node_ip: str) -> Iterator[None]:
+    """Keep an embedded node on 127.0.0.1 while ``ray.init`` starts it.
+
+    Why: Ray's servers (GCS, raylet, workers, agents) listen on every interface unless the node's
+    address is 127.0.0.1, and ``ray.init`` turns 127.0.0.1 into the machine's external address
+    unless Ray believes clusters are off, its single-machine mode for laptops
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). The environment variable cannot be used: it is read
+    when Ray is imported, and ``ray start`` in a child process would inherit it and refuse to
+    join a cluster. So the mode is on in this process while the node starts, then restored, so
+    that a later ``ray.init(address=...)`` behaves as Ray's default.
+    tests/curation/test_cluster_loopback.py checks every listening socket of the node."""
+    if node_ip != LOOPBACK_NODE_IP:
+        yield
+        return
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _quiet_ray_data() -> None:
     from ray.data import DataContext
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset "execution finished" lines
