@@ -130,37 +130,51 @@ def _originality(store, ds, t: pa.Table, rows: np.ndarray, cfg: DedupConfig):
 
     if cfg.keeper != "original":
         return None
-    nbytes, jq = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    sig = np.full((len(rows), 4), np.nan)  # encoded bytes, JPEG quality, colour planes, framed
     if len(rows) and "image" in ds.schema.names:
         chunks = np.array_split(rows, -(-len(rows) // cfg.pairs_per_unit))
-        fmt = "format" in ds.schema.names
-        for pos, b, q in _encoding_on_ray(store, ds.version, chunks, fmt, cfg.resources.get("verify", {})):
-            at = np.searchsorted(rows, pos)
-            nbytes[at], jq[at] = b, q
+        cols = [c for c in ("format", "vec_desc", "vec_regions") if c in ds.schema.names]
+        for pos, got in _encoding_on_ray(store, ds.version, chunks, cols, cfg.resources.get("verify", {})):
+            sig[np.searchsorted(rows, pos)] = got
     w = t.column("width").fill_null(0).to_numpy()
     h = t.column("height").fill_null(0).to_numpy()
-    return Originality.of(w, h, nbytes, jq)
+    return Originality.of(w, h, sig[:, 0], sig[:, 1], framed=sig[:, 3], planes=sig[:, 2])
 
 
-def _encoding_on_ray(store, version: int, chunks: list[np.ndarray], fmt: bool, resources: dict):
-    """(positions, encoded bytes, JPEG quality) per chunk of row positions, one Ray task each."""
+def _encoding_on_ray(store, version: int, chunks: list[np.ndarray], cols: list[str], resources: dict):
+    """(positions, signals) per chunk of row positions (``_encoding_unit``), one Ray task each."""
     import ray
 
     task = ray.remote(num_cpus=1, **({"resources": resources} if resources else {}))(_encoding_unit)
-    return ray.get([task.remote(store, version, c, fmt) for c in chunks])
+    return ray.get([task.remote(store, version, c, cols) for c in chunks])
 
 
-def _encoding_unit(store, version: int, pos: np.ndarray, fmt: bool, batch: int = 256):
-    """Encoded size and JPEG quality of the rows at ``pos`` (read ``batch`` images at a time)."""
-    from engines.vector.dedup import encoding_signals
+def _encoding_unit(store, version: int, pos: np.ndarray, cols: list[str], batch: int = 256):
+    """Encoded size, JPEG quality, colour planes and surroundings (1 = a frame or screenshot
+    around the photo, ``has_content_box``) of the rows at ``pos``, ``batch`` rows at a time."""
+    from engines.vector.dedup import encoding_info
 
     ds = store.open(version)
-    out = np.full((len(pos), 2), np.nan)
+    out = np.full((len(pos), 4), np.nan)
     for s in range(0, len(pos), batch):
-        t = ds.take(pos[s : s + batch].tolist(), columns=["image"] + (["format"] if fmt else []))
-        fmts = t.column("format").to_pylist() if fmt else [None] * t.num_rows
-        out[s : s + batch] = [encoding_signals(d, f) for d, f in zip(t.column("image").to_pylist(), fmts)]
-    return pos, out[:, 0], out[:, 1]
+        t = ds.take(pos[s : s + batch].tolist(), columns=["image", *cols])
+        fmts = t.column("format").to_pylist() if "format" in cols else [None] * t.num_rows
+        out[s : s + batch, :3] = [encoding_info(d, f) for d, f in zip(t.column("image").to_pylist(), fmts)]
+        if "vec_regions" in cols:
+            out[s : s + batch, 3] = _surroundings(t)
+    return pos, out
+
+
+def _surroundings(t: pa.Table) -> np.ndarray:
+    """Per row of ``t``: 1.0 when its content box is another picture than its full frame (a photo
+    inside a frame, a screenshot, bars), 0.0 when not, NaN without descriptors."""
+    from engines.vector.dedup import has_content_box
+    from engines.vector.index import clean_vectors, to_matrix
+
+    full, valid, _ = clean_vectors(*to_matrix(t.column("vec_desc")))  # unit length, as the candidates read them
+    reg, rnull = to_matrix(t.column("vec_regions"), unit=full.shape[1])
+    boxed = has_content_box(full, reg.reshape(len(full), -1, full.shape[1])).astype(np.float64)
+    return np.where(valid & ~rnull, boxed, np.nan)
 
 
 def _semantic_column(store, ds, cfg: DedupConfig) -> tuple[str | None, str]:
@@ -325,7 +339,8 @@ def _groups(store, ds, n: int, pairs, near, cfg: DedupConfig, stats: dict, notes
         notes.append(f"kept row = {better}")
     else:
         notes.append(
-            "kept row = the original: clearly more pixels (>10%), then more bytes per pixel (>1.5x), "
+            "kept row = the original: not a framed or screenshot copy of a smaller bare one, then clearly more pixels (>10%), "
+            "then more bytes per pixel (>1.5x, among copies with as many colour planes), "
             f"then a higher JPEG quality (>5), then not a crop of another copy, then the {better}"
         )
     split = {"by_component": len(pairs) > cfg.communities_max_edges, "map_fn": _ray_map}

@@ -252,3 +252,92 @@ def test_dedup_job_keeps_the_photo_over_its_full_size_crop(ray_session, coco_dir
     why = dict(zip(plan.column("id").to_pylist(), plan.column("keeper_why").to_pylist()))
     assert why[got[f"{PHOTO}-crop"]["id"]] == "crop of it"
     assert why[got["000000063217.jpg-crop"]["id"]] in ("crop of it", "bytes per pixel")
+
+
+def bordered(data: bytes, share: float = 0.07, fill: str = "white") -> bytes:
+    """The photo inside a flat border of ``share`` of its shorter side (the demo corpus's frame):
+    about 25% more pixels than the photo."""
+    from PIL import ImageOps
+
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    return _jpeg(ImageOps.expand(im, border=round(min(im.size) * share), fill=fill), 90)
+
+
+def cmyk(data: bytes) -> bytes:
+    """The photo as a CMYK JPEG at quality 90: four full planes, 2.8x the bytes of RGB."""
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("CMYK").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_a_framed_copy_loses_although_it_has_more_pixels_and_only_then(original):
+    from engines.vector.dedup import encoding_info
+
+    blobs = [bordered(original), original]
+    orig = signals(blobs)
+    assert orig.pixels[0] > 1.2 * orig.pixels[1]  # by size alone the frame would win
+    quality = np.array([0.9, 0.5])
+    assert group_duplicates(2, one_group(2), quality, originality=orig).keep.tolist() == [True, False]  # the defect
+    framed_sig = Originality.of(orig.pixels, np.ones(2), [len(b) for b in blobs], orig.jpeg_quality, framed=[1.0, 0.0])
+    res = group_duplicates(2, one_group(2), quality, originality=framed_sig)
+    assert res.keep.tolist() == [False, True] and res.why == ["framed", None]
+    # a photo on a flat background and its same-size copy without one (noise broke the flat
+    # border, or a tight crop): no frame was added, the size rule decides as before
+    same = Originality.of([100, 100], [100, 100], [5e3, 5e3], [90, 90], framed=[1.0, 0.0])
+    assert group_duplicates(2, one_group(2), np.array([0.9, 0.1]), originality=same).why == [None, "quality"]
+    assert encoding_info(original)[2] == 3 and encoding_info(cmyk(original))[2] == 4
+
+
+def test_a_cmyk_copy_does_not_win_on_bytes_per_pixel(original):
+    from engines.vector.dedup import encoding_info
+
+    blobs = [cmyk(original), original]
+    info = np.array([encoding_info(b) for b in blobs])
+    px = [Image.open(io.BytesIO(b)).size for b in blobs]
+    w, h = [s[0] for s in px], [s[1] for s in px]
+    quality = np.array([0.9, 0.5])
+    no_planes = Originality.of(w, h, info[:, 0], info[:, 1])
+    assert no_planes.bytes_per_pixel[0] > 1.5 * no_planes.bytes_per_pixel[1]  # CMYK's four planes
+    assert group_duplicates(2, one_group(2), quality, originality=no_planes).why == [None, "bytes per pixel"]  # the defect
+    res = group_duplicates(
+        2, one_group(2), np.array([0.5, 0.9]), originality=Originality.of(w, h, info[:, 0], info[:, 1], planes=info[:, 2])
+    )
+    assert res.keep.tolist() == [False, True] and res.why == ["quality", None]  # the bytes decide nothing
+
+
+def test_dedup_job_keeps_the_photo_over_its_framed_and_cmyk_copies(ray_session, coco_dir, tmp_path):
+    """Each photo after a white-framed copy that the quality score prefers and before a CMYK copy
+    that scores the same: the job reads the frame from the stored descriptors (the content box)
+    and the planes from the JPEG header, and keeps the photo (before: the frame on resolution, or
+    the CMYK copy on bytes per pixel)."""
+    from curation.runner import run_stage
+    from curation.store import Store
+    from pipelines.dedup import DedupConfig, run_dedup
+    from pipelines.descriptors import VisualStage
+
+    names = (PHOTO, "000000000790.jpg")
+    rows, quality = [], []
+    for name in names:
+        data = (coco_dir / "images" / name).read_bytes()
+        rows += [sample_row(bordered(data), "derived", f"{name}-frame"), sample_row(data, "coco", name)]
+        rows.append(sample_row(cmyk(data), "derived", f"{name}-cmyk"))
+        quality += [0.9, 0.5, 0.5]
+    others = [r for r in coco_rows(coco_dir) if r["source_key"] not in names][:3]
+    rows += others
+    quality += [0.5] * len(others)
+    t = samples_table(rows).append_column("prof_quality", pa.array(quality, pa.float32()))
+    store = Store(str(tmp_path / "f.lance"))
+    lance.write_dataset(t, store.uri, max_rows_per_file=4)
+    run_stage(store, VisualStage(), show_progress=False)
+    assert run_dedup(store, DedupConfig(), show_progress=False)["status"] == "committed"
+    got = {r["source_key"]: r for r in store.to_arrow(["id", "source_key", "dup_keep", "dup_of"]).to_pylist()}
+    (plan_path,) = (store.state_dir / "vector").glob("dedup-plan-v*.arrow")
+    plan = feather.read_table(str(plan_path))
+    why = dict(zip(plan.column("id").to_pylist(), plan.column("keeper_why").to_pylist()))
+    for name in names:
+        assert got[name]["dup_keep"], (name, {k: why.get(got[k]["id"]) for k in (name, f"{name}-frame", f"{name}-cmyk")})
+        for kind in ("frame", "cmyk"):
+            assert not got[f"{name}-{kind}"]["dup_keep"] and got[f"{name}-{kind}"]["dup_of"] == got[name]["id"], kind
+        assert why[got[f"{name}-frame"]["id"]] == "framed"
+        # not "bytes per pixel": the CMYK copy ties, or its luma-only tables read as a lower quality
+        assert why[got[f"{name}-cmyk"]["id"]] in ("earlier row", "JPEG quality"), name
