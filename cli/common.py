@@ -6,14 +6,28 @@ Heavy libraries are imported inside functions only, so ``curate --help`` stays f
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-__all__ = ["console", "err_console", "DatasetOpt", "AddressOpt", "fail", "open_store", "start_ray", "native_stderr_to_log"]
+__all__ = [
+    "console",
+    "err_console",
+    "DatasetOpt",
+    "AddressOpt",
+    "fail",
+    "open_store",
+    "require_version",
+    "version_ranges",
+    "writable_out",
+    "start_ray",
+    "native_stderr_to_log",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -23,8 +37,10 @@ AddressOpt = typer.Option(None, "--address", help="Ray cluster address (default:
 
 
 def fail(msg: str, code: int = 2) -> None:
-    """Print a one-line error (no traceback) and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {msg}")
+    """Print a one-line error (no traceback) and exit with ``code``. ``msg`` is printed literally:
+    it carries paths, user data and exception text, where rich markup would crash on a "[/x]"
+    (MarkupError) and silently drop a "[raw]"."""
+    err_console.print(f"[bold red]error:[/] {escape(msg)}")
     raise typer.Exit(code)
 
 
@@ -33,8 +49,48 @@ def open_store(dataset: str, must_exist: bool = True):
 
     store = Store(dataset)
     if must_exist and not store.exists():
-        fail(f"no Lance dataset at {dataset!r}; create one with `curate ingest SRC --dataset {dataset}`")
+        fail(f"no Lance dataset at {dataset!r}; create one with `curate ingest SRC --dataset {shlex.quote(dataset)}`")
     return store
+
+
+def require_version(store, dataset: str, version: Optional[int]) -> None:
+    """Refuse a ``--version`` the dataset does not have, naming those it has: Lance's own error
+    is a Rust source location that reads like a bug in zcurate."""
+    if version is None:
+        return
+    known = [v["version"] for v in store.versions(jobs=False)]
+    if version not in known:
+        hint = f"curate info --dataset {shlex.quote(dataset)}"
+        fail(f"{dataset} has no version {version}; its versions are {version_ranges(known)} (see `{hint}`)")
+
+
+def version_ranges(versions: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7": a dataset can have thousands of versions."""
+    out, start = [], None
+    for i, v in enumerate(versions):
+        start = v if start is None else start
+        if i + 1 == len(versions) or versions[i + 1] != v + 1:
+            out.append(str(v) if v == start else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
+
+
+def writable_out(out: Path, *, create_parent: bool = False, option: str = "--out") -> None:
+    """Refuse an output file that cannot be written before the work starts (a report takes
+    minutes): a directory, a folder that does not exist (created when ``create_parent``), or one
+    without write permission. Python's own error would be reported as a bug in zcurate."""
+    if out.is_dir():
+        fail(f"{option} {out} is a directory; name a file inside it")
+    parent = out.parent
+    if create_parent:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            fail(f"{option}: cannot create the folder {parent}: {e.strerror or e}")
+    if not parent.is_dir():
+        fail(f"{option}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        fail(f"{option}: {out} is not writable (permission denied)")
 
 
 def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:

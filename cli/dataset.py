@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from cli.common import AddressOpt, DatasetOpt, console, fail, open_store, start_ray
+from cli.common import AddressOpt, DatasetOpt, console, fail, open_store, require_version, start_ray, writable_out
 
 
 def register(app: typer.Typer) -> None:
@@ -23,17 +25,18 @@ def register(app: typer.Typer) -> None:
     ):
         """Rows, columns by group, versions and error counts of a dataset (and its top concept tags)."""
         store = open_store(dataset)
+        require_version(store, dataset, version)
         ds = store.open(version)
         if columns:
             _print_columns(ds.schema)
             return
-        console.print(f"[bold]{store.uri}[/]", soft_wrap=True)
+        console.print(f"[bold]{escape(store.uri)}[/]", soft_wrap=True)
         console.print(f"version v{ds.version}  rows {ds.count_rows():,}  fragments {len(ds.get_fragments())}")
         t = Table(title="columns by group")
         t.add_column("group")
         t.add_column("columns")
         for g, cols in store.columns_by_group(version).items():
-            t.add_row(g, ", ".join(cols))
+            t.add_row(*_literal(g, ", ".join(cols)))
         console.print(t)
         errs = store.error_counts(version)
         if "exact_dup_of" in ds.schema.names:
@@ -45,7 +48,7 @@ def register(app: typer.Typer) -> None:
             e.add_column("reason")
             e.add_column("rows", justify="right")
             for k, v in errs.items():
-                e.add_row(k, str(v))
+                e.add_row(*_literal(k, str(v)))
             console.print(e)
         if top_tags and "tag_concepts" in ds.schema.names:
             _print_tag_summary(store, version, graph, top_tags)
@@ -56,7 +59,9 @@ def register(app: typer.Typer) -> None:
         v.add_column("made by")
         for rec in store.versions()[-10:]:
             v.add_row(
-                f"v{rec['version']}", str(rec["timestamp"])[:19], rec["metadata"].get("total_rows", ""), rec["job"].get("message", "")
+                *_literal(
+                    f"v{rec['version']}", str(rec["timestamp"])[:19], rec["metadata"].get("total_rows", ""), rec["job"].get("message", "")
+                )
             )
         console.print(v)
 
@@ -68,11 +73,9 @@ def register(app: typer.Typer) -> None:
     ):
         """What changed between two versions: columns, rows, values per column."""
         store = open_store(dataset)
-        known = [v["version"] for v in store.versions(jobs=False)]
-        v2 = v2 or known[-1]
+        v2 = v2 or store.versions(jobs=False)[-1]["version"]
         for v in (v1, v2):
-            if v not in known:
-                fail(f"{dataset} has no version {v}; its versions are {_ranges(known)} (see `curate info {dataset}`)")
+            require_version(store, dataset, v)
         console.print_json(json.dumps(store.diff(v1, v2)))
 
     @app.command()
@@ -113,7 +116,7 @@ def register(app: typer.Typer) -> None:
         t.add_column("kind")
         t.add_column("what it does")
         for n, spec in sorted(STEPS.items()):
-            t.add_row(n, "stage" if n in STAGES else "step", spec.doc)
+            t.add_row(*_literal(n, "stage" if n in STAGES else "step", spec.doc))
         console.print(t)
 
     @app.command()
@@ -128,6 +131,9 @@ def register(app: typer.Typer) -> None:
         from curation.sql import run_sql
 
         store = open_store(dataset)
+        require_version(store, dataset, version)
+        if out is not None:
+            _check_sql_out(out)
         try:
             t = run_sql(query, store.uri, version, store.storage_options)
         except ValueError as e:
@@ -207,7 +213,7 @@ def _print_columns(schema) -> None:
     for col in ("column", "group", "type", "written by", "meaning"):
         t.add_column(col, overflow="fold")
     for r in schema_rows(schema):
-        t.add_row(*r.values())
+        t.add_row(*_literal(*r.values()))
     console.print(t)
 
 
@@ -226,26 +232,21 @@ def _print_tag_summary(store, version: Optional[int], graph: Optional[Path], top
     t.add_column("named", justify="right", no_wrap=True)
     t.add_column("+inherited", justify="right", no_wrap=True)
     for r in rows:
-        t.add_row(r.en or r.id, r.zh, r.id, f"{r.direct:,}", f"{r.rows:,}")
+        t.add_row(*_literal(r.en or r.id, r.zh, r.id, f"{r.direct:,}", f"{r.rows:,}"))
     console.print(t)
-    console.print(f"labels from {graph_dir}" if labels else "no graph found for the labels: pass --graph", soft_wrap=True)
+    console.print(f"labels from {escape(str(graph_dir))}" if labels else "no graph found for the labels: pass --graph", soft_wrap=True)
 
 
 def _print_or_write(t, out: Optional[Path], max_rows: int) -> None:
     """The query's rows as a table on the terminal (the first ``max_rows``), or all of them to
-    ``out`` (.parquet, .csv or .jsonl: what a spreadsheet or the next script opens)."""
+    ``out`` (.parquet, .csv or .jsonl: what a spreadsheet or the next script opens). Values and
+    column names are printed literally: a caption's "[/INST]" is text, not rich markup."""
     if out is not None:
-        import pyarrow.csv as pacsv
-        import pyarrow.parquet as pq
-
-        kinds = {".parquet": lambda: pq.write_table(t, out), ".csv": lambda: pacsv.write_csv(t, out)}
-        kinds[".jsonl"] = lambda: out.write_text("".join(json.dumps(r, default=str) + "\n" for r in t.to_pylist()))
-        if out.suffix not in kinds:
-            fail(f"--out must end in .parquet, .csv or .jsonl (got {out.name!r})")
-        kinds[out.suffix]()
-        console.print(f"{t.num_rows:,} rows -> {out}")
+        _write_rows(t, out)
         return
-    table = Table(*t.column_names)
+    table = Table()
+    for name in t.column_names:
+        table.add_column(Text(name))
     for row in t.slice(0, max_rows).to_pylist():
         table.add_row(*(_cell(v) for v in row.values()))
     console.print(table)
@@ -253,9 +254,52 @@ def _print_or_write(t, out: Optional[Path], max_rows: int) -> None:
         console.print(f"... {t.num_rows - max_rows:,} more rows (--max-rows, or --out FILE)")
 
 
-def _cell(v) -> str:
+_OUT_KINDS = (".parquet", ".csv", ".jsonl")
+
+
+def _check_sql_out(out: Path) -> None:
+    """Refuse a bad ``--out`` before the query runs: a directory, a missing folder, its kind."""
+    writable_out(out)
+    if out.suffix not in _OUT_KINDS:
+        fail(f"--out must end in .parquet, .csv or .jsonl (got {out.name!r})")
+
+
+def _write_rows(t, out: Path) -> None:
+    """Write every row to ``out``; an OS error (disk full, permissions) is one line, not a bug."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    kinds = {".parquet": lambda: pq.write_table(t, out), ".csv": lambda: pacsv.write_csv(_csv_ready(t), out)}
+    kinds[".jsonl"] = lambda: out.write_text("".join(json.dumps(r, default=str) + "\n" for r in t.to_pylist()))
+    try:
+        kinds[out.suffix]()
+    except OSError as e:
+        fail(f"could not write {out}: {e.strerror or e}")
+    console.print(f"{t.num_rows:,} rows -> {escape(str(out))}", soft_wrap=True)
+
+
+def _csv_ready(t):
+    """``t`` with every nested column (lists, structs, maps: ``captions`` is a list of structs) as
+    JSON text, one cell per row: CSV has no nested types and Arrow's writer refuses them."""
+    import pyarrow as pa
+
+    for i, field in enumerate(t.schema):
+        if pa.types.is_nested(field.type):
+            text = [None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in t.column(i).to_pylist()]
+            t = t.set_column(i, pa.field(field.name, pa.string()), pa.array(text, pa.string()))
+    return t
+
+
+def _cell(v) -> Text:
+    """One value as literal text (never markup), floats short and long values cut at 80 chars."""
     text = f"{v:.4g}" if isinstance(v, float) else str(v)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return Text(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _literal(*cells) -> list[Text]:
+    """Table cells printed as they are: names, reasons, labels and messages come from user data,
+    and rich would read "[raw]" as a style (dropped) or "[/x]" as a closing tag (a crash)."""
+    return [Text(str(c)) for c in cells]
 
 
 def _describe_step(name: str) -> None:
@@ -267,20 +311,9 @@ def _describe_step(name: str) -> None:
     if name not in STEPS:
         fail(f"unknown step {name!r}; steps: {', '.join(sorted(STEPS))}")
     spec = STEPS[name]
-    t = Table(title=f"{name}: {spec.doc}", title_justify="left")
+    t = Table(title=Text(f"{name}: {spec.doc}"), title_justify="left")
     for col in ("field", "type", "default", "meaning"):
         t.add_column(col, overflow="fold")
     for row in describe_fields(spec.config_model):
-        t.add_row(*row)
+        t.add_row(*_literal(*row))
     console.print(t)
-
-
-def _ranges(versions: list[int]) -> str:
-    """[1, 2, 3, 7] -> "1-3, 7": a dataset can have thousands of versions."""
-    out, start = [], None
-    for i, v in enumerate(versions):
-        start = v if start is None else start
-        if i + 1 == len(versions) or versions[i + 1] != v + 1:
-            out.append(str(v) if v == start else f"{start}-{v}")
-            start = None
-    return ", ".join(out)

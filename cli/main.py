@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from cli import dataset, demo, download, export, graph, ingest, models, pairs, profile, report, review, train, vector
 from cli.common import err_console, native_stderr_to_log
@@ -30,24 +31,34 @@ for _group in (dataset, demo, ingest, download, profile, report, vector, graph, 
 
 
 def main() -> None:
+    """Run the app; whatever escapes a command ends as one literal line (exception text can hold
+    "[/x]", which rich would read as markup and crash on inside this very handler)."""
     log = native_stderr_to_log()
     try:
         app()
     except ConfigError as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(2)
     except SystemExit as e:
         if e.code not in (0, None) and log is not None and log.exists() and log.stat().st_size:
-            err_console.print(f"[dim]Ray and native library messages of this run: {log}[/]")
+            err_console.print(f"[dim]Ray and native library messages of this run: {escape(str(log))}[/]")
+        if e.code == 130:  # Typer turns Ctrl-C (KeyboardInterrupt) into Exit(130) before we see it
+            _interrupted()
         raise
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]: committed versions are kept; re-run the command to resume")
-        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C outside Typer's own handler (start-up, teardown)
+        _interrupted()
     except Exception as e:  # a bug or an unforeseen input: one line for the user, the traceback in the log
         where = _traceback_to_log(log)
-        err_console.print(f"[bold red]error:[/] {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-        err_console.print(f"[dim]this is a bug in zcurate or an input it did not foresee; the traceback is in {where}[/]")
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        err_console.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {first}')}")
+        err_console.print(f"[dim]this is a bug in zcurate or an input it did not foresee; the traceback is in {escape(where)}[/]")
         sys.exit(1)
+
+
+def _interrupted() -> None:
+    """The Ctrl-C line: every job commits only finished work and resumes from its checkpoints."""
+    err_console.print("[bold red]interrupted[/]: committed versions are kept; re-run the command to resume")
+    sys.exit(130)
 
 
 def _traceback_to_log(log) -> str:

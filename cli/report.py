@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from cli.common import DatasetOpt, console, open_store
+from cli.common import DatasetOpt, console, open_store, require_version, writable_out
 from pipelines.report import build_report
 
 
@@ -17,11 +18,13 @@ def register(app) -> None:
     def report(
         dataset: str = DatasetOpt,
         out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write"),
-        examples: int = typer.Option(5, help="thumbnails at each end of every signal"),
+        examples: int = typer.Option(5, min=0, help="thumbnails at each end of every signal (0: none)"),
         version: Optional[int] = typer.Option(None, help="report an older version (default: latest)"),
     ):
         """HTML report of the profile: histograms, lowest/highest thumbnails, errors by reason."""
         store = open_store(dataset)
+        require_version(store, dataset, version)
+        writable_out(out, create_parent=True)
         if version is not None:
             from curation.store import Store
 
@@ -31,4 +34,4 @@ def register(app) -> None:
 
             store = _At(store.uri, store.storage_options)
         path = build_report(store, out, examples=examples)
-        console.print(f"wrote {path}")
+        console.print(f"wrote {escape(str(path))}", soft_wrap=True)

@@ -127,8 +127,12 @@ def build_report(store, out: str | Path, *, examples: int = 5, bins: int = 30) -
 
     Per signal: statistics, a histogram and thumbnails (with row id and first caption) of the
     ``examples`` lowest, median and highest rows. The page links nothing outside itself: thumbnails
-    and plots are ``data:`` URIs, the contents link ``#anchors``."""
+    and plots are ``data:`` URIs, the contents link ``#anchors``. A negative ``examples`` is
+    refused: as a slice bound it would embed nearly every row's thumbnail."""
     import pyarrow as pa
+
+    if examples < 0:
+        raise ValueError(f"examples must be >= 0 (got {examples})")
 
     ds = store.open()
     schema = ds.schema
