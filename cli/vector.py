@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from cli.common import AddressOpt, DatasetOpt, err_console, fail, open_store, start_ray
+from cli.common import AddressOpt, DatasetOpt, console, err_console, fail, open_store, start_ray
 from pipelines.dedup import DedupConfig, run_dedup
 from pipelines.descriptors import default_column
 from pipelines.index import IndexBuildConfig, build_index, check_index_weights
@@ -111,7 +111,19 @@ def register(app) -> None:
         cfg = validate(DedupConfig, params, where=str(config or "options"))
         store = open_store(dataset)
         start_ray(address)
-        _guard(run_dedup, store, cfg)
+        _dedup_summary(_guard(run_dedup, store, cfg))
+
+    def _dedup_summary(out: dict) -> None:
+        """The job's last line: what was committed, or that a dry run committed nothing."""
+        from rich.markup import escape
+
+        secs = f" in {out['seconds']:.1f} s" if "seconds" in out else ""
+        if out.get("status") == "dry_run":
+            console.print(f"dry run: nothing committed; report {escape(out['report'])}")
+        elif out.get("status") == "committed":
+            console.print(f"committed dup_* columns as version {out['version']}{secs}; report {escape(out['report'])}")
+        else:
+            console.print(f"dedup: {out.get('status')}{secs}; report {escape(out.get('report', ''))}")
 
     @app.command()
     def search(

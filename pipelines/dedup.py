@@ -11,7 +11,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -62,8 +62,10 @@ class DedupConfig(BaseModel):
     method: str = Field("leiden", pattern="^(leiden|louvain|components)$")
     resolution: float = Field(0.1, gt=0, description="CPM density a group must beat (Leiden)")
     seed: int = 0
-    thresholds: list[float] = Field(
-        default_factory=lambda: [0.80, 0.85, 0.90, 0.95, 0.98], description="similarity thresholds of the removal curve"
+    thresholds: list[Annotated[float, Field(ge=-1.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.80, 0.85, 0.90, 0.95, 0.98],
+        min_length=1,
+        description="similarity thresholds of the removal curve (cosines, -1..1)",
     )
     pairs_per_unit: int = Field(2000, ge=1, description="candidate pairs verified per block (images of one block decoded together)")
     communities_max_edges: int = Field(
@@ -206,6 +208,13 @@ def _check_quality_column(ds, cfg: DedupConfig) -> None:
     names = ds.schema.names
     if cfg.quality_column and cfg.quality_column not in names:
         raise VectorError(f"quality_column {cfg.quality_column!r} not in the dataset; columns: {', '.join(names)}")
+    if cfg.quality_column:
+        kind = ds.schema.field(cfg.quality_column).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+            numeric = [f.name for f in ds.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+            raise VectorError(
+                f"quality_column {cfg.quality_column!r} is not numeric ({kind}); pick a score column, e.g. {', '.join(numeric[:12])}"
+            )
 
 
 def _row_signals(ds, rows: np.ndarray, cfg: DedupConfig) -> pa.Table:
