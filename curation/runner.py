@@ -108,14 +108,19 @@ class Checkpoints:
 
 
 class _RateColumn(ProgressColumn):
-    """``1,234 rows/s`` (or units/s): the rate a user compares between runs and machines."""
+    """``1,234 rows/s`` (or units/s): the rate a user compares between runs and machines.
+
+    The average since the task started, over the work done in this run (not what a
+    resumed run found done: ``resumed``). Why not rich's own speed: it is measured over the last few
+    updates, so units that finish together read as a burst (211.6 units/s for 2 units in 6 s)."""
 
     def __init__(self, unit: str):
         super().__init__()
         self.unit = unit
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.elapsed else None)
+        done = task.completed - task.fields.get("resumed", 0)
+        speed = done / task.elapsed if task.elapsed and done > 0 else None
         return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
 
 
@@ -221,7 +226,8 @@ def execute_units(
     failure: BaseException | None = None
     try:
         with _progress(not show_progress, "rows" if rows else "units") as progress:
-            task = progress.add_task(description, total=rows.total if rows else len(units), completed=rows.start if rows else 0)
+            start = rows.start if rows else 0
+            task = progress.add_task(description, total=rows.total if rows else len(units), completed=start, resumed=start)
             stop = _follow(rows, progress, task) if rows and show_progress else None
             while True:
                 try:
