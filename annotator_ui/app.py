@@ -74,7 +74,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("no valid session (log in first; browsers asking for HTML get the login page)", html=True),
     403: _error("not allowed: wrong CSRF token, admin only, or not your lease", html=True),
     404: _error("no such item or image", html=True),
-    409: _error("a different decision from you already exists, or an undo that is not allowed (not your latest, too old)", html=True),
+    409: _error(
+        "a different decision from you already exists, an undo or re-open that is not allowed (not your latest, too old, "
+        "already applied), or an apply already running",
+        html=True,
+    ),
     413: _error("request body too large"),
     415: _error("stored bytes are not a displayable image"),
     422: _error("invalid input (field errors, NUL characters)"),
@@ -194,9 +198,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
                 methods |= route.methods
         return JSONResponse({"detail": exc.detail}, status_code=405, headers={"allow": ", ".join(sorted(methods))})
     if exc.status_code == 401 and wants_html(request):
-        return page(request, "login.html", 401, error="Please log in.", csrf=None, login_csrf=None)
+        # the login form itself (401 kept for scripts and the API description), not a link to it
+        return auth.login_form_page(request, request.app.state.settings, 401, error="Please log in.")
     if exc.status_code in _PAGE_HEADINGS and wants_html(request):
-        return _error_page(request, exc.status_code, str(exc.detail))
+        return _error_page(request, exc.status_code, str(exc.detail), _HTTP_HEADINGS.get(exc.status_code))
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
@@ -229,11 +234,15 @@ async def _review_error(request: Request, exc: ReviewError):
 
 
 _PAGE_HEADINGS = {403: "Not allowed", 404: "Not found", 409: "Already decided"}
+# a route's own 409s are not about a decision (the admin page's apply: one already running, no
+# dataset, no apply action), so "Already decided" would mislead there
+_HTTP_HEADINGS = {409: "Not possible now"}
 
 
-def _error_page(request: Request, status: int, message: str) -> Response:
+def _error_page(request: Request, status: int, message: str, heading: str | None = None) -> Response:
     """A browser gets a readable page (with a way back) instead of a page of JSON."""
-    return page(request, "error.html", status, heading=_PAGE_HEADINGS[status], message=message, caption=None, item_id=None)
+    heading = heading or _PAGE_HEADINGS[status]
+    return page(request, "error.html", status, heading=heading, message=message, caption=None, item_id=None)
 
 
 async def _db_busy(request: Request, exc: Exception):

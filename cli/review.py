@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,7 @@ import typer
 from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
 from cli.common import console as out_console
 from cli.common import err_console as console
+from curation.reviewdb import redact_url
 from pipelines.review import (
     ReviewApplyConfig,
     ReviewMineConfig,
@@ -50,6 +52,8 @@ def register(app) -> None:
         from curation.config import validate
 
         store = open_store(dataset)
+        if db and not _is_sqlite(db):
+            open_db(dataset, db, create="all").close()  # an unreachable server: one line, not a traceback
         cfg = validate(
             ReviewMineConfig,
             {
@@ -94,14 +98,12 @@ def register(app) -> None:
         """Create an annotator or admin account (password hashed with scrypt). The password is
         asked for (hidden, twice) or read from stdin, never taken from the command line, where
         `ps` and the shell history would show it."""
-        from curation.reviewdb import ReviewDB
-
         if password_argv is not None:
             fail("passwords are not taken from the command line (ps and shell history show them): use the prompt or --password-stdin")
         password = _read_password(password_stdin)
-        store = open_store(dataset)
+        rdb = open_db(dataset, db, create="accounts")
         try:
-            u = ReviewDB(db or default_db_url(store)).add_user(name, password, role, replace=reset)
+            u = rdb.add_user(name, password, role, replace=reset)
         except ValueError as e:
             fail(str(e))
         console.print(f"user [bold]{u.name}[/] ({u.role}) ready")
@@ -116,9 +118,7 @@ def register(app) -> None:
 
         from rich.table import Table
 
-        from curation.reviewdb import ReviewDB
-
-        rows = ReviewDB(db or default_db_url(open_store(dataset))).user_table()
+        rows = open_db(dataset, db).user_table()
         table = Table("name", "role", "active", "created (UTC)", "decisions")
         for r in rows:
             when = dt.datetime.fromtimestamp(r["created"], dt.UTC).strftime("%Y-%m-%d %H:%M")
@@ -129,10 +129,9 @@ def register(app) -> None:
             console.print("no accounts yet: curate review add-user NAME")
 
     def _set_active(name: str, dataset: str, db: Optional[str], active: bool) -> None:
-        from curation.reviewdb import ReviewDB
-
+        rdb = open_db(dataset, db)
         try:
-            r = ReviewDB(db or default_db_url(open_store(dataset))).set_active(name, active)
+            r = rdb.set_active(name, active)
         except ValueError as e:
             fail(str(e))
         if active:
@@ -157,7 +156,7 @@ def register(app) -> None:
         dataset: str = DatasetOpt,
         db: Optional[str] = DbOpt,
         host: str = typer.Option("127.0.0.1", help="bind address (loopback by default; put a TLS proxy in front otherwise)"),
-        port: int = typer.Option(8600),
+        port: int = typer.Option(8600, min=1, max=65535, help="TCP port (1-65535)"),
         lease_s: float = typer.Option(600, help="seconds before an idle lease returns to the queue"),
         gold_rate: float = typer.Option(0.05, help="chance that the next item is a gold item"),
         secure_cookies: bool = typer.Option(False, help="Secure cookie flag (behind HTTPS)"),
@@ -178,6 +177,7 @@ def register(app) -> None:
 
         store = open_store(dataset)
         url = db or default_db_url(store)
+        rdb = open_db(dataset, url)  # never a new, empty database for a mistyped --db
         app_ = create_app(
             AppSettings(
                 db_url=url,
@@ -190,9 +190,10 @@ def register(app) -> None:
                 graph=graph or dataset_graph(store),
                 gold_feedback=gold_feedback,
             ),
+            rdb,
             apply=review_apply_action(url, address, allow_random_weights=allow_random_weights),
         )
-        console.print(f"annotator UI on http://{host}:{port}/  (database {url})")
+        console.print(f"annotator UI on http://{host}:{port}/  (database {redact_url(url)})")
         uvicorn.run(app_, host=host, port=port, log_level="warning")
 
     @review.command("apply")
@@ -211,6 +212,7 @@ def register(app) -> None:
         cfg = validate(
             ReviewApplyConfig, {"db": db, "prior_n": prior_n, "allow_random_weights": allow_random_weights}, where="command line"
         )
+        open_db(dataset, db).close()  # a missing or unreachable database is told before Ray starts
         start_ray(address)
         try:
             rep = apply_reviews(store, cfg)
@@ -233,6 +235,60 @@ def register(app) -> None:
             console.print(f"  keep-probability head (0..1, not an aesthetics score): {rep['keep_head']['path']}")
         _say_random(rep.get("random_derived"))
         console.print(f"report: {rep['report_html']}")
+
+
+def open_db(dataset: str, db: str | None, *, create: str = "none"):
+    """The review database named by ``--db`` (default: the dataset's), opened for a command.
+
+    Why ``create`` is a choice: only `review mine` makes a database (``"all"``), so a mistyped
+    ``--db`` given to serve, apply or the user commands is an error (``"none"``), never a new,
+    empty database that accounts and annotators then use. ``"accounts"`` (add-user): accounts
+    may be set up before the first mine, in the dataset's default place or in a folder that
+    exists; a new file is announced. Any failure is one line (exit 2), password hidden."""
+    from curation.reviewdb import ReviewDB
+
+    url = db or default_db_url(open_store(dataset))
+    new = _is_sqlite(url) and create == "accounts" and not Path(_path_of(url)).exists()
+    make = create == "all" or (create == "accounts" and (not _is_sqlite(url) or db is None or Path(_path_of(url)).parent.is_dir()))
+    with _db_errors(url):
+        rdb = ReviewDB(url, create=make)
+    if new:
+        console.print(f"[yellow]new review database[/] at {_path_of(url)} (no items queued yet: run `curate review mine`)")
+    return rdb
+
+
+def _is_sqlite(url: str) -> bool:
+    return not str(url).startswith(("postgresql://", "postgres://"))
+
+
+def _path_of(url: str) -> str:
+    return str(url).removeprefix("sqlite:///").removeprefix("sqlite://")
+
+
+@contextmanager
+def _db_errors(url: str):
+    """A database that is missing, of another schema, not a database, or unreachable (a
+    PostgreSQL server down, a bad URL): one error line naming it, password hidden, exit 2; not
+    the catch-all "this is a bug" of ``cli.main``."""
+    import sqlite3
+
+    from curation.reviewdb import BadInput
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.DatabaseError,)
+    if not _is_sqlite(url):
+        try:
+            import psycopg
+        except ImportError:
+            fail("a postgresql:// review database needs `pip install psycopg[binary]` (in the `ui` extra)")
+        errors = (psycopg.Error,)
+    try:
+        yield
+    except (FileNotFoundError, BadInput) as e:
+        fail(str(e))
+    except errors as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].replace(str(url), redact_url(url))
+        verb = "open" if _is_sqlite(url) else "connect to"
+        fail(f"cannot {verb} the review database {redact_url(url)}: {reason.split(' failed: ')[-1]}")
 
 
 def _say_random(marks: dict | None) -> None:

@@ -18,8 +18,9 @@ Rules it enforces (the API relies on them, tests check them):
   (item, annotator) (a UNIQUE constraint), so a retried submit is idempotent and never counted twice;
 - a share of items needs two annotators (agreement), gold items have a known answer and stay in
   the queue for every annotator once;
-- an annotator may undo only their latest decision, within a window: the decision row goes, the
-  counters go back and the item is leased to them again, in one transaction (``undo``);
+- an annotator may undo only their latest decision, within a window and before an apply has
+  merged it: the decision row goes, the counters go back and the item is leased to them again, in
+  one transaction (``undo``);
 - every action is written to the audit log in the same transaction.
 
 SQL is written once with ``?`` placeholders and standard syntax both engines accept
@@ -59,6 +60,7 @@ __all__ = [
     "PAIR_PREFIX",
     "is_pair_row",
     "pair_id_of",
+    "redact_url",
 ]
 
 DECISIONS = ("keep", "drop")
@@ -251,6 +253,13 @@ class _Tx:
                 self.exec("UPDATE counters SET value = value + ? WHERE name = ?", (int(n), name))
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages: a PostgreSQL URL may carry
+    one, and error lines end up in logs and terminals that others read)."""
+    hidden = re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", str(url))
+    return re.sub(r"(password=)[^&]*", r"\1***", hidden)
+
+
 def _sqlite_path(url: str) -> str:
     if url.startswith("sqlite:///"):
         return url[len("sqlite:///") :]
@@ -281,12 +290,11 @@ class ReviewDB:
             if not create and not path.exists():
                 raise FileNotFoundError(f"no review database at {path}; run `curate review mine` first")
             path.parent.mkdir(parents=True, exist_ok=True)
-        if create:
-            try:
-                self.init_schema()
-            except BadInput:
-                self.close()
-                raise
+        try:
+            self.init_schema() if create else self._require_schema()
+        except (BadInput, FileNotFoundError):
+            self.close()
+            raise
 
     # --- connections ----------------------------------------------------------------------
     def _connect(self):
@@ -410,11 +418,30 @@ class ReviewDB:
                 t.exec("INSERT INTO counters (name, value) VALUES (?, 0) ON CONFLICT (name) DO NOTHING", (name,))
             t.exec("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING", (SCHEMA_VERSION,))
             found = t.one("SELECT value FROM meta WHERE key = 'schema_version'")
-        if found and found[0] != SCHEMA_VERSION:  # tables of another layout: refuse before anything reads them
+        if found:
+            self._check_version(found[0])
+
+    def _check_version(self, found: str) -> None:
+        """Tables of another layout: refused before anything reads them."""
+        if found != SCHEMA_VERSION:
             raise BadInput(
-                f"the review database {self.url} has schema version {found[0]}; this version of zcurate reads "
+                f"the review database {redact_url(self.url)} has schema version {found}; this version of zcurate reads "
                 f"version {SCHEMA_VERSION}: export its decisions with the version that wrote it, or use a new database"
             )
+
+    def _require_schema(self) -> None:
+        """For ``create=False``: FileNotFoundError unless the review tables are there (a
+        PostgreSQL database that exists but was never mined, an SQLite file of something else),
+        and the schema version check of ``init_schema``. Why: a mistyped ``--db`` must not
+        quietly become a new, empty review database that accounts and annotators then use."""
+        exists = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        if self.dialect.name != "sqlite":
+            exists = "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'meta'"
+        with self.tx(write=False) as t:
+            found = t.one(exists)[0] and t.one("SELECT value FROM meta WHERE key = 'schema_version'")
+        if not found:
+            raise FileNotFoundError(f"no review database at {redact_url(self.url)}; run `curate review mine` first")
+        self._check_version(found[0])
 
     # --- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: str) -> None:
@@ -843,9 +870,10 @@ class ReviewDB:
         Counters go back in the same transaction, the decision row is deleted and the undo
         audited with what it removed. The annotator's other open leases (the next item they were
         given) go back to the queue, so the undone item is the one they see. Raises NotFound (no
-        such decision of yours), Conflict (not your latest, too old, or the item is now leased
-        to someone else). ``allow_gold=False`` (the server shows gold answers after submit) also
-        refuses a gold item: an answer seen and then changed would measure nothing."""
+        such decision of yours), Conflict (not your latest, too old, already applied to the
+        dataset as ``reopen`` refuses it, or the item is now leased to someone else).
+        ``allow_gold=False`` (the server shows gold answers after submit) also refuses a gold
+        item: an answer seen and then changed would measure nothing."""
         now = time.time()
         with self.tx() as t:
             item, dec = self._own_decision_locked(t, user, item_id, allow_gold)
@@ -917,14 +945,18 @@ class ReviewDB:
                 )
             t.audit(user.id if user else None, "apply", applied_through=int(through_id), **detail)
 
-    @staticmethod
-    def _check_undoable(t: _Tx, user: User, item_id: int, item: tuple, dec: tuple, now: float, within_s: float) -> None:
-        """Conflict unless ``dec`` is the user's latest decision, recent, on an item nobody else holds."""
+    @classmethod
+    def _check_undoable(cls, t: _Tx, user: User, item_id: int, item: tuple, dec: tuple, now: float, within_s: float) -> None:
+        """Conflict unless ``dec`` is the user's latest decision, recent, not yet applied, on an
+        item nobody else holds. Applied, as for ``reopen``: the dataset version already holds the
+        decision, and deleting it here would leave the two disagreeing."""
         latest = t.one("SELECT item_id FROM decisions WHERE user_id = ? ORDER BY id DESC LIMIT 1", (user.id,))
         if latest[0] != item_id:
             raise Conflict("only your latest decision can be undone")
         if now - dec[4] > within_s:
             raise Conflict(f"decisions can be undone for {within_s:.0f} s; this one is older")
+        if dec[0] <= cls._applied_through(t):
+            raise Conflict("this decision is already applied to the dataset; a correction is a new review")
         if item[2] is not None and item[2] != user.id and item[3] > now:
             raise Conflict("someone else is reviewing this item now")
 

@@ -16,7 +16,7 @@ from annotator_ui.routes import HTML_PAGE, PUBLIC, REDIRECT
 from curation.reviewdb import ReviewDB, Throttled, User
 from curation.security import LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token, tokens_equal
 
-__all__ = ["router", "LoginIn"]
+__all__ = ["router", "LoginIn", "login_form_page"]
 
 router = APIRouter()
 
@@ -50,9 +50,15 @@ def authenticate(request: Request, db: ReviewDB, settings: AppSettings, username
 
 @router.get("/login", response_class=HTMLResponse, responses=HTML_PAGE, openapi_extra=PUBLIC)
 def login_page(request: Request, settings: SettingsDep):
-    # the double-submit token: kept while the cookie lives, so two open tabs both work
+    return login_form_page(request, settings)
+
+
+def login_form_page(request: Request, settings: AppSettings, status: int = 200, error: str | None = None) -> HTMLResponse:
+    """The login form with its double-submit cookie. Also what a browser gets, with 401, for any
+    page it asks for without a session (``app._http_error``): the form at once, not a page
+    with a link to it. The token is kept while the cookie lives, so two open tabs both work."""
     token = request.cookies.get(LOGIN_CSRF_COOKIE) or new_token()
-    resp = page(request, "login.html", login_csrf=token, error=None, csrf=None)
+    resp = page(request, "login.html", status, login_csrf=token, error=error, csrf=None, elsewhere=request.url.path != "/login")
     resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=settings.cookie_secure, max_age=3600, path="/login")
     return resp
 

@@ -49,8 +49,9 @@ def history_item(request: Request, item_id: ItemId, s: SessionDep, db: DbDep, se
         raise HTTPException(404, "no decision of yours on this item")
     latest = db.own_decisions(user, limit=1)[0]
     gold_seen = settings.gold_feedback and db.gold_feedback(user, item_id) is not None
-    can_undo = not gold_seen and latest["item_id"] == item_id and time.time() - latest["time"] <= settings.undo_s
     applied = mine[0]["decision_id"] <= db.applied_through()
+    # an applied decision is in the dataset version: neither undo nor re-open may take it back
+    can_undo = not gold_seen and not applied and latest["item_id"] == item_id and time.time() - latest["time"] <= settings.undo_s
     can_reopen = not gold_seen and not applied
     names = ReviewPayload.model_validate(db.get_item(item_id)["payload"]).tag_names(mine[0]["tags"] or [])
     return page(

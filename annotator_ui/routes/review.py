@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from annotator_ui.deps import (
     NO_NUL,
@@ -113,9 +113,10 @@ def _gold_feedback(db: ReviewDB, user: User, item_id: int | None, settings: AppS
 
 def _undoable(db: ReviewDB, user: User, settings: AppSettings) -> dict[str, Any] | None:
     """The annotator's latest decision while it may still be undone (the page's undo button);
-    never a check item whose answer was shown."""
+    never a check item whose answer was shown, nor one an apply has merged (``ReviewDB.undo``
+    refuses both, so the page must not offer them)."""
     last = next(iter(db.own_decisions(user, limit=1)), None)
-    if not last or time.time() - last["time"] > settings.undo_s:
+    if not last or time.time() - last["time"] > settings.undo_s or last["decision_id"] <= db.applied_through():
         return None
     return None if _gold_feedback(db, user, last["item_id"], settings) else last
 
@@ -126,13 +127,24 @@ def _form_decision(action: str, caption: str | None, original: str, tags: str, r
     cap = caption.replace("\r\n", "\n") if caption is not None else None
     cap = None if cap is None or cap.strip() == "" or cap == original else cap
     tag_list = [t.strip() for t in tags.split(",") if t.strip()][:64]
-    return DecisionIn(
-        decision="keep" if action == "accept" else "drop",
-        flag=action == "flag",
-        caption=cap,
-        tags=[t[:64] for t in tag_list],
-        reasons=[r[:200] for r in (reasons or [])][:20],
-    )
+    try:
+        return DecisionIn(
+            decision="keep" if action == "accept" else "drop",
+            flag=action == "flag",
+            caption=cap,
+            tags=[t[:64] for t in tag_list],
+            reasons=[r[:200] for r in (reasons or [])][:20],
+        )
+    except ValidationError as e:  # built here, not by FastAPI: uncaught, it was a 500
+        raise FormRejected(_form_errors(e)) from None
+
+
+def _form_errors(e: ValidationError) -> str:
+    """The fields a form post cannot be stored with, in words (after the cuts above, only NUL
+    characters are left to refuse: PostgreSQL cannot store them)."""
+    fields = sorted({str(err["loc"][0]) for err in e.errors()})
+    verb = "contains" if len(fields) == 1 else "contain"
+    return f"the {' and '.join(fields)} {verb} a NUL character (U+0000), which cannot be stored; remove it and save again"
 
 
 @router.post("/annotate/{item_id}", responses=REDIRECT)
@@ -159,7 +171,7 @@ def annotate_post(
         check_invisible(body.caption, settings)
         db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons)
     except (ReviewError, HTTPException) as e:
-        if not wants_html(request) or (isinstance(e, BadInput) and not isinstance(e, InvisibleRejected)):
+        if not wants_html(request) or (isinstance(e, BadInput) and not isinstance(e, FormRejected)):
             raise
         return _refused_page(request, s, item_id, e, caption)
     return RedirectResponse(f"/?saved={item_id}", status_code=303)
@@ -180,7 +192,12 @@ def annotate_undo(
     return RedirectResponse(f"/?undone={item_id}", status_code=303)
 
 
-class InvisibleRejected(BadInput):
+class FormRejected(BadInput):
+    """Text in a form post that cannot be saved (422): a browser gets it as a page that keeps
+    the caption as typed, as for the other refusals, instead of losing the edit."""
+
+
+class InvisibleRejected(FormRejected):
     """A caption with invisible characters, refused (``AppSettings.invisible == "reject"``)."""
 
 
@@ -204,10 +221,11 @@ _REFUSED = {
     NotFound: ("No such item", "This decision was not saved: the item is not in the queue."),
     Conflict: ("Already decided", "This decision was not saved: you already decided this item differently."),
     InvisibleRejected: ("Invisible characters in the caption", None),
+    FormRejected: ("Text that cannot be saved", None),
 }
 
 
-_STATUS = {NotFound: 404, Conflict: 409, InvisibleRejected: 422}
+_STATUS = {NotFound: 404, Conflict: 409, FormRejected: 422}
 
 
 def _refused_page(request: Request, s: tuple, item_id: int, e: Exception, caption: str | None) -> HTMLResponse:

@@ -136,6 +136,11 @@
       e.preventDefault(); undo(); return;
     }
     if (!document.getElementById("review-form")) { return; }
+    if (e.key === "Enter" && !(e.ctrlKey || e.metaKey) && t && t.tagName === "INPUT" && t.form && t.form.id === "review-form") {
+      // Enter in a one-line field (the tags) would submit the form with its first button,
+      // "accept": a decision by habit after typing a tag. Only the keys and buttons decide.
+      e.preventDefault(); return;
+    }
     if (isTextEntry(t)) {
       if (e.key === "Escape") { t.blur(); e.preventDefault(); }
       else if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); send("btn-accept"); }

@@ -630,3 +630,90 @@ def test_history_shows_tag_names_not_ids(env):
     page = alice.get(f"/history/{it['id']}").text
     assert 'title="wn:02121163" data-id="wn:02121163">domestic cat <span lang="zh">家猫</span>' in page
     assert 'data-id="wn:04256520">wn:04256520</span>' in page  # no name in the payload: the id
+
+
+# --- the review audit (/work/audit/review.md) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"action": "accept", "caption": "a\x00b"}, {"action": "accept", "tags": "wn:1, a\x00b"}, {"action": "reject", "reasons": ["a\x00b"]}],
+    ids=["caption", "tags", "reasons"],
+)
+def test_a_form_post_with_a_nul_character_is_a_422_that_keeps_the_caption(env, fields):
+    """Audit #2: a NUL in the form's caption, tags or reasons answered 500 (a pydantic error
+    raised in the handler) and dropped the connection; the JSON API already answered 422. A
+    browser now gets the refusal as a page with the caption as typed, scripts 422 JSON."""
+    app, db, rows = env
+    alice = login(app, "alice")
+    it = alice.get("/api/next").json()["item"]
+    form = {"csrf": alice.headers["x-csrf-token"], "caption": "my <i>edit</i>", **fields}
+    r = alice.post(f"/annotate/{it['id']}", data=form, headers={"accept": "text/html"})
+    assert r.status_code == 422 and "text/html" in r.headers["content-type"], r.text[-500:]
+    assert "not saved" in r.text and "NUL character" in r.text
+    kept = re.search(r'<textarea id="kept-caption"[^>]*>(.*?)</textarea>', r.text, re.S).group(1)
+    assert kept == (form["caption"].replace("<", "&lt;").replace(">", "&gt;"))
+    r = alice.post(f"/annotate/{it['id']}", data=form)
+    assert r.status_code == 422 and r.json()["error"] == "FormRejected" and "NUL" in r.json()["detail"]
+    assert db.counters()["decisions"] == 0
+    clean = {"csrf": form["csrf"], "action": fields["action"]}
+    assert alice.post(f"/annotate/{it['id']}", data=clean, follow_redirects=False).status_code == 303
+
+
+def test_undo_is_neither_offered_nor_allowed_once_an_apply_merged_the_decision(env):
+    """Audit #5: within the undo window, the page and the history offered undo of a decision
+    `review apply` had merged, and undo took it back (re-open answered 409)."""
+    app, db, rows = env
+    alice = login(app, "alice")
+    it = alice.get("/api/next").json()["item"]
+    alice.post(f"/api/items/{it['id']}/decision", json={"decision": "keep"})
+    assert 'id="undo-form"' in alice.get("/").text  # before the apply: offered
+    db.mark_applied(None, db.decisions()[-1]["decision_id"])  # what an apply records
+    assert 'id="undo-form"' not in alice.get("/").text
+    page = alice.get(f"/history/{it['id']}").text
+    assert 'id="undo-form"' not in page and 'id="applied-note"' in page
+    csrf = alice.headers["x-csrf-token"]
+    r = alice.post(f"/annotate/{it['id']}/undo", data={"csrf": csrf}, headers={"accept": "text/html"})
+    assert r.status_code == 409 and "already applied" in r.text
+    assert alice.post(f"/api/items/{it['id']}/undo").status_code == 409
+    assert alice.post(f"/api/items/{it['id']}/reopen").status_code == 409
+    assert len(db.decisions()) == 1 and db.counters()["decisions"] == 1
+
+
+def test_a_409_page_is_headed_by_what_was_refused(env):
+    """Audit #14: a second "Apply decisions" click while one runs got a 409 page headed
+    "Already decided" (the heading of the decision layer's conflicts, still a page)."""
+    app, db, rows = env
+    admin, alice = login(app, "admin"), login(app, "alice")
+    html = {"accept": "text/html"}
+    assert app.state.apply_lock.acquire(blocking=False)  # an apply running
+    try:
+        r = admin.post("/admin/apply", data={"csrf": admin.headers["x-csrf-token"]}, headers=html)
+    finally:
+        app.state.apply_lock.release()
+    assert r.status_code == 409 and "an apply is already running" in r.text
+    heading = re.search(r"<h1>(.*?)</h1>", r.text).group(1)
+    assert heading == "Not possible now"
+    it = alice.get("/api/next").json()["item"]
+    alice.post(f"/api/items/{it['id']}/decision", json={"decision": "keep"})
+    alice.post(f"/api/items/{alice.get('/api/next').json()['item']['id']}/decision", json={"decision": "keep"})
+    r = alice.post(f"/annotate/{it['id']}/undo", data={"csrf": alice.headers["x-csrf-token"]}, headers=html)
+    assert r.status_code == 409 and "only your latest decision" in r.text
+
+
+def test_a_browser_without_a_session_gets_the_login_form_and_scripts_a_401(env):
+    """Audit #14: a page asked for without a session showed "Please log in." and a link, one more
+    click each morning; docs/review.md says browsers get the login page. The form is there now
+    (still 401: scripts and the API description see the same status), and it logs in."""
+    app, db, rows = env
+    c = TestClient(app)
+    for path in ("/", "/history", "/admin"):
+        r = c.get(path, headers={"accept": "text/html,application/xhtml+xml"})
+        assert r.status_code == 401 and 'id="login-form"' in r.text and 'id="username"' in r.text, path
+        assert "rev_login_csrf" in r.headers.get("set-cookie", "")
+    token = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+    r = c.post("/login", data={"username": "alice", "password": PASSWORD, "csrf": token}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert 'id="review-form"' in c.get("/", headers={"accept": "text/html"}).text
+    api = TestClient(app).get("/api/next")
+    assert api.status_code == 401 and api.json() == {"detail": "log in first"}

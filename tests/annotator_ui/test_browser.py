@@ -320,3 +320,46 @@ def test_gold_feedback_line_after_a_decision_on_a_check_item(server, browser):
     wait_until(page, "document.getElementById('saved').textContent.indexOf('check item') > 0")
     assert page.text_content("#gold-feedback").strip() == "\u00b7 this was a check item; the expected answer was keep"
     assert page.get_attribute("#gold-feedback", "class") == "wrong" and page.is_hidden("#btn-undo") is True
+
+
+def test_enter_in_the_tags_field_never_records_a_decision(server, browser):
+    """Audit #6: Enter in the tags field with no suggestion list open submitted the form with its
+    first button, "accept" (the tag typed was stored too). With app.js and without it (a disabled
+    default button), Enter there records nothing; the keys and buttons still decide."""
+    base, store, db, rows, dbfile = server
+    for js in (True, False):
+        page = browser.new_context(java_script_enabled=js).new_page()
+        _login(page, base)
+        item = page.get_attribute("#review-form", "data-item")
+        page.click("#tags")
+        page.keyboard.press("End")
+        page.keyboard.type(", zzzqqq")
+        page.wait_for_timeout(400)  # the suggestion request (120 ms debounce) finds nothing
+        assert page.is_hidden("#tag-suggest")
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(1000)
+        assert db.decisions() == [], f"javascript {'on' if js else 'off'}"
+        assert page.get_attribute("#review-form", "data-item") == item and page.url == base + "/"
+        assert page.input_value("#tags").endswith(", zzzqqq")
+        page.context.close()
+    page = browser.new_page()
+    _login(page, base)
+    page.click("#tags")
+    page.keyboard.press("Escape")
+    with page.expect_navigation():
+        page.keyboard.press("a")  # the shortcut still decides
+    assert [d["decision"] for d in db.decisions()] == ["keep"]
+
+
+def test_a_page_opened_without_a_session_shows_the_login_form(server, browser):
+    """Audit #14: a bookmarked page without a session showed "Please log in." and a link; the
+    login form is there now, and logging in from it lands on the review page."""
+    base, store, db, rows, dbfile = server
+    page = browser.new_page()
+    page.goto(base + "/history")
+    assert page.is_visible("#login-form") and page.text_content("#login-error") == "Please log in."
+    page.fill("#username", "alice")
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation():
+        page.click("#login-button")
+    assert page.url == base + "/" and page.is_visible("#review-form")
