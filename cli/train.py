@@ -36,29 +36,57 @@ def register(app) -> None:
     ):
         """Train S3-DiT on training shards; re-running the same command resumes from the last checkpoint."""
         from curation.config import ConfigError, load_yaml, validate
+        from pipelines.train import already_trained
+        from training.loop import duration
 
         params = load_yaml(config) if config else {}
+        if not isinstance(params, dict):
+            validate(TrainRunConfig, params, where=str(config))  # not a mapping: the file's fault
         given = {"shards": shards, "model": model, "steps": steps, "out_dir": out, "num_workers": workers}
         given |= {"pairs": pairs, "edit_ratio": edit_ratio}
+        cli_keys = {k for k, v in given.items() if v is not None}
         params.update({k: v for k, v in given.items() if v is not None})
         if gpu:
             params["use_gpu"] = True
+            cli_keys.add("use_gpu")
         if lora is not None and full_finetune:
             fail("--lora and --full-finetune exclude each other")
         if lora is not None or full_finetune:
             params["lora_rank"] = lora  # explicit, also as None: overrides the 6b single-rank LoRA default
-        cfg = validate(TrainRunConfig, params, where=str(config or "command line"))
+            cli_keys.add("lora_rank")
+        cfg = _validated(params, cli_keys, config)
         try:
             check_training_inputs(cfg, log=console.print)
+            done = already_trained(cfg)
         except (ValueError, FileNotFoundError, ConfigError) as e:
             fail(str(e))
+        if done is not None:  # nothing to do: say so without starting Ray
+            console.print(f"already at step {done['metrics']['step']} in {done['out_dir']}; nothing to train (raise --steps to go on)")
+            return
         start_ray(address, num_cpus=None)
         try:
             res = run_training(cfg, log=console.print)
-        except (ValueError, FileNotFoundError, ConfigError) as e:
+        except (ValueError, FileNotFoundError, ConfigError) as e:  # also a worker's, unwrapped by run_training
             fail(str(e))
         m = res["metrics"]
         console.print(
-            f"[bold]trained[/] to step {m.get('step')}  loss {m.get('loss')}  "
+            f"[bold]trained[/] to step {m.get('step')}  loss {m.get('loss')}  in {duration(res.get('elapsed_s') or 0)}  "
             f"checkpoint {res['checkpoint']}\nmetrics {res['metrics_log']}  samples {res['samples']}"
         )
+
+
+def _validated(params, cli_keys: set[str], config: Optional[Path]) -> TrainRunConfig:
+    """The run's config; an error is said to be in the config file or on the command line after
+    where its fields' values came from (a bad ``--edit-ratio`` is not the file's fault)."""
+    from pydantic import ValidationError
+
+    from curation.config import validate
+
+    try:
+        return TrainRunConfig.model_validate(params)
+    except ValidationError as e:
+        fields = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
+    where = "command line"
+    if config and not (fields and fields <= cli_keys):
+        where = str(config) if fields and not fields & cli_keys else f"{config} or the command line"
+    return validate(TrainRunConfig, params, where=where)

@@ -21,7 +21,7 @@ from pydantic import Field
 from curation.registry import register_step
 from training.config import TrainConfig
 
-__all__ = ["TrainRunConfig", "run_training", "single_rank_default"]
+__all__ = ["TrainRunConfig", "already_trained", "run_training", "single_rank_default"]
 
 SINGLE_RANK_6B_LORA_RANK = 32
 """``--model 6b`` on one rank trains a LoRA of this rank unless ``lora_rank`` is given (even as null):
@@ -87,14 +87,19 @@ def _loader_config(cfg: TrainRunConfig) -> dict:
 
 
 def run_training(cfg: TrainRunConfig, log=None) -> dict:
-    """Run ``cfg.num_workers`` ranks on the current Ray cluster; returns the last metrics."""
+    """Run ``cfg.num_workers`` ranks on the current Ray cluster; returns the last metrics. A run
+    already at ``steps`` returns at once (``trained: False``). Ctrl+C aborts the Ray Train run and
+    raises ``KeyboardInterrupt``; a worker's error is raised as itself (``_worker_error``)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from training.loop import latest_checkpoint
-
-    cfg = single_rank_default(cfg, log or print)
+    log = log or print
+    cfg = single_rank_default(cfg, log)
     check_training_inputs(cfg, log)
+    done = already_trained(cfg)
+    if done is not None:
+        log(f"already at step {done['metrics'].get('step')} in {done['out_dir']}; nothing to train (raise --steps to go on)")
+        return done
     out = Path(cfg.out_dir).resolve()
     # Ray Train runs workers in their own working directory: hand them absolute paths
     shards = cfg.shards if "://" in cfg.shards else str(Path(cfg.shards).resolve())
@@ -111,11 +116,22 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
         ),
         run_config=RunConfig(name="train", storage_path=str(out / "ray")),
     )
-    metrics_log = out / "metrics.jsonl"
-    result = _fit_showing_metrics(trainer, metrics_log, cfg.steps, log or print)
-    if result.error:
-        raise result.error
+    t0 = time.monotonic()
+    try:
+        _fit_showing_metrics(trainer, out / "metrics.jsonl", cfg.steps, log)
+    except KeyboardInterrupt:
+        ckpt = _run_result(out)["checkpoint"]
+        log(f"training stopped; {f'the last checkpoint {ckpt} is kept' if ckpt else 'no checkpoint was written yet'}: re-run to resume")
+        raise
+    return {**_run_result(out), "trained": True, "elapsed_s": round(time.monotonic() - t0, 1)}
+
+
+def _run_result(out: Path) -> dict:
+    """What a run folder holds: its last metrics line, latest checkpoint, samples and metrics log."""
+    from training.loop import latest_checkpoint
+
     ckpt = latest_checkpoint(out)
+    metrics_log = out / "metrics.jsonl"
     lines = metrics_log.read_text().splitlines() if metrics_log.exists() else []
     return {
         "out_dir": str(out),
@@ -124,6 +140,27 @@ def run_training(cfg: TrainRunConfig, log=None) -> dict:
         "samples": str(out / "samples"),
         "metrics_log": str(metrics_log),
     }
+
+
+def already_trained(cfg: TrainRunConfig) -> dict | None:
+    """The run folder's result (``trained: False``) when its latest checkpoint is already at or past
+    ``steps``, else None: re-running a finished command must say so at once, not start Ray (~25 s)
+    for a loop that runs no step."""
+    from training.loop import latest_checkpoint
+
+    ckpt = latest_checkpoint(cfg.out_dir) if cfg.resume else None
+    step = _checkpoint_step(ckpt)
+    if step is None or step < cfg.steps:
+        return None
+    res = _run_result(Path(cfg.out_dir).resolve())
+    return {**res, "metrics": {**res["metrics"], "step": step}, "trained": False, "elapsed_s": 0.0}
+
+
+def _checkpoint_step(ckpt: Path | None) -> int | None:
+    """The step of a checkpoint folder, from its name (``step_00000025``), without loading it."""
+    if ckpt is None or not ckpt.name.removeprefix("step_").isdigit():
+        return None
+    return int(ckpt.name.removeprefix("step_"))
 
 
 def single_rank_default(cfg: TrainRunConfig, log) -> TrainRunConfig:
@@ -143,7 +180,8 @@ def single_rank_default(cfg: TrainRunConfig, log) -> TrainRunConfig:
 
 def check_training_inputs(cfg: TrainRunConfig, log=None) -> None:
     """What can be wrong with the inputs, found in the driver before Ray starts (seconds, not a
-    cluster start-up): loader fields, the shards' existence, their columns, pre-encoded features."""
+    cluster start-up): loader fields, the shards' existence, that they are Lance and not empty, their
+    columns, pre-encoded features, and that ``out_dir``'s checkpoint is of this run's kind (LoRA or full)."""
     from curation.config import validate
     from training.loader import LoaderConfig, ShardDataset
 
@@ -155,12 +193,10 @@ def check_training_inputs(cfg: TrainRunConfig, log=None) -> None:
         check_targets(model_config(cfg), cfg.lora_targets)  # a target naming no linear layer: fail before Ray starts
     if "://" not in cfg.shards and not Path(cfg.shards).exists():
         raise FileNotFoundError(f"no training shards at {cfg.shards!r}; write them with `curate export --out {cfg.shards}`")
-    try:
-        probe = ShardDataset(cfg.shards, {"seed": cfg.seed, **cfg.loader}, rank=0, world_size=1)
-    except OSError as e:  # a folder that is not a Lance dataset
-        raise ValueError(
-            f"{cfg.shards} is not a training shard dataset written by `curate export`: {str(e).splitlines()[0][:200]}"
-        ) from None
+    if _open_lance(cfg.shards, "a training shard dataset written by `curate export`").count_rows() == 0:
+        raise ValueError(f"{cfg.shards} holds 0 rows: nothing to train on (did the export's rules exclude every sample?)")
+    probe = ShardDataset(cfg.shards, {"seed": cfg.seed, **cfg.loader}, rank=0, world_size=1)
+    _check_checkpoint_kind(cfg)
     if "edit_ratio" in cfg.model_fields_set and not cfg.pairs:
         raise ValueError("edit_ratio (--edit-ratio) mixes in pair shards: give them with --pairs")
     if cfg.pairs:
@@ -178,10 +214,8 @@ def _check_pair_shards(cfg: TrainRunConfig, main) -> None:
         raise ValueError(f"{cfg.shards} holds pairs too: give single-image shards as --shards, or the pair shards alone as --shards")
     if "://" not in cfg.pairs and not Path(cfg.pairs).exists():
         raise FileNotFoundError(f"no pair shards at {cfg.pairs!r}; write them with `curate pairs export --out {cfg.pairs}`")
-    try:
-        pairs = ShardDataset(cfg.pairs, {"seed": cfg.seed, **cfg.loader, "pre_encoded": None}, rank=0, world_size=1)
-    except OSError as e:
-        raise ValueError(f"{cfg.pairs} is not a pair shard dataset: {str(e).splitlines()[0][:200]}") from None
+    _open_lance(cfg.pairs, "a pair shard dataset")
+    pairs = ShardDataset(cfg.pairs, {"seed": cfg.seed, **cfg.loader, "pre_encoded": None}, rank=0, world_size=1)
     if not pairs.pairs:
         raise ValueError(f"{cfg.pairs} holds single images, not pairs: write pair shards with `curate pairs export`")
 
@@ -213,35 +247,110 @@ def _check_pre_encoded(cfg: TrainRunConfig, ds, log) -> None:
         log("pre-encoded shards: " + ", ".join(p for p in parts if p) + " (those encoders are not run in the loop)")
 
 
-def _fit_showing_metrics(trainer, metrics_log: Path, steps: int, log):
-    """``trainer.fit()`` in a thread while the driver prints rank 0's new metrics lines (worker
-    stdout does not reach the driver on the embedded cluster)."""
-    from concurrent.futures import ThreadPoolExecutor
+def _open_lance(uri: str, what: str):
+    """The Lance dataset at ``uri``, or one line saying it is not ``what``. Lance says so with a
+    ValueError (not an OSError) whose text drops the path's leading '/' and names Rust source
+    lines: not shown."""
+    import lance
 
+    from training.loader import clean_native_message
+
+    try:
+        return lance.dataset(uri)
+    except (OSError, ValueError) as e:
+        why = "not a Lance dataset" if "was not found" in str(e) else clean_native_message(str(e))
+        raise ValueError(f"{uri} is not {what}: {why}") from None
+
+
+def _check_checkpoint_kind(cfg: TrainRunConfig) -> None:
+    """A LoRA run cannot resume a full fine-tune's checkpoint, nor a full run a LoRA one (different
+    files, different trained parameters): say so before Ray starts, not as a worker's traceback."""
+    from training.loop import ADAPTER_FILE, latest_checkpoint
+
+    ckpt = latest_checkpoint(cfg.out_dir) if cfg.resume else None
+    if ckpt is None:
+        return
+    lora = single_rank_default(cfg, lambda _m: None).lora_rank  # the 6b one-rank default counts
+    has_adapter = (ckpt / ADAPTER_FILE).exists()
+    if lora and not has_adapter:
+        raise ValueError(
+            f"{cfg.out_dir} holds a full fine-tune checkpoint ({ckpt.name}): a LoRA run (--lora) cannot resume it; use another --out"
+        )
+    if not lora and has_adapter:
+        raise ValueError(
+            f"{cfg.out_dir} holds a LoRA checkpoint ({ckpt.name}): resume it with --lora and its rank, or use another --out for a full fine-tune"
+        )
+
+
+def _fit_showing_metrics(trainer, metrics_log: Path, steps: int, log) -> None:
+    """``trainer.fit()`` in a daemon thread while the driver prints rank 0's new metrics lines
+    (worker stdout does not reach the driver on the embedded cluster). The main thread keeps the
+    signals: on Ctrl+C it aborts the run (``_abort_training``) instead of waiting for the last step,
+    which a ``ThreadPoolExecutor`` would (its exit joins the thread). A failed fit raises the
+    worker's own exception (``_worker_error``)."""
+    import threading
+
+    box: dict = {}
+    pos = [metrics_log.stat().st_size if metrics_log.exists() else 0]
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            box["error"] = e
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            _tail_metrics(metrics_log, pos, steps, log)
+    except KeyboardInterrupt:
+        _abort_training()
+        raise
+    _tail_metrics(metrics_log, pos, steps, log)
+    if "error" in box:
+        raise _worker_error(box["error"])
+
+
+def _tail_metrics(metrics_log: Path, pos: list[int], steps: int, log) -> None:
+    """Print the complete lines written to ``metrics_log`` since ``pos[0]`` (advanced past them)."""
     from training.loop import format_metrics
 
-    pos = metrics_log.stat().st_size if metrics_log.exists() else 0
+    if not metrics_log.exists():
+        return
+    with metrics_log.open("rb") as f:
+        f.seek(pos[0])
+        chunk = f.read()
+    done = chunk[: chunk.rfind(b"\n") + 1]
+    pos[0] += len(done)
+    for line in done.decode().splitlines():
+        log(format_metrics(json.loads(line), steps))
 
-    def tail() -> None:
-        nonlocal pos
-        if not metrics_log.exists():
-            return
-        with metrics_log.open("rb") as f:
-            f.seek(pos)
-            chunk = f.read()
-        done = chunk[: chunk.rfind(b"\n") + 1]
-        pos += len(done)
-        for line in done.decode().splitlines():
-            log(format_metrics(json.loads(line), steps))
 
-    with ThreadPoolExecutor(1) as ex:
-        fut = ex.submit(trainer.fit)
-        while not fut.done():
-            time.sleep(0.5)
-            tail()
-        result = fut.result()
-    tail()
-    return result
+def _abort_training() -> None:
+    """Stop the Ray Train run now: shutting Ray down ends the embedded cluster (workers included), or
+    on a joined cluster ends this driver's job, whose controller and workers Ray then kills. Ray
+    Train's own SIGINT abort only exists when ``fit`` runs in the main thread, which here prints
+    metrics. Checkpoints are published by an atomic rename, so the last complete one is kept."""
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - already interrupted: leave as fast as possible
+        pass
+
+
+def _worker_error(err: BaseException) -> BaseException:
+    """The exception a worker raised, out of Ray Train's ``WorkerGroupError`` (lowest rank first),
+    so that the command shows its message ("shard fragment 3 ... is unreadable") and not "worker
+    errors ... a bug in zcurate"; the WorkerGroupError, with every rank's traceback, is its cause."""
+    failures = getattr(err, "worker_failures", None) or {}
+    if not failures:
+        return err
+    exc = failures[min(failures)]
+    exc.__cause__ = err
+    return exc
 
 
 @register_step("train", TrainRunConfig, doc="train S3-DiT on training shards (Ray Train; DDP/FSDP2)")

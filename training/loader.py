@@ -383,6 +383,16 @@ def _dist_defaults() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def clean_native_message(msg: str) -> str:
+    """The first line of a native (Lance/Arrow) error without the Rust source locations it lists
+    (``, /home/runner/.../commit.rs:653:26``) and Arrow's "External error: " wrapper."""
+    import re
+
+    first = (msg.splitlines() or [""])[0]
+    first = re.sub(r",\s*/\S*?\.rs:\d+:\d+", "", first).removeprefix("External error: ")
+    return first[:300]
+
+
 class ShardDataset(IterableDataset):
     """Yields whole batches (dicts) of one rank's epoch plan; see the module doc for the plan.
 
@@ -471,6 +481,39 @@ class ShardDataset(IterableDataset):
             self._ds = lance.dataset(self.uri, version=getattr(self, "version", None), storage_options=self.storage_options or None)
         return self._ds
 
+    def _guarded(self, read, columns: list[str], rows=None):
+        """``read()``; when it fails, the fragment a damaged file makes unreadable is named in a
+        ValueError (Lance's own error names no file and ends in Rust source lines). A failure that
+        no single fragment reproduces (a bad ``filter``, say) is raised as it came."""
+        try:
+            return read()
+        except (OSError, ValueError) as e:
+            found = self._unreadable_fragment(columns, rows)
+            if found is None:
+                raise
+            frag, err = found
+            files = ", ".join(f"data/{f.path}" for f in frag.data_files())
+            raise ValueError(
+                f"shard fragment {frag.fragment_id} ({files}) of {self.uri} is unreadable: {clean_native_message(str(err))}; "
+                "re-export the shards"
+            ) from e
+
+    def _unreadable_fragment(self, columns: list[str], rows=None):
+        """(fragment, its error) for the first fragment whose ``columns`` (at ``rows``, dataset row
+        offsets, when given) cannot be read; None when every one reads."""
+        offset = 0
+        for frag in self._open().get_fragments():
+            n = frag.count_rows()
+            local = None if rows is None else [int(r) - offset for r in rows if offset <= int(r) < offset + n]
+            offset += n
+            if local == []:
+                continue
+            try:
+                frag.to_table(columns=columns) if local is None else frag.take(local, columns=columns)
+            except (OSError, ValueError) as err:
+                return frag, err
+        return None
+
     @property
     def manifest(self) -> dict[str, Any]:
         """The provenance manifest export wrote into the shard (source URI, version, selection)."""
@@ -485,7 +528,7 @@ class ShardDataset(IterableDataset):
                 cols["captions"] = "captions"
             if self.config.filter:
                 cols["_keep"] = f"({self.config.filter})"
-            t = self._open().to_table(columns=cols)
+            t = self._guarded(lambda: self._open().to_table(columns=cols), [c for c in cols if c != "_keep"])
             positions = None
             if self.config.filter:
                 keep = t.column("_keep").to_numpy(zero_copy_only=False)
@@ -539,7 +582,8 @@ class ShardDataset(IterableDataset):
                 ]
             )
         )
-        table = self._open().take(rows, columns=cols + [c for c in pre if c not in cols])
+        read = cols + [c for c in pre if c not in cols]
+        table = self._guarded(lambda: self._open().take(rows, columns=read), read, rows)
         arrays = {c for c in self.config.columns if _numeric_nested(table.schema.field(c).type)}
         lat = _flat_lists(table.column("latents")) if self.pre_latents else None
         feats = _flat_lists(table.column("cap_feats"), nested=True) if self.pre_text else None

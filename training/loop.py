@@ -57,7 +57,9 @@ __all__ = [
     "train",
     "latest_checkpoint",
     "model_config",
+    "duration",
     "format_metrics",
+    "run_timing",
     "peak_tflops",
     "window_throughput",
     "time_shifts",
@@ -572,6 +574,8 @@ class _Progress:
     sample_conds: dict | None
     it: Iterator[dict]
     t_last: float = field(default_factory=time.perf_counter)  # when the log window opened
+    t_start: float = field(default_factory=time.perf_counter)  # when this run's loop started (elapsed, ETA)
+    start_step: int = 0  # the step this run started from (resumed runs: the checkpoint's)
     wait: float = 0.0  # seconds waiting for batches in the window
     excluded: float = 0.0  # seconds of checkpoints and sample images in the window (not training)
     window: list = field(default_factory=list)
@@ -604,7 +608,7 @@ def train(
         )
         if cfg.lora_rank:
             log(_lora_line(run))
-    prog = _Progress(step=step, epoch=epoch, sample_conds=sample_conds, it=iter(data))
+    prog = _Progress(step=step, epoch=epoch, sample_conds=sample_conds, it=iter(data), start_step=step)
     run.model.train()
     while prog.step < cfg.steps:
         _train_step(run, prog, _next_batch(run, prog))
@@ -987,7 +991,10 @@ def _next_batch(run: _Run, prog: _Progress) -> dict:
         prog.it = iter(run.data)
         batch = next(prog.it, None)
         if batch is None:
-            raise RuntimeError("the data source yielded no batches") from None
+            raise ValueError(
+                "the data source yielded no batches: this rank's share of the shards holds no usable sample "
+                "(fewer rows than ranks, a loader filter that keeps nothing, or every image skipped)"
+            ) from None
     prog.wait += time.perf_counter() - t0
     return batch
 
@@ -1171,7 +1178,14 @@ def _log_window(run: _Run, prog: _Progress) -> dict:
         if "edit_batch_fraction" in rep:  # omni: the share of editing batches so far
             m["edit_batch_fraction"] = rep["edit_batch_fraction"]
     tbins.reset()
-    return m
+    return {**m, **run_timing(time.perf_counter() - prog.t_start, prog.step - prog.start_step, run.cfg.steps - prog.step)}
+
+
+def run_timing(elapsed_s: float, steps_done: int, steps_left: int) -> dict:
+    """``elapsed_s`` since this run's loop started and ``eta_s`` for the steps left at this run's
+    mean pace (checkpoints and samples included: they are part of the wait)."""
+    eta = elapsed_s / steps_done * steps_left if steps_done > 0 else None
+    return {"elapsed_s": round(elapsed_s, 1), "eta_s": None if eta is None else round(eta, 1)}
 
 
 def _over_ranks(values: list[float], op: str, device: torch.device) -> list[float]:
@@ -1227,7 +1241,20 @@ def format_metrics(m: dict, total: int) -> str:
         s += f" mfu {m['mfu']:.1%}"
     if "peak_mem_gb" in m:
         s += f" mem {m['peak_mem_gb']:.1f}G"
+    if m.get("elapsed_s") is not None:  # records of older runs have no timing
+        s += f" elapsed {duration(m['elapsed_s'])}"
+        s += f" eta {duration(m['eta_s'])}" if m.get("eta_s") is not None else ""
     return s
+
+
+def duration(seconds: float) -> str:
+    """12s, 3m05s, 2h07m: what a progress line shows for an elapsed time or an ETA."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _sample(run: _Run, conds: dict, path: Path) -> None:
