@@ -366,7 +366,7 @@ def _job(store, cfg: KnnConfig, column: str) -> _Job:
     folder = pull_index(store, column)  # remote dataset: the index may have been built on another node
     index, manifest, _ = load_index(folder, with_labels=False)
     ds = store.open()
-    check_fresh(manifest, ds)  # an index older than the rows would give a silently wrong graph
+    check_fresh(manifest, ds, store.uri)  # an index older than the rows would give a silently wrong graph
     if index.ntotal < 2:
         raise VectorError(f"the index holds {index.ntotal} vector(s): a k-NN graph needs at least 2 rows")
     return _Job(store, cfg, column, ds, folder, manifest, is_remote(store.uri), knn_uri(store, column))

@@ -1017,9 +1017,11 @@ def field_ids(ds: Any, column: str) -> set[int]:
     return out
 
 
-def check_fresh(manifest: Manifest, ds: Any) -> None:
+def check_fresh(manifest: Manifest, ds: Any, uri: str | None = None) -> None:
     """Raise ``StaleIndexError`` (with the fix) when the dataset's rows or column changed since
-    the index was built. A newer version that only added other columns is fine."""
+    the index was built. A newer version that only added other columns is fine. ``uri``: the
+    dataset as the user named it (the manifest keeps the path it was built at, which a copied
+    or moved dataset no longer has)."""
     if manifest.column not in ds.schema.names:
         raise StaleIndexError(f"index column {manifest.column!r} is gone from dataset v{ds.version}")
     fp = column_fingerprint(ds, manifest.column)
@@ -1027,5 +1029,5 @@ def check_fresh(manifest: Manifest, ds: Any) -> None:
         raise StaleIndexError(
             f"index on {manifest.column!r} was built at dataset v{manifest.dataset_version}; dataset is now "
             f"v{ds.version} with changed rows or {manifest.column!r} data. Run `curate index build --dataset "
-            f"{manifest.dataset_uri} --column {manifest.column}` (adds new rows; --rebuild if rows changed)"
+            f"{uri or manifest.dataset_uri} --column {manifest.column}` (adds new rows; --rebuild if rows changed)"
         )

@@ -167,11 +167,11 @@ class Retriever:
         self.ds = store.open()
         if allow_stale:
             try:
-                check_fresh(self.manifest, self.ds)
+                check_fresh(self.manifest, self.ds, store.uri)
             except VectorError as e:
                 log.warning("%s", e)
         else:
-            check_fresh(self.manifest, self.ds)
+            check_fresh(self.manifest, self.ds, store.uri)
         self.label_to_id = dict(zip(labels.column("label").to_pylist(), labels.column("id").to_pylist()))
         self.nprobe = nprobe
         self._embedder = None
@@ -230,6 +230,8 @@ class Retriever:
         return self.by_vector(emb.embed_images([d.rgb])[0], k)
 
     def by_text(self, text: str, k: int = 20) -> list[dict]:
+        if not text or not text.strip():
+            raise VectorError("--text is empty: give the words to search for")
         if self.column in ("vec_desc",):
             raise VectorError(
                 "vec_desc is an image descriptor: text queries need an index over "

@@ -535,3 +535,18 @@ def test_a_partial_index_section_keeps_the_dedup_index_defaults(tmp_path):
     with pytest.raises(ConfigError) as e:
         validate(DedupConfig, load_yaml(y))
     assert "index.kind" in str(e.value) and "ivffp16" in str(e.value) and "nprobes" in str(e.value)
+
+
+def test_a_copied_dataset_stale_index_names_the_copy_and_an_empty_text_query_is_refused(ray_session, coco_store, tmp_path, coco_dir):
+    """The manifest keeps the path the index was built at; the fix a user is told must be for the
+    dataset they named. An empty text query has nothing to rank."""
+    first = _copy(coco_store, tmp_path, "first.lance")
+    build_index(first, IndexBuildConfig(), show_progress=False)
+    moved = Store(str(shutil.copytree(Path(first.uri), tmp_path / "moved.lance")))
+    data = moved.to_arrow(["image"]).column("image")[0].as_py()
+    lance.write_dataset(samples_table([sample_row(make_variant(data, "crop", 1), "extra", "c1")]), moved.uri, mode="append")
+    with pytest.raises(StaleIndexError) as err:
+        build_knn(moved, KnnConfig(k=5), show_progress=False)
+    assert f"--dataset {moved.uri} " in str(err.value) and first.uri not in str(err.value)
+    with pytest.raises(VectorError, match="--text is empty"):
+        Retriever(first, "vec_desc").by_text("   ", k=3)
