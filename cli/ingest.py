@@ -12,7 +12,7 @@ from curation.runner import print_summary
 from curation.sources import plan_units
 from curation.store import Store
 from curation.text import MAX_CAPTION_CHARS
-from pipelines.ingest import EmptySourceError, IngestConfig, ingest
+from pipelines.ingest import EmptySourceError, IngestConfig, check_dataset_path, ingest
 
 
 def register(app) -> None:
@@ -36,7 +36,7 @@ def register(app) -> None:
         address: Optional[str] = AddressOpt,
     ):
         """Ingest sources into a Lance dataset (created if absent; appended otherwise). Resumable."""
-        from curation.config import validate
+        from curation.config import ConfigError, validate
 
         cfg = validate(
             IngestConfig,
@@ -56,8 +56,9 @@ def register(app) -> None:
             where="command line",
         )
         try:
+            check_dataset_path(dataset)  # before anything is written into it
             units = plan_units(cfg.source, cfg.read_options())
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ValueError, ConfigError) as e:
             fail(str(e))
         console.print(f"ingest: {len(units)} units from {len(cfg.source)} source(s) into {dataset}")
         if any(u["kind"] != "skipped" for u in units):  # else ingest refuses at once: no cluster needed

@@ -52,6 +52,7 @@ __all__ = ["IMAGE_EXTS", "ReadOptions", "plan_units", "read_unit", "inspect_imag
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TABLE_EXTS = {".jsonl", ".parquet", ".ndjson"}
+SIDECAR_EXTS = (".txt", ".json")  # matched in any case, like image extensions (cameras write .TXT)
 _IMAGE_KEYS = ("image", "image_path", "path", "file", "file_name", "filename", "jpg", "png", "bytes", "image_bytes")
 _URL_KEYS = ("url", "image_url", "img_url")
 _KEY_KEYS = ("key", "id", "uid", "sample_id")
@@ -84,8 +85,9 @@ _ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 def stable_message(msg: str, limit: int = 500) -> str:
     """An error text fit to store: no object addresses (PIL says ``<_io.BytesIO object at 0x7f..>``)
-    and no unpaired surrogates, so two ingests of the same input store byte-identical errors."""
-    return escape_surrogates(_ADDRESS.sub("the bytes", msg))[:limit]
+    and no unpaired surrogates, so two ingests of the same input store byte-identical errors; no
+    trailing newline either (Arrow's texts end with one, which breaks one-line reports)."""
+    return escape_surrogates(_ADDRESS.sub("the bytes", msg).strip())[:limit].rstrip()
 
 
 def _tname(value: Any) -> str:
@@ -133,7 +135,7 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[int | None, int | None,
         return None, None, None, "empty_file: zero bytes"
     with _pil_pixel_limit(max_pixels):
         try:
-            im = Image.open(io.BytesIO(data))
+            im = _open_header(data, max_pixels)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             return None, None, None, f"decompression_bomb: {e}"
         except Exception as e:  # PIL raises many kinds for garbage
@@ -146,6 +148,18 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[int | None, int | None,
             if w < 1 or h < 1:
                 return ow, oh, fmt, f"corrupt: zero size {w}x{h}"
             return ow, oh, fmt, _load_error(im)
+
+
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
+    """``Image.open`` (header only, no pixel allocated) with PIL's own pixel cap lifted, so that
+    our check reports the size read from the header and ``max_pixels`` itself: PIL's error fires
+    at twice its limit, quoting the doubled number, and loses width and height. The cap is back
+    to ``max_pixels`` for ``load`` (the caller holds the ``_pil_pixel_limit`` lock)."""
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(io.BytesIO(data))
+    finally:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _load_error(im: Image.Image) -> str | None:
@@ -324,6 +338,8 @@ _SCALAR_FIELDS = (
 def _listed_caption(i: int, c: Any, default_kind: str) -> dict[str, str] | None:
     if isinstance(c, str):
         return {"text": c, "kind": default_kind}
+    if isinstance(c, dict) and c.get("kind") and isinstance(c["kind"], str) and c["kind"] not in CAPTION_KINDS:
+        raise BadField(f"captions[{i}].kind {c['kind']!r} is not one of {', '.join(CAPTION_KINDS)}")
     if isinstance(c, dict) and all(c.get(f) is None or isinstance(c.get(f), str) for f in ("text", "kind", "lang")):
         return None if c.get("text") is None else {"text": c["text"], "kind": c.get("kind") or default_kind, "lang": c.get("lang")}
     if isinstance(c, dict):
@@ -367,7 +383,7 @@ def captions_from_json(obj: Any, default_kind: str) -> list[dict[str, str]]:
 def _sidecar_captions(name: str, data: bytes, default_kind: str) -> list[dict[str, str]]:
     """Captions from one sidecar file (raises CaptionDecodeError / ValueError with a reason)."""
     text = decode_caption(data)
-    if name.endswith(".json"):
+    if name.lower().endswith(".json"):
         try:
             obj = parse_json(text) if text else {}
         except DuplicateField as e:
@@ -415,15 +431,20 @@ def _outside_error(path: Path, shown: str, root: Path, opts: ReadOptions) -> str
     return f"path_outside_source: {shown!r} resolves outside {root}"
 
 
-def _read_local(path: Path, shown: str, root: Path, opts: ReadOptions) -> tuple[bytes | None, str | None]:
+def _read_local(path: Path, shown: str, root: Path, opts: ReadOptions, what: str = "") -> tuple[bytes | None, str | None]:
     """(bytes, error) of a regular file inside ``root``, at most ``max_file_bytes + 1`` of them
-    (enough for make_row to see it is too large; a FIFO or device would block or never end)."""
+    (a file that grows while read is still seen as too large; a FIFO or device would block or
+    never end). A file above the limit is not read: its error gives its real size from ``stat``
+    (the bounded read's length would report the limit + 1)."""
     err = _outside_error(path, shown, root, opts)
     if err:
         return None, err
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
             return None, f"unreadable: {shown!r} is not a regular file"
+        if st.st_size > opts.max_file_bytes:
+            return None, f"file_too_large: {what}{st.st_size} bytes > {opts.max_file_bytes}"
         with open(path, "rb") as f:
             return f.read(opts.max_file_bytes + 1), None
     except (OSError, ValueError) as e:
@@ -455,49 +476,84 @@ def plan_units(sources: list[str], opts: ReadOptions) -> list[dict[str, Any]]:
     """Units of work over all sources, in a deterministic order (so ids and row order are stable).
 
     A directory is walked: tars and table files (.jsonl/.parquet) are their own units; image files
-    form folder units of ``shard_size`` images, except under a directory that holds a table file
-    (those images are the table's, referenced by path); a ``NNNNN.tar`` with its ``NNNNN.parquet``
-    is one img2dataset shard (the Parquet is metadata, joined by key). What is no sample (captions without an
-    image, other file types, symlinked folders: never followed) is counted by a ``skipped`` unit."""
+    form folder units of ``shard_size`` images, except those a table file of the tree lists by
+    path (they are that table's rows); a ``NNNNN.tar`` with its ``NNNNN.parquet`` is one
+    img2dataset shard (the Parquet is metadata, joined by key). A source named twice, or inside a
+    folder that is also a source, is read once. What is no sample (captions without an image,
+    other file types, symlinked folders: never followed) is counted by a ``skipped`` unit."""
     units: list[dict[str, Any]] = []
-    for src in sources:
-        p = Path(src)
-        if "://" in src:
-            raise ValueError(f"{src}: remote sources are read through Parquet/JSONL listing their URIs")
-        if not p.exists():
-            raise FileNotFoundError(f"source not found: {src}")
-        if has_surrogates(str(p.resolve())):
-            raise ValueError(f"{escape_surrogates(src)}: the source path is not valid UTF-8; rename it")
+    paths = [_checked_source(src) for src in sources]
+    distinct = _distinct_sources(paths)
+    for p in distinct:
         if p.is_file():
-            units.extend(_file_units(p.resolve(), opts))  # named explicitly: a symlink is trusted
+            units.extend(_file_units(p, opts))  # named explicitly: a symlink is trusted
         else:
-            units.extend(_folder_units(p.resolve(), opts))
+            units.extend(_folder_units(p, opts))
+    if len(distinct) < len(paths):
+        units.append(
+            {"kind": "skipped", "source": _source_name(distinct[0]), "counts": json.dumps({"repeated_source": len(paths) - len(distinct)})}
+        )
     for i, u in enumerate(units):
         u["unit"] = i
     return units
 
 
+def _checked_source(src: str) -> Path:
+    """The resolved path of one named source, or the one-line reason it cannot be read."""
+    p = Path(src)
+    if "://" in src:
+        raise ValueError(f"{src}: remote sources are read through Parquet/JSONL listing their URIs")
+    if not p.exists():
+        raise FileNotFoundError(f"source not found: {src}")
+    if has_surrogates(str(p.resolve())):
+        raise ValueError(f"{escape_surrogates(src)}: the source path is not valid UTF-8; rename it")
+    return p.resolve()
+
+
+def _distinct_sources(paths: list[Path]) -> list[Path]:
+    """Each input read once: a path named twice (a shell glob, a folder plus a tar in it) would
+    store every sample twice under one row id. A path inside a folder source is dropped, not the
+    folder, so the ids are those of the folder ingested alone."""
+    folders = {p for p in paths if p.is_dir()}
+    out: dict[Path, None] = {}  # ordered, each once
+    for p in paths:
+        if not any(f != p and p.is_relative_to(f) for f in folders):
+            out.setdefault(p)
+    return list(out)
+
+
+def _walk(root: Path) -> list[tuple[Path, list[str], int]]:
+    """(folder, sorted file names, symlinked sub-folders) for every folder of the tree, top down;
+    symlinked folders are listed by ``os.walk`` but never entered."""
+    tree = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        d = Path(dirpath)
+        tree.append((d, sorted(filenames), sum((d / n).is_symlink() for n in dirnames)))
+    return tree
+
+
 def _folder_units(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
+    """Units of one folder tree. Every folder is walked, tables or not: an image is a folder row
+    unless a table of the tree lists it (then it is that table's row), so a stray ``notes.jsonl``
+    can no longer hide the rest of the tree."""
     units: list[dict[str, Any]] = []
     images: list[str] = []
     skipped: Counter = Counter()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        filenames.sort()
-        d = Path(dirpath)
-        if any(Path(f).suffix.lower() in TABLE_EXTS for f in filenames):
-            dirnames[:] = []  # this subtree's images belong to its table files
-            pairs = _img2dataset_pairs(filenames)
-            units.extend({"kind": "img2dataset", "source": _source_name(d / t), "meta": _source_name(d / m)} for t, m in pairs)
-            paired = {f for pair in pairs for f in pair}
-            tables = [f for f in filenames if f not in paired and (Path(f).suffix.lower() in TABLE_EXTS or f.endswith(".tar"))]
-            units.extend(u for f in tables for u in _file_units(d / f, opts))
-            continue
-        skipped["symlinked_dir"] += sum((d / n).is_symlink() for n in dirnames)
-        units.extend(u for f in filenames if f.endswith(".tar") for u in _file_units(d / f, opts))
+    tree = _walk(root)
+    listed = _listed_files(tree, opts)
+    for d, filenames, symlinked in tree:
+        skipped["symlinked_dir"] += symlinked
+        pairs = _img2dataset_pairs(filenames)
+        units.extend({"kind": "img2dataset", "source": _source_name(d / t), "meta": _source_name(d / m)} for t, m in pairs)
+        paired = {f for pair in pairs for f in pair}
+        tables = [f for f in filenames if f not in paired and (Path(f).suffix.lower() in TABLE_EXTS or f.endswith(".tar"))]
+        units.extend(u for f in tables for u in _file_units(d / f, opts))
         found = [f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTS]
-        images.extend(_unit_name(str((d / f).relative_to(root))) for f in found)
-        skipped.update(_unclaimed(filenames, found))
+        own = [f for f in found if str(d / f) not in listed]
+        images.extend(_unit_name(str((d / f).relative_to(root))) for f in own)
+        ignored = paired | set(tables) | {t[:-4] + "_stats.json" for t, _ in pairs}  # img2dataset's stats: not a caption
+        skipped.update(_unclaimed([f for f in filenames if f not in ignored], own, [f for f in found if f not in own]))
     for i in range(0, len(images), opts.shard_size):
         units.append({"kind": "folder", "source": _source_name(root), "files": images[i : i + opts.shard_size]})
     if +skipped:
@@ -512,22 +568,125 @@ def _img2dataset_pairs(filenames: list[str]) -> list[tuple[str, str]]:
     return [(f, f[:-4] + ".parquet") for f in filenames if f.endswith(".tar") and f[:-4] + ".parquet" in names]
 
 
-def _unclaimed(filenames: list[str], images: list[str]) -> Counter:
-    """Files of one folder that no image claims: caption sidecars without their image, and files
-    of other types. Counted, so a folder of orphan captions is reported, not silently empty."""
-    stems = {f[: -len(Path(f).suffix)] for f in images}
+def _stem(name: str) -> str:
+    return name[: -len(Path(name).suffix)] if Path(name).suffix else name
+
+
+def _sidecar_of(f: str, stems: set[str]) -> bool:
+    """Whether ``f`` (a .txt/.json in any case) is <stem>.txt, <stem>.json or <stem>.<kind>.txt."""
+    base = _stem(f)
+    head, _, kind = base.rpartition(".")
+    return base in stems or (kind in CAPTION_KINDS and head in stems)
+
+
+def _unclaimed(filenames: list[str], images: list[str], listed: list[str] = ()) -> Counter:
+    """Files of one folder that no image row claims: caption sidecars without their image, the
+    sidecars of images a table lists (the table's captions are used), and files of other types.
+    Counted, so a folder of orphan captions is reported, not silently empty."""
+    stems, listed_stems, rows = {_stem(f) for f in images}, {_stem(f) for f in listed}, {*images, *listed}
     out: Counter = Counter()
     for f in filenames:
-        suffix = Path(f).suffix
-        if f in images or f.endswith(".tar"):
+        if f in rows or f.endswith(".tar"):
             continue
-        if suffix in (".txt", ".json"):
-            base = f[: -len(suffix)]
-            head, _, kind = base.rpartition(".")
-            out["caption_without_image"] += not (base in stems or (kind in CAPTION_KINDS and head in stems))
-        else:
+        if Path(f).suffix.lower() not in SIDECAR_EXTS:
             out["unsupported_file"] += 1
+        elif not _sidecar_of(f, stems):
+            out["sidecar_of_listed_image" if _sidecar_of(f, listed_stems) else "caption_without_image"] += 1
     return out
+
+
+# --- which images a folder's tables list ---------------------------------------------------------
+
+MAX_LISTING_SCAN_BYTES = 256 * 1024 * 1024  # larger tables are not read while planning
+
+
+def _listed_files(tree: list[tuple[Path, list[str], int]], opts: ReadOptions) -> set[str]:
+    """Paths of the tree's files that its tables (not img2dataset metadata) reference and would
+    read: those images are table rows, so the folder must not store them a second time. A table
+    above ``MAX_LISTING_SCAN_BYTES`` is not read on the driver: images beside it stay folder rows
+    (at worst stored twice, flagged by ``exact_dup``; never lost)."""
+    listed: set[str] = set()
+    for d, filenames, _ in tree:
+        paired = {m for _, m in _img2dataset_pairs(filenames)}
+        for f in filenames:
+            p = d / f
+            if f in paired or Path(f).suffix.lower() not in TABLE_EXTS or has_surrogates(f):
+                continue
+            try:
+                if p.is_file() and p.stat().st_size <= MAX_LISTING_SCAN_BYTES:
+                    listed.update(r for v in _table_image_cells(p, opts) if (r := _local_ref(v, d, opts)))
+            except (OSError, ValueError):  # unreadable here: its own unit reports it
+                continue
+    return listed
+
+
+def _local_ref(value: Any, base: Path, opts: ReadOptions) -> str | None:
+    """The file a table cell names (as ``_resolve_image`` reads it), lexically normalised, when it
+    is inside the table's folder (or outside reads are allowed); else None: a URL, bytes, a path
+    that escapes (its row is ``path_outside_source``, so the file must stay a row of its own)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("bytes"), (bytes, bytearray)) and value["bytes"]:
+            return None
+        value = value.get("path")
+    if not isinstance(value, str) or not value or ("://" in value and not value.startswith("file://")):
+        return None
+    path = Path(value.removeprefix("file://"))
+    full = os.path.normpath(path if path.is_absolute() else base / path)
+    return full if opts.allow_paths_outside_source or Path(full).is_relative_to(base) else None
+
+
+def _table_image_cells(p: Path, opts: ReadOptions) -> Iterator[Any]:
+    """The image cell of each record of a table file, as its reader picks it."""
+    if p.suffix.lower() == ".parquet":
+        yield from _parquet_image_cells(p, opts)
+        return
+    with open(p, "rb") as f:
+        while line := f.readline(opts.max_file_bytes + 1):
+            if len(line) > opts.max_file_bytes:  # a bad_record row, no image read
+                if not line.endswith(b"\n"):
+                    _skip_line(f)
+                continue
+            try:
+                rec = parse_json(decode_caption(line)) if line.strip() else None
+            except (CaptionDecodeError, ValueError, RecursionError):
+                continue  # an error row, whose image is never read
+            if isinstance(rec, dict):
+                yield _image_cell(rec, record_columns(list(rec), opts))
+
+
+def _parquet_image_cells(p: Path, opts: ReadOptions) -> Iterator[Any]:
+    """Image cells of a Parquet file, reading only path columns (a bytes column holds the images
+    themselves; for a {bytes, path} struct only ``path`` is read, so a struct row is taken as
+    listing its path even when it also carries the bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(p)
+    schema = pf.schema_arrow
+    if _duplicate_columns(schema.names):
+        return  # every row is a duplicate_key error, no image read
+    cols = record_columns(schema.names, opts)
+    wanted = [_path_column(c, schema.field(c).type, pa) for c in cols["image"] + cols["url"]]
+    wanted = [c for c in wanted if c]
+    if not wanted:
+        return
+    for batch in pf.iter_batches(batch_size=65_536, columns=wanted):
+        for rec in batch.to_pylist():
+            yield next((v for v in rec.values() if v is not None), None)
+
+
+def _path_column(name: str, typ: Any, pa: Any) -> str | None:
+    """The column (or struct child) of ``name`` that can hold a path: strings, a struct's ``path``."""
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return name
+    if pa.types.is_struct(typ) and typ.get_field_index("path") >= 0:
+        return f"{name}.path"
+    return None
+
+
+def _image_cell(rec: dict, cols: dict[str, list[str]]) -> Any:
+    """The cell a record's image comes from: the first non-null image column, else the URL one."""
+    return next((rec[k] for k in cols["image"] + cols["url"] if rec.get(k) is not None), None)
 
 
 def _error_unit(p: Path, error: str) -> dict[str, Any]:
@@ -632,9 +791,9 @@ def _folder_sidecars(fp: Path, root: Path, opts: ReadOptions) -> tuple[list[tupl
     out, err = [], None
     for cand in sorted(fp.parent.glob(f"{_glob_escape(stem)}.*")):
         middle = cand.name[len(stem) + 1 : -len(cand.suffix)]
-        if cand == fp or cand.suffix not in (".txt", ".json") or not (middle == "" or middle in CAPTION_KINDS):
+        if cand == fp or cand.suffix.lower() not in SIDECAR_EXTS or not (middle == "" or middle in CAPTION_KINDS):
             continue
-        data, e = _read_local(cand, cand.name, root, opts)
+        data, e = _read_local(cand, cand.name, root, opts, what=f"sidecar {cand.name!r}: ")
         if data is not None and len(data) > opts.max_file_bytes:
             data, e = None, f"file_too_large: sidecar {cand.name!r} > {opts.max_file_bytes} bytes"
         if data is None:
@@ -677,7 +836,7 @@ def _tar_groups(tf: tarfile.TarFile, src: str, opts: ReadOptions, stats: dict[st
         if key != cur:
             if cur is not None:
                 yield cur, group
-            cur, group = key, {"files": {}, "dup_ext": False, "link_err": None}
+            cur, group = key, {"files": {}, "sizes": {}, "dup_ext": False, "link_err": None}
         if not m.isfile():  # a link: counted as skipped, its refusal on the sample's row
             stats["tar_member_skipped"] = stats.get("tar_member_skipped", 0) + 1
             group["link_err"] = group["link_err"] or _tar_link_error(m, src)
@@ -686,6 +845,7 @@ def _tar_groups(tf: tarfile.TarFile, src: str, opts: ReadOptions, stats: dict[st
         data = f.read(opts.max_file_bytes + 1) if f else b""
         group["dup_ext"] = group["dup_ext"] or ext in group["files"]
         group["files"].setdefault(ext, data)
+        group["sizes"].setdefault(ext, m.size)
     if cur is not None:
         yield cur, group
 
@@ -698,6 +858,16 @@ def _sidecar_extras(data: bytes | None) -> dict[str, Any] | None:
     except (CaptionDecodeError, ValueError, RecursionError):
         return None
     return {k: v for k, v in obj.items() if k.lower() not in _CAPTION_KEYS} if isinstance(obj, dict) else None
+
+
+def _tar_image(group: dict, ext: str | None, opts: ReadOptions) -> tuple[bytes | None, str | None]:
+    """(image bytes, file_too_large error) of a tar sample: a member above the limit is read only
+    to ``max_file_bytes + 1``, so its real size comes from the tar header, not from that read."""
+    if ext is None:
+        return None, None
+    if group["sizes"][ext] > opts.max_file_bytes:
+        return None, f"file_too_large: {group['sizes'][ext]} bytes > {opts.max_file_bytes}"
+    return group["files"][ext], None
 
 
 def _read_tar(unit: dict, opts: ReadOptions, stats: dict[str, int], records: dict[str, dict] | None = None) -> Iterator[dict]:
@@ -717,10 +887,10 @@ def _read_tar(unit: dict, opts: ReadOptions, stats: dict[str, int], records: dic
         error = None
         if n > 0 or group["dup_ext"]:
             error = f"duplicate_key: key {key!r} appears more than once in the tar"
-        data = files.get(img_ext) if img_ext else None
+        data, too_large = _tar_image(group, img_ext, opts)
         meta = records.pop(key, None) if n == 0 else None
         meta = meta if meta is not None else _sidecar_extras(files.get("json"))
-        return make_row(src, row_key, data, caps, opts, error=error or group["link_err"] or cerr, stats=stats, meta=meta)
+        return make_row(src, row_key, data, caps, opts, error=too_large or error or group["link_err"] or cerr, stats=stats, meta=meta)
 
     try:
         with tarfile.open(src, mode="r|*") as tf:
@@ -782,12 +952,35 @@ def check_mapping(names: list[str], opts: ReadOptions, where: str) -> None:
             raise ColumnMappingError(f"{where}: no column {given!r} (--{flag}-column); the columns are: {', '.join(names) or '(none)'}")
 
 
-def _record_key(rec: dict, key: str, cols: list[str]) -> str:
+_POSITIONAL = ("@", "#", "<", "=")  # first characters of positional and synthetic keys
+
+
+def _own_key(rec: dict, cols: list[str]) -> str | None:
+    """The record's own key (``key``/``id``/``uid``/``sample_id``), the row key on its own: a
+    key with the byte offset or row number in it changed whenever a line was added or fixed above
+    it, so a re-ingest or ``--retry-errors`` stored the rest again. One that looks positional
+    (``@12``) gets ``=`` in front, so it never meets a keyless record's key."""
     for k in cols:
         v = rec.get(k)
         if isinstance(v, (str, int)) and str(v):
-            return f"{key}:{v}"
-    return key
+            return "=" + str(v) if str(v).startswith(_POSITIONAL) else str(v)
+    return None
+
+
+def duplicate_key_error(key: str, source: str) -> str:
+    """The one text for a key met twice in one table file (the reader and ingest's safety net)."""
+    return f"duplicate_key: key {key!r} appears more than once in {Path(source).name}"
+
+
+def _keyed(rec: dict, cols: list[str], source: str, position: str, seen: dict[str, int]) -> tuple[str, str | None]:
+    """(row key, duplicate error): the own key, else the position; the second record with one own
+    key is ``<key>#2`` with ``duplicate_key`` (as in a tar), so no id is stored twice."""
+    own = _own_key(rec, cols)
+    if own is None:
+        return position, None
+    n = seen.get(own, 0)
+    seen[own] = n + 1
+    return (own, None) if n == 0 else (f"{own}#{n + 1}", duplicate_key_error(own, source))
 
 
 def _record_captions(rec: dict, cols: list[str], mapped: bool) -> list[dict[str, str]]:
@@ -799,24 +992,24 @@ def _record_captions(rec: dict, cols: list[str], mapped: bool) -> list[dict[str,
     return captions_from_json({c.lower(): rec[c] for c in cols}, "short")
 
 
-def _record_row(rec: Any, source: str, key: str, base: Path, opts: ReadOptions, stats: dict[str, int]) -> dict:
+def _record_row(rec: Any, source: str, key: str, base: Path, opts: ReadOptions, stats: dict[str, int], seen: dict[str, int]) -> dict:
     """A record's row; a caption field of the wrong type is its error (the image still checked).
-    Fields that are not image, url, caption or key go to ``meta``."""
+    Fields that are not image, url, caption or key go to ``meta``. ``seen`` counts the own keys
+    met so far in the unit."""
     if not isinstance(rec, dict):
         return make_row(source, key, None, [], opts, error=f"bad_record: not an object but {_tname(rec)}", stats=stats)
     cols = record_columns(list(rec), opts)
-    key = _record_key(rec, key, cols["key"])
+    key, dup = _keyed(rec, cols["key"], source, key, seen)
     try:
         caps, cerr = _record_captions(rec, cols["caption"], opts.caption_column is not None), None
     except BadField as e:
         caps, cerr = [], f"bad_record: {e}"
-    img = next((rec[k] for k in cols["image"] + cols["url"] if rec.get(k) is not None), None)
-    data, uri, err = _resolve_image(img, base, opts)
+    data, uri, err = _resolve_image(_image_cell(rec, cols), base, opts)
     if uri:
         stats["remote_uri"] = stats.get("remote_uri", 0) + 1
     used = {c for cs in cols.values() for c in cs}
     meta = {k: v for k, v in rec.items() if k not in used}
-    return make_row(source, key, data, caps, opts, uri=uri, error=err or cerr, stats=stats, meta=meta)
+    return make_row(source, key, data, caps, opts, uri=uri, error=dup or err or cerr, stats=stats, meta=meta)
 
 
 def _skip_line(f) -> None:
@@ -825,20 +1018,20 @@ def _skip_line(f) -> None:
         pass
 
 
-def _jsonl_row(line: bytes, src: str, key: str, base: Path, opts: ReadOptions, stats: dict[str, int]) -> dict:
+def _jsonl_row(line: bytes, src: str, key: str, base: Path, opts: ReadOptions, stats: dict[str, int], seen: dict[str, int]) -> dict:
     try:
         rec = parse_json(decode_caption(line))
     except DuplicateField as e:
         return make_row(src, key, None, [], opts, error=f"duplicate_key: {e}", stats=stats)
     except (CaptionDecodeError, ValueError, RecursionError) as e:  # JSON errors are ValueErrors
         return make_row(src, key, None, [], opts, error=f"bad_record: {str(e)[:200]}", stats=stats)
-    return _record_row(rec, src, key, base, opts, stats)
+    return _record_row(rec, src, key, base, opts, stats, seen)
 
 
 def _read_jsonl(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[dict]:
     """Lines starting in [start, end); a line longer than ``max_file_bytes`` is an error row."""
     src, start, end = unit["source"], unit["start"], unit["end"]
-    base = Path(src).parent
+    base, seen = Path(src).parent, {}
     with open(src, "rb") as f:
         if start > 0:
             f.seek(start - 1)
@@ -856,7 +1049,7 @@ def _read_jsonl(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterato
                     src, f"@{pos}", None, [], opts, error=f"bad_record: line longer than {opts.max_file_bytes} bytes", stats=stats
                 )
             elif line.strip():
-                yield _jsonl_row(line, src, f"@{pos}", base, opts, stats)
+                yield _jsonl_row(line, src, f"@{pos}", base, opts, stats, seen)
 
 
 def _duplicate_columns(names: list[str]) -> str | None:
@@ -871,7 +1064,7 @@ def _read_parquet(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Itera
     import pyarrow.parquet as pq
 
     src, base = unit["source"], Path(unit["source"]).parent
-    offset = 0
+    offset, seen = 0, {}
     try:
         pf = pq.ParquetFile(src)
         dup = _duplicate_columns(pf.schema_arrow.names)
@@ -879,7 +1072,11 @@ def _read_parquet(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Itera
         for batch in pf.iter_batches(batch_size=opts.shard_size, row_groups=unit["row_groups"]):
             for rec in batch.to_pylist():
                 key = f"#{offset}"
-                yield make_row(src, key, None, [], opts, error=dup, stats=stats) if dup else _record_row(rec, src, key, base, opts, stats)
+                yield (
+                    make_row(src, key, None, [], opts, error=dup, stats=stats)
+                    if dup
+                    else _record_row(rec, src, key, base, opts, stats, seen)
+                )
                 offset += 1
     except (pa.ArrowException, OSError) as e:
         err = f"corrupt_table: {type(e).__name__}: {str(e)[:200]}"

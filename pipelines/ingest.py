@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 from pydantic import Field
@@ -20,13 +22,13 @@ from pydantic import Field
 from curation.config import ConfigError
 from curation.registry import register_step
 from curation.runner import Checkpoints, StageResult, console, execute_resumable, json_record
-from curation.schema import SAMPLES_SCHEMA
-from curation.sources import ColumnMappingError, ReadOptions, plan_units, read_unit
+from curation.schema import SAMPLES_SCHEMA, sample_id
+from curation.sources import ColumnMappingError, ReadOptions, duplicate_key_error, plan_units, read_unit
 from curation.stage import StageConfig, Stats
-from curation.store import Store
+from curation.store import Store, is_remote
 from curation.text import MAX_CAPTION_CHARS
 
-__all__ = ["IngestConfig", "EmptySourceError", "ingest"]
+__all__ = ["IngestConfig", "EmptySourceError", "check_dataset_path", "ingest"]
 
 
 class EmptySourceError(ConfigError):
@@ -231,7 +233,28 @@ _SKIPPED_WORDS = {
     "caption_without_image": "caption files without an image",
     "unsupported_file": "files of other types",
     "symlinked_dir": "symlinked folders (not followed)",
+    "repeated_source": "sources named twice or inside another source",
+    "sidecar_of_listed_image": "caption files of images a table lists",
 }
+
+# what a Lance dataset folder holds (``_curation``: our state; ``data``/``_transactions`` alone:
+# a first ingest that was interrupted and is being resumed)
+_DATASET_ENTRIES = {"_versions", "_transactions", "_deletions", "_indices", "_refs", "_latest.manifest", "data", "_curation"}
+
+
+def check_dataset_path(uri: str) -> None:
+    """Refuse a ``--dataset`` that is an existing folder of other files (``curate ingest photos
+    -d photos``, arguments swapped): Lance would write its data and versions into the user's
+    source folder. A Lance dataset, an empty folder or a resumable first ingest pass."""
+    p = Path(uri)
+    if is_remote(uri) or not p.is_dir() or (p / "_versions").is_dir():
+        return
+    other = sorted(n for n in os.listdir(p) if n not in _DATASET_ENTRIES)
+    if other:
+        raise ConfigError(
+            f"--dataset {uri} is a folder of other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), "
+            "not a Lance dataset; give a new path (or an existing dataset) for the dataset"
+        )
 
 
 def _empty_message(sources: list[str], units: list[dict]) -> str:
@@ -257,6 +280,7 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
     from lance.fragment import FragmentMetadata
 
     t_start = time.perf_counter()
+    check_dataset_path(store.uri)
     opts = cfg.read_options()
     try:
         units = plan_units(cfg.source, opts)
@@ -272,10 +296,12 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
 
     ckpt = Checkpoints(store.state_dir / "checkpoints" / f"ingest-{_fingerprint(cfg, units, read_version)}", "unit")
     done = _write_units(store, opts, units, existing, ckpt, concurrency=concurrency, show_progress=show_progress)
+    renamed = _unique_ids(store, units, done)
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
     stats = Stats()
     for rec in done.values():
         stats = stats + Stats.from_dict(rec["stats"])
+    stats.counters.update(renamed)
     if stats.rows == 0 and not stats.counters.get("skipped_existing"):  # e.g. an empty Parquet
         ckpt.clear()
         raise EmptySourceError(_empty_message(cfg.source, units))
@@ -318,6 +344,71 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
         # recomputed over the whole dataset: new rows may duplicate old ones
         results.append(run_stage(store, ExactDupStage(), overwrite=True, show_progress=show_progress))
     return results
+
+
+def _fragment_files(store: Store, frags: list[dict]) -> list[str]:
+    """Paths of the data files of uncommitted fragments (one file each: ``write_fragments``)."""
+    from lance.fragment import FragmentMetadata
+
+    return [f"{store.uri}/data/{f.path}" for fr in frags for f in FragmentMetadata.from_json(json.dumps(fr)).data_files()]
+
+
+def _read_files(store: Store, paths: list[str], columns: list[str] | None = None) -> pa.Table:
+    from lance.file import LanceFileReader
+
+    opts = store.storage_options or None
+    tables = [LanceFileReader(p, storage_options=opts, columns=columns).read_all().to_table() for p in paths]
+    schema = pa.schema([SAMPLES_SCHEMA.field(c) for c in columns]) if columns else SAMPLES_SCHEMA
+    return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables]) if tables else schema.empty_table()
+
+
+def _unique_ids(store: Store, units: list[dict], done: dict[str, dict]) -> Counter:
+    """The safety net under planning and the readers: no id is committed twice in one run.
+
+    Sources are de-duplicated while planning and each reader renames a key it meets twice, but a
+    key can still come back in another unit (two row groups of one Parquet file holding one
+    ``id``). The new rows' ids are read back (one column); only when two are equal is a later
+    copy's unit rewritten, the copy becoming ``<key>#N`` with ``duplicate_key``, as in a tar.
+    Returns the counters of the renamed rows."""
+    import pyarrow.compute as pc
+
+    ids = {u["unit"]: _read_files(store, _fragment_files(store, done[u["unit"]]["fragments"]), ["id"]).column("id") for u in units}
+    every = pa.chunked_array([c for col in ids.values() for c in col.chunks], pa.string())
+    if pc.count_distinct(every).as_py() == len(every):
+        return Counter()
+    taken, seen, counts = set(every.to_pylist()), set(), Counter()
+    for u in units:  # in unit order: the first copy keeps its id, whatever the scheduling
+        again = []
+        for i, v in enumerate(ids[u["unit"]].to_pylist()):
+            if v in seen:
+                again.append(i)
+            seen.add(v)
+        if again:
+            counts += _rename_rows(store, done[u["unit"]], again, taken)
+    return counts
+
+
+def _rename_rows(store: Store, rec: dict, rows: list[int], taken: set[str]) -> Counter:
+    """Rewrite one unit's fragments with ``rows`` (positions) under a fresh ``<key>#N`` key and
+    ``duplicate_key`` (an earlier error stays: the first error wins, as in ``make_row``)."""
+    from lance.fragment import write_fragments
+
+    t = _read_files(store, _fragment_files(store, rec["fragments"]))
+    ids, keys, errors = (t.column(c).to_pylist() for c in ("id", "source_key", "error"))
+    sources, counts = t.column("source").to_pylist(), Counter()
+    for i in rows:
+        n, new = 2, None
+        while new is None or new in taken:
+            key, new = f"{keys[i]}#{n}", sample_id(sources[i], f"{keys[i]}#{n}")
+            n += 1
+        taken.add(new)
+        counts["error_duplicate_key"] += errors[i] is None
+        ids[i], keys[i], errors[i] = new, key, errors[i] or duplicate_key_error(keys[i], sources[i])
+    for name, values in (("id", ids), ("source_key", keys), ("error", errors)):
+        t = t.set_column(t.schema.get_field_index(name), SAMPLES_SCHEMA.field(name), pa.array(values, pa.string()))
+    opts = store.storage_options or None
+    rec["fragments"] = [f.to_json() for f in write_fragments(t, store.uri, schema=SAMPLES_SCHEMA, storage_options=opts)]
+    return counts
 
 
 def _write_units(

@@ -171,7 +171,7 @@ def test_fuzzed_file_names_every_file_accounted_for(files):
         names = [os.fsdecode(b"f" + raw + sfx.encode()) for raw, sfx in files]
         images = [n for n in names if Path(n).suffix.lower() in IMAGE_EXTS]
         stems = {n[: -len(Path(n).suffix)] for n in images}
-        claimed = [n for n in names if n not in images and Path(n).suffix in (".txt", ".json") and _claimed(n, stems)]
+        claimed = [n for n in names if n not in images and Path(n).suffix.lower() in (".txt", ".json") and _claimed(n, stems)]
         skipped = sum(v for k, v in stats.items() if k.startswith("skipped_"))
         assert len(rows) == len(images)
         assert len(rows) + skipped + len(claimed) == len(names)
