@@ -182,6 +182,28 @@ def _checked_column(store, cfg: IndexBuildConfig, show_progress: bool):
     return column, ds
 
 
+def _check_same_kind(manifest, cfg: IndexBuildConfig, uri: str, column: str) -> None:
+    """A saved index is extended as it was built: a different ``kind`` or ``nlist`` asked for
+    without ``rebuild`` is refused, not silently dropped ("up to date" with the old kind)."""
+    import re
+
+    from engines.vector.index import VectorError
+
+    lists = re.search(r"IVF(\d+)", manifest.factory or "")
+    before = manifest.config  # what was asked then: a small dataset may have got a flat index instead
+    asked = []
+    if cfg.index.kind not in ("auto", manifest.kind, before.get("kind")):
+        asked.append(f"kind {cfg.index.kind}")
+    if cfg.index.nlist not in (None, before.get("nlist"), lists and int(lists.group(1))):
+        asked.append(f"nlist {cfg.index.nlist}")
+    if asked:
+        built = f"{manifest.kind}" + (f", nlist {lists.group(1)}" if lists else "")
+        raise VectorError(
+            f"the index on {column!r} exists as {built}; {' and '.join(asked)} needs a new one: "
+            f"`curate index build --dataset {uri} --column {column} --rebuild` with the same options"
+        )
+
+
 def _start(store, ds, folder: Path, column: str, cfg: IndexBuildConfig, sigs: dict) -> _Start | dict:
     """Extend the saved index with the fragments it has not seen (rows appended), refuse when
     indexed fragments changed, or train a new one on a sample; a dict = already up to date."""
@@ -200,6 +222,7 @@ def _start(store, ds, folder: Path, column: str, cfg: IndexBuildConfig, sigs: di
     frags = ds.get_fragments()
     if (folder / "manifest.json").exists() and not cfg.rebuild:
         base, old_manifest, old_labels = load_index(folder)
+        _check_same_kind(old_manifest, cfg, store.uri, column)
         if old_manifest.fingerprint == column_fingerprint(ds, column):
             console.print(f"index on {column!r} is up to date (built at v{old_manifest.dataset_version}, dataset v{ds.version})")
             return asdict(old_manifest)

@@ -550,3 +550,20 @@ def test_a_copied_dataset_stale_index_names_the_copy_and_an_empty_text_query_is_
     assert f"--dataset {moved.uri} " in str(err.value) and first.uri not in str(err.value)
     with pytest.raises(VectorError, match="--text is empty"):
         Retriever(first, "vec_desc").by_text("   ", k=3)
+
+
+def test_another_kind_asked_of_an_existing_index_is_refused_not_dropped(ray_session, coco_store, tmp_path):
+    """`index build --kind ivfflat --nlist 2` over a flat index once said "up to date" and kept
+    the flat one; now it says what exists and how to get the new kind, and --rebuild builds it."""
+    from engines.vector.index import IndexConfig
+
+    store = _copy(coco_store, tmp_path, "kinds.lance")
+    assert build_index(store, IndexBuildConfig(), show_progress=False)["kind"] == "flat"
+    with pytest.raises(VectorError, match="exists as flat; kind ivfflat and nlist 2 needs a new one: .*--rebuild"):
+        build_index(store, IndexBuildConfig(index=IndexConfig(kind="ivfflat", nlist=2)), show_progress=False)
+    assert build_index(store, IndexBuildConfig(index=IndexConfig(kind="flat")), show_progress=False)["kind"] == "flat"
+    ivf = IndexBuildConfig(index=IndexConfig(kind="ivfflat", nlist=2))
+    build_index(store, ivf.model_copy(update={"rebuild": True}), show_progress=False)
+    # 80 rows are too few to train lists on: the rebuild is exact search, and asking the same
+    # again is "up to date", not a refusal in a loop
+    assert build_index(store, ivf, show_progress=False)["kind"] == "flat"
