@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from cli.common import AddressOpt, DatasetOpt, fail, start_ray
 from cli.common import err_console as console
@@ -60,7 +61,7 @@ def register(app) -> None:
             units = plan_units(cfg.source, cfg.read_options())
         except (FileNotFoundError, ValueError, ConfigError) as e:
             fail(str(e))
-        console.print(f"ingest: {len(units)} units from {len(cfg.source)} source(s) into {dataset}")
+        console.print(f"ingest: {len(units)} units from {len(cfg.source)} source(s) into {escape(dataset)}")
         if any(u["kind"] != "skipped" for u in units):  # else ingest refuses at once: no cluster needed
             start_ray(address)
         try:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from cli.common import AddressOpt, console, fail, start_ray
 from pipelines.train import TrainRunConfig, check_training_inputs, run_training
@@ -56,23 +57,28 @@ def register(app) -> None:
             cli_keys.add("lora_rank")
         cfg = _validated(params, cli_keys, config)
         try:
-            check_training_inputs(cfg, log=console.print)
+            check_training_inputs(cfg, log=_say)
             done = already_trained(cfg)
         except (ValueError, FileNotFoundError, ConfigError) as e:
             fail(str(e))
         if done is not None:  # nothing to do: say so without starting Ray
-            console.print(f"already at step {done['metrics']['step']} in {done['out_dir']}; nothing to train (raise --steps to go on)")
+            _say(f"already at step {done['metrics']['step']} in {done['out_dir']}; nothing to train (raise --steps to go on)")
             return
         start_ray(address, num_cpus=None)
         try:
-            res = run_training(cfg, log=console.print)
+            res = run_training(cfg, log=_say)
         except (ValueError, FileNotFoundError, ConfigError) as e:  # also a worker's, unwrapped by run_training
             fail(str(e))
         m = res["metrics"]
         console.print(
             f"[bold]trained[/] to step {m.get('step')}  loss {m.get('loss')}  in {duration(res.get('elapsed_s') or 0)}  "
-            f"checkpoint {res['checkpoint']}\nmetrics {res['metrics_log']}  samples {res['samples']}"
+            f"checkpoint {escape(str(res['checkpoint']))}\nmetrics {escape(str(res['metrics_log']))}  samples {escape(str(res['samples']))}"
         )
+
+
+def _say(message: str) -> None:
+    """A job's line as it is: paths and values may hold brackets that rich would read as markup."""
+    console.print(message, markup=False, highlight=False)
 
 
 def _validated(params, cli_keys: set[str], config: Optional[Path]) -> TrainRunConfig:

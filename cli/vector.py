@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cli.common import AddressOpt, DatasetOpt, console, err_console, fail, open_store, start_ray
 from pipelines.dedup import DedupConfig, run_dedup
@@ -24,7 +25,8 @@ RandomOpt = typer.Option(
 def _say_random(random_derived: dict) -> None:
     """One line per random-weight input the user allowed: the output is noise and marked so."""
     for c, m in (random_derived or {}).items():
-        err_console.print(f"[bold yellow]RANDOM-DERIVED[/] {c}: {m['group']}: {m['why']}")
+        line = f"{c}: {m['group']}: {m['why']}"
+        err_console.print(f"[bold yellow]RANDOM-DERIVED[/] {escape(line)}")
 
 
 def register(app) -> None:
@@ -115,8 +117,6 @@ def register(app) -> None:
 
     def _dedup_summary(out: dict) -> None:
         """The job's last line: what was committed, or that a dry run committed nothing."""
-        from rich.markup import escape
-
         secs = f" in {out['seconds']:.1f} s" if "seconds" in out else ""
         if out.get("status") == "dry_run":
             console.print(f"dry run: nothing committed; report {escape(out['report'])}")
@@ -167,10 +167,10 @@ def register(app) -> None:
         if random_note:
             title += " (RANDOM WEIGHTS: similarities are noise)"
             for note in random_note:
-                err_console.print(f"[bold yellow]RANDOM-DERIVED[/] {note}")
+                err_console.print(f"[bold yellow]RANDOM-DERIVED[/] {escape(note)}")
         t = Table(title=title)
         for c in ("rank", "id", "similarity"):
             t.add_column(c)
         for h in hits:
-            t.add_row(str(h["rank"]), h["id"], f"{h['similarity']:.4f}")
+            t.add_row(str(h["rank"]), escape(str(h["id"])), f"{h['similarity']:.4f}")
         Console().print(t)

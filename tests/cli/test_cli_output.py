@@ -203,3 +203,14 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_ingest_names_a_bracketed_dataset_path_literally(tmp_path, coco_dir, ray_session):
+    src = tmp_path / "photos"
+    src.mkdir()
+    for p in sorted((coco_dir / "images").glob("*.jpg"))[:2]:
+        shutil.copy(p, src / p.name)
+    target = str(tmp_path / "[raw] shoot.lance")
+    res = CliRunner().invoke(app, ["ingest", str(src), "--dataset", target], env=WIDE)
+    assert res.exit_code == 0, res.output
+    assert f"into {target}" in flat(res.output), res.output
