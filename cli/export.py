@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
+from cli.common import AddressOpt, DatasetOpt, fail, open_store, require_version, start_ray
 from cli.common import err_console as console
 from curation.buckets import RESOLUTIONS
 from curation.runner import print_summary
@@ -69,6 +69,7 @@ def register(app) -> None:
         if optional_rules:
             cfg = cfg.model_copy(update={"rules": [r.model_copy(update={"optional": True}) for r in cfg.rules]})
         store = open_store(dataset)
+        require_version(store, dataset, cfg.version)
         try:  # a misspelt column fails here, before Ray starts
             check_rules(store.open(cfg.version), cfg.rules, store=store, allow_random=cfg.allow_random_weights)
         except ValueError as e:

@@ -293,3 +293,17 @@ def test_export_writes_only_rgb_jpeg_png_webp_that_the_loader_decodes_as_the_sou
     assert "CMYK JPEG" in (out / "_curation" / "export" / "report.html").read_text()
     assert Image.open(io.BytesIO(by_name["png16"]["image"])).format == "PNG"  # lossless stays lossless
     assert Image.open(io.BytesIO(by_name["cmyk_jpeg"]["image"])).format == "JPEG"
+
+
+def test_a_missing_version_and_a_rule_of_constants_are_understood(ray_session, coco_store, tmp_path):
+    """`--version 999` names the versions there are (not Lance's Rust error), and `where: 1 = 1` is
+    valid SQL that matches every row (its check once read no column and failed)."""
+    from cli.main import app
+    from pipelines.export import ExportRule, check_rules
+
+    out = tmp_path / "o.lance"
+    res = CliRunner().invoke(app, ["export", "--dataset", coco_store.uri, "--out", str(out), "--version", "999"], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and "has no version 999; its versions are" in " ".join(res.output.split()), res.output
+    assert not out.exists()
+    rule = ExportRule(name="all", where="1 = 1")
+    assert check_rules(coco_store.open(), [rule]) == [rule]
