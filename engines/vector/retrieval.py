@@ -54,7 +54,14 @@ def index_dir(store: Any, column: str) -> Path:
 def pull_index(store: Any, column: str) -> Path:
     """The local index folder, first fetched from the dataset's object store when the dataset is
     remote and this machine's copy is missing or has another manifest (``Store.pull_state``):
-    any node finds an index another node built. Local datasets: just the folder."""
+    any node finds an index another node built. Local datasets: just the folder. A column the
+    dataset does not have is named as such (not as a missing index that a build would not mend)."""
+    import pyarrow as pa
+
+    schema = store.open().schema
+    if column not in schema.names:
+        vectors = [f.name for f in schema if pa.types.is_fixed_size_list(f.type)]
+        raise VectorError(f"no column {column!r} in {store.uri}; its vector columns: {', '.join(vectors) or 'none'}")
     if hasattr(store, "pull_state") and store.pull_state(index_relpath(column)):
         log.info("index on %s fetched from %s/_curation/%s", column, store.uri, index_relpath(column))
     return index_dir(store, column)

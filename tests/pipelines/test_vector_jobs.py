@@ -567,3 +567,12 @@ def test_another_kind_asked_of_an_existing_index_is_refused_not_dropped(ray_sess
     # 80 rows are too few to train lists on: the rebuild is exact search, and asking the same
     # again is "up to date", not a refusal in a loop
     assert build_index(store, ivf, show_progress=False)["kind"] == "flat"
+
+
+def test_a_column_the_dataset_lacks_is_named_not_taken_for_a_missing_index(ray_session, coco_store, tmp_path):
+    with pytest.raises(VectorError, match="column 'bogus' not in the dataset"):  # build's own check, as before
+        build_index(coco_store, IndexBuildConfig(column="bogus"), show_progress=False)
+    store = _copy(coco_store, tmp_path, "cols.lance")
+    build_index(store, IndexBuildConfig(), show_progress=False)  # the descriptors: a vector column to name
+    with pytest.raises(VectorError, match="no column 'bogus' in .*its vector columns: .*vec_desc"):
+        Retriever(store, "bogus")
