@@ -124,11 +124,17 @@ def load_pipeline(path: str | Path) -> tuple[PipelineConfig, list[tuple[str, Bas
     from curation.registry import STEPS, load_plugins
 
     raw = load_yaml(path)
-    cfg = validate(PipelineConfig, raw, where=str(path))
-    load_plugins(cfg.plugins)
-    steps: list[tuple[str, BaseModel]] = []
     problems = []
-    for i, step in enumerate(cfg.steps):
+    try:
+        cfg = validate(PipelineConfig, raw, where=str(path))
+    except ConfigError as e:  # go on to the steps: every bad field in one round, not one section a run
+        problems.append(str(e).split(":\n", 1)[1])
+        cfg = None
+    load_plugins(cfg.plugins if cfg else _listed(raw, "plugins", str))
+    steps: list[tuple[str, BaseModel]] = []
+    for i, step in enumerate(cfg.steps if cfg else _raw_steps(raw)):
+        if step is None:  # a malformed step: already in the problems above
+            continue
         if not step.enabled:
             continue
         if step.stage not in STEPS:
@@ -142,6 +148,24 @@ def load_pipeline(path: str | Path) -> tuple[PipelineConfig, list[tuple[str, Bas
     if problems:
         raise ConfigError(f"invalid config in {path}:\n" + "\n".join(problems))
     return cfg, steps
+
+
+def _listed(raw: Any, key: str, kind: type) -> list:
+    """``raw[key]`` when it is a list of ``kind`` (a pipeline file that failed validation)."""
+    got = raw.get(key) if isinstance(raw, dict) else None
+    return got if isinstance(got, list) and all(isinstance(x, kind) for x in got) else []
+
+
+def _raw_steps(raw: Any) -> list[StepConfig | None]:
+    """The steps of a pipeline file whose other fields failed validation, so their params are
+    checked in the same round; None for a step that is itself malformed."""
+    out: list[StepConfig | None] = []
+    for item in _listed(raw, "steps", object):
+        try:
+            out.append(StepConfig.model_validate(item))
+        except ValidationError:
+            out.append(None)
+    return out
 
 
 def _type_name(ann: Any) -> str:

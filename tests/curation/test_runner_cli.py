@@ -157,6 +157,13 @@ def test_bad_configs_name_the_field(tmp_path, coco_dir):
     (tmp_path / "nodata.yaml").write_text("steps: []\n")
     with pytest.raises(ConfigError, match="dataset: required field is missing"):
         load_pipeline(tmp_path / "nodata.yaml")
+    both = yaml.safe_load(_pipeline(tmp_path, coco_dir, {"sufix": "x"}).read_text())
+    both["ray"] = {"num_cpu": 2}
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(both))
+    with pytest.raises(ConfigError) as e:  # a bad top-level field and a bad step: both in one round
+        load_pipeline(tmp_path / "both.yaml")
+    msg = str(e.value)
+    assert "ray.num_cpu: unknown field (did you mean 'num_cpus'?)" in msg and "steps[2].params.sufix: unknown field" in msg
 
 
 def test_stage_on_a_ray_cluster_started_by_the_test(coco_store, tmp_path):
