@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from cli.common import AddressOpt, DatasetOpt, console, err_console, fail, open_store, start_ray
 from pipelines.dedup import DedupConfig, run_dedup
-from pipelines.descriptors import default_column
+from pipelines.descriptors import default_column, ensure_visual
 from pipelines.index import IndexBuildConfig, build_index, check_index_weights
 from pipelines.knn import KnnConfig, build_knn, check_knn_weights
 
@@ -112,6 +112,8 @@ def register(app) -> None:
             params["dry_run"] = True
         cfg = validate(DedupConfig, params, where=str(config or "options"))
         store = open_store(dataset)
+        if cfg.dry_run:  # missing descriptors are an error in a dry run: say so before Ray starts
+            _guard(ensure_visual, store, False, dry_run=True)
         start_ray(address)
         _dedup_summary(_guard(run_dedup, store, cfg))
 

@@ -65,3 +65,13 @@ def test_the_last_line_says_what_was_committed(small):
     assert real.exit_code == 0, real.output
     assert small.open().version == before + 1
     assert f"committed dup_* columns as version {before + 1} in" in flat(real.output), real.output[-500:]
+
+
+def test_a_dry_run_without_descriptors_is_refused_before_ray_starts(coco_store, monkeypatch):
+    import cli.vector
+
+    started = []
+    monkeypatch.setattr(cli.vector, "start_ray", lambda *a, **k: started.append(a))
+    res = CliRunner().invoke(app, ["dedup", "--dataset", coco_store.uri, "--dry-run"], env=WIDE)
+    assert res.exit_code == 2 and "curate stage vec_visual" in flat(res.output), res.output
+    assert started == []
