@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from cli.common import AddressOpt, DatasetOpt, console, fail, open_store, start_ray
-from pipelines.graph import GraphBuildConfig, GraphTagConfig, GraphTagStage, ResampleStepConfig, build_graph, run_resample
+from pipelines.graph import GraphBuildConfig, GraphTagConfig, GraphTagStage, ResampleStepConfig, build_graph, graph_problem, run_resample
 
 
 def register(app: typer.Typer) -> None:
@@ -112,8 +112,9 @@ def register(app: typer.Typer) -> None:
         from curation.config import validate
         from curation.runner import print_summary, run_stage
 
-        if not (graph / "nodes.parquet").exists():
-            fail(f"no concept graph at {graph}; build one with `curate graph build --out {graph}`")
+        problem = graph_problem(graph)  # before Ray; an empty graph would blank every row's tags
+        if problem:
+            fail(problem)
         cfg = validate(GraphTagConfig, dict(graph=str(graph), decay=decay, min_score=min_score, max_tags=max_tags), where="command line")
         store = open_store(dataset)
         start_ray(address)
@@ -151,6 +152,9 @@ def register(app: typer.Typer) -> None:
             ),
             where="command line",
         )
+        problem = graph_problem(graph) if graph else None  # before Ray starts
+        if problem:
+            fail(problem)
         store = open_store(dataset)
         start_ray(address)
         try:
@@ -159,7 +163,7 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         print_summary(results, title="resample")
         extra = results[-1].extra
-        for k in ("target_size", "entropy", "max_over_median", "manifest", "report"):
+        for k in ("target_size", "rows_left_out", "entropy", "max_over_median", "manifest", "report"):
             if k in extra:
                 console.print(f"{k}: {extra[k]}")
 

@@ -85,12 +85,21 @@ def normalise(text: str, max_chars: int = 4096) -> str:
 class Tokenizer:
     """Caption -> tokens in which each concept term is a single token (see module docstring)."""
 
-    def __init__(self, terms: Iterable[str], exceptions: dict[str, str] | None = None, max_chars: int = 4096, pos=None):
+    def __init__(
+        self,
+        terms: Iterable[str],
+        exceptions: dict[str, str] | None = None,
+        max_chars: int = 4096,
+        pos=None,
+        noun_counts: dict[str, int] | None = None,
+    ):
         import ahocorasick
 
         self.max_chars = max_chars
         self.pos = pos  # graph.pos.PosLexicon: noun-phrase checks; None = every word may tag
         self.exceptions = dict(exceptions or {})
+        # how often WordNet's tagged corpus uses a lemma as a noun: "vases" is a vase, not a vas
+        self.noun_counts = dict(noun_counts or {})
         self.vocab: set[str] = set()
         self._single: set[str] = set()  # one-word lower-case terms: what two caption words may join into
         self._pairs: set[str] = set()  # two-word terms: "hot dog" stays the phrase, not the hotdog stuntman
@@ -133,17 +142,30 @@ class Tokenizer:
         return w[:-2] if w.endswith("'s") else w
 
     def lemma(self, word: str) -> str:
-        """Noun lemma of a lower-case word, accepted only if the term vocabulary knows it."""
+        """Noun lemma of a lower-case word, accepted only if the term vocabulary knows it.
+
+        Every plural rule is tried, not only the first that hits the vocabulary: "horses" gives
+        "hors" (a word of *hors d'oeuvre*) and "horse". A candidate that is a one-word term wins
+        over a word that only occurs inside multi-word terms; between one-word terms ("vas" and
+        "vase", "lens" and "lense") the one WordNet's tagged corpus uses more as a noun wins, and
+        the rule order breaks ties ("pinches" is a pinch, not a pinche)."""
         if word in self.exceptions:
             return self.exceptions[word]
         if len(word) < 3 or (word in self.vocab and word not in self._proper_only):
             return word
-        for suffix, repl in _PLURAL_RULES:
-            if word.endswith(suffix):
-                cand = word[: -len(suffix)] + repl
-                if cand in self.vocab:
-                    return cand
-        return word
+        known = [c for c in self._plural_candidates(word) if c in self.vocab]
+        if not known:
+            return word
+        single = [c for c in known if c in self._single]
+        if not single:
+            return known[0]
+        return max(single, key=lambda c: (self.noun_counts.get(c, 0), -single.index(c)))
+
+    @staticmethod
+    def _plural_candidates(word: str) -> list[str]:
+        """Possible singulars of ``word`` in rule order, without repeats."""
+        out = [word[: -len(suffix)] + repl for suffix, repl in _PLURAL_RULES if word.endswith(suffix)]
+        return list(dict.fromkeys(out))
 
     def term_token(self, term: str) -> str | None:
         """The single token a concept term becomes; None for stopwords, one-letter terms, noise."""

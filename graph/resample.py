@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,7 +40,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ResampleConfig", "ResampleResult", "resample", "marginal_metrics", "read_prior", "ResampleError"]
+__all__ = ["ResampleConfig", "ResampleResult", "resample", "marginal_metrics", "read_prior", "check_prior_concepts", "ResampleError"]
 
 
 class ResampleError(ValueError):
@@ -63,7 +63,7 @@ class ResampleConfig(BaseModel):
         4, ge=0, description="concepts nearer the root than this (entity, abstraction, object, whole...) are not balanced nor reported"
     )
     untagged_weight: float = Field(1.0, ge=0, description="relative weight of rows without tags (MetaCLIP: 0)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seed of the systematic sampling (NumPy needs a non-negative integer)")
 
 
 @dataclass
@@ -80,20 +80,8 @@ class ResampleResult:
 def read_prior(path: str | Path) -> dict[str, float]:
     """A prior file: CSV with columns concept,weight, or a JSON object {concept: weight}."""
     p = Path(path)
-    if not p.exists():
-        raise ResampleError(f"prior file not found: {p} (use --prior uniform or a CSV/JSON of concept,weight)")
-    if p.suffix.lower() == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ResampleError(f"{p}: expected a JSON object mapping concept -> weight")
-        items = data.items()
-    else:
-        rows = list(csv.DictReader(p.read_text(encoding="utf-8-sig").splitlines()))
-        if not rows or not {"concept", "weight"} <= set(rows[0]):
-            raise ResampleError(f"{p}: CSV needs a header with columns concept,weight")
-        items = [(r["concept"], r["weight"]) for r in rows]
     out = {}
-    for k, v in items:
+    for k, v, _ in _prior_items(p):
         try:
             w = float(v)
         except (TypeError, ValueError):
@@ -102,6 +90,37 @@ def read_prior(path: str | Path) -> dict[str, float]:
             raise ResampleError(f"{p}: weight of {k!r} is negative")
         out[str(k).strip()] = w
     return out
+
+
+def _prior_items(p: Path) -> list[tuple[str, object, int | None]]:
+    """(concept, weight as written, line) for each entry of a prior file; the line lets errors
+    point at the entry (None where a JSON key cannot be found as written)."""
+    if not p.exists():
+        raise ResampleError(f"prior file not found: {p} (use --prior uniform or a CSV/JSON of concept,weight)")
+    text = p.read_text(encoding="utf-8-sig")
+    if p.suffix.lower() == ".json":
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ResampleError(f"{p}: expected a JSON object mapping concept -> weight")
+        lines = text.splitlines()
+        where = {k: next((i + 1 for i, ln in enumerate(lines) if json.dumps(k) in ln or f'"{k}"' in ln), None) for k in data}
+        return [(str(k), v, where[k]) for k, v in data.items()]
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"concept", "weight"} <= set(reader.fieldnames):
+        raise ResampleError(f"{p}: CSV needs a header with columns concept,weight")
+    return [(r["concept"] or "", r["weight"], reader.line_num) for r in reader]
+
+
+def check_prior_concepts(path: str | Path, matches: Callable[[str], bool], what: str = "no node of the graph (id, label or term)") -> None:
+    """Refuse a prior whose concepts ``matches`` does not know, naming file, line and concept.
+    Why: an unknown concept ("giraffee") weighs nothing, and the run looks as if the prior was
+    applied while it was the uniform one."""
+    bad = [(line, k.strip()) for k, _, line in _prior_items(Path(path)) if not matches(k.strip())]
+    if not bad:
+        return
+    where = "; ".join(f"{path}:{line}: {k!r}" if line else f"{path}: {k!r}" for line, k in bad[:5])
+    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    raise ResampleError(f"prior concept matches {what}: {where}{more}")
 
 
 def _incidence(
@@ -214,9 +233,22 @@ def resample(
     B = S.copy()
     B.data = np.ones_like(B.data)
     tagged = np.asarray(B.sum(axis=1)).ravel() > 0
+    if not tagged.any():
+        raise ResampleError(_no_tags_message(tags, n, cfg.min_depth))
     if cfg.method == "cap":
         return _resample_cap(B, concepts, tagged, target, cfg)
     return _resample_balance(S, B, concepts, tagged, target, cfg, concept_weight, prior, aliases)
+
+
+def _no_tags_message(tags, n: int, min_depth: int) -> str:
+    """Why nothing can be balanced: no row has a tag at all (an empty graph, or a graph whose
+    terms the captions never name), or only tags too near the root."""
+    if any(tags):
+        return f"none of the {n} rows has a concept tag at depth >= min_depth ({min_depth}): nothing to balance"
+    return (
+        f"none of the {n} rows has a concept tag: re-tag with a graph whose concepts the captions name "
+        "(`curate graph tag --graph ... --overwrite`)"
+    )
 
 
 def _resample_cap(B, concepts: list[str], tagged: np.ndarray, target: float, cfg: ResampleConfig) -> ResampleResult:

@@ -55,7 +55,7 @@ class Tagger:
     """Everything needed to tag captions against one concept graph (built once per worker)."""
 
     def __init__(self, graph: ConceptGraph, config: TagConfig | None = None):
-        from graph.wordnet import WORDNET_DIR, noun_exceptions, noun_senses
+        from graph.wordnet import WORDNET_DIR, noun_counts, noun_exceptions, noun_senses
 
         self.config = cfg = config or TagConfig()
         self.graph = graph
@@ -68,7 +68,8 @@ class Tagger:
         all_terms = [t for _, ts in graph.g.nodes(data="terms") for t in ts if not _is_the_name(t)]
         all_terms += [t for ts in extra.values() for t in ts]
         exc = noun_exceptions(WORDNET_DIR) if (WORDNET_DIR / "noun.exc").exists() else {}
-        self.tokenizer = Tokenizer(all_terms, exceptions=exc, max_chars=cfg.max_caption_chars, pos=pos)
+        counts = noun_counts(WORDNET_DIR) if has_wn else {}
+        self.tokenizer = Tokenizer(all_terms, exceptions=exc, max_chars=cfg.max_caption_chars, pos=pos, noun_counts=counts)
         queries = []
         for n in self.ids:
             q = [self.tokenizer.term_token(t) for t in [*graph.g.nodes[n]["terms"], *extra.get(n, ())]]

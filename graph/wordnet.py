@@ -38,6 +38,7 @@ __all__ = [
     "synset_lemmas",
     "TANGIBLE_LEXNAMES",
     "load_wordnet",
+    "noun_counts",
     "noun_exceptions",
     "noun_lemmas",
     "noun_senses",
@@ -183,6 +184,13 @@ def _pos_counts(wordnet_dir: Path) -> dict[str, list[int]]:
             lemma, _, rest = key.partition("%")
             counts.setdefault(_lemma_text(lemma).lower(), [0, 0, 0, 0])[slot.get(rest[:1], 0)] += int(cnt)
     return counts
+
+
+@lru_cache(maxsize=2)
+def noun_counts(wordnet_dir: Path = WORDNET_DIR) -> dict[str, int]:
+    """lemma -> how often WordNet's tagged corpus uses it as a noun (cntlist.rev). Why: to choose
+    between two singulars of a plural that are both terms ("vases": vase 12, vas 0)."""
+    return {k: v[0] for k, v in _pos_counts(Path(wordnet_dir)).items() if v[0]}
 
 
 def _verb_stems(word: str) -> list[str]:

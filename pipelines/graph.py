@@ -17,16 +17,27 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from pydantic import Field
 
 from curation.registry import register_stage, register_step
 from curation.schema import CONCEPT_TAGS, RESAMPLE
 from curation.stage import Resources, Stage, StageConfig
 
-__all__ = ["GraphBuildConfig", "GraphTagConfig", "ResampleStepConfig", "GraphTagStage", "ResampleStage", "build_graph", "run_resample"]
+__all__ = [
+    "GraphBuildConfig",
+    "GraphTagConfig",
+    "ResampleStepConfig",
+    "GraphTagStage",
+    "ResampleStage",
+    "build_graph",
+    "graph_problem",
+    "run_resample",
+]
 
 
 # --- build ------------------------------------------------------------------------------------
@@ -54,45 +65,91 @@ def _captions_of(store) -> list[str]:
     return [c["text"] for caps in t.column("captions").to_pylist() for c in (caps or []) if c and c.get("text")]
 
 
+def graph_problem(path: str | Path) -> str | None:
+    """What makes ``path`` unusable as a concept graph, as a one-line message (None: usable).
+    Why: the jobs check this before Ray starts, and an empty graph would tag nothing and so
+    silently blank every row's tags on ``--overwrite``."""
+    import pyarrow.parquet as pq
+
+    nodes = Path(path) / "nodes.parquet"
+    if not nodes.exists():
+        return f"no concept graph at {path}; build one with `curate graph build --out {path}`"
+    if pq.read_metadata(nodes).num_rows == 0:
+        return f"the concept graph at {path} has no concepts; rebuild it from WordNet, --user, --links or --mine-from"
+    return None
+
+
+class _Phases:
+    """One log line per build phase with its own and the total elapsed time. Why: a build is a
+    few library calls (no loop to put a bar with a rate on), and a user should see it move."""
+
+    def __init__(self, log):
+        self.log, self.t0 = log, time.perf_counter()
+        self.last = self.t0
+
+    def done(self, msg: str) -> None:
+        now = time.perf_counter()
+        self.log(f"{msg} ({now - self.last:.1f}s, {now - self.t0:.1f}s in all)")
+        self.last = now
+
+
+def _check_sources(cfg: GraphBuildConfig) -> None:
+    """Refuse a build with no source of concepts (Chinese labels only label existing nodes)."""
+    if not (cfg.wordnet or cfg.user_files or cfg.links or cfg.mine_from is not None):
+        raise ValueError("nothing to build the graph from: keep WordNet or give --user, --links or --mine-from")
+
+
 def build_graph(cfg: GraphBuildConfig, store=None, log=print):
     """Build, merge, check and save the graph; returns (graph, report dict)."""
     from graph.concepts import ConceptGraph
 
-    t0 = time.perf_counter()
+    _check_sources(cfg)
+    ph = _Phases(log)
     report: dict[str, Any] = {}
-    g = ConceptGraph()
+    g = _merge_sources(ConceptGraph(), cfg, store, report, ph)
+    g.finalize()
+    if len(g) == 0:
+        raise ValueError(f"the sources gave no concepts, so no graph was saved to {cfg.out}")
+    ph.done(f"checked: {len(g):,} nodes, {g.g.number_of_edges():,} edges")
+    g.save(cfg.out, graphml=cfg.graphml)
+    ph.done(f"wrote nodes and edges (Parquet{' + GraphML' if cfg.graphml else ''})")
+    report["stats"] = g.stats()
+    from graph.report import graph_report
+
+    report["report"] = str(graph_report(Path(cfg.out) / "report.html", report["stats"], lexnames=report.get("lexnames")))
+    ph.done("report written")
+    report["seconds"] = round(time.perf_counter() - ph.t0, 2)
+    return g, report
+
+
+def _merge_sources(g, cfg: GraphBuildConfig, store, report: dict, ph: _Phases):
+    """WordNet, Chinese labels, user files, links and mined tags, in that order, into ``g``."""
     if cfg.wordnet:
         from graph.wordnet import load_wordnet
 
         g = load_wordnet(cfg.wordnet_dir, visual_only=cfg.visual_only)
         report["wordnet_nodes"] = len(g)
         report["lexnames"] = g.g.graph.get("lexnames", {})
-        log(f"wordnet: {len(g):,} noun synsets ({time.perf_counter() - t0:.1f}s)")
+        ph.done(f"wordnet: {len(g):,} noun synsets")
     if cfg.zh:
         from graph.chinese import add_zh_labels
 
         report["zh_labels_added"] = add_zh_labels(g)
-        log(f"chinese labels: {report['zh_labels_added']:,} nodes")
+        ph.done(f"chinese labels: {report['zh_labels_added']:,} nodes")
     for f in cfg.user_files:
         from graph.userfile import merge_user_concepts
 
         report[f"user:{Path(f).name}"] = r = merge_user_concepts(g, f)
-        log(f"user concepts {f}: {r}")
+        ph.done(f"user concepts {f}: {r}")
     if cfg.links:
         from graph.linkgraph import merge_link_graph
 
         report["links"] = r = merge_link_graph(g, cfg.links, quantile=cfg.link_quantile)
-        log(f"link graph {cfg.links}: {r}")
+        ph.done(f"link graph {cfg.links}: {r}")
     if cfg.mine_from is not None:
-        report["mined"] = _merge_mined_tags(g, cfg, store, log)
-    g.finalize()
-    g.save(cfg.out, graphml=cfg.graphml)
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    report["stats"] = g.stats()
-    from graph.report import graph_report
-
-    report["report"] = str(graph_report(Path(cfg.out) / "report.html", report["stats"], lexnames=report.get("lexnames")))
-    return g, report
+        report["mined"] = _merge_mined_tags(g, cfg, store, ph.log)
+        ph.done("mined tags merged")
+    return g
 
 
 def _merge_mined_tags(g, cfg: GraphBuildConfig, store, log) -> dict:
@@ -163,6 +220,9 @@ class GraphTagStage(Stage):
 
     def prepare(self, dataset) -> None:
         """BM25 statistics need the whole corpus: count once here, ship only idf to workers."""
+        problem = graph_problem(self.config.graph)
+        if problem:  # an empty graph would blank every row's tags
+            raise ValueError(problem)
         meta = json.loads((Path(self.config.graph) / "meta.json").read_text()) if (Path(self.config.graph) / "meta.json").exists() else {}
         tagger = self._tagger()
         caps = _caption_texts(dataset.to_table(columns=["captions"]).column("captions").to_pylist())
@@ -209,6 +269,34 @@ class ResampleStepConfig(ResampleConfig, StageConfig):
     auto_tag: bool = Field(True, description="run graph_tag first when the tag columns are missing")
 
 
+# the columns that say a row will not be trained on (pipelines/export.py decides the same way)
+LEFT_OUT_COLUMNS = ("error", "prof_error", "exact_dup_of", "dup_keep")
+
+
+def left_out_reasons(t) -> np.ndarray:
+    """Why each row of ``t`` will not be trained on (None: it will be), as export's default checks
+    decide it and in their order: an ingest error, a decode error, an exact copy that dedup has
+    not judged, a duplicate that dedup drops. Why: copies given to such rows are lost at export
+    (the trained set ends up far below ``--target-size``) and their concepts skew the balance."""
+    import pyarrow.compute as pc
+
+    names, n = t.schema.names, t.num_rows
+    why = np.full(n, None, dtype=object)
+
+    def valid(col: str) -> np.ndarray:
+        return pc.is_valid(t.column(col)).to_numpy(zero_copy_only=False) if col in names else np.zeros(n, bool)
+
+    def mark(mask: np.ndarray, label: str) -> None:
+        why[(why == None) & mask] = label  # noqa: E711 (elementwise)
+
+    mark(valid("error"), "error")
+    mark(valid("prof_error"), "decode_error")
+    mark(valid("exact_dup_of") & ~valid("dup_keep"), "exact_duplicate")
+    if "dup_keep" in names:
+        mark(~pc.fill_null(t.column("dup_keep"), True).to_numpy(zero_copy_only=False), "duplicate")
+    return why
+
+
 @register_stage
 class ResampleStage(Stage):
     """Per-row sampling weight and copies toward a concept prior (solved once on the driver)."""
@@ -222,58 +310,87 @@ class ResampleStage(Stage):
     num_cpus = 0.5
 
     def prepare(self, dataset) -> None:
-        from graph.resample import read_prior, resample
+        """Solve the weights once over the rows that will be trained on; left-out rows get 0."""
+        from graph.resample import ResampleError, resample
 
         cfg = self.config
         missing = [c for c in CONCEPT_TAGS.columns if c not in dataset.schema.names]
         if missing:
             raise ValueError(f"resample needs the tag columns {missing}: run `curate graph tag --dataset ... --graph ...` first")
-        cols = ["id", "captions", *CONCEPT_TAGS.columns]
-        has_cur = cfg.curriculum_column in dataset.schema.names
-        t = dataset.to_table(columns=cols + ([cfg.curriculum_column] if has_cur else []))
-        graph = None
-        if cfg.graph:
-            from graph.concepts import ConceptGraph
-
-            graph = ConceptGraph.load(cfg.graph)
-        weights = {n: w for n, w in graph.g.nodes(data="weight") if w != 1.0} if graph else None
-        prior = aliases = None
-        if cfg.prior != "uniform":
-            prior = read_prior(cfg.prior)
-            if graph:
-                aliases = {k: graph.resolve(k) or [k] for k in prior}
+        names = dataset.schema.names
+        extra = [c for c in (cfg.curriculum_column, *LEFT_OUT_COLUMNS) if c in names]
+        t = dataset.to_table(columns=["id", "captions", *CONCEPT_TAGS.columns, *extra])
+        why = left_out_reasons(t)
+        self.left_out = dict(sorted(Counter(w for w in why if w).items()))
+        use = t.take(np.flatnonzero(why == None))  # noqa: E711 (elementwise)
+        if use.num_rows == 0:
+            raise ResampleError(f"no row of the {t.num_rows} can be trained on (left out: {self.left_out}): nothing to resample")
+        graph = self._graph()
         res = resample(
-            t.column("tag_concepts").to_pylist(),
-            t.column("tag_scores").to_pylist(),
-            t.column("tag_direct").to_pylist(),
+            use.column("tag_concepts").to_pylist(),
+            use.column("tag_scores").to_pylist(),
+            use.column("tag_direct").to_pylist(),
             ResampleConfig(**cfg.model_dump(include=set(ResampleConfig.model_fields))),
-            concept_weight=weights,
-            prior=prior,
-            aliases=aliases,
+            concept_weight={n: w for n, w in graph.g.nodes(data="weight") if w != 1.0} if graph else None,
             concept_depth=dict(graph.g.nodes(data="depth")) if graph else None,
+            **self._prior(graph, use),
         )
+        self._keep_result(t, use, why, res, graph)
+
+    def _graph(self):
+        from graph.concepts import ConceptGraph
+
+        return ConceptGraph.load(self.config.graph) if self.config.graph else None
+
+    def _prior(self, graph, t) -> dict:
+        """The prior and its aliases. A prior concept that names nothing is refused (with a
+        graph: no node; without one: no tag in the data), since it would silently weigh nothing."""
+        from graph.resample import check_prior_concepts, read_prior
+
+        if self.config.prior == "uniform":
+            return {"prior": None, "aliases": None}
+        path = self.config.prior
+        prior = read_prior(path)
+        if graph is None:
+            seen = {c for ts in t.column("tag_concepts").to_pylist() for c in (ts or [])}
+            check_prior_concepts(path, seen.__contains__, "no concept id tagged in the data (pass --graph to name concepts by label)")
+            return {"prior": prior, "aliases": None}
+        aliases = {k: graph.resolve(k) for k in prior}
+        check_prior_concepts(path, lambda k: bool(aliases.get(k)))
+        return {"prior": prior, "aliases": aliases}
+
+    def _keep_result(self, t, use, why, res, graph) -> None:
+        """Per-id (weight, copies, stage, left-out reason) for the workers; the rest for the report."""
+        cfg = self.config
+        has_cur = cfg.curriculum_column in t.schema.names
         ids = t.column("id").to_pylist()
         stage = [int(x or 0) for x in t.column(cfg.curriculum_column).to_pylist()] if has_cur else [0] * len(ids)
-        self._by_id = {i: (float(e), int(c), s) for i, e, c, s in zip(ids, res.expected, res.copies, stage)}
-        caps = [(row[0]["text"] if row else "") for row in t.column("captions").to_pylist()]
+        self._by_id = {i: (0.0, 0, s, w) for i, s, w in zip(ids, stage, why)}
+        used = use.column("id").to_pylist()
+        for i, e, c in zip(used, res.expected, res.copies):
+            self._by_id[i] = (float(e), int(c), self._by_id[i][2], None)
         self._driver = {
             "result": res,
             "graph": graph,
-            "ids": ids,
-            "captions": caps,
-            "stage": stage,
-            "tags": t.column("tag_concepts").to_pylist(),
+            "ids": used,
+            "captions": [(row[0]["text"] if row else "") for row in use.column("captions").to_pylist()],
+            "stage": [self._by_id[i][2] for i in used],
+            "tags": use.column("tag_concepts").to_pylist(),
+            "left_out": self.left_out,
         }
 
     def fingerprint(self) -> str:
         import hashlib
 
         ids = sorted(getattr(self, "_by_id", {}).items())[:50]
-        return hashlib.sha1(f"{super().fingerprint()}:{ids}".encode()).hexdigest()[:12]
+        left_out = getattr(self, "left_out", {})  # dedup or errors changed: new weights
+        return hashlib.sha1(f"{super().fingerprint()}:{ids}:{left_out}".encode()).hexdigest()[:12]
 
     def process_batch(self, batch):
-        got = [self._by_id.get(i, (0.0, 0, 0)) for i in batch.column("id").to_pylist()]
-        self.stats.count("rows_dropped", sum(1 for g in got if g[1] == 0))
+        got = [self._by_id.get(i, (0.0, 0, 0, None)) for i in batch.column("id").to_pylist()]
+        self.stats.count("rows_dropped", sum(1 for g in got if g[1] == 0 and not g[3]))
+        for reason, n in Counter(g[3] for g in got if g[3]).items():
+            self.stats.count(f"rows_left_out_{reason}", n)
         self.stats.count("rows_upsampled", sum(1 for g in got if g[1] > 1))
         return {"rs_weight": [g[0] for g in got], "rs_copies": [g[1] for g in got], "rs_stage": [g[2] for g in got]}
 
@@ -293,6 +410,9 @@ def run_resample(ctx, cfg: ResampleStepConfig):
 
     store = ctx.store
     results = []
+    problem = graph_problem(cfg.graph) if cfg.graph else None
+    if problem:
+        raise ValueError(problem)
     if cfg.auto_tag and CONCEPT_TAGS.columns[0] not in store.open().schema.names:
         if not cfg.graph:
             raise ValueError("the dataset has no tag columns and no graph was given: pass --graph to tag it first")
@@ -318,13 +438,16 @@ def run_resample(ctx, cfg: ResampleStepConfig):
     pq.write_table(manifest, out_dir / "manifest.parquet")
     graph = drv["graph"]
     label = graph.display if graph else (lambda c: c)
-    settings = cfg.model_dump(mode="json") | {"dataset_version": res.version, "cap_t_solved": r.cap_t}
+    left_out = _left_out_note(drv["left_out"])
+    settings = cfg.model_dump(mode="json") | {"dataset_version": res.version, "cap_t_solved": r.cap_t, "rows_left_out": left_out}
     report = resample_report(
         out_dir / "report.html", r, label=label, row_ids=drv["ids"], row_captions=drv["captions"], row_tags=drv["tags"], settings=settings
     )
     summary = {k: v for k, v in r.after.items() if k != "frequencies"}
     before = {k: v for k, v in r.before.items() if k != "frequencies"}
-    (out_dir / "summary.json").write_text(json.dumps({"before": before, "after": summary, "settings": settings}, indent=2, default=str))
+    rows = {"used": len(drv["ids"]), "left_out": drv["left_out"]}
+    doc = {"before": before, "after": summary, "rows": rows, "settings": settings}
+    (out_dir / "summary.json").write_text(json.dumps(doc, indent=2, default=str))
     res.extra.update(
         {
             "manifest": str(out_dir / "manifest.parquet"),
@@ -332,9 +455,18 @@ def run_resample(ctx, cfg: ResampleStepConfig):
             "entropy": f"{before['entropy_normalised']} -> {summary['entropy_normalised']}",
             "max_over_median": f"{before['max_over_median']} -> {summary['max_over_median']}",
             "target_size": int(r.copies.sum()),
+            "rows_left_out": left_out,
         }
     )
     return results
+
+
+def _left_out_note(counts: dict[str, int]) -> str:
+    """The left-out rows in words ("3 (duplicate 2, error 1): 0 copies, ..."), for the summary and report."""
+    n = sum(counts.values())
+    if not n:
+        return "0"
+    return f"{n} ({', '.join(f'{k} {v}' for k, v in counts.items())}): 0 copies, not in the balance"
 
 
 @register_step("resample", ResampleStepConfig)
