@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from cli.common import AddressOpt, DatasetOpt, console, fail, open_store, start_ray
 from pipelines.graph import GraphBuildConfig, GraphTagConfig, GraphTagStage, ResampleStepConfig, build_graph, graph_problem, run_resample
@@ -52,11 +53,11 @@ def register(app: typer.Typer) -> None:
             where="command line",
         )
         try:
-            g, report = build_graph(cfg, log=lambda m: console.print(m))
+            g, report = build_graph(cfg, log=lambda m: console.print(m, markup=False, highlight=False))
         except (GraphCycleError, UnknownParentError, UserFileError, FileNotFoundError, ValueError) as e:
             fail(str(e))
         _print_stats(console, report["stats"])
-        console.print(f"saved to [bold]{out}[/] in {report['seconds']}s; report: {report['report']}")
+        console.print(f"saved to [bold]{escape(str(out))}[/] in {report['seconds']}s; report: {escape(str(report['report']))}")
 
     @graph_app.command("show")
     def show(
@@ -79,20 +80,18 @@ def register(app: typer.Typer) -> None:
             for nid in hits[:3]:
                 nb = g.neighbourhood(nid, radius)
                 n = nb["node"]
-                console.print(
-                    f"\n[bold]{nid}[/] {n['label_en']} / {n['label_zh'] or '-'}  depth {n['depth']}  "
-                    f"weight {n['weight']}  source {n['source']}"
-                )
+                head = f"{n['label_en']} / {n['label_zh'] or '-'}  depth {n['depth']}  weight {n['weight']}  source {n['source']}"
+                console.print(f"\n[bold]{escape(nid)}[/] {escape(head)}")
                 from graph.wordnet import WORDNET_DIR, gloss
 
                 if nid.startswith("wn:") and (WORDNET_DIR / "data.noun").exists():
-                    console.print(f"  gloss:   {gloss(nid)}")
-                console.print(f"  aliases: {', '.join(n['aliases']) or '-'}")
-                console.print(f"  terms:   {', '.join(n['terms']) or '-'}")
-                console.print("  path to root: " + " <- ".join(g.display(i) for i, _ in nb["path_to_root"]))
-                console.print("  parents:  " + (", ".join(f"{g.display(i)} ({i})" for i, _ in nb["parents"]) or "-"))
+                    plain(f"  gloss:   {gloss(nid)}")
+                plain(f"  aliases: {', '.join(n['aliases']) or '-'}")
+                plain(f"  terms:   {', '.join(n['terms']) or '-'}")
+                plain("  path to root: " + " <- ".join(g.display(i) for i, _ in nb["path_to_root"]))
+                plain("  parents:  " + (", ".join(f"{g.display(i)} ({i})" for i, _ in nb["parents"]) or "-"))
                 kids = nb["children"]
-                console.print(
+                plain(
                     "  children: "
                     + (", ".join(g.display(i) for i, _ in kids[:30]) or "-")
                     + (f" ... +{len(kids) - 30}" if len(kids) > 30 else "")
@@ -165,7 +164,12 @@ def register(app: typer.Typer) -> None:
         extra = results[-1].extra
         for k in ("target_size", "rows_left_out", "entropy", "max_over_median", "manifest", "report"):
             if k in extra:
-                console.print(f"{k}: {extra[k]}")
+                plain(f"{k}: {extra[k]}")
+
+
+def plain(message: str) -> None:
+    """A line of graph content as it is: labels, glosses and user terms may hold brackets."""
+    console.print(message, markup=False, highlight=False)
 
 
 def _print_stats(console, s: dict) -> None:
@@ -176,7 +180,7 @@ def _print_stats(console, s: dict) -> None:
     t.add_column("value", justify="right")
     for k, v in s.items():
         if not isinstance(v, dict):
-            t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+            t.add_row(k, f"{v:,}" if isinstance(v, int) else escape(str(v)))
     t.add_row("nodes by source", ", ".join(f"{k}={v:,}" for k, v in s["nodes_by_source"].items()))
     console.print(t)
     hist = s["depth_histogram"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
 from cli.common import console as out_console
@@ -77,11 +78,11 @@ def register(app) -> None:
             f"(added {s['added']}, updated {s['updated']}, unchanged {s['unchanged']}) in {s['seconds']} s"
         )
         for k, v in s["criteria"].items():
-            console.print(f"  {k}: {v:,} rows")
+            console.print(f"  {escape(str(k))}: {v:,} rows")
         for k, v in s["skipped_criteria"].items():
-            console.print(f"  [yellow]{k} off[/]: {v}")
+            console.print(f"  [yellow]{escape(str(k))} off[/]: {escape(str(v))}")
         _say_random(s.get("random_derived"))
-        console.print(f"database: {s['db']}")
+        console.print(f"database: {escape(str(s['db']))}")
 
     @review.command("add-user")
     def add_user_cmd(
@@ -106,7 +107,7 @@ def register(app) -> None:
             u = rdb.add_user(name, password, role, replace=reset)
         except ValueError as e:
             fail(str(e))
-        console.print(f"user [bold]{u.name}[/] ({u.role}) ready")
+        console.print(f"user [bold]{escape(u.name)}[/] ({u.role}) ready")
 
     user = typer.Typer(help="Accounts of the review UI: list, deactivate, activate.", no_args_is_help=True)
     review.add_typer(user, name="user")
@@ -122,7 +123,7 @@ def register(app) -> None:
         table = Table("name", "role", "active", "created (UTC)", "decisions")
         for r in rows:
             when = dt.datetime.fromtimestamp(r["created"], dt.UTC).strftime("%Y-%m-%d %H:%M")
-            table.add_row(r["name"], r["role"], "yes" if r["active"] else "[red]no[/]", when, f"{r['decisions']:,}")
+            table.add_row(escape(r["name"]), r["role"], "yes" if r["active"] else "[red]no[/]", when, f"{r['decisions']:,}")
         if rows:
             out_console.print(table)  # stdout: the list is the command's output
         else:
@@ -135,10 +136,10 @@ def register(app) -> None:
         except ValueError as e:
             fail(str(e))
         if active:
-            console.print(f"user [bold]{name}[/] can log in again")
+            console.print(f"user [bold]{escape(name)}[/] can log in again")
         else:
             console.print(
-                f"user [bold]{name}[/] deactivated: {r['sessions_ended']} session(s) ended, {r['leases_released']} leased item(s) back in the queue"
+                f"user [bold]{escape(name)}[/] deactivated: {r['sessions_ended']} session(s) ended, {r['leases_released']} leased item(s) back in the queue"
             )
 
     @user.command("deactivate")
@@ -193,7 +194,7 @@ def register(app) -> None:
             rdb,
             apply=review_apply_action(url, address, allow_random_weights=allow_random_weights),
         )
-        console.print(f"annotator UI on http://{host}:{port}/  (database {redact_url(url)})")
+        console.print(f"annotator UI on http://{host}:{port}/  (database {escape(redact_url(url))})")
         uvicorn.run(app_, host=host, port=port, log_level="warning")
 
     @review.command("apply")
@@ -227,14 +228,14 @@ def register(app) -> None:
                 f"  pairs: {px['keep']} keep, {px['drop']} drop, {px['edited']} instructions edited, in {len(px['tables'])} pair table(s)"
             )
         for t in rep.get("thresholds", []):
-            console.print(f"  {t['column']} {t['op']} {t['old']:.4g} -> {t['new']:.4g}  {t.get('note', '')}")
+            console.print(f"  {escape(str(t['column']))} {t['op']} {t['old']:.4g} -> {t['new']:.4g}  {escape(str(t.get('note', '')))}")
         pa_ = rep["pseudo_label_agreement"]
         if pa_["accuracy"] is not None:
             console.print(f"  pseudo-labels agreed with humans on {pa_['accuracy']:.1%} of {pa_['n']} rows")
         if "path" in rep.get("keep_head", {}):
-            console.print(f"  keep-probability head (0..1, not an aesthetics score): {rep['keep_head']['path']}")
+            console.print(f"  keep-probability head (0..1, not an aesthetics score): {escape(str(rep['keep_head']['path']))}")
         _say_random(rep.get("random_derived"))
-        console.print(f"report: {rep['report_html']}")
+        console.print(f"report: {escape(str(rep['report_html']))}")
 
 
 def open_db(dataset: str, db: str | None, *, create: str = "none"):
@@ -253,7 +254,7 @@ def open_db(dataset: str, db: str | None, *, create: str = "none"):
     with _db_errors(url):
         rdb = ReviewDB(url, create=make)
     if new:
-        console.print(f"[yellow]new review database[/] at {_path_of(url)} (no items queued yet: run `curate review mine`)")
+        console.print(f"[yellow]new review database[/] at {escape(str(_path_of(url)))} (no items queued yet: run `curate review mine`)")
     return rdb
 
 
@@ -294,7 +295,7 @@ def _db_errors(url: str):
 def _say_random(marks: dict | None) -> None:
     """One warning line per random-derived input a command used because it was told to."""
     for col, why in (marks or {}).items():
-        console.print(f"  [bold yellow]RANDOM-DERIVED[/] {col} ({why}): results that use it are noise")
+        console.print(f"  [bold yellow]RANDOM-DERIVED[/] {escape(f'{col} ({why})')}: results that use it are noise")
 
 
 def _read_password(from_stdin: bool) -> str:
