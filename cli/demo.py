@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from cli.common import console, fail
 
@@ -67,6 +68,6 @@ def _print_summary(console, Table, out: Path, seed: int, s: dict, seconds: float
     )
     console.print(
         f"sizes: sides {s['min_side']}-{s['max_side']} px, aspect {s['aspect_range'][0]}-{s['aspect_range'][1]}; "
-        f"manifest: {Path(out) / 'manifest.json'}; {seconds:.1f} s"
+        f"manifest: {escape(str(Path(out) / 'manifest.json'))}; {seconds:.1f} s"
     )
-    console.print(f"next: curate ingest {out} --dataset demo.lance")
+    console.print(f"next: curate ingest {escape(str(out))} --dataset demo.lance")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.common import AddressOpt, DatasetOpt, fail, open_store, start_ray
@@ -31,9 +32,11 @@ def run_pair_export(dataset: str, params: dict, address: str | None) -> None:
     except ValueError as e:
         fail(str(e))
     x = result.extra
-    console.print(f"pairs export: {result.status}, v{result.version} of {x['out']}: {x['kept']} pairs kept, {x['excluded']} excluded")
+    console.print(
+        f"pairs export: {result.status}, v{result.version} of {escape(str(x['out']))}: {x['kept']} pairs kept, {x['excluded']} excluded"
+    )
     for reason, count in sorted((x.get("by_reason") or {}).items()):
-        console.print(f"  excluded {reason}: {count}")
+        console.print(f"  excluded {escape(str(reason))}: {count}")
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +73,9 @@ def register(app: typer.Typer) -> None:
             fail(f"{dataset} has no row with an image and no error to render on")
         todo, there = pending(store, cfg)
         if not todo:
-            console.print(f"pairs render: nothing to do, the {there} planned pairs are already in {cfg.out or default_out(store)}")
+            console.print(
+                f"pairs render: nothing to do, the {there} planned pairs are already in {escape(str(cfg.out or default_out(store)))}"
+            )
             return
         start_ray(address)
         result = render_pairs(store, cfg, font=font)
@@ -116,7 +121,7 @@ def register(app: typer.Typer) -> None:
         if not todo and not there:
             fail(f"no object of {min_area:.0%}-{max_area:.0%} of its image in the {info['photos_matched']} matched photos fits {kinds}")
         if not todo:
-            console.print(f"pairs synth: nothing to do, the {there} planned pairs are already in {where}")
+            console.print(f"pairs synth: nothing to do, the {there} planned pairs are already in {escape(str(where))}")
             return
         start_ray(address)
         result = synth_pairs(store, cfg, loaded=loaded)
@@ -165,7 +170,9 @@ def register(app: typer.Typer) -> None:
         except (ValueError, RandomWeightsError) as e:
             fail(str(e).splitlines()[0])
         if not todo:
-            console.print(f"pairs mine: nothing to do, the {there} planned pairs are already decided (in {where} or dropped before)")
+            console.print(
+                f"pairs mine: nothing to do, the {there} planned pairs are already decided (in {escape(str(where))} or dropped before)"
+            )
             return
         start_ray(address)
         result = mine_pairs(store, cfg)

@@ -214,3 +214,10 @@ def test_ingest_names_a_bracketed_dataset_path_literally(tmp_path, coco_dir, ray
     res = CliRunner().invoke(app, ["ingest", str(src), "--dataset", target], env=WIDE)
     assert res.exit_code == 0, res.output
     assert f"into {target}" in flat(res.output), res.output
+
+
+def test_demo_data_names_a_bracketed_folder_literally(tmp_path):
+    out = tmp_path / "[raw] corpus"
+    res = CliRunner().invoke(app, ["demo-data", str(out)], env=WIDE)
+    assert res.exit_code == 0, res.output
+    assert f"next: curate ingest {out} --dataset demo.lance" in flat(res.output), res.output[-400:]
