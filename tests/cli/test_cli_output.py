@@ -29,6 +29,13 @@ WIDE = {"COLUMNS": "250"}  # no line wrapping inside the paths and messages asse
 HOSTILE = ["a dog [/INST] on grass", "[red]red text[/red] and [link=http://evil]click[/link]"]
 
 
+def sigint_as_in_a_terminal() -> None:
+    """In the child, before exec: SIGINT as a terminal delivers it. A command started in the
+    background by a non-interactive shell (a CI runner's) inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler, so Ctrl-C could not be tested there."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def flat(text: str) -> str:
     """The output with line breaks and runs of spaces as one space (rich wraps long lines)."""
     return " ".join(text.split())
@@ -181,7 +188,16 @@ def test_ctrl_c_prints_the_interrupted_line(coco_dir):
     ds = tmp / "d.lance"
     cmd = [sys.executable, "-m", "cli", "ingest", str(coco_dir / "images"), "--dataset", str(ds), "--shard-size", "1"]
     env = {**os.environ, **WIDE, "TMPDIR": str(tmp)}
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=sigint_as_in_a_terminal,
+    )
     try:
         deadline = time.monotonic() + 180
         while p.poll() is None and time.monotonic() < deadline and not list(ds.glob("_curation/checkpoints/ingest-*/*")):
@@ -221,3 +237,27 @@ def test_demo_data_names_a_bracketed_folder_literally(tmp_path):
     res = CliRunner().invoke(app, ["demo-data", str(out)], env=WIDE)
     assert res.exit_code == 0, res.output
     assert f"next: curate ingest {out} --dataset demo.lance" in flat(res.output), res.output[-400:]
+
+
+def test_a_step_error_in_curate_run_is_one_line_not_a_bug(coco_store, tmp_path, ray_session):
+    """A resample target no row set can reach is the user's to change: said as such, with the fix."""
+    import yaml
+
+    ds = tmp_path / "r.lance"
+    shutil.copytree(coco_store.uri, ds)
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": str(ds),
+                "steps": [
+                    {"stage": "graph_build", "params": {"out": str(tmp_path / "g"), "visual_only": True, "zh": False, "graphml": False}},
+                    {"stage": "resample", "params": {"graph": str(tmp_path / "g"), "target_size": 100000}},
+                ],
+            }
+        )
+    )
+    res = CliRunner().invoke(app, ["run", str(pipe)], env=WIDE)
+    out = flat(res.output)
+    assert res.exit_code == 2 and "ResampleError: target size 100000 needs more than max_upsample" in out, out[-600:]
+    assert "bug in zcurate" not in out

@@ -36,6 +36,13 @@ PARAMS = {
 }
 
 
+def sigint_as_in_a_terminal() -> None:
+    """In the child, before exec: SIGINT as a terminal delivers it. A command started in the
+    background by a non-interactive shell (a CI runner's) inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler, so Ctrl-C could not be tested there."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, coco_dir) -> str:
     """8 COCO photos as 256 px training shards (one fragment)."""
@@ -75,7 +82,16 @@ def _interrupt_after_first_step(cmd: list[str], out: Path) -> tuple[int, str, fl
     """Run ``cmd`` (``python -m cli train ...``), send SIGINT to the command (not its Ray workers)
     once a step's metrics line is printed and its checkpoint published; (rc, output, seconds to exit)."""
     env = {**os.environ, "COLUMNS": "250"}  # rich wraps at 80 columns in a pipe
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=sigint_as_in_a_terminal,
+    )
     lines = []
     try:
         for line in proc.stdout:
