@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -171,3 +174,18 @@ def wait_until(page, expression: str, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true after {timeout:g} s: {expression}")
         page.wait_for_timeout(50)
+
+
+def interruptible_cli(cmd: list[str], cwd: Path, env: dict, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """A ``curate`` command as a terminal starts it, for Ctrl-C tests: its own session (so the test
+    can signal its process group) and SIGINT at its default. A command started in the background by
+    a non-interactive shell (a CI runner's) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler, so Ctrl-C could not be tested there."""
+
+    def sigint_default() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    env = {**os.environ, **env}
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True, preexec_fn=sigint_default
+    )

@@ -23,17 +23,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.helpers import interruptible_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 WIDE = {"COLUMNS": "250"}  # no line wrapping inside the paths and messages asserted on
 HOSTILE = ["a dog [/INST] on grass", "[red]red text[/red] and [link=http://evil]click[/link]"]
-
-
-def sigint_as_in_a_terminal() -> None:
-    """In the child, before exec: SIGINT as a terminal delivers it. A command started in the
-    background by a non-interactive shell (a CI runner's) inherits SIGINT ignored, and Python then
-    installs no KeyboardInterrupt handler, so Ctrl-C could not be tested there."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def flat(text: str) -> str:
@@ -187,17 +181,7 @@ def test_ctrl_c_prints_the_interrupted_line(coco_dir):
     tmp = Path(tempfile.mkdtemp(prefix="zc", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     ds = tmp / "d.lance"
     cmd = [sys.executable, "-m", "cli", "ingest", str(coco_dir / "images"), "--dataset", str(ds), "--shard-size", "1"]
-    env = {**os.environ, **WIDE, "TMPDIR": str(tmp)}
-    p = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=sigint_as_in_a_terminal,
-    )
+    p = interruptible_cli(cmd, ROOT, {**WIDE, "TMPDIR": str(tmp)})
     try:
         deadline = time.monotonic() + 180
         while p.poll() is None and time.monotonic() < deadline and not list(ds.glob("_curation/checkpoints/ingest-*/*")):

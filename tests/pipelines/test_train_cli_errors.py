@@ -18,7 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.helpers import coco_rows, write_shards
+from tests.helpers import coco_rows, interruptible_cli, write_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (tests/conftest.py)
 
@@ -34,13 +34,6 @@ PARAMS = {
     "loader_workers": 0,
     "num_workers": 1,
 }
-
-
-def sigint_as_in_a_terminal() -> None:
-    """In the child, before exec: SIGINT as a terminal delivers it. A command started in the
-    background by a non-interactive shell (a CI runner's) inherits SIGINT ignored, and Python then
-    installs no KeyboardInterrupt handler, so Ctrl-C could not be tested there."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +74,7 @@ def _steps(out: Path) -> list[int]:
 def _interrupt_after_first_step(cmd: list[str], out: Path) -> tuple[int, str, float]:
     """Run ``cmd`` (``python -m cli train ...``), send SIGINT to the command (not its Ray workers)
     once a step's metrics line is printed and its checkpoint published; (rc, output, seconds to exit)."""
-    env = {**os.environ, "COLUMNS": "250"}  # rich wraps at 80 columns in a pipe
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=sigint_as_in_a_terminal,
-    )
+    proc = interruptible_cli(cmd, ROOT, {"COLUMNS": "250"}, stderr=subprocess.STDOUT)  # rich wraps at 80 columns in a pipe
     lines = []
     try:
         for line in proc.stdout:
