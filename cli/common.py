@@ -14,6 +14,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
+
+from curation.errors import UserError
 
 __all__ = [
     "console",
@@ -21,6 +24,7 @@ __all__ = [
     "DatasetOpt",
     "AddressOpt",
     "fail",
+    "UserErrorsAsOneLine",
     "open_store",
     "require_version",
     "version_ranges",
@@ -42,6 +46,20 @@ def fail(msg: str, code: int = 2) -> None:
     (MarkupError) and silently drop a "[raw]"."""
     err_console.print(f"[bold red]error:[/] {escape(msg)}")
     raise typer.Exit(code)
+
+
+class UserErrorsAsOneLine(TyperGroup):
+    """The app's command group: a ``UserError`` from any command (or from a Ray worker, which
+    Ray wraps in a ``RayTaskError`` of the same class) ends as one line and exit 2, like ``fail``.
+    Here rather than in ``main()`` so every way of running the app (tests' ``CliRunner`` too)
+    behaves the same, and no command needs its own ``except`` for the project's errors."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError: its text is a traceback
+            fail(str(cause if isinstance(cause, UserError) else e))
 
 
 def open_store(dataset: str, must_exist: bool = True):

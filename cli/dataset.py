@@ -147,17 +147,9 @@ def register(app: typer.Typer) -> None:
         address: Optional[str] = AddressOpt,
     ):
         """Run the steps of a pipeline file in order; each step is resumable and commits a version."""
-        from curation.config import ConfigError
         from pipelines.pipeline import run_pipeline
 
-        try:
-            run_pipeline(pipeline, overwrite=overwrite, address=address)
-        except ConfigError:
-            raise  # main() prints it as the other commands' config errors
-        except ValueError as e:
-            if type(e) is ValueError or type(e).__module__.split(".")[0] not in ("curation", "engines", "graph", "pipelines", "training"):
-                raise  # a plain or foreign ValueError: unforeseen, main() says where its traceback is
-            fail(f"{type(e).__name__}: {e}")  # the project's own errors (ResampleError, VectorError...) say what to do
+        run_pipeline(pipeline, overwrite=overwrite, address=address)  # a step's UserError: one line (UserErrorsAsOneLine)
 
 
 def _steps_epilog() -> str:

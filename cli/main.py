@@ -12,8 +12,8 @@ import typer
 from rich.markup import escape
 
 from cli import dataset, demo, download, export, graph, ingest, models, pairs, profile, report, review, train, vector
-from cli.common import err_console, native_stderr_to_log
-from curation.config import ConfigError
+from cli.common import UserErrorsAsOneLine, err_console, native_stderr_to_log
+from curation.errors import UserError
 from pipelines import load_jobs
 
 __all__ = ["app", "main"]
@@ -23,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=UserErrorsAsOneLine,
 )
 
 load_jobs()  # every stage and step registered, so `curate stage NAME` and pipeline files find them
@@ -36,7 +37,7 @@ def main() -> None:
     log = native_stderr_to_log()
     try:
         app()
-    except ConfigError as e:
+    except UserError as e:  # raised outside a command (the app's own set-up); commands' are one line already
         err_console.print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(2)
     except SystemExit as e:

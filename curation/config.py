@@ -15,13 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from curation.cluster import RayConfig
+from curation.errors import UserError
 
 __all__ = ["ConfigError", "StepConfig", "PipelineConfig", "RunContext", "load_yaml", "validate", "load_pipeline", "describe_fields"]
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message lists every bad field and what it accepts."""
 
 

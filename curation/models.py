@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.config import ConfigError
+from curation.errors import UserError
 
 __all__ = [
     "CATALOGUE_ENV",
@@ -135,7 +136,7 @@ BUILTIN: tuple[ModelEntry, ...] = (
 )
 
 
-class ModelError(Exception):
+class ModelError(UserError):
     """A failure the command prints as one line per message (no traceback)."""
 
     def __init__(self, *lines: str):

@@ -37,10 +37,12 @@ from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
+from curation.errors import UserError
 from curation.stage import Stage, Stats
 from curation.store import DatasetBusyError, Store
 
@@ -295,7 +297,7 @@ def execute_resumable(
     done = {k: v for k, v in ckpt.load().items() if k in wanted}
     resumed = len(done)
     if resumed:
-        console.print(f"{job}: resuming, {resumed} of {len(units)} {noun} already {already}")
+        console.print(f"{job}: resuming, {resumed} of {len(units)} {noun} already {already}", markup=False)
     for rec in done.values() if on_record is not None else ():
         on_record(rec)
 
@@ -436,7 +438,7 @@ def _checkpoint_dir(store: Store, stage: Stage, read_version: int, mode: str):
     return store.state_dir / "checkpoints" / f"{stage.name}-{stage.fingerprint()}-v{read_version}-{mode}"
 
 
-class StageRunningError(RuntimeError):
+class StageRunningError(UserError, RuntimeError):
     """The same stage is already running on this dataset (``run_stage(wait_if_running=False)``)."""
 
 
@@ -469,7 +471,7 @@ def run_stage(
     lock = _stage_lock_name(stage)
 
     def waiting(holder: str) -> None:
-        console.print(f"[yellow]{stage.name}[/]: stage {stage.name} is already running on this dataset ({holder}); waiting for it")
+        console.print(f"[yellow]{stage.name}[/]: stage {stage.name} is already running on this dataset ({escape(holder)}); waiting for it")
 
     try:
         with store.lock(lock, wait=wait_if_running, on_wait=waiting):
@@ -501,7 +503,9 @@ def _run_stage_locked(
             if len(present) == len(cols) and types_match(ds, stage):
                 return run.fill(ds, full=overwrite or _config_changed(store, stage))
             if present:  # some columns only, or of another type (an older stage): drop, add anew
-                console.print(f"[yellow]{stage.name}[/]: dropping {present} (incomplete or of another type) to compute them anew")
+                console.print(
+                    f"[yellow]{stage.name}[/]: dropping {escape(str(present))} (incomplete or of another type) to compute them anew"
+                )
                 ds.drop_columns(present)
                 ds = store.open()
             return run.add(ds)
@@ -555,7 +559,7 @@ class _Run:
         plan = plan_fill(ds, stage, None if full else _recorded_inputs(self.store, stage), full=full)
         if not plan.todo:
             console.print(
-                f"[yellow]{stage.name}[/]: columns {stage.output_schema.names} already present on every row at "
+                f"[yellow]{stage.name}[/]: columns {escape(', '.join(stage.output_schema.names))} already present on every row at "
                 f"v{ds.version}, nothing new to compute; pass --overwrite to recompute all"
             )
             return StageResult(stage.name, "skipped", ds.version, ds.version, seconds=time.perf_counter() - self.t_start)

@@ -38,6 +38,7 @@ from typing import Any
 
 from PIL import Image
 
+from curation.errors import UserError
 from curation.schema import CAPTION_KINDS, sample_id, sha256_hex
 from curation.text import (
     MAX_CAPTION_CHARS,
@@ -75,7 +76,7 @@ class ReadOptions:
     url_column: str | None = None  # a column of remote URLs, used when the image column is empty
 
 
-class ColumnMappingError(ValueError):
+class ColumnMappingError(UserError, ValueError):
     """A mapped column (``--image-column`` ...) that a table does not have: refused while planning,
     before any worker starts, with the columns the table does have, so a typo costs no cluster."""
 

@@ -21,6 +21,7 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.errors import UserError
 from curation.schema import SAMPLES_SCHEMA, group_of
 
 __all__ = ["Store", "DatasetBusyError", "IdsAddedMeanwhile", "is_remote", "storage_options_from_env"]
@@ -54,7 +55,7 @@ def storage_options_from_env(uri: str) -> dict[str, str]:
     return opts
 
 
-class DatasetBusyError(RuntimeError):
+class DatasetBusyError(UserError, RuntimeError):
     """Another process holds a job lock of this dataset (``Store.lock(..., wait=False)``)."""
 
     def __init__(self, name: str, holder: str, path: Path):

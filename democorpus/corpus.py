@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from curation.errors import UserError
 from democorpus.captions import FACES, PHOTOS, TEXT_CARDS, WATERMARKS, Photo, TextCard
 
 __all__ = [
@@ -98,7 +99,7 @@ _REGION_CROPS = (
 )
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(UserError, RuntimeError):
     """The corpus cannot be built or written (missing package/font, output folder not ours)."""
 
 

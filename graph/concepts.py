@@ -32,6 +32,8 @@ import networkx as nx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.errors import UserError
+
 __all__ = [
     "ConceptGraph",
     "GraphCycleError",
@@ -58,7 +60,7 @@ NODE_SCHEMA = pa.schema(
 EDGE_SCHEMA = pa.schema([pa.field("parent", pa.string(), nullable=False), pa.field("child", pa.string(), nullable=False)])
 
 
-class GraphCycleError(ValueError):
+class GraphCycleError(UserError, ValueError):
     """The hierarchy has a cycle; ``cycle`` lists the node ids in order (first == last)."""
 
     def __init__(self, cycle: list[str], labels: list[str] | None = None):
@@ -67,7 +69,7 @@ class GraphCycleError(ValueError):
         super().__init__(f"the concept hierarchy has a cycle: {shown}; remove one of these parent links")
 
 
-class UnknownParentError(ValueError):
+class UnknownParentError(UserError, ValueError):
     """Concepts name parents that exist neither in the graph nor in the same file."""
 
     def __init__(self, missing: list[tuple[str, str, str]]):

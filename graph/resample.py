@@ -40,10 +40,12 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.errors import UserError
+
 __all__ = ["ResampleConfig", "ResampleResult", "resample", "marginal_metrics", "read_prior", "check_prior_concepts", "ResampleError"]
 
 
-class ResampleError(ValueError):
+class ResampleError(UserError, ValueError):
     """A resampling request that cannot be met; the message says which option to change."""
 
 

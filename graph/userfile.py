@@ -26,12 +26,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from curation.errors import UserError
 from graph.concepts import ConceptGraph, UnknownParentError
 
 __all__ = ["UserConcept", "UserFileError", "read_user_concepts", "merge_user_concepts"]
 
 
-class UserFileError(ValueError):
+class UserFileError(UserError, ValueError):
     """A user concept file with bad rows; the message lists each one with its line."""
 
 

@@ -454,11 +454,11 @@ def _fresh_knn(store, ds, column: str, k: int, show_progress: bool):
     if summary and summary.get("fingerprint") == fp and summary.get("k", 0) >= k:
         return open_knn(store, column)
     why = "missing" if not summary else (f"built with k={summary.get('k')}" if summary.get("k", 0) < k else "older than the column")
-    console.print(f"dedup: the k-NN graph of {column!r} is {why}; building it (curate index build + curate knn)")
+    console.print(f"dedup: the k-NN graph of {column!r} is {why}; building it (curate index build + curate knn)", markup=False)
     try:
         build_index(store, IndexBuildConfig(column=column), show_progress=show_progress)
     except StaleIndexError:  # the column was rewritten: an incremental add cannot fix that index
-        console.print(f"dedup: the index of {column!r} predates the column's values; rebuilding it")
+        console.print(f"dedup: the index of {column!r} predates the column's values; rebuilding it", markup=False)
         build_index(store, IndexBuildConfig(column=column, rebuild=True), show_progress=show_progress)
     build_knn(store, KnnConfig(column=column, k=max(k, (summary or {}).get("k", 0))), show_progress=show_progress)
     return open_knn(store, column)
@@ -591,7 +591,7 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
     report.write_text(_report_html(res, cfg, store), encoding="utf-8")
     store.write_json(f"vector/dedup-v{v}.json", {"stats": res["stats"], "curve": res["curve"], "notes": res["notes"]})
     for note in res["notes"]:
-        console.print(f"  {note}")
+        console.print(f"  {note}", markup=False)
     console.print("removal curve (threshold -> rows removed):")
     for c in res["curve"]:
         console.print(f"  {c['threshold']:.2f}  {c['removed']:>8}  {100 * c['removed_fraction']:6.2f}%  ({c['groups']} groups)")

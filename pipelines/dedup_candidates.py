@@ -349,7 +349,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     t = time.perf_counter()
     ntotal = ray.get(ray.remote(num_cpus=1)(_merge_shards).remote(trained, paths, str(out)))
     shutil.rmtree(shards, ignore_errors=True)
-    console.print(f"dedup candidates: index of {ntotal:,} descriptors -> {out} (merged in {time.perf_counter() - t:.0f} s)")
+    console.print(f"dedup candidates: index of {ntotal:,} descriptors -> {out} (merged in {time.perf_counter() - t:.0f} s)", markup=False)
     return out
 
 

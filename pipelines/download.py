@@ -235,7 +235,7 @@ def download(
     makes it fetch again against the new version."""
     from lance.commit import CommitConflictError
 
-    with store.lock("download", on_wait=lambda h: console.print(f"download: another download is running ({h}); waiting")):
+    with store.lock("download", on_wait=lambda h: console.print(f"download: another download is running ({h}); waiting", markup=False)):
         for _ in range(max_conflict_retries + 1):
             try:
                 result = _download_once(store, cfg, show_progress, concurrency)

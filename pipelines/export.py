@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
+from rich.markup import escape
 
 from curation.buckets import assign_bucket, choose_resolution, crop_sizes, estimate_caption_tokens, image_tokens
 from curation.registry import register_step
@@ -683,9 +684,9 @@ def export(
     roles = resolve_roles(ds.schema, cfg)
     keep, reason, notes = select_rows(ds, cfg, roles, store=src)
     ids = ds.to_table(columns=["id"]).column("id").to_pylist()
-    console.print(f"export: {len(keep):,} of {len(reason):,} rows selected from {src.uri} v{version}")
+    console.print(f"export: {len(keep):,} of {len(reason):,} rows selected from {src.uri} v{version}", markup=False)
     for note in notes:
-        console.print(f"  [yellow]{note}[/]")
+        console.print(f"  [yellow]{escape(note)}[/]")
     if not len(keep):
         _refuse_empty(cfg, Counter(_reason_key(r) for r in reason if r is not None))
 
@@ -758,7 +759,7 @@ def _keep_existing(src: Store, out: Store, cfg: ExportConfig, version: int, *, r
         and prev["source"].get("version") == version
         and {k: v for k, v in prev_cfg.items() if k != "overwrite"} == same
     ):
-        console.print(f"export: {out.uri} already holds this export of v{version}; skipped (pass --overwrite to redo)")
+        console.print(f"export: {out.uri} already holds this export of v{version}; skipped (pass --overwrite to redo)", markup=False)
         return StageResult(
             "export",
             "skipped",

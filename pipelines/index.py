@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.markup import escape
 
 from curation.registry import register_step
 from engines.vector.index import IndexConfig, field_ids
@@ -156,7 +157,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
     pushed = push_index(store, column)  # remote dataset: every node finds it there (manifest last)
     shutil.rmtree(shard_dir.parent, ignore_errors=True)
     if skipped:
-        console.print(f"[yellow]skipped rows[/] (not indexed): {skipped}")
+        console.print(f"[yellow]skipped rows[/] (not indexed): {escape(str(skipped))}")
     console.print(
         f"index on {column!r}: {index.ntotal} vectors, {start.kind}, v{ds.version}, {time.perf_counter() - t0:.1f}s -> {folder}"
         + (f" (uploaded to {store.uri}/_curation/{index_relpath(column)})" if pushed else "")
@@ -224,7 +225,9 @@ def _start(store, ds, folder: Path, column: str, cfg: IndexBuildConfig, sigs: di
         base, old_manifest, old_labels = load_index(folder)
         _check_same_kind(old_manifest, cfg, store.uri, column)
         if old_manifest.fingerprint == column_fingerprint(ds, column):
-            console.print(f"index on {column!r} is up to date (built at v{old_manifest.dataset_version}, dataset v{ds.version})")
+            console.print(
+                f"index on {column!r} is up to date (built at v{old_manifest.dataset_version}, dataset v{ds.version})", markup=False
+            )
             return asdict(old_manifest)
         old = old_manifest.config.get("fragments", {})
         changed = [f for f, s in old.items() if sigs.get(f) != s]
@@ -253,7 +256,7 @@ def _start(store, ds, folder: Path, column: str, cfg: IndexBuildConfig, sigs: di
     x, null = _sample_vectors(ds, column, train_points(ds.count_rows(), cfg.index), cfg.index.seed)
     sample, valid, _ = clean_vectors(x, null, normalize=cfg.index.normalize)
     trained, kind, spec = train_index(sample[valid], ds.count_rows(), cfg.index)
-    console.print(f"index on {column!r}: {kind} ({spec}), trained on {int(valid.sum())} vectors")
+    console.print(f"index on {column!r}: {kind} ({spec}), trained on {int(valid.sum())} vectors", markup=False)
     return _Start(trained, kind, spec, frags, 0)
 
 

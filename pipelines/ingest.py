@@ -321,7 +321,7 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
             new = store.commit_rows(frags, read_version, SAMPLES_SCHEMA, unique_ids=cfg.skip_existing)
     except IdsAddedMeanwhile as e:  # the same rows ingested by another job meanwhile: skip them now
         ckpt.clear()
-        console.print(f"ingest: {e}; reading again so that no row is stored twice")
+        console.print(f"ingest: {e}; reading again so that no row is stored twice", markup=False)
         return ingest(store, cfg, show_progress=show_progress, concurrency=concurrency)
     ckpt.clear()
     result = StageResult(

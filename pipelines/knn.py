@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.markup import escape
 
 from curation.registry import register_step
 from pipelines.descriptors import default_column, fragment_units, hash_bytes, read_vectors
@@ -353,7 +354,7 @@ def build_knn(store, cfg: KnnConfig, *, show_progress: bool = True) -> dict:
         else f"incremental: {summary['new_rows']} new rows, {summary['updated_lists']} old lists updated"
     )
     why = f" ({summary['why_full']})" if summary.get("why_full") else ""
-    console.print(f"knn graph: {how}{why}; {summary['edges']} edges (k={cfg.k}) -> {job.out}")
+    console.print(f"knn graph: {how}{why}; {summary['edges']} edges (k={cfg.k}) -> {job.out}", markup=False)
     return summary
 
 
@@ -414,7 +415,7 @@ def _up_to_date(job: _Job, old: dict) -> None:
     changed the dataset version), so dedup does not ask for a new graph."""
     old.update(fingerprint=job.manifest.fingerprint, dataset_version=job.ds.version)
     job.store.write_json(f"vector/knn-{job.column}.json", old)
-    console.print(f"knn graph on {job.column!r} is up to date (k={job.cfg.k}, {old.get('edges')} edges)")
+    console.print(f"knn graph on {job.column!r} is up to date (k={job.cfg.k}, {old.get('edges')} edges)", markup=False)
 
 
 def _run_units(job: _Job, units: list[dict], ckpt: Path, out_uri: str, show_progress: bool, **extra) -> dict[int, dict]:
@@ -556,7 +557,7 @@ def _checkpointed(store, column: str, ckpt: Path, remote: bool, out: str, n_unit
     done = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in ckpt.glob("unit-*.json")}
     if remote and done:
         for k in _knn_units_without_files(store, column, done):  # e.g. removed by a later run's cleanup
-            console.print(f"[yellow]knn: unit {k}'s checkpointed fragments are gone from {out}; computing it again[/]")
+            console.print(f"[yellow]knn: unit {k}'s checkpointed fragments are gone from {escape(str(out))}; computing it again[/]")
             del done[k]
             (ckpt / f"unit-{k}.json").unlink(missing_ok=True)
     if done:

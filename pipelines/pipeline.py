@@ -10,12 +10,14 @@ status, rows, time and counters, and links every report the steps wrote.
 
 from __future__ import annotations
 
+import shlex
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from curation.cluster import init_ray
 from curation.config import RunContext, load_pipeline
@@ -60,13 +62,13 @@ def run_pipeline(path: str | Path, *, overwrite: bool = False, address: str | No
     print_summary(results, title=f"pipeline {Path(path).name}")
     if ctx.store.exists():
         report = write_pipeline_report(ctx.store, results, steps, t_start, Path(path).name)
-        console.print(f"[bold]report:[/] {report}  (open file://{report} in a browser)")
+        console.print(f"[bold]report:[/] {escape(str(report))}  (open file://{escape(str(report))} in a browser)")
         if any(n == "review_mine" for n, _ in steps):
             db = next((getattr(c, "db", None) for n, c in steps if n == "review_mine"), None)
-            db_opt = f" --db {db}" if db else ""
+            opts = escape(f"--dataset {shlex.quote(str(cfg.dataset))}" + (f" --db {shlex.quote(str(db))}" if db else ""))
             console.print(
-                f"[bold]review UI:[/] curate review add-user NAME --role admin --dataset {cfg.dataset}{db_opt}, then "
-                f"curate review serve --dataset {cfg.dataset}{db_opt}  ->  http://127.0.0.1:8600"
+                f"[bold]review UI:[/] curate review add-user NAME --role admin {opts}, then "
+                f"curate review serve {opts}  ->  http://127.0.0.1:8600"
             )
     return results
 
@@ -113,7 +115,7 @@ def write_pipeline_report(store: Store, results: list[StageResult], steps: list[
 
             links.insert(0, build_report(store, store.state_dir / "reports" / f"profile-v{ds.version}.html").resolve())
         except Exception as e:  # the pipeline's own report must not fail the pipeline
-            console.print(f"[yellow]profile report not written: {e}")
+            console.print(f"[yellow]profile report not written: {escape(str(e))}")
     steps_data = []
     for r in results:
         d = r.to_dict()

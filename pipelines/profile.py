@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
+from rich.markup import escape
 
 from curation.config import ConfigError
 from curation.registry import register_stage, register_step
@@ -901,7 +902,7 @@ def run_profile(store, cfg: ProfileConfig, *, overwrite: bool = False, show_prog
     console = Console(stderr=True)
     stages, notes = plan(cfg, set(store.open().schema.names), overwrite)
     for n in notes:
-        console.print(f"[yellow]{n}[/]")
+        console.print(f"[yellow]{escape(n)}[/]")
     results = []
     t0 = time.perf_counter()
     for st in stages:

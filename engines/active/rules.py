@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.errors import UserError
+
 __all__ = [
     "Rule",
     "DEFAULT_RULES",
@@ -155,7 +157,7 @@ EMBEDDING_COLUMNS = ["prof_clip_image", "prof_caption_emb"]
 DUP_SIM_COLUMNS = ["dup_sim"]
 
 
-class MissingRuleColumn(ValueError):
+class MissingRuleColumn(UserError, ValueError):
     """A rule names a column the dataset does not have (and the rule is not optional)."""
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from curation.errors import UserError
+
 __all__ = [
     "KINDS",
     "SIGN_WORDS",
@@ -107,7 +109,7 @@ WORK_SIDE = 256  # the variance map is computed on a copy this wide at most
 FONT_FALLBACKS = ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/wqy-microhei/wqy-microhei.ttc")
 
 
-class FontMissing(RuntimeError):
+class FontMissing(UserError, RuntimeError):
     """No CJK font to render Chinese with."""
 
 

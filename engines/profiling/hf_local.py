@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from curation.errors import UserError
+
 __all__ = [
     "ModelDirError",
     "RANDOM_MARKER",
@@ -50,7 +52,7 @@ def tiny_text(tok: Any, max_positions: int, **extra: Any) -> dict[str, Any]:
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-class ModelDirError(ValueError):
+class ModelDirError(UserError, ValueError):
     """A configured model path is not a usable local transformers model folder (says why)."""
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.errors import UserError
+
 __all__ = [
     "VectorError",
     "StaleIndexError",
@@ -62,7 +64,7 @@ __all__ = [
 ]
 
 
-class VectorError(ValueError):
+class VectorError(UserError, ValueError):
     """Vectors that cannot be indexed or searched as asked (wrong dimension, nothing valid...)."""
 
 

@@ -81,7 +81,7 @@ def upgrade_pair_table(uri: str, ds):
 
     ds.add_columns(target_ids, read_columns=["provenance"])
     ds = open_out(uri)
-    console.print(f"pairs: {uri} predates the target_id column; added it from provenance (version {ds.version})")
+    console.print(f"pairs: {uri} predates the target_id column; added it from provenance (version {ds.version})", markup=False)
     return ds
 
 
@@ -298,7 +298,7 @@ def run_job(
     problem = check_out(out_uri)
     if problem:
         raise ValueError(problem)
-    with store.lock(f"pairs-{job}", on_wait=lambda h: console.print(f"pairs: another {job} job is running ({h}); waiting")):
+    with store.lock(f"pairs-{job}", on_wait=lambda h: console.print(f"pairs: another {job} job is running ({h}); waiting", markup=False)):
         ds = store.open()
         read_version = ds.version
         out_ds = upgrade_pair_table(out_uri, open_out(out_uri))

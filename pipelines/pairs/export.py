@@ -255,7 +255,7 @@ def _keep_existing_pairs(out: Store, manifest: dict[str, Any]) -> StageResult:
         raise ValueError(
             f"{out.uri} already holds other shards (other tables, versions or options); pass --overwrite to write a new version"
         )
-    console.print(f"pairs export: {out.uri} already holds this export; skipped (pass --overwrite to redo)")
+    console.print(f"pairs export: {out.uri} already holds this export; skipped (pass --overwrite to redo)", markup=False)
     ds = out.open()
     return StageResult("pairs export", "skipped", ds.version, 0, extra={"out": out.uri, "kept": ds.count_rows(), "excluded": 0})
 

@@ -243,5 +243,5 @@ def test_a_step_error_in_curate_run_is_one_line_not_a_bug(coco_store, tmp_path, 
     )
     res = CliRunner().invoke(app, ["run", str(pipe)], env=WIDE)
     out = flat(res.output)
-    assert res.exit_code == 2 and "ResampleError: target size 100000 needs more than max_upsample" in out, out[-600:]
+    assert res.exit_code == 2 and "error: target size 100000 needs more than max_upsample" in out, out[-600:]
     assert "bug in zcurate" not in out
