@@ -400,7 +400,7 @@ def shard_rows(
     A row without inline bytes but with an ``image_uri`` has its bytes read by ``fetch(uri)``
     (default: :func:`read_uri` with options from the environment); a URI that cannot be read
     excludes the row as ``unreadable_uri: <why>``, it never stops the export."""
-    from curation.shards import SHARD_SCHEMA, normalise_image
+    from curation.shards import SHARD_SCHEMA
 
     fetch = fetch or (lambda uri: read_uri(uri, max_bytes=cfg.max_image_bytes))
     out: list[dict] = []
@@ -416,56 +416,69 @@ def shard_rows(
                 excluded.append((rid, f"unreadable_uri: {type(got).__name__}: {str(got)[:160]}"))
                 continue
             row["image"] = got
-        if row.get("image") is None:
-            excluded.append((rid, "no_image"))
-            continue
-        try:  # RGB JPEG/PNG/WebP with the orientation applied: what the loader expects
-            img = normalise_image(row["image"], max_pixels=cfg.max_pixels, quality=cfg.reencode_quality)
-        except ValueError as e:
-            excluded.append((rid, f"unreadable_image: {e}"))
-            continue
-        if img.converted is not None and counts is not None:
-            counts[f"reencoded_{img.converted}"] += 1
-        w, h = img.width, img.height
-        if min(w, h) < cfg.min_side:
-            excluded.append((rid, "too_small"))
-            continue
-        res, bw, bh, kept = bucket_of(w, h, cfg)
-        if kept < cfg.min_kept_fraction:
-            excluded.append((rid, "extreme_aspect"))
-            continue
-        caps = [
-            c
-            for c in (row.get("captions") or [])
-            if (c.get("text") or "").strip() and (cfg.caption_kinds is None or c.get("kind") in cfg.caption_kinds)
-        ]
-        reviewed = row.get(roles.review_caption) if (cfg.apply_review and roles.review_caption) else None
-        if reviewed and reviewed.strip():  # a reviewer's fix replaces the captions it corrects
-            from curation.text import detect_lang
-
-            caps = [{"text": reviewed.strip(), "kind": "reviewed", "lang": detect_lang(reviewed)}]
-        if not caps:
-            excluded.append((rid, "no_caption"))
-            continue
-        weight = row.get(roles.weight) if roles.weight else None
-        stage = row.get(roles.curriculum) if roles.curriculum else None
-        out.append(
-            {
-                "id": rid,
-                "image": img.data,
-                "captions": caps,
-                "caption_tokens": [min(count_tokens(c["text"]), cfg.max_caption_tokens) for c in caps],
-                "width": w,
-                "height": h,
-                "resolution": res,
-                "bucket_w": bw,
-                "bucket_h": bh,
-                "image_tokens": image_tokens(bw, bh),
-                "weight": 1.0 if weight is None else float(weight),
-                "curriculum_stage": None if stage is None else int(stage),
-            }
-        )
+        made = _shard_row(row, cfg, roles, count_tokens, counts)
+        if isinstance(made, str):
+            excluded.append((rid, made))
+        else:
+            out.append(made)
     return pa.Table.from_pylist(out, schema=SHARD_SCHEMA), excluded
+
+
+def _shard_row(row: dict, cfg: ExportConfig, roles: Roles, count_tokens, counts: Counter | None) -> dict | str:
+    """One samples-table row (its bytes already fetched) -> its training row, or the reason it is
+    left out: the checks run in the order that names the first reason a row fails."""
+    from curation.shards import normalise_image
+
+    rid = row["id"]
+    if row.get("image") is None:
+        return "no_image"
+    try:  # RGB JPEG/PNG/WebP with the orientation applied: what the loader expects
+        img = normalise_image(row["image"], max_pixels=cfg.max_pixels, quality=cfg.reencode_quality)
+    except ValueError as e:
+        return f"unreadable_image: {e}"
+    if img.converted is not None and counts is not None:
+        counts[f"reencoded_{img.converted}"] += 1
+    w, h = img.width, img.height
+    if min(w, h) < cfg.min_side:
+        return "too_small"
+    res, bw, bh, kept = bucket_of(w, h, cfg)
+    if kept < cfg.min_kept_fraction:
+        return "extreme_aspect"
+    caps = _shard_captions(row, cfg, roles)
+    if not caps:
+        return "no_caption"
+    weight = row.get(roles.weight) if roles.weight else None
+    stage = row.get(roles.curriculum) if roles.curriculum else None
+    return {
+        "id": rid,
+        "image": img.data,
+        "captions": caps,
+        "caption_tokens": [min(count_tokens(c["text"]), cfg.max_caption_tokens) for c in caps],
+        "width": w,
+        "height": h,
+        "resolution": res,
+        "bucket_w": bw,
+        "bucket_h": bh,
+        "image_tokens": image_tokens(bw, bh),
+        "weight": 1.0 if weight is None else float(weight),
+        "curriculum_stage": None if stage is None else int(stage),
+    }
+
+
+def _shard_captions(row: dict, cfg: ExportConfig, roles: Roles) -> list[dict]:
+    """The caption variants a training row keeps: the non-empty ones of the configured kinds, or
+    (``apply_review``) the reviewer's fix alone, since it replaces the captions it corrects."""
+    caps = [
+        c
+        for c in (row.get("captions") or [])
+        if (c.get("text") or "").strip() and (cfg.caption_kinds is None or c.get("kind") in cfg.caption_kinds)
+    ]
+    reviewed = row.get(roles.review_caption) if (cfg.apply_review and roles.review_caption) else None
+    if reviewed and reviewed.strip():  # a reviewer's fix replaces the captions it corrects
+        from curation.text import detect_lang
+
+        caps = [{"text": reviewed.strip(), "kind": "reviewed", "lang": detect_lang(reviewed)}]
+    return caps
 
 
 def load_encoders(cfg: ExportConfig, device: str = "cpu"):

@@ -277,48 +277,26 @@ def _fingerprint(cfg: IngestConfig, units: list[dict], read_version: int | None)
 
 def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concurrency: int | None = None) -> list[StageResult]:
     """Ingest sources into the dataset (created if absent); returns the results of ingest and exact_dup."""
-    from lance.fragment import FragmentMetadata
+    from curation.store import IdsAddedMeanwhile
 
     t_start = time.perf_counter()
     check_dataset_path(store.uri)
     opts = cfg.read_options()
-    try:
-        units = plan_units(cfg.source, opts)
-    except ColumnMappingError as e:
-        raise ConfigError(str(e)) from None
-    if all(u["kind"] == "skipped" for u in units):
-        raise EmptySourceError(_empty_message(cfg.source, units))
-    exists = store.exists()
-    if exists:
-        _ensure_meta_column(store)
-    existing = _existing_ids(store, cfg) if exists and cfg.skip_existing else ExistingIds(frozenset())
-    read_version = store.open().version if exists else None
-
+    units = _plan_sources(cfg, opts)
+    existing, read_version = _prepare_dataset(store, cfg)
     ckpt = Checkpoints(store.state_dir / "checkpoints" / f"ingest-{_fingerprint(cfg, units, read_version)}", "unit")
     done = _write_units(store, opts, units, existing, ckpt, concurrency=concurrency, show_progress=show_progress)
     renamed = _unique_ids(store, units, done)
-    frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
-    stats = Stats()
-    for rec in done.values():
-        stats = stats + Stats.from_dict(rec["stats"])
-    stats.counters.update(renamed)
+    frags = _new_fragments(units, done)
+    stats = _total_stats(done, renamed)
     if stats.rows == 0 and not stats.counters.get("skipped_existing"):  # e.g. an empty Parquet
         ckpt.clear()
         raise EmptySourceError(_empty_message(cfg.source, units))
-    from curation.store import IdsAddedMeanwhile
-
     if stats.rows == 0 and store.exists():  # nothing new (a re-run, or another job created it meanwhile): no empty version
         ckpt.clear()
-        now = store.open().version
-        console.print(f"ingest: no new rows ({stats.counters.get('skipped_existing', 0)} already in the dataset)")
-        return [StageResult("ingest", "skipped", now, read_version or now, 0, 0, stats, time.perf_counter() - t_start)]
-    replaced = sorted({i for rec in done.values() for i in rec.get("replaced", [])})
+        return [_nothing_new(store, stats, read_version, t_start)]
     try:  # created if still absent, else appended: ingests at once all land (Store.commit_rows)
-        if replaced:
-            new = _commit_replacing(store, frags, replaced)
-            stats.counters["retried_errors"] = len(replaced)
-        else:
-            new = store.commit_rows(frags, read_version, SAMPLES_SCHEMA, unique_ids=cfg.skip_existing)
+        new = _commit_new_rows(store, cfg, frags, done, read_version, stats)
     except IdsAddedMeanwhile as e:  # the same rows ingested by another job meanwhile: skip them now
         ckpt.clear()
         console.print(f"ingest: {e}; reading again so that no row is stored twice", markup=False)
@@ -336,14 +314,76 @@ def ingest(store: Store, cfg: IngestConfig, *, show_progress: bool = True, concu
         extra={"units": len(units), "sources": cfg.source},
     )
     result.stats_path = str(store.write_json(f"stats/ingest-v{new.version}.json", result.to_dict()))
-    results = [result]
-    if cfg.flag_exact_duplicates and new.count_rows() > 0:
-        from curation.runner import run_stage
-        from pipelines.basic_stages import ExactDupStage
+    return [result, *_flag_exact_duplicates(store, cfg, new, show_progress)]
 
-        # recomputed over the whole dataset: new rows may duplicate old ones
-        results.append(run_stage(store, ExactDupStage(), overwrite=True, show_progress=show_progress))
-    return results
+
+def _plan_sources(cfg: IngestConfig, opts: ReadOptions) -> list[dict]:
+    """The work units of the sources. A column mapping that does not fit, or sources without a
+    sample, are refused here, before anything is written."""
+    try:
+        units = plan_units(cfg.source, opts)
+    except ColumnMappingError as e:
+        raise ConfigError(str(e)) from None
+    if all(u["kind"] == "skipped" for u in units):
+        raise EmptySourceError(_empty_message(cfg.source, units))
+    return units
+
+
+def _prepare_dataset(store: Store, cfg: IngestConfig) -> tuple[ExistingIds, int | None]:
+    """The ids already stored (skipped by the readers) and the version this run reads (None: the
+    dataset does not exist yet); an existing dataset first gets the ``meta`` column if it lacks it."""
+    exists = store.exists()
+    if exists:
+        _ensure_meta_column(store)
+    existing = _existing_ids(store, cfg) if exists and cfg.skip_existing else ExistingIds(frozenset())
+    read_version = store.open().version if exists else None
+    return existing, read_version
+
+
+def _new_fragments(units: list[dict], done: dict[str, dict]) -> list:
+    """The written fragments, in unit order: the commit order that makes row order and ids the
+    same however the units were scheduled."""
+    from lance.fragment import FragmentMetadata
+
+    return [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in done[u["unit"]]["fragments"]]
+
+
+def _total_stats(done: dict[str, dict], renamed: Counter) -> Stats:
+    """The units' stats summed, plus the counters of rows renamed for a repeated id."""
+    stats = Stats()
+    for rec in done.values():
+        stats = stats + Stats.from_dict(rec["stats"])
+    stats.counters.update(renamed)
+    return stats
+
+
+def _nothing_new(store: Store, stats: Stats, read_version: int | None, t_start: float) -> StageResult:
+    """The result of a run that read only rows already stored: reported, with no empty version committed."""
+    now = store.open().version
+    console.print(f"ingest: no new rows ({stats.counters.get('skipped_existing', 0)} already in the dataset)")
+    return StageResult("ingest", "skipped", now, read_version or now, 0, 0, stats, time.perf_counter() - t_start)
+
+
+def _commit_new_rows(store: Store, cfg: IngestConfig, frags: list, done: dict[str, dict], read_version: int | None, stats: Stats):
+    """Commit the fragments; rows read again for ``retry_errors`` replace their error rows in the
+    same commit (counted in ``stats`` as retried_errors). Raises ``IdsAddedMeanwhile`` as commit_rows does."""
+    replaced = sorted({i for rec in done.values() for i in rec.get("replaced", [])})
+    if replaced:
+        new = _commit_replacing(store, frags, replaced)
+        stats.counters["retried_errors"] = len(replaced)
+        return new
+    return store.commit_rows(frags, read_version, SAMPLES_SCHEMA, unique_ids=cfg.skip_existing)
+
+
+def _flag_exact_duplicates(store: Store, cfg: IngestConfig, new, show_progress: bool) -> list[StageResult]:
+    """Run ``exact_dup`` over the whole dataset after a commit (new rows may duplicate old ones);
+    its result, or none when it is turned off or the dataset is empty."""
+    if not (cfg.flag_exact_duplicates and new.count_rows() > 0):
+        return []
+    from curation.runner import run_stage
+    from pipelines.basic_stages import ExactDupStage
+
+    return [run_stage(store, ExactDupStage(), overwrite=True, show_progress=show_progress)]
 
 
 def _fragment_files(store: Store, frags: list[dict]) -> list[str]:

@@ -564,9 +564,38 @@ class ShardDataset(IterableDataset):
             yield self.load_batch(plan, b)
 
     def load_batch(self, plan: EpochPlan, b: int) -> dict[str, Any]:
+        """Batch ``b`` of ``plan``, read with one random-access ``take``: one list per field, a row
+        whose image (or latent) cannot be had left out and named in ``skipped`` with its reason."""
         sl = plan.batch(b)
         rows, caps = plan.rows[sl], plan.caption_idx[sl]
-        pre = [c for c, on in (("latents", self.pre_latents), ("cap_feats", self.pre_text), ("cap_feat_tokens", self.pre_text)) if on]
+        table = self._take(rows)
+        arrays = {c for c in self.config.columns if _numeric_nested(table.schema.field(c).type)}
+        lat = _flat_lists(table.column("latents")) if self.pre_latents else None
+        feats = self._caption_features(table)
+        t = table.drop_columns([c for c in self._pre_encoded_columns() if c not in self.config.columns]).to_pydict()
+        rng = np.random.default_rng([self.config.seed, plan.epoch, plan.rank, b]) if self.config.random_crop else None
+        out = self._empty_batch()
+        keep_i, skipped = [], []
+        for i in range(len(rows)):
+            pix, src, why = self._row_pixels(t, i, lat, rng)
+            if why is not None:
+                skipped.append((t["id"][i], why))
+                continue
+            if feats is not None:
+                out["cap_feats"].append(feats(i, caps[i]))
+            self._append_sample(out, t, i, caps[i], pix, src, arrays)
+            keep_i.append(i)
+        out.update(self._batch_lengths(plan, sl, t, np.asarray(keep_i, dtype=np.int64)))
+        out.update(epoch=plan.epoch, batch_index=b, skipped=skipped)
+        return out
+
+    def _pre_encoded_columns(self) -> list[str]:
+        """The pre-encoded columns a batch reads instead of decoding images / caption text."""
+        return [c for c, on in (("latents", self.pre_latents), ("cap_feats", self.pre_text), ("cap_feat_tokens", self.pre_text)) if on]
+
+    def _take(self, rows: np.ndarray) -> pa.Table:
+        """Rows ``rows`` with every column a batch hands over or decodes from, in one ``take``
+        (a damaged fragment named in the error, see ``_guarded``)."""
         cols = list(
             dict.fromkeys(
                 [
@@ -582,14 +611,31 @@ class ShardDataset(IterableDataset):
                 ]
             )
         )
-        read = cols + [c for c in pre if c not in cols]
-        table = self._guarded(lambda: self._open().take(rows, columns=read), read, rows)
-        arrays = {c for c in self.config.columns if _numeric_nested(table.schema.field(c).type)}
-        lat = _flat_lists(table.column("latents")) if self.pre_latents else None
-        feats = _flat_lists(table.column("cap_feats"), nested=True) if self.pre_text else None
-        t = table.drop_columns([c for c in pre if c not in self.config.columns]).to_pydict()
-        feat_tok = table.column("cap_feat_tokens").to_pylist() if self.pre_text else None
-        rng = np.random.default_rng([self.config.seed, plan.epoch, plan.rank, b]) if self.config.random_crop else None
+        read = cols + [c for c in self._pre_encoded_columns() if c not in cols]
+        return self._guarded(lambda: self._open().take(rows, columns=read), read, rows)
+
+    def _caption_features(self, table: pa.Table):
+        """(row, caption variant) -> that caption's pre-encoded features, a float32 tokens x dim
+        tensor, read without Python floats; None when the shard's text is not used pre-encoded."""
+        if not self.pre_text:
+            return None
+        feats = _flat_lists(table.column("cap_feats"), nested=True)
+        feat_tok = table.column("cap_feat_tokens").to_pylist()
+
+        def read(i: int, cap: int) -> torch.Tensor:
+            variants = feats(i)
+            if cap < 0 or variants is None or cap >= len(variants):
+                f = np.zeros((0, 1), np.float32)  # no caption: the loop uses the null caption
+            else:
+                v, n_tok = variants[cap], max(int(feat_tok[i][cap]), 1)
+                f = v.astype(np.float32).reshape(n_tok, -1)
+            return torch.from_numpy(f)
+
+        return read
+
+    def _empty_batch(self) -> dict[str, Any]:
+        """One empty list per field of a batch: the fields every batch has, then those of
+        pre-encoded text, of pairs and the pass-through ``columns``."""
         keys = ("ids", "latents" if self.pre_latents else "images", "captions", "caption_kinds", "buckets", "curriculum_stage")
         out: dict[str, Any] = {k: [] for k in keys}
         if self.pre_text:
@@ -597,40 +643,25 @@ class ShardDataset(IterableDataset):
         if self.pairs:
             out.update(sources=[], source_buckets=[], kinds=[])
         out.update({c: [] for c in self.config.columns})
-        keep_i, skipped = [], []
-        for i in range(len(rows)):
-            rid = t["id"][i]
-            bw, bh = t["bucket_w"][i], t["bucket_h"][i]
-            pix, src, why = self._row_pixels(t, i, lat, rng)
-            if why is not None:
-                skipped.append((rid, why))
-                continue
-            if self.pairs:
-                out["sources"].append(src)
-                out["source_buckets"].append((t["src_bucket_w"][i], t["src_bucket_h"][i]))
-                out["kinds"].append(t["kind"][i])
-            if feats is not None:
-                variants = feats(i)
-                if caps[i] < 0 or variants is None or caps[i] >= len(variants):
-                    f = np.zeros((0, 1), np.float32)  # no caption: the loop uses the null caption
-                else:
-                    v, n_tok = variants[caps[i]], max(int(feat_tok[i][caps[i]]), 1)
-                    f = v.astype(np.float32).reshape(n_tok, -1)
-                out["cap_feats"].append(torch.from_numpy(f))
-            cap = t["captions"][i][caps[i]] if caps[i] >= 0 else {"text": "", "kind": None}
-            out["ids"].append(rid)
-            out["latents" if lat is not None else "images"].append(pix)
-            out["captions"].append(cap["text"] or "")
-            out["caption_kinds"].append(cap["kind"])
-            out["buckets"].append((bw, bh))
-            out["curriculum_stage"].append(t["curriculum_stage"][i])
-            for c in self.config.columns:
-                v = t[c][i]
-                out[c].append(np.asarray(v, dtype=np.float32) if c in arrays and v is not None else v)
-            keep_i.append(i)
-        out.update(self._batch_lengths(plan, sl, t, np.asarray(keep_i, dtype=np.int64)))
-        out.update(epoch=plan.epoch, batch_index=b, skipped=skipped)
         return out
+
+    def _append_sample(self, out: dict[str, Any], t: dict, i: int, cap_i: int, pix, src, arrays: set[str]) -> None:
+        """Add kept row ``i`` to the batch's lists: a pair's source, the pixels (or latent), the
+        chosen caption variant ``cap_i`` (-1: none, the empty caption), bucket, stage, columns."""
+        if self.pairs:
+            out["sources"].append(src)
+            out["source_buckets"].append((t["src_bucket_w"][i], t["src_bucket_h"][i]))
+            out["kinds"].append(t["kind"][i])
+        cap = t["captions"][i][cap_i] if cap_i >= 0 else {"text": "", "kind": None}
+        out["ids"].append(t["id"][i])
+        out["latents" if self.pre_latents else "images"].append(pix)
+        out["captions"].append(cap["text"] or "")
+        out["caption_kinds"].append(cap["kind"])
+        out["buckets"].append((t["bucket_w"][i], t["bucket_h"][i]))
+        out["curriculum_stage"].append(t["curriculum_stage"][i])
+        for c in self.config.columns:
+            v = t[c][i]
+            out[c].append(np.asarray(v, dtype=np.float32) if c in arrays and v is not None else v)
 
     def _row_pixels(self, t: dict, i: int, lat, rng) -> tuple[torch.Tensor | None, torch.Tensor | None, str | None]:
         """Row ``i``'s target as a tensor, its source for an editing pair, and why it is skipped

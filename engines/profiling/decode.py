@@ -184,36 +184,8 @@ def decode_image(data: bytes | None, opts: DecodeOptions = DecodeOptions()) -> D
                 return DecodeFailure("undecodable", f"invalid size {w}x{h}")
             if w * h > opts.max_pixels:
                 return DecodeFailure("decompression_bomb", f"{w}x{h} = {w * h} pixels > max_pixels {opts.max_pixels}")
-            fmt, mode = im.format, im.mode
-            bits = _png_bit_depth(data) if fmt == "PNG" else None
-            if bits is None or mode == "P":
-                bits = _BITS.get(mode, 8)
-            channels = _CHANNELS.get(mode, len(im.getbands()))
-            has_alpha = "A" in mode or (mode in ("P", "L", "RGB") and "transparency" in im.info)
-            if mode == "P":
-                channels = 4 if has_alpha else 3
-            frames = int(getattr(im, "n_frames", 1) or 1) if getattr(im, "is_animated", False) else 1
-            if frames > 1:
-                im.seek(0)
-            try:
-                orientation = int(im.getexif().get(0x0112, 1) or 1)
-            except Exception:  # broken EXIF must not lose the picture
-                orientation = 1
-            if orientation not in range(1, 9):
-                orientation = 1
-            if opts.max_side and fmt == "JPEG" and max(w, h) > opts.max_side:
-                # DCT scaling (1/2, 1/4, 1/8) is most of the decode cost saved: accept a working
-                # copy between max_side/2 and max_side rather than decode big and shrink
-                # (PIL picks the scale from w // req_w and h // req_h: round the request down, or
-                # a 640x427 image asked for 320x214 gets 427 // 214 = 1, no reduction at all)
-                scale = opts.max_side / 2 / max(w, h)
-                im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
-            im.load()
-            if orientation != 1:
-                im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb(im, bits)
-            if opts.max_side and max(rgb.size) > opts.max_side:
-                rgb.thumbnail((opts.max_side, opts.max_side), Image.Resampling.BILINEAR)
+            meta = _header_meta(im, data)
+            rgb = _working_copy(im, (w, h), meta, opts)
     except Image.DecompressionBombError as e:
         return DecodeFailure("decompression_bomb", str(e))
     except (OSError, SyntaxError, ValueError) as e:
@@ -222,8 +194,27 @@ def decode_image(data: bytes | None, opts: DecodeOptions = DecodeOptions()) -> D
         return DecodeFailure(reason, msg or type(e).__name__)
     except Exception as e:  # anything else a codec can throw at us: a reason, not a crash
         return DecodeFailure("undecodable", f"{type(e).__name__}: {e}")
+    return Decoded(rgb, meta)
+
+
+def _header_meta(im: Image.Image, data: bytes) -> dict[str, Any]:
+    """What the header says about the original file, read before any pixel is decoded: the
+    signals report the file's format, depth and upright size, not the working copy's."""
+    w, h = im.size
+    fmt, mode = im.format, im.mode
+    bits = _png_bit_depth(data) if fmt == "PNG" else None
+    if bits is None or mode == "P":
+        bits = _BITS.get(mode, 8)
+    channels = _CHANNELS.get(mode, len(im.getbands()))
+    has_alpha = "A" in mode or (mode in ("P", "L", "RGB") and "transparency" in im.info)
+    if mode == "P":
+        channels = 4 if has_alpha else 3
+    frames = int(getattr(im, "n_frames", 1) or 1) if getattr(im, "is_animated", False) else 1
+    if frames > 1:
+        im.seek(0)  # an animation is profiled by its first frame
+    orientation = _exif_orientation(im)
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    meta = {
+    return {
         "format": fmt,
         "mode": mode,
         "bit_depth": bits,
@@ -235,7 +226,38 @@ def decode_image(data: bytes | None, opts: DecodeOptions = DecodeOptions()) -> D
         "frames": frames,
         "has_alpha": bool(has_alpha),
     }
-    return Decoded(rgb, meta)
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8) to apply before anything else; 1 (upright) when the tag is
+    absent, out of range or unreadable."""
+    try:
+        orientation = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # broken EXIF must not lose the picture
+        orientation = 1
+    if orientation not in range(1, 9):
+        orientation = 1
+    return orientation
+
+
+def _working_copy(im: Image.Image, size: tuple[int, int], meta: dict[str, Any], opts: DecodeOptions) -> Image.Image:
+    """Decode the pixels (forced, so truncation is caught here) into the upright 8-bit RGB copy the
+    signals see, its longest side at most ``opts.max_side``; ``size`` is the header's width x height."""
+    w, h = size
+    if opts.max_side and meta["format"] == "JPEG" and max(w, h) > opts.max_side:
+        # DCT scaling (1/2, 1/4, 1/8) is most of the decode cost saved: accept a working
+        # copy between max_side/2 and max_side rather than decode big and shrink
+        # (PIL picks the scale from w // req_w and h // req_h: round the request down, or
+        # a 640x427 image asked for 320x214 gets 427 // 214 = 1, no reduction at all)
+        scale = opts.max_side / 2 / max(w, h)
+        im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+    im.load()
+    if meta["orientation"] != 1:
+        im = ImageOps.exif_transpose(im)
+    rgb = _to_rgb(im, meta["bit_depth"])
+    if opts.max_side and max(rgb.size) > opts.max_side:
+        rgb.thumbnail((opts.max_side, opts.max_side), Image.Resampling.BILINEAR)
+    return rgb
 
 
 def decode_rows(images: list[bytes | None], uris: list[str | None] | None, opts: DecodeOptions) -> list[Decoded | DecodeFailure]:
