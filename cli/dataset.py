@@ -244,14 +244,30 @@ def _print_or_write(t, out: Optional[Path], max_rows: int) -> None:
     if out is not None:
         _write_rows(t, out)
         return
-    table = Table()
-    for name in t.column_names:
-        table.add_column(Text(name))
-    for row in t.slice(0, max_rows).to_pylist():
-        table.add_row(*(_cell(v) for v in row.values()))
-    console.print(table)
+    rows = t.slice(0, max_rows).to_pylist()
+    if len(t.column_names) * 12 > console.width:
+        _print_records(rows)
+    else:
+        table = Table()
+        for name in t.column_names:
+            table.add_column(Text(name))
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row.values()))
+        console.print(table)
     if t.num_rows > max_rows:
         console.print(f"... {t.num_rows - max_rows:,} more rows (--max-rows, or --out FILE)")
+
+
+def _print_records(rows: list[dict]) -> None:
+    """Rows too wide to read side by side (``select *`` has some 80 columns): one block per row,
+    a column name and its value per line, as psql's expanded display does."""
+    for i, row in enumerate(rows, 1):
+        block = Table(title=f"row {i}", show_header=False, title_justify="left")
+        block.add_column(style="bold", no_wrap=True)
+        block.add_column(overflow="fold")
+        for name, v in row.items():
+            block.add_row(Text(name), _cell(v))
+        console.print(block)
 
 
 _OUT_KINDS = (".parquet", ".csv", ".jsonl")

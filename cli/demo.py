@@ -15,7 +15,7 @@ def register(app) -> None:
     @app.command("demo-data")
     def demo_data_cmd(
         out: Path = typer.Argument(..., help="output folder (created; an earlier demo corpus there is replaced)"),
-        seed: int = typer.Option(0, "--seed", help="random seed: the same seed gives the same bytes"),
+        seed: int = typer.Option(0, "--seed", min=0, help="random seed: the same seed gives the same bytes"),
         formats: str = typer.Option(
             "folder,webdataset,jsonl", "--formats", help="comma-separated layouts to write: folder, webdataset, jsonl"
         ),

@@ -54,6 +54,22 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {first}')}")
         err_console.print(f"[dim]this is a bug in zcurate or an input it did not foresee; the traceback is in {escape(where)}[/]")
         sys.exit(1)
+    finally:
+        _shutdown_ray()
+
+
+def _shutdown_ray() -> None:
+    """Stop Ray here with Ctrl-C ignored: left to Ray's own atexit hook, a Ctrl-C pressed as the
+    command ends interrupts that hook and prints a traceback after the work was committed."""
+    if "ray" not in sys.modules:
+        return
+    import signal
+
+    import ray
+
+    if ray.is_initialized():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ray.shutdown()
 
 
 def _interrupted() -> None:

@@ -78,7 +78,10 @@ def input_sig(meta, input_ids: set[int]) -> str:
 
 
 def _input_ids(ds, stage: Stage) -> set[int]:
-    names = [n for n in (stage.input_columns or ["id"]) if n in ds.schema.names]
+    """Field ids of the stage's inputs, never its own outputs (prof_scores reads a watermark score
+    it writes when OCR did not): rewriting them is what the stage does, not a change of its inputs."""
+    own = set(stage.output_schema.names)
+    names = [n for n in (stage.input_columns or ["id"]) if n in ds.schema.names and n not in own] or ["id"]
     return set().union(*_field_ids(ds, names).values())
 
 

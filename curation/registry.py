@@ -34,13 +34,19 @@ STAGES: dict[str, type[Stage]] = {}
 STEPS: dict[str, StepSpec] = {}
 
 
+def _summary(doc: str | None) -> str:
+    """A docstring's first paragraph on one line: its first sentence often wraps onto a second
+    line, and cutting at the first line left "... and the" in ``curate stages``."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
 def register_step(name: str, config_model: type[BaseModel] = StageConfig, doc: str = ""):
     """Decorator: ``@register_step("ingest", IngestConfig)`` on ``def run(ctx, cfg)``."""
 
     def deco(fn):
         if name in STEPS and STEPS[name].run is not fn:
             raise ValueError(f"step {name!r} registered twice")
-        STEPS[name] = StepSpec(name, config_model, fn, doc or (fn.__doc__ or "").strip().split("\n")[0])
+        STEPS[name] = StepSpec(name, config_model, fn, doc or _summary(fn.__doc__))
         return fn
 
     return deco
@@ -55,7 +61,7 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
         return run_stage(ctx.store, _cls(cfg), overwrite=ctx.overwrite, show_progress=ctx.show_progress)
 
-    STEPS[cls.name] = StepSpec(cls.name, cls.config_model, run, (cls.__doc__ or "").strip().split("\n")[0])
+    STEPS[cls.name] = StepSpec(cls.name, cls.config_model, run, _summary(cls.__doc__))
     return cls
 
 

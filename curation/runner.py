@@ -556,6 +556,7 @@ class _Run:
         from curation.incremental import FillWorker, commit_fill, plan_fill
 
         stage = self.stage
+        stage.prepare(ds)  # before planning: a stage may choose its input columns from the schema there (prof_caption)
         plan = plan_fill(ds, stage, None if full else _recorded_inputs(self.store, stage), full=full)
         if not plan.todo:
             console.print(
@@ -565,7 +566,6 @@ class _Run:
             return StageResult(stage.name, "skipped", ds.version, ds.version, seconds=time.perf_counter() - self.t_start)
         why = ", ".join(f"{k}={v}" for k, v in sorted(plan.reasons.items()))
         console.print(f"{stage.name}: {plan.mode}, computing {len(plan.todo)} of {len(ds.get_fragments())} fragments ({why})")
-        stage.prepare(ds)
         units = [{"fragment_id": fid, "columns": cols} for fid, cols in sorted(plan.todo.items())]
         done, resumed, ckpt = self._compute(ds, units, plan.mode, FillWorker)
         stats = _sum_stats(done)

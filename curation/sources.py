@@ -76,6 +76,14 @@ class ReadOptions:
     url_column: str | None = None  # a column of remote URLs, used when the image column is empty
 
 
+class SourceError(UserError, ValueError):
+    """A named source that cannot be read at all (remote, not UTF-8, an unsupported file type)."""
+
+
+class SourceNotFound(UserError, FileNotFoundError):
+    """A named source that does not exist; relative paths are read from the current folder."""
+
+
 class ColumnMappingError(UserError, ValueError):
     """A mapped column (``--image-column`` ...) that a table does not have: refused while planning,
     before any worker starts, with the columns the table does have, so a typo costs no cluster."""
@@ -503,11 +511,12 @@ def _checked_source(src: str) -> Path:
     """The resolved path of one named source, or the one-line reason it cannot be read."""
     p = Path(src)
     if "://" in src:
-        raise ValueError(f"{src}: remote sources are read through Parquet/JSONL listing their URIs")
+        raise SourceError(f"{src}: remote sources are read through Parquet/JSONL listing their URIs")
     if not p.exists():
-        raise FileNotFoundError(f"source not found: {src}")
+        where = "" if p.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+        raise SourceNotFound(f"source not found: {src}{where}")
     if has_surrogates(str(p.resolve())):
-        raise ValueError(f"{escape_surrogates(src)}: the source path is not valid UTF-8; rename it")
+        raise SourceError(f"{escape_surrogates(src)}: the source path is not valid UTF-8; rename it")
     return p.resolve()
 
 
@@ -713,7 +722,7 @@ def _file_units(p: Path, opts: ReadOptions) -> list[dict[str, Any]]:
         return _parquet_units(p, src, opts)
     if ext in IMAGE_EXTS:
         return [{"kind": "folder", "source": str(p.parent), "files": [p.name]}]
-    raise ValueError(f"{p}: unsupported source file type {ext!r} (folders, .tar, .jsonl, .parquet, images)")
+    raise SourceError(f"{p}: unsupported source file type {ext!r} (folders, .tar, .jsonl, .parquet, images)")
 
 
 def _mapped(opts: ReadOptions) -> bool:

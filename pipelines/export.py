@@ -38,15 +38,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.markup import escape
 
 from curation.buckets import assign_bucket, choose_resolution, crop_sizes, estimate_caption_tokens, image_tokens
+from curation.errors import UserError
 from curation.registry import register_step
 from curation.runner import Checkpoints, StageResult, console, execute_resumable, json_record
 from curation.stage import StageConfig, Stats
 from curation.store import Store
 
-__all__ = ["ExportRule", "ExportConfig", "Roles", "resolve_roles", "select_rows", "bucket_of", "shard_rows", "export"]
+__all__ = ["ExportError", "ExportRule", "ExportConfig", "Roles", "resolve_roles", "select_rows", "bucket_of", "shard_rows", "export"]
 
 WEIGHT_COLUMNS = ("rs_weight", "sampling_weight", "weight")
 CURRICULUM_COLUMNS = ("rs_stage", "curriculum_stage", "prof_curriculum")
+
+
+class ExportError(UserError, ValueError):
+    """An export that cannot be written as configured (a rule on a column the dataset lacks, a
+    column that is not there, an output that holds another export...); the message says the fix."""
 
 
 class ExportRule(BaseModel):
@@ -162,7 +168,7 @@ def _first(schema: pa.Schema, names, pattern: str | None = None, types=None) -> 
 def resolve_roles(schema: pa.Schema, cfg: ExportConfig) -> Roles:
     def given(name: Optional[str]) -> Optional[str]:
         if name is not None and name not in schema.names:
-            raise ValueError(f"column {name!r} named in the export config is not in the dataset; columns: {schema.names}")
+            raise ExportError(f"column {name!r} named in the export config is not in the dataset; columns: {schema.names}")
         return name
 
     keep = given(cfg.dedup_keep_column) or _first(
@@ -215,10 +221,10 @@ def check_rules(
             missing = re.search(r"No field named ([\w.\"]+)", str(e))
             if not missing:
                 msg = str(e).splitlines()[0][:160]
-                raise ValueError(f"export rule {rule.name!r} ({rule.where!r}) is not valid SQL here: {msg}") from None
+                raise ExportError(f"export rule {rule.name!r} ({rule.where!r}) is not valid SQL here: {msg}") from None
             col = missing.group(1).strip('."')
             if not rule.optional:
-                raise ValueError(_missing_column_message(rule, col, ds.schema.names)) from None
+                raise ExportError(_missing_column_message(rule, col, ds.schema.names)) from None
             if notes is not None:
                 notes.append(f"rule:{rule.name}: not applied (column {col} missing; the rule is optional)")
             continue
@@ -503,7 +509,7 @@ def encoder_manifest(cfg: ExportConfig) -> dict[str, Any]:
         p = Path(path)
         d = p / sub if (p / sub).is_dir() else p
         if not (d / "config.json").exists():
-            raise ValueError(
+            raise ExportError(
                 f"{key} folder {path!r} has no config.json (expected a diffusers / transformers folder "
                 "saved with save_pretrained, or a released repository)"
             )
@@ -686,7 +692,7 @@ def export(
     t_start = time.perf_counter()
     out = Store(cfg.out)
     if out.uri == src.uri:
-        raise ValueError("--out must differ from --dataset: export writes a new dataset")
+        raise ExportError("--out must differ from --dataset: export writes a new dataset")
     ds = src.open(cfg.version)
     version = ds.version
     if out.exists() and not cfg.overwrite:
@@ -755,7 +761,7 @@ def _refuse_empty(cfg: ExportConfig, by_reason: Counter) -> None:
     if cfg.allow_empty:
         return
     reasons = ", ".join(f"{k} {v}" for k, v in by_reason.most_common(8)) or "the dataset has no rows"
-    raise ValueError(f"the export would keep no row (excluded: {reasons}); check the rules, or pass --allow-empty to write it anyway")
+    raise ExportError(f"the export would keep no row (excluded: {reasons}); check the rules, or pass --allow-empty to write it anyway")
 
 
 def _keep_existing(src: Store, out: Store, cfg: ExportConfig, version: int, *, replace_stale: bool) -> StageResult | None:
@@ -787,7 +793,7 @@ def _keep_existing(src: Store, out: Store, cfg: ExportConfig, version: int, *, r
             },
         )
     if not replace_stale:
-        raise ValueError(
+        raise ExportError(
             f"{out.uri} already holds a different export (another source, version or config); pass --overwrite to write a new version of it"
         )
     console.print(

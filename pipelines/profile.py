@@ -927,7 +927,7 @@ def _profile_step(ctx, cfg: ProfileConfig):
 
     results = run_profile(ctx.store, cfg, overwrite=ctx.overwrite, show_progress=ctx.show_progress)
     v = ctx.store.open().version
-    rows = sum(r.stats.rows for r in results)
+    rows = max((r.stats.rows for r in results), default=0)  # rows some stage computed, not counted once per stage
     status = "committed" if any(r.status == "committed" for r in results) else "skipped"
     return StageResult("profile", status, v, v, extra={"stages": [r.stage for r in results], "rows": rows})
 

@@ -48,6 +48,10 @@ def test_stages_name_lists_the_fields_a_config_accepts():
         assert field in out.output
     out = runner.invoke(app, ["stages", "dedup"], env={"COLUMNS": "200"})
     assert "near.k_centre" in out.output and "semantic.method" in out.output
+    out = runner.invoke(app, ["stages"], env={"COLUMNS": "400"})  # a description is its docstring's whole first sentence
+    assert "the curriculum bin (complexity quantiles) and the watermark score" in " ".join(out.output.split()), out.output
+    out = runner.invoke(app, ["demo-data", "x", "--seed", "-1"])
+    assert out.exit_code == 2 and "--seed" in out.output, out.output
     out = runner.invoke(app, ["stages", "exprot"])
     assert out.exit_code == 2 and "unknown step 'exprot'" in out.output
 

@@ -245,3 +245,37 @@ def test_a_step_error_in_curate_run_is_one_line_not_a_bug(coco_store, tmp_path, 
     out = flat(res.output)
     assert res.exit_code == 2 and "error: target size 100000 needs more than max_upsample" in out, out[-600:]
     assert "bug in zcurate" not in out
+
+
+def test_user_mistakes_inside_curate_run_are_one_line_not_a_bug(coco_store, tmp_path, monkeypatch, ray_session):
+    """The same mistakes as through `curate ingest` / `curate export`, inside a pipeline file:
+    a missing source (relative: said where it was looked for) and an export rule's missing column."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(yaml.safe_dump({"dataset": "new.lance", "steps": [{"stage": "ingest", "params": {"source": ["photos"]}}]}))
+    res = CliRunner().invoke(app, ["run", str(pipe)], env=WIDE)
+    out = flat(res.output)
+    assert res.exit_code == 2 and f"error: source not found: photos (a relative path is read from the current folder, {tmp_path})" in out, (
+        out
+    )
+    ds = tmp_path / "c.lance"
+    shutil.copytree(coco_store.uri, ds)
+    pipe.write_text(yaml.safe_dump({"dataset": str(ds), "steps": [{"stage": "export", "params": {"out": str(tmp_path / "shards")}}]}))
+    res = CliRunner().invoke(app, ["run", str(pipe)], env=WIDE)
+    out = flat(res.output)
+    assert res.exit_code == 2 and "error: export rule 'nsfw'" in out and "needs column prof_nsfw" in out, out
+    assert "bug in zcurate" not in out and "Traceback" not in res.output
+
+
+def test_sql_select_star_is_readable_at_terminal_width(coco_store):
+    """Too many columns to read side by side: one block per row (name, value), every value shown."""
+    res = CliRunner().invoke(
+        app, ["sql", "select * from samples order by source_key limit 2", "--dataset", coco_store.uri], env={"COLUMNS": "100"}
+    )
+    assert res.exit_code == 0, res.output
+    first = sorted(p.name for p in Path(coco_store.to_arrow(columns=["source"])["source"][0].as_py(), "images").glob("*.jpg"))[:2]
+    for name in first:
+        assert f"│ source_key   │ {name}" in res.output, res.output
+    assert "row 1" in res.output and "row 2" in res.output and "…" not in res.output

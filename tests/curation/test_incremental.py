@@ -168,3 +168,18 @@ def test_dedup_sees_appended_rows(ray_session, tmp_path, two_batches):
     by_name = {r["source_key"]: r for r in t.values()}
     a, b = by_name[first.name], by_name[copy.name]
     assert a["dup_group"] is not None and a["dup_group"] == b["dup_group"]
+
+
+def test_a_rerun_with_nothing_new_commits_nothing_for_stages_choosing_inputs_in_prepare(ray_session, tmp_path, two_batches):
+    """prof_caption and prof_scores pick their input columns from the schema in ``prepare``; the
+    plan must use the same columns as the record written at commit, or every re-run recomputes
+    them all ("inputs_changed") and commits two new versions with nothing changed."""
+    store = Store(tmp_path / "d.lance")
+    _ingest(store, two_batches[0], shard_size=4)
+    cfg = ProfileConfig(stages=["meta", "hash", "entropy", "ocr", "caption", "scores"])
+    first = run_profile(store, cfg, show_progress=False)
+    assert {r.status for r in first} == {"committed"}, [(r.stage, r.status) for r in first]
+    version = store.open().version
+    again = run_profile(store, cfg, show_progress=False)
+    assert [(r.stage, r.status) for r in again] == [(r.stage, "skipped") for r in again]
+    assert store.open().version == version

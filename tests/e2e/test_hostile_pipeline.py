@@ -75,6 +75,8 @@ def test_hostile_corpus_through_every_engine(hostile_run):
     store = Store(ds)
     rows = store.to_arrow(columns=["id", "source_key", "error", "captions"]).to_pylist()
     assert len(rows) == len(cases)  # one row per hostile input, none lost
+    profile = next(r for r in hostile_run.results if r.stage == "profile")
+    assert profile.extra["rows"] == len(rows), profile.extra  # rows profiled, not counted once per profiling stage
     # every row is kept, excluded with a reason, or errored with a reason
     kept = set(Store(tmp / "shards").to_arrow(columns=["id"]).column("id").to_pylist())
     excluded = {r["id"]: r["reason"] for r in pq.read_table(tmp / "shards" / "_curation" / "export" / "excluded.parquet").to_pylist()}
