@@ -81,7 +81,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     ),
     413: _error("request body too large"),
     415: _error("stored bytes are not a displayable image"),
-    422: _error("invalid input (field errors, NUL characters)"),
+    422: _error("invalid input (field errors, NUL characters, tags that are no concept of the concept graph)"),
     429: _error("too many failed logins for this account or address; retry after the Retry-After seconds", html=True),
     503: _error("database busy or unavailable; retry after the Retry-After seconds"),
 }
@@ -230,7 +230,8 @@ async def _review_error(request: Request, exc: ReviewError):
     code = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422 if isinstance(exc, BadInput) else 403
     if code in _PAGE_HEADINGS and wants_html(request):
         return _error_page(request, code, str(exc))
-    return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=code)
+    # a refusal may carry what a script needs to fix it (unknown tags: the close concepts)
+    return JSONResponse({"detail": str(exc), "error": type(exc).__name__, **getattr(exc, "extra", {})}, status_code=code)
 
 
 _PAGE_HEADINGS = {403: "Not allowed", 404: "Not found", 409: "Already decided"}

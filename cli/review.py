@@ -95,14 +95,25 @@ def register(app) -> None:
         ),
         password_argv: Optional[str] = typer.Option(None, "--password", hidden=True),
         reset: bool = typer.Option(False, help="change the password / role of an existing user"),
+        create: bool = typer.Option(
+            False,
+            "--create",
+            help="start a new, empty review database at --db when there is none (without it a --db that names none is an error)",
+        ),
     ):
         """Create an annotator or admin account (password hashed with scrypt). The password is
         asked for (hidden, twice) or read from stdin, never taken from the command line, where
-        `ps` and the shell history would show it."""
+        `ps` and the shell history would show it.
+
+        Which database: without --db, the dataset's own (<dataset>/_curation/review/review.sqlite),
+        made by the first add-user if no `review mine` has made it yet. A --db must name an
+        existing review database (one that `review mine` or an earlier add-user made), so a
+        mistyped path or URL is an error, not a new, empty database holding the account where no
+        server looks; pass --create to start a new one there on purpose."""
         if password_argv is not None:
             fail("passwords are not taken from the command line (ps and shell history show them): use the prompt or --password-stdin")
+        rdb = open_db(dataset, db, create="all" if create else "default")  # before the prompt: a wrong --db asks for nothing
         password = _read_password(password_stdin)
-        rdb = open_db(dataset, db, create="accounts")
         try:
             u = rdb.add_user(name, password, role, replace=reset)
         except ValueError as e:
@@ -229,6 +240,12 @@ def register(app) -> None:
             )
         for t in rep.get("thresholds", []):
             console.print(f"  {escape(str(t['column']))} {t['op']} {t['old']:.4g} -> {t['new']:.4g}  {escape(str(t.get('note', '')))}")
+        if out := rep.get("tags_not_in_graph"):
+            some = ", ".join(repr(t) for t in list(out["tags"])[:5])
+            console.print(
+                f"  [yellow]{out['rows']} reviewed row(s) have tags that are no concept of the graph[/] "
+                f"{escape(out['graph'])} (kept as given): {escape(some)}"
+            )
         pa_ = rep["pseudo_label_agreement"]
         if pa_["accuracy"] is not None:
             console.print(f"  pseudo-labels agreed with humans on {pa_['accuracy']:.1%} of {pa_['n']} rows")
@@ -241,21 +258,32 @@ def register(app) -> None:
 def open_db(dataset: str, db: str | None, *, create: str = "none"):
     """The review database named by ``--db`` (default: the dataset's), opened for a command.
 
-    Why ``create`` is a choice: only `review mine` makes a database (``"all"``), so a mistyped
-    ``--db`` given to serve, apply or the user commands is an error (``"none"``), never a new,
-    empty database that accounts and annotators then use. ``"accounts"`` (add-user): accounts
-    may be set up before the first mine, in the dataset's default place or in a folder that
-    exists; a new file is announced. Any failure is one line (exit 2), password hidden."""
+    Why ``create`` is a choice: a mistyped ``--db`` must never become a new, empty database that
+    accounts and annotators then use. ``"none"`` (serve, apply, the user commands): a database
+    that does not exist is an error. ``"default"`` (add-user): accounts may be set up before the
+    first mine, so the dataset's *default* database is made when missing; a ``--db`` elsewhere
+    that names none is an error that points at ``--create``. ``"all"`` (mine, add-user
+    ``--create``): made wherever it is named. A new file is announced. Any failure is one line
+    (exit 2), password hidden."""
     from curation.reviewdb import ReviewDB
 
-    url = db or default_db_url(open_store(dataset))
-    new = _is_sqlite(url) and create == "accounts" and not Path(_path_of(url)).exists()
-    make = create == "all" or (create == "accounts" and (not _is_sqlite(url) or db is None or Path(_path_of(url)).parent.is_dir()))
-    with _db_errors(url):
+    default = default_db_url(open_store(dataset))
+    url = db or default
+    make = create == "all" or (create == "default" and (db is None or _same_file(db, default)))
+    new = _is_sqlite(url) and make and not Path(_path_of(url)).exists()
+    hint = ", or pass --create to start a new review database there" if create == "default" else ""
+    with _db_errors(url, missing_hint=hint):
         rdb = ReviewDB(url, create=make)
     if new:
         console.print(f"[yellow]new review database[/] at {escape(str(_path_of(url)))} (no items queued yet: run `curate review mine`)")
     return rdb
+
+
+def _same_file(db: str, default: str) -> bool:
+    """Whether ``--db`` names the dataset's default SQLite file (written out in full)."""
+    if not _is_sqlite(db):
+        return False
+    return Path(_path_of(db)).expanduser().resolve() == Path(_path_of(default)).expanduser().resolve()
 
 
 def _is_sqlite(url: str) -> bool:
@@ -267,7 +295,7 @@ def _path_of(url: str) -> str:
 
 
 @contextmanager
-def _db_errors(url: str):
+def _db_errors(url: str, missing_hint: str = ""):
     """A database that is missing, of another schema, not a database, or unreachable (a
     PostgreSQL server down, a bad URL): one error line naming it, password hidden, exit 2; not
     the catch-all "this is a bug" of ``cli.main``."""
@@ -284,7 +312,9 @@ def _db_errors(url: str):
         errors = (psycopg.Error,)
     try:
         yield
-    except (FileNotFoundError, BadInput) as e:
+    except FileNotFoundError as e:
+        fail(f"{e}{missing_hint}")
+    except BadInput as e:
         fail(str(e))
     except errors as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0].replace(str(url), redact_url(url))

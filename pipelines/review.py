@@ -260,6 +260,29 @@ def add_tag_labels(items: list[dict[str, Any]], graph: str | None) -> int:
     return n
 
 
+def tags_outside_graph(tags: dict[str, list[str]], graph: str | None) -> dict[str, Any] | None:
+    """Reviewed tags that are no concept id of the dataset's graph, or None (none, or no graph
+    to check against): ``{"rows", "tags": {tag: rows, the 20 commonest}, "graph"}``.
+
+    Why: the review UI stores only concept ids when it has a graph, but decisions made before
+    it checked, on a server without a graph, or that kept a proposed caption keyword, may hold
+    words that name no concept; they reach ``rev_tags`` as they are, and the apply report says
+    how many rather than letting them pass unseen."""
+    import pyarrow.parquet as pq
+
+    nodes = Path(graph) / "nodes.parquet" if graph else None
+    if not tags or nodes is None or not nodes.is_file():
+        return None
+    from collections import Counter
+
+    ids = set(pq.read_table(nodes, columns=["id"]).column("id").to_pylist())
+    bad = Counter(t for ts in tags.values() for t in set(ts) if t not in ids)
+    if not bad:
+        return None
+    rows = sum(1 for ts in tags.values() if any(t not in ids for t in ts))
+    return {"rows": rows, "tags": dict(bad.most_common(20)), "graph": str(graph)}
+
+
 def _label_ids(payload: dict[str, Any]) -> list[str]:
     tags = list((payload.get("pseudo") or {}).get("tags") or [])
     return tags + ([payload["concept"]] if payload.get("concept") else [])
@@ -418,10 +441,13 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
         report["pairs"] = pairs_report
     head_json = _learn_from_labels(ds, cfg, rdir, labelled, rules, sig_cols, emb_col, marks, before, report) if labelled else None
     report.update(_loop_quality(agg, labelled))
-    # corrected tags for the concept graph (graph/ reads this file when it rebuilds)
+    # the reviewed tags, by row, for the concept graph (nothing reads the file automatically yet)
     tags = {r: a["tags"] for r, a in agg.items() if a["tags"]}
     store.write_json("review/graph_tags.json", {"version": before, "tags": tags})
     report["graph_tags_rows"] = len(tags)
+    outside = tags_outside_graph(tags, dataset_graph(store))
+    if outside:
+        report["tags_not_in_graph"] = outside
     stage = ReviewMergeStage(decisions={r: {k: v for k, v in a.items() if k != "payload"} for r, a in agg.items()}, head=head_json)
     result = run_stage(store, stage, overwrite=True, show_progress=show_progress)
     report.update({"version_after": result.version, "stage": result.to_dict(), "seconds": round(time.perf_counter() - t0, 2)})

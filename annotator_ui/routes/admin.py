@@ -142,6 +142,7 @@ def _apply_summary(rep: dict[str, Any]) -> dict[str, Any]:
         "labels": rep.get("labels", 0),
         "captions_edited": (rep.get("caption_fixes") or {}).get("captions_edited", 0),
         "graph_tags_rows": rep.get("graph_tags_rows", 0),
+        "tags_not_in_graph": (rep.get("tags_not_in_graph") or {}).get("rows", 0),
         "thresholds": [
             {"column": t.get("column"), "op": t.get("op"), "old": t.get("old"), "new": t.get("new"), "note": t.get("note", "")}
             for t in rep.get("thresholds", [])

@@ -53,7 +53,7 @@ def history_item(request: Request, item_id: ItemId, s: SessionDep, db: DbDep, se
     # an applied decision is in the dataset version: neither undo nor re-open may take it back
     can_undo = not gold_seen and not applied and latest["item_id"] == item_id and time.time() - latest["time"] <= settings.undo_s
     can_reopen = not gold_seen and not applied
-    names = ReviewPayload.model_validate(db.get_item(item_id)["payload"]).tag_names(mine[0]["tags"] or [])
+    names = _tag_names(request, ReviewPayload.model_validate(db.get_item(item_id)["payload"]), mine[0]["tags"] or [])
     return page(
         request,
         "history_item.html",
@@ -65,6 +65,14 @@ def history_item(request: Request, item_id: ItemId, s: SessionDep, db: DbDep, se
         can_reopen=can_reopen,
         applied=applied,
     )
+
+
+def _tag_names(request: Request, payload: ReviewPayload, ids: list[str]) -> list[dict[str, str]]:
+    """``{id, en, zh}`` per stored tag: the payload's names (those of the proposed tags), else
+    the server's (a concept the annotator picked from the graph), else the id itself."""
+    known = request.app.state.tags.labels(i for i in ids if i not in payload.tag_labels)
+    named = payload.tag_names(ids)
+    return [{"id": n["id"], "en": known[n["id"]]["en"] or n["id"], "zh": known[n["id"]]["zh"]} if n["id"] in known else n for n in named]
 
 
 @router.post("/history/{item_id}/reopen", responses=REDIRECT)

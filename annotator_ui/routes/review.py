@@ -33,7 +33,7 @@ from curation.reviewdb import BadInput, Conflict, NotFound, NotLeased, ReviewDB,
 from curation.text import MAX_CAPTION_CHARS
 from engines.active.payload import ReviewItemAdmin, ReviewItemPublic, ReviewPayload
 
-__all__ = ["router", "DecisionIn", "REJECT_REASONS"]
+__all__ = ["router", "DecisionIn", "REJECT_REASONS", "UnknownTags", "checked_tags"]
 
 router = APIRouter()
 
@@ -169,11 +169,12 @@ def annotate_post(
         original = ReviewPayload.model_validate(db.get_item(item_id)["payload"]).caption
         body = _form_decision(action, caption, original, tags, reasons)
         check_invisible(body.caption, settings)
-        db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons)
+        stored = checked_tags(request, db, item_id, body.tags)
+        db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=stored, reasons=body.reasons)
     except (ReviewError, HTTPException) as e:
         if not wants_html(request) or (isinstance(e, BadInput) and not isinstance(e, FormRejected)):
             raise
-        return _refused_page(request, s, item_id, e, caption)
+        return _refused_page(request, s, item_id, e, caption, tags)
     return RedirectResponse(f"/?saved={item_id}", status_code=303)
 
 
@@ -201,6 +202,52 @@ class InvisibleRejected(FormRejected):
     """A caption with invisible characters, refused (``AppSettings.invisible == "reject"``)."""
 
 
+class UnknownTags(FormRejected):
+    """Tags that are no concept of the server's graph (422): each named, with close concepts to
+    pick (``problems``, also in the JSON answer as ``tags``). A browser's form post gets a page
+    that keeps the caption and the tags as typed."""
+
+    def __init__(self, problems: list[dict[str, Any]]):
+        self.problems = problems
+        super().__init__(_tags_message(problems))
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"tags": self.problems}
+
+
+def _tags_message(problems: list[dict[str, Any]]) -> str:
+    def names(concepts: list[dict[str, str]]) -> str:
+        return ", ".join(f"{c['en'] or c['zh'] or c['id']} ({c['id']})" for c in concepts)
+
+    parts = []
+    for p in problems:
+        if p["reason"] == "ambiguous":
+            parts.append(f"the tag {p['tag']!r} names several concepts: {names(p['concepts'])}; give one by its id")
+        elif p["concepts"]:
+            parts.append(f"unknown tag {p['tag']!r}: not a concept of the concept graph; close concepts: {names(p['concepts'])}")
+        else:
+            parts.append(f"unknown tag {p['tag']!r}: not a concept of the concept graph")
+    return "; ".join(parts) + " (a tag is a concept id or a concept's English or Chinese name; type a name in the tags field to pick one)"
+
+
+def checked_tags(request: Request, db: ReviewDB, item_id: int, tags: list[str]) -> list[str]:
+    """A decision's tags as concept ids (``TagIndex.resolve``: ids, or exact English or Chinese
+    names), or ``UnknownTags``. The item's own proposed tags are accepted as they are (what the
+    form is filled with), so the item is read only when a tag is not a concept. Without a
+    concept graph the tags are stored as given: the server cannot tell a concept from a typo."""
+    if not tags:
+        return []
+    index = request.app.state.tags
+    out = index.resolve(tags)
+    if out.problems:
+        payload = ReviewPayload.model_validate(db.get_item(item_id)["payload"])
+        out = index.resolve(tags, payload.pseudo.tags if payload.pseudo else ())
+        if out.problems:
+            raise UnknownTags(out.problems)
+    return list(out)
+
+
 def check_invisible(caption: str | None, settings: AppSettings) -> None:
     """422 naming each invisible character when the server rejects them (by default they are
     stripped on save, in ``ReviewDB.submit``): the annotator then sees what to remove."""
@@ -221,6 +268,7 @@ _REFUSED = {
     NotFound: ("No such item", "This decision was not saved: the item is not in the queue."),
     Conflict: ("Already decided", "This decision was not saved: you already decided this item differently."),
     InvisibleRejected: ("Invisible characters in the caption", None),
+    UnknownTags: ("Unknown tags", None),
     FormRejected: ("Text that cannot be saved", None),
 }
 
@@ -228,16 +276,28 @@ _REFUSED = {
 _STATUS = {NotFound: 404, Conflict: 409, FormRejected: 422}
 
 
-def _refused_page(request: Request, s: tuple, item_id: int, e: Exception, caption: str | None) -> HTMLResponse:
-    """A readable page for a refused form post, with the caption as typed: a page of JSON lost
-    the annotator's edit and told them nothing they could act on."""
+def _refused_page(request: Request, s: tuple, item_id: int, e: Exception, caption: str | None, tags: str | None = None) -> HTMLResponse:
+    """A readable page for a refused form post, with the caption (and, for refused tags, the
+    tags) as typed: a page of JSON lost the annotator's edit and told them nothing they could act on."""
     heading, message = _REFUSED.get(
         type(e),
         ("This page expired", "This decision was not saved: the page's form is out of date (did you log in again in another tab?)."),
     )
     message = message or f"This decision was not saved: {e}."
     status = getattr(e, "status_code", None) or next((code for cls, code in _STATUS.items() if isinstance(e, cls)), 403)
-    return page(request, "error.html", status, user=s[0], csrf=s[1], heading=heading, message=message, caption=caption, item_id=item_id)
+    kept_tags = tags if isinstance(e, UnknownTags) else None
+    return page(
+        request,
+        "error.html",
+        status,
+        user=s[0],
+        csrf=s[1],
+        heading=heading,
+        message=message,
+        caption=caption,
+        item_id=item_id,
+        tags=kept_tags,
+    )
 
 
 # the two hot calls answer JSONResponse directly: their dicts are plain JSON already, and FastAPI's
@@ -256,11 +316,18 @@ def api_item(item_id: ItemId, user: CurrentUser, db: DbDep):
 
 
 @router.post("/api/items/{item_id}/decision")
-def api_decide(item_id: ItemId, body: DecisionIn, user: CsrfUser, db: DbDep, settings: SettingsDep):
+def api_decide(request: Request, item_id: ItemId, body: DecisionIn, user: CsrfUser, db: DbDep, settings: SettingsDep):
     """Record a decision. With ``gold_feedback`` on, a check item's answer carries
-    ``expected`` (the known answer) and ``correct``; otherwise nothing says gold."""
+    ``expected`` (the known answer) and ``correct``; otherwise nothing says gold.
+
+    ``tags``: concept ids, or concepts' exact English or Chinese names (any case), stored as ids;
+    a tag that is no concept of the server's graph is a 422 naming it, with close concepts in
+    ``tags`` (``[{"tag", "reason": "unknown"|"ambiguous", "concepts": [{"id", "en", "zh"}]}]``).
+    The item's own proposed tags are accepted as they are. A server without a concept graph
+    stores tags as given (it cannot tell a concept from a typo)."""
     check_invisible(body.caption, settings)
-    out = db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=body.tags, reasons=body.reasons)
+    tags = checked_tags(request, db, item_id, body.tags)
+    out = db.submit(user, item_id, body.decision, flag=body.flag, caption=body.caption, tags=tags, reasons=body.reasons)
     expected = _gold_feedback(db, user, item_id, settings)
     if expected:
         out.update(expected=expected, correct=expected == body.decision)

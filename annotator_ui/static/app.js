@@ -3,34 +3,47 @@
 // ordinary form submits). Loaded from this origin only (see the CSP header).
 (function () {
   "use strict";
-  var DRAFT = "rev-draft"; // {id, caption}: the caption being edited, kept across a refused post
+  var DRAFT = "rev-draft"; // {id, caption, tags}: the edits, kept across a refused post
   function button(id) { return document.getElementById(id); }
   function saveDraft() {
-    // why: a lost lease or an expired form refuses the post; the annotator's edit must survive it
+    // why: a lost lease, an expired form or a tag that is no concept refuses the post; the
+    // annotator's edits must survive it
     var form = document.getElementById("review-form");
     var cap = document.getElementById("caption");
+    var tags = document.getElementById("tags");
     if (!form || !cap) { return; }
+    var draft = { id: form.dataset.item };
+    if (cap.value !== cap.defaultValue) { draft.caption = cap.value; }
+    if (tags && tags.value !== tags.defaultValue) { draft.tags = tags.value; }
     try {
-      if (cap.value === cap.defaultValue) { sessionStorage.removeItem(DRAFT); }
-      else { sessionStorage.setItem(DRAFT, JSON.stringify({ id: form.dataset.item, caption: cap.value })); }
-    } catch (err) { /* storage off or full: the error page still shows the caption */ }
+      if (draft.caption === undefined && draft.tags === undefined) { sessionStorage.removeItem(DRAFT); }
+      else { sessionStorage.setItem(DRAFT, JSON.stringify(draft)); }
+    } catch (err) { /* storage off or full: the error page still shows the caption and tags */ }
+  }
+  function restoreNote(after, id, text) {
+    var note = document.createElement("p");
+    note.id = id;
+    note.className = "note";
+    note.textContent = text;
+    after.parentNode.insertBefore(note, after.nextSibling);
   }
   function restoreDraft() {
-    // the same item again (the lease was renewed or taken again): put the edit back; another
-    // item: forget it (a caption belongs to its image)
+    // the same item again (the lease was renewed or taken again): put the edits back; another
+    // item: forget them (a caption belongs to its image)
     var form = document.getElementById("review-form");
     var cap = document.getElementById("caption");
+    var tags = document.getElementById("tags");
     var draft = null;
     try { draft = JSON.parse(sessionStorage.getItem(DRAFT) || "null"); } catch (err) { return; }
     if (!form || !cap || !draft) { return; }
     if (draft.id !== form.dataset.item) { sessionStorage.removeItem(DRAFT); return; }
-    if (draft.caption !== cap.value) {
+    if (typeof draft.caption === "string" && draft.caption !== cap.value) {
       cap.value = draft.caption;
-      var note = document.createElement("p");
-      note.id = "draft-note";
-      note.className = "note";
-      note.textContent = "Your edited caption from before was restored.";
-      cap.parentNode.insertBefore(note, cap.nextSibling);
+      restoreNote(cap, "draft-note", "Your edited caption from before was restored.");
+    }
+    if (tags && typeof draft.tags === "string" && draft.tags !== tags.value) {
+      tags.value = draft.tags;
+      restoreNote(tags.parentNode, "draft-tags-note", "Your tags from before were restored.");
     }
   }
   function send(id) {
@@ -120,6 +133,8 @@
     if (fix) { fix.addEventListener("click", useFix); }
     var cap = document.getElementById("caption");
     if (cap) { cap.addEventListener("input", saveDraft); cap.addEventListener("input", checkInvisible); }
+    var tagField = document.getElementById("tags");
+    if (tagField) { tagField.addEventListener("change", saveDraft); }
     var img = document.getElementById("item-image");
     if (img) { img.addEventListener("click", toggleZoom); }
     var zoom = button("btn-zoom");

@@ -549,6 +549,63 @@ def test_tag_suggestions_from_the_queue_and_the_graph(env, tmp_path):
     assert [alice.get("/api/tags", params=b).status_code for b in bad] == [422] * len(bad)
 
 
+def test_decision_tags_must_be_concepts_of_the_graph_and_are_stored_as_ids(env, tmp_path):
+    """Audit: a tag that was no concept of the dataset's graph (a typo, a free word) was stored,
+    then did nothing when the decisions were applied. With a graph, the API and the form take a
+    concept id or a concept's exact English or Chinese name (any case) and store the id; an
+    unknown tag is a 422 that names it and offers close concepts, and nothing is stored. The
+    item's own proposed tags pass as they are; the history names the tags picked."""
+    app, db, rows = env
+    served = create_app(AppSettings(db_url=db.url, graph=_graph_dir(tmp_path)), db)
+    alice = login(served, "alice")
+    it = alice.get("/api/next").json()["item"]
+    url = f"/api/items/{it['id']}/decision"
+    r = alice.post(url, json={"decision": "keep", "tags": ["cat", "dgo"]})
+    assert r.status_code == 422 and r.json()["error"] == "UnknownTags", r.text
+    assert "unknown tag 'dgo': not a concept of the concept graph; close concepts: dog (wn:02084071)" in r.json()["detail"]
+    assert r.json()["tags"] == [{"tag": "dgo", "reason": "unknown", "concepts": [{"id": "wn:02084071", "en": "dog", "zh": "狗"}]}]
+    r = alice.post(url, json={"decision": "keep", "tags": ["zebra", "chai"]})
+    assert [(p["tag"], [c["id"] for c in p["concepts"]]) for p in r.json()["tags"]] == [("zebra", []), ("chai", ["wn:03001627"])]
+    assert db.decisions() == [] and db.counters()["decisions"] == 0
+    r = alice.post(url, json={"decision": "keep", "tags": ["Dog", "猫", "wn:03001627", " CHAIR ", "狗"]})
+    assert r.status_code == 200, r.text
+    assert db.decisions()[-1]["tags"] == ["wn:02084071", "wn:02121620", "wn:03001627"]  # ids, in order, once each
+    assert alice.post(url, json={"decision": "keep", "tags": ["wn:02084071", "wn:02121620", "wn:03001627"]}).json()["duplicate"]
+    page = alice.get(f"/history/{it['id']}").text  # names from the graph: the payload has none for them
+    assert (
+        'title="wn:03001627" data-id="wn:03001627">chair</span>' in page and 'data-id="wn:02084071">dog <span lang="zh">狗</span>' in page
+    )
+
+    # the form: a page that says which tag, keeps the caption and the tags as typed; then saved as ids
+    it = alice.get("/api/next").json()["item"]
+    html = {"accept": "text/html"}
+    form = {"action": "accept", "csrf": alice.headers["x-csrf-token"], "caption": "my edit", "tags": "cat, 狗, doge"}
+    r = alice.post(f"/annotate/{it['id']}", data=form, headers=html)
+    assert r.status_code == 422 and "text/html" in r.headers["content-type"], r.text[-800:]
+    assert "Unknown tags" in r.text and "unknown tag &#39;doge&#39;" in r.text and "dog (wn:02084071)" in r.text
+    assert 'id="kept-tags" value="cat, 狗, doge"' in r.text and "my edit</textarea>" in r.text
+    assert alice.post(f"/annotate/{it['id']}", data=form).json()["error"] == "UnknownTags"  # scripts: JSON
+    assert db.counters()["decisions"] == 1
+    r = alice.post(f"/annotate/{it['id']}", data={**form, "tags": "cat, 狗"}, follow_redirects=False)
+    assert r.status_code == 303 and db.decisions()[-1]["tags"] == ["wn:02121620", "wn:02084071"]
+
+    # the item's own proposal (a caption keyword mined without a graph) is accepted as it is
+    it = alice.get("/api/next").json()["item"]
+    with db.tx() as t:
+        p = json.loads(t.one("SELECT payload FROM items WHERE id = ?", (it["id"],))[0])
+        p["pseudo"] = {"decision": "keep", "tags": ["sofa", "cat"]}
+        t.exec("UPDATE items SET payload = ? WHERE id = ?", (json.dumps(p), it["id"]))
+    assert alice.post(f"/api/items/{it['id']}/decision", json={"decision": "keep", "tags": ["sofa", "pillow"]}).status_code == 422
+    assert alice.post(f"/api/items/{it['id']}/decision", json={"decision": "keep", "tags": ["sofa", "cat"]}).status_code == 200
+    assert db.decisions()[-1]["tags"] == ["sofa", "wn:02121620"]
+
+    # without a graph the server cannot tell a concept from a typo: tags are stored as given
+    bob = login(app, "bob")
+    it = bob.get("/api/next").json()["item"]
+    assert bob.post(f"/api/items/{it['id']}/decision", json={"decision": "keep", "tags": ["dgo"]}).status_code == 200
+    assert db.decisions()[-1]["tags"] == ["dgo"]
+
+
 def test_invisible_characters_are_stripped_by_default_or_rejected_by_setting(env):
     """Issue #16: a caption with a bidi override or a zero-width space is saved without them (the
     default), or, with ``invisible="reject"``, refused with a 422 that names each character (a

@@ -305,6 +305,41 @@ def test_tag_field_suggests_names_and_stores_ids(server, browser):
     assert db.decisions()[-1]["tags"] == ["wn:02121620", "wn:02084071"]
 
 
+def test_an_unknown_tag_is_refused_with_close_concepts_and_kept_for_the_retry(server, browser):
+    """Audit: a typo in the tags field was saved and then did nothing. Now the decision is
+    refused by a page that names the tag and the close concepts, keeps the tags as typed, and
+    the same item comes back with them; a name (English or Chinese) is saved as the id, and the
+    history shows the tags by name."""
+    base, store, db, rows, dbfile = server
+    page = browser.new_page()
+    _login(page, base)
+    item = page.get_attribute("#review-form", "data-item")
+    page.click("#tags")
+    page.keyboard.press("Control+a")
+    page.keyboard.type("cat, dgo")
+    page.keyboard.press("Escape")
+    with page.expect_navigation() as nav:
+        page.keyboard.press("a")
+    assert nav.value.status == 422 and page.text_content("h1").strip() == "Unknown tags"
+    message = page.text_content("#problem-message")
+    assert "unknown tag 'dgo'" in message and "dog (wn:02084071)" in message and "cat" not in message.split("(a tag")[0]
+    assert page.input_value("#kept-tags") == "cat, dgo" and db.decisions() == []
+    with page.expect_navigation():
+        page.click("#next-link")
+    assert page.get_attribute("#review-form", "data-item") == item  # still leased to her
+    assert page.input_value("#tags") == "cat, dgo" and page.is_visible("#draft-tags-note")
+    page.click("#tags")
+    page.keyboard.press("Control+a")
+    page.keyboard.type("Cat, 狗")
+    page.keyboard.press("Escape")
+    with page.expect_navigation():
+        page.keyboard.press("a")
+    assert page.url.startswith(base + "/?saved=")
+    assert db.decisions()[-1]["tags"] == ["wn:02121620", "wn:02084071"]
+    page.goto(f"{base}/history/{item}")
+    assert page.text_content("#hist-tags") == "cat 猫, dog 狗"
+
+
 @pytest.mark.parametrize("server", [{"gold_feedback": True, "gold_rate": 1.0}], indirect=True)
 def test_gold_feedback_line_after_a_decision_on_a_check_item(server, browser):
     """With gold feedback on, the saved line says the item was a check and what was expected."""

@@ -67,12 +67,49 @@ def test_a_mistyped_db_is_an_error_not_a_new_empty_database(ds, tmp_path, starte
     code, out = _run("add-user", "zed", "--dataset", ds, "--db", str(typo), "--password-stdin", stdin=PASSWORD + "\n")
     assert code == 2 and _says(out, "no review database at"), out
     assert not typo.parent.exists() and started == []  # no folder, no server, no Ray
-    # accounts may come before the first mine, in a folder that exists: the new file is announced
+    # accounts may come before the first mine, in a database asked for: the new file is announced
     new = tmp_path / "fresh.sqlite"
-    code, out = _run("add-user", "zed", "--dataset", ds, "--db", str(new), "--password-stdin", stdin=PASSWORD + "\n")
+    code, out = _run("add-user", "zed", "--dataset", ds, "--db", str(new), "--create", "--password-stdin", stdin=PASSWORD + "\n")
     assert code == 0 and _says(out, f"new review database at {new}") and _says(out, "user zed (annotator) ready"), out
     code, out = _run("serve", "--dataset", ds, "--db", str(new))
     assert code == 0 and [c[0] for c in started] == ["serve"], out
+
+
+def test_add_user_makes_a_new_database_only_in_the_default_place_or_when_told(ds, tmp_path, db_url):
+    """Audit: `add-user --db` with a mistyped path in a folder that exists (or a PostgreSQL
+    database that was never mined) made a new, empty review database and put the account there,
+    where no server looked. Now a --db must name a review database unless --create says to start
+    one; the dataset's default database is still made by the first add-user, before any mine."""
+    args = ("--dataset", ds, "--password-stdin")
+    code, out = _run("add-user", "zed", *args, "--db", db_url, stdin=PASSWORD + "\n")
+    assert code == 2, out
+    assert _says(out, "; run `curate review mine` first, or pass --create to start a new review database there"), out
+    assert _says(out, f"no review database at {db_url}") or db_url.startswith("postgresql://"), out
+    if not db_url.startswith("postgresql://"):
+        assert not (tmp_path / "review.sqlite").exists()
+    with pytest.raises(FileNotFoundError):  # nothing was made there
+        ReviewDB(db_url, create=False)
+    code, out = _run("add-user", "zed", *args, "--db", db_url, "--create", stdin=PASSWORD + "\n")
+    assert code == 0 and _says(out, "user zed (annotator) ready"), out
+    assert _says(out, "new review database at") == (not db_url.startswith("postgresql://")), out
+    code, out = _run("add-user", "amy", *args, "--db", db_url, stdin=PASSWORD + "\n")  # it exists now
+    assert code == 0 and not _says(out, "new review database") and _says(out, "user amy (annotator) ready"), out
+    rdb = ReviewDB(db_url, create=False)
+    assert {u["name"] for u in rdb.user_table()} == {"zed", "amy"}
+    rdb.close()
+
+
+def test_the_first_add_user_makes_the_datasets_default_database(ds, tmp_path):
+    """Without --db (or with the default path written out) the dataset's own database is made
+    on demand and announced: accounts may come before the first mine."""
+    default = tmp_path / "ds.lance" / "_curation" / "review" / "review.sqlite"
+    code, out = _run("add-user", "zed", "--dataset", ds, "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 0 and _says(out, f"new review database at {default}") and default.exists(), out
+    code, out = _run("add-user", "amy", "--dataset", ds, "--db", str(default), "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 0 and not _says(out, "new review database") and _says(out, "user amy (admin) ready"), out
+    default.unlink()
+    code, out = _run("add-user", "bo", "--dataset", ds, "--db", str(default), "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 0 and _says(out, f"new review database at {default}"), out  # the default, spelt out
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,8 @@ def test_accounts_are_made_from_stdin_listed_deactivated_and_reactivated(coco_st
     out = runner.invoke(app, ["review", "add-user", "alice", *common, "--password", PW])
     assert out.exit_code == 2 and "not taken from the command line" in out.output  # ps would show it
     for name in ("alice", "bob"):
-        out = runner.invoke(app, ["review", "add-user", name, *common, "--password-stdin"], input=PW + "\n")
+        # a new database outside the dataset's default place only when told (--create; a no-op the second time)
+        out = runner.invoke(app, ["review", "add-user", name, *common, "--create", "--password-stdin"], input=PW + "\n")
         assert out.exit_code == 0, out.output
     db = ReviewDB(db_url)
     alice = db.authenticate("alice", PW)
