@@ -9,7 +9,16 @@ import typer
 from rich.markup import escape
 
 from cli.common import AddressOpt, DatasetOpt, console, fail, open_store, start_ray
-from pipelines.graph import GraphBuildConfig, GraphTagConfig, GraphTagStage, ResampleStepConfig, build_graph, graph_problem, run_resample
+from pipelines.graph import (
+    GraphBuildConfig,
+    GraphTagConfig,
+    GraphTagStage,
+    ResampleStepConfig,
+    build_graph,
+    check_resample_request,
+    graph_problem,
+    run_resample,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -155,6 +164,10 @@ def register(app: typer.Typer) -> None:
         if problem:
             fail(problem)
         store = open_store(dataset)
+        try:  # the prior file too: a misspelt concept is one line at once, not after a cluster start
+            check_resample_request(store, cfg)
+        except (ResampleError, ValueError) as e:
+            fail(str(e))
         start_ray(address)
         try:
             results = run_resample(RunContext(store=store, overwrite=True), cfg)  # an explicit command recomputes

@@ -49,6 +49,10 @@ class TagConfig(BaseModel):
     wsd_intangible: float = Field(
         0.3, gt=0, le=1, description="prior factor of senses that are no tangible thing (groups, regions, events) in image captions"
     )
+    colloquial: bool = Field(True, description="everyday names WordNet lacks (graph/data/colloquial.jsonl: 'lab' the dog) as senses")
+    wsd_cue: float = Field(
+        10.0, ge=1, description="prior factor of a sense whose cue words (graph/data/colloquial.jsonl) are in the caption"
+    )
 
 
 class Tagger:
@@ -65,6 +69,10 @@ class Tagger:
         senses = noun_senses(WORDNET_DIR) if has_wn and (cfg.pos or cfg.wsd) else {}
         pos = self._pos_lexicon(WORDNET_DIR) if has_wn and cfg.pos else None
         extra = self._noun_phrase_terms(graph, pos, senses)
+        # everyday names: a word that already tags a concept gets one more sense to choose from
+        # (``_colloquial_senses``), a word that tags nothing becomes a term of its sense
+        self._colloquial_senses, self._cues = self._colloquial(graph, extra) if cfg.colloquial else ({}, {})
+        self._modifiers = {t: frozenset().union(*(b for b, _ in by.values())) for t, by in self._cues.items()}
         all_terms = [t for _, ts in graph.g.nodes(data="terms") for t in ts if not _is_the_name(t)]
         all_terms += [t for ts in extra.values() for t in ts]
         exc = noun_exceptions(WORDNET_DIR) if (WORDNET_DIR / "noun.exc").exists() else {}
@@ -103,6 +111,31 @@ class Tagger:
                 extra.setdefault(f"wn:{offs[0]}", []).append(lemma)
         return extra
 
+    @staticmethod
+    def _colloquial(graph: ConceptGraph, extra: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, tuple]]]:
+        """The entries of ``graph/data/colloquial.jsonl`` whose sense the graph has, as (name ->
+        offsets of the senses it adds: "lab" -> the Labrador retriever, to compete with the
+        laboratory; name -> {sense id: (before words, anywhere words)}). A name that tags no
+        concept of the graph ("yorkie") is added to ``extra`` as a term of its sense instead:
+        with nothing to compete with, it simply tags it."""
+        from graph.bm25 import normalise
+        from graph.colloquial import load_colloquial
+
+        tagged = {normalise(t) for _, ts in graph.g.nodes(data="terms") for t in ts}
+        tagged |= {normalise(t) for ts in extra.values() for t in ts}
+        senses: dict[str, list[str]] = {}
+        cues: dict[str, dict[str, tuple[frozenset[str], frozenset[str]]]] = {}
+        for e in load_colloquial():
+            if e.sense not in graph.g:
+                continue
+            if e.term in tagged:
+                senses.setdefault(e.term, []).append(e.sense[3:])
+            elif e.term not in extra.get(e.sense, ()):
+                extra.setdefault(e.sense, []).append(e.term)
+            if e.cues or e.before:
+                cues.setdefault(e.term, {})[e.sense] = (frozenset(e.before), frozenset(e.cues))
+        return senses, cues
+
     def _proper_names(self, graph: ConceptGraph) -> dict[int, list[str]]:
         """Concepts that are names (WordNet instances: Clarence Day, the City of London; terms
         like "the City") -> their terms as written. A name tags only where the caption writes it
@@ -130,7 +163,7 @@ class Tagger:
         Q = self.scorer.Q.tocsr()
         amb, cands, prior_keys = {}, {}, {}
         for tok, col in self.scorer.qcol.items():
-            offs, keys = _token_senses(tok, senses)
+            offs, keys = _token_senses(tok, senses, self._colloquial_senses)
             every = list(dict.fromkeys(f"wn:{o}" for o in offs))
             ids = [i for i in every if i in g.g]
             plain = [i for i in ids if index[i] not in self._names]
@@ -169,10 +202,22 @@ class Tagger:
         lex = lexname(nid)
         return 1.0 if not lex or lex in TANGIBLE_LEXNAMES else self.config.wsd_intangible
 
+    def tokens(self, text: str | None) -> list[str]:
+        """The caption's tokens (``Tokenizer.tokens``), with a word that qualifies an everyday
+        name as one of its senses ("a *chocolate* lab": a colour, ``before`` in
+        graph/data/colloquial.jsonl) marked ``~word``, as the tokenizer marks adjectives: it
+        tags nothing of its own (no chocolate in a photo of a dog)."""
+        toks = self.tokenizer.tokens(text)
+        if self._modifiers:
+            for k in range(1, len(toks)):
+                if toks[k - 1] in self._modifiers.get(toks[k], ()):
+                    toks[k - 1] = "~" + toks[k - 1]
+        return toks
+
     # --- corpus statistics ------------------------------------------------------------
     def count(self, texts: Iterable[str]) -> BM25Counts:
         """BM25 corpus counts over captions (empty captions are not documents)."""
-        return BM25Counts.from_tokens(self.tokenizer.tokens(x) for x in texts if x and x.strip())
+        return BM25Counts.from_tokens(self.tokens(x) for x in texts if x and x.strip())
 
     def fit(self, texts: Iterable[str]) -> Tagger:
         self.scorer.set_counts(self.count(texts))
@@ -182,7 +227,7 @@ class Tagger:
     def direct_scores(self, texts: Sequence[str]):
         """(texts x concepts) sparse BM25 scores, no propagation; an ambiguous lemma's BM25 weight
         goes to the sense the caption means (:mod:`graph.wsd`) instead of its first sense."""
-        docs = [self.tokenizer.tokens(t) for t in texts]
+        docs = [self.tokens(t) for t in texts]
         W = self.scorer.tf_weights(docs)
         S = (W @ self.scorer.Q).tocsr()
         if self.chooser is not None and W.nnz:
@@ -210,7 +255,7 @@ class Tagger:
         toks = list(self._amb)
         Wa = W[:, [self._amb[t][0] for t in toks]].tocoo()
         pairs = [(int(d), toks[k]) for d, k in zip(Wa.row, Wa.col)]
-        bias = [self._named_twice(tok, docs[d]) for d, tok in pairs]
+        bias = [self._context_bias(tok, docs[d]) for d, tok in pairs]
         chosen = self.chooser.choose(self._model_texts(texts, pairs), pairs, bias) if pairs else []
         index = {n: i for i, n in enumerate(self.ids)} if pairs else {}
         r, c, v = [], [], []
@@ -224,16 +269,34 @@ class Tagger:
                 r.append(d), c.append(p), v.append(w)
         return sp.csr_matrix((v, (r, c)), shape=(W.shape[0], len(self.ids)))
 
-    def _named_twice(self, tok: str, doc_tokens: Sequence[str]):
-        """A caption does not name one thing twice: in "a bathroom with a toilet", toilet is not
-        the room (whose synonyms include "bathroom", already said) but the fixture. Senses having
-        another word of the caption as a synonym are ruled out (``-inf``), unless all would be."""
+    def _context_bias(self, tok: str, doc_tokens: Sequence[str]):
+        """What the other words of the caption say about the senses of ``tok``, as additions to
+        their log prior (None: nothing):
+
+        - a caption does not name one thing twice: in "a bathroom with a toilet", toilet is not
+          the room (whose synonyms include "bathroom", already said) but the fixture. Senses
+          having another word of the caption as a synonym are ruled out (``-inf``), unless all
+          would be;
+        - cues (``graph/data/colloquial.jsonl``, one sense per collocation): a sense whose cue
+          words the caption has, right before the word or anywhere, is ``wsd_cue`` times likelier
+          ("a *yellow* lab", "a lab on a *leash*": the dog; "*scientists* working in a lab": the
+          laboratory). Evidence for the sentence model to weigh, not a rule, and only when it
+          singles out some senses, not all."""
         others = set(doc_tokens) - {tok}
         ids = self.chooser.candidates[tok]
+        out = np.zeros(len(ids))
         hit = [bool(others & self._sense_names(i)) for i in ids]
-        if not any(hit) or all(hit):
-            return None
-        return np.where(hit, -np.inf, 0.0)
+        if any(hit) and not all(hit):
+            out[np.asarray(hit)] = -np.inf
+        cues = self._cues.get(tok)
+        if cues:
+            words = {t.lstrip("~") for t in others}  # "~yellow": a colour adjective, still a cue
+            before = {doc_tokens[k - 1].lstrip("~") for k, t in enumerate(doc_tokens) if t == tok and k}
+            none = (frozenset(), frozenset())
+            cued = np.array([bool(before & cues.get(i, none)[0] or words & cues.get(i, none)[1]) for i in ids])
+            if cued.any() and not cued.all():
+                out[cued] += np.log(self.config.wsd_cue)
+        return out if out.any() else None
 
     def _sense_names(self, nid: str) -> set[str]:
         if nid not in self.graph.g:
@@ -340,15 +403,17 @@ def _written_as_name(text: str, terms: Sequence[str]) -> bool:
     return any((t in text) if has_cjk(t) else re.search(rf"\w\W+{re.escape(t)}\b", text) is not None for t in terms)
 
 
-def _token_senses(tok: str, senses: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+def _token_senses(tok: str, senses: dict[str, list[str]], colloquial: dict[str, list[str]] | None = None) -> tuple[list[str], list[str]]:
     """(noun offsets a query token may mean, the English lemmas whose sense counts are its prior;
-    [] = its own). "glasses" also competes as the plural of glass; 银行 means what "bank" means."""
+    [] = its own). "glasses" also competes as the plural of glass; 银行 means what "bank" means;
+    "lab" also means the dog (``colloquial``: graph/data/colloquial.jsonl, English words only)."""
     from graph.chinese import zh_noun_senses
     from graph.wsd import singulars
 
     if has_cjk(tok):
         return zh_noun_senses(tok, senses)
-    return [*senses.get(tok, ()), *(o for sg in singulars(tok) for o in senses.get(sg, ()))], []
+    own = [*senses.get(tok, ()), *(o for sg in singulars(tok) for o in senses.get(sg, ()))]
+    return [*own, *(colloquial or {}).get(tok, ())], []
 
 
 def _sense_text(g, nid: str, gloss: str) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "ResampleStage",
     "build_graph",
     "graph_problem",
+    "check_resample_request",
     "run_resample",
 ]
 
@@ -233,8 +234,12 @@ class GraphTagStage(Stage):
     def fingerprint(self) -> str:
         import hashlib
 
+        from graph.colloquial import colloquial_digest
+
         base = super().fingerprint()
         extra = f"{getattr(self, '_graph_digest', '')}:{getattr(self, '_bm25', {}).get('n_docs', '')}"
+        if self.config.colloquial:  # tags depend on the everyday-names file: an edit re-tags
+            extra += f":{colloquial_digest()}"
         return hashlib.sha1(f"{base}:{extra}".encode()).hexdigest()[:12]
 
     def setup(self) -> None:
@@ -343,21 +348,8 @@ class ResampleStage(Stage):
         return ConceptGraph.load(self.config.graph) if self.config.graph else None
 
     def _prior(self, graph, t) -> dict:
-        """The prior and its aliases. A prior concept that names nothing is refused (with a
-        graph: no node; without one: no tag in the data), since it would silently weigh nothing."""
-        from graph.resample import check_prior_concepts, read_prior
-
-        if self.config.prior == "uniform":
-            return {"prior": None, "aliases": None}
-        path = self.config.prior
-        prior = read_prior(path)
-        if graph is None:
-            seen = {c for ts in t.column("tag_concepts").to_pylist() for c in (ts or [])}
-            check_prior_concepts(path, seen.__contains__, "no concept id tagged in the data (pass --graph to name concepts by label)")
-            return {"prior": prior, "aliases": None}
-        aliases = {k: graph.resolve(k) for k in prior}
-        check_prior_concepts(path, lambda k: bool(aliases.get(k)))
-        return {"prior": prior, "aliases": aliases}
+        """The prior and its aliases (:func:`checked_prior`)."""
+        return checked_prior(self.config.prior, graph, t.column("tag_concepts").to_pylist())
 
     def _keep_result(self, t, use, why, res, graph) -> None:
         """Per-id (weight, copies, stage, left-out reason) for the workers; the rest for the report."""
@@ -400,6 +392,50 @@ class ResampleStage(Stage):
         return d
 
 
+def checked_prior(prior_path: str, graph, tags: list | None) -> dict:
+    """The prior file's weights and what each name resolves to, or a ``ResampleError`` naming
+    the file, line and concept of each name that matches nothing (with a graph: no node by id,
+    label or term; without one: no concept id in ``tags``, the trained-on rows' tag lists),
+    since such a concept would silently weigh nothing."""
+    from graph.resample import check_prior_concepts, read_prior
+
+    if prior_path == "uniform":
+        return {"prior": None, "aliases": None}
+    prior = read_prior(prior_path)
+    if graph is None:
+        seen = {c for ts in tags or [] for c in (ts or [])}
+        check_prior_concepts(prior_path, seen.__contains__, "no concept id tagged in the data (pass --graph to name concepts by label)")
+        return {"prior": prior, "aliases": None}
+    aliases = {k: graph.resolve(k) for k in prior}
+    check_prior_concepts(prior_path, lambda k: bool(aliases.get(k)))
+    return {"prior": prior, "aliases": aliases}
+
+
+def check_resample_request(store, cfg: ResampleStepConfig) -> None:
+    """What ``run_resample`` would refuse about the graph and the prior file, checked on the
+    driver from the dataset's columns, before Ray starts: a misspelt prior concept is one line
+    in a second, with the message the stage gives, not after a cluster start (and a tagging
+    run). Raises ``ValueError`` (``ResampleError`` for the prior)."""
+    from graph.concepts import ConceptGraph
+
+    problem = graph_problem(cfg.graph) if cfg.graph else None
+    if problem:
+        raise ValueError(problem)
+    names = store.open().schema.names
+    tagged = CONCEPT_TAGS.columns[0] in names
+    if cfg.auto_tag and not tagged and not cfg.graph:
+        raise ValueError("the dataset has no tag columns and no graph was given: pass --graph to tag it first")
+    if cfg.prior == "uniform":
+        return
+    if cfg.graph:
+        checked_prior(cfg.prior, ConceptGraph.load(cfg.graph), None)
+    elif tagged:  # the tags of the rows that will be trained on, as the stage reads them
+        t = store.open().to_table(columns=[CONCEPT_TAGS.columns[0], *(c for c in LEFT_OUT_COLUMNS if c in names)])
+        use = [ts for ts, w in zip(t.column(CONCEPT_TAGS.columns[0]).to_pylist(), left_out_reasons(t)) if w is None]
+        if use:  # no row to train on at all: the stage says that, the more basic problem
+            checked_prior(cfg.prior, None, use)
+
+
 def run_resample(ctx, cfg: ResampleStepConfig):
     """Tag if needed, compute weights (a committed stage), write the manifest and the report."""
     import pyarrow as pa
@@ -410,12 +446,8 @@ def run_resample(ctx, cfg: ResampleStepConfig):
 
     store = ctx.store
     results = []
-    problem = graph_problem(cfg.graph) if cfg.graph else None
-    if problem:
-        raise ValueError(problem)
+    check_resample_request(store, cfg)  # before any tagging or stage work
     if cfg.auto_tag and CONCEPT_TAGS.columns[0] not in store.open().schema.names:
-        if not cfg.graph:
-            raise ValueError("the dataset has no tag columns and no graph was given: pass --graph to tag it first")
         results.append(run_stage(store, GraphTagStage({"graph": cfg.graph}), show_progress=ctx.show_progress))
     stage = ResampleStage(cfg)
     res = run_stage(store, stage, overwrite=ctx.overwrite, show_progress=ctx.show_progress)
