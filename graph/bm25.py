@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graph.chinese import ZhSegmenter, has_cjk
+from graph.chinese import ZhSegmenter, has_cjk, zh_tagging_term
 
 __all__ = ["STOPWORDS", "normalise", "Tokenizer", "BM25Counts", "BM25Scorer"]
 
@@ -107,7 +107,7 @@ class Tokenizer:
         self._word_char: dict[str, str] = {}
         self._phrases = ahocorasick.Automaton()
         zh_words: list[str] = []
-        n_phr = 0
+        multi: list[list[str]] = []
         for term in terms:
             norm = normalise(term, max_chars)
             if not norm.strip():
@@ -123,15 +123,22 @@ class Tokenizer:
             if len(words) == 2:
                 self._pairs.add(" ".join(words))
             if len(words) > 1:
-                key = "".join(self._word_char.setdefault(w, chr(_CHAR0 + len(self._word_char))) for w in words)
-                if key not in self._phrases:
-                    self._phrases.add_word(key, (len(words), " ".join(words)))
-                    n_phr += 1
-        self._phrases.make_automaton() if n_phr else None
-        self._zh = ZhSegmenter(zh_words)
-        self._has_phrases = n_phr > 0
+                multi.append(words)
         # "gates" is Bill Gates' lemma, but in a caption it is the plural of gate
         self._proper_only = self.vocab - lower_seen
+        # a multi-word term is keyed by its words' lemmas, as caption words are: "dogs" is the
+        # dog in a caption, and "musical chairs" or "men's room" still join; terms that differ
+        # only in number ("x chair", "x chairs") share one token (``_canon``)
+        self._canon: dict[str, str] = {}
+        for words in multi:
+            phrase = " ".join(words)
+            key = "".join(self._word_char.setdefault(w, chr(_CHAR0 + len(self._word_char))) for w in map(self.lemma, words))
+            if key not in self._phrases:
+                self._phrases.add_word(key, (len(words), phrase))
+            self._canon[phrase] = self._phrases.get(key)[1]
+        self._phrases.make_automaton() if multi else None
+        self._zh = ZhSegmenter(zh_words)
+        self._has_phrases = bool(multi)
 
     def cut_zh(self, text: str) -> list[str]:
         """A Chinese run in words, concept terms kept whole (as tagging cuts it)."""
@@ -148,12 +155,18 @@ class Tokenizer:
         "hors" (a word of *hors d'oeuvre*) and "horse". A candidate that is a one-word term wins
         over a word that only occurs inside multi-word terms; between one-word terms ("vas" and
         "vase", "lens" and "lense") the one WordNet's tagged corpus uses more as a noun wins, and
-        the rule order breaks ties ("pinches" is a pinch, not a pinche)."""
+        the rule order breaks ties ("pinches" is a pinch, not a pinche). A word that is itself a
+        one-word term stays ("glasses"); one that only occurs inside multi-word terms ("dogs",
+        "chairs", "apples") is still reduced to a one-word singular: the multi-word terms are keyed
+        by lemmas too, so they match as well. Stopwords stay as they are ("does" is no doe)."""
         if word in self.exceptions:
             return self.exceptions[word]
-        if len(word) < 3 or (word in self.vocab and word not in self._proper_only):
+        if len(word) < 3 or word in STOPWORDS or word in self._single:
             return word
+        in_terms = word in self.vocab and word not in self._proper_only
         known = [c for c in self._plural_candidates(word) if c in self.vocab]
+        if in_terms and not any(c in self._single for c in known):
+            return word
         if not known:
             return word
         single = [c for c in known if c in self._single]
@@ -168,17 +181,20 @@ class Tokenizer:
         return list(dict.fromkeys(out))
 
     def term_token(self, term: str) -> str | None:
-        """The single token a concept term becomes; None for stopwords, one-letter terms, noise."""
+        """The single token a concept term becomes; None for stopwords, one-letter terms, noise,
+        and Chinese function words (``graph.chinese.zh_tagging_term``: 的 is no target)."""
         norm = normalise(term, self.max_chars)
         if has_cjk(norm):
-            return "".join(norm.split()) or None
+            word = "".join(norm.split())
+            return word if word and zh_tagging_term(word) else None
         words = [self._strip_possessive(m.group("word")) for m in _SEG_RE.finditer(norm) if m.group("word")]
         if not words:
             return None
         if len(words) == 1:
             w = words[0]
             return None if (w in STOPWORDS or len(w) < 2 or w.isdigit()) else w
-        return " ".join(words)
+        phrase = " ".join(words)
+        return self._canon.get(phrase, phrase)
 
     def _words(self, text: str) -> tuple[list[str], list[str], list[bool]]:
         """(tokens, lower-case surface forms, break-before flags: True after punctuation,

@@ -37,6 +37,8 @@ __all__ = [
     "zh_noun_senses",
     "english_rendering",
     "cilin_synonyms",
+    "ZH_STOPWORDS",
+    "zh_tagging_term",
     "add_zh_labels",
 ]
 
@@ -206,6 +208,43 @@ _FUNCTION_TAGS = frozenset("rpumqcdfxyeo")
 _LIGHT_VERBS = frozenset("有 是 在 为 着 了 把 被 让".split())
 
 
+# Words that never name a thing in a caption, whatever a dictionary attaches to them: particles
+# and light verbs, pronouns and demonstratives, measure words, numerals, relative positions. Most
+# are caught by jieba's part-of-speech table too; the list also covers words jieba tags otherwise
+# (的 is also "bull's-eye; target" in CC-CEDICT, 这 "this", 上 "on top").
+ZH_STOPWORDS = frozenset(
+    """的 地 得 之 了 着 过 吗 呢 吧 啊 呀 和 与 及 或 而 但 又 也 都 就 才 还 再 很 太 更 最 不 没 没有
+    是 有 在 为 于 以 把 被 让 给 对 向 从 到 由 将 其 这 那 此 该 每 各 某 个 只 张 条 件 位 匹 辆 块
+    次 根 棵 朵 颗 双 片 套 层 座 本 枚 幅 份 群 堆 排 串 束 副 种 类 部 道 顿 场 阵 番 遍 趟
+    一 二 三 四 五 六 七 八 九 十 百 千 万 两 几 多 少 上 下 里 中 内 外 前 后 左 右 旁 边 间 等 些 样
+    我 你 他 她 它 们 自己 一个 一只 一张 一些 这个 那个 这些 那些 一种 一样 一起 一直 正在 已经""".split()
+)
+
+
+def zh_tagging_term(word: str) -> bool:
+    """Whether a Chinese word may tag a concept. Not a function word (``ZH_STOPWORDS``, or a
+    word jieba's part-of-speech table files as a pronoun, preposition, particle, numeral, measure
+    conjunction, adverb, localiser, interjection...). Measure words that are also containers (杯,
+    碗, 盘: jieba's ``q``) stay; the classifiers that are only classifiers are in the list. jieba
+    gives one tag a word, its commonest use, so for words of two or more characters its adverbs
+    stay (相机 is "camera" and, as 相机行事, an adverb); the common adverbs are in the list."""
+    if word in ZH_STOPWORDS:
+        return False
+    tag = _word_tags().get(word, "")[:1]
+    return not tag or tag not in _FUNCTION_TAGS or tag == "q" or (tag == "d" and len(word) > 1)
+
+
+def _single_char_means(word: str, term: str) -> bool:
+    """A lone character is the most polysemous kind of Chinese word: it labels a concept only
+    when jieba files it as a noun (狗, 马, 钟) or the concept is one of its first two dictionary
+    meanings (车 car, 花 flower, 鸟 bird; not 的 "bull's-eye", its fifth)."""
+    if len(word) > 1:
+        return True
+    if _word_tags().get(word, "")[:1] == "n":
+        return True
+    return any(term in m for m in cedict_zh_to_en().get(word, ())[:2])
+
+
 @lru_cache(maxsize=1)
 def _word_tags() -> dict[str, str]:
     """jieba's word -> part-of-speech table (its dictionary's third column)."""
@@ -240,8 +279,11 @@ def cilin_synonyms() -> dict[str, list[str]]:
 
 
 def best_zh(term: str) -> str | None:
-    """The Chinese word CC-CEDICT gives for an English term, or None."""
-    cands = cedict_en_to_zh().get(term.lower())
+    """The Chinese word CC-CEDICT gives for an English term, or None. Never a function word
+    (``zh_tagging_term``: 的 is listed as "target", but it is the possessive particle), nor a
+    single character whose main meanings are others (``_single_char_means``)."""
+    term = term.lower()
+    cands = [pc for pc in cedict_en_to_zh().get(term, ()) if zh_tagging_term(pc[1]) and _single_char_means(pc[1], term)]
     if not cands:
         return None
     return min(cands, key=lambda pc: (pc[0], -jieba_freq(pc[1]), len(pc[1]), pc[1]))[1]
@@ -252,10 +294,14 @@ def add_zh_labels(graph: ConceptGraph, *, synonyms: bool = True, max_synonyms: i
     the label plus a few Cilin synonyms to its tagging terms. Returns how many nodes gained one.
 
     Only a node's own ``terms`` are translated (a lemma's most frequent sense), so 狗 lands on
-    the animal and not on every sense of "dog"."""
+    the animal and not on every sense of "dog". A Cilin synonym is added only if it shares the
+    concept's sense: CC-CEDICT translates it to one of the node's English terms, or to an English
+    noun with the node's WordNet synset among its senses. Cilin groups words by any meaning, so
+    拉拉 (a Labrador) has 拉扯 and 拉开 ("pull") as synonyms, and 革命 (revolution) has 红色 (red)."""
     if not cedict_en_to_zh():
         return 0
     syn = cilin_synonyms() if synonyms else {}
+    senses = _wordnet_senses() if syn else {}
     added = 0
     for _nid, a in graph.g.nodes(data=True):
         if a["label_zh"]:
@@ -265,10 +311,28 @@ def add_zh_labels(graph: ConceptGraph, *, synonyms: bool = True, max_synonyms: i
             continue
         a["label_zh"] = zh
         # single characters are too polysemous in Cilin (象: elephant, phenomenon, shape)
-        same = [w for w in syn.get(zh, []) if len(w) > 1][:max_synonyms] if len(zh) > 1 else []
+        cands = [w for w in syn.get(zh, []) if len(w) > 1 and zh_tagging_term(w)] if len(zh) > 1 else []
+        same = [w for w in cands if _same_sense(w, _nid, a["terms"], senses)][:max_synonyms]
         extra = [zh, *same]
         a["aliases"] = list(dict.fromkeys([*a["aliases"], *extra[1:]]))
         a["terms"] = list(dict.fromkeys([*a["terms"], *extra]))
         added += 1
     graph._term_index = None
     return added
+
+
+def _wordnet_senses() -> dict[str, list[str]]:
+    """WordNet's lemma -> noun offsets (for the synonym check); {} without WordNet."""
+    from graph.wordnet import WORDNET_DIR, noun_senses
+
+    return noun_senses(WORDNET_DIR) if (WORDNET_DIR / "index.noun").exists() else {}
+
+
+def _same_sense(word: str, nid: str, terms: list[str], senses: dict[str, list[str]]) -> bool:
+    """Whether the Chinese ``word`` can mean the concept ``nid``: one of its CC-CEDICT meanings
+    is an English term of the node, or an English noun with the node's synset among its senses."""
+    english = {t.lower() for t in terms if not has_cjk(t)}
+    alts = {a for m in cedict_zh_to_en().get(word, ()) for a in m}
+    if alts & english:
+        return True
+    return nid.startswith("wn:") and any(nid[3:] in senses.get(a, ()) for a in alts)

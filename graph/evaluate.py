@@ -28,7 +28,17 @@ if TYPE_CHECKING:
     from graph.concepts import ConceptGraph
     from graph.tagging import Tagger
 
-__all__ = ["DATA_DIR", "direct_tag_sets", "load_coco", "load_categories", "load_judged", "category_recall", "judged_precision", "evaluate"]
+__all__ = [
+    "DATA_DIR",
+    "direct_tag_sets",
+    "load_coco",
+    "load_categories",
+    "load_judged",
+    "category_recall",
+    "judged_precision",
+    "judged_zh",
+    "evaluate",
+]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -152,3 +162,57 @@ def evaluate(tagger: Tagger, coco_dir: str | Path, *, categories=None, judged=No
     rec = category_recall(tagger.graph, direct_tag_sets(tagger, rows), rows, objects, categories or load_categories())
     prec = judged_precision(tagger, judged if judged is not None else load_judged())
     return {"recall": rec, "precision": prec}
+
+
+def judged_zh(tagger: Tagger, fit_texts: Sequence[str] = (), path: str | Path | None = None) -> dict:
+    """Precision and recall on the judged Chinese captions (``graph/data/judged_zh.jsonl``).
+
+    The tagger is refitted on ``fit_texts`` plus these captions for the measurement (a word no
+    fitted caption contains has no idf and tags nothing) and its statistics restored after.
+    Recall: expected concepts with a direct tag on them or on a descendant; precision: direct
+    tags judged correct (expected or ``correct``) over those judged; unjudged tags listed."""
+    import networkx as nx
+
+    rows = load_judged(path or DATA_DIR / "judged_zh.jsonl")
+    captions = [r["caption"] for r in rows]
+    state = tagger.scorer.state()
+    try:
+        tagger.fit([*fit_texts, *captions])
+        tags = direct_tag_sets(tagger, [[c] for c in captions])
+    finally:
+        tagger.scorer.load_state(state)
+    g = tagger.graph.g
+    expected = found = correct = wrong = 0
+    misses: list[dict] = []
+    wrong_rows: list[dict] = []
+    unjudged: list[dict] = []
+    for r, ts in zip(rows, tags):
+        for e in r["expected"]:
+            hit = e in ts or bool(e in g and nx.descendants(g, e) & ts)
+            expected += 1
+            found += hit
+            if not hit:
+                misses.append({"caption": r["caption"], "concept": e, "label_en": r.get("labels", {}).get(e, e)})
+        ok, bad = {*r["expected"], *r.get("correct", ())}, set(r.get("wrong", ()))
+        for t in sorted(ts):
+            row = {"caption": r["caption"], "concept": t, "label_en": tagger.graph.label(t)}
+            if t in ok:
+                correct += 1
+            elif t in bad:
+                wrong += 1
+                wrong_rows.append(row)
+            else:
+                unjudged.append(row)
+    judged_n = correct + wrong
+    return {
+        "captions": len(rows),
+        "expected": expected,
+        "found": found,
+        "recall": round(found / expected, 4) if expected else 0.0,
+        "judged": judged_n,
+        "correct": correct,
+        "precision": round(correct / judged_n, 4) if judged_n else 0.0,
+        "misses": misses,
+        "wrong": wrong_rows,
+        "unjudged": unjudged,
+    }
