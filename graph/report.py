@@ -85,7 +85,8 @@ def resample_report(
             "title": "Summary",
             "table": summary,
             "plot": plots,
-            "text": "Entropy of the concept marginal (higher = more even), max/median concept frequency "
+            "text": "Before: the rows resampled as they are (one copy each, real concept counts); after: the expected "
+            "copies at the target size. Entropy of the concept marginal (higher = more even), max/median concept frequency "
             "(lower = flatter), coverage = share of balanced concepts with at least one expected row.",
         },
         {"title": "Head concepts (most frequent before)", "table": head},

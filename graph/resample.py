@@ -149,8 +149,15 @@ def _incidence(
     return list(col), S
 
 
+def _count(x: float, digits: int = 2) -> int | float:
+    """A row count as an integer when it is one (``np.ones`` copies, integral targets), else rounded."""
+    return int(round(x)) if abs(x - round(x)) < 1e-6 else round(x, digits)
+
+
 def marginal_metrics(expected: np.ndarray, B: sp.csr_matrix, concepts: list[str], top: int = 10) -> dict:
-    """Concept frequencies under ``expected`` copies: entropy, max/median, coverage, head/tail."""
+    """Concept frequencies under ``expected`` copies: entropy, max/median, coverage, head/tail.
+    With ``expected`` all ones these are the dataset's own counts ("before"); rows and counts
+    that are whole numbers are integers."""
     f = np.asarray(B.T @ expected).ravel()
     present = f > 0
     k = int(present.sum())
@@ -164,9 +171,9 @@ def marginal_metrics(expected: np.ndarray, B: sp.csr_matrix, concepts: list[str]
         "entropy": round(h, 4),
         "entropy_normalised": round(h / np.log(k), 4) if k > 1 else 0.0,
         "max_over_median": round(float(f.max() / np.median(f[present])), 3) if k else 0.0,
-        "rows": round(float(expected.sum()), 3),
-        "head": [(concepts[i], round(float(f[i]), 2)) for i in order[:top]],
-        "tail": [(concepts[i], round(float(f[i]), 2)) for i in order[::-1][:top] if f[i] > 0][::-1],
+        "rows": _count(float(expected.sum()), 3),
+        "head": [(concepts[i], _count(float(f[i]))) for i in order[:top]],
+        "tail": [(concepts[i], _count(float(f[i]))) for i in order[::-1][:top] if f[i] > 0][::-1],
         "frequencies": f.round(4).tolist(),
     }
 
@@ -284,7 +291,7 @@ def _resample_cap(B, concepts: list[str], tagged: np.ndarray, target: float, cfg
     e = probs(t)
     if cfg.target_size and abs(e.sum() - target) > 0.5:
         e = _cap_bounded(e, target, 1.0)
-    before = marginal_metrics(np.ones(n) * (target / n), B, concepts)
+    before = marginal_metrics(np.ones(n), B, concepts)  # the dataset as it is: one copy of each row
     copies = systematic_copies(e, cfg.seed)
     return ResampleResult(e, copies, concepts, B, before, marginal_metrics(e, B, concepts), cap_t=float(t))
 
@@ -337,6 +344,6 @@ def _resample_balance(S, B, concepts, tagged, target: float, cfg: ResampleConfig
     e = _cap_bounded(w, target, cfg.max_upsample)
     copies = systematic_copies(e, cfg.seed)
     kept = [c for c, b in zip(concepts, balanced) if b]
-    before = marginal_metrics(np.ones(n) * (target / n), Bb, kept)
+    before = marginal_metrics(np.ones(n), Bb, kept)  # the dataset as it is: one copy of each row
     after = marginal_metrics(e, Bb, kept)
     return ResampleResult(e, copies, kept, Bb.tocsr(), before, after)

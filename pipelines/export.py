@@ -18,6 +18,8 @@ and write Lance fragments; a few more reasons are found there (no_image, unreada
 too_small, extreme_aspect, no_caption). The driver commits the fragments once, with a provenance
 manifest (source URI and version, config, counts) in the shard's schema metadata and next to it.
 Every source row is accounted for: kept, or in ``_curation/export/excluded.parquet`` with its reason.
+``default_exclusions`` gives the same reasons from the columns alone (no images): resampling uses
+it to give copies only to rows export keeps.
 """
 
 from __future__ import annotations
@@ -44,7 +46,19 @@ from curation.runner import Checkpoints, StageResult, console, execute_resumable
 from curation.stage import StageConfig, Stats
 from curation.store import Store
 
-__all__ = ["ExportError", "ExportRule", "ExportConfig", "Roles", "resolve_roles", "select_rows", "bucket_of", "shard_rows", "export"]
+__all__ = [
+    "ExportError",
+    "ExportRule",
+    "ExportConfig",
+    "Roles",
+    "resolve_roles",
+    "select_rows",
+    "default_exclusions",
+    "size_reason",
+    "bucket_of",
+    "shard_rows",
+    "export",
+]
 
 WEIGHT_COLUMNS = ("rs_weight", "sampling_weight", "weight")
 CURRICULUM_COLUMNS = ("rs_stage", "curriculum_stage", "prof_curriculum")
@@ -314,6 +328,37 @@ def select_rows(ds, cfg: ExportConfig, roles: Roles, store: Store | None = None)
     return keep, reason, notes
 
 
+def default_exclusions(ds, cfg: ExportConfig | None = None) -> np.ndarray:
+    """Why export would leave out each row of ``ds`` (dataset order; None: it keeps the row), with
+    ``cfg`` or export's default config, as far as the columns tell without reading images: the
+    selection of :func:`select_rows` (errors, duplicates, review, rules) and then the workers' row
+    checks that the ``width``/``height`` (else ``prof_width``/``prof_height``) and caption columns
+    decide (``too_small``, ``extreme_aspect``, ``no_caption``, as :func:`_shard_row` names them).
+    Not applied: the sampling weight (``zero_weight``: resampling is what sets it) and rules naming
+    an absent column (export refuses or skips those; they drop no row). Why: resampling gives
+    copies only to rows export keeps, so its ``--target-size`` is the size of the trained set."""
+    cfg = cfg or ExportConfig(out="")
+    cfg = cfg.model_copy(update={"rules": [r.model_copy(update={"optional": True}) for r in cfg.rules]})
+    roles = resolve_roles(ds.schema, cfg).model_copy(update={"weight": None})
+    _, reason, _ = select_rows(ds, cfg, roles)
+    names = ds.schema.names
+    cols = [c for c in ("width", "height", "prof_width", "prof_height", "captions", roles.review_caption) if c and c in names]
+    t = ds.to_table(columns=list(dict.fromkeys(cols)))
+
+    def column(*options: str) -> list:
+        got = [t.column(c).to_pylist() for c in options if c in t.schema.names]
+        return [next((v for v in vals if v is not None), None) for vals in zip(*got)] if got else [None] * t.num_rows
+
+    for i, (w, h, row) in enumerate(zip(column("width", "prof_width"), column("height", "prof_height"), t.to_pylist())):
+        if reason[i] is not None:
+            continue
+        if w and h and (why := size_reason(w, h, cfg)):
+            reason[i] = why
+        elif "captions" in t.schema.names and not _shard_captions(row, cfg, roles):
+            reason[i] = "no_caption"
+    return reason
+
+
 # --- shard rows (worker, pure) ---------------------------------------------------------------
 
 
@@ -445,11 +490,9 @@ def _shard_row(row: dict, cfg: ExportConfig, roles: Roles, count_tokens, counts:
     if img.converted is not None and counts is not None:
         counts[f"reencoded_{img.converted}"] += 1
     w, h = img.width, img.height
-    if min(w, h) < cfg.min_side:
-        return "too_small"
-    res, bw, bh, kept = bucket_of(w, h, cfg)
-    if kept < cfg.min_kept_fraction:
-        return "extreme_aspect"
+    if why := size_reason(w, h, cfg):
+        return why
+    res, bw, bh, _ = bucket_of(w, h, cfg)
     caps = _shard_captions(row, cfg, roles)
     if not caps:
         return "no_caption"
@@ -469,6 +512,15 @@ def _shard_row(row: dict, cfg: ExportConfig, roles: Roles, count_tokens, counts:
         "weight": 1.0 if weight is None else float(weight),
         "curriculum_stage": None if stage is None else int(stage),
     }
+
+
+def size_reason(width: int, height: int, cfg: ExportConfig) -> str | None:
+    """Why an image of this size is left out (``too_small``, ``extreme_aspect``), None if it is not."""
+    if min(width, height) < cfg.min_side:
+        return "too_small"
+    if bucket_of(width, height, cfg)[3] < cfg.min_kept_fraction:
+        return "extreme_aspect"
+    return None
 
 
 def _shard_captions(row: dict, cfg: ExportConfig, roles: Roles) -> list[dict]:
@@ -703,7 +755,10 @@ def export(
     roles = resolve_roles(ds.schema, cfg)
     keep, reason, notes = select_rows(ds, cfg, roles, store=src)
     ids = ds.to_table(columns=["id"]).column("id").to_pylist()
-    console.print(f"export: {len(keep):,} of {len(reason):,} rows selected from {src.uri} v{version}", markup=False)
+    console.print(
+        f"export: {len(keep):,} of {len(reason):,} rows of {src.uri} v{version} pass the column checks; the workers check their images",
+        markup=False,
+    )
     for note in notes:
         console.print(f"  [yellow]{escape(note)}[/]")
     if not len(keep):
@@ -716,6 +771,8 @@ def export(
     by_reason = Counter(_reason_key(r) for r in excluded_reasons)
     reencoded = {k.removeprefix("reencoded_"): v for k, v in sorted(worker_stats.counters.items()) if k.startswith("reencoded_")}
     kept_rows = sum(f.physical_rows for f in frags)
+    top = ", ".join(f"{k} {v}" for k, v in by_reason.most_common(6))
+    console.print(f"export: {kept_rows:,} of {len(reason):,} rows kept, {len(excluded_ids):,} excluded ({top or 'none'})", markup=False)
     if kept_rows == 0:
         ckpt.clear()
         _refuse_empty(cfg, by_reason)

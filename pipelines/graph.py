@@ -24,11 +24,13 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import Field
 
+from curation.errors import UserError
 from curation.registry import register_stage, register_step
 from curation.schema import CONCEPT_TAGS, RESAMPLE
 from curation.stage import Resources, Stage, StageConfig
 
 __all__ = [
+    "GraphError",
     "GraphBuildConfig",
     "GraphTagConfig",
     "ResampleStepConfig",
@@ -39,6 +41,12 @@ __all__ = [
     "check_resample_request",
     "run_resample",
 ]
+
+
+class GraphError(UserError, ValueError):
+    """A graph job the user's input or dataset cannot serve (no graph at the path, an empty graph,
+    no source of concepts, missing tag columns); the message says what to run or pass. A
+    ``UserError``: the CLI prints it as one line inside ``curate run`` as well."""
 
 
 # --- build ------------------------------------------------------------------------------------
@@ -97,7 +105,7 @@ class _Phases:
 def _check_sources(cfg: GraphBuildConfig) -> None:
     """Refuse a build with no source of concepts (Chinese labels only label existing nodes)."""
     if not (cfg.wordnet or cfg.user_files or cfg.links or cfg.mine_from is not None):
-        raise ValueError("nothing to build the graph from: keep WordNet or give --user, --links or --mine-from")
+        raise GraphError("nothing to build the graph from: keep WordNet or give --user, --links or --mine-from")
 
 
 def build_graph(cfg: GraphBuildConfig, store=None, log=print):
@@ -110,7 +118,7 @@ def build_graph(cfg: GraphBuildConfig, store=None, log=print):
     g = _merge_sources(ConceptGraph(), cfg, store, report, ph)
     g.finalize()
     if len(g) == 0:
-        raise ValueError(f"the sources gave no concepts, so no graph was saved to {cfg.out}")
+        raise GraphError(f"the sources gave no concepts, so no graph was saved to {cfg.out}")
     ph.done(f"checked: {len(g):,} nodes, {g.g.number_of_edges():,} edges")
     g.save(cfg.out, graphml=cfg.graphml)
     ph.done(f"wrote nodes and edges (Parquet{' + GraphML' if cfg.graphml else ''})")
@@ -162,7 +170,7 @@ def _merge_mined_tags(g, cfg: GraphBuildConfig, store, log) -> dict:
 
     src = Store(cfg.mine_from) if cfg.mine_from else store
     if src is None or not src.exists():
-        raise ValueError(f"mine_from: no dataset at {cfg.mine_from!r}")
+        raise GraphError(f"mine_from: no dataset at {cfg.mine_from!r}")
     texts = _captions_of(src)
     nouns = noun_lemmas(Path(cfg.wordnet_dir))
     tok = Tokenizer(nouns, exceptions=noun_exceptions(Path(cfg.wordnet_dir)))
@@ -223,7 +231,7 @@ class GraphTagStage(Stage):
         """BM25 statistics need the whole corpus: count once here, ship only idf to workers."""
         problem = graph_problem(self.config.graph)
         if problem:  # an empty graph would blank every row's tags
-            raise ValueError(problem)
+            raise GraphError(problem)
         meta = json.loads((Path(self.config.graph) / "meta.json").read_text()) if (Path(self.config.graph) / "meta.json").exists() else {}
         tagger = self._tagger()
         caps = _caption_texts(dataset.to_table(columns=["captions"]).column("captions").to_pylist())
@@ -274,32 +282,26 @@ class ResampleStepConfig(ResampleConfig, StageConfig):
     auto_tag: bool = Field(True, description="run graph_tag first when the tag columns are missing")
 
 
-# the columns that say a row will not be trained on (pipelines/export.py decides the same way)
-LEFT_OUT_COLUMNS = ("error", "prof_error", "exact_dup_of", "dup_keep")
+def left_out_reasons(ds) -> np.ndarray:
+    """Why each row of the Lance dataset ``ds`` will not be trained on (None: it will be), as
+    export's default checks decide it (``pipelines.export.default_exclusions``: errors,
+    duplicates, review rejects, the default rules such as ``nsfw``, too small or extreme images,
+    no caption), each as a short label (``error``, ``duplicate``, ``rule:nsfw``, ``too_small``...).
+    Why: copies given to such rows are lost at export (the trained set ends up below
+    ``--target-size``) and their concepts skew the balance."""
+    from pipelines.export import default_exclusions
+
+    return np.array([None if r is None else _left_out_label(r) for r in default_exclusions(ds)], dtype=object)
 
 
-def left_out_reasons(t) -> np.ndarray:
-    """Why each row of ``t`` will not be trained on (None: it will be), as export's default checks
-    decide it and in their order: an ingest error, a decode error, an exact copy that dedup has
-    not judged, a duplicate that dedup drops. Why: copies given to such rows are lost at export
-    (the trained set ends up far below ``--target-size``) and their concepts skew the balance."""
-    import pyarrow.compute as pc
-
-    names, n = t.schema.names, t.num_rows
-    why = np.full(n, None, dtype=object)
-
-    def valid(col: str) -> np.ndarray:
-        return pc.is_valid(t.column(col)).to_numpy(zero_copy_only=False) if col in names else np.zeros(n, bool)
-
-    def mark(mask: np.ndarray, label: str) -> None:
-        why[(why == None) & mask] = label  # noqa: E711 (elementwise)
-
-    mark(valid("error"), "error")
-    mark(valid("prof_error"), "decode_error")
-    mark(valid("exact_dup_of") & ~valid("dup_keep"), "exact_duplicate")
-    if "dup_keep" in names:
-        mark(~pc.fill_null(t.column("dup_keep"), True).to_numpy(zero_copy_only=False), "duplicate")
-    return why
+def _left_out_label(reason: str) -> str:
+    """Export's reason as counted here: details dropped (``error: truncated`` -> ``error``), every
+    kind of duplicate one label, a rule by its name (``rule:nsfw``)."""
+    if reason.startswith("rule:"):
+        return reason
+    if reason == "near_duplicate" or reason.startswith("duplicate"):
+        return "duplicate"
+    return reason.split(":", 1)[0]
 
 
 @register_stage
@@ -321,11 +323,10 @@ class ResampleStage(Stage):
         cfg = self.config
         missing = [c for c in CONCEPT_TAGS.columns if c not in dataset.schema.names]
         if missing:
-            raise ValueError(f"resample needs the tag columns {missing}: run `curate graph tag --dataset ... --graph ...` first")
-        names = dataset.schema.names
-        extra = [c for c in (cfg.curriculum_column, *LEFT_OUT_COLUMNS) if c in names]
+            raise GraphError(f"resample needs the tag columns {missing}: run `curate graph tag --dataset ... --graph ...` first")
+        extra = [c for c in (cfg.curriculum_column,) if c in dataset.schema.names]
         t = dataset.to_table(columns=["id", "captions", *CONCEPT_TAGS.columns, *extra])
-        why = left_out_reasons(t)
+        why = left_out_reasons(dataset)
         self.left_out = dict(sorted(Counter(w for w in why if w).items()))
         use = t.take(np.flatnonzero(why == None))  # noqa: E711 (elementwise)
         if use.num_rows == 0:
@@ -415,23 +416,24 @@ def check_resample_request(store, cfg: ResampleStepConfig) -> None:
     """What ``run_resample`` would refuse about the graph and the prior file, checked on the
     driver from the dataset's columns, before Ray starts: a misspelt prior concept is one line
     in a second, with the message the stage gives, not after a cluster start (and a tagging
-    run). Raises ``ValueError`` (``ResampleError`` for the prior)."""
+    run). Raises ``GraphError`` (``ResampleError`` for the prior), both user errors."""
     from graph.concepts import ConceptGraph
 
     problem = graph_problem(cfg.graph) if cfg.graph else None
     if problem:
-        raise ValueError(problem)
+        raise GraphError(problem)
     names = store.open().schema.names
     tagged = CONCEPT_TAGS.columns[0] in names
     if cfg.auto_tag and not tagged and not cfg.graph:
-        raise ValueError("the dataset has no tag columns and no graph was given: pass --graph to tag it first")
+        raise GraphError("the dataset has no tag columns and no graph was given: pass --graph to tag it first")
     if cfg.prior == "uniform":
         return
     if cfg.graph:
         checked_prior(cfg.prior, ConceptGraph.load(cfg.graph), None)
     elif tagged:  # the tags of the rows that will be trained on, as the stage reads them
-        t = store.open().to_table(columns=[CONCEPT_TAGS.columns[0], *(c for c in LEFT_OUT_COLUMNS if c in names)])
-        use = [ts for ts, w in zip(t.column(CONCEPT_TAGS.columns[0]).to_pylist(), left_out_reasons(t)) if w is None]
+        ds = store.open()
+        tags = ds.to_table(columns=[CONCEPT_TAGS.columns[0]]).column(0).to_pylist()
+        use = [ts for ts, w in zip(tags, left_out_reasons(ds)) if w is None]
         if use:  # no row to train on at all: the stage says that, the more basic problem
             checked_prior(cfg.prior, None, use)
 
