@@ -10,7 +10,7 @@ Two figures, both on COCO-mini (80 photos, five human captions each, COCO instan
   ("puppy" finds dog). A category whose synsets are not in the graph cannot be found: that is
   the pruning's fault and counts as a miss.
 - **precision on a judged sample**: ``graph/data/judged_tags.jsonl`` holds (caption, concept)
-  pairs judged by reading the caption and the concept's gloss (see ``graph/data/README.md``).
+  pairs judged by reading the caption and the concept's gloss (how: the comment lines at the head of that file).
   Every caption of the file is tagged on its own; each direct tag is looked up. Tags nobody
   has judged are reported (``unjudged``), not guessed: judge them and add them to the file.
 """

@@ -43,9 +43,10 @@ def hostile_run(tmp_path_factory, coco_dir, ray_session):
             {"stage": "dedup"},
             {"stage": "graph_build", "params": {"out": str(tmp / "graph"), "visual_only": True, "zh": False, "graphml": False}},
             {"stage": "graph_tag", "params": {"graph": str(tmp / "graph")}},
-            # a small target: resampling counts only rows that are trained on (kept by dedup,
-            # decoded), and the hostile corpus is mostly copies of one photo and broken files
-            {"stage": "resample", "params": {"graph": str(tmp / "graph"), "target_size": 10}},
+            # no target size: as many rows as export would keep. Resampling counts only rows that
+            # are trained on (every default export check), and the hostile corpus is mostly
+            # copies of one photo, broken files and images too small to train on
+            {"stage": "resample", "params": {"graph": str(tmp / "graph")}},
             {"stage": "review_mine", "params": {"n": 10, "db": str(tmp / "review.db")}},
             {"stage": "export", "params": {"out": str(tmp / "shards"), "resolution": 256}},
             {
