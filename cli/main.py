@@ -45,6 +45,7 @@ def main() -> None:
             err_console.print(f"[dim]Ray and native library messages of this run: {escape(str(log))}[/]")
         if e.code == 130:  # Typer turns Ctrl-C (KeyboardInterrupt) into Exit(130) before we see it
             _interrupted()
+        _shutdown_ray()  # the command ended on its own (not interrupted): no late Ctrl-C traceback
         raise
     except KeyboardInterrupt:  # Ctrl-C outside Typer's own handler (start-up, teardown)
         _interrupted()
@@ -54,13 +55,13 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {first}')}")
         err_console.print(f"[dim]this is a bug in zcurate or an input it did not foresee; the traceback is in {escape(where)}[/]")
         sys.exit(1)
-    finally:
-        _shutdown_ray()
 
 
 def _shutdown_ray() -> None:
-    """Stop Ray here with Ctrl-C ignored: left to Ray's own atexit hook, a Ctrl-C pressed as the
-    command ends interrupts that hook and prints a traceback after the work was committed."""
+    """Stop Ray here with Ctrl-C ignored once a command has ended on its own: left to Ray's own
+    atexit hook, a Ctrl-C pressed as the command ends interrupts that hook and prints a traceback
+    after the work was committed. An interrupted command leaves Ray to that hook, as before (its
+    own processes got the same Ctrl-C)."""
     if "ray" not in sys.modules:
         return
     import signal
