@@ -471,7 +471,7 @@ _RAW_NAME = "\x00raw:"
 
 
 def _unit_name(rel: str) -> str:
-    """A file name as a unit carries it. Units travel through Arrow (Ray Data) and JSON
+    """A file name as a unit carries it. Units travel through Arrow (a worker reads its unit as a table) and JSON
     (checkpoints), which need valid Unicode; a name of non-UTF-8 bytes goes as the hex of its
     bytes behind a prefix no POSIX file name can hold (NUL)."""
     return _RAW_NAME + os.fsencode(rel).hex() if has_surrogates(rel) else rel

@@ -1,6 +1,6 @@
 """``curate ingest SRC... --dataset DS``: sources -> validated rows -> one Lance commit.
 
-Units (folder slices, tars, JSONL byte ranges, Parquet row groups) run as Ray Data actors; each
+Units (folder slices, tars, JSONL byte ranges, Parquet row groups) run on Ray actors; each
 writes its rows as Lance fragment files and returns their metadata. The driver checkpoints each
 unit's fragments and commits them all at once in unit order, so the row order and ids are the
 same however the work was scheduled, and a killed ingest re-run only reads the missing units.

@@ -15,7 +15,7 @@ How it runs, and why:
   Its ``pair_id`` is a hash of (render version, seed, i, kind, row id): a re-run with the same
   options finds every id in the table and adds nothing, and ``--n 200`` after ``--n 100`` adds the
   100 new ones.
-- Units of ``batch_size`` pairs run on Ray Data actors (``execute_units``): the actor ``take``s its
+- Units of ``batch_size`` pairs run on Ray actors (``execute_units``): the actor ``take``s its
   photos at the pinned dataset version, renders, encodes (PNG by default: lossless, so the exact
   ground-truth claims hold after decoding) and writes Lance fragments of the pair table. The
   driver only holds fragment metadata and counters, never image bytes.
