@@ -323,7 +323,13 @@ def select_rows(ds, cfg: ExportConfig, roles: Roles, store: Store | None = None)
         apply(_mask(ds, rule.where) & ~accepted, f"rule:{rule.name}")
     if roles.weight:
         w = ds.to_table(columns=[roles.weight]).column(roles.weight)
-        apply(pc.fill_null(pc.less_equal(w, 0), False).to_numpy(zero_copy_only=False), "zero_weight")
+        zero = pc.fill_null(pc.less_equal(w, 0), False).to_numpy(zero_copy_only=False) & (reason == None)  # noqa: E711
+        # resampling gives 0 to rows a worker's check would drop: name that check, not the weight
+        why = np.full(n, "zero_weight", dtype=object)
+        rows = np.flatnonzero(zero)
+        found = _column_checks(ds, cfg, roles, rows)
+        why[rows] = np.where(found == None, "zero_weight", found)  # noqa: E711
+        apply(zero, why)
     keep = np.flatnonzero(reason == None).astype(np.int64)  # noqa: E711
     return keep, reason, notes
 
@@ -341,22 +347,34 @@ def default_exclusions(ds, cfg: ExportConfig | None = None) -> np.ndarray:
     cfg = cfg.model_copy(update={"rules": [r.model_copy(update={"optional": True}) for r in cfg.rules]})
     roles = resolve_roles(ds.schema, cfg).model_copy(update={"weight": None})
     _, reason, _ = select_rows(ds, cfg, roles)
+    rows = np.flatnonzero(reason == None)  # noqa: E711
+    reason[rows] = _column_checks(ds, cfg, roles, rows)
+    return reason
+
+
+def _column_checks(ds, cfg: ExportConfig, roles: Roles, rows: np.ndarray) -> np.ndarray:
+    """The workers' row checks that the columns decide, for the rows at positions ``rows``:
+    ``too_small`` / ``extreme_aspect`` from ``width``/``height`` (else ``prof_width``/``prof_height``),
+    then ``no_caption``; None where they pass or the columns do not tell."""
+    out = np.full(len(rows), None, dtype=object)
     names = ds.schema.names
     cols = [c for c in ("width", "height", "prof_width", "prof_height", "captions", roles.review_caption) if c and c in names]
-    t = ds.to_table(columns=list(dict.fromkeys(cols)))
+    if not len(rows) or not cols:
+        return out
+    cols = list(dict.fromkeys(cols))
+    # a few rows (zero weights): random access; most of them (resampling's check): one scan
+    t = ds.take(rows, columns=cols) if len(rows) < ds.count_rows() // 10 else ds.to_table(columns=cols).take(pa.array(rows))
 
     def column(*options: str) -> list:
         got = [t.column(c).to_pylist() for c in options if c in t.schema.names]
         return [next((v for v in vals if v is not None), None) for vals in zip(*got)] if got else [None] * t.num_rows
 
-    for i, (w, h, row) in enumerate(zip(column("width", "prof_width"), column("height", "prof_height"), t.to_pylist())):
-        if reason[i] is not None:
-            continue
+    for k, (w, h, row) in enumerate(zip(column("width", "prof_width"), column("height", "prof_height"), t.to_pylist())):
         if w and h and (why := size_reason(w, h, cfg)):
-            reason[i] = why
+            out[k] = why
         elif "captions" in t.schema.names and not _shard_captions(row, cfg, roles):
-            reason[i] = "no_caption"
-    return reason
+            out[k] = "no_caption"
+    return out
 
 
 # --- shard rows (worker, pure) ---------------------------------------------------------------

@@ -8,9 +8,9 @@ import io
 from pathlib import Path
 
 import lance
-import networkx as nx
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -18,19 +18,6 @@ from typer.testing import CliRunner
 TOO_SMALL, NO_CAPTION, NSFW, DUPLICATE = 3, 7, 9, 12
 TARGET = 120
 WIDE = {"COLUMNS": "250"}
-
-
-@pytest.fixture(scope="module")
-def coco_graph_dir(tmp_path_factory, wordnet_graph, coco_tagger, coco_captions):
-    """The WordNet concepts the COCO captions name, with all their ancestors."""
-    from graph.concepts import ConceptGraph
-
-    _, rows, _ = coco_captions
-    tagged = {t for ts in coco_tagger.tag_rows(rows)["tag_concepts"].to_pylist() for t in ts}
-    keep = set(tagged).union(*(nx.ancestors(wordnet_graph.g, t) for t in tagged))
-    out = tmp_path_factory.mktemp("graph") / "g"
-    ConceptGraph(wordnet_graph.g.subgraph(keep).copy()).finalize().save(out, graphml=False)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +83,12 @@ def test_exported_rows_carry_exactly_the_target_copies(store, coco_graph_dir, tm
     assert f"export: {len(kept)} of 80 rows kept, {80 - len(kept)} excluded" in text, text[-1500:]
     manifest = json.loads((out / "_curation" / "export" / "manifest.json").read_text())
     assert manifest["rows"] == len(kept) == 76
+    # rows resampling gave 0 for a worker's check are reported under that check, not as zero_weight
+    ids = src.column("id").to_pylist()
+    excluded = {r["id"]: r["reason"] for r in pq.read_table(out / "_curation" / "export" / "excluded.parquet").to_pylist()}
+    assert excluded == {
+        ids[TOO_SMALL]: "too_small",
+        ids[NO_CAPTION]: "no_caption",
+        ids[NSFW]: "rule:nsfw",
+        ids[DUPLICATE]: "near_duplicate",
+    }
