@@ -237,6 +237,22 @@ def coco_tagger(wordnet_graph, coco_captions):
     return Tagger(wordnet_graph).fit([c for r in rows for c in r])
 
 
+@pytest.fixture(scope="session")
+def coco_graph_dir(tmp_path_factory, wordnet_graph, coco_tagger, coco_captions):
+    """A saved concept graph: the WordNet concepts the COCO captions name, with all their ancestors
+    (a real sub-hierarchy, small enough to load in a test; treat as read-only)."""
+    import networkx as nx
+
+    from graph.concepts import ConceptGraph
+
+    _, rows, _ = coco_captions
+    tagged = {t for ts in coco_tagger.tag_rows(rows)["tag_concepts"].to_pylist() for t in ts}
+    keep = set(tagged).union(*(nx.ancestors(wordnet_graph.g, t) for t in tagged))
+    out = tmp_path_factory.mktemp("graph") / "g"
+    ConceptGraph(wordnet_graph.g.subgraph(keep).copy()).finalize().save(out, graphml=False)
+    return out
+
+
 # --- training (model/loader tests and the export/train jobs) ---------------------------------------
 
 

@@ -81,7 +81,7 @@ def test_missing_input_is_one_clear_error(name, tmp_path, ray_starts):
     assert "Traceback" not in res.output
     assert not ray_starts, f"curate {name} started Ray before finding its input missing"
     if "invalid config" in res.output:  # a ConfigError (one line): it names the missing path
-        assert missing in "".join(res.output.split()), res.output
+        assert res.exit_code == 2 and missing in "".join(res.output.split()), res.output
     elif required_args(LEAVES[name], missing):
         assert res.exit_code != 0, f"curate {name} accepted a missing input: {res.output[-300:]}"
         assert "error" in res.output.lower() or "usage" in res.output.lower(), res.output[-300:]

@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import shutil
 
-import networkx as nx
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 
-@pytest.fixture(scope="module")
-def small_graph_dir(tmp_path_factory, wordnet_graph, coco_tagger, coco_captions):
-    """The WordNet concepts the COCO captions name, with all their ancestors (a real sub-hierarchy)."""
-    from graph.concepts import ConceptGraph
-
-    _, rows, _ = coco_captions
-    tagged = {t for ts in coco_tagger.tag_rows(rows)["tag_concepts"].to_pylist() for t in ts}
-    keep = set(tagged)
-    for t in tagged:
-        keep |= nx.ancestors(wordnet_graph.g, t)
-    sub = ConceptGraph(wordnet_graph.g.subgraph(keep).copy()).finalize()
-    out = tmp_path_factory.mktemp("graph") / "g"
-    sub.save(out, graphml=False)
-    return out
-
-
-def test_tag_and_resample_on_lance_with_ray(ray_session, coco_store, small_graph_dir, tmp_path):
+def test_tag_and_resample_on_lance_with_ray(ray_session, coco_store, coco_graph_dir, tmp_path):
     from curation.config import RunContext
     from curation.runner import run_stage
     from curation.store import Store
@@ -34,16 +17,16 @@ def test_tag_and_resample_on_lance_with_ray(ray_session, coco_store, small_graph
 
     shutil.copytree(coco_store.uri, tmp_path / "x.lance")
     store = Store(str(tmp_path / "x.lance"))
-    res = run_stage(store, GraphTagStage({"graph": str(small_graph_dir)}), show_progress=False)
+    res = run_stage(store, GraphTagStage({"graph": str(coco_graph_dir)}), show_progress=False)
     assert res.status == "committed" and res.fragments == 4 and res.stats.rows == 80
     t = store.to_arrow(columns=["id", "tag_concepts", "tag_scores", "tag_direct"])
     assert sum(1 for x in t.column("tag_concepts").to_pylist() if x) == 80
     assert res.stats.counters["tags"] == sum(len(x) for x in t.column("tag_concepts").to_pylist())
-    again = run_stage(store, GraphTagStage({"graph": str(small_graph_dir)}), show_progress=False)
+    again = run_stage(store, GraphTagStage({"graph": str(coco_graph_dir)}), show_progress=False)
     assert again.status == "skipped"
 
     results = run_resample(
-        RunContext(store=store, show_progress=False), ResampleStepConfig(graph=str(small_graph_dir), target_size=60, max_upsample=3)
+        RunContext(store=store, show_progress=False), ResampleStepConfig(graph=str(coco_graph_dir), target_size=60, max_upsample=3)
     )
     r = results[-1]
     assert r.status == "committed" and r.extra["target_size"] == 60
@@ -65,7 +48,7 @@ def test_resample_without_tags_or_graph_is_a_clear_error(coco_store, tmp_path):
         run_resample(RunContext(store=Store(str(tmp_path / "y.lance"))), ResampleStepConfig())
 
 
-def test_cli_build_show_and_bad_user_file(tmp_path, small_graph_dir):
+def test_cli_build_show_and_bad_user_file(tmp_path, coco_graph_dir):
     from cli.main import app
 
     runner = CliRunner()
@@ -77,7 +60,7 @@ def test_cli_build_show_and_bad_user_file(tmp_path, small_graph_dir):
     assert (out / "nodes.parquet").exists() and (out / "graph.graphml").exists() and (out / "report.html").exists()
     r = runner.invoke(app, ["graph", "show", "--graph", str(out), "--node", "火锅"])
     assert r.exit_code == 0 and "hot pot" in r.output and "street food" in r.output
-    r = runner.invoke(app, ["graph", "show", "--graph", str(small_graph_dir), "--node", "dog"])
+    r = runner.invoke(app, ["graph", "show", "--graph", str(coco_graph_dir), "--node", "dog"])
     assert r.exit_code == 0 and "depth histogram" in r.output and "animal" in r.output
     bad = tmp_path / "cycle.csv"
     bad.write_text("concept,parent\nx,y\ny,x\n")

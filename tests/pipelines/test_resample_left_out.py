@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import lance
-import networkx as nx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,19 +16,6 @@ from typer.testing import CliRunner
 
 DUPLICATES = range(5, 15)  # rows dedup marked dup_keep = false
 BROKEN = (30, 31)  # rows whose image failed to decode at ingest (they keep their captions)
-
-
-@pytest.fixture(scope="module")
-def coco_graph_dir(tmp_path_factory, wordnet_graph, coco_tagger, coco_captions):
-    """The WordNet concepts the COCO captions name, with all their ancestors."""
-    from graph.concepts import ConceptGraph
-
-    _, rows, _ = coco_captions
-    tagged = {t for ts in coco_tagger.tag_rows(rows)["tag_concepts"].to_pylist() for t in ts}
-    keep = set(tagged).union(*(nx.ancestors(wordnet_graph.g, t) for t in tagged))
-    out = tmp_path_factory.mktemp("graph") / "g"
-    ConceptGraph(wordnet_graph.g.subgraph(keep).copy()).finalize().save(out, graphml=False)
-    return out
 
 
 @pytest.fixture(scope="module")
