@@ -57,7 +57,7 @@ def _dedup(store: Store, config, env: dict[str, str], address: str | None = None
 
 
 def _units_by_node(cluster, class_part: str, before: set[str]) -> dict[str, int]:
-    """Node IP -> units (Ray Data ``submit`` calls, one block = one unit) that finished on actors
+    """Node IP -> units (``run`` calls of ``execute_units``' actors, one call a unit) that finished on actors
     whose class name contains ``class_part``, leaving out actors in ``before``. Counts work done,
     not actors started: an actor can start on a node after the other one took every unit."""
     from ray.util.state import list_actors, list_nodes, list_tasks
@@ -71,7 +71,7 @@ def _units_by_node(cluster, class_part: str, before: set[str]) -> dict[str, int]
     out: dict[str, int] = {}
     tasks = list_tasks(address=cluster.dashboard, filters=[("type", "=", "ACTOR_TASK")], limit=10_000, raise_on_missing_output=False)
     for t in tasks:
-        if t.actor_id in actors and t.name.endswith(".submit") and t.state == "FINISHED":
+        if t.actor_id in actors and t.name.endswith(".run") and t.state == "FINISHED":
             ip = ips.get(t.node_id, "?")
             out[ip] = out.get(ip, 0) + 1
     return out
