@@ -42,8 +42,6 @@ def init_ray(config: RayConfig | None = None) -> None:
     config = config or RayConfig()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Ray Data's own progress bars would fight with ours (rich); jobs report their own progress.
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("LANCE_LOG", "error")  # workers inherit: no "dataset will be created" chatter
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message="lance is not fork-safe")
@@ -53,7 +51,6 @@ def init_ray(config: RayConfig | None = None) -> None:
     else:
         with _loopback_only(config.node_ip):
             _init_embedded(config)
-    _quiet_ray_data()
 
 
 def _init_embedded(config: RayConfig) -> None:
@@ -94,30 +91,3 @@ def _loopback_only(node_ip: str) -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
-
-
-def _quiet_ray_data() -> None:
-    from ray.data import DataContext
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset "execution finished" lines
-    # we draw our own progress (rows, rate, ETA): Ray Data's "Progress bars disabled" is noise
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    _ray_data_warnings_to_file()
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-
-
-def _ray_data_warnings_to_file() -> None:
-    """Ray Data's warnings go to its session log (``ray-data.log``) only, not to the terminal.
-
-    Why: its issue detector repeats a 15-line advice every 30 s while an actor pool holds more
-    memory than Ray Data's default guess ("consider setting memory=..."): all through the index
-    phase of a 3M-row dedup, burying the job's own progress. Our jobs declare the
-    memory they reserve themselves; the advice stays in the session log for whoever debugs Ray."""
-    from ray.data._internal.logging import SessionFileHandler
-
-    for h in logging.getLogger("ray.data").handlers:
-        if not isinstance(h, SessionFileHandler):
-            h.setLevel(logging.ERROR)

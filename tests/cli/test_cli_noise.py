@@ -45,30 +45,3 @@ def test_a_ray_that_cannot_start_is_one_line_not_a_traceback(coco_dir, tmp_path)
     p = subprocess.run([CURATE, "ingest", str(src), "--dataset", str(tmp_path / "d.lance")], capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "could not start or join an embedded Ray cluster" in p.stderr
     assert "Traceback" not in p.stderr + p.stdout
-
-
-def test_ray_data_advice_goes_to_its_session_log_not_the_terminal(ray_session):
-    """Ray Data's issue detector logs a 15-line memory advice every 30 s while an actor pool
-    outgrows its default guess (a 3M-row dedup): kept in ``ray-data.log``, off the terminal."""
-    import io
-    import logging
-
-    from ray.data._internal.logging import SessionFileHandler
-
-    handlers = logging.getLogger("ray.data").handlers
-    (file,) = [h for h in handlers if isinstance(h, SessionFileHandler)]
-    consoles = [h for h in handlers if isinstance(h, logging.StreamHandler)]
-    assert consoles  # Ray Data's console handler (a StreamHandler on the terminal's stderr)
-    terminal = io.StringIO()
-    old = [h.setStream(terminal) for h in consoles]
-    try:
-        token = f"zcurate-noise-probe-{os.getpid()}"
-        log = logging.getLogger("ray.data._internal.issue_detection.issue_detector_manager")
-        log.warning(token)
-        log.error(f"{token} error")
-    finally:
-        for h, stream in zip(consoles, old):
-            h.setStream(stream)
-    assert f"{token} error" in terminal.getvalue()  # errors still reach the user
-    assert f"{token}\n" not in terminal.getvalue()
-    assert f"{token}\n" in Path(file._path).read_text()  # kept, not lost
