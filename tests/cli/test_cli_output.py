@@ -223,7 +223,7 @@ def test_demo_data_names_a_bracketed_folder_literally(tmp_path):
     assert f"next: curate ingest {out} --dataset demo.lance" in flat(res.output), res.output[-400:]
 
 
-def test_a_step_error_in_curate_run_is_one_line_not_a_bug(coco_store, tmp_path, ray_session):
+def test_a_step_error_in_curate_run_is_one_line_not_a_bug(coco_store, coco_graph_dir, tmp_path, ray_session):
     """A resample target no row set can reach is the user's to change: said as such, with the fix."""
     import yaml
 
@@ -235,8 +235,8 @@ def test_a_step_error_in_curate_run_is_one_line_not_a_bug(coco_store, tmp_path, 
             {
                 "dataset": str(ds),
                 "steps": [
-                    {"stage": "graph_build", "params": {"out": str(tmp_path / "g"), "visual_only": True, "zh": False, "graphml": False}},
-                    {"stage": "resample", "params": {"graph": str(tmp_path / "g"), "target_size": 100000}},
+                    {"stage": "graph_tag", "params": {"graph": str(coco_graph_dir)}},
+                    {"stage": "resample", "params": {"graph": str(coco_graph_dir), "target_size": 100000}},
                 ],
             }
         )
