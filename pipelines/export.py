@@ -323,13 +323,11 @@ def select_rows(ds, cfg: ExportConfig, roles: Roles, store: Store | None = None)
         apply(_mask(ds, rule.where) & ~accepted, f"rule:{rule.name}")
     if roles.weight:
         w = ds.to_table(columns=[roles.weight]).column(roles.weight)
-        zero = pc.fill_null(pc.less_equal(w, 0), False).to_numpy(zero_copy_only=False) & (reason == None)  # noqa: E711
+        zero = pc.fill_null(pc.less_equal(w, 0), False).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(zero & (reason == None))  # noqa: E711
         # resampling gives 0 to rows a worker's check would drop: name that check, not the weight
-        why = np.full(n, "zero_weight", dtype=object)
-        rows = np.flatnonzero(zero)
         found = _column_checks(ds, cfg, roles, rows)
-        why[rows] = np.where(found == None, "zero_weight", found)  # noqa: E711
-        apply(zero, why)
+        reason[rows] = np.where(found == None, "zero_weight", found)  # noqa: E711
     keep = np.flatnonzero(reason == None).astype(np.int64)  # noqa: E711
     return keep, reason, notes
 
