@@ -85,7 +85,12 @@ class Tagger:
         self.queries = queries
         self.scorer = BM25Scorer(queries, k1=cfg.k1, b=cfg.b, epsilon=cfg.epsilon)
         self._names = self._proper_names(graph) if has_wn else {}
-        self.chooser, self._amb = self._sense_chooser(senses, index) if cfg.wsd and senses else (None, {})
+        # ambiguous tokens are found as captions use them (``_ambiguity``), not for the whole
+        # vocabulary up front: a worker tagging a shard meets a few thousand of its ~100k tokens
+        self._senses, self._index, self._amb = senses, index, {}
+        self._qtok = list(self.scorer.qcol)  # query column -> token
+        self._Q = self.scorer.Q.tocsr()
+        self.chooser = self._sense_chooser() if cfg.wsd and senses else None
         # parents as CSR over node indices, for propagation
         parents = [[index[p] for p in graph.g.predecessors(n)] for n in self.ids]
         self._pptr = np.cumsum([0] + [len(p) for p in parents])
@@ -152,40 +157,45 @@ class Tagger:
                 out[i] = list(terms)
         return out
 
-    def _sense_chooser(self, senses: dict[str, list[str]], index: dict[str, int]):
-        """Ambiguous query tokens (several senses in the graph, one of them queried by the token)
-        -> (query column, candidate ids, default node indices), and a :class:`SenseChooser`.
-        A Chinese token's senses are those of the English nouns CC-CEDICT translates it to."""
+    def _sense_chooser(self):
+        """The :class:`SenseChooser` of this graph; its candidates are added by ``_ambiguity``."""
         from graph.wordnet import WORDNET_DIR, gloss
         from graph.wsd import SenseChooser, sense_counts
 
         cfg, g = self.config, self.graph
-        Q = self.scorer.Q.tocsr()
-        amb, cands, prior_keys = {}, {}, {}
-        for tok, col in self.scorer.qcol.items():
-            offs, keys = _token_senses(tok, senses, self._colloquial_senses)
-            every = list(dict.fromkeys(f"wn:{o}" for o in offs))
-            ids = [i for i in every if i in g.g]
-            plain = [i for i in ids if index[i] not in self._names]
-            ids = plain if len(plain) > 1 else ids  # a name is no sense of a lower-case word
-            gone = [i for i in every if i not in g.g] if cfg.wsd_dropped > 0 and ids else []
-            default = Q.indices[Q.indptr[col] : Q.indptr[col + 1]]
-            if len(ids) + len(gone) > 1 and any(self.ids[d] in ids for d in default):
-                cands[tok] = ids + gone
-                amb[tok] = (col, [index[i] for i in ids], default.tolist())
-                if keys:
-                    prior_keys[tok] = keys
-        chooser = SenseChooser(
-            cands,
+        return SenseChooser(
+            {},
             sense_counts(str(WORDNET_DIR)),
             lambda nid: _sense_text(g, nid, gloss(nid)),
             prior_weight=cfg.wsd_prior_weight,
             margin=cfg.wsd_margin,
             use_model=cfg.wsd_model,
-            prior_keys=prior_keys,
             sense_factor=self._tangible_factor,
         )
-        return chooser, amb
+
+    def _ambiguity(self, col: int) -> tuple[int, list[int], list[int]] | None:
+        """Query column ``col``'s token, if ambiguous (several senses in the graph, one of them
+        queried by the token): (col, candidate node indices, default node indices), its
+        candidates given to the chooser; None otherwise. Cached per token. A Chinese token's
+        senses are those of the English nouns CC-CEDICT translates it to."""
+        tok = self._qtok[col]
+        if tok in self._amb:
+            return self._amb[tok]
+        g, index = self.graph, self._index
+        offs, keys = _token_senses(tok, self._senses, self._colloquial_senses)
+        every = list(dict.fromkeys(f"wn:{o}" for o in offs))
+        ids = [i for i in every if i in g.g]
+        plain = [i for i in ids if index[i] not in self._names]
+        ids = plain if len(plain) > 1 else ids  # a name is no sense of a lower-case word
+        gone = [i for i in every if i not in g.g] if self.config.wsd_dropped > 0 and ids else []
+        Q = self._Q
+        default = Q.indices[Q.indptr[col] : Q.indptr[col + 1]]
+        out = None
+        if len(ids) + len(gone) > 1 and any(self.ids[d] in ids for d in default):
+            self.chooser.add(tok, ids + gone, keys)
+            out = (col, [index[i] for i in ids], default.tolist())
+        self._amb[tok] = out
+        return out
 
     def _tangible_factor(self, nid: str) -> float:
         """Captions describe what a photo shows: a sense that is a tangible thing (an artifact, a
@@ -252,8 +262,9 @@ class Tagger:
         """Sparse corrections: minus the token's weight on its default concepts, plus on the chosen."""
         import scipy.sparse as sp
 
-        toks = list(self._amb)
-        Wa = W[:, [self._amb[t][0] for t in toks]].tocoo()
+        cols = [c for c in np.unique(W.indices).tolist() if self._ambiguity(c) is not None]
+        toks = [self._qtok[c] for c in cols]
+        Wa = W[:, cols].tocoo()
         pairs = [(int(d), toks[k]) for d, k in zip(Wa.row, Wa.col)]
         bias = [self._context_bias(tok, docs[d]) for d, tok in pairs]
         chosen = self.chooser.choose(self._model_texts(texts, pairs), pairs, bias) if pairs else []

@@ -67,16 +67,26 @@ class SenseChooser:
         prior_keys=None,
         sense_factor=None,
     ):
-        self.candidates = candidates  # lemma -> node ids, WordNet sense order
+        self.candidates: dict[str, list[str]] = {}  # lemma -> node ids, WordNet sense order
         self.prior_weight, self.margin = prior_weight, margin
         self._gloss_text = texts_of  # node id -> "label: gloss"
-        keys = prior_keys or {}  # a Chinese word's prior is that of the English lemmas it translates
-        factor = sense_factor or (lambda nid: 1.0)  # a domain prior per sense (Tagger: tangible things)
-        self._log_prior = {t: self._prior(keys.get(t) or [t, *singulars(t)], ids, counts, factor) for t, ids in candidates.items()}
+        self._counts = counts
+        self._factor = sense_factor or (lambda nid: 1.0)  # a domain prior per sense (Tagger: tangible things)
+        self._log_prior: dict[str, np.ndarray] = {}
+        keys = prior_keys or {}
+        for t, ids in candidates.items():
+            self.add(t, ids, keys.get(t))
         self._gloss_emb: dict[str, np.ndarray] = {}
         self._model = None
         self.use_model = use_model
         self.stats = {"pairs": 0, "decided_by_prior": 0, "captions_embedded": 0, "glosses_embedded": 0, "seconds": 0.0}
+
+    def add(self, lemma: str, ids: list[str], prior_keys: list[str] | None = None) -> None:
+        """Make ``lemma`` choosable among ``ids``; ``prior_keys``: the lemmas whose sense counts
+        are its prior (a Chinese word's are the English lemmas it translates; default: its own)."""
+        self.candidates[lemma] = ids
+        keys = prior_keys or [lemma, *singulars(lemma)]
+        self._log_prior[lemma] = self._prior(keys, ids, self._counts, self._factor)
 
     @staticmethod
     def _prior(keys: list[str], ids: list[str], counts, factor) -> np.ndarray:
