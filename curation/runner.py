@@ -535,9 +535,14 @@ class _Run:
     show_progress: bool
     t_start: float
 
+    def _prepare(self, ds) -> None:
+        stage = self.stage
+        stage.store, stage.show_progress, stage.concurrency = self.store, self.show_progress, self.concurrency
+        stage.prepare(ds)
+
     def add(self, ds) -> StageResult:
         stage, store = self.stage, self.store
-        stage.prepare(ds)
+        self._prepare(ds)
         fragments = ds.get_fragments()
         if not fragments or ds.count_rows() == 0:
             ds.add_columns(stage.output_schema)
@@ -553,7 +558,7 @@ class _Run:
         from curation.incremental import FillWorker, commit_fill, plan_fill
 
         stage = self.stage
-        stage.prepare(ds)  # before planning: a stage may choose its input columns from the schema there (prof_caption)
+        self._prepare(ds)  # before planning: a stage may choose its input columns from the schema there (prof_caption)
         plan = plan_fill(ds, stage, None if full else _recorded_inputs(self.store, stage), full=full)
         if not plan.todo:
             console.print(

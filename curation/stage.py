@@ -92,6 +92,12 @@ class Stage:
     output_schema: ClassVar[pa.Schema] = pa.schema([])
     batch_size: ClassVar[int] = 256
     num_cpus: ClassVar[float] = 1.0  # CPUs per worker unless the config sets ``num_cpus``
+    # Set by the runner before ``prepare``: the dataset's store and how the run goes, for a
+    # ``prepare`` that runs a phase of its own on the workers (graph_tag counts its corpus there
+    # rather than read every caption into the driver). None when ``prepare`` is called directly.
+    store: Any = None
+    show_progress: bool = False
+    concurrency: int | None = None
 
     def __init__(self, config: StageConfig | dict | None = None, **overrides: Any):
         if config is None or isinstance(config, dict):

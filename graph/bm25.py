@@ -317,6 +317,20 @@ class BM25Counts:
     def __add__(self, other: BM25Counts) -> BM25Counts:
         return BM25Counts(self.n_docs + other.n_docs, self.total_len + other.total_len, self.df + other.df)
 
+    def idf(self, epsilon: float, words: Iterable[str] | None = None) -> dict[str, float]:
+        """rank-bm25's idf of ``words`` (default: every corpus word): log((N - df + .5) / (df + .5)),
+        a negative one floored at ``epsilon`` times the mean idf over the whole corpus vocabulary
+        (so the floor needs every word's count, even when only the query words' idf is kept)."""
+        if not self.df:
+            return {}
+        vocab = list(self.df)
+        df = np.fromiter((self.df[w] for w in vocab), dtype=np.float64, count=len(vocab))
+        idf = np.log(self.n_docs - df + 0.5) - np.log(df + 0.5)
+        eps = epsilon * float(idf.mean())
+        idf[idf < 0] = eps
+        out = dict(zip(vocab, idf.tolist()))
+        return out if words is None else {w: out[w] for w in words if w in out}
+
 
 class BM25Scorer:
     """BM25Okapi for many queries at once (one query per concept), as sparse products."""
@@ -346,19 +360,15 @@ class BM25Scorer:
         """idf for every query token from corpus counts, with rank-bm25's epsilon floor."""
         self.n_docs = counts.n_docs
         self.avgdl = counts.total_len / counts.n_docs if counts.n_docs else 0.0
+        self._set_idf(counts.idf(self.epsilon))
+        return self
+
+    def _set_idf(self, idf_of: dict[str, float]) -> None:
         self.idf = np.zeros(len(self.qcol))
-        if not counts.df:
-            return self
-        words = list(counts.df)
-        df = np.fromiter((counts.df[w] for w in words), dtype=np.float64, count=len(words))
-        idf = np.log(self.n_docs - df + 0.5) - np.log(df + 0.5)
-        eps = self.epsilon * float(idf.mean())
-        idf[idf < 0] = eps
-        for w, v in zip(words, idf):
+        for w, v in idf_of.items():
             j = self.qcol.get(w)
             if j is not None:
                 self.idf[j] = v
-        return self
 
     def fit(self, docs: Sequence[Sequence[str]]) -> BM25Scorer:
         return self.set_counts(BM25Counts.from_tokens(docs))
@@ -367,7 +377,18 @@ class BM25Scorer:
         """Small picklable statistics (what workers need; not the corpus vocabulary)."""
         return {"n_docs": self.n_docs, "avgdl": self.avgdl, "idf": self.idf, "n_query_tokens": len(self.qcol)}
 
+    @staticmethod
+    def state_of(counts: BM25Counts, query_tokens: Iterable[str], epsilon: float) -> dict:
+        """:meth:`state` from corpus counts summed elsewhere (graph_tag's workers count their
+        fragments): the idf of the query tokens only, by token."""
+        avgdl = counts.total_len / counts.n_docs if counts.n_docs else 0.0
+        return {"n_docs": counts.n_docs, "avgdl": avgdl, "idf_of": counts.idf(epsilon, query_tokens)}
+
     def load_state(self, state: dict) -> BM25Scorer:
+        if "idf_of" in state:  # by token (``state_of``)
+            self.n_docs, self.avgdl = state["n_docs"], state["avgdl"]
+            self._set_idf(state["idf_of"])
+            return self
         if state["n_query_tokens"] != len(self.qcol):
             raise ValueError("BM25 statistics were computed for another concept graph; re-run the fit")
         self.n_docs, self.avgdl, self.idf = state["n_docs"], state["avgdl"], np.asarray(state["idf"])

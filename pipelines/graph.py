@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import pyarrow as pa
 from pydantic import Field
 
 from curation.errors import UserError
@@ -228,15 +229,15 @@ class GraphTagStage(Stage):
         return Tagger(ConceptGraph.load(self.config.graph), tag_cfg)
 
     def prepare(self, dataset) -> None:
-        """BM25 statistics need the whole corpus: count once here, ship only idf to workers."""
+        """BM25 statistics need the whole corpus: the workers count their fragments' captions
+        (a phase of its own), the driver sums the counts and ships only idf to the taggers."""
         problem = graph_problem(self.config.graph)
         if problem:  # an empty graph would blank every row's tags
             raise GraphError(problem)
         meta = json.loads((Path(self.config.graph) / "meta.json").read_text()) if (Path(self.config.graph) / "meta.json").exists() else {}
-        tagger = self._tagger()
-        caps = _caption_texts(dataset.to_table(columns=["captions"]).column("captions").to_pylist())
-        tagger.fit(t for row in caps for t in row)
-        self._bm25 = tagger.scorer.state()
+        from curation.store import Store
+
+        self._bm25 = corpus_idf(self.store or Store(dataset.uri), dataset.version, self.config, self.show_progress, self.concurrency)
         self._graph_digest = meta.get("digest", "")
 
     def fingerprint(self) -> str:
@@ -269,6 +270,62 @@ class GraphTagStage(Stage):
         d = dict(self.__dict__)
         d.pop("tagger", None)
         return d
+
+
+class _CaptionCounts:
+    """A worker of graph_tag's counting phase: the BM25 corpus counts of one fragment's captions,
+    tokenised as the tagger tokenises them. Counts add up, so the driver only sums them: its
+    memory grows with the vocabulary, not with the rows, and no caption is read there."""
+
+    def __init__(self, store, version: int, config: GraphTagConfig):
+        from graph.concepts import ConceptGraph
+        from graph.tagging import Tagger
+
+        self.ds = store.open(version)
+        tag_cfg = TagConfig(**config.model_dump(exclude={"graph"}))
+        self.tagger = Tagger(ConceptGraph.load(config.graph), tag_cfg.model_copy(update={"wsd": False}))  # tokens only
+
+    def __call__(self, unit: pa.Table) -> pa.Table:
+        fid = unit.column("fragment_id")[0].as_py()
+        caps = self.ds.get_fragment(fid).to_table(columns=["captions"]).column("captions").to_pylist()
+        c = self.tagger.count(t for row in _caption_texts(caps) for t in row)
+        words, q = list(c.df), self.tagger.scorer.qcol
+        return pa.table(
+            {
+                "n_docs": [c.n_docs],
+                "total_len": [c.total_len],
+                "words": pa.array([words], pa.list_(pa.string())),
+                "df": pa.array([[c.df[w] for w in words]], pa.list_(pa.int64())),
+                "query": pa.array([[w in q for w in words]], pa.list_(pa.bool_())),
+            }
+        )
+
+
+def corpus_idf(store, version: int, config: GraphTagConfig, show_progress: bool = False, concurrency: int | None = None) -> dict:
+    """The BM25 statistics the taggers need (``BM25Scorer.state_of``), from counts made on the
+    workers, one unit a fragment."""
+    from curation.runner import execute_units
+    from graph.bm25 import BM25Counts, BM25Scorer
+
+    total, query = BM25Counts(), set()
+
+    def add(row: dict) -> None:
+        total.n_docs += row["n_docs"]
+        total.total_len += row["total_len"]
+        total.df.update(dict(zip(row["words"], row["df"])))
+        query.update(w for w, q in zip(row["words"], row["query"]) if q)
+
+    execute_units(
+        [{"fragment_id": f.fragment_id} for f in store.open(version).get_fragments()],
+        _CaptionCounts,
+        {"store": store, "version": version, "config": config},
+        ray_options=Resources(num_cpus=1, memory_mb=1500).ray_options(),
+        on_result=add,
+        description="graph_tag: caption counts (fragments)",
+        concurrency=concurrency,
+        show_progress=show_progress,
+    )
+    return BM25Scorer.state_of(total, query, config.epsilon)
 
 
 # --- resampling stage ------------------------------------------------------------------------

@@ -86,3 +86,31 @@ def test_pipeline_yaml_steps_validate(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_pipeline(y)
     assert "steps[0].params.method" in str(e.value) and "target_sise" in str(e.value)
+
+
+def test_tag_corpus_counts_are_made_on_the_workers_and_equal_a_fit_on_the_driver(ray_session, coco_store, coco_graph_dir, monkeypatch):
+    """graph_tag's BM25 statistics come from counts the workers make, one unit a fragment (no
+    caption is read into the driver); summed, they give the idf of a fit over every caption."""
+    import numpy as np
+
+    import curation.runner as runner
+    from graph.concepts import ConceptGraph
+    from graph.tagging import TagConfig, Tagger
+    from pipelines.graph import GraphTagConfig, corpus_idf
+
+    real, calls = runner.execute_units, []
+    monkeypatch.setattr(
+        runner, "execute_units", lambda units, cls, *a, **kw: (calls.append((len(units), cls.__name__)), real(units, cls, *a, **kw))[1]
+    )
+    ds = coco_store.open()
+    state = corpus_idf(coco_store, ds.version, GraphTagConfig(graph=str(coco_graph_dir)))
+    assert calls == [(len(ds.get_fragments()), "_CaptionCounts")] and len(ds.get_fragments()) == 4
+
+    fit = Tagger(ConceptGraph.load(coco_graph_dir), TagConfig())
+    texts = [
+        c["text"] for caps in ds.to_table(columns=["captions"]).column("captions").to_pylist() for c in caps or [] if c and c.get("text")
+    ]
+    fit.fit(texts)
+    got = Tagger(ConceptGraph.load(coco_graph_dir), TagConfig()).scorer.load_state(state)
+    assert got.n_docs == fit.scorer.n_docs == len(texts) == 400 and got.avgdl == fit.scorer.avgdl
+    assert np.count_nonzero(fit.scorer.idf) > 100 and np.array_equal(got.idf, fit.scorer.idf)
