@@ -250,7 +250,8 @@ class _UnitActor:
 def _on_actors(units: list[dict[str, Any]], worker_cls: type, ctor_kwargs: dict[str, Any], ray_options: dict[str, Any], n: int):
     """Rows of every unit's output, as units finish, from ``n`` actors spread over the nodes.
     The actor class takes the worker's name, so the dashboard (and ``ray list actors``) says
-    which worker runs where. Closing the generator kills the actors."""
+    which worker runs where. Closing the generator kills the actors and waits for the units they
+    were running to end with them (a second or so), so no unit writes anything after it."""
     import ray
 
     named = type(worker_cls.__name__, (_UnitActor,), {"__qualname__": worker_cls.__qualname__})
@@ -270,6 +271,8 @@ def _on_actors(units: list[dict[str, Any]], worker_cls: type, ctor_kwargs: dict[
     finally:
         for a in actors:
             ray.kill(a)
+        if running:  # until the killed actors' units end (with their death): none writes after we return
+            ray.wait(list(running), num_returns=len(running), timeout=30)
 
 
 def execute_resumable(

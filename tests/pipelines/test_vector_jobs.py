@@ -285,24 +285,14 @@ def test_dedup_job_scored_against_the_demo_corpus_manifest(ray_session, tmp_path
     [(5, [3]), (2, [3, 4, 4, 4])],
     ids=["verification", "exact-copy-ranges"],
 )
-def test_dedup_killed_resumes_the_missing_units_only(ray_session, coco_dir, tmp_path, monkeypatch, killed_in, resumed):
+def test_dedup_killed_resumes_the_missing_units_only(edited, tmp_path, monkeypatch, killed_in, resumed):
     """A dedup killed after one unit of a phase (verification; the exact copies' bucket ranges),
     re-run, redoes none of the phases before nor that unit, and gives the same groups as a clean run."""
-    rows = coco_rows(coco_dir, limit=24)
-    for g, r in enumerate(list(rows[:8])):
-        for kind in ("crop", "mirror", "rotate"):
-            rows.append(sample_row(make_variant(r["image"], kind, g), "edits", f"{g}-{kind}"))
-    clean, killed = Store(str(tmp_path / "clean.lance")), Store(str(tmp_path / "killed.lance"))
-    for s in (clean, killed):
-        lance.write_dataset(samples_table(rows), s.uri, max_rows_per_file=12)
-    for st in (clean, killed):  # a dry run computes no descriptors (that would be a commit)
-        run_stage(st, VisualStage(), show_progress=False)
-    cfg = DedupConfig(rows_per_unit=12, dry_run=True)
-    want = find_duplicates(clean, cfg, show_progress=False)["plan"]
     import curation.runner as runner
-    from pipelines.descriptors import ensure_visual
 
-    ensure_visual(killed, show_progress=False)  # the descriptor stage is the runner's own resume test
+    killed = _edited_store(edited, tmp_path / "killed.lance")  # descriptors computed: their stage is the runner's own resume test
+    cfg = DedupConfig(rows_per_unit=12, dry_run=True)
+    want = edited[1]["plan"]  # the clean run
 
     real = runner.execute_units
     calls: list[int] = []
@@ -361,7 +351,7 @@ def test_semantic_pairs_come_from_the_knn_graph_which_is_rebuilt_when_too_small_
     assert res2["stats"]["semantic_pairs"] == 0
 
 
-def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray_session, coco_dir, tmp_path, monkeypatch):
+def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(edited, tmp_path, monkeypatch):
     """Above ``flat_max`` the candidate index is IVF-Flat, scanned list by list by the candidate
     actors (``search_above``); with every list probed, the groups equal those of the exact index.
     So do they with the lists held as float16 or 8-bit codes (``ivffp16``, ``ivfsq8``), whose
@@ -369,8 +359,8 @@ def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray
     of the candidate phase (``scan_pass_bytes``), searched range by range: the same edges."""
     from engines.vector.index import IndexConfig
 
-    store = _edited_store(coco_dir, tmp_path / "ivf.lance")
-    exact = find_duplicates(store, DedupConfig(rows_per_unit=12, dry_run=True), show_progress=False)
+    store = _edited_store(edited, tmp_path / "ivf.lance")
+    exact = edited[1]
     ivf_cfg = DedupConfig(rows_per_unit=12, dry_run=True, index=IndexConfig(kind="ivfflat", nlist=8, nprobe=8))
     ivf = find_duplicates(store, ivf_cfg, show_progress=False)
     assert exact["stats"]["desc_candidates"] == ivf["stats"]["desc_candidates"] > 0
@@ -401,14 +391,14 @@ def test_dedup_over_an_ivf_candidate_index_gives_the_groups_of_the_exact_one(ray
         assert size < (share + 0.05) * lists.stat().st_size, (kind, size)
 
 
-def test_candidate_units_scanned_in_groups_find_the_same_edges(ray_session, coco_dir, tmp_path, monkeypatch):
+def test_candidate_units_scanned_in_groups_find_the_same_edges(edited, tmp_path, monkeypatch):
     """Units whose queries scan the lists together (``scan_group_rows``: here 2 and 3 units of 12
     rows a group), in one pass and in passes over list ranges, write the same candidate pairs as
     unit by unit (similarities to float32 rounding); the actors get one work item a group."""
     import curation.runner as runner
     from engines.vector.index import IndexConfig
 
-    store = _edited_store(coco_dir, tmp_path / "groups.lance")
+    store = _edited_store(edited, tmp_path / "groups.lance")
     cfg = DedupConfig(rows_per_unit=12, dry_run=True, index=IndexConfig(kind="ivfsq8", nlist=8, nprobe=4))
     real, calls = runner.execute_units, []
     monkeypatch.setattr(
@@ -450,25 +440,37 @@ def test_candidate_units_scanned_in_groups_find_the_same_edges(ray_session, coco
     assert [n for n in small["notes"] if n.startswith("rows_per_unit 5: units are whole data files, the largest has 12 rows")]
 
 
-def _edited_store(coco_dir, path: Path) -> Store:
-    """24 photos and 3 edits (crop, mirror, turn) of 8 of them, with their descriptors."""
+@pytest.fixture(scope="module")
+def edited(ray_session, coco_dir, tmp_path_factory):
+    """24 photos and 3 edits (crop, mirror, turn) of 8 of them, in files of 12 rows, with their
+    descriptors (read-only: tests take a copy, ``_edited_store``), and the plan of an exact-index
+    dry run of it (``DedupConfig(rows_per_unit=12, dry_run=True)``), made on another copy."""
     rows = coco_rows(coco_dir, limit=24)
     for g, r in enumerate(list(rows[:8])):
         for kind in ("crop", "mirror", "rotate"):
             rows.append(sample_row(make_variant(r["image"], kind, g), "edits", f"{g}-{kind}"))
-    store = Store(str(path))
+    folder = tmp_path_factory.mktemp("edited")
+    store = Store(str(folder / "pristine.lance"))
     lance.write_dataset(samples_table(rows), store.uri, max_rows_per_file=12)
     run_stage(store, VisualStage(), show_progress=False)  # a dry run computes no descriptors
-    return store
+    exact = find_duplicates(_copy(store, folder, "exact.lance"), DedupConfig(rows_per_unit=12, dry_run=True), show_progress=False)
+    return store, exact
 
 
-def test_candidate_passes_killed_resume_the_missing_units_only(ray_session, coco_dir, tmp_path, monkeypatch):
+def _edited_store(edited, path: Path) -> Store:
+    """A copy of the ``edited`` dataset (descriptors computed, no dedup state yet)."""
+    dst = Path(path)
+    shutil.copytree(edited[0].uri, dst)
+    return Store(str(dst))
+
+
+def test_candidate_passes_killed_resume_the_missing_units_only(edited, tmp_path, monkeypatch):
     """A dedup killed in the second pass of its candidate phase (lists larger than a pass), re-run,
     searches only that pass's missing units and the passes after it, and finds the same pairs."""
     import curation.runner as runner
     from engines.vector.index import IndexConfig
 
-    store = _edited_store(coco_dir, tmp_path / "passes.lance")
+    store = _edited_store(edited, tmp_path / "passes.lance")
     cfg = DedupConfig(rows_per_unit=12, dry_run=True, index=IndexConfig(kind="ivfsq8", nlist=8, nprobe=8), scan_pass_bytes=30_000)
     real, calls = runner.execute_units, []
 
