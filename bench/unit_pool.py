@@ -1,14 +1,16 @@
-"""What a phase of units costs beyond its work: ``execute_units`` (a pool of plain Ray actors)
-against the Ray Data actor pipeline it replaced, side by side in one run on one Ray.
+"""What a phase of units costs beyond its work: ``execute_units`` (Ray tasks on Ray's warm worker
+processes, each building the phase's worker once) against the two ways it ran before, side by side
+in one run on one Ray: a pool of fresh actors a phase (still its way for GPU phases) and the Ray
+Data actor pipeline before that.
 
 Every job (ingest, each profiling stage, every dedup phase, index, knn, export) runs its units
 through ``curation.runner.execute_units``; a dedup runs five or more phases. The units here do no
 work (a worker that returns one row), so the figures are the fixed cost of a phase: starting the
-actors, handing out the units, collecting the rows, stopping the actors.
+actors or finding warm processes, handing out the units, collecting the rows, stopping the actors.
 
     python bench/unit_pool.py [--units 4 16 64] [--repeat 3] [--cpus 2]
 
-Prints, per unit count, the median wall time of a phase both ways (Ray started beforehand; its
+Prints, per unit count, the median wall time of a phase each way (Ray started beforehand; its
 start is printed apart).
 """
 
@@ -56,6 +58,14 @@ def ray_data_phase(units: list[dict], n: int, on_result) -> None:
 
 
 def actor_pool_phase(units: list[dict], n: int, on_result) -> None:
+    """Session 25's ``execute_units``: ``n`` fresh actors a phase (GPU phases still run so)."""
+    from curation.runner import _on_actors
+
+    for row in _on_actors(units, NoWork, {}, {"num_cpus": 1}, n):
+        on_result(row)
+
+
+def tasks_phase(units: list[dict], n: int, on_result) -> None:
     from curation.runner import execute_units
 
     execute_units(
@@ -75,9 +85,9 @@ def main() -> None:
     t0 = time.perf_counter()
     init_ray(RayConfig(num_cpus=a.cpus, object_store_memory_mb=256))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; Ray started in {time.perf_counter() - t0:.1f} s ({a.cpus} CPUs)")
-    ways = {"Ray Data (before)": ray_data_phase, "actor pool (execute_units)": actor_pool_phase}
-    ray_data_phase([{"unit": 0}], 1, lambda r: None)  # first use of each way imports its modules
-    actor_pool_phase([{"unit": 0}], 1, lambda r: None)
+    ways = {"Ray Data (s. 24)": ray_data_phase, "fresh actors (s. 25)": actor_pool_phase, "warm tasks (execute_units)": tasks_phase}
+    for fn in ways.values():  # the first use of each way imports its modules
+        fn([{"unit": 0}], 1, lambda r: None)
     print(f"{'units':>6} | " + " | ".join(f"{w:>28}" for w in ways))
     for n_units in a.units:
         units = [{"unit": i} for i in range(n_units)]

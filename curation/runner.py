@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -202,20 +203,23 @@ def execute_units(
     show_progress: bool = True,
     rows: RowProgress | None = None,
 ) -> None:
-    """Run ``worker_cls(**ctor_kwargs)(unit)`` for every unit on a pool of Ray actors, streaming results.
+    """Run ``worker_cls(**ctor_kwargs)(unit)`` for every unit on Ray, streaming results.
 
-    Each actor builds its worker once (models load once per actor) and is handed the next unit as
-    it finishes one, so finished units reach ``on_result`` (on the driver) while the rest still run:
-    the driver checkpoints as it goes and memory stays bounded by the in-flight units. A killed
-    actor is restarted and its unit retried (three times). Plain actors, not a Ray Data pipeline:
-    the same streaming, without the second or more a pipeline takes to start (measured: 1.5 s
-    against 0.6 s for four tiny units), which every phase of every job paid.
+    A unit is a Ray task on one of Ray's warm worker processes, which builds the phase's worker
+    once (models load once per process and phase, ``_ProcessWorker``); the next unit is handed
+    out as one finishes, so finished units reach ``on_result`` (on the driver) while the rest still
+    run: the driver checkpoints as it goes and memory stays bounded by the in-flight units. A unit
+    whose process dies is retried (three times). Tasks, not a pool of actors a phase: a fresh
+    actor waits about a second for its process, which every phase of every job paid (a 48-row
+    dedup, five phases: 12 s -> 3 s). GPU phases still run on actors (``_on_actors``), stopped
+    after the phase, so no idle process keeps a model in GPU memory.
     ``rows``: progress in rows as the workers report them (their ``progress`` counter), else in units.
     """
     if not units:
         return
     n = min(len(units), concurrency or _cluster_slots(ray_options))
-    results = _on_actors(units, worker_cls, ctor_kwargs, ray_options, n)
+    on = _on_actors if ray_options.get("num_gpus") else _on_tasks
+    results = on(units, worker_cls, ctor_kwargs, ray_options, n)
     try:
         with _progress(not show_progress, "rows" if rows else "units") as progress:
             start = rows.start if rows else 0
@@ -272,6 +276,85 @@ def _on_actors(units: list[dict[str, Any]], worker_cls: type, ctor_kwargs: dict[
         for a in actors:
             ray.kill(a)
         if running:  # until the killed actors' units end (with their death): none writes after we return
+            ray.wait(list(running), num_returns=len(running), timeout=30)
+
+
+class _ProcessWorker:
+    """The worker of :func:`_run_unit` in this (Ray worker) process: built for a phase on the
+    process's first unit of it, kept for its next ones; the previous phase's is dropped first, and
+    an idle one after ``IDLE_S`` (its models do not outlive the phase by long)."""
+
+    IDLE_S = 20.0
+    lock = threading.Lock()
+    phase: str | None = None
+    worker: Any = None
+    used = 0.0
+    reaper = None
+
+    @classmethod
+    def get(cls, phase: str, spec_box: list):
+        if cls.phase != phase:
+            import ray
+
+            cls.phase, cls.worker = None, None
+            worker_cls, ctor_kwargs = ray.get(spec_box[0])
+            cls.worker = worker_cls(**ctor_kwargs)  # a constructor error: raised for this unit (the phase stops)
+            cls.phase = phase
+        if cls.reaper is None:
+            cls.reaper = threading.Thread(target=cls._reap, daemon=True, name="unit-worker-reaper")
+            cls.reaper.start()
+        return cls.worker
+
+    @classmethod
+    def _reap(cls) -> None:
+        import gc
+
+        while True:
+            time.sleep(cls.IDLE_S / 4)
+            with cls.lock:
+                if cls.worker is not None and time.monotonic() - cls.used > cls.IDLE_S:
+                    cls.phase, cls.worker = None, None
+                    gc.collect()
+
+
+def _run_unit(phase: str, spec_box: list, unit: dict[str, Any]) -> list[dict[str, Any]]:
+    """One unit of :func:`execute_units` as a Ray task, on a worker process Ray keeps warm."""
+    with _ProcessWorker.lock:
+        out = _ProcessWorker.get(phase, spec_box)(pa.Table.from_pylist([unit]))
+        _ProcessWorker.used = time.monotonic()
+    return (out if isinstance(out, pa.Table) else pa.table(out)).to_pylist()
+
+
+def _on_tasks(units: list[dict[str, Any]], worker_cls: type, ctor_kwargs: dict[str, Any], ray_options: dict[str, Any], n: int):
+    """Rows of every unit's output, as units finish, from ``n`` Ray tasks in flight spread over
+    the nodes. Tasks, not actors: Ray keeps its worker processes warm between phases (a phase of
+    fresh actors waits about a second for their processes to start; measured in bench/unit_pool.py),
+    and each process builds the phase's worker once (``_ProcessWorker``). A task is named after the
+    worker (``_FragmentWorker.run``: the dashboard says which worker runs where); one whose process
+    dies is retried (three times). Closing the generator cancels the running units and waits for
+    them to end, so no unit writes anything after it."""
+    import uuid
+
+    import ray
+
+    phase = uuid.uuid4().hex
+    spec_box = [ray.put((worker_cls, ctor_kwargs))]  # in a list: fetched by a process once, not a call
+    task = ray.remote(_run_unit).options(name=f"{worker_cls.__name__}.run", scheduling_strategy="SPREAD", max_retries=3, **ray_options)
+    todo = iter(units)
+    running = {task.remote(phase, spec_box, u) for u in (next(todo) for _ in range(n))}
+    try:
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            running.discard(ref)
+            out = ray.get(ref)  # a unit's error (a RayTaskError that is also the worker's exception)
+            nxt = next(todo, None)
+            if nxt is not None:
+                running.add(task.remote(phase, spec_box, nxt))
+            yield from out
+    finally:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        if running:
             ray.wait(list(running), num_returns=len(running), timeout=30)
 
 

@@ -36,6 +36,34 @@ def column_hash(store: Store, columns: list[str]) -> str:
     return hashlib.sha256(json.dumps(t.to_pylist(), sort_keys=True, default=str).encode()).hexdigest()
 
 
+def unit_task_ids(cluster) -> set[str]:
+    """Ids of the unit tasks (``execute_units``) the cluster has run so far: a test leaves them out
+    of its counts (other tests' jobs share the session's cluster)."""
+    return {t.task_id for t in _unit_tasks(cluster)}
+
+
+def units_by_node(cluster, worker: str, before: set[str] = frozenset(), job_id: str | None = None) -> dict[str, int]:
+    """Node IP -> units of ``execute_units`` run by ``worker`` (its tasks are named
+    ``<worker>.run``, one a unit) that finished, leaving out the tasks in ``before`` and, with
+    ``job_id``, other jobs'. Counts work done where it was done."""
+    from ray.util.state import list_nodes
+
+    ips = {n.node_id: n.node_ip for n in list_nodes(address=cluster.dashboard)}
+    out: dict[str, int] = {}
+    for t in _unit_tasks(cluster):
+        if t.name == f"{worker}.run" and t.state == "FINISHED" and t.task_id not in before and job_id in (None, t.job_id):
+            ip = ips.get(t.node_id, "?")
+            out[ip] = out.get(ip, 0) + 1
+    return out
+
+
+def _unit_tasks(cluster) -> list:
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(address=cluster.dashboard, filters=[("type", "=", "NORMAL_TASK")], limit=10_000, raise_on_missing_output=False)
+    return [t for t in tasks if t.name.endswith(".run")]
+
+
 def ray_env(**extra: str) -> dict[str, str]:
     """Environment of every Ray process we start: token auth (as the project's core sets it), no
     usage stats, the venv first on PATH (so ``python`` in a submitted job is the project's)."""

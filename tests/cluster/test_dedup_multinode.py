@@ -22,8 +22,7 @@ import pytest
 import yaml
 
 from curation.store import Store
-from tests.cluster.conftest import ROOT, column_hash, copy_store
-from tests.cluster.test_multinode import _actor_ids
+from tests.cluster.conftest import ROOT, column_hash, copy_store, unit_task_ids, units_by_node
 
 DUP_COLUMNS = ["dup_group", "dup_keep", "dup_of", "dup_reason", "dup_sim"]
 ROWS_PER_UNIT = 16  # 128 rows in fragments of 16: eight units per phase for a pool of two actors (one per node)
@@ -56,27 +55,6 @@ def _dedup(store: Store, config, env: dict[str, str], address: str | None = None
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
 
 
-def _units_by_node(cluster, class_part: str, before: set[str]) -> dict[str, int]:
-    """Node IP -> units (``run`` calls of ``execute_units``' actors, one call a unit) that finished on actors
-    whose class name contains ``class_part``, leaving out actors in ``before``. Counts work done,
-    not actors started: an actor can start on a node after the other one took every unit."""
-    from ray.util.state import list_actors, list_nodes, list_tasks
-
-    ips = {n.node_id: n.node_ip for n in list_nodes(address=cluster.dashboard)}
-    actors = {
-        a.actor_id
-        for a in list_actors(address=cluster.dashboard, limit=10_000, raise_on_missing_output=False)
-        if class_part in (a.class_name or "") and a.actor_id not in before
-    }
-    out: dict[str, int] = {}
-    tasks = list_tasks(address=cluster.dashboard, filters=[("type", "=", "ACTOR_TASK")], limit=10_000, raise_on_missing_output=False)
-    for t in tasks:
-        if t.actor_id in actors and t.name.endswith(".run") and t.state == "FINISHED":
-            ip = ips.get(t.node_id, "?")
-            out[ip] = out.get(ip, 0) + 1
-    return out
-
-
 @pytest.mark.timeout(900)
 def test_dedup_on_two_nodes_gives_the_embedded_groups(ray_cluster, dup_store, tmp_path):
     on_cluster = copy_store(dup_store, tmp_path / "cluster.lance")
@@ -90,7 +68,7 @@ def test_dedup_on_two_nodes_gives_the_embedded_groups(ray_cluster, dup_store, tm
     pins = {"index": {"head_node": 1}, "candidates": {"head_node": 1}, "verify": {"worker_node": 1}}
     placed_config.write_text(yaml.safe_dump({**settings, "resources": pins}))
 
-    before = _actor_ids(ray_cluster)
+    before = unit_task_ids(ray_cluster)
     t0 = time.monotonic()
     out = _dedup(on_cluster, placed_config, ray_cluster.env, ray_cluster.address)
     t_cluster = time.monotonic() - t0
@@ -121,7 +99,7 @@ def test_dedup_on_two_nodes_gives_the_embedded_groups(ray_cluster, dup_store, tm
     assert groups and removed, got
 
     # where the cluster run's units ran: every unit of each phase on the node its resources name
-    placed = {w: _units_by_node(ray_cluster, w, before) for w in ("_FragmentWorker", "_ShardWorker", "_CandidateWorker", "_AcceptWorker")}
+    placed = {w: units_by_node(ray_cluster, w, before) for w in ("_FragmentWorker", "_ShardWorker", "_CandidateWorker", "_AcceptWorker")}
     print(f"\n{len(groups)} groups, {removed} rows removed; cluster {t_cluster:.0f} s, embedded {t_embedded:.0f} s; units by node {placed}")
     units = 128 // ROWS_PER_UNIT
     assert placed["_ShardWorker"] == {HEAD: units} and placed["_CandidateWorker"] == {HEAD: units}, placed

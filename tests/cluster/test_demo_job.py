@@ -53,17 +53,18 @@ def _small_corpus(out):
     return len(keep)
 
 
-def _job_actors_by_node(cluster, submission_id: str) -> dict[str, set[str]]:
-    """Node IP -> class names of the actors the submitted job created (its driver's job id)."""
+def _job_workers_by_node(cluster, submission_id: str) -> dict[str, set[str]]:
+    """Node IP -> the unit workers (``execute_units``' tasks, named ``<worker>.run``) that ran
+    units of the submitted job (its driver's job id) there."""
     from ray.job_submission import JobSubmissionClient
-    from ray.util.state import list_actors, list_nodes
+    from ray.util.state import list_nodes, list_tasks
 
     job_id = JobSubmissionClient(cluster.dashboard).get_job_info(submission_id).driver_info.id
     ips = {n.node_id: n.node_ip for n in list_nodes(address=cluster.dashboard)}
     out: dict[str, set[str]] = {}
-    for a in list_actors(address=cluster.dashboard, limit=10_000, raise_on_missing_output=False):
-        if a.job_id == job_id:
-            out.setdefault(ips.get(a.node_id, "?"), set()).add(a.class_name or "?")
+    for t in list_tasks(address=cluster.dashboard, filters=[("job_id", "=", job_id)], limit=10_000, raise_on_missing_output=False):
+        if t.name.endswith(".run") and t.state == "FINISHED":
+            out.setdefault(ips.get(t.node_id, "?"), set()).add(t.name.removesuffix(".run"))
     return out
 
 
@@ -122,5 +123,5 @@ def test_demo_pipeline_as_a_ray_job_on_two_nodes(ray_cluster, tmp_path):
     assert max(m.get("step", 0) for m in metrics) >= want_steps - 1
 
     # the work was spread: the job's stage workers ran on the head and on the worker node
-    placed = _job_actors_by_node(ray_cluster, submission)
+    placed = _job_workers_by_node(ray_cluster, submission)
     assert {"127.0.0.2", "127.0.0.3"} <= set(placed), placed

@@ -55,7 +55,7 @@ def _slow_pipeline(tmp_path, store, cluster, **params) -> list[str]:
 
 
 def test_killed_worker_is_retried_and_result_is_identical(ray_cluster, coco_store, tmp_path, reference):
-    from ray.util.state import list_actors
+    from ray.util.state import list_tasks
 
     store = copy_store(coco_store, tmp_path / "w.lance")
     pids = tmp_path / "pids"
@@ -65,10 +65,15 @@ def test_killed_worker_is_retried_and_result_is_identical(ray_cluster, coco_stor
         cmd, cwd=ROOT, env=ray_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
-        # the stage's actor, found through the state API once it computes its first batch: SIGKILL it
+        # the process computing the stage's unit, found through the state API once it computes its
+        # first batch: SIGKILL it
         _wait_for(lambda: list(pids.iterdir()), "the stage's worker to start")
-        actors = list_actors(address=ray_cluster.dashboard, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-        victims = [a.pid for a in actors if "_FragmentWorker" in (a.class_name or "")]
+        running = [("name", "=", "_FragmentWorker.run"), ("state", "=", "RUNNING")]  # the state API follows within a second or so
+        victims = _wait_for(
+            lambda: [t.worker_pid for t in list_tasks(address=ray_cluster.dashboard, filters=running, raise_on_missing_output=False)],
+            "the unit's task in the state API",
+            timeout=30,
+        )
         assert len(victims) == 1 and (pids / str(victims[0])).exists(), (victims, list(pids.iterdir()))
         os.kill(victims[0], signal.SIGKILL)
         out, _ = driver.communicate(timeout=240)

@@ -13,27 +13,7 @@ import time
 import yaml
 
 from curation.store import Store
-from tests.cluster.conftest import ROOT, VENV_BIN, copy_store
-
-
-def _actor_ids(cluster) -> set[str]:
-    from ray.util.state import list_actors
-
-    return {a.actor_id for a in list_actors(address=cluster.dashboard, limit=10_000, raise_on_missing_output=False)}
-
-
-def _actors_by_node(cluster, class_part: str, before: set[str] = frozenset()) -> dict[str, int]:
-    """Node IP -> number of actors whose class name contains ``class_part`` (alive or finished),
-    leaving out those in ``before`` (other tests' jobs share the session's cluster)."""
-    from ray.util.state import list_actors, list_nodes
-
-    ips = {n.node_id: n.node_ip for n in list_nodes(address=cluster.dashboard)}
-    out: dict[str, int] = {}
-    for a in list_actors(address=cluster.dashboard, limit=10_000, raise_on_missing_output=False):
-        if class_part in (a.class_name or "") and a.actor_id not in before:
-            ip = ips.get(a.node_id, "?")
-            out[ip] = out.get(ip, 0) + 1
-    return out
+from tests.cluster.conftest import ROOT, VENV_BIN, copy_store, unit_task_ids, units_by_node
 
 
 def test_stage_pinned_to_worker_node(ray_cluster, coco_store, tmp_path):
@@ -48,7 +28,7 @@ def test_stage_pinned_to_worker_node(ray_cluster, coco_store, tmp_path):
             }
         )
     )
-    before = _actor_ids(ray_cluster)
+    before = unit_task_ids(ray_cluster)
     out = subprocess.run(
         [sys.executable, "-m", "cli", "run", str(pipe), "--address", ray_cluster.address],
         cwd=ROOT,
@@ -60,7 +40,7 @@ def test_stage_pinned_to_worker_node(ray_cluster, coco_store, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert store.open().count_rows(filter="toy_slow IS NOT NULL") == 80
     # every worker of the stage ran on the node that has the resource, none on the head
-    placed = _actors_by_node(ray_cluster, "_FragmentWorker", before)
+    placed = units_by_node(ray_cluster, "_FragmentWorker", before)
     assert placed and set(placed) == {"127.0.0.3"}, placed
 
 
