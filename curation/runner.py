@@ -290,6 +290,8 @@ class _ProcessWorker:
     worker: Any = None
     used = 0.0
     reaper = None
+    in_unit = False
+    shared: dict[str, Any] = {}  # ``process_cached``'s value (one key at a time)
 
     @classmethod
     def get(cls, phase: str, spec_box: list):
@@ -312,16 +314,35 @@ class _ProcessWorker:
         while True:
             time.sleep(cls.IDLE_S / 4)
             with cls.lock:
-                if cls.worker is not None and time.monotonic() - cls.used > cls.IDLE_S:
+                if (cls.worker is not None or cls.shared) and time.monotonic() - cls.used > cls.IDLE_S:
                     cls.phase, cls.worker = None, None
+                    cls.shared.clear()
                     gc.collect()
+
+
+def process_cached(key: str, build: Callable[[], Any]) -> Any:
+    """A value a worker process keeps for the next phases of a job: graph_tag's count phase and tag
+    phase build one tagger per process, not two. One key at a time (another key replaces it), and
+    dropped, like the phase's worker, once the process has been idle ``_ProcessWorker.IDLE_S``.
+    Outside a unit task (the driver, a GPU phase's actor) it is built and not kept."""
+    if not _ProcessWorker.in_unit:
+        return build()
+    shared = _ProcessWorker.shared
+    if key not in shared:
+        shared.clear()
+        shared[key] = build()
+    return shared[key]
 
 
 def _run_unit(phase: str, spec_box: list, unit: dict[str, Any]) -> list[dict[str, Any]]:
     """One unit of :func:`execute_units` as a Ray task, on a worker process Ray keeps warm."""
     with _ProcessWorker.lock:
-        out = _ProcessWorker.get(phase, spec_box)(pa.Table.from_pylist([unit]))
-        _ProcessWorker.used = time.monotonic()
+        _ProcessWorker.in_unit = True
+        try:
+            out = _ProcessWorker.get(phase, spec_box)(pa.Table.from_pylist([unit]))
+        finally:
+            _ProcessWorker.in_unit = False
+            _ProcessWorker.used = time.monotonic()
     return (out if isinstance(out, pa.Table) else pa.table(out)).to_pylist()
 
 

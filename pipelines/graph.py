@@ -222,11 +222,7 @@ class GraphTagStage(Stage):
         return Resources(num_cpus=1, memory_mb=1500)
 
     def _tagger(self):
-        from graph.concepts import ConceptGraph
-        from graph.tagging import Tagger
-
-        tag_cfg = TagConfig(**self.config.model_dump(exclude={"graph"}))
-        return Tagger(ConceptGraph.load(self.config.graph), tag_cfg)
+        return _tagger_of(self.config)
 
     def prepare(self, dataset) -> None:
         """BM25 statistics need the whole corpus: the workers count their fragments' captions
@@ -272,18 +268,29 @@ class GraphTagStage(Stage):
         return d
 
 
+def _tagger_of(config: GraphTagConfig):
+    """The tagger of ``config``'s graph and parameters, built once per worker process for both
+    phases of graph_tag (its counts, then its tags: ``process_cached``); the key names the graph
+    file's size and time, so a rebuilt graph is loaded anew."""
+    from curation.runner import process_cached
+    from graph.concepts import ConceptGraph
+    from graph.tagging import Tagger
+
+    tag_cfg = TagConfig(**config.model_dump(exclude={"graph"}))
+    nodes = Path(config.graph) / "nodes.parquet"
+    st = nodes.stat()
+    key = f"tagger:{nodes.resolve()}:{st.st_size}:{st.st_mtime_ns}:{tag_cfg.model_dump_json()}"
+    return process_cached(key, lambda: Tagger(ConceptGraph.load(config.graph), tag_cfg))
+
+
 class _CaptionCounts:
     """A worker of graph_tag's counting phase: the BM25 corpus counts of one fragment's captions,
     tokenised as the tagger tokenises them. Counts add up, so the driver only sums them: its
     memory grows with the vocabulary, not with the rows, and no caption is read there."""
 
     def __init__(self, store, version: int, config: GraphTagConfig):
-        from graph.concepts import ConceptGraph
-        from graph.tagging import Tagger
-
         self.ds = store.open(version)
-        tag_cfg = TagConfig(**config.model_dump(exclude={"graph"}))
-        self.tagger = Tagger(ConceptGraph.load(config.graph), tag_cfg.model_copy(update={"wsd": False}))  # tokens only
+        self.tagger = _tagger_of(config)  # the tag phase's, which the same process reuses
 
     def __call__(self, unit: pa.Table) -> pa.Table:
         fid = unit.column("fragment_id")[0].as_py()
@@ -321,7 +328,7 @@ def corpus_idf(store, version: int, config: GraphTagConfig, show_progress: bool 
         {"store": store, "version": version, "config": config},
         ray_options=Resources(num_cpus=1, memory_mb=1500).ray_options(),
         on_result=add,
-        description="graph_tag: caption counts (fragments)",
+        description="graph_tag: caption counts",
         concurrency=concurrency,
         show_progress=show_progress,
     )

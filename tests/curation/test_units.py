@@ -10,7 +10,7 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from curation.runner import _on_actors, _on_tasks, execute_units
+from curation.runner import _on_actors, _on_tasks, execute_units, process_cached
 
 
 class UnitFailed(ValueError):
@@ -63,3 +63,26 @@ def test_execute_units_streams_each_units_rows_to_the_driver(ray_session):
         show_progress=False,
     )
     assert sorted(r["y"] for r in got) == [0, 1, 4, 9, 16]
+
+
+class _Shared:
+    """Reports the process-kept value of ``key`` (a fresh token when it was built)."""
+
+    def __init__(self, key: str):
+        self.value = process_cached(key, lambda: uuid.uuid4().hex)
+
+    def __call__(self, unit: pa.Table) -> pa.Table:
+        return pa.table({"x": unit.column("x"), "pid": [os.getpid()], "value": [self.value]})
+
+
+def test_a_process_cached_value_is_built_once_per_process_for_the_phases_after(ray_session):
+    units = [{"x": i} for i in range(8)]
+    first = list(_on_tasks(units, _Shared, {"key": "k1"}, {"num_cpus": 1}, 2))
+    second = list(_on_tasks(units, _Shared, {"key": "k1"}, {"num_cpus": 1}, 2))
+    by_pid = {r["pid"]: r["value"] for r in first}
+    assert len(set(by_pid.values())) == len(by_pid)  # one value a process
+    assert all(by_pid.get(r["pid"], r["value"]) == r["value"] for r in second)  # the next phase reuses it
+    assert {r["pid"] for r in second} & set(by_pid)  # (on the same warm processes)
+    other = list(_on_tasks(units, _Shared, {"key": "k2"}, {"num_cpus": 1}, 2))
+    assert not {r["value"] for r in other} & set(by_pid.values())  # another key: built anew
+    assert process_cached("k1", lambda: "a") == "a" and process_cached("k1", lambda: "b") == "b"  # the driver keeps nothing
