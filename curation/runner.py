@@ -247,36 +247,49 @@ class _UnitActor:
         self.worker = worker_cls(**ctor_kwargs)
 
     def run(self, unit: dict[str, Any]) -> list[dict[str, Any]]:
-        out = self.worker(pa.Table.from_pylist([unit]))
-        return (out if isinstance(out, pa.Table) else pa.table(out)).to_pylist()
+        return _unit_rows(self.worker, unit)
+
+
+def _unit_rows(worker, unit: dict[str, Any]) -> list[dict[str, Any]]:
+    """A worker's output for one unit (given as a one-row Arrow table, what workers read), as rows."""
+    out = worker(pa.Table.from_pylist([unit]))
+    return (out if isinstance(out, pa.Table) else pa.table(out)).to_pylist()
+
+
+def _stream(units: list[dict[str, Any]], slots: list, submit: Callable[[Any, dict[str, Any]], Any], stop: Callable[[list], None]):
+    """Rows of every unit's output as units finish, one unit in flight per slot (``submit(slot,
+    unit)`` returns its ref); the next unit goes to the slot that finished. On close (the end, an
+    error, Ctrl-C), ``stop(running refs)``, then a wait for those units to end (a second or so),
+    so no unit writes anything after the generator returns."""
+    import ray
+
+    todo = iter(units)
+    running = {submit(slot, u): slot for slot, u in zip(slots, todo)}
+    try:
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            slot = running.pop(ref)
+            out = ray.get(ref)  # a unit's error (a RayTaskError that is also the worker's exception)
+            nxt = next(todo, None)
+            if nxt is not None:
+                running[submit(slot, nxt)] = slot
+            yield from out
+    finally:
+        stop(list(running))
+        if running:
+            ray.wait(list(running), num_returns=len(running), timeout=30)
 
 
 def _on_actors(units: list[dict[str, Any]], worker_cls: type, ctor_kwargs: dict[str, Any], ray_options: dict[str, Any], n: int):
     """Rows of every unit's output, as units finish, from ``n`` actors spread over the nodes.
     The actor class takes the worker's name, so the dashboard (and ``ray list actors``) says
-    which worker runs where. Closing the generator kills the actors and waits for the units they
-    were running to end with them (a second or so), so no unit writes anything after it."""
+    which worker runs where. Closing the generator kills the actors (``_stream``)."""
     import ray
 
     named = type(worker_cls.__name__, (_UnitActor,), {"__qualname__": worker_cls.__qualname__})
     opts = {"max_restarts": 3, "max_task_retries": 3, "scheduling_strategy": "SPREAD", **ray_options}
     actors = [ray.remote(named).options(**opts).remote(worker_cls, ctor_kwargs) for _ in range(n)]
-    todo = iter(units)
-    running = {a.run.remote(u): a for a, u in zip(actors, todo)}
-    try:
-        while running:
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            actor = running.pop(ref)
-            out = ray.get(ref)  # a unit's error (a RayTaskError that is also the worker's exception)
-            nxt = next(todo, None)
-            if nxt is not None:
-                running[actor.run.remote(nxt)] = actor
-            yield from out
-    finally:
-        for a in actors:
-            ray.kill(a)
-        if running:  # until the killed actors' units end (with their death): none writes after we return
-            ray.wait(list(running), num_returns=len(running), timeout=30)
+    yield from _stream(units, actors, lambda actor, u: actor.run.remote(u), lambda running: [ray.kill(a) for a in actors])
 
 
 class _ProcessWorker:
@@ -339,11 +352,10 @@ def _run_unit(phase: str, spec_box: list, unit: dict[str, Any]) -> list[dict[str
     with _ProcessWorker.lock:
         _ProcessWorker.in_unit = True
         try:
-            out = _ProcessWorker.get(phase, spec_box)(pa.Table.from_pylist([unit]))
+            return _unit_rows(_ProcessWorker.get(phase, spec_box), unit)
         finally:
             _ProcessWorker.in_unit = False
             _ProcessWorker.used = time.monotonic()
-    return (out if isinstance(out, pa.Table) else pa.table(out)).to_pylist()
 
 
 def _on_tasks(units: list[dict[str, Any]], worker_cls: type, ctor_kwargs: dict[str, Any], ray_options: dict[str, Any], n: int):
@@ -352,8 +364,7 @@ def _on_tasks(units: list[dict[str, Any]], worker_cls: type, ctor_kwargs: dict[s
     fresh actors waits about a second for their processes to start; measured in bench/unit_pool.py),
     and each process builds the phase's worker once (``_ProcessWorker``). A task is named after the
     worker (``_FragmentWorker.run``: the dashboard says which worker runs where); one whose process
-    dies is retried (three times). Closing the generator cancels the running units and waits for
-    them to end, so no unit writes anything after it."""
+    dies is retried (three times). Closing the generator cancels the running units (``_stream``)."""
     import uuid
 
     import ray
@@ -361,22 +372,9 @@ def _on_tasks(units: list[dict[str, Any]], worker_cls: type, ctor_kwargs: dict[s
     phase = uuid.uuid4().hex
     spec_box = [ray.put((worker_cls, ctor_kwargs))]  # in a list: fetched by a process once, not a call
     task = ray.remote(_run_unit).options(name=f"{worker_cls.__name__}.run", scheduling_strategy="SPREAD", max_retries=3, **ray_options)
-    todo = iter(units)
-    running = {task.remote(phase, spec_box, u) for u in (next(todo) for _ in range(n))}
-    try:
-        while running:
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            running.discard(ref)
-            out = ray.get(ref)  # a unit's error (a RayTaskError that is also the worker's exception)
-            nxt = next(todo, None)
-            if nxt is not None:
-                running.add(task.remote(phase, spec_box, nxt))
-            yield from out
-    finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
-        if running:
-            ray.wait(list(running), num_returns=len(running), timeout=30)
+    yield from _stream(
+        units, list(range(n)), lambda _, u: task.remote(phase, spec_box, u), lambda running: [ray.cancel(r, force=True) for r in running]
+    )
 
 
 def execute_resumable(

@@ -89,7 +89,6 @@ class Tagger:
         # vocabulary up front: a worker tagging a shard meets a few thousand of its ~100k tokens
         self._senses, self._index, self._amb = senses, index, {}
         self._qtok = list(self.scorer.qcol)  # query column -> token
-        self._Q = self.scorer.Q.tocsr()
         self.chooser = self._sense_chooser() if cfg.wsd and senses else None
         # parents as CSR over node indices, for propagation
         parents = [[index[p] for p in graph.g.predecessors(n)] for n in self.ids]
@@ -164,7 +163,6 @@ class Tagger:
 
         cfg, g = self.config, self.graph
         return SenseChooser(
-            {},
             sense_counts(str(WORDNET_DIR)),
             lambda nid: _sense_text(g, nid, gloss(nid)),
             prior_weight=cfg.wsd_prior_weight,
@@ -188,7 +186,7 @@ class Tagger:
         plain = [i for i in ids if index[i] not in self._names]
         ids = plain if len(plain) > 1 else ids  # a name is no sense of a lower-case word
         gone = [i for i in every if i not in g.g] if self.config.wsd_dropped > 0 and ids else []
-        Q = self._Q
+        Q = self.scorer.Q  # CSR: a token's row lists the concepts it queries
         default = Q.indices[Q.indptr[col] : Q.indptr[col + 1]]
         out = None
         if len(ids) + len(gone) > 1 and any(self.ids[d] in ids for d in default):

@@ -55,27 +55,13 @@ def sense_counts(wordnet_dir: str) -> dict[tuple[str, str], int]:
 class SenseChooser:
     """Pick one sense per (caption, ambiguous lemma); see the module docstring."""
 
-    def __init__(
-        self,
-        candidates: dict[str, list[str]],
-        counts,
-        texts_of,
-        *,
-        prior_weight=0.1,
-        margin=0.35,
-        use_model=True,
-        prior_keys=None,
-        sense_factor=None,
-    ):
-        self.candidates: dict[str, list[str]] = {}  # lemma -> node ids, WordNet sense order
+    def __init__(self, counts, texts_of, *, prior_weight=0.1, margin=0.35, use_model=True, sense_factor=None):
+        self.candidates: dict[str, list[str]] = {}  # lemma -> node ids, WordNet sense order (``add``)
         self.prior_weight, self.margin = prior_weight, margin
         self._gloss_text = texts_of  # node id -> "label: gloss"
         self._counts = counts
         self._factor = sense_factor or (lambda nid: 1.0)  # a domain prior per sense (Tagger: tangible things)
         self._log_prior: dict[str, np.ndarray] = {}
-        keys = prior_keys or {}
-        for t, ids in candidates.items():
-            self.add(t, ids, keys.get(t))
         self._gloss_emb: dict[str, np.ndarray] = {}
         self._model = None
         self.use_model = use_model

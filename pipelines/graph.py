@@ -207,6 +207,9 @@ def _caption_texts(captions: list) -> list[list[str]]:
     return [[c["text"] for c in (caps or []) if c and c.get("text")] for caps in captions]
 
 
+TAGGER_RESOURCES = Resources(num_cpus=1, memory_mb=1500)  # a worker holding a tagger (graph, sense model)
+
+
 @register_stage
 class GraphTagStage(Stage):
     """Concept tags with BM25 scores for every row's captions, propagated to ancestors."""
@@ -219,7 +222,7 @@ class GraphTagStage(Stage):
 
     @property
     def resources(self) -> Resources:
-        return Resources(num_cpus=1, memory_mb=1500)
+        return TAGGER_RESOURCES
 
     def _tagger(self):
         return _tagger_of(self.config)
@@ -326,7 +329,7 @@ def corpus_idf(store, version: int, config: GraphTagConfig, show_progress: bool 
         [{"fragment_id": f.fragment_id} for f in store.open(version).get_fragments()],
         _CaptionCounts,
         {"store": store, "version": version, "config": config},
-        ray_options=Resources(num_cpus=1, memory_mb=1500).ray_options(),
+        ray_options=TAGGER_RESOURCES.ray_options(),
         on_result=add,
         description="graph_tag: caption counts",
         concurrency=concurrency,
