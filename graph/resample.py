@@ -21,6 +21,12 @@ Both end the same way: expected copies ``e_i`` scaled to ``target_size`` (defaul
 number of rows), at most ``max_upsample`` copies of any row (bounded up-sampling of rare rows;
 the excess goes to the other rows), then systematic sampling turns ``e`` into integer copies
 that add up to exactly ``target_size``.
+
+Where the work runs: the rows' tags are :class:`TagBlock` s (the job keeps one per Lance
+fragment on a worker; :func:`resample` has one, in memory) and :func:`solve` drives them through
+:class:`Blocks`: each step the blocks return vectors of concept length (their part of the
+marginal) and the driver sends one back, so the driver holds no tag and, at the end, one
+weight per row.
 """
 
 from __future__ import annotations
@@ -35,14 +41,27 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.errors import UserError
 
-__all__ = ["ResampleConfig", "ResampleResult", "resample", "marginal_metrics", "read_prior", "check_prior_concepts", "ResampleError"]
+__all__ = [
+    "ResampleConfig",
+    "ResampleResult",
+    "resample",
+    "solve",
+    "TagBlock",
+    "Blocks",
+    "LocalBlocks",
+    "marginal_metrics",
+    "metrics_of",
+    "read_prior",
+    "check_prior_concepts",
+    "ResampleError",
+]
 
 
 class ResampleError(UserError, ValueError):
@@ -73,7 +92,7 @@ class ResampleResult:
     expected: np.ndarray  # expected copies per row, sums to target_size
     copies: np.ndarray  # realised integer copies, sums to target_size
     concepts: list[str]  # balanced concepts (columns of the incidence matrix)
-    incidence: sp.csr_matrix  # rows x concepts, 1 where the row carries the concept
+    incidence: sp.csr_matrix | None  # rows x concepts, 1 where the row carries the concept (in memory only)
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
     cap_t: float | None = None
@@ -125,28 +144,154 @@ def check_prior_concepts(path: str | Path, matches: Callable[[str], bool], what:
     raise ResampleError(f"prior concept matches {what}: {where}{more}")
 
 
-def _incidence(
-    tags: Sequence[Sequence[str] | None],
-    scores: Sequence[Sequence[float] | None],
-    direct: Sequence[Sequence[bool] | None] | None,
-    inherited: bool,
-):
-    import scipy.sparse as sp
+def _list_array(values, item_type):
+    """``values`` (Python lists, an Arrow list array or chunked array) as one Arrow list array."""
+    import pyarrow as pa
 
-    col: dict[str, int] = {}
-    r, c, v = [], [], []
-    for i, ts in enumerate(tags):
-        ss = scores[i] or []
-        ds = (direct[i] or []) if direct is not None else [True] * len(ts or [])
-        for j, t in enumerate(ts or []):
-            if inherited or ds[j]:
-                r.append(i)
-                c.append(col.setdefault(t, len(col)))
-                v.append(float(ss[j]) if j < len(ss) else 1.0)
-    n = len(tags)
-    S = sp.csr_matrix((v, (r, c)), shape=(n, len(col)))
-    S.sum_duplicates()
-    return list(col), S
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], pa.list_(item_type))
+    if not isinstance(values, pa.Array):
+        values = pa.array(list(values), pa.list_(item_type))
+    return values
+
+
+class TagBlock:
+    """Some rows' concept tags (the job: one Lance fragment's, kept by a worker) and their part of
+    a solve. Why blocks: the solve's per-row work (sparse products over the rows' tags) runs where
+    the rows are, and the driver only adds up what the blocks return, vectors of concept length,
+    so its memory does not grow with the rows (``solve``). One block is the in-memory path."""
+
+    def __init__(self, tags, scores, direct=None):
+        import pyarrow as pa
+
+        self.tags = _list_array(tags, pa.string())
+        self.scores = _list_array(scores, pa.float64())
+        self.direct = None if direct is None else _list_array(direct, pa.bool_())
+        self.n = len(self.tags)
+
+    def rows(self) -> int:
+        return self.n
+
+    def _flat(self, inherited: bool):
+        """(row, concept, score) of every tag used: inherited ones too, or direct ones only."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        lengths = pc.fill_null(pc.list_value_length(self.tags), 0).to_numpy(zero_copy_only=False)
+        rows = np.repeat(np.arange(self.n), lengths)
+        concepts = pc.list_flatten(self.tags)
+        vals = self._aligned(self.scores, lengths, pa.float64(), 1.0).astype(np.float64)
+        keep = concepts.is_valid().to_numpy(zero_copy_only=False)
+        if not inherited and self.direct is not None:
+            keep &= self._aligned(self.direct, lengths, pa.bool_(), True).astype(bool)
+        if keep.all():
+            return rows, concepts, vals
+        return rows[keep], concepts.filter(pa.array(keep)), vals[keep]
+
+    def _aligned(self, values, lengths: np.ndarray, item_type, default) -> np.ndarray:
+        """``values`` flattened to one entry per tag: a row's list shorter than its tags (or null)
+        is filled with ``default``, as the per-row lists were read before."""
+        import pyarrow.compute as pc
+
+        got = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)
+        flat = pc.fill_null(pc.list_flatten(values), default).to_numpy(zero_copy_only=False)
+        if np.array_equal(got, lengths):
+            return flat
+        out = np.full(int(lengths.sum()), default, dtype=flat.dtype if len(flat) else type(default))
+        starts, vstarts = np.r_[0, np.cumsum(lengths)[:-1]], np.r_[0, np.cumsum(got)[:-1]]
+        for s, vs, k in zip(starts, vstarts, np.minimum(lengths, got)):
+            out[s : s + k] = flat[vs : vs + k]
+        return out
+
+    def concept_rows(self, inherited: bool) -> tuple[list[str], np.ndarray, bool]:
+        """These rows' concepts in order of first appearance, the rows carrying each, and whether
+        any row has a tag at all (used or not)."""
+        import pyarrow.compute as pc
+
+        rows, concepts, _ = self._flat(inherited)
+        enc = pc.dictionary_encode(concepts)
+        names = enc.dictionary.to_pylist()
+        idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        pairs = np.unique(rows.astype(np.int64) * max(len(names), 1) + idx)  # a row counts once per concept
+        counts = np.bincount(pairs % max(len(names), 1), minlength=len(names)) if len(names) else np.zeros(0, np.int64)
+        return names, counts, bool(len(pc.list_flatten(self.tags)))
+
+    def index(self, index: dict[str, int], inherited: bool) -> int:
+        """Build the rows x concepts score matrix ``S`` (and the 0/1 ``B``) over the solve's concept
+        columns, concepts not in ``index`` left out; returns how many rows have a concept left."""
+        import pyarrow.compute as pc
+        import scipy.sparse as sp
+
+        rows, concepts, vals = self._flat(inherited)
+        enc = pc.dictionary_encode(concepts)
+        lut = np.array([index.get(c, -1) for c in enc.dictionary.to_pylist()], np.int64)
+        cols = lut[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)] if len(lut) else np.zeros(0, np.int64)
+        ok = cols >= 0
+        S = sp.csr_matrix((vals[ok], (rows[ok], cols[ok])), shape=(self.n, len(index)))
+        S.sum_duplicates()
+        B = S.copy()
+        B.data = np.ones_like(B.data)
+        self.S, self.B = S, B
+        self.tagged = np.asarray(B.sum(axis=1)).ravel() > 0
+        self.tags = self.scores = self.direct = None  # the matrices hold what the solve needs
+        return int(self.tagged.sum())
+
+    def start(self, cols: np.ndarray | None, untagged_weight: float) -> None:
+        """Begin a solve: ``Bb`` the concept columns it balances (all: None), the rows' BM25 shares
+        of them ``P`` (the balance method), every row's weight 1 (untagged: ``untagged_weight``)."""
+        import scipy.sparse as sp
+
+        self.Bb = self.B if cols is None else self.B[:, cols]
+        if cols is not None:
+            P = self.S[:, cols]
+            rs = np.asarray(P.sum(axis=1)).ravel()
+            self.P = sp.diags(np.divide(1.0, rs, out=np.zeros_like(rs), where=rs > 0)) @ P
+            self.has = rs > 0
+        self.w = np.ones(self.n)
+        self.w[~self.tagged] = untagged_weight
+
+    def frequencies(self, e: np.ndarray | None = None) -> np.ndarray:
+        """Concept frequencies of these rows under the current weights (or ``e``)."""
+        return np.asarray(self.Bb.T @ (self.w if e is None else e)).ravel()
+
+    def update(self, g: np.ndarray, step: float) -> tuple[float, int]:
+        """One multiplicative step toward the prior (``g``: log prior over marginal per concept);
+        returns the sum and count of the updated weights, for the mean that normalises them."""
+        upd = np.asarray(self.P @ g).ravel()
+        self.w[self.has] *= np.exp(step * upd[self.has])
+        return float(self.w[self.has].sum()), int(self.has.sum())
+
+    def normalise(self, mean: float, lo: float, hi: float) -> None:
+        self.w[self.has] = np.clip(self.w[self.has] / mean, lo, hi)
+
+    def weights(self) -> np.ndarray:
+        return self.w
+
+    def cap_probs(self, log_free: np.ndarray, untagged: float) -> np.ndarray:
+        """The cap method's keep probability of each row, 1 - prod over its concepts of
+        (1 - keep_c), given ``log_free`` = log(1 - keep_c)."""
+        p = 1.0 - np.exp(self.Bb @ log_free)
+        p[~self.tagged] = untagged
+        return p
+
+    def cap_total(self, log_free: np.ndarray, untagged: float) -> float:
+        return float(self.cap_probs(log_free, untagged).sum())
+
+
+class Blocks(Protocol):
+    """Where a solve's blocks are: ``map`` calls a :class:`TagBlock` method on every block with
+    the same ``args`` (and the block's own entry of ``each``, if given) and returns the results
+    in block order. In memory: :class:`LocalBlocks`; the job: workers that keep the blocks."""
+
+    def map(self, method: str, *args, each: Sequence | None = None) -> list: ...
+
+
+class LocalBlocks:
+    def __init__(self, blocks: list[TagBlock]):
+        self.blocks = blocks
+
+    def map(self, method: str, *args, each: Sequence | None = None) -> list:
+        return [getattr(b, method)(*args, *(() if each is None else (each[k],))) for k, b in enumerate(self.blocks)]
 
 
 def _count(x: float, digits: int = 2) -> int | float:
@@ -155,23 +300,28 @@ def _count(x: float, digits: int = 2) -> int | float:
 
 
 def marginal_metrics(expected: np.ndarray, B: sp.csr_matrix, concepts: list[str], top: int = 10) -> dict:
-    """Concept frequencies under ``expected`` copies: entropy, max/median, coverage, head/tail.
-    With ``expected`` all ones these are the dataset's own counts ("before"); rows and counts
-    that are whole numbers are integers."""
-    f = np.asarray(B.T @ expected).ravel()
+    """:func:`metrics_of` the rows x concepts 0/1 matrix ``B`` under ``expected`` copies."""
+    return metrics_of(np.asarray(B.T @ expected).ravel(), float(np.sum(expected)), concepts, top)
+
+
+def metrics_of(f: np.ndarray, rows: float, concepts: list[str], top: int = 10) -> dict:
+    """Concept frequencies ``f`` (expected rows carrying each concept, of ``rows`` in all):
+    entropy, max/median, coverage, head/tail. With one copy of every row these are the
+    dataset's own counts ("before"); rows and counts that are whole numbers are integers."""
+    f = np.asarray(f, np.float64)
     present = f > 0
     k = int(present.sum())
     q = f[present] / f[present].sum() if k else np.zeros(0)
     h = float(-(q * np.log(q)).sum()) if k else 0.0
     order = np.argsort(-f)
     return {
-        "concepts": int(B.shape[1]),
+        "concepts": len(f),
         "concepts_present": k,
-        "coverage": round(float((f >= 1).sum()) / max(B.shape[1], 1), 4),
+        "coverage": round(float((f >= 1).sum()) / max(len(f), 1), 4),
         "entropy": round(h, 4),
         "entropy_normalised": round(h / np.log(k), 4) if k > 1 else 0.0,
         "max_over_median": round(float(f.max() / np.median(f[present])), 3) if k else 0.0,
-        "rows": _count(float(expected.sum()), 3),
+        "rows": _count(float(rows), 3),
         "head": [(concepts[i], _count(float(f[i]))) for i in order[:top]],
         "tail": [(concepts[i], _count(float(f[i]))) for i in order[::-1][:top] if f[i] > 0][::-1],
         "frequencies": f.round(4).tolist(),
@@ -217,42 +367,64 @@ def resample(
     scores: Sequence[Sequence[float] | None],
     direct: Sequence[Sequence[bool] | None] | None = None,
     config: ResampleConfig | None = None,
+    **kwargs,
+) -> ResampleResult:
+    """Weights and copies for every row, in memory (see the module docstring; keyword arguments
+    as :func:`solve`). ``incidence``: the rows x concepts 0/1 matrix of the concepts balanced."""
+    block = TagBlock(tags, scores, direct)
+    res = solve(LocalBlocks([block]), config, **kwargs)
+    res.incidence = block.Bb.tocsr()
+    return res
+
+
+def solve(
+    blocks: Blocks,
+    config: ResampleConfig | None = None,
     *,
     concept_weight: dict[str, float] | None = None,
     prior: dict[str, float] | None = None,
     aliases: dict[str, list[str]] | None = None,
     concept_depth: dict[str, int] | None = None,
 ) -> ResampleResult:
-    """Weights and copies for every row (see the module docstring).
+    """Weights and copies for the rows of ``blocks``, in block order. The driver's share is of
+    concept length (counts, the prior, the marginal) plus one weight per row at the end.
 
     ``concept_weight`` (graph node weights) multiplies the prior; ``prior`` maps concept ids (or
     any key ``aliases`` maps to ids, e.g. labels) to target shares. ``concept_depth`` (graph
     depths) removes concepts above ``min_depth``: "entity" or "causal agent" say nothing a
     balance could use, and at the head of the report they hide the concrete concepts."""
     cfg = config or ResampleConfig()
-    n = len(tags)
+    sizes = np.asarray(blocks.map("rows"), np.int64)
+    n = int(sizes.sum())
     if n == 0:
         raise ResampleError("no rows to resample")
     target = float(cfg.target_size or n)
     use_inherited = cfg.inherited and cfg.method == "balance"
-    concepts, S = _incidence(tags, scores, direct, use_inherited)
+    concepts, counts, any_tag = _merge_counts(blocks.map("concept_rows", use_inherited))
     if concept_depth and cfg.min_depth:
         keep = [j for j, c in enumerate(concepts) if concept_depth.get(c, cfg.min_depth) >= cfg.min_depth]
-        concepts, S = [concepts[j] for j in keep], S[:, keep].tocsr()
-    B = S.copy()
-    B.data = np.ones_like(B.data)
-    tagged = np.asarray(B.sum(axis=1)).ravel() > 0
-    if not tagged.any():
-        raise ResampleError(_no_tags_message(tags, n, cfg.min_depth))
+        concepts, counts = [concepts[j] for j in keep], counts[keep]
+    n_tagged = sum(blocks.map("index", {c: j for j, c in enumerate(concepts)}, use_inherited))
+    if not n_tagged:
+        raise ResampleError(_no_tags_message(any_tag, n, cfg.min_depth))
     if cfg.method == "cap":
-        return _resample_cap(B, concepts, tagged, target, cfg)
-    return _resample_balance(S, B, concepts, tagged, target, cfg, concept_weight, prior, aliases)
+        return _solve_cap(blocks, sizes, counts, concepts, target, cfg)
+    return _solve_balance(blocks, sizes, counts, concepts, n_tagged, target, cfg, _concept_prior_of(prior, aliases, concept_weight))
 
 
-def _no_tags_message(tags, n: int, min_depth: int) -> str:
+def _merge_counts(parts: list[tuple[list[str], np.ndarray, bool]]) -> tuple[list[str], np.ndarray, bool]:
+    """The blocks' concept counts added up, concepts in order of first appearance over the rows."""
+    total: dict[str, int] = {}
+    for names, counts, _ in parts:
+        for c, k in zip(names, counts.tolist()):
+            total[c] = total.get(c, 0) + k
+    return list(total), np.fromiter(total.values(), np.int64, len(total)), any(a for _, _, a in parts)
+
+
+def _no_tags_message(any_tag: bool, n: int, min_depth: int) -> str:
     """Why nothing can be balanced: no row has a tag at all (an empty graph, or a graph whose
     terms the captions never name), or only tags too near the root."""
-    if any(tags):
+    if any_tag:
         return f"none of the {n} rows has a concept tag at depth >= min_depth ({min_depth}): nothing to balance"
     return (
         f"none of the {n} rows has a concept tag: re-tag with a graph whose concepts the captions name "
@@ -260,40 +432,80 @@ def _no_tags_message(tags, n: int, min_depth: int) -> str:
     )
 
 
-def _resample_cap(B, concepts: list[str], tagged: np.ndarray, target: float, cfg: ResampleConfig) -> ResampleResult:
+def _split(e: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    return np.split(e, np.cumsum(sizes)[:-1])
+
+
+def _summed(parts: list[np.ndarray], k: int) -> np.ndarray:
+    return np.sum(parts, axis=0) if parts else np.zeros(k)
+
+
+def _solve_cap(blocks: Blocks, sizes, n_c: np.ndarray, concepts: list[str], target: float, cfg: ResampleConfig) -> ResampleResult:
     """Each row kept at most once, with probability 1 - prod over its concepts (1 - min(1, t / n_c)):
     the cap ``t`` found by bisection so the expected size is the target."""
-    n = B.shape[0]
-    n_c = np.asarray(B.sum(axis=0)).ravel()
+    blocks.map("start", None, cfg.untagged_weight)
+    untagged = min(cfg.untagged_weight, 1.0)
 
-    def probs(t: float) -> np.ndarray:
-        keep_c = np.minimum(1.0, t / np.maximum(n_c, 1))
-        p = 1.0 - np.exp(B @ np.log(np.maximum(1.0 - keep_c, 1e-300)))  # 1 - prod (1 - keep_c)
-        p[~tagged] = min(cfg.untagged_weight, 1.0)
-        return p
+    def log_free(t: float) -> np.ndarray:
+        return np.log(np.maximum(1.0 - np.minimum(1.0, t / np.maximum(n_c, 1)), 1e-300))
+
+    def total(t: float) -> float:
+        return sum(blocks.map("cap_total", log_free(t), untagged))
 
     t = cfg.cap_t
     if t is None:
         hi = float(n_c.max()) if len(n_c) else 1.0
-        if probs(hi).sum() < target - 1e-6:
+        most = total(hi)
+        if most < target - 1e-6:
             raise ResampleError(
-                f"the cap method keeps each row at most once: at most {probs(hi).sum():.0f} rows, "
+                f"the cap method keeps each row at most once: at most {most:.0f} rows, "
                 f"fewer than target size {target:g}; use --method balance to up-sample"
             )
         lo = 0.0
         for _ in range(100):
             mid = (lo + hi) / 2
-            if probs(mid).sum() < target:
+            if total(mid) < target:
                 lo = mid
             else:
                 hi = mid
         t = hi
-    e = probs(t)
+    e = np.concatenate(blocks.map("cap_probs", log_free(t), untagged))
     if cfg.target_size and abs(e.sum() - target) > 0.5:
         e = _cap_bounded(e, target, 1.0)
-    before = marginal_metrics(np.ones(n), B, concepts)  # the dataset as it is: one copy of each row
-    copies = systematic_copies(e, cfg.seed)
-    return ResampleResult(e, copies, concepts, B, before, marginal_metrics(e, B, concepts), cap_t=float(t))
+    before = metrics_of(n_c.astype(np.float64), sizes.sum(), concepts)  # the dataset as it is: one copy of each row
+    after = metrics_of(_summed(blocks.map("frequencies", each=_split(e, sizes)), len(concepts)), e.sum(), concepts)
+    return ResampleResult(e, systematic_copies(e, cfg.seed), concepts, None, before, after, cap_t=float(t))
+
+
+def _concept_prior_of(prior, aliases, concept_weight):
+    return lambda concepts, balanced: _concept_prior(concepts, balanced, prior, aliases, concept_weight)
+
+
+def _solve_balance(blocks: Blocks, sizes, n_rows_c, concepts, n_tagged: int, target: float, cfg: ResampleConfig, prior_of):
+    """Multiplicative weights toward the concept prior (rows' concept shares from BM25 scores),
+    bounded by ``max_upsample``, then scaled to the target size. Per iteration the blocks send
+    the marginal's parts and the weights' sum, the driver sends the step and the mean."""
+    balanced = n_rows_c <= cfg.max_concept_share * max(n_tagged, 1)
+    if balanced.sum() < 2:
+        balanced[:] = True
+    pi = prior_of(concepts, balanced)
+    cols = np.flatnonzero(balanced)
+    blocks.map("start", cols, cfg.untagged_weight)
+    log_pi = np.log(np.maximum(pi[balanced], 1e-300))
+    lo, hi = 1.0 / cfg.max_upsample**2, cfg.max_upsample
+    for _ in range(cfg.iterations):
+        f = _summed(blocks.map("frequencies"), len(cols))
+        m = f / max(f.sum(), 1e-300)
+        g = np.where(m > 0, log_pi - np.log(np.maximum(m, 1e-300)), 0.0)
+        sums = blocks.map("update", g, cfg.step)
+        count = sum(c for _, c in sums)
+        if count:
+            blocks.map("normalise", sum(s for s, _ in sums) / count, lo, hi)
+    e = _cap_bounded(np.concatenate(blocks.map("weights")), target, cfg.max_upsample)
+    kept = [concepts[j] for j in cols]
+    before = metrics_of(n_rows_c[cols].astype(np.float64), sizes.sum(), kept)  # the dataset as it is: one copy of each row
+    after = metrics_of(_summed(blocks.map("frequencies", each=_split(e, sizes)), len(cols)), e.sum(), kept)
+    return ResampleResult(e, systematic_copies(e, cfg.seed), kept, None, before, after)
 
 
 def _concept_prior(concepts, balanced, prior, aliases, concept_weight) -> np.ndarray:
@@ -312,38 +524,3 @@ def _concept_prior(concepts, balanced, prior, aliases, concept_weight) -> np.nda
     if pi.sum() <= 0:
         raise ResampleError("the prior gives weight 0 to every concept in the data")
     return pi / pi.sum()
-
-
-def _resample_balance(S, B, concepts, tagged, target: float, cfg: ResampleConfig, concept_weight, prior, aliases):
-    """Multiplicative weights toward the concept prior (rows' concept shares from BM25 scores),
-    bounded by ``max_upsample``, then scaled to the target size."""
-    import scipy.sparse as sp
-
-    n = B.shape[0]
-    n_rows_c = np.asarray(B.sum(axis=0)).ravel()
-    balanced = n_rows_c <= cfg.max_concept_share * max(tagged.sum(), 1)
-    if balanced.sum() < 2:
-        balanced[:] = True
-    pi = _concept_prior(concepts, balanced, prior, aliases, concept_weight)
-    P = S[:, balanced] if balanced.any() else S  # row shares of balanced concepts, from BM25 scores
-    rs = np.asarray(P.sum(axis=1)).ravel()
-    P = sp.diags(np.divide(1.0, rs, out=np.zeros_like(rs), where=rs > 0)) @ P
-    Bb = B[:, balanced]
-    log_pi = np.log(np.maximum(pi[balanced], 1e-300))
-    has = rs > 0
-    w = np.ones(n)
-    w[~tagged] = cfg.untagged_weight
-    lo, hi = 1.0 / cfg.max_upsample**2, cfg.max_upsample
-    for _ in range(cfg.iterations):
-        f = np.asarray(Bb.T @ w).ravel()
-        m = f / max(f.sum(), 1e-300)
-        g = np.where(m > 0, log_pi - np.log(np.maximum(m, 1e-300)), 0.0)
-        upd = np.asarray(P @ g).ravel()
-        w[has] *= np.exp(cfg.step * upd[has])
-        w[has] = np.clip(w[has] / np.mean(w[has]), lo, hi)
-    e = _cap_bounded(w, target, cfg.max_upsample)
-    copies = systematic_copies(e, cfg.seed)
-    kept = [c for c, b in zip(concepts, balanced) if b]
-    before = marginal_metrics(np.ones(n), Bb, kept)  # the dataset as it is: one copy of each row
-    after = marginal_metrics(e, Bb, kept)
-    return ResampleResult(e, copies, kept, Bb.tocsr(), before, after)

@@ -72,3 +72,24 @@ def test_impossible_requests_are_clear_errors(coco_tags):
         resample([], [], [], ResampleConfig())
     r = resample([[], None, ["a"], ["b"]], [[], None, [1.0], [2.0]], None, ResampleConfig(untagged_weight=0.5))
     assert r.copies.sum() == 4 and r.expected[0] < r.expected[2]
+
+
+@pytest.mark.parametrize(
+    "cfg", [ResampleConfig(target_size=60, max_upsample=3), ResampleConfig(method="cap", target_size=40), ResampleConfig(inherited=False)]
+)
+def test_a_solve_over_blocks_gives_the_weights_of_one_in_memory(coco_tags, cfg):
+    """The job solves over one block of tags per Lance fragment, kept on workers; the driver only
+    adds up concept-length vectors. Split anyhow (an empty block too: a fragment whose rows are
+    all left out), the rows get the weights, copies and report of the in-memory solve."""
+    from graph.resample import LocalBlocks, TagBlock, solve
+
+    T, S, D = coco_tags
+    whole = resample(T, S, D, cfg)
+    cuts = [0, 7, 7, 30, 61, len(T)]
+    blocks = [TagBlock(T[a:b], S[a:b], D[a:b]) for a, b in zip(cuts, cuts[1:])]
+    split = solve(LocalBlocks(blocks), cfg)
+    np.testing.assert_allclose(split.expected, whole.expected, rtol=1e-9)
+    assert np.array_equal(split.copies, whole.copies) and split.concepts == whole.concepts
+    assert split.before == whole.before
+    assert split.after["head"] == whole.after["head"] and split.after["entropy"] == whole.after["entropy"]
+    assert split.cap_t == pytest.approx(whole.cap_t) if whole.cap_t else split.cap_t is None
