@@ -124,6 +124,7 @@ class FillWorker:
         for fid, cols in zip(batch.column("fragment_id").to_pylist(), batch.column("columns").to_pylist()):
             self.stage.stats = Stats()
             t0 = time.perf_counter()
+            self.stage.begin_fragment(int(fid))  # as the runner's merge path: a stage may load a fragment's slice
             data_file = self._write(self.dataset.get_fragment(int(fid)), cols)
             self.stage.stats.seconds = time.perf_counter() - t0
             out["fragment_id"].append(int(fid))

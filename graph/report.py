@@ -27,13 +27,11 @@ def resample_report(
     result,
     *,
     label: Callable[[str], str],
-    row_ids: Sequence[str],
-    row_captions: Sequence[str],
-    row_tags: Sequence[Sequence[str] | None],
+    top: Sequence[dict[str, Any]],
     settings: dict[str, Any],
-    top_rows: int = 20,
 ) -> Path:
-    """Write the resampling report for a :class:`graph.resample.ResampleResult`."""
+    """Write the resampling report for a :class:`graph.resample.ResampleResult`; ``top``: the rows
+    with the largest weights (id, expected, copies, caption, tags), largest first."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,18 +63,11 @@ def resample_report(
     tail = _table(
         ["concept", "label", "before", "after"], [[c, label(c), f, round(float(fa[result.concepts.index(c)]), 2)] for c, f in b["tail"]]
     )
-    top = np.argsort(-result.expected)[:top_rows]
     rows = _table(
         ["id", "expected copies", "copies", "caption", "tags"],
         [
-            [
-                row_ids[i],
-                round(float(result.expected[i]), 3),
-                int(result.copies[i]),
-                row_captions[i][:160],
-                ", ".join(label(t) for t in (row_tags[i] or [])[:8]),
-            ]
-            for i in top
+            [r["id"], round(float(r["expected"]), 3), int(r["copies"]), r["caption"][:160], ", ".join(label(t) for t in r["tags"][:8])]
+            for r in top
         ],
     )
     sett = _table(["setting", "value"], [[k, v] for k, v in settings.items()])
@@ -91,7 +82,7 @@ def resample_report(
         },
         {"title": "Head concepts (most frequent before)", "table": head},
         {"title": "Tail concepts (least frequent before)", "table": tail},
-        {"title": f"Rows with the largest weights (top {top_rows})", "table": rows},
+        {"title": f"Rows with the largest weights (top {len(top)})", "table": rows},
         {"title": "Settings", "table": sett},
     ]
     p = Path(path)

@@ -340,7 +340,7 @@ def corpus_idf(store, version: int, config: GraphTagConfig, show_progress: bool 
 
 # --- resampling stage ------------------------------------------------------------------------
 
-from graph.resample import ResampleConfig  # noqa: E402
+from graph.resample import ResampleConfig, TagBlock  # noqa: E402  (pure numpy/pydantic)
 
 
 class ResampleStepConfig(ResampleConfig, StageConfig):
@@ -350,7 +350,7 @@ class ResampleStepConfig(ResampleConfig, StageConfig):
 
 
 def left_out_reasons(ds) -> np.ndarray:
-    """Why each row of the Lance dataset ``ds`` will not be trained on (None: it will be), as
+    """Why each row of the Lance dataset (or fragment) ``ds`` will not be trained on (None: it will be), as
     export's default checks decide it (``pipelines.export.default_exclusions``: errors,
     duplicates, review rejects, the default rules such as ``nsfw``, too small or extreme images,
     no caption), each as a short label (``error``, ``duplicate``, ``rule:nsfw``, ``too_small``...).
@@ -371,9 +371,57 @@ def _left_out_label(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
+class _FragmentTags(TagBlock):
+    """One fragment's rows for the resampling solve, kept by a worker: the tags of the rows that
+    will be trained on (a :class:`graph.resample.TagBlock`) and, for every row, why it is left
+    out and its curriculum stage, for the weights it writes at the end (``write_plan``)."""
+
+    def __init__(self, ds, fragment_id: int, curriculum_column: str):
+        frag = ds.get_fragment(fragment_id)
+        self.fid, self.why = fragment_id, left_out_reasons(frag)
+        extra = [curriculum_column] if curriculum_column in frag.schema.names else []
+        t = frag.to_table(columns=["id", *CONCEPT_TAGS.columns, *extra])
+        self.ids = t.column("id")
+        self.stage = np.array([int(x or 0) for x in t.column(curriculum_column).to_pylist()] if extra else [0] * t.num_rows, np.int32)
+        self.used = np.flatnonzero(self.why == None)  # noqa: E711 (elementwise)
+        use = t.take(pa.array(self.used))
+        super().__init__(use.column("tag_concepts"), use.column("tag_scores"), use.column("tag_direct"))
+
+    def left_out(self) -> dict[str, int]:
+        return dict(Counter(w for w in self.why if w))
+
+    def write_plan(self, folder: str, part: tuple[np.ndarray, np.ndarray]) -> None:
+        """Every row's weight, copies, stage and left-out reason (0 copies), in the fragment's
+        order, to an Arrow file the stage's workers read for this fragment."""
+        import pyarrow.feather as feather
+
+        e, copies = part
+        weight, n = np.zeros(len(self.why)), np.zeros(len(self.why), np.int32)
+        weight[self.used], n[self.used] = e, copies
+        t = pa.table(
+            {"id": self.ids, "rs_weight": weight, "rs_copies": n, "rs_stage": self.stage, "reason": pa.array(list(self.why), pa.string())}
+        )
+        path = Path(folder) / f"{self.fid}.arrow"
+        tmp = path.with_suffix(".tmp")
+        feather.write_feather(t, str(tmp), compression="uncompressed")
+        tmp.replace(path)
+
+
+class _FragmentTagsLoader:
+    """A holder's loader (``curation.holders``): one :class:`_FragmentTags` a fragment."""
+
+    def __init__(self, store, version: int, curriculum_column: str):
+        self.ds, self.curriculum_column = store.open(version), curriculum_column
+
+    def __call__(self, unit: pa.Table) -> _FragmentTags:
+        return _FragmentTags(self.ds, unit.column("fragment_id")[0].as_py(), self.curriculum_column)
+
+
 @register_stage
 class ResampleStage(Stage):
-    """Per-row sampling weight and copies toward a concept prior (solved once on the driver)."""
+    """Per-row sampling weight and copies toward a concept prior: solved over the rows' tags kept
+    on workers (one block a fragment, ``graph.resample.solve``), written from a plan file a
+    fragment. The driver holds concept-length vectors and one weight and copy count per row."""
 
     name = "resample_weights"
     config_model = ResampleStepConfig
@@ -385,74 +433,97 @@ class ResampleStage(Stage):
 
     def prepare(self, dataset) -> None:
         """Solve the weights once over the rows that will be trained on; left-out rows get 0."""
-        from graph.resample import ResampleError, resample
+        from curation.holders import Holders
+        from curation.store import Store
 
-        cfg = self.config
         missing = [c for c in CONCEPT_TAGS.columns if c not in dataset.schema.names]
         if missing:
             raise GraphError(f"resample needs the tag columns {missing}: run `curate graph tag --dataset ... --graph ...` first")
-        extra = [c for c in (cfg.curriculum_column,) if c in dataset.schema.names]
-        t = dataset.to_table(columns=["id", "captions", *CONCEPT_TAGS.columns, *extra])
-        why = left_out_reasons(dataset)
-        self.left_out = dict(sorted(Counter(w for w in why if w).items()))
-        use = t.take(np.flatnonzero(why == None))  # noqa: E711 (elementwise)
-        if use.num_rows == 0:
-            raise ResampleError(f"no row of the {t.num_rows} can be trained on (left out: {self.left_out}): nothing to resample")
+        store = self.store or Store(dataset.uri)
+        units = [{"fragment_id": f.fragment_id} for f in dataset.get_fragments()]
+        loader = {"store": store, "version": dataset.version, "curriculum_column": self.config.curriculum_column}
+        opts = Resources(num_cpus=1, memory_mb=500).ray_options()
+        with Holders(
+            units,
+            _FragmentTagsLoader,
+            loader,
+            ray_options=opts,
+            description="resample: rows' tags",
+            concurrency=self.concurrency,
+            show_progress=self.show_progress,
+        ) as blocks:
+            res = self._solve(blocks, dataset.count_rows())
+            self._plan_dir = self._plan_folder(store, res)
+            sizes = np.cumsum(blocks.map("rows"))[:-1]
+            blocks.map("write_plan", str(self._plan_dir), each=list(zip(np.split(res.expected, sizes), np.split(res.copies, sizes))))
+
+    def _solve(self, blocks, n_rows: int):
+        from graph.resample import ResampleError, solve
+
+        cfg = self.config
+        self.left_out = dict(sorted(sum((Counter(c) for c in blocks.map("left_out")), Counter()).items()))
+        if n_rows == sum(self.left_out.values()):
+            raise ResampleError(f"no row of the {n_rows} can be trained on (left out: {self.left_out}): nothing to resample")
         graph = self._graph()
-        res = resample(
-            use.column("tag_concepts").to_pylist(),
-            use.column("tag_scores").to_pylist(),
-            use.column("tag_direct").to_pylist(),
+        res = solve(
+            blocks,
             ResampleConfig(**cfg.model_dump(include=set(ResampleConfig.model_fields))),
             concept_weight={n: w for n, w in graph.g.nodes(data="weight") if w != 1.0} if graph else None,
             concept_depth=dict(graph.g.nodes(data="depth")) if graph else None,
-            **self._prior(graph, use),
+            **self._prior(graph, blocks),
         )
-        self._keep_result(t, use, why, res, graph)
+        self._driver = {"result": res, "graph": graph, "left_out": self.left_out, "rows_used": len(res.expected)}
+        return res
 
     def _graph(self):
         from graph.concepts import ConceptGraph
 
         return ConceptGraph.load(self.config.graph) if self.config.graph else None
 
-    def _prior(self, graph, t) -> dict:
-        """The prior and its aliases (:func:`checked_prior`)."""
-        return checked_prior(self.config.prior, graph, t.column("tag_concepts").to_pylist())
+    def _prior(self, graph, blocks) -> dict:
+        """The prior and its aliases (:func:`checked_prior`); without a graph, its names are checked
+        against the concepts tagged on the rows that will be trained on."""
+        if self.config.prior == "uniform" or graph is not None:
+            return checked_prior(self.config.prior, graph, None)
+        seen = sorted({c for names, _, _ in blocks.map("concept_rows", True) for c in names})
+        return checked_prior(self.config.prior, None, [seen])
 
-    def _keep_result(self, t, use, why, res, graph) -> None:
-        """Per-id (weight, copies, stage, left-out reason) for the workers; the rest for the report."""
-        cfg = self.config
-        has_cur = cfg.curriculum_column in t.schema.names
-        ids = t.column("id").to_pylist()
-        stage = [int(x or 0) for x in t.column(cfg.curriculum_column).to_pylist()] if has_cur else [0] * len(ids)
-        self._by_id = {i: (0.0, 0, s, w) for i, s, w in zip(ids, stage, why)}
-        used = use.column("id").to_pylist()
-        for i, e, c in zip(used, res.expected, res.copies):
-            self._by_id[i] = (float(e), int(c), self._by_id[i][2], None)
-        self._driver = {
-            "result": res,
-            "graph": graph,
-            "ids": used,
-            "captions": [(row[0]["text"] if row else "") for row in use.column("captions").to_pylist()],
-            "stage": [self._by_id[i][2] for i in used],
-            "tags": use.column("tag_concepts").to_pylist(),
-            "left_out": self.left_out,
-        }
+    def _plan_folder(self, store, res) -> Path:
+        """A folder named after the solve's result (its digest is also this run's fingerprint): a
+        resumed run that solves the same weights writes to, and resumes, the same one."""
+        import hashlib
+        import shutil
+
+        h = hashlib.sha1(res.expected.tobytes() + res.copies.tobytes() + json.dumps(self.left_out).encode())
+        self._digest = h.hexdigest()[:16]
+        root = store.state_dir / "graph" / "resample-plan"
+        for old in root.glob("*") if root.exists() else []:
+            if old.name != self._digest:
+                shutil.rmtree(old, ignore_errors=True)
+        (root / self._digest).mkdir(parents=True, exist_ok=True)
+        return root / self._digest
 
     def fingerprint(self) -> str:
         import hashlib
 
-        ids = sorted(getattr(self, "_by_id", {}).items())[:50]
-        left_out = getattr(self, "left_out", {})  # dedup or errors changed: new weights
-        return hashlib.sha1(f"{super().fingerprint()}:{ids}:{left_out}".encode()).hexdigest()[:12]
+        return hashlib.sha1(f"{super().fingerprint()}:{getattr(self, '_digest', '')}".encode()).hexdigest()[:12]
+
+    def begin_fragment(self, fragment_id: int) -> None:
+        import pyarrow.feather as feather
+
+        self._part, self._pos = feather.read_table(str(Path(self._plan_dir) / f"{fragment_id}.arrow"), memory_map=True), 0
 
     def process_batch(self, batch):
-        got = [self._by_id.get(i, (0.0, 0, 0, None)) for i in batch.column("id").to_pylist()]
-        self.stats.count("rows_dropped", sum(1 for g in got if g[1] == 0 and not g[3]))
-        for reason, n in Counter(g[3] for g in got if g[3]).items():
+        got = self._part.slice(self._pos, batch.num_rows)
+        self._pos += batch.num_rows
+        if got.column("id").to_pylist() != batch.column("id").to_pylist():  # the plan is in the fragment's order
+            raise RuntimeError(f"resample: the weights planned for a fragment do not match its rows (plan {self._plan_dir})")
+        copies, reasons = got.column("rs_copies").to_numpy(), got.column("reason").to_pylist()
+        self.stats.count("rows_dropped", int(sum(1 for c, r in zip(copies, reasons) if c == 0 and not r)))
+        for reason, n in Counter(r for r in reasons if r).items():
             self.stats.count(f"rows_left_out_{reason}", n)
-        self.stats.count("rows_upsampled", sum(1 for g in got if g[1] > 1))
-        return {"rs_weight": [g[0] for g in got], "rs_copies": [g[1] for g in got], "rs_stage": [g[2] for g in got]}
+        self.stats.count("rows_upsampled", int((copies > 1).sum()))
+        return {c: got.column(c).combine_chunks() for c in RESAMPLE.schema.names}
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -507,8 +578,7 @@ def check_resample_request(store, cfg: ResampleStepConfig) -> None:
 
 def run_resample(ctx, cfg: ResampleStepConfig):
     """Tag if needed, compute weights (a committed stage), write the manifest and the report."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import shutil
 
     from curation.runner import run_stage
     from graph.report import resample_report
@@ -527,26 +597,17 @@ def run_resample(ctx, cfg: ResampleStepConfig):
     r = drv["result"]
     out_dir = store.state_dir / "graph" / f"resample-v{res.version}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = pa.table(
-        {
-            "id": drv["ids"],
-            "copies": pa.array(r.copies, pa.int32()),
-            "weight": r.expected,
-            "stage": pa.array(drv["stage"], pa.int32()),
-        }
-    ).filter(pa.array(r.copies > 0))
-    manifest = manifest.sort_by([("stage", "ascending"), ("id", "ascending")])
-    pq.write_table(manifest, out_dir / "manifest.parquet")
+    ds = store.open(res.version)
+    _write_manifest(ds, out_dir / "manifest.parquet")
+    shutil.rmtree(stage._plan_dir.parent, ignore_errors=True)  # written into the rs_* columns now
     graph = drv["graph"]
     label = graph.display if graph else (lambda c: c)
     left_out = _left_out_note(drv["left_out"])
     settings = cfg.model_dump(mode="json") | {"dataset_version": res.version, "cap_t_solved": r.cap_t, "rows_left_out": left_out}
-    report = resample_report(
-        out_dir / "report.html", r, label=label, row_ids=drv["ids"], row_captions=drv["captions"], row_tags=drv["tags"], settings=settings
-    )
+    report = resample_report(out_dir / "report.html", r, label=label, top=_top_rows(ds, r.expected), settings=settings)
     summary = {k: v for k, v in r.after.items() if k != "frequencies"}
     before = {k: v for k, v in r.before.items() if k != "frequencies"}
-    rows = {"used": len(drv["ids"]), "left_out": drv["left_out"]}
+    rows = {"used": drv["rows_used"], "left_out": drv["left_out"]}
     doc = {"before": before, "after": summary, "rows": rows, "settings": settings}
     (out_dir / "summary.json").write_text(json.dumps(doc, indent=2, default=str))
     res.extra.update(
@@ -560,6 +621,39 @@ def run_resample(ctx, cfg: ResampleStepConfig):
         }
     )
     return results
+
+
+def _write_manifest(ds, path: Path) -> None:
+    """The resampled set as a table of (id, copies, weight, stage), rows with copies only, read
+    back from the committed ``rs_*`` columns (the driver never held the ids)."""
+    import pyarrow.parquet as pq
+
+    t = ds.to_table(columns=["id", "rs_copies", "rs_weight", "rs_stage"], filter="rs_copies > 0")
+    schema = pa.schema([("id", pa.string()), ("copies", pa.int32()), ("weight", pa.float64()), ("stage", pa.int32())])
+    t = t.rename_columns(schema.names).cast(schema)
+    pq.write_table(t.sort_by([("stage", "ascending"), ("id", "ascending")]), path)
+
+
+def _top_rows(ds, expected: np.ndarray, top: int = 20) -> list[dict]:
+    """The ``top`` rows with the largest weights (id, weight, copies, caption, tags), for the
+    report: read back by their weight, not kept on the driver for every row."""
+    if not len(expected):
+        return []
+    floor = float(np.sort(expected)[-min(top, len(expected))])
+    t = ds.to_table(
+        columns=["id", "rs_weight", "rs_copies", "captions", "tag_concepts"], filter=f"rs_weight >= {floor!r} AND rs_weight > 0"
+    )
+    rows = sorted(t.to_pylist(), key=lambda r: -r["rs_weight"])[:top]
+    return [
+        {
+            "id": r["id"],
+            "expected": r["rs_weight"],
+            "copies": r["rs_copies"],
+            "caption": (r["captions"] or [{}])[0].get("text") or "",
+            "tags": r["tag_concepts"] or [],
+        }
+        for r in rows
+    ]
 
 
 def _left_out_note(counts: dict[str, int]) -> str:

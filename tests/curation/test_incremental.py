@@ -37,6 +37,24 @@ class TwiceStage(Stage):
         return {"toy_twice": pa.array([2 * (c or 0) for c in batch.column("caption_count").to_pylist()], pa.int32())}
 
 
+class FragmentIdStage(Stage):
+    """Writes the fragment id it was told in ``begin_fragment`` (a stage that loads per-fragment
+    state there, as dedup's and resampling's plans do)."""
+
+    name = "toy_fragment"
+    input_columns = ["id"]
+    output_schema = pa.schema([pa.field("toy_fragment", pa.int64())])
+
+    def setup(self) -> None:
+        self.fragment = -1
+
+    def begin_fragment(self, fragment_id: int) -> None:
+        self.fragment = fragment_id
+
+    def process_batch(self, batch):
+        return {"toy_fragment": pa.array([self.fragment] * batch.num_rows, pa.int64())}
+
+
 def _folder(dst: Path, images: list[Path]) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for p in images:
@@ -124,6 +142,17 @@ def test_rewritten_inputs_are_recomputed(ray_session, tmp_path, two_batches):
     assert (r.status, r.mode, r.stats.rows, r.fragments) == ("committed", "incremental", 10, 2)
     t = store.to_arrow(columns=["caption_count", "toy_twice"]).to_pylist()
     assert all(row["toy_twice"] == 2 * row["caption_count"] for row in t)
+
+
+def test_begin_fragment_is_called_on_full_and_incremental_runs(ray_session, tmp_path, two_batches):
+    store = Store(tmp_path / "d.lance")
+    _ingest(store, two_batches[0], shard_size=5)
+    assert run_stage(store, FragmentIdStage(), show_progress=False).mode == "full"
+    _ingest(store, two_batches[1], shard_size=5)
+    assert run_stage(store, FragmentIdStage(), show_progress=False).mode == "incremental"  # new fragments: filled
+    ds = store.open()
+    got = {f.fragment_id: set(f.to_table(columns=["toy_fragment"]).column(0).to_pylist()) for f in ds.get_fragments()}
+    assert len(got) >= 3 and all(vals == {fid} for fid, vals in got.items()), got
 
 
 def test_incremental_run_resumes_after_failure(ray_session, tmp_path, two_batches):

@@ -114,3 +114,36 @@ def test_missing_graph_and_negative_seed_are_refused_before_ray(coco_store, tmp_
     assert r.exit_code == 2 and "seed" in r.output and "Traceback" not in r.output, r.output  # a ConfigError: one line
     with pytest.raises(ConfigError, match="seed"):
         validate(ResampleStepConfig, {"seed": -1})
+
+
+def test_the_driver_reads_no_rows_tags_or_captions_but_the_reports_top_rows(tagged_store, coco_graph_dir, monkeypatch):
+    """The solve runs over the rows' tags kept on workers (one block a fragment): the driver's
+    only reads of the tag or caption columns are the report's top rows, by their weight."""
+    from lance.dataset import LanceDataset
+    from lance.fragment import LanceFragment
+
+    from curation.config import RunContext
+    from pipelines.graph import ResampleStepConfig, run_resample
+
+    heavy = {"tag_concepts", "tag_scores", "tag_direct", "captions"}
+    reads: list[tuple[set, str | None, int]] = []
+
+    def spy(cls, name):
+        real = getattr(cls, name)
+
+        def read(self, *a, **k):
+            out = real(self, *a, **k)
+            cols = k.get("columns") if "columns" in k else (a[0] if a and name == "to_table" else None)
+            cols = set(cols or []) if not isinstance(cols, dict) else set(cols.values())
+            if cols is None or not cols or cols & heavy:  # all columns, or a heavy one
+                reads.append((cols, k.get("filter"), out.num_rows))
+            return out
+
+        monkeypatch.setattr(cls, name, read)
+
+    for cls, name in ((LanceDataset, "to_table"), (LanceDataset, "take"), (LanceFragment, "to_table"), (LanceFragment, "take")):
+        spy(cls, name)
+    cfg = ResampleStepConfig(graph=str(coco_graph_dir), target_size=60, max_upsample=3)
+    res = run_resample(RunContext(store=tagged_store, overwrite=True, show_progress=False), cfg)[-1]
+    assert res.status == "committed"
+    assert reads and all(f and f.startswith("rs_weight >=") and n <= 20 + 5 for _, f, n in reads), reads
