@@ -568,12 +568,14 @@ def check_resample_request(store, cfg: ResampleStepConfig) -> None:
         return
     if cfg.graph:
         checked_prior(cfg.prior, ConceptGraph.load(cfg.graph), None)
-    elif tagged:  # the tags of the rows that will be trained on, as the stage reads them
-        ds = store.open()
-        tags = ds.to_table(columns=[CONCEPT_TAGS.columns[0]]).column(0).to_pylist()
-        use = [ts for ts, w in zip(tags, left_out_reasons(ds)) if w is None]
-        if use:  # no row to train on at all: the stage says that, the more basic problem
-            checked_prior(cfg.prior, None, use)
+    elif tagged:  # the concepts tagged on any row, read in batches (concept-sized, not row-sized);
+        # the stage then checks them against the rows that will be trained on
+        import pyarrow.compute as pc
+
+        seen: set[str] = set()
+        for b in store.open().to_batches(columns=[CONCEPT_TAGS.columns[0]]):
+            seen.update(c for c in pc.unique(pc.list_flatten(b.column(0))).to_pylist() if c is not None)
+        checked_prior(cfg.prior, None, [sorted(seen)])
 
 
 def run_resample(ctx, cfg: ResampleStepConfig):
@@ -640,10 +642,12 @@ def _top_rows(ds, expected: np.ndarray, top: int = 20) -> list[dict]:
     if not len(expected):
         return []
     floor = float(np.sort(expected)[-min(top, len(expected))])
-    t = ds.to_table(
-        columns=["id", "rs_weight", "rs_copies", "captions", "tag_concepts"], filter=f"rs_weight >= {floor!r} AND rs_weight > 0"
-    )
-    rows = sorted(t.to_pylist(), key=lambda r: -r["rs_weight"])[:top]
+    if floor <= 0:
+        return []
+    cols = ["id", "rs_weight", "rs_copies", "captions", "tag_concepts"]
+    above = ds.to_table(columns=cols, filter=f"rs_weight > {floor!r}").to_pylist()  # fewer than ``top``
+    ties = ds.to_table(columns=cols, filter=f"rs_weight = {floor!r}", limit=top - len(above)).to_pylist()  # many at the cap
+    rows = sorted(above, key=lambda r: -r["rs_weight"]) + ties
     return [
         {
             "id": r["id"],
