@@ -178,7 +178,7 @@ class TagBlock:
         import pyarrow.compute as pc
 
         lengths = pc.fill_null(pc.list_value_length(self.tags), 0).to_numpy(zero_copy_only=False)
-        rows = np.repeat(np.arange(self.n), lengths)
+        rows = np.repeat(np.arange(self.n, dtype=np.int32), lengths)
         concepts = pc.list_flatten(self.tags)
         vals = self._aligned(self.scores, lengths, pa.float64(), 1.0).astype(np.float64)
         keep = concepts.is_valid().to_numpy(zero_copy_only=False)
@@ -205,48 +205,61 @@ class TagBlock:
 
     def concept_rows(self, inherited: bool) -> tuple[list[str], np.ndarray, bool]:
         """These rows' concepts in order of first appearance, the rows carrying each, and whether
-        any row has a tag at all (used or not)."""
-        import pyarrow.compute as pc
+        any row has a tag at all (used or not). Keeps the rows' tags as a sparse matrix over
+        these concepts for :meth:`index`."""
+        names, L = self._local(inherited)
+        return names, np.bincount(L.indices, minlength=len(names)), bool(self.any_tag)
 
-        rows, concepts, _ = self._flat(inherited)
-        enc = pc.dictionary_encode(concepts)
-        names = enc.dictionary.to_pylist()
-        idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        pairs = np.unique(rows.astype(np.int64) * max(len(names), 1) + idx)  # a row counts once per concept
-        counts = np.bincount(pairs % max(len(names), 1), minlength=len(names)) if len(names) else np.zeros(0, np.int64)
-        return names, counts, bool(len(pc.list_flatten(self.tags)))
-
-    def index(self, index: dict[str, int], inherited: bool) -> int:
-        """Build the rows x concepts score matrix ``S`` (and the 0/1 ``B``) over the solve's concept
-        columns, concepts not in ``index`` left out; returns how many rows have a concept left."""
+    def _local(self, inherited: bool):
+        """(concepts in order of first appearance, rows x those concepts score matrix), built once
+        per ``inherited`` from the Arrow lists (a row's repeated concept summed)."""
         import pyarrow.compute as pc
         import scipy.sparse as sp
 
-        rows, concepts, vals = self._flat(inherited)
-        enc = pc.dictionary_encode(concepts)
-        lut = np.array([index.get(c, -1) for c in enc.dictionary.to_pylist()], np.int64)
-        cols = lut[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)] if len(lut) else np.zeros(0, np.int64)
+        got = self.__dict__.setdefault("_locals", {})
+        if inherited not in got:
+            rows, concepts, vals = self._flat(inherited)
+            enc = pc.dictionary_encode(concepts)
+            names = enc.dictionary.to_pylist()
+            indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=self.n))]  # tags are in row order: CSR as is
+            L = sp.csr_matrix((vals, enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), indptr), shape=(self.n, len(names)))
+            L.sum_duplicates()
+            self.any_tag = len(pc.list_flatten(self.tags)) > 0
+            got[inherited] = (names, L)
+        return got[inherited]
+
+    def index(self, index: dict[str, int], inherited: bool) -> int:
+        """Build the rows x concepts score matrix ``S`` over the solve's concept columns, concepts
+        not in ``index`` left out; returns how many rows have a concept left."""
+        import scipy.sparse as sp
+
+        names, L = self._local(inherited)
+        lut = np.array([index.get(c, -1) for c in names], np.int64)
+        cols = lut[L.indices] if len(lut) else np.zeros(0, np.int64)
         ok = cols >= 0
-        S = sp.csr_matrix((vals[ok], (rows[ok], cols[ok])), shape=(self.n, len(index)))
-        S.sum_duplicates()
-        B = S.copy()
-        B.data = np.ones_like(B.data)
-        self.S, self.B = S, B
-        self.tagged = np.asarray(B.sum(axis=1)).ravel() > 0
-        self.tags = self.scores = self.direct = None  # the matrices hold what the solve needs
+        rows = np.repeat(np.arange(self.n, dtype=np.int32), np.diff(L.indptr))
+        indptr = np.r_[0, np.cumsum(np.bincount(rows[ok], minlength=self.n))]
+        S = sp.csr_matrix((L.data[ok], cols[ok].astype(np.int32), indptr), shape=(self.n, len(index)))
+        S.sort_indices()
+        self.S, self.tagged = S, np.diff(S.indptr) > 0
+        self.tags = self.scores = self.direct = self._locals = None  # the matrix holds what the solve needs
         return int(self.tagged.sum())
 
     def start(self, cols: np.ndarray | None, untagged_weight: float) -> None:
-        """Begin a solve: ``Bb`` the concept columns it balances (all: None), the rows' BM25 shares
-        of them ``P`` (the balance method), every row's weight 1 (untagged: ``untagged_weight``)."""
+        """Begin a solve: ``Bb`` the 0/1 matrix of the concept columns it balances (all: None), the
+        rows' BM25 shares of them ``P`` (the balance method), every row's weight 1 (untagged:
+        ``untagged_weight``). ``P`` and ``Bb`` share one index array and ``S`` is dropped: about
+        20 bytes a tag while the solve runs."""
         import scipy.sparse as sp
 
-        self.Bb = self.B if cols is None else self.B[:, cols]
+        S = self.S if cols is None else self.S[:, cols]
         if cols is not None:
-            P = self.S[:, cols]
-            rs = np.asarray(P.sum(axis=1)).ravel()
-            self.P = sp.diags(np.divide(1.0, rs, out=np.zeros_like(rs), where=rs > 0)) @ P
+            rs = np.asarray(S.sum(axis=1)).ravel()
+            share = np.divide(1.0, rs, out=np.zeros_like(rs), where=rs > 0)
+            self.P = sp.csr_matrix((S.data * np.repeat(share, np.diff(S.indptr)), S.indices, S.indptr), shape=S.shape)
             self.has = rs > 0
+        self.Bb = sp.csr_matrix((np.ones(S.nnz), S.indices, S.indptr), shape=S.shape)
+        self.S = None
         self.w = np.ones(self.n)
         self.w[~self.tagged] = untagged_weight
 
