@@ -384,7 +384,7 @@ class _FragmentTags(TagBlock):
         self.ids = t.column("id")
         self.stage = np.array([int(x or 0) for x in t.column(curriculum_column).to_pylist()] if extra else [0] * t.num_rows, np.int32)
         self.used = np.flatnonzero(self.why == None)  # noqa: E711 (elementwise)
-        use = t.take(pa.array(self.used))
+        use = t if len(self.used) == t.num_rows else t.take(pa.array(self.used))
         super().__init__(use.column("tag_concepts"), use.column("tag_scores"), use.column("tag_direct"))
 
     def left_out(self) -> dict[str, int]:
