@@ -248,8 +248,15 @@ def coco_graph_dir(tmp_path_factory, wordnet_graph, coco_tagger, coco_captions):
     _, rows, _ = coco_captions
     tagged = {t for ts in coco_tagger.tag_rows(rows)["tag_concepts"].to_pylist() for t in ts}
     keep = set(tagged).union(*(nx.ancestors(wordnet_graph.g, t) for t in tagged))
+    # in WordNet's node order: networkx's subgraph().copy() orders nodes by set iteration, which
+    # changes with the process's hash seed, and so did the order of equal-score tags between runs
+    wn = wordnet_graph.g
+    sub = nx.DiGraph()
+    sub.graph.update(wn.graph)
+    sub.add_nodes_from((n, dict(d)) for n, d in wn.nodes(data=True) if n in keep)
+    sub.add_edges_from((u, v, dict(d)) for u, v, d in wn.edges(data=True) if u in keep and v in keep)
     out = tmp_path_factory.mktemp("graph") / "g"
-    ConceptGraph(wordnet_graph.g.subgraph(keep).copy()).finalize().save(out, graphml=False)
+    ConceptGraph(sub).finalize().save(out, graphml=False)
     return out
 
 
