@@ -1,0 +1,116 @@
+"""Benchmark: `curate review mine` at growing sizes, time and driver memory (a baseline).
+
+    .venv/bin/python bench/review_mine_scale.py --rows 50000 150000 [300000 ...]
+
+Each size is a Lance dataset of that many rows with the columns mining reads, synthetic: a
+caption, the profile's signals (quality, aesthetics, image-text similarity, sharpness, NSFW,
+OCR text on one row in five, its overlap with the caption), dedup's `dup_sim`, graph_tag's tag
+columns (as in bench/resample_scale.py) and a 512-d image embedding (`prof_clip_image`). The real
+command runs on it (`python -m cli review mine --dataset DS --n 1000`, a fresh SQLite queue), in a
+child process whose RSS is sampled every 0.25 s. Building the dataset is not timed. One JSON
+line per size, then the growth exponents (time and driver memory, N^X from the smallest size to
+the largest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _resample_bench():
+    spec = importlib.util.spec_from_file_location("resample_scale", ROOT / "bench" / "resample_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def table(n: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    t = _resample_bench().tags(n, seed)
+    words = np.array(["dog", "street", "sign", "red", "car", "two", "people", "table", "food", "sky"])
+    text = [" ".join(words[rng.integers(0, 10, 6)]) for _ in range(n)]
+    cap = pa.StructArray.from_arrays([pa.array(text), pa.array(["original"] * n), pa.array(["en"] * n)], ["text", "kind", "lang"])
+    emb = rng.standard_normal((n, 512)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ocr = np.where(rng.random(n) < 0.2, "OPEN 24 HOURS", "")
+    cols = {
+        "id": t.column("id"),
+        "captions": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), cap),
+        "error": pa.nulls(n, pa.string()),
+        **{c: pa.array(rng.random(n).astype(np.float32)) for c in ("prof_quality", "prof_aesthetic", "prof_sharpness", "prof_nsfw")},
+        "prof_clip_sim": pa.array((0.2 + 0.1 * rng.standard_normal(n)).astype(np.float32)),
+        "prof_ocr_text": pa.array(ocr.tolist()),
+        "prof_cap_ocr_overlap": pa.array(np.where(ocr == "", np.nan, rng.random(n)).astype(np.float32)),
+        "dup_sim": pa.array(np.where(rng.random(n) < 0.1, 0.85 + 0.15 * rng.random(n), np.nan).astype(np.float32)),
+        "tag_concepts": t.column("tag_concepts"),
+        "tag_scores": t.column("tag_scores"),
+        "tag_direct": t.column("tag_direct"),
+        "prof_clip_image": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), 512),
+    }
+    return pa.table(cols)
+
+
+def run(uri: str, db: str, interval: float = 0.25) -> dict:
+    import psutil
+
+    t0 = time.perf_counter()
+    log = tempfile.TemporaryFile("w+")
+    cmd = [sys.executable, "-m", "cli", "review", "mine", "--dataset", uri, "--db", db, "--n", "1000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    me, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, me.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(interval)
+    log.seek(0)
+    out = log.read()
+    if proc.returncode:
+        raise SystemExit(f"review mine failed ({proc.returncode}):\n{out[-4000:]}")
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": {"driver": peak >> 20}, "said": out.strip().splitlines()[0][:200]}
+
+
+def main() -> None:
+    import lance
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[50_000, 150_000])
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-review-mine")
+    args = ap.parse_args()
+    print(f"machine: {_resample_bench().machine()}", flush=True)
+    rows = []
+    for n in sorted(args.rows):
+        uri = args.work / f"mine-{n}.lance"
+        shutil.rmtree(args.work, ignore_errors=True)
+        args.work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        lance.write_dataset(table(n), str(uri), max_rows_per_file=50_000)
+        row = {"rows": n, "build_seconds": round(time.perf_counter() - t0, 1), **run(str(uri), str(args.work / "review.db"))}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    shutil.rmtree(args.work, ignore_errors=True)
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        g = [round(math.log(f(b) / f(a)) / math.log(b["rows"] / a["rows"]), 2) for f in (lambda r: r["seconds"], lambda r: r["peak_rss_mib"]["driver"])]
+        print(f"growth exponent {g[0]} (time), {g[1]} (driver memory)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
