@@ -83,7 +83,11 @@ def run(uri: str, db: str, interval: float = 0.25) -> dict:
     out = log.read()
     if proc.returncode:
         raise SystemExit(f"review mine failed ({proc.returncode}):\n{out[-4000:]}")
-    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": {"driver": peak >> 20}, "said": out.strip().splitlines()[0][:200]}
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_mib": {"driver": peak >> 20},
+        "said": out.strip().splitlines()[0][:200],
+    }
 
 
 def main() -> None:
@@ -107,7 +111,10 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
-        g = [round(math.log(f(b) / f(a)) / math.log(b["rows"] / a["rows"]), 2) for f in (lambda r: r["seconds"], lambda r: r["peak_rss_mib"]["driver"])]
+        g = [
+            round(math.log(f(b) / f(a)) / math.log(b["rows"] / a["rows"]), 2)
+            for f in (lambda r: r["seconds"], lambda r: r["peak_rss_mib"]["driver"])
+        ]
         print(f"growth exponent {g[0]} (time), {g[1]} (driver memory)")
 
 
