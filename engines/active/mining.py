@@ -78,13 +78,13 @@ class MineConfig(BaseModel):
 
 
 def knn(
-    query: np.ndarray, base: np.ndarray, k: int, *, chunk: int = 65536, exclude_self: np.ndarray | None = None, max_cells: int = 1 << 24
+    query: np.ndarray, base: np.ndarray, k: int, *, chunk: int = 65536, exclude_self: np.ndarray | None = None, max_cells: int = 1 << 22
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine k-NN of L2-normalised vectors by chunked matrix products: (sims, indices), (q, k).
 
     ``exclude_self[i]`` is the base index of query i (its own row) to skip. Exact and dependency
     free; the vector engine's FAISS index is the tool for billions, this serves a batch of queries.
-    Queries go in blocks too, so one product holds at most ``max_cells`` similarities (64 MiB, plus
+    Queries go in blocks too, so one product holds at most ``max_cells`` similarities (16 MiB, and
     its partition's indices): every row against every row at 15,000 rows took 3.8 GB in one product."""
     q = len(query)
     per = max(1, max_cells // max(min(chunk, len(base)), 1))
