@@ -41,11 +41,12 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.blocks import Blocks, LocalBlocks
 from curation.errors import UserError
 
 __all__ = [
@@ -289,22 +290,6 @@ class TagBlock:
 
     def cap_total(self, log_free: np.ndarray, untagged: float) -> float:
         return float(self.cap_probs(log_free, untagged).sum())
-
-
-class Blocks(Protocol):
-    """Where a solve's blocks are: ``map`` calls a :class:`TagBlock` method on every block with
-    the same ``args`` (and the block's own entry of ``each``, if given) and returns the results
-    in block order. In memory: :class:`LocalBlocks`; the job: workers that keep the blocks."""
-
-    def map(self, method: str, *args, each: Sequence | None = None) -> list: ...
-
-
-class LocalBlocks:
-    def __init__(self, blocks: list[TagBlock]):
-        self.blocks = blocks
-
-    def map(self, method: str, *args, each: Sequence | None = None) -> list:
-        return [getattr(b, method)(*args, *(() if each is None else (each[k],))) for k, b in enumerate(self.blocks)]
 
 
 def _count(x: float, digits: int = 2) -> int | float:

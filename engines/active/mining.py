@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.blocks import Blocks, LocalBlocks
 from engines.active.payload import Neighbour, ReviewPayload
 from engines.active.pseudo import choose_caption, pseudo_label, verify
 from engines.active.rules import (
@@ -50,7 +51,20 @@ from engines.active.rules import (
 )
 from engines.profiling.captions import ocr_overlap
 
-__all__ = ["MineConfig", "mine", "knn", "balanced_order", "quality_bins", "primary_concepts", "hardness"]
+__all__ = [
+    "MineConfig",
+    "mine",
+    "mine_blocks",
+    "MineBlock",
+    "Numbers",
+    "Context",
+    "signal_columns",
+    "knn",
+    "balanced_order",
+    "quality_bins",
+    "primary_concepts",
+    "hardness",
+]
 
 
 class MineConfig(BaseModel):
@@ -207,44 +221,290 @@ def mine(
     weights (``engines.vector.retrieval.random_weight_sources``): refused (``RandomWeightsError``)
     unless ``config.allow_random_weights``, then recorded in the summary and each payload.
     Each item's ``payload`` is a ``ReviewPayload`` dumped to a JSON-able dict.
+    In memory: :func:`mine_blocks` over one block of the whole table.
     """
+    return mine_blocks(
+        Numbers.of(table, rules, reward),
+        LocalBlocks([MineBlock(table, 0, rules, reward)]),
+        rules,
+        config,
+        columns=table.column_names,
+        flagged=flagged,
+        reviewed=reviewed,
+        random_derived=random_derived,
+    )
+
+
+def signal_columns(rules: list[Rule]) -> list[str]:
+    """The numeric columns mining reads (in a fixed order, the same in every process)."""
+    return list(dict.fromkeys(DISPLAY_SIGNALS + [r.column for r in rules] + GOODNESS))
+
+
+def _values(table: pa.Table, rules: list[Rule], reward: np.ndarray | None) -> dict[str, np.ndarray]:
+    vals = {c: v for c in signal_columns(rules) if (v := column_values(table, c)) is not None}
+    if reward is not None:
+        vals["rev_reward"] = reward.astype(np.float64)
+    return vals
+
+
+def _vrow(vals: dict[str, np.ndarray], i: int) -> dict[str, float]:
+    return {c: float(v[i]) for c, v in vals.items() if not np.isnan(v[i])}
+
+
+@dataclass
+class Numbers:
+    """What the driver reads about every row: ids, numeric signals and the masks that decide who
+    may be queued. Whole-dataset statistics (rule scales, percentile ranks, quality bins) need
+    them; the text and vector columns stay with the blocks (:class:`MineBlock`)."""
+
+    ids: list[str]
+    vals: dict[str, np.ndarray]  # signal columns (and the reward head's P(keep)) as float64, NaN where missing
+    active: list[Rule]  # rules whose signal column has values
+    scales: dict[str, float]  # robust scale (IQR) of each active rule's signal
+    ok: np.ndarray  # no ingest error: may be queued
+    undecided: np.ndarray  # no review decision in the dataset
+    pos: np.ndarray  # row offset in the version mined
+    dup: np.ndarray | None  # dedup's similarity to the kept row (NaN outside groups)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def of(cls, table: pa.Table, rules: list[Rule], reward: np.ndarray | None = None) -> Numbers:
+        """From ``table``: ``id``, the signal columns, ``error`` and ``rev_decision`` (their nulls,
+        or boolean ``error_null`` / ``rev_decision_null``), ``_pos``, a ``dup_*`` similarity."""
+        n = table.num_rows
+        vals = _values(table, rules, reward)
+        active = [r for r in rules if r.column in vals and not np.isnan(vals[r.column]).all()]
+
+        def is_null(col: str) -> np.ndarray:
+            if f"{col}_null" in table.column_names:
+                return np.asarray(table.column(f"{col}_null").to_numpy(zero_copy_only=False), bool)
+            if col in table.column_names:
+                return np.asarray(table.column(col).is_null().to_numpy(zero_copy_only=False), bool)
+            return np.ones(n, bool)
+
+        dup = next((v for c in DUP_SIM_COLUMNS if (v := column_values(table, c)) is not None and not np.isnan(v).all()), None)
+        pos = np.asarray(table.column("_pos").to_numpy(zero_copy_only=False), np.int64) if "_pos" in table.column_names else np.arange(n)
+        return cls(
+            ids=table.column("id").to_pylist(),
+            vals=vals,
+            active=active,
+            scales={r.column: robust_scale(vals[r.column]) for r in active},
+            ok=is_null("error"),
+            undecided=is_null("rev_decision"),
+            pos=pos,
+            dup=dup,
+        )
+
+
+@dataclass
+class Context:
+    """What every block needs for its rows' opinions: the rules in use and their scales, the
+    reviewed look-alikes' vectors and decisions (neighbour votes), the flagged rows' vectors."""
+
+    active: list[Rule]
+    scales: dict[str, float]
+    labelled: tuple[list[str], np.ndarray, list[str]] | None = None  # (ids, vectors, decisions), 3 or more
+    flagged: tuple[np.ndarray, np.ndarray] | None = None  # (global positions, vectors)
+    like_k: int = 0
+
+
+class MineBlock:
+    """Some rows of the mining (the job: one Lance fragment, kept by a worker) with the columns of
+    text and vectors; its row ``i`` is row ``offset + i`` of the mining. Row-local work happens
+    here (pseudo-labels, verdicts, OCR checks, concepts), and nearest-neighbour searches against
+    its rows; the driver merges what the blocks return (:func:`mine_blocks`)."""
+
+    def __init__(self, table: pa.Table, offset: int, rules: list[Rule], reward: np.ndarray | None = None):
+        self.table, self.offset, self.n = table, offset, table.num_rows
+        self.vals = _values(table, rules, None if reward is None else reward[offset : offset + table.num_rows])
+        self.emb_col = next((c for c in EMBEDDING_COLUMNS if c in table.column_names), None)
+        self.emb = embedding_matrix(table, self.emb_col) if self.emb_col else None
+        self.ids = table.column("id").to_pylist()
+
+    def rows(self) -> int:
+        return self.n
+
+    def embedding_column(self) -> str | None:
+        return self.emb_col
+
+    def _col(self, name: str, rows: list[int]) -> list[Any] | None:
+        if name not in self.table.column_names:
+            return None
+        return self.table.column(name).take(pa.array(rows, pa.int64())).to_pylist()
+
+    def _chosen(self, rows: list[int]) -> list[tuple[str, str]]:
+        caps, rev = self._col("captions", rows) or [None] * len(rows), self._col("rev_caption", rows) or [None] * len(rows)
+        return [choose_caption(c, r) for c, r in zip(caps, rev)]
+
+    def _opinions_of(self, rows: list[int], ctx: Context) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(pseudo-label, verdict) of each of ``rows``: the rules, the caption, OCR text and direct
+        tags; human-reviewed look-alikes vote where there are enough."""
+        chosen, ocr = self._chosen(rows), self._col("prof_ocr_text", rows)
+        tags_all, direct = self._col("tag_concepts", rows), self._col("tag_direct", rows)
+        out = []
+        for k, i in enumerate(rows):
+            tags = None
+            if tags_all and tags_all[k]:
+                d = direct[k] if direct else None
+                tags = [t for j, t in enumerate(tags_all[k]) if not d or (j < len(d) and d[j])][:8]
+            v = _vrow(self.vals, i)
+            pseudo = pseudo_label(v, ctx.active, caption=chosen[k][0], lang=chosen[k][1], ocr_text=(ocr[k] if ocr else "") or "", tags=tags)
+            out.append((pseudo, verify(v, ctx.active, ctx.scales, reward_p=v.get("rev_reward"))))
+        if ctx.labelled and self.emb is not None:
+            out = _neighbour_verdicts(self, rows, ctx, out)
+        return out
+
+    def opinions(self, ctx: Context) -> dict[str, Any]:
+        """Every row's row-local criteria: ``ocr`` (text in the image the caption misses; None
+        without an OCR column), ``disagree`` (verifier vs pseudo-label), its main ``concepts``,
+        and ``like``: each flagged row's nearest rows here (global positions)."""
+        rows = list(range(self.n))
+        ops = self._opinions_of(rows, ctx)
+        out: dict[str, Any] = {
+            "ocr": self._ocr_scores(),
+            "disagree": np.array([0.8 if v["verdict"] in ("keep", "drop") and v["verdict"] != p["decision"] else 0.0 for p, v in ops]),
+            "concepts": primary_concepts(self.table),
+            "like": None,
+        }
+        if ctx.flagged is not None and self.emb is not None:
+            out["like"] = self.nearest(ctx.flagged[1], ctx.like_k, ctx.flagged[0])[:2]
+        return out
+
+    def _ocr_scores(self) -> np.ndarray | None:
+        ocr = self._col("prof_ocr_text", list(range(self.n)))
+        if ocr is None:
+            return None
+        chosen = self._chosen(list(range(self.n)))
+        overlap = self.vals.get("prof_cap_ocr_overlap")
+        ov = np.array([_overlap(chosen[i][0], o) if overlap is None or np.isnan(overlap[i]) else overlap[i] for i, o in enumerate(ocr)])
+        has = np.array([len((o or "").strip()) >= 3 for o in ocr], bool)
+        return np.where(has & (ov < 0.5), 1.0 - ov, 0.0) if self.n else np.zeros(0)
+
+    def vectors_at(self, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(global positions, vectors, has-a-vector) of ``positions`` held here (None: all rows)."""
+        local = np.arange(self.n) if positions is None else np.asarray(positions, np.int64) - self.offset
+        local = local[(local >= 0) & (local < self.n)]
+        return local + self.offset, self.emb[0][local], self.emb[1][local]
+
+    def nearest(self, queries: np.ndarray, k: int, own: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each query's ``k`` nearest rows here, skipping the query's own row (``own``: global
+        positions): (similarities, global positions, has-a-vector), -1 where fewer."""
+        q = len(queries)
+        if q == 0 or k <= 0 or self.n == 0:
+            return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64), np.zeros((q, 0), bool)
+        s, ix = knn(queries, self.emb[0], min(k + 1, self.n))
+        ix = np.where(ix >= 0, ix + self.offset, -1)
+        self_hit = ix == np.asarray(own, np.int64)[:, None]
+        s = np.where(self_hit, -np.inf, s)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        s, ix = np.take_along_axis(s, order, axis=1), np.take_along_axis(ix, order, axis=1)
+        ix = np.where(np.isfinite(s), ix, -1)
+        has = np.where(ix >= 0, self.emb[1][np.clip(ix - self.offset, 0, self.n - 1)], False)
+        return s, ix, has
+
+    def details_at(self, positions: np.ndarray, ctx: Context) -> dict[int, dict[str, Any]]:
+        """What a queued row's payload shows, for ``positions`` held here: its caption, the other
+        captions, OCR text, pseudo-label and verdict, and its vector (neighbour votes, look-alikes)."""
+        local = [int(p) - self.offset for p in positions if 0 <= int(p) - self.offset < self.n]
+        ops = self._opinions_of(local, ctx)
+        chosen, caps, ocr = self._chosen(local), self._col("captions", local), self._col("prof_ocr_text", local)
+        return {
+            i + self.offset: {
+                "caption": chosen[k],
+                "other_captions": [
+                    c["text"] for c in ((caps[k] if caps else None) or []) if c and c.get("text") and c["text"] != chosen[k][0]
+                ][:6],
+                "ocr_text": (ocr[k] if ocr else None) or None,
+                "pseudo": ops[k][0],
+                "verdict": ops[k][1],
+            }
+            for k, i in enumerate(local)
+        }
+
+    def captions_at(self, positions: np.ndarray) -> dict[int, str]:
+        local = [int(p) - self.offset for p in positions if 0 <= int(p) - self.offset < self.n]
+        return {i + self.offset: c[0] for i, c in zip(local, self._chosen(local))}
+
+
+def _neighbour_verdicts(block: MineBlock, rows: list[int], ctx: Context, ops, k: int = 10, min_sim: float = 0.5):
+    """Replace the verifier's consensus verdict by a vote of human-reviewed look-alikes where there are enough."""
+    lab_ids, lab_emb, lab_dec = ctx.labelled
+    s, ix = knn(block.emb[0][rows], lab_emb, min(k, len(lab_ids)))
+    out = []
+    for r, (i, (p, v)) in enumerate(zip(rows, ops)):
+        if v["method"] == "reward_head":
+            out.append((p, v))
+            continue
+        votes = [lab_dec[j] for sv, j in zip(s[r], ix[r]) if sv >= min_sim and lab_ids[j] != block.ids[i]]
+        out.append((p, verify(_vrow(block.vals, i), ctx.active, ctx.scales, neighbour_votes=votes) if len(votes) >= 3 else v))
+    return out
+
+
+def _merge_nearest(parts: list[tuple[np.ndarray, ...]], k: int) -> tuple[np.ndarray, ...]:
+    """The blocks' nearest rows per query merged into the ``k`` nearest overall."""
+    s = np.concatenate([p[0] for p in parts], axis=1)
+    rest = [np.concatenate([p[j] for p in parts], axis=1) for j in range(1, len(parts[0]))]
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return (np.take_along_axis(s, order, axis=1), *(np.take_along_axis(r, order, axis=1) for r in rest))
+
+
+def mine_blocks(
+    numbers: Numbers,
+    blocks: Blocks,
+    rules: list[Rule],
+    config: MineConfig | None = None,
+    *,
+    columns: list[str],
+    flagged: list[str] | None = None,
+    reviewed: dict[str, str] | None = None,
+    random_derived: dict[str, dict[str, str]] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`mine` with the rows in ``blocks`` (:class:`MineBlock`, in row order) and their
+    numbers on the driver (``columns``: the names of the columns mined, for the random-weights
+    check). The driver holds numbers per row; the blocks answer for text and vectors."""
     from engines.vector.retrieval import refuse_random_weights
 
     cfg = config or MineConfig()
     reviewed = reviewed or {}
-    used = {c: s for c, s in (random_derived or {}).items() if c in table.column_names}
+    used = {c: s for c, s in (random_derived or {}).items() if c in columns}
     refuse_random_weights(used, consumer="review mining", allow=cfg.allow_random_weights)
-    summary: dict[str, Any] = {"rows": table.num_rows, "criteria": {}, "signals_used": [], "skipped_criteria": {}}
+    summary: dict[str, Any] = {"rows": numbers.n, "criteria": {}, "signals_used": [], "skipped_criteria": {}}
     if used:
         summary["random_derived"] = {c: f"{s['group']}: {s['why']}" for c, s in used.items()}
-    if table.num_rows == 0:
+    if numbers.n == 0:
         return [], summary
-    rows = _read_rows(table, rules, reward)
-    summary["signals_used"] = sorted(rows.vals)
-    hard = _Hardness(rows.n, summary)
-    _near_threshold(rows, cfg, hard)
-    _signals_disagree(rows, hard)
-    _low_similarity(rows, cfg, hard)
-    _ocr_missing(rows, hard)
-    _borderline_duplicate(rows, cfg, hard)
-    _like_flagged(rows, cfg, list(flagged or []), hard)
-    pseudo, verdict = _machine_opinions(rows, reviewed)
-    _verifier_disagrees(pseudo, verdict, hard)
+    summary["signals_used"] = sorted(numbers.vals)
+    emb_col = next((c for c in blocks.map("embedding_column") if c), None)
+    hard = _Hardness(numbers.n, summary)
+    _near_threshold(numbers, cfg, hard)
+    _signals_disagree(numbers, hard)
+    _low_similarity(numbers, cfg, hard)
+    ctx = _context(numbers, blocks, cfg, emb_col, flagged or [], reviewed)
+    ops = blocks.map("opinions", ctx)
+    details: dict[int, dict[str, Any]] = {}  # the queued rows' details, read once the queue is known
+    _ocr_missing(ops, details, hard)
+    _borderline_duplicate(numbers, blocks, cfg, emb_col, hard)
+    _like_flagged(numbers, ops, ctx, cfg, flagged or [], emb_col, hard)
+    _verifier_disagrees(ops, details, hard)
 
     h = hardness(hard.comps)
-    concepts = primary_concepts(table)
-    cand = _candidates(rows, cfg, h, reviewed)
-    order, qbin, qsig, n_strata = _balanced(rows, cfg, h, cand, concepts)
-    look = _look_alikes(rows, cfg, order)
+    concepts = [c for o in ops for c in o["concepts"]]
+    cand = _candidates(numbers, cfg, h, reviewed)
+    order, qbin, qsig, n_strata = _balanced(numbers, cfg, h, cand, concepts)
+    for part in blocks.map("details_at", np.array(order, np.int64), ctx):
+        details.update(part)
+    look = _look_alikes(numbers, blocks, cfg, order, emb_col)
     items = []
     for rank, i in enumerate(order):
         payload = _payload(
-            rows,
+            numbers,
             i,
-            why=hard.why[i],
+            details[i],
+            why=hard.why(i),
             h=float(h[i]),
-            pseudo=pseudo[i],
-            verdict=verdict[i],
             neighbours=look.get(i, []),
             concept=concepts[i],
             quality_bin=int(qbin[i]),
@@ -252,91 +512,63 @@ def mine(
         )
         items.append(
             {
-                "row_id": rows.ids[i],
+                "row_id": numbers.ids[i],
                 "priority": float(len(order) - rank),
                 "payload": payload,
-                "needed": 2 if _needs_two(rows.ids[i], cfg.double_share, cfg.seed) else 1,
+                "needed": 2 if _needs_two(numbers.ids[i], cfg.double_share, cfg.seed) else 1,
             }
         )
-    summary.update(
-        {"candidates": int(len(cand)), "queued": len(items), "quality_signal": qsig, "embedding": rows.emb_col, "strata": n_strata}
-    )
+    summary.update({"candidates": int(len(cand)), "queued": len(items), "quality_signal": qsig, "embedding": emb_col, "strata": n_strata})
     return items, summary
 
 
-@dataclass
-class _Rows:
-    """What the criteria read about the rows, read from the table once."""
-
-    table: pa.Table
-    ids: list[str]
-    vals: dict[str, np.ndarray]  # signal columns (and the reward head's P(keep)) as float64, NaN where missing
-    vrows: list[dict[str, float]]  # per row: its non-missing signals
-    active: list[Rule]  # rules whose signal column has values
-    scales: dict[str, float]  # robust scale (IQR) of each active rule's signal
-    caps: list[Any]
-    rev_caps: list[Any]
-    chosen: list[tuple[str, str]]  # (caption, lang) shown for editing
-    ocr: list[str | None] | None
-    emb_col: str | None
-    emb: tuple[np.ndarray, np.ndarray] | None  # (L2-normalised vectors, has-a-vector mask)
-
-    @property
-    def n(self) -> int:
-        return len(self.ids)
-
-
-def _column(table: pa.Table, name: str) -> list[Any] | None:
-    return table.column(name).to_pylist() if name in table.column_names else None
-
-
-def _read_rows(table: pa.Table, rules: list[Rule], reward: np.ndarray | None) -> _Rows:
-    """Signals, captions, OCR text and embeddings of the rows; absent columns stay absent."""
-    n = table.num_rows
-    vals = {c: v for c in set(DISPLAY_SIGNALS + [r.column for r in rules] + GOODNESS) if (v := column_values(table, c)) is not None}
-    if reward is not None:
-        vals["rev_reward"] = reward.astype(np.float64)
-    active = [r for r in rules if r.column in vals and not np.isnan(vals[r.column]).all()]
-    caps = _column(table, "captions") or [None] * n
-    rev_caps = _column(table, "rev_caption") or [None] * n
-    emb_col = next((c for c in EMBEDDING_COLUMNS if c in table.column_names), None)
-    return _Rows(
-        table=table,
-        ids=table.column("id").to_pylist(),
-        vals=vals,
-        vrows=[{c: float(v[i]) for c, v in vals.items() if not np.isnan(v[i])} for i in range(n)],
-        active=active,
-        scales={r.column: robust_scale(vals[r.column]) for r in active},
-        caps=caps,
-        rev_caps=rev_caps,
-        chosen=[choose_caption(c, r) for c, r in zip(caps, rev_caps)],
-        ocr=_column(table, "prof_ocr_text"),
-        emb_col=emb_col,
-        emb=embedding_matrix(table, emb_col) if emb_col else None,
-    )
+def _context(
+    numbers: Numbers, blocks: Blocks, cfg: MineConfig, emb_col: str | None, flagged: list[str], reviewed: dict[str, str]
+) -> Context:
+    """The rules and scales, and the vectors of the reviewed rows (3 or more: neighbour votes) and
+    of the flagged ones, gathered from their blocks."""
+    ctx = Context(active=numbers.active, scales=numbers.scales, like_k=cfg.like_flagged_k)
+    if emb_col is None:
+        return ctx
+    pos_of = {r: i for i, r in enumerate(numbers.ids)} if (reviewed or flagged) else {}
+    lab = np.array(sorted(pos_of[r] for r in reviewed if r in pos_of), np.int64)
+    if len(lab):
+        p, v, has = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", lab)))
+        if has.sum() >= 3:
+            ids = [numbers.ids[i] for i in p[has]]
+            ctx.labelled = (ids, v[has], [reviewed[r] for r in ids])
+    if flagged and cfg.like_flagged_k:
+        want = np.array([pos_of[f] for f in flagged if f in pos_of], np.int64)
+        p, v, has = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", want)))
+        by = {int(a): (b, c) for a, b, c in zip(p, v, has)}
+        keep = [int(f) for f in want if by[int(f)][1]]  # in the order flagged
+        ctx.flagged = (np.array(keep, np.int64), np.stack([by[f][0] for f in keep]) if keep else np.zeros((0, v.shape[1]), np.float32))
+    return ctx
 
 
 class _Hardness:
-    """Each criterion's score per row and each row's reasons; the summary counts the hits."""
+    """Each criterion's score per row; a row's reasons are written when asked (the queued rows
+    only: a list of reasons for every row was most of mining's memory)."""
 
     def __init__(self, n: int, summary: dict[str, Any]):
         self.comps: dict[str, np.ndarray] = {}
-        self.why: list[list[str]] = [[] for _ in range(n)]
+        self.reasons: list[tuple[np.ndarray, Callable[[int], str]]] = []
         self.summary = summary
 
     def add(self, name: str, score: np.ndarray, reason_of: Callable[[int], str]) -> None:
         score = np.nan_to_num(np.clip(score, 0, 1))
         self.comps[name] = score
-        hits = np.nonzero(score > 0)[0]
-        self.summary["criteria"][name] = int(len(hits))
-        for i in hits:
-            self.why[i].append(reason_of(int(i)))
+        self.summary["criteria"][name] = int((score > 0).sum())
+        self.reasons.append((score, reason_of))
+
+    def why(self, i: int) -> list[str]:
+        return [reason_of(i) for score, reason_of in self.reasons if score[i] > 0]
 
     def skip(self, name: str, reason: str) -> None:
         self.summary["skipped_criteria"][name] = reason
 
 
-def _near_threshold(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
+def _near_threshold(rows: Numbers, cfg: MineConfig, hard: _Hardness) -> None:
     """Closeness to a rule's threshold in IQR units; the closest rule names the reason."""
     active, vals = rows.active, rows.vals
     if not active:
@@ -353,7 +585,7 @@ def _near_threshold(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
     hard.add("near_threshold", near, reason)
 
 
-def _signals_disagree(rows: _Rows, hard: _Hardness) -> None:
+def _signals_disagree(rows: Numbers, hard: _Hardness) -> None:
     """Goodness signals that rank the row very differently (ranks, so scales do not matter)."""
     vals = rows.vals
     good = [c for c in GOODNESS if c in vals and not np.isnan(vals[c]).all()]
@@ -370,7 +602,7 @@ def _signals_disagree(rows: _Rows, hard: _Hardness) -> None:
     )
 
 
-def _low_similarity(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
+def _low_similarity(rows: Numbers, cfg: MineConfig, hard: _Hardness) -> None:
     """Image-text similarity in the dataset's bottom tail."""
     sim = rows.vals.get("prof_clip_sim")
     if sim is None or np.isnan(sim).all():
@@ -382,29 +614,24 @@ def _low_similarity(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
     )
 
 
-def _ocr_missing(rows: _Rows, hard: _Hardness) -> None:
-    """Text in the image that the chosen caption does not mention."""
-    ocr = rows.ocr
-    if ocr is None:
+def _ocr_missing(ops: list[dict[str, Any]], details: dict[int, dict[str, Any]], hard: _Hardness) -> None:
+    """Text in the image that the chosen caption does not mention (scored by the blocks)."""
+    if all(o["ocr"] is None for o in ops):
         return hard.skip("ocr_missing", "prof_ocr_text absent")
-    overlap = rows.vals.get("prof_cap_ocr_overlap")
-    ov = np.array([_overlap(rows.chosen[i][0], o) if overlap is None or np.isnan(overlap[i]) else overlap[i] for i, o in enumerate(ocr)])
-    has = np.array([len((o or "").strip()) >= 3 for o in ocr])
-    score = np.where(has & (ov < 0.5), 1.0 - ov, 0.0)
-    hard.add("ocr_missing", score, lambda i: f"OCR text missing from caption: {(ocr[i] or '')[:60]!r}")
+    score = np.concatenate([o["ocr"] if o["ocr"] is not None else np.zeros(len(o["concepts"])) for o in ops])
+    hard.add("ocr_missing", score, lambda i: f"OCR text missing from caption: {(details[i]['ocr_text'] or '')[:60]!r}")
 
 
-def _borderline_duplicate(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None:
+def _borderline_duplicate(rows: Numbers, blocks: Blocks, cfg: MineConfig, emb_col: str | None, hard: _Hardness) -> None:
     """Nearest-neighbour similarity between "distinct" and "duplicate": from a dup_* column, else
-    from the embeddings when the table is small enough for exact k-NN."""
-    n, emb = rows.n, rows.emb
-    nn_sim, nn_idx = None, None
-    dup = next((v for c in DUP_SIM_COLUMNS if (v := column_values(rows.table, c)) is not None and not np.isnan(v).all()), None)
-    if dup is not None:  # dedup's similarity to the kept row of the group (NaN outside groups)
-        nn_sim = dup
-    elif emb is not None and n <= cfg.knn_max_rows and n > 1:
-        s, ix = knn(emb[0], emb[0], 1, exclude_self=np.arange(n))
-        nn_sim, nn_idx = np.where(emb[1], s[:, 0], np.nan), ix[:, 0]
+    from the embeddings when the table is small enough for exact k-NN (the vectors of at most
+    ``knn_max_rows`` rows are gathered for it)."""
+    n = rows.n
+    nn_sim, nn_idx = rows.dup, None
+    if nn_sim is None and emb_col is not None and 1 < n <= cfg.knn_max_rows:
+        _, v, has = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", None)))
+        s, ix = knn(v, v, 1, exclude_self=np.arange(n))
+        nn_sim, nn_idx = np.where(has, s[:, 0], np.nan), ix[:, 0]
     if nn_sim is None:
         return hard.skip("borderline_duplicate", "no dup_* column and no embeddings (or too many rows)")
     lo, hi = cfg.dup_band
@@ -417,17 +644,16 @@ def _borderline_duplicate(rows: _Rows, cfg: MineConfig, hard: _Hardness) -> None
     )
 
 
-def _like_flagged(rows: _Rows, cfg: MineConfig, flagged: list[str], hard: _Hardness) -> None:
+def _like_flagged(rows: Numbers, ops, ctx: Context, cfg: MineConfig, flagged: list[str], emb_col: str | None, hard: _Hardness) -> None:
     """Retrieval neighbours of rows reviewers flagged as failures ("find more like this")."""
-    emb, ids = rows.emb, rows.ids
-    if not (emb is not None and flagged and cfg.like_flagged_k):
+    ids = rows.ids
+    if not (emb_col is not None and flagged and cfg.like_flagged_k):
         return hard.skip("like_flagged", "no flagged failures yet" if not flagged else "no embedding column")
-    pos_of = {r: i for i, r in enumerate(ids)}
-    fi = np.array([pos_of[f] for f in flagged if f in pos_of and emb[1][pos_of[f]]], np.int64)
     score = np.zeros(rows.n)
     src = np.full(rows.n, -1)
+    fi = ctx.flagged[0]
     if len(fi):
-        s, ix = knn(emb[0][fi], emb[0], cfg.like_flagged_k, exclude_self=fi)
+        s, ix = _merge_nearest([o["like"] for o in ops if o["like"] is not None], min(cfg.like_flagged_k, rows.n - 1))
         for q in range(len(fi)):
             for sim, j in zip(s[q], ix[q]):
                 if j >= 0 and sim > score[j]:
@@ -435,55 +661,23 @@ def _like_flagged(rows: _Rows, cfg: MineConfig, flagged: list[str], hard: _Hardn
     hard.add("like_flagged", score, lambda i: f"looks like flagged failure {ids[src[i]]} (similarity {score[i]:.2f})")
 
 
-def _machine_opinions(rows: _Rows, reviewed: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every row's pseudo-label and verifier verdict (cheap): shown to the reviewer, and their
-    disagreement is itself a hard case. Human-reviewed look-alikes vote where there are enough."""
-    tags_all, tag_direct = _column(rows.table, "tag_concepts"), _column(rows.table, "tag_direct")
-    pseudo, verdict = [], []
-    for i in range(rows.n):
-        tags = None
-        if tags_all and tags_all[i]:
-            d = tag_direct[i] if tag_direct else None
-            tags = [t for j, t in enumerate(tags_all[i]) if not d or (j < len(d) and d[j])][:8]
-        pseudo.append(
-            pseudo_label(
-                rows.vrows[i],
-                rows.active,
-                caption=rows.chosen[i][0],
-                lang=rows.chosen[i][1],
-                ocr_text=(rows.ocr[i] if rows.ocr else "") or "",
-                tags=tags,
-            )
-        )
-        verdict.append(verify(rows.vrows[i], rows.active, rows.scales, reward_p=rows.vrows[i].get("rev_reward")))
-    if reviewed and rows.emb is not None:
-        verdict = _neighbour_verdicts(rows.emb, rows.ids, reviewed, rows.vrows, rows.active, rows.scales, verdict)
-    return pseudo, verdict
+def _verifier_disagrees(ops, details: dict[int, dict[str, Any]], hard: _Hardness) -> None:
+    def reason(i: int) -> str:
+        return f"AI verifier says {details[i]['verdict']['verdict']}, pseudo-label says {details[i]['pseudo']['decision']}"
+
+    hard.add("verifier_disagrees", np.concatenate([o["disagree"] for o in ops]), reason)
 
 
-def _verifier_disagrees(pseudo: list[dict[str, Any]], verdict: list[dict[str, Any]], hard: _Hardness) -> None:
-    dis = (
-        np.array([1.0 if v["verdict"] in ("keep", "drop") and v["verdict"] != p["decision"] else 0.0 for p, v in zip(pseudo, verdict)])
-        * 0.8
-    )
-    hard.add("verifier_disagrees", dis, lambda i: f"AI verifier says {verdict[i]['verdict']}, pseudo-label says {pseudo[i]['decision']}")
-
-
-def _candidates(rows: _Rows, cfg: MineConfig, h: np.ndarray, reviewed: dict[str, str]) -> np.ndarray:
+def _candidates(rows: Numbers, cfg: MineConfig, h: np.ndarray, reviewed: dict[str, str]) -> np.ndarray:
     """Indices of rows hard enough to queue: no ingest error, and not reviewed already (unless asked)."""
-    table = rows.table
-    eligible = h >= cfg.min_hardness
-    if "error" in table.column_names:
-        eligible &= np.asarray(table.column("error").is_null().to_numpy(zero_copy_only=False), bool)
+    eligible = (h >= cfg.min_hardness) & rows.ok
     if not cfg.include_reviewed:
-        eligible &= np.array([r not in reviewed for r in rows.ids])
-        if "rev_decision" in table.column_names:
-            eligible &= np.asarray(table.column("rev_decision").is_null().to_numpy(zero_copy_only=False), bool)
+        eligible &= np.array([r not in reviewed for r in rows.ids]) & rows.undecided
     return np.nonzero(eligible)[0]
 
 
 def _balanced(
-    rows: _Rows, cfg: MineConfig, h: np.ndarray, cand: np.ndarray, concepts: list[str]
+    rows: Numbers, cfg: MineConfig, h: np.ndarray, cand: np.ndarray, concepts: list[str]
 ) -> tuple[list[int], np.ndarray, str | None, int]:
     """(serving order, quality bin per row, quality signal used, number of strata): strata are
     (concept, quality bin), so a common concept cannot fill the batch."""
@@ -494,64 +688,60 @@ def _balanced(
     return order, qbin, qsig, len(set(strata))
 
 
-def _look_alikes(rows: _Rows, cfg: MineConfig, order: list[int]) -> dict[int, list[Neighbour]]:
+def _look_alikes(rows: Numbers, blocks: Blocks, cfg: MineConfig, order: list[int], emb_col: str | None) -> dict[int, list[Neighbour]]:
     """The nearest rows shown next to each queued item (retrieval around the item)."""
-    emb = rows.emb
-    if emb is None or not cfg.neighbours or not order:
+    if emb_col is None or not cfg.neighbours or not order:
         return {}
     q = np.array(order, np.int64)
-    s, ix = knn(emb[0][q], emb[0], cfg.neighbours, exclude_self=q)
+    p, v, _ = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", q)))
+    where = {int(x): k for k, x in enumerate(p)}
+    v = v[[where[int(x)] for x in q]]  # the blocks answer block by block: back in serving order
+    s, ix, has = _merge_nearest(blocks.map("nearest", v, cfg.neighbours, q), min(cfg.neighbours, rows.n - 1))
+    shown = np.unique(ix[(ix >= 0) & has])
+    caps: dict[int, str] = {}
+    for part in blocks.map("captions_at", shown):
+        caps.update(part)
     return {
         i: [
-            Neighbour(
-                row_id=rows.ids[j],
-                pos=int(_pos(rows.table, j)),
-                sim=round(float(sv), 4),
-                caption=choose_caption(rows.caps[j], rows.rev_caps[j])[0][:300],
-            )
-            for sv, j in zip(s[a], ix[a])
-            if j >= 0 and emb[1][j]
+            Neighbour(row_id=rows.ids[j], pos=int(rows.pos[j]), sim=round(float(sv), 4), caption=caps[j][:300])
+            for sv, j, hv in zip(s[a], ix[a], has[a])
+            if j >= 0 and hv
         ]
         for a, i in enumerate(order)
     }
 
 
 def _payload(
-    rows: _Rows,
+    rows: Numbers,
     i: int,
+    detail: dict[str, Any],
     *,
     why: list[str],
     h: float,
-    pseudo: dict[str, Any],
-    verdict: dict[str, Any],
     neighbours: list[Neighbour],
     concept: str,
     quality_bin: int,
     random_derived: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Row ``i``'s stored review payload. No ``version``: the job that queues the items stamps it."""
-    caption, lang = rows.chosen[i]
+    caption, lang = detail["caption"]
     return ReviewPayload(
         row_id=rows.ids[i],
-        pos=int(_pos(rows.table, i)),
+        pos=int(rows.pos[i]),
         caption=caption,
         lang=lang,
-        other_captions=[c["text"] for c in (rows.caps[i] or []) if c and c.get("text") and c["text"] != caption][:6],
-        signals={c: round(v, 4) for c, v in rows.vrows[i].items() if c in DISPLAY_SIGNALS},
-        ocr_text=(rows.ocr[i] if rows.ocr else None) or None,
+        other_captions=detail["other_captions"],
+        signals={c: round(v, 4) for c, v in _vrow(rows.vals, i).items() if c in DISPLAY_SIGNALS},
+        ocr_text=detail["ocr_text"],
         hard_reasons=why,
         hardness=round(h, 4),
-        pseudo=pseudo,
-        verifier=verdict,
+        pseudo=detail["pseudo"],
+        verifier=detail["verdict"],
         neighbours=neighbours,
         concept=concept,
         quality_bin=quality_bin,
         random_derived=random_derived or {},
     ).model_dump(exclude={"version"})
-
-
-def _pos(table: pa.Table, i: int) -> int:
-    return int(table.column("_pos")[i].as_py()) if "_pos" in table.column_names else i
 
 
 def _pct_rank(x: np.ndarray) -> np.ndarray:
@@ -565,22 +755,6 @@ def _pct_rank(x: np.ndarray) -> np.ndarray:
     r = np.empty(k)
     r[order] = np.arange(k) / max(k - 1, 1)
     out[ok] = r
-    return out
-
-
-def _neighbour_verdicts(emb, ids, reviewed, vrows, rules, scales, verdict, k: int = 10, min_sim: float = 0.5):
-    """Replace the verifier's consensus verdict by a vote of human-reviewed look-alikes where there are enough."""
-    lab = np.array([i for i, r in enumerate(ids) if r in reviewed and emb[1][i]], np.int64)
-    if len(lab) < 3:
-        return verdict
-    s, ix = knn(emb[0], emb[0][lab], min(k, len(lab)))
-    out = []
-    for i, v in enumerate(verdict):
-        if v["method"] == "reward_head":
-            out.append(v)
-            continue
-        votes = [reviewed[ids[lab[j]]] for sv, j in zip(s[i], ix[i]) if sv >= min_sim and ids[lab[j]] != ids[i]]
-        out.append(verify(vrows[i], rules, scales, neighbour_votes=votes) if len(votes) >= 3 else v)
     return out
 
 

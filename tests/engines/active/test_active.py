@@ -223,3 +223,22 @@ def test_reward_head_learns_the_human_rule_and_aggregate_resolves_votes():
     assert agg["a"]["decision"] == "disputed" and agg["a"]["flag"] and agg["a"]["caption"] == "new caption"
     assert agg["a"]["reviewers"] == "u1,u2" and agg["a"]["tags"] == ["dog"]
     assert agg["g"]["decision"] == "keep" and agg["g"]["caption"] is None  # gold answer wins; unchanged caption
+
+
+def test_mining_over_blocks_queues_what_mining_in_memory_queues():
+    """The job mines with the rows cut into blocks (one a Lance fragment, kept on workers) and
+    the numbers on the driver: the same items, reasons, verdicts and look-alikes as one block."""
+    from curation.blocks import LocalBlocks
+    from engines.active.mining import MineBlock, Numbers, mine_blocks
+
+    t = _table()
+    reviewed = {f"row{i:04d}": ("keep" if i % 3 else "drop") for i in range(20, 60)}
+    kw = {"flagged": ["row0200", "row0005"], "reviewed": reviewed}
+    cfg = MineConfig(n=120, min_hardness=0.0, like_flagged_k=5, neighbours=3)
+    whole = mine(t, DEFAULT_RULES, cfg, **kw)
+    cuts = [0, 1, 150, 150, 333, 400]  # a one-row block and an empty one too
+    blocks = LocalBlocks([MineBlock(t.slice(a, b - a), a, DEFAULT_RULES) for a, b in zip(cuts, cuts[1:])])
+    split = mine_blocks(Numbers.of(t, DEFAULT_RULES), blocks, DEFAULT_RULES, cfg, columns=t.column_names, **kw)
+    assert split == whole
+    reasons = {w.split(" ")[0] for it in whole[0] for w in it["payload"]["hard_reasons"]}
+    assert {"looks", "borderline", "near"} <= reasons and any(it["payload"]["neighbours"] for it in whole[0])
