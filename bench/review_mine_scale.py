@@ -7,9 +7,10 @@ caption, the profile's signals (quality, aesthetics, image-text similarity, shar
 OCR text on one row in five, its overlap with the caption), dedup's `dup_sim`, graph_tag's tag
 columns (as in bench/resample_scale.py) and a 512-d image embedding (`prof_clip_image`). The real
 command runs on it (`python -m cli review mine --dataset DS --n 1000`, a fresh SQLite queue), in a
-child process whose RSS is sampled every 0.25 s. Building the dataset is not timed. One JSON
-line per size, then the growth exponents (time and driver memory, N^X from the smallest size to
-the largest).
+child process whose RSS (and its Ray workers') is sampled every 0.25 s. Building the dataset is
+not timed. ``--code DIR`` (repeatable) runs the CLI from other checkouts on the same rows: the
+before/after of a change in one run. One JSON line per size and code, then the growth exponents
+(time and driver memory, N^X from the smallest size to the largest).
 """
 
 from __future__ import annotations
@@ -65,17 +66,24 @@ def table(n: int, seed: int = 0) -> pa.Table:
     return pa.table(cols)
 
 
-def run(uri: str, db: str, interval: float = 0.25) -> dict:
+def run(uri: str, db: str, code: Path, interval: float = 0.25) -> dict:
     import psutil
 
     t0 = time.perf_counter()
     log = tempfile.TemporaryFile("w+")
     cmd = [sys.executable, "-m", "cli", "review", "mine", "--dataset", uri, "--db", db, "--n", "1000"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-    me, peak = psutil.Process(proc.pid), 0
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    proc = subprocess.Popen(cmd, cwd=code, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    me, peak, worker = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
         try:
             peak = max(peak, me.memory_info().rss)
+            for p in me.children(recursive=True):
+                try:
+                    if " ".join(p.cmdline()).startswith("ray::"):
+                        worker = max(worker, p.memory_info().rss)
+                except psutil.Error:
+                    continue
         except psutil.Error:
             pass
         time.sleep(interval)

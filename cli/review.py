@@ -17,6 +17,7 @@ from pipelines.review import (
     ReviewApplyConfig,
     ReviewMineConfig,
     apply_reviews,
+    check_mine_request,
     dataset_graph,
     default_db_url,
     mine_queue,
@@ -48,8 +49,11 @@ def register(app) -> None:
         gold: Optional[Path] = typer.Option(None, help="CSV row_id,keep|drop of gold items"),
         include_reviewed: bool = typer.Option(False, help="also re-mine rows already reviewed"),
         allow_random_weights: bool = RandomOpt,
+        address: Optional[str] = AddressOpt,
     ):
-        """Choose hard cases, attach pseudo-labels and the AI verdict, queue them for review."""
+        """Choose hard cases, attach pseudo-labels and the AI verdict, queue them for review.
+        The numbers of every row are read here; captions, OCR text, tags and vectors are read
+        and judged fragment by fragment on Ray workers."""
         from curation.config import validate
 
         store = open_store(dataset)
@@ -70,6 +74,8 @@ def register(app) -> None:
             where="command line",
         )
         try:
+            check_mine_request(store, cfg)  # a bad rule file or random-weight inputs: refused before Ray starts
+            start_ray(address)
             s = mine_queue(store, cfg)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))

@@ -43,6 +43,7 @@ __all__ = [
     "review_dir",
     "default_db_url",
     "mine_queue",
+    "check_mine_request",
     "apply_reviews",
     "review_apply_action",
     "add_tag_labels",
@@ -165,42 +166,45 @@ def random_inputs(store: Store, columns: list[str]) -> dict[str, dict[str, str]]
     return out
 
 
+def check_mine_request(store: Store, cfg: ReviewMineConfig) -> tuple[list, list[str], dict[str, dict[str, str]]]:
+    """(rules, columns mined, random-derived columns) of a mining request, or its refusal
+    (a rule file naming an absent column, inputs from random weights): checked from the schema
+    and the state folder, before Ray starts (``curate review mine`` calls it first)."""
+    from engines.active.rules import load_rules
+    from engines.vector.retrieval import refuse_random_weights
+
+    names = store.open().schema.names
+    rules = load_rules(review_dir(store) / "thresholds.json", columns=names)
+    cols = sorted(set(_mine_columns(store.open().schema)) | {r.column for r in rules if r.column in names})
+    return rules, cols, refuse_random_weights(random_inputs(store, cols), consumer="review mining", allow=cfg.allow_random_weights)
+
+
 def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = True) -> dict[str, Any]:
     """Mine hard cases from the latest version and queue them. Returns the mining summary.
 
     Raises ``RandomWeightsError`` before reading anything when a column it would read came from
     random weights and ``cfg.allow_random_weights`` is off."""
-    import numpy as np
-
     from curation.reviewdb import ReviewDB, is_pair_row
     from engines.active.loop import aggregate
-    from engines.active.mining import mine
-    from engines.active.rules import load_rules
-    from engines.vector.retrieval import refuse_random_weights
+    from engines.active.mining import Numbers, mine_blocks
 
     t0 = time.perf_counter()
     ds = store.open()
-    rules = load_rules(review_dir(store) / "thresholds.json", columns=ds.schema.names)
-    cols = sorted(set(_mine_columns(ds.schema)) | {r.column for r in rules if r.column in ds.schema.names})
-    random_derived = refuse_random_weights(random_inputs(store, cols), consumer="review mining", allow=cfg.allow_random_weights)
-    with (
-        console.status(f"reading {len(cols)} columns of {ds.count_rows():,} rows (v{ds.version})", spinner="dots")
-        if show_progress
-        else _null()
-    ):
-        table = ds.to_table(columns=cols)
-    table = table.append_column("_pos", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    rules, cols, random_derived = check_mine_request(store, cfg)
+    with console.status(f"reading the signals of {ds.count_rows():,} rows (v{ds.version})", spinner="dots") if show_progress else _null():
+        numbers = Numbers.of(_numbers_table(ds, cols, rules), rules)
+    blocks = FragmentBlocks(store, ds.version, cols, rules, show_progress=show_progress)
     db = ReviewDB(cfg.db or default_db_url(store))
     db.set_meta("dataset", store.uri)
     # the queue's editing pairs (``curate pairs review``) are not dataset rows: mining never sees them
     agg = aggregate([d for d in db.decisions() if not is_pair_row(d["row_id"])])
     reviewed = {r: a["decision"] for r, a in agg.items() if a["decision"] in ("keep", "drop")}
     flagged = [r for r in db.flagged_rows() if not is_pair_row(r)]
-    with console.status("mining hard cases", spinner="dots") if show_progress else _null():
-        items, summary = mine(table, rules, cfg, flagged=flagged, reviewed=reviewed, random_derived=random_derived)
+    kw = {"columns": cols, "flagged": flagged, "reviewed": reviewed, "random_derived": random_derived}
+    items, summary = mine_blocks(numbers, blocks, rules, cfg, **kw)
     gold = _read_gold(cfg.gold) if cfg.gold else {}
     if gold:
-        items = _with_gold(table, rules, cfg, items, gold, flagged=flagged, reviewed=reviewed, random_derived=random_derived)
+        items = _with_gold(numbers, blocks, rules, cfg, items, gold, **kw)
     for it in items:
         it["payload"]["version"] = ds.version
     add_tag_labels(items, _graph_for_labels(store, cfg))
@@ -289,19 +293,22 @@ def _label_ids(payload: dict[str, Any]) -> list[str]:
 
 
 def _with_gold(
-    table: pa.Table, rules: list, cfg: ReviewMineConfig, items: list[dict[str, Any]], gold: dict[str, str], **mine_kw: Any
+    numbers, blocks, rules: list, cfg: ReviewMineConfig, items: list[dict[str, Any]], gold: dict[str, str], **mine_kw: Any
 ) -> list[dict[str, Any]]:
     """The mined items with the gold answers set, plus the gold rows mining did not pick.
 
     Why those are mined too: a gold item must look like any other, or annotators learn to
     spot the test (a caption alone, "gold item" as the reason, no pseudo-label) and gold
-    accuracy measures how people treat a known test. ``mine`` runs over the whole table (so
-    scales, ranks, look-alikes and the verifier's votes are the dataset's) with every other
-    row marked as errored, the one thing that keeps a row from being a candidate."""
-    from engines.active.mining import mine
+    accuracy measures how people treat a known test. Mining runs over every row again (so
+    scales, ranks, look-alikes and the verifier's votes are the dataset's) with only the
+    missing gold rows allowed in the queue."""
+    import dataclasses
 
-    ids = table.column("id").to_pylist()
-    present = set(ids)
+    import numpy as np
+
+    from engines.active.mining import mine_blocks
+
+    present = set(numbers.ids)
     missing = [g for g in gold if g not in present]
     if missing:
         raise ValueError(f"gold rows not in the dataset: {missing[:5]}")
@@ -309,16 +316,116 @@ def _with_gold(
     extra_ids = {g for g in gold if g not in picked}
     extra: list[dict[str, Any]] = []
     if extra_ids:
-        only = pa.array([None if i in extra_ids else "not gold: not mined here" for i in ids], pa.string())
-        masked = table.drop_columns([c for c in ("error",) if c in table.column_names]).append_column("error", only)
+        only = dataclasses.replace(numbers, ok=np.array([i in extra_ids for i in numbers.ids], bool))
         sub = cfg.model_copy(update={"n": len(extra_ids), "min_hardness": 0.0, "include_reviewed": True})
-        extra, _ = mine(masked, rules, sub, **mine_kw)
+        extra, _ = mine_blocks(only, blocks, rules, sub, **mine_kw)
         for it in extra:
             it["priority"] = 0.0  # served through the gold share (``serve --gold-rate``), not by hardness
     for it in (*items, *extra):
         if it["row_id"] in gold:
             it["gold_answer"] = gold[it["row_id"]]
     return items + extra
+
+
+def _numbers_table(ds, cols: list[str], rules: list) -> pa.Table:
+    """What the driver reads of every row for mining: ids, numeric signals, dedup's similarity,
+    and whether ``error`` / ``rev_decision`` are null (not the strings)."""
+    from engines.active.mining import signal_columns
+    from engines.active.rules import DUP_SIM_COLUMNS
+
+    names = ds.schema.names
+    want = {"id": "id", **{c: c for c in [*signal_columns(rules), *DUP_SIM_COLUMNS] if c in cols and c in names}}
+    for c in ("error", "rev_decision"):
+        if c in names:
+            want[f"{c}_null"] = f"{c} IS NULL"
+    return ds.to_table(columns=want)
+
+
+# what each MineBlock method reads: vectors only, captions only, or every mined column
+_VECTOR_CALLS = {"vectors_at", "nearest"}
+_CAPTION_CALLS = {"captions_at"}
+_POSITIONAL_CALLS = {"vectors_at", "details_at", "captions_at"}
+
+
+class FragmentBlocks:
+    """Review mining's blocks in a job: one a Lance fragment, read on a Ray worker at each call
+    (``execute_units``: a pass over the data, one fragment a unit, only the columns the call
+    reads) and not kept, so neither the driver nor a worker holds every row's text or vectors.
+    A call about given rows (their vectors, details, captions) reads only their fragments."""
+
+    def __init__(self, store: Store, version: int, columns: list[str], rules: list, *, show_progress: bool = True):
+        from engines.active.rules import EMBEDDING_COLUMNS
+
+        ds = store.open(version)
+        self.store, self.version, self.columns, self.rules, self.show_progress = store, version, columns, rules, show_progress
+        self.frags, offset = [], 0
+        for f in ds.get_fragments():
+            n = f.count_rows()
+            self.frags.append((f.fragment_id, offset, n))
+            offset += n
+        self.emb_col = next((c for c in EMBEDDING_COLUMNS if c in columns), None)
+        self.schema = pa.schema([ds.schema.field(c) for c in columns])
+
+    def _columns(self, method: str) -> list[str]:
+        if method in _VECTOR_CALLS:
+            return ["id", *([self.emb_col] if self.emb_col else [])]
+        if method in _CAPTION_CALLS:
+            return [c for c in ("id", "captions", "rev_caption") if c in self.columns]
+        return self.columns
+
+    def map(self, method: str, *args, each=None) -> list:
+        import pickle
+
+        import numpy as np
+
+        from curation.runner import execute_units
+        from engines.active.mining import MineBlock
+
+        if each is not None:
+            raise NotImplementedError("FragmentBlocks.map takes the same arguments for every block")
+        if method == "rows":
+            return [n for _, _, n in self.frags]
+        if method == "embedding_column":
+            return [self.emb_col] * len(self.frags)
+        hit = list(range(len(self.frags)))
+        if method in _POSITIONAL_CALLS and args[0] is not None:
+            pos = np.asarray(args[0], np.int64)
+            hit = [k for k, (_, off, n) in enumerate(self.frags) if ((pos >= off) & (pos < off + n)).any()]
+        out: list = [None] * len(self.frags)
+        cols = self._columns(method)
+        for k in set(range(len(self.frags))) - set(hit):  # no row asked for there: its empty answer
+            _, off, _ = self.frags[k]
+            out[k] = getattr(MineBlock(self.schema.empty_table().select(cols), off, self.rules), method)(*args)
+
+        def keep(row: dict) -> None:
+            out[row["k"]] = pickle.loads(row["out"])
+
+        execute_units(
+            [{"k": k, "fragment_id": self.frags[k][0], "offset": self.frags[k][1]} for k in hit],
+            _FragmentCall,
+            {"store": self.store, "version": self.version, "columns": cols, "rules": self.rules, "method": method, "args": args},
+            ray_options={"num_cpus": 1},
+            on_result=keep,
+            description=f"review mine: {method.replace('_', ' ')}",
+            show_progress=self.show_progress,
+        )
+        return out
+
+
+class _FragmentCall:
+    """A unit worker of :class:`FragmentBlocks`: one fragment's ``MineBlock``, one method call."""
+
+    def __init__(self, store: Store, version: int, columns: list[str], rules: list, method: str, args: tuple):
+        self.ds, self.columns, self.rules, self.method, self.args = store.open(version), columns, rules, method, args
+
+    def __call__(self, unit: pa.Table) -> pa.Table:
+        import pickle
+
+        from engines.active.mining import MineBlock
+
+        k, fid, offset = (unit.column(c)[0].as_py() for c in ("k", "fragment_id", "offset"))
+        block = MineBlock(self.ds.get_fragment(fid).to_table(columns=self.columns), offset, self.rules)
+        return pa.table({"k": [k], "out": pa.array([pickle.dumps(getattr(block, self.method)(*self.args))], pa.binary())})
 
 
 class _null:

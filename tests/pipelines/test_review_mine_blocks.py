@@ -1,0 +1,72 @@
+"""`review mine` at scale (real Lance + Ray): the driver reads ids and numeric signals only; the
+captions, OCR text, tags and vectors are read and judged fragment by fragment on Ray workers
+(``FragmentBlocks``), and the queue is the one mining the whole table in memory gives."""
+
+from __future__ import annotations
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation.store import Store
+from engines.active.mining import MineConfig, Numbers, mine, mine_blocks
+from engines.active.rules import DEFAULT_RULES
+from pipelines.review import FragmentBlocks, ReviewMineConfig, _mine_columns, _numbers_table, mine_queue
+from tests.engines.active.test_active import _table
+
+HEAVY = {"captions", "prof_ocr_text", "tag_concepts", "tag_scores", "tag_direct", "prof_clip_image"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, ray_session) -> Store:
+    """The mining engine's 400-row test table (embeddings with look-alikes and a borderline pair,
+    OCR text, two concepts) as a dataset of five fragments."""
+    t = _table()
+    t = t.set_column(
+        t.schema.get_field_index("prof_clip_image"), "prof_clip_image", t.column("prof_clip_image").cast(pa.list_(pa.float32(), 16))
+    )
+    uri = str(tmp_path_factory.mktemp("mine") / "ds.lance")
+    lance.write_dataset(t, uri, max_rows_per_file=90)
+    assert len(lance.dataset(uri).get_fragments()) == 5
+    return Store(uri)
+
+
+def test_fragment_blocks_give_the_in_memory_queue(store):
+    ds = store.open()
+    cols = sorted(_mine_columns(ds.schema))
+    table = ds.to_table(columns=cols)
+    table = table.append_column("_pos", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    reviewed = {f"row{i:04d}": ("keep" if i % 3 else "drop") for i in range(20, 60)}
+    kw = {"flagged": ["row0200", "row0005"], "reviewed": reviewed}
+    cfg = MineConfig(n=120, min_hardness=0.0, like_flagged_k=5, neighbours=3)
+    whole = mine(table, DEFAULT_RULES, cfg, **kw)
+    numbers = Numbers.of(_numbers_table(ds, cols, DEFAULT_RULES), DEFAULT_RULES)
+    split = mine_blocks(
+        numbers, FragmentBlocks(store, ds.version, cols, DEFAULT_RULES, show_progress=False), DEFAULT_RULES, cfg, columns=cols, **kw
+    )
+    assert split == whole
+    assert any("looks like flagged failure row0200" in w for it in whole[0] for w in it["payload"]["hard_reasons"])
+
+
+def test_the_driver_reads_no_rows_text_or_vectors(store, tmp_path, monkeypatch):
+    from lance.dataset import LanceDataset
+    from lance.fragment import LanceFragment
+
+    reads: list[set] = []
+
+    def spy(cls, name):
+        real = getattr(cls, name)
+
+        def read(self, *a, **k):
+            cols = k.get("columns", a[0] if a else None)
+            reads.append(set(cols.values() if isinstance(cols, dict) else cols or ["*"]))
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(cls, name, read)
+
+    for cls, name in ((LanceDataset, "to_table"), (LanceDataset, "take"), (LanceFragment, "to_table"), (LanceFragment, "take")):
+        spy(cls, name)
+    s = mine_queue(store, ReviewMineConfig(db=str(tmp_path / "q.sqlite"), n=50), show_progress=False)
+    assert s["queued"] == 50 and s["criteria"]["ocr_missing"] == 8 and s["criteria"]["borderline_duplicate"] >= 2
+    assert reads and not any(r & HEAVY or "*" in r for r in reads), reads  # the workers read those
