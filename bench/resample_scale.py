@@ -81,14 +81,15 @@ def build(uri: str, n: int, rows_per_file: int = 50_000) -> dict:
     }
 
 
-def run_job(uri: str, n: int, code: Path, interval: float = 0.25) -> dict:
-    """The CLI job from ``code`` on ``uri``: seconds, peak RSS of the driver and of the largest Ray
-    worker (the job's own, its raylet being the driver's child)."""
+def run_cli(args: list[str], code: Path, interval: float = 0.25) -> dict:
+    """``python -m cli ARGS`` from the checkout ``code``: seconds, peak RSS of the command (the
+    driver) and of its largest Ray worker (the job's own: its raylet is the driver's child), and
+    what it printed. Exits with the output's end if the command fails."""
     import psutil
 
     t0 = time.perf_counter()
     log = tempfile.TemporaryFile("w+")
-    cmd = [sys.executable, "-m", "cli", "resample", "--dataset", uri, "--target-size", str(n)]
+    cmd = [sys.executable, "-m", "cli", *args]
     proc = subprocess.Popen(cmd, cwd=code, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(code)})
     driver = psutil.Process(proc.pid)
     peak_driver = peak_worker = 0
@@ -107,11 +108,18 @@ def run_job(uri: str, n: int, code: Path, interval: float = 0.25) -> dict:
     log.seek(0)
     out = log.read()
     if proc.returncode:
-        raise SystemExit(f"resample failed ({proc.returncode}):\n{out[-4000:]}")
+        raise SystemExit(f"{' '.join(args[:2])} failed ({proc.returncode}):\n{out[-4000:]}")
     return {
         "seconds": round(time.perf_counter() - t0, 1),
         "peak_rss_mib": {"driver": peak_driver >> 20, "largest_worker": peak_worker >> 20},
+        "output": out,
     }
+
+
+def run_job(uri: str, n: int, code: Path) -> dict:
+    """`curate resample` on ``uri`` (target size ``n``) from ``code``."""
+    got = run_cli(["resample", "--dataset", uri, "--target-size", str(n)], code)
+    return {k: v for k, v in got.items() if k != "output"}
 
 
 def machine() -> str:

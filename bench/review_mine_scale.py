@@ -1,4 +1,4 @@
-"""Benchmark: `curate review mine` at growing sizes, time and driver memory (a baseline).
+"""Benchmark: `curate review mine` at growing sizes: time, driver and worker memory, before/after.
 
     .venv/bin/python bench/review_mine_scale.py --rows 50000 150000 [300000 ...]
 
@@ -21,8 +21,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -66,36 +64,11 @@ def table(n: int, seed: int = 0) -> pa.Table:
     return pa.table(cols)
 
 
-def run(uri: str, db: str, code: Path, interval: float = 0.25) -> dict:
-    import psutil
-
-    t0 = time.perf_counter()
-    log = tempfile.TemporaryFile("w+")
-    cmd = [sys.executable, "-m", "cli", "review", "mine", "--dataset", uri, "--db", db, "--n", "1000"]
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    proc = subprocess.Popen(cmd, cwd=code, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-    me, peak, worker = psutil.Process(proc.pid), 0, 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, me.memory_info().rss)
-            for p in me.children(recursive=True):
-                try:
-                    if " ".join(p.cmdline()).startswith("ray::"):
-                        worker = max(worker, p.memory_info().rss)
-                except psutil.Error:
-                    continue
-        except psutil.Error:
-            pass
-        time.sleep(interval)
-    log.seek(0)
-    out = log.read()
-    if proc.returncode:
-        raise SystemExit(f"review mine failed ({proc.returncode}):\n{out[-4000:]}")
-    return {
-        "seconds": round(time.perf_counter() - t0, 1),
-        "peak_rss_mib": {"driver": peak >> 20},
-        "said": out.strip().splitlines()[0][:200],
-    }
+def run(uri: str, db: str, code: Path) -> dict:
+    """`curate review mine` of 1,000 items on ``uri`` into a fresh queue ``db``, from ``code``."""
+    got = _resample_bench().run_cli(["review", "mine", "--dataset", uri, "--db", db, "--n", "1000"], code)
+    said = next((ln for ln in got.pop("output").splitlines() if ln.startswith("review mine:")), "")[:120]
+    return {**got, "said": said}
 
 
 def main() -> None:
@@ -104,26 +77,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[50_000, 150_000])
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-review-mine")
+    ap.add_argument("--code", type=Path, action="append", help="checkout(s) to run the CLI from (default: this one)")
     args = ap.parse_args()
+    codes = args.code or [ROOT]
     print(f"machine: {_resample_bench().machine()}", flush=True)
-    rows = []
+    rows: dict[str, list[dict]] = {str(c): [] for c in codes}
     for n in sorted(args.rows):
-        uri = args.work / f"mine-{n}.lance"
         shutil.rmtree(args.work, ignore_errors=True)
         args.work.mkdir(parents=True)
         t0 = time.perf_counter()
-        lance.write_dataset(table(n), str(uri), max_rows_per_file=50_000)
-        row = {"rows": n, "build_seconds": round(time.perf_counter() - t0, 1), **run(str(uri), str(args.work / "review.db"))}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        base = args.work / f"mine-{n}.lance"
+        lance.write_dataset(table(n), str(base), max_rows_per_file=50_000)
+        build = round(time.perf_counter() - t0, 1)
+        for k, code in enumerate(codes):
+            uri = args.work / f"run-{k}.lance"
+            shutil.copytree(base, uri)  # the same rows, a fresh queue and state for each code
+            row = {"rows": n, "code": str(code), "build_seconds": build, **run(str(uri), str(args.work / f"review-{k}.db"), code)}
+            rows[str(code)].append(row)
+            print(json.dumps(row), flush=True)
     shutil.rmtree(args.work, ignore_errors=True)
-    if len(rows) > 1:
-        a, b = rows[0], rows[-1]
-        g = [
-            round(math.log(f(b) / f(a)) / math.log(b["rows"] / a["rows"]), 2)
-            for f in (lambda r: r["seconds"], lambda r: r["peak_rss_mib"]["driver"])
-        ]
-        print(f"growth exponent {g[0]} (time), {g[1]} (driver memory)")
+    for code, got in rows.items():
+        if len(got) > 1:
+            a, b = got[0], got[-1]
+            g = [
+                round(math.log(f(b) / f(a)) / math.log(b["rows"] / a["rows"]), 2)
+                for f in (lambda r: r["seconds"], lambda r: r["peak_rss_mib"]["driver"])
+            ]
+            print(f"{code}: growth exponent {g[0]} (time), {g[1]} (driver memory)")
 
 
 if __name__ == "__main__":
