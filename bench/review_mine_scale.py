@@ -67,7 +67,7 @@ def table(n: int, seed: int = 0) -> pa.Table:
 def run(uri: str, db: str, code: Path) -> dict:
     """`curate review mine` of 1,000 items on ``uri`` into a fresh queue ``db``, from ``code``."""
     got = _resample_bench().run_cli(["review", "mine", "--dataset", uri, "--db", db, "--n", "1000"], code)
-    said = next((ln for ln in got.pop("output").splitlines() if ln.startswith("review mine:")), "")[:120]
+    said = next((ln for ln in got.pop("output").splitlines() if ln.startswith("review mine:") and " hard, " in ln), "")[:120]
     return {**got, "said": said}
 
 
