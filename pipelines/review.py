@@ -345,6 +345,13 @@ def _numbers_table(ds, cols: list[str], rules: list) -> pa.Table:
 _VECTOR_CALLS = {"vectors_at", "nearest"}
 _CAPTION_CALLS = {"captions_at"}
 _POSITIONAL_CALLS = {"vectors_at", "details_at", "captions_at"}
+_CALL_NAMES = {  # what each pass is, in the progress line
+    "opinions": "judging every row",
+    "vectors_at": "vectors of given rows",
+    "details_at": "queued rows' details",
+    "nearest": "look-alikes",
+    "captions_at": "look-alikes' captions",
+}
 
 
 class FragmentBlocks:
@@ -406,7 +413,7 @@ class FragmentBlocks:
             {"store": self.store, "version": self.version, "columns": cols, "rules": self.rules, "method": method, "args": args},
             ray_options={"num_cpus": 1},
             on_result=keep,
-            description=f"review mine: {method.replace('_', ' ')}",
+            description=f"review mine: {_CALL_NAMES.get(method, method)}",
             show_progress=self.show_progress,
         )
         return out
