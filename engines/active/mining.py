@@ -366,7 +366,8 @@ class MineBlock:
         out: dict[str, Any] = {
             "ocr": self._ocr_scores(),
             "disagree": np.array([0.8 if v["verdict"] in ("keep", "drop") and v["verdict"] != p["decision"] else 0.0 for p, v in ops]),
-            "concepts": primary_concepts(self.table),
+            "concepts": _encoded(primary_concepts(self.table)),
+            "n": self.n,
             "like": None,
         }
         if ctx.flagged is not None and self.emb is not None:
@@ -443,6 +444,28 @@ def _neighbour_verdicts(block: MineBlock, rows: list[int], ctx: Context, ops, k:
     return out
 
 
+def _encoded(values: list[str]) -> tuple[list[str], np.ndarray]:
+    """(distinct values, code per row): a block's concepts travel as codes, not a string a row."""
+    names: dict[str, int] = {}
+    codes = np.array([names.setdefault(v, len(names)) for v in values], np.int32)
+    return list(names), codes
+
+
+class _Concepts:
+    """Every row's main concept as a code into one list of names (the blocks' codes merged)."""
+
+    def __init__(self, parts: list[tuple[list[str], np.ndarray]]):
+        names: dict[str, int] = {}
+        codes = []
+        for local, c in parts:
+            lut = np.array([names.setdefault(x, len(names)) for x in local], np.int32)
+            codes.append(lut[c] if len(c) else np.zeros(0, np.int32))
+        self.names, self.codes = list(names), (np.concatenate(codes) if codes else np.zeros(0, np.int32))
+
+    def __getitem__(self, i: int) -> str:
+        return self.names[self.codes[i]]
+
+
 def _merge_nearest(parts: list[tuple[np.ndarray, ...]], k: int) -> tuple[np.ndarray, ...]:
     """The blocks' nearest rows per query merged into the ``k`` nearest overall."""
     s = np.concatenate([p[0] for p in parts], axis=1)
@@ -491,7 +514,7 @@ def mine_blocks(
     _verifier_disagrees(ops, details, hard)
 
     h = hardness(hard.comps)
-    concepts = [c for o in ops for c in o["concepts"]]
+    concepts = _Concepts([o["concepts"] for o in ops])
     cand = _candidates(numbers, cfg, h, reviewed)
     order, qbin, qsig, n_strata = _balanced(numbers, cfg, h, cand, concepts)
     for part in blocks.map("details_at", np.array(order, np.int64), ctx):
@@ -618,7 +641,7 @@ def _ocr_missing(ops: list[dict[str, Any]], details: dict[int, dict[str, Any]], 
     """Text in the image that the chosen caption does not mention (scored by the blocks)."""
     if all(o["ocr"] is None for o in ops):
         return hard.skip("ocr_missing", "prof_ocr_text absent")
-    score = np.concatenate([o["ocr"] if o["ocr"] is not None else np.zeros(len(o["concepts"])) for o in ops])
+    score = np.concatenate([o["ocr"] if o["ocr"] is not None else np.zeros(o["n"]) for o in ops])
     hard.add("ocr_missing", score, lambda i: f"OCR text missing from caption: {(details[i]['ocr_text'] or '')[:60]!r}")
 
 
@@ -677,13 +700,13 @@ def _candidates(rows: Numbers, cfg: MineConfig, h: np.ndarray, reviewed: dict[st
 
 
 def _balanced(
-    rows: Numbers, cfg: MineConfig, h: np.ndarray, cand: np.ndarray, concepts: list[str]
+    rows: Numbers, cfg: MineConfig, h: np.ndarray, cand: np.ndarray, concepts: _Concepts
 ) -> tuple[list[int], np.ndarray, str | None, int]:
     """(serving order, quality bin per row, quality signal used, number of strata): strata are
     (concept, quality bin), so a common concept cannot fill the batch."""
     qsig = next((c for c in ("rev_reward", "prof_quality", "prof_aesthetic") if c in rows.vals), None)
     qbin = quality_bins(rows.vals[qsig], cfg.quality_bins) if qsig else np.full(rows.n, -1)
-    strata = [(concepts[i], int(qbin[i])) for i in cand]
+    strata = [(int(concepts.codes[i]), int(qbin[i])) for i in cand]
     order = [int(cand[j]) for j in balanced_order(strata, h[cand], cfg.n)]
     return order, qbin, qsig, len(set(strata))
 
