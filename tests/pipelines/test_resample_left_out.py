@@ -147,3 +147,35 @@ def test_the_driver_reads_no_rows_tags_or_captions_but_the_reports_top_rows(tagg
     res = run_resample(RunContext(store=tagged_store, overwrite=True, show_progress=False), cfg)[-1]
     assert res.status == "committed"
     assert reads and all(f and f.startswith("rs_weight ") and n <= 20 for _, f, n in reads), reads
+
+
+def test_rows_deleted_from_a_fragment_keep_the_plan_aligned(tagged_store, coco_graph_dir, tmp_path):
+    """The weights are planned per fragment in row order and written by position: rows deleted
+    from the middle of a fragment (Lance keeps them physically) must not shift the others."""
+    import shutil
+
+    from curation.config import RunContext
+    from curation.store import Store
+    from pipelines.graph import ResampleStepConfig, run_resample
+
+    uri = tmp_path / "copy.lance"
+    shutil.copytree(tagged_store.uri, uri)
+    ids = lance.dataset(str(uri)).to_table(columns=["id"]).column("id").to_pylist()
+    gone = [ids[1], ids[21], ids[22], ids[79]]  # inside the first, second and last fragments
+    lance.dataset(str(uri)).delete("id IN ({})".format(", ".join(f"'{i}'" for i in gone)))
+    store = Store(str(uri))
+    cfg = ResampleStepConfig(graph=str(coco_graph_dir), target_size=50, max_upsample=3)
+    res = run_resample(RunContext(store=store, overwrite=True, show_progress=False), cfg)[-1]
+    t = store.to_arrow(columns=["id", "rs_copies", "rs_weight", "tag_concepts", "tag_scores", "tag_direct"])
+    assert t.num_rows == 76 and not set(gone) & set(t.column("id").to_pylist())
+    copies = np.asarray(t.column("rs_copies").to_pylist())
+    out = [i for i, r in enumerate(t.column("id").to_pylist()) if ids.index(r) in (*DUPLICATES, *BROKEN)]
+    assert copies.sum() == 50 and copies[out].sum() == 0 and res.stats.counters["rows_left_out_duplicate"] == 10
+    used = [i for i in range(t.num_rows) if i not in out]  # each remaining row has its own weight
+    cols = (t.column(c).take(used).to_pylist() for c in ("tag_concepts", "tag_scores", "tag_direct"))
+    from graph.concepts import ConceptGraph
+    from graph.resample import ResampleConfig, resample
+
+    depth = dict(ConceptGraph.load(coco_graph_dir).g.nodes(data="depth"))
+    alone = resample(*cols, _cfg(ResampleConfig, cfg), concept_depth=depth)
+    np.testing.assert_allclose(np.asarray(t.column("rs_weight").to_pylist())[used], alone.expected, rtol=1e-9)
