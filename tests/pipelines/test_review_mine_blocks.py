@@ -70,3 +70,22 @@ def test_the_driver_reads_no_rows_text_or_vectors(store, tmp_path, monkeypatch):
     s = mine_queue(store, ReviewMineConfig(db=str(tmp_path / "q.sqlite"), n=50), show_progress=False)
     assert s["queued"] == 50 and s["criteria"]["ocr_missing"] == 8 and s["criteria"]["borderline_duplicate"] >= 2
     assert reads and not any(r & HEAVY or "*" in r for r in reads), reads  # the workers read those
+
+
+def test_rows_deleted_inside_fragments_keep_positions_aligned(store, tmp_path):
+    import shutil
+
+    uri = tmp_path / "copy.lance"
+    shutil.copytree(store.uri, uri)
+    lance.dataset(str(uri)).delete("id IN ('row0001', 'row0095', 'row0096', 'row0399')")
+    copy = Store(str(uri))
+    ds = copy.open()
+    cols = sorted(_mine_columns(ds.schema))
+    table = ds.to_table(columns=cols)
+    table = table.append_column("_pos", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    cfg = MineConfig(n=80, min_hardness=0.0, like_flagged_k=5, neighbours=3)
+    kw = {"flagged": ["row0200"], "reviewed": {f"row{i:04d}": "keep" for i in range(100, 110)}}
+    whole = mine(table, DEFAULT_RULES, cfg, **kw)
+    numbers = Numbers.of(_numbers_table(ds, cols, DEFAULT_RULES), DEFAULT_RULES)
+    blocks = FragmentBlocks(copy, ds.version, cols, DEFAULT_RULES, show_progress=False)
+    assert table.num_rows == 396 and mine_blocks(numbers, blocks, DEFAULT_RULES, cfg, columns=cols, **kw) == whole
