@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from curation.errors import UserError
@@ -382,7 +383,8 @@ class _FragmentTags(TagBlock):
         extra = [curriculum_column] if curriculum_column in frag.schema.names else []
         t = frag.to_table(columns=["id", *CONCEPT_TAGS.columns, *extra])
         self.ids = t.column("id")
-        self.stage = np.array([int(x or 0) for x in t.column(curriculum_column).to_pylist()] if extra else [0] * t.num_rows, np.int32)
+        stage = pc.fill_null(t.column(curriculum_column), 0).cast(pa.int32()) if extra else None
+        self.stage = stage.to_numpy() if extra else np.zeros(t.num_rows, np.int32)
         self.used = np.flatnonzero(self.why == None)  # noqa: E711 (elementwise)
         use = t if len(self.used) == t.num_rows else t.take(pa.array(self.used))
         super().__init__(use.column("tag_concepts"), use.column("tag_scores"), use.column("tag_direct"))
@@ -518,10 +520,10 @@ class ResampleStage(Stage):
         self._pos += batch.num_rows
         if got.column("id").to_pylist() != batch.column("id").to_pylist():  # the plan is in the fragment's order
             raise RuntimeError(f"resample: the weights planned for a fragment do not match its rows (plan {self._plan_dir})")
-        copies, reasons = got.column("rs_copies").to_numpy(), got.column("reason").to_pylist()
-        self.stats.count("rows_dropped", int(sum(1 for c, r in zip(copies, reasons) if c == 0 and not r)))
-        for reason, n in Counter(r for r in reasons if r).items():
-            self.stats.count(f"rows_left_out_{reason}", n)
+        copies, reason = got.column("rs_copies").to_numpy(), got.column("reason")
+        self.stats.count("rows_dropped", int(((copies == 0) & reason.is_null().to_numpy()).sum()))
+        for vc in pc.value_counts(reason.drop_null()).to_pylist():
+            self.stats.count(f"rows_left_out_{vc['values']}", vc["counts"])
         self.stats.count("rows_upsampled", int((copies > 1).sum()))
         return {c: got.column(c).combine_chunks() for c in RESAMPLE.schema.names}
 
@@ -570,7 +572,6 @@ def check_resample_request(store, cfg: ResampleStepConfig) -> None:
         checked_prior(cfg.prior, ConceptGraph.load(cfg.graph), None)
     elif tagged:  # the concepts tagged on any row, read in batches (concept-sized, not row-sized);
         # the stage then checks them against the rows that will be trained on
-        import pyarrow.compute as pc
 
         seen: set[str] = set()
         for b in store.open().to_batches(columns=[CONCEPT_TAGS.columns[0]]):

@@ -400,9 +400,11 @@ class FragmentBlocks:
             hit = [k for k, (_, off, n) in enumerate(self.frags) if ((pos >= off) & (pos < off + n)).any()]
         out: list = [None] * len(self.frags)
         cols = self._columns(method)
-        for k in set(range(len(self.frags))) - set(hit):  # no row asked for there: its empty answer
-            _, off, _ = self.frags[k]
-            out[k] = getattr(MineBlock(self.schema.empty_table().select(cols), off, self.rules), method)(*args)
+        skipped = sorted(set(range(len(self.frags))) - set(hit))
+        if skipped:  # no row asked for there: the answer of a block with no rows, the same for each
+            empty = getattr(MineBlock(self.schema.empty_table().select(cols), 0, self.rules), method)(*args)
+            for k in skipped:
+                out[k] = empty
 
         def keep(row: dict) -> None:
             out[row["k"]] = pickle.loads(row["out"])

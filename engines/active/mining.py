@@ -330,22 +330,27 @@ class MineBlock:
     def embedding_column(self) -> str | None:
         return self.emb_col
 
-    def _col(self, name: str, rows: list[int]) -> list[Any] | None:
+    def _col(self, name: str, rows: list[int] | None) -> list[Any] | None:
+        """Column ``name`` of ``rows`` (None: every row) as Python values; None when absent."""
         if name not in self.table.column_names:
             return None
-        return self.table.column(name).take(pa.array(rows, pa.int64())).to_pylist()
+        col = self.table.column(name)
+        return (col if rows is None else col.take(pa.array(rows, pa.int64()))).to_pylist()
 
-    def _chosen(self, rows: list[int]) -> list[tuple[str, str]]:
-        caps, rev = self._col("captions", rows) or [None] * len(rows), self._col("rev_caption", rows) or [None] * len(rows)
-        return [choose_caption(c, r) for c, r in zip(caps, rev)]
+    def _texts(self, rows: list[int] | None) -> tuple[list[tuple[str, str]], list[str | None] | None]:
+        """(the caption shown for editing, OCR text or None without the column) of ``rows``."""
+        n = self.n if rows is None else len(rows)
+        caps, rev = self._col("captions", rows) or [None] * n, self._col("rev_caption", rows) or [None] * n
+        return [choose_caption(c, r) for c, r in zip(caps, rev)], self._col("prof_ocr_text", rows)
 
-    def _opinions_of(self, rows: list[int], ctx: Context) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """(pseudo-label, verdict) of each of ``rows``: the rules, the caption, OCR text and direct
-        tags; human-reviewed look-alikes vote where there are enough."""
-        chosen, ocr = self._chosen(rows), self._col("prof_ocr_text", rows)
+    def _opinions_of(self, rows: list[int] | None, ctx: Context, chosen, ocr) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(pseudo-label, verdict) of each of ``rows`` (None: every row; ``chosen`` and ``ocr``
+        their texts): the rules, the caption, OCR text and direct tags; human-reviewed look-alikes
+        vote where there are enough."""
         tags_all, direct = self._col("tag_concepts", rows), self._col("tag_direct", rows)
+        idx = list(range(self.n)) if rows is None else rows
         out = []
-        for k, i in enumerate(rows):
+        for k, i in enumerate(idx):
             tags = None
             if tags_all and tags_all[k]:
                 d = direct[k] if direct else None
@@ -354,17 +359,17 @@ class MineBlock:
             pseudo = pseudo_label(v, ctx.active, caption=chosen[k][0], lang=chosen[k][1], ocr_text=(ocr[k] if ocr else "") or "", tags=tags)
             out.append((pseudo, verify(v, ctx.active, ctx.scales, reward_p=v.get("rev_reward"))))
         if ctx.labelled and self.emb is not None:
-            out = _neighbour_verdicts(self, rows, ctx, out)
+            out = _neighbour_verdicts(self, idx, ctx, out)
         return out
 
     def opinions(self, ctx: Context) -> dict[str, Any]:
         """Every row's row-local criteria: ``ocr`` (text in the image the caption misses; None
         without an OCR column), ``disagree`` (verifier vs pseudo-label), its main ``concepts``,
         and ``like``: each flagged row's nearest rows here (global positions)."""
-        rows = list(range(self.n))
-        ops = self._opinions_of(rows, ctx)
+        chosen, ocr = self._texts(None)
+        ops = self._opinions_of(None, ctx, chosen, ocr)
         out: dict[str, Any] = {
-            "ocr": self._ocr_scores(),
+            "ocr": self._ocr_scores(chosen, ocr),
             "disagree": np.array([0.8 if v["verdict"] in ("keep", "drop") and v["verdict"] != p["decision"] else 0.0 for p, v in ops]),
             "concepts": _encoded(primary_concepts(self.table)),
             "n": self.n,
@@ -374,11 +379,9 @@ class MineBlock:
             out["like"] = self.nearest(ctx.flagged[1], ctx.like_k, ctx.flagged[0])[:2]
         return out
 
-    def _ocr_scores(self) -> np.ndarray | None:
-        ocr = self._col("prof_ocr_text", list(range(self.n)))
+    def _ocr_scores(self, chosen: list[tuple[str, str]], ocr: list[str | None] | None) -> np.ndarray | None:
         if ocr is None:
             return None
-        chosen = self._chosen(list(range(self.n)))
         overlap = self.vals.get("prof_cap_ocr_overlap")
         ov = np.array([_overlap(chosen[i][0], o) if overlap is None or np.isnan(overlap[i]) else overlap[i] for i, o in enumerate(ocr)])
         has = np.array([len((o or "").strip()) >= 3 for o in ocr], bool)
@@ -410,8 +413,8 @@ class MineBlock:
         """What a queued row's payload shows, for ``positions`` held here: its caption, the other
         captions, OCR text, pseudo-label and verdict, and its vector (neighbour votes, look-alikes)."""
         local = [int(p) - self.offset for p in positions if 0 <= int(p) - self.offset < self.n]
-        ops = self._opinions_of(local, ctx)
-        chosen, caps, ocr = self._chosen(local), self._col("captions", local), self._col("prof_ocr_text", local)
+        chosen, ocr = self._texts(local)
+        ops, caps = self._opinions_of(local, ctx, chosen, ocr), self._col("captions", local)
         return {
             i + self.offset: {
                 "caption": chosen[k],
@@ -427,7 +430,7 @@ class MineBlock:
 
     def captions_at(self, positions: np.ndarray) -> dict[int, str]:
         local = [int(p) - self.offset for p in positions if 0 <= int(p) - self.offset < self.n]
-        return {i + self.offset: c[0] for i, c in zip(local, self._chosen(local))}
+        return {i + self.offset: c[0] for i, c in zip(local, self._texts(local)[0])}
 
 
 def _neighbour_verdicts(block: MineBlock, rows: list[int], ctx: Context, ops, k: int = 10, min_sim: float = 0.5):
