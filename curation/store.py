@@ -173,6 +173,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def _remote_files(fs, folder: str) -> list[str]:
+    """Every file's path under ``folder`` in ``fs``."""
+    import pyarrow.fs as pafs
+
+    return [i.path for i in fs.get_file_info(pafs.FileSelector(folder, recursive=True)) if i.type == pafs.FileType.File]
+
+
 def _download(fs: Any, key: str, path: Path) -> None:
     """Stream one object to ``path`` (bounded memory for a multi-GB index), atomically."""
     import shutil
@@ -356,6 +363,9 @@ class Store:
                 fs.create_dir(key.rsplit("/", 1)[0], recursive=True)
             with open(q, "rb") as f, fs.open_output_stream(key) as out:
                 shutil.copyfileobj(f, out, 8 << 20)
+        if src.is_dir():  # the folder mirrors the local one: an old index's data file goes
+            for key in set(_remote_files(fs, dst)) - {key for _, key in pairs}:
+                fs.delete_file(key)
         return [key for _, key in pairs]
 
     def pull_state(self, relpath: str) -> bool:
@@ -381,7 +391,7 @@ class Store:
         if info.type == pafs.FileType.File:
             _download(fs, src, dst)
             return True
-        found = [i.path for i in fs.get_file_info(pafs.FileSelector(src, recursive=True)) if i.type == pafs.FileType.File]
+        found = _remote_files(fs, src)
         man_key = f"{src}/{STATE_MANIFEST}"
         manifest = _read_remote(fs, man_key) if man_key in found else None
         local = dst / STATE_MANIFEST
@@ -398,6 +408,9 @@ class Store:
             if now != manifest:  # a push started meanwhile: these files may not match the manifest
                 raise OSError(f"{self.uri}/_curation/{rel} was replaced while it was downloaded; run again")
             _atomic_write(dst / STATE_MANIFEST, manifest)
+        for q in [q for q in dst.rglob("*") if q.is_file() and ".tmp" not in q.name]:  # a mirror: what left the store goes
+            if f"{src}/{q.relative_to(dst).as_posix()}" not in found:
+                q.unlink(missing_ok=True)  # a process that has it mapped keeps reading it
         return True
 
     def state_fs(self):

@@ -168,34 +168,6 @@ class _ShardWorker:
         return pa.table(out)
 
 
-def _merge_shards(trained: str, shard_paths: list[str], out_path: str) -> int:
-    """Ray task: the shards merged into one index file (on a worker: the driver never holds it).
-
-    An IVF index is merged into on-disk inverted lists (``<out>.ivfdata``, memory-mapped, nothing
-    held: held in memory, the merged lists made this task the job's largest process, 12.7 GiB at
-    1M rows) a range of lists at a time, each shard cut short as its part of a range is copied
-    (``ondisk.merge_deleting``): the disk holds the lists and one range, not the lists twice
-    (~26 + 26 GB of 8-bit lists at 10M rows), and each byte is read and written once. Resumes
-    where a killed merge stopped. The query actors map the same file. A flat index (small data)
-    is merged in memory."""
-    import faiss
-
-    from engines.vector.index import empty_like, merge_shards
-    from engines.vector.ondisk import merge_deleting
-
-    index = faiss.read_index(trained)
-    try:
-        faiss.extract_index_ivf(index)
-    except RuntimeError:  # flat
-        index = empty_like(index)
-        for p in shard_paths:
-            merge_shards(index, [faiss.read_index(p)])
-        faiss.write_index(index, out_path + ".tmp")
-        Path(out_path + ".tmp").replace(out_path)
-        return int(index.ntotal)
-    return merge_deleting(index, shard_paths, out_path)
-
-
 TRAIN_READ_ROWS = 4096
 """Rows of the index's training sample read at a time (``_train``)."""
 TRAIN_SPILL_BYTES = 64 << 20
@@ -314,6 +286,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     import ray
 
     from curation.runner import execute_units
+    from engines.vector.ondisk import merge_index
 
     out = job.folder / "regions.faiss"
     shards = job.folder / "shards"
@@ -347,7 +320,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     )
     paths = [str(shards / f"unit-{u['unit']}.faiss") for u in job.units]
     t = time.perf_counter()
-    ntotal = ray.get(ray.remote(num_cpus=1)(_merge_shards).remote(trained, paths, str(out)))
+    ntotal = ray.get(ray.remote(num_cpus=1)(merge_index).remote(trained, paths, str(out)))
     shutil.rmtree(shards, ignore_errors=True)
     console.print(f"dedup candidates: index of {ntotal:,} descriptors -> {out} (merged in {time.perf_counter() - t:.0f} s)", markup=False)
     return out

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -51,17 +53,23 @@ def check_index_weights(store, column: str, allow: bool) -> dict:
 
 
 class _AddWorker:
-    """Ray actor: adds the rows of some fragments to a copy of the trained empty index."""
+    """Ray task's worker: adds the rows of some fragments to a copy of the trained empty index.
 
-    def __init__(self, store, version: int, column: str, trained: bytes, normalize: bool):
+    The shard goes straight into the build's folder when this process sees that folder (the
+    driver's machine, or a shared file system: the folder's token matches), else back to the
+    driver as bytes (a node of a cluster without one)."""
+
+    def __init__(self, store, version: int, column: str, trained: bytes, normalize: bool, shard_dir: str, token: str):
         from engines.vector.index import deserialize
 
         self.ds = store.open(version)
         self.trained = deserialize(trained)
         self.column, self.normalize = column, normalize
+        mark = Path(shard_dir) / "token"
+        self.shard_dir = Path(shard_dir) if mark.is_file() and mark.read_text() == token else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from engines.vector.index import add_vectors, clean_vectors, empty_like, serialize
+        from engines.vector.index import add_vectors, clean_vectors, empty_like
 
         out: dict[str, list] = {"unit": [], "shard": [], "ids": [], "labels": [], "skipped": []}
         for unit in batch.to_pylist():
@@ -71,11 +79,38 @@ class _AddWorker:
             shard = empty_like(self.trained)
             add_vectors(shard, x[valid], labels[valid])
             out["unit"].append(unit["unit"])
-            out["shard"].append(serialize(shard))
+            out["shard"].append(self._write(shard, unit["unit"]))
             out["ids"].append([i for i, ok in zip(ids, valid) if ok])
             out["labels"].append(labels[valid].tolist())
             out["skipped"].append(json.dumps(skipped))
-        return pa.table(out)
+        return pa.table(out, schema=_ADDED)
+
+    def _write(self, shard, unit: int) -> bytes | None:
+        """The shard as ``write_shard`` writes it (its lists only: the merge reads nothing else):
+        into the folder (None returned), or its bytes."""
+        import tempfile
+
+        from engines.vector.index import write_shard
+
+        if self.shard_dir is not None:
+            path = self.shard_dir / f"unit-{unit}.faiss"
+            write_shard(shard, f"{path}.{os.getpid()}.tmp")
+            Path(f"{path}.{os.getpid()}.tmp").replace(path)
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            write_shard(shard, f"{tmp}/shard.faiss")
+            return Path(f"{tmp}/shard.faiss").read_bytes()
+
+
+_ADDED = pa.schema(
+    [
+        ("unit", pa.int64()),
+        ("shard", pa.binary()),
+        ("ids", pa.list_(pa.string())),
+        ("labels", pa.list_(pa.int64())),
+        ("skipped", pa.string()),
+    ]
+)
 
 
 def _check_dims(ds, frags, column: str, dim: int | None) -> None:
@@ -125,7 +160,7 @@ class _Start:
     spec: str
     new_frags: list
     label_start: int
-    base: Any = None  # the saved index being extended, if any
+    base: str | None = None  # the file of the saved index being extended, if any
     manifest: Any = None
     labels: pa.Table | None = None
 
@@ -134,7 +169,7 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
     """Build (or extend) the FAISS index of ``cfg.column``; returns the manifest as a dict."""
     from dataclasses import asdict
 
-    from engines.vector.index import save_index
+    from engines.vector.index import VectorError, save_index
     from engines.vector.retrieval import index_dir, index_relpath, pull_index, push_index
 
     t0 = time.perf_counter()
@@ -149,17 +184,20 @@ def build_index(store, cfg: IndexBuildConfig, *, show_progress: bool = True) -> 
         return start  # up to date
     units, next_label = fragment_units(start.new_frags, cfg.rows_per_shard, start.label_start)
     shard_dir = _add_shards(store, ds, column, cfg, start.trained, units, folder, show_progress)
-    index, labels, skipped, added = _merge_shards(start, units, shard_dir, column)
-    manifest = _manifest(store, ds, column, cfg, start, index, sigs, next_label, skipped, added)
+    labels, skipped, added = _unit_tables(start, units, shard_dir)
+    merged, ntotal = _merge(start, units, shard_dir, folder)
+    if ntotal == 0:
+        raise VectorError(f"no valid vectors in {column!r} (skipped: {skipped}); nothing was indexed")
+    manifest = _manifest(store, ds, column, cfg, start, ntotal, sigs, next_label, skipped, added)
     if random_derived:  # noise, built on request: every reader of the manifest sees why
         manifest.config["random_derived"] = {c: f"{m['group']}: {m['why']}" for c, m in random_derived.items()}
-    save_index(folder, index, manifest, labels)
+    save_index(folder, merged, manifest, labels)
     pushed = push_index(store, column)  # remote dataset: every node finds it there (manifest last)
     shutil.rmtree(shard_dir.parent, ignore_errors=True)
     if skipped:
         console.print(f"[yellow]skipped rows[/] (not indexed): {escape(str(skipped))}")
     console.print(
-        f"index on {column!r}: {index.ntotal} vectors, {start.kind}, v{ds.version}, {time.perf_counter() - t0:.1f}s -> {folder}"
+        f"index on {column!r}: {ntotal} vectors, {start.kind}, v{ds.version}, {time.perf_counter() - t0:.1f}s -> {folder}"
         + (f" (uploaded to {store.uri}/_curation/{index_relpath(column)})" if pushed else "")
     )
     return asdict(manifest)
@@ -210,19 +248,12 @@ def _start(store, ds, folder: Path, column: str, cfg: IndexBuildConfig, sigs: di
     indexed fragments changed, or train a new one on a sample; a dict = already up to date."""
     from dataclasses import asdict
 
-    from engines.vector.index import (
-        StaleIndexError,
-        clean_vectors,
-        column_fingerprint,
-        empty_like,
-        load_index,
-        train_index,
-        train_points,
-    )
+    from engines.vector.index import Manifest, StaleIndexError, clean_vectors, column_fingerprint, train_index, train_points
+    from engines.vector.ondisk import trained_of
 
     frags = ds.get_fragments()
     if (folder / "manifest.json").exists() and not cfg.rebuild:
-        base, old_manifest, old_labels = load_index(folder)
+        old_manifest = Manifest.from_json(json.loads((folder / "manifest.json").read_text()))
         _check_same_kind(old_manifest, cfg, store.uri, column)
         if old_manifest.fingerprint == column_fingerprint(ds, column):
             console.print(
@@ -237,20 +268,22 @@ def _start(store, ds, folder: Path, column: str, cfg: IndexBuildConfig, sigs: di
                 f"v{old_manifest.dataset_version}; rebuild with `curate index build --dataset {store.uri} --column {column} --rebuild`"
             )
         new_frags = [f for f in frags if str(f.fragment_id) not in old]
-        _check_dims(ds, new_frags, column, base.d)
+        _check_dims(ds, new_frags, column, old_manifest.dim)
         console.print(
             f"index on {column!r}: adding {sum(f.count_rows() for f in new_frags)} new rows "
-            f"({len(new_frags)} fragments) to {base.ntotal} indexed"
+            f"({len(new_frags)} fragments) to {old_manifest.ntotal} indexed"
         )
+        import pyarrow.feather as feather
+
         return _Start(
-            empty_like(base),
+            trained_of(folder / "index.faiss"),  # the saved lists stay on disk: the merge reads them
             old_manifest.kind,
             old_manifest.factory,
             new_frags,
             int(old_manifest.config.get("next_label", old_manifest.rows_seen)),
-            base,
+            str(folder / "index.faiss"),
             old_manifest,
-            old_labels,
+            feather.read_table(str(folder / "labels.arrow")),
         )
     _check_dims(ds, frags, column, None)
     x, null = _sample_vectors(ds, column, train_points(ds.count_rows(), cfg.index), cfg.index.seed)
@@ -270,14 +303,17 @@ def _add_shards(store, ds, column: str, cfg: IndexBuildConfig, trained, units: l
     trained_bytes = serialize(trained)
     shard_dir = folder.parent / f"shards-{column}" / f"v{ds.version}-{hash_bytes(trained_bytes)}"
     shard_dir.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex  # a worker that reads it back sees this folder: it writes its shard there
+    (shard_dir / "token").write_text(token)
     todo = [u for u in units if not (shard_dir / f"unit-{u['unit']}.json").exists()]
     if len(todo) < len(units):
         console.print(f"resuming: {len(units) - len(todo)} of {len(units)} shards already added")
 
     def on_result(row: dict) -> None:
         k = row["unit"]
-        (shard_dir / f"unit-{k}.faiss.tmp").write_bytes(row["shard"])
-        (shard_dir / f"unit-{k}.faiss.tmp").replace(shard_dir / f"unit-{k}.faiss")
+        if row["shard"] is not None:  # from a node that does not see the folder
+            (shard_dir / f"unit-{k}.faiss.tmp").write_bytes(row["shard"])
+            (shard_dir / f"unit-{k}.faiss.tmp").replace(shard_dir / f"unit-{k}.faiss")
         feather.write_feather(
             pa.table({"label": pa.array(row["labels"], pa.int64()), "id": pa.array(row["ids"], pa.string())}),
             str(shard_dir / f"unit-{k}.arrow"),
@@ -288,7 +324,15 @@ def _add_shards(store, ds, column: str, cfg: IndexBuildConfig, trained, units: l
     execute_units(
         todo,
         _AddWorker,
-        {"store": store, "version": ds.version, "column": column, "trained": trained_bytes, "normalize": cfg.index.normalize},
+        {
+            "store": store,
+            "version": ds.version,
+            "column": column,
+            "trained": trained_bytes,
+            "normalize": cfg.index.normalize,
+            "shard_dir": str(shard_dir),
+            "token": token,
+        },
         ray_options={"num_cpus": 1},
         on_result=on_result,
         description=f"index {column} (shards)",
@@ -297,43 +341,68 @@ def _add_shards(store, ds, column: str, cfg: IndexBuildConfig, trained, units: l
     return shard_dir
 
 
-def _merge_shards(start: _Start, units: list[dict], shard_dir: Path, column: str):
-    """The saved (or an empty) index with every shard merged in, the label table, the skipped
-    counts and the number of rows added."""
+def _unit_tables(start: _Start, units: list[dict], shard_dir: Path) -> tuple[pa.Table, dict, int]:
+    """The label table (the saved one, then every unit's), the skipped counts and the rows added."""
     import pyarrow.feather as feather
 
-    from engines.vector.index import VectorError, deserialize, empty_like, merge_shards
-
-    index = start.base if start.base is not None else empty_like(start.trained)
     skipped: dict[str, int] = dict(start.manifest.skipped) if start.manifest else {}
     new_tables = []
     for u in units:
         k = u["unit"]
-        merge_shards(index, [deserialize((shard_dir / f"unit-{k}.faiss").read_bytes())])
         new_tables.append(feather.read_table(str(shard_dir / f"unit-{k}.arrow")))
         for r, v in json.loads((shard_dir / f"unit-{k}.json").read_text()).items():
             skipped[r] = skipped.get(r, 0) + v
     tables = ([start.labels] if start.labels is not None else []) + new_tables
     labels = pa.concat_tables(tables) if tables else pa.table({"label": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
-    if index.ntotal == 0:
-        raise VectorError(f"no valid vectors in {column!r} (skipped: {skipped}); nothing was indexed")
-    return index, labels, skipped, int(sum(len(t) for t in new_tables))
+    return labels, skipped, int(sum(len(t) for t in new_tables))
 
 
-def _manifest(store, ds, column: str, cfg: IndexBuildConfig, start: _Start, index, sigs: dict, next_label: int, skipped: dict, added: int):
+def _merge(start: _Start, units: list[dict], shard_dir: Path, folder: Path) -> tuple[str, int]:
+    """The shards, after the lists of the index being extended, merged into one index file by a
+    Ray task on this machine (where the folder is): (its path, its vector count). IVF lists go
+    on disk (``ondisk.merge_index``) into a data file of the index folder named once per build
+    (a resumed merge goes on in the same file; the saved index's own file is never written to,
+    so a search or k-NN job reading it meanwhile reads the old index whole). The driver holds
+    none of it."""
+    import faiss
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from engines.vector.ondisk import merge_index
+
+    out, done = shard_dir / "merged.faiss", shard_dir / "merged.json"
+    if done.exists():  # merged before a kill, not saved
+        return str(out), json.loads(done.read_text())["ntotal"]
+    if not (shard_dir / "data-name").exists():
+        (shard_dir / "data-name").write_text(f"index-{uuid.uuid4().hex[:12]}.ivfdata")
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / (shard_dir / "data-name").read_text()
+    trained = shard_dir / "trained.faiss"
+    faiss.write_index(start.trained, str(trained))
+    paths = [str(shard_dir / f"unit-{u['unit']}.faiss") for u in units]
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    task = ray.remote(num_cpus=1, scheduling_strategy=here)(merge_index)
+    ntotal = ray.get(task.remote(str(trained), paths, str(out), data_path=str(data), base=start.base))
+    done.write_text(json.dumps({"ntotal": ntotal}))
+    return str(out), ntotal
+
+
+def _manifest(
+    store, ds, column: str, cfg: IndexBuildConfig, start: _Start, ntotal: int, sigs: dict, next_label: int, skipped: dict, added: int
+):
     from engines.vector.index import Manifest, column_fingerprint
 
     history = (start.manifest.history if start.manifest else []) + [{"dataset_version": ds.version, "added": added, "time": time.time()}]
     return Manifest(
         column=column,
-        dim=int(index.d),
+        dim=int(start.trained.d),
         metric=cfg.index.metric,
         kind=start.kind,
         factory=start.spec,
         dataset_uri=store.uri,
         dataset_version=ds.version,
         fingerprint=column_fingerprint(ds, column),
-        ntotal=int(index.ntotal),
+        ntotal=int(ntotal),
         rows_seen=next_label,
         skipped=skipped,
         config={**cfg.index.model_dump(mode="json"), "fragments": sigs, "next_label": next_label},

@@ -956,13 +956,21 @@ def search_above(
 
 
 def save_index(folder: Path, index: Any, manifest: Manifest, labels: pa.Table | None = None) -> None:
-    """Write index.faiss, labels.arrow (label -> row id) and manifest.json; each atomically."""
+    """Write index.faiss, labels.arrow (label -> row id) and manifest.json; each atomically.
+
+    ``index``: an index (written whole) or the path of a merged index file with on-disk lists
+    (``ondisk.merge_index``), moved in as index.faiss; its data file must already be in
+    ``folder``. Data files of earlier indexes there go once the manifest is written (a reader
+    that has one mapped keeps reading it: the file lives until it is unmapped)."""
     import faiss
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "index.faiss.tmp"
-    faiss.write_index(index, str(tmp))
-    tmp.replace(folder / "index.faiss")
+    if isinstance(index, (str, Path)):
+        Path(index).replace(folder / "index.faiss")
+    else:
+        tmp = folder / "index.faiss.tmp"
+        faiss.write_index(index, str(tmp))
+        tmp.replace(folder / "index.faiss")
     if labels is not None:
         import pyarrow.feather as feather
 
@@ -970,15 +978,34 @@ def save_index(folder: Path, index: Any, manifest: Manifest, labels: pa.Table | 
         (folder / "labels.arrow.tmp").replace(folder / "labels.arrow")
     (folder / "manifest.json.tmp").write_text(json.dumps(asdict(manifest), indent=2))
     (folder / "manifest.json.tmp").replace(folder / "manifest.json")
+    drop_unused_data(folder)
 
 
-def load_index(folder: Path, *, with_labels: bool = True) -> tuple[Any, Manifest, pa.Table | None]:
-    import faiss
+def drop_unused_data(folder: Path) -> list[str]:
+    """Delete the ``*.ivfdata`` files in ``folder`` that its index.faiss does not read (an
+    earlier index's, or an abandoned build's); returns their names."""
+    from engines.vector.ondisk import ondisk_data_path
+
+    try:
+        used = Path(ondisk_data_path(folder / "index.faiss")).name
+    except ValueError:  # lists in the file itself
+        used = None
+    gone = [f.name for f in sorted(folder.glob("*.ivfdata")) if f.name != used]
+    for name in gone:
+        (folder / name).unlink(missing_ok=True)
+    return gone
+
+
+def load_index(folder: Path, *, with_labels: bool = True, writable: bool = False) -> tuple[Any, Manifest, pa.Table | None]:
+    """The index in ``folder``, its manifest and (``with_labels``) its label table. The lists
+    are memory-mapped read-only (``ondisk.read_index``: every reader on a machine shares one
+    copy) unless ``writable`` (an index to add to)."""
+    from engines.vector.ondisk import read_index
 
     if not (folder / "manifest.json").exists():
         raise VectorError(f"no index at {folder}; build one with `curate index build`")
     manifest = Manifest.from_json(json.loads((folder / "manifest.json").read_text()))
-    index = faiss.read_index(str(folder / "index.faiss"))
+    index = read_index(folder / "index.faiss", writable=writable)
     _set_nprobe(index, manifest.config.get("nprobe", 16))
     labels = None
     if with_labels:

@@ -132,11 +132,11 @@ def range_bounds(totals: np.ndarray, entry_bytes: int, range_bytes: int) -> np.n
     return np.array(bounds, np.int64)
 
 
-def _lay_out(trained: Any, shard_paths: list[str], data_path: str, state: Path, range_bytes: int) -> None:
+def _lay_out(trained: Any, sources: list[str], data_path: str, state: Path, range_bytes: int, base: str | None) -> None:
     """The merged index file (its lists' places, no data yet) and the sparse data file it points
-    to, from every shard's list sizes; saved in ``state``: the layout, every shard's sizes
-    (``sizes.npy``, shards x nlist, memory-mapped while merging) and where each range of lists
-    starts in each shard (``at``)."""
+    to, from every source's list sizes; saved in ``state``: the layout, every source's sizes
+    (``sizes.npy``, sources x nlist, memory-mapped while merging) and where each range of lists
+    starts in each source (``at``). With ``base``, ``sources[0]`` is that index's data file."""
     import faiss
 
     from engines.vector.index import empty_like
@@ -144,14 +144,17 @@ def _lay_out(trained: Any, shard_paths: list[str], data_path: str, state: Path, 
     index = empty_like(trained)
     ivf = faiss.extract_index_ivf(index)
     header, entry = header_bytes(trained, state), ivf.code_size + 8
-    sizes = np.lib.format.open_memmap(state / "sizes.npy", "w+", np.int64, (len(shard_paths), ivf.nlist))
-    starts = np.zeros(len(shard_paths), np.int64)
-    for s, p in enumerate(shard_paths):
-        _, sizes[s], starts[s] = shard_lists(p, header, ivf.nlist, ivf.code_size)
-    totals = sizes.sum(0) if len(shard_paths) else np.zeros(ivf.nlist, np.int64)
+    sizes = np.lib.format.open_memmap(state / "sizes.npy", "w+", np.int64, (len(sources), ivf.nlist))
+    starts = np.zeros(len(sources), np.int64)
+    for s, p in enumerate(sources):
+        if base is not None and s == 0:
+            sizes[0] = ondisk_sizes(base, ivf.nlist, ivf.code_size)
+        else:
+            _, sizes[s], starts[s] = shard_lists(p, header, ivf.nlist, ivf.code_size)
+    totals = sizes.sum(0) if len(sources) else np.zeros(ivf.nlist, np.int64)
     bounds = range_bounds(totals, entry, range_bytes)
-    at = np.zeros((len(shard_paths), len(bounds)), np.int64)
-    for s in range(len(shard_paths)):
+    at = np.zeros((len(sources), len(bounds)), np.int64)
+    for s in range(len(sources)):
         at[s] = starts[s] + np.concatenate([[0], np.cumsum(sizes[s])])[bounds] * entry
     sizes.flush()
     del sizes
@@ -172,14 +175,14 @@ def _save(state: Path, next_range: int) -> None:
     (state / "merged.tmp").replace(state / "merged.json")
 
 
-def _copy_range(r: int, shard_paths: list[str], layout: dict[str, np.ndarray], sizes: np.ndarray, code_size: int) -> np.ndarray:
-    """Range ``r`` of the merged lists, assembled in memory from the same range of every shard
+def _copy_range(r: int, sources: list[str], layout: dict[str, np.ndarray], sizes: np.ndarray, code_size: int) -> np.ndarray:
+    """Range ``r`` of the merged lists, assembled in memory from the same range of every source
     (a contiguous slice of each: a shard's lists are in list order)."""
     totals, bounds, at = layout["totals"], layout["bounds"], layout["at"]
     a, b = int(bounds[r]), int(bounds[r + 1])
     buf = np.empty(int(totals[a:b].sum()) * (code_size + 8), np.uint8)
     part = {"totals": totals[a:b], "filled": np.zeros(b - a, np.int64)}
-    for s, p in enumerate(shard_paths):
+    for s, p in enumerate(sources):
         lo, hi = int(at[s, r]), int(at[s, r + 1])
         if hi == lo:
             continue
@@ -200,17 +203,34 @@ def _pwrite_all(fd: int, buf: np.ndarray, at: int) -> None:
 
 
 def merge_deleting(
-    trained: Any, shard_paths: list[str], index_path: str, on_range: Callable[[int], None] | None = None, range_bytes: int | None = None
+    trained: Any,
+    shard_paths: list[str],
+    index_path: str,
+    on_range: Callable[[int], None] | None = None,
+    range_bytes: int | None = None,
+    *,
+    data_path: str | None = None,
+    base: str | None = None,
 ) -> int:
-    """Merge IVF shards of ``trained`` into ``index_path`` with its lists in ``<index>.ivfdata``,
-    a range of lists at a time, last to first, each range's part of every shard cut off (the
-    shards truncated) once the range is written; the shards deleted at the end. Returns the
-    vectors merged. ``on_range(r)``: called after range ``r`` is written, saved and cut off.
-    ``range_bytes``: the merged bytes held in memory at once (``RANGE_BYTES``)."""
+    """Merge IVF shards of ``trained`` into ``index_path`` with its lists in ``data_path``
+    (default ``<index>.ivfdata``), a range of lists at a time, last to first, each range's part
+    of every shard cut off (the shards truncated) once the range is written; the shards deleted
+    at the end. Returns the vectors in the merged index. ``on_range(r)``: called after range ``r`` is written,
+    saved and cut off. ``range_bytes``: the merged bytes held in memory at once (``RANGE_BYTES``).
+
+    ``base``: an on-disk index file (as this writes) whose lists come first in every list, as
+    ``merge_from`` would put them: an index extended with new rows. Its data file is only read,
+    never cut (readers may have it mapped), so ``data_path`` must be another file."""
     import faiss
 
     ivf = faiss.extract_index_ivf(trained)
-    data_path = str(Path(index_path).with_suffix(".ivfdata"))
+    data_path = data_path or str(Path(index_path).with_suffix(".ivfdata"))
+    sources = list(shard_paths)
+    if base is not None:
+        base_data = ondisk_data_path(base)
+        if Path(base_data).resolve() == Path(data_path).resolve():
+            raise ValueError(f"{data_path}: the merged lists cannot overwrite the lists of the index they extend")
+        sources = [base_data, *sources]
     state = Path(index_path + ".merge")
     if (state / "merged.json").exists() and json.loads((state / "merged.json").read_text()).get("format") != 2:
         raise RuntimeError(
@@ -220,30 +240,168 @@ def merge_deleting(
     if not (state / "merged.json").exists():
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
-        _lay_out(trained, shard_paths, data_path, state, range_bytes or RANGE_BYTES)
+        _lay_out(trained, sources, data_path, state, range_bytes or RANGE_BYTES, base)
     with np.load(state / "layout.npz") as z:
         layout = {k: z[k].copy() for k in z.files}
-    if len(layout["at"]) != len(shard_paths):
-        raise ValueError(f"{state}: the merge began with {len(layout['at'])} shards, not {len(shard_paths)}")
+    if len(layout["at"]) != len(sources):
+        raise ValueError(f"{state}: the merge began with {len(layout['at'])} sources, not {len(sources)}")
+    _copy_ranges(state, sources, layout, ivf.code_size, data_path, 1 if base is not None else 0, on_range)
+    (state / "index.faiss").replace(index_path)
+    for p in shard_paths:
+        Path(p).unlink(missing_ok=True)
+    shutil.rmtree(state)
+    return int(layout["totals"].sum())
+
+
+def _copy_ranges(
+    state: Path, sources: list[str], layout: dict, code_size: int, data_path: str, kept: int, on_range: Callable[[int], None] | None
+) -> None:
+    """Copy the ranges not yet copied, last to first; after each, cut every source but the first
+    ``kept`` short of that range (the disk holds the merged lists and one range)."""
     sizes = np.load(state / "sizes.npy", mmap_mode="r")
-    offsets = np.concatenate([[0], np.cumsum(layout["totals"] * (ivf.code_size + 8))]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(layout["totals"] * (code_size + 8))]).astype(np.int64)
     fd = os.open(data_path, os.O_RDWR)
     try:
         for r in reversed(range(json.loads((state / "merged.json").read_text())["next_range"])):
-            buf = _copy_range(r, shard_paths, layout, sizes, ivf.code_size)
+            buf = _copy_range(r, sources, layout, sizes, code_size)
             _pwrite_all(fd, buf, int(offsets[layout["bounds"][r]]))
             os.fsync(fd)  # on disk before the shards' copies are cut off
             del buf
             _save(state, r)
-            for s, p in enumerate(shard_paths):
+            for s, p in enumerate(sources[kept:], kept):
                 os.truncate(p, min(int(layout["at"][s, r]), Path(p).stat().st_size))
             if on_range is not None:
                 on_range(r)
     finally:
         os.close(fd)
     del sizes
-    (state / "index.faiss").replace(index_path)
-    for p in shard_paths:
-        Path(p).unlink(missing_ok=True)
-    shutil.rmtree(state)
-    return int(layout["totals"].sum())
+
+
+def merge_index(trained: str, shard_paths: list[str], out_path: str, *, data_path: str | None = None, base: str | None = None) -> int:
+    """The shards (``index.write_shard`` files) of the trained index in the file ``trained``
+    merged into one index file; returns its vector count. Run as a Ray task by the jobs: the
+    driver never holds the index.
+
+    An IVF index is merged into on-disk inverted lists (``data_path``, default
+    ``<out>.ivfdata``: memory-mapped, nothing held; held in memory, the merged lists made this
+    task the dedup job's largest process, 12.7 GiB at 1M rows) a range of lists at a time, each
+    shard cut short as its part of a range is copied (``merge_deleting``): the disk holds the
+    lists and one range, not the lists twice, and each byte is read and written once. Resumes
+    where a killed merge stopped. A flat index (small data) is merged in memory.
+
+    ``base``: the index file being extended. Its lists come first; on-disk ones are only read
+    (readers may have them mapped); an index written whole (a flat one, or an IVF one from an
+    older version) is read into memory, and an IVF one merged as one more shard."""
+    import faiss
+
+    from engines.vector.index import empty_like, merge_shards, write_shard
+
+    index = faiss.read_index(trained)
+    old = None if base is None or _header_only(base) is not None else faiss.read_index(base)
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:  # flat
+        index = old if old is not None else empty_like(index)
+        for p in shard_paths:
+            merge_shards(index, [faiss.read_index(p)])
+        faiss.write_index(index, out_path + ".tmp")
+        Path(out_path + ".tmp").replace(out_path)
+        return int(index.ntotal)
+    if old is not None:  # an IVF index written whole: its lists as the first shard (a copy)
+        copy = Path(out_path + ".base.faiss")
+        if not copy.exists() and not Path(out_path + ".merge").exists():
+            write_shard(old, str(copy) + ".tmp")
+            Path(str(copy) + ".tmp").replace(copy)
+        shard_paths, base = [str(copy), *shard_paths], None
+    del old
+    return merge_deleting(index, shard_paths, out_path, data_path=data_path, base=base)
+
+
+# --- reading on-disk indexes ------------------------------------------------------------------
+
+
+def _ondisk_lists(index: Any) -> Any | None:
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not IVF
+        return None
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+
+def _header_only(path: str | Path) -> Any | None:
+    """The index in ``path`` without its lists' data when they are on disk, else None (FAISS
+    cannot skip in-file lists: it refuses them under ``IO_FLAG_SKIP_IVF_DATA``)."""
+    import faiss
+
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_IVF_DATA)
+    except RuntimeError:  # in-file (array) lists
+        return None
+    return index if _ondisk_lists(index) is not None else None
+
+
+def ondisk_data_path(path: str | Path) -> str:
+    """The data file of the on-disk index in ``path``: the file of that name beside it (FAISS
+    stores the absolute path the merge wrote; the folder may have moved or been downloaded)."""
+    index = _header_only(path)
+    if index is None:
+        raise ValueError(f"{path}: not an index with on-disk lists")
+    return str(Path(path).parent / Path(_ondisk_lists(index).filename).name)
+
+
+def ondisk_sizes(path: str | Path, nlist: int, code_size: int) -> np.ndarray:
+    """The list sizes of the on-disk index in ``path``, checked to be laid out as
+    ``merge_deleting`` writes them (list after list, each exactly full): the layout of a shard's
+    lists, so the data file is read as one more shard."""
+    index = _header_only(path)  # kept: ``lists`` is only a view of its lists
+    lists = _ondisk_lists(index) if index is not None else None
+    if lists is None or (lists.nlist, lists.code_size) != (nlist, code_size):
+        raise ValueError(f"{path}: not an on-disk index of {nlist} lists of {code_size}-byte codes")
+    one = lists.lists
+    sizes = np.fromiter((one.at(i).size for i in range(nlist)), np.int64, nlist)
+    caps = np.fromiter((one.at(i).capacity for i in range(nlist)), np.int64, nlist)
+    offs = np.fromiter((one.at(i).offset for i in range(nlist)), np.int64, nlist)
+    packed = np.concatenate([[0], np.cumsum(sizes * (code_size + 8))[:-1]])
+    if not (np.array_equal(sizes, caps) and np.array_equal(offs[sizes > 0], packed[sizes > 0])):
+        raise ValueError(f"{path}: its lists are not packed one after another; rebuild the index")
+    return sizes
+
+
+def read_index(path: str | Path, *, writable: bool = False) -> Any:
+    """An index file as a reader wants it. On-disk lists: mapped from the data file beside it
+    (``ondisk_data_path``), read-only unless ``writable``, so every process on a machine shares
+    one copy in the page cache instead of each reading the whole index into its memory.
+    In-file lists (a flat index, or an IVF one written whole): mapped from the file too
+    (``IO_FLAG_MMAP_IFC``) unless ``writable`` (FAISS aborts on adding to a mapped index)."""
+    import faiss
+
+    index = _header_only(path)
+    if index is None:
+        return faiss.read_index(str(path), 0 if writable else faiss.IO_FLAG_MMAP_IFC)
+    lists = _ondisk_lists(index)
+    lists.filename = ondisk_data_path(path)
+    lists.read_only = not writable
+    lists.do_mmap()
+    return index
+
+
+def trained_of(path: str | Path) -> Any:
+    """The trained, empty index of the index in ``path``: what new shards of it start from.
+    On-disk lists: their data is not read (quantiser and codec only); an index written whole
+    (flat, or from an older version) is read and emptied."""
+    import faiss
+
+    from engines.vector.index import empty_like
+
+    index = _header_only(path)
+    if index is None:
+        return empty_like(faiss.read_index(str(path)))
+    ivf = faiss.extract_index_ivf(index)
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()
+    index.ntotal = ivf.ntotal = 0
+    return index

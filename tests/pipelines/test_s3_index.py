@@ -182,3 +182,36 @@ def test_local_dataset_is_unaffected(ray_session, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="relative"):
         Store("s3://vec-index/x.lance").push_state("../etc")
     shutil.rmtree(uri)
+
+
+def test_an_ivf_index_on_disk_travels_whole_and_its_old_data_file_goes(s3, ray_session, tmp_path, monkeypatch):
+    """IVF lists live in a data file beside index.faiss (named once per build): the bucket and
+    every node's cache hold exactly the current one after an incremental build elsewhere."""
+    from engines.vector.index import IndexConfig
+
+    uri = "s3://vec-index/ivf.lance"
+    node_a, node_b = tmp_path / "node-a", tmp_path / "node-b"
+    monkeypatch.setenv("CURATE_STATE_DIR", str(node_a))
+    store = Store(uri)
+    lance.write_dataset(_table(400), uri, max_rows_per_file=100, storage_options=store.storage_options)
+    cfg = IndexBuildConfig(column="emb", rows_per_shard=150, index=IndexConfig(kind="ivfflat", nlist=4, nprobe=4))
+    m = build_index(store, cfg, show_progress=False)
+    assert m["ntotal"] == 400 and m["kind"] == "ivfflat"
+
+    def data_keys() -> set[str]:
+        return {k.rsplit("/", 1)[1] for k in _keys(s3, "ivf.lance/_curation/vector/index-emb/") if k.endswith(".ivfdata")}
+
+    first = data_keys()
+    assert len(first) == 1 and {p.name for p in index_dir(store, "emb").glob("*.ivfdata")} == first
+    assert len(Retriever(store, "emb").by_id("r007", k=5)) == 5
+
+    lance.write_dataset(_table(500).slice(400), uri, mode="append", storage_options=store.storage_options)
+    monkeypatch.setenv("CURATE_STATE_DIR", str(node_b))  # extended on another node: pulled, merged, pushed
+    assert build_index(store, cfg, show_progress=False)["ntotal"] == 500
+    hits = [(h["id"], round(h["similarity"], 5)) for h in Retriever(store, "emb").by_id("r450", k=5)]
+    second = data_keys()
+    assert len(second) == 1 and second != first  # the old data file left the bucket
+    monkeypatch.setenv("CURATE_STATE_DIR", str(node_a))
+    r = Retriever(store, "emb")  # node A's stale cache refreshed: the new data file, not the old one beside it
+    assert r.index.ntotal == 500 and {p.name for p in index_dir(store, "emb").glob("*.ivfdata")} == second
+    assert [(h["id"], round(h["similarity"], 5)) for h in r.by_id("r450", k=5)] == hits and len(hits) == 5

@@ -136,3 +136,48 @@ def test_a_shard_of_another_index_is_refused_by_name(tmp_path):
     _, other_paths, _ = _shards(tmp_path / "other", "ivfsq8")
     with pytest.raises(ValueError, match="unit-1.faiss"):
         merge_deleting(trained, [paths[0], other_paths[1]], str(tmp_path / "regions.faiss"))
+
+
+def test_an_on_disk_index_extended_with_new_shards_equals_merging_all_in_memory(tmp_path):
+    from engines.vector.ondisk import ondisk_data_path, read_index, trained_of
+
+    trained, paths, x = _shards(tmp_path, "ivfsq8", n_shards=6)
+    ref = tmp_path / "ref" / "index.faiss"
+    ref.parent.mkdir()
+    _reference(trained, paths, ref)  # all six shards at once, by FAISS (on copies)
+    first = tmp_path / "v1" / "index.faiss"
+    first.parent.mkdir()
+    assert merge_deleting(trained, paths[:3], str(first), range_bytes=20_000) == 2000  # shard 2 is empty
+    base_data = Path(ondisk_data_path(first))
+    base_bytes = base_data.read_bytes()
+    assert trained_of(first).ntotal == 0
+    out = tmp_path / "v2" / "index.faiss"
+    out.parent.mkdir()
+    data = out.parent / "index-2.ivfdata"
+    n = merge_deleting(trained_of(first), paths[3:], str(out), range_bytes=20_000, data_path=str(data), base=str(first))
+    assert n == 5000 and base_data.read_bytes() == base_bytes  # the base's lists read, never cut
+    assert data.read_bytes() == ref.with_suffix(".ivfdata").read_bytes()  # base entries first in every list
+    (nt, (d, i)), (rnt, (rd, ri)) = _search(out, x[:50]), _search(ref, x[:50])
+    assert nt == rnt == 5000 and np.array_equal(i, ri) and np.array_equal(d, rd)
+    assert read_index(out).ntotal == 5000
+    with pytest.raises(ValueError, match="cannot overwrite"):
+        merge_deleting(trained, [], str(tmp_path / "x.faiss"), data_path=str(base_data), base=str(first))
+
+
+def test_a_moved_on_disk_index_is_read_from_its_new_folder_and_shared_read_only(tmp_path):
+    from engines.vector.ondisk import read_index
+
+    trained, paths, x = _shards(tmp_path, "ivfflat")
+    out = tmp_path / "a" / "index.faiss"
+    out.parent.mkdir()
+    merge_deleting(trained, paths, str(out), data_path=str(out.parent / "index-v1.ivfdata"))
+    shutil.move(str(out.parent), str(tmp_path / "b"))  # as a pull from the object store puts it elsewhere
+    index = read_index(tmp_path / "b" / "index.faiss")
+    import faiss
+
+    faiss.extract_index_ivf(index).nprobe = 8
+    assert index.ntotal == 4500
+    _, i = index.search(x[:20], 1)
+    assert (i[:, 0] == np.arange(20) * 7).all()
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    assert lists.read_only and lists.filename == str(tmp_path / "b" / "index-v1.ivfdata")

@@ -1,0 +1,153 @@
+"""`curate index build` keeps IVF lists on disk: the shards are written by the workers and
+merged by a Ray task into a data file beside index.faiss (never into the driver), readers map
+it read-only, an extension with appended rows reads the saved lists without writing them (a
+reader that has them mapped keeps its answers), and the result is the index an in-memory merge
+gives (same lists, same neighbours)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation.store import Store
+from engines.vector.index import IndexConfig, add_vectors, load_index, search
+from engines.vector.retrieval import Retriever, index_dir
+from engines.vector.synth import clustered_embeddings
+from pipelines.index import IndexBuildConfig, _AddWorker, build_index
+from pipelines.knn import KnnConfig, build_knn, open_knn
+
+DIM = 32
+CFG = IndexBuildConfig(column="emb", rows_per_shard=150, index=IndexConfig(kind="ivfflat", nlist=8, nprobe=8))
+
+
+def _vectors(n: int) -> np.ndarray:
+    return next(clustered_embeddings(n, DIM, n_clusters=12, seed=3)).astype(np.float32)
+
+
+def _table(x: np.ndarray, start: int = 0) -> pa.Table:
+    ids = [f"r{i:04d}" for i in range(start, start + len(x))]
+    return pa.table({"id": pa.array(ids), "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)})
+
+
+def _reference(folder: Path, x: np.ndarray):
+    """The same trained index with every row added in memory, under the build's labels."""
+    import pyarrow.feather as feather
+
+    from engines.vector.ondisk import trained_of
+
+    ref = trained_of(folder / "index.faiss")
+    labels = feather.read_table(str(folder / "labels.arrow"))
+    pos = {i: k for k, i in enumerate(f"r{j:04d}" for j in range(len(x)))}
+    order = np.array([pos[i] for i in labels.column("id").to_pylist()])
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    add_vectors(ref, xn[order], labels.column("label").to_numpy())
+    return ref, xn
+
+
+def _same_answers(folder: Path, x: np.ndarray) -> None:
+    import faiss
+
+    index, manifest, _ = load_index(folder)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.read_only  # mapped, shared, not read in
+    assert Path(lists.filename).parent == folder and [p.name for p in folder.glob("*.ivfdata")] == [Path(lists.filename).name]
+    ref, xn = _reference(folder, x)
+    (d, i), (rd, ri) = search(index, xn, 10, nprobe=8), search(ref, xn, 10, nprobe=8)
+    assert index.ntotal == ref.ntotal == len(x) == manifest.ntotal
+    assert np.array_equal(i, ri) and np.allclose(d, rd, atol=1e-6)
+
+
+def test_an_ivf_index_is_built_on_disk_and_extended_without_touching_the_mapped_lists(ray_session, tmp_path):
+    x = _vectors(800)
+    uri = str(tmp_path / "emb.lance")
+    lance.write_dataset(_table(x[:600]), uri, max_rows_per_file=200)
+    store = Store(uri)
+    assert build_index(store, CFG, show_progress=False)["kind"] == "ivfflat"
+    folder = index_dir(store, "emb")
+    _same_answers(folder, x[:600])
+    assert (folder / "index.faiss").stat().st_size < 600 * DIM * 4  # the file holds no lists
+    before = Retriever(store, "emb")  # a reader mapping the first index
+    hits = before.by_id("r0007", k=5)
+    first = next(folder.glob("*.ivfdata"))
+
+    lance.write_dataset(_table(x[600:], 600), uri, mode="append", max_rows_per_file=100)
+    assert build_index(store, CFG, show_progress=False)["ntotal"] == 800
+    _same_answers(folder, x)  # the saved lists, then the new rows', as merge_from orders them
+    assert not first.exists()  # replaced: the new lists went into a new file
+    assert before.by_id("r0007", k=5) == hits  # the old reader still answers from its mapping
+
+    summary = build_knn(store, KnnConfig(column="emb", k=3), show_progress=False)  # workers map the same file
+    edges = open_knn(store, "emb").to_table().sort_by([("source_id", "ascending"), ("rank", "ascending")])
+    assert summary["edges"] == len(edges) == 2400
+    nearest = {r["source_id"]: r["neighbour_id"] for r in edges.to_pylist() if r["rank"] == 1}
+    ref, xn = _reference(folder, x)
+    _, i = search(ref, xn[:50], 2, nprobe=8)
+    label_id = dict(zip(*load_index(folder)[2].to_pydict().values()))
+    assert [nearest[f"r{j:04d}"] for j in range(50)] == [label_id[int(i[j, 1])] for j in range(50)]
+
+
+def test_an_index_written_whole_by_an_older_version_is_extended_onto_disk(ray_session, tmp_path):
+    import faiss
+
+    x = _vectors(700)
+    uri = str(tmp_path / "emb.lance")
+    lance.write_dataset(_table(x[:500]), uri, max_rows_per_file=250)
+    store = Store(uri)
+    build_index(store, CFG, show_progress=False)
+    folder = index_dir(store, "emb")
+    ref, _ = _reference(folder, x[:500])
+    faiss.write_index(ref, str(folder / "index.faiss"))  # lists inside the file, as before this change
+    for p in folder.glob("*.ivfdata"):
+        p.unlink()
+    assert len(Retriever(store, "emb").by_id("r0001", k=3)) == 3  # still read (mapped from the file)
+    lance.write_dataset(_table(x[500:], 500), uri, mode="append")
+    assert build_index(store, CFG, show_progress=False)["ntotal"] == 700
+    _same_answers(folder, x)
+
+
+def test_a_build_killed_after_its_merge_resumes_without_adding_or_merging_again(ray_session, tmp_path, monkeypatch, capsys):
+    import engines.vector.index as index_job
+
+    x = _vectors(450)
+    uri = str(tmp_path / "emb.lance")
+    lance.write_dataset(_table(x), uri, max_rows_per_file=150)
+    store = Store(uri)
+    real = index_job.save_index
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(index_job, "save_index", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(store, CFG, show_progress=False)
+    folder = index_dir(store, "emb")
+    assert len(list(folder.glob("*.ivfdata"))) == 1 and not (folder / "manifest.json").exists()
+    monkeypatch.setattr(index_job, "save_index", real)
+    capsys.readouterr()
+    assert build_index(store, CFG, show_progress=False)["ntotal"] == 450
+    assert "resuming: 3 of 3 shards already added" in capsys.readouterr().err
+    _same_answers(folder, x)
+    assert not list((folder.parent / "shards-emb").glob("*"))  # the build's folder is gone
+
+
+def test_a_worker_that_cannot_see_the_build_folder_sends_its_shard_back(ray_session, tmp_path):
+    from engines.vector.index import IndexConfig, serialize, train_index
+
+    x = _vectors(300)
+    uri = str(tmp_path / "emb.lance")
+    lance.write_dataset(_table(x), uri)
+    store = Store(uri)
+    trained, _, _ = train_index(x / np.linalg.norm(x, axis=1, keepdims=True), 300, IndexConfig(kind="ivfflat", nlist=4))
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "token").write_text("this-run")
+    unit = pa.table({"unit": [0], "fragments": [[0]], "label_start": [0]})
+    args = (store, store.open().version, "emb", serialize(trained), True, str(folder))
+    here = _AddWorker(*args, "this-run")(unit).to_pylist()[0]
+    assert here["shard"] is None and (folder / "unit-0.faiss").stat().st_size > 300 * DIM * 4
+    away = _AddWorker(*args, "another-run")(unit).to_pylist()[0]  # a node without the folder
+    assert away["shard"] == (folder / "unit-0.faiss").read_bytes() and len(away["ids"]) == 300
