@@ -91,3 +91,16 @@ def _loopback_only(node_ip: str) -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+TRAIN_THREADS_MAX = 16
+"""The most CPUs an index training task asks for (``largest_node_cpus``)."""
+
+
+def largest_node_cpus(cap: int = TRAIN_THREADS_MAX) -> int:
+    """CPUs for a task that runs alone and uses a whole node (index training): the largest
+    live node's CPUs, up to ``cap`` (asking for more than a node has would never schedule)."""
+    import ray
+
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return int(max(1, min(cap, max(cpus, default=1))))

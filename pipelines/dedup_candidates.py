@@ -285,6 +285,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     """Phase 1: the merged index file of every row's 12 descriptors (resumable per shard)."""
     import ray
 
+    from curation.cluster import largest_node_cpus
     from curation.runner import execute_units
     from engines.vector.ondisk import merge_index
 
@@ -298,7 +299,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         cfg = job.index_cfg
         if cfg.kind == "auto":  # near duplicates are decided on these cosines: no lossy codes by default
             cfg = cfg.model_copy(update={"kind": "flat" if job.n * SLOTS <= cfg.flat_max else "ivfflat"})
-        threads, t = _train_threads(), time.perf_counter()
+        threads, t = largest_node_cpus(), time.perf_counter()
         what = ray.get(
             ray.remote(num_cpus=threads)(_train).remote(
                 job.store, job.ds.version, job.n, cfg, str(trained_path), str(router_path), str(job.folder), threads=threads
@@ -324,20 +325,6 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     shutil.rmtree(shards, ignore_errors=True)
     console.print(f"dedup candidates: index of {ntotal:,} descriptors -> {out} (merged in {time.perf_counter() - t:.0f} s)", markup=False)
     return out
-
-
-TRAIN_THREADS_MAX = 16
-"""The most CPUs the index training task asks for (``_train_threads``)."""
-
-
-def _train_threads() -> int:
-    """CPUs for the training task: the largest node's CPUs, up to ``TRAIN_THREADS_MAX`` (the
-    task runs alone, so the whole node is free; asking for more than a node has would never
-    schedule)."""
-    import ray
-
-    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    return int(max(1, min(TRAIN_THREADS_MAX, max(cpus, default=1))))
 
 
 def _router_file(job: NearJob) -> str | None:

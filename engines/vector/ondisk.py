@@ -159,7 +159,8 @@ def _lay_out(trained: Any, sources: list[str], data_path: str, state: Path, rang
     sizes.flush()
     del sizes
     lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, data_path)
-    lists.set_all_lists_sizes(faiss.swig_ptr(totals.astype(np.uint64)))
+    sizes64 = totals.astype(np.uint64)  # named: a temporary's memory is freed before FAISS reads it
+    lists.set_all_lists_sizes(faiss.swig_ptr(sizes64))
     lists.update_totsize(int(totals.sum()) * entry)  # a sparse file: blocks come as ranges are copied
     ivf.replace_invlists(lists, True)
     lists.this.disown()
@@ -246,6 +247,8 @@ def merge_deleting(
     if len(layout["at"]) != len(sources):
         raise ValueError(f"{state}: the merge began with {len(layout['at'])} sources, not {len(sources)}")
     _copy_ranges(state, sources, layout, ivf.code_size, data_path, 1 if base is not None else 0, on_range)
+    if not np.array_equal(ondisk_sizes(state / "index.faiss", ivf.nlist, ivf.code_size), layout["totals"]):
+        raise RuntimeError(f"{state / 'index.faiss'}: its list sizes are not the merged ones")  # never used as the index
     (state / "index.faiss").replace(index_path)
     for p in shard_paths:
         Path(p).unlink(missing_ok=True)
@@ -384,6 +387,10 @@ def read_index(path: str | Path, *, writable: bool = False) -> Any:
     lists = _ondisk_lists(index)
     lists.filename = ondisk_data_path(path)
     lists.read_only = not writable
+    # no prefetch threads: FAISS starts up to 32 per search call (one call per OpenMP slice),
+    # they crashed a k-NN worker (SIGSEGV in OngoingPrefetch::prefetch_list, 100k rows) and
+    # slow searches down (faiss issue 5010); the kernel reads ahead on a mapped file anyway
+    lists.prefetch_nthread = 0
     lists.do_mmap()
     return index
 

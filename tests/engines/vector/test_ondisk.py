@@ -181,3 +181,4 @@ def test_a_moved_on_disk_index_is_read_from_its_new_folder_and_shared_read_only(
     assert (i[:, 0] == np.arange(20) * 7).all()
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
     assert lists.read_only and lists.filename == str(tmp_path / "b" / "index-v1.ivfdata")
+    assert lists.prefetch_nthread == 0  # FAISS's prefetch threads crashed a k-NN worker (read_index)
