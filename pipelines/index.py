@@ -1,9 +1,12 @@
 """``vector_index`` (step, ``curate index build``): the FAISS index of an embedding column.
 
-Train on a sample on the driver, add the rows in shards on Ray workers (one unit per group of
-fragments, each shard checkpointed on disk so a killed build resumes), merge, save with a
-manifest. A second build only adds the fragments that are new since the last one (rows
-appended); changed rows need ``--rebuild``.
+Train on a sample (a Ray task), add the rows in shards on Ray workers (one unit per group of
+fragments, each shard checkpointed on disk so a killed build resumes), merge them (a Ray task
+on the driver's machine: IVF lists into a data file beside index.faiss, docs/vector.md "The
+index on disk"), save with a manifest. The driver holds the row ids and the quantiser, never
+the vectors or the lists. A second build only adds the fragments that are new since the last
+one (rows appended), reading the saved lists without writing them; changed rows need
+``--rebuild``.
 """
 
 from __future__ import annotations

@@ -151,3 +151,25 @@ def test_a_worker_that_cannot_see_the_build_folder_sends_its_shard_back(ray_sess
     assert here["shard"] is None and (folder / "unit-0.faiss").stat().st_size > 300 * DIM * 4
     away = _AddWorker(*args, "another-run")(unit).to_pylist()[0]  # a node without the folder
     assert away["shard"] == (folder / "unit-0.faiss").read_bytes() and len(away["ids"]) == 300
+
+
+def test_the_driver_trains_adds_and_merges_nothing(ray_session, tmp_path, monkeypatch):
+    """The driver's memory is the ids and the quantiser: training, adding and merging run in Ray
+    worker processes (the functions below are broken in the driver's process only)."""
+    import engines.vector.index as vindex
+    import engines.vector.ondisk as ondisk
+
+    def refused(*a, **k):
+        raise AssertionError("called in the driver")
+
+    for mod, name in [(vindex, "train_index"), (vindex, "add_vectors"), (vindex, "merge_shards"), (ondisk, "merge_deleting")]:
+        monkeypatch.setattr(mod, name, refused)
+    x = _vectors(500)
+    uri = str(tmp_path / "emb.lance")
+    lance.write_dataset(_table(x[:400]), uri, max_rows_per_file=200)
+    store = Store(uri)
+    assert build_index(store, CFG, show_progress=False)["ntotal"] == 400
+    lance.write_dataset(_table(x[400:], 400), uri, mode="append")
+    assert build_index(store, CFG, show_progress=False)["ntotal"] == 500
+    monkeypatch.undo()
+    _same_answers(index_dir(store, "emb"), x)
