@@ -148,7 +148,7 @@ class _KnnWorker:
             index_folder = str(_worker_index_folder(store, column, index_folder, manifest_sha))
         self.index, self.manifest, labels = load_index(Path(index_folder))
         self.index = maybe_gpu(self.index, self.manifest.config.get("use_gpu"))  # faiss-gpu + a GPU: search there
-        self.ids = labels.column("id").to_numpy(zero_copy_only=False)
+        self.ids = labels.column("id").combine_chunks()  # Arrow strings: ~15 bytes an id, not a Python str (~60)
         lab = labels.column("label").to_numpy()
         self.pos_of = np.full(int(lab.max()) + 1 if len(lab) else 0, -1, np.int64)
         self.pos_of[lab] = np.arange(len(lab))
@@ -201,7 +201,8 @@ class _KnnWorker:
             change = np.r_[True, e["src"][1:] != e["src"][:-1]]
             starts = np.maximum.accumulate(np.where(change, np.arange(len(rank)), 0))
             rank = (np.arange(len(rank)) - starts + 1).astype(np.int16)
-        return _edge_table(self.ids[src_pos[ok]], self.ids[dst_pos[ok]], e["sim"][ok], rank[ok]), int(valid.sum())
+        src_ids, dst_ids = self.ids.take(pa.array(src_pos[ok])), self.ids.take(pa.array(dst_pos[ok]))
+        return _edge_table(src_ids, dst_ids, e["sim"][ok], rank[ok]), int(valid.sum())
 
     def _new_rows(self):
         """A flat index of the appended rows (positions -> ids): old rows search it for the new
@@ -249,10 +250,11 @@ class _KnnWorker:
 
 
 def _edge_table(src, dst, sim, rank) -> pa.Table:
+    """``src``, ``dst``: Arrow string arrays (taken from the label table) or arrays of ids."""
     return pa.table(
         {
-            "source_id": pa.array(src, pa.string()),
-            "neighbour_id": pa.array(dst, pa.string()),
+            "source_id": src if isinstance(src, pa.Array) else pa.array(src, pa.string()),
+            "neighbour_id": dst if isinstance(dst, pa.Array) else pa.array(dst, pa.string()),
             "similarity": pa.array(sim, pa.float32()),
             "rank": pa.array(rank, pa.int16()),
         },
