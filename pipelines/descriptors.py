@@ -124,6 +124,17 @@ def read_vectors(ds, fragment_ids: list[int], column: str, dim: int | None):
     return t.column("id").to_pylist(), x, null
 
 
+def iter_vectors(ds, fragment_ids: list[int], column: str, dim: int | None, batch_rows: int = 65_536):
+    """``read_vectors`` a batch at a time, in the same row order: (ids, vectors, null mask) per
+    batch, so a worker holds one batch's vectors, not its whole unit's."""
+    from engines.vector.index import to_matrix
+
+    for f in fragment_ids:
+        for b in ds.get_fragment(f).to_batches(columns=["id", column], batch_size=batch_rows):
+            x, null = to_matrix(pa.chunked_array([b.column(1)]), dim)
+            yield b.column(0).to_pylist(), x, null
+
+
 def hash_bytes(b: bytes) -> str:
     import hashlib
 

@@ -29,7 +29,7 @@ from rich.markup import escape
 
 from curation.registry import register_step
 from engines.vector.index import IndexConfig, field_ids
-from pipelines.descriptors import default_column, ensure_visual, fragment_sig, fragment_units, hash_bytes, read_vectors
+from pipelines.descriptors import default_column, ensure_visual, fragment_sig, fragment_units, hash_bytes, iter_vectors
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
@@ -76,15 +76,20 @@ class _AddWorker:
 
         out: dict[str, list] = {"unit": [], "shard": [], "ids": [], "labels": [], "skipped": []}
         for unit in batch.to_pylist():
-            ids, x, null = read_vectors(self.ds, unit["fragments"], self.column, self.trained.d)
-            x, valid, skipped = clean_vectors(x, null, normalize=self.normalize)
-            labels = unit["label_start"] + np.arange(len(ids), dtype=np.int64)
-            shard = empty_like(self.trained)
-            add_vectors(shard, x[valid], labels[valid])
+            shard, kept, labels, skipped = empty_like(self.trained), [], [], {}
+            at = unit["label_start"]  # labels are row positions in fragment order, valid or not
+            for ids, x, null in iter_vectors(self.ds, unit["fragments"], self.column, self.trained.d):
+                x, valid, skip = clean_vectors(x, null, normalize=self.normalize)
+                lab = at + np.arange(len(ids), dtype=np.int64)
+                add_vectors(shard, x[valid], lab[valid])
+                kept += [i for i, ok in zip(ids, valid) if ok]
+                labels += lab[valid].tolist()
+                skipped = {r: skipped.get(r, 0) + skip.get(r, 0) for r in skipped.keys() | skip.keys()}
+                at += len(ids)
             out["unit"].append(unit["unit"])
             out["shard"].append(self._write(shard, unit["unit"]))
-            out["ids"].append([i for i, ok in zip(ids, valid) if ok])
-            out["labels"].append(labels[valid].tolist())
+            out["ids"].append(kept)
+            out["labels"].append(labels)
             out["skipped"].append(json.dumps(skipped))
         return pa.table(out, schema=_ADDED)
 

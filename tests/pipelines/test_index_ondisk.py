@@ -173,3 +173,20 @@ def test_the_driver_trains_adds_and_merges_nothing(ray_session, tmp_path, monkey
     assert build_index(store, CFG, show_progress=False)["ntotal"] == 500
     monkeypatch.undo()
     _same_answers(index_dir(store, "emb"), x)
+
+
+def test_vectors_read_a_batch_at_a_time_come_in_the_order_of_the_whole_read(tmp_path):
+    from pipelines.descriptors import iter_vectors, read_vectors
+
+    x = _vectors(100)
+    x[3] = np.nan  # a row clean_vectors skips: still in its place
+    uri = str(tmp_path / "emb.lance")
+    lance.write_dataset(_table(x), uri, max_rows_per_file=40)
+    ds = lance.dataset(uri)
+    ds.delete("id = 'r0041'")  # a deleted row inside a fragment
+    frags = [f.fragment_id for f in ds.get_fragments()][::-1]  # any fragment order, kept
+    ids, whole, null = read_vectors(ds, frags, "emb", DIM)
+    parts = list(iter_vectors(ds, frags, "emb", DIM, batch_rows=7))
+    assert len(parts) > len(frags)  # batches within fragments
+    assert sum((p[0] for p in parts), []) == ids and len(ids) == 99
+    assert np.array_equal(np.concatenate([p[1] for p in parts]), whole, equal_nan=True)
