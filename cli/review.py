@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -21,6 +22,7 @@ from pipelines.review import (
     dataset_graph,
     default_db_url,
     mine_queue,
+    mines_locally,
     review_apply_action,
 )
 
@@ -53,7 +55,8 @@ def register(app) -> None:
     ):
         """Choose hard cases, attach pseudo-labels and the AI verdict, queue them for review.
         The numbers of every row are read here; captions, OCR text, tags and vectors are read
-        and judged fragment by fragment on Ray workers."""
+        and judged fragment by fragment on Ray workers (in this process, without Ray, up to
+        100,000 rows unless a cluster is named with --address or RAY_ADDRESS)."""
         from curation.config import validate
 
         store = open_store(dataset)
@@ -75,7 +78,10 @@ def register(app) -> None:
         )
         try:
             check_mine_request(store, cfg)  # a bad rule file or random-weight inputs: refused before Ray starts
-            start_ray(address)
+            if address or os.environ.get("RAY_ADDRESS"):
+                cfg = cfg.model_copy(update={"local_rows": 0})  # a cluster named: the work goes there
+            if not mines_locally(store.open(), cfg):
+                start_ray(address)
             s = mine_queue(store, cfg)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))

@@ -67,7 +67,8 @@ def test_the_driver_reads_no_rows_text_or_vectors(store, tmp_path, monkeypatch):
 
     for cls, name in ((LanceDataset, "to_table"), (LanceDataset, "take"), (LanceFragment, "to_table"), (LanceFragment, "take")):
         spy(cls, name)
-    s = mine_queue(store, ReviewMineConfig(db=str(tmp_path / "q.sqlite"), n=50), show_progress=False)
+    # the job as it runs on a dataset above ``local_rows`` (below, one process reads everything: small data)
+    s = mine_queue(store, ReviewMineConfig(db=str(tmp_path / "q.sqlite"), n=50, local_rows=0), show_progress=False)
     assert s["queued"] == 50 and s["criteria"]["ocr_missing"] == 8 and s["criteria"]["borderline_duplicate"] >= 2
     assert reads and not any(r & HEAVY or "*" in r for r in reads), reads  # the workers read those
 
@@ -89,3 +90,29 @@ def test_rows_deleted_inside_fragments_keep_positions_aligned(store, tmp_path):
     numbers = Numbers.of(_numbers_table(ds, cols, DEFAULT_RULES), DEFAULT_RULES)
     blocks = FragmentBlocks(copy, ds.version, cols, DEFAULT_RULES, show_progress=False)
     assert table.num_rows == 396 and mine_blocks(numbers, blocks, DEFAULT_RULES, cfg, columns=cols, **kw) == whole
+
+
+def test_small_data_is_mined_in_this_process_into_the_same_queue(store, tmp_path, monkeypatch):
+    """Below ``local_rows`` the same fragment calls run here, one after another: no Ray task (the
+    runner is broken for the local run) and the queue the Ray tasks give, item for item."""
+    import json
+    import sqlite3
+
+    import curation.runner as runner
+
+    def queue(local_rows: int, name: str) -> tuple[dict, list]:
+        cfg = ReviewMineConfig(db=str(tmp_path / name), n=60, min_hardness=0.0, local_rows=local_rows)
+        s = mine_queue(store, cfg, show_progress=False)
+        with sqlite3.connect(cfg.db) as con:
+            rows = con.execute("SELECT row_id, priority, payload FROM items ORDER BY row_id").fetchall()
+        items = [(r, p, {k: v for k, v in json.loads(d).items() if k != "version"}) for r, p, d in rows]
+        return {k: v for k, v in s.items() if k not in ("seconds", "batch", "db")}, items
+
+    on_ray = queue(0, "ray.sqlite")
+
+    def no_ray(*a, **k):
+        raise AssertionError("a Ray phase in a local run")
+
+    monkeypatch.setattr(runner, "execute_units", no_ray)
+    here = queue(400, "here.sqlite")
+    assert here == on_ray and len(here[1]) == 60
