@@ -56,7 +56,7 @@ def register(app) -> None:
         """Choose hard cases, attach pseudo-labels and the AI verdict, queue them for review.
         The numbers of every row are read here; captions, OCR text, tags and vectors are read
         and judged fragment by fragment on Ray workers (in this process, without Ray, up to
-        100,000 rows unless a cluster is named with --address or RAY_ADDRESS)."""
+        50,000 rows unless a cluster is named with --address or RAY_ADDRESS)."""
         from curation.config import validate
 
         store = open_store(dataset)

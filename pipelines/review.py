@@ -85,10 +85,10 @@ def default_db_url(store: Store) -> str:
 class ReviewMineConfig(MineConfig):
     db: Optional[str] = Field(None, description="review database (SQLite path or postgresql:// URL); default next to the dataset")
     local_rows: int = Field(
-        100_000,
+        50_000,
         ge=0,
         description="mine in this process, without Ray, up to this many rows (Ray's start and its passes cost more than "
-        "they save on small data: 5.8 s against 14.5 s at 50,000 rows); 0 = always on Ray",
+        "they save on small data: 7.6 s against 15.7 s at 50,000 rows, about even at 100,000 on 2 cores); 0 = always on Ray",
     )
     gold: Optional[str] = Field(None, description="CSV of row_id,keep|drop: gold items with known answers")
     graph: Optional[str] = Field(
