@@ -147,7 +147,8 @@ class _ShardWorker:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from engines.vector.dedup import entry_table
-        from engines.vector.index import add_routed, add_vectors, empty_like, write_shard
+        from engines.vector.index import add_routed, add_vectors
+        from engines.vector.ondisk import empty_like, write_shard
 
         out: dict[str, list] = {"unit": [], "vectors": []}
         for unit in batch.to_pylist():

@@ -72,7 +72,8 @@ class _AddWorker:
         self.shard_dir = Path(shard_dir) if mark.is_file() and mark.read_text() == token else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from engines.vector.index import add_vectors, clean_vectors, empty_like
+        from engines.vector.index import add_vectors, clean_vectors
+        from engines.vector.ondisk import empty_like
 
         out: dict[str, list] = {"unit": [], "shard": [], "ids": [], "labels": [], "skipped": []}
         for unit in batch.to_pylist():
@@ -98,7 +99,7 @@ class _AddWorker:
         into the folder (None returned), or its bytes."""
         import tempfile
 
-        from engines.vector.index import write_shard
+        from engines.vector.ondisk import write_shard
 
         if self.shard_dir is not None:
             path = self.shard_dir / f"unit-{unit}.faiss"

@@ -8,8 +8,9 @@
   flat), ``ivfpq`` (product quantisation: 16-64x smaller, for 100M+ rows), ``ivfhnsw`` (IVF with
   an HNSW coarse quantiser, for 64k+ lists). ``auto`` picks flat for small sets and IVF-SQ8
   above ``flat_max``. IVF kinds are trained on a sample.
-- Sharded add: every shard starts from the same trained empty index (``empty_like``), adds its
-  rows with their global labels, and the driver merges shards (``merge_shards``). Labels are
+- Sharded add: every shard starts from the same trained empty index (``ondisk.empty_like``),
+  adds its rows with their global labels, and a Ray task merges the shards
+  (``ondisk.merge_index``: IVF lists into an on-disk data file). Labels are
   integers; ``labels.arrow`` next to the index maps them to row ids.
 - The manifest records column, dimension, metric, kind, dataset version and a fingerprint of
   the column's data files, so an index built on an older version is detected, not trusted.
@@ -45,9 +46,7 @@ __all__ = [
     "training_subset",
     "factory_string",
     "train_index",
-    "empty_like",
     "add_vectors",
-    "merge_shards",
     "list_major_ok",
     "search_above",
     "ListRouter",
@@ -415,51 +414,10 @@ def deserialize(data: bytes) -> Any:
     return faiss.deserialize_index(np.frombuffer(data, np.uint8))
 
 
-def empty_like(trained: Any) -> Any:
-    """A copy of a trained index with no vectors: the starting point of every shard."""
-    import faiss
-
-    out = faiss.clone_index(trained)
-    out.reset()
-    return out
-
-
 def add_vectors(index: Any, x: np.ndarray, labels: np.ndarray, chunk: int = 65536) -> None:
     """Add clean vectors with their integer labels, in chunks (bounded temporary memory)."""
     for s in range(0, len(x), chunk):
         index.add_with_ids(np.ascontiguousarray(x[s : s + chunk], np.float32), np.asarray(labels[s : s + chunk], np.int64))
-
-
-def write_shard(index: Any, path: str) -> None:
-    """Write a shard of an IVF index without its coarse quantiser (an empty flat one in its place).
-
-    Why: a shard is only ever merged list by list (``faiss.contrib.ondisk.merge_ondisk`` reads its
-    inverted lists, never its quantiser), yet each carried a full copy of it: 168 MB of each
-    313 MB shard at 3M rows (10 of the job's 19 GB of shards), ~0.5 GB per shard at 10M. The
-    merged lists are byte for byte the same. A flat index (no quantiser) is written whole."""
-    import faiss
-
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:  # flat
-        faiss.write_index(index, path)
-        return
-    quantiser, own = ivf.quantizer, ivf.own_fields
-    stub = faiss.IndexFlat(ivf.d, ivf.metric_type)
-    ivf.own_fields = False  # the stub stays Python's; the real quantiser is put back below
-    ivf.quantizer = stub
-    try:
-        faiss.write_index(index, path)
-    finally:
-        ivf.quantizer, ivf.own_fields = quantiser, own
-
-
-def merge_shards(base: Any, shards: list[Any]) -> Any:
-    """Merge shard indexes (same trained parent) into ``base``; labels are kept as they are."""
-    for sh in shards:
-        if sh.ntotal:
-            base.merge_from(sh, 0)
-    return base
 
 
 def maybe_gpu(index: Any, use_gpu: bool | None) -> Any:

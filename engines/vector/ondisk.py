@@ -17,7 +17,7 @@ page cache each shard re-reads and re-writes it nearly whole. At 10M rows (26 GB
 200 shards, 24 GiB of memory) that merge ran at ~15 s a shard, ~50 min in all (session 19),
 where the 3M one (7.8 GB, in cache) took 47 s.
 
-A shard file is what ``index.write_shard`` writes: FAISS's serialisation of an IVF index whose
+A shard file is what ``write_shard`` writes: FAISS's serialisation of an IVF index whose
 inverted lists (``ArrayInvertedLists``) come last: ``ilar``, nlist, code size, ``full`` (every
 list's size) or ``sprs`` (list, size pairs), then each non-empty list's codes and ids in list
 order. That tail is read here with NumPy (a memory map, nothing held); its header is checked.
@@ -46,6 +46,39 @@ COPY_BYTES = 64 << 20
 (~0.2 GB at 8-bit codes of 231 dimensions, ~0.1 GB at float32)."""
 
 
+def empty_like(trained: Any) -> Any:
+    """A copy of a trained index with no vectors: the starting point of every shard."""
+    import faiss
+
+    out = faiss.clone_index(trained)
+    out.reset()
+    return out
+
+
+def write_shard(index: Any, path: str) -> None:
+    """Write a shard of an IVF index without its coarse quantiser (an empty flat one in its place).
+
+    Why: a shard is only ever merged list by list (``faiss.contrib.ondisk.merge_ondisk`` reads its
+    inverted lists, never its quantiser), yet each carried a full copy of it: 168 MB of each
+    313 MB shard at 3M rows (10 of the job's 19 GB of shards), ~0.5 GB per shard at 10M. The
+    merged lists are byte for byte the same. A flat index (no quantiser) is written whole."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # flat
+        faiss.write_index(index, path)
+        return
+    quantiser, own = ivf.quantizer, ivf.own_fields
+    stub = faiss.IndexFlat(ivf.d, ivf.metric_type)
+    ivf.own_fields = False  # the stub stays Python's; the real quantiser is put back below
+    ivf.quantizer = stub
+    try:
+        faiss.write_index(index, path)
+    finally:
+        ivf.quantizer, ivf.own_fields = quantiser, own
+
+
 def _fourcc(s: str) -> int:
     return int.from_bytes(s.encode(), "little")
 
@@ -61,8 +94,6 @@ def header_bytes(trained: Any, folder: Path) -> int:
     ``write_shard`` writes them, less its empty lists' 32 bytes ("ilar", nlist, code size, "sprs",
     an empty vector). The rest (the IVF header, the scalar quantiser, the stub quantiser) does not
     depend on the lists."""
-    from engines.vector.index import empty_like, write_shard
-
     path = folder / "empty-shard.faiss"
     write_shard(empty_like(trained), str(path))
     size = path.stat().st_size
@@ -138,8 +169,6 @@ def _lay_out(trained: Any, sources: list[str], data_path: str, state: Path, rang
     (``sizes.npy``, sources x nlist, memory-mapped while merging) and where each range of lists
     starts in each source (``at``). With ``base``, ``sources[0]`` is that index's data file."""
     import faiss
-
-    from engines.vector.index import empty_like
 
     index = empty_like(trained)
     ivf = faiss.extract_index_ivf(index)
@@ -281,7 +310,7 @@ def _copy_ranges(
 
 
 def merge_index(trained: str, shard_paths: list[str], out_path: str, *, data_path: str | None = None, base: str | None = None) -> int:
-    """The shards (``index.write_shard`` files) of the trained index in the file ``trained``
+    """The shards (``write_shard`` files) of the trained index in the file ``trained``
     merged into one index file; returns its vector count. Run as a Ray task by the jobs: the
     driver never holds the index.
 
@@ -297,8 +326,6 @@ def merge_index(trained: str, shard_paths: list[str], out_path: str, *, data_pat
     older version) is read into memory, and an IVF one merged as one more shard."""
     import faiss
 
-    from engines.vector.index import empty_like, merge_shards, write_shard
-
     index = faiss.read_index(trained)
     old = None if base is None or _header_only(base) is not None else faiss.read_index(base)
     try:
@@ -306,7 +333,9 @@ def merge_index(trained: str, shard_paths: list[str], out_path: str, *, data_pat
     except RuntimeError:  # flat
         index = old if old is not None else empty_like(index)
         for p in shard_paths:
-            merge_shards(index, [faiss.read_index(p)])
+            shard = faiss.read_index(p)
+            if shard.ntotal:
+                index.merge_from(shard, 0)  # labels kept as they are
         faiss.write_index(index, out_path + ".tmp")
         Path(out_path + ".tmp").replace(out_path)
         return int(index.ntotal)
@@ -400,8 +429,6 @@ def trained_of(path: str | Path) -> Any:
     On-disk lists: their data is not read (quantiser and codec only); an index written whole
     (flat, or from an older version) is read and emptied."""
     import faiss
-
-    from engines.vector.index import empty_like
 
     index = _header_only(path)
     if index is None:

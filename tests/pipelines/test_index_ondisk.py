@@ -162,7 +162,7 @@ def test_the_driver_trains_adds_and_merges_nothing(ray_session, tmp_path, monkey
     def refused(*a, **k):
         raise AssertionError("called in the driver")
 
-    for mod, name in [(vindex, "train_index"), (vindex, "add_vectors"), (vindex, "merge_shards"), (ondisk, "merge_deleting")]:
+    for mod, name in [(vindex, "train_index"), (vindex, "add_vectors"), (ondisk, "merge_deleting")]:
         monkeypatch.setattr(mod, name, refused)
     x = _vectors(500)
     uri = str(tmp_path / "emb.lance")

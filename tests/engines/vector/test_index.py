@@ -8,19 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engines.vector.index import (
-    IndexConfig,
-    VectorError,
-    add_vectors,
-    clean_vectors,
-    empty_like,
-    merge_shards,
-    search,
-    to_matrix,
-    train_index,
-    write_shard,
-)
+from engines.vector.index import IndexConfig, VectorError, add_vectors, clean_vectors, search, to_matrix, train_index
 from engines.vector.knn import exact_knn, knn_block, recall_at_k
+from engines.vector.ondisk import empty_like, merge_index, read_index, write_shard
 from engines.vector.synth import clustered_embeddings
 
 
@@ -101,18 +91,26 @@ def test_ivf_recall_against_exact_search(vectors):
         search(idx, queries[:, :64], 10)
 
 
-def test_sharded_add_and_merge_equals_one_add_and_seed_is_deterministic(vectors):
+def test_sharded_add_and_merge_equals_one_add_and_seed_is_deterministic(vectors, tmp_path):
+    """Shards written by workers and merged on disk (``merge_index``, as the index build does)
+    answer as one index with every row added."""
+    import faiss
+
     base = vectors[:20_000]
     cfg = IndexConfig(kind="ivfflat", nlist=64, seed=7)
     one, _, _ = train_index(base, len(base), cfg)
     trained = empty_like(one)
+    faiss.write_index(trained, str(tmp_path / "trained.faiss"))
     add_vectors(one, base, np.arange(len(base)))
     shards = []
     for s in range(0, len(base), 6000):
         sh = empty_like(trained)
         add_vectors(sh, base[s : s + 6000], np.arange(s, min(s + 6000, len(base))))
-        shards.append(sh)
-    merged = merge_shards(empty_like(trained), shards)
+        shards.append(str(tmp_path / f"unit-{s}.faiss"))
+        write_shard(sh, shards[-1])
+    assert merge_index(str(tmp_path / "trained.faiss"), shards, str(tmp_path / "index.faiss")) == len(base)
+    merged = read_index(tmp_path / "index.faiss")
+    faiss.extract_index_ivf(merged).nprobe = faiss.extract_index_ivf(one).nprobe
     assert merged.ntotal == one.ntotal == len(base)
     q = vectors[25_000:25_200]
     s1, l1 = search(one, q, 10)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.vector.index import IndexConfig, add_vectors, empty_like, train_index, write_shard
-from engines.vector.ondisk import merge_deleting, range_bounds
+from engines.vector.index import IndexConfig, add_vectors, train_index
+from engines.vector.ondisk import empty_like, merge_deleting, range_bounds, write_shard
 
 
 def _shards(tmp_path: Path, kind: str, n_shards: int = 4) -> tuple[object, list[str], np.ndarray]:
