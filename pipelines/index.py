@@ -149,15 +149,31 @@ def _check_dims(ds, frags, column: str, dim: int | None) -> None:
         raise VectorError(f"{column!r} holds vectors of several dimensions ({sorted(dims)}): one model per column")
 
 
-def _sample_vectors(ds, column: str, n: int, seed: int):
-    from engines.vector.index import to_matrix
+TRAIN_READ_ROWS = 4096
+"""Sampled rows read at a time for the training set (``_training_sample``)."""
+
+
+def _training_sample(ds, column: str, n: int, cfg: IndexConfig, read_rows: int = TRAIN_READ_ROWS) -> np.ndarray:
+    """The clean vectors of ``n`` rows drawn at random (``cfg.seed``), in row order, read
+    ``read_rows`` at a time into one array: the vectors one read of them all gives, held about
+    once (one read held them four times over: the Arrow column, its float32 copy, the cleaned
+    copy, the valid rows; 156k x 512 floats at 1M rows, 1.56M at 10M)."""
+    from engines.vector.index import clean_vectors, to_matrix
 
     total = ds.count_rows()
-    rng = np.random.default_rng(seed)
-    pos = np.sort(rng.choice(total, min(n, total), replace=False))
-    t = ds.take(pos.tolist(), columns=[column])
-    x, null = to_matrix(t.column(column))
-    return x, null
+    pos = np.sort(np.random.default_rng(cfg.seed).choice(total, min(n, total), replace=False))
+    out, filled = None, 0
+    for s in range(0, len(pos), read_rows):
+        x, null = to_matrix(ds.take(pos[s : s + read_rows].tolist(), columns=[column]).column(column))
+        x, valid, _ = clean_vectors(x, null, normalize=cfg.normalize)
+        if not valid.any():
+            continue
+        if out is None:
+            out = np.empty((len(pos), x.shape[1]), np.float32)
+        k = int(valid.sum())
+        out[filled : filled + k] = x[valid]
+        filled += k
+    return out[:filled] if out is not None else np.zeros((0, 0), np.float32)
 
 
 @dataclass
@@ -313,21 +329,19 @@ def _start(store, ds, folder: Path, column: str, cfg: IndexBuildConfig, sigs: di
 def _train(store, version: int, column: str, cfg: IndexConfig, threads: int) -> tuple[bytes, str, str, int]:
     """Ray task: an empty index trained on a sample of the rows (its bytes, kind, factory string
     and the vectors it was trained on). On a worker, not the driver: the sample is 40 vectors a
-    list and the lists grow with the rows (156k x 512 floats at 1M rows, held a few times over
-    while read, cleaned and subsampled: ~1 GiB on the driver at 100k rows before), and the
-    k-means is the build's heaviest single step. What comes back is the quantiser and codec."""
+    list and the lists grow with the rows (156k x 512 floats at 1M rows, read a chunk at a
+    time: ``_training_sample``; ~1 GiB on the driver at 100k rows before), and the k-means is
+    the build's heaviest single step. What comes back is the quantiser and codec."""
     import faiss
 
-    from engines.vector.index import clean_vectors, serialize, train_index, train_points
+    from engines.vector.index import serialize, train_index, train_points
 
     faiss.omp_set_num_threads(threads)
     ds = store.open(version)
     n = ds.count_rows()
-    x, null = _sample_vectors(ds, column, train_points(n, cfg), cfg.seed)
-    sample, valid, _ = clean_vectors(x, null, normalize=cfg.normalize)
-    del x
-    trained, kind, spec = train_index(sample[valid], n, cfg)
-    return serialize(trained), kind, spec, int(valid.sum())
+    sample = _training_sample(ds, column, train_points(n, cfg), cfg)
+    trained, kind, spec = train_index(sample, n, cfg)
+    return serialize(trained), kind, spec, len(sample)
 
 
 def _add_shards(store, ds, column: str, cfg: IndexBuildConfig, trained, units: list[dict], folder: Path, show_progress: bool) -> Path:

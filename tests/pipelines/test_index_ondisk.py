@@ -190,3 +190,28 @@ def test_vectors_read_a_batch_at_a_time_come_in_the_order_of_the_whole_read(tmp_
     assert len(parts) > len(frags)  # batches within fragments
     assert sum((p[0] for p in parts), []) == ids and len(ids) == 99
     assert np.array_equal(np.concatenate([p[1] for p in parts]), whole, equal_nan=True)
+
+
+def test_the_training_sample_read_in_chunks_trains_the_index_one_read_gives(tmp_path):
+    """Read a few rows at a time into one array: the same clean vectors, in the same order, as
+    one read of every sampled row (null and NaN rows among them), hence the same trained index."""
+    from engines.vector.index import clean_vectors, serialize, to_matrix, train_index, train_points
+    from pipelines.index import _training_sample
+
+    x = _vectors(3000)
+    x[5] = np.nan
+    t = _table(x)
+    t = t.set_column(
+        1, "emb", pa.array([None if i % 97 == 3 else v for i, v in enumerate(t.column("emb").to_pylist())], t.schema.field("emb").type)
+    )
+    uri = str(tmp_path / "emb.lance")
+    lance.write_dataset(t, uri, max_rows_per_file=700)
+    ds = lance.dataset(uri)
+    cfg = IndexConfig(kind="ivfflat", nlist=8, train_size=1000, seed=4)
+    n = train_points(ds.count_rows(), cfg)
+    pos = np.sort(np.random.default_rng(cfg.seed).choice(3000, n, replace=False))
+    whole, null = to_matrix(ds.take(pos.tolist(), columns=["emb"]).column("emb"))
+    whole, valid, skipped = clean_vectors(whole, null)
+    chunked = _training_sample(ds, "emb", n, cfg, read_rows=37)
+    assert skipped and np.array_equal(chunked, whole[valid]) and len(chunked) == int(valid.sum()) < n
+    assert serialize(train_index(chunked, 3000, cfg)[0]) == serialize(train_index(whole[valid], 3000, cfg)[0])
