@@ -430,8 +430,7 @@ class FragmentBlocks:
         if self.local:
             worker = _FragmentCall(**call)
             for u in units:
-                for row in worker(pa.Table.from_pylist([u])).to_pylist():
-                    keep(row)
+                out[u["k"]] = worker.answer(u["fragment_id"], u["offset"])
             return out
         execute_units(
             units,
@@ -451,14 +450,18 @@ class _FragmentCall:
     def __init__(self, store: Store, version: int, columns: list[str], rules: list, method: str, args: tuple):
         self.ds, self.columns, self.rules, self.method, self.args = store.open(version), columns, rules, method, args
 
+    def answer(self, fragment_id: int, offset: int):
+        """The method's answer over fragment ``fragment_id`` (its first row at ``offset``)."""
+        from engines.active.mining import MineBlock
+
+        block = MineBlock(self.ds.get_fragment(fragment_id).to_table(columns=self.columns), offset, self.rules)
+        return getattr(block, self.method)(*self.args)
+
     def __call__(self, unit: pa.Table) -> pa.Table:
         import pickle
 
-        from engines.active.mining import MineBlock
-
         k, fid, offset = (unit.column(c)[0].as_py() for c in ("k", "fragment_id", "offset"))
-        block = MineBlock(self.ds.get_fragment(fid).to_table(columns=self.columns), offset, self.rules)
-        return pa.table({"k": [k], "out": pa.array([pickle.dumps(getattr(block, self.method)(*self.args))], pa.binary())})
+        return pa.table({"k": [k], "out": pa.array([pickle.dumps(self.answer(fid, offset))], pa.binary())})
 
 
 class _null:

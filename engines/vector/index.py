@@ -913,22 +913,13 @@ def search_above(
 # --- storage ---------------------------------------------------------------------------------
 
 
-def save_index(folder: Path, index: Any, manifest: Manifest, labels: pa.Table | None = None) -> None:
-    """Write index.faiss, labels.arrow (label -> row id) and manifest.json; each atomically.
-
-    ``index``: an index (written whole) or the path of a merged index file with on-disk lists
-    (``ondisk.merge_index``), moved in as index.faiss; its data file must already be in
-    ``folder``. Data files of earlier indexes there go once the manifest is written (a reader
-    that has one mapped keeps reading it: the file lives until it is unmapped)."""
-    import faiss
-
+def save_index(folder: Path, index_file: str | Path, manifest: Manifest, labels: pa.Table | None = None) -> None:
+    """Move the merged index file (``ondisk.merge_index``; its data file, for on-disk lists,
+    already in ``folder``) in as index.faiss, then write labels.arrow (label -> row id) and
+    manifest.json; each atomically. Data files of earlier indexes there go once the manifest is
+    written (a reader that has one mapped keeps reading it: the file lives until it is unmapped)."""
     folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(index, (str, Path)):
-        Path(index).replace(folder / "index.faiss")
-    else:
-        tmp = folder / "index.faiss.tmp"
-        faiss.write_index(index, str(tmp))
-        tmp.replace(folder / "index.faiss")
+    Path(index_file).replace(folder / "index.faiss")
     if labels is not None:
         import pyarrow.feather as feather
 
@@ -954,16 +945,16 @@ def drop_unused_data(folder: Path) -> list[str]:
     return gone
 
 
-def load_index(folder: Path, *, with_labels: bool = True, writable: bool = False) -> tuple[Any, Manifest, pa.Table | None]:
-    """The index in ``folder``, its manifest and (``with_labels``) its label table. The lists
-    are memory-mapped read-only (``ondisk.read_index``: every reader on a machine shares one
-    copy) unless ``writable`` (an index to add to)."""
+def load_index(folder: Path, *, with_labels: bool = True) -> tuple[Any, Manifest, pa.Table | None]:
+    """The index in ``folder`` (to search: its lists memory-mapped read-only, ``ondisk.read_index``,
+    every reader on a machine sharing one copy), its manifest and (``with_labels``) its label
+    table."""
     from engines.vector.ondisk import read_index
 
     if not (folder / "manifest.json").exists():
         raise VectorError(f"no index at {folder}; build one with `curate index build`")
     manifest = Manifest.from_json(json.loads((folder / "manifest.json").read_text()))
-    index = read_index(folder / "index.faiss", writable=writable)
+    index = read_index(folder / "index.faiss")
     _set_nprobe(index, manifest.config.get("nprobe", 16))
     labels = None
     if with_labels:

@@ -375,13 +375,19 @@ def _header_only(path: str | Path) -> Any | None:
     return index if _ondisk_lists(index) is not None else None
 
 
+def _beside(path: str | Path, lists: Any) -> str:
+    """The data file of ``lists`` (read from the index file ``path``): the file of that name
+    beside it (FAISS stores the absolute path the merge wrote; the folder may have moved or been
+    downloaded)."""
+    return str(Path(path).parent / Path(lists.filename).name)
+
+
 def ondisk_data_path(path: str | Path) -> str:
-    """The data file of the on-disk index in ``path``: the file of that name beside it (FAISS
-    stores the absolute path the merge wrote; the folder may have moved or been downloaded)."""
+    """The data file of the on-disk index in ``path`` (``_beside``)."""
     index = _header_only(path)
     if index is None:
         raise ValueError(f"{path}: not an index with on-disk lists")
-    return str(Path(path).parent / Path(_ondisk_lists(index).filename).name)
+    return _beside(path, _ondisk_lists(index))
 
 
 def ondisk_sizes(path: str | Path, nlist: int, code_size: int) -> np.ndarray:
@@ -402,20 +408,21 @@ def ondisk_sizes(path: str | Path, nlist: int, code_size: int) -> np.ndarray:
     return sizes
 
 
-def read_index(path: str | Path, *, writable: bool = False) -> Any:
-    """An index file as a reader wants it. On-disk lists: mapped from the data file beside it
-    (``ondisk_data_path``), read-only unless ``writable``, so every process on a machine shares
-    one copy in the page cache instead of each reading the whole index into its memory.
-    In-file lists (a flat index, or an IVF one written whole): mapped from the file too
-    (``IO_FLAG_MMAP_IFC``) unless ``writable`` (FAISS aborts on adding to a mapped index)."""
+def read_index(path: str | Path) -> Any:
+    """An index file as a reader wants it, for searching only. On-disk lists: mapped read-only
+    from the data file beside it (``_beside``), so every process on a machine shares one copy in
+    the page cache instead of each reading the whole index into its memory. In-file lists (a
+    flat index, or an IVF one written whole): mapped from the file too (``IO_FLAG_MMAP_IFC``;
+    FAISS aborts on adding to a mapped index: an index to add to is read with
+    ``faiss.read_index``)."""
     import faiss
 
     index = _header_only(path)
     if index is None:
-        return faiss.read_index(str(path), 0 if writable else faiss.IO_FLAG_MMAP_IFC)
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     lists = _ondisk_lists(index)
-    lists.filename = ondisk_data_path(path)
-    lists.read_only = not writable
+    lists.filename = _beside(path, lists)
+    lists.read_only = True
     # no prefetch threads: FAISS starts up to 32 per search call (one call per OpenMP slice),
     # they crashed a k-NN worker (SIGSEGV in OngoingPrefetch::prefetch_list, 100k rows) and
     # slow searches down (faiss issue 5010); the kernel reads ahead on a mapped file anyway
