@@ -259,8 +259,8 @@ def _unit_rows(worker, unit: dict[str, Any]) -> list[dict[str, Any]]:
 def _stream(units: list[dict[str, Any]], slots: list, submit: Callable[[Any, dict[str, Any]], Any], stop: Callable[[list], None]):
     """Rows of every unit's output as units finish, one unit in flight per slot (``submit(slot,
     unit)`` returns its ref); the next unit goes to the slot that finished. On close (the end, an
-    error, Ctrl-C), ``stop(running refs)``, then a wait for those units to end (a second or so),
-    so no unit writes anything after the generator returns."""
+    error, Ctrl-C), ``stop(refs of the units still running)``, then a wait for those units to end
+    (a second or so), so no unit writes anything after the generator returns."""
     import ray
 
     todo = iter(units)
@@ -275,9 +275,13 @@ def _stream(units: list[dict[str, Any]], slots: list, submit: Callable[[Any, dic
                 running[submit(slot, nxt)] = slot
             yield from out
     finally:
-        stop(list(running))
-        if running:
-            ray.wait(list(running), num_returns=len(running), timeout=30)
+        # Only the units still running: cancelling one that has just finished (a Ctrl-C while
+        # ray.wait returns) failed a check in Ray's core worker, which ended the command with
+        # exit 1 and no message (tests/curation/test_runner_interrupt.py).
+        busy = ray.wait(list(running), num_returns=len(running), timeout=0)[1] if running else []
+        stop(busy)
+        if busy:
+            ray.wait(busy, num_returns=len(busy), timeout=30)
 
 
 def _on_actors(units: list[dict[str, Any]], worker_cls: type, ctor_kwargs: dict[str, Any], ray_options: dict[str, Any], n: int):
