@@ -600,7 +600,12 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
         f"duplicates: {s['removed']} of {s['rows']} rows in {s['groups']} groups, by reason {s['removed_by_reason']}; report {report}"
     )
     console.print(_exact_line(s))
+    if "verified_pairs" in s:
+        checked = s["verified_pairs"] + s.get("geometry_pairs", 0)
+        reused = s.get("verifications_reused", 0)
+        console.print(f"local-feature checks: {checked:,} candidate pairs, {reused:,} of them taken from the last run (same images)")
     keys = ("rows", "groups", "removed", "removed_fraction", "removed_by_reason", "exact_copies", "exact_flagged_at_ingest")
+    keys += ("verifications_reused",)
     summary = {"report": str(report), **{k: s[k] for k in keys if k in s}}
     if cfg.dry_run:
         summary["status"] = "dry_run"

@@ -20,7 +20,8 @@ of memory. Here the driver keeps the row ids only, and what comes back is the ac
    from both ends is verified once), reads the pHash and size of their rows, accepts those the
    cheap signals decide, verifies the rest
    with mirror-aware ORB + RANSAC on its own images, and returns the accepted pairs.
-   Checkpointed per unit.
+   Checkpointed per unit. A pair the last run verified (same images) takes that run's outcome
+   (``pipelines.dedup_verified``); every outcome of this run is kept for the next.
 
 Every phase's state lives under ``<state>/vector/dedup-v<version>-<config hash>/``: a killed run,
 re-run, finishes only the missing units.
@@ -834,29 +835,42 @@ class _AcceptWorker:
     """Ray actor: the candidate pairs whose smaller end lies in a unit's row range, each once; the
     cheap signals accept some, ORB + RANSAC (mirror-aware, symmetric) decides the others."""
 
-    def __init__(self, store, version: int, edges_uri: str, cfg: dict, block: int = 2000, geometry: bool = True):
+    def __init__(
+        self,
+        store,
+        version: int,
+        edges_uri: str,
+        cfg: dict,
+        block: int = 2000,
+        geometry: bool = True,
+        prior: dict | None = None,
+        verified_uri: str | None = None,
+    ):
         import lance
 
         self.ds = store.open(version)
         self.block, self.geometry = block, geometry
         self.edges = lance.dataset(edges_uri)
         self.cfg = NearDupConfig(**cfg)
+        self.prior, self.verified_uri = prior, verified_uri  # ``pipelines.dedup_verified``
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out: dict[str, list] = {"unit": [], "i": [], "j": [], "sim": [], "crop": [], "stats": []}
+        out: dict[str, list] = {"unit": [], "i": [], "j": [], "sim": [], "crop": [], "stats": [], "verified": []}
         for unit in batch.to_pylist():
-            i, j, sim, crop, stats = self.accept(unit["label_start"], unit["label_start"] + unit["rows"])
+            i, j, sim, crop, stats, verified = self.accept(unit["label_start"], unit["label_start"] + unit["rows"])
             out["unit"].append(unit["unit"])
             out["i"].append(i.tolist())
             out["j"].append(j.tolist())
             out["sim"].append(sim.tolist())
             out["crop"].append(crop.tolist())
             out["stats"].append(json.dumps(stats))
+            out["verified"].append(json.dumps(verified))
         return pa.table(out)
 
     def accept(self, lo: int, hi: int):
         from engines.vector.dedup import accept_near, needs_verification
         from engines.vector.graph import symmetric_edges
+        from pipelines.dedup_verified import Verified
 
         t = self.edges.to_table(columns=["i", "j", "sim"], filter=f"i >= {lo} AND i < {hi}")
         a, b, sim = symmetric_edges(t.column("i").to_numpy(), t.column("j").to_numpy(), t.column("sim").to_numpy())
@@ -864,20 +878,49 @@ class _AcceptWorker:
         inl = np.full(len(a), -1, np.int32)
         cov = np.zeros(len(a), np.float32)
         crop = np.zeros(len(a), np.int8)  # +1: a is a crop of b, -1: b of a (verified pairs only)
+        prior = Verified.read(self.prior, lo, hi)
         todo = np.flatnonzero(needs_verification(sim, ham, self.cfg))
-        if len(todo):
-            inl[todo], cov[todo], crop[todo] = self.verify(a[todo], b[todo])
+        reused = self._outcomes(a, b, todo, prior, inl, cov, crop)
         ok = accept_near(sim, ham, inl, cov, self.cfg)
         geo = np.flatnonzero(ok & (inl < 0) & _same_size(*px)) if self.geometry else np.zeros(0, np.int64)
         if len(geo):  # accepted on the descriptor alone, sizes tied: the keeper may need to know which is a crop
-            crop[geo] = self.verify(a[geo], b[geo])[2]
+            g_inl, g_cov = inl.copy(), cov.copy()  # the acceptance above is made; containment is all it needs
+            reused += self._outcomes(a, b, geo, prior, g_inl, g_cov, crop)
+            inl[geo], cov[geo] = g_inl[geo], g_cov[geo]  # kept with the pair for the next run
         stats = {
             "desc_candidates": int(len(a)),
             "verified_pairs": int(len(todo)),
             "accepted_pairs": int(ok.sum()),
             "geometry_pairs": int(len(geo)),
+            "verifications_reused": int(reused),
         }
-        return a[ok], b[ok], np.clip(sim[ok], 0, 1), crop[ok], stats
+        done = np.union1d(todo, geo)
+        kept = {"lo": lo, "hi": hi, "fragments": self._keep(a[done], b[done], inl[done], cov[done], crop[done])}
+        return a[ok], b[ok], np.clip(sim[ok], 0, 1), crop[ok], stats, kept
+
+    def _outcomes(self, a, b, rows: np.ndarray, prior, inl: np.ndarray, cov: np.ndarray, crop: np.ndarray) -> int:
+        """Fill the verification outcome of the pairs at ``rows``: the kept one where the last run
+        verified the pair (same images: ``pipelines.dedup_verified``), ORB + RANSAC for the rest.
+        Returns how many were reused."""
+        if not len(rows):
+            return 0
+        hit, at = prior.find(a[rows], b[rows]) if prior is not None else (np.zeros(len(rows), bool), None)
+        if hit.any():
+            old = rows[hit]
+            inl[old], cov[old], crop[old] = prior.inl[at], prior.cov[at], prior.crop[at]
+        new = rows[~hit]
+        if len(new):
+            inl[new], cov[new], crop[new] = self.verify(a[new], b[new])
+        return int(hit.sum())
+
+    def _keep(self, a, b, inl, cov, crop) -> list[dict]:
+        """This unit's verified pairs written for the next run (fragment metadata), if asked."""
+        from pipelines.dedup_verified import write_verified
+
+        if self.verified_uri is None:
+            return []
+        t = pa.table({"i": a, "j": b, "inliers": inl, "coverage": cov, "crop": crop})
+        return write_verified(t, self.verified_uri)
 
     def _signals(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Per pair, the pHash Hamming distance (-1: no hash on one side) and both rows' pixel
@@ -930,12 +973,19 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
     """Phase 3: accepted near-duplicate pairs (i, j, sim, crop) and summed counters; ``crop`` is
     +1 where i is a crop of j, -1 where j is a crop of i (``descriptor.containment``), else 0."""
     from curation.runner import execute_units
+    from pipelines.dedup_verified import prior_verified, save_verified
 
     done = job.done("accepted")
     todo = [u for u in job.units if u["unit"] not in done]
+    near = job.cfg.model_dump()
+    prior, why = prior_verified(job.store, job.ds, near) if todo else (None, "")
+    if prior is not None and show_progress:
+        console.print(f"dedup: {why}", markup=False)
+    staging = str(job.folder / "verified.staging")
 
     def on_result(row: dict) -> None:
         rec = {"i": row["i"], "j": row["j"], "sim": row["sim"], "crop": row["crop"], "stats": json.loads(row["stats"])}
+        rec["verified"] = json.loads(row["verified"])
         job.save("accepted", row["unit"], rec)
         done[row["unit"]] = rec
 
@@ -949,6 +999,8 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
             "cfg": job.cfg.model_dump(),
             "block": block,
             "geometry": geometry,
+            "prior": prior,
+            "verified_uri": staging,
         },
         ray_options=job.ray_options("verify"),
         on_result=on_result,
@@ -956,6 +1008,10 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
         show_progress=show_progress,
     )
     recs = [done[u["unit"]] for u in job.units]
+    if not (job.folder / "verified.saved").exists():  # a dry run saved them already
+        if all("verified" in r for r in recs):  # not a resumed checkpoint from before this was kept
+            save_verified(job.store, job.ds, near, staging, [r["verified"] for r in recs])
+            (job.folder / "verified.saved").touch()
     stats: dict[str, int] = {}
     for r in recs:
         for k, v in r["stats"].items():
