@@ -618,8 +618,10 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
     plan_path = out_dir / f"dedup-plan-v{v}.arrow"
     write_plan(res["plan"], store.open(version=v), plan_path)  # rows in a group, by fragment
     result = run_stage(store, _DupApplyStage(plan_path=str(plan_path)), overwrite=overwrite, show_progress=show_progress)
-    if result.status == "committed":  # the candidate index and pairs of this version served their purpose
-        shutil.rmtree(res["state"], ignore_errors=True)
+    if result.status == "committed":  # the job's state served its purpose, but for what the next run extends
+        from pipelines.dedup_kept import drop_unkept
+
+        drop_unkept(store, Path(res["state"]))
     summary.update({"status": result.status, "version": result.version, "seconds": round(time.perf_counter() - t0, 2)})
     return summary
 

@@ -21,7 +21,7 @@ of memory. Here the driver keeps the row ids only, and what comes back is the ac
    cheap signals decide, verifies the rest
    with mirror-aware ORB + RANSAC on its own images, and returns the accepted pairs.
    Checkpointed per unit. A pair the last run verified (same images) takes that run's outcome
-   (``pipelines.dedup_verified``); every outcome of this run is kept for the next.
+   (``pipelines.dedup_kept``); every outcome of this run is kept for the next.
 
 Every phase's state lives under ``<state>/vector/dedup-v<version>-<config hash>/``: a killed run,
 re-run, finishes only the missing units.
@@ -57,6 +57,9 @@ EDGE_SCHEMA = pa.schema(
     ]
 )
 SLOTS = 1 + N_REGIONS  # full frame + 10 regions + the content box per row
+EXTEND_MAX = 2
+"""A kept candidate index is extended up to this many times the rows it was trained for; beyond,
+its lists (sized for fewer rows) would slow every search, and the job trains a new one."""
 
 
 class NearJob:
@@ -79,10 +82,60 @@ class NearJob:
         self.scan_group_rows = scan_group_rows  # rows whose queries scan the lists together (None: ``_group_units``)
         self.resources = resources or {}  # phase -> custom Ray resources its actors require
         self.folder = Path(store.state_dir) / "vector" / f"dedup-v{ds.version}-{key}"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.units = fragment_units(ds.get_fragments(), rows_per_unit, 0)[0]  # positions in fragment order, as ds.take
+        self.key, self.prior_why = key, ""
+        self.units, self.prior = self._plan(rows_per_unit)  # positions in fragment order, as ds.take
         self.n = int(sum(u["rows"] for u in self.units))
+        self.n_old = self.prior["rows"] if self.prior else 0  # rows whose search the last run did
         self.largest_unit = max([u["rows"] for u in self.units], default=0)  # what an actor's memory reservation counts
+
+    def _plan(self, rows_per_unit: int) -> tuple[list[dict], dict | None]:
+        """The units, and the last run's candidate search this job extends (``dedup_kept``), if
+        any: chosen when the job folder is made and saved in it, so a resumed job has the same
+        units (its checkpoints are by unit) whatever was kept since. With a search to extend, no
+        unit mixes the rows it covered with new ones."""
+        from pipelines.dedup_kept import prior_near
+
+        saved = self.folder / "units.json"
+        if saved.exists():
+            plan = json.loads(saved.read_text())
+            return plan["units"], plan["prior"]
+        fresh = not self.folder.exists() or not any(self.folder.iterdir())  # a job folder of an older version: as it was
+        prior, self.prior_why = prior_near(self.store, self.ds, self.key, self._can_extend) if fresh else (None, "")
+        frags = self.ds.get_fragments()
+        cut = len(frags) - prior["new_fragments"] if prior else len(frags)
+        old, n_old = fragment_units(frags[:cut], rows_per_unit, 0)
+        new, _ = fragment_units(frags[cut:], rows_per_unit, n_old)
+        units = old + [{**u, "unit": u["unit"] + len(old)} for u in new]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        saved.with_suffix(".tmp").write_text(json.dumps({"units": units, "prior": prior}))
+        saved.with_suffix(".tmp").replace(saved)
+        return units, prior
+
+    def new_units(self) -> list[dict]:
+        """Units of rows the kept search does not cover (every unit without one)."""
+        return [u for u in self.units if u["label_start"] >= self.n_old]
+
+    @property
+    def owners_staging(self) -> str:
+        """Where the candidate units write their rows' owners (kept for the next run)."""
+        return str(self.folder / "owners.staging")
+
+    @property
+    def new_index(self) -> Path:
+        """The index of the new rows alone, which the old rows' queries search."""
+        return self.folder / "new.faiss"
+
+    def index_kind(self, rows: int) -> str:
+        """The candidate index's kind for this many rows: ``auto`` = exact up to ``flat_max``
+        vectors, IVF-Flat above (near duplicates are decided on these cosines: no lossy codes)."""
+        if self.index_cfg.kind != "auto":
+            return self.index_cfg.kind
+        return "flat" if rows * SLOTS <= self.index_cfg.flat_max else "ivfflat"
+
+    def _can_extend(self, rec: dict, rows: int) -> bool:
+        """A kept index serves up to twice the rows it was trained for, if their count asks for
+        the same kind (a flat index outgrows ``flat_max``; IVF lists grow with the rows)."""
+        return rec.get("kind") == self.index_kind(rows) and rows <= EXTEND_MAX * rec["trained_rows"]
 
     def ray_options(self, phase: str, **base) -> dict[str, Any]:
         """Ray options of a phase's actors: one CPU (and what ``base`` adds), plus the custom
@@ -293,14 +346,17 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
 
     out = job.folder / "regions.faiss"
     shards = job.folder / "shards"
+    if job.prior and job.n == job.n_old:  # nothing appended: the kept index is this version's
+        return Path(job.prior["index"])
     if out.exists():
         shutil.rmtree(shards, ignore_errors=True)  # left by a job killed right after its merge
         return out
     trained_path, router_path = job.folder / "trained.faiss", job.folder / "router.npz"
+    if job.prior:  # the kept trained index and router, copied: this folder is kept in turn
+        _copy_once(job.prior["trained"], trained_path)
+        _copy_once(job.prior.get("router"), router_path)
     if not trained_path.exists():
-        cfg = job.index_cfg
-        if cfg.kind == "auto":  # near duplicates are decided on these cosines: no lossy codes by default
-            cfg = cfg.model_copy(update={"kind": "flat" if job.n * SLOTS <= cfg.flat_max else "ivfflat"})
+        cfg = job.index_cfg.model_copy(update={"kind": job.index_kind(job.n)})
         threads, t = largest_node_cpus(), time.perf_counter()
         what = ray.get(
             ray.remote(num_cpus=threads)(_train).remote(
@@ -311,7 +367,7 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
     trained = str(trained_path)
     shards.mkdir(exist_ok=True)
     # a merge cuts the shards short but deletes none before it ends: an existing file is done
-    todo = [u for u in job.units if not (shards / f"unit-{u['unit']}.faiss").exists()]
+    todo = [u for u in job.new_units() if not (shards / f"unit-{u['unit']}.faiss").exists()]
     execute_units(
         todo,
         _ShardWorker,
@@ -321,12 +377,26 @@ def build_region_index(job: NearJob, show_progress: bool) -> Path:
         description="dedup: index descriptors (units)",
         show_progress=show_progress,
     )
-    paths = [str(shards / f"unit-{u['unit']}.faiss") for u in job.units]
+    paths = [str(shards / f"unit-{u['unit']}.faiss") for u in job.new_units()]
     t = time.perf_counter()
-    ntotal = ray.get(ray.remote(num_cpus=1)(merge_index).remote(trained, paths, str(out)))
+    merge = ray.remote(num_cpus=1)(merge_index)
+    if job.prior:  # the new rows alone first (for the old rows' queries), on copies: a merge cuts its shards
+        copies = [_copy_once(p, Path(p).with_suffix(".copy")) for p in paths] if not job.new_index.exists() else []
+        ray.get(merge.remote(trained, [str(c) for c in copies], str(job.new_index))) if copies else None
+        for c in copies:
+            c.unlink(missing_ok=True)
+    ntotal = ray.get(merge.remote(trained, paths, str(out), base=job.prior["index"] if job.prior else None))
     shutil.rmtree(shards, ignore_errors=True)
     console.print(f"dedup candidates: index of {ntotal:,} descriptors -> {out} (merged in {time.perf_counter() - t:.0f} s)", markup=False)
     return out
+
+
+def _copy_once(src: str | None, dst: Path) -> Path:
+    """``src`` copied to ``dst`` unless there already (a temporary name, then renamed)."""
+    if src and not dst.exists():
+        shutil.copyfile(src, str(dst) + ".tmp")
+        Path(str(dst) + ".tmp").replace(dst)
+    return dst
 
 
 def _router_file(job: NearJob) -> str | None:
@@ -355,6 +425,8 @@ class _CandidateWorker:
         router: str | None = None,
         lists: tuple[int, int] | None = None,
         part_dir: str | None = None,
+        prior: dict | None = None,
+        owners_uri: str | None = None,
     ):
         from engines.vector.index import ListRouter, list_major_ok, maybe_gpu
 
@@ -368,6 +440,7 @@ class _CandidateWorker:
         self.router = ListRouter.load(Path(router)) if router and self.list_major else None
         self.edges_uri, self.cfg, self.nprobe = edges_uri, NearDupConfig(**cfg), nprobe
         self.lists, self.part_dir = (tuple(lists) if lists else None), part_dir
+        self.prior, self.owners_uri = prior, owners_uri  # the kept owners to merge, where to keep the new ones
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         groups = [json.loads(g) for g in batch.column("units").to_pylist()]
@@ -376,7 +449,7 @@ class _CandidateWorker:
                 for unit, (q, o, v, c) in zip(units, self.group_hits(units)):
                     _save_npz(Path(self.part_dir) / f"unit-{unit['unit']}.npz", q=q, o=o, v=v, c=c)
             return pa.table({"unit": [u["unit"] for units in groups for u in units]})
-        done = [(u["unit"], edge_table(*h[:3])) for units in groups for u, h in zip(units, self.group_hits(units))]
+        done = [_unit_edges(u, h, self.cfg, self.prior, self.owners_uri) for units in groups for u, h in zip(units, self.group_hits(units))]
         return _edge_rows(done, self.edges_uri)
 
     def group_hits(self, units: list[dict]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -537,14 +610,33 @@ def edge_table(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> pa.Table:
     return pa.table({"i": a, "j": b, "sim": np.clip(w, -1, 1).astype(np.float32)}, schema=EDGE_SCHEMA)
 
 
-def _edge_rows(units: list[tuple[int, pa.Table]], uri: str) -> pa.Table:
-    """Each unit's edges written as Lance fragments; one result row a unit (its fragments' metadata)."""
-    frags = [_write_edges(edges, uri) for _, edges in units]
+def _unit_edges(unit: dict, hits: tuple, cfg: NearDupConfig, prior: dict | None, owners_uri: str | None) -> tuple[int, pa.Table, dict]:
+    """A unit's edges from its rows' owners in this search (``hits``: q, o, v, c), merged with
+    their kept owners when the unit's rows are old (``dedup_kept``), and the owners written for
+    the next run: (unit, edges, ``{"lo", "hi", "fragments"}``)."""
+    from engines.vector.dedup import owners_of_parts
+    from pipelines.dedup_kept import OWNERS_SCHEMA, read_owners, write_kept
+
+    lo, hi = unit["label_start"], unit["label_start"] + unit["rows"]
+    q, o, v, c = hits
+    if prior is not None and lo < prior["rows"]:
+        kept = read_owners(prior, lo, hi)
+        q, o, v, c = (np.concatenate([np.asarray(x), np.asarray(y, dtype=np.asarray(x).dtype)]) for x, y in zip(kept, (q, o, v, c)))
+        q, o, v, c = owners_of_parts(q, o, v, c, cfg.k, cfg.k_centre, cfg.min_candidate_sim)
+    frags = write_kept(pa.table({"q": q, "o": o, "v": v, "c": c}), owners_uri, OWNERS_SCHEMA) if owners_uri else []
+    return unit["unit"], edge_table(q, o, v), {"lo": lo, "hi": hi, "fragments": frags}
+
+
+def _edge_rows(units: list[tuple[int, pa.Table, dict]], uri: str) -> pa.Table:
+    """Each unit's edges written as Lance fragments; one result row a unit (its fragments'
+    metadata, and its owners' as ``_unit_edges`` wrote them)."""
+    frags = [_write_edges(edges, uri) for _, edges, _ in units]
     return pa.table(
         {
-            "unit": [u for u, _ in units],
+            "unit": [u for u, _, _ in units],
             "fragments": [json.dumps([f.to_json() for f in fs]) for fs in frags],
-            "edges": [edges.num_rows for _, edges in units],
+            "edges": [edges.num_rows for _, edges, _ in units],
+            "owners": [json.dumps(owners) for _, _, owners in units],
         }
     )
 
@@ -583,22 +675,22 @@ class _PassMerger:
     """Ray actor: per unit, its rows' best owners over every pass (``top_owners_of_parts``),
     written as the unit's candidate edges, as one pass over all lists would have written them."""
 
-    def __init__(self, parts: list[str], edges_uri: str, cfg: dict):
+    def __init__(self, parts: list[str], edges_uri: str, cfg: dict, prior: dict | None = None, owners_uri: str | None = None):
         self.parts, self.edges_uri, self.cfg = parts, edges_uri, NearDupConfig(**cfg)
+        self.prior, self.owners_uri = prior, owners_uri
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from engines.vector.dedup import top_owners_of_parts
+        from engines.vector.dedup import owners_of_parts
 
         done = []
         for unit in batch.to_pylist():
-            got = []
+            got = [list(_no_hits())]
             for d in self.parts:
                 with np.load(Path(d) / f"unit-{unit['unit']}.npz") as z:
                     got.append([z[k] for k in "qovc"])
             q, o, v, c = (np.concatenate(x) for x in zip(*got))
-            done.append(
-                (unit["unit"], edge_table(*top_owners_of_parts(q, o, v, c, self.cfg.k, self.cfg.k_centre, self.cfg.min_candidate_sim)))
-            )
+            hits = owners_of_parts(q, o, v, c, self.cfg.k, self.cfg.k_centre, self.cfg.min_candidate_sim)
+            done.append(_unit_edges(unit, hits, self.cfg, self.prior, self.owners_uri))
         return _edge_rows(done, self.edges_uri)
 
 
@@ -699,36 +791,80 @@ def _shard_memory(trained_path: Path, router_path: Path, rows_per_unit: int) -> 
 
 
 def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:
-    """Phase 2: the candidate edge table (Lance, committed once after every unit is done)."""
+    """Phase 2: the candidate edge table (Lance, committed once after every unit is done). With a
+    kept search to extend (``job.prior``), the new rows search the extended index and the old
+    rows the new rows' index, their owners merged with the kept ones (``_unit_edges``)."""
     import lance
     from lance import LanceOperation
     from lance.fragment import FragmentMetadata
-
-    from curation.runner import execute_units
 
     uri = str(job.folder / "candidates.lance")
     if (Path(uri) / "_versions").exists() and not (job.folder / "candidates.staging").exists():
         return uri
     staging = str(job.folder / "candidates.staging")
     done = job.done("candidates")
-    todo = [u for u in job.units if u["unit"] not in done]
 
     def on_result(row: dict) -> None:
-        rec = {"fragments": json.loads(row["fragments"]), "edges": row["edges"]}
+        rec = {"fragments": json.loads(row["fragments"]), "edges": row["edges"], "owners": json.loads(row["owners"])}
         job.save("candidates", row["unit"], rec)
         done[row["unit"]] = rec
 
+    searches = [(index_path, job.new_units(), None, "candidates.passes")]
+    if job.prior:
+        old = [u for u in job.units if u["label_start"] < job.n_old]
+        searches.append((job.new_index if job.n > job.n_old else None, old, job.prior, "candidates.passes-old"))
+    for path, units, prior, passes in searches:
+        todo = [u for u in units if u["unit"] not in done]
+        if todo:
+            _search(
+                job,
+                path,
+                todo,
+                {"edges_uri": staging, "prior": prior, "owners_uri": job.owners_staging},
+                job.folder / passes,
+                on_result,
+                show_progress,
+            )
+    frags = [FragmentMetadata.from_json(json.dumps(f)) for u in job.units for f in done[u["unit"]]["fragments"]]
+    lance.LanceDataset.commit(staging, LanceOperation.Overwrite(EDGE_SCHEMA, frags))
+    if Path(uri).exists():
+        shutil.rmtree(uri)
+    Path(staging).rename(uri)
+    for _, _, _, passes in searches:
+        shutil.rmtree(job.folder / passes, ignore_errors=True)
+    return uri
+
+
+def _search(job: NearJob, index_path: Path | None, todo: list[dict], out: dict, passes: Path, on_result, show_progress: bool) -> None:
+    """Some units' rows searched in one index (in passes over ranges of its lists when they
+    outgrow a pass), each unit's edges and owners written (``out``: where, and the kept owners
+    to merge); no index: the kept owners alone (nothing was appended)."""
+    from curation.runner import execute_units
+
+    merger = {"edges_uri": out["edges_uri"], "cfg": job.cfg.model_dump(), "prior": out["prior"], "owners_uri": out["owners_uri"]}
+    merge_opts = job.ray_options("candidates", memory=_descriptor_bytes(job.largest_unit))
+    if index_path is None:
+        execute_units(
+            todo,
+            _PassMerger,
+            {"parts": [], **merger},
+            ray_options=merge_opts,
+            on_result=on_result,
+            description="dedup: candidate pairs (kept, units)",
+            show_progress=show_progress,
+        )
+        return
     args = {
         "store": job.store,
         "version": job.ds.version,
         "index_path": str(index_path),
-        "edges_uri": staging,
         "cfg": job.cfg.model_dump(),
         "nprobe": job.index_cfg.nprobe,
         "use_gpu": job.index_cfg.use_gpu,
         "router": _router_file(job),
+        **{k: v for k, v in merger.items() if k != "cfg"},
     }
-    bounds = _scan_passes(job, index_path) if todo else [0, 0]
+    bounds = _scan_passes(job, index_path, passes)
     size = _group_units(job, bounds[-1], len(bounds) - 1)
     opts = job.ray_options("candidates", memory=_actor_memory(index_path, job.largest_unit, size, len(bounds) - 1))
     if len(bounds) <= 2:  # the lists fit the page cache: one pass, edges straight from it
@@ -741,28 +877,28 @@ def candidate_edges(job: NearJob, index_path: Path, show_progress: bool) -> str:
             description=f"dedup: candidate pairs ({_per_group(size)})",
             show_progress=show_progress,
         )
-    else:
-        parts = _candidate_passes(job, todo, bounds, args, opts, show_progress, size)
-        execute_units(
-            todo,
-            _PassMerger,
-            {"parts": parts, "edges_uri": staging, "cfg": job.cfg.model_dump()},
-            ray_options=job.ray_options("candidates", memory=_descriptor_bytes(job.largest_unit)),
-            on_result=on_result,
-            description="dedup: candidate pairs (passes merged, units)",
-            show_progress=show_progress,
-        )
-    frags = [FragmentMetadata.from_json(json.dumps(f)) for u in job.units for f in done[u["unit"]]["fragments"]]
-    lance.LanceDataset.commit(staging, LanceOperation.Overwrite(EDGE_SCHEMA, frags))
-    if Path(uri).exists():
-        shutil.rmtree(uri)
-    Path(staging).rename(uri)
-    shutil.rmtree(job.folder / "candidates.passes", ignore_errors=True)
-    return uri
+        return
+    parts = _candidate_passes(job, todo, bounds, args, opts, show_progress, size, passes)
+    execute_units(
+        todo,
+        _PassMerger,
+        {"parts": parts, **merger},
+        ray_options=merge_opts,
+        on_result=on_result,
+        description="dedup: candidate pairs (passes merged, units)",
+        show_progress=show_progress,
+    )
 
 
 def _candidate_passes(
-    job: NearJob, todo: list[dict], bounds: list[int], args: dict, opts: dict, show_progress: bool, size: int = 1
+    job: NearJob,
+    todo: list[dict],
+    bounds: list[int],
+    args: dict,
+    opts: dict,
+    show_progress: bool,
+    size: int = 1,
+    passes: Path | None = None,
 ) -> list[str]:
     """Every unit searched once per range of lists, range after range; each unit's hits of a pass
     kept in ``candidates.passes/pass-R/unit-U.npz`` (resumable per pass and unit).
@@ -777,7 +913,7 @@ def _candidate_passes(
 
     parts = []
     for r in range(len(bounds) - 1):
-        part = job.folder / "candidates.passes" / f"pass-{r}"
+        part = (passes or job.folder / "candidates.passes") / f"pass-{r}"
         parts.append(str(part))
         left = [u for u in todo if not (part / f"unit-{u['unit']}.npz").exists()]
         execute_units(
@@ -792,7 +928,7 @@ def _candidate_passes(
     return parts
 
 
-def _scan_passes(job: NearJob, index_path: Path) -> list[int]:
+def _scan_passes(job: NearJob, index_path: Path, passes: Path | None = None) -> list[int]:
     """List numbers cutting the candidate index's lists into passes of at most
     ``job.scan_pass_bytes`` (default a third of this node's memory); ``[0, nlist]`` when one pass
     holds them all, or the index is not scanned list by list. Read in a Ray task: the driver
@@ -801,7 +937,7 @@ def _scan_passes(job: NearJob, index_path: Path) -> list[int]:
     import psutil
     import ray
 
-    saved = job.folder / "candidates.passes" / "bounds.json"
+    saved = (passes or job.folder / "candidates.passes") / "bounds.json"
     if saved.exists():
         return json.loads(saved.read_text())
     budget = job.scan_pass_bytes or psutil.virtual_memory().total // 3
@@ -852,7 +988,7 @@ class _AcceptWorker:
         self.block, self.geometry = block, geometry
         self.edges = lance.dataset(edges_uri)
         self.cfg = NearDupConfig(**cfg)
-        self.prior, self.verified_uri = prior, verified_uri  # ``pipelines.dedup_verified``
+        self.prior, self.verified_uri = prior, verified_uri  # ``pipelines.dedup_kept``
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: dict[str, list] = {"unit": [], "i": [], "j": [], "sim": [], "crop": [], "stats": [], "verified": []}
@@ -870,7 +1006,7 @@ class _AcceptWorker:
     def accept(self, lo: int, hi: int):
         from engines.vector.dedup import accept_near, needs_verification
         from engines.vector.graph import symmetric_edges
-        from pipelines.dedup_verified import Verified
+        from pipelines.dedup_kept import Verified
 
         t = self.edges.to_table(columns=["i", "j", "sim"], filter=f"i >= {lo} AND i < {hi}")
         a, b, sim = symmetric_edges(t.column("i").to_numpy(), t.column("j").to_numpy(), t.column("sim").to_numpy())
@@ -900,7 +1036,7 @@ class _AcceptWorker:
 
     def _outcomes(self, a, b, rows: np.ndarray, prior, inl: np.ndarray, cov: np.ndarray, crop: np.ndarray) -> int:
         """Fill the verification outcome of the pairs at ``rows``: the kept one where the last run
-        verified the pair (same images: ``pipelines.dedup_verified``), ORB + RANSAC for the rest.
+        verified the pair (same images: ``pipelines.dedup_kept``), ORB + RANSAC for the rest.
         Returns how many were reused."""
         if not len(rows):
             return 0
@@ -915,12 +1051,12 @@ class _AcceptWorker:
 
     def _keep(self, a, b, inl, cov, crop) -> list[dict]:
         """This unit's verified pairs written for the next run (fragment metadata), if asked."""
-        from pipelines.dedup_verified import write_verified
+        from pipelines.dedup_kept import VERIFIED_SCHEMA, write_kept
 
         if self.verified_uri is None:
             return []
         t = pa.table({"i": a, "j": b, "inliers": inl, "coverage": cov, "crop": crop})
-        return write_verified(t, self.verified_uri)
+        return write_kept(t, self.verified_uri, VERIFIED_SCHEMA)
 
     def _signals(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Per pair, the pHash Hamming distance (-1: no hash on one side) and both rows' pixel
@@ -973,7 +1109,7 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
     """Phase 3: accepted near-duplicate pairs (i, j, sim, crop) and summed counters; ``crop`` is
     +1 where i is a crop of j, -1 where j is a crop of i (``descriptor.containment``), else 0."""
     from curation.runner import execute_units
-    from pipelines.dedup_verified import prior_verified, save_verified
+    from pipelines.dedup_kept import prior_verified, save_verified
 
     done = job.done("accepted")
     todo = [u for u in job.units if u["unit"] not in done]
@@ -1022,19 +1158,45 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
     return cat("i", np.int64), cat("j", np.int64), cat("sim", np.float32), cat("crop", np.int8), stats
 
 
+def _keep_search(job: NearJob, index_path: Path) -> None:
+    """Keep this run's candidate search for the next run (``dedup_kept.save_near``), once: the
+    index (the kept one when nothing was appended), its trained index and router, the owners."""
+    from pipelines.dedup_kept import near_record, save_near
+
+    rec = near_record(job.store)
+    saved = rec is not None and rec.get("owners") == str(job.folder / "owners.lance")
+    done = job.done("candidates")
+    if (saved and not Path(job.owners_staging).exists()) or not all("owners" in done[u["unit"]] for u in job.units):
+        return  # kept already, or checkpoints of a version that kept no owners
+    prior = job.prior if job.prior and Path(index_path) == Path(job.prior["index"]) else None
+    router = job.folder / "router.npz"
+    files = {
+        "index": str(index_path),
+        "trained": prior["trained"] if prior else str(job.folder / "trained.faiss"),
+        "router": prior.get("router") if prior else (str(router) if router.exists() else None),
+        "kind": job.prior["kind"] if job.prior else job.index_kind(job.n),
+    }
+    trained_rows = job.prior["trained_rows"] if job.prior else job.n
+    save_near(job.store, job.ds, job.key, files, job.owners_staging, [done[u["unit"]]["owners"] for u in job.units], trained_rows)
+
+
 def near_pairs_on_ray(
     job: NearJob, *, show_progress: bool = True, block: int = 2000, geometry: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """The three phases; returns accepted pairs (i, j, sim, crop: see ``accepted_pairs``) and counters."""
     t = [time.perf_counter()]
+    if job.prior_why and show_progress:
+        console.print(f"dedup: {job.prior_why}", markup=False)
     index_path = build_region_index(job, show_progress)
     t.append(time.perf_counter())
     edges_uri = candidate_edges(job, index_path, show_progress)
+    _keep_search(job, index_path)
     t.append(time.perf_counter())
     i, j, sim, crop, stats = accepted_pairs(job, edges_uri, show_progress, block, geometry)
     t.append(time.perf_counter())
     phases = ("index_seconds", "candidates_seconds", "verify_seconds")  # this run's share (a resumed run skips done work)
     stats.update({name: round(b - a, 2) for name, a, b in zip(phases, t, t[1:])})
     stats["near_seconds"] = round(t[-1] - t[0], 2)
+    stats["rows_searched_before"] = job.n_old  # rows whose candidate search the last run did (extended)
     stats["index_mib"] = round(sum(p.stat().st_size for p in job.folder.glob("regions.*")) / 2**20, 1)  # on disk
     return i, j, sim, crop, stats

@@ -239,9 +239,18 @@ def top_owners_of_parts(
     order; an owner in the top ``k`` of all hits is in the top ``k`` of the part holding its best
     hit, as every owner ranked above it there is ranked above it overall. So the top ``k`` of the
     parts' top ``k`` is the top ``k`` of all, quota by quota."""
+    return owners_of_parts(q, owner, sim, centre, k, k_centre, min_sim)[:3]
+
+
+def owners_of_parts(
+    q: np.ndarray, owner: np.ndarray, sim: np.ndarray, centre: np.ndarray, k: int, k_centre: int, min_sim: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``top_owners_of_parts`` with the fourth array of ``split_top_owners_flagged`` (which pairs
+    came from the centre quota): owners that can be merged again with another part later (the
+    dedup job keeps each row's owners for the rows appended next)."""
     a = top_owners(q[~centre], owner[~centre], sim[~centre], k, min_sim)
     b = top_owners(q[centre], owner[centre], sim[centre], k_centre, min_sim)
-    return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
+    return (*(np.concatenate([x, y]) for x, y in zip(a, b)), np.arange(len(a[0]) + len(b[0])) >= len(a[0]))
 
 
 CENTRE_REGIONS = (0, 5, CONTENT_REGION)
