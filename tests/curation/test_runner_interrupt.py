@@ -3,8 +3,8 @@
 Cancelling a unit that had just finished (a Ctrl-C while ``ray.wait`` returned it) failed a check
 in Ray's core worker ("Tried to complete task that was not pending"), which ended the process
 with exit 1 and no message: about one ``curate ingest`` Ctrl-C in three. The script below
-interrupts a phase of tiny units a hundred times in one process; before the fix it died within
-the first hundred, every time it was run.
+interrupts a phase of tiny units 40 times in one process (each stop restarts the killed workers:
+~1 s); before the fix it died within the first few, every time it was run.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ units = [{"unit": i} for i in range(100_000)]
 random.seed(7)
 done, interrupted = [], 0
 execute_units(units[:4], Tiny, {}, ray_options={}, on_result=done.append, description="warm", show_progress=False)
-for _ in range(100):
+for _ in range(40):
     threading.Timer(random.random() * 0.1, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
     try:
         execute_units(units, Tiny, {}, ray_options={}, on_result=done.append, description="t", show_progress=False)
@@ -44,7 +44,7 @@ print("interrupted", interrupted, "units done", len(done))
 """
 
 
-def test_a_phase_interrupted_a_hundred_times_stops_cleanly_each_time():
+def test_a_phase_interrupted_forty_times_stops_cleanly_each_time():
     tmp = tempfile.mkdtemp(prefix="zc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     try:
         env = {**os.environ, "TMPDIR": tmp}
@@ -52,4 +52,4 @@ def test_a_phase_interrupted_a_hundred_times_stops_cleanly_each_time():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "interrupted 100 units done" in res.stdout, res.stdout + res.stderr[-3000:]
+    assert "interrupted 40 units done" in res.stdout, res.stdout + res.stderr[-3000:]
