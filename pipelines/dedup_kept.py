@@ -181,11 +181,13 @@ def _commit_units(staging: str, dest: Path, units: list[dict], schema: pa.Schema
     from lance.fragment import FragmentMetadata
 
     frags = [FragmentMetadata.from_json(json.dumps(f)) for u in units for f in u["fragments"]]
-    committed = lance.LanceDataset.commit(staging, LanceOperation.Overwrite(schema, frags))
+    moved = not Path(staging).exists() and Path(dest).exists()  # by a run killed before its record was written
+    committed = lance.dataset(str(dest)) if moved else lance.LanceDataset.commit(staging, LanceOperation.Overwrite(schema, frags))
     ids = iter(f.fragment_id for f in committed.get_fragments())  # the commit numbers them in order
     ranges = [[u["lo"], u["hi"], [next(ids) for _ in u["fragments"]]] for u in units]
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.move(staging, dest)
+    if not moved:
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.move(staging, dest)
     return ranges, sum(f.physical_rows for f in frags)
 
 
