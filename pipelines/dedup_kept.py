@@ -229,9 +229,11 @@ def prior_near(store, ds, key: str, can_extend) -> tuple[dict | None, str]:
     rows = ds.count_rows()
     if not can_extend(rec, rows):
         return None, f"the last run's candidate search not extended: its index was made for {rec['trained_rows']:,} rows, not {rows:,}"
-    return {**rec, "new_fragments": len(now) - len(kept)}, (
-        f"extending the candidate search of the run at v{rec['version']} ({rec['rows']:,} rows) with {rows - rec['rows']:,} new rows"
-    )
+    if rows == rec["rows"]:
+        why = f"nothing appended since the run at v{rec['version']}: its candidates are used, nothing is searched"
+    else:
+        why = f"extending the candidate search of the run at v{rec['version']} ({rec['rows']:,} rows) with {rows - rec['rows']:,} new rows"
+    return {**rec, "new_fragments": len(now) - len(kept)}, why
 
 
 def save_near(store, ds, key: str, files: dict, staging: str, units: list[dict], trained_rows: int) -> None:
