@@ -355,11 +355,8 @@ def nested_kmeans(x: np.ndarray, k: int, levels: int, niter: int, seed: int, sph
     nearest lists (0.9925 vs 0.9908) and one at 0.93 a little less often (0.9175 vs 0.9215); at
     47k lists 22 s instead of 36 s, 0.9732 vs 0.9785 at 0.93 (``bench/index_training.py``,
     docs/benchmarks.md). Hence three levels only from ``IndexConfig.three_level_lists``."""
-    from faiss.contrib.clustering import two_level_clustering
-
     if levels <= 2:
-        nc1 = max(2, int(math.sqrt(k)))
-        return two_level_clustering(x, nc1, k, rebalance=True, clustering_niter=niter, seed=seed, spherical=spherical)[0]
+        return _two_level_kmeans(x, max(2, int(math.sqrt(k))), k, niter, seed, spherical)
     nc1 = max(2, round(k ** (1 / levels)))
     assign = _kmeans(x, nc1, niter, seed, spherical, max_points=2000)[1]
     counts = np.bincount(assign, minlength=nc1)
@@ -371,6 +368,32 @@ def nested_kmeans(x: np.ndarray, k: int, levels: int, niter: int, seed: int, sph
         if shares[c] >= 4:
             out.append(nested_kmeans(part, int(shares[c]), levels - 1, niter, seed, spherical))
         elif shares[c]:
+            out.append(_kmeans(part, int(shares[c]), niter, seed, spherical)[0])
+    return np.vstack(out)
+
+
+def _two_level_kmeans(x: np.ndarray, nc1: int, k: int, niter: int, seed: int, spherical: bool) -> np.ndarray:
+    """faiss.contrib.clustering's ``two_level_clustering`` (rebalanced), step for step and with
+    its parameters (the same centroids), except that a first-level cluster whose share of the
+    ``k`` rounds to none gets none: FAISS trained a k-means of 0 centroids there and failed
+    ("clus.k > 0"), which ended a dedup of 330k rows (``bench/dedup_append.py``) with an error."""
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], nc1, niter=niter, max_points_per_centroid=2000, seed=seed, spherical=spherical)
+    km.train(x)
+    assign = km.assign(x)[1]
+    counts = np.bincount(assign, minlength=nc1)
+    shares = np.cumsum(counts) * k // len(x)
+    shares[1:] -= shares[:-1].copy()
+    order, start, out = assign.argsort(), 0, []
+    for c in range(nc1):
+        part = x[order[start : start + counts[c]]]
+        start += counts[c]
+        if shares[c] and len(part) > shares[c]:
+            sub = faiss.Kmeans(x.shape[1], int(shares[c]), seed=seed, spherical=spherical)
+            sub.train(part)
+            out.append(sub.centroids)
+        elif shares[c]:  # no more points than centroids: the points themselves
             out.append(_kmeans(part, int(shares[c]), niter, seed, spherical)[0])
     return np.vstack(out)
 

@@ -396,3 +396,23 @@ def test_three_levels_of_kmeans_give_k_unit_centroids_whose_lists_recall_like_tw
         add_vectors(idx, base, np.arange(len(base)))
         recalls[levels] = recall_at_k(search(idx, queries, 10)[1], exact, 10)
     assert recalls[3] >= 0.9 and recalls[3] >= recalls[2] - 0.02, recalls
+
+
+def test_two_levels_of_kmeans_are_faiss_s_and_give_a_tiny_first_level_cluster_no_centroid(vectors):
+    """Two levels give FAISS's ``two_level_clustering`` centroids exactly, and where a first-level
+    cluster's share of the centroids rounds to none (a few far points) they still give all k:
+    FAISS's own trained a k-means of 0 centroids there and raised, which ended a dedup of 330k
+    rows with an error."""
+    from faiss.contrib.clustering import two_level_clustering
+
+    from engines.vector.index import nested_kmeans
+
+    base = np.ascontiguousarray(vectors[:20_000])
+    want = two_level_clustering(base, 20, 400, rebalance=True, clustering_niter=10, seed=3, spherical=True)[0]
+    np.testing.assert_array_equal(nested_kmeans(base, 400, 2, 10, 3, spherical=True), want)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((8, 16)).astype(np.float32) * 100
+    x = np.vstack([c + rng.standard_normal((n, 16)).astype(np.float32) for c, n in zip(centres, [3000] * 3 + [2] * 5)])
+    with pytest.raises(RuntimeError, match="clus"):
+        two_level_clustering(x, 8, 100, rebalance=True, clustering_niter=10, seed=0, spherical=False)
+    assert nested_kmeans(x, 100, 2, 10, 0, spherical=False).shape == (100, 16)
