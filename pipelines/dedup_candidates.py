@@ -621,7 +621,7 @@ def _unit_edges(unit: dict, hits: tuple, cfg: NearDupConfig, prior: dict | None,
     q, o, v, c = hits
     if prior is not None and lo < prior["rows"]:
         kept = read_owners(prior, lo, hi)
-        q, o, v, c = (np.concatenate([np.asarray(x), np.asarray(y, dtype=np.asarray(x).dtype)]) for x, y in zip(kept, (q, o, v, c)))
+        q, o, v, c = (np.concatenate([x, np.asarray(y, x.dtype)]) for x, y in zip(kept, (q, o, v, c)))
         q, o, v, c = owners_of_parts(q, o, v, c, cfg.k, cfg.k_centre, cfg.min_candidate_sim)
     frags = write_kept(pa.table({"q": q, "o": o, "v": v, "c": c}), owners_uri, OWNERS_SCHEMA) if owners_uri else []
     return unit["unit"], edge_table(q, o, v), {"lo": lo, "hi": hi, "fragments": frags}
@@ -1019,10 +1019,9 @@ class _AcceptWorker:
         reused = self._outcomes(a, b, todo, prior, inl, cov, crop)
         ok = accept_near(sim, ham, inl, cov, self.cfg)
         geo = np.flatnonzero(ok & (inl < 0) & _same_size(*px)) if self.geometry else np.zeros(0, np.int64)
-        if len(geo):  # accepted on the descriptor alone, sizes tied: the keeper may need to know which is a crop
-            g_inl, g_cov = inl.copy(), cov.copy()  # the acceptance above is made; containment is all it needs
-            reused += self._outcomes(a, b, geo, prior, g_inl, g_cov, crop)
-            inl[geo], cov[geo] = g_inl[geo], g_cov[geo]  # kept with the pair for the next run
+        # accepted on the descriptor alone, sizes tied: the keeper may need to know which is a crop
+        # (the acceptance is made: their inliers are only kept with the pair for the next run)
+        reused += self._outcomes(a, b, geo, prior, inl, cov, crop)
         stats = {
             "desc_candidates": int(len(a)),
             "verified_pairs": int(len(todo)),

@@ -98,8 +98,10 @@ class Verified:
     def find(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask of the pairs found, their index in this table)."""
         k = _keys(a, b)
-        at = np.searchsorted(self.keys, k).clip(0, max(len(self.keys) - 1, 0))
-        hit = (at < len(self.keys)) & (self.keys[at] == k) if len(self.keys) else np.zeros(len(k), bool)
+        if not len(self.keys):
+            return np.zeros(len(k), bool), np.zeros(0, np.int64)
+        at = np.searchsorted(self.keys, k).clip(0, len(self.keys) - 1)
+        hit = self.keys[at] == k
         return hit, at[hit]
 
 
