@@ -203,6 +203,35 @@ def evaluate_matchers(details: bool = False) -> None:
         print(f"{name:34} {rec:>14} {prec:>14} {p['coverage']:>11.0%} {secs:8.1f}")
     if details:
         print_errors(fig)
+    evaluate_chinese(tagger, texts, details)
+
+
+def evaluate_chinese(tagger, texts: list[str], details: bool) -> None:
+    """The default matcher on Chinese captions: the judged sample (``graph/data/judged_zh.jsonl``:
+    recall of expected concepts, precision of judged tags) and the held-out COCO-mini renderings
+    (``graph/data/coco_zh.jsonl``: recall of the categories the English caption names, tags
+    agreeing with the English caption's)."""
+    from graph.evaluate import coco_zh, judged_zh
+
+    t0 = time.perf_counter()
+    z, c = judged_zh(tagger, texts), coco_zh(tagger, COCO)
+    print(f"Chinese, default matcher ({time.perf_counter() - t0:.1f}s):")
+    print(
+        f"  judged sample ({z['captions']} captions)   recall {z['recall']:.3f} ({z['found']}/{z['expected']})  precision {z['precision']:.3f} ({z['correct']}/{z['judged']}), {len(z['unjudged'])} unjudged"
+    )
+    print(
+        f"  COCO-mini in Chinese (held out)  recall {c['recall']:.3f} ({c['found']}/{c['named']})  agreeing with English {c['agreement']:.3f} ({c['agree']}/{c['tags']})"
+    )
+    if details:
+        for m in z["misses"]:
+            print(f"  zh missed   {m['label_en']} ({m['concept']}) | {m['caption']}")
+        for kind in ("wrong", "unjudged"):
+            for w in z[kind]:
+                print(f"  zh {kind:8} {w['label_en']} ({w['concept']}) | {w['caption']}")
+        for m in c["misses"]:
+            print(f"  coco-zh missed  {m['category']} | {m['caption_zh']} | {m['caption']}")
+        for d in c["differ"]:
+            print(f"  coco-zh differs {d['label_en']} ({d['concept']}) | {d['caption']} | {d['caption_en']}")
 
 
 def print_errors(fig: dict) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graph.chinese import ZhSegmenter, has_cjk, zh_tagging_term
+from graph.chinese import ZhSegmenter, has_cjk, mark_non_things, zh_tagging_term
 
 __all__ = ["STOPWORDS", "normalise", "Tokenizer", "BM25Counts", "BM25Scorer"]
 
@@ -50,7 +50,9 @@ STOPWORDS = frozenset(
 
 _TAG_RE = re.compile(r"<[^<>]{0,512}>")
 _URL_RE = re.compile(r"(?:https?://|www\.)\S+")
-_SEG_RE = re.compile(r"(?P<cjk>[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]+)|(?P<word>[^\W_]+(?:'[^\W_]+)*)")
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df"
+# a word never runs into Chinese: "T恤的男孩" is "t" and a Chinese run, not one word
+_SEG_RE = re.compile(rf"(?P<cjk>[{_CJK}]+)|(?P<word>[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*)")
 _PLURAL_RULES = (
     ("ses", "s"),
     ("xes", "x"),
@@ -218,7 +220,7 @@ class Tokenizer:
                     continue
             else:
                 cut = self._zh.cut(m.group("cjk"))
-                toks.extend(cut)
+                toks.extend(mark_non_things(cut))
                 surf.extend(cut)
                 brk.extend([True] * len(cut))
             pending = False

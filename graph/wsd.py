@@ -67,17 +67,24 @@ class SenseChooser:
         self.use_model = use_model
         self.stats = {"pairs": 0, "decided_by_prior": 0, "captions_embedded": 0, "glosses_embedded": 0, "seconds": 0.0}
 
-    def add(self, lemma: str, ids: list[str], prior_keys: list[str] | None = None) -> None:
+    def add(self, lemma: str, ids: list[str], prior_keys: list[str] | None = None, weights: list[float] | None = None) -> None:
         """Make ``lemma`` choosable among ``ids``; ``prior_keys``: the lemmas whose sense counts
-        are its prior (a Chinese word's are the English lemmas it translates; default: its own)."""
+        are its prior (a Chinese word's are the English lemmas it translates; default: its own);
+        ``weights``: per id, a factor on that prior (a Chinese word's later meanings are less
+        likely: 桌子 is first "table", then "desk")."""
         self.candidates[lemma] = ids
         keys = prior_keys or [lemma, *singulars(lemma)]
-        self._log_prior[lemma] = self._prior(keys, ids, self._counts, self._factor)
+        lp = self._prior(keys, ids, self._counts, self._factor)
+        self._log_prior[lemma] = lp if weights is None else self._renorm(lp + np.log(weights))
 
     @staticmethod
     def _prior(keys: list[str], ids: list[str], counts, factor) -> np.ndarray:
         c = np.array([(max(counts.get((k, i[3:]), 0) for k in keys) + 1.0) * factor(i) for i in ids])
         return np.log(c / c.sum())
+
+    @staticmethod
+    def _renorm(lp: np.ndarray) -> np.ndarray:
+        return lp - np.log(np.exp(lp).sum())
 
     def choose(self, texts: Sequence[str], pairs: Sequence[tuple[int, str]], bias=None) -> list[str]:
         """The chosen node id for each (text index, lemma) pair; ``bias[k]`` (optional) is added to

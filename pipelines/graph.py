@@ -244,9 +244,10 @@ class GraphTagStage(Stage):
         import hashlib
 
         from graph.colloquial import colloquial_digest
+        from graph.tagging import TAGGER_VERSION
 
         base = super().fingerprint()
-        extra = f"{getattr(self, '_graph_digest', '')}:{getattr(self, '_bm25', {}).get('n_docs', '')}"
+        extra = f"{getattr(self, '_graph_digest', '')}:{getattr(self, '_bm25', {}).get('n_docs', '')}:v{TAGGER_VERSION}"
         if self.config.colloquial:  # tags depend on the everyday-names file: an edit re-tags
             extra += f":{colloquial_digest()}"
         return hashlib.sha1(f"{base}:{extra}".encode()).hexdigest()[:12]
