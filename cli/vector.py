@@ -99,13 +99,19 @@ def register(app) -> None:
         quality_column: Optional[str] = typer.Option(None, help="score that picks the kept row"),
         method: Optional[str] = typer.Option(None, help="leiden, louvain or components"),
         dry_run: bool = typer.Option(False, help="report the curve and groups; commit nothing"),
+        keep: Optional[bool] = typer.Option(
+            None,
+            "--keep/--no-keep",
+            help="keep the candidate search and verified pairs for the next run after an append (default); "
+            "--no-keep: use none, keep none, and delete what was kept once this run commits",
+        ),
         address: Optional[str] = AddressOpt,
     ):
         """Exact, near and semantic duplicates; prints the removal curve; commits dup_* columns."""
         from curation.config import load_yaml, validate
 
         params = load_yaml(config) if config else {}
-        for key, val in (("quality_column", quality_column), ("method", method)):
+        for key, val in (("quality_column", quality_column), ("method", method), ("keep", keep)):
             if val is not None:
                 params[key] = val
         if dry_run:

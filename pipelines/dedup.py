@@ -102,6 +102,12 @@ class DedupConfig(BaseModel):
         "meets ~32 queries, in whole units of rows_per_unit, within 3 GiB of queries an actor; the same pairs for any value)",
     )
     dry_run: bool = Field(False, description="report the curve and groups, commit nothing")
+    keep: bool = Field(
+        True,
+        description="keep what the next run after an append extends: the candidate search (the index of every "
+        "row's descriptors, each row's best matches) and the verified pairs (docs/vector.md, day after day); "
+        "false: use and keep none of it, and once this run commits delete what an earlier run kept",
+    )
 
     @field_validator("index", mode="before")
     @classmethod
@@ -270,7 +276,16 @@ def find_duplicates(store, cfg: DedupConfig, *, show_progress: bool = True) -> d
     notes: list[str] = []
     stats: dict[str, Any] = {"rows": n}
     job = NearJob(
-        store, ds, cfg.near, cfg.index, cfg.rows_per_unit, _config_key(cfg), cfg.resources, cfg.scan_pass_bytes, cfg.scan_group_rows
+        store,
+        ds,
+        cfg.near,
+        cfg.index,
+        cfg.rows_per_unit,
+        _config_key(cfg),
+        cfg.resources,
+        cfg.scan_pass_bytes,
+        cfg.scan_group_rows,
+        keep=cfg.keep,
     )
     if job.largest_unit > cfg.rows_per_unit:  # a unit is whole files: say so, or the setting seems ignored
         notes.append(
@@ -619,9 +634,9 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
     write_plan(res["plan"], store.open(version=v), plan_path)  # rows in a group, by fragment
     result = run_stage(store, _DupApplyStage(plan_path=str(plan_path)), overwrite=overwrite, show_progress=show_progress)
     if result.status == "committed":  # the job's state served its purpose, but for what the next run extends
-        from pipelines.dedup_kept import drop_unkept
+        from pipelines.dedup_kept import drop_kept, drop_unkept
 
-        drop_unkept(store, Path(res["state"]))
+        drop_unkept(store, Path(res["state"])) if cfg.keep else drop_kept(store, Path(res["state"]))
     summary.update({"status": result.status, "version": result.version, "seconds": round(time.perf_counter() - t0, 2)})
     return summary
 

@@ -76,8 +76,10 @@ class NearJob:
         resources: dict | None = None,
         scan_pass_bytes: int | None = None,
         scan_group_rows: int | None = None,
+        keep: bool = True,
     ):
         self.store, self.ds, self.cfg, self.index_cfg = store, ds, cfg, index_cfg
+        self.keep = keep  # use and keep what runs after an append extend (``dedup_kept``)
         self.scan_pass_bytes = scan_pass_bytes  # candidate lists scanned per pass (None: a third of memory)
         self.scan_group_rows = scan_group_rows  # rows whose queries scan the lists together (None: ``_group_units``)
         self.resources = resources or {}  # phase -> custom Ray resources its actors require
@@ -100,7 +102,8 @@ class NearJob:
             plan = json.loads(saved.read_text())
             return plan["units"], plan["prior"]
         fresh = not self.folder.exists() or not any(self.folder.iterdir())  # a job folder of an older version: as it was
-        prior, self.prior_why = prior_near(self.store, self.ds, self.key, self._can_extend) if fresh else (None, "")
+        use = fresh and self.keep
+        prior, self.prior_why = prior_near(self.store, self.ds, self.key, self._can_extend) if use else (None, "")
         frags = self.ds.get_fragments()
         cut = len(frags) - prior["new_fragments"] if prior else len(frags)
         old, n_old = fragment_units(frags[:cut], rows_per_unit, 0)
@@ -116,9 +119,10 @@ class NearJob:
         return [u for u in self.units if u["label_start"] >= self.n_old]
 
     @property
-    def owners_staging(self) -> str:
-        """Where the candidate units write their rows' owners (kept for the next run)."""
-        return str(self.folder / "owners.staging")
+    def owners_staging(self) -> str | None:
+        """Where the candidate units write their rows' owners (kept for the next run); None:
+        nothing is kept."""
+        return str(self.folder / "owners.staging") if self.keep else None
 
     @property
     def new_index(self) -> Path:
@@ -1113,7 +1117,7 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
     done = job.done("accepted")
     todo = [u for u in job.units if u["unit"] not in done]
     near = job.cfg.model_dump()
-    prior, why = prior_verified(job.store, job.ds, near) if todo else (None, "")
+    prior, why = prior_verified(job.store, job.ds, near) if todo and job.keep else (None, "")
     if prior is not None and show_progress:
         console.print(f"dedup: {why}", markup=False)
     staging = str(job.folder / "verified.staging")
@@ -1135,7 +1139,7 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
             "block": block,
             "geometry": geometry,
             "prior": prior,
-            "verified_uri": staging,
+            "verified_uri": staging if job.keep else None,
         },
         ray_options=job.ray_options("verify"),
         on_result=on_result,
@@ -1143,7 +1147,7 @@ def accepted_pairs(job: NearJob, edges_uri: str, show_progress: bool, block: int
         show_progress=show_progress,
     )
     recs = [done[u["unit"]] for u in job.units]
-    if not (job.folder / "verified.saved").exists():  # a dry run saved them already
+    if job.keep and not (job.folder / "verified.saved").exists():  # a dry run saved them already
         if all("verified" in r for r in recs):  # not a resumed checkpoint from before this was kept
             save_verified(job.store, job.ds, near, staging, [r["verified"] for r in recs])
             (job.folder / "verified.saved").touch()
@@ -1162,6 +1166,8 @@ def _keep_search(job: NearJob, index_path: Path) -> None:
     index (the kept one when nothing was appended), its trained index and router, the owners."""
     from pipelines.dedup_kept import near_record, save_near
 
+    if not job.keep:
+        return
     rec = near_record(job.store)
     saved = rec is not None and rec.get("owners") == str(job.folder / "owners.lance")
     done = job.done("candidates")

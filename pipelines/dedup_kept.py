@@ -49,6 +49,7 @@ __all__ = [
     "save_verified",
     "write_kept",
     "drop_unkept",
+    "drop_kept",
 ]
 
 FOLDER = "vector/dedup-verified"
@@ -297,6 +298,19 @@ def near_record(store) -> dict | None:
 def _relative(store, rec: dict) -> dict:
     base = Path(store.state_dir).resolve()
     return {**rec, **{k: str(Path(rec[k]).resolve().relative_to(base)) for k in PATH_KEYS if rec.get(k)}}
+
+
+def drop_kept(store, folder: Path) -> None:
+    """``keep: false``: a committed run keeps nothing. Its job folder goes, and so does what an
+    earlier run kept: the near record and its files (in committed runs' folders, ``KEPT_ONLY``;
+    a folder a run may still resume, a dry run's, loses only the record), the verified pairs."""
+    rec = near_record(store)
+    (Path(store.state_dir) / NEAR_RECORD).unlink(missing_ok=True)
+    for p in kept_files(rec):
+        if (Path(p).parent / KEPT_ONLY).exists():
+            shutil.rmtree(Path(p).parent, ignore_errors=True)
+    shutil.rmtree(Path(store.state_dir) / FOLDER, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def drop_unkept(store, folder: Path) -> None:

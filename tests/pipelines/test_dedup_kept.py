@@ -189,3 +189,24 @@ def test_an_extending_run_killed_in_the_old_rows_search_resumes_with_the_same_un
     assert [n for d, n in calls if d.startswith("dedup: candidate pairs")] == [3]  # the old units left; the new one was done
     assert not [d for d, _ in calls if d.startswith("dedup: index")]  # the extended index was merged before the kill
     assert got["stats"]["rows_searched_before"] == 38 and _same_edges(_edges(got), want)
+
+
+def test_keep_false_uses_nothing_kept_and_a_committed_run_deletes_it(grown, tmp_path):
+    """``keep: false`` (disk over the next run's time): the run searches and verifies everything,
+    writes nothing for the next, and once it commits deletes what an earlier committed run kept;
+    the same groups."""
+    from pipelines.dedup import run_dedup
+
+    store = _copy(grown[0], tmp_path / "k.lance", keep=False)
+    folders = lambda: {p for p in Path(store.state_dir).glob("vector/dedup-v*") if p.is_dir()}  # noqa: E731
+    before = folders()  # the first version's dry run (a real run at that version could resume it)
+    run_dedup(store, CFG.model_copy(update={"dry_run": False}), show_progress=False)
+    kept = Path(near_record(store)["owners"]).parent
+    assert (kept / "KEPT_ONLY").exists() and (Path(store.state_dir) / FOLDER).exists()
+    groups = store.open().to_table(columns=["dup_group"]).column("dup_group").to_pylist()
+    off = CFG.model_copy(update={"dry_run": False, "keep": False})
+    out = run_dedup(store, off, overwrite=True, show_progress=False)
+    assert out["status"] == "committed" and out.get("verifications_reused", 0) == 0
+    assert store.open().to_table(columns=["dup_group"]).column("dup_group").to_pylist() == groups
+    assert near_record(store) is None and not (Path(store.state_dir) / FOLDER).exists() and not kept.exists()
+    assert folders() == before  # both runs' job folders are gone
