@@ -318,19 +318,16 @@ def _with_gold(
     missing gold rows allowed in the queue."""
     import dataclasses
 
-    import numpy as np
-
     from engines.active.mining import mine_blocks
 
-    present = set(numbers.ids)
-    missing = [g for g in gold if g not in present]
+    missing = [g for g, p in zip(gold, numbers.positions(gold)) if p < 0]
     if missing:
         raise ValueError(f"gold rows not in the dataset: {missing[:5]}")
     picked = {it["row_id"] for it in items}
     extra_ids = {g for g in gold if g not in picked}
     extra: list[dict[str, Any]] = []
     if extra_ids:
-        only = dataclasses.replace(numbers, ok=np.array([i in extra_ids for i in numbers.ids], bool))
+        only = dataclasses.replace(numbers, ok=numbers.among(extra_ids))
         sub = cfg.model_copy(update={"n": len(extra_ids), "min_hardness": 0.0, "include_reviewed": True})
         extra, _ = mine_blocks(only, blocks, rules, sub, **mine_kw)
         for it in extra:

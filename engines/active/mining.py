@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.blocks import Blocks, LocalBlocks
@@ -257,7 +258,7 @@ class Numbers:
     may be queued. Whole-dataset statistics (rule scales, percentile ranks, quality bins) need
     them; the text and vector columns stay with the blocks (:class:`MineBlock`)."""
 
-    ids: list[str]
+    ids: pa.Array  # one Arrow string array: ~20 bytes a row, where a list of str was ~75 (``id``, ``positions``)
     vals: dict[str, np.ndarray]  # signal columns (and the reward head's P(keep)) as float64, NaN where missing
     active: list[Rule]  # rules whose signal column has values
     scales: dict[str, float]  # robust scale (IQR) of each active rule's signal
@@ -269,6 +270,22 @@ class Numbers:
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    def id(self, i: int) -> str:
+        return self.ids[int(i)].as_py()
+
+    def positions(self, ids) -> np.ndarray:
+        """Row positions of ``ids`` (-1 where absent), without a dict of every row's id."""
+        return (
+            pc.index_in(pa.array(list(ids), self.ids.type), value_set=self.ids)
+            .fill_null(-1)
+            .to_numpy(zero_copy_only=False)
+            .astype(np.int64)
+        )
+
+    def among(self, ids) -> np.ndarray:
+        """Whether each row's id is one of ``ids`` (a bool a row)."""
+        return np.asarray(pc.is_in(self.ids, value_set=pa.array(list(ids), self.ids.type)).to_numpy(zero_copy_only=False), bool)
 
     @classmethod
     def of(cls, table: pa.Table, rules: list[Rule], reward: np.ndarray | None = None) -> Numbers:
@@ -288,7 +305,7 @@ class Numbers:
         dup = next((v for c in DUP_SIM_COLUMNS if (v := column_values(table, c)) is not None and not np.isnan(v).all()), None)
         pos = np.asarray(table.column("_pos").to_numpy(zero_copy_only=False), np.int64) if "_pos" in table.column_names else np.arange(n)
         return cls(
-            ids=table.column("id").to_pylist(),
+            ids=table.column("id").combine_chunks(),
             vals=vals,
             active=active,
             scales={r.column: robust_scale(vals[r.column]) for r in active},
@@ -538,10 +555,10 @@ def mine_blocks(
         )
         items.append(
             {
-                "row_id": numbers.ids[i],
+                "row_id": numbers.id(i),
                 "priority": float(len(order) - rank),
                 "payload": payload,
-                "needed": 2 if _needs_two(numbers.ids[i], cfg.double_share, cfg.seed) else 1,
+                "needed": 2 if _needs_two(numbers.id(i), cfg.double_share, cfg.seed) else 1,
             }
         )
     summary.update({"candidates": int(len(cand)), "queued": len(items), "quality_signal": qsig, "embedding": emb_col, "strata": n_strata})
@@ -556,15 +573,16 @@ def _context(
     ctx = Context(active=numbers.active, scales=numbers.scales, like_k=cfg.like_flagged_k)
     if emb_col is None:
         return ctx
-    pos_of = {r: i for i, r in enumerate(numbers.ids)} if (reviewed or flagged) else {}
-    lab = np.array(sorted(pos_of[r] for r in reviewed if r in pos_of), np.int64)
+    lab = np.sort(numbers.positions(reviewed))
+    lab = lab[lab >= 0]
     if len(lab):
         p, v, has = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", lab)))
         if has.sum() >= 3:
-            ids = [numbers.ids[i] for i in p[has]]
+            ids = [numbers.id(i) for i in p[has]]
             ctx.labelled = (ids, v[has], [reviewed[r] for r in ids])
     if flagged and cfg.like_flagged_k:
-        want = np.array([pos_of[f] for f in flagged if f in pos_of], np.int64)
+        want = numbers.positions(flagged)
+        want = want[want >= 0]
         p, v, has = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", want)))
         by = {int(a): (b, c) for a, b, c in zip(p, v, has)}
         keep = [int(f) for f in want if by[int(f)][1]]  # in the order flagged
@@ -666,13 +684,12 @@ def _borderline_duplicate(rows: Numbers, blocks: Blocks, cfg: MineConfig, emb_co
     hard.add(
         "borderline_duplicate",
         np.nan_to_num(score),
-        lambda i: f"borderline duplicate (nearest similarity {nn_sim[i]:.3f}{'' if nn_idx is None else ' to ' + rows.ids[nn_idx[i]]})",
+        lambda i: f"borderline duplicate (nearest similarity {nn_sim[i]:.3f}{'' if nn_idx is None else ' to ' + rows.id(nn_idx[i])})",
     )
 
 
 def _like_flagged(rows: Numbers, ops, ctx: Context, cfg: MineConfig, flagged: list[str], emb_col: str | None, hard: _Hardness) -> None:
     """Retrieval neighbours of rows reviewers flagged as failures ("find more like this")."""
-    ids = rows.ids
     if not (emb_col is not None and flagged and cfg.like_flagged_k):
         return hard.skip("like_flagged", "no flagged failures yet" if not flagged else "no embedding column")
     score = np.zeros(rows.n)
@@ -684,7 +701,7 @@ def _like_flagged(rows: Numbers, ops, ctx: Context, cfg: MineConfig, flagged: li
             for sim, j in zip(s[q], ix[q]):
                 if j >= 0 and sim > score[j]:
                     score[j], src[j] = max(float(sim), 0.0), fi[q]
-    hard.add("like_flagged", score, lambda i: f"looks like flagged failure {ids[src[i]]} (similarity {score[i]:.2f})")
+    hard.add("like_flagged", score, lambda i: f"looks like flagged failure {rows.id(src[i])} (similarity {score[i]:.2f})")
 
 
 def _verifier_disagrees(ops, details: dict[int, dict[str, Any]], hard: _Hardness) -> None:
@@ -698,7 +715,7 @@ def _candidates(rows: Numbers, cfg: MineConfig, h: np.ndarray, reviewed: dict[st
     """Indices of rows hard enough to queue: no ingest error, and not reviewed already (unless asked)."""
     eligible = (h >= cfg.min_hardness) & rows.ok
     if not cfg.include_reviewed:
-        eligible &= np.array([r not in reviewed for r in rows.ids]) & rows.undecided
+        eligible &= ~rows.among(reviewed) & rows.undecided
     return np.nonzero(eligible)[0]
 
 
@@ -729,7 +746,7 @@ def _look_alikes(rows: Numbers, blocks: Blocks, cfg: MineConfig, order: list[int
         caps.update(part)
     return {
         i: [
-            Neighbour(row_id=rows.ids[j], pos=int(rows.pos[j]), sim=round(float(sv), 4), caption=caps[j][:300])
+            Neighbour(row_id=rows.id(j), pos=int(rows.pos[j]), sim=round(float(sv), 4), caption=caps[j][:300])
             for sv, j, hv in zip(s[a], ix[a], has[a])
             if j >= 0 and hv
         ]
@@ -752,7 +769,7 @@ def _payload(
     """Row ``i``'s stored review payload. No ``version``: the job that queues the items stamps it."""
     caption, lang = detail["caption"]
     return ReviewPayload(
-        row_id=rows.ids[i],
+        row_id=rows.id(i),
         pos=int(rows.pos[i]),
         caption=caption,
         lang=lang,
