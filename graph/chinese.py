@@ -37,6 +37,7 @@ __all__ = [
     "cedict_zh_to_en",
     "zh_noun_senses",
     "zh_lemma_ranks",
+    "zh_first_meanings",
     "english_rendering",
     "cilin_synonyms",
     "ZH_STOPWORDS",
@@ -103,13 +104,14 @@ class ZhSegmenter:
         a term plus a localiser (桌上, 纸上, 桌边: "on the table") is the term and the localiser."""
         if len(word) < 2 or word in self._terms:
             return [word]
-        if word not in tk.FREQ:
+        unknown = not tk.FREQ.get(word)  # made up by the HMM (jieba's FREQ also lists word prefixes, at 0)
+        if unknown:
             parts = list(tk.cut(word, HMM=False))
             if any(len(p) > 1 and p in self._terms for p in parts):  # not a name's characters: 艾琳 holds no 琳 "gem"
                 return parts
         if word[-1] in _LOCALISERS and word[:-1] in self._terms:
             return [word[:-1], word[-1]]
-        if word not in tk.FREQ or _word_tags().get(word, "") in _HEAD_TAGS:
+        if unknown or _word_tags().get(word, "") in _HEAD_TAGS:
             for i in range(1, len(word) - _MIN_HEAD + 1):
                 if word[i:] in self._terms:  # the head is last: 小女孩 is a 女孩, 礼品盒 a 盒 of 礼品
                     return ["~" + word[:i], word[i:]]
@@ -217,34 +219,36 @@ def cedict_zh_to_en() -> dict[str, list[list[str]]]:
     English nouns a word can mean, and an English rendering of a caption for the model."""
     out: dict[str, list[list[str]]] = {}
     for simp, proper, defs in _cedict_entries():
-        for d in () if proper else defs:
-            alts = [_bare(a.strip().removeprefix("to ")) for a in d.split(";")]
-            alts = [a for a in alts if a and not a.startswith(_NOT_A_MEANING)]
+        for pos, d in enumerate(() if proper else defs):
+            alts = _Meaning(_bare(a.strip().removeprefix("to ")) for a in d.split(";"))
+            alts[:] = [a for a in alts if a and not a.startswith(_NOT_A_MEANING)]
             if alts:
+                alts.rank = pos
                 out.setdefault(simp, []).append(alts)
     return out
 
 
-@lru_cache(maxsize=1)
-def cedict_meaning_ranks() -> dict[str, dict[str, int]]:
-    """Simplified word -> {English alternative: its meaning's position in the entry, the lowest
-    over the word's entries}. A word of two entries has two first meanings: 钟 is 鍾 (first a
-    "handleless cup", then a "goblet") and 鐘 (first a "bell", then a "clock")."""
-    out: dict[str, dict[str, int]] = {}
-    for simp, proper, defs in _cedict_entries():
-        ranks = out.setdefault(simp, {}) if not proper else {}
-        for pos, d in enumerate(defs):
-            for a in d.split(";"):
-                a = _bare(a.strip().removeprefix("to "))
-                if a and ranks.get(a, pos + 1) > pos:
-                    ranks[a] = pos
-    return out
+class _Meaning(list):
+    """One CC-CEDICT meaning's English alternatives, and its position in its entry (``rank``): a
+    word of two entries has two first meanings (钟 is 鍾, first a "handleless cup", and 鐘, first
+    a "clock")."""
+
+    __slots__ = ("rank",)
 
 
 def zh_lemma_ranks(word: str, lemmas: list[str]) -> list[int]:
-    """The meaning position (``cedict_meaning_ranks``) of each English lemma of a Chinese word."""
-    ranks = cedict_meaning_ranks().get(word, {})
+    """The position of the first meaning of a Chinese word (in its entry) that has each English
+    lemma (``len(lemmas)`` for none)."""
+    ranks: dict[str, int] = {}
+    for m in cedict_zh_to_en().get(word, ()):
+        for a in m:
+            ranks[a] = min(ranks.get(a, m.rank), m.rank)
     return [ranks.get(lem, len(lemmas)) for lem in lemmas]
+
+
+def zh_first_meanings(word: str) -> list[str]:
+    """The English alternatives of a Chinese word's first meanings (one an entry)."""
+    return list(dict.fromkeys(a for m in cedict_zh_to_en().get(word, ()) if m.rank == 0 for a in m))
 
 
 def zh_noun_senses(word: str, senses: dict[str, list[str]]) -> tuple[list[str], list[str]]:

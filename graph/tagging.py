@@ -438,8 +438,8 @@ ZH_KEY_DECAY = 0.5
 
 def _key_weights(tok: str, ids: list[str], keys: list[str], senses: dict[str, list[str]]) -> list[float]:
     """A Chinese word's senses weighted by the earliest meaning of the word that has them:
-    ``ZH_KEY_DECAY`` per meaning before it (桌子: "table" 1, "desk" 0.5; 钟: "bell" 1, "goblet"
-    0.5, "clock" 0.5: two entries, two first meanings; ``graph.chinese.zh_lemma_ranks``)."""
+    ``ZH_KEY_DECAY`` per meaning before it (桌子: "table" 1, "desk" 0.5; 钟: "clock" 1, "goblet"
+    0.5, "bell" 0.125: two entries, two first meanings; ``graph.chinese.zh_lemma_ranks``)."""
     from graph.chinese import zh_lemma_ranks
 
     rank: dict[str, int] = {}
@@ -452,10 +452,10 @@ def _key_weights(tok: str, ids: list[str], keys: list[str], senses: dict[str, li
 def _first_noun(tok: str, keys: list[str]) -> str:
     """How the sentence model reads an ambiguous Chinese word: its first meaning when that is
     one English noun (桌子 "table", 蛋糕 "cake"), else nothing (钟 is first a "handleless cup"
-    and first a "bell", 岸 first "bank; shore": naming one would choose)."""
-    from graph.chinese import cedict_meaning_ranks
+    and first a "clock", 岸 first "bank; shore": naming one would choose)."""
+    from graph.chinese import zh_first_meanings
 
-    first = [a for a, r in cedict_meaning_ranks().get(tok, {}).items() if r == 0]
+    first = zh_first_meanings(tok)
     return first[0] if len(first) == 1 and first[0] in keys else ""
 
 
