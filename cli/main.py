@@ -6,8 +6,6 @@ jobs never import the CLI. ``python -m cli`` and the ``curate`` console script b
 
 from __future__ import annotations
 
-import atexit
-import os
 import sys
 
 import typer
@@ -34,42 +32,6 @@ for _group in (dataset, demo, ingest, download, profile, report, vector, graph, 
 
 
 def main() -> None:
-    """The ``curate`` entry point: the command (``_run``), then the process ends without the
-    interpreter's teardown (``_exit``)."""
-    try:
-        _run()
-        code: int | str | None = 0
-    except SystemExit as e:
-        code = e.code
-    _exit(code)
-
-
-def _exit(code: int | str | None) -> None:
-    """End the process once the command is done: its work is committed and its lines written.
-    What Python's own exit would do next, after the atexit handlers, is unload the native
-    libraries (Ray's core worker, Lance's runtime, FAISS's and OpenCV's thread pools); on a
-    loaded machine that crashed about one `curate dedup` in ten with SIGSEGV after its last
-    line (exit -11, nothing in the native log: past Python's fault handler). So: wait for
-    non-daemon threads and run the atexit handlers as Python would (Ray's shutdown, the native
-    log's clean-up, temporary folders), flush, and leave with the command's code."""
-    import threading
-
-    if isinstance(code, str):  # sys.exit("message"): Python prints it and exits 1
-        print(code, file=sys.stderr)
-        code = 1
-    try:
-        getattr(threading, "_shutdown", lambda: None)()  # joins non-daemon threads, as interpreter exit does
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe: nothing more can be said
-                pass
-        os._exit(int(code or 0))
-
-
-def _run() -> None:
     """Run the app; whatever escapes a command ends as one literal line (exception text can hold
     "[/x]", which rich would read as markup and crash on inside this very handler)."""
     log = native_stderr_to_log()
