@@ -220,8 +220,8 @@ def cedict_zh_to_en() -> dict[str, list[list[str]]]:
     out: dict[str, list[list[str]]] = {}
     for simp, proper, defs in _cedict_entries():
         for pos, d in enumerate(() if proper else defs):
-            alts = _Meaning(_bare(a.strip().removeprefix("to ")) for a in d.split(";"))
-            alts[:] = [a for a in alts if a and not a.startswith(_NOT_A_MEANING)]
+            bare = (_bare(a.strip().removeprefix("to ")) for a in d.split(";"))
+            alts = _Meaning(a for a in bare if a and not a.startswith(_NOT_A_MEANING))
             if alts:
                 alts.rank = pos
                 out.setdefault(simp, []).append(alts)

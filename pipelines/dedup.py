@@ -636,7 +636,10 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
     if result.status == "committed":  # the job's state served its purpose, but for what the next run extends
         from pipelines.dedup_kept import drop_kept, drop_unkept
 
-        drop_unkept(store, Path(res["state"])) if cfg.keep else drop_kept(store, Path(res["state"]))
+        if cfg.keep:
+            drop_unkept(store, Path(res["state"]))
+        else:
+            drop_kept(store, Path(res["state"]))
     summary.update({"status": result.status, "version": result.version, "seconds": round(time.perf_counter() - t0, 2)})
     return summary
 
