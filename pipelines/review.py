@@ -30,7 +30,6 @@ from pydantic import Field
 
 from curation.registry import register_step
 from curation.reports import png_data_uri, render
-from curation.runner import console
 from curation.schema import REVIEW
 from curation.stage import Stage, StageConfig
 from curation.store import Store
@@ -193,13 +192,11 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     random weights and ``cfg.allow_random_weights`` is off."""
     from curation.reviewdb import ReviewDB, is_pair_row
     from engines.active.loop import aggregate
-    from engines.active.mining import Numbers, mine_blocks
+    from engines.active.mining import mine_blocks
 
     t0 = time.perf_counter()
     ds = store.open()
     rules, cols, random_derived = check_mine_request(store, cfg)
-    with console.status(f"reading the signals of {ds.count_rows():,} rows (v{ds.version})", spinner="dots") if show_progress else _null():
-        numbers = Numbers.of(_numbers_table(ds, cols, rules), rules)
     local = mines_locally(ds, cfg)
     blocks = FragmentBlocks(store, ds.version, cols, rules, show_progress=show_progress, local=local)
     db = ReviewDB(cfg.db or default_db_url(store))
@@ -209,10 +206,10 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     reviewed = {r: a["decision"] for r, a in agg.items() if a["decision"] in ("keep", "drop")}
     flagged = [r for r in db.flagged_rows() if not is_pair_row(r)]
     kw = {"columns": cols, "flagged": flagged, "reviewed": reviewed, "random_derived": random_derived}
-    items, summary = mine_blocks(numbers, blocks, rules, cfg, **kw)
+    items, summary = mine_blocks(blocks, rules, cfg, **kw)
     gold = _read_gold(cfg.gold) if cfg.gold else {}
     if gold:
-        items = _with_gold(numbers, blocks, rules, cfg, items, gold, **kw)
+        items = _with_gold(blocks, rules, cfg, items, gold, **kw)
     for it in items:
         it["payload"]["version"] = ds.version
     add_tag_labels(items, _graph_for_labels(store, cfg))
@@ -307,7 +304,7 @@ def _label_ids(payload: dict[str, Any]) -> list[str]:
 
 
 def _with_gold(
-    numbers, blocks, rules: list, cfg: ReviewMineConfig, items: list[dict[str, Any]], gold: dict[str, str], **mine_kw: Any
+    blocks, rules: list, cfg: ReviewMineConfig, items: list[dict[str, Any]], gold: dict[str, str], **mine_kw: Any
 ) -> list[dict[str, Any]]:
     """The mined items with the gold answers set, plus the gold rows mining did not pick.
 
@@ -316,20 +313,18 @@ def _with_gold(
     accuracy measures how people treat a known test. Mining runs over every row again (so
     scales, ranks, look-alikes and the verifier's votes are the dataset's) with only the
     missing gold rows allowed in the queue."""
-    import dataclasses
-
     from engines.active.mining import mine_blocks
 
-    missing = [g for g, p in zip(gold, numbers.positions(gold)) if p < 0]
+    present = {i for part in blocks.map("which", pa.array(list(gold), pa.string())) for i in part}
+    missing = [g for g in gold if g not in present]
     if missing:
         raise ValueError(f"gold rows not in the dataset: {missing[:5]}")
     picked = {it["row_id"] for it in items}
-    extra_ids = {g for g in gold if g not in picked}
+    extra_ids = [g for g in gold if g not in picked]
     extra: list[dict[str, Any]] = []
     if extra_ids:
-        only = dataclasses.replace(numbers, ok=numbers.among(extra_ids))
         sub = cfg.model_copy(update={"n": len(extra_ids), "min_hardness": 0.0, "include_reviewed": True})
-        extra, _ = mine_blocks(only, blocks, rules, sub, **mine_kw)
+        extra, _ = mine_blocks(blocks, rules, sub, only=extra_ids, **mine_kw)
         for it in extra:
             it["priority"] = 0.0  # served through the gold share (``serve --gold-rate``), not by hardness
     for it in (*items, *extra):
@@ -338,27 +333,17 @@ def _with_gold(
     return items + extra
 
 
-def _numbers_table(ds, cols: list[str], rules: list) -> pa.Table:
-    """What the driver reads of every row for mining: ids, numeric signals, dedup's similarity,
-    and whether ``error`` / ``rev_decision`` are null (not the strings)."""
-    from engines.active.mining import signal_columns
-    from engines.active.rules import DUP_SIM_COLUMNS
-
-    names = ds.schema.names
-    want = {"id": "id", **{c: c for c in [*signal_columns(rules), *DUP_SIM_COLUMNS] if c in cols and c in names}}
-    for c in ("error", "rev_decision"):
-        if c in names:
-            want[f"{c}_null"] = f"{c} IS NULL"
-    return ds.to_table(columns=want)
-
-
-# what each MineBlock method reads: vectors only, captions only, or every mined column
-_VECTOR_CALLS = {"vectors_at", "nearest"}
+# what each MineBlock method reads: vectors only, captions only, ids only, numbers only, or every mined column
+_VECTOR_CALLS = {"vectors_at", "vectors_of", "nearest"}
 _CAPTION_CALLS = {"captions_at"}
+_ID_CALLS = {"id_column", "which"}
+_NUMBER_CALLS = {"stats"}
 _POSITIONAL_CALLS = {"vectors_at", "details_at", "captions_at"}
 _CALL_NAMES = {  # what each pass is, in the progress line
-    "opinions": "judging every row",
+    "stats": "the signals' distributions",
+    "score": "judging every row",
     "vectors_at": "vectors of given rows",
+    "vectors_of": "vectors of reviewed or flagged rows",
     "details_at": "queued rows' details",
     "nearest": "look-alikes",
     "captions_at": "look-alikes' captions",
@@ -387,13 +372,21 @@ class FragmentBlocks:
         self.schema = pa.schema([ds.schema.field(c) for c in columns])
 
     def _columns(self, method: str) -> list[str]:
+        from engines.active.mining import signal_columns
+        from engines.active.rules import DUP_SIM_COLUMNS
+
         if method in _VECTOR_CALLS:
             return ["id", *([self.emb_col] if self.emb_col else [])]
         if method in _CAPTION_CALLS:
             return [c for c in ("id", "captions", "rev_caption") if c in self.columns]
+        if method in _ID_CALLS:
+            return ["id"]
+        if method in _NUMBER_CALLS:
+            numbers = {*signal_columns(self.rules), *DUP_SIM_COLUMNS}
+            return ["id", *(c for c in self.columns if c in numbers)]
         return self.columns
 
-    def map(self, method: str, *args, each=None) -> list:
+    def map(self, method: str, *args, each=None, into=None) -> list:
         import pickle
 
         import numpy as np
@@ -411,34 +404,49 @@ class FragmentBlocks:
         if method in _POSITIONAL_CALLS and args[0] is not None:
             pos = np.asarray(args[0], np.int64)
             hit = [k for k, (_, off, n) in enumerate(self.frags) if ((pos >= off) & (pos < off + n)).any()]
-        out: list = [None] * len(self.frags)
+        out = _InOrder(len(self.frags), into)
         cols = self._columns(method)
         skipped = sorted(set(range(len(self.frags))) - set(hit))
         if skipped:  # no row asked for there: the answer of a block with no rows, the same for each
             empty = getattr(MineBlock(self.schema.empty_table().select(cols), 0, self.rules), method)(*args)
             for k in skipped:
-                out[k] = empty
-
-        def keep(row: dict) -> None:
-            out[row["k"]] = pickle.loads(row["out"])
-
+                out.put(k, empty)
         units = [{"k": k, "fragment_id": self.frags[k][0], "offset": self.frags[k][1]} for k in hit]
         call = {"store": self.store, "version": self.version, "columns": cols, "rules": self.rules, "method": method, "args": args}
         if self.local:
             worker = _FragmentCall(**call)
             for u in units:
-                out[u["k"]] = worker.answer(u["fragment_id"], u["offset"])
-            return out
+                out.put(u["k"], worker.answer(u["fragment_id"], u["offset"]))
+            return out.results
         execute_units(
             units,
             _FragmentCall,
             call,
             ray_options={"num_cpus": 1},
-            on_result=keep,
+            on_result=lambda row: out.put(row["k"], pickle.loads(row["out"])),
             description=f"review mine: {_CALL_NAMES.get(method, method)}",
             show_progress=self.show_progress,
         )
-        return out
+        return out.results
+
+
+class _InOrder:
+    """The blocks' answers in block order, whatever order they arrive in: kept in a list, or
+    handed to ``into`` as soon as every earlier block's has been (the few that came early wait)."""
+
+    def __init__(self, n: int, into=None):
+        self.into, self.next = into, 0
+        self.results: list = [None] * n if into is None else []
+        self.early: dict[int, Any] = {}
+
+    def put(self, k: int, answer: Any) -> None:
+        if self.into is None:
+            self.results[k] = answer
+            return
+        self.early[k] = answer
+        while self.next in self.early:
+            self.into(self.early.pop(self.next))
+            self.next += 1
 
 
 class _FragmentCall:
@@ -459,14 +467,6 @@ class _FragmentCall:
 
         k, fid, offset = (unit.column(c)[0].as_py() for c in ("k", "fragment_id", "offset"))
         return pa.table({"k": [k], "out": pa.array([pickle.dumps(self.answer(fid, offset))], pa.binary())})
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # --- apply -----------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.blocks import Blocks, LocalBlocks
+from curation.quantiles import Quantiles
 from engines.active.payload import Neighbour, ReviewPayload
 from engines.active.pseudo import choose_caption, pseudo_label, verify
 from engines.active.rules import (
@@ -47,7 +49,6 @@ from engines.active.rules import (
     Rule,
     column_values,
     embedding_matrix,
-    robust_scale,
     signed_margin,
 )
 from engines.profiling.captions import ocr_overlap
@@ -57,12 +58,11 @@ __all__ = [
     "mine",
     "mine_blocks",
     "MineBlock",
-    "Numbers",
+    "Stats",
     "Context",
     "signal_columns",
     "knn",
     "balanced_order",
-    "quality_bins",
     "primary_concepts",
     "hardness",
 ]
@@ -133,7 +133,23 @@ def knn(
         ci = np.concatenate([best_i, part + start], axis=1)
         top = np.argsort(-cs, axis=1)[:, :k]
         best_s, best_i = np.take_along_axis(cs, top, axis=1), np.take_along_axis(ci, top, axis=1)
-    return best_s, best_i
+    return _exact(query, base, best_s, best_i)
+
+
+def _exact(query: np.ndarray, base: np.ndarray, s: np.ndarray, ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen neighbours' similarities again, each pair's dot product summed in float64, and
+    the neighbours re-sorted by them. Why: BLAS sums a product in an order that depends on its
+    shape (OpenBLAS's small-matrix kernels on AVX-512 machines: 7 queries against 128 rows gave
+    0.88589025 where 300 queries gave 0.8858902), so the same pair's similarity depended on how
+    the queries were cut into blocks, and so did what mining showed and which tie won. A pair's
+    float64 sum rounded to float32 is the same whatever the cut; it costs k dot products a query."""
+    s = s.copy()
+    q64 = query.astype(np.float64)
+    for j in range(s.shape[1]):
+        ok = np.isfinite(s[:, j])
+        s[ok, j] = np.einsum("ij,ij->i", q64[ok], base[ix[ok, j]].astype(np.float64))
+    order = np.argsort(-s, axis=1, kind="stable")
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(ix, order, axis=1)
 
 
 def primary_concepts(table: pa.Table) -> list[str]:
@@ -153,20 +169,6 @@ def primary_concepts(table: pa.Table) -> list[str]:
             continue
         best = max(idx, key=lambda i: s[i] if s and i < len(s) and s[i] is not None else 0.0)
         out.append(str(c[best]))
-    return out
-
-
-def quality_bins(q: np.ndarray | None, n_bins: int) -> np.ndarray:
-    """Quantile bin of a quality signal (-1 where missing)."""
-    if q is None:
-        return np.full(0, -1)
-    out = np.full(len(q), -1, np.int64)
-    ok = ~np.isnan(q)
-    if ok.sum() == 0 or n_bins == 1:
-        out[ok] = 0
-        return out
-    edges = np.quantile(q[ok], np.linspace(0, 1, n_bins + 1)[1:-1])
-    out[ok] = np.searchsorted(edges, q[ok], side="right")
     return out
 
 
@@ -215,17 +217,16 @@ def mine(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Review items for the hardest rows, in balanced serving order, and a summary of the mining.
 
-    ``table``: light columns of the dataset plus ``_pos`` (row offset in the version mined);
-    ``flagged``: row ids reviewers flagged as failures; ``reviewed``: row id -> human decision
-    (excluded from mining, used for neighbour votes); ``reward``: the reward head's P(keep) per row;
-    ``random_derived``: ``{column: {"group", "why"}}`` for columns of ``table`` made by random
-    weights (``engines.vector.retrieval.random_weight_sources``): refused (``RandomWeightsError``)
-    unless ``config.allow_random_weights``, then recorded in the summary and each payload.
-    Each item's ``payload`` is a ``ReviewPayload`` dumped to a JSON-able dict.
-    In memory: :func:`mine_blocks` over one block of the whole table.
+    ``table``: light columns of the dataset, optionally with ``_pos`` (row offset in the version
+    mined, shown in payloads); ``flagged``: row ids reviewers flagged as failures; ``reviewed``:
+    row id -> human decision (excluded from mining, used for neighbour votes); ``reward``: the
+    reward head's P(keep) per row; ``random_derived``: ``{column: {"group", "why"}}`` for columns
+    of ``table`` made by random weights (``engines.vector.retrieval.random_weight_sources``):
+    refused (``RandomWeightsError``) unless ``config.allow_random_weights``, then recorded in the
+    summary and each payload. Each item's ``payload`` is a ``ReviewPayload`` dumped to a
+    JSON-able dict. In memory: :func:`mine_blocks` over one block of the whole table.
     """
     return mine_blocks(
-        Numbers.of(table, rules, reward),
         LocalBlocks([MineBlock(table, 0, rules, reward)]),
         rules,
         config,
@@ -253,93 +254,63 @@ def _vrow(vals: dict[str, np.ndarray], i: int) -> dict[str, float]:
 
 
 @dataclass
-class Numbers:
-    """What the driver reads about every row: ids, numeric signals and the masks that decide who
-    may be queued. Whole-dataset statistics (rule scales, percentile ranks, quality bins) need
-    them; the text and vector columns stay with the blocks (:class:`MineBlock`)."""
+class Stats:
+    """What mining knows of the whole dataset, merged from the blocks' summaries (block order):
+    the row count and a :class:`Quantiles` of each signal column and dedup similarity present
+    (empty where the column has no value). The driver holds this, not a value a row."""
 
-    ids: pa.Array  # one Arrow string array: ~20 bytes a row, where a list of str was ~75 (``id``, ``positions``)
-    vals: dict[str, np.ndarray]  # signal columns (and the reward head's P(keep)) as float64, NaN where missing
-    active: list[Rule]  # rules whose signal column has values
-    scales: dict[str, float]  # robust scale (IQR) of each active rule's signal
-    ok: np.ndarray  # no ingest error: may be queued
-    undecided: np.ndarray  # no review decision in the dataset
-    pos: np.ndarray  # row offset in the version mined
-    dup: np.ndarray | None  # dedup's similarity to the kept row (NaN outside groups)
+    rows: int
+    signals: dict[str, Quantiles]
+    dups: dict[str, Quantiles]
 
-    @property
-    def n(self) -> int:
-        return len(self.ids)
+    def merge(self, other: Stats) -> Stats:
+        def both(a: dict[str, Quantiles], b: dict[str, Quantiles]) -> dict[str, Quantiles]:
+            return {**a, **{c: a[c].merge(q) if c in a else q for c, q in b.items()}}
 
-    def id(self, i: int) -> str:
-        return self.ids[int(i)].as_py()
+        return Stats(self.rows + other.rows, both(self.signals, other.signals), both(self.dups, other.dups))
 
-    def positions(self, ids) -> np.ndarray:
-        """Row positions of ``ids`` (-1 where absent), without a dict of every row's id."""
-        return (
-            pc.index_in(pa.array(list(ids), self.ids.type), value_set=self.ids)
-            .fill_null(-1)
-            .to_numpy(zero_copy_only=False)
-            .astype(np.int64)
-        )
-
-    def among(self, ids) -> np.ndarray:
-        """Whether each row's id is one of ``ids`` (a bool a row)."""
-        return np.asarray(pc.is_in(self.ids, value_set=pa.array(list(ids), self.ids.type)).to_numpy(zero_copy_only=False), bool)
-
-    @classmethod
-    def of(cls, table: pa.Table, rules: list[Rule], reward: np.ndarray | None = None) -> Numbers:
-        """From ``table``: ``id``, the signal columns, ``error`` and ``rev_decision`` (their nulls,
-        or boolean ``error_null`` / ``rev_decision_null``), ``_pos``, a ``dup_*`` similarity."""
-        n = table.num_rows
-        vals = _values(table, rules, reward)
-        active = [r for r in rules if r.column in vals and not np.isnan(vals[r.column]).all()]
-
-        def is_null(col: str) -> np.ndarray:
-            if f"{col}_null" in table.column_names:
-                return np.asarray(table.column(f"{col}_null").to_numpy(zero_copy_only=False), bool)
-            if col in table.column_names:
-                return np.asarray(table.column(col).is_null().to_numpy(zero_copy_only=False), bool)
-            return np.ones(n, bool)
-
-        dup = next((v for c in DUP_SIM_COLUMNS if (v := column_values(table, c)) is not None and not np.isnan(v).all()), None)
-        pos = np.asarray(table.column("_pos").to_numpy(zero_copy_only=False), np.int64) if "_pos" in table.column_names else np.arange(n)
-        return cls(
-            ids=table.column("id").combine_chunks(),
-            vals=vals,
-            active=active,
-            scales={r.column: robust_scale(vals[r.column]) for r in active},
-            ok=is_null("error"),
-            undecided=is_null("rev_decision"),
-            pos=pos,
-            dup=dup,
-        )
+    def has(self, column: str) -> bool:
+        return column in self.signals and self.signals[column].count > 0
 
 
 @dataclass
 class Context:
-    """What every block needs for its rows' opinions: the rules in use and their scales, the
-    reviewed look-alikes' vectors and decisions (neighbour votes), the flagged rows' vectors."""
+    """What every block needs to score its rows as the whole dataset would: the rules in use and
+    their scales, the percentile ranks and quality bins' edges (from :class:`Stats`), the
+    reviewed look-alikes' vectors (neighbour votes), the rows found near flagged failures, and
+    who may be queued. Its size does not grow with the dataset (``nn``: at most ``knn_max_rows``)."""
 
+    cfg: MineConfig
     active: list[Rule]
     scales: dict[str, float]
+    good: list[str]  # goodness signals with values: their ranks disagreeing is a criterion
+    ranks: dict[str, Quantiles]  # the goodness signals' and prof_clip_sim's summaries
+    quality: tuple[str, np.ndarray] | None = None  # (signal, bin edges) of the strata's quality bins
+    ocr: bool = False  # an OCR text column is mined
+    dup_col: str | None = None  # dedup's similarity column, when it has values
+    nn: tuple[np.ndarray, pa.Array] | None = None  # no dup column, small data: each row's nearest similarity and its id
     labelled: tuple[list[str], np.ndarray, list[str]] | None = None  # (ids, vectors, decisions), 3 or more
-    flagged: tuple[np.ndarray, np.ndarray] | None = None  # (global positions, vectors)
-    like_k: int = 0
+    flagged: tuple[np.ndarray, np.ndarray, list[str]] | None = None  # (global positions, vectors, ids)
+    like: tuple[np.ndarray, np.ndarray, list[str]] | None = None  # (positions ascending, similarity, flagged id)
+    reviewed: pa.Array | None = None  # ids with a review decision: not queued unless cfg.include_reviewed
+    only: pa.Array | None = None  # when set, only these ids may be queued (gold rows)
 
 
 class MineBlock:
-    """Some rows of the mining (the job: one Lance fragment, kept by a worker) with the columns of
-    text and vectors; its row ``i`` is row ``offset + i`` of the mining. Row-local work happens
-    here (pseudo-labels, verdicts, OCR checks, concepts), and nearest-neighbour searches against
-    its rows; the driver merges what the blocks return (:func:`mine_blocks`)."""
+    """Some rows of the mining (the job: one Lance fragment, read by a worker) with all their
+    columns; its row ``i`` is row ``offset + i`` of the mining. Everything about a row happens
+    here (criteria, hardness, pseudo-labels, verdicts, strata, payload details) against the
+    dataset-wide :class:`Context`; the driver merges summaries and the few rows it queues
+    (:func:`mine_blocks`)."""
 
     def __init__(self, table: pa.Table, offset: int, rules: list[Rule], reward: np.ndarray | None = None):
         self.table, self.offset, self.n = table, offset, table.num_rows
         self.vals = _values(table, rules, None if reward is None else reward[offset : offset + table.num_rows])
         self.emb_col = next((c for c in EMBEDDING_COLUMNS if c in table.column_names), None)
         self.emb = embedding_matrix(table, self.emb_col) if self.emb_col else None
-        self.ids = table.column("id").to_pylist()
+        self.id_array = table.column("id").combine_chunks()
+        self.ids = self.id_array.to_pylist()
+        self.pos = np.asarray(table.column("_pos").to_numpy(zero_copy_only=False), np.int64) if "_pos" in table.column_names else None
 
     def rows(self) -> int:
         return self.n
@@ -347,12 +318,27 @@ class MineBlock:
     def embedding_column(self) -> str | None:
         return self.emb_col
 
+    def stats(self) -> Stats:
+        """This block's summaries (:class:`Stats`)."""
+        dups = {c: Quantiles.of(v) for c in DUP_SIM_COLUMNS if (v := column_values(self.table, c)) is not None}
+        return Stats(self.n, {c: Quantiles.of(v) for c, v in self.vals.items()}, dups)
+
     def _col(self, name: str, rows: list[int] | None) -> list[Any] | None:
         """Column ``name`` of ``rows`` (None: every row) as Python values; None when absent."""
         if name not in self.table.column_names:
             return None
         col = self.table.column(name)
         return (col if rows is None else col.take(pa.array(rows, pa.int64()))).to_pylist()
+
+    def _is_null(self, name: str) -> np.ndarray:
+        if name not in self.table.column_names:
+            return np.ones(self.n, bool)
+        return np.asarray(self.table.column(name).is_null().to_numpy(zero_copy_only=False), bool)
+
+    def _among(self, ids: pa.Array | None) -> np.ndarray:
+        if ids is None or len(ids) == 0:
+            return np.zeros(self.n, bool)
+        return np.asarray(pc.is_in(self.id_array, value_set=ids.cast(self.id_array.type)).to_numpy(zero_copy_only=False), bool)
 
     def _texts(self, rows: list[int] | None) -> tuple[list[tuple[str, str]], list[str | None] | None]:
         """(the caption shown for editing, OCR text or None without the column) of ``rows``."""
@@ -379,30 +365,69 @@ class MineBlock:
             out = _neighbour_verdicts(self, idx, ctx, out)
         return out
 
-    def opinions(self, ctx: Context) -> dict[str, Any]:
-        """Every row's row-local criteria: ``ocr`` (text in the image the caption misses; None
-        without an OCR column), ``disagree`` (verifier vs pseudo-label), its main ``concepts``,
-        and ``like``: each flagged row's nearest rows here (global positions)."""
-        chosen, ocr = self._texts(None)
-        ops = self._opinions_of(None, ctx, chosen, ocr)
-        out: dict[str, Any] = {
-            "ocr": self._ocr_scores(chosen, ocr),
-            "disagree": np.array([0.8 if v["verdict"] in ("keep", "drop") and v["verdict"] != p["decision"] else 0.0 for p, v in ops]),
-            "concepts": _encoded(primary_concepts(self.table)),
-            "n": self.n,
-            "like": None,
-        }
-        if ctx.flagged is not None and self.emb is not None:
-            out["like"] = self.nearest(ctx.flagged[1], ctx.like_k, ctx.flagged[0])[:2]
-        return out
+    def _judged(self, rows: list[int] | None, ctx: Context) -> tuple[_Hardness, list, list, list | None]:
+        """(the criteria, opinions, chosen captions, OCR texts) of ``rows`` (None: every row)."""
+        chosen, ocr = self._texts(rows)
+        ops = self._opinions_of(rows, ctx, chosen, ocr)
+        idx = np.arange(self.n) if rows is None else np.asarray(rows, np.int64)
+        return _criteria(self, idx, ctx, ops, chosen, ocr), ops, chosen, ocr
 
-    def _ocr_scores(self, chosen: list[tuple[str, str]], ocr: list[str | None] | None) -> np.ndarray | None:
-        if ocr is None:
-            return None
+    def _strata(self, rows: np.ndarray, ctx: Context) -> tuple[list[str], np.ndarray]:
+        """(main concept, quality bin) of ``rows``."""
+        tags = [c for c in ("tag_concepts", "tag_scores", "tag_direct") if c in self.table.column_names]
+        concepts = primary_concepts(self.table.select(tags).take(pa.array(rows, pa.int64()))) if tags else ["untagged"] * len(rows)
+        if ctx.quality is None:
+            return concepts, np.full(len(rows), -1)
+        q = self.vals[ctx.quality[0]][rows]
+        bins = np.where(np.isnan(q), -1, np.searchsorted(ctx.quality[1], q, side="right"))
+        return concepts, bins
+
+    def score(self, ctx: Context) -> dict[str, Any]:
+        """Every row's criteria and hardness; of the rows that may be queued, the hardest
+        ``cfg.n`` of each stratum (what the serving order can reach) and each stratum's count."""
+        hard = self._judged(None, ctx)[0]
+        h = hard.hardness(self.n)
+        cfg = ctx.cfg
+        if ctx.only is not None:
+            ok = self._among(ctx.only)
+        else:
+            ok = self._is_null("error")
+            if not cfg.include_reviewed:
+                ok &= ~self._among(ctx.reviewed) & self._is_null("rev_decision")
+        cand = np.nonzero((h >= cfg.min_hardness) & ok)[0]
+        concepts, bins = self._strata(cand, ctx)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for j, key in enumerate(zip(concepts, bins.tolist())):
+            groups.setdefault(key, []).append(j)
+        strata = {}
+        for key, js in groups.items():
+            r = cand[js]
+            top = np.lexsort((r, -h[r]))[: cfg.n]
+            strata[key] = (h[r][top], r[top] + self.offset)
+        return {"criteria": hard.counts(), "strata": strata, "counts": {k: len(v) for k, v in groups.items()}}
+
+    def _ocr_scores(self, rows: np.ndarray, chosen: list[tuple[str, str]], ocr: list[str | None]) -> np.ndarray:
         overlap = self.vals.get("prof_cap_ocr_overlap")
-        ov = np.array([_overlap(chosen[i][0], o) if overlap is None or np.isnan(overlap[i]) else overlap[i] for i, o in enumerate(ocr)])
+        ov = np.array(
+            [
+                _overlap(chosen[k][0], o) if overlap is None or np.isnan(overlap[i]) else overlap[i]
+                for k, (i, o) in enumerate(zip(rows, ocr))
+            ]
+        )
         has = np.array([len((o or "").strip()) >= 3 for o in ocr], bool)
-        return np.where(has & (ov < 0.5), 1.0 - ov, 0.0) if self.n else np.zeros(0)
+        return np.where(has & (ov < 0.5), 1.0 - ov, 0.0) if len(rows) else np.zeros(0)
+
+    def id_column(self) -> pa.Array:
+        return self.id_array
+
+    def which(self, ids: pa.Array) -> list[str]:
+        """Those of ``ids`` held here."""
+        return [i for i, hit in zip(self.ids, self._among(ids)) if hit]
+
+    def vectors_of(self, ids: pa.Array) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, global positions, vectors, has-a-vector) of the rows here whose id is one of ``ids``."""
+        local = np.nonzero(self._among(ids))[0]
+        return [self.ids[i] for i in local], local + self.offset, self.emb[0][local], self.emb[1][local]
 
     def vectors_at(self, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(global positions, vectors, has-a-vector) of ``positions`` held here (None: all rows)."""
@@ -426,28 +451,42 @@ class MineBlock:
         has = np.where(ix >= 0, self.emb[1][np.clip(ix - self.offset, 0, self.n - 1)], False)
         return s, ix, has
 
+    def _shown_pos(self, i: int) -> int:
+        return int(self.pos[i]) if self.pos is not None else i + self.offset
+
     def details_at(self, positions: np.ndarray, ctx: Context) -> dict[int, dict[str, Any]]:
-        """What a queued row's payload shows, for ``positions`` held here: its caption, the other
-        captions, OCR text, pseudo-label and verdict, and its vector (neighbour votes, look-alikes)."""
+        """What a queued row's payload shows, for ``positions`` held here: its id and position,
+        caption, other captions, OCR text, signals, pseudo-label and verdict, the reasons it is
+        hard and its hardness, concept and quality bin (the same as :meth:`score` computed)."""
         local = [int(p) - self.offset for p in positions if 0 <= int(p) - self.offset < self.n]
-        chosen, ocr = self._texts(local)
-        ops, caps = self._opinions_of(local, ctx, chosen, ocr), self._col("captions", local)
+        hard, ops, chosen, ocr = self._judged(local, ctx)
+        h = hard.hardness(len(local))
+        concepts, bins = self._strata(np.asarray(local, np.int64), ctx)
+        caps = self._col("captions", local)
         return {
             i + self.offset: {
+                "id": self.ids[i],
+                "pos": self._shown_pos(i),
                 "caption": chosen[k],
                 "other_captions": [
                     c["text"] for c in ((caps[k] if caps else None) or []) if c and c.get("text") and c["text"] != chosen[k][0]
                 ][:6],
                 "ocr_text": (ocr[k] if ocr else None) or None,
+                "signals": {c: round(v, 4) for c, v in _vrow(self.vals, i).items() if c in DISPLAY_SIGNALS},
                 "pseudo": ops[k][0],
                 "verdict": ops[k][1],
+                "why": hard.why(k),
+                "hardness": float(h[k]),
+                "concept": concepts[k],
+                "quality_bin": int(bins[k]),
             }
             for k, i in enumerate(local)
         }
 
-    def captions_at(self, positions: np.ndarray) -> dict[int, str]:
+    def captions_at(self, positions: np.ndarray) -> dict[int, tuple[str, int, str]]:
+        """(id, shown position, caption) of ``positions`` held here."""
         local = [int(p) - self.offset for p in positions if 0 <= int(p) - self.offset < self.n]
-        return {i + self.offset: c[0] for i, c in zip(local, self._texts(local)[0])}
+        return {i + self.offset: (self.ids[i], self._shown_pos(i), c[0]) for i, c in zip(local, self._texts(local)[0])}
 
 
 def _neighbour_verdicts(block: MineBlock, rows: list[int], ctx: Context, ops, k: int = 10, min_sim: float = 0.5):
@@ -464,28 +503,6 @@ def _neighbour_verdicts(block: MineBlock, rows: list[int], ctx: Context, ops, k:
     return out
 
 
-def _encoded(values: list[str]) -> tuple[list[str], np.ndarray]:
-    """(distinct values, code per row): a block's concepts travel as codes, not a string a row."""
-    names: dict[str, int] = {}
-    codes = np.array([names.setdefault(v, len(names)) for v in values], np.int32)
-    return list(names), codes
-
-
-class _Concepts:
-    """Every row's main concept as a code into one list of names (the blocks' codes merged)."""
-
-    def __init__(self, parts: list[tuple[list[str], np.ndarray]]):
-        names: dict[str, int] = {}
-        codes = []
-        for local, c in parts:
-            lut = np.array([names.setdefault(x, len(names)) for x in local], np.int32)
-            codes.append(lut[c] if len(c) else np.zeros(0, np.int32))
-        self.names, self.codes = list(names), (np.concatenate(codes) if codes else np.zeros(0, np.int32))
-
-    def __getitem__(self, i: int) -> str:
-        return self.names[self.codes[i]]
-
-
 def _merge_nearest(parts: list[tuple[np.ndarray, ...]], k: int) -> tuple[np.ndarray, ...]:
     """The blocks' nearest rows per query merged into the ``k`` nearest overall."""
     s = np.concatenate([p[0] for p in parts], axis=1)
@@ -494,8 +511,48 @@ def _merge_nearest(parts: list[tuple[np.ndarray, ...]], k: int) -> tuple[np.ndar
     return (np.take_along_axis(s, order, axis=1), *(np.take_along_axis(r, order, axis=1) for r in rest))
 
 
+class _Strata:
+    """The rows that can still be served, by stratum, merged block by block: each stratum's
+    hardest rows down to the depth round-robin serving can reach (the first depth at which every
+    stratum's rows down to it make ``n`` items; later blocks only push rows deeper), and each
+    stratum's count. So the driver holds about ``n`` + strata entries, not one a candidate."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.rows: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # (hardness, position) by (-h, position)
+        self.counts: dict[tuple[str, int], int] = {}
+
+    def add(self, part: dict[str, Any]) -> None:
+        for key, (h, pos) in part["strata"].items():
+            if key in self.rows:
+                h, pos = np.concatenate([self.rows[key][0], h]), np.concatenate([self.rows[key][1], pos])
+            order = np.lexsort((pos, -h))
+            self.rows[key] = (h[order], pos[order])
+            self.counts[key] = self.counts.get(key, 0) + part["counts"][key]
+        keep = self._depth() + 1
+        self.rows = {k: (h[:keep], p[:keep]) for k, (h, p) in self.rows.items()}
+
+    def _depth(self) -> int:
+        c = np.array(list(self.counts.values()) or [0])
+        lo, hi = 0, max(int(c.max()) - 1, 0)
+        while lo < hi:  # the least depth d whose rows down to it make n items
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if np.minimum(c, mid + 1).sum() >= self.n else (mid + 1, hi)
+        return lo
+
+    def order(self) -> list[int]:
+        """The positions in serving order (:func:`balanced_order` over what is kept)."""
+        if not self.rows:
+            return []
+        keys = list(self.rows)
+        h = np.concatenate([self.rows[k][0] for k in keys])
+        pos = np.concatenate([self.rows[k][1] for k in keys])
+        which = np.repeat(np.arange(len(keys)), [len(self.rows[k][0]) for k in keys])
+        o = np.lexsort((pos, -h))
+        return [int(pos[o][j]) for j in balanced_order(which[o].tolist(), h[o], self.n)]
+
+
 def mine_blocks(
-    numbers: Numbers,
     blocks: Blocks,
     rules: list[Rule],
     config: MineConfig | None = None,
@@ -504,234 +561,306 @@ def mine_blocks(
     flagged: list[str] | None = None,
     reviewed: dict[str, str] | None = None,
     random_derived: dict[str, dict[str, str]] | None = None,
+    only: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """:func:`mine` with the rows in ``blocks`` (:class:`MineBlock`, in row order) and their
-    numbers on the driver (``columns``: the names of the columns mined, for the random-weights
-    check). The driver holds numbers per row; the blocks answer for text and vectors."""
+    """:func:`mine` with the rows in ``blocks`` (:class:`MineBlock`, in row order; ``columns``:
+    the names of the columns mined, for the random-weights check). The driver merges the blocks'
+    summaries (:class:`Stats`), their strata's hardest rows (:class:`_Strata`) and the queued
+    rows' details: what it holds does not grow with the rows. ``only``: the ids that may be
+    queued (gold rows), whatever their hardness, errors or reviews allow."""
     from engines.vector.retrieval import refuse_random_weights
 
     cfg = config or MineConfig()
     reviewed = reviewed or {}
     used = {c: s for c, s in (random_derived or {}).items() if c in columns}
     refuse_random_weights(used, consumer="review mining", allow=cfg.allow_random_weights)
-    summary: dict[str, Any] = {"rows": numbers.n, "criteria": {}, "signals_used": [], "skipped_criteria": {}}
+    stats = _fold(blocks, "stats")
+    summary: dict[str, Any] = {"rows": stats.rows, "criteria": {}, "signals_used": [], "skipped_criteria": {}}
     if used:
         summary["random_derived"] = {c: f"{s['group']}: {s['why']}" for c, s in used.items()}
-    if numbers.n == 0:
+    if stats.rows == 0:
         return [], summary
-    summary["signals_used"] = sorted(numbers.vals)
+    summary["signals_used"] = sorted(stats.signals)
     emb_col = next((c for c in blocks.map("embedding_column") if c), None)
-    hard = _Hardness(numbers.n, summary)
-    _near_threshold(numbers, cfg, hard)
-    _signals_disagree(numbers, hard)
-    _low_similarity(numbers, cfg, hard)
-    ctx = _context(numbers, blocks, cfg, emb_col, flagged or [], reviewed)
-    ops = blocks.map("opinions", ctx)
-    details: dict[int, dict[str, Any]] = {}  # the queued rows' details, read once the queue is known
-    _ocr_missing(ops, details, hard)
-    _borderline_duplicate(numbers, blocks, cfg, emb_col, hard)
-    _like_flagged(numbers, ops, ctx, cfg, flagged or [], emb_col, hard)
-    _verifier_disagrees(ops, details, hard)
+    ctx = _context(stats, blocks, rules, cfg, emb_col, columns, flagged or [], reviewed, only)
+    summary["skipped_criteria"] = _skipped(ctx, emb_col, flagged or [])
+    strata = _Strata(cfg.n)
 
-    h = hardness(hard.comps)
-    concepts = _Concepts([o["concepts"] for o in ops])
-    cand = _candidates(numbers, cfg, h, reviewed)
-    order, qbin, qsig, n_strata = _balanced(numbers, cfg, h, cand, concepts)
+    def add(part: dict[str, Any]) -> None:
+        for name, c in part["criteria"].items():
+            summary["criteria"][name] = summary["criteria"].get(name, 0) + c
+        strata.add(part)
+
+    blocks.map("score", ctx, into=add)
+    order = strata.order()
+    details: dict[int, dict[str, Any]] = {}
     for part in blocks.map("details_at", np.array(order, np.int64), ctx):
         details.update(part)
-    look = _look_alikes(numbers, blocks, cfg, order, emb_col)
+    look = _look_alikes(blocks, cfg, order, emb_col, stats.rows)
     items = []
     for rank, i in enumerate(order):
-        payload = _payload(
-            numbers,
-            i,
-            details[i],
-            why=hard.why(i),
-            h=float(h[i]),
-            neighbours=look.get(i, []),
-            concept=concepts[i],
-            quality_bin=int(qbin[i]),
-            random_derived=summary.get("random_derived"),
-        )
+        d = details[i]
         items.append(
             {
-                "row_id": numbers.id(i),
+                "row_id": d["id"],
                 "priority": float(len(order) - rank),
-                "payload": payload,
-                "needed": 2 if _needs_two(numbers.id(i), cfg.double_share, cfg.seed) else 1,
+                "payload": _payload(d, neighbours=look.get(i, []), random_derived=summary.get("random_derived")),
+                "needed": 2 if _needs_two(d["id"], cfg.double_share, cfg.seed) else 1,
             }
         )
-    summary.update({"candidates": int(len(cand)), "queued": len(items), "quality_signal": qsig, "embedding": emb_col, "strata": n_strata})
+    summary.update(
+        {
+            "candidates": int(sum(strata.counts.values())),
+            "queued": len(items),
+            "quality_signal": ctx.quality[0] if ctx.quality else None,
+            "embedding": emb_col,
+            "strata": len(strata.counts),
+        }
+    )
     return items, summary
 
 
+def _fold(blocks: Blocks, method: str, *args) -> Any:
+    """The blocks' answers merged in block order (``answer.merge``)."""
+    acc: list = []
+
+    def merge(part: Any) -> None:
+        acc[:] = [acc[0].merge(part) if acc else part]
+
+    blocks.map(method, *args, into=merge)
+    return acc[0]
+
+
+def _scale(q: Quantiles) -> float:
+    """Interquartile range (std or 1.0 when degenerate): the unit in which "near a threshold" is
+    measured, so one band works for every signal's scale."""
+    if q.count < 2:
+        return 1.0
+    q1, q3 = q.quantile([0.25, 0.75])
+    s = float(q3 - q1)
+    if s <= 1e-12:
+        s = q.std
+    return s if s > 1e-12 else 1.0
+
+
 def _context(
-    numbers: Numbers, blocks: Blocks, cfg: MineConfig, emb_col: str | None, flagged: list[str], reviewed: dict[str, str]
+    stats: Stats,
+    blocks: Blocks,
+    rules: list[Rule],
+    cfg: MineConfig,
+    emb_col: str | None,
+    columns: list[str],
+    flagged: list[str],
+    reviewed: dict[str, str],
+    only: list[str] | None,
 ) -> Context:
-    """The rules and scales, and the vectors of the reviewed rows (3 or more: neighbour votes) and
-    of the flagged ones, gathered from their blocks."""
-    ctx = Context(active=numbers.active, scales=numbers.scales, like_k=cfg.like_flagged_k)
+    """The dataset-wide context of the blocks' scoring: rules and scales, ranks and quality
+    edges from ``stats``; the reviewed rows' vectors (3 or more: neighbour votes), the flagged
+    rows' and their nearest rows; each row's nearest similarity when no dup column says it."""
+    active = [r for r in rules if stats.has(r.column)]
+    ctx = Context(
+        cfg=cfg,
+        active=active,
+        scales={r.column: _scale(stats.signals[r.column]) for r in active},
+        good=[c for c in GOODNESS if stats.has(c)],
+        ranks={c: stats.signals[c] for c in [*GOODNESS, "prof_clip_sim"] if stats.has(c)},
+        ocr="prof_ocr_text" in columns,
+        dup_col=next((c for c in DUP_SIM_COLUMNS if c in stats.dups and stats.dups[c].count), None),
+        reviewed=pa.array(list(reviewed), pa.string()),
+        only=None if only is None else pa.array(list(only), pa.string()),
+    )
+    qsig = next((c for c in ("rev_reward", "prof_quality", "prof_aesthetic") if c in stats.signals), None)
+    if qsig:
+        q = stats.signals[qsig]
+        edges = q.quantile(np.linspace(0, 1, cfg.quality_bins + 1)[1:-1]) if q.count and cfg.quality_bins > 1 else np.zeros(0)
+        ctx.quality = (qsig, edges)
     if emb_col is None:
         return ctx
-    lab = np.sort(numbers.positions(reviewed))
-    lab = lab[lab >= 0]
-    if len(lab):
-        p, v, has = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", lab)))
+    if reviewed:
+        ids, _, v, has = _gather(blocks, "vectors_of", ctx.reviewed)
         if has.sum() >= 3:
-            ids = [numbers.id(i) for i in p[has]]
-            ctx.labelled = (ids, v[has], [reviewed[r] for r in ids])
+            kept = [i for i, h in zip(ids, has) if h]
+            ctx.labelled = (kept, v[has], [reviewed[r] for r in kept])
     if flagged and cfg.like_flagged_k:
-        want = numbers.positions(flagged)
-        want = want[want >= 0]
-        p, v, has = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", want)))
-        by = {int(a): (b, c) for a, b, c in zip(p, v, has)}
-        keep = [int(f) for f in want if by[int(f)][1]]  # in the order flagged
-        ctx.flagged = (np.array(keep, np.int64), np.stack([by[f][0] for f in keep]) if keep else np.zeros((0, v.shape[1]), np.float32))
+        ids, p, v, has = _gather(blocks, "vectors_of", pa.array(list(dict.fromkeys(flagged)), pa.string()))
+        by = {i: k for k, i in enumerate(ids) if has[k]}
+        keep = [by[f] for f in flagged if f in by]  # in the order flagged
+        ctx.flagged = (p[keep], v[keep], [ids[k] for k in keep])
+        ctx.like = _like(blocks, ctx, stats.rows)
+    if ctx.dup_col is None and 1 < stats.rows <= cfg.knn_max_rows:
+        _, v, has = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", None)))
+        s, ix = knn(v, v, 1, exclude_self=np.arange(len(v)))
+        ids = pa.concat_arrays([a.cast(pa.string()) for a in blocks.map("id_column")])
+        ctx.nn = (np.where(has, s[:, 0], np.nan), ids.take(pa.array(ix[:, 0])))
     return ctx
 
 
-class _Hardness:
-    """Each criterion's score per row; a row's reasons are written when asked (the queued rows
-    only: a list of reasons for every row was most of mining's memory)."""
+def _gather(blocks: Blocks, method: str, *args) -> tuple:
+    """The blocks' tuples of per-row answers joined in block order."""
+    parts = blocks.map(method, *args)
+    return tuple(
+        sum((list(p[j]) for p in parts), []) if isinstance(parts[0][j], list) else np.concatenate([p[j] for p in parts])
+        for j in range(len(parts[0]))
+    )
 
-    def __init__(self, n: int, summary: dict[str, Any]):
+
+def _like(blocks: Blocks, ctx: Context, rows: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The rows among each flagged row's ``like_k`` nearest (ascending positions), with the
+    highest similarity to a flagged row and that row's id (the first flagged wins a tie)."""
+    fpos, fvec, fids = ctx.flagged
+    best: dict[int, tuple[float, int]] = {}
+    if len(fpos):
+        s, ix = _merge_nearest(
+            [p[:2] for p in blocks.map("nearest", fvec, ctx.cfg.like_flagged_k, fpos)], min(ctx.cfg.like_flagged_k, rows - 1)
+        )
+        for q in range(len(fpos)):
+            for sim, j in zip(s[q], ix[q]):
+                if j >= 0 and max(float(sim), 0.0) > best.get(int(j), (0.0, -1))[0]:
+                    best[int(j)] = (max(float(sim), 0.0), q)
+    at = sorted(best)
+    return np.array(at, np.int64), np.array([best[j][0] for j in at]), [fids[best[j][1]] for j in at]
+
+
+def _skipped(ctx: Context, emb_col: str | None, flagged: list[str]) -> dict[str, str]:
+    """The criteria the context switches off, and why (what :func:`_criteria` leaves out)."""
+    out = {}
+    if not ctx.active:
+        out["near_threshold"] = "no rule's signal column is present"
+    if len(ctx.good) < 2:
+        out["signals_disagree"] = f"needs two of {GOODNESS}"
+    if "prof_clip_sim" not in ctx.ranks:
+        out["low_similarity"] = "prof_clip_sim absent"
+    if not ctx.ocr:
+        out["ocr_missing"] = "prof_ocr_text absent"
+    if ctx.dup_col is None and ctx.nn is None:
+        out["borderline_duplicate"] = "no dup_* column and no embeddings (or too many rows)"
+    if ctx.flagged is None:
+        out["like_flagged"] = "no flagged failures yet" if not flagged else "no embedding column"
+    return out
+
+
+class _Hardness:
+    """Each criterion's score for some rows of a block; a row's reasons are written when asked
+    (the queued rows only)."""
+
+    def __init__(self) -> None:
         self.comps: dict[str, np.ndarray] = {}
         self.reasons: list[tuple[np.ndarray, Callable[[int], str]]] = []
-        self.summary = summary
 
     def add(self, name: str, score: np.ndarray, reason_of: Callable[[int], str]) -> None:
         score = np.nan_to_num(np.clip(score, 0, 1))
         self.comps[name] = score
-        self.summary["criteria"][name] = int((score > 0).sum())
         self.reasons.append((score, reason_of))
 
-    def why(self, i: int) -> list[str]:
-        return [reason_of(i) for score, reason_of in self.reasons if score[i] > 0]
+    def hardness(self, n: int) -> np.ndarray:
+        return hardness(self.comps) if self.comps else np.zeros(n)
 
-    def skip(self, name: str, reason: str) -> None:
-        self.summary["skipped_criteria"][name] = reason
+    def counts(self) -> dict[str, int]:
+        return {name: int((s > 0).sum()) for name, s in self.comps.items()}
+
+    def why(self, k: int) -> list[str]:
+        return [reason_of(k) for score, reason_of in self.reasons if score[k] > 0]
 
 
-def _near_threshold(rows: Numbers, cfg: MineConfig, hard: _Hardness) -> None:
+def _criteria(block: MineBlock, rows: np.ndarray, ctx: Context, ops: list, chosen: list, ocr: list | None) -> _Hardness:
+    """The criteria of ``rows`` of ``block`` (those :func:`_skipped` does not switch off), in
+    the order their reasons are shown; a reason takes the row's index in ``rows``."""
+    hard = _Hardness()
+    vals = {c: v[rows] for c, v in block.vals.items()}
+    _near_threshold(vals, ctx, hard)
+    _signals_disagree(vals, ctx, hard)
+    _low_similarity(vals, ctx, hard)
+    if ctx.ocr:
+        score = block._ocr_scores(rows, chosen, ocr) if ocr is not None else np.zeros(len(rows))
+        hard.add("ocr_missing", score, lambda k: f"OCR text missing from caption: {((ocr[k] if ocr else '') or '')[:60]!r}")
+    _borderline_duplicate(block, rows, ctx, hard)
+    _like_flagged(rows + block.offset, ctx, hard)
+    disagree = np.array([0.8 if v["verdict"] in ("keep", "drop") and v["verdict"] != p["decision"] else 0.0 for p, v in ops])
+    hard.add(
+        "verifier_disagrees",
+        disagree.reshape(len(rows)),
+        lambda k: f"AI verifier says {ops[k][1]['verdict']}, pseudo-label says {ops[k][0]['decision']}",
+    )
+    return hard
+
+
+def _near_threshold(vals: dict[str, np.ndarray], ctx: Context, hard: _Hardness) -> None:
     """Closeness to a rule's threshold in IQR units; the closest rule names the reason."""
-    active, vals = rows.active, rows.vals
-    if not active:
-        return hard.skip("near_threshold", "no rule's signal column is present")
-    close = np.stack([np.exp(-np.square(signed_margin(r, vals[r.column], rows.scales[r.column]) / cfg.band)) for r in active])
+    if not ctx.active:
+        return
+    close = np.stack([np.exp(-np.square(signed_margin(r, vals[r.column], ctx.scales[r.column]) / ctx.cfg.band)) for r in ctx.active])
     close = np.nan_to_num(close)
     near = np.where(close.max(axis=0) > math.exp(-1), close.max(axis=0), 0.0)
     which = close.argmax(axis=0)
 
-    def reason(i: int) -> str:
-        r = active[which[i]]
-        return f"near threshold: {r.column}={vals[r.column][i]:.3g} vs {r.op} {r.threshold:.3g}"
+    def reason(k: int) -> str:
+        r = ctx.active[which[k]]
+        return f"near threshold: {r.column}={vals[r.column][k]:.3g} vs {r.op} {r.threshold:.3g}"
 
     hard.add("near_threshold", near, reason)
 
 
-def _signals_disagree(rows: Numbers, hard: _Hardness) -> None:
+def _signals_disagree(vals: dict[str, np.ndarray], ctx: Context, hard: _Hardness) -> None:
     """Goodness signals that rank the row very differently (ranks, so scales do not matter)."""
-    vals = rows.vals
-    good = [c for c in GOODNESS if c in vals and not np.isnan(vals[c]).all()]
+    good = ctx.good
     if len(good) < 2:
-        return hard.skip("signals_disagree", f"needs two of {GOODNESS}")
-    ranks = np.stack([_pct_rank(vals[c]) for c in good])
-    spread = np.nanmax(ranks, axis=0) - np.nanmin(ranks, axis=0)
+        return
+    ranks = np.stack([ctx.ranks[c].rank(vals[c]) for c in good])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with none of the signals: NaN, no disagreement
+        spread = np.nanmax(ranks, axis=0) - np.nanmin(ranks, axis=0)
     hi, lo = np.nanargmax(np.nan_to_num(ranks, nan=-1), axis=0), np.nanargmin(np.nan_to_num(ranks, nan=2), axis=0)
     score = np.where(spread >= 0.6, (spread - 0.6) / 0.4 * 0.5 + 0.5, 0.0)
     hard.add(
         "signals_disagree",
         score,
-        lambda i: f"signals disagree: {good[hi[i]]} ranks {ranks[hi[i], i]:.0%}, {good[lo[i]]} ranks {ranks[lo[i], i]:.0%}",
+        lambda k: f"signals disagree: {good[hi[k]]} ranks {ranks[hi[k], k]:.0%}, {good[lo[k]]} ranks {ranks[lo[k], k]:.0%}",
     )
 
 
-def _low_similarity(rows: Numbers, cfg: MineConfig, hard: _Hardness) -> None:
+def _low_similarity(vals: dict[str, np.ndarray], ctx: Context, hard: _Hardness) -> None:
     """Image-text similarity in the dataset's bottom tail."""
-    sim = rows.vals.get("prof_clip_sim")
-    if sim is None or np.isnan(sim).all():
-        return hard.skip("low_similarity", "prof_clip_sim absent")
-    pr = _pct_rank(sim)
-    score = np.where(pr <= cfg.low_sim_quantile, 1.0 - pr / cfg.low_sim_quantile * 0.5, 0.0)
-    hard.add(
-        "low_similarity", np.nan_to_num(score), lambda i: f"low image-text similarity ({sim[i]:.3f}, bottom {cfg.low_sim_quantile:.0%})"
-    )
+    if "prof_clip_sim" not in ctx.ranks:
+        return
+    sim, tail = vals["prof_clip_sim"], ctx.cfg.low_sim_quantile
+    pr = ctx.ranks["prof_clip_sim"].rank(sim)
+    with np.errstate(invalid="ignore"):
+        score = np.where(pr <= tail, 1.0 - pr / tail * 0.5, 0.0)
+    hard.add("low_similarity", np.nan_to_num(score), lambda k: f"low image-text similarity ({sim[k]:.3f}, bottom {tail:.0%})")
 
 
-def _ocr_missing(ops: list[dict[str, Any]], details: dict[int, dict[str, Any]], hard: _Hardness) -> None:
-    """Text in the image that the chosen caption does not mention (scored by the blocks)."""
-    if all(o["ocr"] is None for o in ops):
-        return hard.skip("ocr_missing", "prof_ocr_text absent")
-    score = np.concatenate([o["ocr"] if o["ocr"] is not None else np.zeros(o["n"]) for o in ops])
-    hard.add("ocr_missing", score, lambda i: f"OCR text missing from caption: {(details[i]['ocr_text'] or '')[:60]!r}")
-
-
-def _borderline_duplicate(rows: Numbers, blocks: Blocks, cfg: MineConfig, emb_col: str | None, hard: _Hardness) -> None:
-    """Nearest-neighbour similarity between "distinct" and "duplicate": from a dup_* column, else
-    from the embeddings when the table is small enough for exact k-NN (the vectors of at most
-    ``knn_max_rows`` rows are gathered for it)."""
-    n = rows.n
-    nn_sim, nn_idx = rows.dup, None
-    if nn_sim is None and emb_col is not None and 1 < n <= cfg.knn_max_rows:
-        _, v, has = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", None)))
-        s, ix = knn(v, v, 1, exclude_self=np.arange(n))
-        nn_sim, nn_idx = np.where(has, s[:, 0], np.nan), ix[:, 0]
-    if nn_sim is None:
-        return hard.skip("borderline_duplicate", "no dup_* column and no embeddings (or too many rows)")
-    lo, hi = cfg.dup_band
+def _borderline_duplicate(block: MineBlock, rows: np.ndarray, ctx: Context, hard: _Hardness) -> None:
+    """Nearest-neighbour similarity between "distinct" and "duplicate": from dedup's column, else
+    from the embeddings when the dataset is small enough for exact k-NN (``Context.nn``)."""
+    if ctx.dup_col is not None:
+        nn_sim, nn_id = column_values(block.table, ctx.dup_col)[rows], None
+    elif ctx.nn is not None:
+        nn_sim, nn_id = ctx.nn[0][rows + block.offset], ctx.nn[1].take(pa.array(rows + block.offset, pa.int64()))
+    else:
+        return
+    lo, hi = ctx.cfg.dup_band
     mid, half = (lo + hi) / 2, (hi - lo) / 2
-    score = np.where((nn_sim >= lo) & (nn_sim <= hi), 1.0 - 0.5 * np.abs(nn_sim - mid) / half, 0.0)
+    with np.errstate(invalid="ignore"):
+        score = np.where((nn_sim >= lo) & (nn_sim <= hi), 1.0 - 0.5 * np.abs(nn_sim - mid) / half, 0.0)
     hard.add(
         "borderline_duplicate",
         np.nan_to_num(score),
-        lambda i: f"borderline duplicate (nearest similarity {nn_sim[i]:.3f}{'' if nn_idx is None else ' to ' + rows.id(nn_idx[i])})",
+        lambda k: f"borderline duplicate (nearest similarity {nn_sim[k]:.3f}{'' if nn_id is None else ' to ' + nn_id[k].as_py()})",
     )
 
 
-def _like_flagged(rows: Numbers, ops, ctx: Context, cfg: MineConfig, flagged: list[str], emb_col: str | None, hard: _Hardness) -> None:
+def _like_flagged(positions: np.ndarray, ctx: Context, hard: _Hardness) -> None:
     """Retrieval neighbours of rows reviewers flagged as failures ("find more like this")."""
-    if not (emb_col is not None and flagged and cfg.like_flagged_k):
-        return hard.skip("like_flagged", "no flagged failures yet" if not flagged else "no embedding column")
-    score = np.zeros(rows.n)
-    src = np.full(rows.n, -1)
-    fi = ctx.flagged[0]
-    if len(fi):
-        s, ix = _merge_nearest([o["like"] for o in ops if o["like"] is not None], min(cfg.like_flagged_k, rows.n - 1))
-        for q in range(len(fi)):
-            for sim, j in zip(s[q], ix[q]):
-                if j >= 0 and sim > score[j]:
-                    score[j], src[j] = max(float(sim), 0.0), fi[q]
-    hard.add("like_flagged", score, lambda i: f"looks like flagged failure {rows.id(src[i])} (similarity {score[i]:.2f})")
+    if ctx.flagged is None:
+        return
+    at, sim, src = ctx.like
+    j = np.clip(np.searchsorted(at, positions), 0, max(len(at) - 1, 0))
+    hit = (at[j] == positions) if len(at) else np.zeros(len(positions), bool)
+    score = np.where(hit, sim[j] if len(at) else 0.0, 0.0)
+    hard.add("like_flagged", score, lambda k: f"looks like flagged failure {src[j[k]]} (similarity {score[k]:.2f})")
 
 
-def _verifier_disagrees(ops, details: dict[int, dict[str, Any]], hard: _Hardness) -> None:
-    def reason(i: int) -> str:
-        return f"AI verifier says {details[i]['verdict']['verdict']}, pseudo-label says {details[i]['pseudo']['decision']}"
-
-    hard.add("verifier_disagrees", np.concatenate([o["disagree"] for o in ops]), reason)
-
-
-def _candidates(rows: Numbers, cfg: MineConfig, h: np.ndarray, reviewed: dict[str, str]) -> np.ndarray:
-    """Indices of rows hard enough to queue: no ingest error, and not reviewed already (unless asked)."""
-    eligible = (h >= cfg.min_hardness) & rows.ok
-    if not cfg.include_reviewed:
-        eligible &= ~rows.among(reviewed) & rows.undecided
-    return np.nonzero(eligible)[0]
-
-
-def _balanced(
-    rows: Numbers, cfg: MineConfig, h: np.ndarray, cand: np.ndarray, concepts: _Concepts
-) -> tuple[list[int], np.ndarray, str | None, int]:
-    """(serving order, quality bin per row, quality signal used, number of strata): strata are
-    (concept, quality bin), so a common concept cannot fill the batch."""
-    qsig = next((c for c in ("rev_reward", "prof_quality", "prof_aesthetic") if c in rows.vals), None)
-    qbin = quality_bins(rows.vals[qsig], cfg.quality_bins) if qsig else np.full(rows.n, -1)
-    strata = [(int(concepts.codes[i]), int(qbin[i])) for i in cand]
-    order = [int(cand[j]) for j in balanced_order(strata, h[cand], cfg.n)]
-    return order, qbin, qsig, len(set(strata))
-
-
-def _look_alikes(rows: Numbers, blocks: Blocks, cfg: MineConfig, order: list[int], emb_col: str | None) -> dict[int, list[Neighbour]]:
+def _look_alikes(blocks: Blocks, cfg: MineConfig, order: list[int], emb_col: str | None, rows: int) -> dict[int, list[Neighbour]]:
     """The nearest rows shown next to each queued item (retrieval around the item)."""
     if emb_col is None or not cfg.neighbours or not order:
         return {}
@@ -739,14 +868,14 @@ def _look_alikes(rows: Numbers, blocks: Blocks, cfg: MineConfig, order: list[int
     p, v, _ = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", q)))
     where = {int(x): k for k, x in enumerate(p)}
     v = v[[where[int(x)] for x in q]]  # the blocks answer block by block: back in serving order
-    s, ix, has = _merge_nearest(blocks.map("nearest", v, cfg.neighbours, q), min(cfg.neighbours, rows.n - 1))
+    s, ix, has = _merge_nearest(blocks.map("nearest", v, cfg.neighbours, q), min(cfg.neighbours, rows - 1))
     shown = np.unique(ix[(ix >= 0) & has])
-    caps: dict[int, str] = {}
+    caps: dict[int, tuple[str, int, str]] = {}
     for part in blocks.map("captions_at", shown):
         caps.update(part)
     return {
         i: [
-            Neighbour(row_id=rows.id(j), pos=int(rows.pos[j]), sim=round(float(sv), 4), caption=caps[j][:300])
+            Neighbour(row_id=caps[j][0], pos=caps[j][1], sim=round(float(sv), 4), caption=caps[j][2][:300])
             for sv, j, hv in zip(s[a], ix[a], has[a])
             if j >= 0 and hv
         ]
@@ -754,51 +883,26 @@ def _look_alikes(rows: Numbers, blocks: Blocks, cfg: MineConfig, order: list[int
     }
 
 
-def _payload(
-    rows: Numbers,
-    i: int,
-    detail: dict[str, Any],
-    *,
-    why: list[str],
-    h: float,
-    neighbours: list[Neighbour],
-    concept: str,
-    quality_bin: int,
-    random_derived: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Row ``i``'s stored review payload. No ``version``: the job that queues the items stamps it."""
+def _payload(detail: dict[str, Any], *, neighbours: list[Neighbour], random_derived: dict[str, str] | None = None) -> dict[str, Any]:
+    """A queued row's stored review payload. No ``version``: the job that queues the items stamps it."""
     caption, lang = detail["caption"]
     return ReviewPayload(
-        row_id=rows.id(i),
-        pos=int(rows.pos[i]),
+        row_id=detail["id"],
+        pos=detail["pos"],
         caption=caption,
         lang=lang,
         other_captions=detail["other_captions"],
-        signals={c: round(v, 4) for c, v in _vrow(rows.vals, i).items() if c in DISPLAY_SIGNALS},
+        signals=detail["signals"],
         ocr_text=detail["ocr_text"],
-        hard_reasons=why,
-        hardness=round(h, 4),
+        hard_reasons=detail["why"],
+        hardness=round(detail["hardness"], 4),
         pseudo=detail["pseudo"],
         verifier=detail["verdict"],
         neighbours=neighbours,
-        concept=concept,
-        quality_bin=quality_bin,
+        concept=detail["concept"],
+        quality_bin=detail["quality_bin"],
         random_derived=random_derived or {},
     ).model_dump(exclude={"version"})
-
-
-def _pct_rank(x: np.ndarray) -> np.ndarray:
-    """Percentile rank in [0, 1] of each non-null value; NaN stays NaN."""
-    out = np.full(len(x), np.nan)
-    ok = ~np.isnan(x)
-    k = int(ok.sum())
-    if k == 0:
-        return out
-    order = np.argsort(x[ok], kind="stable")
-    r = np.empty(k)
-    r[order] = np.arange(k) / max(k - 1, 1)
-    out[ok] = r
-    return out
 
 
 def _overlap(caption: str, ocr: str | None) -> float:

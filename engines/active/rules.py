@@ -44,7 +44,6 @@ __all__ = [
     "embedding_matrix",
     "passes",
     "signed_margin",
-    "robust_scale",
     "EMBEDDING_COLUMNS",
     "DUP_SIM_COLUMNS",
 ]
@@ -272,19 +271,6 @@ def embedding_matrix(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarr
     norm = np.linalg.norm(emb, axis=1, keepdims=True)
     emb = emb / np.maximum(norm, 1e-12)
     return emb, valid & (norm[:, 0] > 0)
-
-
-def robust_scale(x: np.ndarray) -> float:
-    """Interquartile range of the non-null values (std or 1.0 when degenerate): the unit in
-    which "near a threshold" is measured, so one band works for every signal's scale."""
-    v = x[~np.isnan(x)]
-    if len(v) < 2:
-        return 1.0
-    q1, q3 = np.percentile(v, [25, 75])
-    s = float(q3 - q1)
-    if s <= 1e-12:
-        s = float(np.std(v))
-    return s if s > 1e-12 else 1.0
 
 
 def signed_margin(rule: Rule, x: np.ndarray, scale: float) -> np.ndarray:

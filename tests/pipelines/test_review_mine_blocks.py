@@ -1,6 +1,7 @@
-"""`review mine` at scale (real Lance + Ray): the driver reads ids and numeric signals only; the
-captions, OCR text, tags and vectors are read and judged fragment by fragment on Ray workers
-(``FragmentBlocks``), and the queue is the one mining the whole table in memory gives."""
+"""`review mine` at scale (real Lance + Ray): the driver reads no rows; every column is read and
+judged fragment by fragment on Ray workers (``FragmentBlocks``), the driver merges the signals'
+summaries and each stratum's hardest rows, and the queue is the one mining the whole table in
+memory gives."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ import pyarrow as pa
 import pytest
 
 from curation.store import Store
-from engines.active.mining import MineConfig, Numbers, mine, mine_blocks
+from engines.active.mining import MineConfig, mine, mine_blocks
 from engines.active.rules import DEFAULT_RULES
-from pipelines.review import FragmentBlocks, ReviewMineConfig, _mine_columns, _numbers_table, mine_queue
+from pipelines.review import FragmentBlocks, ReviewMineConfig, _mine_columns, mine_queue
 from tests.engines.active.test_active import _table
-
-HEAVY = {"captions", "prof_ocr_text", "tag_concepts", "tag_scores", "tag_direct", "prof_clip_image"}
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +40,12 @@ def test_fragment_blocks_give_the_in_memory_queue(store):
     kw = {"flagged": ["row0200", "row0005"], "reviewed": reviewed}
     cfg = MineConfig(n=120, min_hardness=0.0, like_flagged_k=5, neighbours=3)
     whole = mine(table, DEFAULT_RULES, cfg, **kw)
-    numbers = Numbers.of(_numbers_table(ds, cols, DEFAULT_RULES), DEFAULT_RULES)
-    split = mine_blocks(
-        numbers, FragmentBlocks(store, ds.version, cols, DEFAULT_RULES, show_progress=False), DEFAULT_RULES, cfg, columns=cols, **kw
-    )
+    split = mine_blocks(FragmentBlocks(store, ds.version, cols, DEFAULT_RULES, show_progress=False), DEFAULT_RULES, cfg, columns=cols, **kw)
     assert split == whole
     assert any("looks like flagged failure row0200" in w for it in whole[0] for w in it["payload"]["hard_reasons"])
 
 
-def test_the_driver_reads_no_rows_text_or_vectors(store, tmp_path, monkeypatch):
+def test_the_driver_reads_no_rows(store, tmp_path, monkeypatch):
     from lance.dataset import LanceDataset
     from lance.fragment import LanceFragment
 
@@ -70,7 +66,7 @@ def test_the_driver_reads_no_rows_text_or_vectors(store, tmp_path, monkeypatch):
     # the job as it runs on a dataset above ``local_rows`` (below, one process reads everything: small data)
     s = mine_queue(store, ReviewMineConfig(db=str(tmp_path / "q.sqlite"), n=50, local_rows=0), show_progress=False)
     assert s["queued"] == 50 and s["criteria"]["ocr_missing"] == 8 and s["criteria"]["borderline_duplicate"] >= 2
-    assert reads and not any(r & HEAVY or "*" in r for r in reads), reads  # the workers read those
+    assert reads == [], reads  # the workers read every column; the driver holds summaries, not rows (not even their ids)
 
 
 def test_rows_deleted_inside_fragments_keep_positions_aligned(store, tmp_path):
@@ -87,9 +83,8 @@ def test_rows_deleted_inside_fragments_keep_positions_aligned(store, tmp_path):
     cfg = MineConfig(n=80, min_hardness=0.0, like_flagged_k=5, neighbours=3)
     kw = {"flagged": ["row0200"], "reviewed": {f"row{i:04d}": "keep" for i in range(100, 110)}}
     whole = mine(table, DEFAULT_RULES, cfg, **kw)
-    numbers = Numbers.of(_numbers_table(ds, cols, DEFAULT_RULES), DEFAULT_RULES)
     blocks = FragmentBlocks(copy, ds.version, cols, DEFAULT_RULES, show_progress=False)
-    assert table.num_rows == 396 and mine_blocks(numbers, blocks, DEFAULT_RULES, cfg, columns=cols, **kw) == whole
+    assert table.num_rows == 396 and mine_blocks(blocks, DEFAULT_RULES, cfg, columns=cols, **kw) == whole
 
 
 def test_small_data_is_mined_in_this_process_into_the_same_queue(store, tmp_path, monkeypatch):

@@ -229,7 +229,7 @@ def test_mining_over_blocks_queues_what_mining_in_memory_queues():
     """The job mines with the rows cut into blocks (one a Lance fragment, kept on workers) and
     the numbers on the driver: the same items, reasons, verdicts and look-alikes as one block."""
     from curation.blocks import LocalBlocks
-    from engines.active.mining import MineBlock, Numbers, mine_blocks
+    from engines.active.mining import MineBlock, mine_blocks
 
     t = _table()
     reviewed = {f"row{i:04d}": ("keep" if i % 3 else "drop") for i in range(20, 60)}
@@ -238,7 +238,33 @@ def test_mining_over_blocks_queues_what_mining_in_memory_queues():
     whole = mine(t, DEFAULT_RULES, cfg, **kw)
     cuts = [0, 1, 150, 150, 333, 400]  # a one-row block and an empty one too
     blocks = LocalBlocks([MineBlock(t.slice(a, b - a), a, DEFAULT_RULES) for a, b in zip(cuts, cuts[1:])])
-    split = mine_blocks(Numbers.of(t, DEFAULT_RULES), blocks, DEFAULT_RULES, cfg, columns=t.column_names, **kw)
+    split = mine_blocks(blocks, DEFAULT_RULES, cfg, columns=t.column_names, **kw)
     assert split == whole
     reasons = {w.split(" ")[0] for it in whole[0] for w in it["payload"]["hard_reasons"]}
     assert {"looks", "borderline", "near"} <= reasons and any(it["payload"]["neighbours"] for it in whole[0])
+
+
+def test_strata_merged_block_by_block_serve_what_every_candidate_serves():
+    """The driver keeps each stratum's hardest rows only as deep as round-robin serving can reach
+    (about n + strata entries, not a row a candidate), merging block by block: the serving order is
+    the one ``balanced_order`` gives over every candidate at once, ties included."""
+    from engines.active.mining import _Strata
+
+    rng = np.random.default_rng(5)
+    m = 20_000
+    keys = [(f"c{k}", int(b)) for k, b in zip(rng.zipf(1.6, m) % 40, rng.integers(-1, 4, m))]  # a few big strata, many small
+    h = np.round(rng.random(m), 2)  # ties in hardness
+    for n in (1, 7, 150, 900, 30_000):
+        want = balanced_order(keys, h, n)
+        strata = _Strata(n)
+        kept = 0
+        for lo in range(0, m, 1_700):  # blocks of rows, each giving its strata's hardest n
+            part: dict = {"strata": {}, "counts": {}}
+            for key in dict.fromkeys(keys[lo : lo + 1_700]):
+                r = np.array([i for i in range(lo, min(lo + 1_700, m)) if keys[i] == key])
+                top = np.lexsort((r, -h[r]))[:n]
+                part["strata"][key], part["counts"][key] = (h[r][top], r[top]), len(r)
+            strata.add(part)
+            kept = max(kept, sum(len(v[0]) for v in strata.rows.values()))
+        assert strata.order() == want, n
+        assert kept <= n + 2 * len(strata.counts), (n, kept)
