@@ -71,6 +71,19 @@ def run(uri: str, db: str, code: Path) -> dict:
     return {**got, "said": said}
 
 
+def _shared(first: Path, db: Path) -> str:
+    """How many of the rows ``db`` queued the first code's queue also holds, and in the same
+    serving order (the before/after of a change: the same items, or how many moved)."""
+    import sqlite3
+
+    def queue(p: Path) -> list[str]:
+        with sqlite3.connect(p) as c:
+            return [r[0] for r in c.execute("SELECT row_id FROM items ORDER BY priority DESC, id")]
+
+    a, b = queue(first), queue(db)
+    return f"{len(set(a) & set(b))} of {len(b)} ({sum(x == y for x, y in zip(a, b))} at the same rank)"
+
+
 def main() -> None:
     import lance
 
@@ -92,7 +105,9 @@ def main() -> None:
         for k, code in enumerate(codes):
             uri = args.work / f"run-{k}.lance"
             shutil.copytree(base, uri)  # the same rows, a fresh queue and state for each code
-            row = {"rows": n, "code": str(code), "build_seconds": build, **run(str(uri), str(args.work / f"review-{k}.db"), code)}
+            db = args.work / f"review-{k}.db"
+            row = {"rows": n, "code": str(code), "build_seconds": build, **run(str(uri), str(db), code)}
+            row["same_items_as_first"] = _shared(args.work / "review-0.db", db)
             rows[str(code)].append(row)
             print(json.dumps(row), flush=True)
     shutil.rmtree(args.work, ignore_errors=True)
