@@ -530,7 +530,7 @@ def _recorded_inputs(store: Store, stage: Stage) -> dict[str, str] | None:
     """Per fragment, which input files the committed columns were computed from (None: unknown)."""
     p = store.state_dir / _FINGERPRINTS
     try:
-        return json.loads(p.read_text())[stage.name].get("inputs")
+        return json.loads(p.read_text())[stage.record_key].get("inputs")
     except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -547,7 +547,7 @@ def _record_fingerprint(store: Store, stage: Stage, version: int, inputs: dict[s
         except (FileNotFoundError, ValueError):
             known = {}
         cfg = stage.config.model_dump(mode="json")
-        known[stage.name] = {"fingerprint": stage.config_fingerprint(), "version": version, "config": cfg, "inputs": inputs}
+        known[stage.record_key] = {"fingerprint": stage.config_fingerprint(), "version": version, "config": cfg, "inputs": inputs}
         store.write_json(_FINGERPRINTS, known)
 
 
@@ -634,7 +634,7 @@ def _run_stage_locked(
 
 def _config_changed(store: Store, stage: Stage) -> bool:
     """The stage's columns were made by another config (unknown, e.g. an older run: trusted)."""
-    made_by = _committed_fingerprints(store).get(stage.name)
+    made_by = _committed_fingerprints(store).get(stage.record_key)
     if made_by is None or made_by == stage.config_fingerprint():
         return False
     console.print(

@@ -98,6 +98,10 @@ class Stage:
     store: Any = None
     show_progress: bool = False
     concurrency: int | None = None
+    # The name the config behind the committed columns is recorded under (``record_key``): stages
+    # that compute the same columns the same way share one (the fused cheap profile and each of
+    # its families), so a changed config is seen whichever of them ran before.
+    record_as: str | None = None
 
     def __init__(self, config: StageConfig | dict | None = None, **overrides: Any):
         if config is None or isinstance(config, dict):
@@ -127,6 +131,10 @@ class Stage:
         raise NotImplementedError
 
     # --- used by the runner --------------------------------------------------------------
+    @property
+    def record_key(self) -> str:
+        return self.record_as or self.name
+
     def fingerprint(self) -> str:
         """Identifies the computation: a checkpoint made by another config is not reused. Stages may
         mix in what ``prepare`` learned (e.g. corpus statistics); the base is the config alone."""

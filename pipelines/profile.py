@@ -124,6 +124,7 @@ class CheapStage(_ImageStage):
     """Model-free signals (metadata, hashes, entropy, degradation) in one decode per image."""
 
     name = "prof_cheap"
+    record_as = "prof_cheap"  # the families' own stages too: one record of the config their columns came from
     config_model = CheapConfig
     FAMILIES: ClassVar[tuple[str, ...] | None] = None
 
@@ -136,9 +137,11 @@ class CheapStage(_ImageStage):
     def config_fingerprint(self) -> str:
         """Without the families: which of them a run computes follows from the columns present
         (``plan``), so a run of meta alone is no changed config for the hash columns made earlier
-        by a run of all four, and the new rows of both get filled, not every row recomputed."""
+        by a run of all four, and the new rows of both get filled, not every row recomputed. The
+        same for a family's own stage (``prof_entropy``...): a changed ``jpeg_quality`` there, after
+        ``curate profile`` made the columns, recomputes them."""
         cfg = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in SCHEDULING_KEYS | {"families"}}
-        return hashlib.sha1(json.dumps({"stage": self.name, "cfg": cfg}, sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha1(json.dumps({"stage": "prof_cheap", "cfg": cfg}, sort_keys=True).encode()).hexdigest()[:12]
 
     def fingerprint(self) -> str:
         """The families included: checkpoints of a run that wrote other columns are not reused."""
@@ -631,6 +634,12 @@ class ScoresStage(Stage):
         self.dropped: dict[str, str] = {}
 
     num_cpus = 0.5
+
+    def config_fingerprint(self) -> str:
+        """The config and ``SCORES_VERSION``: columns scored by older code are scored anew."""
+        from engines.profiling.scores import SCORES_VERSION
+
+        return hashlib.sha1(f"{super().config_fingerprint()}:v{SCORES_VERSION}".encode()).hexdigest()[:12]
 
     def prepare(self, dataset) -> None:
         from engines.profiling import scores

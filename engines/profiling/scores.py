@@ -58,9 +58,19 @@ COMPLEXITY_WEIGHTS: dict[str, tuple[float, callable]] = {
 }
 
 
+SCORES_VERSION = 2
+"""Part of the ``prof_scores`` stage's config fingerprint: a dataset scored by older code is
+re-scored on the next run. 2: ``prof_watermark_score`` is computed, never read back (version 1
+read its own column once the dataset had it, so rows added later got no watermark score and a
+quality without that component: byte-identical copies scored 0.85 and 0.88)."""
+
+
 def input_columns(available: list[str]) -> list[str]:
+    """The columns the scores are computed from, of those ``available``: never the stage's own
+    ``prof_watermark_score`` (it is computed from ``WATERMARK_INPUTS`` on every run)."""
     want = set(QUALITY_WEIGHTS) | set(COMPLEXITY_WEIGHTS) | {"prof_shadows_clipped", "prof_highlights_clipped"}
     want |= set(WATERMARK_INPUTS)
+    want.discard("prof_watermark_score")
     return [c for c in available if c in want]
 
 
