@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.common import AddressOpt, DatasetOpt, console, err_console, fail, open_store, start_ray
-from pipelines.dedup import DedupConfig, run_dedup
+from pipelines.dedup import DedupConfig, run_dedup, up_to_date
 from pipelines.descriptors import default_column, ensure_visual
 from pipelines.index import IndexBuildConfig, build_index, check_index_weights
 from pipelines.knn import KnnConfig, build_knn, check_knn_weights
@@ -99,6 +99,9 @@ def register(app) -> None:
         quality_column: Optional[str] = typer.Option(None, help="score that picks the kept row"),
         method: Optional[str] = typer.Option(None, help="leiden, louvain or components"),
         dry_run: bool = typer.Option(False, help="report the curve and groups; commit nothing"),
+        overwrite: bool = typer.Option(
+            False, help="compute the groups anew although nothing they follow from changed since the last committed run"
+        ),
         keep: Optional[bool] = typer.Option(
             None,
             "--keep/--no-keep",
@@ -120,12 +123,16 @@ def register(app) -> None:
         store = open_store(dataset)
         if cfg.dry_run:  # missing descriptors are an error in a dry run: say so before Ray starts
             _guard(ensure_visual, store, False, dry_run=True)
+        if not cfg.dry_run and not overwrite and _guard(up_to_date, store, cfg):  # says so before Ray starts
+            return _dedup_summary(run_dedup(store, cfg, overwrite=False))
         start_ray(address)
-        _dedup_summary(_guard(run_dedup, store, cfg))
+        _dedup_summary(_guard(run_dedup, store, cfg, overwrite=overwrite))
 
     def _dedup_summary(out: dict) -> None:
         """The job's last line: what was committed, or that a dry run committed nothing."""
         secs = f" in {out['seconds']:.1f} s" if "seconds" in out else ""
+        if out.get("status") == "up_to_date":
+            return  # run_dedup said so, with the version
         if out.get("status") == "dry_run":
             console.print(f"dry run: nothing committed; report {escape(out['report'])}")
         elif out.get("status") == "committed":

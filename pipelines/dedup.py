@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 
@@ -147,6 +148,31 @@ def _originality(store, ds, t: pa.Table, rows: np.ndarray, cfg: DedupConfig):
     w = t.column("width").fill_null(0).to_numpy()
     h = t.column("height").fill_null(0).to_numpy()
     return Originality.of(w, h, sig[:, 0], sig[:, 1], framed=sig[:, 3], planes=sig[:, 2])
+
+
+def _captioned(store, ds, rows: np.ndarray, cfg: DedupConfig) -> np.ndarray | None:
+    """Whether each row with a pair (``rows``) has a caption (a non-blank caption text, or a
+    reviewer's ``rev_caption``), read by Ray tasks; None when the dataset has no caption column."""
+    import ray
+
+    cols = [c for c in ("captions", "rev_caption") if c in ds.schema.names]
+    if "captions" not in cols or not len(rows):
+        return None
+    task = ray.remote(num_cpus=1, **({"resources": cfg.resources["verify"]} if cfg.resources.get("verify") else {}))(_captioned_unit)
+    chunks = np.array_split(rows, -(-len(rows) // cfg.pairs_per_unit))
+    return np.concatenate(ray.get([task.remote(store, ds.version, c, cols) for c in chunks]))
+
+
+def _captioned_unit(store, version: int, pos: np.ndarray, cols: list[str]) -> np.ndarray:
+    t = store.open(version).take(pos.tolist(), columns=cols)
+    caps = t.column("captions").combine_chunks()
+    text = pc.utf8_trim_whitespace(pc.struct_field(pc.list_flatten(caps), "text").fill_null(""))
+    parent = pc.list_parent_indices(caps).to_numpy(zero_copy_only=False)
+    has = np.bincount(parent, weights=pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False), minlength=len(pos)) > 0
+    if "rev_caption" in cols:
+        rev = pc.utf8_length(pc.utf8_trim_whitespace(t.column("rev_caption").fill_null(""))).to_numpy(zero_copy_only=False)
+        has |= np.asarray(rev) > 0
+    return has
 
 
 def _encoding_on_ray(store, version: int, chunks: list[np.ndarray], cols: list[str], resources: dict):
@@ -360,19 +386,22 @@ def _groups(store, ds, n: int, pairs, near, cfg: DedupConfig, stats: dict, notes
         stats["crop_pairs"] = int(c.sum())
     better = f"best {q_name} ({'higher' if cfg.quality_higher_is_better else 'lower'} is better)"
     if originality is None:
-        notes.append(f"kept row = {better}")
+        notes.append(f"kept row = a row with a caption where the group has one, then the {better}")
     else:
         notes.append(
-            "kept row = the original: not a framed or screenshot copy of a smaller bare one, then clearly more pixels (>10%), "
-            "then more bytes per pixel (>1.5x, among copies with as many colour planes), "
-            f"then a higher JPEG quality (>5), then not a crop of another copy, then the {better}"
+            "kept row = a row with a caption where the group has one, then the original: not a framed or screenshot copy of "
+            "a smaller bare one, then clearly more pixels (>10%), then more bytes per pixel (>1.5x, among copies of one "
+            f"encoding), then a higher JPEG quality (>5, among JPEGs), then not a crop of another copy, then the {better}"
         )
     split = {"by_component": len(pairs) > cfg.communities_max_edges, "map_fn": _ray_map}
     if split["by_component"]:
         notes.append(f"{len(pairs):,} accepted pairs > communities_max_edges: communities per connected component on Ray")
     m = len(rows)
     kw = {"method": cfg.method, "resolution": cfg.resolution, "seed": cfg.seed, **split}
-    res = group_duplicates(m, local, quality, higher_is_better=cfg.quality_higher_is_better, originality=originality, **kw)
+    captioned = _captioned(store, ds, rows, cfg)
+    res = group_duplicates(
+        m, local, quality, higher_is_better=cfg.quality_higher_is_better, originality=originality, captioned=captioned, **kw
+    )
     exact = local.reason == REASONS.index("exact")
     curve = removal_curve(m, local.i, local.j, np.where(exact, 1.0, local.sim), cfg.thresholds, total=n, **kw)
     stats.update(res.stats)
@@ -593,11 +622,56 @@ def write_plan(plan: pa.Table, ds, path: Path) -> None:
     tmp.replace(path)
 
 
+_LAST = "vector/dedup-last.json"
+_INPUT_COLUMNS = ("id", "image", "format", "width", "height", "captions", "rev_caption", "vec_desc", "vec_regions", "prof_phash")
+# settings that change where or how the work runs, never the groups (their descriptions say so)
+_PLACEMENT = {"dry_run", "keep", "resources", "scan_pass_bytes", "scan_group_rows", "communities_max_edges"}
+
+
+def _result_key(store, ds, cfg: DedupConfig) -> dict[str, str]:
+    """What the groups follow from: the settings (placement aside) and, per fragment, the files
+    holding the columns dedup reads (``curation.incremental.input_sig``) and its deleted rows.
+    Metadata only: no row is read."""
+    import hashlib
+
+    from curation.incremental import _field_ids, input_sig
+
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _PLACEMENT}
+    names = [c for c in (*_INPUT_COLUMNS, cfg.quality_column or "prof_quality", _semantic_name(ds, cfg)) if c and c in ds.schema.names]
+    ids = set().union(*_field_ids(ds, names).values())
+    frags = [(f.fragment_id, input_sig(f.metadata, ids), repr(f.metadata.deletion_file)) for f in ds.get_fragments()]
+    digest = lambda x: hashlib.sha1(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa: E731
+    return {"settings": digest(settings), "inputs": digest(frags)}
+
+
+def _semantic_name(ds, cfg: DedupConfig) -> str | None:
+    col = cfg.semantic_column
+    return "prof_clip_image" if col == "auto" else col
+
+
+def up_to_date(store, cfg: DedupConfig) -> dict | None:
+    """The last committed run's record when nothing it follows from changed since (no row added,
+    removed or re-profiled, the same settings) and its ``dup_*`` columns are still there; else None."""
+    last = store.read_json(_LAST)
+    ds = store.open()
+    if not last or "dup_keep" not in ds.schema.names or last.get("key") != _result_key(store, ds, cfg):
+        return None
+    return last
+
+
 def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress: bool = True) -> dict:
-    """Find duplicates, print and save the removal curve + HTML report, then commit ``dup_*``."""
+    """Find duplicates, print and save the removal curve + HTML report, then commit ``dup_*``.
+    Without ``overwrite``, a dataset whose groups are up to date (:func:`up_to_date`) is left
+    as it is: the same groups again would only commit another version."""
     from curation.runner import run_stage
 
     t0 = time.perf_counter()
+    if not cfg.dry_run and not overwrite and (last := up_to_date(store, cfg)) is not None:
+        console.print(
+            f"dedup: up to date: no row added, removed or changed, and the same settings, since version {last['version']} "
+            "committed the dup_* columns; pass --overwrite to compute them anew"
+        )
+        return {"status": "up_to_date", "version": last["version"], "report": last.get("report", "")}
     res = find_duplicates(store, cfg, show_progress=show_progress)
     v = res["dataset_version"]
     out_dir = Path(store.state_dir) / "vector"
@@ -632,8 +706,10 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
         raise VectorError(f"the dataset changed while dedup ran (version {v} -> {now}); run curate dedup again")
     plan_path = out_dir / f"dedup-plan-v{v}.arrow"
     write_plan(res["plan"], store.open(version=v), plan_path)  # rows in a group, by fragment
-    result = run_stage(store, _DupApplyStage(plan_path=str(plan_path)), overwrite=overwrite, show_progress=show_progress)
+    result = run_stage(store, _DupApplyStage(plan_path=str(plan_path)), overwrite=True, show_progress=show_progress)
     if result.status == "committed":  # the job's state served its purpose, but for what the next run extends
+        key = _result_key(store, store.open(result.version), cfg)
+        store.write_json(_LAST, {"version": result.version, "key": key, "report": str(report)})
         from pipelines.dedup_kept import drop_kept, drop_unkept
 
         if cfg.keep:
@@ -658,10 +734,6 @@ def _exact_line(s: dict) -> str:
 
 @register_step("dedup", DedupConfig, doc="exact + near + semantic duplicates as Leiden communities; best row kept")
 def _dedup_step(ctx, cfg: DedupConfig) -> dict:
-    from curation.schema import COLUMN_GROUPS
-
-    have = set(ctx.store.open().schema.names)
-    if not ctx.overwrite and not cfg.dry_run and set(COLUMN_GROUPS["dup"].columns) <= have:
-        print("dedup: dup_* columns already present; pass --overwrite to recompute")  # a re-run pipeline
-        return {"status": "skipped"}
-    return run_dedup(ctx.store, cfg, overwrite=True, show_progress=ctx.show_progress)
+    """A re-run pipeline skips dedup only when its groups are up to date: rows ingested since (a
+    pile that grows day after day) are grouped with the rest, extending the last run."""
+    return run_dedup(ctx.store, cfg, overwrite=ctx.overwrite, show_progress=ctx.show_progress)

@@ -497,11 +497,13 @@ def group_duplicates(
     by_component: bool = False,
     map_fn=map,
     originality: Originality | None = None,
+    captioned: np.ndarray | None = None,
 ) -> DupResult:
     """Communities of the accepted-pair graph; the original of each is kept, else its best-quality row.
 
     ``originality``: per-row signals of which copy is the original (``_keepers``); None = the
-    best ``quality`` alone decides. ``quality``: one score per row (NaN = unknown, ranks last).
+    best ``quality`` alone decides. ``captioned``: per row, whether it has a caption (a group
+    with one keeps a captioned row; None: not known, not asked). ``quality``: one score per row (NaN = unknown, ranks last).
     ``resolution`` is the CPM
     density a group must beat: with edge weights ~0.9, 0.1 keeps a star of up to ~17 edits of one
     original together while two groups joined by a single stray edge stay apart. A row that the
@@ -519,7 +521,7 @@ def group_duplicates(
     a, b, w = a[keep_e], b[keep_e], np.clip(w[keep_e], 0.01, 1)
     lab = attach_orphans(community(n, a, b, w, method=method, resolution=resolution, seed=seed), a, b, w)
     lab = lab[rep]
-    keeper, lost = _keepers(lab, quality, higher_is_better, originality)
+    keeper, lost = _keepers(lab, quality, higher_is_better, originality, captioned)
     in_group = np.bincount(lab)[lab] > 1
     keep = ~in_group | (keeper == np.arange(n))
     group = np.full(n, -1, np.int64)
@@ -586,7 +588,7 @@ IJG_CHROMA = np.array([17, 18, 24, 47, 18, 21, 26, 66, 24, 26, 56, 99, 47, 66, 9
 # IJG_CHROMA: the top-left 4x4 of Annex K's chrominance table, row by row (the order is irrelevant
 # to ijg_quality, which compares sums); every other entry is 99
 
-KEEPER_WHY = ("framed", "resolution", "bytes per pixel", "JPEG quality", "crop of it", "quality", "earlier row")
+KEEPER_WHY = ("no caption", "framed", "resolution", "bytes per pixel", "JPEG quality", "crop of it", "quality", "earlier row")
 """Why a removed row lost to its kept row, in the order the keeper rule asks (``_keepers``)."""
 
 
@@ -607,7 +609,7 @@ class Originality:
     margins: tuple[float, float, float] = (1.10, 1.5, 5.0)
     crops: tuple[np.ndarray, np.ndarray] | None = None  # (crop row, row it was cut from), from verification
     framed: np.ndarray | None = None  # 1.0 = flat surroundings (frame, screenshot, bars), 0.0 = none, NaN = unknown
-    planes: np.ndarray | None = None  # colour planes of the encoding (JPEG components: 1 grey, 3, 4 CMYK)
+    planes: np.ndarray | None = None  # colour planes of a JPEG (components: 1 grey, 3, 4 CMYK); 0 = not a JPEG
 
     @classmethod
     def of(cls, width, height, nbytes, jpeg_quality, framed=None, planes=None) -> Originality:
@@ -626,12 +628,16 @@ class Originality:
         "framed" (``framed_copies``); ``within`` (or None): a per-row class, the signal compares
         rows of one class of a group only.
 
-        Bytes per pixel compare only copies with as many colour planes: a CMYK JPEG stores four
-        full planes (2.8 times the bytes of the same picture in RGB, measured on a COCO photo), so
-        its bytes say nothing of which copy came first."""
+        Bytes per pixel compare only copies of one encoding: JPEGs with as many colour planes (a
+        CMYK JPEG stores four full planes, 2.8 times the bytes of the same picture in RGB,
+        measured on a COCO photo), and lossless or other formats among themselves (a JPEG saved
+        again as PNG takes several times its bytes). JPEG quality compares JPEGs only (other
+        formats count 100, which says nothing of a PNG made from a JPEG). Across encodings, what
+        decides is what follows: a crop, the quality score, the earlier row."""
         m = self.margins
         planes = None if self.planes is None else np.nan_to_num(np.asarray(self.planes, np.float64), nan=3.0).astype(np.int64)
-        return [(self.pixels, m[0], True, None), (self.bytes_per_pixel, m[1], True, planes), (self.jpeg_quality, m[2], False, None)]
+        jpeg = None if planes is None else (planes > 0).astype(np.int64)
+        return [(self.pixels, m[0], True, None), (self.bytes_per_pixel, m[1], True, planes), (self.jpeg_quality, m[2], False, jpeg)]
 
     def framed_copies(self, lab: np.ndarray, alive: np.ndarray) -> np.ndarray:
         """Alive rows with flat surroundings (``has_content_box``: a frame, a screenshot's window,
@@ -675,19 +681,20 @@ def encoding_info(data: bytes | None, fmt: str | None = None) -> tuple[float, fl
 
     Only the headers are parsed: PIL reads the quantisation tables and the components without
     decoding pixels. Other formats count as quality 100 (lossless, or of unknown loss: no sign of
-    a re-encode) and 3 planes. ``fmt`` (the ``format`` column) answers for rows whose bytes are
+    a re-encode) and 0 planes (not a JPEG: their bytes compare only with other such copies,
+    ``Originality.criteria``). ``fmt`` (the ``format`` column) answers for rows whose bytes are
     not stored.
     """
     if data is None:
         jpeg = fmt in (None, "JPEG", "MPO")
-        return math.nan, (math.nan if jpeg else 100.0), (math.nan if jpeg else 3.0)
+        return math.nan, (math.nan if jpeg else 100.0), (math.nan if jpeg else 0.0)
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             jpeg = im.format in ("JPEG", "MPO")
             q = ijg_quality(getattr(im, "quantization", None)) if jpeg else 100.0
-            planes = (float(len(getattr(im, "layer", None) or [])) or math.nan) if jpeg else 3.0
+            planes = (float(len(getattr(im, "layer", None) or [])) or math.nan) if jpeg else 0.0
     except Exception:  # undecodable or hostile bytes: the size still counts
         q, planes = math.nan, math.nan
     return float(len(data)), q, planes
@@ -702,23 +709,35 @@ def _near_best(lab: np.ndarray, v: np.ndarray, alive: np.ndarray, margin: float,
     return v >= (b / margin if ratio else b - margin)  # all unknown: -inf >= -inf, all stay
 
 
-def _keepers(lab: np.ndarray, quality: np.ndarray, higher_is_better: bool, orig: Originality | None = None):
+def _keepers(
+    lab: np.ndarray, quality: np.ndarray, higher_is_better: bool, orig: Originality | None = None, captioned: np.ndarray | None = None
+):
     """Per row, the kept row of its community, and why each other row lost (index into KEEPER_WHY).
 
-    Each ``orig`` signal in turn drops the rows that are clearly behind the best row of their group
-    (a filter, not a sort, so a margin never makes the order depend on which rows are compared);
-    the best quality (NaN ranks last) of the rows left is kept, ties to the earlier row.
+    First, where a group has a row with a caption, its rows without one are out (``captioned``):
+    the kept row is the one training sees, and an export leaves out a row with no caption, so
+    keeping the bare copy of a captioned photo lost the photo. Then each ``orig`` signal in turn
+    drops the rows that are clearly behind the best row of their group (a filter, not a sort, so
+    a margin never makes the order depend on which rows are compared); the best quality (NaN
+    ranks last) of the rows left is kept, ties to the earlier row.
     """
     n = len(lab)
     lost = np.full(n, -1, np.int64)
     if n == 0:
         return np.zeros(0, np.int64), lost
     alive = np.ones(n, bool)
+    if captioned is not None:
+        has = np.asarray(captioned, bool)
+        any_of = np.zeros(int(lab.max()) + 1, bool)
+        any_of[lab[has]] = True
+        bare = any_of[lab] & ~has
+        lost[bare] = KEEPER_WHY.index("no caption")
+        alive &= ~bare
     if orig is not None:
         framed = orig.framed_copies(lab, alive)
         lost[framed] = KEEPER_WHY.index("framed")
         alive &= ~framed
-    for c, (v, margin, ratio, within) in enumerate(orig.criteria() if orig is not None else [], start=1):
+    for c, (v, margin, ratio, within) in enumerate(orig.criteria() if orig is not None else [], start=KEEPER_WHY.index("resolution")):
         ok = _near_best(lab if within is None else _sub_groups(lab, within), v, alive, margin, ratio)
         lost[alive & ~ok] = c
         alive &= ok

@@ -341,3 +341,42 @@ def test_dedup_job_keeps_the_photo_over_its_framed_and_cmyk_copies(ray_session, 
         assert why[got[f"{name}-frame"]["id"]] == "framed"
         # not "bytes per pixel": the CMYK copy ties, or its luma-only tables read as a lower quality
         assert why[got[f"{name}-cmyk"]["id"]] in ("earlier row", "JPEG quality"), name
+
+
+def test_a_jpeg_saved_again_as_png_does_not_win_on_its_bytes(original):
+    """A PNG made from a JPEG takes several times the JPEG's bytes and counts JPEG quality 100:
+    neither says it came first. Bytes per pixel and JPEG quality compare copies of one encoding,
+    so the quality score and then the earlier row decide between the two."""
+    from engines.vector.dedup import encoding_info
+
+    png = io.BytesIO()
+    Image.open(io.BytesIO(original)).save(png, "PNG")
+    blobs = [original, png.getvalue()]
+    info = np.array([encoding_info(b) for b in blobs])
+    assert info[1, 0] > 3 * info[0, 0] and info[1, 1] == 100 and info[1, 2] == 0  # bigger, "lossless", not a JPEG
+    px = [Image.open(io.BytesIO(b)).size for b in blobs]
+    orig = Originality.of([s[0] for s in px], [s[1] for s in px], info[:, 0], info[:, 1], planes=info[:, 2])
+    res = group_duplicates(2, one_group(2), np.array([0.8, 0.8]), originality=orig)
+    assert res.keep.tolist() == [True, False] and res.why == [None, "earlier row"]
+    res = group_duplicates(2, one_group(2), np.array([0.7, 0.8]), originality=orig)
+    assert res.keep.tolist() == [False, True] and res.why == ["quality", None]  # no rule of the encoding decides
+
+
+def test_a_group_with_a_captioned_row_keeps_a_captioned_row(original):
+    """The original without a caption loses to a captioned copy (an export leaves out a row with no
+    caption: keeping it lost the photo), whatever the keeper rule; without any caption in the
+    group, or with every row captioned, the rules decide as before."""
+    blobs = [original, *derivatives(original).values()]  # the original, then three derivatives
+    orig, q = signals(blobs), np.array([0.1, 0.9, 0.9, 0.9])
+    assert group_duplicates(4, one_group(4), q, originality=orig).keep.tolist() == [True, False, False, False]
+    res = group_duplicates(4, one_group(4), q, originality=orig, captioned=np.array([False, False, True, True]))
+    assert res.why[:2] == ["no caption", "no caption"] and res.keep[2:].sum() == 1
+    assert res.keep.tolist() == [False, False, True, False]  # the full-size crop over the resize (more pixels)
+    for caps in ([False] * 4, [True] * 4):
+        assert group_duplicates(4, one_group(4), q, originality=orig, captioned=np.array(caps)).keep.tolist() == [True, False, False, False]
+    assert group_duplicates(4, one_group(4), q, captioned=np.array([False, True, False, False])).keep.tolist() == [
+        False,
+        True,
+        False,
+        False,
+    ]
