@@ -33,6 +33,12 @@ def register(app) -> None:
             None, "--pairs", help="pair shards from `curate pairs export`, mixed in as editing batches (omni mode)"
         ),
         edit_ratio: Optional[float] = typer.Option(None, "--edit-ratio", help="with --pairs: share of editing batches (default 0.25)"),
+        tiny_encoders: bool = typer.Option(
+            False,
+            "--tiny-encoders",
+            help="random tiny VAE and text encoder of the production classes, for a smoke run without weights "
+            "(every code path, meaningless outputs)",
+        ),
         address: Optional[str] = AddressOpt,
     ):
         """Train S3-DiT on training shards; re-running the same command resumes from the last checkpoint."""
@@ -50,6 +56,9 @@ def register(app) -> None:
         if gpu:
             params["use_gpu"] = True
             cli_keys.add("use_gpu")
+        if tiny_encoders:
+            params["tiny_encoders"] = True
+            cli_keys.add("tiny_encoders")
         if lora is not None and full_finetune:
             fail("--lora and --full-finetune exclude each other")
         if lora is not None or full_finetune:

@@ -203,6 +203,12 @@ def check_training_inputs(cfg: TrainRunConfig, log=None) -> None:
         _check_pair_shards(cfg, probe)
     if probe.pairs or cfg.pairs:
         _check_vae(cfg)
+    elif not probe.pre_latents and not (cfg.vae_path or cfg.tiny_encoders):
+        raise ValueError(
+            f"{cfg.shards} holds images, not pre-encoded latents, and no VAE is configured to encode them: set vae_path "
+            "in --config, export the shards with latents (docs/training.md), or pass --tiny-encoders for a smoke run "
+            "(random tiny encoders: every code path, meaningless outputs)"
+        )
     _check_pre_encoded(cfg, probe, log or print)
 
 
@@ -280,6 +286,40 @@ def _check_checkpoint_kind(cfg: TrainRunConfig) -> None:
         raise ValueError(
             f"{cfg.out_dir} holds a LoRA checkpoint ({ckpt.name}): resume it with --lora and its rank, or use another --out for a full fine-tune"
         )
+    _check_checkpoint_model(cfg, ckpt)
+
+
+def _check_checkpoint_model(cfg: TrainRunConfig, ckpt: Path) -> None:
+    """A full run resumes weights of the model its config builds (``--model``, ``model_overrides``):
+    another size or layer count is said here, naming what differs, not as a worker's
+    ``load_state_dict`` traceback after Ray started. Headers only: the model on the meta device,
+    the checkpoint's tensor names and shapes."""
+    import torch
+    from safetensors import safe_open
+
+    from training.loop import model_config
+    from training.model import S3DiT
+
+    f = ckpt / "model.safetensors"
+    if not f.exists():  # a LoRA run's adapters, or an FSDP2 run's dcp/ shards: checked when loaded
+        return
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in S3DiT(model_config(cfg)).state_dict().items()}
+    with safe_open(str(f), framework="pt") as h:
+        have = {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
+    if want == have:
+        return
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    shape = [f"{k} {have[k]} -> {want[k]}" for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+    what = "; ".join(
+        f"{name} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+        for name, keys in (("not in the checkpoint:", missing), ("only in the checkpoint:", extra), ("other shape:", shape))
+        if keys
+    )
+    raise ValueError(
+        f"{cfg.out_dir} holds a checkpoint ({ckpt.name}) of another model than --model {cfg.model} with these "
+        f"model_overrides builds ({what}): resume it with the run's own model settings, or use another --out"
+    )
 
 
 def _fit_showing_metrics(trainer, metrics_log: Path, steps: int, log) -> None:

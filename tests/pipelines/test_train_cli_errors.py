@@ -130,6 +130,23 @@ def test_ctrl_c_stops_the_run_and_a_rerun_resumes(tmp_path, shards, config, ray_
     assert f"{out} holds a full fine-tune checkpoint" in res.text and "use another --out" in res.text
     assert "WorkerGroupError" not in res.text and "bug" not in res.text
 
+    # another model size into this folder: one line naming what differs, before Ray (it was a
+    # worker's load_state_dict traceback, "a bug in zcurate", after a minute)
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**PARAMS, "model_overrides": {"n_layers": 3}}))
+    res = _invoke("--shards", shards, "--model", "tiny", "--config", str(other), "--steps", str(k + 2), "--out", str(out))
+    assert res.exit_code == 2, res.output
+    assert f"{out} holds a checkpoint (step_{k + 1:08d}) of another model than --model tiny" in res.text, res.text
+    assert "not in the checkpoint: layers.2." in res.text and "bug" not in res.text
+
+    # no VAE for shards of images: said before Ray, with the fixes; --tiny-encoders is one of them
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump({k: v for k, v in PARAMS.items() if k != "tiny_encoders"}))
+    res = _invoke("--shards", shards, "--model", "tiny", "--config", str(bare), "--steps", str(k + 1), "--out", str(out))
+    assert res.exit_code == 2 and "no VAE is configured to encode them: set vae_path" in res.text and "--tiny-encoders" in res.text
+    res = _invoke("--shards", shards, "--model", "tiny", "--config", str(bare), "--steps", str(k + 1), "--out", str(out), "--tiny-encoders")
+    assert res.exit_code == 0 and f"already at step {k + 1}" in res.text, res.output
+
 
 def test_corrupted_shard_names_the_fragment_not_a_bug(tmp_path, shards, config, ray_session):
     """A damaged data file fails in the worker; the command shows the worker's message (#4)."""
