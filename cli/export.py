@@ -65,13 +65,13 @@ def register(app) -> None:
             params["allow_empty"] = True
         if allow_random_weights:
             params["allow_random_weights"] = True
-        cfg = validate(ExportConfig, params, where=str(config or "command line"))
         if optional_rules:
-            cfg = cfg.model_copy(update={"rules": [r.model_copy(update={"optional": True}) for r in cfg.rules]})
+            params["optional_rules"] = True
+        cfg = validate(ExportConfig, params, where=str(config or "command line"))
         store = open_store(dataset)
         require_version(store, dataset, cfg.version)
         try:  # a misspelt column fails here, before Ray starts
-            check_rules(store.open(cfg.version), cfg.rules, store=store, allow_random=cfg.allow_random_weights)
+            check_rules(store.open(cfg.version), cfg.checked_rules, store=store, allow_random=cfg.allow_random_weights)
         except ValueError as e:
             fail(str(e))
         start_ray(address)

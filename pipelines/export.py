@@ -100,6 +100,9 @@ class ExportConfig(StageConfig):
         default_factory=lambda: [ExportRule(name="nsfw", where="prof_nsfw >= 0.8")],
         description="SQL exclusion rules; a rule naming an absent column fails the export unless marked optional",
     )
+    optional_rules: bool = Field(
+        False, description="every rule optional: one whose column the dataset lacks is skipped with a note (as --optional-rules)"
+    )
     allow_empty: bool = Field(False, description="an export that keeps no row is an error unless this is set")
     allow_random_weights: bool = Field(
         False, description="apply rules on scores made by randomly initialised weights (noise) instead of refusing them"
@@ -149,6 +152,11 @@ class ExportConfig(StageConfig):
     version: Optional[int] = Field(None, description="source version to export (default: latest)")
     rows_per_unit: int = Field(2048, ge=1, le=1_000_000, description="rows per unit of Ray work")
     overwrite: bool = Field(False, description="replace an existing training dataset at --out (a new version of it)")
+
+    @property
+    def checked_rules(self) -> list[ExportRule]:
+        """The rules as export applies them: each optional when ``optional_rules`` is set."""
+        return [r.model_copy(update={"optional": True}) for r in self.rules] if self.optional_rules else list(self.rules)
 
 
 # --- which column plays which role -----------------------------------------------------------
@@ -234,7 +242,7 @@ def check_rules(
         except Exception as e:
             missing = re.search(r"No field named ([\w.\"]+)", str(e))
             if not missing:
-                msg = str(e).splitlines()[0][:160]
+                msg = re.sub(r",\s*/\S+\.rs:\d+(:\d+)?", "", str(e).splitlines()[0])[:240]  # not Lance's source location
                 raise ExportError(f"export rule {rule.name!r} ({rule.where!r}) is not valid SQL here: {msg}") from None
             col = missing.group(1).strip('."')
             if not rule.optional:
@@ -319,7 +327,7 @@ def select_rows(ds, cfg: ExportConfig, roles: Roles, store: Store | None = None)
             accepted = pc.fill_null(pc.is_in(dec, pa.array(cfg.accept_decisions)), False).to_numpy(zero_copy_only=False)
         else:
             skipped("review", "no review decision column")
-    for rule in check_rules(ds, cfg.rules, notes, store=store, allow_random=cfg.allow_random_weights):
+    for rule in check_rules(ds, cfg.checked_rules, notes, store=store, allow_random=cfg.allow_random_weights):
         apply(_mask(ds, rule.where) & ~accepted, f"rule:{rule.name}")
     if roles.weight:
         w = ds.to_table(columns=[roles.weight]).column(roles.weight)
@@ -342,7 +350,7 @@ def default_exclusions(ds, cfg: ExportConfig | None = None) -> np.ndarray:
     an absent column (export refuses or skips those; they drop no row). Why: resampling gives
     copies only to rows export keeps, so its ``--target-size`` is the size of the trained set."""
     cfg = cfg or ExportConfig(out="")
-    cfg = cfg.model_copy(update={"rules": [r.model_copy(update={"optional": True}) for r in cfg.rules]})
+    cfg = cfg.model_copy(update={"optional_rules": True})
     roles = resolve_roles(ds.schema, cfg).model_copy(update={"weight": None})
     _, reason, _ = select_rows(ds, cfg, roles)
     rows = np.flatnonzero(reason == None)  # noqa: E711
@@ -862,7 +870,7 @@ def _keep_existing(src: Store, out: Store, cfg: ExportConfig, version: int, *, r
                 "kept": out.open().count_rows(),
                 "excluded": sum(prev["excluded"].values()),
                 "report": str(out.state_dir / "export" / "report.html"),
-                "by_resolution": {},
+                "by_resolution": _by_resolution(out.open()),
             },
         )
     if not replace_stale:
@@ -974,6 +982,12 @@ def _summarise(out: Store, version: int, manifest: dict, ids: list[str], reasons
         "caption_variants_mean": round(float(pc.mean(cap_mean).as_py() or 0), 2),
         "report": str(report),
     }
+
+
+def _by_resolution(ds) -> dict[str, int]:
+    """Rows per resolution of the shards ``ds`` (what a skipped re-export reports, as the first did)."""
+    counts = pc.value_counts(ds.to_table(columns=["resolution"]).column("resolution")).to_pylist()
+    return {str(c["values"]): c["counts"] for c in sorted(counts, key=lambda c: c["values"])}
 
 
 def _write_report(path: Path, manifest: dict, t: pa.Table) -> None:

@@ -102,6 +102,7 @@ def test_export_selects_with_reasons_and_writes_a_training_set(ray_session, cura
 
     again = export(store, ExportConfig(out=str(out), resolution=256, rows_per_unit=10), show_progress=False)
     assert again.status == "skipped" and lance.dataset(str(out)).version == shards.version  # a re-run pipeline
+    assert again.extra["by_resolution"] == result.extra["by_resolution"] != {}  # said as the first run said it
     with pytest.raises(ValueError, match="--overwrite"):
         export(store, ExportConfig(out=str(out)), show_progress=False)  # a different config
     # a pipeline re-run after upstream changes writes a new version instead (history keeps the old)
@@ -173,6 +174,15 @@ def test_export_as_a_pipeline_step_with_rules(ray_session, coco_store, tmp_path)
 
     with pytest.raises(ConfigError, match="rulez"):
         run_pipeline(bad, show_progress=False)
+
+    # `optional_rules: true` in a step is --optional-rules: the default nsfw rule on an unprofiled
+    # dataset is skipped with a note (it was an unknown field, so a pipeline could not say it)
+    lenient = tmp_path / "lenient.yaml"
+    step = {"stage": "export", "params": {"out": str(tmp_path / "l.lance"), "resolution": 256, "optional_rules": True}}
+    lenient.write_text(yaml.safe_dump({**pipeline, "steps": [step]}))
+    run_pipeline(lenient, show_progress=False)
+    manifest = json.loads((tmp_path / "l.lance" / "_curation" / "export" / "manifest.json").read_text())
+    assert lance.dataset(str(tmp_path / "l.lance")).count_rows() == 80 and any("nsfw" in n for n in manifest["checks_skipped"])
 
 
 def test_a_misspelt_rule_column_or_an_empty_export_fails_with_the_fix(ray_session, coco_store, tmp_path):
@@ -307,3 +317,7 @@ def test_a_missing_version_and_a_rule_of_constants_are_understood(ray_session, c
     assert not out.exists()
     rule = ExportRule(name="all", where="1 = 1")
     assert check_rules(coco_store.open(), [rule]) == [rule]
+    bad = ExportRule(name="sharp", where="width <<< 1.2")  # a typo: the parser's words, not Lance's source file
+    with pytest.raises(ValueError, match=r"export rule 'sharp' \('width <<< 1.2'\) is not valid SQL here: .*sql parser error") as e:
+        check_rules(coco_store.open(), [bad])
+    assert ".rs:" not in str(e.value) and "/home/" not in str(e.value)
