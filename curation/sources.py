@@ -552,6 +552,7 @@ def _folder_units(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
     skipped: Counter = Counter()
     tree = _walk(root)
     listed = _listed_files(tree, opts)
+    coco, coco_files = _coco_captions(tree, skipped)
     for d, filenames, symlinked in tree:
         skipped["symlinked_dir"] += symlinked
         pairs = _img2dataset_pairs(filenames)
@@ -563,12 +564,51 @@ def _folder_units(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
         own = [f for f in found if str(d / f) not in listed]
         images.extend(_unit_name(str((d / f).relative_to(root))) for f in own)
         ignored = paired | set(tables) | {t[:-4] + "_stats.json" for t, _ in pairs}  # img2dataset's stats: not a caption
+        ignored |= {f for f in filenames if d / f in coco_files}
         skipped.update(_unclaimed([f for f in filenames if f not in ignored], own, [f for f in found if f not in own]))
     for i in range(0, len(images), opts.shard_size):
-        units.append({"kind": "folder", "source": _source_name(root), "files": images[i : i + opts.shard_size]})
+        unit = {"kind": "folder", "source": _source_name(root), "files": images[i : i + opts.shard_size]}
+        if coco and (caps := {f: c for f in unit["files"] if (c := coco.get(_fs_name(f).rsplit("/", 1)[-1]))}):
+            unit["coco"] = json.dumps(caps)  # this unit's share of the COCO captions, by file
+        units.append(unit)
     if +skipped:
         units.append({"kind": "skipped", "source": _source_name(root), "counts": json.dumps(dict(sorted((+skipped).items())))})
     return units
+
+
+def _coco_captions(tree: list[tuple[Path, list[str], int]], skipped: Counter) -> tuple[dict[str, list[str]], set[Path]]:
+    """Captions by image file name from the tree's COCO caption files (``captions_train2017.json``:
+    ``images`` with ``file_name``, ``annotations`` with ``image_id`` and ``caption``), and the
+    COCO files found. Why: COCO's layout (and Flickr30k's and others' in it) keeps the captions
+    of a folder of images in one JSON file, which a folder ingest counted as a caption without
+    an image and left every image uncaptioned. A COCO file without captions (``instances_*``:
+    object annotations, read by ``curate pairs synth --annotations``) is counted as such. Files
+    above ``MAX_LISTING_SCAN_BYTES`` are not read on the driver."""
+    out: dict[str, list[str]] = {}
+    found: set[Path] = set()
+    for d, filenames, _ in tree:
+        for f in filenames:
+            p = d / f
+            if not f.lower().endswith(".json") or has_surrogates(f) or not p.is_file() or p.stat().st_size > MAX_LISTING_SCAN_BYTES:
+                continue
+            with open(p, "rb") as fh:
+                if b'"images"' not in fh.read(1 << 16) and b'"annotations"' not in fh.read(1 << 16):
+                    continue  # a caption sidecar or another JSON: not COCO (its first 128 KiB name neither key)
+            try:
+                obj = json.loads(p.read_bytes())
+                names = {im["id"]: str(im["file_name"]).rsplit("/", 1)[-1] for im in obj["images"]}
+                anns = obj["annotations"]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            found.add(p)
+            caps = [(a.get("image_id"), a.get("caption")) for a in anns if isinstance(a, dict)]
+            if not any(isinstance(c, str) for _, c in caps):
+                skipped["coco_annotations_without_captions"] += 1
+                continue
+            for i, c in caps:
+                if isinstance(c, str) and c.strip() and i in names:
+                    out.setdefault(names[i], []).append(c.strip())
+    return out, found
 
 
 def _img2dataset_pairs(filenames: list[str]) -> list[tuple[str, str]]:
@@ -785,11 +825,13 @@ def read_unit(unit: dict[str, Any], opts: ReadOptions, stats: dict[str, int]) ->
 
 def _read_folder(unit: dict, opts: ReadOptions, stats: dict[str, int]) -> Iterator[dict]:
     root = Path(unit["source"])
+    coco = json.loads(unit["coco"]) if unit.get("coco") else {}
     for name in unit["files"]:
         rel = _fs_name(name)
         fp = root / rel
         sidecars, serr = _folder_sidecars(fp, root, opts)
         caps, cerr = _read_sidecars(sidecars, "short")
+        caps += [{"text": c, "kind": "short"} for c in coco.get(name, [])]
         data, err = _read_local(fp, rel, root, opts)
         yield make_row(unit["source"], rel, data, caps, opts, error=err or serr or cerr, stats=stats)
 

@@ -247,6 +247,8 @@ def check_dataset_path(uri: str) -> None:
     -d photos``, arguments swapped): Lance would write its data and versions into the user's
     source folder. A Lance dataset, an empty folder or a resumable first ingest pass."""
     p = Path(uri)
+    if not is_remote(uri) and p.exists() and not p.is_dir():
+        raise ConfigError(f"--dataset {uri} is a file, not a Lance dataset (a folder); give a new path (or an existing dataset)")
     if is_remote(uri) or not p.is_dir() or (p / "_versions").is_dir():
         return
     other = sorted(n for n in os.listdir(p) if n not in _DATASET_ENTRIES)

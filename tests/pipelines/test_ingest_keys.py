@@ -97,3 +97,37 @@ def test_dataset_that_is_an_image_folder_is_refused(tmp_path, coco_dir):
     with pytest.raises(ConfigError, match="not a Lance dataset"):
         ingest(Store(photos), _cfg(photos), show_progress=False)
     assert sorted(os.listdir(photos)) == before  # nothing written into the user's folder
+
+
+def test_dataset_that_is_a_file_is_refused(tmp_path, coco_dir):
+    from cli.main import app
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(_photos(coco_dir, 1)[0])
+    log = tmp_path / "run1.log"
+    log.write_text("yesterday's log\n")
+    res = CliRunner().invoke(app, ["ingest", str(photos), "--dataset", str(log)])
+    assert res.exit_code == 2, res.output
+    assert "is a file, not a Lance dataset" in " ".join(res.output.split()) and "bug" not in res.output
+    assert log.read_text() == "yesterday's log\n"
+
+
+def test_a_coco_folder_is_ingested_with_its_captions(tmp_path, coco_dir, ray_session):
+    """COCO keeps a folder's captions in one JSON file (``captions_train2017.json``): a folder
+    ingest counted it as a caption without an image and stored 80 uncaptioned photos. Now every
+    photo gets its five human captions; the object annotations are counted as no captions."""
+    store = Store(tmp_path / "coco.lance")
+    res = ingest(store, _cfg(coco_dir), show_progress=False)
+    t = store.open().to_table(columns=["source_key", "captions", "error"]).to_pylist()
+    coco = json.loads((coco_dir / "captions_train2017.json").read_text())
+    names = {im["id"]: im["file_name"] for im in coco["images"]}
+    want: dict[str, list[str]] = {}
+    for a in coco["annotations"]:
+        want.setdefault(names[a["image_id"]], []).append(a["caption"].strip())
+    assert len(t) == 80 and all(r["error"] is None for r in t)
+    assert {r["source_key"].rsplit("/", 1)[-1]: sorted(c["text"] for c in r["captions"]) for r in t} == {
+        k: sorted(v) for k, v in want.items()
+    }
+    counters = res[0].stats.counters
+    assert counters.get("skipped_coco_annotations_without_captions") == 1 and "skipped_caption_without_image" not in counters
