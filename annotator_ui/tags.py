@@ -162,11 +162,18 @@ class TagIndex:
             lo = bisect.bisect_left(keys, (q[0], ""))
             hi = bisect.bisect_left(keys, (chr(ord(q[0]) + 1), ""))
             words = sorted({k for k, _ in keys[lo : min(hi, lo + 50_000)]})
-            for word in difflib.get_close_matches(q, words, n=limit, cutoff=0.6):
+            pool = difflib.get_close_matches(q, words, n=50, cutoff=0.6)
+            # fewest edits first (a swap of two letters is one: "dgo" is "dog", not "do" or "dingo"),
+            # then a concept's whole name before a word of a longer name
+            pool.sort(key=lambda w: (_edits(q, w), w not in self._names, abs(len(w) - len(q)), w))
+            for word in pool[:limit]:
                 at = bisect.bisect_left(keys, (word, ""))
-                while at < len(keys) and keys[at][0] == word and len(out) < limit:
-                    out.setdefault(keys[at][1], self._entry(keys[at][1]))
+                named = []
+                while at < len(keys) and keys[at][0] == word:
+                    named.append(keys[at][1])
                     at += 1
+                for cid in sorted(named, key=lambda c: self._rank(c, word))[: limit - len(out)]:  # "dog" before "dog show"
+                    out.setdefault(cid, self._entry(cid))
         return list(out.values())[:limit]
 
     def _entry(self, cid: str) -> dict[str, str]:
@@ -216,3 +223,17 @@ def _keys(cid: str, lab: dict[str, Any]) -> list[tuple[str, str]]:
     en, zh = lab["en"].casefold(), lab["zh"]
     words = en.replace("-", " ").replace("_", " ").split()
     return [(k, cid) for k in {cid.casefold(), en, zh, *words} if k]
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+    neighbouring letters each cost one (the typos people make in a tag field)."""
+    prev2, prev = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if prev2 is not None and i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[len(b)]

@@ -242,10 +242,18 @@ def register(app) -> None:
             rep = apply_reviews(store, cfg)
         except (FileNotFoundError, RandomWeightsError) as e:
             fail(str(e))
-        console.print(
-            f"[bold]review apply[/]: v{rep['version_before']} -> v{rep['version_after']}, "
-            f"{rep['decisions']} decisions on {rep['rows_reviewed']} rows"
-        )
+        if rep["stage"]["status"] == "skipped":
+            console.print(
+                f"[bold]review apply[/]: {rep['decisions']} decisions on {rep['rows_reviewed']} rows, all in v{rep['version_after']} "
+                "already: the dataset is left as it is"
+            )
+        else:
+            console.print(
+                f"[bold]review apply[/]: v{rep['version_before']} -> v{rep['version_after']}, "
+                f"{rep['decisions']} decisions on {rep['rows_reviewed']} rows"
+            )
+        if why := (rep.get("reward_head") or {}).get("skipped"):
+            console.print(f"  reward head not trained ({escape(why)}): rev_reward stays empty")
         if px := rep.get("pairs"):
             console.print(
                 f"  pairs: {px['keep']} keep, {px['drop']} drop, {px['edited']} instructions edited, in {len(px['tables'])} pair table(s)"

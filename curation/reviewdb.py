@@ -467,7 +467,7 @@ class ReviewDB:
         with self.tx() as t:
             row = t.one("SELECT id FROM users WHERE name = ?", (name,))
             if row and not replace:
-                raise ValueError(f"user {name!r} exists; pass replace=True (--reset) to change the password")
+                raise ValueError(f"user {name!r} exists; add --reset to change the password (replace=True from Python)")
             if row:
                 t.exec("UPDATE users SET pw_hash = ?, role = ?, active = 1 WHERE id = ?", (pw, role, row[0]))
                 t.exec("DELETE FROM sessions WHERE user_id = ?", (row[0],))  # old sessions end with the password
@@ -768,8 +768,12 @@ class ReviewDB:
             r = t.one(
                 f"SELECT {_ITEM_COLS} FROM items WHERE id = ? AND lease_user = ? AND lease_expires > ?", (item_id, user.id, time.time())
             )
-        if not r:
-            raise NotLeased(f"item {item_id} is not leased to you")
+            if not r:  # no such item is a 404, as for a decision on it; someone else's is a 403
+                raise (
+                    NotLeased(f"item {item_id} is not leased to you")
+                    if t.one("SELECT 1 FROM items WHERE id = ?", (item_id,))
+                    else NotFound(f"no item {item_id}")
+                )
         return self._item_dict(r)
 
     def submit(
@@ -837,7 +841,11 @@ class ReviewDB:
         with self.tx() as t:
             n = t.exec("UPDATE items SET lease_user = NULL, lease_expires = 0 WHERE id = ? AND lease_user = ?", (item_id, user.id))
             if not n:
-                raise NotLeased(f"item {item_id} is not leased to you")
+                raise (
+                    NotLeased(f"item {item_id} is not leased to you")
+                    if t.one("SELECT 1 FROM items WHERE id = ?", (item_id,))
+                    else NotFound(f"no item {item_id}")
+                )
             t.exec("INSERT INTO skips (item_id, user_id, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (item_id, user.id, time.time()))
             t.bump(skips=1)
             t.audit(user.id, "skip", item_id)

@@ -199,6 +199,9 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     rules, cols, random_derived = check_mine_request(store, cfg)
     local = mines_locally(ds, cfg)
     blocks = FragmentBlocks(store, ds.version, cols, rules, show_progress=show_progress, local=local)
+    gold = _read_gold(cfg.gold) if cfg.gold else {}
+    if gold:  # a bad gold file is refused before the queue's database is made
+        _check_gold(blocks, gold)
     db = ReviewDB(cfg.db or default_db_url(store))
     db.set_meta("dataset", store.uri)
     # the queue's editing pairs (``curate pairs review``) are not dataset rows: mining never sees them
@@ -207,7 +210,6 @@ def mine_queue(store: Store, cfg: ReviewMineConfig, *, show_progress: bool = Tru
     flagged = [r for r in db.flagged_rows() if not is_pair_row(r)]
     kw = {"columns": cols, "flagged": flagged, "reviewed": reviewed, "random_derived": random_derived}
     items, summary = mine_blocks(blocks, rules, cfg, **kw)
-    gold = _read_gold(cfg.gold) if cfg.gold else {}
     if gold:
         items = _with_gold(blocks, rules, cfg, items, gold, **kw)
     for it in items:
@@ -315,10 +317,6 @@ def _with_gold(
     missing gold rows allowed in the queue."""
     from engines.active.mining import mine_blocks
 
-    present = {i for part in blocks.map("which", pa.array(list(gold), pa.string())) for i in part}
-    missing = [g for g in gold if g not in present]
-    if missing:
-        raise ValueError(f"gold rows not in the dataset: {missing[:5]}")
     picked = {it["row_id"] for it in items}
     extra_ids = [g for g in gold if g not in picked]
     extra: list[dict[str, Any]] = []
@@ -331,6 +329,13 @@ def _with_gold(
         if it["row_id"] in gold:
             it["gold_answer"] = gold[it["row_id"]]
     return items + extra
+
+
+def _check_gold(blocks, gold: dict[str, str]) -> None:
+    present = {i for part in blocks.map("which", pa.array(list(gold), pa.string())) for i in part}
+    missing = [g for g in gold if g not in present]
+    if missing:
+        raise ValueError(f"gold rows not in the dataset: {missing[:5]}")
 
 
 # what each MineBlock method reads: vectors only, captions only, ids only, numbers only, or every mined column
@@ -540,7 +545,7 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     Raises ``RandomWeightsError`` before changing anything when a signal or embedding the heads
     and thresholds would learn from came from random weights and ``cfg.allow_random_weights`` is off."""
     from curation.reviewdb import ReviewDB, is_pair_row
-    from curation.runner import run_stage
+    from curation.runner import StageResult, run_stage
     from engines.active.loop import aggregate
     from engines.active.rules import EMBEDDING_COLUMNS, load_rules
     from engines.vector.retrieval import refuse_random_weights
@@ -589,7 +594,12 @@ def apply_reviews(store: Store, cfg: ReviewApplyConfig, *, show_progress: bool =
     if outside:
         report["tags_not_in_graph"] = outside
     stage = ReviewMergeStage(decisions={r: {k: v for k, v in a.items() if k != "payload"} for r, a in agg.items()}, head=head_json)
-    result = run_stage(store, stage, overwrite=True, show_progress=show_progress)
+    last = store.read_json("review/apply-last.json") or {}
+    if last.get("fingerprint") == stage.fingerprint() and "rev_decision" in names:  # the same decisions and head again
+        result = StageResult(stage.name, "skipped", before, before, extra={"why": f"no new decision since v{last.get('version')}"})
+    else:
+        result = run_stage(store, stage, overwrite=True, show_progress=show_progress)
+        store.write_json("review/apply-last.json", {"fingerprint": stage.fingerprint(), "version": result.version})
     report.update({"version_after": result.version, "stage": result.to_dict(), "seconds": round(time.perf_counter() - t0, 2)})
     report["rules_after"] = (
         json.loads((rdir / "thresholds.json").read_text())["rules"] if (rdir / "thresholds.json").exists() else report["rules_before"]

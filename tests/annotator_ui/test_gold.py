@@ -87,3 +87,15 @@ def test_a_gold_item_looks_like_any_other_item(mined, tmp_path):
     assert 'id="pseudo"' in html and "Pseudo-label: " + item["pseudo"]["decision"] in html
     for text in (json.dumps(item), html):
         assert "gold" not in text.lower()
+
+
+def test_a_bad_gold_file_is_refused_before_a_queue_is_made(mined, tmp_path):
+    """A mistyped run leaves no empty database behind that a later serve or apply would accept."""
+    store = mined[0]
+    for name, text in (("unknown.csv", "row_id,answer\nno-such-row,keep\n"), ("bad.csv", "row_id,answer\nx,maybe\n")):
+        gold = tmp_path / name
+        gold.write_text(text)
+        db = tmp_path / f"{name}.sqlite"
+        with pytest.raises(ValueError, match="gold rows not in the dataset|expected 'row_id,keep"):
+            mine_queue(store, ReviewMineConfig(n=4, gold=str(gold), db=str(db)), show_progress=False)
+        assert not db.exists()

@@ -120,6 +120,10 @@ def test_mine_and_apply_through_a_postgresql_review_database(tmp_path, coco_dir,
     assert [c for c in t.column("rev_caption").to_pylist() if c] == ["fixed 'caption' ?"]
     assert set(t.column("rev_reviewer").to_pylist()) == {"ann1"}
     assert rep["version_after"] == store.open().version and db.audit_count("apply") == 1
+    # applied again with no new decision: the dataset is left as it is (it had a new version with
+    # nothing new in it for every apply)
+    again = apply_reviews(store, ReviewApplyConfig(db=db_url, min_labels=4), show_progress=False)
+    assert again["stage"]["status"] == "skipped" and again["version_after"] == rep["version_after"] == store.open().version
     db.close()
 
 
