@@ -68,15 +68,23 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def diff(
         dataset: str = DatasetOpt,
-        v1: int = typer.Argument(..., help="older version"),
-        v2: Optional[int] = typer.Argument(None, help="newer version (default: latest)"),
+        v1: str = typer.Argument(..., help="older version (3 or v3, as `curate info` shows them)"),
+        v2: Optional[str] = typer.Argument(None, help="newer version (default: latest)"),
     ):
         """What changed between two versions: columns, rows, values per column."""
         store = open_store(dataset)
+        v1, v2 = (None if v is None else _version_arg(v) for v in (v1, v2))
         v2 = v2 or store.versions(jobs=False)[-1]["version"]
         for v in (v1, v2):
             require_version(store, dataset, v)
         console.print_json(json.dumps(store.diff(v1, v2)))
+
+    def _version_arg(v: str) -> int:
+        """A version as typed: ``3`` or ``v3`` (``curate info`` prints them with the v)."""
+        digits = v.strip().removeprefix("v").removeprefix("V")
+        if not digits.isdigit():
+            fail(f"{v!r} is no version: give its number, e.g. 3 or v3 (see `curate info`)")
+        return int(digits)
 
     @app.command()
     def stage(
@@ -130,6 +138,8 @@ def register(app: typer.Typer) -> None:
         """SQL on the dataset through DuckDB (columns read lazily; vectors as float32)."""
         from curation.sql import run_sql
 
+        if not query.strip():
+            fail('the query is empty; e.g. curate sql "select count(*) from samples" --dataset DS')
         store = open_store(dataset)
         require_version(store, dataset, version)
         if out is not None:
@@ -325,11 +335,18 @@ def _describe_step(name: str) -> None:
     from curation.registry import STEPS
 
     if name not in STEPS:
-        fail(f"unknown step {name!r}; steps: {', '.join(sorted(STEPS))}")
+        import difflib
+
+        near = difflib.get_close_matches(name, list(STEPS), n=1)
+        fail(f"unknown step {name!r}{f' (did you mean {near[0]!r}?)' if near else ''}; steps: {', '.join(sorted(STEPS))}")
     spec = STEPS[name]
+    rows = describe_fields(spec.config_model)
+    if not rows:
+        console.print(Text(f"{name}: {spec.doc}\nno config fields: it takes no params"))
+        return
     t = Table(title=Text(f"{name}: {spec.doc}"), title_justify="left")
     for col in ("field", "type", "default", "meaning"):
         t.add_column(col, overflow="fold")
-    for row in describe_fields(spec.config_model):
+    for row in rows:
         t.add_row(*_literal(*row))
     console.print(t)

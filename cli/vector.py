@@ -184,8 +184,20 @@ def register(app) -> None:
             for note in random_note:
                 err_console.print(f"[bold yellow]RANDOM-DERIVED[/] {escape(note)}")
         t = Table(title=title)
-        for c in ("rank", "id", "similarity"):
-            t.add_column(c)
+        for c in ("rank", "id", "similarity", "file", "caption"):
+            t.add_column(c, overflow="fold")
+        shown = _hit_rows(store, [h["id"] for h in hits])
         for h in hits:
-            t.add_row(str(h["rank"]), escape(str(h["id"])), f"{h['similarity']:.4f}")
+            key, caption = shown.get(h["id"], ("", ""))
+            t.add_row(str(h["rank"]), escape(str(h["id"])), f"{h['similarity']:.4f}", escape(key), escape(caption[:120]))
         Console().print(t)
+
+    def _hit_rows(store, ids: list[str]) -> dict[str, tuple[str, str]]:
+        """(source key, first caption) of the rows found: what tells a person what matched."""
+        if not ids:
+            return {}
+        names = store.open().schema.names
+        cols = ["id", *(c for c in ("source_key", "captions") if c in names)]
+        quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
+        rows = store.open().to_table(columns=cols, filter=f"id IN ({quoted})").to_pylist()
+        return {r["id"]: (r.get("source_key") or "", ((r.get("captions") or [{}])[0] or {}).get("text") or "") for r in rows}

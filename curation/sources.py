@@ -532,15 +532,19 @@ def _distinct_sources(paths: list[Path]) -> list[Path]:
     return list(out)
 
 
-def _walk(root: Path) -> list[tuple[Path, list[str], int]]:
-    """(folder, sorted file names, symlinked sub-folders) for every folder of the tree, top down;
-    symlinked folders are listed by ``os.walk`` but never entered."""
-    tree = []
+def _walk(root: Path) -> tuple[list[tuple[Path, list[str], int]], int]:
+    """(folder, sorted file names, symlinked sub-folders) for every folder of the tree, top down,
+    and the number of Lance datasets found in it; symlinked folders are listed by ``os.walk`` but
+    never entered, nor is a Lance dataset (a dataset made inside the pile, ``pile/ds.lance``: its
+    data files and manifests are no samples)."""
+    tree, datasets = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
         d = Path(dirpath)
+        lance_dirs = {n for n in dirnames if (d / n / "_versions").is_dir() and not (d / n).is_symlink()}
+        datasets += len(lance_dirs)
+        dirnames[:] = sorted(n for n in dirnames if n not in lance_dirs)
         tree.append((d, sorted(filenames), sum((d / n).is_symlink() for n in dirnames)))
-    return tree
+    return tree, datasets
 
 
 def _folder_units(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
@@ -550,7 +554,8 @@ def _folder_units(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
     units: list[dict[str, Any]] = []
     images: list[str] = []
     skipped: Counter = Counter()
-    tree = _walk(root)
+    tree, datasets = _walk(root)
+    skipped["lance_dataset"] += datasets
     listed = _listed_files(tree, opts)
     coco, coco_files = _coco_captions(tree, skipped)
     for d, filenames, symlinked in tree:

@@ -235,6 +235,8 @@ _SKIPPED_WORDS = {
     "symlinked_dir": "symlinked folders (not followed)",
     "repeated_source": "sources named twice or inside another source",
     "sidecar_of_listed_image": "caption files of images a table lists",
+    "lance_dataset": "Lance datasets inside the source (not read)",
+    "coco_annotations_without_captions": "COCO annotation files without captions",
 }
 
 # what a Lance dataset folder holds (``_curation``: our state; ``data``/``_transactions`` alone:

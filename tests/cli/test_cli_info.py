@@ -53,7 +53,21 @@ def test_stages_name_lists_the_fields_a_config_accepts():
     out = runner.invoke(app, ["demo-data", "x", "--seed", "-1"])
     assert out.exit_code == 2 and "--seed" in out.output, out.output
     out = runner.invoke(app, ["stages", "exprot"])
-    assert out.exit_code == 2 and "unknown step 'exprot'" in out.output
+    assert out.exit_code == 2 and "unknown step 'exprot' (did you mean 'export'?)" in " ".join(out.output.split())
+    out = runner.invoke(app, ["stages", "caption_stats"], env={"COLUMNS": "200"})  # was an empty table
+    assert out.exit_code == 0 and "no config fields: it takes no params" in out.output, out.output
+
+
+def test_sql_and_diff_take_what_a_user_types(coco_store):
+    """An empty query is refused (it printed nothing and exited 0); diff takes v3 as `info` prints it."""
+    runner = CliRunner()
+    out = runner.invoke(app, ["sql", " ", "--dataset", coco_store.uri])
+    assert out.exit_code == 2 and "the query is empty" in out.output, out.output
+    v = coco_store.open().version
+    out = runner.invoke(app, ["diff", "--dataset", coco_store.uri, f"v{v}", str(v)])
+    assert out.exit_code == 0 and '"from": ' + str(v) in out.output, out.output
+    out = runner.invoke(app, ["diff", "--dataset", coco_store.uri, "vx"])
+    assert out.exit_code == 2 and "'vx' is no version" in out.output, out.output
 
 
 def test_schema_reference_is_generated_and_info_lists_a_datasets_columns(coco_store):

@@ -131,3 +131,18 @@ def test_a_coco_folder_is_ingested_with_its_captions(tmp_path, coco_dir, ray_ses
     }
     counters = res[0].stats.counters
     assert counters.get("skipped_coco_annotations_without_captions") == 1 and "skipped_caption_without_image" not in counters
+
+
+def test_a_dataset_inside_the_source_is_not_read_as_samples(tmp_path, coco_dir, ray_session):
+    """`curate ingest pile -d pile/sub/e.lance`, then again: the dataset's own files were read
+    as samples the second time (skipped_unsupported_file=9, captions without an image)."""
+    pile = tmp_path / "pile"
+    pile.mkdir()
+    for k, data in enumerate(_photos(coco_dir, 2)):
+        (pile / f"{k}.jpg").write_bytes(data)
+    store = Store(pile / "sub" / "e.lance")
+    ingest(store, _cfg(pile), show_progress=False)
+    again = ingest(store, _cfg(pile), show_progress=False)
+    counters = again[0].stats.counters
+    assert store.open().count_rows() == 2 and counters.get("skipped_lance_dataset") == 1
+    assert not any(k in counters for k in ("skipped_unsupported_file", "skipped_caption_without_image")), counters

@@ -126,6 +126,9 @@ def test_retrieval_refuses_an_index_over_random_embeddings_unless_told(random_cl
         app, ["search", "--dataset", store.uri, "--column", "prof_clip_image", "--id", row, "--k", "3", "--allow-random-weights"]
     )
     assert out.exit_code == 0 and "RANDOM" in out.output, out.output
+    # each hit says what it is: its file and caption, not an id alone
+    rows = {r["id"]: r for r in store.open().to_table(columns=["id", "source_key"]).to_pylist()}
+    assert all(rows[h["id"]]["source_key"][:12] in out.output for h in hits), out.output
 
 
 def test_export_rules_refuse_random_scores_unless_told(random_clip_store, tmp_path):
