@@ -7,6 +7,9 @@ import os as _os
 # keeps every process of ours consistent with every local cluster of ours.
 _os.environ.setdefault("RAY_AUTH_MODE", "token")
 _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# transformers draws a "Loading weights" bar on stderr for every model it loads, in the middle of
+# a command's own progress lines (`curate search --text`): the jobs say what they load themselves
+_os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from curation.compat import install_torchvision_hook as _install_torchvision_hook  # noqa: E402
 
