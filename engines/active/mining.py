@@ -511,6 +511,19 @@ def _merge_nearest(parts: list[tuple[np.ndarray, ...]], k: int) -> tuple[np.ndar
     return (np.take_along_axis(s, order, axis=1), *(np.take_along_axis(r, order, axis=1) for r in rest))
 
 
+def _nearest_of_all(blocks: Blocks, queries: np.ndarray, k: int, own: np.ndarray, keep: int) -> tuple[np.ndarray, ...]:
+    """Each query's ``keep`` nearest rows over every block (:meth:`MineBlock.nearest`), merged as
+    the blocks answer, in block order: the driver holds one running answer, not one a block (the
+    same as merging them all at once; ties go to the earlier block either way)."""
+    acc: list = []
+
+    def merge(part: tuple[np.ndarray, ...]) -> None:
+        acc[:] = [_merge_nearest([acc[0], part] if acc else [part], keep)]
+
+    blocks.map("nearest", queries, k, own, into=merge)
+    return acc[0]
+
+
 class _Strata:
     """The rows that can still be served, by stratum, merged block by block: each stratum's
     hardest rows down to the depth round-robin serving can reach (the first depth at which every
@@ -710,9 +723,7 @@ def _like(blocks: Blocks, ctx: Context, rows: int) -> tuple[np.ndarray, np.ndarr
     fpos, fvec, fids = ctx.flagged
     best: dict[int, tuple[float, int]] = {}
     if len(fpos):
-        s, ix = _merge_nearest(
-            [p[:2] for p in blocks.map("nearest", fvec, ctx.cfg.like_flagged_k, fpos)], min(ctx.cfg.like_flagged_k, rows - 1)
-        )
+        s, ix, _ = _nearest_of_all(blocks, fvec, ctx.cfg.like_flagged_k, fpos, min(ctx.cfg.like_flagged_k, rows - 1))
         for q in range(len(fpos)):
             for sim, j in zip(s[q], ix[q]):
                 if j >= 0 and max(float(sim), 0.0) > best.get(int(j), (0.0, -1))[0]:
@@ -868,7 +879,7 @@ def _look_alikes(blocks: Blocks, cfg: MineConfig, order: list[int], emb_col: str
     p, v, _ = (np.concatenate(x) for x in zip(*blocks.map("vectors_at", q)))
     where = {int(x): k for k, x in enumerate(p)}
     v = v[[where[int(x)] for x in q]]  # the blocks answer block by block: back in serving order
-    s, ix, has = _merge_nearest(blocks.map("nearest", v, cfg.neighbours, q), min(cfg.neighbours, rows - 1))
+    s, ix, has = _nearest_of_all(blocks, v, cfg.neighbours, q, min(cfg.neighbours, rows - 1))
     shown = np.unique(ix[(ix >= 0) & has])
     caps: dict[int, tuple[str, int, str]] = {}
     for part in blocks.map("captions_at", shown):
