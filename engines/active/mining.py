@@ -587,7 +587,7 @@ def mine_blocks(
     reviewed = reviewed or {}
     used = {c: s for c, s in (random_derived or {}).items() if c in columns}
     refuse_random_weights(used, consumer="review mining", allow=cfg.allow_random_weights)
-    stats = _fold(blocks, "stats")
+    stats = _fold(blocks, "stats") or Stats(0, {}, {})  # no block at all: a dataset of no fragment
     summary: dict[str, Any] = {"rows": stats.rows, "criteria": {}, "signals_used": [], "skipped_criteria": {}}
     if used:
         summary["random_derived"] = {c: f"{s['group']}: {s['why']}" for c, s in used.items()}
@@ -634,14 +634,14 @@ def mine_blocks(
 
 
 def _fold(blocks: Blocks, method: str, *args) -> Any:
-    """The blocks' answers merged in block order (``answer.merge``)."""
+    """The blocks' answers merged in block order (``answer.merge``); None without a block."""
     acc: list = []
 
     def merge(part: Any) -> None:
         acc[:] = [acc[0].merge(part) if acc else part]
 
     blocks.map(method, *args, into=merge)
-    return acc[0]
+    return acc[0] if acc else None
 
 
 def _scale(q: Quantiles) -> float:

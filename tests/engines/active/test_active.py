@@ -268,3 +268,13 @@ def test_strata_merged_block_by_block_serve_what_every_candidate_serves():
             kept = max(kept, sum(len(v[0]) for v in strata.rows.values()))
         assert strata.order() == want, n
         assert kept <= n + 2 * len(strata.counts), (n, kept)
+
+
+def test_mining_no_block_or_no_row_queues_nothing():
+    from curation.blocks import LocalBlocks
+    from engines.active.mining import MineBlock, mine_blocks
+
+    t = _table().slice(0, 0)
+    for blocks in (LocalBlocks([]), LocalBlocks([MineBlock(t, 0, DEFAULT_RULES)])):
+        items, summary = mine_blocks(blocks, DEFAULT_RULES, MineConfig(), columns=t.column_names)
+        assert items == [] and summary["rows"] == 0
