@@ -197,6 +197,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
             if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
                 methods |= route.methods
         return JSONResponse({"detail": exc.detail}, status_code=405, headers={"allow": ", ".join(sorted(methods))})
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        # FastAPI's answer to a JSON body its parser gave up on (nesting 100,000 deep): malformed
+        # JSON, a 422 like any other (docs/review.md), not a bare 400
+        return JSONResponse({"detail": "the body is not JSON this server reads (malformed, or nested too deep)"}, status_code=422)
     if exc.status_code == 401 and wants_html(request):
         # the login form itself (401 kept for scripts and the API description), not a link to it
         return auth.login_form_page(request, request.app.state.settings, 401, error="Please log in.")

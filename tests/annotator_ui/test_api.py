@@ -198,6 +198,9 @@ def test_bad_requests_get_4xx_never_500(env):
     assert all(400 <= c < 500 for c in codes), codes
     assert codes[10] == 413 and codes[11] == 413 and codes[12] == 404
     assert codes[-3:] == [422, 422, 422]
+    assert codes[0] == 422  # malformed JSON
+    deep = alice.post(url, content=b"[" * 10_000, headers=h)  # nested past the parser: malformed too, not a bare 400
+    assert deep.status_code == 422 and "not JSON this server reads" in deep.text, deep.text
 
 
 def test_images_by_row_id_only_for_your_items(env):
