@@ -28,6 +28,9 @@ class StepSpec:
     config_model: type[BaseModel]
     run: Callable[[Any, Any], Any]
     doc: str = ""
+    # the dataset columns the step writes, given its config and the columns there before it; None:
+    # not known before it runs (a pipeline's checks of later steps then stop at it)
+    writes: Callable[[Any, set[str]], set[str]] | None = None
 
 
 STAGES: dict[str, type[Stage]] = {}
@@ -40,13 +43,16 @@ def _summary(doc: str | None) -> str:
     return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 
-def register_step(name: str, config_model: type[BaseModel] = StageConfig, doc: str = ""):
-    """Decorator: ``@register_step("ingest", IngestConfig)`` on ``def run(ctx, cfg)``."""
+def register_step(name: str, config_model: type[BaseModel] = StageConfig, doc: str = "", writes=None):
+    """Decorator: ``@register_step("ingest", IngestConfig)`` on ``def run(ctx, cfg)``. ``writes``:
+    ``(cfg, columns before) -> columns written`` (``StepSpec.writes``); a set, for a step that
+    writes the same columns (or none) whatever its config."""
 
     def deco(fn):
         if name in STEPS and STEPS[name].run is not fn:
             raise ValueError(f"step {name!r} registered twice")
-        STEPS[name] = StepSpec(name, config_model, fn, doc or _summary(fn.__doc__))
+        w = (lambda _cfg, _have, _cols=frozenset(writes): set(_cols)) if isinstance(writes, (set, frozenset)) else writes
+        STEPS[name] = StepSpec(name, config_model, fn, doc or _summary(fn.__doc__), w)
         return fn
 
     return deco
@@ -61,7 +67,10 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
         return run_stage(ctx.store, _cls(cfg), overwrite=ctx.overwrite, show_progress=ctx.show_progress)
 
-    STEPS[cls.name] = StepSpec(cls.name, cls.config_model, run, _summary(cls.__doc__))
+    def writes(cfg, _have, _cls=cls) -> set[str]:
+        return set(_cls(cfg).output_schema.names)
+
+    STEPS[cls.name] = StepSpec(cls.name, cls.config_model, run, _summary(cls.__doc__), writes)
     return cls
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 
 from curation.registry import register_step
-from curation.schema import DUP
+from curation.schema import DUP, EXACT_DUP, VEC_VISUAL
 from curation.stage import Stage, StageConfig
 from engines.vector.dedup import NearDupConfig, SemanticConfig
 from engines.vector.index import IndexConfig
@@ -732,7 +732,12 @@ def _exact_line(s: dict) -> str:
     return line
 
 
-@register_step("dedup", DedupConfig, doc="exact + near + semantic duplicates as Leiden communities; best row kept")
+@register_step(
+    "dedup",
+    DedupConfig,
+    doc="exact + near + semantic duplicates as Leiden communities; best row kept",
+    writes=frozenset(DUP.columns + VEC_VISUAL.columns + EXACT_DUP.columns),
+)
 def _dedup_step(ctx, cfg: DedupConfig) -> dict:
     """A re-run pipeline skips dedup only when its groups are up to date: rows ingested since (a
     pile that grows day after day) are grouped with the rest, extending the last run."""

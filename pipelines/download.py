@@ -40,6 +40,7 @@ from pydantic import Field
 
 from curation.registry import register_step
 from curation.runner import Checkpoints, StageResult, console, execute_resumable
+from curation.schema import SAMPLES_SCHEMA
 from curation.stage import StageConfig, Stats
 from curation.store import Store
 from engines.download import DOWNLOAD_REASONS, UPDATE_SCHEMA, Fetcher, FetchOptions, fetch_batch
@@ -253,7 +254,12 @@ def download(
     return results
 
 
-@register_step("download", DownloadConfig, doc="fetch the http(s) images of URL rows (retries, limits, checks) into the dataset")
+@register_step(
+    "download",
+    DownloadConfig,
+    doc="fetch the http(s) images of URL rows (retries, limits, checks) into the dataset",
+    writes=frozenset(SAMPLES_SCHEMA.names),
+)
 def _download_step(ctx, cfg: DownloadConfig) -> StageResult:
     results = download(ctx.store, cfg, show_progress=ctx.show_progress)
     first = results[0]

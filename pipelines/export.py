@@ -1042,7 +1042,7 @@ def _report_plot(manifest: dict, t: pa.Table) -> str:
     return png_data_uri(fig, dpi=80)
 
 
-@register_step("export", ExportConfig, doc="select training rows, bucket them and write a Lance training dataset")
+@register_step("export", ExportConfig, doc="select training rows, bucket them and write a Lance training dataset", writes=frozenset())
 def _export_step(ctx, cfg: ExportConfig):
     if ctx.overwrite and not cfg.overwrite:
         cfg = cfg.model_copy(update={"overwrite": True})

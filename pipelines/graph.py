@@ -183,7 +183,7 @@ def _merge_mined_tags(g, cfg: GraphBuildConfig, store, log) -> dict:
     return r
 
 
-@register_step("graph_build", GraphBuildConfig)
+@register_step("graph_build", GraphBuildConfig, writes=frozenset())
 def _graph_build_step(ctx, cfg: GraphBuildConfig):
     """Build the concept graph (WordNet + zh labels + user files + links + mined tags)."""
     from pathlib import Path
@@ -670,7 +670,7 @@ def _left_out_note(counts: dict[str, int]) -> str:
     return f"{n} ({', '.join(f'{k} {v}' for k, v in counts.items())}): 0 copies, not in the balance"
 
 
-@register_step("resample", ResampleStepConfig)
+@register_step("resample", ResampleStepConfig, writes=frozenset(RESAMPLE.columns + CONCEPT_TAGS.columns))
 def _resample_step(ctx, cfg: ResampleStepConfig):
     """Tagged resampling: rs_* columns, a resampled manifest and an HTML report."""
     return run_resample(ctx, cfg)[-1]

@@ -461,7 +461,9 @@ def _manifest(
     )
 
 
-@register_step("vector_index", IndexBuildConfig, doc="FAISS index over an embedding column (sharded add on Ray, manifest)")
+@register_step(
+    "vector_index", IndexBuildConfig, doc="FAISS index over an embedding column (sharded add on Ray, manifest)", writes=frozenset()
+)
 def _index_step(ctx, cfg: IndexBuildConfig) -> dict:
     m = build_index(ctx.store, cfg, show_progress=ctx.show_progress)
     return {"column": m["column"], "ntotal": m["ntotal"], "kind": m["kind"]}

@@ -22,7 +22,7 @@ from pydantic import Field
 from curation.config import ConfigError
 from curation.registry import register_step
 from curation.runner import Checkpoints, StageResult, console, execute_resumable, json_record
-from curation.schema import SAMPLES_SCHEMA, sample_id
+from curation.schema import EXACT_DUP, SAMPLES_SCHEMA, sample_id
 from curation.sources import ColumnMappingError, ReadOptions, duplicate_key_error, plan_units, read_unit
 from curation.stage import StageConfig, Stats
 from curation.store import Store, is_remote
@@ -483,7 +483,12 @@ def _write_units(
     )[0]
 
 
-@register_step("ingest", IngestConfig, doc="read folders / WebDataset tars / Parquet / JSONL into the dataset")
+@register_step(
+    "ingest",
+    IngestConfig,
+    doc="read folders / WebDataset tars / Parquet / JSONL into the dataset",
+    writes=frozenset(SAMPLES_SCHEMA.names + EXACT_DUP.columns),
+)
 def _ingest_step(ctx, cfg: IngestConfig):
     results = ingest(ctx.store, cfg, show_progress=ctx.show_progress)
     return results[0] if len(results) == 1 else _merge_results(results)

@@ -586,6 +586,8 @@ def _commit_graph(store, out: str, staging: str, frags: list, remote: bool) -> N
         Path(staging).rename(out)
 
 
-@register_step("vector_knn", KnnConfig, doc="k-NN graph (source, neighbour, similarity) as a Lance table, batched on Ray")
+@register_step(
+    "vector_knn", KnnConfig, doc="k-NN graph (source, neighbour, similarity) as a Lance table, batched on Ray", writes=frozenset()
+)
 def _knn_step(ctx, cfg: KnnConfig) -> dict:
     return build_knn(ctx.store, cfg, show_progress=ctx.show_progress)

@@ -38,6 +38,7 @@ def run_pipeline(path: str | Path, *, overwrite: bool = False, address: str | No
 
     load_jobs()
     cfg, steps = load_pipeline(path)
+    check_rule_columns(Store(cfg.dataset), steps, where=str(path))
     if address:
         cfg.ray.address = address
     init_ray(cfg.ray)
@@ -71,6 +72,40 @@ def run_pipeline(path: str | Path, *, overwrite: bool = False, address: str | No
                 f"curate review serve {opts}  ->  http://127.0.0.1:8600"
             )
     return results
+
+
+def check_rule_columns(store: Store, steps: list[tuple[str, Any]], where: str = "pipeline") -> None:
+    """Refuse, before step 1 runs, an export rule whose column neither the dataset has nor an
+    earlier step writes (``StepSpec.writes``): it failed only when the export step came, after
+    hours of profiling, naming a column the user never typed (the default ``nsfw`` rule after a
+    profile without the ``nsfw`` stage). Only names of the platform's columns count, and the
+    check stops at a step whose columns are not known before it runs."""
+    import re
+
+    from curation.config import ConfigError
+    from curation.registry import STEPS
+    from curation.schema import COLUMN_GROUPS, SAMPLES_SCHEMA, group_of
+
+    known = set(SAMPLES_SCHEMA.names).union(*(g.columns for g in COLUMN_GROUPS.values()))
+    have: set[str] | None = set(store.open().schema.names) if store.exists() else set()
+    problems = []
+    for i, (name, cfg) in enumerate(steps, 1):
+        if have is None:
+            return
+        if name == "export":
+            for rule in cfg.checked_rules:
+                missing = sorted({w for w in re.findall(r"[A-Za-z_]\w*", rule.where) if w in known and w not in have})
+                if missing and not rule.optional:
+                    cols = ", ".join(f"{c} (group {group_of(c)})" for c in missing)
+                    problems.append(
+                        f"  step {i}: export rule {rule.name!r} ({rule.where!r}) needs column {cols}, which the dataset does not "
+                        "have and no earlier step writes: add the step or profile stage that writes it, mark the rule "
+                        "`optional: true`, or set the step's `optional_rules: true`"
+                    )
+        writes = STEPS[name].writes
+        have = None if writes is None else have | writes(cfg, have)
+    if problems:
+        raise ConfigError(f"invalid config in {where}:\n" + "\n".join(problems))
 
 
 def _step_seconds_plot(results: list[StageResult]) -> str:

@@ -930,7 +930,14 @@ def run_profile(store, cfg: ProfileConfig, *, overwrite: bool = False, show_prog
     return results
 
 
-@register_step("profile", ProfileConfig, doc="Run the profiling stages (profile.yaml) in order")
+def _profile_writes(cfg: ProfileConfig, have: set[str]) -> set[str]:
+    """The columns a profile step writes: its planned stages' (``plan``)."""
+    return {c for stage in plan(cfg, have)[0] for c in stage.output_schema.names}
+
+
+@register_step(
+    "profile", ProfileConfig, doc="Run the profiling stages (profile.yaml) in order", writes=lambda cfg, have: _profile_writes(cfg, have)
+)
 def _profile_step(ctx, cfg: ProfileConfig):
     from curation.runner import StageResult
 

@@ -757,13 +757,13 @@ def review_apply_action(
     return apply
 
 
-@register_step("review_mine", ReviewMineConfig)
+@register_step("review_mine", ReviewMineConfig, writes=frozenset())
 def _mine_step(ctx, cfg: ReviewMineConfig):
     """Queue hard cases with pseudo-labels for human review."""
     return mine_queue(ctx.store, cfg, show_progress=ctx.show_progress)
 
 
-@register_step("review_apply", ReviewApplyConfig)
+@register_step("review_apply", ReviewApplyConfig, writes=frozenset(REVIEW.columns))
 def _apply_step(ctx, cfg: ReviewApplyConfig):
     """Merge review decisions into a new version; refit the reward head and thresholds."""
     rep = apply_reviews(ctx.store, cfg, show_progress=ctx.show_progress)

@@ -393,6 +393,6 @@ def _worker_error(err: BaseException) -> BaseException:
     return exc
 
 
-@register_step("train", TrainRunConfig, doc="train S3-DiT on training shards (Ray Train; DDP/FSDP2)")
+@register_step("train", TrainRunConfig, doc="train S3-DiT on training shards (Ray Train; DDP/FSDP2)", writes=frozenset())
 def _train_step(ctx, cfg: TrainRunConfig):
     return run_training(cfg, log=print if ctx.show_progress else (lambda _m: None))

@@ -16,21 +16,21 @@ from pipelines.pairs.render import PairsConfig, render_pairs
 from pipelines.pairs.synth import SynthConfig, synth_pairs
 
 
-@register_step("pairs_render", PairsConfig, doc="text-editing pairs rendered onto the dataset's photos (docs/pairs.md)")
+@register_step("pairs_render", PairsConfig, doc="text-editing pairs rendered onto the dataset's photos (docs/pairs.md)", writes=frozenset())
 def _render_step(ctx, cfg: PairsConfig) -> StageResult:
     return render_pairs(ctx.store, cfg, show_progress=ctx.show_progress)
 
 
-@register_step("pairs_synth", SynthConfig, doc="object-editing pairs from COCO instance masks (docs/pairs.md)")
+@register_step("pairs_synth", SynthConfig, doc="object-editing pairs from COCO instance masks (docs/pairs.md)", writes=frozenset())
 def _synth_step(ctx, cfg: SynthConfig) -> StageResult:
     return synth_pairs(ctx.store, cfg, show_progress=ctx.show_progress)
 
 
-@register_step("pairs_mine", MineConfig, doc="pairs of real photos of one scene from the k-NN graph (docs/pairs.md)")
+@register_step("pairs_mine", MineConfig, doc="pairs of real photos of one scene from the k-NN graph (docs/pairs.md)", writes=frozenset())
 def _mine_step(ctx, cfg: MineConfig) -> StageResult:
     return mine_pairs(ctx.store, cfg, show_progress=ctx.show_progress)
 
 
-@register_step("pairs_export", PairExportConfig, doc="pair shards for editing / omni training (docs/pairs.md)")
+@register_step("pairs_export", PairExportConfig, doc="pair shards for editing / omni training (docs/pairs.md)", writes=frozenset())
 def _export_step(ctx, cfg: PairExportConfig) -> StageResult:
     return export_pairs(ctx.store, cfg, show_progress=ctx.show_progress)

@@ -265,7 +265,9 @@ def test_user_mistakes_inside_curate_run_are_one_line_not_a_bug(coco_store, tmp_
     pipe.write_text(yaml.safe_dump({"dataset": str(ds), "steps": [{"stage": "export", "params": {"out": str(tmp_path / "shards")}}]}))
     res = CliRunner().invoke(app, ["run", str(pipe)], env=WIDE)
     out = flat(res.output)
-    assert res.exit_code == 2 and "error: export rule 'nsfw'" in out and "needs column prof_nsfw" in out, out
+    # refused when the file is read, before any step runs (it failed when the export step came)
+    assert res.exit_code == 2 and "error: invalid config in" in out, out
+    assert "step 1: export rule 'nsfw' ('prof_nsfw >= 0.8') needs column prof_nsfw" in out, out
     assert "bug in zcurate" not in out and "Traceback" not in res.output
 
 

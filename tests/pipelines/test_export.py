@@ -321,3 +321,35 @@ def test_a_missing_version_and_a_rule_of_constants_are_understood(ray_session, c
     with pytest.raises(ValueError, match=r"export rule 'sharp' \('width <<< 1.2'\) is not valid SQL here: .*sql parser error") as e:
         check_rules(coco_store.open(), [bad])
     assert ".rs:" not in str(e.value) and "/home/" not in str(e.value)
+
+
+def test_a_pipeline_whose_export_rule_no_step_can_satisfy_is_refused_before_step_one(tmp_path, coco_dir):
+    """ingest -> profile without the nsfw stage -> export with its default nsfw rule failed at the
+    export step, after the profiling; now the file is refused before anything runs, naming the
+    rule, the column and the fixes. The same pipeline with `optional_rules: true` passes the check."""
+    from curation.config import ConfigError
+    from pipelines.pipeline import run_pipeline
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted((coco_dir / "images").glob("*.jpg"))[:2]:
+        shutil.copy(p, src / p.name)
+    steps = [
+        {"stage": "ingest", "params": {"source": [str(src)]}},
+        {"stage": "profile", "params": {"stages": ["meta", "hash", "scores"]}},
+        {"stage": "export", "params": {"out": str(tmp_path / "out.lance")}},
+    ]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"dataset": str(tmp_path / "ds.lance"), "steps": steps}))
+    with pytest.raises(ConfigError) as e:
+        run_pipeline(path, show_progress=False)
+    msg = " ".join(str(e.value).split())
+    assert "step 3: export rule 'nsfw' ('prof_nsfw >= 0.8') needs column prof_nsfw (group prof_nsfw)" in msg, msg
+    assert "optional_rules: true" in msg and not (tmp_path / "ds.lance").exists()  # nothing ran
+    from curation.config import load_pipeline
+    from curation.store import Store
+    from pipelines.pipeline import check_rule_columns
+
+    steps[1]["params"]["stages"].append("nsfw")  # a profile that writes it: the check passes
+    path.write_text(yaml.safe_dump({"dataset": str(tmp_path / "ds.lance"), "steps": steps}))
+    check_rule_columns(Store(tmp_path / "ds.lance"), load_pipeline(path)[1])
