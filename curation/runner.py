@@ -127,9 +127,12 @@ class _RateColumn(ProgressColumn):
 
 
 def _progress(disable: bool, unit: str = "units") -> Progress:
+    """Rows or units done, rate, elapsed and ETA. Into a log (not a terminal) rich prints the last
+    state once, at 80 columns: without the bar, so the figures are not cut ("0:0…")."""
+    bar = [BarColumn()] if console.is_terminal else []
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        *bar,
         MofNCompleteColumn(),
         TextColumn(unit),
         _RateColumn(unit),
