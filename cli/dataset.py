@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         """Rows, columns by group, versions and error counts of a dataset (and its top concept tags)."""
         store = open_store(dataset)
         require_version(store, dataset, version)
+        if graph is not None and not (graph / "nodes.parquet").is_file():
+            fail(f"no concept graph at {graph} (expected nodes.parquet); leave out --graph to use the one graph_tag used")
         ds = store.open(version)
         if columns:
             _print_columns(ds.schema)
@@ -244,7 +246,9 @@ def _print_tag_summary(store, version: Optional[int], graph: Optional[Path], top
     for r in rows:
         t.add_row(*_literal(r.en or r.id, r.zh, r.id, f"{r.direct:,}", f"{r.rows:,}"))
     console.print(t)
-    console.print(f"labels from {escape(str(graph_dir))}" if labels else "no graph found for the labels: pass --graph", soft_wrap=True)
+    console.print(
+        f"labels from {escape(str(graph_dir))}" if labels else "no concept graph recorded for the labels: pass --graph", soft_wrap=True
+    )
 
 
 def _print_or_write(t, out: Optional[Path], max_rows: int) -> None:

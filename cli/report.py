@@ -17,13 +17,17 @@ def register(app) -> None:
     @app.command()
     def report(
         dataset: str = DatasetOpt,
-        out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write"),
+        out: Optional[Path] = typer.Option(
+            None, "--out", "-o", help="HTML file to write (default: the dataset's reports folder, profile-v<version>.html)"
+        ),
         examples: int = typer.Option(5, min=0, help="thumbnails at each end of every signal (0: none)"),
         version: Optional[int] = typer.Option(None, help="report an older version (default: latest)"),
     ):
         """HTML report of the profile: histograms, lowest/highest thumbnails, errors by reason."""
         store = open_store(dataset)
         require_version(store, dataset, version)
+        if out is None:  # next to the dataset's other reports, not ./report.html overwritten by the next dataset's
+            out = store.state_dir / "reports" / f"profile-v{store.open(version).version}.html"
         writable_out(out, create_parent=True)
         if version is not None:
             from curation.store import Store
@@ -34,4 +38,4 @@ def register(app) -> None:
 
             store = _At(store.uri, store.storage_options)
         path = build_report(store, out, examples=examples)
-        console.print(f"wrote {escape(str(path))}", soft_wrap=True)
+        console.print(f"wrote {escape(str(Path(path).resolve()))}", soft_wrap=True)

@@ -141,7 +141,10 @@ def _read_body(resp: urllib3.BaseHTTPResponse, opts: FetchOptions, deadline: flo
     if declared.strip().isdigit() and int(declared) > opts.max_bytes:
         raise _Failure("too_large", f"{int(declared)} bytes declared > max_bytes {opts.max_bytes}", "too_large", False)
     buf = bytearray()
-    for chunk in resp.stream(_CHUNK):
+    # read1: whatever has arrived, up to a chunk; ``stream`` waits for a whole chunk, and a server
+    # that sends a byte a second (each within the read timeout) kept one chunk, and the attempt,
+    # going for 100 s past a 5 s timeout before the deadline below was looked at
+    while chunk := resp.read1(_CHUNK):
         buf += chunk
         if len(buf) > opts.max_bytes:
             raise _Failure("too_large", f"more than max_bytes {opts.max_bytes} bytes", "too_large", False)

@@ -69,6 +69,11 @@ class GraphCycleError(UserError, ValueError):
         super().__init__(f"the concept hierarchy has a cycle: {shown}; remove one of these parent links")
 
 
+class GraphFileError(UserError, ValueError):
+    """A concept graph folder whose files cannot be read as a graph (not Parquet, columns
+    missing): said in one line with the fix, not as a bug."""
+
+
 class UnknownParentError(UserError, ValueError):
     """Concepts name parents that exist neither in the graph nor in the same file."""
 
@@ -338,8 +343,9 @@ class ConceptGraph:
         p = Path(path)
         if not (p / "nodes.parquet").exists():
             raise FileNotFoundError(f"no concept graph at {p} (expected nodes.parquet); build one with `curate graph build --out {p}`")
-        nodes = pq.read_table(p / "nodes.parquet").to_pydict()
-        edges = pq.read_table(p / "edges.parquet").to_pydict()
+        if not (p / "edges.parquet").exists():
+            raise FileNotFoundError(f"the concept graph at {p} has no edges.parquet: rebuild it with `curate graph build --out {p}`")
+        nodes, edges = _read_graph_file(p, "nodes.parquet", ["id"]), _read_graph_file(p, "edges.parquet", ["parent", "child"])
         g = nx.DiGraph()
         fields = NODE_SCHEMA.names[1:]
         g.add_nodes_from(
@@ -348,3 +354,18 @@ class ConceptGraph:
         )
         g.add_edges_from(zip(edges["parent"], edges["child"]))
         return cls(g)
+
+
+def _read_graph_file(folder: Path, name: str, needs: list[str]) -> dict[str, list]:
+    try:
+        t = pq.read_table(folder / name)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise GraphFileError(
+            f"the concept graph at {folder} is unreadable ({name}: {str(e).splitlines()[0][:120]}): "
+            f"rebuild it with `curate graph build --out {folder}`"
+        ) from None
+    if missing := [c for c in needs if c not in t.column_names]:
+        raise GraphFileError(
+            f"{folder / name} has no column {missing}: not a concept graph of this tool; rebuild it with `curate graph build`"
+        )
+    return t.to_pydict()

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.blocks import Blocks, LocalBlocks
 from curation.errors import UserError
@@ -86,6 +86,13 @@ class ResampleConfig(BaseModel):
     )
     untagged_weight: float = Field(1.0, ge=0, description="relative weight of rows without tags (MetaCLIP: 0)")
     seed: int = Field(0, ge=0, description="seed of the systematic sampling (NumPy needs a non-negative integer)")
+
+    @model_validator(mode="after")
+    def _cap_t_for_cap(self) -> ResampleConfig:
+        """``cap_t`` under ``method: balance`` was ignored without a word: the user meant the cap method."""
+        if self.cap_t is not None and self.method != "cap":
+            raise ValueError("cap_t (--cap-t) is the cap method's t: add method: cap (--method cap), or leave cap_t out")
+        return self
 
 
 @dataclass

@@ -105,9 +105,13 @@ class _Phases:
 
 
 def _check_sources(cfg: GraphBuildConfig) -> None:
-    """Refuse a build with no source of concepts (Chinese labels only label existing nodes)."""
+    """Refuse a build with no source of concepts (Chinese labels only label existing nodes), or
+    naming files that are not there: before WordNet's half minute, not after it."""
     if not (cfg.wordnet or cfg.user_files or cfg.links or cfg.mine_from is not None):
         raise GraphError("nothing to build the graph from: keep WordNet or give --user, --links or --mine-from")
+    for what, path in [*(("user concept file", u) for u in cfg.user_files), *([("entity link table", cfg.links)] if cfg.links else [])]:
+        if not Path(path).is_file():
+            raise GraphError(f"{what} not found: {path}")
 
 
 def build_graph(cfg: GraphBuildConfig, store=None, log=print):

@@ -83,3 +83,9 @@ def test_schema_reference_is_generated_and_info_lists_a_datasets_columns(coco_st
     out = CliRunner().invoke(app, ["info", "--dataset", coco_store.uri, "--columns"], env={"COLUMNS": "250"})
     assert out.exit_code == 0 and "image_sha256" in out.output and "SHA-256 of the image bytes" in out.output
     assert "prof_sharpness" not in out.output  # only this dataset's columns
+
+
+def test_info_with_a_graph_path_that_holds_no_graph_says_so(coco_store, tmp_path):
+    """It printed "no graph found for the labels: pass --graph" although --graph was passed."""
+    out = CliRunner().invoke(app, ["info", "--dataset", coco_store.uri, "--graph", str(tmp_path / "nosuch")], env={"COLUMNS": "200"})
+    assert out.exit_code == 2 and f"no concept graph at {tmp_path / 'nosuch'}" in out.output, out.output

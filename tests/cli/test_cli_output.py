@@ -23,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from curation.store import Store
 from tests.helpers import interruptible_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -281,3 +282,14 @@ def test_sql_select_star_is_readable_at_terminal_width(coco_store):
     for name in first:
         assert f"│ source_key   │ {name}" in res.output, res.output
     assert "row 1" in res.output and "row 2" in res.output and "…" not in res.output
+
+
+def test_report_goes_next_to_the_dataset_by_default(coco_store, tmp_path, monkeypatch):
+    """It went to ./report.html, where the next dataset's report overwrote it without a word."""
+    ds = tmp_path / "c.lance"
+    shutil.copytree(coco_store.uri, ds)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["report", "--dataset", str(ds), "--examples", "0"], env=WIDE)
+    want = ds / "_curation" / "reports" / f"profile-v{Store(ds).open().version}.html"
+    assert res.exit_code == 0 and f"wrote {want}" in flat(res.output), res.output
+    assert want.is_file() and not (tmp_path / "report.html").exists()

@@ -93,3 +93,12 @@ def test_a_solve_over_blocks_gives_the_weights_of_one_in_memory(coco_tags, cfg):
     assert split.before == whole.before
     assert split.after["head"] == whole.after["head"] and split.after["entropy"] == whole.after["entropy"]
     assert split.cap_t == pytest.approx(whole.cap_t) if whole.cap_t else split.cap_t is None
+
+
+def test_cap_t_without_the_cap_method_is_refused():
+    """`curate resample --cap-t 5` under the default balance method was ignored without a word."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"cap_t \(--cap-t\) is the cap method's t"):
+        ResampleConfig(cap_t=5)
+    assert ResampleConfig(method="cap", cap_t=5).cap_t == 5

@@ -117,6 +117,19 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._file(name)
             self._done_waiting()
             self._send(200, body)
+        elif kind == "trickle":  # headers at once, then a byte every 0.2 s: each read within the timeout
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up: what the test wants
+                pass
+            self.close_connection = True
         elif kind == "extra":
             self._send(200, self.server.extra[name])
         else:
@@ -166,6 +179,10 @@ def test_fetch_outcomes_and_retries(server, coco_dir):
     assert cut.kind == "truncated" and cut.error.startswith("download_failed: truncated") and cut.attempts == 3
     slow = f.fetch_image(f"{base}/slow/{names[3]}")
     assert slow.error == "download_failed: timeout" and slow.attempts == 3
+    t0 = time.monotonic()  # a body trickling in, every read within the 0.5 s timeout: cut at the attempt's deadline
+    trickle = Fetcher(_opts(retries=0)).fetch_image(f"{base}/trickle/e1")
+    assert trickle.kind == "timeout" and trickle.error.startswith("download_failed: timeout"), trickle.error
+    assert time.monotonic() - t0 < 5  # not the 200 s the body takes (it took all of it: the deadline was seen per 64 KiB)
     refused = f.fetch_image(f"http://127.0.0.1:{free_port()}/img/x.jpg")
     assert refused.kind == "connection" and refused.attempts == 3
     assert f.fetch_image("http://").kind == "bad_url"

@@ -24,6 +24,10 @@ def test_build_with_no_source_or_no_concepts_is_refused(tmp_path):
     r = runner.invoke(app, ["graph", "build", "--out", str(tmp_path / "g"), "--no-wordnet", "--no-zh"])
     assert r.exit_code == 2 and "nothing to build the graph from" in _flat(r.output), r.output
     assert not (tmp_path / "g" / "nodes.parquet").exists()
+    # a --user file that is not there: said before WordNet loads (it came after ~30 s of loading)
+    r = runner.invoke(app, ["graph", "build", "--out", str(tmp_path / "g"), "--user", str(tmp_path / "nosuch.csv")])
+    assert r.exit_code == 2 and f"user concept file not found: {tmp_path / 'nosuch.csv'}" in _flat(r.output), r.output
+    assert "loaded WordNet" not in r.output and "wordnet" not in r.output.lower()
     empty = tmp_path / "empty.csv"
     empty.write_text("concept,parent\n")
     r = runner.invoke(app, ["graph", "build", "--out", str(tmp_path / "g"), "--no-wordnet", "--no-zh", "--user", str(empty)])
