@@ -628,25 +628,24 @@ _INPUT_COLUMNS = ("id", "image", "format", "width", "height", "captions", "rev_c
 _PLACEMENT = {"dry_run", "keep", "resources", "scan_pass_bytes", "scan_group_rows", "communities_max_edges"}
 
 
-def _result_key(store, ds, cfg: DedupConfig) -> dict[str, str]:
+def _result_key(ds, cfg: DedupConfig) -> dict[str, str]:
     """What the groups follow from: the settings (placement aside) and, per fragment, the files
     holding the columns dedup reads (``curation.incremental.input_sig``) and its deleted rows.
     Metadata only: no row is read."""
-    import hashlib
-
     from curation.incremental import _field_ids, input_sig
 
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _PLACEMENT}
-    names = [c for c in (*_INPUT_COLUMNS, cfg.quality_column or "prof_quality", _semantic_name(ds, cfg)) if c and c in ds.schema.names]
+    semantic = "prof_clip_image" if cfg.semantic_column == "auto" else cfg.semantic_column
+    names = [c for c in (*_INPUT_COLUMNS, cfg.quality_column or "prof_quality", semantic) if c and c in ds.schema.names]
     ids = set().union(*_field_ids(ds, names).values())
     frags = [(f.fragment_id, input_sig(f.metadata, ids), repr(f.metadata.deletion_file)) for f in ds.get_fragments()]
-    digest = lambda x: hashlib.sha1(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa: E731
-    return {"settings": digest(settings), "inputs": digest(frags)}
+    return {"settings": _digest(settings), "inputs": _digest(frags)}
 
 
-def _semantic_name(ds, cfg: DedupConfig) -> str | None:
-    col = cfg.semantic_column
-    return "prof_clip_image" if col == "auto" else col
+def _digest(x: Any) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def up_to_date(store, cfg: DedupConfig) -> dict | None:
@@ -654,7 +653,7 @@ def up_to_date(store, cfg: DedupConfig) -> dict | None:
     removed or re-profiled, the same settings) and its ``dup_*`` columns are still there; else None."""
     last = store.read_json(_LAST)
     ds = store.open()
-    if not last or "dup_keep" not in ds.schema.names or last.get("key") != _result_key(store, ds, cfg):
+    if not last or "dup_keep" not in ds.schema.names or last.get("key") != _result_key(ds, cfg):
         return None
     return last
 
@@ -708,7 +707,7 @@ def run_dedup(store, cfg: DedupConfig, *, overwrite: bool = True, show_progress:
     write_plan(res["plan"], store.open(version=v), plan_path)  # rows in a group, by fragment
     result = run_stage(store, _DupApplyStage(plan_path=str(plan_path)), overwrite=True, show_progress=show_progress)
     if result.status == "committed":  # the job's state served its purpose, but for what the next run extends
-        key = _result_key(store, store.open(result.version), cfg)
+        key = _result_key(store.open(result.version), cfg)
         store.write_json(_LAST, {"version": result.version, "key": key, "report": str(report)})
         from pipelines.dedup_kept import drop_kept, drop_unkept
 
