@@ -712,7 +712,7 @@ def _gather(blocks: Blocks, method: str, *args) -> tuple:
     """The blocks' tuples of per-row answers joined in block order."""
     parts = blocks.map(method, *args)
     return tuple(
-        sum((list(p[j]) for p in parts), []) if isinstance(parts[0][j], list) else np.concatenate([p[j] for p in parts])
+        [x for p in parts for x in p[j]] if isinstance(parts[0][j], list) else np.concatenate([p[j] for p in parts])
         for j in range(len(parts[0]))
     )
 
